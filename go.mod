@@ -1,0 +1,3 @@
+module github.com/rotavault/rotavault
+
+go 1.26

@@ -1,0 +1,99 @@
+// Package store defines the contract every Rotavault storage backend meets:
+// a key/value store of opaque byte values with per-key versions and
+// check-and-set writes. Backends (the embedded store, Vault) know nothing of
+// credentials or rotation; the rotation logic encodes its own records.
+//
+// The contract is checked by one suite, storetest.Run, against every backend.
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+)
+
+// Errors returned by every Store. Backends wrap them with %w; callers check
+// them with errors.Is.
+var (
+	// ErrNotFound: the key holds no record.
+	ErrNotFound = errors.New("store: not found")
+	// ErrConflict: a check-and-set write found a version other than the
+	// expected one. Re-read and decide again: another writer may already have
+	// done the work.
+	ErrConflict = errors.New("store: version conflict")
+	// ErrInvalidKey: the key does not follow the key grammar (see ValidateKey).
+	ErrInvalidKey = errors.New("store: invalid key")
+)
+
+// Record is one stored value and its version.
+type Record struct {
+	Key   string
+	Value []byte
+	// Version is 1 for a new key and grows by one with every write. It is the
+	// fencing token for check-and-set.
+	Version uint64
+}
+
+// Store is a versioned key/value store with check-and-set writes.
+// Implementations are safe for concurrent use, also across processes sharing
+// the same backend where the backend allows that (Vault).
+type Store interface {
+	// Get returns the current record of key, or ErrNotFound.
+	Get(ctx context.Context, key string) (Record, error)
+	// Put writes value if the key's current version equals expectedVersion,
+	// and returns the new version. An expectedVersion of 0 means "create only":
+	// it succeeds only when the key holds no record. A mismatch is ErrConflict
+	// and changes nothing.
+	Put(ctx context.Context, key string, value []byte, expectedVersion uint64) (uint64, error)
+	// Delete destroys the key's record and every earlier version of it. It
+	// is not a soft delete. Deleting a missing key is not an error. A later
+	// Put with expectedVersion 0 creates the key afresh.
+	Delete(ctx context.Context, key string) error
+	// List returns, in ascending byte order, the keys of the records directly
+	// under prefix, which must end in "/" (no deeper levels).
+	List(ctx context.Context, prefix string) ([]string, error)
+}
+
+// MaxKeyLen bounds a key's length in bytes.
+const MaxKeyLen = 512
+
+// ValidateKey checks the key grammar shared by all backends: segments of
+// [A-Za-z0-9._-], separated by single "/", none empty, "." or "..", at most
+// MaxKeyLen bytes. The grammar keeps every key inside a backend's configured
+// prefix (no traversal, no separators of other systems, no control bytes).
+func ValidateKey(key string) error {
+	if key == "" || len(key) > MaxKeyLen {
+		return fmt.Errorf("%w: length %d", ErrInvalidKey, len(key))
+	}
+	for _, seg := range strings.Split(key, "/") {
+		if err := validateSegment(seg); err != nil {
+			return fmt.Errorf("%w: %q: %v", ErrInvalidKey, key, err)
+		}
+	}
+	return nil
+}
+
+// ValidatePrefix checks a List prefix: a valid key followed by "/".
+func ValidatePrefix(prefix string) error {
+	trimmed, ok := strings.CutSuffix(prefix, "/")
+	if !ok {
+		return fmt.Errorf("%w: prefix %q must end in /", ErrInvalidKey, prefix)
+	}
+	return ValidateKey(trimmed)
+}
+
+func validateSegment(seg string) error {
+	if seg == "" || seg == "." || seg == ".." {
+		return errors.New("empty or dot segment")
+	}
+	for i := 0; i < len(seg); i++ {
+		c := seg[i]
+		switch {
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9', c == '.', c == '_', c == '-':
+		default:
+			return fmt.Errorf("byte 0x%02x not allowed", c)
+		}
+	}
+	return nil
+}
