@@ -1,0 +1,256 @@
+package broker
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"time"
+)
+
+// TokenRequest asks for an access token.
+type TokenRequest struct {
+	CredentialID string
+	// MinRemaining is the least lifetime the token must have left; 0 means
+	// any token not within the expiry delta of its end.
+	MinRemaining time.Duration
+	// Rejected, when set, names a token a resource server refused.
+	Rejected *RejectedToken
+}
+
+// RejectedToken names a refused access token by generation (within the
+// current family) or by fingerprint. Exactly one is set.
+type RejectedToken struct {
+	Generation  uint64
+	Fingerprint string
+}
+
+// AccessToken is what consumers receive. It never holds a refresh token.
+type AccessToken struct {
+	Token       string
+	Type        string
+	InstanceURL string
+	Scopes      []string
+	IssuedAt    time.Time
+	ExpiresAt   time.Time
+	FamilyID    string
+	Generation  uint64
+	Fingerprint string
+}
+
+// Fingerprint identifies an access token without revealing it: lowercase hex
+// of the first 8 bytes of its SHA-256.
+func Fingerprint(accessToken string) string {
+	sum := sha256.Sum256([]byte(accessToken))
+	return hex.EncodeToString(sum[:8])
+}
+
+// GetAccessToken returns an access token with at least req.MinRemaining
+// left. Concurrent callers share one refresh. Errors: *InvalidArgumentError,
+// ErrNotFound, ErrReauthRequired, *UnavailableError, *RateLimitedError,
+// ErrClosed.
+func (b *Broker) GetAccessToken(ctx context.Context, req TokenRequest) (AccessToken, error) {
+	if err := b.validateID(req.CredentialID); err != nil {
+		return AccessToken{}, err
+	}
+	if req.MinRemaining < 0 {
+		return AccessToken{}, invalid("min_remaining_lifetime", "must not be negative")
+	}
+	if r := req.Rejected; r != nil && r.Fingerprint != "" && !isFingerprint(r.Fingerprint) {
+		return AccessToken{}, invalid("rejected_token.fingerprint", "must be 16 lowercase hex digits")
+	}
+	e, err := b.entry(ctx, req.CredentialID)
+	if err != nil {
+		return AccessToken{}, err
+	}
+	v := e.view.Load()
+	if err := b.checkMinRemaining(v, req.MinRemaining); err != nil {
+		return AccessToken{}, err
+	}
+	need := b.needsRefresh(req.MinRemaining)
+
+	if req.Rejected != nil {
+		if v, done, err := b.handleRejection(ctx, e, v, req); done || err != nil {
+			if err != nil {
+				return AccessToken{}, err
+			}
+			e.used.Store(true)
+			return toAccessToken(v), nil
+		}
+		// The named token is current and dead at the provider: refresh even
+		// though it looks unexpired.
+		stale := v.fam.Generation
+		need = func(v *view) bool { return v.fam.Generation == stale || b.needsRefresh(req.MinRemaining)(v) }
+	} else if !need(v) {
+		e.used.Store(true)
+		return toAccessToken(v), nil
+	}
+
+	v, err = b.refresh(ctx, e, need)
+	if err != nil {
+		return AccessToken{}, err
+	}
+	e.used.Store(true)
+	return toAccessToken(v), nil
+}
+
+// needsRefresh returns the test a view's access token fails when it cannot
+// serve a caller wanting minRemaining.
+func (b *Broker) needsRefresh(minRemaining time.Duration) func(*view) bool {
+	margin := max(minRemaining, b.opts.expiryDelta)
+	return func(v *view) bool {
+		if v.fam.Status != StatusActive || v.fam.Access == nil {
+			return true
+		}
+		return b.opts.now().Add(margin).After(v.fam.Access.ExpiresAt)
+	}
+}
+
+// checkMinRemaining refuses a minimum lifetime that fresh tokens of this
+// credential cannot meet with room to spare: granting it would mean a
+// refresh on (nearly) every call, burning rotations.
+func (b *Broker) checkMinRemaining(v *view, minRemaining time.Duration) error {
+	if minRemaining == 0 {
+		return nil
+	}
+	lifetime := v.cred.Spec.accessTokenLifetime()
+	if a := v.fam.Access; a != nil && v.cred.Spec.AccessTokenLife == 0 {
+		lifetime = a.ExpiresAt.Sub(a.IssuedAt)
+	}
+	if limit := lifetime * 3 / 4; minRemaining > limit {
+		return &InvalidArgumentError{
+			Field:  "min_remaining_lifetime",
+			Reason: fmt.Sprintf("%s is more than this credential's tokens can offer (at most %s: 3/4 of their %s lifetime)", minRemaining, limit.Round(time.Second), lifetime.Round(time.Second)),
+			Code:   "MIN_LIFETIME_UNATTAINABLE",
+		}
+	}
+	return nil
+}
+
+// handleRejection decides what a rejected-token report leads to. done means
+// the returned view answers the caller without a refresh.
+func (b *Broker) handleRejection(ctx context.Context, e *entry, v *view, req TokenRequest) (*view, bool, error) {
+	if v.fam.Status != StatusActive || v.fam.Access == nil {
+		return v, false, nil
+	}
+	cur := v.fam.Access
+	r := req.Rejected
+	named := (r.Fingerprint != "" && r.Fingerprint == cur.Fingerprint) || (r.Fingerprint == "" && r.Generation == v.fam.Generation)
+	if !named {
+		// An older token was rejected; the current one is another token. Hand
+		// it out if it suits, else refresh as usual.
+		return v, !b.needsRefresh(req.MinRemaining)(v), nil
+	}
+	e.mu.Lock()
+	now := b.opts.now()
+	if wait := e.lastRejection.Add(b.opts.rejectionInterval).Sub(now); wait > 0 && e.flight == nil {
+		e.mu.Unlock()
+		return nil, false, &RateLimitedError{RetryAfter: wait}
+	}
+	e.lastRejection = now
+	e.mu.Unlock()
+
+	ep := v.cred.Spec.endpoint()
+	if ep.IntrospectionURL != "" {
+		in, err := b.provider.Introspect(ctx, ep, v.cred.Spec.clientCredentials(), cur.Token)
+		switch {
+		case err == nil && in.Active:
+			// The provider still accepts it: the resource server's problem,
+			// not worth a rotation.
+			b.log.InfoContext(ctx, "rejected token is active at the provider; not refreshing",
+				"credential", e.id, "generation", v.fam.Generation)
+			return v, true, nil
+		case err != nil:
+			b.log.WarnContext(ctx, "introspection failed; refreshing", "credential", e.id, "err", err)
+		}
+	}
+	return v, false, nil
+}
+
+func isFingerprint(s string) bool {
+	if len(s) != 16 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if !(s[i] >= '0' && s[i] <= '9' || s[i] >= 'a' && s[i] <= 'f') {
+			return false
+		}
+	}
+	return true
+}
+
+func toAccessToken(v *view) AccessToken {
+	a := v.fam.Access
+	return AccessToken{
+		Token:       a.Token,
+		Type:        a.Type,
+		InstanceURL: a.InstanceURL,
+		Scopes:      a.Scopes,
+		IssuedAt:    a.IssuedAt,
+		ExpiresAt:   a.ExpiresAt,
+		FamilyID:    v.fam.FamilyID,
+		Generation:  v.fam.Generation,
+		Fingerprint: a.Fingerprint,
+	}
+}
+
+// refresh makes sure a view passing need exists, running at most one refresh
+// per credential at a time and sharing its result with every waiter. The
+// refresh runs under the broker's context, not the caller's: a caller that
+// gives up must not abandon a rotation half-way.
+func (b *Broker) refresh(ctx context.Context, e *entry, need func(*view) bool) (*view, error) {
+	e.mu.Lock()
+	if v := e.view.Load(); !need(v) {
+		e.mu.Unlock()
+		return v, nil
+	}
+	if v := e.view.Load(); v.fam.Status != StatusActive && e.rescue == nil {
+		e.mu.Unlock()
+		return nil, reauthRequired(e.id, v.fam)
+	}
+	f := e.flight
+	if f == nil {
+		if b.closed.Load() {
+			e.mu.Unlock()
+			return nil, ErrClosed
+		}
+		f = &flight{done: make(chan struct{})}
+		e.flight = f
+		b.wg.Add(1)
+		go func() {
+			defer b.wg.Done()
+			v, err := b.runRefresh(e, need)
+			e.mu.Lock()
+			f.v, f.err = v, err
+			e.flight = nil
+			e.mu.Unlock()
+			close(f.done)
+		}()
+	}
+	e.mu.Unlock()
+
+	select {
+	case <-f.done:
+		if f.err != nil {
+			return nil, f.err
+		}
+		return f.v, nil
+	case <-ctx.Done():
+		return nil, fmt.Errorf("broker: waiting for refresh: %w", ctx.Err())
+	}
+}
+
+func reauthRequired(id string, fam *familyRecord) error {
+	switch fam.Status {
+	case StatusRevoked:
+		return fmt.Errorf("%w: the token family of %s was revoked (%s); reauthenticate", ErrReauthRequired, id, fam.RevokedReason)
+	default:
+		return fmt.Errorf("%w: %s has no token family yet; reauthenticate", ErrReauthRequired, id)
+	}
+}
+
+// errIsContext reports whether err is a context cancellation or deadline.
+func errIsContext(err error) bool {
+	return errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)
+}

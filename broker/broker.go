@@ -1,0 +1,381 @@
+// Package broker is Rotavault's rotation logic: it owns each credential's
+// refresh token, hands out access tokens, makes sure one refresh runs per
+// rotation however many callers wait, stores every rotated refresh token
+// before anyone sees the access token that came with it, and turns the
+// provider's verdicts into family revocations and notices.
+//
+// It knows nothing of gRPC. It depends on small interfaces: a versioned store
+// (store.Store), an OAuth provider client and an audit sink.
+package broker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/rotavault/rotavault/audit"
+	"github.com/rotavault/rotavault/internal/credid"
+	"github.com/rotavault/rotavault/provider"
+	"github.com/rotavault/rotavault/store"
+)
+
+// Provider is the OAuth client the broker needs. *provider.Client implements
+// it.
+type Provider interface {
+	Refresh(ctx context.Context, ep provider.Endpoint, cc provider.ClientCredentials, refreshToken string) (*provider.Token, error)
+	ExchangeCode(ctx context.Context, ep provider.Endpoint, cc provider.ClientCredentials, code, redirectURI, codeVerifier string) (*provider.Token, error)
+	AuthCodeURL(ep provider.Endpoint, cc provider.ClientCredentials, redirectURI, state, codeChallenge string, scopes []string) (string, error)
+	Revoke(ctx context.Context, ep provider.Endpoint, cc provider.ClientCredentials, token string) error
+	Introspect(ctx context.Context, ep provider.Endpoint, cc provider.ClientCredentials, accessToken string) (provider.Introspection, error)
+}
+
+// Auditor records audit events. *audit.FileLog implements it.
+type Auditor interface {
+	Record(ctx context.Context, e audit.Event) error
+}
+
+// Config holds the broker's required dependencies.
+type Config struct {
+	Store    store.Store
+	Provider Provider
+	Auditor  Auditor
+}
+
+// Option tunes a broker.
+type Option func(*options) error
+
+type options struct {
+	logger            *slog.Logger
+	now               func() time.Time
+	expiryDelta       time.Duration
+	refreshTimeout    time.Duration
+	schedulerInterval time.Duration
+	rejectionInterval time.Duration
+	flowLifetime      time.Duration
+	noticeRetention   int
+	retryBase         time.Duration
+	notProcessedTries int
+	subscriberBuffer  int
+}
+
+func defaultOptions() options {
+	return options{
+		logger:            slog.New(slog.DiscardHandler),
+		now:               time.Now,
+		expiryDelta:       10 * time.Second,
+		refreshTimeout:    60 * time.Second,
+		schedulerInterval: 5 * time.Second,
+		rejectionInterval: 30 * time.Second,
+		flowLifetime:      10 * time.Minute,
+		noticeRetention:   10000,
+		retryBase:         200 * time.Millisecond,
+		notProcessedTries: 4,
+		subscriberBuffer:  256,
+	}
+}
+
+// WithLogger sets the structured logger (default: discard).
+func WithLogger(l *slog.Logger) Option {
+	return func(o *options) error {
+		if l == nil {
+			return errors.New("broker: nil logger")
+		}
+		o.logger = l
+		return nil
+	}
+}
+
+// WithClock injects the clock, for tests.
+func WithClock(now func() time.Time) Option {
+	return func(o *options) error {
+		if now == nil {
+			return errors.New("broker: nil clock")
+		}
+		o.now = now
+		return nil
+	}
+}
+
+// WithExpiryDelta sets how long before its expiry an access token stops being
+// handed out (default 10s): a consumer needs time to use it.
+func WithExpiryDelta(d time.Duration) Option {
+	return durationOption("expiry delta", d, 0, time.Hour, func(o *options) { o.expiryDelta = d })
+}
+
+// WithSchedulerInterval sets how often proactive refreshes are considered
+// (default 5s).
+func WithSchedulerInterval(d time.Duration) Option {
+	return durationOption("scheduler interval", d, 10*time.Millisecond, time.Hour, func(o *options) { o.schedulerInterval = d })
+}
+
+// WithRejectionInterval sets the least time between two refreshes triggered
+// by rejected-token reports for one credential (default 30s).
+func WithRejectionInterval(d time.Duration) Option {
+	return durationOption("rejection interval", d, 0, time.Hour, func(o *options) { o.rejectionInterval = d })
+}
+
+// WithRetryBase sets the first backoff step for retries of provider calls the
+// provider surely did not process (default 200ms, doubling).
+func WithRetryBase(d time.Duration) Option {
+	return durationOption("retry base", d, time.Millisecond, time.Minute, func(o *options) { o.retryBase = d })
+}
+
+// WithRefreshTimeout bounds one refresh, retries included (default 60s).
+func WithRefreshTimeout(d time.Duration) Option {
+	return durationOption("refresh timeout", d, 100*time.Millisecond, 10*time.Minute, func(o *options) { o.refreshTimeout = d })
+}
+
+// WithNoticeRetention sets how many notices the notice log keeps for
+// resuming watchers (default 10,000).
+func WithNoticeRetention(n int) Option {
+	return func(o *options) error {
+		if n < 1 || n > 1_000_000 {
+			return fmt.Errorf("broker: notice retention %d out of range [1, 1000000]", n)
+		}
+		o.noticeRetention = n
+		return nil
+	}
+}
+
+func durationOption(name string, d, lo, hi time.Duration, set func(*options)) Option {
+	return func(o *options) error {
+		if d < lo || d > hi {
+			return fmt.Errorf("broker: %s %s out of range [%s, %s]", name, d, lo, hi)
+		}
+		set(o)
+		return nil
+	}
+}
+
+// Broker is the rotation logic. Safe for concurrent use. Create it with New,
+// stop it with Close.
+type Broker struct {
+	store    store.Store
+	provider Provider
+	auditor  Auditor
+	opts     options
+	log      *slog.Logger
+
+	// ctx bounds the work the broker owns (refreshes, the scheduler); Close
+	// cancels it and waits for wg.
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	closed atomic.Bool
+
+	entriesMu sync.Mutex
+	entries   map[string]*entry
+
+	notices *noticeLog
+}
+
+// New returns a broker and starts its scheduler. It loads the credentials
+// from the store, so store trouble fails here, not at the first call.
+func New(ctx context.Context, cfg Config, opts ...Option) (*Broker, error) {
+	if cfg.Store == nil || cfg.Provider == nil || cfg.Auditor == nil {
+		return nil, errors.New("broker: Config needs Store, Provider and Auditor")
+	}
+	o := defaultOptions()
+	for _, opt := range opts {
+		if err := opt(&o); err != nil {
+			return nil, err
+		}
+	}
+	bctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	b := &Broker{
+		store:    cfg.Store,
+		provider: cfg.Provider,
+		auditor:  cfg.Auditor,
+		opts:     o,
+		log:      o.logger,
+		ctx:      bctx,
+		cancel:   cancel,
+		entries:  make(map[string]*entry),
+	}
+	b.notices = newNoticeLog(b.store, o.noticeRetention, o.subscriberBuffer, o.now, b.log)
+	if err := b.notices.init(ctx); err != nil {
+		cancel()
+		return nil, err
+	}
+	if err := b.loadAll(ctx); err != nil {
+		cancel()
+		return nil, err
+	}
+	b.wg.Add(1)
+	go func() {
+		defer b.wg.Done()
+		b.runScheduler()
+	}()
+	return b, nil
+}
+
+// Close stops the scheduler, cancels refreshes in flight and waits for them.
+// Rotated tokens are always stored before a refresh reports success, so a
+// cancelled refresh loses nothing that was acknowledged.
+func (b *Broker) Close() error {
+	if b.closed.Swap(true) {
+		return nil
+	}
+	b.cancel()
+	b.wg.Wait()
+	b.notices.closeSubscribers()
+	return nil
+}
+
+// entry is the in-memory state of one credential.
+type entry struct {
+	id string
+	// view is what the hot path reads: the last stored state of the
+	// credential, replaced as a whole after every stored change.
+	view atomic.Pointer[view]
+	// used is set when an access token is handed out and cleared by a
+	// refresh: only tokens somebody uses are refreshed ahead of expiry.
+	used atomic.Bool
+
+	mu     sync.Mutex
+	flight *flight
+	// lastRejection is when a rejected-token report last caused a refresh.
+	lastRejection time.Time
+	// rescue holds a rotated family whose write to the store failed: the
+	// newest refresh token exists only here until a write succeeds.
+	rescue *rescued
+	// lastErr is the last refresh failure, for describing.
+	lastErr error
+	// retryAt holds back scheduled refreshes after a failure.
+	retryAt time.Time
+}
+
+// view is an immutable snapshot of a credential. Never modify one in place.
+type view struct {
+	cred          *credentialRecord
+	fam           *familyRecord
+	famVersion    uint64
+	credVersion   uint64
+	nextRefreshAt time.Time
+}
+
+// flight is one refresh that any number of callers wait for.
+type flight struct {
+	done chan struct{}
+	tok  *accessToken
+	v    *view
+	err  error
+}
+
+func (b *Broker) validateID(id string) error {
+	if err := credid.Validate(id); err != nil {
+		return &InvalidArgumentError{Field: "credential_id", Reason: err.Error()}
+	}
+	return nil
+}
+
+// loadAll reads every credential into memory.
+func (b *Broker) loadAll(ctx context.Context) error {
+	keys, err := b.store.List(ctx, credentialsPrefix)
+	if err != nil {
+		return fmt.Errorf("broker: load credentials: %w", err)
+	}
+	for _, k := range keys {
+		id := k[len(credentialsPrefix):]
+		if _, err := b.load(ctx, id); err != nil {
+			return fmt.Errorf("broker: load credential %s: %w", id, err)
+		}
+	}
+	return nil
+}
+
+// load reads a credential from the store and installs it as an entry.
+func (b *Broker) load(ctx context.Context, id string) (*entry, error) {
+	v, err := b.readView(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	b.entriesMu.Lock()
+	defer b.entriesMu.Unlock()
+	e, ok := b.entries[id]
+	if !ok {
+		e = &entry{id: id}
+		b.entries[id] = e
+	}
+	if cur := e.view.Load(); cur == nil || cur.famVersion < v.famVersion || cur.credVersion < v.credVersion {
+		e.view.Store(v)
+	}
+	return e, nil
+}
+
+func (b *Broker) readView(ctx context.Context, id string) (*view, error) {
+	credRec, err := b.store.Get(ctx, credentialKey(id))
+	if err != nil {
+		if errors.Is(err, store.ErrNotFound) {
+			return nil, fmt.Errorf("%w: %s", ErrNotFound, id)
+		}
+		return nil, storeUnavailable(err)
+	}
+	var cred credentialRecord
+	if err := decodeRecord(credRec.Value, &cred, &cred.Format); err != nil {
+		return nil, err
+	}
+	fam := &familyRecord{Format: recordFormat, Status: StatusAwaitingReauth}
+	var famVersion uint64
+	famRec, err := b.store.Get(ctx, familyKey(id))
+	switch {
+	case err == nil:
+		if err := decodeRecord(famRec.Value, fam, &fam.Format); err != nil {
+			return nil, err
+		}
+		famVersion = famRec.Version
+	case errors.Is(err, store.ErrNotFound):
+	default:
+		return nil, storeUnavailable(err)
+	}
+	return b.newView(&cred, credRec.Version, fam, famVersion), nil
+}
+
+func (b *Broker) newView(cred *credentialRecord, credVersion uint64, fam *familyRecord, famVersion uint64) *view {
+	v := &view{cred: cred, credVersion: credVersion, fam: fam, famVersion: famVersion}
+	v.nextRefreshAt = b.nextRefresh(v)
+	return v
+}
+
+// entry returns the in-memory entry for id, loading it on first use.
+func (b *Broker) entry(ctx context.Context, id string) (*entry, error) {
+	b.entriesMu.Lock()
+	e, ok := b.entries[id]
+	b.entriesMu.Unlock()
+	if ok {
+		return e, nil
+	}
+	return b.load(ctx, id)
+}
+
+func (b *Broker) dropEntry(id string) {
+	b.entriesMu.Lock()
+	delete(b.entries, id)
+	b.entriesMu.Unlock()
+}
+
+func (b *Broker) snapshotEntries() []*entry {
+	b.entriesMu.Lock()
+	defer b.entriesMu.Unlock()
+	out := make([]*entry, 0, len(b.entries))
+	for _, e := range b.entries {
+		out = append(out, e)
+	}
+	return out
+}
+
+func storeUnavailable(err error) error {
+	return &UnavailableError{Component: ComponentStore, RetryAfter: time.Second, Err: err}
+}
+
+func (b *Broker) audit(ctx context.Context, e audit.Event) {
+	e.Time = b.opts.now().UTC()
+	e.Actor = audit.Actor(ctx)
+	if err := b.auditor.Record(ctx, e); err != nil {
+		b.log.ErrorContext(ctx, "audit record not written", "action", e.Action, "credential", e.Credential, "err", err)
+	}
+}

@@ -1,0 +1,282 @@
+package broker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/rotavault/rotavault/audit"
+	"github.com/rotavault/rotavault/store"
+)
+
+// Credential describes a credential; it never holds a secret.
+type Credential struct {
+	ID               string
+	Spec             Spec // ClientSecret always empty
+	HasClientSecret  bool
+	Status           Status
+	FamilyID         string
+	Generation       uint64
+	RevokedReason    RevocationReason
+	LastRotationAt   time.Time
+	NextRefreshAt    time.Time
+	AccessExpiresAt  time.Time
+	LastError        string
+	CreatedAt        time.Time
+	UpdatedAt        time.Time
+}
+
+// CreateCredential registers a credential without a token family. Errors:
+// *InvalidArgumentError, ErrAlreadyExists, *UnavailableError.
+func (b *Broker) CreateCredential(ctx context.Context, id string, spec Spec) (Credential, error) {
+	if err := b.validateID(id); err != nil {
+		return Credential{}, err
+	}
+	if err := spec.validate(); err != nil {
+		return Credential{}, err
+	}
+	now := b.opts.now().UTC()
+	rec := &credentialRecord{Format: recordFormat, ID: id, Spec: spec, CreatedAt: now, UpdatedAt: now}
+	raw, err := encodeRecord(rec)
+	if err != nil {
+		return Credential{}, err
+	}
+	version, err := b.store.Put(ctx, credentialKey(id), raw, 0)
+	if errors.Is(err, store.ErrConflict) {
+		return Credential{}, fmt.Errorf("%w: %s", ErrAlreadyExists, id)
+	}
+	if err != nil {
+		return Credential{}, storeUnavailable(err)
+	}
+	fam := &familyRecord{Format: recordFormat, Status: StatusAwaitingReauth}
+	v := b.newView(rec, version, fam, 0)
+	e := &entry{id: id}
+	e.view.Store(v)
+	b.entriesMu.Lock()
+	b.entries[id] = e
+	b.entriesMu.Unlock()
+	b.audit(ctx, audit.Event{Action: audit.ActionCredentialCreated, Credential: id, Detail: "provider " + spec.ProviderKind.String()})
+	return b.describe(e, v), nil
+}
+
+// SpecField names a field of Spec an update may change.
+type SpecField string
+
+// Fields of Spec, by their API names.
+const (
+	FieldBaseURL          SpecField = "base_url"
+	FieldTokenURL         SpecField = "token_url"
+	FieldAuthorizeURL     SpecField = "authorize_url"
+	FieldRevocationURL    SpecField = "revocation_url"
+	FieldIntrospectionURL SpecField = "introspection_url"
+	FieldClientID         SpecField = "client_id"
+	FieldClientSecret     SpecField = "client_secret"
+	FieldScopes           SpecField = "scopes"
+	FieldAccessTokenLife  SpecField = "access_token_lifetime"
+	FieldRefreshIdle      SpecField = "refresh_token_idle_timeout"
+	FieldRefreshMaxLife   SpecField = "refresh_token_max_lifetime"
+	FieldReuseGrace       SpecField = "reuse_grace_period"
+)
+
+func applyField(dst *Spec, src Spec, f SpecField) error {
+	switch f {
+	case FieldBaseURL:
+		dst.BaseURL = src.BaseURL
+	case FieldTokenURL:
+		dst.TokenURL = src.TokenURL
+	case FieldAuthorizeURL:
+		dst.AuthorizeURL = src.AuthorizeURL
+	case FieldRevocationURL:
+		dst.RevocationURL = src.RevocationURL
+	case FieldIntrospectionURL:
+		dst.IntrospectionURL = src.IntrospectionURL
+	case FieldClientID:
+		dst.ClientID = src.ClientID
+	case FieldClientSecret:
+		dst.ClientSecret = src.ClientSecret
+	case FieldScopes:
+		dst.Scopes = append([]string(nil), src.Scopes...)
+	case FieldAccessTokenLife:
+		dst.AccessTokenLife = src.AccessTokenLife
+	case FieldRefreshIdle:
+		dst.RefreshIdle = src.RefreshIdle
+	case FieldRefreshMaxLife:
+		dst.RefreshMaxLife = src.RefreshMaxLife
+	case FieldReuseGrace:
+		dst.ReuseGrace = src.ReuseGrace
+	case "provider_kind":
+		return invalid("update_mask", "provider_kind cannot change; create a new credential")
+	default:
+		return invalid("update_mask", "unknown field %q", string(f))
+	}
+	return nil
+}
+
+// UpdateCredential changes the named fields of a credential's spec, keeping
+// its token family. Errors: *InvalidArgumentError, ErrNotFound,
+// *UnavailableError.
+func (b *Broker) UpdateCredential(ctx context.Context, id string, fields []SpecField, spec Spec) (Credential, error) {
+	if err := b.validateID(id); err != nil {
+		return Credential{}, err
+	}
+	if len(fields) == 0 {
+		return Credential{}, invalid("update_mask", "name at least one field to change")
+	}
+	e, err := b.entry(ctx, id)
+	if err != nil {
+		return Credential{}, err
+	}
+	for {
+		v, err := b.readView(ctx, id)
+		if err != nil {
+			return Credential{}, err
+		}
+		next := *v.cred
+		next.Spec = v.cred.Spec
+		next.Spec.Scopes = append([]string(nil), v.cred.Spec.Scopes...)
+		for _, f := range fields {
+			if err := applyField(&next.Spec, spec, f); err != nil {
+				return Credential{}, err
+			}
+		}
+		if err := next.Spec.validate(); err != nil {
+			return Credential{}, err
+		}
+		next.UpdatedAt = b.opts.now().UTC()
+		next.Format = recordFormat
+		raw, err := encodeRecord(&next)
+		if err != nil {
+			return Credential{}, err
+		}
+		version, err := b.store.Put(ctx, credentialKey(id), raw, v.credVersion)
+		if errors.Is(err, store.ErrConflict) {
+			continue
+		}
+		if err != nil {
+			return Credential{}, storeUnavailable(err)
+		}
+		nv := b.newView(&next, version, v.fam, v.famVersion)
+		e.setView(nv)
+		names := make([]string, len(fields))
+		for i, f := range fields {
+			names[i] = string(f)
+		}
+		b.audit(ctx, audit.Event{Action: audit.ActionCredentialUpdated, Credential: id, Detail: "fields: " + strings.Join(names, ",")})
+		return b.describe(e, nv), nil
+	}
+}
+
+// GetCredential describes a credential. Errors: *InvalidArgumentError,
+// ErrNotFound, *UnavailableError.
+func (b *Broker) GetCredential(ctx context.Context, id string) (Credential, error) {
+	if err := b.validateID(id); err != nil {
+		return Credential{}, err
+	}
+	e, err := b.entry(ctx, id)
+	if err != nil {
+		return Credential{}, err
+	}
+	return b.describe(e, e.view.Load()), nil
+}
+
+// ListCredentials lists up to limit credentials with ids after `after`, in
+// id order, and whether more follow.
+func (b *Broker) ListCredentials(ctx context.Context, after string, limit int) ([]Credential, bool, error) {
+	keys, err := b.store.List(ctx, credentialsPrefix)
+	if err != nil {
+		return nil, false, storeUnavailable(err)
+	}
+	ids := make([]string, 0, len(keys))
+	for _, k := range keys {
+		if id := strings.TrimPrefix(k, credentialsPrefix); id > after {
+			ids = append(ids, id)
+		}
+	}
+	sort.Strings(ids)
+	more := len(ids) > limit
+	if more {
+		ids = ids[:limit]
+	}
+	out := make([]Credential, 0, len(ids))
+	for _, id := range ids {
+		e, err := b.entry(ctx, id)
+		if errors.Is(err, ErrNotFound) {
+			continue // deleted meanwhile
+		}
+		if err != nil {
+			return nil, false, err
+		}
+		out = append(out, b.describe(e, e.view.Load()))
+	}
+	return out, more, nil
+}
+
+// DeleteCredential revokes the family at the provider (best effort: a
+// provider that is down must not keep an admin from destroying secrets) and
+// destroys the credential's records. Errors: *InvalidArgumentError,
+// ErrNotFound, *UnavailableError.
+func (b *Broker) DeleteCredential(ctx context.Context, id string) error {
+	if err := b.validateID(id); err != nil {
+		return err
+	}
+	v, err := b.readView(ctx, id)
+	if err != nil {
+		return err
+	}
+	if v.fam.RefreshToken != "" {
+		rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		err := b.provider.Revoke(rctx, v.cred.Spec.endpoint(), v.cred.Spec.clientCredentials(), v.fam.RefreshToken)
+		cancel()
+		if err != nil {
+			b.log.WarnContext(ctx, "could not revoke the family at the provider while deleting", "credential", id, "err", err)
+		}
+	}
+	for _, key := range []string{familyKey(id), credentialKey(id)} {
+		if err := b.store.Delete(ctx, key); err != nil {
+			return storeUnavailable(err)
+		}
+	}
+	b.dropEntry(id)
+	b.audit(ctx, audit.Event{Action: audit.ActionCredentialDeleted, Credential: id, Family: v.fam.FamilyID, Generation: v.fam.Generation})
+	if v.fam.Status == StatusActive {
+		b.notify(ctx, Notice{
+			CredentialID: id, FamilyID: v.fam.FamilyID, Generation: v.fam.Generation,
+			Kind: NoticeFamilyRevoked, Reason: ReasonAdmin, Detail: "the credential was deleted", DetectedAt: b.opts.now(),
+		})
+	}
+	return nil
+}
+
+func (b *Broker) describe(e *entry, v *view) Credential {
+	c := Credential{
+		ID:              e.id,
+		Spec:            v.cred.Spec.Redacted(),
+		HasClientSecret: v.cred.Spec.ClientSecret != "",
+		Status:          v.fam.Status,
+		FamilyID:        v.fam.FamilyID,
+		Generation:      v.fam.Generation,
+		RevokedReason:   v.fam.RevokedReason,
+		LastRotationAt:  v.fam.LastRotationAt,
+		LastError:       v.fam.LastError,
+		CreatedAt:       v.cred.CreatedAt,
+		UpdatedAt:       v.cred.UpdatedAt,
+	}
+	if v.fam.Status == StatusActive {
+		c.NextRefreshAt = v.nextRefreshAt
+	}
+	if v.fam.Access != nil {
+		c.AccessExpiresAt = v.fam.Access.ExpiresAt
+	}
+	e.mu.Lock()
+	if e.lastErr != nil && c.LastError == "" {
+		c.LastError = e.lastErr.Error()
+	}
+	if e.rescue != nil {
+		c.LastError = "a rotated refresh token is held in memory until the store accepts it"
+	}
+	e.mu.Unlock()
+	return c
+}

@@ -1,0 +1,116 @@
+package broker
+
+import (
+	"encoding/json"
+	"fmt"
+	"time"
+)
+
+// recordFormat versions the JSON records the broker keeps in the store. A
+// reader accepts every format up to its own, so replicas can be upgraded one
+// at a time; a newer format is refused rather than misread.
+const recordFormat = 1
+
+// Store keys. Credential ids fit the store's key grammar by construction
+// (credid is a subset of it).
+func credentialKey(id string) string { return "credentials/" + id }
+func familyKey(id string) string     { return "families/" + id }
+func flowKey(state string) string    { return "flows/" + state }
+
+const (
+	credentialsPrefix = "credentials/"
+	noticesPrefix     = "notices/"
+	noticeLogMetaKey  = "meta/notice-log"
+)
+
+// Status is a credential's token-family status.
+type Status string
+
+const (
+	StatusAwaitingReauth Status = "awaiting_reauthentication"
+	StatusActive         Status = "active"
+	StatusRevoked        Status = "revoked"
+)
+
+// RevocationReason says why a family was revoked.
+type RevocationReason string
+
+const (
+	ReasonRefreshTokenRejected RevocationReason = "refresh_token_rejected"
+	ReasonLostRotation         RevocationReason = "lost_rotation"
+	ReasonClientRejected       RevocationReason = "client_rejected"
+	ReasonAdmin                RevocationReason = "admin"
+	ReasonSuperseded           RevocationReason = "superseded"
+)
+
+type credentialRecord struct {
+	Format    int       `json:"format"`
+	ID        string    `json:"id"`
+	Spec      Spec      `json:"spec"`
+	CreatedAt time.Time `json:"created_at"`
+	UpdatedAt time.Time `json:"updated_at"`
+}
+
+// accessToken is an access token with what the API returns about it.
+type accessToken struct {
+	Token       string    `json:"token"`
+	Type        string    `json:"type"`
+	InstanceURL string    `json:"instance_url,omitempty"`
+	Scopes      []string  `json:"scopes,omitempty"`
+	IssuedAt    time.Time `json:"issued_at"`
+	ExpiresAt   time.Time `json:"expires_at"`
+	Fingerprint string    `json:"fingerprint"`
+}
+
+// familyRecord is the state of a credential's token family. The refresh
+// token lives only here (and, briefly, in the memory of the refresh that
+// obtained it).
+type familyRecord struct {
+	Format       int          `json:"format"`
+	Status       Status       `json:"status"`
+	FamilyID     string       `json:"family_id,omitempty"`
+	Generation   uint64       `json:"generation"`
+	RefreshToken string       `json:"refresh_token,omitempty"`
+	Access       *accessToken `json:"access,omitempty"`
+	StartedAt    time.Time    `json:"started_at,omitzero"`
+	// LastRefreshAt is when the refresh token was last presented with
+	// success: the provider's idle timer restarts then.
+	LastRefreshAt  time.Time `json:"last_refresh_at,omitzero"`
+	LastRotationAt time.Time `json:"last_rotation_at,omitzero"`
+	// InDoubt is set while a refresh whose outcome is unknown (timeout,
+	// reset after sending) may have rotated RefreshToken at the provider. An
+	// invalid_grant that follows is a lost rotation, not theft.
+	InDoubt       bool             `json:"in_doubt,omitempty"`
+	RevokedReason RevocationReason `json:"revoked_reason,omitempty"`
+	RevokedAt     time.Time        `json:"revoked_at,omitzero"`
+	LastError     string           `json:"last_error,omitempty"`
+	LastErrorAt   time.Time        `json:"last_error_at,omitzero"`
+}
+
+func (f *familyRecord) clone() *familyRecord {
+	c := *f
+	if f.Access != nil {
+		a := *f.Access
+		a.Scopes = append([]string(nil), f.Access.Scopes...)
+		c.Access = &a
+	}
+	return &c
+}
+
+func encodeRecord(v any) ([]byte, error) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return nil, fmt.Errorf("broker: encode record: %w", err)
+	}
+	return b, nil
+}
+
+func decodeRecord(raw []byte, v any, format *int) error {
+	if err := json.Unmarshal(raw, v); err != nil {
+		return fmt.Errorf("broker: decode record: %w", err)
+	}
+	if *format > recordFormat {
+		return fmt.Errorf("broker: record format %d is newer than this server understands (%d): upgrade it", *format, recordFormat)
+	}
+	return nil
+}

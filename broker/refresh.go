@@ -1,0 +1,398 @@
+package broker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/rotavault/rotavault/audit"
+	"github.com/rotavault/rotavault/provider"
+	"github.com/rotavault/rotavault/store"
+)
+
+// Store writes after a successful rotation are retried this many times
+// before the rotated family is held in memory (see entry.rescue).
+const storeWriteTries = 5
+
+// runRefresh is the body of a flight: the only place that presents a
+// credential's refresh token to the provider.
+func (b *Broker) runRefresh(e *entry, need func(*view) bool) (*view, error) {
+	ctx, cancel := context.WithTimeout(b.ctx, b.opts.refreshTimeout)
+	defer cancel()
+
+	// A rotated family that could not be stored is the truth: store it
+	// before anything else, and never present the older token it replaced.
+	if v, err := b.storeRescue(ctx, e); err != nil {
+		return nil, err
+	} else if v != nil && !need(v) {
+		return v, nil
+	}
+
+	v, err := b.readView(ctx, e.id)
+	if err != nil {
+		return nil, err
+	}
+	e.setView(v)
+	if !need(v) {
+		return v, nil
+	}
+	if v.fam.Status != StatusActive {
+		return nil, reauthRequired(e.id, v.fam)
+	}
+	v, err = b.refreshFamily(ctx, e, v)
+	e.mu.Lock()
+	e.lastErr = err
+	e.mu.Unlock()
+	return v, err
+}
+
+// refreshFamily presents the family's refresh token and acts on the answer.
+func (b *Broker) refreshFamily(ctx context.Context, e *entry, v *view) (*view, error) {
+	spec := v.cred.Spec
+	ep, cc := spec.endpoint(), spec.clientCredentials()
+	fam, famVersion := v.fam, v.famVersion
+	var firstUnknown time.Time
+	for attempt := 0; ; attempt++ {
+		tok, err := b.provider.Refresh(ctx, ep, cc, fam.RefreshToken)
+		if err == nil {
+			return b.storeRefreshed(ctx, e, v.cred, v.credVersion, fam, famVersion, tok)
+		}
+		var pe *provider.Error
+		if !errors.As(err, &pe) {
+			return nil, &UnavailableError{Component: ComponentProvider, RetryAfter: time.Second, Err: err}
+		}
+		switch {
+		case pe.Outcome == provider.OutcomeRejected && pe.Permanent():
+			reason := ReasonRefreshTokenRejected
+			switch {
+			case !errors.Is(err, provider.ErrInvalidGrant):
+				reason = ReasonClientRejected
+			case fam.InDoubt:
+				// Our own earlier refresh probably rotated the token and its
+				// answer never arrived: a lost rotation, not theft.
+				reason = ReasonLostRotation
+			}
+			b.log.WarnContext(ctx, "provider refused the refresh token; revoking the family",
+				"credential", e.id, "family", fam.FamilyID, "generation", fam.Generation, "reason", reason, "provider_error", pe.Code)
+			return nil, b.revokeFamily(ctx, e, fam, famVersion, reason, pe.Error())
+
+		case pe.Outcome == provider.OutcomeUnknown:
+			now := b.opts.now()
+			if firstUnknown.IsZero() {
+				firstUnknown = now
+			}
+			if !fam.InDoubt {
+				// Remember before retrying: if we crash, the next refresh must
+				// still know an invalid_grant is probably our own lost rotation.
+				fam, famVersion, err = b.markInDoubt(ctx, e, fam, famVersion)
+				if err != nil {
+					return nil, err
+				}
+			}
+			// With no grace period a retry is a reuse if the provider did
+			// rotate: allow exactly one, to learn the truth. Within a grace
+			// period the previous token is still accepted: retry inside it.
+			grace := spec.ReuseGrace
+			retryAllowed := attempt == 0 || (grace > 0 && now.Sub(firstUnknown) < grace/2)
+			b.log.WarnContext(ctx, "refresh outcome unknown; the provider may have rotated",
+				"credential", e.id, "family", fam.FamilyID, "generation", fam.Generation, "retrying", retryAllowed, "err", pe.Error())
+			if !retryAllowed {
+				return nil, &UnavailableError{Component: ComponentProvider, RetryAfter: time.Second, Err: err}
+			}
+			if err := sleepCtx(ctx, b.backoff(attempt, 0)); err != nil {
+				return nil, &UnavailableError{Component: ComponentProvider, RetryAfter: time.Second, Err: err}
+			}
+
+		default:
+			// Not processed (connection refused, 429, 503 without a body) or
+			// a temporary refusal: safe to retry, never a revocation.
+			if attempt+1 >= b.opts.notProcessedTries {
+				return nil, &UnavailableError{Component: ComponentProvider, RetryAfter: max(pe.RetryAfter, time.Second), Err: err}
+			}
+			if err := sleepCtx(ctx, b.backoff(attempt, pe.RetryAfter)); err != nil {
+				return nil, &UnavailableError{Component: ComponentProvider, RetryAfter: time.Second, Err: err}
+			}
+		}
+	}
+}
+
+func (b *Broker) backoff(attempt int, atLeast time.Duration) time.Duration {
+	d := b.opts.retryBase << min(attempt, 8)
+	return max(d, atLeast)
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// storeRefreshed stores the outcome of a successful refresh: persist first,
+// answer later.
+func (b *Broker) storeRefreshed(ctx context.Context, e *entry, cred *credentialRecord, credVersion uint64, fam *familyRecord, famVersion uint64, tok *provider.Token) (*view, error) {
+	now := b.opts.now()
+	next := fam.clone()
+	rotated := tok.RefreshToken != "" && tok.RefreshToken != fam.RefreshToken
+	if rotated {
+		next.RefreshToken = tok.RefreshToken
+		next.LastRotationAt = now
+	}
+	next.Generation++
+	next.LastRefreshAt = now
+	next.InDoubt = false
+	next.LastError, next.LastErrorAt = "", time.Time{}
+	next.Access = b.newAccessToken(cred.Spec, fam.Access, tok, now)
+	mismatch := tok.SignatureStatus == provider.SignatureMismatch
+	if mismatch {
+		next.LastError, next.LastErrorAt = "the provider's response signature did not match (is the client secret current?)", now
+	}
+
+	version, err := b.writeFamily(ctx, e.id, next, famVersion)
+	if errors.Is(err, store.ErrConflict) {
+		return nil, b.orphaned(ctx, e, cred, fam, tok, rotated)
+	}
+	if err != nil {
+		e.mu.Lock()
+		e.rescue = &rescued{fam: next, baseVersion: famVersion}
+		e.mu.Unlock()
+		b.log.ErrorContext(ctx, "rotated refresh token NOT stored yet: holding it in memory and retrying; do not restart this server until the store recovers",
+			"credential", e.id, "family", next.FamilyID, "generation", next.Generation, "err", err)
+		b.audit(ctx, audit.Event{Action: audit.ActionRescuedToken, Credential: e.id, Family: next.FamilyID, Generation: next.Generation, Detail: "store write failed; retrying"})
+		return nil, storeUnavailable(err)
+	}
+	v := b.newView(cred, credVersion, next, version)
+	e.setView(v)
+	e.used.Store(false)
+
+	action := audit.ActionRefreshed
+	if rotated {
+		action = audit.ActionRotated
+	}
+	b.audit(ctx, audit.Event{Action: action, Credential: e.id, Family: next.FamilyID, Generation: next.Generation})
+	b.log.InfoContext(ctx, "refreshed", "credential", e.id, "family", next.FamilyID, "generation", next.Generation, "rotated", rotated)
+	if mismatch {
+		b.log.WarnContext(ctx, "response signature mismatch after refresh; new token stored, credential flagged", "credential", e.id, "generation", next.Generation)
+		b.audit(ctx, audit.Event{Action: audit.ActionSignatureMismatch, Credential: e.id, Family: next.FamilyID, Generation: next.Generation})
+	}
+	return v, nil
+}
+
+func (b *Broker) newAccessToken(spec Spec, prev *accessToken, tok *provider.Token, now time.Time) *accessToken {
+	lifetime := tok.ExpiresIn
+	if lifetime <= 0 {
+		lifetime = spec.accessTokenLifetime()
+	}
+	a := &accessToken{
+		Token:       tok.AccessToken,
+		Type:        tok.TokenType,
+		InstanceURL: tok.InstanceURL,
+		Scopes:      append([]string(nil), tok.Scopes...),
+		IssuedAt:    now,
+		// Expiry counts from our clock when the answer arrived, not the
+		// provider's issued_at: skew must not make us hand out dead tokens.
+		ExpiresAt:   now.Add(lifetime),
+		Fingerprint: Fingerprint(tok.AccessToken),
+	}
+	if !tok.IssuedAt.IsZero() && tok.IssuedAt.Before(now) {
+		a.IssuedAt = tok.IssuedAt
+	}
+	if a.Type == "" {
+		a.Type = "Bearer"
+	}
+	if prev != nil {
+		if a.InstanceURL == "" {
+			a.InstanceURL = prev.InstanceURL
+		}
+		if len(a.Scopes) == 0 {
+			a.Scopes = append([]string(nil), prev.Scopes...)
+		}
+	}
+	return a
+}
+
+// orphaned handles a refresh whose result lost a check-and-set race: the
+// family changed under it (a reauthentication or a revocation won). The new
+// refresh token belongs to a family nobody uses; revoke it at the provider
+// rather than leave it alive.
+func (b *Broker) orphaned(ctx context.Context, e *entry, cred *credentialRecord, fam *familyRecord, tok *provider.Token, rotated bool) error {
+	b.log.WarnContext(ctx, "the family changed while refreshing; discarding the refreshed tokens",
+		"credential", e.id, "family", fam.FamilyID, "generation", fam.Generation)
+	if rotated {
+		if err := b.provider.Revoke(ctx, cred.Spec.endpoint(), cred.Spec.clientCredentials(), tok.RefreshToken); err != nil {
+			b.log.WarnContext(ctx, "could not revoke the discarded refresh token", "credential", e.id, "err", err)
+		}
+	}
+	if v, err := b.readView(ctx, e.id); err == nil {
+		e.setView(v)
+	}
+	return fmt.Errorf("%w: the token family of %s changed during a refresh", ErrConflict, e.id)
+}
+
+// writeFamily stores a family record with check-and-set on expected,
+// retrying transient store errors. ErrConflict is returned at once.
+func (b *Broker) writeFamily(ctx context.Context, id string, fam *familyRecord, expected uint64) (uint64, error) {
+	fam.Format = recordFormat
+	raw, err := encodeRecord(fam)
+	if err != nil {
+		return 0, err
+	}
+	for attempt := 0; ; attempt++ {
+		version, err := b.store.Put(ctx, familyKey(id), raw, expected)
+		if err == nil || errors.Is(err, store.ErrConflict) || attempt+1 >= storeWriteTries {
+			return version, err
+		}
+		b.log.WarnContext(ctx, "store write failed; retrying", "credential", id, "attempt", attempt+1, "err", err)
+		if err := sleepCtx(ctx, b.backoff(attempt, 0)); err != nil {
+			return 0, err
+		}
+	}
+}
+
+// rescued is a rotated family the store has not accepted yet.
+type rescued struct {
+	fam         *familyRecord
+	baseVersion uint64
+}
+
+// storeRescue writes a held rotated family, if any. It returns the new view
+// once stored, nil when there was nothing to store.
+func (b *Broker) storeRescue(ctx context.Context, e *entry) (*view, error) {
+	e.mu.Lock()
+	r := e.rescue
+	e.mu.Unlock()
+	if r == nil {
+		return nil, nil
+	}
+	version, err := b.writeFamily(ctx, e.id, r.fam, r.baseVersion)
+	if errors.Is(err, store.ErrConflict) {
+		// Only another writer of this family could have won, and on one node
+		// there is none; keep the token and say so loudly.
+		b.log.ErrorContext(ctx, "held rotated family conflicts with the stored one; keeping it in memory", "credential", e.id)
+		return nil, fmt.Errorf("%w: held rotation of %s conflicts with the store", ErrConflict, e.id)
+	}
+	if err != nil {
+		return nil, storeUnavailable(err)
+	}
+	e.mu.Lock()
+	e.rescue = nil
+	e.mu.Unlock()
+	b.log.InfoContext(ctx, "held rotated refresh token is now stored", "credential", e.id, "generation", r.fam.Generation)
+	cur := e.view.Load()
+	v := b.newView(cur.cred, cur.credVersion, r.fam, version)
+	e.setView(v)
+	return v, nil
+}
+
+// markInDoubt records that the family's refresh token may have been rotated
+// by a refresh whose answer was lost.
+func (b *Broker) markInDoubt(ctx context.Context, e *entry, fam *familyRecord, version uint64) (*familyRecord, uint64, error) {
+	next := fam.clone()
+	next.InDoubt = true
+	v, err := b.writeFamily(ctx, e.id, next, version)
+	if err != nil {
+		if errors.Is(err, store.ErrConflict) {
+			return nil, 0, fmt.Errorf("%w: the token family of %s changed during a refresh", ErrConflict, e.id)
+		}
+		return nil, 0, storeUnavailable(err)
+	}
+	return next, v, nil
+}
+
+// revokeFamily marks the family revoked, forgets its tokens, audits it and
+// notifies watchers. It returns the error callers receive.
+func (b *Broker) revokeFamily(ctx context.Context, e *entry, fam *familyRecord, version uint64, reason RevocationReason, detail string) error {
+	now := b.opts.now()
+	next := fam.clone()
+	next.Status = StatusRevoked
+	next.RefreshToken = ""
+	next.Access = nil
+	next.InDoubt = false
+	next.RevokedReason, next.RevokedAt = reason, now
+	next.LastError, next.LastErrorAt = detail, now
+	for {
+		newVersion, err := b.writeFamily(ctx, e.id, next, version)
+		if err == nil {
+			version = newVersion
+			break
+		}
+		if !errors.Is(err, store.ErrConflict) {
+			// The provider has revoked the family whether or not we can say
+			// so: stop handing out its tokens now, and let the next refresh
+			// (which will meet invalid_grant again) record it.
+			e.dropAccess()
+			return storeUnavailable(err)
+		}
+		cur, rerr := b.readView(ctx, e.id)
+		if rerr != nil {
+			return rerr
+		}
+		if cur.fam.FamilyID != fam.FamilyID || cur.fam.Status != StatusActive {
+			e.setView(cur)
+			if cur.fam.Status == StatusActive {
+				return fmt.Errorf("%w: a new token family of %s is active", ErrConflict, e.id)
+			}
+			return reauthRequired(e.id, cur.fam)
+		}
+		version = cur.famVersion
+	}
+	cur := e.view.Load()
+	e.setView(b.newView(cur.cred, cur.credVersion, next, version))
+	b.audit(ctx, audit.Event{Action: audit.ActionFamilyRevoked, Credential: e.id, Family: fam.FamilyID, Generation: fam.Generation, Reason: string(reason), Detail: detail})
+	b.notify(ctx, Notice{
+		CredentialID: e.id, FamilyID: fam.FamilyID, Generation: fam.Generation,
+		Kind: NoticeFamilyRevoked, Reason: reason, Detail: revocationDetail(reason), DetectedAt: now,
+	})
+	return reauthRequired(e.id, next)
+}
+
+func revocationDetail(r RevocationReason) string {
+	switch r {
+	case ReasonRefreshTokenRejected:
+		return "the provider refused the refresh token: an old token of this family was reused elsewhere (theft or a legacy client), or it expired or was revoked at the provider"
+	case ReasonLostRotation:
+		return "a refresh answer was lost after the provider rotated; with no reuse grace period the family is gone (not theft)"
+	case ReasonClientRejected:
+		return "the provider refused the client (secret, user or org no longer valid)"
+	case ReasonAdmin:
+		return "revoked by an administrator"
+	case ReasonSuperseded:
+		return "replaced by a new family"
+	default:
+		return ""
+	}
+}
+
+// setView installs v unless the entry already holds a newer stored state.
+func (e *entry) setView(v *view) {
+	for {
+		cur := e.view.Load()
+		if cur != nil && (v.famVersion < cur.famVersion || v.credVersion < cur.credVersion) {
+			return
+		}
+		if e.view.CompareAndSwap(cur, v) {
+			return
+		}
+	}
+}
+
+// dropAccess stops handing out the cached access token.
+func (e *entry) dropAccess() {
+	for {
+		cur := e.view.Load()
+		if cur.fam.Access == nil {
+			return
+		}
+		v := *cur
+		v.fam = cur.fam.clone()
+		v.fam.Access = nil
+		if e.view.CompareAndSwap(cur, &v) {
+			return
+		}
+	}
+}

@@ -1,0 +1,221 @@
+package broker
+
+import (
+	"fmt"
+	"net"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/rotavault/rotavault/provider"
+)
+
+// ProviderKind says which dialect of OAuth a credential's provider speaks.
+type ProviderKind int
+
+const (
+	ProviderUnspecified ProviderKind = iota
+	ProviderSalesforce
+	ProviderOAuth2
+)
+
+func (k ProviderKind) String() string {
+	switch k {
+	case ProviderSalesforce:
+		return "salesforce"
+	case ProviderOAuth2:
+		return "oauth2"
+	default:
+		return "unspecified"
+	}
+}
+
+// Defaults for credentials that leave a lifetime unset.
+const (
+	// DefaultSalesforceSessionTimeout is Salesforce's default session timeout,
+	// used as the access-token lifetime since Salesforce sends no expires_in.
+	DefaultSalesforceSessionTimeout = 2 * time.Hour
+	// DefaultAccessTokenLifetime applies to generic providers that send no
+	// expires_in: treating such tokens as immortal is how other brokers end up
+	// handing out dead tokens.
+	DefaultAccessTokenLifetime = time.Hour
+	maxScopes                  = 64
+	maxScopeLen                = 256
+	maxURLLen                  = 2048
+	maxClientIDLen             = 512
+	maxClientSecretLen         = 1024
+	maxDuration                = 400 * 24 * time.Hour
+)
+
+// Spec is a credential's configuration.
+type Spec struct {
+	ProviderKind     ProviderKind  `json:"provider_kind"`
+	BaseURL          string        `json:"base_url,omitempty"`
+	TokenURL         string        `json:"token_url,omitempty"`
+	AuthorizeURL     string        `json:"authorize_url,omitempty"`
+	RevocationURL    string        `json:"revocation_url,omitempty"`
+	IntrospectionURL string        `json:"introspection_url,omitempty"`
+	ClientID         string        `json:"client_id"`
+	ClientSecret     string        `json:"client_secret,omitempty"`
+	Scopes           []string      `json:"scopes,omitempty"`
+	AccessTokenLife  time.Duration `json:"access_token_lifetime,omitempty"`
+	RefreshIdle      time.Duration `json:"refresh_token_idle_timeout,omitempty"`
+	RefreshMaxLife   time.Duration `json:"refresh_token_max_lifetime,omitempty"`
+	ReuseGrace       time.Duration `json:"reuse_grace_period,omitempty"`
+}
+
+// Redacted returns a copy without the client secret, for describing.
+func (s Spec) Redacted() Spec {
+	s.ClientSecret = ""
+	s.Scopes = append([]string(nil), s.Scopes...)
+	return s
+}
+
+// validate checks a spec as a whole; field names follow the API.
+func (s Spec) validate() error {
+	switch s.ProviderKind {
+	case ProviderSalesforce:
+		if s.BaseURL == "" && s.TokenURL == "" {
+			return invalid("spec.base_url", "required for Salesforce (the My Domain URL, or https://login.salesforce.com / https://test.salesforce.com)")
+		}
+	case ProviderOAuth2:
+		if s.TokenURL == "" {
+			return invalid("spec.token_url", "required for a generic OAuth 2.0 provider")
+		}
+		if s.BaseURL != "" {
+			return invalid("spec.base_url", "only for Salesforce; set token_url and the other endpoint URLs")
+		}
+	default:
+		return invalid("spec.provider_kind", "must be salesforce or oauth2")
+	}
+	for field, u := range map[string]string{
+		"spec.base_url": s.BaseURL, "spec.token_url": s.TokenURL, "spec.authorize_url": s.AuthorizeURL,
+		"spec.revocation_url": s.RevocationURL, "spec.introspection_url": s.IntrospectionURL,
+	} {
+		if u == "" {
+			continue
+		}
+		if err := ValidateEndpointURL(u); err != nil {
+			return invalid(field, "%v", err)
+		}
+	}
+	if s.ClientID == "" || len(s.ClientID) > maxClientIDLen || !printable(s.ClientID) {
+		return invalid("spec.client_id", "required, printable, at most %d bytes", maxClientIDLen)
+	}
+	if len(s.ClientSecret) > maxClientSecretLen || !printable(s.ClientSecret) {
+		return invalid("spec.client_secret", "printable, at most %d bytes", maxClientSecretLen)
+	}
+	if len(s.Scopes) > maxScopes {
+		return invalid("spec.scopes", "at most %d scopes", maxScopes)
+	}
+	for _, sc := range s.Scopes {
+		if sc == "" || len(sc) > maxScopeLen || strings.ContainsAny(sc, " \"\\") || !printable(sc) {
+			return invalid("spec.scopes", "each scope is 1-%d printable characters without spaces, quotes or backslashes", maxScopeLen)
+		}
+	}
+	for field, d := range map[string]time.Duration{
+		"spec.access_token_lifetime": s.AccessTokenLife, "spec.refresh_token_idle_timeout": s.RefreshIdle,
+		"spec.refresh_token_max_lifetime": s.RefreshMaxLife, "spec.reuse_grace_period": s.ReuseGrace,
+	} {
+		if d < 0 || d > maxDuration {
+			return invalid(field, "must be between 0 and %s", maxDuration)
+		}
+	}
+	if s.AccessTokenLife != 0 && s.AccessTokenLife < 10*time.Second {
+		return invalid("spec.access_token_lifetime", "at least 10s")
+	}
+	if s.RefreshIdle != 0 && s.RefreshIdle < time.Minute {
+		return invalid("spec.refresh_token_idle_timeout", "at least 1m")
+	}
+	return nil
+}
+
+func printable(s string) bool {
+	for _, r := range s {
+		if r < 0x20 || r == 0x7f {
+			return false
+		}
+	}
+	return true
+}
+
+// ValidateEndpointURL accepts https URLs, and http only on a loopback host
+// (for tests and the dev command). Userinfo and fragments are refused.
+func ValidateEndpointURL(raw string) error {
+	if len(raw) > maxURLLen {
+		return fmt.Errorf("longer than %d bytes", maxURLLen)
+	}
+	u, err := url.Parse(raw)
+	if err != nil {
+		return fmt.Errorf("not a URL")
+	}
+	if u.Host == "" || u.User != nil || u.Fragment != "" || u.Opaque != "" {
+		return fmt.Errorf("must be an absolute URL with a host, no user info or fragment")
+	}
+	switch u.Scheme {
+	case "https":
+		return nil
+	case "http":
+		if isLoopback(u.Hostname()) {
+			return nil
+		}
+		return fmt.Errorf("http is allowed only on loopback; use https")
+	default:
+		return fmt.Errorf("scheme must be https")
+	}
+}
+
+func isLoopback(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+// endpoint resolves the provider endpoints of a spec.
+func (s Spec) endpoint() provider.Endpoint {
+	var ep provider.Endpoint
+	if s.ProviderKind == ProviderSalesforce {
+		ep = provider.SalesforceEndpoint(strings.TrimSuffix(s.BaseURL, "/"))
+	} else {
+		ep.Kind = provider.KindOAuth2
+	}
+	for dst, src := range map[*string]string{
+		&ep.TokenURL: s.TokenURL, &ep.AuthorizeURL: s.AuthorizeURL,
+		&ep.RevocationURL: s.RevocationURL, &ep.IntrospectionURL: s.IntrospectionURL,
+	} {
+		if src != "" {
+			*dst = src
+		}
+	}
+	return ep
+}
+
+func (s Spec) clientCredentials() provider.ClientCredentials {
+	return provider.ClientCredentials{ClientID: s.ClientID, ClientSecret: s.ClientSecret}
+}
+
+// accessTokenLifetime is how long a token lives when the provider says
+// nothing.
+func (s Spec) accessTokenLifetime() time.Duration {
+	if s.AccessTokenLife > 0 {
+		return s.AccessTokenLife
+	}
+	if s.ProviderKind == ProviderSalesforce {
+		return DefaultSalesforceSessionTimeout
+	}
+	return DefaultAccessTokenLifetime
+}
+
+// grantsRefreshToken reports whether Salesforce issues a refresh token for
+// these scopes: only refresh_token (alias offline_access) or full do.
+func grantsRefreshToken(scopes []string) bool {
+	for _, s := range scopes {
+		switch s {
+		case "refresh_token", "offline_access", "full":
+			return true
+		}
+	}
+	return false
+}

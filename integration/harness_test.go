@@ -1,0 +1,304 @@
+// Package integration runs Rotavault end to end: the real gRPC server, the
+// rotation logic, the embedded encrypted store and real authorization servers
+// (our Salesforce simulator and ory/fosite) on loopback.
+package integration
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"log/slog"
+	"net"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	"github.com/rotavault/rotavault/audit"
+	"github.com/rotavault/rotavault/boltstore"
+	"github.com/rotavault/rotavault/broker"
+	rotavaultv1 "github.com/rotavault/rotavault/gen/rotavault/v1"
+	"github.com/rotavault/rotavault/provider"
+	"github.com/rotavault/rotavault/providersim"
+	"github.com/rotavault/rotavault/server"
+)
+
+const (
+	simClientID     = "3MVG9-rotavault-test"
+	simClientSecret = "sim-client-secret-5f0e1c"
+	callbackURI     = "http://127.0.0.1:1/callback"
+	// accessLifetime is short so tests can step past it with the fake clock.
+	accessLifetime = 10 * time.Minute
+	// awaitDeadline bounds every wait for an asynchronous outcome (a notice);
+	// generous because it is a deadline, not a measurement.
+	awaitDeadline = 10 * time.Second
+)
+
+// testClock is the broker's clock: real time plus an offset tests advance to
+// make tokens expire without waiting.
+type testClock struct{ offset atomic.Int64 }
+
+func (c *testClock) now() time.Time            { return time.Now().Add(time.Duration(c.offset.Load())) }
+func (c *testClock) advance(d time.Duration)   { c.offset.Add(int64(d)) }
+
+// syncBuffer collects every log line the server writes.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+type envOptions struct {
+	sim          providersim.Config
+	brokerOpts   []broker.Option
+	skipSimSetup bool
+}
+
+// env is one Rotavault node wired to a simulator, with clients.
+type env struct {
+	t       *testing.T
+	sim     *providersim.Server
+	clock   *testClock
+	dataDir string
+	key     boltstore.Key
+	logs    *syncBuffer
+	opts    envOptions
+
+	store  *boltstore.Store
+	audit  *audit.FileLog
+	broker *broker.Broker
+	srv    *server.Server
+	conn   *grpc.ClientConn
+	vault  rotavaultv1.TokenVaultServiceClient
+	admin  rotavaultv1.CredentialAdminServiceClient
+	served chan struct{}
+}
+
+func newEnv(t *testing.T, opts envOptions) *env {
+	t.Helper()
+	dir := t.TempDir()
+	key, err := boltstore.GenerateKeyFile(filepath.Join(dir, "store.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := &env{t: t, clock: &testClock{}, dataDir: dir, key: key, logs: &syncBuffer{}, opts: opts}
+	sim, err := providersim.Start(opts.sim)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = sim.Close() })
+	sim.AddClient(providersim.Client{ID: simClientID, Secret: simClientSecret, RedirectURIs: []string{callbackURI}, RequirePKCE: true})
+	e.sim = sim
+	e.start()
+	t.Cleanup(e.stop)
+	return e
+}
+
+// start opens the store and serves on a fresh loopback port.
+func (e *env) start() {
+	t := e.t
+	t.Helper()
+	st, err := boltstore.Open(filepath.Join(e.dataDir, "rotavault.db"), e.key, boltstore.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	al, err := audit.OpenFile(filepath.Join(e.dataDir, "audit.jsonl"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	logger := slog.New(slog.NewJSONHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	opts := append([]broker.Option{
+		broker.WithClock(e.clock.now), broker.WithLogger(logger),
+		broker.WithRetryBase(5 * time.Millisecond), broker.WithSchedulerInterval(time.Hour),
+	}, e.opts.brokerOpts...)
+	b, err := broker.New(context.Background(), broker.Config{Store: st, Provider: provider.New(nil), Auditor: al}, opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := server.New(server.Config{Broker: b, Logger: logger, Reflection: true})
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.served = make(chan struct{})
+	go func() {
+		defer close(e.served)
+		_ = srv.GRPC.Serve(lis)
+	}()
+	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.store, e.audit, e.broker, e.srv, e.conn = st, al, b, srv, conn
+	e.vault = rotavaultv1.NewTokenVaultServiceClient(conn)
+	e.admin = rotavaultv1.NewCredentialAdminServiceClient(conn)
+}
+
+func (e *env) stop() {
+	if e.srv == nil {
+		return
+	}
+	_ = e.conn.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	e.srv.Shutdown(ctx)
+	<-e.served
+	_ = e.broker.Close()
+	_ = e.store.Close()
+	_ = e.audit.Close()
+	e.srv = nil
+}
+
+func (e *env) restart() {
+	e.stop()
+	e.start()
+}
+
+func ctxT(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// salesforceSpec describes the simulator's connected app.
+func (e *env) salesforceSpec() *rotavaultv1.CredentialSpec {
+	return &rotavaultv1.CredentialSpec{
+		ProviderKind:        rotavaultv1.ProviderKind_PROVIDER_KIND_SALESFORCE,
+		BaseUrl:             e.sim.URL(),
+		ClientId:            simClientID,
+		ClientSecret:        simClientSecret,
+		Scopes:              []string{"api", "refresh_token"},
+		AccessTokenLifetime: durationpb.New(accessLifetime),
+	}
+}
+
+// installSalesforce registers a credential and imports a fresh family from
+// the simulator. It returns the imported (now superseded) refresh token, the
+// "old token" a thief could hold.
+func (e *env) installSalesforce(id string, mutate ...func(*rotavaultv1.CredentialSpec)) string {
+	t := e.t
+	t.Helper()
+	spec := e.salesforceSpec()
+	for _, m := range mutate {
+		m(spec)
+	}
+	if _, err := e.admin.CreateCredential(ctxT(t), &rotavaultv1.CreateCredentialRequest{CredentialId: id, Spec: spec}); err != nil {
+		t.Fatalf("create %s: %v", id, err)
+	}
+	rt, err := e.sim.IssueRefreshToken(simClientID, []string{"api", "refresh_token"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.importToken(id, rt)
+	return rt
+}
+
+func (e *env) importToken(id, refreshToken string) *rotavaultv1.FamilyActivated {
+	e.t.Helper()
+	resp, err := e.vault.Reauthenticate(ctxT(e.t), &rotavaultv1.ReauthenticateRequest{
+		CredentialId: id,
+		Flow:         &rotavaultv1.ReauthenticateRequest_RefreshTokenImport{RefreshTokenImport: &rotavaultv1.RefreshTokenImport{RefreshToken: refreshToken}},
+	})
+	if err != nil {
+		e.t.Fatalf("import into %s: %v", id, err)
+	}
+	return resp.GetFamilyActivated()
+}
+
+func (e *env) token(id string) *rotavaultv1.GetAccessTokenResponse {
+	e.t.Helper()
+	resp, err := e.vault.GetAccessToken(ctxT(e.t), &rotavaultv1.GetAccessTokenRequest{CredentialId: id})
+	if err != nil {
+		e.t.Fatalf("token %s: %v", id, err)
+	}
+	return resp
+}
+
+// expire steps the broker's clock past every access token's lifetime.
+func (e *env) expire() { e.clock.advance(accessLifetime + time.Minute) }
+
+// watch opens a revocation stream and waits until it is live.
+func (e *env) watch(ctx context.Context, cursor string, ids ...string) (grpc.ServerStreamingClient[rotavaultv1.WatchRevocationsResponse], string) {
+	e.t.Helper()
+	stream, err := e.vault.WatchRevocations(ctx, &rotavaultv1.WatchRevocationsRequest{CredentialIds: ids, Cursor: cursor})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	first, err := stream.Recv()
+	if err != nil {
+		e.t.Fatalf("watch: %v", err)
+	}
+	if first.GetStarted() == nil {
+		e.t.Fatalf("first message is %v, want started", first)
+	}
+	return stream, first.GetStarted().GetCursor()
+}
+
+// nextNotice awaits a notice with a generous deadline.
+func nextNotice(t *testing.T, stream grpc.ServerStreamingClient[rotavaultv1.WatchRevocationsResponse]) *rotavaultv1.Notice {
+	t.Helper()
+	type result struct {
+		n   *rotavaultv1.Notice
+		err error
+	}
+	ch := make(chan result, 1)
+	go func() {
+		m, err := stream.Recv()
+		ch <- result{m.GetNotice(), err}
+	}()
+	select {
+	case r := <-ch:
+		if r.err != nil {
+			t.Fatalf("watch: %v", r.err)
+		}
+		return r.n
+	case <-time.After(awaitDeadline):
+		t.Fatalf("no notice within %s", awaitDeadline)
+		return nil
+	}
+}
+
+// errorReason returns the ErrorInfo reason of a gRPC error, if any.
+func errorReason(err error) string {
+	st, ok := status.FromError(err)
+	if !ok {
+		return ""
+	}
+	for _, d := range st.Details() {
+		if info, ok := d.(*errdetails.ErrorInfo); ok {
+			return info.GetReason()
+		}
+	}
+	return ""
+}
+
+func wantCode(t *testing.T, err error, code codes.Code, reason string) {
+	t.Helper()
+	if status.Code(err) != code {
+		t.Fatalf("got %v, want code %s", err, code)
+	}
+	if reason != "" && errorReason(err) != reason {
+		t.Fatalf("got reason %q (%v), want %q", errorReason(err), err, reason)
+	}
+}
+
+var errNoRedirect = errors.New("no redirect")

@@ -1,0 +1,151 @@
+package server
+
+import (
+	"time"
+
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/rotavault/rotavault/broker"
+	rotavaultv1 "github.com/rotavault/rotavault/gen/rotavault/v1"
+)
+
+func timestampOrNil(t time.Time) *timestamppb.Timestamp {
+	if t.IsZero() {
+		return nil
+	}
+	return timestamppb.New(t)
+}
+
+func durationOrNil(d time.Duration) *durationpb.Duration {
+	if d == 0 {
+		return nil
+	}
+	return durationpb.New(d)
+}
+
+func specFromProto(p *rotavaultv1.CredentialSpec) broker.Spec {
+	if p == nil {
+		return broker.Spec{}
+	}
+	return broker.Spec{
+		ProviderKind:     providerKindFromProto(p.GetProviderKind()),
+		BaseURL:          p.GetBaseUrl(),
+		TokenURL:         p.GetTokenUrl(),
+		AuthorizeURL:     p.GetAuthorizeUrl(),
+		RevocationURL:    p.GetRevocationUrl(),
+		IntrospectionURL: p.GetIntrospectionUrl(),
+		ClientID:         p.GetClientId(),
+		ClientSecret:     p.GetClientSecret(),
+		Scopes:           p.GetScopes(),
+		AccessTokenLife:  p.GetAccessTokenLifetime().AsDuration(),
+		RefreshIdle:      p.GetRefreshTokenIdleTimeout().AsDuration(),
+		RefreshMaxLife:   p.GetRefreshTokenMaxLifetime().AsDuration(),
+		ReuseGrace:       p.GetReuseGracePeriod().AsDuration(),
+	}
+}
+
+func providerKindFromProto(k rotavaultv1.ProviderKind) broker.ProviderKind {
+	switch k {
+	case rotavaultv1.ProviderKind_PROVIDER_KIND_SALESFORCE:
+		return broker.ProviderSalesforce
+	case rotavaultv1.ProviderKind_PROVIDER_KIND_OAUTH2:
+		return broker.ProviderOAuth2
+	default:
+		return broker.ProviderUnspecified
+	}
+}
+
+func providerKindToProto(k broker.ProviderKind) rotavaultv1.ProviderKind {
+	switch k {
+	case broker.ProviderSalesforce:
+		return rotavaultv1.ProviderKind_PROVIDER_KIND_SALESFORCE
+	case broker.ProviderOAuth2:
+		return rotavaultv1.ProviderKind_PROVIDER_KIND_OAUTH2
+	default:
+		return rotavaultv1.ProviderKind_PROVIDER_KIND_UNSPECIFIED
+	}
+}
+
+// specToProto never sets client_secret.
+func specToProto(s broker.Spec) *rotavaultv1.CredentialSpec {
+	return &rotavaultv1.CredentialSpec{
+		ProviderKind:            providerKindToProto(s.ProviderKind),
+		BaseUrl:                 s.BaseURL,
+		TokenUrl:                s.TokenURL,
+		AuthorizeUrl:            s.AuthorizeURL,
+		RevocationUrl:           s.RevocationURL,
+		IntrospectionUrl:        s.IntrospectionURL,
+		ClientId:                s.ClientID,
+		Scopes:                  s.Scopes,
+		AccessTokenLifetime:     durationOrNil(s.AccessTokenLife),
+		RefreshTokenIdleTimeout: durationOrNil(s.RefreshIdle),
+		RefreshTokenMaxLifetime: durationOrNil(s.RefreshMaxLife),
+		ReuseGracePeriod:        durationOrNil(s.ReuseGrace),
+	}
+}
+
+func statusToProto(s broker.Status) rotavaultv1.CredentialStatus {
+	switch s {
+	case broker.StatusActive:
+		return rotavaultv1.CredentialStatus_CREDENTIAL_STATUS_ACTIVE
+	case broker.StatusRevoked:
+		return rotavaultv1.CredentialStatus_CREDENTIAL_STATUS_REVOKED
+	case broker.StatusAwaitingReauth:
+		return rotavaultv1.CredentialStatus_CREDENTIAL_STATUS_AWAITING_REAUTHENTICATION
+	default:
+		return rotavaultv1.CredentialStatus_CREDENTIAL_STATUS_UNSPECIFIED
+	}
+}
+
+func reasonToProto(r broker.RevocationReason) rotavaultv1.RevocationReason {
+	switch r {
+	case broker.ReasonRefreshTokenRejected:
+		return rotavaultv1.RevocationReason_REVOCATION_REASON_REFRESH_TOKEN_REJECTED
+	case broker.ReasonLostRotation:
+		return rotavaultv1.RevocationReason_REVOCATION_REASON_LOST_ROTATION
+	case broker.ReasonClientRejected:
+		return rotavaultv1.RevocationReason_REVOCATION_REASON_CLIENT_REJECTED
+	case broker.ReasonAdmin:
+		return rotavaultv1.RevocationReason_REVOCATION_REASON_ADMIN
+	case broker.ReasonSuperseded:
+		return rotavaultv1.RevocationReason_REVOCATION_REASON_SUPERSEDED
+	default:
+		return rotavaultv1.RevocationReason_REVOCATION_REASON_UNSPECIFIED
+	}
+}
+
+func credentialToProto(c broker.Credential) *rotavaultv1.Credential {
+	return &rotavaultv1.Credential{
+		CredentialId:          c.ID,
+		Spec:                  specToProto(c.Spec),
+		HasClientSecret:       c.HasClientSecret,
+		Status:                statusToProto(c.Status),
+		FamilyId:              c.FamilyID,
+		Generation:            c.Generation,
+		RevocationReason:      reasonToProto(c.RevokedReason),
+		LastRotationTime:      timestampOrNil(c.LastRotationAt),
+		NextRefreshTime:       timestampOrNil(c.NextRefreshAt),
+		AccessTokenExpireTime: timestampOrNil(c.AccessExpiresAt),
+		LastError:             c.LastError,
+		CreateTime:            timestampOrNil(c.CreatedAt),
+		UpdateTime:            timestampOrNil(c.UpdatedAt),
+	}
+}
+
+func noticeToProto(n broker.Notice) *rotavaultv1.Notice {
+	kind := rotavaultv1.NoticeKind_NOTICE_KIND_FAMILY_REVOKED
+	if n.Kind == broker.NoticeFamilyActivated {
+		kind = rotavaultv1.NoticeKind_NOTICE_KIND_FAMILY_ACTIVATED
+	}
+	return &rotavaultv1.Notice{
+		CredentialId: n.CredentialID,
+		FamilyId:     n.FamilyID,
+		Generation:   n.Generation,
+		Kind:         kind,
+		Reason:       reasonToProto(n.Reason),
+		Detail:       n.Detail,
+		DetectTime:   timestamppb.New(n.DetectedAt),
+		Cursor:       n.Cursor,
+	}
+}

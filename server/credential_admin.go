@@ -1,0 +1,115 @@
+package server
+
+import (
+	"context"
+	"encoding/base64"
+	"log/slog"
+
+	"github.com/rotavault/rotavault/broker"
+	rotavaultv1 "github.com/rotavault/rotavault/gen/rotavault/v1"
+)
+
+// CredentialBroker is what the admin service needs of the rotation logic.
+type CredentialBroker interface {
+	CreateCredential(ctx context.Context, id string, spec broker.Spec) (broker.Credential, error)
+	UpdateCredential(ctx context.Context, id string, fields []broker.SpecField, spec broker.Spec) (broker.Credential, error)
+	GetCredential(ctx context.Context, id string) (broker.Credential, error)
+	ListCredentials(ctx context.Context, after string, limit int) ([]broker.Credential, bool, error)
+	DeleteCredential(ctx context.Context, id string) error
+}
+
+// CredentialAdminConfig holds the admin service's dependencies.
+type CredentialAdminConfig struct {
+	Broker CredentialBroker
+	Logger *slog.Logger // nil: discard
+}
+
+// CredentialAdminService implements rotavault.v1.CredentialAdminService.
+// Safe for concurrent use.
+type CredentialAdminService struct {
+	rotavaultv1.UnimplementedCredentialAdminServiceServer
+	broker CredentialBroker
+	log    *slog.Logger
+}
+
+// NewCredentialAdminService returns the admin service.
+func NewCredentialAdminService(cfg CredentialAdminConfig) *CredentialAdminService {
+	return &CredentialAdminService{broker: cfg.Broker, log: loggerOrDiscard(cfg.Logger)}
+}
+
+const (
+	defaultPageSize = 100
+	maxPageSize     = 1000
+)
+
+// CreateCredential implements rotavault.v1.CredentialAdminService.
+func (s *CredentialAdminService) CreateCredential(ctx context.Context, req *rotavaultv1.CreateCredentialRequest) (*rotavaultv1.CreateCredentialResponse, error) {
+	c, err := s.broker.CreateCredential(ctx, req.GetCredentialId(), specFromProto(req.GetSpec()))
+	if err != nil {
+		return nil, toStatus(ctx, s.log, err)
+	}
+	return &rotavaultv1.CreateCredentialResponse{Credential: credentialToProto(c)}, nil
+}
+
+// UpdateCredential implements rotavault.v1.CredentialAdminService.
+func (s *CredentialAdminService) UpdateCredential(ctx context.Context, req *rotavaultv1.UpdateCredentialRequest) (*rotavaultv1.UpdateCredentialResponse, error) {
+	paths := req.GetUpdateMask().GetPaths()
+	fields := make([]broker.SpecField, len(paths))
+	for i, p := range paths {
+		fields[i] = broker.SpecField(p)
+	}
+	spec := specFromProto(req.GetSpec())
+	c, err := s.broker.UpdateCredential(ctx, req.GetCredentialId(), fields, spec)
+	if err != nil {
+		return nil, toStatus(ctx, s.log, err)
+	}
+	return &rotavaultv1.UpdateCredentialResponse{Credential: credentialToProto(c)}, nil
+}
+
+// GetCredential implements rotavault.v1.CredentialAdminService.
+func (s *CredentialAdminService) GetCredential(ctx context.Context, req *rotavaultv1.GetCredentialRequest) (*rotavaultv1.GetCredentialResponse, error) {
+	c, err := s.broker.GetCredential(ctx, req.GetCredentialId())
+	if err != nil {
+		return nil, toStatus(ctx, s.log, err)
+	}
+	return &rotavaultv1.GetCredentialResponse{Credential: credentialToProto(c)}, nil
+}
+
+// ListCredentials implements rotavault.v1.CredentialAdminService.
+func (s *CredentialAdminService) ListCredentials(ctx context.Context, req *rotavaultv1.ListCredentialsRequest) (*rotavaultv1.ListCredentialsResponse, error) {
+	size := int(req.GetPageSize())
+	switch {
+	case size < 0 || size > maxPageSize:
+		return nil, toStatus(ctx, s.log, &broker.InvalidArgumentError{Field: "page_size", Reason: "between 0 and 1000"})
+	case size == 0:
+		size = defaultPageSize
+	}
+	after := ""
+	if tok := req.GetPageToken(); tok != "" {
+		raw, err := base64.RawURLEncoding.DecodeString(tok)
+		if err != nil || len(raw) > 200 {
+			return nil, toStatus(ctx, s.log, &broker.InvalidArgumentError{Field: "page_token", Reason: "malformed"})
+		}
+		after = string(raw)
+	}
+	creds, more, err := s.broker.ListCredentials(ctx, after, size)
+	if err != nil {
+		return nil, toStatus(ctx, s.log, err)
+	}
+	resp := &rotavaultv1.ListCredentialsResponse{}
+	for _, c := range creds {
+		resp.Credentials = append(resp.Credentials, credentialToProto(c))
+	}
+	if more && len(creds) > 0 {
+		resp.NextPageToken = base64.RawURLEncoding.EncodeToString([]byte(creds[len(creds)-1].ID))
+	}
+	return resp, nil
+}
+
+// DeleteCredential implements rotavault.v1.CredentialAdminService.
+func (s *CredentialAdminService) DeleteCredential(ctx context.Context, req *rotavaultv1.DeleteCredentialRequest) (*rotavaultv1.DeleteCredentialResponse, error) {
+	if err := s.broker.DeleteCredential(ctx, req.GetCredentialId()); err != nil {
+		return nil, toStatus(ctx, s.log, err)
+	}
+	return &rotavaultv1.DeleteCredentialResponse{}, nil
+}

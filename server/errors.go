@@ -1,0 +1,96 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/protoadapt"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	"github.com/rotavault/rotavault/broker"
+)
+
+// ErrorDomain is the google.rpc.ErrorInfo domain of Rotavault's errors.
+const ErrorDomain = "rotavault"
+
+// Machine-readable reasons in google.rpc.ErrorInfo, for clients that must act.
+const (
+	ReasonReauthenticationRequired = "REAUTHENTICATION_REQUIRED"
+	ReasonProviderUnavailable      = "PROVIDER_UNAVAILABLE"
+	ReasonStoreUnavailable         = "STORE_UNAVAILABLE"
+	ReasonRejectionRateLimited     = "REJECTION_RATE_LIMITED"
+	ReasonCursorExpired            = "CURSOR_EXPIRED"
+	ReasonSubscriberTooSlow        = "SUBSCRIBER_TOO_SLOW"
+)
+
+// toStatus is the one mapping from the rotation logic's errors to gRPC
+// statuses. Messages never carry tokens, secrets, provider bodies or
+// backend URLs: those details go to the server log only.
+func toStatus(ctx context.Context, log *slog.Logger, err error) error {
+	if err == nil {
+		return nil
+	}
+	var (
+		inv   *broker.InvalidArgumentError
+		unav  *broker.UnavailableError
+		limit *broker.RateLimitedError
+	)
+	switch {
+	case errors.As(err, &inv):
+		st := status.New(codes.InvalidArgument, inv.Error())
+		details := []protoadapt.MessageV1{&errdetails.BadRequest{FieldViolations: []*errdetails.BadRequest_FieldViolation{{Field: inv.Field, Description: inv.Reason}}}}
+		if inv.Code != "" {
+			details = append(details, &errdetails.ErrorInfo{Reason: inv.Code, Domain: ErrorDomain})
+		}
+		return withDetails(st, details...)
+	case errors.Is(err, broker.ErrNotFound):
+		return status.Error(codes.NotFound, err.Error())
+	case errors.Is(err, broker.ErrAlreadyExists):
+		return status.Error(codes.AlreadyExists, err.Error())
+	case errors.Is(err, broker.ErrReauthRequired):
+		return withDetails(status.New(codes.FailedPrecondition, err.Error()),
+			&errdetails.ErrorInfo{Reason: ReasonReauthenticationRequired, Domain: ErrorDomain})
+	case errors.Is(err, broker.ErrCursorExpired):
+		return withDetails(status.New(codes.OutOfRange, err.Error()),
+			&errdetails.ErrorInfo{Reason: ReasonCursorExpired, Domain: ErrorDomain})
+	case errors.Is(err, broker.ErrSubscriberTooSlow):
+		return withDetails(status.New(codes.Aborted, err.Error()),
+			&errdetails.ErrorInfo{Reason: ReasonSubscriberTooSlow, Domain: ErrorDomain})
+	case errors.Is(err, broker.ErrConflict):
+		return status.Error(codes.Aborted, err.Error())
+	case errors.As(err, &unav):
+		log.WarnContext(ctx, "request failed: dependency unavailable", "component", unav.Component, "err", unav.Err)
+		reason, msg := ReasonProviderUnavailable, "the OAuth provider is unavailable; retry later"
+		if unav.Component == broker.ComponentStore {
+			reason, msg = ReasonStoreUnavailable, "the credential store is unavailable; retry later"
+		}
+		return withDetails(status.New(codes.Unavailable, msg),
+			&errdetails.ErrorInfo{Reason: reason, Domain: ErrorDomain},
+			&errdetails.RetryInfo{RetryDelay: durationpb.New(unav.RetryAfter)})
+	case errors.As(err, &limit):
+		return withDetails(status.New(codes.ResourceExhausted, limit.Error()),
+			&errdetails.ErrorInfo{Reason: ReasonRejectionRateLimited, Domain: ErrorDomain},
+			&errdetails.RetryInfo{RetryDelay: durationpb.New(limit.RetryAfter)})
+	case errors.Is(err, broker.ErrClosed):
+		return status.Error(codes.Unavailable, "the server is shutting down")
+	case errors.Is(err, context.Canceled):
+		return status.Error(codes.Canceled, "canceled")
+	case errors.Is(err, context.DeadlineExceeded):
+		return status.Error(codes.DeadlineExceeded, "deadline exceeded")
+	default:
+		log.ErrorContext(ctx, "internal error", "err", err)
+		return status.Error(codes.Internal, "internal error")
+	}
+}
+
+func withDetails(st *status.Status, details ...protoadapt.MessageV1) error {
+	withD, err := st.WithDetails(details...)
+	if err != nil {
+		return st.Err()
+	}
+	return withD.Err()
+}

@@ -1,0 +1,135 @@
+// Package server is Rotavault's gRPC transport: it validates requests'
+// shape, calls the rotation logic and maps its errors to statuses. It holds
+// no rotation logic of its own.
+package server
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"runtime/debug"
+	"time"
+
+	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/logging"
+	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/recovery"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/reflection"
+	"google.golang.org/grpc/status"
+
+	"github.com/rotavault/rotavault/audit"
+	"github.com/rotavault/rotavault/broker"
+	rotavaultv1 "github.com/rotavault/rotavault/gen/rotavault/v1"
+)
+
+// MaxRecvMsgSize bounds request messages: no legitimate request comes near
+// it (the largest field, an imported refresh token, is at most 4 KiB).
+const MaxRecvMsgSize = 64 << 10
+
+// Config assembles a gRPC server.
+type Config struct {
+	Broker *broker.Broker
+	Logger *slog.Logger // nil: discard
+	// Reflection serves the gRPC reflection service (grpcurl, dev tools).
+	Reflection bool
+	// ExtraOptions are appended to the server's options (e.g. credentials).
+	ExtraOptions []grpc.ServerOption
+}
+
+// Server is the assembled gRPC server with its health service.
+type Server struct {
+	GRPC   *grpc.Server
+	Health *health.Server
+}
+
+// New builds a gRPC server with the token and admin services, the standard
+// health service, optional reflection, and the interceptor chain: recovery
+// (panics become INTERNAL without leaking state), access logging (never
+// payloads) and the caller's identity for the audit trail.
+func New(cfg Config) *Server {
+	log := loggerOrDiscard(cfg.Logger)
+	rec := recovery.WithRecoveryHandlerContext(func(ctx context.Context, p any) error {
+		log.ErrorContext(ctx, "panic in handler", "panic", fmt.Sprint(p), "stack", string(debug.Stack()))
+		return status.Error(codes.Internal, "internal error")
+	})
+	accessLog := logging.LoggerFunc(func(ctx context.Context, lvl logging.Level, msg string, fields ...any) {
+		log.Log(ctx, slog.Level(lvl), msg, fields...)
+	})
+	logOpts := []logging.Option{logging.WithLogOnEvents(logging.FinishCall)}
+	opts := []grpc.ServerOption{
+		grpc.MaxRecvMsgSize(MaxRecvMsgSize),
+		grpc.ChainUnaryInterceptor(
+			recovery.UnaryServerInterceptor(rec),
+			logging.UnaryServerInterceptor(accessLog, logOpts...),
+			actorUnary,
+		),
+		grpc.ChainStreamInterceptor(
+			recovery.StreamServerInterceptor(rec),
+			logging.StreamServerInterceptor(accessLog, logOpts...),
+			actorStream,
+		),
+		// Watch streams live for hours: ping idle connections so proxies
+		// and load balancers do not drop them silently, and accept client
+		// pings as often as every 10s.
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
+	}
+	opts = append(opts, cfg.ExtraOptions...)
+	gs := grpc.NewServer(opts...)
+	rotavaultv1.RegisterTokenVaultServiceServer(gs, NewTokenVaultService(TokenVaultConfig{Broker: cfg.Broker, Logger: log}))
+	rotavaultv1.RegisterCredentialAdminServiceServer(gs, NewCredentialAdminService(CredentialAdminConfig{Broker: cfg.Broker, Logger: log}))
+	hs := health.NewServer()
+	healthpb.RegisterHealthServer(gs, hs)
+	for _, svc := range []string{"", rotavaultv1.TokenVaultService_ServiceDesc.ServiceName, rotavaultv1.CredentialAdminService_ServiceDesc.ServiceName} {
+		hs.SetServingStatus(svc, healthpb.HealthCheckResponse_SERVING)
+	}
+	if cfg.Reflection {
+		reflection.Register(gs)
+	}
+	return &Server{GRPC: gs, Health: hs}
+}
+
+// Shutdown marks the server NOT_SERVING (so load balancers drain it), then
+// stops gracefully, waiting at most for ctx.
+func (s *Server) Shutdown(ctx context.Context) {
+	s.Health.Shutdown()
+	done := make(chan struct{})
+	go func() {
+		s.GRPC.GracefulStop()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		s.GRPC.Stop()
+		<-done
+	}
+}
+
+// callerIdentity names the caller for the audit trail. Until callers
+// authenticate, the peer address is all there is.
+func callerIdentity(ctx context.Context) string {
+	if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
+		return "peer:" + p.Addr.String()
+	}
+	return "unknown"
+}
+
+func actorUnary(ctx context.Context, req any, _ *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	return handler(audit.WithActor(ctx, callerIdentity(ctx)), req)
+}
+
+func actorStream(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+	return handler(srv, &contextStream{ServerStream: ss, ctx: audit.WithActor(ss.Context(), callerIdentity(ss.Context()))})
+}
+
+type contextStream struct {
+	grpc.ServerStream
+	ctx context.Context
+}
+
+func (s *contextStream) Context() context.Context { return s.ctx }

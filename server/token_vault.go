@@ -1,0 +1,142 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+
+	"google.golang.org/grpc"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/rotavault/rotavault/broker"
+	rotavaultv1 "github.com/rotavault/rotavault/gen/rotavault/v1"
+)
+
+// TokenBroker is what the token service needs of the rotation logic.
+type TokenBroker interface {
+	GetAccessToken(ctx context.Context, req broker.TokenRequest) (broker.AccessToken, error)
+	StartAuthorization(ctx context.Context, id, redirectURI string, scopes []string) (broker.PendingAuthorization, error)
+	CompleteAuthorization(ctx context.Context, id, state, code string) (broker.Activation, error)
+	ImportRefreshToken(ctx context.Context, id, refreshToken string) (broker.Activation, error)
+	Subscribe(ctx context.Context, credentialIDs []string, cursor string) (*broker.Subscription, error)
+}
+
+// TokenVaultConfig holds the token service's dependencies.
+type TokenVaultConfig struct {
+	Broker TokenBroker
+	Logger *slog.Logger // nil: discard
+}
+
+// TokenVaultService implements rotavault.v1.TokenVaultService. Safe for
+// concurrent use.
+type TokenVaultService struct {
+	rotavaultv1.UnimplementedTokenVaultServiceServer
+	broker TokenBroker
+	log    *slog.Logger
+}
+
+// NewTokenVaultService returns the token service.
+func NewTokenVaultService(cfg TokenVaultConfig) *TokenVaultService {
+	return &TokenVaultService{broker: cfg.Broker, log: loggerOrDiscard(cfg.Logger)}
+}
+
+// GetAccessToken implements rotavault.v1.TokenVaultService.
+func (s *TokenVaultService) GetAccessToken(ctx context.Context, req *rotavaultv1.GetAccessTokenRequest) (*rotavaultv1.GetAccessTokenResponse, error) {
+	breq := broker.TokenRequest{
+		CredentialID: req.GetCredentialId(),
+		MinRemaining: req.GetMinRemainingLifetime().AsDuration(),
+	}
+	if r := req.GetRejectedToken(); r != nil {
+		switch t := r.GetToken().(type) {
+		case *rotavaultv1.RejectedToken_Generation:
+			breq.Rejected = &broker.RejectedToken{Generation: t.Generation}
+		case *rotavaultv1.RejectedToken_Fingerprint:
+			breq.Rejected = &broker.RejectedToken{Fingerprint: t.Fingerprint}
+		default:
+			return nil, toStatus(ctx, s.log, &broker.InvalidArgumentError{Field: "rejected_token", Reason: "set generation or fingerprint"})
+		}
+	}
+	if d := req.GetMinRemainingLifetime(); d != nil && !d.IsValid() {
+		return nil, toStatus(ctx, s.log, &broker.InvalidArgumentError{Field: "min_remaining_lifetime", Reason: "not a valid duration"})
+	}
+	tok, err := s.broker.GetAccessToken(ctx, breq)
+	if err != nil {
+		return nil, toStatus(ctx, s.log, err)
+	}
+	return &rotavaultv1.GetAccessTokenResponse{
+		AccessToken: tok.Token,
+		TokenType:   tok.Type,
+		InstanceUrl: tok.InstanceURL,
+		ExpireTime:  timestamppb.New(tok.ExpiresAt),
+		IssueTime:   timestamppb.New(tok.IssuedAt),
+		Scopes:      tok.Scopes,
+		FamilyId:    tok.FamilyID,
+		Generation:  tok.Generation,
+		Fingerprint: tok.Fingerprint,
+	}, nil
+}
+
+// Reauthenticate implements rotavault.v1.TokenVaultService.
+func (s *TokenVaultService) Reauthenticate(ctx context.Context, req *rotavaultv1.ReauthenticateRequest) (*rotavaultv1.ReauthenticateResponse, error) {
+	id := req.GetCredentialId()
+	var (
+		act broker.Activation
+		err error
+	)
+	switch flow := req.GetFlow().(type) {
+	case *rotavaultv1.ReauthenticateRequest_AuthorizationCodeStart:
+		p, err := s.broker.StartAuthorization(ctx, id, flow.AuthorizationCodeStart.GetRedirectUri(), flow.AuthorizationCodeStart.GetScopes())
+		if err != nil {
+			return nil, toStatus(ctx, s.log, err)
+		}
+		return &rotavaultv1.ReauthenticateResponse{Result: &rotavaultv1.ReauthenticateResponse_AuthorizationPending{
+			AuthorizationPending: &rotavaultv1.AuthorizationPending{AuthorizeUrl: p.AuthorizeURL, State: p.State, ExpireTime: timestamppb.New(p.ExpiresAt)},
+		}}, nil
+	case *rotavaultv1.ReauthenticateRequest_AuthorizationCodeComplete:
+		act, err = s.broker.CompleteAuthorization(ctx, id, flow.AuthorizationCodeComplete.GetState(), flow.AuthorizationCodeComplete.GetCode())
+	case *rotavaultv1.ReauthenticateRequest_RefreshTokenImport:
+		act, err = s.broker.ImportRefreshToken(ctx, id, flow.RefreshTokenImport.GetRefreshToken())
+	default:
+		err = &broker.InvalidArgumentError{Field: "flow", Reason: "choose a flow: authorization_code_start, authorization_code_complete or refresh_token_import"}
+	}
+	if err != nil {
+		return nil, toStatus(ctx, s.log, err)
+	}
+	return &rotavaultv1.ReauthenticateResponse{Result: &rotavaultv1.ReauthenticateResponse_FamilyActivated{
+		FamilyActivated: &rotavaultv1.FamilyActivated{FamilyId: act.FamilyID, Generation: act.Generation, ActivateTime: timestamppb.New(act.ActivatedAt)},
+	}}, nil
+}
+
+// WatchRevocations implements rotavault.v1.TokenVaultService.
+func (s *TokenVaultService) WatchRevocations(req *rotavaultv1.WatchRevocationsRequest, stream grpc.ServerStreamingServer[rotavaultv1.WatchRevocationsResponse]) error {
+	ctx := stream.Context()
+	sub, err := s.broker.Subscribe(ctx, req.GetCredentialIds(), req.GetCursor())
+	if err != nil {
+		return toStatus(ctx, s.log, err)
+	}
+	defer sub.Close()
+	if err := stream.Send(&rotavaultv1.WatchRevocationsResponse{Event: &rotavaultv1.WatchRevocationsResponse_Started{
+		Started: &rotavaultv1.WatchStarted{Cursor: sub.StartCursor},
+	}}); err != nil {
+		return err
+	}
+	for {
+		n, err := sub.Next(ctx)
+		if err != nil {
+			if ctx.Err() != nil && errors.Is(err, ctx.Err()) {
+				return nil // the client went away
+			}
+			return toStatus(ctx, s.log, err)
+		}
+		if err := stream.Send(&rotavaultv1.WatchRevocationsResponse{Event: &rotavaultv1.WatchRevocationsResponse_Notice{Notice: noticeToProto(n)}}); err != nil {
+			return err
+		}
+	}
+}
+
+func loggerOrDiscard(l *slog.Logger) *slog.Logger {
+	if l == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return l
+}
