@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"reflect"
 	"sort"
 	"strings"
 	"time"
@@ -14,19 +15,19 @@ import (
 
 // Credential describes a credential; it never holds a secret.
 type Credential struct {
-	ID               string
-	Spec             Spec // ClientSecret always empty
-	HasClientSecret  bool
-	Status           Status
-	FamilyID         string
-	Generation       uint64
-	RevokedReason    RevocationReason
-	LastRotationAt   time.Time
-	NextRefreshAt    time.Time
-	AccessExpiresAt  time.Time
-	LastError        string
-	CreatedAt        time.Time
-	UpdatedAt        time.Time
+	ID              string
+	Spec            Spec // ClientSecret always empty
+	HasClientSecret bool
+	Status          Status
+	FamilyID        string
+	Generation      uint64
+	RevokedReason   RevocationReason
+	LastRotationAt  time.Time
+	NextRefreshAt   time.Time
+	AccessExpiresAt time.Time
+	LastError       string
+	CreatedAt       time.Time
+	UpdatedAt       time.Time
 }
 
 // CreateCredential registers a credential without a token family. Errors:
@@ -144,6 +145,9 @@ func (b *Broker) UpdateCredential(ctx context.Context, id string, fields []SpecF
 		}
 		if err := next.Spec.validate(); err != nil {
 			return Credential{}, err
+		}
+		if reflect.DeepEqual(next.Spec, v.cred.Spec) {
+			return b.describe(e, v), nil // nothing to change, nothing to write
 		}
 		next.UpdatedAt = b.opts.now().UTC()
 		next.Format = recordFormat

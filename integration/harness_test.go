@@ -46,8 +46,8 @@ const (
 // make tokens expire without waiting.
 type testClock struct{ offset atomic.Int64 }
 
-func (c *testClock) now() time.Time            { return time.Now().Add(time.Duration(c.offset.Load())) }
-func (c *testClock) advance(d time.Duration)   { c.offset.Add(int64(d)) }
+func (c *testClock) now() time.Time          { return time.Now().Add(time.Duration(c.offset.Load())) }
+func (c *testClock) advance(d time.Duration) { c.offset.Add(int64(d)) }
 
 // syncBuffer collects every log line the server writes.
 type syncBuffer struct {
@@ -75,7 +75,7 @@ type envOptions struct {
 
 // env is one Rotavault node wired to a simulator, with clients.
 type env struct {
-	t       *testing.T
+	t       testing.TB
 	sim     *providersim.Server
 	clock   *testClock
 	dataDir string
@@ -93,7 +93,7 @@ type env struct {
 	served chan struct{}
 }
 
-func newEnv(t *testing.T, opts envOptions) *env {
+func newEnv(t testing.TB, opts envOptions) *env {
 	t.Helper()
 	dir := t.TempDir()
 	key, err := boltstore.GenerateKeyFile(filepath.Join(dir, "store.key"))
@@ -173,7 +173,7 @@ func (e *env) restart() {
 	e.start()
 }
 
-func ctxT(t *testing.T) context.Context {
+func ctxT(t testing.TB) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	t.Cleanup(cancel)
 	return ctx
@@ -254,7 +254,7 @@ func (e *env) watch(ctx context.Context, cursor string, ids ...string) (grpc.Ser
 }
 
 // nextNotice awaits a notice with a generous deadline.
-func nextNotice(t *testing.T, stream grpc.ServerStreamingClient[rotavaultv1.WatchRevocationsResponse]) *rotavaultv1.Notice {
+func nextNotice(t testing.TB, stream grpc.ServerStreamingClient[rotavaultv1.WatchRevocationsResponse]) *rotavaultv1.Notice {
 	t.Helper()
 	type result struct {
 		n   *rotavaultv1.Notice
@@ -291,7 +291,7 @@ func errorReason(err error) string {
 	return ""
 }
 
-func wantCode(t *testing.T, err error, code codes.Code, reason string) {
+func wantCode(t testing.TB, err error, code codes.Code, reason string) {
 	t.Helper()
 	if status.Code(err) != code {
 		t.Fatalf("got %v, want code %s", err, code)
@@ -302,3 +302,5 @@ func wantCode(t *testing.T, err error, code codes.Code, reason string) {
 }
 
 var errNoRedirect = errors.New("no redirect")
+
+func brokerNoticeRetention(n int) broker.Option { return broker.WithNoticeRetention(n) }

@@ -179,7 +179,7 @@ func (e *env) authorize(id string) *rotavaultv1.FamilyActivated {
 	}
 	resp.Body.Close()
 	loc, err := url.Parse(resp.Header.Get("Location"))
-	if err != nil || resp.StatusCode != http.StatusFound {
+	if err != nil || resp.StatusCode < 300 || resp.StatusCode > 399 || loc.Query().Get("code") == "" {
 		t.Fatalf("authorize answered %d %q", resp.StatusCode, resp.Header.Get("Location"))
 	}
 	if loc.Query().Get("state") != pending.GetState() {
@@ -356,9 +356,10 @@ func TestCancelledCallerDoesNotAbandonRotation(t *testing.T) {
 	e.expire()
 	e.sim.SetLatency(200 * time.Millisecond)
 	ctx, cancel := context.WithCancel(context.Background())
+	target := e.sim.Stats().TokenRequests + 1
 	go func() {
 		// Give up once the refresh is at the provider.
-		_ = e.sim.WaitForTokenRequests(ctxT(t), e.sim.Stats().TokenRequests+1)
+		_ = e.sim.WaitForTokenRequests(ctxT(t), target)
 		cancel()
 	}()
 	_, err := e.vault.GetAccessToken(ctx, &rotavaultv1.GetAccessTokenRequest{CredentialId: "acme"})

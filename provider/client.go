@@ -1,0 +1,243 @@
+package provider
+
+import (
+	"context"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+)
+
+// Client calls providers' OAuth endpoints. It is safe for concurrent use and
+// holds no per-provider state: every call names its Endpoint and
+// ClientCredentials. It never retries; see Error.
+type Client struct {
+	hc        *http.Client
+	now       func() time.Time
+	userAgent string
+}
+
+const (
+	// defaultTimeout bounds a whole call, body included, when New is given
+	// no http.Client. A refresh cut short by it is OutcomeUnknown.
+	defaultTimeout = 30 * time.Second
+	// maxResponseBytes bounds a response body read.
+	maxResponseBytes = 1 << 20
+	defaultUserAgent = "rotavault-provider/1"
+)
+
+// New returns a Client sending requests with httpClient, or, when it is nil,
+// with a client that has a 30 s overall timeout and does not keep idle
+// connections. Reusing an idle connection risks the server closing it just as
+// a refresh is written, which leaves the outcome unknown; a refresh per
+// connection costs one handshake and removes that risk. Callers passing their
+// own client should give it a transport with DisableKeepAlives for the same
+// reason; requests are sent with Connection: close in any case.
+//
+// The Client never follows redirects, whatever httpClient.CheckRedirect says:
+// a 3xx answer is an *Error matching ErrRedirect. httpClient itself is not
+// modified.
+func New(httpClient *http.Client, opts ...Option) *Client {
+	var hc http.Client
+	if httpClient != nil {
+		hc = *httpClient
+	} else {
+		tr := http.DefaultTransport.(*http.Transport).Clone()
+		tr.DisableKeepAlives = true
+		hc = http.Client{Transport: tr, Timeout: defaultTimeout}
+	}
+	hc.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+	c := &Client{hc: &hc, now: time.Now, userAgent: defaultUserAgent}
+	for _, o := range opts {
+		o.apply(c)
+	}
+	return c
+}
+
+// Refresh redeems refreshToken at ep.TokenURL (grant_type=refresh_token).
+// With rotation the returned Token carries a new RefreshToken and the sent
+// one is dead; an empty RefreshToken means the provider did not rotate. For
+// KindSalesforce with a client secret the response signature is checked and
+// reported in Token.SignatureStatus; a mismatch is not an error.
+//
+// Errors are *Error with Op "refresh"; see Outcome for what each means for a
+// retry.
+func (c *Client) Refresh(ctx context.Context, ep Endpoint, cc ClientCredentials, refreshToken string) (*Token, error) {
+	const op = "refresh"
+	if refreshToken == "" {
+		return nil, invalidArgument(op, "empty refresh token")
+	}
+	form := url.Values{
+		"grant_type":    {"refresh_token"},
+		"refresh_token": {refreshToken},
+	}
+	return c.token(ctx, op, ep, cc, form, refreshToken)
+}
+
+// ExchangeCode redeems an authorization code at ep.TokenURL
+// (grant_type=authorization_code). redirectURI must be the one used in the
+// authorization request; codeVerifier is the PKCE verifier, or empty when
+// PKCE was not used. The Salesforce signature is handled as in Refresh.
+//
+// Errors are *Error with Op "exchange".
+func (c *Client) ExchangeCode(ctx context.Context, ep Endpoint, cc ClientCredentials, code, redirectURI, codeVerifier string) (*Token, error) {
+	const op = "exchange"
+	if code == "" {
+		return nil, invalidArgument(op, "empty authorization code")
+	}
+	if redirectURI == "" {
+		return nil, invalidArgument(op, "empty redirect URI")
+	}
+	form := url.Values{
+		"grant_type":   {"authorization_code"},
+		"code":         {code},
+		"redirect_uri": {redirectURI},
+	}
+	if codeVerifier != "" {
+		form.Set("code_verifier", codeVerifier)
+	}
+	return c.token(ctx, op, ep, cc, form, code, codeVerifier)
+}
+
+// token posts a token request and reads the answer; secrets are the values
+// sent that must never reach an error message.
+func (c *Client) token(ctx context.Context, op string, ep Endpoint, cc ClientCredentials, form url.Values, secrets ...string) (*Token, error) {
+	if e := checkCall(op, ep, cc, ep.TokenURL, "token URL"); e != nil {
+		return nil, e
+	}
+	secrets = append(secrets, cc.ClientSecret)
+	res, e := c.post(ctx, op, ep.TokenURL, cc, form, secrets)
+	if e != nil {
+		return nil, e
+	}
+	obj, e := res.object(c, "access_token")
+	if e != nil {
+		return nil, e
+	}
+	tok, ok := parseToken(obj, res.sentAt)
+	if !ok {
+		return nil, res.malformed("no access_token")
+	}
+	if ep.Kind == KindSalesforce && cc.ClientSecret != "" {
+		tok.SignatureStatus = SignatureMismatch
+		if VerifySalesforceSignature(tok, cc.ClientSecret) {
+			tok.SignatureStatus = SignatureValid
+		}
+	}
+	return tok, nil
+}
+
+// AuthCodeURL returns the URL to send a person's browser to for the
+// authorization code flow: ep.AuthorizeURL with response_type=code,
+// client_id, redirect_uri, state, scope (space-separated, if any) and, when
+// codeChallenge is set, code_challenge with code_challenge_method=S256 (see
+// NewPKCE). Query parameters already in ep.AuthorizeURL are kept. The client
+// secret is never part of it.
+//
+// It returns an error matching ErrInvalidArgument when the authorize URL,
+// client id, redirect URI or state is missing, or the challenge is not an
+// RFC 7636 S256 challenge.
+func (c *Client) AuthCodeURL(ep Endpoint, cc ClientCredentials, redirectURI, state, codeChallenge string, scopes []string) (string, error) {
+	const op = "authorize"
+	if e := checkCall(op, ep, cc, ep.AuthorizeURL, "authorize URL"); e != nil {
+		return "", e
+	}
+	switch {
+	case redirectURI == "":
+		return "", invalidArgument(op, "empty redirect URI")
+	case state == "":
+		return "", invalidArgument(op, "empty state (it protects the redirect against forgery)")
+	case codeChallenge != "" && !validPKCEValue(codeChallenge):
+		return "", invalidArgument(op, "code challenge is not 43-128 characters of [A-Za-z0-9-._~]")
+	}
+	u, err := url.Parse(ep.AuthorizeURL)
+	if err != nil {
+		return "", invalidArgument(op, "unparseable authorize URL")
+	}
+	q := u.Query()
+	q.Set("response_type", "code")
+	q.Set("client_id", cc.ClientID)
+	q.Set("redirect_uri", redirectURI)
+	q.Set("state", state)
+	if len(scopes) > 0 {
+		q.Set("scope", strings.Join(scopes, " "))
+	}
+	if codeChallenge != "" {
+		q.Set("code_challenge", codeChallenge)
+		q.Set("code_challenge_method", "S256")
+	}
+	u.RawQuery = q.Encode()
+	return u.String(), nil
+}
+
+// Revoke revokes token (a refresh token, which for Salesforce also revokes
+// its access tokens, or an access token) at ep.RevocationURL (RFC 7009). Any
+// 2xx is success; RFC 7009 servers answer 200 for tokens already invalid.
+//
+// Errors are *Error with Op "revoke"; a 400 invalid_token or
+// unsupported_token_type is OutcomeRejected.
+func (c *Client) Revoke(ctx context.Context, ep Endpoint, cc ClientCredentials, token string) error {
+	const op = "revoke"
+	if token == "" {
+		return invalidArgument(op, "empty token")
+	}
+	if e := checkCall(op, ep, cc, ep.RevocationURL, "revocation URL"); e != nil {
+		return e
+	}
+	form := url.Values{"token": {token}}
+	if _, e := c.post(ctx, op, ep.RevocationURL, cc, form, []string{token, cc.ClientSecret}); e != nil {
+		return e
+	}
+	return nil
+}
+
+// Introspect asks ep.IntrospectionURL about accessToken (RFC 7662,
+// token_type_hint=access_token). An expired or revoked token is not an
+// error: it is Introspection{Active: false}.
+//
+// Errors are *Error with Op "introspect"; a 2xx without a boolean "active" is
+// OutcomeUnknown.
+func (c *Client) Introspect(ctx context.Context, ep Endpoint, cc ClientCredentials, accessToken string) (Introspection, error) {
+	const op = "introspect"
+	if accessToken == "" {
+		return Introspection{}, invalidArgument(op, "empty access token")
+	}
+	if e := checkCall(op, ep, cc, ep.IntrospectionURL, "introspection URL"); e != nil {
+		return Introspection{}, e
+	}
+	form := url.Values{
+		"token":           {accessToken},
+		"token_type_hint": {"access_token"},
+	}
+	res, e := c.post(ctx, op, ep.IntrospectionURL, cc, form, []string{accessToken, cc.ClientSecret})
+	if e != nil {
+		return Introspection{}, e
+	}
+	obj, e := res.object(c, "active")
+	if e != nil {
+		return Introspection{}, e
+	}
+	in, ok := parseIntrospection(obj)
+	if !ok {
+		return Introspection{}, res.malformed(`no boolean "active"`)
+	}
+	return in, nil
+}
+
+// checkCall validates what every call needs before anything is sent.
+func checkCall(op string, ep Endpoint, cc ClientCredentials, endpointURL, name string) *Error {
+	if ep.Kind != KindSalesforce && ep.Kind != KindOAuth2 {
+		return invalidArgument(op, "endpoint kind unspecified")
+	}
+	if cc.ClientID == "" {
+		return invalidArgument(op, "empty client id")
+	}
+	if endpointURL == "" {
+		return invalidArgument(op, "empty "+name)
+	}
+	u, err := url.Parse(endpointURL)
+	if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+		return invalidArgument(op, name+" is not an absolute http(s) URL")
+	}
+	return nil
+}

@@ -1,0 +1,102 @@
+package provider
+
+import (
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+	"unicode/utf8"
+)
+
+func TestS256ChallengeRFC7636Vector(t *testing.T) {
+	// RFC 7636 appendix B.
+	const verifier = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk"
+	const want = "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"
+	if got := s256Challenge(verifier); got != want {
+		t.Errorf("s256Challenge = %q, want %q", got, want)
+	}
+}
+
+func TestNewPKCE(t *testing.T) {
+	seen := map[string]bool{}
+	for range 50 {
+		v, c := NewPKCE()
+		if len(v) != 43 || !validPKCEValue(v) {
+			t.Fatalf("verifier %q is not 43 characters of the RFC 7636 alphabet", v)
+		}
+		if c != s256Challenge(v) || !validPKCEValue(c) {
+			t.Fatalf("challenge %q does not match verifier", c)
+		}
+		if seen[v] {
+			t.Fatalf("verifier repeated")
+		}
+		seen[v] = true
+	}
+}
+
+func TestParseRetryAfter(t *testing.T) {
+	now := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+	tests := []struct {
+		in   string
+		want time.Duration
+	}{
+		{"", 0},
+		{"0", 0},
+		{"-3", 0},
+		{" 12 ", 12 * time.Second},
+		{"99999999999999999", maxRetryAfter},
+		{now.Add(2 * time.Minute).Format(http.TimeFormat), 2 * time.Minute},
+		{now.Add(-time.Minute).Format(http.TimeFormat), 0},
+		{now.Add(1000 * time.Hour).Format(http.TimeFormat), maxRetryAfter},
+		{"soon", 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.in, func(t *testing.T) {
+			if got := parseRetryAfter(tt.in, now); got != tt.want {
+				t.Errorf("parseRetryAfter(%q) = %v, want %v", tt.in, got, tt.want)
+			}
+		})
+	}
+}
+
+func TestSanitize(t *testing.T) {
+	tests := []struct {
+		name, in, want string
+		secrets        []string
+	}{
+		{"plain", "expired access/refresh token", "expired access/refresh token", nil},
+		{"secret redacted", "token abc123 is invalid", "token [REDACTED] is invalid", []string{"abc123", ""}},
+		{"control characters", "a\nb\tc\x00d\u2028e", "a b c d e", nil},
+		{"invalid UTF-8", "a\xffb", "a\uFFFDb", nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := sanitize(tt.in, maxDescriptionRunes, tt.secrets); got != tt.want {
+				t.Errorf("sanitize(%q) = %q, want %q", tt.in, got, tt.want)
+			}
+		})
+	}
+	t.Run("truncated to the rune limit", func(t *testing.T) {
+		got := sanitize(strings.Repeat("日", 500), maxDescriptionRunes, nil)
+		if n := utf8.RuneCountInString(got); n != maxDescriptionRunes || !strings.HasSuffix(got, "…") {
+			t.Errorf("got %d runes ending %q, want %d ending with an ellipsis", n, got[len(got)-3:], maxDescriptionRunes)
+		}
+	})
+	t.Run("a secret cut by truncation is still redacted", func(t *testing.T) {
+		secret := strings.Repeat("s", 50)
+		got := sanitize(strings.Repeat("x", 180)+secret, maxDescriptionRunes, []string{secret})
+		if strings.Contains(got, "sssss") {
+			t.Errorf("got %q, holds part of the secret", got)
+		}
+	})
+}
+
+func TestZeroOutcomeIsUnknown(t *testing.T) {
+	var e Error
+	if e.Outcome != OutcomeUnknown {
+		t.Errorf("zero Outcome = %v, want unknown: the conservative default", e.Outcome)
+	}
+	if e.Permanent() {
+		t.Errorf("zero Error is permanent")
+	}
+}

@@ -1,0 +1,210 @@
+package provider
+
+import (
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/base64"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// SignatureStatus is the result of checking a Salesforce response signature.
+type SignatureStatus int
+
+const (
+	// SignatureNotChecked: not a Salesforce endpoint, or no client secret to
+	// check with.
+	SignatureNotChecked SignatureStatus = iota
+	// SignatureValid: the signature matches HMAC-SHA256(client secret,
+	// id + issued_at).
+	SignatureValid
+	// SignatureMismatch: the signature is wrong or absent (or id or
+	// issued_at is absent), so the response cannot be shown to come from
+	// Salesforce. The tokens are returned anyway: after a refresh the sent
+	// refresh token may already be dead, and the caller decides.
+	SignatureMismatch
+)
+
+// String returns "not checked", "valid" or "mismatch".
+func (s SignatureStatus) String() string {
+	switch s {
+	case SignatureNotChecked:
+		return "not checked"
+	case SignatureValid:
+		return "valid"
+	case SignatureMismatch:
+		return "mismatch"
+	default:
+		return fmt.Sprintf("SignatureStatus(%d)", int(s))
+	}
+}
+
+// Token is a successful token endpoint response. Printing or logging it never
+// shows AccessToken or RefreshToken: String, GoString, Format and LogValue
+// redact them. encoding/json does not redact (callers may persist a Token
+// that way), so log a Token itself, not a struct holding one.
+type Token struct {
+	AccessToken string
+	// TokenType is the provider's token_type, "Bearer" when it sent none.
+	TokenType string
+	// RefreshToken is the new refresh token, empty when the provider did not
+	// rotate (or, for a code exchange, issued none). Whether a refresh
+	// rotated is decided by comparing with the token sent.
+	RefreshToken string
+	// InstanceURL is Salesforce's instance_url, where its APIs (and
+	// introspection) live; empty for other providers.
+	InstanceURL string
+	// IDURL is Salesforce's identity URL (the "id" field), signed along with
+	// issued_at.
+	IDURL string
+	// Signature is Salesforce's base64 HMAC-SHA256 over IDURL + issued_at.
+	Signature string
+	// Scopes are the granted scopes; nil when the provider did not say
+	// (RFC 6749: then they equal the requested ones).
+	Scopes []string
+	// IssuedAt is Salesforce's issued_at; for other providers, or when it is
+	// missing or unreadable, the time the request was sent, so that an
+	// expiry computed from it errs early.
+	IssuedAt time.Time
+	// ExpiresIn is the access token's lifetime from expires_in, 0 when the
+	// provider sent none (Salesforce: the app's session timeout applies).
+	ExpiresIn time.Duration
+	// SignatureStatus is set by Refresh and ExchangeCode.
+	SignatureStatus SignatureStatus
+
+	// issuedAtRaw is issued_at exactly as received: the signature covers
+	// the text, not the number.
+	issuedAtRaw string
+}
+
+// String describes the token without its secrets.
+func (t Token) String() string {
+	return fmt.Sprintf("Token{TokenType: %q, AccessToken: %s, RefreshToken: %s, InstanceURL: %q, IDURL: %q, Scopes: %q, IssuedAt: %s, ExpiresIn: %s, SignatureStatus: %s}",
+		t.TokenType, redacted(t.AccessToken), redacted(t.RefreshToken), t.InstanceURL, t.IDURL,
+		t.Scopes, t.IssuedAt.Format(time.RFC3339Nano), t.ExpiresIn, t.SignatureStatus)
+}
+
+// GoString is String, so %#v redacts too.
+func (t Token) GoString() string { return "provider." + t.String() }
+
+// Format makes every fmt verb print the redacted form; without it %x would
+// print the fields, tokens included.
+func (t Token) Format(f fmt.State, verb rune) {
+	if verb == 'v' && f.Flag('#') {
+		_, _ = fmt.Fprint(f, t.GoString())
+		return
+	}
+	_, _ = fmt.Fprint(f, t.String())
+}
+
+// LogValue logs the token without its secrets.
+func (t Token) LogValue() slog.Value {
+	return slog.GroupValue(
+		slog.String("token_type", t.TokenType),
+		slog.Bool("refresh_token_set", t.RefreshToken != ""),
+		slog.String("instance_url", t.InstanceURL),
+		slog.Any("scopes", t.Scopes),
+		slog.Time("issued_at", t.IssuedAt),
+		slog.Duration("expires_in", t.ExpiresIn),
+		slog.String("signature", t.SignatureStatus.String()),
+	)
+}
+
+// VerifySalesforceSignature reports whether t.Signature is
+// base64(HMAC-SHA256(key = clientSecret, message = t.IDURL + issued_at)),
+// issued_at being the text Salesforce sent (for a Token not parsed by this
+// package, t.IssuedAt in milliseconds). The comparison is constant-time. It
+// is false when the secret, id, issued_at or signature is missing.
+func VerifySalesforceSignature(t *Token, clientSecret string) bool {
+	if t == nil || clientSecret == "" || t.IDURL == "" || t.Signature == "" {
+		return false
+	}
+	issuedAt := t.issuedAtRaw
+	if issuedAt == "" {
+		if t.IssuedAt.IsZero() {
+			return false
+		}
+		issuedAt = strconv.FormatInt(t.IssuedAt.UnixMilli(), 10)
+	}
+	got, err := base64.StdEncoding.DecodeString(t.Signature)
+	if err != nil {
+		return false
+	}
+	mac := hmac.New(sha256.New, []byte(clientSecret))
+	mac.Write([]byte(t.IDURL + issuedAt))
+	return hmac.Equal(got, mac.Sum(nil))
+}
+
+// Introspection is an RFC 7662 introspection answer about an access token.
+type Introspection struct {
+	// Active is false for an expired, revoked or unknown token.
+	Active bool
+	// Expiry is the token's exp; zero when the provider sent none.
+	Expiry time.Time
+	// Scopes are the token's scopes; nil when the provider did not say.
+	Scopes []string
+}
+
+// maxExpiresInSeconds keeps expires_in*time.Second from overflowing; any
+// real lifetime is far below it (100 years).
+const maxExpiresInSeconds = 100 * 365 * 24 * 3600
+
+// parseToken reads a 2xx token response leniently: once the provider issued
+// an access token the refresh happened, and failing on an odd optional field
+// would lose the rotated refresh token. ok is false when the body is not a
+// JSON object with a non-empty access_token.
+func parseToken(obj jsonObject, sentAt time.Time) (*Token, bool) {
+	access, _ := obj.str("access_token")
+	if access == "" {
+		return nil, false
+	}
+	t := &Token{
+		AccessToken: access,
+		TokenType:   "Bearer",
+		IssuedAt:    sentAt,
+	}
+	if tt, _ := obj.str("token_type"); tt != "" {
+		t.TokenType = tt
+	}
+	t.RefreshToken, _ = obj.str("refresh_token")
+	t.InstanceURL, _ = obj.str("instance_url")
+	t.IDURL, _ = obj.str("id")
+	t.Signature, _ = obj.str("signature")
+	t.Scopes = obj.scopes("scope")
+	if n, ok := obj.integer("expires_in"); ok && n > 0 {
+		t.ExpiresIn = time.Duration(min(n, maxExpiresInSeconds)) * time.Second
+	}
+	if raw, ok := obj.scalarText("issued_at"); ok {
+		t.issuedAtRaw = raw
+		if ms, err := strconv.ParseInt(raw, 10, 64); err == nil && ms > 0 {
+			t.IssuedAt = time.UnixMilli(ms)
+		}
+	}
+	return t, true
+}
+
+// parseIntrospection reads a 2xx introspection response; ok is false
+// without a boolean "active".
+func parseIntrospection(obj jsonObject) (Introspection, bool) {
+	active, ok := obj.boolean("active")
+	if !ok {
+		return Introspection{}, false
+	}
+	in := Introspection{Active: active, Scopes: obj.scopes("scope")}
+	if exp, ok := obj.integer("exp"); ok && exp > 0 && exp < 1<<40 {
+		in.Expiry = time.Unix(exp, 0)
+	}
+	return in, true
+}
+
+// splitScopes splits a space-separated scope list; nil for none.
+func splitScopes(s string) []string {
+	f := strings.Fields(s)
+	if len(f) == 0 {
+		return nil
+	}
+	return f
+}

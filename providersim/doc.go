@@ -1,0 +1,25 @@
+// Package providersim is an in-memory OAuth 2.0 authorization server that
+// behaves like Salesforce's, for tests and for `rotavault dev`.
+//
+// It serves, on a loopback listener over plain HTTP, the Salesforce endpoints
+// Rotavault talks to: /services/oauth2/authorize (auto-approving consent),
+// /services/oauth2/token (authorization_code with PKCE, refresh_token),
+// /services/oauth2/revoke, /services/oauth2/introspect and a protected
+// /services/data/ resource. Wire formats and error texts follow Salesforce's
+// documentation: no expires_in, issued_at in milliseconds as a string, an
+// HMAC signature over id+issued_at, and "expired access/refresh token" for
+// every dead refresh token.
+//
+// Refresh Token Rotation is on by default: every refresh returns a new
+// refresh token and supersedes the old one; presenting a superseded token
+// revokes the whole token family (its current refresh token and all its
+// access tokens), with no grace period, as Salesforce does. Config.ReuseGrace
+// models providers that tolerate an immediate retry (Okta, Hydra, Cognito).
+//
+// Tests drive failure modes through the Server: InjectFailure (unavailable,
+// rate limited, server error, lost response after rotation, hang),
+// SetLatency, CorruptSignatures and RevokeFamilyOf; they observe through
+// Stats and WaitForTokenRequests instead of sleeping.
+//
+// Tokens are never logged. The simulator keeps them only as SHA-256 digests.
+package providersim
