@@ -205,7 +205,7 @@ func (b *Broker) refresh(ctx context.Context, e *entry, need func(*view) bool) (
 		e.mu.Unlock()
 		return v, nil
 	}
-	if v := e.view.Load(); v.fam.Status != StatusActive && e.rescue == nil {
+	if v := e.view.Load(); v.fam.Status != StatusActive && e.rescue.Load() == nil {
 		e.mu.Unlock()
 		return nil, reauthRequired(e.id, v.fam)
 	}

@@ -242,7 +242,7 @@ type entry struct {
 	lastRejection time.Time
 	// rescue holds a rotated family whose write to the store failed: the
 	// newest refresh token exists only here until a write succeeds.
-	rescue *rescued
+	rescue atomic.Pointer[rescued]
 	// lastErr is the last refresh failure, for describing.
 	lastErr error
 	// retryAt holds back scheduled refreshes after a failure.

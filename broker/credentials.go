@@ -278,7 +278,7 @@ func (b *Broker) describe(e *entry, v *view) Credential {
 	if e.lastErr != nil && c.LastError == "" {
 		c.LastError = e.lastErr.Error()
 	}
-	if e.rescue != nil {
+	if e.rescue.Load() != nil {
 		c.LastError = "a rotated refresh token is held in memory until the store accepts it"
 	}
 	e.mu.Unlock()

@@ -229,7 +229,8 @@ func (b *Broker) installFamily(ctx context.Context, e *entry, refreshToken strin
 		break
 	}
 	e.mu.Lock()
-	e.rescue, e.lastErr, e.retryAt = nil, nil, time.Time{}
+	e.rescue.Store(nil)
+	e.lastErr, e.retryAt = nil, time.Time{}
 	e.mu.Unlock()
 	if old.fam.Status == StatusActive && old.fam.RefreshToken != "" {
 		// Leave no second live family behind.

@@ -158,9 +158,7 @@ func (b *Broker) storeRefreshed(ctx context.Context, e *entry, cred *credentialR
 		return nil, b.orphaned(ctx, e, cred, fam, tok, rotated)
 	}
 	if err != nil {
-		e.mu.Lock()
-		e.rescue = &rescued{fam: next, baseVersion: famVersion}
-		e.mu.Unlock()
+		e.rescue.Store(&rescued{fam: next, baseVersion: famVersion})
 		b.log.ErrorContext(ctx, "rotated refresh token NOT stored yet: holding it in memory and retrying; do not restart this server until the store recovers",
 			"credential", e.id, "family", next.FamilyID, "generation", next.Generation, "err", err)
 		b.audit(ctx, audit.Event{Action: audit.ActionRescuedToken, Credential: e.id, Family: next.FamilyID, Generation: next.Generation, Detail: "store write failed; retrying"})
@@ -263,9 +261,7 @@ type rescued struct {
 // storeRescue writes a held rotated family, if any. It returns the new view
 // once stored, nil when there was nothing to store.
 func (b *Broker) storeRescue(ctx context.Context, e *entry) (*view, error) {
-	e.mu.Lock()
-	r := e.rescue
-	e.mu.Unlock()
+	r := e.rescue.Load()
 	if r == nil {
 		return nil, nil
 	}
@@ -279,9 +275,7 @@ func (b *Broker) storeRescue(ctx context.Context, e *entry) (*view, error) {
 	if err != nil {
 		return nil, storeUnavailable(err)
 	}
-	e.mu.Lock()
-	e.rescue = nil
-	e.mu.Unlock()
+	e.rescue.CompareAndSwap(r, nil)
 	b.log.InfoContext(ctx, "held rotated refresh token is now stored", "credential", e.id, "generation", r.fam.Generation)
 	cur := e.view.Load()
 	v := b.newView(cur.cred, cur.credVersion, r.fam, version)

@@ -85,8 +85,8 @@ func (b *Broker) refreshDue(sem chan struct{}) {
 	now := b.opts.now()
 	for _, e := range b.snapshotEntries() {
 		v := e.view.Load()
+		held := e.rescue.Load() != nil
 		e.mu.Lock()
-		held := e.rescue != nil
 		wait := now.Before(e.retryAt)
 		busy := e.flight != nil
 		e.mu.Unlock()
@@ -103,10 +103,7 @@ func (b *Broker) refreshDue(sem chan struct{}) {
 			defer b.wg.Done()
 			defer func() { <-sem }()
 			need := func(v *view) bool {
-				e.mu.Lock()
-				held := e.rescue != nil
-				e.mu.Unlock()
-				return held || b.due(e, v, b.opts.now())
+				return e.rescue.Load() != nil || b.due(e, v, b.opts.now())
 			}
 			ctx, cancel := context.WithTimeout(b.ctx, b.opts.refreshTimeout)
 			defer cancel()

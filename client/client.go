@@ -45,7 +45,9 @@ func New(conn grpc.ClientConnInterface) *Client {
 }
 
 // TokenOption adjusts a token request.
-type TokenOption interface{ apply(*rotavaultv1.GetAccessTokenRequest) }
+type TokenOption interface {
+	apply(*rotavaultv1.GetAccessTokenRequest)
+}
 
 type tokenOptionFunc func(*rotavaultv1.GetAccessTokenRequest)
 

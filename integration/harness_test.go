@@ -304,3 +304,5 @@ func wantCode(t testing.TB, err error, code codes.Code, reason string) {
 var errNoRedirect = errors.New("no redirect")
 
 func brokerNoticeRetention(n int) broker.Option { return broker.WithNoticeRetention(n) }
+
+func providerClient() *provider.Client { return provider.New(nil) }

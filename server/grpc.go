@@ -44,6 +44,8 @@ type Config struct {
 type Server struct {
 	GRPC   *grpc.Server
 	Health *health.Server
+	// drain ends every streaming call at shutdown.
+	drain context.CancelFunc
 }
 
 // New builds a gRPC server with the token and admin services, the standard
@@ -56,6 +58,7 @@ func New(cfg Config) *Server {
 		log.ErrorContext(ctx, "panic in handler", "panic", fmt.Sprint(p), "stack", string(debug.Stack()))
 		return status.Error(codes.Internal, "internal error")
 	})
+	draining, drain := context.WithCancel(context.Background())
 	accessLog := logging.LoggerFunc(func(ctx context.Context, lvl logging.Level, msg string, fields ...any) {
 		log.Log(ctx, slog.Level(lvl), msg, fields...)
 	})
@@ -71,6 +74,7 @@ func New(cfg Config) *Server {
 			recovery.StreamServerInterceptor(rec),
 			logging.StreamServerInterceptor(accessLog, logOpts...),
 			actorStream,
+			drainStreams(draining),
 		),
 		// Watch streams live for hours: ping idle connections so proxies
 		// and load balancers do not drop them silently, and accept client
@@ -90,13 +94,14 @@ func New(cfg Config) *Server {
 	if cfg.Reflection {
 		reflection.Register(gs)
 	}
-	return &Server{GRPC: gs, Health: hs}
+	return &Server{GRPC: gs, Health: hs, drain: drain}
 }
 
 // Shutdown marks the server NOT_SERVING (so load balancers drain it), then
 // stops gracefully, waiting at most for ctx.
 func (s *Server) Shutdown(ctx context.Context) {
 	s.Health.Shutdown()
+	s.drain()
 	done := make(chan struct{})
 	go func() {
 		s.GRPC.GracefulStop()
@@ -133,3 +138,21 @@ type contextStream struct {
 }
 
 func (s *contextStream) Context() context.Context { return s.ctx }
+
+// drainStreams ends streaming calls (watchers) when the server shuts down. A
+// graceful stop waits for every call to end, and a watch stream never does
+// on its own; ended with UNAVAILABLE, watchers reconnect (to another replica)
+// and resume with their cursor.
+func drainStreams(draining context.Context) grpc.StreamServerInterceptor {
+	return func(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+		ctx, cancel := context.WithCancel(ss.Context())
+		defer cancel()
+		unhook := context.AfterFunc(draining, cancel)
+		defer unhook()
+		err := handler(srv, &contextStream{ServerStream: ss, ctx: ctx})
+		if draining.Err() != nil && ss.Context().Err() == nil {
+			return status.Error(codes.Unavailable, "the server is shutting down; reconnect and resume with the last cursor")
+		}
+		return err
+	}
+}

@@ -1,0 +1,116 @@
+package boltstore
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// Backup writes a consistent copy of the whole store file to w, taken in one
+// read transaction while writers go on. The copy is a store file sealed
+// under the same keys: it opens with the key current at the time of the
+// backup (plus any previous keys still in use then), and a later RotateKey
+// does not change that. Errors: ctx.Err() wrapped if ctx ends before the
+// copy does, or the write error of w.
+func (s *Store) Backup(ctx context.Context, w io.Writer) error {
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("boltstore: backup: %w", err)
+	}
+	err := s.db.View(func(tx *bolt.Tx) error {
+		_, err := tx.WriteTo(ctxWriter{ctx: ctx, w: w})
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("boltstore: backup %s: %w", s.path, closedErr(err))
+	}
+	return nil
+}
+
+// ctxWriter stops a long copy when its context ends.
+type ctxWriter struct {
+	ctx context.Context
+	w   io.Writer
+}
+
+func (c ctxWriter) Write(p []byte) (int, error) {
+	if err := c.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return c.w.Write(p)
+}
+
+// RotateKey re-seals every record, and the key check, under newKey in one
+// transaction, keeping keys, values and versions. Either all records move or
+// none do. Afterwards the store opens with newKey alone, and no longer with
+// the old keys alone; this Store keeps reading the old keys too, though
+// nothing is sealed under them any more.
+//
+// Writers wait while the rotation runs; readers do not. It returns the
+// number of records re-sealed. Errors: ErrCorrupt or ErrUnknownKey if some
+// record cannot be opened (nothing changes then), ctx.Err() wrapped.
+func (s *Store) RotateKey(ctx context.Context, newKey Key) (rewritten int, err error) {
+	if !newKey.set {
+		return 0, errors.New("boltstore: rotate key: no key given")
+	}
+	next, err := newSealer(newKey)
+	if err != nil {
+		return 0, fmt.Errorf("boltstore: rotate key: %w", err)
+	}
+	s.rotateMu.Lock()
+	defer s.rotateMu.Unlock()
+
+	old := s.keys.Load()
+	// Readers meet records under newKey as soon as the transaction commits,
+	// so they must know it first. Sealing new records under it from now on
+	// is what the rotation wants; Put waits on rotateMu meanwhile, so none
+	// does before the outcome is known.
+	rotated := old.with(next)
+	s.keys.Store(rotated)
+
+	err = s.db.Update(func(tx *bolt.Tx) error {
+		records := tx.Bucket([]byte(recordsBucket))
+		type resealed struct{ key, value []byte }
+		var out []resealed
+		// Collect first: bbolt cursors are not stable while the bucket
+		// they walk is written.
+		err := records.ForEach(func(k, v []byte) error {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			r, value, err := rotated.open(kindRecord, string(k), v)
+			if err != nil {
+				return fmt.Errorf("record %q: %w", k, err)
+			}
+			out = append(out, resealed{bytes.Clone(k), next.seal(kindRecord, string(k), r.Version, value)})
+			clear(value)
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		for _, r := range out {
+			if err := records.Put(r.key, r.value); err != nil {
+				return err
+			}
+		}
+		meta := tx.Bucket([]byte(metaBucket))
+		if err := meta.Put([]byte(metaKeyCheck), next.seal(kindKeyCheck, metaKeyCheck, 1, []byte(keyCheckValue))); err != nil {
+			return err
+		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		rewritten = len(out)
+		return nil
+	})
+	if err != nil {
+		s.keys.Store(old)
+		return 0, fmt.Errorf("boltstore: rotate key of %s: %w", s.path, closedErr(err))
+	}
+	s.log.Info("boltstore: key rotated", "path", s.path, "from_key_id", old.current.idString(), "to_key_id", newKey.ID(), "records", rewritten)
+	return rewritten, nil
+}

@@ -1,0 +1,254 @@
+package main
+
+import (
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/protobuf/encoding/protojson"
+
+	rotavaultv1 "github.com/rotavault/rotavault/gen/rotavault/v1"
+)
+
+// setupCLITest starts a simulator and a server, and a CLI whose
+// ROTAVAULT_SERVER points at it.
+func setupCLITest(t *testing.T) (*cli, *testNode, func(id string) string) {
+	t.Helper()
+	sim := startSim(t)
+	dir := t.TempDir()
+	keyFile, _ := newKeyFile(t, dir, "store.key")
+	c := newCLI(t, nil)
+	node := startNode(t, dir, keyFile, c.trans)
+	c.env = map[string]string{"ROTAVAULT_SERVER": node.addr}
+	var refreshTokens []string
+	t.Cleanup(func() { c.trans.assertNoSecrets(t, append([]string{simClientSecret}, refreshTokens...)...) })
+	// install creates a Salesforce credential and imports a family, both
+	// through the CLI with secrets on stdin.
+	install := func(id string) string {
+		t.Helper()
+		c.run(simClientSecret+"\n", "credentials", "put", id, "--provider", "salesforce", "--base-url", sim.URL(),
+			"--client-id", simClientID, "--client-secret-file", "-", "--scope", "api refresh_token",
+			"--access-token-lifetime", "10m").expect(t, exitOK)
+		rt := issueRefreshToken(t, sim)
+		refreshTokens = append(refreshTokens, rt)
+		c.run("  "+rt+"\n\n", "reauth", "import", id, "--refresh-token-file", "-").expect(t, exitOK)
+		return rt
+	}
+	return c, node, install
+}
+
+func parseToken(t *testing.T, out string) *rotavaultv1.GetAccessTokenResponse {
+	t.Helper()
+	var resp rotavaultv1.GetAccessTokenResponse
+	if err := protojson.Unmarshal([]byte(out), &resp); err != nil {
+		t.Fatalf("token get --json printed %q: %v", out, err)
+	}
+	return &resp
+}
+
+func TestCredentialLifecycle(t *testing.T) {
+	c, _, install := setupCLITest(t)
+
+	t.Run("put reads the secret from stdin and never shows it", func(t *testing.T) {
+		install("acme")
+		show := c.run("", "credentials", "show", "acme").expect(t, exitOK)
+		for _, want := range []string{"status", "active", "client secret", "set", "api refresh_token", "10m0s"} {
+			if !strings.Contains(show.stdout, want) {
+				t.Errorf("credentials show lacks %q:\n%s", want, show.stdout)
+			}
+		}
+	})
+
+	t.Run("token get", func(t *testing.T) {
+		r := c.run("", "token", "get", "acme", "--json").expect(t, exitOK)
+		tok := parseToken(t, r.stdout)
+		if tok.GetGeneration() < 1 || tok.GetAccessToken() == "" || tok.GetFingerprint() == "" {
+			t.Fatalf("token get --json = %v; want a token with generation >= 1 and a fingerprint", tok)
+		}
+		if strings.Count(strings.TrimSpace(r.stdout), "\n") != 0 {
+			t.Errorf("--json printed more than one line: %q", r.stdout)
+		}
+		human := c.run("", "token", "get", "acme").expect(t, exitOK)
+		if strings.Contains(human.stdout, tok.GetAccessToken()) {
+			t.Error("token get printed the access token without --show-token")
+		}
+		if !strings.Contains(human.stdout, tok.GetFingerprint()) || !regexp.MustCompile(`generation\s+\d+`).MatchString(human.stdout) {
+			t.Errorf("token get lacks the fingerprint or generation:\n%s", human.stdout)
+		}
+		shown := c.run("", "token", "get", "acme", "--show-token").expect(t, exitOK)
+		if !strings.Contains(shown.stdout, tok.GetAccessToken()) {
+			t.Errorf("token get --show-token did not print the token:\n%s", shown.stdout)
+		}
+	})
+
+	t.Run("list shows the credential in a table", func(t *testing.T) {
+		r := c.run("", "credentials", "list").expect(t, exitOK)
+		if !regexp.MustCompile(`ID\s+STATUS\s+GENERATION\s+NEXT REFRESH\s+LAST ERROR`).MatchString(r.stdout) ||
+			!regexp.MustCompile(`(?m)^acme\s+active\s+\d+\s+`).MatchString(r.stdout) {
+			t.Errorf("credentials list:\n%s", r.stdout)
+		}
+		j := c.run("", "credentials", "list", "--json").expect(t, exitOK)
+		var cred rotavaultv1.Credential
+		if err := protojson.Unmarshal([]byte(strings.Split(strings.TrimSpace(j.stdout), "\n")[0]), &cred); err != nil || cred.GetCredentialId() != "acme" {
+			t.Errorf("credentials list --json = %q (%v)", j.stdout, err)
+		}
+	})
+
+	t.Run("update sets only the flags given", func(t *testing.T) {
+		c.run("", "credentials", "put", "public-app", "--provider", "oauth2", "--token-url", "https://idp.example.com/token",
+			"--client-id", "app", "--scope", "openid", "--scope", "offline_access").expect(t, exitOK)
+		if got := showCredential(t, c, "public-app"); got.GetHasClientSecret() {
+			t.Fatal("a credential put without a secret has one")
+		}
+		const newSecret = "rotated-secret-b7e2a94c"
+		r := c.run(newSecret+"\n", "credentials", "update", "public-app", "--client-secret-file", "-").expect(t, exitOK)
+		if !strings.Contains(r.stdout, "updated public-app: client_secret\n") {
+			t.Errorf("update did not report its mask:\n%s", r.stdout)
+		}
+		got := showCredential(t, c, "public-app")
+		if !got.GetHasClientSecret() {
+			t.Error("has_client_secret is still false after update --client-secret-file")
+		}
+		if s := got.GetSpec(); strings.Join(s.GetScopes(), " ") != "openid offline_access" || s.GetTokenUrl() != "https://idp.example.com/token" {
+			t.Errorf("update changed fields it was not given: %v", s)
+		}
+		c.trans.assertNoSecrets(t, newSecret)
+	})
+
+	t.Run("delete", func(t *testing.T) {
+		r := c.run("", "credentials", "delete", "public-app").expect(t, exitUsage)
+		if !strings.Contains(r.stderr, "--yes") {
+			t.Errorf("delete without a terminal or --yes: %s", r.stderr)
+		}
+		showCredential(t, c, "public-app") // still there
+		c.run("", "credentials", "delete", "public-app", "--yes").expect(t, exitOK)
+		gone := c.run("", "credentials", "show", "public-app").expect(t, exitError)
+		if !strings.Contains(gone.stderr, "(NOT_FOUND)") {
+			t.Errorf("show after delete: %s", gone.stderr)
+		}
+	})
+}
+
+func showCredential(t *testing.T, c *cli, id string) *rotavaultv1.Credential {
+	t.Helper()
+	r := c.run("", "credentials", "show", id, "--json").expect(t, exitOK)
+	var resp rotavaultv1.GetCredentialResponse
+	if err := protojson.Unmarshal([]byte(r.stdout), &resp); err != nil {
+		t.Fatalf("credentials show --json printed %q: %v", r.stdout, err)
+	}
+	return resp.GetCredential()
+}
+
+func TestErrorsForPeople(t *testing.T) {
+	c, _, _ := setupCLITest(t)
+	c.run("", "credentials", "put", "fresh", "--provider", "salesforce", "--base-url", "https://login.salesforce.com",
+		"--client-id", "x", "--scope", "api", "--scope", "refresh_token").expect(t, exitOK)
+	tests := []struct {
+		name       string
+		args       []string
+		code       int
+		wantStderr []string
+	}{
+		{"no family yet", []string{"token", "get", "fresh"}, exitError,
+			[]string{"(FAILED_PRECONDITION, reason REAUTHENTICATION_REQUIRED)", "hint: install a new token family"}},
+		{"unknown credential", []string{"token", "get", "nope"}, exitError, []string{"(NOT_FOUND)"}},
+		{"unattainable lifetime", []string{"token", "get", "fresh", "--min-remaining", "10h"}, exitError,
+			[]string{"(INVALID_ARGUMENT, reason MIN_LIFETIME_UNATTAINABLE)"}},
+		{"missing id", []string{"token", "get"}, exitUsage, []string{"accepts 1 arg"}},
+		{"both rejected forms", []string{"token", "get", "fresh", "--rejected-generation", "1", "--rejected-fingerprint", "00"}, exitUsage, []string{"not both"}},
+		{"unknown flag", []string{"token", "get", "fresh", "--bogus"}, exitUsage, []string{"unknown flag"}},
+		{"unknown command", []string{"credentials", "lst"}, exitUsage, []string{`unknown command "lst"`, "did you mean list"}},
+		{"import without a file", []string{"reauth", "import", "fresh"}, exitUsage, []string{"--refresh-token-file is required"}},
+		{"empty refresh token", []string{"reauth", "import", "fresh", "--refresh-token-file", "-"}, exitUsage, []string{"no refresh token in stdin"}},
+		{"update without fields", []string{"credentials", "update", "fresh"}, exitUsage, []string{"nothing to update"}},
+		{"put without provider", []string{"credentials", "put", "other"}, exitUsage, []string{"--provider is required"}},
+		{"server down", []string{"credentials", "list", "--server", "127.0.0.1:1"}, exitError, []string{"(UNAVAILABLE)", "hint: is a Rotavault server running at 127.0.0.1:1"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := c.run("", tt.args...).expect(t, tt.code)
+			for _, want := range tt.wantStderr {
+				if !strings.Contains(r.stderr, want) {
+					t.Errorf("stderr lacks %q:\n%s", want, r.stderr)
+				}
+			}
+			if r.stdout != "" {
+				t.Errorf("a failed command printed to stdout: %q", r.stdout)
+			}
+		})
+	}
+}
+
+func TestWatch(t *testing.T) {
+	c, _, install := setupCLITest(t)
+
+	w := c.start(nil, "watch", "acme")
+	started := w.stdout.waitFor(t, "started at cursor ")
+	cursor := regexp.MustCompile(`started at cursor (\S+)`).FindStringSubmatch(started)[1]
+	install("acme")
+	install("other") // filtered out
+	out := w.stdout.waitFor(t, "FAMILY_ACTIVATED  acme")
+	if code := w.stop(t); code != exitOK {
+		t.Errorf("interrupted watch exited %d", code)
+	}
+	if strings.Contains(out, "other") {
+		t.Errorf("watch acme printed another credential's notice:\n%s", out)
+	}
+	if !strings.Contains(w.stderr.String(), "resume with: rotavault watch acme --cursor ") {
+		t.Errorf("interrupted watch did not say how to resume: %s", w.stderr.String())
+	}
+
+	t.Run("resumes from a cursor as JSON lines", func(t *testing.T) {
+		r := c.start(nil, "watch", "--cursor", cursor, "--json")
+		out := r.stdout.waitFor(t, "NOTICE_KIND_FAMILY_ACTIVATED")
+		r.stop(t)
+		lines := strings.Split(strings.TrimSpace(out), "\n")
+		var first, second rotavaultv1.WatchRevocationsResponse
+		if err := protojson.Unmarshal([]byte(lines[0]), &first); err != nil || first.GetStarted() == nil {
+			t.Fatalf("first line %q is not the started message (%v)", lines[0], err)
+		}
+		if err := protojson.Unmarshal([]byte(lines[1]), &second); err != nil || second.GetNotice().GetCredentialId() != "acme" {
+			t.Fatalf("second line %q is not acme's replayed notice (%v)", lines[1], err)
+		}
+	})
+
+	t.Run("a cursor of another notice log says to resynchronise", func(t *testing.T) {
+		dir := t.TempDir()
+		keyFile, _ := newKeyFile(t, dir, "store.key")
+		elsewhere := startNode(t, dir, keyFile, c.trans)
+		other := c.start(map[string]string{"ROTAVAULT_SERVER": elsewhere.addr}, "watch")
+		foreign := regexp.MustCompile(`started at cursor (\S+)`).FindStringSubmatch(other.stdout.waitFor(t, "started at cursor "))[1]
+		other.stop(t)
+		r := c.run("", "watch", "--cursor", foreign).expect(t, exitError)
+		for _, want := range []string{"(OUT_OF_RANGE, reason CURSOR_EXPIRED)", "hint: notices after that cursor are no longer kept: resynchronise"} {
+			if !strings.Contains(r.stderr, want) {
+				t.Errorf("stderr lacks %q:\n%s", want, r.stderr)
+			}
+		}
+	})
+}
+
+// TestShutdownEndsWatchers checks that a server stopping with watchers
+// connected ends their streams with UNAVAILABLE at once, rather than
+// waiting out the graceful-stop bound, and that watch says how to resume.
+func TestShutdownEndsWatchers(t *testing.T) {
+	c, node, _ := setupCLITest(t)
+	w := c.start(nil, "watch")
+	w.stdout.waitFor(t, "started at cursor ")
+	node.stop(t)
+	select {
+	case code := <-w.done:
+		w.done <- code
+	case <-time.After(awaitDeadline):
+		t.Fatal("watch did not end when the server stopped")
+	}
+	if code := w.stop(t); code != exitError {
+		t.Errorf("watch exited %d when the server stopped; want %d", code, exitError)
+	}
+	for _, want := range []string{"the server is shutting down", "(UNAVAILABLE)", "hint: resume without missing a notice: rotavault watch --cursor "} {
+		if !strings.Contains(w.stderr.String(), want) {
+			t.Errorf("watch stderr lacks %q:\n%s", want, w.stderr.String())
+		}
+	}
+}

@@ -1,0 +1,370 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/spf13/cobra"
+	"google.golang.org/grpc"
+	"google.golang.org/protobuf/types/known/fieldmaskpb"
+
+	rotavaultv1 "github.com/rotavault/rotavault/gen/rotavault/v1"
+)
+
+const (
+	listPageSize = 500
+	// maxListPages bounds paging against a server that keeps answering
+	// with a next page.
+	maxListPages = 10000
+	maxErrorCell = 80
+)
+
+func newCredentialsCmd(a *app) *cobra.Command {
+	var client clientOptions
+	cmd := &cobra.Command{
+		Use:     "credentials",
+		Aliases: []string{"credential", "creds"},
+		Short:   "Manage credentials: which app a refresh token belongs to, and how it behaves",
+		Long: `Manage credentials. A credential names a provider app (endpoints, client
+id and secret, scopes, lifetimes) and holds at most one live token family.
+Create it with ` + "`put`" + `, then install a family with ` + "`rotavault reauth`" + `.
+
+Client secrets go in (from a file or stdin) and never come out: responses
+say only whether one is set.`,
+		Args: cobra.ArbitraryArgs,
+		RunE: groupRunE,
+	}
+	client.register(cmd)
+	cmd.AddCommand(
+		newCredentialsPutCmd(a, &client),
+		newCredentialsUpdateCmd(a, &client),
+		newCredentialsListCmd(a, &client),
+		newCredentialsShowCmd(a, &client),
+		newCredentialsDeleteCmd(a, &client),
+	)
+	return cmd
+}
+
+func adminCall[T any](ctx context.Context, client *clientOptions, id string, f func(context.Context, rotavaultv1.CredentialAdminServiceClient) (T, error)) (T, error) {
+	var resp T
+	err := client.call(ctx, func(ctx context.Context, conn *grpc.ClientConn) error {
+		var err error
+		resp, err = f(ctx, rotavaultv1.NewCredentialAdminServiceClient(conn))
+		return err
+	})
+	if err != nil {
+		var zero T
+		return zero, client.explain(err, id)
+	}
+	return resp, nil
+}
+
+func newCredentialsPutCmd(a *app, client *clientOptions) *cobra.Command {
+	var spec specFlags
+	cmd := &cobra.Command{
+		Use:   "put ID --provider salesforce|oauth2 [flags]",
+		Short: "Create a credential",
+		Long: `Create the credential ID (lowercase letters, digits, '.', '_' and '-').
+It has no token family yet: install one with ` + "`rotavault reauth`" + `.
+
+Salesforce needs --base-url (the My Domain URL, or login/test.salesforce.com)
+and derives its endpoints from it; Salesforce sends no token lifetime, so set
+--access-token-lifetime to the app's session timeout (default 2h). Generic
+OAuth 2.0 providers need --token-url, and --authorize-url for ` + "`reauth start`" + `.
+The client secret is read from --client-secret-file (- for stdin), never
+from a flag.
+
+Examples:
+  rotavault credentials put acme --provider salesforce \
+      --base-url https://acme.my.salesforce.com --client-id 3MVG9... \
+      --client-secret-file - --scope "api refresh_token" --access-token-lifetime 2h < secret.txt
+
+  rotavault credentials put okta-app --provider oauth2 \
+      --token-url https://example.okta.com/oauth2/v1/token \
+      --authorize-url https://example.okta.com/oauth2/v1/authorize \
+      --client-id 0oa... --client-secret-file okta.secret \
+      --scope openid --scope offline_access --reuse-grace 30s`,
+		Args: args(cobra.ExactArgs(1)),
+		RunE: runE(func(cmd *cobra.Command, argv []string) error {
+			id := argv[0]
+			kind, err := parseProvider(spec.provider)
+			if err != nil {
+				return err
+			}
+			s, err := spec.spec(a, kind)
+			if err != nil {
+				return err
+			}
+			resp, err := adminCall(cmd.Context(), client, id, func(ctx context.Context, c rotavaultv1.CredentialAdminServiceClient) (*rotavaultv1.CreateCredentialResponse, error) {
+				return c.CreateCredential(ctx, &rotavaultv1.CreateCredentialRequest{CredentialId: id, Spec: s})
+			})
+			if err != nil {
+				return err
+			}
+			if client.json {
+				return printJSON(a.stdout, resp)
+			}
+			fmt.Fprintf(a.stdout, "created credential %s; install a token family with `rotavault reauth start %s` or `rotavault reauth import %s`\n\n", id, id, id)
+			return a.printCredential(resp.GetCredential())
+		}),
+	}
+	spec.register(cmd.Flags(), true)
+	return cmd
+}
+
+func newCredentialsUpdateCmd(a *app, client *clientOptions) *cobra.Command {
+	var spec specFlags
+	cmd := &cobra.Command{
+		Use:   "update ID [flags]",
+		Short: "Change some fields of a credential, keeping its token family",
+		Long: `Change the fields of the credential ID whose flags are given, and only
+those: the update mask is exactly the set flags (ROTAVAULT_* variables count
+as set flags). An empty value clears a field, e.g. --token-url "".
+The provider cannot change; the token family is kept.
+
+Rotating the app's client secret: create the new secret at the provider,
+then
+
+  rotavault credentials update acme --client-secret-file new-secret.txt
+
+Examples:
+  rotavault credentials update acme --scope api --scope refresh_token --scope web
+  rotavault credentials update acme --access-token-lifetime 4h
+  printf %s "$NEW_SECRET" | rotavault credentials update acme --client-secret-file -`,
+		Args: args(cobra.ExactArgs(1)),
+		RunE: runE(func(cmd *cobra.Command, argv []string) error {
+			id := argv[0]
+			paths := updateMask(cmd.Flags())
+			if len(paths) == 0 {
+				return usageErrorf("nothing to update: give at least one field flag (see --help)")
+			}
+			s, err := spec.spec(a, rotavaultv1.ProviderKind_PROVIDER_KIND_UNSPECIFIED)
+			if err != nil {
+				return err
+			}
+			resp, err := adminCall(cmd.Context(), client, id, func(ctx context.Context, c rotavaultv1.CredentialAdminServiceClient) (*rotavaultv1.UpdateCredentialResponse, error) {
+				return c.UpdateCredential(ctx, &rotavaultv1.UpdateCredentialRequest{
+					CredentialId: id, Spec: s, UpdateMask: &fieldmaskpb.FieldMask{Paths: paths},
+				})
+			})
+			if err != nil {
+				return err
+			}
+			if client.json {
+				return printJSON(a.stdout, resp)
+			}
+			fmt.Fprintf(a.stdout, "updated %s: %s\n\n", id, strings.Join(paths, ", "))
+			return a.printCredential(resp.GetCredential())
+		}),
+	}
+	spec.register(cmd.Flags(), false)
+	return cmd
+}
+
+func newCredentialsListCmd(a *app, client *clientOptions) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "list",
+		Short: "List credentials with their status",
+		Long: `List every credential in id order: status, token generation, next
+scheduled refresh and the last refresh problem. With --json, one credential
+per line.
+
+Examples:
+  rotavault credentials list
+  rotavault credentials list --json | jq -r 'select(.status == "CREDENTIAL_STATUS_REVOKED") | .credentialId'`,
+		Args: args(cobra.NoArgs),
+		RunE: runE(func(cmd *cobra.Command, _ []string) error {
+			var all []*rotavaultv1.Credential
+			pageToken := ""
+			for range maxListPages {
+				resp, err := adminCall(cmd.Context(), client, "", func(ctx context.Context, c rotavaultv1.CredentialAdminServiceClient) (*rotavaultv1.ListCredentialsResponse, error) {
+					return c.ListCredentials(ctx, &rotavaultv1.ListCredentialsRequest{PageSize: listPageSize, PageToken: pageToken})
+				})
+				if err != nil {
+					return err
+				}
+				all = append(all, resp.GetCredentials()...)
+				if resp.GetNextPageToken() == "" || resp.GetNextPageToken() == pageToken {
+					break
+				}
+				pageToken = resp.GetNextPageToken()
+			}
+			if client.json {
+				for _, c := range all {
+					if err := printJSON(a.stdout, c); err != nil {
+						return err
+					}
+				}
+				return nil
+			}
+			if len(all) == 0 {
+				_, err := fmt.Fprintln(a.stdout, "no credentials; create one with `rotavault credentials put`")
+				return err
+			}
+			tw := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "ID\tSTATUS\tGENERATION\tNEXT REFRESH\tLAST ERROR")
+			for _, c := range all {
+				next := "-"
+				if c.GetNextRefreshTime() != nil {
+					next = a.relative(c.GetNextRefreshTime().AsTime())
+				}
+				lastErr := c.GetLastError()
+				if lastErr == "" {
+					lastErr = "-"
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\n", c.GetCredentialId(), statusText(c), c.GetGeneration(), next, truncate(lastErr, maxErrorCell))
+			}
+			return tw.Flush()
+		}),
+	}
+	return cmd
+}
+
+func truncate(s string, n int) string {
+	r := []rune(strings.ReplaceAll(s, "\n", " "))
+	if len(r) <= n {
+		return string(r)
+	}
+	return string(r[:n-1]) + "…"
+}
+
+func newCredentialsShowCmd(a *app, client *clientOptions) *cobra.Command {
+	return &cobra.Command{
+		Use:   "show ID",
+		Short: "Describe a credential and its token family",
+		Long: `Describe the credential ID: its provider settings (never the client
+secret, only whether one is set) and its token family: status, generation,
+last rotation, access-token expiry, next scheduled refresh, last error.
+
+Examples:
+  rotavault credentials show acme
+  rotavault credentials show acme --json | jq .credential.generation`,
+		Args: args(cobra.ExactArgs(1)),
+		RunE: runE(func(cmd *cobra.Command, argv []string) error {
+			id := argv[0]
+			resp, err := adminCall(cmd.Context(), client, id, func(ctx context.Context, c rotavaultv1.CredentialAdminServiceClient) (*rotavaultv1.GetCredentialResponse, error) {
+				return c.GetCredential(ctx, &rotavaultv1.GetCredentialRequest{CredentialId: id})
+			})
+			if err != nil {
+				return err
+			}
+			if client.json {
+				return printJSON(a.stdout, resp)
+			}
+			return a.printCredential(resp.GetCredential())
+		}),
+	}
+}
+
+func (a *app) printCredential(c *rotavaultv1.Credential) error {
+	s := c.GetSpec()
+	f := newFields(a.stdout)
+	f.add("credential", c.GetCredentialId())
+	f.add("status", statusText(c))
+	f.add("provider", providerText(s.GetProviderKind()))
+	f.addIf("base url", s.GetBaseUrl())
+	f.addIf("token url", s.GetTokenUrl())
+	f.addIf("authorize url", s.GetAuthorizeUrl())
+	f.addIf("revocation url", s.GetRevocationUrl())
+	f.addIf("introspection url", s.GetIntrospectionUrl())
+	f.add("client id", s.GetClientId())
+	secret := "not set"
+	if c.GetHasClientSecret() {
+		secret = "set"
+	}
+	f.add("client secret", secret)
+	f.addIf("scopes", strings.Join(s.GetScopes(), " "))
+	f.addIf("access lifetime", durationText(s.GetAccessTokenLifetime()))
+	f.addIf("refresh idle", durationText(s.GetRefreshTokenIdleTimeout()))
+	f.addIf("refresh max", durationText(s.GetRefreshTokenMaxLifetime()))
+	f.addIf("reuse grace", durationText(s.GetReuseGracePeriod()))
+	f.addIf("family", c.GetFamilyId())
+	if c.GetFamilyId() != "" {
+		f.add("generation", strconv.FormatUint(c.GetGeneration(), 10))
+	}
+	if c.GetLastRotationTime() != nil {
+		f.add("last rotation", a.when(c.GetLastRotationTime()))
+	}
+	if c.GetAccessTokenExpireTime() != nil {
+		f.add("access expires", a.when(c.GetAccessTokenExpireTime()))
+	}
+	if c.GetNextRefreshTime() != nil {
+		f.add("next refresh", a.when(c.GetNextRefreshTime()))
+	}
+	f.addIf("last error", c.GetLastError())
+	f.add("created", a.when(c.GetCreateTime()))
+	f.add("updated", a.when(c.GetUpdateTime()))
+	return f.flush()
+}
+
+func newCredentialsDeleteCmd(a *app, client *clientOptions) *cobra.Command {
+	var yes bool
+	cmd := &cobra.Command{
+		Use:   "delete ID [--yes]",
+		Short: "Delete a credential: revoke its family at the provider, destroy its secrets",
+		Long: `Delete the credential ID: its token family is revoked at the provider (best
+effort), and its refresh token and client secret are destroyed. Watchers get
+a FAMILY_REVOKED notice. This cannot be undone: a new family needs a person
+to log in again.
+
+It asks for confirmation on a terminal. Without one (scripts, CI), --yes is
+required.
+
+Examples:
+  rotavault credentials delete acme
+  rotavault credentials delete acme --yes`,
+		Args: args(cobra.ExactArgs(1)),
+		RunE: runE(func(cmd *cobra.Command, argv []string) error {
+			id := argv[0]
+			if !yes {
+				if err := a.confirm(id); err != nil {
+					return err
+				}
+			}
+			resp, err := adminCall(cmd.Context(), client, id, func(ctx context.Context, c rotavaultv1.CredentialAdminServiceClient) (*rotavaultv1.DeleteCredentialResponse, error) {
+				return c.DeleteCredential(ctx, &rotavaultv1.DeleteCredentialRequest{CredentialId: id})
+			})
+			if err != nil {
+				return err
+			}
+			if client.json {
+				return printJSON(a.stdout, resp)
+			}
+			_, err = fmt.Fprintf(a.stdout, "deleted %s\n", id)
+			return err
+		}),
+	}
+	cmd.Flags().BoolVarP(&yes, "yes", "y", false, "delete without asking")
+	return cmd
+}
+
+// confirm asks the person at the terminal to type the id back.
+func (a *app) confirm(id string) error {
+	if !isTerminal(a.stdin) {
+		return usageErrorf("refusing to delete %s without --yes: stdin is not a terminal to confirm on", id)
+	}
+	fmt.Fprintf(a.stderr, "Delete %s? Its token family is revoked at the provider and its secrets are destroyed; a person must log in again to get a new one.\nType the credential id to confirm: ", id)
+	line, err := bufio.NewReader(io.LimitReader(a.stdin, 1024)).ReadString('\n')
+	if err != nil && line == "" {
+		return fmt.Errorf("no confirmation: %w", err)
+	}
+	if strings.TrimSpace(line) != id {
+		return fmt.Errorf("not confirmed; %s was not deleted", id)
+	}
+	return nil
+}
+
+func isTerminal(r io.Reader) bool {
+	f, ok := r.(*os.File)
+	if !ok {
+		return false
+	}
+	fi, err := f.Stat()
+	return err == nil && fi.Mode()&os.ModeCharDevice != 0
+}

@@ -1,0 +1,366 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	"github.com/rotavault/rotavault/boltstore"
+	rotavaultv1 "github.com/rotavault/rotavault/gen/rotavault/v1"
+)
+
+const (
+	envPrefix = "ROTAVAULT_"
+	// envStoreKey holds the store key itself (base64), for platforms that
+	// inject secrets as environment variables rather than files.
+	envStoreKey   = envPrefix + "STORE_KEY"
+	defaultServer = "127.0.0.1:7443"
+	// maxSecretFileSize bounds what a secret file may hold: the longest
+	// secret the API accepts is a 4 KiB refresh token.
+	maxSecretFileSize = 64 << 10
+)
+
+// usageError is a mistake in how a command was called (exit code 2), as
+// opposed to a failure while doing what was asked (exit code 1).
+type usageError struct{ msg string }
+
+func (e *usageError) Error() string { return e.msg }
+
+func usageErrorf(format string, args ...any) error {
+	return &usageError{msg: fmt.Sprintf(format, args...)}
+}
+
+// envName is the environment variable standing in for a flag:
+// --store-key-file ↔ ROTAVAULT_STORE_KEY_FILE.
+func envName(flag string) string {
+	return envPrefix + strings.ToUpper(strings.ReplaceAll(flag, "-", "_"))
+}
+
+// isListFlag reports whether a flag may be repeated; its environment
+// variable then holds a comma-separated list.
+func isListFlag(f *pflag.Flag) bool {
+	_, ok := f.Value.(pflag.SliceValue)
+	return ok
+}
+
+// applyEnv gives every flag the command line left unset the value of its
+// ROTAVAULT_* variable. A flag set on the command line wins. Flags set this
+// way count as set (cmd.Flags().Changed), exactly as if they had been typed.
+func (a *app) applyEnv(cmd *cobra.Command) error {
+	var errs []error
+	cmd.Flags().VisitAll(func(f *pflag.Flag) {
+		if f.Name == "help" || f.Changed {
+			return
+		}
+		name := envName(f.Name)
+		v := a.env(name)
+		if v == "" {
+			return
+		}
+		values := []string{v}
+		if isListFlag(f) {
+			values = strings.Split(v, ",")
+		}
+		for _, v := range values {
+			if err := cmd.Flags().Set(f.Name, strings.TrimSpace(v)); err != nil {
+				errs = append(errs, usageErrorf("%s: %v", name, err))
+				return
+			}
+		}
+		a.fromEnv[f.Name] = true
+	})
+	return errors.Join(errs...)
+}
+
+// documentEnv appends each flag's environment variable to its help text.
+func documentEnv(root *cobra.Command) {
+	seen := make(map[*pflag.Flag]bool)
+	var walk func(*cobra.Command)
+	walk = func(c *cobra.Command) {
+		for _, fs := range []*pflag.FlagSet{c.PersistentFlags(), c.LocalNonPersistentFlags()} {
+			fs.VisitAll(func(f *pflag.Flag) {
+				if seen[f] || f.Name == "help" {
+					return
+				}
+				seen[f] = true
+				f.Usage += " [$" + envName(f.Name) + "]"
+			})
+		}
+		for _, sub := range c.Commands() {
+			walk(sub)
+		}
+	}
+	walk(root)
+}
+
+// readSecret reads a secret from a file, or from stdin when path is "-",
+// without surrounding whitespace. Errors never quote the content.
+func (a *app) readSecret(path, what string) (string, error) {
+	var r io.Reader
+	if path == "-" {
+		r = a.stdin
+	} else {
+		f, err := os.Open(path)
+		if err != nil {
+			return "", fmt.Errorf("read %s: %w", what, err)
+		}
+		defer f.Close()
+		r = f
+	}
+	raw, err := io.ReadAll(io.LimitReader(r, maxSecretFileSize+1))
+	if err != nil {
+		return "", fmt.Errorf("read %s: %w", what, err)
+	}
+	if len(raw) > maxSecretFileSize {
+		return "", usageErrorf("the %s in %s is longer than %d bytes", what, describePath(path), maxSecretFileSize)
+	}
+	s := strings.TrimSpace(string(raw))
+	if s == "" {
+		return "", usageErrorf("no %s in %s", what, describePath(path))
+	}
+	return s, nil
+}
+
+func describePath(path string) string {
+	if path == "-" {
+		return "stdin"
+	}
+	return path
+}
+
+// splitScopes accepts repeated flags and space-separated lists alike:
+// --scope api --scope refresh_token, or --scope "api refresh_token".
+func splitScopes(values []string) []string {
+	var out []string
+	for _, v := range values {
+		out = append(out, strings.Fields(v)...)
+	}
+	return out
+}
+
+// clientOptions are the flags of every command that talks to a server.
+type clientOptions struct {
+	server  string
+	timeout time.Duration
+	json    bool
+}
+
+func (o *clientOptions) register(cmd *cobra.Command) {
+	fs := cmd.PersistentFlags()
+	fs.StringVar(&o.server, "server", defaultServer, "address of the Rotavault server (host:port)")
+	fs.DurationVar(&o.timeout, "timeout", 10*time.Second, "how long to wait for the server's answer")
+	fs.BoolVar(&o.json, "json", false, "print protobuf JSON, one object per line, for scripts")
+}
+
+// dial connects to the server. Transport security is not there yet: the
+// server listens on loopback only, in plaintext.
+func (o *clientOptions) dial() (*grpc.ClientConn, error) {
+	if o.timeout <= 0 {
+		return nil, usageErrorf("--timeout must be positive")
+	}
+	conn, err := grpc.NewClient(o.server, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return nil, usageErrorf("--server %q: %v", o.server, err)
+	}
+	return conn, nil
+}
+
+// call dials the server and runs f under the command's timeout.
+func (o *clientOptions) call(ctx context.Context, f func(ctx context.Context, conn *grpc.ClientConn) error) error {
+	conn, err := o.dial()
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(ctx, o.timeout)
+	defer cancel()
+	return f(ctx, conn)
+}
+
+// specFlags are the flags describing a credential, shared by
+// `credentials put` and `credentials update`.
+type specFlags struct {
+	provider         string
+	baseURL          string
+	tokenURL         string
+	authorizeURL     string
+	revocationURL    string
+	introspectionURL string
+	clientID         string
+	clientSecretFile string
+	scopes           []string
+	accessLifetime   time.Duration
+	refreshIdle      time.Duration
+	refreshMax       time.Duration
+	reuseGrace       time.Duration
+}
+
+// specFields maps flags to the CredentialSpec paths an update mask names.
+var specFields = []struct{ flag, path string }{
+	{"base-url", "base_url"},
+	{"token-url", "token_url"},
+	{"authorize-url", "authorize_url"},
+	{"revocation-url", "revocation_url"},
+	{"introspection-url", "introspection_url"},
+	{"client-id", "client_id"},
+	{"client-secret-file", "client_secret"},
+	{"scope", "scopes"},
+	{"access-token-lifetime", "access_token_lifetime"},
+	{"refresh-idle-timeout", "refresh_token_idle_timeout"},
+	{"refresh-max-lifetime", "refresh_token_max_lifetime"},
+	{"reuse-grace", "reuse_grace_period"},
+}
+
+func (s *specFlags) register(fs *pflag.FlagSet, create bool) {
+	if create {
+		fs.StringVar(&s.provider, "provider", "", "the provider's dialect: salesforce or oauth2 (required)")
+	}
+	fs.StringVar(&s.baseURL, "base-url", "", "Salesforce: My Domain URL, or https://login.salesforce.com (https://test.salesforce.com for sandboxes)")
+	fs.StringVar(&s.tokenURL, "token-url", "", "token endpoint (required for oauth2; overrides the Salesforce default)")
+	fs.StringVar(&s.authorizeURL, "authorize-url", "", "authorization endpoint, for 'rotavault reauth start'")
+	fs.StringVar(&s.revocationURL, "revocation-url", "", "revocation endpoint, used when a family is replaced or deleted")
+	fs.StringVar(&s.introspectionURL, "introspection-url", "", "introspection endpoint, consulted before refreshing on a rejected-token report")
+	fs.StringVar(&s.clientID, "client-id", "", "the app's client id (Salesforce: consumer key)")
+	fs.StringVar(&s.clientSecretFile, "client-secret-file", "", "file holding the client secret, - for stdin (never a flag value: command lines get logged)")
+	fs.StringArrayVar(&s.scopes, "scope", nil, "scope to request; repeat the flag or separate scopes by spaces (Salesforce needs refresh_token)")
+	fs.DurationVar(&s.accessLifetime, "access-token-lifetime", 0, "access-token lifetime when the provider does not say (Salesforce: the session timeout; default 2h)")
+	fs.DurationVar(&s.refreshIdle, "refresh-idle-timeout", 0, "the provider's refresh-token idle timeout, if any: unused families are refreshed well before it")
+	fs.DurationVar(&s.refreshMax, "refresh-max-lifetime", 0, "the provider's absolute refresh-token lifetime, if any")
+	fs.DurationVar(&s.reuseGrace, "reuse-grace", 0, "how long the provider accepts the previous refresh token after a rotation (0 for Salesforce)")
+}
+
+// spec builds the CredentialSpec, reading the client secret if a file was
+// named.
+func (s *specFlags) spec(a *app, provider rotavaultv1.ProviderKind) (*rotavaultv1.CredentialSpec, error) {
+	spec := &rotavaultv1.CredentialSpec{
+		ProviderKind:     provider,
+		BaseUrl:          s.baseURL,
+		TokenUrl:         s.tokenURL,
+		AuthorizeUrl:     s.authorizeURL,
+		RevocationUrl:    s.revocationURL,
+		IntrospectionUrl: s.introspectionURL,
+		ClientId:         s.clientID,
+		Scopes:           splitScopes(s.scopes),
+	}
+	for _, d := range []struct {
+		flag string
+		v    time.Duration
+		dst  **durationpb.Duration
+	}{
+		{"access-token-lifetime", s.accessLifetime, &spec.AccessTokenLifetime},
+		{"refresh-idle-timeout", s.refreshIdle, &spec.RefreshTokenIdleTimeout},
+		{"refresh-max-lifetime", s.refreshMax, &spec.RefreshTokenMaxLifetime},
+		{"reuse-grace", s.reuseGrace, &spec.ReuseGracePeriod},
+	} {
+		if d.v < 0 {
+			return nil, usageErrorf("--%s must not be negative", d.flag)
+		}
+		if d.v > 0 {
+			*d.dst = durationpb.New(d.v)
+		}
+	}
+	if s.clientSecretFile != "" {
+		secret, err := a.readSecret(s.clientSecretFile, "client secret")
+		if err != nil {
+			return nil, err
+		}
+		spec.ClientSecret = secret
+	}
+	return spec, nil
+}
+
+func parseProvider(s string) (rotavaultv1.ProviderKind, error) {
+	switch strings.ToLower(s) {
+	case "salesforce":
+		return rotavaultv1.ProviderKind_PROVIDER_KIND_SALESFORCE, nil
+	case "oauth2":
+		return rotavaultv1.ProviderKind_PROVIDER_KIND_OAUTH2, nil
+	case "":
+		return 0, usageErrorf("--provider is required: salesforce or oauth2")
+	default:
+		return 0, usageErrorf("--provider %q: must be salesforce or oauth2", s)
+	}
+}
+
+// updateMask names exactly the spec fields whose flags were set.
+func updateMask(fs *pflag.FlagSet) []string {
+	var paths []string
+	for _, f := range specFields {
+		if fs.Changed(f.flag) {
+			paths = append(paths, f.path)
+		}
+	}
+	return paths
+}
+
+// keyFlags select the store key(s) of the commands that open the store.
+type keyFlags struct {
+	keyFile      string
+	previousKeys []string
+}
+
+func (k *keyFlags) register(fs *pflag.FlagSet) {
+	fs.StringVar(&k.keyFile, "store-key-file", "", "file holding the store key (base64 of 32 bytes, mode 0600); or set "+envStoreKey+" to the key itself")
+	fs.StringArrayVar(&k.previousKeys, "store-previous-key-file", nil, "earlier store key still sealing some records (repeatable), until 'rotavault store rotate-key' has run")
+}
+
+// load returns the current key and the previous ones. The key comes from
+// --store-key-file or, failing that, ROTAVAULT_STORE_KEY; a key file named
+// on the command line wins over both variables.
+func (k *keyFlags) load(a *app) (boltstore.Key, []boltstore.Key, error) {
+	inline := a.env(envStoreKey)
+	var key boltstore.Key
+	switch {
+	case k.keyFile != "" && inline != "" && a.fromEnv["store-key-file"]:
+		return boltstore.Key{}, nil, usageErrorf("both %s and %s are set; keep one", envName("store-key-file"), envStoreKey)
+	case k.keyFile != "":
+		loaded, err := boltstore.LoadKeyFile(k.keyFile)
+		if err != nil {
+			return boltstore.Key{}, nil, fmt.Errorf("store key: %w", err)
+		}
+		key = loaded
+	case inline != "":
+		parsed, err := boltstore.ParseKey(inline)
+		if err != nil {
+			return boltstore.Key{}, nil, usageErrorf("%s: %v", envStoreKey, err)
+		}
+		key = parsed
+	default:
+		return boltstore.Key{}, nil, usageErrorf("a store key is required: --store-key-file FILE or %s; create a key file with `rotavault store generate-key --out FILE`", envStoreKey)
+	}
+	var previous []boltstore.Key
+	for _, path := range k.previousKeys {
+		p, err := boltstore.LoadKeyFile(path)
+		if err != nil {
+			return boltstore.Key{}, nil, fmt.Errorf("previous store key: %w", err)
+		}
+		previous = append(previous, p)
+	}
+	return key, previous, nil
+}
+
+// logFlags choose the server's log level.
+type logFlags struct{ level string }
+
+func (l *logFlags) register(fs *pflag.FlagSet) {
+	fs.StringVar(&l.level, "log-level", "info", "debug, info, warn or error")
+}
+
+func (l *logFlags) logger(w io.Writer) (*slog.Logger, error) {
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(l.level)); err != nil {
+		return nil, usageErrorf("--log-level %q: choose debug, info, warn or error", l.level)
+	}
+	return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: level})), nil
+}

@@ -1,0 +1,209 @@
+package integration
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/fieldmaskpb"
+
+	"github.com/rotavault/rotavault/broker"
+	rotavaultv1 "github.com/rotavault/rotavault/gen/rotavault/v1"
+	"github.com/rotavault/rotavault/providersim"
+	"github.com/rotavault/rotavault/server"
+	"github.com/rotavault/rotavault/store"
+)
+
+// failingStore wraps the real store and makes family writes fail while
+// broken is set, as a disk or a network store outage would.
+type failingStore struct {
+	store.Store
+	broken atomic.Bool
+}
+
+var errOutage = errors.New("injected store outage")
+
+func (s *failingStore) Put(ctx context.Context, key string, value []byte, expected uint64) (uint64, error) {
+	if s.broken.Load() && strings.HasPrefix(key, "families/") {
+		return 0, errOutage
+	}
+	return s.Store.Put(ctx, key, value, expected)
+}
+
+func TestStoreOutageAfterRotationLosesNothing(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	e.installSalesforce("acme")
+	first := e.token("acme")
+
+	// Rebuild the node on a store that can fail.
+	e.stop()
+	e.start()
+	fs := &failingStore{Store: e.store}
+	b, err := broker.New(context.Background(), broker.Config{Store: fs, Provider: providerClient(), Auditor: e.audit},
+		broker.WithClock(e.clock.now), broker.WithRetryBase(time.Millisecond), broker.WithSchedulerInterval(time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+
+	fs.broken.Store(true)
+	e.expire()
+	_, err = b.GetAccessToken(ctxT(t), broker.TokenRequest{CredentialID: "acme"})
+	var unavailable *broker.UnavailableError
+	if !errors.As(err, &unavailable) || unavailable.Component != broker.ComponentStore {
+		t.Fatalf("during the outage: %v, want the store unavailable", err)
+	}
+	rotations := e.sim.Stats().Rotations
+	desc, err := b.GetCredential(ctxT(t), "acme")
+	if err != nil || !strings.Contains(desc.LastError, "held in memory") {
+		t.Fatalf("describe during the outage: %+v %v", desc, err)
+	}
+
+	// Still down: callers keep getting UNAVAILABLE, and the older refresh
+	// token is never presented again.
+	_, err = b.GetAccessToken(ctxT(t), broker.TokenRequest{CredentialID: "acme"})
+	if !errors.As(err, &unavailable) {
+		t.Fatalf("second call during the outage: %v", err)
+	}
+	fs.broken.Store(false)
+	tok, err := b.GetAccessToken(ctxT(t), broker.TokenRequest{CredentialID: "acme"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s := e.sim.Stats(); s.Rotations != rotations || s.ReuseDetections != 0 {
+		t.Fatalf("after the outage the provider saw %+v (rotations before: %d)", s, rotations)
+	}
+	if tok.FamilyID != first.GetFamilyId() || !e.sim.AccessTokenActive(tok.Token) {
+		t.Fatal("the rotation made during the outage was lost")
+	}
+	// The held token reached the store: a fresh node refreshes with it.
+	_ = b.Close()
+	e.restart()
+	e.expire()
+	if got := e.token("acme"); got.GetFamilyId() != first.GetFamilyId() || e.sim.Stats().ReuseDetections != 0 {
+		t.Fatal("the stored token is not the provider's current one")
+	}
+}
+
+func TestSignatureMismatchStoresTokenThenFlags(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	e.installSalesforce("acme")
+	first := e.token("acme")
+	e.sim.CorruptSignatures(true)
+	e.expire()
+	tok := e.token("acme")
+	if tok.GetGeneration() != first.GetGeneration()+1 {
+		t.Fatal("no refresh happened")
+	}
+	desc, err := e.admin.GetCredential(ctxT(t), &rotavaultv1.GetCredentialRequest{CredentialId: "acme"})
+	if err != nil || !strings.Contains(desc.GetCredential().GetLastError(), "signature") {
+		t.Fatalf("credential not flagged: %v %v", desc, err)
+	}
+	wantAudit(t, e, "signature_mismatch", "acme", first.GetFamilyId())
+	// Stored first: the rotated token survives a restart and works.
+	e.sim.CorruptSignatures(false)
+	e.restart()
+	e.expire()
+	if got := e.token("acme"); got.GetFamilyId() != first.GetFamilyId() || e.sim.Stats().ReuseDetections != 0 {
+		t.Fatal("the token received with a bad signature was not stored")
+	}
+}
+
+func TestProviderOutageIsRetriedAndNeverRevokes(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	e.installSalesforce("acme")
+	first := e.token("acme")
+	e.expire()
+	e.sim.InjectFailure(providersim.FailUnavailable, 2)
+	e.sim.InjectFailure(providersim.FailRateLimited, 1)
+	tok := e.token("acme")
+	if tok.GetFamilyId() != first.GetFamilyId() || tok.GetGeneration() != first.GetGeneration()+1 {
+		t.Fatalf("got %+v", tok)
+	}
+	// A longer outage: UNAVAILABLE with retry info, family intact.
+	e.expire()
+	e.sim.InjectFailure(providersim.FailUnavailable, 10)
+	_, err := e.vault.GetAccessToken(ctxT(t), &rotavaultv1.GetAccessTokenRequest{CredentialId: "acme"})
+	wantCode(t, err, codes.Unavailable, server.ReasonProviderUnavailable)
+	if strings.Contains(err.Error(), e.sim.URL()) {
+		t.Fatal("the provider's URL crossed the wire")
+	}
+	e.sim.InjectFailure(providersim.FailUnavailable, 0)
+	for e.sim.Stats().InjectedFailures < 13 { // drain what is left of the injected failures
+		if _, err := e.vault.GetAccessToken(ctxT(t), &rotavaultv1.GetAccessTokenRequest{CredentialId: "acme"}); err == nil {
+			break
+		}
+	}
+	if tok := e.token("acme"); tok.GetFamilyId() != first.GetFamilyId() {
+		t.Fatal("an outage cost the family")
+	}
+}
+
+func TestIdleFamilyIsRefreshedBeforeIdleTimeout(t *testing.T) {
+	e := newEnv(t, envOptions{brokerOpts: []broker.Option{broker.WithSchedulerInterval(20 * time.Millisecond)}})
+	e.installSalesforce("idle", func(s *rotavaultv1.CredentialSpec) { s.RefreshTokenIdleTimeout = durationpb.New(time.Hour) })
+	before := e.sim.Stats().RefreshRequests
+	// Nobody asks for a token; half the idle timeout passes.
+	e.clock.advance(31 * time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), awaitDeadline)
+	defer cancel()
+	if err := e.sim.WaitForTokenRequests(ctx, e.sim.Stats().TokenRequests+1); err != nil {
+		t.Fatalf("no proactive refresh: %v", err)
+	}
+	if e.sim.Stats().RefreshRequests != before+1 {
+		t.Fatalf("refreshes: %d", e.sim.Stats().RefreshRequests-before)
+	}
+}
+
+func TestDeleteRevokesAtProviderAndDestroys(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	e.installSalesforce("acme")
+	tok := e.token("acme")
+	stream, _ := e.watch(ctxT(t), "", "acme")
+	if _, err := e.admin.DeleteCredential(ctxT(t), &rotavaultv1.DeleteCredentialRequest{CredentialId: "acme"}); err != nil {
+		t.Fatal(err)
+	}
+	if e.sim.AccessTokenActive(tok.GetAccessToken()) {
+		t.Fatal("the family is still alive at the provider")
+	}
+	if n := nextNotice(t, stream); n.GetReason() != rotavaultv1.RevocationReason_REVOCATION_REASON_ADMIN {
+		t.Fatalf("notice = %+v", n)
+	}
+	_, err := e.vault.GetAccessToken(ctxT(t), &rotavaultv1.GetAccessTokenRequest{CredentialId: "acme"})
+	wantCode(t, err, codes.NotFound, "")
+	for _, key := range []string{"credentials/acme", "families/acme"} {
+		if _, err := e.store.Get(ctxT(t), key); !errors.Is(err, store.ErrNotFound) {
+			t.Fatalf("%s survived the delete: %v", key, err)
+		}
+	}
+	// The id can be reused.
+	e.installSalesforce("acme")
+}
+
+func TestClientSecretRotationKeepsFamily(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	e.installSalesforce("acme")
+	first := e.token("acme")
+	const newSecret = "rotated-secret-77"
+	e.sim.AddClient(providersim.Client{ID: simClientID, Secret: newSecret, RedirectURIs: []string{callbackURI}, RequirePKCE: true})
+	resp, err := e.admin.UpdateCredential(ctxT(t), &rotavaultv1.UpdateCredentialRequest{CredentialId: "acme",
+		Spec: &rotavaultv1.CredentialSpec{ClientSecret: newSecret}, UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"client_secret"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c := resp.GetCredential(); c.GetSpec().GetClientSecret() != "" || !c.GetHasClientSecret() || c.GetFamilyId() != first.GetFamilyId() {
+		t.Fatalf("update answered %+v", c)
+	}
+	e.expire()
+	if tok := e.token("acme"); tok.GetFamilyId() != first.GetFamilyId() {
+		t.Fatal("family lost with the secret rotation")
+	}
+	if strings.Contains(e.logs.String(), newSecret) || strings.Contains(e.logs.String(), simClientSecret) {
+		t.Fatal("a client secret reached the logs")
+	}
+}
