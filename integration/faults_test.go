@@ -207,3 +207,28 @@ func TestClientSecretRotationKeepsFamily(t *testing.T) {
 		t.Fatal("a client secret reached the logs")
 	}
 }
+
+func TestUsedTokenIsRefreshedAheadOfExpiry(t *testing.T) {
+	e := newEnv(t, envOptions{brokerOpts: []broker.Option{broker.WithSchedulerInterval(20 * time.Millisecond)}})
+	e.installSalesforce("busy")
+	first := e.token("busy") // in use
+	target := e.sim.Stats().TokenRequests + 1
+	// Into the last tenth of the token's life, but not past its expiry.
+	e.clock.advance(accessLifetime - 40*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), awaitDeadline)
+	defer cancel()
+	if err := e.sim.WaitForTokenRequests(ctx, target); err != nil {
+		t.Fatalf("no proactive refresh: %v", err)
+	}
+	// The caller then finds the new token ready, with no refresh of its own.
+	var tok *rotavaultv1.GetAccessTokenResponse
+	for tok == nil || tok.GetGeneration() == first.GetGeneration() {
+		if ctx.Err() != nil {
+			t.Fatal("the refreshed token never became current")
+		}
+		tok = e.token("busy")
+	}
+	if got := e.sim.Stats().RefreshRequests; got != 2 {
+		t.Fatalf("refreshes: %d, want the import's and the scheduler's", got)
+	}
+}

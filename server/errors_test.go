@@ -1,0 +1,71 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/rotavault/rotavault/broker"
+)
+
+func TestToStatus(t *testing.T) {
+	secretish := errors.New("dial tcp https://vault.internal:8200: token s.abcdef refused")
+	cases := []struct {
+		name   string
+		err    error
+		code   codes.Code
+		reason string
+		retry  time.Duration
+	}{
+		{"not found", fmt.Errorf("%w: x", broker.ErrNotFound), codes.NotFound, "", 0},
+		{"exists", fmt.Errorf("%w: x", broker.ErrAlreadyExists), codes.AlreadyExists, "", 0},
+		{"invalid", &broker.InvalidArgumentError{Field: "credential_id", Reason: "bad"}, codes.InvalidArgument, "", 0},
+		{"invalid with code", &broker.InvalidArgumentError{Field: "min_remaining_lifetime", Reason: "too long", Code: "MIN_LIFETIME_UNATTAINABLE"}, codes.InvalidArgument, "MIN_LIFETIME_UNATTAINABLE", 0},
+		{"reauth", fmt.Errorf("%w: revoked", broker.ErrReauthRequired), codes.FailedPrecondition, ReasonReauthenticationRequired, 0},
+		{"provider down", &broker.UnavailableError{Component: broker.ComponentProvider, RetryAfter: 2 * time.Second, Err: secretish}, codes.Unavailable, ReasonProviderUnavailable, 2 * time.Second},
+		{"store down", &broker.UnavailableError{Component: broker.ComponentStore, RetryAfter: time.Second, Err: secretish}, codes.Unavailable, ReasonStoreUnavailable, time.Second},
+		{"rate limited", &broker.RateLimitedError{RetryAfter: 3 * time.Second}, codes.ResourceExhausted, ReasonRejectionRateLimited, 3 * time.Second},
+		{"cursor expired", fmt.Errorf("%w: x", broker.ErrCursorExpired), codes.OutOfRange, ReasonCursorExpired, 0},
+		{"too slow", broker.ErrSubscriberTooSlow, codes.Aborted, ReasonSubscriberTooSlow, 0},
+		{"conflict", fmt.Errorf("%w: x", broker.ErrConflict), codes.Aborted, "", 0},
+		{"closed", broker.ErrClosed, codes.Unavailable, "", 0},
+		{"canceled", fmt.Errorf("wait: %w", context.Canceled), codes.Canceled, "", 0},
+		{"unknown", secretish, codes.Internal, "", 0},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			err := toStatus(context.Background(), slog.New(slog.DiscardHandler), c.err)
+			st := status.Convert(err)
+			if st.Code() != c.code {
+				t.Fatalf("code %s, want %s", st.Code(), c.code)
+			}
+			if strings.Contains(st.Message(), "s.abcdef") || strings.Contains(st.Message(), "vault.internal") {
+				t.Fatalf("message leaks internals: %q", st.Message())
+			}
+			var reason string
+			var retry time.Duration
+			for _, d := range st.Details() {
+				switch d := d.(type) {
+				case *errdetails.ErrorInfo:
+					reason = d.GetReason()
+					if d.GetDomain() != ErrorDomain {
+						t.Errorf("domain %q", d.GetDomain())
+					}
+				case *errdetails.RetryInfo:
+					retry = d.GetRetryDelay().AsDuration()
+				}
+			}
+			if reason != c.reason || retry != c.retry {
+				t.Fatalf("reason %q retry %s, want %q %s", reason, retry, c.reason, c.retry)
+			}
+		})
+	}
+}
