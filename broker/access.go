@@ -198,7 +198,8 @@ func toAccessToken(v *view) AccessToken {
 // refresh makes sure a view passing need exists, running at most one refresh
 // per credential at a time and sharing its result with every waiter. The
 // refresh runs under the broker's context, not the caller's: a caller that
-// gives up must not abandon a rotation half-way.
+// gives up must not abandon a rotation half-way. need is called with e.mu
+// held: it must not take it.
 func (b *Broker) refresh(ctx context.Context, e *entry, need func(*view) bool) (*view, error) {
 	e.mu.Lock()
 	if v := e.view.Load(); !need(v) {
@@ -211,22 +212,20 @@ func (b *Broker) refresh(ctx context.Context, e *entry, need func(*view) bool) (
 	}
 	f := e.flight
 	if f == nil {
-		if b.closed.Load() {
-			e.mu.Unlock()
-			return nil, ErrClosed
-		}
 		f = &flight{done: make(chan struct{})}
-		e.flight = f
-		b.wg.Add(1)
-		go func() {
-			defer b.wg.Done()
+		started := b.goTracked(func() {
 			v, err := b.runRefresh(e, need)
 			e.mu.Lock()
 			f.v, f.err = v, err
 			e.flight = nil
 			e.mu.Unlock()
 			close(f.done)
-		}()
+		})
+		if !started {
+			e.mu.Unlock()
+			return nil, ErrClosed
+		}
+		e.flight = f
 	}
 	e.mu.Unlock()
 

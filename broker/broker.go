@@ -165,9 +165,13 @@ type Broker struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
+	// lifeMu orders "start tracked work" against Close, so no goroutine is
+	// added to wg once Close waits on it.
+	lifeMu sync.Mutex
 	closed atomic.Bool
 
-	entriesMu sync.Mutex
+	// entriesMu guards the map only; the hot path takes it for reading.
+	entriesMu sync.RWMutex
 	entries   map[string]*entry
 
 	notices *noticeLog
@@ -217,7 +221,10 @@ func New(ctx context.Context, cfg Config, opts ...Option) (*Broker, error) {
 // Rotated tokens are always stored before a refresh reports success, so a
 // cancelled refresh loses nothing that was acknowledged.
 func (b *Broker) Close() error {
-	if b.closed.Swap(true) {
+	b.lifeMu.Lock()
+	already := b.closed.Swap(true)
+	b.lifeMu.Unlock()
+	if already {
 		return nil
 	}
 	b.cancel()
@@ -343,9 +350,9 @@ func (b *Broker) newView(cred *credentialRecord, credVersion uint64, fam *family
 
 // entry returns the in-memory entry for id, loading it on first use.
 func (b *Broker) entry(ctx context.Context, id string) (*entry, error) {
-	b.entriesMu.Lock()
+	b.entriesMu.RLock()
 	e, ok := b.entries[id]
-	b.entriesMu.Unlock()
+	b.entriesMu.RUnlock()
 	if ok {
 		return e, nil
 	}
@@ -378,4 +385,20 @@ func (b *Broker) audit(ctx context.Context, e audit.Event) {
 	if err := b.auditor.Record(ctx, e); err != nil {
 		b.log.ErrorContext(ctx, "audit record not written", "action", e.Action, "credential", e.Credential, "err", err)
 	}
+}
+
+// goTracked runs f in a goroutine the broker waits for on Close. It reports
+// false, running nothing, once the broker is closed.
+func (b *Broker) goTracked(f func()) bool {
+	b.lifeMu.Lock()
+	defer b.lifeMu.Unlock()
+	if b.closed.Load() {
+		return false
+	}
+	b.wg.Add(1)
+	go func() {
+		defer b.wg.Done()
+		f()
+	}()
+	return true
 }

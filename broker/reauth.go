@@ -126,7 +126,7 @@ func (b *Broker) CompleteAuthorization(ctx context.Context, id, state, code stri
 	if tok.RefreshToken == "" {
 		return Activation{}, invalid("scopes", "the provider issued no refresh token, so there is nothing to rotate; request the refresh_token/offline_access scope (offline for some servers)")
 	}
-	return b.installFamily(ctx, e, tok.RefreshToken, tok)
+	return b.installFamily(ctx, e, tok.RefreshToken, tok, true)
 }
 
 // consumeFlow marks a flow used with check-and-set, so one code completes it
@@ -180,7 +180,10 @@ func (b *Broker) ImportRefreshToken(ctx context.Context, id, refreshToken string
 	if err != nil {
 		return Activation{}, err
 	}
-	act, err := b.installFamily(ctx, e, refreshToken, nil)
+	// The replaced family is not revoked at the provider: an imported token
+	// may belong to that very family (a re-import), and revoking it would
+	// kill the token just installed.
+	act, err := b.installFamily(ctx, e, refreshToken, nil, false)
 	if err != nil {
 		return Activation{}, err
 	}
@@ -196,8 +199,9 @@ func (b *Broker) ImportRefreshToken(ctx context.Context, id, refreshToken string
 }
 
 // installFamily stores a new family for the credential, replacing the old
-// one (revoked at the provider, best effort), and announces it.
-func (b *Broker) installFamily(ctx context.Context, e *entry, refreshToken string, tok *provider.Token) (Activation, error) {
+// one, and announces it. With revokeOld the old family is revoked at the
+// provider (best effort), leaving no second live family behind.
+func (b *Broker) installFamily(ctx context.Context, e *entry, refreshToken string, tok *provider.Token, revokeOld bool) (Activation, error) {
 	now := b.opts.now()
 	fam := &familyRecord{
 		Format:       recordFormat,
@@ -232,8 +236,7 @@ func (b *Broker) installFamily(ctx context.Context, e *entry, refreshToken strin
 	e.rescue.Store(nil)
 	e.lastErr, e.retryAt = nil, time.Time{}
 	e.mu.Unlock()
-	if old.fam.Status == StatusActive && old.fam.RefreshToken != "" {
-		// Leave no second live family behind.
+	if revokeOld && old.fam.Status == StatusActive && old.fam.RefreshToken != "" {
 		if err := b.provider.Revoke(ctx, old.cred.Spec.endpoint(), old.cred.Spec.clientCredentials(), old.fam.RefreshToken); err != nil {
 			b.log.WarnContext(ctx, "could not revoke the replaced family at the provider", "credential", e.id, "family", old.fam.FamilyID, "err", err)
 		}

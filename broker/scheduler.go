@@ -98,9 +98,7 @@ func (b *Broker) refreshDue(sem chan struct{}) {
 		case <-b.ctx.Done():
 			return
 		}
-		b.wg.Add(1)
-		go func() {
-			defer b.wg.Done()
+		started := b.goTracked(func() {
 			defer func() { <-sem }()
 			need := func(v *view) bool {
 				return e.rescue.Load() != nil || b.due(e, v, b.opts.now())
@@ -113,6 +111,10 @@ func (b *Broker) refreshDue(sem chan struct{}) {
 				e.mu.Unlock()
 				b.log.WarnContext(ctx, "scheduled refresh failed", "credential", e.id, "err", err)
 			}
-		}()
+		})
+		if !started {
+			<-sem
+			return
+		}
 	}
 }

@@ -232,3 +232,16 @@ func TestUsedTokenIsRefreshedAheadOfExpiry(t *testing.T) {
 		t.Fatalf("refreshes: %d, want the import's and the scheduler's", got)
 	}
 }
+
+func TestReauthenticationLeavesNoSecondLiveFamily(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	e.installSalesforce("acme")
+	old := e.token("acme")
+	act := e.authorize("acme")
+	if e.sim.AccessTokenActive(old.GetAccessToken()) {
+		t.Fatal("the replaced family is still alive at the provider")
+	}
+	if tok := e.token("acme"); tok.GetFamilyId() != act.GetFamilyId() || !e.sim.AccessTokenActive(tok.GetAccessToken()) {
+		t.Fatal("the new family does not work")
+	}
+}
