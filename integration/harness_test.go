@@ -26,9 +26,12 @@ import (
 	"github.com/rotavault/rotavault/boltstore"
 	"github.com/rotavault/rotavault/broker"
 	rotavaultv1 "github.com/rotavault/rotavault/gen/rotavault/v1"
+	"github.com/rotavault/rotavault/internal/vaulttest"
 	"github.com/rotavault/rotavault/provider"
 	"github.com/rotavault/rotavault/providersim"
 	"github.com/rotavault/rotavault/server"
+	"github.com/rotavault/rotavault/store"
+	"github.com/rotavault/rotavault/vaultstore"
 )
 
 const (
@@ -68,9 +71,11 @@ func (b *syncBuffer) String() string {
 }
 
 type envOptions struct {
-	sim          providersim.Config
-	brokerOpts   []broker.Option
-	skipSimSetup bool
+	sim        providersim.Config
+	brokerOpts []broker.Option
+	// vault, when set, keeps the node's records in this Vault server (KV v2
+	// with check-and-set) instead of the embedded store.
+	vault *vaulttest.Server
 }
 
 // env is one Rotavault node wired to a simulator, with clients.
@@ -83,14 +88,15 @@ type env struct {
 	logs    *syncBuffer
 	opts    envOptions
 
-	store  *boltstore.Store
-	audit  *audit.FileLog
-	broker *broker.Broker
-	srv    *server.Server
-	conn   *grpc.ClientConn
-	vault  rotavaultv1.TokenVaultServiceClient
-	admin  rotavaultv1.CredentialAdminServiceClient
-	served chan struct{}
+	store      store.Store
+	closeStore func() error
+	audit      *audit.FileLog
+	broker     *broker.Broker
+	srv        *server.Server
+	conn       *grpc.ClientConn
+	vault      rotavaultv1.TokenVaultServiceClient
+	admin      rotavaultv1.CredentialAdminServiceClient
+	served     chan struct{}
 }
 
 func newEnv(t testing.TB, opts envOptions) *env {
@@ -117,10 +123,7 @@ func newEnv(t testing.TB, opts envOptions) *env {
 func (e *env) start() {
 	t := e.t
 	t.Helper()
-	st, err := boltstore.Open(filepath.Join(e.dataDir, "rotavault.db"), e.key, boltstore.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	st, closeStore := e.openStore()
 	al, err := audit.OpenFile(filepath.Join(e.dataDir, "audit.jsonl"))
 	if err != nil {
 		t.Fatal(err)
@@ -148,9 +151,25 @@ func (e *env) start() {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e.store, e.audit, e.broker, e.srv, e.conn = st, al, b, srv, conn
+	e.store, e.closeStore, e.audit, e.broker, e.srv, e.conn = st, closeStore, al, b, srv, conn
 	e.vault = rotavaultv1.NewTokenVaultServiceClient(conn)
 	e.admin = rotavaultv1.NewCredentialAdminServiceClient(conn)
+}
+
+func (e *env) openStore() (store.Store, func() error) {
+	t := e.t
+	if e.opts.vault != nil {
+		vs, err := vaultstore.New(context.Background(), vaultstore.Config{Client: e.opts.vault.Client(t), Prefix: "rotavault-" + e.key.ID()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return vs, func() error { return nil }
+	}
+	bs, err := boltstore.Open(filepath.Join(e.dataDir, "rotavault.db"), e.key, boltstore.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return bs, bs.Close
 }
 
 func (e *env) stop() {
@@ -163,7 +182,7 @@ func (e *env) stop() {
 	e.srv.Shutdown(ctx)
 	<-e.served
 	_ = e.broker.Close()
-	_ = e.store.Close()
+	_ = e.closeStore()
 	_ = e.audit.Close()
 	e.srv = nil
 }

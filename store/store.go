@@ -55,6 +55,11 @@ type Store interface {
 	List(ctx context.Context, prefix string) ([]string, error)
 }
 
+// MaxValueLen is the largest value every backend must store. Rotavault's
+// records are a few KiB; Vault refuses entries much over 512 KiB (after
+// base64), so the contract promises no more.
+const MaxValueLen = 256 << 10
+
 // MaxKeyLen bounds a key's length in bytes.
 const MaxKeyLen = 512
 

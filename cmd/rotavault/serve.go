@@ -18,6 +18,8 @@ import (
 	"github.com/rotavault/rotavault/broker"
 	"github.com/rotavault/rotavault/provider"
 	"github.com/rotavault/rotavault/server"
+	"github.com/rotavault/rotavault/store"
+	"github.com/rotavault/rotavault/vaultstore"
 )
 
 const (
@@ -25,6 +27,8 @@ const (
 	auditFileName          = "audit.jsonl"
 	defaultShutdownTimeout = 30 * time.Second
 	insecureListenFlag     = "insecure-listen-on-non-loopback-i-know-what-i-am-doing"
+	backendEmbedded        = "embedded"
+	backendVault           = "vault"
 )
 
 // serverConfig is everything runServer wires together.
@@ -39,8 +43,14 @@ type serverConfig struct {
 	DataDir      string
 	Key          boltstore.Key
 	PreviousKeys []boltstore.Key
-	Reflection   bool
-	Logger       *slog.Logger // nil: discard
+	// Backend is "embedded" (default: boltstore under DataDir, sealed with
+	// Key) or "vault" (HashiCorp Vault KV v2, configured by the VAULT_*
+	// environment, under VaultMount/VaultPrefix).
+	Backend     string
+	VaultMount  string
+	VaultPrefix string
+	Reflection  bool
+	Logger      *slog.Logger // nil: discard
 	// ShutdownTimeout bounds the graceful stop (default 30s); then
 	// remaining calls are cut off.
 	ShutdownTimeout time.Duration
@@ -75,11 +85,24 @@ func runServer(ctx context.Context, cfg serverConfig) (err error) {
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return fmt.Errorf("create data directory: %w", err)
 	}
-	st, err := openStore(cfg.DataDir, cfg.Key, boltstore.Options{PreviousKeys: cfg.PreviousKeys, Logger: log})
-	if err != nil {
-		return err
+	var st store.Store
+	switch cfg.Backend {
+	case "", backendEmbedded:
+		bs, err := openStore(cfg.DataDir, cfg.Key, boltstore.Options{PreviousKeys: cfg.PreviousKeys, Logger: log})
+		if err != nil {
+			return err
+		}
+		defer closeLogged(log, "store", bs.Close)
+		st = bs
+	case backendVault:
+		vs, err := vaultstore.New(ctx, vaultstore.Config{Mount: cfg.VaultMount, Prefix: cfg.VaultPrefix, Logger: log})
+		if err != nil {
+			return err
+		}
+		st = vs
+	default:
+		return usageErrorf("unknown --store %q: embedded or vault", cfg.Backend)
 	}
-	defer closeLogged(log, "store", st.Close)
 	al, err := audit.OpenFile(filepath.Join(cfg.DataDir, auditFileName))
 	if err != nil {
 		return err
@@ -201,12 +224,13 @@ func refuseNonLoopback(addr string) error {
 
 func newServeCmd(a *app) *cobra.Command {
 	var (
-		addr       string
-		dataDir    string
-		keys       keyFlags
-		reflection bool
-		insecure   bool
-		logs       logFlags
+		addr                             string
+		dataDir                          string
+		keys                             keyFlags
+		reflection                       bool
+		insecure                         bool
+		logs                             logFlags
+		backend, vaultMount, vaultPrefix string
 	)
 	cmd := &cobra.Command{
 		Use:   "serve",
@@ -239,9 +263,13 @@ Examples:
 			if err := checkListenAddr(addr, insecure); err != nil {
 				return err
 			}
-			key, previous, err := keys.load(a)
-			if err != nil {
-				return err
+			var key boltstore.Key
+			var previous []boltstore.Key
+			if backend != backendVault {
+				var err error
+				if key, previous, err = keys.load(a); err != nil {
+					return err
+				}
 			}
 			log, err := logs.logger(a.stderr)
 			if err != nil {
@@ -255,6 +283,7 @@ Examples:
 			return runServer(cmd.Context(), serverConfig{
 				Addr: addr, AllowNonLoopback: insecure, DataDir: dataDir,
 				Key: key, PreviousKeys: previous, Reflection: reflection, Logger: log,
+				Backend: backend, VaultMount: vaultMount, VaultPrefix: vaultPrefix,
 			})
 		}),
 	}
@@ -263,6 +292,9 @@ Examples:
 	fs.StringVar(&dataDir, "data-dir", "", "directory of the store and the audit trail (required)")
 	keys.register(fs)
 	fs.BoolVar(&reflection, "reflection", false, "serve gRPC reflection (for grpcurl)")
+	fs.StringVar(&backend, "store", backendEmbedded, "where records live: embedded (an encrypted file under --data-dir) or vault (HashiCorp Vault KV v2; VAULT_ADDR, VAULT_TOKEN, VAULT_CACERT… from the environment)")
+	fs.StringVar(&vaultMount, "vault-mount", vaultstore.DefaultMount, "KV v2 mount path, with --store vault")
+	fs.StringVar(&vaultPrefix, "vault-prefix", vaultstore.DefaultPrefix, "path under the mount holding Rotavault's records, with --store vault")
 	fs.BoolVar(&insecure, insecureListenFlag, false, "allow a non-loopback --addr although the transport is plaintext")
 	logs.register(fs)
 	return cmd

@@ -317,13 +317,13 @@ func testEmptyValue(t *testing.T, s store.Store) {
 }
 
 func testLargeValue(t *testing.T, s store.Store) {
-	const size = 1 << 20
+	const size = store.MaxValueLen
 	value := make([]byte, size)
 	for i := range value {
 		value[i] = byte(i*7 + i>>8)
 	}
 	if _, err := s.Put(t.Context(), "big", value, 0); err != nil {
-		t.Fatalf("Put 1 MiB: %v", err)
+		t.Fatalf("Put MaxValueLen bytes: %v", err)
 	}
 	rec, err := s.Get(t.Context(), "big")
 	if err != nil {
@@ -334,7 +334,7 @@ func testLargeValue(t *testing.T, s store.Store) {
 	}
 	value[0]++
 	if _, err := s.Put(t.Context(), "big", value, 1); err != nil {
-		t.Fatalf("update 1 MiB: %v", err)
+		t.Fatalf("update MaxValueLen bytes: %v", err)
 	}
 	rec, err = s.Get(t.Context(), "big")
 	if err != nil {

@@ -1,0 +1,36 @@
+package main
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/rotavault/rotavault/internal/vaulttest"
+)
+
+// TestServeOnVault runs the server with its records in a real Vault,
+// configured as operators do: VAULT_ADDR and VAULT_TOKEN in the environment.
+func TestServeOnVault(t *testing.T) {
+	v := vaulttest.StartDev(t)
+	t.Setenv("VAULT_ADDR", v.Addr)
+	t.Setenv("VAULT_TOKEN", v.RootToken)
+	dir := t.TempDir()
+	c := newCLI(t, nil)
+	serve := func() string {
+		srv := c.start(nil, "serve", "--addr", "127.0.0.1:0", "--data-dir", dir, "--store", "vault", "--vault-prefix", "cli-test")
+		addr := servingAddr(t, srv.stderr.waitFor(t, `"rotavault serving"`))
+		t.Cleanup(func() { srv.stop(t) })
+		c.env = map[string]string{"ROTAVAULT_SERVER": addr}
+		return addr
+	}
+	serve()
+	c.run("", "credentials", "put", "onvault", "--provider", "oauth2", "--token-url", "https://idp.example.com/token", "--client-id", "x").expect(t, exitOK)
+
+	// A second replica on the same Vault path sees it: the records live in Vault.
+	serve()
+	if r := c.run("", "credentials", "list").expect(t, exitOK); !strings.Contains(r.stdout, "onvault") {
+		t.Fatalf("a replica on the same Vault path does not see the credential:\n%s", r.stdout)
+	}
+	if r := c.run("", "serve", "--addr", "127.0.0.1:0", "--data-dir", dir, "--store", "vault", "--vault-mount", "missing"); r.code == exitOK || !strings.Contains(r.stderr, "mount") {
+		t.Fatalf("a missing mount was not refused at start-up: %d\n%s", r.code, r.stderr)
+	}
+}

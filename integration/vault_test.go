@@ -1,0 +1,66 @@
+package integration
+
+import (
+	"net/http"
+	"net/url"
+	"sync"
+	"testing"
+
+	"google.golang.org/grpc/codes"
+
+	rotavaultv1 "github.com/rotavault/rotavault/gen/rotavault/v1"
+	"github.com/rotavault/rotavault/internal/vaulttest"
+	"github.com/rotavault/rotavault/server"
+)
+
+// TestVaultBackedNode runs the core scenarios with the records in a real
+// Vault (KV v2, check-and-set on every write) instead of the embedded store.
+func TestVaultBackedNode(t *testing.T) {
+	e := newEnv(t, envOptions{vault: vaulttest.StartDev(t)})
+	oldToken := e.installSalesforce("acme")
+	first := e.token("acme")
+
+	t.Run("concurrent callers share one refresh", func(t *testing.T) {
+		before := e.sim.Stats().RefreshRequests
+		e.expire()
+		var wg sync.WaitGroup
+		for range concurrentCallers {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if _, err := e.vault.GetAccessToken(ctxT(t), &rotavaultv1.GetAccessTokenRequest{CredentialId: "acme"}); err != nil {
+					t.Error(err)
+				}
+			}()
+		}
+		wg.Wait()
+		if got := e.sim.Stats().RefreshRequests - before; got != 1 {
+			t.Fatalf("%d refreshes, want 1", got)
+		}
+	})
+	t.Run("restart keeps the family", func(t *testing.T) {
+		e.restart()
+		e.expire()
+		if tok := e.token("acme"); tok.GetFamilyId() != first.GetFamilyId() || e.sim.Stats().ReuseDetections != 0 {
+			t.Fatalf("after restart: %+v", tok)
+		}
+	})
+	t.Run("theft revokes, notices resume by cursor", func(t *testing.T) {
+		_, start := e.watch(ctxT(t), "", "acme")
+		resp, err := http.PostForm(e.sim.URL()+"/services/oauth2/token", url.Values{
+			"grant_type": {"refresh_token"}, "refresh_token": {oldToken}, "client_id": {simClientID}, "client_secret": {simClientSecret},
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		e.expire()
+		_, err = e.vault.GetAccessToken(ctxT(t), &rotavaultv1.GetAccessTokenRequest{CredentialId: "acme"})
+		wantCode(t, err, codes.FailedPrecondition, server.ReasonReauthenticationRequired)
+		e.restart()
+		stream, _ := e.watch(ctxT(t), start, "acme")
+		if n := nextNotice(t, stream); n.GetKind() != rotavaultv1.NoticeKind_NOTICE_KIND_FAMILY_REVOKED || n.GetFamilyId() != first.GetFamilyId() {
+			t.Fatalf("replayed notice = %+v", n)
+		}
+	})
+}

@@ -1,0 +1,193 @@
+// Package vaulttest starts real HashiCorp Vault servers on loopback for
+// tests. The binary is built by scripts/vault from the pinned tools module;
+// a test that needs Vault fails (never skips) when it is missing.
+package vaulttest
+
+import (
+	"bufio"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	vault "github.com/hashicorp/vault/api"
+)
+
+// BinaryEnv names the environment variable that points at the vault binary.
+const BinaryEnv = "ROTAVAULT_VAULT_BIN"
+
+const startTimeout = 60 * time.Second
+
+// Binary returns the vault binary's path: $ROTAVAULT_VAULT_BIN, else the
+// cache scripts/vault builds into.
+func Binary() (string, error) {
+	if p := os.Getenv(BinaryEnv); p != "" {
+		return p, nil
+	}
+	_, file, _, _ := runtime.Caller(0)
+	root := filepath.Join(filepath.Dir(file), "..", "..")
+	mod, err := os.ReadFile(filepath.Join(root, "tools", "vault", "go.mod"))
+	if err != nil {
+		return "", fmt.Errorf("vaulttest: read tools/vault/go.mod: %w", err)
+	}
+	var version string
+	for _, line := range strings.Split(string(mod), "\n") {
+		if f := strings.Fields(line); len(f) >= 2 && f[0] == "github.com/hashicorp/vault" {
+			version = f[1]
+		}
+	}
+	cache := os.Getenv("ROTAVAULT_CACHE")
+	if cache == "" {
+		home, err := os.UserHomeDir()
+		if err != nil {
+			return "", err
+		}
+		cache = filepath.Join(home, ".cache", "rotavault")
+	}
+	p := filepath.Join(cache, "vault-"+version, "vault")
+	if _, err := os.Stat(p); err != nil {
+		return "", fmt.Errorf("vaulttest: no vault binary at %s: run scripts/vault (scripts/test does) or set %s", p, BinaryEnv)
+	}
+	return p, nil
+}
+
+// Server is a running Vault dev server.
+type Server struct {
+	Addr      string // http://127.0.0.1:PORT
+	RootToken string
+	cmd       *exec.Cmd
+	exited    chan struct{}
+}
+
+// StartDev starts `vault server -dev` on a free loopback port (in-memory
+// storage, unsealed, KV v2 at secret/) and stops it when the test ends.
+func StartDev(t testing.TB) *Server {
+	t.Helper()
+	bin, err := Binary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := freeAddr(t)
+	token := randomToken()
+	s := &Server{Addr: "http://" + addr, RootToken: token, exited: make(chan struct{})}
+	s.cmd = exec.Command(bin, "server", "-dev",
+		"-dev-listen-address="+addr, "-dev-root-token-id="+token, "-dev-no-store-token")
+	s.cmd.Env = append(os.Environ(), "HOME="+t.TempDir(), "VAULT_LOG_LEVEL=warn")
+	logs := &tail{}
+	s.cmd.Stdout, s.cmd.Stderr = logs, logs
+	if err := s.cmd.Start(); err != nil {
+		t.Fatalf("vaulttest: start vault: %v", err)
+	}
+	go func() {
+		_ = s.cmd.Wait()
+		close(s.exited)
+	}()
+	t.Cleanup(s.Stop)
+	if err := s.awaitReady(); err != nil {
+		t.Fatalf("vaulttest: %v\nvault output:\n%s", err, logs)
+	}
+	return s
+}
+
+// Stop kills the server and waits for it.
+func (s *Server) Stop() {
+	if s.cmd.Process != nil {
+		_ = s.cmd.Process.Kill()
+	}
+	<-s.exited
+}
+
+// Client returns a client authenticated with the root token.
+func (s *Server) Client(t testing.TB) *vault.Client {
+	t.Helper()
+	c, err := s.newClient()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func (s *Server) newClient() (*vault.Client, error) {
+	cfg := vault.DefaultConfig()
+	cfg.Address = s.Addr
+	cfg.MaxRetries = 0
+	c, err := vault.NewClient(cfg)
+	if err != nil {
+		return nil, err
+	}
+	c.SetToken(s.RootToken)
+	return c, nil
+}
+
+func (s *Server) awaitReady() error {
+	c, err := s.newClient()
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
+	defer cancel()
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		h, err := c.Sys().HealthWithContext(ctx)
+		if err == nil && h.Initialized && !h.Sealed {
+			return nil
+		}
+		select {
+		case <-s.exited:
+			return fmt.Errorf("vault exited during start-up")
+		case <-ctx.Done():
+			return fmt.Errorf("vault not ready within %s: %v", startTimeout, err)
+		case <-tick.C:
+		}
+	}
+}
+
+func freeAddr(t testing.TB) string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+func randomToken() string {
+	b := make([]byte, 16)
+	_, _ = rand.Read(b)
+	return "root-" + hex.EncodeToString(b)
+}
+
+// tail keeps the last lines a server printed, for failure messages.
+type tail struct {
+	mu    sync.Mutex
+	lines []string
+}
+
+func (t *tail) Write(p []byte) (int, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	sc := bufio.NewScanner(strings.NewReader(string(p)))
+	for sc.Scan() {
+		t.lines = append(t.lines, sc.Text())
+		if len(t.lines) > 50 {
+			t.lines = t.lines[1:]
+		}
+	}
+	return len(p), nil
+}
+
+func (t *tail) String() string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return strings.Join(t.lines, "\n")
+}

@@ -1,0 +1,306 @@
+// Package vaultstore keeps Rotavault's records in HashiCorp Vault's KV
+// version 2 secrets engine, so that several Rotavault replicas coordinate
+// through Vault alone. Every write is a check-and-set write: the KV version
+// is the store contract's version, and so the fencing token of a rotation.
+//
+// It is the only package that imports github.com/hashicorp/vault/api.
+package vaultstore
+
+import (
+	"context"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"sort"
+	"strings"
+
+	vault "github.com/hashicorp/vault/api"
+
+	"github.com/rotavault/rotavault/store"
+)
+
+// Defaults for Config.
+const (
+	DefaultMount       = "secret"
+	DefaultPrefix      = "rotavault"
+	DefaultMaxVersions = 10
+)
+
+// Errors returned at start-up, wrapped with details.
+var (
+	ErrSealed        = errors.New("vaultstore: vault is sealed")
+	ErrUnreachable   = errors.New("vaultstore: vault is unreachable")
+	ErrMountMissing  = errors.New("vaultstore: KV mount not found")
+	ErrNotKVv2       = errors.New("vaultstore: mount is not a KV version 2 secrets engine")
+	ErrMissingPolicy = errors.New("vaultstore: the Vault token lacks a capability")
+)
+
+// Config selects where in Vault the records live.
+type Config struct {
+	// Client is an authenticated Vault client. Nil: one is built from the
+	// standard environment (VAULT_ADDR, VAULT_TOKEN, VAULT_CACERT,
+	// VAULT_CAPATH, VAULT_CLIENT_CERT, VAULT_CLIENT_KEY, VAULT_NAMESPACE…),
+	// as the vault CLI does.
+	Client *vault.Client
+	// Mount is the KV v2 mount path (default "secret").
+	Mount string
+	// Prefix is the path under the mount that holds every record (default
+	// "rotavault"). Keys can never escape it.
+	Prefix string
+	// MaxVersions bounds the history Vault keeps per record (default 10).
+	MaxVersions int
+	Logger      *slog.Logger
+}
+
+// Store is a store.Store backed by Vault KV v2. Safe for concurrent use,
+// also by several processes sharing the same Vault path.
+type Store struct {
+	client      *vault.Client
+	kv          *vault.KVv2
+	mount       string
+	prefix      string
+	maxVersions int
+	log         *slog.Logger
+}
+
+var _ store.Store = (*Store)(nil)
+
+// New checks the Vault side at once — unsealed, reachable, the mount exists
+// and is KV v2, the token has every capability the store needs — so that a
+// misconfiguration fails at start-up, not at the first rotation.
+func New(ctx context.Context, cfg Config) (*Store, error) {
+	if cfg.Client == nil {
+		vcfg := vault.DefaultConfig()
+		if vcfg.Error != nil {
+			return nil, fmt.Errorf("vaultstore: Vault configuration from the environment: %w", vcfg.Error)
+		}
+		c, err := vault.NewClient(vcfg)
+		if err != nil {
+			return nil, fmt.Errorf("vaultstore: Vault client: %w", err)
+		}
+		if c.Token() == "" {
+			return nil, errors.New("vaultstore: no Vault token: set VAULT_TOKEN")
+		}
+		cfg.Client = c
+	}
+	s := &Store{
+		client:      cfg.Client,
+		mount:       strings.Trim(cfg.Mount, "/"),
+		prefix:      strings.Trim(cfg.Prefix, "/"),
+		maxVersions: cfg.MaxVersions,
+		log:         cfg.Logger,
+	}
+	if s.mount == "" {
+		s.mount = DefaultMount
+	}
+	if s.prefix == "" {
+		s.prefix = DefaultPrefix
+	}
+	if s.maxVersions <= 0 {
+		s.maxVersions = DefaultMaxVersions
+	}
+	if s.log == nil {
+		s.log = slog.New(slog.DiscardHandler)
+	}
+	if err := store.ValidateKey(s.mount); err != nil {
+		return nil, fmt.Errorf("vaultstore: mount %q: %w", s.mount, err)
+	}
+	if err := store.ValidateKey(s.prefix); err != nil {
+		return nil, fmt.Errorf("vaultstore: prefix %q: %w", s.prefix, err)
+	}
+	s.kv = s.client.KVv2(s.mount)
+	if err := s.preflight(ctx); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+func (s *Store) preflight(ctx context.Context) error {
+	health, err := s.client.Sys().HealthWithContext(ctx)
+	if err != nil {
+		return fmt.Errorf("%w at %s: %v", ErrUnreachable, s.client.Address(), err)
+	}
+	if health.Sealed {
+		return fmt.Errorf("%w: unseal it first", ErrSealed)
+	}
+	// The same preflight the vault CLI makes for kv commands; it needs no
+	// more privilege than any capability on the mount.
+	mount, err := s.client.Logical().ReadWithContext(ctx, "sys/internal/ui/mounts/"+s.mount)
+	if err != nil || mount == nil || mount.Data == nil {
+		return fmt.Errorf("%w: %q (enable it with `vault secrets enable -path=%s kv-v2`): %v", ErrMountMissing, s.mount, s.mount, err)
+	}
+	typ, _ := mount.Data["type"].(string)
+	opts, _ := mount.Data["options"].(map[string]any)
+	version, _ := opts["version"].(string)
+	if typ != "kv" || version != "2" {
+		return fmt.Errorf("%w: %q is type %q version %q", ErrNotKVv2, s.mount, typ, version)
+	}
+	probe := s.prefix + "/_capability-probe"
+	for path, need := range map[string][]string{
+		s.mount + "/data/" + probe:     {"create", "read", "update"},
+		s.mount + "/metadata/" + probe: {"read", "update", "delete", "list"},
+	} {
+		caps, err := s.client.Sys().CapabilitiesSelfWithContext(ctx, path)
+		if err != nil {
+			return fmt.Errorf("vaultstore: checking capabilities on %s: %w", path, err)
+		}
+		if missing := missingCapabilities(caps, need); len(missing) > 0 {
+			return fmt.Errorf("%w: %s on %s (it has %v)", ErrMissingPolicy, strings.Join(missing, ", "), path, caps)
+		}
+	}
+	return nil
+}
+
+func missingCapabilities(have, need []string) []string {
+	set := make(map[string]bool, len(have))
+	for _, c := range have {
+		set[c] = true
+	}
+	if set["root"] {
+		return nil
+	}
+	var missing []string
+	for _, c := range need {
+		if !set[c] {
+			missing = append(missing, c)
+		}
+	}
+	return missing
+}
+
+func (s *Store) path(key string) (string, error) {
+	if err := store.ValidateKey(key); err != nil {
+		return "", err
+	}
+	return s.prefix + "/" + key, nil
+}
+
+// valueField holds the record's bytes, base64-encoded, in the KV secret.
+const valueField = "value"
+
+// Get implements store.Store.
+func (s *Store) Get(ctx context.Context, key string) (store.Record, error) {
+	p, err := s.path(key)
+	if err != nil {
+		return store.Record{}, err
+	}
+	secret, err := s.kv.Get(ctx, p)
+	if err != nil {
+		if errors.Is(err, vault.ErrSecretNotFound) || isNotFound(err) {
+			return store.Record{}, fmt.Errorf("vaultstore: get %s: %w", key, store.ErrNotFound)
+		}
+		return store.Record{}, s.wrap(ctx, "get", key, err)
+	}
+	if secret == nil || secret.Data == nil || secret.VersionMetadata == nil {
+		return store.Record{}, fmt.Errorf("vaultstore: get %s: %w", key, store.ErrNotFound)
+	}
+	encoded, _ := secret.Data[valueField].(string)
+	value, err := base64.StdEncoding.DecodeString(encoded)
+	if err != nil {
+		return store.Record{}, fmt.Errorf("vaultstore: get %s: malformed record", key)
+	}
+	return store.Record{Key: key, Value: value, Version: uint64(secret.VersionMetadata.Version)}, nil
+}
+
+// Put implements store.Store with a check-and-set write on the KV version.
+func (s *Store) Put(ctx context.Context, key string, value []byte, expectedVersion uint64) (uint64, error) {
+	p, err := s.path(key)
+	if err != nil {
+		return 0, err
+	}
+	if err := ctx.Err(); err != nil {
+		return 0, fmt.Errorf("vaultstore: put %s: %w", key, err)
+	}
+	if expectedVersion == 0 {
+		// A new record: make Vault refuse any write without check-and-set
+		// to it, and bound its history. Idempotent, so a lost creation race
+		// does no harm.
+		if err := s.kv.PutMetadata(ctx, p, vault.KVMetadataPutInput{CASRequired: true, MaxVersions: s.maxVersions}); err != nil {
+			return 0, s.wrap(ctx, "put metadata", key, err)
+		}
+	}
+	secret, err := s.kv.Put(ctx, p, map[string]any{valueField: base64.StdEncoding.EncodeToString(value)}, vault.WithCheckAndSet(int(expectedVersion)))
+	if err != nil {
+		if isCASMismatch(err) {
+			return 0, fmt.Errorf("vaultstore: put %s at version %d: %w", key, expectedVersion, store.ErrConflict)
+		}
+		return 0, s.wrap(ctx, "put", key, err)
+	}
+	if secret == nil || secret.VersionMetadata == nil {
+		return 0, fmt.Errorf("vaultstore: put %s: vault returned no version", key)
+	}
+	return uint64(secret.VersionMetadata.Version), nil
+}
+
+// Delete implements store.Store: it deletes the metadata, which destroys
+// every version (a KV v2 delete alone is a soft delete).
+func (s *Store) Delete(ctx context.Context, key string) error {
+	p, err := s.path(key)
+	if err != nil {
+		return err
+	}
+	if err := s.kv.DeleteMetadata(ctx, p); err != nil && !isNotFound(err) {
+		return s.wrap(ctx, "delete", key, err)
+	}
+	return nil
+}
+
+// List implements store.Store.
+func (s *Store) List(ctx context.Context, prefix string) ([]string, error) {
+	if err := store.ValidatePrefix(prefix); err != nil {
+		return nil, err
+	}
+	secret, err := s.client.Logical().ListWithContext(ctx, s.mount+"/metadata/"+s.prefix+"/"+prefix)
+	if err != nil {
+		return nil, s.wrap(ctx, "list", prefix, err)
+	}
+	var keys []string
+	if secret != nil && secret.Data != nil {
+		raw, _ := secret.Data["keys"].([]any)
+		for _, k := range raw {
+			name, _ := k.(string)
+			if name == "" || strings.HasSuffix(name, "/") {
+				continue // a deeper level
+			}
+			keys = append(keys, prefix+name)
+		}
+	}
+	sort.Strings(keys)
+	return keys, nil
+}
+
+// isCASMismatch recognises Vault's check-and-set failure. Vault reports it
+// only as HTTP 400 with this text; this is the one place that knows.
+func isCASMismatch(err error) bool {
+	var re *vault.ResponseError
+	if !errors.As(err, &re) || re.StatusCode != http.StatusBadRequest {
+		return false
+	}
+	for _, msg := range re.Errors {
+		if strings.Contains(msg, "check-and-set parameter did not match the current version") {
+			return true
+		}
+	}
+	return false
+}
+
+func isNotFound(err error) bool {
+	var re *vault.ResponseError
+	return errors.As(err, &re) && re.StatusCode == http.StatusNotFound
+}
+
+// wrap reports a Vault failure without the Vault URL or token: callers may
+// show the message to clients.
+func (s *Store) wrap(ctx context.Context, op, key string, err error) error {
+	if ctxErr := ctx.Err(); ctxErr != nil {
+		return fmt.Errorf("vaultstore: %s %s: %w", op, key, ctxErr)
+	}
+	s.log.WarnContext(ctx, "vault request failed", "op", op, "key", key, "err", err)
+	var re *vault.ResponseError
+	if errors.As(err, &re) {
+		return fmt.Errorf("vaultstore: %s %s: vault answered HTTP %d", op, key, re.StatusCode)
+	}
+	return fmt.Errorf("vaultstore: %s %s: vault unreachable", op, key)
+}
