@@ -60,6 +60,7 @@ type options struct {
 	retryBase         time.Duration
 	notProcessedTries int
 	subscriberBuffer  int
+	closeGrace        time.Duration
 }
 
 func defaultOptions() options {
@@ -75,6 +76,7 @@ func defaultOptions() options {
 		retryBase:         200 * time.Millisecond,
 		notProcessedTries: 4,
 		subscriberBuffer:  256,
+		closeGrace:        30 * time.Second,
 	}
 }
 
@@ -162,9 +164,10 @@ type Broker struct {
 
 	// ctx bounds the work the broker owns (refreshes, the scheduler); Close
 	// cancels it and waits for wg.
-	ctx    context.Context
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
+	ctx           context.Context
+	cancel        context.CancelFunc
+	stopScheduler context.CancelFunc
+	wg            sync.WaitGroup
 	// lifeMu orders "start tracked work" against Close, so no goroutine is
 	// added to wg once Close waits on it.
 	lifeMu sync.Mutex
@@ -209,10 +212,12 @@ func New(ctx context.Context, cfg Config, opts ...Option) (*Broker, error) {
 		cancel()
 		return nil, err
 	}
+	schedCtx, stopScheduler := context.WithCancel(bctx)
+	b.stopScheduler = stopScheduler
 	b.wg.Add(1)
 	go func() {
 		defer b.wg.Done()
-		b.runScheduler()
+		b.runScheduler(schedCtx)
 	}()
 	return b, nil
 }
@@ -227,10 +232,42 @@ func (b *Broker) Close() error {
 	if already {
 		return nil
 	}
+	// No new work starts now. Let refreshes in flight finish — a rotation
+	// cut off between the provider's answer and the store write is a lost
+	// family — but bound the wait.
+	b.stopScheduler()
+	done := make(chan struct{})
+	go func() {
+		b.wg.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(b.opts.closeGrace):
+		b.log.Warn("refreshes still running at shutdown; cancelling them", "waited", b.opts.closeGrace)
+		b.cancel()
+		<-done
+	}
 	b.cancel()
-	b.wg.Wait()
+	b.storeHeldRotations()
 	b.notices.closeSubscribers()
 	return nil
+}
+
+// storeHeldRotations makes a last attempt to store rotated families that
+// only exist in memory, and says loudly which are lost with the process.
+func (b *Broker) storeHeldRotations() {
+	for _, e := range b.snapshotEntries() {
+		if e.rescue.Load() == nil {
+			continue
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), persistTimeout)
+		_, err := b.storeRescue(ctx, e)
+		cancel()
+		if err != nil {
+			b.log.Error("SHUTTING DOWN WITH A ROTATED REFRESH TOKEN NOT STORED: the family will need reauthentication", "credential", e.id, "err", err)
+		}
+	}
 }
 
 // entry is the in-memory state of one credential.

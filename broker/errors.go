@@ -19,6 +19,10 @@ var (
 	// ErrConflict: a concurrent change won a check-and-set race and the
 	// operation could not be adopted; retry it as a whole.
 	ErrConflict = errors.New("broker: concurrent change")
+	// ErrClientRejected: the provider refused the client itself (secret,
+	// user, org), not the refresh token; the family is kept. An admin must
+	// fix the credential.
+	ErrClientRejected = errors.New("broker: the provider refused the client")
 	// ErrClosed: the broker is shutting down.
 	ErrClosed = errors.New("broker: closed")
 )

@@ -6,7 +6,6 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"errors"
-	"fmt"
 	"time"
 
 	"github.com/rotavault/rotavault/audit"
@@ -119,7 +118,7 @@ func (b *Broker) CompleteAuthorization(ctx context.Context, id, state, code stri
 	if err != nil {
 		var pe *provider.Error
 		if errors.As(err, &pe) && pe.Outcome == provider.OutcomeRejected {
-			return Activation{}, fmt.Errorf("%w: the provider refused the authorization code: %s", ErrReauthRequired, pe.Code)
+			return Activation{}, invalid("code", "the provider refused the authorization code (%s); start the flow again", pe.Code)
 		}
 		return Activation{}, &UnavailableError{Component: ComponentProvider, RetryAfter: time.Second, Err: err}
 	}

@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -14,6 +15,15 @@ import (
 // Store writes after a successful rotation are retried this many times
 // before the rotated family is held in memory (see entry.rescue).
 const storeWriteTries = 5
+
+// persistTimeout bounds the store writes that record what the provider
+// already did. They run on a context of their own: neither the refresh's
+// deadline nor a shutdown may cut off the write of a rotated token.
+const persistTimeout = 30 * time.Second
+
+func persistContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.WithoutCancel(ctx), persistTimeout)
+}
 
 // runRefresh is the body of a flight: the only place that presents a
 // credential's refresh token to the provider.
@@ -63,11 +73,16 @@ func (b *Broker) refreshFamily(ctx context.Context, e *entry, v *view) (*view, e
 			return nil, &UnavailableError{Component: ComponentProvider, RetryAfter: time.Second, Err: err}
 		}
 		switch {
+		case pe.Outcome == provider.OutcomeRejected && pe.Permanent() && !errors.Is(err, provider.ErrInvalidGrant):
+			// The provider refused the client (wrong secret, inactive user
+			// or org), not the token: the refresh token may work again once
+			// an admin fixes it. Keep it; never destroy a working token.
+			b.log.WarnContext(ctx, "provider refused the client; keeping the family", "credential", e.id, "provider_error", pe.Code)
+			return nil, fmt.Errorf("%w (%s): check the credential's client id and secret, and the user and org at the provider", ErrClientRejected, pe.Code)
+
 		case pe.Outcome == provider.OutcomeRejected && pe.Permanent():
 			reason := ReasonRefreshTokenRejected
 			switch {
-			case !errors.Is(err, provider.ErrInvalidGrant):
-				reason = ReasonClientRejected
 			case fam.InDoubt:
 				// Our own earlier refresh probably rotated the token and its
 				// answer never arrived: a lost rotation, not theft.
@@ -153,6 +168,9 @@ func (b *Broker) storeRefreshed(ctx context.Context, e *entry, cred *credentialR
 		next.LastError, next.LastErrorAt = "the provider's response signature did not match (is the client secret current?)", now
 	}
 
+	pctx, cancel := persistContext(ctx)
+	defer cancel()
+	ctx = pctx
 	version, err := b.writeFamily(ctx, e.id, next, famVersion)
 	if errors.Is(err, store.ErrConflict) {
 		return nil, b.orphaned(ctx, e, cred, fam, tok, rotated)
@@ -242,6 +260,14 @@ func (b *Broker) writeFamily(ctx context.Context, id string, fam *familyRecord, 
 	}
 	for attempt := 0; ; attempt++ {
 		version, err := b.store.Put(ctx, familyKey(id), raw, expected)
+		if errors.Is(err, store.ErrConflict) && attempt > 0 {
+			// An earlier attempt may have been stored with its answer lost
+			// (a timeout talking to Vault): then the record holds exactly
+			// our bytes, and this is success, not a lost race.
+			if rec, gerr := b.store.Get(ctx, familyKey(id)); gerr == nil && rec.Version == expected+1 && bytes.Equal(rec.Value, raw) {
+				return rec.Version, nil
+			}
+		}
 		if err == nil || errors.Is(err, store.ErrConflict) || attempt+1 >= storeWriteTries {
 			return version, err
 		}
@@ -267,10 +293,7 @@ func (b *Broker) storeRescue(ctx context.Context, e *entry) (*view, error) {
 	}
 	version, err := b.writeFamily(ctx, e.id, r.fam, r.baseVersion)
 	if errors.Is(err, store.ErrConflict) {
-		// Only another writer of this family could have won, and on one node
-		// there is none; keep the token and say so loudly.
-		b.log.ErrorContext(ctx, "held rotated family conflicts with the stored one; keeping it in memory", "credential", e.id)
-		return nil, fmt.Errorf("%w: held rotation of %s conflicts with the store", ErrConflict, e.id)
+		return b.resolveHeldConflict(ctx, e, r)
 	}
 	if err != nil {
 		return nil, storeUnavailable(err)
@@ -288,6 +311,8 @@ func (b *Broker) storeRescue(ctx context.Context, e *entry) (*view, error) {
 func (b *Broker) markInDoubt(ctx context.Context, e *entry, fam *familyRecord, version uint64) (*familyRecord, uint64, error) {
 	next := fam.clone()
 	next.InDoubt = true
+	ctx, cancel := persistContext(ctx)
+	defer cancel()
 	v, err := b.writeFamily(ctx, e.id, next, version)
 	if err != nil {
 		if errors.Is(err, store.ErrConflict) {
@@ -309,6 +334,8 @@ func (b *Broker) revokeFamily(ctx context.Context, e *entry, fam *familyRecord, 
 	next.InDoubt = false
 	next.RevokedReason, next.RevokedAt = reason, now
 	next.LastError, next.LastErrorAt = detail, now
+	ctx, cancel := persistContext(ctx)
+	defer cancel()
 	for {
 		newVersion, err := b.writeFamily(ctx, e.id, next, version)
 		if err == nil {
@@ -388,5 +415,30 @@ func (e *entry) dropAccess() {
 		if e.view.CompareAndSwap(cur, &v) {
 			return
 		}
+	}
+}
+
+// resolveHeldConflict handles a held rotation whose base version moved: the
+// store may already hold it (a write that succeeded with its answer lost), or
+// a new family may have replaced it.
+func (b *Broker) resolveHeldConflict(ctx context.Context, e *entry, r *rescued) (*view, error) {
+	cur, err := b.readView(ctx, e.id)
+	if err != nil {
+		return nil, err
+	}
+	switch {
+	case cur.fam.FamilyID == r.fam.FamilyID && cur.fam.RefreshToken == r.fam.RefreshToken:
+		e.rescue.CompareAndSwap(r, nil)
+		e.setView(cur)
+		b.log.InfoContext(ctx, "held rotated refresh token was already stored", "credential", e.id)
+		return cur, nil
+	case cur.fam.FamilyID != r.fam.FamilyID:
+		e.rescue.CompareAndSwap(r, nil)
+		e.setView(cur)
+		b.log.WarnContext(ctx, "dropping a held rotation of a family that was replaced", "credential", e.id, "family", r.fam.FamilyID)
+		return cur, nil
+	default:
+		b.log.ErrorContext(ctx, "held rotated family conflicts with the stored one; keeping it in memory", "credential", e.id)
+		return nil, fmt.Errorf("%w: held rotation of %s conflicts with the store", ErrConflict, e.id)
 	}
 }

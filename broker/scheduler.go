@@ -67,21 +67,21 @@ func (b *Broker) due(e *entry, v *view, now time.Time) bool {
 	return !idle.IsZero() && !now.Before(idle)
 }
 
-func (b *Broker) runScheduler() {
+func (b *Broker) runScheduler(ctx context.Context) {
 	t := time.NewTicker(b.opts.schedulerInterval)
 	defer t.Stop()
 	sem := make(chan struct{}, maxScheduledRefreshes)
 	for {
 		select {
-		case <-b.ctx.Done():
+		case <-ctx.Done():
 			return
 		case <-t.C:
-			b.refreshDue(sem)
+			b.refreshDue(ctx, sem)
 		}
 	}
 }
 
-func (b *Broker) refreshDue(sem chan struct{}) {
+func (b *Broker) refreshDue(schedCtx context.Context, sem chan struct{}) {
 	now := b.opts.now()
 	for _, e := range b.snapshotEntries() {
 		v := e.view.Load()
@@ -95,7 +95,7 @@ func (b *Broker) refreshDue(sem chan struct{}) {
 		}
 		select {
 		case sem <- struct{}{}:
-		case <-b.ctx.Done():
+		case <-schedCtx.Done():
 			return
 		}
 		started := b.goTracked(func() {

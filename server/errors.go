@@ -25,6 +25,7 @@ const (
 	ReasonRejectionRateLimited     = "REJECTION_RATE_LIMITED"
 	ReasonCursorExpired            = "CURSOR_EXPIRED"
 	ReasonSubscriberTooSlow        = "SUBSCRIBER_TOO_SLOW"
+	ReasonProviderRejectedClient   = "PROVIDER_REJECTED_CLIENT"
 )
 
 // toStatus is the one mapping from the rotation logic's errors to gRPC
@@ -54,6 +55,9 @@ func toStatus(ctx context.Context, log *slog.Logger, err error) error {
 	case errors.Is(err, broker.ErrReauthRequired):
 		return withDetails(status.New(codes.FailedPrecondition, err.Error()),
 			&errdetails.ErrorInfo{Reason: ReasonReauthenticationRequired, Domain: ErrorDomain})
+	case errors.Is(err, broker.ErrClientRejected):
+		return withDetails(status.New(codes.FailedPrecondition, err.Error()),
+			&errdetails.ErrorInfo{Reason: ReasonProviderRejectedClient, Domain: ErrorDomain})
 	case errors.Is(err, broker.ErrCursorExpired):
 		return withDetails(status.New(codes.OutOfRange, err.Error()),
 			&errdetails.ErrorInfo{Reason: ReasonCursorExpired, Domain: ErrorDomain})

@@ -33,6 +33,7 @@ func TestToStatus(t *testing.T) {
 		{"provider down", &broker.UnavailableError{Component: broker.ComponentProvider, RetryAfter: 2 * time.Second, Err: secretish}, codes.Unavailable, ReasonProviderUnavailable, 2 * time.Second},
 		{"store down", &broker.UnavailableError{Component: broker.ComponentStore, RetryAfter: time.Second, Err: secretish}, codes.Unavailable, ReasonStoreUnavailable, time.Second},
 		{"rate limited", &broker.RateLimitedError{RetryAfter: 3 * time.Second}, codes.ResourceExhausted, ReasonRejectionRateLimited, 3 * time.Second},
+		{"client rejected", fmt.Errorf("%w (invalid_client)", broker.ErrClientRejected), codes.FailedPrecondition, ReasonProviderRejectedClient, 0},
 		{"cursor expired", fmt.Errorf("%w: x", broker.ErrCursorExpired), codes.OutOfRange, ReasonCursorExpired, 0},
 		{"too slow", broker.ErrSubscriberTooSlow, codes.Aborted, ReasonSubscriberTooSlow, 0},
 		{"conflict", fmt.Errorf("%w: x", broker.ErrConflict), codes.Aborted, "", 0},

@@ -86,8 +86,9 @@ const (
 	// A refresh response was lost in transit after the provider rotated; with
 	// no reuse grace period the retry counted as reuse. Not theft.
 	RevocationReason_REVOCATION_REASON_LOST_ROTATION RevocationReason = 2
-	// The provider refused the client itself (invalid_client, inactive_user,
-	// inactive_org, ...).
+	// Reserved for a client the provider refuses for good. Today such refusals
+	// (invalid_client, inactive_user, inactive_org) keep the family and fail
+	// with PROVIDER_REJECTED_CLIENT instead: the token may work again.
 	RevocationReason_REVOCATION_REASON_CLIENT_REJECTED RevocationReason = 3
 	// An administrator revoked or deleted the credential.
 	RevocationReason_REVOCATION_REASON_ADMIN RevocationReason = 4

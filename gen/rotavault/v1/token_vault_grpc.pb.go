@@ -40,6 +40,9 @@ const (
 //     family is revoked or was never installed; call Reauthenticate.
 //   - PROVIDER_UNAVAILABLE, STORE_UNAVAILABLE (UNAVAILABLE, with
 //     google.rpc.RetryInfo): retry later; nothing was lost.
+//   - PROVIDER_REJECTED_CLIENT (FAILED_PRECONDITION): the provider refused
+//     the client (secret, user or org), not the token; the family is kept
+//     until an admin fixes the credential.
 //   - REJECTION_RATE_LIMITED (RESOURCE_EXHAUSTED, with RetryInfo): too many
 //     rejected-token reports for this credential.
 //   - MIN_LIFETIME_UNATTAINABLE (INVALID_ARGUMENT): the requested minimum
@@ -128,6 +131,9 @@ type TokenVaultService_WatchRevocationsClient = grpc.ServerStreamingClient[Watch
 //     family is revoked or was never installed; call Reauthenticate.
 //   - PROVIDER_UNAVAILABLE, STORE_UNAVAILABLE (UNAVAILABLE, with
 //     google.rpc.RetryInfo): retry later; nothing was lost.
+//   - PROVIDER_REJECTED_CLIENT (FAILED_PRECONDITION): the provider refused
+//     the client (secret, user or org), not the token; the family is kept
+//     until an admin fixes the credential.
 //   - REJECTION_RATE_LIMITED (RESOURCE_EXHAUSTED, with RetryInfo): too many
 //     rejected-token reports for this credential.
 //   - MIN_LIFETIME_UNATTAINABLE (INVALID_ARGUMENT): the requested minimum
