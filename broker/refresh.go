@@ -393,10 +393,23 @@ func revocationDetail(r RevocationReason) string {
 func (e *entry) setView(v *view) {
 	for {
 		cur := e.view.Load()
+		next := v
 		if cur != nil && (v.famVersion < cur.famVersion || v.credVersion < cur.credVersion) {
-			return
+			if v.famVersion <= cur.famVersion && v.credVersion <= cur.credVersion {
+				return // nothing newer in v
+			}
+			// One part is newer, the other older (a refresh racing a
+			// credential update): keep the newest of each.
+			merged := *v
+			if cur.credVersion > v.credVersion {
+				merged.cred, merged.credVersion = cur.cred, cur.credVersion
+			}
+			if cur.famVersion > v.famVersion {
+				merged.fam, merged.famVersion = cur.fam, cur.famVersion
+			}
+			next = &merged
 		}
-		if e.view.CompareAndSwap(cur, v) {
+		if e.view.CompareAndSwap(cur, next) {
 			return
 		}
 	}
