@@ -61,6 +61,10 @@ type options struct {
 	notProcessedTries int
 	subscriberBuffer  int
 	closeGrace        time.Duration
+	replicaID         string
+	claimTTL          time.Duration
+	claimMargin       time.Duration
+	claimPoll         time.Duration
 }
 
 func defaultOptions() options {
@@ -68,7 +72,7 @@ func defaultOptions() options {
 		logger:            slog.New(slog.DiscardHandler),
 		now:               time.Now,
 		expiryDelta:       10 * time.Second,
-		refreshTimeout:    60 * time.Second,
+		refreshTimeout:    2 * time.Minute,
 		schedulerInterval: 5 * time.Second,
 		rejectionInterval: 30 * time.Second,
 		flowLifetime:      10 * time.Minute,
@@ -77,6 +81,10 @@ func defaultOptions() options {
 		notProcessedTries: 4,
 		subscriberBuffer:  256,
 		closeGrace:        30 * time.Second,
+		replicaID:         newReplicaID(),
+		claimTTL:          45 * time.Second,
+		claimMargin:       15 * time.Second,
+		claimPoll:         50 * time.Millisecond,
 	}
 }
 
@@ -131,6 +139,32 @@ func WithRefreshTimeout(d time.Duration) Option {
 	return durationOption("refresh timeout", d, 100*time.Millisecond, 10*time.Minute, func(o *options) { o.refreshTimeout = d })
 }
 
+// WithReplicaID names this replica in refresh claims (default: random per
+// process). Two live replicas must never share one.
+func WithReplicaID(id string) Option {
+	return func(o *options) error {
+		if id == "" || len(id) > 64 || !printable(id) {
+			return errors.New("broker: replica id must be 1-64 printable characters")
+		}
+		o.replicaID = id
+		return nil
+	}
+}
+
+// WithClaimTiming sets how long a refresh claim lasts and how long before
+// its end the holder's provider calls must finish (defaults 45s and 15s).
+// The margin is the bound on process pauses plus clock skew between
+// replicas under which no two replicas present the same refresh token.
+func WithClaimTiming(ttl, margin time.Duration) Option {
+	return func(o *options) error {
+		if margin <= 0 || ttl <= 2*margin || ttl > 10*time.Minute {
+			return fmt.Errorf("broker: claim ttl %s must exceed twice the margin %s (and be at most 10m)", ttl, margin)
+		}
+		o.claimTTL, o.claimMargin = ttl, margin
+		return nil
+	}
+}
+
 // WithNoticeRetention sets how many notices the notice log keeps for
 // resuming watchers (default 10,000).
 func WithNoticeRetention(n int) Option {
@@ -178,6 +212,22 @@ type Broker struct {
 	entries   map[string]*entry
 
 	notices *noticeLog
+	metrics counters
+}
+
+type counters struct {
+	claimWaits atomic.Int64
+}
+
+// Stats are counters a test or an operator may read.
+type Stats struct {
+	// ClaimWaits counts waits for another replica's refresh.
+	ClaimWaits int64
+}
+
+// Stats returns the broker's counters.
+func (b *Broker) Stats() Stats {
+	return Stats{ClaimWaits: b.metrics.claimWaits.Load()}
 }
 
 // New returns a broker and starts its scheduler. It loads the credentials

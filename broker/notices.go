@@ -241,7 +241,17 @@ func (b *Broker) Subscribe(ctx context.Context, credentialIDs []string, cursor s
 	}
 	l.subs[s] = struct{}{}
 	last := l.lastSeq
+	// Other replicas append to the same log: replay up to its stored head,
+	// so a cursor handed out by another replica resumes here too.
+	meta, _, err := l.readMeta(ctx)
+	if err == nil && meta.NextSeq-1 > last {
+		last = meta.NextSeq - 1
+	}
 	l.mu.Unlock()
+	if err != nil {
+		s.Close()
+		return nil, storeUnavailable(err)
+	}
 	if !resume {
 		from = last
 	}
@@ -250,11 +260,6 @@ func (b *Broker) Subscribe(ctx context.Context, credentialIDs []string, cursor s
 		return nil, invalid("cursor", "points past the end of the notice log")
 	}
 	if resume && from < last {
-		meta, _, err := l.readMeta(ctx)
-		if err != nil {
-			s.Close()
-			return nil, storeUnavailable(err)
-		}
 		if from+1 < meta.OldestSeq {
 			s.Close()
 			return nil, fmt.Errorf("%w: oldest kept is %d notices after it", ErrCursorExpired, meta.OldestSeq-from-1)
@@ -299,7 +304,8 @@ func (s *Subscription) Next(ctx context.Context) (Notice, error) {
 				defer s.mu.Unlock()
 				return Notice{}, s.err
 			}
-			if s.wants(n) {
+			// A live notice already replayed from the store is not sent twice.
+			if n.seq > s.replayLast && s.wants(n) {
 				return n, nil
 			}
 		case <-ctx.Done():

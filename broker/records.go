@@ -80,7 +80,9 @@ type familyRecord struct {
 	// InDoubt is set while a refresh whose outcome is unknown (timeout,
 	// reset after sending) may have rotated RefreshToken at the provider. An
 	// invalid_grant that follows is a lost rotation, not theft.
-	InDoubt       bool             `json:"in_doubt,omitempty"`
+	InDoubt bool `json:"in_doubt,omitempty"`
+	// Claim is set while a replica refreshes the family (see claim.go).
+	Claim         *claim           `json:"claim,omitempty"`
 	RevokedReason RevocationReason `json:"revoked_reason,omitempty"`
 	RevokedAt     time.Time        `json:"revoked_at,omitzero"`
 	LastError     string           `json:"last_error,omitempty"`

@@ -39,16 +39,10 @@ func (b *Broker) runRefresh(e *entry, need func(*view) bool) (*view, error) {
 		return v, nil
 	}
 
-	v, err := b.readView(ctx, e.id)
-	if err != nil {
-		return nil, err
-	}
-	e.setView(v)
-	if !need(v) {
-		return v, nil
-	}
-	if v.fam.Status != StatusActive {
-		return nil, reauthRequired(e.id, v.fam)
+	// Claim the refresh across replicas, or adopt another replica's result.
+	v, done, err := b.acquire(ctx, e, need)
+	if err != nil || done {
+		return v, err
 	}
 	v, err = b.refreshFamily(ctx, e, v)
 	e.mu.Lock()
@@ -62,15 +56,24 @@ func (b *Broker) refreshFamily(ctx context.Context, e *entry, v *view) (*view, e
 	spec := v.cred.Spec
 	ep, cc := spec.endpoint(), spec.clientCredentials()
 	fam, famVersion := v.fam, v.famVersion
+	// Provider calls end well before this replica's claim does.
+	pctx, cancel := b.providerContext(ctx, fam)
+	defer cancel()
+	// giveUp releases the claim when the refresh ends with nothing to store,
+	// so other replicas need not wait for its deadline.
+	giveUp := func(err error) (*view, error) {
+		b.release(ctx, e, fam, famVersion)
+		return nil, err
+	}
 	var firstUnknown time.Time
 	for attempt := 0; ; attempt++ {
-		tok, err := b.provider.Refresh(ctx, ep, cc, fam.RefreshToken)
+		tok, err := b.provider.Refresh(pctx, ep, cc, fam.RefreshToken)
 		if err == nil {
 			return b.storeRefreshed(ctx, e, v.cred, v.credVersion, fam, famVersion, tok)
 		}
 		var pe *provider.Error
 		if !errors.As(err, &pe) {
-			return nil, &UnavailableError{Component: ComponentProvider, RetryAfter: time.Second, Err: err}
+			return giveUp(&UnavailableError{Component: ComponentProvider, RetryAfter: time.Second, Err: err})
 		}
 		switch {
 		case pe.Outcome == provider.OutcomeRejected && pe.Permanent() && !errors.Is(err, provider.ErrInvalidGrant):
@@ -78,7 +81,7 @@ func (b *Broker) refreshFamily(ctx context.Context, e *entry, v *view) (*view, e
 			// or org), not the token: the refresh token may work again once
 			// an admin fixes it. Keep it; never destroy a working token.
 			b.log.WarnContext(ctx, "provider refused the client; keeping the family", "credential", e.id, "provider_error", pe.Code)
-			return nil, fmt.Errorf("%w (%s): check the credential's client id and secret, and the user and org at the provider", ErrClientRejected, pe.Code)
+			return giveUp(fmt.Errorf("%w (%s): check the credential's client id and secret, and the user and org at the provider", ErrClientRejected, pe.Code))
 
 		case pe.Outcome == provider.OutcomeRejected && pe.Permanent():
 			reason := ReasonRefreshTokenRejected
@@ -113,20 +116,20 @@ func (b *Broker) refreshFamily(ctx context.Context, e *entry, v *view) (*view, e
 			b.log.WarnContext(ctx, "refresh outcome unknown; the provider may have rotated",
 				"credential", e.id, "family", fam.FamilyID, "generation", fam.Generation, "retrying", retryAllowed, "err", pe.Error())
 			if !retryAllowed {
-				return nil, &UnavailableError{Component: ComponentProvider, RetryAfter: time.Second, Err: err}
+				return giveUp(&UnavailableError{Component: ComponentProvider, RetryAfter: time.Second, Err: pe})
 			}
-			if err := sleepCtx(ctx, b.backoff(attempt, 0)); err != nil {
-				return nil, &UnavailableError{Component: ComponentProvider, RetryAfter: time.Second, Err: err}
+			if err := sleepCtx(pctx, b.backoff(attempt, 0)); err != nil {
+				return giveUp(&UnavailableError{Component: ComponentProvider, RetryAfter: time.Second, Err: pe})
 			}
 
 		default:
 			// Not processed (connection refused, 429, 503 without a body) or
 			// a temporary refusal: safe to retry, never a revocation.
 			if attempt+1 >= b.opts.notProcessedTries {
-				return nil, &UnavailableError{Component: ComponentProvider, RetryAfter: max(pe.RetryAfter, time.Second), Err: err}
+				return giveUp(&UnavailableError{Component: ComponentProvider, RetryAfter: max(pe.RetryAfter, time.Second), Err: err})
 			}
-			if err := sleepCtx(ctx, b.backoff(attempt, pe.RetryAfter)); err != nil {
-				return nil, &UnavailableError{Component: ComponentProvider, RetryAfter: time.Second, Err: err}
+			if err := sleepCtx(pctx, b.backoff(attempt, pe.RetryAfter)); err != nil {
+				return giveUp(&UnavailableError{Component: ComponentProvider, RetryAfter: time.Second, Err: err})
 			}
 		}
 	}
@@ -161,6 +164,7 @@ func (b *Broker) storeRefreshed(ctx context.Context, e *entry, cred *credentialR
 	next.Generation++
 	next.LastRefreshAt = now
 	next.InDoubt = false
+	next.Claim = nil
 	next.LastError, next.LastErrorAt = "", time.Time{}
 	next.Access = b.newAccessToken(cred.Spec, fam.Access, tok, now)
 	mismatch := tok.SignatureStatus == provider.SignatureMismatch
@@ -332,6 +336,7 @@ func (b *Broker) revokeFamily(ctx context.Context, e *entry, fam *familyRecord, 
 	next.RefreshToken = ""
 	next.Access = nil
 	next.InDoubt = false
+	next.Claim = nil
 	next.RevokedReason, next.RevokedAt = reason, now
 	next.LastError, next.LastErrorAt = detail, now
 	ctx, cancel := persistContext(ctx)

@@ -325,3 +325,16 @@ var errNoRedirect = errors.New("no redirect")
 func brokerNoticeRetention(n int) broker.Option { return broker.WithNoticeRetention(n) }
 
 func providerClient() *provider.Client { return provider.New(nil) }
+
+// replica starts another node sharing this one's provider, clock and Vault
+// path: what a second Rotavault replica behind a load balancer is.
+func (e *env) replica() *env {
+	e.t.Helper()
+	if e.opts.vault == nil {
+		e.t.Fatal("replicas share a Vault store; set envOptions.vault")
+	}
+	r := &env{t: e.t, sim: e.sim, clock: e.clock, dataDir: e.t.TempDir(), key: e.key, logs: e.logs, opts: e.opts}
+	r.start()
+	e.t.Cleanup(r.stop)
+	return r
+}

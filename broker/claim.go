@@ -1,0 +1,129 @@
+package broker
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/rotavault/rotavault/store"
+)
+
+// Cross-replica rotation. Replicas share nothing but the store, so the
+// right to present a family's refresh token is claimed there: a
+// check-and-set write of (holder, deadline) on the family record. The
+// version that write produces is the fencing token: the holder's result is
+// written with check-and-set on it, so a holder that lost its claim (paused
+// past the deadline and taken over) cannot overwrite its successor. The
+// provider never sees the fence; what keeps it from seeing two refreshes is
+// timing: the holder's provider calls end claimMargin before the claim's
+// deadline, and nobody takes a claim over before that deadline. The protocol
+// is safe while process pauses plus clock skew between replicas stay below
+// claimMargin. See docs/rotation-protocol.md.
+
+// claim marks a refresh in progress.
+type claim struct {
+	Holder   string    `json:"holder"`
+	Deadline time.Time `json:"deadline"`
+}
+
+func newReplicaID() string {
+	b := make([]byte, 6)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// acquire runs until this replica holds the claim on the family, or another
+// replica's refresh produced a view that passes need. It returns the view
+// to refresh from (holding the claim, done=false) or the adopted one
+// (done=true).
+func (b *Broker) acquire(ctx context.Context, e *entry, need func(*view) bool) (v *view, done bool, err error) {
+	for {
+		v, err := b.readView(ctx, e.id)
+		if err != nil {
+			return nil, false, err
+		}
+		e.setView(v)
+		if !need(v) {
+			return v, true, nil
+		}
+		if v.fam.Status != StatusActive {
+			return nil, false, reauthRequired(e.id, v.fam)
+		}
+		now := b.opts.now()
+		if c := v.fam.Claim; c != nil && c.Holder != b.opts.replicaID && now.Before(c.Deadline) {
+			// Another replica is refreshing: wait for its result rather than
+			// present the same token a second time.
+			if err := b.awaitChange(ctx, e.id, v.famVersion, c.Deadline); err != nil {
+				return nil, false, err
+			}
+			continue
+		}
+		next := v.fam.clone()
+		if c := v.fam.Claim; c != nil && c.Holder != b.opts.replicaID {
+			// Taking over from a holder that died or stalled: it may have
+			// presented the token already, so an invalid_grant now is a lost
+			// rotation, not theft.
+			next.InDoubt = true
+			b.log.WarnContext(ctx, "taking over an expired refresh claim", "credential", e.id, "holder", c.Holder, "deadline", c.Deadline)
+		}
+		next.Claim = &claim{Holder: b.opts.replicaID, Deadline: now.Add(b.opts.claimTTL)}
+		version, err := b.writeFamily(ctx, e.id, next, v.famVersion)
+		if errors.Is(err, store.ErrConflict) {
+			continue // somebody else moved first: look again
+		}
+		if err != nil {
+			return nil, false, storeUnavailable(err)
+		}
+		return &view{cred: v.cred, credVersion: v.credVersion, fam: next, famVersion: version, nextRefreshAt: v.nextRefreshAt}, false, nil
+	}
+}
+
+// awaitChange polls the family record until its version moves past version
+// or the claim deadline passes.
+func (b *Broker) awaitChange(ctx context.Context, id string, version uint64, deadline time.Time) error {
+	b.metrics.claimWaits.Add(1)
+	t := time.NewTicker(b.opts.claimPoll)
+	defer t.Stop()
+	for {
+		rec, err := b.store.Get(ctx, familyKey(id))
+		if err != nil && !errors.Is(err, store.ErrNotFound) {
+			return storeUnavailable(err)
+		}
+		if err != nil || rec.Version != version || !b.opts.now().Before(deadline) {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("broker: waiting for another replica's refresh: %w", ctx.Err())
+		case <-t.C:
+		}
+	}
+}
+
+// release gives up a claim after a refresh that changed nothing at the
+// provider (or may have: fam carries InDoubt then), so others need not wait
+// for the deadline.
+func (b *Broker) release(ctx context.Context, e *entry, fam *familyRecord, version uint64) {
+	if fam.Claim == nil || fam.Claim.Holder != b.opts.replicaID {
+		return
+	}
+	next := fam.clone()
+	next.Claim = nil
+	ctx, cancel := persistContext(ctx)
+	defer cancel()
+	if _, err := b.writeFamily(ctx, e.id, next, version); err != nil {
+		b.log.WarnContext(ctx, "could not release a refresh claim; others wait for its deadline", "credential", e.id, "err", err)
+	}
+}
+
+// providerContext bounds provider calls to end claimMargin before the claim
+// runs out.
+func (b *Broker) providerContext(ctx context.Context, fam *familyRecord) (context.Context, context.CancelFunc) {
+	if fam.Claim == nil {
+		return context.WithCancel(ctx)
+	}
+	return context.WithDeadline(ctx, fam.Claim.Deadline.Add(-b.opts.claimMargin))
+}
