@@ -163,7 +163,7 @@ func (e *env) openStore() (store.Store, func() error) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		return vs, func() error { return nil }
+		return vs, vs.Close
 	}
 	bs, err := boltstore.Open(filepath.Join(e.dataDir, "rotavault.db"), e.key, boltstore.Options{})
 	if err != nil {

@@ -15,6 +15,8 @@ import (
 	"net/http"
 	"sort"
 	"strings"
+	"sync"
+	"sync/atomic"
 
 	vault "github.com/hashicorp/vault/api"
 
@@ -51,7 +53,11 @@ type Config struct {
 	Prefix string
 	// MaxVersions bounds the history Vault keeps per record (default 10).
 	MaxVersions int
-	Logger      *slog.Logger
+	// Login, when set, logs in (AppRole, Kubernetes) instead of using the
+	// environment's token, and again whenever the token expires or is
+	// revoked.
+	Login  LoginMethod
+	Logger *slog.Logger
 }
 
 // Store is a store.Store backed by Vault KV v2. Safe for concurrent use,
@@ -63,6 +69,15 @@ type Store struct {
 	prefix      string
 	maxVersions int
 	log         *slog.Logger
+
+	login     LoginMethod
+	authMu    sync.Mutex
+	authGen   uint64
+	logins    atomic.Int64
+	newSecret chan *vault.Secret
+
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
 }
 
 var _ store.Store = (*Store)(nil)
@@ -80,7 +95,7 @@ func New(ctx context.Context, cfg Config) (*Store, error) {
 		if err != nil {
 			return nil, fmt.Errorf("vaultstore: Vault client: %w", err)
 		}
-		if c.Token() == "" {
+		if c.Token() == "" && cfg.Login == nil {
 			return nil, errors.New("vaultstore: no Vault token: set VAULT_TOKEN")
 		}
 		cfg.Client = c
@@ -91,6 +106,8 @@ func New(ctx context.Context, cfg Config) (*Store, error) {
 		prefix:      strings.Trim(cfg.Prefix, "/"),
 		maxVersions: cfg.MaxVersions,
 		log:         cfg.Logger,
+		login:       cfg.Login,
+		newSecret:   make(chan *vault.Secret, 1),
 	}
 	if s.mount == "" {
 		s.mount = DefaultMount
@@ -111,11 +128,38 @@ func New(ctx context.Context, cfg Config) (*Store, error) {
 		return nil, fmt.Errorf("vaultstore: prefix %q: %w", s.prefix, err)
 	}
 	s.kv = s.client.KVv2(s.mount)
+	var secret *vault.Secret
+	if s.login != nil {
+		if err := s.loginNow(ctx, 0); err != nil {
+			return nil, err
+		}
+		secret = <-s.newSecret
+	}
 	if err := s.preflight(ctx); err != nil {
 		return nil, err
 	}
+	if secret == nil {
+		secret = s.tokenSecret(ctx)
+	}
+	kctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	s.cancel = cancel
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		s.keepAuthenticated(kctx, secret)
+	}()
 	return s, nil
 }
+
+// Close stops renewing the Vault token. The store must not be used after.
+func (s *Store) Close() error {
+	s.cancel()
+	s.wg.Wait()
+	return nil
+}
+
+// Logins counts the logins performed (for tests and metrics).
+func (s *Store) Logins() int64 { return s.logins.Load() }
 
 func (s *Store) preflight(ctx context.Context) error {
 	health, err := s.client.Sys().HealthWithContext(ctx)
@@ -140,7 +184,7 @@ func (s *Store) preflight(ctx context.Context) error {
 	probe := s.prefix + "/_capability-probe"
 	for path, need := range map[string][]string{
 		s.mount + "/data/" + probe:     {"create", "read", "update"},
-		s.mount + "/metadata/" + probe: {"read", "update", "delete", "list"},
+		s.mount + "/metadata/" + probe: {"create", "read", "update", "delete", "list"},
 	} {
 		caps, err := s.client.Sys().CapabilitiesSelfWithContext(ctx, path)
 		if err != nil {
@@ -186,7 +230,11 @@ func (s *Store) Get(ctx context.Context, key string) (store.Record, error) {
 	if err != nil {
 		return store.Record{}, err
 	}
-	secret, err := s.kv.Get(ctx, p)
+	var secret *vault.KVSecret
+	err = s.do(ctx, func() (err error) {
+		secret, err = s.kv.Get(ctx, p)
+		return err
+	})
 	if err != nil {
 		if errors.Is(err, vault.ErrSecretNotFound) || isNotFound(err) {
 			return store.Record{}, fmt.Errorf("vaultstore: get %s: %w", key, store.ErrNotFound)
@@ -217,11 +265,17 @@ func (s *Store) Put(ctx context.Context, key string, value []byte, expectedVersi
 		// A new record: make Vault refuse any write without check-and-set
 		// to it, and bound its history. Idempotent, so a lost creation race
 		// does no harm.
-		if err := s.kv.PutMetadata(ctx, p, vault.KVMetadataPutInput{CASRequired: true, MaxVersions: s.maxVersions}); err != nil {
+		if err := s.do(ctx, func() error {
+			return s.kv.PutMetadata(ctx, p, vault.KVMetadataPutInput{CASRequired: true, MaxVersions: s.maxVersions})
+		}); err != nil {
 			return 0, s.wrap(ctx, "put metadata", key, err)
 		}
 	}
-	secret, err := s.kv.Put(ctx, p, map[string]any{valueField: base64.StdEncoding.EncodeToString(value)}, vault.WithCheckAndSet(int(expectedVersion)))
+	var secret *vault.KVSecret
+	err = s.do(ctx, func() (err error) {
+		secret, err = s.kv.Put(ctx, p, map[string]any{valueField: base64.StdEncoding.EncodeToString(value)}, vault.WithCheckAndSet(int(expectedVersion)))
+		return err
+	})
 	if err != nil {
 		if isCASMismatch(err) {
 			return 0, fmt.Errorf("vaultstore: put %s at version %d: %w", key, expectedVersion, store.ErrConflict)
@@ -241,7 +295,7 @@ func (s *Store) Delete(ctx context.Context, key string) error {
 	if err != nil {
 		return err
 	}
-	if err := s.kv.DeleteMetadata(ctx, p); err != nil && !isNotFound(err) {
+	if err := s.do(ctx, func() error { return s.kv.DeleteMetadata(ctx, p) }); err != nil && !isNotFound(err) {
 		return s.wrap(ctx, "delete", key, err)
 	}
 	return nil
@@ -252,7 +306,11 @@ func (s *Store) List(ctx context.Context, prefix string) ([]string, error) {
 	if err := store.ValidatePrefix(prefix); err != nil {
 		return nil, err
 	}
-	secret, err := s.client.Logical().ListWithContext(ctx, s.mount+"/metadata/"+s.prefix+"/"+prefix)
+	var secret *vault.Secret
+	err := s.do(ctx, func() (err error) {
+		secret, err = s.client.Logical().ListWithContext(ctx, s.mount+"/metadata/"+s.prefix+"/"+prefix)
+		return err
+	})
 	if err != nil {
 		return nil, s.wrap(ctx, "list", prefix, err)
 	}

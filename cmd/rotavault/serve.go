@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/rotavault/rotavault/audit"
 	"github.com/rotavault/rotavault/boltstore"
@@ -49,8 +50,10 @@ type serverConfig struct {
 	Backend     string
 	VaultMount  string
 	VaultPrefix string
-	Reflection  bool
-	Logger      *slog.Logger // nil: discard
+	// VaultLogin logs in to Vault (AppRole, Kubernetes); nil uses VAULT_TOKEN.
+	VaultLogin vaultstore.LoginMethod
+	Reflection bool
+	Logger     *slog.Logger // nil: discard
 	// ShutdownTimeout bounds the graceful stop (default 30s); then
 	// remaining calls are cut off.
 	ShutdownTimeout time.Duration
@@ -95,10 +98,11 @@ func runServer(ctx context.Context, cfg serverConfig) (err error) {
 		defer closeLogged(log, "store", bs.Close)
 		st = bs
 	case backendVault:
-		vs, err := vaultstore.New(ctx, vaultstore.Config{Mount: cfg.VaultMount, Prefix: cfg.VaultPrefix, Logger: log})
+		vs, err := vaultstore.New(ctx, vaultstore.Config{Mount: cfg.VaultMount, Prefix: cfg.VaultPrefix, Login: cfg.VaultLogin, Logger: log})
 		if err != nil {
 			return err
 		}
+		defer closeLogged(log, "store", vs.Close)
 		st = vs
 	default:
 		return usageErrorf("unknown --store %q: embedded or vault", cfg.Backend)
@@ -231,6 +235,7 @@ func newServeCmd(a *app) *cobra.Command {
 		insecure                         bool
 		logs                             logFlags
 		backend, vaultMount, vaultPrefix string
+		vaultAuth                        vaultAuthFlags
 	)
 	cmd := &cobra.Command{
 		Use:   "serve",
@@ -271,6 +276,10 @@ Examples:
 					return err
 				}
 			}
+			vaultLogin, err := vaultAuth.loginMethod()
+			if err != nil {
+				return err
+			}
 			log, err := logs.logger(a.stderr)
 			if err != nil {
 				return err
@@ -283,7 +292,7 @@ Examples:
 			return runServer(cmd.Context(), serverConfig{
 				Addr: addr, AllowNonLoopback: insecure, DataDir: dataDir,
 				Key: key, PreviousKeys: previous, Reflection: reflection, Logger: log,
-				Backend: backend, VaultMount: vaultMount, VaultPrefix: vaultPrefix,
+				Backend: backend, VaultMount: vaultMount, VaultPrefix: vaultPrefix, VaultLogin: vaultLogin,
 			})
 		}),
 	}
@@ -294,8 +303,44 @@ Examples:
 	fs.BoolVar(&reflection, "reflection", false, "serve gRPC reflection (for grpcurl)")
 	fs.StringVar(&backend, "store", backendEmbedded, "where records live: embedded (an encrypted file under --data-dir) or vault (HashiCorp Vault KV v2; VAULT_ADDR, VAULT_TOKEN, VAULT_CACERT… from the environment)")
 	fs.StringVar(&vaultMount, "vault-mount", vaultstore.DefaultMount, "KV v2 mount path, with --store vault")
+	vaultAuth.register(fs)
 	fs.StringVar(&vaultPrefix, "vault-prefix", vaultstore.DefaultPrefix, "path under the mount holding Rotavault's records, with --store vault")
 	fs.BoolVar(&insecure, insecureListenFlag, false, "allow a non-loopback --addr although the transport is plaintext")
 	logs.register(fs)
 	return cmd
+}
+
+// vaultAuthFlags choose how the server logs in to Vault.
+type vaultAuthFlags struct {
+	kind, mount                 string
+	roleID, secretIDFile        string
+	kubernetesRole, saTokenFile string
+}
+
+func (f *vaultAuthFlags) register(fs *pflag.FlagSet) {
+	fs.StringVar(&f.kind, "vault-auth", "token", "how to log in to Vault: token (VAULT_TOKEN), approle or kubernetes; the token is renewed, and replaced by a fresh login when it expires or is revoked")
+	fs.StringVar(&f.mount, "vault-auth-mount", "", "auth method mount path (default: approle or kubernetes)")
+	fs.StringVar(&f.roleID, "vault-approle-role-id", "", "AppRole role id, with --vault-auth approle")
+	fs.StringVar(&f.secretIDFile, "vault-approle-secret-id-file", "", "file holding the AppRole secret id (re-read at every login), with --vault-auth approle")
+	fs.StringVar(&f.kubernetesRole, "vault-kubernetes-role", "", "Vault role, with --vault-auth kubernetes")
+	fs.StringVar(&f.saTokenFile, "vault-kubernetes-token-file", "", "service-account token file (default: the pod's), with --vault-auth kubernetes")
+}
+
+func (f *vaultAuthFlags) loginMethod() (vaultstore.LoginMethod, error) {
+	switch f.kind {
+	case "", "token":
+		return nil, nil
+	case "approle":
+		if f.roleID == "" || f.secretIDFile == "" {
+			return nil, usageErrorf("--vault-auth approle needs --vault-approle-role-id and --vault-approle-secret-id-file")
+		}
+		return vaultstore.AppRole(f.roleID, f.secretIDFile, f.mount)
+	case "kubernetes":
+		if f.kubernetesRole == "" {
+			return nil, usageErrorf("--vault-auth kubernetes needs --vault-kubernetes-role")
+		}
+		return vaultstore.Kubernetes(f.kubernetesRole, f.saTokenFile, f.mount)
+	default:
+		return nil, usageErrorf("unknown --vault-auth %q: token, approle or kubernetes", f.kind)
+	}
 }
