@@ -402,15 +402,8 @@ func (b *Broker) load(ctx context.Context, id string) (*entry, error) {
 }
 
 func (b *Broker) readView(ctx context.Context, id string) (*view, error) {
-	credRec, err := b.store.Get(ctx, credentialKey(id))
+	cred, credVersion, err := b.readCredential(ctx, id)
 	if err != nil {
-		if errors.Is(err, store.ErrNotFound) {
-			return nil, fmt.Errorf("%w: %s", ErrNotFound, id)
-		}
-		return nil, storeUnavailable(err)
-	}
-	var cred credentialRecord
-	if err := decodeRecord(credRec.Value, &cred, &cred.Format); err != nil {
 		return nil, err
 	}
 	fam := &familyRecord{Format: recordFormat, Status: StatusAwaitingReauth}
@@ -426,7 +419,22 @@ func (b *Broker) readView(ctx context.Context, id string) (*view, error) {
 	default:
 		return nil, storeUnavailable(err)
 	}
-	return b.newView(&cred, credRec.Version, fam, famVersion), nil
+	return b.newView(cred, credVersion, fam, famVersion), nil
+}
+
+func (b *Broker) readCredential(ctx context.Context, id string) (*credentialRecord, uint64, error) {
+	credRec, err := b.store.Get(ctx, credentialKey(id))
+	if err != nil {
+		if errors.Is(err, store.ErrNotFound) {
+			return nil, 0, fmt.Errorf("%w: %s", ErrNotFound, id)
+		}
+		return nil, 0, storeUnavailable(err)
+	}
+	var cred credentialRecord
+	if err := decodeRecord(credRec.Value, &cred, &cred.Format); err != nil {
+		return nil, 0, err
+	}
+	return &cred, credRec.Version, nil
 }
 
 func (b *Broker) newView(cred *credentialRecord, credVersion uint64, fam *familyRecord, famVersion uint64) *view {

@@ -40,8 +40,14 @@ func newReplicaID() string {
 // to refresh from (holding the claim, done=false) or the adopted one
 // (done=true).
 func (b *Broker) acquire(ctx context.Context, e *entry, need func(*view) bool) (v *view, done bool, err error) {
+	// The first attempt trusts the family state this replica last saw and
+	// claims with check-and-set on its version: if another replica changed
+	// the family since, the claim conflicts and the next attempt reads it.
+	// That saves a Vault read per rotation on the common path.
+	optimistic := true
 	for {
-		v, err := b.readView(ctx, e.id)
+		v, err := b.claimBase(ctx, e, optimistic)
+		optimistic = false
 		if err != nil {
 			return nil, false, err
 		}
@@ -126,4 +132,19 @@ func (b *Broker) providerContext(ctx context.Context, fam *familyRecord) (contex
 		return context.WithCancel(ctx)
 	}
 	return context.WithDeadline(ctx, fam.Claim.Deadline.Add(-b.opts.claimMargin))
+}
+
+// claimBase returns the view to decide a claim on: the cached family with a
+// fresh credential record (optimistic), or both read from the store.
+func (b *Broker) claimBase(ctx context.Context, e *entry, optimistic bool) (*view, error) {
+	cached := e.view.Load()
+	if !optimistic || cached == nil || cached.famVersion == 0 || cached.fam.Status != StatusActive ||
+		(cached.fam.Claim != nil && cached.fam.Claim.Holder != b.opts.replicaID) {
+		return b.readView(ctx, e.id)
+	}
+	cred, credVersion, err := b.readCredential(ctx, e.id)
+	if err != nil {
+		return nil, err
+	}
+	return b.newView(cred, credVersion, cached.fam, cached.famVersion), nil
 }

@@ -1,0 +1,166 @@
+package broker
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/rotavault/rotavault/internal/vaulttest"
+	"github.com/rotavault/rotavault/provider"
+	"github.com/rotavault/rotavault/providersim"
+	"github.com/rotavault/rotavault/store"
+	"github.com/rotavault/rotavault/vaultstore"
+)
+
+// benchWorkers matches the 16 client goroutines of the Vault ceiling figure.
+const benchWorkers = 16
+
+// countingStore counts the Vault operations the broker makes.
+type countingStore struct {
+	store.Store
+	reads, writes atomic.Int64
+}
+
+func (c *countingStore) Get(ctx context.Context, key string) (store.Record, error) {
+	c.reads.Add(1)
+	return c.Store.Get(ctx, key)
+}
+
+func (c *countingStore) Put(ctx context.Context, key string, value []byte, expected uint64) (uint64, error) {
+	c.writes.Add(1)
+	return c.Store.Put(ctx, key, value, expected)
+}
+
+type vaultBench struct {
+	vs    *vaultstore.Store
+	count *countingStore
+	b     *Broker
+	ids   []string
+}
+
+func setupVaultBench(b *testing.B) *vaultBench {
+	srv := vaulttest.StartDev(b)
+	vs, err := vaultstore.New(context.Background(), vaultstore.Config{Client: srv.Client(b)})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = vs.Close() })
+	sim, err := providersim.Start(providersim.Config{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = sim.Close() })
+	sim.AddClient(providersim.Client{ID: "bench", Secret: "bench-secret"})
+	count := &countingStore{Store: vs}
+	br, err := New(context.Background(), Config{Store: count, Provider: provider.New(nil), Auditor: discardAuditor{}}, WithSchedulerInterval(time.Hour))
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = br.Close() })
+	vb := &vaultBench{vs: vs, count: count, b: br}
+	ctx := context.Background()
+	for i := range benchWorkers {
+		id := fmt.Sprintf("bench-%d", i)
+		spec := Spec{ProviderKind: ProviderSalesforce, BaseURL: sim.URL(), ClientID: "bench", ClientSecret: "bench-secret", Scopes: []string{"api", "refresh_token"}}
+		if _, err := br.CreateCredential(ctx, id, spec); err != nil {
+			b.Fatal(err)
+		}
+		rt, err := sim.IssueRefreshToken("bench", nil)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if _, err := br.ImportRefreshToken(ctx, id, rt); err != nil {
+			b.Fatal(err)
+		}
+		vb.ids = append(vb.ids, id)
+	}
+	return vb
+}
+
+// parallel runs n operations split over benchWorkers goroutines (worker w
+// works on credential w) and returns operations per second.
+func parallel(b *testing.B, n int, op func(worker int) error) float64 {
+	var wg sync.WaitGroup
+	per := max(n/benchWorkers, 1)
+	start := time.Now()
+	for w := range benchWorkers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range per {
+				if err := op(w); err != nil {
+					b.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	return float64(per*benchWorkers) / time.Since(start).Seconds()
+}
+
+// BenchmarkVaultRotationsVsRawWrites compares full rotations (claim, provider
+// call against the simulator, result) with raw KV v2 check-and-set writes,
+// the ceiling, in the same run against the same Vault.
+func BenchmarkVaultRotationsVsRawWrites(b *testing.B) {
+	vb := setupVaultBench(b)
+	ctx := context.Background()
+	versions := make([]uint64, benchWorkers)
+	rawOp := func(w int) error {
+		v, err := vb.vs.Put(ctx, fmt.Sprintf("bench/raw-%d", w), []byte("x"), versions[w])
+		versions[w] = v
+		return err
+	}
+	always := func(*view) bool { return true }
+	rotate := func(w int) error {
+		e, err := vb.b.entry(ctx, vb.ids[w])
+		if err != nil {
+			return err
+		}
+		_, err = vb.b.refresh(ctx, e, always)
+		return err
+	}
+	parallel(b, 200, rawOp) // warm up
+	b.ResetTimer()
+	raw := parallel(b, b.N, rawOp)
+	reads, writes := vb.count.reads.Load(), vb.count.writes.Load()
+	rot := parallel(b, b.N, rotate)
+	b.StopTimer()
+	rotations := float64(max(b.N/benchWorkers, 1) * benchWorkers)
+	writesPer := float64(vb.count.writes.Load()-writes) / rotations
+	readsPer := float64(vb.count.reads.Load()-reads) / rotations
+	b.ReportMetric(raw, "raw-cas-writes/s")
+	b.ReportMetric(rot, "rotations/s")
+	b.ReportMetric(writesPer, "writes/rotation")
+	b.ReportMetric(readsPer, "reads/rotation")
+	b.ReportMetric(rot/(raw/writesPer), "rotations/ceiling")
+}
+
+// BenchmarkVaultCachedVsReadEveryCall compares the cached GetAccessToken path
+// with a variant that reads the family from Vault on every call.
+func BenchmarkVaultCachedVsReadEveryCall(b *testing.B) {
+	vb := setupVaultBench(b)
+	ctx := context.Background()
+	cached := func(w int) error {
+		_, err := vb.b.GetAccessToken(ctx, TokenRequest{CredentialID: vb.ids[w]})
+		return err
+	}
+	readEvery := func(w int) error {
+		v, err := vb.b.readView(ctx, vb.ids[w])
+		if err == nil {
+			_ = toAccessToken(v)
+		}
+		return err
+	}
+	parallel(b, 200, readEvery)
+	b.ResetTimer()
+	reading := parallel(b, b.N, readEvery)
+	caching := parallel(b, b.N, cached)
+	b.StopTimer()
+	b.ReportMetric(reading, "read-every-call/s")
+	b.ReportMetric(caching, "cached/s")
+	b.ReportMetric(caching/reading, "cached/read-every-call")
+}
