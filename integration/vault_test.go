@@ -64,3 +64,40 @@ func TestVaultBackedNode(t *testing.T) {
 		}
 	})
 }
+
+// TestVaultRestartMidTraffic crashes and restarts a Vault with persistent
+// storage under a running node: nothing is lost, callers get a cached token
+// or UNAVAILABLE meanwhile, and traffic resumes by itself.
+func TestVaultRestartMidTraffic(t *testing.T) {
+	v := vaulttest.StartPersistent(t)
+	e := newEnv(t, envOptions{vault: v})
+	e.installSalesforce("acme")
+	first := e.token("acme")
+
+	v.Stop()
+	// A still-valid token is served from memory during the outage.
+	if tok := e.token("acme"); tok.GetAccessToken() != first.GetAccessToken() {
+		t.Fatal("the cached token was not served during the outage")
+	}
+	// A refresh cannot be claimed without Vault: UNAVAILABLE, and the
+	// provider is not called (nothing could be stored).
+	refreshes := e.sim.Stats().RefreshRequests
+	e.expire()
+	_, err := e.vault.GetAccessToken(ctxT(t), &rotavaultv1.GetAccessTokenRequest{CredentialId: "acme"})
+	wantCode(t, err, codes.Unavailable, server.ReasonStoreUnavailable)
+	if e.sim.Stats().RefreshRequests != refreshes {
+		t.Fatal("a refresh reached the provider while its result could not be stored")
+	}
+
+	v.Restart()
+	tok := e.token("acme") // no reconnect step: traffic resumes by itself
+	if tok.GetFamilyId() != first.GetFamilyId() || tok.GetGeneration() != first.GetGeneration()+1 {
+		t.Fatalf("after the restart: %+v", tok)
+	}
+	// And the state survived in Vault's storage: a fresh node agrees.
+	e.restart()
+	e.expire()
+	if again := e.token("acme"); again.GetFamilyId() != first.GetFamilyId() || e.sim.Stats().ReuseDetections != 0 {
+		t.Fatalf("state lost across the Vault restart: %+v", e.sim.Stats())
+	}
+}

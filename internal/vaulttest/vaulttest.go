@@ -60,12 +60,17 @@ func Binary() (string, error) {
 	return p, nil
 }
 
-// Server is a running Vault dev server.
+// Server is a running Vault server.
 type Server struct {
 	Addr      string // http://127.0.0.1:PORT
 	RootToken string
 	cmd       *exec.Cmd
 	exited    chan struct{}
+
+	// Persistent servers only: how to start again, and the unseal key.
+	t         testing.TB
+	args      []string
+	unsealKey string
 }
 
 // StartDev starts `vault server -dev` on a free loopback port (in-memory
@@ -98,7 +103,8 @@ func StartDev(t testing.TB) *Server {
 	return s
 }
 
-// Stop kills the server and waits for it.
+// Stop kills the server and waits for it. A persistent server keeps its
+// storage.
 func (s *Server) Stop() {
 	if s.cmd.Process != nil {
 		_ = s.cmd.Process.Kill()
@@ -190,4 +196,125 @@ func (t *tail) String() string {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	return strings.Join(t.lines, "\n")
+}
+
+// StartPersistent starts a Vault server with file storage on a free loopback
+// port, initialises it (one unseal key), unseals it and enables KV v2 at
+// secret/. Restart stops and starts it on the same port and storage.
+func StartPersistent(t testing.TB) *Server {
+	t.Helper()
+	dir := t.TempDir()
+	addr := freeAddr(t)
+	config := filepath.Join(dir, "vault.hcl")
+	hcl := fmt.Sprintf(`storage "file" { path = %q }
+listener "tcp" {
+  address     = %q
+  tls_disable = true
+}
+disable_mlock = true
+api_addr      = "http://%s"
+`, filepath.Join(dir, "data"), addr, addr)
+	if err := os.WriteFile(config, []byte(hcl), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s := &Server{Addr: "http://" + addr, t: t, args: []string{"server", "-config=" + config}}
+	s.launch()
+	t.Cleanup(s.Stop)
+	c, err := s.newClient()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.ClearToken()
+	if err := s.awaitUp(c); err != nil {
+		t.Fatal(err)
+	}
+	init, err := c.Sys().Init(&vault.InitRequest{SecretShares: 1, SecretThreshold: 1})
+	if err != nil {
+		t.Fatalf("vaulttest: init: %v", err)
+	}
+	s.RootToken, s.unsealKey = init.RootToken, init.Keys[0]
+	s.unseal()
+	c.SetToken(s.RootToken)
+	if err := c.Sys().Mount("secret", &vault.MountInput{Type: "kv", Options: map[string]string{"version": "2"}}); err != nil {
+		t.Fatalf("vaulttest: enable kv-v2: %v", err)
+	}
+	// KV v2 upgrades its storage in the background after mounting; wait
+	// until it serves writes.
+	ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
+	defer cancel()
+	for {
+		if _, err := c.KVv2("secret").Put(ctx, "vaulttest/ready", map[string]any{"ok": true}); err == nil {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatal("vaulttest: KV v2 never became writable")
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	return s
+}
+
+// Restart kills the server (SIGKILL, as a crash would), starts it again on
+// the same port and storage, and unseals it.
+func (s *Server) Restart() {
+	s.t.Helper()
+	s.Stop()
+	s.launch()
+	s.unseal()
+}
+
+func (s *Server) launch() {
+	bin, err := Binary()
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	s.exited = make(chan struct{})
+	s.cmd = exec.Command(bin, s.args...)
+	s.cmd.Env = append(os.Environ(), "VAULT_LOG_LEVEL=warn")
+	logs := &tail{}
+	s.cmd.Stdout, s.cmd.Stderr = logs, logs
+	if err := s.cmd.Start(); err != nil {
+		s.t.Fatalf("vaulttest: start vault: %v", err)
+	}
+	exited := s.exited
+	cmd := s.cmd
+	go func() {
+		_ = cmd.Wait()
+		close(exited)
+	}()
+}
+
+func (s *Server) unseal() {
+	c, err := s.newClient()
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	if err := s.awaitUp(c); err != nil {
+		s.t.Fatal(err)
+	}
+	if _, err := c.Sys().Unseal(s.unsealKey); err != nil {
+		s.t.Fatalf("vaulttest: unseal: %v", err)
+	}
+	if err := s.awaitReady(); err != nil {
+		s.t.Fatal(err)
+	}
+}
+
+// awaitUp waits until the server answers at all (sealed or not).
+func (s *Server) awaitUp(c *vault.Client) error {
+	ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
+	defer cancel()
+	for {
+		if _, err := c.Sys().SealStatusWithContext(ctx); err == nil {
+			return nil
+		}
+		select {
+		case <-s.exited:
+			return fmt.Errorf("vaulttest: vault exited during start-up")
+		case <-ctx.Done():
+			return fmt.Errorf("vaulttest: vault not answering within %s", startTimeout)
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
 }
