@@ -236,6 +236,7 @@ func newServeCmd(a *app) *cobra.Command {
 		logs                             logFlags
 		backend, vaultMount, vaultPrefix string
 		vaultAuth                        vaultAuthFlags
+		claimTTL, claimMargin            time.Duration
 	)
 	cmd := &cobra.Command{
 		Use:   "serve",
@@ -293,6 +294,7 @@ Examples:
 				Addr: addr, AllowNonLoopback: insecure, DataDir: dataDir,
 				Key: key, PreviousKeys: previous, Reflection: reflection, Logger: log,
 				Backend: backend, VaultMount: vaultMount, VaultPrefix: vaultPrefix, VaultLogin: vaultLogin,
+				BrokerOptions: []broker.Option{broker.WithClaimTiming(claimTTL, claimMargin)},
 			})
 		}),
 	}
@@ -301,6 +303,8 @@ Examples:
 	fs.StringVar(&dataDir, "data-dir", "", "directory of the store and the audit trail (required)")
 	keys.register(fs)
 	fs.BoolVar(&reflection, "reflection", false, "serve gRPC reflection (for grpcurl)")
+	fs.DurationVar(&claimTTL, "refresh-claim-ttl", 45*time.Second, "how long a replica's claim on a refresh lasts before another may take it over (see docs/rotation-protocol.md); keep it below the provider's reuse grace period where it has one")
+	fs.DurationVar(&claimMargin, "refresh-claim-margin", 15*time.Second, "how long before its claim ends a replica's provider calls must finish: the bound on process pauses plus clock skew between replicas")
 	fs.StringVar(&backend, "store", backendEmbedded, "where records live: embedded (an encrypted file under --data-dir) or vault (HashiCorp Vault KV v2; VAULT_ADDR, VAULT_TOKEN, VAULT_CACERT… from the environment)")
 	fs.StringVar(&vaultMount, "vault-mount", vaultstore.DefaultMount, "KV v2 mount path, with --store vault")
 	vaultAuth.register(fs)

@@ -1,0 +1,269 @@
+package integration
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"net/http"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	rotavaultv1 "github.com/rotavault/rotavault/gen/rotavault/v1"
+	"github.com/rotavault/rotavault/internal/vaulttest"
+	"github.com/rotavault/rotavault/providersim"
+	"github.com/rotavault/rotavault/server"
+)
+
+// Replica processes use short claims so takeovers happen within seconds.
+const (
+	killClaimTTL    = "3s"
+	killClaimMargin = "1s"
+)
+
+var (
+	buildOnce sync.Once
+	binPath   string
+	buildErr  error
+)
+
+// rotavaultBinary builds cmd/rotavault once for the package's tests.
+func rotavaultBinary(t *testing.T) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "rotavault-bin-")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		binPath = filepath.Join(dir, "rotavault")
+		out, err := exec.Command("go", "build", "-o", binPath, "github.com/rotavault/rotavault/cmd/rotavault").CombinedOutput()
+		if err != nil {
+			buildErr = &buildError{err: err, out: string(out)}
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return binPath
+}
+
+type buildError struct {
+	err error
+	out string
+}
+
+func (e *buildError) Error() string { return "go build: " + e.err.Error() + "\n" + e.out }
+
+// replicaProcess is `rotavault serve --store vault` in a process of its own.
+type replicaProcess struct {
+	cmd    *exec.Cmd
+	exited chan struct{}
+	vault  rotavaultv1.TokenVaultServiceClient
+	admin  rotavaultv1.CredentialAdminServiceClient
+}
+
+func startReplicaProcess(t *testing.T, v *vaulttest.Server, prefix string) *replicaProcess {
+	t.Helper()
+	cmd := exec.Command(rotavaultBinary(t), "serve", "--addr", "127.0.0.1:0", "--data-dir", t.TempDir(),
+		"--store", "vault", "--vault-prefix", prefix,
+		"--refresh-claim-ttl", killClaimTTL, "--refresh-claim-margin", killClaimMargin)
+	cmd.Env = append(os.Environ(), "VAULT_ADDR="+v.Addr, "VAULT_TOKEN="+v.RootToken)
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	p := &replicaProcess{cmd: cmd, exited: make(chan struct{})}
+	addrCh := make(chan string, 1)
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		for sc.Scan() {
+			var line struct {
+				Msg  string `json:"msg"`
+				Addr string `json:"addr"`
+			}
+			if json.Unmarshal(sc.Bytes(), &line) == nil && line.Msg == "rotavault serving" {
+				addrCh <- line.Addr
+			}
+		}
+	}()
+	go func() {
+		_ = cmd.Wait()
+		close(p.exited)
+	}()
+	t.Cleanup(p.kill)
+	var addr string
+	select {
+	case addr = <-addrCh:
+	case <-p.exited:
+		t.Fatal("replica process exited during start-up")
+	case <-time.After(awaitDeadline):
+		t.Fatal("replica process did not start serving")
+	}
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = conn.Close() })
+	p.vault = rotavaultv1.NewTokenVaultServiceClient(conn)
+	p.admin = rotavaultv1.NewCredentialAdminServiceClient(conn)
+	return p
+}
+
+// kill sends SIGKILL: no shutdown, no last write.
+func (p *replicaProcess) kill() {
+	_ = p.cmd.Process.Signal(syscall.SIGKILL)
+	<-p.exited
+}
+
+type killSetup struct {
+	sim  *providersim.Server
+	a, b *replicaProcess
+	cur  *rotavaultv1.GetAccessTokenResponse
+}
+
+func setupKill(t *testing.T, grace time.Duration) *killSetup {
+	t.Helper()
+	v := vaulttest.StartDev(t)
+	sim, err := providersim.Start(providersim.Config{ReuseGrace: grace})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = sim.Close() })
+	sim.AddClient(providersim.Client{ID: simClientID, Secret: simClientSecret})
+	k := &killSetup{sim: sim, a: startReplicaProcess(t, v, "kill"), b: startReplicaProcess(t, v, "kill")}
+	spec := &rotavaultv1.CredentialSpec{
+		ProviderKind: rotavaultv1.ProviderKind_PROVIDER_KIND_SALESFORCE, BaseUrl: sim.URL(),
+		ClientId: simClientID, ClientSecret: simClientSecret, Scopes: []string{"api", "refresh_token"},
+		ReuseGracePeriod: durationpb.New(grace),
+	}
+	if _, err := k.a.admin.CreateCredential(ctxT(t), &rotavaultv1.CreateCredentialRequest{CredentialId: "acme", Spec: spec}); err != nil {
+		t.Fatal(err)
+	}
+	rt, err := sim.IssueRefreshToken(simClientID, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := k.a.vault.Reauthenticate(ctxT(t), &rotavaultv1.ReauthenticateRequest{CredentialId: "acme",
+		Flow: &rotavaultv1.ReauthenticateRequest_RefreshTokenImport{RefreshTokenImport: &rotavaultv1.RefreshTokenImport{RefreshToken: rt}}}); err != nil {
+		t.Fatal(err)
+	}
+	if k.cur, err = k.a.vault.GetAccessToken(ctxT(t), &rotavaultv1.GetAccessTokenRequest{CredentialId: "acme"}); err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
+
+// forceRefresh makes replica p refresh on the real clock: the current access
+// token is revoked at the provider, and a consumer reports it rejected.
+func (k *killSetup) forceRefresh(ctx context.Context, t *testing.T, p *replicaProcess) (*rotavaultv1.GetAccessTokenResponse, error) {
+	return p.vault.GetAccessToken(ctx, &rotavaultv1.GetAccessTokenRequest{CredentialId: "acme",
+		RejectedToken: &rotavaultv1.RejectedToken{Token: &rotavaultv1.RejectedToken_Fingerprint{Fingerprint: k.cur.GetFingerprint()}}})
+}
+
+func (k *killSetup) revokeCurrentAccessToken(t *testing.T) {
+	t.Helper()
+	resp, err := http.PostForm(k.sim.URL()+"/services/oauth2/revoke", url.Values{"token": {k.cur.GetAccessToken()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+}
+
+// awaitStats polls the simulator's counters until cond holds.
+func awaitStats(t *testing.T, sim *providersim.Server, cond func(providersim.Stats) bool) {
+	t.Helper()
+	deadline := time.Now().Add(awaitDeadline)
+	for !cond(sim.Stats()) {
+		if time.Now().After(deadline) {
+			t.Fatalf("provider never reached the expected state: %+v", sim.Stats())
+		}
+		time.Sleep(10 * time.Millisecond) // polling an external counter, bounded by the deadline
+	}
+}
+
+func TestReplicaKilledHoldingTheClaimBeforeTheProviderProcessed(t *testing.T) {
+	k := setupKill(t, 0)
+	k.revokeCurrentAccessToken(t)
+	before := k.sim.Stats()
+	k.sim.SetLatency(time.Minute) // A's refresh waits at the provider, unprocessed
+	go func() { _, _ = k.forceRefresh(context.Background(), t, k.a) }()
+	if err := k.sim.WaitForTokenRequests(ctxT(t), before.TokenRequests+1); err != nil {
+		t.Fatal(err)
+	}
+	k.a.kill()
+	k.sim.SetLatency(0)
+
+	tok, err := k.forceRefresh(ctxT(t), t, k.b) // waits out A's claim, then takes over
+	if err != nil {
+		t.Fatalf("takeover: %v", err)
+	}
+	s := k.sim.Stats()
+	t.Logf("provider saw: %d refresh requests, %d rotations, %d reuse detections", s.RefreshRequests-before.RefreshRequests, s.Rotations-before.Rotations, s.ReuseDetections)
+	if tok.GetFamilyId() != k.cur.GetFamilyId() || s.ReuseDetections != 0 || s.Rotations != before.Rotations+1 {
+		t.Fatalf("rotation did not continue cleanly: %+v", s)
+	}
+}
+
+func TestReplicaKilledAfterTheProviderRotated(t *testing.T) {
+	t.Run("no grace period: a lost rotation, reported once", func(t *testing.T) {
+		k := setupKill(t, 0)
+		stream, err := k.b.vault.WatchRevocations(ctxT(t), &rotavaultv1.WatchRevocationsRequest{CredentialIds: []string{"acme"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := stream.Recv(); err != nil { // started
+			t.Fatal(err)
+		}
+		k.revokeCurrentAccessToken(t)
+		before := k.sim.Stats()
+		k.sim.InjectFailure(providersim.FailHang, 1) // rotates, never answers
+		go func() { _, _ = k.forceRefresh(context.Background(), t, k.a) }()
+		awaitStats(t, k.sim, func(s providersim.Stats) bool { return s.Rotations == before.Rotations+1 })
+		k.a.kill() // the new refresh token dies with A
+
+		_, err = k.forceRefresh(ctxT(t), t, k.b)
+		wantCode(t, err, codes.FailedPrecondition, server.ReasonReauthenticationRequired)
+		if n := nextNotice(t, stream); n.GetReason() != rotavaultv1.RevocationReason_REVOCATION_REASON_LOST_ROTATION {
+			t.Fatalf("reason %s, want LOST_ROTATION", n.GetReason())
+		}
+		s := k.sim.Stats()
+		t.Logf("provider saw: %d refresh requests, %d rotations, %d reuse detections, %d families revoked",
+			s.RefreshRequests-before.RefreshRequests, s.Rotations-before.Rotations, s.ReuseDetections, s.FamiliesRevoked)
+		if s.ReuseDetections != 1 {
+			t.Fatalf("want exactly one reuse (the takeover): %+v", s)
+		}
+	})
+	t.Run("grace period: the takeover recovers", func(t *testing.T) {
+		k := setupKill(t, time.Minute)
+		k.revokeCurrentAccessToken(t)
+		before := k.sim.Stats()
+		k.sim.InjectFailure(providersim.FailHang, 1)
+		go func() { _, _ = k.forceRefresh(context.Background(), t, k.a) }()
+		awaitStats(t, k.sim, func(s providersim.Stats) bool { return s.Rotations == before.Rotations+1 })
+		k.a.kill()
+
+		tok, err := k.forceRefresh(ctxT(t), t, k.b)
+		if err != nil {
+			t.Fatalf("takeover within the grace period: %v", err)
+		}
+		s := k.sim.Stats()
+		t.Logf("provider saw: %d refresh requests, %d rotations, %d grace reuses", s.RefreshRequests-before.RefreshRequests, s.Rotations-before.Rotations, s.GraceReuses)
+		if tok.GetFamilyId() != k.cur.GetFamilyId() || s.GraceReuses != 1 || s.FamiliesRevoked != 0 || !k.sim.AccessTokenActive(tok.GetAccessToken()) {
+			t.Fatalf("not recovered: %+v", s)
+		}
+	})
+}
