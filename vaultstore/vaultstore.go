@@ -56,8 +56,13 @@ type Config struct {
 	// Login, when set, logs in (AppRole, Kubernetes) instead of using the
 	// environment's token, and again whenever the token expires or is
 	// revoked.
-	Login  LoginMethod
-	Logger *slog.Logger
+	Login LoginMethod
+	// TransitKey, when set, envelope-encrypts every record under data keys
+	// wrapped by this key of the Transit engine at TransitMount (default
+	// "transit"), on top of Vault's barrier.
+	TransitKey   string
+	TransitMount string
+	Logger       *slog.Logger
 }
 
 // Store is a store.Store backed by Vault KV v2. Safe for concurrent use,
@@ -70,6 +75,7 @@ type Store struct {
 	maxVersions int
 	log         *slog.Logger
 
+	envelope  *envelope
 	login     LoginMethod
 	authMu    sync.Mutex
 	authGen   uint64
@@ -140,6 +146,20 @@ func New(ctx context.Context, cfg Config) (*Store, error) {
 	}
 	if secret == nil {
 		secret = s.tokenSecret(ctx)
+	}
+	if cfg.TransitKey != "" {
+		mount := strings.Trim(cfg.TransitMount, "/")
+		if mount == "" {
+			mount = "transit"
+		}
+		if err := store.ValidateKey(mount + "/" + cfg.TransitKey); err != nil {
+			return nil, fmt.Errorf("vaultstore: transit key: %w", err)
+		}
+		env, err := s.newEnvelope(ctx, mount, cfg.TransitKey)
+		if err != nil {
+			return nil, err
+		}
+		s.envelope = env
 	}
 	kctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	s.cancel = cancel
@@ -244,10 +264,19 @@ func (s *Store) Get(ctx context.Context, key string) (store.Record, error) {
 	if secret == nil || secret.Data == nil || secret.VersionMetadata == nil {
 		return store.Record{}, fmt.Errorf("vaultstore: get %s: %w", key, store.ErrNotFound)
 	}
-	encoded, _ := secret.Data[valueField].(string)
-	value, err := base64.StdEncoding.DecodeString(encoded)
-	if err != nil {
-		return store.Record{}, fmt.Errorf("vaultstore: get %s: malformed record", key)
+	var value []byte
+	if _, sealed := secret.Data["sealed"]; sealed {
+		if s.envelope == nil {
+			return store.Record{}, fmt.Errorf("vaultstore: get %s: %w: it is Transit-encrypted and no Transit key is configured", key, ErrUndecryptable)
+		}
+		if value, err = s.open(ctx, s.envelope, p, secret.Data); err != nil {
+			return store.Record{}, fmt.Errorf("vaultstore: get %s: %w", key, err)
+		}
+	} else {
+		encoded, _ := secret.Data[valueField].(string)
+		if value, err = base64.StdEncoding.DecodeString(encoded); err != nil {
+			return store.Record{}, fmt.Errorf("vaultstore: get %s: malformed record", key)
+		}
 	}
 	return store.Record{Key: key, Value: value, Version: uint64(secret.VersionMetadata.Version)}, nil
 }
@@ -273,7 +302,7 @@ func (s *Store) Put(ctx context.Context, key string, value []byte, expectedVersi
 	}
 	var secret *vault.KVSecret
 	err = s.do(ctx, func() (err error) {
-		secret, err = s.kv.Put(ctx, p, map[string]any{valueField: base64.StdEncoding.EncodeToString(value)}, vault.WithCheckAndSet(int(expectedVersion)))
+		secret, err = s.kv.Put(ctx, p, s.encode(p, value), vault.WithCheckAndSet(int(expectedVersion)))
 		return err
 	})
 	if err != nil {
@@ -286,6 +315,26 @@ func (s *Store) Put(ctx context.Context, key string, value []byte, expectedVersi
 		return 0, fmt.Errorf("vaultstore: put %s: vault returned no version", key)
 	}
 	return uint64(secret.VersionMetadata.Version), nil
+}
+
+func (s *Store) encode(path string, value []byte) map[string]any {
+	if s.envelope != nil {
+		return s.envelope.seal(path, value)
+	}
+	return map[string]any{valueField: base64.StdEncoding.EncodeToString(value)}
+}
+
+// sanitize keeps the HTTP status of a Vault error and drops the rest (URLs,
+// request details), for errors that may travel.
+func (s *Store) sanitize(err error) error {
+	var re *vault.ResponseError
+	if errors.As(err, &re) {
+		return fmt.Errorf("vault answered HTTP %d: %s", re.StatusCode, strings.Join(re.Errors, "; "))
+	}
+	if err == nil {
+		return errors.New("no answer")
+	}
+	return errors.New("vault unreachable")
 }
 
 // Delete implements store.Store: it deletes the metadata, which destroys

@@ -52,8 +52,10 @@ type serverConfig struct {
 	VaultPrefix string
 	// VaultLogin logs in to Vault (AppRole, Kubernetes); nil uses VAULT_TOKEN.
 	VaultLogin vaultstore.LoginMethod
-	Reflection bool
-	Logger     *slog.Logger // nil: discard
+	// VaultTransitKey envelope-encrypts records with this Transit key.
+	VaultTransitKey, VaultTransitMount string
+	Reflection                         bool
+	Logger                             *slog.Logger // nil: discard
 	// ShutdownTimeout bounds the graceful stop (default 30s); then
 	// remaining calls are cut off.
 	ShutdownTimeout time.Duration
@@ -98,7 +100,8 @@ func runServer(ctx context.Context, cfg serverConfig) (err error) {
 		defer closeLogged(log, "store", bs.Close)
 		st = bs
 	case backendVault:
-		vs, err := vaultstore.New(ctx, vaultstore.Config{Mount: cfg.VaultMount, Prefix: cfg.VaultPrefix, Login: cfg.VaultLogin, Logger: log})
+		vs, err := vaultstore.New(ctx, vaultstore.Config{Mount: cfg.VaultMount, Prefix: cfg.VaultPrefix, Login: cfg.VaultLogin,
+			TransitKey: cfg.VaultTransitKey, TransitMount: cfg.VaultTransitMount, Logger: log})
 		if err != nil {
 			return err
 		}
@@ -237,6 +240,7 @@ func newServeCmd(a *app) *cobra.Command {
 		backend, vaultMount, vaultPrefix string
 		vaultAuth                        vaultAuthFlags
 		claimTTL, claimMargin            time.Duration
+		transitKey, transitMount         string
 	)
 	cmd := &cobra.Command{
 		Use:   "serve",
@@ -294,6 +298,7 @@ Examples:
 				Addr: addr, AllowNonLoopback: insecure, DataDir: dataDir,
 				Key: key, PreviousKeys: previous, Reflection: reflection, Logger: log,
 				Backend: backend, VaultMount: vaultMount, VaultPrefix: vaultPrefix, VaultLogin: vaultLogin,
+				VaultTransitKey: transitKey, VaultTransitMount: transitMount,
 				BrokerOptions: []broker.Option{broker.WithClaimTiming(claimTTL, claimMargin)},
 			})
 		}),
@@ -308,6 +313,8 @@ Examples:
 	fs.StringVar(&backend, "store", backendEmbedded, "where records live: embedded (an encrypted file under --data-dir) or vault (HashiCorp Vault KV v2; VAULT_ADDR, VAULT_TOKEN, VAULT_CACERT… from the environment)")
 	fs.StringVar(&vaultMount, "vault-mount", vaultstore.DefaultMount, "KV v2 mount path, with --store vault")
 	vaultAuth.register(fs)
+	fs.StringVar(&transitKey, "vault-transit-key", "", "envelope-encrypt every record with data keys wrapped by this Transit key (then reading tokens takes decrypt rights too, not just KV read)")
+	fs.StringVar(&transitMount, "vault-transit-mount", "transit", "Transit engine mount path, with --vault-transit-key")
 	fs.StringVar(&vaultPrefix, "vault-prefix", vaultstore.DefaultPrefix, "path under the mount holding Rotavault's records, with --store vault")
 	fs.BoolVar(&insecure, insecureListenFlag, false, "allow a non-loopback --addr although the transport is plaintext")
 	logs.register(fs)

@@ -1,0 +1,95 @@
+package vaultstore_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+
+	vault "github.com/hashicorp/vault/api"
+
+	"github.com/rotavault/rotavault/internal/vaulttest"
+	"github.com/rotavault/rotavault/store"
+	"github.com/rotavault/rotavault/store/storetest"
+	"github.com/rotavault/rotavault/vaultstore"
+)
+
+func enableTransit(t *testing.T, root *vault.Client) {
+	t.Helper()
+	if err := root.Sys().Mount("transit", &vault.MountInput{Type: "transit"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := root.Logical().Write("transit/keys/rotavault", nil); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestTransitContract(t *testing.T) {
+	srv := vaulttest.StartDev(t)
+	root := srv.Client(t)
+	enableTransit(t, root)
+	n := 0
+	storetest.Run(t, func(t *testing.T) store.Store {
+		n++
+		s, err := vaultstore.New(context.Background(), vaultstore.Config{Client: root, Prefix: fmt.Sprintf("transit/run%d", n), TransitKey: "rotavault"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = s.Close() })
+		return s
+	})
+}
+
+func TestTransitHidesValuesFromKVReaders(t *testing.T) {
+	srv := vaulttest.StartDev(t)
+	root := srv.Client(t)
+	enableTransit(t, root)
+	ctx := context.Background()
+	s, err := vaultstore.New(ctx, vaultstore.Config{Client: root, TransitKey: "rotavault"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	const secret = "5Aep861-refresh-token-in-clear"
+	if _, err := s.Put(ctx, "families/acme", []byte(secret), 0); err != nil {
+		t.Fatal(err)
+	}
+	// What an operator with read access to the KV path sees.
+	raw, err := root.KVv2("secret").Get(ctx, "rotavault/families/acme")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if dump := fmt.Sprint(raw.Data); strings.Contains(dump, secret) || strings.Contains(dump, "NUFlcDg2MS1") {
+		t.Fatalf("the KV record reveals the value: %s", dump)
+	}
+	// A sealed value copied to another record does not open there.
+	if _, err := root.KVv2("secret").Put(ctx, "rotavault/families/other", raw.Data); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Get(ctx, "families/other"); !errors.Is(err, vaultstore.ErrUndecryptable) {
+		t.Fatalf("moved ciphertext: %v, want ErrUndecryptable", err)
+	}
+	// A second process (another data key) reads it, through Transit.
+	s2, err := vaultstore.New(ctx, vaultstore.Config{Client: root, TransitKey: "rotavault"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s2.Close()
+	if rec, err := s2.Get(ctx, "families/acme"); err != nil || string(rec.Value) != secret {
+		t.Fatalf("another replica reads %q, %v", rec.Value, err)
+	}
+	// Without the Transit key the record is refused, not misread.
+	s3, err := vaultstore.New(ctx, vaultstore.Config{Client: root})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s3.Close()
+	if _, err := s3.Get(ctx, "families/acme"); !errors.Is(err, vaultstore.ErrUndecryptable) {
+		t.Fatalf("no transit key: %v", err)
+	}
+	// A missing Transit key fails at start-up.
+	if _, err := vaultstore.New(ctx, vaultstore.Config{Client: root, TransitKey: "nope"}); err == nil {
+		t.Fatal("a missing Transit key was accepted")
+	}
+}
