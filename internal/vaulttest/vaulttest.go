@@ -67,6 +67,8 @@ type Server struct {
 	cmd       *exec.Cmd
 	exited    chan struct{}
 
+	caCert string // TLS dev servers only
+
 	// Persistent servers only: how to start again, and the unseal key.
 	t         testing.TB
 	args      []string
@@ -77,6 +79,18 @@ type Server struct {
 // storage, unsealed, KV v2 at secret/) and stops it when the test ends.
 func StartDev(t testing.TB) *Server {
 	t.Helper()
+	return startDev(t, "")
+}
+
+// StartDevTLS starts a dev server that serves HTTPS with a generated CA, and
+// returns it with the CA certificate's path (what VAULT_CACERT names).
+func StartDevTLS(t testing.TB) (*Server, string) {
+	t.Helper()
+	dir := t.TempDir()
+	return startDev(t, dir), filepath.Join(dir, "vault-ca.pem")
+}
+
+func startDev(t testing.TB, tlsDir string) *Server {
 	bin, err := Binary()
 	if err != nil {
 		t.Fatal(err)
@@ -84,8 +98,13 @@ func StartDev(t testing.TB) *Server {
 	addr := freeAddr(t)
 	token := randomToken()
 	s := &Server{Addr: "http://" + addr, RootToken: token, exited: make(chan struct{})}
-	s.cmd = exec.Command(bin, "server", "-dev",
-		"-dev-listen-address="+addr, "-dev-root-token-id="+token, "-dev-no-store-token")
+	args := []string{"server", "-dev", "-dev-listen-address=" + addr, "-dev-root-token-id=" + token, "-dev-no-store-token"}
+	if tlsDir != "" {
+		s.Addr = "https://" + addr
+		s.caCert = filepath.Join(tlsDir, "vault-ca.pem")
+		args = append(args, "-dev-tls", "-dev-tls-cert-dir="+tlsDir, "-dev-tls-san=127.0.0.1")
+	}
+	s.cmd = exec.Command(bin, args...)
 	s.cmd.Env = append(os.Environ(), "HOME="+t.TempDir(), "VAULT_LOG_LEVEL=warn")
 	logs := &tail{}
 	s.cmd.Stdout, s.cmd.Stderr = logs, logs
@@ -126,6 +145,11 @@ func (s *Server) newClient() (*vault.Client, error) {
 	cfg := vault.DefaultConfig()
 	cfg.Address = s.Addr
 	cfg.MaxRetries = 0
+	if s.caCert != "" {
+		if err := cfg.ConfigureTLS(&vault.TLSConfig{CACert: s.caCert}); err != nil {
+			return nil, err
+		}
+	}
 	c, err := vault.NewClient(cfg)
 	if err != nil {
 		return nil, err
@@ -135,18 +159,20 @@ func (s *Server) newClient() (*vault.Client, error) {
 }
 
 func (s *Server) awaitReady() error {
-	c, err := s.newClient()
-	if err != nil {
-		return err
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
 	defer cancel()
 	tick := time.NewTicker(50 * time.Millisecond)
 	defer tick.Stop()
 	for {
-		h, err := c.Sys().HealthWithContext(ctx)
-		if err == nil && h.Initialized && !h.Sealed {
-			return nil
+		// A TLS dev server writes its CA only once it runs: build the client
+		// inside the loop.
+		c, err := s.newClient()
+		if err == nil {
+			var h *vault.HealthResponse
+			h, err = c.Sys().HealthWithContext(ctx)
+			if err == nil && h.Initialized && !h.Sealed {
+				return nil
+			}
 		}
 		select {
 		case <-s.exited:
