@@ -68,6 +68,10 @@ func (b *Broker) GetAccessToken(ctx context.Context, req TokenRequest) (AccessTo
 	if err := b.checkMinRemaining(v, req.MinRemaining); err != nil {
 		return AccessToken{}, err
 	}
+	if req.Rejected == nil && b.fresh(v, req.MinRemaining) {
+		e.markUsed()
+		return toAccessToken(v), nil // the hot path: no allocation, no store
+	}
 	need := b.needsRefresh(req.MinRemaining)
 
 	if req.Rejected != nil {
@@ -75,35 +79,43 @@ func (b *Broker) GetAccessToken(ctx context.Context, req TokenRequest) (AccessTo
 			if err != nil {
 				return AccessToken{}, err
 			}
-			e.used.Store(true)
+			e.markUsed()
 			return toAccessToken(v), nil
 		}
 		// The named token is current and dead at the provider: refresh even
 		// though it looks unexpired.
 		stale := v.fam.Generation
-		need = func(v *view) bool { return v.fam.Generation == stale || b.needsRefresh(req.MinRemaining)(v) }
-	} else if !need(v) {
-		e.used.Store(true)
-		return toAccessToken(v), nil
+		need = func(v *view) bool { return v.fam.Generation == stale || !b.fresh(v, req.MinRemaining) }
 	}
 
 	v, err = b.refresh(ctx, e, need)
 	if err != nil {
 		return AccessToken{}, err
 	}
-	e.used.Store(true)
+	e.markUsed()
 	return toAccessToken(v), nil
 }
 
-// needsRefresh returns the test a view's access token fails when it cannot
-// serve a caller wanting minRemaining.
+// fresh reports whether v's access token can serve a caller wanting
+// minRemaining.
+func (b *Broker) fresh(v *view, minRemaining time.Duration) bool {
+	if v.fam.Status != StatusActive || v.fam.Access == nil {
+		return false
+	}
+	return !b.opts.now().Add(max(minRemaining, b.opts.expiryDelta)).After(v.fam.Access.ExpiresAt)
+}
+
+// needsRefresh returns the test a view fails when its token cannot serve a
+// caller wanting minRemaining.
 func (b *Broker) needsRefresh(minRemaining time.Duration) func(*view) bool {
-	margin := max(minRemaining, b.opts.expiryDelta)
-	return func(v *view) bool {
-		if v.fam.Status != StatusActive || v.fam.Access == nil {
-			return true
-		}
-		return b.opts.now().Add(margin).After(v.fam.Access.ExpiresAt)
+	return func(v *view) bool { return !b.fresh(v, minRemaining) }
+}
+
+// markUsed records that the entry's token is in use; it reads first, so
+// concurrent callers do not all write the same cache line.
+func (e *entry) markUsed() {
+	if !e.used.Load() {
+		e.used.Store(true)
 	}
 }
 
@@ -140,7 +152,7 @@ func (b *Broker) handleRejection(ctx context.Context, e *entry, v *view, req Tok
 	if !named {
 		// An older token was rejected; the current one is another token. Hand
 		// it out if it suits, else refresh as usual.
-		return v, !b.needsRefresh(req.MinRemaining)(v), nil
+		return v, b.fresh(v, req.MinRemaining), nil
 	}
 	e.mu.Lock()
 	now := b.opts.now()
