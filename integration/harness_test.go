@@ -76,6 +76,9 @@ type envOptions struct {
 	// vault, when set, keeps the node's records in this Vault server (KV v2
 	// with check-and-set) instead of the embedded store.
 	vault *vaulttest.Server
+	// vaultLogin, when set, logs the Vault store in (AppRole) instead of
+	// using the root token.
+	vaultLogin vaultstore.LoginMethod
 }
 
 // env is one Rotavault node wired to a simulator, with clients.
@@ -159,7 +162,11 @@ func (e *env) start() {
 func (e *env) openStore() (store.Store, func() error) {
 	t := e.t
 	if e.opts.vault != nil {
-		vs, err := vaultstore.New(context.Background(), vaultstore.Config{Client: e.opts.vault.Client(t), Prefix: "rotavault-" + e.key.ID()})
+		client := e.opts.vault.Client(t)
+		if e.opts.vaultLogin != nil {
+			client.ClearToken()
+		}
+		vs, err := vaultstore.New(context.Background(), vaultstore.Config{Client: client, Prefix: "rotavault-" + e.key.ID(), Login: e.opts.vaultLogin})
 		if err != nil {
 			t.Fatal(err)
 		}

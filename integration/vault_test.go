@@ -3,14 +3,18 @@ package integration
 import (
 	"net/http"
 	"net/url"
+	"os"
+	"path/filepath"
 	"sync"
 	"testing"
 
+	vaultapi "github.com/hashicorp/vault/api"
 	"google.golang.org/grpc/codes"
 
 	rotavaultv1 "github.com/rotavault/rotavault/gen/rotavault/v1"
 	"github.com/rotavault/rotavault/internal/vaulttest"
 	"github.com/rotavault/rotavault/server"
+	"github.com/rotavault/rotavault/vaultstore"
 )
 
 // TestVaultBackedNode runs the core scenarios with the records in a real
@@ -99,5 +103,54 @@ func TestVaultRestartMidTraffic(t *testing.T) {
 	e.expire()
 	if again := e.token("acme"); again.GetFamilyId() != first.GetFamilyId() || e.sim.Stats().ReuseDetections != 0 {
 		t.Fatalf("state lost across the Vault restart: %+v", e.sim.Stats())
+	}
+}
+
+// TestRevokedVaultTokenDoesNotFailCallers revokes the node's AppRole token
+// in the middle of traffic: the store logs in again and callers notice
+// nothing, refreshes included.
+func TestRevokedVaultTokenDoesNotFailCallers(t *testing.T) {
+	v := vaulttest.StartDev(t)
+	root := v.Client(t)
+	if err := root.Sys().EnableAuthWithOptions("approle", &vaultapi.EnableAuthOptions{Type: "approle"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := root.Sys().PutPolicy("rotavault", `path "secret/data/rotavault-*" { capabilities = ["create", "read", "update"] }
+path "secret/metadata/rotavault-*" { capabilities = ["create", "read", "update", "delete", "list"] }`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := root.Logical().Write("auth/approle/role/node", map[string]any{"token_policies": "rotavault"}); err != nil {
+		t.Fatal(err)
+	}
+	roleID, err := root.Logical().Read("auth/approle/role/node/role-id")
+	if err != nil {
+		t.Fatal(err)
+	}
+	secretID, err := root.Logical().Write("auth/approle/role/node/secret-id", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	file := filepath.Join(t.TempDir(), "secret-id")
+	if err := os.WriteFile(file, []byte(secretID.Data["secret_id"].(string)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	login, err := vaultstore.AppRole(roleID.Data["role_id"].(string), file, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := newEnv(t, envOptions{vault: v, vaultLogin: login})
+	e.installSalesforce("acme")
+	first := e.token("acme")
+
+	if err := root.Sys().RevokePrefix("auth/approle/"); err != nil {
+		t.Fatal(err)
+	}
+	e.expire()
+	tok := e.token("acme") // claim and result writes meet the revoked token
+	if tok.GetFamilyId() != first.GetFamilyId() || tok.GetGeneration() != first.GetGeneration()+1 {
+		t.Fatalf("after revocation: %+v", tok)
+	}
+	if logins := e.store.(*vaultstore.Store).Logins(); logins != 2 {
+		t.Fatalf("logins = %d, want the start-up one and one after the revocation", logins)
 	}
 }
