@@ -341,6 +341,8 @@ type entry struct {
 	lastErr error
 	// retryAt holds back scheduled refreshes after a failure.
 	retryAt time.Time
+	// credReadAt is when the credential record was last read (unix ns).
+	credReadAt atomic.Int64
 }
 
 // view is an immutable snapshot of a credential. Never modify one in place.

@@ -137,14 +137,31 @@ func (b *Broker) providerContext(ctx context.Context, fam *familyRecord) (contex
 // claimBase returns the view to decide a claim on: the cached family with a
 // fresh credential record (optimistic), or both read from the store.
 func (b *Broker) claimBase(ctx context.Context, e *entry, optimistic bool) (*view, error) {
+	now := b.opts.now()
 	cached := e.view.Load()
 	if !optimistic || cached == nil || cached.famVersion == 0 || cached.fam.Status != StatusActive ||
 		(cached.fam.Claim != nil && cached.fam.Claim.Holder != b.opts.replicaID) {
-		return b.readView(ctx, e.id)
+		v, err := b.readView(ctx, e.id)
+		if err == nil {
+			e.credReadAt.Store(now.UnixNano())
+		}
+		return v, err
+	}
+	// Credentials change rarely: one read per credCacheTTL keeps other
+	// replicas' updates arriving within it, without a read per rotation.
+	if now.Sub(time.Unix(0, e.credReadAt.Load())) < credCacheTTL {
+		return cached, nil
 	}
 	cred, credVersion, err := b.readCredential(ctx, e.id)
 	if err != nil {
 		return nil, err
 	}
+	e.credReadAt.Store(now.UnixNano())
 	return b.newView(cred, credVersion, cached.fam, cached.famVersion), nil
 }
+
+// credCacheTTL bounds how long a replica refreshes with a credential record
+// it has not re-read: another replica's update (a rotated client secret, a
+// new endpoint) reaches it within this time, or at once when the provider
+// refuses the client.
+const credCacheTTL = 30 * time.Second

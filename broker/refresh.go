@@ -55,6 +55,7 @@ func (b *Broker) runRefresh(e *entry, need func(*view) bool) (*view, error) {
 func (b *Broker) refreshFamily(ctx context.Context, e *entry, v *view) (*view, error) {
 	spec := v.cred.Spec
 	ep, cc := spec.endpoint(), spec.clientCredentials()
+	credChecked := false
 	fam, famVersion := v.fam, v.famVersion
 	// Provider calls end well before this replica's claim does.
 	pctx, cancel := b.providerContext(ctx, fam)
@@ -79,7 +80,18 @@ func (b *Broker) refreshFamily(ctx context.Context, e *entry, v *view) (*view, e
 		case pe.Outcome == provider.OutcomeRejected && pe.Permanent() && !errors.Is(err, provider.ErrInvalidGrant):
 			// The provider refused the client (wrong secret, inactive user
 			// or org), not the token: the refresh token may work again once
-			// an admin fixes it. Keep it; never destroy a working token.
+			// an admin fixes it. Keep it; never destroy a working token. The
+			// credential may have changed on another replica: re-read it
+			// once before giving up.
+			if !credChecked {
+				credChecked = true
+				if cred, version, rerr := b.readCredential(ctx, e.id); rerr == nil && version != v.credVersion {
+					v = b.newView(cred, version, fam, famVersion)
+					spec = cred.Spec
+					ep, cc = spec.endpoint(), spec.clientCredentials()
+					continue
+				}
+			}
 			b.log.WarnContext(ctx, "provider refused the client; keeping the family", "credential", e.id, "provider_error", pe.Code)
 			return giveUp(fmt.Errorf("%w (%s): check the credential's client id and secret, and the user and org at the provider", ErrClientRejected, pe.Code))
 
