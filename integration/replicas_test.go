@@ -10,6 +10,7 @@ import (
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/fieldmaskpb"
 
 	rotavaultv1 "github.com/rotavault/rotavault/gen/rotavault/v1"
 	"github.com/rotavault/rotavault/internal/vaulttest"
@@ -217,5 +218,27 @@ func TestWatchResumesOnAnotherReplica(t *testing.T) {
 	stream, _ = other.watch(ctxT(t), seen.GetCursor(), "acme")
 	if n := nextNotice(t, stream); n.GetKind() != rotavaultv1.NoticeKind_NOTICE_KIND_FAMILY_ACTIVATED || n.GetFamilyId() != act.GetFamilyId() {
 		t.Fatalf("resumed on another replica with %+v", n)
+	}
+}
+
+// A client secret rotated through one replica is used by the others at
+// their next refresh: the provider's refusal of the old one makes them
+// re-read the credential instead of failing.
+func TestClientSecretRotatedOnAnotherReplica(t *testing.T) {
+	primary := newEnv(t, envOptions{vault: vaulttest.StartDev(t)})
+	primary.installSalesforce("acme")
+	other := primary.replica()
+	first := other.token("acme") // other caches the credential with the old secret
+
+	const newSecret = "rotated-on-primary-31"
+	primary.sim.AddClient(providersim.Client{ID: simClientID, Secret: newSecret, RedirectURIs: []string{callbackURI}, RequirePKCE: true})
+	if _, err := primary.admin.UpdateCredential(ctxT(t), &rotavaultv1.UpdateCredentialRequest{CredentialId: "acme",
+		Spec: &rotavaultv1.CredentialSpec{ClientSecret: newSecret}, UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"client_secret"}}}); err != nil {
+		t.Fatal(err)
+	}
+	primary.expire()
+	tok := other.token("acme")
+	if tok.GetFamilyId() != first.GetFamilyId() || tok.GetGeneration() != first.GetGeneration()+1 {
+		t.Fatalf("refresh on the other replica: %+v", tok)
 	}
 }
