@@ -246,6 +246,11 @@ func (b *Broker) refresh(ctx context.Context, e *entry, need func(*view) bool) (
 		if f.err != nil {
 			return nil, f.err
 		}
+		if need(f.v) && f.v.fam.Status == StatusActive {
+			// The flight served another caller's need (it may have adopted a
+			// token with less life left than this caller wants): go again.
+			return b.refresh(ctx, e, need)
+		}
 		return f.v, nil
 	case <-ctx.Done():
 		return nil, fmt.Errorf("broker: waiting for refresh: %w", ctx.Err())

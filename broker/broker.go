@@ -410,7 +410,7 @@ func (b *Broker) readView(ctx context.Context, id string) (*view, error) {
 	}
 	fam := &familyRecord{Format: recordFormat, Status: StatusAwaitingReauth}
 	var famVersion uint64
-	famRec, err := b.store.Get(ctx, familyKey(id))
+	famRec, err := b.store.Get(ctx, familyKey(cred))
 	switch {
 	case err == nil:
 		if err := decodeRecord(famRec.Value, fam, &fam.Format); err != nil {

@@ -62,7 +62,7 @@ func (b *Broker) acquire(ctx context.Context, e *entry, need func(*view) bool) (
 		if c := v.fam.Claim; c != nil && c.Holder != b.opts.replicaID && now.Before(c.Deadline) {
 			// Another replica is refreshing: wait for its result rather than
 			// present the same token a second time.
-			if err := b.awaitChange(ctx, e.id, v.famVersion, c.Deadline); err != nil {
+			if err := b.awaitChange(ctx, familyKey(v.cred), v.famVersion, c.Deadline); err != nil {
 				return nil, false, err
 			}
 			continue
@@ -76,7 +76,7 @@ func (b *Broker) acquire(ctx context.Context, e *entry, need func(*view) bool) (
 			b.log.WarnContext(ctx, "taking over an expired refresh claim", "credential", e.id, "holder", c.Holder, "deadline", c.Deadline)
 		}
 		next.Claim = &claim{Holder: b.opts.replicaID, Deadline: now.Add(b.opts.claimTTL)}
-		version, err := b.writeFamily(ctx, e.id, next, v.famVersion)
+		version, err := b.writeFamily(ctx, familyKey(v.cred), next, v.famVersion)
 		if errors.Is(err, store.ErrConflict) {
 			continue // somebody else moved first: look again
 		}
@@ -89,12 +89,12 @@ func (b *Broker) acquire(ctx context.Context, e *entry, need func(*view) bool) (
 
 // awaitChange polls the family record until its version moves past version
 // or the claim deadline passes.
-func (b *Broker) awaitChange(ctx context.Context, id string, version uint64, deadline time.Time) error {
+func (b *Broker) awaitChange(ctx context.Context, key string, version uint64, deadline time.Time) error {
 	b.metrics.claimWaits.Add(1)
 	t := time.NewTicker(b.opts.claimPoll)
 	defer t.Stop()
 	for {
-		rec, err := b.store.Get(ctx, familyKey(id))
+		rec, err := b.store.Get(ctx, key)
 		if err != nil && !errors.Is(err, store.ErrNotFound) {
 			return storeUnavailable(err)
 		}
@@ -112,7 +112,7 @@ func (b *Broker) awaitChange(ctx context.Context, id string, version uint64, dea
 // release gives up a claim after a refresh that changed nothing at the
 // provider (or may have: fam carries InDoubt then), so others need not wait
 // for the deadline.
-func (b *Broker) release(ctx context.Context, e *entry, fam *familyRecord, version uint64) {
+func (b *Broker) release(ctx context.Context, e *entry, key string, fam *familyRecord, version uint64) {
 	if fam.Claim == nil || fam.Claim.Holder != b.opts.replicaID {
 		return
 	}
@@ -120,7 +120,7 @@ func (b *Broker) release(ctx context.Context, e *entry, fam *familyRecord, versi
 	next.Claim = nil
 	ctx, cancel := persistContext(ctx)
 	defer cancel()
-	if _, err := b.writeFamily(ctx, e.id, next, version); err != nil {
+	if _, err := b.writeFamily(ctx, key, next, version); err != nil {
 		b.log.WarnContext(ctx, "could not release a refresh claim; others wait for its deadline", "credential", e.id, "err", err)
 	}
 }
@@ -157,6 +157,11 @@ func (b *Broker) claimBase(ctx context.Context, e *entry, optimistic bool) (*vie
 		return nil, err
 	}
 	e.credReadAt.Store(now.UnixNano())
+	if cred.Incarnation != cached.cred.Incarnation {
+		// Deleted and created again: the cached family is another
+		// incarnation's; read the current one.
+		return b.readView(ctx, e.id)
+	}
 	return b.newView(cred, credVersion, cached.fam, cached.famVersion), nil
 }
 

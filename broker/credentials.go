@@ -40,7 +40,7 @@ func (b *Broker) CreateCredential(ctx context.Context, id string, spec Spec) (Cr
 		return Credential{}, err
 	}
 	now := b.opts.now().UTC()
-	rec := &credentialRecord{Format: recordFormat, ID: id, Spec: spec, CreatedAt: now, UpdatedAt: now}
+	rec := &credentialRecord{Format: recordFormat, ID: id, Incarnation: randomHex(8), Spec: spec, CreatedAt: now, UpdatedAt: now}
 	raw, err := encodeRecord(rec)
 	if err != nil {
 		return Credential{}, err
@@ -238,7 +238,7 @@ func (b *Broker) DeleteCredential(ctx context.Context, id string) error {
 			b.log.WarnContext(ctx, "could not revoke the family at the provider while deleting", "credential", id, "err", err)
 		}
 	}
-	for _, key := range []string{familyKey(id), credentialKey(id)} {
+	for _, key := range []string{familyKey(v.cred), credentialKey(id)} {
 		if err := b.store.Delete(ctx, key); err != nil {
 			return storeUnavailable(err)
 		}

@@ -220,7 +220,7 @@ func (b *Broker) installFamily(ctx context.Context, e *entry, refreshToken strin
 			fam.LastRefreshAt = now
 			fam.Access = b.newAccessToken(v.cred.Spec, nil, tok, now)
 		}
-		version, err := b.writeFamily(ctx, e.id, fam, v.famVersion)
+		version, err := b.writeFamily(ctx, familyKey(v.cred), fam, v.famVersion)
 		if errors.Is(err, store.ErrConflict) {
 			continue
 		}

@@ -14,7 +14,17 @@ const recordFormat = 1
 // Store keys. Credential ids fit the store's key grammar by construction
 // (credid is a subset of it).
 func credentialKey(id string) string { return "credentials/" + id }
-func familyKey(id string) string     { return "families/" + id }
+// familyKey is where a credential's family lives. It includes the
+// credential's incarnation, so a credential deleted and created again gets a
+// fresh key: store versions restart after a delete, and a replica holding a
+// stale view of the old incarnation must meet a conflict, not a coincidental
+// version match.
+func familyKey(cred *credentialRecord) string {
+	if cred.Incarnation == "" {
+		return "families/" + cred.ID
+	}
+	return "families/" + cred.ID + "/" + cred.Incarnation
+}
 func flowKey(state string) string    { return "flows/" + state }
 
 const (
@@ -46,6 +56,8 @@ const (
 type credentialRecord struct {
 	Format    int       `json:"format"`
 	ID        string    `json:"id"`
+	// Incarnation is random per creation of the id (see familyKey).
+	Incarnation string `json:"incarnation,omitempty"`
 	Spec      Spec      `json:"spec"`
 	CreatedAt time.Time `json:"created_at"`
 	UpdatedAt time.Time `json:"updated_at"`

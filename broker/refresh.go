@@ -57,13 +57,14 @@ func (b *Broker) refreshFamily(ctx context.Context, e *entry, v *view) (*view, e
 	ep, cc := spec.endpoint(), spec.clientCredentials()
 	credChecked := false
 	fam, famVersion := v.fam, v.famVersion
+	key := familyKey(v.cred)
 	// Provider calls end well before this replica's claim does.
 	pctx, cancel := b.providerContext(ctx, fam)
 	defer cancel()
 	// giveUp releases the claim when the refresh ends with nothing to store,
 	// so other replicas need not wait for its deadline.
 	giveUp := func(err error) (*view, error) {
-		b.release(ctx, e, fam, famVersion)
+		b.release(ctx, e, key, fam, famVersion)
 		return nil, err
 	}
 	var firstUnknown time.Time
@@ -105,7 +106,7 @@ func (b *Broker) refreshFamily(ctx context.Context, e *entry, v *view) (*view, e
 			}
 			b.log.WarnContext(ctx, "provider refused the refresh token; revoking the family",
 				"credential", e.id, "family", fam.FamilyID, "generation", fam.Generation, "reason", reason, "provider_error", pe.Code)
-			return nil, b.revokeFamily(ctx, e, fam, famVersion, reason, pe.Error())
+			return nil, b.revokeFamily(ctx, e, key, fam, famVersion, reason, pe.Error())
 
 		case pe.Outcome == provider.OutcomeUnknown:
 			now := b.opts.now()
@@ -115,7 +116,7 @@ func (b *Broker) refreshFamily(ctx context.Context, e *entry, v *view) (*view, e
 			if !fam.InDoubt {
 				// Remember before retrying: if we crash, the next refresh must
 				// still know an invalid_grant is probably our own lost rotation.
-				fam, famVersion, err = b.markInDoubt(ctx, e, fam, famVersion)
+				fam, famVersion, err = b.markInDoubt(ctx, e, key, fam, famVersion)
 				if err != nil {
 					return nil, err
 				}
@@ -187,12 +188,13 @@ func (b *Broker) storeRefreshed(ctx context.Context, e *entry, cred *credentialR
 	pctx, cancel := persistContext(ctx)
 	defer cancel()
 	ctx = pctx
-	version, err := b.writeFamily(ctx, e.id, next, famVersion)
+	key := familyKey(cred)
+	version, err := b.writeFamily(ctx, key, next, famVersion)
 	if errors.Is(err, store.ErrConflict) {
-		return nil, b.orphaned(ctx, e, cred, fam, tok, rotated)
+		return b.resultConflict(ctx, e, cred, fam, next, tok, rotated)
 	}
 	if err != nil {
-		e.rescue.Store(&rescued{fam: next, baseVersion: famVersion})
+		e.rescue.Store(&rescued{key: key, fam: next, baseVersion: famVersion})
 		b.log.ErrorContext(ctx, "rotated refresh token NOT stored yet: holding it in memory and retrying; do not restart this server until the store recovers",
 			"credential", e.id, "family", next.FamilyID, "generation", next.Generation, "err", err)
 		b.audit(ctx, audit.Event{Action: audit.ActionRescuedToken, Credential: e.id, Family: next.FamilyID, Generation: next.Generation, Detail: "store write failed; retrying"})
@@ -248,10 +250,32 @@ func (b *Broker) newAccessToken(spec Spec, prev *accessToken, tok *provider.Toke
 	return a
 }
 
-// orphaned handles a refresh whose result lost a check-and-set race: the
-// family changed under it (a reauthentication or a revocation won). The new
-// refresh token belongs to a family nobody uses; revoke it at the provider
-// rather than leave it alive.
+// resultConflict handles a result write that met another version. Three
+// cases: our write landed and only its answer was lost (a client-side retry
+// replayed it) — success; the same family moved on without us (our claim was
+// taken over) — never revoke anything of a live family, since at Salesforce
+// revoking any of its refresh tokens kills it; another family replaced ours —
+// our token is an orphan: revoke it.
+func (b *Broker) resultConflict(ctx context.Context, e *entry, cred *credentialRecord, fam, next *familyRecord, tok *provider.Token, rotated bool) (*view, error) {
+	cur, err := b.readView(ctx, e.id)
+	if err != nil {
+		return nil, err
+	}
+	e.setView(cur)
+	if cur.fam.FamilyID == next.FamilyID {
+		if cur.fam.Status == StatusActive && cur.fam.RefreshToken == next.RefreshToken && cur.fam.Generation >= next.Generation {
+			return cur, nil
+		}
+		b.log.ErrorContext(ctx, "refresh result lost a check-and-set race within the same family (our claim was taken over); keeping the stored state",
+			"credential", e.id, "family", fam.FamilyID, "generation", fam.Generation)
+		return nil, fmt.Errorf("%w: another replica took over the refresh of %s", ErrConflict, e.id)
+	}
+	return nil, b.orphaned(ctx, e, cred, fam, tok, rotated)
+}
+
+// orphaned handles a refresh whose family was replaced while it ran (a
+// reauthentication or a deletion won). The new refresh token belongs to a
+// family nobody uses; revoke it at the provider rather than leave it alive.
 func (b *Broker) orphaned(ctx context.Context, e *entry, cred *credentialRecord, fam *familyRecord, tok *provider.Token, rotated bool) error {
 	b.log.WarnContext(ctx, "the family changed while refreshing; discarding the refreshed tokens",
 		"credential", e.id, "family", fam.FamilyID, "generation", fam.Generation)
@@ -268,26 +292,26 @@ func (b *Broker) orphaned(ctx context.Context, e *entry, cred *credentialRecord,
 
 // writeFamily stores a family record with check-and-set on expected,
 // retrying transient store errors. ErrConflict is returned at once.
-func (b *Broker) writeFamily(ctx context.Context, id string, fam *familyRecord, expected uint64) (uint64, error) {
+func (b *Broker) writeFamily(ctx context.Context, key string, fam *familyRecord, expected uint64) (uint64, error) {
 	fam.Format = recordFormat
 	raw, err := encodeRecord(fam)
 	if err != nil {
 		return 0, err
 	}
 	for attempt := 0; ; attempt++ {
-		version, err := b.store.Put(ctx, familyKey(id), raw, expected)
-		if errors.Is(err, store.ErrConflict) && attempt > 0 {
+		version, err := b.store.Put(ctx, key, raw, expected)
+		if errors.Is(err, store.ErrConflict) {
 			// An earlier attempt may have been stored with its answer lost
 			// (a timeout talking to Vault): then the record holds exactly
 			// our bytes, and this is success, not a lost race.
-			if rec, gerr := b.store.Get(ctx, familyKey(id)); gerr == nil && rec.Version == expected+1 && bytes.Equal(rec.Value, raw) {
+			if rec, gerr := b.store.Get(ctx, key); gerr == nil && rec.Version == expected+1 && bytes.Equal(rec.Value, raw) {
 				return rec.Version, nil
 			}
 		}
 		if err == nil || errors.Is(err, store.ErrConflict) || attempt+1 >= storeWriteTries {
 			return version, err
 		}
-		b.log.WarnContext(ctx, "store write failed; retrying", "credential", id, "attempt", attempt+1, "err", err)
+		b.log.WarnContext(ctx, "store write failed; retrying", "key", key, "attempt", attempt+1, "err", err)
 		if err := sleepCtx(ctx, b.backoff(attempt, 0)); err != nil {
 			return 0, err
 		}
@@ -296,6 +320,7 @@ func (b *Broker) writeFamily(ctx context.Context, id string, fam *familyRecord, 
 
 // rescued is a rotated family the store has not accepted yet.
 type rescued struct {
+	key         string
 	fam         *familyRecord
 	baseVersion uint64
 }
@@ -307,7 +332,7 @@ func (b *Broker) storeRescue(ctx context.Context, e *entry) (*view, error) {
 	if r == nil {
 		return nil, nil
 	}
-	version, err := b.writeFamily(ctx, e.id, r.fam, r.baseVersion)
+	version, err := b.writeFamily(ctx, r.key, r.fam, r.baseVersion)
 	if errors.Is(err, store.ErrConflict) {
 		return b.resolveHeldConflict(ctx, e, r)
 	}
@@ -324,12 +349,12 @@ func (b *Broker) storeRescue(ctx context.Context, e *entry) (*view, error) {
 
 // markInDoubt records that the family's refresh token may have been rotated
 // by a refresh whose answer was lost.
-func (b *Broker) markInDoubt(ctx context.Context, e *entry, fam *familyRecord, version uint64) (*familyRecord, uint64, error) {
+func (b *Broker) markInDoubt(ctx context.Context, e *entry, key string, fam *familyRecord, version uint64) (*familyRecord, uint64, error) {
 	next := fam.clone()
 	next.InDoubt = true
 	ctx, cancel := persistContext(ctx)
 	defer cancel()
-	v, err := b.writeFamily(ctx, e.id, next, version)
+	v, err := b.writeFamily(ctx, key, next, version)
 	if err != nil {
 		if errors.Is(err, store.ErrConflict) {
 			return nil, 0, fmt.Errorf("%w: the token family of %s changed during a refresh", ErrConflict, e.id)
@@ -341,7 +366,7 @@ func (b *Broker) markInDoubt(ctx context.Context, e *entry, fam *familyRecord, v
 
 // revokeFamily marks the family revoked, forgets its tokens, audits it and
 // notifies watchers. It returns the error callers receive.
-func (b *Broker) revokeFamily(ctx context.Context, e *entry, fam *familyRecord, version uint64, reason RevocationReason, detail string) error {
+func (b *Broker) revokeFamily(ctx context.Context, e *entry, key string, fam *familyRecord, version uint64, reason RevocationReason, detail string) error {
 	now := b.opts.now()
 	next := fam.clone()
 	next.Status = StatusRevoked
@@ -354,7 +379,7 @@ func (b *Broker) revokeFamily(ctx context.Context, e *entry, fam *familyRecord, 
 	ctx, cancel := persistContext(ctx)
 	defer cancel()
 	for {
-		newVersion, err := b.writeFamily(ctx, e.id, next, version)
+		newVersion, err := b.writeFamily(ctx, key, next, version)
 		if err == nil {
 			version = newVersion
 			break
@@ -370,7 +395,7 @@ func (b *Broker) revokeFamily(ctx context.Context, e *entry, fam *familyRecord, 
 		if rerr != nil {
 			return rerr
 		}
-		if cur.fam.FamilyID != fam.FamilyID || cur.fam.Status != StatusActive {
+		if cur.fam.FamilyID != fam.FamilyID || cur.fam.Status != StatusActive || cur.fam.Generation != fam.Generation {
 			e.setView(cur)
 			if cur.fam.Status == StatusActive {
 				return fmt.Errorf("%w: a new token family of %s is active", ErrConflict, e.id)
@@ -411,7 +436,13 @@ func (e *entry) setView(v *view) {
 	for {
 		cur := e.view.Load()
 		next := v
-		if cur != nil && (v.famVersion < cur.famVersion || v.credVersion < cur.credVersion) {
+		if cur != nil && cur.cred.Incarnation != v.cred.Incarnation {
+			// The credential was deleted and created again: versions restarted,
+			// so only creation times tell which view is current.
+			if !v.cred.CreatedAt.After(cur.cred.CreatedAt) {
+				return
+			}
+		} else if cur != nil && (v.famVersion < cur.famVersion || v.credVersion < cur.credVersion) {
 			if v.famVersion <= cur.famVersion && v.credVersion <= cur.credVersion {
 				return // nothing newer in v
 			}
@@ -468,7 +499,11 @@ func (b *Broker) resolveHeldConflict(ctx context.Context, e *entry, r *rescued) 
 		b.log.WarnContext(ctx, "dropping a held rotation of a family that was replaced", "credential", e.id, "family", r.fam.FamilyID)
 		return cur, nil
 	default:
-		b.log.ErrorContext(ctx, "held rotated family conflicts with the stored one; keeping it in memory", "credential", e.id)
-		return nil, fmt.Errorf("%w: held rotation of %s conflicts with the store", ErrConflict, e.id)
+		// A later writer of the same family won (a takeover after our claim
+		// ran out, or a revocation): the held token is history.
+		e.rescue.CompareAndSwap(r, nil)
+		e.setView(cur)
+		b.log.WarnContext(ctx, "dropping a held rotation superseded in the store", "credential", e.id, "family", r.fam.FamilyID, "generation", r.fam.Generation)
+		return cur, nil
 	}
 }

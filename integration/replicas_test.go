@@ -119,7 +119,11 @@ func TestReplicasShareOneRefreshWithFosite(t *testing.T) {
 // (the provider rotated, the new token died with the process).
 func plantDeadHolder(t *testing.T, e *env, id string, presented bool) {
 	t.Helper()
-	rec, err := e.store.Get(ctxT(t), "families/"+id)
+	keys, err := e.store.List(ctxT(t), "families/"+id+"/")
+	if err != nil || len(keys) != 1 {
+		t.Fatalf("family records of %s: %v %v", id, keys, err)
+	}
+	rec, err := e.store.Get(ctxT(t), keys[0])
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -144,7 +148,7 @@ func plantDeadHolder(t *testing.T, e *env, id string, presented bool) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := e.store.Put(ctxT(t), "families/"+id, raw, rec.Version); err != nil {
+	if _, err := e.store.Put(ctxT(t), keys[0], raw, rec.Version); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -1,0 +1,296 @@
+package broker
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/rotavault/rotavault/provider"
+	"github.com/rotavault/rotavault/providersim"
+	"github.com/rotavault/rotavault/store"
+	"github.com/rotavault/rotavault/store/memstore"
+)
+
+type clock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func (c *clock) now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
+func (c *clock) add(d time.Duration) { c.mu.Lock(); c.t = c.t.Add(d); c.mu.Unlock() }
+
+// hookStore lets a test act on family writes.
+type hookStore struct {
+	store.Store
+	onPut func(key string, value []byte, expected uint64, version uint64, err error) (uint64, error)
+}
+
+func (h *hookStore) Put(ctx context.Context, key string, value []byte, expected uint64) (uint64, error) {
+	v, err := h.Store.Put(ctx, key, value, expected)
+	if h.onPut != nil {
+		return h.onPut(key, value, expected, v, err)
+	}
+	return v, err
+}
+
+func setup(t *testing.T, st store.Store, clk *clock) (*providersim.Server, []*Broker, Spec) {
+	sim, err := providersim.Start(providersim.Config{Now: clk.now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = sim.Close() })
+	sim.AddClient(providersim.Client{ID: "c", Secret: "s"})
+	var bs []*Broker
+	for i := 0; i < 2; i++ {
+		b, err := New(context.Background(), Config{Store: st, Provider: provider.New(nil), Auditor: discardAuditor{}},
+			WithClock(clk.now), WithSchedulerInterval(time.Hour), WithRetryBase(time.Millisecond))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = b.Close() })
+		bs = append(bs, b)
+	}
+	spec := Spec{ProviderKind: ProviderSalesforce, BaseURL: sim.URL(), ClientID: "c", ClientSecret: "s", Scopes: []string{"api", "refresh_token"}}
+	return sim, bs, spec
+}
+
+// A result write that Vault applied but whose answer was lost and replayed
+// by the Vault client (go-retryablehttp, MaxRetries=2) comes back as a CAS
+// mismatch: it must count as stored, and the token must not be revoked as an
+// orphan (it is the stored one).
+func TestLostResultAnswerIsNotMistakenForALostRace(t *testing.T) {
+	ctx := context.Background()
+	clk := &clock{t: time.Now()}
+	hs := &hookStore{Store: memstore.New()}
+	sim, bs, spec := setup(t, hs, clk)
+	a := bs[0]
+	if _, err := a.CreateCredential(ctx, "x", spec); err != nil {
+		t.Fatal(err)
+	}
+	rt, _ := sim.IssueRefreshToken("c", nil)
+	if _, err := a.ImportRefreshToken(ctx, "x", rt); err != nil {
+		t.Fatal(err)
+	}
+	var armed atomic.Bool
+	armed.Store(true)
+	hs.onPut = func(key string, value []byte, expected, version uint64, err error) (uint64, error) {
+		if err == nil && strings.HasPrefix(key, "families/") && armed.Load() {
+			var f familyRecord
+			_ = json.Unmarshal(value, &f)
+			if f.Claim == nil && f.Generation >= 2 {
+				armed.Store(false)
+				// the client's replay of the same request
+				return hs.Store.Put(context.Background(), key, value, expected)
+			}
+		}
+		return version, err
+	}
+	clk.add(3 * time.Hour)
+	_, err := a.GetAccessToken(ctx, TokenRequest{CredentialID: "x"})
+	t.Logf("first refresh: %v", err)
+	rec := famRecord(ctx, t, hs.Store, "x")
+	var f familyRecord
+	_ = json.Unmarshal(rec.Value, &f)
+	t.Logf("stored: gen %d status %s; provider: %+v", f.Generation, f.Status, sim.Stats())
+	clk.add(3 * time.Hour)
+	_, err = bs[1].GetAccessToken(ctx, TokenRequest{CredentialID: "x"})
+	t.Logf("next refresh on replica B: %v", err)
+	if errors.Is(err, ErrReauthRequired) {
+		t.Fatalf("family lost after a successful, stored rotation: %v", err)
+	}
+}
+
+// Store versions restart after Delete (store.go contract). A replica that
+// still caches the deleted credential's family must not claim optimistically
+// on a version number the recreated family has reached and overwrite it.
+func TestRecreatedCredentialIsNotOverwrittenByAStaleReplica(t *testing.T) {
+	ctx := context.Background()
+	clk := &clock{t: time.Now()}
+	st := memstore.New()
+	sim, bs, spec := setup(t, st, clk)
+	a, b := bs[0], bs[1]
+	if _, err := a.CreateCredential(ctx, "x", spec); err != nil {
+		t.Fatal(err)
+	}
+	rt, _ := sim.IssueRefreshToken("c", nil)
+	if _, err := a.ImportRefreshToken(ctx, "x", rt); err != nil {
+		t.Fatal(err)
+	}
+	// B deletes and recreates x with a new family.
+	if err := b.DeleteCredential(ctx, "x"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.CreateCredential(ctx, "x", spec); err != nil {
+		t.Fatal(err)
+	}
+	rt2, _ := sim.IssueRefreshToken("c", nil)
+	act, err := b.ImportRefreshToken(ctx, "x", rt2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	clk.add(3 * time.Hour)
+	_, err = a.GetAccessToken(ctx, TokenRequest{CredentialID: "x"})
+	t.Logf("A (stale cache) refresh: %v", err)
+	rec := famRecord(ctx, t, st, "x")
+	var f familyRecord
+	_ = json.Unmarshal(rec.Value, &f)
+	t.Logf("stored family %s (new one was %s) status %s reason %s", f.FamilyID, act.FamilyID, f.Status, f.RevokedReason)
+	if f.FamilyID != act.FamilyID || f.Status != StatusActive {
+		t.Fatal("the recreated credential's family was overwritten by a replica's stale cache")
+	}
+}
+
+// A held (rescued) rotation whose claim was taken over after its deadline
+// must be dropped, so the replica serves the family the store now holds
+// instead of failing every refresh.
+func TestHeldRotationIsDroppedAfterATakeover(t *testing.T) {
+	ctx := context.Background()
+	clk := &clock{t: time.Now()}
+	mem := memstore.New()
+	sim, err := providersim.Start(providersim.Config{Now: clk.now, ReuseGrace: 10 * time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = sim.Close() })
+	sim.AddClient(providersim.Client{ID: "c", Secret: "s"})
+	ha := &hookStore{Store: mem}
+	mk := func(st store.Store) *Broker {
+		b, err := New(ctx, Config{Store: st, Provider: provider.New(nil), Auditor: discardAuditor{}},
+			WithClock(clk.now), WithSchedulerInterval(time.Hour), WithRetryBase(time.Millisecond))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = b.Close() })
+		return b
+	}
+	a, b := mk(ha), mk(mem)
+	spec := Spec{ProviderKind: ProviderSalesforce, BaseURL: sim.URL(), ClientID: "c", ClientSecret: "s", Scopes: []string{"api", "refresh_token"}, ReuseGrace: 10 * time.Minute}
+	if _, err := a.CreateCredential(ctx, "x", spec); err != nil {
+		t.Fatal(err)
+	}
+	rt, _ := sim.IssueRefreshToken("c", nil)
+	if _, err := a.ImportRefreshToken(ctx, "x", rt); err != nil {
+		t.Fatal(err)
+	}
+	var down atomic.Bool
+	ha.onPut = func(key string, value []byte, expected, version uint64, err error) (uint64, error) {
+		return version, err
+	}
+	// the store rejects A's result writes (Put not applied)
+	ha.Store = &failingPuts{Store: mem, down: &down, onlyResult: true}
+	down.Store(true)
+	clk.add(3 * time.Hour)
+	_, err = a.GetAccessToken(ctx, TokenRequest{CredentialID: "x"})
+	t.Logf("A: %v (held=%v)", err, a.entries["x"].rescue.Load() != nil)
+	down.Store(false)
+	clk.add(time.Minute) // past A's claim deadline
+	tb, err := b.GetAccessToken(ctx, TokenRequest{CredentialID: "x"})
+	t.Logf("B takeover: gen %d err %v; sim %+v", tb.Generation, err, sim.Stats())
+	for i := 0; i < 3; i++ {
+		clk.add(3 * time.Hour)
+		_, err = a.GetAccessToken(ctx, TokenRequest{CredentialID: "x"})
+		t.Logf("A later: %v", err)
+	}
+	if err != nil {
+		t.Fatal("replica A is wedged on a dead held rotation while the family is live")
+	}
+}
+
+type failingPuts struct {
+	store.Store
+	down       *atomic.Bool
+	onlyResult bool
+}
+
+func (f *failingPuts) Put(ctx context.Context, key string, value []byte, expected uint64) (uint64, error) {
+	if f.down.Load() && strings.HasPrefix(key, "families/") {
+		var fr familyRecord
+		_ = json.Unmarshal(value, &fr)
+		if fr.Claim == nil {
+			return 0, errors.New("vault unreachable")
+		}
+	}
+	return f.Store.Put(ctx, key, value, expected)
+}
+
+func TestStressTwoReplicas(t *testing.T) {
+	ctx := context.Background()
+	clk := &clock{t: time.Now()}
+	st := memstore.New()
+	sim, err := providersim.Start(providersim.Config{Now: clk.now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = sim.Close() })
+	sim.AddClient(providersim.Client{ID: "c", Secret: "s"})
+	var bs []*Broker
+	for i := 0; i < 3; i++ {
+		b, err := New(ctx, Config{Store: st, Provider: provider.New(nil), Auditor: discardAuditor{}},
+			WithClock(clk.now), WithSchedulerInterval(10*time.Millisecond), WithRetryBase(time.Millisecond), WithRejectionInterval(0))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = b.Close() })
+		bs = append(bs, b)
+	}
+	spec := Spec{ProviderKind: ProviderSalesforce, BaseURL: sim.URL(), ClientID: "c", ClientSecret: "s", Scopes: []string{"api", "refresh_token"}}
+	bs[0].CreateCredential(ctx, "x", spec)
+	rt, _ := sim.IssueRefreshToken("c", nil)
+	if _, err := bs[0].ImportRefreshToken(ctx, "x", rt); err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	stop := make(chan struct{})
+	for _, b := range bs {
+		for g := 0; g < 20; g++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for {
+					select {
+					case <-stop:
+						return
+					default:
+					}
+					tok, err := b.GetAccessToken(ctx, TokenRequest{CredentialID: "x"})
+					if err == nil && g%5 == 0 {
+						_, err = b.GetAccessToken(ctx, TokenRequest{CredentialID: "x", Rejected: &RejectedToken{Fingerprint: tok.Fingerprint}})
+					}
+					if err != nil && errors.Is(err, ErrReauthRequired) {
+						t.Errorf("reauth: %v", err)
+						return
+					}
+				}
+			}()
+		}
+	}
+	for i := 0; i < 50; i++ {
+		time.Sleep(20 * time.Millisecond)
+		clk.add(time.Hour)
+	}
+	close(stop)
+	wg.Wait()
+	t.Logf("sim %+v", sim.Stats())
+	if s := sim.Stats(); s.ReuseDetections != 0 || s.FamiliesRevoked != 0 {
+		t.Fatal("reuse")
+	}
+}
+
+// famRecord reads the one family record of credential id.
+func famRecord(ctx context.Context, t *testing.T, st store.Store, id string) store.Record {
+	t.Helper()
+	keys, err := st.List(ctx, "families/"+id+"/")
+	if err != nil || len(keys) != 1 {
+		t.Fatalf("family records of %s: %v %v", id, keys, err)
+	}
+	rec, err := st.Get(ctx, keys[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rec
+}
