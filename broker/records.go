@@ -14,6 +14,7 @@ const recordFormat = 1
 // Store keys. Credential ids fit the store's key grammar by construction
 // (credid is a subset of it).
 func credentialKey(id string) string { return "credentials/" + id }
+
 // familyKey is where a credential's family lives. It includes the
 // credential's incarnation, so a credential deleted and created again gets a
 // fresh key: store versions restart after a delete, and a replica holding a
@@ -25,7 +26,7 @@ func familyKey(cred *credentialRecord) string {
 	}
 	return "families/" + cred.ID + "/" + cred.Incarnation
 }
-func flowKey(state string) string    { return "flows/" + state }
+func flowKey(state string) string { return "flows/" + state }
 
 const (
 	credentialsPrefix = "credentials/"
@@ -54,13 +55,13 @@ const (
 )
 
 type credentialRecord struct {
-	Format    int       `json:"format"`
-	ID        string    `json:"id"`
+	Format int    `json:"format"`
+	ID     string `json:"id"`
 	// Incarnation is random per creation of the id (see familyKey).
-	Incarnation string `json:"incarnation,omitempty"`
-	Spec      Spec      `json:"spec"`
-	CreatedAt time.Time `json:"created_at"`
-	UpdatedAt time.Time `json:"updated_at"`
+	Incarnation string    `json:"incarnation,omitempty"`
+	Spec        Spec      `json:"spec"`
+	CreatedAt   time.Time `json:"created_at"`
+	UpdatedAt   time.Time `json:"updated_at"`
 }
 
 // accessToken is an access token with what the API returns about it.
