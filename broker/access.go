@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"time"
 )
@@ -264,9 +263,4 @@ func reauthRequired(id string, fam *familyRecord) error {
 	default:
 		return fmt.Errorf("%w: %s has no token family yet; reauthenticate", ErrReauthRequired, id)
 	}
-}
-
-// errIsContext reports whether err is a context cancellation or deadline.
-func errIsContext(err error) bool {
-	return errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)
 }

@@ -357,7 +357,6 @@ type view struct {
 // flight is one refresh that any number of callers wait for.
 type flight struct {
 	done chan struct{}
-	tok  *accessToken
 	v    *view
 	err  error
 }

@@ -14,6 +14,7 @@ import (
 
 	"github.com/rotavault/rotavault/broker"
 	rotavaultv1 "github.com/rotavault/rotavault/gen/rotavault/v1"
+	"github.com/rotavault/rotavault/provider"
 	"github.com/rotavault/rotavault/providersim"
 	"github.com/rotavault/rotavault/server"
 	"github.com/rotavault/rotavault/store"
@@ -46,7 +47,7 @@ func TestStoreOutageAfterRotationLosesNothing(t *testing.T) {
 	e.stop()
 	e.start()
 	fs := &failingStore{Store: e.store}
-	b, err := broker.New(context.Background(), broker.Config{Store: fs, Provider: providerClient(), Auditor: e.audit},
+	b, err := broker.New(context.Background(), broker.Config{Store: fs, Provider: provider.New(nil), Auditor: e.audit},
 		broker.WithClock(e.clock.now), broker.WithRetryBase(time.Millisecond), broker.WithSchedulerInterval(time.Hour))
 	if err != nil {
 		t.Fatal(err)

@@ -6,7 +6,6 @@ package integration
 import (
 	"bytes"
 	"context"
-	"errors"
 	"log/slog"
 	"net"
 	"path/filepath"
@@ -326,12 +325,6 @@ func wantCode(t testing.TB, err error, code codes.Code, reason string) {
 		t.Fatalf("got reason %q (%v), want %q", errorReason(err), err, reason)
 	}
 }
-
-var errNoRedirect = errors.New("no redirect")
-
-func brokerNoticeRetention(n int) broker.Option { return broker.WithNoticeRetention(n) }
-
-func providerClient() *provider.Client { return provider.New(nil) }
 
 // replica starts another node sharing this one's provider, clock and Vault
 // path: what a second Rotavault replica behind a load balancer is.

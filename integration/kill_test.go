@@ -169,7 +169,7 @@ func setupKill(t *testing.T, grace time.Duration) *killSetup {
 
 // forceRefresh makes replica p refresh on the real clock: the current access
 // token is revoked at the provider, and a consumer reports it rejected.
-func (k *killSetup) forceRefresh(ctx context.Context, t *testing.T, p *replicaProcess) (*rotavaultv1.GetAccessTokenResponse, error) {
+func (k *killSetup) forceRefresh(ctx context.Context, p *replicaProcess) (*rotavaultv1.GetAccessTokenResponse, error) {
 	return p.vault.GetAccessToken(ctx, &rotavaultv1.GetAccessTokenRequest{CredentialId: "acme",
 		RejectedToken: &rotavaultv1.RejectedToken{Token: &rotavaultv1.RejectedToken_Fingerprint{Fingerprint: k.cur.GetFingerprint()}}})
 }
@@ -200,14 +200,14 @@ func TestReplicaKilledHoldingTheClaimBeforeTheProviderProcessed(t *testing.T) {
 	k.revokeCurrentAccessToken(t)
 	before := k.sim.Stats()
 	k.sim.SetLatency(time.Minute) // A's refresh waits at the provider, unprocessed
-	go func() { _, _ = k.forceRefresh(context.Background(), t, k.a) }()
+	go func() { _, _ = k.forceRefresh(context.Background(), k.a) }()
 	if err := k.sim.WaitForTokenRequests(ctxT(t), before.TokenRequests+1); err != nil {
 		t.Fatal(err)
 	}
 	k.a.kill()
 	k.sim.SetLatency(0)
 
-	tok, err := k.forceRefresh(ctxT(t), t, k.b) // waits out A's claim, then takes over
+	tok, err := k.forceRefresh(ctxT(t), k.b) // waits out A's claim, then takes over
 	if err != nil {
 		t.Fatalf("takeover: %v", err)
 	}
@@ -231,11 +231,11 @@ func TestReplicaKilledAfterTheProviderRotated(t *testing.T) {
 		k.revokeCurrentAccessToken(t)
 		before := k.sim.Stats()
 		k.sim.InjectFailure(providersim.FailHang, 1) // rotates, never answers
-		go func() { _, _ = k.forceRefresh(context.Background(), t, k.a) }()
+		go func() { _, _ = k.forceRefresh(context.Background(), k.a) }()
 		awaitStats(t, k.sim, func(s providersim.Stats) bool { return s.Rotations == before.Rotations+1 })
 		k.a.kill() // the new refresh token dies with A
 
-		_, err = k.forceRefresh(ctxT(t), t, k.b)
+		_, err = k.forceRefresh(ctxT(t), k.b)
 		wantCode(t, err, codes.FailedPrecondition, server.ReasonReauthenticationRequired)
 		if n := nextNotice(t, stream); n.GetReason() != rotavaultv1.RevocationReason_REVOCATION_REASON_LOST_ROTATION {
 			t.Fatalf("reason %s, want LOST_ROTATION", n.GetReason())
@@ -252,11 +252,11 @@ func TestReplicaKilledAfterTheProviderRotated(t *testing.T) {
 		k.revokeCurrentAccessToken(t)
 		before := k.sim.Stats()
 		k.sim.InjectFailure(providersim.FailHang, 1)
-		go func() { _, _ = k.forceRefresh(context.Background(), t, k.a) }()
+		go func() { _, _ = k.forceRefresh(context.Background(), k.a) }()
 		awaitStats(t, k.sim, func(s providersim.Stats) bool { return s.Rotations == before.Rotations+1 })
 		k.a.kill()
 
-		tok, err := k.forceRefresh(ctxT(t), t, k.b)
+		tok, err := k.forceRefresh(ctxT(t), k.b)
 		if err != nil {
 			t.Fatalf("takeover within the grace period: %v", err)
 		}

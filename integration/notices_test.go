@@ -6,6 +6,7 @@ import (
 
 	"google.golang.org/grpc/codes"
 
+	"github.com/rotavault/rotavault/broker"
 	rotavaultv1 "github.com/rotavault/rotavault/gen/rotavault/v1"
 	"github.com/rotavault/rotavault/server"
 )
@@ -70,13 +71,12 @@ func TestWatchResumesWithCursorAcrossRestart(t *testing.T) {
 }
 
 func TestExpiredCursorIsOutOfRange(t *testing.T) {
-	e := newEnv(t, envOptions{brokerOpts: nil})
+	e := newEnv(t, envOptions{})
 	e.installSalesforce("alpha") // one activation notice
-	stream, start := e.watch(ctxT(t), "")
-	_ = stream
+	_, start := e.watch(ctxT(t), "")
 	e.stop()
 	// Restart with a log that keeps a single notice, then push two more.
-	e.opts.brokerOpts = append(e.opts.brokerOpts, brokerNoticeRetention(1))
+	e.opts.brokerOpts = append(e.opts.brokerOpts, broker.WithNoticeRetention(1))
 	e.start()
 	e.revokeByTheft("alpha")
 	rt, err := e.sim.IssueRefreshToken(simClientID, nil)

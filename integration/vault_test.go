@@ -3,12 +3,9 @@ package integration
 import (
 	"net/http"
 	"net/url"
-	"os"
-	"path/filepath"
 	"sync"
 	"testing"
 
-	vaultapi "github.com/hashicorp/vault/api"
 	"google.golang.org/grpc/codes"
 
 	rotavaultv1 "github.com/rotavault/rotavault/gen/rotavault/v1"
@@ -112,29 +109,9 @@ func TestVaultRestartMidTraffic(t *testing.T) {
 func TestRevokedVaultTokenDoesNotFailCallers(t *testing.T) {
 	v := vaulttest.StartDev(t)
 	root := v.Client(t)
-	if err := root.Sys().EnableAuthWithOptions("approle", &vaultapi.EnableAuthOptions{Type: "approle"}); err != nil {
-		t.Fatal(err)
-	}
-	if err := root.Sys().PutPolicy("rotavault", `path "secret/data/rotavault-*" { capabilities = ["create", "read", "update"] }
-path "secret/metadata/rotavault-*" { capabilities = ["create", "read", "update", "delete", "list"] }`); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := root.Logical().Write("auth/approle/role/node", map[string]any{"token_policies": "rotavault"}); err != nil {
-		t.Fatal(err)
-	}
-	roleID, err := root.Logical().Read("auth/approle/role/node/role-id")
-	if err != nil {
-		t.Fatal(err)
-	}
-	secretID, err := root.Logical().Write("auth/approle/role/node/secret-id", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	file := filepath.Join(t.TempDir(), "secret-id")
-	if err := os.WriteFile(file, []byte(secretID.Data["secret_id"].(string)), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	login, err := vaultstore.AppRole(roleID.Data["role_id"].(string), file, "")
+	roleID, secretIDFile := v.AppRole(t, `path "secret/data/rotavault-*" { capabilities = ["create", "read", "update"] }
+path "secret/metadata/rotavault-*" { capabilities = ["create", "read", "update", "delete", "list"] }`, "", "")
+	login, err := vaultstore.AppRole(roleID, secretIDFile, "")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -42,6 +42,9 @@ func NewTokenVaultService(cfg TokenVaultConfig) *TokenVaultService {
 
 // GetAccessToken implements rotavault.v1.TokenVaultService.
 func (s *TokenVaultService) GetAccessToken(ctx context.Context, req *rotavaultv1.GetAccessTokenRequest) (*rotavaultv1.GetAccessTokenResponse, error) {
+	if d := req.GetMinRemainingLifetime(); d != nil && !d.IsValid() {
+		return nil, toStatus(ctx, s.log, &broker.InvalidArgumentError{Field: "min_remaining_lifetime", Reason: "not a valid duration"})
+	}
 	breq := broker.TokenRequest{
 		CredentialID: req.GetCredentialId(),
 		MinRemaining: req.GetMinRemainingLifetime().AsDuration(),
@@ -55,9 +58,6 @@ func (s *TokenVaultService) GetAccessToken(ctx context.Context, req *rotavaultv1
 		default:
 			return nil, toStatus(ctx, s.log, &broker.InvalidArgumentError{Field: "rejected_token", Reason: "set generation or fingerprint"})
 		}
-	}
-	if d := req.GetMinRemainingLifetime(); d != nil && !d.IsValid() {
-		return nil, toStatus(ctx, s.log, &broker.InvalidArgumentError{Field: "min_remaining_lifetime", Reason: "not a valid duration"})
 	}
 	tok, err := s.broker.GetAccessToken(ctx, breq)
 	if err != nil {

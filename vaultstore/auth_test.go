@@ -2,49 +2,16 @@ package vaultstore_test
 
 import (
 	"context"
-	"os"
-	"path/filepath"
-	"sync/atomic"
 	"testing"
 	"time"
-
-	vault "github.com/hashicorp/vault/api"
 
 	"github.com/rotavault/rotavault/internal/vaulttest"
 	"github.com/rotavault/rotavault/vaultstore"
 )
 
-// setupAppRole enables AppRole with a role allowed exactly what the store
-// needs, and returns its role id and a file holding a secret id.
-func setupAppRole(t *testing.T, root *vault.Client, tokenTTL, tokenMaxTTL string) (string, string) {
-	t.Helper()
-	if err := root.Sys().EnableAuthWithOptions("approle", &vault.EnableAuthOptions{Type: "approle"}); err != nil {
-		t.Fatal(err)
-	}
-	policy := `path "secret/data/rotavault/*" { capabilities = ["create", "read", "update"] }
+// storePolicy allows exactly what the store needs under secret/rotavault.
+const storePolicy = `path "secret/data/rotavault/*" { capabilities = ["create", "read", "update"] }
 path "secret/metadata/rotavault/*" { capabilities = ["create", "read", "update", "delete", "list"] }`
-	if err := root.Sys().PutPolicy("rotavault", policy); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := root.Logical().Write("auth/approle/role/rotavault", map[string]any{
-		"token_policies": "rotavault", "token_ttl": tokenTTL, "token_max_ttl": tokenMaxTTL,
-	}); err != nil {
-		t.Fatal(err)
-	}
-	roleID, err := root.Logical().Read("auth/approle/role/rotavault/role-id")
-	if err != nil {
-		t.Fatal(err)
-	}
-	secretID, err := root.Logical().Write("auth/approle/role/rotavault/secret-id", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	file := filepath.Join(t.TempDir(), "secret-id")
-	if err := os.WriteFile(file, []byte(secretID.Data["secret_id"].(string)), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return roleID.Data["role_id"].(string), file
-}
 
 func appRoleStore(t *testing.T, srv *vaulttest.Server, roleID, secretFile string) *vaultstore.Store {
 	t.Helper()
@@ -65,7 +32,7 @@ func appRoleStore(t *testing.T, srv *vaulttest.Server, roleID, secretFile string
 func TestAppRoleRevokedTokenLogsInAgainWithoutFailingCallers(t *testing.T) {
 	srv := vaulttest.StartDev(t)
 	root := srv.Client(t)
-	roleID, secretFile := setupAppRole(t, root, "1h", "2h")
+	roleID, secretFile := srv.AppRole(t, storePolicy, "1h", "2h")
 	s := appRoleStore(t, srv, roleID, secretFile)
 	ctx := context.Background()
 	v, err := s.Put(ctx, "families/acme", []byte("one"), 0)
@@ -86,14 +53,12 @@ func TestAppRoleRevokedTokenLogsInAgainWithoutFailingCallers(t *testing.T) {
 
 func TestAppRoleTokenIsRenewedThenReplacedAtMaxTTL(t *testing.T) {
 	srv := vaulttest.StartDev(t)
-	root := srv.Client(t)
 	// Tokens live 2s and at most 4s: renewal, then a fresh login, within
 	// seconds.
-	roleID, secretFile := setupAppRole(t, root, "2s", "4s")
+	roleID, secretFile := srv.AppRole(t, storePolicy, "2s", "4s")
 	s := appRoleStore(t, srv, roleID, secretFile)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	var failures atomic.Int64
 	v, err := s.Put(ctx, "families/acme", []byte("0"), 0)
 	if err != nil {
 		t.Fatal(err)
@@ -107,7 +72,6 @@ func TestAppRoleTokenIsRenewedThenReplacedAtMaxTTL(t *testing.T) {
 		case <-tick.C:
 		}
 		if v, err = s.Put(ctx, "families/acme", []byte("x"), v); err != nil {
-			failures.Add(1)
 			t.Errorf("call failed across token renewal: %v", err)
 		}
 	}

@@ -51,7 +51,7 @@ func (s *Store) newEnvelope(ctx context.Context, mount, key string) (*envelope, 
 	})
 	if err != nil || secret == nil {
 		return nil, fmt.Errorf("vaultstore: Transit data key from %s/keys/%s (is the engine mounted, the key created, and update allowed on %s/datakey/plaintext/%s and %s/decrypt/%s?): %w",
-			mount, key, mount, key, mount, key, s.sanitize(err))
+			mount, key, mount, key, mount, key, safeVaultError(err))
 	}
 	plain, _ := secret.Data["plaintext"].(string)
 	wrapped, _ := secret.Data["ciphertext"].(string)
@@ -110,7 +110,7 @@ func (s *Store) unwrap(ctx context.Context, env *envelope, wrapped string, force
 		return err
 	})
 	if err != nil || secret == nil {
-		return nil, fmt.Errorf("%w: Transit decrypt: %w", ErrUndecryptable, s.sanitize(err))
+		return nil, fmt.Errorf("%w: Transit decrypt: %w", ErrUndecryptable, safeVaultError(err))
 	}
 	plain, _ := secret.Data["plaintext"].(string)
 	raw, err := base64.StdEncoding.DecodeString(plain)

@@ -324,9 +324,9 @@ func (s *Store) encode(path string, value []byte) map[string]any {
 	return map[string]any{valueField: base64.StdEncoding.EncodeToString(value)}
 }
 
-// sanitize keeps the HTTP status of a Vault error and drops the rest (URLs,
-// request details), for errors that may travel.
-func (s *Store) sanitize(err error) error {
+// safeVaultError keeps the HTTP status and Vault's error text and drops the
+// rest (URLs, request details), for errors that may travel.
+func safeVaultError(err error) error {
 	var re *vault.ResponseError
 	if errors.As(err, &re) {
 		return fmt.Errorf("vault answered HTTP %d: %s", re.StatusCode, strings.Join(re.Errors, "; "))
@@ -405,9 +405,5 @@ func (s *Store) wrap(ctx context.Context, op, key string, err error) error {
 		return fmt.Errorf("vaultstore: %s %s: %w", op, key, ctxErr)
 	}
 	s.log.WarnContext(ctx, "vault request failed", "op", op, "key", key, "err", err)
-	var re *vault.ResponseError
-	if errors.As(err, &re) {
-		return fmt.Errorf("vaultstore: %s %s: vault answered HTTP %d", op, key, re.StatusCode)
-	}
-	return fmt.Errorf("vaultstore: %s %s: vault unreachable", op, key)
+	return fmt.Errorf("vaultstore: %s %s: %w", op, key, safeVaultError(err))
 }

@@ -344,3 +344,41 @@ func (s *Server) awaitUp(c *vault.Client) error {
 		}
 	}
 }
+
+// AppRole enables AppRole auth and a role whose tokens carry policy (HCL)
+// and live tokenTTL, at most tokenMaxTTL ("" = Vault's defaults). It returns
+// the role id and a file (mode 0600) holding a fresh secret id, which is how
+// a server is given one.
+func (s *Server) AppRole(t testing.TB, policy, tokenTTL, tokenMaxTTL string) (roleID, secretIDFile string) {
+	t.Helper()
+	root := s.Client(t)
+	if err := root.Sys().EnableAuthWithOptions("approle", &vault.EnableAuthOptions{Type: "approle"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := root.Sys().PutPolicy("rotavault", policy); err != nil {
+		t.Fatal(err)
+	}
+	role := map[string]any{"token_policies": "rotavault"}
+	if tokenTTL != "" {
+		role["token_ttl"] = tokenTTL
+	}
+	if tokenMaxTTL != "" {
+		role["token_max_ttl"] = tokenMaxTTL
+	}
+	if _, err := root.Logical().Write("auth/approle/role/rotavault", role); err != nil {
+		t.Fatal(err)
+	}
+	id, err := root.Logical().Read("auth/approle/role/rotavault/role-id")
+	if err != nil {
+		t.Fatal(err)
+	}
+	secretID, err := root.Logical().Write("auth/approle/role/rotavault/secret-id", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	secretIDFile = filepath.Join(t.TempDir(), "secret-id")
+	if err := os.WriteFile(secretIDFile, []byte(secretID.Data["secret_id"].(string)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return id.Data["role_id"].(string), secretIDFile
+}
