@@ -212,48 +212,64 @@ func toAccessToken(v *view) AccessToken {
 // gives up must not abandon a rotation half-way. need is called with e.mu
 // held: it must not take it.
 func (b *Broker) refresh(ctx context.Context, e *entry, need func(*view) bool) (*view, error) {
-	e.mu.Lock()
-	if v := e.view.Load(); !need(v) {
-		e.mu.Unlock()
-		return v, nil
-	}
-	if v := e.view.Load(); v.fam.Status != StatusActive && e.rescue.Load() == nil {
-		e.mu.Unlock()
-		return nil, reauthRequired(e.id, v.fam)
-	}
-	f := e.flight
-	if f == nil {
-		f = &flight{done: make(chan struct{})}
-		started := b.goTracked(func() {
-			v, err := b.runRefresh(e, need)
-			e.mu.Lock()
-			f.v, f.err = v, err
-			e.flight = nil
-			e.mu.Unlock()
-			close(f.done)
-		})
-		if !started {
-			e.mu.Unlock()
-			return nil, ErrClosed
+	for {
+		f, own, err := b.joinOrStart(e, need)
+		if err != nil {
+			return nil, err
 		}
-		e.flight = f
-	}
-	e.mu.Unlock()
-
-	select {
-	case <-f.done:
+		if f == nil {
+			return e.view.Load(), nil
+		}
+		select {
+		case <-f.done:
+		case <-ctx.Done():
+			return nil, fmt.Errorf("broker: waiting for refresh: %w", ctx.Err())
+		}
 		if f.err != nil {
 			return nil, f.err
 		}
-		if need(f.v) && f.v.fam.Status == StatusActive {
-			// The flight served another caller's need (it may have adopted a
-			// token with less life left than this caller wants): go again.
-			return b.refresh(ctx, e, need)
+		// A joined flight served another caller's need (it may have adopted
+		// a token with less life left than this caller wants): go again, now
+		// with a flight of its own. The result of its own flight is final,
+		// met or not, so a need no fresh token meets costs one rotation, not
+		// a rotation per loop.
+		if !own && need(f.v) && f.v.fam.Status == StatusActive {
+			continue
 		}
 		return f.v, nil
-	case <-ctx.Done():
-		return nil, fmt.Errorf("broker: waiting for refresh: %w", ctx.Err())
 	}
+}
+
+// joinOrStart returns the credential's flight, starting one for need when
+// none runs (own reports that). A nil flight means there is nothing to wait
+// for: the current view passes need when err is nil.
+func (b *Broker) joinOrStart(e *entry, need func(*view) bool) (f *flight, own bool, err error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	v := e.view.Load()
+	if !need(v) {
+		return nil, false, nil
+	}
+	if v.fam.Status != StatusActive && e.rescue.Load() == nil {
+		return nil, false, reauthRequired(e.id, v.fam)
+	}
+	if e.flight != nil {
+		return e.flight, false, nil
+	}
+	f = &flight{done: make(chan struct{})}
+	started := b.goTracked(func() {
+		v, err := b.runRefresh(e, need)
+		e.mu.Lock()
+		f.v, f.err = v, err
+		e.flight = nil
+		e.mu.Unlock()
+		close(f.done)
+	})
+	if !started {
+		return nil, false, ErrClosed
+	}
+	e.flight = f
+	return f, true, nil
 }
 
 func reauthRequired(id string, fam *familyRecord) error {

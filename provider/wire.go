@@ -66,7 +66,6 @@ func (c *Client) post(ctx context.Context, op, endpointURL string, cc ClientCred
 	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
 	req.Header.Set("Accept", "application/json")
 	req.Header.Set("User-Agent", c.userAgent)
-	req.Close = true
 
 	sentAt := c.now()
 	resp, err := c.hc.Do(req)

@@ -20,6 +20,8 @@ import (
 	"time"
 
 	vault "github.com/hashicorp/vault/api"
+
+	"github.com/rotavault/rotavault/vaultstore"
 )
 
 // BinaryEnv names the environment variable that points at the vault binary.
@@ -142,7 +144,7 @@ func (s *Server) Client(t testing.TB) *vault.Client {
 }
 
 func (s *Server) newClient() (*vault.Client, error) {
-	cfg := vault.DefaultConfig()
+	cfg := vaultstore.ClientConfig()
 	cfg.Address = s.Addr
 	cfg.MaxRetries = 0
 	if s.caCert != "" {
@@ -381,4 +383,33 @@ func (s *Server) AppRole(t testing.TB, policy, tokenTTL, tokenMaxTTL string) (ro
 		t.Fatal(err)
 	}
 	return id.Data["role_id"].(string), secretIDFile
+}
+
+// CPUTime is the CPU time (user + system) the Vault process has used so far,
+// read from /proc (Linux only). Benchmarks use it to tell how much of the
+// machine Vault got in each phase.
+func (s *Server) CPUTime() (time.Duration, error) {
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", s.cmd.Process.Pid))
+	if err != nil {
+		return 0, err
+	}
+	// Fields after the command name, which is in parentheses and may hold
+	// spaces: state is field 3, utime and stime are fields 14 and 15.
+	rest := string(raw)
+	if i := strings.LastIndexByte(rest, ')'); i >= 0 {
+		rest = rest[i+1:]
+	}
+	f := strings.Fields(rest)
+	if len(f) < 13 {
+		return 0, fmt.Errorf("vaulttest: unexpected /proc stat: %q", raw)
+	}
+	var utime, stime int64
+	if _, err := fmt.Sscan(f[11], &utime); err != nil {
+		return 0, err
+	}
+	if _, err := fmt.Sscan(f[12], &stime); err != nil {
+		return 0, err
+	}
+	const clockTicksPerSecond = 100 // USER_HZ on every Linux architecture Go supports
+	return time.Duration(utime+stime) * time.Second / clockTicksPerSecond, nil
 }
