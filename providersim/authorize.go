@@ -72,6 +72,7 @@ func (s *Server) handleAuthorize(w http.ResponseWriter, r *http.Request) {
 
 	code := newCodeValue()
 	s.mu.Lock()
+	s.secrets = append(s.secrets, code)
 	s.codes[keyOf(code)] = &authCode{
 		clientID:    c.ID,
 		redirectURI: redirectURI,

@@ -119,6 +119,8 @@ type Server struct {
 	failures []injectedFailure
 	latency  time.Duration
 	corrupt  bool
+	// secrets is every secret value issued or shown, for leak checks.
+	secrets []string
 }
 
 // Start validates cfg, listens on 127.0.0.1 on a free port and serves until
@@ -208,6 +210,19 @@ func (s *Server) AddClient(c Client) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.clients[c.ID] = c
+	if c.Secret != "" {
+		s.secrets = append(s.secrets, c.Secret)
+	}
+}
+
+// Secrets returns every secret value the simulator issued or was shown:
+// refresh and access tokens, authorization codes, the PKCE verifiers
+// presented with them, client secrets. Leak tests search logs and files for
+// them. It works after Close.
+func (s *Server) Secrets() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.Clone(s.secrets)
 }
 
 // Stats returns a snapshot of the counters.

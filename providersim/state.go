@@ -117,6 +117,7 @@ func (s *Server) newFamilyLocked(clientID string, scopes []string) (*family, str
 // s.mu must be held.
 func (s *Server) issueRefreshLocked(f *family) string {
 	v := newRefreshTokenValue()
+	s.secrets = append(s.secrets, v)
 	rt := &refreshToken{fam: f}
 	s.refresh[keyOf(v)] = rt
 	f.current = rt
@@ -126,6 +127,7 @@ func (s *Server) issueRefreshLocked(f *family) string {
 // issueAccessLocked mints an access token of the family. s.mu must be held.
 func (s *Server) issueAccessLocked(f *family, now time.Time) string {
 	v := newAccessTokenValue()
+	s.secrets = append(s.secrets, v)
 	s.access[keyOf(v)] = &accessToken{fam: f, issuedAt: now, expiresAt: now.Add(s.cfg.SessionTimeout)}
 	return v
 }

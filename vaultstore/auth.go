@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"os"
+	"strings"
 	"time"
 
 	vault "github.com/hashicorp/vault/api"
@@ -47,21 +49,59 @@ func AppRole(roleID, secretIDFile, mount string) (LoginMethod, error) {
 }
 
 // Kubernetes logs in with the pod's service-account token (tokenPath ""
-// = the standard path) under the given Vault role. mount "" = "kubernetes".
+// = the standard path) under the given Vault role, re-reading the token at
+// every login. mount "" = "kubernetes".
 func Kubernetes(role, tokenPath, mount string) (LoginMethod, error) {
-	var opts []kubernetes.LoginOption
-	if tokenPath != "" {
-		opts = append(opts, kubernetes.WithServiceAccountTokenPath(tokenPath))
+	if tokenPath == "" {
+		tokenPath = defaultServiceAccountTokenPath
 	}
-	if mount != "" {
-		opts = append(opts, kubernetes.WithMountPath(mount))
+	k := kubernetesLogin{role: role, tokenPath: tokenPath, mount: mount}
+	// Built once now only so that a missing role or unreadable token fails
+	// at start-up.
+	if _, err := k.method(); err != nil {
+		return nil, err
 	}
-	m, err := kubernetes.NewKubernetesAuth(role, opts...)
+	return k, nil
+}
+
+// defaultServiceAccountTokenPath is where Kubernetes mounts a pod's token.
+const defaultServiceAccountTokenPath = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+
+// kubernetesLogin builds vault/api's Kubernetes method afresh at each login
+// from the token file read then: the kubelet rotates projected
+// service-account tokens (about hourly by default) and the old one expires
+// soon after, so a token read at start-up would later fail to log in. The
+// file is read here rather than by vault/api so that a trailing newline (a
+// token file written by hand) is trimmed.
+type kubernetesLogin struct {
+	role, tokenPath, mount string
+}
+
+func (k kubernetesLogin) method() (*kubernetes.KubernetesAuth, error) {
+	raw, err := os.ReadFile(k.tokenPath)
+	if err != nil {
+		return nil, fmt.Errorf("vaultstore: kubernetes auth: reading the service-account token: %w", err)
+	}
+	opts := []kubernetes.LoginOption{kubernetes.WithServiceAccountToken(strings.TrimSpace(string(raw)))}
+	if k.mount != "" {
+		opts = append(opts, kubernetes.WithMountPath(k.mount))
+	}
+	m, err := kubernetes.NewKubernetesAuth(k.role, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("vaultstore: kubernetes auth: %w", err)
 	}
-	return authMethod{method: m, kind: "kubernetes"}, nil
+	return m, nil
 }
+
+func (k kubernetesLogin) login(ctx context.Context, c *vault.Client) (*vault.Secret, error) {
+	m, err := k.method()
+	if err != nil {
+		return nil, err
+	}
+	return c.Auth().Login(ctx, m)
+}
+
+func (k kubernetesLogin) name() string { return "kubernetes" }
 
 // loginNow logs in and hands the new token to the keeper. seen is the login
 // generation the caller observed failing: when another goroutine has logged
