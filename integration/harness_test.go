@@ -78,6 +78,9 @@ type envOptions struct {
 	// vaultLogin, when set, logs the Vault store in (AppRole) instead of
 	// using the root token.
 	vaultLogin vaultstore.LoginMethod
+	// rateLimit is the server's per-caller limit (zero: the defaults, which
+	// every test must pass with).
+	rateLimit server.RateLimit
 }
 
 // env is one Rotavault node wired to a simulator, with clients.
@@ -99,6 +102,9 @@ type env struct {
 	vault      rotavaultv1.TokenVaultServiceClient
 	admin      rotavaultv1.CredentialAdminServiceClient
 	served     chan struct{}
+	// replicaDirs are the data directories of replicas started from this
+	// env, for the leak check.
+	replicaDirs []string
 }
 
 func newEnv(t testing.TB, opts envOptions) *env {
@@ -116,6 +122,13 @@ func newEnv(t testing.TB, opts envOptions) *env {
 	t.Cleanup(func() { _ = sim.Close() })
 	sim.AddClient(providersim.Client{ID: simClientID, Secret: simClientSecret, RedirectURIs: []string{callbackURI}, RequirePKCE: true})
 	e.sim = sim
+	// Registered before e.stop, so it runs after the servers (and the
+	// replicas started later) have stopped and written their last lines.
+	t.Cleanup(func() {
+		texts := auditText(t, append([]string{dir}, e.replicaDirs...)...)
+		texts["server logs"] = e.logs.String()
+		checkNoSecrets(t, secretsOf(t, sim, filepath.Join(dir, "store.key"), opts.vault), texts)
+	})
 	e.start()
 	t.Cleanup(e.stop)
 	return e
@@ -126,7 +139,9 @@ func (e *env) start() {
 	t := e.t
 	t.Helper()
 	st, closeStore := e.openStore()
-	al, err := audit.OpenFile(filepath.Join(e.dataDir, "audit.jsonl"))
+	// Replicas share a Vault store but write their own trails: one head each.
+	al, err := audit.Open(context.Background(), audit.Config{Path: filepath.Join(e.dataDir, "audit.jsonl"), Store: st,
+		HeadKey: "audit/heads/" + filepath.Base(e.dataDir)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -139,7 +154,7 @@ func (e *env) start() {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := server.New(server.Config{Broker: b, Logger: logger, Reflection: true})
+	srv := server.New(server.Config{Broker: b, Logger: logger, Reflection: true, RateLimit: e.opts.rateLimit})
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -188,8 +203,8 @@ func (e *env) stop() {
 	e.srv.Shutdown(ctx)
 	<-e.served
 	_ = e.broker.Close()
+	_ = e.audit.Close() // before the store: it may anchor a lagging head
 	_ = e.closeStore()
-	_ = e.audit.Close()
 	e.srv = nil
 }
 
@@ -334,6 +349,7 @@ func (e *env) replica() *env {
 		e.t.Fatal("replicas share a Vault store; set envOptions.vault")
 	}
 	r := &env{t: e.t, sim: e.sim, clock: e.clock, dataDir: e.t.TempDir(), key: e.key, logs: e.logs, opts: e.opts}
+	e.replicaDirs = append(e.replicaDirs, r.dataDir)
 	r.start()
 	e.t.Cleanup(r.stop)
 	return r

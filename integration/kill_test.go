@@ -67,15 +67,18 @@ func (e *buildError) Error() string { return "go build: " + e.err.Error() + "\n"
 
 // replicaProcess is `rotavault serve --store vault` in a process of its own.
 type replicaProcess struct {
-	cmd    *exec.Cmd
-	exited chan struct{}
-	vault  rotavaultv1.TokenVaultServiceClient
-	admin  rotavaultv1.CredentialAdminServiceClient
+	cmd     *exec.Cmd
+	exited  chan struct{}
+	logs    *syncBuffer // every line the process wrote to stderr
+	dataDir string
+	vault   rotavaultv1.TokenVaultServiceClient
+	admin   rotavaultv1.CredentialAdminServiceClient
 }
 
 func startReplicaProcess(t *testing.T, v *vaulttest.Server, prefix string) *replicaProcess {
 	t.Helper()
-	cmd := exec.Command(rotavaultBinary(t), "serve", "--addr", "127.0.0.1:0", "--data-dir", t.TempDir(),
+	dataDir := t.TempDir()
+	cmd := exec.Command(rotavaultBinary(t), "serve", "--addr", "127.0.0.1:0", "--data-dir", dataDir,
 		"--store", "vault", "--vault-prefix", prefix,
 		"--refresh-claim-ttl", killClaimTTL, "--refresh-claim-margin", killClaimMargin)
 	cmd.Env = append(os.Environ(), "VAULT_ADDR="+v.Addr, "VAULT_TOKEN="+v.RootToken)
@@ -86,11 +89,14 @@ func startReplicaProcess(t *testing.T, v *vaulttest.Server, prefix string) *repl
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	p := &replicaProcess{cmd: cmd, exited: make(chan struct{})}
+	p := &replicaProcess{cmd: cmd, exited: make(chan struct{}), logs: &syncBuffer{}, dataDir: dataDir}
 	addrCh := make(chan string, 1)
+	scanned := make(chan struct{})
 	go func() {
+		defer close(scanned)
 		sc := bufio.NewScanner(stderr)
 		for sc.Scan() {
+			_, _ = p.logs.Write(append(sc.Bytes(), '\n'))
 			var line struct {
 				Msg  string `json:"msg"`
 				Addr string `json:"addr"`
@@ -101,6 +107,8 @@ func startReplicaProcess(t *testing.T, v *vaulttest.Server, prefix string) *repl
 		}
 	}()
 	go func() {
+		// Wait closes the pipe: read it to the end first.
+		<-scanned
 		_ = cmd.Wait()
 		close(p.exited)
 	}()
@@ -145,6 +153,13 @@ func setupKill(t *testing.T, grace time.Duration) *killSetup {
 	t.Cleanup(func() { _ = sim.Close() })
 	sim.AddClient(providersim.Client{ID: simClientID, Secret: simClientSecret})
 	k := &killSetup{sim: sim, a: startReplicaProcess(t, v, "kill"), b: startReplicaProcess(t, v, "kill")}
+	t.Cleanup(func() {
+		k.a.kill()
+		k.b.kill()
+		texts := auditText(t, k.a.dataDir, k.b.dataDir)
+		texts["replica A logs"], texts["replica B logs"] = k.a.logs.String(), k.b.logs.String()
+		checkNoSecrets(t, secretsOf(t, sim, "", v), texts)
+	})
 	spec := &rotavaultv1.CredentialSpec{
 		ProviderKind: rotavaultv1.ProviderKind_PROVIDER_KIND_SALESFORCE, BaseUrl: sim.URL(),
 		ClientId: simClientID, ClientSecret: simClientSecret, Scopes: []string{"api", "refresh_token"},

@@ -38,6 +38,14 @@ type Config struct {
 	Reflection bool
 	// ExtraOptions are appended to the server's options (e.g. credentials).
 	ExtraOptions []grpc.ServerOption
+	// Auth authenticates and authorizes every call but health checks. Nil
+	// leaves the server open: every caller is DevIdentity, an admin. That
+	// is for `rotavault dev` and tests on loopback only.
+	Auth *Auth
+	// RateLimit bounds each authenticated caller's request rate; the zero
+	// value means DefaultRateLimit and DefaultRateBurst. Health checks are
+	// not limited.
+	RateLimit RateLimit
 }
 
 // Server is the assembled gRPC server with its health service.
@@ -51,9 +59,14 @@ type Server struct {
 // New builds a gRPC server with the token and admin services, the standard
 // health service, optional reflection, and the interceptor chain: recovery
 // (panics become INTERNAL without leaking state), access logging (never
-// payloads) and the caller's identity for the audit trail.
+// payloads), authentication and authorization (see Auth) and the caller's
+// identity for the audit trail.
 func New(cfg Config) *Server {
 	log := loggerOrDiscard(cfg.Logger)
+	authz := cfg.Auth
+	if authz == nil {
+		authz = openAuth(log)
+	}
 	rec := recovery.WithRecoveryHandlerContext(func(ctx context.Context, p any) error {
 		log.ErrorContext(ctx, "panic in handler", "panic", fmt.Sprint(p), "stack", string(debug.Stack()))
 		return status.Error(codes.Internal, "internal error")
@@ -62,20 +75,30 @@ func New(cfg Config) *Server {
 	accessLog := logging.LoggerFunc(func(ctx context.Context, lvl logging.Level, msg string, fields ...any) {
 		log.Log(ctx, slog.Level(lvl), msg, fields...)
 	})
-	logOpts := []logging.Option{logging.WithLogOnEvents(logging.FinishCall)}
+	logOpts := []logging.Option{
+		logging.WithLogOnEvents(logging.FinishCall),
+		logging.WithFieldsFromContext(callerLogFields),
+	}
+	unary := append([]grpc.UnaryServerInterceptor{
+		recovery.UnaryServerInterceptor(rec),
+		callerSlotUnary,
+		logging.UnaryServerInterceptor(accessLog, logOpts...),
+	}, authz.unaryInterceptors()...)
+	stream := append([]grpc.StreamServerInterceptor{
+		recovery.StreamServerInterceptor(rec),
+		callerSlotStream,
+		logging.StreamServerInterceptor(accessLog, logOpts...),
+	}, authz.streamInterceptors()...)
+	// After authentication, so that the limit is per identity.
+	if limits := cfg.RateLimit.withDefaults(); !limits.Disabled {
+		l := newCallerLimiter(limits, callerIdentity)
+		unary = append(unary, l.unary)
+		stream = append(stream, l.stream)
+	}
 	opts := []grpc.ServerOption{
 		grpc.MaxRecvMsgSize(MaxRecvMsgSize),
-		grpc.ChainUnaryInterceptor(
-			recovery.UnaryServerInterceptor(rec),
-			logging.UnaryServerInterceptor(accessLog, logOpts...),
-			actorUnary,
-		),
-		grpc.ChainStreamInterceptor(
-			recovery.StreamServerInterceptor(rec),
-			logging.StreamServerInterceptor(accessLog, logOpts...),
-			actorStream,
-			drainStreams(draining),
-		),
+		grpc.ChainUnaryInterceptor(append(unary, actorUnary)...),
+		grpc.ChainStreamInterceptor(append(stream, actorStream, drainStreams(draining))...),
 		// Watch streams live for hours: ping idle connections so proxies
 		// and load balancers do not drop them silently, and accept client
 		// pings as often as every 10s.
@@ -115,9 +138,13 @@ func (s *Server) Shutdown(ctx context.Context) {
 	}
 }
 
-// callerIdentity names the caller for the audit trail. Until callers
-// authenticate, the peer address is all there is.
+// callerIdentity names the caller for the audit trail: the authenticated
+// identity; the peer address only for calls that skip authentication
+// (health checks).
 func callerIdentity(ctx context.Context) string {
+	if id, ok := IdentityFromContext(ctx); ok {
+		return id
+	}
 	if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
 		return "peer:" + p.Addr.String()
 	}

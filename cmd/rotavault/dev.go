@@ -65,6 +65,10 @@ credential "demo" at it (creating it if needed) and imports a fresh refresh
 token through the real import path. Other credentials you create are kept
 between runs; the simulator's state is not.
 
+There is no authentication: the server is plaintext on loopback, and every
+caller is treated as the admin identity "dev-admin" (the audit trail records
+dev-admin/peer:ADDR). Use ` + "`serve`" + ` with TLS and a --policy for anything else.
+
 It prints what to try next. The short version, in a second terminal:
 
   rotavault watch                      # notices, live

@@ -2,10 +2,13 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"strings"
 	"time"
@@ -13,6 +16,7 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/types/known/durationpb"
 
@@ -154,6 +158,10 @@ type clientOptions struct {
 	server  string
 	timeout time.Duration
 	json    bool
+	// tlsCA, tlsCert and tlsKey switch the connection to TLS (mTLS with a
+	// client certificate); tokenFile holds a bearer token to present.
+	tlsCA, tlsCert, tlsKey string
+	tokenFile              string
 }
 
 func (o *clientOptions) register(cmd *cobra.Command) {
@@ -161,20 +169,116 @@ func (o *clientOptions) register(cmd *cobra.Command) {
 	fs.StringVar(&o.server, "server", defaultServer, "address of the Rotavault server (host:port)")
 	fs.DurationVar(&o.timeout, "timeout", 10*time.Second, "how long to wait for the server's answer")
 	fs.BoolVar(&o.json, "json", false, "print protobuf JSON, one object per line, for scripts")
+	fs.StringVar(&o.tlsCA, "tls-ca", "", "CA bundle (PEM) verifying the server's certificate; connects over TLS (system roots if only --tls-cert is given)")
+	fs.StringVar(&o.tlsCert, "tls-cert", "", "client certificate (PEM) for mTLS; connects over TLS")
+	fs.StringVar(&o.tlsKey, "tls-key", "", "client private key (PEM), with --tls-cert")
+	fs.StringVar(&o.tokenFile, "token-file", "", "file holding a bearer token to present (sent only over TLS, or to a loopback server)")
 }
 
-// dial connects to the server. Transport security is not there yet: the
-// server listens on loopback only, in plaintext.
+// dial connects to the server: over TLS when --tls-ca or --tls-cert is
+// given, else in plaintext (a loopback server, e.g. rotavault dev).
 func (o *clientOptions) dial() (*grpc.ClientConn, error) {
 	if o.timeout <= 0 {
 		return nil, usageErrorf("--timeout must be positive")
 	}
-	conn, err := grpc.NewClient(o.server, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	opts, err := o.dialOptions()
+	if err != nil {
+		return nil, err
+	}
+	conn, err := grpc.NewClient(o.server, opts...)
 	if err != nil {
 		return nil, usageErrorf("--server %q: %v", o.server, err)
 	}
 	return conn, nil
 }
+
+func (o *clientOptions) dialOptions() ([]grpc.DialOption, error) {
+	useTLS := o.tlsCA != "" || o.tlsCert != ""
+	if (o.tlsCert == "") != (o.tlsKey == "") {
+		return nil, usageErrorf("--tls-cert and --tls-key go together")
+	}
+	var opts []grpc.DialOption
+	if useTLS {
+		tc := &tls.Config{MinVersion: tls.VersionTLS12}
+		if o.tlsCA != "" {
+			pem, err := os.ReadFile(o.tlsCA)
+			if err != nil {
+				return nil, fmt.Errorf("read --tls-ca: %w", err)
+			}
+			pool := x509.NewCertPool()
+			if !pool.AppendCertsFromPEM(pem) {
+				return nil, usageErrorf("--tls-ca %s: no PEM certificate in it", o.tlsCA)
+			}
+			tc.RootCAs = pool
+		}
+		if o.tlsCert != "" {
+			cert, err := tls.LoadX509KeyPair(o.tlsCert, o.tlsKey)
+			if err != nil {
+				return nil, fmt.Errorf("load client certificate: %w", err)
+			}
+			tc.Certificates = []tls.Certificate{cert}
+		}
+		opts = append(opts, grpc.WithTransportCredentials(credentials.NewTLS(tc)))
+	} else {
+		opts = append(opts, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	}
+	if o.tokenFile != "" {
+		if !useTLS && !isLoopbackTarget(o.server) {
+			return nil, usageErrorf("--token-file: refusing to send a bearer token in plaintext to %s; give --tls-ca", o.server)
+		}
+		token, err := readTokenFile(o.tokenFile)
+		if err != nil {
+			return nil, err
+		}
+		opts = append(opts, grpc.WithPerRPCCredentials(bearerCredentials{token: token, requireTLS: useTLS}))
+	}
+	return opts, nil
+}
+
+// readTokenFile reads a bearer token; errors never quote the content.
+func readTokenFile(path string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", fmt.Errorf("read --token-file: %w", err)
+	}
+	defer f.Close()
+	raw, err := io.ReadAll(io.LimitReader(f, maxSecretFileSize+1))
+	if err != nil {
+		return "", fmt.Errorf("read --token-file: %w", err)
+	}
+	token := strings.TrimSpace(string(raw))
+	if token == "" || len(raw) > maxSecretFileSize {
+		return "", usageErrorf("--token-file %s: want one token of at most %d bytes", path, maxSecretFileSize)
+	}
+	return token, nil
+}
+
+func isLoopbackTarget(target string) bool {
+	host, _, err := net.SplitHostPort(target)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+// bearerCredentials presents the token on every call. Its String hides the
+// token should the value ever be printed.
+type bearerCredentials struct {
+	token      string
+	requireTLS bool
+}
+
+func (b bearerCredentials) GetRequestMetadata(context.Context, ...string) (map[string]string, error) {
+	return map[string]string{"authorization": "Bearer " + b.token}, nil
+}
+
+func (b bearerCredentials) RequireTransportSecurity() bool { return b.requireTLS }
+
+func (b bearerCredentials) String() string { return "bearer(redacted)" }
 
 // call dials the server and runs f under the command's timeout.
 func (o *clientOptions) call(ctx context.Context, f func(ctx context.Context, conn *grpc.ClientConn) error) error {

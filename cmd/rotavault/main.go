@@ -94,6 +94,7 @@ Exit codes: 0 success, 1 the operation failed, 2 the command was misused.`,
 		newWatchCmd(a),
 		newCredentialsCmd(a),
 		newStoreCmd(a),
+		newAuditCmd(a),
 	)
 	documentEnv(root)
 	return root

@@ -7,14 +7,16 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 
-	"github.com/rotavault/rotavault/audit"
 	"github.com/rotavault/rotavault/boltstore"
 	"github.com/rotavault/rotavault/broker"
 	"github.com/rotavault/rotavault/provider"
@@ -27,18 +29,33 @@ const (
 	storeFileName          = "rotavault.db"
 	auditFileName          = "audit.jsonl"
 	defaultShutdownTimeout = 30 * time.Second
-	insecureListenFlag     = "insecure-listen-on-non-loopback-i-know-what-i-am-doing"
-	backendEmbedded        = "embedded"
-	backendVault           = "vault"
+	insecureListenFlag     = "insecure-plaintext-on-non-loopback"
+	// oldInsecureListenFlag is the earlier name, kept as a deprecated alias.
+	oldInsecureListenFlag = "insecure-listen-on-non-loopback-i-know-what-i-am-doing"
+	backendEmbedded       = "embedded"
+	backendVault          = "vault"
 )
 
 // serverConfig is everything runServer wires together.
 type serverConfig struct {
 	// Addr is where to listen, host:port; port 0 picks a free port.
 	Addr string
-	// AllowNonLoopback permits a non-loopback Addr. The transport is
-	// plaintext for now, so that exposes tokens to the network.
+	// AllowNonLoopback permits a non-loopback Addr without TLS and a
+	// policy, which exposes tokens to the network.
 	AllowNonLoopback bool
+	// TLSCert and TLSKey are the server certificate; TLSClientCA enables
+	// mTLS. PolicyFile authorizes callers (identified by client certificate
+	// or by a bearer token from BearerTokensFile). All are re-read on
+	// SIGHUP and when they change. Without PolicyFile the server is open:
+	// every caller is an admin (dev only, loopback only).
+	TLSCert, TLSKey, TLSClientCA string
+	BearerTokensFile             string
+	PolicyFile                   string
+	// ReloadInterval is how often those files are checked for changes
+	// (default server.DefaultReloadInterval).
+	ReloadInterval time.Duration
+	// RateLimit bounds each caller identity's request rate.
+	RateLimit server.RateLimit
 	// DataDir holds the store (rotavault.db) and the audit trail
 	// (audit.jsonl); it is created (mode 0700) if missing.
 	DataDir      string
@@ -81,7 +98,14 @@ func runServer(ctx context.Context, cfg serverConfig) (err error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	if err := checkListenAddr(cfg.Addr, cfg.AllowNonLoopback); err != nil {
+	if err := cfg.checkAuth(); err != nil {
+		return err
+	}
+	if err := checkListenAddr(cfg.Addr, cfg.allowNonLoopback()); err != nil {
+		return err
+	}
+	reloader, auth, err := cfg.loadAuth(log)
+	if err != nil {
 		return err
 	}
 	if cfg.DataDir == "" {
@@ -110,7 +134,7 @@ func runServer(ctx context.Context, cfg serverConfig) (err error) {
 	default:
 		return usageErrorf("unknown --store %q: embedded or vault", cfg.Backend)
 	}
-	al, err := audit.OpenFile(filepath.Join(cfg.DataDir, auditFileName))
+	al, err := openAudit(ctx, cfg.Backend, cfg.DataDir, st, log)
 	if err != nil {
 		return err
 	}
@@ -122,7 +146,28 @@ func runServer(ctx context.Context, cfg serverConfig) (err error) {
 	}
 	defer closeLogged(log, "broker", b.Close)
 
-	srv := server.New(server.Config{Broker: b, Logger: log, Reflection: cfg.Reflection})
+	var extra []grpc.ServerOption
+	if tc := reloader.ServerTLSConfig(); tc != nil {
+		extra = append(extra, grpc.Creds(credentials.NewTLS(tc)))
+	}
+	srv := server.New(server.Config{Broker: b, Logger: log, Reflection: cfg.Reflection, Auth: auth, ExtraOptions: extra, RateLimit: cfg.RateLimit})
+	if auth == nil {
+		log.Warn("no --policy: every caller is treated as the admin identity " + server.DevIdentity + "; for development on loopback only")
+	}
+	// The reloader's goroutine is owned here and stopped before return.
+	reloadCtx, stopReload := context.WithCancel(ctx)
+	reloadDone := make(chan struct{})
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	go func() {
+		defer close(reloadDone)
+		reloader.Run(reloadCtx, hup)
+	}()
+	defer func() {
+		signal.Stop(hup)
+		stopReload()
+		<-reloadDone
+	}()
 	lis, err := net.Listen("tcp", cfg.Addr)
 	if errors.Is(err, syscall.EADDRINUSE) {
 		return withHint(fmt.Errorf("listen: %w", err), "another server (rotavault serve or dev?) is using %s; stop it or choose another --addr", cfg.Addr)
@@ -130,12 +175,12 @@ func runServer(ctx context.Context, cfg serverConfig) (err error) {
 	if err != nil {
 		return fmt.Errorf("listen: %w", err)
 	}
-	if err := checkBoundAddr(lis.Addr(), cfg.AllowNonLoopback); err != nil {
+	if err := checkBoundAddr(lis.Addr(), cfg.allowNonLoopback()); err != nil {
 		_ = lis.Close()
 		return err
 	}
-	if !isLoopbackAddr(lis.Addr()) {
-		log.Warn("LISTENING ON A NON-LOOPBACK ADDRESS WITHOUT TRANSPORT SECURITY: anyone who reaches it can take access tokens and change credentials",
+	if !isLoopbackAddr(lis.Addr()) && (cfg.TLSCert == "" || auth == nil) {
+		log.Warn("LISTENING ON A NON-LOOPBACK ADDRESS WITHOUT TLS AND A POLICY: anyone who reaches it can take access tokens and change credentials",
 			"addr", lis.Addr().String())
 	}
 	served := make(chan error, 1)
@@ -226,7 +271,57 @@ func isLoopbackAddr(addr net.Addr) bool {
 }
 
 func refuseNonLoopback(addr string) error {
-	return usageErrorf("refusing to listen on %s: not a loopback address. The server speaks plaintext gRPC for now, so anyone who reaches it can take access tokens and change credentials. Listen on 127.0.0.1 (behind a TLS proxy on the same host), or pass --%s if you really mean it", addr, insecureListenFlag)
+	return usageErrorf("refusing to listen on %s: not a loopback address, and without TLS (--tls-cert, --tls-key) and a --policy anyone who reaches it can take access tokens and change credentials. Configure TLS and a policy, listen on 127.0.0.1, or pass --%s if you really mean it", addr, insecureListenFlag)
+}
+
+// allowNonLoopback: off loopback only with TLS and a policy, unless the
+// operator insists.
+func (cfg *serverConfig) allowNonLoopback() bool {
+	return cfg.AllowNonLoopback || (cfg.TLSCert != "" && cfg.PolicyFile != "")
+}
+
+// checkAuth refuses combinations that would leave callers unable to
+// authenticate, or authenticated but unchecked.
+func (cfg *serverConfig) checkAuth() error {
+	switch {
+	case (cfg.TLSCert == "") != (cfg.TLSKey == ""):
+		return usageErrorf("--tls-cert and --tls-key go together")
+	case cfg.TLSClientCA != "" && cfg.TLSCert == "":
+		return usageErrorf("--tls-client-ca (mTLS) needs --tls-cert and --tls-key")
+	case cfg.PolicyFile != "" && cfg.TLSClientCA == "" && cfg.BearerTokensFile == "":
+		return usageErrorf("--policy needs a way for callers to authenticate: --tls-client-ca (mTLS) or --bearer-tokens")
+	case cfg.PolicyFile == "" && (cfg.TLSClientCA != "" || cfg.BearerTokensFile != ""):
+		return usageErrorf("--tls-client-ca and --bearer-tokens need --policy: without one every caller is an admin")
+	}
+	return nil
+}
+
+// loadAuth reads the TLS material, tokens and policy. The Auth is nil
+// without a policy (open server).
+func (cfg *serverConfig) loadAuth(log *slog.Logger) (*server.Reloader, *server.Auth, error) {
+	reloader, err := server.NewReloader(server.ReloaderConfig{
+		PolicyFile: cfg.PolicyFile, TokensFile: cfg.BearerTokensFile,
+		CertFile: cfg.TLSCert, KeyFile: cfg.TLSKey, ClientCAFile: cfg.TLSClientCA,
+		// With bearer tokens accepted too, a client certificate is
+		// verified if presented but not demanded.
+		RequireClientCert: cfg.BearerTokensFile == "",
+		Interval:          cfg.ReloadInterval, Logger: log,
+	})
+	if err != nil {
+		return nil, nil, withHint(fmt.Errorf("load TLS, tokens or policy: %w", err), "check --tls-cert, --tls-key, --tls-client-ca, --bearer-tokens and --policy")
+	}
+	if cfg.PolicyFile == "" {
+		return reloader, nil, nil
+	}
+	ac := server.AuthConfig{Policy: reloader, Logger: log}
+	if cfg.BearerTokensFile != "" {
+		ac.Tokens = reloader
+	}
+	auth, err := server.NewAuth(ac)
+	if err != nil {
+		return nil, nil, err
+	}
+	return reloader, auth, nil
 }
 
 func newServeCmd(a *app) *cobra.Command {
@@ -241,6 +336,10 @@ func newServeCmd(a *app) *cobra.Command {
 		vaultAuth                        vaultAuthFlags
 		claimTTL, claimMargin            time.Duration
 		transitKey, transitMount         string
+		tlsCert, tlsKey, tlsClientCA     string
+		bearerTokens, policyFile         string
+		rateLimit                        float64
+		rateBurst                        int
 	)
 	cmd := &cobra.Command{
 		Use:   "serve",
@@ -254,7 +353,12 @@ audit trail). The store key comes from --store-key-file (a file only its
 owner may read) or from ROTAVAULT_STORE_KEY (the base64 key itself). After
 ` + "`rotavault store rotate-key`" + `, point --store-key-file at the new key.
 
-The server listens on loopback only: it speaks plaintext gRPC for now.
+Without TLS the server listens on loopback only. With --tls-cert/--tls-key,
+--tls-client-ca (mTLS) and/or --bearer-tokens, and a --policy, it may
+listen anywhere: every call but health checks is authenticated, then
+authorized by the policy (see README). The certificates, the tokens file
+and the policy are re-read on SIGHUP and when they change. Without a
+policy every caller is an admin: for development on loopback only.
 Logs are JSON on stderr. SIGINT or SIGTERM stops it gracefully: calls in
 flight get up to 30s, watch streams end with UNAVAILABLE (watchers resume
 with their cursor), then the store is closed.
@@ -270,7 +374,16 @@ Examples:
 			if dataDir == "" {
 				return usageErrorf("--data-dir is required (or set ROTAVAULT_DATA_DIR)")
 			}
-			if err := checkListenAddr(addr, insecure); err != nil {
+			scfg := serverConfig{
+				Addr: addr, AllowNonLoopback: insecure,
+				TLSCert: tlsCert, TLSKey: tlsKey, TLSClientCA: tlsClientCA,
+				BearerTokensFile: bearerTokens, PolicyFile: policyFile,
+				RateLimit: server.RateLimit{Rate: rateLimit, Burst: rateBurst, Disabled: rateLimit < 0},
+			}
+			if err := scfg.checkAuth(); err != nil {
+				return err
+			}
+			if err := checkListenAddr(addr, scfg.allowNonLoopback()); err != nil {
 				return err
 			}
 			var key boltstore.Key
@@ -289,23 +402,28 @@ Examples:
 			if err != nil {
 				return err
 			}
-			if insecure {
+			if insecure && (tlsCert == "" || policyFile == "") {
 				if err := checkListenAddr(addr, false); err != nil {
-					fmt.Fprintf(a.stderr, "WARNING: --%s is set: serving plaintext gRPC on %s. Anyone who reaches it can take access tokens and change credentials.\n", insecureListenFlag, addr)
+					fmt.Fprintf(a.stderr, "WARNING: --%s is set: serving on %s without TLS and a policy. Anyone who reaches it can take access tokens and change credentials.\n", insecureListenFlag, addr)
 				}
 			}
-			return runServer(cmd.Context(), serverConfig{
-				Addr: addr, AllowNonLoopback: insecure, DataDir: dataDir,
-				Key: key, PreviousKeys: previous, Reflection: reflection, Logger: log,
-				Backend: backend, VaultMount: vaultMount, VaultPrefix: vaultPrefix, VaultLogin: vaultLogin,
-				VaultTransitKey: transitKey, VaultTransitMount: transitMount,
-				BrokerOptions: []broker.Option{broker.WithClaimTiming(claimTTL, claimMargin)},
-			})
+			scfg.DataDir, scfg.Key, scfg.PreviousKeys, scfg.Reflection, scfg.Logger = dataDir, key, previous, reflection, log
+			scfg.Backend, scfg.VaultMount, scfg.VaultPrefix, scfg.VaultLogin = backend, vaultMount, vaultPrefix, vaultLogin
+			scfg.VaultTransitKey, scfg.VaultTransitMount = transitKey, transitMount
+			scfg.BrokerOptions = []broker.Option{broker.WithClaimTiming(claimTTL, claimMargin)}
+			return runServer(cmd.Context(), scfg)
 		}),
 	}
 	fs := cmd.Flags()
-	fs.StringVar(&addr, "addr", defaultServer, "address to listen on (loopback only)")
+	fs.StringVar(&addr, "addr", defaultServer, "address to listen on (loopback only, unless TLS and a policy are configured)")
+	fs.StringVar(&tlsCert, "tls-cert", "", "server certificate (PEM); re-read on SIGHUP and when it changes")
+	fs.StringVar(&tlsKey, "tls-key", "", "server private key (PEM), with --tls-cert")
+	fs.StringVar(&tlsClientCA, "tls-client-ca", "", "CA bundle (PEM) verifying client certificates: enables mTLS; the caller's identity is the certificate's first URI SAN (SPIFFE ID), else first DNS SAN, else CN")
+	fs.StringVar(&bearerTokens, "bearer-tokens", "", "file of lines '<identity> <sha256-hex-of-token>' accepting 'authorization: Bearer <token>' (over TLS, or from loopback)")
+	fs.StringVar(&policyFile, "policy", "", "JSON policy mapping caller identities to roles (consumer, operator, admin) on credentials; without it every caller is an admin (dev only)")
 	fs.StringVar(&dataDir, "data-dir", "", "directory of the store and the audit trail (required)")
+	fs.Float64Var(&rateLimit, "rate-limit", server.DefaultRateLimit, "requests per second each caller identity may send, sustained (health checks excepted); over it calls get RESOURCE_EXHAUSTED with a retry delay; -1 disables")
+	fs.IntVar(&rateBurst, "rate-burst", server.DefaultRateBurst, "requests a caller identity may send at once before --rate-limit applies")
 	keys.register(fs)
 	fs.BoolVar(&reflection, "reflection", false, "serve gRPC reflection (for grpcurl)")
 	fs.DurationVar(&claimTTL, "refresh-claim-ttl", 45*time.Second, "how long a replica's claim on a refresh lasts before another may take it over (see docs/rotation-protocol.md); keep it below the provider's reuse grace period where it has one")
@@ -316,7 +434,9 @@ Examples:
 	fs.StringVar(&transitKey, "vault-transit-key", "", "envelope-encrypt every record with data keys wrapped by this Transit key (then reading tokens takes decrypt rights too, not just KV read)")
 	fs.StringVar(&transitMount, "vault-transit-mount", "transit", "Transit engine mount path, with --vault-transit-key")
 	fs.StringVar(&vaultPrefix, "vault-prefix", vaultstore.DefaultPrefix, "path under the mount holding Rotavault's records, with --store vault")
-	fs.BoolVar(&insecure, insecureListenFlag, false, "allow a non-loopback --addr although the transport is plaintext")
+	fs.BoolVar(&insecure, insecureListenFlag, false, "allow a non-loopback --addr without TLS and a policy: anyone who reaches it can take tokens")
+	fs.BoolVar(&insecure, oldInsecureListenFlag, false, "old name of --"+insecureListenFlag)
+	_ = fs.MarkDeprecated(oldInsecureListenFlag, "use --"+insecureListenFlag)
 	logs.register(fs)
 	return cmd
 }
@@ -334,7 +454,7 @@ func (f *vaultAuthFlags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&f.roleID, "vault-approle-role-id", "", "AppRole role id, with --vault-auth approle")
 	fs.StringVar(&f.secretIDFile, "vault-approle-secret-id-file", "", "file holding the AppRole secret id (re-read at every login), with --vault-auth approle")
 	fs.StringVar(&f.kubernetesRole, "vault-kubernetes-role", "", "Vault role, with --vault-auth kubernetes")
-	fs.StringVar(&f.saTokenFile, "vault-kubernetes-token-file", "", "service-account token file (default: the pod's), with --vault-auth kubernetes")
+	fs.StringVar(&f.saTokenFile, "vault-kubernetes-token-file", "", "service-account token file (default: the pod's; re-read at every login, as the kubelet rotates it), with --vault-auth kubernetes")
 }
 
 func (f *vaultAuthFlags) loginMethod() (vaultstore.LoginMethod, error) {

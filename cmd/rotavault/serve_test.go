@@ -20,7 +20,7 @@ func TestServeRefusesNonLoopback(t *testing.T) {
 			}
 			c := newCLI(t, nil)
 			r := c.run("", "serve", "--addr", addr, "--data-dir", dir, "--store-key-file", keyFile).expect(t, exitUsage)
-			if !strings.Contains(r.stderr, "--insecure-listen-on-non-loopback-i-know-what-i-am-doing") {
+			if !strings.Contains(r.stderr, "--insecure-plaintext-on-non-loopback") {
 				t.Errorf("the refusal does not name the override:\n%s", r.stderr)
 			}
 			if _, err := os.Stat(filepath.Join(dir, storeFileName)); err == nil {
@@ -165,7 +165,7 @@ func TestStoreMaintenance(t *testing.T) {
 		name, dataDir, key string
 	}{
 		{"the rotated store with the new key", dir, newKey},
-		{"the backup with the old key", restoreDir(t, backup), keyFile},
+		{"the backup with the old key", restoreDir(t, backup, filepath.Join(dir, auditFileName)), keyFile},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -179,16 +179,20 @@ func TestStoreMaintenance(t *testing.T) {
 	}
 }
 
-// restoreDir puts a backup in place as a new data directory's store.
-func restoreDir(t *testing.T, backup string) string {
+// restoreDir puts a backup in place as a new data directory's store, with
+// the audit trail: the store anchors the trail's head, and a server refuses
+// a store whose trail is missing.
+func restoreDir(t *testing.T, backup, auditTrail string) string {
 	t.Helper()
 	dir := t.TempDir()
-	raw, err := os.ReadFile(backup)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(dir, storeFileName), raw, 0o600); err != nil {
-		t.Fatal(err)
+	for src, dst := range map[string]string{backup: storeFileName, auditTrail: auditFileName} {
+		raw, err := os.ReadFile(src)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, dst), raw, 0o600); err != nil {
+			t.Fatal(err)
+		}
 	}
 	return dir
 }

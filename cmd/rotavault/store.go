@@ -77,6 +77,11 @@ key: keep the key with it, or the backup is useless, and keep them apart
 from each other, or the backup is readable by whoever finds it.
 
 To restore, stop the server and put the copy in place of DATA_DIR/rotavault.db.
+The copy does not hold the audit trail (DATA_DIR/audit.jsonl), but it does
+hold the trail's key and anchored head: back the trail up after the store,
+and restore both. A server refuses to start on a restored store without a
+trail that reaches the head the copy anchors (records written after the
+backup are accepted).
 Remember what a restore means with rotating providers: the refresh tokens
 in an old backup have usually been rotated away since, and presenting them
 revokes the family. Expect to reauthenticate credentials that rotated after

@@ -1,0 +1,478 @@
+package audit
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/rotavault/rotavault/store"
+)
+
+const (
+	// KeyRecord is the store record holding the trail's HMAC key.
+	KeyRecord = "audit/key"
+	// DefaultHeadKey is the store record anchoring the chain head when
+	// Config.HeadKey is empty. Several nodes writing their own files into
+	// one store (Vault replicas) need a head key each.
+	DefaultHeadKey = "audit/head"
+
+	// anchorTimeout bounds one anchor write. It runs on a context of its
+	// own: a caller giving up must not leave the head behind for nothing.
+	anchorTimeout = 5 * time.Second
+	// DefaultAnchorInterval bounds the window in which the newest records
+	// could be truncated undetected.
+	DefaultAnchorInterval = time.Second
+	// tailWindow is how much of the file's end Open reads to find the last
+	// record; a longer last line falls back to a full verification.
+	tailWindow = 64 << 10
+)
+
+// Config says where the trail lives.
+type Config struct {
+	// Path is the JSON-lines file (created with mode 0600 on first use).
+	Path string
+	// Store holds the HMAC key (KeyRecord) and the anchored head.
+	Store store.Store
+	// HeadKey is the store record anchoring this file's head
+	// (DefaultHeadKey if empty).
+	HeadKey string
+	// Logger reports lagging anchors; nil discards.
+	Logger *slog.Logger
+	// AnchorInterval is how often, at most, the head is anchored in the
+	// store (DefaultAnchorInterval if zero). Anchoring runs in the
+	// background, off the path of the rotation that records an event:
+	// with Vault as the store, an anchor per record would add a third
+	// Vault write to every rotation. The price is a window: records newer
+	// than the last anchor are protected against editing (they chain) but
+	// not against being cut off the tail.
+	AnchorInterval time.Duration
+}
+
+func (c Config) headKey() string {
+	if c.HeadKey == "" {
+		return DefaultHeadKey
+	}
+	return c.HeadKey
+}
+
+// FileLog appends events to the hash-chained file and anchors its head in
+// the store. Safe for concurrent use.
+type FileLog struct {
+	st      store.Store
+	headKey string
+	key     *macKey
+	log     *slog.Logger
+
+	// mu guards the file and the chain position.
+	mu   sync.Mutex
+	file *os.File
+	size int64
+	seq  uint64
+	mac  MAC
+	// broken is set when a failed write may have left a partial line:
+	// appending after it would corrupt the chain, so nothing more is
+	// written.
+	broken error
+
+	// anchorMu serialises anchor writes; the fields below are its.
+	anchorMu    sync.Mutex
+	anchoredSeq uint64
+	headVersion uint64
+	// tried is the last head written whose outcome is unknown: a conflict
+	// on the next write may be that write having succeeded.
+	tried []byte
+
+	// The anchoring goroutine: dirty wakes it, stop ends it, stopped
+	// tells Close it has ended.
+	interval time.Duration
+	dirty    chan struct{}
+	stop     chan struct{}
+	stopped  chan struct{}
+	stopOnce sync.Once
+}
+
+// Open opens (or creates) the trail, continuing the chain anchored in the
+// store. It refuses a file that does not reach or match the anchored head:
+// the error wraps ErrChainBroken and names the record.
+func Open(ctx context.Context, cfg Config) (*FileLog, error) {
+	if cfg.Store == nil || cfg.Path == "" {
+		return nil, errors.New("audit: open: Config.Path and Config.Store are required")
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	fi, statErr := os.Stat(cfg.Path)
+	created := errors.Is(statErr, fs.ErrNotExist)
+	key, err := loadKey(ctx, cfg.Store)
+	if errors.Is(err, store.ErrNotFound) {
+		if statErr == nil && fi.Size() > 0 {
+			// A new key could never verify the records already there.
+			return nil, fmt.Errorf("audit: open %s: %w", cfg.Path, &ChainError{Line: 1, Seq: 1, Problem: ProblemNoKey,
+				Detail: "the file holds records but the store has no audit key (" + KeyRecord + "): is this the store that wrote the trail?"})
+		}
+		key, err = createKey(ctx, cfg.Store)
+	}
+	if err != nil {
+		return nil, err
+	}
+	anchor, version, err := readHead(ctx, cfg.Store, cfg.headKey())
+	if err != nil {
+		return nil, err
+	}
+	if created && anchor != nil {
+		return nil, fmt.Errorf("audit: open %s: %w", cfg.Path, &ChainError{Line: 1, Seq: 1, Problem: ProblemMissing,
+			Detail: fmt.Sprintf("the store anchors seq %d; refusing to start a new chain", anchor.Seq)})
+	}
+	f, err := os.OpenFile(cfg.Path, os.O_RDWR|os.O_APPEND|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("audit: open: %w", err)
+	}
+	interval := cfg.AnchorInterval
+	if interval <= 0 {
+		interval = DefaultAnchorInterval
+	}
+	l := &FileLog{st: cfg.Store, headKey: cfg.headKey(), key: key, log: log, file: f, headVersion: version,
+		interval: interval, dirty: make(chan struct{}, 1), stop: make(chan struct{}), stopped: make(chan struct{})}
+	if anchor != nil {
+		l.anchoredSeq = anchor.Seq
+	}
+	if err := l.resume(ctx, anchor); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("audit: open %s: refusing to continue the trail: %w", cfg.Path, err)
+	}
+	if created {
+		// The file is synced on every record, but its directory entry is
+		// not: without this a power loss could lose the whole new file.
+		if err := syncDir(filepath.Dir(cfg.Path)); err != nil {
+			f.Close()
+			return nil, fmt.Errorf("audit: open: %w", err)
+		}
+	}
+	if l.seq > l.anchoredSeq || anchor == nil && l.seq > 0 {
+		log.Warn("audit: the file extends past the anchored head; anchoring it now",
+			"path", cfg.Path, "records", l.seq, "anchored_seq", l.anchoredSeq)
+		_ = l.anchor(ctx, l.seq)
+	}
+	go l.anchorLoop()
+	return l, nil
+}
+
+// anchorLoop anchors the head after records were written, at most once per
+// interval, until Close.
+func (l *FileLog) anchorLoop() {
+	defer close(l.stopped)
+	for {
+		select {
+		case <-l.stop:
+			return
+		case <-l.dirty:
+		}
+		l.mu.Lock()
+		seq := l.seq
+		l.mu.Unlock()
+		_ = l.anchor(context.Background(), seq)
+		t := time.NewTimer(l.interval)
+		select {
+		case <-l.stop:
+			t.Stop()
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// Anchor writes the current head to the store now (if it is not already
+// there) and returns the store's error. Records are anchored in the
+// background anyway; Anchor is for callers that need the head anchored
+// before they go on.
+func (l *FileLog) Anchor(ctx context.Context) error {
+	l.mu.Lock()
+	seq := l.seq
+	l.mu.Unlock()
+	return l.anchor(ctx, seq)
+}
+
+// resume finds the chain's last record. The fast path reads only the
+// tail: it suffices when the last record is the anchored head.
+func (l *FileLog) resume(ctx context.Context, anchor *Head) error {
+	fi, err := l.file.Stat()
+	if err != nil {
+		return err
+	}
+	l.size = fi.Size()
+	if l.size == 0 {
+		if anchor != nil && anchor.Seq > 0 {
+			return &ChainError{Line: 1, Seq: 1, Problem: ProblemTruncated,
+				Detail: fmt.Sprintf("the file is empty but the store anchors seq %d", anchor.Seq)}
+		}
+		return nil
+	}
+	if anchor != nil {
+		if last, ok := l.readLast(anchor); ok {
+			l.seq, l.mac = last.body.Seq, last.mac
+			return nil
+		}
+	}
+	rep, err := verify(ctx, io.NewSectionReader(l.file, 0, l.size), l.key, anchor)
+	if err != nil {
+		return err
+	}
+	l.seq, l.mac = rep.Last.Seq, rep.lastMAC
+	return nil
+}
+
+// readLast reports the last record if it is exactly the anchored head
+// and its mac holds.
+func (l *FileLog) readLast(anchor *Head) (parsedRecord, bool) {
+	n := min(l.size, tailWindow)
+	buf := make([]byte, n)
+	if _, err := l.file.ReadAt(buf, l.size-n); err != nil {
+		return parsedRecord{}, false
+	}
+	if buf[len(buf)-1] != '\n' {
+		return parsedRecord{}, false
+	}
+	buf = buf[:len(buf)-1]
+	i := bytes.LastIndexByte(buf, '\n')
+	if i < 0 && n < l.size {
+		return parsedRecord{}, false
+	}
+	r, err := parseLine(l.key, buf[i+1:], 0, 0)
+	if err != nil || r.body.Seq != anchor.Seq || r.mac.String() != anchor.MAC {
+		return parsedRecord{}, false
+	}
+	return r, true
+}
+
+// Record appends e and syncs the file, so a record survives a crash once
+// Record returned nil. The new head is anchored in the store in the
+// background (Config.AnchorInterval); a failed anchor write is logged and
+// retried with the next record or at Close.
+func (l *FileLog) Record(ctx context.Context, e Event) error {
+	l.mu.Lock()
+	if l.file == nil {
+		l.mu.Unlock()
+		return errors.New("audit: closed")
+	}
+	if l.broken != nil {
+		l.mu.Unlock()
+		return fmt.Errorf("audit: an earlier write failed, the trail needs attention: %w", l.broken)
+	}
+	seq := l.seq + 1
+	line, mac, err := encodeRecord(l.key, seq, l.mac, e)
+	if err != nil {
+		l.mu.Unlock()
+		return err
+	}
+	if err := l.append(line); err != nil {
+		l.mu.Unlock()
+		return err
+	}
+	l.seq, l.mac = seq, mac
+	l.mu.Unlock()
+	select {
+	case l.dirty <- struct{}{}:
+	default: // a wake-up is already pending; it covers this record
+	}
+	return nil
+}
+
+// append writes and syncs one line. A failure cuts the file back to its
+// previous size; if even that fails the log is marked broken.
+func (l *FileLog) append(line []byte) error {
+	_, err := l.file.Write(line)
+	if err == nil {
+		err = l.file.Sync()
+		if err != nil {
+			err = fmt.Errorf("audit: sync: %w", err)
+		}
+	} else {
+		err = fmt.Errorf("audit: write: %w", err)
+	}
+	if err == nil {
+		l.size += int64(len(line))
+		return nil
+	}
+	if terr := l.file.Truncate(l.size); terr != nil {
+		l.broken = errors.Join(err, fmt.Errorf("audit: truncate after failed write: %w", terr))
+		return l.broken
+	}
+	return err
+}
+
+// anchor writes the current head to the store unless an anchor already
+// covers seq. Callers queue on anchorMu while a write is in flight, and
+// the next write then covers all of them: one store write per burst, not
+// per record.
+func (l *FileLog) anchor(ctx context.Context, seq uint64) error {
+	l.anchorMu.Lock()
+	defer l.anchorMu.Unlock()
+	if l.anchoredSeq >= seq {
+		return nil
+	}
+	l.mu.Lock()
+	head := Head{Seq: l.seq, MAC: l.mac.String()}
+	l.mu.Unlock()
+	value, err := json.Marshal(head)
+	if err != nil {
+		l.log.Error("audit: encode head", "err", err)
+		return fmt.Errorf("audit: encode head: %w", err)
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), anchorTimeout)
+	defer cancel()
+	version, err := l.st.Put(ctx, l.headKey, value, l.headVersion)
+	if errors.Is(err, store.ErrConflict) && l.tried != nil {
+		// An earlier write whose answer was lost may have succeeded:
+		// if the store holds it, this node is still the only writer.
+		if rec, gerr := l.st.Get(ctx, l.headKey); gerr == nil && bytes.Equal(rec.Value, l.tried) {
+			l.headVersion = rec.Version
+			version, err = l.st.Put(ctx, l.headKey, value, l.headVersion)
+		}
+	}
+	if err != nil {
+		if !errors.Is(err, store.ErrConflict) {
+			l.tried = value
+		}
+		l.log.Error("audit: chain head not anchored in the store; the record is in the file and the head lags until a later write succeeds",
+			"head_key", l.headKey, "seq", head.Seq, "anchored_seq", l.anchoredSeq, "err", err)
+		return fmt.Errorf("audit: anchoring the chain head: %w", err)
+	}
+	l.tried = nil
+	l.headVersion = version
+	l.anchoredSeq = head.Seq
+	return nil
+}
+
+// Head returns the chain's last record and the seq anchored in the store.
+func (l *FileLog) Head() (last Head, anchoredSeq uint64) {
+	l.anchorMu.Lock()
+	anchoredSeq = l.anchoredSeq
+	l.anchorMu.Unlock()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return Head{Seq: l.seq, MAC: l.mac.String()}, anchoredSeq
+}
+
+// Close makes a last attempt to anchor a lagging head, then closes the
+// file.
+func (l *FileLog) Close() error {
+	l.mu.Lock()
+	open := l.file != nil
+	l.mu.Unlock()
+	if !open {
+		return nil
+	}
+	l.stopOnce.Do(func() { close(l.stop) })
+	<-l.stopped
+	_ = l.Anchor(context.Background())
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.file == nil {
+		return nil
+	}
+	err := l.file.Close()
+	l.file = nil
+	return err
+}
+
+// Verify checks the whole trail at cfg.Path against the key and the head
+// anchored in cfg.Store, without writing anything. It returns a
+// *ChainError (wrapping ErrChainBroken) naming the first broken record.
+func Verify(ctx context.Context, cfg Config) (Report, error) {
+	if cfg.Store == nil || cfg.Path == "" {
+		return Report{}, errors.New("audit: verify: Config.Path and Config.Store are required")
+	}
+	anchor, _, err := readHead(ctx, cfg.Store, cfg.headKey())
+	if err != nil {
+		return Report{}, err
+	}
+	f, err := os.Open(cfg.Path)
+	if errors.Is(err, fs.ErrNotExist) {
+		if anchor != nil {
+			return Report{Anchor: anchor}, &ChainError{Line: 1, Seq: 1, Problem: ProblemMissing,
+				Detail: fmt.Sprintf("%s does not exist, but the store anchors seq %d", cfg.Path, anchor.Seq)}
+		}
+		return Report{}, fmt.Errorf("audit: verify: no trail and no anchored head (never written?): %w", err)
+	}
+	if err != nil {
+		return Report{}, fmt.Errorf("audit: verify: %w", err)
+	}
+	defer f.Close()
+	key, err := loadKey(ctx, cfg.Store)
+	if errors.Is(err, store.ErrNotFound) {
+		return Report{Anchor: anchor}, &ChainError{Line: 1, Seq: 1, Problem: ProblemNoKey,
+			Detail: "the store holds no audit key (" + KeyRecord + "): is this the store that wrote the trail?"}
+	}
+	if err != nil {
+		return Report{}, err
+	}
+	return verify(ctx, f, key, anchor)
+}
+
+func loadKey(ctx context.Context, st store.Store) (*macKey, error) {
+	rec, err := st.Get(ctx, KeyRecord)
+	if err != nil {
+		return nil, fmt.Errorf("audit: read key: %w", err)
+	}
+	defer clear(rec.Value)
+	k := &macKey{}
+	if len(rec.Value) != len(k.b) {
+		return nil, fmt.Errorf("audit: the key record %s holds %d bytes, want %d", KeyRecord, len(rec.Value), len(k.b))
+	}
+	copy(k.b[:], rec.Value)
+	return k, nil
+}
+
+// createKey stores a new audit key. Create-only (version 0) makes
+// concurrent first starts (replicas) agree on one key.
+func createKey(ctx context.Context, st store.Store) (*macKey, error) {
+	k := &macKey{}
+	if _, err := rand.Read(k.b[:]); err != nil {
+		return nil, fmt.Errorf("audit: generate key: %w", err)
+	}
+	_, err := st.Put(ctx, KeyRecord, k.b[:], 0)
+	if errors.Is(err, store.ErrConflict) {
+		return loadKey(ctx, st)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("audit: store key: %w", err)
+	}
+	return k, nil
+}
+
+// readHead returns the anchored head and its record version; nil, 0 when
+// none is anchored.
+func readHead(ctx context.Context, st store.Store, key string) (*Head, uint64, error) {
+	rec, err := st.Get(ctx, key)
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, 0, nil
+	}
+	if err != nil {
+		return nil, 0, fmt.Errorf("audit: read head %s: %w", key, err)
+	}
+	var h Head
+	if err := json.Unmarshal(rec.Value, &h); err != nil {
+		return nil, 0, fmt.Errorf("audit: head record %s: %w", key, err)
+	}
+	return &h, rec.Version, nil
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}

@@ -1,0 +1,198 @@
+package server
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+)
+
+// Role is what a caller may do with the credentials a rule names. Each role
+// includes the ones below it.
+type Role int
+
+// The roles, weakest first.
+const (
+	// RoleConsumer reads access tokens and watches revocation notices.
+	RoleConsumer Role = iota + 1
+	// RoleOperator also re-authenticates (replaces the token family).
+	RoleOperator
+	// RoleAdmin may do everything, on every credential, including the
+	// CredentialAdminService and server reflection.
+	RoleAdmin
+)
+
+func (r Role) String() string {
+	switch r {
+	case RoleConsumer:
+		return "consumer"
+	case RoleOperator:
+		return "operator"
+	case RoleAdmin:
+		return "admin"
+	default:
+		return fmt.Sprintf("Role(%d)", int(r))
+	}
+}
+
+func parseRole(s string) (Role, error) {
+	switch s {
+	case "consumer":
+		return RoleConsumer, nil
+	case "operator":
+		return RoleOperator, nil
+	case "admin":
+		return RoleAdmin, nil
+	default:
+		return 0, fmt.Errorf("unknown role %q: consumer, operator or admin", s)
+	}
+}
+
+// Policy maps caller identities to roles on credentials. A caller's rights
+// are the union of every rule matching its identity; no matching rule, no
+// rights. Immutable once parsed, so it is shared freely and swapped whole
+// on reload.
+type Policy struct {
+	rules []policyRule
+}
+
+type policyRule struct {
+	identity string
+	// prefix is set for an identity ending in "*": it matches every
+	// identity starting with the rest.
+	prefix      bool
+	role        Role
+	credentials []string
+}
+
+// policyFile is the JSON form of a Policy.
+type policyFile struct {
+	Rules []struct {
+		Identity    string   `json:"identity"`
+		Role        string   `json:"role"`
+		Credentials []string `json:"credentials"`
+	} `json:"rules"`
+}
+
+// ParsePolicy parses a JSON policy:
+//
+//	{"rules": [
+//	  {"identity": "spiffe://example.org/ns/payments/*", "role": "consumer", "credentials": ["salesforce-prod"]},
+//	  {"identity": "ops.example.org", "role": "operator", "credentials": ["*"]},
+//	  {"identity": "spiffe://example.org/ns/platform/sa/rotavault-admin", "role": "admin"}
+//	]}
+//
+// Unknown fields are errors: a misspelt key must not silently grant or
+// withhold rights.
+func ParsePolicy(data []byte) (*Policy, error) {
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	var f policyFile
+	if err := dec.Decode(&f); err != nil {
+		return nil, fmt.Errorf("parse policy: %w", err)
+	}
+	if dec.More() {
+		return nil, errors.New("parse policy: trailing data after the JSON object")
+	}
+	p := &Policy{}
+	for i, r := range f.Rules {
+		role, err := parseRole(r.Role)
+		if err != nil {
+			return nil, fmt.Errorf("policy rule %d: %w", i+1, err)
+		}
+		rule := policyRule{identity: r.Identity, role: role, credentials: r.Credentials}
+		if strings.HasSuffix(r.Identity, "*") {
+			rule.prefix, rule.identity = true, strings.TrimSuffix(r.Identity, "*")
+		}
+		switch {
+		case r.Identity == "" || r.Identity == "*":
+			// A bare "*" would grant every authenticated caller; say so
+			// explicitly by naming a prefix instead.
+			return nil, fmt.Errorf("policy rule %d: identity must be an identity or a prefix ending in *", i+1)
+		case strings.Contains(rule.identity, "*"):
+			return nil, fmt.Errorf("policy rule %d: identity %q: * is only allowed at the end", i+1, r.Identity)
+		case role != RoleAdmin && len(r.Credentials) == 0:
+			return nil, fmt.Errorf("policy rule %d: a %s rule must name credentials (ids, or \"*\" for all)", i+1, role)
+		}
+		for _, c := range r.Credentials {
+			if c == "" || (c != "*" && strings.Contains(c, "*")) {
+				return nil, fmt.Errorf("policy rule %d: credential %q: give an id or \"*\"", i+1, c)
+			}
+		}
+		p.rules = append(p.rules, rule)
+	}
+	return p, nil
+}
+
+// LoadPolicyFile reads and parses a policy file.
+func LoadPolicyFile(path string) (*Policy, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read policy: %w", err)
+	}
+	p, err := ParsePolicy(data)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return p, nil
+}
+
+// Policy makes a *Policy its own PolicySource, for a policy that never
+// changes.
+func (p *Policy) Policy() *Policy { return p }
+
+func (r *policyRule) matches(identity string) bool {
+	if r.prefix {
+		return strings.HasPrefix(identity, r.identity)
+	}
+	return identity == r.identity
+}
+
+func (r *policyRule) covers(credentialID string) bool {
+	if r.role == RoleAdmin {
+		return true
+	}
+	if credentialID == "" {
+		return false
+	}
+	for _, c := range r.credentials {
+		if c == "*" || c == credentialID {
+			return true
+		}
+	}
+	return false
+}
+
+// Allows reports whether identity holds at least role on credentialID. An
+// empty credentialID stands for a call naming no credential (listing,
+// reflection): only admins may make those.
+func (p *Policy) Allows(identity string, role Role, credentialID string) bool {
+	if p == nil || identity == "" {
+		return false
+	}
+	for i := range p.rules {
+		r := &p.rules[i]
+		if r.role >= role && r.matches(identity) && r.covers(credentialID) {
+			return true
+		}
+	}
+	return false
+}
+
+// AllowsSome reports whether identity holds at least role on any
+// credential: enough to open a watch on "all I may see", which is then
+// filtered notice by notice.
+func (p *Policy) AllowsSome(identity string, role Role) bool {
+	if p == nil || identity == "" {
+		return false
+	}
+	for i := range p.rules {
+		r := &p.rules[i]
+		if r.role >= role && r.matches(identity) {
+			return true
+		}
+	}
+	return false
+}
