@@ -123,7 +123,7 @@ func (c *Client) token(ctx context.Context, op string, ep Endpoint, cc ClientCre
 	if !ok {
 		return nil, res.malformed("no access_token")
 	}
-	if ep.Kind == KindSalesforce && cc.ClientSecret != "" {
+	if ep.Kind == KindSalesforce && signatureCheckable(cc.ClientSecret) {
 		tok.SignatureStatus = SignatureMismatch
 		if VerifySalesforceSignature(tok, cc.ClientSecret) {
 			tok.SignatureStatus = SignatureValid

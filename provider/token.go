@@ -1,6 +1,7 @@
 package provider
 
 import (
+	"crypto/fips140"
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/base64"
@@ -119,7 +120,7 @@ func (t Token) LogValue() slog.Value {
 // package, t.IssuedAt in milliseconds). The comparison is constant-time. It
 // is false when the secret, id, issued_at or signature is missing.
 func VerifySalesforceSignature(t *Token, clientSecret string) bool {
-	if t == nil || clientSecret == "" || t.IDURL == "" || t.Signature == "" {
+	if t == nil || !signatureCheckable(clientSecret) || t.IDURL == "" || t.Signature == "" {
 		return false
 	}
 	issuedAt := t.issuedAtRaw
@@ -136,6 +137,22 @@ func VerifySalesforceSignature(t *Token, clientSecret string) bool {
 	mac := hmac.New(sha256.New, []byte(clientSecret))
 	mac.Write([]byte(t.IDURL + issuedAt))
 	return hmac.Equal(got, mac.Sum(nil))
+}
+
+// minFIPSHMACKeyLen is the shortest HMAC key FIPS 140-3 mode accepts (112
+// bits); crypto/hmac panics on a shorter one when fips140=only.
+const minFIPSHMACKeyLen = 14
+
+// signatureCheckable reports whether a signature keyed by clientSecret can
+// be checked: not without a secret, and, under FIPS 140-only, not with a
+// secret too short to be an approved HMAC key (real Salesforce consumer
+// secrets are 64 characters; a short one is a test or a mistake, and must
+// not crash the refresh that carries it).
+func signatureCheckable(clientSecret string) bool {
+	if clientSecret == "" {
+		return false
+	}
+	return !fips140.Enforced() || len(clientSecret) >= minFIPSHMACKeyLen
 }
 
 // Introspection is an RFC 7662 introspection answer about an access token.

@@ -2,6 +2,7 @@ package provider_test
 
 import (
 	"context"
+	"crypto/fips140"
 	"net/http"
 	"slices"
 	"testing"
@@ -120,7 +121,7 @@ func TestRefreshSalesforceResponse(t *testing.T) {
 		want  provider.SignatureStatus
 	}{
 		{"valid signature", provider.KindSalesforce, testCreds, good, provider.SignatureValid},
-		{"signature by another secret", provider.KindSalesforce, testCreds, salesforceSignature("other", idURL, issuedAt), provider.SignatureMismatch},
+		{"signature by another secret", provider.KindSalesforce, testCreds, salesforceSignature("another-client-secret-0002", idURL, issuedAt), provider.SignatureMismatch},
 		{"signature over another issued_at", provider.KindSalesforce, testCreds, salesforceSignature(testClientSecret, idURL, "1767225600124"), provider.SignatureMismatch},
 		{"signature not base64", provider.KindSalesforce, testCreds, "%%%", provider.SignatureMismatch},
 		{"signature missing", provider.KindSalesforce, testCreds, "", provider.SignatureMismatch},
@@ -150,18 +151,21 @@ func TestRefreshSalesforceResponse(t *testing.T) {
 func TestVerifySalesforceSignature(t *testing.T) {
 	const idURL = "https://login.salesforce.com/id/00D/005"
 	issued := time.UnixMilli(1767225600123)
+	// Secrets long enough to be approved HMAC keys, so the test also runs
+	// under FIPS 140-only (TestFIPS140Only).
+	const s3, s4 = "client-secret-0003", "client-secret-0004"
 	tests := []struct {
 		name   string
 		tok    *provider.Token
 		secret string
 		want   bool
 	}{
-		{"token built by hand uses IssuedAt in ms", &provider.Token{IDURL: idURL, IssuedAt: issued, Signature: salesforceSignature("s3", idURL, "1767225600123")}, "s3", true},
-		{"wrong secret", &provider.Token{IDURL: idURL, IssuedAt: issued, Signature: salesforceSignature("s3", idURL, "1767225600123")}, "s4", false},
-		{"empty secret", &provider.Token{IDURL: idURL, IssuedAt: issued, Signature: salesforceSignature("", idURL, "1767225600123")}, "", false},
-		{"no id", &provider.Token{IssuedAt: issued, Signature: salesforceSignature("s3", "", "1767225600123")}, "s3", false},
-		{"no issued_at", &provider.Token{IDURL: idURL, Signature: salesforceSignature("s3", idURL, "")}, "s3", false},
-		{"nil token", nil, "s3", false},
+		{"token built by hand uses IssuedAt in ms", &provider.Token{IDURL: idURL, IssuedAt: issued, Signature: salesforceSignature(s3, idURL, "1767225600123")}, s3, true},
+		{"wrong secret", &provider.Token{IDURL: idURL, IssuedAt: issued, Signature: salesforceSignature(s3, idURL, "1767225600123")}, s4, false},
+		{"empty secret", &provider.Token{IDURL: idURL, IssuedAt: issued, Signature: salesforceSignature("empty-secret-unused", idURL, "1767225600123")}, "", false},
+		{"no id", &provider.Token{IssuedAt: issued, Signature: salesforceSignature(s3, "", "1767225600123")}, s3, false},
+		{"no issued_at", &provider.Token{IDURL: idURL, Signature: salesforceSignature(s3, idURL, "")}, s3, false},
+		{"nil token", nil, s3, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -169,6 +173,36 @@ func TestVerifySalesforceSignature(t *testing.T) {
 				t.Errorf("VerifySalesforceSignature = %v, want %v", got, tt.want)
 			}
 		})
+	}
+}
+
+// A client secret too short to be an approved HMAC key: checked normally,
+// but under FIPS 140-only it cannot be, and the refresh must still succeed
+// with the signature reported as not checked (crypto/hmac would panic).
+func TestShortSecretSignature(t *testing.T) {
+	const short = "s3cret"
+	tok := &provider.Token{IDURL: "https://login.salesforce.com/id/00D/005", IssuedAt: time.UnixMilli(1767225600123)}
+	body := map[string]any{
+		"access_token": "00Dxx!short", "instance_url": "https://acme.my.salesforce.com", "id": tok.IDURL,
+		"issued_at": "1767225600123", "token_type": "Bearer",
+	}
+	if !fips140.Enforced() {
+		body["signature"] = salesforceSignature(short, tok.IDURL, "1767225600123")
+	} else {
+		body["signature"] = "bm90IGNoZWNrZWQ="
+	}
+	_, srv := startFake(t, jsonAnswer(http.StatusOK, body))
+	c := provider.New(nil, provider.WithClock(fixedClock))
+	got, err := c.Refresh(context.Background(), provider.SalesforceEndpoint(srv.URL), provider.ClientCredentials{ClientID: testClientID, ClientSecret: short}, testRefreshToken)
+	if err != nil {
+		t.Fatalf("Refresh: %v", err)
+	}
+	want := provider.SignatureValid
+	if fips140.Enforced() {
+		want = provider.SignatureNotChecked
+	}
+	if got.SignatureStatus != want {
+		t.Fatalf("SignatureStatus = %v, want %v (fips140 enforced: %v)", got.SignatureStatus, want, fips140.Enforced())
 	}
 }
 
