@@ -154,7 +154,7 @@ func (e *env) start() {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := server.New(server.Config{Broker: b, Logger: logger, Reflection: true, RateLimit: e.opts.rateLimit})
+	srv := server.New(server.Config{Broker: b, Logger: logger, Reflection: true, RateLimit: e.opts.rateLimit, Auditor: al})
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

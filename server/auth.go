@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net"
 	"sync/atomic"
+	"time"
 
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors"
 	grpcauth "github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/auth"
@@ -43,7 +44,10 @@ type AuthConfig struct {
 	// Tokens accepts bearer tokens ("authorization: Bearer <token>"),
 	// over TLS or from loopback only. Nil: certificates only.
 	Tokens TokenVerifier
-	Logger *slog.Logger // nil: discard
+	// ClientCAs re-verifies each call's client certificate against the CAs
+	// in force now. Nil: Policy's, if it has them (a *Reloader does).
+	ClientCAs ClientCASource
+	Logger    *slog.Logger // nil: discard
 }
 
 // Auth authenticates callers (verified client certificate, else bearer
@@ -53,6 +57,8 @@ type Auth struct {
 	tokens TokenVerifier
 	log    *slog.Logger
 	rules  map[string]methodRule
+	cas    ClientCASource
+	trust  trustCache
 	// open: no authentication, every caller is DevIdentity with every
 	// right. Only for a server without Auth (dev, tests).
 	open bool
@@ -63,7 +69,11 @@ func NewAuth(cfg AuthConfig) (*Auth, error) {
 	if cfg.Policy == nil {
 		return nil, fmt.Errorf("auth: a policy is required")
 	}
-	return &Auth{policy: cfg.Policy, tokens: cfg.Tokens, log: loggerOrDiscard(cfg.Logger), rules: methodRules()}, nil
+	cas := cfg.ClientCAs
+	if cas == nil {
+		cas, _ = cfg.Policy.(ClientCASource)
+	}
+	return &Auth{policy: cfg.Policy, tokens: cfg.Tokens, cas: cas, log: loggerOrDiscard(cfg.Logger), rules: methodRules()}, nil
 }
 
 func openAuth(log *slog.Logger) *Auth {
@@ -118,6 +128,11 @@ func (a *Auth) identify(ctx context.Context, p *peer.Peer) (id, why string) {
 		}
 	}
 	if tlsInfo != nil && len(tlsInfo.State.VerifiedChains) > 0 && len(tlsInfo.State.VerifiedChains[0]) > 0 {
+		if a.cas != nil {
+			if err := a.trust.verify(a.cas.ClientCAs(), tlsInfo.State.PeerCertificates, time.Now()); err != nil {
+				return "", err.Error()
+			}
+		}
 		id, err := CertificateIdentity(tlsInfo.State.VerifiedChains[0][0])
 		if err != nil {
 			return "", err.Error()
@@ -221,6 +236,26 @@ func (a *Auth) mayReceive(ctx context.Context, credentialID string) bool {
 	return a.policy.Policy().Allows(id, RoleConsumer, credentialID)
 }
 
+// stillAuthenticated re-establishes a streaming call's identity before each
+// message it sends: a watch lives for hours, and a token removed from the
+// tokens file, a client CA removed from the bundle or a certificate that
+// expired must end it, not just refuse the caller's next call.
+func (a *Auth) stillAuthenticated(ctx context.Context) error {
+	if a.open {
+		return nil
+	}
+	was, _ := IdentityFromContext(ctx)
+	p, _ := peer.FromContext(ctx)
+	if id, why := a.identify(ctx, p); id == "" || id != was {
+		if why == "" {
+			why = "the credentials now name another identity"
+		}
+		a.log.InfoContext(ctx, "stream no longer authenticated", "reason", why, "method", methodOf(ctx), "caller", was, "peer.address", peerAddr(p))
+		return errUnauthenticated
+	}
+	return nil
+}
+
 // needsAuth selects every call but health checks, which load balancers
 // and orchestrators make without credentials.
 func needsAuth(_ context.Context, c interceptors.CallMeta) bool {
@@ -288,6 +323,9 @@ func (s *authorizedStream) RecvMsg(m any) error {
 func (s *authorizedStream) SendMsg(m any) error {
 	if !s.authorized {
 		return status.Error(codes.Internal, "internal error: response before an authorized request")
+	}
+	if err := s.auth.stillAuthenticated(s.Context()); err != nil {
+		return err
 	}
 	if r, ok := m.(*rotavaultv1.WatchRevocationsResponse); ok {
 		if n := r.GetNotice(); n != nil && !s.auth.mayReceive(s.Context(), n.GetCredentialId()) {

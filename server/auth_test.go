@@ -109,6 +109,9 @@ type authEnvOptions struct {
 	requireClientCert bool
 	reloadInterval    time.Duration
 	rateLimit         RateLimit
+	// issuanceFlush, when set, summarises token issuance into the
+	// recording auditor at this interval.
+	issuanceFlush time.Duration
 }
 
 // authEnv is a server with TLS, bearer tokens and the test policy on
@@ -195,6 +198,7 @@ func newAuthEnv(t *testing.T, opts authEnvOptions) *authEnv {
 		t.Fatal(err)
 	}
 	srv := New(Config{Broker: b, Logger: log, Reflection: true, Auth: auth, RateLimit: opts.rateLimit,
+		Auditor: issuanceAuditor(opts.issuanceFlush, e.auditor), IssuanceFlushInterval: opts.issuanceFlush,
 		ExtraOptions: []grpc.ServerOption{grpc.Creds(credentials.NewTLS(r.ServerTLSConfig()))}})
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

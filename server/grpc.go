@@ -7,7 +7,9 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net"
 	"runtime/debug"
+	"strings"
 	"time"
 
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/logging"
@@ -46,6 +48,11 @@ type Config struct {
 	// value means DefaultRateLimit and DefaultRateBurst. Health checks are
 	// not limited.
 	RateLimit RateLimit
+	// Auditor, when set, receives a summary of the access tokens each
+	// caller got for each credential, every IssuanceFlushInterval
+	// (DefaultIssuanceFlushInterval if zero) and at Shutdown.
+	Auditor               Auditor
+	IssuanceFlushInterval time.Duration
 }
 
 // Server is the assembled gRPC server with its health service.
@@ -53,7 +60,8 @@ type Server struct {
 	GRPC   *grpc.Server
 	Health *health.Server
 	// drain ends every streaming call at shutdown.
-	drain context.CancelFunc
+	drain    context.CancelFunc
+	issuance *issuanceCounter
 }
 
 // New builds a gRPC server with the token and admin services, the standard
@@ -91,7 +99,7 @@ func New(cfg Config) *Server {
 	}, authz.streamInterceptors()...)
 	// After authentication, so that the limit is per identity.
 	if limits := cfg.RateLimit.withDefaults(); !limits.Disabled {
-		l := newCallerLimiter(limits, callerIdentity)
+		l := newCallerLimiter(limits, limiterKey)
 		unary = append(unary, l.unary)
 		stream = append(stream, l.stream)
 	}
@@ -107,7 +115,11 @@ func New(cfg Config) *Server {
 	}
 	opts = append(opts, cfg.ExtraOptions...)
 	gs := grpc.NewServer(opts...)
-	rotavaultv1.RegisterTokenVaultServiceServer(gs, NewTokenVaultService(TokenVaultConfig{Broker: cfg.Broker, Logger: log}))
+	var issuance *issuanceCounter
+	if cfg.Auditor != nil {
+		issuance = newIssuanceCounter(cfg.Auditor, cfg.IssuanceFlushInterval, log)
+	}
+	rotavaultv1.RegisterTokenVaultServiceServer(gs, NewTokenVaultService(TokenVaultConfig{Broker: cfg.Broker, Logger: log, issuance: issuance}))
 	rotavaultv1.RegisterCredentialAdminServiceServer(gs, NewCredentialAdminService(CredentialAdminConfig{Broker: cfg.Broker, Logger: log}))
 	hs := health.NewServer()
 	healthpb.RegisterHealthServer(gs, hs)
@@ -117,7 +129,7 @@ func New(cfg Config) *Server {
 	if cfg.Reflection {
 		reflection.Register(gs)
 	}
-	return &Server{GRPC: gs, Health: hs, drain: drain}
+	return &Server{GRPC: gs, Health: hs, drain: drain, issuance: issuance}
 }
 
 // Shutdown marks the server NOT_SERVING (so load balancers drain it), then
@@ -136,6 +148,10 @@ func (s *Server) Shutdown(ctx context.Context) {
 		s.GRPC.Stop()
 		<-done
 	}
+	// After the last call: what it was handed is in the summary.
+	if s.issuance != nil {
+		s.issuance.close(context.WithoutCancel(ctx))
+	}
 }
 
 // callerIdentity names the caller for the audit trail: the authenticated
@@ -149,6 +165,20 @@ func callerIdentity(ctx context.Context) string {
 		return "peer:" + p.Addr.String()
 	}
 	return "unknown"
+}
+
+// limiterKey is the caller's identity, except that an open server's callers
+// (DevIdentity/peer:HOST:PORT) share one bucket per host: a bucket per
+// source port would let a client escape its limit by opening connections,
+// and grow the limiter by one bucket per connection.
+func limiterKey(ctx context.Context) string {
+	id := callerIdentity(ctx)
+	if addr, ok := strings.CutPrefix(id, DevIdentity+"/peer:"); ok {
+		if host, _, err := net.SplitHostPort(addr); err == nil {
+			return DevIdentity + "/peer:" + host
+		}
+	}
+	return id
 }
 
 func actorUnary(ctx context.Context, req any, _ *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {

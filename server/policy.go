@@ -60,8 +60,8 @@ type Policy struct {
 
 type policyRule struct {
 	identity string
-	// prefix is set for an identity ending in "*": it matches every
-	// identity starting with the rest.
+	// prefix is set for an identity ending in "/*": it matches every
+	// identity starting with the rest, slash included.
 	prefix      bool
 	role        Role
 	credentials []string
@@ -110,9 +110,13 @@ func ParsePolicy(data []byte) (*Policy, error) {
 		case r.Identity == "" || r.Identity == "*":
 			// A bare "*" would grant every authenticated caller; say so
 			// explicitly by naming a prefix instead.
-			return nil, fmt.Errorf("policy rule %d: identity must be an identity or a prefix ending in *", i+1)
+			return nil, fmt.Errorf("policy rule %d: identity must be an identity or a prefix ending in /*", i+1)
 		case strings.Contains(rule.identity, "*"):
 			return nil, fmt.Errorf("policy rule %d: identity %q: * is only allowed at the end", i+1, r.Identity)
+		case rule.prefix && !strings.HasSuffix(rule.identity, "/"):
+			// "…/ns/pay*" would also match "…/ns/payroll/…" and "ops*"
+			// "ops.attacker.example": a prefix stops at a path segment.
+			return nil, fmt.Errorf("policy rule %d: identity %q: a prefix must end in /* (whole path segments)", i+1, r.Identity)
 		case role != RoleAdmin && len(r.Credentials) == 0:
 			return nil, fmt.Errorf("policy rule %d: a %s rule must name credentials (ids, or \"*\" for all)", i+1, role)
 		}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -76,6 +77,15 @@ func (r *Reloader) Policy() *Policy { return r.policy.Load() }
 // VerifyToken checks a bearer token against the current tokens file.
 func (r *Reloader) VerifyToken(token string) (string, bool) {
 	return r.tokens.Load().VerifyToken(token)
+}
+
+// ClientCAs returns the client CAs in force now; nil without mTLS.
+func (r *Reloader) ClientCAs() *x509.CertPool {
+	m := r.tls.Load()
+	if m == nil {
+		return nil
+	}
+	return m.config.ClientCAs
 }
 
 // HasTokens reports whether a tokens file is configured.

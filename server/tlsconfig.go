@@ -5,7 +5,11 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"net/url"
 	"os"
+	"strings"
+	"sync"
+	"time"
 )
 
 // tlsMaterial is one loaded generation of the server's certificate and
@@ -51,19 +55,131 @@ func loadTLSMaterial(certFile, keyFile, clientCAFile string, requireClientCert b
 }
 
 // CertificateIdentity names the holder of a verified client certificate:
-// its first URI SAN (a SPIFFE ID), else its first DNS SAN, else its
-// subject CN.
+// its URI SAN (a SPIFFE ID), else its first DNS SAN, else its subject CN.
+//
+// Identities of every kind share one namespace in the policy, so a DNS SAN
+// or CN that could pass for a URI ("spiffe://…/admin" typed into the CN of
+// an enterprise CA's request form) is refused rather than matched against
+// URI rules. A certificate with several URI SANs is ambiguous (an X.509
+// SVID has exactly one) and a URI with dot segments, an empty segment,
+// escapes, a query, a fragment or user info is not canonical, so a prefix
+// rule ("…/ns/a/*") cannot be made to match "…/ns/a/../b": both are refused.
 func CertificateIdentity(cert *x509.Certificate) (string, error) {
 	switch {
 	case cert == nil:
 		return "", errors.New("no certificate")
-	case len(cert.URIs) > 0:
+	case len(cert.URIs) > 1:
+		return "", fmt.Errorf("the certificate has %d URI SANs; an identity needs exactly one", len(cert.URIs))
+	case len(cert.URIs) == 1:
+		if err := checkURIIdentity(cert.URIs[0]); err != nil {
+			return "", err
+		}
 		return cert.URIs[0].String(), nil
 	case len(cert.DNSNames) > 0:
-		return cert.DNSNames[0], nil
+		return nameIdentity("DNS SAN", cert.DNSNames[0])
 	case cert.Subject.CommonName != "":
-		return cert.Subject.CommonName, nil
+		return nameIdentity("subject CN", cert.Subject.CommonName)
 	default:
 		return "", errors.New("the certificate names no identity (no URI or DNS SAN, no CN)")
 	}
+}
+
+func checkURIIdentity(u *url.URL) error {
+	switch {
+	case u.Scheme == "" || u.String() == "":
+		return errors.New("URI SAN: not an absolute URI")
+	case u.User != nil || u.RawQuery != "" || u.ForceQuery || u.Fragment != "" || u.RawFragment != "":
+		return errors.New("URI SAN: user info, query and fragment are not allowed in an identity")
+	case u.RawPath != "" || strings.Contains(u.Opaque, "%"):
+		return errors.New("URI SAN: percent-escapes are not allowed in an identity")
+	case u.Opaque != "":
+		return nil
+	}
+	if u.Path == "" {
+		return nil
+	}
+	for _, seg := range strings.Split(strings.TrimPrefix(u.Path, "/"), "/") {
+		if seg == "" || seg == "." || seg == ".." {
+			return errors.New("URI SAN: empty, . and .. path segments are not allowed in an identity")
+		}
+	}
+	return nil
+}
+
+func nameIdentity(what, name string) (string, error) {
+	if strings.ContainsAny(name, ":/") {
+		return "", fmt.Errorf("%s: a name identity must not contain : or /, which would let it pass for a URI identity", what)
+	}
+	for _, r := range name {
+		if r <= ' ' || r == 0x7f {
+			return "", fmt.Errorf("%s: spaces and control characters are not allowed in an identity", what)
+		}
+	}
+	return name, nil
+}
+
+// ClientCASource yields the client CAs in force now (nil: none).
+type ClientCASource interface {
+	ClientCAs() *x509.CertPool
+}
+
+// maxTrustCacheEntries bounds the cache of verified client chains; past it
+// the cache starts afresh, which costs re-verifications, not correctness.
+const maxTrustCacheEntries = 4096
+
+// trustCache re-verifies a connection's client certificate at each call,
+// against the client CAs and the clock of that call: the TLS handshake
+// checked them once, but an HTTP/2 connection lives as long as its client
+// keeps it busy, so a CA removed from the bundle or an expired certificate
+// would otherwise keep authenticating it. A chain verified under one pool
+// stays good until the first of its certificates expires, so each
+// connection pays for one verification per CA generation, not per call.
+type trustCache struct {
+	mu      sync.Mutex
+	entries map[trustKey]time.Time
+}
+
+type trustKey struct {
+	pool *x509.CertPool
+	leaf *x509.Certificate
+}
+
+func (c *trustCache) verify(pool *x509.CertPool, peerCerts []*x509.Certificate, now time.Time) error {
+	if pool == nil {
+		return errors.New("client certificates are no longer accepted (no client CA)")
+	}
+	if len(peerCerts) == 0 {
+		return errors.New("no client certificate")
+	}
+	k := trustKey{pool: pool, leaf: peerCerts[0]}
+	c.mu.Lock()
+	until, ok := c.entries[k]
+	c.mu.Unlock()
+	if ok && now.Before(until) {
+		return nil
+	}
+	intermediates := x509.NewCertPool()
+	for _, ic := range peerCerts[1:] {
+		intermediates.AddCert(ic)
+	}
+	chains, err := peerCerts[0].Verify(x509.VerifyOptions{
+		Roots: pool, Intermediates: intermediates, CurrentTime: now,
+		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	})
+	if err != nil {
+		return fmt.Errorf("client certificate no longer verifies against the client CA: %w", err)
+	}
+	until = peerCerts[0].NotAfter
+	for _, cert := range chains[0] {
+		if cert.NotAfter.Before(until) {
+			until = cert.NotAfter
+		}
+	}
+	c.mu.Lock()
+	if c.entries == nil || len(c.entries) >= maxTrustCacheEntries {
+		c.entries = make(map[trustKey]time.Time)
+	}
+	c.entries[k] = until
+	c.mu.Unlock()
+	return nil
 }

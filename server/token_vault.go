@@ -25,19 +25,22 @@ type TokenBroker interface {
 type TokenVaultConfig struct {
 	Broker TokenBroker
 	Logger *slog.Logger // nil: discard
+	// issuance, when set, counts the tokens handed to each caller.
+	issuance *issuanceCounter
 }
 
 // TokenVaultService implements rotavault.v1.TokenVaultService. Safe for
 // concurrent use.
 type TokenVaultService struct {
 	rotavaultv1.UnimplementedTokenVaultServiceServer
-	broker TokenBroker
-	log    *slog.Logger
+	broker   TokenBroker
+	log      *slog.Logger
+	issuance *issuanceCounter
 }
 
 // NewTokenVaultService returns the token service.
 func NewTokenVaultService(cfg TokenVaultConfig) *TokenVaultService {
-	return &TokenVaultService{broker: cfg.Broker, log: loggerOrDiscard(cfg.Logger)}
+	return &TokenVaultService{broker: cfg.Broker, log: loggerOrDiscard(cfg.Logger), issuance: cfg.issuance}
 }
 
 // GetAccessToken implements rotavault.v1.TokenVaultService.
@@ -62,6 +65,9 @@ func (s *TokenVaultService) GetAccessToken(ctx context.Context, req *rotavaultv1
 	tok, err := s.broker.GetAccessToken(ctx, breq)
 	if err != nil {
 		return nil, toStatus(ctx, s.log, err)
+	}
+	if s.issuance != nil {
+		s.issuance.add(callerIdentity(ctx), breq.CredentialID)
 	}
 	return &rotavaultv1.GetAccessTokenResponse{
 		AccessToken: tok.Token,
