@@ -262,20 +262,23 @@ func needsAuth(_ context.Context, c interceptors.CallMeta) bool {
 	return c.Service != healthpb.Health_ServiceDesc.ServiceName
 }
 
-func (a *Auth) unaryInterceptors() []grpc.UnaryServerInterceptor {
-	m := selector.MatchFunc(needsAuth)
-	return []grpc.UnaryServerInterceptor{
-		selector.UnaryServerInterceptor(grpcauth.UnaryServerInterceptor(a.authenticate), m),
-		selector.UnaryServerInterceptor(a.authorizeUnary, m),
-	}
+// authenticators identify the caller (every call but health checks);
+// authorizers then check the policy. Interceptors may run between them:
+// the rate limiter does, so that denied calls count against their caller.
+func (a *Auth) unaryAuthenticator() grpc.UnaryServerInterceptor {
+	return selector.UnaryServerInterceptor(grpcauth.UnaryServerInterceptor(a.authenticate), selector.MatchFunc(needsAuth))
 }
 
-func (a *Auth) streamInterceptors() []grpc.StreamServerInterceptor {
-	m := selector.MatchFunc(needsAuth)
-	return []grpc.StreamServerInterceptor{
-		selector.StreamServerInterceptor(grpcauth.StreamServerInterceptor(a.authenticate), m),
-		selector.StreamServerInterceptor(a.authorizeStream, m),
-	}
+func (a *Auth) unaryAuthorizer() grpc.UnaryServerInterceptor {
+	return selector.UnaryServerInterceptor(a.authorizeUnary, selector.MatchFunc(needsAuth))
+}
+
+func (a *Auth) streamAuthenticator() grpc.StreamServerInterceptor {
+	return selector.StreamServerInterceptor(grpcauth.StreamServerInterceptor(a.authenticate), selector.MatchFunc(needsAuth))
+}
+
+func (a *Auth) streamAuthorizer() grpc.StreamServerInterceptor {
+	return selector.StreamServerInterceptor(a.authorizeStream, selector.MatchFunc(needsAuth))
 }
 
 func (a *Auth) authorizeUnary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {

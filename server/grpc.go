@@ -87,22 +87,28 @@ func New(cfg Config) *Server {
 		logging.WithLogOnEvents(logging.FinishCall),
 		logging.WithFieldsFromContext(callerLogFields),
 	}
-	unary := append([]grpc.UnaryServerInterceptor{
+	unary := []grpc.UnaryServerInterceptor{
 		recovery.UnaryServerInterceptor(rec),
 		callerSlotUnary,
 		logging.UnaryServerInterceptor(accessLog, logOpts...),
-	}, authz.unaryInterceptors()...)
-	stream := append([]grpc.StreamServerInterceptor{
+		authz.unaryAuthenticator(),
+	}
+	stream := []grpc.StreamServerInterceptor{
 		recovery.StreamServerInterceptor(rec),
 		callerSlotStream,
 		logging.StreamServerInterceptor(accessLog, logOpts...),
-	}, authz.streamInterceptors()...)
-	// After authentication, so that the limit is per identity.
+		authz.streamAuthenticator(),
+	}
+	// After authentication, so that the limit is per identity; before
+	// authorization, so that a caller hammering calls it is denied is
+	// limited too.
 	if limits := cfg.RateLimit.withDefaults(); !limits.Disabled {
 		l := newCallerLimiter(limits, limiterKey)
 		unary = append(unary, l.unary)
 		stream = append(stream, l.stream)
 	}
+	unary = append(unary, authz.unaryAuthorizer())
+	stream = append(stream, authz.streamAuthorizer())
 	opts := []grpc.ServerOption{
 		grpc.MaxRecvMsgSize(MaxRecvMsgSize),
 		grpc.ChainUnaryInterceptor(append(unary, actorUnary)...),

@@ -116,3 +116,20 @@ func TestRateLimitPerIdentityOverTLS(t *testing.T) {
 		}
 	}
 }
+
+// A caller flooding calls it is not permitted to make is limited like any
+// other: the limiter runs before authorization.
+func TestDeniedCallsCountAgainstTheLimit(t *testing.T) {
+	e := newAuthEnv(t, authEnvOptions{rateLimit: RateLimit{Rate: 0.001, Burst: 2}})
+	stranger := rotavaultv1.NewTokenVaultServiceClient(e.as(idStranger, false))
+	for i := range 2 {
+		_, err := stranger.GetAccessToken(testCtx(t), &rotavaultv1.GetAccessTokenRequest{CredentialId: "cred-a"})
+		if status.Code(err) != codes.PermissionDenied {
+			t.Fatalf("denied call %d: %v, want PermissionDenied", i+1, err)
+		}
+	}
+	_, err := stranger.GetAccessToken(testCtx(t), &rotavaultv1.GetAccessTokenRequest{CredentialId: "cred-a"})
+	if status.Code(err) != codes.ResourceExhausted {
+		t.Fatalf("third denied call: %v, want ResourceExhausted", err)
+	}
+}
