@@ -117,7 +117,7 @@ type authEnvOptions struct {
 // authEnv is a server with TLS, bearer tokens and the test policy on
 // 127.0.0.1, backed by a real broker and the Salesforce simulator.
 type authEnv struct {
-	t                                         *testing.T
+	t                                         testing.TB
 	dir                                       string
 	ca                                        *testCA
 	addr                                      string
@@ -131,7 +131,7 @@ type authEnv struct {
 	reloader                                  *Reloader
 }
 
-func newAuthEnv(t *testing.T, opts authEnvOptions) *authEnv {
+func newAuthEnv(t testing.TB, opts authEnvOptions) *authEnv {
 	t.Helper()
 	dir := t.TempDir()
 	e := &authEnv{
@@ -272,7 +272,7 @@ func (e *authEnv) as(id string, viaToken bool) *grpc.ClientConn {
 	return e.dialWith(e.ca, &c.cert, "")
 }
 
-func testCtx(t *testing.T) context.Context {
+func testCtx(t testing.TB) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), awaitDeadline)
 	t.Cleanup(cancel)
 	return ctx

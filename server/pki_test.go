@@ -25,7 +25,7 @@ type testCA struct {
 	pem  []byte
 }
 
-func newTestCA(t *testing.T, name string) *testCA {
+func newTestCA(t testing.TB, name string) *testCA {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -61,7 +61,7 @@ type leafSpec struct {
 }
 
 // issue returns a leaf's certificate and key in PEM.
-func (ca *testCA) issue(t *testing.T, s leafSpec) (certPEM, keyPEM []byte) {
+func (ca *testCA) issue(t testing.TB, s leafSpec) (certPEM, keyPEM []byte) {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -103,7 +103,7 @@ func (ca *testCA) issue(t *testing.T, s leafSpec) (certPEM, keyPEM []byte) {
 		pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER})
 }
 
-func (ca *testCA) clientCert(t *testing.T, s leafSpec) tls.Certificate {
+func (ca *testCA) clientCert(t testing.TB, s leafSpec) tls.Certificate {
 	t.Helper()
 	c, k := ca.issue(t, s)
 	cert, err := tls.X509KeyPair(c, k)
@@ -121,7 +121,7 @@ func (ca *testCA) pool() *x509.CertPool {
 
 // writeFile writes data atomically (rename), as a config manager would,
 // so a reload never sees half a file.
-func writeFile(t *testing.T, path string, data []byte) {
+func writeFile(t testing.TB, path string, data []byte) {
 	t.Helper()
 	tmp := filepath.Join(filepath.Dir(path), "."+filepath.Base(path)+".tmp")
 	if err := os.WriteFile(tmp, data, 0o600); err != nil {
