@@ -517,3 +517,23 @@ func TestKeyNeverPrinted(t *testing.T) {
 		}
 	}
 }
+
+// With a negative AnchorInterval every record is anchored before Record
+// returns: no window in which the newest records can be cut off undetected.
+func TestSynchronousAnchoring(t *testing.T) {
+	cfg := newConfig(t)
+	cfg.AnchorInterval = -1
+	l := openLog(t, cfg)
+	for i := 1; i <= 3; i++ {
+		if err := l.Record(context.Background(), testEvent(i)); err != nil {
+			t.Fatal(err)
+		}
+		if last, anchored := l.Head(); anchored != last.Seq || last.Seq != uint64(i) {
+			t.Fatalf("after record %d: head %d anchored %d, want both %d", i, last.Seq, anchored, i)
+		}
+	}
+	lines := readLines(t, cfg.Path)
+	writeLines(t, cfg.Path, lines[:2])
+	_, err := Verify(context.Background(), cfg)
+	wantBroken(t, err, 3, 3, ProblemTruncated)
+}

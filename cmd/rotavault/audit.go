@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -39,13 +40,13 @@ func auditHeadKey(backend, dataDir string) (string, error) {
 
 // openAudit opens DATA_DIR/audit.jsonl, continuing the chain anchored in
 // st, and explains a broken chain.
-func openAudit(ctx context.Context, backend, dataDir string, st store.Store, log *slog.Logger) (*audit.FileLog, error) {
+func openAudit(ctx context.Context, backend, dataDir string, st store.Store, anchorInterval time.Duration, log *slog.Logger) (*audit.FileLog, error) {
 	headKey, err := auditHeadKey(backend, dataDir)
 	if err != nil {
 		return nil, err
 	}
 	path := filepath.Join(dataDir, auditFileName)
-	al, err := audit.Open(ctx, audit.Config{Path: path, Store: st, HeadKey: headKey, Logger: log})
+	al, err := audit.Open(ctx, audit.Config{Path: path, Store: st, HeadKey: headKey, Logger: log, AnchorInterval: anchorInterval})
 	if errors.Is(err, audit.ErrChainBroken) {
 		return nil, withHint(err, "the server does not start a new audit chain over a broken or missing one: "+
 			"inspect %s (`rotavault audit verify` with the server stopped). A trail written before the chain existed can be moved aside; "+

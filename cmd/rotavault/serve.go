@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 
+	"github.com/rotavault/rotavault/audit"
 	"github.com/rotavault/rotavault/boltstore"
 	"github.com/rotavault/rotavault/broker"
 	"github.com/rotavault/rotavault/provider"
@@ -56,6 +57,9 @@ type serverConfig struct {
 	ReloadInterval time.Duration
 	// RateLimit bounds each caller identity's request rate.
 	RateLimit server.RateLimit
+	// AuditAnchorInterval is audit.Config.AnchorInterval: zero means the
+	// default, negative anchors every record synchronously.
+	AuditAnchorInterval time.Duration
 	// DataDir holds the store (rotavault.db) and the audit trail
 	// (audit.jsonl); it is created (mode 0700) if missing.
 	DataDir      string
@@ -134,7 +138,7 @@ func runServer(ctx context.Context, cfg serverConfig) (err error) {
 	default:
 		return usageErrorf("unknown --store %q: embedded or vault", cfg.Backend)
 	}
-	al, err := openAudit(ctx, cfg.Backend, cfg.DataDir, st, log)
+	al, err := openAudit(ctx, cfg.Backend, cfg.DataDir, st, cfg.AuditAnchorInterval, log)
 	if err != nil {
 		return err
 	}
@@ -339,6 +343,7 @@ func newServeCmd(a *app) *cobra.Command {
 		tlsCert, tlsKey, tlsClientCA     string
 		bearerTokens, policyFile         string
 		rateLimit                        float64
+		auditAnchorInterval              time.Duration
 		rateBurst                        int
 	)
 	cmd := &cobra.Command{
@@ -378,7 +383,8 @@ Examples:
 				Addr: addr, AllowNonLoopback: insecure,
 				TLSCert: tlsCert, TLSKey: tlsKey, TLSClientCA: tlsClientCA,
 				BearerTokensFile: bearerTokens, PolicyFile: policyFile,
-				RateLimit: server.RateLimit{Rate: rateLimit, Burst: rateBurst, Disabled: rateLimit < 0},
+				RateLimit:           server.RateLimit{Rate: rateLimit, Burst: rateBurst, Disabled: rateLimit < 0},
+				AuditAnchorInterval: syncAnchorIfZero(auditAnchorInterval),
 			}
 			if err := scfg.checkAuth(); err != nil {
 				return err
@@ -423,6 +429,7 @@ Examples:
 	fs.StringVar(&policyFile, "policy", "", "JSON policy mapping caller identities to roles (consumer, operator, admin) on credentials; without it every caller is an admin (dev only)")
 	fs.StringVar(&dataDir, "data-dir", "", "directory of the store and the audit trail (required)")
 	fs.Float64Var(&rateLimit, "rate-limit", server.DefaultRateLimit, "requests per second each caller identity may send, sustained (health checks excepted); over it calls get RESOURCE_EXHAUSTED with a retry delay; -1 disables")
+	fs.DurationVar(&auditAnchorInterval, "audit-anchor-interval", audit.DefaultAnchorInterval, "how often, at most, the audit chain's head is anchored in the store, in the background: records newer than the last anchor can be cut off undetected; 0 anchors every record before the action completes (one more store write per rotation)")
 	fs.IntVar(&rateBurst, "rate-burst", server.DefaultRateBurst, "requests a caller identity may send at once before --rate-limit applies")
 	keys.register(fs)
 	fs.BoolVar(&reflection, "reflection", false, "serve gRPC reflection (for grpcurl)")
@@ -474,4 +481,13 @@ func (f *vaultAuthFlags) loginMethod() (vaultstore.LoginMethod, error) {
 	default:
 		return nil, usageErrorf("unknown --vault-auth %q: token, approle or kubernetes", f.kind)
 	}
+}
+
+// syncAnchorIfZero maps --audit-anchor-interval 0 ("anchor every record")
+// to audit's negative interval, whose zero means "the default".
+func syncAnchorIfZero(d time.Duration) time.Duration {
+	if d == 0 {
+		return -1
+	}
+	return d
 }
