@@ -64,6 +64,9 @@ func (b *Broker) GetAccessToken(ctx context.Context, req TokenRequest) (AccessTo
 		return AccessToken{}, err
 	}
 	v := e.view.Load()
+	if v.fam.Status != StatusActive {
+		v = b.recheckInactive(ctx, e, v)
+	}
 	if err := b.checkMinRemaining(v, req.MinRemaining); err != nil {
 		return AccessToken{}, err
 	}
@@ -93,6 +96,27 @@ func (b *Broker) GetAccessToken(ctx context.Context, req TokenRequest) (AccessTo
 	}
 	e.markUsed()
 	return toAccessToken(v), nil
+}
+
+// inactiveRecheck bounds the store reads of callers hammering a credential
+// without a usable family.
+const inactiveRecheck = time.Second
+
+// recheckInactive re-reads a family this replica knows as revoked or never
+// installed: another replica may have installed a new one (Reauthenticate
+// there), and nothing else tells this one.
+func (b *Broker) recheckInactive(ctx context.Context, e *entry, v *view) *view {
+	now := b.opts.now()
+	last := e.inactiveReadAt.Load()
+	if now.Sub(time.Unix(0, last)) < inactiveRecheck || !e.inactiveReadAt.CompareAndSwap(last, now.UnixNano()) {
+		return v
+	}
+	cur, err := b.readView(ctx, e.id)
+	if err != nil {
+		return v
+	}
+	e.setView(cur)
+	return e.view.Load()
 }
 
 // fresh reports whether v's access token can serve a caller wanting

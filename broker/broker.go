@@ -343,6 +343,9 @@ type entry struct {
 	retryAt time.Time
 	// credReadAt is when the credential record was last read (unix ns).
 	credReadAt atomic.Int64
+	// inactiveReadAt is when a revoked or missing family was last re-read
+	// (unix ns), see recheckInactive.
+	inactiveReadAt atomic.Int64
 }
 
 // view is an immutable snapshot of a credential. Never modify one in place.

@@ -230,9 +230,9 @@ func (b *Broker) DeleteCredential(ctx context.Context, id string) error {
 	if err != nil {
 		return err
 	}
-	if v.fam.RefreshToken != "" {
+	if live := liveToken(v.fam); live != "" {
 		rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		err := b.provider.Revoke(rctx, v.cred.Spec.endpoint(), v.cred.Spec.clientCredentials(), v.fam.RefreshToken)
+		err := b.provider.Revoke(rctx, v.cred.Spec.endpoint(), v.cred.Spec.clientCredentials(), live)
 		cancel()
 		if err != nil {
 			b.log.WarnContext(ctx, "could not revoke the family at the provider while deleting", "credential", id, "err", err)
@@ -277,6 +277,9 @@ func (b *Broker) describe(e *entry, v *view) Credential {
 	e.mu.Lock()
 	if e.lastErr != nil && c.LastError == "" {
 		c.LastError = e.lastErr.Error()
+	}
+	if v.fam.PendingRevocation != "" {
+		c.LastError = "revoked in Rotavault, but the provider has not confirmed revoking the refresh token; run RevokeCredential again or revoke it at the provider"
 	}
 	if e.rescue.Load() != nil {
 		c.LastError = "a rotated refresh token is held in memory until the store accepts it"

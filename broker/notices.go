@@ -33,7 +33,9 @@ type Notice struct {
 	Kind         NoticeKind       `json:"kind"`
 	Reason       RevocationReason `json:"reason,omitempty"`
 	Detail       string           `json:"detail,omitempty"`
-	DetectedAt   time.Time        `json:"detected_at"`
+	// ProviderRevocation is set for ReasonAdminRevoked.
+	ProviderRevocation ProviderRevocation `json:"provider_revocation,omitempty"`
+	DetectedAt         time.Time          `json:"detected_at"`
 	// Cursor is the notice's position in the log; not stored.
 	Cursor string `json:"-"`
 	seq    uint64

@@ -235,8 +235,8 @@ func (b *Broker) installFamily(ctx context.Context, e *entry, refreshToken strin
 	e.rescue.Store(nil)
 	e.lastErr, e.retryAt = nil, time.Time{}
 	e.mu.Unlock()
-	if revokeOld && old.fam.Status == StatusActive && old.fam.RefreshToken != "" {
-		if err := b.provider.Revoke(ctx, old.cred.Spec.endpoint(), old.cred.Spec.clientCredentials(), old.fam.RefreshToken); err != nil {
+	if live := liveToken(old.fam); revokeOld && live != "" {
+		if err := b.provider.Revoke(ctx, old.cred.Spec.endpoint(), old.cred.Spec.clientCredentials(), live); err != nil {
 			b.log.WarnContext(ctx, "could not revoke the replaced family at the provider", "credential", e.id, "family", old.fam.FamilyID, "err", err)
 		}
 	}

@@ -52,6 +52,7 @@ const (
 	ReasonClientRejected       RevocationReason = "client_rejected"
 	ReasonAdmin                RevocationReason = "admin"
 	ReasonSuperseded           RevocationReason = "superseded"
+	ReasonAdminRevoked         RevocationReason = "admin_revoked"
 )
 
 type credentialRecord struct {
@@ -97,9 +98,14 @@ type familyRecord struct {
 	// Claim is set while a replica refreshes the family (see claim.go).
 	Claim         *claim           `json:"claim,omitempty"`
 	RevokedReason RevocationReason `json:"revoked_reason,omitempty"`
-	RevokedAt     time.Time        `json:"revoked_at,omitzero"`
-	LastError     string           `json:"last_error,omitempty"`
-	LastErrorAt   time.Time        `json:"last_error_at,omitzero"`
+	// PendingRevocation is the refresh token of a deliberately revoked
+	// family whose revocation the provider has not confirmed. It is kept
+	// only so RevokeCredential can retry at the revocation endpoint; it is
+	// never presented to the token endpoint.
+	PendingRevocation string    `json:"pending_revocation,omitempty"`
+	RevokedAt         time.Time `json:"revoked_at,omitzero"`
+	LastError         string    `json:"last_error,omitempty"`
+	LastErrorAt       time.Time `json:"last_error_at,omitzero"`
 }
 
 func (f *familyRecord) clone() *familyRecord {

@@ -266,6 +266,19 @@ func (b *Broker) resultConflict(ctx context.Context, e *entry, cred *credentialR
 		if cur.fam.Status == StatusActive && cur.fam.RefreshToken == next.RefreshToken && cur.fam.Generation >= next.Generation {
 			return cur, nil
 		}
+		if cur.fam.Status == StatusRevoked {
+			// The family was revoked (deliberately, on any replica) while we
+			// held the claim: the revocation wins. The token we just obtained
+			// must not outlive it at a provider that revokes single tokens.
+			b.log.WarnContext(ctx, "the family was revoked during a refresh; discarding the refreshed tokens",
+				"credential", e.id, "family", fam.FamilyID, "generation", fam.Generation)
+			if rotated {
+				if err := b.provider.Revoke(ctx, cred.Spec.endpoint(), cred.Spec.clientCredentials(), tok.RefreshToken); err != nil {
+					b.log.WarnContext(ctx, "could not revoke the discarded refresh token", "credential", e.id, "err", err)
+				}
+			}
+			return nil, reauthRequired(e.id, cur.fam)
+		}
 		b.log.ErrorContext(ctx, "refresh result lost a check-and-set race within the same family (our claim was taken over); keeping the stored state",
 			"credential", e.id, "family", fam.FamilyID, "generation", fam.Generation)
 		return nil, fmt.Errorf("%w: another replica took over the refresh of %s", ErrConflict, e.id)
@@ -424,6 +437,8 @@ func revocationDetail(r RevocationReason) string {
 		return "the provider refused the client (secret, user or org no longer valid)"
 	case ReasonAdmin:
 		return "revoked by an administrator"
+	case ReasonAdminRevoked:
+		return "revoked deliberately by an operator or administrator (RevokeCredential)"
 	case ReasonSuperseded:
 		return "replaced by a new family"
 	default:

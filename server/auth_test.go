@@ -322,6 +322,12 @@ func rpcCases(e *authEnv) []rpcCase {
 			_, err := vault(c).Reauthenticate(ctx, &rotavaultv1.ReauthenticateRequest{CredentialId: "cred-a"})
 			return err
 		}},
+		{"/rotavault.v1.TokenVaultService/RevokeCredential", idPayments, idOps, func(ctx context.Context, c *grpc.ClientConn) error {
+			// No reason: INVALID_ARGUMENT once past authorization, so the
+			// matrix revokes nothing. A consumer of the credential is denied.
+			_, err := vault(c).RevokeCredential(ctx, &rotavaultv1.RevokeCredentialRequest{CredentialId: "cred-a"})
+			return err
+		}},
 		{"/rotavault.v1.TokenVaultService/WatchRevocations", idStranger, idPayments, func(ctx context.Context, c *grpc.ClientConn) error {
 			s, err := vault(c).WatchRevocations(ctx, &rotavaultv1.WatchRevocationsRequest{CredentialIds: []string{"cred-a"}})
 			if err != nil {
@@ -763,5 +769,22 @@ func TestOpenServerPlaintext(t *testing.T) {
 	defer conn.Close()
 	if _, err := rotavaultv1.NewCredentialAdminServiceClient(conn).ListCredentials(testCtx(t), &rotavaultv1.ListCredentialsRequest{}); err != nil {
 		t.Fatalf("open server: %v", err)
+	}
+}
+
+// An operator may revoke only the credentials the policy gives it; an admin
+// may revoke any.
+func TestRevokeCredentialScopedToOperatorsCredentials(t *testing.T) {
+	e := newAuthEnv(t, authEnvOptions{})
+	e.seed()
+	req := &rotavaultv1.RevokeCredentialRequest{CredentialId: "cred-b", Reason: "suspected leak"}
+	_, err := rotavaultv1.NewTokenVaultServiceClient(e.as(idOps, false)).RevokeCredential(testCtx(t), req)
+	if status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("operator of cred-a revoking cred-b: %v, want PERMISSION_DENIED", err)
+	}
+	// cred-b has no family yet: past authorization, that is REAUTHENTICATION_REQUIRED.
+	_, err = rotavaultv1.NewTokenVaultServiceClient(e.as(idAdmin, false)).RevokeCredential(testCtx(t), req)
+	if status.Code(err) != codes.FailedPrecondition {
+		t.Fatalf("admin revoking cred-b: %v, want FAILED_PRECONDITION", err)
 	}
 }

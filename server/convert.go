@@ -110,6 +110,8 @@ func reasonToProto(r broker.RevocationReason) rotavaultv1.RevocationReason {
 		return rotavaultv1.RevocationReason_REVOCATION_REASON_ADMIN
 	case broker.ReasonSuperseded:
 		return rotavaultv1.RevocationReason_REVOCATION_REASON_SUPERSEDED
+	case broker.ReasonAdminRevoked:
+		return rotavaultv1.RevocationReason_REVOCATION_REASON_ADMIN_REVOKED
 	default:
 		return rotavaultv1.RevocationReason_REVOCATION_REASON_UNSPECIFIED
 	}
@@ -147,5 +149,18 @@ func noticeToProto(n broker.Notice) *rotavaultv1.Notice {
 		Detail:       n.Detail,
 		DetectTime:   timestamppb.New(n.DetectedAt),
 		Cursor:       n.Cursor,
+
+		ProviderRevocation: providerRevocationToProto(n.ProviderRevocation),
+	}
+}
+
+func providerRevocationToProto(p broker.ProviderRevocation) rotavaultv1.ProviderRevocation {
+	switch p {
+	case broker.ProviderRevocationConfirmed:
+		return rotavaultv1.ProviderRevocation_PROVIDER_REVOCATION_CONFIRMED
+	case broker.ProviderRevocationUnconfirmed:
+		return rotavaultv1.ProviderRevocation_PROVIDER_REVOCATION_UNCONFIRMED
+	default:
+		return rotavaultv1.ProviderRevocation_PROVIDER_REVOCATION_UNSPECIFIED
 	}
 }

@@ -30,6 +30,7 @@ func methodRules() map[string]methodRule {
 		vault + "GetAccessToken":   {role: RoleConsumer, credentials: credentialID},
 		vault + "Reauthenticate":   {role: RoleOperator, credentials: credentialID},
 		vault + "WatchRevocations": {role: RoleConsumer, credentials: watchedCredentialIDs, anyCredential: true},
+		vault + "RevokeCredential": {role: RoleOperator, credentials: credentialID},
 
 		admin + "CreateCredential": {role: RoleAdmin, credentials: credentialID},
 		admin + "UpdateCredential": {role: RoleAdmin, credentials: credentialID},

@@ -19,6 +19,7 @@ type TokenBroker interface {
 	CompleteAuthorization(ctx context.Context, id, state, code string) (broker.Activation, error)
 	ImportRefreshToken(ctx context.Context, id, refreshToken string) (broker.Activation, error)
 	Subscribe(ctx context.Context, credentialIDs []string, cursor string) (*broker.Subscription, error)
+	RevokeCredential(ctx context.Context, id, reason string) (broker.Revocation, error)
 }
 
 // TokenVaultConfig holds the token service's dependencies.
@@ -79,6 +80,20 @@ func (s *TokenVaultService) GetAccessToken(ctx context.Context, req *rotavaultv1
 		FamilyId:    tok.FamilyID,
 		Generation:  tok.Generation,
 		Fingerprint: tok.Fingerprint,
+	}, nil
+}
+
+// RevokeCredential implements rotavault.v1.TokenVaultService.
+func (s *TokenVaultService) RevokeCredential(ctx context.Context, req *rotavaultv1.RevokeCredentialRequest) (*rotavaultv1.RevokeCredentialResponse, error) {
+	r, err := s.broker.RevokeCredential(ctx, req.GetCredentialId(), req.GetReason())
+	if err != nil {
+		return nil, toStatus(ctx, s.log, err)
+	}
+	return &rotavaultv1.RevokeCredentialResponse{
+		FamilyId:           r.FamilyID,
+		Generation:         r.Generation,
+		ProviderRevocation: providerRevocationToProto(r.ProviderRevocation),
+		AlreadyRevoked:     r.AlreadyRevoked,
 	}, nil
 }
 

@@ -252,3 +252,35 @@ func TestShutdownEndsWatchers(t *testing.T) {
 		}
 	}
 }
+
+func TestCredentialsRevoke(t *testing.T) {
+	c, _, install := setupCLITest(t)
+	install("acme")
+	if r := c.run("", "credentials", "revoke", "acme", "--yes").expect(t, exitUsage); !strings.Contains(r.stderr, "--reason is required") {
+		t.Errorf("revoke without --reason: %s", r.stderr)
+	}
+	if r := c.run("", "credentials", "revoke", "acme", "--reason", "leak").expect(t, exitUsage); !strings.Contains(r.stderr, "--yes") {
+		t.Errorf("revoke without a terminal or --yes: %s", r.stderr)
+	}
+	c.run("", "token", "get", "acme").expect(t, exitOK) // nothing was revoked
+
+	r := c.run("", "credentials", "revoke", "acme", "--reason", "laptop stolen", "--yes").expect(t, exitOK)
+	if !regexp.MustCompile(`^acme: family \S+ \(generation \d+\) revoked\nprovider revocation: confirmed\n$`).MatchString(r.stdout) {
+		t.Errorf("revoke printed:\n%s", r.stdout)
+	}
+	got := c.run("", "token", "get", "acme").expect(t, exitError)
+	if !strings.Contains(got.stderr, "REAUTHENTICATION_REQUIRED") {
+		t.Errorf("token get after revoke: %s", got.stderr)
+	}
+	if cred := showCredential(t, c, "acme"); cred.GetRevocationReason() != rotavaultv1.RevocationReason_REVOCATION_REASON_ADMIN_REVOKED {
+		t.Errorf("revocation reason = %v", cred.GetRevocationReason())
+	}
+	again := c.run("", "credentials", "revoke", "acme", "--reason", "again", "--yes", "--json").expect(t, exitOK)
+	var resp rotavaultv1.RevokeCredentialResponse
+	if err := protojson.Unmarshal([]byte(again.stdout), &resp); err != nil || !resp.GetAlreadyRevoked() {
+		t.Errorf("second revoke --json = %q (%v)", again.stdout, err)
+	}
+	if r := c.run("", "credentials", "revoke", "nope", "--reason", "x", "--yes").expect(t, exitError); !strings.Contains(r.stderr, "NOT_FOUND") {
+		t.Errorf("revoke of an unknown credential: %s", r.stderr)
+	}
+}

@@ -47,6 +47,7 @@ say only whether one is set.`,
 		newCredentialsListCmd(a, &client),
 		newCredentialsShowCmd(a, &client),
 		newCredentialsDeleteCmd(a, &client),
+		newCredentialsRevokeCmd(a, &client),
 	)
 	return cmd
 }
@@ -323,7 +324,7 @@ Examples:
 		RunE: runE(func(cmd *cobra.Command, argv []string) error {
 			id := argv[0]
 			if !yes {
-				if err := a.confirm(id); err != nil {
+				if err := a.confirm(id, "delete", "Delete %s? Its token family is revoked at the provider and its secrets are destroyed; a person must log in again to get a new one."); err != nil {
 					return err
 				}
 			}
@@ -344,20 +345,91 @@ Examples:
 	return cmd
 }
 
-// confirm asks the person at the terminal to type the id back.
-func (a *app) confirm(id string) error {
+// confirm asks the person at the terminal to type the id back. warning is a
+// format with one %s for the id.
+func (a *app) confirm(id, verb, warning string) error {
 	if !isTerminal(a.stdin) {
-		return usageErrorf("refusing to delete %s without --yes: stdin is not a terminal to confirm on", id)
+		return usageErrorf("refusing to %s %s without --yes: stdin is not a terminal to confirm on", verb, id)
 	}
-	fmt.Fprintf(a.stderr, "Delete %s? Its token family is revoked at the provider and its secrets are destroyed; a person must log in again to get a new one.\nType the credential id to confirm: ", id)
+	fmt.Fprintf(a.stderr, warning+"\nType the credential id to confirm: ", id)
 	line, err := bufio.NewReader(io.LimitReader(a.stdin, 1024)).ReadString('\n')
 	if err != nil && line == "" {
 		return fmt.Errorf("no confirmation: %w", err)
 	}
 	if strings.TrimSpace(line) != id {
-		return fmt.Errorf("not confirmed; %s was not deleted", id)
+		return fmt.Errorf("not confirmed; nothing was done to %s", id)
 	}
 	return nil
+}
+
+func newCredentialsRevokeCmd(a *app, client *clientOptions) *cobra.Command {
+	var (
+		yes    bool
+		reason string
+	)
+	cmd := &cobra.Command{
+		Use:   "revoke ID --reason TEXT [--yes]",
+		Short: "Revoke a credential's token family, at the provider too; keep the credential",
+		Long: `Revoke the token family of credential ID, for example after a suspected leak.
+Rotavault marks the family revoked first (no replica refreshes it again), then
+revokes the refresh token at the provider (Salesforce revokes the whole
+family). Watchers get a FAMILY_REVOKED notice with reason ADMIN_REVOKED;
+GetAccessToken fails with REAUTHENTICATION_REQUIRED until ` + "`rotavault reauth`" + `
+installs a new family. The credential and its client secret are kept.
+
+If the provider cannot be reached the family stays revoked in Rotavault and
+the command says the provider revocation is unconfirmed (exit status 0):
+run it again to retry at the provider. Revoking a revoked family changes
+nothing. The reason (required, at most 512 bytes) goes to the audit log.
+
+It asks for confirmation on a terminal. Without one (scripts, CI), --yes is
+required. Operators may revoke the credentials the policy gives them.
+
+Examples:
+  rotavault credentials revoke acme --reason "laptop with the app stolen"
+  rotavault credentials revoke acme --reason "INC-1234" --yes`,
+		Args: args(cobra.ExactArgs(1)),
+		RunE: runE(func(cmd *cobra.Command, argv []string) error {
+			id := argv[0]
+			if strings.TrimSpace(reason) == "" {
+				return usageErrorf("--reason is required: say why, for the audit log")
+			}
+			if !yes {
+				if err := a.confirm(id, "revoke", "Revoke the token family of %s? Consumers lose access until a person logs in again (rotavault reauth)."); err != nil {
+					return err
+				}
+			}
+			var resp *rotavaultv1.RevokeCredentialResponse
+			err := client.call(cmd.Context(), func(ctx context.Context, conn *grpc.ClientConn) error {
+				var err error
+				resp, err = rotavaultv1.NewTokenVaultServiceClient(conn).RevokeCredential(ctx, &rotavaultv1.RevokeCredentialRequest{CredentialId: id, Reason: reason})
+				return err
+			})
+			if err != nil {
+				return client.explain(err, id)
+			}
+			if client.json {
+				return printJSON(a.stdout, resp)
+			}
+			what := "revoked"
+			if resp.GetAlreadyRevoked() {
+				what = "already revoked"
+			}
+			if _, err := fmt.Fprintf(a.stdout, "%s: family %s (generation %d) %s\n", id, resp.GetFamilyId(), resp.GetGeneration(), what); err != nil {
+				return err
+			}
+			switch resp.GetProviderRevocation() {
+			case rotavaultv1.ProviderRevocation_PROVIDER_REVOCATION_CONFIRMED:
+				_, err = fmt.Fprintln(a.stdout, "provider revocation: confirmed")
+			case rotavaultv1.ProviderRevocation_PROVIDER_REVOCATION_UNCONFIRMED:
+				_, err = fmt.Fprintf(a.stderr, "warning: the provider did not confirm the revocation; the refresh token may still be live there. Run this command again, or revoke it at the provider.\n")
+			}
+			return err
+		}),
+	}
+	cmd.Flags().StringVar(&reason, "reason", "", "why the family is revoked, for the audit log (required)")
+	cmd.Flags().BoolVarP(&yes, "yes", "y", false, "revoke without asking")
+	return cmd
 }
 
 func isTerminal(r io.Reader) bool {

@@ -90,10 +90,12 @@ const (
 	// (invalid_client, inactive_user, inactive_org) keep the family and fail
 	// with PROVIDER_REJECTED_CLIENT instead: the token may work again.
 	RevocationReason_REVOCATION_REASON_CLIENT_REJECTED RevocationReason = 3
-	// An administrator revoked or deleted the credential.
+	// An administrator deleted the credential.
 	RevocationReason_REVOCATION_REASON_ADMIN RevocationReason = 4
 	// A new family replaced this one through Reauthenticate.
 	RevocationReason_REVOCATION_REASON_SUPERSEDED RevocationReason = 5
+	// An operator or administrator revoked the family with RevokeCredential.
+	RevocationReason_REVOCATION_REASON_ADMIN_REVOKED RevocationReason = 6
 )
 
 // Enum value maps for RevocationReason.
@@ -105,6 +107,7 @@ var (
 		3: "REVOCATION_REASON_CLIENT_REJECTED",
 		4: "REVOCATION_REASON_ADMIN",
 		5: "REVOCATION_REASON_SUPERSEDED",
+		6: "REVOCATION_REASON_ADMIN_REVOKED",
 	}
 	RevocationReason_value = map[string]int32{
 		"REVOCATION_REASON_UNSPECIFIED":            0,
@@ -113,6 +116,7 @@ var (
 		"REVOCATION_REASON_CLIENT_REJECTED":        3,
 		"REVOCATION_REASON_ADMIN":                  4,
 		"REVOCATION_REASON_SUPERSEDED":             5,
+		"REVOCATION_REASON_ADMIN_REVOKED":          6,
 	}
 )
 
@@ -141,6 +145,63 @@ func (x RevocationReason) Number() protoreflect.EnumNumber {
 // Deprecated: Use RevocationReason.Descriptor instead.
 func (RevocationReason) EnumDescriptor() ([]byte, []int) {
 	return file_rotavault_v1_token_vault_proto_rawDescGZIP(), []int{1}
+}
+
+// ProviderRevocation says whether the provider confirmed a revocation.
+type ProviderRevocation int32
+
+const (
+	// Rotavault did not revoke the token at the provider (for example the
+	// provider itself refused the refresh token earlier).
+	ProviderRevocation_PROVIDER_REVOCATION_UNSPECIFIED ProviderRevocation = 0
+	// The provider revoked the refresh token, or answered that it was no
+	// longer valid.
+	ProviderRevocation_PROVIDER_REVOCATION_CONFIRMED ProviderRevocation = 1
+	// The provider could not be reached or gave no clear answer. Rotavault will
+	// never present the token again, but it may still be live at the provider:
+	// call RevokeCredential again, or revoke it at the provider.
+	ProviderRevocation_PROVIDER_REVOCATION_UNCONFIRMED ProviderRevocation = 2
+)
+
+// Enum value maps for ProviderRevocation.
+var (
+	ProviderRevocation_name = map[int32]string{
+		0: "PROVIDER_REVOCATION_UNSPECIFIED",
+		1: "PROVIDER_REVOCATION_CONFIRMED",
+		2: "PROVIDER_REVOCATION_UNCONFIRMED",
+	}
+	ProviderRevocation_value = map[string]int32{
+		"PROVIDER_REVOCATION_UNSPECIFIED": 0,
+		"PROVIDER_REVOCATION_CONFIRMED":   1,
+		"PROVIDER_REVOCATION_UNCONFIRMED": 2,
+	}
+)
+
+func (x ProviderRevocation) Enum() *ProviderRevocation {
+	p := new(ProviderRevocation)
+	*p = x
+	return p
+}
+
+func (x ProviderRevocation) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (ProviderRevocation) Descriptor() protoreflect.EnumDescriptor {
+	return file_rotavault_v1_token_vault_proto_enumTypes[2].Descriptor()
+}
+
+func (ProviderRevocation) Type() protoreflect.EnumType {
+	return &file_rotavault_v1_token_vault_proto_enumTypes[2]
+}
+
+func (x ProviderRevocation) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use ProviderRevocation.Descriptor instead.
+func (ProviderRevocation) EnumDescriptor() ([]byte, []int) {
+	return file_rotavault_v1_token_vault_proto_rawDescGZIP(), []int{2}
 }
 
 type GetAccessTokenRequest struct {
@@ -1075,9 +1136,12 @@ type Notice struct {
 	Detail     string                 `protobuf:"bytes,6,opt,name=detail,proto3" json:"detail,omitempty"`
 	DetectTime *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=detect_time,json=detectTime,proto3" json:"detect_time,omitempty"`
 	// Opaque position in the notice log; resume a stream with it.
-	Cursor        string `protobuf:"bytes,8,opt,name=cursor,proto3" json:"cursor,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Cursor string `protobuf:"bytes,8,opt,name=cursor,proto3" json:"cursor,omitempty"`
+	// Set for REVOCATION_REASON_ADMIN_REVOKED: whether the provider confirmed
+	// the revocation of the refresh token.
+	ProviderRevocation ProviderRevocation `protobuf:"varint,9,opt,name=provider_revocation,json=providerRevocation,proto3,enum=rotavault.v1.ProviderRevocation" json:"provider_revocation,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
 }
 
 func (x *Notice) Reset() {
@@ -1166,6 +1230,139 @@ func (x *Notice) GetCursor() string {
 	return ""
 }
 
+func (x *Notice) GetProviderRevocation() ProviderRevocation {
+	if x != nil {
+		return x.ProviderRevocation
+	}
+	return ProviderRevocation_PROVIDER_REVOCATION_UNSPECIFIED
+}
+
+type RevokeCredentialRequest struct {
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	CredentialId string                 `protobuf:"bytes,1,opt,name=credential_id,json=credentialId,proto3" json:"credential_id,omitempty"`
+	// Why the family is revoked, for the audit log: required, printable, at most
+	// 512 bytes. Never put a token here.
+	Reason        string `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeCredentialRequest) Reset() {
+	*x = RevokeCredentialRequest{}
+	mi := &file_rotavault_v1_token_vault_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeCredentialRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeCredentialRequest) ProtoMessage() {}
+
+func (x *RevokeCredentialRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_rotavault_v1_token_vault_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeCredentialRequest.ProtoReflect.Descriptor instead.
+func (*RevokeCredentialRequest) Descriptor() ([]byte, []int) {
+	return file_rotavault_v1_token_vault_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *RevokeCredentialRequest) GetCredentialId() string {
+	if x != nil {
+		return x.CredentialId
+	}
+	return ""
+}
+
+func (x *RevokeCredentialRequest) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+type RevokeCredentialResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The revoked family and its generation when it was revoked.
+	FamilyId           string             `protobuf:"bytes,1,opt,name=family_id,json=familyId,proto3" json:"family_id,omitempty"`
+	Generation         uint64             `protobuf:"varint,2,opt,name=generation,proto3" json:"generation,omitempty"`
+	ProviderRevocation ProviderRevocation `protobuf:"varint,3,opt,name=provider_revocation,json=providerRevocation,proto3,enum=rotavault.v1.ProviderRevocation" json:"provider_revocation,omitempty"`
+	// The family was revoked before this call (by an earlier RevokeCredential
+	// or by the provider refusing its refresh token); nothing changed, except
+	// that an unconfirmed provider revocation was retried.
+	AlreadyRevoked bool `protobuf:"varint,4,opt,name=already_revoked,json=alreadyRevoked,proto3" json:"already_revoked,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *RevokeCredentialResponse) Reset() {
+	*x = RevokeCredentialResponse{}
+	mi := &file_rotavault_v1_token_vault_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeCredentialResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeCredentialResponse) ProtoMessage() {}
+
+func (x *RevokeCredentialResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_rotavault_v1_token_vault_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeCredentialResponse.ProtoReflect.Descriptor instead.
+func (*RevokeCredentialResponse) Descriptor() ([]byte, []int) {
+	return file_rotavault_v1_token_vault_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *RevokeCredentialResponse) GetFamilyId() string {
+	if x != nil {
+		return x.FamilyId
+	}
+	return ""
+}
+
+func (x *RevokeCredentialResponse) GetGeneration() uint64 {
+	if x != nil {
+		return x.Generation
+	}
+	return 0
+}
+
+func (x *RevokeCredentialResponse) GetProviderRevocation() ProviderRevocation {
+	if x != nil {
+		return x.ProviderRevocation
+	}
+	return ProviderRevocation_PROVIDER_REVOCATION_UNSPECIFIED
+}
+
+func (x *RevokeCredentialResponse) GetAlreadyRevoked() bool {
+	if x != nil {
+		return x.AlreadyRevoked
+	}
+	return false
+}
+
 var File_rotavault_v1_token_vault_proto protoreflect.FileDescriptor
 
 const file_rotavault_v1_token_vault_proto_rawDesc = "" +
@@ -1233,7 +1430,7 @@ const file_rotavault_v1_token_vault_proto_rawDesc = "" +
 	"\x06notice\x18\x02 \x01(\v2\x14.rotavault.v1.NoticeH\x00R\x06noticeB\a\n" +
 	"\x05event\"&\n" +
 	"\fWatchStarted\x12\x16\n" +
-	"\x06cursor\x18\x01 \x01(\tR\x06cursor\"\xbd\x02\n" +
+	"\x06cursor\x18\x01 \x01(\tR\x06cursor\"\x90\x03\n" +
 	"\x06Notice\x12#\n" +
 	"\rcredential_id\x18\x01 \x01(\tR\fcredentialId\x12\x1b\n" +
 	"\tfamily_id\x18\x02 \x01(\tR\bfamilyId\x12\x1e\n" +
@@ -1245,23 +1442,40 @@ const file_rotavault_v1_token_vault_proto_rawDesc = "" +
 	"\x06detail\x18\x06 \x01(\tR\x06detail\x12;\n" +
 	"\vdetect_time\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"detectTime\x12\x16\n" +
-	"\x06cursor\x18\b \x01(\tR\x06cursor*k\n" +
+	"\x06cursor\x18\b \x01(\tR\x06cursor\x12Q\n" +
+	"\x13provider_revocation\x18\t \x01(\x0e2 .rotavault.v1.ProviderRevocationR\x12providerRevocation\"V\n" +
+	"\x17RevokeCredentialRequest\x12#\n" +
+	"\rcredential_id\x18\x01 \x01(\tR\fcredentialId\x12\x16\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\"\xd3\x01\n" +
+	"\x18RevokeCredentialResponse\x12\x1b\n" +
+	"\tfamily_id\x18\x01 \x01(\tR\bfamilyId\x12\x1e\n" +
+	"\n" +
+	"generation\x18\x02 \x01(\x04R\n" +
+	"generation\x12Q\n" +
+	"\x13provider_revocation\x18\x03 \x01(\x0e2 .rotavault.v1.ProviderRevocationR\x12providerRevocation\x12'\n" +
+	"\x0falready_revoked\x18\x04 \x01(\bR\x0ealreadyRevoked*k\n" +
 	"\n" +
 	"NoticeKind\x12\x1b\n" +
 	"\x17NOTICE_KIND_UNSPECIFIED\x10\x00\x12\x1e\n" +
 	"\x1aNOTICE_KIND_FAMILY_REVOKED\x10\x01\x12 \n" +
-	"\x1cNOTICE_KIND_FAMILY_ACTIVATED\x10\x02*\xee\x01\n" +
+	"\x1cNOTICE_KIND_FAMILY_ACTIVATED\x10\x02*\x93\x02\n" +
 	"\x10RevocationReason\x12!\n" +
 	"\x1dREVOCATION_REASON_UNSPECIFIED\x10\x00\x12,\n" +
 	"(REVOCATION_REASON_REFRESH_TOKEN_REJECTED\x10\x01\x12#\n" +
 	"\x1fREVOCATION_REASON_LOST_ROTATION\x10\x02\x12%\n" +
 	"!REVOCATION_REASON_CLIENT_REJECTED\x10\x03\x12\x1b\n" +
 	"\x17REVOCATION_REASON_ADMIN\x10\x04\x12 \n" +
-	"\x1cREVOCATION_REASON_SUPERSEDED\x10\x052\xb2\x02\n" +
+	"\x1cREVOCATION_REASON_SUPERSEDED\x10\x05\x12#\n" +
+	"\x1fREVOCATION_REASON_ADMIN_REVOKED\x10\x06*\x81\x01\n" +
+	"\x12ProviderRevocation\x12#\n" +
+	"\x1fPROVIDER_REVOCATION_UNSPECIFIED\x10\x00\x12!\n" +
+	"\x1dPROVIDER_REVOCATION_CONFIRMED\x10\x01\x12#\n" +
+	"\x1fPROVIDER_REVOCATION_UNCONFIRMED\x10\x022\x95\x03\n" +
 	"\x11TokenVaultService\x12[\n" +
 	"\x0eGetAccessToken\x12#.rotavault.v1.GetAccessTokenRequest\x1a$.rotavault.v1.GetAccessTokenResponse\x12[\n" +
 	"\x0eReauthenticate\x12#.rotavault.v1.ReauthenticateRequest\x1a$.rotavault.v1.ReauthenticateResponse\x12c\n" +
-	"\x10WatchRevocations\x12%.rotavault.v1.WatchRevocationsRequest\x1a&.rotavault.v1.WatchRevocationsResponse0\x01B=Z;github.com/rotavault/rotavault/gen/rotavault/v1;rotavaultv1b\x06proto3"
+	"\x10WatchRevocations\x12%.rotavault.v1.WatchRevocationsRequest\x1a&.rotavault.v1.WatchRevocationsResponse0\x01\x12a\n" +
+	"\x10RevokeCredential\x12%.rotavault.v1.RevokeCredentialRequest\x1a&.rotavault.v1.RevokeCredentialResponseB=Z;github.com/rotavault/rotavault/gen/rotavault/v1;rotavaultv1b\x06proto3"
 
 var (
 	file_rotavault_v1_token_vault_proto_rawDescOnce sync.Once
@@ -1275,56 +1489,63 @@ func file_rotavault_v1_token_vault_proto_rawDescGZIP() []byte {
 	return file_rotavault_v1_token_vault_proto_rawDescData
 }
 
-var file_rotavault_v1_token_vault_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_rotavault_v1_token_vault_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
+var file_rotavault_v1_token_vault_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
+var file_rotavault_v1_token_vault_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
 var file_rotavault_v1_token_vault_proto_goTypes = []any{
 	(NoticeKind)(0),                   // 0: rotavault.v1.NoticeKind
 	(RevocationReason)(0),             // 1: rotavault.v1.RevocationReason
-	(*GetAccessTokenRequest)(nil),     // 2: rotavault.v1.GetAccessTokenRequest
-	(*RejectedToken)(nil),             // 3: rotavault.v1.RejectedToken
-	(*GetAccessTokenResponse)(nil),    // 4: rotavault.v1.GetAccessTokenResponse
-	(*ReauthenticateRequest)(nil),     // 5: rotavault.v1.ReauthenticateRequest
-	(*AuthorizationCodeStart)(nil),    // 6: rotavault.v1.AuthorizationCodeStart
-	(*AuthorizationCodeComplete)(nil), // 7: rotavault.v1.AuthorizationCodeComplete
-	(*RefreshTokenImport)(nil),        // 8: rotavault.v1.RefreshTokenImport
-	(*ReauthenticateResponse)(nil),    // 9: rotavault.v1.ReauthenticateResponse
-	(*AuthorizationPending)(nil),      // 10: rotavault.v1.AuthorizationPending
-	(*FamilyActivated)(nil),           // 11: rotavault.v1.FamilyActivated
-	(*WatchRevocationsRequest)(nil),   // 12: rotavault.v1.WatchRevocationsRequest
-	(*WatchRevocationsResponse)(nil),  // 13: rotavault.v1.WatchRevocationsResponse
-	(*WatchStarted)(nil),              // 14: rotavault.v1.WatchStarted
-	(*Notice)(nil),                    // 15: rotavault.v1.Notice
-	(*durationpb.Duration)(nil),       // 16: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),     // 17: google.protobuf.Timestamp
+	(ProviderRevocation)(0),           // 2: rotavault.v1.ProviderRevocation
+	(*GetAccessTokenRequest)(nil),     // 3: rotavault.v1.GetAccessTokenRequest
+	(*RejectedToken)(nil),             // 4: rotavault.v1.RejectedToken
+	(*GetAccessTokenResponse)(nil),    // 5: rotavault.v1.GetAccessTokenResponse
+	(*ReauthenticateRequest)(nil),     // 6: rotavault.v1.ReauthenticateRequest
+	(*AuthorizationCodeStart)(nil),    // 7: rotavault.v1.AuthorizationCodeStart
+	(*AuthorizationCodeComplete)(nil), // 8: rotavault.v1.AuthorizationCodeComplete
+	(*RefreshTokenImport)(nil),        // 9: rotavault.v1.RefreshTokenImport
+	(*ReauthenticateResponse)(nil),    // 10: rotavault.v1.ReauthenticateResponse
+	(*AuthorizationPending)(nil),      // 11: rotavault.v1.AuthorizationPending
+	(*FamilyActivated)(nil),           // 12: rotavault.v1.FamilyActivated
+	(*WatchRevocationsRequest)(nil),   // 13: rotavault.v1.WatchRevocationsRequest
+	(*WatchRevocationsResponse)(nil),  // 14: rotavault.v1.WatchRevocationsResponse
+	(*WatchStarted)(nil),              // 15: rotavault.v1.WatchStarted
+	(*Notice)(nil),                    // 16: rotavault.v1.Notice
+	(*RevokeCredentialRequest)(nil),   // 17: rotavault.v1.RevokeCredentialRequest
+	(*RevokeCredentialResponse)(nil),  // 18: rotavault.v1.RevokeCredentialResponse
+	(*durationpb.Duration)(nil),       // 19: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),     // 20: google.protobuf.Timestamp
 }
 var file_rotavault_v1_token_vault_proto_depIdxs = []int32{
-	16, // 0: rotavault.v1.GetAccessTokenRequest.min_remaining_lifetime:type_name -> google.protobuf.Duration
-	3,  // 1: rotavault.v1.GetAccessTokenRequest.rejected_token:type_name -> rotavault.v1.RejectedToken
-	17, // 2: rotavault.v1.GetAccessTokenResponse.expire_time:type_name -> google.protobuf.Timestamp
-	17, // 3: rotavault.v1.GetAccessTokenResponse.issue_time:type_name -> google.protobuf.Timestamp
-	6,  // 4: rotavault.v1.ReauthenticateRequest.authorization_code_start:type_name -> rotavault.v1.AuthorizationCodeStart
-	7,  // 5: rotavault.v1.ReauthenticateRequest.authorization_code_complete:type_name -> rotavault.v1.AuthorizationCodeComplete
-	8,  // 6: rotavault.v1.ReauthenticateRequest.refresh_token_import:type_name -> rotavault.v1.RefreshTokenImport
-	10, // 7: rotavault.v1.ReauthenticateResponse.authorization_pending:type_name -> rotavault.v1.AuthorizationPending
-	11, // 8: rotavault.v1.ReauthenticateResponse.family_activated:type_name -> rotavault.v1.FamilyActivated
-	17, // 9: rotavault.v1.AuthorizationPending.expire_time:type_name -> google.protobuf.Timestamp
-	17, // 10: rotavault.v1.FamilyActivated.activate_time:type_name -> google.protobuf.Timestamp
-	14, // 11: rotavault.v1.WatchRevocationsResponse.started:type_name -> rotavault.v1.WatchStarted
-	15, // 12: rotavault.v1.WatchRevocationsResponse.notice:type_name -> rotavault.v1.Notice
+	19, // 0: rotavault.v1.GetAccessTokenRequest.min_remaining_lifetime:type_name -> google.protobuf.Duration
+	4,  // 1: rotavault.v1.GetAccessTokenRequest.rejected_token:type_name -> rotavault.v1.RejectedToken
+	20, // 2: rotavault.v1.GetAccessTokenResponse.expire_time:type_name -> google.protobuf.Timestamp
+	20, // 3: rotavault.v1.GetAccessTokenResponse.issue_time:type_name -> google.protobuf.Timestamp
+	7,  // 4: rotavault.v1.ReauthenticateRequest.authorization_code_start:type_name -> rotavault.v1.AuthorizationCodeStart
+	8,  // 5: rotavault.v1.ReauthenticateRequest.authorization_code_complete:type_name -> rotavault.v1.AuthorizationCodeComplete
+	9,  // 6: rotavault.v1.ReauthenticateRequest.refresh_token_import:type_name -> rotavault.v1.RefreshTokenImport
+	11, // 7: rotavault.v1.ReauthenticateResponse.authorization_pending:type_name -> rotavault.v1.AuthorizationPending
+	12, // 8: rotavault.v1.ReauthenticateResponse.family_activated:type_name -> rotavault.v1.FamilyActivated
+	20, // 9: rotavault.v1.AuthorizationPending.expire_time:type_name -> google.protobuf.Timestamp
+	20, // 10: rotavault.v1.FamilyActivated.activate_time:type_name -> google.protobuf.Timestamp
+	15, // 11: rotavault.v1.WatchRevocationsResponse.started:type_name -> rotavault.v1.WatchStarted
+	16, // 12: rotavault.v1.WatchRevocationsResponse.notice:type_name -> rotavault.v1.Notice
 	0,  // 13: rotavault.v1.Notice.kind:type_name -> rotavault.v1.NoticeKind
 	1,  // 14: rotavault.v1.Notice.reason:type_name -> rotavault.v1.RevocationReason
-	17, // 15: rotavault.v1.Notice.detect_time:type_name -> google.protobuf.Timestamp
-	2,  // 16: rotavault.v1.TokenVaultService.GetAccessToken:input_type -> rotavault.v1.GetAccessTokenRequest
-	5,  // 17: rotavault.v1.TokenVaultService.Reauthenticate:input_type -> rotavault.v1.ReauthenticateRequest
-	12, // 18: rotavault.v1.TokenVaultService.WatchRevocations:input_type -> rotavault.v1.WatchRevocationsRequest
-	4,  // 19: rotavault.v1.TokenVaultService.GetAccessToken:output_type -> rotavault.v1.GetAccessTokenResponse
-	9,  // 20: rotavault.v1.TokenVaultService.Reauthenticate:output_type -> rotavault.v1.ReauthenticateResponse
-	13, // 21: rotavault.v1.TokenVaultService.WatchRevocations:output_type -> rotavault.v1.WatchRevocationsResponse
-	19, // [19:22] is the sub-list for method output_type
-	16, // [16:19] is the sub-list for method input_type
-	16, // [16:16] is the sub-list for extension type_name
-	16, // [16:16] is the sub-list for extension extendee
-	0,  // [0:16] is the sub-list for field type_name
+	20, // 15: rotavault.v1.Notice.detect_time:type_name -> google.protobuf.Timestamp
+	2,  // 16: rotavault.v1.Notice.provider_revocation:type_name -> rotavault.v1.ProviderRevocation
+	2,  // 17: rotavault.v1.RevokeCredentialResponse.provider_revocation:type_name -> rotavault.v1.ProviderRevocation
+	3,  // 18: rotavault.v1.TokenVaultService.GetAccessToken:input_type -> rotavault.v1.GetAccessTokenRequest
+	6,  // 19: rotavault.v1.TokenVaultService.Reauthenticate:input_type -> rotavault.v1.ReauthenticateRequest
+	13, // 20: rotavault.v1.TokenVaultService.WatchRevocations:input_type -> rotavault.v1.WatchRevocationsRequest
+	17, // 21: rotavault.v1.TokenVaultService.RevokeCredential:input_type -> rotavault.v1.RevokeCredentialRequest
+	5,  // 22: rotavault.v1.TokenVaultService.GetAccessToken:output_type -> rotavault.v1.GetAccessTokenResponse
+	10, // 23: rotavault.v1.TokenVaultService.Reauthenticate:output_type -> rotavault.v1.ReauthenticateResponse
+	14, // 24: rotavault.v1.TokenVaultService.WatchRevocations:output_type -> rotavault.v1.WatchRevocationsResponse
+	18, // 25: rotavault.v1.TokenVaultService.RevokeCredential:output_type -> rotavault.v1.RevokeCredentialResponse
+	22, // [22:26] is the sub-list for method output_type
+	18, // [18:22] is the sub-list for method input_type
+	18, // [18:18] is the sub-list for extension type_name
+	18, // [18:18] is the sub-list for extension extendee
+	0,  // [0:18] is the sub-list for field type_name
 }
 
 func init() { file_rotavault_v1_token_vault_proto_init() }
@@ -1354,8 +1575,8 @@ func file_rotavault_v1_token_vault_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_rotavault_v1_token_vault_proto_rawDesc), len(file_rotavault_v1_token_vault_proto_rawDesc)),
-			NumEnums:      2,
-			NumMessages:   14,
+			NumEnums:      3,
+			NumMessages:   16,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -22,6 +22,7 @@ const (
 	TokenVaultService_GetAccessToken_FullMethodName   = "/rotavault.v1.TokenVaultService/GetAccessToken"
 	TokenVaultService_Reauthenticate_FullMethodName   = "/rotavault.v1.TokenVaultService/Reauthenticate"
 	TokenVaultService_WatchRevocations_FullMethodName = "/rotavault.v1.TokenVaultService/WatchRevocations"
+	TokenVaultService_RevokeCredential_FullMethodName = "/rotavault.v1.TokenVaultService/RevokeCredential"
 )
 
 // TokenVaultServiceClient is the client API for TokenVaultService service.
@@ -66,6 +67,22 @@ type TokenVaultServiceClient interface {
 	// fails with OUT_OF_RANGE: resynchronise from current state
 	// (CredentialAdminService.GetCredential) and watch again without a cursor.
 	WatchRevocations(ctx context.Context, in *WatchRevocationsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchRevocationsResponse], error)
+	// RevokeCredential deliberately ends a credential's token family, for
+	// example after a suspected leak. The family is marked revoked in the store
+	// first (from then on no replica presents its refresh token to the token
+	// endpoint, and a refresh in flight stops), then the refresh token is
+	// revoked at the provider's revocation endpoint (RFC 7009; Salesforce
+	// revokes the whole family). A NOTICE_KIND_FAMILY_REVOKED notice with
+	// REVOCATION_REASON_ADMIN_REVOKED follows; GetAccessToken then fails with
+	// REAUTHENTICATION_REQUIRED until Reauthenticate installs a new family.
+	//
+	// If the provider cannot be reached the family stays revoked in Rotavault
+	// and provider_revocation is PROVIDER_REVOCATION_UNCONFIRMED: call again to
+	// retry at the provider. Calling it for a family already revoked is OK and
+	// changes nothing (already_revoked); only an unconfirmed provider
+	// revocation is retried. A credential that never had a family fails with
+	// FAILED_PRECONDITION and REAUTHENTICATION_REQUIRED.
+	RevokeCredential(ctx context.Context, in *RevokeCredentialRequest, opts ...grpc.CallOption) (*RevokeCredentialResponse, error)
 }
 
 type tokenVaultServiceClient struct {
@@ -115,6 +132,16 @@ func (c *tokenVaultServiceClient) WatchRevocations(ctx context.Context, in *Watc
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type TokenVaultService_WatchRevocationsClient = grpc.ServerStreamingClient[WatchRevocationsResponse]
 
+func (c *tokenVaultServiceClient) RevokeCredential(ctx context.Context, in *RevokeCredentialRequest, opts ...grpc.CallOption) (*RevokeCredentialResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RevokeCredentialResponse)
+	err := c.cc.Invoke(ctx, TokenVaultService_RevokeCredential_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // TokenVaultServiceServer is the server API for TokenVaultService service.
 // All implementations must embed UnimplementedTokenVaultServiceServer
 // for forward compatibility.
@@ -157,6 +184,22 @@ type TokenVaultServiceServer interface {
 	// fails with OUT_OF_RANGE: resynchronise from current state
 	// (CredentialAdminService.GetCredential) and watch again without a cursor.
 	WatchRevocations(*WatchRevocationsRequest, grpc.ServerStreamingServer[WatchRevocationsResponse]) error
+	// RevokeCredential deliberately ends a credential's token family, for
+	// example after a suspected leak. The family is marked revoked in the store
+	// first (from then on no replica presents its refresh token to the token
+	// endpoint, and a refresh in flight stops), then the refresh token is
+	// revoked at the provider's revocation endpoint (RFC 7009; Salesforce
+	// revokes the whole family). A NOTICE_KIND_FAMILY_REVOKED notice with
+	// REVOCATION_REASON_ADMIN_REVOKED follows; GetAccessToken then fails with
+	// REAUTHENTICATION_REQUIRED until Reauthenticate installs a new family.
+	//
+	// If the provider cannot be reached the family stays revoked in Rotavault
+	// and provider_revocation is PROVIDER_REVOCATION_UNCONFIRMED: call again to
+	// retry at the provider. Calling it for a family already revoked is OK and
+	// changes nothing (already_revoked); only an unconfirmed provider
+	// revocation is retried. A credential that never had a family fails with
+	// FAILED_PRECONDITION and REAUTHENTICATION_REQUIRED.
+	RevokeCredential(context.Context, *RevokeCredentialRequest) (*RevokeCredentialResponse, error)
 	mustEmbedUnimplementedTokenVaultServiceServer()
 }
 
@@ -175,6 +218,9 @@ func (UnimplementedTokenVaultServiceServer) Reauthenticate(context.Context, *Rea
 }
 func (UnimplementedTokenVaultServiceServer) WatchRevocations(*WatchRevocationsRequest, grpc.ServerStreamingServer[WatchRevocationsResponse]) error {
 	return status.Error(codes.Unimplemented, "method WatchRevocations not implemented")
+}
+func (UnimplementedTokenVaultServiceServer) RevokeCredential(context.Context, *RevokeCredentialRequest) (*RevokeCredentialResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RevokeCredential not implemented")
 }
 func (UnimplementedTokenVaultServiceServer) mustEmbedUnimplementedTokenVaultServiceServer() {}
 func (UnimplementedTokenVaultServiceServer) testEmbeddedByValue()                           {}
@@ -244,6 +290,24 @@ func _TokenVaultService_WatchRevocations_Handler(srv interface{}, stream grpc.Se
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type TokenVaultService_WatchRevocationsServer = grpc.ServerStreamingServer[WatchRevocationsResponse]
 
+func _TokenVaultService_RevokeCredential_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RevokeCredentialRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(TokenVaultServiceServer).RevokeCredential(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: TokenVaultService_RevokeCredential_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(TokenVaultServiceServer).RevokeCredential(ctx, req.(*RevokeCredentialRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // TokenVaultService_ServiceDesc is the grpc.ServiceDesc for TokenVaultService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -258,6 +322,10 @@ var TokenVaultService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Reauthenticate",
 			Handler:    _TokenVaultService_Reauthenticate_Handler,
+		},
+		{
+			MethodName: "RevokeCredential",
+			Handler:    _TokenVaultService_RevokeCredential_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
