@@ -109,8 +109,15 @@ func TestServeWithMTLSAndPolicy(t *testing.T) {
 	const adminToken = "cli-admin-bearer-token-6c1e"
 	tokenFile := filepath.Join(dir, "admin.token")
 	writeTestFile(t, tokenFile, []byte(adminToken+"\n"))
+	// The tokens file line comes from the CLI itself, as an operator makes it.
+	c := newCLI(t, nil)
+	line := c.run(adminToken+"\n", "bearer-line", "token-admin").expect(t, exitOK).stdout
+	if line != "token-admin "+server.TokenDigest(adminToken)+"\n" || strings.Contains(line, adminToken) {
+		t.Fatalf("bearer-line printed %q", line)
+	}
+	c.run("", "bearer-line", "token-admin").expect(t, exitUsage)
 	tokensFile := filepath.Join(dir, "tokens")
-	writeTestFile(t, tokensFile, []byte("token-admin "+server.TokenDigest(adminToken)+"\n"))
+	writeTestFile(t, tokensFile, []byte(line))
 	policyFile := filepath.Join(dir, "policy.json")
 	writeTestFile(t, policyFile, []byte(`{"rules": [
 		{"identity": "spiffe://cli.test/admin", "role": "admin"},
@@ -118,7 +125,6 @@ func TestServeWithMTLSAndPolicy(t *testing.T) {
 		{"identity": "spiffe://cli.test/ns/app/*", "role": "consumer", "credentials": ["demo"]}
 	]}`))
 
-	c := newCLI(t, nil)
 	srv := c.start(nil, "serve", "--addr", "127.0.0.1:0", "--data-dir", filepath.Join(dir, "data"), "--store-key-file", keyFile,
 		"--tls-cert", srvCert, "--tls-key", srvKey, "--tls-client-ca", pki.caFile,
 		"--bearer-tokens", tokensFile, "--policy", policyFile)

@@ -95,6 +95,7 @@ Exit codes: 0 success, 1 the operation failed, 2 the command was misused.`,
 		newCredentialsCmd(a),
 		newStoreCmd(a),
 		newAuditCmd(a),
+		newBearerLineCmd(a),
 	)
 	documentEnv(root)
 	return root
