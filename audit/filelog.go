@@ -15,6 +15,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/rotavault/rotavault/internal/fsutil"
 	"github.com/rotavault/rotavault/store"
 )
 
@@ -156,7 +157,7 @@ func Open(ctx context.Context, cfg Config) (*FileLog, error) {
 	if created {
 		// The file is synced on every record, but its directory entry is
 		// not: without this a power loss could lose the whole new file.
-		if err := syncDir(filepath.Dir(cfg.Path)); err != nil {
+		if err := fsutil.SyncDir(filepath.Dir(cfg.Path)); err != nil {
 			f.Close()
 			return nil, fmt.Errorf("audit: open: %w", err)
 		}
@@ -473,13 +474,4 @@ func readHead(ctx context.Context, st store.Store, key string) (*Head, uint64, e
 		return nil, 0, fmt.Errorf("audit: head record %s: %w", key, err)
 	}
 	return &h, rec.Version, nil
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
 }

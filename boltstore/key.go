@@ -13,6 +13,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+
+	"github.com/rotavault/rotavault/internal/fsutil"
 )
 
 const (
@@ -173,7 +175,7 @@ func GenerateKeyFile(path string) (Key, error) {
 	}
 	// A store sealed under a key whose file vanished in a power loss is
 	// lost: make the directory entry durable too.
-	if err := syncDir(filepath.Dir(path)); err != nil {
+	if err := fsutil.SyncDir(filepath.Dir(path)); err != nil {
 		return Key{}, fmt.Errorf("boltstore: generate key: %w", err)
 	}
 	return newKey(raw), nil

@@ -210,7 +210,8 @@ func (kr *keyring) open(kind, key string, raw []byte) (SealedRecord, []byte, err
 	}
 	s, ok := kr.byID[r.KeyID]
 	if !ok {
-		return SealedRecord{}, nil, fmt.Errorf("sealed under key id %s, not one of the configured keys %v: %w", r.KeyIDString(), kr.ids(), ErrUnknownKey)
+		return SealedRecord{}, nil, fmt.Errorf("sealed under key id %s, not among the configured keys %v (current %s): %w",
+			r.KeyIDString(), kr.ids(), kr.current.idString(), ErrUnknownKey)
 	}
 	ad := additionalData(raw[:headerSize], kind, key)
 	// The random-nonce AEAD expects the nonce in front of the ciphertext,

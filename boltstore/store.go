@@ -17,6 +17,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 	berrors "go.etcd.io/bbolt/errors"
 
+	"github.com/rotavault/rotavault/internal/fsutil"
 	"github.com/rotavault/rotavault/store"
 )
 
@@ -99,7 +100,7 @@ func Open(path string, key Key, opts Options) (*Store, error) {
 	if created {
 		// bbolt fsyncs the file, not the directory entry that makes a new
 		// file findable after a power loss.
-		if err := syncDir(filepath.Dir(path)); err != nil {
+		if err := fsutil.SyncDir(filepath.Dir(path)); err != nil {
 			db.Close()
 			return nil, fmt.Errorf("boltstore: open %s: %w", path, err)
 		}
@@ -110,15 +111,6 @@ func Open(path string, key Key, opts Options) (*Store, error) {
 	}
 	log.Info("boltstore: opened", "path", path, "key_id", key.ID(), "previous_keys", len(opts.PreviousKeys))
 	return s, nil
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
 }
 
 func openError(path string, timeout time.Duration, err error) error {
@@ -161,12 +153,6 @@ func (s *Store) initFile(tx *bolt.Tx) error {
 	check := meta.Get([]byte(metaKeyCheck))
 	if check == nil {
 		return fmt.Errorf("no key check in metadata: %w", ErrCorrupt)
-	}
-	if r, err := decodeRecord(check); err == nil {
-		if _, ok := kr.byID[r.KeyID]; !ok {
-			return fmt.Errorf("the store is sealed under key id %s, not among the configured keys %v (current %s): %w",
-				r.KeyIDString(), kr.ids(), kr.current.idString(), ErrUnknownKey)
-		}
 	}
 	_, v, err := kr.open(kindKeyCheck, metaKeyCheck, check)
 	if err != nil {

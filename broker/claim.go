@@ -83,7 +83,7 @@ func (b *Broker) acquire(ctx context.Context, e *entry, need func(*view) bool) (
 		if err != nil {
 			return nil, false, storeUnavailable(err)
 		}
-		return &view{cred: v.cred, credVersion: v.credVersion, fam: next, famVersion: version, nextRefreshAt: v.nextRefreshAt}, false, nil
+		return b.newView(v.cred, v.credVersion, next, version), false, nil
 	}
 }
 

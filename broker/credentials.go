@@ -231,7 +231,7 @@ func (b *Broker) DeleteCredential(ctx context.Context, id string) error {
 		return err
 	}
 	if live := liveToken(v.fam); live != "" {
-		rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		rctx, cancel := context.WithTimeout(ctx, revokeTimeout)
 		err := b.provider.Revoke(rctx, v.cred.Spec.endpoint(), v.cred.Spec.clientCredentials(), live)
 		cancel()
 		if err != nil {

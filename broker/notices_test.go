@@ -9,6 +9,7 @@ import (
 
 	"github.com/rotavault/rotavault/audit"
 	"github.com/rotavault/rotavault/provider"
+	"github.com/rotavault/rotavault/store"
 	"github.com/rotavault/rotavault/store/memstore"
 )
 
@@ -16,9 +17,16 @@ type discardAuditor struct{}
 
 func (discardAuditor) Record(context.Context, audit.Event) error { return nil }
 
-func newTestBroker(t *testing.T, st *memstore.Store, opts ...Option) *Broker {
+// newTestBroker returns a broker on st with the real provider client and no
+// audit trail, closed when the test ends.
+func newTestBroker(t *testing.T, st store.Store, opts ...Option) *Broker {
 	t.Helper()
-	b, err := New(context.Background(), Config{Store: st, Provider: provider.New(nil), Auditor: discardAuditor{}}, opts...)
+	return newBroker(t, Config{Store: st, Provider: provider.New(nil), Auditor: discardAuditor{}}, opts...)
+}
+
+func newBroker(t *testing.T, cfg Config, opts ...Option) *Broker {
+	t.Helper()
+	b, err := New(context.Background(), cfg, opts...)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -185,9 +185,8 @@ func (b *Broker) storeRefreshed(ctx context.Context, e *entry, cred *credentialR
 		next.LastError, next.LastErrorAt = "the provider's response signature did not match (is the client secret current?)", now
 	}
 
-	pctx, cancel := persistContext(ctx)
+	ctx, cancel := persistContext(ctx)
 	defer cancel()
-	ctx = pctx
 	key := familyKey(cred)
 	version, err := b.writeFamily(ctx, key, next, famVersion)
 	if errors.Is(err, store.ErrConflict) {
@@ -272,35 +271,31 @@ func (b *Broker) resultConflict(ctx context.Context, e *entry, cred *credentialR
 			// must not outlive it at a provider that revokes single tokens.
 			b.log.WarnContext(ctx, "the family was revoked during a refresh; discarding the refreshed tokens",
 				"credential", e.id, "family", fam.FamilyID, "generation", fam.Generation)
-			if rotated {
-				if err := b.provider.Revoke(ctx, cred.Spec.endpoint(), cred.Spec.clientCredentials(), tok.RefreshToken); err != nil {
-					b.log.WarnContext(ctx, "could not revoke the discarded refresh token", "credential", e.id, "err", err)
-				}
-			}
+			b.revokeDiscarded(ctx, e, cred, tok, rotated)
 			return nil, reauthRequired(e.id, cur.fam)
 		}
 		b.log.ErrorContext(ctx, "refresh result lost a check-and-set race within the same family (our claim was taken over); keeping the stored state",
 			"credential", e.id, "family", fam.FamilyID, "generation", fam.Generation)
 		return nil, fmt.Errorf("%w: another replica took over the refresh of %s", ErrConflict, e.id)
 	}
-	return nil, b.orphaned(ctx, e, cred, fam, tok, rotated)
-}
-
-// orphaned handles a refresh whose family was replaced while it ran (a
-// reauthentication or a deletion won). The new refresh token belongs to a
-// family nobody uses; revoke it at the provider rather than leave it alive.
-func (b *Broker) orphaned(ctx context.Context, e *entry, cred *credentialRecord, fam *familyRecord, tok *provider.Token, rotated bool) error {
+	// Another family replaced ours while the refresh ran (a reauthentication
+	// or a deletion won): the new refresh token belongs to a family nobody
+	// uses; revoke it at the provider rather than leave it alive.
 	b.log.WarnContext(ctx, "the family changed while refreshing; discarding the refreshed tokens",
 		"credential", e.id, "family", fam.FamilyID, "generation", fam.Generation)
-	if rotated {
-		if err := b.provider.Revoke(ctx, cred.Spec.endpoint(), cred.Spec.clientCredentials(), tok.RefreshToken); err != nil {
-			b.log.WarnContext(ctx, "could not revoke the discarded refresh token", "credential", e.id, "err", err)
-		}
+	b.revokeDiscarded(ctx, e, cred, tok, rotated)
+	return nil, fmt.Errorf("%w: the token family of %s changed during a refresh", ErrConflict, e.id)
+}
+
+// revokeDiscarded revokes, best effort, a refresh token a refresh obtained
+// (rotated) but could not store.
+func (b *Broker) revokeDiscarded(ctx context.Context, e *entry, cred *credentialRecord, tok *provider.Token, rotated bool) {
+	if !rotated {
+		return
 	}
-	if v, err := b.readView(ctx, e.id); err == nil {
-		e.setView(v)
+	if err := b.provider.Revoke(ctx, cred.Spec.endpoint(), cred.Spec.clientCredentials(), tok.RefreshToken); err != nil {
+		b.log.WarnContext(ctx, "could not revoke the discarded refresh token", "credential", e.id, "err", err)
 	}
-	return fmt.Errorf("%w: the token family of %s changed during a refresh", ErrConflict, e.id)
 }
 
 // writeFamily stores a family record with check-and-set on expected,
@@ -381,14 +376,7 @@ func (b *Broker) markInDoubt(ctx context.Context, e *entry, key string, fam *fam
 // notifies watchers. It returns the error callers receive.
 func (b *Broker) revokeFamily(ctx context.Context, e *entry, key string, fam *familyRecord, version uint64, reason RevocationReason, detail string) error {
 	now := b.opts.now()
-	next := fam.clone()
-	next.Status = StatusRevoked
-	next.RefreshToken = ""
-	next.Access = nil
-	next.InDoubt = false
-	next.Claim = nil
-	next.RevokedReason, next.RevokedAt = reason, now
-	next.LastError, next.LastErrorAt = detail, now
+	next := revokedRecord(fam, reason, detail, now)
 	ctx, cancel := persistContext(ctx)
 	defer cancel()
 	for {
@@ -425,6 +413,20 @@ func (b *Broker) revokeFamily(ctx context.Context, e *entry, key string, fam *fa
 		Kind: NoticeFamilyRevoked, Reason: reason, Detail: revocationDetail(reason), DetectedAt: now,
 	})
 	return reauthRequired(e.id, next)
+}
+
+// revokedRecord returns fam revoked for reason: no tokens, no claim (a
+// replica holding one then fails its result's check-and-set).
+func revokedRecord(fam *familyRecord, reason RevocationReason, detail string, now time.Time) *familyRecord {
+	next := fam.clone()
+	next.Status = StatusRevoked
+	next.RefreshToken = ""
+	next.Access = nil
+	next.InDoubt = false
+	next.Claim = nil
+	next.RevokedReason, next.RevokedAt = reason, now
+	next.LastError, next.LastErrorAt = detail, now
+	return next
 }
 
 func revocationDetail(r RevocationReason) string {
@@ -502,23 +504,18 @@ func (b *Broker) resolveHeldConflict(ctx context.Context, e *entry, r *rescued) 
 	if err != nil {
 		return nil, err
 	}
+	// In every case the store's state is the truth from now on.
+	e.rescue.CompareAndSwap(r, nil)
+	e.setView(cur)
 	switch {
 	case cur.fam.FamilyID == r.fam.FamilyID && cur.fam.RefreshToken == r.fam.RefreshToken:
-		e.rescue.CompareAndSwap(r, nil)
-		e.setView(cur)
 		b.log.InfoContext(ctx, "held rotated refresh token was already stored", "credential", e.id)
-		return cur, nil
 	case cur.fam.FamilyID != r.fam.FamilyID:
-		e.rescue.CompareAndSwap(r, nil)
-		e.setView(cur)
 		b.log.WarnContext(ctx, "dropping a held rotation of a family that was replaced", "credential", e.id, "family", r.fam.FamilyID)
-		return cur, nil
 	default:
 		// A later writer of the same family won (a takeover after our claim
 		// ran out, or a revocation): the held token is history.
-		e.rescue.CompareAndSwap(r, nil)
-		e.setView(cur)
 		b.log.WarnContext(ctx, "dropping a held rotation superseded in the store", "credential", e.id, "family", r.fam.FamilyID, "generation", r.fam.Generation)
-		return cur, nil
 	}
+	return cur, nil
 }

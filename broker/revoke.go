@@ -82,18 +82,10 @@ func (b *Broker) RevokeCredential(ctx context.Context, id, reason string) (Revoc
 		default:
 			return Revocation{}, reauthRequired(id, cur.fam)
 		}
-		now := b.opts.now()
-		next = cur.fam.clone()
-		next.Status = StatusRevoked
-		next.PendingRevocation = cur.fam.RefreshToken
-		next.RefreshToken = ""
-		next.Access = nil
-		next.InDoubt = false
-		// Overwriting another replica's claim is the point: its result write
+		// Dropping another replica's claim is the point: its result write
 		// then fails the check-and-set and finds the family revoked.
-		next.Claim = nil
-		next.RevokedReason, next.RevokedAt = ReasonAdminRevoked, now
-		next.LastError, next.LastErrorAt = "revoked deliberately: "+reason, now
+		next = revokedRecord(cur.fam, ReasonAdminRevoked, "revoked deliberately: "+reason, b.opts.now())
+		next.PendingRevocation = cur.fam.RefreshToken
 		version, err := b.writeFamily(ctx, familyKey(cur.cred), next, cur.famVersion)
 		if errors.Is(err, store.ErrConflict) {
 			continue
@@ -160,39 +152,44 @@ func (b *Broker) revokeAtProvider(ctx context.Context, e *entry, v *view) Provid
 			"credential", e.id, "family", v.fam.FamilyID, "err", err)
 		return ProviderRevocationUnconfirmed
 	}
-	b.forgetPending(ctx, e, familyKey(v.cred), v.fam.FamilyID, token)
+	b.forgetPending(ctx, e, v)
 	return ProviderRevocationConfirmed
 }
 
 // forgetPending removes a confirmed-revoked token from the family record.
-func (b *Broker) forgetPending(ctx context.Context, e *entry, key, familyID, token string) {
-	for {
-		rec, err := b.store.Get(ctx, key)
-		if err != nil {
-			b.log.WarnContext(ctx, "could not clear a revoked token from the store", "credential", e.id, "err", err)
-			return
+// v was just read or written, so the first write trusts it; the record is
+// re-read only when another write came in between.
+func (b *Broker) forgetPending(ctx context.Context, e *entry, v *view) {
+	key, fam, version := familyKey(v.cred), v.fam, v.famVersion
+	familyID, token := fam.FamilyID, fam.PendingRevocation
+	err := func() error {
+		for {
+			next := fam.clone()
+			next.PendingRevocation = ""
+			newVersion, err := b.writeFamily(ctx, key, next, version)
+			if err == nil {
+				e.setView(b.newView(v.cred, v.credVersion, next, newVersion))
+				return nil
+			}
+			if !errors.Is(err, store.ErrConflict) {
+				return err
+			}
+			rec, err := b.store.Get(ctx, key)
+			if err != nil {
+				return err
+			}
+			fam = &familyRecord{}
+			if err := decodeRecord(rec.Value, fam, &fam.Format); err != nil {
+				return err
+			}
+			if fam.FamilyID != familyID || fam.PendingRevocation != token {
+				return nil // replaced or cleared meanwhile
+			}
+			version = rec.Version
 		}
-		var fam familyRecord
-		if err := decodeRecord(rec.Value, &fam, &fam.Format); err != nil {
-			b.log.WarnContext(ctx, "could not clear a revoked token from the store", "credential", e.id, "err", err)
-			return
-		}
-		if fam.FamilyID != familyID || fam.PendingRevocation != token {
-			return // replaced or cleared meanwhile
-		}
-		fam.PendingRevocation = ""
-		version, err := b.writeFamily(ctx, key, &fam, rec.Version)
-		if errors.Is(err, store.ErrConflict) {
-			continue
-		}
-		if err != nil {
-			b.log.WarnContext(ctx, "could not clear a revoked token from the store", "credential", e.id, "err", err)
-			return
-		}
-		if cur := e.view.Load(); cur != nil && cur.fam.FamilyID == familyID {
-			e.setView(b.newView(cur.cred, cur.credVersion, &fam, version))
-		}
-		return
+	}()
+	if err != nil {
+		b.log.WarnContext(ctx, "could not clear a revoked token from the store", "credential", e.id, "err", err)
 	}
 }
 

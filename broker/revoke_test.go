@@ -78,25 +78,10 @@ type revokeEnv struct {
 func newRevokeEnv(t *testing.T, st store.Store) *revokeEnv {
 	t.Helper()
 	clk := &clock{t: time.Now()}
-	sim, err := providersim.Start(providersim.Config{Now: clk.now})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = sim.Close() })
-	sim.AddClient(providersim.Client{ID: "c", Secret: "s"})
-	env := &revokeEnv{sim: sim, clk: clk, prov: &revokeProvider{Client: provider.New(nil)}, aud: &recordingAuditor{}}
-	var bs []*Broker
-	for i := 0; i < 2; i++ {
-		b, err := New(context.Background(), Config{Store: st, Provider: env.prov, Auditor: env.aud},
-			WithClock(clk.now), WithSchedulerInterval(time.Hour), WithRetryBase(time.Millisecond))
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = b.Close() })
-		bs = append(bs, b)
-	}
-	env.a, env.b = bs[0], bs[1]
-	env.spec = Spec{ProviderKind: ProviderSalesforce, BaseURL: sim.URL(), ClientID: "c", ClientSecret: "s", Scopes: []string{"api", "refresh_token"}}
+	sim := startSim(t, providersim.Config{Now: clk.now})
+	env := &revokeEnv{sim: sim, clk: clk, prov: &revokeProvider{Client: provider.New(nil)}, aud: &recordingAuditor{}, spec: simSpec(sim)}
+	cfg := Config{Store: st, Provider: env.prov, Auditor: env.aud}
+	env.a, env.b = newBroker(t, cfg, replicaOpts(clk)...), newBroker(t, cfg, replicaOpts(clk)...)
 	return env
 }
 

@@ -10,7 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/rotavault/rotavault/provider"
 	"github.com/rotavault/rotavault/providersim"
 	"github.com/rotavault/rotavault/store"
 	"github.com/rotavault/rotavault/store/memstore"
@@ -38,25 +37,36 @@ func (h *hookStore) Put(ctx context.Context, key string, value []byte, expected 
 	return v, err
 }
 
-func setup(t *testing.T, st store.Store, clk *clock) (*providersim.Server, []*Broker, Spec) {
-	sim, err := providersim.Start(providersim.Config{Now: clk.now})
+// startSim starts a provider simulator that knows client "c" (secret "s").
+func startSim(t *testing.T, cfg providersim.Config) *providersim.Server {
+	t.Helper()
+	sim, err := providersim.Start(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = sim.Close() })
 	sim.AddClient(providersim.Client{ID: "c", Secret: "s"})
+	return sim
+}
+
+// simSpec is a Salesforce credential of the simulator's client.
+func simSpec(sim *providersim.Server) Spec {
+	return Spec{ProviderKind: ProviderSalesforce, BaseURL: sim.URL(), ClientID: "c", ClientSecret: "s", Scopes: []string{"api", "refresh_token"}}
+}
+
+// replicaOpts run a replica on clk with the scheduler out of the way and
+// fast retries; extra options come last and win.
+func replicaOpts(clk *clock, extra ...Option) []Option {
+	return append([]Option{WithClock(clk.now), WithSchedulerInterval(time.Hour), WithRetryBase(time.Millisecond)}, extra...)
+}
+
+func setup(t *testing.T, st store.Store, clk *clock) (*providersim.Server, []*Broker, Spec) {
+	sim := startSim(t, providersim.Config{Now: clk.now})
 	var bs []*Broker
 	for i := 0; i < 2; i++ {
-		b, err := New(context.Background(), Config{Store: st, Provider: provider.New(nil), Auditor: discardAuditor{}},
-			WithClock(clk.now), WithSchedulerInterval(time.Hour), WithRetryBase(time.Millisecond))
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = b.Close() })
-		bs = append(bs, b)
+		bs = append(bs, newTestBroker(t, st, replicaOpts(clk)...))
 	}
-	spec := Spec{ProviderKind: ProviderSalesforce, BaseURL: sim.URL(), ClientID: "c", ClientSecret: "s", Scopes: []string{"api", "refresh_token"}}
-	return sim, bs, spec
+	return sim, bs, simSpec(sim)
 }
 
 // A result write that Vault applied but whose answer was lost and replayed
@@ -93,9 +103,10 @@ func TestLostResultAnswerIsNotMistakenForALostRace(t *testing.T) {
 	clk.add(3 * time.Hour)
 	_, err := a.GetAccessToken(ctx, TokenRequest{CredentialID: "x"})
 	t.Logf("first refresh: %v", err)
-	rec := famRecord(ctx, t, hs.Store, "x")
-	var f familyRecord
-	_ = json.Unmarshal(rec.Value, &f)
+	if armed.Load() {
+		t.Fatal("the result write was never replayed")
+	}
+	f := storedFamily(ctx, t, hs.Store)
 	t.Logf("stored: gen %d status %s; provider: %+v", f.Generation, f.Status, sim.Stats())
 	clk.add(3 * time.Hour)
 	_, err = bs[1].GetAccessToken(ctx, TokenRequest{CredentialID: "x"})
@@ -136,9 +147,7 @@ func TestRecreatedCredentialIsNotOverwrittenByAStaleReplica(t *testing.T) {
 	clk.add(3 * time.Hour)
 	_, err = a.GetAccessToken(ctx, TokenRequest{CredentialID: "x"})
 	t.Logf("A (stale cache) refresh: %v", err)
-	rec := famRecord(ctx, t, st, "x")
-	var f familyRecord
-	_ = json.Unmarshal(rec.Value, &f)
+	f := storedFamily(ctx, t, st)
 	t.Logf("stored family %s (new one was %s) status %s reason %s", f.FamilyID, act.FamilyID, f.Status, f.RevokedReason)
 	if f.FamilyID != act.FamilyID || f.Status != StatusActive {
 		t.Fatal("the recreated credential's family was overwritten by a replica's stale cache")
@@ -152,24 +161,13 @@ func TestHeldRotationIsDroppedAfterATakeover(t *testing.T) {
 	ctx := context.Background()
 	clk := &clock{t: time.Now()}
 	mem := memstore.New()
-	sim, err := providersim.Start(providersim.Config{Now: clk.now, ReuseGrace: 10 * time.Minute})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = sim.Close() })
-	sim.AddClient(providersim.Client{ID: "c", Secret: "s"})
-	ha := &hookStore{Store: mem}
-	mk := func(st store.Store) *Broker {
-		b, err := New(ctx, Config{Store: st, Provider: provider.New(nil), Auditor: discardAuditor{}},
-			WithClock(clk.now), WithSchedulerInterval(time.Hour), WithRetryBase(time.Millisecond))
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = b.Close() })
-		return b
-	}
-	a, b := mk(ha), mk(mem)
-	spec := Spec{ProviderKind: ProviderSalesforce, BaseURL: sim.URL(), ClientID: "c", ClientSecret: "s", Scopes: []string{"api", "refresh_token"}, ReuseGrace: 10 * time.Minute}
+	sim := startSim(t, providersim.Config{Now: clk.now, ReuseGrace: 10 * time.Minute})
+	// the store rejects A's result writes (Put not applied) while down
+	var down atomic.Bool
+	a := newTestBroker(t, &failingPuts{Store: mem, down: &down}, replicaOpts(clk)...)
+	b := newTestBroker(t, mem, replicaOpts(clk)...)
+	spec := simSpec(sim)
+	spec.ReuseGrace = 10 * time.Minute
 	if _, err := a.CreateCredential(ctx, "x", spec); err != nil {
 		t.Fatal(err)
 	}
@@ -177,16 +175,18 @@ func TestHeldRotationIsDroppedAfterATakeover(t *testing.T) {
 	if _, err := a.ImportRefreshToken(ctx, "x", rt); err != nil {
 		t.Fatal(err)
 	}
-	var down atomic.Bool
-	ha.onPut = func(key string, value []byte, expected, version uint64, err error) (uint64, error) {
-		return version, err
-	}
-	// the store rejects A's result writes (Put not applied)
-	ha.Store = &failingPuts{Store: mem, down: &down, onlyResult: true}
 	down.Store(true)
 	clk.add(3 * time.Hour)
-	_, err = a.GetAccessToken(ctx, TokenRequest{CredentialID: "x"})
-	t.Logf("A: %v (held=%v)", err, a.entries["x"].rescue.Load() != nil)
+	_, err := a.GetAccessToken(ctx, TokenRequest{CredentialID: "x"})
+	ea, eerr := a.entry(ctx, "x")
+	if eerr != nil {
+		t.Fatal(eerr)
+	}
+	held := ea.rescue.Load() != nil
+	t.Logf("A: %v (held=%v)", err, held)
+	if !held {
+		t.Fatal("A holds no rotation: the test does not reach the takeover it is about")
+	}
 	down.Store(false)
 	clk.add(time.Minute) // past A's claim deadline
 	tb, err := b.GetAccessToken(ctx, TokenRequest{CredentialID: "x"})
@@ -201,10 +201,10 @@ func TestHeldRotationIsDroppedAfterATakeover(t *testing.T) {
 	}
 }
 
+// failingPuts refuses family writes other than claims while down.
 type failingPuts struct {
 	store.Store
-	down       *atomic.Bool
-	onlyResult bool
+	down *atomic.Bool
 }
 
 func (f *failingPuts) Put(ctx context.Context, key string, value []byte, expected uint64) (uint64, error) {
@@ -222,32 +222,23 @@ func TestStressTwoReplicas(t *testing.T) {
 	ctx := context.Background()
 	clk := &clock{t: time.Now()}
 	st := memstore.New()
-	sim, err := providersim.Start(providersim.Config{Now: clk.now})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = sim.Close() })
-	sim.AddClient(providersim.Client{ID: "c", Secret: "s"})
+	sim := startSim(t, providersim.Config{Now: clk.now})
 	var bs []*Broker
 	for i := 0; i < 3; i++ {
-		b, err := New(ctx, Config{Store: st, Provider: provider.New(nil), Auditor: discardAuditor{}},
-			WithClock(clk.now), WithSchedulerInterval(10*time.Millisecond), WithRetryBase(time.Millisecond), WithRejectionInterval(0))
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = b.Close() })
-		bs = append(bs, b)
+		bs = append(bs, newTestBroker(t, st, replicaOpts(clk, WithSchedulerInterval(10*time.Millisecond), WithRejectionInterval(0))...))
 	}
-	spec := Spec{ProviderKind: ProviderSalesforce, BaseURL: sim.URL(), ClientID: "c", ClientSecret: "s", Scopes: []string{"api", "refresh_token"}}
-	bs[0].CreateCredential(ctx, "x", spec)
+	if _, err := bs[0].CreateCredential(ctx, "x", simSpec(sim)); err != nil {
+		t.Fatal(err)
+	}
 	rt, _ := sim.IssueRefreshToken("c", nil)
 	if _, err := bs[0].ImportRefreshToken(ctx, "x", rt); err != nil {
 		t.Fatal(err)
 	}
+	const workers = 20
 	var wg sync.WaitGroup
 	stop := make(chan struct{})
 	for _, b := range bs {
-		for g := 0; g < 20; g++ {
+		for g := 0; g < workers; g++ {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
@@ -269,6 +260,8 @@ func TestStressTwoReplicas(t *testing.T) {
 			}()
 		}
 	}
+	// Pacing, not synchronisation: the workers run throughout, and the clock
+	// moves an hour every 20ms of wall time.
 	for i := 0; i < 50; i++ {
 		time.Sleep(20 * time.Millisecond)
 		clk.add(time.Hour)
@@ -277,7 +270,7 @@ func TestStressTwoReplicas(t *testing.T) {
 	wg.Wait()
 	t.Logf("sim %+v", sim.Stats())
 	if s := sim.Stats(); s.ReuseDetections != 0 || s.FamiliesRevoked != 0 {
-		t.Fatal("reuse")
+		t.Fatalf("refresh token reuse across replicas: %d reuse detections, %d families revoked", s.ReuseDetections, s.FamiliesRevoked)
 	}
 }
 

@@ -4,12 +4,10 @@
 package integration
 
 import (
-	"bytes"
 	"context"
 	"log/slog"
 	"net"
 	"path/filepath"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -25,6 +23,7 @@ import (
 	"github.com/rotavault/rotavault/boltstore"
 	"github.com/rotavault/rotavault/broker"
 	rotavaultv1 "github.com/rotavault/rotavault/gen/rotavault/v1"
+	"github.com/rotavault/rotavault/internal/syncbuf"
 	"github.com/rotavault/rotavault/internal/vaulttest"
 	"github.com/rotavault/rotavault/provider"
 	"github.com/rotavault/rotavault/providersim"
@@ -51,24 +50,6 @@ type testClock struct{ offset atomic.Int64 }
 func (c *testClock) now() time.Time          { return time.Now().Add(time.Duration(c.offset.Load())) }
 func (c *testClock) advance(d time.Duration) { c.offset.Add(int64(d)) }
 
-// syncBuffer collects every log line the server writes.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 type envOptions struct {
 	sim        providersim.Config
 	brokerOpts []broker.Option
@@ -90,7 +71,7 @@ type env struct {
 	clock   *testClock
 	dataDir string
 	key     boltstore.Key
-	logs    *syncBuffer
+	logs    *syncbuf.Buffer
 	opts    envOptions
 
 	store      store.Store
@@ -114,7 +95,7 @@ func newEnv(t testing.TB, opts envOptions) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := &env{t: t, clock: &testClock{}, dataDir: dir, key: key, logs: &syncBuffer{}, opts: opts}
+	e := &env{t: t, clock: &testClock{}, dataDir: dir, key: key, logs: &syncbuf.Buffer{}, opts: opts}
 	sim, err := providersim.Start(opts.sim)
 	if err != nil {
 		t.Fatal(err)

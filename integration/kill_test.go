@@ -20,6 +20,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	rotavaultv1 "github.com/rotavault/rotavault/gen/rotavault/v1"
+	"github.com/rotavault/rotavault/internal/syncbuf"
 	"github.com/rotavault/rotavault/internal/vaulttest"
 	"github.com/rotavault/rotavault/providersim"
 	"github.com/rotavault/rotavault/server"
@@ -69,7 +70,7 @@ func (e *buildError) Error() string { return "go build: " + e.err.Error() + "\n"
 type replicaProcess struct {
 	cmd     *exec.Cmd
 	exited  chan struct{}
-	logs    *syncBuffer // every line the process wrote to stderr
+	logs    *syncbuf.Buffer // every line the process wrote to stderr
 	dataDir string
 	vault   rotavaultv1.TokenVaultServiceClient
 	admin   rotavaultv1.CredentialAdminServiceClient
@@ -89,7 +90,7 @@ func startReplicaProcess(t *testing.T, v *vaulttest.Server, prefix string) *repl
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	p := &replicaProcess{cmd: cmd, exited: make(chan struct{}), logs: &syncBuffer{}, dataDir: dataDir}
+	p := &replicaProcess{cmd: cmd, exited: make(chan struct{}), logs: &syncbuf.Buffer{}, dataDir: dataDir}
 	addrCh := make(chan string, 1)
 	scanned := make(chan struct{})
 	go func() {

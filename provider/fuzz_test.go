@@ -23,8 +23,8 @@ func FuzzProviderResponse(f *testing.F) {
 	f.Add(429, []byte(`{"error":"rate_limit_exceeded"}`))
 	f.Add(503, []byte{})
 	f.Add(500, []byte(`<html>oops</html>`))
+	c := New(nil)
 	f.Fuzz(func(t *testing.T, status int, body []byte) {
-		c := New(nil)
 		if status < 100 || status > 599 {
 			status = 200
 		}

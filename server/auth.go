@@ -200,9 +200,11 @@ func (a *Auth) authorize(ctx context.Context, method string, req any) error {
 		ids = rule.credentials(req)
 	}
 	if len(ids) == 0 {
-		allowed := policy.Allows(id, rule.role, "")
+		var allowed bool
 		if rule.anyCredential {
 			allowed = policy.AllowsSome(id, rule.role)
+		} else {
+			allowed = policy.Allows(id, rule.role, "")
 		}
 		if !allowed {
 			return a.deny(ctx, id, method, rule.role, "")

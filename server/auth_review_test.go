@@ -1,6 +1,8 @@
 package server
 
 import (
+	"github.com/rotavault/rotavault/internal/testpki"
+
 	"context"
 	"crypto/x509"
 	"strings"
@@ -17,26 +19,26 @@ import (
 // is not canonical must not name a caller: each could pass for an identity
 // the policy grants to someone else.
 func TestCertificateIdentityRefusesConfusableNames(t *testing.T) {
-	ca := newTestCA(t, "ca")
+	ca := testpki.NewCA(t, "ca")
 	for _, tt := range []struct {
 		name string
-		spec leafSpec
+		spec testpki.Leaf
 		want string // "" for refused
 	}{
-		{"URI SAN", leafSpec{cn: "x", dns: []string{"x.test"}, uris: []string{idPayments}}, idPayments},
-		{"DNS SAN", leafSpec{cn: "x", dns: []string{idOps}}, idOps},
-		{"CN", leafSpec{cn: idStranger}, idStranger},
-		{"CN spelling a SPIFFE ID", leafSpec{cn: idAdmin}, ""},
-		{"DNS SAN spelling a SPIFFE ID", leafSpec{dns: []string{idAdmin}}, ""},
-		{"two URI SANs", leafSpec{uris: []string{idPayments, idAdmin}}, ""},
-		{"dot-dot segment", leafSpec{uris: []string{"spiffe://rotavault.test/ns/payments/../../admin"}}, ""},
-		{"escaped dot-dot", leafSpec{uris: []string{"spiffe://rotavault.test/ns/payments/%2e%2e/x"}}, ""},
-		{"empty segment", leafSpec{uris: []string{"spiffe://rotavault.test/ns/payments//x"}}, ""},
-		{"query", leafSpec{uris: []string{"spiffe://rotavault.test/ns/payments/x?admin"}}, ""},
-		{"CN with a space", leafSpec{cn: "ops rotavault.test"}, ""},
+		{"URI SAN", testpki.Leaf{CN: "x", DNS: []string{"x.test"}, URIs: []string{idPayments}}, idPayments},
+		{"DNS SAN", testpki.Leaf{CN: "x", DNS: []string{idOps}}, idOps},
+		{"CN", testpki.Leaf{CN: idStranger}, idStranger},
+		{"CN spelling a SPIFFE ID", testpki.Leaf{CN: idAdmin}, ""},
+		{"DNS SAN spelling a SPIFFE ID", testpki.Leaf{DNS: []string{idAdmin}}, ""},
+		{"two URI SANs", testpki.Leaf{URIs: []string{idPayments, idAdmin}}, ""},
+		{"dot-dot segment", testpki.Leaf{URIs: []string{"spiffe://rotavault.test/ns/payments/../../admin"}}, ""},
+		{"escaped dot-dot", testpki.Leaf{URIs: []string{"spiffe://rotavault.test/ns/payments/%2e%2e/x"}}, ""},
+		{"empty segment", testpki.Leaf{URIs: []string{"spiffe://rotavault.test/ns/payments//x"}}, ""},
+		{"query", testpki.Leaf{URIs: []string{"spiffe://rotavault.test/ns/payments/x?admin"}}, ""},
+		{"CN with a space", testpki.Leaf{CN: "ops rotavault.test"}, ""},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			leaf, err := parseLeaf(ca.clientCert(t, tt.spec))
+			leaf, err := parseLeaf(ca.KeyPair(t, tt.spec))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -58,7 +60,7 @@ func TestCertificateIdentityRefusesConfusableNames(t *testing.T) {
 // admin's SPIFFE ID must not be the admin.
 func TestCommonNameCannotImpersonateURIIdentity(t *testing.T) {
 	e := newAuthEnv(t, authEnvOptions{})
-	forged := e.ca.clientCert(t, leafSpec{cn: idAdmin})
+	forged := e.ca.KeyPair(t, testpki.Leaf{CN: idAdmin})
 	_, err := rotavaultv1.NewCredentialAdminServiceClient(e.dialWith(e.ca, &forged, "")).ListCredentials(testCtx(t), &rotavaultv1.ListCredentialsRequest{})
 	if status.Code(err) != codes.Unauthenticated {
 		t.Fatalf("CN spelling the admin's SPIFFE ID: %v; want UNAUTHENTICATED", err)
@@ -95,7 +97,7 @@ func TestClientCARemovalCutsOffOpenConnections(t *testing.T) {
 	if _, err := admin.ListCredentials(testCtx(t), &rotavaultv1.ListCredentialsRequest{}); err != nil {
 		t.Fatalf("before the rotation: %v", err)
 	}
-	writeFile(t, e.caFile, newTestCA(t, "replacement client CA").pem)
+	writeFile(t, e.caFile, testpki.NewCA(t, "replacement client CA").PEM)
 	if err := e.reloader.Reload(); err != nil {
 		t.Fatal(err)
 	}
@@ -108,13 +110,13 @@ func TestClientCARemovalCutsOffOpenConnections(t *testing.T) {
 // A chain verified once is remembered only until its first certificate
 // expires.
 func TestTrustCacheHonoursExpiry(t *testing.T) {
-	ca := newTestCA(t, "ca")
-	leaf, err := parseLeaf(ca.clientCert(t, leafSpec{cn: "svc"}))
+	ca := testpki.NewCA(t, "ca")
+	leaf, err := parseLeaf(ca.KeyPair(t, testpki.Leaf{CN: "svc"}))
 	if err != nil {
 		t.Fatal(err)
 	}
 	var c trustCache
-	pool, peers := ca.pool(), []*x509.Certificate{leaf}
+	pool, peers := ca.Pool(), []*x509.Certificate{leaf}
 	if err := c.verify(pool, peers, time.Now()); err != nil {
 		t.Fatalf("valid certificate: %v", err)
 	}

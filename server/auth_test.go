@@ -1,6 +1,8 @@
 package server
 
 import (
+	"github.com/rotavault/rotavault/internal/testpki"
+
 	"bytes"
 	"context"
 	"crypto/tls"
@@ -119,7 +121,7 @@ type authEnvOptions struct {
 type authEnv struct {
 	t                                         testing.TB
 	dir                                       string
-	ca                                        *testCA
+	ca                                        *testpki.CA
 	addr                                      string
 	policyFile, tokensFile, certFile, keyFile string
 	caFile                                    string
@@ -135,30 +137,30 @@ func newAuthEnv(t testing.TB, opts authEnvOptions) *authEnv {
 	t.Helper()
 	dir := t.TempDir()
 	e := &authEnv{
-		t: t, dir: dir, ca: newTestCA(t, "rotavault test CA"),
+		t: t, dir: dir, ca: testpki.NewCA(t, "rotavault test CA"),
 		policyFile: filepath.Join(dir, "policy.json"), tokensFile: filepath.Join(dir, "tokens"),
 		certFile: filepath.Join(dir, "server.crt"), keyFile: filepath.Join(dir, "server.key"), caFile: filepath.Join(dir, "clients-ca.crt"),
 		callers: make(map[string]caller), auditor: &recordingAuditor{}, logs: &lockedBuffer{}, hup: make(chan os.Signal, 1),
 	}
-	certPEM, keyPEM := e.ca.issue(t, leafSpec{cn: "rotavault", ips: []net.IP{net.IPv4(127, 0, 0, 1)}, server: true})
+	certPEM, keyPEM := e.ca.Issue(t, testpki.Leaf{CN: "rotavault", IPs: []net.IP{net.IPv4(127, 0, 0, 1)}, Server: true})
 	writeFile(t, e.certFile, certPEM)
 	writeFile(t, e.keyFile, keyPEM)
-	writeFile(t, e.caFile, e.ca.pem)
+	writeFile(t, e.caFile, e.ca.PEM)
 	writeFile(t, e.policyFile, []byte(testPolicy))
 	var tokens strings.Builder
 	for _, s := range []struct {
 		id   string
-		spec leafSpec
+		spec testpki.Leaf
 	}{
 		// URI SAN wins over DNS SAN and CN.
-		{idAdmin, leafSpec{cn: "admin-cn", dns: []string{"admin.rotavault.test"}, uris: []string{idAdmin}}},
-		{idPayments, leafSpec{cn: "billing", uris: []string{idPayments}}},
+		{idAdmin, testpki.Leaf{CN: "admin-cn", DNS: []string{"admin.rotavault.test"}, URIs: []string{idAdmin}}},
+		{idPayments, testpki.Leaf{CN: "billing", URIs: []string{idPayments}}},
 		// DNS SAN wins over CN.
-		{idOps, leafSpec{cn: "ops-cn", dns: []string{idOps}}},
-		{idStranger, leafSpec{cn: idStranger}},
+		{idOps, testpki.Leaf{CN: "ops-cn", DNS: []string{idOps}}},
+		{idStranger, testpki.Leaf{CN: idStranger}},
 	} {
 		token := "tok-" + strings.NewReplacer("/", "-", ":", "-").Replace(s.id) + "-7f3a9c"
-		e.callers[s.id] = caller{identity: s.id, cert: e.ca.clientCert(t, s.spec), token: token}
+		e.callers[s.id] = caller{identity: s.id, cert: e.ca.KeyPair(t, s.spec), token: token}
 		tokens.WriteString(s.id + " " + TokenDigest(token) + "\n")
 	}
 	writeFile(t, e.tokensFile, []byte("# identity sha256(token)\n"+tokens.String()))
@@ -237,9 +239,9 @@ func (bearer) RequireTransportSecurity() bool { return true }
 
 // dial connects over TLS trusting roots, presenting cert and token if
 // given.
-func (e *authEnv) dialWith(roots *testCA, cert *tls.Certificate, token string) *grpc.ClientConn {
+func (e *authEnv) dialWith(roots *testpki.CA, cert *tls.Certificate, token string) *grpc.ClientConn {
 	e.t.Helper()
-	tc := &tls.Config{MinVersion: tls.VersionTLS12, RootCAs: roots.pool()}
+	tc := &tls.Config{MinVersion: tls.VersionTLS12, RootCAs: roots.Pool()}
 	if cert != nil {
 		tc.Certificates = []tls.Certificate{*cert}
 	}
@@ -448,8 +450,8 @@ func TestAuthorizationMatrix(t *testing.T) {
 		}
 	})
 	t.Run("certificate from another CA", func(t *testing.T) {
-		other := newTestCA(t, "other CA")
-		cert := other.clientCert(t, leafSpec{uris: []string{idAdmin}})
+		other := testpki.NewCA(t, "other CA")
+		cert := other.KeyPair(t, testpki.Leaf{URIs: []string{idAdmin}})
 		_, err := rotavaultv1.NewCredentialAdminServiceClient(e.dialWith(e.ca, &cert, "")).ListCredentials(testCtx(t), &rotavaultv1.ListCredentialsRequest{})
 		if code := status.Code(err); code == codes.OK || code == codes.PermissionDenied {
 			t.Fatalf("admin identity from an untrusted CA: %v; want refused", err)
@@ -597,7 +599,7 @@ func TestPolicyReload(t *testing.T) {
 
 func TestCertificateReload(t *testing.T) {
 	e := newAuthEnv(t, authEnvOptions{reloadInterval: 20 * time.Millisecond})
-	newCA := newTestCA(t, "rotated server CA")
+	newCA := testpki.NewCA(t, "rotated server CA")
 	admin := e.callers[idAdmin]
 	list := func(ctx context.Context) error {
 		conn := e.dialWith(newCA, &admin.cert, "")
@@ -608,7 +610,7 @@ func TestCertificateReload(t *testing.T) {
 	if err := list(testCtx(t)); err == nil {
 		t.Fatal("a client trusting only the new CA connected before the rotation")
 	}
-	certPEM, keyPEM := newCA.issue(t, leafSpec{cn: "rotavault", ips: []net.IP{net.IPv4(127, 0, 0, 1)}, server: true})
+	certPEM, keyPEM := newCA.Issue(t, testpki.Leaf{CN: "rotavault", IPs: []net.IP{net.IPv4(127, 0, 0, 1)}, Server: true})
 	writeFile(t, e.keyFile, keyPEM)
 	writeFile(t, e.certFile, certPEM)
 	awaitCode(t, "the rotated server certificate", list, func(c codes.Code) bool { return c == codes.OK })
@@ -729,8 +731,8 @@ func TestCertificateIdentity(t *testing.T) {
 	if _, err := CertificateIdentity(nil); err == nil {
 		t.Error("nil certificate named someone")
 	}
-	ca := newTestCA(t, "ca")
-	cert := ca.clientCert(t, leafSpec{})
+	ca := testpki.NewCA(t, "ca")
+	cert := ca.KeyPair(t, testpki.Leaf{})
 	leaf, err := parseLeaf(cert)
 	if err != nil {
 		t.Fatal(err)

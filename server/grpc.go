@@ -14,6 +14,7 @@ import (
 
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/logging"
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/recovery"
+	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/selector"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/health"
@@ -104,8 +105,8 @@ func New(cfg Config) *Server {
 	// limited too.
 	if limits := cfg.RateLimit.withDefaults(); !limits.Disabled {
 		l := newCallerLimiter(limits, limiterKey)
-		unary = append(unary, l.unary)
-		stream = append(stream, l.stream)
+		unary = append(unary, selector.UnaryServerInterceptor(l.unary, selector.MatchFunc(needsAuth)))
+		stream = append(stream, selector.StreamServerInterceptor(l.stream, selector.MatchFunc(needsAuth)))
 	}
 	unary = append(unary, authz.unaryAuthorizer())
 	stream = append(stream, authz.streamAuthorizer())

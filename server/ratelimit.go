@@ -3,7 +3,6 @@ package server
 import (
 	"context"
 	"fmt"
-	"strings"
 	"sync"
 	"time"
 
@@ -56,25 +55,25 @@ type callerLimiter struct {
 	caller func(context.Context) string
 	now    func() time.Time
 
+	// idle is how long an unused bucket takes to be full again; after it
+	// the bucket is indistinguishable from a new one and can be dropped.
+	idle time.Duration
+
 	mu        sync.Mutex
 	buckets   map[string]*rate.Limiter
 	lastSweep time.Time
 }
 
 func newCallerLimiter(cfg RateLimit, caller func(context.Context) string) *callerLimiter {
+	burst := max(cfg.Burst, 1)
 	return &callerLimiter{
 		limit:   rate.Limit(cfg.Rate),
-		burst:   max(cfg.Burst, 1),
+		burst:   burst,
 		caller:  caller,
 		now:     time.Now,
+		idle:    time.Duration(float64(burst) / cfg.Rate * float64(time.Second)),
 		buckets: make(map[string]*rate.Limiter),
 	}
-}
-
-// refillTime is how long an unused bucket takes to be full again; after it
-// the bucket is indistinguishable from a new one and can be dropped.
-func (l *callerLimiter) refillTime() time.Duration {
-	return time.Duration(float64(l.burst) / float64(l.limit) * float64(time.Second))
 }
 
 // allow takes one token from the caller's bucket, or reports how long until
@@ -83,7 +82,7 @@ func (l *callerLimiter) allow(ctx context.Context) (ok bool, retryAfter time.Dur
 	key := l.caller(ctx)
 	now := l.now()
 	l.mu.Lock()
-	if now.Sub(l.lastSweep) > l.refillTime() {
+	if now.Sub(l.lastSweep) > l.idle {
 		for k, b := range l.buckets {
 			if b.TokensAt(now) >= float64(l.burst) {
 				delete(l.buckets, k)
@@ -112,15 +111,10 @@ func (l *callerLimiter) refuse(method string, retryAfter time.Duration) error {
 		&errdetails.RetryInfo{RetryDelay: durationpb.New(retryAfter.Round(time.Millisecond))})
 }
 
-// exempt reports methods never limited: probes must always get an answer.
-func exempt(fullMethod string) bool {
-	return strings.HasPrefix(fullMethod, "/grpc.health.v1.Health/")
-}
-
+// unary and stream limit every call they see; New installs them for the
+// calls that need authentication only (needsAuth), so that health probes are
+// never limited.
 func (l *callerLimiter) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
-	if exempt(info.FullMethod) {
-		return handler(ctx, req)
-	}
 	if ok, wait := l.allow(ctx); !ok {
 		return nil, l.refuse(info.FullMethod, wait)
 	}
@@ -128,9 +122,6 @@ func (l *callerLimiter) unary(ctx context.Context, req any, info *grpc.UnaryServ
 }
 
 func (l *callerLimiter) stream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
-	if exempt(info.FullMethod) {
-		return handler(srv, ss)
-	}
 	if ok, wait := l.allow(ss.Context()); !ok {
 		return l.refuse(info.FullMethod, wait)
 	}

@@ -88,9 +88,6 @@ func (r *Reloader) ClientCAs() *x509.CertPool {
 	return m.config.ClientCAs
 }
 
-// HasTokens reports whether a tokens file is configured.
-func (r *Reloader) HasTokens() bool { return r.cfg.TokensFile != "" }
-
 // ServerTLSConfig returns the server's TLS config, which picks up the
 // current certificate and client CA at every handshake; nil without a
 // certificate.

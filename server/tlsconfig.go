@@ -86,7 +86,7 @@ func CertificateIdentity(cert *x509.Certificate) (string, error) {
 
 func checkURIIdentity(u *url.URL) error {
 	switch {
-	case u.Scheme == "" || u.String() == "":
+	case u.Scheme == "":
 		return errors.New("URI SAN: not an absolute URI")
 	case u.User != nil || u.RawQuery != "" || u.ForceQuery || u.Fragment != "" || u.RawFragment != "":
 		return errors.New("URI SAN: user info, query and fragment are not allowed in an identity")
@@ -98,7 +98,7 @@ func checkURIIdentity(u *url.URL) error {
 	if u.Path == "" {
 		return nil
 	}
-	for _, seg := range strings.Split(strings.TrimPrefix(u.Path, "/"), "/") {
+	for seg := range strings.SplitSeq(strings.TrimPrefix(u.Path, "/"), "/") {
 		if seg == "" || seg == "." || seg == ".." {
 			return errors.New("URI SAN: empty, . and .. path segments are not allowed in an identity")
 		}

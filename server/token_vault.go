@@ -8,6 +8,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/rotavault/rotavault/audit"
 	"github.com/rotavault/rotavault/broker"
 	rotavaultv1 "github.com/rotavault/rotavault/gen/rotavault/v1"
 )
@@ -68,7 +69,9 @@ func (s *TokenVaultService) GetAccessToken(ctx context.Context, req *rotavaultv1
 		return nil, toStatus(ctx, s.log, err)
 	}
 	if s.issuance != nil {
-		s.issuance.add(callerIdentity(ctx), breq.CredentialID)
+		// The actor the interceptors set for every audit record of this
+		// call, so the summary names the caller as the broker's records do.
+		s.issuance.add(audit.Actor(ctx), breq.CredentialID)
 	}
 	return &rotavaultv1.GetAccessTokenResponse{
 		AccessToken: tok.Token,

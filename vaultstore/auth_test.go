@@ -5,6 +5,8 @@ import (
 	"testing"
 	"time"
 
+	vault "github.com/hashicorp/vault/api"
+
 	"github.com/rotavault/rotavault/internal/vaulttest"
 	"github.com/rotavault/rotavault/vaultstore"
 )
@@ -15,18 +17,20 @@ path "secret/metadata/rotavault/*" { capabilities = ["create", "read", "update",
 
 func appRoleStore(t *testing.T, srv *vaulttest.Server, roleID, secretFile string) *vaultstore.Store {
 	t.Helper()
-	client := srv.Client(t)
-	client.ClearToken()
 	login, err := vaultstore.AppRole(roleID, secretFile, "")
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, err := vaultstore.New(context.Background(), vaultstore.Config{Client: client, Login: login})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = s.Close() })
-	return s
+	return newStore(t, vaultstore.Config{Client: tokenlessClient(t, srv), Login: login})
+}
+
+// tokenlessClient is a client of srv without a token: the store's login
+// must provide one.
+func tokenlessClient(t *testing.T, srv *vaulttest.Server) *vault.Client {
+	t.Helper()
+	client := srv.Client(t)
+	client.ClearToken()
+	return client
 }
 
 func TestAppRoleRevokedTokenLogsInAgainWithoutFailingCallers(t *testing.T) {

@@ -39,13 +39,11 @@ func writeServiceAccountToken(t *testing.T, path, jwt string) {
 
 func kubernetesStore(t *testing.T, srv *vaulttest.Server, role, tokenFile string) (*vaultstore.Store, error) {
 	t.Helper()
-	client := srv.Client(t)
-	client.ClearToken()
 	login, err := vaultstore.Kubernetes(role, tokenFile, "kubernetes")
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, err := vaultstore.New(context.Background(), vaultstore.Config{Client: client, Login: login})
+	s, err := vaultstore.New(context.Background(), vaultstore.Config{Client: tokenlessClient(t, srv), Login: login})
 	if err != nil {
 		return nil, err
 	}

@@ -34,12 +34,20 @@ type dataKey struct {
 	aead    cipher.AEAD
 }
 
-func newAEAD(key []byte) (cipher.AEAD, error) {
-	block, err := aes.NewCipher(key)
-	if err != nil {
-		return nil, err
+// dataKeyAEAD builds the AEAD of the data key in a Transit answer's
+// "plaintext" field (base64 of 32 bytes); ok is false for anything else.
+func dataKeyAEAD(secret *vault.Secret) (aead cipher.AEAD, ok bool, err error) {
+	plain, _ := secret.Data["plaintext"].(string)
+	raw, err := base64.StdEncoding.DecodeString(plain)
+	if err != nil || len(raw) != 32 {
+		return nil, false, nil
 	}
-	return cipher.NewGCMWithRandomNonce(block)
+	block, err := aes.NewCipher(raw)
+	if err != nil {
+		return nil, false, err
+	}
+	aead, err = cipher.NewGCMWithRandomNonce(block)
+	return aead, err == nil, err
 }
 
 func (s *Store) newEnvelope(ctx context.Context, mount, key string) (*envelope, error) {
@@ -53,19 +61,16 @@ func (s *Store) newEnvelope(ctx context.Context, mount, key string) (*envelope, 
 		return nil, fmt.Errorf("vaultstore: Transit data key from %s/keys/%s (is the engine mounted, the key created, and update allowed on %s/datakey/plaintext/%s and %s/decrypt/%s?): %w",
 			mount, key, mount, key, mount, key, safeVaultError(err))
 	}
-	plain, _ := secret.Data["plaintext"].(string)
 	wrapped, _ := secret.Data["ciphertext"].(string)
-	raw, err := base64.StdEncoding.DecodeString(plain)
-	if err != nil || len(raw) != 32 || wrapped == "" {
-		return nil, errors.New("vaultstore: Transit returned a malformed data key")
-	}
-	aead, err := newAEAD(raw)
+	aead, ok, err := dataKeyAEAD(secret)
 	if err != nil {
 		return nil, err
 	}
+	if !ok || wrapped == "" {
+		return nil, errors.New("vaultstore: Transit returned a malformed data key")
+	}
 	env.current = dataKey{wrapped: wrapped, aead: aead}
-	env.opened[wrapped] = aead
-	// Prove at start-up that decrypting works too.
+	// Prove at start-up that decrypting works too; this caches the key.
 	if _, err := s.unwrap(ctx, env, wrapped, true); err != nil {
 		return nil, err
 	}
@@ -112,14 +117,12 @@ func (s *Store) unwrap(ctx context.Context, env *envelope, wrapped string, force
 	if err != nil || secret == nil {
 		return nil, fmt.Errorf("%w: Transit decrypt: %w", ErrUndecryptable, safeVaultError(err))
 	}
-	plain, _ := secret.Data["plaintext"].(string)
-	raw, err := base64.StdEncoding.DecodeString(plain)
-	if err != nil || len(raw) != 32 {
-		return nil, ErrUndecryptable
-	}
-	aead, err = newAEAD(raw)
+	aead, ok, err = dataKeyAEAD(secret)
 	if err != nil {
 		return nil, err
+	}
+	if !ok {
+		return nil, ErrUndecryptable
 	}
 	env.mu.Lock()
 	env.opened[wrapped] = aead

@@ -10,8 +10,6 @@ import (
 	vault "github.com/hashicorp/vault/api"
 
 	"github.com/rotavault/rotavault/internal/vaulttest"
-	"github.com/rotavault/rotavault/store"
-	"github.com/rotavault/rotavault/store/storetest"
 	"github.com/rotavault/rotavault/vaultstore"
 )
 
@@ -29,16 +27,7 @@ func TestTransitContract(t *testing.T) {
 	srv := vaulttest.StartDev(t)
 	root := srv.Client(t)
 	enableTransit(t, root)
-	n := 0
-	storetest.Run(t, func(t *testing.T) store.Store {
-		n++
-		s, err := vaultstore.New(context.Background(), vaultstore.Config{Client: root, Prefix: fmt.Sprintf("transit/run%d", n), TransitKey: "rotavault"})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = s.Close() })
-		return s
-	})
+	runContract(t, "transit", vaultstore.Config{Client: root, TransitKey: "rotavault"})
 }
 
 func TestTransitHidesValuesFromKVReaders(t *testing.T) {
@@ -46,11 +35,7 @@ func TestTransitHidesValuesFromKVReaders(t *testing.T) {
 	root := srv.Client(t)
 	enableTransit(t, root)
 	ctx := context.Background()
-	s, err := vaultstore.New(ctx, vaultstore.Config{Client: root, TransitKey: "rotavault"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s := newStore(t, vaultstore.Config{Client: root, TransitKey: "rotavault"})
 	const secret = "5Aep861-refresh-token-in-clear"
 	if _, err := s.Put(ctx, "families/acme", []byte(secret), 0); err != nil {
 		t.Fatal(err)
@@ -71,20 +56,12 @@ func TestTransitHidesValuesFromKVReaders(t *testing.T) {
 		t.Fatalf("moved ciphertext: %v, want ErrUndecryptable", err)
 	}
 	// A second process (another data key) reads it, through Transit.
-	s2, err := vaultstore.New(ctx, vaultstore.Config{Client: root, TransitKey: "rotavault"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s2.Close()
+	s2 := newStore(t, vaultstore.Config{Client: root, TransitKey: "rotavault"})
 	if rec, err := s2.Get(ctx, "families/acme"); err != nil || string(rec.Value) != secret {
 		t.Fatalf("another replica reads %q, %v", rec.Value, err)
 	}
 	// Without the Transit key the record is refused, not misread.
-	s3, err := vaultstore.New(ctx, vaultstore.Config{Client: root})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s3.Close()
+	s3 := newStore(t, vaultstore.Config{Client: root})
 	if _, err := s3.Get(ctx, "families/acme"); !errors.Is(err, vaultstore.ErrUndecryptable) {
 		t.Fatalf("no transit key: %v", err)
 	}

@@ -15,19 +15,32 @@ import (
 	"github.com/rotavault/rotavault/vaultstore"
 )
 
-func TestContract(t *testing.T) {
-	srv := vaulttest.StartDev(t)
-	client := srv.Client(t)
+// runContract runs the store contract against cfg, each run under a fresh
+// prefix below prefix.
+func runContract(t *testing.T, prefix string, cfg vaultstore.Config) {
 	n := 0
 	storetest.Run(t, func(t *testing.T) store.Store {
 		n++
-		s, err := vaultstore.New(context.Background(), vaultstore.Config{Client: client, Prefix: fmt.Sprintf("contract/run%d", n)})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = s.Close() })
-		return s
+		cfg := cfg
+		cfg.Prefix = fmt.Sprintf("%s/run%d", prefix, n)
+		return newStore(t, cfg)
 	})
+}
+
+// newStore opens a store that is closed when t ends.
+func newStore(t *testing.T, cfg vaultstore.Config) *vaultstore.Store {
+	t.Helper()
+	s, err := vaultstore.New(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = s.Close() })
+	return s
+}
+
+func TestContract(t *testing.T) {
+	srv := vaulttest.StartDev(t)
+	runContract(t, "contract", vaultstore.Config{Client: srv.Client(t)})
 }
 
 func TestStartupChecks(t *testing.T) {

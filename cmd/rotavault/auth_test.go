@@ -2,21 +2,13 @@ package main
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
-	"math/big"
 	"net"
-	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
+	"github.com/rotavault/rotavault/internal/testpki"
 	"github.com/rotavault/rotavault/server"
 )
 
@@ -24,69 +16,31 @@ import (
 // certificates (ECDSA P-256) into dir.
 type cliPKI struct {
 	dir    string
-	ca     *x509.Certificate
-	caKey  *ecdsa.PrivateKey
+	ca     *testpki.CA
 	caFile string
 }
 
 func newCLIPKI(t *testing.T, dir string) *cliPKI {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "cli test CA"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ca, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &cliPKI{dir: dir, ca: ca, caKey: key, caFile: filepath.Join(dir, "ca.crt")}
-	writeTestFile(t, p.caFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}))
+	p := &cliPKI{dir: dir, ca: testpki.NewCA(t, "cli test CA"), caFile: filepath.Join(dir, "ca.crt")}
+	writeTestFile(t, p.caFile, p.ca.PEM)
 	return p
 }
 
 // issue writes name.crt and name.key; uri, if set, is the URI SAN.
 func (p *cliPKI) issue(t *testing.T, name, uri string, server bool) (certFile, keyFile string) {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	serial, err := rand.Int(rand.Reader, big.NewInt(1<<62))
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{SerialNumber: serial, Subject: pkix.Name{CommonName: name},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}
+	leaf := testpki.Leaf{CN: name, Server: server}
 	if server {
-		tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}
-		tmpl.IPAddresses = []net.IP{net.IPv4(127, 0, 0, 1)}
+		leaf.IPs = []net.IP{net.IPv4(127, 0, 0, 1)}
 	}
 	if uri != "" {
-		u, err := url.Parse(uri)
-		if err != nil {
-			t.Fatal(err)
-		}
-		tmpl.URIs = []*url.URL{u}
+		leaf.URIs = []string{uri}
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, p.ca, &key.PublicKey, p.caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
+	certPEM, keyPEM := p.ca.Issue(t, leaf)
 	certFile, keyFile = filepath.Join(p.dir, name+".crt"), filepath.Join(p.dir, name+".key")
-	writeTestFile(t, certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}))
-	writeTestFile(t, keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}))
+	writeTestFile(t, certFile, certPEM)
+	writeTestFile(t, keyFile, keyPEM)
 	return certFile, keyFile
 }
 
@@ -128,7 +82,7 @@ func TestServeWithMTLSAndPolicy(t *testing.T) {
 	srv := c.start(nil, "serve", "--addr", "127.0.0.1:0", "--data-dir", filepath.Join(dir, "data"), "--store-key-file", keyFile,
 		"--tls-cert", srvCert, "--tls-key", srvKey, "--tls-client-ca", pki.caFile,
 		"--bearer-tokens", tokensFile, "--policy", policyFile)
-	addr := servingAddr(t, srv.stderr.waitFor(t, `"rotavault serving"`))
+	addr := servingAddr(t, srv.stderr.WaitFor(t, `"rotavault serving"`, awaitDeadline))
 
 	base := []string{"credentials", "list", "--server", addr, "--tls-ca", pki.caFile}
 	c.run("", append(base, "--tls-cert", adminCert, "--tls-key", adminKey)...).expect(t, exitOK)

@@ -184,11 +184,11 @@ func TestWatch(t *testing.T) {
 	c, _, install := setupCLITest(t)
 
 	w := c.start(nil, "watch", "acme")
-	started := w.stdout.waitFor(t, "started at cursor ")
+	started := w.stdout.WaitFor(t, "started at cursor ", awaitDeadline)
 	cursor := regexp.MustCompile(`started at cursor (\S+)`).FindStringSubmatch(started)[1]
 	install("acme")
 	install("other") // filtered out
-	out := w.stdout.waitFor(t, "FAMILY_ACTIVATED  acme")
+	out := w.stdout.WaitFor(t, "FAMILY_ACTIVATED  acme", awaitDeadline)
 	if code := w.stop(t); code != exitOK {
 		t.Errorf("interrupted watch exited %d", code)
 	}
@@ -201,7 +201,7 @@ func TestWatch(t *testing.T) {
 
 	t.Run("resumes from a cursor as JSON lines", func(t *testing.T) {
 		r := c.start(nil, "watch", "--cursor", cursor, "--json")
-		out := r.stdout.waitFor(t, "NOTICE_KIND_FAMILY_ACTIVATED")
+		out := r.stdout.WaitFor(t, "NOTICE_KIND_FAMILY_ACTIVATED", awaitDeadline)
 		r.stop(t)
 		lines := strings.Split(strings.TrimSpace(out), "\n")
 		var first, second rotavaultv1.WatchRevocationsResponse
@@ -218,7 +218,7 @@ func TestWatch(t *testing.T) {
 		keyFile, _ := newKeyFile(t, dir, "store.key")
 		elsewhere := startNode(t, dir, keyFile, c.trans)
 		other := c.start(map[string]string{"ROTAVAULT_SERVER": elsewhere.addr}, "watch")
-		foreign := regexp.MustCompile(`started at cursor (\S+)`).FindStringSubmatch(other.stdout.waitFor(t, "started at cursor "))[1]
+		foreign := regexp.MustCompile(`started at cursor (\S+)`).FindStringSubmatch(other.stdout.WaitFor(t, "started at cursor ", awaitDeadline))[1]
 		other.stop(t)
 		r := c.run("", "watch", "--cursor", foreign).expect(t, exitError)
 		for _, want := range []string{"(OUT_OF_RANGE, reason CURSOR_EXPIRED)", "hint: notices after that cursor are no longer kept: resynchronise"} {
@@ -235,7 +235,7 @@ func TestWatch(t *testing.T) {
 func TestShutdownEndsWatchers(t *testing.T) {
 	c, node, _ := setupCLITest(t)
 	w := c.start(nil, "watch")
-	w.stdout.waitFor(t, "started at cursor ")
+	w.stdout.WaitFor(t, "started at cursor ", awaitDeadline)
 	node.stop(t)
 	select {
 	case code := <-w.done:

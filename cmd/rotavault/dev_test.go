@@ -14,7 +14,7 @@ import (
 func startDev(t *testing.T, c *cli, dataDir string) (*background, string) {
 	t.Helper()
 	dev := c.start(nil, "dev", "--addr", "127.0.0.1:0", "--data-dir", dataDir, "--log-level", "debug")
-	out := dev.stdout.waitFor(t, "Logs (JSON) follow")
+	out := dev.stdout.WaitFor(t, "Logs (JSON) follow", awaitDeadline)
 	m := regexp.MustCompile(`export ROTAVAULT_SERVER=(\S+)`).FindStringSubmatch(out)
 	if m == nil {
 		t.Fatalf("dev did not say where its server is:\n%s", out)

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"log/slog"
@@ -13,6 +12,7 @@ import (
 	"time"
 
 	"github.com/rotavault/rotavault/boltstore"
+	"github.com/rotavault/rotavault/internal/syncbuf"
 	"github.com/rotavault/rotavault/providersim"
 )
 
@@ -24,57 +24,14 @@ const (
 	awaitDeadline = 10 * time.Second
 )
 
-// syncBuffer is a concurrency-safe writer that can be waited on.
-type syncBuffer struct {
-	mu      sync.Mutex
-	buf     bytes.Buffer
-	written chan struct{}
-}
-
-func newSyncBuffer() *syncBuffer { return &syncBuffer{written: make(chan struct{}, 1)} }
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	n, err := b.buf.Write(p)
-	b.mu.Unlock()
-	select {
-	case b.written <- struct{}{}:
-	default:
-	}
-	return n, err
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
-// waitFor waits until the buffer contains substr and returns its content.
-func (b *syncBuffer) waitFor(t *testing.T, substr string) string {
-	t.Helper()
-	deadline := time.NewTimer(awaitDeadline)
-	defer deadline.Stop()
-	for {
-		if s := b.String(); strings.Contains(s, substr) {
-			return s
-		}
-		select {
-		case <-b.written:
-		case <-deadline.C:
-			t.Fatalf("waited %s for %q; got:\n%s", awaitDeadline, substr, b.String())
-		}
-	}
-}
-
 // transcript collects everything every command printed, and the servers'
 // logs, to check that no secret ever shows.
 type transcript struct {
 	mu   sync.Mutex
-	outs []*syncBuffer
+	outs []*syncbuf.Buffer
 }
 
-func (tr *transcript) add(b *syncBuffer) {
+func (tr *transcript) add(b *syncbuf.Buffer) {
 	tr.mu.Lock()
 	defer tr.mu.Unlock()
 	tr.outs = append(tr.outs, b)
@@ -122,7 +79,7 @@ func (c *cli) runEnv(extraEnv map[string]string, stdin string, args ...string) r
 	c.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	out, errOut := newSyncBuffer(), newSyncBuffer()
+	out, errOut := &syncbuf.Buffer{}, &syncbuf.Buffer{}
 	code := execute(ctx, newRootCmd(strings.NewReader(stdin), out, errOut, c.envFunc(extraEnv)), args, errOut)
 	c.trans.add(out)
 	c.trans.add(errOut)
@@ -141,14 +98,14 @@ func (c *cli) envFunc(extra map[string]string) func(string) string {
 // background runs a long-lived command (watch, serve, dev) until its
 // context ends; wait returns its exit code.
 type background struct {
-	stdout, stderr *syncBuffer
+	stdout, stderr *syncbuf.Buffer
 	cancel         context.CancelFunc
 	done           chan int
 }
 
 func (c *cli) start(extraEnv map[string]string, args ...string) *background {
 	ctx, cancel := context.WithCancel(context.Background())
-	bg := &background{stdout: newSyncBuffer(), stderr: newSyncBuffer(), cancel: cancel, done: make(chan int, 1)}
+	bg := &background{stdout: &syncbuf.Buffer{}, stderr: &syncbuf.Buffer{}, cancel: cancel, done: make(chan int, 1)}
 	c.trans.add(bg.stdout)
 	c.trans.add(bg.stderr)
 	root := newRootCmd(strings.NewReader(""), bg.stdout, bg.stderr, c.envFunc(extraEnv))
@@ -186,7 +143,7 @@ type testNode struct {
 	addr    string
 	dataDir string
 	keyFile string
-	logs    *syncBuffer
+	logs    *syncbuf.Buffer
 	cancel  context.CancelFunc
 	done    chan error
 }
@@ -210,7 +167,7 @@ func startNode(t *testing.T, dataDir, keyFile string, trans *transcript) *testNo
 	if err != nil {
 		t.Fatal(err)
 	}
-	n := &testNode{dataDir: dataDir, keyFile: keyFile, logs: newSyncBuffer(), done: make(chan error, 1)}
+	n := &testNode{dataDir: dataDir, keyFile: keyFile, logs: &syncbuf.Buffer{}, done: make(chan error, 1)}
 	if trans != nil {
 		trans.add(n.logs)
 	}

@@ -45,7 +45,7 @@ func TestFlagsFromEnvironment(t *testing.T) {
 		"ROTAVAULT_DATA_DIR":  dir,
 		"ROTAVAULT_STORE_KEY": strings.TrimSpace(string(rawKey)),
 	}, "serve")
-	addr := servingAddr(t, srv.stderr.waitFor(t, `"rotavault serving"`))
+	addr := servingAddr(t, srv.stderr.WaitFor(t, `"rotavault serving"`, awaitDeadline))
 	if mode := fileMode(t, filepath.Join(dir, storeFileName)); mode != 0o600 {
 		t.Errorf("store file mode %v, want 0600", mode)
 	}

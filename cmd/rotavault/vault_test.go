@@ -17,7 +17,7 @@ func TestServeOnVault(t *testing.T) {
 	c := newCLI(t, nil)
 	serve := func() string {
 		srv := c.start(nil, "serve", "--addr", "127.0.0.1:0", "--data-dir", dir, "--store", "vault", "--vault-prefix", "cli-test")
-		addr := servingAddr(t, srv.stderr.waitFor(t, `"rotavault serving"`))
+		addr := servingAddr(t, srv.stderr.WaitFor(t, `"rotavault serving"`, awaitDeadline))
 		t.Cleanup(func() { srv.stop(t) })
 		c.env = map[string]string{"ROTAVAULT_SERVER": addr}
 		return addr

@@ -10,6 +10,7 @@ import (
 	"crypto/fips140"
 	"os"
 	"os/exec"
+	"regexp"
 	"strings"
 	"testing"
 )
@@ -32,9 +33,16 @@ func Rerun(t *testing.T, tests ...string) {
 	if err != nil {
 		t.Fatalf("tests under fips140=only: %v\n%s", err, out)
 	}
-	// Guard against a run that silently tested nothing in FIPS mode.
+	// Guard against a run that silently tested nothing in FIPS mode: the
+	// mode must be confirmed, and every named test (a name may be a pattern)
+	// must have run and passed, not been renamed away or skipped.
 	if !strings.Contains(string(out), "--- PASS: TestFIPSModeIsOn") {
 		t.Fatalf("FIPS run did not confirm fips140=only enforcement:\n%s", out)
+	}
+	for _, name := range tests {
+		if !regexp.MustCompile(`(?m)^--- PASS: (` + name + `) \(`).Match(out) {
+			t.Fatalf("%s did not run and pass under fips140=only:\n%s", name, out)
+		}
 	}
 }
 

@@ -8,7 +8,6 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"slices"
@@ -65,14 +64,7 @@ func StartKubernetesAPI(t testing.TB) *KubernetesAPI {
 	// with (token_reviewer_jwt): it may call TokenReview, it is not a login.
 	k.reviewerJWT = k.sign(t, ServiceAccount{Namespace: "kube-system", Name: "vault-auth", UID: randomUID()})
 
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := httptest.NewUnstartedServer(http.HandlerFunc(k.serveHTTP))
-	srv.Listener.Close()
-	srv.Listener = l
-	srv.Start()
+	srv := httptest.NewServer(http.HandlerFunc(k.serveHTTP)) // on 127.0.0.1
 	t.Cleanup(srv.Close)
 	k.URL = srv.URL
 	return k
@@ -245,23 +237,10 @@ func (s *Server) Kubernetes(t testing.TB, api *KubernetesAPI, sa ServiceAccount,
 	}); err != nil {
 		t.Fatal(err)
 	}
-	if err := root.Sys().PutPolicy("rotavault", policy); err != nil {
-		t.Fatal(err)
-	}
 	role = "rotavault"
-	params := map[string]any{
+	writeRole(t, root, "auth/kubernetes/role/"+role, map[string]any{
 		"bound_service_account_names":      sa.Name,
 		"bound_service_account_namespaces": sa.Namespace,
-		"token_policies":                   "rotavault",
-	}
-	if tokenTTL != "" {
-		params["token_ttl"] = tokenTTL
-	}
-	if tokenMaxTTL != "" {
-		params["token_max_ttl"] = tokenMaxTTL
-	}
-	if _, err := root.Logical().Write("auth/kubernetes/role/"+role, params); err != nil {
-		t.Fatal(err)
-	}
+	}, policy, tokenTTL, tokenMaxTTL)
 	return role
 }

@@ -68,13 +68,13 @@ type Server struct {
 	RootToken string
 	cmd       *exec.Cmd
 	exited    chan struct{}
+	logs      *tail // the last lines the running process printed
 
-	caCert string // TLS dev servers only
+	t    testing.TB
+	args []string // how launch starts (and Restart restarts) the process
 
-	// Persistent servers only: how to start again, and the unseal key.
-	t         testing.TB
-	args      []string
-	unsealKey string
+	caCert    string // TLS dev servers only
+	unsealKey string // persistent servers only
 }
 
 // vaultEnviron is the test's environment without GODEBUG: a test re-run
@@ -102,38 +102,24 @@ func StartDev(t testing.TB) *Server {
 // returns it with the CA certificate's path (what VAULT_CACERT names).
 func StartDevTLS(t testing.TB) (*Server, string) {
 	t.Helper()
-	dir := t.TempDir()
-	return startDev(t, dir), filepath.Join(dir, "vault-ca.pem")
+	s := startDev(t, t.TempDir())
+	return s, s.caCert
 }
 
 func startDev(t testing.TB, tlsDir string) *Server {
-	bin, err := Binary()
-	if err != nil {
-		t.Fatal(err)
-	}
 	addr := freeAddr(t)
 	token := randomToken()
-	s := &Server{Addr: "http://" + addr, RootToken: token, exited: make(chan struct{})}
-	args := []string{"server", "-dev", "-dev-listen-address=" + addr, "-dev-root-token-id=" + token, "-dev-no-store-token"}
+	s := &Server{Addr: "http://" + addr, RootToken: token, t: t}
+	s.args = []string{"server", "-dev", "-dev-listen-address=" + addr, "-dev-root-token-id=" + token, "-dev-no-store-token"}
 	if tlsDir != "" {
 		s.Addr = "https://" + addr
 		s.caCert = filepath.Join(tlsDir, "vault-ca.pem")
-		args = append(args, "-dev-tls", "-dev-tls-cert-dir="+tlsDir, "-dev-tls-san=127.0.0.1")
+		s.args = append(s.args, "-dev-tls", "-dev-tls-cert-dir="+tlsDir, "-dev-tls-san=127.0.0.1")
 	}
-	s.cmd = exec.Command(bin, args...)
-	s.cmd.Env = append(vaultEnviron(), "HOME="+t.TempDir(), "VAULT_LOG_LEVEL=warn")
-	logs := &tail{}
-	s.cmd.Stdout, s.cmd.Stderr = logs, logs
-	if err := s.cmd.Start(); err != nil {
-		t.Fatalf("vaulttest: start vault: %v", err)
-	}
-	go func() {
-		_ = s.cmd.Wait()
-		close(s.exited)
-	}()
+	s.launch("HOME=" + t.TempDir())
 	t.Cleanup(s.Stop)
 	if err := s.awaitReady(); err != nil {
-		t.Fatalf("vaulttest: %v\nvault output:\n%s", err, logs)
+		t.Fatalf("vaulttest: %v\nvault output:\n%s", err, s.logs)
 	}
 	return s
 }
@@ -175,26 +161,38 @@ func (s *Server) newClient() (*vault.Client, error) {
 }
 
 func (s *Server) awaitReady() error {
+	return s.poll("unsealed and ready", func(ctx context.Context) error {
+		// A TLS dev server writes its CA only once it runs: build the client
+		// on every attempt.
+		c, err := s.newClient()
+		if err != nil {
+			return err
+		}
+		h, err := c.Sys().HealthWithContext(ctx)
+		if err == nil && (!h.Initialized || h.Sealed) {
+			err = fmt.Errorf("initialized=%v sealed=%v", h.Initialized, h.Sealed)
+		}
+		return err
+	})
+}
+
+// poll calls try every 50ms until it succeeds, the process exits or
+// startTimeout passes.
+func (s *Server) poll(what string, try func(ctx context.Context) error) error {
 	ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
 	defer cancel()
 	tick := time.NewTicker(50 * time.Millisecond)
 	defer tick.Stop()
 	for {
-		// A TLS dev server writes its CA only once it runs: build the client
-		// inside the loop.
-		c, err := s.newClient()
+		err := try(ctx)
 		if err == nil {
-			var h *vault.HealthResponse
-			h, err = c.Sys().HealthWithContext(ctx)
-			if err == nil && h.Initialized && !h.Sealed {
-				return nil
-			}
+			return nil
 		}
 		select {
 		case <-s.exited:
-			return fmt.Errorf("vault exited during start-up")
+			return fmt.Errorf("vaulttest: vault exited before it was %s", what)
 		case <-ctx.Done():
-			return fmt.Errorf("vault not ready within %s: %v", startTimeout, err)
+			return fmt.Errorf("vaulttest: vault not %s within %s: %v", what, startTimeout, err)
 		case <-tick.C:
 		}
 	}
@@ -282,17 +280,11 @@ api_addr      = "http://%s"
 	}
 	// KV v2 upgrades its storage in the background after mounting; wait
 	// until it serves writes.
-	ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
-	defer cancel()
-	for {
-		if _, err := c.KVv2("secret").Put(ctx, "vaulttest/ready", map[string]any{"ok": true}); err == nil {
-			break
-		}
-		select {
-		case <-ctx.Done():
-			t.Fatal("vaulttest: KV v2 never became writable")
-		case <-time.After(50 * time.Millisecond):
-		}
+	if err := s.poll("serving KV v2 writes", func(ctx context.Context) error {
+		_, err := c.KVv2("secret").Put(ctx, "vaulttest/ready", map[string]any{"ok": true})
+		return err
+	}); err != nil {
+		t.Fatalf("%v\nvault output:\n%s", err, s.logs)
 	}
 	return s
 }
@@ -306,21 +298,22 @@ func (s *Server) Restart() {
 	s.unseal()
 }
 
-func (s *Server) launch() {
+// launch starts the process with s.args and the test's environment (minus
+// GODEBUG) plus env.
+func (s *Server) launch(env ...string) {
 	bin, err := Binary()
 	if err != nil {
 		s.t.Fatal(err)
 	}
-	s.exited = make(chan struct{})
-	s.cmd = exec.Command(bin, s.args...)
-	s.cmd.Env = append(vaultEnviron(), "VAULT_LOG_LEVEL=warn")
-	logs := &tail{}
-	s.cmd.Stdout, s.cmd.Stderr = logs, logs
-	if err := s.cmd.Start(); err != nil {
+	exited := make(chan struct{})
+	cmd := exec.Command(bin, s.args...)
+	cmd.Env = append(append(vaultEnviron(), "VAULT_LOG_LEVEL=warn"), env...)
+	s.logs = &tail{}
+	cmd.Stdout, cmd.Stderr = s.logs, s.logs
+	if err := cmd.Start(); err != nil {
 		s.t.Fatalf("vaulttest: start vault: %v", err)
 	}
-	exited := s.exited
-	cmd := s.cmd
+	s.cmd, s.exited = cmd, exited
 	go func() {
 		_ = cmd.Wait()
 		close(exited)
@@ -345,20 +338,10 @@ func (s *Server) unseal() {
 
 // awaitUp waits until the server answers at all (sealed or not).
 func (s *Server) awaitUp(c *vault.Client) error {
-	ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
-	defer cancel()
-	for {
-		if _, err := c.Sys().SealStatusWithContext(ctx); err == nil {
-			return nil
-		}
-		select {
-		case <-s.exited:
-			return fmt.Errorf("vaulttest: vault exited during start-up")
-		case <-ctx.Done():
-			return fmt.Errorf("vaulttest: vault not answering within %s", startTimeout)
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
+	return s.poll("answering", func(ctx context.Context) error {
+		_, err := c.Sys().SealStatusWithContext(ctx)
+		return err
+	})
 }
 
 // AppRole enables AppRole auth and a role whose tokens carry policy (HCL)
@@ -371,19 +354,7 @@ func (s *Server) AppRole(t testing.TB, policy, tokenTTL, tokenMaxTTL string) (ro
 	if err := root.Sys().EnableAuthWithOptions("approle", &vault.EnableAuthOptions{Type: "approle"}); err != nil {
 		t.Fatal(err)
 	}
-	if err := root.Sys().PutPolicy("rotavault", policy); err != nil {
-		t.Fatal(err)
-	}
-	role := map[string]any{"token_policies": "rotavault"}
-	if tokenTTL != "" {
-		role["token_ttl"] = tokenTTL
-	}
-	if tokenMaxTTL != "" {
-		role["token_max_ttl"] = tokenMaxTTL
-	}
-	if _, err := root.Logical().Write("auth/approle/role/rotavault", role); err != nil {
-		t.Fatal(err)
-	}
+	writeRole(t, root, "auth/approle/role/rotavault", map[string]any{}, policy, tokenTTL, tokenMaxTTL)
 	id, err := root.Logical().Read("auth/approle/role/rotavault/role-id")
 	if err != nil {
 		t.Fatal(err)
@@ -426,4 +397,24 @@ func (s *Server) CPUTime() (time.Duration, error) {
 	}
 	const clockTicksPerSecond = 100 // USER_HZ on every Linux architecture Go supports
 	return time.Duration(utime+stime) * time.Second / clockTicksPerSecond, nil
+}
+
+// writeRole writes an auth method's role at path with params, its tokens
+// carrying policy (HCL, stored as policy "rotavault") and living tokenTTL, at
+// most tokenMaxTTL ("" = Vault's defaults).
+func writeRole(t testing.TB, root *vault.Client, path string, params map[string]any, policy, tokenTTL, tokenMaxTTL string) {
+	t.Helper()
+	if err := root.Sys().PutPolicy("rotavault", policy); err != nil {
+		t.Fatal(err)
+	}
+	params["token_policies"] = "rotavault"
+	if tokenTTL != "" {
+		params["token_ttl"] = tokenTTL
+	}
+	if tokenMaxTTL != "" {
+		params["token_max_ttl"] = tokenMaxTTL
+	}
+	if _, err := root.Logical().Write(path, params); err != nil {
+		t.Fatal(err)
+	}
 }

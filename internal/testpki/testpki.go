@@ -1,4 +1,6 @@
-package server
+// Package testpki issues throwaway certificates for tests: a CA and leaf
+// certificates, ECDSA P-256 as a FIPS deployment would use.
+package testpki
 
 import (
 	"crypto/ecdsa"
@@ -11,21 +13,20 @@ import (
 	"math/big"
 	"net"
 	"net/url"
-	"os"
-	"path/filepath"
 	"testing"
 	"time"
 )
 
-// testCA is a throwaway certificate authority: ECDSA P-256, as a FIPS
-// deployment would use.
-type testCA struct {
-	cert *x509.Certificate
-	key  *ecdsa.PrivateKey
-	pem  []byte
+// CA is a throwaway certificate authority, valid for an hour either side
+// of now.
+type CA struct {
+	Cert *x509.Certificate
+	Key  *ecdsa.PrivateKey
+	PEM  []byte // Cert in PEM
 }
 
-func newTestCA(t testing.TB, name string) *testCA {
+// NewCA creates a CA with the common name name.
+func NewCA(t testing.TB, name string) *CA {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -48,20 +49,22 @@ func newTestCA(t testing.TB, name string) *testCA {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &testCA{cert: cert, key: key, pem: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})}
+	return &CA{Cert: cert, Key: key, PEM: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})}
 }
 
-// leafSpec names a leaf certificate's holder.
-type leafSpec struct {
-	cn     string
-	dns    []string
-	uris   []string
-	ips    []net.IP
-	server bool
+// Leaf names a leaf certificate's holder.
+type Leaf struct {
+	CN   string
+	DNS  []string
+	URIs []string
+	IPs  []net.IP
+	// Server makes a server certificate (ExtKeyUsageServerAuth) instead of
+	// a client one.
+	Server bool
 }
 
-// issue returns a leaf's certificate and key in PEM.
-func (ca *testCA) issue(t testing.TB, s leafSpec) (certPEM, keyPEM []byte) {
+// Issue returns a leaf's certificate and PKCS#8 key in PEM.
+func (ca *CA) Issue(t testing.TB, l Leaf) (certPEM, keyPEM []byte) {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -73,25 +76,25 @@ func (ca *testCA) issue(t testing.TB, s leafSpec) (certPEM, keyPEM []byte) {
 	}
 	tmpl := &x509.Certificate{
 		SerialNumber: serial,
-		Subject:      pkix.Name{CommonName: s.cn},
+		Subject:      pkix.Name{CommonName: l.CN},
 		NotBefore:    time.Now().Add(-time.Hour),
 		NotAfter:     time.Now().Add(time.Hour),
 		KeyUsage:     x509.KeyUsageDigitalSignature,
-		DNSNames:     s.dns,
-		IPAddresses:  s.ips,
+		DNSNames:     l.DNS,
+		IPAddresses:  l.IPs,
 		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
 	}
-	if s.server {
+	if l.Server {
 		tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}
 	}
-	for _, u := range s.uris {
+	for _, u := range l.URIs {
 		parsed, err := url.Parse(u)
 		if err != nil {
 			t.Fatal(err)
 		}
 		tmpl.URIs = append(tmpl.URIs, parsed)
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Cert, &key.PublicKey, ca.Key)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -103,9 +106,10 @@ func (ca *testCA) issue(t testing.TB, s leafSpec) (certPEM, keyPEM []byte) {
 		pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER})
 }
 
-func (ca *testCA) clientCert(t testing.TB, s leafSpec) tls.Certificate {
+// KeyPair issues a leaf as a tls.Certificate.
+func (ca *CA) KeyPair(t testing.TB, l Leaf) tls.Certificate {
 	t.Helper()
-	c, k := ca.issue(t, s)
+	c, k := ca.Issue(t, l)
 	cert, err := tls.X509KeyPair(c, k)
 	if err != nil {
 		t.Fatal(err)
@@ -113,21 +117,9 @@ func (ca *testCA) clientCert(t testing.TB, s leafSpec) tls.Certificate {
 	return cert
 }
 
-func (ca *testCA) pool() *x509.CertPool {
+// Pool returns a pool trusting only the CA.
+func (ca *CA) Pool() *x509.CertPool {
 	p := x509.NewCertPool()
-	p.AddCert(ca.cert)
+	p.AddCert(ca.Cert)
 	return p
-}
-
-// writeFile writes data atomically (rename), as a config manager would,
-// so a reload never sees half a file.
-func writeFile(t testing.TB, path string, data []byte) {
-	t.Helper()
-	tmp := filepath.Join(filepath.Dir(path), "."+filepath.Base(path)+".tmp")
-	if err := os.WriteFile(tmp, data, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		t.Fatal(err)
-	}
 }
