@@ -65,6 +65,7 @@ type options struct {
 	claimTTL          time.Duration
 	claimMargin       time.Duration
 	claimPoll         time.Duration
+	noticePoll        time.Duration
 }
 
 func defaultOptions() options {
@@ -85,6 +86,7 @@ func defaultOptions() options {
 		claimTTL:          45 * time.Second,
 		claimMargin:       15 * time.Second,
 		claimPoll:         50 * time.Millisecond,
+		noticePoll:        500 * time.Millisecond,
 	}
 }
 
@@ -163,6 +165,14 @@ func WithClaimTiming(ttl, margin time.Duration) Option {
 		o.claimTTL, o.claimMargin = ttl, margin
 		return nil
 	}
+}
+
+// WithNoticePollInterval sets how often this replica reads the notice log's
+// head for notices other replicas appended (default 500ms): the bound on how
+// late their notices reach this replica's watchers, at one store read per
+// interval whatever the number of credentials.
+func WithNoticePollInterval(d time.Duration) Option {
+	return durationOption("notice poll interval", d, 10*time.Millisecond, time.Minute, func(o *options) { o.noticePoll = d })
 }
 
 // WithNoticeRetention sets how many notices the notice log keeps for
@@ -264,10 +274,14 @@ func New(ctx context.Context, cfg Config, opts ...Option) (*Broker, error) {
 	}
 	schedCtx, stopScheduler := context.WithCancel(bctx)
 	b.stopScheduler = stopScheduler
-	b.wg.Add(1)
+	b.wg.Add(2)
 	go func() {
 		defer b.wg.Done()
 		b.runScheduler(schedCtx)
+	}()
+	go func() {
+		defer b.wg.Done()
+		b.notices.follow(schedCtx, o.noticePoll, b.applyRemoteNotice)
 	}()
 	return b, nil
 }

@@ -13,6 +13,8 @@ import (
 	"sync"
 	"time"
 
+	"golang.org/x/sync/singleflight"
+
 	"github.com/rotavault/rotavault/internal/credid"
 	"github.com/rotavault/rotavault/store"
 )
@@ -54,32 +56,76 @@ var (
 // noticeLogMeta is the head of the persisted notice log: notices are stored
 // under notices/<seq>, oldest first; the epoch tells cursors of one log from
 // another's.
+//
+// Recent repeats the newest notices in the head itself. Every replica
+// follows the log by polling this one record, so a notice appended anywhere
+// reaches every replica's subscribers with one read per replica per poll,
+// however many credentials there are; the per-notice records serve only
+// watchers resuming from further back.
 type noticeLogMeta struct {
-	Format    int    `json:"format"`
-	Epoch     string `json:"epoch"`
-	NextSeq   uint64 `json:"next_seq"`
-	OldestSeq uint64 `json:"oldest_seq"`
+	Format    int            `json:"format"`
+	Epoch     string         `json:"epoch"`
+	NextSeq   uint64         `json:"next_seq"`
+	OldestSeq uint64         `json:"oldest_seq"`
+	Recent    []loggedNotice `json:"recent,omitempty"`
 }
 
-// noticeLog persists notices in the store, for resuming, and fans them out
-// to this process's subscribers.
+type loggedNotice struct {
+	Seq    uint64 `json:"seq"`
+	Notice Notice `json:"notice"`
+}
+
+// recentNotices is how many notices the log's head repeats. A follower that
+// misses more than this between two polls reads the rest one by one.
+const recentNotices = 32
+
+// missingNoticeWait bounds how long a follower waits for a reserved notice
+// that is neither in the head nor stored yet (its writer is between the two
+// writes, or died there) before skipping it.
+const missingNoticeWait = 5 * time.Second
+
+// noticeLog persists notices in the store, for resuming, follows the log
+// for notices other replicas append, and fans them all out to this process's
+// subscribers in log order.
 type noticeLog struct {
 	store     store.Store
 	retention int
 	buffer    int
 	now       func() time.Time
 	log       *slog.Logger
+	// kick asks the follower to read the log now: a local append found a
+	// gap below its notice (another replica's notice not seen yet).
+	kick  chan struct{}
+	heads singleflight.Group
 
-	// mu serialises appends with their broadcast, so subscribers see
-	// notices in log order, and subscription with the replay boundary.
-	mu      sync.Mutex
-	epoch   string
-	lastSeq uint64
-	subs    map[*Subscription]struct{}
+	// mu guards what follows. Store calls are never made holding it, so a
+	// slow store delays no subscriber and no delivery.
+	mu    sync.Mutex
+	epoch string
+	// delivered: every notice up to it went to the subscribers (or was
+	// skipped: a reserved slot never written).
+	delivered uint64
+	// oldest is the oldest notice kept, as of the last read of the head.
+	oldest uint64
+	// pending holds notices above a gap, waiting for it to fill.
+	pending      map[uint64]pendingNotice
+	missingSeq   uint64
+	missingSince time.Time
+	subs         map[*Subscription]struct{}
+}
+
+type pendingNotice struct {
+	notice Notice
+	skip   bool
 }
 
 func newNoticeLog(s store.Store, retention, buffer int, now func() time.Time, log *slog.Logger) *noticeLog {
-	return &noticeLog{store: s, retention: retention, buffer: buffer, now: now, log: log, subs: make(map[*Subscription]struct{})}
+	return &noticeLog{
+		store: s, retention: retention, buffer: buffer, now: now, log: log,
+		kick:    make(chan struct{}, 1),
+		pending: make(map[uint64]pendingNotice),
+		subs:    make(map[*Subscription]struct{}),
+	}
 }
 
 func noticeKey(seq uint64) string { return fmt.Sprintf("%s%020d", noticesPrefix, seq) }
@@ -88,7 +134,7 @@ func (l *noticeLog) init(ctx context.Context) error {
 	for {
 		meta, _, err := l.readMeta(ctx)
 		if err == nil {
-			l.epoch, l.lastSeq = meta.Epoch, meta.NextSeq-1
+			l.epoch, l.delivered, l.oldest = meta.Epoch, meta.NextSeq-1, meta.OldestSeq
 			return nil
 		}
 		if !errors.Is(err, store.ErrNotFound) {
@@ -107,6 +153,29 @@ func (l *noticeLog) init(ctx context.Context) error {
 	}
 }
 
+// readHead returns the sequence number of the log's newest notice. Callers
+// arriving while a read is in flight share it, so a crowd of watchers
+// reconnecting at once costs a few store reads, not one each.
+func (l *noticeLog) readHead(ctx context.Context) (uint64, error) {
+	ch := l.heads.DoChan("head", func() (any, error) {
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), headReadTimeout)
+		defer cancel()
+		meta, _, err := l.readMeta(rctx)
+		return meta.NextSeq - 1, err
+	})
+	select {
+	case r := <-ch:
+		if r.Err != nil {
+			return 0, r.Err
+		}
+		return r.Val.(uint64), nil
+	case <-ctx.Done():
+		return 0, ctx.Err()
+	}
+}
+
+const headReadTimeout = 10 * time.Second
+
 func (l *noticeLog) readMeta(ctx context.Context) (noticeLogMeta, uint64, error) {
 	rec, err := l.store.Get(ctx, noticeLogMetaKey)
 	if err != nil {
@@ -122,53 +191,235 @@ func (l *noticeLog) readMeta(ctx context.Context) (noticeLogMeta, uint64, error)
 	return meta, rec.Version, nil
 }
 
-// append stores n in the log, then delivers it to subscribers.
+// errNoticeNotLogged: the notice could not be added to the log at all.
+var errNoticeNotLogged = errors.New("broker: notice not logged")
+
+// append adds n to the log, then delivers it to subscribers once every
+// notice before it has been. The notice is in the log once the head's
+// check-and-set write succeeds; the record of its own only serves resuming
+// from far back, so failing to write it is logged, not returned.
 func (l *noticeLog) append(ctx context.Context, n Notice) error {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	raw, err := encodeRecord(n)
-	if err != nil {
-		return err
-	}
-	var meta noticeLogMeta
+	var seq uint64
+	var pruneFrom, pruneTo uint64
 	for {
-		m, version, err := l.readMeta(ctx)
+		meta, version, err := l.readMeta(ctx)
 		if err != nil {
-			return err
+			return fmt.Errorf("%w: %w", errNoticeNotLogged, err)
 		}
-		meta = m
+		seq = meta.NextSeq
 		next := meta
 		next.NextSeq++
 		if keep := uint64(l.retention); next.NextSeq-next.OldestSeq > keep {
 			next.OldestSeq = next.NextSeq - keep
 		}
+		next.Recent = append(append(make([]loggedNotice, 0, recentNotices), lastNotices(meta.Recent, recentNotices-1)...), loggedNotice{Seq: seq, Notice: n})
 		rawMeta, err := encodeRecord(next)
 		if err != nil {
-			return err
+			return fmt.Errorf("%w: %w", errNoticeNotLogged, err)
 		}
 		if _, err := l.store.Put(ctx, noticeLogMetaKey, rawMeta, version); err != nil {
 			if errors.Is(err, store.ErrConflict) {
 				continue
 			}
-			return fmt.Errorf("broker: reserve notice: %w", err)
+			return fmt.Errorf("%w: reserve notice: %w", errNoticeNotLogged, err)
 		}
-		n.seq = meta.NextSeq
-		for seq := meta.OldestSeq; seq < next.OldestSeq; seq++ {
-			if err := l.store.Delete(ctx, noticeKey(seq)); err != nil {
-				l.log.WarnContext(ctx, "could not prune notice", "seq", seq, "err", err)
-			}
-		}
+		pruneFrom, pruneTo = meta.OldestSeq, next.OldestSeq
 		break
 	}
-	if _, err := l.store.Put(ctx, noticeKey(n.seq), raw, 0); err != nil {
-		return fmt.Errorf("broker: store notice: %w", err)
+	n.seq = seq
+	l.mu.Lock()
+	l.oldest = max(l.oldest, pruneTo)
+	gap := l.addLocked(seq, pendingNotice{notice: n})
+	l.mu.Unlock()
+	if gap {
+		l.wake()
 	}
-	n.Cursor = encodeCursor(meta.Epoch, n.seq)
-	l.lastSeq = n.seq
-	for s := range l.subs {
-		s.deliver(n)
+	raw, err := encodeRecord(n)
+	if err == nil {
+		_, err = l.store.Put(ctx, noticeKey(seq), raw, 0)
+	}
+	if err != nil {
+		l.log.WarnContext(ctx, "notice kept only in the log head; watchers resuming from far back may miss it", "seq", seq, "err", err)
+	}
+	for old := pruneFrom; old < pruneTo; old++ {
+		if err := l.store.Delete(ctx, noticeKey(old)); err != nil {
+			l.log.WarnContext(ctx, "could not prune notice", "seq", old, "err", err)
+		}
 	}
 	return nil
+}
+
+func lastNotices(ns []loggedNotice, k int) []loggedNotice {
+	if len(ns) > k {
+		return ns[len(ns)-k:]
+	}
+	return ns
+}
+
+func (l *noticeLog) wake() {
+	select {
+	case l.kick <- struct{}{}:
+	default:
+	}
+}
+
+// addLocked records notice seq and delivers every notice now in order. It
+// reports whether a gap is left below a pending notice, for the follower to
+// fill.
+func (l *noticeLog) addLocked(seq uint64, p pendingNotice) (gap bool) {
+	if seq > l.delivered {
+		if _, ok := l.pending[seq]; !ok {
+			p.notice.seq = seq
+			l.pending[seq] = p
+		}
+		l.drainLocked()
+	}
+	return len(l.pending) > 0
+}
+
+// drainLocked delivers the pending notices that follow delivered without a
+// gap.
+func (l *noticeLog) drainLocked() {
+	for {
+		p, ok := l.pending[l.delivered+1]
+		if !ok {
+			return
+		}
+		delete(l.pending, l.delivered+1)
+		l.delivered++
+		if p.skip {
+			continue
+		}
+		n := p.notice
+		n.Cursor = encodeCursor(l.epoch, n.seq)
+		for s := range l.subs {
+			s.deliver(n)
+		}
+	}
+}
+
+// follow polls the log's head and delivers what other replicas appended,
+// until ctx ends. onRemote is called for each notice another replica
+// appended, before it is delivered: a watcher acting on a notice then finds
+// this replica's state already changed.
+func (l *noticeLog) follow(ctx context.Context, poll time.Duration, onRemote func(context.Context, Notice)) {
+	t := time.NewTicker(poll)
+	defer t.Stop()
+	failing := false
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		case <-l.kick:
+		}
+		err := l.catchUp(ctx, onRemote)
+		switch {
+		case err != nil && !failing && ctx.Err() == nil:
+			l.log.WarnContext(ctx, "cannot follow the notice log; notices from other replicas are delayed", "err", err)
+			failing = true
+		case err == nil && failing:
+			l.log.InfoContext(ctx, "following the notice log again")
+			failing = false
+		}
+	}
+}
+
+// catchUp reads the head once and delivers every notice up to it that this
+// process has not delivered yet.
+func (l *noticeLog) catchUp(ctx context.Context, onRemote func(context.Context, Notice)) error {
+	meta, _, err := l.readMeta(ctx)
+	if err != nil {
+		return err
+	}
+	head := meta.NextSeq - 1
+	l.mu.Lock()
+	if meta.Epoch != l.epoch {
+		l.mu.Unlock()
+		return fmt.Errorf("broker: the notice log was replaced (epoch %s, following %s); restart this replica", meta.Epoch, l.epoch)
+	}
+	l.oldest = max(l.oldest, meta.OldestSeq)
+	from := l.delivered + 1
+	if from < meta.OldestSeq && from <= head {
+		// More notices than the log keeps went by while this replica could
+		// not read it: its subscribers cannot be given them. Cut them off
+		// so they resynchronise instead of silently missing notices.
+		l.log.ErrorContext(ctx, "fell behind the notice log; ending every watch on this replica so clients resynchronise", "missed_from", from, "oldest_kept", meta.OldestSeq)
+		for s := range l.subs {
+			s.closeWith(fmt.Errorf("%w: this replica fell behind the notice log", ErrCursorExpired))
+		}
+		clear(l.pending)
+		l.delivered = meta.OldestSeq - 1
+		from = meta.OldestSeq
+	}
+	l.mu.Unlock()
+	recent := make(map[uint64]Notice, len(meta.Recent))
+	for _, r := range meta.Recent {
+		recent[r.Seq] = r.Notice
+	}
+	for seq := from; seq <= head; seq++ {
+		l.mu.Lock()
+		_, known := l.pending[seq]
+		known = known || seq <= l.delivered
+		l.mu.Unlock()
+		if known {
+			continue
+		}
+		var p pendingNotice
+		if n, ok := recent[seq]; ok {
+			p.notice = n
+		} else {
+			n, found, err := l.readNotice(ctx, seq)
+			if err != nil {
+				return err
+			}
+			if !found && !l.giveUpOn(seq) {
+				return nil // retried at the next poll
+			}
+			p.notice, p.skip = n, !found
+		}
+		if !p.skip {
+			onRemote(ctx, p.notice)
+		}
+		l.mu.Lock()
+		l.addLocked(seq, p)
+		l.mu.Unlock()
+	}
+	return nil
+}
+
+// giveUpOn reports whether a missing notice has been missing long enough to
+// skip it.
+func (l *noticeLog) giveUpOn(seq uint64) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	now := l.now()
+	if l.missingSeq != seq {
+		l.missingSeq, l.missingSince = seq, now
+		return false
+	}
+	if now.Sub(l.missingSince) < missingNoticeWait {
+		return false
+	}
+	l.log.Warn("skipping a notice that was reserved but never written", "seq", seq)
+	return true
+}
+
+func (l *noticeLog) readNotice(ctx context.Context, seq uint64) (Notice, bool, error) {
+	rec, err := l.store.Get(ctx, noticeKey(seq))
+	if errors.Is(err, store.ErrNotFound) {
+		return Notice{}, false, nil
+	}
+	if err != nil {
+		return Notice{}, false, fmt.Errorf("broker: read notice: %w", err)
+	}
+	var n Notice
+	var format int
+	if err := decodeRecord(rec.Value, &n, &format); err != nil {
+		return Notice{}, false, err
+	}
+	n.seq = seq
+	return n, true, nil
 }
 
 func encodeCursor(epoch string, seq uint64) string {
@@ -241,34 +492,41 @@ func (b *Broker) Subscribe(ctx context.Context, credentialIDs []string, cursor s
 		l.mu.Unlock()
 		return nil, ErrClosed
 	}
+	// From here on every notice after last reaches s live; those up to it
+	// are replayed from the store.
 	l.subs[s] = struct{}{}
-	last := l.lastSeq
-	// Other replicas append to the same log: replay up to its stored head,
-	// so a cursor handed out by another replica resumes here too.
-	meta, _, err := l.readMeta(ctx)
-	if err == nil && meta.NextSeq-1 > last {
-		last = meta.NextSeq - 1
-	}
+	last, oldest := l.delivered, l.oldest
 	l.mu.Unlock()
-	if err != nil {
-		s.Close()
-		return nil, storeUnavailable(err)
-	}
 	if !resume {
-		from = last
-	}
-	if from > last {
-		s.Close()
-		return nil, invalid("cursor", "points past the end of the notice log")
-	}
-	if resume && from < last {
-		if from+1 < meta.OldestSeq {
+		// "From now on" means from the log's head, which this replica's
+		// follower may not have reached yet: watchers starting together
+		// share one read of it.
+		head, err := l.readHead(ctx)
+		if err != nil {
 			s.Close()
-			return nil, fmt.Errorf("%w: oldest kept is %d notices after it", ErrCursorExpired, meta.OldestSeq-from-1)
+			return nil, storeUnavailable(err)
+		}
+		from = max(last, head)
+	} else if from > last {
+		// A cursor handed out by a replica further along the log than this
+		// one's follower: valid if the log has reached it. Live notices up to
+		// it are not sent again (see Next).
+		meta, _, err := l.readMeta(ctx)
+		if err != nil {
+			s.Close()
+			return nil, storeUnavailable(err)
+		}
+		if from > meta.NextSeq-1 {
+			s.Close()
+			return nil, invalid("cursor", "points past the end of the notice log")
 		}
 	}
+	if from < last && from+1 < oldest {
+		s.Close()
+		return nil, fmt.Errorf("%w: oldest kept is %d notices after it", ErrCursorExpired, oldest-from-1)
+	}
 	s.StartCursor = encodeCursor(l.epoch, from)
-	s.replayNext, s.replayLast = from+1, last
+	s.replayNext, s.replayLast = from+1, max(from, last)
 	return s, nil
 }
 
@@ -278,21 +536,32 @@ func (b *Broker) Subscribe(ctx context.Context, credentialIDs []string, cursor s
 func (s *Subscription) Next(ctx context.Context) (Notice, error) {
 	for s.replayNext <= s.replayLast {
 		seq := s.replayNext
-		rec, err := s.log.store.Get(ctx, noticeKey(seq))
-		if errors.Is(err, store.ErrNotFound) {
-			s.replayNext++ // a reserved slot whose writer died, or pruned meanwhile
-			continue
-		}
+		n, found, err := s.log.readNotice(ctx, seq)
 		if err != nil {
 			return Notice{}, storeUnavailable(err)
 		}
-		s.replayNext++
-		var n Notice
-		var format int
-		if err := decodeRecord(rec.Value, &n, &format); err != nil {
-			return Notice{}, err
+		if !found {
+			// Not stored (yet): the head may still repeat it; else it was
+			// pruned meanwhile (the watcher is too far behind), or its
+			// writer died between reserving and writing it.
+			meta, _, err := s.log.readMeta(ctx)
+			if err != nil {
+				return Notice{}, storeUnavailable(err)
+			}
+			if seq < meta.OldestSeq {
+				return Notice{}, fmt.Errorf("%w: pruned while replaying", ErrCursorExpired)
+			}
+			for _, r := range meta.Recent {
+				if r.Seq == seq {
+					n, found = r.Notice, true
+					n.seq = seq
+				}
+			}
 		}
-		n.seq = seq
+		s.replayNext++
+		if !found {
+			continue
+		}
 		n.Cursor = encodeCursor(s.log.epoch, seq)
 		if s.wants(n) {
 			return n, nil
@@ -359,21 +628,48 @@ func (l *noticeLog) closeSubscribers() {
 	}
 }
 
-// notify records a notice and delivers it. A notice that cannot be stored is
-// still delivered live: the family's state is stored, and a watcher learns
-// of it now rather than never.
+// notify records a notice and delivers it. A notice that cannot be logged is
+// still delivered live on this replica: the family's state is stored, and a
+// watcher learns of it now rather than never.
 func (b *Broker) notify(ctx context.Context, n Notice) {
 	err := b.notices.append(ctx, n)
 	if err == nil {
 		return
 	}
-	b.log.ErrorContext(ctx, "notice not stored; delivering it live only", "credential", n.CredentialID, "err", err)
+	b.log.ErrorContext(ctx, "notice not logged; delivering it live on this replica only", "credential", n.CredentialID, "err", err)
 	l := b.notices
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	n.Cursor = encodeCursor(l.epoch, l.lastSeq)
+	n.Cursor = encodeCursor(l.epoch, l.delivered)
 	for s := range l.subs {
 		s.deliver(n)
+	}
+}
+
+// applyRemoteNotice brings this replica's cached state of a credential up to
+// date after another replica changed its family: without it, this replica
+// would keep handing out a cached access token of a family revoked
+// elsewhere until the token expired.
+func (b *Broker) applyRemoteNotice(ctx context.Context, n Notice) {
+	b.entriesMu.RLock()
+	e, ok := b.entries[n.CredentialID]
+	b.entriesMu.RUnlock()
+	if !ok {
+		return // loaded from the store on first use
+	}
+	v, err := b.readView(ctx, n.CredentialID)
+	switch {
+	case errors.Is(err, ErrNotFound):
+		b.dropEntry(n.CredentialID)
+	case err != nil:
+		// Stop handing out a token the notice may have killed; the next
+		// caller refreshes from the store's state.
+		if n.Kind == NoticeFamilyRevoked {
+			e.dropAccess()
+		}
+		b.log.WarnContext(ctx, "could not re-read a credential another replica changed", "credential", n.CredentialID, "err", err)
+	default:
+		e.setView(v)
 	}
 }
 

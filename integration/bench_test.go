@@ -2,8 +2,6 @@ package integration
 
 import (
 	"context"
-	"fmt"
-	"sort"
 	"sync"
 	"testing"
 	"time"
@@ -78,56 +76,4 @@ func run(b *testing.B, n int, call func() error) time.Duration {
 	}
 	wg.Wait()
 	return time.Since(start)
-}
-
-// BenchmarkNoticeFanOut measures the delay from a family change (a new
-// family installed) to its notice reaching every subscriber of one server.
-func BenchmarkNoticeFanOut(b *testing.B) {
-	for _, subscribers := range []int{100, 1000} {
-		b.Run(fmt.Sprintf("subscribers=%d", subscribers), func(b *testing.B) {
-			e := newEnv(b, envOptions{})
-			e.installSalesforce("acme")
-			ctx, cancel := context.WithCancel(context.Background())
-			defer cancel()
-			received := make(chan time.Time, subscribers)
-			for range subscribers {
-				stream, _ := e.watch(ctx, "", "acme")
-				go func() {
-					for {
-						m, err := stream.Recv()
-						if err != nil {
-							return
-						}
-						if m.GetNotice() != nil {
-							received <- time.Now()
-						}
-					}
-				}()
-			}
-			delays := make([]time.Duration, 0, b.N)
-			b.ResetTimer()
-			for range b.N {
-				rt, err := e.sim.IssueRefreshToken(simClientID, nil)
-				if err != nil {
-					b.Fatal(err)
-				}
-				before := time.Now()
-				e.importToken("acme", rt)
-				var last time.Time
-				for range subscribers {
-					select {
-					case at := <-received:
-						last = at
-					case <-time.After(awaitDeadline):
-						b.Fatal("a subscriber got no notice")
-					}
-				}
-				delays = append(delays, last.Sub(before))
-			}
-			b.StopTimer()
-			sort.Slice(delays, func(i, j int) bool { return delays[i] < delays[j] })
-			b.ReportMetric(float64(delays[len(delays)/2].Microseconds())/1000, "p50-ms-to-all")
-			b.ReportMetric(float64(delays[len(delays)-1].Microseconds())/1000, "max-ms-to-all")
-		})
-	}
 }

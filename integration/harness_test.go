@@ -62,6 +62,10 @@ type envOptions struct {
 	// rateLimit is the server's per-caller limit (zero: the defaults, which
 	// every test must pass with).
 	rateLimit server.RateLimit
+	// serverConfig, when set, adjusts the gRPC server's configuration.
+	serverConfig func(*server.Config)
+	// wrapStore, when set, wraps the store the broker uses (to count calls).
+	wrapStore func(store.Store) store.Store
 }
 
 // env is one Rotavault node wired to a simulator, with clients.
@@ -131,11 +135,19 @@ func (e *env) start() {
 		broker.WithClock(e.clock.now), broker.WithLogger(logger),
 		broker.WithRetryBase(5 * time.Millisecond), broker.WithSchedulerInterval(time.Hour),
 	}, e.opts.brokerOpts...)
-	b, err := broker.New(context.Background(), broker.Config{Store: st, Provider: provider.New(nil), Auditor: al}, opts...)
+	brokerStore := st
+	if e.opts.wrapStore != nil {
+		brokerStore = e.opts.wrapStore(st)
+	}
+	b, err := broker.New(context.Background(), broker.Config{Store: brokerStore, Provider: provider.New(nil), Auditor: al}, opts...)
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := server.New(server.Config{Broker: b, Logger: logger, Reflection: true, RateLimit: e.opts.rateLimit, Auditor: al})
+	cfg := server.Config{Broker: b, Logger: logger, Reflection: true, RateLimit: e.opts.rateLimit, Auditor: al}
+	if e.opts.serverConfig != nil {
+		e.opts.serverConfig(&cfg)
+	}
+	srv := server.New(cfg)
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

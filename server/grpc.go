@@ -4,6 +4,7 @@
 package server
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"log/slog"
@@ -54,7 +55,26 @@ type Config struct {
 	// (DefaultIssuanceFlushInterval if zero) and at Shutdown.
 	Auditor               Auditor
 	IssuanceFlushInterval time.Duration
+	// MaxConnectionAge closes a client connection after this long (zero:
+	// DefaultMaxConnectionAge; negative: never), after a grace of
+	// MaxConnectionAgeGrace (zero: DefaultMaxConnectionAgeGrace) for calls
+	// in flight. Watch streams then end with UNAVAILABLE and clients resume
+	// with their cursor, on whichever replica the load balancer picks: that
+	// is what spreads long-lived streams over replicas added later.
+	MaxConnectionAge      time.Duration
+	MaxConnectionAgeGrace time.Duration
 }
+
+// Connection lifetime defaults. Load balancers commonly cut idle
+// connections after 60 s to 10 min and all connections after an hour or
+// more; pinging every 30 s keeps a quiet watch stream from looking idle, and
+// ending connections every 30 min ourselves makes the cut orderly (GOAWAY,
+// then UNAVAILABLE on the stream) instead of a reset.
+const (
+	DefaultKeepaliveTime         = 30 * time.Second
+	DefaultMaxConnectionAge      = 30 * time.Minute
+	DefaultMaxConnectionAgeGrace = 30 * time.Second
+)
 
 // Server is the assembled gRPC server with its health service.
 type Server struct {
@@ -117,7 +137,7 @@ func New(cfg Config) *Server {
 		// Watch streams live for hours: ping idle connections so proxies
 		// and load balancers do not drop them silently, and accept client
 		// pings as often as every 10s.
-		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
+		grpc.KeepaliveParams(cfg.keepalive()),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 	}
 	opts = append(opts, cfg.ExtraOptions...)
@@ -137,6 +157,20 @@ func New(cfg Config) *Server {
 		reflection.Register(gs)
 	}
 	return &Server{GRPC: gs, Health: hs, drain: drain, issuance: issuance}
+}
+
+func (cfg Config) keepalive() keepalive.ServerParameters {
+	p := keepalive.ServerParameters{Time: DefaultKeepaliveTime, Timeout: 10 * time.Second}
+	switch {
+	case cfg.MaxConnectionAge == 0:
+		p.MaxConnectionAge = DefaultMaxConnectionAge
+	case cfg.MaxConnectionAge > 0:
+		p.MaxConnectionAge = cfg.MaxConnectionAge
+	}
+	if p.MaxConnectionAge > 0 {
+		p.MaxConnectionAgeGrace = cmp.Or(cfg.MaxConnectionAgeGrace, DefaultMaxConnectionAgeGrace)
+	}
+	return p
 }
 
 // Shutdown marks the server NOT_SERVING (so load balancers drain it), then

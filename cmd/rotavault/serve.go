@@ -57,6 +57,8 @@ type serverConfig struct {
 	ReloadInterval time.Duration
 	// RateLimit bounds each caller identity's request rate.
 	RateLimit server.RateLimit
+	// MaxConnectionAge is server.Config.MaxConnectionAge.
+	MaxConnectionAge time.Duration
 	// AuditAnchorInterval is audit.Config.AnchorInterval: zero means the
 	// default, negative anchors every record synchronously.
 	AuditAnchorInterval time.Duration
@@ -154,7 +156,7 @@ func runServer(ctx context.Context, cfg serverConfig) (err error) {
 	if tc := reloader.ServerTLSConfig(); tc != nil {
 		extra = append(extra, grpc.Creds(credentials.NewTLS(tc)))
 	}
-	srv := server.New(server.Config{Broker: b, Logger: log, Reflection: cfg.Reflection, Auth: auth, ExtraOptions: extra, RateLimit: cfg.RateLimit, Auditor: al})
+	srv := server.New(server.Config{Broker: b, Logger: log, Reflection: cfg.Reflection, Auth: auth, ExtraOptions: extra, RateLimit: cfg.RateLimit, Auditor: al, MaxConnectionAge: cfg.MaxConnectionAge})
 	if auth == nil {
 		log.Warn("no --policy: every caller is treated as the admin identity " + server.DevIdentity + "; for development on loopback only")
 	}
@@ -339,6 +341,7 @@ func newServeCmd(a *app) *cobra.Command {
 		backend, vaultMount, vaultPrefix string
 		vaultAuth                        vaultAuthFlags
 		claimTTL, claimMargin            time.Duration
+		noticePoll, maxConnAge           time.Duration
 		transitKey, transitMount         string
 		tlsCert, tlsKey, tlsClientCA     string
 		bearerTokens, policyFile         string
@@ -416,7 +419,8 @@ Examples:
 			scfg.DataDir, scfg.Key, scfg.PreviousKeys, scfg.Reflection, scfg.Logger = dataDir, key, previous, reflection, log
 			scfg.Backend, scfg.VaultMount, scfg.VaultPrefix, scfg.VaultLogin = backend, vaultMount, vaultPrefix, vaultLogin
 			scfg.VaultTransitKey, scfg.VaultTransitMount = transitKey, transitMount
-			scfg.BrokerOptions = []broker.Option{broker.WithClaimTiming(claimTTL, claimMargin)}
+			scfg.BrokerOptions = []broker.Option{broker.WithClaimTiming(claimTTL, claimMargin), broker.WithNoticePollInterval(noticePoll)}
+			scfg.MaxConnectionAge = maxConnAge
 			return runServer(cmd.Context(), scfg)
 		}),
 	}
@@ -433,6 +437,8 @@ Examples:
 	fs.IntVar(&rateBurst, "rate-burst", server.DefaultRateBurst, "requests a caller identity may send at once before --rate-limit applies")
 	keys.register(fs)
 	fs.BoolVar(&reflection, "reflection", false, "serve gRPC reflection (for grpcurl)")
+	fs.DurationVar(&noticePoll, "notice-poll-interval", 500*time.Millisecond, "how often this replica reads the shared notice log for revocations and activations other replicas announced: the bound on how late they reach this replica's watchers (one store read each, whatever the number of credentials)")
+	fs.DurationVar(&maxConnAge, "max-connection-age", server.DefaultMaxConnectionAge, "end each client connection after this long (watch streams end with UNAVAILABLE and resume with their cursor, possibly on another replica); -1s never")
 	fs.DurationVar(&claimTTL, "refresh-claim-ttl", 45*time.Second, "how long a replica's claim on a refresh lasts before another may take it over (see docs/rotation-protocol.md); keep it below the provider's reuse grace period where it has one")
 	fs.DurationVar(&claimMargin, "refresh-claim-margin", 15*time.Second, "how long before its claim ends a replica's provider calls must finish: the bound on process pauses plus clock skew between replicas")
 	fs.StringVar(&backend, "store", backendEmbedded, "where records live: embedded (an encrypted file under --data-dir) or vault (HashiCorp Vault KV v2; VAULT_ADDR, VAULT_TOKEN, VAULT_CACERT… from the environment)")
