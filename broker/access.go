@@ -6,6 +6,8 @@ import (
 	"encoding/hex"
 	"fmt"
 	"time"
+
+	"github.com/rotavault/rotavault/provider"
 )
 
 // TokenRequest asks for an access token.
@@ -187,18 +189,41 @@ func (b *Broker) handleRejection(ctx context.Context, e *entry, v *view, req Tok
 	e.mu.Unlock()
 
 	ep := v.cred.Spec.endpoint()
-	if ep.IntrospectionURL != "" {
-		in, err := b.provider.Introspect(ctx, ep, v.cred.Spec.clientCredentials(), cur.Token)
-		switch {
-		case err == nil && in.Active:
-			// The provider still accepts it: the resource server's problem,
-			// not worth a rotation.
-			b.log.InfoContext(ctx, "rejected token is active at the provider; not refreshing",
-				"credential", e.id, "generation", v.fam.Generation)
-			return v, true, nil
-		case err != nil:
-			b.log.WarnContext(ctx, "introspection failed; refreshing", "credential", e.id, "err", err)
+	if ep.IntrospectionURL == "" {
+		return v, false, nil
+	}
+	ictx, cancel := context.WithTimeout(ctx, introspectTimeout)
+	in, err := b.provider.IntrospectToken(ictx, ep, v.cred.Spec.clientCredentials(), cur.Token, provider.HintAccessToken)
+	cancel()
+	switch {
+	case err == nil && in.Active:
+		// The provider still accepts it: the resource server's problem,
+		// not worth a rotation.
+		b.log.InfoContext(ctx, "rejected token is active at the provider; not refreshing",
+			"credential", e.id, "generation", v.fam.Generation)
+		return v, true, nil
+	case err != nil:
+		b.log.WarnContext(ctx, "introspection failed; refreshing", "credential", e.id, "err", err)
+		return v, false, nil
+	}
+	// The access token is dead. Before spending a rotation on it, ask about
+	// the refresh token: if the provider revoked the whole family, a refresh
+	// would only meet invalid_grant (see detect.go).
+	active, err := b.introspectRefresh(ctx, v)
+	switch {
+	case err != nil:
+		b.log.WarnContext(ctx, "refresh token introspection failed; refreshing", "credential", e.id, "err", err)
+	case !active:
+		revoked, err := b.confirmRevokedAtProvider(ctx, e, v, "a rejected-token report")
+		if err != nil {
+			return nil, false, err
 		}
+		if revoked {
+			return nil, false, reauthRequired(e.id, &familyRecord{Status: StatusRevoked, RevokedReason: ReasonRevokedAtProvider})
+		}
+		// The family moved on (another refresh rotated the token): the
+		// refresh below adopts or continues it.
+		return e.view.Load(), false, nil
 	}
 	return v, false, nil
 }

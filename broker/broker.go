@@ -30,7 +30,12 @@ type Provider interface {
 	ExchangeCode(ctx context.Context, ep provider.Endpoint, cc provider.ClientCredentials, code, redirectURI, codeVerifier string) (*provider.Token, error)
 	AuthCodeURL(ep provider.Endpoint, cc provider.ClientCredentials, redirectURI, state, codeChallenge string, scopes []string) (string, error)
 	Revoke(ctx context.Context, ep provider.Endpoint, cc provider.ClientCredentials, token string) error
-	Introspect(ctx context.Context, ep provider.Endpoint, cc provider.ClientCredentials, accessToken string) (provider.Introspection, error)
+	// IntrospectToken asks the introspection endpoint about an access or a
+	// refresh token (RFC 7662); it must never present a refresh token for a
+	// refresh.
+	IntrospectToken(ctx context.Context, ep provider.Endpoint, cc provider.ClientCredentials, token string, hint provider.TokenTypeHint) (provider.Introspection, error)
+	StartDeviceAuthorization(ctx context.Context, ep provider.Endpoint, cc provider.ClientCredentials, scopes []string) (*provider.DeviceAuthorization, error)
+	PollDeviceToken(ctx context.Context, ep provider.Endpoint, cc provider.ClientCredentials, deviceCode string) (*provider.Token, error)
 }
 
 // Auditor records audit events. *audit.FileLog implements it.
@@ -55,6 +60,14 @@ type options struct {
 	refreshTimeout    time.Duration
 	schedulerInterval time.Duration
 	rejectionInterval time.Duration
+
+	// introspectionInterval and introspectionConcurrency drive early
+	// detection (detect.go); an interval of 0 turns it off.
+	introspectionInterval    time.Duration
+	introspectionConcurrency int
+	// detectTick overrides the detection loop's tick, for tests.
+	detectTick time.Duration
+
 	flowLifetime      time.Duration
 	noticeRetention   int
 	retryBase         time.Duration
@@ -66,6 +79,8 @@ type options struct {
 	claimMargin       time.Duration
 	claimPoll         time.Duration
 	noticePoll        time.Duration
+	// flow tunes reauthentication flows (flows.go).
+	flow flowOptions
 }
 
 func defaultOptions() options {
@@ -76,6 +91,10 @@ func defaultOptions() options {
 		refreshTimeout:    2 * time.Minute,
 		schedulerInterval: 5 * time.Second,
 		rejectionInterval: 30 * time.Second,
+
+		introspectionInterval:    DefaultIntrospectionInterval,
+		introspectionConcurrency: DefaultIntrospectionConcurrency,
+
 		flowLifetime:      10 * time.Minute,
 		noticeRetention:   10000,
 		retryBase:         200 * time.Millisecond,
@@ -128,6 +147,38 @@ func WithSchedulerInterval(d time.Duration) Option {
 // by rejected-token reports for one credential (default 30s).
 func WithRejectionInterval(d time.Duration) Option {
 	return durationOption("rejection interval", d, 0, time.Hour, func(o *options) { o.rejectionInterval = d })
+}
+
+// WithIntrospectionInterval sets how often each active family's refresh
+// token is introspected at the provider to detect a revocation there (a
+// reused old token, an admin) before the next refresh would meet it (default
+// 5m; 0 turns periodic detection off). Only credentials whose provider has
+// an introspection endpoint are checked. Each replica checks every family
+// once per interval, ±10% jitter, spread over the interval: the provider
+// sees replicas × credentials / interval introspection calls, and the store
+// is read only when the provider reports a token inactive. See detect.go.
+func WithIntrospectionInterval(d time.Duration) Option {
+	return func(o *options) error {
+		if d != 0 && (d < 10*time.Millisecond || d > 24*time.Hour) {
+			return fmt.Errorf("broker: introspection interval %s out of range: 0 (off) or [10ms, 24h]", d)
+		}
+		o.introspectionInterval = d
+		return nil
+	}
+}
+
+// WithIntrospectionConcurrency bounds the introspection calls of periodic
+// detection in flight at once (default 32). One replica checks
+// credentials / interval families a second; it keeps up while that stays
+// below concurrency / introspection latency.
+func WithIntrospectionConcurrency(n int) Option {
+	return func(o *options) error {
+		if n < 1 || n > 1024 {
+			return fmt.Errorf("broker: introspection concurrency %d out of range [1, 1024]", n)
+		}
+		o.introspectionConcurrency = n
+		return nil
+	}
 }
 
 // WithRetryBase sets the first backoff step for retries of provider calls the
@@ -222,22 +273,30 @@ type Broker struct {
 	entries   map[string]*entry
 
 	notices *noticeLog
+	// flows runs device-flow pollers and the flow sweeper (flows.go).
+	flows   flowRunner
 	metrics counters
 }
 
 type counters struct {
 	claimWaits atomic.Int64
+	// consumerTokensDropped counts tokens the consumer catalog had no room
+	// to attribute (see MaxConsumersPerCredential).
+	consumerTokensDropped atomic.Int64
 }
 
 // Stats are counters a test or an operator may read.
 type Stats struct {
 	// ClaimWaits counts waits for another replica's refresh.
 	ClaimWaits int64
+	// ConsumerTokensDropped counts access tokens this replica handed to
+	// identities it could not add to a full consumer catalog.
+	ConsumerTokensDropped int64
 }
 
 // Stats returns the broker's counters.
 func (b *Broker) Stats() Stats {
-	return Stats{ClaimWaits: b.metrics.claimWaits.Load()}
+	return Stats{ClaimWaits: b.metrics.claimWaits.Load(), ConsumerTokensDropped: b.metrics.consumerTokensDropped.Load()}
 }
 
 // New returns a broker and starts its scheduler. It loads the credentials
@@ -274,6 +333,8 @@ func New(ctx context.Context, cfg Config, opts ...Option) (*Broker, error) {
 	}
 	schedCtx, stopScheduler := context.WithCancel(bctx)
 	b.stopScheduler = stopScheduler
+	b.startDetector(schedCtx)
+	b.startFlows(schedCtx)
 	b.wg.Add(2)
 	go func() {
 		defer b.wg.Done()

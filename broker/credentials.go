@@ -80,6 +80,9 @@ const (
 	FieldRefreshIdle      SpecField = "refresh_token_idle_timeout"
 	FieldRefreshMaxLife   SpecField = "refresh_token_max_lifetime"
 	FieldReuseGrace       SpecField = "reuse_grace_period"
+
+	// FieldDeviceAuthorizationURL is RFC 8628's endpoint (generic providers).
+	FieldDeviceAuthorizationURL SpecField = "device_authorization_url"
 )
 
 func applyField(dst *Spec, src Spec, f SpecField) error {
@@ -94,6 +97,8 @@ func applyField(dst *Spec, src Spec, f SpecField) error {
 		dst.RevocationURL = src.RevocationURL
 	case FieldIntrospectionURL:
 		dst.IntrospectionURL = src.IntrospectionURL
+	case FieldDeviceAuthorizationURL:
+		dst.DeviceAuthorizationURL = src.DeviceAuthorizationURL
 	case FieldClientID:
 		dst.ClientID = src.ClientID
 	case FieldClientSecret:
@@ -238,7 +243,8 @@ func (b *Broker) DeleteCredential(ctx context.Context, id string) error {
 			b.log.WarnContext(ctx, "could not revoke the family at the provider while deleting", "credential", id, "err", err)
 		}
 	}
-	for _, key := range []string{familyKey(v.cred), credentialKey(id)} {
+	// The consumer catalog goes after the credential: see dropOrphanCatalog.
+	for _, key := range []string{familyKey(v.cred), credentialKey(id), consumersKey(id)} {
 		if err := b.store.Delete(ctx, key); err != nil {
 			return storeUnavailable(err)
 		}

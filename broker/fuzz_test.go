@@ -14,8 +14,9 @@ import (
 // FuzzRequestValidation checks the validators every request passes through:
 // no panic; an accepted credential id always makes store keys inside the
 // store's grammar (it can never escape a backend's prefix); an accepted
-// endpoint URL is https, or http on loopback; cursors either decode or are
-// refused with InvalidArgumentError.
+// endpoint URL is https, or http on loopback; an accepted flow state is one
+// key segment; cursors either decode or are refused with
+// InvalidArgumentError.
 func FuzzRequestValidation(f *testing.F) {
 	for _, seed := range [][3]string{
 		{"acme", "https://acme.my.salesforce.com", "api refresh_token"},
@@ -38,6 +39,13 @@ func FuzzRequestValidation(f *testing.F) {
 				if segs := strings.Split(key, "/"); len(segs) != parts || segs[1] != id {
 					t.Fatalf("id %q escapes its key space: %q", id, key)
 				}
+			}
+		}
+		// The state in a browser's callback names a store key: an accepted
+		// one must stay a single segment under flows/.
+		if isFlowState(id) {
+			if key := flowKey(id); store.ValidateKey(key) != nil || strings.Count(key, "/") != 1 {
+				t.Fatalf("accepted state %q makes the key %q", id, key)
 			}
 		}
 		if ValidateEndpointURL(rawURL) == nil {

@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"time"
 
 	"github.com/rotavault/rotavault/audit"
@@ -20,6 +21,9 @@ type PendingAuthorization struct {
 	AuthorizeURL string
 	State        string
 	ExpiresAt    time.Time
+	// RedirectURI is where the provider sends the browser: the caller's,
+	// or the server's own callback.
+	RedirectURI string
 }
 
 // Activation reports a newly installed family.
@@ -29,46 +33,53 @@ type Activation struct {
 	ActivatedAt time.Time
 }
 
-// flowRecord is a pending authorization-code flow, stored so the completion
-// may reach any replica. The verifier is a secret: stores encrypt records.
-type flowRecord struct {
-	Format       int       `json:"format"`
-	CredentialID string    `json:"credential_id"`
-	Verifier     string    `json:"verifier"`
-	RedirectURI  string    `json:"redirect_uri"`
-	Scopes       []string  `json:"scopes,omitempty"`
-	ExpiresAt    time.Time `json:"expires_at"`
-	Consumed     bool      `json:"consumed,omitempty"`
-}
-
-// StartAuthorization begins an authorization-code flow with PKCE and returns
-// where to send the user. Errors: *InvalidArgumentError, ErrNotFound,
-// *UnavailableError.
-func (b *Broker) StartAuthorization(ctx context.Context, id, redirectURI string, scopes []string) (PendingAuthorization, error) {
-	if err := b.validateID(id); err != nil {
-		return PendingAuthorization{}, err
-	}
-	if err := ValidateEndpointURL(redirectURI); err != nil {
-		return PendingAuthorization{}, invalid("redirect_uri", "%v", err)
-	}
-	e, err := b.entry(ctx, id)
-	if err != nil {
-		return PendingAuthorization{}, err
-	}
-	spec := e.view.Load().cred.Spec
+// flowScopes resolves a flow's scopes (the credential's unless overridden)
+// and refuses, for Salesforce, scopes that cannot yield a refresh token:
+// rotation only applies to flows that issue one, and the user should not go
+// through a flow that is bound to fail.
+func flowScopes(spec Spec, scopes []string) ([]string, error) {
 	if len(scopes) == 0 {
 		scopes = spec.Scopes
 	} else {
 		check := spec
 		check.Scopes = scopes
 		if err := check.validate(); err != nil {
-			return PendingAuthorization{}, err
+			return nil, err
 		}
 	}
-	// Rotation only applies to flows that issue refresh tokens: refuse a
-	// flow that cannot yield one before the user goes through it.
 	if spec.ProviderKind == ProviderSalesforce && !grantsRefreshToken(scopes) {
-		return PendingAuthorization{}, invalid("scopes", "Salesforce issues a refresh token only with the refresh_token (or offline_access) scope; add it")
+		return nil, invalid("scopes", "Salesforce issues a refresh token only with the refresh_token (or offline_access) scope; add it")
+	}
+	return append([]string(nil), scopes...), nil
+}
+
+// StartAuthorization begins an authorization-code flow with PKCE and returns
+// where to send the user. An empty redirectURI means the server's own
+// callback (WithCallbackURL), which completes the flow on whichever replica
+// the browser reaches. Errors: *InvalidArgumentError, ErrNotFound,
+// ErrCallbackNotConfigured, *UnavailableError.
+func (b *Broker) StartAuthorization(ctx context.Context, id, redirectURI string, scopes []string) (PendingAuthorization, error) {
+	if err := b.validateID(id); err != nil {
+		return PendingAuthorization{}, err
+	}
+	serverCallback := redirectURI == ""
+	if serverCallback {
+		if b.opts.flow.callbackURL == "" {
+			return PendingAuthorization{}, ErrCallbackNotConfigured
+		}
+		redirectURI = b.opts.flow.callbackURL
+	} else if err := ValidateEndpointURL(redirectURI); err != nil {
+		return PendingAuthorization{}, invalid("redirect_uri", "%v", err)
+	}
+	e, err := b.entry(ctx, id)
+	if err != nil {
+		return PendingAuthorization{}, err
+	}
+	cred := e.view.Load().cred
+	spec := cred.Spec
+	scopes, err = flowScopes(spec, scopes)
+	if err != nil {
+		return PendingAuthorization{}, err
 	}
 	ep := spec.endpoint()
 	if ep.AuthorizeURL == "" {
@@ -80,21 +91,24 @@ func (b *Broker) StartAuthorization(ctx context.Context, id, redirectURI string,
 	if err != nil {
 		return PendingAuthorization{}, invalid("spec.authorize_url", "%v", err)
 	}
-	expires := b.opts.now().Add(b.opts.flowLifetime)
-	raw, err := encodeRecord(flowRecord{Format: recordFormat, CredentialID: id, Verifier: verifier, RedirectURI: redirectURI, Scopes: scopes, ExpiresAt: expires})
-	if err != nil {
+	now := b.opts.now()
+	expires := now.Add(b.opts.flowLifetime)
+	f := &flowRecord{
+		Kind: FlowAuthorizationCode, CredentialID: id, Incarnation: cred.Incarnation, Scopes: scopes,
+		StartedAt: now, ExpiresAt: expires, Status: flowPending, Actor: audit.Actor(ctx),
+		Verifier: verifier, RedirectURI: redirectURI, AuthorizeURL: u, ServerCallback: serverCallback,
+	}
+	if _, err := b.writeFlow(ctx, state, f, 0); err != nil {
 		return PendingAuthorization{}, err
 	}
-	if _, err := b.store.Put(ctx, flowKey(state), raw, 0); err != nil {
-		return PendingAuthorization{}, storeUnavailable(err)
-	}
-	return PendingAuthorization{AuthorizeURL: u, State: state, ExpiresAt: expires}, nil
+	return PendingAuthorization{AuthorizeURL: u, State: state, ExpiresAt: expires, RedirectURI: redirectURI}, nil
 }
 
 // CompleteAuthorization exchanges the code of a started flow and installs the
 // new family. The state is single use and bound to the credential. Errors:
-// *InvalidArgumentError, ErrNotFound, ErrReauthRequired (the provider refused
-// the code), *UnavailableError.
+// *InvalidArgumentError (also for a code the provider refused, or a grant
+// without refresh token), ErrNotFound, *UnavailableError (the flow stays
+// pending: retry with the same code).
 func (b *Broker) CompleteAuthorization(ctx context.Context, id, state, code string) (Activation, error) {
 	if err := b.validateID(id); err != nil {
 		return Activation{}, err
@@ -102,66 +116,182 @@ func (b *Broker) CompleteAuthorization(ctx context.Context, id, state, code stri
 	if !isFlowState(state) {
 		return Activation{}, invalid("state", "malformed")
 	}
-	if code == "" || len(code) > 4096 || !printable(code) {
-		return Activation{}, invalid("code", "required, printable, at most 4096 bytes")
+	if err := validateCode(code); err != nil {
+		return Activation{}, err
 	}
-	e, err := b.entry(ctx, id)
+	if _, err := b.entry(ctx, id); err != nil {
+		return Activation{}, err
+	}
+	f, version, err := b.usableCodeFlow(ctx, state)
 	if err != nil {
 		return Activation{}, err
 	}
-	flow, err := b.consumeFlow(ctx, id, state)
+	if f.CredentialID != id {
+		return Activation{}, errFlowUnknown()
+	}
+	return b.redeemCode(ctx, state, f, version, code)
+}
+
+// Callback is what the provider's redirect brought to the server's callback
+// endpoint: the state and either a code or an OAuth error code.
+type Callback struct {
+	State string
+	Code  string
+	Error string
+}
+
+// CompleteCallback finishes, on any replica, an authorization-code flow
+// started for the server's own callback; the state alone names the flow and
+// its credential. An error from the provider (access_denied: the user
+// refused) ends the flow. Errors: *InvalidArgumentError (an unknown, used or
+// expired state; a code the provider refused; a grant without refresh
+// token), *AuthorizationError (the provider reported an error),
+// *UnavailableError (provider: the flow stays pending, the same redirect may
+// be retried).
+func (b *Broker) CompleteCallback(ctx context.Context, cb Callback) (Activation, error) {
+	if !isFlowState(cb.State) {
+		return Activation{}, errFlowUnknown()
+	}
+	f, version, err := b.usableCodeFlow(ctx, cb.State)
 	if err != nil {
+		return Activation{}, err
+	}
+	if !f.ServerCallback {
+		return Activation{}, errFlowUnknown()
+	}
+	if cb.Error != "" {
+		reason, detail := FlowRefused, "the provider reported an error instead of a code"
+		if code := oauthErrorCode(cb.Error); code != "" {
+			detail += " (" + code + ")"
+		}
+		// Salesforce documents access-denied for the web server flow.
+		if cb.Error == "access_denied" || cb.Error == "access-denied" {
+			reason, detail = FlowDenied, "the user denied the authorization at the provider"
+		}
+		failed := *f
+		failed.fail(b.opts.now(), reason, detail)
+		if _, err := b.writeFlow(ctx, cb.State, &failed, version); err != nil {
+			if errors.Is(err, store.ErrConflict) {
+				return Activation{}, errFlowUnknown()
+			}
+			return Activation{}, err
+		}
+		b.flows.signal()
+		b.log.InfoContext(ctx, "authorization refused at the provider", "credential", f.CredentialID, "reason", reason)
+		return Activation{}, &AuthorizationError{Reason: reason, Detail: detail}
+	}
+	if err := validateCode(cb.Code); err != nil {
+		return Activation{}, err
+	}
+	// The browser is anonymous: the family is audited in the name of who
+	// started the flow.
+	return b.redeemCode(audit.WithActor(ctx, f.Actor), cb.State, f, version, cb.Code)
+}
+
+func validateCode(code string) error {
+	if code == "" || len(code) > 4096 || !printable(code) {
+		return invalid("code", "required, printable, at most 4096 bytes")
+	}
+	return nil
+}
+
+// oauthErrorCode returns an OAuth error code fit for a record and a log
+// line ([a-z_-], at most 64 bytes), or "" for anything else: the value
+// comes from a browser's query string.
+func oauthErrorCode(s string) string {
+	if len(s) > 64 {
+		return ""
+	}
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; !(c >= 'a' && c <= 'z' || c == '_' || c == '-') {
+			return ""
+		}
+	}
+	return s
+}
+
+// usableCodeFlow reads an authorization-code flow that may still be
+// completed: pending, not being exchanged, not expired.
+func (b *Broker) usableCodeFlow(ctx context.Context, state string) (*flowRecord, uint64, error) {
+	f, version, err := b.readFlow(ctx, state)
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, 0, errFlowUnknown()
+	}
+	if err != nil {
+		return nil, 0, err
+	}
+	if f.kind() != FlowAuthorizationCode || !f.pending() || f.Consumed || !b.opts.now().Before(f.ExpiresAt) {
+		return nil, 0, errFlowUnknown()
+	}
+	return f, version, nil
+}
+
+// redeemCode consumes the flow with check-and-set, so one code completes it
+// once, exchanges the code and installs the family.
+func (b *Broker) redeemCode(ctx context.Context, state string, f *flowRecord, version uint64, code string) (Activation, error) {
+	used := *f
+	used.Consumed, used.ConsumedAt = true, b.opts.now()
+	version, err := b.writeFlow(ctx, state, &used, version)
+	if errors.Is(err, store.ErrConflict) {
+		return Activation{}, errFlowUnknown()
+	}
+	if err != nil {
+		return Activation{}, err
+	}
+	e, err := b.entry(ctx, f.CredentialID)
+	if err == nil && e.view.Load().cred.Incarnation != f.Incarnation {
+		err = fmt.Errorf("%w: %s (deleted and created again since the flow started)", ErrNotFound, f.CredentialID)
+	}
+	if err != nil {
+		if errors.Is(err, ErrNotFound) {
+			b.failFlow(ctx, state, FlowRefused, "the credential was deleted")
+		} else {
+			b.releaseCode(ctx, state, &used, version)
+		}
 		return Activation{}, err
 	}
 	spec := e.view.Load().cred.Spec
-	tok, err := b.provider.ExchangeCode(ctx, spec.endpoint(), spec.clientCredentials(), code, flow.RedirectURI, flow.Verifier)
+	tok, err := b.provider.ExchangeCode(ctx, spec.endpoint(), spec.clientCredentials(), code, f.RedirectURI, f.Verifier)
 	if err != nil {
 		var pe *provider.Error
 		if errors.As(err, &pe) && pe.Outcome == provider.OutcomeRejected {
-			return Activation{}, invalid("code", "the provider refused the authorization code (%s); start the flow again", pe.Code)
+			detail := fmt.Sprintf("the provider refused the authorization code (%s); start the flow again", pe.Code)
+			b.failFlow(ctx, state, FlowRefused, detail)
+			return Activation{}, invalid("code", "%s", detail)
 		}
+		// Nothing usable came back: the flow stays pending, so the same
+		// code may be tried again (the provider refuses it if it was spent).
+		b.releaseCode(ctx, state, &used, version)
 		return Activation{}, &UnavailableError{Component: ComponentProvider, RetryAfter: time.Second, Err: err}
 	}
 	if tok.RefreshToken == "" {
-		return Activation{}, invalid("scopes", "the provider issued no refresh token, so there is nothing to rotate; request the refresh_token/offline_access scope (offline for some servers)")
+		b.failFlow(ctx, state, FlowRefused, noRefreshTokenDetail)
+		return Activation{}, invalid("scopes", "%s", noRefreshTokenDetail)
 	}
-	return b.installFamily(ctx, e, tok.RefreshToken, tok, true)
+	// The code is spent: the tokens exist only here until stored, so a
+	// caller giving up must not cut the install short.
+	pctx, cancel := persistContext(ctx)
+	defer cancel()
+	act, err := b.installFamily(pctx, e, tok.RefreshToken, tok, true)
+	if err != nil {
+		b.log.ErrorContext(ctx, "AUTHORIZATION CODE EXCHANGED BUT THE NEW FAMILY COULD NOT BE STORED: start the flow again", "credential", e.id, "err", err)
+		b.failFlow(ctx, state, FlowRefused, "the new family could not be stored (store unavailable); start the flow again")
+		return Activation{}, err
+	}
+	b.completeFlow(ctx, state, act)
+	return act, nil
 }
 
-// consumeFlow marks a flow used with check-and-set, so one code completes it
-// once, then destroys it.
-func (b *Broker) consumeFlow(ctx context.Context, id, state string) (flowRecord, error) {
-	unknown := invalid("state", "unknown, expired or already used; start the flow again")
-	rec, err := b.store.Get(ctx, flowKey(state))
-	if errors.Is(err, store.ErrNotFound) {
-		return flowRecord{}, unknown
+// releaseCode makes a consumed flow usable again after an exchange that
+// did not happen. Best effort: a flow left consumed expires.
+func (b *Broker) releaseCode(ctx context.Context, state string, used *flowRecord, version uint64) {
+	pctx, cancel := persistContext(ctx)
+	defer cancel()
+	again := *used
+	again.Consumed, again.ConsumedAt = false, time.Time{}
+	if _, err := b.writeFlow(pctx, state, &again, version); err != nil {
+		b.log.WarnContext(ctx, "could not release an authorization code flow for a retry", "credential", used.CredentialID, "err", err)
 	}
-	if err != nil {
-		return flowRecord{}, storeUnavailable(err)
-	}
-	var flow flowRecord
-	if err := decodeRecord(rec.Value, &flow, &flow.Format); err != nil {
-		return flowRecord{}, err
-	}
-	if flow.Consumed || flow.CredentialID != id || b.opts.now().After(flow.ExpiresAt) {
-		return flowRecord{}, unknown
-	}
-	used := flow
-	used.Consumed = true
-	raw, err := encodeRecord(used)
-	if err != nil {
-		return flowRecord{}, err
-	}
-	if _, err := b.store.Put(ctx, flowKey(state), raw, rec.Version); err != nil {
-		if errors.Is(err, store.ErrConflict) {
-			return flowRecord{}, unknown
-		}
-		return flowRecord{}, storeUnavailable(err)
-	}
-	if err := b.store.Delete(ctx, flowKey(state)); err != nil {
-		b.log.WarnContext(ctx, "could not delete a used flow", "credential", id, "err", err)
-	}
-	return flow, nil
 }
 
 // ImportRefreshToken installs a refresh token obtained elsewhere, then

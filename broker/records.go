@@ -53,6 +53,9 @@ const (
 	ReasonAdmin                RevocationReason = "admin"
 	ReasonSuperseded           RevocationReason = "superseded"
 	ReasonAdminRevoked         RevocationReason = "admin_revoked"
+	// ReasonRevokedAtProvider: introspection found the refresh token
+	// inactive before Rotavault presented it.
+	ReasonRevokedAtProvider RevocationReason = "revoked_at_provider"
 )
 
 type credentialRecord struct {

@@ -443,6 +443,8 @@ func revocationDetail(r RevocationReason) string {
 		return "revoked deliberately by an operator or administrator (RevokeCredential)"
 	case ReasonSuperseded:
 		return "replaced by a new family"
+	case ReasonRevokedAtProvider:
+		return "the provider reports the refresh token inactive: the family was revoked there (an old token of it reused elsewhere, by theft or a legacy client, or revoked by an admin or user); detected by introspection, without presenting it"
 	default:
 		return ""
 	}

@@ -62,6 +62,10 @@ type Spec struct {
 	RefreshIdle      time.Duration `json:"refresh_token_idle_timeout,omitempty"`
 	RefreshMaxLife   time.Duration `json:"refresh_token_max_lifetime,omitempty"`
 	ReuseGrace       time.Duration `json:"reuse_grace_period,omitempty"`
+
+	// DeviceAuthorizationURL is RFC 8628's endpoint, for generic providers'
+	// device flows (Salesforce starts them at its token endpoint).
+	DeviceAuthorizationURL string `json:"device_authorization_url,omitempty"`
 }
 
 // Redacted returns a copy without the client secret, for describing.
@@ -78,6 +82,9 @@ func (s Spec) validate() error {
 		if s.BaseURL == "" && s.TokenURL == "" {
 			return invalid("spec.base_url", "required for Salesforce (the My Domain URL, or https://login.salesforce.com / https://test.salesforce.com)")
 		}
+		if s.DeviceAuthorizationURL != "" {
+			return invalid("spec.device_authorization_url", "only for generic OAuth 2.0 providers; Salesforce's device flow starts at its token endpoint")
+		}
 	case ProviderOAuth2:
 		if s.TokenURL == "" {
 			return invalid("spec.token_url", "required for a generic OAuth 2.0 provider")
@@ -91,6 +98,7 @@ func (s Spec) validate() error {
 	for field, u := range map[string]string{
 		"spec.base_url": s.BaseURL, "spec.token_url": s.TokenURL, "spec.authorize_url": s.AuthorizeURL,
 		"spec.revocation_url": s.RevocationURL, "spec.introspection_url": s.IntrospectionURL,
+		"spec.device_authorization_url": s.DeviceAuthorizationURL,
 	} {
 		if u == "" {
 			continue
@@ -184,6 +192,7 @@ func (s Spec) endpoint() provider.Endpoint {
 	for dst, src := range map[*string]string{
 		&ep.TokenURL: s.TokenURL, &ep.AuthorizeURL: s.AuthorizeURL,
 		&ep.RevocationURL: s.RevocationURL, &ep.IntrospectionURL: s.IntrospectionURL,
+		&ep.DeviceAuthorizationURL: s.DeviceAuthorizationURL,
 	} {
 		if src != "" {
 			*dst = src

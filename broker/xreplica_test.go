@@ -54,10 +54,11 @@ func simSpec(sim *providersim.Server) Spec {
 	return Spec{ProviderKind: ProviderSalesforce, BaseURL: sim.URL(), ClientID: "c", ClientSecret: "s", Scopes: []string{"api", "refresh_token"}}
 }
 
-// replicaOpts run a replica on clk with the scheduler out of the way and
-// fast retries; extra options come last and win.
+// replicaOpts run a replica on clk with the scheduler and periodic
+// introspection out of the way and fast retries; extra options come last and
+// win.
 func replicaOpts(clk *clock, extra ...Option) []Option {
-	return append([]Option{WithClock(clk.now), WithSchedulerInterval(time.Hour), WithRetryBase(time.Millisecond)}, extra...)
+	return append([]Option{WithClock(clk.now), WithSchedulerInterval(time.Hour), WithRetryBase(time.Millisecond), WithIntrospectionInterval(0)}, extra...)
 }
 
 func setup(t *testing.T, st store.Store, clk *clock) (*providersim.Server, []*Broker, Spec) {

@@ -1,106 +1,315 @@
-// Package client is the Go client for Rotavault's TokenVaultService: what a
-// consumer needs to get access tokens and to learn that it must stop using
-// them.
 package client
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
-	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	rotavaultv1 "github.com/rotavault/rotavault/gen/rotavault/v1"
 )
 
-// ErrReauthenticationRequired reports that the credential's token family is
-// revoked or was never installed: no retry helps until an operator runs
-// Reauthenticate. Check with errors.Is.
-var ErrReauthenticationRequired = errors.New("rotavault: reauthentication required")
-
-// Token is an access token handed out by Rotavault.
-type Token struct {
-	AccessToken string
-	TokenType   string
-	InstanceURL string
-	Expiry      time.Time
-	FamilyID    string
-	Generation  uint64
-	Fingerprint string
-}
-
-// Client calls a Rotavault server. Safe for concurrent use; its zero value is
-// not usable: create it with New.
+// Client gets access tokens from a Rotavault server and caches them per
+// credential until their refresh margin; concurrent callers missing the
+// cache share one call to the server. Unless WithoutRevocationWatch is given
+// it watches revocation notices in the background and drops a credential's
+// cached tokens when its family is revoked or replaced.
+//
+// Safe for concurrent use. Its zero value is not usable: create it with New
+// and stop it with Close.
 type Client struct {
 	vault rotavaultv1.TokenVaultServiceClient
+	opts  options
+
+	// ctx ends at Close; the watch and the shared calls run under it.
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	mu      sync.Mutex
+	closed  bool
+	entries map[string]*entry
+	// epoch changes whenever every cached token is dropped: a call that
+	// started before must not cache its answer.
+	epoch uint64
+	// cursor is the watch's position in the server's notice log; "" until
+	// the watch first started (or after the log moved past it). Answers are
+	// cached only while it is set: a revocation after it reaches the Client,
+	// if need be when the watch reconnects with it.
+	cursor string
+	// watchStarts counts the watch streams that started; watchStarted is
+	// closed and replaced at each start.
+	watchStarts  int
+	watchStarted chan struct{}
 }
 
-// New returns a client using conn, which the caller owns and closes.
-func New(conn grpc.ClientConnInterface) *Client {
-	return &Client{vault: rotavaultv1.NewTokenVaultServiceClient(conn)}
+// entry is one credential's cache.
+type entry struct {
+	tok    Token
+	cached bool
+	// epoch changes whenever the credential's cached token is dropped.
+	epoch   uint64
+	flights map[flightKey]*flight
 }
 
-// TokenOption adjusts a token request.
-type TokenOption interface {
-	apply(*rotavaultv1.GetAccessTokenRequest)
+// flightKey tells apart calls that cannot share an answer.
+type flightKey struct {
+	minRemaining time.Duration
+	// A rejected token's report, by fingerprint or generation.
+	rejected           bool
+	rejectedBy         string
+	rejectedGeneration uint64
 }
 
-type tokenOptionFunc func(*rotavaultv1.GetAccessTokenRequest)
-
-func (f tokenOptionFunc) apply(r *rotavaultv1.GetAccessTokenRequest) { f(r) }
-
-// WithMinRemaining asks for a token with at least d of lifetime left.
-func WithMinRemaining(d time.Duration) TokenOption {
-	return tokenOptionFunc(func(r *rotavaultv1.GetAccessTokenRequest) { r.MinRemainingLifetime = durationpb.New(d) })
+// flight is one call to the server shared by every caller asking for the
+// same thing meanwhile. It runs while somebody waits for it.
+type flight struct {
+	done    chan struct{}
+	tok     Token
+	err     error
+	waiters int
+	// deadline is the latest deadline of its waiters; zero when one of them
+	// has none.
+	deadline time.Time
+	cancel   context.CancelFunc
 }
 
-// WithRejected reports that a resource server refused tok (for example with
-// HTTP 401): Rotavault then hands out a newer token if tok is still current.
-func WithRejected(tok Token) TokenOption {
-	return tokenOptionFunc(func(r *rotavaultv1.GetAccessTokenRequest) {
-		r.RejectedToken = &rotavaultv1.RejectedToken{Token: &rotavaultv1.RejectedToken_Fingerprint{Fingerprint: tok.Fingerprint}}
-	})
+// New returns a Client calling the server through conn, which the caller
+// owns and closes after the Client. It starts the revocation watch (see
+// WithoutRevocationWatch); New itself does no I/O. It fails on a nil conn or
+// an invalid option.
+func New(conn grpc.ClientConnInterface, opts ...Option) (*Client, error) {
+	if conn == nil {
+		return nil, errors.New("client: nil connection")
+	}
+	o := defaultOptions()
+	for _, opt := range opts {
+		if err := opt.applyClient(&o); err != nil {
+			return nil, err
+		}
+	}
+	if !o.watch && o.onNotice != nil {
+		return nil, errors.New("client: WithNoticeHandler needs the revocation watch")
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	c := &Client{
+		vault:        rotavaultv1.NewTokenVaultServiceClient(conn),
+		opts:         o,
+		ctx:          ctx,
+		cancel:       cancel,
+		entries:      make(map[string]*entry),
+		watchStarted: make(chan struct{}),
+	}
+	if o.watch {
+		c.wg.Add(1)
+		go func() {
+			defer c.wg.Done()
+			c.watch()
+		}()
+	}
+	return c, nil
 }
 
-// Token returns an access token for credentialID. A revoked family is
-// ErrReauthenticationRequired (wrapping the gRPC status); other errors are
-// gRPC statuses.
+// Close stops the revocation watch and ends the Token calls in flight with
+// ErrClosed, and waits for them. It does not close the connection. Later
+// calls return ErrClosed; Close itself is idempotent and returns nil.
+func (c *Client) Close() error {
+	c.mu.Lock()
+	c.closed = true
+	c.mu.Unlock()
+	c.cancel()
+	c.wg.Wait()
+	return nil
+}
+
+// Token returns an access token for credentialID with more than the
+// Client's refresh margin (and WithMinRemaining) of lifetime left: from the
+// cache, or from the server — one call for all the callers missing the
+// cache at once, retried on UNAVAILABLE as WithMaxAttempts says.
+//
+// Errors: *ReauthenticationRequiredError (errors.Is
+// ErrReauthenticationRequired) when the credential's family is revoked or
+// was never installed; ErrClosed; ctx's error; otherwise the server's gRPC
+// status error, wrapped (status.Code and status.FromError see it), for
+// example NOT_FOUND, INVALID_ARGUMENT, or UNAVAILABLE once the attempts are
+// spent.
 func (c *Client) Token(ctx context.Context, credentialID string, opts ...TokenOption) (Token, error) {
-	req := &rotavaultv1.GetAccessTokenRequest{CredentialId: credentialID}
-	for _, o := range opts {
-		o.apply(req)
+	var o tokenOptions
+	for _, opt := range opts {
+		opt.applyToken(&o)
 	}
-	resp, err := c.vault.GetAccessToken(ctx, req)
-	if err != nil {
-		if reason(err) == "REAUTHENTICATION_REQUIRED" {
-			return Token{}, fmt.Errorf("%w: %w", ErrReauthenticationRequired, err)
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return Token{}, ErrClosed
+	}
+	e := c.entries[credentialID]
+	if e == nil {
+		e = &entry{flights: make(map[flightKey]*flight)}
+		c.entries[credentialID] = e
+	}
+	key := flightKey{minRemaining: o.minRemaining}
+	switch {
+	case o.rejected == nil:
+		if e.cached && c.usable(e.tok, o.minRemaining) {
+			tok := e.tok
+			c.mu.Unlock()
+			return tok, nil
 		}
-		return Token{}, err
+		if e.cached {
+			// It is within its margin: ask for a token that is not, so the
+			// server refreshes if its own is as old.
+			key.minRemaining = max(key.minRemaining, c.margin(e.tok))
+		}
+	case e.cached && !names(*o.rejected, e.tok) && c.usable(e.tok, o.minRemaining):
+		// Somebody got a newer token since: that is the server's answer.
+		tok := e.tok
+		c.mu.Unlock()
+		return tok, nil
+	default:
+		if e.cached && names(*o.rejected, e.tok) {
+			c.dropLocked(e)
+		}
+		key.rejected, key.rejectedBy, key.rejectedGeneration = true, o.rejected.Fingerprint, o.rejected.Generation
 	}
-	return Token{
-		AccessToken: resp.GetAccessToken(),
-		TokenType:   resp.GetTokenType(),
-		InstanceURL: resp.GetInstanceUrl(),
-		Expiry:      resp.GetExpireTime().AsTime(),
-		FamilyID:    resp.GetFamilyId(),
-		Generation:  resp.GetGeneration(),
-		Fingerprint: resp.GetFingerprint(),
-	}, nil
+	if err := ctx.Err(); err != nil {
+		c.mu.Unlock()
+		return Token{}, fmt.Errorf("rotavault: token for %q: %w", credentialID, context.Cause(ctx))
+	}
+	f := e.flights[key]
+	if f == nil {
+		f = c.startLocked(ctx, credentialID, e, key)
+	} else if dl, ok := ctx.Deadline(); !ok {
+		f.deadline = time.Time{}
+	} else if !f.deadline.IsZero() && dl.After(f.deadline) {
+		f.deadline = dl
+	}
+	f.waiters++
+	c.mu.Unlock()
+
+	select {
+	case <-f.done:
+		return f.tok, f.err
+	case <-ctx.Done():
+		c.mu.Lock()
+		f.waiters--
+		if f.waiters == 0 {
+			// Nobody wants the answer any more.
+			f.cancel()
+			if e.flights[key] == f {
+				delete(e.flights, key)
+			}
+		}
+		c.mu.Unlock()
+		return Token{}, fmt.Errorf("rotavault: token for %q: %w", credentialID, context.Cause(ctx))
+	}
 }
 
-func reason(err error) string {
-	st, ok := status.FromError(err)
-	if !ok {
-		return ""
+// startLocked starts a flight asking the server for key. c.mu is held.
+func (c *Client) startLocked(ctx context.Context, credentialID string, e *entry, key flightKey) *flight {
+	// The call keeps the first caller's values (outgoing metadata, per-RPC
+	// credentials) but not its cancellation: it runs while anybody waits.
+	fctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	stop := context.AfterFunc(c.ctx, cancel)
+	f := &flight{done: make(chan struct{}), cancel: cancel}
+	if dl, ok := ctx.Deadline(); ok {
+		f.deadline = dl
 	}
-	for _, d := range st.Details() {
-		if info, ok := d.(*errdetails.ErrorInfo); ok {
-			return info.GetReason()
+	e.flights[key] = f
+	req := &rotavaultv1.GetAccessTokenRequest{CredentialId: credentialID}
+	if key.minRemaining > 0 {
+		req.MinRemainingLifetime = durationpb.New(key.minRemaining)
+	}
+	switch {
+	case key.rejected && key.rejectedBy != "":
+		req.RejectedToken = &rotavaultv1.RejectedToken{Token: &rotavaultv1.RejectedToken_Fingerprint{Fingerprint: key.rejectedBy}}
+	case key.rejected:
+		req.RejectedToken = &rotavaultv1.RejectedToken{Token: &rotavaultv1.RejectedToken_Generation{Generation: key.rejectedGeneration}}
+	}
+	// What the answer may be cached against: no drop may happen meanwhile.
+	cacheable, epoch, entryEpoch := !c.opts.watch || c.cursor != "", c.epoch, e.epoch
+	deadline := func() time.Time {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		return f.deadline
+	}
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		defer stop()
+		defer cancel()
+		resp, err := c.getAccessToken(fctx, req, deadline)
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		if e.flights[key] == f {
+			delete(e.flights, key)
 		}
+		switch {
+		case c.ctx.Err() != nil:
+			f.err = ErrClosed
+		case err != nil:
+			f.err = wrapError(credentialID, err)
+			var reauth *ReauthenticationRequiredError
+			if errors.As(f.err, &reauth) && e.cached {
+				c.dropLocked(e)
+			}
+		default:
+			f.tok = tokenFromProto(resp)
+			if cacheable && epoch == c.epoch && entryEpoch == e.epoch && !c.closed {
+				c.storeLocked(e, f.tok)
+			}
+		}
+		close(f.done)
+	}()
+	return f
+}
+
+// names reports whether the rejected token is tok: by fingerprint, or by
+// generation when the report has no fingerprint.
+func names(rejected, tok Token) bool {
+	if rejected.Fingerprint != "" {
+		return rejected.Fingerprint == tok.Fingerprint
 	}
-	return ""
+	return rejected.Generation == tok.Generation
+}
+
+// storeLocked caches tok unless a newer token of the same family is there.
+func (c *Client) storeLocked(e *entry, tok Token) {
+	if e.cached && e.tok.FamilyID == tok.FamilyID && e.tok.Generation > tok.Generation {
+		return
+	}
+	e.tok, e.cached = tok, true
+}
+
+// dropLocked forgets e's token and fences off calls in flight.
+func (c *Client) dropLocked(e *entry) {
+	e.tok, e.cached = Token{}, false
+	e.epoch++
+}
+
+// dropAllLocked forgets every cached token.
+func (c *Client) dropAllLocked() {
+	for _, e := range c.entries {
+		e.tok, e.cached = Token{}, false
+	}
+	c.epoch++
+}
+
+// margin is how long before its expiry tok stops being handed out: the
+// refresh margin, or a quarter of its lifetime when that is less.
+func (c *Client) margin(tok Token) time.Duration {
+	m := c.opts.margin
+	if life := tok.Expiry.Sub(tok.IssuedAt); !tok.IssuedAt.IsZero() && life > 0 {
+		m = min(m, life/4)
+	}
+	return m
+}
+
+// usable reports whether tok may be handed to a caller wanting minRemaining.
+func (c *Client) usable(tok Token, minRemaining time.Duration) bool {
+	return c.opts.now().Add(max(c.margin(tok), minRemaining)).Before(tok.Expiry)
 }

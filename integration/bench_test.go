@@ -55,7 +55,26 @@ func BenchmarkCachedGetAccessTokenVsNoop(b *testing.B) {
 	if refreshes := e.sim.Stats().RefreshRequests; refreshes != 1 {
 		b.Fatalf("the cached path refreshed: %d refreshes", refreshes)
 	}
+	// The consumer catalog was on and counted every call (in memory; this
+	// flush is its first store write).
+	if err := e.srv.FlushIssuance(ctx); err != nil {
+		b.Fatal(err)
+	}
+	resp, err := e.admin.ListConsumers(ctx, &rotavaultv1.ListConsumersRequest{CredentialId: "acme"})
+	if err != nil {
+		b.Fatal(err)
+	}
+	var counted uint64
+	for _, c := range resp.GetConsumers() {
+		counted += c.GetTokenCount()
+	}
+	if want := uint64(1 + callsOf(2000) + 3*callsOf(b.N)); counted != want {
+		b.Fatalf("the consumer catalog counted %d tokens, want %d", counted, want)
+	}
 }
+
+// callsOf is how many calls run(b, n, …) makes.
+func callsOf(n int) int { return benchClients * ((n + benchClients - 1) / benchClients) }
 
 // run makes n calls from benchClients goroutines and returns the wall time.
 func run(b *testing.B, n int, call func() error) time.Duration {

@@ -10,7 +10,11 @@ import (
 func TestGoClient(t *testing.T) {
 	e := newEnv(t, envOptions{})
 	e.installSalesforce("acme")
-	c := client.New(e.conn)
+	c, err := client.New(e.conn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
 	tok, err := c.Token(ctxT(t), "acme")
 	if err != nil {
 		t.Fatal(err)

@@ -134,6 +134,9 @@ func (e *env) start() {
 	opts := append([]broker.Option{
 		broker.WithClock(e.clock.now), broker.WithLogger(logger),
 		broker.WithRetryBase(5 * time.Millisecond), broker.WithSchedulerInterval(time.Hour),
+		// Periodic introspection would race tests that jump the clock past a
+		// revocation; detect_test.go turns it on.
+		broker.WithIntrospectionInterval(0),
 	}, e.opts.brokerOpts...)
 	brokerStore := st
 	if e.opts.wrapStore != nil {
@@ -143,7 +146,8 @@ func (e *env) start() {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg := server.Config{Broker: b, Logger: logger, Reflection: true, RateLimit: e.opts.rateLimit, Auditor: al}
+	// The consumer catalog is on, as in rotavault serve.
+	cfg := server.Config{Broker: b, Logger: logger, Reflection: true, RateLimit: e.opts.rateLimit, Auditor: al, ConsumerCatalog: true}
 	if e.opts.serverConfig != nil {
 		e.opts.serverConfig(&cfg)
 	}

@@ -37,6 +37,10 @@ func TestBadInputChangesNothing(t *testing.T) {
 			wantCode(t, err, codes.InvalidArgument, "")
 			_, err = e.admin.DeleteCredential(ctxT(t), &rotavaultv1.DeleteCredentialRequest{CredentialId: id})
 			wantCode(t, err, codes.InvalidArgument, "")
+			if id != "" { // empty lists every credential's consumers
+				_, err = e.admin.ListConsumers(ctxT(t), &rotavaultv1.ListConsumersRequest{CredentialId: id})
+				wantCode(t, err, codes.InvalidArgument, "")
+			}
 			_, err = e.vault.Reauthenticate(ctxT(t), &rotavaultv1.ReauthenticateRequest{CredentialId: id,
 				Flow: &rotavaultv1.ReauthenticateRequest_RefreshTokenImport{RefreshTokenImport: &rotavaultv1.RefreshTokenImport{RefreshToken: "x"}}})
 			wantCode(t, err, codes.InvalidArgument, "")
@@ -151,6 +155,18 @@ func TestBadInputChangesNothing(t *testing.T) {
 			_, err := e.admin.ListCredentials(ctxT(t), &rotavaultv1.ListCredentialsRequest{PageSize: 5000})
 			return err
 		}, codes.InvalidArgument, ""},
+		{"consumers page size", func() error {
+			_, err := e.admin.ListConsumers(ctxT(t), &rotavaultv1.ListConsumersRequest{PageSize: 5000})
+			return err
+		}, codes.InvalidArgument, ""},
+		{"consumers page token", func() error {
+			_, err := e.admin.ListConsumers(ctxT(t), &rotavaultv1.ListConsumersRequest{PageToken: "!!"})
+			return err
+		}, codes.InvalidArgument, ""},
+		{"consumers of unknown credential", func() error {
+			_, err := e.admin.ListConsumers(ctxT(t), &rotavaultv1.ListConsumersRequest{CredentialId: "nobody"})
+			return err
+		}, codes.NotFound, ""},
 		{"malformed cursor", func() error {
 			s, err := e.vault.WatchRevocations(ctxT(t), &rotavaultv1.WatchRevocationsRequest{Cursor: "!!"})
 			if err != nil {

@@ -196,25 +196,60 @@ func (c *Client) Revoke(ctx context.Context, ep Endpoint, cc ClientCredentials, 
 	return nil
 }
 
+// TokenTypeHint is RFC 7662's token_type_hint: which kind of token an
+// introspection asks about. Servers search other kinds too when the hint is
+// wrong; the hint only saves them the work.
+type TokenTypeHint string
+
+const (
+	// HintAccessToken asks about an access token.
+	HintAccessToken TokenTypeHint = "access_token"
+	// HintRefreshToken asks about a refresh token. Introspecting a refresh
+	// token does not present it for a refresh: it neither rotates it nor
+	// counts as a reuse.
+	HintRefreshToken TokenTypeHint = "refresh_token"
+)
+
 // Introspect asks ep.IntrospectionURL about accessToken (RFC 7662,
-// token_type_hint=access_token). An expired or revoked token is not an
-// error: it is Introspection{Active: false}.
+// token_type_hint=access_token). It is IntrospectToken with
+// HintAccessToken.
+func (c *Client) Introspect(ctx context.Context, ep Endpoint, cc ClientCredentials, accessToken string) (Introspection, error) {
+	return c.IntrospectToken(ctx, ep, cc, accessToken, HintAccessToken)
+}
+
+// IntrospectToken asks ep.IntrospectionURL whether token, of the kind hint
+// names, is active (RFC 7662). An expired, revoked, rotated-away or unknown
+// token is not an error: it is Introspection{Active: false}.
+//
+// Salesforce endpoints get the client's credentials as form fields, as its
+// documentation shows; generic OAuth 2.0 endpoints get them as HTTP Basic
+// (client_secret_basic), the client authentication RFC 6749 §2.3.1 requires
+// every server to support and the only one some (ory/fosite) accept at
+// introspection. A public client (no secret) sends its client_id in the
+// form.
 //
 // Errors are *Error with Op "introspect"; a 2xx without a boolean "active" is
-// OutcomeUnknown.
-func (c *Client) Introspect(ctx context.Context, ep Endpoint, cc ClientCredentials, accessToken string) (Introspection, error) {
+// OutcomeUnknown. No error holds the token or the client secret.
+func (c *Client) IntrospectToken(ctx context.Context, ep Endpoint, cc ClientCredentials, token string, hint TokenTypeHint) (Introspection, error) {
 	const op = "introspect"
-	if accessToken == "" {
-		return Introspection{}, invalidArgument(op, "empty access token")
+	if token == "" {
+		return Introspection{}, invalidArgument(op, "empty token")
+	}
+	if hint != HintAccessToken && hint != HintRefreshToken {
+		return Introspection{}, invalidArgument(op, "token type hint must be access_token or refresh_token")
 	}
 	if e := checkCall(op, ep, cc, ep.IntrospectionURL, "introspection URL"); e != nil {
 		return Introspection{}, e
 	}
 	form := url.Values{
-		"token":           {accessToken},
-		"token_type_hint": {"access_token"},
+		"token":           {token},
+		"token_type_hint": {string(hint)},
 	}
-	res, e := c.post(ctx, op, ep.IntrospectionURL, cc, form, []string{accessToken, cc.ClientSecret})
+	auth := authPost
+	if ep.Kind == KindOAuth2 && cc.ClientSecret != "" {
+		auth = authBasic
+	}
+	res, e := c.send(ctx, op, ep.IntrospectionURL, cc, auth, form, []string{token, cc.ClientSecret})
 	if e != nil {
 		return Introspection{}, e
 	}

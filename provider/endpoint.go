@@ -34,14 +34,18 @@ func (k Kind) String() string {
 
 // Endpoint names a provider's endpoints. Only the URL an operation needs must
 // be set: TokenURL for Refresh and ExchangeCode, AuthorizeURL for AuthCodeURL,
-// RevocationURL for Revoke, IntrospectionURL for Introspect. Each must be an
-// absolute http or https URL.
+// RevocationURL for Revoke, IntrospectionURL for Introspect,
+// DeviceAuthorizationURL for StartDeviceAuthorization with KindOAuth2
+// (Salesforce starts device flows at TokenURL). Each must be an absolute http
+// or https URL.
 type Endpoint struct {
 	Kind             Kind
 	TokenURL         string
 	AuthorizeURL     string
 	RevocationURL    string
 	IntrospectionURL string
+	// DeviceAuthorizationURL is RFC 8628's device authorization endpoint.
+	DeviceAuthorizationURL string
 }
 
 // SalesforceEndpoint returns the endpoints under a Salesforce My Domain or

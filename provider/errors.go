@@ -69,8 +69,9 @@ var (
 // in the request, truncated to 200 runes. Fakes that build one should set
 // Outcome: the zero value is OutcomeUnknown.
 type Error struct {
-	// Op is "refresh", "exchange", "revoke" or "introspect" ("authorize"
-	// for AuthCodeURL's argument errors).
+	// Op is "refresh", "exchange", "revoke", "introspect",
+	// "device_authorization" or "device_token" ("authorize" for
+	// AuthCodeURL's argument errors).
 	Op      string
 	Outcome Outcome
 	// StatusCode is the HTTP status, 0 if no response arrived.
@@ -128,8 +129,9 @@ func (e *Error) Unwrap() error { return e.Err }
 
 // Is matches ErrInvalidGrant and ErrInvalidClient when the provider rejected
 // the request with the corresponding code (Outcome is OutcomeRejected),
-// ErrRedirect for a 3xx answer and ErrInvalidArgument for a call refused
-// before sending.
+// ErrRedirect for a 3xx answer, ErrInvalidArgument for a call refused
+// before sending, and the device-flow poll answers (ErrAuthorizationPending,
+// ErrSlowDown, ErrAccessDenied, ErrExpiredToken) by their OAuth code.
 func (e *Error) Is(target error) bool {
 	switch target {
 	case ErrInvalidGrant:
@@ -140,6 +142,9 @@ func (e *Error) Is(target error) bool {
 		return e.StatusCode >= 300 && e.StatusCode < 400
 	case ErrInvalidArgument:
 		return e.invalidArgument
+	}
+	if code, ok := deviceErrorCode(target); ok {
+		return e.Code == code
 	}
 	return false
 }

@@ -155,7 +155,7 @@ func signatureCheckable(clientSecret string) bool {
 	return !fips140.Enforced() || len(clientSecret) >= minFIPSHMACKeyLen
 }
 
-// Introspection is an RFC 7662 introspection answer about an access token.
+// Introspection is an RFC 7662 introspection answer about a token.
 type Introspection struct {
 	// Active is false for an expired, revoked or unknown token.
 	Active bool

@@ -37,13 +37,32 @@ func (r *response) malformed(what string) *Error {
 	return &Error{Op: r.op, Outcome: OutcomeUnknown, StatusCode: r.statusCode, Description: "malformed response: " + what}
 }
 
-// post sends form, with the client's credentials, to endpointURL and returns
-// a 2xx answer, or the classified failure. secrets are the values
-// of form that must not appear in an error.
+// clientAuth is how a request carries the client's credentials.
+type clientAuth int
+
+const (
+	// authPost: client_id and client_secret as form fields
+	// (client_secret_post).
+	authPost clientAuth = iota
+	// authBasic: HTTP Basic with the form-encoded client_id and
+	// client_secret (client_secret_basic, RFC 6749 §2.3.1).
+	authBasic
+)
+
+// post sends form, with the client's credentials as form fields, to
+// endpointURL and returns a 2xx answer, or the classified failure. secrets
+// are the values of form that must not appear in an error.
 func (c *Client) post(ctx context.Context, op, endpointURL string, cc ClientCredentials, form url.Values, secrets []string) (*response, *Error) {
-	form.Set("client_id", cc.ClientID)
-	if cc.ClientSecret != "" {
-		form.Set("client_secret", cc.ClientSecret)
+	return c.send(ctx, op, endpointURL, cc, authPost, form, secrets)
+}
+
+// send is post with the client authentication chosen by auth.
+func (c *Client) send(ctx context.Context, op, endpointURL string, cc ClientCredentials, auth clientAuth, form url.Values, secrets []string) (*response, *Error) {
+	if auth == authPost {
+		form.Set("client_id", cc.ClientID)
+		if cc.ClientSecret != "" {
+			form.Set("client_secret", cc.ClientSecret)
+		}
 	}
 
 	// wrote records that the whole request was written: from then on the
@@ -65,6 +84,9 @@ func (c *Client) post(ctx context.Context, op, endpointURL string, cc ClientCred
 	}
 	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
 	req.Header.Set("Accept", "application/json")
+	if auth == authBasic {
+		req.SetBasicAuth(url.QueryEscape(cc.ClientID), url.QueryEscape(cc.ClientSecret))
+	}
 	req.Header.Set("User-Agent", c.userAgent)
 
 	sentAt := c.now()

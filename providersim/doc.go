@@ -5,7 +5,9 @@
 // Rotavault talks to: /services/oauth2/authorize (auto-approving consent),
 // /services/oauth2/token (authorization_code with PKCE, refresh_token),
 // /services/oauth2/revoke, /services/oauth2/introspect and a protected
-// /services/data/ resource. Wire formats and error texts follow Salesforce's
+// /services/data/ resource. The token endpoint also runs Salesforce's device
+// flow; /oauth2/device_authorization runs RFC 8628's, and /setup/connect is
+// the verification page (tests approve with ApproveDevice or DenyDevice). Wire formats and error texts follow Salesforce's
 // documentation: no expires_in, issued_at in milliseconds as a string, an
 // HMAC signature over id+issued_at, and "expired access/refresh token" for
 // every dead refresh token.

@@ -17,8 +17,10 @@ type introspection struct {
 }
 
 // handleIntrospect answers RFC 7662 introspection for the calling app's own
-// tokens. Salesforce reports another app's token as inactive unless
-// "Introspect All Tokens" is on, which the simulator does not model.
+// tokens, access and refresh tokens alike, whatever token_type_hint says
+// (RFC 7662 §2.1: a wrong hint only widens the search). Salesforce reports
+// another app's token as inactive unless "Introspect All Tokens" is on,
+// which the simulator does not model.
 func (s *Server) handleIntrospect(w http.ResponseWriter, r *http.Request) {
 	s.introspect(r).write(w)
 }
@@ -50,7 +52,11 @@ func (s *Server) introspect(r *http.Request) response {
 		return jsonResponse(http.StatusOK, s.describeLocked(at.fam, "access_token", at.issuedAt.Unix(), at.expiresAt.Unix()))
 	}
 	if rt, ok := s.refresh[k]; ok {
-		if rt.fam.clientID != c.ID || !rt.active() {
+		// A refresh token is active while its family lives and it is the
+		// current one, or a superseded one the token endpoint would still
+		// accept within the reuse grace window. Asking does not present it:
+		// no rotation, no reuse detection.
+		if rt.fam.clientID != c.ID || !(rt.active() || (!rt.fam.revoked && s.graceAppliesLocked(rt, s.now()))) {
 			return inactive
 		}
 		// Refresh tokens carry no expiry in this simulator; Salesforce's

@@ -44,6 +44,13 @@ type Config struct {
 	Now func() time.Time
 	// Logger receives events without token values (default: discard).
 	Logger *slog.Logger
+	// DeviceCodeLifetime is how long a device flow waits for the user
+	// (default 10m).
+	DeviceCodeLifetime time.Duration
+	// DeviceInterval is the polling interval device flows announce (default
+	// 5s, sent in whole seconds). A poll sooner than it after the previous
+	// one, by real time, answers slow_down.
+	DeviceInterval time.Duration
 }
 
 // Client is a connected app.
@@ -88,6 +95,15 @@ type Stats struct {
 	Revocations int
 	// Introspections counts calls of the introspection endpoint.
 	Introspections int
+	// DeviceAuthorizations counts device flows started (both dialects).
+	DeviceAuthorizations int
+	// DevicePolls counts device-code polls of the token endpoint that were
+	// processed, whatever their answer.
+	DevicePolls int
+	// DeviceTokenExchanges counts approved device codes redeemed for tokens.
+	DeviceTokenExchanges int
+	// DeviceSlowDowns counts polls answered slow_down.
+	DeviceSlowDowns int
 }
 
 // Server is a running simulator, created by Start; its zero value is not
@@ -119,6 +135,10 @@ type Server struct {
 	failures []injectedFailure
 	latency  time.Duration
 	corrupt  bool
+	// devices are the started device flows by device-code digest; see
+	// device.go.
+	devices         map[tokenKey]*deviceFlow
+	deviceSlowDowns int
 	// secrets is every secret value issued or shown, for leak checks.
 	secrets []string
 }
@@ -131,6 +151,9 @@ func Start(cfg Config) (*Server, error) {
 	}
 	if cfg.SessionTimeout < 0 {
 		return nil, fmt.Errorf("providersim: negative SessionTimeout %v", cfg.SessionTimeout)
+	}
+	if cfg.DeviceCodeLifetime < 0 || cfg.DeviceInterval < 0 {
+		return nil, fmt.Errorf("providersim: negative DeviceCodeLifetime %v or DeviceInterval %v", cfg.DeviceCodeLifetime, cfg.DeviceInterval)
 	}
 	if cfg.SessionTimeout == 0 {
 		cfg.SessionTimeout = defaultSessionTimeout
@@ -279,6 +302,9 @@ func (s *Server) routes() http.Handler {
 	mux.HandleFunc("POST /services/oauth2/revoke", s.handleRevoke)
 	mux.HandleFunc("POST /services/oauth2/introspect", s.handleIntrospect)
 	mux.HandleFunc("GET /services/data/", s.handleData)
+	mux.HandleFunc("POST "+DeviceAuthorizationPath, s.handleDeviceAuthorization)
+	mux.HandleFunc("GET "+VerificationPath, s.handleVerification)
+	mux.HandleFunc("POST "+VerificationPath, s.handleVerification)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		r.Body = http.MaxBytesReader(w, r.Body, maxBodyBytes)
 		mux.ServeHTTP(w, r)

@@ -67,11 +67,18 @@ func (s *Server) processToken(r *http.Request) response {
 	if err := r.ParseForm(); err != nil {
 		return oauthError(http.StatusBadRequest, "invalid_request", "malformed or oversized request body")
 	}
+	if r.PostForm.Get("response_type") == "device_code" {
+		return s.deviceStart(r, false)
+	}
 	switch r.PostForm.Get("grant_type") {
 	case "authorization_code":
 		return s.codeGrant(r)
 	case "refresh_token":
 		return s.refreshGrant(r)
+	case "device":
+		return s.deviceGrant(r, false)
+	case rfc8628GrantType:
+		return s.deviceGrant(r, true)
 	}
 	return oauthError(http.StatusBadRequest, "unsupported_grant_type", descGrantType)
 }

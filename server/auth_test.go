@@ -359,6 +359,12 @@ func rpcCases(e *authEnv) []rpcCase {
 			_, err := admin(c).DeleteCredential(ctx, &rotavaultv1.DeleteCredentialRequest{CredentialId: "cred-missing"})
 			return err
 		}},
+		{"/rotavault.v1.CredentialAdminService/ListConsumers", idOps, idAdmin, func(ctx context.Context, c *grpc.ClientConn) error {
+			// An operator of cred-a is denied even cred-a's consumers: the
+			// catalog names every caller, an admin's view.
+			_, err := admin(c).ListConsumers(ctx, &rotavaultv1.ListConsumersRequest{CredentialId: "cred-a"})
+			return err
+		}},
 		{"/grpc.reflection.v1.ServerReflection/ServerReflectionInfo", idPayments, idAdmin, func(ctx context.Context, c *grpc.ClientConn) error {
 			s, err := reflectionv1.NewServerReflectionClient(c).ServerReflectionInfo(ctx)
 			if err != nil {

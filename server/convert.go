@@ -42,6 +42,8 @@ func specFromProto(p *rotavaultv1.CredentialSpec) broker.Spec {
 		RefreshIdle:      p.GetRefreshTokenIdleTimeout().AsDuration(),
 		RefreshMaxLife:   p.GetRefreshTokenMaxLifetime().AsDuration(),
 		ReuseGrace:       p.GetReuseGracePeriod().AsDuration(),
+
+		DeviceAuthorizationURL: p.GetDeviceAuthorizationUrl(),
 	}
 }
 
@@ -82,6 +84,7 @@ func specToProto(s broker.Spec) *rotavaultv1.CredentialSpec {
 		RefreshTokenIdleTimeout: durationOrNil(s.RefreshIdle),
 		RefreshTokenMaxLifetime: durationOrNil(s.RefreshMaxLife),
 		ReuseGracePeriod:        durationOrNil(s.ReuseGrace),
+		DeviceAuthorizationUrl:  s.DeviceAuthorizationURL,
 	}
 }
 
@@ -112,6 +115,8 @@ func reasonToProto(r broker.RevocationReason) rotavaultv1.RevocationReason {
 		return rotavaultv1.RevocationReason_REVOCATION_REASON_SUPERSEDED
 	case broker.ReasonAdminRevoked:
 		return rotavaultv1.RevocationReason_REVOCATION_REASON_ADMIN_REVOKED
+	case broker.ReasonRevokedAtProvider:
+		return rotavaultv1.RevocationReason_REVOCATION_REASON_REVOKED_AT_PROVIDER
 	default:
 		return rotavaultv1.RevocationReason_REVOCATION_REASON_UNSPECIFIED
 	}
@@ -163,4 +168,24 @@ func providerRevocationToProto(p broker.ProviderRevocation) rotavaultv1.Provider
 	default:
 		return rotavaultv1.ProviderRevocation_PROVIDER_REVOCATION_UNSPECIFIED
 	}
+}
+
+func authorizationPendingToProto(p *broker.PendingAuthorization) *rotavaultv1.ReauthenticateResponse {
+	return &rotavaultv1.ReauthenticateResponse{Result: &rotavaultv1.ReauthenticateResponse_AuthorizationPending{
+		AuthorizationPending: &rotavaultv1.AuthorizationPending{
+			AuthorizeUrl: p.AuthorizeURL, State: p.State, ExpireTime: timestamppb.New(p.ExpiresAt), RedirectUri: p.RedirectURI,
+		},
+	}}
+}
+
+// devicePendingToProto carries the user code, for the operator; the device
+// code never leaves the store.
+func devicePendingToProto(p *broker.DevicePending) *rotavaultv1.ReauthenticateResponse {
+	return &rotavaultv1.ReauthenticateResponse{Result: &rotavaultv1.ReauthenticateResponse_DeviceAuthorizationPending{
+		DeviceAuthorizationPending: &rotavaultv1.DeviceAuthorizationPending{
+			State: p.State, UserCode: p.UserCode,
+			VerificationUri: p.VerificationURI, VerificationUriComplete: p.VerificationURIComplete,
+			ExpireTime: timestamppb.New(p.ExpiresAt), Interval: durationpb.New(p.Interval),
+		},
+	}}
 }

@@ -3,7 +3,10 @@ package server
 import (
 	"context"
 	"encoding/base64"
+	"encoding/json"
 	"log/slog"
+
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/rotavault/rotavault/broker"
 	rotavaultv1 "github.com/rotavault/rotavault/gen/rotavault/v1"
@@ -16,6 +19,7 @@ type CredentialBroker interface {
 	GetCredential(ctx context.Context, id string) (broker.Credential, error)
 	ListCredentials(ctx context.Context, after string, limit int) ([]broker.Credential, bool, error)
 	DeleteCredential(ctx context.Context, id string) error
+	ListConsumers(ctx context.Context, credentialID string, after broker.ConsumerCursor, limit int) ([]broker.Consumer, bool, error)
 }
 
 // CredentialAdminConfig holds the admin service's dependencies.
@@ -77,12 +81,9 @@ func (s *CredentialAdminService) GetCredential(ctx context.Context, req *rotavau
 
 // ListCredentials implements rotavault.v1.CredentialAdminService.
 func (s *CredentialAdminService) ListCredentials(ctx context.Context, req *rotavaultv1.ListCredentialsRequest) (*rotavaultv1.ListCredentialsResponse, error) {
-	size := int(req.GetPageSize())
-	switch {
-	case size < 0 || size > maxPageSize:
-		return nil, toStatus(ctx, s.log, &broker.InvalidArgumentError{Field: "page_size", Reason: "between 0 and 1000"})
-	case size == 0:
-		size = defaultPageSize
+	size, err := pageSize(req.GetPageSize())
+	if err != nil {
+		return nil, toStatus(ctx, s.log, err)
 	}
 	after := ""
 	if tok := req.GetPageToken(); tok != "" {
@@ -112,4 +113,81 @@ func (s *CredentialAdminService) DeleteCredential(ctx context.Context, req *rota
 		return nil, toStatus(ctx, s.log, err)
 	}
 	return &rotavaultv1.DeleteCredentialResponse{}, nil
+}
+
+// ListConsumers implements rotavault.v1.CredentialAdminService.
+func (s *CredentialAdminService) ListConsumers(ctx context.Context, req *rotavaultv1.ListConsumersRequest) (*rotavaultv1.ListConsumersResponse, error) {
+	size, err := pageSize(req.GetPageSize())
+	if err != nil {
+		return nil, toStatus(ctx, s.log, err)
+	}
+	after, err := decodeConsumerPageToken(req.GetPageToken())
+	if err != nil {
+		return nil, toStatus(ctx, s.log, err)
+	}
+	consumers, more, err := s.broker.ListConsumers(ctx, req.GetCredentialId(), after, size)
+	if err != nil {
+		return nil, toStatus(ctx, s.log, err)
+	}
+	resp := &rotavaultv1.ListConsumersResponse{Consumers: make([]*rotavaultv1.Consumer, 0, len(consumers))}
+	for _, c := range consumers {
+		resp.Consumers = append(resp.Consumers, &rotavaultv1.Consumer{
+			CredentialId:  c.CredentialID,
+			Identity:      c.Identity,
+			FirstSeenTime: timestamppb.New(c.FirstSeen),
+			LastSeenTime:  timestamppb.New(c.LastSeen),
+			TokenCount:    c.Count,
+		})
+	}
+	if more && len(consumers) > 0 {
+		last := consumers[len(consumers)-1]
+		resp.NextPageToken = encodeConsumerPageToken(broker.ConsumerCursor{CredentialID: last.CredentialID, Identity: last.Identity})
+	}
+	return resp, nil
+}
+
+// pageSize applies the API's paging rule: 0 means defaultPageSize, at most
+// maxPageSize.
+func pageSize(n int32) (int, error) {
+	switch {
+	case n < 0 || n > maxPageSize:
+		return 0, &broker.InvalidArgumentError{Field: "page_size", Reason: "between 0 and 1000"}
+	case n == 0:
+		return defaultPageSize, nil
+	}
+	return int(n), nil
+}
+
+// consumerPageToken is where a ListConsumers page ends. Clients treat the
+// token as opaque; the broker checks that it belongs to the listing.
+type consumerPageToken struct {
+	CredentialID string `json:"c"`
+	Identity     string `json:"i"`
+}
+
+// maxConsumerPageToken bounds a page token's length before decoding.
+const maxConsumerPageToken = 8 << 10
+
+func encodeConsumerPageToken(c broker.ConsumerCursor) string {
+	raw, _ := json.Marshal(consumerPageToken{CredentialID: c.CredentialID, Identity: c.Identity}) // strings only: cannot fail
+	return base64.RawURLEncoding.EncodeToString(raw)
+}
+
+func decodeConsumerPageToken(tok string) (broker.ConsumerCursor, error) {
+	if tok == "" {
+		return broker.ConsumerCursor{}, nil
+	}
+	malformed := &broker.InvalidArgumentError{Field: "page_token", Reason: "malformed; pass the next_page_token of the previous page unchanged"}
+	if len(tok) > maxConsumerPageToken {
+		return broker.ConsumerCursor{}, malformed
+	}
+	raw, err := base64.RawURLEncoding.DecodeString(tok)
+	if err != nil {
+		return broker.ConsumerCursor{}, malformed
+	}
+	var p consumerPageToken
+	if err := json.Unmarshal(raw, &p); err != nil || p.CredentialID == "" || p.Identity == "" {
+		return broker.ConsumerCursor{}, malformed
+	}
+	return broker.ConsumerCursor{CredentialID: p.CredentialID, Identity: p.Identity}, nil
 }

@@ -26,6 +26,12 @@ const (
 	ReasonCursorExpired            = "CURSOR_EXPIRED"
 	ReasonSubscriberTooSlow        = "SUBSCRIBER_TOO_SLOW"
 	ReasonProviderRejectedClient   = "PROVIDER_REJECTED_CLIENT"
+	// A reauthentication flow ended without a new family; start a new one.
+	ReasonAuthorizationDenied  = "AUTHORIZATION_DENIED"
+	ReasonAuthorizationExpired = "AUTHORIZATION_EXPIRED"
+	ReasonAuthorizationFailed  = "AUTHORIZATION_FAILED"
+	// A flow asked for the server's own callback, which is not configured.
+	ReasonCallbackNotConfigured = "CALLBACK_NOT_CONFIGURED"
 )
 
 // toStatus is the one mapping from the rotation logic's errors to gRPC
@@ -39,6 +45,7 @@ func toStatus(ctx context.Context, log *slog.Logger, err error) error {
 		inv   *broker.InvalidArgumentError
 		unav  *broker.UnavailableError
 		limit *broker.RateLimitedError
+		authz *broker.AuthorizationError
 	)
 	switch {
 	case errors.As(err, &inv):
@@ -64,6 +71,12 @@ func toStatus(ctx context.Context, log *slog.Logger, err error) error {
 	case errors.Is(err, broker.ErrSubscriberTooSlow):
 		return withDetails(status.New(codes.Aborted, err.Error()),
 			&errdetails.ErrorInfo{Reason: ReasonSubscriberTooSlow, Domain: ErrorDomain})
+	case errors.As(err, &authz):
+		return withDetails(status.New(codes.FailedPrecondition, authz.Error()),
+			&errdetails.ErrorInfo{Reason: authorizationReason(authz.Reason), Domain: ErrorDomain})
+	case errors.Is(err, broker.ErrCallbackNotConfigured):
+		return withDetails(status.New(codes.FailedPrecondition, err.Error()),
+			&errdetails.ErrorInfo{Reason: ReasonCallbackNotConfigured, Domain: ErrorDomain})
 	case errors.Is(err, broker.ErrConflict):
 		return status.Error(codes.Aborted, err.Error())
 	case errors.As(err, &unav):
@@ -97,4 +110,15 @@ func withDetails(st *status.Status, details ...protoadapt.MessageV1) error {
 		return st.Err()
 	}
 	return withD.Err()
+}
+
+func authorizationReason(f broker.FlowFailure) string {
+	switch f {
+	case broker.FlowDenied:
+		return ReasonAuthorizationDenied
+	case broker.FlowExpired:
+		return ReasonAuthorizationExpired
+	default:
+		return ReasonAuthorizationFailed
+	}
 }

@@ -38,6 +38,10 @@ func TestToStatus(t *testing.T) {
 		{"too slow", broker.ErrSubscriberTooSlow, codes.Aborted, ReasonSubscriberTooSlow, 0},
 		{"conflict", fmt.Errorf("%w: x", broker.ErrConflict), codes.Aborted, "", 0},
 		{"closed", broker.ErrClosed, codes.Unavailable, "", 0},
+		{"flow denied", &broker.AuthorizationError{Reason: broker.FlowDenied, Detail: "no"}, codes.FailedPrecondition, ReasonAuthorizationDenied, 0},
+		{"flow expired", &broker.AuthorizationError{Reason: broker.FlowExpired, Detail: "late"}, codes.FailedPrecondition, ReasonAuthorizationExpired, 0},
+		{"flow refused", &broker.AuthorizationError{Reason: broker.FlowRefused, Detail: "no refresh token"}, codes.FailedPrecondition, ReasonAuthorizationFailed, 0},
+		{"no callback", broker.ErrCallbackNotConfigured, codes.FailedPrecondition, ReasonCallbackNotConfigured, 0},
 		{"canceled", fmt.Errorf("wait: %w", context.Canceled), codes.Canceled, "", 0},
 		{"unknown", secretish, codes.Internal, "", 0},
 	}

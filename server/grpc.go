@@ -55,6 +55,10 @@ type Config struct {
 	// (DefaultIssuanceFlushInterval if zero) and at Shutdown.
 	Auditor               Auditor
 	IssuanceFlushInterval time.Duration
+	// ConsumerCatalog, when set, also merges those per-caller aggregates
+	// into the broker's consumer catalog (ListConsumers) at the same
+	// interval and at Shutdown; nothing is written per call.
+	ConsumerCatalog bool
 	// MaxConnectionAge closes a client connection after this long (zero:
 	// DefaultMaxConnectionAge; negative: never), after a grace of
 	// MaxConnectionAgeGrace (zero: DefaultMaxConnectionAgeGrace) for calls
@@ -143,8 +147,12 @@ func New(cfg Config) *Server {
 	opts = append(opts, cfg.ExtraOptions...)
 	gs := grpc.NewServer(opts...)
 	var issuance *issuanceCounter
-	if cfg.Auditor != nil {
-		issuance = newIssuanceCounter(cfg.Auditor, cfg.IssuanceFlushInterval, log)
+	if cfg.Auditor != nil || cfg.ConsumerCatalog {
+		var catalog ConsumerCatalog
+		if cfg.ConsumerCatalog {
+			catalog = cfg.Broker
+		}
+		issuance = newIssuanceCounter(cfg.Auditor, catalog, cfg.IssuanceFlushInterval, log)
 	}
 	rotavaultv1.RegisterTokenVaultServiceServer(gs, NewTokenVaultService(TokenVaultConfig{Broker: cfg.Broker, Logger: log, issuance: issuance}))
 	rotavaultv1.RegisterCredentialAdminServiceServer(gs, NewCredentialAdminService(CredentialAdminConfig{Broker: cfg.Broker, Logger: log}))

@@ -2,18 +2,26 @@ package server
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/rotavault/rotavault/audit"
+	"github.com/rotavault/rotavault/broker"
 )
 
 // DefaultIssuanceFlushInterval is how often token issuance is summarised
-// into the audit trail.
+// into the audit trail and the consumer catalog.
 const DefaultIssuanceFlushInterval = time.Minute
+
+// flushTimeout bounds one flush, so that a store or audit trail that hangs
+// holds up neither the next flush nor Shutdown for long.
+const flushTimeout = 30 * time.Second
 
 // ActionTokensIssued is the audit action summarising the access tokens one
 // caller got for one credential since the previous summary.
@@ -24,6 +32,12 @@ type Auditor interface {
 	Record(ctx context.Context, e audit.Event) error
 }
 
+// ConsumerCatalog keeps the consumer catalog; *broker.Broker is one. See
+// broker.RecordConsumers for the contract.
+type ConsumerCatalog interface {
+	RecordConsumers(ctx context.Context, uses []broker.ConsumerUse) ([]broker.ConsumerUse, error)
+}
+
 type issuanceKey struct{ caller, credential string }
 
 type issuanceCount struct {
@@ -32,11 +46,17 @@ type issuanceCount struct {
 }
 
 // issuanceCounter aggregates GetAccessToken answers per caller and
-// credential in memory and writes one audit record per pair and interval:
-// a record (a file sync and, on Vault, a write) per call would put the
-// audit trail on the hot path that serves cached tokens.
+// credential in memory and, every interval, hands the aggregates to its
+// sinks: one audit record per pair, and one merge into the consumer
+// catalog per credential. A store or audit write per call would put them
+// on the hot path that serves cached tokens.
+//
+// Each sink keeps what it failed to write in a backlog of its own, merged
+// into the next flush, so a failing sink neither loses counts nor makes the
+// other count twice.
 type issuanceCounter struct {
-	auditor  Auditor
+	auditor  Auditor         // nil: no audit summaries
+	catalog  ConsumerCatalog // nil: no consumer catalog
 	log      *slog.Logger
 	interval time.Duration
 	now      func() time.Time
@@ -44,24 +64,31 @@ type issuanceCounter struct {
 	mu     sync.Mutex
 	counts map[issuanceKey]*issuanceCount
 
+	// flushMu makes flushes one at a time and guards the backlogs.
+	flushMu        sync.Mutex
+	auditBacklog   map[issuanceKey]*issuanceCount
+	catalogBacklog map[issuanceKey]*issuanceCount
+
 	stop    chan struct{}
 	stopped chan struct{}
 	once    sync.Once
 }
 
-func newIssuanceCounter(auditor Auditor, interval time.Duration, log *slog.Logger) *issuanceCounter {
+func newIssuanceCounter(auditor Auditor, catalog ConsumerCatalog, interval time.Duration, log *slog.Logger) *issuanceCounter {
 	if interval <= 0 {
 		interval = DefaultIssuanceFlushInterval
 	}
 	c := &issuanceCounter{
-		auditor: auditor, log: log, interval: interval, now: time.Now,
-		counts: make(map[issuanceKey]*issuanceCount),
-		stop:   make(chan struct{}), stopped: make(chan struct{}),
+		auditor: auditor, catalog: catalog, log: log, interval: interval, now: time.Now,
+		counts:       make(map[issuanceKey]*issuanceCount),
+		auditBacklog: make(map[issuanceKey]*issuanceCount), catalogBacklog: make(map[issuanceKey]*issuanceCount),
+		stop: make(chan struct{}), stopped: make(chan struct{}),
 	}
 	go c.run()
 	return c
 }
 
+// add counts one access token handed to caller. It only touches memory.
 func (c *issuanceCounter) add(caller, credential string) {
 	now := c.now()
 	k := issuanceKey{caller, credential}
@@ -85,20 +112,105 @@ func (c *issuanceCounter) run() {
 		case <-c.stop:
 			return
 		case <-t.C:
-			c.flush(context.Background())
+			ctx, cancel := context.WithTimeout(context.Background(), flushTimeout)
+			_ = c.flush(ctx) // failures are logged and kept
+			cancel()
 		}
 	}
 }
 
-// flush writes one record per caller and credential seen since the last
-// flush. Counts whose record cannot be written are kept for the next one.
-func (c *issuanceCounter) flush(ctx context.Context) {
+// merge adds n into m[k].
+func merge(m map[issuanceKey]*issuanceCount, k issuanceKey, n issuanceCount) {
+	cur := m[k]
+	if cur == nil {
+		m[k] = &n
+		return
+	}
+	cur.count += n.count
+	if n.first.Before(cur.first) {
+		cur.first = n.first
+	}
+	if n.last.After(cur.last) {
+		cur.last = n.last
+	}
+}
+
+// flush hands what was counted since the last flush, and what a sink
+// failed to take then, to the sinks. Counts a sink cannot take are kept
+// for its next flush; the error says why.
+func (c *issuanceCounter) flush(ctx context.Context) error {
+	c.flushMu.Lock()
+	defer c.flushMu.Unlock()
 	c.mu.Lock()
 	counts := c.counts
 	c.counts = make(map[issuanceKey]*issuanceCount)
 	c.mu.Unlock()
-	keys := make([]issuanceKey, 0, len(counts))
-	for k := range counts {
+	var errs []error
+	if c.auditor != nil {
+		for k, n := range counts {
+			merge(c.auditBacklog, k, *n)
+		}
+		errs = append(errs, c.flushAudit(ctx))
+	}
+	if c.catalog != nil {
+		for k, n := range counts {
+			merge(c.catalogBacklog, issuanceKey{catalogIdentity(k.caller), k.credential}, *n)
+		}
+		errs = append(errs, c.flushCatalog(ctx))
+	}
+	return errors.Join(errs...)
+}
+
+// flushAudit writes one record per caller and credential in the backlog.
+func (c *issuanceCounter) flushAudit(ctx context.Context) error {
+	var failed int
+	for _, k := range sortedKeys(c.auditBacklog) {
+		n := c.auditBacklog[k]
+		err := c.auditor.Record(ctx, audit.Event{
+			Time: c.now().UTC(), Actor: k.caller, Action: ActionTokensIssued, Credential: k.credential,
+			Detail: fmt.Sprintf("count=%d first=%s last=%s", n.count, n.first.UTC().Format(time.RFC3339), n.last.UTC().Format(time.RFC3339)),
+		})
+		if err != nil {
+			c.log.ErrorContext(ctx, "audit: token issuance summary not written; kept for the next flush",
+				"caller", k.caller, "credential", k.credential, "count", n.count, "err", err)
+			failed++
+			continue
+		}
+		delete(c.auditBacklog, k)
+	}
+	if failed > 0 {
+		return fmt.Errorf("server: %d token issuance summaries not written to the audit trail", failed)
+	}
+	return nil
+}
+
+// flushCatalog merges the backlog into the consumer catalog; what the
+// catalog could not store stays in the backlog.
+func (c *issuanceCounter) flushCatalog(ctx context.Context) error {
+	if len(c.catalogBacklog) == 0 {
+		return nil
+	}
+	uses := make([]broker.ConsumerUse, 0, len(c.catalogBacklog))
+	for _, k := range sortedKeys(c.catalogBacklog) {
+		n := c.catalogBacklog[k]
+		uses = append(uses, broker.ConsumerUse{CredentialID: k.credential, Identity: k.caller, FirstSeen: n.first, LastSeen: n.last, Count: n.count})
+	}
+	unrecorded, err := c.catalog.RecordConsumers(ctx, uses)
+	clear(c.catalogBacklog)
+	for _, u := range unrecorded {
+		merge(c.catalogBacklog, issuanceKey{u.Identity, u.CredentialID}, issuanceCount{count: u.Count, first: u.FirstSeen, last: u.LastSeen})
+	}
+	if err != nil {
+		c.log.ErrorContext(ctx, "consumer catalog not fully updated; the rest is kept for the next flush",
+			"kept", len(unrecorded), "err", err)
+		return fmt.Errorf("server: consumer catalog: %w", err)
+	}
+	return nil
+}
+
+func sortedKeys(m map[issuanceKey]*issuanceCount) []issuanceKey {
+	keys := make([]issuanceKey, 0, len(m))
+	for k := range m {
 		keys = append(keys, k)
 	}
 	sort.Slice(keys, func(i, j int) bool {
@@ -107,33 +219,42 @@ func (c *issuanceCounter) flush(ctx context.Context) {
 		}
 		return keys[i].caller < keys[j].caller
 	})
-	for _, k := range keys {
-		n := counts[k]
-		err := c.auditor.Record(ctx, audit.Event{
-			Time: c.now().UTC(), Actor: k.caller, Action: ActionTokensIssued, Credential: k.credential,
-			Detail: fmt.Sprintf("count=%d first=%s last=%s", n.count, n.first.UTC().Format(time.RFC3339), n.last.UTC().Format(time.RFC3339)),
-		})
-		if err != nil {
-			c.log.ErrorContext(ctx, "audit: token issuance summary not written; kept for the next flush",
-				"caller", k.caller, "credential", k.credential, "count", n.count, "err", err)
-			c.mu.Lock()
-			cur := c.counts[k]
-			if cur == nil {
-				c.counts[k] = n
-			} else {
-				cur.count += n.count
-				cur.first = n.first
-			}
-			c.mu.Unlock()
-		}
-	}
+	return keys
 }
 
-// close stops the periodic flush and writes what is left.
+// catalogIdentity is the identity the consumer catalog records: the
+// caller's, except that an open server's callers (DevIdentity/peer:HOST:PORT)
+// are one consumer per host, not one per connection.
+func catalogIdentity(caller string) string {
+	if addr, ok := strings.CutPrefix(caller, DevIdentity+"/peer:"); ok {
+		if host, _, err := net.SplitHostPort(addr); err == nil {
+			return DevIdentity + "/peer:" + host
+		}
+	}
+	return caller
+}
+
+// close stops the periodic flush and writes what is left, for at most
+// flushTimeout.
 func (c *issuanceCounter) close(ctx context.Context) {
 	c.once.Do(func() {
 		close(c.stop)
 		<-c.stopped
-		c.flush(ctx)
+		ctx, cancel := context.WithTimeout(ctx, flushTimeout)
+		defer cancel()
+		_ = c.flush(ctx) // failures are logged
 	})
+}
+
+// FlushIssuance hands the token issuance counted so far to the audit trail
+// and the consumer catalog now, as the periodic flush does, and returns
+// once they have it. What a sink cannot take is kept for the next flush,
+// and the error says so. Without either sink it does nothing. Safe for
+// concurrent use; operators and tests use it to see the newest uses in
+// ListConsumers without waiting for the interval.
+func (s *Server) FlushIssuance(ctx context.Context) error {
+	if s.issuance == nil {
+		return nil
+	}
+	return s.issuance.flush(ctx)
 }

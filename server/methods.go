@@ -37,6 +37,7 @@ func methodRules() map[string]methodRule {
 		admin + "GetCredential":    {role: RoleAdmin, credentials: credentialID},
 		admin + "ListCredentials":  {role: RoleAdmin},
 		admin + "DeleteCredential": {role: RoleAdmin, credentials: credentialID},
+		admin + "ListConsumers":    {role: RoleAdmin},
 
 		// Reflection describes every service: admins only.
 		"/" + reflectionv1.ServerReflection_ServiceDesc.ServiceName + "/ServerReflectionInfo":      {role: RoleAdmin},

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -19,6 +20,8 @@ type TokenBroker interface {
 	StartAuthorization(ctx context.Context, id, redirectURI string, scopes []string) (broker.PendingAuthorization, error)
 	CompleteAuthorization(ctx context.Context, id, state, code string) (broker.Activation, error)
 	ImportRefreshToken(ctx context.Context, id, refreshToken string) (broker.Activation, error)
+	StartDeviceAuthorization(ctx context.Context, id string, scopes []string) (broker.DevicePending, error)
+	CheckAuthorization(ctx context.Context, id, state string, wait time.Duration) (broker.FlowProgress, error)
 	Subscribe(ctx context.Context, credentialIDs []string, cursor string) (*broker.Subscription, error)
 	RevokeCredential(ctx context.Context, id, reason string) (broker.Revocation, error)
 }
@@ -113,15 +116,35 @@ func (s *TokenVaultService) Reauthenticate(ctx context.Context, req *rotavaultv1
 		if err != nil {
 			return nil, toStatus(ctx, s.log, err)
 		}
-		return &rotavaultv1.ReauthenticateResponse{Result: &rotavaultv1.ReauthenticateResponse_AuthorizationPending{
-			AuthorizationPending: &rotavaultv1.AuthorizationPending{AuthorizeUrl: p.AuthorizeURL, State: p.State, ExpireTime: timestamppb.New(p.ExpiresAt)},
-		}}, nil
+		return authorizationPendingToProto(&p), nil
 	case *rotavaultv1.ReauthenticateRequest_AuthorizationCodeComplete:
 		act, err = s.broker.CompleteAuthorization(ctx, id, flow.AuthorizationCodeComplete.GetState(), flow.AuthorizationCodeComplete.GetCode())
 	case *rotavaultv1.ReauthenticateRequest_RefreshTokenImport:
 		act, err = s.broker.ImportRefreshToken(ctx, id, flow.RefreshTokenImport.GetRefreshToken())
+	case *rotavaultv1.ReauthenticateRequest_DeviceAuthorizationStart:
+		p, err := s.broker.StartDeviceAuthorization(ctx, id, flow.DeviceAuthorizationStart.GetScopes())
+		if err != nil {
+			return nil, toStatus(ctx, s.log, err)
+		}
+		return devicePendingToProto(&p), nil
+	case *rotavaultv1.ReauthenticateRequest_AuthorizationCheck:
+		w := flow.AuthorizationCheck.GetWait()
+		if w != nil && !w.IsValid() {
+			return nil, toStatus(ctx, s.log, &broker.InvalidArgumentError{Field: "authorization_check.wait", Reason: "not a valid duration"})
+		}
+		p, err := s.broker.CheckAuthorization(ctx, id, flow.AuthorizationCheck.GetState(), w.AsDuration())
+		if err != nil {
+			return nil, toStatus(ctx, s.log, err)
+		}
+		switch {
+		case p.Authorization != nil:
+			return authorizationPendingToProto(p.Authorization), nil
+		case p.Device != nil:
+			return devicePendingToProto(p.Device), nil
+		}
+		act = *p.Activation
 	default:
-		err = &broker.InvalidArgumentError{Field: "flow", Reason: "choose a flow: authorization_code_start, authorization_code_complete or refresh_token_import"}
+		err = &broker.InvalidArgumentError{Field: "flow", Reason: "choose a flow: authorization_code_start, authorization_code_complete, refresh_token_import, device_authorization_start or authorization_check"}
 	}
 	if err != nil {
 		return nil, toStatus(ctx, s.log, err)

@@ -181,28 +181,17 @@ Examples:
   rotavault credentials list --json | jq -r 'select(.status == "CREDENTIAL_STATUS_REVOKED") | .credentialId'`,
 		Args: args(cobra.NoArgs),
 		RunE: runE(func(cmd *cobra.Command, _ []string) error {
-			var all []*rotavaultv1.Credential
-			pageToken := ""
-			for range maxListPages {
+			all, err := listAll(func(pageToken string) ([]*rotavaultv1.Credential, string, error) {
 				resp, err := adminCall(cmd.Context(), client, "", func(ctx context.Context, c rotavaultv1.CredentialAdminServiceClient) (*rotavaultv1.ListCredentialsResponse, error) {
 					return c.ListCredentials(ctx, &rotavaultv1.ListCredentialsRequest{PageSize: listPageSize, PageToken: pageToken})
 				})
-				if err != nil {
-					return err
-				}
-				all = append(all, resp.GetCredentials()...)
-				if resp.GetNextPageToken() == "" || resp.GetNextPageToken() == pageToken {
-					break
-				}
-				pageToken = resp.GetNextPageToken()
+				return resp.GetCredentials(), resp.GetNextPageToken(), err
+			})
+			if err != nil {
+				return err
 			}
 			if client.json {
-				for _, c := range all {
-					if err := printJSON(a.stdout, c); err != nil {
-						return err
-					}
-				}
-				return nil
+				return printJSONLines(a.stdout, all)
 			}
 			if len(all) == 0 {
 				_, err := fmt.Fprintln(a.stdout, "no credentials; create one with `rotavault credentials put`")
@@ -274,6 +263,7 @@ func (a *app) printCredential(c *rotavaultv1.Credential) error {
 	f.addIf("authorize url", s.GetAuthorizeUrl())
 	f.addIf("revocation url", s.GetRevocationUrl())
 	f.addIf("introspection url", s.GetIntrospectionUrl())
+	f.addIf("device authorization url", s.GetDeviceAuthorizationUrl())
 	f.add("client id", s.GetClientId())
 	secret := "not set"
 	if c.GetHasClientSecret() {

@@ -24,6 +24,7 @@ import (
 	"github.com/rotavault/rotavault/boltstore"
 	"github.com/rotavault/rotavault/broker"
 	"github.com/rotavault/rotavault/providersim"
+	"github.com/rotavault/rotavault/server"
 )
 
 const (
@@ -46,9 +47,11 @@ func devScopes() []string { return []string{"api", "refresh_token"} }
 
 func newDevCmd(a *app) *cobra.Command {
 	var (
-		addr    string
-		dataDir string
-		logs    logFlags
+		addr          string
+		dataDir       string
+		logs          logFlags
+		issuanceFlush time.Duration
+		httpListen    string
 	)
 	cmd := &cobra.Command{
 		Use:   "dev",
@@ -85,11 +88,16 @@ Examples:
 			if err != nil {
 				return err
 			}
-			return a.runDev(cmd.Context(), addr, dataDir, log)
+			if issuanceFlush < minIssuanceFlush {
+				return usageErrorf("--%s must be at least %s", issuanceFlushFlag, minIssuanceFlush)
+			}
+			return a.runDev(cmd.Context(), addr, httpListen, dataDir, issuanceFlush, log)
 		}),
 	}
 	cmd.Flags().StringVar(&addr, "addr", defaultServer, "address of the server (loopback only)")
+	cmd.Flags().StringVar(&httpListen, "http-listen", "127.0.0.1:0", "address of the HTTP endpoints, whose /oauth/callback finishes 'reauth start' flows (loopback only; port 0 picks one, printed at start)")
 	cmd.PersistentFlags().StringVar(&dataDir, "data-dir", defaultDevDataDir, "directory of the dev store, its key and the audit trail")
+	cmd.Flags().DurationVar(&issuanceFlush, issuanceFlushFlag, devIssuanceFlush, "how often the tokens handed out are summarised into the audit trail and the consumer catalog (rotavault consumers)")
 	logs.register(cmd.Flags())
 	cmd.AddCommand(newDevTheftCmd(a, &dataDir))
 	return cmd
@@ -97,9 +105,12 @@ Examples:
 
 // runDev starts the simulator, then the server, and installs the demo
 // credential once the server is up. It returns when ctx ends.
-func (a *app) runDev(ctx context.Context, addr, dataDir string, log *slog.Logger) error {
+func (a *app) runDev(ctx context.Context, addr, httpListen, dataDir string, issuanceFlush time.Duration, log *slog.Logger) error {
 	if err := checkListenAddr(addr, false); err != nil {
 		return err
+	}
+	if err := checkListenAddr(httpListen, false); err != nil {
+		return usageErrorf("--http-listen: %v", err)
 	}
 	absDir, err := filepath.Abs(dataDir)
 	if err != nil {
@@ -145,7 +156,15 @@ func (a *app) runDev(ctx context.Context, addr, dataDir string, log *slog.Logger
 	if err != nil {
 		return err
 	}
-	sim.AddClient(providersim.Client{ID: devClientID, Secret: secret, RedirectURIs: []string{frontURL + devCallbackPath}, RequirePKCE: true})
+	// Bound before the app is registered: its port is part of the server
+	// callback's redirect URI.
+	httpLis, err := net.Listen("tcp", httpListen)
+	if err != nil {
+		return withHint(fmt.Errorf("listen (HTTP): %w", err), "choose another --http-listen")
+	}
+	defer httpLis.Close() // runServer shuts it down; this covers failures before
+	publicURL := "http://" + httpLis.Addr().String()
+	sim.AddClient(providersim.Client{ID: devClientID, Secret: secret, RedirectURIs: []string{frontURL + devCallbackPath, publicURL + server.CallbackPath}, RequirePKCE: true})
 	urlFile := filepath.Join(absDir, devURLFileName)
 	wroteURL := false
 	defer func() {
@@ -156,6 +175,8 @@ func (a *app) runDev(ctx context.Context, addr, dataDir string, log *slog.Logger
 
 	return runServer(ctx, serverConfig{
 		Addr: addr, DataDir: absDir, Key: key, Reflection: true, Logger: log,
+		HTTPListener: httpLis, PublicURL: publicURL,
+		IssuanceFlushInterval: issuanceFlush,
 		Ready: func(ctx context.Context, rs *runningServer) error {
 			// Written only now that this process holds the store: a second
 			// dev on the same directory must not redirect the first's.
@@ -168,7 +189,7 @@ func (a *app) runDev(ctx context.Context, addr, dataDir string, log *slog.Logger
 			if err != nil {
 				return fmt.Errorf("install the demo credential: %w", err)
 			}
-			return a.printDevIntro(rs.Addr.String(), dataDir, absDir, frontURL, act)
+			return a.printDevIntro(rs.Addr.String(), dataDir, absDir, frontURL, publicURL+server.CallbackPath, act)
 		},
 	})
 }
@@ -224,13 +245,14 @@ func devCommand() string {
 	return "rotavault"
 }
 
-func (a *app) printDevIntro(boundAddr, dataDirFlag, absDir, frontURL string, act broker.Activation) error {
+func (a *app) printDevIntro(boundAddr, dataDirFlag, absDir, frontURL, callbackURL string, act broker.Activation) error {
 	rv := devCommand()
 	var b strings.Builder
 	fmt.Fprintf(&b, "Rotavault dev is running; Ctrl-C stops it.\n\n")
 	f := newFields(&b)
 	f.add("  server", boundAddr+"  (plaintext gRPC on loopback, reflection on)")
 	f.add("  simulator", frontURL+"  (a Salesforce org: refresh tokens rotate, a replayed one revokes its family, access tokens live 30s)")
+	f.add("  callback", callbackURL+"  (the server's OAuth redirect endpoint)")
 	f.add("  data", absDir+"  (store key "+devKeyFileName+", audit trail "+auditFileName+")")
 	f.add("  credential", fmt.Sprintf("%s  (family %s, generation %d)", devCredential, act.FamilyID, act.Generation))
 	if err := f.flush(); err != nil {
@@ -261,12 +283,21 @@ func (a *app) printDevIntro(boundAddr, dataDirFlag, absDir, frontURL string, act
 	fmt.Fprintf(&b, `
 After a revocation, reauthenticate as a person would (the simulator approves at once):
 
+  %s reauth start demo --wait
+  curl -sL "AUTHORIZE_URL"    # or open it in a browser: the server's callback finishes the flow
+
+or with a device flow: open the printed page, enter the code, press Allow:
+
+  %s reauth device demo
+
+or with your own redirect URI, completing by hand:
+
   %s reauth start demo --redirect-uri %s%s
-  curl -sL "AUTHORIZE_URL"    # or open it in a browser: the code lands in %s
+  curl -sL "AUTHORIZE_URL"    # the code lands in %s
   %s reauth complete demo --state STATE --code-file %s
 
 Logs (JSON) follow on stderr.
-`, rv, frontURL, devCallbackPath, codeFile, rv, codeFile)
+`, rv, rv, rv, frontURL, devCallbackPath, codeFile, rv, codeFile)
 	_, err := io.WriteString(a.stdout, b.String())
 	return err
 }
@@ -300,7 +331,9 @@ func (d *devFront) handler() http.Handler {
 
 // theft revokes the family of a credential's current access token, which
 // is what Salesforce does when a thief replays a rotated refresh token.
-// Rotavault is not told: it finds out at its next refresh.
+// Rotavault is not told: it finds out by introspecting the refresh token
+// (periodically, or when a consumer reports a rejected access token) or at
+// its next refresh.
 func (d *devFront) theft(w http.ResponseWriter, r *http.Request) {
 	id := r.URL.Query().Get("credential")
 	if id == "" {
@@ -406,9 +439,12 @@ who replays a refresh token that was already rotated away gets the whole
 token family revoked, ours included. This asks the dev simulator to do
 exactly that to the credential's current family (default "demo").
 
-Rotavault is not told. It finds out at its next refresh of the credential:
-on its own within half a minute (a token in use is refreshed ahead of its
-expiry), or at once when a consumer reports the token rejected. Either
+Rotavault is not told. It finds out on its own within half a minute (a
+token in use is refreshed ahead of its expiry; the simulator's refresh
+tokens are also introspected periodically), or at once when a consumer
+reports the token rejected: then it asks the simulator's introspection
+endpoint about the refresh token and learns of the revocation without
+presenting it. Either
 way the credential turns REVOKED, ` + "`watch`" + ` prints a FAMILY_REVOKED notice
 and token requests fail with REAUTHENTICATION_REQUIRED.
 
@@ -436,8 +472,8 @@ Examples:
 			_, err = fmt.Fprintf(a.stdout, `The provider revoked the token family of %s (family %s, generation %d),
 as Salesforce does when a thief replays a refresh token that was already rotated away.
 
-Rotavault finds out at its next refresh of %s: within half a minute on its own,
-or now, as a consumer whose API call was refused would report it:
+Rotavault finds out about %s within half a minute on its own, or now, as a
+consumer whose API call was refused would report it:
 
   %s token get %s --rejected-generation %d    # REAUTHENTICATION_REQUIRED; watch prints FAMILY_REVOKED
 

@@ -301,6 +301,7 @@ type specFlags struct {
 	authorizeURL     string
 	revocationURL    string
 	introspectionURL string
+	deviceAuthURL    string
 	clientID         string
 	clientSecretFile string
 	scopes           []string
@@ -317,6 +318,7 @@ var specFields = []struct{ flag, path string }{
 	{"authorize-url", "authorize_url"},
 	{"revocation-url", "revocation_url"},
 	{"introspection-url", "introspection_url"},
+	{"device-authorization-url", "device_authorization_url"},
 	{"client-id", "client_id"},
 	{"client-secret-file", "client_secret"},
 	{"scope", "scopes"},
@@ -335,6 +337,7 @@ func (s *specFlags) register(fs *pflag.FlagSet, create bool) {
 	fs.StringVar(&s.authorizeURL, "authorize-url", "", "authorization endpoint, for 'rotavault reauth start'")
 	fs.StringVar(&s.revocationURL, "revocation-url", "", "revocation endpoint, used when a family is replaced or deleted")
 	fs.StringVar(&s.introspectionURL, "introspection-url", "", "introspection endpoint, consulted before refreshing on a rejected-token report")
+	fs.StringVar(&s.deviceAuthURL, "device-authorization-url", "", "oauth2 only: the RFC 8628 device authorization endpoint, for 'rotavault reauth device' (Salesforce needs none)")
 	fs.StringVar(&s.clientID, "client-id", "", "the app's client id (Salesforce: consumer key)")
 	fs.StringVar(&s.clientSecretFile, "client-secret-file", "", "file holding the client secret, - for stdin (never a flag value: command lines get logged)")
 	fs.StringArrayVar(&s.scopes, "scope", nil, "scope to request; repeat the flag or separate scopes by spaces (Salesforce needs refresh_token)")
@@ -356,6 +359,8 @@ func (s *specFlags) spec(a *app, provider rotavaultv1.ProviderKind) (*rotavaultv
 		IntrospectionUrl: s.introspectionURL,
 		ClientId:         s.clientID,
 		Scopes:           splitScopes(s.scopes),
+
+		DeviceAuthorizationUrl: s.deviceAuthURL,
 	}
 	for _, d := range []struct {
 		flag string

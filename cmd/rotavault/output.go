@@ -208,3 +208,33 @@ func (o *clientOptions) explain(err error, credentialID string) error {
 	}
 	return err
 }
+
+// listAll follows a listing's page tokens to the end; fetch returns one
+// page. A server that repeats a page token ends the listing rather than
+// looping.
+func listAll[T any](fetch func(pageToken string) (items []T, next string, err error)) ([]T, error) {
+	var all []T
+	pageToken := ""
+	for range maxListPages {
+		items, next, err := fetch(pageToken)
+		if err != nil {
+			return nil, err
+		}
+		all = append(all, items...)
+		if next == "" || next == pageToken {
+			break
+		}
+		pageToken = next
+	}
+	return all, nil
+}
+
+// printJSONLines prints one JSON object per line, for scripts.
+func printJSONLines[T proto.Message](w io.Writer, items []T) error {
+	for _, it := range items {
+		if err := printJSON(w, it); err != nil {
+			return err
+		}
+	}
+	return nil
+}

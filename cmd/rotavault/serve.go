@@ -6,9 +6,11 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
@@ -57,6 +59,10 @@ type serverConfig struct {
 	ReloadInterval time.Duration
 	// RateLimit bounds each caller identity's request rate.
 	RateLimit server.RateLimit
+	// IssuanceFlushInterval is how often the access tokens handed out are
+	// summarised into the audit trail and merged into the consumer catalog
+	// (zero: server.DefaultIssuanceFlushInterval).
+	IssuanceFlushInterval time.Duration
 	// MaxConnectionAge is server.Config.MaxConnectionAge.
 	MaxConnectionAge time.Duration
 	// AuditAnchorInterval is audit.Config.AnchorInterval: zero means the
@@ -86,12 +92,53 @@ type serverConfig struct {
 	// Ready, if set, is called once the server accepts connections. An
 	// error stops the server, and runServer returns it.
 	Ready func(ctx context.Context, s *runningServer) error
+	// HTTPListen is where the HTTP endpoints (the OAuth callback) listen,
+	// host:port; empty serves none, unless HTTPListener is set (dev, tests:
+	// an address already bound).
+	HTTPListen   string
+	HTTPListener net.Listener
+	// PublicURL is how browsers reach the HTTP endpoints (through a TLS
+	// proxy, usually); <PublicURL>/oauth/callback is the redirect URI of
+	// flows started without one. Empty: no server callback.
+	PublicURL string
 }
 
 // runningServer is what Ready learns about the server.
 type runningServer struct {
 	Addr   net.Addr
 	Broker *broker.Broker
+	// HTTPAddr is where the HTTP endpoints listen; nil without them.
+	HTTPAddr net.Addr
+}
+
+// callbackOption turns the public URL into the broker's callback URL.
+func (cfg *serverConfig) callbackOption() (broker.Option, error) {
+	if cfg.PublicURL == "" {
+		return nil, nil
+	}
+	if err := broker.ValidateEndpointURL(cfg.PublicURL); err != nil {
+		return nil, usageErrorf("--public-url %q: %v", cfg.PublicURL, err)
+	}
+	return broker.WithCallbackURL(strings.TrimRight(cfg.PublicURL, "/") + server.CallbackPath), nil
+}
+
+// serveHTTP starts the HTTP endpoints on lis; the returned stop shuts them
+// down gracefully within ctx and waits for them.
+func serveHTTP(lis net.Listener, b *broker.Broker, log *slog.Logger) (stop func(ctx context.Context)) {
+	hs := server.NewHTTPServer(server.NewHTTPMux(server.HTTPConfig{Callback: b, Logger: log}), log)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := hs.Serve(lis); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("HTTP endpoints stopped", "err", err)
+		}
+	}()
+	return func(ctx context.Context) {
+		if err := hs.Shutdown(ctx); err != nil {
+			_ = hs.Close()
+		}
+		<-done
+	}
 }
 
 // runServer opens the store and the audit trail, builds the broker and the
@@ -116,6 +163,10 @@ func runServer(ctx context.Context, cfg serverConfig) (err error) {
 	}
 	if cfg.DataDir == "" {
 		return usageErrorf("a data directory is required (--data-dir or ROTAVAULT_DATA_DIR)")
+	}
+	callback, err := cfg.callbackOption()
+	if err != nil {
+		return err
 	}
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return fmt.Errorf("create data directory: %w", err)
@@ -145,8 +196,11 @@ func runServer(ctx context.Context, cfg serverConfig) (err error) {
 		return err
 	}
 	defer closeLogged(log, "audit trail", al.Close)
-	b, err := broker.New(ctx, broker.Config{Store: st, Provider: provider.New(nil), Auditor: al},
-		append([]broker.Option{broker.WithLogger(log)}, cfg.BrokerOptions...)...)
+	brokerOpts := append([]broker.Option{broker.WithLogger(log)}, cfg.BrokerOptions...)
+	if callback != nil {
+		brokerOpts = append(brokerOpts, callback)
+	}
+	b, err := broker.New(ctx, broker.Config{Store: st, Provider: provider.New(nil), Auditor: al}, brokerOpts...)
 	if err != nil {
 		return err
 	}
@@ -156,7 +210,7 @@ func runServer(ctx context.Context, cfg serverConfig) (err error) {
 	if tc := reloader.ServerTLSConfig(); tc != nil {
 		extra = append(extra, grpc.Creds(credentials.NewTLS(tc)))
 	}
-	srv := server.New(server.Config{Broker: b, Logger: log, Reflection: cfg.Reflection, Auth: auth, ExtraOptions: extra, RateLimit: cfg.RateLimit, Auditor: al, MaxConnectionAge: cfg.MaxConnectionAge})
+	srv := server.New(server.Config{Broker: b, Logger: log, Reflection: cfg.Reflection, Auth: auth, ExtraOptions: extra, RateLimit: cfg.RateLimit, Auditor: al, ConsumerCatalog: true, IssuanceFlushInterval: cfg.IssuanceFlushInterval, MaxConnectionAge: cfg.MaxConnectionAge})
 	if auth == nil {
 		log.Warn("no --policy: every caller is treated as the admin identity " + server.DevIdentity + "; for development on loopback only")
 	}
@@ -189,6 +243,25 @@ func runServer(ctx context.Context, cfg serverConfig) (err error) {
 		log.Warn("LISTENING ON A NON-LOOPBACK ADDRESS WITHOUT TLS AND A POLICY: anyone who reaches it can take access tokens and change credentials",
 			"addr", lis.Addr().String())
 	}
+	httpLis := cfg.HTTPListener
+	if httpLis == nil && cfg.HTTPListen != "" {
+		if httpLis, err = net.Listen("tcp", cfg.HTTPListen); err != nil {
+			_ = lis.Close()
+			return withHint(fmt.Errorf("listen (HTTP): %w", err), "check --http-listen %s", cfg.HTTPListen)
+		}
+	}
+	stopHTTP := func(context.Context) {}
+	var httpAddr net.Addr
+	if httpLis != nil {
+		httpAddr = httpLis.Addr()
+		if !isLoopbackAddr(httpAddr) {
+			// Meant to sit behind a TLS-terminating proxy; PKCE keeps a
+			// code seen on this hop useless without the stored verifier.
+			log.Warn("HTTP endpoints listen in plaintext off loopback: put them behind a TLS-terminating proxy (--public-url https://...)", "addr", httpAddr.String())
+		}
+		stopHTTP = serveHTTP(httpLis, b, log)
+		log.Info("HTTP endpoints serving", "addr", httpAddr.String(), "public_url", cfg.PublicURL)
+	}
 	served := make(chan error, 1)
 	go func() { served <- srv.GRPC.Serve(lis) }()
 	log.Info("rotavault serving", "addr", lis.Addr().String(), "data_dir", cfg.DataDir, "store_key_id", cfg.Key.ID())
@@ -198,10 +271,12 @@ func runServer(ctx context.Context, cfg serverConfig) (err error) {
 	stop := func() {
 		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), shutdownTimeout(cfg.ShutdownTimeout))
 		defer cancel()
+		b.StopWaiting() // long-polling reauth checks answer now, not at their end
 		srv.Shutdown(sctx)
+		stopHTTP(sctx)
 	}
 	if cfg.Ready != nil {
-		if err := cfg.Ready(ctx, &runningServer{Addr: lis.Addr(), Broker: b}); err != nil {
+		if err := cfg.Ready(ctx, &runningServer{Addr: lis.Addr(), Broker: b, HTTPAddr: httpAddr}); err != nil {
 			stop()
 			<-served
 			return err
@@ -342,12 +417,15 @@ func newServeCmd(a *app) *cobra.Command {
 		vaultAuth                        vaultAuthFlags
 		claimTTL, claimMargin            time.Duration
 		noticePoll, maxConnAge           time.Duration
+		introspection                    time.Duration
 		transitKey, transitMount         string
 		tlsCert, tlsKey, tlsClientCA     string
 		bearerTokens, policyFile         string
 		rateLimit                        float64
 		auditAnchorInterval              time.Duration
 		rateBurst                        int
+		httpListen, publicURL            string
+		issuanceFlush                    time.Duration
 	)
 	cmd := &cobra.Command{
 		Use:   "serve",
@@ -370,6 +448,11 @@ policy every caller is an admin: for development on loopback only.
 Logs are JSON on stderr. SIGINT or SIGTERM stops it gracefully: calls in
 flight get up to 30s, watch streams end with UNAVAILABLE (watchers resume
 with their cursor), then the store is closed.
+
+With --http-listen and --public-url the server also answers browsers: the
+provider redirects to <public-url>/oauth/callback at the end of an
+authorization-code flow started without --redirect-uri, and whichever
+replica receives it completes the flow (pending flows live in the store).
 
 Examples:
   rotavault store generate-key --out /etc/rotavault/store.key
@@ -419,8 +502,13 @@ Examples:
 			scfg.DataDir, scfg.Key, scfg.PreviousKeys, scfg.Reflection, scfg.Logger = dataDir, key, previous, reflection, log
 			scfg.Backend, scfg.VaultMount, scfg.VaultPrefix, scfg.VaultLogin = backend, vaultMount, vaultPrefix, vaultLogin
 			scfg.VaultTransitKey, scfg.VaultTransitMount = transitKey, transitMount
-			scfg.BrokerOptions = []broker.Option{broker.WithClaimTiming(claimTTL, claimMargin), broker.WithNoticePollInterval(noticePoll)}
+			scfg.BrokerOptions = []broker.Option{broker.WithClaimTiming(claimTTL, claimMargin), broker.WithNoticePollInterval(noticePoll), broker.WithIntrospectionInterval(introspection)}
 			scfg.MaxConnectionAge = maxConnAge
+			scfg.HTTPListen, scfg.PublicURL = httpListen, publicURL
+			if issuanceFlush < minIssuanceFlush {
+				return usageErrorf("--%s must be at least %s", issuanceFlushFlag, minIssuanceFlush)
+			}
+			scfg.IssuanceFlushInterval = issuanceFlush
 			return runServer(cmd.Context(), scfg)
 		}),
 	}
@@ -435,8 +523,12 @@ Examples:
 	fs.Float64Var(&rateLimit, "rate-limit", server.DefaultRateLimit, "requests per second each caller identity may send, sustained (health checks excepted); over it calls get RESOURCE_EXHAUSTED with a retry delay; -1 disables")
 	fs.DurationVar(&auditAnchorInterval, "audit-anchor-interval", audit.DefaultAnchorInterval, "how often, at most, the audit chain's head is anchored in the store, in the background: records newer than the last anchor can be cut off undetected; 0 anchors every record before the action completes (one more store write per rotation)")
 	fs.IntVar(&rateBurst, "rate-burst", server.DefaultRateBurst, "requests a caller identity may send at once before --rate-limit applies")
+	fs.DurationVar(&issuanceFlush, issuanceFlushFlag, server.DefaultIssuanceFlushInterval, "how often the access tokens handed out, counted in memory per caller and credential, are summarised into the audit trail and merged into the consumer catalog (rotavault consumers); also at shutdown. Nothing is written per call")
 	keys.register(fs)
+	fs.StringVar(&httpListen, "http-listen", "", "address of the HTTP endpoints (the OAuth callback /oauth/callback), host:port; off when empty. Plaintext: off loopback, put a TLS-terminating proxy in front")
+	fs.StringVar(&publicURL, "public-url", "", "how browsers reach the HTTP endpoints (https, or http on loopback): <public-url>/oauth/callback is the redirect URI of 'reauth start' without --redirect-uri; register it with each provider app")
 	fs.BoolVar(&reflection, "reflection", false, "serve gRPC reflection (for grpcurl)")
+	fs.DurationVar(&introspection, "introspection-interval", broker.DefaultIntrospectionInterval, "how often each active family's refresh token is introspected at its provider (where the credential has an introspection URL) to detect a revocation there without spending a rotation; each replica asks replicas × credentials / interval times; 0 turns it off")
 	fs.DurationVar(&noticePoll, "notice-poll-interval", 500*time.Millisecond, "how often this replica reads the shared notice log for revocations and activations other replicas announced: the bound on how late they reach this replica's watchers (one store read each, whatever the number of credentials)")
 	fs.DurationVar(&maxConnAge, "max-connection-age", server.DefaultMaxConnectionAge, "end each client connection after this long (watch streams end with UNAVAILABLE and resume with their cursor, possibly on another replica); -1s never")
 	fs.DurationVar(&claimTTL, "refresh-claim-ttl", 45*time.Second, "how long a replica's claim on a refresh lasts before another may take it over (see docs/rotation-protocol.md); keep it below the provider's reuse grace period where it has one")

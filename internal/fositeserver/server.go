@@ -3,7 +3,11 @@
 //
 // It stands in for a generic provider that rotates the refresh token on every
 // refresh and, when a rotated-out refresh token is presented again, revokes
-// the whole token family (fosite's refresh-token reuse detection). The token
+// the whole token family (fosite's refresh-token reuse detection). fosite
+// v0.49.0 has no rotation grace period: its memory store's
+// RotateRefreshToken revokes the old token at once (Hydra adds the grace
+// period in its own persister), so a retry after a lost response is always a
+// reuse here. The token
 // endpoint is instrumented: requests are counted (Stats) and responses can be
 // dropped after fosite has processed the request (LoseNextResponses), which
 // is how a client loses a rotated refresh token in real life.
@@ -56,6 +60,12 @@ type Config struct {
 	RefreshTokenLifespan time.Duration
 	// Logger receives one line per token-endpoint request. Nil discards logs.
 	Logger *slog.Logger
+	// InvalidGrantStatus, when set, is the HTTP status the public token
+	// endpoint answers invalid_grant with, instead of fosite's 400: Auth0
+	// answers a reused refresh token with 403 invalid_grant. fosite's
+	// processing (reuse detection and family revocation) is unchanged; only
+	// the status line differs. It must be a 4xx status.
+	InvalidGrantStatus int
 }
 
 // Server is a running fosite authorization server on 127.0.0.1.
@@ -75,10 +85,13 @@ type Server struct {
 	// grace period: the first refresh wins, the second is reuse.
 	fositeMu sync.Mutex
 
-	statsMu      sync.Mutex
-	stats        Stats
-	loseNext     int
-	statsChanged chan struct{} // closed and replaced whenever stats change
+	invalidGrantStatus int
+
+	statsMu        sync.Mutex
+	stats          Stats
+	introspections int
+	loseNext       int
+	statsChanged   chan struct{} // closed and replaced whenever stats change
 
 	url         string
 	internalURL string
@@ -100,6 +113,9 @@ type Server struct {
 // PKCE with S256 is required on every authorization request. Start returns an
 // error if it cannot draw a secret or listen.
 func Start(cfg Config) (*Server, error) {
+	if st := cfg.InvalidGrantStatus; st != 0 && (st < 400 || st > 499) {
+		return nil, fmt.Errorf("fositeserver: InvalidGrantStatus %d is not a 4xx status", st)
+	}
 	logger := cfg.Logger
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
@@ -139,12 +155,13 @@ func Start(cfg Config) (*Server, error) {
 	)
 
 	s := &Server{
-		log:          logger,
-		fositeCfg:    fcfg,
-		provider:     provider,
-		store:        store,
-		statsChanged: make(chan struct{}),
-		closed:       make(chan struct{}),
+		log:                logger,
+		invalidGrantStatus: cfg.InvalidGrantStatus,
+		fositeCfg:          fcfg,
+		provider:           provider,
+		store:              store,
+		statsChanged:       make(chan struct{}),
+		closed:             make(chan struct{}),
 		httpClient: &http.Client{
 			Transport: &http.Transport{Proxy: nil},
 			// The authorize endpoint redirects to the client's redirect URI,
@@ -310,7 +327,11 @@ func (s *Server) handleRevoke(w http.ResponseWriter, r *http.Request) {
 	s.provider.WriteRevocationResponse(ctx, w, err)
 }
 
+// handleIntrospect is fosite's RFC 7662 endpoint: access and refresh tokens
+// alike (introspecting a refresh token neither rotates it nor counts as its
+// reuse); a rotated-out or revoked one is {"active":false}.
 func (s *Server) handleIntrospect(w http.ResponseWriter, r *http.Request) {
+	s.countIntrospection()
 	s.fositeMu.Lock()
 	defer s.fositeMu.Unlock()
 

@@ -582,3 +582,61 @@ func TestURLs(t *testing.T) {
 		}
 	}
 }
+
+// InvalidGrantStatus changes only the status line of invalid_grant answers
+// (Auth0 answers reuse with 403): fosite still detects the reuse and revokes
+// the family.
+func TestInvalidGrantStatus(t *testing.T) {
+	env := setupServerTest(t, fositeserver.Config{InvalidGrantStatus: http.StatusForbidden})
+	rt0 := env.issue(t)
+	g1 := env.mustRefresh(t, rt0)
+
+	reused := env.refresh(t, rt0)
+	if reused.Status != http.StatusForbidden || reused.Error != "invalid_grant" || !strings.Contains(reused.ErrorDescription, reuseHint) {
+		t.Fatalf("reuse: HTTP %d %q %q, want 403 invalid_grant with fosite's reuse hint", reused.Status, reused.Error, reused.ErrorDescription)
+	}
+	if env.active(t, g1.RefreshToken) {
+		t.Error("the family's current refresh token is still active after the reuse")
+	}
+	// Other errors keep their status.
+	status, body, err := env.post(testContext(t), env.srv.TokenURL(), url.Values{"grant_type": {"password"}, "client_id": {testClientID}, "client_secret": {testClientSecret}}, "", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if status != http.StatusBadRequest || strings.Contains(string(body), "invalid_grant") {
+		t.Errorf("unsupported grant: HTTP %d %s, want fosite's own 400", status, body)
+	}
+	if s := env.srv.Stats(); s.InvalidGrants != 1 || s.RefreshFailures != 1 {
+		t.Errorf("Stats = %+v, want one invalid_grant refresh failure", s)
+	}
+
+	for _, bad := range []int{200, 302, 500, 600, -1} {
+		if srv, err := fositeserver.Start(fositeserver.Config{InvalidGrantStatus: bad}); err == nil {
+			_ = srv.Close()
+			t.Errorf("Start accepted InvalidGrantStatus %d", bad)
+		}
+	}
+}
+
+// Introspections counts introspection requests, refresh tokens included;
+// asking about a refresh token does not rotate it.
+func TestIntrospectionsCountAndDoNotRotate(t *testing.T) {
+	env := setupServerTest(t, fositeserver.Config{})
+	rt0 := env.issue(t)
+	for range 3 {
+		if !env.active(t, rt0) {
+			t.Fatal("a freshly issued refresh token is inactive")
+		}
+	}
+	if got := env.srv.Introspections(); got != 3 {
+		t.Errorf("Introspections = %d, want 3", got)
+	}
+	// Still the current token: it refreshes, and only then turns inactive.
+	g1 := env.mustRefresh(t, rt0)
+	if env.active(t, rt0) || !env.active(t, g1.RefreshToken) {
+		t.Error("after the refresh the old token should be inactive and the new one active")
+	}
+	if s := env.srv.Stats(); s.RefreshRequests != 1 || s.InvalidGrants != 0 {
+		t.Errorf("Stats = %+v, want one refresh and no invalid_grant", s)
+	}
+}

@@ -80,6 +80,20 @@ func (s *Server) WaitForTokenRequests(ctx context.Context, n int) error {
 	}
 }
 
+// Introspections counts requests to the introspection endpoint, whatever
+// their answer. It is safe for concurrent use.
+func (s *Server) Introspections() int {
+	s.statsMu.Lock()
+	defer s.statsMu.Unlock()
+	return s.introspections
+}
+
+func (s *Server) countIntrospection() {
+	s.statsMu.Lock()
+	defer s.statsMu.Unlock()
+	s.introspections++
+}
+
 // takeLoss reports whether the current request's response is to be lost.
 func (s *Server) takeLoss() bool {
 	s.statsMu.Lock()
@@ -136,6 +150,9 @@ func (s *Server) instrumentToken(next http.Handler) http.Handler {
 		}
 		lost := dropped != nil
 		code := rec.errorCode()
+		if code == "invalid_grant" && s.invalidGrantStatus != 0 {
+			rec.status = s.invalidGrantStatus
+		}
 		s.record(grantType, rec.statusCode(), code, lost)
 		s.log.InfoContext(r.Context(), "fositeserver: token request",
 			"grant_type", grantType, "status", rec.statusCode(), "error", code, "lost", lost)

@@ -160,8 +160,12 @@ type CredentialSpec struct {
 	// (Okta leeway, Hydra grace period). 0 for Salesforce: a lost response then
 	// costs the family, and Rotavault never retries blindly.
 	ReuseGracePeriod *durationpb.Duration `protobuf:"bytes,13,opt,name=reuse_grace_period,json=reuseGracePeriod,proto3" json:"reuse_grace_period,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// PROVIDER_KIND_OAUTH2 only: the RFC 8628 device authorization endpoint,
+	// for Reauthenticate's device flow. Salesforce's device flow uses its token
+	// endpoint and needs none.
+	DeviceAuthorizationUrl string `protobuf:"bytes,14,opt,name=device_authorization_url,json=deviceAuthorizationUrl,proto3" json:"device_authorization_url,omitempty"`
+	unknownFields          protoimpl.UnknownFields
+	sizeCache              protoimpl.SizeCache
 }
 
 func (x *CredentialSpec) Reset() {
@@ -283,6 +287,13 @@ func (x *CredentialSpec) GetReuseGracePeriod() *durationpb.Duration {
 		return x.ReuseGracePeriod
 	}
 	return nil
+}
+
+func (x *CredentialSpec) GetDeviceAuthorizationUrl() string {
+	if x != nil {
+		return x.DeviceAuthorizationUrl
+	}
+	return ""
 }
 
 // Credential describes a credential. It never carries a secret.
@@ -903,11 +914,205 @@ func (*DeleteCredentialResponse) Descriptor() ([]byte, []int) {
 	return file_rotavault_v1_credential_admin_proto_rawDescGZIP(), []int{11}
 }
 
+type ListConsumersRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Only this credential's consumers when set.
+	CredentialId string `protobuf:"bytes,1,opt,name=credential_id,json=credentialId,proto3" json:"credential_id,omitempty"`
+	// At most 1000; 0 means 100.
+	PageSize      int32  `protobuf:"varint,2,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	PageToken     string `protobuf:"bytes,3,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListConsumersRequest) Reset() {
+	*x = ListConsumersRequest{}
+	mi := &file_rotavault_v1_credential_admin_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListConsumersRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListConsumersRequest) ProtoMessage() {}
+
+func (x *ListConsumersRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_rotavault_v1_credential_admin_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListConsumersRequest.ProtoReflect.Descriptor instead.
+func (*ListConsumersRequest) Descriptor() ([]byte, []int) {
+	return file_rotavault_v1_credential_admin_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *ListConsumersRequest) GetCredentialId() string {
+	if x != nil {
+		return x.CredentialId
+	}
+	return ""
+}
+
+func (x *ListConsumersRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListConsumersRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
+type ListConsumersResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Consumers     []*Consumer            `protobuf:"bytes,1,rep,name=consumers,proto3" json:"consumers,omitempty"`
+	NextPageToken string                 `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListConsumersResponse) Reset() {
+	*x = ListConsumersResponse{}
+	mi := &file_rotavault_v1_credential_admin_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListConsumersResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListConsumersResponse) ProtoMessage() {}
+
+func (x *ListConsumersResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_rotavault_v1_credential_admin_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListConsumersResponse.ProtoReflect.Descriptor instead.
+func (*ListConsumersResponse) Descriptor() ([]byte, []int) {
+	return file_rotavault_v1_credential_admin_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *ListConsumersResponse) GetConsumers() []*Consumer {
+	if x != nil {
+		return x.Consumers
+	}
+	return nil
+}
+
+func (x *ListConsumersResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
+}
+
+// Consumer is one caller identity's use of one credential, over all replicas.
+type Consumer struct {
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	CredentialId string                 `protobuf:"bytes,1,opt,name=credential_id,json=credentialId,proto3" json:"credential_id,omitempty"`
+	// The authenticated caller identity (SPIFFE ID, DNS name, certificate CN or
+	// bearer-token identity).
+	Identity      string                 `protobuf:"bytes,2,opt,name=identity,proto3" json:"identity,omitempty"`
+	FirstSeenTime *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=first_seen_time,json=firstSeenTime,proto3" json:"first_seen_time,omitempty"`
+	LastSeenTime  *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=last_seen_time,json=lastSeenTime,proto3" json:"last_seen_time,omitempty"`
+	// Access tokens handed out (GetAccessToken calls that succeeded).
+	TokenCount    uint64 `protobuf:"varint,5,opt,name=token_count,json=tokenCount,proto3" json:"token_count,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Consumer) Reset() {
+	*x = Consumer{}
+	mi := &file_rotavault_v1_credential_admin_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Consumer) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Consumer) ProtoMessage() {}
+
+func (x *Consumer) ProtoReflect() protoreflect.Message {
+	mi := &file_rotavault_v1_credential_admin_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Consumer.ProtoReflect.Descriptor instead.
+func (*Consumer) Descriptor() ([]byte, []int) {
+	return file_rotavault_v1_credential_admin_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *Consumer) GetCredentialId() string {
+	if x != nil {
+		return x.CredentialId
+	}
+	return ""
+}
+
+func (x *Consumer) GetIdentity() string {
+	if x != nil {
+		return x.Identity
+	}
+	return ""
+}
+
+func (x *Consumer) GetFirstSeenTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.FirstSeenTime
+	}
+	return nil
+}
+
+func (x *Consumer) GetLastSeenTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.LastSeenTime
+	}
+	return nil
+}
+
+func (x *Consumer) GetTokenCount() uint64 {
+	if x != nil {
+		return x.TokenCount
+	}
+	return 0
+}
+
 var File_rotavault_v1_credential_admin_proto protoreflect.FileDescriptor
 
 const file_rotavault_v1_credential_admin_proto_rawDesc = "" +
 	"\n" +
-	"#rotavault/v1/credential_admin.proto\x12\frotavault.v1\x1a\x1egoogle/protobuf/duration.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1erotavault/v1/token_vault.proto\"\xa4\x05\n" +
+	"#rotavault/v1/credential_admin.proto\x12\frotavault.v1\x1a\x1egoogle/protobuf/duration.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1erotavault/v1/token_vault.proto\"\xde\x05\n" +
 	"\x0eCredentialSpec\x12?\n" +
 	"\rprovider_kind\x18\x01 \x01(\x0e2\x1a.rotavault.v1.ProviderKindR\fproviderKind\x12\x19\n" +
 	"\bbase_url\x18\x02 \x01(\tR\abaseUrl\x12\x1b\n" +
@@ -922,7 +1127,8 @@ const file_rotavault_v1_credential_admin_proto_rawDesc = "" +
 	" \x01(\v2\x19.google.protobuf.DurationR\x13accessTokenLifetime\x12V\n" +
 	"\x1arefresh_token_idle_timeout\x18\v \x01(\v2\x19.google.protobuf.DurationR\x17refreshTokenIdleTimeout\x12V\n" +
 	"\x1arefresh_token_max_lifetime\x18\f \x01(\v2\x19.google.protobuf.DurationR\x17refreshTokenMaxLifetime\x12G\n" +
-	"\x12reuse_grace_period\x18\r \x01(\v2\x19.google.protobuf.DurationR\x10reuseGracePeriod\"\xd1\x05\n" +
+	"\x12reuse_grace_period\x18\r \x01(\v2\x19.google.protobuf.DurationR\x10reuseGracePeriod\x128\n" +
+	"\x18device_authorization_url\x18\x0e \x01(\tR\x16deviceAuthorizationUrl\"\xd1\x05\n" +
 	"\n" +
 	"Credential\x12#\n" +
 	"\rcredential_id\x18\x01 \x01(\tR\fcredentialId\x120\n" +
@@ -975,7 +1181,22 @@ const file_rotavault_v1_credential_admin_proto_rawDesc = "" +
 	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\">\n" +
 	"\x17DeleteCredentialRequest\x12#\n" +
 	"\rcredential_id\x18\x01 \x01(\tR\fcredentialId\"\x1a\n" +
-	"\x18DeleteCredentialResponse*e\n" +
+	"\x18DeleteCredentialResponse\"w\n" +
+	"\x14ListConsumersRequest\x12#\n" +
+	"\rcredential_id\x18\x01 \x01(\tR\fcredentialId\x12\x1b\n" +
+	"\tpage_size\x18\x02 \x01(\x05R\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x03 \x01(\tR\tpageToken\"u\n" +
+	"\x15ListConsumersResponse\x124\n" +
+	"\tconsumers\x18\x01 \x03(\v2\x16.rotavault.v1.ConsumerR\tconsumers\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\xf2\x01\n" +
+	"\bConsumer\x12#\n" +
+	"\rcredential_id\x18\x01 \x01(\tR\fcredentialId\x12\x1a\n" +
+	"\bidentity\x18\x02 \x01(\tR\bidentity\x12B\n" +
+	"\x0ffirst_seen_time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\rfirstSeenTime\x12@\n" +
+	"\x0elast_seen_time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\flastSeenTime\x12\x1f\n" +
+	"\vtoken_count\x18\x05 \x01(\x04R\n" +
+	"tokenCount*e\n" +
 	"\fProviderKind\x12\x1d\n" +
 	"\x19PROVIDER_KIND_UNSPECIFIED\x10\x00\x12\x1c\n" +
 	"\x18PROVIDER_KIND_SALESFORCE\x10\x01\x12\x18\n" +
@@ -984,13 +1205,14 @@ const file_rotavault_v1_credential_admin_proto_rawDesc = "" +
 	"\x1dCREDENTIAL_STATUS_UNSPECIFIED\x10\x00\x12\x1c\n" +
 	"\x18CREDENTIAL_STATUS_ACTIVE\x10\x01\x12\x1d\n" +
 	"\x19CREDENTIAL_STATUS_REVOKED\x10\x02\x12/\n" +
-	"+CREDENTIAL_STATUS_AWAITING_REAUTHENTICATION\x10\x032\xfb\x03\n" +
+	"+CREDENTIAL_STATUS_AWAITING_REAUTHENTICATION\x10\x032\xd5\x04\n" +
 	"\x16CredentialAdminService\x12a\n" +
 	"\x10CreateCredential\x12%.rotavault.v1.CreateCredentialRequest\x1a&.rotavault.v1.CreateCredentialResponse\x12a\n" +
 	"\x10UpdateCredential\x12%.rotavault.v1.UpdateCredentialRequest\x1a&.rotavault.v1.UpdateCredentialResponse\x12X\n" +
 	"\rGetCredential\x12\".rotavault.v1.GetCredentialRequest\x1a#.rotavault.v1.GetCredentialResponse\x12^\n" +
 	"\x0fListCredentials\x12$.rotavault.v1.ListCredentialsRequest\x1a%.rotavault.v1.ListCredentialsResponse\x12a\n" +
-	"\x10DeleteCredential\x12%.rotavault.v1.DeleteCredentialRequest\x1a&.rotavault.v1.DeleteCredentialResponseB=Z;github.com/rotavault/rotavault/gen/rotavault/v1;rotavaultv1b\x06proto3"
+	"\x10DeleteCredential\x12%.rotavault.v1.DeleteCredentialRequest\x1a&.rotavault.v1.DeleteCredentialResponse\x12X\n" +
+	"\rListConsumers\x12\".rotavault.v1.ListConsumersRequest\x1a#.rotavault.v1.ListConsumersResponseB=Z;github.com/rotavault/rotavault/gen/rotavault/v1;rotavaultv1b\x06proto3"
 
 var (
 	file_rotavault_v1_credential_admin_proto_rawDescOnce sync.Once
@@ -1005,7 +1227,7 @@ func file_rotavault_v1_credential_admin_proto_rawDescGZIP() []byte {
 }
 
 var file_rotavault_v1_credential_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_rotavault_v1_credential_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
+var file_rotavault_v1_credential_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
 var file_rotavault_v1_credential_admin_proto_goTypes = []any{
 	(ProviderKind)(0),                // 0: rotavault.v1.ProviderKind
 	(CredentialStatus)(0),            // 1: rotavault.v1.CredentialStatus
@@ -1021,47 +1243,55 @@ var file_rotavault_v1_credential_admin_proto_goTypes = []any{
 	(*ListCredentialsResponse)(nil),  // 11: rotavault.v1.ListCredentialsResponse
 	(*DeleteCredentialRequest)(nil),  // 12: rotavault.v1.DeleteCredentialRequest
 	(*DeleteCredentialResponse)(nil), // 13: rotavault.v1.DeleteCredentialResponse
-	(*durationpb.Duration)(nil),      // 14: google.protobuf.Duration
-	(RevocationReason)(0),            // 15: rotavault.v1.RevocationReason
-	(*timestamppb.Timestamp)(nil),    // 16: google.protobuf.Timestamp
-	(*fieldmaskpb.FieldMask)(nil),    // 17: google.protobuf.FieldMask
+	(*ListConsumersRequest)(nil),     // 14: rotavault.v1.ListConsumersRequest
+	(*ListConsumersResponse)(nil),    // 15: rotavault.v1.ListConsumersResponse
+	(*Consumer)(nil),                 // 16: rotavault.v1.Consumer
+	(*durationpb.Duration)(nil),      // 17: google.protobuf.Duration
+	(RevocationReason)(0),            // 18: rotavault.v1.RevocationReason
+	(*timestamppb.Timestamp)(nil),    // 19: google.protobuf.Timestamp
+	(*fieldmaskpb.FieldMask)(nil),    // 20: google.protobuf.FieldMask
 }
 var file_rotavault_v1_credential_admin_proto_depIdxs = []int32{
 	0,  // 0: rotavault.v1.CredentialSpec.provider_kind:type_name -> rotavault.v1.ProviderKind
-	14, // 1: rotavault.v1.CredentialSpec.access_token_lifetime:type_name -> google.protobuf.Duration
-	14, // 2: rotavault.v1.CredentialSpec.refresh_token_idle_timeout:type_name -> google.protobuf.Duration
-	14, // 3: rotavault.v1.CredentialSpec.refresh_token_max_lifetime:type_name -> google.protobuf.Duration
-	14, // 4: rotavault.v1.CredentialSpec.reuse_grace_period:type_name -> google.protobuf.Duration
+	17, // 1: rotavault.v1.CredentialSpec.access_token_lifetime:type_name -> google.protobuf.Duration
+	17, // 2: rotavault.v1.CredentialSpec.refresh_token_idle_timeout:type_name -> google.protobuf.Duration
+	17, // 3: rotavault.v1.CredentialSpec.refresh_token_max_lifetime:type_name -> google.protobuf.Duration
+	17, // 4: rotavault.v1.CredentialSpec.reuse_grace_period:type_name -> google.protobuf.Duration
 	2,  // 5: rotavault.v1.Credential.spec:type_name -> rotavault.v1.CredentialSpec
 	1,  // 6: rotavault.v1.Credential.status:type_name -> rotavault.v1.CredentialStatus
-	15, // 7: rotavault.v1.Credential.revocation_reason:type_name -> rotavault.v1.RevocationReason
-	16, // 8: rotavault.v1.Credential.last_rotation_time:type_name -> google.protobuf.Timestamp
-	16, // 9: rotavault.v1.Credential.next_refresh_time:type_name -> google.protobuf.Timestamp
-	16, // 10: rotavault.v1.Credential.access_token_expire_time:type_name -> google.protobuf.Timestamp
-	16, // 11: rotavault.v1.Credential.create_time:type_name -> google.protobuf.Timestamp
-	16, // 12: rotavault.v1.Credential.update_time:type_name -> google.protobuf.Timestamp
+	18, // 7: rotavault.v1.Credential.revocation_reason:type_name -> rotavault.v1.RevocationReason
+	19, // 8: rotavault.v1.Credential.last_rotation_time:type_name -> google.protobuf.Timestamp
+	19, // 9: rotavault.v1.Credential.next_refresh_time:type_name -> google.protobuf.Timestamp
+	19, // 10: rotavault.v1.Credential.access_token_expire_time:type_name -> google.protobuf.Timestamp
+	19, // 11: rotavault.v1.Credential.create_time:type_name -> google.protobuf.Timestamp
+	19, // 12: rotavault.v1.Credential.update_time:type_name -> google.protobuf.Timestamp
 	2,  // 13: rotavault.v1.CreateCredentialRequest.spec:type_name -> rotavault.v1.CredentialSpec
 	3,  // 14: rotavault.v1.CreateCredentialResponse.credential:type_name -> rotavault.v1.Credential
 	2,  // 15: rotavault.v1.UpdateCredentialRequest.spec:type_name -> rotavault.v1.CredentialSpec
-	17, // 16: rotavault.v1.UpdateCredentialRequest.update_mask:type_name -> google.protobuf.FieldMask
+	20, // 16: rotavault.v1.UpdateCredentialRequest.update_mask:type_name -> google.protobuf.FieldMask
 	3,  // 17: rotavault.v1.UpdateCredentialResponse.credential:type_name -> rotavault.v1.Credential
 	3,  // 18: rotavault.v1.GetCredentialResponse.credential:type_name -> rotavault.v1.Credential
 	3,  // 19: rotavault.v1.ListCredentialsResponse.credentials:type_name -> rotavault.v1.Credential
-	4,  // 20: rotavault.v1.CredentialAdminService.CreateCredential:input_type -> rotavault.v1.CreateCredentialRequest
-	6,  // 21: rotavault.v1.CredentialAdminService.UpdateCredential:input_type -> rotavault.v1.UpdateCredentialRequest
-	8,  // 22: rotavault.v1.CredentialAdminService.GetCredential:input_type -> rotavault.v1.GetCredentialRequest
-	10, // 23: rotavault.v1.CredentialAdminService.ListCredentials:input_type -> rotavault.v1.ListCredentialsRequest
-	12, // 24: rotavault.v1.CredentialAdminService.DeleteCredential:input_type -> rotavault.v1.DeleteCredentialRequest
-	5,  // 25: rotavault.v1.CredentialAdminService.CreateCredential:output_type -> rotavault.v1.CreateCredentialResponse
-	7,  // 26: rotavault.v1.CredentialAdminService.UpdateCredential:output_type -> rotavault.v1.UpdateCredentialResponse
-	9,  // 27: rotavault.v1.CredentialAdminService.GetCredential:output_type -> rotavault.v1.GetCredentialResponse
-	11, // 28: rotavault.v1.CredentialAdminService.ListCredentials:output_type -> rotavault.v1.ListCredentialsResponse
-	13, // 29: rotavault.v1.CredentialAdminService.DeleteCredential:output_type -> rotavault.v1.DeleteCredentialResponse
-	25, // [25:30] is the sub-list for method output_type
-	20, // [20:25] is the sub-list for method input_type
-	20, // [20:20] is the sub-list for extension type_name
-	20, // [20:20] is the sub-list for extension extendee
-	0,  // [0:20] is the sub-list for field type_name
+	16, // 20: rotavault.v1.ListConsumersResponse.consumers:type_name -> rotavault.v1.Consumer
+	19, // 21: rotavault.v1.Consumer.first_seen_time:type_name -> google.protobuf.Timestamp
+	19, // 22: rotavault.v1.Consumer.last_seen_time:type_name -> google.protobuf.Timestamp
+	4,  // 23: rotavault.v1.CredentialAdminService.CreateCredential:input_type -> rotavault.v1.CreateCredentialRequest
+	6,  // 24: rotavault.v1.CredentialAdminService.UpdateCredential:input_type -> rotavault.v1.UpdateCredentialRequest
+	8,  // 25: rotavault.v1.CredentialAdminService.GetCredential:input_type -> rotavault.v1.GetCredentialRequest
+	10, // 26: rotavault.v1.CredentialAdminService.ListCredentials:input_type -> rotavault.v1.ListCredentialsRequest
+	12, // 27: rotavault.v1.CredentialAdminService.DeleteCredential:input_type -> rotavault.v1.DeleteCredentialRequest
+	14, // 28: rotavault.v1.CredentialAdminService.ListConsumers:input_type -> rotavault.v1.ListConsumersRequest
+	5,  // 29: rotavault.v1.CredentialAdminService.CreateCredential:output_type -> rotavault.v1.CreateCredentialResponse
+	7,  // 30: rotavault.v1.CredentialAdminService.UpdateCredential:output_type -> rotavault.v1.UpdateCredentialResponse
+	9,  // 31: rotavault.v1.CredentialAdminService.GetCredential:output_type -> rotavault.v1.GetCredentialResponse
+	11, // 32: rotavault.v1.CredentialAdminService.ListCredentials:output_type -> rotavault.v1.ListCredentialsResponse
+	13, // 33: rotavault.v1.CredentialAdminService.DeleteCredential:output_type -> rotavault.v1.DeleteCredentialResponse
+	15, // 34: rotavault.v1.CredentialAdminService.ListConsumers:output_type -> rotavault.v1.ListConsumersResponse
+	29, // [29:35] is the sub-list for method output_type
+	23, // [23:29] is the sub-list for method input_type
+	23, // [23:23] is the sub-list for extension type_name
+	23, // [23:23] is the sub-list for extension extendee
+	0,  // [0:23] is the sub-list for field type_name
 }
 
 func init() { file_rotavault_v1_credential_admin_proto_init() }
@@ -1076,7 +1306,7 @@ func file_rotavault_v1_credential_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_rotavault_v1_credential_admin_proto_rawDesc), len(file_rotavault_v1_credential_admin_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   12,
+			NumMessages:   15,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -24,6 +24,7 @@ const (
 	CredentialAdminService_GetCredential_FullMethodName    = "/rotavault.v1.CredentialAdminService/GetCredential"
 	CredentialAdminService_ListCredentials_FullMethodName  = "/rotavault.v1.CredentialAdminService/ListCredentials"
 	CredentialAdminService_DeleteCredential_FullMethodName = "/rotavault.v1.CredentialAdminService/DeleteCredential"
+	CredentialAdminService_ListConsumers_FullMethodName    = "/rotavault.v1.CredentialAdminService/ListConsumers"
 )
 
 // CredentialAdminServiceClient is the client API for CredentialAdminService service.
@@ -46,6 +47,17 @@ type CredentialAdminServiceClient interface {
 	// DeleteCredential revokes the family at the provider (best effort) and
 	// destroys every stored secret of the credential.
 	DeleteCredential(ctx context.Context, in *DeleteCredentialRequest, opts ...grpc.CallOption) (*DeleteCredentialResponse, error)
+	// ListConsumers is the consumer catalog: which caller identity obtained
+	// access tokens for which credential, when first and last, and how many.
+	// Replicas aggregate in memory and flush to the store periodically, so the
+	// newest minute of use may not show yet. Ordered by credential, then
+	// identity.
+	// A credential's catalog keeps at most 500 identities: tokens handed to
+	// further identities are not listed (each replica logs them and counts
+	// them). Deleting a credential deletes its catalog. INVALID_ARGUMENT for a
+	// malformed credential_id, page_size or page_token; NOT_FOUND when
+	// credential_id names no credential.
+	ListConsumers(ctx context.Context, in *ListConsumersRequest, opts ...grpc.CallOption) (*ListConsumersResponse, error)
 }
 
 type credentialAdminServiceClient struct {
@@ -106,6 +118,16 @@ func (c *credentialAdminServiceClient) DeleteCredential(ctx context.Context, in 
 	return out, nil
 }
 
+func (c *credentialAdminServiceClient) ListConsumers(ctx context.Context, in *ListConsumersRequest, opts ...grpc.CallOption) (*ListConsumersResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListConsumersResponse)
+	err := c.cc.Invoke(ctx, CredentialAdminService_ListConsumers_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // CredentialAdminServiceServer is the server API for CredentialAdminService service.
 // All implementations must embed UnimplementedCredentialAdminServiceServer
 // for forward compatibility.
@@ -126,6 +148,17 @@ type CredentialAdminServiceServer interface {
 	// DeleteCredential revokes the family at the provider (best effort) and
 	// destroys every stored secret of the credential.
 	DeleteCredential(context.Context, *DeleteCredentialRequest) (*DeleteCredentialResponse, error)
+	// ListConsumers is the consumer catalog: which caller identity obtained
+	// access tokens for which credential, when first and last, and how many.
+	// Replicas aggregate in memory and flush to the store periodically, so the
+	// newest minute of use may not show yet. Ordered by credential, then
+	// identity.
+	// A credential's catalog keeps at most 500 identities: tokens handed to
+	// further identities are not listed (each replica logs them and counts
+	// them). Deleting a credential deletes its catalog. INVALID_ARGUMENT for a
+	// malformed credential_id, page_size or page_token; NOT_FOUND when
+	// credential_id names no credential.
+	ListConsumers(context.Context, *ListConsumersRequest) (*ListConsumersResponse, error)
 	mustEmbedUnimplementedCredentialAdminServiceServer()
 }
 
@@ -150,6 +183,9 @@ func (UnimplementedCredentialAdminServiceServer) ListCredentials(context.Context
 }
 func (UnimplementedCredentialAdminServiceServer) DeleteCredential(context.Context, *DeleteCredentialRequest) (*DeleteCredentialResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method DeleteCredential not implemented")
+}
+func (UnimplementedCredentialAdminServiceServer) ListConsumers(context.Context, *ListConsumersRequest) (*ListConsumersResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListConsumers not implemented")
 }
 func (UnimplementedCredentialAdminServiceServer) mustEmbedUnimplementedCredentialAdminServiceServer() {
 }
@@ -263,6 +299,24 @@ func _CredentialAdminService_DeleteCredential_Handler(srv interface{}, ctx conte
 	return interceptor(ctx, in, info, handler)
 }
 
+func _CredentialAdminService_ListConsumers_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListConsumersRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(CredentialAdminServiceServer).ListConsumers(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: CredentialAdminService_ListConsumers_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(CredentialAdminServiceServer).ListConsumers(ctx, req.(*ListConsumersRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // CredentialAdminService_ServiceDesc is the grpc.ServiceDesc for CredentialAdminService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -289,6 +343,10 @@ var CredentialAdminService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "DeleteCredential",
 			Handler:    _CredentialAdminService_DeleteCredential_Handler,
+		},
+		{
+			MethodName: "ListConsumers",
+			Handler:    _CredentialAdminService_ListConsumers_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -96,6 +96,11 @@ const (
 	RevocationReason_REVOCATION_REASON_SUPERSEDED RevocationReason = 5
 	// An operator or administrator revoked the family with RevokeCredential.
 	RevocationReason_REVOCATION_REASON_ADMIN_REVOKED RevocationReason = 6
+	// Introspection found the refresh token inactive at the provider before
+	// Rotavault presented it: revoked there (by a user, an admin, or the
+	// provider's reuse detection after a legacy client or a thief used an old
+	// token of the family). Detected without spending a rotation.
+	RevocationReason_REVOCATION_REASON_REVOKED_AT_PROVIDER RevocationReason = 7
 )
 
 // Enum value maps for RevocationReason.
@@ -108,6 +113,7 @@ var (
 		4: "REVOCATION_REASON_ADMIN",
 		5: "REVOCATION_REASON_SUPERSEDED",
 		6: "REVOCATION_REASON_ADMIN_REVOKED",
+		7: "REVOCATION_REASON_REVOKED_AT_PROVIDER",
 	}
 	RevocationReason_value = map[string]int32{
 		"REVOCATION_REASON_UNSPECIFIED":            0,
@@ -117,6 +123,7 @@ var (
 		"REVOCATION_REASON_ADMIN":                  4,
 		"REVOCATION_REASON_SUPERSEDED":             5,
 		"REVOCATION_REASON_ADMIN_REVOKED":          6,
+		"REVOCATION_REASON_REVOKED_AT_PROVIDER":    7,
 	}
 )
 
@@ -480,6 +487,8 @@ type ReauthenticateRequest struct {
 	//	*ReauthenticateRequest_AuthorizationCodeStart
 	//	*ReauthenticateRequest_AuthorizationCodeComplete
 	//	*ReauthenticateRequest_RefreshTokenImport
+	//	*ReauthenticateRequest_DeviceAuthorizationStart
+	//	*ReauthenticateRequest_AuthorizationCheck
 	Flow          isReauthenticateRequest_Flow `protobuf_oneof:"flow"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -556,6 +565,24 @@ func (x *ReauthenticateRequest) GetRefreshTokenImport() *RefreshTokenImport {
 	return nil
 }
 
+func (x *ReauthenticateRequest) GetDeviceAuthorizationStart() *DeviceAuthorizationStart {
+	if x != nil {
+		if x, ok := x.Flow.(*ReauthenticateRequest_DeviceAuthorizationStart); ok {
+			return x.DeviceAuthorizationStart
+		}
+	}
+	return nil
+}
+
+func (x *ReauthenticateRequest) GetAuthorizationCheck() *AuthorizationCheck {
+	if x != nil {
+		if x, ok := x.Flow.(*ReauthenticateRequest_AuthorizationCheck); ok {
+			return x.AuthorizationCheck
+		}
+	}
+	return nil
+}
+
 type isReauthenticateRequest_Flow interface {
 	isReauthenticateRequest_Flow()
 }
@@ -569,7 +596,15 @@ type ReauthenticateRequest_AuthorizationCodeComplete struct {
 }
 
 type ReauthenticateRequest_RefreshTokenImport struct {
-	RefreshTokenImport *RefreshTokenImport `protobuf:"bytes,4,opt,name=refresh_token_import,json=refreshTokenImport,proto3,oneof"` // Field numbers 5 to 9 are kept for device flows.
+	RefreshTokenImport *RefreshTokenImport `protobuf:"bytes,4,opt,name=refresh_token_import,json=refreshTokenImport,proto3,oneof"`
+}
+
+type ReauthenticateRequest_DeviceAuthorizationStart struct {
+	DeviceAuthorizationStart *DeviceAuthorizationStart `protobuf:"bytes,5,opt,name=device_authorization_start,json=deviceAuthorizationStart,proto3,oneof"`
+}
+
+type ReauthenticateRequest_AuthorizationCheck struct {
+	AuthorizationCheck *AuthorizationCheck `protobuf:"bytes,6,opt,name=authorization_check,json=authorizationCheck,proto3,oneof"`
 }
 
 func (*ReauthenticateRequest_AuthorizationCodeStart) isReauthenticateRequest_Flow() {}
@@ -578,11 +613,18 @@ func (*ReauthenticateRequest_AuthorizationCodeComplete) isReauthenticateRequest_
 
 func (*ReauthenticateRequest_RefreshTokenImport) isReauthenticateRequest_Flow() {}
 
+func (*ReauthenticateRequest_DeviceAuthorizationStart) isReauthenticateRequest_Flow() {}
+
+func (*ReauthenticateRequest_AuthorizationCheck) isReauthenticateRequest_Flow() {}
+
 // AuthorizationCodeStart begins an authorization-code flow with PKCE.
 type AuthorizationCodeStart struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Where the provider redirects the user's browser with the code. Must be
-	// registered with the provider's app. https, or http on loopback.
+	// registered with the provider's app. https, or http on loopback. Empty
+	// means the server's own callback endpoint (<public URL>/oauth/callback),
+	// which completes the flow itself; FAILED_PRECONDITION when the server has
+	// no public URL configured.
 	RedirectUri string `protobuf:"bytes,1,opt,name=redirect_uri,json=redirectUri,proto3" json:"redirect_uri,omitempty"`
 	// Overrides the credential's scopes for this flow when set.
 	Scopes        []string `protobuf:"bytes,2,rep,name=scopes,proto3" json:"scopes,omitempty"`
@@ -736,12 +778,118 @@ func (x *RefreshTokenImport) GetRefreshToken() string {
 	return ""
 }
 
+// DeviceAuthorizationStart begins a device authorization flow: the user
+// enters a code on another device; the server polls the provider.
+type DeviceAuthorizationStart struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Overrides the credential's scopes for this flow when set.
+	Scopes        []string `protobuf:"bytes,1,rep,name=scopes,proto3" json:"scopes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeviceAuthorizationStart) Reset() {
+	*x = DeviceAuthorizationStart{}
+	mi := &file_rotavault_v1_token_vault_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeviceAuthorizationStart) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeviceAuthorizationStart) ProtoMessage() {}
+
+func (x *DeviceAuthorizationStart) ProtoReflect() protoreflect.Message {
+	mi := &file_rotavault_v1_token_vault_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeviceAuthorizationStart.ProtoReflect.Descriptor instead.
+func (*DeviceAuthorizationStart) Descriptor() ([]byte, []int) {
+	return file_rotavault_v1_token_vault_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *DeviceAuthorizationStart) GetScopes() []string {
+	if x != nil {
+		return x.Scopes
+	}
+	return nil
+}
+
+// AuthorizationCheck asks how a pending flow (authorization code or device)
+// is doing.
+type AuthorizationCheck struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The state returned when the flow started.
+	State string `protobuf:"bytes,1,opt,name=state,proto3" json:"state,omitempty"`
+	// How long the server may wait for the flow to finish before answering
+	// "still pending"; 0 answers at once, at most 60s (more is
+	// INVALID_ARGUMENT). The server also answers before the call's deadline.
+	Wait          *durationpb.Duration `protobuf:"bytes,2,opt,name=wait,proto3" json:"wait,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AuthorizationCheck) Reset() {
+	*x = AuthorizationCheck{}
+	mi := &file_rotavault_v1_token_vault_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AuthorizationCheck) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AuthorizationCheck) ProtoMessage() {}
+
+func (x *AuthorizationCheck) ProtoReflect() protoreflect.Message {
+	mi := &file_rotavault_v1_token_vault_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AuthorizationCheck.ProtoReflect.Descriptor instead.
+func (*AuthorizationCheck) Descriptor() ([]byte, []int) {
+	return file_rotavault_v1_token_vault_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *AuthorizationCheck) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
+func (x *AuthorizationCheck) GetWait() *durationpb.Duration {
+	if x != nil {
+		return x.Wait
+	}
+	return nil
+}
+
 type ReauthenticateResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Types that are valid to be assigned to Result:
 	//
 	//	*ReauthenticateResponse_AuthorizationPending
 	//	*ReauthenticateResponse_FamilyActivated
+	//	*ReauthenticateResponse_DeviceAuthorizationPending
 	Result        isReauthenticateResponse_Result `protobuf_oneof:"result"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -749,7 +897,7 @@ type ReauthenticateResponse struct {
 
 func (x *ReauthenticateResponse) Reset() {
 	*x = ReauthenticateResponse{}
-	mi := &file_rotavault_v1_token_vault_proto_msgTypes[7]
+	mi := &file_rotavault_v1_token_vault_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -761,7 +909,7 @@ func (x *ReauthenticateResponse) String() string {
 func (*ReauthenticateResponse) ProtoMessage() {}
 
 func (x *ReauthenticateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_rotavault_v1_token_vault_proto_msgTypes[7]
+	mi := &file_rotavault_v1_token_vault_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -774,7 +922,7 @@ func (x *ReauthenticateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReauthenticateResponse.ProtoReflect.Descriptor instead.
 func (*ReauthenticateResponse) Descriptor() ([]byte, []int) {
-	return file_rotavault_v1_token_vault_proto_rawDescGZIP(), []int{7}
+	return file_rotavault_v1_token_vault_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ReauthenticateResponse) GetResult() isReauthenticateResponse_Result {
@@ -802,6 +950,15 @@ func (x *ReauthenticateResponse) GetFamilyActivated() *FamilyActivated {
 	return nil
 }
 
+func (x *ReauthenticateResponse) GetDeviceAuthorizationPending() *DeviceAuthorizationPending {
+	if x != nil {
+		if x, ok := x.Result.(*ReauthenticateResponse_DeviceAuthorizationPending); ok {
+			return x.DeviceAuthorizationPending
+		}
+	}
+	return nil
+}
+
 type isReauthenticateResponse_Result interface {
 	isReauthenticateResponse_Result()
 }
@@ -816,22 +973,31 @@ type ReauthenticateResponse_FamilyActivated struct {
 	FamilyActivated *FamilyActivated `protobuf:"bytes,2,opt,name=family_activated,json=familyActivated,proto3,oneof"`
 }
 
+type ReauthenticateResponse_DeviceAuthorizationPending struct {
+	// The device flow needs the user: show user_code and verification_uri.
+	DeviceAuthorizationPending *DeviceAuthorizationPending `protobuf:"bytes,3,opt,name=device_authorization_pending,json=deviceAuthorizationPending,proto3,oneof"`
+}
+
 func (*ReauthenticateResponse_AuthorizationPending) isReauthenticateResponse_Result() {}
 
 func (*ReauthenticateResponse_FamilyActivated) isReauthenticateResponse_Result() {}
 
+func (*ReauthenticateResponse_DeviceAuthorizationPending) isReauthenticateResponse_Result() {}
+
 type AuthorizationPending struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	AuthorizeUrl  string                 `protobuf:"bytes,1,opt,name=authorize_url,json=authorizeUrl,proto3" json:"authorize_url,omitempty"`
-	State         string                 `protobuf:"bytes,2,opt,name=state,proto3" json:"state,omitempty"`
-	ExpireTime    *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=expire_time,json=expireTime,proto3" json:"expire_time,omitempty"`
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	AuthorizeUrl string                 `protobuf:"bytes,1,opt,name=authorize_url,json=authorizeUrl,proto3" json:"authorize_url,omitempty"`
+	State        string                 `protobuf:"bytes,2,opt,name=state,proto3" json:"state,omitempty"`
+	ExpireTime   *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=expire_time,json=expireTime,proto3" json:"expire_time,omitempty"`
+	// The redirect URI the flow uses (the server's callback when it chose it).
+	RedirectUri   string `protobuf:"bytes,4,opt,name=redirect_uri,json=redirectUri,proto3" json:"redirect_uri,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *AuthorizationPending) Reset() {
 	*x = AuthorizationPending{}
-	mi := &file_rotavault_v1_token_vault_proto_msgTypes[8]
+	mi := &file_rotavault_v1_token_vault_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -843,7 +1009,7 @@ func (x *AuthorizationPending) String() string {
 func (*AuthorizationPending) ProtoMessage() {}
 
 func (x *AuthorizationPending) ProtoReflect() protoreflect.Message {
-	mi := &file_rotavault_v1_token_vault_proto_msgTypes[8]
+	mi := &file_rotavault_v1_token_vault_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -856,7 +1022,7 @@ func (x *AuthorizationPending) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuthorizationPending.ProtoReflect.Descriptor instead.
 func (*AuthorizationPending) Descriptor() ([]byte, []int) {
-	return file_rotavault_v1_token_vault_proto_rawDescGZIP(), []int{8}
+	return file_rotavault_v1_token_vault_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *AuthorizationPending) GetAuthorizeUrl() string {
@@ -880,6 +1046,103 @@ func (x *AuthorizationPending) GetExpireTime() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *AuthorizationPending) GetRedirectUri() string {
+	if x != nil {
+		return x.RedirectUri
+	}
+	return ""
+}
+
+type DeviceAuthorizationPending struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Identifies the flow in AuthorizationCheck.
+	State string `protobuf:"bytes,1,opt,name=state,proto3" json:"state,omitempty"`
+	// What the user types at verification_uri. Not a secret worth protecting
+	// once the flow ends, but only the operator should see it.
+	UserCode        string `protobuf:"bytes,2,opt,name=user_code,json=userCode,proto3" json:"user_code,omitempty"`
+	VerificationUri string `protobuf:"bytes,3,opt,name=verification_uri,json=verificationUri,proto3" json:"verification_uri,omitempty"`
+	// verification_uri with the user code filled in, when the provider gives
+	// one (RFC 8628).
+	VerificationUriComplete string                 `protobuf:"bytes,4,opt,name=verification_uri_complete,json=verificationUriComplete,proto3" json:"verification_uri_complete,omitempty"`
+	ExpireTime              *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=expire_time,json=expireTime,proto3" json:"expire_time,omitempty"`
+	// How often the server polls the provider.
+	Interval      *durationpb.Duration `protobuf:"bytes,6,opt,name=interval,proto3" json:"interval,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeviceAuthorizationPending) Reset() {
+	*x = DeviceAuthorizationPending{}
+	mi := &file_rotavault_v1_token_vault_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeviceAuthorizationPending) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeviceAuthorizationPending) ProtoMessage() {}
+
+func (x *DeviceAuthorizationPending) ProtoReflect() protoreflect.Message {
+	mi := &file_rotavault_v1_token_vault_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeviceAuthorizationPending.ProtoReflect.Descriptor instead.
+func (*DeviceAuthorizationPending) Descriptor() ([]byte, []int) {
+	return file_rotavault_v1_token_vault_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *DeviceAuthorizationPending) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
+func (x *DeviceAuthorizationPending) GetUserCode() string {
+	if x != nil {
+		return x.UserCode
+	}
+	return ""
+}
+
+func (x *DeviceAuthorizationPending) GetVerificationUri() string {
+	if x != nil {
+		return x.VerificationUri
+	}
+	return ""
+}
+
+func (x *DeviceAuthorizationPending) GetVerificationUriComplete() string {
+	if x != nil {
+		return x.VerificationUriComplete
+	}
+	return ""
+}
+
+func (x *DeviceAuthorizationPending) GetExpireTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ExpireTime
+	}
+	return nil
+}
+
+func (x *DeviceAuthorizationPending) GetInterval() *durationpb.Duration {
+	if x != nil {
+		return x.Interval
+	}
+	return nil
+}
+
 type FamilyActivated struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	FamilyId      string                 `protobuf:"bytes,1,opt,name=family_id,json=familyId,proto3" json:"family_id,omitempty"`
@@ -891,7 +1154,7 @@ type FamilyActivated struct {
 
 func (x *FamilyActivated) Reset() {
 	*x = FamilyActivated{}
-	mi := &file_rotavault_v1_token_vault_proto_msgTypes[9]
+	mi := &file_rotavault_v1_token_vault_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -903,7 +1166,7 @@ func (x *FamilyActivated) String() string {
 func (*FamilyActivated) ProtoMessage() {}
 
 func (x *FamilyActivated) ProtoReflect() protoreflect.Message {
-	mi := &file_rotavault_v1_token_vault_proto_msgTypes[9]
+	mi := &file_rotavault_v1_token_vault_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -916,7 +1179,7 @@ func (x *FamilyActivated) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FamilyActivated.ProtoReflect.Descriptor instead.
 func (*FamilyActivated) Descriptor() ([]byte, []int) {
-	return file_rotavault_v1_token_vault_proto_rawDescGZIP(), []int{9}
+	return file_rotavault_v1_token_vault_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *FamilyActivated) GetFamilyId() string {
@@ -953,7 +1216,7 @@ type WatchRevocationsRequest struct {
 
 func (x *WatchRevocationsRequest) Reset() {
 	*x = WatchRevocationsRequest{}
-	mi := &file_rotavault_v1_token_vault_proto_msgTypes[10]
+	mi := &file_rotavault_v1_token_vault_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -965,7 +1228,7 @@ func (x *WatchRevocationsRequest) String() string {
 func (*WatchRevocationsRequest) ProtoMessage() {}
 
 func (x *WatchRevocationsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_rotavault_v1_token_vault_proto_msgTypes[10]
+	mi := &file_rotavault_v1_token_vault_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -978,7 +1241,7 @@ func (x *WatchRevocationsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchRevocationsRequest.ProtoReflect.Descriptor instead.
 func (*WatchRevocationsRequest) Descriptor() ([]byte, []int) {
-	return file_rotavault_v1_token_vault_proto_rawDescGZIP(), []int{10}
+	return file_rotavault_v1_token_vault_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *WatchRevocationsRequest) GetCredentialIds() []string {
@@ -1008,7 +1271,7 @@ type WatchRevocationsResponse struct {
 
 func (x *WatchRevocationsResponse) Reset() {
 	*x = WatchRevocationsResponse{}
-	mi := &file_rotavault_v1_token_vault_proto_msgTypes[11]
+	mi := &file_rotavault_v1_token_vault_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1020,7 +1283,7 @@ func (x *WatchRevocationsResponse) String() string {
 func (*WatchRevocationsResponse) ProtoMessage() {}
 
 func (x *WatchRevocationsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_rotavault_v1_token_vault_proto_msgTypes[11]
+	mi := &file_rotavault_v1_token_vault_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1033,7 +1296,7 @@ func (x *WatchRevocationsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchRevocationsResponse.ProtoReflect.Descriptor instead.
 func (*WatchRevocationsResponse) Descriptor() ([]byte, []int) {
-	return file_rotavault_v1_token_vault_proto_rawDescGZIP(), []int{11}
+	return file_rotavault_v1_token_vault_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *WatchRevocationsResponse) GetEvent() isWatchRevocationsResponse_Event {
@@ -1088,7 +1351,7 @@ type WatchStarted struct {
 
 func (x *WatchStarted) Reset() {
 	*x = WatchStarted{}
-	mi := &file_rotavault_v1_token_vault_proto_msgTypes[12]
+	mi := &file_rotavault_v1_token_vault_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1100,7 +1363,7 @@ func (x *WatchStarted) String() string {
 func (*WatchStarted) ProtoMessage() {}
 
 func (x *WatchStarted) ProtoReflect() protoreflect.Message {
-	mi := &file_rotavault_v1_token_vault_proto_msgTypes[12]
+	mi := &file_rotavault_v1_token_vault_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1113,7 +1376,7 @@ func (x *WatchStarted) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchStarted.ProtoReflect.Descriptor instead.
 func (*WatchStarted) Descriptor() ([]byte, []int) {
-	return file_rotavault_v1_token_vault_proto_rawDescGZIP(), []int{12}
+	return file_rotavault_v1_token_vault_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *WatchStarted) GetCursor() string {
@@ -1146,7 +1409,7 @@ type Notice struct {
 
 func (x *Notice) Reset() {
 	*x = Notice{}
-	mi := &file_rotavault_v1_token_vault_proto_msgTypes[13]
+	mi := &file_rotavault_v1_token_vault_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1158,7 +1421,7 @@ func (x *Notice) String() string {
 func (*Notice) ProtoMessage() {}
 
 func (x *Notice) ProtoReflect() protoreflect.Message {
-	mi := &file_rotavault_v1_token_vault_proto_msgTypes[13]
+	mi := &file_rotavault_v1_token_vault_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1171,7 +1434,7 @@ func (x *Notice) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Notice.ProtoReflect.Descriptor instead.
 func (*Notice) Descriptor() ([]byte, []int) {
-	return file_rotavault_v1_token_vault_proto_rawDescGZIP(), []int{13}
+	return file_rotavault_v1_token_vault_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *Notice) GetCredentialId() string {
@@ -1249,7 +1512,7 @@ type RevokeCredentialRequest struct {
 
 func (x *RevokeCredentialRequest) Reset() {
 	*x = RevokeCredentialRequest{}
-	mi := &file_rotavault_v1_token_vault_proto_msgTypes[14]
+	mi := &file_rotavault_v1_token_vault_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1261,7 +1524,7 @@ func (x *RevokeCredentialRequest) String() string {
 func (*RevokeCredentialRequest) ProtoMessage() {}
 
 func (x *RevokeCredentialRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_rotavault_v1_token_vault_proto_msgTypes[14]
+	mi := &file_rotavault_v1_token_vault_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1274,7 +1537,7 @@ func (x *RevokeCredentialRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeCredentialRequest.ProtoReflect.Descriptor instead.
 func (*RevokeCredentialRequest) Descriptor() ([]byte, []int) {
-	return file_rotavault_v1_token_vault_proto_rawDescGZIP(), []int{14}
+	return file_rotavault_v1_token_vault_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *RevokeCredentialRequest) GetCredentialId() string {
@@ -1307,7 +1570,7 @@ type RevokeCredentialResponse struct {
 
 func (x *RevokeCredentialResponse) Reset() {
 	*x = RevokeCredentialResponse{}
-	mi := &file_rotavault_v1_token_vault_proto_msgTypes[15]
+	mi := &file_rotavault_v1_token_vault_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1319,7 +1582,7 @@ func (x *RevokeCredentialResponse) String() string {
 func (*RevokeCredentialResponse) ProtoMessage() {}
 
 func (x *RevokeCredentialResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_rotavault_v1_token_vault_proto_msgTypes[15]
+	mi := &file_rotavault_v1_token_vault_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1332,7 +1595,7 @@ func (x *RevokeCredentialResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeCredentialResponse.ProtoReflect.Descriptor instead.
 func (*RevokeCredentialResponse) Descriptor() ([]byte, []int) {
-	return file_rotavault_v1_token_vault_proto_rawDescGZIP(), []int{15}
+	return file_rotavault_v1_token_vault_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *RevokeCredentialResponse) GetFamilyId() string {
@@ -1392,12 +1655,14 @@ const file_rotavault_v1_token_vault_proto_rawDesc = "" +
 	"\n" +
 	"generation\x18\b \x01(\x04R\n" +
 	"generation\x12 \n" +
-	"\vfingerprint\x18\t \x01(\tR\vfingerprint\"\xe7\x02\n" +
+	"\vfingerprint\x18\t \x01(\tR\vfingerprint\"\xa4\x04\n" +
 	"\x15ReauthenticateRequest\x12#\n" +
 	"\rcredential_id\x18\x01 \x01(\tR\fcredentialId\x12`\n" +
 	"\x18authorization_code_start\x18\x02 \x01(\v2$.rotavault.v1.AuthorizationCodeStartH\x00R\x16authorizationCodeStart\x12i\n" +
 	"\x1bauthorization_code_complete\x18\x03 \x01(\v2'.rotavault.v1.AuthorizationCodeCompleteH\x00R\x19authorizationCodeComplete\x12T\n" +
-	"\x14refresh_token_import\x18\x04 \x01(\v2 .rotavault.v1.RefreshTokenImportH\x00R\x12refreshTokenImportB\x06\n" +
+	"\x14refresh_token_import\x18\x04 \x01(\v2 .rotavault.v1.RefreshTokenImportH\x00R\x12refreshTokenImport\x12f\n" +
+	"\x1adevice_authorization_start\x18\x05 \x01(\v2&.rotavault.v1.DeviceAuthorizationStartH\x00R\x18deviceAuthorizationStart\x12S\n" +
+	"\x13authorization_check\x18\x06 \x01(\v2 .rotavault.v1.AuthorizationCheckH\x00R\x12authorizationCheckB\x06\n" +
 	"\x04flow\"S\n" +
 	"\x16AuthorizationCodeStart\x12!\n" +
 	"\fredirect_uri\x18\x01 \x01(\tR\vredirectUri\x12\x16\n" +
@@ -1406,16 +1671,31 @@ const file_rotavault_v1_token_vault_proto_rawDesc = "" +
 	"\x05state\x18\x01 \x01(\tR\x05state\x12\x12\n" +
 	"\x04code\x18\x02 \x01(\tR\x04code\"9\n" +
 	"\x12RefreshTokenImport\x12#\n" +
-	"\rrefresh_token\x18\x01 \x01(\tR\frefreshToken\"\xc9\x01\n" +
+	"\rrefresh_token\x18\x01 \x01(\tR\frefreshToken\"2\n" +
+	"\x18DeviceAuthorizationStart\x12\x16\n" +
+	"\x06scopes\x18\x01 \x03(\tR\x06scopes\"Y\n" +
+	"\x12AuthorizationCheck\x12\x14\n" +
+	"\x05state\x18\x01 \x01(\tR\x05state\x12-\n" +
+	"\x04wait\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x04wait\"\xb7\x02\n" +
 	"\x16ReauthenticateResponse\x12Y\n" +
 	"\x15authorization_pending\x18\x01 \x01(\v2\".rotavault.v1.AuthorizationPendingH\x00R\x14authorizationPending\x12J\n" +
-	"\x10family_activated\x18\x02 \x01(\v2\x1d.rotavault.v1.FamilyActivatedH\x00R\x0ffamilyActivatedB\b\n" +
-	"\x06result\"\x8e\x01\n" +
+	"\x10family_activated\x18\x02 \x01(\v2\x1d.rotavault.v1.FamilyActivatedH\x00R\x0ffamilyActivated\x12l\n" +
+	"\x1cdevice_authorization_pending\x18\x03 \x01(\v2(.rotavault.v1.DeviceAuthorizationPendingH\x00R\x1adeviceAuthorizationPendingB\b\n" +
+	"\x06result\"\xb1\x01\n" +
 	"\x14AuthorizationPending\x12#\n" +
 	"\rauthorize_url\x18\x01 \x01(\tR\fauthorizeUrl\x12\x14\n" +
 	"\x05state\x18\x02 \x01(\tR\x05state\x12;\n" +
 	"\vexpire_time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"expireTime\"\x8f\x01\n" +
+	"expireTime\x12!\n" +
+	"\fredirect_uri\x18\x04 \x01(\tR\vredirectUri\"\xaa\x02\n" +
+	"\x1aDeviceAuthorizationPending\x12\x14\n" +
+	"\x05state\x18\x01 \x01(\tR\x05state\x12\x1b\n" +
+	"\tuser_code\x18\x02 \x01(\tR\buserCode\x12)\n" +
+	"\x10verification_uri\x18\x03 \x01(\tR\x0fverificationUri\x12:\n" +
+	"\x19verification_uri_complete\x18\x04 \x01(\tR\x17verificationUriComplete\x12;\n" +
+	"\vexpire_time\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"expireTime\x125\n" +
+	"\binterval\x18\x06 \x01(\v2\x19.google.protobuf.DurationR\binterval\"\x8f\x01\n" +
 	"\x0fFamilyActivated\x12\x1b\n" +
 	"\tfamily_id\x18\x01 \x01(\tR\bfamilyId\x12\x1e\n" +
 	"\n" +
@@ -1458,7 +1738,7 @@ const file_rotavault_v1_token_vault_proto_rawDesc = "" +
 	"NoticeKind\x12\x1b\n" +
 	"\x17NOTICE_KIND_UNSPECIFIED\x10\x00\x12\x1e\n" +
 	"\x1aNOTICE_KIND_FAMILY_REVOKED\x10\x01\x12 \n" +
-	"\x1cNOTICE_KIND_FAMILY_ACTIVATED\x10\x02*\x93\x02\n" +
+	"\x1cNOTICE_KIND_FAMILY_ACTIVATED\x10\x02*\xbe\x02\n" +
 	"\x10RevocationReason\x12!\n" +
 	"\x1dREVOCATION_REASON_UNSPECIFIED\x10\x00\x12,\n" +
 	"(REVOCATION_REASON_REFRESH_TOKEN_REJECTED\x10\x01\x12#\n" +
@@ -1466,7 +1746,8 @@ const file_rotavault_v1_token_vault_proto_rawDesc = "" +
 	"!REVOCATION_REASON_CLIENT_REJECTED\x10\x03\x12\x1b\n" +
 	"\x17REVOCATION_REASON_ADMIN\x10\x04\x12 \n" +
 	"\x1cREVOCATION_REASON_SUPERSEDED\x10\x05\x12#\n" +
-	"\x1fREVOCATION_REASON_ADMIN_REVOKED\x10\x06*\x81\x01\n" +
+	"\x1fREVOCATION_REASON_ADMIN_REVOKED\x10\x06\x12)\n" +
+	"%REVOCATION_REASON_REVOKED_AT_PROVIDER\x10\a*\x81\x01\n" +
 	"\x12ProviderRevocation\x12#\n" +
 	"\x1fPROVIDER_REVOCATION_UNSPECIFIED\x10\x00\x12!\n" +
 	"\x1dPROVIDER_REVOCATION_CONFIRMED\x10\x01\x12#\n" +
@@ -1490,62 +1771,71 @@ func file_rotavault_v1_token_vault_proto_rawDescGZIP() []byte {
 }
 
 var file_rotavault_v1_token_vault_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_rotavault_v1_token_vault_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
+var file_rotavault_v1_token_vault_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
 var file_rotavault_v1_token_vault_proto_goTypes = []any{
-	(NoticeKind)(0),                   // 0: rotavault.v1.NoticeKind
-	(RevocationReason)(0),             // 1: rotavault.v1.RevocationReason
-	(ProviderRevocation)(0),           // 2: rotavault.v1.ProviderRevocation
-	(*GetAccessTokenRequest)(nil),     // 3: rotavault.v1.GetAccessTokenRequest
-	(*RejectedToken)(nil),             // 4: rotavault.v1.RejectedToken
-	(*GetAccessTokenResponse)(nil),    // 5: rotavault.v1.GetAccessTokenResponse
-	(*ReauthenticateRequest)(nil),     // 6: rotavault.v1.ReauthenticateRequest
-	(*AuthorizationCodeStart)(nil),    // 7: rotavault.v1.AuthorizationCodeStart
-	(*AuthorizationCodeComplete)(nil), // 8: rotavault.v1.AuthorizationCodeComplete
-	(*RefreshTokenImport)(nil),        // 9: rotavault.v1.RefreshTokenImport
-	(*ReauthenticateResponse)(nil),    // 10: rotavault.v1.ReauthenticateResponse
-	(*AuthorizationPending)(nil),      // 11: rotavault.v1.AuthorizationPending
-	(*FamilyActivated)(nil),           // 12: rotavault.v1.FamilyActivated
-	(*WatchRevocationsRequest)(nil),   // 13: rotavault.v1.WatchRevocationsRequest
-	(*WatchRevocationsResponse)(nil),  // 14: rotavault.v1.WatchRevocationsResponse
-	(*WatchStarted)(nil),              // 15: rotavault.v1.WatchStarted
-	(*Notice)(nil),                    // 16: rotavault.v1.Notice
-	(*RevokeCredentialRequest)(nil),   // 17: rotavault.v1.RevokeCredentialRequest
-	(*RevokeCredentialResponse)(nil),  // 18: rotavault.v1.RevokeCredentialResponse
-	(*durationpb.Duration)(nil),       // 19: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),     // 20: google.protobuf.Timestamp
+	(NoticeKind)(0),                    // 0: rotavault.v1.NoticeKind
+	(RevocationReason)(0),              // 1: rotavault.v1.RevocationReason
+	(ProviderRevocation)(0),            // 2: rotavault.v1.ProviderRevocation
+	(*GetAccessTokenRequest)(nil),      // 3: rotavault.v1.GetAccessTokenRequest
+	(*RejectedToken)(nil),              // 4: rotavault.v1.RejectedToken
+	(*GetAccessTokenResponse)(nil),     // 5: rotavault.v1.GetAccessTokenResponse
+	(*ReauthenticateRequest)(nil),      // 6: rotavault.v1.ReauthenticateRequest
+	(*AuthorizationCodeStart)(nil),     // 7: rotavault.v1.AuthorizationCodeStart
+	(*AuthorizationCodeComplete)(nil),  // 8: rotavault.v1.AuthorizationCodeComplete
+	(*RefreshTokenImport)(nil),         // 9: rotavault.v1.RefreshTokenImport
+	(*DeviceAuthorizationStart)(nil),   // 10: rotavault.v1.DeviceAuthorizationStart
+	(*AuthorizationCheck)(nil),         // 11: rotavault.v1.AuthorizationCheck
+	(*ReauthenticateResponse)(nil),     // 12: rotavault.v1.ReauthenticateResponse
+	(*AuthorizationPending)(nil),       // 13: rotavault.v1.AuthorizationPending
+	(*DeviceAuthorizationPending)(nil), // 14: rotavault.v1.DeviceAuthorizationPending
+	(*FamilyActivated)(nil),            // 15: rotavault.v1.FamilyActivated
+	(*WatchRevocationsRequest)(nil),    // 16: rotavault.v1.WatchRevocationsRequest
+	(*WatchRevocationsResponse)(nil),   // 17: rotavault.v1.WatchRevocationsResponse
+	(*WatchStarted)(nil),               // 18: rotavault.v1.WatchStarted
+	(*Notice)(nil),                     // 19: rotavault.v1.Notice
+	(*RevokeCredentialRequest)(nil),    // 20: rotavault.v1.RevokeCredentialRequest
+	(*RevokeCredentialResponse)(nil),   // 21: rotavault.v1.RevokeCredentialResponse
+	(*durationpb.Duration)(nil),        // 22: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),      // 23: google.protobuf.Timestamp
 }
 var file_rotavault_v1_token_vault_proto_depIdxs = []int32{
-	19, // 0: rotavault.v1.GetAccessTokenRequest.min_remaining_lifetime:type_name -> google.protobuf.Duration
+	22, // 0: rotavault.v1.GetAccessTokenRequest.min_remaining_lifetime:type_name -> google.protobuf.Duration
 	4,  // 1: rotavault.v1.GetAccessTokenRequest.rejected_token:type_name -> rotavault.v1.RejectedToken
-	20, // 2: rotavault.v1.GetAccessTokenResponse.expire_time:type_name -> google.protobuf.Timestamp
-	20, // 3: rotavault.v1.GetAccessTokenResponse.issue_time:type_name -> google.protobuf.Timestamp
+	23, // 2: rotavault.v1.GetAccessTokenResponse.expire_time:type_name -> google.protobuf.Timestamp
+	23, // 3: rotavault.v1.GetAccessTokenResponse.issue_time:type_name -> google.protobuf.Timestamp
 	7,  // 4: rotavault.v1.ReauthenticateRequest.authorization_code_start:type_name -> rotavault.v1.AuthorizationCodeStart
 	8,  // 5: rotavault.v1.ReauthenticateRequest.authorization_code_complete:type_name -> rotavault.v1.AuthorizationCodeComplete
 	9,  // 6: rotavault.v1.ReauthenticateRequest.refresh_token_import:type_name -> rotavault.v1.RefreshTokenImport
-	11, // 7: rotavault.v1.ReauthenticateResponse.authorization_pending:type_name -> rotavault.v1.AuthorizationPending
-	12, // 8: rotavault.v1.ReauthenticateResponse.family_activated:type_name -> rotavault.v1.FamilyActivated
-	20, // 9: rotavault.v1.AuthorizationPending.expire_time:type_name -> google.protobuf.Timestamp
-	20, // 10: rotavault.v1.FamilyActivated.activate_time:type_name -> google.protobuf.Timestamp
-	15, // 11: rotavault.v1.WatchRevocationsResponse.started:type_name -> rotavault.v1.WatchStarted
-	16, // 12: rotavault.v1.WatchRevocationsResponse.notice:type_name -> rotavault.v1.Notice
-	0,  // 13: rotavault.v1.Notice.kind:type_name -> rotavault.v1.NoticeKind
-	1,  // 14: rotavault.v1.Notice.reason:type_name -> rotavault.v1.RevocationReason
-	20, // 15: rotavault.v1.Notice.detect_time:type_name -> google.protobuf.Timestamp
-	2,  // 16: rotavault.v1.Notice.provider_revocation:type_name -> rotavault.v1.ProviderRevocation
-	2,  // 17: rotavault.v1.RevokeCredentialResponse.provider_revocation:type_name -> rotavault.v1.ProviderRevocation
-	3,  // 18: rotavault.v1.TokenVaultService.GetAccessToken:input_type -> rotavault.v1.GetAccessTokenRequest
-	6,  // 19: rotavault.v1.TokenVaultService.Reauthenticate:input_type -> rotavault.v1.ReauthenticateRequest
-	13, // 20: rotavault.v1.TokenVaultService.WatchRevocations:input_type -> rotavault.v1.WatchRevocationsRequest
-	17, // 21: rotavault.v1.TokenVaultService.RevokeCredential:input_type -> rotavault.v1.RevokeCredentialRequest
-	5,  // 22: rotavault.v1.TokenVaultService.GetAccessToken:output_type -> rotavault.v1.GetAccessTokenResponse
-	10, // 23: rotavault.v1.TokenVaultService.Reauthenticate:output_type -> rotavault.v1.ReauthenticateResponse
-	14, // 24: rotavault.v1.TokenVaultService.WatchRevocations:output_type -> rotavault.v1.WatchRevocationsResponse
-	18, // 25: rotavault.v1.TokenVaultService.RevokeCredential:output_type -> rotavault.v1.RevokeCredentialResponse
-	22, // [22:26] is the sub-list for method output_type
-	18, // [18:22] is the sub-list for method input_type
-	18, // [18:18] is the sub-list for extension type_name
-	18, // [18:18] is the sub-list for extension extendee
-	0,  // [0:18] is the sub-list for field type_name
+	10, // 7: rotavault.v1.ReauthenticateRequest.device_authorization_start:type_name -> rotavault.v1.DeviceAuthorizationStart
+	11, // 8: rotavault.v1.ReauthenticateRequest.authorization_check:type_name -> rotavault.v1.AuthorizationCheck
+	22, // 9: rotavault.v1.AuthorizationCheck.wait:type_name -> google.protobuf.Duration
+	13, // 10: rotavault.v1.ReauthenticateResponse.authorization_pending:type_name -> rotavault.v1.AuthorizationPending
+	15, // 11: rotavault.v1.ReauthenticateResponse.family_activated:type_name -> rotavault.v1.FamilyActivated
+	14, // 12: rotavault.v1.ReauthenticateResponse.device_authorization_pending:type_name -> rotavault.v1.DeviceAuthorizationPending
+	23, // 13: rotavault.v1.AuthorizationPending.expire_time:type_name -> google.protobuf.Timestamp
+	23, // 14: rotavault.v1.DeviceAuthorizationPending.expire_time:type_name -> google.protobuf.Timestamp
+	22, // 15: rotavault.v1.DeviceAuthorizationPending.interval:type_name -> google.protobuf.Duration
+	23, // 16: rotavault.v1.FamilyActivated.activate_time:type_name -> google.protobuf.Timestamp
+	18, // 17: rotavault.v1.WatchRevocationsResponse.started:type_name -> rotavault.v1.WatchStarted
+	19, // 18: rotavault.v1.WatchRevocationsResponse.notice:type_name -> rotavault.v1.Notice
+	0,  // 19: rotavault.v1.Notice.kind:type_name -> rotavault.v1.NoticeKind
+	1,  // 20: rotavault.v1.Notice.reason:type_name -> rotavault.v1.RevocationReason
+	23, // 21: rotavault.v1.Notice.detect_time:type_name -> google.protobuf.Timestamp
+	2,  // 22: rotavault.v1.Notice.provider_revocation:type_name -> rotavault.v1.ProviderRevocation
+	2,  // 23: rotavault.v1.RevokeCredentialResponse.provider_revocation:type_name -> rotavault.v1.ProviderRevocation
+	3,  // 24: rotavault.v1.TokenVaultService.GetAccessToken:input_type -> rotavault.v1.GetAccessTokenRequest
+	6,  // 25: rotavault.v1.TokenVaultService.Reauthenticate:input_type -> rotavault.v1.ReauthenticateRequest
+	16, // 26: rotavault.v1.TokenVaultService.WatchRevocations:input_type -> rotavault.v1.WatchRevocationsRequest
+	20, // 27: rotavault.v1.TokenVaultService.RevokeCredential:input_type -> rotavault.v1.RevokeCredentialRequest
+	5,  // 28: rotavault.v1.TokenVaultService.GetAccessToken:output_type -> rotavault.v1.GetAccessTokenResponse
+	12, // 29: rotavault.v1.TokenVaultService.Reauthenticate:output_type -> rotavault.v1.ReauthenticateResponse
+	17, // 30: rotavault.v1.TokenVaultService.WatchRevocations:output_type -> rotavault.v1.WatchRevocationsResponse
+	21, // 31: rotavault.v1.TokenVaultService.RevokeCredential:output_type -> rotavault.v1.RevokeCredentialResponse
+	28, // [28:32] is the sub-list for method output_type
+	24, // [24:28] is the sub-list for method input_type
+	24, // [24:24] is the sub-list for extension type_name
+	24, // [24:24] is the sub-list for extension extendee
+	0,  // [0:24] is the sub-list for field type_name
 }
 
 func init() { file_rotavault_v1_token_vault_proto_init() }
@@ -1561,12 +1851,15 @@ func file_rotavault_v1_token_vault_proto_init() {
 		(*ReauthenticateRequest_AuthorizationCodeStart)(nil),
 		(*ReauthenticateRequest_AuthorizationCodeComplete)(nil),
 		(*ReauthenticateRequest_RefreshTokenImport)(nil),
+		(*ReauthenticateRequest_DeviceAuthorizationStart)(nil),
+		(*ReauthenticateRequest_AuthorizationCheck)(nil),
 	}
-	file_rotavault_v1_token_vault_proto_msgTypes[7].OneofWrappers = []any{
+	file_rotavault_v1_token_vault_proto_msgTypes[9].OneofWrappers = []any{
 		(*ReauthenticateResponse_AuthorizationPending)(nil),
 		(*ReauthenticateResponse_FamilyActivated)(nil),
+		(*ReauthenticateResponse_DeviceAuthorizationPending)(nil),
 	}
-	file_rotavault_v1_token_vault_proto_msgTypes[11].OneofWrappers = []any{
+	file_rotavault_v1_token_vault_proto_msgTypes[14].OneofWrappers = []any{
 		(*WatchRevocationsResponse_Started)(nil),
 		(*WatchRevocationsResponse_Notice)(nil),
 	}
@@ -1576,7 +1869,7 @@ func file_rotavault_v1_token_vault_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_rotavault_v1_token_vault_proto_rawDesc), len(file_rotavault_v1_token_vault_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   16,
+			NumMessages:   19,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

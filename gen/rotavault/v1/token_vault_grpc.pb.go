@@ -48,16 +48,49 @@ const (
 //     rejected-token reports for this credential.
 //   - MIN_LIFETIME_UNATTAINABLE (INVALID_ARGUMENT): the requested minimum
 //     remaining lifetime is longer than this credential's tokens live.
+//   - AUTHORIZATION_DENIED (FAILED_PRECONDITION): the user refused a pending
+//     reauthentication flow at the provider; start a new one.
+//   - AUTHORIZATION_EXPIRED (FAILED_PRECONDITION): a pending flow ran out of
+//     time (or its device code was no longer accepted); start a new one.
+//   - AUTHORIZATION_FAILED (FAILED_PRECONDITION): a flow ended without a new
+//     family for another reason the message names: the provider refused the
+//     authorization code, or its grant carried no refresh token (request the
+//     scope that yields one, e.g. refresh_token, offline_access, offline).
+//   - CALLBACK_NOT_CONFIGURED (FAILED_PRECONDITION): an authorization-code
+//     flow without redirect_uri asked for the server's own callback, but the
+//     server has no public URL (rotavault serve --public-url).
 type TokenVaultServiceClient interface {
 	// GetAccessToken returns an access token with at least the requested
 	// lifetime left. Any number of concurrent callers share one refresh: the
 	// provider sees a single refresh per rotation, and the rotated refresh token
 	// is stored before any caller receives the new access token.
 	GetAccessToken(ctx context.Context, in *GetAccessTokenRequest, opts ...grpc.CallOption) (*GetAccessTokenResponse, error)
-	// Reauthenticate installs a new token family for a credential, either
-	// through an authorization-code flow with PKCE (two calls: start, then
-	// complete) or by importing a refresh token obtained elsewhere. A successful
-	// reauthentication emits a NOTICE_KIND_FAMILY_ACTIVATED notice.
+	// Reauthenticate installs a new token family for a credential, through one
+	// of these flows:
+	//
+	//   - authorization code with PKCE: authorization_code_start returns the
+	//     URL to send the user to. The provider redirects the browser either to
+	//     the server's own callback endpoint (when redirect_uri is empty and the
+	//     server has a public URL), which completes the flow on whichever
+	//     replica receives it, or to a redirect URI of the caller's, who then
+	//     calls authorization_code_complete with the code.
+	//   - device authorization (Salesforce's device flow, or RFC 8628 for
+	//     generic providers): device_authorization_start returns a user code
+	//     and a verification URL; the server polls the provider at its interval
+	//     (a poller that dies is taken over by another replica).
+	//   - refresh_token_import: a refresh token obtained elsewhere.
+	//
+	// Pending flows are kept in the shared store under their state, bound to
+	// the credential, single use and expiring (authorization code: 10 minutes;
+	// device: the provider's expiry). authorization_check reports a flow's
+	// progress: still pending (the same pending message again), the activated
+	// family, or a FAILED_PRECONDITION with reason AUTHORIZATION_DENIED,
+	// AUTHORIZATION_EXPIRED or AUTHORIZATION_FAILED. Finished flows are
+	// answered for 10 minutes, then forgotten (INVALID_ARGUMENT on state). For
+	// Salesforce, a flow whose scopes cannot yield a refresh token (neither
+	// refresh_token nor offline_access) is refused with INVALID_ARGUMENT before
+	// it starts. A successful reauthentication emits a
+	// NOTICE_KIND_FAMILY_ACTIVATED notice.
 	Reauthenticate(ctx context.Context, in *ReauthenticateRequest, opts ...grpc.CallOption) (*ReauthenticateResponse, error)
 	// WatchRevocations streams notices about token families: revocations and
 	// activations of new families. The first message is always `started`; after
@@ -66,6 +99,13 @@ type TokenVaultServiceClient interface {
 	// missed, and none twice. A cursor older than the notice log's retention
 	// fails with OUT_OF_RANGE: resynchronise from current state
 	// (CredentialAdminService.GetCredential) and watch again without a cursor.
+	//
+	// Notices from every replica reach every replica's watchers: replicas
+	// follow one notice log in the shared store, so a notice produced on
+	// another replica arrives within the server's notice poll interval
+	// (default 500ms). Cursors are valid on every replica sharing the store.
+	// Servers end connections at a maximum age (default 30 min): the stream
+	// ends with UNAVAILABLE; reconnect and resume with the cursor.
 	WatchRevocations(ctx context.Context, in *WatchRevocationsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchRevocationsResponse], error)
 	// RevokeCredential deliberately ends a credential's token family, for
 	// example after a suspected leak. The family is marked revoked in the store
@@ -165,16 +205,49 @@ func (c *tokenVaultServiceClient) RevokeCredential(ctx context.Context, in *Revo
 //     rejected-token reports for this credential.
 //   - MIN_LIFETIME_UNATTAINABLE (INVALID_ARGUMENT): the requested minimum
 //     remaining lifetime is longer than this credential's tokens live.
+//   - AUTHORIZATION_DENIED (FAILED_PRECONDITION): the user refused a pending
+//     reauthentication flow at the provider; start a new one.
+//   - AUTHORIZATION_EXPIRED (FAILED_PRECONDITION): a pending flow ran out of
+//     time (or its device code was no longer accepted); start a new one.
+//   - AUTHORIZATION_FAILED (FAILED_PRECONDITION): a flow ended without a new
+//     family for another reason the message names: the provider refused the
+//     authorization code, or its grant carried no refresh token (request the
+//     scope that yields one, e.g. refresh_token, offline_access, offline).
+//   - CALLBACK_NOT_CONFIGURED (FAILED_PRECONDITION): an authorization-code
+//     flow without redirect_uri asked for the server's own callback, but the
+//     server has no public URL (rotavault serve --public-url).
 type TokenVaultServiceServer interface {
 	// GetAccessToken returns an access token with at least the requested
 	// lifetime left. Any number of concurrent callers share one refresh: the
 	// provider sees a single refresh per rotation, and the rotated refresh token
 	// is stored before any caller receives the new access token.
 	GetAccessToken(context.Context, *GetAccessTokenRequest) (*GetAccessTokenResponse, error)
-	// Reauthenticate installs a new token family for a credential, either
-	// through an authorization-code flow with PKCE (two calls: start, then
-	// complete) or by importing a refresh token obtained elsewhere. A successful
-	// reauthentication emits a NOTICE_KIND_FAMILY_ACTIVATED notice.
+	// Reauthenticate installs a new token family for a credential, through one
+	// of these flows:
+	//
+	//   - authorization code with PKCE: authorization_code_start returns the
+	//     URL to send the user to. The provider redirects the browser either to
+	//     the server's own callback endpoint (when redirect_uri is empty and the
+	//     server has a public URL), which completes the flow on whichever
+	//     replica receives it, or to a redirect URI of the caller's, who then
+	//     calls authorization_code_complete with the code.
+	//   - device authorization (Salesforce's device flow, or RFC 8628 for
+	//     generic providers): device_authorization_start returns a user code
+	//     and a verification URL; the server polls the provider at its interval
+	//     (a poller that dies is taken over by another replica).
+	//   - refresh_token_import: a refresh token obtained elsewhere.
+	//
+	// Pending flows are kept in the shared store under their state, bound to
+	// the credential, single use and expiring (authorization code: 10 minutes;
+	// device: the provider's expiry). authorization_check reports a flow's
+	// progress: still pending (the same pending message again), the activated
+	// family, or a FAILED_PRECONDITION with reason AUTHORIZATION_DENIED,
+	// AUTHORIZATION_EXPIRED or AUTHORIZATION_FAILED. Finished flows are
+	// answered for 10 minutes, then forgotten (INVALID_ARGUMENT on state). For
+	// Salesforce, a flow whose scopes cannot yield a refresh token (neither
+	// refresh_token nor offline_access) is refused with INVALID_ARGUMENT before
+	// it starts. A successful reauthentication emits a
+	// NOTICE_KIND_FAMILY_ACTIVATED notice.
 	Reauthenticate(context.Context, *ReauthenticateRequest) (*ReauthenticateResponse, error)
 	// WatchRevocations streams notices about token families: revocations and
 	// activations of new families. The first message is always `started`; after
@@ -183,6 +256,13 @@ type TokenVaultServiceServer interface {
 	// missed, and none twice. A cursor older than the notice log's retention
 	// fails with OUT_OF_RANGE: resynchronise from current state
 	// (CredentialAdminService.GetCredential) and watch again without a cursor.
+	//
+	// Notices from every replica reach every replica's watchers: replicas
+	// follow one notice log in the shared store, so a notice produced on
+	// another replica arrives within the server's notice poll interval
+	// (default 500ms). Cursors are valid on every replica sharing the store.
+	// Servers end connections at a maximum age (default 30 min): the stream
+	// ends with UNAVAILABLE; reconnect and resume with the cursor.
 	WatchRevocations(*WatchRevocationsRequest, grpc.ServerStreamingServer[WatchRevocationsResponse]) error
 	// RevokeCredential deliberately ends a credential's token family, for
 	// example after a suspected leak. The family is marked revoked in the store

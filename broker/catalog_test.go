@@ -1,0 +1,439 @@
+package broker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/rotavault/rotavault/internal/syncbuf"
+	"github.com/rotavault/rotavault/store"
+	"github.com/rotavault/rotavault/store/memstore"
+)
+
+// catalogStore is a shared store that lets a test act just before a write
+// of a consumer catalog, and counts the check-and-set conflicts those
+// writes meet.
+type catalogStore struct {
+	store.Store
+	conflicts atomic.Int64
+	mu        sync.Mutex
+	// beforePut, if set, runs (once) before the next catalog write.
+	beforePut func()
+	// failDeletes makes deletes of catalogs fail.
+	failDeletes atomic.Bool
+	// replayNext makes the next catalog write answer like Vault's client
+	// when the answer was lost: the write lands, the client sends it again,
+	// and the caller gets the replay's conflict.
+	replayNext atomic.Bool
+}
+
+func (s *catalogStore) Put(ctx context.Context, key string, value []byte, expected uint64) (uint64, error) {
+	if strings.HasPrefix(key, consumersPrefix) {
+		s.mu.Lock()
+		hook := s.beforePut
+		s.beforePut = nil
+		s.mu.Unlock()
+		if hook != nil {
+			hook()
+		}
+	}
+	v, err := s.Store.Put(ctx, key, value, expected)
+	if strings.HasPrefix(key, consumersPrefix) && err == nil && s.replayNext.CompareAndSwap(true, false) {
+		v, err = s.Store.Put(ctx, key, value, expected)
+	}
+	if strings.HasPrefix(key, consumersPrefix) && errors.Is(err, store.ErrConflict) {
+		s.conflicts.Add(1)
+	}
+	return v, err
+}
+
+func (s *catalogStore) Delete(ctx context.Context, key string) error {
+	if strings.HasPrefix(key, consumersPrefix) && s.failDeletes.Load() {
+		return errors.New("catalogstore: delete refused by the test")
+	}
+	return s.Store.Delete(ctx, key)
+}
+
+func (s *catalogStore) armBeforePut(f func()) {
+	s.mu.Lock()
+	s.beforePut = f
+	s.mu.Unlock()
+}
+
+// catalogSpec is a credential the catalog tests never refresh.
+func catalogSpec() Spec {
+	return Spec{ProviderKind: ProviderSalesforce, BaseURL: "http://127.0.0.1:1", ClientID: "c", ClientSecret: "s", Scopes: []string{"api", "refresh_token"}}
+}
+
+func use(cred, identity string, first, last time.Time, n uint64) ConsumerUse {
+	return ConsumerUse{CredentialID: cred, Identity: identity, FirstSeen: first, LastSeen: last, Count: n}
+}
+
+// record stores uses the way the server's flush does: what comes back
+// unrecorded is offered again, a bounded number of times.
+func record(ctx context.Context, t *testing.T, b *Broker, uses []ConsumerUse) {
+	t.Helper()
+	for range 100 {
+		left, err := b.RecordConsumers(ctx, uses)
+		if len(left) == 0 {
+			if err != nil {
+				t.Fatalf("RecordConsumers: %v", err)
+			}
+			return
+		}
+		uses = left
+	}
+	t.Fatalf("uses still unrecorded after 100 flushes: %v", uses)
+}
+
+func listAll(ctx context.Context, t *testing.T, b *Broker, credentialID string) map[string]Consumer {
+	t.Helper()
+	got, more, err := b.ListConsumers(ctx, credentialID, ConsumerCursor{}, 1000)
+	if err != nil || more {
+		t.Fatalf("ListConsumers(%q) = more %v, %v", credentialID, more, err)
+	}
+	m := make(map[string]Consumer, len(got))
+	for _, c := range got {
+		m[c.CredentialID+" "+c.Identity] = c
+	}
+	return m
+}
+
+// Two replicas flush into one catalog. Replica B's flush lands between
+// replica A's read and A's check-and-set write, so A's write conflicts: A
+// must re-read and merge (counts added, earliest first seen, latest last
+// seen), not overwrite B's.
+func TestConsumerCatalogMergesFlushesOfTwoReplicas(t *testing.T) {
+	ctx := context.Background()
+	st := &catalogStore{Store: memstore.New()}
+	a, b := newTestBroker(t, st), newTestBroker(t, st)
+	if _, err := a.CreateCredential(ctx, "acme", catalogSpec()); err != nil {
+		t.Fatal(err)
+	}
+	t0 := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+	at := func(s int) time.Time { return t0.Add(time.Duration(s) * time.Second) }
+	const billing, reports, exporter = "spiffe://example.test/ns/billing/sa/invoicer", "reports.example.test", "exporter"
+
+	st.armBeforePut(func() {
+		record(ctx, t, b, []ConsumerUse{use("acme", billing, at(5), at(12), 5), use("acme", exporter, at(30), at(31), 2)})
+	})
+	record(ctx, t, a, []ConsumerUse{use("acme", billing, at(10), at(20), 3), use("acme", reports, at(15), at(15), 1)})
+	if st.conflicts.Load() == 0 {
+		t.Fatal("replica A's write met no conflict: the test did not interleave the flushes")
+	}
+	want := map[string]Consumer{
+		"acme " + billing:  {CredentialID: "acme", Identity: billing, FirstSeen: at(5), LastSeen: at(20), Count: 8},
+		"acme " + reports:  {CredentialID: "acme", Identity: reports, FirstSeen: at(15), LastSeen: at(15), Count: 1},
+		"acme " + exporter: {CredentialID: "acme", Identity: exporter, FirstSeen: at(30), LastSeen: at(31), Count: 2},
+	}
+	for _, from := range []*Broker{a, b} {
+		got := listAll(ctx, t, from, "")
+		if len(got) != len(want) {
+			t.Fatalf("catalog %v, want %v", got, want)
+		}
+		for k, w := range want {
+			g := got[k]
+			if g.Count != w.Count || !g.FirstSeen.Equal(w.FirstSeen) || !g.LastSeen.Equal(w.LastSeen) {
+				t.Errorf("%s: got count %d first %s last %s; want %d %s %s", k, g.Count, g.FirstSeen, g.LastSeen, w.Count, w.FirstSeen, w.LastSeen)
+			}
+		}
+	}
+}
+
+// A catalog write that landed but whose answer was lost (and replayed into a
+// conflict by the Vault client) is not merged a second time.
+func TestConsumerCatalogLostWriteAnswerIsNotMergedTwice(t *testing.T) {
+	ctx := context.Background()
+	st := &catalogStore{Store: memstore.New()}
+	b := newTestBroker(t, st)
+	if _, err := b.CreateCredential(ctx, "acme", catalogSpec()); err != nil {
+		t.Fatal(err)
+	}
+	now := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+	record(ctx, t, b, []ConsumerUse{use("acme", "svc", now, now, 2)})
+	st.replayNext.Store(true)
+	record(ctx, t, b, []ConsumerUse{use("acme", "svc", now, now, 3)})
+	if st.replayNext.Load() || st.conflicts.Load() == 0 {
+		t.Fatal("the write was not replayed into a conflict")
+	}
+	if c := listAll(ctx, t, b, "acme")["acme svc"]; c.Count != 5 {
+		t.Fatalf("count %d after a replayed write, want 5", c.Count)
+	}
+}
+
+// Many flushes of two replicas racing on one catalog lose no count and
+// count nothing twice.
+func TestConsumerCatalogConcurrentFlushesAddUp(t *testing.T) {
+	ctx := context.Background()
+	st := &catalogStore{Store: memstore.New()}
+	replicas := []*Broker{newTestBroker(t, st), newTestBroker(t, st)}
+	if _, err := replicas[0].CreateCredential(ctx, "acme", catalogSpec()); err != nil {
+		t.Fatal(err)
+	}
+	const flushes = 40
+	t0 := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+	var wg sync.WaitGroup
+	for r, b := range replicas {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range flushes {
+				seen := t0.Add(time.Duration(r*flushes+i) * time.Second)
+				uses := []ConsumerUse{use("acme", "shared", seen, seen, 1), use("acme", fmt.Sprintf("replica-%d", r), seen, seen, 2)}
+				for range 100 {
+					left, _ := b.RecordConsumers(ctx, uses)
+					if len(left) == 0 {
+						break
+					}
+					uses = left
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	got := listAll(ctx, t, replicas[1], "acme")
+	if c := got["acme shared"]; c.Count != 2*flushes || !c.FirstSeen.Equal(t0) || !c.LastSeen.Equal(t0.Add((2*flushes-1)*time.Second)) {
+		t.Errorf("shared consumer: %+v; want count %d from %s to %s", c, 2*flushes, t0, t0.Add((2*flushes-1)*time.Second))
+	}
+	for r := range replicas {
+		if c := got[fmt.Sprintf("acme replica-%d", r)]; c.Count != 2*flushes {
+			t.Errorf("replica-%d consumer: count %d, want %d", r, c.Count, 2*flushes)
+		}
+	}
+	t.Logf("catalog write conflicts: %d", st.conflicts.Load())
+}
+
+// A credential keeps at most MaxConsumersPerCredential identities; tokens of
+// further identities are logged and counted, and the identities already
+// listed keep being counted.
+func TestConsumerCatalogIsBounded(t *testing.T) {
+	ctx := context.Background()
+	logs := &syncbuf.Buffer{}
+	b := newTestBroker(t, memstore.New(), WithLogger(slog.New(slog.NewJSONHandler(logs, nil))))
+	if _, err := b.CreateCredential(ctx, "acme", catalogSpec()); err != nil {
+		t.Fatal(err)
+	}
+	now := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+	var uses []ConsumerUse
+	for i := range MaxConsumersPerCredential + 3 {
+		uses = append(uses, use("acme", fmt.Sprintf("svc-%04d", i), now, now, 7))
+	}
+	record(ctx, t, b, uses)
+	got := listAll(ctx, t, b, "acme")
+	if len(got) != MaxConsumersPerCredential {
+		t.Fatalf("%d identities kept, want the cap %d", len(got), MaxConsumersPerCredential)
+	}
+	if _, ok := got[fmt.Sprintf("acme svc-%04d", MaxConsumersPerCredential)]; ok {
+		t.Error("an identity past the cap is listed")
+	}
+	if d := b.Stats().ConsumerTokensDropped; d != 3*7 {
+		t.Errorf("ConsumerTokensDropped = %d, want %d", d, 3*7)
+	}
+	if !strings.Contains(logs.String(), "consumer catalog full") {
+		t.Errorf("no log line says the catalog is full:\n%s", logs.String())
+	}
+	// A full catalog still counts the identities it lists.
+	record(ctx, t, b, []ConsumerUse{use("acme", "svc-0000", now.Add(time.Minute), now.Add(time.Minute), 1), use("acme", "latecomer", now, now, 1)})
+	got = listAll(ctx, t, b, "acme")
+	if c := got["acme svc-0000"]; c.Count != 8 || !c.LastSeen.Equal(now.Add(time.Minute)) {
+		t.Errorf("listed identity in a full catalog: %+v; want count 8, last seen a minute later", c)
+	}
+	if d := b.Stats().ConsumerTokensDropped; d != 3*7+1 {
+		t.Errorf("ConsumerTokensDropped = %d, want %d", d, 3*7+1)
+	}
+}
+
+// Deleting a credential deletes its catalog, also when a flush races the
+// delete; a catalog left by an earlier credential of the same id is not the
+// new one's.
+func TestConsumerCatalogGoesWithItsCredential(t *testing.T) {
+	ctx := context.Background()
+	now := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+	catalogGone := func(t *testing.T, st store.Store) {
+		t.Helper()
+		if _, err := st.Get(ctx, consumersKey("acme")); !errors.Is(err, store.ErrNotFound) {
+			t.Fatalf("catalog after the delete: %v; want not found", err)
+		}
+	}
+
+	t.Run("delete", func(t *testing.T) {
+		st := &catalogStore{Store: memstore.New()}
+		b := newTestBroker(t, st)
+		if _, err := b.CreateCredential(ctx, "acme", catalogSpec()); err != nil {
+			t.Fatal(err)
+		}
+		record(ctx, t, b, []ConsumerUse{use("acme", "svc", now, now, 1)})
+		if err := b.DeleteCredential(ctx, "acme"); err != nil {
+			t.Fatal(err)
+		}
+		catalogGone(t, st)
+		if _, _, err := b.ListConsumers(ctx, "acme", ConsumerCursor{}, 10); !errors.Is(err, ErrNotFound) {
+			t.Fatalf("ListConsumers of a deleted credential: %v; want ErrNotFound", err)
+		}
+		if got := listAll(ctx, t, b, ""); len(got) != 0 {
+			t.Fatalf("catalog of a deleted credential listed: %v", got)
+		}
+		// Later uses of the deleted credential are dropped, not retried.
+		left, err := b.RecordConsumers(ctx, []ConsumerUse{use("acme", "svc", now, now, 1)})
+		if len(left) != 0 || err != nil {
+			t.Fatalf("RecordConsumers for a deleted credential = %v, %v; want dropped", left, err)
+		}
+		catalogGone(t, st)
+	})
+
+	t.Run("flush racing the delete", func(t *testing.T) {
+		st := &catalogStore{Store: memstore.New()}
+		a, b := newTestBroker(t, st), newTestBroker(t, st)
+		if _, err := a.CreateCredential(ctx, "acme", catalogSpec()); err != nil {
+			t.Fatal(err)
+		}
+		// B read the credential and is about to create the catalog when A
+		// deletes the credential (and the catalog, which is not there yet).
+		st.armBeforePut(func() {
+			if err := a.DeleteCredential(ctx, "acme"); err != nil {
+				t.Error(err)
+			}
+		})
+		left, err := b.RecordConsumers(ctx, []ConsumerUse{use("acme", "svc", now, now, 1)})
+		if len(left) != 0 || err != nil {
+			t.Fatalf("RecordConsumers = %v, %v", left, err)
+		}
+		catalogGone(t, st)
+	})
+
+	t.Run("catalog of an earlier incarnation", func(t *testing.T) {
+		st := &catalogStore{Store: memstore.New()}
+		b := newTestBroker(t, st)
+		if _, err := b.CreateCredential(ctx, "acme", catalogSpec()); err != nil {
+			t.Fatal(err)
+		}
+		record(ctx, t, b, []ConsumerUse{use("acme", "old-consumer", now, now, 4)})
+		// The catalog survives a delete whose last step failed.
+		st.failDeletes.Store(true)
+		if err := b.DeleteCredential(ctx, "acme"); err == nil {
+			t.Fatal("DeleteCredential succeeded with the catalog delete failing")
+		}
+		st.failDeletes.Store(false)
+		if _, err := b.CreateCredential(ctx, "acme", catalogSpec()); err != nil {
+			t.Fatal(err)
+		}
+		if got := listAll(ctx, t, b, "acme"); len(got) != 0 {
+			t.Fatalf("the recreated credential lists its predecessor's consumers: %v", got)
+		}
+		record(ctx, t, b, []ConsumerUse{use("acme", "new-consumer", now, now, 1)})
+		got := listAll(ctx, t, b, "acme")
+		if len(got) != 1 || got["acme new-consumer"].Count != 1 {
+			t.Fatalf("catalog of the recreated credential: %v; want only new-consumer", got)
+		}
+	})
+}
+
+func TestListConsumersPagingAndValidation(t *testing.T) {
+	ctx := context.Background()
+	b := newTestBroker(t, memstore.New())
+	now := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+	var uses []ConsumerUse
+	var want []string
+	for _, cred := range []string{"alpha", "beta", "gamma"} {
+		if _, err := b.CreateCredential(ctx, cred, catalogSpec()); err != nil {
+			t.Fatal(err)
+		}
+		if cred == "beta" {
+			continue // no consumers: not listed
+		}
+		for _, id := range []string{"spiffe://x/b", "a.example", "spiffe://x/a"} {
+			uses = append(uses, use(cred, id, now, now, 1))
+		}
+		want = append(want, cred+" a.example", cred+" spiffe://x/a", cred+" spiffe://x/b")
+	}
+	record(ctx, t, b, uses)
+
+	for _, limit := range []int{1, 2, 5, 6, 100} {
+		var got []string
+		var after ConsumerCursor
+		for range 20 {
+			page, more, err := b.ListConsumers(ctx, "", after, limit)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(page) > limit {
+				t.Fatalf("limit %d: page of %d", limit, len(page))
+			}
+			for _, c := range page {
+				got = append(got, c.CredentialID+" "+c.Identity)
+			}
+			if !more {
+				break
+			}
+			last := page[len(page)-1]
+			after = ConsumerCursor{CredentialID: last.CredentialID, Identity: last.Identity}
+		}
+		if strings.Join(got, "\n") != strings.Join(want, "\n") {
+			t.Errorf("limit %d: listed\n%s\nwant\n%s", limit, strings.Join(got, "\n"), strings.Join(want, "\n"))
+		}
+	}
+
+	for _, tt := range []struct {
+		name   string
+		filter string
+		after  ConsumerCursor
+		limit  int
+		field  string
+	}{
+		{"bad filter", "Not An ID", ConsumerCursor{}, 10, "credential_id"},
+		{"zero limit", "", ConsumerCursor{}, 0, "page_size"},
+		{"cursor of another credential", "alpha", ConsumerCursor{CredentialID: "gamma", Identity: "a.example"}, 10, "page_token"},
+		{"cursor with a bad credential id", "", ConsumerCursor{CredentialID: "../x", Identity: "a"}, 10, "page_token"},
+		{"cursor with an identity only", "", ConsumerCursor{Identity: "a"}, 10, "page_token"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			_, _, err := b.ListConsumers(ctx, tt.filter, tt.after, tt.limit)
+			var inv *InvalidArgumentError
+			if !errors.As(err, &inv) || inv.Field != tt.field {
+				t.Fatalf("ListConsumers = %v; want an invalid %s", err, tt.field)
+			}
+		})
+	}
+	if _, _, err := b.ListConsumers(ctx, "missing", ConsumerCursor{}, 10); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("ListConsumers of a missing credential: %v; want ErrNotFound", err)
+	}
+	if got, more, err := b.ListConsumers(ctx, "beta", ConsumerCursor{}, 10); err != nil || more || len(got) != 0 {
+		t.Fatalf("ListConsumers of a credential without consumers = %v, %v, %v; want none", got, more, err)
+	}
+}
+
+// Malformed uses are refused and reported; the well-formed ones of the same
+// batch are recorded.
+func TestRecordConsumersRefusesMalformedUses(t *testing.T) {
+	ctx := context.Background()
+	b := newTestBroker(t, memstore.New())
+	if _, err := b.CreateCredential(ctx, "acme", catalogSpec()); err != nil {
+		t.Fatal(err)
+	}
+	now := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+	left, err := b.RecordConsumers(ctx, []ConsumerUse{
+		use("acme", "good", now, now, 2),
+		use("Bad ID", "svc", now, now, 1),
+		use("acme", "", now, now, 1),
+		use("acme", "line\nbreak", now, now, 1),
+		use("acme", "zero", now, now, 0),
+		use("acme", "backwards", now, now.Add(-time.Second), 1),
+	})
+	var inv *InvalidArgumentError
+	if !errors.As(err, &inv) {
+		t.Fatalf("RecordConsumers error %v; want InvalidArgumentError", err)
+	}
+	if len(left) != 0 {
+		t.Fatalf("malformed uses returned for a retry: %v", left)
+	}
+	got := listAll(ctx, t, b, "acme")
+	if len(got) != 1 || got["acme good"].Count != 2 {
+		t.Fatalf("catalog %v; want only the well-formed use", got)
+	}
+}

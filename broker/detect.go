@@ -1,0 +1,269 @@
+package broker
+
+import (
+	"context"
+	"errors"
+	"math/rand/v2"
+	"time"
+
+	"github.com/rotavault/rotavault/audit"
+	"github.com/rotavault/rotavault/provider"
+	"github.com/rotavault/rotavault/store"
+)
+
+// Early detection. A family the provider revoked (a legacy client or a
+// thief presented an old refresh token of it, an admin revoked the app's
+// authorization) is otherwise noticed only when Rotavault next presents the
+// refresh token, which for a token nobody uses can be hours away. Asking
+// the introspection endpoint about the refresh token (RFC 7662,
+// token_type_hint=refresh_token) tells without presenting it: no rotation
+// is spent, and an inactive answer cannot itself cause a reuse detection.
+//
+// Two triggers: a consumer reporting its access token rejected (access.go,
+// handleRejection), and a periodic check of every active family whose
+// provider has an introspection endpoint.
+//
+// An inactive answer is not proof on its own: the token may have been
+// rotated away by a refresh (on this replica or another) that the cached
+// view has not seen, or by one whose answer was lost. So the family record
+// is re-read and the family revoked only if it is still the same family,
+// generation and refresh token, active, with no refresh claim and no refresh
+// in doubt; the revocation is a check-and-set write on that version, so a
+// refresh that claims in between makes it fail and be reconsidered.
+// Introspection errors and answers without "active" never revoke anything.
+//
+// Cost and delay of the periodic check, per replica: every family once per
+// interval (±10% jitter, the first check at a random point of the first
+// interval, so a restart does not make a burst), at most
+// introspectionConcurrency calls in flight. No store reads or writes unless
+// the provider says inactive. Replicas do not coordinate: the provider sees
+// replicas × credentials / interval calls (10 replicas, 100,000 credentials,
+// 5 minutes: 3,333 calls/s; one replica: 333/s). Coordinating would cost a
+// store write (or read) per check, the load this design avoids. A family
+// revoked at the provider is detected by a replica within
+// 1.1 × interval + one tick (interval/60, at most 5s) + the introspection
+// and store round trips, and its watchers are notified after that within
+// the notice fan-out delay; with R replicas checking independently, the
+// expected delay falls to about interval / (R + 1).
+
+const (
+	// DefaultIntrospectionInterval is the default period of the check.
+	DefaultIntrospectionInterval = 5 * time.Minute
+	// DefaultIntrospectionConcurrency bounds the checks in flight.
+	DefaultIntrospectionConcurrency = 32
+	// introspectTimeout bounds one introspection call.
+	introspectTimeout = 10 * time.Second
+	// detectJitterDiv: each check is due interval ± interval/detectJitterDiv
+	// after the previous one.
+	detectJitterDiv = 10
+	// confirmTries bounds the re-read/write rounds of a confirmation whose
+	// check-and-set keeps meeting other writers.
+	confirmTries = 4
+)
+
+// detectTick is how often the loop looks for due checks: a sixtieth of the
+// interval, between 10ms and 5s.
+func (b *Broker) detectTick() time.Duration {
+	if b.opts.detectTick > 0 {
+		return b.opts.detectTick
+	}
+	return min(max(b.opts.introspectionInterval/60, 10*time.Millisecond), 5*time.Second)
+}
+
+// startDetector runs the periodic check until ctx ends, when enabled.
+func (b *Broker) startDetector(ctx context.Context) {
+	if b.opts.introspectionInterval <= 0 {
+		return
+	}
+	b.wg.Add(1)
+	go func() {
+		defer b.wg.Done()
+		b.runDetector(ctx)
+	}()
+}
+
+// detectState is the periodic check's memory of one credential. It lives in
+// the loop's own map: only the loop goroutine touches it.
+type detectState struct {
+	due  time.Time
+	pass uint64
+}
+
+func (b *Broker) runDetector(ctx context.Context) {
+	t := time.NewTicker(b.detectTick())
+	defer t.Stop()
+	sem := make(chan struct{}, b.opts.introspectionConcurrency)
+	states := make(map[*entry]*detectState)
+	var pass uint64
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		pass++
+		if !b.detectDue(ctx, states, pass, sem) {
+			return
+		}
+		// Forget credentials that are gone (deleted, or reloaded as a new
+		// entry).
+		for e, st := range states {
+			if st.pass != pass {
+				delete(states, e)
+			}
+		}
+	}
+}
+
+// detectDue starts the checks that are due. It reports false once the
+// broker is closing.
+func (b *Broker) detectDue(ctx context.Context, states map[*entry]*detectState, pass uint64, sem chan struct{}) bool {
+	interval := b.opts.introspectionInterval
+	jitter := interval / detectJitterDiv
+	now := b.opts.now()
+	for _, e := range b.snapshotEntries() {
+		st, ok := states[e]
+		if !ok {
+			// Spread the first checks over the interval.
+			st = &detectState{due: now.Add(rand.N(interval))}
+			states[e] = st
+		}
+		st.pass = pass
+		if now.Before(st.due) {
+			continue
+		}
+		st.due = now.Add(interval - jitter + rand.N(2*jitter+1))
+		v := e.view.Load()
+		if !b.detectable(e, v, now) {
+			continue
+		}
+		select {
+		case sem <- struct{}{}:
+		case <-ctx.Done():
+			return false
+		}
+		started := b.goTracked(func() {
+			defer func() { <-sem }()
+			b.checkFamily(ctx, e, v)
+		})
+		if !started {
+			<-sem
+			return false
+		}
+	}
+	return true
+}
+
+// detectable reports whether v's family is worth a periodic check: active,
+// holding a refresh token that no refresh is rotating right now, at a
+// provider with an introspection endpoint. It only saves calls: the cached
+// view may be stale (another replica refreshed), and the re-read after an
+// inactive answer decides.
+func (b *Broker) detectable(e *entry, v *view, now time.Time) bool {
+	if v == nil || v.fam.Status != StatusActive || v.fam.RefreshToken == "" {
+		return false
+	}
+	if c := v.fam.Claim; c != nil && now.Before(c.Deadline) {
+		return false // a refresh is running somewhere
+	}
+	if e.rescue.Load() != nil {
+		return false // the stored token is already rotated away; a write is pending
+	}
+	e.mu.Lock()
+	busy := e.flight != nil
+	e.mu.Unlock()
+	return !busy && v.cred.Spec.endpoint().IntrospectionURL != ""
+}
+
+// checkFamily introspects v's refresh token and, when the provider says it
+// is inactive, confirms and records the revocation.
+func (b *Broker) checkFamily(ctx context.Context, e *entry, v *view) {
+	active, err := b.introspectRefresh(ctx, v)
+	if err != nil {
+		b.log.DebugContext(ctx, "periodic introspection failed; nothing concluded", "credential", e.id, "err", err)
+		return
+	}
+	if active {
+		return
+	}
+	if _, err := b.confirmRevokedAtProvider(ctx, e, v, "periodic introspection"); err != nil {
+		b.log.WarnContext(ctx, "could not record a family revoked at the provider; the next check or refresh will", "credential", e.id, "err", err)
+	}
+}
+
+// introspectRefresh asks the provider whether v's refresh token is active.
+// Any failure, including an answer without "active", is an error: never a
+// verdict.
+func (b *Broker) introspectRefresh(ctx context.Context, v *view) (bool, error) {
+	spec := v.cred.Spec
+	ctx, cancel := context.WithTimeout(ctx, introspectTimeout)
+	defer cancel()
+	in, err := b.provider.IntrospectToken(ctx, spec.endpoint(), spec.clientCredentials(), v.fam.RefreshToken, provider.HintRefreshToken)
+	if err != nil {
+		return false, err
+	}
+	return in.Active, nil
+}
+
+// confirmRevokedAtProvider is called after the provider called seen's
+// refresh token inactive. It re-reads the family and revokes it (reason
+// ReasonRevokedAtProvider: check-and-set write, audit record, notice) only
+// if the store still holds exactly that token in an active family that no
+// refresh is working on; otherwise the token is inactive because the family
+// moved on, and nothing happens. revoked reports whether this call revoked
+// it. Errors are the store's (*UnavailableError, ErrNotFound).
+func (b *Broker) confirmRevokedAtProvider(ctx context.Context, e *entry, seen *view, how string) (revoked bool, err error) {
+	// Once decided, the revocation must be recorded and announced even if
+	// the caller goes away.
+	ctx, cancel := persistContext(ctx)
+	defer cancel()
+	for range confirmTries {
+		cur, err := b.readView(ctx, e.id)
+		if err != nil {
+			return false, err
+		}
+		e.setView(cur)
+		if !stillSameLiveToken(seen, cur) || e.rescue.Load() != nil {
+			b.log.InfoContext(ctx, "refresh token inactive at the provider, but the family moved on; not revoking",
+				"credential", e.id, "family", seen.fam.FamilyID, "generation", seen.fam.Generation, "via", how)
+			return false, nil
+		}
+		now := b.opts.now()
+		detail := revocationDetail(ReasonRevokedAtProvider)
+		next := revokedRecord(cur.fam, ReasonRevokedAtProvider, detail, now)
+		version, err := b.writeFamily(ctx, familyKey(cur.cred), next, cur.famVersion)
+		if errors.Is(err, store.ErrConflict) {
+			continue // somebody wrote meanwhile: decide again on what they wrote
+		}
+		if err != nil {
+			return false, storeUnavailable(err)
+		}
+		e.setView(b.newView(cur.cred, cur.credVersion, next, version))
+		fam := cur.fam
+		b.log.WarnContext(ctx, "refresh token inactive at the provider: token family revoked there; revoking it here",
+			"credential", e.id, "family", fam.FamilyID, "generation", fam.Generation, "via", how)
+		b.audit(ctx, audit.Event{Action: audit.ActionFamilyRevoked, Credential: e.id, Family: fam.FamilyID, Generation: fam.Generation,
+			Reason: string(ReasonRevokedAtProvider), Detail: "detected by " + how})
+		b.notify(ctx, Notice{
+			CredentialID: e.id, FamilyID: fam.FamilyID, Generation: fam.Generation,
+			Kind: NoticeFamilyRevoked, Reason: ReasonRevokedAtProvider, Detail: detail, DetectedAt: now,
+		})
+		return true, nil
+	}
+	b.log.InfoContext(ctx, "refresh token inactive at the provider, but the family keeps changing; leaving it to the refresh path",
+		"credential", e.id, "family", seen.fam.FamilyID)
+	return false, nil
+}
+
+// stillSameLiveToken reports whether cur is the family seen was, at the same
+// generation and token, active and idle: no claim (a refresh in progress may
+// have rotated the token at the provider already) and no doubt (a refresh
+// whose answer was lost may have).
+func stillSameLiveToken(seen, cur *view) bool {
+	return cur.fam.Status == StatusActive &&
+		cur.cred.Incarnation == seen.cred.Incarnation &&
+		cur.fam.FamilyID == seen.fam.FamilyID &&
+		cur.fam.Generation == seen.fam.Generation &&
+		cur.fam.RefreshToken == seen.fam.RefreshToken &&
+		cur.fam.Claim == nil && !cur.fam.InDoubt
+}

@@ -1,0 +1,582 @@
+package broker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/rotavault/rotavault/store"
+)
+
+// Pending reauthentication flows live in the store under flows/<state>, so
+// that any replica can answer for them: the provider's redirect may land on
+// another replica than the one that started the flow, an operator's
+// AuthorizationCheck may reach a third, and a device flow's poller that
+// dies is taken over. A flow is bound to its credential (and the
+// credential's incarnation), single use (its code is consumed with
+// check-and-set) and expiring. Finished flows keep their outcome for
+// flowRetention so that a late check still learns it, then a sweep deletes
+// them.
+//
+// A device flow is polled by one replica at a time: the holder of its lease
+// (poller, lease_until), taken and renewed with check-and-set. The holder's
+// provider calls end a third of the lease before the lease does, as refresh
+// claims do (claim.go): two replicas poll the same device code only if a
+// process pause plus clock skew exceeds that margin, and even then the
+// provider redeems an approved device code once, so at most one family is
+// installed. A replica that stops releases its leases; one that dies leaves
+// them to expire, and the next sweep of another replica takes the poll over.
+
+// FlowKind says how a pending flow reaches the user.
+type FlowKind string
+
+const (
+	// FlowAuthorizationCode is an authorization-code flow with PKCE.
+	FlowAuthorizationCode FlowKind = "authorization_code"
+	// FlowDevice is a device authorization flow (Salesforce's or RFC 8628).
+	FlowDevice FlowKind = "device"
+)
+
+type flowStatus string
+
+const (
+	// flowPending is also the status of records written before statuses
+	// existed (empty).
+	flowPending   flowStatus = "pending"
+	flowCompleted flowStatus = "completed"
+	flowFailed    flowStatus = "failed"
+)
+
+// FlowFailure says why a flow ended without a new family.
+type FlowFailure string
+
+const (
+	// FlowDenied: the user refused at the provider.
+	FlowDenied FlowFailure = "denied"
+	// FlowExpired: the flow ran out of time, or the provider no longer
+	// accepted its device code.
+	FlowExpired FlowFailure = "expired"
+	// FlowRefused: the provider refused the grant, or its grant carried no
+	// refresh token.
+	FlowRefused FlowFailure = "failed"
+)
+
+const (
+	// flowRetention is how long a finished (or expired) flow's outcome is
+	// kept for AuthorizationCheck before a sweep deletes it.
+	flowRetention = 10 * time.Minute
+	// exchangeGrace keeps a sweep from expiring an authorization-code flow
+	// whose code a replica is exchanging right at the deadline: the
+	// exchange's outcome, not the clock, decides.
+	exchangeGrace = 2 * time.Minute
+	// defaultDeviceInterval is RFC 8628's interval when the provider names
+	// none; slowDownStep is what slow_down adds (RFC 8628 §3.5).
+	defaultDeviceInterval = 5 * time.Second
+	slowDownStep          = 5 * time.Second
+	minDeviceInterval     = time.Second
+	maxDeviceInterval     = 5 * time.Minute
+	// defaultDeviceLifetime applies when the provider gives no expiry
+	// (Salesforce does not); maxDeviceLifetime caps what a provider asks.
+	defaultDeviceLifetime = 10 * time.Minute
+	maxDeviceLifetime     = time.Hour
+	// maxDevicePoll bounds one poll of the token endpoint.
+	maxDevicePoll = 30 * time.Second
+	// MaxCheckWait is the longest AuthorizationCheck wait.
+	MaxCheckWait = 60 * time.Second
+	// checkPoll is how often a waiting AuthorizationCheck re-reads the flow
+	// for outcomes written by other replicas (this replica's own outcomes
+	// wake it at once): one store read per interval per waiting check.
+	checkPoll = 500 * time.Millisecond
+	// checkAnswerMargin is kept before the caller's deadline, so a wait
+	// ends with an answer rather than DEADLINE_EXCEEDED.
+	checkAnswerMargin = time.Second
+	// flowWriteTries bounds read-modify-write loops on a flow record.
+	flowWriteTries = 16
+	flowsPrefix    = "flows/"
+)
+
+// Defaults of WithFlowTiming.
+const (
+	DefaultFlowSweepInterval = 10 * time.Second
+	DefaultDeviceLease       = 30 * time.Second
+)
+
+// flowOptions are the options of reauthentication flows; zero values mean
+// the defaults.
+type flowOptions struct {
+	sweepInterval time.Duration
+	lease         time.Duration
+	callbackURL   string
+}
+
+// WithFlowTiming sets how often a replica sweeps the pending flows (taking
+// over device flows whose poller's lease ran out, expiring and deleting old
+// ones; default 10s, one store List per sweep plus one read per flow) and
+// the lease a device flow's poller holds (default 30s, at least three
+// polling intervals). A dead poller is replaced within lease + sweep.
+func WithFlowTiming(sweep, lease time.Duration) Option {
+	return func(o *options) error {
+		if sweep < 10*time.Millisecond || sweep > time.Hour {
+			return fmt.Errorf("broker: flow sweep interval %s out of range [10ms, 1h]", sweep)
+		}
+		if lease < 300*time.Millisecond || lease > 10*time.Minute {
+			return fmt.Errorf("broker: device lease %s out of range [300ms, 10m]", lease)
+		}
+		o.flow.sweepInterval, o.flow.lease = sweep, lease
+		return nil
+	}
+}
+
+// WithCallbackURL sets the server's own OAuth callback URL
+// (<public URL>/oauth/callback), used by authorization-code flows started
+// without a redirect URI. It must be https, or http on loopback, and be
+// registered with each provider app.
+func WithCallbackURL(u string) Option {
+	return func(o *options) error {
+		if err := ValidateEndpointURL(u); err != nil {
+			return fmt.Errorf("broker: callback URL: %w", err)
+		}
+		o.flow.callbackURL = u
+		return nil
+	}
+}
+
+func (o flowOptions) sweep() time.Duration {
+	if o.sweepInterval > 0 {
+		return o.sweepInterval
+	}
+	return DefaultFlowSweepInterval
+}
+
+// leaseFor is a device flow's lease: long enough for three polls, so a live
+// poller renews it every other poll at most.
+func (o flowOptions) leaseFor(interval time.Duration) time.Duration {
+	lease := o.lease
+	if lease <= 0 {
+		lease = DefaultDeviceLease
+	}
+	return max(lease, 3*interval)
+}
+
+// flowRecord is a reauthentication flow. The verifier and the device code
+// are secrets: stores encrypt records.
+type flowRecord struct {
+	Format int `json:"format"`
+	// Kind is empty in records written before device flows existed.
+	Kind         FlowKind   `json:"kind,omitempty"`
+	CredentialID string     `json:"credential_id"`
+	Incarnation  string     `json:"incarnation,omitempty"`
+	Scopes       []string   `json:"scopes,omitempty"`
+	StartedAt    time.Time  `json:"started_at,omitzero"`
+	ExpiresAt    time.Time  `json:"expires_at"`
+	Status       flowStatus `json:"status,omitempty"`
+	// Actor started the flow; the family it installs is audited in their
+	// name when no caller is at hand (a device poll, a browser redirect).
+	Actor string `json:"actor,omitempty"`
+
+	// Authorization code.
+	Verifier     string `json:"verifier,omitempty"`
+	RedirectURI  string `json:"redirect_uri,omitempty"`
+	AuthorizeURL string `json:"authorize_url,omitempty"`
+	// ServerCallback: the redirect URI is the server's own callback, which
+	// completes the flow.
+	ServerCallback bool `json:"server_callback,omitempty"`
+	// Consumed is set, with check-and-set, by whoever exchanges the code:
+	// one code completes a flow once.
+	Consumed   bool      `json:"consumed,omitempty"`
+	ConsumedAt time.Time `json:"consumed_at,omitzero"`
+
+	// Device.
+	DeviceCode              string        `json:"device_code,omitempty"`
+	UserCode                string        `json:"user_code,omitempty"`
+	VerificationURI         string        `json:"verification_uri,omitempty"`
+	VerificationURIComplete string        `json:"verification_uri_complete,omitempty"`
+	Interval                time.Duration `json:"interval,omitempty"`
+	Poller                  string        `json:"poller,omitempty"`
+	LeaseUntil              time.Time     `json:"lease_until,omitzero"`
+
+	// Outcome.
+	FamilyID      string      `json:"family_id,omitempty"`
+	Generation    uint64      `json:"generation,omitempty"`
+	ActivatedAt   time.Time   `json:"activated_at,omitzero"`
+	Failure       FlowFailure `json:"failure,omitempty"`
+	FailureDetail string      `json:"failure_detail,omitempty"`
+	FinishedAt    time.Time   `json:"finished_at,omitzero"`
+}
+
+func (f *flowRecord) kind() FlowKind {
+	if f.Kind == "" {
+		return FlowAuthorizationCode
+	}
+	return f.Kind
+}
+
+func (f *flowRecord) pending() bool { return f.Status == "" || f.Status == flowPending }
+
+// finish records an outcome and drops what only a pending flow needs: the
+// verifier and the device code are useless from now on, and a record kept
+// for flowRetention should not hold them.
+func (f *flowRecord) finish(now time.Time, status flowStatus) {
+	f.Status, f.FinishedAt = status, now
+	f.Verifier, f.DeviceCode = "", ""
+	f.Poller, f.LeaseUntil = "", time.Time{}
+}
+
+func (f *flowRecord) fail(now time.Time, reason FlowFailure, detail string) {
+	f.finish(now, flowFailed)
+	f.Failure, f.FailureDetail = reason, detail
+}
+
+func (f *flowRecord) complete(now time.Time, act Activation) {
+	f.finish(now, flowCompleted)
+	f.Failure, f.FailureDetail = "", ""
+	f.FamilyID, f.Generation, f.ActivatedAt = act.FamilyID, act.Generation, act.ActivatedAt
+}
+
+// AuthorizationError reports a flow that ended without a new family. Nothing
+// was changed; start a new flow.
+type AuthorizationError struct {
+	Reason FlowFailure
+	// Detail explains it for people; it never holds a code or token.
+	Detail string
+}
+
+func (e *AuthorizationError) Error() string {
+	return fmt.Sprintf("broker: authorization %s: %s", e.Reason, e.Detail)
+}
+
+// ErrCallbackNotConfigured: an authorization-code flow asked for the
+// server's own callback, and the server has no public URL.
+var ErrCallbackNotConfigured = errors.New("broker: no callback URL configured (set the server's public URL), or pass a redirect URI")
+
+// errFlowUnknown is the answer for a state that names no usable flow: never
+// issued, another credential's, expired, used or forgotten. One answer for
+// all, so a caller cannot probe other credentials' flows.
+func errFlowUnknown() error {
+	return invalid("state", "unknown, expired or already used; start the flow again")
+}
+
+// flowRunner is the broker's share of flow work: the device pollers this
+// replica runs and the signal that wakes waiting checks.
+type flowRunner struct {
+	// ctx ends when the broker closes: pollers release their leases and
+	// stop, waiting checks answer.
+	ctx context.Context
+
+	mu      sync.Mutex
+	polling map[string]bool
+	// changed is closed and replaced whenever this replica finishes a flow.
+	changed chan struct{}
+	// noWait is closed by StopWaiting.
+	noWait     chan struct{}
+	noWaitOnce sync.Once
+}
+
+// StopWaiting makes every AuthorizationCheck waiting on this replica answer
+// now, and later ones answer without waiting. Call it when a graceful
+// shutdown begins, before the transport waits for calls in flight: a
+// waiting check must not hold a rolling restart up to a minute; its client
+// asks again, elsewhere. Safe to call more than once.
+func (b *Broker) StopWaiting() {
+	b.flows.noWaitOnce.Do(func() { close(b.flows.noWait) })
+}
+
+// startFlows starts the sweeper; ctx ends at Close.
+func (b *Broker) startFlows(ctx context.Context) {
+	b.flows.ctx = ctx
+	b.flows.polling = make(map[string]bool)
+	b.flows.changed = make(chan struct{})
+	b.flows.noWait = make(chan struct{})
+	b.goTracked(func() { b.runFlowSweeper(ctx) })
+}
+
+func (f *flowRunner) changedCh() <-chan struct{} {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.changed
+}
+
+func (f *flowRunner) signal() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	close(f.changed)
+	f.changed = make(chan struct{})
+}
+
+// claimLocal reports whether this replica may start polling state, marking
+// it polled.
+func (f *flowRunner) claimLocal(state string) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.polling[state] {
+		return false
+	}
+	f.polling[state] = true
+	return true
+}
+
+func (f *flowRunner) dropLocal(state string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	delete(f.polling, state)
+}
+
+func (f *flowRunner) isPolling(state string) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.polling[state]
+}
+
+// readFlow returns the flow of state; store.ErrNotFound (wrapped) when
+// there is none.
+func (b *Broker) readFlow(ctx context.Context, state string) (*flowRecord, uint64, error) {
+	rec, err := b.store.Get(ctx, flowKey(state))
+	if err != nil {
+		if errors.Is(err, store.ErrNotFound) {
+			return nil, 0, err
+		}
+		return nil, 0, storeUnavailable(err)
+	}
+	var f flowRecord
+	if err := decodeRecord(rec.Value, &f, &f.Format); err != nil {
+		return nil, 0, err
+	}
+	return &f, rec.Version, nil
+}
+
+// writeFlow stores a flow record with check-and-set on expected (0: create).
+// Errors: store.ErrConflict (wrapped) as is, *UnavailableError.
+func (b *Broker) writeFlow(ctx context.Context, state string, f *flowRecord, expected uint64) (uint64, error) {
+	f.Format = recordFormat
+	raw, err := encodeRecord(f)
+	if err != nil {
+		return 0, err
+	}
+	v, err := b.store.Put(ctx, flowKey(state), raw, expected)
+	if err != nil && !errors.Is(err, store.ErrConflict) {
+		return 0, storeUnavailable(err)
+	}
+	return v, err
+}
+
+// updateFlow re-reads the flow and applies mutate until a check-and-set
+// write succeeds. mutate returns false to leave the record as it is.
+// Errors: store.ErrNotFound, *UnavailableError, ErrConflict after
+// flowWriteTries lost races.
+func (b *Broker) updateFlow(ctx context.Context, state string, mutate func(*flowRecord) bool) (*flowRecord, uint64, error) {
+	for range flowWriteTries {
+		f, version, err := b.readFlow(ctx, state)
+		if err != nil {
+			return nil, 0, err
+		}
+		if !mutate(f) {
+			return f, version, nil
+		}
+		v, err := b.writeFlow(ctx, state, f, version)
+		if errors.Is(err, store.ErrConflict) {
+			continue
+		}
+		if err != nil {
+			return nil, 0, err
+		}
+		if !f.pending() {
+			b.flows.signal()
+		}
+		return f, v, nil
+	}
+	return nil, 0, fmt.Errorf("%w: flow record kept changing", ErrConflict)
+}
+
+// completeFlow records a flow's family. It overwrites an expiry a sweep
+// wrote meanwhile: the family is installed, that is the truth.
+func (b *Broker) completeFlow(ctx context.Context, state string, act Activation) {
+	b.recordOutcome(ctx, state, func(f *flowRecord) bool {
+		if !f.pending() && (f.Status != flowFailed || f.Failure != FlowExpired) {
+			return false
+		}
+		f.complete(b.opts.now(), act)
+		return true
+	})
+}
+
+// failFlow records why a flow ended without a family, unless it already
+// ended.
+func (b *Broker) failFlow(ctx context.Context, state string, reason FlowFailure, detail string) {
+	b.recordOutcome(ctx, state, func(f *flowRecord) bool {
+		if !f.pending() {
+			return false
+		}
+		f.fail(b.opts.now(), reason, detail)
+		return true
+	})
+}
+
+// recordOutcome writes on a context of its own: once the provider acted, a
+// cancelled caller must not leave the flow looking pending.
+func (b *Broker) recordOutcome(ctx context.Context, state string, mutate func(*flowRecord) bool) {
+	pctx, cancel := persistContext(ctx)
+	defer cancel()
+	if _, _, err := b.updateFlow(pctx, state, mutate); err != nil && !errors.Is(err, store.ErrNotFound) {
+		b.log.ErrorContext(ctx, "could not record a reauthentication flow's outcome", "err", err)
+	}
+}
+
+// FlowProgress is a flow's state as AuthorizationCheck reports it: exactly
+// one field is set.
+type FlowProgress struct {
+	Authorization *PendingAuthorization
+	Device        *DevicePending
+	Activation    *Activation
+}
+
+// CheckAuthorization reports how the flow of state, begun for credential id,
+// is doing, waiting up to wait (at most MaxCheckWait, and less than ctx's
+// deadline) for it to finish. A flow that ended without a family is an
+// *AuthorizationError. Errors: *InvalidArgumentError (also for a state that
+// is unknown, another credential's, or forgotten), *AuthorizationError,
+// *UnavailableError, ctx's error.
+func (b *Broker) CheckAuthorization(ctx context.Context, id, state string, wait time.Duration) (FlowProgress, error) {
+	if err := b.validateID(id); err != nil {
+		return FlowProgress{}, err
+	}
+	if !isFlowState(state) {
+		return FlowProgress{}, invalid("state", "malformed")
+	}
+	if wait < 0 || wait > MaxCheckWait {
+		return FlowProgress{}, invalid("authorization_check.wait", "between 0 and %s", MaxCheckWait)
+	}
+	if dl, ok := ctx.Deadline(); ok {
+		wait = min(wait, time.Until(dl)-checkAnswerMargin)
+	}
+	var timeout <-chan time.Time
+	if wait > 0 {
+		t := time.NewTimer(wait)
+		defer t.Stop()
+		timeout = t.C
+	}
+	poll := time.NewTicker(checkPoll)
+	defer poll.Stop()
+	for {
+		changed := b.flows.changedCh()
+		f, version, err := b.readFlow(ctx, state)
+		if errors.Is(err, store.ErrNotFound) {
+			return FlowProgress{}, errFlowUnknown()
+		}
+		if err != nil {
+			return FlowProgress{}, err
+		}
+		if f.CredentialID != id {
+			return FlowProgress{}, errFlowUnknown()
+		}
+		p, done, err := b.progress(f, state)
+		if done || wait <= 0 {
+			return p, err
+		}
+		if f.kind() == FlowDevice && b.opts.now().After(f.LeaseUntil) {
+			// Nobody polls it: take it over now rather than at the next
+			// sweep, the operator is waiting.
+			b.takeOverDevice(ctx, state, f, version)
+		}
+		select {
+		case <-changed:
+		case <-poll.C:
+		case <-timeout:
+			return p, nil
+		case <-b.flows.ctx.Done():
+			return p, nil
+		case <-b.flows.noWait:
+			return p, nil
+		case <-ctx.Done():
+			return FlowProgress{}, ctx.Err()
+		}
+	}
+}
+
+// progress turns a record into the check's answer; done when the flow ended.
+func (b *Broker) progress(f *flowRecord, state string) (FlowProgress, bool, error) {
+	switch {
+	case f.Status == flowCompleted:
+		return FlowProgress{Activation: &Activation{FamilyID: f.FamilyID, Generation: f.Generation, ActivatedAt: f.ActivatedAt}}, true, nil
+	case f.Status == flowFailed:
+		return FlowProgress{}, true, &AuthorizationError{Reason: f.Failure, Detail: f.FailureDetail}
+	case !b.opts.now().Before(f.ExpiresAt) && !(f.Consumed && b.opts.now().Before(f.ExpiresAt.Add(exchangeGrace))):
+		return FlowProgress{}, true, &AuthorizationError{Reason: FlowExpired, Detail: "the flow expired before the user completed it; start a new one"}
+	case f.kind() == FlowDevice:
+		return FlowProgress{Device: devicePending(state, f)}, false, nil
+	default:
+		return FlowProgress{Authorization: &PendingAuthorization{AuthorizeURL: f.AuthorizeURL, State: state, ExpiresAt: f.ExpiresAt, RedirectURI: f.RedirectURI}}, false, nil
+	}
+}
+
+// runFlowSweeper sweeps the flows until ctx ends.
+func (b *Broker) runFlowSweeper(ctx context.Context) {
+	t := time.NewTicker(b.opts.flow.sweep())
+	defer t.Stop()
+	for {
+		b.sweepFlows(ctx)
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// sweepFlows takes over device flows nobody polls, expires pending flows
+// past their deadline and deletes finished ones past flowRetention. It
+// costs one List and one read per flow: flows are few (one per person
+// reauthenticating), whatever the number of credentials.
+func (b *Broker) sweepFlows(ctx context.Context) {
+	keys, err := b.store.List(ctx, flowsPrefix)
+	if err != nil {
+		if ctx.Err() == nil {
+			b.log.WarnContext(ctx, "flow sweep: cannot list flows", "err", err)
+		}
+		return
+	}
+	for _, key := range keys {
+		if ctx.Err() != nil {
+			return
+		}
+		state := strings.TrimPrefix(key, flowsPrefix)
+		f, version, err := b.readFlow(ctx, state)
+		if err != nil {
+			if !errors.Is(err, store.ErrNotFound) {
+				b.log.WarnContext(ctx, "flow sweep: cannot read a flow", "err", err)
+			}
+			continue
+		}
+		now := b.opts.now()
+		leaseLive := f.kind() == FlowDevice && f.Poller != "" && now.Before(f.LeaseUntil)
+		switch {
+		case !f.pending():
+			if !now.Before(f.FinishedAt.Add(flowRetention)) {
+				b.deleteFlow(ctx, state)
+			}
+		case !now.Before(f.ExpiresAt.Add(flowRetention + exchangeGrace)):
+			// Pending far past its end: whoever should have finished it is
+			// gone, and a check has long answered "expired".
+			b.deleteFlow(ctx, state)
+		case !now.Before(f.ExpiresAt):
+			if leaseLive || (f.Consumed && now.Before(f.ExpiresAt.Add(exchangeGrace))) {
+				continue // its poller or exchanger will record the outcome
+			}
+			expired := *f
+			expired.fail(now, FlowExpired, "the flow expired before the user completed it; start a new one")
+			if _, err := b.writeFlow(ctx, state, &expired, version); err == nil {
+				b.flows.signal()
+			}
+		case f.kind() == FlowDevice && !leaseLive && !b.flows.isPolling(state):
+			b.takeOverDevice(ctx, state, f, version)
+		}
+	}
+}
+
+func (b *Broker) deleteFlow(ctx context.Context, state string) {
+	if err := b.store.Delete(ctx, flowKey(state)); err != nil {
+		b.log.WarnContext(ctx, "flow sweep: cannot delete a finished flow", "err", err)
+	}
+}

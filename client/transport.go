@@ -1,0 +1,107 @@
+package client
+
+import (
+	"errors"
+	"io"
+	"net/http"
+)
+
+// Transport is an http.RoundTripper that presents credentialID's access
+// token to a resource server, in the Authorization header. When the
+// resource server answers 401 it reports the token as rejected (see
+// WithRejected) and, if Rotavault hands out a different token and the
+// request's body can be sent again (no body, or Request.GetBody set, as
+// http.NewRequest does for in-memory bodies), sends the request once more
+// with it; never more than once per request, whatever the second answer.
+// When the body cannot be replayed the 401 is returned, and the next
+// request uses the newer token.
+//
+// Every request through it carries the token: use it for one resource
+// server. For Salesforce the request URLs are the consumer's to build from
+// the token's instance URL (Client.Token(...).InstanceURL); the Transport
+// does not rewrite them.
+//
+// Errors: those of Client.Token; a 401 for a credential whose family turns
+// out to be revoked is a *ReauthenticationRequiredError (the response is
+// discarded). Safe for concurrent use; the zero value is not usable: set
+// Client and CredentialID.
+type Transport struct {
+	// Client gets the tokens. Required.
+	Client *Client
+	// CredentialID names the credential. Required.
+	CredentialID string
+	// Base sends the requests; nil means http.DefaultTransport.
+	Base http.RoundTripper
+}
+
+// RoundTrip implements http.RoundTripper.
+func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
+	bodyClosed := false
+	if req.Body != nil {
+		defer func() {
+			if !bodyClosed {
+				_ = req.Body.Close()
+			}
+		}()
+	}
+	if t.Client == nil || t.CredentialID == "" {
+		return nil, errors.New("client: Transport needs a Client and a CredentialID")
+	}
+	ctx := req.Context()
+	tok, err := t.Client.Token(ctx, t.CredentialID)
+	if err != nil {
+		return nil, err
+	}
+	bodyClosed = true // the base transport closes it from here on
+	resp, err := t.base().RoundTrip(withToken(req, tok))
+	if err != nil || resp.StatusCode != http.StatusUnauthorized {
+		return resp, err
+	}
+
+	newer, err := t.Client.Token(ctx, t.CredentialID, WithRejected(tok))
+	var reauth *ReauthenticationRequiredError
+	switch {
+	case errors.As(err, &reauth):
+		discard(resp)
+		return nil, err
+	case err != nil, newer.Fingerprint == tok.Fingerprint:
+		// No newer token (the provider still vouches for this one, or the
+		// report was refused): the resource server's answer stands.
+		return resp, nil
+	}
+	retry := withToken(req, newer)
+	switch {
+	case req.Body == nil || req.Body == http.NoBody:
+	case req.GetBody == nil:
+		return resp, nil
+	default:
+		body, err := req.GetBody()
+		if err != nil {
+			return resp, nil
+		}
+		retry.Body = body
+	}
+	discard(resp)
+	return t.base().RoundTrip(retry)
+}
+
+func (t *Transport) base() http.RoundTripper {
+	if t.Base != nil {
+		return t.Base
+	}
+	return http.DefaultTransport
+}
+
+// withToken is a copy of req presenting tok; req is not modified.
+func withToken(req *http.Request, tok Token) *http.Request {
+	r := req.Clone(req.Context())
+	r.Header.Set("Authorization", tok.AuthorizationHeader())
+	return r
+}
+
+// discard reads a little of a response we drop, so its connection can be
+// reused, and closes it.
+func discard(resp *http.Response) {
+	_, _ = io.CopyN(io.Discard, resp.Body, 4<<10)
+	_ = resp.Body.Close()
+}

@@ -1,0 +1,148 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net/http"
+	"time"
+
+	"github.com/rotavault/rotavault/broker"
+)
+
+// CallbackPath is the server's own OAuth redirect endpoint: a provider
+// app's redirect URI is <public URL>/oauth/callback.
+const CallbackPath = "/oauth/callback"
+
+// callbackTimeout bounds the work of one callback: a code exchange (the
+// provider client's own timeout is 30 s) and the store writes around it.
+const callbackTimeout = 60 * time.Second
+
+// CallbackBroker is what the callback endpoint needs of the rotation logic.
+type CallbackBroker interface {
+	CompleteCallback(ctx context.Context, cb broker.Callback) (broker.Activation, error)
+}
+
+// HTTPConfig holds the HTTP endpoints' dependencies.
+type HTTPConfig struct {
+	Callback CallbackBroker
+	Logger   *slog.Logger // nil: discard
+}
+
+// NewHTTPMux returns the server's plain-HTTP endpoints, for browsers and
+// infrastructure rather than gRPC clients: GET /oauth/callback. Operational
+// endpoints (/metrics, /healthz, /readyz) belong on the same mux; add them
+// to the one returned. The callback needs no authentication: the flow's
+// state is the capability, single use and expiring, and PKCE makes a code
+// seen in transit useless without the verifier only the store holds.
+func NewHTTPMux(cfg HTTPConfig) *http.ServeMux {
+	mux := http.NewServeMux()
+	mux.Handle(CallbackPath, &callbackHandler{broker: cfg.Callback, log: loggerOrDiscard(cfg.Logger)})
+	return mux
+}
+
+// NewHTTPServer returns an http.Server for h with timeouts that keep slow
+// or idle clients from holding connections (the callback waits for a code
+// exchange, so writes get callbackTimeout and more).
+func NewHTTPServer(h http.Handler, log *slog.Logger) *http.Server {
+	return &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       15 * time.Second,
+		WriteTimeout:      callbackTimeout + 15*time.Second,
+		IdleTimeout:       60 * time.Second,
+		MaxHeaderBytes:    16 << 10,
+		ErrorLog:          slog.NewLogLogger(loggerOrDiscard(log).Handler(), slog.LevelDebug),
+	}
+}
+
+type callbackHandler struct {
+	broker CallbackBroker
+	log    *slog.Logger
+}
+
+// page is a fixed answer: nothing of the request is ever reflected in it.
+type page struct {
+	status  int
+	outcome string // for the log
+	title   string
+	body    string
+}
+
+var (
+	pageDone = page{http.StatusOK, "completed", "Authorization complete",
+		"Rotavault installed the new token family. You can close this window."}
+	pageDenied = page{http.StatusOK, "denied", "Authorization declined",
+		"The authorization was declined at the provider, and nothing changed. Ask the operator to start a new one if this was a mistake."}
+	pageUnknown = page{http.StatusBadRequest, "unknown_state", "Link unknown, expired or used",
+		"This authorization link is unknown, has expired or was already used; nothing changed. Ask the operator to start a new one."}
+	pageRefused = page{http.StatusBadRequest, "refused", "Authorization failed",
+		"The provider did not grant what Rotavault needs, and nothing changed. The operator can see why (rotavault reauth) and start again."}
+	pageProviderDown = page{http.StatusBadGateway, "provider_unavailable", "Provider unavailable",
+		"The provider could not be reached to finish the authorization. Reload this page to try again."}
+	pageStoreDown = page{http.StatusServiceUnavailable, "store_unavailable", "Temporarily unavailable",
+		"Rotavault cannot reach its store right now. Reload this page to try again."}
+	pageMethod = page{http.StatusMethodNotAllowed, "bad_method", "Method not allowed",
+		"This address only answers the provider's redirect."}
+	pageInternal = page{http.StatusInternalServerError, "internal_error", "Internal error",
+		"Rotavault could not finish the authorization. The operator can find the cause in the server's log."}
+)
+
+func (h *callbackHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodGet {
+		// HEAD included: a link previewer must not spend the code.
+		w.Header().Set("Allow", http.MethodGet)
+		h.write(w, r, pageMethod)
+		return
+	}
+	q := r.URL.Query()
+	cb := broker.Callback{State: q.Get("state"), Code: q.Get("code"), Error: q.Get("error")}
+	ctx, cancel := context.WithTimeout(r.Context(), callbackTimeout)
+	defer cancel()
+	_, err := h.broker.CompleteCallback(ctx, cb)
+	h.write(w, r, h.pageFor(ctx, err))
+}
+
+func (h *callbackHandler) pageFor(ctx context.Context, err error) page {
+	var (
+		inv   *broker.InvalidArgumentError
+		authz *broker.AuthorizationError
+		unav  *broker.UnavailableError
+	)
+	switch {
+	case err == nil:
+		return pageDone
+	case errors.As(err, &inv) && inv.Field == "state":
+		return pageUnknown
+	case errors.As(err, &authz) && authz.Reason == broker.FlowDenied:
+		return pageDenied
+	case errors.As(err, &inv), errors.As(err, &authz), errors.Is(err, broker.ErrNotFound):
+		return pageRefused
+	case errors.As(err, &unav):
+		h.log.WarnContext(ctx, "oauth callback: dependency unavailable", "component", unav.Component, "err", unav.Err)
+		if unav.Component == broker.ComponentStore {
+			return pageStoreDown
+		}
+		return pageProviderDown
+	default:
+		h.log.ErrorContext(ctx, "oauth callback failed", "err", err)
+		return pageInternal
+	}
+}
+
+// write sends a fixed page with headers that keep it out of caches,
+// frames, MIME sniffing and Referer headers (the URL held a code).
+func (h *callbackHandler) write(w http.ResponseWriter, r *http.Request, p page) {
+	hd := w.Header()
+	hd.Set("Content-Type", "text/html; charset=utf-8")
+	hd.Set("Cache-Control", "no-store")
+	hd.Set("Pragma", "no-cache")
+	hd.Set("X-Content-Type-Options", "nosniff")
+	hd.Set("X-Frame-Options", "DENY")
+	hd.Set("Referrer-Policy", "no-referrer")
+	hd.Set("Content-Security-Policy", "default-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+	w.WriteHeader(p.status)
+	_, _ = w.Write([]byte(`<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>` + p.title +
+		`</title></head><body><h1>` + p.title + `</h1><p>` + p.body + `</p></body></html>`))
+	h.log.InfoContext(r.Context(), "oauth callback", "outcome", p.outcome, "status", p.status)
+}
