@@ -74,8 +74,10 @@ func (b *Broker) GetAccessToken(ctx context.Context, req TokenRequest) (AccessTo
 	}
 	if req.Rejected == nil && b.fresh(v, req.MinRemaining) {
 		e.markUsed()
+		b.metrics.cacheHits.Add(1)
 		return toAccessToken(v), nil // the hot path: no allocation, no store
 	}
+	b.metrics.cacheMisses.Add(1)
 	need := b.needsRefresh(req.MinRemaining)
 
 	if req.Rejected != nil {

@@ -282,21 +282,100 @@ type counters struct {
 	claimWaits atomic.Int64
 	// consumerTokensDropped counts tokens the consumer catalog had no room
 	// to attribute (see MaxConsumersPerCredential).
-	consumerTokensDropped atomic.Int64
+	consumerTokensDropped  atomic.Int64
+	cacheHits, cacheMisses atomic.Int64
+	refreshes              atomic.Int64
+	refreshFailures        [numRefreshFailures]atomic.Int64
+	// revocations is guarded by revocationsMu: reasons are few, revocations
+	// rare.
+	revocationsMu sync.Mutex
+	revocations   map[RevocationReason]int64
 }
 
-// Stats are counters a test or an operator may read.
+// Stats are counters a test or an operator may read. They count what this
+// replica did since it started.
 type Stats struct {
 	// ClaimWaits counts waits for another replica's refresh.
 	ClaimWaits int64
 	// ConsumerTokensDropped counts access tokens this replica handed to
 	// identities it could not add to a full consumer catalog.
 	ConsumerTokensDropped int64
+	// CacheHits counts GetAccessToken calls answered from the cached token;
+	// CacheMisses those that needed a refresh, a wait for one, or the store.
+	CacheHits, CacheMisses int64
+	// Refreshes counts rotations this replica completed and stored.
+	Refreshes int64
+	// RefreshFailures counts refreshes this replica gave up on, by reason:
+	// provider_unavailable, store_unavailable, reauthentication_required
+	// (the family was revoked), client_rejected, other.
+	RefreshFailures map[string]int64
+	// Revocations counts families this replica marked revoked, by reason.
+	Revocations map[RevocationReason]int64
+	// NoticeLogReadAt is when this replica last read the shared notice log
+	// successfully: how current its view of the store is.
+	NoticeLogReadAt time.Time
 }
 
 // Stats returns the broker's counters.
 func (b *Broker) Stats() Stats {
-	return Stats{ClaimWaits: b.metrics.claimWaits.Load(), ConsumerTokensDropped: b.metrics.consumerTokensDropped.Load()}
+	m := &b.metrics
+	s := Stats{
+		ClaimWaits: m.claimWaits.Load(), ConsumerTokensDropped: m.consumerTokensDropped.Load(),
+		CacheHits: m.cacheHits.Load(), CacheMisses: m.cacheMisses.Load(), Refreshes: m.refreshes.Load(),
+		RefreshFailures: make(map[string]int64, numRefreshFailures),
+		Revocations:     make(map[RevocationReason]int64),
+		NoticeLogReadAt: b.notices.lastRead(),
+	}
+	for i := range m.refreshFailures {
+		s.RefreshFailures[refreshFailureNames[i]] = m.refreshFailures[i].Load()
+	}
+	m.revocationsMu.Lock()
+	for r, n := range m.revocations {
+		s.Revocations[r] = n
+	}
+	m.revocationsMu.Unlock()
+	return s
+}
+
+const (
+	failProviderUnavailable = iota
+	failStoreUnavailable
+	failReauthRequired
+	failClientRejected
+	failOther
+	numRefreshFailures
+)
+
+var refreshFailureNames = [numRefreshFailures]string{"provider_unavailable", "store_unavailable", "reauthentication_required", "client_rejected", "other"}
+
+// countRefresh records how a refresh this replica ran ended.
+func (b *Broker) countRefresh(err error) {
+	if err == nil {
+		b.metrics.refreshes.Add(1)
+		return
+	}
+	kind := failOther
+	var ue *UnavailableError
+	switch {
+	case errors.As(err, &ue) && ue.Component == ComponentProvider:
+		kind = failProviderUnavailable
+	case errors.As(err, &ue):
+		kind = failStoreUnavailable
+	case errors.Is(err, ErrReauthRequired):
+		kind = failReauthRequired
+	case errors.Is(err, ErrClientRejected):
+		kind = failClientRejected
+	}
+	b.metrics.refreshFailures[kind].Add(1)
+}
+
+func (b *Broker) countRevocation(r RevocationReason) {
+	b.metrics.revocationsMu.Lock()
+	defer b.metrics.revocationsMu.Unlock()
+	if b.metrics.revocations == nil {
+		b.metrics.revocations = make(map[RevocationReason]int64)
+	}
+	b.metrics.revocations[r]++
 }
 
 // New returns a broker and starts its scheduler. It loads the credentials
@@ -575,4 +654,24 @@ func (b *Broker) goTracked(f func()) bool {
 		f()
 	}()
 	return true
+}
+
+// ErrNotReady: this replica has not reached its store lately.
+var ErrNotReady = errors.New("broker: store not reached lately")
+
+// Ready reports whether this replica reaches its store: the notice log's
+// follower reads it every poll interval, so a replica that has not read it
+// for several intervals cannot rotate, record or announce anything. A
+// provider outage does not make a replica unready: cached tokens are still
+// served, and every replica would be taken out of its load balancer alike.
+func (b *Broker) Ready() error {
+	if b.closed.Load() {
+		return fmt.Errorf("%w: shutting down", ErrNotReady)
+	}
+	window := max(3*b.opts.noticePoll, 5*time.Second)
+	last := b.notices.lastRead()
+	if since := time.Since(last); since > window {
+		return fmt.Errorf("%w: last read %s ago (more than %s)", ErrNotReady, since.Round(time.Second), window)
+	}
+	return nil
 }

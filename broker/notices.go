@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sync/singleflight"
@@ -112,6 +113,15 @@ type noticeLog struct {
 	missingSeq   uint64
 	missingSince time.Time
 	subs         map[*Subscription]struct{}
+	// readAt is when the head was last read successfully (unix nanos).
+	readAt atomic.Int64
+}
+
+func (l *noticeLog) lastRead() time.Time {
+	if n := l.readAt.Load(); n != 0 {
+		return time.Unix(0, n)
+	}
+	return time.Time{}
 }
 
 type pendingNotice struct {
@@ -184,6 +194,7 @@ func (l *noticeLog) readMeta(ctx context.Context) (noticeLogMeta, uint64, error)
 		}
 		return noticeLogMeta{}, 0, fmt.Errorf("broker: read notice log: %w", err)
 	}
+	l.readAt.Store(time.Now().UnixNano())
 	var meta noticeLogMeta
 	if err := decodeRecord(rec.Value, &meta, &meta.Format); err != nil {
 		return noticeLogMeta{}, 0, err
@@ -632,6 +643,9 @@ func (l *noticeLog) closeSubscribers() {
 // still delivered live on this replica: the family's state is stored, and a
 // watcher learns of it now rather than never.
 func (b *Broker) notify(ctx context.Context, n Notice) {
+	if n.Kind == NoticeFamilyRevoked {
+		b.countRevocation(n.Reason)
+	}
 	err := b.notices.append(ctx, n)
 	if err == nil {
 		return

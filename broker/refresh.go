@@ -45,6 +45,7 @@ func (b *Broker) runRefresh(e *entry, need func(*view) bool) (*view, error) {
 		return v, err
 	}
 	v, err = b.refreshFamily(ctx, e, v)
+	b.countRefresh(err)
 	e.mu.Lock()
 	e.lastErr = err
 	e.mu.Unlock()

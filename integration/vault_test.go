@@ -5,8 +5,10 @@ import (
 	"net/url"
 	"sync"
 	"testing"
+	"time"
 
 	"google.golang.org/grpc/codes"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	rotavaultv1 "github.com/rotavault/rotavault/gen/rotavault/v1"
 	"github.com/rotavault/rotavault/internal/vaulttest"
@@ -75,11 +77,14 @@ func TestVaultRestartMidTraffic(t *testing.T) {
 	e.installSalesforce("acme")
 	first := e.token("acme")
 
+	awaitHealth(t, e, healthpb.HealthCheckResponse_SERVING)
 	v.Stop()
 	// A still-valid token is served from memory during the outage.
 	if tok := e.token("acme"); tok.GetAccessToken() != first.GetAccessToken() {
 		t.Fatal("the cached token was not served during the outage")
 	}
+	// Load balancers are told this replica cannot reach its store.
+	awaitHealth(t, e, healthpb.HealthCheckResponse_NOT_SERVING)
 	// A refresh cannot be claimed without Vault: UNAVAILABLE, and the
 	// provider is not called (nothing could be stored).
 	refreshes := e.sim.Stats().RefreshRequests
@@ -91,6 +96,7 @@ func TestVaultRestartMidTraffic(t *testing.T) {
 	}
 
 	v.Restart()
+	awaitHealth(t, e, healthpb.HealthCheckResponse_SERVING)
 	tok := e.token("acme") // no reconnect step: traffic resumes by itself
 	if tok.GetFamilyId() != first.GetFamilyId() || tok.GetGeneration() != first.GetGeneration()+1 {
 		t.Fatalf("after the restart: %+v", tok)
@@ -100,6 +106,23 @@ func TestVaultRestartMidTraffic(t *testing.T) {
 	e.expire()
 	if again := e.token("acme"); again.GetFamilyId() != first.GetFamilyId() || e.sim.Stats().ReuseDetections != 0 {
 		t.Fatalf("state lost across the Vault restart: %+v", e.sim.Stats())
+	}
+}
+
+// awaitHealth polls the node's gRPC health service until it reports want.
+func awaitHealth(t *testing.T, e *env, want healthpb.HealthCheckResponse_ServingStatus) {
+	t.Helper()
+	health := healthpb.NewHealthClient(e.conn)
+	deadline := time.Now().Add(awaitDeadline)
+	for {
+		resp, err := health.Check(ctxT(t), &healthpb.HealthCheckRequest{Service: rotavaultv1.TokenVaultService_ServiceDesc.ServiceName})
+		if err == nil && resp.GetStatus() == want {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("health never became %s: %v %v", want, resp.GetStatus(), err)
+		}
+		time.Sleep(100 * time.Millisecond) // polling an outside view, bounded by the deadline
 	}
 }
 

@@ -87,6 +87,8 @@ type Server struct {
 	// drain ends every streaming call at shutdown.
 	drain    context.CancelFunc
 	issuance *issuanceCounter
+	// readinessDone is closed when the readiness follower has stopped.
+	readinessDone chan struct{}
 }
 
 // New builds a gRPC server with the token and admin services, the standard
@@ -158,13 +160,56 @@ func New(cfg Config) *Server {
 	rotavaultv1.RegisterCredentialAdminServiceServer(gs, NewCredentialAdminService(CredentialAdminConfig{Broker: cfg.Broker, Logger: log}))
 	hs := health.NewServer()
 	healthpb.RegisterHealthServer(gs, hs)
-	for _, svc := range []string{"", rotavaultv1.TokenVaultService_ServiceDesc.ServiceName, rotavaultv1.CredentialAdminService_ServiceDesc.ServiceName} {
-		hs.SetServingStatus(svc, healthpb.HealthCheckResponse_SERVING)
+	setHealth := func(st healthpb.HealthCheckResponse_ServingStatus) {
+		for _, svc := range healthServices {
+			hs.SetServingStatus(svc, st)
+		}
 	}
+	setHealth(healthpb.HealthCheckResponse_SERVING)
 	if cfg.Reflection {
 		reflection.Register(gs)
 	}
-	return &Server{GRPC: gs, Health: hs, drain: drain, issuance: issuance}
+	s := &Server{GRPC: gs, Health: hs, drain: drain, issuance: issuance, readinessDone: make(chan struct{})}
+	if cfg.Broker != nil {
+		go s.followReadiness(draining, cfg.Broker, setHealth, log)
+	} else {
+		close(s.readinessDone)
+	}
+	return s
+}
+
+var healthServices = []string{"", rotavaultv1.TokenVaultService_ServiceDesc.ServiceName, rotavaultv1.CredentialAdminService_ServiceDesc.ServiceName}
+
+// readinessInterval is how often the health service follows the broker's
+// readiness.
+const readinessInterval = time.Second
+
+// followReadiness reports NOT_SERVING while the broker cannot reach its
+// store, so load balancers and grpc-health-probe take this replica out;
+// provider trouble leaves it SERVING (cached tokens still work). It ends
+// when the server drains.
+func (s *Server) followReadiness(ctx context.Context, b *broker.Broker, set func(healthpb.HealthCheckResponse_ServingStatus), log *slog.Logger) {
+	defer close(s.readinessDone)
+	t := time.NewTicker(readinessInterval)
+	defer t.Stop()
+	serving := true
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		err := b.Ready()
+		switch {
+		case err != nil && serving:
+			log.Warn("not ready: reporting NOT_SERVING", "err", err)
+			set(healthpb.HealthCheckResponse_NOT_SERVING)
+		case err == nil && !serving:
+			log.Info("ready again: reporting SERVING")
+			set(healthpb.HealthCheckResponse_SERVING)
+		}
+		serving = err == nil
+	}
 }
 
 func (cfg Config) keepalive() keepalive.ServerParameters {
@@ -184,8 +229,9 @@ func (cfg Config) keepalive() keepalive.ServerParameters {
 // Shutdown marks the server NOT_SERVING (so load balancers drain it), then
 // stops gracefully, waiting at most for ctx.
 func (s *Server) Shutdown(ctx context.Context) {
-	s.Health.Shutdown()
 	s.drain()
+	<-s.readinessDone // so that it cannot mark the server SERVING again
+	s.Health.Shutdown()
 	done := make(chan struct{})
 	go func() {
 		s.GRPC.GracefulStop()

@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"errors"
+	"io"
 	"log/slog"
 	"net/http"
 	"time"
@@ -27,18 +28,45 @@ type CallbackBroker interface {
 type HTTPConfig struct {
 	Callback CallbackBroker
 	Logger   *slog.Logger // nil: discard
+	// Ready, when set, answers /readyz: nil means this replica can serve
+	// (its store is reachable). /healthz (liveness) answers 200 whenever
+	// the process serves HTTP.
+	Ready func() error
+	// Metrics, when set, is served at /metrics.
+	Metrics http.Handler
 }
 
 // NewHTTPMux returns the server's plain-HTTP endpoints, for browsers and
-// infrastructure rather than gRPC clients: GET /oauth/callback. Operational
-// endpoints (/metrics, /healthz, /readyz) belong on the same mux; add them
-// to the one returned. The callback needs no authentication: the flow's
+// infrastructure rather than gRPC clients: GET /oauth/callback, /healthz
+// and, when configured, /readyz and /metrics. The callback needs no authentication: the flow's
 // state is the capability, single use and expiring, and PKCE makes a code
 // seen in transit useless without the verifier only the store holds.
 func NewHTTPMux(cfg HTTPConfig) *http.ServeMux {
 	mux := http.NewServeMux()
 	mux.Handle(CallbackPath, &callbackHandler{broker: cfg.Callback, log: loggerOrDiscard(cfg.Logger)})
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		plain(w, http.StatusOK, "ok")
+	})
+	if cfg.Ready != nil {
+		mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+			if err := cfg.Ready(); err != nil {
+				plain(w, http.StatusServiceUnavailable, "not ready: "+err.Error())
+				return
+			}
+			plain(w, http.StatusOK, "ready")
+		})
+	}
+	if cfg.Metrics != nil {
+		mux.Handle("GET /metrics", cfg.Metrics)
+	}
 	return mux
+}
+
+func plain(w http.ResponseWriter, status int, text string) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(status)
+	_, _ = io.WriteString(w, text+"\n")
 }
 
 // NewHTTPServer returns an http.Server for h with timeouts that keep slow

@@ -84,8 +84,8 @@ func TestCredentialLifecycle(t *testing.T) {
 
 	t.Run("list shows the credential in a table", func(t *testing.T) {
 		r := c.run("", "credentials", "list").expect(t, exitOK)
-		if !regexp.MustCompile(`ID\s+STATUS\s+GENERATION\s+NEXT REFRESH\s+LAST ERROR`).MatchString(r.stdout) ||
-			!regexp.MustCompile(`(?m)^acme\s+active\s+\d+\s+`).MatchString(r.stdout) {
+		if !regexp.MustCompile(`ID\s+STATUS\s+GENERATION\s+TOKEN ISSUED\s+TOKEN EXPIRES\s+NEXT REFRESH\s+LAST ERROR`).MatchString(r.stdout) ||
+			!regexp.MustCompile(`(?m)^acme\s+active\s+\d+\s+(now|\S+ ago)\s+in \S+\s+in \S+\s+-\s*$`).MatchString(r.stdout) {
 			t.Errorf("credentials list:\n%s", r.stdout)
 		}
 		j := c.run("", "credentials", "list", "--json").expect(t, exitOK)

@@ -172,9 +172,10 @@ func newCredentialsListCmd(a *app, client *clientOptions) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "list",
 		Short: "List credentials with their status",
-		Long: `List every credential in id order: status, token generation, next
+		Long: `List every credential in id order, at a glance: status, token generation,
+when the current access token was issued and when it expires, the next
 scheduled refresh and the last refresh problem. With --json, one credential
-per line.
+per line, for scripts.
 
 Examples:
   rotavault credentials list
@@ -198,17 +199,15 @@ Examples:
 				return err
 			}
 			tw := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "ID\tSTATUS\tGENERATION\tNEXT REFRESH\tLAST ERROR")
+			fmt.Fprintln(tw, "ID\tSTATUS\tGENERATION\tTOKEN ISSUED\tTOKEN EXPIRES\tNEXT REFRESH\tLAST ERROR")
 			for _, c := range all {
-				next := "-"
-				if c.GetNextRefreshTime() != nil {
-					next = a.relative(c.GetNextRefreshTime().AsTime())
-				}
 				lastErr := c.GetLastError()
 				if lastErr == "" {
 					lastErr = "-"
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\n", c.GetCredentialId(), statusText(c), c.GetGeneration(), next, truncate(lastErr, maxErrorCell))
+				fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\t%s\n", c.GetCredentialId(), statusText(c), c.GetGeneration(),
+					a.relativeOrDash(c.GetLastRotationTime()), a.relativeOrDash(c.GetAccessTokenExpireTime()),
+					a.relativeOrDash(c.GetNextRefreshTime()), truncate(lastErr, maxErrorCell))
 			}
 			return tw.Flush()
 		}),

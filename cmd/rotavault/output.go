@@ -80,6 +80,14 @@ func (a *app) relative(t time.Time) string {
 	}
 }
 
+// relativeOrDash is relative for a set time, "-" for none.
+func (a *app) relativeOrDash(ts *timestamppb.Timestamp) string {
+	if ts == nil {
+		return "-"
+	}
+	return a.relative(ts.AsTime())
+}
+
 func durationText(d *durationpb.Duration) string {
 	if d == nil {
 		return ""

@@ -22,6 +22,7 @@ import (
 	"github.com/rotavault/rotavault/audit"
 	"github.com/rotavault/rotavault/boltstore"
 	"github.com/rotavault/rotavault/broker"
+	"github.com/rotavault/rotavault/metrics"
 	"github.com/rotavault/rotavault/provider"
 	"github.com/rotavault/rotavault/server"
 	"github.com/rotavault/rotavault/store"
@@ -124,8 +125,8 @@ func (cfg *serverConfig) callbackOption() (broker.Option, error) {
 
 // serveHTTP starts the HTTP endpoints on lis; the returned stop shuts them
 // down gracefully within ctx and waits for them.
-func serveHTTP(lis net.Listener, b *broker.Broker, log *slog.Logger) (stop func(ctx context.Context)) {
-	hs := server.NewHTTPServer(server.NewHTTPMux(server.HTTPConfig{Callback: b, Logger: log}), log)
+func serveHTTP(lis net.Listener, b *broker.Broker, mx *metrics.Metrics, log *slog.Logger) (stop func(ctx context.Context)) {
+	hs := server.NewHTTPServer(server.NewHTTPMux(server.HTTPConfig{Callback: b, Logger: log, Ready: b.Ready, Metrics: mx.Handler()}), log)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -200,11 +201,15 @@ func runServer(ctx context.Context, cfg serverConfig) (err error) {
 	if callback != nil {
 		brokerOpts = append(brokerOpts, callback)
 	}
-	b, err := broker.New(ctx, broker.Config{Store: st, Provider: provider.New(nil), Auditor: al}, brokerOpts...)
+	// The broker's calls to the store and the providers are timed for
+	// /metrics; the audit trail's are not (it anchors in the background).
+	mx := metrics.New()
+	b, err := broker.New(ctx, broker.Config{Store: mx.Store(st), Provider: mx.Provider(provider.New(nil)), Auditor: al}, brokerOpts...)
 	if err != nil {
 		return err
 	}
 	defer closeLogged(log, "broker", b.Close)
+	mx.WatchBroker(b)
 
 	var extra []grpc.ServerOption
 	if tc := reloader.ServerTLSConfig(); tc != nil {
@@ -259,7 +264,7 @@ func runServer(ctx context.Context, cfg serverConfig) (err error) {
 			// code seen on this hop useless without the stored verifier.
 			log.Warn("HTTP endpoints listen in plaintext off loopback: put them behind a TLS-terminating proxy (--public-url https://...)", "addr", httpAddr.String())
 		}
-		stopHTTP = serveHTTP(httpLis, b, log)
+		stopHTTP = serveHTTP(httpLis, b, mx, log)
 		log.Info("HTTP endpoints serving", "addr", httpAddr.String(), "public_url", cfg.PublicURL)
 	}
 	served := make(chan error, 1)
@@ -525,7 +530,7 @@ Examples:
 	fs.IntVar(&rateBurst, "rate-burst", server.DefaultRateBurst, "requests a caller identity may send at once before --rate-limit applies")
 	fs.DurationVar(&issuanceFlush, issuanceFlushFlag, server.DefaultIssuanceFlushInterval, "how often the access tokens handed out, counted in memory per caller and credential, are summarised into the audit trail and merged into the consumer catalog (rotavault consumers); also at shutdown. Nothing is written per call")
 	keys.register(fs)
-	fs.StringVar(&httpListen, "http-listen", "", "address of the HTTP endpoints (the OAuth callback /oauth/callback), host:port; off when empty. Plaintext: off loopback, put a TLS-terminating proxy in front")
+	fs.StringVar(&httpListen, "http-listen", "", "address of the HTTP endpoints — the OAuth callback /oauth/callback, Prometheus /metrics, liveness /healthz, readiness /readyz (the store is reachable) — host:port; off when empty. Plaintext: off loopback, put a TLS-terminating proxy in front")
 	fs.StringVar(&publicURL, "public-url", "", "how browsers reach the HTTP endpoints (https, or http on loopback): <public-url>/oauth/callback is the redirect URI of 'reauth start' without --redirect-uri; register it with each provider app")
 	fs.BoolVar(&reflection, "reflection", false, "serve gRPC reflection (for grpcurl)")
 	fs.DurationVar(&introspection, "introspection-interval", broker.DefaultIntrospectionInterval, "how often each active family's refresh token is introspected at its provider (where the credential has an introspection URL) to detect a revocation there without spending a rotation; each replica asks replicas × credentials / interval times; 0 turns it off")

@@ -1,0 +1,247 @@
+// Package metrics exposes Rotavault's Prometheus metrics: the broker's
+// counters, read at scrape time, and latency histograms of the calls it
+// makes to the store and to providers, measured by wrapping them.
+//
+// Nothing here is on the cached GetAccessToken path beyond the broker's own
+// atomic counters: a scrape reads them, no call updates a metric vector.
+package metrics
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/rotavault/rotavault/broker"
+	"github.com/rotavault/rotavault/provider"
+	"github.com/rotavault/rotavault/store"
+)
+
+const namespace = "rotavault"
+
+// Metrics holds one registry and the instruments recorded into it.
+type Metrics struct {
+	reg             *prometheus.Registry
+	storeLatency    *prometheus.HistogramVec
+	providerLatency *prometheus.HistogramVec
+}
+
+// New returns metrics in a fresh registry, with the Go runtime and process
+// collectors.
+func New() *Metrics {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	m := &Metrics{
+		reg: reg,
+		storeLatency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Namespace: namespace, Subsystem: "store", Name: "request_duration_seconds",
+			Help:    "Latency of store calls (the embedded store or Vault), by operation and result.",
+			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5},
+		}, []string{"operation", "result"}),
+		providerLatency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Namespace: namespace, Subsystem: "provider", Name: "request_duration_seconds",
+			Help:    "Latency of calls to OAuth providers, by operation and outcome (ok, rejected, not_processed, unknown, error).",
+			Buckets: []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
+		}, []string{"operation", "outcome"}),
+	}
+	reg.MustRegister(m.storeLatency, m.providerLatency)
+	return m
+}
+
+// Handler serves the registry in the Prometheus exposition format.
+func (m *Metrics) Handler() http.Handler {
+	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{Registry: m.reg})
+}
+
+// Registry is where further collectors go.
+func (m *Metrics) Registry() *prometheus.Registry { return m.reg }
+
+// WatchBroker registers the broker's counters, read from b.Stats at each
+// scrape.
+func (m *Metrics) WatchBroker(b *broker.Broker) {
+	m.reg.MustRegister(&brokerCollector{b: b})
+}
+
+var (
+	refreshesDesc = prometheus.NewDesc(namespace+"_refreshes_total",
+		"Refreshes this replica completed: the provider rotated the family and the new refresh token was stored.", nil, nil)
+	refreshFailuresDesc = prometheus.NewDesc(namespace+"_refresh_failures_total",
+		"Refreshes this replica gave up on, by reason.", []string{"reason"}, nil)
+	revocationsDesc = prometheus.NewDesc(namespace+"_revocations_total",
+		"Token families this replica marked revoked, by reason.", []string{"reason"}, nil)
+	cacheHitsDesc = prometheus.NewDesc(namespace+"_access_token_cache_hits_total",
+		"GetAccessToken calls answered from the cached access token.", nil, nil)
+	cacheMissesDesc = prometheus.NewDesc(namespace+"_access_token_cache_misses_total",
+		"GetAccessToken calls that needed a refresh, a wait for one, or the store.", nil, nil)
+	claimWaitsDesc = prometheus.NewDesc(namespace+"_claim_waits_total",
+		"Waits for a refresh another replica claimed.", nil, nil)
+	subscribersDesc = prometheus.NewDesc(namespace+"_watch_subscribers",
+		"Revocation watch streams connected to this replica.", nil, nil)
+	droppedDesc = prometheus.NewDesc(namespace+"_consumer_catalog_dropped_tokens_total",
+		"Access tokens handed to identities a full consumer catalog could not record.", nil, nil)
+	noticeLogDesc = prometheus.NewDesc(namespace+"_notice_log_last_read_timestamp_seconds",
+		"When this replica last read the shared notice log successfully (0: never); the store's health as this replica sees it.", nil, nil)
+)
+
+type brokerCollector struct{ b *broker.Broker }
+
+func (c *brokerCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{refreshesDesc, refreshFailuresDesc, revocationsDesc, cacheHitsDesc, cacheMissesDesc, claimWaitsDesc, subscribersDesc, droppedDesc, noticeLogDesc} {
+		ch <- d
+	}
+}
+
+func (c *brokerCollector) Collect(ch chan<- prometheus.Metric) {
+	s := c.b.Stats()
+	counter := func(d *prometheus.Desc, v int64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
+	}
+	counter(refreshesDesc, s.Refreshes)
+	for reason, n := range s.RefreshFailures {
+		counter(refreshFailuresDesc, n, reason)
+	}
+	for reason, n := range s.Revocations {
+		counter(revocationsDesc, n, string(reason))
+	}
+	counter(cacheHitsDesc, s.CacheHits)
+	counter(cacheMissesDesc, s.CacheMisses)
+	counter(claimWaitsDesc, s.ClaimWaits)
+	counter(droppedDesc, s.ConsumerTokensDropped)
+	ch <- prometheus.MustNewConstMetric(subscribersDesc, prometheus.GaugeValue, float64(c.b.SubscriberCount()))
+	var last float64
+	if !s.NoticeLogReadAt.IsZero() {
+		last = float64(s.NoticeLogReadAt.UnixNano()) / 1e9
+	}
+	ch <- prometheus.MustNewConstMetric(noticeLogDesc, prometheus.GaugeValue, last)
+}
+
+// Store wraps s so that every call's latency is recorded.
+func (m *Metrics) Store(s store.Store) store.Store { return &timedStore{s: s, h: m.storeLatency} }
+
+type timedStore struct {
+	s store.Store
+	h *prometheus.HistogramVec
+}
+
+func storeResult(err error) string {
+	switch {
+	case err == nil:
+		return "ok"
+	case errors.Is(err, store.ErrNotFound):
+		return "not_found"
+	case errors.Is(err, store.ErrConflict):
+		return "conflict"
+	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+		return "cancelled"
+	default:
+		return "error"
+	}
+}
+
+func (t *timedStore) observe(op string, start time.Time, err error) {
+	t.h.WithLabelValues(op, storeResult(err)).Observe(time.Since(start).Seconds())
+}
+
+func (t *timedStore) Get(ctx context.Context, key string) (r store.Record, err error) {
+	start := time.Now()
+	defer func() { t.observe("get", start, err) }()
+	return t.s.Get(ctx, key)
+}
+
+func (t *timedStore) Put(ctx context.Context, key string, value []byte, expectedVersion uint64) (v uint64, err error) {
+	start := time.Now()
+	defer func() { t.observe("put", start, err) }()
+	return t.s.Put(ctx, key, value, expectedVersion)
+}
+
+func (t *timedStore) Delete(ctx context.Context, key string) (err error) {
+	start := time.Now()
+	defer func() { t.observe("delete", start, err) }()
+	return t.s.Delete(ctx, key)
+}
+
+func (t *timedStore) List(ctx context.Context, prefix string) (keys []string, err error) {
+	start := time.Now()
+	defer func() { t.observe("list", start, err) }()
+	return t.s.List(ctx, prefix)
+}
+
+// Provider wraps p so that every provider call's latency and outcome are
+// recorded.
+func (m *Metrics) Provider(p broker.Provider) broker.Provider {
+	return &timedProvider{p: p, h: m.providerLatency}
+}
+
+type timedProvider struct {
+	p broker.Provider
+	h *prometheus.HistogramVec
+}
+
+func providerOutcome(err error) string {
+	if err == nil {
+		return "ok"
+	}
+	var pe *provider.Error
+	if !errors.As(err, &pe) {
+		return "error"
+	}
+	switch pe.Outcome {
+	case provider.OutcomeRejected:
+		return "rejected"
+	case provider.OutcomeNotProcessed:
+		return "not_processed"
+	case provider.OutcomeUnknown:
+		return "unknown"
+	default:
+		return "error"
+	}
+}
+
+func (t *timedProvider) observe(op string, start time.Time, err error) {
+	t.h.WithLabelValues(op, providerOutcome(err)).Observe(time.Since(start).Seconds())
+}
+
+func (t *timedProvider) Refresh(ctx context.Context, ep provider.Endpoint, cc provider.ClientCredentials, refreshToken string) (tok *provider.Token, err error) {
+	start := time.Now()
+	defer func() { t.observe("refresh", start, err) }()
+	return t.p.Refresh(ctx, ep, cc, refreshToken)
+}
+
+func (t *timedProvider) ExchangeCode(ctx context.Context, ep provider.Endpoint, cc provider.ClientCredentials, code, redirectURI, codeVerifier string) (tok *provider.Token, err error) {
+	start := time.Now()
+	defer func() { t.observe("exchange", start, err) }()
+	return t.p.ExchangeCode(ctx, ep, cc, code, redirectURI, codeVerifier)
+}
+
+// AuthCodeURL makes no call.
+func (t *timedProvider) AuthCodeURL(ep provider.Endpoint, cc provider.ClientCredentials, redirectURI, state, codeChallenge string, scopes []string) (string, error) {
+	return t.p.AuthCodeURL(ep, cc, redirectURI, state, codeChallenge, scopes)
+}
+
+func (t *timedProvider) Revoke(ctx context.Context, ep provider.Endpoint, cc provider.ClientCredentials, token string) (err error) {
+	start := time.Now()
+	defer func() { t.observe("revoke", start, err) }()
+	return t.p.Revoke(ctx, ep, cc, token)
+}
+
+func (t *timedProvider) IntrospectToken(ctx context.Context, ep provider.Endpoint, cc provider.ClientCredentials, token string, hint provider.TokenTypeHint) (in provider.Introspection, err error) {
+	start := time.Now()
+	defer func() { t.observe("introspect", start, err) }()
+	return t.p.IntrospectToken(ctx, ep, cc, token, hint)
+}
+
+func (t *timedProvider) StartDeviceAuthorization(ctx context.Context, ep provider.Endpoint, cc provider.ClientCredentials, scopes []string) (d *provider.DeviceAuthorization, err error) {
+	start := time.Now()
+	defer func() { t.observe("device_authorization", start, err) }()
+	return t.p.StartDeviceAuthorization(ctx, ep, cc, scopes)
+}
+
+func (t *timedProvider) PollDeviceToken(ctx context.Context, ep provider.Endpoint, cc provider.ClientCredentials, deviceCode string) (tok *provider.Token, err error) {
+	start := time.Now()
+	defer func() { t.observe("device_poll", start, err) }()
+	return t.p.PollDeviceToken(ctx, ep, cc, deviceCode)
+}
