@@ -25,6 +25,7 @@ type Credential struct {
 	LastRotationAt  time.Time
 	NextRefreshAt   time.Time
 	AccessExpiresAt time.Time
+	AccessIssuedAt  time.Time
 	LastError       string
 	CreatedAt       time.Time
 	UpdatedAt       time.Time
@@ -279,6 +280,7 @@ func (b *Broker) describe(e *entry, v *view) Credential {
 	}
 	if v.fam.Access != nil {
 		c.AccessExpiresAt = v.fam.Access.ExpiresAt
+		c.AccessIssuedAt = v.fam.Access.IssuedAt
 	}
 	e.mu.Lock()
 	if e.lastErr != nil && c.LastError == "" {

@@ -134,6 +134,7 @@ func credentialToProto(c broker.Credential) *rotavaultv1.Credential {
 		LastRotationTime:      timestampOrNil(c.LastRotationAt),
 		NextRefreshTime:       timestampOrNil(c.NextRefreshAt),
 		AccessTokenExpireTime: timestampOrNil(c.AccessExpiresAt),
+		AccessTokenIssueTime:  timestampOrNil(c.AccessIssuedAt),
 		LastError:             c.LastError,
 		CreateTime:            timestampOrNil(c.CreatedAt),
 		UpdateTime:            timestampOrNil(c.UpdatedAt),

@@ -111,7 +111,7 @@ Examples:
 			if client.json {
 				return printJSON(a.stdout, resp)
 			}
-			fmt.Fprintf(a.stdout, "created credential %s; install a token family with `rotavault reauth start %s` or `rotavault reauth import %s`\n\n", id, id, id)
+			fmt.Fprintf(a.stdout, "created credential %s; install a token family with `rotavault reauth device %s`, `rotavault reauth start %s --wait` or `rotavault reauth import %s`\n\n", id, id, id, id)
 			return a.printCredential(resp.GetCredential())
 		}),
 	}
@@ -206,7 +206,7 @@ Examples:
 					lastErr = "-"
 				}
 				fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\t%s\n", c.GetCredentialId(), statusText(c), c.GetGeneration(),
-					a.relativeOrDash(c.GetLastRotationTime()), a.relativeOrDash(c.GetAccessTokenExpireTime()),
+					a.relativeOrDash(c.GetAccessTokenIssueTime()), a.relativeOrDash(c.GetAccessTokenExpireTime()),
 					a.relativeOrDash(c.GetNextRefreshTime()), truncate(lastErr, maxErrorCell))
 			}
 			return tw.Flush()
@@ -280,6 +280,9 @@ func (a *app) printCredential(c *rotavaultv1.Credential) error {
 	}
 	if c.GetLastRotationTime() != nil {
 		f.add("last rotation", a.when(c.GetLastRotationTime()))
+	}
+	if c.GetAccessTokenIssueTime() != nil {
+		f.add("access issued", a.when(c.GetAccessTokenIssueTime()))
 	}
 	if c.GetAccessTokenExpireTime() != nil {
 		f.add("access expires", a.when(c.GetAccessTokenExpireTime()))

@@ -253,6 +253,7 @@ func (a *app) printDevIntro(boundAddr, dataDirFlag, absDir, frontURL, callbackUR
 	f.add("  server", boundAddr+"  (plaintext gRPC on loopback, reflection on)")
 	f.add("  simulator", frontURL+"  (a Salesforce org: refresh tokens rotate, a replayed one revokes its family, access tokens live 30s)")
 	f.add("  callback", callbackURL+"  (the server's OAuth redirect endpoint)")
+	f.add("  metrics", strings.TrimSuffix(callbackURL, server.CallbackPath)+"/metrics  (Prometheus; also /healthz and /readyz)")
 	f.add("  data", absDir+"  (store key "+devKeyFileName+", audit trail "+auditFileName+")")
 	f.add("  credential", fmt.Sprintf("%s  (family %s, generation %d)", devCredential, act.FamilyID, act.Generation))
 	if err := f.flush(); err != nil {

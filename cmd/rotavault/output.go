@@ -206,7 +206,7 @@ func (o *clientOptions) explain(err error, credentialID string) error {
 	}
 	switch reason := errorReason(st); {
 	case reason == reasonReauthRequired:
-		return withHint(err, "install a new token family: `rotavault reauth start %s --redirect-uri URI` (then `reauth complete`), or `rotavault reauth import %s --refresh-token-file FILE`", id, id)
+		return withHint(err, "install a new token family: `rotavault reauth device %s` (a code to enter on any device), `rotavault reauth start %s --wait` (a browser, through the server's callback), or `rotavault reauth import %s --refresh-token-file FILE`", id, id, id)
 	case reason == reasonMinLifetime:
 		return withHint(err, "ask for less --min-remaining, or raise the credential's --access-token-lifetime if the provider's tokens live longer")
 	case st.Code() == codes.Unavailable && reason == "":

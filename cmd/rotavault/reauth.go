@@ -304,7 +304,7 @@ Examples:
 		}),
 	}
 	cmd.Flags().StringArrayVar(&scopes, "scope", nil, "scopes for this flow instead of the credential's (repeatable, or space-separated)")
-	cmd.Flags().BoolVar(&noWait, "no-wait", false, "print the code and return; follow up with `rotavault reauth wait`")
+	cmd.Flags().BoolVar(&noWait, "no-wait", false, "print the code and return; follow up with rotavault reauth wait")
 	return cmd
 }
 
@@ -345,7 +345,7 @@ Examples:
 			return a.printActivation(client, id, final)
 		}),
 	}
-	cmd.Flags().StringVar(&state, "state", "", "the flow's state, printed by `reauth start` or `reauth device` (required)")
+	cmd.Flags().StringVar(&state, "state", "", "the flow's state, printed by reauth start or reauth device (required)")
 	return cmd
 }
 

@@ -101,7 +101,7 @@ func (a *app) watch(parent context.Context, client *clientOptions, ids []string,
 	if parent.Err() != nil {
 		// Interrupted: the normal way to stop watching.
 		if last != "" && !client.json {
-			fmt.Fprintf(a.stderr, "stopped; resume with: rotavault watch %s--cursor %s\n", idsArg(ids), last)
+			fmt.Fprintf(a.stderr, "stopped; resume with: rotavault watch %s--cursor %s (and the same connection flags)\n", idsArg(ids), last)
 		}
 		return nil
 	}
@@ -125,7 +125,7 @@ func watchEnded(client *clientOptions, err error, ids []string, last string) err
 	}
 	if last != "" {
 		if st, ok := grpcStatus(err); !ok || st.Code() != codes.InvalidArgument {
-			return withHint(err, "resume without missing a notice: rotavault watch %s--cursor %s", idsArg(ids), last)
+			return withHint(err, "resume without missing a notice: rotavault watch %s--cursor %s (and the same connection flags)", idsArg(ids), last)
 		}
 	}
 	return client.explain(err, "")

@@ -311,11 +311,13 @@ type Credential struct {
 	NextRefreshTime       *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=next_refresh_time,json=nextRefreshTime,proto3" json:"next_refresh_time,omitempty"`
 	AccessTokenExpireTime *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=access_token_expire_time,json=accessTokenExpireTime,proto3" json:"access_token_expire_time,omitempty"`
 	// The last refresh problem, if any, without secrets.
-	LastError     string                 `protobuf:"bytes,11,opt,name=last_error,json=lastError,proto3" json:"last_error,omitempty"`
-	CreateTime    *timestamppb.Timestamp `protobuf:"bytes,12,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
-	UpdateTime    *timestamppb.Timestamp `protobuf:"bytes,13,opt,name=update_time,json=updateTime,proto3" json:"update_time,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	LastError  string                 `protobuf:"bytes,11,opt,name=last_error,json=lastError,proto3" json:"last_error,omitempty"`
+	CreateTime *timestamppb.Timestamp `protobuf:"bytes,12,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	UpdateTime *timestamppb.Timestamp `protobuf:"bytes,13,opt,name=update_time,json=updateTime,proto3" json:"update_time,omitempty"`
+	// When the current access token was issued (by a refresh or a flow).
+	AccessTokenIssueTime *timestamppb.Timestamp `protobuf:"bytes,14,opt,name=access_token_issue_time,json=accessTokenIssueTime,proto3" json:"access_token_issue_time,omitempty"`
+	unknownFields        protoimpl.UnknownFields
+	sizeCache            protoimpl.SizeCache
 }
 
 func (x *Credential) Reset() {
@@ -435,6 +437,13 @@ func (x *Credential) GetCreateTime() *timestamppb.Timestamp {
 func (x *Credential) GetUpdateTime() *timestamppb.Timestamp {
 	if x != nil {
 		return x.UpdateTime
+	}
+	return nil
+}
+
+func (x *Credential) GetAccessTokenIssueTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.AccessTokenIssueTime
 	}
 	return nil
 }
@@ -1128,7 +1137,7 @@ const file_rotavault_v1_credential_admin_proto_rawDesc = "" +
 	"\x1arefresh_token_idle_timeout\x18\v \x01(\v2\x19.google.protobuf.DurationR\x17refreshTokenIdleTimeout\x12V\n" +
 	"\x1arefresh_token_max_lifetime\x18\f \x01(\v2\x19.google.protobuf.DurationR\x17refreshTokenMaxLifetime\x12G\n" +
 	"\x12reuse_grace_period\x18\r \x01(\v2\x19.google.protobuf.DurationR\x10reuseGracePeriod\x128\n" +
-	"\x18device_authorization_url\x18\x0e \x01(\tR\x16deviceAuthorizationUrl\"\xd1\x05\n" +
+	"\x18device_authorization_url\x18\x0e \x01(\tR\x16deviceAuthorizationUrl\"\xa4\x06\n" +
 	"\n" +
 	"Credential\x12#\n" +
 	"\rcredential_id\x18\x01 \x01(\tR\fcredentialId\x120\n" +
@@ -1149,7 +1158,8 @@ const file_rotavault_v1_credential_admin_proto_rawDesc = "" +
 	"\vcreate_time\x18\f \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"createTime\x12;\n" +
 	"\vupdate_time\x18\r \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"updateTime\"p\n" +
+	"updateTime\x12Q\n" +
+	"\x17access_token_issue_time\x18\x0e \x01(\v2\x1a.google.protobuf.TimestampR\x14accessTokenIssueTime\"p\n" +
 	"\x17CreateCredentialRequest\x12#\n" +
 	"\rcredential_id\x18\x01 \x01(\tR\fcredentialId\x120\n" +
 	"\x04spec\x18\x02 \x01(\v2\x1c.rotavault.v1.CredentialSpecR\x04spec\"T\n" +
@@ -1265,33 +1275,34 @@ var file_rotavault_v1_credential_admin_proto_depIdxs = []int32{
 	19, // 10: rotavault.v1.Credential.access_token_expire_time:type_name -> google.protobuf.Timestamp
 	19, // 11: rotavault.v1.Credential.create_time:type_name -> google.protobuf.Timestamp
 	19, // 12: rotavault.v1.Credential.update_time:type_name -> google.protobuf.Timestamp
-	2,  // 13: rotavault.v1.CreateCredentialRequest.spec:type_name -> rotavault.v1.CredentialSpec
-	3,  // 14: rotavault.v1.CreateCredentialResponse.credential:type_name -> rotavault.v1.Credential
-	2,  // 15: rotavault.v1.UpdateCredentialRequest.spec:type_name -> rotavault.v1.CredentialSpec
-	20, // 16: rotavault.v1.UpdateCredentialRequest.update_mask:type_name -> google.protobuf.FieldMask
-	3,  // 17: rotavault.v1.UpdateCredentialResponse.credential:type_name -> rotavault.v1.Credential
-	3,  // 18: rotavault.v1.GetCredentialResponse.credential:type_name -> rotavault.v1.Credential
-	3,  // 19: rotavault.v1.ListCredentialsResponse.credentials:type_name -> rotavault.v1.Credential
-	16, // 20: rotavault.v1.ListConsumersResponse.consumers:type_name -> rotavault.v1.Consumer
-	19, // 21: rotavault.v1.Consumer.first_seen_time:type_name -> google.protobuf.Timestamp
-	19, // 22: rotavault.v1.Consumer.last_seen_time:type_name -> google.protobuf.Timestamp
-	4,  // 23: rotavault.v1.CredentialAdminService.CreateCredential:input_type -> rotavault.v1.CreateCredentialRequest
-	6,  // 24: rotavault.v1.CredentialAdminService.UpdateCredential:input_type -> rotavault.v1.UpdateCredentialRequest
-	8,  // 25: rotavault.v1.CredentialAdminService.GetCredential:input_type -> rotavault.v1.GetCredentialRequest
-	10, // 26: rotavault.v1.CredentialAdminService.ListCredentials:input_type -> rotavault.v1.ListCredentialsRequest
-	12, // 27: rotavault.v1.CredentialAdminService.DeleteCredential:input_type -> rotavault.v1.DeleteCredentialRequest
-	14, // 28: rotavault.v1.CredentialAdminService.ListConsumers:input_type -> rotavault.v1.ListConsumersRequest
-	5,  // 29: rotavault.v1.CredentialAdminService.CreateCredential:output_type -> rotavault.v1.CreateCredentialResponse
-	7,  // 30: rotavault.v1.CredentialAdminService.UpdateCredential:output_type -> rotavault.v1.UpdateCredentialResponse
-	9,  // 31: rotavault.v1.CredentialAdminService.GetCredential:output_type -> rotavault.v1.GetCredentialResponse
-	11, // 32: rotavault.v1.CredentialAdminService.ListCredentials:output_type -> rotavault.v1.ListCredentialsResponse
-	13, // 33: rotavault.v1.CredentialAdminService.DeleteCredential:output_type -> rotavault.v1.DeleteCredentialResponse
-	15, // 34: rotavault.v1.CredentialAdminService.ListConsumers:output_type -> rotavault.v1.ListConsumersResponse
-	29, // [29:35] is the sub-list for method output_type
-	23, // [23:29] is the sub-list for method input_type
-	23, // [23:23] is the sub-list for extension type_name
-	23, // [23:23] is the sub-list for extension extendee
-	0,  // [0:23] is the sub-list for field type_name
+	19, // 13: rotavault.v1.Credential.access_token_issue_time:type_name -> google.protobuf.Timestamp
+	2,  // 14: rotavault.v1.CreateCredentialRequest.spec:type_name -> rotavault.v1.CredentialSpec
+	3,  // 15: rotavault.v1.CreateCredentialResponse.credential:type_name -> rotavault.v1.Credential
+	2,  // 16: rotavault.v1.UpdateCredentialRequest.spec:type_name -> rotavault.v1.CredentialSpec
+	20, // 17: rotavault.v1.UpdateCredentialRequest.update_mask:type_name -> google.protobuf.FieldMask
+	3,  // 18: rotavault.v1.UpdateCredentialResponse.credential:type_name -> rotavault.v1.Credential
+	3,  // 19: rotavault.v1.GetCredentialResponse.credential:type_name -> rotavault.v1.Credential
+	3,  // 20: rotavault.v1.ListCredentialsResponse.credentials:type_name -> rotavault.v1.Credential
+	16, // 21: rotavault.v1.ListConsumersResponse.consumers:type_name -> rotavault.v1.Consumer
+	19, // 22: rotavault.v1.Consumer.first_seen_time:type_name -> google.protobuf.Timestamp
+	19, // 23: rotavault.v1.Consumer.last_seen_time:type_name -> google.protobuf.Timestamp
+	4,  // 24: rotavault.v1.CredentialAdminService.CreateCredential:input_type -> rotavault.v1.CreateCredentialRequest
+	6,  // 25: rotavault.v1.CredentialAdminService.UpdateCredential:input_type -> rotavault.v1.UpdateCredentialRequest
+	8,  // 26: rotavault.v1.CredentialAdminService.GetCredential:input_type -> rotavault.v1.GetCredentialRequest
+	10, // 27: rotavault.v1.CredentialAdminService.ListCredentials:input_type -> rotavault.v1.ListCredentialsRequest
+	12, // 28: rotavault.v1.CredentialAdminService.DeleteCredential:input_type -> rotavault.v1.DeleteCredentialRequest
+	14, // 29: rotavault.v1.CredentialAdminService.ListConsumers:input_type -> rotavault.v1.ListConsumersRequest
+	5,  // 30: rotavault.v1.CredentialAdminService.CreateCredential:output_type -> rotavault.v1.CreateCredentialResponse
+	7,  // 31: rotavault.v1.CredentialAdminService.UpdateCredential:output_type -> rotavault.v1.UpdateCredentialResponse
+	9,  // 32: rotavault.v1.CredentialAdminService.GetCredential:output_type -> rotavault.v1.GetCredentialResponse
+	11, // 33: rotavault.v1.CredentialAdminService.ListCredentials:output_type -> rotavault.v1.ListCredentialsResponse
+	13, // 34: rotavault.v1.CredentialAdminService.DeleteCredential:output_type -> rotavault.v1.DeleteCredentialResponse
+	15, // 35: rotavault.v1.CredentialAdminService.ListConsumers:output_type -> rotavault.v1.ListConsumersResponse
+	30, // [30:36] is the sub-list for method output_type
+	24, // [24:30] is the sub-list for method input_type
+	24, // [24:24] is the sub-list for extension type_name
+	24, // [24:24] is the sub-list for extension extendee
+	0,  // [0:24] is the sub-list for field type_name
 }
 
 func init() { file_rotavault_v1_credential_admin_proto_init() }
