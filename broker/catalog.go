@@ -102,8 +102,12 @@ type catalogEntry struct {
 // (logged, and counted in Stats). It returns the uses it could not store
 // (store unavailable, or losing the check-and-set race catalogAttempts
 // times), for the caller to retry later, with the errors why; the others
-// are stored exactly once. Malformed uses are dropped and reported as an
-// *InvalidArgumentError in the error, not returned. Errors:
+// are stored exactly once. A write whose answer was lost (a replay meeting
+// its own write, a timeout after the store applied it) is recognised by its
+// write id, read back from the catalog: uses are returned only when the
+// store did not take them, or could not even be read back. Malformed uses
+// are dropped and reported as an *InvalidArgumentError in the error, not
+// returned. Errors:
 // *InvalidArgumentError, *UnavailableError, ErrConflict. Safe for
 // concurrent use, also by replicas sharing the store.
 func (b *Broker) RecordConsumers(ctx context.Context, uses []ConsumerUse) ([]ConsumerUse, error) {
@@ -181,11 +185,17 @@ func (b *Broker) recordCredentialConsumers(ctx context.Context, id string, uses 
 			return err
 		}
 		_, err = b.store.Put(ctx, consumersKey(id), raw, version)
+		if err != nil && !errors.Is(err, store.ErrConflict) {
+			// The write may have landed with its answer lost (a timeout after
+			// the store applied it): returning the uses would merge them a
+			// second time at the next flush, under another write id.
+			if !b.catalogWriteLanded(ctx, id, writeID) {
+				return storeUnavailable(err)
+			}
+			err = nil
+		}
 		if errors.Is(err, store.ErrConflict) {
 			continue // another replica flushed: merge into what it wrote
-		}
-		if err != nil {
-			return storeUnavailable(err)
 		}
 		if version == 0 {
 			b.dropOrphanCatalog(ctx, id)
@@ -195,6 +205,19 @@ func (b *Broker) recordCredentialConsumers(ctx context.Context, id string, uses 
 	}
 	return fmt.Errorf("broker: consumer catalog of %s: %w (%d attempts)", id, ErrConflict, catalogAttempts)
 }
+
+// catalogWriteLanded reads the catalog back after a failed write and
+// reports whether the write of writeID is in it. The read runs on a context
+// of its own, bounded: the write may have failed because ctx ran out.
+func (b *Broker) catalogWriteLanded(ctx context.Context, id, writeID string) bool {
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), catalogReadBackTimeout)
+	defer cancel()
+	rec, _, err := b.readCatalog(rctx, id)
+	return err == nil && slices.Contains(rec.Writes, writeID)
+}
+
+// catalogReadBackTimeout bounds the read of catalogWriteLanded.
+const catalogReadBackTimeout = 5 * time.Second
 
 // dropOrphanCatalog deletes a catalog just created for a credential that
 // has been deleted meanwhile. DeleteCredential removes the catalog after

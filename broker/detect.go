@@ -32,15 +32,30 @@ import (
 // refresh that claims in between makes it fail and be reconsidered.
 // Introspection errors and answers without "active" never revoke anything.
 //
+// Salesforce documents introspecting refresh tokens. A generic OAuth 2.0
+// server need not: RFC 7662 §2.2 has it answer active=false for a token it
+// does not know or will not introspect for this client, and some introspect
+// access tokens only, so every refresh token would look revoked. For those
+// providers an inactive refresh token counts only when the family's current
+// access token, well within its lifetime, is inactive too (revoking a
+// family kills its access tokens: RFC 7009 §2.1, fosite on reuse); without
+// one to ask about nothing is concluded, and the next refresh finds out for
+// sure. So at generic providers a family nobody uses (its access token
+// expired) is not checked early (nor introspected periodically: the answer
+// could conclude nothing); an inactive verdict costs one more introspection
+// there, and no store read when the access token is active.
+//
 // Cost and delay of the periodic check, per replica: every family once per
 // interval (±10% jitter, the first check at a random point of the first
 // interval, so a restart does not make a burst), at most
 // introspectionConcurrency calls in flight. No store reads or writes unless
-// the provider says inactive. Replicas do not coordinate: the provider sees
-// replicas × credentials / interval calls (10 replicas, 100,000 credentials,
-// 5 minutes: 3,333 calls/s; one replica: 333/s). Coordinating would cost a
-// store write (or read) per check, the load this design avoids. A family
-// revoked at the provider is detected by a replica within
+// the provider says inactive (and, at a generic provider, the access token
+// agrees). Replicas do not coordinate: the provider sees
+// replicas × credentials / interval calls (10 replicas, 100,000
+// credentials, 5 minutes: 3,333 calls/s; one replica: 333/s; at generic
+// providers only credentials with a live access token count). Coordinating
+// would cost a store write (or read) per check, the load this design
+// avoids. A family revoked at the provider is detected by a replica within
 // 1.1 × interval + one tick (interval/60, at most 5s) + the introspection
 // and store round trips, and its watchers are notified after that within
 // the notice fan-out delay; with R replicas checking independently, the
@@ -59,6 +74,10 @@ const (
 	// confirmTries bounds the re-read/write rounds of a confirmation whose
 	// check-and-set keeps meeting other writers.
 	confirmTries = 4
+	// corroborationMargin: an access token this close to its expiry (by our
+	// clock, which starts it after the provider did) may already be expired
+	// at the provider, so its inactivity says nothing about the family.
+	corroborationMargin = time.Minute
 )
 
 // detectTick is how often the loop looks for due checks: a sixtieth of the
@@ -156,9 +175,9 @@ func (b *Broker) detectDue(ctx context.Context, states map[*entry]*detectState, 
 
 // detectable reports whether v's family is worth a periodic check: active,
 // holding a refresh token that no refresh is rotating right now, at a
-// provider with an introspection endpoint. It only saves calls: the cached
-// view may be stale (another replica refreshed), and the re-read after an
-// inactive answer decides.
+// provider with an introspection endpoint, and corroborable. It only saves
+// calls: the cached view may be stale (another replica refreshed), and the
+// re-read after an inactive answer decides.
 func (b *Broker) detectable(e *entry, v *view, now time.Time) bool {
 	if v == nil || v.fam.Status != StatusActive || v.fam.RefreshToken == "" {
 		return false
@@ -168,6 +187,9 @@ func (b *Broker) detectable(e *entry, v *view, now time.Time) bool {
 	}
 	if e.rescue.Load() != nil {
 		return false // the stored token is already rotated away; a write is pending
+	}
+	if !b.corroborable(v, now) {
+		return false // an inactive answer could conclude nothing
 	}
 	e.mu.Lock()
 	busy := e.flight != nil
@@ -208,15 +230,24 @@ func (b *Broker) introspectRefresh(ctx context.Context, v *view) (bool, error) {
 // confirmRevokedAtProvider is called after the provider called seen's
 // refresh token inactive. It re-reads the family and revokes it (reason
 // ReasonRevokedAtProvider: check-and-set write, audit record, notice) only
-// if the store still holds exactly that token in an active family that no
-// refresh is working on; otherwise the token is inactive because the family
-// moved on, and nothing happens. revoked reports whether this call revoked
-// it. Errors are the store's (*UnavailableError, ErrNotFound).
+// if revocationCorroborated agrees and the store still holds exactly that
+// token in an active family that no refresh is working on; otherwise the
+// answer proves nothing, or the token is inactive because the family moved
+// on, and nothing happens. revoked reports whether this call revoked it.
+// Errors are the store's (*UnavailableError, ErrNotFound).
 func (b *Broker) confirmRevokedAtProvider(ctx context.Context, e *entry, seen *view, how string) (revoked bool, err error) {
 	// Once decided, the revocation must be recorded and announced even if
 	// the caller goes away.
 	ctx, cancel := persistContext(ctx)
 	defer cancel()
+	// Asked about seen, not the record re-read below: that one is revoked
+	// only if it is seen's generation, whose access token seen holds. A
+	// contradicted verdict costs no store read.
+	if !b.revocationCorroborated(ctx, seen) {
+		b.log.DebugContext(ctx, "refresh token inactive at the provider, but its introspection endpoint may not know refresh tokens and the access token does not confirm a revocation; not revoking",
+			"credential", e.id, "family", seen.fam.FamilyID, "generation", seen.fam.Generation, "via", how)
+		return false, nil
+	}
 	for range confirmTries {
 		cur, err := b.readView(ctx, e.id)
 		if err != nil {
@@ -253,6 +284,35 @@ func (b *Broker) confirmRevokedAtProvider(ctx context.Context, e *entry, seen *v
 	b.log.InfoContext(ctx, "refresh token inactive at the provider, but the family keeps changing; leaving it to the refresh path",
 		"credential", e.id, "family", seen.fam.FamilyID)
 	return false, nil
+}
+
+// revocationCorroborated reports whether an inactive answer about v's
+// refresh token may be taken for a revoked family (see the top of this
+// file): always at Salesforce; at a generic OAuth 2.0 provider only when v's
+// access token, not about to expire, is inactive too.
+func (b *Broker) revocationCorroborated(ctx context.Context, v *view) bool {
+	spec := v.cred.Spec
+	if spec.ProviderKind != ProviderOAuth2 {
+		return true
+	}
+	if !b.corroborable(v, b.opts.now()) {
+		return false
+	}
+	ctx, cancel := context.WithTimeout(ctx, introspectTimeout)
+	defer cancel()
+	in, err := b.provider.IntrospectToken(ctx, spec.endpoint(), spec.clientCredentials(), v.fam.Access.Token, provider.HintAccessToken)
+	return err == nil && !in.Active
+}
+
+// corroborable reports whether an inactive answer about v's refresh token
+// could be taken for a revocation: at Salesforce always, at a generic
+// provider while v's access token has corroborationMargin left to ask about.
+func (b *Broker) corroborable(v *view, now time.Time) bool {
+	if v.cred.Spec.ProviderKind != ProviderOAuth2 {
+		return true
+	}
+	a := v.fam.Access
+	return a != nil && a.Token != "" && a.ExpiresAt.Sub(now) >= corroborationMargin
 }
 
 // stillSameLiveToken reports whether cur is the family seen was, at the same

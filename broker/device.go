@@ -182,18 +182,16 @@ func (b *Broker) pollDevice(state string, f *flowRecord, version uint64) {
 // pollOnce presents the device code once and acts on the answer. It reports
 // done when the flow ended (or is no longer this replica's).
 func (b *Broker) pollOnce(ctx context.Context, state string, f *flowRecord, version uint64, lease time.Duration) (*flowRecord, uint64, bool) {
-	e, err := b.entry(ctx, f.CredentialID)
+	// The credential as stored (one read per poll; flows are few), not this
+	// replica's cached view: another replica may have deleted it, created
+	// it again or changed its client secret since.
+	e, cred, err := b.flowCredential(ctx, f)
 	if err != nil {
 		if errors.Is(err, ErrNotFound) {
-			b.failFlow(ctx, state, FlowRefused, "the credential was deleted")
+			b.failFlow(ctx, state, FlowRefused, credentialGoneDetail)
 			return nil, 0, true
 		}
 		return f, version, false
-	}
-	cred := e.view.Load().cred
-	if cred.Incarnation != f.Incarnation {
-		b.failFlow(ctx, state, FlowRefused, "the credential was deleted and created again")
-		return nil, 0, true
 	}
 	spec := cred.Spec
 	// The call ends a third of the lease before the lease does, and is not
@@ -210,7 +208,7 @@ func (b *Broker) pollOnce(ctx context.Context, state string, f *flowRecord, vers
 	var pe *provider.Error
 	switch {
 	case err == nil:
-		b.redeemDevice(audit.WithActor(ctx, f.Actor), state, e, tok)
+		b.redeemDevice(audit.WithActor(ctx, f.Actor), state, f.Incarnation, e, tok)
 		return nil, 0, true
 	case errors.Is(err, provider.ErrAuthorizationPending):
 		return f, version, false
@@ -245,8 +243,9 @@ func (b *Broker) pollOnce(ctx context.Context, state string, f *flowRecord, vers
 	}
 }
 
-// redeemDevice installs the family of an approved device flow.
-func (b *Broker) redeemDevice(ctx context.Context, state string, e *entry, tok *provider.Token) {
+// redeemDevice installs the family of an approved device flow into the
+// credential's incarnation the flow was started for.
+func (b *Broker) redeemDevice(ctx context.Context, state, incarnation string, e *entry, tok *provider.Token) {
 	if tok.RefreshToken == "" {
 		b.log.WarnContext(ctx, "device flow refused: the provider issued no refresh token", "credential", e.id)
 		b.failFlow(ctx, state, FlowRefused, noRefreshTokenDetail)
@@ -262,12 +261,18 @@ func (b *Broker) redeemDevice(ctx context.Context, state string, e *entry, tok *
 		err error
 	)
 	for attempt := range storeWriteTries {
-		if act, err = b.installFamily(pctx, e, tok.RefreshToken, tok, true); err == nil {
+		act, err = b.installFamily(pctx, e, incarnation, tok.RefreshToken, tok, true)
+		if err == nil || errors.Is(err, ErrNotFound) {
 			break
 		}
 		if serr := sleepCtx(pctx, b.backoff(attempt, 0)); serr != nil {
 			break
 		}
+	}
+	if errors.Is(err, ErrNotFound) {
+		b.log.WarnContext(ctx, "device flow approved for a credential that was deleted meanwhile; nothing installed", "credential", e.id)
+		b.failFlow(ctx, state, FlowRefused, credentialGoneDetail)
+		return
 	}
 	if err != nil {
 		b.log.ErrorContext(ctx, "DEVICE FLOW APPROVED BUT THE NEW FAMILY COULD NOT BE STORED: start a new flow", "credential", e.id, "err", err)

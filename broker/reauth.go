@@ -54,15 +54,18 @@ func flowScopes(spec Spec, scopes []string) ([]string, error) {
 }
 
 // StartAuthorization begins an authorization-code flow with PKCE and returns
-// where to send the user. An empty redirectURI means the server's own
-// callback (WithCallbackURL), which completes the flow on whichever replica
-// the browser reaches. Errors: *InvalidArgumentError, ErrNotFound,
-// ErrCallbackNotConfigured, *UnavailableError.
+// where to send the user. An empty redirectURI, or the server's own
+// callback URL spelled out (WithCallbackURL), means that callback, which
+// completes the flow on whichever replica the browser reaches. Errors:
+// *InvalidArgumentError, ErrNotFound, ErrCallbackNotConfigured,
+// *UnavailableError.
 func (b *Broker) StartAuthorization(ctx context.Context, id, redirectURI string, scopes []string) (PendingAuthorization, error) {
 	if err := b.validateID(id); err != nil {
 		return PendingAuthorization{}, err
 	}
-	serverCallback := redirectURI == ""
+	// The provider sends the browser to the server's callback whether the
+	// caller named it or not: the callback must then accept the flow.
+	serverCallback := redirectURI == "" || redirectURI == b.opts.flow.callbackURL
 	if serverCallback {
 		if b.opts.flow.callbackURL == "" {
 			return PendingAuthorization{}, ErrCallbackNotConfigured
@@ -105,10 +108,14 @@ func (b *Broker) StartAuthorization(ctx context.Context, id, redirectURI string,
 }
 
 // CompleteAuthorization exchanges the code of a started flow and installs the
-// new family. The state is single use and bound to the credential. Errors:
-// *InvalidArgumentError (also for a code the provider refused, or a grant
-// without refresh token), ErrNotFound, *UnavailableError (the flow stays
-// pending: retry with the same code).
+// new family. The state is single use and bound to the credential (and to
+// its incarnation: a credential deleted and created again since the flow
+// started is ErrNotFound). The exchange is not cut short by ctx: the
+// provider spends the code when it sees it. Errors: *InvalidArgumentError
+// (also for a code the provider refused, or a grant without refresh token),
+// ErrNotFound, *AuthorizationError (the code was exchanged but the family
+// could not be stored: the flow failed, start it again), *UnavailableError
+// (the flow stays pending: retry with the same code).
 func (b *Broker) CompleteAuthorization(ctx context.Context, id, state, code string) (Activation, error) {
 	if err := b.validateID(id); err != nil {
 		return Activation{}, err
@@ -145,7 +152,8 @@ type Callback struct {
 // its credential. An error from the provider (access_denied: the user
 // refused) ends the flow. Errors: *InvalidArgumentError (an unknown, used or
 // expired state; a code the provider refused; a grant without refresh
-// token), *AuthorizationError (the provider reported an error),
+// token), ErrNotFound (the credential was deleted), *AuthorizationError (the
+// provider reported an error, or the family could not be stored),
 // *UnavailableError (provider: the flow stays pending, the same redirect may
 // be retried).
 func (b *Broker) CompleteCallback(ctx context.Context, cb Callback) (Activation, error) {
@@ -238,20 +246,22 @@ func (b *Broker) redeemCode(ctx context.Context, state string, f *flowRecord, ve
 	if err != nil {
 		return Activation{}, err
 	}
-	e, err := b.entry(ctx, f.CredentialID)
-	if err == nil && e.view.Load().cred.Incarnation != f.Incarnation {
-		err = fmt.Errorf("%w: %s (deleted and created again since the flow started)", ErrNotFound, f.CredentialID)
-	}
+	e, cred, err := b.flowCredential(ctx, f)
 	if err != nil {
 		if errors.Is(err, ErrNotFound) {
-			b.failFlow(ctx, state, FlowRefused, "the credential was deleted")
+			b.failFlow(ctx, state, FlowRefused, credentialGoneDetail)
 		} else {
 			b.releaseCode(ctx, state, &used, version)
 		}
 		return Activation{}, err
 	}
-	spec := e.view.Load().cred.Spec
-	tok, err := b.provider.ExchangeCode(ctx, spec.endpoint(), spec.clientCredentials(), code, f.RedirectURI, f.Verifier)
+	spec := cred.Spec
+	// The provider spends the code when it sees it: a caller going away (a
+	// closed browser tab, a client's deadline) must not abandon the
+	// exchange half-way and lose the tokens it brings.
+	xctx, xcancel := context.WithTimeout(context.WithoutCancel(ctx), codeExchangeTimeout)
+	tok, err := b.provider.ExchangeCode(xctx, spec.endpoint(), spec.clientCredentials(), code, f.RedirectURI, f.Verifier)
+	xcancel()
 	if err != nil {
 		var pe *provider.Error
 		if errors.As(err, &pe) && pe.Outcome == provider.OutcomeRejected {
@@ -272,14 +282,51 @@ func (b *Broker) redeemCode(ctx context.Context, state string, f *flowRecord, ve
 	// caller giving up must not cut the install short.
 	pctx, cancel := persistContext(ctx)
 	defer cancel()
-	act, err := b.installFamily(pctx, e, tok.RefreshToken, tok, true)
-	if err != nil {
-		b.log.ErrorContext(ctx, "AUTHORIZATION CODE EXCHANGED BUT THE NEW FAMILY COULD NOT BE STORED: start the flow again", "credential", e.id, "err", err)
-		b.failFlow(ctx, state, FlowRefused, "the new family could not be stored (store unavailable); start the flow again")
+	act, err := b.installFamily(pctx, e, f.Incarnation, tok.RefreshToken, tok, true)
+	if errors.Is(err, ErrNotFound) {
+		b.failFlow(ctx, state, FlowRefused, credentialGoneDetail)
 		return Activation{}, err
+	}
+	if err != nil {
+		// The code is spent: retrying it cannot succeed, so the answer is
+		// the flow's outcome, not a retryable unavailability.
+		const detail = "the new family could not be stored (store unavailable); start the flow again"
+		b.log.ErrorContext(ctx, "AUTHORIZATION CODE EXCHANGED BUT THE NEW FAMILY COULD NOT BE STORED: start the flow again", "credential", e.id, "err", err)
+		b.failFlow(ctx, state, FlowRefused, detail)
+		return Activation{}, &AuthorizationError{Reason: FlowRefused, Detail: detail}
 	}
 	b.completeFlow(ctx, state, act)
 	return act, nil
+}
+
+// credentialGoneDetail explains a flow whose credential was deleted, or
+// deleted and created again, since it started.
+const credentialGoneDetail = "the credential was deleted (or deleted and created again) since the flow started; start a new flow"
+
+// codeExchangeTimeout bounds an authorization-code exchange, which runs on a
+// context of its own (see redeemCode); it ends well within exchangeGrace.
+const codeExchangeTimeout = 30 * time.Second
+
+// flowCredential returns the entry of f's credential and the credential as
+// stored, which must be the incarnation f was started for. It reads the
+// store rather than trusting this replica's cached view: another replica may
+// have deleted the credential and created it again (with no notice when it
+// had no active family), and a flow must not complete into a credential it
+// was not started for. Errors: ErrNotFound (also for another incarnation),
+// *UnavailableError.
+func (b *Broker) flowCredential(ctx context.Context, f *flowRecord) (*entry, *credentialRecord, error) {
+	e, err := b.entry(ctx, f.CredentialID)
+	if err != nil {
+		return nil, nil, err
+	}
+	cred, _, err := b.readCredential(ctx, f.CredentialID)
+	if err != nil {
+		return nil, nil, err
+	}
+	if cred.Incarnation != f.Incarnation {
+		return nil, nil, fmt.Errorf("%w: %s (deleted and created again since the flow started)", ErrNotFound, f.CredentialID)
+	}
+	return e, cred, nil
 }
 
 // releaseCode makes a consumed flow usable again after an exchange that
@@ -312,7 +359,7 @@ func (b *Broker) ImportRefreshToken(ctx context.Context, id, refreshToken string
 	// The replaced family is not revoked at the provider: an imported token
 	// may belong to that very family (a re-import), and revoking it would
 	// kill the token just installed.
-	act, err := b.installFamily(ctx, e, refreshToken, nil, false)
+	act, err := b.installFamily(ctx, e, "", refreshToken, nil, false)
 	if err != nil {
 		return Activation{}, err
 	}
@@ -329,8 +376,11 @@ func (b *Broker) ImportRefreshToken(ctx context.Context, id, refreshToken string
 
 // installFamily stores a new family for the credential, replacing the old
 // one, and announces it. With revokeOld the old family is revoked at the
-// provider (best effort), leaving no second live family behind.
-func (b *Broker) installFamily(ctx context.Context, e *entry, refreshToken string, tok *provider.Token, revokeOld bool) (Activation, error) {
+// provider (best effort), leaving no second live family behind. A non-empty
+// incarnation must be the stored credential's: a flow's grant never goes
+// into a credential deleted and created again since the flow started
+// (ErrNotFound).
+func (b *Broker) installFamily(ctx context.Context, e *entry, incarnation, refreshToken string, tok *provider.Token, revokeOld bool) (Activation, error) {
 	now := b.opts.now()
 	fam := &familyRecord{
 		Format:       recordFormat,
@@ -344,6 +394,9 @@ func (b *Broker) installFamily(ctx context.Context, e *entry, refreshToken strin
 		v, err := b.readView(ctx, e.id)
 		if err != nil {
 			return Activation{}, err
+		}
+		if incarnation != "" && v.cred.Incarnation != incarnation {
+			return Activation{}, fmt.Errorf("%w: %s (deleted and created again since the flow started)", ErrNotFound, e.id)
 		}
 		if tok != nil {
 			fam.Generation = 1

@@ -6,7 +6,10 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"sync"
 	"time"
+
+	"golang.org/x/time/rate"
 
 	"github.com/rotavault/rotavault/broker"
 )
@@ -87,6 +90,25 @@ func NewHTTPServer(h http.Handler, log *slog.Logger) *http.Server {
 type callbackHandler struct {
 	broker CallbackBroker
 	log    *slog.Logger
+
+	// limiter bounds how fast anonymous requests reach the store: every
+	// well-formed state costs a store read (Vault's, shared with every
+	// rotation), and a browser finishing a reauthentication sends one
+	// request. Created on first use, so the zero handler has one.
+	limiterOnce sync.Once
+	limiter     *rate.Limiter
+}
+
+// callbackRate and callbackBurst bound the callbacks a replica handles,
+// whoever sends them.
+const (
+	callbackRate  = 10 // per second
+	callbackBurst = 20
+)
+
+func (h *callbackHandler) allow() bool {
+	h.limiterOnce.Do(func() { h.limiter = rate.NewLimiter(callbackRate, callbackBurst) })
+	return h.limiter.Allow()
 }
 
 // page is a fixed answer: nothing of the request is ever reflected in it.
@@ -105,7 +127,7 @@ var (
 	pageUnknown = page{http.StatusBadRequest, "unknown_state", "Link unknown, expired or used",
 		"This authorization link is unknown, has expired or was already used; nothing changed. Ask the operator to start a new one."}
 	pageRefused = page{http.StatusBadRequest, "refused", "Authorization failed",
-		"The provider did not grant what Rotavault needs, and nothing changed. The operator can see why (rotavault reauth) and start again."}
+		"The authorization could not be completed, and nothing changed. The operator can see why (rotavault reauth) and start again."}
 	pageProviderDown = page{http.StatusBadGateway, "provider_unavailable", "Provider unavailable",
 		"The provider could not be reached to finish the authorization. Reload this page to try again."}
 	pageStoreDown = page{http.StatusServiceUnavailable, "store_unavailable", "Temporarily unavailable",
@@ -114,6 +136,8 @@ var (
 		"This address only answers the provider's redirect."}
 	pageInternal = page{http.StatusInternalServerError, "internal_error", "Internal error",
 		"Rotavault could not finish the authorization. The operator can find the cause in the server's log."}
+	pageBusy = page{http.StatusTooManyRequests, "rate_limited", "Too many requests",
+		"Rotavault is receiving too many authorization redirects right now. Reload this page in a moment."}
 )
 
 func (h *callbackHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -121,6 +145,11 @@ func (h *callbackHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		// HEAD included: a link previewer must not spend the code.
 		w.Header().Set("Allow", http.MethodGet)
 		h.write(w, r, pageMethod)
+		return
+	}
+	if !h.allow() {
+		w.Header().Set("Retry-After", "1")
+		h.write(w, r, pageBusy)
 		return
 	}
 	q := r.URL.Query()

@@ -622,19 +622,6 @@ func (n *guideNode) start(httpLis net.Listener) {
 
 // stop stops the server if it runs, and checks that it stopped cleanly.
 func (n *guideNode) stop() {
-	t := n.t
-	t.Helper()
-	if n.done == nil {
-		return
-	}
-	n.cancel()
-	select {
-	case err := <-n.done:
-		if err != nil {
-			t.Errorf("server stopped with %v", err)
-		}
-	case <-time.After(awaitDeadline):
-		t.Fatal("server did not stop")
-	}
-	n.done = nil
+	n.t.Helper()
+	stopServer(n.t, n.cancel, &n.done)
 }

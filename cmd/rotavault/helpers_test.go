@@ -201,19 +201,27 @@ func startNode(t *testing.T, dataDir, keyFile string, trans *transcript) *testNo
 // stop shuts the server down and checks that it stopped cleanly.
 func (n *testNode) stop(t *testing.T) {
 	t.Helper()
-	if n.done == nil {
+	stopServer(t, n.cancel, &n.done)
+}
+
+// stopServer cancels a runServer started with cancel and reporting on
+// *done, waits for it and checks that it stopped cleanly; *done is nil
+// afterwards, and a nil *done means nothing runs.
+func stopServer(t *testing.T, cancel func(), done *chan error) {
+	t.Helper()
+	if *done == nil {
 		return
 	}
-	n.cancel()
+	cancel()
 	select {
-	case err := <-n.done:
+	case err := <-*done:
 		if err != nil {
 			t.Errorf("server stopped with %v", err)
 		}
 	case <-time.After(awaitDeadline):
 		t.Fatal("server did not stop")
 	}
-	n.done = nil
+	*done = nil
 }
 
 func startSim(t *testing.T) *providersim.Server {

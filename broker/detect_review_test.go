@@ -1,0 +1,168 @@
+package broker
+
+import (
+	"context"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/rotavault/rotavault/internal/fositeserver"
+	"github.com/rotavault/rotavault/providersim"
+	"github.com/rotavault/rotavault/store/memstore"
+)
+
+const (
+	blindClientID     = "rotavault"
+	blindClientSecret = "blind-introspection-secret"
+	blindRedirect     = "http://127.0.0.1:1/callback"
+)
+
+// refreshBlindIntrospection is an RFC 7662 endpoint that introspects access
+// tokens only, as some servers do: it asks fosite about access tokens and
+// answers active=false about every refresh token (RFC 7662 §2.2 allows it
+// for tokens it will not introspect).
+func refreshBlindIntrospection(t *testing.T, fs *fositeserver.Server) *httptest.Server {
+	t.Helper()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if err := r.ParseForm(); err != nil {
+			http.Error(w, "bad form", http.StatusBadRequest)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		if r.PostForm.Get("token_type_hint") != "access_token" {
+			_, _ = io.WriteString(w, `{"active":false}`)
+			return
+		}
+		req, err := http.NewRequestWithContext(r.Context(), http.MethodPost, fs.IntrospectionURL(), strings.NewReader(r.PostForm.Encode()))
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		req.Header.Set("Authorization", r.Header.Get("Authorization"))
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadGateway)
+			return
+		}
+		defer resp.Body.Close()
+		w.WriteHeader(resp.StatusCode)
+		_, _ = io.Copy(w, resp.Body)
+	}))
+	t.Cleanup(srv.Close)
+	return srv
+}
+
+// blindEnv is a generic OAuth 2.0 credential "g" at a real fosite server
+// whose introspection endpoint does not know refresh tokens, with a fresh
+// family installed; old is the imported refresh token, superseded since.
+func blindEnv(ctx context.Context, t *testing.T) (b *Broker, prov *detectProvider, fs *fositeserver.Server, old string) {
+	t.Helper()
+	fs, err := fositeserver.Start(fositeserver.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = fs.Close() })
+	fs.AddClient(blindClientID, blindClientSecret, []string{blindRedirect})
+	blind := refreshBlindIntrospection(t, fs)
+	prov = newDetectProvider()
+	// The real clock: fosite's tokens expire by it.
+	b = newBroker(t, Config{Store: memstore.New(), Provider: prov, Auditor: &recordingAuditor{}},
+		WithSchedulerInterval(time.Hour), WithIntrospectionInterval(20*time.Millisecond), withDetectTick(time.Millisecond))
+	spec := Spec{
+		ProviderKind: ProviderOAuth2, TokenURL: fs.TokenURL(), IntrospectionURL: blind.URL,
+		ClientID: blindClientID, ClientSecret: blindClientSecret, Scopes: []string{"offline", "api"},
+	}
+	if _, err := b.CreateCredential(ctx, "g", spec); err != nil {
+		t.Fatal(err)
+	}
+	old, err = fs.IssueRefreshToken(ctx, blindClientID, blindClientSecret, blindRedirect, []string{"offline", "api"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.ImportRefreshToken(ctx, "g", old); err != nil {
+		t.Fatal(err)
+	}
+	return b, prov, fs, old
+}
+
+// A generic provider's introspection endpoint that answers "inactive" about
+// every refresh token (it introspects access tokens only) must not make the
+// periodic check revoke a healthy family: its access token, live at the
+// provider, contradicts the verdict.
+func TestPeriodicIntrospectionTrustsNoRefreshBlindEndpoint(t *testing.T) {
+	ctx := context.Background()
+	b, prov, fs, _ := blindEnv(ctx, t)
+	before, err := b.GetAccessToken(ctx, TokenRequest{CredentialID: "g"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := b.entry(ctx, "g")
+	if err != nil {
+		t.Fatal(err)
+	}
+	await(t, "three periodic checks, or a revocation", func() bool {
+		return prov.refreshIntrospections.Load() >= 3 || e.view.Load().fam.Status != StatusActive
+	})
+	c, err := b.GetCredential(ctx, "g")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Status != StatusActive || c.FamilyID != before.FamilyID {
+		t.Fatalf("after checks answered by a refresh-blind endpoint: status %s (%s), family %s; want the healthy family %s kept",
+			c.Status, c.RevokedReason, c.FamilyID, before.FamilyID)
+	}
+	if s := fs.Stats(); s.InvalidGrants != 0 {
+		t.Fatalf("fosite saw %+v", s)
+	}
+}
+
+// The same endpoint still lets a real revocation through: a replayed old
+// refresh token makes fosite revoke the family, its access token included,
+// and the access token's inactivity confirms the refresh token's.
+func TestPeriodicIntrospectionDetectsRevocationAtRefreshBlindEndpoint(t *testing.T) {
+	ctx := context.Background()
+	b, _, fs, old := blindEnv(ctx, t)
+	sub, err := b.Subscribe(ctx, []string{"g"}, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Close()
+	resp, err := http.PostForm(fs.TokenURL(), url.Values{
+		"grant_type": {"refresh_token"}, "refresh_token": {old}, "client_id": {blindClientID}, "client_secret": {blindClientSecret},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = resp.Body.Close()
+	if resp.StatusCode != http.StatusBadRequest {
+		t.Fatalf("fosite answered the replay with %d, want 400", resp.StatusCode)
+	}
+	if n := nextNotice(t, sub); n.Kind != NoticeFamilyRevoked || n.Reason != ReasonRevokedAtProvider {
+		t.Fatalf("notice %+v, want FAMILY_REVOKED (revoked at provider)", n)
+	}
+}
+
+// Salesforce documents introspecting refresh tokens: there an inactive
+// refresh token needs no corroboration, also for an idle family whose access
+// token has expired.
+func TestSalesforceInactiveRefreshTokenNeedsNoCorroboration(t *testing.T) {
+	ctx := context.Background()
+	env := newDetectEnv(t, providersim.Config{})
+	b := env.broker(t)
+	old := env.install(ctx, t, b, "x", env.spec)
+	env.clk.add(3 * time.Hour) // the access token is long expired
+	replayAtProvider(t, env.sim, old)
+	e, err := b.entry(ctx, "x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	revoked, err := b.confirmRevokedAtProvider(ctx, e, e.view.Load(), "test")
+	if err != nil || !revoked {
+		t.Fatalf("confirm: revoked %v, %v; want the family revoked", revoked, err)
+	}
+}

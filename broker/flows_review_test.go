@@ -1,0 +1,253 @@
+package broker
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/rotavault/rotavault/audit"
+	"github.com/rotavault/rotavault/providersim"
+	"github.com/rotavault/rotavault/store"
+)
+
+// flowRedirect is the redirect URI the review tests register with the
+// simulator's app; nothing listens there, the tests read the redirect.
+const flowRedirect = "http://127.0.0.1:1/cb"
+
+// withRedirects registers the redirect URIs with the simulator's app.
+func (env *flowEnv) withRedirects(uris ...string) {
+	env.sim.AddClient(providersim.Client{ID: env.spec.ClientID, Secret: env.spec.ClientSecret, RedirectURIs: uris})
+}
+
+// authorizeAtSim plays the user's browser: it opens the authorize URL (the
+// simulator approves at once) and returns the code of its redirect.
+func authorizeAtSim(t *testing.T, authorizeURL string) string {
+	t.Helper()
+	hc := &http.Client{Timeout: flowDeadline, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	resp, err := hc.Get(authorizeURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = resp.Body.Close()
+	loc, err := url.Parse(resp.Header.Get("Location"))
+	if err != nil || resp.StatusCode != http.StatusFound || loc.Query().Get("code") == "" {
+		t.Fatalf("authorize answered %d, Location %q: want a redirect with a code", resp.StatusCode, resp.Header.Get("Location"))
+	}
+	return loc.Query().Get("code")
+}
+
+// recreateElsewhere deletes credential id and creates it again on replica
+// other: a new incarnation that replicas caching the old one do not hear
+// about (a credential without an active family is deleted without notice).
+func recreateElsewhere(ctx context.Context, t *testing.T, other *Broker, id string, spec Spec) {
+	t.Helper()
+	if err := other.DeleteCredential(ctx, id); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := other.CreateCredential(ctx, id, spec); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// wantAwaitingReauth checks, through a replica that reads the store, that
+// the recreated credential got no family.
+func wantAwaitingReauth(ctx context.Context, t *testing.T, b *Broker, id string) {
+	t.Helper()
+	c, err := b.GetCredential(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Status != StatusAwaitingReauth || c.FamilyID != "" {
+		t.Fatalf("recreated credential: status %s family %q; a flow started for the deleted one must not install into it", c.Status, c.FamilyID)
+	}
+}
+
+// A flow belongs to the credential it was started for, and to that
+// incarnation of it. When another replica deletes the credential and
+// creates it again (another app, another org, perhaps), the replica
+// completing the flow — whose cached view still shows the old incarnation,
+// since deleting a credential without an active family sends no notice —
+// must not install the grant into the new credential.
+func TestFlowDoesNotCompleteIntoARecreatedCredential(t *testing.T) {
+	t.Run("authorization code", func(t *testing.T) {
+		ctx := context.Background()
+		env := newFlowEnv(t)
+		env.withRedirects(flowRedirect)
+		a := env.replica(t, "replica-a", time.Hour)
+		b := env.replica(t, "replica-b", time.Hour)
+		if _, err := a.CreateCredential(ctx, "x", env.spec); err != nil {
+			t.Fatal(err)
+		}
+		p, err := a.StartAuthorization(ctx, "x", flowRedirect, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		recreateElsewhere(ctx, t, b, "x", env.spec)
+		code := authorizeAtSim(t, p.AuthorizeURL)
+
+		if _, err := a.CompleteAuthorization(ctx, "x", p.State, code); !errors.Is(err, ErrNotFound) {
+			t.Fatalf("completing a flow of the deleted credential: %v, want ErrNotFound", err)
+		}
+		wantAwaitingReauth(ctx, t, b, "x")
+		if n := env.aud.count(audit.ActionReauthenticated); n != 0 {
+			t.Errorf("%d families installed, want none", n)
+		}
+		if f := readFlowRecord(t, env.st, p.State); f.Status != flowFailed || f.Verifier != "" {
+			t.Errorf("flow %+v: want failed, without its verifier", f)
+		}
+	})
+
+	t.Run("device", func(t *testing.T) {
+		ctx := context.Background()
+		env := newFlowEnv(t)
+		a := env.replica(t, "replica-a", time.Hour)
+		b := env.replica(t, "replica-b", time.Hour)
+		if _, err := a.CreateCredential(ctx, "x", env.spec); err != nil {
+			t.Fatal(err)
+		}
+		p, err := a.StartDeviceAuthorization(ctx, "x", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		recreateElsewhere(ctx, t, b, "x", env.spec)
+		if err := env.sim.ApproveDevice(p.UserCode); err != nil {
+			t.Fatal(err)
+		}
+		f := awaitFlow(t, env.st, p.State, "finished", func(f *flowRecord) bool { return !f.pending() })
+		if f.Status != flowFailed || f.Failure != FlowRefused {
+			t.Fatalf("device flow of the deleted credential ended %s/%s, want failed/refused", f.Status, f.Failure)
+		}
+		wantAwaitingReauth(ctx, t, b, "x")
+		if n := env.aud.count(audit.ActionReauthenticated); n != 0 {
+			t.Errorf("%d families installed, want none", n)
+		}
+	})
+}
+
+// A caller that goes away while the code is being exchanged (a browser tab
+// closed, a client's deadline) does not abandon the exchange: the provider
+// spends the code when it sees it, and the tokens it answers with are
+// installed.
+func TestCodeExchangeOutlivesItsCaller(t *testing.T) {
+	ctx := context.Background()
+	env := newFlowEnv(t)
+	env.withRedirects(flowRedirect)
+	b := env.replica(t, "replica-a", time.Hour)
+	if _, err := b.CreateCredential(ctx, "x", env.spec); err != nil {
+		t.Fatal(err)
+	}
+	p, err := b.StartAuthorization(ctx, "x", flowRedirect, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	code := authorizeAtSim(t, p.AuthorizeURL)
+	arrived := env.sim.Stats().TokenRequests
+	// The provider takes its time; the caller leaves while it does.
+	env.sim.SetLatency(time.Second)
+
+	callCtx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() {
+		_, err := b.CompleteAuthorization(callCtx, "x", p.State, code)
+		done <- err
+	}()
+	wctx, wcancel := context.WithTimeout(ctx, flowDeadline)
+	defer wcancel()
+	if err := env.sim.WaitForTokenRequests(wctx, arrived+1); err != nil {
+		t.Fatal(err)
+	}
+	cancel()
+	select {
+	case <-done:
+	case <-wctx.Done():
+		t.Fatal("CompleteAuthorization did not return")
+	}
+	env.sim.SetLatency(0)
+
+	act := awaitActivation(t, b, "x", p.State)
+	if n := env.sim.Stats().CodeExchanges; n != 1 {
+		t.Errorf("code exchanges at the provider: %d, want 1", n)
+	}
+	tok, err := b.GetAccessToken(ctx, TokenRequest{CredentialID: "x"})
+	if err != nil || tok.FamilyID != act.FamilyID {
+		t.Fatalf("token after the exchange: %+v %v, want family %s", tok, err, act.FamilyID)
+	}
+}
+
+// Naming the server's own callback as the redirect URI is the server
+// callback: the browser lands there, and the callback completes the flow
+// rather than calling its state unknown.
+func TestExplicitServerCallbackURLIsTheServerCallback(t *testing.T) {
+	ctx := context.Background()
+	env := newFlowEnv(t)
+	const callback = "http://127.0.0.1:1/oauth/callback"
+	env.withRedirects(callback)
+	b := env.replica(t, "replica-a", time.Hour, WithCallbackURL(callback))
+	if _, err := b.CreateCredential(ctx, "x", env.spec); err != nil {
+		t.Fatal(err)
+	}
+	p, err := b.StartAuthorization(ctx, "x", callback, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	code := authorizeAtSim(t, p.AuthorizeURL)
+	act, err := b.CompleteCallback(ctx, Callback{State: p.State, Code: code})
+	if err != nil {
+		t.Fatalf("the callback refused a flow started for it: %v", err)
+	}
+	if got := awaitActivation(t, b, "x", p.State); got.FamilyID != act.FamilyID {
+		t.Fatalf("check reports family %s, the callback installed %s", got.FamilyID, act.FamilyID)
+	}
+}
+
+// familyOutageStore refuses family writes while down, applying nothing.
+type familyOutageStore struct {
+	store.Store
+	down atomic.Bool
+}
+
+func (s *familyOutageStore) Put(ctx context.Context, key string, value []byte, expected uint64) (uint64, error) {
+	if s.down.Load() && strings.HasPrefix(key, "families/") {
+		return 0, errors.New("familyoutagestore: store unavailable (test)")
+	}
+	return s.Store.Put(ctx, key, value, expected)
+}
+
+// When the code was exchanged but the family cannot be stored, the code is
+// spent and the flow failed: the caller hears that the flow failed and must
+// start again, not a retryable UNAVAILABLE that no retry can satisfy.
+func TestCodeExchangedButNotStoredEndsTheFlow(t *testing.T) {
+	ctx := context.Background()
+	env := newFlowEnv(t)
+	st := &familyOutageStore{Store: env.st}
+	env.st = st
+	env.withRedirects(flowRedirect)
+	b := env.replica(t, "replica-a", time.Hour)
+	if _, err := b.CreateCredential(ctx, "x", env.spec); err != nil {
+		t.Fatal(err)
+	}
+	p, err := b.StartAuthorization(ctx, "x", flowRedirect, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	code := authorizeAtSim(t, p.AuthorizeURL)
+	st.down.Store(true)
+	_, err = b.CompleteAuthorization(ctx, "x", p.State, code)
+	var ae *AuthorizationError
+	var ue *UnavailableError
+	if !errors.As(err, &ae) || errors.As(err, &ue) {
+		t.Fatalf("exchanged but not stored: %v, want an *AuthorizationError (start again), not a retryable unavailability", err)
+	}
+	st.down.Store(false)
+	if _, err := b.CompleteAuthorization(ctx, "x", p.State, code); !isInvalidField(err, "state") {
+		t.Fatalf("the same code again: %v, want invalid state (the flow ended)", err)
+	}
+	if _, err := b.CheckAuthorization(ctx, "x", p.State, 0); !errors.As(err, &ae) || ae.Reason != FlowRefused {
+		t.Fatalf("check: %v, want the flow failed", err)
+	}
+}
