@@ -181,18 +181,29 @@ func (b *Broker) handleRejection(ctx context.Context, e *entry, v *view, req Tok
 		// it out if it suits, else refresh as usual.
 		return v, b.fresh(v, req.MinRemaining), nil
 	}
+	// Two windows: a report that leads to a refresh closes the rejection
+	// interval (30 s), so consumers cannot burn rotations at will; one the
+	// provider disproves only closes a short probe interval, so a false
+	// alarm does not block the report of a real revocation seconds later.
 	e.mu.Lock()
 	now := b.opts.now()
-	if wait := e.lastRejection.Add(b.opts.rejectionInterval).Sub(now); wait > 0 && e.flight == nil {
+	wait := max(e.lastRejection.Add(b.opts.rejectionInterval).Sub(now), e.lastProbe.Add(min(rejectionProbeInterval, b.opts.rejectionInterval)).Sub(now))
+	if wait > 0 && e.flight == nil {
 		e.mu.Unlock()
 		return nil, false, &RateLimitedError{RetryAfter: wait}
 	}
-	e.lastRejection = now
+	e.lastProbe = now
 	e.mu.Unlock()
+	refreshing := func(v *view) (*view, bool, error) {
+		e.mu.Lock()
+		e.lastRejection = b.opts.now()
+		e.mu.Unlock()
+		return v, false, nil
+	}
 
 	ep := v.cred.Spec.endpoint()
 	if ep.IntrospectionURL == "" {
-		return v, false, nil
+		return refreshing(v)
 	}
 	ictx, cancel := context.WithTimeout(ctx, introspectTimeout)
 	in, err := b.provider.IntrospectToken(ictx, ep, v.cred.Spec.clientCredentials(), cur.Token, provider.HintAccessToken)
@@ -206,7 +217,7 @@ func (b *Broker) handleRejection(ctx context.Context, e *entry, v *view, req Tok
 		return v, true, nil
 	case err != nil:
 		b.log.WarnContext(ctx, "introspection failed; refreshing", "credential", e.id, "err", err)
-		return v, false, nil
+		return refreshing(v)
 	}
 	// The access token is dead. Before spending a rotation on it, ask about
 	// the refresh token: if the provider revoked the whole family, a refresh
@@ -225,10 +236,15 @@ func (b *Broker) handleRejection(ctx context.Context, e *entry, v *view, req Tok
 		}
 		// The family moved on (another refresh rotated the token): the
 		// refresh below adopts or continues it.
-		return e.view.Load(), false, nil
+		return refreshing(e.view.Load())
 	}
-	return v, false, nil
+	return refreshing(v)
 }
+
+// rejectionProbeInterval bounds the introspections rejected-token reports
+// cause per credential when the provider keeps vouching for the token (never
+// longer than the rejection interval itself).
+const rejectionProbeInterval = time.Second
 
 func isFingerprint(s string) bool {
 	if len(s) != 16 {

@@ -486,8 +486,9 @@ type entry struct {
 
 	mu     sync.Mutex
 	flight *flight
-	// lastRejection is when a rejected-token report last caused a refresh.
-	lastRejection time.Time
+	// lastRejection is when a rejected-token report last caused a refresh;
+	// lastProbe when one last made the broker ask the provider.
+	lastRejection, lastProbe time.Time
 	// rescue holds a rotated family whose write to the store failed: the
 	// newest refresh token exists only here until a write succeeds.
 	rescue atomic.Pointer[rescued]

@@ -218,3 +218,43 @@ func awaitCondition(t testing.TB, what string, cond func() bool) {
 		<-tick.C
 	}
 }
+
+// A report the provider disproves (the token is live) must not block the
+// report of a real revocation a few seconds later: only reports that lead
+// to a refresh close the 30 s window; a disproved one closes a 1 s window.
+func TestFalseAlarmDoesNotBlockTheRealReport(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	e.installSalesforce("acme")
+	tok := e.token("acme")
+	refreshes := e.sim.Stats().RefreshRequests
+	report := func() (*rotavaultv1.GetAccessTokenResponse, error) {
+		return e.vault.GetAccessToken(ctxT(t), &rotavaultv1.GetAccessTokenRequest{CredentialId: "acme",
+			RejectedToken: &rotavaultv1.RejectedToken{Token: &rotavaultv1.RejectedToken_Generation{Generation: tok.GetGeneration()}}})
+	}
+	// A false alarm: the provider vouches for the token.
+	if got, err := report(); err != nil || got.GetAccessToken() != tok.GetAccessToken() {
+		t.Fatalf("false alarm: %v", err)
+	}
+	// Reports are still bounded: at once again is rate-limited.
+	_, err := report()
+	wantCode(t, err, codes.ResourceExhausted, server.ReasonRejectionRateLimited)
+
+	// A thief's replay revokes the family; the consumer reports seconds
+	// later, well within 30 s.
+	if !e.sim.RevokeFamilyOf(tok.GetAccessToken()) {
+		t.Fatal("simulator did not revoke")
+	}
+	e.clock.advance(2 * time.Second)
+	_, err = report()
+	wantCode(t, err, codes.FailedPrecondition, server.ReasonReauthenticationRequired)
+	desc, err := e.admin.GetCredential(ctxT(t), &rotavaultv1.GetCredentialRequest{CredentialId: "acme"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := desc.GetCredential().GetRevocationReason(); r != rotavaultv1.RevocationReason_REVOCATION_REASON_REVOKED_AT_PROVIDER {
+		t.Fatalf("revocation reason %s, want REVOKED_AT_PROVIDER", r)
+	}
+	if got := e.sim.Stats().RefreshRequests; got != refreshes {
+		t.Fatalf("%d refreshes spent", got-refreshes)
+	}
+}

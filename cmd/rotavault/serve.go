@@ -422,7 +422,7 @@ func newServeCmd(a *app) *cobra.Command {
 		vaultAuth                        vaultAuthFlags
 		claimTTL, claimMargin            time.Duration
 		noticePoll, maxConnAge           time.Duration
-		introspection                    time.Duration
+		introspection, rejectedInterval  time.Duration
 		transitKey, transitMount         string
 		tlsCert, tlsKey, tlsClientCA     string
 		bearerTokens, policyFile         string
@@ -507,7 +507,7 @@ Examples:
 			scfg.DataDir, scfg.Key, scfg.PreviousKeys, scfg.Reflection, scfg.Logger = dataDir, key, previous, reflection, log
 			scfg.Backend, scfg.VaultMount, scfg.VaultPrefix, scfg.VaultLogin = backend, vaultMount, vaultPrefix, vaultLogin
 			scfg.VaultTransitKey, scfg.VaultTransitMount = transitKey, transitMount
-			scfg.BrokerOptions = []broker.Option{broker.WithClaimTiming(claimTTL, claimMargin), broker.WithNoticePollInterval(noticePoll), broker.WithIntrospectionInterval(introspection)}
+			scfg.BrokerOptions = []broker.Option{broker.WithClaimTiming(claimTTL, claimMargin), broker.WithNoticePollInterval(noticePoll), broker.WithIntrospectionInterval(introspection), broker.WithRejectionInterval(rejectedInterval)}
 			scfg.MaxConnectionAge = maxConnAge
 			scfg.HTTPListen, scfg.PublicURL = httpListen, publicURL
 			if issuanceFlush < minIssuanceFlush {
@@ -534,6 +534,7 @@ Examples:
 	fs.StringVar(&publicURL, "public-url", "", "how browsers reach the HTTP endpoints (https, or http on loopback): <public-url>/oauth/callback is the redirect URI of 'reauth start' without --redirect-uri; register it with each provider app")
 	fs.BoolVar(&reflection, "reflection", false, "serve gRPC reflection (for grpcurl)")
 	fs.DurationVar(&introspection, "introspection-interval", broker.DefaultIntrospectionInterval, "how often each active family's refresh token is introspected at its provider (where the credential has an introspection URL) to detect a revocation there without spending a rotation; each replica asks replicas × credentials / interval times; 0 turns it off")
+	fs.DurationVar(&rejectedInterval, "rejected-token-interval", 30*time.Second, "least time between two refreshes caused by consumers reporting a rejected access token, per credential (reports the provider disproves wait 1s only)")
 	fs.DurationVar(&noticePoll, "notice-poll-interval", 500*time.Millisecond, "how often this replica reads the shared notice log for revocations and activations other replicas announced: the bound on how late they reach this replica's watchers (one store read each, whatever the number of credentials)")
 	fs.DurationVar(&maxConnAge, "max-connection-age", server.DefaultMaxConnectionAge, "end each client connection after this long (watch streams end with UNAVAILABLE and resume with their cursor, possibly on another replica); -1s never")
 	fs.DurationVar(&claimTTL, "refresh-claim-ttl", 45*time.Second, "how long a replica's claim on a refresh lasts before another may take it over (see docs/rotation-protocol.md); keep it below the provider's reuse grace period where it has one")
