@@ -79,6 +79,7 @@ type options struct {
 	claimMargin       time.Duration
 	claimPoll         time.Duration
 	noticePoll        time.Duration
+	maxFlows          int
 	// flow tunes reauthentication flows (flows.go).
 	flow flowOptions
 }
@@ -106,6 +107,7 @@ func defaultOptions() options {
 		claimMargin:       15 * time.Second,
 		claimPoll:         50 * time.Millisecond,
 		noticePoll:        500 * time.Millisecond,
+		maxFlows:          MaxPendingFlows,
 	}
 }
 
@@ -224,6 +226,18 @@ func WithClaimTiming(ttl, margin time.Duration) Option {
 // interval whatever the number of credentials.
 func WithNoticePollInterval(d time.Duration) Option {
 	return durationOption("notice poll interval", d, 10*time.Millisecond, time.Minute, func(o *options) { o.noticePoll = d })
+}
+
+// WithMaxFlows sets how many authorization flows the store may hold at once
+// (default MaxPendingFlows); further starts fail with ErrTooManyFlows.
+func WithMaxFlows(n int) Option {
+	return func(o *options) error {
+		if n < 1 || n > 100_000 {
+			return fmt.Errorf("broker: max flows %d out of range [1, 100000]", n)
+		}
+		o.maxFlows = n
+		return nil
+	}
 }
 
 // WithNoticeRetention sets how many notices the notice log keeps for

@@ -56,6 +56,9 @@ func (b *Broker) StartDeviceAuthorization(ctx context.Context, id string, scopes
 	if spec.ProviderKind == ProviderOAuth2 && ep.DeviceAuthorizationURL == "" {
 		return DevicePending{}, invalid("spec.device_authorization_url", "the credential has no device authorization endpoint (RFC 8628); set it, or use another flow")
 	}
+	if err := b.checkFlowCapacity(ctx); err != nil {
+		return DevicePending{}, err
+	}
 	d, err := b.provider.StartDeviceAuthorization(ctx, ep, spec.clientCredentials(), scopes)
 	if err != nil {
 		var pe *provider.Error

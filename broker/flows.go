@@ -252,6 +252,29 @@ func (e *AuthorizationError) Error() string {
 // server's own callback, and the server has no public URL.
 var ErrCallbackNotConfigured = errors.New("broker: no callback URL configured (set the server's public URL), or pass a redirect URI")
 
+// ErrTooManyFlows: the store already holds MaxPendingFlows flows (pending,
+// or finished within the last ten minutes).
+var ErrTooManyFlows = errors.New("broker: too many authorization flows in progress")
+
+// MaxPendingFlows bounds the flow records in the store, whoever starts them:
+// each is a store record every replica's sweep reads, and a device flow
+// also a poller.
+const MaxPendingFlows = 1000
+
+// checkFlowCapacity refuses a new flow when the store holds MaxPendingFlows:
+// one List, the sweep's own cost.
+func (b *Broker) checkFlowCapacity(ctx context.Context) error {
+	keys, err := b.store.List(ctx, flowsPrefix)
+	if err != nil {
+		return storeUnavailable(err)
+	}
+	if len(keys) >= b.opts.maxFlows {
+		b.log.WarnContext(ctx, "refusing a new authorization flow: too many in the store", "flows", len(keys), "max", b.opts.maxFlows)
+		return fmt.Errorf("%w: %d (finished flows are forgotten after 10 minutes)", ErrTooManyFlows, len(keys))
+	}
+	return nil
+}
+
 // errFlowUnknown is the answer for a state that names no usable flow: never
 // issued, another credential's, expired, used or forgotten. One answer for
 // all, so a caller cannot probe other credentials' flows.

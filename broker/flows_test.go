@@ -324,3 +324,38 @@ func (a *recordingAuditor) count(action string) int {
 	}
 	return n
 }
+
+// The store holds a bounded number of flows, whoever starts them: past the
+// bound a start is refused before anything reaches the provider or the
+// store, and room returns once finished flows are forgotten.
+func TestFlowStartsAreBounded(t *testing.T) {
+	ctx := context.Background()
+	env := newFlowEnv(t)
+	b := env.replica(t, "replica-a", time.Hour, WithMaxFlows(2))
+	if _, err := b.CreateCredential(ctx, "x", env.spec); err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		if _, err := b.StartAuthorization(ctx, "x", "http://127.0.0.1:1/cb", nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	starts := env.sim.Stats().DeviceAuthorizations
+	if _, err := b.StartAuthorization(ctx, "x", "http://127.0.0.1:1/cb", nil); !errors.Is(err, ErrTooManyFlows) {
+		t.Fatalf("third code flow: %v, want ErrTooManyFlows", err)
+	}
+	if _, err := b.StartDeviceAuthorization(ctx, "x", nil); !errors.Is(err, ErrTooManyFlows) {
+		t.Fatalf("device flow: %v, want ErrTooManyFlows", err)
+	}
+	if keys, _ := env.st.List(ctx, flowsPrefix); len(keys) != 2 || env.sim.Stats().DeviceAuthorizations != starts {
+		t.Fatalf("refused starts left %d flows and %d device authorizations", len(keys), env.sim.Stats().DeviceAuthorizations-starts)
+	}
+	// Expired, then forgotten: room again.
+	env.clk.add(11 * time.Minute)
+	b.sweepFlows(ctx)
+	env.clk.add(11 * time.Minute)
+	b.sweepFlows(ctx)
+	if _, err := b.StartAuthorization(ctx, "x", "http://127.0.0.1:1/cb", nil); err != nil {
+		t.Fatalf("after the old flows were forgotten: %v", err)
+	}
+}

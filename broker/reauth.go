@@ -88,6 +88,9 @@ func (b *Broker) StartAuthorization(ctx context.Context, id, redirectURI string,
 	if ep.AuthorizeURL == "" {
 		return PendingAuthorization{}, invalid("spec.authorize_url", "the credential has no authorize endpoint; set it, or import a refresh token")
 	}
+	if err := b.checkFlowCapacity(ctx); err != nil {
+		return PendingAuthorization{}, err
+	}
 	verifier, challenge := provider.NewPKCE()
 	state := randomToken(32)
 	u, err := b.provider.AuthCodeURL(ep, spec.clientCredentials(), redirectURI, state, challenge, scopes)

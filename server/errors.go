@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"time"
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
@@ -32,6 +33,8 @@ const (
 	ReasonAuthorizationFailed  = "AUTHORIZATION_FAILED"
 	// A flow asked for the server's own callback, which is not configured.
 	ReasonCallbackNotConfigured = "CALLBACK_NOT_CONFIGURED"
+	// Too many authorization flows are in progress; retry later.
+	ReasonTooManyFlows = "TOO_MANY_FLOWS"
 )
 
 // toStatus is the one mapping from the rotation logic's errors to gRPC
@@ -92,6 +95,10 @@ func toStatus(ctx context.Context, log *slog.Logger, err error) error {
 		return withDetails(status.New(codes.ResourceExhausted, limit.Error()),
 			&errdetails.ErrorInfo{Reason: ReasonRejectionRateLimited, Domain: ErrorDomain},
 			&errdetails.RetryInfo{RetryDelay: durationpb.New(limit.RetryAfter)})
+	case errors.Is(err, broker.ErrTooManyFlows):
+		return withDetails(status.New(codes.ResourceExhausted, "too many authorization flows in progress; finish or wait out pending ones (finished flows are forgotten after 10 minutes)"),
+			&errdetails.ErrorInfo{Reason: ReasonTooManyFlows, Domain: ErrorDomain},
+			&errdetails.RetryInfo{RetryDelay: durationpb.New(time.Minute)})
 	case errors.Is(err, broker.ErrClosed):
 		return status.Error(codes.Unavailable, "the server is shutting down")
 	case errors.Is(err, context.Canceled):

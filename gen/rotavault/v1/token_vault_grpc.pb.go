@@ -59,6 +59,9 @@ const (
 //   - CALLBACK_NOT_CONFIGURED (FAILED_PRECONDITION): an authorization-code
 //     flow without redirect_uri asked for the server's own callback, but the
 //     server has no public URL (rotavault serve --public-url).
+//   - TOO_MANY_FLOWS (RESOURCE_EXHAUSTED, with RetryInfo): too many
+//     reauthentication flows are in the store (1,000, counting those that
+//     ended within 10 minutes); retry later.
 type TokenVaultServiceClient interface {
 	// GetAccessToken returns an access token with at least the requested
 	// lifetime left. Any number of concurrent callers share one refresh: the
@@ -216,6 +219,9 @@ func (c *tokenVaultServiceClient) RevokeCredential(ctx context.Context, in *Revo
 //   - CALLBACK_NOT_CONFIGURED (FAILED_PRECONDITION): an authorization-code
 //     flow without redirect_uri asked for the server's own callback, but the
 //     server has no public URL (rotavault serve --public-url).
+//   - TOO_MANY_FLOWS (RESOURCE_EXHAUSTED, with RetryInfo): too many
+//     reauthentication flows are in the store (1,000, counting those that
+//     ended within 10 minutes); retry later.
 type TokenVaultServiceServer interface {
 	// GetAccessToken returns an access token with at least the requested
 	// lifetime left. Any number of concurrent callers share one refresh: the
