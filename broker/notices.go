@@ -2,13 +2,15 @@ package broker
 
 import (
 	"context"
+	"crypto/aes"
+	"crypto/cipher"
 	"crypto/rand"
 	"encoding/base64"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -69,6 +71,8 @@ type noticeLogMeta struct {
 	NextSeq   uint64         `json:"next_seq"`
 	OldestSeq uint64         `json:"oldest_seq"`
 	Recent    []loggedNotice `json:"recent,omitempty"`
+	// CursorKey seals cursors (see cursorCodec); stores encrypt records.
+	CursorKey []byte `json:"cursor_key,omitempty"`
 }
 
 type loggedNotice struct {
@@ -101,8 +105,9 @@ type noticeLog struct {
 
 	// mu guards what follows. Store calls are never made holding it, so a
 	// slow store delays no subscriber and no delivery.
-	mu    sync.Mutex
-	epoch string
+	mu      sync.Mutex
+	epoch   string
+	cursors cursorCodec // set by init, then read-only
 	// delivered: every notice up to it went to the subscribers (or was
 	// skipped: a reserved slot never written).
 	delivered uint64
@@ -142,9 +147,25 @@ func noticeKey(seq uint64) string { return fmt.Sprintf("%s%020d", noticesPrefix,
 
 func (l *noticeLog) init(ctx context.Context) error {
 	for {
-		meta, _, err := l.readMeta(ctx)
+		meta, version, err := l.readMeta(ctx)
+		if err == nil && len(meta.CursorKey) == 0 {
+			// A log from before cursors were sealed: give it a key.
+			meta.CursorKey = newCursorKey()
+			raw, err := encodeRecord(meta)
+			if err != nil {
+				return err
+			}
+			if _, err := l.store.Put(ctx, noticeLogMetaKey, raw, version); err != nil && !errors.Is(err, store.ErrConflict) {
+				return fmt.Errorf("broker: add a cursor key to the notice log: %w", err)
+			}
+			continue
+		}
 		if err == nil {
-			l.epoch, l.delivered, l.oldest = meta.Epoch, meta.NextSeq-1, meta.OldestSeq
+			codec, err := newCursorCodec(meta.CursorKey)
+			if err != nil {
+				return err
+			}
+			l.epoch, l.cursors, l.delivered, l.oldest = meta.Epoch, codec, meta.NextSeq-1, meta.OldestSeq
 			return nil
 		}
 		if !errors.Is(err, store.ErrNotFound) {
@@ -152,7 +173,7 @@ func (l *noticeLog) init(ctx context.Context) error {
 		}
 		var epoch [8]byte
 		_, _ = rand.Read(epoch[:])
-		fresh := noticeLogMeta{Format: recordFormat, Epoch: hex.EncodeToString(epoch[:]), NextSeq: 1, OldestSeq: 1}
+		fresh := noticeLogMeta{Format: recordFormat, Epoch: hex.EncodeToString(epoch[:]), NextSeq: 1, OldestSeq: 1, CursorKey: newCursorKey()}
 		raw, err := encodeRecord(fresh)
 		if err != nil {
 			return err
@@ -302,7 +323,7 @@ func (l *noticeLog) drainLocked() {
 			continue
 		}
 		n := p.notice
-		n.Cursor = encodeCursor(l.epoch, n.seq)
+		n.Cursor = l.cursors.encode(n.seq)
 		for s := range l.subs {
 			s.deliver(n)
 		}
@@ -433,24 +454,60 @@ func (l *noticeLog) readNotice(ctx context.Context, seq uint64) (Notice, bool, e
 	return n, true, nil
 }
 
-func encodeCursor(epoch string, seq uint64) string {
-	return base64.RawURLEncoding.EncodeToString([]byte("1." + epoch + "." + strconv.FormatUint(seq, 10)))
+// cursorCodec turns sequence numbers into opaque cursors and back. A cursor
+// is the sequence number and eight zero bytes, encrypted as one AES block
+// under the log's key: deterministic (a notice has one cursor, whichever
+// replica delivers it), unforgeable in practice (a made-up cursor decrypts
+// to non-zero padding), and opaque, so a watcher filtered to some
+// credentials cannot count the notices of others between two of its own.
+type cursorCodec struct{ block cipher.Block }
+
+const cursorPrefix = "c2"
+
+func newCursorKey() []byte {
+	k := make([]byte, 32)
+	_, _ = rand.Read(k)
+	return k
 }
 
-func decodeCursor(c string) (epoch string, seq uint64, err error) {
-	raw, err := base64.RawURLEncoding.DecodeString(c)
-	if err != nil || len(c) > 128 {
-		return "", 0, invalid("cursor", "malformed")
-	}
-	parts := strings.Split(string(raw), ".")
-	if len(parts) != 3 || parts[0] != "1" {
-		return "", 0, invalid("cursor", "malformed")
-	}
-	seq, err = strconv.ParseUint(parts[2], 10, 64)
+func newCursorCodec(key []byte) (cursorCodec, error) {
+	block, err := aes.NewCipher(key)
 	if err != nil {
-		return "", 0, invalid("cursor", "malformed")
+		return cursorCodec{}, fmt.Errorf("broker: notice log cursor key: %w", err)
 	}
-	return parts[1], seq, nil
+	return cursorCodec{block: block}, nil
+}
+
+func (c cursorCodec) encode(seq uint64) string {
+	var b [aes.BlockSize]byte
+	binary.BigEndian.PutUint64(b[:8], seq)
+	c.block.Encrypt(b[:], b[:])
+	return cursorPrefix + base64.RawURLEncoding.EncodeToString(b[:])
+}
+
+// decode returns *InvalidArgumentError for what is not a cursor at all, and
+// ErrCursorExpired for a cursor of another notice log (or an older format).
+func (c cursorCodec) decode(cursor string) (uint64, error) {
+	if len(cursor) > 128 {
+		return 0, invalid("cursor", "malformed")
+	}
+	enc, ok := strings.CutPrefix(cursor, cursorPrefix)
+	if !ok {
+		if raw, err := base64.RawURLEncoding.DecodeString(cursor); err == nil && strings.HasPrefix(string(raw), "1.") {
+			return 0, fmt.Errorf("%w: a cursor of an older format; watch again without a cursor", ErrCursorExpired)
+		}
+		return 0, invalid("cursor", "malformed")
+	}
+	raw, err := base64.RawURLEncoding.DecodeString(enc)
+	if err != nil || len(raw) != aes.BlockSize {
+		return 0, invalid("cursor", "malformed")
+	}
+	var b [aes.BlockSize]byte
+	c.block.Decrypt(b[:], raw)
+	if binary.BigEndian.Uint64(b[8:]) != 0 {
+		return 0, fmt.Errorf("%w: the cursor belongs to another notice log", ErrCursorExpired)
+	}
+	return binary.BigEndian.Uint64(b[:8]), nil
 }
 
 // Subscription is a stream of notices: first those missed since the cursor,
@@ -488,12 +545,9 @@ func (b *Broker) Subscribe(ctx context.Context, credentialIDs []string, cursor s
 	var from uint64
 	resume := cursor != ""
 	if resume {
-		epoch, seq, err := decodeCursor(cursor)
+		seq, err := l.cursors.decode(cursor)
 		if err != nil {
 			return nil, err
-		}
-		if epoch != l.epoch {
-			return nil, fmt.Errorf("%w: the cursor belongs to another notice log", ErrCursorExpired)
 		}
 		from = seq
 	}
@@ -536,7 +590,7 @@ func (b *Broker) Subscribe(ctx context.Context, credentialIDs []string, cursor s
 		s.Close()
 		return nil, fmt.Errorf("%w: oldest kept is %d notices after it", ErrCursorExpired, oldest-from-1)
 	}
-	s.StartCursor = encodeCursor(l.epoch, from)
+	s.StartCursor = l.cursors.encode(from)
 	s.replayNext, s.replayLast = from+1, max(from, last)
 	return s, nil
 }
@@ -573,7 +627,7 @@ func (s *Subscription) Next(ctx context.Context) (Notice, error) {
 		if !found {
 			continue
 		}
-		n.Cursor = encodeCursor(s.log.epoch, seq)
+		n.Cursor = s.log.cursors.encode(seq)
 		if s.wants(n) {
 			return n, nil
 		}
@@ -654,7 +708,7 @@ func (b *Broker) notify(ctx context.Context, n Notice) {
 	l := b.notices
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	n.Cursor = encodeCursor(l.epoch, l.delivered)
+	n.Cursor = l.cursors.encode(l.delivered)
 	for s := range l.subs {
 		s.deliver(n)
 	}

@@ -2,7 +2,10 @@ package broker
 
 import (
 	"context"
+	"encoding/base64"
+	"encoding/binary"
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -87,5 +90,69 @@ func TestFollowerBehindRetentionEndsWatches(t *testing.T) {
 	defer cancel()
 	if n, err := sub.Next(wctx); !errors.Is(err, ErrCursorExpired) {
 		t.Fatalf("watch on the lagging replica: %+v, %v; want ErrCursorExpired", n, err)
+	}
+}
+
+// Cursors are sealed under the log's key: the same notice has the same
+// cursor on every replica, a watcher cannot read sequence numbers out of
+// them (and so cannot count other credentials' notices between its own),
+// and a log written before cursors were sealed gets a key on start, its old
+// cursors answered with ErrCursorExpired rather than misread.
+func TestCursorsAreSealedAndSharedByReplicas(t *testing.T) {
+	ctx := context.Background()
+	st := memstore.New()
+	// A log as an earlier version left it: no cursor key.
+	raw, err := encodeRecord(noticeLogMeta{Format: recordFormat, Epoch: "0011223344556677", NextSeq: 8, OldestSeq: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.Put(ctx, noticeLogMetaKey, raw, 0); err != nil {
+		t.Fatal(err)
+	}
+	a := newTestBroker(t, st, WithNoticePollInterval(10*time.Millisecond))
+	b := newTestBroker(t, st, WithNoticePollInterval(10*time.Millisecond))
+	onA, err := a.Subscribe(ctx, []string{"c1"}, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer onA.Close()
+	onB, err := b.Subscribe(ctx, []string{"c1"}, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer onB.Close()
+	for i := range 4 {
+		a.notify(ctx, notice(i))
+	}
+	fromA, fromB := next(t, onA), next(t, onB)
+	if fromA.Cursor != fromB.Cursor {
+		t.Fatalf("one notice, two cursors: %q on A, %q on B", fromA.Cursor, fromB.Cursor)
+	}
+	body, err := base64.RawURLEncoding.DecodeString(strings.TrimPrefix(fromA.Cursor, cursorPrefix))
+	if err != nil || len(body) != 16 {
+		t.Fatalf("cursor %q: %v", fromA.Cursor, err)
+	}
+	var plain [16]byte
+	binary.BigEndian.PutUint64(plain[:8], fromA.seq)
+	if string(body) == string(plain[:]) || strings.Contains(string(body), string(plain[:8])) {
+		t.Fatalf("cursor %q carries its sequence number %d in the clear", fromA.Cursor, fromA.seq)
+	}
+	// The next notice of c1 comes two sequence numbers later; its cursor
+	// must not say so.
+	second := next(t, onA)
+	if len(second.Cursor) != len(fromA.Cursor) {
+		t.Fatalf("cursor lengths differ: %q %q", fromA.Cursor, second.Cursor)
+	}
+	resumed, err := b.Subscribe(ctx, []string{"c1"}, fromA.Cursor)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resumed.Close()
+	if n := next(t, resumed); n.FamilyID != second.FamilyID {
+		t.Fatalf("resumed on B with %s, want %s", n.FamilyID, second.FamilyID)
+	}
+	old := base64.RawURLEncoding.EncodeToString([]byte("1.0011223344556677.3"))
+	if _, err := a.Subscribe(ctx, nil, old); !errors.Is(err, ErrCursorExpired) {
+		t.Fatalf("a cursor of the old format: %v, want ErrCursorExpired", err)
 	}
 }
