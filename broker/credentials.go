@@ -84,6 +84,8 @@ const (
 
 	// FieldDeviceAuthorizationURL is RFC 8628's endpoint (generic providers).
 	FieldDeviceAuthorizationURL SpecField = "device_authorization_url"
+	// FieldClientAuthMethod is how the client authenticates.
+	FieldClientAuthMethod SpecField = "client_auth_method"
 )
 
 func applyField(dst *Spec, src Spec, f SpecField) error {
@@ -100,6 +102,8 @@ func applyField(dst *Spec, src Spec, f SpecField) error {
 		dst.IntrospectionURL = src.IntrospectionURL
 	case FieldDeviceAuthorizationURL:
 		dst.DeviceAuthorizationURL = src.DeviceAuthorizationURL
+	case FieldClientAuthMethod:
+		dst.ClientAuth = src.ClientAuth
 	case FieldClientID:
 		dst.ClientID = src.ClientID
 	case FieldClientSecret:

@@ -272,6 +272,9 @@ func (b *Broker) redeemDevice(ctx context.Context, state, incarnation string, e 
 			break
 		}
 	}
+	if err != nil {
+		b.revokeUninstalled(pctx, e.view.Load().cred.Spec, tok)
+	}
 	if errors.Is(err, ErrNotFound) {
 		b.log.WarnContext(ctx, "device flow approved for a credential that was deleted meanwhile; nothing installed", "credential", e.id)
 		b.failFlow(ctx, state, FlowRefused, credentialGoneDetail)

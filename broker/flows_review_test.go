@@ -236,12 +236,18 @@ func TestCodeExchangedButNotStoredEndsTheFlow(t *testing.T) {
 		t.Fatal(err)
 	}
 	code := authorizeAtSim(t, p.AuthorizeURL)
+	before := env.sim.Stats()
 	st.down.Store(true)
 	_, err = b.CompleteAuthorization(ctx, "x", p.State, code)
 	var ae *AuthorizationError
 	var ue *UnavailableError
 	if !errors.As(err, &ae) || errors.As(err, &ue) {
 		t.Fatalf("exchanged but not stored: %v, want an *AuthorizationError (start again), not a retryable unavailability", err)
+	}
+	// The grant nobody holds is not left live at the provider.
+	if s := env.sim.Stats(); s.Revocations != before.Revocations+1 || s.FamiliesRevoked != before.FamiliesRevoked+1 {
+		t.Fatalf("after an exchange that could not be stored the provider saw %d revocations, %d families revoked; want the grant revoked",
+			s.Revocations-before.Revocations, s.FamiliesRevoked-before.FamiliesRevoked)
 	}
 	st.down.Store(false)
 	if _, err := b.CompleteAuthorization(ctx, "x", p.State, code); !isInvalidField(err, "state") {

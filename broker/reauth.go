@@ -286,6 +286,9 @@ func (b *Broker) redeemCode(ctx context.Context, state string, f *flowRecord, ve
 	pctx, cancel := persistContext(ctx)
 	defer cancel()
 	act, err := b.installFamily(pctx, e, f.Incarnation, tok.RefreshToken, tok, true)
+	if err != nil {
+		b.revokeUninstalled(pctx, spec, tok)
+	}
 	if errors.Is(err, ErrNotFound) {
 		b.failFlow(ctx, state, FlowRefused, credentialGoneDetail)
 		return Activation{}, err
@@ -300,6 +303,17 @@ func (b *Broker) redeemCode(ctx context.Context, state string, f *flowRecord, ve
 	}
 	b.completeFlow(ctx, state, act)
 	return act, nil
+}
+
+// revokeUninstalled revokes, best effort, the refresh token of a grant that
+// could not be installed, so that no live family nobody holds is left at
+// the provider. The grant came through spec's client.
+func (b *Broker) revokeUninstalled(ctx context.Context, spec Spec, tok *provider.Token) {
+	if err := b.provider.Revoke(ctx, spec.endpoint(), spec.clientCredentials(), tok.RefreshToken); err != nil {
+		b.log.WarnContext(ctx, "could not revoke a grant that was not installed; it stays live at the provider until it expires", "err", err)
+		return
+	}
+	b.log.InfoContext(ctx, "revoked a grant that was not installed")
 }
 
 // credentialGoneDetail explains a flow whose credential was deleted, or

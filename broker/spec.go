@@ -66,6 +66,9 @@ type Spec struct {
 	// DeviceAuthorizationURL is RFC 8628's endpoint, for generic providers'
 	// device flows (Salesforce starts them at its token endpoint).
 	DeviceAuthorizationURL string `json:"device_authorization_url,omitempty"`
+	// ClientAuth is how the client authenticates at the provider
+	// (generic providers only).
+	ClientAuth provider.AuthMethod `json:"client_auth_method,omitempty"`
 }
 
 // Redacted returns a copy without the client secret, for describing.
@@ -112,6 +115,18 @@ func (s Spec) validate() error {
 	}
 	if len(s.ClientSecret) > maxClientSecretLen || !printable(s.ClientSecret) {
 		return invalid("spec.client_secret", "printable, at most %d bytes", maxClientSecretLen)
+	}
+	switch s.ClientAuth {
+	case provider.AuthDefault, provider.AuthSecretPost:
+	case provider.AuthSecretBasic:
+		if s.ProviderKind != ProviderOAuth2 {
+			return invalid("spec.client_auth_method", "client_secret_basic is for generic OAuth 2.0 providers; Salesforce takes the secret as a form field")
+		}
+		if s.ClientSecret == "" {
+			return invalid("spec.client_auth_method", "client_secret_basic needs a client secret")
+		}
+	default:
+		return invalid("spec.client_auth_method", "unknown method")
 	}
 	if len(s.Scopes) > maxScopes {
 		return invalid("spec.scopes", "at most %d scopes", maxScopes)
@@ -202,7 +217,7 @@ func (s Spec) endpoint() provider.Endpoint {
 }
 
 func (s Spec) clientCredentials() provider.ClientCredentials {
-	return provider.ClientCredentials{ClientID: s.ClientID, ClientSecret: s.ClientSecret}
+	return provider.ClientCredentials{ClientID: s.ClientID, ClientSecret: s.ClientSecret, AuthMethod: s.ClientAuth}
 }
 
 // accessTokenLifetime is how long a token lives when the provider says

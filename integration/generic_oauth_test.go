@@ -8,6 +8,7 @@ import (
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/fieldmaskpb"
 
 	"github.com/rotavault/rotavault/broker"
 	rotavaultv1 "github.com/rotavault/rotavault/gen/rotavault/v1"
@@ -236,4 +237,41 @@ func TestInvalidGrantStatus403IsLike400(t *testing.T) {
 			wantLostRotationAfter(t, e, "auth0", func() { fs.LoseNextResponses(1) }, func() int { return fs.Stats().RefreshRequests }, 2)
 		})
 	}
+}
+
+// A provider app that accepts only client_secret_basic (Okta lets an app
+// pick one method): with the credential set to it, rotation works end to
+// end; the default form-field method is refused as invalid_client, which
+// keeps the family (a client problem, not a token one).
+func TestClientSecretBasicProvider(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	cfg := fositeserver.Config{AccessTokenLifespan: accessLifetime, TokenEndpointAuthMethod: "client_secret_basic"}
+	fs, _ := withFositeCredential(t, e, "okta-app", cfg, func(_ *fositeserver.Server, spec *rotavaultv1.CredentialSpec) {
+		spec.ClientAuthMethod = rotavaultv1.ClientAuthMethod_CLIENT_AUTH_METHOD_CLIENT_SECRET_BASIC
+	})
+	first := e.token("okta-app")
+	e.expire()
+	second := e.token("okta-app")
+	if second.GetFamilyId() != first.GetFamilyId() || second.GetGeneration() != first.GetGeneration()+1 {
+		t.Fatalf("rotation with client_secret_basic: %+v then %+v", first, second)
+	}
+
+	// The same app with the credential switched to form fields.
+	if _, err := e.admin.UpdateCredential(ctxT(t), &rotavaultv1.UpdateCredentialRequest{CredentialId: "okta-app",
+		Spec:       &rotavaultv1.CredentialSpec{ClientAuthMethod: rotavaultv1.ClientAuthMethod_CLIENT_AUTH_METHOD_CLIENT_SECRET_POST},
+		UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"client_auth_method"}}}); err != nil {
+		t.Fatal(err)
+	}
+	e.expire()
+	_, err := e.vault.GetAccessToken(ctxT(t), &rotavaultv1.GetAccessTokenRequest{CredentialId: "okta-app"})
+	wantCode(t, err, codes.FailedPrecondition, server.ReasonProviderRejectedClient)
+	if s := fs.Stats(); s.InvalidGrants != 0 {
+		t.Fatalf("fosite saw %+v: the family must not be spent", s)
+	}
+
+	// Basic needs a secret, and is for generic providers only.
+	_, err = e.admin.CreateCredential(ctxT(t), &rotavaultv1.CreateCredentialRequest{CredentialId: "sf", Spec: &rotavaultv1.CredentialSpec{
+		ProviderKind: rotavaultv1.ProviderKind_PROVIDER_KIND_SALESFORCE, BaseUrl: e.sim.URL(), ClientId: simClientID, ClientSecret: simClientSecret,
+		Scopes: []string{"api", "refresh_token"}, ClientAuthMethod: rotavaultv1.ClientAuthMethod_CLIENT_AUTH_METHOD_CLIENT_SECRET_BASIC}})
+	wantCode(t, err, codes.InvalidArgument, "")
 }

@@ -245,11 +245,11 @@ func (c *Client) IntrospectToken(ctx context.Context, ep Endpoint, cc ClientCred
 		"token":           {token},
 		"token_type_hint": {string(hint)},
 	}
-	auth := authPost
+	def := authPost
 	if ep.Kind == KindOAuth2 && cc.ClientSecret != "" {
-		auth = authBasic
+		def = authBasic
 	}
-	res, e := c.send(ctx, op, ep.IntrospectionURL, cc, auth, form, []string{token, cc.ClientSecret})
+	res, e := c.send(ctx, op, ep.IntrospectionURL, cc, cc.wire(def), form, []string{token, cc.ClientSecret})
 	if e != nil {
 		return Introspection{}, e
 	}

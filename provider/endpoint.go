@@ -67,14 +67,43 @@ func SalesforceEndpoint(baseURL string) Endpoint {
 }
 
 // ClientCredentials identify the OAuth client (Salesforce: the consumer key
-// and secret). ClientSecret may be empty for public clients. They are sent as
-// client_id and client_secret form fields (client_secret_post).
+// and secret). ClientSecret may be empty for public clients. AuthMethod says
+// how they are sent; see AuthMethod.
 //
 // Printing or logging a ClientCredentials never shows the secret: String,
 // GoString, Format and LogValue redact it.
 type ClientCredentials struct {
 	ClientID     string
 	ClientSecret string
+	AuthMethod   AuthMethod
+}
+
+// AuthMethod is how a client authenticates at the provider's endpoints
+// (RFC 6749 §2.3.1).
+type AuthMethod int
+
+const (
+	// AuthDefault: client_secret_post, except generic providers'
+	// introspection, which uses HTTP Basic (the method RFC 6749 requires
+	// servers to support; some introspection endpoints accept no other).
+	AuthDefault AuthMethod = iota
+	// AuthSecretPost: client_id and client_secret as form fields.
+	AuthSecretPost
+	// AuthSecretBasic: HTTP Basic with the form-encoded client id and
+	// secret. Without a secret the client is public and posts its id.
+	AuthSecretBasic
+)
+
+// wire returns how to send the credentials where def is the default.
+func (cc ClientCredentials) wire(def clientAuth) clientAuth {
+	switch {
+	case cc.AuthMethod == AuthSecretBasic && cc.ClientSecret != "":
+		return authBasic
+	case cc.AuthMethod == AuthSecretBasic, cc.AuthMethod == AuthSecretPost:
+		return authPost
+	default:
+		return def
+	}
 }
 
 // String returns the client id and whether a secret is set.

@@ -49,11 +49,11 @@ const (
 	authBasic
 )
 
-// post sends form, with the client's credentials as form fields, to
-// endpointURL and returns a 2xx answer, or the classified failure. secrets
+// post sends form, with the client's credentials as cc.AuthMethod says
+// (form fields by default), to endpointURL and returns a 2xx answer, or the classified failure. secrets
 // are the values of form that must not appear in an error.
 func (c *Client) post(ctx context.Context, op, endpointURL string, cc ClientCredentials, form url.Values, secrets []string) (*response, *Error) {
-	return c.send(ctx, op, endpointURL, cc, authPost, form, secrets)
+	return c.send(ctx, op, endpointURL, cc, cc.wire(authPost), form, secrets)
 }
 
 // send is post with the client authentication chosen by auth.

@@ -8,6 +8,7 @@ import (
 
 	"github.com/rotavault/rotavault/broker"
 	rotavaultv1 "github.com/rotavault/rotavault/gen/rotavault/v1"
+	"github.com/rotavault/rotavault/provider"
 )
 
 func timestampOrNil(t time.Time) *timestamppb.Timestamp {
@@ -44,6 +45,31 @@ func specFromProto(p *rotavaultv1.CredentialSpec) broker.Spec {
 		ReuseGrace:       p.GetReuseGracePeriod().AsDuration(),
 
 		DeviceAuthorizationURL: p.GetDeviceAuthorizationUrl(),
+		ClientAuth:             clientAuthFromProto(p.GetClientAuthMethod()),
+	}
+}
+
+func clientAuthFromProto(m rotavaultv1.ClientAuthMethod) provider.AuthMethod {
+	switch m {
+	case rotavaultv1.ClientAuthMethod_CLIENT_AUTH_METHOD_CLIENT_SECRET_POST:
+		return provider.AuthSecretPost
+	case rotavaultv1.ClientAuthMethod_CLIENT_AUTH_METHOD_CLIENT_SECRET_BASIC:
+		return provider.AuthSecretBasic
+	case rotavaultv1.ClientAuthMethod_CLIENT_AUTH_METHOD_UNSPECIFIED:
+		return provider.AuthDefault
+	default:
+		return -1 // refused by the broker's validation
+	}
+}
+
+func clientAuthToProto(m provider.AuthMethod) rotavaultv1.ClientAuthMethod {
+	switch m {
+	case provider.AuthSecretPost:
+		return rotavaultv1.ClientAuthMethod_CLIENT_AUTH_METHOD_CLIENT_SECRET_POST
+	case provider.AuthSecretBasic:
+		return rotavaultv1.ClientAuthMethod_CLIENT_AUTH_METHOD_CLIENT_SECRET_BASIC
+	default:
+		return rotavaultv1.ClientAuthMethod_CLIENT_AUTH_METHOD_UNSPECIFIED
 	}
 }
 
@@ -85,6 +111,7 @@ func specToProto(s broker.Spec) *rotavaultv1.CredentialSpec {
 		RefreshTokenMaxLifetime: durationOrNil(s.RefreshMaxLife),
 		ReuseGracePeriod:        durationOrNil(s.ReuseGrace),
 		DeviceAuthorizationUrl:  s.DeviceAuthorizationURL,
+		ClientAuthMethod:        clientAuthToProto(s.ClientAuth),
 	}
 }
 

@@ -269,6 +269,12 @@ func (a *app) printCredential(c *rotavaultv1.Credential) error {
 		secret = "set"
 	}
 	f.add("client secret", secret)
+	switch s.GetClientAuthMethod() {
+	case rotavaultv1.ClientAuthMethod_CLIENT_AUTH_METHOD_CLIENT_SECRET_POST:
+		f.add("client auth", "client_secret_post")
+	case rotavaultv1.ClientAuthMethod_CLIENT_AUTH_METHOD_CLIENT_SECRET_BASIC:
+		f.add("client auth", "client_secret_basic")
+	}
 	f.addIf("scopes", strings.Join(s.GetScopes(), " "))
 	f.addIf("access lifetime", durationText(s.GetAccessTokenLifetime()))
 	f.addIf("refresh idle", durationText(s.GetRefreshTokenIdleTimeout()))

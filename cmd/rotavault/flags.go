@@ -309,6 +309,7 @@ type specFlags struct {
 	refreshIdle      time.Duration
 	refreshMax       time.Duration
 	reuseGrace       time.Duration
+	clientAuth       string
 }
 
 // specFields maps flags to the CredentialSpec paths an update mask names.
@@ -319,6 +320,7 @@ var specFields = []struct{ flag, path string }{
 	{"revocation-url", "revocation_url"},
 	{"introspection-url", "introspection_url"},
 	{"device-authorization-url", "device_authorization_url"},
+	{"client-auth-method", "client_auth_method"},
 	{"client-id", "client_id"},
 	{"client-secret-file", "client_secret"},
 	{"scope", "scopes"},
@@ -338,6 +340,7 @@ func (s *specFlags) register(fs *pflag.FlagSet, create bool) {
 	fs.StringVar(&s.revocationURL, "revocation-url", "", "revocation endpoint, used when a family is replaced or deleted")
 	fs.StringVar(&s.introspectionURL, "introspection-url", "", "introspection endpoint, consulted before refreshing on a rejected-token report")
 	fs.StringVar(&s.deviceAuthURL, "device-authorization-url", "", "oauth2 only: the RFC 8628 device authorization endpoint, for 'rotavault reauth device' (Salesforce needs none)")
+	fs.StringVar(&s.clientAuth, "client-auth-method", "", "oauth2 only: how the client authenticates, client_secret_post (form fields) or client_secret_basic (HTTP Basic); default: form fields, Basic for introspection")
 	fs.StringVar(&s.clientID, "client-id", "", "the app's client id (Salesforce: consumer key)")
 	fs.StringVar(&s.clientSecretFile, "client-secret-file", "", "file holding the client secret, - for stdin (never a flag value: command lines get logged)")
 	fs.StringArrayVar(&s.scopes, "scope", nil, "scope to request; repeat the flag or separate scopes by spaces (Salesforce needs refresh_token)")
@@ -361,6 +364,15 @@ func (s *specFlags) spec(a *app, provider rotavaultv1.ProviderKind) (*rotavaultv
 		Scopes:           splitScopes(s.scopes),
 
 		DeviceAuthorizationUrl: s.deviceAuthURL,
+	}
+	switch s.clientAuth {
+	case "":
+	case "client_secret_post", "post":
+		spec.ClientAuthMethod = rotavaultv1.ClientAuthMethod_CLIENT_AUTH_METHOD_CLIENT_SECRET_POST
+	case "client_secret_basic", "basic":
+		spec.ClientAuthMethod = rotavaultv1.ClientAuthMethod_CLIENT_AUTH_METHOD_CLIENT_SECRET_BASIC
+	default:
+		return nil, usageErrorf("--client-auth-method %q: want client_secret_post or client_secret_basic", s.clientAuth)
 	}
 	for _, d := range []struct {
 		flag string

@@ -41,7 +41,7 @@ func (s *Server) AddClient(id, secret string, redirectURIs []string) {
 			ResponseTypes: []string{"code"},
 			Scopes:        clientScopes(),
 		},
-		TokenEndpointAuthMethod: "client_secret_post",
+		TokenEndpointAuthMethod: s.authMethod,
 	}
 
 	// The memory store's own client mutex is unexported; every reader of

@@ -106,6 +106,14 @@ func (s *Server) exchangeCode(ctx context.Context, form url.Values) (string, err
 		return "", fmt.Errorf("fositeserver: token request: %w", err)
 	}
 	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	if s.authMethod == "client_secret_basic" {
+		// The client is registered for Basic: move its credentials there.
+		req.SetBasicAuth(url.QueryEscape(form.Get("client_id")), url.QueryEscape(form.Get("client_secret")))
+		form.Del("client_id")
+		form.Del("client_secret")
+		req.Body = io.NopCloser(strings.NewReader(form.Encode()))
+		req.ContentLength = int64(len(form.Encode()))
+	}
 	resp, err := s.httpClient.Do(req)
 	if err != nil {
 		return "", fmt.Errorf("fositeserver: token: %w", err)

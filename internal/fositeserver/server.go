@@ -14,6 +14,7 @@
 package fositeserver
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"errors"
@@ -66,6 +67,10 @@ type Config struct {
 	// processing (reuse detection and family revocation) is unchanged; only
 	// the status line differs. It must be a 4xx status.
 	InvalidGrantStatus int
+	// TokenEndpointAuthMethod is how clients added later must authenticate
+	// at the token endpoint: "client_secret_post" (the default) or
+	// "client_secret_basic"; fosite refuses the other with invalid_client.
+	TokenEndpointAuthMethod string
 }
 
 // Server is a running fosite authorization server on 127.0.0.1.
@@ -86,6 +91,7 @@ type Server struct {
 	fositeMu sync.Mutex
 
 	invalidGrantStatus int
+	authMethod         string
 
 	statsMu        sync.Mutex
 	stats          Stats
@@ -157,6 +163,7 @@ func Start(cfg Config) (*Server, error) {
 	s := &Server{
 		log:                logger,
 		invalidGrantStatus: cfg.InvalidGrantStatus,
+		authMethod:         cmp.Or(cfg.TokenEndpointAuthMethod, "client_secret_post"),
 		fositeCfg:          fcfg,
 		provider:           provider,
 		store:              store,

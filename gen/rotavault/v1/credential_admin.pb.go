@@ -76,6 +76,57 @@ func (ProviderKind) EnumDescriptor() ([]byte, []int) {
 	return file_rotavault_v1_credential_admin_proto_rawDescGZIP(), []int{0}
 }
 
+type ClientAuthMethod int32
+
+const (
+	ClientAuthMethod_CLIENT_AUTH_METHOD_UNSPECIFIED ClientAuthMethod = 0
+	// client_id and client_secret as form fields.
+	ClientAuthMethod_CLIENT_AUTH_METHOD_CLIENT_SECRET_POST ClientAuthMethod = 1
+	// HTTP Basic authentication with the form-encoded client id and secret.
+	ClientAuthMethod_CLIENT_AUTH_METHOD_CLIENT_SECRET_BASIC ClientAuthMethod = 2
+)
+
+// Enum value maps for ClientAuthMethod.
+var (
+	ClientAuthMethod_name = map[int32]string{
+		0: "CLIENT_AUTH_METHOD_UNSPECIFIED",
+		1: "CLIENT_AUTH_METHOD_CLIENT_SECRET_POST",
+		2: "CLIENT_AUTH_METHOD_CLIENT_SECRET_BASIC",
+	}
+	ClientAuthMethod_value = map[string]int32{
+		"CLIENT_AUTH_METHOD_UNSPECIFIED":         0,
+		"CLIENT_AUTH_METHOD_CLIENT_SECRET_POST":  1,
+		"CLIENT_AUTH_METHOD_CLIENT_SECRET_BASIC": 2,
+	}
+)
+
+func (x ClientAuthMethod) Enum() *ClientAuthMethod {
+	p := new(ClientAuthMethod)
+	*p = x
+	return p
+}
+
+func (x ClientAuthMethod) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (ClientAuthMethod) Descriptor() protoreflect.EnumDescriptor {
+	return file_rotavault_v1_credential_admin_proto_enumTypes[1].Descriptor()
+}
+
+func (ClientAuthMethod) Type() protoreflect.EnumType {
+	return &file_rotavault_v1_credential_admin_proto_enumTypes[1]
+}
+
+func (x ClientAuthMethod) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use ClientAuthMethod.Descriptor instead.
+func (ClientAuthMethod) EnumDescriptor() ([]byte, []int) {
+	return file_rotavault_v1_credential_admin_proto_rawDescGZIP(), []int{1}
+}
+
 type CredentialStatus int32
 
 const (
@@ -115,11 +166,11 @@ func (x CredentialStatus) String() string {
 }
 
 func (CredentialStatus) Descriptor() protoreflect.EnumDescriptor {
-	return file_rotavault_v1_credential_admin_proto_enumTypes[1].Descriptor()
+	return file_rotavault_v1_credential_admin_proto_enumTypes[2].Descriptor()
 }
 
 func (CredentialStatus) Type() protoreflect.EnumType {
-	return &file_rotavault_v1_credential_admin_proto_enumTypes[1]
+	return &file_rotavault_v1_credential_admin_proto_enumTypes[2]
 }
 
 func (x CredentialStatus) Number() protoreflect.EnumNumber {
@@ -128,7 +179,7 @@ func (x CredentialStatus) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use CredentialStatus.Descriptor instead.
 func (CredentialStatus) EnumDescriptor() ([]byte, []int) {
-	return file_rotavault_v1_credential_admin_proto_rawDescGZIP(), []int{1}
+	return file_rotavault_v1_credential_admin_proto_rawDescGZIP(), []int{2}
 }
 
 // CredentialSpec is a credential's configuration.
@@ -164,8 +215,15 @@ type CredentialSpec struct {
 	// for Reauthenticate's device flow. Salesforce's device flow uses its token
 	// endpoint and needs none.
 	DeviceAuthorizationUrl string `protobuf:"bytes,14,opt,name=device_authorization_url,json=deviceAuthorizationUrl,proto3" json:"device_authorization_url,omitempty"`
-	unknownFields          protoimpl.UnknownFields
-	sizeCache              protoimpl.SizeCache
+	// How the client authenticates at the provider's endpoints (RFC 6749
+	// §2.3.1). Unspecified: client_secret_post (form fields) everywhere, except
+	// that generic providers' introspection uses HTTP Basic. Set it when the
+	// provider's app accepts only one method (an Okta app set to
+	// client_secret_basic, say). Generic providers only; basic needs a client
+	// secret.
+	ClientAuthMethod ClientAuthMethod `protobuf:"varint,15,opt,name=client_auth_method,json=clientAuthMethod,proto3,enum=rotavault.v1.ClientAuthMethod" json:"client_auth_method,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *CredentialSpec) Reset() {
@@ -294,6 +352,13 @@ func (x *CredentialSpec) GetDeviceAuthorizationUrl() string {
 		return x.DeviceAuthorizationUrl
 	}
 	return ""
+}
+
+func (x *CredentialSpec) GetClientAuthMethod() ClientAuthMethod {
+	if x != nil {
+		return x.ClientAuthMethod
+	}
+	return ClientAuthMethod_CLIENT_AUTH_METHOD_UNSPECIFIED
 }
 
 // Credential describes a credential. It never carries a secret.
@@ -1121,7 +1186,7 @@ var File_rotavault_v1_credential_admin_proto protoreflect.FileDescriptor
 
 const file_rotavault_v1_credential_admin_proto_rawDesc = "" +
 	"\n" +
-	"#rotavault/v1/credential_admin.proto\x12\frotavault.v1\x1a\x1egoogle/protobuf/duration.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1erotavault/v1/token_vault.proto\"\xde\x05\n" +
+	"#rotavault/v1/credential_admin.proto\x12\frotavault.v1\x1a\x1egoogle/protobuf/duration.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1erotavault/v1/token_vault.proto\"\xac\x06\n" +
 	"\x0eCredentialSpec\x12?\n" +
 	"\rprovider_kind\x18\x01 \x01(\x0e2\x1a.rotavault.v1.ProviderKindR\fproviderKind\x12\x19\n" +
 	"\bbase_url\x18\x02 \x01(\tR\abaseUrl\x12\x1b\n" +
@@ -1137,7 +1202,8 @@ const file_rotavault_v1_credential_admin_proto_rawDesc = "" +
 	"\x1arefresh_token_idle_timeout\x18\v \x01(\v2\x19.google.protobuf.DurationR\x17refreshTokenIdleTimeout\x12V\n" +
 	"\x1arefresh_token_max_lifetime\x18\f \x01(\v2\x19.google.protobuf.DurationR\x17refreshTokenMaxLifetime\x12G\n" +
 	"\x12reuse_grace_period\x18\r \x01(\v2\x19.google.protobuf.DurationR\x10reuseGracePeriod\x128\n" +
-	"\x18device_authorization_url\x18\x0e \x01(\tR\x16deviceAuthorizationUrl\"\xa4\x06\n" +
+	"\x18device_authorization_url\x18\x0e \x01(\tR\x16deviceAuthorizationUrl\x12L\n" +
+	"\x12client_auth_method\x18\x0f \x01(\x0e2\x1e.rotavault.v1.ClientAuthMethodR\x10clientAuthMethod\"\xa4\x06\n" +
 	"\n" +
 	"Credential\x12#\n" +
 	"\rcredential_id\x18\x01 \x01(\tR\fcredentialId\x120\n" +
@@ -1210,7 +1276,11 @@ const file_rotavault_v1_credential_admin_proto_rawDesc = "" +
 	"\fProviderKind\x12\x1d\n" +
 	"\x19PROVIDER_KIND_UNSPECIFIED\x10\x00\x12\x1c\n" +
 	"\x18PROVIDER_KIND_SALESFORCE\x10\x01\x12\x18\n" +
-	"\x14PROVIDER_KIND_OAUTH2\x10\x02*\xa3\x01\n" +
+	"\x14PROVIDER_KIND_OAUTH2\x10\x02*\x8d\x01\n" +
+	"\x10ClientAuthMethod\x12\"\n" +
+	"\x1eCLIENT_AUTH_METHOD_UNSPECIFIED\x10\x00\x12)\n" +
+	"%CLIENT_AUTH_METHOD_CLIENT_SECRET_POST\x10\x01\x12*\n" +
+	"&CLIENT_AUTH_METHOD_CLIENT_SECRET_BASIC\x10\x02*\xa3\x01\n" +
 	"\x10CredentialStatus\x12!\n" +
 	"\x1dCREDENTIAL_STATUS_UNSPECIFIED\x10\x00\x12\x1c\n" +
 	"\x18CREDENTIAL_STATUS_ACTIVE\x10\x01\x12\x1d\n" +
@@ -1236,73 +1306,75 @@ func file_rotavault_v1_credential_admin_proto_rawDescGZIP() []byte {
 	return file_rotavault_v1_credential_admin_proto_rawDescData
 }
 
-var file_rotavault_v1_credential_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
+var file_rotavault_v1_credential_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
 var file_rotavault_v1_credential_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
 var file_rotavault_v1_credential_admin_proto_goTypes = []any{
 	(ProviderKind)(0),                // 0: rotavault.v1.ProviderKind
-	(CredentialStatus)(0),            // 1: rotavault.v1.CredentialStatus
-	(*CredentialSpec)(nil),           // 2: rotavault.v1.CredentialSpec
-	(*Credential)(nil),               // 3: rotavault.v1.Credential
-	(*CreateCredentialRequest)(nil),  // 4: rotavault.v1.CreateCredentialRequest
-	(*CreateCredentialResponse)(nil), // 5: rotavault.v1.CreateCredentialResponse
-	(*UpdateCredentialRequest)(nil),  // 6: rotavault.v1.UpdateCredentialRequest
-	(*UpdateCredentialResponse)(nil), // 7: rotavault.v1.UpdateCredentialResponse
-	(*GetCredentialRequest)(nil),     // 8: rotavault.v1.GetCredentialRequest
-	(*GetCredentialResponse)(nil),    // 9: rotavault.v1.GetCredentialResponse
-	(*ListCredentialsRequest)(nil),   // 10: rotavault.v1.ListCredentialsRequest
-	(*ListCredentialsResponse)(nil),  // 11: rotavault.v1.ListCredentialsResponse
-	(*DeleteCredentialRequest)(nil),  // 12: rotavault.v1.DeleteCredentialRequest
-	(*DeleteCredentialResponse)(nil), // 13: rotavault.v1.DeleteCredentialResponse
-	(*ListConsumersRequest)(nil),     // 14: rotavault.v1.ListConsumersRequest
-	(*ListConsumersResponse)(nil),    // 15: rotavault.v1.ListConsumersResponse
-	(*Consumer)(nil),                 // 16: rotavault.v1.Consumer
-	(*durationpb.Duration)(nil),      // 17: google.protobuf.Duration
-	(RevocationReason)(0),            // 18: rotavault.v1.RevocationReason
-	(*timestamppb.Timestamp)(nil),    // 19: google.protobuf.Timestamp
-	(*fieldmaskpb.FieldMask)(nil),    // 20: google.protobuf.FieldMask
+	(ClientAuthMethod)(0),            // 1: rotavault.v1.ClientAuthMethod
+	(CredentialStatus)(0),            // 2: rotavault.v1.CredentialStatus
+	(*CredentialSpec)(nil),           // 3: rotavault.v1.CredentialSpec
+	(*Credential)(nil),               // 4: rotavault.v1.Credential
+	(*CreateCredentialRequest)(nil),  // 5: rotavault.v1.CreateCredentialRequest
+	(*CreateCredentialResponse)(nil), // 6: rotavault.v1.CreateCredentialResponse
+	(*UpdateCredentialRequest)(nil),  // 7: rotavault.v1.UpdateCredentialRequest
+	(*UpdateCredentialResponse)(nil), // 8: rotavault.v1.UpdateCredentialResponse
+	(*GetCredentialRequest)(nil),     // 9: rotavault.v1.GetCredentialRequest
+	(*GetCredentialResponse)(nil),    // 10: rotavault.v1.GetCredentialResponse
+	(*ListCredentialsRequest)(nil),   // 11: rotavault.v1.ListCredentialsRequest
+	(*ListCredentialsResponse)(nil),  // 12: rotavault.v1.ListCredentialsResponse
+	(*DeleteCredentialRequest)(nil),  // 13: rotavault.v1.DeleteCredentialRequest
+	(*DeleteCredentialResponse)(nil), // 14: rotavault.v1.DeleteCredentialResponse
+	(*ListConsumersRequest)(nil),     // 15: rotavault.v1.ListConsumersRequest
+	(*ListConsumersResponse)(nil),    // 16: rotavault.v1.ListConsumersResponse
+	(*Consumer)(nil),                 // 17: rotavault.v1.Consumer
+	(*durationpb.Duration)(nil),      // 18: google.protobuf.Duration
+	(RevocationReason)(0),            // 19: rotavault.v1.RevocationReason
+	(*timestamppb.Timestamp)(nil),    // 20: google.protobuf.Timestamp
+	(*fieldmaskpb.FieldMask)(nil),    // 21: google.protobuf.FieldMask
 }
 var file_rotavault_v1_credential_admin_proto_depIdxs = []int32{
 	0,  // 0: rotavault.v1.CredentialSpec.provider_kind:type_name -> rotavault.v1.ProviderKind
-	17, // 1: rotavault.v1.CredentialSpec.access_token_lifetime:type_name -> google.protobuf.Duration
-	17, // 2: rotavault.v1.CredentialSpec.refresh_token_idle_timeout:type_name -> google.protobuf.Duration
-	17, // 3: rotavault.v1.CredentialSpec.refresh_token_max_lifetime:type_name -> google.protobuf.Duration
-	17, // 4: rotavault.v1.CredentialSpec.reuse_grace_period:type_name -> google.protobuf.Duration
-	2,  // 5: rotavault.v1.Credential.spec:type_name -> rotavault.v1.CredentialSpec
-	1,  // 6: rotavault.v1.Credential.status:type_name -> rotavault.v1.CredentialStatus
-	18, // 7: rotavault.v1.Credential.revocation_reason:type_name -> rotavault.v1.RevocationReason
-	19, // 8: rotavault.v1.Credential.last_rotation_time:type_name -> google.protobuf.Timestamp
-	19, // 9: rotavault.v1.Credential.next_refresh_time:type_name -> google.protobuf.Timestamp
-	19, // 10: rotavault.v1.Credential.access_token_expire_time:type_name -> google.protobuf.Timestamp
-	19, // 11: rotavault.v1.Credential.create_time:type_name -> google.protobuf.Timestamp
-	19, // 12: rotavault.v1.Credential.update_time:type_name -> google.protobuf.Timestamp
-	19, // 13: rotavault.v1.Credential.access_token_issue_time:type_name -> google.protobuf.Timestamp
-	2,  // 14: rotavault.v1.CreateCredentialRequest.spec:type_name -> rotavault.v1.CredentialSpec
-	3,  // 15: rotavault.v1.CreateCredentialResponse.credential:type_name -> rotavault.v1.Credential
-	2,  // 16: rotavault.v1.UpdateCredentialRequest.spec:type_name -> rotavault.v1.CredentialSpec
-	20, // 17: rotavault.v1.UpdateCredentialRequest.update_mask:type_name -> google.protobuf.FieldMask
-	3,  // 18: rotavault.v1.UpdateCredentialResponse.credential:type_name -> rotavault.v1.Credential
-	3,  // 19: rotavault.v1.GetCredentialResponse.credential:type_name -> rotavault.v1.Credential
-	3,  // 20: rotavault.v1.ListCredentialsResponse.credentials:type_name -> rotavault.v1.Credential
-	16, // 21: rotavault.v1.ListConsumersResponse.consumers:type_name -> rotavault.v1.Consumer
-	19, // 22: rotavault.v1.Consumer.first_seen_time:type_name -> google.protobuf.Timestamp
-	19, // 23: rotavault.v1.Consumer.last_seen_time:type_name -> google.protobuf.Timestamp
-	4,  // 24: rotavault.v1.CredentialAdminService.CreateCredential:input_type -> rotavault.v1.CreateCredentialRequest
-	6,  // 25: rotavault.v1.CredentialAdminService.UpdateCredential:input_type -> rotavault.v1.UpdateCredentialRequest
-	8,  // 26: rotavault.v1.CredentialAdminService.GetCredential:input_type -> rotavault.v1.GetCredentialRequest
-	10, // 27: rotavault.v1.CredentialAdminService.ListCredentials:input_type -> rotavault.v1.ListCredentialsRequest
-	12, // 28: rotavault.v1.CredentialAdminService.DeleteCredential:input_type -> rotavault.v1.DeleteCredentialRequest
-	14, // 29: rotavault.v1.CredentialAdminService.ListConsumers:input_type -> rotavault.v1.ListConsumersRequest
-	5,  // 30: rotavault.v1.CredentialAdminService.CreateCredential:output_type -> rotavault.v1.CreateCredentialResponse
-	7,  // 31: rotavault.v1.CredentialAdminService.UpdateCredential:output_type -> rotavault.v1.UpdateCredentialResponse
-	9,  // 32: rotavault.v1.CredentialAdminService.GetCredential:output_type -> rotavault.v1.GetCredentialResponse
-	11, // 33: rotavault.v1.CredentialAdminService.ListCredentials:output_type -> rotavault.v1.ListCredentialsResponse
-	13, // 34: rotavault.v1.CredentialAdminService.DeleteCredential:output_type -> rotavault.v1.DeleteCredentialResponse
-	15, // 35: rotavault.v1.CredentialAdminService.ListConsumers:output_type -> rotavault.v1.ListConsumersResponse
-	30, // [30:36] is the sub-list for method output_type
-	24, // [24:30] is the sub-list for method input_type
-	24, // [24:24] is the sub-list for extension type_name
-	24, // [24:24] is the sub-list for extension extendee
-	0,  // [0:24] is the sub-list for field type_name
+	18, // 1: rotavault.v1.CredentialSpec.access_token_lifetime:type_name -> google.protobuf.Duration
+	18, // 2: rotavault.v1.CredentialSpec.refresh_token_idle_timeout:type_name -> google.protobuf.Duration
+	18, // 3: rotavault.v1.CredentialSpec.refresh_token_max_lifetime:type_name -> google.protobuf.Duration
+	18, // 4: rotavault.v1.CredentialSpec.reuse_grace_period:type_name -> google.protobuf.Duration
+	1,  // 5: rotavault.v1.CredentialSpec.client_auth_method:type_name -> rotavault.v1.ClientAuthMethod
+	3,  // 6: rotavault.v1.Credential.spec:type_name -> rotavault.v1.CredentialSpec
+	2,  // 7: rotavault.v1.Credential.status:type_name -> rotavault.v1.CredentialStatus
+	19, // 8: rotavault.v1.Credential.revocation_reason:type_name -> rotavault.v1.RevocationReason
+	20, // 9: rotavault.v1.Credential.last_rotation_time:type_name -> google.protobuf.Timestamp
+	20, // 10: rotavault.v1.Credential.next_refresh_time:type_name -> google.protobuf.Timestamp
+	20, // 11: rotavault.v1.Credential.access_token_expire_time:type_name -> google.protobuf.Timestamp
+	20, // 12: rotavault.v1.Credential.create_time:type_name -> google.protobuf.Timestamp
+	20, // 13: rotavault.v1.Credential.update_time:type_name -> google.protobuf.Timestamp
+	20, // 14: rotavault.v1.Credential.access_token_issue_time:type_name -> google.protobuf.Timestamp
+	3,  // 15: rotavault.v1.CreateCredentialRequest.spec:type_name -> rotavault.v1.CredentialSpec
+	4,  // 16: rotavault.v1.CreateCredentialResponse.credential:type_name -> rotavault.v1.Credential
+	3,  // 17: rotavault.v1.UpdateCredentialRequest.spec:type_name -> rotavault.v1.CredentialSpec
+	21, // 18: rotavault.v1.UpdateCredentialRequest.update_mask:type_name -> google.protobuf.FieldMask
+	4,  // 19: rotavault.v1.UpdateCredentialResponse.credential:type_name -> rotavault.v1.Credential
+	4,  // 20: rotavault.v1.GetCredentialResponse.credential:type_name -> rotavault.v1.Credential
+	4,  // 21: rotavault.v1.ListCredentialsResponse.credentials:type_name -> rotavault.v1.Credential
+	17, // 22: rotavault.v1.ListConsumersResponse.consumers:type_name -> rotavault.v1.Consumer
+	20, // 23: rotavault.v1.Consumer.first_seen_time:type_name -> google.protobuf.Timestamp
+	20, // 24: rotavault.v1.Consumer.last_seen_time:type_name -> google.protobuf.Timestamp
+	5,  // 25: rotavault.v1.CredentialAdminService.CreateCredential:input_type -> rotavault.v1.CreateCredentialRequest
+	7,  // 26: rotavault.v1.CredentialAdminService.UpdateCredential:input_type -> rotavault.v1.UpdateCredentialRequest
+	9,  // 27: rotavault.v1.CredentialAdminService.GetCredential:input_type -> rotavault.v1.GetCredentialRequest
+	11, // 28: rotavault.v1.CredentialAdminService.ListCredentials:input_type -> rotavault.v1.ListCredentialsRequest
+	13, // 29: rotavault.v1.CredentialAdminService.DeleteCredential:input_type -> rotavault.v1.DeleteCredentialRequest
+	15, // 30: rotavault.v1.CredentialAdminService.ListConsumers:input_type -> rotavault.v1.ListConsumersRequest
+	6,  // 31: rotavault.v1.CredentialAdminService.CreateCredential:output_type -> rotavault.v1.CreateCredentialResponse
+	8,  // 32: rotavault.v1.CredentialAdminService.UpdateCredential:output_type -> rotavault.v1.UpdateCredentialResponse
+	10, // 33: rotavault.v1.CredentialAdminService.GetCredential:output_type -> rotavault.v1.GetCredentialResponse
+	12, // 34: rotavault.v1.CredentialAdminService.ListCredentials:output_type -> rotavault.v1.ListCredentialsResponse
+	14, // 35: rotavault.v1.CredentialAdminService.DeleteCredential:output_type -> rotavault.v1.DeleteCredentialResponse
+	16, // 36: rotavault.v1.CredentialAdminService.ListConsumers:output_type -> rotavault.v1.ListConsumersResponse
+	31, // [31:37] is the sub-list for method output_type
+	25, // [25:31] is the sub-list for method input_type
+	25, // [25:25] is the sub-list for extension type_name
+	25, // [25:25] is the sub-list for extension extendee
+	0,  // [0:25] is the sub-list for field type_name
 }
 
 func init() { file_rotavault_v1_credential_admin_proto_init() }
@@ -1316,7 +1388,7 @@ func file_rotavault_v1_credential_admin_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_rotavault_v1_credential_admin_proto_rawDesc), len(file_rotavault_v1_credential_admin_proto_rawDesc)),
-			NumEnums:      2,
+			NumEnums:      3,
 			NumMessages:   15,
 			NumExtensions: 0,
 			NumServices:   1,
