@@ -165,8 +165,11 @@ type consumerPageToken struct {
 	Identity     string `json:"i"`
 }
 
-// maxConsumerPageToken bounds a page token's length before decoding.
-const maxConsumerPageToken = 8 << 10
+// maxConsumerPageToken bounds a page token's length before decoding. It
+// fits the longest identity a caller can have — a 2,048-byte SPIFFE ID
+// whose every byte JSON escapes to six, then base64 — and stays well below
+// MaxRecvMsgSize.
+const maxConsumerPageToken = 32 << 10
 
 func encodeConsumerPageToken(c broker.ConsumerCursor) string {
 	raw, _ := json.Marshal(consumerPageToken{CredentialID: c.CredentialID, Identity: c.Identity}) // strings only: cannot fail
