@@ -128,8 +128,9 @@ func (c *Client) Close() error {
 
 // Token returns an access token for credentialID with more than the
 // Client's refresh margin (and WithMinRemaining) of lifetime left: from the
-// cache, or from the server — one call for all the callers missing the
-// cache at once, retried on UNAVAILABLE as WithMaxAttempts says.
+// cache, or from the server — one call shared by all the callers missing
+// the cache at once (a second one when the server's token turns out to be
+// within its margin), retried on UNAVAILABLE as WithMaxAttempts says.
 //
 // Errors: *ReauthenticationRequiredError (errors.Is
 // ErrReauthenticationRequired) when the credential's family is revoked or
@@ -243,6 +244,18 @@ func (c *Client) startLocked(ctx context.Context, credentialID string, e *entry,
 		defer stop()
 		defer cancel()
 		resp, err := c.getAccessToken(fctx, req, deadline)
+		if err == nil && !key.rejected {
+			// Asked for less than the margin (nothing cached to size it
+			// by), the server may answer with a token about to expire: ask
+			// once more for one outside its margin, or keep this one.
+			tok := tokenFromProto(resp)
+			if m := c.margin(tok); m > key.minRemaining && !c.usable(tok, key.minRemaining) {
+				req.MinRemainingLifetime = durationpb.New(m)
+				if again, err := c.getAccessToken(fctx, req, deadline); err == nil {
+					resp = again
+				}
+			}
+		}
 		c.mu.Lock()
 		defer c.mu.Unlock()
 		if e.flights[key] == f {

@@ -117,6 +117,28 @@ func TestRefreshMargin(t *testing.T) {
 	}
 }
 
+// A Client with nothing cached does not hand out the server's token when it
+// is within the refresh margin: it asks for one outside it.
+func TestFirstTokenIsOutsideTheMargin(t *testing.T) {
+	e := newEnv(t)
+	if err := e.install(ctxT(t), "acme"); err != nil {
+		t.Fatal(err)
+	}
+	imported := mustToken(t, e.newClient(t, client.WithoutRevocationWatch()), "acme")
+	// The server's token has 30s left: unexpired, so the server hands it
+	// out to whoever asks for no particular lifetime.
+	e.clock.advance(imported.Expiry.Add(-30 * time.Second).Sub(e.clock.now()))
+	c := e.watchingClient(t)
+	tok := mustToken(t, c, "acme")
+	if left := tok.Expiry.Sub(e.clock.now()); left <= client.DefaultRefreshMargin || tok.Generation != 2 {
+		t.Fatalf("a fresh Client's first token: %v with %s left, want generation 2 with more than the %s margin", tok, left, client.DefaultRefreshMargin)
+	}
+	calls := e.calls.Load()
+	if again := mustToken(t, c, "acme"); again != tok || e.calls.Load() != calls {
+		t.Fatalf("second call: %v (%d server calls, was %d), want the cached %v", again, e.calls.Load(), calls, tok)
+	}
+}
+
 func TestReauthenticationRequiredIsTyped(t *testing.T) {
 	e := newEnv(t)
 	if err := e.install(ctxT(t), "acme"); err != nil {

@@ -1,8 +1,11 @@
 package client_test
 
 import (
+	"context"
 	"errors"
+	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -257,5 +260,95 @@ func TestTransport(t *testing.T) {
 				t.Fatalf("server saw %d GetAccessToken calls, want %d", got, tc.wantCalls)
 			}
 		})
+	}
+}
+
+// Like http.Client with an Authorization header, Transport does not present
+// the token to a host a redirect leads to unless it is the first request's
+// (or a subdomain of it).
+func TestTransportRedirects(t *testing.T) {
+	e := newEnv(t)
+	if err := e.install(ctxT(t), "acme"); err != nil {
+		t.Fatal(err)
+	}
+	c := e.watchingClient(t)
+	tok := mustToken(t, c, "acme")
+
+	var (
+		mu     sync.Mutex
+		landed []string // the Authorization header of each request to /landed
+	)
+	var srv *httptest.Server
+	srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, port, _ := net.SplitHostPort(srv.Listener.Addr().String())
+		other := "http://elsewhere.test:" + port
+		switch r.URL.Path {
+		case "/same":
+			http.Redirect(w, r, "/landed", http.StatusFound)
+		case "/away":
+			http.Redirect(w, r, other+"/landed", http.StatusFound)
+		case "/away-and-back":
+			http.Redirect(w, r, other+"/back", http.StatusFound)
+		case "/back":
+			http.Redirect(w, r, srv.URL+"/landed", http.StatusFound)
+		case "/landed":
+			mu.Lock()
+			landed = append(landed, r.Header.Get("Authorization"))
+			mu.Unlock()
+		}
+	}))
+	t.Cleanup(srv.Close)
+	// elsewhere.test is the same listener under another name.
+	base := &http.Transport{DialContext: func(ctx context.Context, network, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, network, srv.Listener.Addr().String())
+	}}
+	t.Cleanup(base.CloseIdleConnections)
+	hc := &http.Client{Transport: &client.Transport{Client: c, CredentialID: "acme", Base: base}}
+
+	for _, tc := range []struct {
+		path string
+		want string
+	}{
+		{path: "/same", want: tok.AuthorizationHeader()},
+		{path: "/away", want: ""},
+		{path: "/away-and-back", want: ""},
+	} {
+		resp, err := hc.Get(srv.URL + tc.path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = resp.Body.Close()
+		mu.Lock()
+		got := landed[len(landed)-1]
+		mu.Unlock()
+		if got != tc.want {
+			t.Errorf("%s: the redirect's target saw Authorization %q, want %q", tc.path, fingerprintOf(got), fingerprintOf(tc.want))
+		}
+	}
+}
+
+// fingerprintOf names an Authorization header without printing its token.
+func fingerprintOf(header string) string {
+	if header == "" {
+		return ""
+	}
+	return fmt.Sprintf("%d-byte header", len(header))
+}
+
+// x/oauth2 must ask again as soon as the token has less than the
+// WithMinRemaining the source was made with, as the Client would.
+func TestTokenSourceExpiryHonoursMinRemaining(t *testing.T) {
+	e := newEnv(t)
+	if err := e.install(ctxT(t), "acme"); err != nil {
+		t.Fatal(err)
+	}
+	c := e.watchingClient(t)
+	ot, err := c.TokenSource(ctxT(t), "acme", client.WithMinRemaining(5*time.Minute)).Token()
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok := mustToken(t, c, "acme")
+	if want := tok.Expiry.Add(-5*time.Minute + 10*time.Second); !ot.Expiry.Equal(want) {
+		t.Fatalf("oauth2 expiry %s, want %s (the token's %s less 5m, plus x/oauth2's 10s)", ot.Expiry, want, tok.Expiry)
 	}
 }

@@ -23,20 +23,26 @@ const oauth2ExpiryDelta = 10 * time.Second
 // Salesforce expects. There is no refresh token: Rotavault keeps it.
 //
 // Expiry is the moment the Client stops handing the token out (its expiry
-// less the refresh margin) plus x/oauth2's 10-second expiry delta, never
+// less the refresh margin, or less WithMinRemaining's lifetime when that is
+// longer) plus x/oauth2's 10-second expiry delta, never
 // later than the real expiry: the oauth2.ReuseTokenSource that
 // oauth2.NewClient puts in front of every source then asks again exactly
 // when the Client would. That cache of x/oauth2 does not see revocation
 // notices and does not act on a 401; Transport does both.
 func (c *Client) TokenSource(ctx context.Context, credentialID string, opts ...TokenOption) oauth2.TokenSource {
-	return &tokenSource{ctx: ctx, c: c, id: credentialID, opts: opts}
+	var o tokenOptions
+	for _, opt := range opts {
+		opt.applyToken(&o)
+	}
+	return &tokenSource{ctx: ctx, c: c, id: credentialID, opts: opts, minRemaining: o.minRemaining}
 }
 
 type tokenSource struct {
-	ctx  context.Context
-	c    *Client
-	id   string
-	opts []TokenOption
+	ctx          context.Context
+	c            *Client
+	id           string
+	opts         []TokenOption
+	minRemaining time.Duration
 }
 
 func (s *tokenSource) Token() (*oauth2.Token, error) {
@@ -44,7 +50,7 @@ func (s *tokenSource) Token() (*oauth2.Token, error) {
 	if err != nil {
 		return nil, err
 	}
-	expiry := tok.Expiry.Add(oauth2ExpiryDelta - s.c.margin(tok))
+	expiry := tok.Expiry.Add(oauth2ExpiryDelta - max(s.c.margin(tok), s.minRemaining))
 	if expiry.After(tok.Expiry) {
 		expiry = tok.Expiry
 	}

@@ -88,7 +88,7 @@ func WithMaxAttempts(n int) Option {
 // between reconnections of the revocation watch (defaults DefaultBackoff
 // and DefaultMaxBackoff; 1ms <= first <= longest <= 5m). The wait doubles
 // per attempt, with jitter; a server's google.rpc.RetryInfo asking for a
-// longer wait is honoured.
+// longer wait is honoured (by the watch, up to the longest wait).
 func WithBackoff(first, longest time.Duration) Option {
 	return optionFunc(func(o *options) error {
 		if first < time.Millisecond || longest < first || longest > 5*time.Minute {
@@ -114,7 +114,9 @@ func WithoutRevocationWatch() Option {
 // WithNoticeHandler calls f with every notice the revocation watch receives
 // (FAMILY_REVOKED, FAMILY_ACTIVATED), after the credential's cached tokens
 // were dropped: to alert, or to stop work that needs the credential. f runs
-// on the watch's goroutine, one notice at a time: it must return promptly.
+// on the watch's goroutine, one notice at a time: it must return promptly,
+// and must not call Close, which waits for it (call it from another
+// goroutine).
 // Notices missed while the watch was disconnected are replayed on
 // reconnection; when they can no longer be (the server's notice log moved
 // past the Client's position), every cached token is dropped and f is not
@@ -144,8 +146,9 @@ type tokenOptionFunc func(*tokenOptions)
 
 func (f tokenOptionFunc) applyToken(o *tokenOptions) { f(o) }
 
-// WithMinRemaining asks for a token with at least d of lifetime left (on
-// top of the Client's refresh margin for cached tokens). More than three
+// WithMinRemaining asks for a token with at least d of lifetime left; a
+// cached token is handed out only with more than both d and the Client's
+// refresh margin left. Negative d counts as 0. More than three
 // quarters of the credential's token lifetime is refused by the server
 // (INVALID_ARGUMENT, reason MIN_LIFETIME_UNATTAINABLE).
 func WithMinRemaining(d time.Duration) TokenOption {

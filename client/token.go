@@ -13,7 +13,9 @@ import (
 
 // Token is an access token handed out by Rotavault. Its String, GoString
 // and LogValue methods leave AccessToken out, so printing or logging a
-// Token does not leak it; the fingerprint names it instead.
+// Token does not leak it; the fingerprint names it instead. encoding/json
+// does include it, and so does slog's JSONHandler for a Token nested in
+// another value (a struct, a slice): log the Token itself.
 type Token struct {
 	AccessToken string
 	// TokenType is usually "Bearer".

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"strings"
 )
 
 // Transport is an http.RoundTripper that presents credentialID's access
@@ -16,10 +17,12 @@ import (
 // When the body cannot be replayed the 401 is returned, and the next
 // request uses the newer token.
 //
-// Every request through it carries the token: use it for one resource
-// server. For Salesforce the request URLs are the consumer's to build from
-// the token's instance URL (Client.Token(...).InstanceURL); the Transport
-// does not rewrite them.
+// Every request through it carries the token, except a redirect to a host
+// other than the first request's (or a subdomain of it), to which
+// http.Client does not forward an Authorization header either: use it for
+// one resource server. For Salesforce the request URLs are the consumer's
+// to build from the token's instance URL (Client.Token(...).InstanceURL);
+// the Transport does not rewrite them.
 //
 // Errors: those of Client.Token; a 401 for a credential whose family turns
 // out to be revoked is a *ReauthenticationRequiredError (the response is
@@ -30,7 +33,9 @@ type Transport struct {
 	Client *Client
 	// CredentialID names the credential. Required.
 	CredentialID string
-	// Base sends the requests; nil means http.DefaultTransport.
+	// Base sends the requests; nil means http.DefaultTransport. Like
+	// http.Transport it must set Response.Request, or redirects are sent
+	// without the token.
 	Base http.RoundTripper
 }
 
@@ -46,6 +51,10 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	}
 	if t.Client == nil || t.CredentialID == "" {
 		return nil, errors.New("client: Transport needs a Client and a CredentialID")
+	}
+	if leftOrigin(req) {
+		bodyClosed = true
+		return t.base().RoundTrip(req)
 	}
 	ctx := req.Context()
 	tok, err := t.Client.Token(ctx, t.CredentialID)
@@ -90,6 +99,33 @@ func (t *Transport) base() http.RoundTripper {
 		return t.Base
 	}
 	return http.DefaultTransport
+}
+
+// leftOrigin reports whether req is a hop of a redirect chain (see
+// Request.Response) that went to a host other than the first request's or
+// its subdomains: http.Client's rule for forwarding an Authorization header.
+// A chain it cannot follow back counts as having left.
+func leftOrigin(req *http.Request) bool {
+	if req.URL == nil {
+		return false // the base transport refuses it
+	}
+	var hops []string
+	for r := req; ; r = r.Response.Request {
+		hops = append(hops, strings.ToLower(r.URL.Hostname()))
+		if r.Response == nil {
+			break
+		}
+		if r.Response.Request == nil || r.Response.Request.URL == nil {
+			return true
+		}
+	}
+	origin := hops[len(hops)-1]
+	for _, h := range hops {
+		if h != origin && (strings.ContainsAny(h, ":%") || !strings.HasSuffix(h, "."+origin)) {
+			return true
+		}
+	}
+	return false
 }
 
 // withToken is a copy of req presenting tok; req is not modified.
