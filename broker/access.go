@@ -226,6 +226,12 @@ func (b *Broker) handleRejection(ctx context.Context, e *entry, v *view, req Tok
 	switch {
 	case err != nil:
 		b.log.WarnContext(ctx, "refresh token introspection failed; refreshing", "credential", e.id, "err", err)
+	case !active && v.cred.Spec.ProviderKind != ProviderSalesforce:
+		// A generic provider's "inactive" may only mean its endpoint does
+		// not introspect refresh tokens, and the dead access token is what
+		// was reported, not a corroboration (a logout revokes it alone).
+		// Refresh: a family really revoked meets invalid_grant there.
+		b.log.InfoContext(ctx, "refresh token reported inactive by a generic provider; refreshing to find out", "credential", e.id)
 	case !active:
 		revoked, err := b.confirmRevokedAtProvider(ctx, e, v, "a rejected-token report")
 		if err != nil {

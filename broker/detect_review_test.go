@@ -7,6 +7,7 @@ import (
 	"net/http/httptest"
 	"net/url"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -25,7 +26,10 @@ const (
 // tokens only, as some servers do: it asks fosite about access tokens and
 // answers active=false about every refresh token (RFC 7662 §2.2 allows it
 // for tokens it will not introspect).
-func refreshBlindIntrospection(t *testing.T, fs *fositeserver.Server) *httptest.Server {
+//
+// While accessDead is set it also calls every access token inactive: an
+// access token revoked on its own (a user's logout) at such a provider.
+func refreshBlindIntrospection(t *testing.T, fs *fositeserver.Server, accessDead *atomic.Bool) *httptest.Server {
 	t.Helper()
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if err := r.ParseForm(); err != nil {
@@ -33,7 +37,7 @@ func refreshBlindIntrospection(t *testing.T, fs *fositeserver.Server) *httptest.
 			return
 		}
 		w.Header().Set("Content-Type", "application/json")
-		if r.PostForm.Get("token_type_hint") != "access_token" {
+		if r.PostForm.Get("token_type_hint") != "access_token" || accessDead.Load() {
 			_, _ = io.WriteString(w, `{"active":false}`)
 			return
 		}
@@ -61,6 +65,13 @@ func refreshBlindIntrospection(t *testing.T, fs *fositeserver.Server) *httptest.
 // whose introspection endpoint does not know refresh tokens, with a fresh
 // family installed; old is the imported refresh token, superseded since.
 func blindEnv(ctx context.Context, t *testing.T) (b *Broker, prov *detectProvider, fs *fositeserver.Server, old string) {
+	b, prov, fs, old, _ = blindEnvWith(ctx, t)
+	return b, prov, fs, old
+}
+
+// blindEnvWith is blindEnv, also returning the switch that makes the
+// endpoint call access tokens inactive.
+func blindEnvWith(ctx context.Context, t *testing.T) (b *Broker, prov *detectProvider, fs *fositeserver.Server, old string, accessDead *atomic.Bool) {
 	t.Helper()
 	fs, err := fositeserver.Start(fositeserver.Config{})
 	if err != nil {
@@ -68,7 +79,8 @@ func blindEnv(ctx context.Context, t *testing.T) (b *Broker, prov *detectProvide
 	}
 	t.Cleanup(func() { _ = fs.Close() })
 	fs.AddClient(blindClientID, blindClientSecret, []string{blindRedirect})
-	blind := refreshBlindIntrospection(t, fs)
+	accessDead = &atomic.Bool{}
+	blind := refreshBlindIntrospection(t, fs, accessDead)
 	prov = newDetectProvider()
 	// The real clock: fosite's tokens expire by it.
 	b = newBroker(t, Config{Store: memstore.New(), Provider: prov, Auditor: &recordingAuditor{}},
@@ -87,7 +99,7 @@ func blindEnv(ctx context.Context, t *testing.T) (b *Broker, prov *detectProvide
 	if _, err := b.ImportRefreshToken(ctx, "g", old); err != nil {
 		t.Fatal(err)
 	}
-	return b, prov, fs, old
+	return b, prov, fs, old, accessDead
 }
 
 // A generic provider's introspection endpoint that answers "inactive" about
@@ -164,5 +176,31 @@ func TestSalesforceInactiveRefreshTokenNeedsNoCorroboration(t *testing.T) {
 	revoked, err := b.confirmRevokedAtProvider(ctx, e, e.view.Load(), "test")
 	if err != nil || !revoked {
 		t.Fatalf("confirm: revoked %v, %v; want the family revoked", revoked, err)
+	}
+}
+
+// At a generic provider whose introspection does not know refresh tokens, an
+// access token revoked on its own (a logout) and reported rejected must not
+// revoke the family: the endpoint's "inactive" about the refresh token
+// proves nothing, and the access token's death is what was reported, not a
+// corroboration. The report is answered with a refresh, which a really
+// revoked family would meet with invalid_grant.
+func TestRejectedReportAtRefreshBlindEndpointRefreshesInsteadOfRevoking(t *testing.T) {
+	ctx := context.Background()
+	b, _, fs, _, accessDead := blindEnvWith(ctx, t)
+	tok, err := b.GetAccessToken(ctx, TokenRequest{CredentialID: "g"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	accessDead.Store(true)
+	got, err := b.GetAccessToken(ctx, TokenRequest{CredentialID: "g", Rejected: &RejectedToken{Generation: tok.Generation}})
+	if err != nil {
+		t.Fatalf("report of a token revoked alone: %v, want a fresh token", err)
+	}
+	if got.FamilyID != tok.FamilyID || got.Generation != tok.Generation+1 {
+		t.Fatalf("after the report: family %s gen %d, want family %s gen %d", got.FamilyID, got.Generation, tok.FamilyID, tok.Generation+1)
+	}
+	if s := fs.Stats(); s.InvalidGrants != 0 {
+		t.Fatalf("fosite saw %+v", s)
 	}
 }
