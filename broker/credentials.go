@@ -26,9 +26,12 @@ type Credential struct {
 	NextRefreshAt   time.Time
 	AccessExpiresAt time.Time
 	AccessIssuedAt  time.Time
-	LastError       string
-	CreatedAt       time.Time
-	UpdatedAt       time.Time
+	// LastRefreshRotated: whether the last refresh rotated the refresh
+	// token; nil before the first refresh.
+	LastRefreshRotated *bool
+	LastError          string
+	CreatedAt          time.Time
+	UpdatedAt          time.Time
 }
 
 // CreateCredential registers a credential without a token family. Errors:
@@ -267,17 +270,18 @@ func (b *Broker) DeleteCredential(ctx context.Context, id string) error {
 
 func (b *Broker) describe(e *entry, v *view) Credential {
 	c := Credential{
-		ID:              e.id,
-		Spec:            v.cred.Spec.Redacted(),
-		HasClientSecret: v.cred.Spec.ClientSecret != "",
-		Status:          v.fam.Status,
-		FamilyID:        v.fam.FamilyID,
-		Generation:      v.fam.Generation,
-		RevokedReason:   v.fam.RevokedReason,
-		LastRotationAt:  v.fam.LastRotationAt,
-		LastError:       v.fam.LastError,
-		CreatedAt:       v.cred.CreatedAt,
-		UpdatedAt:       v.cred.UpdatedAt,
+		ID:                 e.id,
+		Spec:               v.cred.Spec.Redacted(),
+		HasClientSecret:    v.cred.Spec.ClientSecret != "",
+		Status:             v.fam.Status,
+		FamilyID:           v.fam.FamilyID,
+		Generation:         v.fam.Generation,
+		RevokedReason:      v.fam.RevokedReason,
+		LastRotationAt:     v.fam.LastRotationAt,
+		LastRefreshRotated: v.fam.LastRefreshRotated,
+		LastError:          v.fam.LastError,
+		CreatedAt:          v.cred.CreatedAt,
+		UpdatedAt:          v.cred.UpdatedAt,
 	}
 	if v.fam.Status == StatusActive {
 		c.NextRefreshAt = v.nextRefreshAt

@@ -94,6 +94,9 @@ type familyRecord struct {
 	// success: the provider's idle timer restarts then.
 	LastRefreshAt  time.Time `json:"last_refresh_at,omitzero"`
 	LastRotationAt time.Time `json:"last_rotation_at,omitzero"`
+	// LastRefreshRotated says whether the last refresh rotated the token;
+	// nil before the family's first refresh.
+	LastRefreshRotated *bool `json:"last_refresh_rotated,omitempty"`
 	// InDoubt is set while a refresh whose outcome is unknown (timeout,
 	// reset after sending) may have rotated RefreshToken at the provider. An
 	// invalid_grant that follows is a lost rotation, not theft.

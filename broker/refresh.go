@@ -177,6 +177,7 @@ func (b *Broker) storeRefreshed(ctx context.Context, e *entry, cred *credentialR
 	}
 	next.Generation++
 	next.LastRefreshAt = now
+	next.LastRefreshRotated = &rotated
 	next.InDoubt = false
 	next.Claim = nil
 	next.LastError, next.LastErrorAt = "", time.Time{}

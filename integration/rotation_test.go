@@ -375,3 +375,30 @@ func TestCancelledCallerDoesNotAbandonRotation(t *testing.T) {
 		t.Fatalf("provider saw reuse: %+v", s)
 	}
 }
+
+// Before and after turning rotation on at the provider, an admin checks
+// whether it took: the credential says whether the last refresh rotated.
+func TestCredentialShowsWhetherTheProviderRotates(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		disabled bool
+		want     rotavaultv1.RefreshRotation
+	}{
+		{"rotation off at the provider", true, rotavaultv1.RefreshRotation_REFRESH_ROTATION_NOT_ROTATED},
+		{"rotation on", false, rotavaultv1.RefreshRotation_REFRESH_ROTATION_ROTATED},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv(t, envOptions{sim: providersim.Config{DisableRotation: tc.disabled}})
+			e.installSalesforce("acme") // the import refreshes once to prove the token
+			e.expire()
+			e.token("acme")
+			resp, err := e.admin.GetCredential(ctxT(t), &rotavaultv1.GetCredentialRequest{CredentialId: "acme"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := resp.GetCredential().GetLastRefreshRotation(); got != tc.want {
+				t.Fatalf("last refresh rotation %s, want %s", got, tc.want)
+			}
+		})
+	}
+}

@@ -162,6 +162,7 @@ func credentialToProto(c broker.Credential) *rotavaultv1.Credential {
 		NextRefreshTime:       timestampOrNil(c.NextRefreshAt),
 		AccessTokenExpireTime: timestampOrNil(c.AccessExpiresAt),
 		AccessTokenIssueTime:  timestampOrNil(c.AccessIssuedAt),
+		LastRefreshRotation:   rotationToProto(c.LastRefreshRotated),
 		LastError:             c.LastError,
 		CreateTime:            timestampOrNil(c.CreatedAt),
 		UpdateTime:            timestampOrNil(c.UpdatedAt),
@@ -216,4 +217,15 @@ func devicePendingToProto(p *broker.DevicePending) *rotavaultv1.ReauthenticateRe
 			ExpireTime: timestamppb.New(p.ExpiresAt), Interval: durationpb.New(p.Interval),
 		},
 	}}
+}
+
+func rotationToProto(rotated *bool) rotavaultv1.RefreshRotation {
+	switch {
+	case rotated == nil:
+		return rotavaultv1.RefreshRotation_REFRESH_ROTATION_UNSPECIFIED
+	case *rotated:
+		return rotavaultv1.RefreshRotation_REFRESH_ROTATION_ROTATED
+	default:
+		return rotavaultv1.RefreshRotation_REFRESH_ROTATION_NOT_ROTATED
+	}
 }

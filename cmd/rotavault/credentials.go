@@ -287,6 +287,12 @@ func (a *app) printCredential(c *rotavaultv1.Credential) error {
 	if c.GetLastRotationTime() != nil {
 		f.add("last rotation", a.when(c.GetLastRotationTime()))
 	}
+	switch c.GetLastRefreshRotation() {
+	case rotavaultv1.RefreshRotation_REFRESH_ROTATION_ROTATED:
+		f.add("rotation", "on: the last refresh rotated the refresh token")
+	case rotavaultv1.RefreshRotation_REFRESH_ROTATION_NOT_ROTATED:
+		f.add("rotation", "off: the last refresh kept the same refresh token (rotation is not enabled at the provider)")
+	}
 	if c.GetAccessTokenIssueTime() != nil {
 		f.add("access issued", a.when(c.GetAccessTokenIssueTime()))
 	}

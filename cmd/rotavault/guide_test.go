@@ -451,12 +451,19 @@ func (g *guideTest) checkLegacy() {
 	g.output(5, "token", "get", "acme", "--token-file", g.tokenFiles[guideLegacy], "--json")
 }
 
-// Step 6: acme is active with no error; the operator's watch runs.
+// Step 6: acme is active with no error and the provider rotates; the
+// operator's watch runs.
 func (g *guideTest) checkActivated() {
 	g.expectMatch("credentials list", g.output(6, "credentials", "list").stdout,
 		`(?m)^acme\s+active\s+\d+\s.*\s-$`)
 	g.expectMatch("credentials update okta-app", g.output(6, "credentials", "update", "okta-app").stdout,
 		`(?m)^reuse grace\s+30s$`)
+	// The family the guide installed last has not been refreshed yet, so
+	// show has nothing to say about rotation; it must never say "off"
+	// (TestCredentialShowsWhetherTheProviderRotates covers both answers).
+	if shown := g.output(6, "credentials", "show", "acme").stdout; strings.Contains(shown, "rotation ") {
+		g.expectMatch("credentials show acme", shown, `(?m)^rotation\s+on: the last refresh rotated the refresh token$`)
+	}
 	g.watch("watch")
 }
 

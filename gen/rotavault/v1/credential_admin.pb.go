@@ -182,6 +182,57 @@ func (CredentialStatus) EnumDescriptor() ([]byte, []int) {
 	return file_rotavault_v1_credential_admin_proto_rawDescGZIP(), []int{2}
 }
 
+type RefreshRotation int32
+
+const (
+	RefreshRotation_REFRESH_ROTATION_UNSPECIFIED RefreshRotation = 0
+	// The last refresh returned a new refresh token.
+	RefreshRotation_REFRESH_ROTATION_ROTATED RefreshRotation = 1
+	// The last refresh returned no new refresh token.
+	RefreshRotation_REFRESH_ROTATION_NOT_ROTATED RefreshRotation = 2
+)
+
+// Enum value maps for RefreshRotation.
+var (
+	RefreshRotation_name = map[int32]string{
+		0: "REFRESH_ROTATION_UNSPECIFIED",
+		1: "REFRESH_ROTATION_ROTATED",
+		2: "REFRESH_ROTATION_NOT_ROTATED",
+	}
+	RefreshRotation_value = map[string]int32{
+		"REFRESH_ROTATION_UNSPECIFIED": 0,
+		"REFRESH_ROTATION_ROTATED":     1,
+		"REFRESH_ROTATION_NOT_ROTATED": 2,
+	}
+)
+
+func (x RefreshRotation) Enum() *RefreshRotation {
+	p := new(RefreshRotation)
+	*p = x
+	return p
+}
+
+func (x RefreshRotation) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (RefreshRotation) Descriptor() protoreflect.EnumDescriptor {
+	return file_rotavault_v1_credential_admin_proto_enumTypes[3].Descriptor()
+}
+
+func (RefreshRotation) Type() protoreflect.EnumType {
+	return &file_rotavault_v1_credential_admin_proto_enumTypes[3]
+}
+
+func (x RefreshRotation) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use RefreshRotation.Descriptor instead.
+func (RefreshRotation) EnumDescriptor() ([]byte, []int) {
+	return file_rotavault_v1_credential_admin_proto_rawDescGZIP(), []int{3}
+}
+
 // CredentialSpec is a credential's configuration.
 type CredentialSpec struct {
 	state        protoimpl.MessageState `protogen:"open.v1"`
@@ -381,8 +432,13 @@ type Credential struct {
 	UpdateTime *timestamppb.Timestamp `protobuf:"bytes,13,opt,name=update_time,json=updateTime,proto3" json:"update_time,omitempty"`
 	// When the current access token was issued (by a refresh or a flow).
 	AccessTokenIssueTime *timestamppb.Timestamp `protobuf:"bytes,14,opt,name=access_token_issue_time,json=accessTokenIssueTime,proto3" json:"access_token_issue_time,omitempty"`
-	unknownFields        protoimpl.UnknownFields
-	sizeCache            protoimpl.SizeCache
+	// Whether the provider rotated the refresh token at the family's last
+	// refresh: NOT_ROTATED means rotation is off at the provider (or its
+	// grace keeps the token), the state to check before and after turning it
+	// on. Unspecified until the family's first refresh.
+	LastRefreshRotation RefreshRotation `protobuf:"varint,15,opt,name=last_refresh_rotation,json=lastRefreshRotation,proto3,enum=rotavault.v1.RefreshRotation" json:"last_refresh_rotation,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
 }
 
 func (x *Credential) Reset() {
@@ -511,6 +567,13 @@ func (x *Credential) GetAccessTokenIssueTime() *timestamppb.Timestamp {
 		return x.AccessTokenIssueTime
 	}
 	return nil
+}
+
+func (x *Credential) GetLastRefreshRotation() RefreshRotation {
+	if x != nil {
+		return x.LastRefreshRotation
+	}
+	return RefreshRotation_REFRESH_ROTATION_UNSPECIFIED
 }
 
 type CreateCredentialRequest struct {
@@ -1203,7 +1266,7 @@ const file_rotavault_v1_credential_admin_proto_rawDesc = "" +
 	"\x1arefresh_token_max_lifetime\x18\f \x01(\v2\x19.google.protobuf.DurationR\x17refreshTokenMaxLifetime\x12G\n" +
 	"\x12reuse_grace_period\x18\r \x01(\v2\x19.google.protobuf.DurationR\x10reuseGracePeriod\x128\n" +
 	"\x18device_authorization_url\x18\x0e \x01(\tR\x16deviceAuthorizationUrl\x12L\n" +
-	"\x12client_auth_method\x18\x0f \x01(\x0e2\x1e.rotavault.v1.ClientAuthMethodR\x10clientAuthMethod\"\xa4\x06\n" +
+	"\x12client_auth_method\x18\x0f \x01(\x0e2\x1e.rotavault.v1.ClientAuthMethodR\x10clientAuthMethod\"\xf7\x06\n" +
 	"\n" +
 	"Credential\x12#\n" +
 	"\rcredential_id\x18\x01 \x01(\tR\fcredentialId\x120\n" +
@@ -1225,7 +1288,8 @@ const file_rotavault_v1_credential_admin_proto_rawDesc = "" +
 	"createTime\x12;\n" +
 	"\vupdate_time\x18\r \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"updateTime\x12Q\n" +
-	"\x17access_token_issue_time\x18\x0e \x01(\v2\x1a.google.protobuf.TimestampR\x14accessTokenIssueTime\"p\n" +
+	"\x17access_token_issue_time\x18\x0e \x01(\v2\x1a.google.protobuf.TimestampR\x14accessTokenIssueTime\x12Q\n" +
+	"\x15last_refresh_rotation\x18\x0f \x01(\x0e2\x1d.rotavault.v1.RefreshRotationR\x13lastRefreshRotation\"p\n" +
 	"\x17CreateCredentialRequest\x12#\n" +
 	"\rcredential_id\x18\x01 \x01(\tR\fcredentialId\x120\n" +
 	"\x04spec\x18\x02 \x01(\v2\x1c.rotavault.v1.CredentialSpecR\x04spec\"T\n" +
@@ -1285,7 +1349,11 @@ const file_rotavault_v1_credential_admin_proto_rawDesc = "" +
 	"\x1dCREDENTIAL_STATUS_UNSPECIFIED\x10\x00\x12\x1c\n" +
 	"\x18CREDENTIAL_STATUS_ACTIVE\x10\x01\x12\x1d\n" +
 	"\x19CREDENTIAL_STATUS_REVOKED\x10\x02\x12/\n" +
-	"+CREDENTIAL_STATUS_AWAITING_REAUTHENTICATION\x10\x032\xd5\x04\n" +
+	"+CREDENTIAL_STATUS_AWAITING_REAUTHENTICATION\x10\x03*s\n" +
+	"\x0fRefreshRotation\x12 \n" +
+	"\x1cREFRESH_ROTATION_UNSPECIFIED\x10\x00\x12\x1c\n" +
+	"\x18REFRESH_ROTATION_ROTATED\x10\x01\x12 \n" +
+	"\x1cREFRESH_ROTATION_NOT_ROTATED\x10\x022\xd5\x04\n" +
 	"\x16CredentialAdminService\x12a\n" +
 	"\x10CreateCredential\x12%.rotavault.v1.CreateCredentialRequest\x1a&.rotavault.v1.CreateCredentialResponse\x12a\n" +
 	"\x10UpdateCredential\x12%.rotavault.v1.UpdateCredentialRequest\x1a&.rotavault.v1.UpdateCredentialResponse\x12X\n" +
@@ -1306,75 +1374,77 @@ func file_rotavault_v1_credential_admin_proto_rawDescGZIP() []byte {
 	return file_rotavault_v1_credential_admin_proto_rawDescData
 }
 
-var file_rotavault_v1_credential_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
+var file_rotavault_v1_credential_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
 var file_rotavault_v1_credential_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
 var file_rotavault_v1_credential_admin_proto_goTypes = []any{
 	(ProviderKind)(0),                // 0: rotavault.v1.ProviderKind
 	(ClientAuthMethod)(0),            // 1: rotavault.v1.ClientAuthMethod
 	(CredentialStatus)(0),            // 2: rotavault.v1.CredentialStatus
-	(*CredentialSpec)(nil),           // 3: rotavault.v1.CredentialSpec
-	(*Credential)(nil),               // 4: rotavault.v1.Credential
-	(*CreateCredentialRequest)(nil),  // 5: rotavault.v1.CreateCredentialRequest
-	(*CreateCredentialResponse)(nil), // 6: rotavault.v1.CreateCredentialResponse
-	(*UpdateCredentialRequest)(nil),  // 7: rotavault.v1.UpdateCredentialRequest
-	(*UpdateCredentialResponse)(nil), // 8: rotavault.v1.UpdateCredentialResponse
-	(*GetCredentialRequest)(nil),     // 9: rotavault.v1.GetCredentialRequest
-	(*GetCredentialResponse)(nil),    // 10: rotavault.v1.GetCredentialResponse
-	(*ListCredentialsRequest)(nil),   // 11: rotavault.v1.ListCredentialsRequest
-	(*ListCredentialsResponse)(nil),  // 12: rotavault.v1.ListCredentialsResponse
-	(*DeleteCredentialRequest)(nil),  // 13: rotavault.v1.DeleteCredentialRequest
-	(*DeleteCredentialResponse)(nil), // 14: rotavault.v1.DeleteCredentialResponse
-	(*ListConsumersRequest)(nil),     // 15: rotavault.v1.ListConsumersRequest
-	(*ListConsumersResponse)(nil),    // 16: rotavault.v1.ListConsumersResponse
-	(*Consumer)(nil),                 // 17: rotavault.v1.Consumer
-	(*durationpb.Duration)(nil),      // 18: google.protobuf.Duration
-	(RevocationReason)(0),            // 19: rotavault.v1.RevocationReason
-	(*timestamppb.Timestamp)(nil),    // 20: google.protobuf.Timestamp
-	(*fieldmaskpb.FieldMask)(nil),    // 21: google.protobuf.FieldMask
+	(RefreshRotation)(0),             // 3: rotavault.v1.RefreshRotation
+	(*CredentialSpec)(nil),           // 4: rotavault.v1.CredentialSpec
+	(*Credential)(nil),               // 5: rotavault.v1.Credential
+	(*CreateCredentialRequest)(nil),  // 6: rotavault.v1.CreateCredentialRequest
+	(*CreateCredentialResponse)(nil), // 7: rotavault.v1.CreateCredentialResponse
+	(*UpdateCredentialRequest)(nil),  // 8: rotavault.v1.UpdateCredentialRequest
+	(*UpdateCredentialResponse)(nil), // 9: rotavault.v1.UpdateCredentialResponse
+	(*GetCredentialRequest)(nil),     // 10: rotavault.v1.GetCredentialRequest
+	(*GetCredentialResponse)(nil),    // 11: rotavault.v1.GetCredentialResponse
+	(*ListCredentialsRequest)(nil),   // 12: rotavault.v1.ListCredentialsRequest
+	(*ListCredentialsResponse)(nil),  // 13: rotavault.v1.ListCredentialsResponse
+	(*DeleteCredentialRequest)(nil),  // 14: rotavault.v1.DeleteCredentialRequest
+	(*DeleteCredentialResponse)(nil), // 15: rotavault.v1.DeleteCredentialResponse
+	(*ListConsumersRequest)(nil),     // 16: rotavault.v1.ListConsumersRequest
+	(*ListConsumersResponse)(nil),    // 17: rotavault.v1.ListConsumersResponse
+	(*Consumer)(nil),                 // 18: rotavault.v1.Consumer
+	(*durationpb.Duration)(nil),      // 19: google.protobuf.Duration
+	(RevocationReason)(0),            // 20: rotavault.v1.RevocationReason
+	(*timestamppb.Timestamp)(nil),    // 21: google.protobuf.Timestamp
+	(*fieldmaskpb.FieldMask)(nil),    // 22: google.protobuf.FieldMask
 }
 var file_rotavault_v1_credential_admin_proto_depIdxs = []int32{
 	0,  // 0: rotavault.v1.CredentialSpec.provider_kind:type_name -> rotavault.v1.ProviderKind
-	18, // 1: rotavault.v1.CredentialSpec.access_token_lifetime:type_name -> google.protobuf.Duration
-	18, // 2: rotavault.v1.CredentialSpec.refresh_token_idle_timeout:type_name -> google.protobuf.Duration
-	18, // 3: rotavault.v1.CredentialSpec.refresh_token_max_lifetime:type_name -> google.protobuf.Duration
-	18, // 4: rotavault.v1.CredentialSpec.reuse_grace_period:type_name -> google.protobuf.Duration
+	19, // 1: rotavault.v1.CredentialSpec.access_token_lifetime:type_name -> google.protobuf.Duration
+	19, // 2: rotavault.v1.CredentialSpec.refresh_token_idle_timeout:type_name -> google.protobuf.Duration
+	19, // 3: rotavault.v1.CredentialSpec.refresh_token_max_lifetime:type_name -> google.protobuf.Duration
+	19, // 4: rotavault.v1.CredentialSpec.reuse_grace_period:type_name -> google.protobuf.Duration
 	1,  // 5: rotavault.v1.CredentialSpec.client_auth_method:type_name -> rotavault.v1.ClientAuthMethod
-	3,  // 6: rotavault.v1.Credential.spec:type_name -> rotavault.v1.CredentialSpec
+	4,  // 6: rotavault.v1.Credential.spec:type_name -> rotavault.v1.CredentialSpec
 	2,  // 7: rotavault.v1.Credential.status:type_name -> rotavault.v1.CredentialStatus
-	19, // 8: rotavault.v1.Credential.revocation_reason:type_name -> rotavault.v1.RevocationReason
-	20, // 9: rotavault.v1.Credential.last_rotation_time:type_name -> google.protobuf.Timestamp
-	20, // 10: rotavault.v1.Credential.next_refresh_time:type_name -> google.protobuf.Timestamp
-	20, // 11: rotavault.v1.Credential.access_token_expire_time:type_name -> google.protobuf.Timestamp
-	20, // 12: rotavault.v1.Credential.create_time:type_name -> google.protobuf.Timestamp
-	20, // 13: rotavault.v1.Credential.update_time:type_name -> google.protobuf.Timestamp
-	20, // 14: rotavault.v1.Credential.access_token_issue_time:type_name -> google.protobuf.Timestamp
-	3,  // 15: rotavault.v1.CreateCredentialRequest.spec:type_name -> rotavault.v1.CredentialSpec
-	4,  // 16: rotavault.v1.CreateCredentialResponse.credential:type_name -> rotavault.v1.Credential
-	3,  // 17: rotavault.v1.UpdateCredentialRequest.spec:type_name -> rotavault.v1.CredentialSpec
-	21, // 18: rotavault.v1.UpdateCredentialRequest.update_mask:type_name -> google.protobuf.FieldMask
-	4,  // 19: rotavault.v1.UpdateCredentialResponse.credential:type_name -> rotavault.v1.Credential
-	4,  // 20: rotavault.v1.GetCredentialResponse.credential:type_name -> rotavault.v1.Credential
-	4,  // 21: rotavault.v1.ListCredentialsResponse.credentials:type_name -> rotavault.v1.Credential
-	17, // 22: rotavault.v1.ListConsumersResponse.consumers:type_name -> rotavault.v1.Consumer
-	20, // 23: rotavault.v1.Consumer.first_seen_time:type_name -> google.protobuf.Timestamp
-	20, // 24: rotavault.v1.Consumer.last_seen_time:type_name -> google.protobuf.Timestamp
-	5,  // 25: rotavault.v1.CredentialAdminService.CreateCredential:input_type -> rotavault.v1.CreateCredentialRequest
-	7,  // 26: rotavault.v1.CredentialAdminService.UpdateCredential:input_type -> rotavault.v1.UpdateCredentialRequest
-	9,  // 27: rotavault.v1.CredentialAdminService.GetCredential:input_type -> rotavault.v1.GetCredentialRequest
-	11, // 28: rotavault.v1.CredentialAdminService.ListCredentials:input_type -> rotavault.v1.ListCredentialsRequest
-	13, // 29: rotavault.v1.CredentialAdminService.DeleteCredential:input_type -> rotavault.v1.DeleteCredentialRequest
-	15, // 30: rotavault.v1.CredentialAdminService.ListConsumers:input_type -> rotavault.v1.ListConsumersRequest
-	6,  // 31: rotavault.v1.CredentialAdminService.CreateCredential:output_type -> rotavault.v1.CreateCredentialResponse
-	8,  // 32: rotavault.v1.CredentialAdminService.UpdateCredential:output_type -> rotavault.v1.UpdateCredentialResponse
-	10, // 33: rotavault.v1.CredentialAdminService.GetCredential:output_type -> rotavault.v1.GetCredentialResponse
-	12, // 34: rotavault.v1.CredentialAdminService.ListCredentials:output_type -> rotavault.v1.ListCredentialsResponse
-	14, // 35: rotavault.v1.CredentialAdminService.DeleteCredential:output_type -> rotavault.v1.DeleteCredentialResponse
-	16, // 36: rotavault.v1.CredentialAdminService.ListConsumers:output_type -> rotavault.v1.ListConsumersResponse
-	31, // [31:37] is the sub-list for method output_type
-	25, // [25:31] is the sub-list for method input_type
-	25, // [25:25] is the sub-list for extension type_name
-	25, // [25:25] is the sub-list for extension extendee
-	0,  // [0:25] is the sub-list for field type_name
+	20, // 8: rotavault.v1.Credential.revocation_reason:type_name -> rotavault.v1.RevocationReason
+	21, // 9: rotavault.v1.Credential.last_rotation_time:type_name -> google.protobuf.Timestamp
+	21, // 10: rotavault.v1.Credential.next_refresh_time:type_name -> google.protobuf.Timestamp
+	21, // 11: rotavault.v1.Credential.access_token_expire_time:type_name -> google.protobuf.Timestamp
+	21, // 12: rotavault.v1.Credential.create_time:type_name -> google.protobuf.Timestamp
+	21, // 13: rotavault.v1.Credential.update_time:type_name -> google.protobuf.Timestamp
+	21, // 14: rotavault.v1.Credential.access_token_issue_time:type_name -> google.protobuf.Timestamp
+	3,  // 15: rotavault.v1.Credential.last_refresh_rotation:type_name -> rotavault.v1.RefreshRotation
+	4,  // 16: rotavault.v1.CreateCredentialRequest.spec:type_name -> rotavault.v1.CredentialSpec
+	5,  // 17: rotavault.v1.CreateCredentialResponse.credential:type_name -> rotavault.v1.Credential
+	4,  // 18: rotavault.v1.UpdateCredentialRequest.spec:type_name -> rotavault.v1.CredentialSpec
+	22, // 19: rotavault.v1.UpdateCredentialRequest.update_mask:type_name -> google.protobuf.FieldMask
+	5,  // 20: rotavault.v1.UpdateCredentialResponse.credential:type_name -> rotavault.v1.Credential
+	5,  // 21: rotavault.v1.GetCredentialResponse.credential:type_name -> rotavault.v1.Credential
+	5,  // 22: rotavault.v1.ListCredentialsResponse.credentials:type_name -> rotavault.v1.Credential
+	18, // 23: rotavault.v1.ListConsumersResponse.consumers:type_name -> rotavault.v1.Consumer
+	21, // 24: rotavault.v1.Consumer.first_seen_time:type_name -> google.protobuf.Timestamp
+	21, // 25: rotavault.v1.Consumer.last_seen_time:type_name -> google.protobuf.Timestamp
+	6,  // 26: rotavault.v1.CredentialAdminService.CreateCredential:input_type -> rotavault.v1.CreateCredentialRequest
+	8,  // 27: rotavault.v1.CredentialAdminService.UpdateCredential:input_type -> rotavault.v1.UpdateCredentialRequest
+	10, // 28: rotavault.v1.CredentialAdminService.GetCredential:input_type -> rotavault.v1.GetCredentialRequest
+	12, // 29: rotavault.v1.CredentialAdminService.ListCredentials:input_type -> rotavault.v1.ListCredentialsRequest
+	14, // 30: rotavault.v1.CredentialAdminService.DeleteCredential:input_type -> rotavault.v1.DeleteCredentialRequest
+	16, // 31: rotavault.v1.CredentialAdminService.ListConsumers:input_type -> rotavault.v1.ListConsumersRequest
+	7,  // 32: rotavault.v1.CredentialAdminService.CreateCredential:output_type -> rotavault.v1.CreateCredentialResponse
+	9,  // 33: rotavault.v1.CredentialAdminService.UpdateCredential:output_type -> rotavault.v1.UpdateCredentialResponse
+	11, // 34: rotavault.v1.CredentialAdminService.GetCredential:output_type -> rotavault.v1.GetCredentialResponse
+	13, // 35: rotavault.v1.CredentialAdminService.ListCredentials:output_type -> rotavault.v1.ListCredentialsResponse
+	15, // 36: rotavault.v1.CredentialAdminService.DeleteCredential:output_type -> rotavault.v1.DeleteCredentialResponse
+	17, // 37: rotavault.v1.CredentialAdminService.ListConsumers:output_type -> rotavault.v1.ListConsumersResponse
+	32, // [32:38] is the sub-list for method output_type
+	26, // [26:32] is the sub-list for method input_type
+	26, // [26:26] is the sub-list for extension type_name
+	26, // [26:26] is the sub-list for extension extendee
+	0,  // [0:26] is the sub-list for field type_name
 }
 
 func init() { file_rotavault_v1_credential_admin_proto_init() }
@@ -1388,7 +1458,7 @@ func file_rotavault_v1_credential_admin_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_rotavault_v1_credential_admin_proto_rawDesc), len(file_rotavault_v1_credential_admin_proto_rawDesc)),
-			NumEnums:      3,
+			NumEnums:      4,
 			NumMessages:   15,
 			NumExtensions: 0,
 			NumServices:   1,
