@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/rotavault/rotavault/boltstore"
+	"github.com/rotavault/rotavault/internal/poll"
 	"github.com/rotavault/rotavault/store"
 	"github.com/rotavault/rotavault/store/memstore"
 )
@@ -328,20 +329,13 @@ func TestConcurrentRecords(t *testing.T) {
 	}
 	wg.Wait()
 	// Anchoring runs in the background: await it.
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	poll.UntilSeen(t, 10*time.Second, "the head anchored", func() (bool, string) {
 		last, anchored := l.Head()
 		if last.Seq != workers*each {
 			t.Fatalf("head %+v, want seq %d", last, workers*each)
 		}
-		if anchored == last.Seq {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("head %d still anchored at %d after 10s", last.Seq, anchored)
-		}
-		time.Sleep(5 * time.Millisecond) // polling a condition, bounded by the deadline
-	}
+		return anchored == last.Seq, fmt.Sprintf("head %d anchored at %d", last.Seq, anchored)
+	})
 	if err := l.Close(); err != nil {
 		t.Fatal(err)
 	}

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/rotavault/rotavault/audit"
+	"github.com/rotavault/rotavault/internal/poll"
 	"github.com/rotavault/rotavault/provider"
 	"github.com/rotavault/rotavault/providersim"
 	"github.com/rotavault/rotavault/store"
@@ -166,15 +167,7 @@ func driveClock(t *testing.T, clk *clock, step time.Duration) {
 // await polls cond until it holds or the deadline passes.
 func await(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(detectDeadline)
-	tick := time.NewTicker(2 * time.Millisecond)
-	defer tick.Stop()
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %s", what, detectDeadline)
-		}
-		<-tick.C
-	}
+	poll.Until(t, detectDeadline, what, cond)
 }
 
 func nextNotice(t *testing.T, s *Subscription) Notice {
@@ -374,19 +367,24 @@ func TestRejectedTokenReportDetectsFamilyRevokedAtProvider(t *testing.T) {
 // not a revocation: the re-read finds the family moved on.
 func TestIntrospectionRacingARotationDoesNotRevoke(t *testing.T) {
 	ctx := context.Background()
-	t.Run("another replica rotated before the re-read", func(t *testing.T) {
-		env := newDetectEnv(t, providersim.Config{})
-		a, b := env.broker(t), env.broker(t)
+	// Replicas a and b share credential x; seen is a's view of it.
+	twoReplicas := func(t *testing.T) (env *detectEnv, a, b *Broker, ea, eb *entry, seen *view) {
+		t.Helper()
+		env = newDetectEnv(t, providersim.Config{})
+		a, b = env.broker(t), env.broker(t)
 		env.install(ctx, t, a, "x", env.spec)
 		ea, err := a.entry(ctx, "x")
 		if err != nil {
 			t.Fatal(err)
 		}
-		eb, err := b.entry(ctx, "x")
+		eb, err = b.entry(ctx, "x")
 		if err != nil {
 			t.Fatal(err)
 		}
-		seen := ea.view.Load()
+		return env, a, b, ea, eb, ea.view.Load()
+	}
+	t.Run("another replica rotated before the re-read", func(t *testing.T) {
+		env, a, b, ea, eb, seen := twoReplicas(t)
 		// Replica b rotates after a picked the token to introspect: the
 		// provider then calls a's token inactive (no grace period).
 		rotate := func() {
@@ -409,18 +407,7 @@ func TestIntrospectionRacingARotationDoesNotRevoke(t *testing.T) {
 		}
 	})
 	t.Run("a refresh in flight already rotated at the provider", func(t *testing.T) {
-		env := newDetectEnv(t, providersim.Config{})
-		a, b := env.broker(t), env.broker(t)
-		env.install(ctx, t, a, "x", env.spec)
-		ea, err := a.entry(ctx, "x")
-		if err != nil {
-			t.Fatal(err)
-		}
-		eb, err := b.entry(ctx, "x")
-		if err != nil {
-			t.Fatal(err)
-		}
-		seen := ea.view.Load()
+		env, a, b, ea, eb, seen := twoReplicas(t)
 		// b holds the claim and the provider has rotated, but b has not
 		// stored the result yet when a introspects and re-reads.
 		check := func() { a.checkFamily(ctx, ea, seen) }

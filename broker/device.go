@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/rotavault/rotavault/audit"
+	"github.com/rotavault/rotavault/internal/ctxwait"
 	"github.com/rotavault/rotavault/provider"
 	"github.com/rotavault/rotavault/store"
 )
@@ -42,24 +43,16 @@ func (b *Broker) StartDeviceAuthorization(ctx context.Context, id string, scopes
 	if err := b.validateID(id); err != nil {
 		return DevicePending{}, err
 	}
-	e, err := b.entry(ctx, id)
+	start, err := b.beginFlow(ctx, id, scopes, func(spec Spec, ep provider.Endpoint) error {
+		if spec.ProviderKind == ProviderOAuth2 && ep.DeviceAuthorizationURL == "" {
+			return invalid("spec.device_authorization_url", "the credential has no device authorization endpoint (RFC 8628); set it, or use another flow")
+		}
+		return nil
+	})
 	if err != nil {
 		return DevicePending{}, err
 	}
-	cred := e.view.Load().cred
-	spec := cred.Spec
-	scopes, err = flowScopes(spec, scopes)
-	if err != nil {
-		return DevicePending{}, err
-	}
-	ep := spec.endpoint()
-	if spec.ProviderKind == ProviderOAuth2 && ep.DeviceAuthorizationURL == "" {
-		return DevicePending{}, invalid("spec.device_authorization_url", "the credential has no device authorization endpoint (RFC 8628); set it, or use another flow")
-	}
-	if err := b.checkFlowCapacity(ctx); err != nil {
-		return DevicePending{}, err
-	}
-	d, err := b.provider.StartDeviceAuthorization(ctx, ep, spec.clientCredentials(), scopes)
+	d, err := b.provider.StartDeviceAuthorization(ctx, start.ep, start.cred.Spec.clientCredentials(), start.scopes)
 	if err != nil {
 		var pe *provider.Error
 		switch {
@@ -83,7 +76,7 @@ func (b *Broker) StartDeviceAuthorization(ctx context.Context, id string, scopes
 	lifetime = min(lifetime, maxDeviceLifetime)
 	state := randomToken(32)
 	f := &flowRecord{
-		Kind: FlowDevice, CredentialID: id, Incarnation: cred.Incarnation, Scopes: scopes,
+		Kind: FlowDevice, CredentialID: id, Incarnation: start.cred.Incarnation, Scopes: start.scopes,
 		StartedAt: now, ExpiresAt: now.Add(lifetime), Status: flowPending, Actor: audit.Actor(ctx),
 		DeviceCode: d.DeviceCode, UserCode: d.UserCode,
 		VerificationURI: d.VerificationURI, VerificationURIComplete: d.VerificationURIComplete,
@@ -141,7 +134,7 @@ func (b *Broker) startPoller(state string, f *flowRecord, version uint64) {
 func (b *Broker) pollDevice(state string, f *flowRecord, version uint64) {
 	ctx := b.flows.ctx
 	for {
-		if err := sleepCtx(ctx, f.Interval); err != nil {
+		if err := ctxwait.Sleep(ctx, f.Interval); err != nil {
 			b.releaseLease(state, f, version)
 			return
 		}
@@ -228,7 +221,7 @@ func (b *Broker) pollOnce(ctx context.Context, state string, f *flowRecord, vers
 		return &slower, v, false
 	case errors.Is(err, provider.ErrAccessDenied):
 		b.log.InfoContext(ctx, "device flow denied by the user", "credential", f.CredentialID)
-		b.failFlow(ctx, state, FlowDenied, "the user denied the authorization at the provider")
+		b.failFlow(ctx, state, FlowDenied, deniedDetail)
 		return nil, 0, true
 	case errors.Is(err, provider.ErrExpiredToken), errors.Is(err, provider.ErrInvalidGrant):
 		b.log.InfoContext(ctx, "device flow expired at the provider", "credential", f.CredentialID)
@@ -268,7 +261,7 @@ func (b *Broker) redeemDevice(ctx context.Context, state, incarnation string, e 
 		if err == nil || errors.Is(err, ErrNotFound) {
 			break
 		}
-		if serr := sleepCtx(pctx, b.backoff(attempt, 0)); serr != nil {
+		if serr := ctxwait.Sleep(pctx, b.backoff(attempt, 0)); serr != nil {
 			break
 		}
 	}

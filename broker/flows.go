@@ -275,6 +275,12 @@ func (b *Broker) checkFlowCapacity(ctx context.Context) error {
 	return nil
 }
 
+// Details of flow outcomes that more than one path records.
+const (
+	flowExpiredDetail = "the flow expired before the user completed it; start a new one"
+	deniedDetail      = "the user denied the authorization at the provider"
+)
+
 // errFlowUnknown is the answer for a state that names no usable flow: never
 // issued, another credential's, expired, used or forgotten. One answer for
 // all, so a caller cannot probe other credentials' flows.
@@ -526,11 +532,11 @@ func (b *Broker) progress(f *flowRecord, state string) (FlowProgress, bool, erro
 	case f.Status == flowFailed:
 		return FlowProgress{}, true, &AuthorizationError{Reason: f.Failure, Detail: f.FailureDetail}
 	case !b.opts.now().Before(f.ExpiresAt) && !(f.Consumed && b.opts.now().Before(f.ExpiresAt.Add(exchangeGrace))):
-		return FlowProgress{}, true, &AuthorizationError{Reason: FlowExpired, Detail: "the flow expired before the user completed it; start a new one"}
+		return FlowProgress{}, true, &AuthorizationError{Reason: FlowExpired, Detail: flowExpiredDetail}
 	case f.kind() == FlowDevice:
 		return FlowProgress{Device: devicePending(state, f)}, false, nil
 	default:
-		return FlowProgress{Authorization: &PendingAuthorization{AuthorizeURL: f.AuthorizeURL, State: state, ExpiresAt: f.ExpiresAt, RedirectURI: f.RedirectURI}}, false, nil
+		return FlowProgress{Authorization: pendingAuthorization(state, f)}, false, nil
 	}
 }
 
@@ -588,7 +594,7 @@ func (b *Broker) sweepFlows(ctx context.Context) {
 				continue // its poller or exchanger will record the outcome
 			}
 			expired := *f
-			expired.fail(now, FlowExpired, "the flow expired before the user completed it; start a new one")
+			expired.fail(now, FlowExpired, flowExpiredDetail)
 			if _, err := b.writeFlow(ctx, state, &expired, version); err == nil {
 				b.flows.signal()
 			}

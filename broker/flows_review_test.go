@@ -137,10 +137,7 @@ func TestCodeExchangeOutlivesItsCaller(t *testing.T) {
 	ctx := context.Background()
 	env := newFlowEnv(t)
 	env.withRedirects(flowRedirect)
-	b := env.replica(t, "replica-a", time.Hour)
-	if _, err := b.CreateCredential(ctx, "x", env.spec); err != nil {
-		t.Fatal(err)
-	}
+	b := env.primary(ctx, t)
 	p, err := b.StartAuthorization(ctx, "x", flowRedirect, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -187,10 +184,7 @@ func TestExplicitServerCallbackURLIsTheServerCallback(t *testing.T) {
 	env := newFlowEnv(t)
 	const callback = "http://127.0.0.1:1/oauth/callback"
 	env.withRedirects(callback)
-	b := env.replica(t, "replica-a", time.Hour, WithCallbackURL(callback))
-	if _, err := b.CreateCredential(ctx, "x", env.spec); err != nil {
-		t.Fatal(err)
-	}
+	b := env.primary(ctx, t, WithCallbackURL(callback))
 	p, err := b.StartAuthorization(ctx, "x", callback, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -227,10 +221,7 @@ func TestCodeExchangedButNotStoredEndsTheFlow(t *testing.T) {
 	st := &familyOutageStore{Store: env.st}
 	env.st = st
 	env.withRedirects(flowRedirect)
-	b := env.replica(t, "replica-a", time.Hour)
-	if _, err := b.CreateCredential(ctx, "x", env.spec); err != nil {
-		t.Fatal(err)
-	}
+	b := env.primary(ctx, t)
 	p, err := b.StartAuthorization(ctx, "x", flowRedirect, nil)
 	if err != nil {
 		t.Fatal(err)

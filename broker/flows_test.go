@@ -3,10 +3,12 @@ package broker
 import (
 	"context"
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 
 	"github.com/rotavault/rotavault/audit"
+	"github.com/rotavault/rotavault/internal/poll"
 	"github.com/rotavault/rotavault/providersim"
 	"github.com/rotavault/rotavault/store"
 	"github.com/rotavault/rotavault/store/memstore"
@@ -47,6 +49,17 @@ func (env *flowEnv) replica(t *testing.T, id string, sweep time.Duration, extra 
 	return newBroker(t, Config{Store: env.st, Provider: newDetectProvider(), Auditor: env.aud}, replicaOpts(env.clk, opts...)...)
 }
 
+// primary starts replica "replica-a" (sweeps left to the test) and creates
+// credential "x" through it.
+func (env *flowEnv) primary(ctx context.Context, t *testing.T, extra ...Option) *Broker {
+	t.Helper()
+	b := env.replica(t, "replica-a", time.Hour, extra...)
+	if _, err := b.CreateCredential(ctx, "x", env.spec); err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
 // readFlowRecord reads the one flow record a test started.
 func readFlowRecord(t *testing.T, st store.Store, state string) *flowRecord {
 	t.Helper()
@@ -80,17 +93,12 @@ func awaitActivation(t *testing.T, b *Broker, id, state string) Activation {
 // awaitFlow re-reads the flow record until cond holds.
 func awaitFlow(t *testing.T, st store.Store, state, what string, cond func(*flowRecord) bool) *flowRecord {
 	t.Helper()
-	deadline := time.Now().Add(flowDeadline)
-	for {
-		f := readFlowRecord(t, st, state)
-		if cond(f) {
-			return f
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("flow never %s: %+v", what, f)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	var f *flowRecord
+	poll.UntilSeen(t, flowDeadline, "flow "+what, func() (bool, string) {
+		f = readFlowRecord(t, st, state)
+		return cond(f), fmt.Sprintf("%+v", f)
+	})
+	return f
 }
 
 // A replica that dies leaves its lease to expire; until then nobody else
@@ -99,10 +107,7 @@ func awaitFlow(t *testing.T, st store.Store, state, what string, cond func(*flow
 func TestDeviceFlowTakeoverFromDeadPoller(t *testing.T) {
 	ctx := context.Background()
 	env := newFlowEnv(t)
-	a := env.replica(t, "replica-a", time.Hour)
-	if _, err := a.CreateCredential(ctx, "x", env.spec); err != nil {
-		t.Fatal(err)
-	}
+	a := env.primary(ctx, t)
 	p, err := a.StartDeviceAuthorization(ctx, "x", nil)
 	if err != nil {
 		t.Fatal(err)
@@ -152,10 +157,7 @@ func TestDeviceFlowTakeoverFromDeadPoller(t *testing.T) {
 func TestDeviceFlowHandoverOnShutdown(t *testing.T) {
 	ctx := context.Background()
 	env := newFlowEnv(t)
-	a := env.replica(t, "replica-a", time.Hour)
-	if _, err := a.CreateCredential(ctx, "x", env.spec); err != nil {
-		t.Fatal(err)
-	}
+	a := env.primary(ctx, t)
 	p, err := a.StartDeviceAuthorization(ctx, "x", nil)
 	if err != nil {
 		t.Fatal(err)
@@ -180,10 +182,7 @@ func TestDeviceFlowHandoverOnShutdown(t *testing.T) {
 func TestDeviceFlowSlowDown(t *testing.T) {
 	ctx := context.Background()
 	env := newFlowEnv(t)
-	a := env.replica(t, "replica-a", time.Hour)
-	if _, err := a.CreateCredential(ctx, "x", env.spec); err != nil {
-		t.Fatal(err)
-	}
+	a := env.primary(ctx, t)
 	env.sim.SlowDownDevicePolls(1)
 	p, err := a.StartDeviceAuthorization(ctx, "x", nil)
 	if err != nil {
@@ -201,10 +200,7 @@ func TestDeviceFlowSlowDown(t *testing.T) {
 func TestFlowExpiryAndPruning(t *testing.T) {
 	ctx := context.Background()
 	env := newFlowEnv(t)
-	b := env.replica(t, "replica-a", time.Hour)
-	if _, err := b.CreateCredential(ctx, "x", env.spec); err != nil {
-		t.Fatal(err)
-	}
+	b := env.primary(ctx, t)
 	p, err := b.StartAuthorization(ctx, "x", "http://127.0.0.1:1/cb", nil)
 	if err != nil {
 		t.Fatal(err)
@@ -293,10 +289,7 @@ func TestCheckAuthorizationBounds(t *testing.T) {
 func TestDeviceFlowScopeRefusal(t *testing.T) {
 	ctx := context.Background()
 	env := newFlowEnv(t)
-	b := env.replica(t, "replica-a", time.Hour)
-	if _, err := b.CreateCredential(ctx, "x", env.spec); err != nil {
-		t.Fatal(err)
-	}
+	b := env.primary(ctx, t)
 	if _, err := b.StartDeviceAuthorization(ctx, "x", []string{"api"}); !isInvalidField(err, "scopes") {
 		t.Fatalf("device flow with scope api: %v, want invalid scopes", err)
 	}
@@ -331,10 +324,7 @@ func (a *recordingAuditor) count(action string) int {
 func TestFlowStartsAreBounded(t *testing.T) {
 	ctx := context.Background()
 	env := newFlowEnv(t)
-	b := env.replica(t, "replica-a", time.Hour, WithMaxFlows(2))
-	if _, err := b.CreateCredential(ctx, "x", env.spec); err != nil {
-		t.Fatal(err)
-	}
+	b := env.primary(ctx, t, WithMaxFlows(2))
 	for range 2 {
 		if _, err := b.StartAuthorization(ctx, "x", "http://127.0.0.1:1/cb", nil); err != nil {
 			t.Fatal(err)

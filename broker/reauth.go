@@ -53,6 +53,41 @@ func flowScopes(spec Spec, scopes []string) ([]string, error) {
 	return append([]string(nil), scopes...), nil
 }
 
+// flowStart is what starting a flow takes from its credential.
+type flowStart struct {
+	// cred is the credential as this replica last saw it.
+	cred *credentialRecord
+	ep   provider.Endpoint
+	// scopes are the flow's, resolved by flowScopes.
+	scopes []string
+}
+
+// beginFlow does what starting any flow for credential id (whose ID the
+// caller validated) begins with, in this order: it loads the credential,
+// resolves the flow's scopes, lets usable refuse a credential this kind of
+// flow cannot use, then refuses a flow the store has no room for. Errors:
+// *InvalidArgumentError, ErrNotFound, ErrTooManyFlows, *UnavailableError,
+// and usable's.
+func (b *Broker) beginFlow(ctx context.Context, id string, scopes []string, usable func(Spec, provider.Endpoint) error) (flowStart, error) {
+	e, err := b.entry(ctx, id)
+	if err != nil {
+		return flowStart{}, err
+	}
+	cred := e.view.Load().cred
+	scopes, err = flowScopes(cred.Spec, scopes)
+	if err != nil {
+		return flowStart{}, err
+	}
+	ep := cred.Spec.endpoint()
+	if err := usable(cred.Spec, ep); err != nil {
+		return flowStart{}, err
+	}
+	if err := b.checkFlowCapacity(ctx); err != nil {
+		return flowStart{}, err
+	}
+	return flowStart{cred: cred, ep: ep, scopes: scopes}, nil
+}
+
 // StartAuthorization begins an authorization-code flow with PKCE and returns
 // where to send the user. An empty redirectURI, or the server's own
 // callback URL spelled out (WithCallbackURL), means that callback, which
@@ -74,40 +109,37 @@ func (b *Broker) StartAuthorization(ctx context.Context, id, redirectURI string,
 	} else if err := ValidateEndpointURL(redirectURI); err != nil {
 		return PendingAuthorization{}, invalid("redirect_uri", "%v", err)
 	}
-	e, err := b.entry(ctx, id)
+	start, err := b.beginFlow(ctx, id, scopes, func(_ Spec, ep provider.Endpoint) error {
+		if ep.AuthorizeURL == "" {
+			return invalid("spec.authorize_url", "the credential has no authorize endpoint; set it, or import a refresh token")
+		}
+		return nil
+	})
 	if err != nil {
-		return PendingAuthorization{}, err
-	}
-	cred := e.view.Load().cred
-	spec := cred.Spec
-	scopes, err = flowScopes(spec, scopes)
-	if err != nil {
-		return PendingAuthorization{}, err
-	}
-	ep := spec.endpoint()
-	if ep.AuthorizeURL == "" {
-		return PendingAuthorization{}, invalid("spec.authorize_url", "the credential has no authorize endpoint; set it, or import a refresh token")
-	}
-	if err := b.checkFlowCapacity(ctx); err != nil {
 		return PendingAuthorization{}, err
 	}
 	verifier, challenge := provider.NewPKCE()
 	state := randomToken(32)
-	u, err := b.provider.AuthCodeURL(ep, spec.clientCredentials(), redirectURI, state, challenge, scopes)
+	u, err := b.provider.AuthCodeURL(start.ep, start.cred.Spec.clientCredentials(), redirectURI, state, challenge, start.scopes)
 	if err != nil {
 		return PendingAuthorization{}, invalid("spec.authorize_url", "%v", err)
 	}
 	now := b.opts.now()
-	expires := now.Add(b.opts.flowLifetime)
 	f := &flowRecord{
-		Kind: FlowAuthorizationCode, CredentialID: id, Incarnation: cred.Incarnation, Scopes: scopes,
-		StartedAt: now, ExpiresAt: expires, Status: flowPending, Actor: audit.Actor(ctx),
+		Kind: FlowAuthorizationCode, CredentialID: id, Incarnation: start.cred.Incarnation, Scopes: start.scopes,
+		StartedAt: now, ExpiresAt: now.Add(b.opts.flowLifetime), Status: flowPending, Actor: audit.Actor(ctx),
 		Verifier: verifier, RedirectURI: redirectURI, AuthorizeURL: u, ServerCallback: serverCallback,
 	}
 	if _, err := b.writeFlow(ctx, state, f, 0); err != nil {
 		return PendingAuthorization{}, err
 	}
-	return PendingAuthorization{AuthorizeURL: u, State: state, ExpiresAt: expires, RedirectURI: redirectURI}, nil
+	return *pendingAuthorization(state, f), nil
+}
+
+// pendingAuthorization is what a caller learns of a pending
+// authorization-code flow.
+func pendingAuthorization(state string, f *flowRecord) *PendingAuthorization {
+	return &PendingAuthorization{AuthorizeURL: f.AuthorizeURL, State: state, ExpiresAt: f.ExpiresAt, RedirectURI: f.RedirectURI}
 }
 
 // CompleteAuthorization exchanges the code of a started flow and installs the
@@ -177,7 +209,7 @@ func (b *Broker) CompleteCallback(ctx context.Context, cb Callback) (Activation,
 		}
 		// Salesforce documents access-denied for the web server flow.
 		if cb.Error == "access_denied" || cb.Error == "access-denied" {
-			reason, detail = FlowDenied, "the user denied the authorization at the provider"
+			reason, detail = FlowDenied, deniedDetail
 		}
 		failed := *f
 		failed.fail(b.opts.now(), reason, detail)
@@ -320,6 +352,12 @@ func (b *Broker) revokeUninstalled(ctx context.Context, spec Spec, tok *provider
 // deleted and created again, since it started.
 const credentialGoneDetail = "the credential was deleted (or deleted and created again) since the flow started; start a new flow"
 
+// errIncarnationGone is ErrNotFound for a flow's credential that was
+// deleted and created again since the flow started.
+func errIncarnationGone(id string) error {
+	return fmt.Errorf("%w: %s (deleted and created again since the flow started)", ErrNotFound, id)
+}
+
 // codeExchangeTimeout bounds an authorization-code exchange, which runs on a
 // context of its own (see redeemCode); it ends well within exchangeGrace.
 const codeExchangeTimeout = 30 * time.Second
@@ -341,7 +379,7 @@ func (b *Broker) flowCredential(ctx context.Context, f *flowRecord) (*entry, *cr
 		return nil, nil, err
 	}
 	if cred.Incarnation != f.Incarnation {
-		return nil, nil, fmt.Errorf("%w: %s (deleted and created again since the flow started)", ErrNotFound, f.CredentialID)
+		return nil, nil, errIncarnationGone(f.CredentialID)
 	}
 	return e, cred, nil
 }
@@ -413,7 +451,7 @@ func (b *Broker) installFamily(ctx context.Context, e *entry, incarnation, refre
 			return Activation{}, err
 		}
 		if incarnation != "" && v.cred.Incarnation != incarnation {
-			return Activation{}, fmt.Errorf("%w: %s (deleted and created again since the flow started)", ErrNotFound, e.id)
+			return Activation{}, errIncarnationGone(e.id)
 		}
 		if tok != nil {
 			fam.Generation = 1

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/rotavault/rotavault/audit"
+	"github.com/rotavault/rotavault/internal/ctxwait"
 	"github.com/rotavault/rotavault/provider"
 	"github.com/rotavault/rotavault/store"
 )
@@ -132,7 +133,7 @@ func (b *Broker) refreshFamily(ctx context.Context, e *entry, v *view) (*view, e
 			if !retryAllowed {
 				return giveUp(&UnavailableError{Component: ComponentProvider, RetryAfter: time.Second, Err: pe})
 			}
-			if err := sleepCtx(pctx, b.backoff(attempt, 0)); err != nil {
+			if err := ctxwait.Sleep(pctx, b.backoff(attempt, 0)); err != nil {
 				return giveUp(&UnavailableError{Component: ComponentProvider, RetryAfter: time.Second, Err: pe})
 			}
 
@@ -142,7 +143,7 @@ func (b *Broker) refreshFamily(ctx context.Context, e *entry, v *view) (*view, e
 			if attempt+1 >= b.opts.notProcessedTries {
 				return giveUp(&UnavailableError{Component: ComponentProvider, RetryAfter: max(pe.RetryAfter, time.Second), Err: err})
 			}
-			if err := sleepCtx(pctx, b.backoff(attempt, pe.RetryAfter)); err != nil {
+			if err := ctxwait.Sleep(pctx, b.backoff(attempt, pe.RetryAfter)); err != nil {
 				return giveUp(&UnavailableError{Component: ComponentProvider, RetryAfter: time.Second, Err: err})
 			}
 		}
@@ -152,17 +153,6 @@ func (b *Broker) refreshFamily(ctx context.Context, e *entry, v *view) (*view, e
 func (b *Broker) backoff(attempt int, atLeast time.Duration) time.Duration {
 	d := b.opts.retryBase << min(attempt, 8)
 	return max(d, atLeast)
-}
-
-func sleepCtx(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
 }
 
 // storeRefreshed stores the outcome of a successful refresh: persist first,
@@ -322,7 +312,7 @@ func (b *Broker) writeFamily(ctx context.Context, key string, fam *familyRecord,
 			return version, err
 		}
 		b.log.WarnContext(ctx, "store write failed; retrying", "key", key, "attempt", attempt+1, "err", err)
-		if err := sleepCtx(ctx, b.backoff(attempt, 0)); err != nil {
+		if err := ctxwait.Sleep(ctx, b.backoff(attempt, 0)); err != nil {
 			return 0, err
 		}
 	}

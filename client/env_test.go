@@ -20,6 +20,7 @@ import (
 	"github.com/rotavault/rotavault/broker"
 	"github.com/rotavault/rotavault/client"
 	rotavaultv1 "github.com/rotavault/rotavault/gen/rotavault/v1"
+	"github.com/rotavault/rotavault/internal/poll"
 	"github.com/rotavault/rotavault/provider"
 	"github.com/rotavault/rotavault/providersim"
 	"github.com/rotavault/rotavault/server"
@@ -280,16 +281,7 @@ func ctxT(t testing.TB) context.Context {
 // await polls cond until it holds, failing the test after awaitDeadline.
 func await(t testing.TB, what string, cond func() bool) {
 	t.Helper()
-	tick := time.NewTicker(5 * time.Millisecond)
-	defer tick.Stop()
-	deadline := time.After(awaitDeadline)
-	for !cond() {
-		select {
-		case <-tick.C:
-		case <-deadline:
-			t.Fatalf("still waiting for %s after %s", what, awaitDeadline)
-		}
-	}
+	poll.Until(t, awaitDeadline, what, cond)
 }
 
 // mustToken is c.Token that fails the test on error.

@@ -9,6 +9,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	rotavaultv1 "github.com/rotavault/rotavault/gen/rotavault/v1"
+	"github.com/rotavault/rotavault/internal/ctxwait"
 )
 
 // retryDelay says whether err is worth another attempt and how long to wait
@@ -58,20 +59,8 @@ func (c *Client) getAccessToken(ctx context.Context, req *rotavaultv1.GetAccessT
 		if dl := deadline(); !dl.IsZero() && time.Until(dl) < wait {
 			return nil, err // the caller would be gone before the next attempt
 		}
-		if !sleep(ctx, wait) {
+		if ctxwait.Sleep(ctx, wait) != nil {
 			return nil, err
 		}
-	}
-}
-
-// sleep waits d or until ctx ends; it reports whether d passed.
-func sleep(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-ctx.Done():
-		return false
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	rotavaultv1 "github.com/rotavault/rotavault/gen/rotavault/v1"
+	"github.com/rotavault/rotavault/internal/ctxwait"
 )
 
 // watch follows the server's revocation notices until Close: it drops the
@@ -41,7 +42,7 @@ func (c *Client) watch() {
 		if d := detailsOf(err).retryDelay; d > wait {
 			wait = min(d, c.opts.maxBackoff)
 		}
-		if !sleep(c.ctx, wait) {
+		if ctxwait.Sleep(c.ctx, wait) != nil {
 			return
 		}
 	}

@@ -2,6 +2,7 @@ package integration
 
 import (
 	"errors"
+	"fmt"
 	"net/http"
 	"net/url"
 	"testing"
@@ -9,6 +10,7 @@ import (
 
 	"github.com/rotavault/rotavault/client"
 	rotavaultv1 "github.com/rotavault/rotavault/gen/rotavault/v1"
+	"github.com/rotavault/rotavault/internal/poll"
 )
 
 // A consumer calls the Salesforce API through the Go client's Transport. A
@@ -97,13 +99,10 @@ func TestGoClientTransportThroughTheftAndRecovery(t *testing.T) {
 // awaitWatchers waits until the server holds n revocation watches.
 func awaitWatchers(t *testing.T, e *env, n int) {
 	t.Helper()
-	deadline := time.Now().Add(awaitDeadline)
-	for e.broker.SubscriberCount() < n {
-		if time.Now().After(deadline) {
-			t.Fatalf("%d watches at the server after %s, want %d", e.broker.SubscriberCount(), awaitDeadline, n)
-		}
-		time.Sleep(5 * time.Millisecond) // polling a counter, bounded by the deadline
-	}
+	poll.UntilSeen(t, awaitDeadline, fmt.Sprintf("%d watches at the server", n), func() (bool, string) {
+		got := e.broker.SubscriberCount()
+		return got >= n, fmt.Sprintf("%d watches", got)
+	})
 }
 
 // awaitNotice returns the next notice of kind from ch, skipping others.

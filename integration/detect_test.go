@@ -11,6 +11,7 @@ import (
 	"github.com/rotavault/rotavault/broker"
 	rotavaultv1 "github.com/rotavault/rotavault/gen/rotavault/v1"
 	"github.com/rotavault/rotavault/internal/fositeserver"
+	"github.com/rotavault/rotavault/internal/poll"
 	"github.com/rotavault/rotavault/server"
 )
 
@@ -208,15 +209,7 @@ func withFositeIntrospection(t *testing.T, e *env, id string, cfg fositeserver.C
 // deadline.
 func awaitCondition(t testing.TB, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(awaitDeadline)
-	tick := time.NewTicker(5 * time.Millisecond)
-	defer tick.Stop()
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %s", what, awaitDeadline)
-		}
-		<-tick.C
-	}
+	poll.Until(t, awaitDeadline, what, cond)
 }
 
 // A report the provider disproves (the token is live) must not block the

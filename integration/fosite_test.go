@@ -24,30 +24,7 @@ const (
 // imported (now superseded) refresh token.
 func withFosite(t *testing.T, e *env, id string) (*fositeserver.Server, string) {
 	t.Helper()
-	fs, err := fositeserver.Start(fositeserver.Config{AccessTokenLifespan: accessLifetime})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = fs.Close() })
-	fs.AddClient(fositeClientID, fositeClientSecret, []string{callbackURI})
-	_, err = e.admin.CreateCredential(ctxT(t), &rotavaultv1.CreateCredentialRequest{CredentialId: id, Spec: &rotavaultv1.CredentialSpec{
-		ProviderKind:  rotavaultv1.ProviderKind_PROVIDER_KIND_OAUTH2,
-		TokenUrl:      fs.TokenURL(),
-		AuthorizeUrl:  fs.AuthorizeURL(),
-		RevocationUrl: fs.RevocationURL(),
-		ClientId:      fositeClientID,
-		ClientSecret:  fositeClientSecret,
-		Scopes:        []string{"offline", "api"},
-	}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	rt, err := fs.IssueRefreshToken(ctxT(t), fositeClientID, fositeClientSecret, callbackURI, []string{"offline", "api"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	e.importToken(id, rt)
-	return fs, rt
+	return withFositeCredential(t, e, id, fositeserver.Config{AccessTokenLifespan: accessLifetime})
 }
 
 func TestFositeConcurrentCallersShareOneRefresh(t *testing.T) {

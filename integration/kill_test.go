@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"net/url"
 	"os"
@@ -20,6 +21,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	rotavaultv1 "github.com/rotavault/rotavault/gen/rotavault/v1"
+	"github.com/rotavault/rotavault/internal/poll"
 	"github.com/rotavault/rotavault/internal/syncbuf"
 	"github.com/rotavault/rotavault/internal/vaulttest"
 	"github.com/rotavault/rotavault/providersim"
@@ -202,13 +204,10 @@ func (k *killSetup) revokeCurrentAccessToken(t *testing.T) {
 // awaitStats polls the simulator's counters until cond holds.
 func awaitStats(t *testing.T, sim *providersim.Server, cond func(providersim.Stats) bool) {
 	t.Helper()
-	deadline := time.Now().Add(awaitDeadline)
-	for !cond(sim.Stats()) {
-		if time.Now().After(deadline) {
-			t.Fatalf("provider never reached the expected state: %+v", sim.Stats())
-		}
-		time.Sleep(10 * time.Millisecond) // polling an external counter, bounded by the deadline
-	}
+	poll.UntilSeen(t, awaitDeadline, "the provider in the expected state", func() (bool, string) {
+		s := sim.Stats()
+		return cond(s), fmt.Sprintf("%+v", s)
+	})
 }
 
 func TestReplicaKilledHoldingTheClaimBeforeTheProviderProcessed(t *testing.T) {

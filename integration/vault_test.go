@@ -1,16 +1,17 @@
 package integration
 
 import (
+	"fmt"
 	"net/http"
 	"net/url"
 	"sync"
 	"testing"
-	"time"
 
 	"google.golang.org/grpc/codes"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	rotavaultv1 "github.com/rotavault/rotavault/gen/rotavault/v1"
+	"github.com/rotavault/rotavault/internal/poll"
 	"github.com/rotavault/rotavault/internal/vaulttest"
 	"github.com/rotavault/rotavault/server"
 	"github.com/rotavault/rotavault/vaultstore"
@@ -113,17 +114,10 @@ func TestVaultRestartMidTraffic(t *testing.T) {
 func awaitHealth(t *testing.T, e *env, want healthpb.HealthCheckResponse_ServingStatus) {
 	t.Helper()
 	health := healthpb.NewHealthClient(e.conn)
-	deadline := time.Now().Add(awaitDeadline)
-	for {
+	poll.UntilSeen(t, awaitDeadline, "health "+want.String(), func() (bool, string) {
 		resp, err := health.Check(ctxT(t), &healthpb.HealthCheckRequest{Service: rotavaultv1.TokenVaultService_ServiceDesc.ServiceName})
-		if err == nil && resp.GetStatus() == want {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("health never became %s: %v %v", want, resp.GetStatus(), err)
-		}
-		time.Sleep(100 * time.Millisecond) // polling an outside view, bounded by the deadline
-	}
+		return err == nil && resp.GetStatus() == want, fmt.Sprintf("%v %v", resp.GetStatus(), err)
+	})
 }
 
 // TestRevokedVaultTokenDoesNotFailCallers revokes the node's AppRole token

@@ -6,7 +6,6 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -102,7 +101,7 @@ func TestIntrospectTokenErrors(t *testing.T) {
 // superseded token is active, as the token endpoint would accept it.
 func TestSimIntrospectRefreshToken(t *testing.T) {
 	ctx := context.Background()
-	clk := &graceClock{t: time.Now()}
+	clk := &simClock{t: time.Now()}
 	sim, ep, cc := setupSimTest(t, providersim.Config{ReuseGrace: time.Minute, Now: clk.now})
 	c := provider.New(nil)
 	active := func(token string) bool {
@@ -129,7 +128,7 @@ func TestSimIntrospectRefreshToken(t *testing.T) {
 	if !active(tok.RefreshToken) || !active(rt0) {
 		t.Fatal("within the grace window both the new and the superseded token are usable, so active")
 	}
-	clk.add(time.Minute)
+	clk.advance(time.Minute)
 	if active(rt0) {
 		t.Error("past the grace window the superseded token is active")
 	}
@@ -190,11 +189,3 @@ func TestFositeIntrospectRefreshToken(t *testing.T) {
 		t.Errorf("wrong secret: %v, want a rejection", err)
 	}
 }
-
-type graceClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *graceClock) now() time.Time      { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
-func (c *graceClock) add(d time.Duration) { c.mu.Lock(); c.t = c.t.Add(d); c.mu.Unlock() }

@@ -1,6 +1,8 @@
 package server
 
 import (
+	"fmt"
+	"github.com/rotavault/rotavault/internal/poll"
 	"github.com/rotavault/rotavault/internal/testpki"
 
 	"bytes"
@@ -539,19 +541,10 @@ func TestBearerTransportRules(t *testing.T) {
 // the deadline: reloads are asynchronous.
 func awaitCode(t *testing.T, what string, call func(context.Context) error, ok func(codes.Code) bool) {
 	t.Helper()
-	deadline := time.Now().Add(awaitDeadline)
-	tick := time.NewTicker(10 * time.Millisecond)
-	defer tick.Stop()
-	for {
+	poll.UntilSeen(t, awaitDeadline, what, func() (bool, string) {
 		err := call(testCtx(t))
-		if ok(status.Code(err)) {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: still %v after %s", what, err, awaitDeadline)
-		}
-		<-tick.C
-	}
+		return ok(status.Code(err)), fmt.Sprint(err)
+	})
 }
 
 func grantStranger(t *testing.T, e *authEnv) {

@@ -8,6 +8,7 @@ import (
 
 	"github.com/rotavault/rotavault/audit"
 	rotavaultv1 "github.com/rotavault/rotavault/gen/rotavault/v1"
+	"github.com/rotavault/rotavault/internal/poll"
 )
 
 // issuanceAuditor is the auditor the server summarises issuance into: the
@@ -57,8 +58,7 @@ func TestTokenIssuanceSummarisedPerCallerAndCredential(t *testing.T) {
 		}
 	}
 	// Summaries are written in the background: await both counts.
-	deadline := time.Now().Add(awaitDeadline)
-	for {
+	poll.UntilSeen(t, awaitDeadline, "issuance summaries counting every call", func() (bool, string) {
 		got := map[string]int{}
 		records := 0
 		for _, ev := range e.auditor.issued() {
@@ -81,11 +81,8 @@ func TestTokenIssuanceSummarisedPerCallerAndCredential(t *testing.T) {
 					t.Fatalf("summary without first/last seen: %q", ev.Detail)
 				}
 			}
-			return
+			return true, ""
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("issuance counted %v, want %v", got, calls)
-		}
-		time.Sleep(10 * time.Millisecond) // polling a condition, bounded by the deadline
-	}
+		return false, fmt.Sprintf("counted %v, want %v", got, calls)
+	})
 }

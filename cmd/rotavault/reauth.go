@@ -14,6 +14,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	rotavaultv1 "github.com/rotavault/rotavault/gen/rotavault/v1"
+	"github.com/rotavault/rotavault/internal/ctxwait"
 )
 
 func newReauthCmd(a *app) *cobra.Command {
@@ -390,7 +391,7 @@ func (a *app) waitForFlow(ctx context.Context, client *clientOptions, id, state 
 			if st, ok := grpcStatus(err); ok && (st.Code() == codes.Unavailable || st.Code() == codes.DeadlineExceeded) && unreachable < maxUnreachable {
 				unreachable++
 				fmt.Fprintf(a.stderr, "cannot reach the server (%s); retrying\n", codeName(st.Code()))
-				if err := pause(ctx, unreachableBackoff); err != nil {
+				if err := ctxwait.Sleep(ctx, unreachableBackoff); err != nil {
 					return nil, err
 				}
 				continue
@@ -411,17 +412,6 @@ func (a *app) waitForFlow(ctx context.Context, client *clientOptions, id, state 
 		fmt.Fprintf(a.stderr, "waiting for the person to approve (the flow expires %s)\n", a.when(expires))
 	}
 	return nil, fmt.Errorf("the flow of %s is still pending after its expiry: start a new one", id)
-}
-
-func pause(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
 }
 
 // Reasons of the flows' errors.
