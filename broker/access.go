@@ -301,6 +301,11 @@ func (b *Broker) refresh(ctx context.Context, e *entry, need func(*view) bool) (
 		if f.err != nil {
 			return nil, f.err
 		}
+		if f.v.fam.Status != StatusActive {
+			// A flight started for another need (the scheduler's) may end on
+			// a family revoked meanwhile: no token to hand out.
+			return nil, reauthRequired(e.id, f.v.fam)
+		}
 		// A joined flight served another caller's need (it may have adopted
 		// a token with less life left than this caller wants): go again, now
 		// with a flight of its own. The result of its own flight is final,

@@ -35,55 +35,70 @@ func newReplicaID() string {
 	return hex.EncodeToString(b)
 }
 
+// claimLease is this replica's claim on a family, as etcd's Mutex carries
+// its own revision: v is the family as the claim's last write left it, and
+// v.famVersion is the fence every later write of the holder is a
+// check-and-set on. A lease whose fence moved (taken over, revoked,
+// replaced) cannot write again.
+type claimLease struct {
+	b *Broker
+	e *entry
+	v *view
+}
+
+// errClaimedElsewhere: another replica's claim on the family is live.
+var errClaimedElsewhere = errors.New("broker: another replica is refreshing")
+
 // acquire runs until this replica holds the claim on the family, or another
-// replica's refresh produced a view that passes need. It returns the view
-// to refresh from (holding the claim, done=false) or the adopted one
-// (done=true).
-func (b *Broker) acquire(ctx context.Context, e *entry, need func(*view) bool) (v *view, done bool, err error) {
+// replica's refresh produced a view that passes need. It returns the lease
+// to refresh with, or the adopted view (lease nil).
+func (b *Broker) acquire(ctx context.Context, e *entry, need func(*view) bool) (*claimLease, *view, error) {
 	// The first attempt trusts the family state this replica last saw and
 	// claims with check-and-set on its version: if another replica changed
-	// the family since, the claim conflicts and the next attempt reads it.
+	// the family since, the claim conflicts and updateFamily reads it.
 	// That saves a Vault read per rotation on the common path.
 	optimistic := true
 	for {
-		v, err := b.claimBase(ctx, e, optimistic)
+		base, err := b.claimBase(ctx, e, optimistic)
 		optimistic = false
 		if err != nil {
-			return nil, false, err
+			return nil, nil, err
 		}
-		e.setView(v)
-		if !need(v) {
-			return v, true, nil
-		}
-		if v.fam.Status != StatusActive {
-			return nil, false, reauthRequired(e.id, v.fam)
-		}
-		now := b.opts.now()
-		if c := v.fam.Claim; c != nil && c.Holder != b.opts.replicaID && now.Before(c.Deadline) {
+		e.setView(base)
+		claimed := false
+		v, err := b.updateFamily(ctx, e, base, func(cur *view) (*familyRecord, error) {
+			claimed = false
+			if !need(cur) {
+				return nil, nil // another replica's refresh serves us
+			}
+			if cur.fam.Status != StatusActive {
+				return nil, reauthRequired(e.id, cur.fam)
+			}
+			now := b.opts.now()
+			c := cur.fam.Claim
+			if c != nil && c.Holder != b.opts.replicaID {
+				if now.Before(c.Deadline) {
+					return nil, errClaimedElsewhere
+				}
+				b.log.WarnContext(ctx, "taking over an expired refresh claim", "credential", e.id, "holder", c.Holder, "deadline", c.Deadline)
+			}
+			claimed = true
+			return cur.fam.claimedBy(b.opts.replicaID, now.Add(b.opts.claimTTL), now)
+		})
+		switch {
+		case errors.Is(err, errClaimedElsewhere):
 			// Another replica is refreshing: wait for its result rather than
 			// present the same token a second time.
-			if err := b.awaitChange(ctx, familyKey(v.cred), v.famVersion, c.Deadline); err != nil {
-				return nil, false, err
+			if err := b.awaitChange(ctx, familyKey(v.cred), v.famVersion, v.fam.Claim.Deadline); err != nil {
+				return nil, nil, err
 			}
 			continue
+		case err != nil:
+			return nil, nil, err
+		case !claimed:
+			return nil, v, nil
 		}
-		next := v.fam.clone()
-		if c := v.fam.Claim; c != nil && c.Holder != b.opts.replicaID {
-			// Taking over from a holder that died or stalled: it may have
-			// presented the token already, so an invalid_grant now is a lost
-			// rotation, not theft.
-			next.InDoubt = true
-			b.log.WarnContext(ctx, "taking over an expired refresh claim", "credential", e.id, "holder", c.Holder, "deadline", c.Deadline)
-		}
-		next.Claim = &claim{Holder: b.opts.replicaID, Deadline: now.Add(b.opts.claimTTL)}
-		version, err := b.writeFamily(ctx, familyKey(v.cred), next, v.famVersion)
-		if errors.Is(err, store.ErrConflict) {
-			continue // somebody else moved first: look again
-		}
-		if err != nil {
-			return nil, false, storeUnavailable(err)
-		}
-		return b.newView(v.cred, v.credVersion, next, version), false, nil
+		return &claimLease{b: b, e: e, v: v}, nil, nil
 	}
 }
 
@@ -109,19 +124,50 @@ func (b *Broker) awaitChange(ctx context.Context, key string, version uint64, de
 	}
 }
 
-// release gives up a claim after a refresh that changed nothing at the
-// provider (or may have: fam carries InDoubt then), so others need not wait
-// for the deadline.
-func (b *Broker) release(ctx context.Context, e *entry, key string, fam *familyRecord, version uint64) {
-	if fam.Claim == nil || fam.Claim.Holder != b.opts.replicaID {
-		return
+// errFenceMoved: the family changed since the lease's last write.
+var errFenceMoved = errors.New("broker: the family changed since the claim")
+
+// update writes the family with check-and-set on the lease's fence; the
+// lease then holds the new version. A conflict means the claim is lost:
+// errFenceMoved, with what replaced it cached.
+func (l *claimLease) update(ctx context.Context, mutate func(fam *familyRecord) (*familyRecord, error)) error {
+	v, err := l.b.updateFamily(ctx, l.e, l.v, func(cur *view) (*familyRecord, error) {
+		if cur != l.v {
+			return nil, errFenceMoved
+		}
+		return mutate(cur.fam)
+	})
+	if err != nil {
+		return err
 	}
-	next := fam.clone()
-	next.Claim = nil
+	l.v = v
+	return nil
+}
+
+// markInDoubt records that the family's refresh token may have been rotated
+// by a refresh whose answer was lost.
+func (l *claimLease) markInDoubt(ctx context.Context) error {
 	ctx, cancel := persistContext(ctx)
 	defer cancel()
-	if _, err := b.writeFamily(ctx, key, next, version); err != nil {
-		b.log.WarnContext(ctx, "could not release a refresh claim; others wait for its deadline", "credential", e.id, "err", err)
+	err := l.update(ctx, (*familyRecord).markedInDoubt)
+	if errors.Is(err, errFenceMoved) {
+		return fmt.Errorf("%w: the token family of %s changed during a refresh", ErrConflict, l.e.id)
+	}
+	return err
+}
+
+// release gives up the claim after a refresh that changed nothing at the
+// provider (or may have: the family stays in doubt then), so others need
+// not wait for the deadline.
+func (l *claimLease) release(ctx context.Context) {
+	holder := l.b.opts.replicaID
+	if c := l.v.fam.Claim; c == nil || c.Holder != holder {
+		return
+	}
+	ctx, cancel := persistContext(ctx)
+	defer cancel()
+	if err := l.update(ctx, func(f *familyRecord) (*familyRecord, error) { return f.released(holder) }); err != nil {
+		l.b.log.WarnContext(ctx, "could not release a refresh claim; others wait for its deadline", "credential", l.e.id, "err", err)
 	}
 }
 
@@ -141,11 +187,7 @@ func (b *Broker) claimBase(ctx context.Context, e *entry, optimistic bool) (*vie
 	cached := e.view.Load()
 	if !optimistic || cached == nil || cached.famVersion == 0 || cached.fam.Status != StatusActive ||
 		(cached.fam.Claim != nil && cached.fam.Claim.Holder != b.opts.replicaID) {
-		v, err := b.readView(ctx, e.id)
-		if err == nil {
-			e.credReadAt.Store(now.UnixNano())
-		}
-		return v, err
+		return b.readEntry(ctx, e)
 	}
 	// Credentials change rarely: one read per credCacheTTL keeps other
 	// replicas' updates arriving within it, without a read per rotation.
@@ -160,7 +202,7 @@ func (b *Broker) claimBase(ctx context.Context, e *entry, optimistic bool) (*vie
 	if cred.Incarnation != cached.cred.Incarnation {
 		// Deleted and created again: the cached family is another
 		// incarnation's; read the current one.
-		return b.readView(ctx, e.id)
+		return b.readEntry(ctx, e)
 	}
 	return b.newView(cred, credVersion, cached.fam, cached.famVersion), nil
 }

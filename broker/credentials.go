@@ -258,13 +258,13 @@ func (b *Broker) DeleteCredential(ctx context.Context, id string) error {
 		}
 	}
 	b.dropEntry(id)
-	b.audit(ctx, audit.Event{Action: audit.ActionCredentialDeleted, Credential: id, Family: v.fam.FamilyID, Generation: v.fam.Generation})
+	// Watchers of a live family hear that it ended; the audit record is
+	// the deletion's.
+	var n *Notice
 	if v.fam.Status == StatusActive {
-		b.notify(ctx, Notice{
-			CredentialID: id, FamilyID: v.fam.FamilyID, Generation: v.fam.Generation,
-			Kind: NoticeFamilyRevoked, Reason: ReasonAdmin, Detail: "the credential was deleted", DetectedAt: b.opts.now(),
-		})
+		n = &Notice{Kind: NoticeFamilyRevoked, Reason: ReasonCredentialDeleted, Detail: revocationDetail(ReasonCredentialDeleted), DetectedAt: b.opts.now()}
 	}
+	b.announce(ctx, id, v.fam, audit.Event{Action: audit.ActionCredentialDeleted}, n)
 	return nil
 }
 

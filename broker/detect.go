@@ -6,9 +6,7 @@ import (
 	"math/rand/v2"
 	"time"
 
-	"github.com/rotavault/rotavault/audit"
 	"github.com/rotavault/rotavault/provider"
-	"github.com/rotavault/rotavault/store"
 )
 
 // Early detection. A family the provider revoked (a legacy client or a
@@ -71,9 +69,6 @@ const (
 	// detectJitterDiv: each check is due interval ± interval/detectJitterDiv
 	// after the previous one.
 	detectJitterDiv = 10
-	// confirmTries bounds the re-read/write rounds of a confirmation whose
-	// check-and-set keeps meeting other writers.
-	confirmTries = 4
 	// corroborationMargin: an access token this close to its expiry (by our
 	// clock, which starts it after the provider did) may already be expired
 	// at the provider, so its inactivity says nothing about the family.
@@ -179,11 +174,8 @@ func (b *Broker) detectDue(ctx context.Context, states map[*entry]*detectState, 
 // calls: the cached view may be stale (another replica refreshed), and the
 // re-read after an inactive answer decides.
 func (b *Broker) detectable(e *entry, v *view, now time.Time) bool {
-	if v == nil || v.fam.Status != StatusActive || v.fam.RefreshToken == "" {
-		return false
-	}
-	if c := v.fam.Claim; c != nil && now.Before(c.Deadline) {
-		return false // a refresh is running somewhere
+	if v == nil || !v.fam.idle() || v.fam.RefreshToken == "" {
+		return false // a refresh is running, or may have rotated the token
 	}
 	if e.rescue.Load() != nil {
 		return false // the stored token is already rotated away; a write is pending
@@ -248,43 +240,32 @@ func (b *Broker) confirmRevokedAtProvider(ctx context.Context, e *entry, seen *v
 			"credential", e.id, "family", seen.fam.FamilyID, "generation", seen.fam.Generation, "via", how)
 		return false, nil
 	}
-	for range confirmTries {
-		cur, err := b.readView(ctx, e.id)
-		if err != nil {
-			return false, err
-		}
-		e.setView(cur)
+	r := revocation{reason: ReasonRevokedAtProvider, detail: revocationDetail(ReasonRevokedAtProvider), auditDetail: "detected by " + how}
+	_, _, err = b.revokeFamily(ctx, e, nil, r, func(cur *view) error {
 		if !stillSameLiveToken(seen, cur) || e.rescue.Load() != nil {
-			b.log.InfoContext(ctx, "refresh token inactive at the provider, but the family moved on; not revoking",
-				"credential", e.id, "family", seen.fam.FamilyID, "generation", seen.fam.Generation, "via", how)
-			return false, nil
+			return errMovedOn
 		}
-		now := b.opts.now()
-		detail := revocationDetail(ReasonRevokedAtProvider)
-		next := revokedRecord(cur.fam, ReasonRevokedAtProvider, detail, now)
-		version, err := b.writeFamily(ctx, familyKey(cur.cred), next, cur.famVersion)
-		if errors.Is(err, store.ErrConflict) {
-			continue // somebody wrote meanwhile: decide again on what they wrote
-		}
-		if err != nil {
-			return false, storeUnavailable(err)
-		}
-		e.setView(b.newView(cur.cred, cur.credVersion, next, version))
-		fam := cur.fam
-		b.log.WarnContext(ctx, "refresh token inactive at the provider: token family revoked there; revoking it here",
-			"credential", e.id, "family", fam.FamilyID, "generation", fam.Generation, "via", how)
-		b.audit(ctx, audit.Event{Action: audit.ActionFamilyRevoked, Credential: e.id, Family: fam.FamilyID, Generation: fam.Generation,
-			Reason: string(ReasonRevokedAtProvider), Detail: "detected by " + how})
-		b.notify(ctx, Notice{
-			CredentialID: e.id, FamilyID: fam.FamilyID, Generation: fam.Generation,
-			Kind: NoticeFamilyRevoked, Reason: ReasonRevokedAtProvider, Detail: detail, DetectedAt: now,
-		})
-		return true, nil
+		return nil
+	})
+	switch {
+	case errors.Is(err, errMovedOn):
+		b.log.InfoContext(ctx, "refresh token inactive at the provider, but the family moved on; not revoking",
+			"credential", e.id, "family", seen.fam.FamilyID, "generation", seen.fam.Generation, "via", how)
+		return false, nil
+	case errors.Is(err, ErrConflict):
+		b.log.InfoContext(ctx, "refresh token inactive at the provider, but the family keeps changing; leaving it to the refresh path",
+			"credential", e.id, "family", seen.fam.FamilyID)
+		return false, nil
+	case err != nil:
+		return false, err
 	}
-	b.log.InfoContext(ctx, "refresh token inactive at the provider, but the family keeps changing; leaving it to the refresh path",
-		"credential", e.id, "family", seen.fam.FamilyID)
-	return false, nil
+	b.log.WarnContext(ctx, "refresh token inactive at the provider: token family revoked there; revoked it here",
+		"credential", e.id, "family", seen.fam.FamilyID, "generation", seen.fam.Generation, "via", how)
+	return true, nil
 }
+
+// errMovedOn: the family is no longer the one found inactive.
+var errMovedOn = errors.New("broker: the family moved on")
 
 // revocationCorroborated reports whether an inactive answer about v's
 // refresh token may be taken for a revoked family (see the top of this
@@ -320,10 +301,9 @@ func (b *Broker) corroborable(v *view, now time.Time) bool {
 // have rotated the token at the provider already) and no doubt (a refresh
 // whose answer was lost may have).
 func stillSameLiveToken(seen, cur *view) bool {
-	return cur.fam.Status == StatusActive &&
+	return cur.fam.idle() &&
 		cur.cred.Incarnation == seen.cred.Incarnation &&
 		cur.fam.FamilyID == seen.fam.FamilyID &&
 		cur.fam.Generation == seen.fam.Generation &&
-		cur.fam.RefreshToken == seen.fam.RefreshToken &&
-		cur.fam.Claim == nil && !cur.fam.InDoubt
+		cur.fam.RefreshToken == seen.fam.RefreshToken
 }

@@ -445,29 +445,19 @@ func (b *Broker) installFamily(ctx context.Context, e *entry, incarnation, refre
 		StartedAt:    now,
 	}
 	var old *view
-	for {
-		v, err := b.readView(ctx, e.id)
-		if err != nil {
-			return Activation{}, err
-		}
-		if incarnation != "" && v.cred.Incarnation != incarnation {
-			return Activation{}, errIncarnationGone(e.id)
+	if _, err := b.updateFamily(ctx, e, nil, func(cur *view) (*familyRecord, error) {
+		if incarnation != "" && cur.cred.Incarnation != incarnation {
+			return nil, errIncarnationGone(e.id)
 		}
 		if tok != nil {
 			fam.Generation = 1
 			fam.LastRefreshAt = now
-			fam.Access = b.newAccessToken(v.cred.Spec, nil, tok, now)
+			fam.Access = b.newAccessToken(cur.cred.Spec, nil, tok, now)
 		}
-		version, err := b.writeFamily(ctx, familyKey(v.cred), fam, v.famVersion)
-		if errors.Is(err, store.ErrConflict) {
-			continue
-		}
-		if err != nil {
-			return Activation{}, storeUnavailable(err)
-		}
-		old = v
-		e.setView(b.newView(v.cred, v.credVersion, fam, version))
-		break
+		old = cur
+		return cur.fam.replacedBy(fam)
+	}); err != nil {
+		return Activation{}, err
 	}
 	e.mu.Lock()
 	e.rescue.Store(nil)
@@ -478,9 +468,8 @@ func (b *Broker) installFamily(ctx context.Context, e *entry, incarnation, refre
 			b.log.WarnContext(ctx, "could not revoke the replaced family at the provider", "credential", e.id, "family", old.fam.FamilyID, "err", err)
 		}
 	}
-	b.audit(ctx, audit.Event{Action: audit.ActionReauthenticated, Credential: e.id, Family: fam.FamilyID, Generation: fam.Generation})
 	b.log.InfoContext(ctx, "new token family installed", "credential", e.id, "family", fam.FamilyID)
-	b.notify(ctx, Notice{CredentialID: e.id, FamilyID: fam.FamilyID, Generation: fam.Generation, Kind: NoticeFamilyActivated, DetectedAt: now})
+	b.announce(ctx, e.id, fam, audit.Event{Action: audit.ActionReauthenticated}, &Notice{Kind: NoticeFamilyActivated, DetectedAt: now})
 	return Activation{FamilyID: fam.FamilyID, Generation: fam.Generation, ActivatedAt: now}, nil
 }
 

@@ -43,19 +43,38 @@ const (
 	StatusRevoked        Status = "revoked"
 )
 
-// RevocationReason says why a family was revoked.
+// RevocationReason says why a family was revoked. The values are stored
+// (family records, the notice log) and are metric labels: they never
+// change; the names say what they mean.
 type RevocationReason string
 
 const (
+	// ReasonRefreshTokenRejected: the provider answered invalid_grant to a
+	// refresh with no doubt about the token (theft, a legacy client, expiry,
+	// a revocation at the provider).
 	ReasonRefreshTokenRejected RevocationReason = "refresh_token_rejected"
-	ReasonLostRotation         RevocationReason = "lost_rotation"
-	ReasonClientRejected       RevocationReason = "client_rejected"
-	ReasonAdmin                RevocationReason = "admin"
-	ReasonSuperseded           RevocationReason = "superseded"
-	ReasonAdminRevoked         RevocationReason = "admin_revoked"
+	// ReasonLostRotation: invalid_grant after a refresh whose answer was
+	// lost (in doubt): our own rotation, not theft.
+	ReasonLostRotation RevocationReason = "lost_rotation"
+	// ReasonAdminRevoked: RevokeCredential.
+	ReasonAdminRevoked RevocationReason = "admin_revoked"
 	// ReasonRevokedAtProvider: introspection found the refresh token
 	// inactive before Rotavault presented it.
 	ReasonRevokedAtProvider RevocationReason = "revoked_at_provider"
+	// ReasonCredentialDeleted: DeleteCredential ended the family with its
+	// credential (only in notices; the family record is gone). Its value is
+	// "admin", the name it had before.
+	ReasonCredentialDeleted RevocationReason = "admin"
+
+	// Deprecated: ReasonAdmin is ReasonCredentialDeleted; the name said
+	// less than it meant.
+	ReasonAdmin = ReasonCredentialDeleted
+	// Deprecated: ReasonClientRejected is never produced: a client the
+	// provider refuses keeps its family (ErrClientRejected).
+	ReasonClientRejected RevocationReason = "client_rejected"
+	// Deprecated: ReasonSuperseded is never produced: a reauthentication
+	// announces the new family (NoticeFamilyActivated) instead.
+	ReasonSuperseded RevocationReason = "superseded"
 )
 
 type credentialRecord struct {

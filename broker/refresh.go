@@ -1,7 +1,6 @@
 package broker
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -10,7 +9,6 @@ import (
 	"github.com/rotavault/rotavault/audit"
 	"github.com/rotavault/rotavault/internal/ctxwait"
 	"github.com/rotavault/rotavault/provider"
-	"github.com/rotavault/rotavault/store"
 )
 
 // Store writes after a successful rotation are retried this many times
@@ -41,11 +39,11 @@ func (b *Broker) runRefresh(e *entry, need func(*view) bool) (*view, error) {
 	}
 
 	// Claim the refresh across replicas, or adopt another replica's result.
-	v, done, err := b.acquire(ctx, e, need)
-	if err != nil || done {
+	l, v, err := b.acquire(ctx, e, need)
+	if err != nil || l == nil {
 		return v, err
 	}
-	v, err = b.refreshFamily(ctx, e, v)
+	v, err = b.refreshFamily(ctx, l)
 	b.countRefresh(err)
 	e.mu.Lock()
 	e.lastErr = err
@@ -53,101 +51,224 @@ func (b *Broker) runRefresh(e *entry, need func(*view) bool) (*view, error) {
 	return v, err
 }
 
-// refreshFamily presents the family's refresh token and acts on the answer.
-func (b *Broker) refreshFamily(ctx context.Context, e *entry, v *view) (*view, error) {
-	spec := v.cred.Spec
-	ep, cc := spec.endpoint(), spec.clientCredentials()
-	credChecked := false
-	fam, famVersion := v.fam, v.famVersion
-	key := familyKey(v.cred)
+// refreshOutcome is what the provider's answer to a refresh means.
+type refreshOutcome int
+
+const (
+	outcomeOK refreshOutcome = iota
+	// outcomeFailed: no classified provider answer (a bug or a local
+	// failure before sending).
+	outcomeFailed
+	// outcomeClientRejected: the provider refused the client (invalid_client,
+	// inactive_user, inactive_org), not the token.
+	outcomeClientRejected
+	// outcomeTokenRejected: invalid_grant.
+	outcomeTokenRejected
+	// outcomeUnknown: the provider may have rotated (timeout, reset after
+	// sending, 5xx).
+	outcomeUnknown
+	// outcomeNotProcessed: surely not processed, or refused for now (429,
+	// 503 without a body, connection refused): safe to retry.
+	outcomeNotProcessed
+)
+
+var refreshOutcomeNames = [...]string{"ok", "failed", "client_rejected", "token_rejected", "unknown", "not_processed"}
+
+func (o refreshOutcome) String() string { return refreshOutcomeNames[o] }
+
+// classifyOutcome says what a provider answer to a refresh means.
+func classifyOutcome(err error) (refreshOutcome, *provider.Error) {
+	if err == nil {
+		return outcomeOK, nil
+	}
+	var pe *provider.Error
+	switch {
+	case !errors.As(err, &pe):
+		return outcomeFailed, nil
+	case pe.Outcome == provider.OutcomeRejected && pe.Permanent() && errors.Is(err, provider.ErrInvalidGrant):
+		return outcomeTokenRejected, pe
+	case pe.Outcome == provider.OutcomeRejected && pe.Permanent():
+		return outcomeClientRejected, pe
+	case pe.Outcome == provider.OutcomeUnknown:
+		return outcomeUnknown, pe
+	}
+	return outcomeNotProcessed, pe
+}
+
+// refreshAction is what the refresh loop does with an answer.
+type refreshAction int
+
+const (
+	// actionStore stores the new tokens (persist first, answer later).
+	actionStore refreshAction = iota
+	// actionRevoke revokes the family for the decision's reason.
+	actionRevoke
+	// actionRecheckClient re-reads the credential once (another replica may
+	// have fixed the client secret) and retries if it changed.
+	actionRecheckClient
+	// actionRetry waits (backoff) and presents the token again.
+	actionRetry
+	// actionGiveUp releases the claim and returns the decision's error.
+	actionGiveUp
+)
+
+var refreshActionNames = [...]string{"store", "revoke", "recheck_client", "retry", "give_up"}
+
+func (a refreshAction) String() string { return refreshActionNames[a] }
+
+// refreshAttempt is what the decision about one answer depends on, besides
+// the answer.
+type refreshAttempt struct {
+	// state is the family's: stateClaimed, or stateInDoubt.
+	state familyState
+	// n counts the attempts before this one.
+	n int
+	// now, and unknownSince: when this refresh first met an unknown outcome
+	// (zero before).
+	now, unknownSince time.Time
+	// clientRechecked: the credential was re-read after a client refusal.
+	clientRechecked bool
+	// grace is the provider's reuse grace period (0: none).
+	grace time.Duration
+	// notProcessedTries bounds the attempts answered "not processed".
+	notProcessedTries int
+}
+
+// refreshDecision is what to do about one answer.
+type refreshDecision struct {
+	outcome refreshOutcome
+	action  refreshAction
+	// markInDoubt: record the doubt in the store before acting (and before
+	// a crash could forget it).
+	markInDoubt bool
+	// reason, for actionRevoke.
+	reason RevocationReason
+	// backoffAtLeast, for actionRetry: the provider's Retry-After.
+	backoffAtLeast time.Duration
+	// err is the caller's error for actionGiveUp (and for
+	// actionRecheckClient when the credential did not change).
+	err error
+}
+
+// decideRefresh is the refresh policy: a pure function of the attempt and
+// the provider's answer (TestDecideRefresh is its table).
+func decideRefresh(a refreshAttempt, answer error) refreshDecision {
+	outcome, pe := classifyOutcome(answer)
+	d := refreshDecision{outcome: outcome}
+	unavailable := func(retryAfter time.Duration) error {
+		return &UnavailableError{Component: ComponentProvider, RetryAfter: retryAfter, Err: answer}
+	}
+	switch outcome {
+	case outcomeOK:
+		d.action = actionStore
+	case outcomeFailed:
+		d.action, d.err = actionGiveUp, unavailable(time.Second)
+	case outcomeClientRejected:
+		// The provider refused the client (wrong secret, inactive user or
+		// org), not the token: the refresh token may work again once an
+		// admin fixes it. Keep it; never destroy a working token.
+		d.action = actionGiveUp
+		if !a.clientRechecked {
+			d.action = actionRecheckClient
+		}
+		d.err = fmt.Errorf("%w (%s): check the credential's client id and secret, and the user and org at the provider", ErrClientRejected, pe.Code)
+	case outcomeTokenRejected:
+		d.action, d.reason = actionRevoke, ReasonRefreshTokenRejected
+		if a.state == stateInDoubt {
+			// Our own earlier refresh probably rotated the token and its
+			// answer never arrived: a lost rotation, not theft.
+			d.reason = ReasonLostRotation
+		}
+	case outcomeUnknown:
+		// Remember before retrying: if we crash, the next refresh must still
+		// know an invalid_grant is probably our own lost rotation.
+		d.markInDoubt = a.state != stateInDoubt
+		// With no grace period a retry is a reuse if the provider did
+		// rotate: allow exactly one, to learn the truth. Within a grace
+		// period the previous token is still accepted: retry inside it.
+		since := time.Duration(0)
+		if !a.unknownSince.IsZero() {
+			since = a.now.Sub(a.unknownSince)
+		}
+		d.action, d.err = actionGiveUp, unavailable(time.Second)
+		if a.n == 0 || (a.grace > 0 && since < a.grace/2) {
+			d.action, d.err = actionRetry, nil
+		}
+	case outcomeNotProcessed:
+		// Not processed or a temporary refusal: safe to retry, never a
+		// revocation.
+		d.action, d.backoffAtLeast = actionRetry, pe.RetryAfter
+		if a.n+1 >= a.notProcessedTries {
+			d.action, d.backoffAtLeast, d.err = actionGiveUp, 0, unavailable(max(pe.RetryAfter, time.Second))
+		}
+	}
+	return d
+}
+
+// refreshFamily presents the family's refresh token under the lease and
+// acts on each answer as decideRefresh says.
+func (b *Broker) refreshFamily(ctx context.Context, l *claimLease) (*view, error) {
 	// Provider calls end well before this replica's claim does.
-	pctx, cancel := b.providerContext(ctx, fam)
+	pctx, cancel := b.providerContext(ctx, l.v.fam)
 	defer cancel()
-	// giveUp releases the claim when the refresh ends with nothing to store,
-	// so other replicas need not wait for its deadline.
-	giveUp := func(err error) (*view, error) {
-		b.release(ctx, e, key, fam, famVersion)
-		return nil, err
-	}
-	var firstUnknown time.Time
-	for attempt := 0; ; attempt++ {
-		tok, err := b.provider.Refresh(pctx, ep, cc, fam.RefreshToken)
-		if err == nil {
-			return b.storeRefreshed(ctx, e, v.cred, v.credVersion, fam, famVersion, tok)
-		}
-		var pe *provider.Error
-		if !errors.As(err, &pe) {
-			return giveUp(&UnavailableError{Component: ComponentProvider, RetryAfter: time.Second, Err: err})
-		}
-		switch {
-		case pe.Outcome == provider.OutcomeRejected && pe.Permanent() && !errors.Is(err, provider.ErrInvalidGrant):
-			// The provider refused the client (wrong secret, inactive user
-			// or org), not the token: the refresh token may work again once
-			// an admin fixes it. Keep it; never destroy a working token. The
-			// credential may have changed on another replica: re-read it
-			// once before giving up.
-			if !credChecked {
-				credChecked = true
-				if cred, version, rerr := b.readCredential(ctx, e.id); rerr == nil && version != v.credVersion {
-					v = b.newView(cred, version, fam, famVersion)
-					spec = cred.Spec
-					ep, cc = spec.endpoint(), spec.clientCredentials()
-					continue
-				}
+	a := refreshAttempt{notProcessedTries: b.opts.notProcessedTries}
+	for ; ; a.n++ {
+		spec := l.v.cred.Spec
+		tok, answer := b.provider.Refresh(pctx, spec.endpoint(), spec.clientCredentials(), l.v.fam.RefreshToken)
+		a.state, a.grace, a.now = l.v.fam.state(), spec.ReuseGrace, b.opts.now()
+		d := decideRefresh(a, answer)
+		if d.outcome == outcomeUnknown {
+			if a.unknownSince.IsZero() {
+				a.unknownSince = a.now
 			}
-			b.log.WarnContext(ctx, "provider refused the client; keeping the family", "credential", e.id, "provider_error", pe.Code)
-			return giveUp(fmt.Errorf("%w (%s): check the credential's client id and secret, and the user and org at the provider", ErrClientRejected, pe.Code))
-
-		case pe.Outcome == provider.OutcomeRejected && pe.Permanent():
-			reason := ReasonRefreshTokenRejected
-			switch {
-			case fam.InDoubt:
-				// Our own earlier refresh probably rotated the token and its
-				// answer never arrived: a lost rotation, not theft.
-				reason = ReasonLostRotation
-			}
-			b.log.WarnContext(ctx, "provider refused the refresh token; revoking the family",
-				"credential", e.id, "family", fam.FamilyID, "generation", fam.Generation, "reason", reason, "provider_error", pe.Code)
-			return nil, b.revokeFamily(ctx, e, key, fam, famVersion, reason, pe.Error())
-
-		case pe.Outcome == provider.OutcomeUnknown:
-			now := b.opts.now()
-			if firstUnknown.IsZero() {
-				firstUnknown = now
-			}
-			if !fam.InDoubt {
-				// Remember before retrying: if we crash, the next refresh must
-				// still know an invalid_grant is probably our own lost rotation.
-				fam, famVersion, err = b.markInDoubt(ctx, e, key, fam, famVersion)
-				if err != nil {
-					return nil, err
-				}
-			}
-			// With no grace period a retry is a reuse if the provider did
-			// rotate: allow exactly one, to learn the truth. Within a grace
-			// period the previous token is still accepted: retry inside it.
-			grace := spec.ReuseGrace
-			retryAllowed := attempt == 0 || (grace > 0 && now.Sub(firstUnknown) < grace/2)
 			b.log.WarnContext(ctx, "refresh outcome unknown; the provider may have rotated",
-				"credential", e.id, "family", fam.FamilyID, "generation", fam.Generation, "retrying", retryAllowed, "err", pe.Error())
-			if !retryAllowed {
-				return giveUp(&UnavailableError{Component: ComponentProvider, RetryAfter: time.Second, Err: pe})
-			}
-			if err := ctxwait.Sleep(pctx, b.backoff(attempt, 0)); err != nil {
-				return giveUp(&UnavailableError{Component: ComponentProvider, RetryAfter: time.Second, Err: pe})
-			}
-
-		default:
-			// Not processed (connection refused, 429, 503 without a body) or
-			// a temporary refusal: safe to retry, never a revocation.
-			if attempt+1 >= b.opts.notProcessedTries {
-				return giveUp(&UnavailableError{Component: ComponentProvider, RetryAfter: max(pe.RetryAfter, time.Second), Err: err})
-			}
-			if err := ctxwait.Sleep(pctx, b.backoff(attempt, pe.RetryAfter)); err != nil {
-				return giveUp(&UnavailableError{Component: ComponentProvider, RetryAfter: time.Second, Err: err})
+				"credential", l.e.id, "family", l.v.fam.FamilyID, "generation", l.v.fam.Generation, "retrying", d.action == actionRetry, "err", answer)
+		}
+		if d.markInDoubt {
+			if err := l.markInDoubt(ctx); err != nil {
+				return nil, err
 			}
 		}
+		switch d.action {
+		case actionStore:
+			return l.storeResult(ctx, tok)
+		case actionRevoke:
+			b.log.WarnContext(ctx, "provider refused the refresh token; revoking the family",
+				"credential", l.e.id, "family", l.v.fam.FamilyID, "generation", l.v.fam.Generation, "reason", d.reason, "provider_error", answer)
+			return nil, l.revoke(ctx, d.reason, providerDetail(answer))
+		case actionRecheckClient:
+			a.clientRechecked = true
+			if cred, version, err := b.readCredential(ctx, l.e.id); err == nil && version != l.v.credVersion {
+				l.v = b.newView(cred, version, l.v.fam, l.v.famVersion)
+				continue
+			}
+			b.log.WarnContext(ctx, "provider refused the client; keeping the family", "credential", l.e.id, "provider_error", answer)
+		case actionRetry:
+			if err := ctxwait.Sleep(pctx, b.backoff(a.n, d.backoffAtLeast)); err != nil {
+				d.err = &UnavailableError{Component: ComponentProvider, RetryAfter: time.Second, Err: answer}
+				break
+			}
+			continue
+		case actionGiveUp:
+			if d.outcome == outcomeClientRejected {
+				b.log.WarnContext(ctx, "provider refused the client; keeping the family", "credential", l.e.id, "provider_error", answer)
+			}
+		}
+		// Nothing to store: release the claim so other replicas need not
+		// wait for its deadline.
+		l.release(ctx)
+		return nil, d.err
 	}
+}
+
+// providerDetail is the provider error's text for the family record and the
+// audit trail (the provider client redacts secrets from it).
+func providerDetail(err error) string {
+	var pe *provider.Error
+	if errors.As(err, &pe) {
+		return pe.Error()
+	}
+	return err.Error()
 }
 
 func (b *Broker) backoff(attempt int, atLeast time.Duration) time.Duration {
@@ -155,44 +276,53 @@ func (b *Broker) backoff(attempt int, atLeast time.Duration) time.Duration {
 	return max(d, atLeast)
 }
 
-// storeRefreshed stores the outcome of a successful refresh: persist first,
-// answer later.
-func (b *Broker) storeRefreshed(ctx context.Context, e *entry, cred *credentialRecord, credVersion uint64, fam *familyRecord, famVersion uint64, tok *provider.Token) (*view, error) {
+// signatureMismatchDetail flags a credential whose provider's response
+// signature did not match.
+const signatureMismatchDetail = "the provider's response signature did not match (is the client secret current?)"
+
+// storeResult stores the outcome of a successful refresh with
+// check-and-set on the lease's fence: persist first, answer later.
+func (l *claimLease) storeResult(ctx context.Context, tok *provider.Token) (*view, error) {
+	b, e, claimed := l.b, l.e, l.v
 	now := b.opts.now()
-	next := fam.clone()
-	rotated := tok.RefreshToken != "" && tok.RefreshToken != fam.RefreshToken
-	if rotated {
-		next.RefreshToken = tok.RefreshToken
-		next.LastRotationAt = now
-	}
-	next.Generation++
-	next.LastRefreshAt = now
-	next.LastRefreshRotated = &rotated
-	next.InDoubt = false
-	next.Claim = nil
-	next.LastError, next.LastErrorAt = "", time.Time{}
-	next.Access = b.newAccessToken(cred.Spec, fam.Access, tok, now)
+	res := refreshResult{now: now, refreshToken: tok.RefreshToken, access: b.newAccessToken(claimed.cred.Spec, claimed.fam.Access, tok, now)}
 	mismatch := tok.SignatureStatus == provider.SignatureMismatch
 	if mismatch {
-		next.LastError, next.LastErrorAt = "the provider's response signature did not match (is the client secret current?)", now
+		res.lastError = signatureMismatchDetail
 	}
+	next, err := claimed.fam.rotated(res)
+	if err != nil {
+		return nil, err
+	}
+	rotated := *next.LastRefreshRotated
 
 	ctx, cancel := persistContext(ctx)
 	defer cancel()
-	key := familyKey(cred)
-	version, err := b.writeFamily(ctx, key, next, famVersion)
-	if errors.Is(err, store.ErrConflict) {
-		return b.resultConflict(ctx, e, cred, fam, next, tok, rotated)
+	discard := false
+	v, err := b.updateFamily(ctx, e, claimed, func(cur *view) (*familyRecord, error) {
+		if cur == claimed {
+			return next, nil
+		}
+		var err error
+		discard, err = b.resultConflict(ctx, e, cur, claimed.fam, next)
+		return nil, err
+	})
+	if discard {
+		b.revokeDiscarded(ctx, e, claimed.cred, tok, rotated)
 	}
-	if err != nil {
-		e.rescue.Store(&rescued{key: key, fam: next, baseVersion: famVersion})
+	if errors.Is(err, errFamilyNotWritten) {
+		e.rescue.Store(&rescued{base: claimed, fam: next})
 		b.log.ErrorContext(ctx, "rotated refresh token NOT stored yet: holding it in memory and retrying; do not restart this server until the store recovers",
 			"credential", e.id, "family", next.FamilyID, "generation", next.Generation, "err", err)
 		b.audit(ctx, audit.Event{Action: audit.ActionRescuedToken, Credential: e.id, Family: next.FamilyID, Generation: next.Generation, Detail: "store write failed; retrying"})
-		return nil, storeUnavailable(err)
+		return nil, err
 	}
-	v := b.newView(cred, credVersion, next, version)
-	e.setView(v)
+	if err != nil {
+		return nil, err
+	}
+	if v.fam != next {
+		return v, nil // our write had landed, its answer lost: adopted
+	}
 	e.used.Store(false)
 
 	action := audit.ActionRefreshed
@@ -246,16 +376,19 @@ func (b *Broker) newAccessToken(spec Spec, prev *accessToken, tok *provider.Toke
 // replayed it) — success; the same family moved on without us (our claim was
 // taken over) — never revoke anything of a live family, since at Salesforce
 // revoking any of its refresh tokens kills it; another family replaced ours —
-// our token is an orphan: revoke it.
-func (b *Broker) resultConflict(ctx context.Context, e *entry, cred *credentialRecord, fam, next *familyRecord, tok *provider.Token, rotated bool) (*view, error) {
-	cur, err := b.readView(ctx, e.id)
-	if err != nil {
-		return nil, err
-	}
-	e.setView(cur)
+
+// resultConflict decides on a result write that met another version, from
+// the state the store holds now (cur). Three cases: our write landed and
+// only its answer was lost (a client-side retry replayed it) — adopt it;
+// the same family moved on without us (our claim was taken over) — never
+// revoke anything of a live family, since at Salesforce revoking any of its
+// refresh tokens kills it; the family was revoked, or another family
+// replaced ours — our new token is an orphan: discard reports that it must
+// be revoked at the provider.
+func (b *Broker) resultConflict(ctx context.Context, e *entry, cur *view, fam, next *familyRecord) (discard bool, err error) {
 	if cur.fam.FamilyID == next.FamilyID {
 		if cur.fam.Status == StatusActive && cur.fam.RefreshToken == next.RefreshToken && cur.fam.Generation >= next.Generation {
-			return cur, nil
+			return false, nil
 		}
 		if cur.fam.Status == StatusRevoked {
 			// The family was revoked (deliberately, on any replica) while we
@@ -263,20 +396,18 @@ func (b *Broker) resultConflict(ctx context.Context, e *entry, cred *credentialR
 			// must not outlive it at a provider that revokes single tokens.
 			b.log.WarnContext(ctx, "the family was revoked during a refresh; discarding the refreshed tokens",
 				"credential", e.id, "family", fam.FamilyID, "generation", fam.Generation)
-			b.revokeDiscarded(ctx, e, cred, tok, rotated)
-			return nil, reauthRequired(e.id, cur.fam)
+			return true, reauthRequired(e.id, cur.fam)
 		}
 		b.log.ErrorContext(ctx, "refresh result lost a check-and-set race within the same family (our claim was taken over); keeping the stored state",
 			"credential", e.id, "family", fam.FamilyID, "generation", fam.Generation)
-		return nil, fmt.Errorf("%w: another replica took over the refresh of %s", ErrConflict, e.id)
+		return false, fmt.Errorf("%w: another replica took over the refresh of %s", ErrConflict, e.id)
 	}
 	// Another family replaced ours while the refresh ran (a reauthentication
 	// or a deletion won): the new refresh token belongs to a family nobody
 	// uses; revoke it at the provider rather than leave it alive.
 	b.log.WarnContext(ctx, "the family changed while refreshing; discarding the refreshed tokens",
 		"credential", e.id, "family", fam.FamilyID, "generation", fam.Generation)
-	b.revokeDiscarded(ctx, e, cred, tok, rotated)
-	return nil, fmt.Errorf("%w: the token family of %s changed during a refresh", ErrConflict, e.id)
+	return true, fmt.Errorf("%w: the token family of %s changed during a refresh", ErrConflict, e.id)
 }
 
 // revokeDiscarded revokes, best effort, a refresh token a refresh obtained
@@ -290,155 +421,52 @@ func (b *Broker) revokeDiscarded(ctx context.Context, e *entry, cred *credential
 	}
 }
 
-// writeFamily stores a family record with check-and-set on expected,
-// retrying transient store errors. ErrConflict is returned at once.
-func (b *Broker) writeFamily(ctx context.Context, key string, fam *familyRecord, expected uint64) (uint64, error) {
-	fam.Format = recordFormat
-	raw, err := encodeRecord(fam)
-	if err != nil {
-		return 0, err
-	}
-	for attempt := 0; ; attempt++ {
-		version, err := b.store.Put(ctx, key, raw, expected)
-		if errors.Is(err, store.ErrConflict) {
-			// An earlier attempt may have been stored with its answer lost
-			// (a timeout talking to Vault): then the record holds exactly
-			// our bytes, and this is success, not a lost race.
-			if rec, gerr := b.store.Get(ctx, key); gerr == nil && rec.Version == expected+1 && bytes.Equal(rec.Value, raw) {
-				return rec.Version, nil
-			}
-		}
-		if err == nil || errors.Is(err, store.ErrConflict) || attempt+1 >= storeWriteTries {
-			return version, err
-		}
-		b.log.WarnContext(ctx, "store write failed; retrying", "key", key, "attempt", attempt+1, "err", err)
-		if err := ctxwait.Sleep(ctx, b.backoff(attempt, 0)); err != nil {
-			return 0, err
-		}
-	}
-}
-
-// rescued is a rotated family the store has not accepted yet.
+// rescued is a rotated family the store has not accepted yet (stateHeld):
+// fam, to be written with check-and-set on base, the claim it came from.
 type rescued struct {
-	key         string
-	fam         *familyRecord
-	baseVersion uint64
+	base *view
+	fam  *familyRecord
 }
 
-// storeRescue writes a held rotated family, if any. It returns the new view
-// once stored, nil when there was nothing to store.
+// storeRescue writes a held rotated family, if any. It returns the view the
+// store holds afterwards (the held family, or what replaced it), nil when
+// there was nothing to store.
 func (b *Broker) storeRescue(ctx context.Context, e *entry) (*view, error) {
 	r := e.rescue.Load()
 	if r == nil {
 		return nil, nil
 	}
-	version, err := b.writeFamily(ctx, r.key, r.fam, r.baseVersion)
-	if errors.Is(err, store.ErrConflict) {
-		return b.resolveHeldConflict(ctx, e, r)
-	}
+	v, err := b.updateFamily(ctx, e, r.base, func(cur *view) (*familyRecord, error) {
+		if cur == r.base {
+			return r.fam, nil
+		}
+		b.dropHeld(ctx, e, r, cur)
+		return nil, nil
+	})
 	if err != nil {
-		return nil, storeUnavailable(err)
+		return nil, err
 	}
-	e.rescue.CompareAndSwap(r, nil)
-	b.log.InfoContext(ctx, "held rotated refresh token is now stored", "credential", e.id, "generation", r.fam.Generation)
-	cur := e.view.Load()
-	v := b.newView(cur.cred, cur.credVersion, r.fam, version)
-	e.setView(v)
+	if e.rescue.CompareAndSwap(r, nil) {
+		b.log.InfoContext(ctx, "held rotated refresh token is now stored", "credential", e.id, "generation", r.fam.Generation)
+	}
 	return v, nil
 }
 
-// markInDoubt records that the family's refresh token may have been rotated
-// by a refresh whose answer was lost.
-func (b *Broker) markInDoubt(ctx context.Context, e *entry, key string, fam *familyRecord, version uint64) (*familyRecord, uint64, error) {
-	next := fam.clone()
-	next.InDoubt = true
-	ctx, cancel := persistContext(ctx)
-	defer cancel()
-	v, err := b.writeFamily(ctx, key, next, version)
-	if err != nil {
-		if errors.Is(err, store.ErrConflict) {
-			return nil, 0, fmt.Errorf("%w: the token family of %s changed during a refresh", ErrConflict, e.id)
-		}
-		return nil, 0, storeUnavailable(err)
-	}
-	return next, v, nil
-}
-
-// revokeFamily marks the family revoked, forgets its tokens, audits it and
-// notifies watchers. It returns the error callers receive.
-func (b *Broker) revokeFamily(ctx context.Context, e *entry, key string, fam *familyRecord, version uint64, reason RevocationReason, detail string) error {
-	now := b.opts.now()
-	next := revokedRecord(fam, reason, detail, now)
-	ctx, cancel := persistContext(ctx)
-	defer cancel()
-	for {
-		newVersion, err := b.writeFamily(ctx, key, next, version)
-		if err == nil {
-			version = newVersion
-			break
-		}
-		if !errors.Is(err, store.ErrConflict) {
-			// The provider has revoked the family whether or not we can say
-			// so: stop handing out its tokens now, and let the next refresh
-			// (which will meet invalid_grant again) record it.
-			e.dropAccess()
-			return storeUnavailable(err)
-		}
-		cur, rerr := b.readView(ctx, e.id)
-		if rerr != nil {
-			return rerr
-		}
-		if cur.fam.FamilyID != fam.FamilyID || cur.fam.Status != StatusActive || cur.fam.Generation != fam.Generation {
-			e.setView(cur)
-			if cur.fam.Status == StatusActive {
-				return fmt.Errorf("%w: a new token family of %s is active", ErrConflict, e.id)
-			}
-			return reauthRequired(e.id, cur.fam)
-		}
-		version = cur.famVersion
-	}
-	cur := e.view.Load()
-	e.setView(b.newView(cur.cred, cur.credVersion, next, version))
-	b.audit(ctx, audit.Event{Action: audit.ActionFamilyRevoked, Credential: e.id, Family: fam.FamilyID, Generation: fam.Generation, Reason: string(reason), Detail: detail})
-	b.notify(ctx, Notice{
-		CredentialID: e.id, FamilyID: fam.FamilyID, Generation: fam.Generation,
-		Kind: NoticeFamilyRevoked, Reason: reason, Detail: revocationDetail(reason), DetectedAt: now,
-	})
-	return reauthRequired(e.id, next)
-}
-
-// revokedRecord returns fam revoked for reason: no tokens, no claim (a
-// replica holding one then fails its result's check-and-set).
-func revokedRecord(fam *familyRecord, reason RevocationReason, detail string, now time.Time) *familyRecord {
-	next := fam.clone()
-	next.Status = StatusRevoked
-	next.RefreshToken = ""
-	next.Access = nil
-	next.InDoubt = false
-	next.Claim = nil
-	next.RevokedReason, next.RevokedAt = reason, now
-	next.LastError, next.LastErrorAt = detail, now
-	return next
-}
-
-func revocationDetail(r RevocationReason) string {
-	switch r {
-	case ReasonRefreshTokenRejected:
-		return "the provider refused the refresh token: an old token of this family was reused elsewhere (theft or a legacy client), or it expired or was revoked at the provider"
-	case ReasonLostRotation:
-		return "a refresh answer was lost after the provider rotated; with no reuse grace period the family is gone (not theft)"
-	case ReasonClientRejected:
-		return "the provider refused the client (secret, user or org no longer valid)"
-	case ReasonAdmin:
-		return "revoked by an administrator"
-	case ReasonAdminRevoked:
-		return "revoked deliberately by an operator or administrator (RevokeCredential)"
-	case ReasonSuperseded:
-		return "replaced by a new family"
-	case ReasonRevokedAtProvider:
-		return "the provider reports the refresh token inactive: the family was revoked there (an old token of it reused elsewhere, by theft or a legacy client, or revoked by an admin or user); detected by introspection, without presenting it"
+// dropHeld forgets a held rotation whose base version moved: the store may
+// already hold it (a write that succeeded with its answer lost), or a newer
+// state replaced it. In every case the store's state is the truth from now
+// on.
+func (b *Broker) dropHeld(ctx context.Context, e *entry, r *rescued, cur *view) {
+	e.rescue.CompareAndSwap(r, nil)
+	switch {
+	case cur.fam.FamilyID == r.fam.FamilyID && cur.fam.RefreshToken == r.fam.RefreshToken:
+		b.log.InfoContext(ctx, "held rotated refresh token was already stored", "credential", e.id)
+	case cur.fam.FamilyID != r.fam.FamilyID:
+		b.log.WarnContext(ctx, "dropping a held rotation of a family that was replaced", "credential", e.id, "family", r.fam.FamilyID)
 	default:
-		return ""
+		// A later writer of the same family won (a takeover after our claim
+		// ran out, or a revocation): the held token is history.
+		b.log.WarnContext(ctx, "dropping a held rotation superseded in the store", "credential", e.id, "family", r.fam.FamilyID, "generation", r.fam.Generation)
 	}
 }
 
@@ -488,28 +516,4 @@ func (e *entry) dropAccess() {
 			return
 		}
 	}
-}
-
-// resolveHeldConflict handles a held rotation whose base version moved: the
-// store may already hold it (a write that succeeded with its answer lost), or
-// a new family may have replaced it.
-func (b *Broker) resolveHeldConflict(ctx context.Context, e *entry, r *rescued) (*view, error) {
-	cur, err := b.readView(ctx, e.id)
-	if err != nil {
-		return nil, err
-	}
-	// In every case the store's state is the truth from now on.
-	e.rescue.CompareAndSwap(r, nil)
-	e.setView(cur)
-	switch {
-	case cur.fam.FamilyID == r.fam.FamilyID && cur.fam.RefreshToken == r.fam.RefreshToken:
-		b.log.InfoContext(ctx, "held rotated refresh token was already stored", "credential", e.id)
-	case cur.fam.FamilyID != r.fam.FamilyID:
-		b.log.WarnContext(ctx, "dropping a held rotation of a family that was replaced", "credential", e.id, "family", r.fam.FamilyID)
-	default:
-		// A later writer of the same family won (a takeover after our claim
-		// ran out, or a revocation): the held token is history.
-		b.log.WarnContext(ctx, "dropping a held rotation superseded in the store", "credential", e.id, "family", r.fam.FamilyID, "generation", r.fam.Generation)
-	}
-	return cur, nil
 }

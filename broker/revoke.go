@@ -3,11 +3,11 @@ package broker
 import (
 	"context"
 	"errors"
+	"fmt"
 	"time"
 
 	"github.com/rotavault/rotavault/audit"
 	"github.com/rotavault/rotavault/provider"
-	"github.com/rotavault/rotavault/store"
 )
 
 // MaxRevocationReasonLen bounds the free-text reason of RevokeCredential: it
@@ -47,7 +47,7 @@ type Revocation struct {
 // can retry. A family already revoked is left as it is: the call is
 // idempotent. Errors: *InvalidArgumentError, ErrNotFound, ErrReauthRequired
 // (no family was ever installed), *UnavailableError (the store; nothing
-// changed).
+// changed), ErrConflict (the family kept changing).
 func (b *Broker) RevokeCredential(ctx context.Context, id, reason string) (Revocation, error) {
 	if err := b.validateID(id); err != nil {
 		return Revocation{}, err
@@ -59,61 +59,121 @@ func (b *Broker) RevokeCredential(ctx context.Context, id, reason string) (Revoc
 	if err != nil {
 		return Revocation{}, err
 	}
-	// Once the store says revoked, the revocation must be finished (provider
-	// call, audit, notice) even if the caller goes away.
-	ctx, cancel := persistContext(ctx)
-	defer cancel()
-	var (
-		v    *view
-		next *familyRecord
-	)
-	for {
-		// The cached view may lag another replica's refresh or revocation:
-		// decide on the store's state.
-		cur, err := b.readView(ctx, id)
-		if err != nil {
-			return Revocation{}, err
-		}
-		e.setView(cur)
+	// The cached view may lag another replica's refresh or revocation:
+	// decide on the store's state (no base). Dropping another replica's
+	// claim is the point: its result write then fails the check-and-set and
+	// finds the family revoked.
+	r := revocation{reason: ReasonAdminRevoked, detail: "revoked deliberately: " + reason, auditDetail: reason}
+	v, res, err := b.revokeFamily(ctx, e, nil, r, func(cur *view) error {
 		switch cur.fam.Status {
 		case StatusActive:
+			return nil
 		case StatusRevoked:
-			return b.revokedAlready(ctx, e, cur, reason)
-		default:
-			return Revocation{}, reauthRequired(id, cur.fam)
+			return errAlreadyRevoked
 		}
-		// Dropping another replica's claim is the point: its result write
-		// then fails the check-and-set and finds the family revoked.
-		next = revokedRecord(cur.fam, ReasonAdminRevoked, "revoked deliberately: "+reason, b.opts.now())
-		next.PendingRevocation = cur.fam.RefreshToken
-		version, err := b.writeFamily(ctx, familyKey(cur.cred), next, cur.famVersion)
-		if errors.Is(err, store.ErrConflict) {
-			continue
-		}
-		if err != nil {
-			return Revocation{}, storeUnavailable(err)
-		}
-		v = b.newView(cur.cred, cur.credVersion, next, version)
-		e.setView(v)
-		break
-	}
-	res := Revocation{FamilyID: next.FamilyID, Generation: next.Generation}
-	res.ProviderRevocation = b.revokeAtProvider(ctx, e, v)
-	detail := revocationDetail(ReasonAdminRevoked)
-	auditDetail := reason
-	if res.ProviderRevocation == ProviderRevocationUnconfirmed {
-		detail += "; the provider has not confirmed revoking the refresh token"
-		auditDetail += " (provider revocation unconfirmed)"
-	}
-	b.audit(ctx, audit.Event{Action: audit.ActionFamilyRevoked, Credential: id, Family: next.FamilyID, Generation: next.Generation, Reason: string(ReasonAdminRevoked), Detail: auditDetail})
-	b.log.InfoContext(ctx, "token family revoked deliberately", "credential", id, "family", next.FamilyID, "generation", next.Generation,
-		"provider_confirmed", res.ProviderRevocation == ProviderRevocationConfirmed)
-	b.notify(ctx, Notice{
-		CredentialID: id, FamilyID: next.FamilyID, Generation: next.Generation,
-		Kind: NoticeFamilyRevoked, Reason: ReasonAdminRevoked, Detail: detail,
-		ProviderRevocation: res.ProviderRevocation, DetectedAt: b.opts.now(),
+		return reauthRequired(id, cur.fam)
 	})
-	return res, nil
+	if errors.Is(err, errAlreadyRevoked) {
+		ctx, cancel := persistContext(ctx)
+		defer cancel()
+		return b.revokedAlready(ctx, e, v, reason)
+	}
+	if err != nil {
+		return Revocation{}, err
+	}
+	b.log.InfoContext(ctx, "token family revoked deliberately", "credential", id, "family", v.fam.FamilyID, "generation", v.fam.Generation,
+		"provider_confirmed", res == ProviderRevocationConfirmed)
+	return Revocation{FamilyID: v.fam.FamilyID, Generation: v.fam.Generation, ProviderRevocation: res}, nil
+}
+
+// errAlreadyRevoked: RevokeCredential found the family revoked.
+var errAlreadyRevoked = errors.New("broker: family already revoked")
+
+// revocation is one family revocation, whatever its cause: reuse
+// (invalid_grant), a deliberate RevokeCredential, or early detection.
+type revocation struct {
+	reason RevocationReason
+	// detail is the record's last error.
+	detail string
+	// auditDetail is the audit record's detail (the provider's error, the
+	// operator's reason, how it was detected).
+	auditDetail string
+}
+
+// revokeFamily is the one revocation path: it marks the family revoked in
+// the store through updateFamily (deciding on base first, or on a fresh
+// read when base is nil; still says whether a state read after a conflict
+// is still the family to revoke, and its error ends the attempt, returned
+// with that state), then revokes a deliberately revoked family's refresh
+// token at the provider, then writes the audit record and the notice. It
+// runs on a context of its own: once the store says revoked, the rest must
+// happen even if the caller goes away. Errors: still's, and
+// updateFamily's (a write error wraps errFamilyNotWritten).
+func (b *Broker) revokeFamily(ctx context.Context, e *entry, base *view, r revocation, still func(cur *view) error) (*view, ProviderRevocation, error) {
+	ctx, cancel := persistContext(ctx)
+	defer cancel()
+	now := b.opts.now()
+	v, err := b.updateFamily(ctx, e, base, func(cur *view) (*familyRecord, error) {
+		if err := still(cur); err != nil {
+			return nil, err
+		}
+		return cur.fam.revoked(r.reason, r.detail, now)
+	})
+	if err != nil {
+		return v, ProviderRevocationNone, err
+	}
+	res := ProviderRevocationNone
+	noticeDetail, auditDetail := revocationDetail(r.reason), r.auditDetail
+	if v.fam.PendingRevocation != "" {
+		res = b.revokeAtProvider(ctx, e, v)
+		if res == ProviderRevocationUnconfirmed {
+			noticeDetail += "; the provider has not confirmed revoking the refresh token"
+			auditDetail += " (provider revocation unconfirmed)"
+		}
+	}
+	b.announce(ctx, e.id, v.fam,
+		audit.Event{Action: audit.ActionFamilyRevoked, Reason: string(r.reason), Detail: auditDetail},
+		&Notice{Kind: NoticeFamilyRevoked, Reason: r.reason, Detail: noticeDetail, ProviderRevocation: res, DetectedAt: now})
+	return v, res, nil
+}
+
+// announce is the one place that writes the audit record and the notice of
+// a change of family: both name fam's credential, family and generation.
+// A nil notice writes the audit record only.
+func (b *Broker) announce(ctx context.Context, id string, fam *familyRecord, ev audit.Event, n *Notice) {
+	ev.Credential, ev.Family, ev.Generation = id, fam.FamilyID, fam.Generation
+	b.audit(ctx, ev)
+	if n != nil {
+		n.CredentialID, n.FamilyID, n.Generation = id, fam.FamilyID, fam.Generation
+		b.notify(ctx, *n)
+	}
+}
+
+// revoke revokes the lease's family after the provider refused its refresh
+// token, unless a re-read after a conflict finds another generation or
+// family (then that state decides the caller's error). It returns the error
+// callers receive.
+func (l *claimLease) revoke(ctx context.Context, reason RevocationReason, detail string) error {
+	e, fam := l.e, l.v.fam
+	v, _, err := l.b.revokeFamily(ctx, e, l.v, revocation{reason: reason, detail: detail, auditDetail: detail}, func(cur *view) error {
+		if cur.fam.FamilyID == fam.FamilyID && cur.fam.Status == StatusActive && cur.fam.Generation == fam.Generation {
+			return nil
+		}
+		if cur.fam.Status == StatusActive {
+			return fmt.Errorf("%w: a new token family of %s is active", ErrConflict, e.id)
+		}
+		return reauthRequired(e.id, cur.fam)
+	})
+	if errors.Is(err, errFamilyNotWritten) {
+		// The provider has revoked the family whether or not we can say
+		// so: stop handing out its tokens now, and let the next refresh
+		// (which will meet invalid_grant again) record it.
+		e.dropAccess()
+	}
+	if err != nil {
+		return err
+	}
+	return reauthRequired(e.id, v.fam)
 }
 
 // revokedAlready answers a revocation of a revoked family: nothing changes,
@@ -132,8 +192,8 @@ func (b *Broker) revokedAlready(ctx context.Context, e *entry, v *view, reason s
 	if res.ProviderRevocation == ProviderRevocationUnconfirmed {
 		outcome = "still unconfirmed"
 	}
-	b.audit(ctx, audit.Event{Action: audit.ActionFamilyRevoked, Credential: e.id, Family: v.fam.FamilyID, Generation: v.fam.Generation,
-		Reason: string(ReasonAdminRevoked), Detail: reason + " (retried the provider revocation: " + outcome + ")"})
+	b.announce(ctx, e.id, v.fam, audit.Event{Action: audit.ActionFamilyRevoked,
+		Reason: string(ReasonAdminRevoked), Detail: reason + " (retried the provider revocation: " + outcome + ")"}, nil)
 	return res, nil
 }
 
@@ -160,34 +220,13 @@ func (b *Broker) revokeAtProvider(ctx context.Context, e *entry, v *view) Provid
 // v was just read or written, so the first write trusts it; the record is
 // re-read only when another write came in between.
 func (b *Broker) forgetPending(ctx context.Context, e *entry, v *view) {
-	key, fam, version := familyKey(v.cred), v.fam, v.famVersion
-	familyID, token := fam.FamilyID, fam.PendingRevocation
-	err := func() error {
-		for {
-			next := fam.clone()
-			next.PendingRevocation = ""
-			newVersion, err := b.writeFamily(ctx, key, next, version)
-			if err == nil {
-				e.setView(b.newView(v.cred, v.credVersion, next, newVersion))
-				return nil
-			}
-			if !errors.Is(err, store.ErrConflict) {
-				return err
-			}
-			rec, err := b.store.Get(ctx, key)
-			if err != nil {
-				return err
-			}
-			fam = &familyRecord{}
-			if err := decodeRecord(rec.Value, fam, &fam.Format); err != nil {
-				return err
-			}
-			if fam.FamilyID != familyID || fam.PendingRevocation != token {
-				return nil // replaced or cleared meanwhile
-			}
-			version = rec.Version
+	familyID, token := v.fam.FamilyID, v.fam.PendingRevocation
+	_, err := b.updateFamily(ctx, e, v, func(cur *view) (*familyRecord, error) {
+		if cur.fam.FamilyID != familyID || cur.fam.PendingRevocation != token {
+			return nil, nil // replaced or cleared meanwhile
 		}
-	}()
+		return cur.fam.providerConfirmed()
+	})
 	if err != nil {
 		b.log.WarnContext(ctx, "could not clear a revoked token from the store", "credential", e.id, "err", err)
 	}
@@ -203,4 +242,26 @@ func liveToken(fam *familyRecord) string {
 		return fam.PendingRevocation
 	}
 	return ""
+}
+
+// revocationDetail explains a reason in notices and records.
+func revocationDetail(r RevocationReason) string {
+	switch r {
+	case ReasonRefreshTokenRejected:
+		return "the provider refused the refresh token: an old token of this family was reused elsewhere (theft or a legacy client), or it expired or was revoked at the provider"
+	case ReasonLostRotation:
+		return "a refresh answer was lost after the provider rotated; with no reuse grace period the family is gone (not theft)"
+	case ReasonClientRejected:
+		return "the provider refused the client (secret, user or org no longer valid)"
+	case ReasonCredentialDeleted:
+		return "the credential was deleted"
+	case ReasonAdminRevoked:
+		return "revoked deliberately by an operator or administrator (RevokeCredential)"
+	case ReasonSuperseded:
+		return "replaced by a new family"
+	case ReasonRevokedAtProvider:
+		return "the provider reports the refresh token inactive: the family was revoked there (an old token of it reused elsewhere, by theft or a legacy client, or revoked by an admin or user); detected by introspection, without presenting it"
+	default:
+		return ""
+	}
 }
