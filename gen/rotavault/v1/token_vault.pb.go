@@ -75,6 +75,10 @@ func (NoticeKind) EnumDescriptor() ([]byte, []int) {
 	return file_rotavault_v1_token_vault_proto_rawDescGZIP(), []int{0}
 }
 
+// buf:lint:ignore ENUM_NO_ALLOW_ALIAS
+// An alias renames a value without changing the wire: a name that did not
+// say what it meant is deprecated and kept, next to one that does (the same
+// number). Values are never renumbered.
 type RevocationReason int32
 
 const (
@@ -86,13 +90,25 @@ const (
 	// A refresh response was lost in transit after the provider rotated; with
 	// no reuse grace period the retry counted as reuse. Not theft.
 	RevocationReason_REVOCATION_REASON_LOST_ROTATION RevocationReason = 2
-	// Reserved for a client the provider refuses for good. Today such refusals
-	// (invalid_client, inactive_user, inactive_org) keep the family and fail
-	// with PROVIDER_REJECTED_CLIENT instead: the token may work again.
+	// Never sent. A client the provider refuses (invalid_client,
+	// inactive_user, inactive_org) keeps its family: GetAccessToken fails
+	// with PROVIDER_REJECTED_CLIENT instead, since the token may work again.
+	//
+	// Deprecated: Marked as deprecated in rotavault/v1/token_vault.proto.
 	RevocationReason_REVOCATION_REASON_CLIENT_REJECTED RevocationReason = 3
-	// An administrator deleted the credential.
+	// The credential was deleted (DeleteCredential) while its family was
+	// active.
+	RevocationReason_REVOCATION_REASON_CREDENTIAL_DELETED RevocationReason = 4
+	// The old name of REVOCATION_REASON_CREDENTIAL_DELETED (same value): it
+	// never meant an administrator's revocation, which is
+	// REVOCATION_REASON_ADMIN_REVOKED.
+	//
+	// Deprecated: Marked as deprecated in rotavault/v1/token_vault.proto.
 	RevocationReason_REVOCATION_REASON_ADMIN RevocationReason = 4
-	// A new family replaced this one through Reauthenticate.
+	// Never sent. A reauthentication announces the new family with
+	// NOTICE_KIND_FAMILY_ACTIVATED instead.
+	//
+	// Deprecated: Marked as deprecated in rotavault/v1/token_vault.proto.
 	RevocationReason_REVOCATION_REASON_SUPERSEDED RevocationReason = 5
 	// An operator or administrator revoked the family with RevokeCredential.
 	RevocationReason_REVOCATION_REASON_ADMIN_REVOKED RevocationReason = 6
@@ -110,7 +126,8 @@ var (
 		1: "REVOCATION_REASON_REFRESH_TOKEN_REJECTED",
 		2: "REVOCATION_REASON_LOST_ROTATION",
 		3: "REVOCATION_REASON_CLIENT_REJECTED",
-		4: "REVOCATION_REASON_ADMIN",
+		4: "REVOCATION_REASON_CREDENTIAL_DELETED",
+		// Duplicate value: 4: "REVOCATION_REASON_ADMIN",
 		5: "REVOCATION_REASON_SUPERSEDED",
 		6: "REVOCATION_REASON_ADMIN_REVOKED",
 		7: "REVOCATION_REASON_REVOKED_AT_PROVIDER",
@@ -120,6 +137,7 @@ var (
 		"REVOCATION_REASON_REFRESH_TOKEN_REJECTED": 1,
 		"REVOCATION_REASON_LOST_ROTATION":          2,
 		"REVOCATION_REASON_CLIENT_REJECTED":        3,
+		"REVOCATION_REASON_CREDENTIAL_DELETED":     4,
 		"REVOCATION_REASON_ADMIN":                  4,
 		"REVOCATION_REASON_SUPERSEDED":             5,
 		"REVOCATION_REASON_ADMIN_REVOKED":          6,
@@ -1738,16 +1756,17 @@ const file_rotavault_v1_token_vault_proto_rawDesc = "" +
 	"NoticeKind\x12\x1b\n" +
 	"\x17NOTICE_KIND_UNSPECIFIED\x10\x00\x12\x1e\n" +
 	"\x1aNOTICE_KIND_FAMILY_REVOKED\x10\x01\x12 \n" +
-	"\x1cNOTICE_KIND_FAMILY_ACTIVATED\x10\x02*\xbe\x02\n" +
+	"\x1cNOTICE_KIND_FAMILY_ACTIVATED\x10\x02*\xf8\x02\n" +
 	"\x10RevocationReason\x12!\n" +
 	"\x1dREVOCATION_REASON_UNSPECIFIED\x10\x00\x12,\n" +
 	"(REVOCATION_REASON_REFRESH_TOKEN_REJECTED\x10\x01\x12#\n" +
-	"\x1fREVOCATION_REASON_LOST_ROTATION\x10\x02\x12%\n" +
-	"!REVOCATION_REASON_CLIENT_REJECTED\x10\x03\x12\x1b\n" +
-	"\x17REVOCATION_REASON_ADMIN\x10\x04\x12 \n" +
-	"\x1cREVOCATION_REASON_SUPERSEDED\x10\x05\x12#\n" +
+	"\x1fREVOCATION_REASON_LOST_ROTATION\x10\x02\x12)\n" +
+	"!REVOCATION_REASON_CLIENT_REJECTED\x10\x03\x1a\x02\b\x01\x12(\n" +
+	"$REVOCATION_REASON_CREDENTIAL_DELETED\x10\x04\x12\x1f\n" +
+	"\x17REVOCATION_REASON_ADMIN\x10\x04\x1a\x02\b\x01\x12$\n" +
+	"\x1cREVOCATION_REASON_SUPERSEDED\x10\x05\x1a\x02\b\x01\x12#\n" +
 	"\x1fREVOCATION_REASON_ADMIN_REVOKED\x10\x06\x12)\n" +
-	"%REVOCATION_REASON_REVOKED_AT_PROVIDER\x10\a*\x81\x01\n" +
+	"%REVOCATION_REASON_REVOKED_AT_PROVIDER\x10\a\x1a\x02\x10\x01*\x81\x01\n" +
 	"\x12ProviderRevocation\x12#\n" +
 	"\x1fPROVIDER_REVOCATION_UNSPECIFIED\x10\x00\x12!\n" +
 	"\x1dPROVIDER_REVOCATION_CONFIRMED\x10\x01\x12#\n" +
