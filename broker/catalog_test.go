@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -15,56 +14,6 @@ import (
 	"github.com/rotavault/rotavault/store"
 	"github.com/rotavault/rotavault/store/memstore"
 )
-
-// catalogStore is a shared store that lets a test act just before a write
-// of a consumer catalog, and counts the check-and-set conflicts those
-// writes meet.
-type catalogStore struct {
-	store.Store
-	conflicts atomic.Int64
-	mu        sync.Mutex
-	// beforePut, if set, runs (once) before the next catalog write.
-	beforePut func()
-	// failDeletes makes deletes of catalogs fail.
-	failDeletes atomic.Bool
-	// replayNext makes the next catalog write answer like Vault's client
-	// when the answer was lost: the write lands, the client sends it again,
-	// and the caller gets the replay's conflict.
-	replayNext atomic.Bool
-}
-
-func (s *catalogStore) Put(ctx context.Context, key string, value []byte, expected uint64) (uint64, error) {
-	if strings.HasPrefix(key, consumersPrefix) {
-		s.mu.Lock()
-		hook := s.beforePut
-		s.beforePut = nil
-		s.mu.Unlock()
-		if hook != nil {
-			hook()
-		}
-	}
-	v, err := s.Store.Put(ctx, key, value, expected)
-	if strings.HasPrefix(key, consumersPrefix) && err == nil && s.replayNext.CompareAndSwap(true, false) {
-		v, err = s.Store.Put(ctx, key, value, expected)
-	}
-	if strings.HasPrefix(key, consumersPrefix) && errors.Is(err, store.ErrConflict) {
-		s.conflicts.Add(1)
-	}
-	return v, err
-}
-
-func (s *catalogStore) Delete(ctx context.Context, key string) error {
-	if strings.HasPrefix(key, consumersPrefix) && s.failDeletes.Load() {
-		return errors.New("catalogstore: delete refused by the test")
-	}
-	return s.Store.Delete(ctx, key)
-}
-
-func (s *catalogStore) armBeforePut(f func()) {
-	s.mu.Lock()
-	s.beforePut = f
-	s.mu.Unlock()
-}
 
 // catalogSpec is a credential the catalog tests never refresh.
 func catalogSpec() Spec {
@@ -111,7 +60,7 @@ func listAll(ctx context.Context, t *testing.T, b *Broker, credentialID string) 
 // seen), not overwrite B's.
 func TestConsumerCatalogMergesFlushesOfTwoReplicas(t *testing.T) {
 	ctx := context.Background()
-	st := &catalogStore{Store: memstore.New()}
+	st := &faultStore{Store: memstore.New(), conflictPrefix: consumersPrefix}
 	a, b := newTestBroker(t, st), newTestBroker(t, st)
 	if _, err := a.CreateCredential(ctx, "acme", catalogSpec()); err != nil {
 		t.Fatal(err)
@@ -120,9 +69,9 @@ func TestConsumerCatalogMergesFlushesOfTwoReplicas(t *testing.T) {
 	at := func(s int) time.Time { return t0.Add(time.Duration(s) * time.Second) }
 	const billing, reports, exporter = "spiffe://example.test/ns/billing/sa/invoicer", "reports.example.test", "exporter"
 
-	st.armBeforePut(func() {
+	st.inject(&fault{op: "put", prefix: consumersPrefix, once: true, before: func() {
 		record(ctx, t, b, []ConsumerUse{use("acme", billing, at(5), at(12), 5), use("acme", exporter, at(30), at(31), 2)})
-	})
+	}})
 	record(ctx, t, a, []ConsumerUse{use("acme", billing, at(10), at(20), 3), use("acme", reports, at(15), at(15), 1)})
 	if st.conflicts.Load() == 0 {
 		t.Fatal("replica A's write met no conflict: the test did not interleave the flushes")
@@ -150,16 +99,17 @@ func TestConsumerCatalogMergesFlushesOfTwoReplicas(t *testing.T) {
 // conflict by the Vault client) is not merged a second time.
 func TestConsumerCatalogLostWriteAnswerIsNotMergedTwice(t *testing.T) {
 	ctx := context.Background()
-	st := &catalogStore{Store: memstore.New()}
+	st := &faultStore{Store: memstore.New(), conflictPrefix: consumersPrefix}
 	b := newTestBroker(t, st)
 	if _, err := b.CreateCredential(ctx, "acme", catalogSpec()); err != nil {
 		t.Fatal(err)
 	}
 	now := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
 	record(ctx, t, b, []ConsumerUse{use("acme", "svc", now, now, 2)})
-	st.replayNext.Store(true)
+	replayed := &fault{op: "put", prefix: consumersPrefix, once: true, replay: true}
+	st.inject(replayed)
 	record(ctx, t, b, []ConsumerUse{use("acme", "svc", now, now, 3)})
-	if st.replayNext.Load() || st.conflicts.Load() == 0 {
+	if replayed.hits.Load() == 0 || st.conflicts.Load() == 0 {
 		t.Fatal("the write was not replayed into a conflict")
 	}
 	if c := listAll(ctx, t, b, "acme")["acme svc"]; c.Count != 5 {
@@ -171,7 +121,7 @@ func TestConsumerCatalogLostWriteAnswerIsNotMergedTwice(t *testing.T) {
 // count nothing twice.
 func TestConsumerCatalogConcurrentFlushesAddUp(t *testing.T) {
 	ctx := context.Background()
-	st := &catalogStore{Store: memstore.New()}
+	st := &faultStore{Store: memstore.New(), conflictPrefix: consumersPrefix}
 	replicas := []*Broker{newTestBroker(t, st), newTestBroker(t, st)}
 	if _, err := replicas[0].CreateCredential(ctx, "acme", catalogSpec()); err != nil {
 		t.Fatal(err)
@@ -263,7 +213,7 @@ func TestConsumerCatalogGoesWithItsCredential(t *testing.T) {
 	}
 
 	t.Run("delete", func(t *testing.T) {
-		st := &catalogStore{Store: memstore.New()}
+		st := &faultStore{Store: memstore.New(), conflictPrefix: consumersPrefix}
 		b := newTestBroker(t, st)
 		if _, err := b.CreateCredential(ctx, "acme", catalogSpec()); err != nil {
 			t.Fatal(err)
@@ -288,18 +238,18 @@ func TestConsumerCatalogGoesWithItsCredential(t *testing.T) {
 	})
 
 	t.Run("flush racing the delete", func(t *testing.T) {
-		st := &catalogStore{Store: memstore.New()}
+		st := &faultStore{Store: memstore.New(), conflictPrefix: consumersPrefix}
 		a, b := newTestBroker(t, st), newTestBroker(t, st)
 		if _, err := a.CreateCredential(ctx, "acme", catalogSpec()); err != nil {
 			t.Fatal(err)
 		}
 		// B read the credential and is about to create the catalog when A
 		// deletes the credential (and the catalog, which is not there yet).
-		st.armBeforePut(func() {
+		st.inject(&fault{op: "put", prefix: consumersPrefix, once: true, before: func() {
 			if err := a.DeleteCredential(ctx, "acme"); err != nil {
 				t.Error(err)
 			}
-		})
+		}})
 		left, err := b.RecordConsumers(ctx, []ConsumerUse{use("acme", "svc", now, now, 1)})
 		if len(left) != 0 || err != nil {
 			t.Fatalf("RecordConsumers = %v, %v", left, err)
@@ -308,18 +258,18 @@ func TestConsumerCatalogGoesWithItsCredential(t *testing.T) {
 	})
 
 	t.Run("catalog of an earlier incarnation", func(t *testing.T) {
-		st := &catalogStore{Store: memstore.New()}
+		st := &faultStore{Store: memstore.New(), conflictPrefix: consumersPrefix}
 		b := newTestBroker(t, st)
 		if _, err := b.CreateCredential(ctx, "acme", catalogSpec()); err != nil {
 			t.Fatal(err)
 		}
 		record(ctx, t, b, []ConsumerUse{use("acme", "old-consumer", now, now, 4)})
 		// The catalog survives a delete whose last step failed.
-		st.failDeletes.Store(true)
+		up := st.inject(&fault{op: "delete", prefix: consumersPrefix, fail: errStoreDown})
 		if err := b.DeleteCredential(ctx, "acme"); err == nil {
 			t.Fatal("DeleteCredential succeeded with the catalog delete failing")
 		}
-		st.failDeletes.Store(false)
+		up()
 		if _, err := b.CreateCredential(ctx, "acme", catalogSpec()); err != nil {
 			t.Fatal(err)
 		}

@@ -177,6 +177,7 @@ var familyTransitions = []transition{
 	{stateHeld, evStoreHeld, stateActive, "the held rotation is written (before any other refresh, every scheduler tick, at shutdown)"},
 	{stateHeld, evDropHeld, stateActive, "the store moved on (a takeover's rotation after the claim ran out, or the write landed with its answer lost): the store's state wins"},
 	{stateHeld, evDropHeld, stateRevoked, "the family was revoked meanwhile: the store's state wins"},
+	{stateHeld, evDropHeld, stateRevokedPendingProvider, "the family was revoked deliberately meanwhile: the store's state wins"},
 
 	{stateActive, evRevoke, stateRevoked, "introspection: the refresh token is inactive at the provider (REVOKED_AT_PROVIDER)"},
 	{stateClaimed, evRevoke, stateRevoked, "invalid_grant without doubt (REFRESH_TOKEN_REJECTED)"},

@@ -306,18 +306,6 @@ func isInvalidField(err error, field string) bool {
 	return errors.As(err, &inv) && inv.Field == field
 }
 
-func (a *recordingAuditor) count(action string) int {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	n := 0
-	for _, e := range a.events {
-		if e.Action == action {
-			n++
-		}
-	}
-	return n
-}
-
 // The store holds a bounded number of flows, whoever starts them: past the
 // bound a start is refused before anything reaches the provider or the
 // store, and room returns once finished flows are forgotten.

@@ -7,35 +7,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/rotavault/rotavault/audit"
-	"github.com/rotavault/rotavault/provider"
-	"github.com/rotavault/rotavault/store"
 	"github.com/rotavault/rotavault/store/memstore"
 )
 
-type discardAuditor struct{}
-
-func (discardAuditor) Record(context.Context, audit.Event) error { return nil }
-
-// newTestBroker returns a broker on st with the real provider client and no
-// audit trail, closed when the test ends.
-func newTestBroker(t *testing.T, st store.Store, opts ...Option) *Broker {
-	t.Helper()
-	return newBroker(t, Config{Store: st, Provider: provider.New(nil), Auditor: discardAuditor{}}, opts...)
-}
-
-func newBroker(t *testing.T, cfg Config, opts ...Option) *Broker {
-	t.Helper()
-	b, err := New(context.Background(), cfg, opts...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = b.Close() })
-	return b
-}
-
 func notice(i int) Notice {
-	return Notice{CredentialID: fmt.Sprintf("c%d", i%2), FamilyID: fmt.Sprintf("f%d", i), Kind: NoticeFamilyRevoked, Reason: ReasonAdmin, DetectedAt: time.Unix(int64(i), 0)}
+	return Notice{CredentialID: fmt.Sprintf("c%d", i%2), FamilyID: fmt.Sprintf("f%d", i), Kind: NoticeFamilyRevoked, Reason: ReasonCredentialDeleted, DetectedAt: time.Unix(int64(i), 0)}
 }
 
 func next(t *testing.T, s *Subscription) Notice {

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -41,29 +40,6 @@ func (p *revokeProvider) Refresh(ctx context.Context, ep provider.Endpoint, cc p
 		(*f)()
 	}
 	return tok, err
-}
-
-type recordingAuditor struct {
-	mu     sync.Mutex
-	events []audit.Event
-}
-
-func (a *recordingAuditor) Record(_ context.Context, e audit.Event) error {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	a.events = append(a.events, e)
-	return nil
-}
-
-func (a *recordingAuditor) last(action string) (audit.Event, bool) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	for i := len(a.events) - 1; i >= 0; i-- {
-		if a.events[i].Action == action {
-			return a.events[i], true
-		}
-	}
-	return audit.Event{}, false
 }
 
 type revokeEnv struct {
@@ -279,7 +255,7 @@ func TestRevokeCredentialErrors(t *testing.T) {
 // family or announcing a theft.
 func TestRevokeCredentialWhileAnotherReplicaHoldsTheClaim(t *testing.T) {
 	ctx := context.Background()
-	hs := &hookStore{Store: memstore.New()}
+	hs := &faultStore{Store: memstore.New()}
 	env := newRevokeEnv(t, hs)
 	env.install(ctx, t, hs)
 	sub, err := env.b.Subscribe(ctx, []string{"x"}, "")
@@ -287,23 +263,23 @@ func TestRevokeCredentialWhileAnotherReplicaHoldsTheClaim(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer sub.Close()
-	var armed atomic.Bool
-	armed.Store(true)
 	var revokeErr error
-	hs.onPut = func(key string, value []byte, expected, version uint64, err error) (uint64, error) {
-		var f familyRecord
-		if err == nil && strings.HasPrefix(key, "families/") && json.Unmarshal(value, &f) == nil && f.Claim != nil && armed.CompareAndSwap(true, false) {
-			// A's claim is stored and its provider call not yet made.
-			_, revokeErr = env.b.RevokeCredential(ctx, "x", "revoked mid-refresh")
-		}
-		return version, err
-	}
+	claimed := &fault{op: "put", prefix: "families/", once: true,
+		match: func(_ string, value []byte) bool { return !familyWrites(false)("", value) },
+		after: func(_ string, _ []byte, _, version uint64, err error) (uint64, error) {
+			if err == nil {
+				// A's claim is stored and its provider call not yet made.
+				_, revokeErr = env.b.RevokeCredential(ctx, "x", "revoked mid-refresh")
+			}
+			return version, err
+		}}
+	hs.inject(claimed)
 	env.clk.add(3 * time.Hour)
 	_, err = env.a.GetAccessToken(ctx, TokenRequest{CredentialID: "x"})
 	if revokeErr != nil {
 		t.Fatal(revokeErr)
 	}
-	if armed.Load() {
+	if claimed.hits.Load() == 0 {
 		t.Fatal("A never claimed a refresh")
 	}
 	if !errors.Is(err, ErrReauthRequired) {

@@ -4,41 +4,22 @@ import (
 	"context"
 	"fmt"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/rotavault/rotavault/internal/vaulttest"
 	"github.com/rotavault/rotavault/provider"
 	"github.com/rotavault/rotavault/providersim"
-	"github.com/rotavault/rotavault/store"
 	"github.com/rotavault/rotavault/vaultstore"
 )
 
 // benchWorkers matches the 16 client goroutines of the Vault ceiling figure.
 const benchWorkers = 16
 
-// countingStore counts the Vault operations the broker makes.
-type countingStore struct {
-	store.Store
-	reads, writes, bytes atomic.Int64
-}
-
-func (c *countingStore) Get(ctx context.Context, key string) (store.Record, error) {
-	c.reads.Add(1)
-	return c.Store.Get(ctx, key)
-}
-
-func (c *countingStore) Put(ctx context.Context, key string, value []byte, expected uint64) (uint64, error) {
-	c.writes.Add(1)
-	c.bytes.Add(int64(len(value)))
-	return c.Store.Put(ctx, key, value, expected)
-}
-
 type vaultBench struct {
 	srv   *vaulttest.Server
 	vs    *vaultstore.Store
-	count *countingStore
+	count *faultStore
 	b     *Broker
 	ids   []string
 }
@@ -56,8 +37,8 @@ func setupVaultBench(b *testing.B) *vaultBench {
 	}
 	b.Cleanup(func() { _ = sim.Close() })
 	sim.AddClient(providersim.Client{ID: "bench", Secret: "bench-secret"})
-	count := &countingStore{Store: vs}
-	br, err := New(context.Background(), Config{Store: count, Provider: provider.New(nil), Auditor: discardAuditor{}}, WithSchedulerInterval(time.Hour))
+	count := &faultStore{Store: vs}
+	br, err := New(context.Background(), Config{Store: count, Provider: provider.New(nil), Auditor: &recordingAuditor{}}, WithSchedulerInterval(time.Hour))
 	if err != nil {
 		b.Fatal(err)
 	}

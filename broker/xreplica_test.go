@@ -2,11 +2,8 @@ package broker
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
-	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -14,28 +11,6 @@ import (
 	"github.com/rotavault/rotavault/store"
 	"github.com/rotavault/rotavault/store/memstore"
 )
-
-type clock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *clock) now() time.Time      { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
-func (c *clock) add(d time.Duration) { c.mu.Lock(); c.t = c.t.Add(d); c.mu.Unlock() }
-
-// hookStore lets a test act on family writes.
-type hookStore struct {
-	store.Store
-	onPut func(key string, value []byte, expected uint64, version uint64, err error) (uint64, error)
-}
-
-func (h *hookStore) Put(ctx context.Context, key string, value []byte, expected uint64) (uint64, error) {
-	v, err := h.Store.Put(ctx, key, value, expected)
-	if h.onPut != nil {
-		return h.onPut(key, value, expected, v, err)
-	}
-	return v, err
-}
 
 // startSim starts a provider simulator that knows client "c" (secret "s").
 func startSim(t *testing.T, cfg providersim.Config) *providersim.Server {
@@ -77,7 +52,7 @@ func setup(t *testing.T, st store.Store, clk *clock) (*providersim.Server, []*Br
 func TestLostResultAnswerIsNotMistakenForALostRace(t *testing.T) {
 	ctx := context.Background()
 	clk := &clock{t: time.Now()}
-	hs := &hookStore{Store: memstore.New()}
+	hs := &faultStore{Store: memstore.New()}
 	sim, bs, spec := setup(t, hs, clk)
 	a := bs[0]
 	if _, err := a.CreateCredential(ctx, "x", spec); err != nil {
@@ -87,24 +62,16 @@ func TestLostResultAnswerIsNotMistakenForALostRace(t *testing.T) {
 	if _, err := a.ImportRefreshToken(ctx, "x", rt); err != nil {
 		t.Fatal(err)
 	}
-	var armed atomic.Bool
-	armed.Store(true)
-	hs.onPut = func(key string, value []byte, expected, version uint64, err error) (uint64, error) {
-		if err == nil && strings.HasPrefix(key, "families/") && armed.Load() {
-			var f familyRecord
-			_ = json.Unmarshal(value, &f)
-			if f.Claim == nil && f.Generation >= 2 {
-				armed.Store(false)
-				// the client's replay of the same request
-				return hs.Store.Put(context.Background(), key, value, expected)
-			}
-		}
-		return version, err
-	}
+	// the client's replay of the result write
+	replayed := &fault{op: "put", prefix: "families/", once: true, replay: true, match: func(_ string, value []byte) bool {
+		var f familyRecord
+		return decodeRecord(value, &f, &f.Format) == nil && f.Claim == nil && f.Generation >= 2
+	}}
+	hs.inject(replayed)
 	clk.add(3 * time.Hour)
 	_, err := a.GetAccessToken(ctx, TokenRequest{CredentialID: "x"})
 	t.Logf("first refresh: %v", err)
-	if armed.Load() {
+	if replayed.hits.Load() != 1 {
 		t.Fatal("the result write was never replayed")
 	}
 	f := storedFamily(ctx, t, hs.Store)
@@ -163,9 +130,10 @@ func TestHeldRotationIsDroppedAfterATakeover(t *testing.T) {
 	clk := &clock{t: time.Now()}
 	mem := memstore.New()
 	sim := startSim(t, providersim.Config{Now: clk.now, ReuseGrace: 10 * time.Minute})
-	// the store rejects A's result writes (Put not applied) while down
-	var down atomic.Bool
-	a := newTestBroker(t, &failingPuts{Store: mem, down: &down}, replicaOpts(clk)...)
+	// the store rejects A's family writes but claims (not applied) while
+	// down
+	fs := &faultStore{Store: mem}
+	a := newTestBroker(t, fs, replicaOpts(clk)...)
 	b := newTestBroker(t, mem, replicaOpts(clk)...)
 	spec := simSpec(sim)
 	spec.ReuseGrace = 10 * time.Minute
@@ -176,7 +144,7 @@ func TestHeldRotationIsDroppedAfterATakeover(t *testing.T) {
 	if _, err := a.ImportRefreshToken(ctx, "x", rt); err != nil {
 		t.Fatal(err)
 	}
-	down.Store(true)
+	up := fs.inject(&fault{op: "put", prefix: "families/", match: familyWrites(false), fail: errStoreDown})
 	clk.add(3 * time.Hour)
 	_, err := a.GetAccessToken(ctx, TokenRequest{CredentialID: "x"})
 	ea, eerr := a.entry(ctx, "x")
@@ -188,7 +156,7 @@ func TestHeldRotationIsDroppedAfterATakeover(t *testing.T) {
 	if !held {
 		t.Fatal("A holds no rotation: the test does not reach the takeover it is about")
 	}
-	down.Store(false)
+	up()
 	clk.add(time.Minute) // past A's claim deadline
 	tb, err := b.GetAccessToken(ctx, TokenRequest{CredentialID: "x"})
 	t.Logf("B takeover: gen %d err %v; sim %+v", tb.Generation, err, sim.Stats())
@@ -200,23 +168,6 @@ func TestHeldRotationIsDroppedAfterATakeover(t *testing.T) {
 	if err != nil {
 		t.Fatal("replica A is wedged on a dead held rotation while the family is live")
 	}
-}
-
-// failingPuts refuses family writes other than claims while down.
-type failingPuts struct {
-	store.Store
-	down *atomic.Bool
-}
-
-func (f *failingPuts) Put(ctx context.Context, key string, value []byte, expected uint64) (uint64, error) {
-	if f.down.Load() && strings.HasPrefix(key, "families/") {
-		var fr familyRecord
-		_ = json.Unmarshal(value, &fr)
-		if fr.Claim == nil {
-			return 0, errors.New("vault unreachable")
-		}
-	}
-	return f.Store.Put(ctx, key, value, expected)
 }
 
 func TestStressTwoReplicas(t *testing.T) {

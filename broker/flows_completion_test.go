@@ -5,17 +5,14 @@ import (
 	"errors"
 	"net/http"
 	"net/url"
-	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/rotavault/rotavault/audit"
 	"github.com/rotavault/rotavault/providersim"
-	"github.com/rotavault/rotavault/store"
 )
 
-// flowRedirect is the redirect URI the review tests register with the
+// flowRedirect is the redirect URI the completion tests register with the
 // simulator's app; nothing listens there, the tests read the redirect.
 const flowRedirect = "http://127.0.0.1:1/cb"
 
@@ -39,6 +36,17 @@ func authorizeAtSim(t *testing.T, authorizeURL string) string {
 		t.Fatalf("authorize answered %d, Location %q: want a redirect with a code", resp.StatusCode, resp.Header.Get("Location"))
 	}
 	return loc.Query().Get("code")
+}
+
+// authorizeX starts an authorization-code flow for credential x with
+// flowRedirect and approves it at the simulator: the flow and its code.
+func authorizeX(ctx context.Context, t *testing.T, b *Broker) (PendingAuthorization, string) {
+	t.Helper()
+	p, err := b.StartAuthorization(ctx, "x", flowRedirect, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p, authorizeAtSim(t, p.AuthorizeURL)
 }
 
 // recreateElsewhere deletes credential id and creates it again on replica
@@ -138,11 +146,7 @@ func TestCodeExchangeOutlivesItsCaller(t *testing.T) {
 	env := newFlowEnv(t)
 	env.withRedirects(flowRedirect)
 	b := env.primary(ctx, t)
-	p, err := b.StartAuthorization(ctx, "x", flowRedirect, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	code := authorizeAtSim(t, p.AuthorizeURL)
+	p, code := authorizeX(ctx, t, b)
 	arrived := env.sim.Stats().TokenRequests
 	// The provider takes its time; the caller leaves while it does.
 	env.sim.SetLatency(time.Second)
@@ -199,37 +203,20 @@ func TestExplicitServerCallbackURLIsTheServerCallback(t *testing.T) {
 	}
 }
 
-// familyOutageStore refuses family writes while down, applying nothing.
-type familyOutageStore struct {
-	store.Store
-	down atomic.Bool
-}
-
-func (s *familyOutageStore) Put(ctx context.Context, key string, value []byte, expected uint64) (uint64, error) {
-	if s.down.Load() && strings.HasPrefix(key, "families/") {
-		return 0, errors.New("familyoutagestore: store unavailable (test)")
-	}
-	return s.Store.Put(ctx, key, value, expected)
-}
-
 // When the code was exchanged but the family cannot be stored, the code is
 // spent and the flow failed: the caller hears that the flow failed and must
 // start again, not a retryable UNAVAILABLE that no retry can satisfy.
 func TestCodeExchangedButNotStoredEndsTheFlow(t *testing.T) {
 	ctx := context.Background()
 	env := newFlowEnv(t)
-	st := &familyOutageStore{Store: env.st}
+	st := &faultStore{Store: env.st}
 	env.st = st
 	env.withRedirects(flowRedirect)
 	b := env.primary(ctx, t)
-	p, err := b.StartAuthorization(ctx, "x", flowRedirect, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	code := authorizeAtSim(t, p.AuthorizeURL)
+	p, code := authorizeX(ctx, t, b)
 	before := env.sim.Stats()
-	st.down.Store(true)
-	_, err = b.CompleteAuthorization(ctx, "x", p.State, code)
+	up := st.inject(&fault{op: "put", prefix: "families/", fail: errStoreDown})
+	_, err := b.CompleteAuthorization(ctx, "x", p.State, code)
 	var ae *AuthorizationError
 	var ue *UnavailableError
 	if !errors.As(err, &ae) || errors.As(err, &ue) {
@@ -240,7 +227,7 @@ func TestCodeExchangedButNotStoredEndsTheFlow(t *testing.T) {
 		t.Fatalf("after an exchange that could not be stored the provider saw %d revocations, %d families revoked; want the grant revoked",
 			s.Revocations-before.Revocations, s.FamiliesRevoked-before.FamiliesRevoked)
 	}
-	st.down.Store(false)
+	up()
 	if _, err := b.CompleteAuthorization(ctx, "x", p.State, code); !isInvalidField(err, "state") {
 		t.Fatalf("the same code again: %v, want invalid state (the flow ended)", err)
 	}
