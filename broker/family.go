@@ -182,6 +182,7 @@ var familyTransitions = []transition{
 	{stateActive, evRevoke, stateRevoked, "introspection: the refresh token is inactive at the provider (REVOKED_AT_PROVIDER)"},
 	{stateClaimed, evRevoke, stateRevoked, "invalid_grant without doubt (REFRESH_TOKEN_REJECTED)"},
 	{stateInDoubt, evRevoke, stateRevoked, "invalid_grant after an unknown outcome or a takeover (LOST_ROTATION, not theft)"},
+	{stateInDoubtReleased, evRevoke, stateRevoked, "invalid_grant met by a holder whose claim another replica took over and released meanwhile"},
 	{stateActive, evRevokeDeliberately, stateRevokedPendingProvider, "RevokeCredential (ADMIN_REVOKED): store first, then the provider"},
 	{stateClaimed, evRevokeDeliberately, stateRevokedPendingProvider, "RevokeCredential during a refresh: the holder's result write conflicts and finds the family revoked"},
 	{stateInDoubt, evRevokeDeliberately, stateRevokedPendingProvider, "RevokeCredential"},

@@ -1,0 +1,517 @@
+package broker
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/rotavault/rotavault/audit"
+	"github.com/rotavault/rotavault/provider"
+	"github.com/rotavault/rotavault/store/memstore"
+)
+
+// Tests of a family's life at the level of its transitions: every row of
+// the transition table driven through the broker (the stored record, the
+// audit actions, the notices and the caller's error), every refused
+// transition of the pure methods, and the refresh policy's table.
+
+// me is the harness broker's replica id; other is another replica's.
+const (
+	me    = "replica-me"
+	other = "replica-other"
+)
+
+// famHarness is one broker on a fault-injecting store with the scripted
+// provider, and credential x.
+type famHarness struct {
+	t    *testing.T
+	ctx  context.Context
+	clk  *clock
+	st   *faultStore
+	prov *scriptedProvider
+	aud  *recordingAuditor
+	b    *Broker
+	e    *entry
+}
+
+func newFamHarness(t *testing.T) *famHarness {
+	t.Helper()
+	h := &famHarness{
+		t: t, ctx: context.Background(),
+		clk:  &clock{t: time.Now()}, // claim deadlines bound real contexts
+		st:   &faultStore{Store: memstore.New()},
+		prov: &scriptedProvider{},
+		aud:  &recordingAuditor{},
+	}
+	h.b = newBroker(t, Config{Store: h.st, Provider: h.prov, Auditor: h.aud}, replicaOpts(h.clk, WithReplicaID(me))...)
+	spec := Spec{ProviderKind: ProviderSalesforce, BaseURL: "http://127.0.0.1:1", ClientID: "c", ClientSecret: "s", Scopes: []string{"api", "refresh_token"}}
+	if _, err := h.b.CreateCredential(h.ctx, "x", spec); err != nil {
+		t.Fatal(err)
+	}
+	e, err := h.b.entry(h.ctx, "x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.e = e
+	return h
+}
+
+// record returns a record of family fam-1 at generation 3 in state s; a
+// claim is this replica's.
+func (h *famHarness) record(s familyState) *familyRecord {
+	now := h.clk.now()
+	active := &familyRecord{
+		Status: StatusActive, FamilyID: "fam-1", Generation: 3, RefreshToken: "rt-3", StartedAt: now.Add(-24 * time.Hour),
+		Access: &accessToken{Token: "at-3", Type: "Bearer", IssuedAt: now, ExpiresAt: now.Add(time.Hour), Fingerprint: Fingerprint("at-3")},
+	}
+	mine := &claim{Holder: me, Deadline: now.Add(45 * time.Second)}
+	switch s {
+	case stateAwaitingReauth:
+		return &familyRecord{Status: StatusAwaitingReauth}
+	case stateActive:
+	case stateClaimed, stateHeld:
+		active.Claim = mine
+	case stateInDoubt:
+		active.Claim, active.InDoubt = mine, true
+	case stateInDoubtReleased:
+		active.InDoubt = true
+	case stateRevoked:
+		return &familyRecord{Status: StatusRevoked, FamilyID: "fam-1", Generation: 3, RevokedReason: ReasonRefreshTokenRejected, RevokedAt: now}
+	case stateRevokedPendingProvider:
+		return &familyRecord{Status: StatusRevoked, FamilyID: "fam-1", Generation: 3, RevokedReason: ReasonAdminRevoked, RevokedAt: now, PendingRevocation: "rt-3"}
+	default:
+		h.t.Fatalf("no record for state %s", s)
+	}
+	return active
+}
+
+// put stores fam as the family record, as another replica would, and lets
+// the entry read it.
+func (h *famHarness) put(fam *familyRecord) {
+	h.t.Helper()
+	key := familyKey(h.e.view.Load().cred)
+	var version uint64
+	if rec, err := h.st.Store.Get(h.ctx, key); err == nil {
+		version = rec.Version
+	}
+	fam.Format = recordFormat
+	raw, err := json.Marshal(fam)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	if _, err := h.st.Store.Put(h.ctx, key, raw, version); err != nil {
+		h.t.Fatal(err)
+	}
+	if _, err := h.b.readEntry(h.ctx, h.e); err != nil {
+		h.t.Fatal(err)
+	}
+}
+
+// in brings the family to state s; held goes through a result write that
+// fails.
+func (h *famHarness) in(s familyState) {
+	h.t.Helper()
+	if s == stateAwaitingReauth {
+		return
+	}
+	h.put(h.record(s))
+	if s == stateHeld {
+		up := h.st.inject(&fault{op: "put", prefix: "families/", fail: errStoreDown})
+		defer up()
+		if _, err := h.lease().storeResult(h.ctx, rotation("rt-4")); err == nil {
+			h.t.Fatal("the result write succeeded with the store down")
+		}
+	}
+	if got := h.state(); got != s {
+		h.t.Fatalf("set up %s, got %s", s, got)
+	}
+}
+
+// lease is this replica's claim on the stored family.
+func (h *famHarness) lease() *claimLease {
+	return &claimLease{b: h.b, e: h.e, v: h.e.view.Load()}
+}
+
+// stored is the family record in the store.
+func (h *famHarness) stored() *familyRecord {
+	h.t.Helper()
+	fam := &familyRecord{Status: StatusAwaitingReauth}
+	rec, err := h.st.Store.Get(h.ctx, familyKey(h.e.view.Load().cred))
+	if err != nil {
+		return fam
+	}
+	if err := decodeRecord(rec.Value, fam, &fam.Format); err != nil {
+		h.t.Fatal(err)
+	}
+	return fam
+}
+
+// state is the family's: the stored record's, or held.
+func (h *famHarness) state() familyState {
+	return familyStateOf(h.stored(), h.e.rescue.Load() != nil)
+}
+
+// notices returns the notices in the store's log as "kind" or
+// "revoked:reason".
+func (h *famHarness) notices() []string {
+	h.t.Helper()
+	keys, err := h.st.Store.List(h.ctx, noticesPrefix)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	var out []string
+	for _, k := range keys {
+		rec, err := h.st.Store.Get(h.ctx, k)
+		if err != nil {
+			h.t.Fatal(err)
+		}
+		var n Notice
+		if err := json.Unmarshal(rec.Value, &n); err != nil {
+			h.t.Fatal(err)
+		}
+		switch n.Kind {
+		case NoticeFamilyRevoked:
+			out = append(out, "revoked:"+string(n.Reason))
+		case NoticeFamilyActivated:
+			out = append(out, "activated")
+		}
+	}
+	return out
+}
+
+func rotation(rt string) *provider.Token {
+	return &provider.Token{AccessToken: "at-new", RefreshToken: rt, TokenType: "Bearer", ExpiresIn: time.Hour}
+}
+
+func always(*view) bool { return true }
+
+// rowCase drives one transition and says what it must leave behind.
+type rowCase struct {
+	drive   func(h *famHarness) error
+	audit   []string
+	notices []string
+	err     func(error) bool
+}
+
+func noErr(err error) bool { return err == nil }
+func isUnavailable(err error) bool {
+	var ue *UnavailableError
+	return errors.As(err, &ue)
+}
+func isReauth(err error) bool { return errors.Is(err, ErrReauthRequired) }
+
+func install(h *famHarness) error {
+	_, err := h.b.installFamily(h.ctx, h.e, "", "rt-installed", nil, true)
+	return err
+}
+
+func acquireLease(h *famHarness) error {
+	l, _, err := h.b.acquire(h.ctx, h.e, always)
+	if err == nil && l == nil {
+		return errors.New("acquire adopted a view instead of claiming")
+	}
+	return err
+}
+
+// takenOver puts s with another replica's expired claim, then claims.
+func takenOver(s familyState) func(h *famHarness) error {
+	return func(h *famHarness) error {
+		fam := h.record(s)
+		fam.Claim = &claim{Holder: other, Deadline: h.clk.now().Add(-time.Second)}
+		h.put(fam)
+		return acquireLease(h)
+	}
+}
+
+// refreshAnswered runs the refresh loop on the stored claim against one
+// scripted answer.
+func refreshAnswered(answer error) func(h *famHarness) error {
+	return func(h *famHarness) error {
+		h.prov.then(answer)
+		_, err := h.b.refreshFamily(h.ctx, h.lease())
+		return err
+	}
+}
+
+// storeHeldAfter puts fam (another writer's) into the store, then writes the
+// held rotation.
+func storeHeldAfter(fam func(h *famHarness) *familyRecord) func(h *famHarness) error {
+	return func(h *famHarness) error {
+		if fam != nil {
+			h.put(fam(h))
+		}
+		_, err := h.b.storeRescue(h.ctx, h.e)
+		return err
+	}
+}
+
+func revokeDeliberately(h *famHarness) error {
+	h.prov.revokeErr = answerNotProcessed
+	res, err := h.b.RevokeCredential(h.ctx, "x", "rotate after a leak")
+	if err == nil && res.ProviderRevocation != ProviderRevocationUnconfirmed {
+		return fmt.Errorf("provider revocation %v, want unconfirmed", res.ProviderRevocation)
+	}
+	return err
+}
+
+// TestEveryTransitionThroughTheBroker drives each row of the transition
+// table through the broker's own entry points and checks the state left in
+// the store (or held), the audit actions, the notices and the caller's
+// error. A row without a case fails: a new transition needs its test.
+func TestEveryTransitionThroughTheBroker(t *testing.T) {
+	installed := rowCase{drive: install, audit: []string{audit.ActionReauthenticated}, notices: []string{"activated"}, err: noErr}
+	claimed := rowCase{drive: acquireLease, err: noErr}
+	takeover := func(s familyState) rowCase { return rowCase{drive: takenOver(s), err: noErr} }
+	stored := rowCase{drive: func(h *famHarness) error {
+		_, err := h.lease().storeResult(h.ctx, rotation("rt-4"))
+		return err
+	}, audit: []string{audit.ActionRotated}, err: noErr}
+	released := rowCase{drive: func(h *famHarness) error { h.lease().release(h.ctx); return nil }, err: noErr}
+	held := rowCase{drive: func(h *famHarness) error {
+		defer h.st.inject(&fault{op: "put", prefix: "families/", fail: errStoreDown})()
+		_, err := h.lease().storeResult(h.ctx, rotation("rt-4"))
+		return err
+	}, audit: []string{audit.ActionRescuedToken}, err: isUnavailable}
+	deliberate := rowCase{drive: revokeDeliberately, audit: []string{audit.ActionFamilyRevoked}, notices: []string{"revoked:admin_revoked"}, err: noErr}
+	rejected := func(reason RevocationReason) rowCase {
+		return rowCase{drive: refreshAnswered(answerInvalidGrant), audit: []string{audit.ActionFamilyRevoked}, notices: []string{"revoked:" + string(reason)}, err: isReauth}
+	}
+	newer := func(s familyState) func(h *famHarness) *familyRecord {
+		return func(h *famHarness) *familyRecord {
+			fam := h.record(s)
+			fam.Generation, fam.RefreshToken = 4, "rt-takeover"
+			return fam
+		}
+	}
+
+	cases := map[transition]rowCase{
+		{From: stateActive, Event: evClaim, To: stateClaimed}:            claimed,
+		{From: stateClaimed, Event: evClaim, To: stateClaimed}:           claimed,
+		{From: stateInDoubt, Event: evClaim, To: stateInDoubt}:           claimed,
+		{From: stateInDoubtReleased, Event: evClaim, To: stateInDoubt}:   claimed,
+		{From: stateClaimed, Event: evTakeOver, To: stateInDoubt}:        takeover(stateClaimed),
+		{From: stateInDoubt, Event: evTakeOver, To: stateInDoubt}:        takeover(stateInDoubt),
+		{From: stateClaimed, Event: evMarkInDoubt, To: stateInDoubt}:     {drive: func(h *famHarness) error { return h.lease().markInDoubt(h.ctx) }, err: noErr},
+		{From: stateClaimed, Event: evStoreResult, To: stateActive}:      stored,
+		{From: stateInDoubt, Event: evStoreResult, To: stateActive}:      stored,
+		{From: stateClaimed, Event: evRelease, To: stateActive}:          released,
+		{From: stateInDoubt, Event: evRelease, To: stateInDoubtReleased}: released,
+
+		{From: stateClaimed, Event: evHold, To: stateHeld}:                    held,
+		{From: stateInDoubt, Event: evHold, To: stateHeld}:                    held,
+		{From: stateHeld, Event: evStoreHeld, To: stateActive}:                {drive: storeHeldAfter(nil), err: noErr},
+		{From: stateHeld, Event: evDropHeld, To: stateActive}:                 {drive: storeHeldAfter(newer(stateActive)), err: noErr},
+		{From: stateHeld, Event: evDropHeld, To: stateRevoked}:                {drive: storeHeldAfter(func(h *famHarness) *familyRecord { return h.record(stateRevoked) }), err: noErr},
+		{From: stateHeld, Event: evDropHeld, To: stateRevokedPendingProvider}: {drive: storeHeldAfter(func(h *famHarness) *familyRecord { return h.record(stateRevokedPendingProvider) }), err: noErr},
+		{From: stateActive, Event: evRevoke, To: stateRevoked}: {drive: func(h *famHarness) error {
+			return confirmed(h.b.confirmRevokedAtProvider(h.ctx, h.e, h.e.view.Load(), "the test"))
+		}, audit: []string{audit.ActionFamilyRevoked}, notices: []string{"revoked:revoked_at_provider"}, err: noErr},
+		{From: stateClaimed, Event: evRevoke, To: stateRevoked}:                                    rejected(ReasonRefreshTokenRejected),
+		{From: stateInDoubt, Event: evRevoke, To: stateRevoked}:                                    rejected(ReasonLostRotation),
+		{From: stateInDoubtReleased, Event: evRevoke, To: stateRevoked}:                            {drive: revokeAfterTakeoverAndRelease, audit: []string{audit.ActionFamilyRevoked}, notices: []string{"revoked:refresh_token_rejected"}, err: isReauth},
+		{From: stateActive, Event: evRevokeDeliberately, To: stateRevokedPendingProvider}:          deliberate,
+		{From: stateClaimed, Event: evRevokeDeliberately, To: stateRevokedPendingProvider}:         deliberate,
+		{From: stateInDoubt, Event: evRevokeDeliberately, To: stateRevokedPendingProvider}:         deliberate,
+		{From: stateInDoubtReleased, Event: evRevokeDeliberately, To: stateRevokedPendingProvider}: deliberate,
+		{From: stateRevokedPendingProvider, Event: evConfirmProviderRevocation, To: stateRevoked}: {drive: func(h *famHarness) error {
+			res, err := h.b.RevokeCredential(h.ctx, "x", "retry at the provider")
+			if err == nil && (!res.AlreadyRevoked || res.ProviderRevocation != ProviderRevocationConfirmed) {
+				return fmt.Errorf("revocation %+v, want already revoked, confirmed", res)
+			}
+			return err
+		}, audit: []string{audit.ActionFamilyRevoked}, err: noErr},
+	}
+	// Reauthenticate installs a family the same way from every state.
+	for _, row := range familyTransitions {
+		if row.Event == evInstall {
+			cases[transition{From: row.From, Event: row.Event, To: row.To}] = installed
+		}
+	}
+	for _, row := range familyTransitions {
+		key := transition{From: row.From, Event: row.Event, To: row.To}
+		t.Run(fmt.Sprintf("%s/%s/%s", row.From, row.Event, row.To), func(t *testing.T) {
+			c, ok := cases[key]
+			if !ok {
+				t.Fatal("no test drives this transition")
+			}
+			h := newFamHarness(t)
+			h.in(row.From)
+			audits, notices := h.aud.len(), len(h.notices())
+			err := c.drive(h)
+			if !c.err(err) {
+				t.Errorf("caller's error: %v", err)
+			}
+			if got := h.state(); got != row.To {
+				t.Errorf("state after %s: %s, want %s", row.Event, got, row.To)
+			}
+			if got := h.aud.actionsSince(audits); !slices.Equal(got, c.audit) {
+				t.Errorf("audit actions %v, want %v", got, c.audit)
+			}
+			if got := h.notices()[notices:]; !slices.Equal(got, c.notices) {
+				t.Errorf("notices %v, want %v", got, c.notices)
+			}
+		})
+	}
+}
+
+func confirmed(revoked bool, err error) error {
+	if err == nil && !revoked {
+		return errors.New("not revoked")
+	}
+	return err
+}
+
+// revokeAfterTakeoverAndRelease: this replica's refresh meets invalid_grant
+// while another replica took its claim over and released it, in doubt, at
+// the same generation: the revocation decides again on that state.
+func revokeAfterTakeoverAndRelease(h *famHarness) error {
+	l := h.lease()
+	h.put(h.record(stateInDoubtReleased))
+	h.prov.then(answerInvalidGrant)
+	_, err := h.b.refreshFamily(h.ctx, l)
+	return err
+}
+
+// The pure transition methods refuse exactly what the table does not list.
+func TestTransitionMethodsRefuseWhatTheTableDoesNotAllow(t *testing.T) {
+	h := newFamHarness(t)
+	now := h.clk.now()
+	type method struct {
+		event familyEvent
+		apply func(f *familyRecord) (*familyRecord, error)
+	}
+	methods := []method{
+		{evClaim, func(f *familyRecord) (*familyRecord, error) { return f.claimedBy(me, now.Add(time.Minute), now) }},
+		{evMarkInDoubt, (*familyRecord).markedInDoubt},
+		{evStoreResult, func(f *familyRecord) (*familyRecord, error) {
+			return f.rotated(refreshResult{now: now, refreshToken: "rt-4", access: &accessToken{Token: "at-4"}})
+		}},
+		{evRelease, func(f *familyRecord) (*familyRecord, error) { return f.released(me) }},
+		{evRevoke, func(f *familyRecord) (*familyRecord, error) { return f.revoked(ReasonRefreshTokenRejected, "d", now) }},
+		{evRevokeDeliberately, func(f *familyRecord) (*familyRecord, error) { return f.revoked(ReasonAdminRevoked, "d", now) }},
+		{evConfirmProviderRevocation, (*familyRecord).providerConfirmed},
+		{evInstall, func(f *familyRecord) (*familyRecord, error) {
+			return f.replacedBy(&familyRecord{Status: StatusActive, FamilyID: "fam-2", RefreshToken: "rt-new"})
+		}},
+	}
+	hasRow := func(from familyState, ev familyEvent) bool {
+		return slices.ContainsFunc(familyTransitions, func(t transition) bool { return t.From == from && t.Event == ev })
+	}
+	for s := range numFamilyStates {
+		if s == stateHeld {
+			continue // in memory: no record is in it
+		}
+		for _, m := range methods {
+			f := h.record(s)
+			before := *f
+			next, err := m.apply(f)
+			var te *transitionError
+			switch {
+			case hasRow(s, m.event) && err != nil:
+				t.Errorf("%s on %s: %v, want allowed", m.event, s, err)
+			case hasRow(s, m.event) && !allowed(s, m.event, next.state()):
+				t.Errorf("%s on %s led to %s, which the table does not list", m.event, s, next.state())
+			case !hasRow(s, m.event) && !errors.As(err, &te):
+				t.Errorf("%s on %s: %v, want a *transitionError", m.event, s, err)
+			}
+			if f.Claim != before.Claim || f.Status != before.Status || f.InDoubt != before.InDoubt || f.Generation != before.Generation {
+				t.Errorf("%s changed the record it was called on", m.event)
+			}
+		}
+	}
+
+	// Claims of another replica: taken over once expired, never before.
+	fam := h.record(stateClaimed)
+	fam.Claim = &claim{Holder: other, Deadline: now.Add(time.Second)}
+	var te *transitionError
+	if _, err := fam.claimedBy(me, now.Add(time.Minute), now); !errors.As(err, &te) || te.Event != evTakeOver || te.Why == "" {
+		t.Errorf("claiming over a live claim: %v, want a refused take_over", err)
+	}
+	next, err := fam.claimedBy(me, now.Add(time.Minute), now.Add(time.Second))
+	if err != nil || next.state() != stateInDoubt || next.Claim.Holder != me {
+		t.Errorf("taking over an expired claim: %+v %v, want in doubt, ours", next, err)
+	}
+	if _, err := fam.released(me); !errors.As(err, &te) || te.Error() == "" {
+		t.Errorf("releasing another replica's claim: %v, want refused", err)
+	}
+	if s := familyState(99).String(); s != "familyState(99)" {
+		t.Errorf("unknown state prints %q", s)
+	}
+	if s := familyEvent(99).String(); s != "familyEvent(99)" {
+		t.Errorf("unknown event prints %q", s)
+	}
+}
+
+// The refresh policy as a table: the family's state and the attempt,
+// times the provider's answer, give the action.
+func TestDecideRefresh(t *testing.T) {
+	now := time.Date(2026, 5, 4, 9, 0, 0, 0, time.UTC)
+	wrapped := fmt.Errorf("context: %w", answerInvalidGrant)
+	tempRefusal := &provider.Error{Op: "refresh", Outcome: provider.OutcomeRejected, StatusCode: 429, Code: "rate_limit_exceeded", RetryAfter: 3 * time.Second}
+	tests := []struct {
+		name    string
+		a       refreshAttempt
+		answer  error
+		want    refreshAction
+		inDoubt bool
+		reason  RevocationReason
+		err     func(error) bool
+	}{
+		{"ok", refreshAttempt{state: stateClaimed}, nil, actionStore, false, "", nil},
+		{"ok in doubt", refreshAttempt{state: stateInDoubt, n: 1}, nil, actionStore, false, "", nil},
+		{"unclassified failure", refreshAttempt{state: stateClaimed}, errors.New("boom"), actionGiveUp, false, "", isUnavailable},
+		{"invalid_grant", refreshAttempt{state: stateClaimed}, answerInvalidGrant, actionRevoke, false, ReasonRefreshTokenRejected, nil},
+		{"invalid_grant wrapped", refreshAttempt{state: stateClaimed}, wrapped, actionRevoke, false, ReasonRefreshTokenRejected, nil},
+		{"invalid_grant in doubt", refreshAttempt{state: stateInDoubt}, answerInvalidGrant, actionRevoke, false, ReasonLostRotation, nil},
+		{"client refused", refreshAttempt{state: stateClaimed}, answerBadClient, actionRecheckClient, false, "", isClientRejected},
+		{"client refused again", refreshAttempt{state: stateClaimed, clientRechecked: true}, answerBadClient, actionGiveUp, false, "", isClientRejected},
+		{"unknown, first attempt", refreshAttempt{state: stateClaimed}, answerUnknown, actionRetry, true, "", nil},
+		{"unknown, already in doubt", refreshAttempt{state: stateInDoubt}, answerUnknown, actionRetry, false, "", nil},
+		{"unknown again, no grace", refreshAttempt{state: stateInDoubt, n: 1, now: now, unknownSince: now}, answerUnknown, actionGiveUp, false, "", isUnavailable},
+		{"unknown again, within grace", refreshAttempt{state: stateInDoubt, n: 3, now: now.Add(10 * time.Second), unknownSince: now, grace: 30 * time.Second}, answerUnknown, actionRetry, false, "", nil},
+		{"unknown again, grace half gone", refreshAttempt{state: stateInDoubt, n: 3, now: now.Add(15 * time.Second), unknownSince: now, grace: 30 * time.Second}, answerUnknown, actionGiveUp, false, "", isUnavailable},
+		{"not processed", refreshAttempt{state: stateClaimed, notProcessedTries: 4}, answerNotProcessed, actionRetry, false, "", nil},
+		{"temporary refusal", refreshAttempt{state: stateClaimed, n: 2, notProcessedTries: 4}, tempRefusal, actionRetry, false, "", nil},
+		{"not processed, last try", refreshAttempt{state: stateClaimed, n: 3, notProcessedTries: 4}, answerNotProcessed, actionGiveUp, false, "", isUnavailable},
+		{"not processed in doubt", refreshAttempt{state: stateInDoubt, n: 1, notProcessedTries: 4}, answerNotProcessed, actionRetry, false, "", nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			d := decideRefresh(tt.a, tt.answer)
+			if d.action != tt.want || d.markInDoubt != tt.inDoubt || d.reason != tt.reason {
+				t.Fatalf("decision %s (in doubt %v, reason %q), want %s (%v, %q)", d.action, d.markInDoubt, d.reason, tt.want, tt.inDoubt, tt.reason)
+			}
+			if tt.err == nil && d.err != nil && d.action != actionRecheckClient {
+				t.Errorf("error %v, want none", d.err)
+			}
+			if tt.err != nil && !tt.err(d.err) {
+				t.Errorf("error %v", d.err)
+			}
+		})
+	}
+	// A temporary refusal's Retry-After is the least wait, also in the error
+	// of the last try.
+	if d := decideRefresh(refreshAttempt{state: stateClaimed, notProcessedTries: 4}, tempRefusal); d.backoffAtLeast != 3*time.Second {
+		t.Errorf("backoff at least %s, want the provider's 3s", d.backoffAtLeast)
+	}
+	var ue *UnavailableError
+	if d := decideRefresh(refreshAttempt{state: stateClaimed, n: 3, notProcessedTries: 4}, tempRefusal); !errors.As(d.err, &ue) || ue.RetryAfter != 3*time.Second {
+		t.Errorf("last try's error %v, want retry after 3s", d.err)
+	}
+	for o := outcomeOK; o <= outcomeNotProcessed; o++ {
+		if o.String() == "" {
+			t.Errorf("outcome %d has no name", o)
+		}
+	}
+	for a := actionStore; a <= actionGiveUp; a++ {
+		if a.String() == "" {
+			t.Errorf("action %d has no name", a)
+		}
+	}
+}
+
+func isClientRejected(err error) bool { return errors.Is(err, ErrClientRejected) }
