@@ -167,7 +167,7 @@ func TestSalesforceInactiveRefreshTokenNeedsNoCorroboration(t *testing.T) {
 	env := newDetectEnv(t, providersim.Config{})
 	b := env.broker(t)
 	old := env.install(ctx, t, b, "x", env.spec)
-	env.clk.add(3 * time.Hour) // the access token is long expired
+	env.clk.Add(3 * time.Hour) // the access token is long expired
 	replayAtProvider(t, env.sim, old)
 	e, err := b.entry(ctx, "x")
 	if err != nil {

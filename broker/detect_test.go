@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/rotavault/rotavault/audit"
+	"github.com/rotavault/rotavault/internal/fakeclock"
 	"github.com/rotavault/rotavault/internal/poll"
 	"github.com/rotavault/rotavault/provider"
 	"github.com/rotavault/rotavault/providersim"
@@ -86,7 +87,7 @@ func withDetectTick(d time.Duration) Option {
 
 type detectEnv struct {
 	st   store.Store
-	clk  *clock
+	clk  *fakeclock.Clock
 	sim  *providersim.Server
 	prov *detectProvider
 	aud  *recordingAuditor
@@ -95,8 +96,8 @@ type detectEnv struct {
 
 func newDetectEnv(t *testing.T, simCfg providersim.Config) *detectEnv {
 	t.Helper()
-	clk := &clock{t: time.Now()}
-	simCfg.Now = clk.now
+	clk := fakeclock.New(time.Now())
+	simCfg.Now = clk.Now
 	sim := startSim(t, simCfg)
 	return &detectEnv{st: memstore.New(), clk: clk, sim: sim, prov: newDetectProvider(), aud: &recordingAuditor{}, spec: simSpec(sim)}
 }
@@ -144,7 +145,7 @@ func replayAtProvider(t *testing.T, sim *providersim.Server, oldToken string) {
 // driveClock advances clk by step every few milliseconds of real time until
 // the test ends: the periodic check's interval passes in simulated time,
 // whatever the loop's phase when the test starts.
-func driveClock(t *testing.T, clk *clock, step time.Duration) {
+func driveClock(t *testing.T, clk *fakeclock.Clock, step time.Duration) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
@@ -157,7 +158,7 @@ func driveClock(t *testing.T, clk *clock, step time.Duration) {
 			case <-ctx.Done():
 				return
 			case <-tick.C:
-				clk.add(step)
+				clk.Add(step)
 			}
 		}
 	}()
@@ -231,7 +232,7 @@ func TestPeriodicIntrospectionDetectsFamilyRevokedAtProvider(t *testing.T) {
 	defer sub.Close()
 
 	replayAtProvider(t, env.sim, old)
-	revokedAt := env.clk.now()
+	revokedAt := env.clk.Now()
 	refreshes := env.sim.Stats().RefreshRequests
 	driveClock(t, env.clk, interval/20)
 

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/rotavault/rotavault/audit"
+	"github.com/rotavault/rotavault/internal/fakeclock"
 	"github.com/rotavault/rotavault/provider"
 	"github.com/rotavault/rotavault/store/memstore"
 )
@@ -30,7 +31,7 @@ const (
 type famHarness struct {
 	t    *testing.T
 	ctx  context.Context
-	clk  *clock
+	clk  *fakeclock.Clock
 	st   *faultStore
 	prov *scriptedProvider
 	aud  *recordingAuditor
@@ -42,7 +43,7 @@ func newFamHarness(t *testing.T) *famHarness {
 	t.Helper()
 	h := &famHarness{
 		t: t, ctx: context.Background(),
-		clk:  &clock{t: time.Now()}, // claim deadlines bound real contexts
+		clk:  fakeclock.New(time.Now()), // claim deadlines bound real contexts
 		st:   &faultStore{Store: memstore.New()},
 		prov: &scriptedProvider{},
 		aud:  &recordingAuditor{},
@@ -63,7 +64,7 @@ func newFamHarness(t *testing.T) *famHarness {
 // record returns a record of family fam-1 at generation 3 in state s; a
 // claim is this replica's.
 func (h *famHarness) record(s familyState) *familyRecord {
-	now := h.clk.now()
+	now := h.clk.Now()
 	active := &familyRecord{
 		Status: StatusActive, FamilyID: "fam-1", Generation: 3, RefreshToken: "rt-3", StartedAt: now.Add(-24 * time.Hour),
 		Access: &accessToken{Token: "at-3", Type: "Bearer", IssuedAt: now, ExpiresAt: now.Add(time.Hour), Fingerprint: Fingerprint("at-3")},
@@ -221,7 +222,7 @@ func acquireLease(h *famHarness) error {
 func takenOver(s familyState) func(h *famHarness) error {
 	return func(h *famHarness) error {
 		fam := h.record(s)
-		fam.Claim = &claim{Holder: other, Deadline: h.clk.now().Add(-time.Second)}
+		fam.Claim = &claim{Holder: other, Deadline: h.clk.Now().Add(-time.Second)}
 		h.put(fam)
 		return acquireLease(h)
 	}
@@ -379,7 +380,7 @@ func revokeAfterTakeoverAndRelease(h *famHarness) error {
 // The pure transition methods refuse exactly what the table does not list.
 func TestTransitionMethodsRefuseWhatTheTableDoesNotAllow(t *testing.T) {
 	h := newFamHarness(t)
-	now := h.clk.now()
+	now := h.clk.Now()
 	type method struct {
 		event familyEvent
 		apply func(f *familyRecord) (*familyRecord, error)

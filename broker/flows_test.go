@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/rotavault/rotavault/audit"
+	"github.com/rotavault/rotavault/internal/fakeclock"
 	"github.com/rotavault/rotavault/internal/poll"
 	"github.com/rotavault/rotavault/providersim"
 	"github.com/rotavault/rotavault/store"
@@ -23,7 +24,7 @@ const flowDeadline = 20 * time.Second
 // reauthentication.
 type flowEnv struct {
 	st   store.Store
-	clk  *clock
+	clk  *fakeclock.Clock
 	sim  *providersim.Server
 	spec Spec
 	aud  *recordingAuditor
@@ -31,8 +32,8 @@ type flowEnv struct {
 
 func newFlowEnv(t *testing.T) *flowEnv {
 	t.Helper()
-	clk := &clock{t: time.Now()}
-	sim := startSim(t, providersim.Config{Now: clk.now, DeviceInterval: time.Second})
+	clk := fakeclock.New(time.Now())
+	sim := startSim(t, providersim.Config{Now: clk.Now, DeviceInterval: time.Second})
 	// A realistic secret: errors redact every secret sent, and a one-letter
 	// one would be cut out of the provider's error codes (slow_down).
 	spec := simSpec(sim)
@@ -121,7 +122,7 @@ func TestDeviceFlowTakeoverFromDeadPoller(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f.Poller, f.LeaseUntil = "replica-a", env.clk.now().Add(3*time.Second)
+	f.Poller, f.LeaseUntil = "replica-a", env.clk.Now().Add(3*time.Second)
 	if _, err := b0.writeFlow(ctx, p.State, f, version); err != nil {
 		t.Fatal(err)
 	}
@@ -134,7 +135,7 @@ func TestDeviceFlowTakeoverFromDeadPoller(t *testing.T) {
 	if err := env.sim.ApproveDevice(p.UserCode); err != nil {
 		t.Fatal(err)
 	}
-	env.clk.add(4 * time.Second) // the dead replica's lease runs out
+	env.clk.Add(4 * time.Second) // the dead replica's lease runs out
 	b.sweepFlows(ctx)
 	if got := readFlowRecord(t, env.st, p.State); got.Poller != "replica-b" {
 		t.Fatalf("after the lease expired, poller %q, want replica-b", got.Poller)
@@ -208,7 +209,7 @@ func TestFlowExpiryAndPruning(t *testing.T) {
 	if got, err := b.CheckAuthorization(ctx, "x", p.State, 0); err != nil || got.Authorization == nil || got.Authorization.AuthorizeURL != p.AuthorizeURL {
 		t.Fatalf("check of a fresh flow: %+v %v, want it pending with its authorize URL", got, err)
 	}
-	env.clk.add(11 * time.Minute)
+	env.clk.Add(11 * time.Minute)
 	var ae *AuthorizationError
 	if _, err := b.CheckAuthorization(ctx, "x", p.State, 0); !errors.As(err, &ae) || ae.Reason != FlowExpired {
 		t.Fatalf("check after 11m: %v, want expired", err)
@@ -220,7 +221,7 @@ func TestFlowExpiryAndPruning(t *testing.T) {
 	if _, err := b.CompleteAuthorization(ctx, "x", p.State, "some-code"); !isInvalidField(err, "state") {
 		t.Fatalf("completing an expired flow: %v, want invalid state", err)
 	}
-	env.clk.add(flowRetention)
+	env.clk.Add(flowRetention)
 	b.sweepFlows(ctx)
 	if _, err := env.st.Get(ctx, flowKey(p.State)); !errors.Is(err, store.ErrNotFound) {
 		t.Fatalf("finished flow still stored after its retention: %v", err)
@@ -329,9 +330,9 @@ func TestFlowStartsAreBounded(t *testing.T) {
 		t.Fatalf("refused starts left %d flows and %d device authorizations", len(keys), env.sim.Stats().DeviceAuthorizations-starts)
 	}
 	// Expired, then forgotten: room again.
-	env.clk.add(11 * time.Minute)
+	env.clk.Add(11 * time.Minute)
 	b.sweepFlows(ctx)
-	env.clk.add(11 * time.Minute)
+	env.clk.Add(11 * time.Minute)
 	b.sweepFlows(ctx)
 	if _, err := b.StartAuthorization(ctx, "x", "http://127.0.0.1:1/cb", nil); err != nil {
 		t.Fatalf("after the old flows were forgotten: %v", err)

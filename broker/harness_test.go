@@ -20,15 +20,6 @@ import (
 // the simulator or fosite do; the scripted provider is for the table tests
 // that must produce each answer on cue.
 
-// clock is the fake clock: it stands still unless a test moves it.
-type clock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *clock) now() time.Time      { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
-func (c *clock) add(d time.Duration) { c.mu.Lock(); c.t = c.t.Add(d); c.mu.Unlock() }
-
 // faultStore wraps a store and counts its reads, writes and bytes written;
 // faults injected into it act on the operations they match.
 type faultStore struct {

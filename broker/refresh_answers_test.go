@@ -108,7 +108,7 @@ func TestDoubtIsStoredBeforeTheRetry(t *testing.T) {
 	h := newFamHarness(t)
 	h.put(h.record(stateClaimed))
 	l := h.lease()
-	h.put(takenBy(h.record(stateInDoubt), other, h.clk.now().Add(time.Minute)))
+	h.put(takenBy(h.record(stateInDoubt), other, h.clk.Now().Add(time.Minute)))
 	h.prov.then(answerUnknown)
 	if _, err := h.b.refreshFamily(h.ctx, l); !errors.Is(err, ErrConflict) {
 		t.Fatalf("marking doubt on a lost claim: %v, want ErrConflict", err)
@@ -141,7 +141,7 @@ func TestResultWriteConflictRevokesNothingOfALiveFamily(t *testing.T) {
 			return f
 		}, func(err error) bool { return errors.Is(err, ErrConflict) }, nil, stateActive},
 		{"taken over, their refresh still running", func(h *famHarness) *familyRecord {
-			return takenBy(h.record(stateInDoubt), other, h.clk.now().Add(time.Minute))
+			return takenBy(h.record(stateInDoubt), other, h.clk.Now().Add(time.Minute))
 		}, func(err error) bool { return errors.Is(err, ErrConflict) }, nil, stateInDoubt},
 		{"our write had landed", func(h *famHarness) *familyRecord {
 			f := h.record(stateActive)
@@ -179,7 +179,7 @@ func TestResultWriteConflictRevokesNothingOfALiveFamily(t *testing.T) {
 // token, and takes the claim over, in doubt, once its deadline passed.
 func TestClaimWaitsForTheHolderThenTakesOver(t *testing.T) {
 	h := newFamHarness(t)
-	h.put(takenBy(h.record(stateActive), other, h.clk.now().Add(45*time.Second)))
+	h.put(takenBy(h.record(stateActive), other, h.clk.Now().Add(45*time.Second)))
 	type result struct {
 		l   *claimLease
 		err error
@@ -190,7 +190,7 @@ func TestClaimWaitsForTheHolderThenTakesOver(t *testing.T) {
 		done <- result{l, err}
 	}()
 	poll.Until(t, 10*time.Second, "a claim wait", func() bool { return h.b.Stats().ClaimWaits > 0 })
-	h.clk.add(time.Minute)
+	h.clk.Add(time.Minute)
 	r := <-done
 	if r.err != nil || r.l == nil {
 		t.Fatalf("acquire: %+v", r)
@@ -212,7 +212,7 @@ func TestOptimisticClaimFollowsOtherWriters(t *testing.T) {
 	newer.Generation, newer.RefreshToken = 4, "rt-4"
 	h.put(newer)
 	h.e.view.Store(stale)
-	h.clk.add(2 * credCacheTTL)
+	h.clk.Add(2 * credCacheTTL)
 	reads := h.st.reads.Load()
 	l, _, err := h.b.acquire(h.ctx, h.e, always)
 	if err != nil || l == nil {
@@ -405,7 +405,7 @@ func TestCachedViewKeepsTheNewestOfEach(t *testing.T) {
 // new holder.
 func TestReleaseTouchesOnlyItsOwnClaim(t *testing.T) {
 	h := newFamHarness(t)
-	h.put(takenBy(h.record(stateActive), other, h.clk.now().Add(time.Minute)))
+	h.put(takenBy(h.record(stateActive), other, h.clk.Now().Add(time.Minute)))
 	writes := h.st.writes.Load()
 	h.lease().release(h.ctx)
 	if h.st.writes.Load() != writes {
@@ -413,7 +413,7 @@ func TestReleaseTouchesOnlyItsOwnClaim(t *testing.T) {
 	}
 	h.put(h.record(stateClaimed))
 	l := h.lease()
-	h.put(takenBy(h.record(stateInDoubt), other, h.clk.now().Add(time.Minute)))
+	h.put(takenBy(h.record(stateInDoubt), other, h.clk.Now().Add(time.Minute)))
 	l.release(h.ctx)
 	if f := h.stored(); f.Claim == nil || f.Claim.Holder != other {
 		t.Fatalf("claim after a stale release: %+v, want the other replica's", f.Claim)
@@ -445,7 +445,7 @@ func TestClaimFailures(t *testing.T) {
 	})
 	t.Run("wait cut short", func(t *testing.T) {
 		h := newFamHarness(t)
-		h.put(takenBy(h.record(stateActive), other, h.clk.now().Add(time.Minute)))
+		h.put(takenBy(h.record(stateActive), other, h.clk.Now().Add(time.Minute)))
 		ctx, cancel := context.WithTimeout(h.ctx, 20*time.Millisecond)
 		defer cancel()
 		if _, _, err := h.b.acquire(ctx, h.e, always); !errors.Is(err, context.DeadlineExceeded) {
@@ -454,7 +454,7 @@ func TestClaimFailures(t *testing.T) {
 	})
 	t.Run("store fails during the wait", func(t *testing.T) {
 		h := newFamHarness(t)
-		h.put(takenBy(h.record(stateActive), other, h.clk.now().Add(time.Minute)))
+		h.put(takenBy(h.record(stateActive), other, h.clk.Now().Add(time.Minute)))
 		defer h.st.inject(&fault{op: "get", prefix: "families/", fail: errStoreDown})()
 		if _, _, err := h.b.acquire(h.ctx, h.e, always); !isUnavailable(err) {
 			t.Fatalf("acquire: %v", err)
@@ -468,4 +468,48 @@ func TestClaimFailures(t *testing.T) {
 			t.Fatalf("acquire after one failed write: %v", err)
 		}
 	})
+}
+
+// A refresh started for a need that a revoked family no longer has (the
+// scheduler's: "due while active") adopts the revoked family another
+// replica stored; it answers REAUTHENTICATION_REQUIRED, never a view
+// without a token for a caller sharing the flight.
+func TestFlightEndingOnARevokedFamilyAnswersReauth(t *testing.T) {
+	h := newFamHarness(t)
+	h.put(h.record(stateActive))
+	cached := h.e.view.Load()
+	h.put(h.record(stateRevoked)) // another replica revoked it
+	h.e.view.Store(cached)
+	due := func(v *view) bool { return v.fam.Status == StatusActive }
+	if v, err := h.b.refresh(h.ctx, h.e, due); !isReauth(err) {
+		t.Fatalf("refresh: %+v, %v; want ErrReauthRequired", v, err)
+	}
+	if h.prov.refreshes != 0 {
+		t.Fatal("a revoked family's token was presented")
+	}
+}
+
+// Only an idle family's refresh token is known to be the provider's
+// current one: a claim, live or expired (its holder may have rotated the
+// token before it stopped), or a doubt make the family not idle, for the
+// periodic check and for the confirmation of a revocation alike.
+func TestExpiredClaimIsNotIdle(t *testing.T) {
+	h := newFamHarness(t)
+	h.put(h.record(stateActive))
+	seen := h.e.view.Load()
+	if !h.b.detectable(h.e, seen, h.clk.Now()) || !stillSameLiveToken(seen, seen) {
+		t.Fatal("an idle family is not checked")
+	}
+	for _, s := range []familyState{stateClaimed, stateInDoubt, stateInDoubtReleased} {
+		fam := h.record(s)
+		if fam.Claim != nil {
+			fam.Claim = &claim{Holder: other, Deadline: h.clk.Now().Add(-time.Minute)}
+		}
+		h.put(fam)
+		cur := h.e.view.Load()
+		if h.b.detectable(h.e, cur, h.clk.Now()) || stillSameLiveToken(seen, cur) {
+			t.Errorf("%s with an expired claim: detectable %v, same live token %v; want neither",
+				s, h.b.detectable(h.e, cur, h.clk.Now()), stillSameLiveToken(seen, cur))
+		}
+	}
 }

@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rotavault/rotavault/internal/fakeclock"
 	"github.com/rotavault/rotavault/store/memstore"
 )
 
@@ -14,7 +15,7 @@ import (
 func TestUnmeetableNeedCostsOneRotation(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	clk := &clock{t: time.Now()}
+	clk := fakeclock.New(time.Now())
 	sim, bs, spec := setup(t, memstore.New(), clk)
 	b := bs[0]
 	if _, err := b.CreateCredential(ctx, "x", spec); err != nil {

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/rotavault/rotavault/audit"
+	"github.com/rotavault/rotavault/internal/fakeclock"
 	"github.com/rotavault/rotavault/provider"
 	"github.com/rotavault/rotavault/providersim"
 	"github.com/rotavault/rotavault/store"
@@ -44,7 +45,7 @@ func (p *revokeProvider) Refresh(ctx context.Context, ep provider.Endpoint, cc p
 
 type revokeEnv struct {
 	sim  *providersim.Server
-	clk  *clock
+	clk  *fakeclock.Clock
 	prov *revokeProvider
 	aud  *recordingAuditor
 	a, b *Broker // two replicas on one store
@@ -53,8 +54,8 @@ type revokeEnv struct {
 
 func newRevokeEnv(t *testing.T, st store.Store) *revokeEnv {
 	t.Helper()
-	clk := &clock{t: time.Now()}
-	sim := startSim(t, providersim.Config{Now: clk.now})
+	clk := fakeclock.New(time.Now())
+	sim := startSim(t, providersim.Config{Now: clk.Now})
 	env := &revokeEnv{sim: sim, clk: clk, prov: &revokeProvider{Client: provider.New(nil)}, aud: &recordingAuditor{}, spec: simSpec(sim)}
 	cfg := Config{Store: st, Provider: env.prov, Auditor: env.aud}
 	env.a, env.b = newBroker(t, cfg, replicaOpts(clk)...), newBroker(t, cfg, replicaOpts(clk)...)
@@ -161,7 +162,7 @@ func TestRevokeCredential(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Replica A learns of the new family on its next (rate-limited) re-read.
-	env.clk.add(2 * inactiveRecheck)
+	env.clk.Add(2 * inactiveRecheck)
 	tok, err := env.a.GetAccessToken(ctx, TokenRequest{CredentialID: "x"})
 	if err != nil || tok.FamilyID != act.FamilyID {
 		t.Fatalf("after reauthentication: %+v %v", tok, err)
@@ -274,7 +275,7 @@ func TestRevokeCredentialWhileAnotherReplicaHoldsTheClaim(t *testing.T) {
 			return version, err
 		}}
 	hs.inject(claimed)
-	env.clk.add(3 * time.Hour)
+	env.clk.Add(3 * time.Hour)
 	_, err = env.a.GetAccessToken(ctx, TokenRequest{CredentialID: "x"})
 	if revokeErr != nil {
 		t.Fatal(revokeErr)
@@ -306,7 +307,7 @@ func TestRevokeCredentialDuringARefreshThatSucceeded(t *testing.T) {
 	var revokeErr error
 	hook := func() { _, revokeErr = env.b.RevokeCredential(ctx, "x", "revoked mid-refresh") }
 	env.prov.afterRefresh.Store(&hook)
-	env.clk.add(3 * time.Hour)
+	env.clk.Add(3 * time.Hour)
 	_, err := env.a.GetAccessToken(ctx, TokenRequest{CredentialID: "x"})
 	if revokeErr != nil {
 		t.Fatal(revokeErr)

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rotavault/rotavault/internal/fakeclock"
 	"github.com/rotavault/rotavault/providersim"
 	"github.com/rotavault/rotavault/store"
 	"github.com/rotavault/rotavault/store/memstore"
@@ -32,12 +33,12 @@ func simSpec(sim *providersim.Server) Spec {
 // replicaOpts run a replica on clk with the scheduler and periodic
 // introspection out of the way and fast retries; extra options come last and
 // win.
-func replicaOpts(clk *clock, extra ...Option) []Option {
-	return append([]Option{WithClock(clk.now), WithSchedulerInterval(time.Hour), WithRetryBase(time.Millisecond), WithIntrospectionInterval(0)}, extra...)
+func replicaOpts(clk *fakeclock.Clock, extra ...Option) []Option {
+	return append([]Option{WithClock(clk.Now), WithSchedulerInterval(time.Hour), WithRetryBase(time.Millisecond), WithIntrospectionInterval(0)}, extra...)
 }
 
-func setup(t *testing.T, st store.Store, clk *clock) (*providersim.Server, []*Broker, Spec) {
-	sim := startSim(t, providersim.Config{Now: clk.now})
+func setup(t *testing.T, st store.Store, clk *fakeclock.Clock) (*providersim.Server, []*Broker, Spec) {
+	sim := startSim(t, providersim.Config{Now: clk.Now})
 	var bs []*Broker
 	for i := 0; i < 2; i++ {
 		bs = append(bs, newTestBroker(t, st, replicaOpts(clk)...))
@@ -51,7 +52,7 @@ func setup(t *testing.T, st store.Store, clk *clock) (*providersim.Server, []*Br
 // orphan (it is the stored one).
 func TestLostResultAnswerIsNotMistakenForALostRace(t *testing.T) {
 	ctx := context.Background()
-	clk := &clock{t: time.Now()}
+	clk := fakeclock.New(time.Now())
 	hs := &faultStore{Store: memstore.New()}
 	sim, bs, spec := setup(t, hs, clk)
 	a := bs[0]
@@ -68,7 +69,7 @@ func TestLostResultAnswerIsNotMistakenForALostRace(t *testing.T) {
 		return decodeRecord(value, &f, &f.Format) == nil && f.Claim == nil && f.Generation >= 2
 	}}
 	hs.inject(replayed)
-	clk.add(3 * time.Hour)
+	clk.Add(3 * time.Hour)
 	_, err := a.GetAccessToken(ctx, TokenRequest{CredentialID: "x"})
 	t.Logf("first refresh: %v", err)
 	if replayed.hits.Load() != 1 {
@@ -76,7 +77,7 @@ func TestLostResultAnswerIsNotMistakenForALostRace(t *testing.T) {
 	}
 	f := storedFamily(ctx, t, hs.Store)
 	t.Logf("stored: gen %d status %s; provider: %+v", f.Generation, f.Status, sim.Stats())
-	clk.add(3 * time.Hour)
+	clk.Add(3 * time.Hour)
 	_, err = bs[1].GetAccessToken(ctx, TokenRequest{CredentialID: "x"})
 	t.Logf("next refresh on replica B: %v", err)
 	if errors.Is(err, ErrReauthRequired) {
@@ -89,7 +90,7 @@ func TestLostResultAnswerIsNotMistakenForALostRace(t *testing.T) {
 // on a version number the recreated family has reached and overwrite it.
 func TestRecreatedCredentialIsNotOverwrittenByAStaleReplica(t *testing.T) {
 	ctx := context.Background()
-	clk := &clock{t: time.Now()}
+	clk := fakeclock.New(time.Now())
 	st := memstore.New()
 	sim, bs, spec := setup(t, st, clk)
 	a, b := bs[0], bs[1]
@@ -112,7 +113,7 @@ func TestRecreatedCredentialIsNotOverwrittenByAStaleReplica(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	clk.add(3 * time.Hour)
+	clk.Add(3 * time.Hour)
 	_, err = a.GetAccessToken(ctx, TokenRequest{CredentialID: "x"})
 	t.Logf("A (stale cache) refresh: %v", err)
 	f := storedFamily(ctx, t, st)
@@ -127,9 +128,9 @@ func TestRecreatedCredentialIsNotOverwrittenByAStaleReplica(t *testing.T) {
 // instead of failing every refresh.
 func TestHeldRotationIsDroppedAfterATakeover(t *testing.T) {
 	ctx := context.Background()
-	clk := &clock{t: time.Now()}
+	clk := fakeclock.New(time.Now())
 	mem := memstore.New()
-	sim := startSim(t, providersim.Config{Now: clk.now, ReuseGrace: 10 * time.Minute})
+	sim := startSim(t, providersim.Config{Now: clk.Now, ReuseGrace: 10 * time.Minute})
 	// the store rejects A's family writes but claims (not applied) while
 	// down
 	fs := &faultStore{Store: mem}
@@ -145,7 +146,7 @@ func TestHeldRotationIsDroppedAfterATakeover(t *testing.T) {
 		t.Fatal(err)
 	}
 	up := fs.inject(&fault{op: "put", prefix: "families/", match: familyWrites(false), fail: errStoreDown})
-	clk.add(3 * time.Hour)
+	clk.Add(3 * time.Hour)
 	_, err := a.GetAccessToken(ctx, TokenRequest{CredentialID: "x"})
 	ea, eerr := a.entry(ctx, "x")
 	if eerr != nil {
@@ -157,11 +158,11 @@ func TestHeldRotationIsDroppedAfterATakeover(t *testing.T) {
 		t.Fatal("A holds no rotation: the test does not reach the takeover it is about")
 	}
 	up()
-	clk.add(time.Minute) // past A's claim deadline
+	clk.Add(time.Minute) // past A's claim deadline
 	tb, err := b.GetAccessToken(ctx, TokenRequest{CredentialID: "x"})
 	t.Logf("B takeover: gen %d err %v; sim %+v", tb.Generation, err, sim.Stats())
 	for i := 0; i < 3; i++ {
-		clk.add(3 * time.Hour)
+		clk.Add(3 * time.Hour)
 		_, err = a.GetAccessToken(ctx, TokenRequest{CredentialID: "x"})
 		t.Logf("A later: %v", err)
 	}
@@ -172,9 +173,9 @@ func TestHeldRotationIsDroppedAfterATakeover(t *testing.T) {
 
 func TestStressTwoReplicas(t *testing.T) {
 	ctx := context.Background()
-	clk := &clock{t: time.Now()}
+	clk := fakeclock.New(time.Now())
 	st := memstore.New()
-	sim := startSim(t, providersim.Config{Now: clk.now})
+	sim := startSim(t, providersim.Config{Now: clk.Now})
 	var bs []*Broker
 	for i := 0; i < 3; i++ {
 		bs = append(bs, newTestBroker(t, st, replicaOpts(clk, WithSchedulerInterval(10*time.Millisecond), WithRejectionInterval(0))...))
@@ -216,7 +217,7 @@ func TestStressTwoReplicas(t *testing.T) {
 	// moves an hour every 20ms of wall time.
 	for i := 0; i < 50; i++ {
 		time.Sleep(20 * time.Millisecond)
-		clk.add(time.Hour)
+		clk.Add(time.Hour)
 	}
 	close(stop)
 	wg.Wait()

@@ -117,7 +117,7 @@ func TestAuthorizationCodeExchange(t *testing.T) {
 		{name: "unknown code", scope: "api refresh_token",
 			form: func(string) url.Values { return codeForm("aPrxnot-a-code==", "") }, wantError: "invalid_grant"},
 		{name: "expired code", scope: "api refresh_token",
-			before: func(h *harness) { h.clock.Advance(15 * time.Minute) },
+			before: func(h *harness) { h.clock.Add(15 * time.Minute) },
 			form:   func(c string) url.Values { return codeForm(c, "") }, wantError: "invalid_grant"},
 	}
 	for _, tc := range tests {

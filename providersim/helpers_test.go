@@ -9,10 +9,10 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
+	"github.com/rotavault/rotavault/internal/fakeclock"
 	"github.com/rotavault/rotavault/internal/poll"
 )
 
@@ -30,35 +30,18 @@ func challengeOf(verifier string) string {
 	return base64.RawURLEncoding.EncodeToString(sum[:])
 }
 
-type fakeClock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.now = c.now.Add(d)
-}
-
 // harness is a running Server with one registered confidential client, a
 // fake clock and an HTTP client that does not follow redirects.
 type harness struct {
 	t     *testing.T
 	srv   *Server
 	hc    *http.Client
-	clock *fakeClock
+	clock *fakeclock.Clock
 }
 
 func setupProviderTest(t *testing.T, cfg Config) *harness {
 	t.Helper()
-	clock := &fakeClock{now: time.Date(2026, 5, 11, 9, 0, 0, 123e6, time.UTC)}
+	clock := fakeclock.New(time.Date(2026, 5, 11, 9, 0, 0, 123e6, time.UTC))
 	if cfg.Now == nil {
 		cfg.Now = clock.Now
 	}

@@ -56,9 +56,9 @@ func TestIntrospectRefreshTokens(t *testing.T) {
 		if active(h, old) || active(h, current) || !active(h, afterGrace) {
 			t.Error("after the grace retry only the token it issued is active")
 		}
-		h.clock.Advance(time.Minute)
+		h.clock.Add(time.Minute)
 		_, next := h.mustRefresh(afterGrace)
-		h.clock.Advance(time.Minute)
+		h.clock.Add(time.Minute)
 		if active(h, afterGrace) || !active(h, next) {
 			t.Error("past the grace window a superseded token is inactive")
 		}

@@ -102,7 +102,7 @@ func TestIntrospect(t *testing.T) {
 	}
 
 	// Past the session timeout the access token is dead everywhere.
-	h.clock.Advance(15 * time.Minute)
+	h.clock.Add(15 * time.Minute)
 	if res := introspect(h, access, testClientID, testSecret); res.obj["active"] != false {
 		t.Errorf("expired access token: %s", res.raw)
 	}

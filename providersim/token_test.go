@@ -128,7 +128,7 @@ func TestReuseGrace(t *testing.T) {
 		run  func(t *testing.T, h *harness, r1, r2 string)
 	}{
 		{"previous token within grace returns a new pair", func(t *testing.T, h *harness, r1, r2 string) {
-			h.clock.Advance(grace - time.Second)
+			h.clock.Add(grace - time.Second)
 			a, r3 := h.mustRefresh(r1)
 			if r3 == "" || r3 == r1 || r3 == r2 {
 				t.Fatal("grace reuse must return a new refresh token")
@@ -157,7 +157,7 @@ func TestReuseGrace(t *testing.T) {
 			}
 		}},
 		{"previous token after grace revokes the family", func(t *testing.T, h *harness, r1, r2 string) {
-			h.clock.Advance(grace)
+			h.clock.Add(grace)
 			assertInvalidGrant(t, h.refresh(r1))
 			assertInvalidGrant(t, h.refresh(r2))
 		}},
