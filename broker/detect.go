@@ -18,8 +18,9 @@ import (
 // is spent, and an inactive answer cannot itself cause a reuse detection.
 //
 // Two triggers: a consumer reporting its access token rejected (access.go,
-// handleRejection), and a periodic check of every active family whose
-// provider has an introspection endpoint.
+// handleRejection), and a periodic check of every idle family (familyRecord.
+// idle: no claim, live or expired, and no doubt) whose provider has an
+// introspection endpoint.
 //
 // An inactive answer is not proof on its own: the token may have been
 // rotated away by a refresh (on this replica or another) that the cached
