@@ -39,7 +39,8 @@ func newReplicaID() string {
 // its own revision: v is the family as the claim's last write left it, and
 // v.famVersion is the fence every later write of the holder is a
 // check-and-set on. A lease whose fence moved (taken over, revoked,
-// replaced) cannot write again.
+// replaced) writes nothing more, except the revocation an invalid_grant
+// calls for, decided again on the state read (claimLease.revoke).
 type claimLease struct {
 	b *Broker
 	e *entry
