@@ -242,20 +242,18 @@ func (b *Broker) refreshFamily(ctx context.Context, l *claimLease) (*view, error
 				l.v = b.newView(cred, version, l.v.fam, l.v.famVersion)
 				continue
 			}
-			b.log.WarnContext(ctx, "provider refused the client; keeping the family", "credential", l.e.id, "provider_error", answer)
 		case actionRetry:
 			if err := ctxwait.Sleep(pctx, b.backoff(a.n, d.backoffAtLeast)); err != nil {
 				d.err = &UnavailableError{Component: ComponentProvider, RetryAfter: time.Second, Err: answer}
 				break
 			}
 			continue
-		case actionGiveUp:
-			if d.outcome == outcomeClientRejected {
-				b.log.WarnContext(ctx, "provider refused the client; keeping the family", "credential", l.e.id, "provider_error", answer)
-			}
 		}
-		// Nothing to store: release the claim so other replicas need not
-		// wait for its deadline.
+		// Giving up with nothing to store: release the claim so other
+		// replicas need not wait for its deadline.
+		if d.outcome == outcomeClientRejected {
+			b.log.WarnContext(ctx, "provider refused the client; keeping the family", "credential", l.e.id, "provider_error", answer)
+		}
 		l.release(ctx)
 		return nil, d.err
 	}

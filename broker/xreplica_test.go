@@ -178,9 +178,17 @@ func TestStressTwoReplicas(t *testing.T) {
 	sim := startSim(t, providersim.Config{Now: clk.Now})
 	var bs []*Broker
 	for i := 0; i < 3; i++ {
-		bs = append(bs, newTestBroker(t, st, replicaOpts(clk, WithSchedulerInterval(10*time.Millisecond), WithRejectionInterval(0))...))
+		// Claims outlast any refresh here by far (10 min of simulated time,
+		// 1.2 s of wall time at the pace below): the protocol assumes pauses
+		// shorter than the claim margin, and a clock jumping past a claim's
+		// deadline while its holder's refresh is in flight would test a
+		// takeover, not concurrent callers.
+		bs = append(bs, newTestBroker(t, st, replicaOpts(clk, WithSchedulerInterval(10*time.Millisecond), WithRejectionInterval(0),
+			WithClaimTiming(10*time.Minute, 4*time.Minute))...))
 	}
-	if _, err := bs[0].CreateCredential(ctx, "x", simSpec(sim)); err != nil {
+	spec := simSpec(sim)
+	spec.AccessTokenLife = 30 * time.Second // a rotation every few steps
+	if _, err := bs[0].CreateCredential(ctx, "x", spec); err != nil {
 		t.Fatal(err)
 	}
 	rt, _ := sim.IssueRefreshToken("c", nil)
@@ -214,10 +222,10 @@ func TestStressTwoReplicas(t *testing.T) {
 		}
 	}
 	// Pacing, not synchronisation: the workers run throughout, and the clock
-	// moves an hour every 20ms of wall time.
+	// moves 10 s every 20ms of wall time (the tokens last 30 s).
 	for i := 0; i < 50; i++ {
 		time.Sleep(20 * time.Millisecond)
-		clk.Add(time.Hour)
+		clk.Add(10 * time.Second)
 	}
 	close(stop)
 	wg.Wait()
