@@ -176,6 +176,9 @@ var familyTransitions = []transition{
 	{stateInDoubt, evHold, stateHeld, "the result write failed after the provider rotated"},
 	{stateHeld, evStoreHeld, stateActive, "the held rotation is written (before any other refresh, every scheduler tick, at shutdown)"},
 	{stateHeld, evDropHeld, stateActive, "the store moved on (a takeover's rotation after the claim ran out, or the write landed with its answer lost): the store's state wins"},
+	{stateHeld, evDropHeld, stateClaimed, "the store moved on and another replica refreshes again: the store's state wins"},
+	{stateHeld, evDropHeld, stateInDoubt, "another replica took the claim over and is still refreshing: the store's state wins"},
+	{stateHeld, evDropHeld, stateInDoubtReleased, "another replica took the claim over and gave up in doubt: the store's state wins"},
 	{stateHeld, evDropHeld, stateRevoked, "the family was revoked meanwhile: the store's state wins"},
 	{stateHeld, evDropHeld, stateRevokedPendingProvider, "the family was revoked deliberately meanwhile: the store's state wins"},
 

@@ -289,6 +289,12 @@ func TestEveryTransitionThroughTheBroker(t *testing.T) {
 		}
 	}
 
+	theirs := func(s familyState) func(h *famHarness) *familyRecord {
+		return func(h *famHarness) *familyRecord {
+			return takenBy(newer(s)(h), other, h.clk.Now().Add(time.Minute))
+		}
+	}
+
 	cases := map[transition]rowCase{
 		{From: stateActive, Event: evClaim, To: stateClaimed}:            claimed,
 		{From: stateClaimed, Event: evClaim, To: stateClaimed}:           claimed,
@@ -306,6 +312,9 @@ func TestEveryTransitionThroughTheBroker(t *testing.T) {
 		{From: stateInDoubt, Event: evHold, To: stateHeld}:                    held,
 		{From: stateHeld, Event: evStoreHeld, To: stateActive}:                {drive: storeHeldAfter(nil), err: noErr},
 		{From: stateHeld, Event: evDropHeld, To: stateActive}:                 {drive: storeHeldAfter(newer(stateActive)), err: noErr},
+		{From: stateHeld, Event: evDropHeld, To: stateClaimed}:                {drive: storeHeldAfter(theirs(stateClaimed)), err: noErr},
+		{From: stateHeld, Event: evDropHeld, To: stateInDoubt}:                {drive: storeHeldAfter(theirs(stateInDoubt)), err: noErr},
+		{From: stateHeld, Event: evDropHeld, To: stateInDoubtReleased}:        {drive: storeHeldAfter(newer(stateInDoubtReleased)), err: noErr},
 		{From: stateHeld, Event: evDropHeld, To: stateRevoked}:                {drive: storeHeldAfter(func(h *famHarness) *familyRecord { return h.record(stateRevoked) }), err: noErr},
 		{From: stateHeld, Event: evDropHeld, To: stateRevokedPendingProvider}: {drive: storeHeldAfter(func(h *famHarness) *familyRecord { return h.record(stateRevokedPendingProvider) }), err: noErr},
 		{From: stateActive, Event: evRevoke, To: stateRevoked}: {drive: func(h *famHarness) error {
