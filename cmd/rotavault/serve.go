@@ -102,6 +102,11 @@ type serverConfig struct {
 	// proxy, usually); <PublicURL>/oauth/callback is the redirect URI of
 	// flows started without one. Empty: no server callback.
 	PublicURL string
+	// Limits bounds what callers can make the server hold (zero: the
+	// defaults); CallbackTrustedProxies are the proxies whose
+	// X-Forwarded-For the callback's per-source limit believes.
+	Limits                 server.Limits
+	CallbackTrustedProxies []string
 }
 
 // runningServer is what Ready learns about the server.
@@ -215,7 +220,8 @@ func runServer(ctx context.Context, cfg serverConfig) (err error) {
 	if tc := reloader.ServerTLSConfig(); tc != nil {
 		extra = append(extra, grpc.Creds(credentials.NewTLS(tc)))
 	}
-	srv := server.New(server.Config{Broker: b, Logger: log, Reflection: cfg.Reflection, Auth: auth, ExtraOptions: extra, RateLimit: cfg.RateLimit, Auditor: al, ConsumerCatalog: true, IssuanceFlushInterval: cfg.IssuanceFlushInterval, MaxConnectionAge: cfg.MaxConnectionAge})
+	srv := server.New(server.Config{Broker: b, Logger: log, Reflection: cfg.Reflection, Auth: auth, ExtraOptions: extra, RateLimit: cfg.RateLimit, Auditor: al, ConsumerCatalog: true, IssuanceFlushInterval: cfg.IssuanceFlushInterval, MaxConnectionAge: cfg.MaxConnectionAge,
+		Limits: cfg.Limits, Registerer: mx.Registry()})
 	if auth == nil {
 		log.Warn("no --policy: every caller is treated as the admin identity " + server.DevIdentity + "; for development on loopback only")
 	}
@@ -268,7 +274,7 @@ func runServer(ctx context.Context, cfg serverConfig) (err error) {
 		log.Info("HTTP endpoints serving", "addr", httpAddr.String(), "public_url", cfg.PublicURL)
 	}
 	served := make(chan error, 1)
-	go func() { served <- srv.GRPC.Serve(lis) }()
+	go func() { served <- srv.Serve(lis) }()
 	log.Info("rotavault serving", "addr", lis.Addr().String(), "data_dir", cfg.DataDir, "store_key_id", cfg.Key.ID())
 
 	// stop runs once, on every way out: ctx ending, Serve failing, Ready
@@ -431,6 +437,7 @@ func newServeCmd(a *app) *cobra.Command {
 		rateBurst                        int
 		httpListen, publicURL            string
 		issuanceFlush                    time.Duration
+		limits                           limitFlags
 	)
 	cmd := &cobra.Command{
 		Use:   "serve",
@@ -514,6 +521,7 @@ Examples:
 				return usageErrorf("--%s must be at least %s", issuanceFlushFlag, minIssuanceFlush)
 			}
 			scfg.IssuanceFlushInterval = issuanceFlush
+			scfg.Limits, scfg.CallbackTrustedProxies = limits.limits(), limits.callbackTrustedProxies
 			return runServer(cmd.Context(), scfg)
 		}),
 	}
@@ -549,6 +557,7 @@ Examples:
 	fs.BoolVar(&insecure, oldInsecureListenFlag, false, "old name of --"+insecureListenFlag)
 	_ = fs.MarkDeprecated(oldInsecureListenFlag, "use --"+insecureListenFlag)
 	logs.register(fs)
+	limits.register(fs)
 	return cmd
 }
 
