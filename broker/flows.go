@@ -609,3 +609,8 @@ func (b *Broker) deleteFlow(ctx context.Context, state string) {
 		b.log.WarnContext(ctx, "flow sweep: cannot delete a finished flow", "err", err)
 	}
 }
+
+// IsFlowState reports whether s has the form of a flow's state (43
+// base64url characters: 256 random bits). The OAuth callback checks it
+// before anything costs a store read or a rate-limit token.
+func IsFlowState(s string) bool { return isFlowState(s) }

@@ -126,6 +126,8 @@ const (
 	refusedWatchStreams      = "watch_stream_limit"
 	refusedConnections       = "connection_limit"
 	refusedConnectionsByHost = "connection_limit_per_host"
+	refusedCallbackMalformed = "callback_malformed_state"
+	refusedCallbackRate      = "callback_rate_limited"
 )
 
 // refusalLogInterval is the least time between two log lines of one

@@ -81,7 +81,11 @@ func newCallerLimiter(cfg RateLimit, caller func(context.Context) string, refusa
 // allow takes one token from the caller's bucket, or reports how long until
 // one is available.
 func (l *callerLimiter) allow(ctx context.Context) (ok bool, retryAfter time.Duration) {
-	key := l.caller(ctx)
+	return l.allowKey(l.caller(ctx))
+}
+
+// allowKey is allow for the bucket named key.
+func (l *callerLimiter) allowKey(key string) (ok bool, retryAfter time.Duration) {
 	now := l.now()
 	l.mu.Lock()
 	if now.Sub(l.lastSweep) > l.idle {

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -130,8 +131,8 @@ func (cfg *serverConfig) callbackOption() (broker.Option, error) {
 
 // serveHTTP starts the HTTP endpoints on lis; the returned stop shuts them
 // down gracefully within ctx and waits for them.
-func serveHTTP(lis net.Listener, b *broker.Broker, mx *metrics.Metrics, log *slog.Logger) (stop func(ctx context.Context)) {
-	hs := server.NewHTTPServer(server.NewHTTPMux(server.HTTPConfig{Callback: b, Logger: log, Ready: b.Ready, Metrics: mx.Handler()}), log)
+func serveHTTP(lis net.Listener, b *broker.Broker, mx *metrics.Metrics, proxies []netip.Prefix, log *slog.Logger) (stop func(ctx context.Context)) {
+	hs := server.NewHTTPServer(server.NewHTTPMux(server.HTTPConfig{Callback: b, Logger: log, Ready: b.Ready, Metrics: mx.Handler(), TrustedProxies: proxies}), log)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -173,6 +174,10 @@ func runServer(ctx context.Context, cfg serverConfig) (err error) {
 	callback, err := cfg.callbackOption()
 	if err != nil {
 		return err
+	}
+	proxies, err := server.ParseTrustedProxies(cfg.CallbackTrustedProxies)
+	if err != nil {
+		return usageErrorf("--callback-trusted-proxy: %v", err)
 	}
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return fmt.Errorf("create data directory: %w", err)
@@ -270,7 +275,7 @@ func runServer(ctx context.Context, cfg serverConfig) (err error) {
 			// code seen on this hop useless without the stored verifier.
 			log.Warn("HTTP endpoints listen in plaintext off loopback: put them behind a TLS-terminating proxy (--public-url https://...)", "addr", httpAddr.String())
 		}
-		stopHTTP = serveHTTP(httpLis, b, mx, log)
+		stopHTTP = serveHTTP(httpLis, b, mx, proxies, log)
 		log.Info("HTTP endpoints serving", "addr", httpAddr.String(), "public_url", cfg.PublicURL)
 	}
 	served := make(chan error, 1)
