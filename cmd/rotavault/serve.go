@@ -495,6 +495,10 @@ Examples:
 			if err := checkListenAddr(addr, scfg.allowNonLoopback()); err != nil {
 				return err
 			}
+			if err := hardenProcess(); err != nil {
+				// Not fatal: the key is still unset from the environment.
+				fmt.Fprintf(a.stderr, "WARNING: could not make the process non-dumpable: %v\n", err)
+			}
 			var key boltstore.Key
 			var previous []boltstore.Key
 			if backend != backendVault {
