@@ -153,9 +153,10 @@ func New(cfg Config) *Server {
 	stream = append(stream,
 		recovery.StreamServerInterceptor(rec),
 		callerSlotStream,
-		logging.StreamServerInterceptor(accessLog, logOpts...),
-		// Health checks skip authentication: bounded before it.
+		// Health watches need no credentials: bounded first, before the
+		// access log allocates anything for a call it will not log.
 		healthWatchCap(limits.MaxHealthWatches, refusals),
+		logging.StreamServerInterceptor(accessLog, logOpts...),
 		authz.streamAuthenticator(),
 	)
 	// After authentication, so that the limit is per identity; before
