@@ -614,3 +614,46 @@ func (b *Broker) deleteFlow(ctx context.Context, state string) {
 // base64url characters: 256 random bits). The OAuth callback checks it
 // before anything costs a store read or a rate-limit token.
 func IsFlowState(s string) bool { return isFlowState(s) }
+
+// ScopeNotAllowed is the InvalidArgumentError code of a flow asking for a
+// scope its credential was not configured with.
+const ScopeNotAllowed = "SCOPE_NOT_ALLOWED"
+
+type scopeWideningKey struct{}
+
+// WithScopeWidening marks ctx as a caller who may start flows asking for
+// scopes beyond those the credential's admin configured: an admin, who
+// could configure them anyway. The transport sets it from its policy.
+func WithScopeWidening(ctx context.Context) context.Context {
+	return context.WithValue(ctx, scopeWideningKey{}, true)
+}
+
+// checkRequestedScopes refuses scopes (requested for a flow, as given by
+// the caller) that the credential does not list, unless ctx may widen
+// them: an operator reauthenticates a credential, it does not decide what
+// the token may do ("full", "admin:org"). Scope strings are compared as
+// space-separated words, so "openid offline_access" covers "openid".
+func checkRequestedScopes(ctx context.Context, configured, requested []string) error {
+	if len(requested) == 0 || ctx.Value(scopeWideningKey{}) != nil {
+		return nil
+	}
+	allowed := make(map[string]bool)
+	for _, s := range configured {
+		for _, w := range strings.Fields(s) {
+			allowed[w] = true
+		}
+	}
+	var extra []string
+	for _, s := range requested {
+		for _, w := range strings.Fields(s) {
+			if !allowed[w] {
+				extra = append(extra, w)
+			}
+		}
+	}
+	if len(extra) > 0 {
+		return &InvalidArgumentError{Field: "scopes", Code: ScopeNotAllowed,
+			Reason: fmt.Sprintf("%q: not among the credential's scopes; ask an admin to add them to the credential, or to start the flow", extra)}
+	}
+	return nil
+}

@@ -74,6 +74,9 @@ func (b *Broker) beginFlow(ctx context.Context, id string, scopes []string, usab
 		return flowStart{}, err
 	}
 	cred := e.view.Load().cred
+	if err := checkRequestedScopes(ctx, cred.Spec.Scopes, scopes); err != nil {
+		return flowStart{}, err
+	}
 	scopes, err = flowScopes(cred.Spec, scopes)
 	if err != nil {
 		return flowStart{}, err
