@@ -213,11 +213,6 @@ func (s *streamSlots) take(key string, limit int) bool {
 	return true
 }
 
-func peerAddrOf(ctx context.Context) string {
-	p, _ := peer.FromContext(ctx)
-	return peerAddr(p)
-}
-
 func (s *streamSlots) give(key string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -274,4 +269,10 @@ func refusal(reason, msg string, retry time.Duration) error {
 	return withDetails(status.New(codes.ResourceExhausted, msg),
 		&errdetails.ErrorInfo{Reason: reason, Domain: ErrorDomain},
 		&errdetails.RetryInfo{RetryDelay: durationpb.New(retry)})
+}
+
+// peerAddrOf is the call's peer address, for logs.
+func peerAddrOf(ctx context.Context) string {
+	p, _ := peer.FromContext(ctx)
+	return peerAddr(p)
 }

@@ -538,7 +538,7 @@ Examples:
 	fs.StringVar(&addr, "addr", defaultServer, "address to listen on (loopback only, unless TLS and a policy are configured)")
 	fs.StringVar(&tlsCert, "tls-cert", "", "server certificate (PEM); re-read on SIGHUP and when it changes")
 	fs.StringVar(&tlsKey, "tls-key", "", "server private key (PEM), with --tls-cert")
-	fs.StringVar(&tlsClientCA, "tls-client-ca", "", "CA bundle (PEM) verifying client certificates: enables mTLS; the caller's identity is the certificate's first URI SAN (SPIFFE ID), else first DNS SAN, else CN")
+	fs.StringVar(&tlsClientCA, "tls-client-ca", "", "CA bundle (PEM) verifying client certificates: enables mTLS; the caller's identity is the certificate's URI SAN (SPIFFE ID), else dns:<first DNS SAN>, else cn:<subject CN>")
 	fs.StringVar(&bearerTokens, "bearer-tokens", "", "file of lines '<identity> <sha256-hex-of-token>' accepting 'authorization: Bearer <token>' (over TLS, or from loopback)")
 	fs.StringVar(&policyFile, "policy", "", "JSON policy mapping caller identities to roles (consumer, operator, admin) on credentials; without it every caller is an admin (dev only)")
 	fs.StringVar(&dataDir, "data-dir", "", "directory of the store and the audit trail (required)")
