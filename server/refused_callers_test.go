@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -23,6 +24,7 @@ import (
 	rotavaultv1 "github.com/rotavault/rotavault/gen/rotavault/v1"
 	"github.com/rotavault/rotavault/internal/h2raw"
 	"github.com/rotavault/rotavault/internal/poll"
+	"github.com/rotavault/rotavault/internal/testpki"
 )
 
 // boundsEnv is a plaintext server on 127.0.0.1 with the given limits and
@@ -375,5 +377,25 @@ func TestRefusalLogSamplesPerReason(t *testing.T) {
 	}
 	if !strings.Contains(lines[2], `"refusal":"unauthenticated","suppressed":99`) {
 		t.Errorf("the line a second later does not count the 99 suppressed: %s", lines[2])
+	}
+}
+
+// Client certificates travel in the TLS handshake, not in headers: a large
+// one (400 DNS SANs, about 12 KiB) authenticates within the default limits
+// and handshake timeout.
+func TestLargeClientCertificateFitsTheLimits(t *testing.T) {
+	e := newAuthEnv(t, authEnvOptions{})
+	e.seed()
+	var names []string
+	for i := range 400 {
+		names = append(names, fmt.Sprintf("replica-%03d.payments.rotavault.test", i))
+	}
+	cert := e.ca.KeyPair(t, testpki.Leaf{URIs: []string{idPayments}, DNS: names})
+	if n := len(cert.Certificate[0]); n < 12<<10 {
+		t.Fatalf("the certificate is %d bytes; the test wants a large one", n)
+	}
+	_, err := rotavaultv1.NewTokenVaultServiceClient(e.dialWith(e.ca, &cert, "")).GetAccessToken(testCtx(t), &rotavaultv1.GetAccessTokenRequest{CredentialId: "cred-a"})
+	if c := status.Code(err); c == codes.Unauthenticated || c == codes.Unavailable || c == codes.PermissionDenied {
+		t.Fatalf("a 12 KiB client certificate: %v; want it past authentication", err)
 	}
 }
