@@ -74,7 +74,7 @@ func (b *Broker) StartDeviceAuthorization(ctx context.Context, id string, scopes
 		lifetime = defaultDeviceLifetime
 	}
 	lifetime = min(lifetime, maxDeviceLifetime)
-	state := randomToken(32)
+	state := start.state
 	f := &flowRecord{
 		Kind: FlowDevice, CredentialID: id, Incarnation: start.cred.Incarnation, Scopes: start.scopes,
 		StartedAt: now, ExpiresAt: now.Add(lifetime), Status: flowPending, Actor: audit.Actor(ctx),

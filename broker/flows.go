@@ -2,12 +2,17 @@ package broker
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
+	"github.com/rotavault/rotavault/audit"
 	"github.com/rotavault/rotavault/store"
 )
 
@@ -252,27 +257,182 @@ func (e *AuthorizationError) Error() string {
 // server's own callback, and the server has no public URL.
 var ErrCallbackNotConfigured = errors.New("broker: no callback URL configured (set the server's public URL), or pass a redirect URI")
 
-// ErrTooManyFlows: the store already holds MaxPendingFlows flows (pending,
-// or finished within the last ten minutes).
+// ErrTooManyFlows: a new flow would exceed one of the flow bounds: the
+// store-wide MaxPendingFlows (pending, or finished within the last ten
+// minutes), MaxPendingFlowsPerCredential or MaxPendingFlowsPerActor.
 var ErrTooManyFlows = errors.New("broker: too many authorization flows in progress")
 
-// MaxPendingFlows bounds the flow records in the store, whoever starts them:
-// each is a store record every replica's sweep reads, and a device flow
-// also a poller.
-const MaxPendingFlows = 1000
+// Flow bounds. Each flow is a store record every replica's sweep reads,
+// and a device flow also a poller: the store holds at most MaxPendingFlows
+// (WithMaxFlows), and within that, shares keep one credential or one
+// operator from taking every place for the flow lifetime.
+const (
+	MaxPendingFlows              = 1000
+	MaxPendingFlowsPerCredential = 10
+	MaxPendingFlowsPerActor      = 100
+)
 
-// checkFlowCapacity refuses a new flow when the store holds MaxPendingFlows:
-// one List, the sweep's own cost.
-func (b *Broker) checkFlowCapacity(ctx context.Context) error {
-	keys, err := b.store.List(ctx, flowsPrefix)
+const (
+	// flowLedgerKey holds the ledger of flows, the one record every
+	// reservation writes with check-and-set: that is what makes the
+	// bounds exact across replicas.
+	flowLedgerKey = "flowledger"
+	// reserveGrace is how long a reserved flow may go without its record
+	// before a sweep drops the reservation: starting a device flow waits
+	// for the provider (at most maxDevicePoll) between the two.
+	reserveGrace = 2 * time.Minute
+)
+
+// flowLedger lists the flows the store holds or is about to hold. Entries
+// are keyed by a hash of the flow's state (the state is a capability; its
+// record's key already names it, the ledger need not).
+type flowLedger struct {
+	Flows map[string]ledgerEntry `json:"flows"`
+}
+
+type ledgerEntry struct {
+	CredentialID string `json:"credential_id"`
+	// Actor is a hash of the identity that started the flow.
+	Actor      string    `json:"actor"`
+	ReservedAt time.Time `json:"reserved_at"`
+	// Finished: the flow no longer counts against its credential's and
+	// its actor's shares, only against the store-wide bound until its
+	// record is deleted.
+	Finished bool `json:"finished,omitempty"`
+}
+
+func ledgerID(state string) string {
+	sum := sha256.Sum256([]byte("flow\x00" + state))
+	return hex.EncodeToString(sum[:16])
+}
+
+func actorID(actor string) string {
+	sum := sha256.Sum256([]byte("actor\x00" + actor))
+	return hex.EncodeToString(sum[:16])
+}
+
+// reserveFlow takes a place for a new flow of credentialID started by
+// ctx's actor, within every bound, and returns the flow's state. The
+// ledger is written with check-and-set, so concurrent starts on every
+// replica together never exceed a bound. Errors: ErrTooManyFlows,
+// *UnavailableError, ErrConflict.
+func (b *Broker) reserveFlow(ctx context.Context, credentialID string) (string, error) {
+	// One reservation at a time on this replica: concurrent local starts
+	// would only lose check-and-set races to each other.
+	b.flows.reserveMu.Lock()
+	defer b.flows.reserveMu.Unlock()
+	state := randomToken(32)
+	actor := actorID(audit.Actor(ctx))
+	var refusal error
+	err := b.updateLedger(ctx, func(l *flowLedger) bool {
+		var perCredential, perActor int
+		for _, e := range l.Flows {
+			if e.Finished {
+				continue
+			}
+			if e.CredentialID == credentialID {
+				perCredential++
+			}
+			if e.Actor == actor {
+				perActor++
+			}
+		}
+		switch {
+		case len(l.Flows) >= b.opts.maxFlows:
+			refusal = fmt.Errorf("%w: the store holds %d (finished flows are forgotten after 10 minutes)", ErrTooManyFlows, len(l.Flows))
+		case perCredential >= MaxPendingFlowsPerCredential:
+			refusal = fmt.Errorf("%w: %d pending for credential %s", ErrTooManyFlows, perCredential, credentialID)
+		case perActor >= MaxPendingFlowsPerActor:
+			refusal = fmt.Errorf("%w: %d pending started by this caller", ErrTooManyFlows, perActor)
+		default:
+			refusal = nil
+			l.Flows[ledgerID(state)] = ledgerEntry{CredentialID: credentialID, Actor: actor, ReservedAt: b.opts.now()}
+			return true
+		}
+		return false
+	})
 	if err != nil {
-		return storeUnavailable(err)
+		return "", err
 	}
-	if len(keys) >= b.opts.maxFlows {
-		b.log.WarnContext(ctx, "refusing a new authorization flow: too many in the store", "flows", len(keys), "max", b.opts.maxFlows)
-		return fmt.Errorf("%w: %d (finished flows are forgotten after 10 minutes)", ErrTooManyFlows, len(keys))
+	if refusal != nil {
+		b.log.WarnContext(ctx, "refusing a new authorization flow", "credential", credentialID, "err", refusal)
+		return "", refusal
 	}
-	return nil
+	b.flows.ledgerDirty.Store(true)
+	return state, nil
+}
+
+// updateLedger is the ledger's read → mutate → check-and-set loop.
+func (b *Broker) updateLedger(ctx context.Context, mutate func(*flowLedger) bool) error {
+	for range flowWriteTries {
+		l := &flowLedger{}
+		var version uint64
+		rec, err := b.store.Get(ctx, flowLedgerKey)
+		switch {
+		case errors.Is(err, store.ErrNotFound):
+		case err != nil:
+			return storeUnavailable(err)
+		default:
+			if err := json.Unmarshal(rec.Value, l); err != nil {
+				return fmt.Errorf("broker: flow ledger: %w", err)
+			}
+			version = rec.Version
+		}
+		if l.Flows == nil {
+			l.Flows = make(map[string]ledgerEntry)
+		}
+		if !mutate(l) {
+			return nil
+		}
+		data, err := json.Marshal(l)
+		if err != nil {
+			return fmt.Errorf("broker: flow ledger: %w", err)
+		}
+		_, err = b.store.Put(ctx, flowLedgerKey, data, version)
+		if errors.Is(err, store.ErrConflict) {
+			continue
+		}
+		if err != nil {
+			return storeUnavailable(err)
+		}
+		return nil
+	}
+	return fmt.Errorf("%w: the flow ledger kept changing", ErrConflict)
+}
+
+// reconcileLedger brings the ledger in line with the flow records a sweep
+// found (by ledger id: whether each is pending): a finished flow leaves its
+// shares, a deleted one the ledger; a reservation whose record never came
+// (a start that failed after reserving) is dropped after reserveGrace.
+func (b *Broker) reconcileLedger(ctx context.Context, records map[string]bool) {
+	if len(records) == 0 && !b.flows.ledgerDirty.Load() {
+		return
+	}
+	now := b.opts.now()
+	left := -1
+	err := b.updateLedger(ctx, func(l *flowLedger) bool {
+		defer func() { left = len(l.Flows) }()
+		changed := false
+		for id, e := range l.Flows {
+			pending, exists := records[id]
+			switch {
+			case !exists && now.Sub(e.ReservedAt) >= reserveGrace:
+				delete(l.Flows, id)
+				changed = true
+			case exists && !pending && !e.Finished:
+				e.Finished = true
+				l.Flows[id] = e
+				changed = true
+			}
+		}
+		return changed
+	})
+	if err != nil && ctx.Err() == nil {
+		b.log.WarnContext(ctx, "flow sweep: cannot update the flow ledger", "err", err)
+	}
+	if err == nil && left == 0 {
+		b.flows.ledgerDirty.Store(false)
+	}
 }
 
 // Details of flow outcomes that more than one path records.
@@ -294,6 +454,14 @@ type flowRunner struct {
 	// ctx ends when the broker closes: pollers release their leases and
 	// stop, waiting checks answer.
 	ctx context.Context
+
+	// reserveMu serialises this replica's flow reservations.
+	reserveMu sync.Mutex
+	// ledgerDirty: this replica reserved places since its sweep last saw
+	// an empty ledger, so its sweeps reconcile the ledger even when the
+	// store holds no flow (a start that failed after reserving leaves an
+	// entry without a record). An idle system's sweeps cost no ledger read.
+	ledgerDirty atomic.Bool
 
 	mu      sync.Mutex
 	polling map[string]bool
@@ -566,6 +734,10 @@ func (b *Broker) sweepFlows(ctx context.Context) {
 		}
 		return
 	}
+	// records: ledger id → pending, for every flow record still in the
+	// store after this sweep (unreadable ones count as pending: the
+	// ledger errs on the side of the bound).
+	records := make(map[string]bool, len(keys))
 	for _, key := range keys {
 		if ctx.Err() != nil {
 			return
@@ -574,21 +746,25 @@ func (b *Broker) sweepFlows(ctx context.Context) {
 		f, version, err := b.readFlow(ctx, state)
 		if err != nil {
 			if !errors.Is(err, store.ErrNotFound) {
+				records[ledgerID(state)] = true
 				b.log.WarnContext(ctx, "flow sweep: cannot read a flow", "err", err)
 			}
 			continue
 		}
+		records[ledgerID(state)] = f.pending()
 		now := b.opts.now()
 		leaseLive := f.kind() == FlowDevice && f.Poller != "" && now.Before(f.LeaseUntil)
 		switch {
 		case !f.pending():
-			if !now.Before(f.FinishedAt.Add(flowRetention)) {
-				b.deleteFlow(ctx, state)
+			if !now.Before(f.FinishedAt.Add(flowRetention)) && b.deleteFlow(ctx, state) {
+				delete(records, ledgerID(state))
 			}
 		case !now.Before(f.ExpiresAt.Add(flowRetention + exchangeGrace)):
 			// Pending far past its end: whoever should have finished it is
 			// gone, and a check has long answered "expired".
-			b.deleteFlow(ctx, state)
+			if b.deleteFlow(ctx, state) {
+				delete(records, ledgerID(state))
+			}
 		case !now.Before(f.ExpiresAt):
 			if leaseLive || (f.Consumed && now.Before(f.ExpiresAt.Add(exchangeGrace))) {
 				continue // its poller or exchanger will record the outcome
@@ -596,16 +772,68 @@ func (b *Broker) sweepFlows(ctx context.Context) {
 			expired := *f
 			expired.fail(now, FlowExpired, flowExpiredDetail)
 			if _, err := b.writeFlow(ctx, state, &expired, version); err == nil {
+				records[ledgerID(state)] = false
 				b.flows.signal()
 			}
 		case f.kind() == FlowDevice && !leaseLive && !b.flows.isPolling(state):
 			b.takeOverDevice(ctx, state, f, version)
 		}
 	}
+	b.reconcileLedger(ctx, records)
 }
 
-func (b *Broker) deleteFlow(ctx context.Context, state string) {
+func (b *Broker) deleteFlow(ctx context.Context, state string) bool {
 	if err := b.store.Delete(ctx, flowKey(state)); err != nil {
 		b.log.WarnContext(ctx, "flow sweep: cannot delete a finished flow", "err", err)
+		return false
 	}
+	return true
+}
+
+// IsFlowState reports whether s has the form of a flow's state (43
+// base64url characters: 256 random bits). The OAuth callback checks it
+// before anything costs a store read or a rate-limit token.
+func IsFlowState(s string) bool { return isFlowState(s) }
+
+// ScopeNotAllowed is the InvalidArgumentError code of a flow asking for a
+// scope its credential was not configured with.
+const ScopeNotAllowed = "SCOPE_NOT_ALLOWED"
+
+type scopeWideningKey struct{}
+
+// WithScopeWidening marks ctx as a caller who may start flows asking for
+// scopes beyond those the credential's admin configured: an admin, who
+// could configure them anyway. The transport sets it from its policy.
+func WithScopeWidening(ctx context.Context) context.Context {
+	return context.WithValue(ctx, scopeWideningKey{}, true)
+}
+
+// checkRequestedScopes refuses scopes (requested for a flow, as given by
+// the caller) that the credential does not list, unless ctx may widen
+// them: an operator reauthenticates a credential, it does not decide what
+// the token may do ("full", "admin:org"). Scope strings are compared as
+// space-separated words, so "openid offline_access" covers "openid".
+func checkRequestedScopes(ctx context.Context, configured, requested []string) error {
+	if len(requested) == 0 || ctx.Value(scopeWideningKey{}) != nil {
+		return nil
+	}
+	allowed := make(map[string]bool)
+	for _, s := range configured {
+		for _, w := range strings.Fields(s) {
+			allowed[w] = true
+		}
+	}
+	var extra []string
+	for _, s := range requested {
+		for _, w := range strings.Fields(s) {
+			if !allowed[w] {
+				extra = append(extra, w)
+			}
+		}
+	}
+	if len(extra) > 0 {
+		return &InvalidArgumentError{Field: "scopes", Code: ScopeNotAllowed,
+			Reason: fmt.Sprintf("%q: not among the credential's scopes; ask an admin to add them to the credential, or to start the flow", extra)}
+	}
+	return nil
 }

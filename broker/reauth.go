@@ -60,6 +60,8 @@ type flowStart struct {
 	ep   provider.Endpoint
 	// scopes are the flow's, resolved by flowScopes.
 	scopes []string
+	// state names the flow, its place reserved by reserveFlow.
+	state string
 }
 
 // beginFlow does what starting any flow for credential id (whose ID the
@@ -74,6 +76,9 @@ func (b *Broker) beginFlow(ctx context.Context, id string, scopes []string, usab
 		return flowStart{}, err
 	}
 	cred := e.view.Load().cred
+	if err := checkRequestedScopes(ctx, cred.Spec.Scopes, scopes); err != nil {
+		return flowStart{}, err
+	}
 	scopes, err = flowScopes(cred.Spec, scopes)
 	if err != nil {
 		return flowStart{}, err
@@ -82,10 +87,11 @@ func (b *Broker) beginFlow(ctx context.Context, id string, scopes []string, usab
 	if err := usable(cred.Spec, ep); err != nil {
 		return flowStart{}, err
 	}
-	if err := b.checkFlowCapacity(ctx); err != nil {
+	state, err := b.reserveFlow(ctx, id)
+	if err != nil {
 		return flowStart{}, err
 	}
-	return flowStart{cred: cred, ep: ep, scopes: scopes}, nil
+	return flowStart{cred: cred, ep: ep, scopes: scopes, state: state}, nil
 }
 
 // StartAuthorization begins an authorization-code flow with PKCE and returns
@@ -119,7 +125,7 @@ func (b *Broker) StartAuthorization(ctx context.Context, id, redirectURI string,
 		return PendingAuthorization{}, err
 	}
 	verifier, challenge := provider.NewPKCE()
-	state := randomToken(32)
+	state := start.state
 	u, err := b.provider.AuthCodeURL(start.ep, start.cred.Spec.clientCredentials(), redirectURI, state, challenge, start.scopes)
 	if err != nil {
 		return PendingAuthorization{}, invalid("spec.authorize_url", "%v", err)

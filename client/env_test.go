@@ -53,6 +53,8 @@ type env struct {
 	dir   string
 	addr  string
 	opts  []broker.Option
+	// limits are the server's (zero: its defaults).
+	limits server.Limits
 
 	// ctrl is the tests' own connection (setup, revocations); conn is the
 	// Client's, whose GetAccessToken calls are counted.
@@ -72,6 +74,11 @@ type env struct {
 // startEnv starts a node; Close stops it. Examples use it directly, tests
 // through newEnv.
 func startEnv(brokerOpts ...broker.Option) (*env, error) {
+	return startEnvWith(server.Limits{}, brokerOpts...)
+}
+
+// startEnvWith is startEnv with the server's limits set.
+func startEnvWith(limits server.Limits, brokerOpts ...broker.Option) (*env, error) {
 	dir, err := os.MkdirTemp("", "rotavault-client-")
 	if err != nil {
 		return nil, err
@@ -82,7 +89,7 @@ func startEnv(brokerOpts ...broker.Option) (*env, error) {
 		return nil, err
 	}
 	sim.AddClient(providersim.Client{ID: simClientID, Secret: simClientSecret})
-	e := &env{sim: sim, clock: &fakeClock{}, store: memstore.New(), dir: dir, addr: "127.0.0.1:0", opts: brokerOpts}
+	e := &env{sim: sim, clock: &fakeClock{}, store: memstore.New(), dir: dir, addr: "127.0.0.1:0", opts: brokerOpts, limits: limits}
 	if err := e.startNode(nil); err != nil {
 		e.Close()
 		return nil, err
@@ -150,7 +157,7 @@ func (e *env) startNode(prepare func(*broker.Broker) error) error {
 		_ = al.Close()
 		return err
 	}
-	srv := server.New(server.Config{Broker: b, Auditor: al})
+	srv := server.New(server.Config{Broker: b, Auditor: al, Limits: e.limits})
 	served := make(chan struct{})
 	go func() {
 		defer close(served)

@@ -2,6 +2,7 @@ package client_test
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -263,10 +264,10 @@ func TestTransport(t *testing.T) {
 	}
 }
 
-// Like http.Client with an Authorization header, Transport does not present
-// the token to a host a redirect leads to unless it is the first request's
-// (or a subdomain of it).
-func TestTransportRedirects(t *testing.T) {
+// Transport presents the token only to the first request's origin: a
+// redirect to another host, to a subdomain, to another port or from https
+// to http on the same host and port gets no Authorization header.
+func TestTransportRedirectsKeepTheTokenToOneOrigin(t *testing.T) {
 	e := newEnv(t)
 	if err := e.install(ctxT(t), "acme"); err != nil {
 		t.Fatal(err)
@@ -278,42 +279,62 @@ func TestTransportRedirects(t *testing.T) {
 		mu     sync.Mutex
 		landed []string // the Authorization header of each request to /landed
 	)
-	var srv *httptest.Server
-	srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		_, port, _ := net.SplitHostPort(srv.Listener.Addr().String())
-		other := "http://elsewhere.test:" + port
+	// One handler behind a plaintext and a TLS listener; every name below
+	// (example.com, its subdomain, any port) dials one of the two, chosen
+	// by scheme, so only the URL's origin tells the hops apart.
+	handler := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case "/same":
 			http.Redirect(w, r, "/landed", http.StatusFound)
 		case "/away":
-			http.Redirect(w, r, other+"/landed", http.StatusFound)
+			http.Redirect(w, r, "http://elsewhere.test/landed", http.StatusFound)
 		case "/away-and-back":
-			http.Redirect(w, r, other+"/back", http.StatusFound)
+			http.Redirect(w, r, "http://elsewhere.test/back", http.StatusFound)
 		case "/back":
-			http.Redirect(w, r, srv.URL+"/landed", http.StatusFound)
+			http.Redirect(w, r, "http://example.com/landed", http.StatusFound)
+		case "/subdomain":
+			http.Redirect(w, r, "http://api.example.com/landed", http.StatusFound)
+		case "/other-port":
+			http.Redirect(w, r, "http://example.com:8080/landed", http.StatusFound)
+		case "/downgrade":
+			// Same host and port, scheme alone differs.
+			http.Redirect(w, r, "http://example.com:443/landed", http.StatusFound)
 		case "/landed":
 			mu.Lock()
 			landed = append(landed, r.Header.Get("Authorization"))
 			mu.Unlock()
 		}
-	}))
-	t.Cleanup(srv.Close)
-	// elsewhere.test is the same listener under another name.
-	base := &http.Transport{DialContext: func(ctx context.Context, network, _ string) (net.Conn, error) {
-		return (&net.Dialer{}).DialContext(ctx, network, srv.Listener.Addr().String())
-	}}
+	})
+	plain := httptest.NewServer(handler)
+	t.Cleanup(plain.Close)
+	secure := httptest.NewTLSServer(handler) // its certificate names example.com
+	t.Cleanup(secure.Close)
+	tlsConf := secure.Client().Transport.(*http.Transport).TLSClientConfig.Clone()
+	tlsConf.ServerName = "example.com"
+	base := &http.Transport{
+		DialContext: func(ctx context.Context, network, _ string) (net.Conn, error) {
+			return (&net.Dialer{}).DialContext(ctx, network, plain.Listener.Addr().String())
+		},
+		DialTLSContext: func(ctx context.Context, network, _ string) (net.Conn, error) {
+			return (&tls.Dialer{Config: tlsConf}).DialContext(ctx, network, secure.Listener.Addr().String())
+		},
+	}
 	t.Cleanup(base.CloseIdleConnections)
 	hc := &http.Client{Transport: &client.Transport{Client: c, CredentialID: "acme", Base: base}}
 
 	for _, tc := range []struct {
-		path string
+		url  string
 		want string
 	}{
-		{path: "/same", want: tok.AuthorizationHeader()},
-		{path: "/away", want: ""},
-		{path: "/away-and-back", want: ""},
+		{url: "http://example.com/same", want: tok.AuthorizationHeader()},
+		{url: "https://example.com/same", want: tok.AuthorizationHeader()},
+		{url: "http://example.com/away", want: ""},
+		{url: "http://example.com/away-and-back", want: ""},
+		{url: "http://example.com/subdomain", want: ""},
+		{url: "http://example.com/other-port", want: ""},
+		{url: "https://example.com/downgrade", want: ""},
 	} {
-		resp, err := hc.Get(srv.URL + tc.path)
+		resp, err := hc.Get(tc.url)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -322,7 +343,7 @@ func TestTransportRedirects(t *testing.T) {
 		got := landed[len(landed)-1]
 		mu.Unlock()
 		if got != tc.want {
-			t.Errorf("%s: the redirect's target saw Authorization %q, want %q", tc.path, fingerprintOf(got), fingerprintOf(tc.want))
+			t.Errorf("%s: the redirect's target saw Authorization %q, want %q", tc.url, fingerprintOf(got), fingerprintOf(tc.want))
 		}
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"net/url"
 	"strings"
 )
 
@@ -17,10 +18,11 @@ import (
 // When the body cannot be replayed the 401 is returned, and the next
 // request uses the newer token.
 //
-// Every request through it carries the token, except a redirect to a host
-// other than the first request's (or a subdomain of it), to which
-// http.Client does not forward an Authorization header either: use it for
-// one resource server. For Salesforce the request URLs are the consumer's
+// Every request through it carries the token, except a redirect to another
+// origin than the first request's — another scheme, host or port, so not
+// an https → http downgrade on the same host either, nor a subdomain (which
+// http.Client would give an Authorization header): use it for one resource
+// server. For Salesforce the request URLs are the consumer's
 // to build from the token's instance URL (Client.Token(...).InstanceURL);
 // the Transport does not rewrite them.
 //
@@ -102,16 +104,19 @@ func (t *Transport) base() http.RoundTripper {
 }
 
 // leftOrigin reports whether req is a hop of a redirect chain (see
-// Request.Response) that went to a host other than the first request's or
-// its subdomains: http.Client's rule for forwarding an Authorization header.
-// A chain it cannot follow back counts as having left.
+// Request.Response) that went to another origin than the first request's:
+// another scheme, host or port. http.Client forwards an Authorization
+// header to the same host and its subdomains whatever the scheme, so an
+// https → http redirect on the same host would carry the token in clear;
+// the token is for one resource server, so it goes to that origin only. A
+// chain it cannot follow back counts as having left.
 func leftOrigin(req *http.Request) bool {
 	if req.URL == nil {
 		return false // the base transport refuses it
 	}
-	var hops []string
+	var hops []origin
 	for r := req; ; r = r.Response.Request {
-		hops = append(hops, strings.ToLower(r.URL.Hostname()))
+		hops = append(hops, originOf(r.URL))
 		if r.Response == nil {
 			break
 		}
@@ -119,13 +124,29 @@ func leftOrigin(req *http.Request) bool {
 			return true
 		}
 	}
-	origin := hops[len(hops)-1]
+	first := hops[len(hops)-1]
 	for _, h := range hops {
-		if h != origin && (strings.ContainsAny(h, ":%") || !strings.HasSuffix(h, "."+origin)) {
+		if h != first {
 			return true
 		}
 	}
 	return false
+}
+
+// origin is a URL's scheme, host and port, the port made explicit.
+type origin struct{ scheme, host, port string }
+
+func originOf(u *url.URL) origin {
+	o := origin{scheme: strings.ToLower(u.Scheme), host: strings.ToLower(u.Hostname()), port: u.Port()}
+	if o.port == "" {
+		switch o.scheme {
+		case "https":
+			o.port = "443"
+		case "http":
+			o.port = "80"
+		}
+	}
+	return o
 }
 
 // withToken is a copy of req presenting tok; req is not modified.

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -18,6 +19,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	rotavaultv1 "github.com/rotavault/rotavault/gen/rotavault/v1"
@@ -41,7 +43,7 @@ var (
 )
 
 // rotavaultBinary builds cmd/rotavault once for the package's tests.
-func rotavaultBinary(t *testing.T) string {
+func rotavaultBinary(t testing.TB) string {
 	t.Helper()
 	buildOnce.Do(func() {
 		dir, err := os.MkdirTemp("", "rotavault-bin-")
@@ -81,10 +83,29 @@ type replicaProcess struct {
 func startReplicaProcess(t *testing.T, v *vaulttest.Server, prefix string) *replicaProcess {
 	t.Helper()
 	dataDir := t.TempDir()
-	cmd := exec.Command(rotavaultBinary(t), "serve", "--addr", "127.0.0.1:0", "--data-dir", dataDir,
-		"--store", "vault", "--vault-prefix", prefix,
+	p, addr := startServeProcess(t, []string{"VAULT_ADDR=" + v.Addr, "VAULT_TOKEN=" + v.RootToken},
+		"--addr", "127.0.0.1:0", "--data-dir", dataDir, "--store", "vault", "--vault-prefix", prefix,
 		"--refresh-claim-ttl", killClaimTTL, "--refresh-claim-margin", killClaimMargin)
-	cmd.Env = append(os.Environ(), "VAULT_ADDR="+v.Addr, "VAULT_TOKEN="+v.RootToken)
+	p.dataDir = dataDir
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = conn.Close() })
+	p.vault = rotavaultv1.NewTokenVaultServiceClient(conn)
+	p.admin = rotavaultv1.NewCredentialAdminServiceClient(conn)
+	return p
+}
+
+// startServeProcess runs `rotavault serve args...` in a process of its own,
+// with env added to ours, killed at the end of the test; it returns once
+// the server serves, with the address it listens on: the one it logs, or
+// for a server logging less than info, the --addr given (not port 0)
+// once a health check passes there.
+func startServeProcess(t testing.TB, env []string, args ...string) (*replicaProcess, string) {
+	t.Helper()
+	cmd := exec.Command(rotavaultBinary(t), append([]string{"serve"}, args...)...)
+	cmd.Env = append(os.Environ(), env...)
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -92,7 +113,7 @@ func startReplicaProcess(t *testing.T, v *vaulttest.Server, prefix string) *repl
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	p := &replicaProcess{cmd: cmd, exited: make(chan struct{}), logs: &syncbuf.Buffer{}, dataDir: dataDir}
+	p := &replicaProcess{cmd: cmd, exited: make(chan struct{}), logs: &syncbuf.Buffer{}}
 	addrCh := make(chan string, 1)
 	scanned := make(chan struct{})
 	go func() {
@@ -116,22 +137,56 @@ func startReplicaProcess(t *testing.T, v *vaulttest.Server, prefix string) *repl
 		close(p.exited)
 	}()
 	t.Cleanup(p.kill)
-	var addr string
+	stopHealth := awaitHealthyAt(addrArg(args), addrCh)
+	defer stopHealth()
 	select {
-	case addr = <-addrCh:
+	case addr := <-addrCh:
+		return p, addr
 	case <-p.exited:
-		t.Fatal("replica process exited during start-up")
+		t.Fatalf("rotavault serve exited during start-up:\n%s", p.logs.String())
 	case <-time.After(awaitDeadline):
-		t.Fatal("replica process did not start serving")
+		t.Fatal("rotavault serve did not start serving")
 	}
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
+	return nil, ""
+}
+
+// addrArg is the value of --addr in args, "" if absent or port 0.
+func addrArg(args []string) string {
+	for i, a := range args {
+		if a == "--addr" && i+1 < len(args) && !strings.HasSuffix(args[i+1], ":0") {
+			return args[i+1]
+		}
 	}
-	t.Cleanup(func() { _ = conn.Close() })
-	p.vault = rotavaultv1.NewTokenVaultServiceClient(conn)
-	p.admin = rotavaultv1.NewCredentialAdminServiceClient(conn)
-	return p
+	return ""
+}
+
+// awaitHealthyAt sends addr on ready once a health check passes there
+// (nothing if addr is ""), until stop is called.
+func awaitHealthyAt(addr string, ready chan<- string) (stop func()) {
+	ctx, cancel := context.WithCancel(context.Background())
+	if addr == "" {
+		return cancel
+	}
+	go func() {
+		conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			return
+		}
+		defer conn.Close()
+		for ctx.Err() == nil {
+			cctx, ccancel := context.WithTimeout(ctx, time.Second)
+			_, err := healthpb.NewHealthClient(conn).Check(cctx, &healthpb.HealthCheckRequest{}, grpc.WaitForReady(true))
+			ccancel()
+			if err == nil {
+				select {
+				case ready <- addr:
+				default:
+				}
+				return
+			}
+		}
+	}()
+	return cancel
 }
 
 // kill sends SIGKILL: no shutdown, no last write.

@@ -19,6 +19,7 @@ import (
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
+	"github.com/rotavault/rotavault/broker"
 	rotavaultv1 "github.com/rotavault/rotavault/gen/rotavault/v1"
 )
 
@@ -59,6 +60,8 @@ type Auth struct {
 	rules  map[string]methodRule
 	cas    ClientCASource
 	trust  trustCache
+	// refusals logs unauthenticated and denied calls, sampled.
+	refusals *refusalLog
 	// open: no authentication, every caller is DevIdentity with every
 	// right. Only for a server without Auth (dev, tests).
 	open bool
@@ -73,11 +76,12 @@ func NewAuth(cfg AuthConfig) (*Auth, error) {
 	if cas == nil {
 		cas, _ = cfg.Policy.(ClientCASource)
 	}
-	return &Auth{policy: cfg.Policy, tokens: cfg.Tokens, cas: cas, log: loggerOrDiscard(cfg.Logger), rules: methodRules()}, nil
+	log := loggerOrDiscard(cfg.Logger)
+	return &Auth{policy: cfg.Policy, tokens: cfg.Tokens, cas: cas, log: log, rules: methodRules(), refusals: newRefusalLog(log)}, nil
 }
 
 func openAuth(log *slog.Logger) *Auth {
-	return &Auth{open: true, log: log, rules: methodRules()}
+	return &Auth{open: true, log: log, rules: methodRules(), refusals: newRefusalLog(log)}
 }
 
 type identityKey struct{}
@@ -108,7 +112,7 @@ func (a *Auth) authenticate(ctx context.Context) (context.Context, error) {
 		var why string
 		id, why = a.identify(ctx, p)
 		if id == "" {
-			a.log.InfoContext(ctx, "call unauthenticated", "reason", why, "method", methodOf(ctx), "peer.address", peerAddr(p))
+			a.refusals.refuse(ctx, refusedUnauthenticated, "call unauthenticated", "reason", why, "method", methodOf(ctx), "peer.address", peerAddr(p))
 			return nil, errUnauthenticated
 		}
 	}
@@ -220,7 +224,7 @@ func (a *Auth) authorize(ctx context.Context, method string, req any) error {
 }
 
 func (a *Auth) deny(ctx context.Context, id, method string, role Role, credentialID string) error {
-	a.log.InfoContext(ctx, "call denied", "caller", id, "method", method, "role_needed", role.String(), "credential_id", credentialID)
+	a.refusals.refuse(ctx, refusedPermissionDenied, "call denied", "caller", id, "method", method, "role_needed", role.String(), "credential_id", credentialID)
 	if credentialID == "" {
 		return status.Errorf(codes.PermissionDenied, "permission denied: %s needs the %s role", method, role)
 	}
@@ -236,6 +240,19 @@ func (a *Auth) mayReceive(ctx context.Context, credentialID string) bool {
 	}
 	id, _ := IdentityFromContext(ctx)
 	return a.policy.Policy().Allows(id, RoleConsumer, credentialID)
+}
+
+// maxWatchStreams is how many WatchRevocations streams the caller may have
+// open at once: what its policy rules say (max_watch_streams), else def.
+func (a *Auth) maxWatchStreams(ctx context.Context, def int) int {
+	if a.open {
+		return def
+	}
+	id, _ := IdentityFromContext(ctx)
+	if n, ok := a.policy.Policy().MaxWatchStreams(id); ok {
+		return n
+	}
+	return def
 }
 
 // stillAuthenticated re-establishes a streaming call's identity before each
@@ -287,7 +304,21 @@ func (a *Auth) authorizeUnary(ctx context.Context, req any, info *grpc.UnaryServ
 	if err := a.authorize(ctx, info.FullMethod, req); err != nil {
 		return nil, err
 	}
+	if info.FullMethod == rotavaultv1.TokenVaultService_Reauthenticate_FullMethodName && a.isAdmin(ctx) {
+		// Only an admin, who could configure a credential's scopes
+		// anyway, may start a flow asking for others.
+		ctx = broker.WithScopeWidening(ctx)
+	}
 	return handler(ctx, req)
+}
+
+// isAdmin reports whether the caller holds the admin role.
+func (a *Auth) isAdmin(ctx context.Context) bool {
+	if a.open {
+		return true
+	}
+	id, _ := IdentityFromContext(ctx)
+	return a.policy.Policy().Allows(id, RoleAdmin, "")
 }
 
 // authorizeStream authorizes on the first request message (the request of
@@ -343,7 +374,12 @@ func (s *authorizedStream) SendMsg(m any) error {
 // callerSlot carries the identity back out to the access log, whose
 // interceptor runs before authentication and reads its fields from its own
 // context when the call ends.
-type callerSlot struct{ id atomic.Pointer[string] }
+type callerSlot struct {
+	id atomic.Pointer[string]
+	// refused: the call was refused and logged as such, sampled; the
+	// access log skips it.
+	refused atomic.Bool
+}
 
 type callerSlotKey struct{}
 

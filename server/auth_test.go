@@ -54,11 +54,15 @@ const (
 	idStranger = "stranger"
 )
 
+// testPolicy grants ops and stranger the same rights whether they come
+// with a certificate (a DNS SAN, a CN: "dns:…", "cn:…") or a bearer token.
 const testPolicy = `{"rules": [
   {"identity": "spiffe://rotavault.test/admin", "role": "admin"},
   {"identity": "spiffe://rotavault.test/ns/payments/*", "role": "consumer", "credentials": ["cred-a"]},
   {"identity": "ops.rotavault.test", "role": "operator", "credentials": ["cred-a"]},
-  {"identity": "stranger", "role": "consumer", "credentials": ["cred-b"]}
+  {"identity": "dns:ops.rotavault.test", "role": "operator", "credentials": ["cred-a"]},
+  {"identity": "stranger", "role": "consumer", "credentials": ["cred-b"]},
+  {"identity": "cn:stranger", "role": "consumer", "credentials": ["cred-b"]}
 ]}`
 
 // caller is one test identity, as a client certificate and as a bearer
@@ -496,18 +500,7 @@ func TestClientCertificateRequiredWithoutBearerTokens(t *testing.T) {
 // TestBearerTransportRules checks where a valid token is accepted: over
 // TLS or from loopback, never in plaintext across the network.
 func TestBearerTransportRules(t *testing.T) {
-	ts, err := ParseTokens([]byte("svc " + TokenDigest("s3cret-token") + "\n"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	policy, err := ParsePolicy([]byte(`{"rules":[{"identity":"svc","role":"admin"}]}`))
-	if err != nil {
-		t.Fatal(err)
-	}
-	a, err := NewAuth(AuthConfig{Policy: policy, Tokens: ts})
-	if err != nil {
-		t.Fatal(err)
-	}
+	a := svcAdminAuth(t, "s3cret-token")
 	md := metadata.Pairs("authorization", "Bearer s3cret-token")
 	for _, tt := range []struct {
 		name string
@@ -553,7 +546,7 @@ func grantStranger(t *testing.T, e *authEnv) {
 	if err := json.Unmarshal([]byte(testPolicy), &p); err != nil {
 		t.Fatal(err)
 	}
-	p["rules"] = append(p["rules"], map[string]any{"identity": idStranger, "role": "consumer", "credentials": []string{"cred-a"}})
+	p["rules"] = append(p["rules"], map[string]any{"identity": CNIdentityPrefix + idStranger, "role": "consumer", "credentials": []string{"cred-a"}})
 	data, err := json.Marshal(p)
 	if err != nil {
 		t.Fatal(err)

@@ -2,6 +2,8 @@ package server
 
 import (
 	"github.com/rotavault/rotavault/internal/testpki"
+	"google.golang.org/grpc"
+	"log/slog"
 
 	"context"
 	"crypto/x509"
@@ -26,8 +28,10 @@ func TestCertificateIdentityRefusesConfusableNames(t *testing.T) {
 		want string // "" for refused
 	}{
 		{"URI SAN", testpki.Leaf{CN: "x", DNS: []string{"x.test"}, URIs: []string{idPayments}}, idPayments},
-		{"DNS SAN", testpki.Leaf{CN: "x", DNS: []string{idOps}}, idOps},
-		{"CN", testpki.Leaf{CN: idStranger}, idStranger},
+		{"DNS SAN", testpki.Leaf{CN: "x", DNS: []string{idOps}}, "dns:" + idOps},
+		{"CN", testpki.Leaf{CN: idStranger}, "cn:" + idStranger},
+		{"URI SAN in the reserved scheme cn", testpki.Leaf{URIs: []string{"cn:admin"}}, ""},
+		{"URI SAN in the reserved scheme dns", testpki.Leaf{URIs: []string{"DNS:ops.rotavault.test"}}, ""},
 		{"CN spelling a SPIFFE ID", testpki.Leaf{CN: idAdmin}, ""},
 		{"DNS SAN spelling a SPIFFE ID", testpki.Leaf{DNS: []string{idAdmin}}, ""},
 		{"two URI SANs", testpki.Leaf{URIs: []string{idPayments, idAdmin}}, ""},
@@ -53,6 +57,37 @@ func TestCertificateIdentityRefusesConfusableNames(t *testing.T) {
 				t.Fatalf("CertificateIdentity = %q, %v; want %q", got, err, tt.want)
 			}
 		})
+	}
+}
+
+// A certificate's CN or DNS SAN is not the bearer identity of the same
+// name: a CA that lets anyone ask for CN "ops.rotavault.test" must not hand
+// out the rights the tokens file gives that name.
+func TestCertificateNamesAreNotBearerIdentities(t *testing.T) {
+	e := newAuthEnv(t, authEnvOptions{})
+	e.seed()
+	reauth := func(conn *grpc.ClientConn) error {
+		// No flow: INVALID_ARGUMENT once past authorization.
+		_, err := rotavaultv1.NewTokenVaultServiceClient(conn).Reauthenticate(testCtx(t), &rotavaultv1.ReauthenticateRequest{CredentialId: "cred-a"})
+		return err
+	}
+	if err := reauth(e.as(idOps, true)); status.Code(err) != codes.InvalidArgument {
+		t.Fatalf("the bearer identity %s: %v; want past authorization (INVALID_ARGUMENT)", idOps, err)
+	}
+	for _, spec := range []testpki.Leaf{{CN: idOps}, {DNS: []string{"stranger"}}} {
+		cert := e.ca.KeyPair(t, spec)
+		if err := reauth(e.dialWith(e.ca, &cert, "")); status.Code(err) != codes.PermissionDenied {
+			t.Errorf("a certificate with CN %q, DNS SANs %q: %v; want PERMISSION_DENIED", spec.CN, spec.DNS, err)
+		}
+	}
+	// A tokens file cannot claim a certificate's name either.
+	for _, line := range []string{"cn:ops.rotavault.test ", "dns:ops.rotavault.test ", "DNS:x "} {
+		if _, err := ParseTokens([]byte(line + TokenDigest("t") + "\n")); err == nil {
+			t.Errorf("ParseTokens accepted the identity %q", line)
+		}
+	}
+	if _, err := ParseTokens([]byte(idAdmin + " " + TokenDigest("t") + "\n")); err != nil {
+		t.Errorf("ParseTokens refused a SPIFFE ID: %v", err)
 	}
 }
 
@@ -167,7 +202,7 @@ func TestWatchEndsWhenTokenRevoked(t *testing.T) {
 // On an open server every connection is a distinct audit identity
 // (DevIdentity/peer:HOST:PORT); the rate limit must still hold per host.
 func TestOpenModeRateLimitIsPerHostNotPerConnection(t *testing.T) {
-	l := newCallerLimiter(RateLimit{Rate: 1, Burst: 1}, limiterKey)
+	l := newCallerLimiter(RateLimit{Rate: 1, Burst: 1}, limiterKey, newRefusalLog(slog.New(slog.DiscardHandler)))
 	now := time.Now()
 	l.now = func() time.Time { return now }
 	as := func(id string) context.Context { return context.WithValue(context.Background(), identityKey{}, id) }

@@ -13,9 +13,11 @@ import (
 	"strings"
 	"time"
 
+	grpcprom "github.com/grpc-ecosystem/go-grpc-middleware/providers/prometheus"
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/logging"
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/recovery"
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/selector"
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/health"
@@ -67,6 +69,13 @@ type Config struct {
 	// is what spreads long-lived streams over replicas added later.
 	MaxConnectionAge      time.Duration
 	MaxConnectionAgeGrace time.Duration
+	// Limits bounds what any caller, allowed anything or not, can make
+	// the server hold; the zero value means every default.
+	Limits Limits
+	// Registerer, when set, receives the per-RPC gRPC metrics (calls
+	// started and handled by method and code, refused calls included;
+	// handling time) and the connection limits' metrics.
+	Registerer prometheus.Registerer
 }
 
 // Connection lifetime defaults. Load balancers commonly cut idle
@@ -84,6 +93,10 @@ const (
 type Server struct {
 	GRPC   *grpc.Server
 	Health *health.Server
+	// conns are the connection limits Serve applies.
+	conns       ConnLimits
+	connMetrics connMetrics
+	refusals    *refusalLog
 	// drain ends every streaming call at shutdown.
 	drain    context.CancelFunc
 	issuance *issuanceCounter
@@ -102,40 +115,61 @@ func New(cfg Config) *Server {
 	if authz == nil {
 		authz = openAuth(log)
 	}
+	limits := cfg.Limits.withDefaults()
+	refusals := newRefusalLog(log)
 	rec := recovery.WithRecoveryHandlerContext(func(ctx context.Context, p any) error {
 		log.ErrorContext(ctx, "panic in handler", "panic", fmt.Sprint(p), "stack", string(debug.Stack()))
 		return status.Error(codes.Internal, "internal error")
 	})
 	draining, drain := context.WithCancel(context.Background())
 	accessLog := logging.LoggerFunc(func(ctx context.Context, lvl logging.Level, msg string, fields ...any) {
+		if wasRefused(ctx) {
+			return // logged, sampled, where it was refused
+		}
 		log.Log(ctx, slog.Level(lvl), msg, fields...)
 	})
 	logOpts := []logging.Option{
 		logging.WithLogOnEvents(logging.FinishCall),
 		logging.WithFieldsFromContext(callerLogFields),
 	}
-	unary := []grpc.UnaryServerInterceptor{
+	var unary []grpc.UnaryServerInterceptor
+	var stream []grpc.StreamServerInterceptor
+	var rpcMetrics *grpcprom.ServerMetrics
+	if cfg.Registerer != nil {
+		// Outermost, so that every call is counted by its final code,
+		// refused ones included.
+		rpcMetrics = grpcprom.NewServerMetrics(grpcprom.WithServerHandlingTimeHistogram(
+			grpcprom.WithHistogramBuckets([]float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30})))
+		cfg.Registerer.MustRegister(rpcMetrics)
+		unary = append(unary, rpcMetrics.UnaryServerInterceptor())
+		stream = append(stream, rpcMetrics.StreamServerInterceptor())
+	}
+	unary = append(unary,
 		recovery.UnaryServerInterceptor(rec),
 		callerSlotUnary,
 		logging.UnaryServerInterceptor(accessLog, logOpts...),
 		authz.unaryAuthenticator(),
-	}
-	stream := []grpc.StreamServerInterceptor{
+	)
+	stream = append(stream,
 		recovery.StreamServerInterceptor(rec),
 		callerSlotStream,
+		// Health watches need no credentials: bounded first, before the
+		// access log allocates anything for a call it will not log.
+		healthWatchCap(limits.MaxHealthWatches, refusals),
 		logging.StreamServerInterceptor(accessLog, logOpts...),
 		authz.streamAuthenticator(),
-	}
+	)
 	// After authentication, so that the limit is per identity; before
 	// authorization, so that a caller hammering calls it is denied is
 	// limited too.
-	if limits := cfg.RateLimit.withDefaults(); !limits.Disabled {
-		l := newCallerLimiter(limits, limiterKey)
+	if rl := cfg.RateLimit.withDefaults(); !rl.Disabled {
+		l := newCallerLimiter(rl, limiterKey, refusals)
 		unary = append(unary, selector.UnaryServerInterceptor(l.unary, selector.MatchFunc(needsAuth)))
 		stream = append(stream, selector.StreamServerInterceptor(l.stream, selector.MatchFunc(needsAuth)))
 	}
 	unary = append(unary, authz.unaryAuthorizer())
-	stream = append(stream, authz.streamAuthorizer())
+	stream = append(stream, authz.streamAuthorizer(),
+		watchStreamCap(func(ctx context.Context) int { return authz.maxWatchStreams(ctx, limits.MaxWatchStreamsPerIdentity) }, refusals))
 	opts := []grpc.ServerOption{
 		grpc.MaxRecvMsgSize(MaxRecvMsgSize),
 		grpc.ChainUnaryInterceptor(append(unary, actorUnary)...),
@@ -143,9 +177,10 @@ func New(cfg Config) *Server {
 		// Watch streams live for hours: ping idle connections so proxies
 		// and load balancers do not drop them silently, and accept client
 		// pings as often as every 10s.
-		grpc.KeepaliveParams(cfg.keepalive()),
+		grpc.KeepaliveParams(cfg.keepalive(limits)),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 	}
+	opts = append(opts, limits.serverOptions()...)
 	opts = append(opts, cfg.ExtraOptions...)
 	gs := grpc.NewServer(opts...)
 	var issuance *issuanceCounter
@@ -169,7 +204,11 @@ func New(cfg Config) *Server {
 	if cfg.Reflection {
 		reflection.Register(gs)
 	}
-	s := &Server{GRPC: gs, Health: hs, drain: drain, issuance: issuance, readinessDone: make(chan struct{})}
+	if rpcMetrics != nil {
+		rpcMetrics.InitializeMetrics(gs)
+	}
+	s := &Server{GRPC: gs, Health: hs, drain: drain, issuance: issuance, readinessDone: make(chan struct{}),
+		conns: limits.Connections, connMetrics: newConnMetrics(cfg.Registerer), refusals: refusals}
 	if cfg.Broker != nil {
 		go s.followReadiness(draining, cfg.Broker, setHealth, log)
 	} else {
@@ -212,8 +251,11 @@ func (s *Server) followReadiness(ctx context.Context, b *broker.Broker, set func
 	}
 }
 
-func (cfg Config) keepalive() keepalive.ServerParameters {
+func (cfg Config) keepalive(l Limits) keepalive.ServerParameters {
 	p := keepalive.ServerParameters{Time: DefaultKeepaliveTime, Timeout: 10 * time.Second}
+	if l.MaxConnectionIdle > 0 {
+		p.MaxConnectionIdle = l.MaxConnectionIdle
+	}
 	switch {
 	case cfg.MaxConnectionAge == 0:
 		p.MaxConnectionAge = DefaultMaxConnectionAge
@@ -224,6 +266,13 @@ func (cfg Config) keepalive() keepalive.ServerParameters {
 		p.MaxConnectionAgeGrace = cmp.Or(cfg.MaxConnectionAgeGrace, DefaultMaxConnectionAgeGrace)
 	}
 	return p
+}
+
+// Serve accepts connections on lis within the connection limits (see
+// ConnLimits) and serves them until Shutdown; it returns what
+// grpc.Server.Serve returns.
+func (s *Server) Serve(lis net.Listener) error {
+	return s.GRPC.Serve(newLimitListener(lis, s.conns, s.connMetrics, s.refusals))
 }
 
 // Shutdown marks the server NOT_SERVING (so load balancers drain it), then

@@ -3,10 +3,12 @@ package server
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
-	"sync"
+	"net/netip"
+	"strings"
 	"time"
 
 	"golang.org/x/time/rate"
@@ -37,6 +39,11 @@ type HTTPConfig struct {
 	Ready func() error
 	// Metrics, when set, is served at /metrics.
 	Metrics http.Handler
+	// TrustedProxies are the reverse proxies in front of the endpoints
+	// whose X-Forwarded-For the callback believes when it limits requests
+	// per source; requests from any other peer are limited by the peer's
+	// own address.
+	TrustedProxies []netip.Prefix
 }
 
 // NewHTTPMux returns the server's plain-HTTP endpoints, for browsers and
@@ -46,7 +53,7 @@ type HTTPConfig struct {
 // seen in transit useless without the verifier only the store holds.
 func NewHTTPMux(cfg HTTPConfig) *http.ServeMux {
 	mux := http.NewServeMux()
-	mux.Handle(CallbackPath, &callbackHandler{broker: cfg.Callback, log: loggerOrDiscard(cfg.Logger)})
+	mux.Handle(CallbackPath, newCallbackHandler(cfg.Callback, cfg.TrustedProxies, loggerOrDiscard(cfg.Logger)))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		plain(w, http.StatusOK, "ok")
 	})
@@ -88,27 +95,109 @@ func NewHTTPServer(h http.Handler, log *slog.Logger) *http.Server {
 }
 
 type callbackHandler struct {
-	broker CallbackBroker
-	log    *slog.Logger
+	broker  CallbackBroker
+	log     *slog.Logger
+	proxies []netip.Prefix
 
-	// limiter bounds how fast anonymous requests reach the store: every
-	// well-formed state costs a store read (Vault's, shared with every
-	// rotation), and a browser finishing a reauthentication sends one
-	// request. Created on first use, so the zero handler has one.
-	limiterOnce sync.Once
-	limiter     *rate.Limiter
+	// Every well-formed state costs a store read (Vault's, shared with
+	// every rotation), and a browser finishing a reauthentication sends
+	// one request. perSource keeps one source's guesses from shutting out
+	// the others' browsers; all bounds what reaches the store whoever
+	// sends it. Malformed states are answered before either.
+	perSource *callerLimiter
+	all       *rate.Limiter
+	// refusals logs malformed and rate-limited requests, sampled: anyone
+	// can send them as fast as the server answers.
+	refusals *refusalLog
 }
 
-// callbackRate and callbackBurst bound the callbacks a replica handles,
-// whoever sends them.
+// Callback limits: per source (a peer address, an IPv6 /64), and for the
+// replica as a whole.
 const (
-	callbackRate  = 10 // per second
-	callbackBurst = 20
+	callbackSourceRate  = 10 // per second
+	callbackSourceBurst = 20
+	callbackRate        = 100
+	callbackBurst       = 200
 )
 
-func (h *callbackHandler) allow() bool {
-	h.limiterOnce.Do(func() { h.limiter = rate.NewLimiter(callbackRate, callbackBurst) })
-	return h.limiter.Allow()
+func newCallbackHandler(b CallbackBroker, proxies []netip.Prefix, log *slog.Logger) *callbackHandler {
+	log = loggerOrDiscard(log)
+	return &callbackHandler{
+		broker: b, log: log, proxies: proxies,
+		perSource: newCallerLimiter(RateLimit{Rate: callbackSourceRate, Burst: callbackSourceBurst}, nil, newRefusalLog(log)),
+		all:       rate.NewLimiter(callbackRate, callbackBurst),
+		refusals:  newRefusalLog(log),
+	}
+}
+
+// allow takes a token for r's source, then one from the replica's bucket.
+func (h *callbackHandler) allow(r *http.Request) bool {
+	if ok, _ := h.perSource.allowKey(h.source(r)); !ok {
+		return false
+	}
+	return h.all.Allow()
+}
+
+// source is the address a request comes from: the peer's, or for a peer
+// that is a trusted proxy, the last address in X-Forwarded-For that is not
+// one (earlier entries are the client's to write). IPv6 addresses count
+// by /64, what one host usually holds.
+func (h *callbackHandler) source(r *http.Request) string {
+	addr := remoteAddr(r.RemoteAddr)
+	if h.trusted(addr) {
+		hops := strings.Split(strings.Join(r.Header.Values("X-Forwarded-For"), ","), ",")
+		for i := len(hops) - 1; i >= 0; i-- {
+			a, err := netip.ParseAddr(strings.TrimSpace(hops[i]))
+			if err != nil {
+				break // what follows is not a proxy's record: stop at the proxy
+			}
+			addr = a.Unmap()
+			if !h.trusted(addr) {
+				break
+			}
+		}
+	}
+	if addr.Is6() {
+		p, _ := addr.Prefix(64)
+		return p.String()
+	}
+	return addr.String()
+}
+
+func (h *callbackHandler) trusted(a netip.Addr) bool {
+	for _, p := range h.proxies {
+		if p.Contains(a) {
+			return true
+		}
+	}
+	return false
+}
+
+func remoteAddr(hostport string) netip.Addr {
+	if ap, err := netip.ParseAddrPort(hostport); err == nil {
+		return ap.Addr().Unmap()
+	}
+	a, _ := netip.ParseAddr(hostport)
+	return a.Unmap()
+}
+
+// ParseTrustedProxies parses addresses and CIDR prefixes (10.0.0.7,
+// 10.0.0.0/8, fd00::/8).
+func ParseTrustedProxies(specs []string) ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for _, s := range specs {
+		if p, err := netip.ParsePrefix(s); err == nil {
+			out = append(out, p.Masked())
+			continue
+		}
+		a, err := netip.ParseAddr(s)
+		if err != nil {
+			return nil, fmt.Errorf("trusted proxy %q: not an address or CIDR prefix", s)
+		}
+		a = a.Unmap()
+		out = append(out, netip.PrefixFrom(a, a.BitLen()))
+	}
+	return out, nil
 }
 
 // page is a fixed answer: nothing of the request is ever reflected in it.
@@ -147,13 +236,21 @@ func (h *callbackHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.write(w, r, pageMethod)
 		return
 	}
-	if !h.allow() {
-		w.Header().Set("Retry-After", "1")
-		h.write(w, r, pageBusy)
-		return
-	}
 	q := r.URL.Query()
 	cb := broker.Callback{State: q.Get("state"), Code: q.Get("code"), Error: q.Get("error")}
+	if !broker.IsFlowState(cb.State) {
+		// No store read, no limiter token: garbage costs nobody else a
+		// reauthentication.
+		h.render(w, pageUnknown)
+		h.refusals.refuse(r.Context(), refusedCallbackMalformed, "oauth callback: malformed state", "status", pageUnknown.status)
+		return
+	}
+	if !h.allow(r) {
+		w.Header().Set("Retry-After", "1")
+		h.render(w, pageBusy)
+		h.refusals.refuse(r.Context(), refusedCallbackRate, "oauth callback: rate limited", "status", pageBusy.status, "source", h.source(r))
+		return
+	}
 	ctx, cancel := context.WithTimeout(r.Context(), callbackTimeout)
 	defer cancel()
 	_, err := h.broker.CompleteCallback(ctx, cb)
@@ -187,9 +284,15 @@ func (h *callbackHandler) pageFor(ctx context.Context, err error) page {
 	}
 }
 
-// write sends a fixed page with headers that keep it out of caches,
-// frames, MIME sniffing and Referer headers (the URL held a code).
+// write sends a fixed page and logs its outcome.
 func (h *callbackHandler) write(w http.ResponseWriter, r *http.Request, p page) {
+	h.render(w, p)
+	h.log.InfoContext(r.Context(), "oauth callback", "outcome", p.outcome, "status", p.status)
+}
+
+// render sends a fixed page with headers that keep it out of caches,
+// frames, MIME sniffing and Referer headers (the URL held a code).
+func (h *callbackHandler) render(w http.ResponseWriter, p page) {
 	hd := w.Header()
 	hd.Set("Content-Type", "text/html; charset=utf-8")
 	hd.Set("Cache-Control", "no-store")
@@ -201,5 +304,4 @@ func (h *callbackHandler) write(w http.ResponseWriter, r *http.Request, p page) 
 	w.WriteHeader(p.status)
 	_, _ = w.Write([]byte(`<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>` + p.title +
 		`</title></head><body><h1>` + p.title + `</h1><p>` + p.body + `</p></body></html>`))
-	h.log.InfoContext(r.Context(), "oauth callback", "outcome", p.outcome, "status", p.status)
 }

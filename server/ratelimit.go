@@ -50,10 +50,11 @@ func (r RateLimit) withDefaults() RateLimit {
 // it takes to refill are forgotten, so memory follows the number of active
 // callers, not of every caller ever seen.
 type callerLimiter struct {
-	limit  rate.Limit
-	burst  int
-	caller func(context.Context) string
-	now    func() time.Time
+	limit    rate.Limit
+	burst    int
+	caller   func(context.Context) string
+	now      func() time.Time
+	refusals *refusalLog
 
 	// idle is how long an unused bucket takes to be full again; after it
 	// the bucket is indistinguishable from a new one and can be dropped.
@@ -64,22 +65,27 @@ type callerLimiter struct {
 	lastSweep time.Time
 }
 
-func newCallerLimiter(cfg RateLimit, caller func(context.Context) string) *callerLimiter {
+func newCallerLimiter(cfg RateLimit, caller func(context.Context) string, refusals *refusalLog) *callerLimiter {
 	burst := max(cfg.Burst, 1)
 	return &callerLimiter{
-		limit:   rate.Limit(cfg.Rate),
-		burst:   burst,
-		caller:  caller,
-		now:     time.Now,
-		idle:    time.Duration(float64(burst) / cfg.Rate * float64(time.Second)),
-		buckets: make(map[string]*rate.Limiter),
+		limit:    rate.Limit(cfg.Rate),
+		burst:    burst,
+		caller:   caller,
+		now:      time.Now,
+		refusals: refusals,
+		idle:     time.Duration(float64(burst) / cfg.Rate * float64(time.Second)),
+		buckets:  make(map[string]*rate.Limiter),
 	}
 }
 
 // allow takes one token from the caller's bucket, or reports how long until
 // one is available.
 func (l *callerLimiter) allow(ctx context.Context) (ok bool, retryAfter time.Duration) {
-	key := l.caller(ctx)
+	return l.allowKey(l.caller(ctx))
+}
+
+// allowKey is allow for the bucket named key.
+func (l *callerLimiter) allowKey(key string) (ok bool, retryAfter time.Duration) {
 	now := l.now()
 	l.mu.Lock()
 	if now.Sub(l.lastSweep) > l.idle {
@@ -104,7 +110,8 @@ func (l *callerLimiter) allow(ctx context.Context) (ok bool, retryAfter time.Dur
 	return true, 0
 }
 
-func (l *callerLimiter) refuse(method string, retryAfter time.Duration) error {
+func (l *callerLimiter) refuse(ctx context.Context, method string, retryAfter time.Duration) error {
+	l.refusals.refuse(ctx, refusedRateLimited, "call refused: rate limit", "caller", callerIdentity(ctx), "method", method)
 	st := status.New(codes.ResourceExhausted, fmt.Sprintf("%s: request rate limit exceeded for this caller; retry later", method))
 	return withDetails(st,
 		&errdetails.ErrorInfo{Reason: ReasonRateLimited, Domain: ErrorDomain},
@@ -116,14 +123,14 @@ func (l *callerLimiter) refuse(method string, retryAfter time.Duration) error {
 // never limited.
 func (l *callerLimiter) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 	if ok, wait := l.allow(ctx); !ok {
-		return nil, l.refuse(info.FullMethod, wait)
+		return nil, l.refuse(ctx, info.FullMethod, wait)
 	}
 	return handler(ctx, req)
 }
 
 func (l *callerLimiter) stream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
 	if ok, wait := l.allow(ss.Context()); !ok {
-		return l.refuse(info.FullMethod, wait)
+		return l.refuse(ss.Context(), info.FullMethod, wait)
 	}
 	return handler(srv, ss)
 }

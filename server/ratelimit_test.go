@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"log/slog"
 	"testing"
 	"time"
 
@@ -28,7 +29,7 @@ func TestRateLimitIsPerCaller(t *testing.T) {
 	l := newCallerLimiter(RateLimit{Rate: 10, Burst: 3}, func(ctx context.Context) string {
 		name, _ := ctx.Value(callerCtxKey{}).(string)
 		return name
-	})
+	}, newRefusalLog(slog.New(slog.DiscardHandler)))
 	l.now = func() time.Time { return now }
 	for i := range 3 {
 		if ok, _ := l.allow(asCaller("a")); !ok {
@@ -47,7 +48,7 @@ func TestRateLimitIsPerCaller(t *testing.T) {
 		t.Fatalf("caller still refused after the advertised %v", wait)
 	}
 
-	err := l.refuse("/rotavault.v1.TokenVaultService/GetAccessToken", wait)
+	err := l.refuse(asCaller("a"), "/rotavault.v1.TokenVaultService/GetAccessToken", wait)
 	st := status.Convert(err)
 	if st.Code() != codes.ResourceExhausted {
 		t.Fatalf("code %v, want ResourceExhausted", st.Code())

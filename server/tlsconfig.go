@@ -55,15 +55,22 @@ func loadTLSMaterial(certFile, keyFile, clientCAFile string, requireClientCert b
 }
 
 // CertificateIdentity names the holder of a verified client certificate:
-// its URI SAN (a SPIFFE ID), else its first DNS SAN, else its subject CN.
+// its URI SAN (a SPIFFE ID) as it is, else "dns:" and its first DNS SAN,
+// else "cn:" and its subject CN.
 //
-// Identities of every kind share one namespace in the policy, so a DNS SAN
-// or CN that could pass for a URI ("spiffe://…/admin" typed into the CN of
-// an enterprise CA's request form) is refused rather than matched against
-// URI rules. A certificate with several URI SANs is ambiguous (an X.509
-// SVID has exactly one) and a URI with dot segments, an empty segment,
-// escapes, a query, a fragment or user info is not canonical, so a prefix
-// rule ("…/ns/a/*") cannot be made to match "…/ns/a/../b": both are refused.
+// The prefixes keep names a CA put in a certificate apart from the
+// identities of the bearer-tokens file: a certificate whose CN is "admin"
+// is "cn:admin", not the bearer identity "admin" (bearer identities may not
+// contain ":" unless they are URIs, see ParseTokens). URIs name themselves
+// in both: a SPIFFE ID is the same identity whether a certificate or a
+// token proves it. For the same reason a DNS SAN or CN that could pass for
+// a URI ("spiffe://…/admin" typed into the CN of an enterprise CA's
+// request form) is refused, and so is a URI SAN in the reserved schemes
+// "dns" and "cn". A certificate with several URI SANs is ambiguous (an
+// X.509 SVID has exactly one) and a URI with dot segments, an empty
+// segment, escapes, a query, a fragment or user info is not canonical, so
+// a prefix rule ("…/ns/a/*") cannot be made to match "…/ns/a/../b": both
+// are refused.
 func CertificateIdentity(cert *x509.Certificate) (string, error) {
 	switch {
 	case cert == nil:
@@ -76,18 +83,28 @@ func CertificateIdentity(cert *x509.Certificate) (string, error) {
 		}
 		return cert.URIs[0].String(), nil
 	case len(cert.DNSNames) > 0:
-		return nameIdentity("DNS SAN", cert.DNSNames[0])
+		return nameIdentity("DNS SAN", DNSIdentityPrefix, cert.DNSNames[0])
 	case cert.Subject.CommonName != "":
-		return nameIdentity("subject CN", cert.Subject.CommonName)
+		return nameIdentity("subject CN", CNIdentityPrefix, cert.Subject.CommonName)
 	default:
 		return "", errors.New("the certificate names no identity (no URI or DNS SAN, no CN)")
 	}
 }
 
+// Prefixes of certificate identities taken from a DNS SAN or the subject
+// CN: a policy names the certificate with DNS SAN ops.example.org as
+// "dns:ops.example.org".
+const (
+	DNSIdentityPrefix = "dns:"
+	CNIdentityPrefix  = "cn:"
+)
+
 func checkURIIdentity(u *url.URL) error {
 	switch {
 	case u.Scheme == "":
 		return errors.New("URI SAN: not an absolute URI")
+	case strings.EqualFold(u.Scheme+":", DNSIdentityPrefix) || strings.EqualFold(u.Scheme+":", CNIdentityPrefix):
+		return fmt.Errorf("URI SAN: the scheme %q is reserved for DNS SAN and CN identities", u.Scheme)
 	case u.User != nil || u.RawQuery != "" || u.ForceQuery || u.Fragment != "" || u.RawFragment != "":
 		return errors.New("URI SAN: user info, query and fragment are not allowed in an identity")
 	case u.RawPath != "" || strings.Contains(u.Opaque, "%"):
@@ -106,7 +123,7 @@ func checkURIIdentity(u *url.URL) error {
 	return nil
 }
 
-func nameIdentity(what, name string) (string, error) {
+func nameIdentity(what, prefix, name string) (string, error) {
 	if strings.ContainsAny(name, ":/") {
 		return "", fmt.Errorf("%s: a name identity must not contain : or /, which would let it pass for a URI identity", what)
 	}
@@ -115,7 +132,7 @@ func nameIdentity(what, name string) (string, error) {
 			return "", fmt.Errorf("%s: spaces and control characters are not allowed in an identity", what)
 		}
 	}
-	return name, nil
+	return prefix + name, nil
 }
 
 // ClientCASource yields the client CAs in force now (nil: none).

@@ -6,7 +6,9 @@ import (
 	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/hex"
+	"errors"
 	"fmt"
+	"net/url"
 	"os"
 	"strings"
 )
@@ -38,6 +40,9 @@ func ParseTokens(data []byte) (*TokenSet, error) {
 		if len(fields) != 2 {
 			return nil, fmt.Errorf("tokens line %d: want \"<identity> <sha256-hex-of-token>\"", n)
 		}
+		if err := checkBearerIdentity(fields[0]); err != nil {
+			return nil, fmt.Errorf("tokens line %d (%s): %w", n, fields[0], err)
+		}
 		raw, err := hex.DecodeString(fields[1])
 		if err != nil || len(raw) != sha256.Size {
 			return nil, fmt.Errorf("tokens line %d (%s): the digest must be 64 hex digits (sha256 of the token)", n, fields[0])
@@ -55,6 +60,20 @@ func ParseTokens(data []byte) (*TokenSet, error) {
 		return nil, fmt.Errorf("read tokens: %w", err)
 	}
 	return ts, nil
+}
+
+// checkBearerIdentity refuses a bearer identity that could pass for a
+// certificate's: one with a ":" that is not an absolute URI ("cn:admin",
+// "dns:ops.example.org"). A URI such as a SPIFFE ID names the same
+// identity whether a token or a certificate proves it.
+func checkBearerIdentity(id string) error {
+	if !strings.Contains(id, ":") {
+		return nil
+	}
+	if u, err := url.Parse(id); err == nil && u.Scheme != "" && u.Host != "" {
+		return checkURIIdentity(u)
+	}
+	return errors.New("a bearer identity with \":\" must be an absolute URI (scheme://...); cn: and dns: name certificates")
 }
 
 // LoadTokensFile reads and parses a tokens file.

@@ -440,7 +440,11 @@ func (k *keyFlags) register(fs *pflag.FlagSet) {
 // --store-key-file or, failing that, ROTAVAULT_STORE_KEY; a key file named
 // on the command line wins over both variables.
 func (k *keyFlags) load(a *app) (boltstore.Key, []boltstore.Key, error) {
-	inline := a.env(envStoreKey)
+	// A copy: forgetEnv overwrites the environment's own bytes, so that
+	// neither this process's environment nor /proc/PID/environ holds the
+	// key once read.
+	inline := strings.Clone(a.env(envStoreKey))
+	forgetEnv(envStoreKey)
 	var key boltstore.Key
 	switch {
 	case k.keyFile != "" && inline != "" && a.fromEnv["store-key-file"]:

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -102,6 +103,11 @@ type serverConfig struct {
 	// proxy, usually); <PublicURL>/oauth/callback is the redirect URI of
 	// flows started without one. Empty: no server callback.
 	PublicURL string
+	// Limits bounds what callers can make the server hold (zero: the
+	// defaults); CallbackTrustedProxies are the proxies whose
+	// X-Forwarded-For the callback's per-source limit believes.
+	Limits                 server.Limits
+	CallbackTrustedProxies []string
 }
 
 // runningServer is what Ready learns about the server.
@@ -125,8 +131,8 @@ func (cfg *serverConfig) callbackOption() (broker.Option, error) {
 
 // serveHTTP starts the HTTP endpoints on lis; the returned stop shuts them
 // down gracefully within ctx and waits for them.
-func serveHTTP(lis net.Listener, b *broker.Broker, mx *metrics.Metrics, log *slog.Logger) (stop func(ctx context.Context)) {
-	hs := server.NewHTTPServer(server.NewHTTPMux(server.HTTPConfig{Callback: b, Logger: log, Ready: b.Ready, Metrics: mx.Handler()}), log)
+func serveHTTP(lis net.Listener, b *broker.Broker, mx *metrics.Metrics, proxies []netip.Prefix, log *slog.Logger) (stop func(ctx context.Context)) {
+	hs := server.NewHTTPServer(server.NewHTTPMux(server.HTTPConfig{Callback: b, Logger: log, Ready: b.Ready, Metrics: mx.Handler(), TrustedProxies: proxies}), log)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -168,6 +174,10 @@ func runServer(ctx context.Context, cfg serverConfig) (err error) {
 	callback, err := cfg.callbackOption()
 	if err != nil {
 		return err
+	}
+	proxies, err := server.ParseTrustedProxies(cfg.CallbackTrustedProxies)
+	if err != nil {
+		return usageErrorf("--callback-trusted-proxy: %v", err)
 	}
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return fmt.Errorf("create data directory: %w", err)
@@ -215,7 +225,8 @@ func runServer(ctx context.Context, cfg serverConfig) (err error) {
 	if tc := reloader.ServerTLSConfig(); tc != nil {
 		extra = append(extra, grpc.Creds(credentials.NewTLS(tc)))
 	}
-	srv := server.New(server.Config{Broker: b, Logger: log, Reflection: cfg.Reflection, Auth: auth, ExtraOptions: extra, RateLimit: cfg.RateLimit, Auditor: al, ConsumerCatalog: true, IssuanceFlushInterval: cfg.IssuanceFlushInterval, MaxConnectionAge: cfg.MaxConnectionAge})
+	srv := server.New(server.Config{Broker: b, Logger: log, Reflection: cfg.Reflection, Auth: auth, ExtraOptions: extra, RateLimit: cfg.RateLimit, Auditor: al, ConsumerCatalog: true, IssuanceFlushInterval: cfg.IssuanceFlushInterval, MaxConnectionAge: cfg.MaxConnectionAge,
+		Limits: cfg.Limits, Registerer: mx.Registry()})
 	if auth == nil {
 		log.Warn("no --policy: every caller is treated as the admin identity " + server.DevIdentity + "; for development on loopback only")
 	}
@@ -264,11 +275,11 @@ func runServer(ctx context.Context, cfg serverConfig) (err error) {
 			// code seen on this hop useless without the stored verifier.
 			log.Warn("HTTP endpoints listen in plaintext off loopback: put them behind a TLS-terminating proxy (--public-url https://...)", "addr", httpAddr.String())
 		}
-		stopHTTP = serveHTTP(httpLis, b, mx, log)
+		stopHTTP = serveHTTP(httpLis, b, mx, proxies, log)
 		log.Info("HTTP endpoints serving", "addr", httpAddr.String(), "public_url", cfg.PublicURL)
 	}
 	served := make(chan error, 1)
-	go func() { served <- srv.GRPC.Serve(lis) }()
+	go func() { served <- srv.Serve(lis) }()
 	log.Info("rotavault serving", "addr", lis.Addr().String(), "data_dir", cfg.DataDir, "store_key_id", cfg.Key.ID())
 
 	// stop runs once, on every way out: ctx ending, Serve failing, Ready
@@ -431,6 +442,7 @@ func newServeCmd(a *app) *cobra.Command {
 		rateBurst                        int
 		httpListen, publicURL            string
 		issuanceFlush                    time.Duration
+		limits                           limitFlags
 	)
 	cmd := &cobra.Command{
 		Use:   "serve",
@@ -483,6 +495,10 @@ Examples:
 			if err := checkListenAddr(addr, scfg.allowNonLoopback()); err != nil {
 				return err
 			}
+			if err := hardenProcess(); err != nil {
+				// Not fatal: the key is still unset from the environment.
+				fmt.Fprintf(a.stderr, "WARNING: could not make the process non-dumpable: %v\n", err)
+			}
 			var key boltstore.Key
 			var previous []boltstore.Key
 			if backend != backendVault {
@@ -514,6 +530,7 @@ Examples:
 				return usageErrorf("--%s must be at least %s", issuanceFlushFlag, minIssuanceFlush)
 			}
 			scfg.IssuanceFlushInterval = issuanceFlush
+			scfg.Limits, scfg.CallbackTrustedProxies = limits.limits(), limits.callbackTrustedProxies
 			return runServer(cmd.Context(), scfg)
 		}),
 	}
@@ -521,7 +538,7 @@ Examples:
 	fs.StringVar(&addr, "addr", defaultServer, "address to listen on (loopback only, unless TLS and a policy are configured)")
 	fs.StringVar(&tlsCert, "tls-cert", "", "server certificate (PEM); re-read on SIGHUP and when it changes")
 	fs.StringVar(&tlsKey, "tls-key", "", "server private key (PEM), with --tls-cert")
-	fs.StringVar(&tlsClientCA, "tls-client-ca", "", "CA bundle (PEM) verifying client certificates: enables mTLS; the caller's identity is the certificate's first URI SAN (SPIFFE ID), else first DNS SAN, else CN")
+	fs.StringVar(&tlsClientCA, "tls-client-ca", "", "CA bundle (PEM) verifying client certificates: enables mTLS; the caller's identity is the certificate's URI SAN (SPIFFE ID), else dns:<first DNS SAN>, else cn:<subject CN>")
 	fs.StringVar(&bearerTokens, "bearer-tokens", "", "file of lines '<identity> <sha256-hex-of-token>' accepting 'authorization: Bearer <token>' (over TLS, or from loopback)")
 	fs.StringVar(&policyFile, "policy", "", "JSON policy mapping caller identities to roles (consumer, operator, admin) on credentials; without it every caller is an admin (dev only)")
 	fs.StringVar(&dataDir, "data-dir", "", "directory of the store and the audit trail (required)")
@@ -549,6 +566,7 @@ Examples:
 	fs.BoolVar(&insecure, oldInsecureListenFlag, false, "old name of --"+insecureListenFlag)
 	_ = fs.MarkDeprecated(oldInsecureListenFlag, "use --"+insecureListenFlag)
 	logs.register(fs)
+	limits.register(fs)
 	return cmd
 }
 

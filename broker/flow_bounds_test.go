@@ -1,0 +1,152 @@
+package broker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/rotavault/rotavault/audit"
+	"github.com/rotavault/rotavault/store"
+)
+
+// startConcurrently starts n authorization-code flows at once, flow i on
+// credential credOf(i) by actor actorOf(i) through replicas[i%len], and
+// returns the states started and how many were refused with
+// ErrTooManyFlows; any other error fails the test.
+func startConcurrently(t *testing.T, replicas []*Broker, n int, credOf, actorOf func(int) string) (started []string, refused int) {
+	t.Helper()
+	var (
+		mu      sync.Mutex
+		tooMany atomic.Int64
+		wg      sync.WaitGroup
+	)
+	for i := range n {
+		wg.Go(func() {
+			ctx := audit.WithActor(context.Background(), actorOf(i))
+			p, err := replicas[i%len(replicas)].StartAuthorization(ctx, credOf(i), "http://127.0.0.1:1/cb", nil)
+			switch {
+			case errors.Is(err, ErrTooManyFlows):
+				tooMany.Add(1)
+			case err != nil:
+				t.Errorf("start %d: %v", i, err)
+			default:
+				mu.Lock()
+				started = append(started, p.State)
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	return started, int(tooMany.Load())
+}
+
+func createCredentials(ctx context.Context, t *testing.T, b *Broker, spec Spec, n int) {
+	t.Helper()
+	for i := range n {
+		if _, err := b.CreateCredential(ctx, fmt.Sprintf("c%d", i), spec); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// latencyStore answers writes after a delay, as a store across a network
+// does: the window in which a check made before a write can be overtaken.
+type latencyStore struct {
+	store.Store
+	delay time.Duration
+}
+
+func (s latencyStore) Put(ctx context.Context, key string, value []byte, expected uint64) (uint64, error) {
+	time.Sleep(s.delay) // the network round trip being simulated
+	return s.Store.Put(ctx, key, value, expected)
+}
+
+// Concurrent starts on two replicas sharing a store never exceed the
+// store-wide bound: the check and the reservation are one check-and-set.
+func TestFlowBoundIsExactAcrossReplicas(t *testing.T) {
+	ctx := context.Background()
+	env := newFlowEnv(t)
+	env.st = latencyStore{Store: env.st, delay: time.Millisecond}
+	a := env.primary(ctx, t, WithMaxFlows(40))
+	b := env.replica(t, "replica-b", time.Hour, WithMaxFlows(40))
+	createCredentials(ctx, t, a, env.spec, 10)
+
+	started, refused := startConcurrently(t, []*Broker{a, b}, 80,
+		func(i int) string { return fmt.Sprintf("c%d", i%10) },
+		func(i int) string { return fmt.Sprintf("operator-%d", i) })
+	if len(started) != 40 || refused != 40 {
+		t.Fatalf("80 concurrent starts with a bound of 40: %d started, %d refused", len(started), refused)
+	}
+	if keys, err := env.st.List(ctx, flowsPrefix); err != nil || len(keys) != 40 {
+		t.Fatalf("the store holds %d flows (%v), want 40", len(keys), err)
+	}
+}
+
+// Within the store-wide bound, one credential has at most 10 pending
+// flows and one operator at most 100, exactly, under concurrency; a
+// credential's place returns when one of its flows ends, and flows keep
+// their 10-minute lifetime.
+func TestFlowSharesPerCredentialAndOperator(t *testing.T) {
+	ctx := context.Background()
+	env := newFlowEnv(t)
+	a := env.primary(ctx, t)
+	b := env.replica(t, "replica-b", time.Hour)
+	createCredentials(ctx, t, a, env.spec, 12)
+
+	started, refused := startConcurrently(t, []*Broker{a, b}, 25,
+		func(int) string { return "x" },
+		func(i int) string { return fmt.Sprintf("operator-%d", i) })
+	if len(started) != MaxPendingFlowsPerCredential || refused != 25-MaxPendingFlowsPerCredential {
+		t.Fatalf("25 concurrent starts on one credential: %d started, %d refused; want %d started", len(started), refused, MaxPendingFlowsPerCredential)
+	}
+	f := readFlowRecord(t, env.st, started[0])
+	if got := f.ExpiresAt.Sub(f.StartedAt); got != 10*time.Minute {
+		t.Errorf("a flow's lifetime is %v, want 10m", got)
+	}
+
+	byOne, refused := startConcurrently(t, []*Broker{a, b}, 120,
+		func(i int) string { return fmt.Sprintf("c%d", i%12) },
+		func(int) string { return "one-operator" })
+	if len(byOne) != MaxPendingFlowsPerActor || refused != 120-MaxPendingFlowsPerActor {
+		t.Fatalf("120 concurrent starts by one operator: %d started, %d refused; want %d started", len(byOne), refused, MaxPendingFlowsPerActor)
+	}
+
+	// One of x's flows ends: after the next sweep x has a place again.
+	newcomer := audit.WithActor(ctx, "newcomer")
+	if _, err := a.StartAuthorization(newcomer, "x", "http://127.0.0.1:1/cb", nil); !errors.Is(err, ErrTooManyFlows) {
+		t.Fatalf("an 11th flow for x: %v, want ErrTooManyFlows", err)
+	}
+	a.failFlow(ctx, started[0], FlowDenied, deniedDetail)
+	a.sweepFlows(ctx)
+	if _, err := a.StartAuthorization(newcomer, "x", "http://127.0.0.1:1/cb", nil); err != nil {
+		t.Fatalf("a flow for x after one of its flows ended: %v", err)
+	}
+}
+
+// A start that fails after reserving its place (the provider refused a
+// device flow, the store write failed) gives the place back once a sweep
+// finds no record for it after reserveGrace.
+func TestReservationWithoutAFlowIsReleased(t *testing.T) {
+	ctx := context.Background()
+	env := newFlowEnv(t)
+	b := env.primary(ctx, t, WithMaxFlows(1))
+	if _, err := b.reserveFlow(ctx, "x"); err != nil { // a start that went no further
+		t.Fatal(err)
+	}
+	if _, err := b.StartAuthorization(ctx, "x", "http://127.0.0.1:1/cb", nil); !errors.Is(err, ErrTooManyFlows) {
+		t.Fatalf("with the only place reserved: %v, want ErrTooManyFlows", err)
+	}
+	b.sweepFlows(ctx)
+	if _, err := b.StartAuthorization(ctx, "x", "http://127.0.0.1:1/cb", nil); !errors.Is(err, ErrTooManyFlows) {
+		t.Fatalf("within the grace a start may still write its record: %v, want ErrTooManyFlows", err)
+	}
+	env.clk.add(reserveGrace)
+	b.sweepFlows(ctx)
+	if _, err := b.StartAuthorization(ctx, "x", "http://127.0.0.1:1/cb", nil); err != nil {
+		t.Fatalf("after the sweep dropped the orphan reservation: %v", err)
+	}
+}
