@@ -107,8 +107,10 @@ func (b *Broker) refreshFamily(ctx context.Context, e *entry, v *view) (*view, e
 				reason = ReasonLostRotation
 			}
 			b.log.WarnContext(ctx, "provider refused the refresh token; revoking the family",
-				"credential", e.id, "family", fam.FamilyID, "generation", fam.Generation, "reason", reason, "provider_error", pe.Code)
-			return nil, b.revokeFamily(ctx, e, key, fam, famVersion, reason, pe.Error())
+				"credential", e.id, "family", fam.FamilyID, "generation", fam.Generation, "reason", reason, "provider_error", pe.Code, "err", pe)
+			// The detail goes into the audit trail, which cannot be edited:
+			// the OAuth code only, no provider text, even redacted.
+			return nil, b.revokeFamily(ctx, e, key, fam, famVersion, reason, pe.Summary())
 
 		case pe.Outcome == provider.OutcomeUnknown:
 			now := b.opts.now()

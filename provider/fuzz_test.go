@@ -36,7 +36,7 @@ func FuzzProviderResponse(f *testing.F) {
 			}
 			return
 		}
-		e := c.classify("refresh", status, http.Header{"Retry-After": {string(body[:min(len(body), 16)])}}, body, nil, []string{secret})
+		e := c.classify("refresh", status, http.Header{"Retry-After": {string(body[:min(len(body), 16)])}}, body, nil, newRedactor([]string{secret}))
 		if e == nil {
 			t.Fatal("an error status produced no error")
 		}

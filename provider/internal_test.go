@@ -1,6 +1,7 @@
 package provider
 
 import (
+	"encoding/base64"
 	"net/http"
 	"strings"
 	"testing"
@@ -71,11 +72,31 @@ func TestSanitize(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if got := sanitize(tt.in, maxDescriptionRunes, tt.secrets); got != tt.want {
+			if got := sanitize(tt.in, maxDescriptionRunes, newRedactor(tt.secrets)); got != tt.want {
 				t.Errorf("sanitize(%q) = %q, want %q", tt.in, got, tt.want)
 			}
 		})
 	}
+	t.Run("base64 of a text holding the secret, at each alignment", func(t *testing.T) {
+		const secret = "s3cr/t+value"
+		for pad := range 3 {
+			text := strings.Repeat("x", pad) + "[" + secret + "]"
+			for _, enc := range []*base64.Encoding{base64.StdEncoding, base64.RawURLEncoding} {
+				in := "got Basic " + enc.EncodeToString([]byte(text)) + ", refused"
+				if got := sanitize(in, maxDescriptionRunes, newRedactor([]string{secret})); got != "got Basic [REDACTED], refused" {
+					t.Errorf("sanitize(%q) = %q, want the whole base64 run redacted", in, got)
+				}
+			}
+		}
+	})
+	t.Run("spellings mixed in one text, unrelated text kept", func(t *testing.T) {
+		const secret = "a%2Fb/c d"
+		in := `raw a%2Fb/c d, form a%252Fb%2Fc+d, path a%252Fb%2fc%20d, json a%2Fb\/c d, ascii a%2Fb\u002Fc\u0020d; a%2Fb/c e`
+		want := `raw [REDACTED], form [REDACTED], path [REDACTED], json [REDACTED], ascii [REDACTED]; a%2Fb/c e`
+		if got := sanitize(in, maxDescriptionRunes, newRedactor([]string{secret})); got != want {
+			t.Errorf("sanitize(%q) =\n%q, want\n%q", in, got, want)
+		}
+	})
 	t.Run("truncated to the rune limit", func(t *testing.T) {
 		got := sanitize(strings.Repeat("日", 500), maxDescriptionRunes, nil)
 		if n := utf8.RuneCountInString(got); n != maxDescriptionRunes || !strings.HasSuffix(got, "…") {
@@ -84,7 +105,7 @@ func TestSanitize(t *testing.T) {
 	})
 	t.Run("a secret cut by truncation is still redacted", func(t *testing.T) {
 		secret := strings.Repeat("s", 50)
-		got := sanitize(strings.Repeat("x", 180)+secret, maxDescriptionRunes, []string{secret})
+		got := sanitize(strings.Repeat("x", 180)+secret, maxDescriptionRunes, newRedactor([]string{secret}))
 		if strings.Contains(got, "sssss") {
 			t.Errorf("got %q, holds part of the secret", got)
 		}
