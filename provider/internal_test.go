@@ -121,3 +121,24 @@ func TestZeroOutcomeIsUnknown(t *testing.T) {
 		t.Errorf("zero Error is permanent")
 	}
 }
+
+func TestCheckInstanceURLDomains(t *testing.T) {
+	ep := Endpoint{Kind: KindOAuth2, TokenURL: "https://auth.example.org/oauth2/token", InstanceURLDomain: ".salesforce.mil"}
+	for raw, ok := range map[string]bool{
+		"https://auth.example.org":         true, // the token endpoint's own host
+		"https://AUTH.example.org/api":     true,
+		"https://api.auth.example.org":     false, // not a subdomain rule
+		"https://salesforce.mil":           true,
+		"https://acme.my.salesforce.mil":   true,
+		"https://evilsalesforce.mil":       false,
+		"https://acme.my.salesforce.com":   true,
+		"https://localhost:8443":           true,
+		"http://[::1]:8080":                true,
+		"ftp://acme.my.salesforce.com":     false,
+		"https://acme.my.salesforce.com:x": false,
+	} {
+		if got := checkInstanceURL(raw, ep) == ""; got != ok {
+			t.Errorf("checkInstanceURL(%q) accepted = %v, want %v", raw, got, ok)
+		}
+	}
+}
