@@ -457,6 +457,9 @@ func (b *Broker) installFamily(ctx context.Context, e *entry, incarnation, refre
 			fam.Generation = 1
 			fam.LastRefreshAt = now
 			fam.Access = b.newAccessToken(v.cred.Spec, nil, tok, now)
+			if note := lifetimeNote(v.cred.Spec, tok); note != "" {
+				fam.LastError, fam.LastErrorAt = note, now
+			}
 		}
 		version, err := b.writeFamily(ctx, familyKey(v.cred), fam, v.famVersion)
 		if errors.Is(err, store.ErrConflict) {

@@ -174,6 +174,9 @@ func (b *Broker) storeRefreshed(ctx context.Context, e *entry, cred *credentialR
 	next.Claim = nil
 	next.LastError, next.LastErrorAt = "", time.Time{}
 	next.Access = b.newAccessToken(cred.Spec, fam.Access, tok, now)
+	if note := lifetimeNote(cred.Spec, tok); note != "" {
+		next.LastError, next.LastErrorAt = note, now
+	}
 	mismatch := tok.SignatureStatus == provider.SignatureMismatch
 	if mismatch {
 		next.LastError, next.LastErrorAt = "the provider's response signature did not match (is the client secret current?)", now
@@ -208,6 +211,16 @@ func (b *Broker) storeRefreshed(ctx context.Context, e *entry, cred *credentialR
 		b.audit(ctx, audit.Event{Action: audit.ActionSignatureMismatch, Credential: e.id, Family: next.FamilyID, Generation: next.Generation})
 	}
 	return v, nil
+}
+
+// lifetimeNote says, for last_error, that the provider's lifetime of tok
+// was not believed; "" when it was.
+func lifetimeNote(spec Spec, tok *provider.Token) string {
+	if tok.IgnoredExpiresIn <= 0 {
+		return ""
+	}
+	return fmt.Sprintf("the provider said the access token lives %s, beyond the believable %s: it is refreshed as if it lived the credential's access token lifetime, %s",
+		tok.IgnoredExpiresIn, provider.MaxExpiresIn, spec.accessTokenLifetime())
 }
 
 func (b *Broker) newAccessToken(spec Spec, prev *accessToken, tok *provider.Token, now time.Time) *accessToken {

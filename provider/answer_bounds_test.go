@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/rotavault/rotavault/provider"
 )
@@ -89,5 +90,30 @@ func TestInstanceURLOnConfiguredDomains(t *testing.T) {
 	ep.InstanceURLDomain = "salesforce.mil"
 	if _, err := c.Refresh(context.Background(), ep, testCreds, testRefreshToken); err != nil {
 		t.Fatalf("an instance URL under the configured domain: %v", err)
+	}
+}
+
+// An expires_in beyond MaxExpiresIn is not believed: the Token carries no
+// lifetime, so the caller's default applies, and reports the one ignored.
+func TestAbsurdExpiresInIsIgnored(t *testing.T) {
+	const hundredYears = 100 * 365 * 24 * time.Hour
+	tests := []struct {
+		expiresIn     any
+		want, ignored time.Duration
+	}{
+		{3600, time.Hour, 0},
+		{int64(provider.MaxExpiresIn / time.Second), provider.MaxExpiresIn, 0},
+		{int64(provider.MaxExpiresIn/time.Second) + 1, 0, provider.MaxExpiresIn + time.Second},
+		{1e12, 0, hundredYears},
+	}
+	for _, tt := range tests {
+		_, srv := startFake(t, jsonAnswer(http.StatusOK, map[string]any{"access_token": "a1", "expires_in": tt.expiresIn}))
+		tok, err := provider.New(nil).Refresh(context.Background(), oauth2Endpoint(srv.URL), testCreds, testRefreshToken)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if tok.ExpiresIn != tt.want || tok.IgnoredExpiresIn != tt.ignored {
+			t.Errorf("expires_in %v: ExpiresIn %s, IgnoredExpiresIn %s; want %s, %s", tt.expiresIn, tok.ExpiresIn, tok.IgnoredExpiresIn, tt.want, tt.ignored)
+		}
 	}
 }

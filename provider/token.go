@@ -73,8 +73,13 @@ type Token struct {
 	// expiry computed from it errs early.
 	IssuedAt time.Time
 	// ExpiresIn is the access token's lifetime from expires_in, 0 when the
-	// provider sent none (Salesforce: the app's session timeout applies).
+	// provider sent none (Salesforce: the app's session timeout applies) or
+	// one beyond MaxExpiresIn.
 	ExpiresIn time.Duration
+	// IgnoredExpiresIn is an expires_in beyond MaxExpiresIn (at most 100
+	// years), which ExpiresIn does not take: the caller applies the
+	// lifetime it would assume without one, and should say so. 0 otherwise.
+	IgnoredExpiresIn time.Duration
 	// SignatureStatus is set by Refresh and ExchangeCode.
 	SignatureStatus SignatureStatus
 
@@ -171,6 +176,15 @@ type Introspection struct {
 // real lifetime is far below it (100 years).
 const maxExpiresInSeconds = 100 * 365 * 24 * 3600
 
+// MaxExpiresIn is the longest access-token lifetime believed from a
+// provider: 400 days, the longest a Rotavault admin may configure. Real
+// ones are minutes to hours, 60 days at the very most (LinkedIn, Meta's
+// long-lived tokens). A longer one is a bug or a provider that wants its
+// token never refreshed — never refreshed, a token revoked at the
+// provider would be handed out until it "expires" — so it is treated as no
+// expires_in at all; see Token.IgnoredExpiresIn.
+const MaxExpiresIn = 400 * 24 * time.Hour
+
 // Bounds on what a provider may make us store and hand out. Every one of
 // these values goes to consumers (an access token into an Authorization
 // header, the instance URL as where they send it) and to people's terminals.
@@ -233,6 +247,9 @@ func parseToken(obj jsonObject, sentAt time.Time) (*Token, string) {
 	}
 	if n, ok := obj.integer("expires_in"); ok && n > 0 {
 		t.ExpiresIn = time.Duration(min(n, maxExpiresInSeconds)) * time.Second
+		if t.ExpiresIn > MaxExpiresIn {
+			t.IgnoredExpiresIn, t.ExpiresIn = t.ExpiresIn, 0
+		}
 	}
 	if raw, ok := obj.scalarText("issued_at"); ok {
 		t.issuedAtRaw = raw
