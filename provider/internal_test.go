@@ -2,6 +2,7 @@ package provider
 
 import (
 	"encoding/base64"
+	"fmt"
 	"net/http"
 	"strings"
 	"testing"
@@ -95,6 +96,21 @@ func TestSanitize(t *testing.T) {
 		want := `raw [REDACTED], form [REDACTED], path [REDACTED], json [REDACTED], ascii [REDACTED]; a%2Fb/c e`
 		if got := sanitize(in, maxDescriptionRunes, newRedactor([]string{secret})); got != want {
 			t.Errorf("sanitize(%q) =\n%q, want\n%q", in, got, want)
+		}
+	})
+	t.Run("a spelling longer than the scanned text is redacted to its end", func(t *testing.T) {
+		secret := strings.Repeat("5Aep861x", 512) // a 4 KiB refresh token
+		var spelled strings.Builder
+		for _, r := range secret {
+			fmt.Fprintf(&spelled, `\u%04x`, r) // 24 KiB: beyond maxRedactScan
+		}
+		got := sanitize("token "+spelled.String()+" refused", maxDescriptionRunes, newRedactor([]string{secret}))
+		if got != "token [REDACTED]" {
+			t.Errorf("got %.80q…, want the spelled secret redacted to the end", got)
+		}
+		// Text that is not cut keeps an ending that merely starts a secret.
+		if got := sanitize("is invalid 5Aep", maxDescriptionRunes, newRedactor([]string{secret})); got != "is invalid 5Aep" {
+			t.Errorf("got %q, want the text unchanged", got)
 		}
 	})
 	t.Run("truncated to the rune limit", func(t *testing.T) {

@@ -30,12 +30,12 @@ import (
 // inside the base64 of a longer text such as "id:secret", and blanks the
 // whole base64 run around the match.
 
-// maxRedactScan bounds the provider text searched for secrets; longer text
-// is cut first. Error texts are truncated to a few hundred runes after
-// redaction, so nothing beyond the cut survives anyway, and the longest
-// spelling of the longest secret (a 4 KiB refresh token, 6 bytes per byte
-// as \uXXXX) ends well before it.
-const maxRedactScan = 64 << 10
+// maxRedactScan bounds the provider text searched for secrets (and so the
+// work a provider can make us do per error); longer text is cut first.
+// Error texts are truncated to a few hundred runes after redaction, so
+// nothing beyond the cut survives anyway; a spelling of a secret that runs
+// into the cut is redacted to the end, so no prefix of it survives either.
+const maxRedactScan = 16 << 10
 
 // minBase64Core is the shortest base64 text searched for: shorter ones
 // would blank unrelated base64 by chance (they come from secrets of one or
@@ -174,7 +174,8 @@ func (r *redactor) redact(s string) string {
 	if r == nil || len(r.needles) == 0 {
 		return s
 	}
-	if len(s) > maxRedactScan {
+	cut := len(s) > maxRedactScan
+	if cut {
 		s = strings.ToValidUTF8(s[:maxRedactScan], "")
 	}
 	var b strings.Builder
@@ -186,7 +187,7 @@ func (r *redactor) redact(s string) string {
 			if !n.first[s[p]] {
 				continue
 			}
-			if e := n.matchAt(s, p); e > end {
+			if e := n.matchAt(s, p, cut); e > end {
 				end, b64 = e, n.base64
 			}
 		}
@@ -217,7 +218,9 @@ func (r *redactor) redact(s string) string {
 // matchAt returns the end of the longest spelling of n at s[p:], or -1.
 // It follows every way of spelling the runes so far at once, so a '%' that
 // may be the secret's own or the start of an escape costs no backtracking.
-func (n *needle) matchAt(s string, p int) int {
+// With cut (s is the start of a longer text), a spelling still matching
+// where s ends matches up to there.
+func (n *needle) matchAt(s string, p int, cut bool) int {
 	// Few spellings of a prefix end at different places: no allocation
 	// for the common case.
 	var buf1, buf2 [8]int
@@ -226,6 +229,9 @@ func (n *needle) matchAt(s string, p int) int {
 		next = next[:0]
 		for _, q := range cur {
 			for _, alt := range alts {
+				if cut && len(s)-q < len(alt) && strings.HasPrefix(alt, s[q:]) {
+					return len(s) // the text ends inside this spelling
+				}
 				if strings.HasPrefix(s[q:], alt) && !slices.Contains(next, q+len(alt)) {
 					next = append(next, q+len(alt))
 				}
