@@ -158,3 +158,19 @@ func TestCheckInstanceURLDomains(t *testing.T) {
 		}
 	}
 }
+
+// BenchmarkRedactHostileErrorText is the work a provider can make us do per
+// error answer: a 1 MiB error_description (cut to maxRedactScan) of base64
+// text and percent escapes, against the secrets of a code exchange with a
+// long client secret. Compare with a plain description in the same run.
+func BenchmarkRedactHostileErrorText(b *testing.B) {
+	secrets := []string{strings.Repeat("5Aep861Qx/+z", 8), strings.Repeat("verifier-0123", 4), strings.Repeat("cs/+secret=é", 60)}
+	hostile := strings.Repeat("QUJDREVGR0g%2Fxyz+", 1<<16)
+	for _, bc := range []struct{ name, text string }{{"plain", "expired access/refresh token"}, {"hostile 1 MiB", hostile}} {
+		b.Run(bc.name, func(b *testing.B) {
+			for range b.N {
+				sanitize(bc.text, maxDescriptionRunes, newRedactor(secrets))
+			}
+		})
+	}
+}
