@@ -44,6 +44,16 @@
 // written to the store (Config.HeadKey, "audit/head" by default) with a
 // check-and-set write, so cutting records off the end of the file, or
 // deleting the file, is detected: the file must reach the anchored head.
+// The first head, seq 0, is written with the key (just before it), so a
+// store holding the key but no head under DefaultHeadKey had its head
+// deleted: Verify and Open refuse that (Open continues with
+// Config.AcceptMissingAnchor, and records the acceptance). Under another
+// head key — replicas writing their own files into one store — a replica
+// with no head and no records is new and anchors its seq 0 on Open.
+//
+// A store copied back from a backup brings an older head back with it;
+// only a witness kept elsewhere (Config.Witness, see WitnessLine) detects
+// that.
 // The anchor is written in the background, at most once per
 // Config.AnchorInterval (a second by default), not on the path of the
 // rotation that records an event; records newer than the last anchor are
@@ -96,6 +106,9 @@ const (
 	ActionCredentialUpdated = "credential_updated"
 	ActionCredentialDeleted = "credential_deleted"
 	ActionRescuedToken      = "rotated_token_held_in_memory"
+	// ActionAnchorMissingAccepted: the server started over a trail whose
+	// anchored head was missing, because the operator said so.
+	ActionAnchorMissingAccepted = "audit_anchor_missing_accepted"
 )
 
 // Event is one audit record.

@@ -480,6 +480,11 @@ func TestOpenRefuses(t *testing.T) {
 		if _, err := cfg.Store.Get(context.Background(), KeyRecord); !errors.Is(err, store.ErrNotFound) {
 			t.Fatalf("Open created a key that could never verify the file: %v", err)
 		}
+		// A store of this version that has written nothing yet: the key
+		// and the first head (seq 0).
+		if _, err := createHead(context.Background(), cfg.Store, DefaultHeadKey); err != nil {
+			t.Fatal(err)
+		}
 		if _, err := createKey(context.Background(), cfg.Store); err != nil {
 			t.Fatal(err)
 		}

@@ -95,6 +95,8 @@ const (
 	ProblemAnchorMismatch Problem = "does not match the anchored head"
 	ProblemMissing        Problem = "audit file missing"
 	ProblemNoKey          Problem = "no audit key in the store"
+	ProblemNoAnchor       Problem = "no anchored head"
+	ProblemRolledBack     Problem = "store older than its witness"
 )
 
 // ErrChainBroken is wrapped by every *ChainError.
@@ -179,6 +181,10 @@ type Report struct {
 	// written while the store was unreachable. They chain, but could have
 	// been cut off undetected.
 	BeyondAnchor uint64
+	// Witnessed is the newest head the witness holds for this trail (nil
+	// without Config.CheckWitness, or when it holds none): the file reaches
+	// and matches it, and the store's anchor is not older.
+	Witnessed *Head
 
 	lastMAC MAC
 }
@@ -191,6 +197,8 @@ type chainState struct {
 	seq      uint64
 	mac      MAC
 	anchorOK bool
+	// witnessed is the witness's newest head, checked like the anchor.
+	witnessed *Head
 }
 
 func (s *chainState) next(raw []byte) error {
@@ -218,6 +226,10 @@ func (s *chainState) next(raw []byte) error {
 		}
 		s.anchorOK = true
 	}
+	if w := s.witnessed; w != nil && s.seq == w.Seq && s.mac.String() != w.MAC {
+		return &ChainError{Line: s.line, Seq: s.seq, Problem: ProblemAnchorMismatch,
+			Detail: "the witness saw another record anchored at this seq: the trail was replaced"}
+	}
 	return nil
 }
 
@@ -225,6 +237,10 @@ func (s *chainState) finish() (Report, error) {
 	rep := Report{Records: s.seq, Anchor: s.anchor, lastMAC: s.mac}
 	if s.seq > 0 {
 		rep.Last = Head{Seq: s.seq, MAC: s.mac.String()}
+	}
+	if w := s.witnessed; w != nil && s.seq < w.Seq {
+		return rep, &ChainError{Line: s.line + 1, Seq: s.seq + 1, Problem: ProblemTruncated,
+			Detail: fmt.Sprintf("the file ends at seq %d but the witness saw seq %d anchored: records were cut off", s.seq, w.Seq)}
 	}
 	if s.anchor != nil {
 		if s.seq < s.anchor.Seq {
@@ -242,9 +258,9 @@ func (s *chainState) finish() (Report, error) {
 }
 
 // verify reads a whole trail from r and checks every record against the
-// chain and the anchor (nil: none).
-func verify(ctx context.Context, r io.Reader, key *macKey, anchor *Head) (Report, error) {
-	s := &chainState{key: key, anchor: anchor}
+// chain, the anchor and the witness's newest head (nil: none).
+func verify(ctx context.Context, r io.Reader, key *macKey, anchor, witnessed *Head) (Report, error) {
+	s := &chainState{key: key, anchor: anchor, witnessed: witnessed}
 	br := bufio.NewReaderSize(r, 64<<10)
 	for {
 		if s.line%1024 == 0 {

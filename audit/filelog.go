@@ -59,6 +59,23 @@ type Config struct {
 	// every record before Record returns: no window, one more store write
 	// per record.
 	AnchorInterval time.Duration
+	// AcceptMissingAnchor lets Open continue a trail whose anchored head
+	// is missing from the store (deleted: the head is written with the
+	// key, so nothing else removes it). The file's chain must still hold;
+	// Open anchors its last record and records the acceptance in the
+	// trail (ActionAnchorMissingAccepted). Records cut off the end before
+	// that are not detected, except against a witness.
+	AcceptMissingAnchor bool
+	// Witness, when set, receives every head anchored in the store as a
+	// signed line (see WitnessLine), after the store accepted it. Ship it
+	// where whoever can write the store cannot rewrite it (another host's
+	// log, an append-only file); Verify with CheckWitness then detects a
+	// store rolled back to an earlier copy. A failed write is logged.
+	Witness io.Writer
+	// CheckWitness, for Verify only, is the witness's lines: the store's
+	// anchored head must not be older than the newest one it holds for
+	// this head key, and the file must reach and match it.
+	CheckWitness io.Reader
 }
 
 func (c Config) headKey() string {
@@ -94,6 +111,8 @@ type FileLog struct {
 	// tried is the last head written whose outcome is unknown: a conflict
 	// on the next write may be that write having succeeded.
 	tried []byte
+	// witness receives each anchored head (nil: none).
+	witness io.Writer
 
 	// The anchoring goroutine: dirty wakes it, stop ends it, stopped
 	// tells Close it has ended.
@@ -118,11 +137,17 @@ func Open(ctx context.Context, cfg Config) (*FileLog, error) {
 	fi, statErr := os.Stat(cfg.Path)
 	created := errors.Is(statErr, fs.ErrNotExist)
 	key, err := loadKey(ctx, cfg.Store)
+	headCreated := false
 	if errors.Is(err, store.ErrNotFound) {
 		if statErr == nil && fi.Size() > 0 {
 			// A new key could never verify the records already there.
 			return nil, fmt.Errorf("audit: open %s: %w", cfg.Path, &ChainError{Line: 1, Seq: 1, Problem: ProblemNoKey,
 				Detail: "the file holds records but the store has no audit key (" + KeyRecord + "): is this the store that wrote the trail?"})
+		}
+		// The first anchor (seq 0) is written before the key, so that a key
+		// without a head can only mean the head was deleted.
+		if headCreated, err = createHead(ctx, cfg.Store, cfg.headKey()); err != nil {
+			return nil, err
 		}
 		key, err = createKey(ctx, cfg.Store)
 	}
@@ -133,7 +158,22 @@ func Open(ctx context.Context, cfg Config) (*FileLog, error) {
 	if err != nil {
 		return nil, err
 	}
-	if created && anchor != nil {
+	accepted := false
+	if anchor == nil {
+		records := statErr == nil && fi.Size() > 0
+		switch {
+		case !records && cfg.headKey() != DefaultHeadKey:
+			// A replica's first start in a store other replicas write:
+			// its own seq 0 is anchored below.
+		case cfg.AcceptMissingAnchor:
+			accepted = true
+			log.Warn("audit: the store anchors no head for this trail; accepted by the operator, anchoring the file's last record",
+				"path", cfg.Path, "head_key", cfg.headKey())
+		default:
+			return nil, fmt.Errorf("audit: open %s: %w", cfg.Path, missingAnchor(cfg, records))
+		}
+	}
+	if created && anchor != nil && anchor.Seq > 0 {
 		return nil, fmt.Errorf("audit: open %s: %w", cfg.Path, &ChainError{Line: 1, Seq: 1, Problem: ProblemMissing,
 			Detail: fmt.Sprintf("the store anchors seq %d; refusing to start a new chain", anchor.Seq)})
 	}
@@ -145,7 +185,7 @@ func Open(ctx context.Context, cfg Config) (*FileLog, error) {
 	if interval == 0 {
 		interval = DefaultAnchorInterval
 	}
-	l := &FileLog{st: cfg.Store, headKey: cfg.headKey(), key: key, log: log, file: f, headVersion: version,
+	l := &FileLog{st: cfg.Store, headKey: cfg.headKey(), key: key, log: log, file: f, headVersion: version, witness: cfg.Witness,
 		interval: interval, dirty: make(chan struct{}, 1), stop: make(chan struct{}), stopped: make(chan struct{})}
 	if anchor != nil {
 		l.anchoredSeq = anchor.Seq
@@ -162,12 +202,30 @@ func Open(ctx context.Context, cfg Config) (*FileLog, error) {
 			return nil, fmt.Errorf("audit: open: %w", err)
 		}
 	}
-	if l.seq > l.anchoredSeq || anchor == nil && l.seq > 0 {
+	switch {
+	case anchor == nil:
+		// A new replica's seq 0, or the accepted file's last record.
+		if err := l.anchor(ctx, l.seq); err != nil {
+			f.Close()
+			return nil, err
+		}
+	case headCreated:
+		// Created with the key: the witness learns of it too.
+		l.writeWitness(*anchor)
+	case l.seq > l.anchoredSeq:
 		log.Warn("audit: the file extends past the anchored head; anchoring it now",
 			"path", cfg.Path, "records", l.seq, "anchored_seq", l.anchoredSeq)
 		_ = l.anchor(ctx, l.seq)
 	}
 	go l.anchorLoop()
+	if accepted {
+		err := l.Record(ctx, Event{Time: time.Now(), Actor: Actor(ctx), Action: ActionAnchorMissingAccepted,
+			Detail: fmt.Sprintf("the store anchored no head (%s) for this trail of %d records; the operator accepted it and it is anchored again from here: records cut off the end before this one would not have been detected", l.headKey, l.seq)})
+		if err != nil {
+			_ = l.Close()
+			return nil, err
+		}
+	}
 	return l, nil
 }
 
@@ -227,7 +285,7 @@ func (l *FileLog) resume(ctx context.Context, anchor *Head) error {
 			return nil
 		}
 	}
-	rep, err := verify(ctx, io.NewSectionReader(l.file, 0, l.size), l.key, anchor)
+	rep, err := verify(ctx, io.NewSectionReader(l.file, 0, l.size), l.key, anchor, nil)
 	if err != nil {
 		return err
 	}
@@ -326,8 +384,8 @@ func (l *FileLog) append(line []byte) error {
 func (l *FileLog) anchor(ctx context.Context, seq uint64) error {
 	l.anchorMu.Lock()
 	defer l.anchorMu.Unlock()
-	if l.anchoredSeq >= seq {
-		return nil
+	if l.anchoredSeq >= seq && l.headVersion != 0 {
+		return nil // anchored already (version 0: no head record yet)
 	}
 	l.mu.Lock()
 	head := Head{Seq: l.seq, MAC: l.mac.String()}
@@ -359,6 +417,7 @@ func (l *FileLog) anchor(ctx context.Context, seq uint64) error {
 	l.tried = nil
 	l.headVersion = version
 	l.anchoredSeq = head.Seq
+	l.writeWitness(head)
 	return nil
 }
 
@@ -405,27 +464,52 @@ func Verify(ctx context.Context, cfg Config) (Report, error) {
 	if err != nil {
 		return Report{}, err
 	}
+	key, keyErr := loadKey(ctx, cfg.Store)
+	if keyErr != nil && !errors.Is(keyErr, store.ErrNotFound) {
+		return Report{}, keyErr
+	}
 	f, err := os.Open(cfg.Path)
 	if errors.Is(err, fs.ErrNotExist) {
-		if anchor != nil {
+		switch {
+		case anchor != nil && anchor.Seq > 0:
 			return Report{Anchor: anchor}, &ChainError{Line: 1, Seq: 1, Problem: ProblemMissing,
 				Detail: fmt.Sprintf("%s does not exist, but the store anchors seq %d", cfg.Path, anchor.Seq)}
+		case anchor == nil && keyErr == nil && cfg.headKey() == DefaultHeadKey:
+			return Report{}, missingAnchor(cfg, false)
 		}
-		return Report{}, fmt.Errorf("audit: verify: no trail and no anchored head (never written?): %w", err)
+		return Report{Anchor: anchor}, fmt.Errorf("audit: verify: no trail (nothing written yet?): %w", err)
 	}
 	if err != nil {
 		return Report{}, fmt.Errorf("audit: verify: %w", err)
 	}
 	defer f.Close()
-	key, err := loadKey(ctx, cfg.Store)
-	if errors.Is(err, store.ErrNotFound) {
+	if keyErr != nil {
 		return Report{Anchor: anchor}, &ChainError{Line: 1, Seq: 1, Problem: ProblemNoKey,
 			Detail: "the store holds no audit key (" + KeyRecord + "): is this the store that wrote the trail?"}
 	}
-	if err != nil {
-		return Report{}, err
+	var witnessed *Head
+	if cfg.CheckWitness != nil {
+		if witnessed, err = checkWitness(cfg.CheckWitness, key, cfg.headKey(), anchor); err != nil {
+			return Report{Anchor: anchor, Witnessed: witnessed}, err
+		}
 	}
-	return verify(ctx, f, key, anchor)
+	rep, err := verify(ctx, f, key, anchor, witnessed)
+	rep.Witnessed = witnessed
+	if err == nil && anchor == nil && (rep.Records > 0 || cfg.headKey() == DefaultHeadKey) {
+		return rep, missingAnchor(cfg, rep.Records > 0)
+	}
+	return rep, err
+}
+
+// missingAnchor is the error for a store that anchors no head where it
+// must: over records, or under DefaultHeadKey at all, since the first
+// head is written with the audit key.
+func missingAnchor(cfg Config, records bool) *ChainError {
+	detail := "the store holds the audit key but no anchored head (" + cfg.headKey() + "), which is written with the key: it was deleted"
+	if records {
+		detail = "the trail holds records but the store anchors no head (" + cfg.headKey() + "): the head was deleted, so records cut off the end would go unnoticed"
+	}
+	return &ChainError{Line: 1, Seq: 1, Problem: ProblemNoAnchor, Detail: detail}
 }
 
 func loadKey(ctx context.Context, st store.Store) (*macKey, error) {
@@ -440,6 +524,23 @@ func loadKey(ctx context.Context, st store.Store) (*macKey, error) {
 	}
 	copy(k.b[:], rec.Value)
 	return k, nil
+}
+
+// createHead anchors seq 0, create-only; it reports whether this call
+// created it (false: a head was there already, a concurrent start's).
+func createHead(ctx context.Context, st store.Store, key string) (bool, error) {
+	value, err := json.Marshal(Head{Seq: 0, MAC: MAC{}.String()})
+	if err != nil {
+		return false, fmt.Errorf("audit: encode head: %w", err)
+	}
+	_, err = st.Put(ctx, key, value, 0)
+	if errors.Is(err, store.ErrConflict) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("audit: anchor the first head: %w", err)
+	}
+	return true, nil
 }
 
 // createKey stores a new audit key. Create-only (version 0) makes

@@ -144,7 +144,7 @@ func TestReservationWithoutAFlowIsReleased(t *testing.T) {
 	if _, err := b.StartAuthorization(ctx, "x", "http://127.0.0.1:1/cb", nil); !errors.Is(err, ErrTooManyFlows) {
 		t.Fatalf("within the grace a start may still write its record: %v, want ErrTooManyFlows", err)
 	}
-	env.clk.add(reserveGrace)
+	env.clk.Add(reserveGrace)
 	b.sweepFlows(ctx)
 	if _, err := b.StartAuthorization(ctx, "x", "http://127.0.0.1:1/cb", nil); err != nil {
 		t.Fatalf("after the sweep dropped the orphan reservation: %v", err)

@@ -459,6 +459,9 @@ func (b *Broker) installFamily(ctx context.Context, e *entry, incarnation, refre
 			fam.Generation = 1
 			fam.LastRefreshAt = now
 			fam.Access = b.newAccessToken(cur.cred.Spec, nil, tok, now)
+			if note := lifetimeNote(cur.cred.Spec, tok); note != "" {
+				fam.LastError, fam.LastErrorAt = note, now
+			}
 		}
 		old = cur
 		return cur.fam.replacedBy(fam)

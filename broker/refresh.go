@@ -259,12 +259,13 @@ func (b *Broker) refreshFamily(ctx context.Context, l *claimLease) (*view, error
 	}
 }
 
-// providerDetail is the provider error's text for the family record and the
-// audit trail (the provider client redacts secrets from it).
+// providerDetail is the provider error for the family record and the audit
+// trail, which cannot be edited: the OAuth code only, no provider text, even
+// redacted (the log line carries the redacted description).
 func providerDetail(err error) string {
 	var pe *provider.Error
 	if errors.As(err, &pe) {
-		return pe.Error()
+		return pe.Summary()
 	}
 	return err.Error()
 }
@@ -285,6 +286,9 @@ func (l *claimLease) storeResult(ctx context.Context, tok *provider.Token) (*vie
 	now := b.opts.now()
 	res := refreshResult{now: now, refreshToken: tok.RefreshToken, access: b.newAccessToken(claimed.cred.Spec, claimed.fam.Access, tok, now)}
 	mismatch := tok.SignatureStatus == provider.SignatureMismatch
+	if note := lifetimeNote(claimed.cred.Spec, tok); note != "" {
+		res.lastError = note
+	}
 	if mismatch {
 		res.lastError = signatureMismatchDetail
 	}
@@ -334,6 +338,16 @@ func (l *claimLease) storeResult(ctx context.Context, tok *provider.Token) (*vie
 		b.audit(ctx, audit.Event{Action: audit.ActionSignatureMismatch, Credential: e.id, Family: next.FamilyID, Generation: next.Generation})
 	}
 	return v, nil
+}
+
+// lifetimeNote says, for last_error, that the provider's lifetime of tok
+// was not believed; "" when it was.
+func lifetimeNote(spec Spec, tok *provider.Token) string {
+	if tok.IgnoredExpiresIn <= 0 {
+		return ""
+	}
+	return fmt.Sprintf("the provider said the access token lives %s, beyond the believable %s: it is refreshed as if it lived the credential's access token lifetime, %s",
+		tok.IgnoredExpiresIn, provider.MaxExpiresIn, spec.accessTokenLifetime())
 }
 
 func (b *Broker) newAccessToken(spec Spec, prev *accessToken, tok *provider.Token, now time.Time) *accessToken {

@@ -2,6 +2,8 @@ package broker
 
 import (
 	"context"
+	"net/url"
+	"sync"
 	"time"
 )
 
@@ -9,8 +11,15 @@ import (
 // expires, so callers rarely wait; a family nobody uses is refreshed before
 // the provider's idle timeout would kill it.
 const (
-	maxScheduledRefreshes = 8
-	scheduledFailureWait  = 30 * time.Second
+	// maxScheduledRefreshes bounds the scheduled refreshes in flight (each a
+	// goroutine and a provider connection), and maxScheduledPerEndpoint
+	// those at one token endpoint: a provider that hangs holds at most its
+	// own share of the slots until the refresh timeout, never every slot.
+	// It takes maxScheduledRefreshes/maxScheduledPerEndpoint (8) hanging
+	// endpoints at once to delay other credentials' refreshes.
+	maxScheduledRefreshes   = 32
+	maxScheduledPerEndpoint = 4
+	scheduledFailureWait    = 30 * time.Second
 )
 
 // refreshAhead is how long before expiry a used token is refreshed: a tenth
@@ -70,20 +79,64 @@ func (b *Broker) due(e *entry, v *view, now time.Time) bool {
 func (b *Broker) runScheduler(ctx context.Context) {
 	t := time.NewTicker(b.opts.schedulerInterval)
 	defer t.Stop()
-	sem := make(chan struct{}, maxScheduledRefreshes)
+	slots := &refreshSlots{perEndpoint: make(map[string]int)}
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			b.refreshDue(ctx, sem)
+			b.refreshDue(ctx, slots)
 		}
 	}
 }
 
-func (b *Broker) refreshDue(schedCtx context.Context, sem chan struct{}) {
+// refreshSlots counts scheduled refreshes in flight, in all and per token
+// endpoint. The scheduler takes slots; the refreshes give them back.
+type refreshSlots struct {
+	mu          sync.Mutex
+	total       int
+	perEndpoint map[string]int
+}
+
+// take reserves a slot at endpoint, or reports that none is free: then
+// the credential waits for a later tick, and the pass goes on to the
+// others instead of blocking behind a provider that does not answer.
+func (s *refreshSlots) take(endpoint string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.total >= maxScheduledRefreshes || s.perEndpoint[endpoint] >= maxScheduledPerEndpoint {
+		return false
+	}
+	s.total++
+	s.perEndpoint[endpoint]++
+	return true
+}
+
+func (s *refreshSlots) give(endpoint string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.total--
+	if s.perEndpoint[endpoint]--; s.perEndpoint[endpoint] <= 0 {
+		delete(s.perEndpoint, endpoint)
+	}
+}
+
+// endpointOf names a credential's token endpoint by scheme and host (with
+// port): the unit a hanging provider takes down.
+func endpointOf(v *view) string {
+	u, err := url.Parse(v.cred.Spec.endpoint().TokenURL)
+	if err != nil {
+		return ""
+	}
+	return u.Scheme + "://" + u.Host
+}
+
+func (b *Broker) refreshDue(schedCtx context.Context, slots *refreshSlots) {
 	now := b.opts.now()
 	for _, e := range b.snapshotEntries() {
+		if schedCtx.Err() != nil {
+			return
+		}
 		v := e.view.Load()
 		held := e.rescue.Load() != nil
 		e.mu.Lock()
@@ -93,13 +146,12 @@ func (b *Broker) refreshDue(schedCtx context.Context, sem chan struct{}) {
 		if busy || wait || (!held && !b.due(e, v, now)) {
 			continue
 		}
-		select {
-		case sem <- struct{}{}:
-		case <-schedCtx.Done():
-			return
+		endpoint := endpointOf(v)
+		if !slots.take(endpoint) {
+			continue
 		}
 		started := b.goTracked(func() {
-			defer func() { <-sem }()
+			defer slots.give(endpoint)
 			need := func(v *view) bool {
 				return e.rescue.Load() != nil || b.due(e, v, b.opts.now())
 			}
@@ -113,7 +165,7 @@ func (b *Broker) refreshDue(schedCtx context.Context, sem chan struct{}) {
 			}
 		})
 		if !started {
-			<-sem
+			slots.give(endpoint)
 			return
 		}
 	}

@@ -69,6 +69,10 @@ type Spec struct {
 	// ClientAuth is how the client authenticates at the provider
 	// (generic providers only).
 	ClientAuth provider.AuthMethod `json:"client_auth_method,omitempty"`
+	// InstanceURLDomain is a domain whose hosts a token's instance_url may
+	// name besides *.salesforce.com, *.force.com and the token URL's host
+	// (e.g. salesforce.mil); empty for none. Not in the API yet.
+	InstanceURLDomain string `json:"instance_url_domain,omitempty"`
 }
 
 // Redacted returns a copy without the client secret, for describing.
@@ -116,6 +120,9 @@ func (s Spec) validate() error {
 	if len(s.ClientSecret) > maxClientSecretLen || !printable(s.ClientSecret) {
 		return invalid("spec.client_secret", "printable, at most %d bytes", maxClientSecretLen)
 	}
+	if s.InstanceURLDomain != "" && !domainName(s.InstanceURLDomain) {
+		return invalid("spec.instance_url_domain", "a lowercase domain name with at least two labels, e.g. salesforce.mil")
+	}
 	switch s.ClientAuth {
 	case provider.AuthDefault, provider.AuthSecretPost:
 	case provider.AuthSecretBasic:
@@ -151,6 +158,22 @@ func (s Spec) validate() error {
 		return invalid("spec.refresh_token_idle_timeout", "at least 1m")
 	}
 	return nil
+}
+
+// domainName accepts lowercase DNS names of two labels or more: a bare
+// top-level domain would let instance URLs point anywhere under it.
+func domainName(s string) bool {
+	labels := strings.Split(s, ".")
+	if len(s) > 253 || len(labels) < 2 {
+		return false
+	}
+	for _, l := range labels {
+		if l == "" || len(l) > 63 || l[0] == '-' || l[len(l)-1] == '-' ||
+			strings.Trim(l, "abcdefghijklmnopqrstuvwxyz0123456789-") != "" {
+			return false
+		}
+	}
+	return true
 }
 
 func printable(s string) bool {
@@ -204,6 +227,7 @@ func (s Spec) endpoint() provider.Endpoint {
 	} else {
 		ep.Kind = provider.KindOAuth2
 	}
+	ep.InstanceURLDomain = s.InstanceURLDomain
 	for dst, src := range map[*string]string{
 		&ep.TokenURL: s.TokenURL, &ep.AuthorizeURL: s.AuthorizeURL,
 		&ep.RevocationURL: s.RevocationURL, &ep.IntrospectionURL: s.IntrospectionURL,

@@ -119,9 +119,12 @@ func (c *Client) token(ctx context.Context, op string, ep Endpoint, cc ClientCre
 	if e != nil {
 		return nil, e
 	}
-	tok, ok := parseToken(obj, res.sentAt)
-	if !ok {
-		return nil, res.malformed("no access_token")
+	tok, reason := parseToken(obj, res.sentAt)
+	if reason == "" {
+		reason = checkInstanceURL(tok.InstanceURL, ep)
+	}
+	if reason != "" {
+		return nil, res.malformed(reason)
 	}
 	if ep.Kind == KindSalesforce && signatureCheckable(cc.ClientSecret) {
 		tok.SignatureStatus = SignatureMismatch

@@ -46,6 +46,11 @@ type Endpoint struct {
 	IntrospectionURL string
 	// DeviceAuthorizationURL is RFC 8628's device authorization endpoint.
 	DeviceAuthorizationURL string
+	// InstanceURLDomain is a domain (e.g. "salesforce.mil") whose hosts a
+	// token's instance_url may name, besides *.salesforce.com,
+	// *.force.com and TokenURL's host; empty for none. A token naming any
+	// other host is refused.
+	InstanceURLDomain string
 }
 
 // SalesforceEndpoint returns the endpoints under a Salesforce My Domain or

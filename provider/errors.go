@@ -66,7 +66,9 @@ var (
 // Error is the error of every operation that talks to a provider. It never
 // holds a token, secret or raw response body: Description is the provider's
 // error_description cleaned of control characters and of every secret sent
-// in the request, truncated to 200 runes. Fakes that build one should set
+// in the request in any encoding (raw, percent-, form- or JSON-escaped,
+// base64 as in an echoed Authorization header), truncated to 200 runes; Err's
+// text is redacted the same way. Fakes that build one should set
 // Outcome: the zero value is OutcomeUnknown.
 type Error struct {
 	// Op is "refresh", "exchange", "revoke", "introspect",
@@ -121,6 +123,20 @@ func (e *Error) Error() string {
 		b.WriteString(e.Err.Error())
 	}
 	return b.String()
+}
+
+// Summary is Error without the provider's description and the transport
+// error, e.g. "provider: refresh: invalid_grant (HTTP 400)": the provider's
+// OAuth error code is the only provider text in it, and only when it looks
+// like one (lowercase letters, digits and '_'; anything else reads
+// "nonstandard error code"). It is for records that can never be edited,
+// such as the audit trail, where even redacted provider text has no place.
+func (e *Error) Summary() string {
+	s := Error{Op: e.Op, Outcome: e.Outcome, StatusCode: e.StatusCode, Code: e.Code, invalidArgument: e.invalidArgument}
+	if s.Code != "" && strings.TrimLeft(s.Code, "abcdefghijklmnopqrstuvwxyz0123456789_") != "" {
+		s.Code = "nonstandard error code"
+	}
+	return s.Error()
 }
 
 // Unwrap returns the underlying transport error, so errors.Is(err,
@@ -197,16 +213,12 @@ const (
 	redactedMark = "[REDACTED]"
 )
 
-// sanitize makes provider text safe to put in an error: valid UTF-8, no
-// control characters (no log injection), none of the secrets the request
-// carried (a provider may echo the token it refused), at most maxRunes runes.
-func sanitize(s string, maxRunes int, secrets []string) string {
-	s = strings.ToValidUTF8(s, "\uFFFD")
-	for _, secret := range secrets {
-		if secret != "" {
-			s = strings.ReplaceAll(s, secret, redactedMark)
-		}
-	}
+// sanitize makes provider text safe to put in an error: valid UTF-8, none
+// of the secrets the request carried in any spelling (a provider may echo
+// the request it refused; see redactor), no control characters (no log
+// injection), at most maxRunes runes.
+func sanitize(s string, maxRunes int, red *redactor) string {
+	s = red.redact(strings.ToValidUTF8(s, "\uFFFD"))
 	s = strings.Map(func(r rune) rune {
 		if unicode.IsControl(r) || r == '\u2028' || r == '\u2029' {
 			return ' '

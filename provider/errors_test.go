@@ -402,3 +402,27 @@ func TestErrorDescriptionCleaned(t *testing.T) {
 		t.Errorf("Description = %q, want the provider's text with control characters replaced", pe.Description)
 	}
 }
+
+// Summary is what may go where text can never be removed (the audit
+// trail): the OAuth code when it looks like one, no provider text.
+func TestSummaryCarriesNoProviderText(t *testing.T) {
+	tests := []struct {
+		answer http.HandlerFunc
+		want   string
+	}{
+		{oauthError(400, "invalid_grant", "token "+testRefreshToken+" reused by 10.0.0.1"), "provider: refresh: invalid_grant (HTTP 400)"},
+		{oauthError(400, "Invalid Grant: see https://attacker.example", "x"), "provider: refresh: nonstandard error code (HTTP 400)"},
+		{rawAnswer(502, nil, "<html>bad gateway</html>"), "provider: refresh: HTTP 502"},
+	}
+	for _, tt := range tests {
+		_, srv := startFake(t, tt.answer)
+		_, err := provider.New(nil).Refresh(context.Background(), oauth2Endpoint(srv.URL), testCreds, testRefreshToken)
+		var pe *provider.Error
+		if !errors.As(err, &pe) {
+			t.Fatalf("got %v, want *provider.Error", err)
+		}
+		if got := pe.Summary(); got != tt.want {
+			t.Errorf("Summary() = %q, want %q (Error() = %q)", got, tt.want, pe.Error())
+		}
+	}
+}

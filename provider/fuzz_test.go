@@ -30,13 +30,13 @@ func FuzzProviderResponse(f *testing.F) {
 		}
 		if status/100 == 2 {
 			if obj, ok := decodeObject(body); ok {
-				if tok, ok := parseToken(obj, time.Now()); ok && tok.AccessToken == "" {
-					t.Fatal("parsed a token without an access token")
+				if tok, reason := parseToken(obj, time.Now()); reason == "" && (!visibleASCII(tok.AccessToken) || len(tok.AccessToken) > maxAccessTokenLen || !visibleASCII(tok.TokenType)) {
+					t.Fatalf("parsed a token with an access token or type no consumer should get: %q %q", tok.AccessToken, tok.TokenType)
 				}
 			}
 			return
 		}
-		e := c.classify("refresh", status, http.Header{"Retry-After": {string(body[:min(len(body), 16)])}}, body, nil, []string{secret})
+		e := c.classify("refresh", status, http.Header{"Retry-After": {string(body[:min(len(body), 16)])}}, body, nil, newRedactor([]string{secret}))
 		if e == nil {
 			t.Fatal("an error status produced no error")
 		}

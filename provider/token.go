@@ -7,6 +7,8 @@ import (
 	"encoding/base64"
 	"fmt"
 	"log/slog"
+	"net"
+	"net/url"
 	"strconv"
 	"strings"
 	"time"
@@ -71,8 +73,13 @@ type Token struct {
 	// expiry computed from it errs early.
 	IssuedAt time.Time
 	// ExpiresIn is the access token's lifetime from expires_in, 0 when the
-	// provider sent none (Salesforce: the app's session timeout applies).
+	// provider sent none (Salesforce: the app's session timeout applies) or
+	// one beyond MaxExpiresIn.
 	ExpiresIn time.Duration
+	// IgnoredExpiresIn is an expires_in beyond MaxExpiresIn (at most 100
+	// years), which ExpiresIn does not take: the caller applies the
+	// lifetime it would assume without one, and should say so. 0 otherwise.
+	IgnoredExpiresIn time.Duration
 	// SignatureStatus is set by Refresh and ExchangeCode.
 	SignatureStatus SignatureStatus
 
@@ -169,14 +176,47 @@ type Introspection struct {
 // real lifetime is far below it (100 years).
 const maxExpiresInSeconds = 100 * 365 * 24 * 3600
 
+// MaxExpiresIn is the longest access-token lifetime believed from a
+// provider: 400 days, the longest a Rotavault admin may configure. Real
+// ones are minutes to hours, 60 days at the very most (LinkedIn, Meta's
+// long-lived tokens). A longer one is a bug or a provider that wants its
+// token never refreshed — never refreshed, a token revoked at the
+// provider would be handed out until it "expires" — so it is treated as no
+// expires_in at all; see Token.IgnoredExpiresIn.
+const MaxExpiresIn = 400 * 24 * time.Hour
+
+// Bounds on what a provider may make us store and hand out. Every one of
+// these values goes to consumers (an access token into an Authorization
+// header, the instance URL as where they send it) and to people's terminals.
+const (
+	// maxAccessTokenLen bounds an access token. Salesforce's are about 112
+	// characters, JWTs of rich IdPs a few KiB.
+	maxAccessTokenLen = 8 << 10
+	// maxTokenTypeLen bounds token_type ("Bearer", "N_A", a URI at most).
+	maxTokenTypeLen = 64
+	// maxScopeLen bounds the granted scope text, maxGrantedScopes its
+	// entries (a credential may configure at most 64).
+	maxScopeLen      = 8 << 10
+	maxGrantedScopes = 256
+	// maxInstanceURLLen bounds instance_url, as endpoint URLs are bounded.
+	maxInstanceURLLen = 2048
+)
+
 // parseToken reads a 2xx token response leniently: once the provider issued
 // an access token the refresh happened, and failing on an odd optional field
-// would lose the rotated refresh token. ok is false when the body is not a
-// JSON object with a non-empty access_token.
-func parseToken(obj jsonObject, sentAt time.Time) (*Token, bool) {
+// would lose the rotated refresh token. A field of the wrong JSON type is
+// treated as absent. What it refuses is a value that would be harmful to
+// hand on — an access token that is not 1-8192 characters of printable
+// ASCII without space (RFC 6750's b64token is narrower; Salesforce's "!"
+// is in it), an oversized or unprintable token_type or scope — and then
+// returns nil and the reason, which names the field, never its value.
+func parseToken(obj jsonObject, sentAt time.Time) (*Token, string) {
 	access, _ := obj.str("access_token")
 	if access == "" {
-		return nil, false
+		return nil, "no access_token"
+	}
+	if len(access) > maxAccessTokenLen || !visibleASCII(access) {
+		return nil, fmt.Sprintf("access_token is not 1-%d printable ASCII characters without spaces", maxAccessTokenLen)
 	}
 	t := &Token{
 		AccessToken: access,
@@ -184,15 +224,32 @@ func parseToken(obj jsonObject, sentAt time.Time) (*Token, bool) {
 		IssuedAt:    sentAt,
 	}
 	if tt, _ := obj.str("token_type"); tt != "" {
+		if len(tt) > maxTokenTypeLen || !visibleASCII(tt) {
+			return nil, fmt.Sprintf("token_type is not 1-%d printable ASCII characters without spaces", maxTokenTypeLen)
+		}
 		t.TokenType = tt
 	}
 	t.RefreshToken, _ = obj.str("refresh_token")
 	t.InstanceURL, _ = obj.str("instance_url")
 	t.IDURL, _ = obj.str("id")
 	t.Signature, _ = obj.str("signature")
+	if raw, ok := obj["scope"]; ok && len(raw) > maxScopeLen {
+		return nil, fmt.Sprintf("scope longer than %d bytes", maxScopeLen)
+	}
 	t.Scopes = obj.scopes("scope")
+	if len(t.Scopes) > maxGrantedScopes {
+		return nil, fmt.Sprintf("more than %d scopes", maxGrantedScopes)
+	}
+	for _, sc := range t.Scopes {
+		if !visibleASCII(sc) {
+			return nil, "a scope is not printable ASCII"
+		}
+	}
 	if n, ok := obj.integer("expires_in"); ok && n > 0 {
 		t.ExpiresIn = time.Duration(min(n, maxExpiresInSeconds)) * time.Second
+		if t.ExpiresIn > MaxExpiresIn {
+			t.IgnoredExpiresIn, t.ExpiresIn = t.ExpiresIn, 0
+		}
 	}
 	if raw, ok := obj.scalarText("issued_at"); ok {
 		t.issuedAtRaw = raw
@@ -200,7 +257,73 @@ func parseToken(obj jsonObject, sentAt time.Time) (*Token, bool) {
 			t.IssuedAt = time.UnixMilli(ms)
 		}
 	}
-	return t, true
+	return t, ""
+}
+
+// visibleASCII reports whether s is non-empty printable ASCII without
+// space (%x21-7E): no control character, no byte a header or a terminal
+// would treat specially.
+func visibleASCII(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i := range len(s) {
+		if s[i] < 0x21 || s[i] > 0x7e {
+			return false
+		}
+	}
+	return true
+}
+
+// checkInstanceURL returns why raw may not be a token's instance URL, or ""
+// when it may: https on Salesforce's domains, the token endpoint's own host
+// or ep.InstanceURLDomain; http or https on a loopback host (the simulator,
+// `rotavault dev`). An instance URL is where consumers send the access
+// token, so one elsewhere would hand it to whoever runs that host.
+func checkInstanceURL(raw string, ep Endpoint) string {
+	const bad = "instance_url is not an https URL on the provider's domains"
+	if raw == "" {
+		return ""
+	}
+	if len(raw) > maxInstanceURLLen || !visibleASCII(raw) {
+		return bad
+	}
+	u, err := url.Parse(raw)
+	if err != nil || u.User != nil || u.Host == "" || u.Opaque != "" {
+		return bad
+	}
+	host := strings.ToLower(u.Hostname())
+	if isLoopbackHost(host) {
+		if u.Scheme == "http" || u.Scheme == "https" {
+			return ""
+		}
+		return bad
+	}
+	if u.Scheme != "https" {
+		return bad
+	}
+	// Salesforce's instance URLs: acme.my.salesforce.com,
+	// acme.lightning.force.com…
+	domains := []string{"salesforce.com", "force.com", ep.InstanceURLDomain}
+	if tu, err := url.Parse(ep.TokenURL); err == nil && strings.EqualFold(tu.Hostname(), host) {
+		return ""
+	}
+	for _, d := range domains {
+		d = strings.ToLower(strings.Trim(d, "."))
+		if d != "" && (host == d || strings.HasSuffix(host, "."+d)) {
+			return ""
+		}
+	}
+	return bad
+}
+
+// isLoopbackHost reports localhost and loopback IP addresses.
+func isLoopbackHost(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
 
 // parseIntrospection reads a 2xx introspection response; ok is false

@@ -92,7 +92,7 @@ func (c *Client) send(ctx context.Context, op, endpointURL string, cc ClientCred
 	sentAt := c.now()
 	resp, err := c.hc.Do(req)
 	if err != nil {
-		return nil, transportError(op, err, wrote.Load())
+		return nil, transportError(op, newRedactor(secrets).clean(unwrapURLError(err)), wrote.Load())
 	}
 	defer resp.Body.Close()
 
@@ -102,14 +102,14 @@ func (c *Client) send(ctx context.Context, op, endpointURL string, cc ClientCred
 		body = body[:maxResponseBytes]
 	}
 	if resp.StatusCode < 200 || resp.StatusCode > 299 {
-		return nil, c.classify(op, resp.StatusCode, resp.Header, body, readErr, secrets)
+		return nil, c.classify(op, resp.StatusCode, resp.Header, body, readErr, newRedactor(secrets))
 	}
 
 	res := &response{op: op, statusCode: resp.StatusCode, header: resp.Header, body: body, sentAt: sentAt, secrets: secrets}
 	switch {
 	case readErr != nil:
 		res.bodyErr = res.malformed("body cut short")
-		res.bodyErr.Err = unwrapURLError(readErr)
+		res.bodyErr.Err = newRedactor(secrets).clean(unwrapURLError(readErr))
 	case tooLarge:
 		res.bodyErr = res.malformed(fmt.Sprintf("body larger than %d bytes", maxResponseBytes))
 	}
@@ -129,15 +129,16 @@ func (r *response) object(c *Client, wanted string) (jsonObject, *Error) {
 	}
 	if code, _ := obj.str("error"); code != "" {
 		if _, ok := obj[wanted]; !ok {
-			return nil, c.classify(r.op, r.statusCode, r.header, r.body, nil, r.secrets)
+			return nil, c.classify(r.op, r.statusCode, r.header, r.body, nil, newRedactor(r.secrets))
 		}
 	}
 	return obj, nil
 }
 
-// transportError classifies a request that got no HTTP answer.
+// transportError classifies a request that got no HTTP answer; err is
+// already cleaned of secrets.
 func transportError(op string, err error, wrote bool) *Error {
-	e := &Error{Op: op, Err: unwrapURLError(err)}
+	e := &Error{Op: op, Err: err}
 	if wrote {
 		e.Outcome = OutcomeUnknown
 		e.Description = "no answer after the request was sent"
@@ -158,21 +159,22 @@ func unwrapURLError(err error) error {
 	return err
 }
 
-// classify turns a non-2xx answer (or a 2xx error object) into an *Error.
-func (c *Client) classify(op string, status int, header http.Header, body []byte, readErr error, secrets []string) *Error {
+// classify turns a non-2xx answer (or a 2xx error object) into an *Error;
+// red blanks the request's secrets in the provider's text.
+func (c *Client) classify(op string, status int, header http.Header, body []byte, readErr error, red *redactor) *Error {
 	e := &Error{
 		Op:         op,
 		StatusCode: status,
 		RetryAfter: parseRetryAfter(header.Get("Retry-After"), c.now()),
 	}
 	if readErr != nil {
-		e.Err = unwrapURLError(readErr)
+		e.Err = red.clean(unwrapURLError(readErr))
 	}
 	if obj, ok := decodeObject(body); ok {
 		code, _ := obj.str("error")
-		e.Code = sanitize(code, maxCodeRunes, secrets)
+		e.Code = sanitize(code, maxCodeRunes, red)
 		desc, _ := obj.str("error_description")
-		e.Description = sanitize(desc, maxDescriptionRunes, secrets)
+		e.Description = sanitize(desc, maxDescriptionRunes, red)
 	}
 	switch {
 	case status >= 300 && status < 400:

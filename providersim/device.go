@@ -95,10 +95,10 @@ func (s *Server) deviceInterval() time.Duration {
 // handleDeviceAuthorization is the RFC 8628 device authorization endpoint.
 func (s *Server) handleDeviceAuthorization(w http.ResponseWriter, r *http.Request) {
 	if err := r.ParseForm(); err != nil {
-		oauthError(http.StatusBadRequest, "invalid_request", "malformed or oversized request body").write(w)
+		s.answer(w, r, oauthError(http.StatusBadRequest, "invalid_request", "malformed or oversized request body"))
 		return
 	}
-	s.deviceStart(r, true).write(w)
+	s.answer(w, r, s.deviceStart(r, true))
 }
 
 // deviceStart begins a device flow. r.ParseForm must have run.

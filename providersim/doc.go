@@ -20,7 +20,8 @@
 //
 // Tests drive failure modes through the Server: InjectFailure (unavailable,
 // rate limited, server error, lost response after rotation, hang),
-// SetLatency, CorruptSignatures and RevokeFamilyOf; they observe through
+// SetLatency, CorruptSignatures, EchoRequests (error answers that echo the
+// request, secrets and all, in one of many encodings) and RevokeFamilyOf; they observe through
 // Stats and WaitForTokenRequests instead of sleeping.
 //
 // Tokens are never logged. The simulator keeps them only as SHA-256 digests.

@@ -22,7 +22,7 @@ type introspection struct {
 // another app's token as inactive unless "Introspect All Tokens" is on,
 // which the simulator does not model.
 func (s *Server) handleIntrospect(w http.ResponseWriter, r *http.Request) {
-	s.introspect(r).write(w)
+	s.answer(w, r, s.introspect(r))
 }
 
 func (s *Server) introspect(r *http.Request) response {

@@ -7,7 +7,7 @@ import "net/http"
 // token it does not know (or that is already dead). A superseded refresh
 // token still names its family, so revoking it revokes the family.
 func (s *Server) handleRevoke(w http.ResponseWriter, r *http.Request) {
-	s.revoke(r).write(w)
+	s.answer(w, r, s.revoke(r))
 }
 
 func (s *Server) revoke(r *http.Request) response {

@@ -135,6 +135,7 @@ type Server struct {
 	failures []injectedFailure
 	latency  time.Duration
 	corrupt  bool
+	echo     Echo
 	// devices are the started device flows by device-code digest; see
 	// device.go.
 	devices         map[tokenKey]*deviceFlow

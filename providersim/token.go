@@ -35,7 +35,7 @@ func (s *Server) handleToken(w http.ResponseWriter, r *http.Request) {
 	}
 	if resp, ok := failBeforeProcessing(kind); ok {
 		s.log.Info("providersim: injected failure", "kind", kind.String())
-		resp.write(w)
+		s.answer(w, r, resp)
 		return
 	}
 	resp := s.processToken(r)
@@ -53,7 +53,7 @@ func (s *Server) handleToken(w http.ResponseWriter, r *http.Request) {
 		dropConnection(w)
 		return
 	}
-	resp.write(w)
+	s.answer(w, r, resp)
 }
 
 func (s *Server) countLost(kind FailureKind) {

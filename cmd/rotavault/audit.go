@@ -6,10 +6,10 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
-	"time"
 
 	"github.com/spf13/cobra"
 
@@ -40,19 +40,52 @@ func auditHeadKey(backend, dataDir string) (string, error) {
 
 // openAudit opens DATA_DIR/audit.jsonl, continuing the chain anchored in
 // st, and explains a broken chain.
-func openAudit(ctx context.Context, backend, dataDir string, st store.Store, anchorInterval time.Duration, log *slog.Logger) (*audit.FileLog, error) {
-	headKey, err := auditHeadKey(backend, dataDir)
+func openAudit(ctx context.Context, cfg serverConfig, st store.Store, log *slog.Logger) (*audit.FileLog, error) {
+	headKey, err := auditHeadKey(cfg.Backend, cfg.DataDir)
 	if err != nil {
 		return nil, err
 	}
-	path := filepath.Join(dataDir, auditFileName)
-	al, err := audit.Open(ctx, audit.Config{Path: path, Store: st, HeadKey: headKey, Logger: log, AnchorInterval: anchorInterval})
+	path := filepath.Join(cfg.DataDir, auditFileName)
+	acfg := audit.Config{Path: path, Store: st, HeadKey: headKey, Logger: log, AnchorInterval: cfg.AuditAnchorInterval,
+		AcceptMissingAnchor: cfg.AcceptMissingAuditAnchor}
+	if cfg.AuditWitness != "" {
+		acfg.Witness = witnessFile(cfg.AuditWitness)
+	}
+	// Whoever passed the flag accepted a missing head: the trail says so.
+	al, err := audit.Open(audit.WithActor(ctx, "operator (--"+acceptMissingAnchorFlag+")"), acfg)
+	var ce *audit.ChainError
+	if errors.As(err, &ce) && ce.Problem == audit.ProblemNoAnchor {
+		return nil, withHint(err, "the store's audit head is written with its audit key, so only its deletion removes it: records cut off the end of %s "+
+			"since then would go unnoticed. Check against the witness if you keep one (`rotavault audit verify --witness`); "+
+			"to continue anyway, start once with --%s (recorded in the trail)", path, acceptMissingAnchorFlag)
+	}
 	if errors.Is(err, audit.ErrChainBroken) {
 		return nil, withHint(err, "the server does not start a new audit chain over a broken or missing one: "+
 			"inspect %s (`rotavault audit verify` with the server stopped). A trail written before the chain existed can be moved aside; "+
 			"starting a new chain segment after tampering is not supported yet", path)
 	}
 	return al, err
+}
+
+// acceptMissingAnchorFlag is serve's flag accepting a deleted audit head.
+const acceptMissingAnchorFlag = "accept-missing-audit-anchor"
+
+// witnessFile appends each line to the file at its path, opened afresh
+// every time (an anchor is written at most once per anchor interval), so
+// that a rotated or remounted witness file is picked up without a restart;
+// regular files are synced.
+type witnessFile string
+
+func (w witnessFile) Write(p []byte) (int, error) {
+	f, err := os.OpenFile(string(w), os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
+	if err != nil {
+		return 0, err
+	}
+	n, err := f.Write(p)
+	if fi, serr := f.Stat(); err == nil && serr == nil && fi.Mode().IsRegular() {
+		err = f.Sync()
+	}
+	return n, errors.Join(err, f.Close())
 }
 
 func newAuditCmd(a *app) *cobra.Command {
@@ -70,6 +103,7 @@ A running server holds the store's lock: stop it first.`,
 
 func newAuditVerifyCmd(a *app) *cobra.Command {
 	var st offlineStore
+	var witnesses []string
 	cmd := &cobra.Command{
 		Use:   "verify --data-dir DIR --store-key-file KEY",
 		Short: "Verify the audit trail's hash chain and its anchored head",
@@ -82,14 +116,24 @@ must be stopped (it holds the store's lock).
 Prints OK with the record count, or exits 1 naming the first broken record
 (line and seq) and what is wrong: bad mac (altered, or written without the
 key), seq gap (records deleted or reordered), prev mismatch (spliced),
-truncated below anchor (records cut off the end), audit file missing, not
-valid JSON. Records beyond the anchored head (written while the store was
-unreachable) are accepted when they chain, and counted.
+truncated below anchor (records cut off the end), audit file missing, no
+anchored head (the store's head record deleted: it is written with the audit
+key), not valid JSON. Records beyond the anchored head (written while the
+store was unreachable) are accepted when they chain, and counted.
+
+The anchored head lives in the store, so a store copied back from a backup
+brings back an older head, and a file cut to match it verifies. With
+--witness (the lines serve --audit-witness wrote, kept where the store's
+writer cannot rewrite them; repeat it for rotated files) the store's head
+must be at least as new as the newest witnessed one, and the file must reach
+it: else "store older than its witness".
 
 Only the embedded store is supported for now.
 
 Examples:
-  rotavault audit verify --data-dir /var/lib/rotavault --store-key-file /etc/rotavault/store.key`,
+  rotavault audit verify --data-dir /var/lib/rotavault --store-key-file /etc/rotavault/store.key
+  rotavault audit verify --data-dir /var/lib/rotavault --store-key-file /etc/rotavault/store.key \
+      --witness /mnt/witness/rotavault-audit-witness.log`,
 		Args: args(cobra.NoArgs),
 		RunE: runE(func(cmd *cobra.Command, _ []string) error {
 			bs, _, err := st.open(a)
@@ -98,22 +142,47 @@ Examples:
 			}
 			defer bs.Close()
 			path := filepath.Join(st.dataDir, auditFileName)
-			rep, err := audit.Verify(cmd.Context(), audit.Config{Path: path, Store: bs, HeadKey: audit.DefaultHeadKey})
+			vcfg := audit.Config{Path: path, Store: bs, HeadKey: audit.DefaultHeadKey}
+			var readers []io.Reader
+			for _, w := range witnesses {
+				f, err := os.Open(w)
+				if err != nil {
+					return fmt.Errorf("witness: %w", err)
+				}
+				defer f.Close()
+				readers = append(readers, f)
+			}
+			if len(readers) > 0 {
+				vcfg.CheckWitness = io.MultiReader(readers...)
+			}
+			rep, err := audit.Verify(cmd.Context(), vcfg)
 			if err != nil {
 				return err
 			}
-			_, err = fmt.Fprintf(a.stdout, "OK: %s: %d records, chain intact%s\n", path, rep.Records, describeAnchor(rep))
+			_, err = fmt.Fprintf(a.stdout, "OK: %s: %d records, chain intact%s%s\n", path, rep.Records, describeAnchor(rep), describeWitness(witnesses, rep))
 			return err
 		}),
 	}
 	st.register(cmd.Flags())
+	cmd.Flags().StringArrayVar(&witnesses, "witness", nil, "a file of the witness lines serve --audit-witness wrote (repeat for rotated files): detects a store rolled back to an earlier copy")
 	return cmd
+}
+
+func describeWitness(witnesses []string, rep audit.Report) string {
+	switch {
+	case len(witnesses) == 0:
+		return " (no --witness: a store rolled back together with the file would not be detected)"
+	case rep.Witnessed == nil:
+		return "; the witness holds no line of this store"
+	default:
+		return fmt.Sprintf("; the store is not older than its witness (seq %d)", rep.Witnessed.Seq)
+	}
 }
 
 func describeAnchor(rep audit.Report) string {
 	switch {
 	case rep.Anchor == nil:
-		return "; no head anchored in the store (nothing was written yet?)"
+		return "; no head anchored in the store"
 	case rep.BeyondAnchor == 0:
 		return fmt.Sprintf(", ends at the anchored head (seq %d)", rep.Anchor.Seq)
 	default:

@@ -216,7 +216,7 @@ Examples:
 }
 
 func truncate(s string, n int) string {
-	r := []rune(strings.ReplaceAll(s, "\n", " "))
+	r := []rune(terminalSafe(s))
 	if len(r) <= n {
 		return string(r)
 	}

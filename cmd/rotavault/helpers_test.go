@@ -160,8 +160,8 @@ func newKeyFile(t *testing.T, dir, name string) (string, boltstore.Key) {
 }
 
 // startNode serves dataDir on a free loopback port and waits until it
-// accepts connections.
-func startNode(t *testing.T, dataDir, keyFile string, trans *transcript) *testNode {
+// accepts connections; opts adjust the server's configuration.
+func startNode(t *testing.T, dataDir, keyFile string, trans *transcript, opts ...func(*serverConfig)) *testNode {
 	t.Helper()
 	key, err := boltstore.LoadKeyFile(keyFile)
 	if err != nil {
@@ -174,17 +174,19 @@ func startNode(t *testing.T, dataDir, keyFile string, trans *transcript) *testNo
 	ctx, cancel := context.WithCancel(context.Background())
 	n.cancel = cancel
 	ready := make(chan string, 1)
-	go func() {
-		n.done <- runServer(ctx, serverConfig{
-			Addr: "127.0.0.1:0", DataDir: dataDir, Key: key,
-			Logger:          slog.New(slog.NewJSONHandler(n.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
-			ShutdownTimeout: 5 * time.Second,
-			Ready: func(_ context.Context, s *runningServer) error {
-				ready <- s.Addr.String()
-				return nil
-			},
-		})
-	}()
+	cfg := serverConfig{
+		Addr: "127.0.0.1:0", DataDir: dataDir, Key: key,
+		Logger:          slog.New(slog.NewJSONHandler(n.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		ShutdownTimeout: 5 * time.Second,
+		Ready: func(_ context.Context, s *runningServer) error {
+			ready <- s.Addr.String()
+			return nil
+		},
+	}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	go func() { n.done <- runServer(ctx, cfg) }()
 	select {
 	case n.addr = <-ready:
 	case err := <-n.done:

@@ -46,7 +46,22 @@ func newFields(w io.Writer) *fields {
 }
 
 func (f *fields) add(name, value string) {
-	fmt.Fprintf(f.tw, "%s\t%s\n", name, value)
+	fmt.Fprintf(f.tw, "%s\t%s\n", name, terminalSafe(value))
+}
+
+// terminalSafe replaces control characters (C0, DEL, C1: newlines and
+// escape sequences) and invisible format characters (bidirectional
+// overrides) with '?'. Values that came from a provider, through the
+// server — a token type, an instance URL, a last error — must not rewrite
+// the terminal or forge lines of output. The server bounds them too; this
+// is where the CLI prints them.
+func terminalSafe(s string) string {
+	return strings.Map(func(r rune) rune {
+		if unicode.IsControl(r) || unicode.Is(unicode.Cf, r) {
+			return '?'
+		}
+		return r
+	}, s)
 }
 
 // addIf prints the line only when value is not empty.
@@ -174,7 +189,7 @@ func withHint(err error, format string, args ...any) error {
 func formatError(err error) string {
 	var b strings.Builder
 	if st, ok := grpcStatus(err); ok {
-		fmt.Fprintf(&b, "error: %s (%s", st.Message(), codeName(st.Code()))
+		fmt.Fprintf(&b, "error: %s (%s", terminalSafe(st.Message()), codeName(st.Code()))
 		for _, d := range st.Details() {
 			switch d := d.(type) {
 			case *errdetails.ErrorInfo:

@@ -70,6 +70,11 @@ type serverConfig struct {
 	// AuditAnchorInterval is audit.Config.AnchorInterval: zero means the
 	// default, negative anchors every record synchronously.
 	AuditAnchorInterval time.Duration
+	// AuditWitness is a file every anchored audit head is appended to
+	// (audit.Config.Witness); empty: none.
+	AuditWitness string
+	// AcceptMissingAuditAnchor is audit.Config.AcceptMissingAnchor.
+	AcceptMissingAuditAnchor bool
 	// DataDir holds the store (rotavault.db) and the audit trail
 	// (audit.jsonl); it is created (mode 0700) if missing.
 	DataDir      string
@@ -202,7 +207,7 @@ func runServer(ctx context.Context, cfg serverConfig) (err error) {
 	default:
 		return usageErrorf("unknown --store %q: embedded or vault", cfg.Backend)
 	}
-	al, err := openAudit(ctx, cfg.Backend, cfg.DataDir, st, cfg.AuditAnchorInterval, log)
+	al, err := openAudit(ctx, cfg, st, log)
 	if err != nil {
 		return err
 	}
@@ -439,6 +444,8 @@ func newServeCmd(a *app) *cobra.Command {
 		bearerTokens, policyFile         string
 		rateLimit                        float64
 		auditAnchorInterval              time.Duration
+		auditWitness                     string
+		acceptMissingAnchor              bool
 		rateBurst                        int
 		httpListen, publicURL            string
 		issuanceFlush                    time.Duration
@@ -488,6 +495,7 @@ Examples:
 				BearerTokensFile: bearerTokens, PolicyFile: policyFile,
 				RateLimit:           server.RateLimit{Rate: rateLimit, Burst: rateBurst, Disabled: rateLimit < 0},
 				AuditAnchorInterval: syncAnchorIfZero(auditAnchorInterval),
+				AuditWitness:        auditWitness, AcceptMissingAuditAnchor: acceptMissingAnchor,
 			}
 			if err := scfg.checkAuth(); err != nil {
 				return err
@@ -544,6 +552,8 @@ Examples:
 	fs.StringVar(&dataDir, "data-dir", "", "directory of the store and the audit trail (required)")
 	fs.Float64Var(&rateLimit, "rate-limit", server.DefaultRateLimit, "requests per second each caller identity may send, sustained (health checks excepted); over it calls get RESOURCE_EXHAUSTED with a retry delay; -1 disables")
 	fs.DurationVar(&auditAnchorInterval, "audit-anchor-interval", audit.DefaultAnchorInterval, "how often, at most, the audit chain's head is anchored in the store, in the background: records newer than the last anchor can be cut off undetected; 0 anchors every record before the action completes (one more store write per rotation)")
+	fs.StringVar(&auditWitness, "audit-witness", "", "file to append every anchored audit head to, as a signed line: keep it where whoever can write the data directory cannot rewrite it (another host's mount, a log shipper's input); rotavault audit verify --witness then detects a store rolled back to a backup")
+	fs.BoolVar(&acceptMissingAnchor, acceptMissingAnchorFlag, false, "start although the store's audit head record is missing (deleted): the trail's chain must still hold; the acceptance is recorded in the trail. Use once, after checking the trail")
 	fs.IntVar(&rateBurst, "rate-burst", server.DefaultRateBurst, "requests a caller identity may send at once before --rate-limit applies")
 	fs.DurationVar(&issuanceFlush, issuanceFlushFlag, server.DefaultIssuanceFlushInterval, "how often the access tokens handed out, counted in memory per caller and credential, are summarised into the audit trail and merged into the consumer catalog (rotavault consumers); also at shutdown. Nothing is written per call")
 	keys.register(fs)

@@ -81,7 +81,9 @@ The copy does not hold the audit trail (DATA_DIR/audit.jsonl), but it does
 hold the trail's key and anchored head: back the trail up after the store,
 and restore both. A server refuses to start on a restored store without a
 trail that reaches the head the copy anchors (records written after the
-backup are accepted).
+backup are accepted). Against a witness (serve --audit-witness), a restored
+store is older than the heads witnessed since the backup: audit verify
+--witness reports it, as it would a rollback by an attacker.
 Remember what a restore means with rotating providers: the refresh tokens
 in an old backup have usually been rotated away since, and presenting them
 revokes the family. Expect to reauthenticate credentials that rotated after
