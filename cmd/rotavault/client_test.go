@@ -12,7 +12,7 @@ import (
 )
 
 // setupCLITest starts a simulator and a server, and a CLI whose
-// ROTAVAULT_SERVER points at it.
+// ROTAVAULT_ADDR points at it.
 func setupCLITest(t *testing.T) (*cli, *testNode, func(id string) string) {
 	t.Helper()
 	sim := startSim(t)
@@ -20,7 +20,7 @@ func setupCLITest(t *testing.T) (*cli, *testNode, func(id string) string) {
 	keyFile, _ := newKeyFile(t, dir, "store.key")
 	c := newCLI(t, nil)
 	node := startNode(t, dir, keyFile, c.trans)
-	c.env = map[string]string{"ROTAVAULT_SERVER": node.addr}
+	c.env = map[string]string{"ROTAVAULT_ADDR": node.addr}
 	var refreshTokens []string
 	t.Cleanup(func() { c.trans.assertNoSecrets(t, append([]string{simClientSecret}, refreshTokens...)...) })
 	// install creates a Salesforce credential and imports a family, both
@@ -123,7 +123,7 @@ func TestCredentialLifecycle(t *testing.T) {
 		}
 		showCredential(t, c, "public-app") // still there
 		c.run("", "credentials", "delete", "public-app", "--yes").expect(t, exitOK)
-		gone := c.run("", "credentials", "show", "public-app").expect(t, exitError)
+		gone := c.run("", "credentials", "show", "public-app").expect(t, exitNotFound)
 		if !strings.Contains(gone.stderr, "(NOT_FOUND)") {
 			t.Errorf("show after delete: %s", gone.stderr)
 		}
@@ -150,10 +150,10 @@ func TestErrorsForPeople(t *testing.T) {
 		code       int
 		wantStderr []string
 	}{
-		{"no family yet", []string{"token", "get", "fresh"}, exitError,
+		{"no family yet", []string{"token", "get", "fresh"}, exitReauthRequired,
 			[]string{"(FAILED_PRECONDITION, reason REAUTHENTICATION_REQUIRED)", "hint: install a new token family"}},
-		{"unknown credential", []string{"token", "get", "nope"}, exitError, []string{"(NOT_FOUND)"}},
-		{"unattainable lifetime", []string{"token", "get", "fresh", "--min-remaining", "10h"}, exitError,
+		{"unknown credential", []string{"token", "get", "nope"}, exitNotFound, []string{"(NOT_FOUND)"}},
+		{"unattainable lifetime", []string{"token", "get", "fresh", "--min-remaining", "10h"}, exitUsage,
 			[]string{"(INVALID_ARGUMENT, reason MIN_LIFETIME_UNATTAINABLE)"}},
 		{"missing id", []string{"token", "get"}, exitUsage, []string{"accepts 1 arg"}},
 		{"both rejected forms", []string{"token", "get", "fresh", "--rejected-generation", "1", "--rejected-fingerprint", "00"}, exitUsage, []string{"not both"}},
@@ -163,7 +163,7 @@ func TestErrorsForPeople(t *testing.T) {
 		{"empty refresh token", []string{"reauth", "import", "fresh", "--refresh-token-file", "-"}, exitUsage, []string{"no refresh token in stdin"}},
 		{"update without fields", []string{"credentials", "update", "fresh"}, exitUsage, []string{"nothing to update"}},
 		{"put without provider", []string{"credentials", "put", "other"}, exitUsage, []string{"--provider is required"}},
-		{"server down", []string{"credentials", "list", "--server", "127.0.0.1:1"}, exitError, []string{"(UNAVAILABLE)", "hint: is a Rotavault server running at 127.0.0.1:1"}},
+		{"server down", []string{"credentials", "list", "--server", "127.0.0.1:1"}, exitUnavailable, []string{"(UNAVAILABLE)", "hint: is a Rotavault server running at 127.0.0.1:1"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -217,10 +217,10 @@ func TestWatch(t *testing.T) {
 		dir := t.TempDir()
 		keyFile, _ := newKeyFile(t, dir, "store.key")
 		elsewhere := startNode(t, dir, keyFile, c.trans)
-		other := c.start(map[string]string{"ROTAVAULT_SERVER": elsewhere.addr}, "watch")
+		other := c.start(map[string]string{"ROTAVAULT_ADDR": elsewhere.addr}, "watch")
 		foreign := regexp.MustCompile(`started at cursor (\S+)`).FindStringSubmatch(other.stdout.WaitFor(t, "started at cursor ", awaitDeadline))[1]
 		other.stop(t)
-		r := c.run("", "watch", "--cursor", foreign).expect(t, exitError)
+		r := c.run("", "watch", "--cursor", foreign).expect(t, exitCursorExpired)
 		for _, want := range []string{"(OUT_OF_RANGE, reason CURSOR_EXPIRED)", "hint: notices after that cursor are no longer kept: resynchronise"} {
 			if !strings.Contains(r.stderr, want) {
 				t.Errorf("stderr lacks %q:\n%s", want, r.stderr)
@@ -243,8 +243,8 @@ func TestShutdownEndsWatchers(t *testing.T) {
 	case <-time.After(awaitDeadline):
 		t.Fatal("watch did not end when the server stopped")
 	}
-	if code := w.stop(t); code != exitError {
-		t.Errorf("watch exited %d when the server stopped; want %d", code, exitError)
+	if code := w.stop(t); code != exitUnavailable {
+		t.Errorf("watch exited %d when the server stopped; want %d", code, exitUnavailable)
 	}
 	for _, want := range []string{"the server is shutting down", "(UNAVAILABLE)", "hint: resume without missing a notice: rotavault watch --cursor "} {
 		if !strings.Contains(w.stderr.String(), want) {
@@ -268,7 +268,7 @@ func TestCredentialsRevoke(t *testing.T) {
 	if !regexp.MustCompile(`^acme: family \S+ \(generation \d+\) revoked\nprovider revocation: confirmed\n$`).MatchString(r.stdout) {
 		t.Errorf("revoke printed:\n%s", r.stdout)
 	}
-	got := c.run("", "token", "get", "acme").expect(t, exitError)
+	got := c.run("", "token", "get", "acme").expect(t, exitReauthRequired)
 	if !strings.Contains(got.stderr, "REAUTHENTICATION_REQUIRED") {
 		t.Errorf("token get after revoke: %s", got.stderr)
 	}
@@ -280,7 +280,7 @@ func TestCredentialsRevoke(t *testing.T) {
 	if err := protojson.Unmarshal([]byte(again.stdout), &resp); err != nil || !resp.GetAlreadyRevoked() {
 		t.Errorf("second revoke --json = %q (%v)", again.stdout, err)
 	}
-	if r := c.run("", "credentials", "revoke", "nope", "--reason", "x", "--yes").expect(t, exitError); !strings.Contains(r.stderr, "NOT_FOUND") {
+	if r := c.run("", "credentials", "revoke", "nope", "--reason", "x", "--yes").expect(t, exitNotFound); !strings.Contains(r.stderr, "NOT_FOUND") {
 		t.Errorf("revoke of an unknown credential: %s", r.stderr)
 	}
 }

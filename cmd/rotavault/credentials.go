@@ -125,8 +125,9 @@ func newCredentialsUpdateCmd(a *app, client *clientOptions) *cobra.Command {
 		Use:   "update ID [flags]",
 		Short: "Change some fields of a credential, keeping its token family",
 		Long: `Change the fields of the credential ID whose flags are given, and only
-those: the update mask is exactly the set flags (ROTAVAULT_* variables count
-as set flags). An empty value clears a field, e.g. --token-url "".
+those: the update mask is exactly the flags on the command line (no
+environment variable stands in for them). An empty value clears a field,
+e.g. --token-url "".
 The provider cannot change; the token family is kept.
 
 Rotating the app's client secret: create the new secret at the provider,

@@ -81,7 +81,7 @@ It prints what to try next. The short version, in a second terminal:
 
 Examples:
   rotavault dev
-  rotavault dev --addr 127.0.0.1:7444 --data-dir /tmp/rv   # then: export ROTAVAULT_SERVER=127.0.0.1:7444`,
+  rotavault dev --addr 127.0.0.1:7444 --data-dir /tmp/rv   # then: export ROTAVAULT_ADDR=127.0.0.1:7444`,
 		Args: args(cobra.NoArgs),
 		RunE: runE(func(cmd *cobra.Command, _ []string) error {
 			log, err := logs.logger(a.stderr)
@@ -261,7 +261,7 @@ func (a *app) printDevIntro(boundAddr, dataDirFlag, absDir, frontURL, callbackUR
 	}
 	fmt.Fprintf(&b, "\nTry, in another terminal:\n\n")
 	if boundAddr != defaultServer {
-		fmt.Fprintf(&b, "  export ROTAVAULT_SERVER=%s\n", boundAddr)
+		fmt.Fprintf(&b, "  export ROTAVAULT_ADDR=%s\n", boundAddr)
 	}
 	theft := rv + " dev theft"
 	if dataDirFlag != defaultDevDataDir {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -25,10 +24,6 @@ import (
 )
 
 const (
-	envPrefix = "ROTAVAULT_"
-	// envStoreKey holds the store key itself (base64), for platforms that
-	// inject secrets as environment variables rather than files.
-	envStoreKey   = envPrefix + "STORE_KEY"
 	defaultServer = "127.0.0.1:7443"
 	// maxSecretFileSize bounds what a secret file may hold: the longest
 	// secret the API accepts is a 4 KiB refresh token.
@@ -43,69 +38,6 @@ func (e *usageError) Error() string { return e.msg }
 
 func usageErrorf(format string, args ...any) error {
 	return &usageError{msg: fmt.Sprintf(format, args...)}
-}
-
-// envName is the environment variable standing in for a flag:
-// --store-key-file ↔ ROTAVAULT_STORE_KEY_FILE.
-func envName(flag string) string {
-	return envPrefix + strings.ToUpper(strings.ReplaceAll(flag, "-", "_"))
-}
-
-// isListFlag reports whether a flag may be repeated; its environment
-// variable then holds a comma-separated list.
-func isListFlag(f *pflag.Flag) bool {
-	_, ok := f.Value.(pflag.SliceValue)
-	return ok
-}
-
-// applyEnv gives every flag the command line left unset the value of its
-// ROTAVAULT_* variable. A flag set on the command line wins. Flags set this
-// way count as set (cmd.Flags().Changed), exactly as if they had been typed.
-func (a *app) applyEnv(cmd *cobra.Command) error {
-	var errs []error
-	cmd.Flags().VisitAll(func(f *pflag.Flag) {
-		if f.Name == "help" || f.Changed {
-			return
-		}
-		name := envName(f.Name)
-		v := a.env(name)
-		if v == "" {
-			return
-		}
-		values := []string{v}
-		if isListFlag(f) {
-			values = strings.Split(v, ",")
-		}
-		for _, v := range values {
-			if err := cmd.Flags().Set(f.Name, strings.TrimSpace(v)); err != nil {
-				errs = append(errs, usageErrorf("%s: %v", name, err))
-				return
-			}
-		}
-		a.fromEnv[f.Name] = true
-	})
-	return errors.Join(errs...)
-}
-
-// documentEnv appends each flag's environment variable to its help text.
-func documentEnv(root *cobra.Command) {
-	seen := make(map[*pflag.Flag]bool)
-	var walk func(*cobra.Command)
-	walk = func(c *cobra.Command) {
-		for _, fs := range []*pflag.FlagSet{c.PersistentFlags(), c.LocalNonPersistentFlags()} {
-			fs.VisitAll(func(f *pflag.Flag) {
-				if seen[f] || f.Name == "help" {
-					return
-				}
-				seen[f] = true
-				f.Usage += " [$" + envName(f.Name) + "]"
-			})
-		}
-		for _, sub := range c.Commands() {
-			walk(sub)
-		}
-	}
-	walk(root)
 }
 
 // readSecret reads a secret from a file, or from stdin when path is "-",
@@ -173,6 +105,21 @@ func (o *clientOptions) register(cmd *cobra.Command) {
 	fs.StringVar(&o.tlsCert, "tls-cert", "", "client certificate (PEM) for mTLS; connects over TLS")
 	fs.StringVar(&o.tlsKey, "tls-key", "", "client private key (PEM), with --tls-cert")
 	fs.StringVar(&o.tokenFile, "token-file", "", "file holding a bearer token to present (sent only over TLS, or to a loopback server)")
+	for flag, name := range clientEnv {
+		bindEnv(fs, flag, name)
+	}
+}
+
+// clientEnv names the variables of the connection settings, shaped like
+// Vault's VAULT_ADDR family. --json has none: a script's output format is
+// the script's choice, not its environment's.
+var clientEnv = map[string]string{
+	"server":     envPrefix + "ADDR",
+	"timeout":    envPrefix + "CLIENT_TIMEOUT",
+	"tls-ca":     envPrefix + "CACERT",
+	"tls-cert":   envPrefix + "CLIENT_CERT",
+	"tls-key":    envPrefix + "CLIENT_KEY",
+	"token-file": envPrefix + "TOKEN_FILE",
 }
 
 // dial connects to the server: over TLS when --tls-ca or --tls-cert is
@@ -434,18 +381,23 @@ type keyFlags struct {
 func (k *keyFlags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&k.keyFile, "store-key-file", "", "file holding the store key (base64 of 32 bytes, mode 0600); or set "+envStoreKey+" to the key itself")
 	fs.StringArrayVar(&k.previousKeys, "store-previous-key-file", nil, "earlier store key still sealing some records (repeatable), until 'rotavault store rotate-key' has run")
+	// The offline commands read serve's variables for the same settings.
+	bindEnv(fs, "store-key-file", serverEnvName("store-key-file"))
+	bindEnv(fs, "store-previous-key-file", serverEnvName("store-previous-key-file"))
 }
 
 // load returns the current key and the previous ones. The key comes from
-// --store-key-file or, failing that, ROTAVAULT_STORE_KEY; a key file named
-// on the command line wins over both variables.
+// --store-key-file or ROTAVAULT_SERVER_STORE_KEY, in the order flags >
+// environment > config file: a key file named on the command line wins over
+// the variable, which wins over a key file named in the config file.
 func (k *keyFlags) load(a *app) (boltstore.Key, []boltstore.Key, error) {
 	inline := a.env(envStoreKey)
 	var key boltstore.Key
+	fileSource := a.sources["store-key-file"]
 	switch {
-	case k.keyFile != "" && inline != "" && a.fromEnv["store-key-file"]:
-		return boltstore.Key{}, nil, usageErrorf("both %s and %s are set; keep one", envName("store-key-file"), envStoreKey)
-	case k.keyFile != "":
+	case k.keyFile != "" && inline != "" && fileSource == sourceEnv:
+		return boltstore.Key{}, nil, usageErrorf("both %s and %s are set; keep one", serverEnvName("store-key-file"), envStoreKey)
+	case k.keyFile != "" && (inline == "" || fileSource == ""):
 		loaded, err := boltstore.LoadKeyFile(k.keyFile)
 		if err != nil {
 			return boltstore.Key{}, nil, fmt.Errorf("store key: %w", err)

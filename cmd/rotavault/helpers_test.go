@@ -159,6 +159,18 @@ func newKeyFile(t *testing.T, dir, name string) (string, boltstore.Key) {
 	return path, key
 }
 
+// newKeyFileText creates a store key file in dir and returns its path and
+// the key as ROTAVAULT_SERVER_STORE_KEY holds it.
+func newKeyFileText(t *testing.T, dir string) (path, text string) {
+	t.Helper()
+	path, _ = newKeyFile(t, dir, "store.key")
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return path, strings.TrimSpace(string(raw))
+}
+
 // startNode serves dataDir on a free loopback port and waits until it
 // accepts connections.
 func startNode(t *testing.T, dataDir, keyFile string, trans *transcript) *testNode {

@@ -68,7 +68,7 @@ func TestMetricsFollowWhatTheServerDoes(t *testing.T) {
 	keyFile, _ := newKeyFile(t, dir, "store.key")
 	c := newCLI(t, nil)
 	addr := startNodeWith(t, dir, keyFile, c.trans, func(cfg *serverConfig) { cfg.HTTPListener = httpLis })
-	c.env = map[string]string{"ROTAVAULT_SERVER": addr}
+	c.env = map[string]string{"ROTAVAULT_ADDR": addr}
 	t.Cleanup(func() { c.trans.assertNoSecrets(t, append(sim.Secrets(), simClientSecret)...) })
 
 	get(t, base+"/healthz", http.StatusOK)

@@ -174,7 +174,7 @@ func withHint(err error, format string, args ...any) error {
 func formatError(err error) string {
 	var b strings.Builder
 	if st, ok := grpcStatus(err); ok {
-		fmt.Fprintf(&b, "error: %s (%s", st.Message(), codeName(st.Code()))
+		fmt.Fprintf(&b, "error: %s (%s", userMessage(st), codeName(st.Code()))
 		for _, d := range st.Details() {
 			switch d := d.(type) {
 			case *errdetails.ErrorInfo:
@@ -207,10 +207,12 @@ func (o *clientOptions) explain(err error, credentialID string) error {
 	switch reason := errorReason(st); {
 	case reason == reasonReauthRequired:
 		return withHint(err, "install a new token family: `rotavault reauth device %s` (a code to enter on any device), `rotavault reauth start %s --wait` (a browser, through the server's callback), or `rotavault reauth import %s --refresh-token-file FILE`", id, id, id)
+	case st.Code() == codes.AlreadyExists:
+		return withHint(err, "change it with `rotavault credentials update %s` (only the flags you give change), or delete it first", id)
 	case reason == reasonMinLifetime:
 		return withHint(err, "ask for less --min-remaining, or raise the credential's --access-token-lifetime if the provider's tokens live longer")
 	case st.Code() == codes.Unavailable && reason == "":
-		return withHint(err, "is a Rotavault server running at %s? Start one with `rotavault dev`, or point --server (ROTAVAULT_SERVER) at it", o.server)
+		return withHint(err, "is a Rotavault server running at %s? Start one with `rotavault dev`, or point --server (ROTAVAULT_ADDR) at it", o.server)
 	case st.Code() == codes.DeadlineExceeded:
 		return withHint(err, "the server did not answer within --timeout %s", o.timeout)
 	}

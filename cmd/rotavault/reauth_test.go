@@ -46,7 +46,7 @@ func setupReauthTest(t *testing.T) (*cli, *providersim.Server) {
 	addr := startNodeWith(t, dir, keyFile, c.trans, func(cfg *serverConfig) {
 		cfg.HTTPListener, cfg.PublicURL = httpLis, publicURL
 	})
-	c.env = map[string]string{"ROTAVAULT_SERVER": addr}
+	c.env = map[string]string{"ROTAVAULT_ADDR": addr}
 	// Device codes, authorization codes, verifiers, tokens: none may show
 	// in any output or log.
 	t.Cleanup(func() { c.trans.assertNoSecrets(t, append(sim.Secrets(), simClientSecret)...) })
@@ -190,7 +190,7 @@ func TestReauthDeviceCommand(t *testing.T) {
 	})
 
 	t.Run("scopes without refresh token", func(t *testing.T) {
-		r := c.run("", "reauth", "device", "acme", "--scope", "api").expect(t, exitError)
+		r := c.run("", "reauth", "device", "acme", "--scope", "api").expect(t, exitUsage)
 		if !strings.Contains(r.stderr, "INVALID_ARGUMENT") || !strings.Contains(r.stderr, "refresh_token") {
 			t.Fatalf("stderr: %s", r.stderr)
 		}

@@ -163,7 +163,7 @@ func runServer(ctx context.Context, cfg serverConfig) (err error) {
 		return err
 	}
 	if cfg.DataDir == "" {
-		return usageErrorf("a data directory is required (--data-dir or ROTAVAULT_DATA_DIR)")
+		return usageErrorf("a data directory is required (--data-dir or %s)", serverEnvName("data-dir"))
 	}
 	callback, err := cfg.callbackOption()
 	if err != nil {
@@ -441,7 +441,7 @@ the standard health service and, with --reflection, server reflection.
 State lives in the data directory: rotavault.db (the embedded store, every
 value sealed with AES-256-GCM under the store key) and audit.jsonl (the
 audit trail). The store key comes from --store-key-file (a file only its
-owner may read) or from ROTAVAULT_STORE_KEY (the base64 key itself). After
+owner may read) or from ROTAVAULT_SERVER_STORE_KEY (the base64 key itself). After
 ` + "`rotavault store rotate-key`" + `, point --store-key-file at the new key.
 
 Without TLS the server listens on loopback only. With --tls-cert/--tls-key,
@@ -464,11 +464,16 @@ Examples:
   rotavault serve --addr 127.0.0.1:7443 --data-dir /var/lib/rotavault \
       --store-key-file /etc/rotavault/store.key
 
-  ROTAVAULT_DATA_DIR=/var/lib/rotavault ROTAVAULT_STORE_KEY="$(cat key.b64)" rotavault serve`,
+  ROTAVAULT_SERVER_DATA_DIR=/var/lib/rotavault ROTAVAULT_SERVER_STORE_KEY="$(cat key.b64)" rotavault serve
+  rotavault serve --config /etc/rotavault/rotavault.yaml
+
+Settings come from flags, then ROTAVAULT_SERVER_<FLAG> variables
+(--tls-cert is ROTAVAULT_SERVER_TLS_CERT), then the --config file (YAML,
+keys are the flag names with _ for -), then the defaults.`,
 		Args: args(cobra.NoArgs),
 		RunE: runE(func(cmd *cobra.Command, _ []string) error {
 			if dataDir == "" {
-				return usageErrorf("--data-dir is required (or set ROTAVAULT_DATA_DIR)")
+				return usageErrorf("--data-dir is required (or set %s, or data_dir in --config)", serverEnvName("data-dir"))
 			}
 			scfg := serverConfig{
 				Addr: addr, AllowNonLoopback: insecure,
@@ -549,6 +554,14 @@ Examples:
 	fs.BoolVar(&insecure, oldInsecureListenFlag, false, "old name of --"+insecureListenFlag)
 	_ = fs.MarkDeprecated(oldInsecureListenFlag, "use --"+insecureListenFlag)
 	logs.register(fs)
+	fs.String(configFlag, "", "YAML file of serve's settings (keys: the flag names with _ for -; see deploy/rotavault.yaml); flags and ROTAVAULT_SERVER_* variables override it")
+	// Every other flag of serve, including those added later, is read from
+	// ROTAVAULT_SERVER_<FLAG>. Listening in plaintext off loopback must be
+	// asked for on the command line or in the config file, where a
+	// reviewer sees it, not inherited from an environment.
+	markServerSettings(cmd)
+	bindEnv(fs, insecureListenFlag, "")
+	bindEnv(fs, oldInsecureListenFlag, "")
 	return cmd
 }
 

@@ -1,0 +1,80 @@
+package main
+
+import (
+	"encoding/json"
+	"strings"
+	"testing"
+)
+
+// TestExitCodesTellFailuresApart runs each kind of failure against a real
+// server, with --json: the exit code says what happened, and stderr holds
+// exactly one JSON object a script can read (code, reason, message,
+// retry_after where the server gives one).
+func TestExitCodesTellFailuresApart(t *testing.T) {
+	c, _, _ := setupCLITest(t)
+	c.run("", "credentials", "put", "fresh", "--provider", "salesforce", "--base-url", "https://login.salesforce.com",
+		"--client-id", "x", "--scope", "api refresh_token").expect(t, exitOK)
+	// A provider nobody answers at: importing a token stores it, then the
+	// first refresh fails as worth a retry.
+	c.run("", "credentials", "put", "unreachable", "--provider", "salesforce", "--base-url", "http://127.0.0.1:1",
+		"--client-id", "x", "--scope", "api refresh_token").expect(t, exitOK)
+
+	tests := []struct {
+		name       string
+		stdin      string
+		args       []string
+		exit       int
+		code       string
+		reason     string
+		retryAfter bool
+		hint       string
+	}{
+		{"reauthentication required", "", []string{"token", "get", "fresh"}, exitReauthRequired, "FAILED_PRECONDITION", "REAUTHENTICATION_REQUIRED", false, "rotavault reauth device fresh"},
+		{"not found", "", []string{"token", "get", "nope"}, exitNotFound, "NOT_FOUND", "", false, ""},
+		{"already exists", "", []string{"credentials", "put", "fresh", "--provider", "oauth2", "--token-url", "https://idp.example.com/token", "--client-id", "x"},
+			exitAlreadyExists, "ALREADY_EXISTS", "", false, "rotavault credentials update fresh"},
+		{"usage, refused by the CLI", "", []string{"token", "get"}, exitUsage, "USAGE", "", false, ""},
+		{"usage, refused by the server", "", []string{"token", "get", "fresh", "--min-remaining", "10h"}, exitUsage, "INVALID_ARGUMENT", "MIN_LIFETIME_UNATTAINABLE", false, ""},
+		{"no server", "", []string{"credentials", "list", "--server", "127.0.0.1:1"}, exitUnavailable, "UNAVAILABLE", "", false, "is a Rotavault server running"},
+		{"provider unreachable", "an-imported-refresh-token\n", []string{"reauth", "import", "unreachable", "--refresh-token-file", "-"},
+			exitUnavailable, "UNAVAILABLE", "PROVIDER_UNAVAILABLE", true, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := c.run(tt.stdin, append(tt.args, "--json")...).expect(t, tt.exit)
+			if r.stdout != "" {
+				t.Errorf("stdout %q, want nothing", r.stdout)
+			}
+			if strings.Count(r.stderr, "\n") != 1 {
+				t.Fatalf("stderr is not one line:\n%s", r.stderr)
+			}
+			var got jsonError
+			dec := json.NewDecoder(strings.NewReader(r.stderr))
+			dec.DisallowUnknownFields()
+			if err := dec.Decode(&got); err != nil {
+				t.Fatalf("stderr is not the JSON error object: %v\n%s", err, r.stderr)
+			}
+			if got.ExitCode != tt.exit || got.Code != tt.code || got.Reason != tt.reason || got.Message == "" ||
+				(got.RetryAfter != "") != tt.retryAfter || !strings.Contains(got.Hint, tt.hint) {
+				t.Errorf("stderr %+v; want exit %d, code %s, reason %q, retry_after %v, hint containing %q", got, tt.exit, tt.code, tt.reason, tt.retryAfter, tt.hint)
+			}
+			if strings.HasPrefix(got.Message, "broker:") {
+				t.Errorf("message in the server's package words: %q", got.Message)
+			}
+		})
+	}
+}
+
+// TestErrorMessagesNameFlags: a field the server refuses is named by the
+// flag that sets it, and messages carry no Go package prefix.
+func TestErrorMessagesNameFlags(t *testing.T) {
+	c, _, _ := setupCLITest(t)
+	r := c.run("", "credentials", "put", "nobase", "--provider", "salesforce", "--client-id", "x", "--scope", "api refresh_token").expect(t, exitUsage)
+	if !strings.Contains(r.stderr, "error: invalid --base-url: required for Salesforce") || strings.Contains(r.stderr, "spec.") || strings.Contains(r.stderr, "broker:") {
+		t.Errorf("put without --base-url:\n%s", r.stderr)
+	}
+	r = c.run("", "token", "get", "nope").expect(t, exitNotFound)
+	if !strings.HasPrefix(r.stderr, "error: credential not found") {
+		t.Errorf("token get of a missing credential:\n%s", r.stderr)
+	}
+}
