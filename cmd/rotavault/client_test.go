@@ -133,11 +133,11 @@ func TestCredentialLifecycle(t *testing.T) {
 func showCredential(t *testing.T, c *cli, id string) *rotavaultv1.Credential {
 	t.Helper()
 	r := c.run("", "credentials", "show", id, "--json").expect(t, exitOK)
-	var resp rotavaultv1.GetCredentialResponse
-	if err := protojson.Unmarshal([]byte(r.stdout), &resp); err != nil {
+	var cred rotavaultv1.Credential
+	if err := protojson.Unmarshal([]byte(r.stdout), &cred); err != nil {
 		t.Fatalf("credentials show --json printed %q: %v", r.stdout, err)
 	}
-	return resp.GetCredential()
+	return &cred
 }
 
 func TestErrorsForPeople(t *testing.T) {
@@ -282,5 +282,25 @@ func TestCredentialsRevoke(t *testing.T) {
 	}
 	if r := c.run("", "credentials", "revoke", "nope", "--reason", "x", "--yes").expect(t, exitNotFound); !strings.Contains(r.stderr, "NOT_FOUND") {
 		t.Errorf("revoke of an unknown credential: %s", r.stderr)
+	}
+}
+
+// TestCredentialJSONIsOneShape: show, list, put and update --json print the
+// same object for the same credential, so one jq filter reads them all.
+func TestCredentialJSONIsOneShape(t *testing.T) {
+	c, _, _ := setupCLITest(t)
+	put := c.run("", "credentials", "put", "shape", "--provider", "oauth2", "--token-url", "https://idp.example.com/token", "--client-id", "x", "--json").expect(t, exitOK).stdout
+	update := c.run("", "credentials", "update", "shape", "--client-id", "y", "--json").expect(t, exitOK).stdout
+	show := c.run("", "credentials", "show", "shape", "--json").expect(t, exitOK).stdout
+	list := c.run("", "credentials", "list", "--json").expect(t, exitOK).stdout
+	if list != show || update != show {
+		t.Errorf("credentials list --json:\n%s\nshow --json:\n%s\nupdate --json:\n%s", list, show, update)
+	}
+	var created, shown rotavaultv1.Credential
+	if err := protojson.Unmarshal([]byte(put), &created); err != nil || created.GetCredentialId() != "shape" {
+		t.Errorf("credentials put --json printed %q (%v); want the credential", put, err)
+	}
+	if err := protojson.Unmarshal([]byte(show), &shown); err != nil || shown.GetSpec().GetClientId() != "y" {
+		t.Errorf("credentials show --json printed %q (%v); want the credential", show, err)
 	}
 }

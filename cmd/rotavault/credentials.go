@@ -5,7 +5,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"os"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -91,7 +90,8 @@ Examples:
       --authorize-url https://example.okta.com/oauth2/v1/authorize \
       --client-id 0oa... --client-secret-file okta.secret \
       --scope openid --scope offline_access --reuse-grace 30s`,
-		Args: args(cobra.ExactArgs(1)),
+		Args:              args(cobra.ExactArgs(1)),
+		ValidArgsFunction: cobra.NoFileCompletions, // a new id
 		RunE: runE(func(cmd *cobra.Command, argv []string) error {
 			id := argv[0]
 			kind, err := parseProvider(spec.provider)
@@ -109,7 +109,7 @@ Examples:
 				return err
 			}
 			if client.json {
-				return printJSON(a.stdout, resp)
+				return printJSON(a.stdout, resp.GetCredential())
 			}
 			fmt.Fprintf(a.stdout, "created credential %s; install a token family with `rotavault reauth device %s`, `rotavault reauth start %s --wait` or `rotavault reauth import %s`\n\n", id, id, id, id)
 			return a.printCredential(resp.GetCredential())
@@ -139,7 +139,8 @@ Examples:
   rotavault credentials update acme --scope api --scope refresh_token --scope web
   rotavault credentials update acme --access-token-lifetime 4h
   printf %s "$NEW_SECRET" | rotavault credentials update acme --client-secret-file -`,
-		Args: args(cobra.ExactArgs(1)),
+		Args:              args(cobra.ExactArgs(1)),
+		ValidArgsFunction: a.completeCredentialIDs(client, 1),
 		RunE: runE(func(cmd *cobra.Command, argv []string) error {
 			id := argv[0]
 			paths := updateMask(cmd.Flags())
@@ -159,7 +160,7 @@ Examples:
 				return err
 			}
 			if client.json {
-				return printJSON(a.stdout, resp)
+				return printJSON(a.stdout, resp.GetCredential())
 			}
 			fmt.Fprintf(a.stdout, "updated %s: %s\n\n", id, strings.Join(paths, ", "))
 			return a.printCredential(resp.GetCredential())
@@ -176,19 +177,14 @@ func newCredentialsListCmd(a *app, client *clientOptions) *cobra.Command {
 		Long: `List every credential in id order, at a glance: status, token generation,
 when the current access token was issued and when it expires, the next
 scheduled refresh and the last refresh problem. With --json, one credential
-per line, for scripts.
+per line, for scripts: the same object ` + "`credentials show --json`" + ` prints.
 
 Examples:
   rotavault credentials list
   rotavault credentials list --json | jq -r 'select(.status == "CREDENTIAL_STATUS_REVOKED") | .credentialId'`,
 		Args: args(cobra.NoArgs),
 		RunE: runE(func(cmd *cobra.Command, _ []string) error {
-			all, err := listAll(func(pageToken string) ([]*rotavaultv1.Credential, string, error) {
-				resp, err := adminCall(cmd.Context(), client, "", func(ctx context.Context, c rotavaultv1.CredentialAdminServiceClient) (*rotavaultv1.ListCredentialsResponse, error) {
-					return c.ListCredentials(ctx, &rotavaultv1.ListCredentialsRequest{PageSize: listPageSize, PageToken: pageToken})
-				})
-				return resp.GetCredentials(), resp.GetNextPageToken(), err
-			})
+			all, err := listCredentials(cmd.Context(), client)
 			if err != nil {
 				return err
 			}
@@ -216,6 +212,16 @@ Examples:
 	return cmd
 }
 
+// listCredentials returns every credential, in id order.
+func listCredentials(ctx context.Context, client *clientOptions) ([]*rotavaultv1.Credential, error) {
+	return listAll(func(pageToken string) ([]*rotavaultv1.Credential, string, error) {
+		resp, err := adminCall(ctx, client, "", func(ctx context.Context, c rotavaultv1.CredentialAdminServiceClient) (*rotavaultv1.ListCredentialsResponse, error) {
+			return c.ListCredentials(ctx, &rotavaultv1.ListCredentialsRequest{PageSize: listPageSize, PageToken: pageToken})
+		})
+		return resp.GetCredentials(), resp.GetNextPageToken(), err
+	})
+}
+
 func truncate(s string, n int) string {
 	r := []rune(strings.ReplaceAll(s, "\n", " "))
 	if len(r) <= n {
@@ -234,8 +240,12 @@ last rotation, access-token expiry, next scheduled refresh, last error.
 
 Examples:
   rotavault credentials show acme
-  rotavault credentials show acme --json | jq .credential.generation`,
-		Args: args(cobra.ExactArgs(1)),
+  rotavault credentials show acme --json | jq .generation
+
+With --json it prints the credential as one JSON object, the same shape as
+each line of ` + "`credentials list --json`" + ` (put and update print it too).`,
+		Args:              args(cobra.ExactArgs(1)),
+		ValidArgsFunction: a.completeCredentialIDs(client, 1),
 		RunE: runE(func(cmd *cobra.Command, argv []string) error {
 			id := argv[0]
 			resp, err := adminCall(cmd.Context(), client, id, func(ctx context.Context, c rotavaultv1.CredentialAdminServiceClient) (*rotavaultv1.GetCredentialResponse, error) {
@@ -245,7 +255,7 @@ Examples:
 				return err
 			}
 			if client.json {
-				return printJSON(a.stdout, resp)
+				return printJSON(a.stdout, resp.GetCredential())
 			}
 			return a.printCredential(resp.GetCredential())
 		}),
@@ -325,7 +335,8 @@ required.
 Examples:
   rotavault credentials delete acme
   rotavault credentials delete acme --yes`,
-		Args: args(cobra.ExactArgs(1)),
+		Args:              args(cobra.ExactArgs(1)),
+		ValidArgsFunction: a.completeCredentialIDs(client, 1),
 		RunE: runE(func(cmd *cobra.Command, argv []string) error {
 			id := argv[0]
 			if !yes {
@@ -393,7 +404,8 @@ required. Operators may revoke the credentials the policy gives them.
 Examples:
   rotavault credentials revoke acme --reason "laptop with the app stolen"
   rotavault credentials revoke acme --reason "INC-1234" --yes`,
-		Args: args(cobra.ExactArgs(1)),
+		Args:              args(cobra.ExactArgs(1)),
+		ValidArgsFunction: a.completeCredentialIDs(client, 1),
 		RunE: runE(func(cmd *cobra.Command, argv []string) error {
 			id := argv[0]
 			if strings.TrimSpace(reason) == "" {
@@ -437,11 +449,9 @@ Examples:
 	return cmd
 }
 
-func isTerminal(r io.Reader) bool {
-	f, ok := r.(*os.File)
-	if !ok {
-		return false
-	}
-	fi, err := f.Stat()
-	return err == nil && fi.Mode()&os.ModeCharDevice != 0
+// isTerminal reports whether stream is a terminal a person types at or
+// reads; /dev/null is a character device but not a terminal.
+func isTerminal(stream any) bool {
+	_, ok := terminalFD(stream)
+	return ok
 }

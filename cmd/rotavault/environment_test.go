@@ -74,6 +74,10 @@ func TestServerAndClientVariablesDoNotCollide(t *testing.T) {
 			t.Errorf("without a client certificate or token: %s", r.stderr)
 		}
 	})
+	t.Run("an https URL as the address", func(t *testing.T) {
+		c.runEnv(map[string]string{"ROTAVAULT_ADDR": "https://" + addr}, "", "credentials", "list").expect(t, exitOK)
+		c.runEnv(map[string]string{"ROTAVAULT_ADDR": "https://" + addr + "/"}, "", "credentials", "list").expect(t, exitOK)
+	})
 	t.Run("a flag wins over its variable", func(t *testing.T) {
 		c.runEnv(map[string]string{"ROTAVAULT_ADDR": "127.0.0.1:1"}, "", "credentials", "list", "--server", addr).expect(t, exitOK)
 	})

@@ -78,3 +78,25 @@ func TestErrorMessagesNameFlags(t *testing.T) {
 		t.Errorf("token get of a missing credential:\n%s", r.stderr)
 	}
 }
+
+// TestServerAddressForms: --server takes host:port or an https URL, and
+// says so for anything else, before dialing.
+func TestServerAddressForms(t *testing.T) {
+	c := newCLI(t, nil)
+	for _, server := range []string{"http://127.0.0.1:7443", "127.0.0.1", "rotavault.internal", "https://h.example/v1", "grpc://h:1", "h:port", "https://user@h:1"} {
+		r := c.run("", "credentials", "list", "--server", server).expect(t, exitUsage)
+		if !strings.Contains(r.stderr, "want host:port (e.g. 127.0.0.1:7443) or https://host:port") {
+			t.Errorf("--server %s:\n%s", server, r.stderr)
+		}
+	}
+	for server, want := range map[string]string{
+		"127.0.0.1:7443":          "127.0.0.1:7443",
+		"https://rv.example":      "rv.example:443",
+		"https://rv.example:8443": "rv.example:8443",
+		"[::1]:7443":              "[::1]:7443",
+	} {
+		if got, _, err := parseServer(server); err != nil || got != want {
+			t.Errorf("parseServer(%q) = %q, %v; want %q", server, got, err, want)
+		}
+	}
+}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -8,12 +9,15 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/url"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
+	"golang.org/x/term"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
@@ -41,10 +45,20 @@ func usageErrorf(format string, args ...any) error {
 }
 
 // readSecret reads a secret from a file, or from stdin when path is "-",
-// without surrounding whitespace. Errors never quote the content.
+// without surrounding whitespace. On a terminal it prompts on stderr and
+// reads one line without echoing it, as passwords are read. Errors never
+// quote the content.
 func (a *app) readSecret(path, what string) (string, error) {
 	var r io.Reader
-	if path == "-" {
+	if fd, ok := terminalFD(a.stdin); ok && path == "-" {
+		fmt.Fprintf(a.stderr, "%s (input hidden, Enter ends it): ", upperFirst(what))
+		raw, err := term.ReadPassword(fd)
+		fmt.Fprintln(a.stderr)
+		if err != nil {
+			return "", fmt.Errorf("read %s from the terminal: %w", what, err)
+		}
+		r = bytes.NewReader(raw)
+	} else if path == "-" {
 		r = a.stdin
 	} else {
 		f, err := os.Open(path)
@@ -66,6 +80,23 @@ func (a *app) readSecret(path, what string) (string, error) {
 		return "", usageErrorf("no %s in %s", what, describePath(path))
 	}
 	return s, nil
+}
+
+// terminalFD returns the file descriptor of stdin, stdout or stderr if it
+// is a terminal.
+func terminalFD(stream any) (int, bool) {
+	f, ok := stream.(*os.File)
+	if !ok || !term.IsTerminal(int(f.Fd())) {
+		return 0, false
+	}
+	return int(f.Fd()), true
+}
+
+func upperFirst(s string) string {
+	if s == "" {
+		return s
+	}
+	return strings.ToUpper(s[:1]) + s[1:]
 }
 
 func describePath(path string) string {
@@ -98,7 +129,7 @@ type clientOptions struct {
 
 func (o *clientOptions) register(cmd *cobra.Command) {
 	fs := cmd.PersistentFlags()
-	fs.StringVar(&o.server, "server", defaultServer, "address of the Rotavault server (host:port)")
+	fs.StringVar(&o.server, "server", defaultServer, "address of the Rotavault server: host:port, or https://host[:port] for TLS (system roots unless --tls-ca)")
 	fs.DurationVar(&o.timeout, "timeout", 10*time.Second, "how long to wait for the server's answer")
 	fs.BoolVar(&o.json, "json", false, "print protobuf JSON, one object per line, for scripts")
 	fs.StringVar(&o.tlsCA, "tls-ca", "", "CA bundle (PEM) verifying the server's certificate; connects over TLS (system roots if only --tls-cert is given)")
@@ -122,27 +153,65 @@ var clientEnv = map[string]string{
 	"token-file": envPrefix + "TOKEN_FILE",
 }
 
-// dial connects to the server: over TLS when --tls-ca or --tls-cert is
-// given, else in plaintext (a loopback server, e.g. rotavault dev).
+// dial connects to the server: over TLS when --server is an https URL or
+// --tls-ca or --tls-cert is given, else in plaintext (a loopback server,
+// e.g. rotavault dev).
 func (o *clientOptions) dial() (*grpc.ClientConn, error) {
 	if o.timeout <= 0 {
 		return nil, usageErrorf("--timeout must be positive")
 	}
-	opts, err := o.dialOptions()
+	target, opts, err := o.dialOptions()
 	if err != nil {
 		return nil, err
 	}
-	conn, err := grpc.NewClient(o.server, opts...)
+	conn, err := grpc.NewClient(target, opts...)
 	if err != nil {
 		return nil, usageErrorf("--server %q: %v", o.server, err)
 	}
 	return conn, nil
 }
 
-func (o *clientOptions) dialOptions() ([]grpc.DialOption, error) {
-	useTLS := o.tlsCA != "" || o.tlsCert != ""
+// parseServer reads --server: host:port (TLS only with --tls-ca or
+// --tls-cert), or https://host[:port] (TLS; port 443 by default). It
+// returns the gRPC target and whether the URL asked for TLS.
+func parseServer(server string) (target string, https bool, err error) {
+	expect := func(why string) error {
+		return usageErrorf("--server %q: %s; want host:port (e.g. 127.0.0.1:7443) or https://host:port", server, why)
+	}
+	if strings.Contains(server, "://") {
+		u, perr := url.Parse(server)
+		switch {
+		case perr != nil:
+			return "", false, expect("not a URL")
+		case u.Scheme != "https":
+			return "", false, expect("the only URL scheme is https")
+		case u.Host == "" || u.User != nil || (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.Fragment != "":
+			return "", false, expect("a URL of a host only, without path or query")
+		}
+		if u.Port() == "" {
+			return net.JoinHostPort(u.Hostname(), "443"), true, nil
+		}
+		return u.Host, true, nil
+	}
+	host, port, serr := net.SplitHostPort(server)
+	if serr != nil || host == "" || port == "" {
+		return "", false, expect("no port")
+	}
+	if _, perr := strconv.ParseUint(port, 10, 16); perr != nil {
+		return "", false, expect("the port is not a number")
+	}
+	return server, false, nil
+}
+
+// dialOptions returns the gRPC target of --server and how to reach it.
+func (o *clientOptions) dialOptions() (string, []grpc.DialOption, error) {
+	target, https, err := parseServer(o.server)
+	if err != nil {
+		return "", nil, err
+	}
+	useTLS := https || o.tlsCA != "" || o.tlsCert != ""
 	if (o.tlsCert == "") != (o.tlsKey == "") {
-		return nil, usageErrorf("--tls-cert and --tls-key go together")
+		return "", nil, usageErrorf("--tls-cert and --tls-key go together")
 	}
 	var opts []grpc.DialOption
 	if useTLS {
@@ -150,18 +219,18 @@ func (o *clientOptions) dialOptions() ([]grpc.DialOption, error) {
 		if o.tlsCA != "" {
 			pem, err := os.ReadFile(o.tlsCA)
 			if err != nil {
-				return nil, fmt.Errorf("read --tls-ca: %w", err)
+				return "", nil, fmt.Errorf("read --tls-ca: %w", err)
 			}
 			pool := x509.NewCertPool()
 			if !pool.AppendCertsFromPEM(pem) {
-				return nil, usageErrorf("--tls-ca %s: no PEM certificate in it", o.tlsCA)
+				return "", nil, usageErrorf("--tls-ca %s: no PEM certificate in it", o.tlsCA)
 			}
 			tc.RootCAs = pool
 		}
 		if o.tlsCert != "" {
 			cert, err := tls.LoadX509KeyPair(o.tlsCert, o.tlsKey)
 			if err != nil {
-				return nil, fmt.Errorf("load client certificate: %w", err)
+				return "", nil, fmt.Errorf("load client certificate: %w", err)
 			}
 			tc.Certificates = []tls.Certificate{cert}
 		}
@@ -170,16 +239,16 @@ func (o *clientOptions) dialOptions() ([]grpc.DialOption, error) {
 		opts = append(opts, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	}
 	if o.tokenFile != "" {
-		if !useTLS && !isLoopbackTarget(o.server) {
-			return nil, usageErrorf("--token-file: refusing to send a bearer token in plaintext to %s; give --tls-ca", o.server)
+		if !useTLS && !isLoopbackTarget(target) {
+			return "", nil, usageErrorf("--token-file: refusing to send a bearer token in plaintext to %s; give --tls-ca", o.server)
 		}
 		token, err := readTokenFile(o.tokenFile)
 		if err != nil {
-			return nil, err
+			return "", nil, err
 		}
 		opts = append(opts, grpc.WithPerRPCCredentials(bearerCredentials{token: token, requireTLS: useTLS}))
 	}
-	return opts, nil
+	return target, opts, nil
 }
 
 // readTokenFile reads a bearer token; errors never quote the content.

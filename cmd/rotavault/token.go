@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"strconv"
 	"strings"
 	"time"
@@ -45,7 +46,11 @@ about to expire (or has less than --min-remaining left).
 By default only the token's metadata is printed: type, expiry, generation
 (which grows by one with every refresh), family and fingerprint. Terminals
 and CI logs get recorded, so the token itself is printed only with
---show-token, or in --json output (field accessToken) for scripts.
+--show-token, or in --json output for scripts.
+
+THE --json OUTPUT INCLUDES THE ACCESS TOKEN (field accessToken): pipe it
+into the program that needs it, never into a log. On a terminal a warning
+says so on stderr.
 
 When a resource server refuses a token Rotavault handed out (Salesforce:
 401 INVALID_SESSION_ID), report it with --rejected-generation or
@@ -61,7 +66,8 @@ Examples:
   rotavault token get acme --min-remaining 5m
   rotavault token get acme --rejected-generation 7
   TOKEN=$(rotavault token get acme --json | jq -r .accessToken)`,
-		Args: args(cobra.ExactArgs(1)),
+		Args:              args(cobra.ExactArgs(1)),
+		ValidArgsFunction: a.completeCredentialIDs(client, 1),
 		RunE: runE(func(cmd *cobra.Command, argv []string) error {
 			id := argv[0]
 			fs := cmd.Flags()
@@ -91,6 +97,9 @@ Examples:
 				return client.explain(err, id)
 			}
 			if client.json {
+				if isTerminal(a.stdout) {
+					fmt.Fprintln(a.stderr, "warning: this JSON includes the access token (accessToken); it stays in the terminal's scrollback")
+				}
 				return printJSON(a.stdout, resp)
 			}
 			f := newFields(a.stdout)

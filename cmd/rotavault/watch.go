@@ -43,7 +43,8 @@ Examples:
   rotavault watch
   rotavault watch acme billing --cursor CURSOR
   rotavault watch --json | jq -c 'select(.notice.kind == "NOTICE_KIND_FAMILY_REVOKED")'`,
-		Args: args(cobra.ArbitraryArgs),
+		Args:              args(cobra.ArbitraryArgs),
+		ValidArgsFunction: a.completeCredentialIDs(&client, -1),
 		RunE: runE(func(cmd *cobra.Command, ids []string) error {
 			return a.watch(cmd.Context(), &client, ids, cursor)
 		}),
