@@ -9,6 +9,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 
 	rotavaultv1 "github.com/rotavault/rotavault/gen/rotavault/v1"
+	"github.com/rotavault/rotavault/internal/poll"
 )
 
 // setupCLITest starts a simulator and a server, and a CLI whose
@@ -303,4 +304,27 @@ func TestCredentialJSONIsOneShape(t *testing.T) {
 	if err := protojson.Unmarshal([]byte(show), &shown); err != nil || shown.GetSpec().GetClientId() != "y" {
 		t.Errorf("credentials show --json printed %q (%v); want the credential", show, err)
 	}
+}
+
+// TestIdleFamilyRefreshesOnDemand: a family whose token nobody used is not
+// refreshed ahead of expiry; list and show say "on demand" rather than a
+// refresh time in the past that reads as overdue.
+func TestIdleFamilyRefreshesOnDemand(t *testing.T) {
+	c, _, _ := setupCLITest(t)
+	sim := startSim(t)
+	// A 10 s token is due for its ahead-of-expiry refresh within its life.
+	c.run(simClientSecret+"\n", "credentials", "put", "idle", "--provider", "salesforce", "--base-url", sim.URL(),
+		"--client-id", simClientID, "--client-secret-file", "-", "--scope", "api refresh_token", "--access-token-lifetime", "10s").expect(t, exitOK)
+	rt := issueRefreshToken(t, sim)
+	c.run(rt+"\n", "reauth", "import", "idle", "--refresh-token-file", "-").expect(t, exitOK)
+	onDemand := regexp.MustCompile(`(?m)^next refresh +on demand: `)
+	poll.UntilSeen(t, 15*time.Second, "show saying the idle family refreshes on demand", func() (bool, string) {
+		show := c.run("", "credentials", "show", "idle").expect(t, exitOK).stdout
+		return onDemand.MatchString(show), show
+	})
+	list := c.run("", "credentials", "list").expect(t, exitOK).stdout
+	if !regexp.MustCompile(`(?m)^idle .* on demand +-$`).MatchString(list) {
+		t.Errorf("list of an idle family:\n%s", list)
+	}
+	c.trans.assertNoSecrets(t, rt)
 }

@@ -204,7 +204,7 @@ Examples:
 				}
 				fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\t%s\n", c.GetCredentialId(), statusText(c), c.GetGeneration(),
 					a.relativeOrDash(c.GetAccessTokenIssueTime()), a.relativeOrDash(c.GetAccessTokenExpireTime()),
-					a.relativeOrDash(c.GetNextRefreshTime()), truncate(lastErr, maxErrorCell))
+					a.nextRefreshText(c.GetNextRefreshTime(), false), truncate(lastErr, maxErrorCell))
 			}
 			return tw.Flush()
 		}),
@@ -311,7 +311,7 @@ func (a *app) printCredential(c *rotavaultv1.Credential) error {
 		f.add("access expires", a.when(c.GetAccessTokenExpireTime()))
 	}
 	if c.GetNextRefreshTime() != nil {
-		f.add("next refresh", a.when(c.GetNextRefreshTime()))
+		f.add("next refresh", a.nextRefreshText(c.GetNextRefreshTime(), true))
 	}
 	f.addIf("last error", c.GetLastError())
 	f.add("created", a.when(c.GetCreateTime()))

@@ -73,6 +73,11 @@ func TestErrorMessagesNameFlags(t *testing.T) {
 	if !strings.Contains(r.stderr, "error: invalid --base-url: required for Salesforce") || strings.Contains(r.stderr, "spec.") || strings.Contains(r.stderr, "broker:") {
 		t.Errorf("put without --base-url:\n%s", r.stderr)
 	}
+	r = c.run("", "credentials", "put", "norefresh", "--provider", "salesforce", "--base-url", "https://login.salesforce.com", "--client-id", "x", "--scope", "api").expect(t, exitUsage)
+	if !strings.Contains(r.stderr, "error: invalid --scope: Salesforce issues a refresh token only with the refresh_token (or offline_access) scope") {
+		t.Errorf("put of a Salesforce credential without a refresh scope:\n%s", r.stderr)
+	}
+	c.run("", "credentials", "show", "norefresh").expect(t, exitNotFound)
 	r = c.run("", "token", "get", "nope").expect(t, exitNotFound)
 	if !strings.HasPrefix(r.stderr, "error: credential not found") {
 		t.Errorf("token get of a missing credential:\n%s", r.stderr)

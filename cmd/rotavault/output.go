@@ -80,6 +80,26 @@ func (a *app) relative(t time.Time) string {
 	}
 }
 
+// nextRefreshText shows when a family is refreshed next. A time in the
+// past means the scheduler left it alone on purpose — nobody used the
+// current access token, so the next caller triggers the refresh — not that
+// a refresh is late.
+func (a *app) nextRefreshText(ts *timestamppb.Timestamp, long bool) string {
+	switch {
+	case ts == nil:
+		return "-"
+	case ts.AsTime().After(a.now()):
+		if long {
+			return a.when(ts)
+		}
+		return a.relative(ts.AsTime())
+	case long:
+		return "on demand: the current access token was not used, so it is refreshed when a caller next asks"
+	default:
+		return "on demand"
+	}
+}
+
 // relativeOrDash is relative for a set time, "-" for none.
 func (a *app) relativeOrDash(ts *timestamppb.Timestamp) string {
 	if ts == nil {
