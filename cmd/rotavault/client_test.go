@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"regexp"
 	"strings"
 	"testing"
@@ -327,4 +328,26 @@ func TestIdleFamilyRefreshesOnDemand(t *testing.T) {
 		t.Errorf("list of an idle family:\n%s", list)
 	}
 	c.trans.assertNoSecrets(t, rt)
+}
+
+// TestRejectedTokenReportSaysWhatHappened: a report naming a token that is
+// not the current one is not sent and the caller is told so (the server
+// would ignore it silently); a report on the current token the provider
+// still vouches for says that it changed nothing.
+func TestRejectedTokenReportSaysWhatHappened(t *testing.T) {
+	c, _, install := setupCLITest(t)
+	install("acme")
+	gen := parseToken(t, c.run("", "token", "get", "acme", "--json").expect(t, exitOK).stdout).GetGeneration()
+
+	stale := c.run("", "token", "get", "acme", "--rejected-generation", fmt.Sprint(gen+7)).expect(t, exitOK)
+	if want := fmt.Sprintf("note: report not sent: generation %d is not acme's current token (generation %d is)", gen+7, gen); !strings.Contains(stale.stderr, want) {
+		t.Errorf("a report of a stale generation: stderr %q, want %q", stale.stderr, want)
+	}
+	vouched := c.run("", "token", "get", "acme", "--rejected-generation", fmt.Sprint(gen)).expect(t, exitOK)
+	if !strings.Contains(vouched.stderr, "note: the report changed nothing: the provider still accepts generation") {
+		t.Errorf("a report the provider disproves: stderr %q", vouched.stderr)
+	}
+	if got := parseToken(t, c.run("", "token", "get", "acme", "--json").expect(t, exitOK).stdout).GetGeneration(); got != gen {
+		t.Errorf("generation %d after the reports, want %d (nothing to refresh)", got, gen)
+	}
 }

@@ -13,8 +13,8 @@ import (
 // address once the demo credential is installed.
 func startDev(t *testing.T, c *cli, dataDir string) (*background, string) {
 	t.Helper()
-	dev := c.start(nil, "dev", "--addr", "127.0.0.1:0", "--data-dir", dataDir, "--log-level", "debug")
-	out := dev.stdout.WaitFor(t, "Logs (JSON) follow", awaitDeadline)
+	dev := c.start(nil, "dev", "--addr", "127.0.0.1:0", "--data-dir", dataDir)
+	out := dev.stdout.WaitFor(t, "Logs follow on stderr", awaitDeadline)
 	m := regexp.MustCompile(`export ROTAVAULT_ADDR=(\S+)`).FindStringSubmatch(out)
 	if m == nil {
 		t.Fatalf("dev did not say where its server is:\n%s", out)
@@ -60,6 +60,14 @@ func TestDev(t *testing.T) {
 		t.Errorf("theft of a revoked family: %s", r.stderr)
 	}
 
+	// The banner stays on screen: after these calls, dev's terminal shows
+	// no line per call, no JSON, and no second simulator URL.
+	if logs := dev.stderr.String(); strings.Contains(logs, "level=INFO") || strings.Contains(logs, `{"time"`) || strings.Contains(logs, "providersim: started") {
+		t.Errorf("dev logged more than warnings at its default level:\n%s", logs)
+	}
+	if n := len(regexp.MustCompile(`(?m)^\s+simulator\s+http://`).FindAllString(dev.stdout.String(), -1)); n != 1 {
+		t.Errorf("dev's banner names a simulator %d times:\n%s", n, dev.stdout.String())
+	}
 	if code := dev.stop(t); code != exitOK {
 		t.Fatalf("dev exited %d:\n%s", code, dev.stderr.String())
 	}

@@ -492,11 +492,15 @@ func (k *keyFlags) load(a *app) (boltstore.Key, []boltstore.Key, error) {
 	return key, previous, nil
 }
 
-// logFlags choose the server's log level.
-type logFlags struct{ level string }
+// logFlags choose the server's log level. serve logs JSON for machines;
+// dev logs text for the person at the terminal (human).
+type logFlags struct {
+	level string
+	human bool
+}
 
-func (l *logFlags) register(fs *pflag.FlagSet) {
-	fs.StringVar(&l.level, "log-level", "info", "debug, info, warn or error")
+func (l *logFlags) register(fs *pflag.FlagSet, defaultLevel string) {
+	fs.StringVar(&l.level, "log-level", defaultLevel, "debug, info, warn or error")
 }
 
 func (l *logFlags) logger(w io.Writer) (*slog.Logger, error) {
@@ -504,5 +508,9 @@ func (l *logFlags) logger(w io.Writer) (*slog.Logger, error) {
 	if err := level.UnmarshalText([]byte(l.level)); err != nil {
 		return nil, usageErrorf("--log-level %q: choose debug, info, warn or error", l.level)
 	}
-	return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: level})), nil
+	opts := &slog.HandlerOptions{Level: level}
+	if l.human {
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	}
+	return slog.New(slog.NewJSONHandler(w, opts)), nil
 }

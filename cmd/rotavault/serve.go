@@ -553,7 +553,7 @@ keys are the flag names with _ for -), then the defaults.`,
 	fs.BoolVar(&insecure, insecureListenFlag, false, "allow a non-loopback --addr without TLS and a policy: anyone who reaches it can take tokens")
 	fs.BoolVar(&insecure, oldInsecureListenFlag, false, "old name of --"+insecureListenFlag)
 	_ = fs.MarkDeprecated(oldInsecureListenFlag, "use --"+insecureListenFlag)
-	logs.register(fs)
+	logs.register(fs, "info")
 	fs.String(configFlag, "", "YAML file of serve's settings (keys: the flag names with _ for -; see deploy/rotavault.yaml); flags and ROTAVAULT_SERVER_* variables override it")
 	// Every other flag of serve, including those added later, is read from
 	// ROTAVAULT_SERVER_<FLAG>. Listening in plaintext off loopback must be
