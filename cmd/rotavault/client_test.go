@@ -231,27 +231,56 @@ func TestWatch(t *testing.T) {
 	})
 }
 
-// TestShutdownEndsWatchers checks that a server stopping with watchers
-// connected ends their streams with UNAVAILABLE at once, rather than
-// waiting out the graceful-stop bound, and that watch says how to resume.
-func TestShutdownEndsWatchers(t *testing.T) {
-	c, node, _ := setupCLITest(t)
-	w := c.start(nil, "watch")
+// TestWatchOutlivesTheConnection runs watch against a server that ends
+// every connection after 3 s (GOAWAY at --max-connection-age, streams cut
+// 1 s later) and is then
+// restarted: watch resumes by itself each time, says so in one line, and
+// prints every notice exactly once, including one made while it was
+// reconnecting. Interrupted, it exits 0 and says how to resume.
+func TestWatchOutlivesTheConnection(t *testing.T) {
+	sim := startSim(t)
+	dir := t.TempDir()
+	keyFile, _ := newKeyFile(t, dir, "store.key")
+	c := newCLI(t, nil)
+	ageOut := func(cfg *serverConfig) { cfg.MaxConnectionAge, cfg.MaxConnectionAgeGrace = 3*time.Second, time.Second }
+	node := startNodeWith(t, dir, keyFile, c.trans, ageOut)
+	c.env = map[string]string{"ROTAVAULT_ADDR": node.addr}
+	c.run(simClientSecret+"\n", "credentials", "put", "acme", "--provider", "salesforce", "--base-url", sim.URL(),
+		"--client-id", simClientID, "--client-secret-file", "-", "--scope", "api refresh_token").expect(t, exitOK)
+	importFamily := func() {
+		t.Helper()
+		c.run(issueRefreshToken(t, sim)+"\n", "reauth", "import", "acme", "--refresh-token-file", "-").expect(t, exitOK)
+	}
+
+	w := c.start(nil, "watch", "acme")
 	w.stdout.WaitFor(t, "started at cursor ", awaitDeadline)
+	importFamily()
+	w.stdout.WaitFor(t, "FAMILY_ACTIVATED", awaitDeadline)
+	// The connection ages out after 3 s: watch reconnects.
+	w.stderr.WaitFor(t, "reconnected after ", awaitDeadline)
+	c.run("", "credentials", "revoke", "acme", "--reason", "after a GOAWAY", "--yes").expect(t, exitOK)
+	w.stdout.WaitFor(t, "FAMILY_REVOKED", awaitDeadline)
+
+	// A restart: the notice made before watch is back reaches it through
+	// its cursor.
 	node.stop(t)
-	select {
-	case code := <-w.done:
-		w.done <- code
-	case <-time.After(awaitDeadline):
-		t.Fatal("watch did not end when the server stopped")
+	node = startNodeWith(t, dir, keyFile, c.trans, func(cfg *serverConfig) { ageOut(cfg); cfg.Addr = node.addr })
+	importFamily()
+	poll.UntilSeen(t, awaitDeadline, "the activation made during the restart", func() (bool, string) {
+		out := w.stdout.String()
+		return strings.Count(out, "FAMILY_ACTIVATED") == 2, out
+	})
+	if out := w.stdout.String(); strings.Count(out, "FAMILY_ACTIVATED") != 2 || strings.Count(out, "FAMILY_REVOKED") != 1 {
+		t.Errorf("watch printed notices missing or twice:\n%s", out)
 	}
-	if code := w.stop(t); code != exitUnavailable {
-		t.Errorf("watch exited %d when the server stopped; want %d", code, exitUnavailable)
+	if errOut := w.stderr.String(); strings.Count(errOut, "reconnected after ") < 2 || strings.Contains(errOut, "\nerror: ") {
+		t.Errorf("watch stderr after a restart:\n%s", errOut)
 	}
-	for _, want := range []string{"the server is shutting down", "(UNAVAILABLE)", "hint: resume without missing a notice: rotavault watch --cursor "} {
-		if !strings.Contains(w.stderr.String(), want) {
-			t.Errorf("watch stderr lacks %q:\n%s", want, w.stderr.String())
-		}
+	if code := w.stop(t); code != exitOK {
+		t.Errorf("watch exited %d when interrupted; want 0:\n%s", code, w.stderr.String())
+	}
+	if !strings.Contains(w.stderr.String(), "stopped; resume with: rotavault watch acme --cursor ") {
+		t.Errorf("watch did not say how to resume:\n%s", w.stderr.String())
 	}
 }
 

@@ -73,6 +73,11 @@ func TestServerAndClientVariablesDoNotCollide(t *testing.T) {
 		if !strings.Contains(r.stderr, "UNAUTHENTICATED") {
 			t.Errorf("without a client certificate or token: %s", r.stderr)
 		}
+		// watch resumes from everything but this: it stops at once.
+		r = c.runEnv(map[string]string{"ROTAVAULT_CLIENT_CERT": "", "ROTAVAULT_CLIENT_KEY": ""}, "", "watch").expect(t, exitNotAuthorized)
+		if !strings.Contains(r.stderr, "UNAUTHENTICATED") {
+			t.Errorf("watch without a client certificate or token: %s", r.stderr)
+		}
 	})
 	t.Run("an https URL as the address", func(t *testing.T) {
 		c.runEnv(map[string]string{"ROTAVAULT_ADDR": "https://" + addr}, "", "credentials", "list").expect(t, exitOK)

@@ -175,6 +175,13 @@ func newKeyFileText(t *testing.T, dir string) (path, text string) {
 // accepts connections.
 func startNode(t *testing.T, dataDir, keyFile string, trans *transcript) *testNode {
 	t.Helper()
+	return startNodeWith(t, dataDir, keyFile, trans, nil)
+}
+
+// startNodeWith is startNode with configure adjusting the server's
+// configuration first.
+func startNodeWith(t *testing.T, dataDir, keyFile string, trans *transcript, configure func(*serverConfig)) *testNode {
+	t.Helper()
 	key, err := boltstore.LoadKeyFile(keyFile)
 	if err != nil {
 		t.Fatal(err)
@@ -186,17 +193,19 @@ func startNode(t *testing.T, dataDir, keyFile string, trans *transcript) *testNo
 	ctx, cancel := context.WithCancel(context.Background())
 	n.cancel = cancel
 	ready := make(chan string, 1)
-	go func() {
-		n.done <- runServer(ctx, serverConfig{
-			Addr: "127.0.0.1:0", DataDir: dataDir, Key: key,
-			Logger:          slog.New(slog.NewJSONHandler(n.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
-			ShutdownTimeout: 5 * time.Second,
-			Ready: func(_ context.Context, s *runningServer) error {
-				ready <- s.Addr.String()
-				return nil
-			},
-		})
-	}()
+	cfg := serverConfig{
+		Addr: "127.0.0.1:0", DataDir: dataDir, Key: key,
+		Logger:          slog.New(slog.NewJSONHandler(n.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		ShutdownTimeout: 5 * time.Second,
+		Ready: func(_ context.Context, s *runningServer) error {
+			ready <- s.Addr.String()
+			return nil
+		},
+	}
+	if configure != nil {
+		configure(&cfg)
+	}
+	go func() { n.done <- runServer(ctx, cfg) }()
 	select {
 	case n.addr = <-ready:
 	case err := <-n.done:

@@ -64,8 +64,8 @@ type serverConfig struct {
 	// summarised into the audit trail and merged into the consumer catalog
 	// (zero: server.DefaultIssuanceFlushInterval).
 	IssuanceFlushInterval time.Duration
-	// MaxConnectionAge is server.Config.MaxConnectionAge.
-	MaxConnectionAge time.Duration
+	// MaxConnectionAge and MaxConnectionAgeGrace are server.Config's.
+	MaxConnectionAge, MaxConnectionAgeGrace time.Duration
 	// AuditAnchorInterval is audit.Config.AnchorInterval: zero means the
 	// default, negative anchors every record synchronously.
 	AuditAnchorInterval time.Duration
@@ -215,7 +215,7 @@ func runServer(ctx context.Context, cfg serverConfig) (err error) {
 	if tc := reloader.ServerTLSConfig(); tc != nil {
 		extra = append(extra, grpc.Creds(credentials.NewTLS(tc)))
 	}
-	srv := server.New(server.Config{Broker: b, Logger: log, Reflection: cfg.Reflection, Auth: auth, ExtraOptions: extra, RateLimit: cfg.RateLimit, Auditor: al, ConsumerCatalog: true, IssuanceFlushInterval: cfg.IssuanceFlushInterval, MaxConnectionAge: cfg.MaxConnectionAge})
+	srv := server.New(server.Config{Broker: b, Logger: log, Reflection: cfg.Reflection, Auth: auth, ExtraOptions: extra, RateLimit: cfg.RateLimit, Auditor: al, ConsumerCatalog: true, IssuanceFlushInterval: cfg.IssuanceFlushInterval, MaxConnectionAge: cfg.MaxConnectionAge, MaxConnectionAgeGrace: cfg.MaxConnectionAgeGrace})
 	if auth == nil {
 		log.Warn("no --policy: every caller is treated as the admin identity " + server.DevIdentity + "; for development on loopback only")
 	}
