@@ -2,8 +2,16 @@ package main
 
 import (
 	"encoding/json"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
 	"strings"
 	"testing"
+
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
 // TestExitCodesTellFailuresApart runs each kind of failure against a real
@@ -102,6 +110,50 @@ func TestServerAddressForms(t *testing.T) {
 	} {
 		if got, _, err := parseServer(server); err != nil || got != want {
 			t.Errorf("parseServer(%q) = %q, %v; want %q", server, got, err, want)
+		}
+	}
+}
+
+// TestExitCodeTableMatchesREADME checks the README's exit-code table
+// against the classification: each gRPC code a row names (with its
+// reason, where it names one) exits with that row's status.
+func TestExitCodeTableMatchesREADME(t *testing.T) {
+	raw, err := os.ReadFile(filepath.Join("..", "..", "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	byName := make(map[string]codes.Code)
+	for c := codes.OK; c <= codes.Unauthenticated; c++ {
+		byName[codeName(c)] = c
+	}
+	row := regexp.MustCompile("(?m)^\\| ([0-9]) \\| [^|]+ \\| ([^|]*) \\|")
+	tick := regexp.MustCompile("`([A-Z_]+)`")
+	rows := row.FindAllStringSubmatch(string(raw), -1)
+	if len(rows) != 9 {
+		t.Fatalf("the README's exit-code table has %d rows, want 9 (0-8)", len(rows))
+	}
+	for _, r := range rows {
+		want, _ := strconv.Atoi(r[1])
+		var reason string
+		if i := strings.Index(r[2], "reason `"); i >= 0 {
+			reason = tick.FindStringSubmatch(r[2][i:])[1]
+		}
+		for _, m := range tick.FindAllStringSubmatch(r[2], -1) {
+			code, ok := byName[m[1]]
+			if !ok {
+				continue // a reason
+			}
+			st := status.New(code, "x")
+			if reason != "" {
+				st, _ = st.WithDetails(&errdetails.ErrorInfo{Reason: reason})
+			}
+			err := error(&commandError{err: st.Err()})
+			if code == codes.OK {
+				continue
+			}
+			if got := exitCode(err, false); got != want {
+				t.Errorf("%s (reason %q): exit %d, the README says %d", m[1], reason, got, want)
+			}
 		}
 	}
 }

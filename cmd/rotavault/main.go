@@ -70,7 +70,11 @@ that decide one call (--scope, --yes, --reason…) have no variable. Secrets
 (client secrets, refresh tokens, authorization codes) are read from files
 or stdin, never from flags.
 
-Exit codes: 0 success, 1 the operation failed, 2 the command was misused.`,
+Exit codes: 0 success, 1 failed (other), 2 misused (a bad flag or argument,
+INVALID_ARGUMENT), 3 not found, 4 not authorized (UNAUTHENTICATED,
+PERMISSION_DENIED), 5 unavailable: worth a retry, 6 reauthentication
+required, 7 already exists, 8 watch cursor expired. With --json, errors are
+one JSON object on stderr.`,
 		SilenceErrors: true,
 		SilenceUsage:  true,
 		Args:          cobra.ArbitraryArgs,

@@ -27,9 +27,9 @@ func TestBuildProgressIsNotBuffered(t *testing.T) {
 	if len(programs) != 2 {
 		t.Fatalf("found %d progress filters in scripts/vault, want 2 (modules, packages)", len(programs))
 	}
-	for _, m := range programs {
+	for i, m := range programs {
 		program := m[1]
-		t.Run(program[:20], func(t *testing.T) {
+		t.Run([]string{"modules", "packages"}[i], func(t *testing.T) {
 			cmd := exec.Command("awk", program)
 			in, err := cmd.StdinPipe()
 			if err != nil {
