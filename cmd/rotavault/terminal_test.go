@@ -53,10 +53,23 @@ func (term *terminal) run(t *testing.T, c *cli, prompt, typed string, args ...st
 	go func() {
 		done <- execute(context.Background(), newRootCmd(term.tty, out, term.tty, c.envFunc(nil)), args, term.tty)
 	}()
+	typedIn := false
+	t.Cleanup(func() {
+		// The prompt never came (the test failed): type anyway, then end
+		// the input (Ctrl-D), so that a command reading to the end stops.
+		if !typedIn {
+			_, _ = io.WriteString(term.master, typed+"\x04")
+			select {
+			case <-done:
+			case <-time.After(awaitDeadline):
+			}
+		}
+	})
 	term.screen.WaitFor(t, prompt, awaitDeadline)
 	if _, err := io.WriteString(term.master, typed); err != nil {
 		t.Fatal(err)
 	}
+	typedIn = true
 	select {
 	case code := <-done:
 		return result{stdout: out.String(), code: code}, term.screen.String()
