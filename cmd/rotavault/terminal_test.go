@@ -1,3 +1,5 @@
+//go:build linux
+
 package main
 
 import (
@@ -10,7 +12,9 @@ import (
 	"time"
 
 	"github.com/creack/pty"
+	"golang.org/x/sys/unix"
 
+	"github.com/rotavault/rotavault/internal/poll"
 	"github.com/rotavault/rotavault/internal/syncbuf"
 )
 
@@ -43,8 +47,10 @@ func newTerminal(t *testing.T) *terminal {
 }
 
 // run executes the command with the terminal as stdin and stderr; typed
-// is what the person types once the screen shows prompt.
-func (term *terminal) run(t *testing.T, c *cli, prompt, typed string, args ...string) (result, string) {
+// is what the person types once the screen shows prompt — for a hidden
+// prompt, once the terminal has stopped echoing, as a person would: keys
+// typed ahead of a prompt are echoed by any terminal.
+func (term *terminal) run(t *testing.T, c *cli, prompt, typed string, hidden bool, args ...string) (result, string) {
 	t.Helper()
 	out := &syncbuf.Buffer{}
 	c.trans.add(out)
@@ -66,6 +72,12 @@ func (term *terminal) run(t *testing.T, c *cli, prompt, typed string, args ...st
 		}
 	})
 	term.screen.WaitFor(t, prompt, awaitDeadline)
+	if hidden {
+		poll.Until(t, awaitDeadline, "the terminal to stop echoing", func() bool {
+			tio, err := unix.IoctlGetTermios(int(term.tty.Fd()), unix.TCGETS)
+			return err == nil && tio.Lflag&unix.ECHO == 0
+		})
+	}
 	if _, err := io.WriteString(term.master, typed); err != nil {
 		t.Fatal(err)
 	}
@@ -115,7 +127,7 @@ func TestSecretFromTerminalIsNotEchoed(t *testing.T) {
 	c, _, _ := setupCLITest(t)
 	const secret = "typed-client-secret-93be"
 	term := newTerminal(t)
-	r, screen := term.run(t, c, "Client secret (input hidden", secret+"\n",
+	r, screen := term.run(t, c, "Client secret (input hidden", secret+"\n", true,
 		"credentials", "put", "tty", "--provider", "oauth2", "--token-url", "https://idp.example.com/token",
 		"--client-id", "x", "--client-secret-file", "-")
 	r.expect(t, exitOK)
@@ -151,7 +163,7 @@ func TestConfirmationNeedsATerminal(t *testing.T) {
 	c.run("", "credentials", "show", "kept").expect(t, exitOK)
 
 	term := newTerminal(t)
-	r, _ := term.run(t, c, "Type the credential id to confirm: ", "gone\n", "credentials", "delete", "gone")
+	r, _ := term.run(t, c, "Type the credential id to confirm: ", "gone\n", false, "credentials", "delete", "gone")
 	r.expect(t, exitOK)
 	c.run("", "credentials", "show", "gone").expect(t, exitNotFound)
 }
