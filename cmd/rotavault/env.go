@@ -40,10 +40,10 @@ const (
 
 	// envAnnotation on a flag names its variable; an empty name means none.
 	envAnnotation = "rotavault_env"
-	// serverSettingsAnnotation on a command makes each of its flags a
-	// server setting, ROTAVAULT_SERVER_<FLAG>, unless the flag names its
-	// own variable.
-	serverSettingsAnnotation = "rotavault_server_settings"
+	// settingsPrefixAnnotation on a command gives each of its flags the
+	// variable <prefix><FLAG> (serve: ROTAVAULT_SERVER_<FLAG>), unless the
+	// flag names its own variable (bindEnv).
+	settingsPrefixAnnotation = "rotavault_env_prefix"
 )
 
 // Where a flag's value came from, when not from the command line.
@@ -70,12 +70,15 @@ func bindEnv(fs *pflag.FlagSet, flag, name string) {
 	}
 }
 
-// markServerSettings makes every flag of cmd a server setting.
-func markServerSettings(cmd *cobra.Command) {
+// markSettings makes every flag of cmd a setting read from
+// <prefix><FLAG>: serve's flags are ROTAVAULT_SERVER_<FLAG>
+// (serverEnvPrefix). Only long-running commands' settings belong here,
+// never the flags of a command that changes something once.
+func markSettings(cmd *cobra.Command, prefix string) {
 	if cmd.Annotations == nil {
 		cmd.Annotations = make(map[string]string)
 	}
-	cmd.Annotations[serverSettingsAnnotation] = "true"
+	cmd.Annotations[settingsPrefixAnnotation] = prefix
 }
 
 // envVar is the one rule deciding which variable, if any, stands in for
@@ -84,8 +87,8 @@ func envVar(cmd *cobra.Command, f *pflag.Flag) string {
 	if v, ok := f.Annotations[envAnnotation]; ok && len(v) == 1 {
 		return v[0]
 	}
-	if f.Name != "help" && cmd.Annotations[serverSettingsAnnotation] != "" {
-		return serverEnvName(f.Name)
+	if prefix := cmd.Annotations[settingsPrefixAnnotation]; prefix != "" && f.Name != "help" {
+		return prefix + flagKey(f.Name)
 	}
 	return ""
 }

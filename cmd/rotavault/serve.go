@@ -559,7 +559,7 @@ keys are the flag names with _ for -), then the defaults.`,
 	// ROTAVAULT_SERVER_<FLAG>. Listening in plaintext off loopback must be
 	// asked for on the command line or in the config file, where a
 	// reviewer sees it, not inherited from an environment.
-	markServerSettings(cmd)
+	markSettings(cmd, serverEnvPrefix)
 	bindEnv(fs, insecureListenFlag, "")
 	bindEnv(fs, oldInsecureListenFlag, "")
 	return cmd
