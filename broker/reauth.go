@@ -40,15 +40,16 @@ type Activation struct {
 func flowScopes(spec Spec, scopes []string) ([]string, error) {
 	if len(scopes) == 0 {
 		scopes = spec.Scopes
-	} else {
+	}
+	if spec.ProviderKind == ProviderSalesforce && !grantsRefreshToken(scopes) {
+		return nil, invalid("scopes", "Salesforce issues a refresh token only with the refresh_token (or offline_access) scope; add it")
+	}
+	if len(scopes) > 0 {
 		check := spec
 		check.Scopes = scopes
 		if err := check.validate(); err != nil {
 			return nil, err
 		}
-	}
-	if spec.ProviderKind == ProviderSalesforce && !grantsRefreshToken(scopes) {
-		return nil, invalid("scopes", "Salesforce issues a refresh token only with the refresh_token (or offline_access) scope; add it")
 	}
 	return append([]string(nil), scopes...), nil
 }

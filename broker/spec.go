@@ -92,6 +92,11 @@ func (s Spec) validate() error {
 		if s.DeviceAuthorizationURL != "" {
 			return invalid("spec.device_authorization_url", "only for generic OAuth 2.0 providers; Salesforce's device flow starts at its token endpoint")
 		}
+		// Refused here, not first at the reauthentication that cannot
+		// yield a refresh token.
+		if !grantsRefreshToken(s.Scopes) {
+			return invalid("spec.scopes", "Salesforce issues a refresh token only with the refresh_token (or offline_access) scope; add it, e.g. api refresh_token")
+		}
 	case ProviderOAuth2:
 		if s.TokenURL == "" {
 			return invalid("spec.token_url", "required for a generic OAuth 2.0 provider")

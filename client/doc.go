@@ -24,7 +24,9 @@
 // the server's notice log no longer reaches back that far it drops every
 // cached token. Answers are cached only while the watch has a position in
 // the log, so a token is never cached across a notice the Client could
-// miss. WithNoticeHandler passes the notices on. The server states expiry
+// miss. WithNoticeHandler passes the notices on; Watch runs the same
+// resuming watch on its own, without a cache, for programs that only follow
+// notices (`rotavault watch` is one). The server states expiry
 // as an absolute time, which the Client judges by its own clock: keep the
 // two clocks within a fraction of the margin of each other (NTP).
 //

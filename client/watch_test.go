@@ -194,3 +194,79 @@ func TestWithoutRevocationWatch(t *testing.T) {
 		t.Fatalf("%d watch streams at the server, want none", n)
 	}
 }
+
+// Watch, the watch on its own (what `rotavault watch` runs): it resumes
+// across a restart with its cursor, hands over each notice once, and ends
+// only when resuming cannot help — here, a cursor the notice log no longer
+// holds.
+func TestWatchFollowsAndEndsOnExpiredCursor(t *testing.T) {
+	e := newEnv(t, broker.WithNoticeRetention(1))
+	if err := e.install(ctxT(t), "acme"); err != nil {
+		t.Fatal(err)
+	}
+	events := make(chan *rotavaultv1.WatchRevocationsResponse, 16)
+	broken := make(chan error, 16)
+	ended := make(chan error, 1)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		ended <- client.Watch(ctx, e.conn, client.WatchConfig{
+			CredentialIDs: []string{"acme"},
+			OnEvent:       func(m *rotavaultv1.WatchRevocationsResponse) { events <- m },
+			OnBroken:      func(err error, _ time.Duration) { broken <- err },
+		}, client.WithBackoff(5*time.Millisecond, 100*time.Millisecond))
+	}()
+	next := func() *rotavaultv1.WatchRevocationsResponse {
+		t.Helper()
+		select {
+		case m := <-events:
+			return m
+		case err := <-ended:
+			t.Fatalf("Watch ended: %v", err)
+		case <-time.After(10 * time.Second):
+			t.Fatal("no event")
+		}
+		return nil
+	}
+	if next().GetStarted() == nil {
+		t.Fatal("the first event is not the start")
+	}
+	// One notice missed during a restart fits the log: replayed once.
+	if err := e.restart(func(b *broker.Broker) error {
+		_, err := b.RevokeCredential(ctxT(t), "acme", "while the watch was away")
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if m := next(); m.GetStarted() == nil {
+		t.Fatalf("after the restart: %v, want the resumed start", m)
+	}
+	if n := next().GetNotice(); n.GetKind() != rotavaultv1.NoticeKind_NOTICE_KIND_FAMILY_REVOKED {
+		t.Fatalf("after the restart: %v, want the revocation made meanwhile", n)
+	}
+	if len(broken) == 0 {
+		t.Error("OnBroken was not told of the restart")
+	}
+	// Two notices missed, one kept: the cursor expired; Watch ends.
+	if err := e.restart(func(b *broker.Broker) error {
+		rt, err := e.sim.IssueRefreshToken(simClientID, nil)
+		if err != nil {
+			return err
+		}
+		if _, err := b.ImportRefreshToken(ctxT(t), "acme", rt); err != nil {
+			return err
+		}
+		_, err = b.RevokeCredential(ctxT(t), "acme", "again")
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-ended:
+		if status.Code(err) != codes.OutOfRange {
+			t.Fatalf("Watch ended with %v, want OUT_OF_RANGE", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Watch did not end on an expired cursor")
+	}
+}

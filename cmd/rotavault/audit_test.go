@@ -24,7 +24,7 @@ func TestAuditVerify(t *testing.T) {
 	}
 	putCredentials := func(ids ...string) {
 		node := startNode(t, dir, keyFile, c.trans)
-		c.env = map[string]string{"ROTAVAULT_SERVER": node.addr}
+		c.env = map[string]string{"ROTAVAULT_ADDR": node.addr}
 		for _, id := range ids {
 			c.run("", "credentials", "put", id, "--provider", "oauth2", "--token-url", "https://idp.example.com/token", "--client-id", "x").expect(t, exitOK)
 		}

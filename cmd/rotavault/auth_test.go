@@ -87,15 +87,15 @@ func TestServeWithMTLSAndPolicy(t *testing.T) {
 	base := []string{"credentials", "list", "--server", addr, "--tls-ca", pki.caFile}
 	c.run("", append(base, "--tls-cert", adminCert, "--tls-key", adminKey)...).expect(t, exitOK)
 	c.run("", append(base, "--token-file", tokenFile)...).expect(t, exitOK)
-	if r := c.run("", append(base, "--tls-cert", userCert, "--tls-key", userKey)...).expect(t, exitError); !strings.Contains(r.stderr, "PERMISSION_DENIED") {
+	if r := c.run("", append(base, "--tls-cert", userCert, "--tls-key", userKey)...).expect(t, exitNotAuthorized); !strings.Contains(r.stderr, "PERMISSION_DENIED") {
 		t.Errorf("a consumer listing credentials:\n%s", r.stderr)
 	}
-	if r := c.run("", base...).expect(t, exitError); !strings.Contains(r.stderr, "UNAUTHENTICATED") {
+	if r := c.run("", base...).expect(t, exitNotAuthorized); !strings.Contains(r.stderr, "UNAUTHENTICATED") {
 		t.Errorf("no credentials:\n%s", r.stderr)
 	}
 	// Plaintext to a TLS server fails; so does a token over plaintext to
 	// a non-loopback server, refused by the client before dialing.
-	c.run("", "credentials", "list", "--server", addr).expect(t, exitError)
+	c.run("", "credentials", "list", "--server", addr).expect(t, exitUnavailable)
 	c.run("", "credentials", "list", "--server", "192.0.2.1:7443", "--token-file", tokenFile).expect(t, exitUsage)
 	c.trans.assertNoSecrets(t, adminToken)
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"regexp"
 	"strings"
 	"testing"
@@ -9,10 +10,11 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 
 	rotavaultv1 "github.com/rotavault/rotavault/gen/rotavault/v1"
+	"github.com/rotavault/rotavault/internal/poll"
 )
 
 // setupCLITest starts a simulator and a server, and a CLI whose
-// ROTAVAULT_SERVER points at it.
+// ROTAVAULT_ADDR points at it.
 func setupCLITest(t *testing.T) (*cli, *testNode, func(id string) string) {
 	t.Helper()
 	sim := startSim(t)
@@ -20,7 +22,7 @@ func setupCLITest(t *testing.T) (*cli, *testNode, func(id string) string) {
 	keyFile, _ := newKeyFile(t, dir, "store.key")
 	c := newCLI(t, nil)
 	node := startNode(t, dir, keyFile, c.trans)
-	c.env = map[string]string{"ROTAVAULT_SERVER": node.addr}
+	c.env = map[string]string{"ROTAVAULT_ADDR": node.addr}
 	var refreshTokens []string
 	t.Cleanup(func() { c.trans.assertNoSecrets(t, append([]string{simClientSecret}, refreshTokens...)...) })
 	// install creates a Salesforce credential and imports a family, both
@@ -123,7 +125,7 @@ func TestCredentialLifecycle(t *testing.T) {
 		}
 		showCredential(t, c, "public-app") // still there
 		c.run("", "credentials", "delete", "public-app", "--yes").expect(t, exitOK)
-		gone := c.run("", "credentials", "show", "public-app").expect(t, exitError)
+		gone := c.run("", "credentials", "show", "public-app").expect(t, exitNotFound)
 		if !strings.Contains(gone.stderr, "(NOT_FOUND)") {
 			t.Errorf("show after delete: %s", gone.stderr)
 		}
@@ -133,11 +135,11 @@ func TestCredentialLifecycle(t *testing.T) {
 func showCredential(t *testing.T, c *cli, id string) *rotavaultv1.Credential {
 	t.Helper()
 	r := c.run("", "credentials", "show", id, "--json").expect(t, exitOK)
-	var resp rotavaultv1.GetCredentialResponse
-	if err := protojson.Unmarshal([]byte(r.stdout), &resp); err != nil {
+	var cred rotavaultv1.Credential
+	if err := protojson.Unmarshal([]byte(r.stdout), &cred); err != nil {
 		t.Fatalf("credentials show --json printed %q: %v", r.stdout, err)
 	}
-	return resp.GetCredential()
+	return &cred
 }
 
 func TestErrorsForPeople(t *testing.T) {
@@ -150,10 +152,10 @@ func TestErrorsForPeople(t *testing.T) {
 		code       int
 		wantStderr []string
 	}{
-		{"no family yet", []string{"token", "get", "fresh"}, exitError,
+		{"no family yet", []string{"token", "get", "fresh"}, exitReauthRequired,
 			[]string{"(FAILED_PRECONDITION, reason REAUTHENTICATION_REQUIRED)", "hint: install a new token family"}},
-		{"unknown credential", []string{"token", "get", "nope"}, exitError, []string{"(NOT_FOUND)"}},
-		{"unattainable lifetime", []string{"token", "get", "fresh", "--min-remaining", "10h"}, exitError,
+		{"unknown credential", []string{"token", "get", "nope"}, exitNotFound, []string{"(NOT_FOUND)"}},
+		{"unattainable lifetime", []string{"token", "get", "fresh", "--min-remaining", "10h"}, exitUsage,
 			[]string{"(INVALID_ARGUMENT, reason MIN_LIFETIME_UNATTAINABLE)"}},
 		{"missing id", []string{"token", "get"}, exitUsage, []string{"accepts 1 arg"}},
 		{"both rejected forms", []string{"token", "get", "fresh", "--rejected-generation", "1", "--rejected-fingerprint", "00"}, exitUsage, []string{"not both"}},
@@ -163,7 +165,7 @@ func TestErrorsForPeople(t *testing.T) {
 		{"empty refresh token", []string{"reauth", "import", "fresh", "--refresh-token-file", "-"}, exitUsage, []string{"no refresh token in stdin"}},
 		{"update without fields", []string{"credentials", "update", "fresh"}, exitUsage, []string{"nothing to update"}},
 		{"put without provider", []string{"credentials", "put", "other"}, exitUsage, []string{"--provider is required"}},
-		{"server down", []string{"credentials", "list", "--server", "127.0.0.1:1"}, exitError, []string{"(UNAVAILABLE)", "hint: is a Rotavault server running at 127.0.0.1:1"}},
+		{"server down", []string{"credentials", "list", "--server", "127.0.0.1:1"}, exitUnavailable, []string{"(UNAVAILABLE)", "hint: is a Rotavault server running at 127.0.0.1:1"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -217,10 +219,10 @@ func TestWatch(t *testing.T) {
 		dir := t.TempDir()
 		keyFile, _ := newKeyFile(t, dir, "store.key")
 		elsewhere := startNode(t, dir, keyFile, c.trans)
-		other := c.start(map[string]string{"ROTAVAULT_SERVER": elsewhere.addr}, "watch")
+		other := c.start(map[string]string{"ROTAVAULT_ADDR": elsewhere.addr}, "watch")
 		foreign := regexp.MustCompile(`started at cursor (\S+)`).FindStringSubmatch(other.stdout.WaitFor(t, "started at cursor ", awaitDeadline))[1]
 		other.stop(t)
-		r := c.run("", "watch", "--cursor", foreign).expect(t, exitError)
+		r := c.run("", "watch", "--cursor", foreign).expect(t, exitCursorExpired)
 		for _, want := range []string{"(OUT_OF_RANGE, reason CURSOR_EXPIRED)", "hint: notices after that cursor are no longer kept: resynchronise"} {
 			if !strings.Contains(r.stderr, want) {
 				t.Errorf("stderr lacks %q:\n%s", want, r.stderr)
@@ -229,27 +231,56 @@ func TestWatch(t *testing.T) {
 	})
 }
 
-// TestShutdownEndsWatchers checks that a server stopping with watchers
-// connected ends their streams with UNAVAILABLE at once, rather than
-// waiting out the graceful-stop bound, and that watch says how to resume.
-func TestShutdownEndsWatchers(t *testing.T) {
-	c, node, _ := setupCLITest(t)
-	w := c.start(nil, "watch")
+// TestWatchOutlivesTheConnection runs watch against a server that ends
+// every connection after 3 s (GOAWAY at --max-connection-age, streams cut
+// 1 s later) and is then
+// restarted: watch resumes by itself each time, says so in one line, and
+// prints every notice exactly once, including one made while it was
+// reconnecting. Interrupted, it exits 0 and says how to resume.
+func TestWatchOutlivesTheConnection(t *testing.T) {
+	sim := startSim(t)
+	dir := t.TempDir()
+	keyFile, _ := newKeyFile(t, dir, "store.key")
+	c := newCLI(t, nil)
+	ageOut := func(cfg *serverConfig) { cfg.MaxConnectionAge, cfg.MaxConnectionAgeGrace = 3*time.Second, time.Second }
+	node := startNodeWith(t, dir, keyFile, c.trans, ageOut)
+	c.env = map[string]string{"ROTAVAULT_ADDR": node.addr}
+	c.run(simClientSecret+"\n", "credentials", "put", "acme", "--provider", "salesforce", "--base-url", sim.URL(),
+		"--client-id", simClientID, "--client-secret-file", "-", "--scope", "api refresh_token").expect(t, exitOK)
+	importFamily := func() {
+		t.Helper()
+		c.run(issueRefreshToken(t, sim)+"\n", "reauth", "import", "acme", "--refresh-token-file", "-").expect(t, exitOK)
+	}
+
+	w := c.start(nil, "watch", "acme")
 	w.stdout.WaitFor(t, "started at cursor ", awaitDeadline)
+	importFamily()
+	w.stdout.WaitFor(t, "FAMILY_ACTIVATED", awaitDeadline)
+	// The connection ages out after 3 s: watch reconnects.
+	w.stderr.WaitFor(t, "reconnected after ", awaitDeadline)
+	c.run("", "credentials", "revoke", "acme", "--reason", "after a GOAWAY", "--yes").expect(t, exitOK)
+	w.stdout.WaitFor(t, "FAMILY_REVOKED", awaitDeadline)
+
+	// A restart: the notice made before watch is back reaches it through
+	// its cursor.
 	node.stop(t)
-	select {
-	case code := <-w.done:
-		w.done <- code
-	case <-time.After(awaitDeadline):
-		t.Fatal("watch did not end when the server stopped")
+	node = startNodeWith(t, dir, keyFile, c.trans, func(cfg *serverConfig) { ageOut(cfg); cfg.Addr = node.addr })
+	importFamily()
+	poll.UntilSeen(t, awaitDeadline, "the activation made during the restart", func() (bool, string) {
+		out := w.stdout.String()
+		return strings.Count(out, "FAMILY_ACTIVATED") == 2, out
+	})
+	if out := w.stdout.String(); strings.Count(out, "FAMILY_ACTIVATED") != 2 || strings.Count(out, "FAMILY_REVOKED") != 1 {
+		t.Errorf("watch printed notices missing or twice:\n%s", out)
 	}
-	if code := w.stop(t); code != exitError {
-		t.Errorf("watch exited %d when the server stopped; want %d", code, exitError)
+	if errOut := w.stderr.String(); strings.Count(errOut, "reconnected after ") < 2 || strings.Contains(errOut, "\nerror: ") {
+		t.Errorf("watch stderr after a restart:\n%s", errOut)
 	}
-	for _, want := range []string{"the server is shutting down", "(UNAVAILABLE)", "hint: resume without missing a notice: rotavault watch --cursor "} {
-		if !strings.Contains(w.stderr.String(), want) {
-			t.Errorf("watch stderr lacks %q:\n%s", want, w.stderr.String())
-		}
+	if code := w.stop(t); code != exitOK {
+		t.Errorf("watch exited %d when interrupted; want 0:\n%s", code, w.stderr.String())
+	}
+	if !strings.Contains(w.stderr.String(), "stopped; resume with: rotavault watch acme --cursor ") {
+		t.Errorf("watch did not say how to resume:\n%s", w.stderr.String())
 	}
 }
 
@@ -268,7 +299,7 @@ func TestCredentialsRevoke(t *testing.T) {
 	if !regexp.MustCompile(`^acme: family \S+ \(generation \d+\) revoked\nprovider revocation: confirmed\n$`).MatchString(r.stdout) {
 		t.Errorf("revoke printed:\n%s", r.stdout)
 	}
-	got := c.run("", "token", "get", "acme").expect(t, exitError)
+	got := c.run("", "token", "get", "acme").expect(t, exitReauthRequired)
 	if !strings.Contains(got.stderr, "REAUTHENTICATION_REQUIRED") {
 		t.Errorf("token get after revoke: %s", got.stderr)
 	}
@@ -280,7 +311,72 @@ func TestCredentialsRevoke(t *testing.T) {
 	if err := protojson.Unmarshal([]byte(again.stdout), &resp); err != nil || !resp.GetAlreadyRevoked() {
 		t.Errorf("second revoke --json = %q (%v)", again.stdout, err)
 	}
-	if r := c.run("", "credentials", "revoke", "nope", "--reason", "x", "--yes").expect(t, exitError); !strings.Contains(r.stderr, "NOT_FOUND") {
+	if r := c.run("", "credentials", "revoke", "nope", "--reason", "x", "--yes").expect(t, exitNotFound); !strings.Contains(r.stderr, "NOT_FOUND") {
 		t.Errorf("revoke of an unknown credential: %s", r.stderr)
+	}
+}
+
+// TestCredentialJSONIsOneShape: show, list, put and update --json print the
+// same object for the same credential, so one jq filter reads them all.
+func TestCredentialJSONIsOneShape(t *testing.T) {
+	c, _, _ := setupCLITest(t)
+	put := c.run("", "credentials", "put", "shape", "--provider", "oauth2", "--token-url", "https://idp.example.com/token", "--client-id", "x", "--json").expect(t, exitOK).stdout
+	update := c.run("", "credentials", "update", "shape", "--client-id", "y", "--json").expect(t, exitOK).stdout
+	show := c.run("", "credentials", "show", "shape", "--json").expect(t, exitOK).stdout
+	list := c.run("", "credentials", "list", "--json").expect(t, exitOK).stdout
+	if list != show || update != show {
+		t.Errorf("credentials list --json:\n%s\nshow --json:\n%s\nupdate --json:\n%s", list, show, update)
+	}
+	var created, shown rotavaultv1.Credential
+	if err := protojson.Unmarshal([]byte(put), &created); err != nil || created.GetCredentialId() != "shape" {
+		t.Errorf("credentials put --json printed %q (%v); want the credential", put, err)
+	}
+	if err := protojson.Unmarshal([]byte(show), &shown); err != nil || shown.GetSpec().GetClientId() != "y" {
+		t.Errorf("credentials show --json printed %q (%v); want the credential", show, err)
+	}
+}
+
+// TestIdleFamilyRefreshesOnDemand: a family whose token nobody used is not
+// refreshed ahead of expiry; list and show say "on demand" rather than a
+// refresh time in the past that reads as overdue.
+func TestIdleFamilyRefreshesOnDemand(t *testing.T) {
+	c, _, _ := setupCLITest(t)
+	sim := startSim(t)
+	// A 10 s token is due for its ahead-of-expiry refresh within its life.
+	c.run(simClientSecret+"\n", "credentials", "put", "idle", "--provider", "salesforce", "--base-url", sim.URL(),
+		"--client-id", simClientID, "--client-secret-file", "-", "--scope", "api refresh_token", "--access-token-lifetime", "10s").expect(t, exitOK)
+	rt := issueRefreshToken(t, sim)
+	c.run(rt+"\n", "reauth", "import", "idle", "--refresh-token-file", "-").expect(t, exitOK)
+	onDemand := regexp.MustCompile(`(?m)^next refresh +on demand: `)
+	poll.UntilSeen(t, 15*time.Second, "show saying the idle family refreshes on demand", func() (bool, string) {
+		show := c.run("", "credentials", "show", "idle").expect(t, exitOK).stdout
+		return onDemand.MatchString(show), show
+	})
+	list := c.run("", "credentials", "list").expect(t, exitOK).stdout
+	if !regexp.MustCompile(`(?m)^idle .* on demand +-$`).MatchString(list) {
+		t.Errorf("list of an idle family:\n%s", list)
+	}
+	c.trans.assertNoSecrets(t, rt)
+}
+
+// TestRejectedTokenReportSaysWhatHappened: a report naming a token that is
+// not the current one is not sent and the caller is told so (the server
+// would ignore it silently); a report on the current token the provider
+// still vouches for says that it changed nothing.
+func TestRejectedTokenReportSaysWhatHappened(t *testing.T) {
+	c, _, install := setupCLITest(t)
+	install("acme")
+	gen := parseToken(t, c.run("", "token", "get", "acme", "--json").expect(t, exitOK).stdout).GetGeneration()
+
+	stale := c.run("", "token", "get", "acme", "--rejected-generation", fmt.Sprint(gen+7)).expect(t, exitOK)
+	if want := fmt.Sprintf("note: report not sent: generation %d is not acme's current token (generation %d is)", gen+7, gen); !strings.Contains(stale.stderr, want) {
+		t.Errorf("a report of a stale generation: stderr %q, want %q", stale.stderr, want)
+	}
+	vouched := c.run("", "token", "get", "acme", "--rejected-generation", fmt.Sprint(gen)).expect(t, exitOK)
+	if !strings.Contains(vouched.stderr, "note: the report changed nothing: the provider still accepts generation") {
+		t.Errorf("a report the provider disproves: stderr %q", vouched.stderr)
+	}
+	if got := parseToken(t, c.run("", "token", "get", "acme", "--json").expect(t, exitOK).stdout).GetGeneration(); got != gen {
+		t.Errorf("generation %d after the reports, want %d (nothing to refresh)", got, gen)
 	}
 }

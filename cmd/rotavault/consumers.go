@@ -82,5 +82,6 @@ Examples:
 	}
 	client.register(cmd)
 	cmd.Flags().StringVar(&credential, "credential", "", "list only this credential's consumers")
+	_ = cmd.RegisterFlagCompletionFunc("credential", a.completeCredentialIDs(&client, -1))
 	return cmd
 }

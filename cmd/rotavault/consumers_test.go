@@ -27,7 +27,7 @@ func TestConsumersCommand(t *testing.T) {
 	c.run("", "token", "get", "other").expect(t, exitOK)
 	node.stop(t)
 	node = startNode(t, node.dataDir, node.keyFile, c.trans)
-	c.env["ROTAVAULT_SERVER"] = node.addr
+	c.env["ROTAVAULT_ADDR"] = node.addr
 
 	table := c.run("", "consumers").expect(t, exitOK).stdout
 	for _, re := range []string{
@@ -52,10 +52,10 @@ func TestConsumersCommand(t *testing.T) {
 		t.Errorf("consumers --json = %v; want other's one token with first and last seen", &got)
 	}
 
-	if r := c.run("", "consumers", "--credential", "missing").expect(t, exitError); !strings.Contains(r.stderr, "(NOT_FOUND)") {
+	if r := c.run("", "consumers", "--credential", "missing").expect(t, exitNotFound); !strings.Contains(r.stderr, "(NOT_FOUND)") {
 		t.Errorf("consumers of a missing credential:\n%s", r.stderr)
 	}
-	if r := c.run("", "consumers", "--credential", "Not An ID").expect(t, exitError); !strings.Contains(r.stderr, "(INVALID_ARGUMENT)") {
+	if r := c.run("", "consumers", "--credential", "Not An ID").expect(t, exitUsage); !strings.Contains(r.stderr, "(INVALID_ARGUMENT)") {
 		t.Errorf("consumers of a malformed id:\n%s", r.stderr)
 	}
 	c.run("", "consumers", "acme").expect(t, exitUsage)

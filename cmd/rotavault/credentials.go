@@ -5,7 +5,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"os"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -91,7 +90,8 @@ Examples:
       --authorize-url https://example.okta.com/oauth2/v1/authorize \
       --client-id 0oa... --client-secret-file okta.secret \
       --scope openid --scope offline_access --reuse-grace 30s`,
-		Args: args(cobra.ExactArgs(1)),
+		Args:              args(cobra.ExactArgs(1)),
+		ValidArgsFunction: cobra.NoFileCompletions, // a new id
 		RunE: runE(func(cmd *cobra.Command, argv []string) error {
 			id := argv[0]
 			kind, err := parseProvider(spec.provider)
@@ -109,7 +109,7 @@ Examples:
 				return err
 			}
 			if client.json {
-				return printJSON(a.stdout, resp)
+				return printJSON(a.stdout, resp.GetCredential())
 			}
 			fmt.Fprintf(a.stdout, "created credential %s; install a token family with `rotavault reauth device %s`, `rotavault reauth start %s --wait` or `rotavault reauth import %s`\n\n", id, id, id, id)
 			return a.printCredential(resp.GetCredential())
@@ -125,8 +125,9 @@ func newCredentialsUpdateCmd(a *app, client *clientOptions) *cobra.Command {
 		Use:   "update ID [flags]",
 		Short: "Change some fields of a credential, keeping its token family",
 		Long: `Change the fields of the credential ID whose flags are given, and only
-those: the update mask is exactly the set flags (ROTAVAULT_* variables count
-as set flags). An empty value clears a field, e.g. --token-url "".
+those: the update mask is exactly the flags on the command line (no
+environment variable stands in for them). An empty value clears a field,
+e.g. --token-url "".
 The provider cannot change; the token family is kept.
 
 Rotating the app's client secret: create the new secret at the provider,
@@ -138,7 +139,8 @@ Examples:
   rotavault credentials update acme --scope api --scope refresh_token --scope web
   rotavault credentials update acme --access-token-lifetime 4h
   printf %s "$NEW_SECRET" | rotavault credentials update acme --client-secret-file -`,
-		Args: args(cobra.ExactArgs(1)),
+		Args:              args(cobra.ExactArgs(1)),
+		ValidArgsFunction: a.completeCredentialIDs(client, 1),
 		RunE: runE(func(cmd *cobra.Command, argv []string) error {
 			id := argv[0]
 			paths := updateMask(cmd.Flags())
@@ -158,7 +160,7 @@ Examples:
 				return err
 			}
 			if client.json {
-				return printJSON(a.stdout, resp)
+				return printJSON(a.stdout, resp.GetCredential())
 			}
 			fmt.Fprintf(a.stdout, "updated %s: %s\n\n", id, strings.Join(paths, ", "))
 			return a.printCredential(resp.GetCredential())
@@ -175,19 +177,14 @@ func newCredentialsListCmd(a *app, client *clientOptions) *cobra.Command {
 		Long: `List every credential in id order, at a glance: status, token generation,
 when the current access token was issued and when it expires, the next
 scheduled refresh and the last refresh problem. With --json, one credential
-per line, for scripts.
+per line, for scripts: the same object ` + "`credentials show --json`" + ` prints.
 
 Examples:
   rotavault credentials list
   rotavault credentials list --json | jq -r 'select(.status == "CREDENTIAL_STATUS_REVOKED") | .credentialId'`,
 		Args: args(cobra.NoArgs),
 		RunE: runE(func(cmd *cobra.Command, _ []string) error {
-			all, err := listAll(func(pageToken string) ([]*rotavaultv1.Credential, string, error) {
-				resp, err := adminCall(cmd.Context(), client, "", func(ctx context.Context, c rotavaultv1.CredentialAdminServiceClient) (*rotavaultv1.ListCredentialsResponse, error) {
-					return c.ListCredentials(ctx, &rotavaultv1.ListCredentialsRequest{PageSize: listPageSize, PageToken: pageToken})
-				})
-				return resp.GetCredentials(), resp.GetNextPageToken(), err
-			})
+			all, err := listCredentials(cmd.Context(), client)
 			if err != nil {
 				return err
 			}
@@ -207,12 +204,22 @@ Examples:
 				}
 				fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\t%s\n", c.GetCredentialId(), statusText(c), c.GetGeneration(),
 					a.relativeOrDash(c.GetAccessTokenIssueTime()), a.relativeOrDash(c.GetAccessTokenExpireTime()),
-					a.relativeOrDash(c.GetNextRefreshTime()), truncate(lastErr, maxErrorCell))
+					a.nextRefreshText(c.GetNextRefreshTime(), false), truncate(lastErr, maxErrorCell))
 			}
 			return tw.Flush()
 		}),
 	}
 	return cmd
+}
+
+// listCredentials returns every credential, in id order.
+func listCredentials(ctx context.Context, client *clientOptions) ([]*rotavaultv1.Credential, error) {
+	return listAll(func(pageToken string) ([]*rotavaultv1.Credential, string, error) {
+		resp, err := adminCall(ctx, client, "", func(ctx context.Context, c rotavaultv1.CredentialAdminServiceClient) (*rotavaultv1.ListCredentialsResponse, error) {
+			return c.ListCredentials(ctx, &rotavaultv1.ListCredentialsRequest{PageSize: listPageSize, PageToken: pageToken})
+		})
+		return resp.GetCredentials(), resp.GetNextPageToken(), err
+	})
 }
 
 func truncate(s string, n int) string {
@@ -233,8 +240,12 @@ last rotation, access-token expiry, next scheduled refresh, last error.
 
 Examples:
   rotavault credentials show acme
-  rotavault credentials show acme --json | jq .credential.generation`,
-		Args: args(cobra.ExactArgs(1)),
+  rotavault credentials show acme --json | jq .generation
+
+With --json it prints the credential as one JSON object, the same shape as
+each line of ` + "`credentials list --json`" + ` (put and update print it too).`,
+		Args:              args(cobra.ExactArgs(1)),
+		ValidArgsFunction: a.completeCredentialIDs(client, 1),
 		RunE: runE(func(cmd *cobra.Command, argv []string) error {
 			id := argv[0]
 			resp, err := adminCall(cmd.Context(), client, id, func(ctx context.Context, c rotavaultv1.CredentialAdminServiceClient) (*rotavaultv1.GetCredentialResponse, error) {
@@ -244,7 +255,7 @@ Examples:
 				return err
 			}
 			if client.json {
-				return printJSON(a.stdout, resp)
+				return printJSON(a.stdout, resp.GetCredential())
 			}
 			return a.printCredential(resp.GetCredential())
 		}),
@@ -300,7 +311,7 @@ func (a *app) printCredential(c *rotavaultv1.Credential) error {
 		f.add("access expires", a.when(c.GetAccessTokenExpireTime()))
 	}
 	if c.GetNextRefreshTime() != nil {
-		f.add("next refresh", a.when(c.GetNextRefreshTime()))
+		f.add("next refresh", a.nextRefreshText(c.GetNextRefreshTime(), true))
 	}
 	f.addIf("last error", c.GetLastError())
 	f.add("created", a.when(c.GetCreateTime()))
@@ -324,7 +335,8 @@ required.
 Examples:
   rotavault credentials delete acme
   rotavault credentials delete acme --yes`,
-		Args: args(cobra.ExactArgs(1)),
+		Args:              args(cobra.ExactArgs(1)),
+		ValidArgsFunction: a.completeCredentialIDs(client, 1),
 		RunE: runE(func(cmd *cobra.Command, argv []string) error {
 			id := argv[0]
 			if !yes {
@@ -392,7 +404,8 @@ required. Operators may revoke the credentials the policy gives them.
 Examples:
   rotavault credentials revoke acme --reason "laptop with the app stolen"
   rotavault credentials revoke acme --reason "INC-1234" --yes`,
-		Args: args(cobra.ExactArgs(1)),
+		Args:              args(cobra.ExactArgs(1)),
+		ValidArgsFunction: a.completeCredentialIDs(client, 1),
 		RunE: runE(func(cmd *cobra.Command, argv []string) error {
 			id := argv[0]
 			if strings.TrimSpace(reason) == "" {
@@ -436,11 +449,9 @@ Examples:
 	return cmd
 }
 
-func isTerminal(r io.Reader) bool {
-	f, ok := r.(*os.File)
-	if !ok {
-		return false
-	}
-	fi, err := f.Stat()
-	return err == nil && fi.Mode()&os.ModeCharDevice != 0
+// isTerminal reports whether stream is a terminal a person types at or
+// reads; /dev/null is a character device but not a terminal.
+func isTerminal(stream any) bool {
+	_, ok := terminalFD(stream)
+	return ok
 }

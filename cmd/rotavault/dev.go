@@ -75,13 +75,13 @@ dev-admin/peer:ADDR). Use ` + "`serve`" + ` with TLS and a --policy for anything
 It prints what to try next. The short version, in a second terminal:
 
   rotavault watch                      # notices, live
-  rotavault token get demo             # generation 1
-  sleep 30; rotavault token get demo   # one refresh later: generation 2
+  rotavault token get demo             # the token's metadata and generation
+  sleep 30; rotavault token get demo   # the 30s token expired: refreshed, the generation grew
   rotavault dev theft                  # the provider revokes the family, as after a theft
 
 Examples:
   rotavault dev
-  rotavault dev --addr 127.0.0.1:7444 --data-dir /tmp/rv   # then: export ROTAVAULT_SERVER=127.0.0.1:7444`,
+  rotavault dev --addr 127.0.0.1:7444 --data-dir /tmp/rv   # then: export ROTAVAULT_ADDR=127.0.0.1:7444`,
 		Args: args(cobra.NoArgs),
 		RunE: runE(func(cmd *cobra.Command, _ []string) error {
 			log, err := logs.logger(a.stderr)
@@ -98,7 +98,10 @@ Examples:
 	cmd.Flags().StringVar(&httpListen, "http-listen", "127.0.0.1:0", "address of the HTTP endpoints, whose /oauth/callback finishes 'reauth start' flows (loopback only; port 0 picks one, printed at start)")
 	cmd.PersistentFlags().StringVar(&dataDir, "data-dir", defaultDevDataDir, "directory of the dev store, its key and the audit trail")
 	cmd.Flags().DurationVar(&issuanceFlush, issuanceFlushFlag, devIssuanceFlush, "how often the tokens handed out are summarised into the audit trail and the consumer catalog (rotavault consumers)")
-	logs.register(cmd.Flags())
+	// Quiet by default: the banner with what to try next stays on screen
+	// instead of scrolling away under a line per call.
+	logs.human = true
+	logs.register(cmd.Flags(), "warn")
 	cmd.AddCommand(newDevTheftCmd(a, &dataDir))
 	return cmd
 }
@@ -261,7 +264,7 @@ func (a *app) printDevIntro(boundAddr, dataDirFlag, absDir, frontURL, callbackUR
 	}
 	fmt.Fprintf(&b, "\nTry, in another terminal:\n\n")
 	if boundAddr != defaultServer {
-		fmt.Fprintf(&b, "  export ROTAVAULT_SERVER=%s\n", boundAddr)
+		fmt.Fprintf(&b, "  export ROTAVAULT_ADDR=%s\n", boundAddr)
 	}
 	theft := rv + " dev theft"
 	if dataDirFlag != defaultDevDataDir {
@@ -271,7 +274,7 @@ func (a *app) printDevIntro(boundAddr, dataDirFlag, absDir, frontURL, callbackUR
 	for _, l := range [][2]string{
 		{rv + " watch", "# notices, live: leave it running"},
 		{rv + " token get demo", "# an access token's metadata (--show-token shows the token)"},
-		{"sleep 30; " + rv + " token get demo", "# the token expired: one refresh, the generation grew"},
+		{"sleep 30; " + rv + " token get demo", "# the 30s token expired meanwhile: refreshed, the generation grew"},
 		{rv + " credentials show demo", "# status, generation, next refresh"},
 		{theft, "# a thief replays an old refresh token: the provider revokes the family"},
 	} {
@@ -297,7 +300,7 @@ or with your own redirect URI, completing by hand:
   curl -sL "AUTHORIZE_URL"    # the code lands in %s
   %s reauth complete demo --state STATE --code-file %s
 
-Logs (JSON) follow on stderr.
+Logs follow on stderr: warnings and errors only (--log-level info shows every call).
 `, rv, rv, rv, frontURL, devCallbackPath, codeFile, rv, codeFile)
 	_, err := io.WriteString(a.stdout, b.String())
 	return err

@@ -1,20 +1,23 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
+	"net/url"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
+	"golang.org/x/term"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
@@ -25,10 +28,6 @@ import (
 )
 
 const (
-	envPrefix = "ROTAVAULT_"
-	// envStoreKey holds the store key itself (base64), for platforms that
-	// inject secrets as environment variables rather than files.
-	envStoreKey   = envPrefix + "STORE_KEY"
 	defaultServer = "127.0.0.1:7443"
 	// maxSecretFileSize bounds what a secret file may hold: the longest
 	// secret the API accepts is a 4 KiB refresh token.
@@ -45,74 +44,21 @@ func usageErrorf(format string, args ...any) error {
 	return &usageError{msg: fmt.Sprintf(format, args...)}
 }
 
-// envName is the environment variable standing in for a flag:
-// --store-key-file ↔ ROTAVAULT_STORE_KEY_FILE.
-func envName(flag string) string {
-	return envPrefix + strings.ToUpper(strings.ReplaceAll(flag, "-", "_"))
-}
-
-// isListFlag reports whether a flag may be repeated; its environment
-// variable then holds a comma-separated list.
-func isListFlag(f *pflag.Flag) bool {
-	_, ok := f.Value.(pflag.SliceValue)
-	return ok
-}
-
-// applyEnv gives every flag the command line left unset the value of its
-// ROTAVAULT_* variable. A flag set on the command line wins. Flags set this
-// way count as set (cmd.Flags().Changed), exactly as if they had been typed.
-func (a *app) applyEnv(cmd *cobra.Command) error {
-	var errs []error
-	cmd.Flags().VisitAll(func(f *pflag.Flag) {
-		if f.Name == "help" || f.Changed {
-			return
-		}
-		name := envName(f.Name)
-		v := a.env(name)
-		if v == "" {
-			return
-		}
-		values := []string{v}
-		if isListFlag(f) {
-			values = strings.Split(v, ",")
-		}
-		for _, v := range values {
-			if err := cmd.Flags().Set(f.Name, strings.TrimSpace(v)); err != nil {
-				errs = append(errs, usageErrorf("%s: %v", name, err))
-				return
-			}
-		}
-		a.fromEnv[f.Name] = true
-	})
-	return errors.Join(errs...)
-}
-
-// documentEnv appends each flag's environment variable to its help text.
-func documentEnv(root *cobra.Command) {
-	seen := make(map[*pflag.Flag]bool)
-	var walk func(*cobra.Command)
-	walk = func(c *cobra.Command) {
-		for _, fs := range []*pflag.FlagSet{c.PersistentFlags(), c.LocalNonPersistentFlags()} {
-			fs.VisitAll(func(f *pflag.Flag) {
-				if seen[f] || f.Name == "help" {
-					return
-				}
-				seen[f] = true
-				f.Usage += " [$" + envName(f.Name) + "]"
-			})
-		}
-		for _, sub := range c.Commands() {
-			walk(sub)
-		}
-	}
-	walk(root)
-}
-
 // readSecret reads a secret from a file, or from stdin when path is "-",
-// without surrounding whitespace. Errors never quote the content.
+// without surrounding whitespace. On a terminal it prompts on stderr and
+// reads one line without echoing it, as passwords are read. Errors never
+// quote the content.
 func (a *app) readSecret(path, what string) (string, error) {
 	var r io.Reader
-	if path == "-" {
+	if fd, ok := terminalFD(a.stdin); ok && path == "-" {
+		fmt.Fprintf(a.stderr, "%s (input hidden, Enter ends it): ", upperFirst(what))
+		raw, err := term.ReadPassword(fd)
+		fmt.Fprintln(a.stderr)
+		if err != nil {
+			return "", fmt.Errorf("read %s from the terminal: %w", what, err)
+		}
+		r = bytes.NewReader(raw)
+	} else if path == "-" {
 		r = a.stdin
 	} else {
 		f, err := os.Open(path)
@@ -134,6 +80,23 @@ func (a *app) readSecret(path, what string) (string, error) {
 		return "", usageErrorf("no %s in %s", what, describePath(path))
 	}
 	return s, nil
+}
+
+// terminalFD returns the file descriptor of stdin, stdout or stderr if it
+// is a terminal.
+func terminalFD(stream any) (int, bool) {
+	f, ok := stream.(*os.File)
+	if !ok || !term.IsTerminal(int(f.Fd())) {
+		return 0, false
+	}
+	return int(f.Fd()), true
+}
+
+func upperFirst(s string) string {
+	if s == "" {
+		return s
+	}
+	return strings.ToUpper(s[:1]) + s[1:]
 }
 
 func describePath(path string) string {
@@ -166,36 +129,89 @@ type clientOptions struct {
 
 func (o *clientOptions) register(cmd *cobra.Command) {
 	fs := cmd.PersistentFlags()
-	fs.StringVar(&o.server, "server", defaultServer, "address of the Rotavault server (host:port)")
+	fs.StringVar(&o.server, "server", defaultServer, "address of the Rotavault server: host:port, or https://host[:port] for TLS (system roots unless --tls-ca)")
 	fs.DurationVar(&o.timeout, "timeout", 10*time.Second, "how long to wait for the server's answer")
 	fs.BoolVar(&o.json, "json", false, "print protobuf JSON, one object per line, for scripts")
 	fs.StringVar(&o.tlsCA, "tls-ca", "", "CA bundle (PEM) verifying the server's certificate; connects over TLS (system roots if only --tls-cert is given)")
 	fs.StringVar(&o.tlsCert, "tls-cert", "", "client certificate (PEM) for mTLS; connects over TLS")
 	fs.StringVar(&o.tlsKey, "tls-key", "", "client private key (PEM), with --tls-cert")
 	fs.StringVar(&o.tokenFile, "token-file", "", "file holding a bearer token to present (sent only over TLS, or to a loopback server)")
+	for flag, name := range clientEnv {
+		bindEnv(fs, flag, name)
+	}
 }
 
-// dial connects to the server: over TLS when --tls-ca or --tls-cert is
-// given, else in plaintext (a loopback server, e.g. rotavault dev).
+// clientEnv names the variables of the connection settings, shaped like
+// Vault's VAULT_ADDR family. --json has none: a script's output format is
+// the script's choice, not its environment's.
+var clientEnv = map[string]string{
+	"server":     envPrefix + "ADDR",
+	"timeout":    envPrefix + "CLIENT_TIMEOUT",
+	"tls-ca":     envPrefix + "CACERT",
+	"tls-cert":   envPrefix + "CLIENT_CERT",
+	"tls-key":    envPrefix + "CLIENT_KEY",
+	"token-file": envPrefix + "TOKEN_FILE",
+}
+
+// dial connects to the server: over TLS when --server is an https URL or
+// --tls-ca or --tls-cert is given, else in plaintext (a loopback server,
+// e.g. rotavault dev).
 func (o *clientOptions) dial() (*grpc.ClientConn, error) {
 	if o.timeout <= 0 {
 		return nil, usageErrorf("--timeout must be positive")
 	}
-	opts, err := o.dialOptions()
+	target, opts, err := o.dialOptions()
 	if err != nil {
 		return nil, err
 	}
-	conn, err := grpc.NewClient(o.server, opts...)
+	conn, err := grpc.NewClient(target, opts...)
 	if err != nil {
 		return nil, usageErrorf("--server %q: %v", o.server, err)
 	}
 	return conn, nil
 }
 
-func (o *clientOptions) dialOptions() ([]grpc.DialOption, error) {
-	useTLS := o.tlsCA != "" || o.tlsCert != ""
+// parseServer reads --server: host:port (TLS only with --tls-ca or
+// --tls-cert), or https://host[:port] (TLS; port 443 by default). It
+// returns the gRPC target and whether the URL asked for TLS.
+func parseServer(server string) (target string, https bool, err error) {
+	expect := func(why string) error {
+		return usageErrorf("--server %q: %s; want host:port (e.g. 127.0.0.1:7443) or https://host:port", server, why)
+	}
+	if strings.Contains(server, "://") {
+		u, perr := url.Parse(server)
+		switch {
+		case perr != nil:
+			return "", false, expect("not a URL")
+		case u.Scheme != "https":
+			return "", false, expect("the only URL scheme is https")
+		case u.Host == "" || u.User != nil || (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.Fragment != "":
+			return "", false, expect("a URL of a host only, without path or query")
+		}
+		if u.Port() == "" {
+			return net.JoinHostPort(u.Hostname(), "443"), true, nil
+		}
+		return u.Host, true, nil
+	}
+	host, port, serr := net.SplitHostPort(server)
+	if serr != nil || host == "" || port == "" {
+		return "", false, expect("no port")
+	}
+	if _, perr := strconv.ParseUint(port, 10, 16); perr != nil {
+		return "", false, expect("the port is not a number")
+	}
+	return server, false, nil
+}
+
+// dialOptions returns the gRPC target of --server and how to reach it.
+func (o *clientOptions) dialOptions() (string, []grpc.DialOption, error) {
+	target, https, err := parseServer(o.server)
+	if err != nil {
+		return "", nil, err
+	}
+	useTLS := https || o.tlsCA != "" || o.tlsCert != ""
 	if (o.tlsCert == "") != (o.tlsKey == "") {
-		return nil, usageErrorf("--tls-cert and --tls-key go together")
+		return "", nil, usageErrorf("--tls-cert and --tls-key go together")
 	}
 	var opts []grpc.DialOption
 	if useTLS {
@@ -203,18 +219,18 @@ func (o *clientOptions) dialOptions() ([]grpc.DialOption, error) {
 		if o.tlsCA != "" {
 			pem, err := os.ReadFile(o.tlsCA)
 			if err != nil {
-				return nil, fmt.Errorf("read --tls-ca: %w", err)
+				return "", nil, fmt.Errorf("read --tls-ca: %w", err)
 			}
 			pool := x509.NewCertPool()
 			if !pool.AppendCertsFromPEM(pem) {
-				return nil, usageErrorf("--tls-ca %s: no PEM certificate in it", o.tlsCA)
+				return "", nil, usageErrorf("--tls-ca %s: no PEM certificate in it", o.tlsCA)
 			}
 			tc.RootCAs = pool
 		}
 		if o.tlsCert != "" {
 			cert, err := tls.LoadX509KeyPair(o.tlsCert, o.tlsKey)
 			if err != nil {
-				return nil, fmt.Errorf("load client certificate: %w", err)
+				return "", nil, fmt.Errorf("load client certificate: %w", err)
 			}
 			tc.Certificates = []tls.Certificate{cert}
 		}
@@ -223,16 +239,16 @@ func (o *clientOptions) dialOptions() ([]grpc.DialOption, error) {
 		opts = append(opts, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	}
 	if o.tokenFile != "" {
-		if !useTLS && !isLoopbackTarget(o.server) {
-			return nil, usageErrorf("--token-file: refusing to send a bearer token in plaintext to %s; give --tls-ca", o.server)
+		if !useTLS && !isLoopbackTarget(target) {
+			return "", nil, usageErrorf("--token-file: refusing to send a bearer token in plaintext to %s; give --tls-ca", o.server)
 		}
 		token, err := readTokenFile(o.tokenFile)
 		if err != nil {
-			return nil, err
+			return "", nil, err
 		}
 		opts = append(opts, grpc.WithPerRPCCredentials(bearerCredentials{token: token, requireTLS: useTLS}))
 	}
-	return opts, nil
+	return target, opts, nil
 }
 
 // readTokenFile reads a bearer token; errors never quote the content.
@@ -434,11 +450,15 @@ type keyFlags struct {
 func (k *keyFlags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&k.keyFile, "store-key-file", "", "file holding the store key (base64 of 32 bytes, mode 0600); or set "+envStoreKey+" to the key itself")
 	fs.StringArrayVar(&k.previousKeys, "store-previous-key-file", nil, "earlier store key still sealing some records (repeatable), until 'rotavault store rotate-key' has run")
+	// The offline commands read serve's variables for the same settings.
+	bindEnv(fs, "store-key-file", serverEnvName("store-key-file"))
+	bindEnv(fs, "store-previous-key-file", serverEnvName("store-previous-key-file"))
 }
 
 // load returns the current key and the previous ones. The key comes from
-// --store-key-file or, failing that, ROTAVAULT_STORE_KEY; a key file named
-// on the command line wins over both variables.
+// --store-key-file or ROTAVAULT_SERVER_STORE_KEY, in the order flags >
+// environment > config file: a key file named on the command line wins over
+// the variable, which wins over a key file named in the config file.
 func (k *keyFlags) load(a *app) (boltstore.Key, []boltstore.Key, error) {
 	// A copy: forgetEnv overwrites the environment's own bytes, so that
 	// neither this process's environment nor /proc/PID/environ holds the
@@ -446,10 +466,11 @@ func (k *keyFlags) load(a *app) (boltstore.Key, []boltstore.Key, error) {
 	inline := strings.Clone(a.env(envStoreKey))
 	forgetEnv(envStoreKey)
 	var key boltstore.Key
+	fileSource := a.sources["store-key-file"]
 	switch {
-	case k.keyFile != "" && inline != "" && a.fromEnv["store-key-file"]:
-		return boltstore.Key{}, nil, usageErrorf("both %s and %s are set; keep one", envName("store-key-file"), envStoreKey)
-	case k.keyFile != "":
+	case k.keyFile != "" && inline != "" && fileSource == sourceEnv:
+		return boltstore.Key{}, nil, usageErrorf("both %s and %s are set; keep one", serverEnvName("store-key-file"), envStoreKey)
+	case k.keyFile != "" && (inline == "" || fileSource == ""):
 		loaded, err := boltstore.LoadKeyFile(k.keyFile)
 		if err != nil {
 			return boltstore.Key{}, nil, fmt.Errorf("store key: %w", err)
@@ -475,11 +496,15 @@ func (k *keyFlags) load(a *app) (boltstore.Key, []boltstore.Key, error) {
 	return key, previous, nil
 }
 
-// logFlags choose the server's log level.
-type logFlags struct{ level string }
+// logFlags choose the server's log level. serve logs JSON for machines;
+// dev logs text for the person at the terminal (human).
+type logFlags struct {
+	level string
+	human bool
+}
 
-func (l *logFlags) register(fs *pflag.FlagSet) {
-	fs.StringVar(&l.level, "log-level", "info", "debug, info, warn or error")
+func (l *logFlags) register(fs *pflag.FlagSet, defaultLevel string) {
+	fs.StringVar(&l.level, "log-level", defaultLevel, "debug, info, warn or error")
 }
 
 func (l *logFlags) logger(w io.Writer) (*slog.Logger, error) {
@@ -487,5 +512,9 @@ func (l *logFlags) logger(w io.Writer) (*slog.Logger, error) {
 	if err := level.UnmarshalText([]byte(l.level)); err != nil {
 		return nil, usageErrorf("--log-level %q: choose debug, info, warn or error", l.level)
 	}
-	return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: level})), nil
+	opts := &slog.HandlerOptions{Level: level}
+	if l.human {
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	}
+	return slog.New(slog.NewJSONHandler(w, opts)), nil
 }

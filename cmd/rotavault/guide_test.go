@@ -163,7 +163,7 @@ func setupGuideTest(t *testing.T) *guideTest {
 	}}
 	g.node.start(httpLis)
 	t.Cleanup(g.node.stop)
-	g.c.env = map[string]string{"ROTAVAULT_SERVER": g.node.addr, "ROTAVAULT_TOKEN_FILE": g.tokenFiles[guideOperator]}
+	g.c.env = map[string]string{"ROTAVAULT_ADDR": g.node.addr, "ROTAVAULT_TOKEN_FILE": g.tokenFiles[guideOperator]}
 
 	refreshToken := issueRefreshToken(t, sim)
 	const oauth2Secret = "guide-oauth2-client-secret-51c7"
@@ -411,7 +411,7 @@ func (g *guideTest) businessCycle() {
 	g.c.run("", "token", "get", "acme", "--token-file", g.tokenFiles[guideLegacy]).expect(g.t, exitOK)
 	g.node.stop()
 	g.node.start(nil)
-	g.c.env["ROTAVAULT_SERVER"] = g.node.addr
+	g.c.env["ROTAVAULT_ADDR"] = g.node.addr
 }
 
 // Step 3: the catalog names every consumer, and nobody else.
@@ -478,7 +478,7 @@ func (g *guideTest) theft() {
 		t.Fatal("the simulator did not know acme's family")
 	}
 	r := g.c.run("", "token", "get", "acme", "--token-file", g.tokenFiles[guideConsumer],
-		"--rejected-generation", fmt.Sprint(tok.GetGeneration())).expect(t, exitError)
+		"--rejected-generation", fmt.Sprint(tok.GetGeneration())).expect(t, exitReauthRequired)
 	if !strings.Contains(r.stderr, "reason REAUTHENTICATION_REQUIRED") {
 		t.Errorf("the consumer's report after the theft: %s", r.stderr)
 	}

@@ -20,7 +20,7 @@ import (
 
 const hardenChildEnv = "ROTAVAULT_TEST_HARDEN_CHILD"
 
-// A serve given its store key in ROTAVAULT_STORE_KEY keeps it out of its
+// A serve given its store key in ROTAVAULT_SERVER_STORE_KEY keeps it out of its
 // environment once read — os.Getenv and /proc/PID/environ alike — and is
 // not dumpable (no core file, no /proc/PID/mem or ptrace for other
 // processes of the user). The server runs in a child process started with
@@ -37,7 +37,7 @@ func TestServeForgetsTheStoreKeyAndIsNotDumpable(t *testing.T) {
 	}
 	key := base64.StdEncoding.EncodeToString(raw)
 	cmd := exec.Command(os.Args[0], "-test.run=^TestServeForgetsTheStoreKeyAndIsNotDumpable$")
-	cmd.Env = append(os.Environ(), hardenChildEnv+"=1", envStoreKey+"="+key, "ROTAVAULT_DATA_DIR="+t.TempDir())
+	cmd.Env = append(os.Environ(), hardenChildEnv+"=1", envStoreKey+"="+key, "ROTAVAULT_SERVER_DATA_DIR="+t.TempDir())
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		t.Fatalf("child: %v\n%s", err, out)

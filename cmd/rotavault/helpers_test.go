@@ -159,9 +159,32 @@ func newKeyFile(t *testing.T, dir, name string) (string, boltstore.Key) {
 	return path, key
 }
 
+// newKeyFileText creates a store key file in dir and returns its path and
+// the key as ROTAVAULT_SERVER_STORE_KEY holds it.
+func newKeyFileText(t *testing.T, dir string) (path, text string) {
+	t.Helper()
+	path, _ = newKeyFile(t, dir, "store.key")
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return path, strings.TrimSpace(string(raw))
+}
+
 // startNode serves dataDir on a free loopback port and waits until it
 // accepts connections; opts adjust the server's configuration.
 func startNode(t *testing.T, dataDir, keyFile string, trans *transcript, opts ...func(*serverConfig)) *testNode {
+	t.Helper()
+	return startNodeWith(t, dataDir, keyFile, trans, func(cfg *serverConfig) {
+		for _, o := range opts {
+			o(cfg)
+		}
+	})
+}
+
+// startNodeWith is startNode with configure adjusting the server's
+// configuration first.
+func startNodeWith(t *testing.T, dataDir, keyFile string, trans *transcript, configure func(*serverConfig)) *testNode {
 	t.Helper()
 	key, err := boltstore.LoadKeyFile(keyFile)
 	if err != nil {
@@ -183,8 +206,8 @@ func startNode(t *testing.T, dataDir, keyFile string, trans *transcript, opts ..
 			return nil
 		},
 	}
-	for _, o := range opts {
-		o(&cfg)
+	if configure != nil {
+		configure(&cfg)
 	}
 	go func() { n.done <- runServer(ctx, cfg) }()
 	select {

@@ -18,13 +18,6 @@ import (
 	"github.com/spf13/cobra"
 )
 
-// Exit codes.
-const (
-	exitOK    = 0
-	exitError = 1
-	exitUsage = 2
-)
-
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	// After the first signal starts a graceful stop, a second one kills the
@@ -43,14 +36,15 @@ type app struct {
 	stderr io.Writer
 	env    func(string) string
 	now    func() time.Time
-	// fromEnv names the flags set from ROTAVAULT_* variables.
-	fromEnv map[string]bool
+	// sources says where flags not given on the command line got their
+	// value: sourceEnv or sourceConfig.
+	sources map[string]string
 }
 
 // newRootCmd builds the command tree. env looks up environment variables
 // (os.Getenv in main; a map in tests).
 func newRootCmd(stdin io.Reader, stdout, stderr io.Writer, env func(string) string) *cobra.Command {
-	a := &app{stdin: stdin, stdout: stdout, stderr: stderr, env: env, now: time.Now, fromEnv: make(map[string]bool)}
+	a := &app{stdin: stdin, stdout: stdout, stderr: stderr, env: env, now: time.Now, sources: make(map[string]string)}
 	root := &cobra.Command{
 		Use:   "rotavault",
 		Short: "A credential vault that owns OAuth refresh tokens",
@@ -65,19 +59,28 @@ One binary is the server and its client. Start here:
   rotavault dev                    # server + Salesforce simulator on loopback, credential "demo"
   rotavault token get demo         # in another terminal
 
-Every flag has an environment variable: --server is ROTAVAULT_SERVER,
---data-dir is ROTAVAULT_DATA_DIR (repeatable flags take comma-separated
-lists). A flag on the command line wins over its variable. Secrets (client
-secrets, refresh tokens, authorization codes) are read from files or stdin,
-never from flags.
+Environment: client commands read their connection settings from
+ROTAVAULT_ADDR (--server), ROTAVAULT_CACERT (--tls-ca), ROTAVAULT_CLIENT_CERT
+(--tls-cert), ROTAVAULT_CLIENT_KEY (--tls-key), ROTAVAULT_TOKEN_FILE
+(--token-file) and ROTAVAULT_CLIENT_TIMEOUT (--timeout). serve reads each of
+its flags from ROTAVAULT_SERVER_<FLAG> (--data-dir is
+ROTAVAULT_SERVER_DATA_DIR; repeatable flags take comma-separated lists), and
+a --config file. A flag on the command line wins over its variable. Flags
+that decide one call (--scope, --yes, --reason…) have no variable. Secrets
+(client secrets, refresh tokens, authorization codes) are read from files
+or stdin, never from flags.
 
-Exit codes: 0 success, 1 the operation failed, 2 the command was misused.`,
+Exit codes: 0 success, 1 failed (other), 2 misused (a bad flag or argument,
+INVALID_ARGUMENT), 3 not found, 4 not authorized (UNAUTHENTICATED,
+PERMISSION_DENIED), 5 unavailable: worth a retry, 6 reauthentication
+required, 7 already exists, 8 watch cursor expired. With --json, errors are
+one JSON object on stderr.`,
 		SilenceErrors: true,
 		SilenceUsage:  true,
 		Args:          cobra.ArbitraryArgs,
 		RunE:          groupRunE,
 		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
-			return a.applyEnv(cmd)
+			return a.applySettings(cmd)
 		},
 	}
 	root.SetIn(stdin)
@@ -149,23 +152,30 @@ func args(v cobra.PositionalArgs) cobra.PositionalArgs {
 	}
 }
 
-// execute runs the command line and returns the exit code, writing errors
-// to stderr.
+// execute runs the command line and returns the exit code (see
+// exitcodes.go), writing errors to stderr: for people, or as one JSON
+// object when the command was given --json.
 func execute(ctx context.Context, root *cobra.Command, argv []string, stderr io.Writer) int {
 	root.SetArgs(argv)
 	cmd, err := root.ExecuteContextC(ctx)
 	if err == nil {
 		return exitOK
 	}
-	var cerr *commandError
-	if errors.As(err, &cerr) {
-		fmt.Fprintln(stderr, formatError(err))
-		return exitError
-	}
-	fmt.Fprintln(stderr, "error:", err)
 	if cmd == nil {
 		cmd = root
 	}
+	var cerr *commandError
+	usage := !errors.As(err, &cerr)
+	code := exitCode(err, usage)
+	if wantsJSON(cmd) {
+		writeJSONError(stderr, err, code)
+		return code
+	}
+	if !usage {
+		fmt.Fprintln(stderr, formatError(err))
+		return code
+	}
+	fmt.Fprintln(stderr, "error:", err)
 	fmt.Fprintf(stderr, "Run '%s --help' for usage.\n", cmd.CommandPath())
-	return exitUsage
+	return code
 }

@@ -67,8 +67,8 @@ func TestMetricsFollowWhatTheServerDoes(t *testing.T) {
 	dir := t.TempDir()
 	keyFile, _ := newKeyFile(t, dir, "store.key")
 	c := newCLI(t, nil)
-	addr := startNodeWith(t, dir, keyFile, c.trans, func(cfg *serverConfig) { cfg.HTTPListener = httpLis })
-	c.env = map[string]string{"ROTAVAULT_SERVER": addr}
+	addr := startNodeWith(t, dir, keyFile, c.trans, func(cfg *serverConfig) { cfg.HTTPListener = httpLis }).addr
+	c.env = map[string]string{"ROTAVAULT_ADDR": addr}
 	t.Cleanup(func() { c.trans.assertNoSecrets(t, append(sim.Secrets(), simClientSecret)...) })
 
 	get(t, base+"/healthz", http.StatusOK)

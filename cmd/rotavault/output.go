@@ -95,6 +95,26 @@ func (a *app) relative(t time.Time) string {
 	}
 }
 
+// nextRefreshText shows when a family is refreshed next. A time in the
+// past means the scheduler left it alone on purpose — nobody used the
+// current access token, so the next caller triggers the refresh — not that
+// a refresh is late.
+func (a *app) nextRefreshText(ts *timestamppb.Timestamp, long bool) string {
+	switch {
+	case ts == nil:
+		return "-"
+	case ts.AsTime().After(a.now()):
+		if long {
+			return a.when(ts)
+		}
+		return a.relative(ts.AsTime())
+	case long:
+		return "on demand: the current access token was not used, so it is refreshed when a caller next asks"
+	default:
+		return "on demand"
+	}
+}
+
 // relativeOrDash is relative for a set time, "-" for none.
 func (a *app) relativeOrDash(ts *timestamppb.Timestamp) string {
 	if ts == nil {
@@ -189,7 +209,7 @@ func withHint(err error, format string, args ...any) error {
 func formatError(err error) string {
 	var b strings.Builder
 	if st, ok := grpcStatus(err); ok {
-		fmt.Fprintf(&b, "error: %s (%s", terminalSafe(st.Message()), codeName(st.Code()))
+		fmt.Fprintf(&b, "error: %s (%s", userMessage(st), codeName(st.Code()))
 		for _, d := range st.Details() {
 			switch d := d.(type) {
 			case *errdetails.ErrorInfo:
@@ -222,10 +242,12 @@ func (o *clientOptions) explain(err error, credentialID string) error {
 	switch reason := errorReason(st); {
 	case reason == reasonReauthRequired:
 		return withHint(err, "install a new token family: `rotavault reauth device %s` (a code to enter on any device), `rotavault reauth start %s --wait` (a browser, through the server's callback), or `rotavault reauth import %s --refresh-token-file FILE`", id, id, id)
+	case st.Code() == codes.AlreadyExists:
+		return withHint(err, "change it with `rotavault credentials update %s` (only the flags you give change), or delete it first", id)
 	case reason == reasonMinLifetime:
 		return withHint(err, "ask for less --min-remaining, or raise the credential's --access-token-lifetime if the provider's tokens live longer")
 	case st.Code() == codes.Unavailable && reason == "":
-		return withHint(err, "is a Rotavault server running at %s? Start one with `rotavault dev`, or point --server (ROTAVAULT_SERVER) at it", o.server)
+		return withHint(err, "is a Rotavault server running at %s? Start one with `rotavault dev`, or point --server (ROTAVAULT_ADDR) at it", o.server)
 	case st.Code() == codes.DeadlineExceeded:
 		return withHint(err, "the server did not answer within --timeout %s", o.timeout)
 	}

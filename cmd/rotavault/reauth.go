@@ -104,7 +104,8 @@ Examples:
   rotavault reauth start acme --wait
   rotavault reauth start acme --redirect-uri https://rotavault.internal/callback
   rotavault reauth start acme --redirect-uri http://127.0.0.1:8080/cb --scope "api refresh_token"`,
-		Args: args(cobra.ExactArgs(1)),
+		Args:              args(cobra.ExactArgs(1)),
+		ValidArgsFunction: a.completeCredentialIDs(client, 1),
 		RunE: runE(func(cmd *cobra.Command, argv []string) error {
 			id := argv[0]
 			resp, err := reauthenticate(cmd.Context(), client, &rotavaultv1.ReauthenticateRequest{
@@ -174,7 +175,8 @@ command line, where shells and process lists record it.
 Examples:
   rotavault reauth complete acme --state STATE --code-file code.txt
   pbpaste | rotavault reauth complete acme --state STATE --code-file -`,
-		Args: args(cobra.ExactArgs(1)),
+		Args:              args(cobra.ExactArgs(1)),
+		ValidArgsFunction: a.completeCredentialIDs(client, 1),
 		RunE: runE(func(cmd *cobra.Command, argv []string) error {
 			id := argv[0]
 			if state == "" {
@@ -221,7 +223,8 @@ flag, and it is never printed.
 Examples:
   rotavault reauth import acme --refresh-token-file old-integration.token
   vault kv get -field=refresh_token secret/acme | rotavault reauth import acme --refresh-token-file -`,
-		Args: args(cobra.ExactArgs(1)),
+		Args:              args(cobra.ExactArgs(1)),
+		ValidArgsFunction: a.completeCredentialIDs(client, 1),
 		RunE: runE(func(cmd *cobra.Command, argv []string) error {
 			id := argv[0]
 			if tokenFile == "" {
@@ -275,7 +278,8 @@ starts.
 Examples:
   rotavault reauth device acme
   rotavault reauth device acme --scope "api refresh_token" --json`,
-		Args: args(cobra.ExactArgs(1)),
+		Args:              args(cobra.ExactArgs(1)),
+		ValidArgsFunction: a.completeCredentialIDs(client, 1),
 		RunE: runE(func(cmd *cobra.Command, argv []string) error {
 			id := argv[0]
 			resp, err := reauthenticate(cmd.Context(), client, &rotavaultv1.ReauthenticateRequest{
@@ -333,7 +337,8 @@ expired, refused by the provider). Progress goes to stderr.
 
 Examples:
   rotavault reauth wait acme --state STATE`,
-		Args: args(cobra.ExactArgs(1)),
+		Args:              args(cobra.ExactArgs(1)),
+		ValidArgsFunction: a.completeCredentialIDs(client, 1),
 		RunE: runE(func(cmd *cobra.Command, argv []string) error {
 			id := argv[0]
 			if state == "" {

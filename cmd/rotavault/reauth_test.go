@@ -2,8 +2,6 @@ package main
 
 import (
 	"bufio"
-	"context"
-	"log/slog"
 	"net"
 	"net/http"
 	"regexp"
@@ -13,9 +11,7 @@ import (
 
 	"google.golang.org/protobuf/encoding/protojson"
 
-	"github.com/rotavault/rotavault/boltstore"
 	rotavaultv1 "github.com/rotavault/rotavault/gen/rotavault/v1"
-	"github.com/rotavault/rotavault/internal/syncbuf"
 	"github.com/rotavault/rotavault/providersim"
 	"github.com/rotavault/rotavault/server"
 )
@@ -45,59 +41,14 @@ func setupReauthTest(t *testing.T) (*cli, *providersim.Server) {
 	c := newCLI(t, nil)
 	addr := startNodeWith(t, dir, keyFile, c.trans, func(cfg *serverConfig) {
 		cfg.HTTPListener, cfg.PublicURL = httpLis, publicURL
-	})
-	c.env = map[string]string{"ROTAVAULT_SERVER": addr}
+	}).addr
+	c.env = map[string]string{"ROTAVAULT_ADDR": addr}
 	// Device codes, authorization codes, verifiers, tokens: none may show
 	// in any output or log.
 	t.Cleanup(func() { c.trans.assertNoSecrets(t, append(sim.Secrets(), simClientSecret)...) })
 	c.run(simClientSecret+"\n", "credentials", "put", "acme", "--provider", "salesforce", "--base-url", sim.URL(),
 		"--client-id", simClientID, "--client-secret-file", "-", "--scope", "api refresh_token").expect(t, exitOK)
 	return c, sim
-}
-
-// startNodeWith is startNode with a say in the server's configuration.
-func startNodeWith(t *testing.T, dataDir, keyFile string, trans *transcript, mutate func(*serverConfig)) string {
-	t.Helper()
-	key, err := boltstore.LoadKeyFile(keyFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	logs := &syncbuf.Buffer{}
-	trans.add(logs)
-	cfg := serverConfig{
-		Addr: "127.0.0.1:0", DataDir: dataDir, Key: key,
-		Logger:          slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
-		ShutdownTimeout: 5 * time.Second,
-	}
-	mutate(&cfg)
-	ready := make(chan string, 1)
-	cfg.Ready = func(_ context.Context, s *runningServer) error {
-		ready <- s.Addr.String()
-		return nil
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- runServer(ctx, cfg) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("server stopped with %v", err)
-			}
-		case <-time.After(awaitDeadline):
-			t.Error("server did not stop")
-		}
-	})
-	select {
-	case addr := <-ready:
-		return addr
-	case err := <-done:
-		t.Fatalf("server did not start: %v", err)
-	case <-time.After(awaitDeadline):
-		t.Fatal("server did not become ready")
-	}
-	return ""
 }
 
 // exited waits for a background command to end on its own and returns its
@@ -190,7 +141,7 @@ func TestReauthDeviceCommand(t *testing.T) {
 	})
 
 	t.Run("scopes without refresh token", func(t *testing.T) {
-		r := c.run("", "reauth", "device", "acme", "--scope", "api").expect(t, exitError)
+		r := c.run("", "reauth", "device", "acme", "--scope", "api").expect(t, exitUsage)
 		if !strings.Contains(r.stderr, "INVALID_ARGUMENT") || !strings.Contains(r.stderr, "refresh_token") {
 			t.Fatalf("stderr: %s", r.stderr)
 		}

@@ -65,8 +65,8 @@ type serverConfig struct {
 	// summarised into the audit trail and merged into the consumer catalog
 	// (zero: server.DefaultIssuanceFlushInterval).
 	IssuanceFlushInterval time.Duration
-	// MaxConnectionAge is server.Config.MaxConnectionAge.
-	MaxConnectionAge time.Duration
+	// MaxConnectionAge and MaxConnectionAgeGrace are server.Config's.
+	MaxConnectionAge, MaxConnectionAgeGrace time.Duration
 	// AuditAnchorInterval is audit.Config.AnchorInterval: zero means the
 	// default, negative anchors every record synchronously.
 	AuditAnchorInterval time.Duration
@@ -174,7 +174,7 @@ func runServer(ctx context.Context, cfg serverConfig) (err error) {
 		return err
 	}
 	if cfg.DataDir == "" {
-		return usageErrorf("a data directory is required (--data-dir or ROTAVAULT_DATA_DIR)")
+		return usageErrorf("a data directory is required (--data-dir or %s)", serverEnvName("data-dir"))
 	}
 	callback, err := cfg.callbackOption()
 	if err != nil {
@@ -230,7 +230,7 @@ func runServer(ctx context.Context, cfg serverConfig) (err error) {
 	if tc := reloader.ServerTLSConfig(); tc != nil {
 		extra = append(extra, grpc.Creds(credentials.NewTLS(tc)))
 	}
-	srv := server.New(server.Config{Broker: b, Logger: log, Reflection: cfg.Reflection, Auth: auth, ExtraOptions: extra, RateLimit: cfg.RateLimit, Auditor: al, ConsumerCatalog: true, IssuanceFlushInterval: cfg.IssuanceFlushInterval, MaxConnectionAge: cfg.MaxConnectionAge,
+	srv := server.New(server.Config{Broker: b, Logger: log, Reflection: cfg.Reflection, Auth: auth, ExtraOptions: extra, RateLimit: cfg.RateLimit, Auditor: al, ConsumerCatalog: true, IssuanceFlushInterval: cfg.IssuanceFlushInterval, MaxConnectionAge: cfg.MaxConnectionAge, MaxConnectionAgeGrace: cfg.MaxConnectionAgeGrace,
 		Limits: cfg.Limits, Registerer: mx.Registry()})
 	if auth == nil {
 		log.Warn("no --policy: every caller is treated as the admin identity " + server.DevIdentity + "; for development on loopback only")
@@ -460,7 +460,7 @@ the standard health service and, with --reflection, server reflection.
 State lives in the data directory: rotavault.db (the embedded store, every
 value sealed with AES-256-GCM under the store key) and audit.jsonl (the
 audit trail). The store key comes from --store-key-file (a file only its
-owner may read) or from ROTAVAULT_STORE_KEY (the base64 key itself). After
+owner may read) or from ROTAVAULT_SERVER_STORE_KEY (the base64 key itself). After
 ` + "`rotavault store rotate-key`" + `, point --store-key-file at the new key.
 
 Without TLS the server listens on loopback only. With --tls-cert/--tls-key,
@@ -483,11 +483,16 @@ Examples:
   rotavault serve --addr 127.0.0.1:7443 --data-dir /var/lib/rotavault \
       --store-key-file /etc/rotavault/store.key
 
-  ROTAVAULT_DATA_DIR=/var/lib/rotavault ROTAVAULT_STORE_KEY="$(cat key.b64)" rotavault serve`,
+  ROTAVAULT_SERVER_DATA_DIR=/var/lib/rotavault ROTAVAULT_SERVER_STORE_KEY="$(cat key.b64)" rotavault serve
+  rotavault serve --config /etc/rotavault/rotavault.yaml
+
+Settings come from flags, then ROTAVAULT_SERVER_<FLAG> variables
+(--tls-cert is ROTAVAULT_SERVER_TLS_CERT), then the --config file (YAML,
+keys are the flag names with _ for -), then the defaults.`,
 		Args: args(cobra.NoArgs),
 		RunE: runE(func(cmd *cobra.Command, _ []string) error {
 			if dataDir == "" {
-				return usageErrorf("--data-dir is required (or set ROTAVAULT_DATA_DIR)")
+				return usageErrorf("--data-dir is required (or set %s, or data_dir in --config)", serverEnvName("data-dir"))
 			}
 			scfg := serverConfig{
 				Addr: addr, AllowNonLoopback: insecure,
@@ -575,8 +580,19 @@ Examples:
 	fs.BoolVar(&insecure, insecureListenFlag, false, "allow a non-loopback --addr without TLS and a policy: anyone who reaches it can take tokens")
 	fs.BoolVar(&insecure, oldInsecureListenFlag, false, "old name of --"+insecureListenFlag)
 	_ = fs.MarkDeprecated(oldInsecureListenFlag, "use --"+insecureListenFlag)
-	logs.register(fs)
+	logs.register(fs, "info")
 	limits.register(fs)
+	fs.String(configFlag, "", "YAML file of serve's settings (keys: the flag names with _ for -; see deploy/rotavault.yaml); flags and ROTAVAULT_SERVER_* variables override it")
+	// Every other flag of serve, including those added later, is read from
+	// ROTAVAULT_SERVER_<FLAG>. Listening in plaintext off loopback must be
+	// asked for on the command line or in the config file, where a
+	// reviewer sees it, not inherited from an environment.
+	markSettings(cmd, serverEnvPrefix)
+	bindEnv(fs, insecureListenFlag, "")
+	bindEnv(fs, oldInsecureListenFlag, "")
+	// Accepting a deleted audit head is decided once, after checking the
+	// trail: never from a file or an environment that outlives the decision.
+	commandLineOnly(fs, acceptMissingAnchorFlag)
 	return cmd
 }
 

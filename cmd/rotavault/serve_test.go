@@ -30,79 +30,6 @@ func TestServeRefusesNonLoopback(t *testing.T) {
 	}
 }
 
-func TestFlagsFromEnvironment(t *testing.T) {
-	dir := t.TempDir()
-	keyFile, _ := newKeyFile(t, dir, "store.key")
-	rawKey, err := os.ReadFile(keyFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := newCLI(t, nil)
-
-	// serve configured by the environment alone, the key itself included.
-	srv := c.start(map[string]string{
-		"ROTAVAULT_ADDR":      "127.0.0.1:0",
-		"ROTAVAULT_DATA_DIR":  dir,
-		"ROTAVAULT_STORE_KEY": strings.TrimSpace(string(rawKey)),
-	}, "serve")
-	addr := servingAddr(t, srv.stderr.WaitFor(t, `"rotavault serving"`, awaitDeadline))
-	if mode := fileMode(t, filepath.Join(dir, storeFileName)); mode != 0o600 {
-		t.Errorf("store file mode %v, want 0600", mode)
-	}
-	c.env = map[string]string{"ROTAVAULT_SERVER": addr}
-
-	t.Run("client flags", func(t *testing.T) {
-		tests := []struct {
-			name   string
-			env    map[string]string
-			args   []string
-			code   int
-			stdout string
-			stderr string
-		}{
-			{"server from the environment", nil, []string{"credentials", "list"}, exitOK, "no credentials", ""},
-			{"a flag wins over its variable", map[string]string{"ROTAVAULT_SERVER": "127.0.0.1:1"},
-				[]string{"credentials", "list", "--server", addr}, exitOK, "no credentials", ""},
-			{"boolean variable", map[string]string{"ROTAVAULT_JSON": "true"},
-				[]string{"credentials", "put", "envcred", "--provider", "oauth2", "--token-url", "https://idp.example.com/token", "--client-id", "x"},
-				exitOK, `"envcred"`, ""},
-			{"list variable", map[string]string{"ROTAVAULT_SCOPE": "api, refresh_token", "ROTAVAULT_PROVIDER": "salesforce"},
-				[]string{"credentials", "put", "scoped", "--base-url", "https://login.salesforce.com", "--client-id", "x"},
-				exitOK, "api refresh_token", ""},
-			{"bad value names the variable", map[string]string{"ROTAVAULT_TIMEOUT": "soon"},
-				[]string{"credentials", "list"}, exitUsage, "", "ROTAVAULT_TIMEOUT"},
-		}
-		for _, tt := range tests {
-			t.Run(tt.name, func(t *testing.T) {
-				r := c.runEnv(tt.env, "", tt.args...).expect(t, tt.code)
-				if !strings.Contains(r.stdout, tt.stdout) || !strings.Contains(r.stderr, tt.stderr) {
-					t.Errorf("stdout %q (want %q), stderr %q (want %q)", r.stdout, tt.stdout, r.stderr, tt.stderr)
-				}
-			})
-		}
-	})
-
-	if code := srv.stop(t); code != exitOK {
-		t.Fatalf("serve stopped with exit code %d:\n%s", code, srv.stderr.String())
-	}
-	if !strings.Contains(srv.stderr.String(), `"shutting down"`) {
-		t.Error("serve did not log its shutdown")
-	}
-
-	t.Run("store key sources", func(t *testing.T) {
-		out := filepath.Join(t.TempDir(), "b.db")
-		r := c.runEnv(map[string]string{"ROTAVAULT_STORE_KEY_FILE": keyFile, "ROTAVAULT_STORE_KEY": strings.TrimSpace(string(rawKey))},
-			"", "store", "backup", "--data-dir", dir, "--out", out).expect(t, exitUsage)
-		if !strings.Contains(r.stderr, "keep one") {
-			t.Errorf("two key sources from the environment: %s", r.stderr)
-		}
-		// A key file named on the command line wins over the variable.
-		c.runEnv(map[string]string{"ROTAVAULT_STORE_KEY": "not-a-key"}, "",
-			"store", "backup", "--data-dir", dir, "--store-key-file", keyFile, "--out", out).expect(t, exitOK)
-		c.trans.assertNoSecrets(t, strings.TrimSpace(string(rawKey)))
-	})
-}
-
 // servingAddr finds the address in serve's "rotavault serving" log line.
 func servingAddr(t *testing.T, logs string) string {
 	t.Helper()
@@ -125,7 +52,7 @@ func TestStoreMaintenance(t *testing.T) {
 	keyFile, _ := newKeyFile(t, keyDir, "old.key")
 	c := newCLI(t, nil)
 	node := startNode(t, dir, keyFile, c.trans)
-	c.env = map[string]string{"ROTAVAULT_SERVER": node.addr}
+	c.env = map[string]string{"ROTAVAULT_ADDR": node.addr}
 	c.run("", "credentials", "put", "kept", "--provider", "oauth2", "--token-url", "https://idp.example.com/token", "--client-id", "x").expect(t, exitOK)
 	backup := filepath.Join(t.TempDir(), "backup.db")
 
@@ -170,7 +97,7 @@ func TestStoreMaintenance(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			n := startNode(t, tt.dataDir, tt.key, c.trans)
-			show := c.runEnv(map[string]string{"ROTAVAULT_SERVER": n.addr}, "", "credentials", "show", "kept").expect(t, exitOK)
+			show := c.runEnv(map[string]string{"ROTAVAULT_ADDR": n.addr}, "", "credentials", "show", "kept").expect(t, exitOK)
 			if !strings.Contains(show.stdout, "https://idp.example.com/token") {
 				t.Errorf("credential lost:\n%s", show.stdout)
 			}

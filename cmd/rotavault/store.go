@@ -40,13 +40,14 @@ type offlineStore struct {
 
 func (o *offlineStore) register(fs *pflag.FlagSet) {
 	fs.StringVar(&o.dataDir, "data-dir", "", "the server's data directory, holding rotavault.db (required)")
+	bindEnv(fs, "data-dir", serverEnvName("data-dir"))
 	o.keys.register(fs)
 }
 
 // open opens an existing store; it never creates one.
 func (o *offlineStore) open(a *app) (*boltstore.Store, boltstore.Key, error) {
 	if o.dataDir == "" {
-		return nil, boltstore.Key{}, usageErrorf("--data-dir is required (or set ROTAVAULT_DATA_DIR)")
+		return nil, boltstore.Key{}, usageErrorf("--data-dir is required (or set %s)", serverEnvName("data-dir"))
 	}
 	key, previous, err := o.keys.load(a)
 	if err != nil {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"strconv"
 	"strings"
 	"time"
@@ -45,7 +46,11 @@ about to expire (or has less than --min-remaining left).
 By default only the token's metadata is printed: type, expiry, generation
 (which grows by one with every refresh), family and fingerprint. Terminals
 and CI logs get recorded, so the token itself is printed only with
---show-token, or in --json output (field accessToken) for scripts.
+--show-token, or in --json output for scripts.
+
+THE --json OUTPUT INCLUDES THE ACCESS TOKEN (field accessToken): pipe it
+into the program that needs it, never into a log. On a terminal a warning
+says so on stderr.
 
 When a resource server refuses a token Rotavault handed out (Salesforce:
 401 INVALID_SESSION_ID), report it with --rejected-generation or
@@ -61,7 +66,8 @@ Examples:
   rotavault token get acme --min-remaining 5m
   rotavault token get acme --rejected-generation 7
   TOKEN=$(rotavault token get acme --json | jq -r .accessToken)`,
-		Args: args(cobra.ExactArgs(1)),
+		Args:              args(cobra.ExactArgs(1)),
+		ValidArgsFunction: a.completeCredentialIDs(client, 1),
 		RunE: runE(func(cmd *cobra.Command, argv []string) error {
 			id := argv[0]
 			fs := cmd.Flags()
@@ -83,14 +89,23 @@ Examples:
 			}
 			var resp *rotavaultv1.GetAccessTokenResponse
 			err := client.call(cmd.Context(), func(ctx context.Context, conn *grpc.ClientConn) error {
+				svc := rotavaultv1.NewTokenVaultServiceClient(conn)
+				if req.GetRejectedToken() != nil {
+					var err error
+					resp, err = a.report(ctx, svc, req)
+					return err
+				}
 				var err error
-				resp, err = rotavaultv1.NewTokenVaultServiceClient(conn).GetAccessToken(ctx, req)
+				resp, err = svc.GetAccessToken(ctx, req)
 				return err
 			})
 			if err != nil {
 				return client.explain(err, id)
 			}
 			if client.json {
+				if isTerminal(a.stdout) {
+					fmt.Fprintln(a.stderr, "warning: this JSON includes the access token (accessToken); it stays in the terminal's scrollback")
+				}
 				return printJSON(a.stdout, resp)
 			}
 			f := newFields(a.stdout)
@@ -115,4 +130,43 @@ Examples:
 	fs.StringVar(&rejectedFP, "rejected-fingerprint", "", "report that the token with this fingerprint (16 hex digits) was refused")
 	fs.BoolVar(&showToken, "show-token", false, "print the access token itself (it ends up in terminal scrollback and logs)")
 	return cmd
+}
+
+// report sends a rejected-token report and tells the person what became of
+// it. The API answers a report with a token and says nothing about the
+// report itself: the server ignores a report naming a token that is not
+// its current one, and does not refresh when the provider vouches for the
+// token. So the current token is fetched first (an unchanged request
+// without the report): a report naming another token is not sent, and a
+// report answered with the same generation is said to have changed
+// nothing. Notes go to stderr.
+func (a *app) report(ctx context.Context, svc rotavaultv1.TokenVaultServiceClient, req *rotavaultv1.GetAccessTokenRequest) (*rotavaultv1.GetAccessTokenResponse, error) {
+	plain := &rotavaultv1.GetAccessTokenRequest{CredentialId: req.GetCredentialId(), MinRemainingLifetime: req.GetMinRemainingLifetime()}
+	cur, err := svc.GetAccessToken(ctx, plain)
+	if err != nil {
+		return nil, err
+	}
+	rt := req.GetRejectedToken()
+	reported := "the token with fingerprint " + rt.GetFingerprint()
+	isCurrent := rt.GetFingerprint() == cur.GetFingerprint()
+	if _, ok := rt.GetToken().(*rotavaultv1.RejectedToken_Generation); ok {
+		reported = "generation " + strconv.FormatUint(rt.GetGeneration(), 10)
+		isCurrent = rt.GetGeneration() == cur.GetGeneration()
+	}
+	if !isCurrent {
+		fmt.Fprintf(a.stderr, "note: report not sent: %s is not %s's current token (generation %d is); here is the current one\n",
+			reported, req.GetCredentialId(), cur.GetGeneration())
+		return cur, nil
+	}
+	resp, err := svc.GetAccessToken(ctx, req)
+	if err != nil {
+		return nil, err
+	}
+	if resp.GetGeneration() == cur.GetGeneration() {
+		fmt.Fprintf(a.stderr, "note: the report changed nothing: the provider still accepts %s, or another report on %s was acted on within the server's --rejected-token-interval; if the resource server keeps refusing it, check its configuration\n",
+			reported, req.GetCredentialId())
+	} else {
+		fmt.Fprintf(a.stderr, "note: %s was replaced: generation %d\n", reported, resp.GetGeneration())
+	}
+	return resp, nil
 }

@@ -19,7 +19,7 @@ func TestServeOnVault(t *testing.T) {
 		srv := c.start(nil, "serve", "--addr", "127.0.0.1:0", "--data-dir", dir, "--store", "vault", "--vault-prefix", "cli-test")
 		addr := servingAddr(t, srv.stderr.WaitFor(t, `"rotavault serving"`, awaitDeadline))
 		t.Cleanup(func() { srv.stop(t) })
-		c.env = map[string]string{"ROTAVAULT_SERVER": addr}
+		c.env = map[string]string{"ROTAVAULT_ADDR": addr}
 		return addr
 	}
 	serve()
