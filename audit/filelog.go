@@ -89,6 +89,7 @@ func (c Config) headKey() string {
 // the store. Safe for concurrent use.
 type FileLog struct {
 	st      store.Store
+	path    string
 	headKey string
 	key     *macKey
 	log     *slog.Logger
@@ -185,7 +186,7 @@ func Open(ctx context.Context, cfg Config) (*FileLog, error) {
 	if interval == 0 {
 		interval = DefaultAnchorInterval
 	}
-	l := &FileLog{st: cfg.Store, headKey: cfg.headKey(), key: key, log: log, file: f, headVersion: version, witness: cfg.Witness,
+	l := &FileLog{st: cfg.Store, path: cfg.Path, headKey: cfg.headKey(), key: key, log: log, file: f, headVersion: version, witness: cfg.Witness,
 		interval: interval, dirty: make(chan struct{}, 1), stop: make(chan struct{}), stopped: make(chan struct{})}
 	if anchor != nil {
 		l.anchoredSeq = anchor.Seq
@@ -451,6 +452,41 @@ func (l *FileLog) Close() error {
 	err := l.file.Close()
 	l.file = nil
 	return err
+}
+
+// VerifyOnline checks the trail this FileLog writes while it goes on
+// writing, as Verify does offline: against the head anchored in the store
+// and, when witness is not nil, against the witness's lines. The anchor and
+// the witness are read while no anchor is written (a head anchored between
+// the two reads would look like a rollback); the file is read up to the
+// last whole record written at that moment, which reaches the anchor.
+// Records written meanwhile are left for the next check. It returns a
+// *ChainError (wrapping ErrChainBroken) naming the first broken record.
+func (l *FileLog) VerifyOnline(ctx context.Context, witness io.Reader) (Report, error) {
+	l.anchorMu.Lock()
+	anchor, _, err := readHead(ctx, l.st, l.headKey)
+	var witnessed *Head
+	if err == nil && witness != nil {
+		witnessed, err = checkWitness(witness, l.key, l.headKey, anchor)
+	}
+	l.mu.Lock()
+	size := l.size
+	l.mu.Unlock()
+	l.anchorMu.Unlock()
+	if err != nil {
+		return Report{Anchor: anchor, Witnessed: witnessed}, err
+	}
+	f, err := os.Open(l.path)
+	if err != nil {
+		return Report{Anchor: anchor}, fmt.Errorf("audit: verify: %w", err)
+	}
+	defer f.Close()
+	rep, err := verify(ctx, io.LimitReader(f, size), l.key, anchor, witnessed)
+	rep.Witnessed = witnessed
+	if err == nil && anchor == nil {
+		return rep, missingAnchor(Config{HeadKey: l.headKey}, rep.Records > 0)
+	}
+	return rep, err
 }
 
 // Verify checks the whole trail at cfg.Path against the key and the head

@@ -17,11 +17,23 @@ import (
 // does not change that. Errors: ctx.Err() wrapped if ctx ends before the
 // copy does, or the write error of w.
 func (s *Store) Backup(ctx context.Context, w io.Writer) error {
+	return s.Snapshot(ctx, func(int64) (io.Writer, error) { return w, nil })
+}
+
+// Snapshot is Backup for a writer that needs the copy's size before its
+// first byte (a stream announcing its length): start receives the size,
+// taken in the copy's own transaction, and returns where the copy goes.
+// An error from start ends the snapshot and is returned wrapped.
+func (s *Store) Snapshot(ctx context.Context, start func(size int64) (io.Writer, error)) error {
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("boltstore: backup: %w", err)
 	}
 	err := s.db.View(func(tx *bolt.Tx) error {
-		_, err := tx.WriteTo(ctxWriter{ctx: ctx, w: w})
+		w, err := start(tx.Size())
+		if err != nil {
+			return err
+		}
+		_, err = tx.WriteTo(ctxWriter{ctx: ctx, w: w})
 		return err
 	})
 	if err != nil {

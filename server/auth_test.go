@@ -371,6 +371,23 @@ func rpcCases(e *authEnv) []rpcCase {
 			_, err := admin(c).ListConsumers(ctx, &rotavaultv1.ListConsumersRequest{CredentialId: "cred-a"})
 			return err
 		}},
+		{"/rotavault.v1.CredentialAdminService/BackupStore", idOps, idAdmin, func(ctx context.Context, c *grpc.ClientConn) error {
+			// No store snapshot here: FAILED_PRECONDITION once authorized.
+			s, err := admin(c).BackupStore(ctx, &rotavaultv1.BackupStoreRequest{})
+			if err != nil {
+				return err
+			}
+			_, err = s.Recv()
+			return err
+		}},
+		{"/rotavault.v1.CredentialAdminService/VerifyAuditTrail", idOps, idAdmin, func(ctx context.Context, c *grpc.ClientConn) error {
+			_, err := admin(c).VerifyAuditTrail(ctx, &rotavaultv1.VerifyAuditTrailRequest{})
+			return err
+		}},
+		{"/rotavault.v1.CredentialAdminService/GetServerStatus", idPayments, idAdmin, func(ctx context.Context, c *grpc.ClientConn) error {
+			_, err := admin(c).GetServerStatus(ctx, &rotavaultv1.GetServerStatusRequest{})
+			return err
+		}},
 		{"/grpc.reflection.v1.ServerReflection/ServerReflectionInfo", idPayments, idAdmin, func(ctx context.Context, c *grpc.ClientConn) error {
 			s, err := reflectionv1.NewServerReflectionClient(c).ServerReflectionInfo(ctx)
 			if err != nil {

@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"log/slog"
+	"time"
 
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -26,6 +27,11 @@ type CredentialBroker interface {
 type CredentialAdminConfig struct {
 	Broker CredentialBroker
 	Logger *slog.Logger // nil: discard
+	// Operations serves BackupStore, VerifyAuditTrail and
+	// GetServerStatus; the zero value turns the first two off.
+	Operations Operations
+	// Census counts credentials for GetServerStatus (nil: not counted).
+	Census CredentialCensus
 }
 
 // CredentialAdminService implements rotavault.v1.CredentialAdminService.
@@ -34,11 +40,13 @@ type CredentialAdminService struct {
 	rotavaultv1.UnimplementedCredentialAdminServiceServer
 	broker CredentialBroker
 	log    *slog.Logger
+	ops    *operations
 }
 
 // NewCredentialAdminService returns the admin service.
 func NewCredentialAdminService(cfg CredentialAdminConfig) *CredentialAdminService {
-	return &CredentialAdminService{broker: cfg.Broker, log: loggerOrDiscard(cfg.Logger)}
+	return &CredentialAdminService{broker: cfg.Broker, log: loggerOrDiscard(cfg.Logger),
+		ops: &operations{cfg: cfg.Operations, broker: cfg.Census, started: time.Now()}}
 }
 
 const (

@@ -76,6 +76,18 @@ type Config struct {
 	// started and handled by method and code, refused calls included;
 	// handling time) and the connection limits' metrics.
 	Registerer prometheus.Registerer
+	// Operations serves the admin service's BackupStore, VerifyAuditTrail
+	// and GetServerStatus RPCs.
+	Operations Operations
+}
+
+// adminConfig wires the admin service; a nil broker counts nothing.
+func adminConfig(cfg Config, log *slog.Logger) CredentialAdminConfig {
+	ac := CredentialAdminConfig{Broker: cfg.Broker, Logger: log, Operations: cfg.Operations}
+	if cfg.Broker != nil {
+		ac.Census = cfg.Broker
+	}
+	return ac
 }
 
 // Connection lifetime defaults. Load balancers commonly cut idle
@@ -192,7 +204,7 @@ func New(cfg Config) *Server {
 		issuance = newIssuanceCounter(cfg.Auditor, catalog, cfg.IssuanceFlushInterval, log)
 	}
 	rotavaultv1.RegisterTokenVaultServiceServer(gs, NewTokenVaultService(TokenVaultConfig{Broker: cfg.Broker, Logger: log, issuance: issuance}))
-	rotavaultv1.RegisterCredentialAdminServiceServer(gs, NewCredentialAdminService(CredentialAdminConfig{Broker: cfg.Broker, Logger: log}))
+	rotavaultv1.RegisterCredentialAdminServiceServer(gs, NewCredentialAdminService(adminConfig(cfg, log)))
 	hs := health.NewServer()
 	healthpb.RegisterHealthServer(gs, hs)
 	setHealth := func(st healthpb.HealthCheckResponse_ServingStatus) {

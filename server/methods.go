@@ -38,6 +38,9 @@ func methodRules() map[string]methodRule {
 		admin + "ListCredentials":  {role: RoleAdmin},
 		admin + "DeleteCredential": {role: RoleAdmin, credentials: credentialID},
 		admin + "ListConsumers":    {role: RoleAdmin},
+		admin + "BackupStore":      {role: RoleAdmin},
+		admin + "VerifyAuditTrail": {role: RoleAdmin},
+		admin + "GetServerStatus":  {role: RoleAdmin},
 
 		// Reflection describes every service: admins only.
 		"/" + reflectionv1.ServerReflection_ServiceDesc.ServiceName + "/ServerReflectionInfo":      {role: RoleAdmin},

@@ -67,6 +67,22 @@ func openAudit(ctx context.Context, cfg serverConfig, st store.Store, log *slog.
 	return al, err
 }
 
+// onlineAuditCheck is the running server's audit verification: the trail
+// it writes, and the witness file it writes to when it has one.
+func onlineAuditCheck(al *audit.FileLog, witness string) func(context.Context) (audit.Report, error) {
+	return func(ctx context.Context) (audit.Report, error) {
+		if witness == "" {
+			return al.VerifyOnline(ctx, nil)
+		}
+		f, err := os.Open(witness)
+		if err != nil {
+			return audit.Report{}, fmt.Errorf("witness: %w", err)
+		}
+		defer f.Close()
+		return al.VerifyOnline(ctx, f)
+	}
+}
+
 // acceptMissingAnchorFlag is serve's flag accepting a deleted audit head.
 const acceptMissingAnchorFlag = "accept-missing-audit-anchor"
 
@@ -91,9 +107,10 @@ func (w witnessFile) Write(p []byte) (int, error) {
 func newAuditCmd(a *app) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "audit",
-		Short: "Check the audit trail offline",
-		Long: `Check the audit trail (DATA_DIR/audit.jsonl) while no server uses the store.
-A running server holds the store's lock: stop it first.`,
+		Short: "Check the audit trail, offline or through the running server",
+		Long: `Check the audit trail (DATA_DIR/audit.jsonl): offline while no server uses the
+store (a running server holds the store's lock), or with audit verify
+--online through the running server.`,
 		Args: cobra.ArbitraryArgs,
 		RunE: groupRunE,
 	}
@@ -104,8 +121,10 @@ A running server holds the store's lock: stop it first.`,
 func newAuditVerifyCmd(a *app) *cobra.Command {
 	var st offlineStore
 	var witnesses []string
+	var client clientOptions
+	var online bool
 	cmd := &cobra.Command{
-		Use:   "verify --data-dir DIR --store-key-file KEY",
+		Use:   "verify (--data-dir DIR --store-key-file KEY | --online)",
 		Short: "Verify the audit trail's hash chain and its anchored head",
 		Long: `Verify DATA_DIR/audit.jsonl: every record's HMAC-SHA256 under the audit key,
 its seq (1, 2, 3… with no gap), that it names the previous record's mac, and
@@ -128,14 +147,27 @@ writer cannot rewrite them; repeat it for rotated files) the store's head
 must be at least as new as the newest witnessed one, and the file must reach
 it: else "store older than its witness".
 
-Only the embedded store is supported for now.
+Offline, only the embedded store is supported. With --online the running
+server verifies the trail it writes (either backend), against the head its
+store anchors and, when it runs with --audit-witness, its witness file; this
+needs the admin role and the client flags, not the data directory or the
+key. Records written while it reads are left for the next check. --witness
+is offline only: online, the server reads its own witness file.
 
 Examples:
   rotavault audit verify --data-dir /var/lib/rotavault --store-key-file /etc/rotavault/store.key
   rotavault audit verify --data-dir /var/lib/rotavault --store-key-file /etc/rotavault/store.key \
-      --witness /mnt/witness/rotavault-audit-witness.log`,
+      --witness /mnt/witness/rotavault-audit-witness.log
+  rotavault audit verify --online --server rotavault.internal:8443 --tls-ca ca.pem \
+      --tls-cert admin.pem --tls-key admin-key.pem`,
 		Args: args(cobra.NoArgs),
 		RunE: runE(func(cmd *cobra.Command, _ []string) error {
+			if online {
+				if len(witnesses) > 0 {
+					return usageErrorf("--witness is for the offline check: online, the server reads the witness file it writes (serve --audit-witness)")
+				}
+				return onlineVerify(cmd.Context(), a, &client)
+			}
 			bs, _, err := st.open(a)
 			if err != nil {
 				return err
@@ -164,6 +196,8 @@ Examples:
 		}),
 	}
 	st.register(cmd.Flags())
+	client.register(cmd)
+	cmd.Flags().BoolVar(&online, onlineFlag, false, "ask the running server to verify its trail (admin role; client flags, no data directory or key)")
 	cmd.Flags().StringArrayVar(&witnesses, "witness", nil, "a file of the witness lines serve --audit-witness wrote (repeat for rotated files): detects a store rolled back to an earlier copy")
 	return cmd
 }

@@ -188,6 +188,7 @@ func runServer(ctx context.Context, cfg serverConfig) (err error) {
 		return fmt.Errorf("create data directory: %w", err)
 	}
 	var st store.Store
+	ops := server.Operations{StoreBackend: cfg.Backend}
 	switch cfg.Backend {
 	case "", backendEmbedded:
 		bs, err := openStore(cfg.DataDir, cfg.Key, boltstore.Options{PreviousKeys: cfg.PreviousKeys, Logger: log})
@@ -196,6 +197,7 @@ func runServer(ctx context.Context, cfg serverConfig) (err error) {
 		}
 		defer closeLogged(log, "store", bs.Close)
 		st = bs
+		ops.StoreBackend, ops.Snapshot, ops.StoreKeyID = backendEmbedded, bs.Snapshot, cfg.Key.ID()
 	case backendVault:
 		vs, err := vaultstore.New(ctx, vaultstore.Config{Mount: cfg.VaultMount, Prefix: cfg.VaultPrefix, Login: cfg.VaultLogin,
 			TransitKey: cfg.VaultTransitKey, TransitMount: cfg.VaultTransitMount, Logger: log})
@@ -212,6 +214,7 @@ func runServer(ctx context.Context, cfg serverConfig) (err error) {
 		return err
 	}
 	defer closeLogged(log, "audit trail", al.Close)
+	ops.VerifyAudit, ops.AuditWitness = onlineAuditCheck(al, cfg.AuditWitness), cfg.AuditWitness != ""
 	brokerOpts := append([]broker.Option{broker.WithLogger(log)}, cfg.BrokerOptions...)
 	if callback != nil {
 		brokerOpts = append(brokerOpts, callback)
@@ -231,7 +234,7 @@ func runServer(ctx context.Context, cfg serverConfig) (err error) {
 		extra = append(extra, grpc.Creds(credentials.NewTLS(tc)))
 	}
 	srv := server.New(server.Config{Broker: b, Logger: log, Reflection: cfg.Reflection, Auth: auth, ExtraOptions: extra, RateLimit: cfg.RateLimit, Auditor: al, ConsumerCatalog: true, IssuanceFlushInterval: cfg.IssuanceFlushInterval, MaxConnectionAge: cfg.MaxConnectionAge, MaxConnectionAgeGrace: cfg.MaxConnectionAgeGrace,
-		Limits: cfg.Limits, Registerer: mx.Registry()})
+		Limits: cfg.Limits, Registerer: mx.Registry(), Operations: ops})
 	if auth == nil {
 		log.Warn("no --policy: every caller is treated as the admin identity " + server.DevIdentity + "; for development on loopback only")
 	}

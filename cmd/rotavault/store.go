@@ -22,9 +22,10 @@ const offlineOpenTimeout = time.Second
 func newStoreCmd(a *app) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "store",
-		Short: "Maintain the embedded store offline: backup, key rotation, key generation",
-		Long: `Maintain the embedded store (DATA_DIR/rotavault.db) while no server uses it.
-A running server holds the store's lock: stop it first.`,
+		Short: "Maintain the embedded store: backup (offline or online), key rotation, key generation",
+		Long: `Maintain the embedded store (DATA_DIR/rotavault.db). A running server holds
+the store's lock: stop it first, except for store backup --online, which
+asks the running server for the copy.`,
 		Args: cobra.ArbitraryArgs,
 		RunE: groupRunE,
 	}
@@ -66,16 +67,29 @@ func (o *offlineStore) open(a *app) (*boltstore.Store, boltstore.Key, error) {
 
 func newStoreBackupCmd(a *app) *cobra.Command {
 	var (
-		store offlineStore
-		out   string
+		store  offlineStore
+		client clientOptions
+		out    string
+		online bool
 	)
 	cmd := &cobra.Command{
-		Use:   "backup --data-dir DIR --store-key-file KEY --out FILE",
-		Short: "Write a consistent copy of the store",
+		Use:   "backup (--data-dir DIR --store-key-file KEY | --online) --out FILE",
+		Short: "Write a consistent copy of the store, offline or from the running server",
 		Long: `Write a consistent copy of the store to --out (mode 0600; an existing file
 is never overwritten). The copy is itself a store, sealed under the same
 key: keep the key with it, or the backup is useless, and keep them apart
 from each other, or the backup is readable by whoever finds it.
+
+Offline (--data-dir and the store key) the server must be stopped. With
+--online the running server streams the copy, taken in one read
+transaction while it goes on serving (rotations included); this needs the
+admin role and the client flags (--server, --tls-*, --token-file), not the
+data directory or the key: the copy arrives sealed, and is written to a
+temporary file next to --out that becomes --out only once complete.
+--timeout bounds the whole transfer (default 10m with --online). One online
+backup runs at a time per server (another exits 5: retry later). The Vault
+backend has none: back Vault up with its own snapshots (vault operator raft
+snapshot save), which hold Rotavault's records sealed as they are.
 
 To restore, stop the server and put the copy in place of DATA_DIR/rotavault.db.
 The copy does not hold the audit trail (DATA_DIR/audit.jsonl), but it does
@@ -92,11 +106,24 @@ the backup.
 
 Examples:
   rotavault store backup --data-dir /var/lib/rotavault --store-key-file /etc/rotavault/store.key \
-      --out /backups/rotavault-$(date +%F).db`,
+      --out /backups/rotavault-$(date +%F).db
+  rotavault store backup --online --server rotavault.internal:8443 --tls-ca ca.pem \
+      --tls-cert admin.pem --tls-key admin-key.pem --out /backups/rotavault-$(date +%F).db`,
 		Args: args(cobra.NoArgs),
 		RunE: runE(func(cmd *cobra.Command, _ []string) error {
 			if out == "" {
 				return usageErrorf("--out is required")
+			}
+			if online {
+				if !cmd.Flags().Changed("timeout") {
+					client.timeout = onlineBackupTimeout
+				}
+				size, keyID, err := onlineBackup(cmd.Context(), &client, out)
+				if err != nil {
+					return err
+				}
+				_, err = fmt.Fprintf(a.stdout, "backup of the running server written to %s (%d bytes, sealed under key %s)\n", out, size, keyID)
+				return err
 			}
 			st, key, err := store.open(a)
 			if err != nil {
@@ -111,7 +138,9 @@ Examples:
 		}),
 	}
 	store.register(cmd.Flags())
+	client.register(cmd)
 	cmd.Flags().StringVar(&out, "out", "", "file to write the backup to (required; must not exist)")
+	cmd.Flags().BoolVar(&online, onlineFlag, false, "take the backup from the running server (admin role; client flags, no data directory or key)")
 	return cmd
 }
 

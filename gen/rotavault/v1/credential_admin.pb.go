@@ -1245,6 +1245,458 @@ func (x *Consumer) GetTokenCount() uint64 {
 	return 0
 }
 
+type BackupStoreRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BackupStoreRequest) Reset() {
+	*x = BackupStoreRequest{}
+	mi := &file_rotavault_v1_credential_admin_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BackupStoreRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BackupStoreRequest) ProtoMessage() {}
+
+func (x *BackupStoreRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_rotavault_v1_credential_admin_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BackupStoreRequest.ProtoReflect.Descriptor instead.
+func (*BackupStoreRequest) Descriptor() ([]byte, []int) {
+	return file_rotavault_v1_credential_admin_proto_rawDescGZIP(), []int{15}
+}
+
+type BackupStoreResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The copy's total size in bytes: set in the first message only, so that
+	// a reader can tell a complete copy from a cut one.
+	TotalSize int64 `protobuf:"varint,1,opt,name=total_size,json=totalSize,proto3" json:"total_size,omitempty"`
+	// The next bytes of the copy (at most 64 KiB per message).
+	Chunk []byte `protobuf:"bytes,2,opt,name=chunk,proto3" json:"chunk,omitempty"`
+	// The id of the store key the copy is sealed under (first message only).
+	StoreKeyId    string `protobuf:"bytes,3,opt,name=store_key_id,json=storeKeyId,proto3" json:"store_key_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BackupStoreResponse) Reset() {
+	*x = BackupStoreResponse{}
+	mi := &file_rotavault_v1_credential_admin_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BackupStoreResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BackupStoreResponse) ProtoMessage() {}
+
+func (x *BackupStoreResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_rotavault_v1_credential_admin_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BackupStoreResponse.ProtoReflect.Descriptor instead.
+func (*BackupStoreResponse) Descriptor() ([]byte, []int) {
+	return file_rotavault_v1_credential_admin_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *BackupStoreResponse) GetTotalSize() int64 {
+	if x != nil {
+		return x.TotalSize
+	}
+	return 0
+}
+
+func (x *BackupStoreResponse) GetChunk() []byte {
+	if x != nil {
+		return x.Chunk
+	}
+	return nil
+}
+
+func (x *BackupStoreResponse) GetStoreKeyId() string {
+	if x != nil {
+		return x.StoreKeyId
+	}
+	return ""
+}
+
+type VerifyAuditTrailRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *VerifyAuditTrailRequest) Reset() {
+	*x = VerifyAuditTrailRequest{}
+	mi := &file_rotavault_v1_credential_admin_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *VerifyAuditTrailRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*VerifyAuditTrailRequest) ProtoMessage() {}
+
+func (x *VerifyAuditTrailRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_rotavault_v1_credential_admin_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use VerifyAuditTrailRequest.ProtoReflect.Descriptor instead.
+func (*VerifyAuditTrailRequest) Descriptor() ([]byte, []int) {
+	return file_rotavault_v1_credential_admin_proto_rawDescGZIP(), []int{17}
+}
+
+type VerifyAuditTrailResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Whether the chain is sound; problem says what is wrong otherwise.
+	Intact bool `protobuf:"varint,1,opt,name=intact,proto3" json:"intact,omitempty"`
+	// The first problem found (record line and seq, and what is wrong);
+	// empty when intact.
+	Problem string `protobuf:"bytes,2,opt,name=problem,proto3" json:"problem,omitempty"`
+	// Records in the trail when it was read.
+	Records uint64 `protobuf:"varint,3,opt,name=records,proto3" json:"records,omitempty"`
+	// Whether the store anchors a head for this trail, and its seq.
+	Anchored    bool   `protobuf:"varint,4,opt,name=anchored,proto3" json:"anchored,omitempty"`
+	AnchoredSeq uint64 `protobuf:"varint,5,opt,name=anchored_seq,json=anchoredSeq,proto3" json:"anchored_seq,omitempty"`
+	// Records after the anchored head: they chain, but their removal would
+	// not be detected.
+	BeyondAnchorRecords uint64 `protobuf:"varint,6,opt,name=beyond_anchor_records,json=beyondAnchorRecords,proto3" json:"beyond_anchor_records,omitempty"`
+	// Whether a witness was checked (serve --audit-witness), and the newest
+	// seq it holds for this trail (0: none).
+	WitnessChecked bool   `protobuf:"varint,7,opt,name=witness_checked,json=witnessChecked,proto3" json:"witness_checked,omitempty"`
+	WitnessedSeq   uint64 `protobuf:"varint,8,opt,name=witnessed_seq,json=witnessedSeq,proto3" json:"witnessed_seq,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *VerifyAuditTrailResponse) Reset() {
+	*x = VerifyAuditTrailResponse{}
+	mi := &file_rotavault_v1_credential_admin_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *VerifyAuditTrailResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*VerifyAuditTrailResponse) ProtoMessage() {}
+
+func (x *VerifyAuditTrailResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_rotavault_v1_credential_admin_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use VerifyAuditTrailResponse.ProtoReflect.Descriptor instead.
+func (*VerifyAuditTrailResponse) Descriptor() ([]byte, []int) {
+	return file_rotavault_v1_credential_admin_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *VerifyAuditTrailResponse) GetIntact() bool {
+	if x != nil {
+		return x.Intact
+	}
+	return false
+}
+
+func (x *VerifyAuditTrailResponse) GetProblem() string {
+	if x != nil {
+		return x.Problem
+	}
+	return ""
+}
+
+func (x *VerifyAuditTrailResponse) GetRecords() uint64 {
+	if x != nil {
+		return x.Records
+	}
+	return 0
+}
+
+func (x *VerifyAuditTrailResponse) GetAnchored() bool {
+	if x != nil {
+		return x.Anchored
+	}
+	return false
+}
+
+func (x *VerifyAuditTrailResponse) GetAnchoredSeq() uint64 {
+	if x != nil {
+		return x.AnchoredSeq
+	}
+	return 0
+}
+
+func (x *VerifyAuditTrailResponse) GetBeyondAnchorRecords() uint64 {
+	if x != nil {
+		return x.BeyondAnchorRecords
+	}
+	return 0
+}
+
+func (x *VerifyAuditTrailResponse) GetWitnessChecked() bool {
+	if x != nil {
+		return x.WitnessChecked
+	}
+	return false
+}
+
+func (x *VerifyAuditTrailResponse) GetWitnessedSeq() uint64 {
+	if x != nil {
+		return x.WitnessedSeq
+	}
+	return 0
+}
+
+type GetServerStatusRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetServerStatusRequest) Reset() {
+	*x = GetServerStatusRequest{}
+	mi := &file_rotavault_v1_credential_admin_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetServerStatusRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetServerStatusRequest) ProtoMessage() {}
+
+func (x *GetServerStatusRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_rotavault_v1_credential_admin_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetServerStatusRequest.ProtoReflect.Descriptor instead.
+func (*GetServerStatusRequest) Descriptor() ([]byte, []int) {
+	return file_rotavault_v1_credential_admin_proto_rawDescGZIP(), []int{19}
+}
+
+type GetServerStatusResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The server's module version (v1.2.3, or "(devel)" for a build from a
+	// work tree), from its build information.
+	Version string `protobuf:"bytes,1,opt,name=version,proto3" json:"version,omitempty"`
+	// The source revision the server was built from, and whether the work
+	// tree had uncommitted changes; empty when the build did not record it.
+	VcsRevision string `protobuf:"bytes,2,opt,name=vcs_revision,json=vcsRevision,proto3" json:"vcs_revision,omitempty"`
+	VcsModified bool   `protobuf:"varint,3,opt,name=vcs_modified,json=vcsModified,proto3" json:"vcs_modified,omitempty"`
+	// The Go release that built the server (go1.26.7).
+	GoVersion string `protobuf:"bytes,4,opt,name=go_version,json=goVersion,proto3" json:"go_version,omitempty"`
+	// "embedded" or "vault".
+	StoreBackend string `protobuf:"bytes,5,opt,name=store_backend,json=storeBackend,proto3" json:"store_backend,omitempty"`
+	// Whether this server can serve: it reaches its store. not_ready_reason
+	// says why not.
+	Ready          bool   `protobuf:"varint,6,opt,name=ready,proto3" json:"ready,omitempty"`
+	NotReadyReason string `protobuf:"bytes,7,opt,name=not_ready_reason,json=notReadyReason,proto3" json:"not_ready_reason,omitempty"`
+	// Credentials by status; every status appears, with 0 where none has it.
+	// Empty when the store could not be listed (see not_ready_reason).
+	CredentialCounts []*CredentialStatusCount `protobuf:"bytes,8,rep,name=credential_counts,json=credentialCounts,proto3" json:"credential_counts,omitempty"`
+	// When the server started.
+	StartTime     *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=start_time,json=startTime,proto3" json:"start_time,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetServerStatusResponse) Reset() {
+	*x = GetServerStatusResponse{}
+	mi := &file_rotavault_v1_credential_admin_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetServerStatusResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetServerStatusResponse) ProtoMessage() {}
+
+func (x *GetServerStatusResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_rotavault_v1_credential_admin_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetServerStatusResponse.ProtoReflect.Descriptor instead.
+func (*GetServerStatusResponse) Descriptor() ([]byte, []int) {
+	return file_rotavault_v1_credential_admin_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *GetServerStatusResponse) GetVersion() string {
+	if x != nil {
+		return x.Version
+	}
+	return ""
+}
+
+func (x *GetServerStatusResponse) GetVcsRevision() string {
+	if x != nil {
+		return x.VcsRevision
+	}
+	return ""
+}
+
+func (x *GetServerStatusResponse) GetVcsModified() bool {
+	if x != nil {
+		return x.VcsModified
+	}
+	return false
+}
+
+func (x *GetServerStatusResponse) GetGoVersion() string {
+	if x != nil {
+		return x.GoVersion
+	}
+	return ""
+}
+
+func (x *GetServerStatusResponse) GetStoreBackend() string {
+	if x != nil {
+		return x.StoreBackend
+	}
+	return ""
+}
+
+func (x *GetServerStatusResponse) GetReady() bool {
+	if x != nil {
+		return x.Ready
+	}
+	return false
+}
+
+func (x *GetServerStatusResponse) GetNotReadyReason() string {
+	if x != nil {
+		return x.NotReadyReason
+	}
+	return ""
+}
+
+func (x *GetServerStatusResponse) GetCredentialCounts() []*CredentialStatusCount {
+	if x != nil {
+		return x.CredentialCounts
+	}
+	return nil
+}
+
+func (x *GetServerStatusResponse) GetStartTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.StartTime
+	}
+	return nil
+}
+
+type CredentialStatusCount struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Status        CredentialStatus       `protobuf:"varint,1,opt,name=status,proto3,enum=rotavault.v1.CredentialStatus" json:"status,omitempty"`
+	Count         uint64                 `protobuf:"varint,2,opt,name=count,proto3" json:"count,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CredentialStatusCount) Reset() {
+	*x = CredentialStatusCount{}
+	mi := &file_rotavault_v1_credential_admin_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CredentialStatusCount) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CredentialStatusCount) ProtoMessage() {}
+
+func (x *CredentialStatusCount) ProtoReflect() protoreflect.Message {
+	mi := &file_rotavault_v1_credential_admin_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CredentialStatusCount.ProtoReflect.Descriptor instead.
+func (*CredentialStatusCount) Descriptor() ([]byte, []int) {
+	return file_rotavault_v1_credential_admin_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *CredentialStatusCount) GetStatus() CredentialStatus {
+	if x != nil {
+		return x.Status
+	}
+	return CredentialStatus_CREDENTIAL_STATUS_UNSPECIFIED
+}
+
+func (x *CredentialStatusCount) GetCount() uint64 {
+	if x != nil {
+		return x.Count
+	}
+	return 0
+}
+
 var File_rotavault_v1_credential_admin_proto protoreflect.FileDescriptor
 
 const file_rotavault_v1_credential_admin_proto_rawDesc = "" +
@@ -1336,7 +1788,40 @@ const file_rotavault_v1_credential_admin_proto_rawDesc = "" +
 	"\x0ffirst_seen_time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\rfirstSeenTime\x12@\n" +
 	"\x0elast_seen_time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\flastSeenTime\x12\x1f\n" +
 	"\vtoken_count\x18\x05 \x01(\x04R\n" +
-	"tokenCount*e\n" +
+	"tokenCount\"\x14\n" +
+	"\x12BackupStoreRequest\"l\n" +
+	"\x13BackupStoreResponse\x12\x1d\n" +
+	"\n" +
+	"total_size\x18\x01 \x01(\x03R\ttotalSize\x12\x14\n" +
+	"\x05chunk\x18\x02 \x01(\fR\x05chunk\x12 \n" +
+	"\fstore_key_id\x18\x03 \x01(\tR\n" +
+	"storeKeyId\"\x19\n" +
+	"\x17VerifyAuditTrailRequest\"\xa7\x02\n" +
+	"\x18VerifyAuditTrailResponse\x12\x16\n" +
+	"\x06intact\x18\x01 \x01(\bR\x06intact\x12\x18\n" +
+	"\aproblem\x18\x02 \x01(\tR\aproblem\x12\x18\n" +
+	"\arecords\x18\x03 \x01(\x04R\arecords\x12\x1a\n" +
+	"\banchored\x18\x04 \x01(\bR\banchored\x12!\n" +
+	"\fanchored_seq\x18\x05 \x01(\x04R\vanchoredSeq\x122\n" +
+	"\x15beyond_anchor_records\x18\x06 \x01(\x04R\x13beyondAnchorRecords\x12'\n" +
+	"\x0fwitness_checked\x18\a \x01(\bR\x0ewitnessChecked\x12#\n" +
+	"\rwitnessed_seq\x18\b \x01(\x04R\fwitnessedSeq\"\x18\n" +
+	"\x16GetServerStatusRequest\"\x8a\x03\n" +
+	"\x17GetServerStatusResponse\x12\x18\n" +
+	"\aversion\x18\x01 \x01(\tR\aversion\x12!\n" +
+	"\fvcs_revision\x18\x02 \x01(\tR\vvcsRevision\x12!\n" +
+	"\fvcs_modified\x18\x03 \x01(\bR\vvcsModified\x12\x1d\n" +
+	"\n" +
+	"go_version\x18\x04 \x01(\tR\tgoVersion\x12#\n" +
+	"\rstore_backend\x18\x05 \x01(\tR\fstoreBackend\x12\x14\n" +
+	"\x05ready\x18\x06 \x01(\bR\x05ready\x12(\n" +
+	"\x10not_ready_reason\x18\a \x01(\tR\x0enotReadyReason\x12P\n" +
+	"\x11credential_counts\x18\b \x03(\v2#.rotavault.v1.CredentialStatusCountR\x10credentialCounts\x129\n" +
+	"\n" +
+	"start_time\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\tstartTime\"e\n" +
+	"\x15CredentialStatusCount\x126\n" +
+	"\x06status\x18\x01 \x01(\x0e2\x1e.rotavault.v1.CredentialStatusR\x06status\x12\x14\n" +
+	"\x05count\x18\x02 \x01(\x04R\x05count*e\n" +
 	"\fProviderKind\x12\x1d\n" +
 	"\x19PROVIDER_KIND_UNSPECIFIED\x10\x00\x12\x1c\n" +
 	"\x18PROVIDER_KIND_SALESFORCE\x10\x01\x12\x18\n" +
@@ -1353,14 +1838,17 @@ const file_rotavault_v1_credential_admin_proto_rawDesc = "" +
 	"\x0fRefreshRotation\x12 \n" +
 	"\x1cREFRESH_ROTATION_UNSPECIFIED\x10\x00\x12\x1c\n" +
 	"\x18REFRESH_ROTATION_ROTATED\x10\x01\x12 \n" +
-	"\x1cREFRESH_ROTATION_NOT_ROTATED\x10\x022\xd5\x04\n" +
+	"\x1cREFRESH_ROTATION_NOT_ROTATED\x10\x022\xee\x06\n" +
 	"\x16CredentialAdminService\x12a\n" +
 	"\x10CreateCredential\x12%.rotavault.v1.CreateCredentialRequest\x1a&.rotavault.v1.CreateCredentialResponse\x12a\n" +
 	"\x10UpdateCredential\x12%.rotavault.v1.UpdateCredentialRequest\x1a&.rotavault.v1.UpdateCredentialResponse\x12X\n" +
 	"\rGetCredential\x12\".rotavault.v1.GetCredentialRequest\x1a#.rotavault.v1.GetCredentialResponse\x12^\n" +
 	"\x0fListCredentials\x12$.rotavault.v1.ListCredentialsRequest\x1a%.rotavault.v1.ListCredentialsResponse\x12a\n" +
 	"\x10DeleteCredential\x12%.rotavault.v1.DeleteCredentialRequest\x1a&.rotavault.v1.DeleteCredentialResponse\x12X\n" +
-	"\rListConsumers\x12\".rotavault.v1.ListConsumersRequest\x1a#.rotavault.v1.ListConsumersResponseB=Z;github.com/rotavault/rotavault/gen/rotavault/v1;rotavaultv1b\x06proto3"
+	"\rListConsumers\x12\".rotavault.v1.ListConsumersRequest\x1a#.rotavault.v1.ListConsumersResponse\x12T\n" +
+	"\vBackupStore\x12 .rotavault.v1.BackupStoreRequest\x1a!.rotavault.v1.BackupStoreResponse0\x01\x12a\n" +
+	"\x10VerifyAuditTrail\x12%.rotavault.v1.VerifyAuditTrailRequest\x1a&.rotavault.v1.VerifyAuditTrailResponse\x12^\n" +
+	"\x0fGetServerStatus\x12$.rotavault.v1.GetServerStatusRequest\x1a%.rotavault.v1.GetServerStatusResponseB=Z;github.com/rotavault/rotavault/gen/rotavault/v1;rotavaultv1b\x06proto3"
 
 var (
 	file_rotavault_v1_credential_admin_proto_rawDescOnce sync.Once
@@ -1375,7 +1863,7 @@ func file_rotavault_v1_credential_admin_proto_rawDescGZIP() []byte {
 }
 
 var file_rotavault_v1_credential_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_rotavault_v1_credential_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
+var file_rotavault_v1_credential_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
 var file_rotavault_v1_credential_admin_proto_goTypes = []any{
 	(ProviderKind)(0),                // 0: rotavault.v1.ProviderKind
 	(ClientAuthMethod)(0),            // 1: rotavault.v1.ClientAuthMethod
@@ -1396,55 +1884,71 @@ var file_rotavault_v1_credential_admin_proto_goTypes = []any{
 	(*ListConsumersRequest)(nil),     // 16: rotavault.v1.ListConsumersRequest
 	(*ListConsumersResponse)(nil),    // 17: rotavault.v1.ListConsumersResponse
 	(*Consumer)(nil),                 // 18: rotavault.v1.Consumer
-	(*durationpb.Duration)(nil),      // 19: google.protobuf.Duration
-	(RevocationReason)(0),            // 20: rotavault.v1.RevocationReason
-	(*timestamppb.Timestamp)(nil),    // 21: google.protobuf.Timestamp
-	(*fieldmaskpb.FieldMask)(nil),    // 22: google.protobuf.FieldMask
+	(*BackupStoreRequest)(nil),       // 19: rotavault.v1.BackupStoreRequest
+	(*BackupStoreResponse)(nil),      // 20: rotavault.v1.BackupStoreResponse
+	(*VerifyAuditTrailRequest)(nil),  // 21: rotavault.v1.VerifyAuditTrailRequest
+	(*VerifyAuditTrailResponse)(nil), // 22: rotavault.v1.VerifyAuditTrailResponse
+	(*GetServerStatusRequest)(nil),   // 23: rotavault.v1.GetServerStatusRequest
+	(*GetServerStatusResponse)(nil),  // 24: rotavault.v1.GetServerStatusResponse
+	(*CredentialStatusCount)(nil),    // 25: rotavault.v1.CredentialStatusCount
+	(*durationpb.Duration)(nil),      // 26: google.protobuf.Duration
+	(RevocationReason)(0),            // 27: rotavault.v1.RevocationReason
+	(*timestamppb.Timestamp)(nil),    // 28: google.protobuf.Timestamp
+	(*fieldmaskpb.FieldMask)(nil),    // 29: google.protobuf.FieldMask
 }
 var file_rotavault_v1_credential_admin_proto_depIdxs = []int32{
 	0,  // 0: rotavault.v1.CredentialSpec.provider_kind:type_name -> rotavault.v1.ProviderKind
-	19, // 1: rotavault.v1.CredentialSpec.access_token_lifetime:type_name -> google.protobuf.Duration
-	19, // 2: rotavault.v1.CredentialSpec.refresh_token_idle_timeout:type_name -> google.protobuf.Duration
-	19, // 3: rotavault.v1.CredentialSpec.refresh_token_max_lifetime:type_name -> google.protobuf.Duration
-	19, // 4: rotavault.v1.CredentialSpec.reuse_grace_period:type_name -> google.protobuf.Duration
+	26, // 1: rotavault.v1.CredentialSpec.access_token_lifetime:type_name -> google.protobuf.Duration
+	26, // 2: rotavault.v1.CredentialSpec.refresh_token_idle_timeout:type_name -> google.protobuf.Duration
+	26, // 3: rotavault.v1.CredentialSpec.refresh_token_max_lifetime:type_name -> google.protobuf.Duration
+	26, // 4: rotavault.v1.CredentialSpec.reuse_grace_period:type_name -> google.protobuf.Duration
 	1,  // 5: rotavault.v1.CredentialSpec.client_auth_method:type_name -> rotavault.v1.ClientAuthMethod
 	4,  // 6: rotavault.v1.Credential.spec:type_name -> rotavault.v1.CredentialSpec
 	2,  // 7: rotavault.v1.Credential.status:type_name -> rotavault.v1.CredentialStatus
-	20, // 8: rotavault.v1.Credential.revocation_reason:type_name -> rotavault.v1.RevocationReason
-	21, // 9: rotavault.v1.Credential.last_rotation_time:type_name -> google.protobuf.Timestamp
-	21, // 10: rotavault.v1.Credential.next_refresh_time:type_name -> google.protobuf.Timestamp
-	21, // 11: rotavault.v1.Credential.access_token_expire_time:type_name -> google.protobuf.Timestamp
-	21, // 12: rotavault.v1.Credential.create_time:type_name -> google.protobuf.Timestamp
-	21, // 13: rotavault.v1.Credential.update_time:type_name -> google.protobuf.Timestamp
-	21, // 14: rotavault.v1.Credential.access_token_issue_time:type_name -> google.protobuf.Timestamp
+	27, // 8: rotavault.v1.Credential.revocation_reason:type_name -> rotavault.v1.RevocationReason
+	28, // 9: rotavault.v1.Credential.last_rotation_time:type_name -> google.protobuf.Timestamp
+	28, // 10: rotavault.v1.Credential.next_refresh_time:type_name -> google.protobuf.Timestamp
+	28, // 11: rotavault.v1.Credential.access_token_expire_time:type_name -> google.protobuf.Timestamp
+	28, // 12: rotavault.v1.Credential.create_time:type_name -> google.protobuf.Timestamp
+	28, // 13: rotavault.v1.Credential.update_time:type_name -> google.protobuf.Timestamp
+	28, // 14: rotavault.v1.Credential.access_token_issue_time:type_name -> google.protobuf.Timestamp
 	3,  // 15: rotavault.v1.Credential.last_refresh_rotation:type_name -> rotavault.v1.RefreshRotation
 	4,  // 16: rotavault.v1.CreateCredentialRequest.spec:type_name -> rotavault.v1.CredentialSpec
 	5,  // 17: rotavault.v1.CreateCredentialResponse.credential:type_name -> rotavault.v1.Credential
 	4,  // 18: rotavault.v1.UpdateCredentialRequest.spec:type_name -> rotavault.v1.CredentialSpec
-	22, // 19: rotavault.v1.UpdateCredentialRequest.update_mask:type_name -> google.protobuf.FieldMask
+	29, // 19: rotavault.v1.UpdateCredentialRequest.update_mask:type_name -> google.protobuf.FieldMask
 	5,  // 20: rotavault.v1.UpdateCredentialResponse.credential:type_name -> rotavault.v1.Credential
 	5,  // 21: rotavault.v1.GetCredentialResponse.credential:type_name -> rotavault.v1.Credential
 	5,  // 22: rotavault.v1.ListCredentialsResponse.credentials:type_name -> rotavault.v1.Credential
 	18, // 23: rotavault.v1.ListConsumersResponse.consumers:type_name -> rotavault.v1.Consumer
-	21, // 24: rotavault.v1.Consumer.first_seen_time:type_name -> google.protobuf.Timestamp
-	21, // 25: rotavault.v1.Consumer.last_seen_time:type_name -> google.protobuf.Timestamp
-	6,  // 26: rotavault.v1.CredentialAdminService.CreateCredential:input_type -> rotavault.v1.CreateCredentialRequest
-	8,  // 27: rotavault.v1.CredentialAdminService.UpdateCredential:input_type -> rotavault.v1.UpdateCredentialRequest
-	10, // 28: rotavault.v1.CredentialAdminService.GetCredential:input_type -> rotavault.v1.GetCredentialRequest
-	12, // 29: rotavault.v1.CredentialAdminService.ListCredentials:input_type -> rotavault.v1.ListCredentialsRequest
-	14, // 30: rotavault.v1.CredentialAdminService.DeleteCredential:input_type -> rotavault.v1.DeleteCredentialRequest
-	16, // 31: rotavault.v1.CredentialAdminService.ListConsumers:input_type -> rotavault.v1.ListConsumersRequest
-	7,  // 32: rotavault.v1.CredentialAdminService.CreateCredential:output_type -> rotavault.v1.CreateCredentialResponse
-	9,  // 33: rotavault.v1.CredentialAdminService.UpdateCredential:output_type -> rotavault.v1.UpdateCredentialResponse
-	11, // 34: rotavault.v1.CredentialAdminService.GetCredential:output_type -> rotavault.v1.GetCredentialResponse
-	13, // 35: rotavault.v1.CredentialAdminService.ListCredentials:output_type -> rotavault.v1.ListCredentialsResponse
-	15, // 36: rotavault.v1.CredentialAdminService.DeleteCredential:output_type -> rotavault.v1.DeleteCredentialResponse
-	17, // 37: rotavault.v1.CredentialAdminService.ListConsumers:output_type -> rotavault.v1.ListConsumersResponse
-	32, // [32:38] is the sub-list for method output_type
-	26, // [26:32] is the sub-list for method input_type
-	26, // [26:26] is the sub-list for extension type_name
-	26, // [26:26] is the sub-list for extension extendee
-	0,  // [0:26] is the sub-list for field type_name
+	28, // 24: rotavault.v1.Consumer.first_seen_time:type_name -> google.protobuf.Timestamp
+	28, // 25: rotavault.v1.Consumer.last_seen_time:type_name -> google.protobuf.Timestamp
+	25, // 26: rotavault.v1.GetServerStatusResponse.credential_counts:type_name -> rotavault.v1.CredentialStatusCount
+	28, // 27: rotavault.v1.GetServerStatusResponse.start_time:type_name -> google.protobuf.Timestamp
+	2,  // 28: rotavault.v1.CredentialStatusCount.status:type_name -> rotavault.v1.CredentialStatus
+	6,  // 29: rotavault.v1.CredentialAdminService.CreateCredential:input_type -> rotavault.v1.CreateCredentialRequest
+	8,  // 30: rotavault.v1.CredentialAdminService.UpdateCredential:input_type -> rotavault.v1.UpdateCredentialRequest
+	10, // 31: rotavault.v1.CredentialAdminService.GetCredential:input_type -> rotavault.v1.GetCredentialRequest
+	12, // 32: rotavault.v1.CredentialAdminService.ListCredentials:input_type -> rotavault.v1.ListCredentialsRequest
+	14, // 33: rotavault.v1.CredentialAdminService.DeleteCredential:input_type -> rotavault.v1.DeleteCredentialRequest
+	16, // 34: rotavault.v1.CredentialAdminService.ListConsumers:input_type -> rotavault.v1.ListConsumersRequest
+	19, // 35: rotavault.v1.CredentialAdminService.BackupStore:input_type -> rotavault.v1.BackupStoreRequest
+	21, // 36: rotavault.v1.CredentialAdminService.VerifyAuditTrail:input_type -> rotavault.v1.VerifyAuditTrailRequest
+	23, // 37: rotavault.v1.CredentialAdminService.GetServerStatus:input_type -> rotavault.v1.GetServerStatusRequest
+	7,  // 38: rotavault.v1.CredentialAdminService.CreateCredential:output_type -> rotavault.v1.CreateCredentialResponse
+	9,  // 39: rotavault.v1.CredentialAdminService.UpdateCredential:output_type -> rotavault.v1.UpdateCredentialResponse
+	11, // 40: rotavault.v1.CredentialAdminService.GetCredential:output_type -> rotavault.v1.GetCredentialResponse
+	13, // 41: rotavault.v1.CredentialAdminService.ListCredentials:output_type -> rotavault.v1.ListCredentialsResponse
+	15, // 42: rotavault.v1.CredentialAdminService.DeleteCredential:output_type -> rotavault.v1.DeleteCredentialResponse
+	17, // 43: rotavault.v1.CredentialAdminService.ListConsumers:output_type -> rotavault.v1.ListConsumersResponse
+	20, // 44: rotavault.v1.CredentialAdminService.BackupStore:output_type -> rotavault.v1.BackupStoreResponse
+	22, // 45: rotavault.v1.CredentialAdminService.VerifyAuditTrail:output_type -> rotavault.v1.VerifyAuditTrailResponse
+	24, // 46: rotavault.v1.CredentialAdminService.GetServerStatus:output_type -> rotavault.v1.GetServerStatusResponse
+	38, // [38:47] is the sub-list for method output_type
+	29, // [29:38] is the sub-list for method input_type
+	29, // [29:29] is the sub-list for extension type_name
+	29, // [29:29] is the sub-list for extension extendee
+	0,  // [0:29] is the sub-list for field type_name
 }
 
 func init() { file_rotavault_v1_credential_admin_proto_init() }
@@ -1459,7 +1963,7 @@ func file_rotavault_v1_credential_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_rotavault_v1_credential_admin_proto_rawDesc), len(file_rotavault_v1_credential_admin_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   15,
+			NumMessages:   22,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

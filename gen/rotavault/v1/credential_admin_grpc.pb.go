@@ -25,6 +25,9 @@ const (
 	CredentialAdminService_ListCredentials_FullMethodName  = "/rotavault.v1.CredentialAdminService/ListCredentials"
 	CredentialAdminService_DeleteCredential_FullMethodName = "/rotavault.v1.CredentialAdminService/DeleteCredential"
 	CredentialAdminService_ListConsumers_FullMethodName    = "/rotavault.v1.CredentialAdminService/ListConsumers"
+	CredentialAdminService_BackupStore_FullMethodName      = "/rotavault.v1.CredentialAdminService/BackupStore"
+	CredentialAdminService_VerifyAuditTrail_FullMethodName = "/rotavault.v1.CredentialAdminService/VerifyAuditTrail"
+	CredentialAdminService_GetServerStatus_FullMethodName  = "/rotavault.v1.CredentialAdminService/GetServerStatus"
 )
 
 // CredentialAdminServiceClient is the client API for CredentialAdminService service.
@@ -58,6 +61,25 @@ type CredentialAdminServiceClient interface {
 	// malformed credential_id, page_size or page_token; NOT_FOUND when
 	// credential_id names no credential.
 	ListConsumers(ctx context.Context, in *ListConsumersRequest, opts ...grpc.CallOption) (*ListConsumersResponse, error)
+	// BackupStore streams a consistent copy of the embedded store file, taken
+	// in one read transaction while the server goes on serving. The copy is
+	// a store file whose values stay sealed under the store key: it opens
+	// offline with that key (`rotavault store backup`'s format), and is as
+	// safe to keep as the store file itself. The first message carries the
+	// copy's size; the chunks' concatenation is the file. One backup at a
+	// time per server: RESOURCE_EXHAUSTED while another runs.
+	// FAILED_PRECONDITION with reason BACKUP_NOT_SUPPORTED on the Vault
+	// backend: Vault's own snapshots back up its storage.
+	BackupStore(ctx context.Context, in *BackupStoreRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[BackupStoreResponse], error)
+	// VerifyAuditTrail checks this server's audit trail while it serves: every
+	// record's MAC, their sequence and chaining, that the trail reaches the
+	// head anchored in the store and, when the server has a witness
+	// (serve --audit-witness), that the store is not older than it. A broken
+	// chain is a result (intact false), not an RPC error.
+	VerifyAuditTrail(ctx context.Context, in *VerifyAuditTrailRequest, opts ...grpc.CallOption) (*VerifyAuditTrailResponse, error)
+	// GetServerStatus describes this server: its build, its store backend and
+	// whether it can reach it, and its credentials by status.
+	GetServerStatus(ctx context.Context, in *GetServerStatusRequest, opts ...grpc.CallOption) (*GetServerStatusResponse, error)
 }
 
 type credentialAdminServiceClient struct {
@@ -128,6 +150,45 @@ func (c *credentialAdminServiceClient) ListConsumers(ctx context.Context, in *Li
 	return out, nil
 }
 
+func (c *credentialAdminServiceClient) BackupStore(ctx context.Context, in *BackupStoreRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[BackupStoreResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &CredentialAdminService_ServiceDesc.Streams[0], CredentialAdminService_BackupStore_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[BackupStoreRequest, BackupStoreResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type CredentialAdminService_BackupStoreClient = grpc.ServerStreamingClient[BackupStoreResponse]
+
+func (c *credentialAdminServiceClient) VerifyAuditTrail(ctx context.Context, in *VerifyAuditTrailRequest, opts ...grpc.CallOption) (*VerifyAuditTrailResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(VerifyAuditTrailResponse)
+	err := c.cc.Invoke(ctx, CredentialAdminService_VerifyAuditTrail_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *credentialAdminServiceClient) GetServerStatus(ctx context.Context, in *GetServerStatusRequest, opts ...grpc.CallOption) (*GetServerStatusResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetServerStatusResponse)
+	err := c.cc.Invoke(ctx, CredentialAdminService_GetServerStatus_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // CredentialAdminServiceServer is the server API for CredentialAdminService service.
 // All implementations must embed UnimplementedCredentialAdminServiceServer
 // for forward compatibility.
@@ -159,6 +220,25 @@ type CredentialAdminServiceServer interface {
 	// malformed credential_id, page_size or page_token; NOT_FOUND when
 	// credential_id names no credential.
 	ListConsumers(context.Context, *ListConsumersRequest) (*ListConsumersResponse, error)
+	// BackupStore streams a consistent copy of the embedded store file, taken
+	// in one read transaction while the server goes on serving. The copy is
+	// a store file whose values stay sealed under the store key: it opens
+	// offline with that key (`rotavault store backup`'s format), and is as
+	// safe to keep as the store file itself. The first message carries the
+	// copy's size; the chunks' concatenation is the file. One backup at a
+	// time per server: RESOURCE_EXHAUSTED while another runs.
+	// FAILED_PRECONDITION with reason BACKUP_NOT_SUPPORTED on the Vault
+	// backend: Vault's own snapshots back up its storage.
+	BackupStore(*BackupStoreRequest, grpc.ServerStreamingServer[BackupStoreResponse]) error
+	// VerifyAuditTrail checks this server's audit trail while it serves: every
+	// record's MAC, their sequence and chaining, that the trail reaches the
+	// head anchored in the store and, when the server has a witness
+	// (serve --audit-witness), that the store is not older than it. A broken
+	// chain is a result (intact false), not an RPC error.
+	VerifyAuditTrail(context.Context, *VerifyAuditTrailRequest) (*VerifyAuditTrailResponse, error)
+	// GetServerStatus describes this server: its build, its store backend and
+	// whether it can reach it, and its credentials by status.
+	GetServerStatus(context.Context, *GetServerStatusRequest) (*GetServerStatusResponse, error)
 	mustEmbedUnimplementedCredentialAdminServiceServer()
 }
 
@@ -186,6 +266,15 @@ func (UnimplementedCredentialAdminServiceServer) DeleteCredential(context.Contex
 }
 func (UnimplementedCredentialAdminServiceServer) ListConsumers(context.Context, *ListConsumersRequest) (*ListConsumersResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListConsumers not implemented")
+}
+func (UnimplementedCredentialAdminServiceServer) BackupStore(*BackupStoreRequest, grpc.ServerStreamingServer[BackupStoreResponse]) error {
+	return status.Error(codes.Unimplemented, "method BackupStore not implemented")
+}
+func (UnimplementedCredentialAdminServiceServer) VerifyAuditTrail(context.Context, *VerifyAuditTrailRequest) (*VerifyAuditTrailResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method VerifyAuditTrail not implemented")
+}
+func (UnimplementedCredentialAdminServiceServer) GetServerStatus(context.Context, *GetServerStatusRequest) (*GetServerStatusResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetServerStatus not implemented")
 }
 func (UnimplementedCredentialAdminServiceServer) mustEmbedUnimplementedCredentialAdminServiceServer() {
 }
@@ -317,6 +406,53 @@ func _CredentialAdminService_ListConsumers_Handler(srv interface{}, ctx context.
 	return interceptor(ctx, in, info, handler)
 }
 
+func _CredentialAdminService_BackupStore_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(BackupStoreRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(CredentialAdminServiceServer).BackupStore(m, &grpc.GenericServerStream[BackupStoreRequest, BackupStoreResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type CredentialAdminService_BackupStoreServer = grpc.ServerStreamingServer[BackupStoreResponse]
+
+func _CredentialAdminService_VerifyAuditTrail_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(VerifyAuditTrailRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(CredentialAdminServiceServer).VerifyAuditTrail(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: CredentialAdminService_VerifyAuditTrail_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(CredentialAdminServiceServer).VerifyAuditTrail(ctx, req.(*VerifyAuditTrailRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _CredentialAdminService_GetServerStatus_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetServerStatusRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(CredentialAdminServiceServer).GetServerStatus(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: CredentialAdminService_GetServerStatus_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(CredentialAdminServiceServer).GetServerStatus(ctx, req.(*GetServerStatusRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // CredentialAdminService_ServiceDesc is the grpc.ServiceDesc for CredentialAdminService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -348,7 +484,21 @@ var CredentialAdminService_ServiceDesc = grpc.ServiceDesc{
 			MethodName: "ListConsumers",
 			Handler:    _CredentialAdminService_ListConsumers_Handler,
 		},
+		{
+			MethodName: "VerifyAuditTrail",
+			Handler:    _CredentialAdminService_VerifyAuditTrail_Handler,
+		},
+		{
+			MethodName: "GetServerStatus",
+			Handler:    _CredentialAdminService_GetServerStatus_Handler,
+		},
 	},
-	Streams:  []grpc.StreamDesc{},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "BackupStore",
+			Handler:       _CredentialAdminService_BackupStore_Handler,
+			ServerStreams: true,
+		},
+	},
 	Metadata: "rotavault/v1/credential_admin.proto",
 }
