@@ -83,6 +83,8 @@ var (
 		"Revocation watch streams connected to this replica.", nil, nil)
 	droppedDesc = prometheus.NewDesc(namespace+"_consumer_catalog_dropped_tokens_total",
 		"Access tokens handed to identities a full consumer catalog could not record.", nil, nil)
+	credentialsDesc = prometheus.NewDesc(namespace+"_credentials",
+		"Credentials by status (active, revoked, awaiting_reauthentication), read from the store at each scrape; every status is present from the start, so an alert on revoked > 0 fires on the first revocation after a restart. Absent from a scrape whose store listing failed.", []string{"status"}, nil)
 	noticeLogDesc = prometheus.NewDesc(namespace+"_notice_log_last_read_timestamp_seconds",
 		"When this replica last read the shared notice log successfully (0: never); the store's health as this replica sees it.", nil, nil)
 )
@@ -90,7 +92,7 @@ var (
 type brokerCollector struct{ b *broker.Broker }
 
 func (c *brokerCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{refreshesDesc, refreshFailuresDesc, revocationsDesc, cacheHitsDesc, cacheMissesDesc, claimWaitsDesc, subscribersDesc, droppedDesc, noticeLogDesc} {
+	for _, d := range []*prometheus.Desc{refreshesDesc, refreshFailuresDesc, revocationsDesc, cacheHitsDesc, cacheMissesDesc, claimWaitsDesc, subscribersDesc, droppedDesc, noticeLogDesc, credentialsDesc} {
 		ch <- d
 	}
 }
@@ -117,7 +119,19 @@ func (c *brokerCollector) Collect(ch chan<- prometheus.Metric) {
 		last = float64(s.NoticeLogReadAt.UnixNano()) / 1e9
 	}
 	ch <- prometheus.MustNewConstMetric(noticeLogDesc, prometheus.GaugeValue, last)
+	// Bounded: a scrape must not hang on an unreachable store.
+	ctx, cancel := context.WithTimeout(context.Background(), censusTimeout)
+	defer cancel()
+	if counts, err := c.b.CountCredentials(ctx); err == nil {
+		for st, n := range counts {
+			ch <- prometheus.MustNewConstMetric(credentialsDesc, prometheus.GaugeValue, float64(n), string(st))
+		}
+	}
 }
+
+// censusTimeout bounds the store listing behind rotavault_credentials, well
+// inside Prometheus's default 10s scrape timeout.
+const censusTimeout = 5 * time.Second
 
 // Store wraps s so that every call's latency is recorded.
 func (m *Metrics) Store(s store.Store) store.Store { return &timedStore{s: s, h: m.storeLatency} }

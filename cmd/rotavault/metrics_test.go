@@ -145,7 +145,17 @@ func TestMetricsFollowWhatTheServerDoes(t *testing.T) {
 		t.Errorf("cache misses = %v, want 1", got)
 	}
 
+	// The credentials gauge has every status from the start, so that an
+	// alert on revoked > 0 fires on the first revocation.
+	if got := scrape(t, base, `rotavault_credentials{status="revoked"}`); got != 0 {
+		t.Errorf("revoked credentials before any revocation = %v, want 0", got)
+	}
 	c.run("", "credentials", "revoke", "acme", "--reason", "metrics test", "--yes").expect(t, exitOK)
+	for sample, want := range map[string]float64{`rotavault_credentials{status="revoked"}`: 1, `rotavault_credentials{status="active"}`: 0} {
+		if got := scrape(t, base, sample); got != want {
+			t.Errorf("%s after the revocation = %v, want %v", sample, got, want)
+		}
+	}
 	if got := scrape(t, base, `rotavault_revocations_total{reason="admin_revoked"}`); got != 1 {
 		t.Errorf("admin revocations = %v, want 1", got)
 	}
