@@ -260,6 +260,9 @@ func (g *guideTest) exec(line string) {
 		// --issuance-flush-interval and when they stop.
 		g.businessCycle()
 		res = g.c.run("", args...)
+	case hasPrefix(args, "audit", "verify", "--online"):
+		g.waitForWatches()
+		res = g.c.run("", args...)
 	case hasPrefix(args, "audit", "verify"):
 		// Offline: the server holds the store's lock.
 		g.waitForWatches()
@@ -539,6 +542,7 @@ func (g *guideTest) checkRecovered() {
 	if !strings.Contains(string(audit), reason) {
 		t.Errorf("the audit trail does not record the revocation's reason %q", reason)
 	}
+	g.expectMatch("audit verify --online", g.output(7, "audit", "verify", "--online").stdout, `^OK: the server's audit trail: .*chain intact`)
 	g.expectMatch("audit verify", g.output(7, "audit", "verify").stdout, `^OK: .*chain intact`)
 }
 
