@@ -1,6 +1,8 @@
 package main
 
 import (
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -24,6 +26,22 @@ func TestServeOnVault(t *testing.T) {
 	}
 	serve()
 	c.run("", "credentials", "put", "onvault", "--provider", "oauth2", "--token-url", "https://idp.example.com/token", "--client-id", "x").expect(t, exitOK)
+
+	// Online operations on Vault: status and the audit check work; a
+	// backup points at Vault's own snapshots and writes nothing.
+	if r := c.run("", "status").expect(t, exitOK); !strings.Contains(r.stdout, "vault") {
+		t.Errorf("status on Vault:\n%s", r.stdout)
+	}
+	if r := c.run("", "audit", "verify", "--online").expect(t, exitOK); !strings.Contains(r.stdout, "1 records, chain intact") {
+		t.Errorf("online audit verify on Vault:\n%s", r.stdout)
+	}
+	out := filepath.Join(t.TempDir(), "backup.db")
+	if r := c.run("", "store", "backup", "--online", "--out", out); r.code == exitOK || !strings.Contains(r.stderr, "vault operator raft snapshot save") {
+		t.Errorf("online backup on Vault: exit %d\n%s", r.code, r.stderr)
+	}
+	if entries, err := os.ReadDir(filepath.Dir(out)); err != nil || len(entries) != 0 {
+		t.Errorf("a refused backup left %v (%v)", entries, err)
+	}
 
 	// A second replica on the same Vault path sees it: the records live in Vault.
 	serve()
