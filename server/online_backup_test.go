@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -15,6 +16,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
+	"github.com/rotavault/rotavault/audit"
 	rotavaultv1 "github.com/rotavault/rotavault/gen/rotavault/v1"
 )
 
@@ -145,5 +147,41 @@ func TestBackupOnVaultPointsAtVaultSnapshots(t *testing.T) {
 	if status.Code(err) != codes.FailedPrecondition || errorReason(err) != ReasonBackupNotSupported ||
 		!strings.Contains(status.Convert(err).Message(), "vault operator raft snapshot save") {
 		t.Fatalf("backup on Vault: %v, want FAILED_PRECONDITION %s naming Vault's snapshots", err, ReasonBackupNotSupported)
+	}
+}
+
+func TestOnlyOneAuditVerificationRunsAtATime(t *testing.T) {
+	started := make(chan struct{})
+	release := make(chan struct{})
+	var releaseOnce sync.Once
+	releaseFirst := func() { releaseOnce.Do(func() { close(release) }) }
+	admin := serveOperations(t, Operations{StoreBackend: "embedded",
+		VerifyAudit: func(ctx context.Context) (audit.Report, error) {
+			select {
+			case started <- struct{}{}:
+				<-release
+			default: // not the first: answer at once
+			}
+			return audit.Report{Records: 3, Anchor: &audit.Head{Seq: 3}}, nil
+		}})
+	ctx := testCtx(t)
+	first := make(chan error, 1)
+	go func() {
+		_, err := admin.VerifyAuditTrail(ctx, &rotavaultv1.VerifyAuditTrailRequest{})
+		first <- err
+	}()
+	<-started
+	t.Cleanup(releaseFirst) // registered after the server's: runs before its shutdown
+	_, err := admin.VerifyAuditTrail(ctx, &rotavaultv1.VerifyAuditTrailRequest{})
+	if status.Code(err) != codes.ResourceExhausted || errorReason(err) != ReasonVerificationInProgress {
+		t.Fatalf("a second verification while one runs: %v, want RESOURCE_EXHAUSTED %s", err, ReasonVerificationInProgress)
+	}
+	releaseFirst()
+	if err := <-first; err != nil {
+		t.Fatal(err)
+	}
+	resp, err := admin.VerifyAuditTrail(ctx, &rotavaultv1.VerifyAuditTrailRequest{})
+	if err != nil || !resp.GetIntact() || resp.GetRecords() != 3 || resp.GetAnchoredSeq() != 3 {
+		t.Fatalf("a verification after the first ended: %v, %v", resp, err)
 	}
 }

@@ -27,6 +27,8 @@ const (
 	ReasonBackupNotSupported = "BACKUP_NOT_SUPPORTED"
 	// Another backup is being streamed; retry when it is done.
 	ReasonBackupInProgress = "BACKUP_IN_PROGRESS"
+	// Another audit verification runs; retry when it is done.
+	ReasonVerificationInProgress = "VERIFICATION_IN_PROGRESS"
 	// The server keeps no audit trail to verify.
 	ReasonNoAuditTrail = "NO_AUDIT_TRAIL"
 )
@@ -63,6 +65,9 @@ type operations struct {
 	// read transaction open, which keeps the store file from reusing the
 	// pages writers free meanwhile.
 	backingUp atomic.Bool
+	// verifying bounds VerifyAuditTrail to one at a time: each reads the
+	// whole trail, and holds back anchoring while it reads the witness.
+	verifying atomic.Bool
 }
 
 // CredentialCensus is what GetServerStatus needs of the rotation logic.
@@ -149,6 +154,11 @@ func (s *CredentialAdminService) VerifyAuditTrail(ctx context.Context, _ *rotava
 		return nil, withDetails(status.New(codes.FailedPrecondition, "this server keeps no audit trail"),
 			&errdetails.ErrorInfo{Reason: ReasonNoAuditTrail, Domain: ErrorDomain})
 	}
+	if !s.ops.verifying.CompareAndSwap(false, true) {
+		return nil, withDetails(status.New(codes.ResourceExhausted, "another audit verification is running on this server; retry when it is done"),
+			&errdetails.ErrorInfo{Reason: ReasonVerificationInProgress, Domain: ErrorDomain})
+	}
+	defer s.ops.verifying.Store(false)
 	rep, err := s.ops.cfg.VerifyAudit(ctx)
 	resp := &rotavaultv1.VerifyAuditTrailResponse{Intact: err == nil, Records: rep.Records, WitnessChecked: s.ops.cfg.AuditWitness,
 		BeyondAnchorRecords: rep.BeyondAnchor}
