@@ -75,7 +75,10 @@ type CredentialAdminServiceClient interface {
 	// record's MAC, their sequence and chaining, that the trail reaches the
 	// head anchored in the store and, when the server has a witness
 	// (serve --audit-witness), that the store is not older than it. A broken
-	// chain is a result (intact false), not an RPC error.
+	// chain is a result (intact false), not an RPC error. One verification
+	// at a time per server: RESOURCE_EXHAUSTED with reason
+	// VERIFICATION_IN_PROGRESS while another runs. FAILED_PRECONDITION with
+	// NO_AUDIT_TRAIL on a server without a trail.
 	VerifyAuditTrail(ctx context.Context, in *VerifyAuditTrailRequest, opts ...grpc.CallOption) (*VerifyAuditTrailResponse, error)
 	// GetServerStatus describes this server: its build, its store backend and
 	// whether it can reach it, and its credentials by status.
@@ -234,7 +237,10 @@ type CredentialAdminServiceServer interface {
 	// record's MAC, their sequence and chaining, that the trail reaches the
 	// head anchored in the store and, when the server has a witness
 	// (serve --audit-witness), that the store is not older than it. A broken
-	// chain is a result (intact false), not an RPC error.
+	// chain is a result (intact false), not an RPC error. One verification
+	// at a time per server: RESOURCE_EXHAUSTED with reason
+	// VERIFICATION_IN_PROGRESS while another runs. FAILED_PRECONDITION with
+	// NO_AUDIT_TRAIL on a server without a trail.
 	VerifyAuditTrail(context.Context, *VerifyAuditTrailRequest) (*VerifyAuditTrailResponse, error)
 	// GetServerStatus describes this server: its build, its store backend and
 	// whether it can reach it, and its credentials by status.
