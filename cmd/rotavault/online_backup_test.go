@@ -200,6 +200,13 @@ func TestOnlineAuditVerify(t *testing.T) {
 		t.Fatal(err)
 	}
 	verify(exitOK)
+	// A witness file rotated away: no lines to check yet, said so.
+	if err := os.Rename(witness, witness+".1"); err != nil {
+		t.Fatal(err)
+	}
+	if r := verify(exitOK); !strings.Contains(r.stdout, "the witness holds no line of this store") {
+		t.Errorf("online verify with the witness rotated away: %s", r.stdout)
+	}
 	if r := c.run("", "audit", "verify", "--online", "--witness", witness).expect(t, exitUsage); !strings.Contains(r.stderr, "offline") {
 		t.Errorf("--witness with --online: %s", r.stderr)
 	}
