@@ -98,6 +98,7 @@ Exit codes: 0 success, 1 the operation failed, 2 the command was misused.`,
 		newAuditCmd(a),
 		newBearerLineCmd(a),
 	)
+	addVersion(root, a)
 	documentEnv(root)
 	return root
 }
