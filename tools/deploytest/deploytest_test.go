@@ -3,7 +3,7 @@
 // buildkit's parser, its build stage run as written, its final stage's
 // command run with only the data directory writable), the Helm chart
 // (rendered with Helm's engine, decoded strictly into Kubernetes types) and
-// the systemd unit (systemd-analyze, from scripts/deploy-check).
+// the systemd unit (systemd-analyze, installed by scripts/deploy-deps).
 package deploytest
 
 import (
