@@ -84,7 +84,7 @@ func startReplicaProcess(t *testing.T, v *vaulttest.Server, prefix string) *repl
 	cmd := exec.Command(rotavaultBinary(t), "serve", "--addr", "127.0.0.1:0", "--data-dir", dataDir,
 		"--store", "vault", "--vault-prefix", prefix,
 		"--refresh-claim-ttl", killClaimTTL, "--refresh-claim-margin", killClaimMargin)
-	cmd.Env = append(os.Environ(), "VAULT_ADDR="+v.Addr, "VAULT_TOKEN="+v.RootToken)
+	cmd.Env = append(os.Environ(), "VAULT_ADDR="+v.Addr, "VAULT_TOKEN="+v.Token)
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -155,7 +155,7 @@ func setupKill(t *testing.T, grace time.Duration) *killSetup {
 	}
 	t.Cleanup(func() { _ = sim.Close() })
 	sim.AddClient(providersim.Client{ID: simClientID, Secret: simClientSecret})
-	k := &killSetup{sim: sim, a: startReplicaProcess(t, v, "kill"), b: startReplicaProcess(t, v, "kill")}
+	k := &killSetup{sim: sim, a: startReplicaProcess(t, v, "rotavault/kill"), b: startReplicaProcess(t, v, "rotavault/kill")}
 	t.Cleanup(func() {
 		k.a.kill()
 		k.b.kill()
