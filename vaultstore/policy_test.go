@@ -69,8 +69,8 @@ func TestPolicyIsLeastPrivilege(t *testing.T) {
 		policies   func(variant string) []string // the token's, with the variant's name
 		transitKey string
 	}{
-		{vaulttest.PolicyFiles[vaulttest.PolicyName], kv, func(v string) []string { return []string{v} }, ""},
-		{vaulttest.PolicyFiles[vaulttest.TransitPolicyName], transit, func(v string) []string { return []string{vaulttest.PolicyName, v} }, vaulttest.TransitKey},
+		{vaulttest.PolicyFile(vaulttest.PolicyName), kv, func(v string) []string { return []string{v} }, ""},
+		{vaulttest.PolicyFile(vaulttest.TransitPolicyName), transit, func(v string) []string { return []string{vaulttest.PolicyName, v} }, vaulttest.TransitKey},
 	}
 	n := 0
 	for _, c := range cases {

@@ -18,15 +18,18 @@ const (
 	TransitKey        = "rotavault"
 )
 
-// PolicyFiles are the policy files an operator installs, in the repository.
-var PolicyFiles = map[string]string{
-	PolicyName:        "deploy/vault-policy.hcl",
-	TransitPolicyName: "deploy/vault-policy-transit.hcl",
+// PolicyFile is the file in the repository that an operator installs as
+// policy name (PolicyName or TransitPolicyName).
+func PolicyFile(name string) string {
+	if name == TransitPolicyName {
+		return "deploy/vault-policy-transit.hcl"
+	}
+	return "deploy/vault-policy.hcl"
 }
 
-// Policy returns the HCL of one of PolicyFiles.
+// Policy returns the HCL of PolicyFile(name).
 func Policy(name string) (string, error) {
-	raw, err := os.ReadFile(filepath.Join(repoRoot(), PolicyFiles[name]))
+	raw, err := os.ReadFile(filepath.Join(repoRoot(), PolicyFile(name)))
 	if err != nil {
 		return "", fmt.Errorf("vaulttest: policy %s: %w", name, err)
 	}
@@ -38,7 +41,7 @@ func Policy(name string) (string, error) {
 func (s *Server) provision(t testing.TB) {
 	t.Helper()
 	root := s.RootClient(t)
-	for name := range PolicyFiles {
+	for _, name := range []string{PolicyName, TransitPolicyName} {
 		hcl, err := Policy(name)
 		if err != nil {
 			t.Fatal(err)
