@@ -49,12 +49,16 @@ func TestSystemdUnit(t *testing.T) {
 	checkServeFlags(t, bin, strings.Fields(strings.ReplaceAll(execStart[2], "\\\n", " ")))
 }
 
-// buildRotavault builds cmd/rotavault into dir.
+// buildRotavault builds cmd/rotavault into dir, static and with -trimpath
+// like the Dockerfile: the packages compiled for TestImage's build (in
+// another directory, which -trimpath leaves out of the cache keys) are
+// reused.
 func buildRotavault(t *testing.T, dir string) string {
 	t.Helper()
 	bin := filepath.Join(dir, "rotavault")
-	cmd := exec.Command("go", "build", "-o", bin, "./cmd/rotavault")
+	cmd := exec.Command("go", "build", "-trimpath", "-o", bin, "./cmd/rotavault")
 	cmd.Dir = repoRoot
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("go build: %v\n%s", err, out)
 	}
