@@ -58,6 +58,13 @@ func (s *Server) provision(t testing.TB) {
 	}
 	s.Token = s.NewToken(t, PolicyName)
 	s.TransitToken = s.NewToken(t, PolicyName, TransitPolicyName)
+	// The tokens really are limited: nothing outside Rotavault's path.
+	for _, tok := range []string{s.Token, s.TransitToken} {
+		caps, err := s.clientWith(t, tok).Sys().CapabilitiesSelf("secret/data/not-rotavault")
+		if err != nil || len(caps) != 1 || caps[0] != "deny" {
+			t.Fatalf("vaulttest: a policy token has %v (%v) outside Rotavault's path", caps, err)
+		}
+	}
 }
 
 // NewToken creates a renewable token (1 h) that carries exactly policies,
