@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/rotavault/rotavault/broker"
+	"github.com/rotavault/rotavault/internal/version"
 	"github.com/rotavault/rotavault/provider"
 	"github.com/rotavault/rotavault/store"
 )
@@ -31,10 +32,10 @@ type Metrics struct {
 }
 
 // New returns metrics in a fresh registry, with the Go runtime and process
-// collectors.
+// collectors and rotavault_build_info.
 func New() *Metrics {
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), buildInfo(version.Get()))
 	m := &Metrics{
 		reg: reg,
 		storeLatency: prometheus.NewHistogramVec(prometheus.HistogramOpts{

@@ -101,6 +101,7 @@ one JSON object on stderr.`,
 		newAuditCmd(a),
 		newBearerLineCmd(a),
 	)
+	addVersion(root, a)
 	documentEnv(root)
 	return root
 }
