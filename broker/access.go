@@ -142,7 +142,7 @@ func (b *Broker) fresh(v *view, minRemaining time.Duration) bool {
 		return false
 	}
 	a := v.fam.Access
-	return !b.opts.now().Add(max(minRemaining, expiryMargin(b.opts.expiryDelta, tokenLife(a)))).After(a.ExpiresAt)
+	return !b.opts.now().Add(max(minRemaining, expiryMargin(b.opts.expiryDelta, tokenLife(v.fam)))).After(a.ExpiresAt)
 }
 
 // needsRefresh returns the test a view fails when its token cannot serve a

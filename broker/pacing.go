@@ -17,10 +17,18 @@ import (
 // record).
 const minRotationInterval = 5 * time.Second
 
-// tokenLife is the lifetime of an access token as recorded: from its issue
-// (ours, or the provider's issued_at when earlier) to its expiry.
-func tokenLife(a *accessToken) time.Duration {
-	return a.ExpiresAt.Sub(a.IssuedAt)
+// tokenLife is the lifetime of a family's access token: from the refresh
+// that brought it (our clock, the base of its expiry) to its expiry. The
+// recorded IssuedAt may be the provider's issued_at, which its clock or the
+// session's age can put long before; it counts only for a token no refresh
+// brought (an installed family).
+func tokenLife(f *familyRecord) time.Duration {
+	a := f.Access
+	from := a.IssuedAt
+	if f.LastRefreshAt.After(from) && f.LastRefreshAt.Before(a.ExpiresAt) {
+		from = f.LastRefreshAt
+	}
+	return a.ExpiresAt.Sub(from)
 }
 
 // expiryMargin is how long before its expiry a token of lifetime life stops
@@ -75,7 +83,7 @@ func heldBack(v *view, now time.Time) (*rotationFloorError, bool) {
 	if v.fam.Status != StatusActive || a == nil || v.fam.LastRefreshAt.IsZero() {
 		return nil, false
 	}
-	life := tokenLife(a)
+	life := tokenLife(v.fam)
 	interval := rotationInterval(life)
 	until := v.fam.LastRefreshAt.Add(interval)
 	if !now.Before(until) {
