@@ -237,16 +237,16 @@ func (r *storeReplay) plan(ctx context.Context, l *noticeLog, filter map[string]
 	if r.from+1 < meta.OldestSeq {
 		return fmt.Errorf("%w: pruned before the replay began", ErrCursorExpired)
 	}
-	r.recentFrom = r.last + 1
+	r.recent, r.pages, r.recentFrom = nil, nil, r.last+1
 	for _, n := range meta.Recent {
 		if n.Seq > r.from && n.Seq <= r.last {
 			r.recent = append(r.recent, n)
 			r.recentFrom = min(r.recentFrom, n.Seq)
 		}
 	}
-	r.planned = true
 	lo, hi := r.from+1, r.recentFrom-1
 	if lo > hi {
+		r.planned = true
 		return nil
 	}
 	first, lastPage := lo/noticePageSize, hi/noticePageSize
@@ -255,6 +255,7 @@ func (r *storeReplay) plan(ctx context.Context, l *noticeLog, filter map[string]
 		for p := first; p <= lastPage; p++ {
 			r.pages = append(r.pages, p)
 		}
+		r.planned = true
 		return nil
 	}
 	set := make(map[uint64]bool)
@@ -280,6 +281,7 @@ func (r *storeReplay) plan(ctx context.Context, l *noticeLog, filter map[string]
 		r.pages = append(r.pages, p)
 	}
 	slices.Sort(r.pages)
+	r.planned = true
 	return nil
 }
 
@@ -303,8 +305,9 @@ func (r *storeReplay) next(ctx context.Context, l *noticeLog, filter map[string]
 		if len(r.pages) == 0 {
 			break
 		}
+		// A page leaves the list once read: after a store error, the next
+		// call reads it again.
 		p := r.pages[0]
-		r.pages = r.pages[1:]
 		rec, err := l.store.Get(ctx, noticePageKey(p))
 		if errors.Is(err, store.ErrNotFound) {
 			// Pruned meanwhile (the watcher is too far behind), or every
@@ -316,11 +319,13 @@ func (r *storeReplay) next(ctx context.Context, l *noticeLog, filter map[string]
 			if (p+1)*noticePageSize <= meta.OldestSeq {
 				return loggedNotice{}, false, fmt.Errorf("%w: pruned while replaying", ErrCursorExpired)
 			}
+			r.pages = r.pages[1:]
 			continue
 		}
 		if err != nil {
 			return loggedNotice{}, false, storeUnavailable(err)
 		}
+		r.pages = r.pages[1:]
 		var page noticePage
 		if err := decodeRecord(rec.Value, &page, &page.Format); err != nil {
 			return loggedNotice{}, false, err

@@ -234,3 +234,29 @@ func TestReplayOfALogWrittenBeforePagesIsServedOrOutOfRange(t *testing.T) {
 		t.Fatalf("replay after the upgrade: %s … %s", got[0].FamilyID, got[99].FamilyID)
 	}
 }
+
+// A store error while replaying is UNAVAILABLE, and the next call goes on
+// from the same place: no notice is skipped.
+func TestReplayGoesOnAfterAStoreError(t *testing.T) {
+	st := &faultStore{Store: memstore.New()}
+	b := newTestBroker(t, st)
+	appendNotices(t, b, 300, func(int) string { return "c" })
+	s, err := b.Subscribe(context.Background(), nil, cursorAt(b, 10))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	first := drain(t, s, 89) // the rest of page 0: the next call reads page 1
+	st.inject(&fault{op: "get", prefix: noticePagesPrefix, once: true, fail: errStoreDown})
+	var ue *UnavailableError
+	if _, err := s.Next(context.Background()); !errors.As(err, &ue) {
+		t.Fatalf("replay during a store outage: %v, want UnavailableError", err)
+	}
+	rest := drain(t, s, 290-89)
+	got := append(first, rest...)
+	for i, n := range got {
+		if want := fmt.Sprintf("f%d", 10+i); n.FamilyID != want {
+			t.Fatalf("notice %d is %s, want %s", i, n.FamilyID, want)
+		}
+	}
+}

@@ -710,8 +710,7 @@ func (s *Subscription) Next(ctx context.Context) (Notice, error) {
 	if r := s.store; r != nil {
 		ln, found, err := r.next(ctx, s.log, s.filter)
 		if err != nil {
-			s.endReplay()
-			return Notice{}, err
+			return Notice{}, err // the replay resumes at the same place; Close frees its slot
 		}
 		if found {
 			n := ln.Notice
