@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/rotavault/rotavault/audit"
+	"github.com/rotavault/rotavault/internal/poll"
 	"github.com/rotavault/rotavault/store/memstore"
 )
 
@@ -258,5 +259,61 @@ func TestReplayGoesOnAfterAStoreError(t *testing.T) {
 		if want := fmt.Sprintf("f%d", 10+i); n.FamilyID != want {
 			t.Fatalf("notice %d is %s, want %s", i, n.FamilyID, want)
 		}
+	}
+}
+
+// During a rolling upgrade a replica of the earlier version appends a
+// notice without a page and rewrites the head without paged_from. No
+// replay may then look for that notice in a page (it would silently miss
+// it): a cursor from before it is OUT_OF_RANGE, and replays after it read
+// pages as usual once this version appends again.
+func TestNoticeAppendedByAnEarlierVersionIsNeverLookedForInAPage(t *testing.T) {
+	ctx := context.Background()
+	st := memstore.New()
+	b := newTestBroker(t, st, WithNoticePollInterval(10*time.Millisecond))
+	appendNotices(t, b, 100, func(int) string { return "c" })
+
+	// The earlier version's append: its own record and the head, whose
+	// decoding and re-encoding loses the field it does not know.
+	rec, err := st.Get(ctx, noticeLogMetaKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var meta noticeLogMeta
+	if err := decodeRecord(rec.Value, &meta, &meta.Format); err != nil {
+		t.Fatal(err)
+	}
+	old := Notice{CredentialID: "c", FamilyID: "from-the-earlier-version", Kind: NoticeFamilyActivated}
+	raw, _ := encodeRecord(old)
+	if _, err := st.Put(ctx, noticeKey(meta.NextSeq), raw, 0); err != nil {
+		t.Fatal(err)
+	}
+	meta.Recent = append(lastNotices(meta.Recent, recentNotices-1), loggedNotice{Seq: meta.NextSeq, Notice: old})
+	meta.NextSeq++
+	meta.PagedFrom = 0
+	raw, _ = encodeRecord(meta)
+	if _, err := st.Put(ctx, noticeLogMetaKey, raw, rec.Version); err != nil {
+		t.Fatal(err)
+	}
+	poll.Until(t, 10*time.Second, "the follower to deliver the earlier version's notice", func() bool {
+		b.notices.mu.Lock()
+		defer b.notices.mu.Unlock()
+		return b.notices.delivered == 101
+	})
+	appendNotices(t, b, 40, func(int) string { return "c" }) // 102…141
+
+	if _, err := b.Subscribe(ctx, nil, cursorAt(b, 50)); !errors.Is(err, ErrCursorExpired) {
+		t.Fatalf("replay across the earlier version's notice: %v, want ErrCursorExpired", err)
+	}
+	s, err := b.Subscribe(ctx, nil, cursorAt(b, 104))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if s.store == nil {
+		t.Fatal("a resume from 104 should read the store (the ring holds the newest 32)")
+	}
+	if got := drain(t, s, 141-104); got[0].FamilyID != "f3" || got[len(got)-1].FamilyID != "f39" {
+		t.Fatalf("replay after the earlier version's notice: %s … %s, want f3 … f39", got[0].FamilyID, got[len(got)-1].FamilyID)
 	}
 }
