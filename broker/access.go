@@ -103,9 +103,10 @@ func (b *Broker) GetAccessToken(ctx context.Context, req TokenRequest) (AccessTo
 	if err != nil {
 		return AccessToken{}, err
 	}
-	if req.Rejected == nil && !b.fresh(v, req.MinRemaining) {
+	if !b.fresh(v, req.MinRemaining) {
 		// Another caller's refresh (or another replica's) just ran: this
-		// one may not spend a rotation of its own.
+		// one may not spend a rotation of its own. (A rejection that named
+		// the current token refreshed it, so its answer is fresh.)
 		if floor, held := heldBack(v, b.opts.now()); held {
 			return b.serveHeldBack(e, v, floor)
 		}
