@@ -196,9 +196,7 @@ func (l *noticeLog) acquireReplay(identity string) (release func(), err error) {
 type storeReplay struct {
 	from, last uint64
 	release    func()
-	// planned: the head was read and pages chosen.
-	planned bool
-	pages   []uint64
+	pages      []uint64
 	// recent holds the head's newest notices in the range, served after
 	// the pages (the head is where a notice is first committed).
 	recent []loggedNotice
@@ -209,53 +207,62 @@ type storeReplay struct {
 	queue []loggedNotice
 }
 
-// startStoreReplay checks that the log can replay after from and takes a
-// replay slot for ctx's identity.
-func (l *noticeLog) startStoreReplay(ctx context.Context, from, last uint64) (*storeReplay, error) {
+// startStoreReplay prepares the replay of the notices after from up to
+// last, which this replica's ring does not hold. It reads the head: what
+// the head repeats (its newest 32 notices) is served from it, and a resume
+// that needs nothing more is no replay — never refused, one read. One that
+// needs pages takes a replay slot of ctx's identity first (else
+// ErrTooManyReplays), then reads the filter's indexes when that reads
+// fewer pages: a filter naming more credentials than half the pages in
+// range scans the pages instead, so a replay never costs more than
+// 1 + pages + pages/2 reads (about 150 for a full retention of 10,000).
+func (l *noticeLog) startStoreReplay(ctx context.Context, from, last uint64, filter map[string]bool) (*storeReplay, error) {
+	meta, _, err := l.readMeta(ctx)
+	if err != nil {
+		return nil, storeUnavailable(err)
+	}
+	if from+1 < meta.OldestSeq {
+		return nil, fmt.Errorf("%w: pruned before the replay began", ErrCursorExpired)
+	}
+	r := &storeReplay{from: from, last: last, release: func() {}, recentFrom: last + 1}
+	for _, n := range meta.Recent {
+		if n.Seq > from && n.Seq <= last {
+			r.recent = append(r.recent, n)
+			r.recentFrom = min(r.recentFrom, n.Seq)
+		}
+	}
+	lo, hi := from+1, r.recentFrom-1
+	if lo > hi {
+		return r, nil
+	}
 	l.mu.Lock()
+	l.notePagedFrom(meta.PagedFrom, meta.NextSeq)
 	pagedFrom := l.pagedFrom
 	l.mu.Unlock()
-	if pagedFrom == 0 || from+1 < pagedFrom {
+	if lo < pagedFrom {
 		return nil, fmt.Errorf("%w: the cursor is from before this notice log kept pages (an upgrade); watch again without a cursor", ErrCursorExpired)
 	}
 	release, err := l.acquireReplay(audit.Actor(ctx))
 	if err != nil {
 		return nil, err
 	}
-	return &storeReplay{from: from, last: last, release: release}, nil
+	r.release = release
+	if err := r.choosePages(ctx, l, filter, lo, hi); err != nil {
+		release()
+		return nil, err
+	}
+	return r, nil
 }
 
-// plan reads the head, and the filter's indexes when that reads fewer
-// pages: a filter naming more credentials than half the pages in range
-// scans the pages instead, so a replay never costs more than
-// 1 + pages + pages/2 reads (about 150 for a full retention of 10,000).
-func (r *storeReplay) plan(ctx context.Context, l *noticeLog, filter map[string]bool) error {
-	meta, _, err := l.readMeta(ctx)
-	if err != nil {
-		return storeUnavailable(err)
-	}
-	if r.from+1 < meta.OldestSeq {
-		return fmt.Errorf("%w: pruned before the replay began", ErrCursorExpired)
-	}
-	r.recent, r.pages, r.recentFrom = nil, nil, r.last+1
-	for _, n := range meta.Recent {
-		if n.Seq > r.from && n.Seq <= r.last {
-			r.recent = append(r.recent, n)
-			r.recentFrom = min(r.recentFrom, n.Seq)
-		}
-	}
-	lo, hi := r.from+1, r.recentFrom-1
-	if lo > hi {
-		r.planned = true
-		return nil
-	}
+// choosePages lists the pages the replay reads for the notices from lo to
+// hi.
+func (r *storeReplay) choosePages(ctx context.Context, l *noticeLog, filter map[string]bool, lo, hi uint64) error {
 	first, lastPage := lo/noticePageSize, hi/noticePageSize
 	n := lastPage - first + 1
 	if filter == nil || uint64(len(filter)) > n/2 {
 		for p := first; p <= lastPage; p++ {
 			r.pages = append(r.pages, p)
 		}
-		r.planned = true
 		return nil
 	}
 	set := make(map[uint64]bool)
@@ -281,17 +288,11 @@ func (r *storeReplay) plan(ctx context.Context, l *noticeLog, filter map[string]
 		r.pages = append(r.pages, p)
 	}
 	slices.Sort(r.pages)
-	r.planned = true
 	return nil
 }
 
 // next returns the replay's next notice, found false when it is over.
 func (r *storeReplay) next(ctx context.Context, l *noticeLog, filter map[string]bool) (loggedNotice, bool, error) {
-	if !r.planned {
-		if err := r.plan(ctx, l, filter); err != nil {
-			return loggedNotice{}, false, err
-		}
-	}
 	wants := func(n loggedNotice, lo, hi uint64) bool {
 		return n.Seq >= lo && n.Seq <= hi && (filter == nil || filter[n.Notice.CredentialID])
 	}

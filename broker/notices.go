@@ -686,7 +686,7 @@ func (b *Broker) Subscribe(ctx context.Context, credentialIDs []string, cursor s
 		return nil, fmt.Errorf("%w: oldest kept is %d notices after it", ErrCursorExpired, oldest-from-1)
 	}
 	if from < last && !inRing {
-		r, err := l.startStoreReplay(ctx, from, last)
+		r, err := l.startStoreReplay(ctx, from, last, filter)
 		if err != nil {
 			s.Close()
 			return nil, err
@@ -710,7 +710,7 @@ func (s *Subscription) Next(ctx context.Context) (Notice, error) {
 	if r := s.store; r != nil {
 		ln, found, err := r.next(ctx, s.log, s.filter)
 		if err != nil {
-			return Notice{}, err // the replay resumes at the same place; Close frees its slot
+			return Notice{}, err // the next call resumes at the same page; Close frees the slot
 		}
 		if found {
 			n := ln.Notice
