@@ -162,6 +162,23 @@ func TestRotationFloorServesTheCurrentTokenAndSaysSo(t *testing.T) {
 			t.Errorf("last_error %q after a refresh, want none", c.LastError)
 		}
 	})
+	t.Run("min_remaining between half and three quarters", func(t *testing.T) {
+		b, clk, refreshes := setupShortLived(t, time.Hour, 0)
+		req := TokenRequest{CredentialID: "x", MinRemaining: 40 * time.Minute}
+		first, err := b.GetAccessToken(ctx, req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		before := refreshes.Load()
+		clk.Add(25 * time.Minute) // 35 min left, less than asked; refreshed 25 min ago
+		if tok, err := b.GetAccessToken(ctx, req); err != nil || tok.Token != first.Token || refreshes.Load() != before {
+			t.Fatalf("before half the lifetime: %q, %v after %d refreshes; want the current token and none", tok.Token, err, refreshes.Load()-before)
+		}
+		clk.Add(5 * time.Minute) // half the lifetime: the floor lifts
+		if tok, err := b.GetAccessToken(ctx, req); err != nil || tok.Token == first.Token || refreshes.Load() != before+1 {
+			t.Fatalf("at half the lifetime: %q, %v after %d refreshes; want a new token from one refresh", tok.Token, err, refreshes.Load()-before)
+		}
+	})
 	t.Run("expired token", func(t *testing.T) {
 		b, clk, refreshes := setupShortLived(t, 2*time.Second, 0)
 		clk.Add(3 * time.Second) // expired, 2 s before the 5 s floor lifts
