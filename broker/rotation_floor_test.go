@@ -179,6 +179,18 @@ func TestRotationFloorServesTheCurrentTokenAndSaysSo(t *testing.T) {
 			t.Fatalf("at half the lifetime: %q, %v after %d refreshes; want a new token from one refresh", tok.Token, err, refreshes.Load()-before)
 		}
 	})
+	t.Run("scheduler", func(t *testing.T) {
+		// A used 5 s token would be due 2.75 s after its refresh (a tenth of
+		// its life plus the margin before expiry): the floor puts it at 5 s.
+		b, clk, _ := setupShortLived(t, 5*time.Second, 0)
+		c, err := b.GetCredential(ctx, "x")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if next := c.NextRefreshAt.Sub(clk.Now()); next != 5*time.Second {
+			t.Errorf("next scheduled refresh in %s, want 5s (the rotation floor)", next)
+		}
+	})
 	t.Run("expired token", func(t *testing.T) {
 		b, clk, refreshes := setupShortLived(t, 2*time.Second, 0)
 		clk.Add(3 * time.Second) // expired, 2 s before the 5 s floor lifts
