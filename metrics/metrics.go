@@ -78,6 +78,8 @@ var (
 		"GetAccessToken calls answered from the cached access token.", nil, nil)
 	cacheMissesDesc = prometheus.NewDesc(namespace+"_access_token_cache_misses_total",
 		"GetAccessToken calls that needed a refresh, a wait for one, or the store.", nil, nil)
+	rotationsHeldBackDesc = prometheus.NewDesc(namespace+"_rotations_held_back_total",
+		"GetAccessToken calls that wanted a refresh the rotation floor did not allow yet (one refresh per credential per max(half the token lifetime, 5 s)); they got the current token.", nil, nil)
 	claimWaitsDesc = prometheus.NewDesc(namespace+"_claim_waits_total",
 		"Waits for a refresh another replica claimed.", nil, nil)
 	subscribersDesc = prometheus.NewDesc(namespace+"_watch_subscribers",
@@ -91,7 +93,7 @@ var (
 type brokerCollector struct{ b *broker.Broker }
 
 func (c *brokerCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{refreshesDesc, refreshFailuresDesc, revocationsDesc, cacheHitsDesc, cacheMissesDesc, claimWaitsDesc, subscribersDesc, droppedDesc, noticeLogDesc} {
+	for _, d := range []*prometheus.Desc{refreshesDesc, refreshFailuresDesc, revocationsDesc, cacheHitsDesc, cacheMissesDesc, rotationsHeldBackDesc, claimWaitsDesc, subscribersDesc, droppedDesc, noticeLogDesc} {
 		ch <- d
 	}
 }
@@ -110,6 +112,7 @@ func (c *brokerCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	counter(cacheHitsDesc, s.CacheHits)
 	counter(cacheMissesDesc, s.CacheMisses)
+	counter(rotationsHeldBackDesc, s.RotationsHeldBack)
 	counter(claimWaitsDesc, s.ClaimWaits)
 	counter(droppedDesc, s.ConsumerTokensDropped)
 	ch <- prometheus.MustNewConstMetric(subscribersDesc, prometheus.GaugeValue, float64(c.b.SubscriberCount()))
