@@ -22,6 +22,20 @@ type execSpec struct {
 	stopTimeout time.Duration
 }
 
+// The variables `agent --exec` sets for its command (it reads none of
+// them).
+const (
+	envAccessToken     = envPrefix + "ACCESS_TOKEN"
+	envTokenType       = envPrefix + "TOKEN_TYPE"
+	envInstanceURL     = envPrefix + "INSTANCE_URL"
+	envTokenExpiry     = envPrefix + "TOKEN_EXPIRY"
+	envTokenGeneration = envPrefix + "TOKEN_GENERATION"
+)
+
+// agentCommandEnv lists them, for the check that every ROTAVAULT_* name
+// the docs mention means something.
+var agentCommandEnv = []string{envAccessToken, envTokenType, envInstanceURL, envTokenExpiry, envTokenGeneration}
+
 // stopSignals are the signals --exec-stop-signal accepts.
 var stopSignals = map[string]syscall.Signal{
 	"TERM": syscall.SIGTERM, "INT": syscall.SIGINT, "HUP": syscall.SIGHUP,
@@ -130,11 +144,11 @@ func (s *supervisor) run(ctx context.Context) error {
 func (s *supervisor) start(tok *rvclient.Token) (*child, error) {
 	cmd := exec.Command(s.spec.argv[0], s.spec.argv[1:]...)
 	cmd.Env = append(os.Environ(),
-		"ROTAVAULT_ACCESS_TOKEN="+tok.AccessToken,
-		"ROTAVAULT_TOKEN_TYPE="+tok.TokenType,
-		"ROTAVAULT_INSTANCE_URL="+tok.InstanceURL,
-		"ROTAVAULT_TOKEN_EXPIRY="+tok.Expiry.UTC().Format(time.RFC3339),
-		"ROTAVAULT_TOKEN_GENERATION="+strconv.FormatUint(tok.Generation, 10),
+		envAccessToken+"="+tok.AccessToken,
+		envTokenType+"="+tok.TokenType,
+		envInstanceURL+"="+tok.InstanceURL,
+		envTokenExpiry+"="+tok.Expiry.UTC().Format(time.RFC3339),
+		envTokenGeneration+"="+strconv.FormatUint(tok.Generation, 10),
 	)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
 	if err := cmd.Start(); err != nil {
