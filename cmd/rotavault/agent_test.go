@@ -268,6 +268,31 @@ func TestAgentExecRestartsTheCommand(t *testing.T) {
 		}
 	})
 
+	t.Run("a command that ignores the stop signal is killed", func(t *testing.T) {
+		dir := t.TempDir()
+		stubborn := `trap "" TERM; printf '%s %s' "$ROTAVAULT_INSTANCE_URL" "$ROTAVAULT_TOKEN_EXPIRY" > "$0/env"; while :; do sleep 1; done`
+		a := s.c.start(nil, "agent", "--exec", "acme", "--exec-stop-timeout", "200ms", "--", "sh", "-c", stubborn, dir)
+		a.stderr.WaitFor(t, "acme: started sh", awaitDeadline)
+		poll.Until(t, agentDeadline, "the command's environment file", func() bool {
+			_, err := os.Stat(filepath.Join(dir, "env"))
+			return err == nil
+		})
+		env := strings.Fields(string(readFile(t, filepath.Join(dir, "env"))))
+		if len(env) != 2 || env[0] != s.sim.URL() {
+			t.Errorf("ROTAVAULT_INSTANCE_URL and ROTAVAULT_TOKEN_EXPIRY = %q; want the simulator's URL and a time", env)
+		} else if _, err := time.Parse(time.RFC3339, env[1]); err != nil {
+			t.Errorf("ROTAVAULT_TOKEN_EXPIRY: %v", err)
+		}
+		s.c.run("", "credentials", "revoke", "acme", "--reason", "stubborn command", "--yes").expect(t, exitOK)
+		a.stderr.WaitFor(t, "did not exit within 200ms: killing it", awaitDeadline)
+		s.importFamily(t, "acme")
+		poll.UntilSeen(t, agentDeadline, "the command started again after reauthentication", func() (bool, string) {
+			out := a.stderr.String()
+			return strings.Count(out, "acme: started sh") == 2, out
+		})
+		a.stop(t)
+	})
+
 	t.Run("misuse", func(t *testing.T) {
 		for _, argv := range [][]string{
 			{"agent"},
