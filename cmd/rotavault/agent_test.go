@@ -210,6 +210,16 @@ func TestAgentKeepsTokenFiles(t *testing.T) {
 			t.Errorf("acme's file is gone after the server restarted: %v", err)
 		}
 	})
+
+	t.Run("a token that expires while the server is away is removed, then restored", func(t *testing.T) {
+		before := string(readFile(t, acmeFile))
+		addr := s.node.addr
+		s.node.stop(t)
+		fileGone(t, acmeFile, "acme's file removed when its token expired with no server to ask")
+		agent.stderr.WaitFor(t, "acme: the token expired without a new one", awaitDeadline)
+		s.node = startNode(t, s.dir, s.node.keyFile, s.c.trans, func(cfg *serverConfig) { cfg.Addr = addr })
+		s.fileToken(t, acmeFile, "acme's file once the server is back", before)
+	})
 	if code := agent.stop(t); code != exitOK {
 		t.Errorf("interrupted agent exited %d:\n%s", code, agent.stderr.String())
 	}
