@@ -105,8 +105,10 @@ Examples:
 		}),
 	}
 	client.register(cmd)
-	// --json would only change error output; no variable should switch it.
+	// --json only changes how a failure is reported; no variable should
+	// switch it.
 	bindEnv(cmd.PersistentFlags(), "json", "")
+	cmd.PersistentFlags().Lookup("json").Usage = "report a failure as one JSON object on stderr (the log stays text)"
 	fs := cmd.Flags()
 	fs.StringSliceVar(&s.sinks, "sink", nil, "keep credential ID's access token in file PATH, as ID=PATH (repeatable)")
 	fs.StringVar(&s.sinkFormat, "sink-format", "token", "what sink files hold: token (the access token alone) or json")
