@@ -1360,7 +1360,8 @@ const file_rotavault_v1_credential_admin_proto_rawDesc = "" +
 	"\rGetCredential\x12\".rotavault.v1.GetCredentialRequest\x1a#.rotavault.v1.GetCredentialResponse\x12^\n" +
 	"\x0fListCredentials\x12$.rotavault.v1.ListCredentialsRequest\x1a%.rotavault.v1.ListCredentialsResponse\x12a\n" +
 	"\x10DeleteCredential\x12%.rotavault.v1.DeleteCredentialRequest\x1a&.rotavault.v1.DeleteCredentialResponse\x12X\n" +
-	"\rListConsumers\x12\".rotavault.v1.ListConsumersRequest\x1a#.rotavault.v1.ListConsumersResponseB=Z;github.com/rotavault/rotavault/gen/rotavault/v1;rotavaultv1b\x06proto3"
+	"\rListConsumers\x12\".rotavault.v1.ListConsumersRequest\x1a#.rotavault.v1.ListConsumersResponseB|\n" +
+	"\x16io.github.rotavault.v1B\x14CredentialAdminProtoP\x01Z;github.com/rotavault/rotavault/gen/rotavault/v1;rotavaultv1\xaa\x02\fRotavault.V1b\x06proto3"
 
 var (
 	file_rotavault_v1_credential_admin_proto_rawDescOnce sync.Once
