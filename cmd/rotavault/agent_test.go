@@ -184,8 +184,12 @@ func TestAgentKeepsTokenFiles(t *testing.T) {
 	if len(reader.bad) > 0 {
 		t.Errorf("a concurrent reader saw %d contents that were not whole tokens: %q", len(reader.bad), reader.bad[0])
 	}
-	if len(reader.seen) < 3 {
-		t.Errorf("the concurrent reader saw %d distinct tokens; want the first, the rotated one and the new family's", len(reader.seen))
+	// The reader must have watched the file change at least once, or its
+	// finding nothing half-written proves nothing. It may miss one of the
+	// three tokens when the machine is loaded (a busy loop is not
+	// scheduled at every instant); the subtests above saw each of them.
+	if len(reader.seen) < 2 {
+		t.Errorf("the concurrent reader saw %d distinct tokens; want it to see the file replaced at least once", len(reader.seen))
 	}
 
 	t.Run("a restarted agent removes a file its family lost meanwhile", func(t *testing.T) {
