@@ -78,6 +78,11 @@ func (b *Broker) GetAccessToken(ctx context.Context, req TokenRequest) (AccessTo
 		return toAccessToken(v), nil // the hot path: no allocation, no store
 	}
 	b.metrics.cacheMisses.Add(1)
+	if req.Rejected == nil {
+		if floor, held := heldBack(v, b.opts.now()); held {
+			return b.serveHeldBack(e, v, floor)
+		}
+	}
 	need := b.needsRefresh(req.MinRemaining)
 
 	if req.Rejected != nil {
@@ -97,6 +102,14 @@ func (b *Broker) GetAccessToken(ctx context.Context, req TokenRequest) (AccessTo
 	v, err = b.refresh(ctx, e, need)
 	if err != nil {
 		return AccessToken{}, err
+	}
+	if !b.fresh(v, req.MinRemaining) {
+		// Another caller's refresh (or another replica's) just ran: this
+		// one may not spend a rotation of its own. (A rejection that named
+		// the current token refreshed it, so its answer is fresh.)
+		if floor, held := heldBack(v, b.opts.now()); held {
+			return b.serveHeldBack(e, v, floor)
+		}
 	}
 	e.markUsed()
 	return toAccessToken(v), nil
@@ -129,13 +142,21 @@ func (b *Broker) fresh(v *view, minRemaining time.Duration) bool {
 	if v.fam.Status != StatusActive || v.fam.Access == nil {
 		return false
 	}
-	return !b.opts.now().Add(max(minRemaining, b.opts.expiryDelta)).After(v.fam.Access.ExpiresAt)
+	a := v.fam.Access
+	return !b.opts.now().Add(max(minRemaining, expiryMargin(b.opts.expiryDelta, tokenLife(v.fam)))).After(a.ExpiresAt)
 }
 
 // needsRefresh returns the test a view fails when its token cannot serve a
-// caller wanting minRemaining.
+// caller wanting minRemaining and the rotation floor lets it be refreshed
+// (see rotationInterval).
 func (b *Broker) needsRefresh(minRemaining time.Duration) func(*view) bool {
-	return func(v *view) bool { return !b.fresh(v, minRemaining) }
+	return func(v *view) bool {
+		if b.fresh(v, minRemaining) {
+			return false
+		}
+		_, held := heldBack(v, b.opts.now())
+		return !held
+	}
 }
 
 // markUsed records that the entry's token is in use; it reads first, so

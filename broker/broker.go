@@ -134,7 +134,8 @@ func WithClock(now func() time.Time) Option {
 }
 
 // WithExpiryDelta sets how long before its expiry an access token stops being
-// handed out (default 10s): a consumer needs time to use it.
+// handed out (default 10s, but never more than a quarter of the token's
+// lifetime, see expiryMargin): a consumer needs time to use it.
 func WithExpiryDelta(d time.Duration) Option {
 	return durationOption("expiry delta", d, 0, time.Hour, func(o *options) { o.expiryDelta = d })
 }
@@ -298,8 +299,11 @@ type counters struct {
 	// to attribute (see MaxConsumersPerCredential).
 	consumerTokensDropped  atomic.Int64
 	cacheHits, cacheMisses atomic.Int64
-	refreshes              atomic.Int64
-	refreshFailures        [numRefreshFailures]atomic.Int64
+	// rotationsHeldBack counts calls the rotation floor kept from a refresh
+	// (see rotationInterval).
+	rotationsHeldBack atomic.Int64
+	refreshes         atomic.Int64
+	refreshFailures   [numRefreshFailures]atomic.Int64
 	// revocations is guarded by revocationsMu: reasons are few, revocations
 	// rare.
 	revocationsMu sync.Mutex
@@ -317,6 +321,11 @@ type Stats struct {
 	// CacheHits counts GetAccessToken calls answered from the cached token;
 	// CacheMisses those that needed a refresh, a wait for one, or the store.
 	CacheHits, CacheMisses int64
+	// RotationsHeldBack counts GetAccessToken calls that wanted a refresh
+	// the rotation floor did not allow yet (the credential was refreshed
+	// less than max(half its tokens' lifetime, 5 s) ago): they got the
+	// current token, or UNAVAILABLE when it had expired.
+	RotationsHeldBack int64
 	// Refreshes counts rotations this replica completed and stored.
 	Refreshes int64
 	// RefreshFailures counts refreshes this replica gave up on, by reason:
@@ -336,9 +345,10 @@ func (b *Broker) Stats() Stats {
 	s := Stats{
 		ClaimWaits: m.claimWaits.Load(), ConsumerTokensDropped: m.consumerTokensDropped.Load(),
 		CacheHits: m.cacheHits.Load(), CacheMisses: m.cacheMisses.Load(), Refreshes: m.refreshes.Load(),
-		RefreshFailures: make(map[string]int64, numRefreshFailures),
-		Revocations:     make(map[RevocationReason]int64),
-		NoticeLogReadAt: b.notices.lastRead(),
+		RotationsHeldBack: m.rotationsHeldBack.Load(),
+		RefreshFailures:   make(map[string]int64, numRefreshFailures),
+		Revocations:       make(map[RevocationReason]int64),
+		NoticeLogReadAt:   b.notices.lastRead(),
 	}
 	for i := range m.refreshFailures {
 		s.RefreshFailures[refreshFailureNames[i]] = m.refreshFailures[i].Load()

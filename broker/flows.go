@@ -7,12 +7,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/rotavault/rotavault/audit"
+	"github.com/rotavault/rotavault/internal/ctxwait"
 	"github.com/rotavault/rotavault/store"
 )
 
@@ -362,9 +364,28 @@ func (b *Broker) reserveFlow(ctx context.Context, credentialID string) (string, 
 	return state, nil
 }
 
+// ledgerWriteTries bounds the ledger's read-modify-write loop. The ledger is
+// one record every replica's starts and sweeps write: a replica reserving
+// places back to back can win every race against another one retrying at
+// once (seen under CPU load), so a loser backs off, with jitter, before it
+// reads again (ledgerBackoff), and gets more tries than a flow record's.
+const ledgerWriteTries = 64
+
+// ledgerBackoff is how long a writer that lost race number attempt waits:
+// a random time up to 1 ms << attempt, at most 50 ms.
+func ledgerBackoff(attempt int) time.Duration {
+	ceiling := min(time.Millisecond<<min(attempt, 6), 50*time.Millisecond)
+	return rand.N(ceiling) + time.Millisecond/4
+}
+
 // updateLedger is the ledger's read → mutate → check-and-set loop.
 func (b *Broker) updateLedger(ctx context.Context, mutate func(*flowLedger) bool) error {
-	for range flowWriteTries {
+	for attempt := range ledgerWriteTries {
+		if attempt > 0 {
+			if err := ctxwait.Sleep(ctx, ledgerBackoff(attempt)); err != nil {
+				return err
+			}
+		}
 		l := &flowLedger{}
 		var version uint64
 		rec, err := b.store.Get(ctx, flowLedgerKey)

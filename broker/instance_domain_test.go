@@ -18,7 +18,7 @@ func TestInstanceURLDomainIsValidatedAndReachesTheProvider(t *testing.T) {
 		"a.mil/x":          false,
 		"*.salesforce.mil": false,
 	} {
-		spec := Spec{ProviderKind: ProviderSalesforce, BaseURL: "https://login.salesforce.com", ClientID: "c", InstanceURLDomain: domain}
+		spec := Spec{ProviderKind: ProviderSalesforce, BaseURL: "https://login.salesforce.com", ClientID: "c", Scopes: []string{"api", "refresh_token"}, InstanceURLDomain: domain}
 		err := spec.validate()
 		if (err == nil) != ok {
 			t.Errorf("instance URL domain %q: validate() = %v, want accepted %v", domain, err, ok)

@@ -73,6 +73,10 @@ type noticeLogMeta struct {
 	Recent    []loggedNotice `json:"recent,omitempty"`
 	// CursorKey seals cursors (see cursorCodec); stores encrypt records.
 	CursorKey []byte `json:"cursor_key,omitempty"`
+	// PagedFrom is the first sequence number from which every notice is
+	// also in its page and its credential's index (notice_pages.go); 0 when
+	// unknown (a log an earlier version wrote last).
+	PagedFrom uint64 `json:"paged_from,omitempty"`
 }
 
 type loggedNotice struct {
@@ -114,7 +118,17 @@ type noticeLog struct {
 	// oldest is the oldest notice kept, as of the last read of the head.
 	oldest uint64
 	// pending holds notices above a gap, waiting for it to fill.
-	pending      map[uint64]pendingNotice
+	pending map[uint64]pendingNotice
+	// ring holds the newest delivered notices: every notice from ringFrom
+	// to delivered is in it (or was skipped). A resume from a cursor in
+	// that window — every client's after a GOAWAY — replays from memory,
+	// not from the store.
+	ring     []loggedNotice
+	ringFrom uint64
+	// pagedFrom: notices from it on are in pages (see noticeLogMeta).
+	pagedFrom uint64
+	// replays counts store-reading replays per identity.
+	replays      map[string]int
 	missingSeq   uint64
 	missingSince time.Time
 	subs         map[*Subscription]struct{}
@@ -140,6 +154,7 @@ func newNoticeLog(s store.Store, retention, buffer int, now func() time.Time, lo
 		kick:    make(chan struct{}, 1),
 		pending: make(map[uint64]pendingNotice),
 		subs:    make(map[*Subscription]struct{}),
+		replays: make(map[string]int),
 	}
 }
 
@@ -148,15 +163,21 @@ func noticeKey(seq uint64) string { return fmt.Sprintf("%s%020d", noticesPrefix,
 func (l *noticeLog) init(ctx context.Context) error {
 	for {
 		meta, version, err := l.readMeta(ctx)
-		if err == nil && len(meta.CursorKey) == 0 {
-			// A log from before cursors were sealed: give it a key.
-			meta.CursorKey = newCursorKey()
+		if err == nil && (len(meta.CursorKey) == 0 || meta.PagedFrom == 0) {
+			// A log from before cursors were sealed, or before notices were
+			// paged: give it a key, and start paging from here.
+			if len(meta.CursorKey) == 0 {
+				meta.CursorKey = newCursorKey()
+			}
+			if meta.PagedFrom == 0 {
+				meta.PagedFrom = meta.NextSeq
+			}
 			raw, err := encodeRecord(meta)
 			if err != nil {
 				return err
 			}
 			if _, err := l.store.Put(ctx, noticeLogMetaKey, raw, version); err != nil && !errors.Is(err, store.ErrConflict) {
-				return fmt.Errorf("broker: add a cursor key to the notice log: %w", err)
+				return fmt.Errorf("broker: upgrade the notice log: %w", err)
 			}
 			continue
 		}
@@ -166,6 +187,8 @@ func (l *noticeLog) init(ctx context.Context) error {
 				return err
 			}
 			l.epoch, l.cursors, l.delivered, l.oldest = meta.Epoch, codec, meta.NextSeq-1, meta.OldestSeq
+			l.pagedFrom = meta.PagedFrom
+			l.seedRing(meta)
 			return nil
 		}
 		if !errors.Is(err, store.ErrNotFound) {
@@ -173,7 +196,7 @@ func (l *noticeLog) init(ctx context.Context) error {
 		}
 		var epoch [8]byte
 		_, _ = rand.Read(epoch[:])
-		fresh := noticeLogMeta{Format: recordFormat, Epoch: hex.EncodeToString(epoch[:]), NextSeq: 1, OldestSeq: 1, CursorKey: newCursorKey()}
+		fresh := noticeLogMeta{Format: recordFormat, Epoch: hex.EncodeToString(epoch[:]), NextSeq: 1, OldestSeq: 1, CursorKey: newCursorKey(), PagedFrom: 1}
 		raw, err := encodeRecord(fresh)
 		if err != nil {
 			return err
@@ -232,7 +255,7 @@ var errNoticeNotLogged = errors.New("broker: notice not logged")
 // from far back, so failing to write it is logged, not returned.
 func (l *noticeLog) append(ctx context.Context, n Notice) error {
 	var seq uint64
-	var pruneFrom, pruneTo uint64
+	var pruneFrom, pruneTo, pagedFrom uint64
 	for {
 		meta, version, err := l.readMeta(ctx)
 		if err != nil {
@@ -241,6 +264,11 @@ func (l *noticeLog) append(ctx context.Context, n Notice) error {
 		seq = meta.NextSeq
 		next := meta
 		next.NextSeq++
+		if next.PagedFrom == 0 {
+			// An earlier version wrote the head last: notices before this
+			// one may have no page.
+			next.PagedFrom = seq
+		}
 		if keep := uint64(l.retention); next.NextSeq-next.OldestSeq > keep {
 			next.OldestSeq = next.NextSeq - keep
 		}
@@ -256,11 +284,13 @@ func (l *noticeLog) append(ctx context.Context, n Notice) error {
 			return fmt.Errorf("%w: reserve notice: %w", errNoticeNotLogged, err)
 		}
 		pruneFrom, pruneTo = meta.OldestSeq, next.OldestSeq
+		pagedFrom = next.PagedFrom
 		break
 	}
 	n.seq = seq
 	l.mu.Lock()
 	l.oldest = max(l.oldest, pruneTo)
+	l.notePagedFrom(pagedFrom, 0)
 	gap := l.addLocked(seq, pendingNotice{notice: n})
 	l.mu.Unlock()
 	if gap {
@@ -273,12 +303,56 @@ func (l *noticeLog) append(ctx context.Context, n Notice) error {
 	if err != nil {
 		l.log.WarnContext(ctx, "notice kept only in the log head; watchers resuming from far back may miss it", "seq", seq, "err", err)
 	}
+	l.writePaged(ctx, seq, pruneTo, n)
 	for old := pruneFrom; old < pruneTo; old++ {
 		if err := l.store.Delete(ctx, noticeKey(old)); err != nil {
 			l.log.WarnContext(ctx, "could not prune notice", "seq", old, "err", err)
 		}
 	}
+	l.prunePages(ctx, pruneFrom, pruneTo)
 	return nil
+}
+
+// notePagedFrom records where pages begin as a head read says (pagedFrom),
+// a head without the field (0) meaning none before nextSeq; mu held.
+func (l *noticeLog) notePagedFrom(pagedFrom, nextSeq uint64) {
+	if pagedFrom == 0 {
+		pagedFrom = nextSeq
+	}
+	l.pagedFrom = max(l.pagedFrom, pagedFrom)
+}
+
+// seedRing fills the ring from the head's newest notices, when they are
+// the contiguous tail of the log; mu held or not yet shared.
+func (l *noticeLog) seedRing(meta noticeLogMeta) {
+	l.ring, l.ringFrom = nil, meta.NextSeq
+	for i, r := range meta.Recent {
+		if r.Seq != meta.NextSeq-uint64(len(meta.Recent)-i) {
+			return
+		}
+	}
+	for _, r := range meta.Recent {
+		r.Notice.seq = r.Seq
+		l.ring = append(l.ring, r)
+	}
+	l.ringFrom = meta.NextSeq - uint64(len(meta.Recent))
+}
+
+// ringAddLocked records a delivered (or skipped) notice in the ring.
+func (l *noticeLog) ringAddLocked(seq uint64, p pendingNotice) {
+	if !p.skip {
+		l.ring = append(l.ring, loggedNotice{Seq: seq, Notice: p.notice})
+	}
+	if seq+1 > recentNotices {
+		l.ringFrom = max(l.ringFrom, seq+1-recentNotices)
+	}
+	drop := 0
+	for drop < len(l.ring) && l.ring[drop].Seq < l.ringFrom {
+		drop++
+	}
+	if drop > 0 {
+		l.ring = append(l.ring[:0], l.ring[drop:]...)
+	}
 }
 
 func lastNotices(ns []loggedNotice, k int) []loggedNotice {
@@ -319,6 +393,7 @@ func (l *noticeLog) drainLocked() {
 		}
 		delete(l.pending, l.delivered+1)
 		l.delivered++
+		l.ringAddLocked(l.delivered, p)
 		if p.skip {
 			continue
 		}
@@ -371,6 +446,7 @@ func (l *noticeLog) catchUp(ctx context.Context, onRemote func(context.Context, 
 		return fmt.Errorf("broker: the notice log was replaced (epoch %s, following %s); restart this replica", meta.Epoch, l.epoch)
 	}
 	l.oldest = max(l.oldest, meta.OldestSeq)
+	l.notePagedFrom(meta.PagedFrom, meta.NextSeq)
 	from := l.delivered + 1
 	if from < meta.OldestSeq && from <= head {
 		// More notices than the log keeps went by while this replica could
@@ -382,6 +458,7 @@ func (l *noticeLog) catchUp(ctx context.Context, onRemote func(context.Context, 
 		}
 		clear(l.pending)
 		l.delivered = meta.OldestSeq - 1
+		l.ring, l.ringFrom = nil, meta.OldestSeq
 		from = meta.OldestSeq
 	}
 	l.mu.Unlock()
@@ -517,11 +594,18 @@ type Subscription struct {
 	// StartCursor is the position after which every notice is delivered.
 	StartCursor string
 	filter      map[string]bool
-	replayNext  uint64
-	replayLast  uint64
-	ch          chan Notice
-	mu          sync.Mutex
-	err         error // why ch was closed
+	// replayLast is the last notice replayed rather than delivered live:
+	// memReplay from the log's newest notices in memory, or store reading
+	// the older ones (notice_pages.go).
+	replayLast uint64
+	memReplay  []Notice
+	store      *storeReplay
+	// release gives back the store replay's slot; set before the
+	// subscription is returned, so Close may call it from any goroutine.
+	release func()
+	ch      chan Notice
+	mu      sync.Mutex
+	err     error // why ch was closed
 }
 
 // Subscribe starts a subscription for the given credentials (all when
@@ -558,9 +642,20 @@ func (b *Broker) Subscribe(ctx context.Context, credentialIDs []string, cursor s
 		return nil, ErrClosed
 	}
 	// From here on every notice after last reaches s live; those up to it
-	// are replayed from the store.
+	// are replayed: from memory when the ring holds them all, else from the
+	// store.
 	l.subs[s] = struct{}{}
 	last, oldest := l.delivered, l.oldest
+	inRing := resume && from < last && from+1 >= l.ringFrom
+	if inRing {
+		for _, r := range l.ring {
+			if r.Seq > from && s.wants(r.Notice) {
+				n := r.Notice
+				n.seq, n.Cursor = r.Seq, l.cursors.encode(r.Seq)
+				s.memReplay = append(s.memReplay, n)
+			}
+		}
+	}
 	l.mu.Unlock()
 	if !resume {
 		// "From now on" means from the log's head, which this replica's
@@ -590,8 +685,16 @@ func (b *Broker) Subscribe(ctx context.Context, credentialIDs []string, cursor s
 		s.Close()
 		return nil, fmt.Errorf("%w: oldest kept is %d notices after it", ErrCursorExpired, oldest-from-1)
 	}
+	if from < last && !inRing {
+		r, err := l.startStoreReplay(ctx, from, last, filter)
+		if err != nil {
+			s.Close()
+			return nil, err
+		}
+		s.store, s.release = r, r.release
+	}
 	s.StartCursor = l.cursors.encode(from)
-	s.replayNext, s.replayLast = from+1, max(from, last)
+	s.replayLast = max(from, last)
 	return s, nil
 }
 
@@ -599,38 +702,22 @@ func (b *Broker) Subscribe(ctx context.Context, credentialIDs []string, cursor s
 // ErrSubscriberTooSlow, ErrClosed, *UnavailableError (store trouble while
 // replaying).
 func (s *Subscription) Next(ctx context.Context) (Notice, error) {
-	for s.replayNext <= s.replayLast {
-		seq := s.replayNext
-		n, found, err := s.log.readNotice(ctx, seq)
+	if len(s.memReplay) > 0 {
+		n := s.memReplay[0]
+		s.memReplay = s.memReplay[1:]
+		return n, nil
+	}
+	if r := s.store; r != nil {
+		ln, found, err := r.next(ctx, s.log, s.filter)
 		if err != nil {
-			return Notice{}, storeUnavailable(err)
+			return Notice{}, err // the next call resumes at the same page; Close frees the slot
 		}
-		if !found {
-			// Not stored (yet): the head may still repeat it; else it was
-			// pruned meanwhile (the watcher is too far behind), or its
-			// writer died between reserving and writing it.
-			meta, _, err := s.log.readMeta(ctx)
-			if err != nil {
-				return Notice{}, storeUnavailable(err)
-			}
-			if seq < meta.OldestSeq {
-				return Notice{}, fmt.Errorf("%w: pruned while replaying", ErrCursorExpired)
-			}
-			for _, r := range meta.Recent {
-				if r.Seq == seq {
-					n, found = r.Notice, true
-					n.seq = seq
-				}
-			}
-		}
-		s.replayNext++
-		if !found {
-			continue
-		}
-		n.Cursor = s.log.cursors.encode(seq)
-		if s.wants(n) {
+		if found {
+			n := ln.Notice
+			n.seq, n.Cursor = ln.Seq, s.log.cursors.encode(ln.Seq)
 			return n, nil
 		}
+		s.store = nil
 	}
 	for {
 		select {
@@ -680,9 +767,17 @@ func (s *Subscription) closeWith(err error) {
 
 // Close ends the subscription.
 func (s *Subscription) Close() {
+	s.endReplay()
 	s.log.mu.Lock()
 	defer s.log.mu.Unlock()
 	s.closeWith(ErrClosed)
+}
+
+// endReplay gives back the subscription's replay slot, if it holds one.
+func (s *Subscription) endReplay() {
+	if s.release != nil {
+		s.release()
+	}
 }
 
 func (l *noticeLog) closeSubscribers() {

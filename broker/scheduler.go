@@ -46,7 +46,13 @@ func (b *Broker) accessDue(v *view) time.Time {
 	if a == nil {
 		return v.fam.LastRefreshAt // an imported token whose first refresh failed: now
 	}
-	return a.ExpiresAt.Add(-refreshAhead(a.ExpiresAt.Sub(a.IssuedAt)) - b.opts.expiryDelta)
+	life := tokenLife(v.fam)
+	due := a.ExpiresAt.Add(-refreshAhead(a.ExpiresAt.Sub(a.IssuedAt)) - expiryMargin(b.opts.expiryDelta, life))
+	// Never sooner than the rotation floor allows (see rotationInterval).
+	if floor := v.fam.LastRefreshAt.Add(rotationInterval(life)); !v.fam.LastRefreshAt.IsZero() && floor.After(due) {
+		due = floor
+	}
+	return due
 }
 
 // idleDue is half-way through the provider's refresh-token idle timeout.

@@ -54,10 +54,14 @@ type envOptions struct {
 	sim        providersim.Config
 	brokerOpts []broker.Option
 	// vault, when set, keeps the node's records in this Vault server (KV v2
-	// with check-and-set) instead of the embedded store.
+	// with check-and-set) instead of the embedded store, with a token that
+	// has only the policy in deploy/.
 	vault *vaulttest.Server
+	// vaultTransit envelope-encrypts the Vault records with the server's
+	// Transit key (and a token that has the Transit policy too).
+	vaultTransit bool
 	// vaultLogin, when set, logs the Vault store in (AppRole) instead of
-	// using the root token.
+	// using the server's token.
 	vaultLogin vaultstore.LoginMethod
 	// rateLimit is the server's per-caller limit (zero: the defaults, which
 	// every test must pass with).
@@ -173,11 +177,14 @@ func (e *env) start() {
 func (e *env) openStore() (store.Store, func() error) {
 	t := e.t
 	if e.opts.vault != nil {
-		client := e.opts.vault.Client(t)
-		if e.opts.vaultLogin != nil {
-			client.ClearToken()
+		cfg := vaultstore.Config{Client: e.opts.vault.Client(t), Prefix: vaultstore.DefaultPrefix + "/" + e.key.ID(), Login: e.opts.vaultLogin}
+		if e.opts.vaultTransit {
+			cfg.Client, cfg.TransitKey = e.opts.vault.TransitClient(t), vaulttest.TransitKey
 		}
-		vs, err := vaultstore.New(context.Background(), vaultstore.Config{Client: client, Prefix: "rotavault-" + e.key.ID(), Login: e.opts.vaultLogin})
+		if e.opts.vaultLogin != nil {
+			cfg.Client.ClearToken()
+		}
+		vs, err := vaultstore.New(context.Background(), cfg)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -83,7 +83,7 @@ type replicaProcess struct {
 func startReplicaProcess(t *testing.T, v *vaulttest.Server, prefix string) *replicaProcess {
 	t.Helper()
 	dataDir := t.TempDir()
-	p, addr := startServeProcess(t, []string{"VAULT_ADDR=" + v.Addr, "VAULT_TOKEN=" + v.RootToken},
+	p, addr := startServeProcess(t, []string{"VAULT_ADDR=" + v.Addr, "VAULT_TOKEN=" + v.Token},
 		"--addr", "127.0.0.1:0", "--data-dir", dataDir, "--store", "vault", "--vault-prefix", prefix,
 		"--refresh-claim-ttl", killClaimTTL, "--refresh-claim-margin", killClaimMargin)
 	p.dataDir = dataDir
@@ -210,7 +210,7 @@ func setupKill(t *testing.T, grace time.Duration) *killSetup {
 	}
 	t.Cleanup(func() { _ = sim.Close() })
 	sim.AddClient(providersim.Client{ID: simClientID, Secret: simClientSecret})
-	k := &killSetup{sim: sim, a: startReplicaProcess(t, v, "kill"), b: startReplicaProcess(t, v, "kill")}
+	k := &killSetup{sim: sim, a: startReplicaProcess(t, v, "rotavault/kill"), b: startReplicaProcess(t, v, "rotavault/kill")}
 	t.Cleanup(func() {
 		k.a.kill()
 		k.b.kill()

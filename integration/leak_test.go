@@ -32,7 +32,7 @@ func secretsOf(t testing.TB, sim *providersim.Server, storeKeyFile string, v *va
 		}
 	}
 	if v != nil {
-		secrets = append(secrets, v.RootToken)
+		secrets = append(secrets, v.RootToken, v.Token, v.TransitToken)
 	}
 	return secrets
 }

@@ -1,13 +1,21 @@
 package integration
 
-// Clients in other languages drive the real server from outside Go: a Node.js
-// consumer on @grpc/grpc-js and @grpc/proto-loader (pinned by
-// integration/polyglot/node/package-lock.json; it loads proto/ at run time)
-// and a Python consumer built on stubs that buf generates from proto/ with
-// buf.gen.python.yaml (local plugins: Debian's protoc and grpc_python_plugin).
+// Clients in other languages drive the real server from outside Go, each on
+// stubs buf generates from proto/ and google.rpc's status.proto and
+// error_details.proto (from the npm package google-proto-files) at test
+// time, so never stale: a TypeScript consumer on @grpc/grpc-js with ts-proto's
+// stubs (buf.gen.ts.yaml; ts-proto, typescript and google-proto-files pinned
+// by integration/polyglot/node/package-lock.json), compiled with tsc, and a
+// Python consumer on buf.gen.python.yaml's stubs (local plugins: Debian's
+// protoc and grpc_python_plugin). Both read ErrorInfo and RetryInfo through
+// the generated google.rpc messages and load clients/service-config.json,
+// whose retry policy retries UNAVAILABLE.
 //
 // Each client registers a credential (CreateCredential + a refresh-token
-// import) or uses one the harness installed, gets an access token, opens
+// import) or uses one the harness installed — then the provider is down
+// for the client's first call and its retries (UNAVAILABLE with RetryInfo
+// once the policy's attempts are spent, which the client waits out) —
+// gets an access token, opens
 // WatchRevocations, and reports the FAMILY_REVOKED notice that follows the
 // test's RevokeCredential, then the REAUTHENTICATION_REQUIRED refusal. The
 // clients print fingerprints, never tokens; the test compares them with the
@@ -34,6 +42,7 @@ import (
 
 	rotavaultv1 "github.com/rotavault/rotavault/gen/rotavault/v1"
 	"github.com/rotavault/rotavault/internal/syncbuf"
+	"github.com/rotavault/rotavault/providersim"
 )
 
 // polyglotDeps runs scripts/polyglot-deps once per test process.
@@ -68,21 +77,23 @@ func polyglotSetup(t *testing.T) string {
 	return d.root
 }
 
-// polyglotClient starts one language's client program.
+// polyglotClient starts one language's client program: prepare builds it
+// once per test (generated stubs, compilation) and returns what command
+// needs.
 type polyglotClient struct {
 	name    string
-	command func(t *testing.T, ctx context.Context, root string) *exec.Cmd
+	prepare func(t *testing.T, root string) string
+	command func(ctx context.Context, root, prepared string) *exec.Cmd
 }
 
 var polyglotClients = []polyglotClient{
-	{"node", func(t *testing.T, ctx context.Context, root string) *exec.Cmd {
-		cmd := exec.CommandContext(ctx, "node", "client.js")
-		cmd.Dir = filepath.Join(root, "integration", "polyglot", "node")
+	{"typescript", buildTypeScriptClient, func(ctx context.Context, root, dir string) *exec.Cmd {
+		cmd := exec.CommandContext(ctx, "node", filepath.Join("dist", "client.js"))
+		cmd.Dir = dir
 		return cmd
 	}},
-	{"python", func(t *testing.T, ctx context.Context, root string) *exec.Cmd {
-		// Stubs generated now from the current protos: never stale.
-		stubs := generatePythonStubs(t, root)
+	// Stubs generated now from the current protos: never stale.
+	{"python", generatePythonStubs, func(ctx context.Context, root, stubs string) *exec.Cmd {
 		// Debian's interpreter, which has Debian's python3-grpcio and
 		// python3-protobuf (a pyenv python3 earlier on PATH has neither).
 		cmd := exec.CommandContext(ctx, "/usr/bin/python3", "-B", "-s", filepath.Join(root, "integration", "polyglot", "python", "client.py"))
@@ -93,26 +104,57 @@ var polyglotClients = []polyglotClient{
 	}},
 }
 
+// bufGenerate runs buf with template into out (under the plugins' out
+// directories).
+func bufGenerate(t *testing.T, root, template, out string) {
+	t.Helper()
+	bin := filepath.Join(root, ".tools", "bin")
+	start := time.Now()
+	cmd := exec.Command(filepath.Join(bin, "buf"), "generate", "--template", template, "--output", out)
+	cmd.Dir = root
+	cmd.Env = append(os.Environ(), "PATH="+bin+string(os.PathListSeparator)+os.Getenv("PATH"))
+	if msg, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("buf generate --template %s: %v\n%s", template, err, msg)
+	}
+	t.Logf("buf generate --template %s: %s", template, time.Since(start).Round(time.Millisecond))
+}
+
+// buildTypeScriptClient generates the TypeScript stubs into
+// integration/polyglot/node/gen-ts and compiles the client with tsc into
+// dist/ (both ignored by git), and returns that directory.
+func buildTypeScriptClient(t *testing.T, root string) string {
+	t.Helper()
+	dir := filepath.Join(root, "integration", "polyglot", "node")
+	bufGenerate(t, root, "buf.gen.ts.yaml", dir)
+	start := time.Now()
+	cmd := exec.Command(filepath.Join(dir, "node_modules", ".bin", "tsc"), "-p", ".")
+	cmd.Dir = dir
+	if msg, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("tsc (type-checks the client against the generated stubs): %v\n%s", err, msg)
+	}
+	t.Logf("tsc: %s", time.Since(start).Round(time.Millisecond))
+	return dir
+}
+
 // generatePythonStubs runs buf with buf.gen.python.yaml into a temporary
 // directory and returns the directory to put on PYTHONPATH.
 func generatePythonStubs(t *testing.T, root string) string {
 	t.Helper()
-	bin := filepath.Join(root, ".tools", "bin")
 	out := t.TempDir()
-	start := time.Now()
-	cmd := exec.Command(filepath.Join(bin, "buf"), "generate", "--template", "buf.gen.python.yaml", "--output", out)
-	cmd.Dir = root
-	cmd.Env = append(os.Environ(), "PATH="+bin+string(os.PathListSeparator)+os.Getenv("PATH"))
-	if msg, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("buf generate --template buf.gen.python.yaml: %v\n%s", err, msg)
-	}
+	bufGenerate(t, root, "buf.gen.python.yaml", out)
 	matches, _ := filepath.Glob(filepath.Join(out, "*", "rotavault", "v1", "token_vault_pb2_grpc.py"))
 	if len(matches) != 1 {
 		t.Fatalf("buf.gen.python.yaml produced no (or several) rotavault/v1/token_vault_pb2_grpc.py: %v", matches)
 	}
-	t.Logf("Python stubs generated in %s", time.Since(start).Round(time.Millisecond))
+	if _, err := os.Stat(filepath.Join(filepath.Dir(filepath.Dir(filepath.Dir(matches[0]))), "google", "rpc", "error_details_pb2.py")); err != nil {
+		t.Fatalf("buf.gen.python.yaml generated no google/rpc/error_details_pb2.py: %v", err)
+	}
 	return filepath.Dir(filepath.Dir(filepath.Dir(matches[0])))
 }
+
+// polyglotRetryAttempts is maxAttempts of clients/service-config.json's
+// retry policy.
+const polyglotRetryAttempts = 4
 
 // polyglotEvent is one line a client prints (see client.py / client.js).
 type polyglotEvent struct {
@@ -133,23 +175,26 @@ type polyglotEvent struct {
 	ProviderRevocation  string   `json:"provider_revocation"`
 	CursorSet           bool     `json:"cursor_set"`
 	Code                string   `json:"code"`
+	RetryDelayMS        int64    `json:"retry_delay_ms"`
 }
 
 func TestPolyglotClients(t *testing.T) {
 	root := polyglotSetup(t)
 	for _, c := range polyglotClients {
 		t.Run(c.name, func(t *testing.T) {
-			t.Run("registers", func(t *testing.T) { runPolyglotClient(t, root, c, true) })
-			t.Run("harness_registered", func(t *testing.T) { runPolyglotClient(t, root, c, false) })
+			prepared := c.prepare(t, root)
+			t.Run("registers", func(t *testing.T) { runPolyglotClient(t, root, c, prepared, true) })
+			t.Run("harness_registered", func(t *testing.T) { runPolyglotClient(t, root, c, prepared, false) })
 		})
 	}
 }
 
-func runPolyglotClient(t *testing.T, root string, c polyglotClient, register bool) {
+func runPolyglotClient(t *testing.T, root string, c polyglotClient, prepared string, register bool) {
 	e := newEnv(t, envOptions{})
 	id := "polyglot-" + c.name
 	scopes := []string{"api", "refresh_token"}
-	cfg := map[string]any{"server": e.conn.Target(), "credential_id": id, "proto_dir": filepath.Join(root, "proto")}
+	cfg := map[string]any{"server": e.conn.Target(), "credential_id": id,
+		"service_config": filepath.Join(root, "clients", "service-config.json")}
 	if register {
 		rt, err := e.sim.IssueRefreshToken(simClientID, scopes)
 		if err != nil {
@@ -163,6 +208,11 @@ func runPolyglotClient(t *testing.T, root string, c polyglotClient, register boo
 		}
 	} else {
 		e.installSalesforce(id)
+		// The client's first GetAccessToken needs a refresh, and the
+		// provider is down for as many token requests as the server makes
+		// for each of the retry policy's attempts (notProcessedTries: 4).
+		e.expire()
+		e.sim.InjectFailure(providersim.FailUnavailable, polyglotRetryAttempts*4)
 	}
 	input, err := json.Marshal(cfg)
 	if err != nil {
@@ -171,7 +221,7 @@ func runPolyglotClient(t *testing.T, root string, c polyglotClient, register boo
 
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	cmd := c.command(t, ctx, root)
+	cmd := c.command(ctx, root, prepared)
 	cmd.Stdin = bytes.NewReader(input)
 	var stdout, stderr syncbuf.Buffer
 	cmd.Stderr = &stderr
@@ -253,6 +303,17 @@ func runPolyglotClient(t *testing.T, root string, c polyglotClient, register boo
 		}
 	}
 
+	if !register {
+		// The channel's retry policy made every attempt before the client
+		// saw UNAVAILABLE; the RetryInfo it then read made it wait.
+		u := next("unavailable")
+		if u.Code != "UNAVAILABLE" || u.Reason != "PROVIDER_UNAVAILABLE" || u.RetryDelayMS < 1000 {
+			fail("unavailable = %+v, want UNAVAILABLE + PROVIDER_UNAVAILABLE with a RetryInfo of at least 1s", u)
+		}
+		if got, want := e.sim.Stats().InjectedFailures, polyglotRetryAttempts*4; got != want {
+			fail("the provider failed %d token requests before the client gave up, want %d (%d attempts of the retry policy)", got, want, polyglotRetryAttempts)
+		}
+	}
 	ev := next("token")
 	// The token the server hands the test now is the one the client got (it
 	// is cached; nothing refreshes in between).

@@ -2,8 +2,10 @@ package integration
 
 import (
 	"fmt"
+	"maps"
 	"net/http"
 	"net/url"
+	"slices"
 	"sync"
 	"testing"
 
@@ -18,11 +20,33 @@ import (
 )
 
 // TestVaultBackedNode runs the core scenarios with the records in a real
-// Vault (KV v2, check-and-set on every write) instead of the embedded store.
+// Vault (KV v2, check-and-set on every write) instead of the embedded store:
+// plain, and envelope-encrypted with Transit.
 func TestVaultBackedNode(t *testing.T) {
-	e := newEnv(t, envOptions{vault: vaulttest.StartDev(t)})
+	for _, transit := range []bool{false, true} {
+		t.Run(map[bool]string{false: "plain", true: "transit"}[transit], func(t *testing.T) {
+			testVaultBackedNode(t, transit)
+		})
+	}
+}
+
+func testVaultBackedNode(t *testing.T, transit bool) {
+	v := vaulttest.StartDev(t)
+	e := newEnv(t, envOptions{vault: v, vaultTransit: transit})
 	oldToken := e.installSalesforce("acme")
 	first := e.token("acme")
+
+	t.Run("records as Vault holds them", func(t *testing.T) {
+		raw, err := v.RootClient(t).KVv2("secret").Get(ctxT(t), vaultstore.DefaultPrefix+"/"+e.key.ID()+"/credentials/acme")
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, sealed := raw.Data["sealed"]
+		_, clear := raw.Data["value"]
+		if sealed != transit || clear == transit {
+			t.Fatalf("with transit=%v the record holds the fields %v", transit, slices.Collect(maps.Keys(raw.Data)))
+		}
+	})
 
 	t.Run("concurrent callers share one refresh", func(t *testing.T) {
 		before := e.sim.Stats().RefreshRequests
@@ -125,9 +149,8 @@ func awaitHealth(t *testing.T, e *env, want healthpb.HealthCheckResponse_Serving
 // nothing, refreshes included.
 func TestRevokedVaultTokenDoesNotFailCallers(t *testing.T) {
 	v := vaulttest.StartDev(t)
-	root := v.Client(t)
-	roleID, secretIDFile := v.AppRole(t, `path "secret/data/rotavault-*" { capabilities = ["create", "read", "update"] }
-path "secret/metadata/rotavault-*" { capabilities = ["create", "read", "update", "delete", "list"] }`, "", "")
+	root := v.RootClient(t)
+	roleID, secretIDFile := v.AppRole(t, "", "")
 	login, err := vaultstore.AppRole(roleID, secretIDFile, "")
 	if err != nil {
 		t.Fatal(err)

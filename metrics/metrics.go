@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/rotavault/rotavault/broker"
+	"github.com/rotavault/rotavault/internal/version"
 	"github.com/rotavault/rotavault/provider"
 	"github.com/rotavault/rotavault/store"
 )
@@ -31,10 +32,10 @@ type Metrics struct {
 }
 
 // New returns metrics in a fresh registry, with the Go runtime and process
-// collectors.
+// collectors and rotavault_build_info.
 func New() *Metrics {
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), buildInfo(version.Get()))
 	m := &Metrics{
 		reg: reg,
 		storeLatency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
@@ -77,6 +78,8 @@ var (
 		"GetAccessToken calls answered from the cached access token.", nil, nil)
 	cacheMissesDesc = prometheus.NewDesc(namespace+"_access_token_cache_misses_total",
 		"GetAccessToken calls that needed a refresh, a wait for one, or the store.", nil, nil)
+	rotationsHeldBackDesc = prometheus.NewDesc(namespace+"_rotations_held_back_total",
+		"GetAccessToken calls that wanted a refresh the rotation floor did not allow yet (one refresh per credential per max(half the token lifetime, 5 s)); they got the current token.", nil, nil)
 	claimWaitsDesc = prometheus.NewDesc(namespace+"_claim_waits_total",
 		"Waits for a refresh another replica claimed.", nil, nil)
 	subscribersDesc = prometheus.NewDesc(namespace+"_watch_subscribers",
@@ -92,7 +95,7 @@ var (
 type brokerCollector struct{ b *broker.Broker }
 
 func (c *brokerCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{refreshesDesc, refreshFailuresDesc, revocationsDesc, cacheHitsDesc, cacheMissesDesc, claimWaitsDesc, subscribersDesc, droppedDesc, noticeLogDesc, credentialsDesc} {
+	for _, d := range []*prometheus.Desc{refreshesDesc, refreshFailuresDesc, revocationsDesc, cacheHitsDesc, cacheMissesDesc, rotationsHeldBackDesc, claimWaitsDesc, subscribersDesc, droppedDesc, noticeLogDesc, credentialsDesc} {
 		ch <- d
 	}
 }
@@ -111,6 +114,7 @@ func (c *brokerCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	counter(cacheHitsDesc, s.CacheHits)
 	counter(cacheMissesDesc, s.CacheMisses)
+	counter(rotationsHeldBackDesc, s.RotationsHeldBack)
 	counter(claimWaitsDesc, s.ClaimWaits)
 	counter(droppedDesc, s.ConsumerTokensDropped)
 	ch <- prometheus.MustNewConstMetric(subscribersDesc, prometheus.GaugeValue, float64(c.b.SubscriberCount()))

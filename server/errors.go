@@ -35,7 +35,14 @@ const (
 	ReasonCallbackNotConfigured = "CALLBACK_NOT_CONFIGURED"
 	// Too many authorization flows are in progress; retry later.
 	ReasonTooManyFlows = "TOO_MANY_FLOWS"
+	// The identity already runs as many watch replays from the store as it
+	// may; retry shortly.
+	ReasonTooManyReplays = "TOO_MANY_REPLAYS"
 )
+
+// replayRetry is when a watch refused for too many replays may try again:
+// a replay of the whole retention takes a few hundred store reads.
+const replayRetry = 2 * time.Second
 
 // toStatus is the one mapping from the rotation logic's errors to gRPC
 // statuses. Messages never carry tokens, secrets, provider bodies or
@@ -99,6 +106,10 @@ func toStatus(ctx context.Context, log *slog.Logger, err error) error {
 		return withDetails(status.New(codes.ResourceExhausted, "too many authorization flows in progress; finish or wait out pending ones (finished flows are forgotten after 10 minutes)"),
 			&errdetails.ErrorInfo{Reason: ReasonTooManyFlows, Domain: ErrorDomain},
 			&errdetails.RetryInfo{RetryDelay: durationpb.New(time.Minute)})
+	case errors.Is(err, broker.ErrTooManyReplays):
+		return withDetails(status.New(codes.ResourceExhausted, "too many watch replays from far back at once for this identity; retry shortly"),
+			&errdetails.ErrorInfo{Reason: ReasonTooManyReplays, Domain: ErrorDomain},
+			&errdetails.RetryInfo{RetryDelay: durationpb.New(replayRetry)})
 	case errors.Is(err, broker.ErrClosed):
 		return status.Error(codes.Unavailable, "the server is shutting down")
 	case errors.Is(err, context.Canceled):

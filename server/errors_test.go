@@ -43,6 +43,7 @@ func TestToStatus(t *testing.T) {
 		{"flow refused", &broker.AuthorizationError{Reason: broker.FlowRefused, Detail: "no refresh token"}, codes.FailedPrecondition, ReasonAuthorizationFailed, 0},
 		{"no callback", broker.ErrCallbackNotConfigured, codes.FailedPrecondition, ReasonCallbackNotConfigured, 0},
 		{"too many flows", fmt.Errorf("%w: 1000", broker.ErrTooManyFlows), codes.ResourceExhausted, ReasonTooManyFlows, time.Minute},
+		{"too many replays", fmt.Errorf("%w (2 at once)", broker.ErrTooManyReplays), codes.ResourceExhausted, ReasonTooManyReplays, replayRetry},
 		{"canceled", fmt.Errorf("wait: %w", context.Canceled), codes.Canceled, "", 0},
 		{"unknown", secretish, codes.Internal, "", 0},
 	}

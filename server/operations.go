@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"runtime/debug"
 	"sync/atomic"
 	"time"
 
@@ -19,6 +18,7 @@ import (
 	"github.com/rotavault/rotavault/audit"
 	"github.com/rotavault/rotavault/broker"
 	rotavaultv1 "github.com/rotavault/rotavault/gen/rotavault/v1"
+	"github.com/rotavault/rotavault/internal/version"
 )
 
 // Reasons of the operations RPCs.
@@ -185,7 +185,10 @@ func (s *CredentialAdminService) VerifyAuditTrail(ctx context.Context, _ *rotava
 // GetServerStatus implements rotavault.v1.CredentialAdminService.
 func (s *CredentialAdminService) GetServerStatus(ctx context.Context, _ *rotavaultv1.GetServerStatusRequest) (*rotavaultv1.GetServerStatusResponse, error) {
 	resp := &rotavaultv1.GetServerStatusResponse{StoreBackend: s.ops.cfg.StoreBackend, Ready: true, StartTime: timestamppb.New(s.ops.started)}
-	resp.Version, resp.VcsRevision, resp.VcsModified, resp.GoVersion = buildVersion()
+	// The same build information as `rotavault version` and
+	// rotavault_build_info: an ldflags-stamped release version wins.
+	bi := version.Get()
+	resp.Version, resp.VcsRevision, resp.VcsModified, resp.GoVersion = bi.Version, bi.Revision, bi.Modified, bi.GoVersion
 	if s.ops.broker == nil {
 		return resp, nil
 	}
@@ -207,21 +210,4 @@ func (s *CredentialAdminService) GetServerStatus(ctx context.Context, _ *rotavau
 		resp.CredentialCounts = append(resp.CredentialCounts, &rotavaultv1.CredentialStatusCount{Status: statusToProto(st), Count: uint64(counts[st])})
 	}
 	return resp, nil
-}
-
-// buildVersion reads the running binary's build information.
-func buildVersion() (version, revision string, modified bool, goVersion string) {
-	bi, ok := debug.ReadBuildInfo()
-	if !ok {
-		return "(unknown)", "", false, ""
-	}
-	for _, st := range bi.Settings {
-		switch st.Key {
-		case "vcs.revision":
-			revision = st.Value
-		case "vcs.modified":
-			modified = st.Value == "true"
-		}
-	}
-	return bi.Main.Version, revision, modified, bi.GoVersion
 }

@@ -212,17 +212,22 @@ func (s *Store) keepAuthenticated(ctx context.Context, secret *vault.Secret) {
 }
 
 // tokenSecret describes the environment's token for renewal, when it is
-// renewable.
-func (s *Store) tokenSecret(ctx context.Context) *vault.Secret {
+// renewable. A token that may not look itself up fails with
+// ErrMissingPolicy: it could never be renewed, and would stop working when
+// its TTL ran out, long after start-up.
+func (s *Store) tokenSecret(ctx context.Context) (*vault.Secret, error) {
 	self, err := s.client.Auth().Token().LookupSelfWithContext(ctx)
+	if isPermissionDenied(err) {
+		return nil, fmt.Errorf("%w: read on auth/token/lookup-self, to renew the token", ErrMissingPolicy)
+	}
 	if err != nil || self == nil {
-		return nil
+		return nil, nil
 	}
 	renewable, _ := self.Data["renewable"].(bool)
 	ttl, _ := self.Data["ttl"].(json.Number)
 	secs, _ := ttl.Int64()
 	if !renewable || secs <= 0 {
-		return nil
+		return nil, nil
 	}
-	return &vault.Secret{Auth: &vault.SecretAuth{ClientToken: s.client.Token(), Renewable: true, LeaseDuration: int(secs)}}
+	return &vault.Secret{Auth: &vault.SecretAuth{ClientToken: s.client.Token(), Renewable: true, LeaseDuration: int(secs)}}, nil
 }

@@ -11,10 +11,6 @@ import (
 	"github.com/rotavault/rotavault/vaultstore"
 )
 
-// storePolicy allows exactly what the store needs under secret/rotavault.
-const storePolicy = `path "secret/data/rotavault/*" { capabilities = ["create", "read", "update"] }
-path "secret/metadata/rotavault/*" { capabilities = ["create", "read", "update", "delete", "list"] }`
-
 func appRoleStore(t *testing.T, srv *vaulttest.Server, roleID, secretFile string) *vaultstore.Store {
 	t.Helper()
 	login, err := vaultstore.AppRole(roleID, secretFile, "")
@@ -35,8 +31,8 @@ func tokenlessClient(t *testing.T, srv *vaulttest.Server) *vault.Client {
 
 func TestAppRoleRevokedTokenLogsInAgainWithoutFailingCallers(t *testing.T) {
 	srv := vaulttest.StartDev(t)
-	root := srv.Client(t)
-	roleID, secretFile := srv.AppRole(t, storePolicy, "1h", "2h")
+	root := srv.RootClient(t)
+	roleID, secretFile := srv.AppRole(t, "1h", "2h")
 	s := appRoleStore(t, srv, roleID, secretFile)
 	ctx := context.Background()
 	v, err := s.Put(ctx, "families/acme", []byte("one"), 0)
@@ -59,7 +55,7 @@ func TestAppRoleTokenIsRenewedThenReplacedAtMaxTTL(t *testing.T) {
 	srv := vaulttest.StartDev(t)
 	// Tokens live 2s and at most 4s: renewal, then a fresh login, within
 	// seconds.
-	roleID, secretFile := srv.AppRole(t, storePolicy, "2s", "4s")
+	roleID, secretFile := srv.AppRole(t, "2s", "4s")
 	s := appRoleStore(t, srv, roleID, secretFile)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()

@@ -53,10 +53,10 @@ func kubernetesStore(t *testing.T, srv *vaulttest.Server, role, tokenFile string
 
 func TestKubernetesLoginAtStartupAndAgainWithTheRotatedTokenWhenRevoked(t *testing.T) {
 	srv := vaulttest.StartDev(t)
-	root := srv.Client(t)
+	root := srv.RootClient(t)
 	api := vaulttest.StartKubernetesAPI(t)
 	sa := vaulttest.ServiceAccount{Namespace: "payments", Name: "rotavault", UID: "5d1f2a8e-3c4b-4e59-9a7d-0f6e1b2c3d4e"}
-	role := srv.Kubernetes(t, api, sa, storePolicy, "1h", "2h")
+	role := srv.Kubernetes(t, api, sa, "1h", "2h")
 	tokenFile := filepath.Join(t.TempDir(), "token")
 	ctx := context.Background()
 

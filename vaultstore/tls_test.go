@@ -14,7 +14,7 @@ import (
 func TestTLSFromEnvironment(t *testing.T) {
 	srv, caCert := vaulttest.StartDevTLS(t)
 	t.Setenv("VAULT_ADDR", srv.Addr)
-	t.Setenv("VAULT_TOKEN", srv.RootToken)
+	t.Setenv("VAULT_TOKEN", srv.Token)
 	ctx := context.Background()
 
 	t.Run("without the CA the server is not trusted", func(t *testing.T) {

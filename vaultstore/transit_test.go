@@ -7,35 +7,20 @@ import (
 	"strings"
 	"testing"
 
-	vault "github.com/hashicorp/vault/api"
-
 	"github.com/rotavault/rotavault/internal/vaulttest"
 	"github.com/rotavault/rotavault/vaultstore"
 )
 
-func enableTransit(t *testing.T, root *vault.Client) {
-	t.Helper()
-	if err := root.Sys().Mount("transit", &vault.MountInput{Type: "transit"}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := root.Logical().Write("transit/keys/rotavault", nil); err != nil {
-		t.Fatal(err)
-	}
-}
-
 func TestTransitContract(t *testing.T) {
 	srv := vaulttest.StartDev(t)
-	root := srv.Client(t)
-	enableTransit(t, root)
-	runContract(t, "transit", vaultstore.Config{Client: root, TransitKey: "rotavault"})
+	runContract(t, "transit", vaultstore.Config{Client: srv.TransitClient(t), TransitKey: vaulttest.TransitKey})
 }
 
 func TestTransitHidesValuesFromKVReaders(t *testing.T) {
 	srv := vaulttest.StartDev(t)
-	root := srv.Client(t)
-	enableTransit(t, root)
+	root := srv.RootClient(t)
 	ctx := context.Background()
-	s := newStore(t, vaultstore.Config{Client: root, TransitKey: "rotavault"})
+	s := newStore(t, vaultstore.Config{Client: srv.TransitClient(t), TransitKey: vaulttest.TransitKey})
 	const secret = "5Aep861-refresh-token-in-clear"
 	if _, err := s.Put(ctx, "families/acme", []byte(secret), 0); err != nil {
 		t.Fatal(err)
@@ -56,12 +41,12 @@ func TestTransitHidesValuesFromKVReaders(t *testing.T) {
 		t.Fatalf("moved ciphertext: %v, want ErrUndecryptable", err)
 	}
 	// A second process (another data key) reads it, through Transit.
-	s2 := newStore(t, vaultstore.Config{Client: root, TransitKey: "rotavault"})
+	s2 := newStore(t, vaultstore.Config{Client: srv.TransitClient(t), TransitKey: vaulttest.TransitKey})
 	if rec, err := s2.Get(ctx, "families/acme"); err != nil || string(rec.Value) != secret {
 		t.Fatalf("another replica reads %q, %v", rec.Value, err)
 	}
 	// Without the Transit key the record is refused, not misread.
-	s3 := newStore(t, vaultstore.Config{Client: root})
+	s3 := newStore(t, vaultstore.Config{Client: srv.Client(t)})
 	if _, err := s3.Get(ctx, "families/acme"); !errors.Is(err, vaultstore.ErrUndecryptable) {
 		t.Fatalf("no transit key: %v", err)
 	}

@@ -153,6 +153,16 @@ func New(ctx context.Context, cfg Config) (*Store, error) {
 		return nil, fmt.Errorf("vaultstore: prefix %q: %w", s.prefix, err)
 	}
 	s.kv = s.client.KVv2(s.mount)
+	var transit *transitKey
+	if cfg.TransitKey != "" {
+		transit = &transitKey{mount: strings.Trim(cfg.TransitMount, "/"), key: cfg.TransitKey}
+		if transit.mount == "" {
+			transit.mount = "transit"
+		}
+		if err := store.ValidateKey(transit.mount + "/" + transit.key); err != nil {
+			return nil, fmt.Errorf("vaultstore: transit key: %w", err)
+		}
+	}
 	var secret *vault.Secret
 	if s.login != nil {
 		if err := s.loginNow(ctx, 0); err != nil {
@@ -164,17 +174,16 @@ func New(ctx context.Context, cfg Config) (*Store, error) {
 		return nil, err
 	}
 	if secret == nil {
-		secret = s.tokenSecret(ctx)
+		var err error
+		if secret, err = s.tokenSecret(ctx); err != nil {
+			return nil, err
+		}
 	}
-	if cfg.TransitKey != "" {
-		mount := strings.Trim(cfg.TransitMount, "/")
-		if mount == "" {
-			mount = "transit"
-		}
-		if err := store.ValidateKey(mount + "/" + cfg.TransitKey); err != nil {
-			return nil, fmt.Errorf("vaultstore: transit key: %w", err)
-		}
-		env, err := s.newEnvelope(ctx, mount, cfg.TransitKey)
+	if err := s.checkCapabilities(ctx, s.requiredCapabilities(secret, transit)); err != nil {
+		return nil, err
+	}
+	if transit != nil {
+		env, err := s.newEnvelope(ctx, transit.mount, transit.key)
 		if err != nil {
 			return nil, err
 		}
@@ -220,17 +229,66 @@ func (s *Store) preflight(ctx context.Context) error {
 	if typ != "kv" || version != "2" {
 		return fmt.Errorf("%w: %q is type %q version %q", ErrNotKVv2, s.mount, typ, version)
 	}
+	return nil
+}
+
+// transitKey names the Transit key a store envelope-encrypts with.
+type transitKey struct{ mount, key string }
+
+// capabilityNeed is what the store needs on one Vault path.
+type capabilityNeed struct {
+	path string
+	caps []string
+}
+
+// requiredCapabilities lists every capability the store will use, for
+// checkCapabilities; deploy/vault-policy.hcl and
+// deploy/vault-policy-transit.hcl grant exactly these. token is the login's
+// or the environment token's description (nil: not renewable).
+func (s *Store) requiredCapabilities(token *vault.Secret, transit *transitKey) []capabilityNeed {
 	probe := s.prefix + "/_capability-probe"
-	for path, need := range map[string][]string{
-		s.mount + "/data/" + probe:     {"create", "read", "update"},
-		s.mount + "/metadata/" + probe: {"create", "read", "update", "delete", "list"},
-	} {
-		caps, err := s.client.Sys().CapabilitiesSelfWithContext(ctx, path)
-		if err != nil {
-			return fmt.Errorf("vaultstore: checking capabilities on %s: %w", path, err)
+	need := []capabilityNeed{
+		{s.mount + "/data/" + probe, []string{"create", "read", "update"}},
+		// Metadata is written (cas_required, max_versions), listed and
+		// deleted, never read.
+		{s.mount + "/metadata/" + probe, []string{"create", "update", "delete", "list"}},
+	}
+	if token != nil && token.Auth != nil && token.Auth.Renewable {
+		need = append(need, capabilityNeed{"auth/token/renew-self", []string{"update"}})
+	}
+	if transit != nil {
+		need = append(need,
+			capabilityNeed{transit.mount + "/datakey/plaintext/" + transit.key, []string{"update"}},
+			capabilityNeed{transit.mount + "/decrypt/" + transit.key, []string{"update"}})
+	}
+	return need
+}
+
+// checkCapabilities asks Vault, in one request, whether the token has every
+// capability in need, so that a missing one fails at start-up with its name
+// rather than at the first rotation or token renewal.
+func (s *Store) checkCapabilities(ctx context.Context, need []capabilityNeed) error {
+	paths := make([]string, len(need))
+	for i, n := range need {
+		paths[i] = n.path
+	}
+	answer, err := s.client.Logical().WriteWithContext(ctx, "sys/capabilities-self", map[string]any{"paths": paths})
+	if isPermissionDenied(err) {
+		return fmt.Errorf("%w: update on sys/capabilities-self, with which start-up checks the others", ErrMissingPolicy)
+	}
+	if err != nil || answer == nil {
+		return fmt.Errorf("vaultstore: checking the token's capabilities: %w", safeVaultError(err))
+	}
+	for _, n := range need {
+		raw, _ := answer.Data[n.path].([]any)
+		have := make([]string, 0, len(raw))
+		for _, c := range raw {
+			if c, ok := c.(string); ok {
+				have = append(have, c)
+			}
 		}
-		if missing := missingCapabilities(caps, need); len(missing) > 0 {
-			return fmt.Errorf("%w: %s on %s (it has %v)", ErrMissingPolicy, strings.Join(missing, ", "), path, caps)
+		if missing := missingCapabilities(have, n.caps); len(missing) > 0 {
+			return fmt.Errorf("%w: %s on %s (it has %v)", ErrMissingPolicy, strings.Join(missing, ", "), n.path, have)
 		}
 	}
 	return nil

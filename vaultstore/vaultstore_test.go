@@ -16,13 +16,13 @@ import (
 )
 
 // runContract runs the store contract against cfg, each run under a fresh
-// prefix below prefix.
+// prefix below rotavault/prefix (where the policy allows it).
 func runContract(t *testing.T, prefix string, cfg vaultstore.Config) {
 	n := 0
 	storetest.Run(t, func(t *testing.T) store.Store {
 		n++
 		cfg := cfg
-		cfg.Prefix = fmt.Sprintf("%s/run%d", prefix, n)
+		cfg.Prefix = fmt.Sprintf("%s/%s/run%d", vaultstore.DefaultPrefix, prefix, n)
 		return newStore(t, cfg)
 	})
 }
@@ -45,7 +45,7 @@ func TestContract(t *testing.T) {
 
 func TestStartupChecks(t *testing.T) {
 	srv := vaulttest.StartDev(t)
-	root := srv.Client(t)
+	root := srv.RootClient(t)
 	ctx := context.Background()
 	if err := root.Sys().Mount("kv1", &vault.MountInput{Type: "kv", Options: map[string]string{"version": "1"}}); err != nil {
 		t.Fatal(err)
@@ -108,9 +108,9 @@ path "secret/metadata/rotavault/*" { capabilities = ["read", "list"] }`); err !=
 
 func TestRecordsAreCheckAndSetOnlyAndDeleteDestroys(t *testing.T) {
 	srv := vaulttest.StartDev(t)
-	root := srv.Client(t)
+	root := srv.RootClient(t)
 	ctx := context.Background()
-	s, err := vaultstore.New(ctx, vaultstore.Config{Client: root, MaxVersions: 3})
+	s, err := vaultstore.New(ctx, vaultstore.Config{Client: srv.Client(t), MaxVersions: 3})
 	if err != nil {
 		t.Fatal(err)
 	}

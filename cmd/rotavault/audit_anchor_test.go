@@ -25,7 +25,7 @@ func TestAuditHeadDeletedOrStoreRolledBack(t *testing.T) {
 	c := newCLI(t, nil)
 	session := func(ids ...string) {
 		node := startNode(t, dir, keyFile, c.trans, func(cfg *serverConfig) { cfg.AuditWitness = witness })
-		c.env = map[string]string{"ROTAVAULT_SERVER": node.addr}
+		c.env = map[string]string{"ROTAVAULT_ADDR": node.addr}
 		for _, id := range ids {
 			c.run("", "credentials", "put", id, "--provider", "oauth2", "--token-url", "https://idp.example.com/token", "--client-id", "x").expect(t, exitOK)
 		}

@@ -9,7 +9,7 @@ import (
 	"github.com/spf13/pflag"
 )
 
-// Environment variables. Rotavault reads two families whose names cannot
+// Environment variables. Rotavault reads families of names that cannot
 // collide, and nothing else:
 //
 //   - Client connection settings, read by every command that talks to a
@@ -24,6 +24,8 @@ import (
 //     commands read the same names for the same settings (--data-dir,
 //     --store-key-file, --store-previous-key-file), and the store key
 //     itself is ROTAVAULT_SERVER_STORE_KEY.
+//   - Agent settings: every flag of `agent` but the connection flags is
+//     ROTAVAULT_AGENT_<FLAG> (--sink is ROTAVAULT_AGENT_SINK).
 //
 // Flags that decide what one call does (--scope, --client-id, --yes,
 // --reason, --json…) have no variable: an exported variable must never

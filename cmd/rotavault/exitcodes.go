@@ -56,6 +56,11 @@ func exitCode(err error, usage bool) int {
 	if errors.Is(err, errNoStart) {
 		return exitUnavailable
 	}
+	// agent --exec passes on its command's own exit status.
+	var child *childExitError
+	if errors.As(err, &child) {
+		return child.code
+	}
 	st, ok := grpcStatus(err)
 	if !ok {
 		return exitError

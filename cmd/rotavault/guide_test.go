@@ -182,6 +182,7 @@ func setupGuideTest(t *testing.T) *guideTest {
 		"REFRESH_TOKEN_FILE":        writeGuideFile(t, dir, "acme.refresh-token", refreshToken+"\n"),
 		"CONSUMER_TOKEN_FILE":       g.tokenFiles[guideConsumer],
 		"LEGACY_TOKEN_FILE":         g.tokenFiles[guideLegacy],
+		"LEGACY_APP_TOKEN":          filepath.Join(dir, "legacy-app.token.json"),
 		"DATA_DIR":                  dataDir,
 		"STORE_KEY_FILE":            keyFile,
 		// GENERATION is set from the last token get's output.
@@ -220,11 +221,15 @@ func (g *guideTest) exec(line string) {
 	var res result
 	switch {
 	case bg:
-		if !hasPrefix(args, "watch") {
-			t.Fatalf("step %d: %q: only watch runs in the background in the guide", g.step, line)
-		}
 		b := g.c.start(nil, args...)
-		g.waitOrExit(line, b, b.stdout, "started at cursor")
+		switch {
+		case hasPrefix(args, "watch"):
+			g.waitOrExit(line, b, b.stdout, "started at cursor")
+		case hasPrefix(args, "agent"):
+			g.waitOrExit(line, b, b.stderr, "acme: generation ")
+		default:
+			t.Fatalf("step %d: %q: only watch and agent run in the background in the guide", g.step, line)
+		}
 		g.bgs = append(g.bgs, guideBackground{args: args, bg: b})
 		return
 	case hasPrefix(args, "reauth", "device"):
@@ -449,10 +454,18 @@ func (g *guideTest) checkRotationAware() {
 	g.watch("watch", "acme", "--token-file", g.tokenFiles[guideConsumer])
 }
 
-// Step 5: the wrapper's token (checked live at the provider when it ran)
-// went to the legacy app's identity.
+// Step 5: the agent, under the legacy app's identity, keeps a token the
+// provider accepts in its file, readable by its owner only (the wrapper's
+// token get was checked live at the provider when it ran).
 func (g *guideTest) checkLegacy() {
-	g.output(5, "token", "get", "acme", "--token-file", g.tokenFiles[guideLegacy], "--json")
+	path := g.vars["LEGACY_APP_TOKEN"]
+	tok := parseToken(g.t, string(readFile(g.t, path)))
+	if !g.sim.AccessTokenActive(tok.GetAccessToken()) || tok.GetInstanceUrl() == "" {
+		g.t.Errorf("step 5: the agent's file holds no live token with its instance URL")
+	}
+	if mode := fileMode(g.t, path); mode != 0o600 {
+		g.t.Errorf("step 5: the agent's file has mode %o, want 600", mode)
+	}
 }
 
 // Step 6: acme is active with no error and the provider rotates; the
@@ -516,6 +529,19 @@ func (g *guideTest) checkRecovered() {
 		t.Errorf("token get after reauthenticating: %s", tok)
 	}
 	for _, w := range g.bgs {
+		if hasPrefix(w.args, "agent") {
+			// The legacy app's file went away with the family and came
+			// back with the new one.
+			w.bg.stderr.WaitFor(t, "acme: reauthentication required: removed the token", awaitDeadline)
+			poll.UntilSeen(t, awaitDeadline, "the legacy app's file after reauthentication", func() (bool, string) {
+				b, err := os.ReadFile(g.vars["LEGACY_APP_TOKEN"])
+				if err != nil {
+					return false, err.Error()
+				}
+				return g.sim.AccessTokenActive(parseToken(t, string(b)).GetAccessToken()), "a token the provider refuses"
+			})
+			continue
+		}
 		out := w.bg.stdout.String()
 		want := []string{
 			`FAMILY_REVOKED  acme .* reason REVOKED_AT_PROVIDER`,

@@ -65,7 +65,7 @@ ROTAVAULT_ADDR (--server), ROTAVAULT_CACERT (--tls-ca), ROTAVAULT_CLIENT_CERT
 (--token-file) and ROTAVAULT_CLIENT_TIMEOUT (--timeout). serve reads each of
 its flags from ROTAVAULT_SERVER_<FLAG> (--data-dir is
 ROTAVAULT_SERVER_DATA_DIR; repeatable flags take comma-separated lists), and
-a --config file. A flag on the command line wins over its variable. Flags
+a --config file; agent reads its own from ROTAVAULT_AGENT_<FLAG>. A flag on the command line wins over its variable. Flags
 that decide one call (--scope, --yes, --reason…) have no variable. Secrets
 (client secrets, refresh tokens, authorization codes) are read from files
 or stdin, never from flags.
@@ -73,8 +73,9 @@ or stdin, never from flags.
 Exit codes: 0 success, 1 failed (other), 2 misused (a bad flag or argument,
 INVALID_ARGUMENT), 3 not found, 4 not authorized (UNAUTHENTICATED,
 PERMISSION_DENIED), 5 unavailable: worth a retry, 6 reauthentication
-required, 7 already exists, 8 watch cursor expired. With --json, errors are
-one JSON object on stderr.`,
+required, 7 already exists, 8 watch cursor expired; agent --exec exits
+with its command's status. With --json, errors are one JSON object on
+stderr.`,
 		SilenceErrors: true,
 		SilenceUsage:  true,
 		Args:          cobra.ArbitraryArgs,
@@ -95,6 +96,7 @@ one JSON object on stderr.`,
 		newTokenCmd(a),
 		newReauthCmd(a),
 		newWatchCmd(a),
+		newAgentCmd(a),
 		newCredentialsCmd(a),
 		newConsumersCmd(a),
 		newStatusCmd(a),
@@ -102,6 +104,7 @@ one JSON object on stderr.`,
 		newAuditCmd(a),
 		newBearerLineCmd(a),
 	)
+	addVersion(root, a)
 	documentEnv(root)
 	return root
 }

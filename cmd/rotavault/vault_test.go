@@ -14,11 +14,11 @@ import (
 func TestServeOnVault(t *testing.T) {
 	v := vaulttest.StartDev(t)
 	t.Setenv("VAULT_ADDR", v.Addr)
-	t.Setenv("VAULT_TOKEN", v.RootToken)
+	t.Setenv("VAULT_TOKEN", v.Token)
 	dir := t.TempDir()
 	c := newCLI(t, nil)
 	serve := func() string {
-		srv := c.start(nil, "serve", "--addr", "127.0.0.1:0", "--data-dir", dir, "--store", "vault", "--vault-prefix", "cli-test")
+		srv := c.start(nil, "serve", "--addr", "127.0.0.1:0", "--data-dir", dir, "--store", "vault", "--vault-prefix", "rotavault/cli-test")
 		addr := servingAddr(t, srv.stderr.WaitFor(t, `"rotavault serving"`, awaitDeadline))
 		t.Cleanup(func() { srv.stop(t) })
 		c.env = map[string]string{"ROTAVAULT_ADDR": addr}

@@ -219,12 +219,12 @@ func randomUID() string {
 }
 
 // Kubernetes enables Vault's kubernetes auth method, pointed at api, and a
-// role "rotavault" bound to sa whose tokens carry policy (HCL) and live
+// role "rotavault" bound to sa whose tokens carry only PolicyName and live
 // tokenTTL, at most tokenMaxTTL ("" = Vault's defaults), as AppRole does. It
 // returns the role's name.
-func (s *Server) Kubernetes(t testing.TB, api *KubernetesAPI, sa ServiceAccount, policy, tokenTTL, tokenMaxTTL string) (role string) {
+func (s *Server) Kubernetes(t testing.TB, api *KubernetesAPI, sa ServiceAccount, tokenTTL, tokenMaxTTL string) (role string) {
 	t.Helper()
-	root := s.Client(t)
+	root := s.RootClient(t)
 	if err := root.Sys().EnableAuthWithOptions("kubernetes", &vault.EnableAuthOptions{Type: "kubernetes"}); err != nil {
 		t.Fatal(err)
 	}
@@ -241,6 +241,6 @@ func (s *Server) Kubernetes(t testing.TB, api *KubernetesAPI, sa ServiceAccount,
 	writeRole(t, root, "auth/kubernetes/role/"+role, map[string]any{
 		"bound_service_account_names":      sa.Name,
 		"bound_service_account_namespaces": sa.Namespace,
-	}, policy, tokenTTL, tokenMaxTTL)
+	}, tokenTTL, tokenMaxTTL)
 	return role
 }

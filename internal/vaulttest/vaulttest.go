@@ -35,9 +35,7 @@ func Binary() (string, error) {
 	if p := os.Getenv(BinaryEnv); p != "" {
 		return p, nil
 	}
-	_, file, _, _ := runtime.Caller(0)
-	root := filepath.Join(filepath.Dir(file), "..", "..")
-	mod, err := os.ReadFile(filepath.Join(root, "tools", "vault", "go.mod"))
+	mod, err := os.ReadFile(filepath.Join(repoRoot(), "tools", "vault", "go.mod"))
 	if err != nil {
 		return "", fmt.Errorf("vaulttest: read tools/vault/go.mod: %w", err)
 	}
@@ -62,13 +60,30 @@ func Binary() (string, error) {
 	return p, nil
 }
 
-// Server is a running Vault server.
+// repoRoot is the repository's root directory (this file is two levels
+// below it).
+func repoRoot() string {
+	_, file, _, _ := runtime.Caller(0)
+	return filepath.Join(filepath.Dir(file), "..", "..")
+}
+
+// Server is a running Vault server, provisioned as an operator would for
+// Rotavault: the policies of deploy/vault-policy.hcl and
+// deploy/vault-policy-transit.hcl written as PolicyName and
+// TransitPolicyName, the Transit engine at transit/ with the key TransitKey,
+// and a token for each variant that carries only its policies (not even
+// Vault's "default" policy). Client and TransitClient use those tokens, so
+// every Vault-backed test proves that the policy files are enough.
 type Server struct {
 	Addr      string // http://127.0.0.1:PORT
 	RootToken string
-	cmd       *exec.Cmd
-	exited    chan struct{}
-	logs      *tail // the last lines the running process printed
+	// Token carries only PolicyName; TransitToken carries PolicyName and
+	// TransitPolicyName.
+	Token, TransitToken string
+
+	cmd    *exec.Cmd
+	exited chan struct{}
+	logs   *tail // the last lines the running process printed
 
 	t    testing.TB
 	args []string // how launch starts (and Restart restarts) the process
@@ -121,6 +136,7 @@ func startDev(t testing.TB, tlsDir string) *Server {
 	if err := s.awaitReady(); err != nil {
 		t.Fatalf("vaulttest: %v\nvault output:\n%s", err, s.logs)
 	}
+	s.provision(t)
 	return s
 }
 
@@ -133,13 +149,35 @@ func (s *Server) Stop() {
 	<-s.exited
 }
 
-// Client returns a client authenticated with the root token.
+// Client returns a client authenticated with Token: what Rotavault's store
+// is given, limited to deploy/vault-policy.hcl.
 func (s *Server) Client(t testing.TB) *vault.Client {
+	t.Helper()
+	return s.clientWith(t, s.Token)
+}
+
+// TransitClient returns a client authenticated with TransitToken, for a
+// store with a Transit key.
+func (s *Server) TransitClient(t testing.TB) *vault.Client {
+	t.Helper()
+	return s.clientWith(t, s.TransitToken)
+}
+
+// RootClient returns a client authenticated with the root token, for what
+// an operator does (mounts, policies, auth methods) and for looking at
+// Vault behind the store's back.
+func (s *Server) RootClient(t testing.TB) *vault.Client {
+	t.Helper()
+	return s.clientWith(t, s.RootToken)
+}
+
+func (s *Server) clientWith(t testing.TB, token string) *vault.Client {
 	t.Helper()
 	c, err := s.newClient()
 	if err != nil {
 		t.Fatal(err)
 	}
+	c.SetToken(token)
 	return c
 }
 
@@ -286,6 +324,7 @@ api_addr      = "http://%s"
 	}); err != nil {
 		t.Fatalf("%v\nvault output:\n%s", err, s.logs)
 	}
+	s.provision(t)
 	return s
 }
 
@@ -344,17 +383,17 @@ func (s *Server) awaitUp(c *vault.Client) error {
 	})
 }
 
-// AppRole enables AppRole auth and a role whose tokens carry policy (HCL)
-// and live tokenTTL, at most tokenMaxTTL ("" = Vault's defaults). It returns
-// the role id and a file (mode 0600) holding a fresh secret id, which is how
-// a server is given one.
-func (s *Server) AppRole(t testing.TB, policy, tokenTTL, tokenMaxTTL string) (roleID, secretIDFile string) {
+// AppRole enables AppRole auth and a role whose tokens carry only
+// PolicyName and live tokenTTL, at most tokenMaxTTL ("" = Vault's
+// defaults). It returns the role id and a file (mode 0600) holding a fresh
+// secret id, which is how a server is given one.
+func (s *Server) AppRole(t testing.TB, tokenTTL, tokenMaxTTL string) (roleID, secretIDFile string) {
 	t.Helper()
-	root := s.Client(t)
+	root := s.RootClient(t)
 	if err := root.Sys().EnableAuthWithOptions("approle", &vault.EnableAuthOptions{Type: "approle"}); err != nil {
 		t.Fatal(err)
 	}
-	writeRole(t, root, "auth/approle/role/rotavault", map[string]any{}, policy, tokenTTL, tokenMaxTTL)
+	writeRole(t, root, "auth/approle/role/rotavault", map[string]any{}, tokenTTL, tokenMaxTTL)
 	id, err := root.Logical().Read("auth/approle/role/rotavault/role-id")
 	if err != nil {
 		t.Fatal(err)
@@ -400,14 +439,12 @@ func (s *Server) CPUTime() (time.Duration, error) {
 }
 
 // writeRole writes an auth method's role at path with params, its tokens
-// carrying policy (HCL, stored as policy "rotavault") and living tokenTTL, at
-// most tokenMaxTTL ("" = Vault's defaults).
-func writeRole(t testing.TB, root *vault.Client, path string, params map[string]any, policy, tokenTTL, tokenMaxTTL string) {
+// carrying only PolicyName (not Vault's default policy) and living
+// tokenTTL, at most tokenMaxTTL ("" = Vault's defaults).
+func writeRole(t testing.TB, root *vault.Client, path string, params map[string]any, tokenTTL, tokenMaxTTL string) {
 	t.Helper()
-	if err := root.Sys().PutPolicy("rotavault", policy); err != nil {
-		t.Fatal(err)
-	}
-	params["token_policies"] = "rotavault"
+	params["token_policies"] = PolicyName
+	params["token_no_default_policy"] = true
 	if tokenTTL != "" {
 		params["token_ttl"] = tokenTTL
 	}

@@ -1848,7 +1848,8 @@ const file_rotavault_v1_credential_admin_proto_rawDesc = "" +
 	"\rListConsumers\x12\".rotavault.v1.ListConsumersRequest\x1a#.rotavault.v1.ListConsumersResponse\x12T\n" +
 	"\vBackupStore\x12 .rotavault.v1.BackupStoreRequest\x1a!.rotavault.v1.BackupStoreResponse0\x01\x12a\n" +
 	"\x10VerifyAuditTrail\x12%.rotavault.v1.VerifyAuditTrailRequest\x1a&.rotavault.v1.VerifyAuditTrailResponse\x12^\n" +
-	"\x0fGetServerStatus\x12$.rotavault.v1.GetServerStatusRequest\x1a%.rotavault.v1.GetServerStatusResponseB=Z;github.com/rotavault/rotavault/gen/rotavault/v1;rotavaultv1b\x06proto3"
+	"\x0fGetServerStatus\x12$.rotavault.v1.GetServerStatusRequest\x1a%.rotavault.v1.GetServerStatusResponseB|\n" +
+	"\x16io.github.rotavault.v1B\x14CredentialAdminProtoP\x01Z;github.com/rotavault/rotavault/gen/rotavault/v1;rotavaultv1\xaa\x02\fRotavault.V1b\x06proto3"
 
 var (
 	file_rotavault_v1_credential_admin_proto_rawDescOnce sync.Once

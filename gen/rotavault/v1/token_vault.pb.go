@@ -1775,7 +1775,8 @@ const file_rotavault_v1_token_vault_proto_rawDesc = "" +
 	"\x0eGetAccessToken\x12#.rotavault.v1.GetAccessTokenRequest\x1a$.rotavault.v1.GetAccessTokenResponse\x12[\n" +
 	"\x0eReauthenticate\x12#.rotavault.v1.ReauthenticateRequest\x1a$.rotavault.v1.ReauthenticateResponse\x12c\n" +
 	"\x10WatchRevocations\x12%.rotavault.v1.WatchRevocationsRequest\x1a&.rotavault.v1.WatchRevocationsResponse0\x01\x12a\n" +
-	"\x10RevokeCredential\x12%.rotavault.v1.RevokeCredentialRequest\x1a&.rotavault.v1.RevokeCredentialResponseB=Z;github.com/rotavault/rotavault/gen/rotavault/v1;rotavaultv1b\x06proto3"
+	"\x10RevokeCredential\x12%.rotavault.v1.RevokeCredentialRequest\x1a&.rotavault.v1.RevokeCredentialResponseBw\n" +
+	"\x16io.github.rotavault.v1B\x0fTokenVaultProtoP\x01Z;github.com/rotavault/rotavault/gen/rotavault/v1;rotavaultv1\xaa\x02\fRotavault.V1b\x06proto3"
 
 var (
 	file_rotavault_v1_token_vault_proto_rawDescOnce sync.Once

@@ -1,11 +1,15 @@
 """A Rotavault consumer in Python, built on stubs generated from proto/ with
-buf.gen.python.yaml (protoc's python generator and grpc_python_plugin).
+buf.gen.python.yaml (protoc's python generator and grpc_python_plugin), and
+google.rpc's Status, ErrorInfo and RetryInfo generated from googleapis'
+status.proto and error_details.proto to read rich errors. The channel loads
+the published service config (clients/service-config.json): UNAVAILABLE is
+retried with backoff.
 
 Driven by integration/polyglot_test.go, with the generated stubs' directory on
 PYTHONPATH. It reads one JSON object from stdin (secrets never travel in argv
 or the environment):
 
-    {"server": "127.0.0.1:PORT", "credential_id": "ID",
+    {"server": "127.0.0.1:PORT", "credential_id": "ID", "service_config": "PATH",
      "register": {"base_url": ..., "client_id": ..., "client_secret": ...,
                   "scopes": [...], "access_token_lifetime_seconds": N,
                   "refresh_token": ...}}                       # optional
@@ -13,6 +17,8 @@ or the environment):
 and prints one JSON object per line on stdout, never a token or a secret:
 
     {"event": "registered", ...}   CreateCredential + Reauthenticate (import)
+    {"event": "unavailable", ...}  UNAVAILABLE outlasted the retry policy: the
+                                   ErrorInfo reason and RetryInfo delay
     {"event": "token", ...}        GetAccessToken; fingerprint computed here
     {"event": "watching", ...}     WatchRevocations is live (after `started`)
     {"event": "notice", ...}       every notice, until FAMILY_REVOKED
@@ -23,9 +29,12 @@ and prints one JSON object per line on stdout, never a token or a secret:
 import hashlib
 import json
 import sys
+import time
 
 import grpc
 from google.protobuf import duration_pb2
+from google.rpc import error_details_pb2
+from google.rpc import status_pb2
 
 from rotavault.v1 import credential_admin_pb2
 from rotavault.v1 import credential_admin_pb2_grpc
@@ -44,59 +53,51 @@ def fingerprint(access_token):
     return hashlib.sha256(access_token.encode()).hexdigest()[:16]
 
 
-def wire_fields(data):
-    """Yields (field number, value) of a serialized message's varint and
-    length-delimited fields: enough for google.rpc.Status, Any and ErrorInfo
-    without their generated classes."""
-    i = 0
-
-    def varint():
-        nonlocal i
-        shift = value = 0
-        while True:
-            b = data[i]
-            i += 1
-            value |= (b & 0x7F) << shift
-            shift += 7
-            if b < 0x80:
-                return value
-
-    while i < len(data):
-        key = varint()
-        number, wire_type = key >> 3, key & 7
-        if wire_type == 0:
-            yield number, varint()
-        elif wire_type == 2:
-            n = varint()
-            yield number, data[i:i + n]
-            i += n
-        elif wire_type == 1:
-            i += 8
-        elif wire_type == 5:
-            i += 4
-        else:
-            raise ValueError("unsupported wire type %d" % wire_type)
-
-
-def error_reason(err):
-    """The google.rpc.ErrorInfo reason in a gRPC error's status details."""
+def rich_error(err):
+    """What a gRPC error's google.rpc.Status details say: the ErrorInfo
+    reason and the RetryInfo delay in seconds, decoded with the generated
+    google.rpc messages."""
+    reason, retry_delay = "", 0.0
     for key, value in err.trailing_metadata() or ():
         if key != "grpc-status-details-bin":
             continue
-        for number, any_bytes in wire_fields(value):
-            if number != 3:  # Status.details
-                continue
-            any_fields = dict(wire_fields(any_bytes))
-            if any_fields.get(1, b"").decode().endswith("/google.rpc.ErrorInfo"):
-                info = dict(wire_fields(any_fields.get(2, b"")))
-                return info.get(1, b"").decode()
-    return ""
+        for detail in status_pb2.Status.FromString(value).details:
+            if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+                info = error_details_pb2.ErrorInfo()
+                detail.Unpack(info)
+                reason = info.reason
+            elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+                retry = error_details_pb2.RetryInfo()
+                detail.Unpack(retry)
+                retry_delay = retry.retry_delay.ToTimedelta().total_seconds()
+    return reason, retry_delay
+
+
+def get_token(vault, cred):
+    """GetAccessToken. The channel's retry policy already retried
+    UNAVAILABLE; when that is not enough, wait as the server's RetryInfo
+    says and ask again (a few times)."""
+    for attempt in range(1, 4):
+        try:
+            return vault.GetAccessToken(
+                token_vault_pb2.GetAccessTokenRequest(credential_id=cred), timeout=DEADLINE)
+        except grpc.RpcError as err:
+            if err.code() != grpc.StatusCode.UNAVAILABLE or attempt == 3:
+                raise
+            reason, retry_delay = rich_error(err)
+            emit("unavailable", code=err.code().name, reason=reason,
+                 retry_delay_ms=int(retry_delay * 1000))
+            time.sleep(max(retry_delay, 0.1))
 
 
 def main():
     cfg = json.loads(sys.stdin.readline())
     cred = cfg["credential_id"]
-    with grpc.insecure_channel(cfg["server"]) as channel:
+    # The published retry policy: UNAVAILABLE is retried with backoff.
+    with open(cfg["service_config"], encoding="utf-8") as f:
+        service_config = f.read()
+    options = [("grpc.service_config", service_config), ("grpc.enable_retries", 1)]
+    with grpc.insecure_channel(cfg["server"], options=options) as channel:
         vault = token_vault_pb2_grpc.TokenVaultServiceStub(channel)
 
         reg = cfg.get("register")
@@ -125,8 +126,7 @@ def main():
                  has_client_secret=created.credential.has_client_secret,
                  family_id=activated.family_id, generation=activated.generation)
 
-        tok = vault.GetAccessToken(
-            token_vault_pb2.GetAccessTokenRequest(credential_id=cred), timeout=DEADLINE)
+        tok = get_token(vault, cred)
         emit("token",
              fingerprint=fingerprint(tok.access_token),
              reported_fingerprint=tok.fingerprint,
@@ -165,7 +165,7 @@ def main():
                 token_vault_pb2.GetAccessTokenRequest(credential_id=cred), timeout=DEADLINE)
             emit("refused", code="OK", reason="")
         except grpc.RpcError as err:
-            emit("refused", code=err.code().name, reason=error_reason(err))
+            emit("refused", code=err.code().name, reason=rich_error(err)[0])
 
 
 if __name__ == "__main__":

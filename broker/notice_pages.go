@@ -1,0 +1,365 @@
+package broker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+
+	"github.com/rotavault/rotavault/audit"
+	"github.com/rotavault/rotavault/store"
+)
+
+// Replays read pages. Besides its record of its own (notices/<seq>, kept
+// for replicas of earlier versions and for the follower), every notice is
+// added by its appender to the page that holds its sequence number
+// (notice-pages/<seq / noticePageSize>) and to its credential's index
+// (notice-index/<credential>, the sequence numbers of its notices still
+// kept), both with check-and-set. A replay across the whole retention then
+// reads the head and at most retention/noticePageSize + 1 pages; a watcher
+// filtered to a few credentials reads their indexes and only the pages
+// holding their notices, whatever other credentials' traffic was.
+//
+// The head says from which sequence number pages are complete
+// (PagedFrom). A log written by an earlier version has no pages: a replay
+// from before that point is answered ErrCursorExpired (OUT_OF_RANGE, the
+// client resynchronises) rather than read notice by notice. An earlier
+// version rewriting the head drops the field; the next append by this
+// version sets it again, to its own notice, so a notice written without a
+// page is never promised to be in one.
+
+const (
+	// noticePageSize is how many consecutive sequence numbers a page holds:
+	// a full retention of 10,000 notices is 101 pages at most, each about
+	// 100 × 250 bytes.
+	noticePageSize    = 100
+	noticePagesPrefix = "notice-pages/"
+	noticeIndexPrefix = "notice-index/"
+	// maxReplaysPerIdentity bounds the store-reading replays one identity
+	// runs at once on this replica; beyond, Subscribe fails with
+	// ErrTooManyReplays.
+	maxReplaysPerIdentity = 2
+	// noticeWriteTries bounds the check-and-set rounds of a page or index
+	// update; each conflict means another appender made progress.
+	noticeWriteTries = 16
+)
+
+// ErrTooManyReplays: the caller already runs maxReplaysPerIdentity replays
+// that read the store on this replica. Retry shortly; a resume from a cursor
+// among the newest 32 notices is not a replay and is never refused.
+var ErrTooManyReplays = errors.New("broker: too many watch replays from the store for this identity")
+
+func noticePageKey(page uint64) string {
+	return fmt.Sprintf("%s%020d", noticePagesPrefix, page)
+}
+
+func noticeIndexKey(credentialID string) string { return noticeIndexPrefix + credentialID }
+
+// noticePage holds the notices whose sequence numbers fall in one page,
+// ascending.
+type noticePage struct {
+	Format  int            `json:"format"`
+	Notices []loggedNotice `json:"notices"`
+}
+
+// noticeIndex lists the sequence numbers of a credential's notices still
+// kept (or pruned since its last notice), ascending.
+type noticeIndex struct {
+	Format int      `json:"format"`
+	Seqs   []uint64 `json:"seqs"`
+}
+
+// updateRecord is a bounded check-and-set loop on one key: mutate sees the
+// stored value (nil when missing) and returns the value to write, or nil to
+// write nothing.
+func (l *noticeLog) updateRecord(ctx context.Context, key string, mutate func(raw []byte) ([]byte, error)) error {
+	for range noticeWriteTries {
+		var raw []byte
+		var version uint64
+		rec, err := l.store.Get(ctx, key)
+		switch {
+		case err == nil:
+			raw, version = rec.Value, rec.Version
+		case !errors.Is(err, store.ErrNotFound):
+			return err
+		}
+		next, err := mutate(raw)
+		if err != nil || next == nil {
+			return err
+		}
+		_, err = l.store.Put(ctx, key, next, version)
+		if !errors.Is(err, store.ErrConflict) {
+			return err
+		}
+	}
+	return fmt.Errorf("broker: %s kept changing", key)
+}
+
+// addToPage adds notice seq to its page.
+func (l *noticeLog) addToPage(ctx context.Context, seq uint64, n Notice) error {
+	return l.updateRecord(ctx, noticePageKey(seq/noticePageSize), func(raw []byte) ([]byte, error) {
+		page := noticePage{Format: recordFormat}
+		if raw != nil {
+			if err := decodeRecord(raw, &page, &page.Format); err != nil {
+				return nil, err
+			}
+		}
+		i, found := slices.BinarySearchFunc(page.Notices, seq, func(e loggedNotice, s uint64) int { return cmpUint(e.Seq, s) })
+		if found {
+			return nil, nil // an earlier attempt landed
+		}
+		page.Format = recordFormat
+		page.Notices = slices.Insert(page.Notices, i, loggedNotice{Seq: seq, Notice: n})
+		return encodeRecord(page)
+	})
+}
+
+// addToIndex adds seq to its credential's index and drops what was pruned
+// (below oldest).
+func (l *noticeLog) addToIndex(ctx context.Context, credentialID string, seq, oldest uint64) error {
+	return l.updateRecord(ctx, noticeIndexKey(credentialID), func(raw []byte) ([]byte, error) {
+		idx := noticeIndex{Format: recordFormat}
+		if raw != nil {
+			if err := decodeRecord(raw, &idx, &idx.Format); err != nil {
+				return nil, err
+			}
+		}
+		i, found := slices.BinarySearch(idx.Seqs, seq)
+		if found {
+			return nil, nil
+		}
+		idx.Format = recordFormat
+		idx.Seqs = slices.Insert(idx.Seqs, i, seq)
+		keep, _ := slices.BinarySearch(idx.Seqs, oldest)
+		idx.Seqs = idx.Seqs[keep:]
+		return encodeRecord(idx)
+	})
+}
+
+func cmpUint(a, b uint64) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+// writePaged records notice seq in its page and its credential's index
+// after the head reserved it. Failures are logged: the notice is in the
+// log (the head), and a replay finds it in the head while it is among the
+// newest 32.
+func (l *noticeLog) writePaged(ctx context.Context, seq, oldest uint64, n Notice) {
+	if err := l.addToPage(ctx, seq, n); err != nil {
+		l.log.WarnContext(ctx, "notice not added to its page; replays from far back will miss it", "seq", seq, "err", err)
+	}
+	if err := l.addToIndex(ctx, n.CredentialID, seq, oldest); err != nil {
+		l.log.WarnContext(ctx, "notice not added to its credential's index; filtered replays from far back will miss it", "seq", seq, "err", err)
+	}
+}
+
+// prunePages deletes the pages wholly below oldest, from the page of
+// prevOldest on (those below were deleted by earlier appends).
+func (l *noticeLog) prunePages(ctx context.Context, prevOldest, oldest uint64) {
+	for p := prevOldest / noticePageSize; (p+1)*noticePageSize <= oldest; p++ {
+		if err := l.store.Delete(ctx, noticePageKey(p)); err != nil {
+			l.log.WarnContext(ctx, "could not prune a notice page", "page", p, "err", err)
+		}
+	}
+}
+
+// acquireReplay takes one of the identity's store-reading replay slots.
+func (l *noticeLog) acquireReplay(identity string) (release func(), err error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.replays[identity] >= maxReplaysPerIdentity {
+		return nil, fmt.Errorf("%w (%d at once)", ErrTooManyReplays, maxReplaysPerIdentity)
+	}
+	l.replays[identity]++
+	released := false
+	return func() {
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		if released {
+			return
+		}
+		released = true
+		if l.replays[identity]--; l.replays[identity] <= 0 {
+			delete(l.replays, identity)
+		}
+	}, nil
+}
+
+// storeReplay is a replay that reads the store: the notices after from up
+// to last, page by page.
+type storeReplay struct {
+	from, last uint64
+	release    func()
+	pages      []uint64
+	// recent holds the head's newest notices in the range, served after
+	// the pages (the head is where a notice is first committed).
+	recent []loggedNotice
+	// recentFrom is the first sequence number served from recent; pages
+	// serve those below it.
+	recentFrom uint64
+	// queue holds the current page's notices still to return.
+	queue []loggedNotice
+}
+
+// startStoreReplay prepares the replay of the notices after from up to
+// last, which this replica's ring does not hold. It reads the head: what
+// the head repeats (its newest 32 notices) is served from it, and a resume
+// that needs nothing more is no replay — never refused, one read. One that
+// needs pages takes a replay slot of ctx's identity first (else
+// ErrTooManyReplays), then reads the filter's indexes when that reads
+// fewer pages: a filter naming more credentials than half the pages in
+// range scans the pages instead, so a replay never costs more than
+// 1 + pages + pages/2 reads (about 150 for a full retention of 10,000).
+func (l *noticeLog) startStoreReplay(ctx context.Context, from, last uint64, filter map[string]bool) (*storeReplay, error) {
+	meta, _, err := l.readMeta(ctx)
+	if err != nil {
+		return nil, storeUnavailable(err)
+	}
+	if from+1 < meta.OldestSeq {
+		return nil, fmt.Errorf("%w: pruned before the replay began", ErrCursorExpired)
+	}
+	r := &storeReplay{from: from, last: last, release: func() {}, recentFrom: last + 1}
+	for _, n := range meta.Recent {
+		if n.Seq > from && n.Seq <= last {
+			r.recent = append(r.recent, n)
+			r.recentFrom = min(r.recentFrom, n.Seq)
+		}
+	}
+	lo, hi := from+1, r.recentFrom-1
+	if lo > hi {
+		return r, nil
+	}
+	l.mu.Lock()
+	l.notePagedFrom(meta.PagedFrom, meta.NextSeq)
+	pagedFrom := l.pagedFrom
+	l.mu.Unlock()
+	if lo < pagedFrom {
+		return nil, fmt.Errorf("%w: the cursor is from before this notice log kept pages (an upgrade); watch again without a cursor", ErrCursorExpired)
+	}
+	release, err := l.acquireReplay(audit.Actor(ctx))
+	if err != nil {
+		return nil, err
+	}
+	r.release = release
+	if err := r.choosePages(ctx, l, filter, lo, hi); err != nil {
+		release()
+		return nil, err
+	}
+	return r, nil
+}
+
+// choosePages lists the pages the replay reads for the notices from lo to
+// hi.
+func (r *storeReplay) choosePages(ctx context.Context, l *noticeLog, filter map[string]bool, lo, hi uint64) error {
+	first, lastPage := lo/noticePageSize, hi/noticePageSize
+	n := lastPage - first + 1
+	if filter == nil || uint64(len(filter)) > n/2 {
+		for p := first; p <= lastPage; p++ {
+			r.pages = append(r.pages, p)
+		}
+		return nil
+	}
+	set := make(map[uint64]bool)
+	for id := range filter {
+		rec, err := l.store.Get(ctx, noticeIndexKey(id))
+		if errors.Is(err, store.ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return storeUnavailable(err)
+		}
+		var idx noticeIndex
+		if err := decodeRecord(rec.Value, &idx, &idx.Format); err != nil {
+			return err
+		}
+		for _, s := range idx.Seqs {
+			if s >= lo && s <= hi {
+				set[s/noticePageSize] = true
+			}
+		}
+	}
+	for p := range set {
+		r.pages = append(r.pages, p)
+	}
+	slices.Sort(r.pages)
+	return nil
+}
+
+// next returns the replay's next notice, found false when it is over.
+func (r *storeReplay) next(ctx context.Context, l *noticeLog, filter map[string]bool) (loggedNotice, bool, error) {
+	wants := func(n loggedNotice, lo, hi uint64) bool {
+		return n.Seq >= lo && n.Seq <= hi && (filter == nil || filter[n.Notice.CredentialID])
+	}
+	for {
+		if len(r.queue) > 0 {
+			n := r.queue[0]
+			r.queue = r.queue[1:]
+			r.releaseIfDone(wants)
+			return n, true, nil
+		}
+		if len(r.pages) == 0 {
+			break
+		}
+		// A page leaves the list once read: after a store error, the next
+		// call reads it again.
+		p := r.pages[0]
+		rec, err := l.store.Get(ctx, noticePageKey(p))
+		if errors.Is(err, store.ErrNotFound) {
+			// Pruned meanwhile (the watcher is too far behind), or every
+			// writer of the page died before writing it.
+			meta, _, err := l.readMeta(ctx)
+			if err != nil {
+				return loggedNotice{}, false, storeUnavailable(err)
+			}
+			if (p+1)*noticePageSize <= meta.OldestSeq {
+				return loggedNotice{}, false, fmt.Errorf("%w: pruned while replaying", ErrCursorExpired)
+			}
+			r.pages = r.pages[1:]
+			continue
+		}
+		if err != nil {
+			return loggedNotice{}, false, storeUnavailable(err)
+		}
+		r.pages = r.pages[1:]
+		var page noticePage
+		if err := decodeRecord(rec.Value, &page, &page.Format); err != nil {
+			return loggedNotice{}, false, err
+		}
+		for _, n := range page.Notices {
+			if wants(n, r.from+1, r.recentFrom-1) {
+				r.queue = append(r.queue, n)
+			}
+		}
+	}
+	for len(r.recent) > 0 {
+		n := r.recent[0]
+		r.recent = r.recent[1:]
+		if wants(n, r.recentFrom, r.last) {
+			r.releaseIfDone(wants)
+			return n, true, nil
+		}
+	}
+	r.release()
+	return loggedNotice{}, false, nil
+}
+
+// releaseIfDone gives the replay slot back as soon as nothing is left to
+// read from the store: a watcher that got its last replayed notice and
+// then waits for live ones holds no slot.
+func (r *storeReplay) releaseIfDone(wants func(n loggedNotice, lo, hi uint64) bool) {
+	if len(r.queue) > 0 || len(r.pages) > 0 {
+		return
+	}
+	for _, n := range r.recent {
+		if wants(n, r.recentFrom, r.last) {
+			return
+		}
+	}
+	r.release()
+}
