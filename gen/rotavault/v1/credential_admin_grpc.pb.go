@@ -67,7 +67,8 @@ type CredentialAdminServiceClient interface {
 	// offline with that key (`rotavault store backup`'s format), and is as
 	// safe to keep as the store file itself. The first message carries the
 	// copy's size; the chunks' concatenation is the file. One backup at a
-	// time per server: RESOURCE_EXHAUSTED while another runs.
+	// time per server: RESOURCE_EXHAUSTED with reason BACKUP_IN_PROGRESS while
+	// another runs.
 	// FAILED_PRECONDITION with reason BACKUP_NOT_SUPPORTED on the Vault
 	// backend: Vault's own snapshots back up its storage.
 	BackupStore(ctx context.Context, in *BackupStoreRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[BackupStoreResponse], error)
@@ -229,7 +230,8 @@ type CredentialAdminServiceServer interface {
 	// offline with that key (`rotavault store backup`'s format), and is as
 	// safe to keep as the store file itself. The first message carries the
 	// copy's size; the chunks' concatenation is the file. One backup at a
-	// time per server: RESOURCE_EXHAUSTED while another runs.
+	// time per server: RESOURCE_EXHAUSTED with reason BACKUP_IN_PROGRESS while
+	// another runs.
 	// FAILED_PRECONDITION with reason BACKUP_NOT_SUPPORTED on the Vault
 	// backend: Vault's own snapshots back up its storage.
 	BackupStore(*BackupStoreRequest, grpc.ServerStreamingServer[BackupStoreResponse]) error

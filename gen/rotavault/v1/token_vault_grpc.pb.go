@@ -60,8 +60,25 @@ const (
 //     flow without redirect_uri asked for the server's own callback, but the
 //     server has no public URL (rotavault serve --public-url).
 //   - TOO_MANY_FLOWS (RESOURCE_EXHAUSTED, with RetryInfo): too many
-//     reauthentication flows are in the store (1,000, counting those that
-//     ended within 10 minutes); retry later.
+//     reauthentication flows: 1,000 in the store (counting those that ended
+//     within 10 minutes), 10 pending for the credential or 100 pending
+//     started by the caller; retry later.
+//   - SCOPE_NOT_ALLOWED (INVALID_ARGUMENT): a flow asked for scopes the
+//     credential does not allow; only an admin may widen them.
+//   - RATE_LIMITED (RESOURCE_EXHAUSTED, with RetryInfo): the caller sent
+//     more requests than its rate limit allows.
+//   - TOO_MANY_WATCH_STREAMS (RESOURCE_EXHAUSTED, with RetryInfo): the
+//     caller's identity has as many WatchRevocations streams open as it may.
+//   - TOO_MANY_REPLAYS (RESOURCE_EXHAUSTED, with RetryInfo): the caller's
+//     identity already replays as many watches from the store as it may
+//     (resuming from a cursor older than the newest notices).
+//   - CURSOR_EXPIRED (OUT_OF_RANGE): a watch's cursor is older than the
+//     notices kept; resynchronise (list the credentials) and watch anew.
+//   - SUBSCRIBER_TOO_SLOW (ABORTED): a watch stream fell too far
+//     behind its notices and was ended; resume with the last cursor.
+//   - TOO_MANY_HEALTH_WATCHES (RESOURCE_EXHAUSTED, with RetryInfo, on
+//     grpc.health.v1.Health/Watch): as many health watches are open as the
+//     server allows.
 type TokenVaultServiceClient interface {
 	// GetAccessToken returns an access token with at least the requested
 	// lifetime left. Any number of concurrent callers share one refresh: the
@@ -220,8 +237,25 @@ func (c *tokenVaultServiceClient) RevokeCredential(ctx context.Context, in *Revo
 //     flow without redirect_uri asked for the server's own callback, but the
 //     server has no public URL (rotavault serve --public-url).
 //   - TOO_MANY_FLOWS (RESOURCE_EXHAUSTED, with RetryInfo): too many
-//     reauthentication flows are in the store (1,000, counting those that
-//     ended within 10 minutes); retry later.
+//     reauthentication flows: 1,000 in the store (counting those that ended
+//     within 10 minutes), 10 pending for the credential or 100 pending
+//     started by the caller; retry later.
+//   - SCOPE_NOT_ALLOWED (INVALID_ARGUMENT): a flow asked for scopes the
+//     credential does not allow; only an admin may widen them.
+//   - RATE_LIMITED (RESOURCE_EXHAUSTED, with RetryInfo): the caller sent
+//     more requests than its rate limit allows.
+//   - TOO_MANY_WATCH_STREAMS (RESOURCE_EXHAUSTED, with RetryInfo): the
+//     caller's identity has as many WatchRevocations streams open as it may.
+//   - TOO_MANY_REPLAYS (RESOURCE_EXHAUSTED, with RetryInfo): the caller's
+//     identity already replays as many watches from the store as it may
+//     (resuming from a cursor older than the newest notices).
+//   - CURSOR_EXPIRED (OUT_OF_RANGE): a watch's cursor is older than the
+//     notices kept; resynchronise (list the credentials) and watch anew.
+//   - SUBSCRIBER_TOO_SLOW (ABORTED): a watch stream fell too far
+//     behind its notices and was ended; resume with the last cursor.
+//   - TOO_MANY_HEALTH_WATCHES (RESOURCE_EXHAUSTED, with RetryInfo, on
+//     grpc.health.v1.Health/Watch): as many health watches are open as the
+//     server allows.
 type TokenVaultServiceServer interface {
 	// GetAccessToken returns an access token with at least the requested
 	// lifetime left. Any number of concurrent callers share one refresh: the
