@@ -6,10 +6,10 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
+	"github.com/rotavault/rotavault/internal/fakeclock"
 	"github.com/rotavault/rotavault/provider"
 	"github.com/rotavault/rotavault/providersim"
 )
@@ -78,8 +78,8 @@ func TestDeviceFlowApproved(t *testing.T) {
 }
 
 func TestDeviceFlowDeniedExpiredAndSlowDown(t *testing.T) {
-	clk := &simClock{t: time.Now()}
-	sim, _, cc := setupSimTest(t, providersim.Config{DeviceInterval: time.Second, DeviceCodeLifetime: time.Minute, Now: clk.now})
+	clk := fakeclock.New(time.Now())
+	sim, _, cc := setupSimTest(t, providersim.Config{DeviceInterval: time.Second, DeviceCodeLifetime: time.Minute, Now: clk.Now})
 	c := provider.New(nil)
 	ctx := context.Background()
 	start := func(rfc8628 bool) (provider.Endpoint, *provider.DeviceAuthorization) {
@@ -118,7 +118,7 @@ func TestDeviceFlowDeniedExpiredAndSlowDown(t *testing.T) {
 	t.Run("expired", func(t *testing.T) {
 		for _, rfc8628 := range []bool{false, true} {
 			ep, d := start(rfc8628)
-			clk.advance(time.Minute)
+			clk.Add(time.Minute)
 			_, err := c.PollDeviceToken(ctx, ep, cc, d.DeviceCode)
 			want := provider.ErrInvalidGrant // Salesforce: every dead grant
 			if rfc8628 {
@@ -167,22 +167,4 @@ func checkNoDeviceCode(t *testing.T, deviceCode string, err error) {
 	if err != nil && strings.Contains(err.Error(), deviceCode) {
 		t.Errorf("error %q holds the device code", err)
 	}
-}
-
-// simClock is the simulator's clock, stepped by tests.
-type simClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *simClock) now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *simClock) advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = c.t.Add(d)
 }

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rotavault/rotavault/internal/fakeclock"
 	"github.com/rotavault/rotavault/internal/fositeserver"
 	"github.com/rotavault/rotavault/provider"
 	"github.com/rotavault/rotavault/providersim"
@@ -101,8 +102,8 @@ func TestIntrospectTokenErrors(t *testing.T) {
 // superseded token is active, as the token endpoint would accept it.
 func TestSimIntrospectRefreshToken(t *testing.T) {
 	ctx := context.Background()
-	clk := &simClock{t: time.Now()}
-	sim, ep, cc := setupSimTest(t, providersim.Config{ReuseGrace: time.Minute, Now: clk.now})
+	clk := fakeclock.New(time.Now())
+	sim, ep, cc := setupSimTest(t, providersim.Config{ReuseGrace: time.Minute, Now: clk.Now})
 	c := provider.New(nil)
 	active := func(token string) bool {
 		t.Helper()
@@ -128,7 +129,7 @@ func TestSimIntrospectRefreshToken(t *testing.T) {
 	if !active(tok.RefreshToken) || !active(rt0) {
 		t.Fatal("within the grace window both the new and the superseded token are usable, so active")
 	}
-	clk.advance(time.Minute)
+	clk.Add(time.Minute)
 	if active(rt0) {
 		t.Error("past the grace window the superseded token is active")
 	}
