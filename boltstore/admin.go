@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
+	"path/filepath"
 
 	bolt "go.etcd.io/bbolt"
 )
@@ -24,20 +26,44 @@ func (s *Store) Backup(ctx context.Context, w io.Writer) error {
 // first byte (a stream announcing its length): start receives the size,
 // taken in the copy's own transaction, and returns where the copy goes.
 // An error from start ends the snapshot and is returned wrapped.
+//
+// The read transaction lasts only as long as copying the file to a
+// temporary file beside the store (mode 0600, removed afterwards): while a
+// read transaction is open, the first write that must grow the file waits
+// for it, and every other write queues behind that one — so a slow reader
+// of the copy (a backup streamed over a slow link) must not hold it. The
+// copy then goes to start's writer from the temporary file; the directory
+// needs room for a second copy of the store meanwhile.
 func (s *Store) Snapshot(ctx context.Context, start func(size int64) (io.Writer, error)) error {
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("boltstore: backup: %w", err)
 	}
-	err := s.db.View(func(tx *bolt.Tx) error {
-		w, err := start(tx.Size())
-		if err != nil {
-			return err
-		}
-		_, err = tx.WriteTo(ctxWriter{ctx: ctx, w: w})
+	spool, err := os.CreateTemp(filepath.Dir(s.path), ".backup-*.tmp")
+	if err != nil {
+		return fmt.Errorf("boltstore: backup %s: %w", s.path, err)
+	}
+	defer func() {
+		_ = spool.Close()
+		_ = os.Remove(spool.Name())
+	}()
+	var size int64
+	err = s.db.View(func(tx *bolt.Tx) error {
+		size = tx.Size()
+		_, err := tx.WriteTo(ctxWriter{ctx: ctx, w: spool})
 		return err
 	})
 	if err != nil {
 		return fmt.Errorf("boltstore: backup %s: %w", s.path, closedErr(err))
+	}
+	if _, err := spool.Seek(0, io.SeekStart); err != nil {
+		return fmt.Errorf("boltstore: backup %s: %w", s.path, err)
+	}
+	w, err := start(size)
+	if err != nil {
+		return fmt.Errorf("boltstore: backup %s: %w", s.path, err)
+	}
+	if _, err := io.Copy(ctxWriter{ctx: ctx, w: w}, io.LimitReader(spool, size)); err != nil {
+		return fmt.Errorf("boltstore: backup %s: %w", s.path, err)
 	}
 	return nil
 }

@@ -61,9 +61,8 @@ type operations struct {
 	cfg     Operations
 	broker  CredentialCensus
 	started time.Time
-	// backingUp bounds BackupStore to one stream at a time: each holds a
-	// read transaction open, which keeps the store file from reusing the
-	// pages writers free meanwhile.
+	// backingUp bounds BackupStore to one stream at a time: each spools a
+	// full copy of the store beside it before streaming it.
 	backingUp atomic.Bool
 	// verifying bounds VerifyAuditTrail to one at a time: each reads the
 	// whole trail, and holds back anchoring while it reads the witness.
