@@ -150,3 +150,29 @@ func TestReservationWithoutAFlowIsReleased(t *testing.T) {
 		t.Fatalf("after the sweep dropped the orphan reservation: %v", err)
 	}
 }
+
+// A replica that reserved a place and died before writing its flow record
+// (or was removed for good) leaves an entry no replica remembers. With no
+// flow records in the store, the other replicas' sweeps must still release
+// it once its grace has passed, or ten such crashes lock a credential out
+// of reauthentication for good.
+func TestReservationOfADeadReplicaIsReleased(t *testing.T) {
+	ctx := context.Background()
+	env := newFlowEnv(t)
+	dead := env.primary(ctx, t, WithMaxFlows(1))
+	survivor := env.replica(t, "replica-b", time.Hour, WithMaxFlows(1))
+	survivor.sweepFlows(ctx) // its first sweep: nothing to release yet
+
+	if _, err := dead.reserveFlow(ctx, "x"); err != nil {
+		t.Fatal(err)
+	}
+	// The start that reserved never writes its record: the replica is gone.
+	if _, err := survivor.StartAuthorization(ctx, "x", "http://127.0.0.1:1/cb", nil); !errors.Is(err, ErrTooManyFlows) {
+		t.Fatalf("with the only place reserved: %v, want ErrTooManyFlows", err)
+	}
+	env.clk.Add(2 * reserveGrace)
+	survivor.sweepFlows(ctx)
+	if _, err := survivor.StartAuthorization(ctx, "x", "http://127.0.0.1:1/cb", nil); err != nil {
+		t.Fatalf("after the dead replica's reservation expired: %v, want the flow started", err)
+	}
+}

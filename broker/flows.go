@@ -426,10 +426,17 @@ func (b *Broker) updateLedger(ctx context.Context, mutate func(*flowLedger) bool
 // shares, a deleted one the ledger; a reservation whose record never came
 // (a start that failed after reserving) is dropped after reserveGrace.
 func (b *Broker) reconcileLedger(ctx context.Context, records map[string]bool) {
-	if len(records) == 0 && !b.flows.ledgerDirty.Load() {
+	now := b.opts.now()
+	// An idle system's sweeps read no ledger, except once per reserveGrace:
+	// a reservation left by a replica that crashed (or was removed) before
+	// writing its flow record is in no replica's memory, and nothing else
+	// would ever release its place. A restarted replica checks at its
+	// first sweep (the zero time).
+	if len(records) == 0 && !b.flows.ledgerDirty.Load() &&
+		now.Sub(time.Unix(0, b.flows.ledgerCheckedAt.Load())) < reserveGrace {
 		return
 	}
-	now := b.opts.now()
+	b.flows.ledgerCheckedAt.Store(now.UnixNano())
 	left := -1
 	err := b.updateLedger(ctx, func(l *flowLedger) bool {
 		defer func() { left = len(l.Flows) }()
@@ -483,6 +490,9 @@ type flowRunner struct {
 	// store holds no flow (a start that failed after reserving leaves an
 	// entry without a record). An idle system's sweeps cost no ledger read.
 	ledgerDirty atomic.Bool
+	// ledgerCheckedAt is when this replica's sweep last read the ledger
+	// (Unix nanoseconds of the broker's clock; 0 before the first).
+	ledgerCheckedAt atomic.Int64
 
 	mu      sync.Mutex
 	polling map[string]bool
