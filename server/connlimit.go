@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"net"
+	"net/netip"
 	"sync"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -128,10 +129,13 @@ func (l *limitListener) release(host string) {
 	l.metrics.open.Dec()
 }
 
-// hostOf is the address a connection comes from, without its port: the
-// unit of the per-host limit.
+// hostOf is where a connection comes from, the unit of the per-host limit:
+// its address without the port, an IPv6 address as its /64 (sourceKey).
 func hostOf(a net.Addr) string {
 	if tcp, ok := a.(*net.TCPAddr); ok {
+		if addr, ok := netip.AddrFromSlice(tcp.IP); ok {
+			return sourceKey(addr)
+		}
 		return tcp.IP.String()
 	}
 	if a == nil {

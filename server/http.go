@@ -157,6 +157,14 @@ func (h *callbackHandler) source(r *http.Request) string {
 			}
 		}
 	}
+	return sourceKey(addr)
+}
+
+// sourceKey is the unit that per-source limits count: an IPv4 address, or
+// an IPv6 /64 (what one host or one customer routinely holds, so spreading
+// over its addresses gains nothing). Zones are dropped.
+func sourceKey(addr netip.Addr) string {
+	addr = addr.Unmap().WithZone("")
 	if addr.Is6() {
 		p, _ := addr.Prefix(64)
 		return p.String()

@@ -3,6 +3,8 @@ package server
 import (
 	"context"
 	"log/slog"
+	"net"
+	"net/netip"
 	"sync"
 	"time"
 
@@ -228,21 +230,47 @@ const (
 
 // healthWatchCap refuses health Watch streams beyond max open at once: they
 // need no credentials, and each holds a goroutine and a buffer for as long
-// as its client keeps it.
+// as its client keeps it. One source (an IPv4 address or an IPv6 /64) may
+// hold at most a tenth of them, so that a single unauthenticated host
+// cannot take every slot from the load balancers that watch health.
 func healthWatchCap(max int, refusals *refusalLog) grpc.StreamServerInterceptor {
 	slots := newStreamSlots()
+	perSource := max
+	if max > 0 {
+		perSource = (max + 9) / 10
+	}
 	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
 		if info.FullMethod != healthWatchMethod {
 			return handler(srv, ss)
 		}
+		ctx := ss.Context()
+		source := "source " + peerSourceKey(ctx)
+		if !slots.take(source, perSource) {
+			refusals.refuse(ctx, refusedHealthWatches, "health watch refused: too many open from one source", "limit", perSource, "peer.address", peerAddrOf(ctx))
+			return refusal(ReasonTooManyHealthWatches, "too many health watch streams are open from this address; use Check, or retry later", watchRetryDelay)
+		}
+		defer slots.give(source)
 		if !slots.take("", max) {
-			ctx := ss.Context()
 			refusals.refuse(ctx, refusedHealthWatches, "health watch refused: too many open", "limit", max, "peer.address", peerAddrOf(ctx))
 			return refusal(ReasonTooManyHealthWatches, "too many health watch streams are open on this server; use Check, or retry later", watchRetryDelay)
 		}
 		defer slots.give("")
 		return handler(srv, ss)
 	}
+}
+
+// peerSourceKey is the per-source unit (sourceKey) of the call's peer, or
+// its address as given when that is not an IP address.
+func peerSourceKey(ctx context.Context) string {
+	p, _ := peer.FromContext(ctx)
+	if p != nil {
+		if tcp, ok := p.Addr.(*net.TCPAddr); ok {
+			if addr, ok := netip.AddrFromSlice(tcp.IP); ok {
+				return sourceKey(addr)
+			}
+		}
+	}
+	return peerAddr(p)
 }
 
 // watchStreamCap refuses a WatchRevocations stream to an identity that has

@@ -240,36 +240,38 @@ func TestIdleConnectionIsClosed(t *testing.T) {
 	}
 }
 
-// Health watches need no credentials, so their number is capped: beyond it
+// Health watches need no credentials, so their number is capped, and one
+// source may hold only a tenth of them (here 1 of 2): beyond either,
 // RESOURCE_EXHAUSTED with a reason and a retry delay, counted by the per-RPC
-// metrics; a slot freed is available again.
+// metrics; another host still gets its watch while one is at its share; a
+// slot freed is available again.
 func TestHealthWatchesAreCapped(t *testing.T) {
 	e := newBoundsEnv(t, Limits{MaxHealthWatches: 2}, nil)
-	health := healthpb.NewHealthClient(e.dial(t, nil))
-	watch := func(ctx context.Context) (healthpb.Health_WatchClient, error) {
-		w, err := health.Watch(ctx, &healthpb.HealthCheckRequest{})
+	hostA, hostB, hostC := net.IPv4(127, 0, 0, 1), net.IPv4(127, 0, 0, 2), net.IPv4(127, 0, 0, 3)
+	watchFrom := func(ctx context.Context, host net.IP) error {
+		w, err := healthpb.NewHealthClient(e.dial(t, host)).Watch(ctx, &healthpb.HealthCheckRequest{})
 		if err != nil {
-			return nil, err
+			return err
 		}
 		_, err = w.Recv()
-		return w, err
+		return err
 	}
 	first, cancelFirst := context.WithCancel(testCtx(t))
 	defer cancelFirst()
-	for _, ctx := range []context.Context{first, testCtx(t)} {
-		if _, err := watch(ctx); err != nil {
-			t.Fatalf("a watch within the cap: %v", err)
-		}
+	if err := watchFrom(first, hostA); err != nil {
+		t.Fatalf("a watch within the cap: %v", err)
 	}
-	_, err := watch(testCtx(t))
-	assertRefusal(t, err, ReasonTooManyHealthWatches)
-	if got := e.metric(t, "grpc_server_handled_total", map[string]string{"grpc_method": "Watch", "grpc_code": "ResourceExhausted"}); got != 1 {
-		t.Errorf("grpc_server_handled_total{Watch, ResourceExhausted} = %v, want 1", got)
+	assertRefusal(t, watchFrom(testCtx(t), hostA), ReasonTooManyHealthWatches) // hostA's share is 1
+	if err := watchFrom(testCtx(t), hostB); err != nil {
+		t.Fatalf("another host's watch while the first is at its share: %v", err)
+	}
+	assertRefusal(t, watchFrom(testCtx(t), hostC), ReasonTooManyHealthWatches) // 2 open in all
+	if got := e.metric(t, "grpc_server_handled_total", map[string]string{"grpc_method": "Watch", "grpc_code": "ResourceExhausted"}); got != 2 {
+		t.Errorf("grpc_server_handled_total{Watch, ResourceExhausted} = %v, want 2", got)
 	}
 	cancelFirst()
 	poll.Until(t, awaitDeadline, "a watch after one ended", func() bool {
-		_, err := watch(testCtx(t))
-		return err == nil
+		return watchFrom(testCtx(t), hostC) == nil
 	})
 }
 
