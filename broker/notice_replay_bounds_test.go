@@ -55,8 +55,9 @@ func TestReplayOfTheFullRetentionReadsAtMost200Records(t *testing.T) {
 	const total = retention + 50
 	lone := map[int]bool{1_234: true, 5_000: true, 8_765: true}
 	st := &faultStore{Store: memstore.New()}
-	// The follower's poll reads the head every interval: kept out of the count.
-	b := newTestBroker(t, st, WithNoticeRetention(retention), WithNoticePollInterval(time.Minute))
+	// The follower's poll reads the head every interval, a flow sweep the
+	// flow ledger now and then: both kept out of the count.
+	b := newTestBroker(t, st, WithNoticeRetention(retention), WithNoticePollInterval(time.Minute), WithFlowTiming(time.Hour, time.Second))
 	appendNotices(t, b, total, func(i int) string {
 		if lone[i] {
 			return "lone"
