@@ -20,8 +20,8 @@ import (
 	"github.com/rotavault/rotavault/broker"
 	"github.com/rotavault/rotavault/client"
 	rotavaultv1 "github.com/rotavault/rotavault/gen/rotavault/v1"
+	"github.com/rotavault/rotavault/internal/node"
 	"github.com/rotavault/rotavault/internal/poll"
-	"github.com/rotavault/rotavault/provider"
 	"github.com/rotavault/rotavault/providersim"
 	"github.com/rotavault/rotavault/server"
 	"github.com/rotavault/rotavault/store/memstore"
@@ -66,9 +66,8 @@ type env struct {
 
 	mu     sync.Mutex
 	broker *broker.Broker
-	audit  *audit.FileLog
-	srv    *server.Server
-	served chan struct{}
+	// node holds the running server's parts; nil while stopped.
+	node *node.Node
 }
 
 // startEnv starts a node; Close stops it. Examples use it directly, tests
@@ -129,42 +128,39 @@ func newEnv(t testing.TB, brokerOpts ...broker.Option) *env {
 }
 
 // startNode starts a broker and a server on the store, runs prepare (if
-// set) before anyone can connect, then serves on e.addr.
-func (e *env) startNode(prepare func(*broker.Broker) error) error {
+// set) before anyone can connect, then serves on e.addr. The parts are
+// assembled as rotavault serve assembles them (internal/node).
+func (e *env) startNode(prepare func(*broker.Broker) error) (err error) {
 	ctx := context.Background()
-	al, err := audit.Open(ctx, audit.Config{Path: filepath.Join(e.dir, "audit.jsonl"), Store: e.store})
+	n := node.New(node.Config{})
+	defer func() {
+		if err != nil {
+			_ = n.Close(ctx)
+		}
+	}()
+	al, err := n.OpenAudit(ctx, audit.Config{Path: filepath.Join(e.dir, "audit.jsonl"), Store: e.store})
 	if err != nil {
 		return err
 	}
 	opts := append([]broker.Option{
 		broker.WithClock(e.clock.now), broker.WithRetryBase(5 * time.Millisecond), broker.WithSchedulerInterval(time.Hour),
 	}, e.opts...)
-	b, err := broker.New(ctx, broker.Config{Store: e.store, Provider: provider.New(nil), Auditor: al}, opts...)
+	b, err := n.NewBroker(ctx, broker.Config{Store: e.store, Provider: n.NewProvider(), Auditor: al}, opts...)
 	if err != nil {
-		_ = al.Close()
 		return err
 	}
 	if prepare != nil {
 		if err := prepare(b); err != nil {
-			_ = b.Close()
-			_ = al.Close()
 			return err
 		}
 	}
 	lis, err := net.Listen("tcp", e.addr)
 	if err != nil {
-		_ = b.Close()
-		_ = al.Close()
 		return err
 	}
-	srv := server.New(server.Config{Broker: b, Auditor: al, Limits: e.limits})
-	served := make(chan struct{})
-	go func() {
-		defer close(served)
-		_ = srv.GRPC.Serve(lis)
-	}()
+	n.ServeGRPC(server.Config{Broker: b, Auditor: al, Limits: e.limits}, lis)
 	e.mu.Lock()
-	e.addr, e.broker, e.audit, e.srv, e.served = lis.Addr().String(), b, al, srv, served
+	e.addr, e.broker, e.node = lis.Addr().String(), b, n
 	e.mu.Unlock()
 	return nil
 }
@@ -173,18 +169,15 @@ func (e *env) startNode(prepare func(*broker.Broker) error) error {
 // the broker with it; the store and the simulator stay.
 func (e *env) stopNode() {
 	e.mu.Lock()
-	srv, b, al, served := e.srv, e.broker, e.audit, e.served
-	e.srv = nil
+	n := e.node
+	e.node = nil
 	e.mu.Unlock()
-	if srv == nil {
+	if n == nil {
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	srv.Shutdown(ctx)
-	<-served
-	_ = b.Close()
-	_ = al.Close()
+	_ = n.Close(ctx)
 }
 
 // restart stops the node and starts another on the same store and address,

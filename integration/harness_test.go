@@ -23,9 +23,9 @@ import (
 	"github.com/rotavault/rotavault/boltstore"
 	"github.com/rotavault/rotavault/broker"
 	rotavaultv1 "github.com/rotavault/rotavault/gen/rotavault/v1"
+	"github.com/rotavault/rotavault/internal/node"
 	"github.com/rotavault/rotavault/internal/syncbuf"
 	"github.com/rotavault/rotavault/internal/vaulttest"
-	"github.com/rotavault/rotavault/provider"
 	"github.com/rotavault/rotavault/providersim"
 	"github.com/rotavault/rotavault/server"
 	"github.com/rotavault/rotavault/store"
@@ -82,15 +82,15 @@ type env struct {
 	logs    *syncbuf.Buffer
 	opts    envOptions
 
-	store      store.Store
-	closeStore func() error
-	audit      *audit.FileLog
-	broker     *broker.Broker
-	srv        *server.Server
-	conn       *grpc.ClientConn
-	vault      rotavaultv1.TokenVaultServiceClient
-	admin      rotavaultv1.CredentialAdminServiceClient
-	served     chan struct{}
+	// node holds what start opened; stop closes it.
+	node   *node.Node
+	store  store.Store
+	audit  *audit.FileLog
+	broker *broker.Broker
+	srv    *server.Server
+	conn   *grpc.ClientConn
+	vault  rotavaultv1.TokenVaultServiceClient
+	admin  rotavaultv1.CredentialAdminServiceClient
 	// replicaDirs are the data directories of replicas started from this
 	// env, for the leak check.
 	replicaDirs []string
@@ -123,18 +123,21 @@ func newEnv(t testing.TB, opts envOptions) *env {
 	return e
 }
 
-// start opens the store and serves on a fresh loopback port.
+// start assembles a node as rotavault serve does (internal/node): opens
+// the store and serves on a fresh loopback port.
 func (e *env) start() {
 	t := e.t
 	t.Helper()
-	st, closeStore := e.openStore()
+	logger := slog.New(slog.NewJSONHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	n := node.New(node.Config{Logger: logger})
+	e.node = n
+	st := e.openStore(n)
 	// Replicas share a Vault store but write their own trails: one head each.
-	al, err := audit.Open(context.Background(), audit.Config{Path: filepath.Join(e.dataDir, "audit.jsonl"), Store: st,
+	al, err := n.OpenAudit(context.Background(), audit.Config{Path: filepath.Join(e.dataDir, "audit.jsonl"), Store: st,
 		HeadKey: "audit/heads/" + filepath.Base(e.dataDir)})
 	if err != nil {
 		t.Fatal(err)
 	}
-	logger := slog.New(slog.NewJSONHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	opts := append([]broker.Option{
 		broker.WithClock(e.clock.now), broker.WithLogger(logger),
 		broker.WithRetryBase(5 * time.Millisecond), broker.WithSchedulerInterval(time.Hour),
@@ -146,7 +149,7 @@ func (e *env) start() {
 	if e.opts.wrapStore != nil {
 		brokerStore = e.opts.wrapStore(st)
 	}
-	b, err := broker.New(context.Background(), broker.Config{Store: brokerStore, Provider: provider.New(nil), Auditor: al}, opts...)
+	b, err := n.NewBroker(context.Background(), broker.Config{Store: brokerStore, Provider: n.NewProvider(), Auditor: al}, opts...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -155,26 +158,22 @@ func (e *env) start() {
 	if e.opts.serverConfig != nil {
 		e.opts.serverConfig(&cfg)
 	}
-	srv := server.New(cfg)
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	e.served = make(chan struct{})
-	go func() {
-		defer close(e.served)
-		_ = srv.GRPC.Serve(lis)
-	}()
+	srv := n.ServeGRPC(cfg, lis)
 	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
 	}
-	e.store, e.closeStore, e.audit, e.broker, e.srv, e.conn = st, closeStore, al, b, srv, conn
+	n.OnClose("test client connection", func(context.Context) error { return conn.Close() })
+	e.store, e.audit, e.broker, e.srv, e.conn = st, al, b, srv, conn
 	e.vault = rotavaultv1.NewTokenVaultServiceClient(conn)
 	e.admin = rotavaultv1.NewCredentialAdminServiceClient(conn)
 }
 
-func (e *env) openStore() (store.Store, func() error) {
+func (e *env) openStore(n *node.Node) store.Store {
 	t := e.t
 	if e.opts.vault != nil {
 		cfg := vaultstore.Config{Client: e.opts.vault.Client(t), Prefix: vaultstore.DefaultPrefix + "/" + e.key.ID(), Login: e.opts.vaultLogin}
@@ -184,32 +183,30 @@ func (e *env) openStore() (store.Store, func() error) {
 		if e.opts.vaultLogin != nil {
 			cfg.Client.ClearToken()
 		}
-		vs, err := vaultstore.New(context.Background(), cfg)
+		vs, err := n.OpenVaultStore(context.Background(), cfg)
 		if err != nil {
 			t.Fatal(err)
 		}
-		return vs, vs.Close
+		return vs
 	}
-	bs, err := boltstore.Open(filepath.Join(e.dataDir, "rotavault.db"), e.key, boltstore.Options{})
+	bs, err := n.OpenEmbeddedStore(filepath.Join(e.dataDir, "rotavault.db"), e.key, boltstore.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	return bs, bs.Close
+	return bs
 }
 
+// stop closes the node, newest part first: the client connection, the
+// server (gracefully), the broker, the audit trail (which may anchor a
+// lagging head) and the store.
 func (e *env) stop() {
-	if e.srv == nil {
+	if e.node == nil {
 		return
 	}
-	_ = e.conn.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	e.srv.Shutdown(ctx)
-	<-e.served
-	_ = e.broker.Close()
-	_ = e.audit.Close() // before the store: it may anchor a lagging head
-	_ = e.closeStore()
-	e.srv = nil
+	_ = e.node.Close(ctx)
+	e.node, e.srv = nil, nil
 }
 
 func (e *env) restart() {

@@ -40,33 +40,36 @@ func auditHeadKey(backend, dataDir string) (string, error) {
 	return "audit/heads/" + hex.EncodeToString(sum[:8]), nil
 }
 
-// openAudit opens DATA_DIR/audit.jsonl, continuing the chain anchored in
-// st, and explains a broken chain.
-func openAudit(ctx context.Context, cfg serverConfig, st store.Store, log *slog.Logger) (*audit.FileLog, error) {
+// auditConfig describes DATA_DIR/audit.jsonl, continuing the chain
+// anchored in st.
+func auditConfig(cfg serverConfig, st store.Store, log *slog.Logger) (audit.Config, error) {
 	headKey, err := auditHeadKey(cfg.Backend, cfg.DataDir)
 	if err != nil {
-		return nil, err
+		return audit.Config{}, err
 	}
-	path := filepath.Join(cfg.DataDir, auditFileName)
-	acfg := audit.Config{Path: path, Store: st, HeadKey: headKey, Logger: log, AnchorInterval: cfg.AuditAnchorInterval,
+	acfg := audit.Config{Path: filepath.Join(cfg.DataDir, auditFileName), Store: st, HeadKey: headKey, Logger: log, AnchorInterval: cfg.AuditAnchorInterval,
 		AcceptMissingAnchor: cfg.AcceptMissingAuditAnchor}
 	if cfg.AuditWitness != "" {
 		acfg.Witness = witnessFile(cfg.AuditWitness)
 	}
-	// Whoever passed the flag accepted a missing head: the trail says so.
-	al, err := audit.Open(audit.WithActor(ctx, "operator (--"+acceptMissingAnchorFlag+")"), acfg)
+	return acfg, nil
+}
+
+// explainAuditOpen tells the operator what to do when the trail at path
+// refuses to open.
+func explainAuditOpen(err error, path string) error {
 	var ce *audit.ChainError
 	if errors.As(err, &ce) && ce.Problem == audit.ProblemNoAnchor {
-		return nil, withHint(err, "the store's audit head is written with its audit key, so only its deletion removes it: records cut off the end of %s "+
+		return withHint(err, "the store's audit head is written with its audit key, so only its deletion removes it: records cut off the end of %s "+
 			"since then would go unnoticed. Check against the witness if you keep one (`rotavault audit verify --witness`); "+
 			"to continue anyway, start once with --%s (recorded in the trail)", path, acceptMissingAnchorFlag)
 	}
 	if errors.Is(err, audit.ErrChainBroken) {
-		return nil, withHint(err, "the server does not start a new audit chain over a broken or missing one: "+
+		return withHint(err, "the server does not start a new audit chain over a broken or missing one: "+
 			"inspect %s (`rotavault audit verify` with the server stopped). A trail written before the chain existed can be moved aside; "+
 			"starting a new chain segment after tampering is not supported yet", path)
 	}
-	return al, err
+	return err
 }
 
 // onlineAuditCheck is the running server's audit verification: the trail

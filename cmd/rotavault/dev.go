@@ -23,6 +23,7 @@ import (
 
 	"github.com/rotavault/rotavault/boltstore"
 	"github.com/rotavault/rotavault/broker"
+	"github.com/rotavault/rotavault/internal/node"
 	"github.com/rotavault/rotavault/providersim"
 	"github.com/rotavault/rotavault/server"
 )
@@ -126,11 +127,20 @@ func (a *app) runDev(ctx context.Context, addr, httpListen, dataDir string, issu
 	if err != nil {
 		return err
 	}
+	// Everything dev opens goes on the server's node, closed after the
+	// server (the simulator outlives the broker's last call to it).
+	n := node.New(node.Config{Logger: log})
+	started := false
+	defer func() {
+		if !started { // runServer closes it otherwise
+			_ = n.Close(context.WithoutCancel(ctx))
+		}
+	}()
 	sim, err := providersim.Start(providersim.Config{SessionTimeout: devTokenLifetime, Logger: log})
 	if err != nil {
 		return err
 	}
-	defer closeLogged(log, "simulator", sim.Close)
+	n.OnClose("simulator", func(context.Context) error { return sim.Close() })
 
 	// The simulator is reached through a front that adds the dev-only
 	// endpoints; it is the credential's base URL.
@@ -140,20 +150,7 @@ func (a *app) runDev(ctx context.Context, addr, httpListen, dataDir string, issu
 	}
 	front := &devFront{sim: sim, dataDir: absDir, log: log}
 	frontURL := "http://" + lis.Addr().String()
-	hs := &http.Server{Handler: front.handler(), ReadHeaderTimeout: 10 * time.Second}
-	frontDone := make(chan struct{})
-	go func() {
-		defer close(frontDone)
-		if err := hs.Serve(lis); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			log.Error("dev simulator front stopped", "err", err)
-		}
-	}()
-	defer func() {
-		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-		defer cancel()
-		_ = hs.Shutdown(sctx)
-		<-frontDone
-	}()
+	n.ServeHTTP("dev simulator front", front.handler(), lis)
 
 	secret, err := randomHex(24)
 	if err != nil {
@@ -165,19 +162,22 @@ func (a *app) runDev(ctx context.Context, addr, httpListen, dataDir string, issu
 	if err != nil {
 		return withHint(fmt.Errorf("listen (HTTP): %w", err), "choose another --http-listen")
 	}
-	defer httpLis.Close() // runServer shuts it down; this covers failures before
+	// runServer shuts it down; this covers failures before.
+	n.OnClose("HTTP listener", func(context.Context) error { _ = httpLis.Close(); return nil })
 	publicURL := "http://" + httpLis.Addr().String()
 	sim.AddClient(providersim.Client{ID: devClientID, Secret: secret, RedirectURIs: []string{frontURL + devCallbackPath, publicURL + server.CallbackPath}, RequirePKCE: true})
 	urlFile := filepath.Join(absDir, devURLFileName)
 	wroteURL := false
-	defer func() {
+	n.OnClose("dev URL file", func(context.Context) error {
 		if wroteURL {
 			_ = os.Remove(urlFile)
 		}
-	}()
+		return nil
+	})
 
+	started = true
 	return runServer(ctx, serverConfig{
-		Addr: addr, DataDir: absDir, Key: key, Reflection: true, Logger: log,
+		Node: n, Addr: addr, DataDir: absDir, Key: key, Reflection: true, Logger: log,
 		HTTPListener: httpLis, PublicURL: publicURL,
 		IssuanceFlushInterval: issuanceFlush,
 		Ready: func(ctx context.Context, rs *runningServer) error {

@@ -6,8 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"net/http"
-	"net/netip"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -23,8 +21,8 @@ import (
 	"github.com/rotavault/rotavault/audit"
 	"github.com/rotavault/rotavault/boltstore"
 	"github.com/rotavault/rotavault/broker"
+	"github.com/rotavault/rotavault/internal/node"
 	"github.com/rotavault/rotavault/metrics"
-	"github.com/rotavault/rotavault/provider"
 	"github.com/rotavault/rotavault/server"
 	"github.com/rotavault/rotavault/store"
 	"github.com/rotavault/rotavault/vaultstore"
@@ -113,6 +111,10 @@ type serverConfig struct {
 	// X-Forwarded-For the callback's per-source limit believes.
 	Limits                 server.Limits
 	CallbackTrustedProxies []string
+	// Node, when set, is the node the server is assembled on, holding
+	// parts opened before it (dev: the simulator); runServer closes it
+	// whole on return. Nil: a node of its own.
+	Node *node.Node
 }
 
 // runningServer is what Ready learns about the server.
@@ -134,35 +136,27 @@ func (cfg *serverConfig) callbackOption() (broker.Option, error) {
 	return broker.WithCallbackURL(strings.TrimRight(cfg.PublicURL, "/") + server.CallbackPath), nil
 }
 
-// serveHTTP starts the HTTP endpoints on lis; the returned stop shuts them
-// down gracefully within ctx and waits for them.
-func serveHTTP(lis net.Listener, b *broker.Broker, mx *metrics.Metrics, proxies []netip.Prefix, log *slog.Logger) (stop func(ctx context.Context)) {
-	hs := server.NewHTTPServer(server.NewHTTPMux(server.HTTPConfig{Callback: b, Logger: log, Ready: b.Ready, Metrics: mx.Handler(), TrustedProxies: proxies}), log)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		if err := hs.Serve(lis); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			log.Error("HTTP endpoints stopped", "err", err)
-		}
-	}()
-	return func(ctx context.Context) {
-		if err := hs.Shutdown(ctx); err != nil {
-			_ = hs.Close()
-		}
-		<-done
-	}
-}
-
 // runServer opens the store and the audit trail, builds the broker and the
-// gRPC server, serves until ctx ends, then shuts down in order: gRPC
-// (gracefully, bounded by ShutdownTimeout), the broker, the audit trail and
-// the store. A refused address is a *usageError; ctx ending is not an
-// error.
+// gRPC server, serves until ctx ends, then shuts down in reverse order of
+// opening (internal/node): gRPC (gracefully, bounded by ShutdownTimeout),
+// the HTTP endpoints, the broker, the audit trail and the store. A refused
+// address is a *usageError; ctx ending is not an error.
 func runServer(ctx context.Context, cfg serverConfig) (err error) {
 	log := cfg.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	n := cfg.Node
+	if n == nil {
+		n = node.New(node.Config{Logger: log})
+	}
+	// Every way out closes what was opened, newest first; the graceful
+	// stops share ShutdownTimeout.
+	defer func() {
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), shutdownTimeout(cfg.ShutdownTimeout))
+		defer cancel()
+		_ = n.Close(sctx)
+	}()
 	if err := cfg.checkAuth(); err != nil {
 		return err
 	}
@@ -187,33 +181,19 @@ func runServer(ctx context.Context, cfg serverConfig) (err error) {
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return fmt.Errorf("create data directory: %w", err)
 	}
-	var st store.Store
-	ops := server.Operations{StoreBackend: cfg.Backend}
-	switch cfg.Backend {
-	case "", backendEmbedded:
-		bs, err := openStore(cfg.DataDir, cfg.Key, boltstore.Options{PreviousKeys: cfg.PreviousKeys, Logger: log})
-		if err != nil {
-			return err
-		}
-		defer closeLogged(log, "store", bs.Close)
-		st = bs
-		ops.StoreBackend, ops.Snapshot, ops.StoreKeyID = backendEmbedded, bs.Snapshot, cfg.Key.ID()
-	case backendVault:
-		vs, err := vaultstore.New(ctx, vaultstore.Config{Mount: cfg.VaultMount, Prefix: cfg.VaultPrefix, Login: cfg.VaultLogin,
-			TransitKey: cfg.VaultTransitKey, TransitMount: cfg.VaultTransitMount, Logger: log})
-		if err != nil {
-			return err
-		}
-		defer closeLogged(log, "store", vs.Close)
-		st = vs
-	default:
-		return usageErrorf("unknown --store %q: embedded or vault", cfg.Backend)
-	}
-	al, err := openAudit(ctx, cfg, st, log)
+	st, ops, err := cfg.openStore(ctx, n, log)
 	if err != nil {
 		return err
 	}
-	defer closeLogged(log, "audit trail", al.Close)
+	acfg, err := auditConfig(cfg, st, log)
+	if err != nil {
+		return err
+	}
+	// Whoever passed the flag accepted a missing head: the trail says so.
+	al, err := n.OpenAudit(audit.WithActor(ctx, "operator (--"+acceptMissingAnchorFlag+")"), acfg)
+	if err != nil {
+		return explainAuditOpen(err, acfg.Path)
+	}
 	ops.VerifyAudit, ops.AuditWitness = onlineAuditCheck(al, cfg.AuditWitness), cfg.AuditWitness != ""
 	brokerOpts := append([]broker.Option{broker.WithLogger(log)}, cfg.BrokerOptions...)
 	if callback != nil {
@@ -222,36 +202,23 @@ func runServer(ctx context.Context, cfg serverConfig) (err error) {
 	// The broker's calls to the store and the providers are timed for
 	// /metrics; the audit trail's are not (it anchors in the background).
 	mx := metrics.New()
-	b, err := broker.New(ctx, broker.Config{Store: mx.Store(st), Provider: mx.Provider(provider.New(nil)), Auditor: al}, brokerOpts...)
+	b, err := n.NewBroker(ctx, broker.Config{Store: mx.Store(st), Provider: mx.Provider(n.NewProvider()), Auditor: al}, brokerOpts...)
 	if err != nil {
 		return err
 	}
-	defer closeLogged(log, "broker", b.Close)
 	mx.WatchBroker(b)
 
 	var extra []grpc.ServerOption
 	if tc := reloader.ServerTLSConfig(); tc != nil {
 		extra = append(extra, grpc.Creds(credentials.NewTLS(tc)))
 	}
-	srv := server.New(server.Config{Broker: b, Logger: log, Reflection: cfg.Reflection, Auth: auth, ExtraOptions: extra, RateLimit: cfg.RateLimit, Auditor: al, ConsumerCatalog: true, IssuanceFlushInterval: cfg.IssuanceFlushInterval, MaxConnectionAge: cfg.MaxConnectionAge, MaxConnectionAgeGrace: cfg.MaxConnectionAgeGrace,
-		Limits: cfg.Limits, Registerer: mx.Registry(), Operations: ops})
 	if auth == nil {
 		log.Warn("no --policy: every caller is treated as the admin identity " + server.DevIdentity + "; for development on loopback only")
 	}
-	// The reloader's goroutine is owned here and stopped before return.
-	reloadCtx, stopReload := context.WithCancel(ctx)
-	reloadDone := make(chan struct{})
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
-	go func() {
-		defer close(reloadDone)
-		reloader.Run(reloadCtx, hup)
-	}()
-	defer func() {
-		signal.Stop(hup)
-		stopReload()
-		<-reloadDone
-	}()
+	n.Go(ctx, "reloader", func(ctx context.Context) { reloader.Run(ctx, hup) })
+	n.OnClose("SIGHUP handler", func(context.Context) error { signal.Stop(hup); return nil })
 	lis, err := net.Listen("tcp", cfg.Addr)
 	if errors.Is(err, syscall.EADDRINUSE) {
 		return withHint(fmt.Errorf("listen: %w", err), "another server (rotavault serve or dev?) is using %s; stop it or choose another --addr", cfg.Addr)
@@ -274,7 +241,6 @@ func runServer(ctx context.Context, cfg serverConfig) (err error) {
 			return withHint(fmt.Errorf("listen (HTTP): %w", err), "check --http-listen %s", cfg.HTTPListen)
 		}
 	}
-	stopHTTP := func(context.Context) {}
 	var httpAddr net.Addr
 	if httpLis != nil {
 		httpAddr = httpLis.Addr()
@@ -283,38 +249,49 @@ func runServer(ctx context.Context, cfg serverConfig) (err error) {
 			// code seen on this hop useless without the stored verifier.
 			log.Warn("HTTP endpoints listen in plaintext off loopback: put them behind a TLS-terminating proxy (--public-url https://...)", "addr", httpAddr.String())
 		}
-		stopHTTP = serveHTTP(httpLis, b, mx, proxies, log)
+		n.ServeHTTP("HTTP endpoints", server.NewHTTPMux(server.HTTPConfig{Callback: b, Logger: log, Ready: b.Ready, Metrics: mx.Handler(), TrustedProxies: proxies}), httpLis)
 		log.Info("HTTP endpoints serving", "addr", httpAddr.String(), "public_url", cfg.PublicURL)
 	}
-	served := make(chan error, 1)
-	go func() { served <- srv.Serve(lis) }()
+	n.ServeGRPC(server.Config{Broker: b, Logger: log, Reflection: cfg.Reflection, Auth: auth, ExtraOptions: extra, RateLimit: cfg.RateLimit, Auditor: al, ConsumerCatalog: true, IssuanceFlushInterval: cfg.IssuanceFlushInterval, MaxConnectionAge: cfg.MaxConnectionAge, MaxConnectionAgeGrace: cfg.MaxConnectionAgeGrace,
+		Limits: cfg.Limits, Registerer: mx.Registry(), Operations: ops}, lis)
+	// Closed first: long-polling reauth checks answer now, not at their
+	// end, so the graceful stop does not wait for them.
+	n.OnClose("broker waits", func(context.Context) error { b.StopWaiting(); return nil })
 	log.Info("rotavault serving", "addr", lis.Addr().String(), "data_dir", cfg.DataDir, "store_key_id", cfg.Key.ID())
 
-	// stop runs once, on every way out: ctx ending, Serve failing, Ready
-	// failing.
-	stop := func() {
-		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), shutdownTimeout(cfg.ShutdownTimeout))
-		defer cancel()
-		b.StopWaiting() // long-polling reauth checks answer now, not at their end
-		srv.Shutdown(sctx)
-		stopHTTP(sctx)
-	}
 	if cfg.Ready != nil {
 		if err := cfg.Ready(ctx, &runningServer{Addr: lis.Addr(), Broker: b, HTTPAddr: httpAddr}); err != nil {
-			stop()
-			<-served
 			return err
 		}
 	}
-	select {
-	case <-ctx.Done():
-		log.Info("shutting down")
-		stop()
-		<-served
-		return nil
-	case err := <-served:
-		stop()
-		return fmt.Errorf("serve: %w", err)
+	if err := n.Wait(ctx); err != nil {
+		return err
+	}
+	log.Info("shutting down")
+	return nil
+}
+
+// openStore opens the configured backend on n and describes it for the
+// admin service's operations.
+func (cfg *serverConfig) openStore(ctx context.Context, n *node.Node, log *slog.Logger) (store.Store, server.Operations, error) {
+	ops := server.Operations{StoreBackend: cfg.Backend}
+	switch cfg.Backend {
+	case "", backendEmbedded:
+		bs, err := n.OpenEmbeddedStore(filepath.Join(cfg.DataDir, storeFileName), cfg.Key, boltstore.Options{PreviousKeys: cfg.PreviousKeys, Logger: log})
+		if err != nil {
+			return nil, ops, err
+		}
+		ops.StoreBackend, ops.Snapshot, ops.StoreKeyID = backendEmbedded, bs.Snapshot, cfg.Key.ID()
+		return bs, ops, nil
+	case backendVault:
+		vs, err := n.OpenVaultStore(ctx, vaultstore.Config{Mount: cfg.VaultMount, Prefix: cfg.VaultPrefix, Login: cfg.VaultLogin,
+			TransitKey: cfg.VaultTransitKey, TransitMount: cfg.VaultTransitMount, Logger: log})
+		if err != nil {
+			return nil, ops, err
+		}
+		return vs, ops, nil
+	default:
+		return nil, ops, usageErrorf("unknown --store %q: embedded or vault", cfg.Backend)
 	}
 }
 
@@ -325,25 +302,9 @@ func shutdownTimeout(d time.Duration) time.Duration {
 	return d
 }
 
-func closeLogged(log *slog.Logger, what string, closeFn func() error) {
-	if err := closeFn(); err != nil {
-		log.Error("close failed", "what", what, "err", err)
-	}
-}
-
 // openStore opens DIR/rotavault.db, explaining a held lock.
 func openStore(dataDir string, key boltstore.Key, opts boltstore.Options) (*boltstore.Store, error) {
-	path := filepath.Join(dataDir, storeFileName)
-	st, err := boltstore.Open(path, key, opts)
-	switch {
-	case errors.Is(err, boltstore.ErrLocked):
-		return nil, fmt.Errorf("the store %s is in use by a running server; stop it first: %w", path, err)
-	case errors.Is(err, boltstore.ErrUnknownKey):
-		return nil, fmt.Errorf("the store %s is sealed under another key: give its key with --store-key-file (and older ones with --store-previous-key-file): %w", path, err)
-	case err != nil:
-		return nil, fmt.Errorf("open store %s: %w", path, err)
-	}
-	return st, nil
+	return node.OpenEmbedded(filepath.Join(dataDir, storeFileName), key, opts)
 }
 
 // checkListenAddr refuses, before anything is opened, an address that is
