@@ -307,7 +307,7 @@ func toAccessToken(v *view) AccessToken {
 // held: it must not take it.
 func (b *Broker) refresh(ctx context.Context, e *entry, need func(*view) bool) (*view, error) {
 	for {
-		f, own, err := b.joinOrStart(e, need)
+		f, own, err := b.joinOrStart(ctx, e, need)
 		if err != nil {
 			return nil, err
 		}
@@ -341,8 +341,9 @@ func (b *Broker) refresh(ctx context.Context, e *entry, need func(*view) bool) (
 
 // joinOrStart returns the credential's flight, starting one for need when
 // none runs (own reports that). A nil flight means there is nothing to wait
-// for: the current view passes need when err is nil.
-func (b *Broker) joinOrStart(e *entry, need func(*view) bool) (f *flight, own bool, err error) {
+// for: the current view passes need when err is nil. Of caller, a flight
+// started uses only the span (its rotavault.refresh span's parent).
+func (b *Broker) joinOrStart(caller context.Context, e *entry, need func(*view) bool) (f *flight, own bool, err error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	v := e.view.Load()
@@ -357,7 +358,7 @@ func (b *Broker) joinOrStart(e *entry, need func(*view) bool) (f *flight, own bo
 	}
 	f = &flight{done: make(chan struct{})}
 	started := b.goTracked(func() {
-		v, err := b.runRefresh(e, need)
+		v, err := b.runRefresh(caller, e, need)
 		e.mu.Lock()
 		f.v, f.err = v, err
 		e.flight = nil

@@ -53,7 +53,9 @@ var errClaimedElsewhere = errors.New("broker: another replica is refreshing")
 // acquire runs until this replica holds the claim on the family, or another
 // replica's refresh produced a view that passes need. It returns the lease
 // to refresh with, or the adopted view (lease nil).
-func (b *Broker) acquire(ctx context.Context, e *entry, need func(*view) bool) (*claimLease, *view, error) {
+func (b *Broker) acquire(ctx context.Context, e *entry, need func(*view) bool) (lease *claimLease, adopted *view, err error) {
+	ctx, span := startSpan(ctx, ctx, SpanClaim, e.id)
+	defer func() { endClaimSpan(span, lease, adopted, err) }()
 	// The first attempt trusts the family state this replica last saw and
 	// claims with check-and-set on its version: if another replica changed
 	// the family since, the claim conflicts and updateFamily reads it.

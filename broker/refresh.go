@@ -25,10 +25,13 @@ func persistContext(ctx context.Context) (context.Context, context.CancelFunc) {
 }
 
 // runRefresh is the body of a flight: the only place that presents a
-// credential's refresh token to the provider.
-func (b *Broker) runRefresh(e *entry, need func(*view) bool) (*view, error) {
+// credential's refresh token to the provider. It runs under the broker's
+// context; caller lends only its span, the rotavault.refresh span's parent.
+func (b *Broker) runRefresh(caller context.Context, e *entry, need func(*view) bool) (v *view, err error) {
 	ctx, cancel := context.WithTimeout(b.ctx, b.opts.refreshTimeout)
 	defer cancel()
+	ctx, span := startSpan(ctx, caller, SpanRefresh, e.id)
+	defer func() { endSpan(span, v, "ok", err) }()
 
 	// A rotated family that could not be stored is the truth: store it
 	// before anything else, and never present the older token it replaced.

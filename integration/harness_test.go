@@ -29,6 +29,7 @@ import (
 	"github.com/rotavault/rotavault/providersim"
 	"github.com/rotavault/rotavault/server"
 	"github.com/rotavault/rotavault/store"
+	"github.com/rotavault/rotavault/tracing"
 	"github.com/rotavault/rotavault/vaultstore"
 )
 
@@ -70,6 +71,9 @@ type envOptions struct {
 	serverConfig func(*server.Config)
 	// wrapStore, when set, wraps the store the broker uses (to count calls).
 	wrapStore func(store.Store) store.Store
+	// tracing, when set, traces the node as OTEL_* variables make
+	// rotavault serve trace it.
+	tracing *tracing.Tracing
 }
 
 // env is one Rotavault node wired to a simulator, with clients.
@@ -128,8 +132,8 @@ func newEnv(t testing.TB, opts envOptions) *env {
 func (e *env) start() {
 	t := e.t
 	t.Helper()
-	logger := slog.New(slog.NewJSONHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	n := node.New(node.Config{Logger: logger})
+	logger := e.opts.tracing.Logger(slog.New(slog.NewJSONHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug})))
+	n := node.New(node.Config{Logger: logger, Tracing: e.opts.tracing})
 	e.node = n
 	st := e.openStore(n)
 	// Replicas share a Vault store but write their own trails: one head each.

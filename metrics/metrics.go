@@ -145,23 +145,8 @@ type timedStore struct {
 	h *prometheus.HistogramVec
 }
 
-func storeResult(err error) string {
-	switch {
-	case err == nil:
-		return "ok"
-	case errors.Is(err, store.ErrNotFound):
-		return "not_found"
-	case errors.Is(err, store.ErrConflict):
-		return "conflict"
-	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
-		return "cancelled"
-	default:
-		return "error"
-	}
-}
-
 func (t *timedStore) observe(op string, start time.Time, err error) {
-	t.h.WithLabelValues(op, storeResult(err)).Observe(time.Since(start).Seconds())
+	t.h.WithLabelValues(op, store.ResultOf(err)).Observe(time.Since(start).Seconds())
 }
 
 func (t *timedStore) Get(ctx context.Context, key string) (r store.Record, err error) {

@@ -2,6 +2,7 @@ package provider
 
 import (
 	"fmt"
+	"net/http"
 	"strings"
 	"time"
 )
@@ -34,4 +35,16 @@ func WithUserAgent(ua string) Option {
 		panic(fmt.Sprintf("provider: WithUserAgent: invalid header value %q", ua))
 	}
 	return optionFunc(func(c *Client) { c.userAgent = ua })
+}
+
+// WithTransport wraps the transport requests are sent with (the http.Client's
+// own, or http.DefaultTransport's clone New makes): for instrumentation such
+// as tracing. The Client's timeout and refusal of redirects still apply. nil
+// changes nothing.
+func WithTransport(wrap func(http.RoundTripper) http.RoundTripper) Option {
+	return optionFunc(func(c *Client) {
+		if wrap != nil {
+			c.hc.Transport = wrap(c.hc.Transport)
+		}
+	})
 }

@@ -102,3 +102,21 @@ func validateSegment(seg string) error {
 	}
 	return nil
 }
+
+// ResultOf names err's class for metrics and traces, which must not carry a
+// backend's error text: "ok", "not_found", "conflict", "cancelled" (the
+// caller's context ended) or "error".
+func ResultOf(err error) string {
+	switch {
+	case err == nil:
+		return "ok"
+	case errors.Is(err, ErrNotFound):
+		return "not_found"
+	case errors.Is(err, ErrConflict):
+		return "conflict"
+	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+		return "cancelled"
+	default:
+		return "error"
+	}
+}

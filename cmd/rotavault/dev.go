@@ -26,6 +26,7 @@ import (
 	"github.com/rotavault/rotavault/internal/node"
 	"github.com/rotavault/rotavault/providersim"
 	"github.com/rotavault/rotavault/server"
+	"github.com/rotavault/rotavault/tracing"
 )
 
 const (
@@ -127,9 +128,15 @@ func (a *app) runDev(ctx context.Context, addr, httpListen, dataDir string, issu
 	if err != nil {
 		return err
 	}
+	// Traced as serve is, by the OTEL_* variables.
+	tr, err := tracing.FromEnv(ctx, a.env)
+	if err != nil {
+		return usageErrorf("%v", err)
+	}
+	log = tr.Logger(log)
 	// Everything dev opens goes on the server's node, closed after the
 	// server (the simulator outlives the broker's last call to it).
-	n := node.New(node.Config{Logger: log})
+	n := node.New(node.Config{Logger: log, Tracing: tr})
 	started := false
 	defer func() {
 		if !started { // runServer closes it otherwise

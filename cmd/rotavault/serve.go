@@ -25,6 +25,7 @@ import (
 	"github.com/rotavault/rotavault/metrics"
 	"github.com/rotavault/rotavault/server"
 	"github.com/rotavault/rotavault/store"
+	"github.com/rotavault/rotavault/tracing"
 	"github.com/rotavault/rotavault/vaultstore"
 )
 
@@ -111,6 +112,9 @@ type serverConfig struct {
 	// X-Forwarded-For the callback's per-source limit believes.
 	Limits                 server.Limits
 	CallbackTrustedProxies []string
+	// Tracing, when set, traces the node (package tracing); runServer
+	// shuts it down on return.
+	Tracing *tracing.Tracing
 	// Node, when set, is the node the server is assembled on, holding
 	// parts opened before it (dev: the simulator); runServer closes it
 	// whole on return. Nil: a node of its own.
@@ -148,7 +152,7 @@ func runServer(ctx context.Context, cfg serverConfig) (err error) {
 	}
 	n := cfg.Node
 	if n == nil {
-		n = node.New(node.Config{Logger: log})
+		n = node.New(node.Config{Logger: log, Tracing: cfg.Tracing})
 	}
 	// Every way out closes what was opened, newest first; the graceful
 	// stops share ShutdownTimeout.
@@ -433,7 +437,16 @@ listen anywhere: every call but health checks is authenticated, then
 authorized by the policy (see README). The certificates, the tokens file
 and the policy are re-read on SIGHUP and when they change. Without a
 policy every caller is an admin: for development on loopback only.
-Logs are JSON on stderr. SIGINT or SIGTERM stops it gracefully: calls in
+Logs are JSON on stderr.
+
+Tracing (OpenTelemetry) is off unless OTEL_TRACES_EXPORTER=otlp or an
+OTEL_EXPORTER_OTLP_ENDPOINT is set; then spans of each call, rotation,
+provider request and store call go to that OTLP endpoint (http/protobuf, or
+grpc with OTEL_EXPORTER_OTLP_PROTOCOL=grpc), and log lines within a traced
+call carry trace_id and span_id. The other OTEL_* variables (service name,
+sampler, headers) apply as usual; OTEL_SDK_DISABLED=true turns it off.
+
+SIGINT or SIGTERM stops it gracefully: calls in
 flight get up to 30s, watch streams end with UNAVAILABLE (watchers resume
 with their cursor), then the store is closed.
 
@@ -508,6 +521,12 @@ keys are the flag names with _ for -), then the defaults.`,
 			}
 			scfg.IssuanceFlushInterval = issuanceFlush
 			scfg.Limits, scfg.CallbackTrustedProxies = limits.limits(), limits.callbackTrustedProxies
+			// Last before runServer, which shuts it down: it may start an
+			// exporter.
+			if scfg.Tracing, err = tracing.FromEnv(cmd.Context(), a.env); err != nil {
+				return usageErrorf("%v", err)
+			}
+			scfg.Logger = scfg.Tracing.Logger(scfg.Logger)
 			return runServer(cmd.Context(), scfg)
 		}),
 	}

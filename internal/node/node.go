@@ -28,6 +28,7 @@ import (
 	"github.com/rotavault/rotavault/broker"
 	"github.com/rotavault/rotavault/provider"
 	"github.com/rotavault/rotavault/server"
+	"github.com/rotavault/rotavault/tracing"
 	"github.com/rotavault/rotavault/vaultstore"
 )
 
@@ -36,12 +37,17 @@ type Config struct {
 	// Logger receives the parts' logs and the closers' failures; nil
 	// discards them.
 	Logger *slog.Logger
+	// Tracing instruments the parts (see package tracing); nil is off, and
+	// then nothing is wrapped. Close shuts it down last, after every part
+	// whose spans it exports.
+	Tracing *tracing.Tracing
 }
 
 // Node is a server being assembled, running, or closed. Its zero value is
 // not usable; call New.
 type Node struct {
 	log     *slog.Logger
+	tracing *tracing.Tracing
 	closers []closer
 	// failed receives the first error of a part that stopped serving on its
 	// own (a listener failing); Wait returns it.
@@ -59,7 +65,11 @@ func New(cfg Config) *Node {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Node{log: log, failed: make(chan error, 1)}
+	n := &Node{log: log, tracing: cfg.Tracing, failed: make(chan error, 1)}
+	if cfg.Tracing.Enabled() {
+		n.OnClose("tracing", cfg.Tracing.Shutdown)
+	}
+	return n
 }
 
 // OnClose pushes fn onto the closer stack: Close calls it before every
@@ -156,15 +166,20 @@ func (n *Node) OpenAudit(ctx context.Context, cfg audit.Config) (*audit.FileLog,
 	return al, nil
 }
 
-// NewProvider returns the OAuth client the broker calls providers with. It
-// holds nothing to close: idle connections time out on their own.
+// NewProvider returns the OAuth client the broker calls providers with,
+// its requests traced. It holds nothing to close: idle connections time out
+// on their own.
 func (n *Node) NewProvider(opts ...provider.Option) *provider.Client {
+	if n.tracing.Enabled() {
+		opts = append(opts, provider.WithTransport(n.tracing.Transport))
+	}
 	return provider.New(nil, opts...)
 }
 
-// NewBroker starts the rotation logic over cfg's store, provider and
-// auditor.
+// NewBroker starts the rotation logic over cfg's store (its calls traced),
+// provider and auditor.
 func (n *Node) NewBroker(ctx context.Context, cfg broker.Config, opts ...broker.Option) (*broker.Broker, error) {
+	cfg.Store = n.tracing.Store(cfg.Store)
 	b, err := broker.New(ctx, cfg, opts...)
 	if err != nil {
 		return nil, err
@@ -178,6 +193,7 @@ func (n *Node) NewBroker(ctx context.Context, cfg broker.Config, opts ...broker.
 // end with UNAVAILABLE) and waits for Serve to return. Serve failing on its
 // own is what Wait returns.
 func (n *Node) ServeGRPC(cfg server.Config, lis net.Listener) *server.Server {
+	cfg.ExtraOptions = append(n.tracing.GRPCServerOptions(), cfg.ExtraOptions...)
 	srv := server.New(cfg)
 	served := make(chan struct{})
 	go func() {
@@ -198,8 +214,11 @@ func (n *Node) ServeGRPC(cfg server.Config, lis net.Listener) *server.Server {
 // Close, which shuts it down gracefully within Close's ctx, then cuts off
 // what remains, and waits for it. A failure to serve is logged under what:
 // HTTP endpoints are not worth stopping the gRPC service for.
+//
+// Requests are traced, except the probes and scrapes infrastructure sends
+// every few seconds, which would bury the OAuth callbacks.
 func (n *Node) ServeHTTP(what string, h http.Handler, lis net.Listener) {
-	hs := server.NewHTTPServer(h, n.log)
+	hs := server.NewHTTPServer(n.tracing.HTTPHandler(h, what, notProbe), n.log)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -214,6 +233,16 @@ func (n *Node) ServeHTTP(what string, h http.Handler, lis net.Listener) {
 		<-done
 		return nil
 	})
+}
+
+// notProbe tells requests worth a trace from health probes and metric
+// scrapes.
+func notProbe(r *http.Request) bool {
+	switch r.URL.Path {
+	case "/healthz", "/readyz", "/metrics":
+		return false
+	}
+	return true
 }
 
 // Go runs fn in a goroutine the node owns, with a ctx derived from ctx:
