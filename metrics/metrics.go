@@ -67,6 +67,15 @@ func (m *Metrics) WatchBroker(b *broker.Broker) {
 	m.reg.MustRegister(&brokerCollector{b: b})
 }
 
+// WatchVaultNodes registers rotavault_vault_node_changes_total, read from
+// changes (vaultstore.Store.NodeChanges) at each scrape.
+func (m *Metrics) WatchVaultNodes(changes func() int64) {
+	m.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+		Namespace: namespace, Subsystem: "vault", Name: "node_changes_total",
+		Help: "How often the Vault store moved to another node of the Vault cluster (--vault-addr with several nodes): a node down, sealed or without an active node, or a standby naming the active node.",
+	}, func() float64 { return float64(changes()) }))
+}
+
 var (
 	refreshesDesc = prometheus.NewDesc(namespace+"_refreshes_total",
 		"Refreshes this replica completed: the provider rotated the family and the new refresh token was stored.", nil, nil)

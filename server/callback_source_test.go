@@ -118,6 +118,15 @@ func TestCallbackSourceBehindATrustedProxy(t *testing.T) {
 		{"127.0.0.1:5000", "not-an-address", "127.0.0.1"},
 		{"192.0.2.9:5000", "198.51.100.7", "192.0.2.9"},
 		{"[2001:db8:1:2:3:4:5:6]:5000", "", "2001:db8:1:2::/64"},
+		// Proxies that record the client's port or bracket IPv6: the
+		// address is still the source, whatever port the client chose.
+		{"127.0.0.1:5000", "203.0.113.5:4711", "203.0.113.5"},
+		{"127.0.0.1:5000", "203.0.113.5:4712", "203.0.113.5"},
+		{"127.0.0.1:5000", "[2001:db8::1]:443", "2001:db8::/64"},
+		{"127.0.0.1:5000", "[2001:db8::1]", "2001:db8::/64"},
+		{"127.0.0.1:5000", "198.51.100.7:80, 10.1.2.3:8080", "198.51.100.7"},
+		{"127.0.0.1:5000", "[198.51.100.7]", "127.0.0.1"}, // brackets are for IPv6 only
+		{"127.0.0.1:5000", "[::ffff:198.51.100.7]:80", "198.51.100.7"},
 	} {
 		r := httptest.NewRequest(http.MethodGet, CallbackPath, nil)
 		r.RemoteAddr = tt.peer

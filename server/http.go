@@ -147,7 +147,7 @@ func (h *callbackHandler) source(r *http.Request) string {
 	if h.trusted(addr) {
 		hops := strings.Split(strings.Join(r.Header.Values("X-Forwarded-For"), ","), ",")
 		for i := len(hops) - 1; i >= 0; i-- {
-			a, err := netip.ParseAddr(strings.TrimSpace(hops[i]))
+			a, err := forwardedAddr(hops[i])
 			if err != nil {
 				break // what follows is not a proxy's record: stop at the proxy
 			}
@@ -179,6 +179,29 @@ func (h *callbackHandler) trusted(a netip.Addr) bool {
 		}
 	}
 	return false
+}
+
+// forwardedAddr parses one X-Forwarded-For entry. Proxies write the address
+// alone ("203.0.113.5"), with the port they saw ("203.0.113.5:4711",
+// "[2001:db8::1]:443") or IPv6 in brackets without one ("[2001:db8::1]");
+// each is the same client, and counting the forms apart would let one
+// client multiply its per-source allowance by varying its source port.
+func forwardedAddr(entry string) (netip.Addr, error) {
+	entry = strings.TrimSpace(entry)
+	if a, err := netip.ParseAddr(entry); err == nil {
+		return a, nil
+	}
+	if ap, err := netip.ParseAddrPort(entry); err == nil {
+		return ap.Addr(), nil
+	}
+	if inner, ok := strings.CutPrefix(entry, "["); ok {
+		if inner, ok := strings.CutSuffix(inner, "]"); ok {
+			if a, err := netip.ParseAddr(inner); err == nil && a.Is6() {
+				return a, nil
+			}
+		}
+	}
+	return netip.Addr{}, fmt.Errorf("server: X-Forwarded-For entry %q is no address", entry)
 }
 
 func remoteAddr(hostport string) netip.Addr {

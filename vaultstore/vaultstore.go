@@ -46,6 +46,12 @@ type Config struct {
 	// VAULT_CAPATH, VAULT_CLIENT_CERT, VAULT_CLIENT_KEY, VAULT_NAMESPACE…),
 	// as the vault CLI does.
 	Client *vault.Client
+	// Addresses, when it holds more than one address, are the nodes of a
+	// Vault cluster (http(s)://host:port each): every request goes to one
+	// of them, and to another when that one is down, sealed or without an
+	// active node (see nodeTransport). One address replaces the client's;
+	// none keeps it (VAULT_ADDR).
+	Addresses []string
 	// Mount is the KV v2 mount path (default "secret").
 	Mount string
 	// Prefix is the path under the mount that holds every record (default
@@ -74,6 +80,8 @@ type Store struct {
 	prefix      string
 	maxVersions int
 	log         *slog.Logger
+
+	nodes *nodeTransport // nil: one address
 
 	envelope  *envelope
 	login     LoginMethod
@@ -146,6 +154,24 @@ func New(ctx context.Context, cfg Config) (*Store, error) {
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
+	switch {
+	case len(cfg.Addresses) == 1:
+		c, err := s.client.CloneWithHeaders()
+		if err != nil {
+			return nil, fmt.Errorf("vaultstore: Vault client: %w", err)
+		}
+		if err := c.SetAddress(cfg.Addresses[0]); err != nil {
+			return nil, fmt.Errorf("vaultstore: %w", err)
+		}
+		c.SetToken(s.client.Token())
+		s.client = c
+	case len(cfg.Addresses) > 1:
+		c, nodes, err := clusterClient(s.client, cfg.Addresses, s.log)
+		if err != nil {
+			return nil, err
+		}
+		s.client, s.nodes = c, nodes
+	}
 	if err := store.ValidateKey(s.mount); err != nil {
 		return nil, fmt.Errorf("vaultstore: mount %q: %w", s.mount, err)
 	}
@@ -208,6 +234,17 @@ func (s *Store) Close() error {
 
 // Logins counts the logins performed (for tests and metrics).
 func (s *Store) Logins() int64 { return s.logins.Load() }
+
+// NodeChanges counts how often the store moved to another node of a Vault
+// cluster (Config.Addresses): after a node went down, was sealed, lost its
+// active node, or a standby named the active node. Always 0 with one
+// address.
+func (s *Store) NodeChanges() int64 {
+	if s.nodes == nil {
+		return 0
+	}
+	return s.nodes.changes.Load()
+}
 
 func (s *Store) preflight(ctx context.Context) error {
 	health, err := s.client.Sys().HealthWithContext(ctx)

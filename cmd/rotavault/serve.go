@@ -85,6 +85,9 @@ type serverConfig struct {
 	Backend     string
 	VaultMount  string
 	VaultPrefix string
+	// VaultAddrs are a Vault cluster's node addresses (vaultstore.Config's
+	// Addresses); empty: VAULT_ADDR.
+	VaultAddrs []string
 	// VaultLogin logs in to Vault (AppRole, Kubernetes); nil uses VAULT_TOKEN.
 	VaultLogin vaultstore.LoginMethod
 	// VaultTransitKey envelope-encrypts records with this Transit key.
@@ -185,7 +188,7 @@ func runServer(ctx context.Context, cfg serverConfig) (err error) {
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return fmt.Errorf("create data directory: %w", err)
 	}
-	st, ops, err := cfg.openStore(ctx, n, log)
+	st, ops, vaultNodeChanges, err := cfg.openStore(ctx, n, log)
 	if err != nil {
 		return err
 	}
@@ -206,6 +209,9 @@ func runServer(ctx context.Context, cfg serverConfig) (err error) {
 	// The broker's calls to the store and the providers are timed for
 	// /metrics; the audit trail's are not (it anchors in the background).
 	mx := metrics.New()
+	if vaultNodeChanges != nil {
+		mx.WatchVaultNodes(vaultNodeChanges)
+	}
 	b, err := n.NewBroker(ctx, broker.Config{Store: mx.Store(st), Provider: mx.Provider(n.NewProvider()), Auditor: al}, brokerOpts...)
 	if err != nil {
 		return err
@@ -276,26 +282,27 @@ func runServer(ctx context.Context, cfg serverConfig) (err error) {
 }
 
 // openStore opens the configured backend on n and describes it for the
-// admin service's operations.
-func (cfg *serverConfig) openStore(ctx context.Context, n *node.Node, log *slog.Logger) (store.Store, server.Operations, error) {
-	ops := server.Operations{StoreBackend: cfg.Backend}
+// admin service's operations. nodeChanges, for /metrics, is the Vault
+// store's count of moves to another cluster node (nil on the embedded store).
+func (cfg *serverConfig) openStore(ctx context.Context, n *node.Node, log *slog.Logger) (st store.Store, ops server.Operations, nodeChanges func() int64, err error) {
+	ops = server.Operations{StoreBackend: cfg.Backend}
 	switch cfg.Backend {
 	case "", backendEmbedded:
 		bs, err := n.OpenEmbeddedStore(filepath.Join(cfg.DataDir, storeFileName), cfg.Key, boltstore.Options{PreviousKeys: cfg.PreviousKeys, Logger: log})
 		if err != nil {
-			return nil, ops, err
+			return nil, ops, nil, err
 		}
 		ops.StoreBackend, ops.Snapshot, ops.StoreKeyID = backendEmbedded, bs.Snapshot, cfg.Key.ID()
-		return bs, ops, nil
+		return bs, ops, nil, nil
 	case backendVault:
-		vs, err := n.OpenVaultStore(ctx, vaultstore.Config{Mount: cfg.VaultMount, Prefix: cfg.VaultPrefix, Login: cfg.VaultLogin,
+		vs, err := n.OpenVaultStore(ctx, vaultstore.Config{Addresses: cfg.VaultAddrs, Mount: cfg.VaultMount, Prefix: cfg.VaultPrefix, Login: cfg.VaultLogin,
 			TransitKey: cfg.VaultTransitKey, TransitMount: cfg.VaultTransitMount, Logger: log})
 		if err != nil {
-			return nil, ops, err
+			return nil, ops, nil, err
 		}
-		return vs, ops, nil
+		return vs, ops, vs.NodeChanges, nil
 	default:
-		return nil, ops, usageErrorf("unknown --store %q: embedded or vault", cfg.Backend)
+		return nil, ops, nil, usageErrorf("unknown --store %q: embedded or vault", cfg.Backend)
 	}
 }
 
@@ -403,6 +410,7 @@ func newServeCmd(a *app) *cobra.Command {
 		insecure                         bool
 		logs                             logFlags
 		backend, vaultMount, vaultPrefix string
+		vaultAddrs                       []string
 		vaultAuth                        vaultAuthFlags
 		claimTTL, claimMargin            time.Duration
 		noticePoll, maxConnAge           time.Duration
@@ -512,7 +520,7 @@ keys are the flag names with _ for -), then the defaults.`,
 			}
 			scfg.DataDir, scfg.Key, scfg.PreviousKeys, scfg.Reflection, scfg.Logger = dataDir, key, previous, reflection, log
 			scfg.Backend, scfg.VaultMount, scfg.VaultPrefix, scfg.VaultLogin = backend, vaultMount, vaultPrefix, vaultLogin
-			scfg.VaultTransitKey, scfg.VaultTransitMount = transitKey, transitMount
+			scfg.VaultTransitKey, scfg.VaultTransitMount, scfg.VaultAddrs = transitKey, transitMount, vaultAddrs
 			scfg.BrokerOptions = []broker.Option{broker.WithClaimTiming(claimTTL, claimMargin), broker.WithNoticePollInterval(noticePoll), broker.WithIntrospectionInterval(introspection), broker.WithRejectionInterval(rejectedInterval)}
 			scfg.MaxConnectionAge = maxConnAge
 			scfg.HTTPListen, scfg.PublicURL = httpListen, publicURL
@@ -555,6 +563,7 @@ keys are the flag names with _ for -), then the defaults.`,
 	fs.DurationVar(&claimTTL, "refresh-claim-ttl", 45*time.Second, "how long a replica's claim on a refresh lasts before another may take it over (see docs/rotation-protocol.md); keep it below the provider's reuse grace period where it has one")
 	fs.DurationVar(&claimMargin, "refresh-claim-margin", 15*time.Second, "how long before its claim ends a replica's provider calls must finish: the bound on process pauses plus clock skew between replicas")
 	fs.StringVar(&backend, "store", backendEmbedded, "where records live: embedded (an encrypted file under --data-dir) or vault (HashiCorp Vault KV v2; VAULT_ADDR, VAULT_TOKEN, VAULT_CACERT… from the environment)")
+	fs.StringSliceVar(&vaultAddrs, "vault-addr", nil, "Vault node address, http(s)://host:port, with --store vault (repeatable or comma-separated; default VAULT_ADDR): give every node of a cluster and each request goes to a node that can take it, moving on when one is down, sealed or in an election")
 	fs.StringVar(&vaultMount, "vault-mount", vaultstore.DefaultMount, "KV v2 mount path, with --store vault")
 	vaultAuth.register(fs)
 	fs.StringVar(&transitKey, "vault-transit-key", "", "envelope-encrypt every record with data keys wrapped by this Transit key (then reading tokens takes decrypt rights too, not just KV read)")

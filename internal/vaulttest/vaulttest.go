@@ -316,16 +316,21 @@ api_addr      = "http://%s"
 	if err := c.Sys().Mount("secret", &vault.MountInput{Type: "kv", Options: map[string]string{"version": "2"}}); err != nil {
 		t.Fatalf("vaulttest: enable kv-v2: %v", err)
 	}
-	// KV v2 upgrades its storage in the background after mounting; wait
-	// until it serves writes.
+	s.awaitKVWrites(t, c)
+	s.provision(t)
+	return s
+}
+
+// awaitKVWrites waits until secret/ serves writes: KV v2 upgrades its
+// storage in the background after mounting.
+func (s *Server) awaitKVWrites(t testing.TB, root *vault.Client) {
+	t.Helper()
 	if err := s.poll("serving KV v2 writes", func(ctx context.Context) error {
-		_, err := c.KVv2("secret").Put(ctx, "vaulttest/ready", map[string]any{"ok": true})
+		_, err := root.KVv2("secret").Put(ctx, "vaulttest/ready", map[string]any{"ok": true})
 		return err
 	}); err != nil {
 		t.Fatalf("%v\nvault output:\n%s", err, s.logs)
 	}
-	s.provision(t)
-	return s
 }
 
 // Restart kills the server (SIGKILL, as a crash would), starts it again on

@@ -263,6 +263,20 @@ func TestHelmChartVariants(t *testing.T) {
 			t.Errorf("args %v env %v: want the Transit key and VAULT_CACERT", c.Args, c.Env)
 		}
 	})
+	t.Run("vault cluster", func(t *testing.T) {
+		nodes := []any{"https://vault-0.vault-internal:8200", "https://vault-1.vault-internal:8200", "https://vault-2.vault-internal:8200"}
+		r, err := renderChart(t, map[string]any{"vault": map[string]any{"addresses": nodes}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		c := r.deployment.Spec.Template.Spec.Containers[0]
+		for _, n := range nodes {
+			if !containsArg(c.Args, "--vault-addr", n.(string)) {
+				t.Errorf("args %v: want --vault-addr %s", c.Args, n)
+			}
+		}
+		checkServeFlags(t, buildRotavault(t, t.TempDir()), c.Args)
+	})
 	t.Run("embedded store with several replicas is refused", func(t *testing.T) {
 		if _, err := renderChart(t, map[string]any{"store": "embedded"}); err == nil || !strings.Contains(err.Error(), "replicaCount: 1") {
 			t.Fatalf("render = %v, want the embedded store refused for two replicas", err)
