@@ -76,15 +76,21 @@ func (b *Broker) acquire(ctx context.Context, e *entry, need func(*view) bool) (
 				return nil, reauthRequired(e.id, cur.fam)
 			}
 			now := b.opts.now()
+			deadline := now.Add(b.opts.claimTTLFor(cur.cred.Spec))
 			c := cur.fam.Claim
 			if c != nil && c.Holder != b.opts.replicaID {
+				if now.Before(c.Deadline) && b.opts.exclusiveStore {
+					b.log.WarnContext(ctx, "taking over a refresh claim of a previous process (the store is this process's alone)", "credential", e.id, "holder", c.Holder, "deadline", c.Deadline)
+					claimed = true
+					return cur.fam.takenOverFromDead(b.opts.replicaID, deadline)
+				}
 				if now.Before(c.Deadline) {
 					return nil, errClaimedElsewhere
 				}
 				b.log.WarnContext(ctx, "taking over an expired refresh claim", "credential", e.id, "holder", c.Holder, "deadline", c.Deadline)
 			}
 			claimed = true
-			return cur.fam.claimedBy(b.opts.replicaID, now.Add(b.opts.claimTTL), now)
+			return cur.fam.claimedBy(b.opts.replicaID, deadline, now)
 		})
 		switch {
 		case errors.Is(err, errClaimedElsewhere):

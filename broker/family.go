@@ -113,6 +113,10 @@ const (
 	// evConfirmProviderRevocation: the provider confirmed revoking the
 	// pending token.
 	evConfirmProviderRevocation
+	// evTakeOverDead: on an exclusive store (WithExclusiveStore), another
+	// holder's claim is a previous process's, which died: this replica
+	// claims in its place at once, in doubt.
+	evTakeOverDead
 	numFamilyEvents
 )
 
@@ -129,6 +133,7 @@ var familyEventNames = [numFamilyEvents]string{
 	evRevoke:                    "revoke",
 	evRevokeDeliberately:        "revoke_deliberately",
 	evConfirmProviderRevocation: "confirm_provider_revocation",
+	evTakeOverDead:              "take_over_dead",
 }
 
 func (e familyEvent) String() string {
@@ -191,6 +196,9 @@ var familyTransitions = []transition{
 	{stateInDoubt, evRevokeDeliberately, stateRevokedPendingProvider, "RevokeCredential"},
 	{stateInDoubtReleased, evRevokeDeliberately, stateRevokedPendingProvider, "RevokeCredential"},
 	{stateRevokedPendingProvider, evConfirmProviderRevocation, stateRevoked, "the provider confirmed (now, or when RevokeCredential is called again)"},
+
+	{stateClaimed, evTakeOverDead, stateInDoubt, "embedded store: the file lock proves the holder (a previous process) dead, so its claim is taken over at once after a restart"},
+	{stateInDoubt, evTakeOverDead, stateInDoubt, "embedded store: the holder was a previous process"},
 }
 
 // allowed reports whether the table has from --event--> to.
@@ -280,6 +288,20 @@ func (f *familyRecord) claimedBy(holder string, deadline, now time.Time) (*famil
 	}
 	next.Claim = &claim{Holder: holder, Deadline: deadline}
 	return f.to(ev, next)
+}
+
+// takenOverFromDead returns f claimed by holder until deadline, in doubt,
+// whatever the deadline of the other holder's claim: on an exclusive store
+// that holder was a previous process, and it died (it may have presented
+// the token first).
+func (f *familyRecord) takenOverFromDead(holder string, deadline time.Time) (*familyRecord, error) {
+	if c := f.Claim; c == nil || c.Holder == holder {
+		return nil, &transitionError{From: f.state(), Event: evTakeOverDead, To: stateInDoubt, Why: "no other holder's claim"}
+	}
+	next := f.clone()
+	next.InDoubt = true
+	next.Claim = &claim{Holder: holder, Deadline: deadline}
+	return f.to(evTakeOverDead, next)
 }
 
 // markedInDoubt returns f with its refresh in doubt.

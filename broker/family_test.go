@@ -228,6 +228,18 @@ func takenOver(s familyState) func(h *famHarness) error {
 	}
 }
 
+// takenOverFromDead puts s with another replica's live claim, then claims
+// on a store this broker has to itself.
+func takenOverFromDead(s familyState) func(h *famHarness) error {
+	return func(h *famHarness) error {
+		fam := h.record(s)
+		fam.Claim = &claim{Holder: other, Deadline: h.clk.Now().Add(time.Minute)}
+		h.put(fam)
+		h.b.opts.exclusiveStore = true
+		return acquireLease(h)
+	}
+}
+
 // refreshAnswered runs the refresh loop on the stored claim against one
 // scripted answer.
 func refreshAnswered(answer error) func(h *famHarness) error {
@@ -334,6 +346,10 @@ func TestEveryTransitionThroughTheBroker(t *testing.T) {
 			}
 			return err
 		}, audit: []string{audit.ActionFamilyRevoked}, err: noErr},
+	}
+	// take_over_dead: another holder's live claim, on an exclusive store.
+	for _, from := range []familyState{stateClaimed, stateInDoubt} {
+		cases[transition{From: from, Event: evTakeOverDead, To: stateInDoubt}] = rowCase{drive: takenOverFromDead(from), err: noErr}
 	}
 	// Reauthenticate installs a family the same way from every state.
 	for _, row := range familyTransitions {
