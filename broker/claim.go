@@ -105,7 +105,11 @@ func (b *Broker) acquire(ctx context.Context, e *entry, need func(*view) bool) (
 		case !claimed:
 			return nil, v, nil
 		}
-		return &claimLease{b: b, e: e, v: v}, nil, nil
+		l := &claimLease{b: b, e: e, v: v}
+		if err := l.ensureWindow(ctx); err != nil {
+			return nil, nil, err
+		}
+		return l, nil, nil
 	}
 }
 
@@ -158,9 +162,44 @@ func (l *claimLease) markInDoubt(ctx context.Context) error {
 	defer cancel()
 	err := l.update(ctx, (*familyRecord).markedInDoubt)
 	if errors.Is(err, errFenceMoved) {
-		return fmt.Errorf("%w: the token family of %s changed during a refresh", ErrConflict, l.e.id)
+		return fmt.Errorf("%w: the token family of %s changed during a refresh: %w", ErrConflict, l.e.id, err)
 	}
 	return err
+}
+
+// errSlowClaim: the store accepted claim writes too late to leave the
+// provider call its time.
+var errSlowClaim = errors.New("broker: the store wrote the refresh claim too slowly")
+
+// ensureWindow makes sure the lease leaves its provider calls at least half
+// the time a claim means to give them. The deadline is chosen before the
+// claim write, and a store that takes long to accept it (Vault retrying
+// through an outage) eats into that time: then the provider call would fail
+// for want of time, blamed on the provider. The claim is written once more,
+// so its time starts after a write; if that write is slow too, the store is
+// the trouble (STORE_UNAVAILABLE, the claim released).
+func (l *claimLease) ensureWindow(ctx context.Context) error {
+	b := l.b
+	ttl := b.opts.claimTTLFor(l.v.cred.Spec)
+	want := (ttl - b.opts.claimMargin) / 2
+	for renewed := false; ; renewed = true {
+		left := l.v.fam.Claim.Deadline.Sub(b.opts.now()) - b.opts.claimMargin
+		if left >= want {
+			return nil
+		}
+		if renewed {
+			l.release(ctx)
+			return storeUnavailable(fmt.Errorf("%w: %s left of the claim for the provider call", errSlowClaim, left.Round(time.Millisecond)))
+		}
+		b.log.WarnContext(ctx, "the store took long to write a refresh claim; claiming again so the provider call gets its time", "credential", l.e.id, "left", left)
+		err := l.update(ctx, func(f *familyRecord) (*familyRecord, error) {
+			now := b.opts.now()
+			return f.claimedBy(b.opts.replicaID, now.Add(ttl), now)
+		})
+		if err != nil {
+			return err
+		}
+	}
 }
 
 // release gives up the claim after a refresh that changed nothing at the

@@ -260,7 +260,12 @@ type CredentialSpec struct {
 	RefreshTokenMaxLifetime *durationpb.Duration `protobuf:"bytes,12,opt,name=refresh_token_max_lifetime,json=refreshTokenMaxLifetime,proto3" json:"refresh_token_max_lifetime,omitempty"`
 	// How long the provider accepts the previous refresh token after a rotation
 	// (Okta leeway, Hydra grace period). 0 for Salesforce: a lost response then
-	// costs the family, and Rotavault never retries blindly.
+	// costs the family, and Rotavault never retries blindly. When set, the
+	// credential's refresh claim lasts at most the grace period minus 2 s, so
+	// a replica taking over from one that died with the provider's answer in
+	// flight presents the token again inside the grace period; it must be at
+	// least the server's claim margin + 5 s (20 s by default), else
+	// REUSE_GRACE_TOO_SHORT.
 	ReuseGracePeriod *durationpb.Duration `protobuf:"bytes,13,opt,name=reuse_grace_period,json=reuseGracePeriod,proto3" json:"reuse_grace_period,omitempty"`
 	// PROVIDER_KIND_OAUTH2 only: the RFC 8628 device authorization endpoint,
 	// for Reauthenticate's device flow. Salesforce's device flow uses its token
