@@ -292,6 +292,9 @@ func (b *Broker) describe(e *entry, v *view) Credential {
 	if v.fam.Status == StatusActive {
 		c.NextRefreshAt = v.nextRefreshAt
 	}
+	if v.fam.Unproven && v.fam.Status == StatusActive {
+		c.Status = StatusUnproven
+	}
 	if v.fam.Access != nil {
 		c.AccessExpiresAt = v.fam.Access.ExpiresAt
 		c.AccessIssuedAt = v.fam.Access.IssuedAt
