@@ -79,7 +79,9 @@ type options struct {
 	claimMargin       time.Duration
 	claimPoll         time.Duration
 	noticePoll        time.Duration
-	maxFlows          int
+	// exclusiveStore: no other process uses the store (WithExclusiveStore).
+	exclusiveStore bool
+	maxFlows       int
 	// flow tunes reauthentication flows (flows.go).
 	flow flowOptions
 }
@@ -217,6 +219,20 @@ func WithClaimTiming(ttl, margin time.Duration) Option {
 			return fmt.Errorf("broker: claim ttl %s must exceed twice the margin %s (and be at most 10m)", ttl, margin)
 		}
 		o.claimTTL, o.claimMargin = ttl, margin
+		return nil
+	}
+}
+
+// WithExclusiveStore says that no other process can use the store while
+// this broker runs: the embedded store, whose file lock holds while its
+// process lives. A refresh claim of another replica id found there is then
+// a previous process's, which died (maybe after presenting the token): it
+// is taken over at once, in doubt, instead of after its deadline (45 s by
+// default), so callers after a restart need not wait for it. Never set it
+// on a store replicas share.
+func WithExclusiveStore() Option {
+	return func(o *options) error {
+		o.exclusiveStore = true
 		return nil
 	}
 }
@@ -558,8 +574,15 @@ func (b *Broker) loadAll(ctx context.Context) error {
 	}
 	for _, k := range keys {
 		id := k[len(credentialsPrefix):]
-		if _, err := b.load(ctx, id); err != nil {
+		e, err := b.load(ctx, id)
+		if err != nil {
 			return fmt.Errorf("broker: load credential %s: %w", id, err)
+		}
+		// A claim that cannot fit in the grace period would lose families
+		// the grace period is there to save: refuse to start rather than
+		// find out at the first crash.
+		if err := b.opts.checkReuseGrace(e.view.Load().cred.Spec); err != nil {
+			return fmt.Errorf("broker: credential %s: %w (with a shorter claim margin, update the credential)", id, err)
 		}
 	}
 	return nil

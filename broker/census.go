@@ -14,7 +14,7 @@ const censusPage = 1000
 // credential's cached view. Errors: ListCredentials's (the store
 // unreachable).
 func (b *Broker) CountCredentials(ctx context.Context) (map[Status]int, error) {
-	counts := map[Status]int{StatusActive: 0, StatusRevoked: 0, StatusAwaitingReauth: 0}
+	counts := map[Status]int{StatusActive: 0, StatusRevoked: 0, StatusAwaitingReauth: 0, StatusUnproven: 0}
 	after := ""
 	for {
 		page, more, err := b.ListCredentials(ctx, after, censusPage)

@@ -78,15 +78,21 @@ func (b *Broker) acquire(ctx context.Context, e *entry, need func(*view) bool) (
 				return nil, reauthRequired(e.id, cur.fam)
 			}
 			now := b.opts.now()
+			deadline := now.Add(b.opts.claimTTLFor(cur.cred.Spec))
 			c := cur.fam.Claim
 			if c != nil && c.Holder != b.opts.replicaID {
+				if now.Before(c.Deadline) && b.opts.exclusiveStore {
+					b.log.WarnContext(ctx, "taking over a refresh claim of a previous process (the store is this process's alone)", "credential", e.id, "holder", c.Holder, "deadline", c.Deadline)
+					claimed = true
+					return cur.fam.takenOverFromDead(b.opts.replicaID, deadline)
+				}
 				if now.Before(c.Deadline) {
 					return nil, errClaimedElsewhere
 				}
 				b.log.WarnContext(ctx, "taking over an expired refresh claim", "credential", e.id, "holder", c.Holder, "deadline", c.Deadline)
 			}
 			claimed = true
-			return cur.fam.claimedBy(b.opts.replicaID, now.Add(b.opts.claimTTL), now)
+			return cur.fam.claimedBy(b.opts.replicaID, deadline, now)
 		})
 		switch {
 		case errors.Is(err, errClaimedElsewhere):
@@ -101,7 +107,11 @@ func (b *Broker) acquire(ctx context.Context, e *entry, need func(*view) bool) (
 		case !claimed:
 			return nil, v, nil
 		}
-		return &claimLease{b: b, e: e, v: v}, nil, nil
+		l := &claimLease{b: b, e: e, v: v}
+		if err := l.ensureWindow(ctx); err != nil {
+			return nil, nil, err
+		}
+		return l, nil, nil
 	}
 }
 
@@ -154,9 +164,44 @@ func (l *claimLease) markInDoubt(ctx context.Context) error {
 	defer cancel()
 	err := l.update(ctx, (*familyRecord).markedInDoubt)
 	if errors.Is(err, errFenceMoved) {
-		return fmt.Errorf("%w: the token family of %s changed during a refresh", ErrConflict, l.e.id)
+		return fmt.Errorf("%w: the token family of %s changed during a refresh: %w", ErrConflict, l.e.id, err)
 	}
 	return err
+}
+
+// errSlowClaim: the store accepted claim writes too late to leave the
+// provider call its time.
+var errSlowClaim = errors.New("broker: the store wrote the refresh claim too slowly")
+
+// ensureWindow makes sure the lease leaves its provider calls at least half
+// the time a claim means to give them. The deadline is chosen before the
+// claim write, and a store that takes long to accept it (Vault retrying
+// through an outage) eats into that time: then the provider call would fail
+// for want of time, blamed on the provider. The claim is written once more,
+// so its time starts after a write; if that write is slow too, the store is
+// the trouble (STORE_UNAVAILABLE, the claim released).
+func (l *claimLease) ensureWindow(ctx context.Context) error {
+	b := l.b
+	ttl := b.opts.claimTTLFor(l.v.cred.Spec)
+	want := (ttl - b.opts.claimMargin) / 2
+	for renewed := false; ; renewed = true {
+		left := l.v.fam.Claim.Deadline.Sub(b.opts.now()) - b.opts.claimMargin
+		if left >= want {
+			return nil
+		}
+		if renewed {
+			l.release(ctx)
+			return storeUnavailable(fmt.Errorf("%w: %s left of the claim for the provider call", errSlowClaim, left.Round(time.Millisecond)))
+		}
+		b.log.WarnContext(ctx, "the store took long to write a refresh claim; claiming again so the provider call gets its time", "credential", l.e.id, "left", left)
+		err := l.update(ctx, func(f *familyRecord) (*familyRecord, error) {
+			now := b.opts.now()
+			return f.claimedBy(b.opts.replicaID, now.Add(ttl), now)
+		})
+		if err != nil {
+			return err
+		}
+	}
 }
 
 // release gives up the claim after a refresh that changed nothing at the

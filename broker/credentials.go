@@ -43,6 +43,9 @@ func (b *Broker) CreateCredential(ctx context.Context, id string, spec Spec) (Cr
 	if err := spec.validate(); err != nil {
 		return Credential{}, err
 	}
+	if err := b.opts.checkReuseGrace(spec); err != nil {
+		return Credential{}, err
+	}
 	now := b.opts.now().UTC()
 	rec := &credentialRecord{Format: recordFormat, ID: id, Incarnation: randomHex(8), Spec: spec, CreatedAt: now, UpdatedAt: now}
 	raw, err := encodeRecord(rec)
@@ -157,6 +160,9 @@ func (b *Broker) UpdateCredential(ctx context.Context, id string, fields []SpecF
 			}
 		}
 		if err := next.Spec.validate(); err != nil {
+			return Credential{}, err
+		}
+		if err := b.opts.checkReuseGrace(next.Spec); err != nil {
 			return Credential{}, err
 		}
 		if reflect.DeepEqual(next.Spec, v.cred.Spec) {
@@ -285,6 +291,9 @@ func (b *Broker) describe(e *entry, v *view) Credential {
 	}
 	if v.fam.Status == StatusActive {
 		c.NextRefreshAt = v.nextRefreshAt
+	}
+	if v.fam.Unproven && v.fam.Status == StatusActive {
+		c.Status = StatusUnproven
 	}
 	if v.fam.Access != nil {
 		c.AccessExpiresAt = v.fam.Access.ExpiresAt

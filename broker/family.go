@@ -53,6 +53,10 @@ const (
 	// replica's memory (entry.rescue) and written before anything else; the
 	// store still shows the claim.
 	stateHeld
+	// stateUnproven: an imported refresh token, stored, that no refresh has
+	// proven yet (the provider could not be reached); refreshed again by
+	// the scheduler and by callers.
+	stateUnproven
 	numFamilyStates
 )
 
@@ -70,6 +74,7 @@ var familyStates = [numFamilyStates]familyStateInfo{
 	stateRevoked:                {"revoked", "`status` revoked with `revoked_reason`; no tokens kept"},
 	stateRevokedPendingProvider: {"revoked_pending_provider", "revoked deliberately, the provider has not confirmed revoking the refresh token: it is kept in `pending_revocation` (never presented to the token endpoint) so RevokeCredential can retry"},
 	stateHeld:                   {"held", "in memory only: a rotated family the store did not accept; the store still shows the claim, the older token is never presented again, and the write is retried before any other refresh"},
+	stateUnproven:               {"unproven", "`status` active and `unproven`, no claim: an imported refresh token stored but not yet proven by a refresh (`credentials show`: unproven); the proving refresh is retried"},
 }
 
 func (s familyState) String() string {
@@ -113,6 +118,10 @@ const (
 	// evConfirmProviderRevocation: the provider confirmed revoking the
 	// pending token.
 	evConfirmProviderRevocation
+	// evTakeOverDead: on an exclusive store (WithExclusiveStore), another
+	// holder's claim is a previous process's, which died: this replica
+	// claims in its place at once, in doubt.
+	evTakeOverDead
 	numFamilyEvents
 )
 
@@ -129,6 +138,7 @@ var familyEventNames = [numFamilyEvents]string{
 	evRevoke:                    "revoke",
 	evRevokeDeliberately:        "revoke_deliberately",
 	evConfirmProviderRevocation: "confirm_provider_revocation",
+	evTakeOverDead:              "take_over_dead",
 }
 
 func (e familyEvent) String() string {
@@ -191,6 +201,23 @@ var familyTransitions = []transition{
 	{stateInDoubt, evRevokeDeliberately, stateRevokedPendingProvider, "RevokeCredential"},
 	{stateInDoubtReleased, evRevokeDeliberately, stateRevokedPendingProvider, "RevokeCredential"},
 	{stateRevokedPendingProvider, evConfirmProviderRevocation, stateRevoked, "the provider confirmed (now, or when RevokeCredential is called again)"},
+
+	{stateClaimed, evTakeOverDead, stateInDoubt, "embedded store: the file lock proves the holder (a previous process) dead, so its claim is taken over at once after a restart"},
+	{stateInDoubt, evTakeOverDead, stateInDoubt, "embedded store: the holder was a previous process"},
+
+	{stateAwaitingReauth, evInstall, stateUnproven, "reauth import: the token is stored, then a refresh proves it"},
+	{stateActive, evInstall, stateUnproven, "reauth import"},
+	{stateClaimed, evInstall, stateUnproven, "reauth import during a refresh"},
+	{stateInDoubt, evInstall, stateUnproven, "reauth import"},
+	{stateInDoubtReleased, evInstall, stateUnproven, "reauth import"},
+	{stateRevoked, evInstall, stateUnproven, "reauth import"},
+	{stateRevokedPendingProvider, evInstall, stateUnproven, "reauth import"},
+	{stateHeld, evInstall, stateUnproven, "reauth import: the held rotation is dropped"},
+	{stateUnproven, evInstall, stateUnproven, "reauth import again"},
+	{stateUnproven, evInstall, stateActive, "Reauthenticate with a code or device flow"},
+	{stateUnproven, evClaim, stateClaimed, "the proving refresh (import, a caller, the scheduler's retry)"},
+	{stateClaimed, evRelease, stateUnproven, "the proving refresh could not reach the provider: stored, not yet proven; retried"},
+	{stateUnproven, evRevokeDeliberately, stateRevokedPendingProvider, "RevokeCredential"},
 }
 
 // allowed reports whether the table has from --event--> to.
@@ -230,6 +257,8 @@ func (f *familyRecord) state() familyState {
 			return stateClaimed
 		case f.InDoubt:
 			return stateInDoubtReleased
+		case f.Unproven:
+			return stateUnproven
 		}
 		return stateActive
 	case StatusRevoked:
@@ -282,6 +311,20 @@ func (f *familyRecord) claimedBy(holder string, deadline, now time.Time) (*famil
 	return f.to(ev, next)
 }
 
+// takenOverFromDead returns f claimed by holder until deadline, in doubt,
+// whatever the deadline of the other holder's claim: on an exclusive store
+// that holder was a previous process, and it died (it may have presented
+// the token first).
+func (f *familyRecord) takenOverFromDead(holder string, deadline time.Time) (*familyRecord, error) {
+	if c := f.Claim; c == nil || c.Holder == holder {
+		return nil, &transitionError{From: f.state(), Event: evTakeOverDead, To: stateInDoubt, Why: "no other holder's claim"}
+	}
+	next := f.clone()
+	next.InDoubt = true
+	next.Claim = &claim{Holder: holder, Deadline: deadline}
+	return f.to(evTakeOverDead, next)
+}
+
 // markedInDoubt returns f with its refresh in doubt.
 func (f *familyRecord) markedInDoubt() (*familyRecord, error) {
 	next := f.clone()
@@ -323,6 +366,7 @@ func (f *familyRecord) rotated(r refreshResult) (*familyRecord, error) {
 	next.LastRefreshAt = r.now
 	next.LastRefreshRotated = &rotated
 	next.InDoubt = false
+	next.Unproven = false
 	next.Claim = nil
 	next.LastError, next.LastErrorAt = "", time.Time{}
 	if r.lastError != "" {

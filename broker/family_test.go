@@ -80,6 +80,8 @@ func (h *famHarness) record(s familyState) *familyRecord {
 		active.Claim, active.InDoubt = mine, true
 	case stateInDoubtReleased:
 		active.InDoubt = true
+	case stateUnproven:
+		active.Unproven, active.Generation, active.Access = true, 0, nil
 	case stateRevoked:
 		return &familyRecord{Status: StatusRevoked, FamilyID: "fam-1", Generation: 3, RevokedReason: ReasonRefreshTokenRejected, RevokedAt: now}
 	case stateRevokedPendingProvider:
@@ -205,8 +207,17 @@ func isUnavailable(err error) bool {
 }
 func isReauth(err error) bool { return errors.Is(err, ErrReauthRequired) }
 
+// install installs a family as a code or device flow does, with the
+// grant's tokens.
 func install(h *famHarness) error {
-	_, err := h.b.installFamily(h.ctx, h.e, "", "rt-installed", nil, true)
+	_, err := h.b.installFamily(h.ctx, h.e, "", "rt-installed", rotation("rt-installed"), true)
+	return err
+}
+
+// importUnproven installs a refresh token as reauth import does, before its
+// proving refresh.
+func importUnproven(h *famHarness) error {
+	_, err := h.b.installFamily(h.ctx, h.e, "", "rt-imported", nil, false)
 	return err
 }
 
@@ -224,6 +235,18 @@ func takenOver(s familyState) func(h *famHarness) error {
 		fam := h.record(s)
 		fam.Claim = &claim{Holder: other, Deadline: h.clk.Now().Add(-time.Second)}
 		h.put(fam)
+		return acquireLease(h)
+	}
+}
+
+// takenOverFromDead puts s with another replica's live claim, then claims
+// on a store this broker has to itself.
+func takenOverFromDead(s familyState) func(h *famHarness) error {
+	return func(h *famHarness) error {
+		fam := h.record(s)
+		fam.Claim = &claim{Holder: other, Deadline: h.clk.Now().Add(time.Minute)}
+		h.put(fam)
+		h.b.opts.exclusiveStore = true
 		return acquireLease(h)
 	}
 }
@@ -335,9 +358,28 @@ func TestEveryTransitionThroughTheBroker(t *testing.T) {
 			return err
 		}, audit: []string{audit.ActionFamilyRevoked}, err: noErr},
 	}
-	// Reauthenticate installs a family the same way from every state.
+	// take_over_dead: another holder's live claim, on an exclusive store.
+	for _, from := range []familyState{stateClaimed, stateInDoubt} {
+		cases[transition{From: from, Event: evTakeOverDead, To: stateInDoubt}] = rowCase{drive: takenOverFromDead(from), err: noErr}
+	}
+	// unproven: an imported token until a refresh proves it.
+	cases[transition{From: stateUnproven, Event: evClaim, To: stateClaimed}] = claimed
+	cases[transition{From: stateClaimed, Event: evRelease, To: stateUnproven}] = rowCase{drive: func(h *famHarness) error {
+		fam := h.record(stateClaimed)
+		fam.Unproven = true
+		h.put(fam)
+		h.lease().release(h.ctx)
+		return nil
+	}, err: noErr}
+	cases[transition{From: stateUnproven, Event: evRevokeDeliberately, To: stateRevokedPendingProvider}] = deliberate
+	// Reauthenticate installs a family the same way from every state: an
+	// import unproven, the other flows active.
+	imported := rowCase{drive: importUnproven, audit: []string{audit.ActionReauthenticated}, notices: []string{"activated"}, err: noErr}
 	for _, row := range familyTransitions {
-		if row.Event == evInstall {
+		switch {
+		case row.Event == evInstall && row.To == stateUnproven:
+			cases[transition{From: row.From, Event: row.Event, To: row.To}] = imported
+		case row.Event == evInstall:
 			cases[transition{From: row.From, Event: row.Event, To: row.To}] = installed
 		}
 	}

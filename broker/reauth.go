@@ -31,6 +31,9 @@ type Activation struct {
 	FamilyID    string
 	Generation  uint64
 	ActivatedAt time.Time
+	// Unproven: an imported refresh token was stored, but the provider
+	// could not be reached to prove it; the broker retries the refresh.
+	Unproven bool
 }
 
 // flowScopes resolves a flow's scopes (the credential's unless overridden)
@@ -404,9 +407,12 @@ func (b *Broker) releaseCode(ctx context.Context, state string, used *flowRecord
 }
 
 // ImportRefreshToken installs a refresh token obtained elsewhere, then
-// refreshes at once to prove it works. Errors: *InvalidArgumentError,
-// ErrNotFound, ErrReauthRequired (the provider refused it),
-// *UnavailableError (installed; the first refresh will be retried).
+// refreshes at once to prove it works. When the provider cannot be reached
+// for that refresh the token stays stored, unproven (Activation.Unproven),
+// and the broker retries the refresh: importing it again would gain
+// nothing. Errors: *InvalidArgumentError, ErrNotFound, ErrReauthRequired
+// (the provider refused it), ErrClientRejected, *UnavailableError (the
+// store; or the provider before anything was stored).
 func (b *Broker) ImportRefreshToken(ctx context.Context, id, refreshToken string) (Activation, error) {
 	if err := b.validateID(id); err != nil {
 		return Activation{}, err
@@ -429,6 +435,12 @@ func (b *Broker) ImportRefreshToken(ctx context.Context, id, refreshToken string
 	// installed and says so.
 	stale := act.Generation
 	v, err := b.refresh(ctx, e, func(v *view) bool { return v.fam.FamilyID == act.FamilyID && v.fam.Generation == stale })
+	var ue *UnavailableError
+	if errors.As(err, &ue) && ue.Component == ComponentProvider {
+		b.log.WarnContext(ctx, "imported refresh token stored, not yet proven: the provider could not be reached; retrying", "credential", id, "family", act.FamilyID, "err", err)
+		act.Unproven = true
+		return act, nil
+	}
 	if err != nil {
 		return Activation{}, err
 	}
@@ -450,6 +462,9 @@ func (b *Broker) installFamily(ctx context.Context, e *entry, incarnation, refre
 		FamilyID:     randomHex(12),
 		RefreshToken: refreshToken,
 		StartedAt:    now,
+		// Without the grant's tokens (an import), nothing has shown the
+		// provider accepts this refresh token yet.
+		Unproven: tok == nil,
 	}
 	var old *view
 	if _, err := b.updateFamily(ctx, e, nil, func(cur *view) (*familyRecord, error) {

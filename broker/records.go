@@ -41,6 +41,10 @@ const (
 	StatusAwaitingReauth Status = "awaiting_reauthentication"
 	StatusActive         Status = "active"
 	StatusRevoked        Status = "revoked"
+	// StatusUnproven is an imported refresh token stored but not yet proven
+	// by a refresh (the provider could not be reached): the broker retries.
+	// Described, never stored: the record says active and unproven.
+	StatusUnproven Status = "unproven"
 )
 
 // RevocationReason says why a family was revoked. The values are stored
@@ -120,6 +124,9 @@ type familyRecord struct {
 	// reset after sending) may have rotated RefreshToken at the provider. An
 	// invalid_grant that follows is a lost rotation, not theft.
 	InDoubt bool `json:"in_doubt,omitempty"`
+	// Unproven is set on an imported refresh token until a refresh proves
+	// it (see stateUnproven).
+	Unproven bool `json:"unproven,omitempty"`
 	// Claim is set while a replica refreshes the family (see claim.go).
 	Claim         *claim           `json:"claim,omitempty"`
 	RevokedReason RevocationReason `json:"revoked_reason,omitempty"`

@@ -42,11 +42,24 @@ func (b *Broker) runRefresh(caller context.Context, e *entry, need func(*view) b
 	}
 
 	// Claim the refresh across replicas, or adopt another replica's result.
-	l, v, err := b.acquire(ctx, e, need)
-	if err != nil || l == nil {
-		return v, err
+	// A claim lost to a takeover (this replica paused past its deadline) is
+	// not the callers' problem: the replica that took over may have stored
+	// a fresh token already, so decide once more on what the store holds
+	// (adopt it, wait for the other's refresh, or claim anew) rather than
+	// answer ABORTED.
+	var v *view
+	var err error
+	for try := 0; try < 2; try++ {
+		var l *claimLease
+		if l, v, err = b.acquire(ctx, e, need); err != nil || l == nil {
+			return v, err
+		}
+		v, err = b.refreshFamily(ctx, l)
+		if !errors.Is(err, errFenceMoved) {
+			break
+		}
+		b.log.WarnContext(ctx, "another replica took this replica's refresh claim over; reading what it stored", "credential", e.id)
 	}
-	v, err = b.refreshFamily(ctx, l)
 	b.countRefresh(err)
 	e.mu.Lock()
 	e.lastErr = err
@@ -415,7 +428,7 @@ func (b *Broker) resultConflict(ctx context.Context, e *entry, cur *view, fam, n
 		}
 		b.log.ErrorContext(ctx, "refresh result lost a check-and-set race within the same family (our claim was taken over); keeping the stored state",
 			"credential", e.id, "family", fam.FamilyID, "generation", fam.Generation)
-		return false, fmt.Errorf("%w: another replica took over the refresh of %s", ErrConflict, e.id)
+		return false, fmt.Errorf("%w: another replica took over the refresh of %s: %w", ErrConflict, e.id, errFenceMoved)
 	}
 	// Another family replaced ours while the refresh ran (a reauthentication
 	// or a deletion won): the new refresh token belongs to a family nobody

@@ -124,6 +124,10 @@ func (b *Broker) revokeFamily(ctx context.Context, e *entry, base *view, r revoc
 	}
 	res := ProviderRevocationNone
 	noticeDetail, auditDetail := revocationDetail(r.reason), r.auditDetail
+	if r.reason == ReasonLostRotation {
+		noticeDetail = lostRotationDetail(v.cred.Spec.ReuseGrace)
+		auditDetail += "; " + noticeDetail
+	}
 	if v.fam.PendingRevocation != "" {
 		res = b.revokeAtProvider(ctx, e, v)
 		if res == ProviderRevocationUnconfirmed {

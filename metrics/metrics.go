@@ -96,7 +96,7 @@ var (
 	droppedDesc = prometheus.NewDesc(namespace+"_consumer_catalog_dropped_tokens_total",
 		"Access tokens handed to identities a full consumer catalog could not record.", nil, nil)
 	credentialsDesc = prometheus.NewDesc(namespace+"_credentials",
-		"Credentials by status (active, revoked, awaiting_reauthentication), read from the store at each scrape; every status is present from the start, so an alert on revoked > 0 fires on the first revocation after a restart. Absent from a scrape whose store listing failed.", []string{"status"}, nil)
+		"Credentials by status (active, revoked, awaiting_reauthentication, unproven), read from the store at each scrape; every status is present from the start, so an alert on revoked > 0 fires on the first revocation after a restart. Absent from a scrape whose store listing failed.", []string{"status"}, nil)
 	noticeLogDesc = prometheus.NewDesc(namespace+"_notice_log_last_read_timestamp_seconds",
 		"When this replica last read the shared notice log successfully (0: never); the store's health as this replica sees it.", nil, nil)
 )

@@ -123,6 +123,8 @@ func statusToProto(s broker.Status) rotavaultv1.CredentialStatus {
 		return rotavaultv1.CredentialStatus_CREDENTIAL_STATUS_REVOKED
 	case broker.StatusAwaitingReauth:
 		return rotavaultv1.CredentialStatus_CREDENTIAL_STATUS_AWAITING_REAUTHENTICATION
+	case broker.StatusUnproven:
+		return rotavaultv1.CredentialStatus_CREDENTIAL_STATUS_UNPROVEN
 	default:
 		return rotavaultv1.CredentialStatus_CREDENTIAL_STATUS_UNSPECIFIED
 	}

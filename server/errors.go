@@ -38,6 +38,9 @@ const (
 	// The identity already runs as many watch replays from the store as it
 	// may; retry shortly.
 	ReasonTooManyReplays = "TOO_MANY_REPLAYS"
+	// A credential's reuse grace period is too short for a refresh claim
+	// to fit inside it (broker.ReuseGraceTooShort, INVALID_ARGUMENT).
+	ReasonReuseGraceTooShort = broker.ReuseGraceTooShort
 )
 
 // replayRetry is when a watch refused for too many replays may try again:

@@ -28,6 +28,7 @@ func TestToStatus(t *testing.T) {
 		{"not found", fmt.Errorf("%w: x", broker.ErrNotFound), codes.NotFound, "", 0},
 		{"exists", fmt.Errorf("%w: x", broker.ErrAlreadyExists), codes.AlreadyExists, "", 0},
 		{"invalid", &broker.InvalidArgumentError{Field: "credential_id", Reason: "bad"}, codes.InvalidArgument, "", 0},
+		{"reuse grace too short", &broker.InvalidArgumentError{Field: "spec.reuse_grace_period", Reason: "too short", Code: broker.ReuseGraceTooShort}, codes.InvalidArgument, ReasonReuseGraceTooShort, 0},
 		{"invalid with code", &broker.InvalidArgumentError{Field: "min_remaining_lifetime", Reason: "too long", Code: "MIN_LIFETIME_UNATTAINABLE"}, codes.InvalidArgument, "MIN_LIFETIME_UNATTAINABLE", 0},
 		{"reauth", fmt.Errorf("%w: revoked", broker.ErrReauthRequired), codes.FailedPrecondition, ReasonReauthenticationRequired, 0},
 		{"provider down", &broker.UnavailableError{Component: broker.ComponentProvider, RetryAfter: 2 * time.Second, Err: secretish}, codes.Unavailable, ReasonProviderUnavailable, 2 * time.Second},

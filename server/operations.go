@@ -205,7 +205,7 @@ func (s *CredentialAdminService) GetServerStatus(ctx context.Context, _ *rotavau
 		}
 		return resp, nil
 	}
-	for _, st := range []broker.Status{broker.StatusActive, broker.StatusRevoked, broker.StatusAwaitingReauth} {
+	for _, st := range []broker.Status{broker.StatusActive, broker.StatusRevoked, broker.StatusAwaitingReauth, broker.StatusUnproven} {
 		resp.CredentialCounts = append(resp.CredentialCounts, &rotavaultv1.CredentialStatusCount{Status: statusToProto(st), Count: uint64(counts[st])})
 	}
 	return resp, nil

@@ -30,7 +30,7 @@ func TestEveryErrorReasonIsDocumentedInTheAPI(t *testing.T) {
 		}
 		api.Write(raw)
 	}
-	reasons := []string{broker.ScopeNotAllowed, "MIN_LIFETIME_UNATTAINABLE"}
+	reasons := []string{broker.ScopeNotAllowed, broker.ReuseGraceTooShort, "MIN_LIFETIME_UNATTAINABLE"}
 	files, err := filepath.Glob("*.go")
 	if err != nil {
 		t.Fatal(err)

@@ -150,7 +150,7 @@ func (s *TokenVaultService) Reauthenticate(ctx context.Context, req *rotavaultv1
 		return nil, toStatus(ctx, s.log, err)
 	}
 	return &rotavaultv1.ReauthenticateResponse{Result: &rotavaultv1.ReauthenticateResponse_FamilyActivated{
-		FamilyActivated: &rotavaultv1.FamilyActivated{FamilyId: act.FamilyID, Generation: act.Generation, ActivateTime: timestamppb.New(act.ActivatedAt)},
+		FamilyActivated: &rotavaultv1.FamilyActivated{FamilyId: act.FamilyID, Generation: act.Generation, ActivateTime: timestamppb.New(act.ActivatedAt), Unproven: act.Unproven},
 	}}, nil
 }
 

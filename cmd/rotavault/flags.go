@@ -363,7 +363,7 @@ func (s *specFlags) register(fs *pflag.FlagSet, create bool) {
 	fs.DurationVar(&s.accessLifetime, "access-token-lifetime", 0, "access-token lifetime when the provider does not say (Salesforce: the session timeout; default 2h)")
 	fs.DurationVar(&s.refreshIdle, "refresh-idle-timeout", 0, "the provider's refresh-token idle timeout, if any: unused families are refreshed well before it")
 	fs.DurationVar(&s.refreshMax, "refresh-max-lifetime", 0, "the provider's absolute refresh-token lifetime, if any")
-	fs.DurationVar(&s.reuseGrace, "reuse-grace", 0, "how long the provider accepts the previous refresh token after a rotation (0 for Salesforce)")
+	fs.DurationVar(&s.reuseGrace, "reuse-grace", 0, "how long the provider accepts the previous refresh token after a rotation (0 for Salesforce); at least the server's claim margin + 5s (20s by default): a refresh claim must fit inside it")
 }
 
 // spec builds the CredentialSpec, reading the client secret if a file was

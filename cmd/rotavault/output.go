@@ -150,6 +150,8 @@ func statusText(c *rotavaultv1.Credential) string {
 		return "revoked: " + reasonText(c.GetRevocationReason())
 	case rotavaultv1.CredentialStatus_CREDENTIAL_STATUS_AWAITING_REAUTHENTICATION:
 		return "awaiting reauthentication"
+	case rotavaultv1.CredentialStatus_CREDENTIAL_STATUS_UNPROVEN:
+		return "unproven: imported, not yet proven by a refresh; retrying"
 	default:
 		return enumText(c.GetStatus().String(), "CREDENTIAL_STATUS_")
 	}

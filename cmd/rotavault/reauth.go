@@ -67,7 +67,13 @@ func (a *app) printActivation(client *clientOptions, id string, resp *rotavaultv
 		return printJSON(a.stdout, resp)
 	}
 	act := resp.GetFamilyActivated()
-	fmt.Fprintf(a.stdout, "%s: new token family active\n", id)
+	if act.GetUnproven() {
+		// Stored: importing again would gain nothing, and a "retry later"
+		// led people to do just that.
+		fmt.Fprintf(a.stdout, "%s: stored, not yet proven; retrying (the provider could not be reached; the server refreshes it by itself, do not import it again)\n", id)
+	} else {
+		fmt.Fprintf(a.stdout, "%s: new token family active\n", id)
+	}
 	f := newFields(a.stdout)
 	f.add("family", act.GetFamilyId())
 	f.add("generation", strconv.FormatUint(act.GetGeneration(), 10))
@@ -214,7 +220,10 @@ func newReauthImportCmd(a *app, client *clientOptions) *cobra.Command {
 		Long: `Import a refresh token for the credential ID, for example to migrate an
 integration that has one. Rotavault stores it, then refreshes it at once to
 prove it works: with rotating providers the imported token is dead from
-then on, so nothing else may keep using it.
+then on, so nothing else may keep using it. If the provider cannot be
+reached for that refresh, the token stays stored and the command says
+"stored, not yet proven; retrying": the server refreshes it by itself
+(credentials show: status unproven), so do not import it again.
 
 The token is read from --refresh-token-file, or from stdin with
 --refresh-token-file - (surrounding whitespace is ignored); never from a

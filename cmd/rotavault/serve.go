@@ -203,6 +203,11 @@ func runServer(ctx context.Context, cfg serverConfig) (err error) {
 	}
 	ops.VerifyAudit, ops.AuditWitness = onlineAuditCheck(al, cfg.AuditWitness), cfg.AuditWitness != ""
 	brokerOpts := append([]broker.Option{broker.WithLogger(log)}, cfg.BrokerOptions...)
+	if cfg.Backend != backendVault {
+		// The embedded store's file lock proves a claim left in it was a
+		// previous process's: take it over at once after a restart.
+		brokerOpts = append(brokerOpts, broker.WithExclusiveStore())
+	}
 	if callback != nil {
 		brokerOpts = append(brokerOpts, callback)
 	}
@@ -560,8 +565,8 @@ keys are the flag names with _ for -), then the defaults.`,
 	fs.DurationVar(&rejectedInterval, "rejected-token-interval", 30*time.Second, "least time between two refreshes caused by consumers reporting a rejected access token, per credential (reports the provider disproves wait 1s only)")
 	fs.DurationVar(&noticePoll, "notice-poll-interval", 500*time.Millisecond, "how often this replica reads the shared notice log for revocations and activations other replicas announced: the bound on how late they reach this replica's watchers (one store read each, whatever the number of credentials)")
 	fs.DurationVar(&maxConnAge, "max-connection-age", server.DefaultMaxConnectionAge, "end each client connection after this long (watch streams end with UNAVAILABLE and resume with their cursor, possibly on another replica); -1s never")
-	fs.DurationVar(&claimTTL, "refresh-claim-ttl", 45*time.Second, "how long a replica's claim on a refresh lasts before another may take it over (see docs/rotation-protocol.md); keep it below the provider's reuse grace period where it has one")
-	fs.DurationVar(&claimMargin, "refresh-claim-margin", 15*time.Second, "how long before its claim ends a replica's provider calls must finish: the bound on process pauses plus clock skew between replicas")
+	fs.DurationVar(&claimTTL, "refresh-claim-ttl", 45*time.Second, "how long a replica's claim on a refresh lasts before another may take it over (see docs/rotation-protocol.md); a credential with a reuse grace period is claimed for at most its grace period minus 2s, so a takeover re-presents the token inside it")
+	fs.DurationVar(&claimMargin, "refresh-claim-margin", 15*time.Second, "how long before its claim ends a replica's provider calls must finish: the bound on process pauses plus clock skew between replicas; every credential's reuse grace period must be 0 or at least this + 5s (serve refuses to start otherwise)")
 	fs.StringVar(&backend, "store", backendEmbedded, "where records live: embedded (an encrypted file under --data-dir) or vault (HashiCorp Vault KV v2; VAULT_ADDR, VAULT_TOKEN, VAULT_CACERT… from the environment)")
 	fs.StringSliceVar(&vaultAddrs, "vault-addr", nil, "Vault node address, http(s)://host:port, with --store vault (repeatable or comma-separated; default VAULT_ADDR): give every node of a cluster and each request goes to a node that can take it, moving on when one is down, sealed or in an election")
 	fs.StringVar(&vaultMount, "vault-mount", vaultstore.DefaultMount, "KV v2 mount path, with --store vault")

@@ -42,7 +42,7 @@ func TestStatusShowsAServerAtAGlance(t *testing.T) {
 	for _, c := range st.CredentialCounts {
 		counts[c.Status] = c.Count
 	}
-	if st.Version == "" || st.StoreBackend != "embedded" || !st.Ready || counts["CREDENTIAL_STATUS_AWAITING_REAUTHENTICATION"] != "2" || len(counts) != 3 {
+	if st.Version == "" || st.StoreBackend != "embedded" || !st.Ready || counts["CREDENTIAL_STATUS_AWAITING_REAUTHENTICATION"] != "2" || len(counts) != 4 {
 		t.Fatalf("status --json: %+v", st)
 	}
 

@@ -137,6 +137,10 @@ const (
 	CredentialStatus_CREDENTIAL_STATUS_REVOKED CredentialStatus = 2
 	// No family was ever installed. Reauthenticate to start.
 	CredentialStatus_CREDENTIAL_STATUS_AWAITING_REAUTHENTICATION CredentialStatus = 3
+	// An imported refresh token is stored but not yet proven by a refresh
+	// (the provider could not be reached); the server retries the refresh.
+	// Importing it again is not needed.
+	CredentialStatus_CREDENTIAL_STATUS_UNPROVEN CredentialStatus = 4
 )
 
 // Enum value maps for CredentialStatus.
@@ -146,12 +150,14 @@ var (
 		1: "CREDENTIAL_STATUS_ACTIVE",
 		2: "CREDENTIAL_STATUS_REVOKED",
 		3: "CREDENTIAL_STATUS_AWAITING_REAUTHENTICATION",
+		4: "CREDENTIAL_STATUS_UNPROVEN",
 	}
 	CredentialStatus_value = map[string]int32{
 		"CREDENTIAL_STATUS_UNSPECIFIED":               0,
 		"CREDENTIAL_STATUS_ACTIVE":                    1,
 		"CREDENTIAL_STATUS_REVOKED":                   2,
 		"CREDENTIAL_STATUS_AWAITING_REAUTHENTICATION": 3,
+		"CREDENTIAL_STATUS_UNPROVEN":                  4,
 	}
 )
 
@@ -260,7 +266,12 @@ type CredentialSpec struct {
 	RefreshTokenMaxLifetime *durationpb.Duration `protobuf:"bytes,12,opt,name=refresh_token_max_lifetime,json=refreshTokenMaxLifetime,proto3" json:"refresh_token_max_lifetime,omitempty"`
 	// How long the provider accepts the previous refresh token after a rotation
 	// (Okta leeway, Hydra grace period). 0 for Salesforce: a lost response then
-	// costs the family, and Rotavault never retries blindly.
+	// costs the family, and Rotavault never retries blindly. When set, the
+	// credential's refresh claim lasts at most the grace period minus 2 s, so
+	// a replica taking over from one that died with the provider's answer in
+	// flight presents the token again inside the grace period; it must be at
+	// least the server's claim margin + 5 s (20 s by default), else
+	// REUSE_GRACE_TOO_SHORT.
 	ReuseGracePeriod *durationpb.Duration `protobuf:"bytes,13,opt,name=reuse_grace_period,json=reuseGracePeriod,proto3" json:"reuse_grace_period,omitempty"`
 	// PROVIDER_KIND_OAUTH2 only: the RFC 8628 device authorization endpoint,
 	// for Reauthenticate's device flow. Salesforce's device flow uses its token
@@ -1829,12 +1840,13 @@ const file_rotavault_v1_credential_admin_proto_rawDesc = "" +
 	"\x10ClientAuthMethod\x12\"\n" +
 	"\x1eCLIENT_AUTH_METHOD_UNSPECIFIED\x10\x00\x12)\n" +
 	"%CLIENT_AUTH_METHOD_CLIENT_SECRET_POST\x10\x01\x12*\n" +
-	"&CLIENT_AUTH_METHOD_CLIENT_SECRET_BASIC\x10\x02*\xa3\x01\n" +
+	"&CLIENT_AUTH_METHOD_CLIENT_SECRET_BASIC\x10\x02*\xc3\x01\n" +
 	"\x10CredentialStatus\x12!\n" +
 	"\x1dCREDENTIAL_STATUS_UNSPECIFIED\x10\x00\x12\x1c\n" +
 	"\x18CREDENTIAL_STATUS_ACTIVE\x10\x01\x12\x1d\n" +
 	"\x19CREDENTIAL_STATUS_REVOKED\x10\x02\x12/\n" +
-	"+CREDENTIAL_STATUS_AWAITING_REAUTHENTICATION\x10\x03*s\n" +
+	"+CREDENTIAL_STATUS_AWAITING_REAUTHENTICATION\x10\x03\x12\x1e\n" +
+	"\x1aCREDENTIAL_STATUS_UNPROVEN\x10\x04*s\n" +
 	"\x0fRefreshRotation\x12 \n" +
 	"\x1cREFRESH_ROTATION_UNSPECIFIED\x10\x00\x12\x1c\n" +
 	"\x18REFRESH_ROTATION_ROTATED\x10\x01\x12 \n" +

@@ -39,9 +39,15 @@ const (
 type CredentialAdminServiceClient interface {
 	// CreateCredential registers a credential. It has no token family until
 	// Reauthenticate installs one. ALREADY_EXISTS if the id is taken.
+	// INVALID_ARGUMENT with reason REUSE_GRACE_TOO_SHORT when
+	// reuse_grace_period is set but a refresh claim cannot fit inside it: the
+	// least accepted is the server's claim margin + 5 s (20 s with the
+	// default 15 s margin).
 	CreateCredential(ctx context.Context, in *CreateCredentialRequest, opts ...grpc.CallOption) (*CreateCredentialResponse, error)
 	// UpdateCredential changes the fields named in update_mask, for example a
 	// rotated client secret or new scopes. The token family is kept.
+	// INVALID_ARGUMENT with reason REUSE_GRACE_TOO_SHORT as for
+	// CreateCredential.
 	UpdateCredential(ctx context.Context, in *UpdateCredentialRequest, opts ...grpc.CallOption) (*UpdateCredentialResponse, error)
 	// GetCredential describes a credential and its token family's state.
 	GetCredential(ctx context.Context, in *GetCredentialRequest, opts ...grpc.CallOption) (*GetCredentialResponse, error)
@@ -202,9 +208,15 @@ func (c *credentialAdminServiceClient) GetServerStatus(ctx context.Context, in *
 type CredentialAdminServiceServer interface {
 	// CreateCredential registers a credential. It has no token family until
 	// Reauthenticate installs one. ALREADY_EXISTS if the id is taken.
+	// INVALID_ARGUMENT with reason REUSE_GRACE_TOO_SHORT when
+	// reuse_grace_period is set but a refresh claim cannot fit inside it: the
+	// least accepted is the server's claim margin + 5 s (20 s with the
+	// default 15 s margin).
 	CreateCredential(context.Context, *CreateCredentialRequest) (*CreateCredentialResponse, error)
 	// UpdateCredential changes the fields named in update_mask, for example a
 	// rotated client secret or new scopes. The token family is kept.
+	// INVALID_ARGUMENT with reason REUSE_GRACE_TOO_SHORT as for
+	// CreateCredential.
 	UpdateCredential(context.Context, *UpdateCredentialRequest) (*UpdateCredentialResponse, error)
 	// GetCredential describes a credential and its token family's state.
 	GetCredential(context.Context, *GetCredentialRequest) (*GetCredentialResponse, error)

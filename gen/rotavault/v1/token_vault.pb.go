@@ -751,7 +751,11 @@ func (x *AuthorizationCodeComplete) GetCode() string {
 
 // RefreshTokenImport installs a refresh token obtained outside Rotavault, for
 // migrating an existing integration. The token is stored, then refreshed at
-// once to prove it works; from then on only Rotavault may use it.
+// once to prove it works; from then on only Rotavault may use it. When the
+// provider cannot be reached for that refresh, the token stays stored and
+// the answer is FamilyActivated with unproven set: the server retries the
+// refresh by itself (the credential's status is
+// CREDENTIAL_STATUS_UNPROVEN until then); do not import it again.
 type RefreshTokenImport struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	RefreshToken  string                 `protobuf:"bytes,1,opt,name=refresh_token,json=refreshToken,proto3" json:"refresh_token,omitempty"`
@@ -1162,10 +1166,13 @@ func (x *DeviceAuthorizationPending) GetInterval() *durationpb.Duration {
 }
 
 type FamilyActivated struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	FamilyId      string                 `protobuf:"bytes,1,opt,name=family_id,json=familyId,proto3" json:"family_id,omitempty"`
-	Generation    uint64                 `protobuf:"varint,2,opt,name=generation,proto3" json:"generation,omitempty"`
-	ActivateTime  *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=activate_time,json=activateTime,proto3" json:"activate_time,omitempty"`
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	FamilyId     string                 `protobuf:"bytes,1,opt,name=family_id,json=familyId,proto3" json:"family_id,omitempty"`
+	Generation   uint64                 `protobuf:"varint,2,opt,name=generation,proto3" json:"generation,omitempty"`
+	ActivateTime *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=activate_time,json=activateTime,proto3" json:"activate_time,omitempty"`
+	// An imported refresh token was stored, but the provider could not be
+	// reached to prove it with a refresh: the server retries by itself.
+	Unproven      bool `protobuf:"varint,4,opt,name=unproven,proto3" json:"unproven,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1219,6 +1226,13 @@ func (x *FamilyActivated) GetActivateTime() *timestamppb.Timestamp {
 		return x.ActivateTime
 	}
 	return nil
+}
+
+func (x *FamilyActivated) GetUnproven() bool {
+	if x != nil {
+		return x.Unproven
+	}
+	return false
 }
 
 type WatchRevocationsRequest struct {
@@ -1713,13 +1727,14 @@ const file_rotavault_v1_token_vault_proto_rawDesc = "" +
 	"\x19verification_uri_complete\x18\x04 \x01(\tR\x17verificationUriComplete\x12;\n" +
 	"\vexpire_time\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"expireTime\x125\n" +
-	"\binterval\x18\x06 \x01(\v2\x19.google.protobuf.DurationR\binterval\"\x8f\x01\n" +
+	"\binterval\x18\x06 \x01(\v2\x19.google.protobuf.DurationR\binterval\"\xab\x01\n" +
 	"\x0fFamilyActivated\x12\x1b\n" +
 	"\tfamily_id\x18\x01 \x01(\tR\bfamilyId\x12\x1e\n" +
 	"\n" +
 	"generation\x18\x02 \x01(\x04R\n" +
 	"generation\x12?\n" +
-	"\ractivate_time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\factivateTime\"X\n" +
+	"\ractivate_time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\factivateTime\x12\x1a\n" +
+	"\bunproven\x18\x04 \x01(\bR\bunproven\"X\n" +
 	"\x17WatchRevocationsRequest\x12%\n" +
 	"\x0ecredential_ids\x18\x01 \x03(\tR\rcredentialIds\x12\x16\n" +
 	"\x06cursor\x18\x02 \x01(\tR\x06cursor\"\x8b\x01\n" +

@@ -1,0 +1,139 @@
+package broker
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/rotavault/rotavault/internal/fakeclock"
+	"github.com/rotavault/rotavault/internal/poll"
+	"github.com/rotavault/rotavault/provider"
+	"github.com/rotavault/rotavault/providersim"
+	"github.com/rotavault/rotavault/store/memstore"
+)
+
+// claimWrites matches family writes that carry a claim.
+func claimWrites(_ string, value []byte) bool {
+	var f familyRecord
+	return decodeRecord(value, &f, &f.Format) == nil && f.Claim != nil
+}
+
+// A claim write the store is slow to accept (Vault retrying through an
+// outage) used to eat the provider call's time: the call then failed for
+// want of time and callers got PROVIDER_UNAVAILABLE from a provider never
+// asked. The claim's time now starts after a write; a store slow at every
+// write is blamed as the store.
+func TestSlowClaimWriteBlamesTheStoreNotTheProvider(t *testing.T) {
+	// Real time: the claim's deadline bounds the provider call's context.
+	const slow = 3200 * time.Millisecond // more than the claim's 4 s minus its 1 s margin
+	for _, tt := range []struct {
+		name      string
+		slowTimes int
+		wantErr   bool
+	}{
+		{"one slow claim write: claimed again, the refresh succeeds", 1, false},
+		{"every claim write slow: STORE_UNAVAILABLE", 2, true},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			ctx := context.Background()
+			fs := &faultStore{Store: memstore.New()}
+			sim := startSim(t, providersim.Config{})
+			b := newTestBroker(t, fs, WithSchedulerInterval(time.Hour), WithIntrospectionInterval(0), WithRetryBase(time.Millisecond), WithClaimTiming(4*time.Second, time.Second))
+			if _, err := b.CreateCredential(ctx, "x", simSpec(sim)); err != nil {
+				t.Fatal(err)
+			}
+			rt, _ := sim.IssueRefreshToken("c", nil)
+			var mu sync.Mutex
+			left := tt.slowTimes
+			fs.inject(&fault{op: "put", prefix: "families/", match: claimWrites, before: func() {
+				mu.Lock()
+				n := left
+				left--
+				mu.Unlock()
+				if n > 0 {
+					time.Sleep(slow) // the store's own latency, not a wait for a condition
+				}
+			}})
+			_, err := b.ImportRefreshToken(ctx, "x", rt)
+			var ue *UnavailableError
+			switch {
+			case tt.wantErr && (!errors.As(err, &ue) || ue.Component != ComponentStore):
+				t.Fatalf("every claim write slow: %v, want the store unavailable", err)
+			case tt.wantErr && sim.Stats().RefreshRequests != 0:
+				t.Fatalf("the provider was called with no time left: %+v", sim.Stats())
+			case !tt.wantErr && err != nil:
+				t.Fatalf("one slow claim write: %v, want the refresh to succeed", err)
+			}
+		})
+	}
+}
+
+// pausedProvider stands for a replica paused in its provider call: it
+// signals the call, waits until resumed, and reports a timeout, having
+// presented nothing.
+type pausedProvider struct {
+	Provider
+	entered chan struct{}
+	resume  chan struct{}
+}
+
+func (p *pausedProvider) Refresh(ctx context.Context, ep provider.Endpoint, cc provider.ClientCredentials, rt string) (*provider.Token, error) {
+	select {
+	case p.entered <- struct{}{}:
+		<-p.resume
+		return nil, &provider.Error{Op: "refresh", Outcome: provider.OutcomeUnknown, Description: "timeout (test)"}
+	default:
+		return p.Provider.Refresh(ctx, ep, cc, rt)
+	}
+}
+
+// Callers queued on a replica paused past its claim got ABORTED when it
+// resumed, although the replica that took over had stored a fresh token:
+// they now get that token.
+func TestCallersOfAReplicaPausedPastItsClaimGetTheTakeoversToken(t *testing.T) {
+	ctx := context.Background()
+	clk := fakeclock.New(time.Now())
+	st := memstore.New()
+	sim := startSim(t, providersim.Config{Now: clk.Now})
+	paused := &pausedProvider{Provider: provider.New(nil), entered: make(chan struct{}), resume: make(chan struct{})}
+	a := newBroker(t, Config{Store: st, Provider: paused, Auditor: &recordingAuditor{}}, replicaOpts(clk)...)
+	b := newTestBroker(t, st, replicaOpts(clk)...)
+	if _, err := b.CreateCredential(ctx, "x", simSpec(sim)); err != nil {
+		t.Fatal(err)
+	}
+	rt, _ := sim.IssueRefreshToken("c", nil)
+	if _, err := b.ImportRefreshToken(ctx, "x", rt); err != nil {
+		t.Fatal(err)
+	}
+	clk.Add(3 * time.Hour)
+	type answer struct {
+		tok AccessToken
+		err error
+	}
+	answers := make(chan answer, 3)
+	for range 3 {
+		go func() {
+			tok, err := a.GetAccessToken(ctx, TokenRequest{CredentialID: "x"})
+			answers <- answer{tok, err}
+		}()
+	}
+	<-paused.entered // A holds the claim, paused in its provider call
+	poll.Until(t, 10*time.Second, "A's callers queued", func() bool { return a.Stats().CacheMisses == 3 })
+	clk.Add(time.Minute) // past A's claim
+	taken, err := b.GetAccessToken(ctx, TokenRequest{CredentialID: "x"})
+	if err != nil {
+		t.Fatalf("B's takeover: %v", err)
+	}
+	close(paused.resume)
+	for range 3 {
+		got := <-answers
+		if got.err != nil || got.tok.Token != taken.Token {
+			t.Fatalf("a caller queued on A: %v (generation %d), want the takeover's token (generation %d)", got.err, got.tok.Generation, taken.Generation)
+		}
+	}
+	if s := sim.Stats(); s.ReuseDetections != 0 {
+		t.Fatalf("provider saw a reuse: %+v", s)
+	}
+}

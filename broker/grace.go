@@ -1,0 +1,70 @@
+package broker
+
+import (
+	"fmt"
+	"time"
+)
+
+// A provider's reuse grace period (Okta, Auth0, Hydra) accepts the
+// superseded refresh token once more for a while after a rotation. That is
+// what lets a replica that takes a claim over recover a refresh whose
+// answer died with its holder: it presents the same token again, and the
+// provider answers with the family's current tokens. It only works if the
+// takeover presents within the grace period, counted from the rotation,
+// which happened at the earliest when the holder claimed. So a credential
+// with a grace period is claimed for at most grace − takeoverSlack, and a
+// grace period too short to leave the holder minProviderWindow before the
+// claim margin is refused.
+
+const (
+	// takeoverSlack is the time a takeover needs between the claim's
+	// deadline and presenting the token (a store read and a write).
+	takeoverSlack = 2 * time.Second
+	// minProviderWindow is the least time a claim of a credential with a
+	// grace period leaves for provider calls, before the claim margin.
+	minProviderWindow = 3 * time.Second
+)
+
+// ReuseGraceTooShort is the InvalidArgumentError code of a reuse grace
+// period a refresh claim cannot fit in.
+const ReuseGraceTooShort = "REUSE_GRACE_TOO_SHORT"
+
+// MinReuseGrace is the shortest reuse grace period a credential may have
+// with this claim margin (WithClaimTiming): margin + minProviderWindow +
+// takeoverSlack, 20 s with the default 15 s margin.
+func MinReuseGrace(claimMargin time.Duration) time.Duration {
+	return claimMargin + minProviderWindow + takeoverSlack
+}
+
+// claimTTLFor is how long a claim on spec's family lasts: the configured
+// time, shortened to fit the provider's reuse grace period.
+func (o *options) claimTTLFor(spec Spec) time.Duration {
+	if g := spec.ReuseGrace; g > 0 {
+		return min(o.claimTTL, g-takeoverSlack)
+	}
+	return o.claimTTL
+}
+
+// checkReuseGrace refuses a reuse grace period that a claim cannot fit in.
+func (o *options) checkReuseGrace(spec Spec) error {
+	g := spec.ReuseGrace
+	if least := MinReuseGrace(o.claimMargin); g > 0 && g < least {
+		return &InvalidArgumentError{
+			Field: "spec.reuse_grace_period",
+			Reason: fmt.Sprintf("%s is too short: a refresh claim must fit inside it (at least %s: the %s claim margin + %s for the provider call + %s for a takeover); use 0 if the provider has none",
+				g, least, o.claimMargin, minProviderWindow, takeoverSlack),
+			Code: ReuseGraceTooShort,
+		}
+	}
+	return nil
+}
+
+// lostRotationDetail explains a lost rotation by the grace period
+// configured: without one the retry is a reuse; with one, the retry came
+// too late.
+func lostRotationDetail(grace time.Duration) string {
+	if grace <= 0 {
+		return revocationDetail(ReasonLostRotation)
+	}
+	return fmt.Sprintf("a refresh answer was lost after the provider rotated; with a reuse grace period of %s the retry came too late or the provider refused it, and the family is gone (not theft)", grace)
+}
