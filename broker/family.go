@@ -53,6 +53,11 @@ const (
 	// replica's memory (entry.rescue) and written before anything else; the
 	// store still shows the claim.
 	stateHeld
+	// stateCutOff: active, and the clock is past the access token's cutoff
+	// at a provider that kills the previous access token (cutoff.go): no
+	// replica hands the token out; callers wait for the rotation. Derived
+	// from the record and the clock (familyRecord.stateAt), never written.
+	stateCutOff
 	numFamilyStates
 )
 
@@ -70,6 +75,7 @@ var familyStates = [numFamilyStates]familyStateInfo{
 	stateRevoked:                {"revoked", "`status` revoked with `revoked_reason`; no tokens kept"},
 	stateRevokedPendingProvider: {"revoked_pending_provider", "revoked deliberately, the provider has not confirmed revoking the refresh token: it is kept in `pending_revocation` (never presented to the token endpoint) so RevokeCredential can retry"},
 	stateHeld:                   {"held", "in memory only: a rotated family the store did not accept; the store still shows the claim, the older token is never presented again, and the write is retried before any other refresh"},
+	stateCutOff:                 {"cut_off", "`status` active, idle, the clock past the access token's cutoff (its scheduled rotation computed from the record, minus min(500 ms, lifetime/40)) at a provider that kills the previous access token: no replica hands the token out, callers wait for the rotation; derived from the record and the clock, never written"},
 }
 
 func (s familyState) String() string {
@@ -113,6 +119,8 @@ const (
 	// evConfirmProviderRevocation: the provider confirmed revoking the
 	// pending token.
 	evConfirmProviderRevocation
+	// evReachCutoff: the clock passes the access token's cutoff (no write).
+	evReachCutoff
 	numFamilyEvents
 )
 
@@ -129,6 +137,7 @@ var familyEventNames = [numFamilyEvents]string{
 	evRevoke:                    "revoke",
 	evRevokeDeliberately:        "revoke_deliberately",
 	evConfirmProviderRevocation: "confirm_provider_revocation",
+	evReachCutoff:               "reach_cutoff",
 }
 
 func (e familyEvent) String() string {
@@ -191,6 +200,12 @@ var familyTransitions = []transition{
 	{stateInDoubt, evRevokeDeliberately, stateRevokedPendingProvider, "RevokeCredential"},
 	{stateInDoubtReleased, evRevokeDeliberately, stateRevokedPendingProvider, "RevokeCredential"},
 	{stateRevokedPendingProvider, evConfirmProviderRevocation, stateRevoked, "the provider confirmed (now, or when RevokeCredential is called again)"},
+
+	{stateActive, evReachCutoff, stateCutOff, "the clock passes the cutoff every replica computes from the record alike (no write); a provider that keeps the previous access token has none"},
+	{stateCutOff, evClaim, stateClaimed, "a caller past the cutoff, or the scheduler, claims the rotation; callers on every replica wait for its result"},
+	{stateCutOff, evInstall, stateActive, "Reauthenticate"},
+	{stateCutOff, evRevoke, stateRevoked, "introspection: the refresh token is inactive at the provider (REVOKED_AT_PROVIDER)"},
+	{stateCutOff, evRevokeDeliberately, stateRevokedPendingProvider, "RevokeCredential"},
 }
 
 // allowed reports whether the table has from --event--> to.
@@ -241,6 +256,16 @@ func (f *familyRecord) state() familyState {
 	return stateAwaitingReauth
 }
 
+// stateAt is the record's state at now, for a token whose cutoff is
+// cutoff (zero: none): stateCutOff once an idle family's token passed it.
+func (f *familyRecord) stateAt(cutoff, now time.Time) familyState {
+	s := f.state()
+	if s == stateActive && !cutoff.IsZero() && !now.Before(cutoff) {
+		return stateCutOff
+	}
+	return s
+}
+
 // familyStateOf is the state of an entry's family: the stored one, or
 // stateHeld while a rotation waits in memory.
 func familyStateOf(fam *familyRecord, held bool) familyState {
@@ -256,7 +281,9 @@ func familyStateOf(fam *familyRecord, held bool) familyState {
 // known to be the provider's current one.
 func (f *familyRecord) idle() bool { return f.state() == stateActive }
 
-// to returns next if the table allows f --ev--> next.
+// to returns next if the table allows f --ev--> next. A family past its
+// cutoff is active in its record: the table allows every stored event from
+// cut_off that it allows from active.
 func (f *familyRecord) to(ev familyEvent, next *familyRecord) (*familyRecord, error) {
 	if from, to := f.state(), next.state(); !allowed(from, ev, to) {
 		return nil, &transitionError{From: from, Event: ev, To: to}

@@ -212,6 +212,9 @@ func (b *Broker) refreshFamily(ctx context.Context, l *claimLease) (*view, error
 	pctx, cancel := b.providerContext(ctx, l.v.fam)
 	defer cancel()
 	a := refreshAttempt{notProcessedTries: b.opts.notProcessedTries}
+	// From the first presentation on, this replica's callers stop getting
+	// the access token the rotation may kill.
+	defer l.e.presentingAt(l.v)()
 	for ; ; a.n++ {
 		spec := l.v.cred.Spec
 		tok, answer := b.provider.Refresh(pctx, spec.endpoint(), spec.clientCredentials(), l.v.fam.RefreshToken)
@@ -326,6 +329,7 @@ func (l *claimLease) storeResult(ctx context.Context, tok *provider.Token) (*vie
 		return v, nil // our write had landed, its answer lost: adopted
 	}
 	e.used.Store(false)
+	b.announceOffSchedule(e, claimed, v)
 
 	action := audit.ActionRefreshed
 	if rotated {
