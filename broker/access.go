@@ -87,9 +87,13 @@ func (b *Broker) GetAccessToken(ctx context.Context, req TokenRequest) (AccessTo
 			return b.serveHeldBack(e, v, floor)
 		}
 		if b.cutOff(e, v, req.MinRemaining) {
-			// The token is unexpired, but a replica may rotate it now: wait
-			// for the rotation rather than hand out a token it may kill.
+			// The token is unexpired, but a replica may rotate it from its
+			// scheduled time on: wait for the rotation rather than hand out
+			// a token it may kill.
 			b.metrics.cutoffWaits.Add(1)
+			if err := b.awaitScheduledRotation(ctx, e, v); err != nil {
+				return AccessToken{}, err
+			}
 		}
 	}
 

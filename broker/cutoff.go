@@ -1,7 +1,11 @@
 package broker
 
 import (
+	"context"
+	"fmt"
 	"time"
+
+	"github.com/rotavault/rotavault/internal/ctxwait"
 )
 
 // The serving cutoff. Providers such as ory/fosite kill the previous access
@@ -14,10 +18,13 @@ import (
 //     schedule (accessDue: expiry − refreshAhead − expiryMargin, never before
 //     the rotation floor) is a function of the shared stored record alone,
 //     so every replica computes the same R. Every replica stops handing out
-//     the token at the cutoff C = R − cutoffAllowance(life): callers arriving
-//     after C trigger or join the refresh (on another replica: wait for the
-//     claim holder's result through the store) instead of getting the old
-//     token. No replica refreshes on schedule before C.
+//     the token at the cutoff C = R − cutoffAllowance(life) (at most 500 ms):
+//     callers arriving after C wait until R, then trigger or join the
+//     refresh (on another replica: wait for the claim holder's result
+//     through the store) instead of getting the old token. No replica
+//     rotates on schedule before R, so a token handed out just before C
+//     stays alive for the allowance, whatever the replicas' clock skew
+//     below it.
 //   - Rotations off the schedule (a min_remaining beyond the fresh window, a
 //     confirmed rejected-token report, an idle-timeout refresh, a takeover):
 //     the replica that stored one appends a replicas-only notice
@@ -174,4 +181,23 @@ func (b *Broker) stateOf(v *view, held bool) familyState {
 		return s
 	}
 	return v.fam.stateAt(b.cutoff(v), b.opts.now())
+}
+
+// awaitScheduledRotation waits, for a caller past v's cutoff, until the
+// scheduled rotation time (at most cutoffAllowance): tokens handed out
+// just before the cutoff stay alive for that long, on every replica and
+// despite clock skew below it. A caller cut off by this replica's own
+// rotation in flight does not wait here: it joins the rotation.
+func (b *Broker) awaitScheduledRotation(ctx context.Context, e *entry, v *view) error {
+	if e.beingRotated(v) {
+		return nil
+	}
+	wait := b.accessDue(v).Sub(b.opts.now())
+	if wait <= 0 {
+		return nil
+	}
+	if err := ctxwait.Sleep(ctx, min(wait, maxCutoffAllowance)); err != nil {
+		return fmt.Errorf("broker: waiting for the scheduled rotation: %w", err)
+	}
+	return nil
 }
