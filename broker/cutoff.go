@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/rotavault/rotavault/internal/ctxwait"
+	"github.com/rotavault/rotavault/provider"
 )
 
 // The serving cutoff. Providers such as ory/fosite kill the previous access
@@ -64,8 +65,9 @@ func cutoffAllowance(life time.Duration) time.Duration {
 }
 
 // killsPrevious reports whether v's provider kills the previous access
-// token at a rotation: as configured, else by provider kind (a generic
-// provider is assumed to, the safe side).
+// token at a rotation: as configured, else by provider kind: Salesforce
+// keeps it; a generic provider is assumed to kill it (the safe side) until
+// introspection after a rotation found otherwise (detectPreviousAccess).
 func killsPrevious(v *view) bool {
 	switch v.cred.Spec.PreviousAccessToken {
 	case PreviousAccessRevoked:
@@ -73,7 +75,53 @@ func killsPrevious(v *view) bool {
 	case PreviousAccessKept:
 		return false
 	}
-	return v.cred.Spec.ProviderKind != ProviderSalesforce
+	return v.cred.Spec.ProviderKind != ProviderSalesforce && v.fam.PreviousAccess != PreviousAccessKept
+}
+
+// detectPreviousAccess finds out, for a generic provider with an
+// introspection endpoint and no previous_access_token configured, whether
+// the rotation that replaced prev's access token killed it: one
+// introspection of that token right after the rotation, and one family
+// write recording the answer, once per family. A token that was about to
+// expire anyway tells nothing and is not asked about.
+func (b *Broker) detectPreviousAccess(e *entry, prev, next *view) {
+	spec := prev.cred.Spec
+	a := prev.fam.Access
+	if spec.PreviousAccessToken != PreviousAccessDefault || spec.ProviderKind == ProviderSalesforce || spec.IntrospectionURL == "" ||
+		prev.fam.PreviousAccess != PreviousAccessDefault || a == nil || !b.opts.now().Add(introspectTimeout).Before(a.ExpiresAt) {
+		return
+	}
+	b.goTracked(func() {
+		ctx, cancel := context.WithTimeout(b.ctx, introspectTimeout)
+		defer cancel()
+		in, err := b.provider.IntrospectToken(ctx, spec.endpoint(), spec.clientCredentials(), a.Token, provider.HintAccessToken)
+		if err != nil {
+			b.log.DebugContext(ctx, "could not introspect the previous access token; its fate stays unknown", "credential", e.id, "err", err)
+			return
+		}
+		found := PreviousAccessRevoked
+		if in.Active {
+			found = PreviousAccessKept
+		}
+		if err := b.notePreviousAccess(ctx, e, next.fam.FamilyID, found); err != nil {
+			b.log.WarnContext(ctx, "could not record what the provider does with previous access tokens", "credential", e.id, "err", err)
+			return
+		}
+		b.log.InfoContext(ctx, "introspected the access token a rotation replaced", "credential", e.id, "previous_access_token", found)
+	})
+}
+
+// notePreviousAccess records found in family familyID while it is idle and
+// before its token's cutoff (a family past it is left to the next
+// rotation: recording "kept" would end a cutoff replicas already acted on).
+func (b *Broker) notePreviousAccess(ctx context.Context, e *entry, familyID string, found PreviousAccess) error {
+	_, err := b.updateFamily(ctx, e, nil, func(cur *view) (*familyRecord, error) {
+		if cur.fam.FamilyID != familyID || cur.fam.PreviousAccess == found || !cur.fam.idle() || b.pastCutoff(cur, b.opts.now()) {
+			return nil, nil
+		}
+		return cur.fam.notedPreviousAccess(found)
+	})
+	return err
 }
 
 // cutoff is when every replica stops handing out v's access token because

@@ -7,7 +7,9 @@ import (
 	"time"
 
 	"github.com/rotavault/rotavault/internal/fakeclock"
+	"github.com/rotavault/rotavault/internal/fositeserver"
 	"github.com/rotavault/rotavault/internal/poll"
+	"github.com/rotavault/rotavault/providersim"
 	"github.com/rotavault/rotavault/store/memstore"
 )
 
@@ -204,13 +206,77 @@ func TestCutoffAllowanceAndState(t *testing.T) {
 // exactly the stored events it lets an active family through.
 func TestCutOffAllowsWhatActiveAllows(t *testing.T) {
 	for ev := range numFamilyEvents {
-		if ev == evReachCutoff {
-			continue
+		if ev == evReachCutoff || ev == evNotePreviousAccess {
+			continue // the event into cut_off, and one never recorded past a cutoff
 		}
 		for to := range numFamilyStates {
 			if allowed(stateActive, ev, to) != allowed(stateCutOff, ev, to) {
 				t.Errorf("%s --%s--> %s: active %v, cut_off %v", "x", ev, to, allowed(stateActive, ev, to), allowed(stateCutOff, ev, to))
 			}
 		}
+	}
+}
+
+// Without previous_access_token configured, a generic provider with an
+// introspection endpoint is asked, right after a rotation, about the access
+// token the rotation replaced: ory/fosite kills it (the cutoff stays), the
+// simulator keeps it (the cutoff goes, for every replica reading the
+// family).
+func TestPreviousAccessTokenDetectedAfterARotation(t *testing.T) {
+	ctx := context.Background()
+	fs, err := fositeserver.Start(fositeserver.Config{AccessTokenLifespan: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = fs.Close() })
+	fs.AddClient("c", "s", []string{"http://127.0.0.1/cb"})
+	sim := startSim(t, providersim.Config{})
+	fositeRT, err := fs.IssueRefreshToken(ctx, "c", "s", "http://127.0.0.1/cb", []string{"offline", "api"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	simRT, _ := sim.IssueRefreshToken("c", nil)
+	for _, c := range []struct {
+		name        string
+		spec        Spec
+		rt          string
+		want        PreviousAccess
+		wantCutoffs bool
+	}{
+		{"fosite", Spec{ProviderKind: ProviderOAuth2, TokenURL: fs.TokenURL(), IntrospectionURL: fs.IntrospectionURL(), ClientID: "c", ClientSecret: "s", Scopes: []string{"offline", "api"}},
+			fositeRT, PreviousAccessRevoked, true},
+		{"simulator", Spec{ProviderKind: ProviderOAuth2, TokenURL: sim.URL() + "/services/oauth2/token", IntrospectionURL: sim.URL() + "/services/oauth2/introspect", ClientID: "c", ClientSecret: "s", Scopes: []string{"api", "refresh_token"}},
+			simRT, PreviousAccessKept, false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			b := newTestBroker(t, memstore.New(), WithSchedulerInterval(time.Hour), WithIntrospectionInterval(0))
+			if _, err := b.CreateCredential(ctx, "g", c.spec); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := b.ImportRefreshToken(ctx, "g", c.rt); err != nil {
+				t.Fatal(err)
+			}
+			first := mustToken(t, b, TokenRequest{CredentialID: "g"})
+			e, err := b.entry(ctx, "g")
+			if err != nil {
+				t.Fatal(err)
+			}
+			// A rotation while the first token is alive (as a min_remaining
+			// beyond the fresh window would make one).
+			if _, err := b.refresh(ctx, e, func(v *view) bool { return v.fam.Generation == first.Generation }); err != nil {
+				t.Fatal(err)
+			}
+			poll.UntilSeen(t, 10*time.Second, "the previous access token's fate recorded", func() (bool, string) {
+				v, err := b.readView(ctx, "g")
+				if err != nil {
+					return false, err.Error()
+				}
+				e.setView(v)
+				return v.fam.PreviousAccess == c.want, string(v.fam.PreviousAccess)
+			})
+			if got := !b.cutoff(e.view.Load()).IsZero(); got != c.wantCutoffs {
+				t.Errorf("cutoff after detection: %v, want %v", got, c.wantCutoffs)
+			}
+		})
 	}
 }

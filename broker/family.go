@@ -121,6 +121,9 @@ const (
 	evConfirmProviderRevocation
 	// evReachCutoff: the clock passes the access token's cutoff (no write).
 	evReachCutoff
+	// evNotePreviousAccess: introspection after a rotation found whether
+	// the provider killed the previous access token.
+	evNotePreviousAccess
 	numFamilyEvents
 )
 
@@ -138,6 +141,7 @@ var familyEventNames = [numFamilyEvents]string{
 	evRevokeDeliberately:        "revoke_deliberately",
 	evConfirmProviderRevocation: "confirm_provider_revocation",
 	evReachCutoff:               "reach_cutoff",
+	evNotePreviousAccess:        "note_previous_access",
 }
 
 func (e familyEvent) String() string {
@@ -206,6 +210,7 @@ var familyTransitions = []transition{
 	{stateCutOff, evInstall, stateActive, "Reauthenticate"},
 	{stateCutOff, evRevoke, stateRevoked, "introspection: the refresh token is inactive at the provider (REVOKED_AT_PROVIDER)"},
 	{stateCutOff, evRevokeDeliberately, stateRevokedPendingProvider, "RevokeCredential"},
+	{stateActive, evNotePreviousAccess, stateActive, "generic provider with an introspection endpoint, previous_access_token unset: the access token a rotation replaced was introspected; whether it died is recorded (not once the new token is past its cutoff), and replicas apply or drop the cutoff alike"},
 }
 
 // allowed reports whether the table has from --event--> to.
@@ -385,6 +390,14 @@ func (f *familyRecord) providerConfirmed() (*familyRecord, error) {
 	next := f.clone()
 	next.PendingRevocation = ""
 	return f.to(evConfirmProviderRevocation, next)
+}
+
+// notedPreviousAccess returns f recording what the provider does with the
+// previous access token at a rotation.
+func (f *familyRecord) notedPreviousAccess(p PreviousAccess) (*familyRecord, error) {
+	next := f.clone()
+	next.PreviousAccess = p
+	return f.to(evNotePreviousAccess, next)
 }
 
 // replacedBy returns the new family that replaces f.

@@ -334,7 +334,16 @@ func TestEveryTransitionThroughTheBroker(t *testing.T) {
 			h.clk.Add(time.Hour - 5*time.Minute)
 			return nil
 		}, err: noErr},
-		{From: stateCutOff, Event: evClaim, To: stateClaimed}:                                      claimed,
+		{From: stateCutOff, Event: evClaim, To: stateClaimed}: claimed,
+		{From: stateActive, Event: evNotePreviousAccess, To: stateActive}: {drive: func(h *famHarness) error {
+			if err := h.b.notePreviousAccess(h.ctx, h.e, "fam-1", PreviousAccessKept); err != nil {
+				return err
+			}
+			if f := h.stored(); f.PreviousAccess != PreviousAccessKept {
+				return fmt.Errorf("recorded %q, want kept", f.PreviousAccess)
+			}
+			return nil
+		}, err: noErr},
 		{From: stateCutOff, Event: evRevokeDeliberately, To: stateRevokedPendingProvider}:          deliberate,
 		{From: stateClaimed, Event: evRevoke, To: stateRevoked}:                                    rejected(ReasonRefreshTokenRejected),
 		{From: stateInDoubt, Event: evRevoke, To: stateRevoked}:                                    rejected(ReasonLostRotation),

@@ -330,6 +330,7 @@ func (l *claimLease) storeResult(ctx context.Context, tok *provider.Token) (*vie
 	}
 	e.used.Store(false)
 	b.announceOffSchedule(e, claimed, v)
+	b.detectPreviousAccess(e, claimed, v)
 
 	action := audit.ActionRefreshed
 	if rotated {
