@@ -35,6 +35,9 @@ type AccessToken struct {
 	Scopes      []string
 	IssuedAt    time.Time
 	ExpiresAt   time.Time
+	// UseUntil is when this token must stop being used: after it a replica
+	// may have rotated it at a provider that kills the previous access token.
+	UseUntil    time.Time
 	FamilyID    string
 	Generation  uint64
 	Fingerprint string
@@ -72,18 +75,27 @@ func (b *Broker) GetAccessToken(ctx context.Context, req TokenRequest) (AccessTo
 	if err := b.checkMinRemaining(v, req.MinRemaining); err != nil {
 		return AccessToken{}, err
 	}
-	if req.Rejected == nil && b.fresh(v, req.MinRemaining) {
+	if req.Rejected == nil && b.fresh(v, req.MinRemaining) && !e.beingRotated(v) {
 		e.markUsed()
 		b.metrics.cacheHits.Add(1)
-		return toAccessToken(v), nil // the hot path: no allocation, no store
+		return b.toAccessToken(v), nil // the hot path: no allocation, no store
 	}
 	b.metrics.cacheMisses.Add(1)
+	need := b.needsRefresh(e, req.MinRemaining)
 	if req.Rejected == nil {
-		if floor, held := heldBack(v, b.opts.now()); held {
+		if floor, held := b.holdsBack(v, b.opts.now()); held && !e.beingRotated(v) {
 			return b.serveHeldBack(e, v, floor)
 		}
+		if b.cutOff(e, v, req.MinRemaining) {
+			// The token is unexpired, but a replica may rotate it from its
+			// scheduled time on: wait for the rotation rather than hand out
+			// a token it may kill.
+			b.metrics.cutoffWaits.Add(1)
+			if err := b.awaitScheduledRotation(ctx, e, v); err != nil {
+				return AccessToken{}, err
+			}
+		}
 	}
-	need := b.needsRefresh(req.MinRemaining)
 
 	if req.Rejected != nil {
 		if v, done, err := b.handleRejection(ctx, e, v, req); done || err != nil {
@@ -91,12 +103,14 @@ func (b *Broker) GetAccessToken(ctx context.Context, req TokenRequest) (AccessTo
 				return AccessToken{}, err
 			}
 			e.markUsed()
-			return toAccessToken(v), nil
+			return b.toAccessToken(v), nil
 		}
 		// The named token is current and dead at the provider: refresh even
 		// though it looks unexpired.
 		stale := v.fam.Generation
-		need = func(v *view) bool { return v.fam.Generation == stale || !b.fresh(v, req.MinRemaining) }
+		need = func(v *view) bool {
+			return v.fam.Generation == stale || !b.fresh(v, req.MinRemaining) || e.beingRotated(v)
+		}
 	}
 
 	v, err = b.refresh(ctx, e, need)
@@ -107,12 +121,12 @@ func (b *Broker) GetAccessToken(ctx context.Context, req TokenRequest) (AccessTo
 		// Another caller's refresh (or another replica's) just ran: this
 		// one may not spend a rotation of its own. (A rejection that named
 		// the current token refreshed it, so its answer is fresh.)
-		if floor, held := heldBack(v, b.opts.now()); held {
+		if floor, held := b.holdsBack(v, b.opts.now()); held {
 			return b.serveHeldBack(e, v, floor)
 		}
 	}
 	e.markUsed()
-	return toAccessToken(v), nil
+	return b.toAccessToken(v), nil
 }
 
 // inactiveRecheck bounds the store reads of callers hammering a credential
@@ -137,24 +151,34 @@ func (b *Broker) recheckInactive(ctx context.Context, e *entry, v *view) *view {
 }
 
 // fresh reports whether v's access token can serve a caller wanting
-// minRemaining.
+// minRemaining: unexpired by the margin, and not past its cutoff.
 func (b *Broker) fresh(v *view, minRemaining time.Duration) bool {
+	now := b.opts.now()
+	return b.unexpired(v, minRemaining, now) && !b.pastCutoff(v, now)
+}
+
+// unexpired reports whether v's access token has minRemaining and the
+// expiry margin left at now.
+func (b *Broker) unexpired(v *view, minRemaining time.Duration, now time.Time) bool {
 	if v.fam.Status != StatusActive || v.fam.Access == nil {
 		return false
 	}
 	a := v.fam.Access
-	return !b.opts.now().Add(max(minRemaining, expiryMargin(b.opts.expiryDelta, tokenLife(v.fam)))).After(a.ExpiresAt)
+	return !now.Add(max(minRemaining, expiryMargin(b.opts.expiryDelta, tokenLife(v.fam)))).After(a.ExpiresAt)
 }
 
 // needsRefresh returns the test a view fails when its token cannot serve a
 // caller wanting minRemaining and the rotation floor lets it be refreshed
-// (see rotationInterval).
-func (b *Broker) needsRefresh(minRemaining time.Duration) func(*view) bool {
+// (see rotationInterval), or when this replica is rotating it.
+func (b *Broker) needsRefresh(e *entry, minRemaining time.Duration) func(*view) bool {
 	return func(v *view) bool {
+		if e.beingRotated(v) {
+			return true
+		}
 		if b.fresh(v, minRemaining) {
 			return false
 		}
-		_, held := heldBack(v, b.opts.now())
+		_, held := b.holdsBack(v, b.opts.now())
 		return !held
 	}
 }
@@ -285,9 +309,10 @@ func isFingerprint(s string) bool {
 	return true
 }
 
-func toAccessToken(v *view) AccessToken {
+func (b *Broker) toAccessToken(v *view) AccessToken {
 	a := v.fam.Access
 	return AccessToken{
+		UseUntil:    b.useUntil(v, b.opts.now()),
 		Token:       a.Token,
 		Type:        a.Type,
 		InstanceURL: a.InstanceURL,

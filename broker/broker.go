@@ -318,8 +318,12 @@ type counters struct {
 	// rotationsHeldBack counts calls the rotation floor kept from a refresh
 	// (see rotationInterval).
 	rotationsHeldBack atomic.Int64
-	refreshes         atomic.Int64
-	refreshFailures   [numRefreshFailures]atomic.Int64
+	// cutoffWaits counts calls that waited for a rotation because the
+	// token was past its cutoff; offScheduleRotations the rotations this
+	// replica announced to the others (cutoff.go).
+	cutoffWaits, offScheduleRotations atomic.Int64
+	refreshes                         atomic.Int64
+	refreshFailures                   [numRefreshFailures]atomic.Int64
 	// revocations is guarded by revocationsMu: reasons are few, revocations
 	// rare.
 	revocationsMu sync.Mutex
@@ -342,6 +346,14 @@ type Stats struct {
 	// less than max(half its tokens' lifetime, 5 s) ago): they got the
 	// current token, or UNAVAILABLE when it had expired.
 	RotationsHeldBack int64
+	// CutoffWaits counts GetAccessToken calls that found the token
+	// unexpired but past its serving cutoff (a replica may have rotated it
+	// at a provider that kills the previous access token) and waited for
+	// the rotation instead.
+	CutoffWaits int64
+	// OffScheduleRotations counts rotations this replica made before the
+	// previous access token's cutoff and announced to the other replicas.
+	OffScheduleRotations int64
 	// Refreshes counts rotations this replica completed and stored.
 	Refreshes int64
 	// RefreshFailures counts refreshes this replica gave up on, by reason:
@@ -362,9 +374,10 @@ func (b *Broker) Stats() Stats {
 		ClaimWaits: m.claimWaits.Load(), ConsumerTokensDropped: m.consumerTokensDropped.Load(),
 		CacheHits: m.cacheHits.Load(), CacheMisses: m.cacheMisses.Load(), Refreshes: m.refreshes.Load(),
 		RotationsHeldBack: m.rotationsHeldBack.Load(),
-		RefreshFailures:   make(map[string]int64, numRefreshFailures),
-		Revocations:       make(map[RevocationReason]int64),
-		NoticeLogReadAt:   b.notices.lastRead(),
+		CutoffWaits:       m.cutoffWaits.Load(), OffScheduleRotations: m.offScheduleRotations.Load(),
+		RefreshFailures: make(map[string]int64, numRefreshFailures),
+		Revocations:     make(map[RevocationReason]int64),
+		NoticeLogReadAt: b.notices.lastRead(),
 	}
 	for i := range m.refreshFailures {
 		s.RefreshFailures[refreshFailureNames[i]] = m.refreshFailures[i].Load()
@@ -541,6 +554,10 @@ type entry struct {
 	// inactiveReadAt is when a revoked or missing family was last re-read
 	// (unix ns), see recheckInactive.
 	inactiveReadAt atomic.Int64
+	// presenting is the generation + 1 whose refresh token this replica is
+	// presenting at a provider that kills the previous access token; 0
+	// when none (see cutoff.go).
+	presenting atomic.Uint64
 }
 
 // view is an immutable snapshot of a credential. Never modify one in place.

@@ -92,6 +92,9 @@ const (
 	FieldDeviceAuthorizationURL SpecField = "device_authorization_url"
 	// FieldClientAuthMethod is how the client authenticates.
 	FieldClientAuthMethod SpecField = "client_auth_method"
+	// FieldPreviousAccessToken says whether a rotation kills the previous
+	// access token.
+	FieldPreviousAccessToken SpecField = "previous_access_token"
 )
 
 func applyField(dst *Spec, src Spec, f SpecField) error {
@@ -124,6 +127,8 @@ func applyField(dst *Spec, src Spec, f SpecField) error {
 		dst.RefreshMaxLife = src.RefreshMaxLife
 	case FieldReuseGrace:
 		dst.ReuseGrace = src.ReuseGrace
+	case FieldPreviousAccessToken:
+		dst.PreviousAccessToken = src.PreviousAccessToken
 	case "provider_kind":
 		return invalid("update_mask", "provider_kind cannot change; create a new credential")
 	default:

@@ -57,6 +57,11 @@ const (
 	// proven yet (the provider could not be reached); refreshed again by
 	// the scheduler and by callers.
 	stateUnproven
+	// stateCutOff: active, and the clock is past the access token's cutoff
+	// at a provider that kills the previous access token (cutoff.go): no
+	// replica hands the token out; callers wait for the rotation. Derived
+	// from the record and the clock (familyRecord.stateAt), never written.
+	stateCutOff
 	numFamilyStates
 )
 
@@ -75,6 +80,7 @@ var familyStates = [numFamilyStates]familyStateInfo{
 	stateRevokedPendingProvider: {"revoked_pending_provider", "revoked deliberately, the provider has not confirmed revoking the refresh token: it is kept in `pending_revocation` (never presented to the token endpoint) so RevokeCredential can retry"},
 	stateHeld:                   {"held", "in memory only: a rotated family the store did not accept; the store still shows the claim, the older token is never presented again, and the write is retried before any other refresh"},
 	stateUnproven:               {"unproven", "`status` active and `unproven`, no claim: an imported refresh token stored but not yet proven by a refresh (`credentials show`: unproven); the proving refresh is retried"},
+	stateCutOff:                 {"cut_off", "`status` active, idle, the clock past the access token's cutoff (its scheduled rotation computed from the record, minus min(500 ms, lifetime/40)) at a provider that kills the previous access token: no replica hands the token out, callers wait for the rotation; derived from the record and the clock, never written"},
 }
 
 func (s familyState) String() string {
@@ -122,6 +128,11 @@ const (
 	// holder's claim is a previous process's, which died: this replica
 	// claims in its place at once, in doubt.
 	evTakeOverDead
+	// evReachCutoff: the clock passes the access token's cutoff (no write).
+	evReachCutoff
+	// evNotePreviousAccess: introspection after a rotation found whether
+	// the provider killed the previous access token.
+	evNotePreviousAccess
 	numFamilyEvents
 )
 
@@ -139,6 +150,8 @@ var familyEventNames = [numFamilyEvents]string{
 	evRevokeDeliberately:        "revoke_deliberately",
 	evConfirmProviderRevocation: "confirm_provider_revocation",
 	evTakeOverDead:              "take_over_dead",
+	evReachCutoff:               "reach_cutoff",
+	evNotePreviousAccess:        "note_previous_access",
 }
 
 func (e familyEvent) String() string {
@@ -218,6 +231,13 @@ var familyTransitions = []transition{
 	{stateUnproven, evClaim, stateClaimed, "the proving refresh (import, a caller, the scheduler's retry)"},
 	{stateClaimed, evRelease, stateUnproven, "the proving refresh could not reach the provider: stored, not yet proven; retried"},
 	{stateUnproven, evRevokeDeliberately, stateRevokedPendingProvider, "RevokeCredential"},
+	{stateActive, evReachCutoff, stateCutOff, "the clock passes the cutoff every replica computes from the record alike (no write); a provider that keeps the previous access token has none"},
+	{stateCutOff, evClaim, stateClaimed, "a caller past the cutoff, or the scheduler, claims the rotation; callers on every replica wait for its result"},
+	{stateCutOff, evInstall, stateActive, "Reauthenticate with a code or device flow"},
+	{stateCutOff, evInstall, stateUnproven, "reauth import"},
+	{stateCutOff, evRevoke, stateRevoked, "introspection: the refresh token is inactive at the provider (REVOKED_AT_PROVIDER)"},
+	{stateCutOff, evRevokeDeliberately, stateRevokedPendingProvider, "RevokeCredential"},
+	{stateActive, evNotePreviousAccess, stateActive, "generic provider with an introspection endpoint, previous_access_token unset: the access token a rotation replaced was introspected; whether it died is recorded (not once the new token is past its cutoff), and replicas apply or drop the cutoff alike"},
 }
 
 // allowed reports whether the table has from --event--> to.
@@ -270,6 +290,16 @@ func (f *familyRecord) state() familyState {
 	return stateAwaitingReauth
 }
 
+// stateAt is the record's state at now, for a token whose cutoff is
+// cutoff (zero: none): stateCutOff once an idle family's token passed it.
+func (f *familyRecord) stateAt(cutoff, now time.Time) familyState {
+	s := f.state()
+	if s == stateActive && !cutoff.IsZero() && !now.Before(cutoff) {
+		return stateCutOff
+	}
+	return s
+}
+
 // familyStateOf is the state of an entry's family: the stored one, or
 // stateHeld while a rotation waits in memory.
 func familyStateOf(fam *familyRecord, held bool) familyState {
@@ -285,7 +315,9 @@ func familyStateOf(fam *familyRecord, held bool) familyState {
 // known to be the provider's current one.
 func (f *familyRecord) idle() bool { return f.state() == stateActive }
 
-// to returns next if the table allows f --ev--> next.
+// to returns next if the table allows f --ev--> next. A family past its
+// cutoff is active in its record: the table allows every stored event from
+// cut_off that it allows from active.
 func (f *familyRecord) to(ev familyEvent, next *familyRecord) (*familyRecord, error) {
 	if from, to := f.state(), next.state(); !allowed(from, ev, to) {
 		return nil, &transitionError{From: from, Event: ev, To: to}
@@ -402,6 +434,14 @@ func (f *familyRecord) providerConfirmed() (*familyRecord, error) {
 	next := f.clone()
 	next.PendingRevocation = ""
 	return f.to(evConfirmProviderRevocation, next)
+}
+
+// notedPreviousAccess returns f recording what the provider does with the
+// previous access token at a rotation.
+func (f *familyRecord) notedPreviousAccess(p PreviousAccess) (*familyRecord, error) {
+	next := f.clone()
+	next.PreviousAccess = p
+	return f.to(evNotePreviousAccess, next)
 }
 
 // replacedBy returns the new family that replaces f.

@@ -49,7 +49,10 @@ func newFamHarness(t *testing.T) *famHarness {
 		aud:  &recordingAuditor{},
 	}
 	h.b = newBroker(t, Config{Store: h.st, Provider: h.prov, Auditor: h.aud}, replicaOpts(h.clk, WithReplicaID(me))...)
-	spec := Spec{ProviderKind: ProviderSalesforce, BaseURL: "http://127.0.0.1:1", ClientID: "c", ClientSecret: "s", Scopes: []string{"api", "refresh_token"}}
+	// A provider killing the previous access token, so families have a
+	// cutoff (cut_off).
+	spec := Spec{ProviderKind: ProviderSalesforce, BaseURL: "http://127.0.0.1:1", ClientID: "c", ClientSecret: "s", Scopes: []string{"api", "refresh_token"},
+		PreviousAccessToken: PreviousAccessRevoked}
 	if _, err := h.b.CreateCredential(h.ctx, "x", spec); err != nil {
 		t.Fatal(err)
 	}
@@ -74,6 +77,10 @@ func (h *famHarness) record(s familyState) *familyRecord {
 	case stateAwaitingReauth:
 		return &familyRecord{Status: StatusAwaitingReauth}
 	case stateActive:
+	case stateCutOff:
+		// Four minutes left of an hour: past the scheduled rotation (5 min
+		// 10 s before expiry) and its cutoff.
+		active.Access.IssuedAt, active.Access.ExpiresAt = now.Add(-56*time.Minute), now.Add(4*time.Minute)
 	case stateClaimed, stateHeld:
 		active.Claim = mine
 	case stateInDoubt:
@@ -155,7 +162,8 @@ func (h *famHarness) stored() *familyRecord {
 
 // state is the family's: the stored record's, or held.
 func (h *famHarness) state() familyState {
-	return familyStateOf(h.stored(), h.e.rescue.Load() != nil)
+	v := h.e.view.Load()
+	return h.b.stateOf(h.b.newView(v.cred, v.credVersion, h.stored(), v.famVersion), h.e.rescue.Load() != nil)
 }
 
 // notices returns the notices in the store's log as "kind" or
@@ -312,6 +320,9 @@ func TestEveryTransitionThroughTheBroker(t *testing.T) {
 		}
 	}
 
+	revokedAtProvider := rowCase{drive: func(h *famHarness) error {
+		return confirmed(h.b.confirmRevokedAtProvider(h.ctx, h.e, h.e.view.Load(), "the test"))
+	}, audit: []string{audit.ActionFamilyRevoked}, notices: []string{"revoked:revoked_at_provider"}, err: noErr}
 	theirs := func(s familyState) func(h *famHarness) *familyRecord {
 		return func(h *famHarness) *familyRecord {
 			return takenBy(newer(s)(h), other, h.clk.Now().Add(time.Minute))
@@ -340,9 +351,23 @@ func TestEveryTransitionThroughTheBroker(t *testing.T) {
 		{From: stateHeld, Event: evDropHeld, To: stateInDoubtReleased}:        {drive: storeHeldAfter(newer(stateInDoubtReleased)), err: noErr},
 		{From: stateHeld, Event: evDropHeld, To: stateRevoked}:                {drive: storeHeldAfter(func(h *famHarness) *familyRecord { return h.record(stateRevoked) }), err: noErr},
 		{From: stateHeld, Event: evDropHeld, To: stateRevokedPendingProvider}: {drive: storeHeldAfter(func(h *famHarness) *familyRecord { return h.record(stateRevokedPendingProvider) }), err: noErr},
-		{From: stateActive, Event: evRevoke, To: stateRevoked}: {drive: func(h *famHarness) error {
-			return confirmed(h.b.confirmRevokedAtProvider(h.ctx, h.e, h.e.view.Load(), "the test"))
-		}, audit: []string{audit.ActionFamilyRevoked}, notices: []string{"revoked:revoked_at_provider"}, err: noErr},
+		{From: stateActive, Event: evRevoke, To: stateRevoked}:                revokedAtProvider,
+		{From: stateCutOff, Event: evRevoke, To: stateRevoked}:                revokedAtProvider,
+		{From: stateActive, Event: evReachCutoff, To: stateCutOff}: {drive: func(h *famHarness) error {
+			h.clk.Add(time.Hour - 5*time.Minute)
+			return nil
+		}, err: noErr},
+		{From: stateCutOff, Event: evClaim, To: stateClaimed}: claimed,
+		{From: stateActive, Event: evNotePreviousAccess, To: stateActive}: {drive: func(h *famHarness) error {
+			if err := h.b.notePreviousAccess(h.ctx, h.e, "fam-1", PreviousAccessKept); err != nil {
+				return err
+			}
+			if f := h.stored(); f.PreviousAccess != PreviousAccessKept {
+				return fmt.Errorf("recorded %q, want kept", f.PreviousAccess)
+			}
+			return nil
+		}, err: noErr},
+		{From: stateCutOff, Event: evRevokeDeliberately, To: stateRevokedPendingProvider}:          deliberate,
 		{From: stateClaimed, Event: evRevoke, To: stateRevoked}:                                    rejected(ReasonRefreshTokenRejected),
 		{From: stateInDoubt, Event: evRevoke, To: stateRevoked}:                                    rejected(ReasonLostRotation),
 		{From: stateInDoubtReleased, Event: evRevoke, To: stateRevoked}:                            {drive: revokeAfterTakeoverAndRelease, audit: []string{audit.ActionFamilyRevoked}, notices: []string{"revoked:refresh_token_rejected"}, err: isReauth},
@@ -454,8 +479,10 @@ func TestTransitionMethodsRefuseWhatTheTableDoesNotAllow(t *testing.T) {
 		return slices.ContainsFunc(familyTransitions, func(t transition) bool { return t.From == from && t.Event == ev })
 	}
 	for s := range numFamilyStates {
-		if s == stateHeld {
-			continue // in memory: no record is in it
+		if s == stateHeld || s == stateCutOff {
+			// held is in memory, cut_off an active record past a time: no
+			// record is in either (TestCutOffAllowsWhatActiveAllows).
+			continue
 		}
 		for _, m := range methods {
 			f := h.record(s)

@@ -28,7 +28,14 @@ type NoticeKind int
 const (
 	NoticeFamilyRevoked NoticeKind = iota + 1
 	NoticeFamilyActivated
+	// NoticeAccessRotated is for replicas only, never delivered to
+	// watchers: the family was rotated before its access token's cutoff,
+	// at a provider that kills the previous access token (cutoff.go).
+	NoticeAccessRotated
 )
+
+// forWatchers reports whether watchers receive notices of kind k.
+func (k NoticeKind) forWatchers() bool { return k != NoticeAccessRotated }
 
 // Notice reports a change of a credential's token family.
 type Notice struct {
@@ -303,7 +310,10 @@ func (l *noticeLog) append(ctx context.Context, n Notice) error {
 	if err != nil {
 		l.log.WarnContext(ctx, "notice kept only in the log head; watchers resuming from far back may miss it", "seq", seq, "err", err)
 	}
-	l.writePaged(ctx, seq, pruneTo, n)
+	if n.Kind.forWatchers() {
+		// Pages and indexes serve watchers' replays only.
+		l.writePaged(ctx, seq, pruneTo, n)
+	}
 	for old := pruneFrom; old < pruneTo; old++ {
 		if err := l.store.Delete(ctx, noticeKey(old)); err != nil {
 			l.log.WarnContext(ctx, "could not prune notice", "seq", old, "err", err)
@@ -738,7 +748,7 @@ func (s *Subscription) Next(ctx context.Context) (Notice, error) {
 }
 
 func (s *Subscription) wants(n Notice) bool {
-	return s.filter == nil || s.filter[n.CredentialID]
+	return n.Kind.forWatchers() && (s.filter == nil || s.filter[n.CredentialID])
 }
 
 // deliver is called with log.mu held.
@@ -827,7 +837,7 @@ func (b *Broker) applyRemoteNotice(ctx context.Context, n Notice) {
 	case err != nil:
 		// Stop handing out a token the notice may have killed; the next
 		// caller refreshes from the store's state.
-		if n.Kind == NoticeFamilyRevoked {
+		if n.Kind == NoticeFamilyRevoked || n.Kind == NoticeAccessRotated {
 			e.dropAccess()
 		}
 		b.log.WarnContext(ctx, "could not re-read a credential another replica changed", "credential", n.CredentialID, "err", err)

@@ -138,6 +138,10 @@ type familyRecord struct {
 	RevokedAt         time.Time `json:"revoked_at,omitzero"`
 	LastError         string    `json:"last_error,omitempty"`
 	LastErrorAt       time.Time `json:"last_error_at,omitzero"`
+	// PreviousAccess is what introspection right after a rotation found
+	// the provider does with the previous access token (cutoff.go); empty
+	// until known. Kept in the family, where every replica reads it.
+	PreviousAccess PreviousAccess `json:"previous_access,omitempty"`
 }
 
 func (f *familyRecord) clone() *familyRecord {

@@ -47,8 +47,6 @@ func (b *Broker) runRefresh(caller context.Context, e *entry, need func(*view) b
 	// a fresh token already, so decide once more on what the store holds
 	// (adopt it, wait for the other's refresh, or claim anew) rather than
 	// answer ABORTED.
-	var v *view
-	var err error
 	for try := 0; try < 2; try++ {
 		var l *claimLease
 		if l, v, err = b.acquire(ctx, e, need); err != nil || l == nil {
@@ -228,6 +226,9 @@ func (b *Broker) refreshFamily(ctx context.Context, l *claimLease) (*view, error
 	pctx, cancel := b.providerContext(ctx, l.v.fam)
 	defer cancel()
 	a := refreshAttempt{notProcessedTries: b.opts.notProcessedTries}
+	// From the first presentation on, this replica's callers stop getting
+	// the access token the rotation may kill.
+	defer l.e.presentingAt(l.v)()
 	for ; ; a.n++ {
 		spec := l.v.cred.Spec
 		tok, answer := b.provider.Refresh(pctx, spec.endpoint(), spec.clientCredentials(), l.v.fam.RefreshToken)
@@ -342,6 +343,8 @@ func (l *claimLease) storeResult(ctx context.Context, tok *provider.Token) (*vie
 		return v, nil // our write had landed, its answer lost: adopted
 	}
 	e.used.Store(false)
+	b.announceOffSchedule(e, claimed, v)
+	b.detectPreviousAccess(e, claimed, v)
 
 	action := audit.ActionRefreshed
 	if rotated {

@@ -73,6 +73,10 @@ type Spec struct {
 	// name besides *.salesforce.com, *.force.com and the token URL's host
 	// (e.g. salesforce.mil); empty for none. Not in the API yet.
 	InstanceURLDomain string `json:"instance_url_domain,omitempty"`
+	// PreviousAccessToken says whether the provider kills the previous
+	// access token when it rotates (see cutoff.go); empty decides by
+	// provider kind.
+	PreviousAccessToken PreviousAccess `json:"previous_access_token,omitempty"`
 }
 
 // Redacted returns a copy without the client secret, for describing.
@@ -139,6 +143,11 @@ func (s Spec) validate() error {
 		}
 	default:
 		return invalid("spec.client_auth_method", "unknown method")
+	}
+	switch s.PreviousAccessToken {
+	case PreviousAccessDefault, PreviousAccessRevoked, PreviousAccessKept:
+	default:
+		return invalid("spec.previous_access_token", "revoked, kept or unset")
 	}
 	if len(s.Scopes) > maxScopes {
 		return invalid("spec.scopes", "at most %d scopes", maxScopes)

@@ -52,10 +52,15 @@ func TestImportWithTheProviderUnreachableIsStoredUnproven(t *testing.T) {
 	if _, err := b.UpdateCredential(ctx, "x", []SpecField{FieldBaseURL}, Spec{BaseURL: sim.URL()}); err != nil {
 		t.Fatal(err)
 	}
-	clk.Add(scheduledFailureWait + time.Second)
+	// A scheduled attempt still running against the old URL when the clock
+	// moves sets its retry a full wait later: move the clock on each look.
 	poll.UntilSeen(t, 10*time.Second, "the scheduler proved the imported token", func() (bool, string) {
 		c, err := b.GetCredential(ctx, "x")
-		return err == nil && c.Status == StatusActive && c.Generation == 1, string(c.Status)
+		if err == nil && c.Status == StatusActive && c.Generation == 1 {
+			return true, ""
+		}
+		clk.Add(scheduledFailureWait + time.Second)
+		return false, string(c.Status)
 	})
 	if s := sim.Stats(); s.Rotations != 1 {
 		t.Fatalf("provider rotations %d, want the one proving refresh", s.Rotations)

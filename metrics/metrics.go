@@ -89,6 +89,10 @@ var (
 		"GetAccessToken calls that needed a refresh, a wait for one, or the store.", nil, nil)
 	rotationsHeldBackDesc = prometheus.NewDesc(namespace+"_rotations_held_back_total",
 		"GetAccessToken calls that wanted a refresh the rotation floor did not allow yet (one refresh per credential per max(half the token lifetime, 5 s)); they got the current token.", nil, nil)
+	cutoffWaitsDesc = prometheus.NewDesc(namespace+"_cutoff_waits_total",
+		"GetAccessToken calls that found the cached access token unexpired but past its serving cutoff (a replica may have rotated it at a provider that kills the previous access token) and waited for the rotation instead.", nil, nil)
+	offScheduleDesc = prometheus.NewDesc(namespace+"_off_schedule_rotations_total",
+		"Rotations this replica made before the previous access token's cutoff and announced to the other replicas through the notice log.", nil, nil)
 	claimWaitsDesc = prometheus.NewDesc(namespace+"_claim_waits_total",
 		"Waits for a refresh another replica claimed.", nil, nil)
 	subscribersDesc = prometheus.NewDesc(namespace+"_watch_subscribers",
@@ -104,7 +108,7 @@ var (
 type brokerCollector struct{ b *broker.Broker }
 
 func (c *brokerCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{refreshesDesc, refreshFailuresDesc, revocationsDesc, cacheHitsDesc, cacheMissesDesc, rotationsHeldBackDesc, claimWaitsDesc, subscribersDesc, droppedDesc, noticeLogDesc, credentialsDesc} {
+	for _, d := range []*prometheus.Desc{refreshesDesc, refreshFailuresDesc, revocationsDesc, cacheHitsDesc, cacheMissesDesc, rotationsHeldBackDesc, cutoffWaitsDesc, offScheduleDesc, claimWaitsDesc, subscribersDesc, droppedDesc, noticeLogDesc, credentialsDesc} {
 		ch <- d
 	}
 }
@@ -124,6 +128,8 @@ func (c *brokerCollector) Collect(ch chan<- prometheus.Metric) {
 	counter(cacheHitsDesc, s.CacheHits)
 	counter(cacheMissesDesc, s.CacheMisses)
 	counter(rotationsHeldBackDesc, s.RotationsHeldBack)
+	counter(cutoffWaitsDesc, s.CutoffWaits)
+	counter(offScheduleDesc, s.OffScheduleRotations)
 	counter(claimWaitsDesc, s.ClaimWaits)
 	counter(droppedDesc, s.ConsumerTokensDropped)
 	ch <- prometheus.MustNewConstMetric(subscribersDesc, prometheus.GaugeValue, float64(c.b.SubscriberCount()))

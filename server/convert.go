@@ -46,6 +46,31 @@ func specFromProto(p *rotavaultv1.CredentialSpec) broker.Spec {
 
 		DeviceAuthorizationURL: p.GetDeviceAuthorizationUrl(),
 		ClientAuth:             clientAuthFromProto(p.GetClientAuthMethod()),
+		PreviousAccessToken:    previousAccessFromProto(p.GetPreviousAccessToken()),
+	}
+}
+
+func previousAccessFromProto(m rotavaultv1.PreviousAccessToken) broker.PreviousAccess {
+	switch m {
+	case rotavaultv1.PreviousAccessToken_PREVIOUS_ACCESS_TOKEN_REVOKED:
+		return broker.PreviousAccessRevoked
+	case rotavaultv1.PreviousAccessToken_PREVIOUS_ACCESS_TOKEN_KEPT:
+		return broker.PreviousAccessKept
+	case rotavaultv1.PreviousAccessToken_PREVIOUS_ACCESS_TOKEN_UNSPECIFIED:
+		return broker.PreviousAccessDefault
+	default:
+		return "unknown" // refused by the broker's validation
+	}
+}
+
+func previousAccessToProto(m broker.PreviousAccess) rotavaultv1.PreviousAccessToken {
+	switch m {
+	case broker.PreviousAccessRevoked:
+		return rotavaultv1.PreviousAccessToken_PREVIOUS_ACCESS_TOKEN_REVOKED
+	case broker.PreviousAccessKept:
+		return rotavaultv1.PreviousAccessToken_PREVIOUS_ACCESS_TOKEN_KEPT
+	default:
+		return rotavaultv1.PreviousAccessToken_PREVIOUS_ACCESS_TOKEN_UNSPECIFIED
 	}
 }
 
@@ -112,6 +137,7 @@ func specToProto(s broker.Spec) *rotavaultv1.CredentialSpec {
 		ReuseGracePeriod:        durationOrNil(s.ReuseGrace),
 		DeviceAuthorizationUrl:  s.DeviceAuthorizationURL,
 		ClientAuthMethod:        clientAuthToProto(s.ClientAuth),
+		PreviousAccessToken:     previousAccessToProto(s.PreviousAccessToken),
 	}
 }
 

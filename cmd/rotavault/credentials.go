@@ -291,6 +291,12 @@ func (a *app) printCredential(c *rotavaultv1.Credential) error {
 	f.addIf("refresh idle", durationText(s.GetRefreshTokenIdleTimeout()))
 	f.addIf("refresh max", durationText(s.GetRefreshTokenMaxLifetime()))
 	f.addIf("reuse grace", durationText(s.GetReuseGracePeriod()))
+	switch s.GetPreviousAccessToken() {
+	case rotavaultv1.PreviousAccessToken_PREVIOUS_ACCESS_TOKEN_REVOKED:
+		f.add("previous access token", "revoked at rotation")
+	case rotavaultv1.PreviousAccessToken_PREVIOUS_ACCESS_TOKEN_KEPT:
+		f.add("previous access token", "kept until expiry")
+	}
 	f.addIf("family", c.GetFamilyId())
 	if c.GetFamilyId() != "" {
 		f.add("generation", strconv.FormatUint(c.GetGeneration(), 10))

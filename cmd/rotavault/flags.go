@@ -325,6 +325,7 @@ type specFlags struct {
 	refreshIdle      time.Duration
 	refreshMax       time.Duration
 	reuseGrace       time.Duration
+	previousAccess   string
 	clientAuth       string
 }
 
@@ -344,6 +345,7 @@ var specFields = []struct{ flag, path string }{
 	{"refresh-idle-timeout", "refresh_token_idle_timeout"},
 	{"refresh-max-lifetime", "refresh_token_max_lifetime"},
 	{"reuse-grace", "reuse_grace_period"},
+	{"previous-access-token", "previous_access_token"},
 }
 
 func (s *specFlags) register(fs *pflag.FlagSet, create bool) {
@@ -364,6 +366,7 @@ func (s *specFlags) register(fs *pflag.FlagSet, create bool) {
 	fs.DurationVar(&s.refreshIdle, "refresh-idle-timeout", 0, "the provider's refresh-token idle timeout, if any: unused families are refreshed well before it")
 	fs.DurationVar(&s.refreshMax, "refresh-max-lifetime", 0, "the provider's absolute refresh-token lifetime, if any")
 	fs.DurationVar(&s.reuseGrace, "reuse-grace", 0, "how long the provider accepts the previous refresh token after a rotation (0 for Salesforce); at least the server's claim margin + 5s (20s by default): a refresh claim must fit inside it")
+	fs.StringVar(&s.previousAccess, "previous-access-token", "", "whether a rotation at the provider kills the previous access token: revoked (ory/fosite, Hydra) or kept (JWT issuers, Salesforce); default: kept for salesforce, revoked for oauth2. Revoked makes every replica stop handing out a token shortly before its scheduled rotation")
 }
 
 // spec builds the CredentialSpec, reading the client secret if a file was
@@ -389,6 +392,15 @@ func (s *specFlags) spec(a *app, provider rotavaultv1.ProviderKind) (*rotavaultv
 		spec.ClientAuthMethod = rotavaultv1.ClientAuthMethod_CLIENT_AUTH_METHOD_CLIENT_SECRET_BASIC
 	default:
 		return nil, usageErrorf("--client-auth-method %q: want client_secret_post or client_secret_basic", s.clientAuth)
+	}
+	switch s.previousAccess {
+	case "":
+	case "revoked":
+		spec.PreviousAccessToken = rotavaultv1.PreviousAccessToken_PREVIOUS_ACCESS_TOKEN_REVOKED
+	case "kept":
+		spec.PreviousAccessToken = rotavaultv1.PreviousAccessToken_PREVIOUS_ACCESS_TOKEN_KEPT
+	default:
+		return nil, usageErrorf("--previous-access-token %q: want revoked or kept", s.previousAccess)
 	}
 	for _, d := range []struct {
 		flag string

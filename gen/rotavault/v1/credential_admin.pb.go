@@ -76,6 +76,58 @@ func (ProviderKind) EnumDescriptor() ([]byte, []int) {
 	return file_rotavault_v1_credential_admin_proto_rawDescGZIP(), []int{0}
 }
 
+type PreviousAccessToken int32
+
+const (
+	PreviousAccessToken_PREVIOUS_ACCESS_TOKEN_UNSPECIFIED PreviousAccessToken = 0
+	// A rotation kills the previous access token at once.
+	PreviousAccessToken_PREVIOUS_ACCESS_TOKEN_REVOKED PreviousAccessToken = 1
+	// The previous access token lives until it expires (self-contained JWTs,
+	// Salesforce).
+	PreviousAccessToken_PREVIOUS_ACCESS_TOKEN_KEPT PreviousAccessToken = 2
+)
+
+// Enum value maps for PreviousAccessToken.
+var (
+	PreviousAccessToken_name = map[int32]string{
+		0: "PREVIOUS_ACCESS_TOKEN_UNSPECIFIED",
+		1: "PREVIOUS_ACCESS_TOKEN_REVOKED",
+		2: "PREVIOUS_ACCESS_TOKEN_KEPT",
+	}
+	PreviousAccessToken_value = map[string]int32{
+		"PREVIOUS_ACCESS_TOKEN_UNSPECIFIED": 0,
+		"PREVIOUS_ACCESS_TOKEN_REVOKED":     1,
+		"PREVIOUS_ACCESS_TOKEN_KEPT":        2,
+	}
+)
+
+func (x PreviousAccessToken) Enum() *PreviousAccessToken {
+	p := new(PreviousAccessToken)
+	*p = x
+	return p
+}
+
+func (x PreviousAccessToken) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (PreviousAccessToken) Descriptor() protoreflect.EnumDescriptor {
+	return file_rotavault_v1_credential_admin_proto_enumTypes[1].Descriptor()
+}
+
+func (PreviousAccessToken) Type() protoreflect.EnumType {
+	return &file_rotavault_v1_credential_admin_proto_enumTypes[1]
+}
+
+func (x PreviousAccessToken) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use PreviousAccessToken.Descriptor instead.
+func (PreviousAccessToken) EnumDescriptor() ([]byte, []int) {
+	return file_rotavault_v1_credential_admin_proto_rawDescGZIP(), []int{1}
+}
+
 type ClientAuthMethod int32
 
 const (
@@ -111,11 +163,11 @@ func (x ClientAuthMethod) String() string {
 }
 
 func (ClientAuthMethod) Descriptor() protoreflect.EnumDescriptor {
-	return file_rotavault_v1_credential_admin_proto_enumTypes[1].Descriptor()
+	return file_rotavault_v1_credential_admin_proto_enumTypes[2].Descriptor()
 }
 
 func (ClientAuthMethod) Type() protoreflect.EnumType {
-	return &file_rotavault_v1_credential_admin_proto_enumTypes[1]
+	return &file_rotavault_v1_credential_admin_proto_enumTypes[2]
 }
 
 func (x ClientAuthMethod) Number() protoreflect.EnumNumber {
@@ -124,7 +176,7 @@ func (x ClientAuthMethod) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use ClientAuthMethod.Descriptor instead.
 func (ClientAuthMethod) EnumDescriptor() ([]byte, []int) {
-	return file_rotavault_v1_credential_admin_proto_rawDescGZIP(), []int{1}
+	return file_rotavault_v1_credential_admin_proto_rawDescGZIP(), []int{2}
 }
 
 type CredentialStatus int32
@@ -172,11 +224,11 @@ func (x CredentialStatus) String() string {
 }
 
 func (CredentialStatus) Descriptor() protoreflect.EnumDescriptor {
-	return file_rotavault_v1_credential_admin_proto_enumTypes[2].Descriptor()
+	return file_rotavault_v1_credential_admin_proto_enumTypes[3].Descriptor()
 }
 
 func (CredentialStatus) Type() protoreflect.EnumType {
-	return &file_rotavault_v1_credential_admin_proto_enumTypes[2]
+	return &file_rotavault_v1_credential_admin_proto_enumTypes[3]
 }
 
 func (x CredentialStatus) Number() protoreflect.EnumNumber {
@@ -185,7 +237,7 @@ func (x CredentialStatus) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use CredentialStatus.Descriptor instead.
 func (CredentialStatus) EnumDescriptor() ([]byte, []int) {
-	return file_rotavault_v1_credential_admin_proto_rawDescGZIP(), []int{2}
+	return file_rotavault_v1_credential_admin_proto_rawDescGZIP(), []int{3}
 }
 
 type RefreshRotation int32
@@ -223,11 +275,11 @@ func (x RefreshRotation) String() string {
 }
 
 func (RefreshRotation) Descriptor() protoreflect.EnumDescriptor {
-	return file_rotavault_v1_credential_admin_proto_enumTypes[3].Descriptor()
+	return file_rotavault_v1_credential_admin_proto_enumTypes[4].Descriptor()
 }
 
 func (RefreshRotation) Type() protoreflect.EnumType {
-	return &file_rotavault_v1_credential_admin_proto_enumTypes[3]
+	return &file_rotavault_v1_credential_admin_proto_enumTypes[4]
 }
 
 func (x RefreshRotation) Number() protoreflect.EnumNumber {
@@ -236,7 +288,7 @@ func (x RefreshRotation) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use RefreshRotation.Descriptor instead.
 func (RefreshRotation) EnumDescriptor() ([]byte, []int) {
-	return file_rotavault_v1_credential_admin_proto_rawDescGZIP(), []int{3}
+	return file_rotavault_v1_credential_admin_proto_rawDescGZIP(), []int{4}
 }
 
 // CredentialSpec is a credential's configuration.
@@ -284,8 +336,15 @@ type CredentialSpec struct {
 	// client_secret_basic, say). Generic providers only; basic needs a client
 	// secret.
 	ClientAuthMethod ClientAuthMethod `protobuf:"varint,15,opt,name=client_auth_method,json=clientAuthMethod,proto3,enum=rotavault.v1.ClientAuthMethod" json:"client_auth_method,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// Whether the provider kills the previous access token when it rotates
+	// the refresh token. Unspecified: kept for Salesforce; revoked for
+	// generic providers (ory/fosite and Hydra kill it). Where it is revoked,
+	// every replica stops handing out a token shortly before its scheduled
+	// rotation (GetAccessTokenResponse's use_until); see
+	// docs/rotation-protocol.md, "Serving windows".
+	PreviousAccessToken PreviousAccessToken `protobuf:"varint,16,opt,name=previous_access_token,json=previousAccessToken,proto3,enum=rotavault.v1.PreviousAccessToken" json:"previous_access_token,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
 }
 
 func (x *CredentialSpec) Reset() {
@@ -421,6 +480,13 @@ func (x *CredentialSpec) GetClientAuthMethod() ClientAuthMethod {
 		return x.ClientAuthMethod
 	}
 	return ClientAuthMethod_CLIENT_AUTH_METHOD_UNSPECIFIED
+}
+
+func (x *CredentialSpec) GetPreviousAccessToken() PreviousAccessToken {
+	if x != nil {
+		return x.PreviousAccessToken
+	}
+	return PreviousAccessToken_PREVIOUS_ACCESS_TOKEN_UNSPECIFIED
 }
 
 // Credential describes a credential. It never carries a secret.
@@ -1712,7 +1778,7 @@ var File_rotavault_v1_credential_admin_proto protoreflect.FileDescriptor
 
 const file_rotavault_v1_credential_admin_proto_rawDesc = "" +
 	"\n" +
-	"#rotavault/v1/credential_admin.proto\x12\frotavault.v1\x1a\x1egoogle/protobuf/duration.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1erotavault/v1/token_vault.proto\"\xac\x06\n" +
+	"#rotavault/v1/credential_admin.proto\x12\frotavault.v1\x1a\x1egoogle/protobuf/duration.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1erotavault/v1/token_vault.proto\"\x83\a\n" +
 	"\x0eCredentialSpec\x12?\n" +
 	"\rprovider_kind\x18\x01 \x01(\x0e2\x1a.rotavault.v1.ProviderKindR\fproviderKind\x12\x19\n" +
 	"\bbase_url\x18\x02 \x01(\tR\abaseUrl\x12\x1b\n" +
@@ -1729,7 +1795,8 @@ const file_rotavault_v1_credential_admin_proto_rawDesc = "" +
 	"\x1arefresh_token_max_lifetime\x18\f \x01(\v2\x19.google.protobuf.DurationR\x17refreshTokenMaxLifetime\x12G\n" +
 	"\x12reuse_grace_period\x18\r \x01(\v2\x19.google.protobuf.DurationR\x10reuseGracePeriod\x128\n" +
 	"\x18device_authorization_url\x18\x0e \x01(\tR\x16deviceAuthorizationUrl\x12L\n" +
-	"\x12client_auth_method\x18\x0f \x01(\x0e2\x1e.rotavault.v1.ClientAuthMethodR\x10clientAuthMethod\"\xf7\x06\n" +
+	"\x12client_auth_method\x18\x0f \x01(\x0e2\x1e.rotavault.v1.ClientAuthMethodR\x10clientAuthMethod\x12U\n" +
+	"\x15previous_access_token\x18\x10 \x01(\x0e2!.rotavault.v1.PreviousAccessTokenR\x13previousAccessToken\"\xf7\x06\n" +
 	"\n" +
 	"Credential\x12#\n" +
 	"\rcredential_id\x18\x01 \x01(\tR\fcredentialId\x120\n" +
@@ -1836,7 +1903,11 @@ const file_rotavault_v1_credential_admin_proto_rawDesc = "" +
 	"\fProviderKind\x12\x1d\n" +
 	"\x19PROVIDER_KIND_UNSPECIFIED\x10\x00\x12\x1c\n" +
 	"\x18PROVIDER_KIND_SALESFORCE\x10\x01\x12\x18\n" +
-	"\x14PROVIDER_KIND_OAUTH2\x10\x02*\x8d\x01\n" +
+	"\x14PROVIDER_KIND_OAUTH2\x10\x02*\x7f\n" +
+	"\x13PreviousAccessToken\x12%\n" +
+	"!PREVIOUS_ACCESS_TOKEN_UNSPECIFIED\x10\x00\x12!\n" +
+	"\x1dPREVIOUS_ACCESS_TOKEN_REVOKED\x10\x01\x12\x1e\n" +
+	"\x1aPREVIOUS_ACCESS_TOKEN_KEPT\x10\x02*\x8d\x01\n" +
 	"\x10ClientAuthMethod\x12\"\n" +
 	"\x1eCLIENT_AUTH_METHOD_UNSPECIFIED\x10\x00\x12)\n" +
 	"%CLIENT_AUTH_METHOD_CLIENT_SECRET_POST\x10\x01\x12*\n" +
@@ -1875,93 +1946,95 @@ func file_rotavault_v1_credential_admin_proto_rawDescGZIP() []byte {
 	return file_rotavault_v1_credential_admin_proto_rawDescData
 }
 
-var file_rotavault_v1_credential_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
+var file_rotavault_v1_credential_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
 var file_rotavault_v1_credential_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
 var file_rotavault_v1_credential_admin_proto_goTypes = []any{
 	(ProviderKind)(0),                // 0: rotavault.v1.ProviderKind
-	(ClientAuthMethod)(0),            // 1: rotavault.v1.ClientAuthMethod
-	(CredentialStatus)(0),            // 2: rotavault.v1.CredentialStatus
-	(RefreshRotation)(0),             // 3: rotavault.v1.RefreshRotation
-	(*CredentialSpec)(nil),           // 4: rotavault.v1.CredentialSpec
-	(*Credential)(nil),               // 5: rotavault.v1.Credential
-	(*CreateCredentialRequest)(nil),  // 6: rotavault.v1.CreateCredentialRequest
-	(*CreateCredentialResponse)(nil), // 7: rotavault.v1.CreateCredentialResponse
-	(*UpdateCredentialRequest)(nil),  // 8: rotavault.v1.UpdateCredentialRequest
-	(*UpdateCredentialResponse)(nil), // 9: rotavault.v1.UpdateCredentialResponse
-	(*GetCredentialRequest)(nil),     // 10: rotavault.v1.GetCredentialRequest
-	(*GetCredentialResponse)(nil),    // 11: rotavault.v1.GetCredentialResponse
-	(*ListCredentialsRequest)(nil),   // 12: rotavault.v1.ListCredentialsRequest
-	(*ListCredentialsResponse)(nil),  // 13: rotavault.v1.ListCredentialsResponse
-	(*DeleteCredentialRequest)(nil),  // 14: rotavault.v1.DeleteCredentialRequest
-	(*DeleteCredentialResponse)(nil), // 15: rotavault.v1.DeleteCredentialResponse
-	(*ListConsumersRequest)(nil),     // 16: rotavault.v1.ListConsumersRequest
-	(*ListConsumersResponse)(nil),    // 17: rotavault.v1.ListConsumersResponse
-	(*Consumer)(nil),                 // 18: rotavault.v1.Consumer
-	(*BackupStoreRequest)(nil),       // 19: rotavault.v1.BackupStoreRequest
-	(*BackupStoreResponse)(nil),      // 20: rotavault.v1.BackupStoreResponse
-	(*VerifyAuditTrailRequest)(nil),  // 21: rotavault.v1.VerifyAuditTrailRequest
-	(*VerifyAuditTrailResponse)(nil), // 22: rotavault.v1.VerifyAuditTrailResponse
-	(*GetServerStatusRequest)(nil),   // 23: rotavault.v1.GetServerStatusRequest
-	(*GetServerStatusResponse)(nil),  // 24: rotavault.v1.GetServerStatusResponse
-	(*CredentialStatusCount)(nil),    // 25: rotavault.v1.CredentialStatusCount
-	(*durationpb.Duration)(nil),      // 26: google.protobuf.Duration
-	(RevocationReason)(0),            // 27: rotavault.v1.RevocationReason
-	(*timestamppb.Timestamp)(nil),    // 28: google.protobuf.Timestamp
-	(*fieldmaskpb.FieldMask)(nil),    // 29: google.protobuf.FieldMask
+	(PreviousAccessToken)(0),         // 1: rotavault.v1.PreviousAccessToken
+	(ClientAuthMethod)(0),            // 2: rotavault.v1.ClientAuthMethod
+	(CredentialStatus)(0),            // 3: rotavault.v1.CredentialStatus
+	(RefreshRotation)(0),             // 4: rotavault.v1.RefreshRotation
+	(*CredentialSpec)(nil),           // 5: rotavault.v1.CredentialSpec
+	(*Credential)(nil),               // 6: rotavault.v1.Credential
+	(*CreateCredentialRequest)(nil),  // 7: rotavault.v1.CreateCredentialRequest
+	(*CreateCredentialResponse)(nil), // 8: rotavault.v1.CreateCredentialResponse
+	(*UpdateCredentialRequest)(nil),  // 9: rotavault.v1.UpdateCredentialRequest
+	(*UpdateCredentialResponse)(nil), // 10: rotavault.v1.UpdateCredentialResponse
+	(*GetCredentialRequest)(nil),     // 11: rotavault.v1.GetCredentialRequest
+	(*GetCredentialResponse)(nil),    // 12: rotavault.v1.GetCredentialResponse
+	(*ListCredentialsRequest)(nil),   // 13: rotavault.v1.ListCredentialsRequest
+	(*ListCredentialsResponse)(nil),  // 14: rotavault.v1.ListCredentialsResponse
+	(*DeleteCredentialRequest)(nil),  // 15: rotavault.v1.DeleteCredentialRequest
+	(*DeleteCredentialResponse)(nil), // 16: rotavault.v1.DeleteCredentialResponse
+	(*ListConsumersRequest)(nil),     // 17: rotavault.v1.ListConsumersRequest
+	(*ListConsumersResponse)(nil),    // 18: rotavault.v1.ListConsumersResponse
+	(*Consumer)(nil),                 // 19: rotavault.v1.Consumer
+	(*BackupStoreRequest)(nil),       // 20: rotavault.v1.BackupStoreRequest
+	(*BackupStoreResponse)(nil),      // 21: rotavault.v1.BackupStoreResponse
+	(*VerifyAuditTrailRequest)(nil),  // 22: rotavault.v1.VerifyAuditTrailRequest
+	(*VerifyAuditTrailResponse)(nil), // 23: rotavault.v1.VerifyAuditTrailResponse
+	(*GetServerStatusRequest)(nil),   // 24: rotavault.v1.GetServerStatusRequest
+	(*GetServerStatusResponse)(nil),  // 25: rotavault.v1.GetServerStatusResponse
+	(*CredentialStatusCount)(nil),    // 26: rotavault.v1.CredentialStatusCount
+	(*durationpb.Duration)(nil),      // 27: google.protobuf.Duration
+	(RevocationReason)(0),            // 28: rotavault.v1.RevocationReason
+	(*timestamppb.Timestamp)(nil),    // 29: google.protobuf.Timestamp
+	(*fieldmaskpb.FieldMask)(nil),    // 30: google.protobuf.FieldMask
 }
 var file_rotavault_v1_credential_admin_proto_depIdxs = []int32{
 	0,  // 0: rotavault.v1.CredentialSpec.provider_kind:type_name -> rotavault.v1.ProviderKind
-	26, // 1: rotavault.v1.CredentialSpec.access_token_lifetime:type_name -> google.protobuf.Duration
-	26, // 2: rotavault.v1.CredentialSpec.refresh_token_idle_timeout:type_name -> google.protobuf.Duration
-	26, // 3: rotavault.v1.CredentialSpec.refresh_token_max_lifetime:type_name -> google.protobuf.Duration
-	26, // 4: rotavault.v1.CredentialSpec.reuse_grace_period:type_name -> google.protobuf.Duration
-	1,  // 5: rotavault.v1.CredentialSpec.client_auth_method:type_name -> rotavault.v1.ClientAuthMethod
-	4,  // 6: rotavault.v1.Credential.spec:type_name -> rotavault.v1.CredentialSpec
-	2,  // 7: rotavault.v1.Credential.status:type_name -> rotavault.v1.CredentialStatus
-	27, // 8: rotavault.v1.Credential.revocation_reason:type_name -> rotavault.v1.RevocationReason
-	28, // 9: rotavault.v1.Credential.last_rotation_time:type_name -> google.protobuf.Timestamp
-	28, // 10: rotavault.v1.Credential.next_refresh_time:type_name -> google.protobuf.Timestamp
-	28, // 11: rotavault.v1.Credential.access_token_expire_time:type_name -> google.protobuf.Timestamp
-	28, // 12: rotavault.v1.Credential.create_time:type_name -> google.protobuf.Timestamp
-	28, // 13: rotavault.v1.Credential.update_time:type_name -> google.protobuf.Timestamp
-	28, // 14: rotavault.v1.Credential.access_token_issue_time:type_name -> google.protobuf.Timestamp
-	3,  // 15: rotavault.v1.Credential.last_refresh_rotation:type_name -> rotavault.v1.RefreshRotation
-	4,  // 16: rotavault.v1.CreateCredentialRequest.spec:type_name -> rotavault.v1.CredentialSpec
-	5,  // 17: rotavault.v1.CreateCredentialResponse.credential:type_name -> rotavault.v1.Credential
-	4,  // 18: rotavault.v1.UpdateCredentialRequest.spec:type_name -> rotavault.v1.CredentialSpec
-	29, // 19: rotavault.v1.UpdateCredentialRequest.update_mask:type_name -> google.protobuf.FieldMask
-	5,  // 20: rotavault.v1.UpdateCredentialResponse.credential:type_name -> rotavault.v1.Credential
-	5,  // 21: rotavault.v1.GetCredentialResponse.credential:type_name -> rotavault.v1.Credential
-	5,  // 22: rotavault.v1.ListCredentialsResponse.credentials:type_name -> rotavault.v1.Credential
-	18, // 23: rotavault.v1.ListConsumersResponse.consumers:type_name -> rotavault.v1.Consumer
-	28, // 24: rotavault.v1.Consumer.first_seen_time:type_name -> google.protobuf.Timestamp
-	28, // 25: rotavault.v1.Consumer.last_seen_time:type_name -> google.protobuf.Timestamp
-	25, // 26: rotavault.v1.GetServerStatusResponse.credential_counts:type_name -> rotavault.v1.CredentialStatusCount
-	28, // 27: rotavault.v1.GetServerStatusResponse.start_time:type_name -> google.protobuf.Timestamp
-	2,  // 28: rotavault.v1.CredentialStatusCount.status:type_name -> rotavault.v1.CredentialStatus
-	6,  // 29: rotavault.v1.CredentialAdminService.CreateCredential:input_type -> rotavault.v1.CreateCredentialRequest
-	8,  // 30: rotavault.v1.CredentialAdminService.UpdateCredential:input_type -> rotavault.v1.UpdateCredentialRequest
-	10, // 31: rotavault.v1.CredentialAdminService.GetCredential:input_type -> rotavault.v1.GetCredentialRequest
-	12, // 32: rotavault.v1.CredentialAdminService.ListCredentials:input_type -> rotavault.v1.ListCredentialsRequest
-	14, // 33: rotavault.v1.CredentialAdminService.DeleteCredential:input_type -> rotavault.v1.DeleteCredentialRequest
-	16, // 34: rotavault.v1.CredentialAdminService.ListConsumers:input_type -> rotavault.v1.ListConsumersRequest
-	19, // 35: rotavault.v1.CredentialAdminService.BackupStore:input_type -> rotavault.v1.BackupStoreRequest
-	21, // 36: rotavault.v1.CredentialAdminService.VerifyAuditTrail:input_type -> rotavault.v1.VerifyAuditTrailRequest
-	23, // 37: rotavault.v1.CredentialAdminService.GetServerStatus:input_type -> rotavault.v1.GetServerStatusRequest
-	7,  // 38: rotavault.v1.CredentialAdminService.CreateCredential:output_type -> rotavault.v1.CreateCredentialResponse
-	9,  // 39: rotavault.v1.CredentialAdminService.UpdateCredential:output_type -> rotavault.v1.UpdateCredentialResponse
-	11, // 40: rotavault.v1.CredentialAdminService.GetCredential:output_type -> rotavault.v1.GetCredentialResponse
-	13, // 41: rotavault.v1.CredentialAdminService.ListCredentials:output_type -> rotavault.v1.ListCredentialsResponse
-	15, // 42: rotavault.v1.CredentialAdminService.DeleteCredential:output_type -> rotavault.v1.DeleteCredentialResponse
-	17, // 43: rotavault.v1.CredentialAdminService.ListConsumers:output_type -> rotavault.v1.ListConsumersResponse
-	20, // 44: rotavault.v1.CredentialAdminService.BackupStore:output_type -> rotavault.v1.BackupStoreResponse
-	22, // 45: rotavault.v1.CredentialAdminService.VerifyAuditTrail:output_type -> rotavault.v1.VerifyAuditTrailResponse
-	24, // 46: rotavault.v1.CredentialAdminService.GetServerStatus:output_type -> rotavault.v1.GetServerStatusResponse
-	38, // [38:47] is the sub-list for method output_type
-	29, // [29:38] is the sub-list for method input_type
-	29, // [29:29] is the sub-list for extension type_name
-	29, // [29:29] is the sub-list for extension extendee
-	0,  // [0:29] is the sub-list for field type_name
+	27, // 1: rotavault.v1.CredentialSpec.access_token_lifetime:type_name -> google.protobuf.Duration
+	27, // 2: rotavault.v1.CredentialSpec.refresh_token_idle_timeout:type_name -> google.protobuf.Duration
+	27, // 3: rotavault.v1.CredentialSpec.refresh_token_max_lifetime:type_name -> google.protobuf.Duration
+	27, // 4: rotavault.v1.CredentialSpec.reuse_grace_period:type_name -> google.protobuf.Duration
+	2,  // 5: rotavault.v1.CredentialSpec.client_auth_method:type_name -> rotavault.v1.ClientAuthMethod
+	1,  // 6: rotavault.v1.CredentialSpec.previous_access_token:type_name -> rotavault.v1.PreviousAccessToken
+	5,  // 7: rotavault.v1.Credential.spec:type_name -> rotavault.v1.CredentialSpec
+	3,  // 8: rotavault.v1.Credential.status:type_name -> rotavault.v1.CredentialStatus
+	28, // 9: rotavault.v1.Credential.revocation_reason:type_name -> rotavault.v1.RevocationReason
+	29, // 10: rotavault.v1.Credential.last_rotation_time:type_name -> google.protobuf.Timestamp
+	29, // 11: rotavault.v1.Credential.next_refresh_time:type_name -> google.protobuf.Timestamp
+	29, // 12: rotavault.v1.Credential.access_token_expire_time:type_name -> google.protobuf.Timestamp
+	29, // 13: rotavault.v1.Credential.create_time:type_name -> google.protobuf.Timestamp
+	29, // 14: rotavault.v1.Credential.update_time:type_name -> google.protobuf.Timestamp
+	29, // 15: rotavault.v1.Credential.access_token_issue_time:type_name -> google.protobuf.Timestamp
+	4,  // 16: rotavault.v1.Credential.last_refresh_rotation:type_name -> rotavault.v1.RefreshRotation
+	5,  // 17: rotavault.v1.CreateCredentialRequest.spec:type_name -> rotavault.v1.CredentialSpec
+	6,  // 18: rotavault.v1.CreateCredentialResponse.credential:type_name -> rotavault.v1.Credential
+	5,  // 19: rotavault.v1.UpdateCredentialRequest.spec:type_name -> rotavault.v1.CredentialSpec
+	30, // 20: rotavault.v1.UpdateCredentialRequest.update_mask:type_name -> google.protobuf.FieldMask
+	6,  // 21: rotavault.v1.UpdateCredentialResponse.credential:type_name -> rotavault.v1.Credential
+	6,  // 22: rotavault.v1.GetCredentialResponse.credential:type_name -> rotavault.v1.Credential
+	6,  // 23: rotavault.v1.ListCredentialsResponse.credentials:type_name -> rotavault.v1.Credential
+	19, // 24: rotavault.v1.ListConsumersResponse.consumers:type_name -> rotavault.v1.Consumer
+	29, // 25: rotavault.v1.Consumer.first_seen_time:type_name -> google.protobuf.Timestamp
+	29, // 26: rotavault.v1.Consumer.last_seen_time:type_name -> google.protobuf.Timestamp
+	26, // 27: rotavault.v1.GetServerStatusResponse.credential_counts:type_name -> rotavault.v1.CredentialStatusCount
+	29, // 28: rotavault.v1.GetServerStatusResponse.start_time:type_name -> google.protobuf.Timestamp
+	3,  // 29: rotavault.v1.CredentialStatusCount.status:type_name -> rotavault.v1.CredentialStatus
+	7,  // 30: rotavault.v1.CredentialAdminService.CreateCredential:input_type -> rotavault.v1.CreateCredentialRequest
+	9,  // 31: rotavault.v1.CredentialAdminService.UpdateCredential:input_type -> rotavault.v1.UpdateCredentialRequest
+	11, // 32: rotavault.v1.CredentialAdminService.GetCredential:input_type -> rotavault.v1.GetCredentialRequest
+	13, // 33: rotavault.v1.CredentialAdminService.ListCredentials:input_type -> rotavault.v1.ListCredentialsRequest
+	15, // 34: rotavault.v1.CredentialAdminService.DeleteCredential:input_type -> rotavault.v1.DeleteCredentialRequest
+	17, // 35: rotavault.v1.CredentialAdminService.ListConsumers:input_type -> rotavault.v1.ListConsumersRequest
+	20, // 36: rotavault.v1.CredentialAdminService.BackupStore:input_type -> rotavault.v1.BackupStoreRequest
+	22, // 37: rotavault.v1.CredentialAdminService.VerifyAuditTrail:input_type -> rotavault.v1.VerifyAuditTrailRequest
+	24, // 38: rotavault.v1.CredentialAdminService.GetServerStatus:input_type -> rotavault.v1.GetServerStatusRequest
+	8,  // 39: rotavault.v1.CredentialAdminService.CreateCredential:output_type -> rotavault.v1.CreateCredentialResponse
+	10, // 40: rotavault.v1.CredentialAdminService.UpdateCredential:output_type -> rotavault.v1.UpdateCredentialResponse
+	12, // 41: rotavault.v1.CredentialAdminService.GetCredential:output_type -> rotavault.v1.GetCredentialResponse
+	14, // 42: rotavault.v1.CredentialAdminService.ListCredentials:output_type -> rotavault.v1.ListCredentialsResponse
+	16, // 43: rotavault.v1.CredentialAdminService.DeleteCredential:output_type -> rotavault.v1.DeleteCredentialResponse
+	18, // 44: rotavault.v1.CredentialAdminService.ListConsumers:output_type -> rotavault.v1.ListConsumersResponse
+	21, // 45: rotavault.v1.CredentialAdminService.BackupStore:output_type -> rotavault.v1.BackupStoreResponse
+	23, // 46: rotavault.v1.CredentialAdminService.VerifyAuditTrail:output_type -> rotavault.v1.VerifyAuditTrailResponse
+	25, // 47: rotavault.v1.CredentialAdminService.GetServerStatus:output_type -> rotavault.v1.GetServerStatusResponse
+	39, // [39:48] is the sub-list for method output_type
+	30, // [30:39] is the sub-list for method input_type
+	30, // [30:30] is the sub-list for extension type_name
+	30, // [30:30] is the sub-list for extension extendee
+	0,  // [0:30] is the sub-list for field type_name
 }
 
 func init() { file_rotavault_v1_credential_admin_proto_init() }
@@ -1975,7 +2048,7 @@ func file_rotavault_v1_credential_admin_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_rotavault_v1_credential_admin_proto_rawDesc), len(file_rotavault_v1_credential_admin_proto_rawDesc)),
-			NumEnums:      4,
+			NumEnums:      5,
 			NumMessages:   22,
 			NumExtensions: 0,
 			NumServices:   1,
