@@ -35,9 +35,16 @@ type AccessToken struct {
 	Scopes      []string
 	IssuedAt    time.Time
 	ExpiresAt   time.Time
+	// UseUntil is when this token must stop being used: after it a replica
+	// may have rotated it at a provider that kills the previous access token.
+	UseUntil    time.Time
 	FamilyID    string
 	Generation  uint64
 	Fingerprint string
+
+	// Rejected says what the request's rejected-token report caused; zero
+	// when the request reported none.
+	Rejected RejectedOutcome
 }
 
 // Fingerprint identifies an access token without revealing it: lowercase hex
@@ -75,7 +82,7 @@ func (b *Broker) GetAccessToken(ctx context.Context, req TokenRequest) (AccessTo
 	if req.Rejected == nil && b.fresh(v, req.MinRemaining) {
 		e.markUsed()
 		b.metrics.cacheHits.Add(1)
-		return toAccessToken(v), nil // the hot path: no allocation, no store
+		return b.toAccessToken(v), nil // the hot path: no allocation, no store
 	}
 	b.metrics.cacheMisses.Add(1)
 	if req.Rejected == nil {
@@ -85,13 +92,16 @@ func (b *Broker) GetAccessToken(ctx context.Context, req TokenRequest) (AccessTo
 	}
 	need := b.needsRefresh(req.MinRemaining)
 
+	reported := v // what a rejected-token report is judged against
 	if req.Rejected != nil {
 		if v, done, err := b.handleRejection(ctx, e, v, req); done || err != nil {
 			if err != nil {
 				return AccessToken{}, err
 			}
 			e.markUsed()
-			return toAccessToken(v), nil
+			tok := b.toAccessToken(v)
+			tok.Rejected = rejectionOutcome(req.Rejected, reported, v)
+			return tok, nil
 		}
 		// The named token is current and dead at the provider: refresh even
 		// though it looks unexpired.
@@ -108,11 +118,15 @@ func (b *Broker) GetAccessToken(ctx context.Context, req TokenRequest) (AccessTo
 		// one may not spend a rotation of its own. (A rejection that named
 		// the current token refreshed it, so its answer is fresh.)
 		if floor, held := heldBack(v, b.opts.now()); held {
-			return b.serveHeldBack(e, v, floor)
+			tok, err := b.serveHeldBack(e, v, floor)
+			tok.Rejected = rejectionOutcome(req.Rejected, reported, v)
+			return tok, err
 		}
 	}
 	e.markUsed()
-	return toAccessToken(v), nil
+	tok := b.toAccessToken(v)
+	tok.Rejected = rejectionOutcome(req.Rejected, reported, v)
+	return tok, nil
 }
 
 // inactiveRecheck bounds the store reads of callers hammering a credential
@@ -195,9 +209,7 @@ func (b *Broker) handleRejection(ctx context.Context, e *entry, v *view, req Tok
 		return v, false, nil
 	}
 	cur := v.fam.Access
-	r := req.Rejected
-	named := (r.Fingerprint != "" && r.Fingerprint == cur.Fingerprint) || (r.Fingerprint == "" && r.Generation == v.fam.Generation)
-	if !named {
+	if !req.Rejected.names(v) {
 		// An older token was rejected; the current one is another token. Hand
 		// it out if it suits, else refresh as usual.
 		return v, b.fresh(v, req.MinRemaining), nil
@@ -285,7 +297,7 @@ func isFingerprint(s string) bool {
 	return true
 }
 
-func toAccessToken(v *view) AccessToken {
+func (b *Broker) toAccessToken(v *view) AccessToken {
 	a := v.fam.Access
 	return AccessToken{
 		Token:       a.Token,
@@ -294,6 +306,8 @@ func toAccessToken(v *view) AccessToken {
 		Scopes:      a.Scopes,
 		IssuedAt:    a.IssuedAt,
 		ExpiresAt:   a.ExpiresAt,
+		// Provisional: when this replica itself stops serving the token.
+		UseUntil:    a.ExpiresAt.Add(-expiryMargin(b.opts.expiryDelta, tokenLife(v.fam))),
 		FamilyID:    v.fam.FamilyID,
 		Generation:  v.fam.Generation,
 		Fingerprint: a.Fingerprint,

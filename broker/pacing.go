@@ -109,5 +109,5 @@ func (b *Broker) serveHeldBack(e *entry, v *view, floor *rotationFloorError) (Ac
 		return AccessToken{}, &UnavailableError{Component: ComponentProvider, RetryAfter: floor.until.Sub(now), Err: floor}
 	}
 	e.markUsed()
-	return toAccessToken(v), nil
+	return b.toAccessToken(v), nil
 }

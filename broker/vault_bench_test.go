@@ -172,7 +172,7 @@ func BenchmarkVaultCachedVsReadEveryCall(b *testing.B) {
 	readEvery := func(w int) error {
 		v, err := vb.b.readView(ctx, vb.ids[w])
 		if err == nil {
-			_ = toAccessToken(v)
+			_ = vb.b.toAccessToken(v)
 		}
 		return err
 	}
