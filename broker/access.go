@@ -41,6 +41,10 @@ type AccessToken struct {
 	FamilyID    string
 	Generation  uint64
 	Fingerprint string
+
+	// Rejected says what the request's rejected-token report caused; zero
+	// when the request reported none.
+	Rejected RejectedOutcome
 }
 
 // Fingerprint identifies an access token without revealing it: lowercase hex
@@ -97,13 +101,16 @@ func (b *Broker) GetAccessToken(ctx context.Context, req TokenRequest) (AccessTo
 		}
 	}
 
+	reported := v // what a rejected-token report is judged against
 	if req.Rejected != nil {
 		if v, done, err := b.handleRejection(ctx, e, v, req); done || err != nil {
 			if err != nil {
 				return AccessToken{}, err
 			}
 			e.markUsed()
-			return b.toAccessToken(v), nil
+			tok := b.toAccessToken(v)
+			tok.Rejected = rejectionOutcome(req.Rejected, reported, v)
+			return tok, nil
 		}
 		// The named token is current and dead at the provider: refresh even
 		// though it looks unexpired.
@@ -122,11 +129,15 @@ func (b *Broker) GetAccessToken(ctx context.Context, req TokenRequest) (AccessTo
 		// one may not spend a rotation of its own. (A rejection that named
 		// the current token refreshed it, so its answer is fresh.)
 		if floor, held := b.holdsBack(v, b.opts.now()); held {
-			return b.serveHeldBack(e, v, floor)
+			tok, err := b.serveHeldBack(e, v, floor)
+			tok.Rejected = rejectionOutcome(req.Rejected, reported, v)
+			return tok, err
 		}
 	}
 	e.markUsed()
-	return b.toAccessToken(v), nil
+	tok := b.toAccessToken(v)
+	tok.Rejected = rejectionOutcome(req.Rejected, reported, v)
+	return tok, nil
 }
 
 // inactiveRecheck bounds the store reads of callers hammering a credential
@@ -219,9 +230,7 @@ func (b *Broker) handleRejection(ctx context.Context, e *entry, v *view, req Tok
 		return v, false, nil
 	}
 	cur := v.fam.Access
-	r := req.Rejected
-	named := (r.Fingerprint != "" && r.Fingerprint == cur.Fingerprint) || (r.Fingerprint == "" && r.Generation == v.fam.Generation)
-	if !named {
+	if !req.Rejected.names(v) {
 		// An older token was rejected; the current one is another token. Hand
 		// it out if it suits, else refresh as usual.
 		return v, b.fresh(v, req.MinRemaining), nil

@@ -14,7 +14,8 @@ import (
 )
 
 // Client gets access tokens from a Rotavault server and caches them per
-// credential until their refresh margin; concurrent callers missing the
+// credential until their refresh margin or the server's use_until,
+// whichever comes first; concurrent callers missing the
 // cache share one call to the server. Unless WithoutRevocationWatch is given
 // it watches revocation notices in the background and drops a credential's
 // cached tokens when its family is revoked or replaced.
@@ -248,8 +249,10 @@ func (c *Client) startLocked(ctx context.Context, credentialID string, e *entry,
 			// Asked for less than the margin (nothing cached to size it
 			// by), the server may answer with a token about to expire: ask
 			// once more for one outside its margin, or keep this one.
+			// (Past its use_until is the server's own judgement: asking
+			// again for more lifetime would not change it.)
 			tok := tokenFromProto(resp)
-			if m := c.margin(tok); m > key.minRemaining && !c.usable(tok, key.minRemaining) {
+			if m := c.margin(tok); m > key.minRemaining && !c.lastsFor(tok, key.minRemaining) {
 				req.MinRemainingLifetime = durationpb.New(m)
 				if again, err := c.getAccessToken(fctx, req, deadline); err == nil {
 					resp = again
@@ -322,7 +325,18 @@ func (c *Client) margin(tok Token) time.Duration {
 	return m
 }
 
-// usable reports whether tok may be handed to a caller wanting minRemaining.
+// usable reports whether tok may be handed to a caller wanting
+// minRemaining: it lasts that long, and its use_until has not come. A
+// token is cached until min(expiry − margin, use_until): before use_until
+// another replica may rotate it at a provider that kills the previous
+// access token, and a cache that kept it longer would hand out a dead
+// token.
 func (c *Client) usable(tok Token, minRemaining time.Duration) bool {
+	return c.lastsFor(tok, minRemaining) && c.opts.now().Before(tok.UsableUntil())
+}
+
+// lastsFor reports whether tok has more than minRemaining (and the
+// refresh margin) left before it expires.
+func (c *Client) lastsFor(tok Token, minRemaining time.Duration) bool {
 	return c.opts.now().Add(max(c.margin(tok), minRemaining)).Before(tok.Expiry)
 }

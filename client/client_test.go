@@ -14,6 +14,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/rotavault/rotavault/broker"
 	"github.com/rotavault/rotavault/client"
 	rotavaultv1 "github.com/rotavault/rotavault/gen/rotavault/v1"
 	"github.com/rotavault/rotavault/providersim"
@@ -114,6 +115,40 @@ func TestRefreshMargin(t *testing.T) {
 				t.Fatalf("the refreshed token is not cached: %v, %d calls", tok, e.calls.Load())
 			}
 		})
+	}
+}
+
+// The server says when a token must stop being used (use_until), which can
+// come before the Client's own refresh margin: past it another replica may
+// rotate the credential at a provider that kills the previous access
+// token. The Client serves its cached token up to use_until, never after.
+func TestCachedTokenStopsAtUseUntil(t *testing.T) {
+	// The broker's use_until is 2m30s before expiry (its expiry delta,
+	// capped at a quarter of the 10-minute tokens); the Client's own
+	// margin is 1s, so only use_until can stop the cache in between.
+	e := newEnv(t, broker.WithExpiryDelta(5*time.Minute))
+	if err := e.install(ctxT(t), "acme"); err != nil {
+		t.Fatal(err)
+	}
+	c := e.watchingClient(t, client.WithRefreshMargin(time.Second))
+	first := mustToken(t, c, "acme")
+	if first.UseUntil.IsZero() || !first.UseUntil.Before(first.Expiry.Add(-time.Minute)) {
+		t.Fatalf("the server's use_until %s is not well before the expiry %s: the test proves nothing", first.UseUntil, first.Expiry)
+	}
+	e.clock.advance(first.UseUntil.Add(-time.Second).Sub(e.clock.now()))
+	if tok := mustToken(t, c, "acme"); tok != first || e.calls.Load() != 1 {
+		t.Fatalf("a second before use_until: %v (%d server calls), want the cached %v", tok, e.calls.Load(), first)
+	}
+	e.clock.advance(time.Second + time.Millisecond)
+	second := mustToken(t, c, "acme")
+	if second.Fingerprint == first.Fingerprint || e.calls.Load() != 2 {
+		t.Fatalf("past use_until: %v (%d server calls), want a new token from the server", second, e.calls.Load())
+	}
+	if !e.clock.now().Before(second.UseUntil) {
+		t.Fatalf("the new token's use_until %s has passed", second.UseUntil)
+	}
+	if tok := mustToken(t, c, "acme"); tok != second || e.calls.Load() != 2 {
+		t.Fatalf("the new token is not cached: %v, %d calls", tok, e.calls.Load())
 	}
 }
 

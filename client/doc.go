@@ -15,8 +15,11 @@
 //
 // Token caches each credential's token until its refresh margin
 // (WithRefreshMargin, one minute by default, at most a quarter of the
-// token's lifetime) and then asks the server for one with at least that much
-// left; concurrent callers missing the cache share one call. A revocation
+// token's lifetime) or the server's use_until (Token.UseUntil), whichever
+// comes first, and then asks the server again; concurrent callers missing
+// the cache share one call. Past use_until another replica may rotate the
+// credential at a provider that kills the previous access token (ory
+// fosite does), so the Client never hands out a cached token after it. A revocation
 // watch (WatchRevocations, started by New unless WithoutRevocationWatch)
 // drops a credential's cached tokens when the server reports its family
 // revoked (FAMILY_REVOKED) or replaced (FAMILY_ACTIVATED); it reconnects

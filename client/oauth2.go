@@ -24,8 +24,8 @@ const oauth2ExpiryDelta = 10 * time.Second
 //
 // Expiry is the moment the Client stops handing the token out (its expiry
 // less the refresh margin, or less WithMinRemaining's lifetime when that is
-// longer) plus x/oauth2's 10-second expiry delta, never
-// later than the real expiry: the oauth2.ReuseTokenSource that
+// longer, or the token's UseUntil when that comes first) plus x/oauth2's
+// 10-second expiry delta, never later than the real expiry: the oauth2.ReuseTokenSource that
 // oauth2.NewClient puts in front of every source then asks again exactly
 // when the Client would. That cache of x/oauth2 does not see revocation
 // notices and does not act on a 401; Transport does both.
@@ -51,6 +51,9 @@ func (s *tokenSource) Token() (*oauth2.Token, error) {
 		return nil, err
 	}
 	expiry := tok.Expiry.Add(oauth2ExpiryDelta - max(s.c.margin(tok), s.minRemaining))
+	if until := tok.UsableUntil().Add(oauth2ExpiryDelta); until.Before(expiry) {
+		expiry = until
+	}
 	if expiry.After(tok.Expiry) {
 		expiry = tok.Expiry
 	}

@@ -25,6 +25,13 @@ type Token struct {
 	InstanceURL string
 	IssuedAt    time.Time
 	Expiry      time.Time
+	// UseUntil is when the token must stop being used, though it has not
+	// expired: from then on the server may rotate it at a provider that
+	// kills the previous access token. At or before Expiry; the zero time
+	// when the server does not say (servers before this field), and then
+	// Expiry is the only limit. The Client never hands out a cached token
+	// past it.
+	UseUntil time.Time
 	// FamilyID names the token family (all tokens descending from one
 	// authentication); Generation counts the refreshes within it.
 	FamilyID   string
@@ -43,6 +50,15 @@ func (t Token) AuthorizationHeader() string {
 		typ = "Bearer"
 	}
 	return typ + " " + t.AccessToken
+}
+
+// UsableUntil is when the token must stop being used: UseUntil, or Expiry
+// when the server did not say.
+func (t Token) UsableUntil() time.Time {
+	if t.UseUntil.IsZero() || t.UseUntil.After(t.Expiry) {
+		return t.Expiry
+	}
+	return t.UseUntil
 }
 
 // String describes the token without its value.
@@ -71,6 +87,7 @@ func tokenFromProto(resp *rotavaultv1.GetAccessTokenResponse) Token {
 		InstanceURL: resp.GetInstanceUrl(),
 		IssuedAt:    timeOf(resp.GetIssueTime()),
 		Expiry:      timeOf(resp.GetExpireTime()),
+		UseUntil:    timeOf(resp.GetUseUntil()),
 		FamilyID:    resp.GetFamilyId(),
 		Generation:  resp.GetGeneration(),
 		Fingerprint: resp.GetFingerprint(),

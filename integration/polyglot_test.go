@@ -15,7 +15,9 @@ package integration
 // import) or uses one the harness installed — then the provider is down
 // for the client's first call and its retries (UNAVAILABLE with RetryInfo
 // once the policy's attempts are spent, which the client waits out) —
-// gets an access token, opens
+// gets an access token through a cache that keeps it until
+// min(expire_time - margin, use_until) (the server's use_until comes first
+// here, and the test checks the cache's limit), opens
 // WatchRevocations, and reports the FAMILY_REVOKED notice that follows the
 // test's RevokeCredential, then the REAUTHENTICATION_REQUIRED refusal. The
 // clients print fingerprints, never tokens; the test compares them with the
@@ -40,6 +42,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rotavault/rotavault/broker"
 	rotavaultv1 "github.com/rotavault/rotavault/gen/rotavault/v1"
 	"github.com/rotavault/rotavault/internal/syncbuf"
 	"github.com/rotavault/rotavault/providersim"
@@ -176,6 +179,9 @@ type polyglotEvent struct {
 	CursorSet           bool     `json:"cursor_set"`
 	Code                string   `json:"code"`
 	RetryDelayMS        int64    `json:"retry_delay_ms"`
+	UseUntilMS          int64    `json:"use_until_ms"`
+	CacheUntilMS        int64    `json:"cache_until_ms"`
+	FromCache           bool     `json:"from_cache"`
 }
 
 func TestPolyglotClients(t *testing.T) {
@@ -190,7 +196,11 @@ func TestPolyglotClients(t *testing.T) {
 }
 
 func runPolyglotClient(t *testing.T, root string, c polyglotClient, prepared string, register bool) {
-	e := newEnv(t, envOptions{})
+	// The broker's use_until is 2m30s before expiry (its expiry delta,
+	// capped at a quarter of the 10-minute tokens): earlier than the
+	// clients' own margin (1 minute), so only use_until can set when their
+	// caches let the token go.
+	e := newEnv(t, envOptions{brokerOpts: []broker.Option{broker.WithExpiryDelta(5 * time.Minute)}})
 	id := "polyglot-" + c.name
 	scopes := []string{"api", "refresh_token"}
 	cfg := map[string]any{"server": e.conn.Target(), "credential_id": id,
@@ -326,6 +336,19 @@ func runPolyglotClient(t *testing.T, root string, c polyglotClient, prepared str
 		ev.InstanceURL != tok.GetInstanceUrl() || !slices.Equal(ev.Scopes, tok.GetScopes()) || ev.ExpireUnix != tok.GetExpireTime().GetSeconds() {
 		fail("token = %+v, want family %s generation %d type %q instance %q scopes %v expiry %d", ev,
 			tok.GetFamilyId(), tok.GetGeneration(), tok.GetTokenType(), tok.GetInstanceUrl(), tok.GetScopes(), tok.GetExpireTime().GetSeconds())
+	}
+	// The client's cache keeps the token until the server's use_until, not
+	// until its own margin before expiry.
+	useUntil := tok.GetUseUntil().AsTime()
+	if tok.GetUseUntil() == nil || !useUntil.Before(tok.GetExpireTime().AsTime().Add(-time.Minute)) {
+		t.Fatalf("the server's use_until %v is not before its expiry %v less the clients' margin: the test proves nothing", tok.GetUseUntil(), tok.GetExpireTime())
+	}
+	if ev.UseUntilMS != useUntil.UnixMilli() || ev.CacheUntilMS != ev.UseUntilMS {
+		fail("token: use_until_ms %d, cache_until_ms %d; want both %d (the server's use_until, before expiry less the margin, %d)",
+			ev.UseUntilMS, ev.CacheUntilMS, useUntil.UnixMilli(), tok.GetExpireTime().AsTime().Add(-time.Minute).UnixMilli())
+	}
+	if again := next("cached"); !again.FromCache || again.Fingerprint != want {
+		fail("the token asked again: %+v, want the cached token", again)
 	}
 
 	if ev := next("watching"); !ev.CursorSet {

@@ -25,6 +25,36 @@ func durationOrNil(d time.Duration) *durationpb.Duration {
 	return durationpb.New(d)
 }
 
+// accessTokenToProto is the answer to GetAccessToken.
+func accessTokenToProto(tok *broker.AccessToken) *rotavaultv1.GetAccessTokenResponse {
+	return &rotavaultv1.GetAccessTokenResponse{
+		AccessToken:          tok.Token,
+		TokenType:            tok.Type,
+		InstanceUrl:          tok.InstanceURL,
+		ExpireTime:           timestamppb.New(tok.ExpiresAt),
+		IssueTime:            timestamppb.New(tok.IssuedAt),
+		Scopes:               tok.Scopes,
+		FamilyId:             tok.FamilyID,
+		Generation:           tok.Generation,
+		Fingerprint:          tok.Fingerprint,
+		UseUntil:             timestampOrNil(tok.UseUntil),
+		RejectedTokenOutcome: rejectedOutcomeToProto(tok.Rejected),
+	}
+}
+
+func rejectedOutcomeToProto(o broker.RejectedOutcome) rotavaultv1.RejectedTokenOutcome {
+	switch o {
+	case broker.RejectedStale:
+		return rotavaultv1.RejectedTokenOutcome_REJECTED_TOKEN_OUTCOME_STALE_REPORT
+	case broker.RejectedNoChange:
+		return rotavaultv1.RejectedTokenOutcome_REJECTED_TOKEN_OUTCOME_NO_CHANGE
+	case broker.RejectedReplaced:
+		return rotavaultv1.RejectedTokenOutcome_REJECTED_TOKEN_OUTCOME_TOKEN_REPLACED
+	default:
+		return rotavaultv1.RejectedTokenOutcome_REJECTED_TOKEN_OUTCOME_UNSPECIFIED
+	}
+}
+
 func specFromProto(p *rotavaultv1.CredentialSpec) broker.Spec {
 	if p == nil {
 		return broker.Spec{}

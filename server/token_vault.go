@@ -76,17 +76,7 @@ func (s *TokenVaultService) GetAccessToken(ctx context.Context, req *rotavaultv1
 		// call, so the summary names the caller as the broker's records do.
 		s.issuance.add(audit.Actor(ctx), breq.CredentialID)
 	}
-	return &rotavaultv1.GetAccessTokenResponse{
-		AccessToken: tok.Token,
-		TokenType:   tok.Type,
-		InstanceUrl: tok.InstanceURL,
-		ExpireTime:  timestamppb.New(tok.ExpiresAt),
-		IssueTime:   timestamppb.New(tok.IssuedAt),
-		Scopes:      tok.Scopes,
-		FamilyId:    tok.FamilyID,
-		Generation:  tok.Generation,
-		Fingerprint: tok.Fingerprint,
-	}, nil
+	return accessTokenToProto(&tok), nil
 }
 
 // RevokeCredential implements rotavault.v1.TokenVaultService.

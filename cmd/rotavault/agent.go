@@ -58,20 +58,26 @@ func newAgentCmd(a *app) *cobra.Command {
 Sinks (--sink ID=PATH, repeatable): the agent keeps the current access token
 of credential ID in the file PATH — the token alone, or with --sink-format
 json the object ` + "`rotavault token get --json`" + ` prints (accessToken,
-tokenType, instanceUrl, expireTime, generation, familyId, fingerprint). The
-file is written to a temporary file in the same directory with mode 0600
-and renamed over PATH, so a reader sees the old content or the new, never a
-part. It is rewritten before the token expires (--refresh-before, at most a
-quarter of the token's lifetime), when the family is replaced
-(FAMILY_ACTIVATED), and at start. When the family is revoked
-(FAMILY_REVOKED), needs reauthentication, or the token expired without a
-new one, the file is REMOVED: a missing file means "no usable token". Once
-someone reauthenticates (rotavault reauth), the file comes back by itself.
+tokenType, instanceUrl, expireTime, useUntil, generation, familyId,
+fingerprint). The file is written to a temporary file in the same directory
+with mode 0600 and renamed over PATH, so a reader sees the old content or
+the new, never a part. It is rewritten --refresh-before (at most a quarter
+of the token's lifetime) ahead of the token's use-until time — the server's
+use_until, after which another replica may rotate the token at a provider
+that kills the previous access token; the expiry when the server does not
+say — when the family is replaced (FAMILY_ACTIVATED), and at start. When
+the family is revoked (FAMILY_REVOKED), needs reauthentication, or the
+token reached its use-until time without a new one, the file is REMOVED: a
+missing file means "no usable token". Once someone reauthenticates
+(rotavault reauth), the file comes back by itself.
 
 Exec (--exec ID -- COMMAND...): the agent runs COMMAND with the token of
 credential ID in its environment — ROTAVAULT_ACCESS_TOKEN,
-ROTAVAULT_TOKEN_TYPE, ROTAVAULT_INSTANCE_URL, ROTAVAULT_TOKEN_EXPIRY
-(RFC 3339), ROTAVAULT_TOKEN_GENERATION — and, like Vault Agent's exec mode
+ROTAVAULT_TOKEN_TYPE, ROTAVAULT_INSTANCE_URL, ROTAVAULT_TOKEN_EXPIRY and
+ROTAVAULT_TOKEN_USE_UNTIL (RFC 3339), ROTAVAULT_TOKEN_GENERATION — and
+none of the agent's own ROTAVAULT_* settings (server address, certificates,
+bearer token file, agent settings), which are removed from the environment
+it inherits; and, like Vault Agent's exec mode
 (restart_on_secret_changes = "always"), RESTARTS it whenever the token
 changes: it sends --exec-stop-signal (TERM), waits --exec-stop-timeout for
 the command to exit (then kills it), and starts it again with the new
@@ -115,7 +121,7 @@ Examples:
 	fs.StringVar(&s.exec, "exec", "", "run the command after -- with credential ID's token in its environment, restarted when it changes")
 	fs.StringVar(&s.stopSignal, "exec-stop-signal", "TERM", "signal that stops the command before a restart: TERM, INT, HUP, QUIT or KILL")
 	fs.DurationVar(&s.stopTimeout, "exec-stop-timeout", 30*time.Second, "how long the command may take to exit after the stop signal before it is killed")
-	fs.DurationVar(&s.refreshBefore, "refresh-before", 5*time.Minute, "replace a token this long before it expires (at most a quarter of its lifetime)")
+	fs.DurationVar(&s.refreshBefore, "refresh-before", 5*time.Minute, "replace a token this long before its use-until time (the server's use_until, else its expiry; at most a quarter of its lifetime)")
 	markSettings(cmd, agentEnvPrefix)
 	return cmd
 }
@@ -303,7 +309,7 @@ func (f *tokenFollower) run(ctx context.Context) error {
 	)
 	for first := true; ; first = false {
 		callCtx, cancel := context.WithTimeout(ctx, f.timeout)
-		tok, err := f.client.Token(callCtx, f.id)
+		tok, err := f.client.Token(callCtx, f.id, f.renewal(cur)...)
 		cancel()
 		if ctx.Err() != nil {
 			return nil
@@ -318,11 +324,11 @@ func (f *tokenFollower) run(ctx context.Context) error {
 					wait = backoffWait(failures)
 					break
 				}
-				f.logf("%s: generation %d (fingerprint %s) in %s; expires %s",
-					f.id, tok.Generation, tok.Fingerprint, f.describe, tok.Expiry.UTC().Format(time.RFC3339))
+				f.logf("%s: generation %d (fingerprint %s) in %s; use until %s, expires %s",
+					f.id, tok.Generation, tok.Fingerprint, f.describe, tok.UsableUntil().UTC().Format(time.RFC3339), tok.Expiry.UTC().Format(time.RFC3339))
 				cur, published = &tok, true
 			}
-			wait = max(tok.Expiry.Sub(f.now())-refreshMargin(f.margin, tok), agentMinWait)
+			wait = max(tok.UsableUntil().Sub(f.now())-refreshMargin(f.margin, tok), agentMinWait)
 		case errors.Is(err, rvclient.ErrReauthenticationRequired):
 			failures = 0
 			if cur != nil || !published {
@@ -341,13 +347,13 @@ func (f *tokenFollower) run(ctx context.Context) error {
 			}
 			failures++
 			wait = backoffWait(failures)
-			if cur != nil && !f.now().Before(cur.Expiry) {
+			if cur != nil && !f.now().Before(cur.UsableUntil()) {
 				if perr := f.publish(nil); perr == nil {
 					cur = nil
 				}
-				f.logf("%s: the token expired without a new one: removed it from %s", f.id, f.describe)
+				f.logf("%s: the token reached its use-until time without a new one: removed it from %s", f.id, f.describe)
 			} else if cur != nil {
-				wait = max(min(wait, cur.Expiry.Sub(f.now())), agentMinWait)
+				wait = max(min(wait, cur.UsableUntil().Sub(f.now())), agentMinWait)
 			}
 			f.logf("%s: %s; trying again in %s", f.id, brokenText(err), wait.Round(time.Millisecond))
 		}
@@ -363,7 +369,27 @@ func (f *tokenFollower) run(ctx context.Context) error {
 	}
 }
 
-// refreshMargin is when before its expiry the agent replaces tok: the
+// renewal is what the follower asks the Client for, given the token it
+// holds: one that lasts past that token's use-until time by the margin.
+// The Client serves its cached token up to use_until; at the agent's
+// renewal moment (the margin before use_until) it must ask the server
+// instead, and the server must refresh. Both judge by expiry, so the
+// request is for the lifetime left at that moment: the gap between the
+// token's use_until and its expiry, plus the margin, plus agentMinWait for
+// the timer firing late. At most half the token's lifetime (the server
+// refuses more than three quarters).
+func (f *tokenFollower) renewal(cur *rvclient.Token) []rvclient.TokenOption {
+	if cur == nil || !cur.UsableUntil().Before(cur.Expiry) {
+		return nil
+	}
+	d := cur.Expiry.Sub(cur.UsableUntil()) + refreshMargin(f.margin, *cur) + agentMinWait
+	if life := cur.Expiry.Sub(cur.IssuedAt); !cur.IssuedAt.IsZero() && life > 0 {
+		d = min(d, life/2)
+	}
+	return []rvclient.TokenOption{rvclient.WithMinRemaining(d)}
+}
+
+// refreshMargin is when before its use-until time the agent replaces tok: the
 // Client's own rule (WithRefreshMargin), so that at that moment the
 // Client asks the server for a fresh token instead of serving its cache.
 func refreshMargin(margin time.Duration, tok rvclient.Token) time.Duration {

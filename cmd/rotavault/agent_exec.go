@@ -30,11 +30,12 @@ const (
 	envInstanceURL     = envPrefix + "INSTANCE_URL"
 	envTokenExpiry     = envPrefix + "TOKEN_EXPIRY"
 	envTokenGeneration = envPrefix + "TOKEN_GENERATION"
+	envTokenUseUntil   = envPrefix + "TOKEN_USE_UNTIL"
 )
 
 // agentCommandEnv lists them, for the check that every ROTAVAULT_* name
 // the docs mention means something.
-var agentCommandEnv = []string{envAccessToken, envTokenType, envInstanceURL, envTokenExpiry, envTokenGeneration}
+var agentCommandEnv = []string{envAccessToken, envTokenType, envInstanceURL, envTokenExpiry, envTokenGeneration, envTokenUseUntil}
 
 // stopSignals are the signals --exec-stop-signal accepts.
 var stopSignals = map[string]syscall.Signal{
@@ -143,11 +144,12 @@ func (s *supervisor) run(ctx context.Context) error {
 
 func (s *supervisor) start(tok *rvclient.Token) (*child, error) {
 	cmd := exec.Command(s.spec.argv[0], s.spec.argv[1:]...)
-	cmd.Env = append(os.Environ(),
+	cmd.Env = append(commandEnv(os.Environ()),
 		envAccessToken+"="+tok.AccessToken,
 		envTokenType+"="+tok.TokenType,
 		envInstanceURL+"="+tok.InstanceURL,
 		envTokenExpiry+"="+tok.Expiry.UTC().Format(time.RFC3339),
+		envTokenUseUntil+"="+tok.UsableUntil().UTC().Format(time.RFC3339),
 		envTokenGeneration+"="+strconv.FormatUint(tok.Generation, 10),
 	)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
@@ -157,6 +159,22 @@ func (s *supervisor) start(tok *rvclient.Token) (*child, error) {
 	c := &child{cmd: cmd, exited: make(chan error, 1)}
 	go func() { c.exited <- cmd.Wait() }()
 	return c, nil
+}
+
+// commandEnv is the agent's environment without any ROTAVAULT_* variable:
+// the agent's own settings (its server, certificates, bearer token file,
+// ROTAVAULT_AGENT_*) are its configuration, not the command's — a command
+// that runs rotavault itself must not act as the agent, with the agent's
+// identity. Server settings (the store key) have no business there either,
+// and token variables of an agent further out are replaced by this one's.
+func commandEnv(environ []string) []string {
+	env := make([]string, 0, len(environ))
+	for _, kv := range environ {
+		if !strings.HasPrefix(kv, envPrefix) {
+			env = append(env, kv)
+		}
+	}
+	return env
 }
 
 // stop sends the stop signal, waits up to the stop timeout, then kills,

@@ -58,6 +58,9 @@ func tokenResponse(tok *rvclient.Token) *rotavaultv1.GetAccessTokenResponse {
 	if !tok.IssuedAt.IsZero() {
 		r.IssueTime = timestamppb.New(tok.IssuedAt)
 	}
+	if !tok.UseUntil.IsZero() {
+		r.UseUntil = timestamppb.New(tok.UseUntil)
+	}
 	return r
 }
 

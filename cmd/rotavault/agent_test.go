@@ -12,6 +12,9 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/protobuf/encoding/protojson"
+
+	rotavaultv1 "github.com/rotavault/rotavault/gen/rotavault/v1"
 	"github.com/rotavault/rotavault/internal/poll"
 	"github.com/rotavault/rotavault/providersim"
 )
@@ -32,6 +35,12 @@ type agentSetup struct {
 
 func newAgentSetup(t *testing.T, ids ...string) *agentSetup {
 	t.Helper()
+	return newAgentSetupLifetime(t, "10s", ids...)
+}
+
+// newAgentSetupLifetime is newAgentSetup with tokens living lifetime.
+func newAgentSetupLifetime(t *testing.T, lifetime string, ids ...string) *agentSetup {
+	t.Helper()
 	s := &agentSetup{sim: startSim(t), dir: t.TempDir()}
 	keyFile, _ := newKeyFile(t, s.dir, "store.key")
 	s.c = newCLI(t, nil)
@@ -41,7 +50,7 @@ func newAgentSetup(t *testing.T, ids ...string) *agentSetup {
 	for _, id := range ids {
 		s.c.run(simClientSecret+"\n", "credentials", "put", id, "--provider", "salesforce", "--base-url", s.sim.URL(),
 			"--client-id", simClientID, "--client-secret-file", "-", "--scope", "api refresh_token",
-			"--access-token-lifetime", "10s").expect(t, exitOK)
+			"--access-token-lifetime", lifetime).expect(t, exitOK)
 		s.importFamily(t, id)
 	}
 	return s
@@ -219,8 +228,8 @@ func TestAgentKeepsTokenFiles(t *testing.T) {
 		before := string(readFile(t, acmeFile))
 		addr := s.node.addr
 		s.node.stop(t)
-		fileGone(t, acmeFile, "acme's file removed when its token expired with no server to ask")
-		agent.stderr.WaitFor(t, "acme: the token expired without a new one", awaitDeadline)
+		fileGone(t, acmeFile, "acme's file removed when its token reached its use-until time with no server to ask")
+		agent.stderr.WaitFor(t, "acme: the token reached its use-until time without a new one", awaitDeadline)
 		s.node = startNode(t, s.dir, s.node.keyFile, s.c.trans, func(cfg *serverConfig) { cfg.Addr = addr })
 		s.fileToken(t, acmeFile, "acme's file once the server is back", before)
 	})
@@ -240,7 +249,9 @@ func TestAgentKeepsTokenFiles(t *testing.T) {
 // reauthentication; when it exits by itself the agent exits with its
 // status.
 func TestAgentExecRestartsTheCommand(t *testing.T) {
-	s := newAgentSetup(t, "acme")
+	// Tokens living a minute: no rotation restarts the command during the
+	// test (the agent replaces a token at its use-until time, 50 s in).
+	s := newAgentSetupLifetime(t, "1m", "acme")
 	out := t.TempDir()
 	// Each run records its token in a file named after its pid, then
 	// waits to be stopped.
@@ -319,4 +330,141 @@ func TestAgentExecRestartsTheCommand(t *testing.T) {
 		}
 		s.c.run("", "agent", "--sink", "nosuch="+filepath.Join(out, "x")).expect(t, exitNotFound)
 	})
+}
+
+// TestAgentRenewsAheadOfUseUntil: the server's use_until comes before the
+// token's expiry (the broker stops serving a token its margin before
+// expiry: 5 s of these 20 s tokens); the agent replaces a JSON sink
+// --refresh-before ahead of it, so that a reader never finds a token past
+// its useUntil. Judged by expiry alone, the 3 s margin would replace the
+// file 2 s after useUntil.
+func TestAgentRenewsAheadOfUseUntil(t *testing.T) {
+	s := newAgentSetupLifetime(t, "20s", "acme")
+	path := filepath.Join(t.TempDir(), "acme.json")
+	agent := s.c.start(nil, "agent", "--sink", "acme="+path, "--sink-format", "json", "--refresh-before", "3s")
+
+	var (
+		mu      sync.Mutex
+		late    []string // the first few
+		lateN   int
+		lastGen uint64
+		checked int
+		stop    = make(chan struct{})
+		stopped = make(chan struct{})
+	)
+	go func() {
+		defer close(stopped)
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			b, err := os.ReadFile(path)
+			now := time.Now()
+			if err != nil || len(b) == 0 {
+				continue
+			}
+			var tok rotavaultv1.GetAccessTokenResponse
+			if err := protojson.Unmarshal(b, &tok); err != nil {
+				continue // a file replaced between stat and read is whole, but may be gone
+			}
+			mu.Lock()
+			checked++
+			before := len(late)
+			lastGen = max(lastGen, tok.GetGeneration())
+			switch u := tok.GetUseUntil(); {
+			case u == nil || u.AsTime().After(tok.GetExpireTime().AsTime()):
+				late = append(late, fmt.Sprintf("generation %d: useUntil %v, expireTime %v", tok.GetGeneration(), u, tok.GetExpireTime()))
+			case now.After(u.AsTime()):
+				late = append(late, fmt.Sprintf("generation %d read %s after its useUntil", tok.GetGeneration(), now.Sub(u.AsTime()).Round(time.Millisecond)))
+			}
+			if len(late) > before {
+				lateN++
+				late = late[:min(len(late), 3)]
+			}
+			mu.Unlock()
+		}
+	}()
+	defer func() {
+		select {
+		case <-stop:
+		default:
+			close(stop)
+		}
+		<-stopped
+	}()
+	poll.UntilSeen(t, 2*agentDeadline, "the sink replaced by generation 3", func() (bool, string) {
+		mu.Lock()
+		defer mu.Unlock()
+		return lastGen >= 3, fmt.Sprintf("generation %d", lastGen)
+	})
+	close(stop)
+	<-stopped
+	if lateN > 0 || checked == 0 {
+		t.Errorf("the sink held a token past its useUntil in %d of %d reads; the first: %q", lateN, checked, late)
+	}
+	if !strings.Contains(agent.stderr.String(), "use until ") {
+		t.Errorf("the agent's log does not say the use-until time:\n%s", agent.stderr.String())
+	}
+}
+
+// TestAgentExecKeepsItsOwnSettingsFromTheCommand: the command under
+// --exec inherits the agent's environment without the agent's own
+// ROTAVAULT_* settings — its server, certificates, bearer token file, agent
+// settings, a store key — so it does not act with the agent's
+// configuration and identity; it gets the token variables instead.
+func TestAgentExecKeepsItsOwnSettingsFromTheCommand(t *testing.T) {
+	s := newAgentSetup(t, "acme")
+	agentEnv := map[string]string{
+		"ROTAVAULT_ADDR":                 s.node.addr,
+		"ROTAVAULT_CACERT":               "/etc/rotavault/agent-ca.pem",
+		"ROTAVAULT_CLIENT_CERT":          "/etc/rotavault/agent.pem",
+		"ROTAVAULT_CLIENT_KEY":           "/etc/rotavault/agent.key",
+		"ROTAVAULT_TOKEN_FILE":           "/etc/rotavault/agent.token",
+		"ROTAVAULT_CLIENT_TIMEOUT":       "10s",
+		"ROTAVAULT_AGENT_REFRESH_BEFORE": "0s",
+		"ROTAVAULT_SERVER_STORE_KEY":     "c2VjcmV0",
+		"ROTAVAULT_ACCESS_TOKEN":         "an outer agent's token",
+	}
+	// The agent reads its settings from the environment it runs in; the
+	// command inherits that environment.
+	for k, v := range agentEnv {
+		t.Setenv(k, v)
+	}
+	t.Setenv("APP_SETTING", "kept")
+	out := t.TempDir()
+	script := `env > "$0/env.tmp" && mv "$0/env.tmp" "$0/env"; exec sleep 300`
+	agent := s.c.start(map[string]string{"ROTAVAULT_AGENT_REFRESH_BEFORE": "0s"}, "agent", "--exec", "acme", "--", "sh", "-c", script, out)
+	envFile := filepath.Join(out, "env")
+	poll.Until(t, agentDeadline, "the command's environment", func() bool {
+		_, err := os.Stat(envFile)
+		return err == nil
+	})
+	got := make(map[string]string)
+	for _, line := range strings.Split(string(readFile(t, envFile)), "\n") {
+		if k, v, ok := strings.Cut(line, "="); ok {
+			got[k] = v
+		}
+	}
+	for k := range got {
+		if strings.HasPrefix(k, "ROTAVAULT_") && !slices.Contains(agentCommandEnv, k) {
+			t.Errorf("the command inherited the agent's setting %s", k)
+		}
+	}
+	if got["APP_SETTING"] != "kept" {
+		t.Errorf("APP_SETTING = %q in the command's environment, want the inherited value", got["APP_SETTING"])
+	}
+	if tok := got["ROTAVAULT_ACCESS_TOKEN"]; !slices.Contains(s.sim.Secrets(), tok) {
+		t.Error("the command's ROTAVAULT_ACCESS_TOKEN is not the token the agent got")
+	}
+	useUntil, err := time.Parse(time.RFC3339, got["ROTAVAULT_TOKEN_USE_UNTIL"])
+	if err != nil {
+		t.Fatalf("ROTAVAULT_TOKEN_USE_UNTIL: %v", err)
+	}
+	expiry, err := time.Parse(time.RFC3339, got["ROTAVAULT_TOKEN_EXPIRY"])
+	if err != nil || useUntil.After(expiry) {
+		t.Errorf("ROTAVAULT_TOKEN_USE_UNTIL %s, ROTAVAULT_TOKEN_EXPIRY %s (%v): want use-until at or before expiry", useUntil, expiry, err)
+	}
+	agent.stop(t)
 }

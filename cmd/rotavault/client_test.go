@@ -2,6 +2,8 @@ package main
 
 import (
 	"fmt"
+	"net/http"
+	"net/url"
 	"regexp"
 	"strings"
 	"testing"
@@ -71,7 +73,13 @@ func TestCredentialLifecycle(t *testing.T) {
 		if strings.Count(strings.TrimSpace(r.stdout), "\n") != 0 {
 			t.Errorf("--json printed more than one line: %q", r.stdout)
 		}
+		if u := tok.GetUseUntil(); u == nil || u.AsTime().After(tok.GetExpireTime().AsTime()) || !strings.Contains(r.stdout, `"useUntil":`) {
+			t.Errorf("token get --json: useUntil %v with expireTime %v; want it set, not after the expiry", u, tok.GetExpireTime())
+		}
 		human := c.run("", "token", "get", "acme").expect(t, exitOK)
+		if !regexp.MustCompile(`(?m)^use until\s+\S`).MatchString(human.stdout) {
+			t.Errorf("token get lacks the use-until time:\n%s", human.stdout)
+		}
 		if strings.Contains(human.stdout, tok.GetAccessToken()) {
 			t.Error("token get printed the access token without --show-token")
 		}
@@ -359,24 +367,59 @@ func TestIdleFamilyRefreshesOnDemand(t *testing.T) {
 	c.trans.assertNoSecrets(t, rt)
 }
 
-// TestRejectedTokenReportSaysWhatHappened: a report naming a token that is
-// not the current one is not sent and the caller is told so (the server
-// would ignore it silently); a report on the current token the provider
-// still vouches for says that it changed nothing.
+// TestRejectedTokenReportSaysWhatHappened: the server says what a
+// rejected-token report caused (rejected_token_outcome), and the CLI passes
+// it on in one call: a note on stderr, the field in --json, exit status 0.
+// A stale report is ignored, one on a token the provider vouches for
+// changes nothing, one on a token dead at the provider replaces it.
 func TestRejectedTokenReportSaysWhatHappened(t *testing.T) {
 	c, _, install := setupCLITest(t)
 	install("acme")
-	gen := parseToken(t, c.run("", "token", "get", "acme", "--json").expect(t, exitOK).stdout).GetGeneration()
-
-	stale := c.run("", "token", "get", "acme", "--rejected-generation", fmt.Sprint(gen+7)).expect(t, exitOK)
-	if want := fmt.Sprintf("note: report not sent: generation %d is not acme's current token (generation %d is)", gen+7, gen); !strings.Contains(stale.stderr, want) {
-		t.Errorf("a report of a stale generation: stderr %q, want %q", stale.stderr, want)
+	cur := parseToken(t, c.run("", "token", "get", "acme", "--json").expect(t, exitOK).stdout)
+	gen := cur.GetGeneration()
+	report := func(flag, value string) (*rotavaultv1.GetAccessTokenResponse, string) {
+		t.Helper()
+		r := c.run("", "token", "get", "acme", "--json", flag, value).expect(t, exitOK)
+		return parseToken(t, r.stdout), r.stderr
 	}
-	vouched := c.run("", "token", "get", "acme", "--rejected-generation", fmt.Sprint(gen)).expect(t, exitOK)
-	if !strings.Contains(vouched.stderr, "note: the report changed nothing: the provider still accepts generation") {
-		t.Errorf("a report the provider disproves: stderr %q", vouched.stderr)
+
+	stale, note := report("--rejected-generation", fmt.Sprint(gen+7))
+	if want := fmt.Sprintf("note: report ignored: generation %d is not acme's current token (generation %d is)", gen+7, gen); !strings.Contains(note, want) ||
+		stale.GetRejectedTokenOutcome() != rotavaultv1.RejectedTokenOutcome_REJECTED_TOKEN_OUTCOME_STALE_REPORT || stale.GetGeneration() != gen {
+		t.Errorf("a report of a stale generation: outcome %s, generation %d, stderr %q; want STALE_REPORT, %d and %q",
+			stale.GetRejectedTokenOutcome(), stale.GetGeneration(), note, gen, want)
+	}
+	vouched, note := report("--rejected-generation", fmt.Sprint(gen))
+	if !strings.Contains(note, "note: the report changed nothing: the provider still accepts generation") ||
+		vouched.GetRejectedTokenOutcome() != rotavaultv1.RejectedTokenOutcome_REJECTED_TOKEN_OUTCOME_NO_CHANGE || vouched.GetGeneration() != gen {
+		t.Errorf("a report the provider disproves: outcome %s, generation %d, stderr %q", vouched.GetRejectedTokenOutcome(), vouched.GetGeneration(), note)
 	}
 	if got := parseToken(t, c.run("", "token", "get", "acme", "--json").expect(t, exitOK).stdout).GetGeneration(); got != gen {
 		t.Errorf("generation %d after the reports, want %d (nothing to refresh)", got, gen)
+	}
+
+	// The access token alone dies at the provider (revoked there, RFC 7009):
+	// the report refreshes.
+	cred := showCredential(t, c, "acme")
+	resp, err := http.PostForm(cred.GetSpec().GetBaseUrl()+"/services/oauth2/revoke", url.Values{"token": {cur.GetAccessToken()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	// The rejection interval between reports that refresh is 30 s; the two
+	// above did not refresh, and the probe interval (1 s) has to pass.
+	var replaced *rotavaultv1.GetAccessTokenResponse
+	poll.UntilSeen(t, awaitDeadline, "a report of the dead token to be acted on", func() (bool, string) {
+		r := c.run("", "token", "get", "acme", "--json", "--rejected-fingerprint", cur.GetFingerprint())
+		if r.code != exitOK {
+			return false, r.stderr
+		}
+		replaced, note = parseToken(t, r.stdout), r.stderr
+		return true, ""
+	})
+	if want := fmt.Sprintf("note: the token with fingerprint %s was replaced: generation %d", cur.GetFingerprint(), gen+1); !strings.Contains(note, want) ||
+		replaced.GetRejectedTokenOutcome() != rotavaultv1.RejectedTokenOutcome_REJECTED_TOKEN_OUTCOME_TOKEN_REPLACED || replaced.GetGeneration() != gen+1 {
+		t.Errorf("a report of a token dead at the provider: outcome %s, generation %d, stderr %q; want TOKEN_REPLACED, %d and %q",
+			replaced.GetRejectedTokenOutcome(), replaced.GetGeneration(), note, gen+1, want)
 	}
 }

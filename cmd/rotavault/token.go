@@ -52,11 +52,17 @@ THE --json OUTPUT INCLUDES THE ACCESS TOKEN (field accessToken): pipe it
 into the program that needs it, never into a log. On a terminal a warning
 says so on stderr.
 
+"use until" (useUntil in --json) is when the token must stop being used
+although it has not expired: from then on the server may rotate it at a
+provider that kills the previous access token. Do not keep the token past
+it; ask again.
+
 When a resource server refuses a token Rotavault handed out (Salesforce:
 401 INVALID_SESSION_ID), report it with --rejected-generation or
 --rejected-fingerprint: Rotavault refreshes if that token is still its
-current one and the provider does not vouch for it. Such reports are
-rate-limited per credential.
+current one and the provider does not vouch for it. A note on stderr (and
+rejectedTokenOutcome in --json: STALE_REPORT, NO_CHANGE or TOKEN_REPLACED)
+says what the report caused. Such reports are rate-limited per credential.
 
 A credential whose family was revoked fails with FAILED_PRECONDITION, reason
 REAUTHENTICATION_REQUIRED: see ` + "`rotavault reauth`" + `.
@@ -89,18 +95,15 @@ Examples:
 			}
 			var resp *rotavaultv1.GetAccessTokenResponse
 			err := client.call(cmd.Context(), func(ctx context.Context, conn *grpc.ClientConn) error {
-				svc := rotavaultv1.NewTokenVaultServiceClient(conn)
-				if req.GetRejectedToken() != nil {
-					var err error
-					resp, err = a.report(ctx, svc, req)
-					return err
-				}
 				var err error
-				resp, err = svc.GetAccessToken(ctx, req)
+				resp, err = rotavaultv1.NewTokenVaultServiceClient(conn).GetAccessToken(ctx, req)
 				return err
 			})
 			if err != nil {
 				return client.explain(err, id)
+			}
+			if req.GetRejectedToken() != nil {
+				a.reportNote(req, resp)
 			}
 			if client.json {
 				if isTerminal(a.stdout) {
@@ -112,6 +115,9 @@ Examples:
 			f.add("credential", id)
 			f.add("token type", resp.GetTokenType())
 			f.add("expires", a.when(resp.GetExpireTime()))
+			if resp.GetUseUntil() != nil {
+				f.add("use until", a.when(resp.GetUseUntil()))
+			}
 			f.add("issued", a.when(resp.GetIssueTime()))
 			f.add("generation", strconv.FormatUint(resp.GetGeneration(), 10))
 			f.add("family", resp.GetFamilyId())
@@ -132,41 +138,26 @@ Examples:
 	return cmd
 }
 
-// report sends a rejected-token report and tells the person what became of
-// it. The API answers a report with a token and says nothing about the
-// report itself: the server ignores a report naming a token that is not
-// its current one, and does not refresh when the provider vouches for the
-// token. So the current token is fetched first (an unchanged request
-// without the report): a report naming another token is not sent, and a
-// report answered with the same generation is said to have changed
-// nothing. Notes go to stderr.
-func (a *app) report(ctx context.Context, svc rotavaultv1.TokenVaultServiceClient, req *rotavaultv1.GetAccessTokenRequest) (*rotavaultv1.GetAccessTokenResponse, error) {
-	plain := &rotavaultv1.GetAccessTokenRequest{CredentialId: req.GetCredentialId(), MinRemainingLifetime: req.GetMinRemainingLifetime()}
-	cur, err := svc.GetAccessToken(ctx, plain)
-	if err != nil {
-		return nil, err
-	}
+// reportNote tells the person what became of a rejected-token report, as
+// the server's rejected_token_outcome says. Notes go to stderr; the exit
+// status is 0 whatever the outcome, since a token was handed out.
+func (a *app) reportNote(req *rotavaultv1.GetAccessTokenRequest, resp *rotavaultv1.GetAccessTokenResponse) {
 	rt := req.GetRejectedToken()
 	reported := "the token with fingerprint " + rt.GetFingerprint()
-	isCurrent := rt.GetFingerprint() == cur.GetFingerprint()
 	if _, ok := rt.GetToken().(*rotavaultv1.RejectedToken_Generation); ok {
 		reported = "generation " + strconv.FormatUint(rt.GetGeneration(), 10)
-		isCurrent = rt.GetGeneration() == cur.GetGeneration()
 	}
-	if !isCurrent {
-		fmt.Fprintf(a.stderr, "note: report not sent: %s is not %s's current token (generation %d is); here is the current one\n",
-			reported, req.GetCredentialId(), cur.GetGeneration())
-		return cur, nil
-	}
-	resp, err := svc.GetAccessToken(ctx, req)
-	if err != nil {
-		return nil, err
-	}
-	if resp.GetGeneration() == cur.GetGeneration() {
+	id := req.GetCredentialId()
+	switch resp.GetRejectedTokenOutcome() {
+	case rotavaultv1.RejectedTokenOutcome_REJECTED_TOKEN_OUTCOME_STALE_REPORT:
+		fmt.Fprintf(a.stderr, "note: report ignored: %s is not %s's current token (generation %d is); here is the current one\n",
+			reported, id, resp.GetGeneration())
+	case rotavaultv1.RejectedTokenOutcome_REJECTED_TOKEN_OUTCOME_NO_CHANGE:
 		fmt.Fprintf(a.stderr, "note: the report changed nothing: the provider still accepts %s, or another report on %s was acted on within the server's --rejected-token-interval; if the resource server keeps refusing it, check its configuration\n",
-			reported, req.GetCredentialId())
-	} else {
+			reported, id)
+	case rotavaultv1.RejectedTokenOutcome_REJECTED_TOKEN_OUTCOME_TOKEN_REPLACED:
 		fmt.Fprintf(a.stderr, "note: %s was replaced: generation %d\n", reported, resp.GetGeneration())
+	default:
+		fmt.Fprintf(a.stderr, "note: the server does not say what became of the report (it predates rejected_token_outcome); generation %d is current\n", resp.GetGeneration())
 	}
-	return resp, nil
 }

@@ -23,6 +23,70 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// RejectedTokenOutcome answers a GetAccessToken that reported a rejected
+// token: what the report caused.
+type RejectedTokenOutcome int32
+
+const (
+	// The request reported no rejected token (or the server predates this
+	// field).
+	RejectedTokenOutcome_REJECTED_TOKEN_OUTCOME_UNSPECIFIED RejectedTokenOutcome = 0
+	// The report named a token that is not the credential's current one (an
+	// older generation, or a fingerprint of another token): it was ignored,
+	// and the response holds the current token.
+	RejectedTokenOutcome_REJECTED_TOKEN_OUTCOME_STALE_REPORT RejectedTokenOutcome = 1
+	// The report named the current token and changed nothing: the provider
+	// still vouches for it (introspection), so the response holds the same
+	// token. If the resource server keeps refusing it, check that server.
+	RejectedTokenOutcome_REJECTED_TOKEN_OUTCOME_NO_CHANGE RejectedTokenOutcome = 2
+	// The report named the current token and it was replaced: the response
+	// holds a new token (a refresh, or a rotation that happened meanwhile).
+	RejectedTokenOutcome_REJECTED_TOKEN_OUTCOME_TOKEN_REPLACED RejectedTokenOutcome = 3
+)
+
+// Enum value maps for RejectedTokenOutcome.
+var (
+	RejectedTokenOutcome_name = map[int32]string{
+		0: "REJECTED_TOKEN_OUTCOME_UNSPECIFIED",
+		1: "REJECTED_TOKEN_OUTCOME_STALE_REPORT",
+		2: "REJECTED_TOKEN_OUTCOME_NO_CHANGE",
+		3: "REJECTED_TOKEN_OUTCOME_TOKEN_REPLACED",
+	}
+	RejectedTokenOutcome_value = map[string]int32{
+		"REJECTED_TOKEN_OUTCOME_UNSPECIFIED":    0,
+		"REJECTED_TOKEN_OUTCOME_STALE_REPORT":   1,
+		"REJECTED_TOKEN_OUTCOME_NO_CHANGE":      2,
+		"REJECTED_TOKEN_OUTCOME_TOKEN_REPLACED": 3,
+	}
+)
+
+func (x RejectedTokenOutcome) Enum() *RejectedTokenOutcome {
+	p := new(RejectedTokenOutcome)
+	*p = x
+	return p
+}
+
+func (x RejectedTokenOutcome) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (RejectedTokenOutcome) Descriptor() protoreflect.EnumDescriptor {
+	return file_rotavault_v1_token_vault_proto_enumTypes[0].Descriptor()
+}
+
+func (RejectedTokenOutcome) Type() protoreflect.EnumType {
+	return &file_rotavault_v1_token_vault_proto_enumTypes[0]
+}
+
+func (x RejectedTokenOutcome) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use RejectedTokenOutcome.Descriptor instead.
+func (RejectedTokenOutcome) EnumDescriptor() ([]byte, []int) {
+	return file_rotavault_v1_token_vault_proto_rawDescGZIP(), []int{0}
+}
+
 type NoticeKind int32
 
 const (
@@ -59,11 +123,11 @@ func (x NoticeKind) String() string {
 }
 
 func (NoticeKind) Descriptor() protoreflect.EnumDescriptor {
-	return file_rotavault_v1_token_vault_proto_enumTypes[0].Descriptor()
+	return file_rotavault_v1_token_vault_proto_enumTypes[1].Descriptor()
 }
 
 func (NoticeKind) Type() protoreflect.EnumType {
-	return &file_rotavault_v1_token_vault_proto_enumTypes[0]
+	return &file_rotavault_v1_token_vault_proto_enumTypes[1]
 }
 
 func (x NoticeKind) Number() protoreflect.EnumNumber {
@@ -72,7 +136,7 @@ func (x NoticeKind) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use NoticeKind.Descriptor instead.
 func (NoticeKind) EnumDescriptor() ([]byte, []int) {
-	return file_rotavault_v1_token_vault_proto_rawDescGZIP(), []int{0}
+	return file_rotavault_v1_token_vault_proto_rawDescGZIP(), []int{1}
 }
 
 // buf:lint:ignore ENUM_NO_ALLOW_ALIAS
@@ -156,11 +220,11 @@ func (x RevocationReason) String() string {
 }
 
 func (RevocationReason) Descriptor() protoreflect.EnumDescriptor {
-	return file_rotavault_v1_token_vault_proto_enumTypes[1].Descriptor()
+	return file_rotavault_v1_token_vault_proto_enumTypes[2].Descriptor()
 }
 
 func (RevocationReason) Type() protoreflect.EnumType {
-	return &file_rotavault_v1_token_vault_proto_enumTypes[1]
+	return &file_rotavault_v1_token_vault_proto_enumTypes[2]
 }
 
 func (x RevocationReason) Number() protoreflect.EnumNumber {
@@ -169,7 +233,7 @@ func (x RevocationReason) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use RevocationReason.Descriptor instead.
 func (RevocationReason) EnumDescriptor() ([]byte, []int) {
-	return file_rotavault_v1_token_vault_proto_rawDescGZIP(), []int{1}
+	return file_rotavault_v1_token_vault_proto_rawDescGZIP(), []int{2}
 }
 
 // ProviderRevocation says whether the provider confirmed a revocation.
@@ -213,11 +277,11 @@ func (x ProviderRevocation) String() string {
 }
 
 func (ProviderRevocation) Descriptor() protoreflect.EnumDescriptor {
-	return file_rotavault_v1_token_vault_proto_enumTypes[2].Descriptor()
+	return file_rotavault_v1_token_vault_proto_enumTypes[3].Descriptor()
 }
 
 func (ProviderRevocation) Type() protoreflect.EnumType {
-	return &file_rotavault_v1_token_vault_proto_enumTypes[2]
+	return &file_rotavault_v1_token_vault_proto_enumTypes[3]
 }
 
 func (x ProviderRevocation) Number() protoreflect.EnumNumber {
@@ -226,7 +290,7 @@ func (x ProviderRevocation) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use ProviderRevocation.Descriptor instead.
 func (ProviderRevocation) EnumDescriptor() ([]byte, []int) {
-	return file_rotavault_v1_token_vault_proto_rawDescGZIP(), []int{2}
+	return file_rotavault_v1_token_vault_proto_rawDescGZIP(), []int{3}
 }
 
 type GetAccessTokenRequest struct {
@@ -240,7 +304,8 @@ type GetAccessTokenRequest struct {
 	// Set when a resource server rejected a token this service handed out (for
 	// example Salesforce's 401 INVALID_SESSION_ID). A refresh happens only when
 	// the named token is still the current one, and such refreshes are
-	// rate-limited per credential.
+	// rate-limited per credential. The response's rejected_token_outcome says
+	// what the report caused.
 	RejectedToken *RejectedToken `protobuf:"bytes,3,opt,name=rejected_token,json=rejectedToken,proto3" json:"rejected_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -399,9 +464,19 @@ type GetAccessTokenResponse struct {
 	Generation uint64 `protobuf:"varint,8,opt,name=generation,proto3" json:"generation,omitempty"`
 	// Lowercase hex of the first 8 bytes of SHA-256(access_token). Lets a
 	// consumer name a rejected token without sending it back.
-	Fingerprint   string `protobuf:"bytes,9,opt,name=fingerprint,proto3" json:"fingerprint,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Fingerprint string `protobuf:"bytes,9,opt,name=fingerprint,proto3" json:"fingerprint,omitempty"`
+	// The time after which the token must not be used, even though it has
+	// not expired: from then on another replica may rotate the credential at
+	// a provider that kills the previous access token when it rotates (ory
+	// fosite, for one). At or before expire_time. Clients must not cache the
+	// token past it, nor hand it to anyone after it; ask again instead. Unset
+	// by servers older than this field: use expire_time then.
+	UseUntil *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=use_until,json=useUntil,proto3" json:"use_until,omitempty"`
+	// Set when the request reported a rejected token (rejected_token): what
+	// the report caused. UNSPECIFIED otherwise.
+	RejectedTokenOutcome RejectedTokenOutcome `protobuf:"varint,11,opt,name=rejected_token_outcome,json=rejectedTokenOutcome,proto3,enum=rotavault.v1.RejectedTokenOutcome" json:"rejected_token_outcome,omitempty"`
+	unknownFields        protoimpl.UnknownFields
+	sizeCache            protoimpl.SizeCache
 }
 
 func (x *GetAccessTokenResponse) Reset() {
@@ -495,6 +570,20 @@ func (x *GetAccessTokenResponse) GetFingerprint() string {
 		return x.Fingerprint
 	}
 	return ""
+}
+
+func (x *GetAccessTokenResponse) GetUseUntil() *timestamppb.Timestamp {
+	if x != nil {
+		return x.UseUntil
+	}
+	return nil
+}
+
+func (x *GetAccessTokenResponse) GetRejectedTokenOutcome() RejectedTokenOutcome {
+	if x != nil {
+		return x.RejectedTokenOutcome
+	}
+	return RejectedTokenOutcome_REJECTED_TOKEN_OUTCOME_UNSPECIFIED
 }
 
 type ReauthenticateRequest struct {
@@ -1672,7 +1761,7 @@ const file_rotavault_v1_token_vault_proto_rawDesc = "" +
 	"generation\x18\x01 \x01(\x04H\x00R\n" +
 	"generation\x12\"\n" +
 	"\vfingerprint\x18\x02 \x01(\tH\x00R\vfingerprintB\a\n" +
-	"\x05token\"\xec\x02\n" +
+	"\x05token\"\xff\x03\n" +
 	"\x16GetAccessTokenResponse\x12!\n" +
 	"\faccess_token\x18\x01 \x01(\tR\vaccessToken\x12\x1d\n" +
 	"\n" +
@@ -1687,7 +1776,10 @@ const file_rotavault_v1_token_vault_proto_rawDesc = "" +
 	"\n" +
 	"generation\x18\b \x01(\x04R\n" +
 	"generation\x12 \n" +
-	"\vfingerprint\x18\t \x01(\tR\vfingerprint\"\xa4\x04\n" +
+	"\vfingerprint\x18\t \x01(\tR\vfingerprint\x127\n" +
+	"\tuse_until\x18\n" +
+	" \x01(\v2\x1a.google.protobuf.TimestampR\buseUntil\x12X\n" +
+	"\x16rejected_token_outcome\x18\v \x01(\x0e2\".rotavault.v1.RejectedTokenOutcomeR\x14rejectedTokenOutcome\"\xa4\x04\n" +
 	"\x15ReauthenticateRequest\x12#\n" +
 	"\rcredential_id\x18\x01 \x01(\tR\fcredentialId\x12`\n" +
 	"\x18authorization_code_start\x18\x02 \x01(\v2$.rotavault.v1.AuthorizationCodeStartH\x00R\x16authorizationCodeStart\x12i\n" +
@@ -1766,7 +1858,12 @@ const file_rotavault_v1_token_vault_proto_rawDesc = "" +
 	"generation\x18\x02 \x01(\x04R\n" +
 	"generation\x12Q\n" +
 	"\x13provider_revocation\x18\x03 \x01(\x0e2 .rotavault.v1.ProviderRevocationR\x12providerRevocation\x12'\n" +
-	"\x0falready_revoked\x18\x04 \x01(\bR\x0ealreadyRevoked*k\n" +
+	"\x0falready_revoked\x18\x04 \x01(\bR\x0ealreadyRevoked*\xb8\x01\n" +
+	"\x14RejectedTokenOutcome\x12&\n" +
+	"\"REJECTED_TOKEN_OUTCOME_UNSPECIFIED\x10\x00\x12'\n" +
+	"#REJECTED_TOKEN_OUTCOME_STALE_REPORT\x10\x01\x12$\n" +
+	" REJECTED_TOKEN_OUTCOME_NO_CHANGE\x10\x02\x12)\n" +
+	"%REJECTED_TOKEN_OUTCOME_TOKEN_REPLACED\x10\x03*k\n" +
 	"\n" +
 	"NoticeKind\x12\x1b\n" +
 	"\x17NOTICE_KIND_UNSPECIFIED\x10\x00\x12\x1e\n" +
@@ -1805,72 +1902,75 @@ func file_rotavault_v1_token_vault_proto_rawDescGZIP() []byte {
 	return file_rotavault_v1_token_vault_proto_rawDescData
 }
 
-var file_rotavault_v1_token_vault_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
+var file_rotavault_v1_token_vault_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
 var file_rotavault_v1_token_vault_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
 var file_rotavault_v1_token_vault_proto_goTypes = []any{
-	(NoticeKind)(0),                    // 0: rotavault.v1.NoticeKind
-	(RevocationReason)(0),              // 1: rotavault.v1.RevocationReason
-	(ProviderRevocation)(0),            // 2: rotavault.v1.ProviderRevocation
-	(*GetAccessTokenRequest)(nil),      // 3: rotavault.v1.GetAccessTokenRequest
-	(*RejectedToken)(nil),              // 4: rotavault.v1.RejectedToken
-	(*GetAccessTokenResponse)(nil),     // 5: rotavault.v1.GetAccessTokenResponse
-	(*ReauthenticateRequest)(nil),      // 6: rotavault.v1.ReauthenticateRequest
-	(*AuthorizationCodeStart)(nil),     // 7: rotavault.v1.AuthorizationCodeStart
-	(*AuthorizationCodeComplete)(nil),  // 8: rotavault.v1.AuthorizationCodeComplete
-	(*RefreshTokenImport)(nil),         // 9: rotavault.v1.RefreshTokenImport
-	(*DeviceAuthorizationStart)(nil),   // 10: rotavault.v1.DeviceAuthorizationStart
-	(*AuthorizationCheck)(nil),         // 11: rotavault.v1.AuthorizationCheck
-	(*ReauthenticateResponse)(nil),     // 12: rotavault.v1.ReauthenticateResponse
-	(*AuthorizationPending)(nil),       // 13: rotavault.v1.AuthorizationPending
-	(*DeviceAuthorizationPending)(nil), // 14: rotavault.v1.DeviceAuthorizationPending
-	(*FamilyActivated)(nil),            // 15: rotavault.v1.FamilyActivated
-	(*WatchRevocationsRequest)(nil),    // 16: rotavault.v1.WatchRevocationsRequest
-	(*WatchRevocationsResponse)(nil),   // 17: rotavault.v1.WatchRevocationsResponse
-	(*WatchStarted)(nil),               // 18: rotavault.v1.WatchStarted
-	(*Notice)(nil),                     // 19: rotavault.v1.Notice
-	(*RevokeCredentialRequest)(nil),    // 20: rotavault.v1.RevokeCredentialRequest
-	(*RevokeCredentialResponse)(nil),   // 21: rotavault.v1.RevokeCredentialResponse
-	(*durationpb.Duration)(nil),        // 22: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),      // 23: google.protobuf.Timestamp
+	(RejectedTokenOutcome)(0),          // 0: rotavault.v1.RejectedTokenOutcome
+	(NoticeKind)(0),                    // 1: rotavault.v1.NoticeKind
+	(RevocationReason)(0),              // 2: rotavault.v1.RevocationReason
+	(ProviderRevocation)(0),            // 3: rotavault.v1.ProviderRevocation
+	(*GetAccessTokenRequest)(nil),      // 4: rotavault.v1.GetAccessTokenRequest
+	(*RejectedToken)(nil),              // 5: rotavault.v1.RejectedToken
+	(*GetAccessTokenResponse)(nil),     // 6: rotavault.v1.GetAccessTokenResponse
+	(*ReauthenticateRequest)(nil),      // 7: rotavault.v1.ReauthenticateRequest
+	(*AuthorizationCodeStart)(nil),     // 8: rotavault.v1.AuthorizationCodeStart
+	(*AuthorizationCodeComplete)(nil),  // 9: rotavault.v1.AuthorizationCodeComplete
+	(*RefreshTokenImport)(nil),         // 10: rotavault.v1.RefreshTokenImport
+	(*DeviceAuthorizationStart)(nil),   // 11: rotavault.v1.DeviceAuthorizationStart
+	(*AuthorizationCheck)(nil),         // 12: rotavault.v1.AuthorizationCheck
+	(*ReauthenticateResponse)(nil),     // 13: rotavault.v1.ReauthenticateResponse
+	(*AuthorizationPending)(nil),       // 14: rotavault.v1.AuthorizationPending
+	(*DeviceAuthorizationPending)(nil), // 15: rotavault.v1.DeviceAuthorizationPending
+	(*FamilyActivated)(nil),            // 16: rotavault.v1.FamilyActivated
+	(*WatchRevocationsRequest)(nil),    // 17: rotavault.v1.WatchRevocationsRequest
+	(*WatchRevocationsResponse)(nil),   // 18: rotavault.v1.WatchRevocationsResponse
+	(*WatchStarted)(nil),               // 19: rotavault.v1.WatchStarted
+	(*Notice)(nil),                     // 20: rotavault.v1.Notice
+	(*RevokeCredentialRequest)(nil),    // 21: rotavault.v1.RevokeCredentialRequest
+	(*RevokeCredentialResponse)(nil),   // 22: rotavault.v1.RevokeCredentialResponse
+	(*durationpb.Duration)(nil),        // 23: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),      // 24: google.protobuf.Timestamp
 }
 var file_rotavault_v1_token_vault_proto_depIdxs = []int32{
-	22, // 0: rotavault.v1.GetAccessTokenRequest.min_remaining_lifetime:type_name -> google.protobuf.Duration
-	4,  // 1: rotavault.v1.GetAccessTokenRequest.rejected_token:type_name -> rotavault.v1.RejectedToken
-	23, // 2: rotavault.v1.GetAccessTokenResponse.expire_time:type_name -> google.protobuf.Timestamp
-	23, // 3: rotavault.v1.GetAccessTokenResponse.issue_time:type_name -> google.protobuf.Timestamp
-	7,  // 4: rotavault.v1.ReauthenticateRequest.authorization_code_start:type_name -> rotavault.v1.AuthorizationCodeStart
-	8,  // 5: rotavault.v1.ReauthenticateRequest.authorization_code_complete:type_name -> rotavault.v1.AuthorizationCodeComplete
-	9,  // 6: rotavault.v1.ReauthenticateRequest.refresh_token_import:type_name -> rotavault.v1.RefreshTokenImport
-	10, // 7: rotavault.v1.ReauthenticateRequest.device_authorization_start:type_name -> rotavault.v1.DeviceAuthorizationStart
-	11, // 8: rotavault.v1.ReauthenticateRequest.authorization_check:type_name -> rotavault.v1.AuthorizationCheck
-	22, // 9: rotavault.v1.AuthorizationCheck.wait:type_name -> google.protobuf.Duration
-	13, // 10: rotavault.v1.ReauthenticateResponse.authorization_pending:type_name -> rotavault.v1.AuthorizationPending
-	15, // 11: rotavault.v1.ReauthenticateResponse.family_activated:type_name -> rotavault.v1.FamilyActivated
-	14, // 12: rotavault.v1.ReauthenticateResponse.device_authorization_pending:type_name -> rotavault.v1.DeviceAuthorizationPending
-	23, // 13: rotavault.v1.AuthorizationPending.expire_time:type_name -> google.protobuf.Timestamp
-	23, // 14: rotavault.v1.DeviceAuthorizationPending.expire_time:type_name -> google.protobuf.Timestamp
-	22, // 15: rotavault.v1.DeviceAuthorizationPending.interval:type_name -> google.protobuf.Duration
-	23, // 16: rotavault.v1.FamilyActivated.activate_time:type_name -> google.protobuf.Timestamp
-	18, // 17: rotavault.v1.WatchRevocationsResponse.started:type_name -> rotavault.v1.WatchStarted
-	19, // 18: rotavault.v1.WatchRevocationsResponse.notice:type_name -> rotavault.v1.Notice
-	0,  // 19: rotavault.v1.Notice.kind:type_name -> rotavault.v1.NoticeKind
-	1,  // 20: rotavault.v1.Notice.reason:type_name -> rotavault.v1.RevocationReason
-	23, // 21: rotavault.v1.Notice.detect_time:type_name -> google.protobuf.Timestamp
-	2,  // 22: rotavault.v1.Notice.provider_revocation:type_name -> rotavault.v1.ProviderRevocation
-	2,  // 23: rotavault.v1.RevokeCredentialResponse.provider_revocation:type_name -> rotavault.v1.ProviderRevocation
-	3,  // 24: rotavault.v1.TokenVaultService.GetAccessToken:input_type -> rotavault.v1.GetAccessTokenRequest
-	6,  // 25: rotavault.v1.TokenVaultService.Reauthenticate:input_type -> rotavault.v1.ReauthenticateRequest
-	16, // 26: rotavault.v1.TokenVaultService.WatchRevocations:input_type -> rotavault.v1.WatchRevocationsRequest
-	20, // 27: rotavault.v1.TokenVaultService.RevokeCredential:input_type -> rotavault.v1.RevokeCredentialRequest
-	5,  // 28: rotavault.v1.TokenVaultService.GetAccessToken:output_type -> rotavault.v1.GetAccessTokenResponse
-	12, // 29: rotavault.v1.TokenVaultService.Reauthenticate:output_type -> rotavault.v1.ReauthenticateResponse
-	17, // 30: rotavault.v1.TokenVaultService.WatchRevocations:output_type -> rotavault.v1.WatchRevocationsResponse
-	21, // 31: rotavault.v1.TokenVaultService.RevokeCredential:output_type -> rotavault.v1.RevokeCredentialResponse
-	28, // [28:32] is the sub-list for method output_type
-	24, // [24:28] is the sub-list for method input_type
-	24, // [24:24] is the sub-list for extension type_name
-	24, // [24:24] is the sub-list for extension extendee
-	0,  // [0:24] is the sub-list for field type_name
+	23, // 0: rotavault.v1.GetAccessTokenRequest.min_remaining_lifetime:type_name -> google.protobuf.Duration
+	5,  // 1: rotavault.v1.GetAccessTokenRequest.rejected_token:type_name -> rotavault.v1.RejectedToken
+	24, // 2: rotavault.v1.GetAccessTokenResponse.expire_time:type_name -> google.protobuf.Timestamp
+	24, // 3: rotavault.v1.GetAccessTokenResponse.issue_time:type_name -> google.protobuf.Timestamp
+	24, // 4: rotavault.v1.GetAccessTokenResponse.use_until:type_name -> google.protobuf.Timestamp
+	0,  // 5: rotavault.v1.GetAccessTokenResponse.rejected_token_outcome:type_name -> rotavault.v1.RejectedTokenOutcome
+	8,  // 6: rotavault.v1.ReauthenticateRequest.authorization_code_start:type_name -> rotavault.v1.AuthorizationCodeStart
+	9,  // 7: rotavault.v1.ReauthenticateRequest.authorization_code_complete:type_name -> rotavault.v1.AuthorizationCodeComplete
+	10, // 8: rotavault.v1.ReauthenticateRequest.refresh_token_import:type_name -> rotavault.v1.RefreshTokenImport
+	11, // 9: rotavault.v1.ReauthenticateRequest.device_authorization_start:type_name -> rotavault.v1.DeviceAuthorizationStart
+	12, // 10: rotavault.v1.ReauthenticateRequest.authorization_check:type_name -> rotavault.v1.AuthorizationCheck
+	23, // 11: rotavault.v1.AuthorizationCheck.wait:type_name -> google.protobuf.Duration
+	14, // 12: rotavault.v1.ReauthenticateResponse.authorization_pending:type_name -> rotavault.v1.AuthorizationPending
+	16, // 13: rotavault.v1.ReauthenticateResponse.family_activated:type_name -> rotavault.v1.FamilyActivated
+	15, // 14: rotavault.v1.ReauthenticateResponse.device_authorization_pending:type_name -> rotavault.v1.DeviceAuthorizationPending
+	24, // 15: rotavault.v1.AuthorizationPending.expire_time:type_name -> google.protobuf.Timestamp
+	24, // 16: rotavault.v1.DeviceAuthorizationPending.expire_time:type_name -> google.protobuf.Timestamp
+	23, // 17: rotavault.v1.DeviceAuthorizationPending.interval:type_name -> google.protobuf.Duration
+	24, // 18: rotavault.v1.FamilyActivated.activate_time:type_name -> google.protobuf.Timestamp
+	19, // 19: rotavault.v1.WatchRevocationsResponse.started:type_name -> rotavault.v1.WatchStarted
+	20, // 20: rotavault.v1.WatchRevocationsResponse.notice:type_name -> rotavault.v1.Notice
+	1,  // 21: rotavault.v1.Notice.kind:type_name -> rotavault.v1.NoticeKind
+	2,  // 22: rotavault.v1.Notice.reason:type_name -> rotavault.v1.RevocationReason
+	24, // 23: rotavault.v1.Notice.detect_time:type_name -> google.protobuf.Timestamp
+	3,  // 24: rotavault.v1.Notice.provider_revocation:type_name -> rotavault.v1.ProviderRevocation
+	3,  // 25: rotavault.v1.RevokeCredentialResponse.provider_revocation:type_name -> rotavault.v1.ProviderRevocation
+	4,  // 26: rotavault.v1.TokenVaultService.GetAccessToken:input_type -> rotavault.v1.GetAccessTokenRequest
+	7,  // 27: rotavault.v1.TokenVaultService.Reauthenticate:input_type -> rotavault.v1.ReauthenticateRequest
+	17, // 28: rotavault.v1.TokenVaultService.WatchRevocations:input_type -> rotavault.v1.WatchRevocationsRequest
+	21, // 29: rotavault.v1.TokenVaultService.RevokeCredential:input_type -> rotavault.v1.RevokeCredentialRequest
+	6,  // 30: rotavault.v1.TokenVaultService.GetAccessToken:output_type -> rotavault.v1.GetAccessTokenResponse
+	13, // 31: rotavault.v1.TokenVaultService.Reauthenticate:output_type -> rotavault.v1.ReauthenticateResponse
+	18, // 32: rotavault.v1.TokenVaultService.WatchRevocations:output_type -> rotavault.v1.WatchRevocationsResponse
+	22, // 33: rotavault.v1.TokenVaultService.RevokeCredential:output_type -> rotavault.v1.RevokeCredentialResponse
+	30, // [30:34] is the sub-list for method output_type
+	26, // [26:30] is the sub-list for method input_type
+	26, // [26:26] is the sub-list for extension type_name
+	26, // [26:26] is the sub-list for extension extendee
+	0,  // [0:26] is the sub-list for field type_name
 }
 
 func init() { file_rotavault_v1_token_vault_proto_init() }
@@ -1903,7 +2003,7 @@ func file_rotavault_v1_token_vault_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_rotavault_v1_token_vault_proto_rawDesc), len(file_rotavault_v1_token_vault_proto_rawDesc)),
-			NumEnums:      3,
+			NumEnums:      4,
 			NumMessages:   19,
 			NumExtensions: 0,
 			NumServices:   1,

@@ -83,7 +83,9 @@ type TokenVaultServiceClient interface {
 	// GetAccessToken returns an access token with at least the requested
 	// lifetime left. Any number of concurrent callers share one refresh: the
 	// provider sees a single refresh per rotation, and the rotated refresh token
-	// is stored before any caller receives the new access token.
+	// is stored before any caller receives the new access token. The
+	// response's use_until is when the token must stop being used: a client
+	// caches it no longer than that, nor than its expiry.
 	GetAccessToken(ctx context.Context, in *GetAccessTokenRequest, opts ...grpc.CallOption) (*GetAccessTokenResponse, error)
 	// Reauthenticate installs a new token family for a credential, through one
 	// of these flows:
@@ -260,7 +262,9 @@ type TokenVaultServiceServer interface {
 	// GetAccessToken returns an access token with at least the requested
 	// lifetime left. Any number of concurrent callers share one refresh: the
 	// provider sees a single refresh per rotation, and the rotated refresh token
-	// is stored before any caller receives the new access token.
+	// is stored before any caller receives the new access token. The
+	// response's use_until is when the token must stop being used: a client
+	// caches it no longer than that, nor than its expiry.
 	GetAccessToken(context.Context, *GetAccessTokenRequest) (*GetAccessTokenResponse, error)
 	// Reauthenticate installs a new token family for a credential, through one
 	// of these flows:

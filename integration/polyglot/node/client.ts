@@ -16,7 +16,8 @@
 //
 // and prints one JSON object per line on stdout, never a token or a secret:
 // registered, unavailable (each UNAVAILABLE that outlasted the retry policy),
-// token, watching, notice (until FAMILY_REVOKED), refused.
+// token (with until when TokenCache keeps it), cached (the same token asked
+// again: from the cache), watching, notice (until FAMILY_REVOKED), refused.
 import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -44,6 +45,9 @@ import {
 } from './gen-ts/rotavault/v1/token_vault';
 
 const DEADLINE_MS = 30000; // per unary call and for the notice
+// How long before its expiry a cached token is replaced (the Go client's
+// default), at most a quarter of its lifetime.
+const REFRESH_MARGIN_MS = 60000;
 
 interface Config {
   server: string;
@@ -132,6 +136,45 @@ async function getToken(vault: TokenVaultServiceClient, credentialId: string): P
   }
 }
 
+// TokenCache keeps one credential's access token until
+// min(expireTime - margin, useUntil): past useUntil the server may rotate
+// the credential at a provider that kills the previous access token, so a
+// cache must not hand the token out after it, though it has not expired. A
+// server that does not send useUntil leaves expireTime as the only limit.
+class TokenCache {
+  private token?: GetAccessTokenResponse;
+  cacheUntilMs = 0;
+
+  constructor(
+    private readonly vault: TokenVaultServiceClient,
+    private readonly credentialId: string,
+    private readonly nowMs: () => number = Date.now,
+  ) {}
+
+  static untilMs(tok: GetAccessTokenResponse): number {
+    const expire = tok.expireTime?.getTime() ?? 0;
+    const life = expire - (tok.issueTime?.getTime() ?? expire);
+    let until = expire - (life > 0 ? Math.min(REFRESH_MARGIN_MS, Math.floor(life / 4)) : REFRESH_MARGIN_MS);
+    if (tok.useUntil) until = Math.min(until, tok.useUntil.getTime());
+    return until;
+  }
+
+  // get returns the cached token while it may be used, else a new one, and
+  // whether it came from the cache.
+  async get(): Promise<{ tok: GetAccessTokenResponse; fromCache: boolean }> {
+    if (this.token && this.nowMs() < this.cacheUntilMs) return { tok: this.token, fromCache: true };
+    const tok = await getToken(this.vault, this.credentialId);
+    this.token = tok;
+    this.cacheUntilMs = TokenCache.untilMs(tok);
+    return { tok, fromCache: false };
+  }
+
+  drop(): void {
+    this.token = undefined;
+    this.cacheUntilMs = 0;
+  }
+}
+
 async function readStdin(): Promise<Config> {
   const chunks: Buffer[] = [];
   for await (const chunk of process.stdin) chunks.push(chunk as Buffer);
@@ -179,7 +222,8 @@ async function main(): Promise<void> {
       });
     }
 
-    const tok = await getToken(vault, cred);
+    const cache = new TokenCache(vault, cred);
+    const { tok } = await cache.get();
     emit('token', {
       fingerprint: fingerprint(tok.accessToken),
       reported_fingerprint: tok.fingerprint,
@@ -189,7 +233,11 @@ async function main(): Promise<void> {
       generation: tok.generation,
       scopes: tok.scopes,
       expire_unix: tok.expireTime ? Math.floor(tok.expireTime.getTime() / 1000) : 0,
+      use_until_ms: tok.useUntil ? tok.useUntil.getTime() : 0,
+      cache_until_ms: cache.cacheUntilMs,
     });
+    const again = await cache.get();
+    emit('cached', { fingerprint: fingerprint(again.tok.accessToken), from_cache: again.fromCache });
 
     await new Promise<void>((resolve, reject) => {
       const stream = vault.watchRevocations(WatchRevocationsRequest.fromPartial({ credentialIds: [cred] }), new Metadata(), { deadline: deadline() });
@@ -210,6 +258,7 @@ async function main(): Promise<void> {
           });
           if (n.kind === NoticeKind.NOTICE_KIND_FAMILY_REVOKED && !done) {
             done = true;
+            cache.drop(); // the family's tokens are dead
             stream.cancel();
             resolve();
           }

@@ -19,7 +19,9 @@ and prints one JSON object per line on stdout, never a token or a secret:
     {"event": "registered", ...}   CreateCredential + Reauthenticate (import)
     {"event": "unavailable", ...}  UNAVAILABLE outlasted the retry policy: the
                                    ErrorInfo reason and RetryInfo delay
-    {"event": "token", ...}        GetAccessToken; fingerprint computed here
+    {"event": "token", ...}        GetAccessToken; fingerprint computed here,
+                                   and until when TokenCache keeps the token
+    {"event": "cached", ...}       the same token asked again: from the cache
     {"event": "watching", ...}     WatchRevocations is live (after `started`)
     {"event": "notice", ...}       every notice, until FAMILY_REVOKED
     {"event": "refused", ...}      GetAccessToken after the revocation: the
@@ -42,6 +44,9 @@ from rotavault.v1 import token_vault_pb2
 from rotavault.v1 import token_vault_pb2_grpc
 
 DEADLINE = 30  # seconds, per unary call and for the notice
+# How long before its expiry a cached token is replaced (the Go client's
+# default), at most a quarter of its lifetime.
+REFRESH_MARGIN = 60  # seconds
 
 
 def emit(event, **fields):
@@ -90,6 +95,43 @@ def get_token(vault, cred):
             time.sleep(max(retry_delay, 0.1))
 
 
+class TokenCache:
+    """One credential's access token, cached until min(expire_time - margin,
+    use_until): past use_until the server may rotate the credential at a
+    provider that kills the previous access token, so a cache must not hand
+    the token out after it, though it has not expired. A server that does
+    not send use_until leaves expire_time as the only limit. Times are in
+    milliseconds since the epoch."""
+
+    def __init__(self, vault, cred, now_ms=lambda: int(time.time() * 1000)):
+        self.vault, self.cred, self.now_ms = vault, cred, now_ms
+        self.token, self.cache_until_ms = None, 0
+
+    @staticmethod
+    def until_ms(tok):
+        expire = tok.expire_time.ToMilliseconds()
+        life = expire - tok.issue_time.ToMilliseconds()
+        margin = REFRESH_MARGIN * 1000
+        if life > 0:
+            margin = min(margin, life // 4)
+        until = expire - margin
+        if tok.HasField("use_until"):
+            until = min(until, tok.use_until.ToMilliseconds())
+        return until
+
+    def get(self):
+        """The cached token while it may be used, else a new one; the
+        second value says whether it came from the cache."""
+        if self.token is not None and self.now_ms() < self.cache_until_ms:
+            return self.token, True
+        self.token = get_token(self.vault, self.cred)
+        self.cache_until_ms = self.until_ms(self.token)
+        return self.token, False
+
+    def drop(self):
+        self.token, self.cache_until_ms = None, 0
+
+
 def main():
     cfg = json.loads(sys.stdin.readline())
     cred = cfg["credential_id"]
@@ -126,7 +168,8 @@ def main():
                  has_client_secret=created.credential.has_client_secret,
                  family_id=activated.family_id, generation=activated.generation)
 
-        tok = get_token(vault, cred)
+        cache = TokenCache(vault, cred)
+        tok, _ = cache.get()
         emit("token",
              fingerprint=fingerprint(tok.access_token),
              reported_fingerprint=tok.fingerprint,
@@ -135,7 +178,11 @@ def main():
              family_id=tok.family_id,
              generation=tok.generation,
              scopes=list(tok.scopes),
-             expire_unix=tok.expire_time.seconds)
+             expire_unix=tok.expire_time.seconds,
+             use_until_ms=tok.use_until.ToMilliseconds(),
+             cache_until_ms=cache.cache_until_ms)
+        again, from_cache = cache.get()
+        emit("cached", fingerprint=fingerprint(again.access_token), from_cache=from_cache)
 
         stream = vault.WatchRevocations(
             token_vault_pb2.WatchRevocationsRequest(credential_ids=[cred]), timeout=DEADLINE)
@@ -156,6 +203,7 @@ def main():
                          provider_revocation=token_vault_pb2.ProviderRevocation.Name(n.provider_revocation),
                          cursor_set=bool(n.cursor))
                     if kind == "NOTICE_KIND_FAMILY_REVOKED":
+                        cache.drop()  # the family's tokens are dead
                         break
         finally:
             stream.cancel()
