@@ -158,6 +158,9 @@ func (f faultRecord) affects(replica int, provider string, transport bool) bool 
 // lostWindow reports whether the call's credential was in the window of a
 // lost answer: from the fault until the credential was imported again.
 func (h *faultHistory) lostWindow(cred string, begin, end time.Time) bool {
+	if p := h.credProvider()[cred]; p != nil && p.Grace {
+		return false // a lost answer within grace loses nothing
+	}
 	for _, f := range h.Faults {
 		if f.Lost && f.LostCred == cred && !end.Before(f.Begin) && !begin.After(f.End.Add(h.Settle)) {
 			return true

@@ -78,6 +78,11 @@ func TestFaultCheckerFindsEachViolation(t *testing.T) {
 		{"a transport failure of a replica that was up", invFailureOutside, func(h *faultHistory) {
 			h.Calls = append(h.Calls, callRecord{Replica: 0, Cred: "acme", Begin: at(h, 5.5), End: at(h, 5.6), Code: codes.Unavailable})
 		}},
+		{"a family lost although the provider has a grace period", invFailureCode, func(h *faultHistory) {
+			h.Providers = append(h.Providers, providerRecord{Name: "simulator-grace", Grace: true, LostAnswers: 1, Creds: []string{"acme-grace"}})
+			h.Faults = append(h.Faults, faultRecord{Kind: "lost-answer", Target: faultTarget{replica: -1, provider: "simulator-grace"}, Begin: at(h, 40), End: at(h, 41), Lost: true, LostCred: "acme-grace"})
+			h.Calls = append(h.Calls, callRecord{Replica: 0, Cred: "acme-grace", Begin: at(h, 40.5), End: at(h, 40.6), Code: codes.FailedPrecondition, Reason: "REAUTHENTICATION_REQUIRED"})
+		}},
 		{"a replica slow to recover", invRecovery, func(h *faultHistory) { h.Recovery[1].Served = at(h, 45) }},
 		{"a replica never recovered", invRecovery, func(h *faultHistory) { h.Recovery[0].Served = time.Time{} }},
 		{"a leak", invLeak, func(h *faultHistory) { h.Leaks = []string{"replica-0.log holds secret #3"} }},
