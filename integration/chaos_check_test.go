@@ -85,7 +85,10 @@ type providerRecord struct {
 	Reuses int
 	// LostAnswers: answers dropped after the provider processed them.
 	LostAnswers int
-	Creds       []string
+	// Rotations: refreshes that issued a new refresh token (a figure of
+	// the run, not an invariant).
+	Rotations int
+	Creds     []string
 }
 
 // recoveryRecord is when a replica served every credential again after the

@@ -73,7 +73,7 @@ const (
 	// faultRecoveryBound bounds the time from the last fault's end until
 	// every replica serves every credential again.
 	faultRecoveryBound = 15 * time.Second
-	faultCallTimeout   = 5 * time.Second
+	faultCallTimeout   = 2 * time.Second
 	// faultQuiet is the load without faults after the schedule, in which
 	// no call may fail.
 	faultQuiet = 10 * time.Second
@@ -191,6 +191,13 @@ func (p *faultProvider) lostAnswers() int {
 		return p.sim.Stats().LostResponses
 	}
 	return p.proxy.Lost()
+}
+
+func (p *faultProvider) rotations() int {
+	if p.sim != nil {
+		return p.sim.Stats().Rotations
+	}
+	return p.fos.Stats().RefreshSuccesses
 }
 
 func (p *faultProvider) reuses() int {
@@ -725,6 +732,7 @@ func (r *faultRun) finish() {
 	for i, p := range r.provs {
 		r.hist.Providers[i].Reuses = p.reuses()
 		r.hist.Providers[i].LostAnswers = p.lostAnswers()
+		r.hist.Providers[i].Rotations = p.rotations()
 	}
 	r.hist.Leaks = findLeaks(r.secrets(), r.logTexts())
 	if raw, err := json.MarshalIndent(&r.hist, "", " "); err == nil {
@@ -806,7 +814,7 @@ func (r *faultRun) report(vs []violation) {
 	t.Logf("fault test: seed %d, %d faults, %d calls (%d tokens handed out, %d failures), %d notices, every replica serving %s after the last fault",
 		r.cfg.seed, len(r.hist.Faults), calls, handed, failures, len(r.hist.Notices), recovered.Round(time.Millisecond))
 	for _, p := range r.hist.Providers {
-		t.Logf("provider %s: %d answers lost, %d reuses", p.Name, p.LostAnswers, p.Reuses)
+		t.Logf("provider %s: %d rotations, %d answers lost, %d reuses", p.Name, p.Rotations, p.LostAnswers, p.Reuses)
 	}
 	var lines []string
 	for _, v := range vs {
