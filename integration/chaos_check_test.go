@@ -23,6 +23,7 @@ const (
 	invHandedOutValid = "HANDED_OUT_VALID"   // a token handed out that the provider refused right after
 	invFailureCode    = "FAILURE_CODE"       // a failure with a code a caller cannot simply retry
 	invFailureOutside = "FAILURE_OUTSIDE"    // a failure while nothing on its path was down
+	invFailureReason  = "FAILURE_REASON"     // a failure blaming a part that was up (the provider for a Vault outage)
 	invRecovery       = "RECOVERY"           // a replica not serving within the bound after the last fault
 	invLeak           = "LEAK"               // a secret in a log file
 	invHistory        = "HISTORY_INCOMPLETE" // the run could not record what it needed
@@ -31,9 +32,9 @@ const (
 // Path components a fault can take down: each call goes through its replica,
 // the shared Vault, and its credential's provider.
 type faultTarget struct {
-	replica  int    // -1: not a replica
-	vault    bool   // the shared store
-	provider string // "": not a provider
+	Replica  int    // -1: not a replica
+	Vault    bool   // the shared store
+	Provider string // "": not a provider
 }
 
 // faultRecord is one fault of the schedule, from the moment it was
@@ -120,6 +121,7 @@ type violation struct {
 	Invariant string
 	At        time.Time
 	Detail    string
+	Code      codes.Code // of the failed call, for failure invariants
 }
 
 func (v violation) String() string {
@@ -148,13 +150,13 @@ func (h *faultHistory) credProvider() map[string]*providerRecord {
 func (f faultRecord) affects(replica int, provider string, transport bool) bool {
 	switch {
 	case transport:
-		return f.Target.replica == replica
-	case f.Target.vault:
+		return f.Target.Replica == replica
+	case f.Target.Vault:
 		return true
-	case f.Target.provider != "":
-		return f.Target.provider == provider
+	case f.Target.Provider != "":
+		return f.Target.Provider == provider
 	default:
-		return f.Target.replica >= 0
+		return f.Target.Replica >= 0
 	}
 }
 
@@ -195,6 +197,27 @@ func retryable(c callRecord) bool {
 		return c.RetryInfo || c.Reason == ""
 	}
 	return false
+}
+
+// blamedWasUp names the part a failure's reason blames when that part was
+// not down during the call ("" when the blame is right or not specific): a
+// caller told PROVIDER_UNAVAILABLE looks at the provider, not at Vault.
+func (h *faultHistory) blamedWasUp(c callRecord, provider string) string {
+	var blamed func(f faultRecord) bool
+	switch c.Reason {
+	case "PROVIDER_UNAVAILABLE":
+		blamed = func(f faultRecord) bool { return f.Target.Provider == provider }
+	case "STORE_UNAVAILABLE":
+		blamed = func(f faultRecord) bool { return f.Target.Vault }
+	default:
+		return ""
+	}
+	for _, f := range h.Faults {
+		if blamed(f) && !c.End.Before(f.Begin) && !c.Begin.After(f.End.Add(h.Settle)) {
+			return ""
+		}
+	}
+	return "blames " + strings.ToLower(strings.TrimSuffix(c.Reason, "_UNAVAILABLE")) + ", which was up"
 }
 
 // transport reports whether a failure came from the connection rather than
@@ -280,10 +303,12 @@ func checkFaultHistory(h *faultHistory) []violation {
 		}
 		desc := fmt.Sprintf("replica %d (%s) %s: %s %s retryInfo=%v after %s: %q", c.Replica, c.Source, c.Cred, c.Code, c.Reason, c.RetryInfo, c.End.Sub(c.Begin).Round(time.Millisecond), c.Message)
 		if !retryable(c) {
-			out = append(out, violation{Invariant: invFailureCode, At: c.End, Detail: desc})
+			out = append(out, violation{Invariant: invFailureCode, At: c.End, Detail: desc, Code: c.Code})
 		}
 		if !h.inOutage(c.Replica, provider, transport(c), c.Begin, c.End) {
-			out = append(out, violation{Invariant: invFailureOutside, At: c.End, Detail: desc})
+			out = append(out, violation{Invariant: invFailureOutside, At: c.End, Detail: desc, Code: c.Code})
+		} else if blamed := h.blamedWasUp(c, provider); blamed != "" {
+			out = append(out, violation{Invariant: invFailureReason, At: c.End, Detail: desc + ": " + blamed, Code: c.Code})
 		}
 	}
 
