@@ -1,0 +1,206 @@
+package integration
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"slices"
+	"sync"
+	"time"
+)
+
+// faultProxy stands between Rotavault and ory/fosite's endpoints and fails
+// the way a provider's edge does: latency, 5xx answers for requests fosite
+// never saw, and lost answers — fosite processes the refresh (the family
+// rotates) and the connection is closed before the answer. The simulator
+// has these faults built in (providersim.InjectFailure, SetLatency);
+// fosite's server only loses answers, so the fault test puts both behind
+// the same knobs. It also keeps every token that crossed it, for the leak
+// check: fosite has no list of what it issued.
+//
+// Safe for concurrent use; Close stops it.
+type faultProxy struct {
+	upstream *url.URL
+	srv      *http.Server
+	url      string
+	client   *http.Client
+
+	mu       sync.Mutex
+	latency  time.Duration
+	fail5xx  int // the next requests answered 503 without reaching fosite
+	loseNext int // the next requests processed by fosite, then dropped
+	lost     int // answers dropped so far
+	secrets  []string
+}
+
+func startFaultProxy(upstream string) (*faultProxy, error) {
+	u, err := url.Parse(upstream)
+	if err != nil {
+		return nil, err
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	p := &faultProxy{upstream: u, url: "http://" + ln.Addr().String(),
+		client: &http.Client{Transport: &http.Transport{Proxy: nil}}}
+	p.srv = &http.Server{Handler: http.HandlerFunc(p.serve), ReadHeaderTimeout: 10 * time.Second}
+	go func() { _ = p.srv.Serve(ln) }()
+	return p, nil
+}
+
+func (p *faultProxy) Close() error {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	if err := p.srv.Shutdown(ctx); err != nil {
+		return p.srv.Close()
+	}
+	return nil
+}
+
+// URL is the proxy's base URL: fosite's paths are served under it.
+func (p *faultProxy) URL() string { return p.url }
+
+func (p *faultProxy) SetLatency(d time.Duration) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.latency = d
+}
+
+// Fail makes the next n requests answer 503 unprocessed.
+func (p *faultProxy) Fail(n int) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.fail5xx = n
+}
+
+// LoseNext makes the next n requests be processed by fosite and their
+// answers dropped.
+func (p *faultProxy) LoseNext(n int) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.loseNext = n
+}
+
+// failLeft is how many 503 answers are still to come.
+func (p *faultProxy) failLeft() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.fail5xx
+}
+
+// Lost is how many answers were dropped so far.
+func (p *faultProxy) Lost() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.lost
+}
+
+// Secrets are the tokens and client credentials seen in requests and
+// answers.
+func (p *faultProxy) Secrets() []string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return slices.Clone(p.secrets)
+}
+
+// take decides the fate of one arriving request.
+func (p *faultProxy) take() (latency time.Duration, fail, lose bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.fail5xx > 0 {
+		p.fail5xx--
+		return p.latency, true, false
+	}
+	if p.loseNext > 0 {
+		p.loseNext--
+		p.lost++
+		return p.latency, false, true
+	}
+	return p.latency, false, false
+}
+
+func (p *faultProxy) remember(values ...string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, v := range values {
+		if v != "" {
+			p.secrets = append(p.secrets, v)
+		}
+	}
+}
+
+func (p *faultProxy) serve(w http.ResponseWriter, r *http.Request) {
+	body, err := io.ReadAll(io.LimitReader(r.Body, 1<<20))
+	if err != nil {
+		http.Error(w, "bad request", http.StatusBadRequest)
+		return
+	}
+	if form, err := url.ParseQuery(string(body)); err == nil {
+		p.remember(form.Get("refresh_token"), form.Get("token"), form.Get("client_secret"), form.Get("code"), form.Get("code_verifier"))
+	}
+	latency, fail, lose := p.take()
+	if latency > 0 {
+		t := time.NewTimer(latency)
+		select {
+		case <-t.C:
+		case <-r.Context().Done(): // the caller gave up: never forwarded
+			t.Stop()
+			return
+		}
+	}
+	if fail {
+		w.WriteHeader(http.StatusServiceUnavailable)
+		return
+	}
+	target := *p.upstream
+	target.Path, target.RawQuery = r.URL.Path, r.URL.RawQuery
+	// Not the caller's context: a lost answer is one fosite processed
+	// whatever the caller does meanwhile.
+	req, err := http.NewRequestWithContext(context.WithoutCancel(r.Context()), r.Method, target.String(), bytes.NewReader(body))
+	if err != nil {
+		w.WriteHeader(http.StatusBadGateway)
+		return
+	}
+	req.Header = r.Header.Clone()
+	resp, err := p.client.Do(req)
+	if err != nil {
+		w.WriteHeader(http.StatusBadGateway)
+		return
+	}
+	answer, err := io.ReadAll(resp.Body)
+	_ = resp.Body.Close()
+	if err != nil {
+		w.WriteHeader(http.StatusBadGateway)
+		return
+	}
+	var tokens struct {
+		AccessToken  string `json:"access_token"`
+		RefreshToken string `json:"refresh_token"`
+	}
+	if json.Unmarshal(answer, &tokens) == nil {
+		p.remember(tokens.AccessToken, tokens.RefreshToken)
+	}
+	if lose {
+		dropConnectionOf(w)
+		return
+	}
+	for k, v := range resp.Header {
+		w.Header()[k] = v
+	}
+	w.WriteHeader(resp.StatusCode)
+	_, _ = w.Write(answer)
+}
+
+// dropConnectionOf closes the caller's connection without an answer.
+func dropConnectionOf(w http.ResponseWriter) {
+	conn, _, err := http.NewResponseController(w).Hijack()
+	if err != nil {
+		panic(http.ErrAbortHandler)
+	}
+	_ = conn.Close()
+}
