@@ -1,10 +1,7 @@
 package integration
 
 import (
-	"encoding/base64"
-	"encoding/hex"
 	"fmt"
-	"net/url"
 	"sort"
 	"strings"
 	"time"
@@ -327,25 +324,6 @@ func checkFaultHistory(h *faultHistory) []violation {
 	}
 	sort.SliceStable(out, func(i, j int) bool { return out[i].At.Before(out[j].At) })
 	return out
-}
-
-// secretSpellings are the ways a secret could reach a log: as it is, in
-// base64 (standard and URL alphabets, padded or not), hex, and
-// percent-encoded as in a form body or URL.
-func secretSpellings(secret string) map[string]string {
-	b := []byte(secret)
-	m := map[string]string{
-		"raw":           secret,
-		"base64":        base64.StdEncoding.EncodeToString(b),
-		"base64 raw":    base64.RawStdEncoding.EncodeToString(b),
-		"base64url":     base64.URLEncoding.EncodeToString(b),
-		"base64url raw": base64.RawURLEncoding.EncodeToString(b),
-		"hex":           hex.EncodeToString(b),
-		"HEX":           strings.ToUpper(hex.EncodeToString(b)),
-		"query-escaped": url.QueryEscape(secret),
-		"path-escaped":  url.PathEscape(secret),
-	}
-	return m
 }
 
 // findLeaks names every (text, secret, spelling) where a secret appears.

@@ -217,21 +217,6 @@ func checkSpansHoldNoSecret(t testing.TB, secrets []string, spans []tracetest.Sp
 	}
 }
 
-func secretSpellings(secret string) []string {
-	out := []string{secret, url.QueryEscape(secret), url.PathEscape(secret),
-		hex.EncodeToString([]byte(secret)), strings.ToUpper(hex.EncodeToString([]byte(secret)))}
-	// The base64 characters that depend on the secret's bytes only, for each
-	// of the three alignments it may have inside a longer encoded text.
-	for k := range 3 {
-		raw := append(make([]byte, k), secret...)
-		enc := base64.StdEncoding.EncodeToString(raw)
-		start, end := (k*8+5)/6, (k+len(secret))*8/6
-		core := enc[start:end]
-		out = append(out, core, strings.NewReplacer("+", "-", "/", "_").Replace(core))
-	}
-	return out
-}
-
 func spanText(s tracetest.SpanStub) string {
 	var b strings.Builder
 	kvs := func(attrs []attribute.KeyValue) {
