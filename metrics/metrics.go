@@ -80,6 +80,10 @@ var (
 		"GetAccessToken calls that needed a refresh, a wait for one, or the store.", nil, nil)
 	rotationsHeldBackDesc = prometheus.NewDesc(namespace+"_rotations_held_back_total",
 		"GetAccessToken calls that wanted a refresh the rotation floor did not allow yet (one refresh per credential per max(half the token lifetime, 5 s)); they got the current token.", nil, nil)
+	discoveriesDesc = prometheus.NewDesc(namespace+"_provider_metadata_fetches_total",
+		"Provider metadata documents fetched for credentials with an issuer (at creation, and hourly).", nil, nil)
+	discoveryFailuresDesc = prometheus.NewDesc(namespace+"_provider_metadata_fetch_failures_total",
+		"Provider metadata fetches that failed or were refused (larger than 64 KiB, another issuer, an insecure endpoint); the stored metadata is kept.", nil, nil)
 	claimWaitsDesc = prometheus.NewDesc(namespace+"_claim_waits_total",
 		"Waits for a refresh another replica claimed.", nil, nil)
 	subscribersDesc = prometheus.NewDesc(namespace+"_watch_subscribers",
@@ -95,7 +99,7 @@ var (
 type brokerCollector struct{ b *broker.Broker }
 
 func (c *brokerCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{refreshesDesc, refreshFailuresDesc, revocationsDesc, cacheHitsDesc, cacheMissesDesc, rotationsHeldBackDesc, claimWaitsDesc, subscribersDesc, droppedDesc, noticeLogDesc, credentialsDesc} {
+	for _, d := range []*prometheus.Desc{refreshesDesc, refreshFailuresDesc, revocationsDesc, cacheHitsDesc, cacheMissesDesc, rotationsHeldBackDesc, discoveriesDesc, discoveryFailuresDesc, claimWaitsDesc, subscribersDesc, droppedDesc, noticeLogDesc, credentialsDesc} {
 		ch <- d
 	}
 }
@@ -115,6 +119,8 @@ func (c *brokerCollector) Collect(ch chan<- prometheus.Metric) {
 	counter(cacheHitsDesc, s.CacheHits)
 	counter(cacheMissesDesc, s.CacheMisses)
 	counter(rotationsHeldBackDesc, s.RotationsHeldBack)
+	counter(discoveriesDesc, s.Discoveries)
+	counter(discoveryFailuresDesc, s.DiscoveryFailures)
 	counter(claimWaitsDesc, s.ClaimWaits)
 	counter(droppedDesc, s.ConsumerTokensDropped)
 	ch <- prometheus.MustNewConstMetric(subscribersDesc, prometheus.GaugeValue, float64(c.b.SubscriberCount()))
