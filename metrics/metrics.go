@@ -269,3 +269,15 @@ func (t *timedProvider) PollDeviceToken(ctx context.Context, ep provider.Endpoin
 	defer func() { t.observe("device_poll", start, err) }()
 	return t.p.PollDeviceToken(ctx, ep, cc, deviceCode)
 }
+
+// Discover fetches an issuer's metadata when the wrapped provider can (see
+// broker.Discoverer).
+func (t *timedProvider) Discover(ctx context.Context, issuer string) (m provider.Metadata, err error) {
+	d, ok := t.p.(broker.Discoverer)
+	if !ok {
+		return provider.Metadata{}, errors.New("metrics: the wrapped provider client cannot discover metadata")
+	}
+	start := time.Now()
+	defer func() { t.observe("discover", start, err) }()
+	return d.Discover(ctx, issuer)
+}
