@@ -262,3 +262,16 @@ func TestRejectedReportAtRefreshBlindEndpointRefreshesInsteadOfRevoking(t *testi
 		t.Fatalf("fosite saw %+v", s)
 	}
 }
+
+// Records written before AliveUntil existed keep the old rule: a minute
+// before the expiry counted from the answer.
+func TestAliveAtProviderUntilForOldRecords(t *testing.T) {
+	exp := time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC)
+	if got := aliveAtProviderUntil(&accessToken{ExpiresAt: exp}); !got.Equal(exp.Add(-time.Minute)) {
+		t.Fatalf("old record: %v, want a minute before %v", got, exp)
+	}
+	alive := exp.Add(-3 * time.Second)
+	if got := aliveAtProviderUntil(&accessToken{ExpiresAt: exp, AliveUntil: alive}); !got.Equal(alive) {
+		t.Fatalf("new record: %v, want %v", got, alive)
+	}
+}

@@ -139,3 +139,26 @@ func startMetadataSim(t *testing.T) *providersim.Server {
 	t.Cleanup(func() { _ = sim.Close() })
 	return sim
 }
+
+// Setting the issuer on an existing credential discovers its metadata;
+// clearing it drops the metadata, and the configured token URL serves alone.
+func TestUpdateIssuerRediscovers(t *testing.T) {
+	ctx := context.Background()
+	sim := startMetadataSim(t)
+	b := newTestBroker(t, memstore.New(), WithSchedulerInterval(time.Hour))
+	spec := Spec{ProviderKind: ProviderOAuth2, TokenURL: sim.URL() + "/services/oauth2/token", ClientID: "sim"}
+	if _, err := b.CreateCredential(ctx, "s", spec); err != nil {
+		t.Fatal(err)
+	}
+	c, err := b.UpdateCredential(ctx, "s", []SpecField{FieldIssuer}, Spec{Issuer: sim.URL()})
+	if err != nil || c.Spec.Discovered == nil || c.Spec.Discovered.IntrospectionURL != sim.URL()+"/services/oauth2/introspect" {
+		t.Fatalf("after setting the issuer: %+v, %v; want the simulator's metadata", c.Spec.Discovered, err)
+	}
+	if c.EarlyDetection == EarlyDetectionNoEndpoint {
+		t.Fatalf("early detection %s with a discovered introspection endpoint", c.EarlyDetection)
+	}
+	c, err = b.UpdateCredential(ctx, "s", []SpecField{FieldIssuer}, Spec{})
+	if err != nil || c.Spec.Discovered != nil || c.EarlyDetection != EarlyDetectionNoEndpoint {
+		t.Fatalf("after clearing the issuer: %+v, %s, %v; want no metadata, no introspection endpoint", c.Spec.Discovered, c.EarlyDetection, err)
+	}
+}
