@@ -116,3 +116,21 @@ func TestMetadataAuthMethodPrefersBasic(t *testing.T) {
 		}
 	}
 }
+
+// A metadata endpoint that never answers does not hold the caller: the
+// fetch has a bound of its own (10 s), whatever the caller's context.
+func TestDiscoverIsBoundedInTime(t *testing.T) {
+	t.Parallel()
+	release := make(chan struct{})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-r.Context().Done():
+		case <-release:
+		}
+	}))
+	t.Cleanup(func() { close(release); srv.Close() })
+	_, err := provider.New(&http.Client{}).Discover(context.Background(), srv.URL)
+	if !errors.Is(err, provider.ErrDiscovery) || !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Discover at a silent endpoint: %v, want ErrDiscovery after its deadline", err)
+	}
+}
