@@ -333,8 +333,10 @@ type CredentialSpec struct {
 	// endpoint and needs none.
 	DeviceAuthorizationUrl string `protobuf:"bytes,14,opt,name=device_authorization_url,json=deviceAuthorizationUrl,proto3" json:"device_authorization_url,omitempty"`
 	// How the client authenticates at the provider's endpoints (RFC 6749
-	// §2.3.1). Unspecified: client_secret_post (form fields) everywhere, except
-	// that generic providers' introspection uses HTTP Basic. Set it when the
+	// §2.3.1). Unspecified: the method chosen from the issuer's metadata when
+	// issuer is set (see discovered_metadata), else client_secret_post (form
+	// fields) everywhere, except that generic providers' introspection uses
+	// HTTP Basic. Set it when the
 	// provider's app accepts only one method (an Okta app set to
 	// client_secret_basic, say). Generic providers only; basic needs a client
 	// secret.
