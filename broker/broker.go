@@ -67,6 +67,9 @@ type options struct {
 	introspectionConcurrency int
 	// detectTick overrides the detection loop's tick, for tests.
 	detectTick time.Duration
+	// discoveryInterval is how often issuers' metadata is fetched again
+	// (discovery.go); 0 turns the refetch off.
+	discoveryInterval time.Duration
 
 	flowLifetime      time.Duration
 	noticeRetention   int
@@ -97,6 +100,7 @@ func defaultOptions() options {
 
 		introspectionInterval:    DefaultIntrospectionInterval,
 		introspectionConcurrency: DefaultIntrospectionConcurrency,
+		discoveryInterval:        DefaultDiscoveryInterval,
 
 		flowLifetime:      10 * time.Minute,
 		noticeRetention:   10000,
@@ -324,6 +328,8 @@ type counters struct {
 	cutoffWaits, offScheduleRotations atomic.Int64
 	refreshes                         atomic.Int64
 	refreshFailures                   [numRefreshFailures]atomic.Int64
+	// discoveries and discoveryFailures count metadata fetches.
+	discoveries, discoveryFailures atomic.Int64
 	// revocations is guarded by revocationsMu: reasons are few, revocations
 	// rare.
 	revocationsMu sync.Mutex
@@ -362,6 +368,10 @@ type Stats struct {
 	RefreshFailures map[string]int64
 	// Revocations counts families this replica marked revoked, by reason.
 	Revocations map[RevocationReason]int64
+	// Discoveries counts provider metadata documents this replica fetched
+	// (for --issuer); DiscoveryFailures the fetches that failed or were
+	// refused (too large, another issuer, an insecure endpoint).
+	Discoveries, DiscoveryFailures int64
 	// NoticeLogReadAt is when this replica last read the shared notice log
 	// successfully: how current its view of the store is.
 	NoticeLogReadAt time.Time
@@ -375,6 +385,7 @@ func (b *Broker) Stats() Stats {
 		CacheHits: m.cacheHits.Load(), CacheMisses: m.cacheMisses.Load(), Refreshes: m.refreshes.Load(),
 		RotationsHeldBack: m.rotationsHeldBack.Load(),
 		CutoffWaits:       m.cutoffWaits.Load(), OffScheduleRotations: m.offScheduleRotations.Load(),
+		Discoveries: m.discoveries.Load(), DiscoveryFailures: m.discoveryFailures.Load(),
 		RefreshFailures: make(map[string]int64, numRefreshFailures),
 		Revocations:     make(map[RevocationReason]int64),
 		NoticeLogReadAt: b.notices.lastRead(),
@@ -466,6 +477,7 @@ func New(ctx context.Context, cfg Config, opts ...Option) (*Broker, error) {
 	schedCtx, stopScheduler := context.WithCancel(bctx)
 	b.stopScheduler = stopScheduler
 	b.startDetector(schedCtx)
+	b.startRediscovery(schedCtx)
 	b.startFlows(schedCtx)
 	b.wg.Add(2)
 	go func() {
@@ -739,4 +751,18 @@ func (b *Broker) Ready() error {
 		return fmt.Errorf("%w: last read %s ago (more than %s)", ErrNotReady, since.Round(time.Second), window)
 	}
 	return nil
+}
+
+// WithDiscoveryInterval sets how often each replica fetches the metadata of
+// the issuers its credentials name again (default 1h; 0 turns the refetch
+// off, leaving the documents fetched at creation). One fetch per issuer per
+// pass; the store is written only for a changed document.
+func WithDiscoveryInterval(d time.Duration) Option {
+	return func(o *options) error {
+		if d != 0 && (d < 10*time.Millisecond || d > 7*24*time.Hour) {
+			return fmt.Errorf("broker: discovery interval %s out of range: 0 (off) or [10ms, 168h]", d)
+		}
+		o.discoveryInterval = d
+		return nil
+	}
 }

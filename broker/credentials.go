@@ -32,6 +32,10 @@ type Credential struct {
 	LastError          string
 	CreatedAt          time.Time
 	UpdatedAt          time.Time
+	// EarlyDetection is whether the periodic introspection watches the
+	// family now; EarlyDetectionDetail says why (not).
+	EarlyDetection       EarlyDetectionState
+	EarlyDetectionDetail string
 }
 
 // CreateCredential registers a credential without a token family. Errors:
@@ -40,7 +44,11 @@ func (b *Broker) CreateCredential(ctx context.Context, id string, spec Spec) (Cr
 	if err := b.validateID(id); err != nil {
 		return Credential{}, err
 	}
+	spec.Discovered = nil // output only
 	if err := spec.validate(); err != nil {
+		return Credential{}, err
+	}
+	if err := b.discoverInto(ctx, &spec); err != nil {
 		return Credential{}, err
 	}
 	if err := b.opts.checkReuseGrace(spec); err != nil {
@@ -95,6 +103,8 @@ const (
 	// FieldPreviousAccessToken says whether a rotation kills the previous
 	// access token.
 	FieldPreviousAccessToken SpecField = "previous_access_token"
+	// FieldIssuer is the provider's issuer, whose metadata is discovered.
+	FieldIssuer SpecField = "issuer"
 )
 
 func applyField(dst *Spec, src Spec, f SpecField) error {
@@ -113,6 +123,8 @@ func applyField(dst *Spec, src Spec, f SpecField) error {
 		dst.DeviceAuthorizationURL = src.DeviceAuthorizationURL
 	case FieldClientAuthMethod:
 		dst.ClientAuth = src.ClientAuth
+	case FieldIssuer:
+		dst.Issuer = src.Issuer
 	case FieldClientID:
 		dst.ClientID = src.ClientID
 	case FieldClientSecret:
@@ -166,6 +178,11 @@ func (b *Broker) UpdateCredential(ctx context.Context, id string, fields []SpecF
 		}
 		if err := next.Spec.validate(); err != nil {
 			return Credential{}, err
+		}
+		if next.Spec.Issuer != v.cred.Spec.Issuer {
+			if err := b.discoverInto(ctx, &next.Spec); err != nil {
+				return Credential{}, err
+			}
 		}
 		if err := b.opts.checkReuseGrace(next.Spec); err != nil {
 			return Credential{}, err
@@ -300,6 +317,7 @@ func (b *Broker) describe(e *entry, v *view) Credential {
 	if v.fam.Unproven && v.fam.Status == StatusActive {
 		c.Status = StatusUnproven
 	}
+	c.EarlyDetection, c.EarlyDetectionDetail = b.earlyDetection(v, b.opts.now())
 	if v.fam.Access != nil {
 		c.AccessExpiresAt = v.fam.Access.ExpiresAt
 		c.AccessIssuedAt = v.fam.Access.IssuedAt

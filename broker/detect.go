@@ -39,10 +39,17 @@ import (
 // access token, well within its lifetime, is inactive too (revoking a
 // family kills its access tokens: RFC 7009 §2.1, fosite on reuse); without
 // one to ask about nothing is concluded, and the next refresh finds out for
-// sure. So at generic providers a family nobody uses (its access token
-// expired) is not checked early (nor introspected periodically: the answer
-// could conclude nothing); an inactive verdict costs one more introspection
-// there, and no store read when the access token is active.
+// sure. The access token's inactivity counts only while it is surely
+// unexpired at the provider: its lifetime is counted from when we asked for
+// it (accessToken.AliveUntil), before the provider issued it, and the
+// introspection answer must arrive before then. So a 20 s token corroborates
+// for most of its 20 s, not only while a fixed minute is left (which made
+// the check never run for tokens living under about 70 s). A family nobody
+// uses (its access token expired) is not introspected at a generic provider
+// (the answer could conclude nothing); it stays due and is checked once a
+// consumer's fetch brings a fresh access token (EarlyDetection says which).
+// An inactive verdict costs one more introspection there, and no store read
+// when the access token is active.
 //
 // Cost and delay of the periodic check, per replica: every family once per
 // interval (±10% jitter, the first check at a random point of the first
@@ -70,10 +77,15 @@ const (
 	// detectJitterDiv: each check is due interval ± interval/detectJitterDiv
 	// after the previous one.
 	detectJitterDiv = 10
-	// corroborationMargin: an access token this close to its expiry (by our
-	// clock, which starts it after the provider did) may already be expired
-	// at the provider, so its inactivity says nothing about the family.
-	corroborationMargin = time.Minute
+	// legacyCorroborationMargin: for an access token stored without
+	// AliveUntil, the margin before its ExpiresAt (by our clock, which starts
+	// it after the provider did) beyond which it may already be expired at
+	// the provider, so its inactivity says nothing about the family.
+	legacyCorroborationMargin = time.Minute
+	// corroborationLead: a periodic check is not started for an access token
+	// with less than this left of its known life at the provider; two
+	// introspections rarely fit in less.
+	corroborationLead = time.Second
 )
 
 // detectTick is how often the loop looks for due checks: a sixtieth of the
@@ -147,11 +159,13 @@ func (b *Broker) detectDue(ctx context.Context, states map[*entry]*detectState, 
 		if now.Before(st.due) {
 			continue
 		}
-		st.due = now.Add(interval - jitter + rand.N(2*jitter+1))
 		v := e.view.Load()
 		if !b.detectable(e, v, now) {
+			// Stays due: checked at the first tick it can be (a refresh
+			// ends, a consumer's fetch brings a live access token).
 			continue
 		}
+		st.due = now.Add(interval - jitter + rand.N(2*jitter+1))
 		select {
 		case sem <- struct{}{}:
 		case <-ctx.Done():
@@ -283,18 +297,29 @@ func (b *Broker) revocationCorroborated(ctx context.Context, v *view) bool {
 	ctx, cancel := context.WithTimeout(ctx, introspectTimeout)
 	defer cancel()
 	in, err := b.provider.IntrospectToken(ctx, spec.endpoint(), spec.clientCredentials(), v.fam.Access.Token, provider.HintAccessToken)
-	return err == nil && !in.Active
+	// Answered before the token could have expired at the provider: its
+	// inactivity was a revocation, not the end of its life.
+	return err == nil && !in.Active && b.opts.now().Before(aliveAtProviderUntil(v.fam.Access))
 }
 
 // corroborable reports whether an inactive answer about v's refresh token
 // could be taken for a revocation: at Salesforce always, at a generic
-// provider while v's access token has corroborationMargin left to ask about.
+// provider while v's access token has corroborationLead left of its known
+// life at the provider.
 func (b *Broker) corroborable(v *view, now time.Time) bool {
 	if v.cred.Spec.ProviderKind != ProviderOAuth2 {
 		return true
 	}
 	a := v.fam.Access
-	return a != nil && a.Token != "" && a.ExpiresAt.Sub(now) >= corroborationMargin
+	return a != nil && a.Token != "" && aliveAtProviderUntil(a).Sub(now) >= corroborationLead
+}
+
+// aliveAtProviderUntil is when a may first be expired at the provider.
+func aliveAtProviderUntil(a *accessToken) time.Time {
+	if !a.AliveUntil.IsZero() {
+		return a.AliveUntil
+	}
+	return a.ExpiresAt.Add(-legacyCorroborationMargin)
 }
 
 // stillSameLiveToken reports whether cur is the family seen was, at the same
@@ -307,4 +332,48 @@ func stillSameLiveToken(seen, cur *view) bool {
 		cur.fam.FamilyID == seen.fam.FamilyID &&
 		cur.fam.Generation == seen.fam.Generation &&
 		cur.fam.RefreshToken == seen.fam.RefreshToken
+}
+
+// EarlyDetectionState says whether the periodic check watches a
+// credential's family now, and if not, why.
+type EarlyDetectionState int
+
+const (
+	EarlyDetectionUnspecified EarlyDetectionState = iota
+	// EarlyDetectionActive: the family is introspected every interval.
+	EarlyDetectionActive
+	// EarlyDetectionDisabled: the periodic check is off on this server.
+	EarlyDetectionDisabled
+	// EarlyDetectionNoEndpoint: the credential has no introspection URL.
+	EarlyDetectionNoEndpoint
+	// EarlyDetectionNoFamily: no active family to check.
+	EarlyDetectionNoFamily
+	// EarlyDetectionWaiting: a generic provider, and no access token known
+	// alive there to corroborate with; checked once a fetch brings one.
+	EarlyDetectionWaiting
+)
+
+var earlyDetectionNames = [...]string{"unspecified", "active", "disabled", "no_introspection_endpoint", "no_family", "waiting_for_access_token"}
+
+func (s EarlyDetectionState) String() string {
+	if s < 0 || int(s) >= len(earlyDetectionNames) {
+		return "unspecified"
+	}
+	return earlyDetectionNames[s]
+}
+
+// earlyDetection describes the periodic check's view of v at now: its state
+// and a sentence saying what it means.
+func (b *Broker) earlyDetection(v *view, now time.Time) (EarlyDetectionState, string) {
+	switch {
+	case b.opts.introspectionInterval <= 0:
+		return EarlyDetectionDisabled, "periodic introspection is off on this server (--introspection-interval 0); a revoked family is found at its next refresh"
+	case v.cred.Spec.endpoint().IntrospectionURL == "":
+		return EarlyDetectionNoEndpoint, "no introspection endpoint (set --introspection-url, or --issuer if the provider publishes one); a revoked family is found at its next refresh"
+	case v.fam.Status != StatusActive:
+		return EarlyDetectionNoFamily, "no active token family"
+	case !b.corroborable(v, now):
+		return EarlyDetectionWaiting, "the provider may not introspect refresh tokens, and no access token is known alive there to corroborate with; checked once a consumer fetches a token"
+	}
+	return EarlyDetectionActive, "introspected every " + b.opts.introspectionInterval.String()
 }

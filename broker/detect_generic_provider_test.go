@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rotavault/rotavault/internal/fakeclock"
 	"github.com/rotavault/rotavault/internal/fositeserver"
 	"github.com/rotavault/rotavault/providersim"
 	"github.com/rotavault/rotavault/store/memstore"
@@ -65,15 +66,15 @@ func refreshBlindIntrospection(t *testing.T, fs *fositeserver.Server, accessDead
 // whose introspection endpoint does not know refresh tokens, with a fresh
 // family installed; old is the imported refresh token, superseded since.
 func blindEnv(ctx context.Context, t *testing.T) (b *Broker, prov *detectProvider, fs *fositeserver.Server, old string) {
-	b, prov, fs, old, _ = blindEnvWith(ctx, t)
+	b, prov, fs, old, _ = blindEnvWith(ctx, t, fositeserver.Config{})
 	return b, prov, fs, old
 }
 
 // blindEnvWith is blindEnv, also returning the switch that makes the
 // endpoint call access tokens inactive.
-func blindEnvWith(ctx context.Context, t *testing.T, opts ...Option) (b *Broker, prov *detectProvider, fs *fositeserver.Server, old string, accessDead *atomic.Bool) {
+func blindEnvWith(ctx context.Context, t *testing.T, fcfg fositeserver.Config, opts ...Option) (b *Broker, prov *detectProvider, fs *fositeserver.Server, old string, accessDead *atomic.Bool) {
 	t.Helper()
-	fs, err := fositeserver.Start(fositeserver.Config{})
+	fs, err := fositeserver.Start(fcfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -139,11 +140,68 @@ func TestPeriodicIntrospectionTrustsNoRefreshBlindEndpoint(t *testing.T) {
 func TestPeriodicIntrospectionDetectsRevocationAtRefreshBlindEndpoint(t *testing.T) {
 	ctx := context.Background()
 	b, _, fs, old := blindEnv(ctx, t)
+	replayAndAwaitRevocation(ctx, t, b, fs, old)
+}
+
+// Access tokens living 20 s (less than the minute of remaining life the
+// check once needed to corroborate) still let the periodic check find a
+// family revoked at a provider that introspects access tokens only: the
+// access token is known alive there for its lifetime counted from the
+// request, so its inactivity within that lifetime is a revocation. The
+// credential says the check is active.
+func TestPeriodicIntrospectionDetectsRevocationWithShortLivedAccessTokens(t *testing.T) {
+	ctx := context.Background()
+	b, _, fs, old, _ := blindEnvWith(ctx, t, fositeserver.Config{AccessTokenLifespan: 20 * time.Second})
+	c, err := b.GetCredential(ctx, "g")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.EarlyDetection != EarlyDetectionActive {
+		t.Fatalf("early detection %s (%s) with a 20 s access token just issued, want active", c.EarlyDetection, c.EarlyDetectionDetail)
+	}
+	replayAndAwaitRevocation(ctx, t, b, fs, old)
+}
+
+// A family whose access token has run out at a generic provider cannot be
+// corroborated: the credential says the check waits for a fresh access
+// token, and with the check off, that it is off.
+func TestEarlyDetectionStateSaysWhyInactive(t *testing.T) {
+	ctx := context.Background()
+	clk := fakeclock.New(time.Now())
+	b, _, _, _, _ := blindEnvWith(ctx, t, fositeserver.Config{}, WithClock(clk.Now))
+	clk.Add(2 * time.Hour) // the 1 h access token is gone
+	c, err := b.GetCredential(ctx, "g")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.EarlyDetection != EarlyDetectionWaiting {
+		t.Fatalf("early detection %s (%s) with the access token expired, want waiting_for_access_token", c.EarlyDetection, c.EarlyDetectionDetail)
+	}
+	off, _, _, _, _ := blindEnvWith(ctx, t, fositeserver.Config{}, WithIntrospectionInterval(0))
+	if c, err = off.GetCredential(ctx, "g"); err != nil || c.EarlyDetection != EarlyDetectionDisabled {
+		t.Fatalf("with the check off: %s, %v; want disabled", c.EarlyDetection, err)
+	}
+}
+
+// replayAndAwaitRevocation replays old at fosite and awaits the notice that
+// credential "g"'s family was found revoked at the provider.
+func replayAndAwaitRevocation(ctx context.Context, t *testing.T, b *Broker, fs *fositeserver.Server, old string) {
+	t.Helper()
 	sub, err := b.Subscribe(ctx, []string{"g"}, "")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer sub.Close()
+	replayAtFosite(t, fs, old)
+	if n := nextNotice(t, sub); n.Kind != NoticeFamilyRevoked || n.Reason != ReasonRevokedAtProvider {
+		t.Fatalf("notice %+v, want FAMILY_REVOKED (revoked at provider)", n)
+	}
+}
+
+// replayAtFosite presents a superseded refresh token at fosite, which
+// revokes its family (reuse detection).
+func replayAtFosite(t *testing.T, fs *fositeserver.Server, old string) {
+	t.Helper()
 	resp, err := http.PostForm(fs.TokenURL(), url.Values{
 		"grant_type": {"refresh_token"}, "refresh_token": {old}, "client_id": {blindClientID}, "client_secret": {blindClientSecret},
 	})
@@ -153,9 +211,6 @@ func TestPeriodicIntrospectionDetectsRevocationAtRefreshBlindEndpoint(t *testing
 	_ = resp.Body.Close()
 	if resp.StatusCode != http.StatusBadRequest {
 		t.Fatalf("fosite answered the replay with %d, want 400", resp.StatusCode)
-	}
-	if n := nextNotice(t, sub); n.Kind != NoticeFamilyRevoked || n.Reason != ReasonRevokedAtProvider {
-		t.Fatalf("notice %+v, want FAMILY_REVOKED (revoked at provider)", n)
 	}
 }
 
@@ -190,7 +245,7 @@ func TestRejectedReportAtRefreshBlindEndpointRefreshesInsteadOfRevoking(t *testi
 	// The report's own handling is under test: with the periodic check on,
 	// its next pass could see both tokens inactive first and revoke (the
 	// corroboration rule cannot tell a logout from a revocation there).
-	b, _, fs, _, accessDead := blindEnvWith(ctx, t, WithIntrospectionInterval(0))
+	b, _, fs, _, accessDead := blindEnvWith(ctx, t, fositeserver.Config{}, WithIntrospectionInterval(0))
 	tok, err := b.GetAccessToken(ctx, TokenRequest{CredentialID: "g"})
 	if err != nil {
 		t.Fatal(err)
@@ -205,5 +260,18 @@ func TestRejectedReportAtRefreshBlindEndpointRefreshesInsteadOfRevoking(t *testi
 	}
 	if s := fs.Stats(); s.InvalidGrants != 0 {
 		t.Fatalf("fosite saw %+v", s)
+	}
+}
+
+// Records written before AliveUntil existed keep the old rule: a minute
+// before the expiry counted from the answer.
+func TestAliveAtProviderUntilForOldRecords(t *testing.T) {
+	exp := time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC)
+	if got := aliveAtProviderUntil(&accessToken{ExpiresAt: exp}); !got.Equal(exp.Add(-time.Minute)) {
+		t.Fatalf("old record: %v, want a minute before %v", got, exp)
+	}
+	alive := exp.Add(-3 * time.Second)
+	if got := aliveAtProviderUntil(&accessToken{ExpiresAt: exp, AliveUntil: alive}); !got.Equal(alive) {
+		t.Fatalf("new record: %v, want %v", got, alive)
 	}
 }

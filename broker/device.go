@@ -199,8 +199,10 @@ func (b *Broker) pollOnce(ctx context.Context, state string, f *flowRecord, vers
 		return f, version, false
 	}
 	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), budget)
+	sent := b.opts.now()
 	tok, err := b.provider.PollDeviceToken(pctx, spec.endpoint(), spec.clientCredentials(), f.DeviceCode)
 	cancel()
+	restamp(tok, sent)
 	var pe *provider.Error
 	switch {
 	case err == nil:

@@ -305,8 +305,10 @@ func (b *Broker) redeemCode(ctx context.Context, state string, f *flowRecord, ve
 	// closed browser tab, a client's deadline) must not abandon the
 	// exchange half-way and lose the tokens it brings.
 	xctx, xcancel := context.WithTimeout(context.WithoutCancel(ctx), codeExchangeTimeout)
+	sent := b.opts.now()
 	tok, err := b.provider.ExchangeCode(xctx, spec.endpoint(), spec.clientCredentials(), code, f.RedirectURI, f.Verifier)
 	xcancel()
+	restamp(tok, sent)
 	if err != nil {
 		var pe *provider.Error
 		if errors.As(err, &pe) && pe.Outcome == provider.OutcomeRejected {

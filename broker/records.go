@@ -100,6 +100,12 @@ type accessToken struct {
 	IssuedAt    time.Time `json:"issued_at"`
 	ExpiresAt   time.Time `json:"expires_at"`
 	Fingerprint string    `json:"fingerprint"`
+	// AliveUntil is when the token surely expires at the provider at the
+	// earliest: its lifetime counted from when we asked for it, before the
+	// provider issued it (ExpiresAt counts from the answer). Until then an
+	// "inactive" from the provider means revoked, not expired. Zero in
+	// records written before it existed.
+	AliveUntil time.Time `json:"alive_at_provider_until,omitzero"`
 }
 
 // familyRecord is the state of a credential's token family. The refresh

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"time"
 
 	"github.com/rotavault/rotavault/audit"
@@ -185,7 +186,7 @@ func decideRefresh(a refreshAttempt, answer error) refreshDecision {
 		if !a.clientRechecked {
 			d.action = actionRecheckClient
 		}
-		d.err = fmt.Errorf("%w (%s): check the credential's client id and secret, and the user and org at the provider", ErrClientRejected, pe.Code)
+		d.err = clientRejectedError(pe)
 	case outcomeTokenRejected:
 		d.action, d.reason = actionRevoke, ReasonRefreshTokenRejected
 		if a.state == stateInDoubt {
@@ -231,7 +232,9 @@ func (b *Broker) refreshFamily(ctx context.Context, l *claimLease) (*view, error
 	defer l.e.presentingAt(l.v)()
 	for ; ; a.n++ {
 		spec := l.v.cred.Spec
+		sent := b.opts.now()
 		tok, answer := b.provider.Refresh(pctx, spec.endpoint(), spec.clientCredentials(), l.v.fam.RefreshToken)
+		restamp(tok, sent)
 		a.state, a.grace, a.now = l.v.fam.state(), spec.ReuseGrace, b.opts.now()
 		d := decideRefresh(a, answer)
 		if d.outcome == outcomeUnknown {
@@ -269,11 +272,41 @@ func (b *Broker) refreshFamily(ctx context.Context, l *claimLease) (*view, error
 		// Giving up with nothing to store: release the claim so other
 		// replicas need not wait for its deadline.
 		if d.outcome == outcomeClientRejected {
-			b.log.WarnContext(ctx, "provider refused the client; keeping the family", "credential", l.e.id, "provider_error", answer)
+			var pe *provider.Error
+			errors.As(answer, &pe)
+			b.log.WarnContext(ctx, "provider refused the client; keeping the family", "credential", l.e.id, "provider_error", pe.Summary(),
+				"client_auth_method", pe.ClientAuth.String(), "provider_description", strconv.Quote(pe.Description))
 		}
 		l.release(ctx)
 		return nil, d.err
 	}
+}
+
+// restamp sets tok's RequestedAt to sent, when the broker's clock says the
+// request went out: the provider client's clock may be another (tests inject
+// the broker's), and the access token's AliveUntil is compared with the
+// broker's.
+func restamp(tok *provider.Token, sent time.Time) {
+	if tok != nil {
+		tok.RequestedAt = sent
+	}
+}
+
+// clientRejectedError is the caller's error for a client the provider
+// refused. It names the authentication method the request used: a server
+// whose client allows only the other method answers invalid_client as for a
+// wrong secret, and says which only in its error_description (logged, not
+// passed on: provider text stays out of answers).
+func clientRejectedError(pe *provider.Error) error {
+	how := "as form fields (client_secret_post)"
+	switch pe.ClientAuth {
+	case provider.AuthSecretBasic:
+		how = "with HTTP Basic (client_secret_basic)"
+	case provider.AuthDefault:
+		how = "(no credentials sent)"
+	}
+	return fmt.Errorf("%w (%s): the client authenticated %s; check the client id and secret, that the provider's client allows this method (--client-auth-method, or --issuer to take it from the provider's metadata; the provider's own description is in the server log), and the user and org at the provider",
+		ErrClientRejected, pe.Code, how)
 }
 
 // providerDetail is the provider error for the family record and the audit
@@ -384,6 +417,9 @@ func (b *Broker) newAccessToken(spec Spec, prev *accessToken, tok *provider.Toke
 		// provider's issued_at: skew must not make us hand out dead tokens.
 		ExpiresAt:   now.Add(lifetime),
 		Fingerprint: Fingerprint(tok.AccessToken),
+	}
+	if !tok.RequestedAt.IsZero() && !tok.RequestedAt.After(now) {
+		a.AliveUntil = tok.RequestedAt.Add(lifetime)
 	}
 	if !tok.IssuedAt.IsZero() && tok.IssuedAt.Before(now) {
 		a.IssuedAt = tok.IssuedAt

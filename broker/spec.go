@@ -77,12 +77,24 @@ type Spec struct {
 	// access token when it rotates (see cutoff.go); empty decides by
 	// provider kind.
 	PreviousAccessToken PreviousAccess `json:"previous_access_token,omitempty"`
+	// Issuer is a generic provider's issuer identifier, whose metadata
+	// (RFC 8414 / OpenID Connect discovery) fills Discovered.
+	Issuer string `json:"issuer,omitempty"`
+	// Discovered is the issuer's metadata as last fetched, nil without an
+	// issuer. Output only: set by the broker, ignored from callers. Its
+	// endpoints and client authentication apply where the fields above
+	// leave them unset.
+	Discovered *DiscoveredMetadata `json:"discovered_metadata,omitempty"`
 }
 
 // Redacted returns a copy without the client secret, for describing.
 func (s Spec) Redacted() Spec {
 	s.ClientSecret = ""
 	s.Scopes = append([]string(nil), s.Scopes...)
+	if s.Discovered != nil {
+		d := s.Discovered.clone()
+		s.Discovered = &d
+	}
 	return s
 }
 
@@ -93,6 +105,9 @@ func (s Spec) validate() error {
 		if s.BaseURL == "" && s.TokenURL == "" {
 			return invalid("spec.base_url", "required for Salesforce (the My Domain URL, or https://login.salesforce.com / https://test.salesforce.com)")
 		}
+		if s.Issuer != "" {
+			return invalid("spec.issuer", "only for generic OAuth 2.0 providers; Salesforce's endpoints follow from base_url")
+		}
 		if s.DeviceAuthorizationURL != "" {
 			return invalid("spec.device_authorization_url", "only for generic OAuth 2.0 providers; Salesforce's device flow starts at its token endpoint")
 		}
@@ -102,8 +117,13 @@ func (s Spec) validate() error {
 			return invalid("spec.scopes", "Salesforce issues a refresh token only with the refresh_token (or offline_access) scope; add it, e.g. api refresh_token")
 		}
 	case ProviderOAuth2:
-		if s.TokenURL == "" {
-			return invalid("spec.token_url", "required for a generic OAuth 2.0 provider")
+		if s.TokenURL == "" && s.Issuer == "" {
+			return invalid("spec.token_url", "required for a generic OAuth 2.0 provider (or set spec.issuer to discover it)")
+		}
+		if s.Issuer != "" {
+			if _, err := provider.MetadataURLs(s.Issuer); err != nil {
+				return invalid("spec.issuer", "%v", err)
+			}
 		}
 		if s.BaseURL != "" {
 			return invalid("spec.base_url", "only for Salesforce; set token_url and the other endpoint URLs")
@@ -240,6 +260,13 @@ func (s Spec) endpoint() provider.Endpoint {
 		ep = provider.SalesforceEndpoint(strings.TrimSuffix(s.BaseURL, "/"))
 	} else {
 		ep.Kind = provider.KindOAuth2
+		if d := s.Discovered; d != nil {
+			ep = provider.Endpoint{
+				Kind: provider.KindOAuth2, TokenURL: d.TokenURL, AuthorizeURL: d.AuthorizeURL,
+				RevocationURL: d.RevocationURL, IntrospectionURL: d.IntrospectionURL,
+				DeviceAuthorizationURL: d.DeviceAuthorizationURL,
+			}
+		}
 	}
 	ep.InstanceURLDomain = s.InstanceURLDomain
 	for dst, src := range map[*string]string{
@@ -254,8 +281,14 @@ func (s Spec) endpoint() provider.Endpoint {
 	return ep
 }
 
+// clientCredentials are the spec's client; without a configured method, the
+// one the provider's metadata suggests.
 func (s Spec) clientCredentials() provider.ClientCredentials {
-	return provider.ClientCredentials{ClientID: s.ClientID, ClientSecret: s.ClientSecret, AuthMethod: s.ClientAuth}
+	cc := provider.ClientCredentials{ClientID: s.ClientID, ClientSecret: s.ClientSecret, AuthMethod: s.ClientAuth}
+	if cc.AuthMethod == provider.AuthDefault && s.Discovered != nil {
+		cc.AuthMethod = s.Discovered.ClientAuth
+	}
+	return cc
 }
 
 // accessTokenLifetime is how long a token lives when the provider says

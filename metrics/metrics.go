@@ -93,6 +93,10 @@ var (
 		"GetAccessToken calls that found the cached access token unexpired but past its serving cutoff (a replica may have rotated it at a provider that kills the previous access token) and waited for the rotation instead.", nil, nil)
 	offScheduleDesc = prometheus.NewDesc(namespace+"_off_schedule_rotations_total",
 		"Rotations this replica made before the previous access token's cutoff and announced to the other replicas through the notice log.", nil, nil)
+	discoveriesDesc = prometheus.NewDesc(namespace+"_provider_metadata_fetches_total",
+		"Provider metadata documents fetched for credentials with an issuer (at creation, and hourly).", nil, nil)
+	discoveryFailuresDesc = prometheus.NewDesc(namespace+"_provider_metadata_fetch_failures_total",
+		"Provider metadata fetches that failed or were refused (larger than 64 KiB, another issuer, an insecure endpoint); the stored metadata is kept.", nil, nil)
 	claimWaitsDesc = prometheus.NewDesc(namespace+"_claim_waits_total",
 		"Waits for a refresh another replica claimed.", nil, nil)
 	subscribersDesc = prometheus.NewDesc(namespace+"_watch_subscribers",
@@ -108,7 +112,7 @@ var (
 type brokerCollector struct{ b *broker.Broker }
 
 func (c *brokerCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{refreshesDesc, refreshFailuresDesc, revocationsDesc, cacheHitsDesc, cacheMissesDesc, rotationsHeldBackDesc, cutoffWaitsDesc, offScheduleDesc, claimWaitsDesc, subscribersDesc, droppedDesc, noticeLogDesc, credentialsDesc} {
+	for _, d := range []*prometheus.Desc{refreshesDesc, refreshFailuresDesc, revocationsDesc, cacheHitsDesc, cacheMissesDesc, rotationsHeldBackDesc, cutoffWaitsDesc, offScheduleDesc, discoveriesDesc, discoveryFailuresDesc, claimWaitsDesc, subscribersDesc, droppedDesc, noticeLogDesc, credentialsDesc} {
 		ch <- d
 	}
 }
@@ -130,6 +134,8 @@ func (c *brokerCollector) Collect(ch chan<- prometheus.Metric) {
 	counter(rotationsHeldBackDesc, s.RotationsHeldBack)
 	counter(cutoffWaitsDesc, s.CutoffWaits)
 	counter(offScheduleDesc, s.OffScheduleRotations)
+	counter(discoveriesDesc, s.Discoveries)
+	counter(discoveryFailuresDesc, s.DiscoveryFailures)
 	counter(claimWaitsDesc, s.ClaimWaits)
 	counter(droppedDesc, s.ConsumerTokensDropped)
 	ch <- prometheus.MustNewConstMetric(subscribersDesc, prometheus.GaugeValue, float64(c.b.SubscriberCount()))
@@ -262,4 +268,16 @@ func (t *timedProvider) PollDeviceToken(ctx context.Context, ep provider.Endpoin
 	start := time.Now()
 	defer func() { t.observe("device_poll", start, err) }()
 	return t.p.PollDeviceToken(ctx, ep, cc, deviceCode)
+}
+
+// Discover fetches an issuer's metadata when the wrapped provider can (see
+// broker.Discoverer).
+func (t *timedProvider) Discover(ctx context.Context, issuer string) (m provider.Metadata, err error) {
+	d, ok := t.p.(broker.Discoverer)
+	if !ok {
+		return provider.Metadata{}, errors.New("metrics: the wrapped provider client cannot discover metadata")
+	}
+	start := time.Now()
+	defer func() { t.observe("discover", start, err) }()
+	return d.Discover(ctx, issuer)
 }

@@ -99,6 +99,27 @@ const (
 	AuthSecretBasic
 )
 
+// String returns the RFC 8414 name of the method ("client_secret_post",
+// "client_secret_basic") or "default".
+func (m AuthMethod) String() string {
+	switch m {
+	case AuthSecretPost:
+		return "client_secret_post"
+	case AuthSecretBasic:
+		return "client_secret_basic"
+	default:
+		return "default"
+	}
+}
+
+// method is the AuthMethod a clientAuth sends.
+func (a clientAuth) method() AuthMethod {
+	if a == authBasic {
+		return AuthSecretBasic
+	}
+	return AuthSecretPost
+}
+
 // wire returns how to send the credentials where def is the default.
 func (cc ClientCredentials) wire(def clientAuth) clientAuth {
 	switch {

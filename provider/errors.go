@@ -67,7 +67,7 @@ var (
 // holds a token, secret or raw response body: Description is the provider's
 // error_description cleaned of control characters and of every secret sent
 // in the request in any encoding (raw, percent-, form- or JSON-escaped,
-// base64 as in an echoed Authorization header), truncated to 200 runes; Err's
+// base64 as in an echoed Authorization header), truncated to 512 runes; Err's
 // text is redacted the same way. Fakes that build one should set
 // Outcome: the zero value is OutcomeUnknown.
 type Error struct {
@@ -90,6 +90,11 @@ type Error struct {
 	// Err is the underlying transport or body-read error, if any. It may
 	// wrap context.DeadlineExceeded or context.Canceled.
 	Err error
+	// ClientAuth is how the request authenticated the client:
+	// AuthSecretBasic, AuthSecretPost (also a public client's bare
+	// client_id), or AuthDefault when nothing was sent. An invalid_client
+	// answer is often about the method, not the secret.
+	ClientAuth AuthMethod
 
 	invalidArgument bool
 }
@@ -206,8 +211,10 @@ func invalidArgument(op, what string) *Error {
 
 const (
 	// maxDescriptionRunes bounds Error.Description: a provider's text is
-	// for people, and an unbounded one could flood logs.
-	maxDescriptionRunes = 200
+	// for people, and an unbounded one could flood logs. 512 keeps the
+	// longest real ones whole (Keycloak's and Okta's name the client
+	// authentication method expected).
+	maxDescriptionRunes = 512
 	// maxCodeRunes bounds Error.Code; real codes are short identifiers.
 	maxCodeRunes = 64
 	redactedMark = "[REDACTED]"

@@ -388,12 +388,12 @@ func assertNoSecrets(t *testing.T, err error, secrets []string) {
 }
 
 func TestErrorDescriptionCleaned(t *testing.T) {
-	long := "line1\nline2\r\x1b[31m" + strings.Repeat("é", 500)
+	long := "line1\nline2\r\x1b[31m" + strings.Repeat("é", 1000)
 	_, srv := startFake(t, oauthError(400, "invalid_grant", long))
 	_, err := provider.New(nil).Refresh(context.Background(), oauth2Endpoint(srv.URL), testCreds, testRefreshToken)
 	pe := asProviderError(t, err)
-	if n := len([]rune(pe.Description)); n > 200 {
-		t.Errorf("Description has %d runes, want at most 200", n)
+	if n := len([]rune(pe.Description)); n > 512 {
+		t.Errorf("Description has %d runes, want at most 512", n)
 	}
 	if strings.ContainsAny(pe.Error(), "\n\r\x1b") {
 		t.Errorf("Error() %q holds control characters", pe.Error())

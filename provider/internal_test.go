@@ -114,7 +114,7 @@ func TestSanitize(t *testing.T) {
 		}
 	})
 	t.Run("truncated to the rune limit", func(t *testing.T) {
-		got := sanitize(strings.Repeat("日", 500), maxDescriptionRunes, nil)
+		got := sanitize(strings.Repeat("日", maxDescriptionRunes+100), maxDescriptionRunes, nil)
 		if n := utf8.RuneCountInString(got); n != maxDescriptionRunes || !strings.HasSuffix(got, "…") {
 			t.Errorf("got %d runes ending %q, want %d ending with an ellipsis", n, got[len(got)-3:], maxDescriptionRunes)
 		}

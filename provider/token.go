@@ -82,6 +82,15 @@ type Token struct {
 	IgnoredExpiresIn time.Duration
 	// SignatureStatus is set by Refresh and ExchangeCode.
 	SignatureStatus SignatureStatus
+	// RequestedAt is when the request that obtained the token was sent, by
+	// the Client's clock (see WithClock). The provider issued the token
+	// after it, so the token's life at the provider starts no earlier.
+	RequestedAt time.Time
+	// AliveAtProviderUntil is RequestedAt + ExpiresIn: until then the token
+	// is surely unexpired at the provider (its life there started at
+	// RequestedAt or later), so an answer calling it inactive before then
+	// means it was revoked. Zero when the provider sent no expires_in.
+	AliveAtProviderUntil time.Time
 
 	// issuedAtRaw is issued_at exactly as received: the signature covers
 	// the text, not the number.
@@ -222,6 +231,7 @@ func parseToken(obj jsonObject, sentAt time.Time) (*Token, string) {
 		AccessToken: access,
 		TokenType:   "Bearer",
 		IssuedAt:    sentAt,
+		RequestedAt: sentAt,
 	}
 	if tt, _ := obj.str("token_type"); tt != "" {
 		if len(tt) > maxTokenTypeLen || !visibleASCII(tt) {
@@ -250,6 +260,9 @@ func parseToken(obj jsonObject, sentAt time.Time) (*Token, string) {
 		if t.ExpiresIn > MaxExpiresIn {
 			t.IgnoredExpiresIn, t.ExpiresIn = t.ExpiresIn, 0
 		}
+	}
+	if t.ExpiresIn > 0 {
+		t.AliveAtProviderUntil = sentAt.Add(t.ExpiresIn)
 	}
 	if raw, ok := obj.scalarText("issued_at"); ok {
 		t.issuedAtRaw = raw

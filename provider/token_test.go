@@ -75,6 +75,31 @@ func TestRefreshGenericResponse(t *testing.T) {
 	}
 }
 
+// A token's known life at the provider counts from when it was asked for:
+// the provider issued it after that, so it cannot expire before.
+func TestTokenAliveAtProviderUntil(t *testing.T) {
+	for _, tt := range []struct {
+		name string
+		body map[string]any
+		want time.Time
+	}{
+		{"expires_in", map[string]any{"access_token": "a1", "expires_in": 20}, fixedNow.Add(20 * time.Second)},
+		{"no expires_in", map[string]any{"access_token": "a1"}, time.Time{}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			_, srv := startFake(t, jsonAnswer(http.StatusOK, tt.body))
+			c := provider.New(nil, provider.WithClock(fixedClock))
+			tok, err := c.Refresh(context.Background(), oauth2Endpoint(srv.URL), testCreds, testRefreshToken)
+			if err != nil {
+				t.Fatalf("Refresh: %v", err)
+			}
+			if !tok.RequestedAt.Equal(fixedNow) || !tok.AliveAtProviderUntil.Equal(tt.want) {
+				t.Fatalf("RequestedAt %v, AliveAtProviderUntil %v; want %v, %v", tok.RequestedAt, tok.AliveAtProviderUntil, fixedNow, tt.want)
+			}
+		})
+	}
+}
+
 func assertToken(t *testing.T, got *provider.Token, want provider.Token) {
 	t.Helper()
 	if got.AccessToken != want.AccessToken || got.TokenType != want.TokenType || got.RefreshToken != want.RefreshToken ||

@@ -27,6 +27,7 @@ type response struct {
 	body       []byte
 	sentAt     time.Time
 	secrets    []string
+	auth       clientAuth
 	// bodyErr is set when the body could not be read whole.
 	bodyErr *Error
 }
@@ -102,10 +103,12 @@ func (c *Client) send(ctx context.Context, op, endpointURL string, cc ClientCred
 		body = body[:maxResponseBytes]
 	}
 	if resp.StatusCode < 200 || resp.StatusCode > 299 {
-		return nil, c.classify(op, resp.StatusCode, resp.Header, body, readErr, newRedactor(secrets))
+		e := c.classify(op, resp.StatusCode, resp.Header, body, readErr, newRedactor(secrets))
+		e.ClientAuth = auth.method()
+		return nil, e
 	}
 
-	res := &response{op: op, statusCode: resp.StatusCode, header: resp.Header, body: body, sentAt: sentAt, secrets: secrets}
+	res := &response{op: op, statusCode: resp.StatusCode, header: resp.Header, body: body, sentAt: sentAt, secrets: secrets, auth: auth}
 	switch {
 	case readErr != nil:
 		res.bodyErr = res.malformed("body cut short")
@@ -129,7 +132,9 @@ func (r *response) object(c *Client, wanted string) (jsonObject, *Error) {
 	}
 	if code, _ := obj.str("error"); code != "" {
 		if _, ok := obj[wanted]; !ok {
-			return nil, c.classify(r.op, r.statusCode, r.header, r.body, nil, newRedactor(r.secrets))
+			e := c.classify(r.op, r.statusCode, r.header, r.body, nil, newRedactor(r.secrets))
+			e.ClientAuth = r.auth.method()
+			return nil, e
 		}
 	}
 	return obj, nil

@@ -142,6 +142,8 @@ type Server struct {
 	deviceSlowDowns int
 	// secrets is every secret value issued or shown, for leak checks.
 	secrets []string
+	// metadataOverride changes the discovery document (metadata.go).
+	metadataOverride map[string]any
 }
 
 // Start validates cfg, listens on 127.0.0.1 on a free port and serves until
@@ -303,6 +305,7 @@ func (s *Server) routes() http.Handler {
 	mux.HandleFunc("POST /services/oauth2/revoke", s.handleRevoke)
 	mux.HandleFunc("POST /services/oauth2/introspect", s.handleIntrospect)
 	mux.HandleFunc("GET /services/data/", s.handleData)
+	mux.HandleFunc("GET "+MetadataPath, s.handleMetadata)
 	mux.HandleFunc("POST "+DeviceAuthorizationPath, s.handleDeviceAuthorization)
 	mux.HandleFunc("GET "+VerificationPath, s.handleVerification)
 	mux.HandleFunc("POST "+VerificationPath, s.handleVerification)

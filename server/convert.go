@@ -77,6 +77,7 @@ func specFromProto(p *rotavaultv1.CredentialSpec) broker.Spec {
 		DeviceAuthorizationURL: p.GetDeviceAuthorizationUrl(),
 		ClientAuth:             clientAuthFromProto(p.GetClientAuthMethod()),
 		PreviousAccessToken:    previousAccessFromProto(p.GetPreviousAccessToken()),
+		Issuer:                 p.GetIssuer(),
 	}
 }
 
@@ -168,7 +169,39 @@ func specToProto(s broker.Spec) *rotavaultv1.CredentialSpec {
 		DeviceAuthorizationUrl:  s.DeviceAuthorizationURL,
 		ClientAuthMethod:        clientAuthToProto(s.ClientAuth),
 		PreviousAccessToken:     previousAccessToProto(s.PreviousAccessToken),
+		Issuer:                  s.Issuer,
 	}
+}
+
+func discoveredToProto(d *broker.DiscoveredMetadata) *rotavaultv1.DiscoveredMetadata {
+	if d == nil {
+		return nil
+	}
+	return &rotavaultv1.DiscoveredMetadata{
+		Issuer: d.Issuer, MetadataUrl: d.URL, TokenUrl: d.TokenURL, AuthorizeUrl: d.AuthorizeURL,
+		RevocationUrl: d.RevocationURL, IntrospectionUrl: d.IntrospectionURL,
+		DeviceAuthorizationUrl:   d.DeviceAuthorizationURL,
+		TokenEndpointAuthMethods: d.TokenEndpointAuthMethods,
+		ClientAuthMethod:         clientAuthToProto(d.ClientAuth),
+		FetchTime:                timestampOrNil(d.FetchedAt),
+	}
+}
+
+func earlyDetectionToProto(s broker.EarlyDetectionState, detail string) *rotavaultv1.EarlyDetection {
+	var st rotavaultv1.EarlyDetectionState
+	switch s {
+	case broker.EarlyDetectionActive:
+		st = rotavaultv1.EarlyDetectionState_EARLY_DETECTION_STATE_ACTIVE
+	case broker.EarlyDetectionDisabled:
+		st = rotavaultv1.EarlyDetectionState_EARLY_DETECTION_STATE_DISABLED
+	case broker.EarlyDetectionNoEndpoint:
+		st = rotavaultv1.EarlyDetectionState_EARLY_DETECTION_STATE_NO_INTROSPECTION_ENDPOINT
+	case broker.EarlyDetectionNoFamily:
+		st = rotavaultv1.EarlyDetectionState_EARLY_DETECTION_STATE_NO_FAMILY
+	case broker.EarlyDetectionWaiting:
+		st = rotavaultv1.EarlyDetectionState_EARLY_DETECTION_STATE_WAITING_FOR_ACCESS_TOKEN
+	}
+	return &rotavaultv1.EarlyDetection{State: st, Detail: detail}
 }
 
 func statusToProto(s broker.Status) rotavaultv1.CredentialStatus {
@@ -224,6 +257,8 @@ func credentialToProto(c broker.Credential) *rotavaultv1.Credential {
 		LastError:             c.LastError,
 		CreateTime:            timestampOrNil(c.CreatedAt),
 		UpdateTime:            timestampOrNil(c.UpdatedAt),
+		EarlyDetection:        earlyDetectionToProto(c.EarlyDetection, c.EarlyDetectionDetail),
+		DiscoveredMetadata:    discoveredToProto(c.Spec.Discovered),
 	}
 }
 

@@ -286,6 +286,20 @@ func (a *app) printCredential(c *rotavaultv1.Credential) error {
 	case rotavaultv1.ClientAuthMethod_CLIENT_AUTH_METHOD_CLIENT_SECRET_BASIC:
 		f.add("client auth", "client_secret_basic")
 	}
+	f.addIf("issuer", s.GetIssuer())
+	if d := c.GetDiscoveredMetadata(); d != nil {
+		f.add("metadata", d.GetMetadataUrl()+", fetched "+a.when(d.GetFetchTime()))
+		f.addIf("  token url", d.GetTokenUrl())
+		f.addIf("  authorize url", d.GetAuthorizeUrl())
+		f.addIf("  revocation url", d.GetRevocationUrl())
+		f.addIf("  introspection url", d.GetIntrospectionUrl())
+		f.addIf("  device url", d.GetDeviceAuthorizationUrl())
+		methods := "none listed (means client_secret_basic)"
+		if m := d.GetTokenEndpointAuthMethods(); len(m) > 0 {
+			methods = strings.Join(m, " ")
+		}
+		f.add("  auth methods", methods)
+	}
 	f.addIf("scopes", strings.Join(s.GetScopes(), " "))
 	f.addIf("access lifetime", durationText(s.GetAccessTokenLifetime()))
 	f.addIf("refresh idle", durationText(s.GetRefreshTokenIdleTimeout()))
@@ -319,10 +333,32 @@ func (a *app) printCredential(c *rotavaultv1.Credential) error {
 	if c.GetNextRefreshTime() != nil {
 		f.add("next refresh", a.nextRefreshText(c.GetNextRefreshTime(), true))
 	}
+	if ed := c.GetEarlyDetection(); ed != nil {
+		f.add("early detection", earlyDetectionText(ed))
+	}
 	f.addIf("last error", c.GetLastError())
 	f.add("created", a.when(c.GetCreateTime()))
 	f.add("updated", a.when(c.GetUpdateTime()))
 	return f.flush()
+}
+
+// earlyDetectionText is the state of periodic introspection and, unless
+// active, why not.
+func earlyDetectionText(ed *rotavaultv1.EarlyDetection) string {
+	state := "unknown"
+	switch ed.GetState() {
+	case rotavaultv1.EarlyDetectionState_EARLY_DETECTION_STATE_ACTIVE:
+		state = "active"
+	case rotavaultv1.EarlyDetectionState_EARLY_DETECTION_STATE_DISABLED,
+		rotavaultv1.EarlyDetectionState_EARLY_DETECTION_STATE_NO_INTROSPECTION_ENDPOINT,
+		rotavaultv1.EarlyDetectionState_EARLY_DETECTION_STATE_NO_FAMILY,
+		rotavaultv1.EarlyDetectionState_EARLY_DETECTION_STATE_WAITING_FOR_ACCESS_TOKEN:
+		state = "inactive"
+	}
+	if ed.GetDetail() == "" {
+		return state
+	}
+	return state + ": " + ed.GetDetail()
 }
 
 func newCredentialsDeleteCmd(a *app, client *clientOptions) *cobra.Command {

@@ -327,6 +327,7 @@ type specFlags struct {
 	reuseGrace       time.Duration
 	previousAccess   string
 	clientAuth       string
+	issuer           string
 }
 
 // specFields maps flags to the CredentialSpec paths an update mask names.
@@ -338,6 +339,7 @@ var specFields = []struct{ flag, path string }{
 	{"introspection-url", "introspection_url"},
 	{"device-authorization-url", "device_authorization_url"},
 	{"client-auth-method", "client_auth_method"},
+	{"issuer", "issuer"},
 	{"client-id", "client_id"},
 	{"client-secret-file", "client_secret"},
 	{"scope", "scopes"},
@@ -353,12 +355,13 @@ func (s *specFlags) register(fs *pflag.FlagSet, create bool) {
 		fs.StringVar(&s.provider, "provider", "", "the provider's dialect: salesforce or oauth2 (required)")
 	}
 	fs.StringVar(&s.baseURL, "base-url", "", "Salesforce: My Domain URL, or https://login.salesforce.com (https://test.salesforce.com for sandboxes)")
-	fs.StringVar(&s.tokenURL, "token-url", "", "token endpoint (required for oauth2; overrides the Salesforce default)")
+	fs.StringVar(&s.tokenURL, "token-url", "", "token endpoint (required for oauth2 without --issuer; overrides the Salesforce default and the discovered one)")
 	fs.StringVar(&s.authorizeURL, "authorize-url", "", "authorization endpoint, for 'rotavault reauth start'")
 	fs.StringVar(&s.revocationURL, "revocation-url", "", "revocation endpoint, used when a family is replaced or deleted")
-	fs.StringVar(&s.introspectionURL, "introspection-url", "", "introspection endpoint, consulted before refreshing on a rejected-token report")
+	fs.StringVar(&s.introspectionURL, "introspection-url", "", "introspection endpoint, consulted before refreshing on a rejected-token report and by periodic early detection (see credentials show)")
 	fs.StringVar(&s.deviceAuthURL, "device-authorization-url", "", "oauth2 only: the RFC 8628 device authorization endpoint, for 'rotavault reauth device' (Salesforce needs none)")
-	fs.StringVar(&s.clientAuth, "client-auth-method", "", "oauth2 only: how the client authenticates, client_secret_post (form fields) or client_secret_basic (HTTP Basic); default: form fields, Basic for introspection")
+	fs.StringVar(&s.clientAuth, "client-auth-method", "", "oauth2 only: how the client authenticates, client_secret_post (form fields) or client_secret_basic (HTTP Basic); default: the provider's metadata (with --issuer: Basic when listed), else form fields, Basic for introspection")
+	fs.StringVar(&s.issuer, "issuer", "", "oauth2 only: the provider's issuer URL; its metadata (RFC 8414 or OpenID discovery, refetched hourly) fills the token, authorize, revocation, introspection and device endpoints not given by flags, and the client auth method")
 	fs.StringVar(&s.clientID, "client-id", "", "the app's client id (Salesforce: consumer key)")
 	fs.StringVar(&s.clientSecretFile, "client-secret-file", "", "file holding the client secret, - for stdin (never a flag value: command lines get logged)")
 	fs.StringArrayVar(&s.scopes, "scope", nil, "scope to request; repeat the flag or separate scopes by spaces (Salesforce needs refresh_token)")
@@ -383,6 +386,7 @@ func (s *specFlags) spec(a *app, provider rotavaultv1.ProviderKind) (*rotavaultv
 		Scopes:           splitScopes(s.scopes),
 
 		DeviceAuthorizationUrl: s.deviceAuthURL,
+		Issuer:                 s.issuer,
 	}
 	switch s.clientAuth {
 	case "":

@@ -172,6 +172,7 @@ func setupGuideTest(t *testing.T) *guideTest {
 		"SALESFORCE_URL":            sim.URL(),
 		"CLIENT_ID":                 simClientID,
 		"CLIENT_SECRET_FILE":        writeGuideFile(t, dir, "acme.secret", simClientSecret+"\n"),
+		"ISSUER":                    sim.URL(),
 		"TOKEN_URL":                 sim.URL() + "/services/oauth2/token",
 		"AUTHORIZE_URL":             sim.URL() + "/services/oauth2/authorize",
 		"DEVICE_AUTHORIZATION_URL":  sim.URL() + providersim.DeviceAuthorizationPath,
@@ -389,7 +390,10 @@ func (g *guideTest) checkScopes() {
 	g.expectMatch("credentials show acme", g.output(1, "credentials", "show", "acme").stdout,
 		`(?m)^scopes\s+api refresh_token$`, `(?m)^client secret\s+set$`)
 	g.expectMatch("credentials show okta-app", g.output(1, "credentials", "show", "okta-app").stdout,
-		`(?m)^scopes\s+.*\boffline_access\b`, `(?m)^provider\s+oauth2$`)
+		`(?m)^scopes\s+.*\boffline_access\b`, `(?m)^provider\s+oauth2$`,
+		`(?m)^metadata\s+http://\S+/\.well-known/openid-configuration, fetched `, `(?m)^\s+token url\s+http://\S+/services/oauth2/token$`,
+		`(?m)^\s+auth methods\s+client_secret_post client_secret_basic private_key_jwt$`,
+		`(?m)^early detection\s+inactive: no active token family$`)
 }
 
 // Step 2: import, device flow and browser flow each installed a family;

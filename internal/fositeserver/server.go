@@ -267,6 +267,7 @@ func (s *Server) mux(token http.Handler) *http.ServeMux {
 	mux.HandleFunc(authorizePath, s.handleAuthorize)
 	mux.HandleFunc(revocationPath, s.handleRevoke)
 	mux.HandleFunc(introspectionPath, s.handleIntrospect)
+	mux.HandleFunc(metadataPath, s.handleMetadata)
 	return mux
 }
 

@@ -240,6 +240,72 @@ func (CredentialStatus) EnumDescriptor() ([]byte, []int) {
 	return file_rotavault_v1_credential_admin_proto_rawDescGZIP(), []int{3}
 }
 
+type EarlyDetectionState int32
+
+const (
+	EarlyDetectionState_EARLY_DETECTION_STATE_UNSPECIFIED EarlyDetectionState = 0
+	// The family is introspected every --introspection-interval.
+	EarlyDetectionState_EARLY_DETECTION_STATE_ACTIVE EarlyDetectionState = 1
+	// Periodic introspection is off on the server (--introspection-interval 0).
+	EarlyDetectionState_EARLY_DETECTION_STATE_DISABLED EarlyDetectionState = 2
+	// The credential has no introspection endpoint.
+	EarlyDetectionState_EARLY_DETECTION_STATE_NO_INTROSPECTION_ENDPOINT EarlyDetectionState = 3
+	// No active token family to watch.
+	EarlyDetectionState_EARLY_DETECTION_STATE_NO_FAMILY EarlyDetectionState = 4
+	// A generic provider, whose "inactive" about a refresh token is believed
+	// only when the family's access token, known alive at the provider, is
+	// inactive too, and no such access token is held now (nobody fetched one
+	// lately). Checked once a consumer fetches a token.
+	EarlyDetectionState_EARLY_DETECTION_STATE_WAITING_FOR_ACCESS_TOKEN EarlyDetectionState = 5
+)
+
+// Enum value maps for EarlyDetectionState.
+var (
+	EarlyDetectionState_name = map[int32]string{
+		0: "EARLY_DETECTION_STATE_UNSPECIFIED",
+		1: "EARLY_DETECTION_STATE_ACTIVE",
+		2: "EARLY_DETECTION_STATE_DISABLED",
+		3: "EARLY_DETECTION_STATE_NO_INTROSPECTION_ENDPOINT",
+		4: "EARLY_DETECTION_STATE_NO_FAMILY",
+		5: "EARLY_DETECTION_STATE_WAITING_FOR_ACCESS_TOKEN",
+	}
+	EarlyDetectionState_value = map[string]int32{
+		"EARLY_DETECTION_STATE_UNSPECIFIED":               0,
+		"EARLY_DETECTION_STATE_ACTIVE":                    1,
+		"EARLY_DETECTION_STATE_DISABLED":                  2,
+		"EARLY_DETECTION_STATE_NO_INTROSPECTION_ENDPOINT": 3,
+		"EARLY_DETECTION_STATE_NO_FAMILY":                 4,
+		"EARLY_DETECTION_STATE_WAITING_FOR_ACCESS_TOKEN":  5,
+	}
+)
+
+func (x EarlyDetectionState) Enum() *EarlyDetectionState {
+	p := new(EarlyDetectionState)
+	*p = x
+	return p
+}
+
+func (x EarlyDetectionState) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (EarlyDetectionState) Descriptor() protoreflect.EnumDescriptor {
+	return file_rotavault_v1_credential_admin_proto_enumTypes[4].Descriptor()
+}
+
+func (EarlyDetectionState) Type() protoreflect.EnumType {
+	return &file_rotavault_v1_credential_admin_proto_enumTypes[4]
+}
+
+func (x EarlyDetectionState) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use EarlyDetectionState.Descriptor instead.
+func (EarlyDetectionState) EnumDescriptor() ([]byte, []int) {
+	return file_rotavault_v1_credential_admin_proto_rawDescGZIP(), []int{4}
+}
+
 type RefreshRotation int32
 
 const (
@@ -275,11 +341,11 @@ func (x RefreshRotation) String() string {
 }
 
 func (RefreshRotation) Descriptor() protoreflect.EnumDescriptor {
-	return file_rotavault_v1_credential_admin_proto_enumTypes[4].Descriptor()
+	return file_rotavault_v1_credential_admin_proto_enumTypes[5].Descriptor()
 }
 
 func (RefreshRotation) Type() protoreflect.EnumType {
-	return &file_rotavault_v1_credential_admin_proto_enumTypes[4]
+	return &file_rotavault_v1_credential_admin_proto_enumTypes[5]
 }
 
 func (x RefreshRotation) Number() protoreflect.EnumNumber {
@@ -288,7 +354,7 @@ func (x RefreshRotation) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use RefreshRotation.Descriptor instead.
 func (RefreshRotation) EnumDescriptor() ([]byte, []int) {
-	return file_rotavault_v1_credential_admin_proto_rawDescGZIP(), []int{4}
+	return file_rotavault_v1_credential_admin_proto_rawDescGZIP(), []int{5}
 }
 
 // CredentialSpec is a credential's configuration.
@@ -330,8 +396,10 @@ type CredentialSpec struct {
 	// endpoint and needs none.
 	DeviceAuthorizationUrl string `protobuf:"bytes,14,opt,name=device_authorization_url,json=deviceAuthorizationUrl,proto3" json:"device_authorization_url,omitempty"`
 	// How the client authenticates at the provider's endpoints (RFC 6749
-	// §2.3.1). Unspecified: client_secret_post (form fields) everywhere, except
-	// that generic providers' introspection uses HTTP Basic. Set it when the
+	// §2.3.1). Unspecified: the method chosen from the issuer's metadata when
+	// issuer is set (see discovered_metadata), else client_secret_post (form
+	// fields) everywhere, except that generic providers' introspection uses
+	// HTTP Basic. Set it when the
 	// provider's app accepts only one method (an Okta app set to
 	// client_secret_basic, say). Generic providers only; basic needs a client
 	// secret.
@@ -343,8 +411,16 @@ type CredentialSpec struct {
 	// rotation (GetAccessTokenResponse's use_until); see
 	// docs/rotation-protocol.md, "Serving windows".
 	PreviousAccessToken PreviousAccessToken `protobuf:"varint,16,opt,name=previous_access_token,json=previousAccessToken,proto3,enum=rotavault.v1.PreviousAccessToken" json:"previous_access_token,omitempty"`
-	unknownFields       protoimpl.UnknownFields
-	sizeCache           protoimpl.SizeCache
+	// PROVIDER_KIND_OAUTH2 only: the provider's issuer identifier. Rotavault
+	// fetches its metadata (RFC 8414, else OpenID Connect discovery) when the
+	// credential is created or the issuer changes, and hourly after, and takes
+	// from it every endpoint URL not set above and, when client_auth_method is
+	// unspecified, the client authentication (client_secret_basic when the
+	// provider lists it, per RFC 6749 §2.3.1). The document must name exactly
+	// this issuer (RFC 8414 §3.3). See Credential.discovered_metadata.
+	Issuer        string `protobuf:"bytes,17,opt,name=issuer,proto3" json:"issuer,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *CredentialSpec) Reset() {
@@ -489,6 +565,13 @@ func (x *CredentialSpec) GetPreviousAccessToken() PreviousAccessToken {
 	return PreviousAccessToken_PREVIOUS_ACCESS_TOKEN_UNSPECIFIED
 }
 
+func (x *CredentialSpec) GetIssuer() string {
+	if x != nil {
+		return x.Issuer
+	}
+	return ""
+}
+
 // Credential describes a credential. It never carries a secret.
 type Credential struct {
 	state        protoimpl.MessageState `protogen:"open.v1"`
@@ -514,8 +597,14 @@ type Credential struct {
 	// grace keeps the token), the state to check before and after turning it
 	// on. Unspecified until the family's first refresh.
 	LastRefreshRotation RefreshRotation `protobuf:"varint,15,opt,name=last_refresh_rotation,json=lastRefreshRotation,proto3,enum=rotavault.v1.RefreshRotation" json:"last_refresh_rotation,omitempty"`
-	unknownFields       protoimpl.UnknownFields
-	sizeCache           protoimpl.SizeCache
+	// Whether periodic introspection (early detection of a family revoked at
+	// the provider) watches this credential now, and if not, why.
+	EarlyDetection *EarlyDetection `protobuf:"bytes,16,opt,name=early_detection,json=earlyDetection,proto3" json:"early_detection,omitempty"`
+	// Output only: the provider metadata fetched from spec.issuer; unset
+	// without an issuer.
+	DiscoveredMetadata *DiscoveredMetadata `protobuf:"bytes,17,opt,name=discovered_metadata,json=discoveredMetadata,proto3" json:"discovered_metadata,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
 }
 
 func (x *Credential) Reset() {
@@ -653,6 +742,195 @@ func (x *Credential) GetLastRefreshRotation() RefreshRotation {
 	return RefreshRotation_REFRESH_ROTATION_UNSPECIFIED
 }
 
+func (x *Credential) GetEarlyDetection() *EarlyDetection {
+	if x != nil {
+		return x.EarlyDetection
+	}
+	return nil
+}
+
+func (x *Credential) GetDiscoveredMetadata() *DiscoveredMetadata {
+	if x != nil {
+		return x.DiscoveredMetadata
+	}
+	return nil
+}
+
+type EarlyDetection struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	State EarlyDetectionState    `protobuf:"varint,1,opt,name=state,proto3,enum=rotavault.v1.EarlyDetectionState" json:"state,omitempty"`
+	// A sentence for people saying what the state means here.
+	Detail        string `protobuf:"bytes,2,opt,name=detail,proto3" json:"detail,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EarlyDetection) Reset() {
+	*x = EarlyDetection{}
+	mi := &file_rotavault_v1_credential_admin_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EarlyDetection) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EarlyDetection) ProtoMessage() {}
+
+func (x *EarlyDetection) ProtoReflect() protoreflect.Message {
+	mi := &file_rotavault_v1_credential_admin_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EarlyDetection.ProtoReflect.Descriptor instead.
+func (*EarlyDetection) Descriptor() ([]byte, []int) {
+	return file_rotavault_v1_credential_admin_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *EarlyDetection) GetState() EarlyDetectionState {
+	if x != nil {
+		return x.State
+	}
+	return EarlyDetectionState_EARLY_DETECTION_STATE_UNSPECIFIED
+}
+
+func (x *EarlyDetection) GetDetail() string {
+	if x != nil {
+		return x.Detail
+	}
+	return ""
+}
+
+// DiscoveredMetadata is what a provider's metadata document said.
+type DiscoveredMetadata struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Issuer string                 `protobuf:"bytes,1,opt,name=issuer,proto3" json:"issuer,omitempty"`
+	// The URL the document was fetched from.
+	MetadataUrl            string `protobuf:"bytes,2,opt,name=metadata_url,json=metadataUrl,proto3" json:"metadata_url,omitempty"`
+	TokenUrl               string `protobuf:"bytes,3,opt,name=token_url,json=tokenUrl,proto3" json:"token_url,omitempty"`
+	AuthorizeUrl           string `protobuf:"bytes,4,opt,name=authorize_url,json=authorizeUrl,proto3" json:"authorize_url,omitempty"`
+	RevocationUrl          string `protobuf:"bytes,5,opt,name=revocation_url,json=revocationUrl,proto3" json:"revocation_url,omitempty"`
+	IntrospectionUrl       string `protobuf:"bytes,6,opt,name=introspection_url,json=introspectionUrl,proto3" json:"introspection_url,omitempty"`
+	DeviceAuthorizationUrl string `protobuf:"bytes,7,opt,name=device_authorization_url,json=deviceAuthorizationUrl,proto3" json:"device_authorization_url,omitempty"`
+	// token_endpoint_auth_methods_supported as published (RFC 8414: absent
+	// means client_secret_basic).
+	TokenEndpointAuthMethods []string `protobuf:"bytes,8,rep,name=token_endpoint_auth_methods,json=tokenEndpointAuthMethods,proto3" json:"token_endpoint_auth_methods,omitempty"`
+	// The method chosen from them, used when spec.client_auth_method is
+	// unspecified.
+	ClientAuthMethod ClientAuthMethod       `protobuf:"varint,9,opt,name=client_auth_method,json=clientAuthMethod,proto3,enum=rotavault.v1.ClientAuthMethod" json:"client_auth_method,omitempty"`
+	FetchTime        *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=fetch_time,json=fetchTime,proto3" json:"fetch_time,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *DiscoveredMetadata) Reset() {
+	*x = DiscoveredMetadata{}
+	mi := &file_rotavault_v1_credential_admin_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DiscoveredMetadata) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DiscoveredMetadata) ProtoMessage() {}
+
+func (x *DiscoveredMetadata) ProtoReflect() protoreflect.Message {
+	mi := &file_rotavault_v1_credential_admin_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DiscoveredMetadata.ProtoReflect.Descriptor instead.
+func (*DiscoveredMetadata) Descriptor() ([]byte, []int) {
+	return file_rotavault_v1_credential_admin_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *DiscoveredMetadata) GetIssuer() string {
+	if x != nil {
+		return x.Issuer
+	}
+	return ""
+}
+
+func (x *DiscoveredMetadata) GetMetadataUrl() string {
+	if x != nil {
+		return x.MetadataUrl
+	}
+	return ""
+}
+
+func (x *DiscoveredMetadata) GetTokenUrl() string {
+	if x != nil {
+		return x.TokenUrl
+	}
+	return ""
+}
+
+func (x *DiscoveredMetadata) GetAuthorizeUrl() string {
+	if x != nil {
+		return x.AuthorizeUrl
+	}
+	return ""
+}
+
+func (x *DiscoveredMetadata) GetRevocationUrl() string {
+	if x != nil {
+		return x.RevocationUrl
+	}
+	return ""
+}
+
+func (x *DiscoveredMetadata) GetIntrospectionUrl() string {
+	if x != nil {
+		return x.IntrospectionUrl
+	}
+	return ""
+}
+
+func (x *DiscoveredMetadata) GetDeviceAuthorizationUrl() string {
+	if x != nil {
+		return x.DeviceAuthorizationUrl
+	}
+	return ""
+}
+
+func (x *DiscoveredMetadata) GetTokenEndpointAuthMethods() []string {
+	if x != nil {
+		return x.TokenEndpointAuthMethods
+	}
+	return nil
+}
+
+func (x *DiscoveredMetadata) GetClientAuthMethod() ClientAuthMethod {
+	if x != nil {
+		return x.ClientAuthMethod
+	}
+	return ClientAuthMethod_CLIENT_AUTH_METHOD_UNSPECIFIED
+}
+
+func (x *DiscoveredMetadata) GetFetchTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.FetchTime
+	}
+	return nil
+}
+
 type CreateCredentialRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	CredentialId  string                 `protobuf:"bytes,1,opt,name=credential_id,json=credentialId,proto3" json:"credential_id,omitempty"`
@@ -663,7 +941,7 @@ type CreateCredentialRequest struct {
 
 func (x *CreateCredentialRequest) Reset() {
 	*x = CreateCredentialRequest{}
-	mi := &file_rotavault_v1_credential_admin_proto_msgTypes[2]
+	mi := &file_rotavault_v1_credential_admin_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -675,7 +953,7 @@ func (x *CreateCredentialRequest) String() string {
 func (*CreateCredentialRequest) ProtoMessage() {}
 
 func (x *CreateCredentialRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_rotavault_v1_credential_admin_proto_msgTypes[2]
+	mi := &file_rotavault_v1_credential_admin_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -688,7 +966,7 @@ func (x *CreateCredentialRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateCredentialRequest.ProtoReflect.Descriptor instead.
 func (*CreateCredentialRequest) Descriptor() ([]byte, []int) {
-	return file_rotavault_v1_credential_admin_proto_rawDescGZIP(), []int{2}
+	return file_rotavault_v1_credential_admin_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *CreateCredentialRequest) GetCredentialId() string {
@@ -714,7 +992,7 @@ type CreateCredentialResponse struct {
 
 func (x *CreateCredentialResponse) Reset() {
 	*x = CreateCredentialResponse{}
-	mi := &file_rotavault_v1_credential_admin_proto_msgTypes[3]
+	mi := &file_rotavault_v1_credential_admin_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -726,7 +1004,7 @@ func (x *CreateCredentialResponse) String() string {
 func (*CreateCredentialResponse) ProtoMessage() {}
 
 func (x *CreateCredentialResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_rotavault_v1_credential_admin_proto_msgTypes[3]
+	mi := &file_rotavault_v1_credential_admin_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -739,7 +1017,7 @@ func (x *CreateCredentialResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateCredentialResponse.ProtoReflect.Descriptor instead.
 func (*CreateCredentialResponse) Descriptor() ([]byte, []int) {
-	return file_rotavault_v1_credential_admin_proto_rawDescGZIP(), []int{3}
+	return file_rotavault_v1_credential_admin_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *CreateCredentialResponse) GetCredential() *Credential {
@@ -762,7 +1040,7 @@ type UpdateCredentialRequest struct {
 
 func (x *UpdateCredentialRequest) Reset() {
 	*x = UpdateCredentialRequest{}
-	mi := &file_rotavault_v1_credential_admin_proto_msgTypes[4]
+	mi := &file_rotavault_v1_credential_admin_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -774,7 +1052,7 @@ func (x *UpdateCredentialRequest) String() string {
 func (*UpdateCredentialRequest) ProtoMessage() {}
 
 func (x *UpdateCredentialRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_rotavault_v1_credential_admin_proto_msgTypes[4]
+	mi := &file_rotavault_v1_credential_admin_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -787,7 +1065,7 @@ func (x *UpdateCredentialRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateCredentialRequest.ProtoReflect.Descriptor instead.
 func (*UpdateCredentialRequest) Descriptor() ([]byte, []int) {
-	return file_rotavault_v1_credential_admin_proto_rawDescGZIP(), []int{4}
+	return file_rotavault_v1_credential_admin_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *UpdateCredentialRequest) GetCredentialId() string {
@@ -820,7 +1098,7 @@ type UpdateCredentialResponse struct {
 
 func (x *UpdateCredentialResponse) Reset() {
 	*x = UpdateCredentialResponse{}
-	mi := &file_rotavault_v1_credential_admin_proto_msgTypes[5]
+	mi := &file_rotavault_v1_credential_admin_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -832,7 +1110,7 @@ func (x *UpdateCredentialResponse) String() string {
 func (*UpdateCredentialResponse) ProtoMessage() {}
 
 func (x *UpdateCredentialResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_rotavault_v1_credential_admin_proto_msgTypes[5]
+	mi := &file_rotavault_v1_credential_admin_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -845,7 +1123,7 @@ func (x *UpdateCredentialResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateCredentialResponse.ProtoReflect.Descriptor instead.
 func (*UpdateCredentialResponse) Descriptor() ([]byte, []int) {
-	return file_rotavault_v1_credential_admin_proto_rawDescGZIP(), []int{5}
+	return file_rotavault_v1_credential_admin_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *UpdateCredentialResponse) GetCredential() *Credential {
@@ -864,7 +1142,7 @@ type GetCredentialRequest struct {
 
 func (x *GetCredentialRequest) Reset() {
 	*x = GetCredentialRequest{}
-	mi := &file_rotavault_v1_credential_admin_proto_msgTypes[6]
+	mi := &file_rotavault_v1_credential_admin_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -876,7 +1154,7 @@ func (x *GetCredentialRequest) String() string {
 func (*GetCredentialRequest) ProtoMessage() {}
 
 func (x *GetCredentialRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_rotavault_v1_credential_admin_proto_msgTypes[6]
+	mi := &file_rotavault_v1_credential_admin_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -889,7 +1167,7 @@ func (x *GetCredentialRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetCredentialRequest.ProtoReflect.Descriptor instead.
 func (*GetCredentialRequest) Descriptor() ([]byte, []int) {
-	return file_rotavault_v1_credential_admin_proto_rawDescGZIP(), []int{6}
+	return file_rotavault_v1_credential_admin_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *GetCredentialRequest) GetCredentialId() string {
@@ -908,7 +1186,7 @@ type GetCredentialResponse struct {
 
 func (x *GetCredentialResponse) Reset() {
 	*x = GetCredentialResponse{}
-	mi := &file_rotavault_v1_credential_admin_proto_msgTypes[7]
+	mi := &file_rotavault_v1_credential_admin_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -920,7 +1198,7 @@ func (x *GetCredentialResponse) String() string {
 func (*GetCredentialResponse) ProtoMessage() {}
 
 func (x *GetCredentialResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_rotavault_v1_credential_admin_proto_msgTypes[7]
+	mi := &file_rotavault_v1_credential_admin_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -933,7 +1211,7 @@ func (x *GetCredentialResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetCredentialResponse.ProtoReflect.Descriptor instead.
 func (*GetCredentialResponse) Descriptor() ([]byte, []int) {
-	return file_rotavault_v1_credential_admin_proto_rawDescGZIP(), []int{7}
+	return file_rotavault_v1_credential_admin_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *GetCredentialResponse) GetCredential() *Credential {
@@ -954,7 +1232,7 @@ type ListCredentialsRequest struct {
 
 func (x *ListCredentialsRequest) Reset() {
 	*x = ListCredentialsRequest{}
-	mi := &file_rotavault_v1_credential_admin_proto_msgTypes[8]
+	mi := &file_rotavault_v1_credential_admin_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -966,7 +1244,7 @@ func (x *ListCredentialsRequest) String() string {
 func (*ListCredentialsRequest) ProtoMessage() {}
 
 func (x *ListCredentialsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_rotavault_v1_credential_admin_proto_msgTypes[8]
+	mi := &file_rotavault_v1_credential_admin_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -979,7 +1257,7 @@ func (x *ListCredentialsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListCredentialsRequest.ProtoReflect.Descriptor instead.
 func (*ListCredentialsRequest) Descriptor() ([]byte, []int) {
-	return file_rotavault_v1_credential_admin_proto_rawDescGZIP(), []int{8}
+	return file_rotavault_v1_credential_admin_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ListCredentialsRequest) GetPageSize() int32 {
@@ -1006,7 +1284,7 @@ type ListCredentialsResponse struct {
 
 func (x *ListCredentialsResponse) Reset() {
 	*x = ListCredentialsResponse{}
-	mi := &file_rotavault_v1_credential_admin_proto_msgTypes[9]
+	mi := &file_rotavault_v1_credential_admin_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1018,7 +1296,7 @@ func (x *ListCredentialsResponse) String() string {
 func (*ListCredentialsResponse) ProtoMessage() {}
 
 func (x *ListCredentialsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_rotavault_v1_credential_admin_proto_msgTypes[9]
+	mi := &file_rotavault_v1_credential_admin_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1031,7 +1309,7 @@ func (x *ListCredentialsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListCredentialsResponse.ProtoReflect.Descriptor instead.
 func (*ListCredentialsResponse) Descriptor() ([]byte, []int) {
-	return file_rotavault_v1_credential_admin_proto_rawDescGZIP(), []int{9}
+	return file_rotavault_v1_credential_admin_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ListCredentialsResponse) GetCredentials() []*Credential {
@@ -1057,7 +1335,7 @@ type DeleteCredentialRequest struct {
 
 func (x *DeleteCredentialRequest) Reset() {
 	*x = DeleteCredentialRequest{}
-	mi := &file_rotavault_v1_credential_admin_proto_msgTypes[10]
+	mi := &file_rotavault_v1_credential_admin_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1069,7 +1347,7 @@ func (x *DeleteCredentialRequest) String() string {
 func (*DeleteCredentialRequest) ProtoMessage() {}
 
 func (x *DeleteCredentialRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_rotavault_v1_credential_admin_proto_msgTypes[10]
+	mi := &file_rotavault_v1_credential_admin_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1082,7 +1360,7 @@ func (x *DeleteCredentialRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteCredentialRequest.ProtoReflect.Descriptor instead.
 func (*DeleteCredentialRequest) Descriptor() ([]byte, []int) {
-	return file_rotavault_v1_credential_admin_proto_rawDescGZIP(), []int{10}
+	return file_rotavault_v1_credential_admin_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *DeleteCredentialRequest) GetCredentialId() string {
@@ -1100,7 +1378,7 @@ type DeleteCredentialResponse struct {
 
 func (x *DeleteCredentialResponse) Reset() {
 	*x = DeleteCredentialResponse{}
-	mi := &file_rotavault_v1_credential_admin_proto_msgTypes[11]
+	mi := &file_rotavault_v1_credential_admin_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1112,7 +1390,7 @@ func (x *DeleteCredentialResponse) String() string {
 func (*DeleteCredentialResponse) ProtoMessage() {}
 
 func (x *DeleteCredentialResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_rotavault_v1_credential_admin_proto_msgTypes[11]
+	mi := &file_rotavault_v1_credential_admin_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1125,7 +1403,7 @@ func (x *DeleteCredentialResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteCredentialResponse.ProtoReflect.Descriptor instead.
 func (*DeleteCredentialResponse) Descriptor() ([]byte, []int) {
-	return file_rotavault_v1_credential_admin_proto_rawDescGZIP(), []int{11}
+	return file_rotavault_v1_credential_admin_proto_rawDescGZIP(), []int{13}
 }
 
 type ListConsumersRequest struct {
@@ -1141,7 +1419,7 @@ type ListConsumersRequest struct {
 
 func (x *ListConsumersRequest) Reset() {
 	*x = ListConsumersRequest{}
-	mi := &file_rotavault_v1_credential_admin_proto_msgTypes[12]
+	mi := &file_rotavault_v1_credential_admin_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1153,7 +1431,7 @@ func (x *ListConsumersRequest) String() string {
 func (*ListConsumersRequest) ProtoMessage() {}
 
 func (x *ListConsumersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_rotavault_v1_credential_admin_proto_msgTypes[12]
+	mi := &file_rotavault_v1_credential_admin_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1166,7 +1444,7 @@ func (x *ListConsumersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListConsumersRequest.ProtoReflect.Descriptor instead.
 func (*ListConsumersRequest) Descriptor() ([]byte, []int) {
-	return file_rotavault_v1_credential_admin_proto_rawDescGZIP(), []int{12}
+	return file_rotavault_v1_credential_admin_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ListConsumersRequest) GetCredentialId() string {
@@ -1200,7 +1478,7 @@ type ListConsumersResponse struct {
 
 func (x *ListConsumersResponse) Reset() {
 	*x = ListConsumersResponse{}
-	mi := &file_rotavault_v1_credential_admin_proto_msgTypes[13]
+	mi := &file_rotavault_v1_credential_admin_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1212,7 +1490,7 @@ func (x *ListConsumersResponse) String() string {
 func (*ListConsumersResponse) ProtoMessage() {}
 
 func (x *ListConsumersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_rotavault_v1_credential_admin_proto_msgTypes[13]
+	mi := &file_rotavault_v1_credential_admin_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1225,7 +1503,7 @@ func (x *ListConsumersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListConsumersResponse.ProtoReflect.Descriptor instead.
 func (*ListConsumersResponse) Descriptor() ([]byte, []int) {
-	return file_rotavault_v1_credential_admin_proto_rawDescGZIP(), []int{13}
+	return file_rotavault_v1_credential_admin_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ListConsumersResponse) GetConsumers() []*Consumer {
@@ -1259,7 +1537,7 @@ type Consumer struct {
 
 func (x *Consumer) Reset() {
 	*x = Consumer{}
-	mi := &file_rotavault_v1_credential_admin_proto_msgTypes[14]
+	mi := &file_rotavault_v1_credential_admin_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1271,7 +1549,7 @@ func (x *Consumer) String() string {
 func (*Consumer) ProtoMessage() {}
 
 func (x *Consumer) ProtoReflect() protoreflect.Message {
-	mi := &file_rotavault_v1_credential_admin_proto_msgTypes[14]
+	mi := &file_rotavault_v1_credential_admin_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1284,7 +1562,7 @@ func (x *Consumer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Consumer.ProtoReflect.Descriptor instead.
 func (*Consumer) Descriptor() ([]byte, []int) {
-	return file_rotavault_v1_credential_admin_proto_rawDescGZIP(), []int{14}
+	return file_rotavault_v1_credential_admin_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *Consumer) GetCredentialId() string {
@@ -1330,7 +1608,7 @@ type BackupStoreRequest struct {
 
 func (x *BackupStoreRequest) Reset() {
 	*x = BackupStoreRequest{}
-	mi := &file_rotavault_v1_credential_admin_proto_msgTypes[15]
+	mi := &file_rotavault_v1_credential_admin_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1342,7 +1620,7 @@ func (x *BackupStoreRequest) String() string {
 func (*BackupStoreRequest) ProtoMessage() {}
 
 func (x *BackupStoreRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_rotavault_v1_credential_admin_proto_msgTypes[15]
+	mi := &file_rotavault_v1_credential_admin_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1355,7 +1633,7 @@ func (x *BackupStoreRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BackupStoreRequest.ProtoReflect.Descriptor instead.
 func (*BackupStoreRequest) Descriptor() ([]byte, []int) {
-	return file_rotavault_v1_credential_admin_proto_rawDescGZIP(), []int{15}
+	return file_rotavault_v1_credential_admin_proto_rawDescGZIP(), []int{17}
 }
 
 type BackupStoreResponse struct {
@@ -1373,7 +1651,7 @@ type BackupStoreResponse struct {
 
 func (x *BackupStoreResponse) Reset() {
 	*x = BackupStoreResponse{}
-	mi := &file_rotavault_v1_credential_admin_proto_msgTypes[16]
+	mi := &file_rotavault_v1_credential_admin_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1385,7 +1663,7 @@ func (x *BackupStoreResponse) String() string {
 func (*BackupStoreResponse) ProtoMessage() {}
 
 func (x *BackupStoreResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_rotavault_v1_credential_admin_proto_msgTypes[16]
+	mi := &file_rotavault_v1_credential_admin_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1398,7 +1676,7 @@ func (x *BackupStoreResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BackupStoreResponse.ProtoReflect.Descriptor instead.
 func (*BackupStoreResponse) Descriptor() ([]byte, []int) {
-	return file_rotavault_v1_credential_admin_proto_rawDescGZIP(), []int{16}
+	return file_rotavault_v1_credential_admin_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *BackupStoreResponse) GetTotalSize() int64 {
@@ -1430,7 +1708,7 @@ type VerifyAuditTrailRequest struct {
 
 func (x *VerifyAuditTrailRequest) Reset() {
 	*x = VerifyAuditTrailRequest{}
-	mi := &file_rotavault_v1_credential_admin_proto_msgTypes[17]
+	mi := &file_rotavault_v1_credential_admin_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1442,7 +1720,7 @@ func (x *VerifyAuditTrailRequest) String() string {
 func (*VerifyAuditTrailRequest) ProtoMessage() {}
 
 func (x *VerifyAuditTrailRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_rotavault_v1_credential_admin_proto_msgTypes[17]
+	mi := &file_rotavault_v1_credential_admin_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1455,7 +1733,7 @@ func (x *VerifyAuditTrailRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyAuditTrailRequest.ProtoReflect.Descriptor instead.
 func (*VerifyAuditTrailRequest) Descriptor() ([]byte, []int) {
-	return file_rotavault_v1_credential_admin_proto_rawDescGZIP(), []int{17}
+	return file_rotavault_v1_credential_admin_proto_rawDescGZIP(), []int{19}
 }
 
 type VerifyAuditTrailResponse struct {
@@ -1483,7 +1761,7 @@ type VerifyAuditTrailResponse struct {
 
 func (x *VerifyAuditTrailResponse) Reset() {
 	*x = VerifyAuditTrailResponse{}
-	mi := &file_rotavault_v1_credential_admin_proto_msgTypes[18]
+	mi := &file_rotavault_v1_credential_admin_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1495,7 +1773,7 @@ func (x *VerifyAuditTrailResponse) String() string {
 func (*VerifyAuditTrailResponse) ProtoMessage() {}
 
 func (x *VerifyAuditTrailResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_rotavault_v1_credential_admin_proto_msgTypes[18]
+	mi := &file_rotavault_v1_credential_admin_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1508,7 +1786,7 @@ func (x *VerifyAuditTrailResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyAuditTrailResponse.ProtoReflect.Descriptor instead.
 func (*VerifyAuditTrailResponse) Descriptor() ([]byte, []int) {
-	return file_rotavault_v1_credential_admin_proto_rawDescGZIP(), []int{18}
+	return file_rotavault_v1_credential_admin_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *VerifyAuditTrailResponse) GetIntact() bool {
@@ -1575,7 +1853,7 @@ type GetServerStatusRequest struct {
 
 func (x *GetServerStatusRequest) Reset() {
 	*x = GetServerStatusRequest{}
-	mi := &file_rotavault_v1_credential_admin_proto_msgTypes[19]
+	mi := &file_rotavault_v1_credential_admin_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1587,7 +1865,7 @@ func (x *GetServerStatusRequest) String() string {
 func (*GetServerStatusRequest) ProtoMessage() {}
 
 func (x *GetServerStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_rotavault_v1_credential_admin_proto_msgTypes[19]
+	mi := &file_rotavault_v1_credential_admin_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1600,7 +1878,7 @@ func (x *GetServerStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetServerStatusRequest.ProtoReflect.Descriptor instead.
 func (*GetServerStatusRequest) Descriptor() ([]byte, []int) {
-	return file_rotavault_v1_credential_admin_proto_rawDescGZIP(), []int{19}
+	return file_rotavault_v1_credential_admin_proto_rawDescGZIP(), []int{21}
 }
 
 type GetServerStatusResponse struct {
@@ -1631,7 +1909,7 @@ type GetServerStatusResponse struct {
 
 func (x *GetServerStatusResponse) Reset() {
 	*x = GetServerStatusResponse{}
-	mi := &file_rotavault_v1_credential_admin_proto_msgTypes[20]
+	mi := &file_rotavault_v1_credential_admin_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1643,7 +1921,7 @@ func (x *GetServerStatusResponse) String() string {
 func (*GetServerStatusResponse) ProtoMessage() {}
 
 func (x *GetServerStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_rotavault_v1_credential_admin_proto_msgTypes[20]
+	mi := &file_rotavault_v1_credential_admin_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1656,7 +1934,7 @@ func (x *GetServerStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetServerStatusResponse.ProtoReflect.Descriptor instead.
 func (*GetServerStatusResponse) Descriptor() ([]byte, []int) {
-	return file_rotavault_v1_credential_admin_proto_rawDescGZIP(), []int{20}
+	return file_rotavault_v1_credential_admin_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *GetServerStatusResponse) GetVersion() string {
@@ -1732,7 +2010,7 @@ type CredentialStatusCount struct {
 
 func (x *CredentialStatusCount) Reset() {
 	*x = CredentialStatusCount{}
-	mi := &file_rotavault_v1_credential_admin_proto_msgTypes[21]
+	mi := &file_rotavault_v1_credential_admin_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1744,7 +2022,7 @@ func (x *CredentialStatusCount) String() string {
 func (*CredentialStatusCount) ProtoMessage() {}
 
 func (x *CredentialStatusCount) ProtoReflect() protoreflect.Message {
-	mi := &file_rotavault_v1_credential_admin_proto_msgTypes[21]
+	mi := &file_rotavault_v1_credential_admin_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1757,7 +2035,7 @@ func (x *CredentialStatusCount) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CredentialStatusCount.ProtoReflect.Descriptor instead.
 func (*CredentialStatusCount) Descriptor() ([]byte, []int) {
-	return file_rotavault_v1_credential_admin_proto_rawDescGZIP(), []int{21}
+	return file_rotavault_v1_credential_admin_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *CredentialStatusCount) GetStatus() CredentialStatus {
@@ -1778,7 +2056,7 @@ var File_rotavault_v1_credential_admin_proto protoreflect.FileDescriptor
 
 const file_rotavault_v1_credential_admin_proto_rawDesc = "" +
 	"\n" +
-	"#rotavault/v1/credential_admin.proto\x12\frotavault.v1\x1a\x1egoogle/protobuf/duration.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1erotavault/v1/token_vault.proto\"\x83\a\n" +
+	"#rotavault/v1/credential_admin.proto\x12\frotavault.v1\x1a\x1egoogle/protobuf/duration.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1erotavault/v1/token_vault.proto\"\x9b\a\n" +
 	"\x0eCredentialSpec\x12?\n" +
 	"\rprovider_kind\x18\x01 \x01(\x0e2\x1a.rotavault.v1.ProviderKindR\fproviderKind\x12\x19\n" +
 	"\bbase_url\x18\x02 \x01(\tR\abaseUrl\x12\x1b\n" +
@@ -1796,7 +2074,8 @@ const file_rotavault_v1_credential_admin_proto_rawDesc = "" +
 	"\x12reuse_grace_period\x18\r \x01(\v2\x19.google.protobuf.DurationR\x10reuseGracePeriod\x128\n" +
 	"\x18device_authorization_url\x18\x0e \x01(\tR\x16deviceAuthorizationUrl\x12L\n" +
 	"\x12client_auth_method\x18\x0f \x01(\x0e2\x1e.rotavault.v1.ClientAuthMethodR\x10clientAuthMethod\x12U\n" +
-	"\x15previous_access_token\x18\x10 \x01(\x0e2!.rotavault.v1.PreviousAccessTokenR\x13previousAccessToken\"\xf7\x06\n" +
+	"\x15previous_access_token\x18\x10 \x01(\x0e2!.rotavault.v1.PreviousAccessTokenR\x13previousAccessToken\x12\x16\n" +
+	"\x06issuer\x18\x11 \x01(\tR\x06issuer\"\x91\b\n" +
 	"\n" +
 	"Credential\x12#\n" +
 	"\rcredential_id\x18\x01 \x01(\tR\fcredentialId\x120\n" +
@@ -1819,7 +2098,25 @@ const file_rotavault_v1_credential_admin_proto_rawDesc = "" +
 	"\vupdate_time\x18\r \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"updateTime\x12Q\n" +
 	"\x17access_token_issue_time\x18\x0e \x01(\v2\x1a.google.protobuf.TimestampR\x14accessTokenIssueTime\x12Q\n" +
-	"\x15last_refresh_rotation\x18\x0f \x01(\x0e2\x1d.rotavault.v1.RefreshRotationR\x13lastRefreshRotation\"p\n" +
+	"\x15last_refresh_rotation\x18\x0f \x01(\x0e2\x1d.rotavault.v1.RefreshRotationR\x13lastRefreshRotation\x12E\n" +
+	"\x0fearly_detection\x18\x10 \x01(\v2\x1c.rotavault.v1.EarlyDetectionR\x0eearlyDetection\x12Q\n" +
+	"\x13discovered_metadata\x18\x11 \x01(\v2 .rotavault.v1.DiscoveredMetadataR\x12discoveredMetadata\"a\n" +
+	"\x0eEarlyDetection\x127\n" +
+	"\x05state\x18\x01 \x01(\x0e2!.rotavault.v1.EarlyDetectionStateR\x05state\x12\x16\n" +
+	"\x06detail\x18\x02 \x01(\tR\x06detail\"\xe7\x03\n" +
+	"\x12DiscoveredMetadata\x12\x16\n" +
+	"\x06issuer\x18\x01 \x01(\tR\x06issuer\x12!\n" +
+	"\fmetadata_url\x18\x02 \x01(\tR\vmetadataUrl\x12\x1b\n" +
+	"\ttoken_url\x18\x03 \x01(\tR\btokenUrl\x12#\n" +
+	"\rauthorize_url\x18\x04 \x01(\tR\fauthorizeUrl\x12%\n" +
+	"\x0erevocation_url\x18\x05 \x01(\tR\rrevocationUrl\x12+\n" +
+	"\x11introspection_url\x18\x06 \x01(\tR\x10introspectionUrl\x128\n" +
+	"\x18device_authorization_url\x18\a \x01(\tR\x16deviceAuthorizationUrl\x12=\n" +
+	"\x1btoken_endpoint_auth_methods\x18\b \x03(\tR\x18tokenEndpointAuthMethods\x12L\n" +
+	"\x12client_auth_method\x18\t \x01(\x0e2\x1e.rotavault.v1.ClientAuthMethodR\x10clientAuthMethod\x129\n" +
+	"\n" +
+	"fetch_time\x18\n" +
+	" \x01(\v2\x1a.google.protobuf.TimestampR\tfetchTime\"p\n" +
 	"\x17CreateCredentialRequest\x12#\n" +
 	"\rcredential_id\x18\x01 \x01(\tR\fcredentialId\x120\n" +
 	"\x04spec\x18\x02 \x01(\v2\x1c.rotavault.v1.CredentialSpecR\x04spec\"T\n" +
@@ -1917,7 +2214,14 @@ const file_rotavault_v1_credential_admin_proto_rawDesc = "" +
 	"\x18CREDENTIAL_STATUS_ACTIVE\x10\x01\x12\x1d\n" +
 	"\x19CREDENTIAL_STATUS_REVOKED\x10\x02\x12/\n" +
 	"+CREDENTIAL_STATUS_AWAITING_REAUTHENTICATION\x10\x03\x12\x1e\n" +
-	"\x1aCREDENTIAL_STATUS_UNPROVEN\x10\x04*s\n" +
+	"\x1aCREDENTIAL_STATUS_UNPROVEN\x10\x04*\x90\x02\n" +
+	"\x13EarlyDetectionState\x12%\n" +
+	"!EARLY_DETECTION_STATE_UNSPECIFIED\x10\x00\x12 \n" +
+	"\x1cEARLY_DETECTION_STATE_ACTIVE\x10\x01\x12\"\n" +
+	"\x1eEARLY_DETECTION_STATE_DISABLED\x10\x02\x123\n" +
+	"/EARLY_DETECTION_STATE_NO_INTROSPECTION_ENDPOINT\x10\x03\x12#\n" +
+	"\x1fEARLY_DETECTION_STATE_NO_FAMILY\x10\x04\x122\n" +
+	".EARLY_DETECTION_STATE_WAITING_FOR_ACCESS_TOKEN\x10\x05*s\n" +
 	"\x0fRefreshRotation\x12 \n" +
 	"\x1cREFRESH_ROTATION_UNSPECIFIED\x10\x00\x12\x1c\n" +
 	"\x18REFRESH_ROTATION_ROTATED\x10\x01\x12 \n" +
@@ -1946,95 +2250,103 @@ func file_rotavault_v1_credential_admin_proto_rawDescGZIP() []byte {
 	return file_rotavault_v1_credential_admin_proto_rawDescData
 }
 
-var file_rotavault_v1_credential_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
-var file_rotavault_v1_credential_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
+var file_rotavault_v1_credential_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 6)
+var file_rotavault_v1_credential_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
 var file_rotavault_v1_credential_admin_proto_goTypes = []any{
 	(ProviderKind)(0),                // 0: rotavault.v1.ProviderKind
 	(PreviousAccessToken)(0),         // 1: rotavault.v1.PreviousAccessToken
 	(ClientAuthMethod)(0),            // 2: rotavault.v1.ClientAuthMethod
 	(CredentialStatus)(0),            // 3: rotavault.v1.CredentialStatus
-	(RefreshRotation)(0),             // 4: rotavault.v1.RefreshRotation
-	(*CredentialSpec)(nil),           // 5: rotavault.v1.CredentialSpec
-	(*Credential)(nil),               // 6: rotavault.v1.Credential
-	(*CreateCredentialRequest)(nil),  // 7: rotavault.v1.CreateCredentialRequest
-	(*CreateCredentialResponse)(nil), // 8: rotavault.v1.CreateCredentialResponse
-	(*UpdateCredentialRequest)(nil),  // 9: rotavault.v1.UpdateCredentialRequest
-	(*UpdateCredentialResponse)(nil), // 10: rotavault.v1.UpdateCredentialResponse
-	(*GetCredentialRequest)(nil),     // 11: rotavault.v1.GetCredentialRequest
-	(*GetCredentialResponse)(nil),    // 12: rotavault.v1.GetCredentialResponse
-	(*ListCredentialsRequest)(nil),   // 13: rotavault.v1.ListCredentialsRequest
-	(*ListCredentialsResponse)(nil),  // 14: rotavault.v1.ListCredentialsResponse
-	(*DeleteCredentialRequest)(nil),  // 15: rotavault.v1.DeleteCredentialRequest
-	(*DeleteCredentialResponse)(nil), // 16: rotavault.v1.DeleteCredentialResponse
-	(*ListConsumersRequest)(nil),     // 17: rotavault.v1.ListConsumersRequest
-	(*ListConsumersResponse)(nil),    // 18: rotavault.v1.ListConsumersResponse
-	(*Consumer)(nil),                 // 19: rotavault.v1.Consumer
-	(*BackupStoreRequest)(nil),       // 20: rotavault.v1.BackupStoreRequest
-	(*BackupStoreResponse)(nil),      // 21: rotavault.v1.BackupStoreResponse
-	(*VerifyAuditTrailRequest)(nil),  // 22: rotavault.v1.VerifyAuditTrailRequest
-	(*VerifyAuditTrailResponse)(nil), // 23: rotavault.v1.VerifyAuditTrailResponse
-	(*GetServerStatusRequest)(nil),   // 24: rotavault.v1.GetServerStatusRequest
-	(*GetServerStatusResponse)(nil),  // 25: rotavault.v1.GetServerStatusResponse
-	(*CredentialStatusCount)(nil),    // 26: rotavault.v1.CredentialStatusCount
-	(*durationpb.Duration)(nil),      // 27: google.protobuf.Duration
-	(RevocationReason)(0),            // 28: rotavault.v1.RevocationReason
-	(*timestamppb.Timestamp)(nil),    // 29: google.protobuf.Timestamp
-	(*fieldmaskpb.FieldMask)(nil),    // 30: google.protobuf.FieldMask
+	(EarlyDetectionState)(0),         // 4: rotavault.v1.EarlyDetectionState
+	(RefreshRotation)(0),             // 5: rotavault.v1.RefreshRotation
+	(*CredentialSpec)(nil),           // 6: rotavault.v1.CredentialSpec
+	(*Credential)(nil),               // 7: rotavault.v1.Credential
+	(*EarlyDetection)(nil),           // 8: rotavault.v1.EarlyDetection
+	(*DiscoveredMetadata)(nil),       // 9: rotavault.v1.DiscoveredMetadata
+	(*CreateCredentialRequest)(nil),  // 10: rotavault.v1.CreateCredentialRequest
+	(*CreateCredentialResponse)(nil), // 11: rotavault.v1.CreateCredentialResponse
+	(*UpdateCredentialRequest)(nil),  // 12: rotavault.v1.UpdateCredentialRequest
+	(*UpdateCredentialResponse)(nil), // 13: rotavault.v1.UpdateCredentialResponse
+	(*GetCredentialRequest)(nil),     // 14: rotavault.v1.GetCredentialRequest
+	(*GetCredentialResponse)(nil),    // 15: rotavault.v1.GetCredentialResponse
+	(*ListCredentialsRequest)(nil),   // 16: rotavault.v1.ListCredentialsRequest
+	(*ListCredentialsResponse)(nil),  // 17: rotavault.v1.ListCredentialsResponse
+	(*DeleteCredentialRequest)(nil),  // 18: rotavault.v1.DeleteCredentialRequest
+	(*DeleteCredentialResponse)(nil), // 19: rotavault.v1.DeleteCredentialResponse
+	(*ListConsumersRequest)(nil),     // 20: rotavault.v1.ListConsumersRequest
+	(*ListConsumersResponse)(nil),    // 21: rotavault.v1.ListConsumersResponse
+	(*Consumer)(nil),                 // 22: rotavault.v1.Consumer
+	(*BackupStoreRequest)(nil),       // 23: rotavault.v1.BackupStoreRequest
+	(*BackupStoreResponse)(nil),      // 24: rotavault.v1.BackupStoreResponse
+	(*VerifyAuditTrailRequest)(nil),  // 25: rotavault.v1.VerifyAuditTrailRequest
+	(*VerifyAuditTrailResponse)(nil), // 26: rotavault.v1.VerifyAuditTrailResponse
+	(*GetServerStatusRequest)(nil),   // 27: rotavault.v1.GetServerStatusRequest
+	(*GetServerStatusResponse)(nil),  // 28: rotavault.v1.GetServerStatusResponse
+	(*CredentialStatusCount)(nil),    // 29: rotavault.v1.CredentialStatusCount
+	(*durationpb.Duration)(nil),      // 30: google.protobuf.Duration
+	(RevocationReason)(0),            // 31: rotavault.v1.RevocationReason
+	(*timestamppb.Timestamp)(nil),    // 32: google.protobuf.Timestamp
+	(*fieldmaskpb.FieldMask)(nil),    // 33: google.protobuf.FieldMask
 }
 var file_rotavault_v1_credential_admin_proto_depIdxs = []int32{
 	0,  // 0: rotavault.v1.CredentialSpec.provider_kind:type_name -> rotavault.v1.ProviderKind
-	27, // 1: rotavault.v1.CredentialSpec.access_token_lifetime:type_name -> google.protobuf.Duration
-	27, // 2: rotavault.v1.CredentialSpec.refresh_token_idle_timeout:type_name -> google.protobuf.Duration
-	27, // 3: rotavault.v1.CredentialSpec.refresh_token_max_lifetime:type_name -> google.protobuf.Duration
-	27, // 4: rotavault.v1.CredentialSpec.reuse_grace_period:type_name -> google.protobuf.Duration
+	30, // 1: rotavault.v1.CredentialSpec.access_token_lifetime:type_name -> google.protobuf.Duration
+	30, // 2: rotavault.v1.CredentialSpec.refresh_token_idle_timeout:type_name -> google.protobuf.Duration
+	30, // 3: rotavault.v1.CredentialSpec.refresh_token_max_lifetime:type_name -> google.protobuf.Duration
+	30, // 4: rotavault.v1.CredentialSpec.reuse_grace_period:type_name -> google.protobuf.Duration
 	2,  // 5: rotavault.v1.CredentialSpec.client_auth_method:type_name -> rotavault.v1.ClientAuthMethod
 	1,  // 6: rotavault.v1.CredentialSpec.previous_access_token:type_name -> rotavault.v1.PreviousAccessToken
-	5,  // 7: rotavault.v1.Credential.spec:type_name -> rotavault.v1.CredentialSpec
+	6,  // 7: rotavault.v1.Credential.spec:type_name -> rotavault.v1.CredentialSpec
 	3,  // 8: rotavault.v1.Credential.status:type_name -> rotavault.v1.CredentialStatus
-	28, // 9: rotavault.v1.Credential.revocation_reason:type_name -> rotavault.v1.RevocationReason
-	29, // 10: rotavault.v1.Credential.last_rotation_time:type_name -> google.protobuf.Timestamp
-	29, // 11: rotavault.v1.Credential.next_refresh_time:type_name -> google.protobuf.Timestamp
-	29, // 12: rotavault.v1.Credential.access_token_expire_time:type_name -> google.protobuf.Timestamp
-	29, // 13: rotavault.v1.Credential.create_time:type_name -> google.protobuf.Timestamp
-	29, // 14: rotavault.v1.Credential.update_time:type_name -> google.protobuf.Timestamp
-	29, // 15: rotavault.v1.Credential.access_token_issue_time:type_name -> google.protobuf.Timestamp
-	4,  // 16: rotavault.v1.Credential.last_refresh_rotation:type_name -> rotavault.v1.RefreshRotation
-	5,  // 17: rotavault.v1.CreateCredentialRequest.spec:type_name -> rotavault.v1.CredentialSpec
-	6,  // 18: rotavault.v1.CreateCredentialResponse.credential:type_name -> rotavault.v1.Credential
-	5,  // 19: rotavault.v1.UpdateCredentialRequest.spec:type_name -> rotavault.v1.CredentialSpec
-	30, // 20: rotavault.v1.UpdateCredentialRequest.update_mask:type_name -> google.protobuf.FieldMask
-	6,  // 21: rotavault.v1.UpdateCredentialResponse.credential:type_name -> rotavault.v1.Credential
-	6,  // 22: rotavault.v1.GetCredentialResponse.credential:type_name -> rotavault.v1.Credential
-	6,  // 23: rotavault.v1.ListCredentialsResponse.credentials:type_name -> rotavault.v1.Credential
-	19, // 24: rotavault.v1.ListConsumersResponse.consumers:type_name -> rotavault.v1.Consumer
-	29, // 25: rotavault.v1.Consumer.first_seen_time:type_name -> google.protobuf.Timestamp
-	29, // 26: rotavault.v1.Consumer.last_seen_time:type_name -> google.protobuf.Timestamp
-	26, // 27: rotavault.v1.GetServerStatusResponse.credential_counts:type_name -> rotavault.v1.CredentialStatusCount
-	29, // 28: rotavault.v1.GetServerStatusResponse.start_time:type_name -> google.protobuf.Timestamp
-	3,  // 29: rotavault.v1.CredentialStatusCount.status:type_name -> rotavault.v1.CredentialStatus
-	7,  // 30: rotavault.v1.CredentialAdminService.CreateCredential:input_type -> rotavault.v1.CreateCredentialRequest
-	9,  // 31: rotavault.v1.CredentialAdminService.UpdateCredential:input_type -> rotavault.v1.UpdateCredentialRequest
-	11, // 32: rotavault.v1.CredentialAdminService.GetCredential:input_type -> rotavault.v1.GetCredentialRequest
-	13, // 33: rotavault.v1.CredentialAdminService.ListCredentials:input_type -> rotavault.v1.ListCredentialsRequest
-	15, // 34: rotavault.v1.CredentialAdminService.DeleteCredential:input_type -> rotavault.v1.DeleteCredentialRequest
-	17, // 35: rotavault.v1.CredentialAdminService.ListConsumers:input_type -> rotavault.v1.ListConsumersRequest
-	20, // 36: rotavault.v1.CredentialAdminService.BackupStore:input_type -> rotavault.v1.BackupStoreRequest
-	22, // 37: rotavault.v1.CredentialAdminService.VerifyAuditTrail:input_type -> rotavault.v1.VerifyAuditTrailRequest
-	24, // 38: rotavault.v1.CredentialAdminService.GetServerStatus:input_type -> rotavault.v1.GetServerStatusRequest
-	8,  // 39: rotavault.v1.CredentialAdminService.CreateCredential:output_type -> rotavault.v1.CreateCredentialResponse
-	10, // 40: rotavault.v1.CredentialAdminService.UpdateCredential:output_type -> rotavault.v1.UpdateCredentialResponse
-	12, // 41: rotavault.v1.CredentialAdminService.GetCredential:output_type -> rotavault.v1.GetCredentialResponse
-	14, // 42: rotavault.v1.CredentialAdminService.ListCredentials:output_type -> rotavault.v1.ListCredentialsResponse
-	16, // 43: rotavault.v1.CredentialAdminService.DeleteCredential:output_type -> rotavault.v1.DeleteCredentialResponse
-	18, // 44: rotavault.v1.CredentialAdminService.ListConsumers:output_type -> rotavault.v1.ListConsumersResponse
-	21, // 45: rotavault.v1.CredentialAdminService.BackupStore:output_type -> rotavault.v1.BackupStoreResponse
-	23, // 46: rotavault.v1.CredentialAdminService.VerifyAuditTrail:output_type -> rotavault.v1.VerifyAuditTrailResponse
-	25, // 47: rotavault.v1.CredentialAdminService.GetServerStatus:output_type -> rotavault.v1.GetServerStatusResponse
-	39, // [39:48] is the sub-list for method output_type
-	30, // [30:39] is the sub-list for method input_type
-	30, // [30:30] is the sub-list for extension type_name
-	30, // [30:30] is the sub-list for extension extendee
-	0,  // [0:30] is the sub-list for field type_name
+	31, // 9: rotavault.v1.Credential.revocation_reason:type_name -> rotavault.v1.RevocationReason
+	32, // 10: rotavault.v1.Credential.last_rotation_time:type_name -> google.protobuf.Timestamp
+	32, // 11: rotavault.v1.Credential.next_refresh_time:type_name -> google.protobuf.Timestamp
+	32, // 12: rotavault.v1.Credential.access_token_expire_time:type_name -> google.protobuf.Timestamp
+	32, // 13: rotavault.v1.Credential.create_time:type_name -> google.protobuf.Timestamp
+	32, // 14: rotavault.v1.Credential.update_time:type_name -> google.protobuf.Timestamp
+	32, // 15: rotavault.v1.Credential.access_token_issue_time:type_name -> google.protobuf.Timestamp
+	5,  // 16: rotavault.v1.Credential.last_refresh_rotation:type_name -> rotavault.v1.RefreshRotation
+	8,  // 17: rotavault.v1.Credential.early_detection:type_name -> rotavault.v1.EarlyDetection
+	9,  // 18: rotavault.v1.Credential.discovered_metadata:type_name -> rotavault.v1.DiscoveredMetadata
+	4,  // 19: rotavault.v1.EarlyDetection.state:type_name -> rotavault.v1.EarlyDetectionState
+	2,  // 20: rotavault.v1.DiscoveredMetadata.client_auth_method:type_name -> rotavault.v1.ClientAuthMethod
+	32, // 21: rotavault.v1.DiscoveredMetadata.fetch_time:type_name -> google.protobuf.Timestamp
+	6,  // 22: rotavault.v1.CreateCredentialRequest.spec:type_name -> rotavault.v1.CredentialSpec
+	7,  // 23: rotavault.v1.CreateCredentialResponse.credential:type_name -> rotavault.v1.Credential
+	6,  // 24: rotavault.v1.UpdateCredentialRequest.spec:type_name -> rotavault.v1.CredentialSpec
+	33, // 25: rotavault.v1.UpdateCredentialRequest.update_mask:type_name -> google.protobuf.FieldMask
+	7,  // 26: rotavault.v1.UpdateCredentialResponse.credential:type_name -> rotavault.v1.Credential
+	7,  // 27: rotavault.v1.GetCredentialResponse.credential:type_name -> rotavault.v1.Credential
+	7,  // 28: rotavault.v1.ListCredentialsResponse.credentials:type_name -> rotavault.v1.Credential
+	22, // 29: rotavault.v1.ListConsumersResponse.consumers:type_name -> rotavault.v1.Consumer
+	32, // 30: rotavault.v1.Consumer.first_seen_time:type_name -> google.protobuf.Timestamp
+	32, // 31: rotavault.v1.Consumer.last_seen_time:type_name -> google.protobuf.Timestamp
+	29, // 32: rotavault.v1.GetServerStatusResponse.credential_counts:type_name -> rotavault.v1.CredentialStatusCount
+	32, // 33: rotavault.v1.GetServerStatusResponse.start_time:type_name -> google.protobuf.Timestamp
+	3,  // 34: rotavault.v1.CredentialStatusCount.status:type_name -> rotavault.v1.CredentialStatus
+	10, // 35: rotavault.v1.CredentialAdminService.CreateCredential:input_type -> rotavault.v1.CreateCredentialRequest
+	12, // 36: rotavault.v1.CredentialAdminService.UpdateCredential:input_type -> rotavault.v1.UpdateCredentialRequest
+	14, // 37: rotavault.v1.CredentialAdminService.GetCredential:input_type -> rotavault.v1.GetCredentialRequest
+	16, // 38: rotavault.v1.CredentialAdminService.ListCredentials:input_type -> rotavault.v1.ListCredentialsRequest
+	18, // 39: rotavault.v1.CredentialAdminService.DeleteCredential:input_type -> rotavault.v1.DeleteCredentialRequest
+	20, // 40: rotavault.v1.CredentialAdminService.ListConsumers:input_type -> rotavault.v1.ListConsumersRequest
+	23, // 41: rotavault.v1.CredentialAdminService.BackupStore:input_type -> rotavault.v1.BackupStoreRequest
+	25, // 42: rotavault.v1.CredentialAdminService.VerifyAuditTrail:input_type -> rotavault.v1.VerifyAuditTrailRequest
+	27, // 43: rotavault.v1.CredentialAdminService.GetServerStatus:input_type -> rotavault.v1.GetServerStatusRequest
+	11, // 44: rotavault.v1.CredentialAdminService.CreateCredential:output_type -> rotavault.v1.CreateCredentialResponse
+	13, // 45: rotavault.v1.CredentialAdminService.UpdateCredential:output_type -> rotavault.v1.UpdateCredentialResponse
+	15, // 46: rotavault.v1.CredentialAdminService.GetCredential:output_type -> rotavault.v1.GetCredentialResponse
+	17, // 47: rotavault.v1.CredentialAdminService.ListCredentials:output_type -> rotavault.v1.ListCredentialsResponse
+	19, // 48: rotavault.v1.CredentialAdminService.DeleteCredential:output_type -> rotavault.v1.DeleteCredentialResponse
+	21, // 49: rotavault.v1.CredentialAdminService.ListConsumers:output_type -> rotavault.v1.ListConsumersResponse
+	24, // 50: rotavault.v1.CredentialAdminService.BackupStore:output_type -> rotavault.v1.BackupStoreResponse
+	26, // 51: rotavault.v1.CredentialAdminService.VerifyAuditTrail:output_type -> rotavault.v1.VerifyAuditTrailResponse
+	28, // 52: rotavault.v1.CredentialAdminService.GetServerStatus:output_type -> rotavault.v1.GetServerStatusResponse
+	44, // [44:53] is the sub-list for method output_type
+	35, // [35:44] is the sub-list for method input_type
+	35, // [35:35] is the sub-list for extension type_name
+	35, // [35:35] is the sub-list for extension extendee
+	0,  // [0:35] is the sub-list for field type_name
 }
 
 func init() { file_rotavault_v1_credential_admin_proto_init() }
@@ -2048,8 +2360,8 @@ func file_rotavault_v1_credential_admin_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_rotavault_v1_credential_admin_proto_rawDesc), len(file_rotavault_v1_credential_admin_proto_rawDesc)),
-			NumEnums:      5,
-			NumMessages:   22,
+			NumEnums:      6,
+			NumMessages:   24,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
