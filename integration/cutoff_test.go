@@ -64,13 +64,13 @@ type cutoffRig struct {
 
 func setupCutoffRig(t *testing.T) *cutoffRig {
 	t.Helper()
-	v := vaulttest.StartDev(t)
 	fs, err := fositeserver.Start(fositeserver.Config{AccessTokenLifespan: cutoffTokenLife})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = fs.Close() })
 	fs.AddClient(fositeClientID, fositeClientSecret, []string{callbackURI})
+	v := vaulttest.StartDev(t)
 	r := &cutoffRig{fs: fs}
 	for range cutoffReplicas {
 		p, addr := startServeProcess(t, []string{"VAULT_ADDR=" + v.Addr, "VAULT_TOKEN=" + v.Token},
@@ -181,12 +181,7 @@ func (r *cutoffRig) load(t *testing.T, d time.Duration) *cutoffResult {
 		wg.Go(func() {
 			tick := time.NewTicker(cutoffCallEvery)
 			defer tick.Stop()
-			for {
-				select {
-				case <-ctx.Done():
-					return
-				case <-tick.C:
-				}
+			for ctx.Err() == nil {
 				h, err := r.call(i)
 				res.mu.Lock()
 				if err != nil {
@@ -195,6 +190,10 @@ func (r *cutoffRig) load(t *testing.T, d time.Duration) *cutoffResult {
 					res.handouts = append(res.handouts, h)
 				}
 				res.mu.Unlock()
+				select {
+				case <-ctx.Done():
+				case <-tick.C:
+				}
 			}
 		})
 	}
