@@ -108,7 +108,10 @@ func (b *Broker) acquire(ctx context.Context, e *entry, need func(*view) bool) (
 			return nil, v, nil
 		}
 		l := &claimLease{b: b, e: e, v: v}
-		if err := l.ensureWindow(ctx); err != nil {
+		switch err := l.ensureWindow(ctx); {
+		case errors.Is(err, errFenceMoved):
+			continue // the family moved while the store was slow: decide again
+		case err != nil:
 			return nil, nil, err
 		}
 		return l, nil, nil

@@ -20,6 +20,21 @@ func claimWrites(_ string, value []byte) bool {
 	return decodeRecord(value, &f, &f.Format) == nil && f.Claim != nil
 }
 
+// slowClaimSetup is a broker on real time with 4 s claims (1 s margin) on a
+// fault-injecting store, credential x of a simulator, and a refresh token
+// the simulator issued.
+func slowClaimSetup(t *testing.T) (*faultStore, *providersim.Server, *Broker, string) {
+	t.Helper()
+	fs := &faultStore{Store: memstore.New()}
+	sim := startSim(t, providersim.Config{})
+	b := newTestBroker(t, fs, WithSchedulerInterval(time.Hour), WithIntrospectionInterval(0), WithRetryBase(time.Millisecond), WithClaimTiming(4*time.Second, time.Second))
+	if _, err := b.CreateCredential(context.Background(), "x", simSpec(sim)); err != nil {
+		t.Fatal(err)
+	}
+	rt, _ := sim.IssueRefreshToken("c", nil)
+	return fs, sim, b, rt
+}
+
 // A claim write the store is slow to accept (Vault retrying through an
 // outage) used to eat the provider call's time: the call then failed for
 // want of time and callers got PROVIDER_UNAVAILABLE from a provider never
@@ -38,13 +53,7 @@ func TestSlowClaimWriteBlamesTheStoreNotTheProvider(t *testing.T) {
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			ctx := context.Background()
-			fs := &faultStore{Store: memstore.New()}
-			sim := startSim(t, providersim.Config{})
-			b := newTestBroker(t, fs, WithSchedulerInterval(time.Hour), WithIntrospectionInterval(0), WithRetryBase(time.Millisecond), WithClaimTiming(4*time.Second, time.Second))
-			if _, err := b.CreateCredential(ctx, "x", simSpec(sim)); err != nil {
-				t.Fatal(err)
-			}
-			rt, _ := sim.IssueRefreshToken("c", nil)
+			fs, sim, b, rt := slowClaimSetup(t)
 			var mu sync.Mutex
 			left := tt.slowTimes
 			fs.inject(&fault{op: "put", prefix: "families/", match: claimWrites, before: func() {
@@ -135,5 +144,36 @@ func TestCallersOfAReplicaPausedPastItsClaimGetTheTakeoversToken(t *testing.T) {
 	}
 	if s := sim.Stats(); s.ReuseDetections != 0 {
 		t.Fatalf("provider saw a reuse: %+v", s)
+	}
+}
+
+// A claim written again after a slow write may find the family moved on
+// (another replica refreshed meanwhile): the replica decides again on what
+// the store holds and adopts the other's result.
+func TestSlowClaimWriteAdoptsAnotherReplicasRefresh(t *testing.T) {
+	ctx := context.Background()
+	fs, sim, b, rt := slowClaimSetup(t)
+	fs.inject(&fault{op: "put", prefix: "families/", match: claimWrites, once: true, before: func() { time.Sleep(3200 * time.Millisecond) }})
+	// Before the second claim write, another replica stores its rotation.
+	fs.inject(&fault{op: "put", prefix: "families/", match: claimWrites, once: true, before: func() {
+		f := storedFamily(ctx, t, fs.Store)
+		rec := famRecord(ctx, t, fs.Store, "x")
+		f.Claim, f.Unproven, f.Generation, f.RefreshToken = nil, false, f.Generation+1, "rt-other"
+		f.Access = &accessToken{Token: "at-other", Type: "Bearer", IssuedAt: time.Now(), ExpiresAt: time.Now().Add(time.Hour), Fingerprint: Fingerprint("at-other")}
+		raw, err := encodeRecord(&f)
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		if _, err := fs.Store.Put(ctx, rec.Key, raw, rec.Version); err != nil {
+			t.Error(err)
+		}
+	}})
+	act, err := b.ImportRefreshToken(ctx, "x", rt)
+	if err != nil || act.Generation != 1 || act.Unproven {
+		t.Fatalf("import whose slow claim met another replica's refresh: %+v %v, want the other's generation 1 adopted", act, err)
+	}
+	if s := sim.Stats(); s.RefreshRequests != 0 {
+		t.Fatalf("the provider was asked although another replica had refreshed: %+v", s)
 	}
 }

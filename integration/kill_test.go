@@ -80,13 +80,24 @@ type replicaProcess struct {
 	admin   rotavaultv1.CredentialAdminServiceClient
 }
 
-func startReplicaProcess(t *testing.T, v *vaulttest.Server, prefix string) *replicaProcess {
+// startReplicaProcess starts a replica with the short claims of killClaimTTL
+// and killClaimMargin, or with claimArgs when given.
+func startReplicaProcess(t *testing.T, v *vaulttest.Server, prefix string, claimArgs ...string) *replicaProcess {
 	t.Helper()
+	if len(claimArgs) == 0 {
+		claimArgs = []string{"--refresh-claim-ttl", killClaimTTL, "--refresh-claim-margin", killClaimMargin}
+	}
 	dataDir := t.TempDir()
 	p, addr := startServeProcess(t, []string{"VAULT_ADDR=" + v.Addr, "VAULT_TOKEN=" + v.Token},
-		"--addr", "127.0.0.1:0", "--data-dir", dataDir, "--store", "vault", "--vault-prefix", prefix,
-		"--refresh-claim-ttl", killClaimTTL, "--refresh-claim-margin", killClaimMargin)
+		append([]string{"--addr", "127.0.0.1:0", "--data-dir", dataDir, "--store", "vault", "--vault-prefix", prefix}, claimArgs...)...)
 	p.dataDir = dataDir
+	p.connect(t, addr)
+	return p
+}
+
+// connect points the process's API clients at addr.
+func (p *replicaProcess) connect(t *testing.T, addr string) {
+	t.Helper()
 	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
@@ -94,7 +105,6 @@ func startReplicaProcess(t *testing.T, v *vaulttest.Server, prefix string) *repl
 	t.Cleanup(func() { _ = conn.Close() })
 	p.vault = rotavaultv1.NewTokenVaultServiceClient(conn)
 	p.admin = rotavaultv1.NewCredentialAdminServiceClient(conn)
-	return p
 }
 
 // startServeProcess runs `rotavault serve args...` in a process of its own,
@@ -203,6 +213,13 @@ type killSetup struct {
 
 func setupKill(t *testing.T, grace time.Duration) *killSetup {
 	t.Helper()
+	return setupKillClaim(t, grace)
+}
+
+// setupKillClaim is setupKill with the replicas' claim flags (see
+// startReplicaProcess).
+func setupKillClaim(t *testing.T, grace time.Duration, claimArgs ...string) *killSetup {
+	t.Helper()
 	v := vaulttest.StartDev(t)
 	sim, err := providersim.Start(providersim.Config{ReuseGrace: grace})
 	if err != nil {
@@ -210,7 +227,7 @@ func setupKill(t *testing.T, grace time.Duration) *killSetup {
 	}
 	t.Cleanup(func() { _ = sim.Close() })
 	sim.AddClient(providersim.Client{ID: simClientID, Secret: simClientSecret})
-	k := &killSetup{sim: sim, a: startReplicaProcess(t, v, "rotavault/kill"), b: startReplicaProcess(t, v, "rotavault/kill")}
+	k := &killSetup{sim: sim, a: startReplicaProcess(t, v, "rotavault/kill", claimArgs...), b: startReplicaProcess(t, v, "rotavault/kill", claimArgs...)}
 	t.Cleanup(func() {
 		k.a.kill()
 		k.b.kill()
@@ -218,15 +235,23 @@ func setupKill(t *testing.T, grace time.Duration) *killSetup {
 		texts["replica A logs"], texts["replica B logs"] = k.a.logs.String(), k.b.logs.String()
 		checkNoSecrets(t, secretsOf(t, sim, "", v), texts)
 	})
+	k.install(t, grace)
+	return k
+}
+
+// install creates credential acme (with the reuse grace period) on
+// replica a, imports a family and takes its first access token.
+func (k *killSetup) install(t *testing.T, grace time.Duration) {
+	t.Helper()
 	spec := &rotavaultv1.CredentialSpec{
-		ProviderKind: rotavaultv1.ProviderKind_PROVIDER_KIND_SALESFORCE, BaseUrl: sim.URL(),
+		ProviderKind: rotavaultv1.ProviderKind_PROVIDER_KIND_SALESFORCE, BaseUrl: k.sim.URL(),
 		ClientId: simClientID, ClientSecret: simClientSecret, Scopes: []string{"api", "refresh_token"},
 		ReuseGracePeriod: durationpb.New(grace),
 	}
 	if _, err := k.a.admin.CreateCredential(ctxT(t), &rotavaultv1.CreateCredentialRequest{CredentialId: "acme", Spec: spec}); err != nil {
 		t.Fatal(err)
 	}
-	rt, err := sim.IssueRefreshToken(simClientID, nil)
+	rt, err := k.sim.IssueRefreshToken(simClientID, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -237,7 +262,20 @@ func setupKill(t *testing.T, grace time.Duration) *killSetup {
 	if k.cur, err = k.a.vault.GetAccessToken(ctxT(t), &rotavaultv1.GetAccessTokenRequest{CredentialId: "acme"}); err != nil {
 		t.Fatal(err)
 	}
-	return k
+}
+
+// killAfterTheProviderRotated has replica a refresh against a provider that
+// rotates and never answers, and SIGKILLs it then: the new refresh token
+// dies with it. It returns the provider's counters from before.
+func (k *killSetup) killAfterTheProviderRotated(t *testing.T) providersim.Stats {
+	t.Helper()
+	k.revokeCurrentAccessToken(t)
+	before := k.sim.Stats()
+	k.sim.InjectFailure(providersim.FailHang, 1) // rotates, never answers
+	go func() { _, _ = k.forceRefresh(context.Background(), k.a) }()
+	awaitStats(t, k.sim, func(s providersim.Stats) bool { return s.Rotations == before.Rotations+1 })
+	k.a.kill()
+	return before
 }
 
 // forceRefresh makes replica p refresh on the real clock: the current access
@@ -298,12 +336,7 @@ func TestReplicaKilledAfterTheProviderRotated(t *testing.T) {
 		if _, err := stream.Recv(); err != nil { // started
 			t.Fatal(err)
 		}
-		k.revokeCurrentAccessToken(t)
-		before := k.sim.Stats()
-		k.sim.InjectFailure(providersim.FailHang, 1) // rotates, never answers
-		go func() { _, _ = k.forceRefresh(context.Background(), k.a) }()
-		awaitStats(t, k.sim, func(s providersim.Stats) bool { return s.Rotations == before.Rotations+1 })
-		k.a.kill() // the new refresh token dies with A
+		before := k.killAfterTheProviderRotated(t)
 
 		_, err = k.forceRefresh(ctxT(t), k.b)
 		wantCode(t, err, codes.FailedPrecondition, server.ReasonReauthenticationRequired)
@@ -319,12 +352,7 @@ func TestReplicaKilledAfterTheProviderRotated(t *testing.T) {
 	})
 	t.Run("grace period: the takeover recovers", func(t *testing.T) {
 		k := setupKill(t, time.Minute)
-		k.revokeCurrentAccessToken(t)
-		before := k.sim.Stats()
-		k.sim.InjectFailure(providersim.FailHang, 1)
-		go func() { _, _ = k.forceRefresh(context.Background(), k.a) }()
-		awaitStats(t, k.sim, func(s providersim.Stats) bool { return s.Rotations == before.Rotations+1 })
-		k.a.kill()
+		before := k.killAfterTheProviderRotated(t)
 
 		tok, err := k.forceRefresh(ctxT(t), k.b)
 		if err != nil {

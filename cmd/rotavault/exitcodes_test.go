@@ -22,10 +22,12 @@ func TestExitCodesTellFailuresApart(t *testing.T) {
 	c, _, _ := setupCLITest(t)
 	c.run("", "credentials", "put", "fresh", "--provider", "salesforce", "--base-url", "https://login.salesforce.com",
 		"--client-id", "x", "--scope", "api refresh_token").expect(t, exitOK)
-	// A provider nobody answers at: importing a token stores it, then the
-	// first refresh fails as worth a retry.
+	// A provider nobody answers at: importing a token stores it unproven
+	// (a success: importing again would gain nothing), then a token is
+	// refused as worth a retry.
 	c.run("", "credentials", "put", "unreachable", "--provider", "salesforce", "--base-url", "http://127.0.0.1:1",
 		"--client-id", "x", "--scope", "api refresh_token").expect(t, exitOK)
+	c.run("an-imported-refresh-token\n", "reauth", "import", "unreachable", "--refresh-token-file", "-").expect(t, exitOK)
 
 	tests := []struct {
 		name       string
@@ -44,8 +46,7 @@ func TestExitCodesTellFailuresApart(t *testing.T) {
 		{"usage, refused by the CLI", "", []string{"token", "get"}, exitUsage, "USAGE", "", false, ""},
 		{"usage, refused by the server", "", []string{"token", "get", "fresh", "--min-remaining", "10h"}, exitUsage, "INVALID_ARGUMENT", "MIN_LIFETIME_UNATTAINABLE", false, ""},
 		{"no server", "", []string{"credentials", "list", "--server", "127.0.0.1:1"}, exitUnavailable, "UNAVAILABLE", "", false, "is a Rotavault server running"},
-		{"provider unreachable", "an-imported-refresh-token\n", []string{"reauth", "import", "unreachable", "--refresh-token-file", "-"},
-			exitUnavailable, "UNAVAILABLE", "PROVIDER_UNAVAILABLE", true, ""},
+		{"provider unreachable", "", []string{"token", "get", "unreachable"}, exitUnavailable, "UNAVAILABLE", "PROVIDER_UNAVAILABLE", true, ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
