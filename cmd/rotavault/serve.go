@@ -118,6 +118,9 @@ type serverConfig struct {
 	// Tracing, when set, traces the node (package tracing); runServer
 	// shuts it down on return.
 	Tracing *tracing.Tracing
+	// wrapStore, when set, wraps the store the broker uses (tests: a
+	// store that fails).
+	wrapStore func(store.Store) store.Store
 	// Node, when set, is the node the server is assembled on, holding
 	// parts opened before it (dev: the simulator); runServer closes it
 	// whole on return. Nil: a node of its own.
@@ -217,7 +220,11 @@ func runServer(ctx context.Context, cfg serverConfig) (err error) {
 	if vaultNodeChanges != nil {
 		mx.WatchVaultNodes(vaultNodeChanges)
 	}
-	b, err := n.NewBroker(ctx, broker.Config{Store: mx.Store(st), Provider: mx.Provider(n.NewProvider()), Auditor: al}, brokerOpts...)
+	brokerStore := st
+	if cfg.wrapStore != nil {
+		brokerStore = cfg.wrapStore(st)
+	}
+	b, err := n.NewBroker(ctx, broker.Config{Store: mx.Store(brokerStore), Provider: mx.Provider(n.NewProvider()), Auditor: al}, brokerOpts...)
 	if err != nil {
 		return err
 	}

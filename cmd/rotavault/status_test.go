@@ -1,10 +1,15 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
+	"errors"
 	"net"
 	"strings"
+	"sync/atomic"
 	"testing"
+
+	"github.com/rotavault/rotavault/store"
 )
 
 func TestStatusShowsAServerAtAGlance(t *testing.T) {
@@ -57,4 +62,66 @@ func TestStatusShowsAServerAtAGlance(t *testing.T) {
 	if r = c.runEnv(map[string]string{"ROTAVAULT_ADDR": gone}, "", "status", "--json", "--timeout", "2s").expect(t, exitUnavailable); !strings.Contains(r.stderr, "{") {
 		t.Errorf("status --json of an unreachable server: stderr %q, want a JSON error", r.stderr)
 	}
+}
+
+// downStore fails every read while down is set: an embedded store whose
+// disk stopped answering, as the server sees it.
+type downStore struct {
+	store.Store
+	down atomic.Bool
+}
+
+var errDiskGone = errors.New("injected: the store's disk stopped answering")
+
+func (s *downStore) Get(ctx context.Context, key string) (store.Record, error) {
+	if s.down.Load() {
+		return store.Record{}, errDiskGone
+	}
+	return s.Store.Get(ctx, key)
+}
+
+func (s *downStore) List(ctx context.Context, prefix string) ([]string, error) {
+	if s.down.Load() {
+		return nil, errDiskGone
+	}
+	return s.Store.List(ctx, prefix)
+}
+
+// A server on the embedded store that cannot read it is not ready: status
+// says why and exits 5 (worth a retry), with --json too; once the store
+// answers again, status exits 0.
+func TestStatusOfANotReadyServerExitsUnavailable(t *testing.T) {
+	keyFile, _ := newKeyFile(t, t.TempDir(), "store.key")
+	c := newCLI(t, nil)
+	ds := &downStore{}
+	node := startNode(t, t.TempDir(), keyFile, c.trans, func(cfg *serverConfig) {
+		cfg.wrapStore = func(st store.Store) store.Store { ds.Store = st; return ds }
+	})
+	c.env = map[string]string{"ROTAVAULT_ADDR": node.addr}
+	c.run("", "status").expect(t, exitOK)
+
+	ds.down.Store(true)
+	r := c.run("", "status").expect(t, exitUnavailable)
+	for _, want := range []string{"embedded", "Ready", "false", "Not ready because", "store is unavailable"} {
+		if !strings.Contains(r.stdout, want) {
+			t.Errorf("status of a server that cannot read its store lacks %q:\n%s", want, r.stdout)
+		}
+	}
+	if !strings.Contains(r.stderr, "not ready") {
+		t.Errorf("stderr does not say the server is not ready: %q", r.stderr)
+	}
+	r = c.run("", "status", "--json").expect(t, exitUnavailable)
+	var st struct {
+		StoreBackend string `json:"storeBackend"`
+		Ready        bool   `json:"ready"`
+	}
+	if err := json.Unmarshal([]byte(r.stdout), &st); err != nil || st.Ready || st.StoreBackend != "embedded" {
+		t.Errorf("status --json: %+v (%v)\n%s", st, err, r.stdout)
+	}
+	if !strings.HasPrefix(strings.TrimSpace(r.stderr), "{") {
+		t.Errorf("status --json of a not-ready server: stderr %q, want a JSON error", r.stderr)
+	}
+
+	ds.down.Store(false)
+	c.run("", "status").expect(t, exitOK)
 }
