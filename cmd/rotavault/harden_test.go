@@ -73,10 +73,17 @@ func hardenChild() {
 		done <- execute(ctx, newRootCmd(strings.NewReader(""), io.Discard, os.Stdout, os.Getenv), []string{"serve", "--addr", "127.0.0.1:0", "--log-level", "error"}, os.Stdout)
 	}()
 	deadline := time.Now().Add(20 * time.Second)
-	for os.Getenv(envStoreKey) != "" && time.Now().Before(deadline) {
+	// serve unsets the variable, then zeroes the environment block's copy:
+	// wait for both (or the deadline), not only the first.
+	var environ []byte
+	for {
+		environ, _ = os.ReadFile("/proc/self/environ")
+		scrubbed := os.Getenv(envStoreKey) == "" && !bytes.Contains(environ, []byte(value))
+		if scrubbed || !time.Now().Before(deadline) {
+			break
+		}
 		time.Sleep(10 * time.Millisecond) // a child process has no poll helper of its test
 	}
-	environ, _ := os.ReadFile("/proc/self/environ")
 	dumpable, err := unix.PrctlRetInt(unix.PR_GET_DUMPABLE, 0, 0, 0, 0)
 	if err != nil {
 		dumpable = -1
