@@ -82,10 +82,17 @@ type replicaProcess struct {
 
 func startReplicaProcess(t *testing.T, v *vaulttest.Server, prefix string) *replicaProcess {
 	t.Helper()
+	return startVaultReplica(t, []string{"VAULT_ADDR=" + v.Addr, "VAULT_TOKEN=" + v.Token}, "--vault-prefix", prefix)
+}
+
+// startVaultReplica runs `rotavault serve --store vault` with short claims,
+// env and the extra args, and connects to it.
+func startVaultReplica(t testing.TB, env []string, args ...string) *replicaProcess {
+	t.Helper()
 	dataDir := t.TempDir()
-	p, addr := startServeProcess(t, []string{"VAULT_ADDR=" + v.Addr, "VAULT_TOKEN=" + v.Token},
-		"--addr", "127.0.0.1:0", "--data-dir", dataDir, "--store", "vault", "--vault-prefix", prefix,
-		"--refresh-claim-ttl", killClaimTTL, "--refresh-claim-margin", killClaimMargin)
+	p, addr := startServeProcess(t, env, append([]string{
+		"--addr", "127.0.0.1:0", "--data-dir", dataDir, "--store", "vault",
+		"--refresh-claim-ttl", killClaimTTL, "--refresh-claim-margin", killClaimMargin}, args...)...)
 	p.dataDir = dataDir
 	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
