@@ -87,16 +87,29 @@ func startReplicaProcess(t *testing.T, v *vaulttest.Server, prefix string, claim
 	if len(claimArgs) == 0 {
 		claimArgs = []string{"--refresh-claim-ttl", killClaimTTL, "--refresh-claim-margin", killClaimMargin}
 	}
+	return startVaultReplicaClaims(t, []string{"VAULT_ADDR=" + v.Addr, "VAULT_TOKEN=" + v.Token}, claimArgs, "--vault-prefix", prefix)
+}
+
+// startVaultReplica runs `rotavault serve --store vault` with short claims,
+// env and the extra args, and connects to it.
+func startVaultReplica(t testing.TB, env []string, args ...string) *replicaProcess {
+	t.Helper()
+	return startVaultReplicaClaims(t, env, []string{"--refresh-claim-ttl", killClaimTTL, "--refresh-claim-margin", killClaimMargin}, args...)
+}
+
+// startVaultReplicaClaims is startVaultReplica with the claim flags given.
+func startVaultReplicaClaims(t testing.TB, env, claimArgs []string, args ...string) *replicaProcess {
+	t.Helper()
 	dataDir := t.TempDir()
-	p, addr := startServeProcess(t, []string{"VAULT_ADDR=" + v.Addr, "VAULT_TOKEN=" + v.Token},
-		append([]string{"--addr", "127.0.0.1:0", "--data-dir", dataDir, "--store", "vault", "--vault-prefix", prefix}, claimArgs...)...)
+	p, addr := startServeProcess(t, env, append(append([]string{
+		"--addr", "127.0.0.1:0", "--data-dir", dataDir, "--store", "vault"}, claimArgs...), args...)...)
 	p.dataDir = dataDir
 	p.connect(t, addr)
 	return p
 }
 
 // connect points the process's API clients at addr.
-func (p *replicaProcess) connect(t *testing.T, addr string) {
+func (p *replicaProcess) connect(t testing.TB, addr string) {
 	t.Helper()
 	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {

@@ -72,7 +72,7 @@ func (m *Metrics) WatchBroker(b *broker.Broker) {
 func (m *Metrics) WatchVaultNodes(changes func() int64) {
 	m.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
 		Namespace: namespace, Subsystem: "vault", Name: "node_changes_total",
-		Help: "How often the Vault store moved to another node of the Vault cluster (--vault-addr with several nodes): a node down, sealed or without an active node, or a standby naming the active node.",
+		Help: "How often the Vault store moved to another node of the Vault cluster (--vault-addr with several nodes): the node it used was down, sealed, without an active node or redirecting during an election.",
 	}, func() float64 { return float64(changes()) }))
 }
 

@@ -47,9 +47,12 @@ const (
 // broker's putFamily does exactly that). The node is still changed, so
 // the next request goes elsewhere.
 //
-// A standby answering 307 (request forwarding failed and it names the
-// active node) is passed on unchanged, as with a single address (vault/api
-// follows it); the named node, when it is one of ours, becomes preferred.
+// A standby answering 307 (request forwarding failed; it names the node
+// it believes active, which during an election is the dead one) is
+// handled here, never passed on: a read goes on to the next node, a write
+// too when the named node refused our connection already (it was dead
+// before the standby could forward to it), and otherwise fails as an
+// unknown outcome (errForwardingFailed).
 //
 // Safe for concurrent use.
 type nodeTransport struct {
@@ -120,6 +123,13 @@ const (
 	notProcessed
 	// unknownOutcome: the request was sent and may have been processed.
 	unknownOutcome
+	// redirected: a standby could not forward the request and names the
+	// node it believes active. The forwarding may have failed after the
+	// active node received the request (it died meanwhile), so for a write
+	// this is an unknown outcome, unless the named node refused our own
+	// connection before (then it was dead before the standby could
+	// forward to it, and nothing was applied).
+	redirected
 )
 
 // classify is the one place that tells what a round trip's result means
@@ -132,13 +142,21 @@ func classify(resp *http.Response, err error) (verdict, string) {
 		}
 		return unknownOutcome, "connection lost"
 	}
-	if resp.StatusCode == http.StatusServiceUnavailable {
+	switch resp.StatusCode {
+	case http.StatusServiceUnavailable:
 		// Sealed, or a standby without an active node to forward to:
 		// Vault answers 503 before handling the request.
 		return notProcessed, "sealed or without an active node"
+	case http.StatusTemporaryRedirect, http.StatusFound, http.StatusMovedPermanently:
+		return redirected, "a standby could not forward to the active node"
 	}
 	return answered, ""
 }
+
+// errForwardingFailed is returned for a write a standby could not forward,
+// when it may have reached the active node: its outcome is unknown, and
+// the caller must re-read before writing again.
+var errForwardingFailed = errors.New("vaultstore: a standby could not forward the write to the active node; it may have been applied")
 
 // idempotent: requests that can be sent again whatever became of the first
 // attempt (vault/api lists with the LIST method).
@@ -169,6 +187,7 @@ func (t *nodeTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	}
 	deadline := time.Now().Add(maxFailoverWait)
 	pause := failoverPauseMin
+	refused := make([]bool, len(t.nodes)) // nodes that refused a connection
 	for {
 		start := int(t.cur.Load())
 		var (
@@ -180,14 +199,34 @@ func (t *nodeTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 			i := (start + k) % len(t.nodes)
 			resp, err := t.base.RoundTrip(t.attempt(req, t.nodes[i], body))
 			v, why := classify(resp, err)
-			switch {
-			case v == answered:
+			switch v {
+			case answered:
 				t.prefer(ctx, start, i, lastWhy)
-				t.learnActive(ctx, i, resp)
 				return resp, nil
-			case v == unknownOutcome && !idempotent(req.Method):
-				t.prefer(ctx, start, (i+1)%len(t.nodes), why)
-				return nil, err
+			case notProcessed:
+				refused[i] = refused[i] || err != nil
+			case unknownOutcome:
+				if !idempotent(req.Method) {
+					t.prefer(ctx, start, (i+1)%len(t.nodes), why)
+					return nil, err
+				}
+			case redirected:
+				// vault/api must never see the redirect: it would follow
+				// it once, past this transport's choice, and read a second
+				// one as an empty answer ("secret not found").
+				loc := -1
+				if u, lerr := resp.Location(); lerr == nil {
+					loc = t.node(u)
+				}
+				if !idempotent(req.Method) && (loc < 0 || !refused[loc]) {
+					discard(resp)
+					if loc >= 0 {
+						t.prefer(ctx, start, loc, why)
+					}
+					return nil, errForwardingFailed
+				}
+				discard(resp)
+				resp, err = nil, errors.New("vaultstore: "+why)
 			}
 			if lastResp != nil {
 				discard(lastResp)
@@ -199,7 +238,8 @@ func (t *nodeTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 		}
 		if ctx.Err() != nil || time.Now().Add(pause).After(deadline) {
 			// Every node refused for too long: the cluster is down, or
-			// the caller gave up. Its last answer is the caller's.
+			// the caller gave up. Its last answer is the caller's (a
+			// 503, or the last error).
 			if lastResp != nil {
 				return lastResp, nil
 			}
@@ -234,21 +274,6 @@ func (t *nodeTransport) attempt(req *http.Request, node *url.URL, body []byte) *
 		r.ContentLength = int64(len(body))
 	}
 	return r
-}
-
-// learnActive prefers the node a standby's redirect names: that is the
-// active node, and requests sent there need no forwarding.
-func (t *nodeTransport) learnActive(ctx context.Context, from int, resp *http.Response) {
-	if resp.StatusCode != http.StatusTemporaryRedirect {
-		return
-	}
-	loc, err := resp.Location()
-	if err != nil {
-		return
-	}
-	if i := t.node(loc); i >= 0 {
-		t.prefer(ctx, from, i, "a standby named the active node")
-	}
 }
 
 // clusterClient returns a client like c whose requests go through a

@@ -29,7 +29,7 @@ func TestClassifyNodeAnswers(t *testing.T) {
 		{"200", http.StatusOK, nil, answered},
 		{"400 check-and-set mismatch is an answer", http.StatusBadRequest, nil, answered},
 		{"500 is the active node's answer", http.StatusInternalServerError, nil, answered},
-		{"307 from a standby is passed on", http.StatusTemporaryRedirect, nil, answered},
+		{"307: a standby could not forward", http.StatusTemporaryRedirect, nil, redirected},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			var resp *http.Response

@@ -236,9 +236,9 @@ func (s *Store) Close() error {
 func (s *Store) Logins() int64 { return s.logins.Load() }
 
 // NodeChanges counts how often the store moved to another node of a Vault
-// cluster (Config.Addresses): after a node went down, was sealed, lost its
-// active node, or a standby named the active node. Always 0 with one
-// address.
+// cluster (Config.Addresses): after the node it used went down, was
+// sealed, lost its active node or redirected during an election. Always 0
+// with one address.
 func (s *Store) NodeChanges() int64 {
 	if s.nodes == nil {
 		return 0

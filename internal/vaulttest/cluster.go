@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	vault "github.com/hashicorp/vault/api"
 )
@@ -47,6 +48,7 @@ func StartCluster(t testing.TB, n int) *Cluster {
 		t.Fatalf("vaulttest: a cluster of %d nodes", n)
 	}
 	c := &Cluster{t: t}
+	began := time.Now()
 	dir := t.TempDir()
 	for i := range n {
 		c.Nodes = append(c.Nodes, newClusterNode(t, dir, i))
@@ -93,6 +95,7 @@ func StartCluster(t testing.TB, n int) *Cluster {
 	for _, s := range c.Nodes {
 		s.Token, s.TransitToken = c.Token, c.TransitToken
 	}
+	t.Logf("vaulttest: a cluster of %d nodes up in %s", n, time.Since(began).Round(time.Millisecond))
 	return c
 }
 
