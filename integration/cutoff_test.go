@@ -60,6 +60,12 @@ type cutoffRig struct {
 	fs       *fositeserver.Server
 	replicas []*replicaProcess
 	conns    []*grpc.ClientConn
+	// clients are one long-lived Go client per replica, as a consumer
+	// keeps one: its cache must honour the server's use_until.
+	clients []*client.Client
+	// clientPerCall makes every call through a new Go client: what the
+	// replicas hand out, with no client cache in front.
+	clientPerCall bool
 }
 
 func setupCutoffRig(t *testing.T) *cutoffRig {
@@ -82,7 +88,12 @@ func setupCutoffRig(t *testing.T) *cutoffRig {
 		}
 		t.Cleanup(func() { _ = conn.Close() })
 		p.vault, p.admin = rotavaultv1.NewTokenVaultServiceClient(conn), rotavaultv1.NewCredentialAdminServiceClient(conn)
-		r.replicas, r.conns = append(r.replicas, p), append(r.conns, conn)
+		c, err := client.New(conn, client.WithoutRevocationWatch())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = c.Close() })
+		r.replicas, r.conns, r.clients = append(r.replicas, p), append(r.conns, conn), append(r.clients, c)
 	}
 	spec := &rotavaultv1.CredentialSpec{
 		ProviderKind: rotavaultv1.ProviderKind_PROVIDER_KIND_OAUTH2, TokenUrl: fs.TokenURL(), RevocationUrl: fs.RevocationURL(),
@@ -166,11 +177,9 @@ func (res *cutoffResult) summary() string {
 	return fmt.Sprintf("%d tokens handed out, %d refused by the provider, generations up to %d, failures %v", len(res.handouts), refused, maxGen, res.failures)
 }
 
-// load drives one worker per replica for d. Each call goes through a Go
-// client of its own: the client's cache keeps a token until expiry −
-// min(1 min, life/4), later than the server's cutoff, and honouring the
-// server's use_until is the clients' side of the issue; a client per call
-// measures what the server hands out. Every token is introspected at once.
+// load drives one worker per replica for d, each through its replica's
+// long-lived Go client (its cache in front of the server's, as a
+// consumer's would be). Every token is introspected at once.
 func (r *cutoffRig) load(t *testing.T, d time.Duration) *cutoffResult {
 	t.Helper()
 	res := &cutoffResult{failures: map[string]int{}}
@@ -201,8 +210,11 @@ func (r *cutoffRig) load(t *testing.T, d time.Duration) *cutoffResult {
 	return res
 }
 
-// token asks replica i for a token through a Go client of its own.
+// token asks replica i for a token through its Go client.
 func (r *cutoffRig) token(ctx context.Context, i int, opts ...client.TokenOption) (client.Token, error) {
+	if !r.clientPerCall {
+		return r.clients[i].Token(ctx, cutoffCredential, opts...)
+	}
 	c, err := client.New(r.conns[i], client.WithoutRevocationWatch())
 	if err != nil {
 		return client.Token{}, err
@@ -285,9 +297,13 @@ const offScheduleWindow = 1500 * time.Millisecond
 
 // Rotations off the schedule (a min_remaining beyond the fresh window,
 // about every 10 s) reach the other replicas through the notice log: the
-// provider refuses old tokens only within the window after each.
+// provider refuses old tokens only within the window after each. This
+// measures the replicas: a consumer's own cache keeps the old token until
+// its use_until (off-schedule rotations are not streamed to consumers; a
+// rejected-token report replaces it), so the calls use no client cache.
 func TestCutoffOffScheduleRotationsRefuseOnlyWithinTheWindow(t *testing.T) {
 	r := setupCutoffRig(t)
+	r.clientPerCall = true
 	d := cutoffLoad(t)
 	type span struct{ from, to time.Time }
 	var (
