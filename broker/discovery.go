@@ -47,7 +47,7 @@ type DiscoveredMetadata struct {
 	// client_secret_basic).
 	TokenEndpointAuthMethods []string `json:"token_endpoint_auth_methods,omitempty"`
 	// ClientAuth is the method chosen from them (Basic when listed).
-	ClientAuth provider.AuthMethod `json:"client_auth_method,omitempty"`
+	ClientAuth ClientAuthMethod `json:"client_auth_method,omitempty"`
 	// FetchedAt is when this document was fetched; an unchanged document
 	// fetched again is not written, so it is when it last changed.
 	FetchedAt time.Time `json:"fetched_at"`
@@ -75,7 +75,7 @@ func discovered(m provider.Metadata, now time.Time) *DiscoveredMetadata {
 		RevocationURL: m.RevocationEndpoint, IntrospectionURL: m.IntrospectionEndpoint,
 		DeviceAuthorizationURL:   m.DeviceAuthorizationEndpoint,
 		TokenEndpointAuthMethods: slices.Clone(m.TokenEndpointAuthMethods),
-		ClientAuth:               m.AuthMethod(),
+		ClientAuth:               ClientAuthMethod(m.AuthMethod()),
 		FetchedAt:                now.UTC(),
 	}
 }

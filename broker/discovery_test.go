@@ -11,7 +11,6 @@ import (
 
 	"github.com/rotavault/rotavault/internal/fositeserver"
 	"github.com/rotavault/rotavault/internal/syncbuf"
-	"github.com/rotavault/rotavault/provider"
 	"github.com/rotavault/rotavault/providersim"
 	"github.com/rotavault/rotavault/store/memstore"
 )
@@ -53,7 +52,7 @@ func TestIssuerDiscoveryFillsEndpointsAndBasicAuth(t *testing.T) {
 		t.Fatal(err)
 	}
 	d := c.Spec.Discovered
-	if d == nil || d.TokenURL != fs.TokenURL() || d.IntrospectionURL != fs.IntrospectionURL() || d.ClientAuth != provider.AuthSecretBasic || d.URL != fs.MetadataURL() {
+	if d == nil || d.TokenURL != fs.TokenURL() || d.IntrospectionURL != fs.IntrospectionURL() || d.ClientAuth != ClientAuthSecretBasic || d.URL != fs.MetadataURL() {
 		t.Fatalf("discovered %+v, want fosite's endpoints and client_secret_basic from %s", d, fs.MetadataURL())
 	}
 	if c.Status != StatusActive || c.EarlyDetection != EarlyDetectionActive {

@@ -10,6 +10,26 @@ import (
 	"github.com/rotavault/rotavault/provider"
 )
 
+// ClientAuthMethod is how a client authenticates at the provider's
+// endpoints (RFC 6749 §2.3.1). Its numbers are the provider client's, which
+// stored specs already hold.
+type ClientAuthMethod int
+
+const (
+	// ClientAuthDefault: client_secret_post, except generic providers'
+	// introspection, which uses HTTP Basic.
+	ClientAuthDefault = ClientAuthMethod(provider.AuthDefault)
+	// ClientAuthSecretPost: client_id and client_secret as form fields.
+	ClientAuthSecretPost = ClientAuthMethod(provider.AuthSecretPost)
+	// ClientAuthSecretBasic: HTTP Basic; generic providers only.
+	ClientAuthSecretBasic = ClientAuthMethod(provider.AuthSecretBasic)
+)
+
+// String returns the RFC 8414 name of the method or "default".
+func (m ClientAuthMethod) String() string { return m.provider().String() }
+
+func (m ClientAuthMethod) provider() provider.AuthMethod { return provider.AuthMethod(m) }
+
 // ProviderKind says which dialect of OAuth a credential's provider speaks.
 type ProviderKind int
 
@@ -68,7 +88,7 @@ type Spec struct {
 	DeviceAuthorizationURL string `json:"device_authorization_url,omitempty"`
 	// ClientAuth is how the client authenticates at the provider
 	// (generic providers only).
-	ClientAuth provider.AuthMethod `json:"client_auth_method,omitempty"`
+	ClientAuth ClientAuthMethod `json:"client_auth_method,omitempty"`
 	// InstanceURLDomain is a domain whose hosts a token's instance_url may
 	// name besides *.salesforce.com, *.force.com and the token URL's host
 	// (e.g. salesforce.mil); empty for none. Not in the API yet.
@@ -153,8 +173,8 @@ func (s Spec) validate() error {
 		return invalid("spec.instance_url_domain", "a lowercase domain name with at least two labels, e.g. salesforce.mil")
 	}
 	switch s.ClientAuth {
-	case provider.AuthDefault, provider.AuthSecretPost:
-	case provider.AuthSecretBasic:
+	case ClientAuthDefault, ClientAuthSecretPost:
+	case ClientAuthSecretBasic:
 		if s.ProviderKind != ProviderOAuth2 {
 			return invalid("spec.client_auth_method", "client_secret_basic is for generic OAuth 2.0 providers; Salesforce takes the secret as a form field")
 		}
@@ -284,9 +304,9 @@ func (s Spec) endpoint() provider.Endpoint {
 // clientCredentials are the spec's client; without a configured method, the
 // one the provider's metadata suggests.
 func (s Spec) clientCredentials() provider.ClientCredentials {
-	cc := provider.ClientCredentials{ClientID: s.ClientID, ClientSecret: s.ClientSecret, AuthMethod: s.ClientAuth}
-	if cc.AuthMethod == provider.AuthDefault && s.Discovered != nil {
-		cc.AuthMethod = s.Discovered.ClientAuth
+	cc := provider.ClientCredentials{ClientID: s.ClientID, ClientSecret: s.ClientSecret, AuthMethod: s.ClientAuth.provider()}
+	if s.ClientAuth == ClientAuthDefault && s.Discovered != nil {
+		cc.AuthMethod = s.Discovered.ClientAuth.provider()
 	}
 	return cc
 }

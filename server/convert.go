@@ -8,7 +8,6 @@ import (
 
 	"github.com/rotavault/rotavault/broker"
 	rotavaultv1 "github.com/rotavault/rotavault/gen/rotavault/v1"
-	"github.com/rotavault/rotavault/provider"
 )
 
 func timestampOrNil(t time.Time) *timestamppb.Timestamp {
@@ -105,24 +104,24 @@ func previousAccessToProto(m broker.PreviousAccess) rotavaultv1.PreviousAccessTo
 	}
 }
 
-func clientAuthFromProto(m rotavaultv1.ClientAuthMethod) provider.AuthMethod {
+func clientAuthFromProto(m rotavaultv1.ClientAuthMethod) broker.ClientAuthMethod {
 	switch m {
 	case rotavaultv1.ClientAuthMethod_CLIENT_AUTH_METHOD_CLIENT_SECRET_POST:
-		return provider.AuthSecretPost
+		return broker.ClientAuthSecretPost
 	case rotavaultv1.ClientAuthMethod_CLIENT_AUTH_METHOD_CLIENT_SECRET_BASIC:
-		return provider.AuthSecretBasic
+		return broker.ClientAuthSecretBasic
 	case rotavaultv1.ClientAuthMethod_CLIENT_AUTH_METHOD_UNSPECIFIED:
-		return provider.AuthDefault
+		return broker.ClientAuthDefault
 	default:
 		return -1 // refused by the broker's validation
 	}
 }
 
-func clientAuthToProto(m provider.AuthMethod) rotavaultv1.ClientAuthMethod {
+func clientAuthToProto(m broker.ClientAuthMethod) rotavaultv1.ClientAuthMethod {
 	switch m {
-	case provider.AuthSecretPost:
+	case broker.ClientAuthSecretPost:
 		return rotavaultv1.ClientAuthMethod_CLIENT_AUTH_METHOD_CLIENT_SECRET_POST
-	case provider.AuthSecretBasic:
+	case broker.ClientAuthSecretBasic:
 		return rotavaultv1.ClientAuthMethod_CLIENT_AUTH_METHOD_CLIENT_SECRET_BASIC
 	default:
 		return rotavaultv1.ClientAuthMethod_CLIENT_AUTH_METHOD_UNSPECIFIED

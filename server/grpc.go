@@ -28,7 +28,6 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/rotavault/rotavault/audit"
-	"github.com/rotavault/rotavault/broker"
 	rotavaultv1 "github.com/rotavault/rotavault/gen/rotavault/v1"
 )
 
@@ -36,9 +35,25 @@ import (
 // it (the largest field, an imported refresh token, is at most 4 KiB).
 const MaxRecvMsgSize = 64 << 10
 
+// Broker is what the assembled server needs of the rotation logic: each
+// service's part, the consumer catalog and readiness. *broker.Broker is one.
+type Broker interface {
+	TokenBroker
+	CredentialBroker
+	CredentialCensus
+	ConsumerCatalog
+}
+
+// Readiness reports whether the rotation logic can serve (nil) or why not.
+type Readiness interface {
+	Ready() error
+}
+
 // Config assembles a gRPC server.
 type Config struct {
-	Broker *broker.Broker
+	// Broker is the rotation logic behind both services; nil only in
+	// tests of the transport alone (readiness is then not followed).
+	Broker Broker
 	Logger *slog.Logger // nil: discard
 	// Reflection serves the gRPC reflection service (grpcurl, dev tools).
 	Reflection bool
@@ -239,7 +254,7 @@ const readinessInterval = time.Second
 // store, so load balancers and grpc-health-probe take this replica out;
 // provider trouble leaves it SERVING (cached tokens still work). It ends
 // when the server drains.
-func (s *Server) followReadiness(ctx context.Context, b *broker.Broker, set func(healthpb.HealthCheckResponse_ServingStatus), log *slog.Logger) {
+func (s *Server) followReadiness(ctx context.Context, b Readiness, set func(healthpb.HealthCheckResponse_ServingStatus), log *slog.Logger) {
 	defer close(s.readinessDone)
 	t := time.NewTicker(readinessInterval)
 	defer t.Stop()

@@ -21,15 +21,19 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
 
+	"github.com/rotavault/rotavault/broker"
 	rotavaultv1 "github.com/rotavault/rotavault/gen/rotavault/v1"
 	"github.com/rotavault/rotavault/internal/h2raw"
 	"github.com/rotavault/rotavault/internal/poll"
 	"github.com/rotavault/rotavault/internal/testpki"
+	"github.com/rotavault/rotavault/provider"
+	"github.com/rotavault/rotavault/store/memstore"
 )
 
 // boundsEnv is a plaintext server on 127.0.0.1 with the given limits and
 // auth (nil: open), serving through Server.Serve (so the connection limits
-// apply), with its metrics and logs at hand. Refusals need no broker.
+// apply), with its metrics and logs at hand, over a broker on an empty
+// in-memory store: refusals never reach it, calls let through do.
 type boundsEnv struct {
 	addr string
 	reg  *prometheus.Registry
@@ -43,7 +47,12 @@ func newBoundsEnv(t *testing.T, limits Limits, auth *Auth) *boundsEnv {
 	if auth != nil {
 		auth.log, auth.refusals = log, newRefusalLog(log)
 	}
-	srv := New(Config{Logger: log, Auth: auth, Limits: limits, Registerer: e.reg})
+	b, err := broker.New(context.Background(), broker.Config{Store: memstore.New(), Provider: provider.New(nil), Auditor: &recordingAuditor{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = b.Close() })
+	srv := New(Config{Broker: b, Logger: log, Auth: auth, Limits: limits, Registerer: e.reg})
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
