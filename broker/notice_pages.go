@@ -294,7 +294,7 @@ func (r *storeReplay) choosePages(ctx context.Context, l *noticeLog, filter map[
 // next returns the replay's next notice, found false when it is over.
 func (r *storeReplay) next(ctx context.Context, l *noticeLog, filter map[string]bool) (loggedNotice, bool, error) {
 	wants := func(n loggedNotice, lo, hi uint64) bool {
-		return n.Seq >= lo && n.Seq <= hi && n.Notice.Kind.forWatchers() && (filter == nil || filter[n.Notice.CredentialID])
+		return n.Seq >= lo && n.Seq <= hi && n.Notice.Kind.ForWatchers() && (filter == nil || filter[n.Notice.CredentialID])
 	}
 	for {
 		if len(r.queue) > 0 {

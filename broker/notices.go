@@ -18,24 +18,20 @@ import (
 
 	"golang.org/x/sync/singleflight"
 
+	"github.com/rotavault/rotavault/broker/notice"
 	"github.com/rotavault/rotavault/internal/credid"
 	"github.com/rotavault/rotavault/store"
 )
 
-// NoticeKind says what happened to a family.
-type NoticeKind int
+// NoticeKind says what happened to a family; see notice.Kind.
+type NoticeKind = notice.Kind
 
+// Kinds of notices.
 const (
-	NoticeFamilyRevoked NoticeKind = iota + 1
-	NoticeFamilyActivated
-	// NoticeAccessRotated is for replicas only, never delivered to
-	// watchers: the family was rotated before its access token's cutoff,
-	// at a provider that kills the previous access token (cutoff.go).
-	NoticeAccessRotated
+	NoticeFamilyRevoked   = notice.FamilyRevoked
+	NoticeFamilyActivated = notice.FamilyActivated
+	NoticeAccessRotated   = notice.AccessRotated
 )
-
-// forWatchers reports whether watchers receive notices of kind k.
-func (k NoticeKind) forWatchers() bool { return k != NoticeAccessRotated }
 
 // Notice reports a change of a credential's token family.
 type Notice struct {
@@ -310,7 +306,7 @@ func (l *noticeLog) append(ctx context.Context, n Notice) error {
 	if err != nil {
 		l.log.WarnContext(ctx, "notice kept only in the log head; watchers resuming from far back may miss it", "seq", seq, "err", err)
 	}
-	if n.Kind.forWatchers() {
+	if n.Kind.ForWatchers() {
 		// Pages and indexes serve watchers' replays only.
 		l.writePaged(ctx, seq, pruneTo, n)
 	}
@@ -748,7 +744,7 @@ func (s *Subscription) Next(ctx context.Context) (Notice, error) {
 }
 
 func (s *Subscription) wants(n Notice) bool {
-	return n.Kind.forWatchers() && (s.filter == nil || s.filter[n.CredentialID])
+	return n.Kind.ForWatchers() && (s.filter == nil || s.filter[n.CredentialID])
 }
 
 // deliver is called with log.mu held.

@@ -26,8 +26,8 @@ func TestLocalNoticeWaitsForAnotherReplicasEarlierOne(t *testing.T) {
 	}
 	defer sub.Close()
 
-	a.notify(ctx, notice(1))
-	b.notify(ctx, notice(2))
+	a.notify(ctx, numberedNotice(1))
+	b.notify(ctx, numberedNotice(2))
 
 	first, second := next(t, sub), next(t, sub)
 	if first.FamilyID != "f1" || second.FamilyID != "f2" {
@@ -48,7 +48,7 @@ func TestFollowerDeliversOtherReplicasNotices(t *testing.T) {
 	}
 	defer onB.Close()
 	for i := range 6 {
-		a.notify(ctx, notice(i))
+		a.notify(ctx, numberedNotice(i))
 	}
 	var cursor string
 	for _, want := range []string{"f1", "f3"} {
@@ -83,7 +83,7 @@ func TestFollowerBehindRetentionEndsWatches(t *testing.T) {
 	}
 	defer sub.Close()
 	for i := range recentNotices + 5 {
-		a.notify(ctx, notice(i))
+		a.notify(ctx, numberedNotice(i))
 	}
 	b.notices.wake()
 	wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
@@ -122,7 +122,7 @@ func TestCursorsAreSealedAndSharedByReplicas(t *testing.T) {
 	}
 	defer onB.Close()
 	for i := range 4 {
-		a.notify(ctx, notice(i))
+		a.notify(ctx, numberedNotice(i))
 	}
 	fromA, fromB := next(t, onA), next(t, onB)
 	if fromA.Cursor != fromB.Cursor {

@@ -10,7 +10,7 @@ import (
 	"github.com/rotavault/rotavault/store/memstore"
 )
 
-func notice(i int) Notice {
+func numberedNotice(i int) Notice {
 	return Notice{CredentialID: fmt.Sprintf("c%d", i%2), FamilyID: fmt.Sprintf("f%d", i), Kind: NoticeFamilyRevoked, Reason: ReasonCredentialDeleted, DetectedAt: time.Unix(int64(i), 0)}
 }
 
@@ -35,7 +35,7 @@ func TestNoticeLogReplaysAfterCursorWithinRetention(t *testing.T) {
 		t.Fatal(err)
 	}
 	for i := range 5 {
-		b.notify(ctx, notice(i))
+		b.notify(ctx, numberedNotice(i))
 		cursors = append(cursors, next(t, live).Cursor)
 	}
 
@@ -79,7 +79,7 @@ func TestNoticeLogSurvivesRestart(t *testing.T) {
 	}
 	start := s.StartCursor
 	for i := range 4 {
-		b.notify(ctx, notice(i))
+		b.notify(ctx, numberedNotice(i))
 	}
 	_ = b.Close()
 
@@ -91,7 +91,7 @@ func TestNoticeLogSurvivesRestart(t *testing.T) {
 	if a, c := next(t, s2), next(t, s2); a.FamilyID != "f1" || c.FamilyID != "f3" {
 		t.Fatalf("replay after restart: %s, %s; want f1, f3 (credential c1 only)", a.FamilyID, c.FamilyID)
 	}
-	b2.notify(ctx, notice(5))
+	b2.notify(ctx, numberedNotice(5))
 	if n := next(t, s2); n.FamilyID != "f5" {
 		t.Fatalf("live after replay: %s", n.FamilyID)
 	}
@@ -110,7 +110,7 @@ func TestSlowSubscriberIsCutOffNotTheOthers(t *testing.T) {
 	}
 	var last Notice
 	for i := range b.opts.subscriberBuffer + 1 {
-		b.notify(ctx, notice(i))
+		b.notify(ctx, numberedNotice(i))
 		last = next(t, fast)
 	}
 	var got Notice

@@ -4,6 +4,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"time"
+
+	"github.com/rotavault/rotavault/broker/notice"
 )
 
 // recordFormat versions the JSON records the broker keeps in the store. A
@@ -47,38 +49,22 @@ const (
 	StatusUnproven Status = "unproven"
 )
 
-// RevocationReason says why a family was revoked. The values are stored
-// (family records, the notice log) and are metric labels: they never
-// change; the names say what they mean.
-type RevocationReason string
+// RevocationReason says why a family was revoked; see notice.RevocationReason.
+type RevocationReason = notice.RevocationReason
 
+// Revocation reasons; see package notice.
 const (
-	// ReasonRefreshTokenRejected: the provider answered invalid_grant to a
-	// refresh with no doubt about the token (theft, a legacy client, expiry,
-	// a revocation at the provider).
-	ReasonRefreshTokenRejected RevocationReason = "refresh_token_rejected"
-	// ReasonLostRotation: invalid_grant after a refresh whose answer was
-	// lost (in doubt): our own rotation, not theft.
-	ReasonLostRotation RevocationReason = "lost_rotation"
-	// ReasonAdminRevoked: RevokeCredential.
-	ReasonAdminRevoked RevocationReason = "admin_revoked"
-	// ReasonRevokedAtProvider: introspection found the refresh token
-	// inactive before Rotavault presented it.
-	ReasonRevokedAtProvider RevocationReason = "revoked_at_provider"
-	// ReasonCredentialDeleted: DeleteCredential ended the family with its
-	// credential (only in notices; the family record is gone). Its value is
-	// "admin", the name it had before.
-	ReasonCredentialDeleted RevocationReason = "admin"
-
-	// Deprecated: ReasonAdmin is ReasonCredentialDeleted; the name said
-	// less than it meant.
-	ReasonAdmin = ReasonCredentialDeleted
-	// Deprecated: ReasonClientRejected is never produced: a client the
-	// provider refuses keeps its family (ErrClientRejected).
-	ReasonClientRejected RevocationReason = "client_rejected"
-	// Deprecated: ReasonSuperseded is never produced: a reauthentication
-	// announces the new family (NoticeFamilyActivated) instead.
-	ReasonSuperseded RevocationReason = "superseded"
+	ReasonRefreshTokenRejected = notice.ReasonRefreshTokenRejected
+	ReasonLostRotation         = notice.ReasonLostRotation
+	ReasonAdminRevoked         = notice.ReasonAdminRevoked
+	ReasonRevokedAtProvider    = notice.ReasonRevokedAtProvider
+	ReasonCredentialDeleted    = notice.ReasonCredentialDeleted
+	// Deprecated: ReasonAdmin is ReasonCredentialDeleted.
+	ReasonAdmin = notice.ReasonCredentialDeleted
+	// Deprecated: ReasonClientRejected is never produced.
+	ReasonClientRejected = notice.ReasonClientRejected
+	// Deprecated: ReasonSuperseded is never produced.
+	ReasonSuperseded = notice.ReasonSuperseded
 )
 
 type credentialRecord struct {

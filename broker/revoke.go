@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/rotavault/rotavault/audit"
+	"github.com/rotavault/rotavault/broker/notice"
 	"github.com/rotavault/rotavault/provider"
 )
 
@@ -20,14 +21,15 @@ const MaxRevocationReasonLen = 512
 // only delays the answer, and the outcome is reported as unconfirmed.
 const revokeTimeout = 10 * time.Second
 
-// ProviderRevocation says whether the provider confirmed a revocation.
-type ProviderRevocation int
+// ProviderRevocation says whether the provider confirmed a revocation; see
+// notice.ProviderRevocation.
+type ProviderRevocation = notice.ProviderRevocation
 
+// Outcomes of a revocation at the provider.
 const (
-	// ProviderRevocationNone: Rotavault did not revoke at the provider.
-	ProviderRevocationNone ProviderRevocation = iota
-	ProviderRevocationConfirmed
-	ProviderRevocationUnconfirmed
+	ProviderRevocationNone        = notice.ProviderRevocationNone
+	ProviderRevocationConfirmed   = notice.ProviderRevocationConfirmed
+	ProviderRevocationUnconfirmed = notice.ProviderRevocationUnconfirmed
 )
 
 // Revocation reports the outcome of RevokeCredential.
