@@ -18,6 +18,8 @@ import (
 	"time"
 
 	"github.com/rotavault/rotavault/audit"
+	"github.com/rotavault/rotavault/broker/brokererr"
+	"github.com/rotavault/rotavault/broker/notice"
 	"github.com/rotavault/rotavault/internal/credid"
 	"github.com/rotavault/rotavault/provider"
 	"github.com/rotavault/rotavault/store"
@@ -307,7 +309,7 @@ type Broker struct {
 	entriesMu sync.RWMutex
 	entries   map[string]*entry
 
-	notices *noticeLog
+	notices *notice.Log
 	// flows runs device-flow pollers and the flow sweeper (flows.go).
 	flows   flowRunner
 	metrics counters
@@ -388,7 +390,7 @@ func (b *Broker) Stats() Stats {
 		Discoveries: m.discoveries.Load(), DiscoveryFailures: m.discoveryFailures.Load(),
 		RefreshFailures: make(map[string]int64, numRefreshFailures),
 		Revocations:     make(map[RevocationReason]int64),
-		NoticeLogReadAt: b.notices.lastRead(),
+		NoticeLogReadAt: b.notices.LastRead(),
 	}
 	for i := range m.refreshFailures {
 		s.RefreshFailures[refreshFailureNames[i]] = m.refreshFailures[i].Load()
@@ -465,8 +467,8 @@ func New(ctx context.Context, cfg Config, opts ...Option) (*Broker, error) {
 		cancel:   cancel,
 		entries:  make(map[string]*entry),
 	}
-	b.notices = newNoticeLog(b.store, o.noticeRetention, o.subscriberBuffer, o.now, b.log)
-	if err := b.notices.init(ctx); err != nil {
+	b.notices = notice.New(b.store, o.noticeRetention, o.subscriberBuffer, o.now, b.log)
+	if err := b.notices.Init(ctx); err != nil {
 		cancel()
 		return nil, err
 	}
@@ -486,7 +488,7 @@ func New(ctx context.Context, cfg Config, opts ...Option) (*Broker, error) {
 	}()
 	go func() {
 		defer b.wg.Done()
-		b.notices.follow(schedCtx, o.noticePoll, b.applyRemoteNotice)
+		b.notices.Follow(schedCtx, o.noticePoll, b.applyRemoteNotice)
 	}()
 	return b, nil
 }
@@ -519,7 +521,7 @@ func (b *Broker) Close() error {
 	}
 	b.cancel()
 	b.storeHeldRotations()
-	b.notices.closeSubscribers()
+	b.notices.Close()
 	return nil
 }
 
@@ -705,9 +707,7 @@ func (b *Broker) snapshotEntries() []*entry {
 	return out
 }
 
-func storeUnavailable(err error) error {
-	return &UnavailableError{Component: ComponentStore, RetryAfter: time.Second, Err: err}
-}
+func storeUnavailable(err error) error { return brokererr.StoreUnavailable(err) }
 
 func (b *Broker) audit(ctx context.Context, e audit.Event) {
 	e.Time = b.opts.now().UTC()
@@ -746,7 +746,7 @@ func (b *Broker) Ready() error {
 		return fmt.Errorf("%w: shutting down", ErrNotReady)
 	}
 	window := max(3*b.opts.noticePoll, 5*time.Second)
-	last := b.notices.lastRead()
+	last := b.notices.LastRead()
 	if since := time.Since(last); since > window {
 		return fmt.Errorf("%w: last read %s ago (more than %s)", ErrNotReady, since.Round(time.Second), window)
 	}

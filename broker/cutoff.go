@@ -207,7 +207,7 @@ func (b *Broker) announceOffSchedule(e *entry, prev, next *view) {
 	b.goTracked(func() {
 		ctx, cancel := persistContext(b.ctx)
 		defer cancel()
-		if err := b.notices.append(ctx, *n); err != nil {
+		if err := b.notices.Append(ctx, *n); err != nil {
 			b.log.WarnContext(ctx, "could not announce an off-schedule rotation; other replicas stop serving the old token at its cutoff",
 				"credential", e.id, "generation", next.fam.Generation, "err", err)
 		}

@@ -39,14 +39,12 @@ func setupCutoffReplicas(t *testing.T, prev PreviousAccess) (a, b *Broker, clk *
 // logged so far, so a late one cannot refresh b's cache behind a test's back.
 func awaitFollowed(t *testing.T, b *Broker) {
 	t.Helper()
-	head, err := b.notices.readHead(context.Background())
+	head, err := b.notices.Head(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
 	poll.Until(t, 10*time.Second, "the notice follower to catch up", func() bool {
-		b.notices.mu.Lock()
-		defer b.notices.mu.Unlock()
-		return b.notices.delivered >= head
+		return b.notices.Delivered() >= head
 	})
 }
 

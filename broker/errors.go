@@ -1,76 +1,41 @@
 package broker
 
-import (
-	"errors"
-	"fmt"
-	"time"
-)
+import "github.com/rotavault/rotavault/broker/brokererr"
 
-// Sentinel errors of the rotation logic. They are wrapped with %w; check
-// them with errors.Is. The transport maps each to one status code.
+// Sentinel errors of the rotation logic (see package fault). They are
+// wrapped with %w; check them with errors.Is. The transport maps each to
+// one status code.
 var (
 	// ErrNotFound: no credential has this id.
-	ErrNotFound = errors.New("broker: credential not found")
+	ErrNotFound = brokererr.ErrNotFound
 	// ErrAlreadyExists: a credential with this id exists.
-	ErrAlreadyExists = errors.New("broker: credential already exists")
-	// ErrReauthRequired: the credential has no usable token family (revoked,
-	// or never installed). Only Reauthenticate helps.
-	ErrReauthRequired = errors.New("broker: reauthentication required")
-	// ErrConflict: a concurrent change won a check-and-set race and the
-	// operation could not be adopted; retry it as a whole.
-	ErrConflict = errors.New("broker: concurrent change")
-	// ErrClientRejected: the provider refused the client itself (secret,
-	// user, org), not the refresh token; the family is kept. An admin must
-	// fix the credential.
-	ErrClientRejected = errors.New("broker: the provider refused the client")
+	ErrAlreadyExists = brokererr.ErrAlreadyExists
+	// ErrReauthRequired: the credential has no usable token family.
+	ErrReauthRequired = brokererr.ErrReauthRequired
+	// ErrConflict: a concurrent change won; retry the operation as a whole.
+	ErrConflict = brokererr.ErrConflict
+	// ErrClientRejected: the provider refused the client itself.
+	ErrClientRejected = brokererr.ErrClientRejected
 	// ErrClosed: the broker is shutting down.
-	ErrClosed = errors.New("broker: closed")
+	ErrClosed = brokererr.ErrClosed
 )
 
-// InvalidArgumentError reports a request field that fails validation. Nothing
-// was changed.
-type InvalidArgumentError struct {
-	Field  string
-	Reason string
-	// Code is a machine-readable reason for ErrorInfo, when the caller may
-	// act on it (e.g. "MIN_LIFETIME_UNATTAINABLE"); empty otherwise.
-	Code string
-}
+// InvalidArgumentError reports a request field that fails validation.
+type InvalidArgumentError = brokererr.InvalidArgumentError
 
-func (e *InvalidArgumentError) Error() string {
-	return fmt.Sprintf("broker: invalid %s: %s", e.Field, e.Reason)
-}
+// UnavailableError reports that the provider or the store could not be
+// reached; retry after RetryAfter.
+type UnavailableError = brokererr.UnavailableError
 
-func invalid(field, format string, args ...any) error {
-	return &InvalidArgumentError{Field: field, Reason: fmt.Sprintf(format, args...)}
-}
+// RateLimitedError reports that rejected-token reports come too fast.
+type RateLimitedError = brokererr.RateLimitedError
 
 // Components that can be unavailable.
 const (
-	ComponentProvider = "provider"
-	ComponentStore    = "store"
+	ComponentProvider = brokererr.ComponentProvider
+	ComponentStore    = brokererr.ComponentStore
 )
 
-// UnavailableError reports that the provider or the store could not be
-// reached or answered "try later". Nothing was lost: retry after RetryAfter.
-type UnavailableError struct {
-	Component  string
-	RetryAfter time.Duration
-	Err        error
-}
-
-func (e *UnavailableError) Error() string {
-	return fmt.Sprintf("broker: %s unavailable: %v", e.Component, e.Err)
-}
-
-func (e *UnavailableError) Unwrap() error { return e.Err }
-
-// RateLimitedError reports that rejected-token reports for a credential come
-// faster than the broker lets them trigger refreshes.
-type RateLimitedError struct {
-	RetryAfter time.Duration
-}
-
-func (e *RateLimitedError) Error() string {
-	return fmt.Sprintf("broker: rejected-token reports rate-limited; retry after %s", e.RetryAfter.Round(time.Millisecond))
+func invalid(field, format string, args ...any) error {
+	return brokererr.Invalid(field, format, args...)
 }

@@ -1,17 +1,15 @@
 package broker
 
 import (
-	"encoding/json"
-	"fmt"
 	"time"
 
+	"github.com/rotavault/rotavault/broker/internal/jsonrec"
 	"github.com/rotavault/rotavault/broker/notice"
 )
 
-// recordFormat versions the JSON records the broker keeps in the store. A
-// reader accepts every format up to its own, so replicas can be upgraded one
-// at a time; a newer format is refused rather than misread.
-const recordFormat = 1
+// recordFormat versions the JSON records the broker keeps in the store (see
+// package record).
+const recordFormat = jsonrec.Format
 
 // Store keys. Credential ids fit the store's key grammar by construction
 // (credid is a subset of it).
@@ -32,8 +30,7 @@ func flowKey(state string) string { return "flows/" + state }
 
 const (
 	credentialsPrefix = "credentials/"
-	noticesPrefix     = "notices/"
-	noticeLogMetaKey  = "meta/notice-log"
+	noticesPrefix     = notice.RecordPrefix
 )
 
 // Status is a credential's token-family status.
@@ -146,20 +143,6 @@ func (f *familyRecord) clone() *familyRecord {
 	return &c
 }
 
-func encodeRecord(v any) ([]byte, error) {
-	b, err := json.Marshal(v)
-	if err != nil {
-		return nil, fmt.Errorf("broker: encode record: %w", err)
-	}
-	return b, nil
-}
+func encodeRecord(v any) ([]byte, error) { return jsonrec.Encode(v) }
 
-func decodeRecord(raw []byte, v any, format *int) error {
-	if err := json.Unmarshal(raw, v); err != nil {
-		return fmt.Errorf("broker: decode record: %w", err)
-	}
-	if *format > recordFormat {
-		return fmt.Errorf("broker: record format %d is newer than this server understands (%d): upgrade it", *format, recordFormat)
-	}
-	return nil
-}
+func decodeRecord(raw []byte, v any, format *int) error { return jsonrec.Decode(raw, v, format) }

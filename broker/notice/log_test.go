@@ -1,4 +1,4 @@
-package broker
+package notice
 
 import (
 	"context"
@@ -7,11 +7,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rotavault/rotavault/broker/brokererr"
 	"github.com/rotavault/rotavault/store/memstore"
 )
 
 func numberedNotice(i int) Notice {
-	return Notice{CredentialID: fmt.Sprintf("c%d", i%2), FamilyID: fmt.Sprintf("f%d", i), Kind: NoticeFamilyRevoked, Reason: ReasonCredentialDeleted, DetectedAt: time.Unix(int64(i), 0)}
+	return Notice{CredentialID: fmt.Sprintf("c%d", i%2), FamilyID: fmt.Sprintf("f%d", i), Kind: FamilyRevoked, Reason: ReasonCredentialDeleted, DetectedAt: time.Unix(int64(i), 0)}
 }
 
 func next(t *testing.T, s *Subscription) Notice {
@@ -28,7 +29,7 @@ func next(t *testing.T, s *Subscription) Notice {
 func TestNoticeLogReplaysAfterCursorWithinRetention(t *testing.T) {
 	ctx := context.Background()
 	st := memstore.New()
-	b := newTestBroker(t, st, WithNoticeRetention(3))
+	b := newReplica(t, st, withRetention(3))
 	var cursors []string
 	live, err := b.Subscribe(ctx, nil, "")
 	if err != nil {
@@ -54,16 +55,16 @@ func TestNoticeLogReplaysAfterCursorWithinRetention(t *testing.T) {
 	if _, err := b.Subscribe(ctx, nil, cursors[0]); !errors.Is(err, ErrCursorExpired) {
 		t.Fatalf("cursor beyond retention: %v, want ErrCursorExpired", err)
 	}
-	if keys, _ := st.List(ctx, noticesPrefix); len(keys) != 3 {
+	if keys, _ := st.List(ctx, RecordPrefix); len(keys) != 3 {
 		t.Fatalf("the log keeps %d notices, want 3", len(keys))
 	}
 
 	// Another log's cursors (a restored or different store) are refused.
-	other := newTestBroker(t, memstore.New())
+	other := newReplica(t, memstore.New())
 	if _, err := other.Subscribe(ctx, nil, cursors[4]); !errors.Is(err, ErrCursorExpired) {
 		t.Fatalf("foreign cursor: %v", err)
 	}
-	var inv *InvalidArgumentError
+	var inv *brokererr.InvalidArgumentError
 	if _, err := b.Subscribe(ctx, nil, "not-a-cursor"); !errors.As(err, &inv) {
 		t.Fatalf("malformed cursor: %v", err)
 	}
@@ -72,7 +73,7 @@ func TestNoticeLogReplaysAfterCursorWithinRetention(t *testing.T) {
 func TestNoticeLogSurvivesRestart(t *testing.T) {
 	ctx := context.Background()
 	st := memstore.New()
-	b := newTestBroker(t, st)
+	b := newReplica(t, st)
 	s, err := b.Subscribe(ctx, []string{"c1"}, "")
 	if err != nil {
 		t.Fatal(err)
@@ -83,7 +84,7 @@ func TestNoticeLogSurvivesRestart(t *testing.T) {
 	}
 	_ = b.Close()
 
-	b2 := newTestBroker(t, st)
+	b2 := newReplica(t, st)
 	s2, err := b2.Subscribe(ctx, []string{"c1"}, start)
 	if err != nil {
 		t.Fatal(err)
@@ -99,7 +100,7 @@ func TestNoticeLogSurvivesRestart(t *testing.T) {
 
 func TestSlowSubscriberIsCutOffNotTheOthers(t *testing.T) {
 	ctx := context.Background()
-	b := newTestBroker(t, memstore.New())
+	b := newReplica(t, memstore.New())
 	slow, err := b.Subscribe(ctx, nil, "")
 	if err != nil {
 		t.Fatal(err)
@@ -109,7 +110,7 @@ func TestSlowSubscriberIsCutOffNotTheOthers(t *testing.T) {
 		t.Fatal(err)
 	}
 	var last Notice
-	for i := range b.opts.subscriberBuffer + 1 {
+	for i := range b.opts.buffer + 1 {
 		b.notify(ctx, numberedNotice(i))
 		last = next(t, fast)
 	}

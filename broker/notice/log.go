@@ -1,4 +1,4 @@
-package broker
+package notice
 
 import (
 	"context"
@@ -18,19 +18,9 @@ import (
 
 	"golang.org/x/sync/singleflight"
 
-	"github.com/rotavault/rotavault/broker/notice"
-	"github.com/rotavault/rotavault/internal/credid"
+	"github.com/rotavault/rotavault/broker/brokererr"
+	"github.com/rotavault/rotavault/broker/internal/jsonrec"
 	"github.com/rotavault/rotavault/store"
-)
-
-// NoticeKind says what happened to a family; see notice.Kind.
-type NoticeKind = notice.Kind
-
-// Kinds of notices.
-const (
-	NoticeFamilyRevoked   = notice.FamilyRevoked
-	NoticeFamilyActivated = notice.FamilyActivated
-	NoticeAccessRotated   = notice.AccessRotated
 )
 
 // Notice reports a change of a credential's token family.
@@ -38,7 +28,7 @@ type Notice struct {
 	CredentialID string           `json:"credential_id"`
 	FamilyID     string           `json:"family_id"`
 	Generation   uint64           `json:"generation"`
-	Kind         NoticeKind       `json:"kind"`
+	Kind         Kind             `json:"kind"`
 	Reason       RevocationReason `json:"reason,omitempty"`
 	Detail       string           `json:"detail,omitempty"`
 	// ProviderRevocation is set for ReasonAdminRevoked.
@@ -96,10 +86,10 @@ const recentNotices = 32
 // writes, or died there) before skipping it.
 const missingNoticeWait = 5 * time.Second
 
-// noticeLog persists notices in the store, for resuming, follows the log
+// Log persists notices in the store, for resuming, follows the log
 // for notices other replicas append, and fans them all out to this process's
 // subscribers in log order.
-type noticeLog struct {
+type Log struct {
 	store     store.Store
 	retention int
 	buffer    int
@@ -135,11 +125,12 @@ type noticeLog struct {
 	missingSeq   uint64
 	missingSince time.Time
 	subs         map[*Subscription]struct{}
+	closed       bool // by Close: no new subscriptions
 	// readAt is when the head was last read successfully (unix nanos).
 	readAt atomic.Int64
 }
 
-func (l *noticeLog) lastRead() time.Time {
+func (l *Log) LastRead() time.Time {
 	if n := l.readAt.Load(); n != 0 {
 		return time.Unix(0, n)
 	}
@@ -151,8 +142,8 @@ type pendingNotice struct {
 	skip   bool
 }
 
-func newNoticeLog(s store.Store, retention, buffer int, now func() time.Time, log *slog.Logger) *noticeLog {
-	return &noticeLog{
+func New(s store.Store, retention, buffer int, now func() time.Time, log *slog.Logger) *Log {
+	return &Log{
 		store: s, retention: retention, buffer: buffer, now: now, log: log,
 		kick:    make(chan struct{}, 1),
 		pending: make(map[uint64]pendingNotice),
@@ -161,9 +152,16 @@ func newNoticeLog(s store.Store, retention, buffer int, now func() time.Time, lo
 	}
 }
 
-func noticeKey(seq uint64) string { return fmt.Sprintf("%s%020d", noticesPrefix, seq) }
+// Store keys of the log: its head, and a record per notice under
+// RecordPrefix (pages and indexes: pages.go).
+const (
+	metaKey      = "meta/notice-log"
+	RecordPrefix = "notices/"
+)
 
-func (l *noticeLog) init(ctx context.Context) error {
+func noticeKey(seq uint64) string { return fmt.Sprintf("%s%020d", RecordPrefix, seq) }
+
+func (l *Log) Init(ctx context.Context) error {
 	for {
 		meta, version, err := l.readMeta(ctx)
 		if err == nil && (len(meta.CursorKey) == 0 || meta.PagedFrom == 0) {
@@ -175,11 +173,11 @@ func (l *noticeLog) init(ctx context.Context) error {
 			if meta.PagedFrom == 0 {
 				meta.PagedFrom = meta.NextSeq
 			}
-			raw, err := encodeRecord(meta)
+			raw, err := jsonrec.Encode(meta)
 			if err != nil {
 				return err
 			}
-			if _, err := l.store.Put(ctx, noticeLogMetaKey, raw, version); err != nil && !errors.Is(err, store.ErrConflict) {
+			if _, err := l.store.Put(ctx, metaKey, raw, version); err != nil && !errors.Is(err, store.ErrConflict) {
 				return fmt.Errorf("broker: upgrade the notice log: %w", err)
 			}
 			continue
@@ -199,12 +197,12 @@ func (l *noticeLog) init(ctx context.Context) error {
 		}
 		var epoch [8]byte
 		_, _ = rand.Read(epoch[:])
-		fresh := noticeLogMeta{Format: recordFormat, Epoch: hex.EncodeToString(epoch[:]), NextSeq: 1, OldestSeq: 1, CursorKey: newCursorKey(), PagedFrom: 1}
-		raw, err := encodeRecord(fresh)
+		fresh := noticeLogMeta{Format: jsonrec.Format, Epoch: hex.EncodeToString(epoch[:]), NextSeq: 1, OldestSeq: 1, CursorKey: newCursorKey(), PagedFrom: 1}
+		raw, err := jsonrec.Encode(fresh)
 		if err != nil {
 			return err
 		}
-		if _, err := l.store.Put(ctx, noticeLogMetaKey, raw, 0); err != nil && !errors.Is(err, store.ErrConflict) {
+		if _, err := l.store.Put(ctx, metaKey, raw, 0); err != nil && !errors.Is(err, store.ErrConflict) {
 			return fmt.Errorf("broker: create notice log: %w", err)
 		}
 	}
@@ -213,7 +211,7 @@ func (l *noticeLog) init(ctx context.Context) error {
 // readHead returns the sequence number of the log's newest notice. Callers
 // arriving while a read is in flight share it, so a crowd of watchers
 // reconnecting at once costs a few store reads, not one each.
-func (l *noticeLog) readHead(ctx context.Context) (uint64, error) {
+func (l *Log) readHead(ctx context.Context) (uint64, error) {
 	ch := l.heads.DoChan("head", func() (any, error) {
 		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), headReadTimeout)
 		defer cancel()
@@ -233,8 +231,8 @@ func (l *noticeLog) readHead(ctx context.Context) (uint64, error) {
 
 const headReadTimeout = 10 * time.Second
 
-func (l *noticeLog) readMeta(ctx context.Context) (noticeLogMeta, uint64, error) {
-	rec, err := l.store.Get(ctx, noticeLogMetaKey)
+func (l *Log) readMeta(ctx context.Context) (noticeLogMeta, uint64, error) {
+	rec, err := l.store.Get(ctx, metaKey)
 	if err != nil {
 		if errors.Is(err, store.ErrNotFound) {
 			return noticeLogMeta{}, 0, err
@@ -243,7 +241,7 @@ func (l *noticeLog) readMeta(ctx context.Context) (noticeLogMeta, uint64, error)
 	}
 	l.readAt.Store(time.Now().UnixNano())
 	var meta noticeLogMeta
-	if err := decodeRecord(rec.Value, &meta, &meta.Format); err != nil {
+	if err := jsonrec.Decode(rec.Value, &meta, &meta.Format); err != nil {
 		return noticeLogMeta{}, 0, err
 	}
 	return meta, rec.Version, nil
@@ -256,7 +254,7 @@ var errNoticeNotLogged = errors.New("broker: notice not logged")
 // notice before it has been. The notice is in the log once the head's
 // check-and-set write succeeds; the record of its own only serves resuming
 // from far back, so failing to write it is logged, not returned.
-func (l *noticeLog) append(ctx context.Context, n Notice) error {
+func (l *Log) Append(ctx context.Context, n Notice) error {
 	var seq uint64
 	var pruneFrom, pruneTo, pagedFrom uint64
 	for {
@@ -276,11 +274,11 @@ func (l *noticeLog) append(ctx context.Context, n Notice) error {
 			next.OldestSeq = next.NextSeq - keep
 		}
 		next.Recent = append(append(make([]loggedNotice, 0, recentNotices), lastNotices(meta.Recent, recentNotices-1)...), loggedNotice{Seq: seq, Notice: n})
-		rawMeta, err := encodeRecord(next)
+		rawMeta, err := jsonrec.Encode(next)
 		if err != nil {
 			return fmt.Errorf("%w: %w", errNoticeNotLogged, err)
 		}
-		if _, err := l.store.Put(ctx, noticeLogMetaKey, rawMeta, version); err != nil {
+		if _, err := l.store.Put(ctx, metaKey, rawMeta, version); err != nil {
 			if errors.Is(err, store.ErrConflict) {
 				continue
 			}
@@ -299,7 +297,7 @@ func (l *noticeLog) append(ctx context.Context, n Notice) error {
 	if gap {
 		l.wake()
 	}
-	raw, err := encodeRecord(n)
+	raw, err := jsonrec.Encode(n)
 	if err == nil {
 		_, err = l.store.Put(ctx, noticeKey(seq), raw, 0)
 	}
@@ -321,7 +319,7 @@ func (l *noticeLog) append(ctx context.Context, n Notice) error {
 
 // notePagedFrom records where pages begin as a head read says (pagedFrom),
 // a head without the field (0) meaning none before nextSeq; mu held.
-func (l *noticeLog) notePagedFrom(pagedFrom, nextSeq uint64) {
+func (l *Log) notePagedFrom(pagedFrom, nextSeq uint64) {
 	if pagedFrom == 0 {
 		pagedFrom = nextSeq
 	}
@@ -330,7 +328,7 @@ func (l *noticeLog) notePagedFrom(pagedFrom, nextSeq uint64) {
 
 // seedRing fills the ring from the head's newest notices, when they are
 // the contiguous tail of the log; mu held or not yet shared.
-func (l *noticeLog) seedRing(meta noticeLogMeta) {
+func (l *Log) seedRing(meta noticeLogMeta) {
 	l.ring, l.ringFrom = nil, meta.NextSeq
 	for i, r := range meta.Recent {
 		if r.Seq != meta.NextSeq-uint64(len(meta.Recent)-i) {
@@ -345,7 +343,7 @@ func (l *noticeLog) seedRing(meta noticeLogMeta) {
 }
 
 // ringAddLocked records a delivered (or skipped) notice in the ring.
-func (l *noticeLog) ringAddLocked(seq uint64, p pendingNotice) {
+func (l *Log) ringAddLocked(seq uint64, p pendingNotice) {
 	if !p.skip {
 		l.ring = append(l.ring, loggedNotice{Seq: seq, Notice: p.notice})
 	}
@@ -368,7 +366,7 @@ func lastNotices(ns []loggedNotice, k int) []loggedNotice {
 	return ns
 }
 
-func (l *noticeLog) wake() {
+func (l *Log) wake() {
 	select {
 	case l.kick <- struct{}{}:
 	default:
@@ -378,7 +376,7 @@ func (l *noticeLog) wake() {
 // addLocked records notice seq and delivers every notice now in order. It
 // reports whether a gap is left below a pending notice, for the follower to
 // fill.
-func (l *noticeLog) addLocked(seq uint64, p pendingNotice) (gap bool) {
+func (l *Log) addLocked(seq uint64, p pendingNotice) (gap bool) {
 	if seq > l.delivered {
 		if _, ok := l.pending[seq]; !ok {
 			p.notice.seq = seq
@@ -391,7 +389,7 @@ func (l *noticeLog) addLocked(seq uint64, p pendingNotice) (gap bool) {
 
 // drainLocked delivers the pending notices that follow delivered without a
 // gap.
-func (l *noticeLog) drainLocked() {
+func (l *Log) drainLocked() {
 	for {
 		p, ok := l.pending[l.delivered+1]
 		if !ok {
@@ -415,7 +413,7 @@ func (l *noticeLog) drainLocked() {
 // until ctx ends. onRemote is called for each notice another replica
 // appended, before it is delivered: a watcher acting on a notice then finds
 // this replica's state already changed.
-func (l *noticeLog) follow(ctx context.Context, poll time.Duration, onRemote func(context.Context, Notice)) {
+func (l *Log) Follow(ctx context.Context, poll time.Duration, onRemote func(context.Context, Notice)) {
 	t := time.NewTicker(poll)
 	defer t.Stop()
 	failing := false
@@ -440,7 +438,7 @@ func (l *noticeLog) follow(ctx context.Context, poll time.Duration, onRemote fun
 
 // catchUp reads the head once and delivers every notice up to it that this
 // process has not delivered yet.
-func (l *noticeLog) catchUp(ctx context.Context, onRemote func(context.Context, Notice)) error {
+func (l *Log) catchUp(ctx context.Context, onRemote func(context.Context, Notice)) error {
 	meta, _, err := l.readMeta(ctx)
 	if err != nil {
 		return err
@@ -505,7 +503,7 @@ func (l *noticeLog) catchUp(ctx context.Context, onRemote func(context.Context, 
 
 // giveUpOn reports whether a missing notice has been missing long enough to
 // skip it.
-func (l *noticeLog) giveUpOn(seq uint64) bool {
+func (l *Log) giveUpOn(seq uint64) bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	now := l.now()
@@ -520,7 +518,7 @@ func (l *noticeLog) giveUpOn(seq uint64) bool {
 	return true
 }
 
-func (l *noticeLog) readNotice(ctx context.Context, seq uint64) (Notice, bool, error) {
+func (l *Log) readNotice(ctx context.Context, seq uint64) (Notice, bool, error) {
 	rec, err := l.store.Get(ctx, noticeKey(seq))
 	if errors.Is(err, store.ErrNotFound) {
 		return Notice{}, false, nil
@@ -530,7 +528,7 @@ func (l *noticeLog) readNotice(ctx context.Context, seq uint64) (Notice, bool, e
 	}
 	var n Notice
 	var format int
-	if err := decodeRecord(rec.Value, &n, &format); err != nil {
+	if err := jsonrec.Decode(rec.Value, &n, &format); err != nil {
 		return Notice{}, false, err
 	}
 	n.seq = seq
@@ -572,18 +570,18 @@ func (c cursorCodec) encode(seq uint64) string {
 // ErrCursorExpired for a cursor of another notice log (or an older format).
 func (c cursorCodec) decode(cursor string) (uint64, error) {
 	if len(cursor) > 128 {
-		return 0, invalid("cursor", "malformed")
+		return 0, brokererr.Invalid("cursor", "malformed")
 	}
 	enc, ok := strings.CutPrefix(cursor, cursorPrefix)
 	if !ok {
 		if raw, err := base64.RawURLEncoding.DecodeString(cursor); err == nil && strings.HasPrefix(string(raw), "1.") {
 			return 0, fmt.Errorf("%w: a cursor of an older format; watch again without a cursor", ErrCursorExpired)
 		}
-		return 0, invalid("cursor", "malformed")
+		return 0, brokererr.Invalid("cursor", "malformed")
 	}
 	raw, err := base64.RawURLEncoding.DecodeString(enc)
 	if err != nil || len(raw) != aes.BlockSize {
-		return 0, invalid("cursor", "malformed")
+		return 0, brokererr.Invalid("cursor", "malformed")
 	}
 	var b [aes.BlockSize]byte
 	c.block.Decrypt(b[:], raw)
@@ -596,7 +594,7 @@ func (c cursorCodec) decode(cursor string) (uint64, error) {
 // Subscription is a stream of notices: first those missed since the cursor,
 // then live ones. Not safe for concurrent use by several readers.
 type Subscription struct {
-	log *noticeLog
+	log *Log
 	// StartCursor is the position after which every notice is delivered.
 	StartCursor string
 	filter      map[string]bool
@@ -614,24 +612,11 @@ type Subscription struct {
 	err     error // why ch was closed
 }
 
-// Subscribe starts a subscription for the given credentials (all when
-// empty), resuming after cursor when it is set. Errors:
-// *InvalidArgumentError, ErrCursorExpired, *UnavailableError.
-func (b *Broker) Subscribe(ctx context.Context, credentialIDs []string, cursor string) (*Subscription, error) {
-	if len(credentialIDs) > 1000 {
-		return nil, invalid("credential_ids", "at most 1000")
-	}
-	var filter map[string]bool
-	for _, id := range credentialIDs {
-		if err := credid.Validate(id); err != nil {
-			return nil, &InvalidArgumentError{Field: "credential_ids", Reason: err.Error()}
-		}
-		if filter == nil {
-			filter = make(map[string]bool)
-		}
-		filter[id] = true
-	}
-	l := b.notices
+// Subscribe starts a subscription for the credentials in filter (all when
+// nil), resuming after cursor when it is set. Errors:
+// *brokererr.InvalidArgumentError, ErrCursorExpired, ErrTooManyReplays,
+// *brokererr.UnavailableError, brokererr.ErrClosed.
+func (l *Log) Subscribe(ctx context.Context, filter map[string]bool, cursor string) (*Subscription, error) {
 	var from uint64
 	resume := cursor != ""
 	if resume {
@@ -643,9 +628,9 @@ func (b *Broker) Subscribe(ctx context.Context, credentialIDs []string, cursor s
 	}
 	s := &Subscription{log: l, filter: filter, ch: make(chan Notice, l.buffer)}
 	l.mu.Lock()
-	if b.closed.Load() {
+	if l.closed {
 		l.mu.Unlock()
-		return nil, ErrClosed
+		return nil, brokererr.ErrClosed
 	}
 	// From here on every notice after last reaches s live; those up to it
 	// are replayed: from memory when the ring holds them all, else from the
@@ -670,7 +655,7 @@ func (b *Broker) Subscribe(ctx context.Context, credentialIDs []string, cursor s
 		head, err := l.readHead(ctx)
 		if err != nil {
 			s.Close()
-			return nil, storeUnavailable(err)
+			return nil, brokererr.StoreUnavailable(err)
 		}
 		from = max(last, head)
 	} else if from > last {
@@ -680,11 +665,11 @@ func (b *Broker) Subscribe(ctx context.Context, credentialIDs []string, cursor s
 		meta, _, err := l.readMeta(ctx)
 		if err != nil {
 			s.Close()
-			return nil, storeUnavailable(err)
+			return nil, brokererr.StoreUnavailable(err)
 		}
 		if from > meta.NextSeq-1 {
 			s.Close()
-			return nil, invalid("cursor", "points past the end of the notice log")
+			return nil, brokererr.Invalid("cursor", "points past the end of the notice log")
 		}
 	}
 	if from < last && from+1 < oldest {
@@ -776,7 +761,7 @@ func (s *Subscription) Close() {
 	s.endReplay()
 	s.log.mu.Lock()
 	defer s.log.mu.Unlock()
-	s.closeWith(ErrClosed)
+	s.closeWith(brokererr.ErrClosed)
 }
 
 // endReplay gives back the subscription's replay slot, if it holds one.
@@ -786,27 +771,26 @@ func (s *Subscription) endReplay() {
 	}
 }
 
-func (l *noticeLog) closeSubscribers() {
+// Close ends every subscription (Next answers brokererr.ErrClosed) and refuses
+// new ones; the log itself stays in the store.
+func (l *Log) Close() {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	l.closed = true
 	for s := range l.subs {
-		s.closeWith(ErrClosed)
+		s.closeWith(brokererr.ErrClosed)
 	}
 }
 
-// notify records a notice and delivers it. A notice that cannot be logged is
-// still delivered live on this replica: the family's state is stored, and a
-// watcher learns of it now rather than never.
-func (b *Broker) notify(ctx context.Context, n Notice) {
-	if n.Kind == NoticeFamilyRevoked {
-		b.countRevocation(n.Reason)
-	}
-	err := b.notices.append(ctx, n)
+// Publish records a notice and delivers it. A notice that cannot be logged
+// is still delivered live on this replica: the family's state is stored,
+// and a watcher learns of it now rather than never.
+func (l *Log) Publish(ctx context.Context, n Notice) {
+	err := l.Append(ctx, n)
 	if err == nil {
 		return
 	}
-	b.log.ErrorContext(ctx, "notice not logged; delivering it live on this replica only", "credential", n.CredentialID, "err", err)
-	l := b.notices
+	l.log.ErrorContext(ctx, "notice not logged; delivering it live on this replica only", "credential", n.CredentialID, "err", err)
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	n.Cursor = l.cursors.encode(l.delivered)
@@ -815,36 +799,21 @@ func (b *Broker) notify(ctx context.Context, n Notice) {
 	}
 }
 
-// applyRemoteNotice brings this replica's cached state of a credential up to
-// date after another replica changed its family: without it, this replica
-// would keep handing out a cached access token of a family revoked
-// elsewhere until the token expired.
-func (b *Broker) applyRemoteNotice(ctx context.Context, n Notice) {
-	b.entriesMu.RLock()
-	e, ok := b.entries[n.CredentialID]
-	b.entriesMu.RUnlock()
-	if !ok {
-		return // loaded from the store on first use
-	}
-	v, err := b.readView(ctx, n.CredentialID)
-	switch {
-	case errors.Is(err, ErrNotFound):
-		b.dropEntry(n.CredentialID)
-	case err != nil:
-		// Stop handing out a token the notice may have killed; the next
-		// caller refreshes from the store's state.
-		if n.Kind == NoticeFamilyRevoked || n.Kind == NoticeAccessRotated {
-			e.dropAccess()
-		}
-		b.log.WarnContext(ctx, "could not re-read a credential another replica changed", "credential", n.CredentialID, "err", err)
-	default:
-		e.setView(v)
-	}
+// Head is the sequence number of the log's newest notice, as the store
+// says now.
+func (l *Log) Head(ctx context.Context) (uint64, error) { return l.readHead(ctx) }
+
+// Delivered is the sequence number up to which this replica has delivered
+// every notice (its own and, once followed, other replicas').
+func (l *Log) Delivered() uint64 {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.delivered
 }
 
 // SubscriberCount is the number of live subscriptions on this process.
-func (b *Broker) SubscriberCount() int {
-	b.notices.mu.Lock()
-	defer b.notices.mu.Unlock()
-	return len(b.notices.subs)
+func (l *Log) SubscriberCount() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.subs)
 }

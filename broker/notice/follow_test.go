@@ -1,4 +1,4 @@
-package broker
+package notice
 
 import (
 	"context"
@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rotavault/rotavault/broker/internal/jsonrec"
 	"github.com/rotavault/rotavault/store/memstore"
 )
 
@@ -18,8 +19,8 @@ import (
 func TestLocalNoticeWaitsForAnotherReplicasEarlierOne(t *testing.T) {
 	ctx := context.Background()
 	st := memstore.New()
-	a := newTestBroker(t, st, WithNoticePollInterval(time.Minute))
-	b := newTestBroker(t, st, WithNoticePollInterval(time.Minute))
+	a := newReplica(t, st, withPoll(time.Minute))
+	b := newReplica(t, st, withPoll(time.Minute))
 	sub, err := b.Subscribe(ctx, nil, "")
 	if err != nil {
 		t.Fatal(err)
@@ -40,8 +41,8 @@ func TestLocalNoticeWaitsForAnotherReplicasEarlierOne(t *testing.T) {
 func TestFollowerDeliversOtherReplicasNotices(t *testing.T) {
 	ctx := context.Background()
 	st := memstore.New()
-	a := newTestBroker(t, st, WithNoticePollInterval(10*time.Millisecond))
-	b := newTestBroker(t, st, WithNoticePollInterval(10*time.Millisecond))
+	a := newReplica(t, st, withPoll(10*time.Millisecond))
+	b := newReplica(t, st, withPoll(10*time.Millisecond))
 	onB, err := b.Subscribe(ctx, []string{"c1"}, "")
 	if err != nil {
 		t.Fatal(err)
@@ -75,8 +76,8 @@ func TestFollowerDeliversOtherReplicasNotices(t *testing.T) {
 func TestFollowerBehindRetentionEndsWatches(t *testing.T) {
 	ctx := context.Background()
 	st := memstore.New()
-	a := newTestBroker(t, st, WithNoticeRetention(3), WithNoticePollInterval(time.Minute))
-	b := newTestBroker(t, st, WithNoticeRetention(3), WithNoticePollInterval(time.Minute))
+	a := newReplica(t, st, withRetention(3), withPoll(time.Minute))
+	b := newReplica(t, st, withRetention(3), withPoll(time.Minute))
 	sub, err := b.Subscribe(ctx, nil, "")
 	if err != nil {
 		t.Fatal(err)
@@ -102,15 +103,15 @@ func TestCursorsAreSealedAndSharedByReplicas(t *testing.T) {
 	ctx := context.Background()
 	st := memstore.New()
 	// A log as an earlier version left it: no cursor key.
-	raw, err := encodeRecord(noticeLogMeta{Format: recordFormat, Epoch: "0011223344556677", NextSeq: 8, OldestSeq: 1})
+	raw, err := jsonrec.Encode(noticeLogMeta{Format: jsonrec.Format, Epoch: "0011223344556677", NextSeq: 8, OldestSeq: 1})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := st.Put(ctx, noticeLogMetaKey, raw, 0); err != nil {
+	if _, err := st.Put(ctx, metaKey, raw, 0); err != nil {
 		t.Fatal(err)
 	}
-	a := newTestBroker(t, st, WithNoticePollInterval(10*time.Millisecond))
-	b := newTestBroker(t, st, WithNoticePollInterval(10*time.Millisecond))
+	a := newReplica(t, st, withPoll(10*time.Millisecond))
+	b := newReplica(t, st, withPoll(10*time.Millisecond))
 	onA, err := a.Subscribe(ctx, []string{"c1"}, "")
 	if err != nil {
 		t.Fatal(err)

@@ -1,4 +1,4 @@
-package broker
+package notice
 
 import (
 	"context"
@@ -7,6 +7,8 @@ import (
 	"slices"
 
 	"github.com/rotavault/rotavault/audit"
+	"github.com/rotavault/rotavault/broker/brokererr"
+	"github.com/rotavault/rotavault/broker/internal/jsonrec"
 	"github.com/rotavault/rotavault/store"
 )
 
@@ -72,7 +74,7 @@ type noticeIndex struct {
 // updateRecord is a bounded check-and-set loop on one key: mutate sees the
 // stored value (nil when missing) and returns the value to write, or nil to
 // write nothing.
-func (l *noticeLog) updateRecord(ctx context.Context, key string, mutate func(raw []byte) ([]byte, error)) error {
+func (l *Log) updateRecord(ctx context.Context, key string, mutate func(raw []byte) ([]byte, error)) error {
 	for range noticeWriteTries {
 		var raw []byte
 		var version uint64
@@ -96,11 +98,11 @@ func (l *noticeLog) updateRecord(ctx context.Context, key string, mutate func(ra
 }
 
 // addToPage adds notice seq to its page.
-func (l *noticeLog) addToPage(ctx context.Context, seq uint64, n Notice) error {
+func (l *Log) addToPage(ctx context.Context, seq uint64, n Notice) error {
 	return l.updateRecord(ctx, noticePageKey(seq/noticePageSize), func(raw []byte) ([]byte, error) {
-		page := noticePage{Format: recordFormat}
+		page := noticePage{Format: jsonrec.Format}
 		if raw != nil {
-			if err := decodeRecord(raw, &page, &page.Format); err != nil {
+			if err := jsonrec.Decode(raw, &page, &page.Format); err != nil {
 				return nil, err
 			}
 		}
@@ -108,19 +110,19 @@ func (l *noticeLog) addToPage(ctx context.Context, seq uint64, n Notice) error {
 		if found {
 			return nil, nil // an earlier attempt landed
 		}
-		page.Format = recordFormat
+		page.Format = jsonrec.Format
 		page.Notices = slices.Insert(page.Notices, i, loggedNotice{Seq: seq, Notice: n})
-		return encodeRecord(page)
+		return jsonrec.Encode(page)
 	})
 }
 
 // addToIndex adds seq to its credential's index and drops what was pruned
 // (below oldest).
-func (l *noticeLog) addToIndex(ctx context.Context, credentialID string, seq, oldest uint64) error {
+func (l *Log) addToIndex(ctx context.Context, credentialID string, seq, oldest uint64) error {
 	return l.updateRecord(ctx, noticeIndexKey(credentialID), func(raw []byte) ([]byte, error) {
-		idx := noticeIndex{Format: recordFormat}
+		idx := noticeIndex{Format: jsonrec.Format}
 		if raw != nil {
-			if err := decodeRecord(raw, &idx, &idx.Format); err != nil {
+			if err := jsonrec.Decode(raw, &idx, &idx.Format); err != nil {
 				return nil, err
 			}
 		}
@@ -128,11 +130,11 @@ func (l *noticeLog) addToIndex(ctx context.Context, credentialID string, seq, ol
 		if found {
 			return nil, nil
 		}
-		idx.Format = recordFormat
+		idx.Format = jsonrec.Format
 		idx.Seqs = slices.Insert(idx.Seqs, i, seq)
 		keep, _ := slices.BinarySearch(idx.Seqs, oldest)
 		idx.Seqs = idx.Seqs[keep:]
-		return encodeRecord(idx)
+		return jsonrec.Encode(idx)
 	})
 }
 
@@ -150,7 +152,7 @@ func cmpUint(a, b uint64) int {
 // after the head reserved it. Failures are logged: the notice is in the
 // log (the head), and a replay finds it in the head while it is among the
 // newest 32.
-func (l *noticeLog) writePaged(ctx context.Context, seq, oldest uint64, n Notice) {
+func (l *Log) writePaged(ctx context.Context, seq, oldest uint64, n Notice) {
 	if err := l.addToPage(ctx, seq, n); err != nil {
 		l.log.WarnContext(ctx, "notice not added to its page; replays from far back will miss it", "seq", seq, "err", err)
 	}
@@ -161,7 +163,7 @@ func (l *noticeLog) writePaged(ctx context.Context, seq, oldest uint64, n Notice
 
 // prunePages deletes the pages wholly below oldest, from the page of
 // prevOldest on (those below were deleted by earlier appends).
-func (l *noticeLog) prunePages(ctx context.Context, prevOldest, oldest uint64) {
+func (l *Log) prunePages(ctx context.Context, prevOldest, oldest uint64) {
 	for p := prevOldest / noticePageSize; (p+1)*noticePageSize <= oldest; p++ {
 		if err := l.store.Delete(ctx, noticePageKey(p)); err != nil {
 			l.log.WarnContext(ctx, "could not prune a notice page", "page", p, "err", err)
@@ -170,7 +172,7 @@ func (l *noticeLog) prunePages(ctx context.Context, prevOldest, oldest uint64) {
 }
 
 // acquireReplay takes one of the identity's store-reading replay slots.
-func (l *noticeLog) acquireReplay(identity string) (release func(), err error) {
+func (l *Log) acquireReplay(identity string) (release func(), err error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.replays[identity] >= maxReplaysPerIdentity {
@@ -216,10 +218,10 @@ type storeReplay struct {
 // fewer pages: a filter naming more credentials than half the pages in
 // range scans the pages instead, so a replay never costs more than
 // 1 + pages + pages/2 reads (about 150 for a full retention of 10,000).
-func (l *noticeLog) startStoreReplay(ctx context.Context, from, last uint64, filter map[string]bool) (*storeReplay, error) {
+func (l *Log) startStoreReplay(ctx context.Context, from, last uint64, filter map[string]bool) (*storeReplay, error) {
 	meta, _, err := l.readMeta(ctx)
 	if err != nil {
-		return nil, storeUnavailable(err)
+		return nil, brokererr.StoreUnavailable(err)
 	}
 	if from+1 < meta.OldestSeq {
 		return nil, fmt.Errorf("%w: pruned before the replay began", ErrCursorExpired)
@@ -256,7 +258,7 @@ func (l *noticeLog) startStoreReplay(ctx context.Context, from, last uint64, fil
 
 // choosePages lists the pages the replay reads for the notices from lo to
 // hi.
-func (r *storeReplay) choosePages(ctx context.Context, l *noticeLog, filter map[string]bool, lo, hi uint64) error {
+func (r *storeReplay) choosePages(ctx context.Context, l *Log, filter map[string]bool, lo, hi uint64) error {
 	first, lastPage := lo/noticePageSize, hi/noticePageSize
 	n := lastPage - first + 1
 	if filter == nil || uint64(len(filter)) > n/2 {
@@ -272,10 +274,10 @@ func (r *storeReplay) choosePages(ctx context.Context, l *noticeLog, filter map[
 			continue
 		}
 		if err != nil {
-			return storeUnavailable(err)
+			return brokererr.StoreUnavailable(err)
 		}
 		var idx noticeIndex
-		if err := decodeRecord(rec.Value, &idx, &idx.Format); err != nil {
+		if err := jsonrec.Decode(rec.Value, &idx, &idx.Format); err != nil {
 			return err
 		}
 		for _, s := range idx.Seqs {
@@ -292,7 +294,7 @@ func (r *storeReplay) choosePages(ctx context.Context, l *noticeLog, filter map[
 }
 
 // next returns the replay's next notice, found false when it is over.
-func (r *storeReplay) next(ctx context.Context, l *noticeLog, filter map[string]bool) (loggedNotice, bool, error) {
+func (r *storeReplay) next(ctx context.Context, l *Log, filter map[string]bool) (loggedNotice, bool, error) {
 	wants := func(n loggedNotice, lo, hi uint64) bool {
 		return n.Seq >= lo && n.Seq <= hi && n.Notice.Kind.ForWatchers() && (filter == nil || filter[n.Notice.CredentialID])
 	}
@@ -315,7 +317,7 @@ func (r *storeReplay) next(ctx context.Context, l *noticeLog, filter map[string]
 			// writer of the page died before writing it.
 			meta, _, err := l.readMeta(ctx)
 			if err != nil {
-				return loggedNotice{}, false, storeUnavailable(err)
+				return loggedNotice{}, false, brokererr.StoreUnavailable(err)
 			}
 			if (p+1)*noticePageSize <= meta.OldestSeq {
 				return loggedNotice{}, false, fmt.Errorf("%w: pruned while replaying", ErrCursorExpired)
@@ -324,11 +326,11 @@ func (r *storeReplay) next(ctx context.Context, l *noticeLog, filter map[string]
 			continue
 		}
 		if err != nil {
-			return loggedNotice{}, false, storeUnavailable(err)
+			return loggedNotice{}, false, brokererr.StoreUnavailable(err)
 		}
 		r.pages = r.pages[1:]
 		var page noticePage
-		if err := decodeRecord(rec.Value, &page, &page.Format); err != nil {
+		if err := jsonrec.Decode(rec.Value, &page, &page.Format); err != nil {
 			return loggedNotice{}, false, err
 		}
 		for _, n := range page.Notices {

@@ -1,4 +1,4 @@
-package broker
+package notice
 
 import (
 	"context"
@@ -10,24 +10,26 @@ import (
 	"time"
 
 	"github.com/rotavault/rotavault/audit"
+	"github.com/rotavault/rotavault/broker/brokererr"
+	"github.com/rotavault/rotavault/broker/internal/jsonrec"
 	"github.com/rotavault/rotavault/internal/poll"
 	"github.com/rotavault/rotavault/store/memstore"
 )
 
 // appendNotices appends n notices, the i-th (0-based, sequence number i+1
 // on a fresh log) for credential of(i).
-func appendNotices(t *testing.T, b *Broker, n int, of func(i int) string) {
+func appendNotices(t *testing.T, b *replica, n int, of func(i int) string) {
 	t.Helper()
 	ctx := context.Background()
 	for i := range n {
-		if err := b.notices.append(ctx, Notice{CredentialID: of(i), FamilyID: fmt.Sprintf("f%d", i), Kind: NoticeFamilyRevoked, Reason: ReasonAdminRevoked}); err != nil {
+		if err := b.notices.Append(ctx, Notice{CredentialID: of(i), FamilyID: fmt.Sprintf("f%d", i), Kind: FamilyRevoked, Reason: ReasonAdminRevoked}); err != nil {
 			t.Fatal(err)
 		}
 	}
 }
 
 // cursorAt is the cursor of notice seq of b's log.
-func cursorAt(b *Broker, seq uint64) string { return b.notices.cursors.encode(seq) }
+func cursorAt(b *replica, seq uint64) string { return b.notices.cursors.encode(seq) }
 
 // drain reads want notices from s.
 func drain(t *testing.T, s *Subscription, want int) []Notice {
@@ -55,9 +57,9 @@ func TestReplayOfTheFullRetentionReadsAtMost200Records(t *testing.T) {
 	const total = retention + 50
 	lone := map[int]bool{1_234: true, 5_000: true, 8_765: true}
 	st := &faultStore{Store: memstore.New()}
-	// The follower's poll reads the head every interval, a flow sweep the
-	// flow ledger now and then: both kept out of the count.
-	b := newTestBroker(t, st, WithNoticeRetention(retention), WithNoticePollInterval(time.Minute), WithFlowTiming(time.Hour, time.Second))
+	// The follower's poll reads the head every interval: kept out of the
+	// count.
+	b := newReplica(t, st, withRetention(retention), withPoll(time.Minute))
 	appendNotices(t, b, total, func(i int) string {
 		if lone[i] {
 			return "lone"
@@ -92,7 +94,7 @@ func TestReplayOfTheFullRetentionReadsAtMost200Records(t *testing.T) {
 	t.Run("one credential", func(t *testing.T) {
 		var mu sync.Mutex
 		var pages []string
-		defer st.inject(&fault{op: "get", prefix: noticePagesPrefix, match: func(key string, _ []byte) bool {
+		defer st.inject(&readFault{op: "get", prefix: noticePagesPrefix, match: func(key string, _ []byte) bool {
 			mu.Lock()
 			defer mu.Unlock()
 			pages = append(pages, key)
@@ -136,7 +138,7 @@ func TestReplayOfTheFullRetentionReadsAtMost200Records(t *testing.T) {
 // never refused, and reads nothing.
 func TestReplaysFromTheStoreAreBoundedPerIdentity(t *testing.T) {
 	st := &faultStore{Store: memstore.New()}
-	b := newTestBroker(t, st)
+	b := newReplica(t, st)
 	appendNotices(t, b, 300, func(i int) string { return fmt.Sprintf("c%d", i%3) })
 	alice := audit.WithActor(context.Background(), "alice")
 	old := cursorAt(b, 10)
@@ -192,10 +194,10 @@ func TestReplayOfALogWrittenBeforePagesIsServedOrOutOfRange(t *testing.T) {
 	ctx := context.Background()
 	st := memstore.New()
 	const written = 40
-	meta := noticeLogMeta{Format: recordFormat, Epoch: "0011223344556677", NextSeq: written + 1, OldestSeq: 1, CursorKey: newCursorKey()}
+	meta := noticeLogMeta{Format: jsonrec.Format, Epoch: "0011223344556677", NextSeq: written + 1, OldestSeq: 1, CursorKey: newCursorKey()}
 	for seq := uint64(1); seq <= written; seq++ {
-		n := Notice{CredentialID: "c", FamilyID: fmt.Sprintf("f%d", seq), Kind: NoticeFamilyActivated}
-		raw, err := encodeRecord(n)
+		n := Notice{CredentialID: "c", FamilyID: fmt.Sprintf("f%d", seq), Kind: FamilyActivated}
+		raw, err := jsonrec.Encode(n)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -204,14 +206,14 @@ func TestReplayOfALogWrittenBeforePagesIsServedOrOutOfRange(t *testing.T) {
 		}
 		meta.Recent = append(lastNotices(meta.Recent, recentNotices-1), loggedNotice{Seq: seq, Notice: n})
 	}
-	raw, err := encodeRecord(meta)
+	raw, err := jsonrec.Encode(meta)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := st.Put(ctx, noticeLogMetaKey, raw, 0); err != nil {
+	if _, err := st.Put(ctx, metaKey, raw, 0); err != nil {
 		t.Fatal(err)
 	}
-	b := newTestBroker(t, st)
+	b := newReplica(t, st)
 
 	s, err := b.Subscribe(ctx, nil, cursorAt(b, 20))
 	if err != nil {
@@ -227,7 +229,7 @@ func TestReplayOfALogWrittenBeforePagesIsServedOrOutOfRange(t *testing.T) {
 
 	// Notices appended from now on are paged: a replay after them works.
 	appendNotices(t, b, 100, func(int) string { return "c" })
-	other := newTestBroker(t, st) // a replica that has not delivered them
+	other := newReplica(t, st) // a replica that has not delivered them
 	s, err = other.Subscribe(ctx, nil, cursorAt(other, written))
 	if err != nil {
 		t.Fatal(err)
@@ -242,7 +244,7 @@ func TestReplayOfALogWrittenBeforePagesIsServedOrOutOfRange(t *testing.T) {
 // from the same place: no notice is skipped.
 func TestReplayGoesOnAfterAStoreError(t *testing.T) {
 	st := &faultStore{Store: memstore.New()}
-	b := newTestBroker(t, st)
+	b := newReplica(t, st)
 	appendNotices(t, b, 300, func(int) string { return "c" })
 	s, err := b.Subscribe(context.Background(), nil, cursorAt(b, 10))
 	if err != nil {
@@ -250,8 +252,8 @@ func TestReplayGoesOnAfterAStoreError(t *testing.T) {
 	}
 	defer s.Close()
 	first := drain(t, s, 89) // the rest of page 0: the next call reads page 1
-	st.inject(&fault{op: "get", prefix: noticePagesPrefix, once: true, fail: errStoreDown})
-	var ue *UnavailableError
+	st.inject(&readFault{op: "get", prefix: noticePagesPrefix, once: true, fail: errStoreDown})
+	var ue *brokererr.UnavailableError
 	if _, err := s.Next(context.Background()); !errors.As(err, &ue) {
 		t.Fatalf("replay during a store outage: %v, want UnavailableError", err)
 	}
@@ -272,29 +274,29 @@ func TestReplayGoesOnAfterAStoreError(t *testing.T) {
 func TestNoticeAppendedByAnEarlierVersionIsNeverLookedForInAPage(t *testing.T) {
 	ctx := context.Background()
 	st := memstore.New()
-	b := newTestBroker(t, st, WithNoticePollInterval(10*time.Millisecond))
+	b := newReplica(t, st, withPoll(10*time.Millisecond))
 	appendNotices(t, b, 100, func(int) string { return "c" })
 
 	// The earlier version's append: its own record and the head, whose
 	// decoding and re-encoding loses the field it does not know.
-	rec, err := st.Get(ctx, noticeLogMetaKey)
+	rec, err := st.Get(ctx, metaKey)
 	if err != nil {
 		t.Fatal(err)
 	}
 	var meta noticeLogMeta
-	if err := decodeRecord(rec.Value, &meta, &meta.Format); err != nil {
+	if err := jsonrec.Decode(rec.Value, &meta, &meta.Format); err != nil {
 		t.Fatal(err)
 	}
-	old := Notice{CredentialID: "c", FamilyID: "from-the-earlier-version", Kind: NoticeFamilyActivated}
-	raw, _ := encodeRecord(old)
+	old := Notice{CredentialID: "c", FamilyID: "from-the-earlier-version", Kind: FamilyActivated}
+	raw, _ := jsonrec.Encode(old)
 	if _, err := st.Put(ctx, noticeKey(meta.NextSeq), raw, 0); err != nil {
 		t.Fatal(err)
 	}
 	meta.Recent = append(lastNotices(meta.Recent, recentNotices-1), loggedNotice{Seq: meta.NextSeq, Notice: old})
 	meta.NextSeq++
 	meta.PagedFrom = 0
-	raw, _ = encodeRecord(meta)
-	if _, err := st.Put(ctx, noticeLogMetaKey, raw, rec.Version); err != nil {
+	raw, _ = jsonrec.Encode(meta)
+	if _, err := st.Put(ctx, metaKey, raw, rec.Version); err != nil {
 		t.Fatal(err)
 	}
 	poll.Until(t, 10*time.Second, "the follower to deliver the earlier version's notice", func() bool {

@@ -1,0 +1,100 @@
+package broker
+
+import (
+	"context"
+	"errors"
+
+	"github.com/rotavault/rotavault/broker/notice"
+	"github.com/rotavault/rotavault/internal/credid"
+)
+
+// The notice log and its cursors are package notice; the rotation core
+// publishes to it and follows what other replicas publish. The names
+// callers know stay here.
+
+// Notice reports a change of a credential's token family.
+type Notice = notice.Notice
+
+// NoticeKind says what happened to a family; see notice.Kind.
+type NoticeKind = notice.Kind
+
+// Kinds of notices.
+const (
+	NoticeFamilyRevoked   = notice.FamilyRevoked
+	NoticeFamilyActivated = notice.FamilyActivated
+	NoticeAccessRotated   = notice.AccessRotated
+)
+
+// Subscription is a stream of notices; see notice.Subscription.
+type Subscription = notice.Subscription
+
+// Errors of Subscribe and Subscription.Next; see package notice.
+var (
+	ErrCursorExpired     = notice.ErrCursorExpired
+	ErrSubscriberTooSlow = notice.ErrSubscriberTooSlow
+	ErrTooManyReplays    = notice.ErrTooManyReplays
+)
+
+// Subscribe starts a subscription for the given credentials (all when
+// empty), resuming after cursor when it is set. Errors:
+// *InvalidArgumentError, ErrCursorExpired, ErrTooManyReplays,
+// *UnavailableError, ErrClosed.
+func (b *Broker) Subscribe(ctx context.Context, credentialIDs []string, cursor string) (*Subscription, error) {
+	if len(credentialIDs) > 1000 {
+		return nil, invalid("credential_ids", "at most 1000")
+	}
+	var filter map[string]bool
+	for _, id := range credentialIDs {
+		if err := credid.Validate(id); err != nil {
+			return nil, &InvalidArgumentError{Field: "credential_ids", Reason: err.Error()}
+		}
+		if filter == nil {
+			filter = make(map[string]bool)
+		}
+		filter[id] = true
+	}
+	if b.closed.Load() {
+		return nil, ErrClosed
+	}
+	return b.notices.Subscribe(ctx, filter, cursor)
+}
+
+// notify records a notice and delivers it (see notice.Log.Publish).
+func (b *Broker) notify(ctx context.Context, n Notice) {
+	if n.Kind == NoticeFamilyRevoked {
+		b.countRevocation(n.Reason)
+	}
+	b.notices.Publish(ctx, n)
+}
+
+// applyRemoteNotice brings this replica's cached state of a credential up to
+// date after another replica changed its family: without it, this replica
+// would keep handing out a cached access token of a family revoked
+// elsewhere until the token expired.
+func (b *Broker) applyRemoteNotice(ctx context.Context, n Notice) {
+	b.entriesMu.RLock()
+	e, ok := b.entries[n.CredentialID]
+	b.entriesMu.RUnlock()
+	if !ok {
+		return // loaded from the store on first use
+	}
+	v, err := b.readView(ctx, n.CredentialID)
+	switch {
+	case errors.Is(err, ErrNotFound):
+		b.dropEntry(n.CredentialID)
+	case err != nil:
+		// Stop handing out a token the notice may have killed; the next
+		// caller refreshes from the store's state.
+		if n.Kind == NoticeFamilyRevoked || n.Kind == NoticeAccessRotated {
+			e.dropAccess()
+		}
+		b.log.WarnContext(ctx, "could not re-read a credential another replica changed", "credential", n.CredentialID, "err", err)
+	default:
+		e.setView(v)
+	}
+}
+
+// SubscriberCount is the number of live subscriptions on this process.
+func (b *Broker) SubscriberCount() int {
+	return b.notices.SubscriberCount()
+}
