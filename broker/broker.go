@@ -19,6 +19,7 @@ import (
 
 	"github.com/rotavault/rotavault/audit"
 	"github.com/rotavault/rotavault/broker/brokererr"
+	"github.com/rotavault/rotavault/broker/internal/authflow"
 	"github.com/rotavault/rotavault/broker/notice"
 	"github.com/rotavault/rotavault/internal/credid"
 	"github.com/rotavault/rotavault/provider"
@@ -73,7 +74,6 @@ type options struct {
 	// (discovery.go); 0 turns the refetch off.
 	discoveryInterval time.Duration
 
-	flowLifetime      time.Duration
 	noticeRetention   int
 	retryBase         time.Duration
 	notProcessedTries int
@@ -86,9 +86,8 @@ type options struct {
 	noticePoll        time.Duration
 	// exclusiveStore: no other process uses the store (WithExclusiveStore).
 	exclusiveStore bool
-	maxFlows       int
-	// flow tunes reauthentication flows (flows.go).
-	flow flowOptions
+	// flow tunes the authorization flows (package authflow).
+	flow authflow.Options
 }
 
 func defaultOptions() options {
@@ -104,7 +103,6 @@ func defaultOptions() options {
 		introspectionConcurrency: DefaultIntrospectionConcurrency,
 		discoveryInterval:        DefaultDiscoveryInterval,
 
-		flowLifetime:      10 * time.Minute,
 		noticeRetention:   10000,
 		retryBase:         200 * time.Millisecond,
 		notProcessedTries: 4,
@@ -115,7 +113,7 @@ func defaultOptions() options {
 		claimMargin:       15 * time.Second,
 		claimPoll:         50 * time.Millisecond,
 		noticePoll:        500 * time.Millisecond,
-		maxFlows:          MaxPendingFlows,
+		flow:              authflow.Options{Lifetime: 10 * time.Minute, MaxFlows: MaxPendingFlows},
 	}
 }
 
@@ -258,7 +256,7 @@ func WithMaxFlows(n int) Option {
 		if n < 1 || n > 100_000 {
 			return fmt.Errorf("broker: max flows %d out of range [1, 100000]", n)
 		}
-		o.maxFlows = n
+		o.flow.MaxFlows = n
 		return nil
 	}
 }
@@ -310,8 +308,9 @@ type Broker struct {
 	entries   map[string]*entry
 
 	notices *notice.Log
-	// flows runs device-flow pollers and the flow sweeper (flows.go).
-	flows   flowRunner
+	// flows runs the authorization flows: device-flow pollers and the flow
+	// sweeper (package authflow).
+	flows   *authflow.Flows
 	metrics counters
 }
 
@@ -468,6 +467,10 @@ func New(ctx context.Context, cfg Config, opts ...Option) (*Broker, error) {
 		entries:  make(map[string]*entry),
 	}
 	b.notices = notice.New(b.store, o.noticeRetention, o.subscriberBuffer, o.now, b.log)
+	flowOpts := o.flow
+	flowOpts.RetryBase = o.retryBase
+	b.flows = authflow.New(authflow.Config{Store: b.store, Provider: b.provider, Core: flowCore{b}, Now: o.now, Logger: b.log,
+		ReplicaID: o.replicaID, Go: b.goTracked, Options: flowOpts})
 	if err := b.notices.Init(ctx); err != nil {
 		cancel()
 		return nil, err
@@ -480,7 +483,7 @@ func New(ctx context.Context, cfg Config, opts ...Option) (*Broker, error) {
 	b.stopScheduler = stopScheduler
 	b.startDetector(schedCtx)
 	b.startRediscovery(schedCtx)
-	b.startFlows(schedCtx)
+	b.flows.Start(schedCtx)
 	b.wg.Add(2)
 	go func() {
 		defer b.wg.Done()

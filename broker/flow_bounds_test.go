@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/rotavault/rotavault/audit"
+	"github.com/rotavault/rotavault/broker/internal/authflow"
 	"github.com/rotavault/rotavault/store"
 )
 
@@ -81,7 +82,7 @@ func TestFlowBoundIsExactAcrossReplicas(t *testing.T) {
 	if len(started) != 40 || refused != 40 {
 		t.Fatalf("80 concurrent starts with a bound of 40: %d started, %d refused", len(started), refused)
 	}
-	if keys, err := env.st.List(ctx, flowsPrefix); err != nil || len(keys) != 40 {
+	if keys, err := env.st.List(ctx, authflow.RecordPrefix); err != nil || len(keys) != 40 {
 		t.Fatalf("the store holds %d flows (%v), want 40", len(keys), err)
 	}
 }
@@ -120,8 +121,8 @@ func TestFlowSharesPerCredentialAndOperator(t *testing.T) {
 	if _, err := a.StartAuthorization(newcomer, "x", "http://127.0.0.1:1/cb", nil); !errors.Is(err, ErrTooManyFlows) {
 		t.Fatalf("an 11th flow for x: %v, want ErrTooManyFlows", err)
 	}
-	a.failFlow(ctx, started[0], FlowDenied, deniedDetail)
-	a.sweepFlows(ctx)
+	a.flows.Fail(ctx, started[0], FlowDenied, authflow.DeniedDetail)
+	a.flows.Sweep(ctx)
 	if _, err := a.StartAuthorization(newcomer, "x", "http://127.0.0.1:1/cb", nil); err != nil {
 		t.Fatalf("a flow for x after one of its flows ended: %v", err)
 	}
@@ -129,23 +130,23 @@ func TestFlowSharesPerCredentialAndOperator(t *testing.T) {
 
 // A start that fails after reserving its place (the provider refused a
 // device flow, the store write failed) gives the place back once a sweep
-// finds no record for it after reserveGrace.
+// finds no record for it after authflow.ReserveGrace.
 func TestReservationWithoutAFlowIsReleased(t *testing.T) {
 	ctx := context.Background()
 	env := newFlowEnv(t)
 	b := env.primary(ctx, t, WithMaxFlows(1))
-	if _, err := b.reserveFlow(ctx, "x"); err != nil { // a start that went no further
+	if _, err := b.flows.Reserve(ctx, "x"); err != nil { // a start that went no further
 		t.Fatal(err)
 	}
 	if _, err := b.StartAuthorization(ctx, "x", "http://127.0.0.1:1/cb", nil); !errors.Is(err, ErrTooManyFlows) {
 		t.Fatalf("with the only place reserved: %v, want ErrTooManyFlows", err)
 	}
-	b.sweepFlows(ctx)
+	b.flows.Sweep(ctx)
 	if _, err := b.StartAuthorization(ctx, "x", "http://127.0.0.1:1/cb", nil); !errors.Is(err, ErrTooManyFlows) {
 		t.Fatalf("within the grace a start may still write its record: %v, want ErrTooManyFlows", err)
 	}
-	env.clk.Add(reserveGrace)
-	b.sweepFlows(ctx)
+	env.clk.Add(authflow.ReserveGrace)
+	b.flows.Sweep(ctx)
 	if _, err := b.StartAuthorization(ctx, "x", "http://127.0.0.1:1/cb", nil); err != nil {
 		t.Fatalf("after the sweep dropped the orphan reservation: %v", err)
 	}
@@ -161,17 +162,17 @@ func TestReservationOfADeadReplicaIsReleased(t *testing.T) {
 	env := newFlowEnv(t)
 	dead := env.primary(ctx, t, WithMaxFlows(1))
 	survivor := env.replica(t, "replica-b", time.Hour, WithMaxFlows(1))
-	survivor.sweepFlows(ctx) // its first sweep: nothing to release yet
+	survivor.flows.Sweep(ctx) // its first sweep: nothing to release yet
 
-	if _, err := dead.reserveFlow(ctx, "x"); err != nil {
+	if _, err := dead.flows.Reserve(ctx, "x"); err != nil {
 		t.Fatal(err)
 	}
 	// The start that reserved never writes its record: the replica is gone.
 	if _, err := survivor.StartAuthorization(ctx, "x", "http://127.0.0.1:1/cb", nil); !errors.Is(err, ErrTooManyFlows) {
 		t.Fatalf("with the only place reserved: %v, want ErrTooManyFlows", err)
 	}
-	env.clk.Add(2 * reserveGrace)
-	survivor.sweepFlows(ctx)
+	env.clk.Add(2 * authflow.ReserveGrace)
+	survivor.flows.Sweep(ctx)
 	if _, err := survivor.StartAuthorization(ctx, "x", "http://127.0.0.1:1/cb", nil); err != nil {
 		t.Fatalf("after the dead replica's reservation expired: %v, want the flow started", err)
 	}

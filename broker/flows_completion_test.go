@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/rotavault/rotavault/audit"
+	"github.com/rotavault/rotavault/broker/internal/authflow"
 	"github.com/rotavault/rotavault/providersim"
 )
 
@@ -105,7 +106,7 @@ func TestFlowDoesNotCompleteIntoARecreatedCredential(t *testing.T) {
 		if n := env.aud.count(audit.ActionReauthenticated); n != 0 {
 			t.Errorf("%d families installed, want none", n)
 		}
-		if f := readFlowRecord(t, env.st, p.State); f.Status != flowFailed || f.Verifier != "" {
+		if f := readFlowRecord(t, env.st, p.State); f.Status != authflow.StatusFailed || f.Verifier != "" {
 			t.Errorf("flow %+v: want failed, without its verifier", f)
 		}
 	})
@@ -126,8 +127,8 @@ func TestFlowDoesNotCompleteIntoARecreatedCredential(t *testing.T) {
 		if err := env.sim.ApproveDevice(p.UserCode); err != nil {
 			t.Fatal(err)
 		}
-		f := awaitFlow(t, env.st, p.State, "finished", func(f *flowRecord) bool { return !f.pending() })
-		if f.Status != flowFailed || f.Failure != FlowRefused {
+		f := awaitFlow(t, env.st, p.State, "finished", func(f *authflow.Record) bool { return !f.Pending() })
+		if f.Status != authflow.StatusFailed || f.Failure != FlowRefused {
 			t.Fatalf("device flow of the deleted credential ended %s/%s, want failed/refused", f.Status, f.Failure)
 		}
 		wantAwaitingReauth(ctx, t, b, "x")

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/rotavault/rotavault/audit"
+	"github.com/rotavault/rotavault/broker/internal/authflow"
 	"github.com/rotavault/rotavault/internal/fakeclock"
 	"github.com/rotavault/rotavault/internal/poll"
 	"github.com/rotavault/rotavault/providersim"
@@ -62,10 +63,9 @@ func (env *flowEnv) primary(ctx context.Context, t *testing.T, extra ...Option) 
 }
 
 // readFlowRecord reads the one flow record a test started.
-func readFlowRecord(t *testing.T, st store.Store, state string) *flowRecord {
+func readFlowRecord(t *testing.T, st store.Store, state string) *authflow.Record {
 	t.Helper()
-	b := &Broker{store: st}
-	f, _, err := b.readFlow(context.Background(), state)
+	f, _, err := authflow.ReadRecord(context.Background(), st, state)
 	if err != nil {
 		t.Fatalf("read flow: %v", err)
 	}
@@ -92,9 +92,9 @@ func awaitActivation(t *testing.T, b *Broker, id, state string) Activation {
 }
 
 // awaitFlow re-reads the flow record until cond holds.
-func awaitFlow(t *testing.T, st store.Store, state, what string, cond func(*flowRecord) bool) *flowRecord {
+func awaitFlow(t *testing.T, st store.Store, state, what string, cond func(*authflow.Record) bool) *authflow.Record {
 	t.Helper()
-	var f *flowRecord
+	var f *authflow.Record
 	poll.UntilSeen(t, flowDeadline, "flow "+what, func() (bool, string) {
 		f = readFlowRecord(t, st, state)
 		return cond(f), fmt.Sprintf("%+v", f)
@@ -117,26 +117,25 @@ func TestDeviceFlowTakeoverFromDeadPoller(t *testing.T) {
 		t.Fatalf("pending %+v: want a user code, the provider's 1s interval and its verification URI", p)
 	}
 	_ = a.Close() // releases the lease: rewrite it as a replica that died would have left it
-	b0 := &Broker{store: env.st}
-	f, version, err := b0.readFlow(ctx, p.State)
+	f, version, err := authflow.ReadRecord(ctx, env.st, p.State)
 	if err != nil {
 		t.Fatal(err)
 	}
 	f.Poller, f.LeaseUntil = "replica-a", env.clk.Now().Add(3*time.Second)
-	if _, err := b0.writeFlow(ctx, p.State, f, version); err != nil {
+	if _, err := authflow.WriteRecord(ctx, env.st, p.State, f, version); err != nil {
 		t.Fatal(err)
 	}
 
 	b := env.replica(t, "replica-b", time.Hour)
-	b.sweepFlows(ctx)
-	if got := readFlowRecord(t, env.st, p.State); got.Poller != "replica-a" || b.flows.isPolling(p.State) {
+	b.flows.Sweep(ctx)
+	if got := readFlowRecord(t, env.st, p.State); got.Poller != "replica-a" || b.flows.Polling(p.State) {
 		t.Fatalf("replica b took over a live lease (poller %q)", got.Poller)
 	}
 	if err := env.sim.ApproveDevice(p.UserCode); err != nil {
 		t.Fatal(err)
 	}
 	env.clk.Add(4 * time.Second) // the dead replica's lease runs out
-	b.sweepFlows(ctx)
+	b.flows.Sweep(ctx)
 	if got := readFlowRecord(t, env.st, p.State); got.Poller != "replica-b" {
 		t.Fatalf("after the lease expired, poller %q, want replica-b", got.Poller)
 	}
@@ -148,7 +147,7 @@ func TestDeviceFlowTakeoverFromDeadPoller(t *testing.T) {
 	if err != nil || tok.FamilyID != act.FamilyID {
 		t.Fatalf("token after the device flow: %+v %v, want family %s", tok, err, act.FamilyID)
 	}
-	if f := readFlowRecord(t, env.st, p.State); f.DeviceCode != "" || f.Status != flowCompleted {
+	if f := readFlowRecord(t, env.st, p.State); f.DeviceCode != "" || f.Status != authflow.StatusCompleted {
 		t.Errorf("finished flow %+v: want completed, without its device code", f)
 	}
 }
@@ -168,7 +167,7 @@ func TestDeviceFlowHandoverOnShutdown(t *testing.T) {
 		t.Fatalf("a closed replica kept its lease (poller %q)", f.Poller)
 	}
 	b := env.replica(t, "replica-b", 20*time.Millisecond)
-	awaitFlow(t, env.st, p.State, "taken over", func(f *flowRecord) bool { return f.Poller == "replica-b" })
+	awaitFlow(t, env.st, p.State, "taken over", func(f *authflow.Record) bool { return f.Poller == "replica-b" })
 	if err := env.sim.ApproveDevice(p.UserCode); err != nil {
 		t.Fatal(err)
 	}
@@ -189,7 +188,7 @@ func TestDeviceFlowSlowDown(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	awaitFlow(t, env.st, p.State, "slowed down", func(f *flowRecord) bool { return f.Interval == 6*time.Second })
+	awaitFlow(t, env.st, p.State, "slowed down", func(f *authflow.Record) bool { return f.Interval == 6*time.Second })
 	got, err := a.CheckAuthorization(ctx, "x", p.State, 0)
 	if err != nil || got.Device == nil || got.Device.Interval != 6*time.Second {
 		t.Fatalf("check: %+v %v, want pending with a 6s interval", got.Device, err)
@@ -214,16 +213,16 @@ func TestFlowExpiryAndPruning(t *testing.T) {
 	if _, err := b.CheckAuthorization(ctx, "x", p.State, 0); !errors.As(err, &ae) || ae.Reason != FlowExpired {
 		t.Fatalf("check after 11m: %v, want expired", err)
 	}
-	b.sweepFlows(ctx)
-	if f := readFlowRecord(t, env.st, p.State); f.Status != flowFailed || f.Failure != FlowExpired || f.Verifier != "" {
+	b.flows.Sweep(ctx)
+	if f := readFlowRecord(t, env.st, p.State); f.Status != authflow.StatusFailed || f.Failure != FlowExpired || f.Verifier != "" {
 		t.Fatalf("swept flow %+v: want failed/expired without its verifier", f)
 	}
 	if _, err := b.CompleteAuthorization(ctx, "x", p.State, "some-code"); !isInvalidField(err, "state") {
 		t.Fatalf("completing an expired flow: %v, want invalid state", err)
 	}
-	env.clk.Add(flowRetention)
-	b.sweepFlows(ctx)
-	if _, err := env.st.Get(ctx, flowKey(p.State)); !errors.Is(err, store.ErrNotFound) {
+	env.clk.Add(authflow.Retention)
+	b.flows.Sweep(ctx)
+	if _, err := env.st.Get(ctx, authflow.RecordKey(p.State)); !errors.Is(err, store.ErrNotFound) {
 		t.Fatalf("finished flow still stored after its retention: %v", err)
 	}
 	if _, err := b.CheckAuthorization(ctx, "x", p.State, 0); !isInvalidField(err, "state") {
@@ -297,7 +296,7 @@ func TestDeviceFlowScopeRefusal(t *testing.T) {
 	if n := env.sim.Stats().DeviceAuthorizations; n != 0 {
 		t.Errorf("the provider saw %d device authorizations", n)
 	}
-	if keys, err := env.st.List(ctx, flowsPrefix); err != nil || len(keys) != 0 {
+	if keys, err := env.st.List(ctx, authflow.RecordPrefix); err != nil || len(keys) != 0 {
 		t.Errorf("flows stored: %v %v", keys, err)
 	}
 }
@@ -326,14 +325,14 @@ func TestFlowStartsAreBounded(t *testing.T) {
 	if _, err := b.StartDeviceAuthorization(ctx, "x", nil); !errors.Is(err, ErrTooManyFlows) {
 		t.Fatalf("device flow: %v, want ErrTooManyFlows", err)
 	}
-	if keys, _ := env.st.List(ctx, flowsPrefix); len(keys) != 2 || env.sim.Stats().DeviceAuthorizations != starts {
+	if keys, _ := env.st.List(ctx, authflow.RecordPrefix); len(keys) != 2 || env.sim.Stats().DeviceAuthorizations != starts {
 		t.Fatalf("refused starts left %d flows and %d device authorizations", len(keys), env.sim.Stats().DeviceAuthorizations-starts)
 	}
 	// Expired, then forgotten: room again.
 	env.clk.Add(11 * time.Minute)
-	b.sweepFlows(ctx)
+	b.flows.Sweep(ctx)
 	env.clk.Add(11 * time.Minute)
-	b.sweepFlows(ctx)
+	b.flows.Sweep(ctx)
 	if _, err := b.StartAuthorization(ctx, "x", "http://127.0.0.1:1/cb", nil); err != nil {
 		t.Fatalf("after the old flows were forgotten: %v", err)
 	}

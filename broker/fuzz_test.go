@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/rotavault/rotavault/broker/internal/authflow"
 	"github.com/rotavault/rotavault/internal/credid"
 	"github.com/rotavault/rotavault/store"
 )
@@ -42,8 +43,8 @@ func FuzzRequestValidation(f *testing.F) {
 		}
 		// The state in a browser's callback names a store key: an accepted
 		// one must stay a single segment under flows/.
-		if isFlowState(id) {
-			if key := flowKey(id); store.ValidateKey(key) != nil || strings.Count(key, "/") != 1 {
+		if IsFlowState(id) {
+			if key := authflow.RecordKey(id); store.ValidateKey(key) != nil || strings.Count(key, "/") != 1 {
 				t.Fatalf("accepted state %q makes the key %q", id, key)
 			}
 		}

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/rotavault/rotavault/broker/internal/textcheck"
 	"github.com/rotavault/rotavault/provider"
 )
 
@@ -230,14 +231,7 @@ func domainName(s string) bool {
 	return true
 }
 
-func printable(s string) bool {
-	for _, r := range s {
-		if r < 0x20 || r == 0x7f {
-			return false
-		}
-	}
-	return true
-}
+func printable(s string) bool { return textcheck.Printable(s) }
 
 // ValidateEndpointURL accepts https URLs, and http only on a loopback host
 // (for tests and the dev command). Userinfo and fragments are refused.

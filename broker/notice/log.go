@@ -67,7 +67,7 @@ type noticeLogMeta struct {
 	// CursorKey seals cursors (see cursorCodec); stores encrypt records.
 	CursorKey []byte `json:"cursor_key,omitempty"`
 	// PagedFrom is the first sequence number from which every notice is
-	// also in its page and its credential's index (notice_pages.go); 0 when
+	// also in its page and its credential's index (pages.go); 0 when
 	// unknown (a log an earlier version wrote last).
 	PagedFrom uint64 `json:"paged_from,omitempty"`
 }
@@ -600,7 +600,7 @@ type Subscription struct {
 	filter      map[string]bool
 	// replayLast is the last notice replayed rather than delivered live:
 	// memReplay from the log's newest notices in memory, or store reading
-	// the older ones (notice_pages.go).
+	// the older ones (pages.go).
 	replayLast uint64
 	memReplay  []Notice
 	store      *storeReplay

@@ -1,4 +1,10 @@
-package broker
+// Package authflow runs the authorization flows that give a credential a
+// new token family: authorization code with PKCE (answered by the caller or
+// by the server's own callback) and device authorization. Flows live in
+// the store, so any replica answers for them; the rotation core installs
+// the family a flow brings (Core). Package broker re-exports the names its
+// callers use.
+package authflow
 
 import (
 	"context"
@@ -7,6 +13,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math/rand/v2"
 	"strings"
 	"sync"
@@ -14,7 +21,10 @@ import (
 	"time"
 
 	"github.com/rotavault/rotavault/audit"
+	"github.com/rotavault/rotavault/broker/brokererr"
+	"github.com/rotavault/rotavault/broker/internal/jsonrec"
 	"github.com/rotavault/rotavault/internal/ctxwait"
+	"github.com/rotavault/rotavault/provider"
 	"github.com/rotavault/rotavault/store"
 )
 
@@ -25,13 +35,13 @@ import (
 // dies is taken over. A flow is bound to its credential (and the
 // credential's incarnation), single use (its code is consumed with
 // check-and-set) and expiring. Finished flows keep their outcome for
-// flowRetention so that a late check still learns it, then a sweep deletes
+// Retention so that a late check still learns it, then a sweep deletes
 // them.
 //
 // A device flow is polled by one replica at a time: the holder of its lease
 // (poller, lease_until), taken and renewed with check-and-set. The holder's
 // provider calls end a third of the lease before the lease does, as refresh
-// claims do (claim.go): two replicas poll the same device code only if a
+// claims do (broker/claim.go): two replicas poll the same device code only if a
 // process pause plus clock skew exceeds that margin, and even then the
 // provider redeems an approved device code once, so at most one family is
 // installed. A replica that stops releases its leases; one that dies leaves
@@ -47,14 +57,14 @@ const (
 	FlowDevice FlowKind = "device"
 )
 
-type flowStatus string
+type Status string
 
 const (
-	// flowPending is also the status of records written before statuses
+	// StatusPending is also the status of records written before statuses
 	// existed (empty).
-	flowPending   flowStatus = "pending"
-	flowCompleted flowStatus = "completed"
-	flowFailed    flowStatus = "failed"
+	StatusPending   Status = "pending"
+	StatusCompleted Status = "completed"
+	StatusFailed    Status = "failed"
 )
 
 // FlowFailure says why a flow ended without a new family.
@@ -72,9 +82,9 @@ const (
 )
 
 const (
-	// flowRetention is how long a finished (or expired) flow's outcome is
+	// Retention is how long a finished (or expired) flow's outcome is
 	// kept for AuthorizationCheck before a sweep deletes it.
-	flowRetention = 10 * time.Minute
+	Retention = 10 * time.Minute
 	// exchangeGrace keeps a sweep from expiring an authorization-code flow
 	// whose code a replica is exchanging right at the deadline: the
 	// exchange's outcome, not the clock, decides.
@@ -102,7 +112,6 @@ const (
 	checkAnswerMargin = time.Second
 	// flowWriteTries bounds read-modify-write loops on a flow record.
 	flowWriteTries = 16
-	flowsPrefix    = "flows/"
 )
 
 // Defaults of WithFlowTiming.
@@ -111,75 +120,132 @@ const (
 	DefaultDeviceLease       = 30 * time.Second
 )
 
-// flowOptions are the options of reauthentication flows; zero values mean
-// the defaults.
-type flowOptions struct {
-	sweepInterval time.Duration
-	lease         time.Duration
-	callbackURL   string
+// Options tune the flows; zero values mean the defaults.
+type Options struct {
+	// Lifetime is how long an authorization-code flow may take.
+	Lifetime time.Duration
+	// MaxFlows bounds the flows the store holds at once (MaxPendingFlows
+	// when zero).
+	MaxFlows int
+	// SweepInterval is how often a replica sweeps the flows
+	// (DefaultFlowSweepInterval); Lease is a device flow's poll lease
+	// (DefaultDeviceLease, at least three polling intervals).
+	SweepInterval, Lease time.Duration
+	// CallbackURL is the server's own OAuth callback; empty for none.
+	CallbackURL string
+	// RetryBase is the first wait between attempts to store the family of
+	// an approved device grant; it doubles with each attempt.
+	RetryBase time.Duration
 }
 
-// WithFlowTiming sets how often a replica sweeps the pending flows (taking
-// over device flows whose poller's lease ran out, expiring and deleting old
-// ones; default 10s, one store List per sweep plus one read per flow) and
-// the lease a device flow's poller holds (default 30s, at least three
-// polling intervals). A dead poller is replaced within lease + sweep.
-func WithFlowTiming(sweep, lease time.Duration) Option {
-	return func(o *options) error {
-		if sweep < 10*time.Millisecond || sweep > time.Hour {
-			return fmt.Errorf("broker: flow sweep interval %s out of range [10ms, 1h]", sweep)
-		}
-		if lease < 300*time.Millisecond || lease > 10*time.Minute {
-			return fmt.Errorf("broker: device lease %s out of range [300ms, 10m]", lease)
-		}
-		o.flow.sweepInterval, o.flow.lease = sweep, lease
-		return nil
-	}
-}
-
-// WithCallbackURL sets the server's own OAuth callback URL
-// (<public URL>/oauth/callback), used by authorization-code flows started
-// without a redirect URI. It must be https, or http on loopback, and be
-// registered with each provider app.
-func WithCallbackURL(u string) Option {
-	return func(o *options) error {
-		if err := ValidateEndpointURL(u); err != nil {
-			return fmt.Errorf("broker: callback URL: %w", err)
-		}
-		o.flow.callbackURL = u
-		return nil
-	}
-}
-
-func (o flowOptions) sweep() time.Duration {
-	if o.sweepInterval > 0 {
-		return o.sweepInterval
+func (o Options) sweep() time.Duration {
+	if o.SweepInterval > 0 {
+		return o.SweepInterval
 	}
 	return DefaultFlowSweepInterval
 }
 
 // leaseFor is a device flow's lease: long enough for three polls, so a live
 // poller renews it every other poll at most.
-func (o flowOptions) leaseFor(interval time.Duration) time.Duration {
-	lease := o.lease
+func (o Options) leaseFor(interval time.Duration) time.Duration {
+	lease := o.Lease
 	if lease <= 0 {
 		lease = DefaultDeviceLease
 	}
 	return max(lease, 3*interval)
 }
 
-// flowRecord is a reauthentication flow. The verifier and the device code
+// Core is what the flows need of the rotation core.
+type Core interface {
+	// ValidateID refuses a malformed credential id
+	// (*brokererr.InvalidArgumentError).
+	ValidateID(id string) error
+	// ValidateEndpointURL refuses a URL the provider may not be sent to.
+	ValidateEndpointURL(raw string) error
+	// Credential returns credential id as this replica last saw it, or,
+	// with stored, as the store holds it now. Errors: brokererr.ErrNotFound,
+	// *brokererr.UnavailableError.
+	Credential(ctx context.Context, id string, stored bool) (Credential, error)
+	// Install stores the family of an approved grant into the credential's
+	// incarnation (brokererr.ErrNotFound when it is gone), revoking the
+	// family it replaces at the provider, and announces it.
+	Install(ctx context.Context, id, incarnation string, tok *provider.Token) (Activation, error)
+}
+
+// Credential is what a flow needs of its credential.
+type Credential struct {
+	ID, Incarnation string
+	// Generic: a generic OAuth 2.0 provider (not Salesforce).
+	Generic bool
+	// Scopes are the credential's configured scopes.
+	Scopes   []string
+	Endpoint provider.Endpoint
+	Client   provider.ClientCredentials
+	// ResolveScopes returns a flow's scopes (the credential's unless
+	// requested), refusing those that cannot yield a rotatable grant.
+	ResolveScopes func(requested []string) ([]string, error)
+}
+
+// Provider is what the flows need of the provider client.
+type Provider interface {
+	AuthCodeURL(ep provider.Endpoint, cc provider.ClientCredentials, redirectURI, state, codeChallenge string, scopes []string) (string, error)
+	ExchangeCode(ctx context.Context, ep provider.Endpoint, cc provider.ClientCredentials, code, redirectURI, codeVerifier string) (*provider.Token, error)
+	StartDeviceAuthorization(ctx context.Context, ep provider.Endpoint, cc provider.ClientCredentials, scopes []string) (*provider.DeviceAuthorization, error)
+	PollDeviceToken(ctx context.Context, ep provider.Endpoint, cc provider.ClientCredentials, deviceCode string) (*provider.Token, error)
+	Revoke(ctx context.Context, ep provider.Endpoint, cc provider.ClientCredentials, token string) error
+}
+
+// Config holds the flows' dependencies.
+type Config struct {
+	Store    store.Store
+	Provider Provider
+	Core     Core
+	Now      func() time.Time
+	Logger   *slog.Logger
+	// ReplicaID names this replica as a device flow's poller.
+	ReplicaID string
+	// Go runs f in a goroutine its owner waits for at shutdown, and
+	// reports false, running nothing, once the owner is closed.
+	Go      func(f func()) bool
+	Options Options
+}
+
+// Flows runs the authorization flows (code, device, callback) of every
+// credential. Safe for concurrent use; Start it once.
+type Flows struct {
+	store     store.Store
+	provider  Provider
+	core      Core
+	now       func() time.Time
+	log       *slog.Logger
+	replicaID string
+	goTracked func(f func()) bool
+	opts      Options
+	runner    flowRunner
+}
+
+// New returns the flows of cfg; Start runs their sweeper.
+func New(cfg Config) *Flows {
+	o := cfg.Options
+	if o.MaxFlows == 0 {
+		o.MaxFlows = MaxPendingFlows
+	}
+	return &Flows{store: cfg.Store, provider: cfg.Provider, core: cfg.Core, now: cfg.Now, log: cfg.Logger,
+		replicaID: cfg.ReplicaID, goTracked: cfg.Go, opts: o}
+}
+
+// Record is a reauthentication flow. The verifier and the device code
 // are secrets: stores encrypt records.
-type flowRecord struct {
+type Record struct {
 	Format int `json:"format"`
 	// Kind is empty in records written before device flows existed.
-	Kind         FlowKind   `json:"kind,omitempty"`
-	CredentialID string     `json:"credential_id"`
-	Incarnation  string     `json:"incarnation,omitempty"`
-	Scopes       []string   `json:"scopes,omitempty"`
-	StartedAt    time.Time  `json:"started_at,omitzero"`
-	ExpiresAt    time.Time  `json:"expires_at"`
-	Status       flowStatus `json:"status,omitempty"`
+	Kind         FlowKind  `json:"kind,omitempty"`
+	CredentialID string    `json:"credential_id"`
+	Incarnation  string    `json:"incarnation,omitempty"`
+	Scopes       []string  `json:"scopes,omitempty"`
+	StartedAt    time.Time `json:"started_at,omitzero"`
+	ExpiresAt    time.Time `json:"expires_at"`
+	Status       Status    `json:"status,omitempty"`
 	// Actor started the flow; the family it installs is audited in their
 	// name when no caller is at hand (a device poll, a browser redirect).
 	Actor string `json:"actor,omitempty"`
@@ -214,31 +280,32 @@ type flowRecord struct {
 	FinishedAt    time.Time   `json:"finished_at,omitzero"`
 }
 
-func (f *flowRecord) kind() FlowKind {
+func (f *Record) kind() FlowKind {
 	if f.Kind == "" {
 		return FlowAuthorizationCode
 	}
 	return f.Kind
 }
 
-func (f *flowRecord) pending() bool { return f.Status == "" || f.Status == flowPending }
+// Pending reports whether the flow has not ended yet.
+func (f *Record) Pending() bool { return f.Status == "" || f.Status == StatusPending }
 
 // finish records an outcome and drops what only a pending flow needs: the
 // verifier and the device code are useless from now on, and a record kept
-// for flowRetention should not hold them.
-func (f *flowRecord) finish(now time.Time, status flowStatus) {
+// for Retention should not hold them.
+func (f *Record) finish(now time.Time, status Status) {
 	f.Status, f.FinishedAt = status, now
 	f.Verifier, f.DeviceCode = "", ""
 	f.Poller, f.LeaseUntil = "", time.Time{}
 }
 
-func (f *flowRecord) fail(now time.Time, reason FlowFailure, detail string) {
-	f.finish(now, flowFailed)
+func (f *Record) fail(now time.Time, reason FlowFailure, detail string) {
+	f.finish(now, StatusFailed)
 	f.Failure, f.FailureDetail = reason, detail
 }
 
-func (f *flowRecord) complete(now time.Time, act Activation) {
-	f.finish(now, flowCompleted)
+func (f *Record) complete(now time.Time, act Activation) {
+	f.finish(now, StatusCompleted)
 	f.Failure, f.FailureDetail = "", ""
 	f.FamilyID, f.Generation, f.ActivatedAt = act.FamilyID, act.Generation, act.ActivatedAt
 }
@@ -279,10 +346,10 @@ const (
 	// reservation writes with check-and-set: that is what makes the
 	// bounds exact across replicas.
 	flowLedgerKey = "flowledger"
-	// reserveGrace is how long a reserved flow may go without its record
+	// ReserveGrace is how long a reserved flow may go without its record
 	// before a sweep drops the reservation: starting a device flow waits
 	// for the provider (at most maxDevicePoll) between the two.
-	reserveGrace = 2 * time.Minute
+	ReserveGrace = 2 * time.Minute
 )
 
 // flowLedger lists the flows the store holds or is about to hold. Entries
@@ -317,16 +384,16 @@ func actorID(actor string) string {
 // ctx's actor, within every bound, and returns the flow's state. The
 // ledger is written with check-and-set, so concurrent starts on every
 // replica together never exceed a bound. Errors: ErrTooManyFlows,
-// *UnavailableError, ErrConflict.
-func (b *Broker) reserveFlow(ctx context.Context, credentialID string) (string, error) {
+// *brokererr.UnavailableError, brokererr.ErrConflict.
+func (fl *Flows) reserveFlow(ctx context.Context, credentialID string) (string, error) {
 	// One reservation at a time on this replica: concurrent local starts
 	// would only lose check-and-set races to each other.
-	b.flows.reserveMu.Lock()
-	defer b.flows.reserveMu.Unlock()
+	fl.runner.reserveMu.Lock()
+	defer fl.runner.reserveMu.Unlock()
 	state := randomToken(32)
 	actor := actorID(audit.Actor(ctx))
 	var refusal error
-	err := b.updateLedger(ctx, func(l *flowLedger) bool {
+	err := fl.updateLedger(ctx, func(l *flowLedger) bool {
 		var perCredential, perActor int
 		for _, e := range l.Flows {
 			if e.Finished {
@@ -340,7 +407,7 @@ func (b *Broker) reserveFlow(ctx context.Context, credentialID string) (string, 
 			}
 		}
 		switch {
-		case len(l.Flows) >= b.opts.maxFlows:
+		case len(l.Flows) >= fl.opts.MaxFlows:
 			refusal = fmt.Errorf("%w: the store holds %d (finished flows are forgotten after 10 minutes)", ErrTooManyFlows, len(l.Flows))
 		case perCredential >= MaxPendingFlowsPerCredential:
 			refusal = fmt.Errorf("%w: %d pending for credential %s", ErrTooManyFlows, perCredential, credentialID)
@@ -348,7 +415,7 @@ func (b *Broker) reserveFlow(ctx context.Context, credentialID string) (string, 
 			refusal = fmt.Errorf("%w: %d pending started by this caller", ErrTooManyFlows, perActor)
 		default:
 			refusal = nil
-			l.Flows[ledgerID(state)] = ledgerEntry{CredentialID: credentialID, Actor: actor, ReservedAt: b.opts.now()}
+			l.Flows[ledgerID(state)] = ledgerEntry{CredentialID: credentialID, Actor: actor, ReservedAt: fl.now()}
 			return true
 		}
 		return false
@@ -357,10 +424,10 @@ func (b *Broker) reserveFlow(ctx context.Context, credentialID string) (string, 
 		return "", err
 	}
 	if refusal != nil {
-		b.log.WarnContext(ctx, "refusing a new authorization flow", "credential", credentialID, "err", refusal)
+		fl.log.WarnContext(ctx, "refusing a new authorization flow", "credential", credentialID, "err", refusal)
 		return "", refusal
 	}
-	b.flows.ledgerDirty.Store(true)
+	fl.runner.ledgerDirty.Store(true)
 	return state, nil
 }
 
@@ -379,7 +446,7 @@ func ledgerBackoff(attempt int) time.Duration {
 }
 
 // updateLedger is the ledger's read → mutate → check-and-set loop.
-func (b *Broker) updateLedger(ctx context.Context, mutate func(*flowLedger) bool) error {
+func (fl *Flows) updateLedger(ctx context.Context, mutate func(*flowLedger) bool) error {
 	for attempt := range ledgerWriteTries {
 		if attempt > 0 {
 			if err := ctxwait.Sleep(ctx, ledgerBackoff(attempt)); err != nil {
@@ -388,11 +455,11 @@ func (b *Broker) updateLedger(ctx context.Context, mutate func(*flowLedger) bool
 		}
 		l := &flowLedger{}
 		var version uint64
-		rec, err := b.store.Get(ctx, flowLedgerKey)
+		rec, err := fl.store.Get(ctx, flowLedgerKey)
 		switch {
 		case errors.Is(err, store.ErrNotFound):
 		case err != nil:
-			return storeUnavailable(err)
+			return brokererr.StoreUnavailable(err)
 		default:
 			if err := json.Unmarshal(rec.Value, l); err != nil {
 				return fmt.Errorf("broker: flow ledger: %w", err)
@@ -409,42 +476,42 @@ func (b *Broker) updateLedger(ctx context.Context, mutate func(*flowLedger) bool
 		if err != nil {
 			return fmt.Errorf("broker: flow ledger: %w", err)
 		}
-		_, err = b.store.Put(ctx, flowLedgerKey, data, version)
+		_, err = fl.store.Put(ctx, flowLedgerKey, data, version)
 		if errors.Is(err, store.ErrConflict) {
 			continue
 		}
 		if err != nil {
-			return storeUnavailable(err)
+			return brokererr.StoreUnavailable(err)
 		}
 		return nil
 	}
-	return fmt.Errorf("%w: the flow ledger kept changing", ErrConflict)
+	return fmt.Errorf("%w: the flow ledger kept changing", brokererr.ErrConflict)
 }
 
 // reconcileLedger brings the ledger in line with the flow records a sweep
 // found (by ledger id: whether each is pending): a finished flow leaves its
 // shares, a deleted one the ledger; a reservation whose record never came
-// (a start that failed after reserving) is dropped after reserveGrace.
-func (b *Broker) reconcileLedger(ctx context.Context, records map[string]bool) {
-	now := b.opts.now()
-	// An idle system's sweeps read no ledger, except once per reserveGrace:
+// (a start that failed after reserving) is dropped after ReserveGrace.
+func (fl *Flows) reconcileLedger(ctx context.Context, records map[string]bool) {
+	now := fl.now()
+	// An idle system's sweeps read no ledger, except once per ReserveGrace:
 	// a reservation left by a replica that crashed (or was removed) before
 	// writing its flow record is in no replica's memory, and nothing else
 	// would ever release its place. A restarted replica checks at its
 	// first sweep (the zero time).
-	if len(records) == 0 && !b.flows.ledgerDirty.Load() &&
-		now.Sub(time.Unix(0, b.flows.ledgerCheckedAt.Load())) < reserveGrace {
+	if len(records) == 0 && !fl.runner.ledgerDirty.Load() &&
+		now.Sub(time.Unix(0, fl.runner.ledgerCheckedAt.Load())) < ReserveGrace {
 		return
 	}
-	b.flows.ledgerCheckedAt.Store(now.UnixNano())
+	fl.runner.ledgerCheckedAt.Store(now.UnixNano())
 	left := -1
-	err := b.updateLedger(ctx, func(l *flowLedger) bool {
+	err := fl.updateLedger(ctx, func(l *flowLedger) bool {
 		defer func() { left = len(l.Flows) }()
 		changed := false
 		for id, e := range l.Flows {
 			pending, exists := records[id]
 			switch {
-			case !exists && now.Sub(e.ReservedAt) >= reserveGrace:
+			case !exists && now.Sub(e.ReservedAt) >= ReserveGrace:
 				delete(l.Flows, id)
 				changed = true
 			case exists && !pending && !e.Finished:
@@ -456,24 +523,24 @@ func (b *Broker) reconcileLedger(ctx context.Context, records map[string]bool) {
 		return changed
 	})
 	if err != nil && ctx.Err() == nil {
-		b.log.WarnContext(ctx, "flow sweep: cannot update the flow ledger", "err", err)
+		fl.log.WarnContext(ctx, "flow sweep: cannot update the flow ledger", "err", err)
 	}
 	if err == nil && left == 0 {
-		b.flows.ledgerDirty.Store(false)
+		fl.runner.ledgerDirty.Store(false)
 	}
 }
 
 // Details of flow outcomes that more than one path records.
 const (
 	flowExpiredDetail = "the flow expired before the user completed it; start a new one"
-	deniedDetail      = "the user denied the authorization at the provider"
+	DeniedDetail      = "the user denied the authorization at the provider"
 )
 
 // errFlowUnknown is the answer for a state that names no usable flow: never
 // issued, another credential's, expired, used or forgotten. One answer for
 // all, so a caller cannot probe other credentials' flows.
 func errFlowUnknown() error {
-	return invalid("state", "unknown, expired or already used; start the flow again")
+	return brokererr.Invalid("state", "unknown, expired or already used; start the flow again")
 }
 
 // flowRunner is the broker's share of flow work: the device pollers this
@@ -508,17 +575,18 @@ type flowRunner struct {
 // shutdown begins, before the transport waits for calls in flight: a
 // waiting check must not hold a rolling restart up to a minute; its client
 // asks again, elsewhere. Safe to call more than once.
-func (b *Broker) StopWaiting() {
-	b.flows.noWaitOnce.Do(func() { close(b.flows.noWait) })
+func (fl *Flows) StopWaiting() {
+	fl.runner.noWaitOnce.Do(func() { close(fl.runner.noWait) })
 }
 
-// startFlows starts the sweeper; ctx ends at Close.
-func (b *Broker) startFlows(ctx context.Context) {
-	b.flows.ctx = ctx
-	b.flows.polling = make(map[string]bool)
-	b.flows.changed = make(chan struct{})
-	b.flows.noWait = make(chan struct{})
-	b.goTracked(func() { b.runFlowSweeper(ctx) })
+// Start starts the sweeper; ctx ends when the owner closes, and with it
+// the device pollers (which release their leases) and waiting checks.
+func (fl *Flows) Start(ctx context.Context) {
+	fl.runner.ctx = ctx
+	fl.runner.polling = make(map[string]bool)
+	fl.runner.changed = make(chan struct{})
+	fl.runner.noWait = make(chan struct{})
+	fl.goTracked(func() { fl.runFlowSweeper(ctx) })
 }
 
 func (f *flowRunner) changedCh() <-chan struct{} {
@@ -560,95 +628,108 @@ func (f *flowRunner) isPolling(state string) bool {
 
 // readFlow returns the flow of state; store.ErrNotFound (wrapped) when
 // there is none.
-func (b *Broker) readFlow(ctx context.Context, state string) (*flowRecord, uint64, error) {
-	rec, err := b.store.Get(ctx, flowKey(state))
+func (fl *Flows) readFlow(ctx context.Context, state string) (*Record, uint64, error) {
+	return ReadRecord(ctx, fl.store, state)
+}
+
+// ReadRecord reads the flow of state from st; store.ErrNotFound (wrapped)
+// when there is none.
+func ReadRecord(ctx context.Context, st store.Store, state string) (*Record, uint64, error) {
+	rec, err := st.Get(ctx, RecordKey(state))
 	if err != nil {
 		if errors.Is(err, store.ErrNotFound) {
 			return nil, 0, err
 		}
-		return nil, 0, storeUnavailable(err)
+		return nil, 0, brokererr.StoreUnavailable(err)
 	}
-	var f flowRecord
-	if err := decodeRecord(rec.Value, &f, &f.Format); err != nil {
+	var f Record
+	if err := jsonrec.Decode(rec.Value, &f, &f.Format); err != nil {
 		return nil, 0, err
 	}
 	return &f, rec.Version, nil
 }
 
 // writeFlow stores a flow record with check-and-set on expected (0: create).
-// Errors: store.ErrConflict (wrapped) as is, *UnavailableError.
-func (b *Broker) writeFlow(ctx context.Context, state string, f *flowRecord, expected uint64) (uint64, error) {
-	f.Format = recordFormat
-	raw, err := encodeRecord(f)
+// Errors: store.ErrConflict (wrapped) as is, *brokererr.UnavailableError.
+func (fl *Flows) writeFlow(ctx context.Context, state string, f *Record, expected uint64) (uint64, error) {
+	return WriteRecord(ctx, fl.store, state, f, expected)
+}
+
+// WriteRecord stores the flow of state in st with check-and-set on
+// expected (0: create). Errors: store.ErrConflict (wrapped) as is,
+// *brokererr.UnavailableError.
+func WriteRecord(ctx context.Context, st store.Store, state string, f *Record, expected uint64) (uint64, error) {
+	f.Format = jsonrec.Format
+	raw, err := jsonrec.Encode(f)
 	if err != nil {
 		return 0, err
 	}
-	v, err := b.store.Put(ctx, flowKey(state), raw, expected)
+	v, err := st.Put(ctx, RecordKey(state), raw, expected)
 	if err != nil && !errors.Is(err, store.ErrConflict) {
-		return 0, storeUnavailable(err)
+		return 0, brokererr.StoreUnavailable(err)
 	}
 	return v, err
 }
 
 // updateFlow re-reads the flow and applies mutate until a check-and-set
 // write succeeds. mutate returns false to leave the record as it is.
-// Errors: store.ErrNotFound, *UnavailableError, ErrConflict after
+// Errors: store.ErrNotFound, *brokererr.UnavailableError, brokererr.ErrConflict after
 // flowWriteTries lost races.
-func (b *Broker) updateFlow(ctx context.Context, state string, mutate func(*flowRecord) bool) (*flowRecord, uint64, error) {
+func (fl *Flows) updateFlow(ctx context.Context, state string, mutate func(*Record) bool) (*Record, uint64, error) {
 	for range flowWriteTries {
-		f, version, err := b.readFlow(ctx, state)
+		f, version, err := fl.readFlow(ctx, state)
 		if err != nil {
 			return nil, 0, err
 		}
 		if !mutate(f) {
 			return f, version, nil
 		}
-		v, err := b.writeFlow(ctx, state, f, version)
+		v, err := fl.writeFlow(ctx, state, f, version)
 		if errors.Is(err, store.ErrConflict) {
 			continue
 		}
 		if err != nil {
 			return nil, 0, err
 		}
-		if !f.pending() {
-			b.flows.signal()
+		if !f.Pending() {
+			fl.runner.signal()
 		}
 		return f, v, nil
 	}
-	return nil, 0, fmt.Errorf("%w: flow record kept changing", ErrConflict)
+	return nil, 0, fmt.Errorf("%w: flow record kept changing", brokererr.ErrConflict)
 }
 
 // completeFlow records a flow's family. It overwrites an expiry a sweep
 // wrote meanwhile: the family is installed, that is the truth.
-func (b *Broker) completeFlow(ctx context.Context, state string, act Activation) {
-	b.recordOutcome(ctx, state, func(f *flowRecord) bool {
-		if !f.pending() && (f.Status != flowFailed || f.Failure != FlowExpired) {
+func (fl *Flows) completeFlow(ctx context.Context, state string, act Activation) {
+	fl.recordOutcome(ctx, state, func(f *Record) bool {
+		if !f.Pending() && (f.Status != StatusFailed || f.Failure != FlowExpired) {
 			return false
 		}
-		f.complete(b.opts.now(), act)
+		f.complete(fl.now(), act)
 		return true
 	})
 }
 
 // failFlow records why a flow ended without a family, unless it already
 // ended.
-func (b *Broker) failFlow(ctx context.Context, state string, reason FlowFailure, detail string) {
-	b.recordOutcome(ctx, state, func(f *flowRecord) bool {
-		if !f.pending() {
+func (fl *Flows) failFlow(ctx context.Context, state string, reason FlowFailure, detail string) {
+	fl.recordOutcome(ctx, state, func(f *Record) bool {
+		if !f.Pending() {
 			return false
 		}
-		f.fail(b.opts.now(), reason, detail)
+		f.fail(fl.now(), reason, detail)
 		return true
 	})
 }
 
 // recordOutcome writes on a context of its own: once the provider acted, a
 // cancelled caller must not leave the flow looking pending.
-func (b *Broker) recordOutcome(ctx context.Context, state string, mutate func(*flowRecord) bool) {
+func (fl *Flows) recordOutcome(ctx context.Context, state string, mutate func(*Record) bool) {
 	pctx, cancel := persistContext(ctx)
 	defer cancel()
-	if _, _, err := b.updateFlow(pctx, state, mutate); err != nil && !errors.Is(err, store.ErrNotFound) {
-		b.log.ErrorContext(ctx, "could not record a reauthentication flow's outcome", "err", err)
+	if _, _, err := fl.updateFlow(pctx, state, mutate); err != nil && !errors.Is(err, store.ErrNotFound) {
+		fl.log.ErrorContext(ctx, "could not record a reauthentication flow's outcome", "err", err)
 	}
 }
 
@@ -663,18 +744,18 @@ type FlowProgress struct {
 // CheckAuthorization reports how the flow of state, begun for credential id,
 // is doing, waiting up to wait (at most MaxCheckWait, and less than ctx's
 // deadline) for it to finish. A flow that ended without a family is an
-// *AuthorizationError. Errors: *InvalidArgumentError (also for a state that
+// *AuthorizationError. Errors: *brokererr.InvalidArgumentError (also for a state that
 // is unknown, another credential's, or forgotten), *AuthorizationError,
-// *UnavailableError, ctx's error.
-func (b *Broker) CheckAuthorization(ctx context.Context, id, state string, wait time.Duration) (FlowProgress, error) {
-	if err := b.validateID(id); err != nil {
+// *brokererr.UnavailableError, ctx's error.
+func (fl *Flows) CheckAuthorization(ctx context.Context, id, state string, wait time.Duration) (FlowProgress, error) {
+	if err := fl.core.ValidateID(id); err != nil {
 		return FlowProgress{}, err
 	}
 	if !isFlowState(state) {
-		return FlowProgress{}, invalid("state", "malformed")
+		return FlowProgress{}, brokererr.Invalid("state", "malformed")
 	}
 	if wait < 0 || wait > MaxCheckWait {
-		return FlowProgress{}, invalid("authorization_check.wait", "between 0 and %s", MaxCheckWait)
+		return FlowProgress{}, brokererr.Invalid("authorization_check.wait", "between 0 and %s", MaxCheckWait)
 	}
 	if dl, ok := ctx.Deadline(); ok {
 		wait = min(wait, time.Until(dl)-checkAnswerMargin)
@@ -688,8 +769,8 @@ func (b *Broker) CheckAuthorization(ctx context.Context, id, state string, wait 
 	poll := time.NewTicker(checkPoll)
 	defer poll.Stop()
 	for {
-		changed := b.flows.changedCh()
-		f, version, err := b.readFlow(ctx, state)
+		changed := fl.runner.changedCh()
+		f, version, err := fl.readFlow(ctx, state)
 		if errors.Is(err, store.ErrNotFound) {
 			return FlowProgress{}, errFlowUnknown()
 		}
@@ -699,23 +780,23 @@ func (b *Broker) CheckAuthorization(ctx context.Context, id, state string, wait 
 		if f.CredentialID != id {
 			return FlowProgress{}, errFlowUnknown()
 		}
-		p, done, err := b.progress(f, state)
+		p, done, err := fl.progress(f, state)
 		if done || wait <= 0 {
 			return p, err
 		}
-		if f.kind() == FlowDevice && b.opts.now().After(f.LeaseUntil) {
+		if f.kind() == FlowDevice && fl.now().After(f.LeaseUntil) {
 			// Nobody polls it: take it over now rather than at the next
 			// sweep, the operator is waiting.
-			b.takeOverDevice(ctx, state, f, version)
+			fl.takeOverDevice(ctx, state, f, version)
 		}
 		select {
 		case <-changed:
 		case <-poll.C:
 		case <-timeout:
 			return p, nil
-		case <-b.flows.ctx.Done():
+		case <-fl.runner.ctx.Done():
 			return p, nil
-		case <-b.flows.noWait:
+		case <-fl.runner.noWait:
 			return p, nil
 		case <-ctx.Done():
 			return FlowProgress{}, ctx.Err()
@@ -724,13 +805,13 @@ func (b *Broker) CheckAuthorization(ctx context.Context, id, state string, wait 
 }
 
 // progress turns a record into the check's answer; done when the flow ended.
-func (b *Broker) progress(f *flowRecord, state string) (FlowProgress, bool, error) {
+func (fl *Flows) progress(f *Record, state string) (FlowProgress, bool, error) {
 	switch {
-	case f.Status == flowCompleted:
+	case f.Status == StatusCompleted:
 		return FlowProgress{Activation: &Activation{FamilyID: f.FamilyID, Generation: f.Generation, ActivatedAt: f.ActivatedAt}}, true, nil
-	case f.Status == flowFailed:
+	case f.Status == StatusFailed:
 		return FlowProgress{}, true, &AuthorizationError{Reason: f.Failure, Detail: f.FailureDetail}
-	case !b.opts.now().Before(f.ExpiresAt) && !(f.Consumed && b.opts.now().Before(f.ExpiresAt.Add(exchangeGrace))):
+	case !fl.now().Before(f.ExpiresAt) && !(f.Consumed && fl.now().Before(f.ExpiresAt.Add(exchangeGrace))):
 		return FlowProgress{}, true, &AuthorizationError{Reason: FlowExpired, Detail: flowExpiredDetail}
 	case f.kind() == FlowDevice:
 		return FlowProgress{Device: devicePending(state, f)}, false, nil
@@ -740,11 +821,11 @@ func (b *Broker) progress(f *flowRecord, state string) (FlowProgress, bool, erro
 }
 
 // runFlowSweeper sweeps the flows until ctx ends.
-func (b *Broker) runFlowSweeper(ctx context.Context) {
-	t := time.NewTicker(b.opts.flow.sweep())
+func (fl *Flows) runFlowSweeper(ctx context.Context) {
+	t := time.NewTicker(fl.opts.sweep())
 	defer t.Stop()
 	for {
-		b.sweepFlows(ctx)
+		fl.Sweep(ctx)
 		select {
 		case <-ctx.Done():
 			return
@@ -753,15 +834,15 @@ func (b *Broker) runFlowSweeper(ctx context.Context) {
 	}
 }
 
-// sweepFlows takes over device flows nobody polls, expires pending flows
-// past their deadline and deletes finished ones past flowRetention. It
+// Sweep takes over device flows nobody polls, expires pending flows
+// past their deadline and deletes finished ones past Retention. It
 // costs one List and one read per flow: flows are few (one per person
 // reauthenticating), whatever the number of credentials.
-func (b *Broker) sweepFlows(ctx context.Context) {
-	keys, err := b.store.List(ctx, flowsPrefix)
+func (fl *Flows) Sweep(ctx context.Context) {
+	keys, err := fl.store.List(ctx, RecordPrefix)
 	if err != nil {
 		if ctx.Err() == nil {
-			b.log.WarnContext(ctx, "flow sweep: cannot list flows", "err", err)
+			fl.log.WarnContext(ctx, "flow sweep: cannot list flows", "err", err)
 		}
 		return
 	}
@@ -773,27 +854,27 @@ func (b *Broker) sweepFlows(ctx context.Context) {
 		if ctx.Err() != nil {
 			return
 		}
-		state := strings.TrimPrefix(key, flowsPrefix)
-		f, version, err := b.readFlow(ctx, state)
+		state := strings.TrimPrefix(key, RecordPrefix)
+		f, version, err := fl.readFlow(ctx, state)
 		if err != nil {
 			if !errors.Is(err, store.ErrNotFound) {
 				records[ledgerID(state)] = true
-				b.log.WarnContext(ctx, "flow sweep: cannot read a flow", "err", err)
+				fl.log.WarnContext(ctx, "flow sweep: cannot read a flow", "err", err)
 			}
 			continue
 		}
-		records[ledgerID(state)] = f.pending()
-		now := b.opts.now()
+		records[ledgerID(state)] = f.Pending()
+		now := fl.now()
 		leaseLive := f.kind() == FlowDevice && f.Poller != "" && now.Before(f.LeaseUntil)
 		switch {
-		case !f.pending():
-			if !now.Before(f.FinishedAt.Add(flowRetention)) && b.deleteFlow(ctx, state) {
+		case !f.Pending():
+			if !now.Before(f.FinishedAt.Add(Retention)) && fl.deleteFlow(ctx, state) {
 				delete(records, ledgerID(state))
 			}
-		case !now.Before(f.ExpiresAt.Add(flowRetention + exchangeGrace)):
+		case !now.Before(f.ExpiresAt.Add(Retention + exchangeGrace)):
 			// Pending far past its end: whoever should have finished it is
 			// gone, and a check has long answered "expired".
-			if b.deleteFlow(ctx, state) {
+			if fl.deleteFlow(ctx, state) {
 				delete(records, ledgerID(state))
 			}
 		case !now.Before(f.ExpiresAt):
@@ -802,20 +883,20 @@ func (b *Broker) sweepFlows(ctx context.Context) {
 			}
 			expired := *f
 			expired.fail(now, FlowExpired, flowExpiredDetail)
-			if _, err := b.writeFlow(ctx, state, &expired, version); err == nil {
+			if _, err := fl.writeFlow(ctx, state, &expired, version); err == nil {
 				records[ledgerID(state)] = false
-				b.flows.signal()
+				fl.runner.signal()
 			}
-		case f.kind() == FlowDevice && !leaseLive && !b.flows.isPolling(state):
-			b.takeOverDevice(ctx, state, f, version)
+		case f.kind() == FlowDevice && !leaseLive && !fl.runner.isPolling(state):
+			fl.takeOverDevice(ctx, state, f, version)
 		}
 	}
-	b.reconcileLedger(ctx, records)
+	fl.reconcileLedger(ctx, records)
 }
 
-func (b *Broker) deleteFlow(ctx context.Context, state string) bool {
-	if err := b.store.Delete(ctx, flowKey(state)); err != nil {
-		b.log.WarnContext(ctx, "flow sweep: cannot delete a finished flow", "err", err)
+func (fl *Flows) deleteFlow(ctx context.Context, state string) bool {
+	if err := fl.store.Delete(ctx, RecordKey(state)); err != nil {
+		fl.log.WarnContext(ctx, "flow sweep: cannot delete a finished flow", "err", err)
 		return false
 	}
 	return true
@@ -826,7 +907,7 @@ func (b *Broker) deleteFlow(ctx context.Context, state string) bool {
 // before anything costs a store read or a rate-limit token.
 func IsFlowState(s string) bool { return isFlowState(s) }
 
-// ScopeNotAllowed is the InvalidArgumentError code of a flow asking for a
+// ScopeNotAllowed is the brokererr.InvalidArgumentError code of a flow asking for a
 // scope its credential was not configured with.
 const ScopeNotAllowed = "SCOPE_NOT_ALLOWED"
 
@@ -863,8 +944,50 @@ func checkRequestedScopes(ctx context.Context, configured, requested []string) e
 		}
 	}
 	if len(extra) > 0 {
-		return &InvalidArgumentError{Field: "scopes", Code: ScopeNotAllowed,
+		return &brokererr.InvalidArgumentError{Field: "scopes", Code: ScopeNotAllowed,
 			Reason: fmt.Sprintf("%q: not among the credential's scopes; ask an admin to add them to the credential, or to start the flow", extra)}
 	}
 	return nil
+}
+
+// Store keys of the flows: a record per flow under RecordPrefix.
+const RecordPrefix = "flows/"
+
+// RecordKey is where the flow of state lives.
+func RecordKey(state string) string { return RecordPrefix + state }
+
+// persistTimeout bounds the store writes that record what the provider
+// already did (a spent code, an approved device grant). They run on a
+// context of their own: neither the caller's deadline nor a shutdown may
+// cut them off.
+const persistTimeout = 30 * time.Second
+
+func persistContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.WithoutCancel(ctx), persistTimeout)
+}
+
+// installTries bounds the attempts to store an approved device grant's
+// family.
+const installTries = 5
+
+// restamp sets tok's RequestedAt to sent, when the flows' clock says the
+// request went out (the provider client stamps the wall clock).
+func restamp(tok *provider.Token, sent time.Time) {
+	if tok != nil {
+		tok.RequestedAt = sent
+	}
+}
+
+// Polling reports whether this replica polls the device flow of state.
+func (fl *Flows) Polling(state string) bool { return fl.runner.isPolling(state) }
+
+// Reserve takes a place for a new flow of credentialID within the flow
+// bounds, as every start does first, and returns its state.
+func (fl *Flows) Reserve(ctx context.Context, credentialID string) (string, error) {
+	return fl.reserveFlow(ctx, credentialID)
+}
+
+// Fail ends the flow of state without a family, unless it already ended.
+func (fl *Flows) Fail(ctx context.Context, state string, reason FlowFailure, detail string) {
+	fl.failFlow(ctx, state, reason, detail)
 }
