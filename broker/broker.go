@@ -19,6 +19,7 @@ import (
 
 	"github.com/rotavault/rotavault/audit"
 	"github.com/rotavault/rotavault/broker/brokererr"
+	"github.com/rotavault/rotavault/broker/catalog"
 	"github.com/rotavault/rotavault/broker/internal/authflow"
 	"github.com/rotavault/rotavault/broker/notice"
 	"github.com/rotavault/rotavault/internal/credid"
@@ -310,15 +311,14 @@ type Broker struct {
 	notices *notice.Log
 	// flows runs the authorization flows: device-flow pollers and the flow
 	// sweeper (package authflow).
-	flows   *authflow.Flows
+	flows *authflow.Flows
+	// catalog is the consumer catalog (package catalog).
+	catalog *catalog.Catalog
 	metrics counters
 }
 
 type counters struct {
-	claimWaits atomic.Int64
-	// consumerTokensDropped counts tokens the consumer catalog had no room
-	// to attribute (see MaxConsumersPerCredential).
-	consumerTokensDropped  atomic.Int64
+	claimWaits             atomic.Int64
 	cacheHits, cacheMisses atomic.Int64
 	// rotationsHeldBack counts calls the rotation floor kept from a refresh
 	// (see rotationInterval).
@@ -382,7 +382,7 @@ type Stats struct {
 func (b *Broker) Stats() Stats {
 	m := &b.metrics
 	s := Stats{
-		ClaimWaits: m.claimWaits.Load(), ConsumerTokensDropped: m.consumerTokensDropped.Load(),
+		ClaimWaits: m.claimWaits.Load(), ConsumerTokensDropped: b.catalog.Dropped(),
 		CacheHits: m.cacheHits.Load(), CacheMisses: m.cacheMisses.Load(), Refreshes: m.refreshes.Load(),
 		RotationsHeldBack: m.rotationsHeldBack.Load(),
 		CutoffWaits:       m.cutoffWaits.Load(), OffScheduleRotations: m.offScheduleRotations.Load(),
@@ -467,6 +467,7 @@ func New(ctx context.Context, cfg Config, opts ...Option) (*Broker, error) {
 		entries:  make(map[string]*entry),
 	}
 	b.notices = notice.New(b.store, o.noticeRetention, o.subscriberBuffer, o.now, b.log)
+	b.catalog = catalog.New(b.store, catalogCredentials{b}, b.log)
 	flowOpts := o.flow
 	flowOpts.RetryBase = o.retryBase
 	b.flows = authflow.New(authflow.Config{Store: b.store, Provider: b.provider, Core: flowCore{b}, Now: o.now, Logger: b.log,

@@ -1,15 +1,27 @@
-package broker
+// Package catalog is the consumer catalog: which caller identity obtained
+// access tokens for which credential, first seen, last seen and how many,
+// merged by every replica into one store record per credential. It asks
+// the rotation core only whether a credential exists (Credentials).
+// Package broker re-exports its types.
+package catalog
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"slices"
 	"sort"
 	"strings"
+	"sync/atomic"
 	"time"
 
+	"github.com/rotavault/rotavault/broker/brokererr"
+	"github.com/rotavault/rotavault/broker/internal/jsonrec"
+	"github.com/rotavault/rotavault/broker/internal/textcheck"
 	"github.com/rotavault/rotavault/internal/credid"
 	"github.com/rotavault/rotavault/store"
 )
@@ -17,9 +29,9 @@ import (
 // The consumer catalog records which caller identity obtained access tokens
 // for which credential: first seen, last seen and how many. The transport
 // aggregates GetAccessToken answers in memory and hands them over here
-// periodically (RecordConsumers), so the hot path never writes to the store.
+// periodically (Record), so the hot path never writes to the store.
 //
-// Layout: one record per credential, under consumersKey(id), holding every
+// Layout: one record per credential, under Key(id), holding every
 // identity of that credential. Identities contain ':' and '/', which the
 // store's key grammar forbids, so they live inside the value. Replicas merge
 // into the record with check-and-set: counts are added, first seen is the
@@ -31,7 +43,8 @@ import (
 const MaxConsumersPerCredential = 500
 
 const (
-	consumersPrefix = "consumers/"
+	// KeyPrefix is the store prefix of the catalog's records.
+	KeyPrefix = "consumers/"
 	// maxCatalogBytes bounds one credential's encoded catalog well under
 	// store.MaxValueLen, in case identities are long: a new identity that
 	// would take the record past it counts as overflow like one past
@@ -42,11 +55,12 @@ const (
 	catalogAttempts = 16
 )
 
-func consumersKey(id string) string { return consumersPrefix + id }
+// Key is where credential id's catalog lives.
+func Key(id string) string { return KeyPrefix + id }
 
-// ConsumerUse is the access tokens one caller identity obtained for one
+// Use is the access tokens one caller identity obtained for one
 // credential during an interval, as the transport aggregated them.
-type ConsumerUse struct {
+type Use struct {
 	CredentialID string
 	Identity     string
 	FirstSeen    time.Time
@@ -64,11 +78,43 @@ type Consumer struct {
 	Count        uint64
 }
 
-// ConsumerCursor says where a listing resumes: after this identity of this
+// Cursor says where a listing resumes: after this identity of this
 // credential. The zero value starts at the beginning.
-type ConsumerCursor struct {
+type Cursor struct {
 	CredentialID string
 	Identity     string
+}
+
+// Credentials is what the catalog needs of the rotation core.
+type Credentials interface {
+	// Incarnation returns the incarnation of credential id as stored;
+	// brokererr.ErrNotFound when there is none.
+	Incarnation(ctx context.Context, id string) (string, error)
+}
+
+// Catalog is the consumer catalog. Safe for concurrent use, also by
+// replicas sharing the store.
+type Catalog struct {
+	store store.Store
+	creds Credentials
+	log   *slog.Logger
+	// dropped counts tokens the catalog had no room to attribute (see
+	// MaxConsumersPerCredential).
+	dropped atomic.Int64
+}
+
+// New returns the catalog kept in st for the credentials of creds.
+func New(st store.Store, creds Credentials, log *slog.Logger) *Catalog {
+	return &Catalog{store: st, creds: creds, log: log}
+}
+
+// Dropped is how many tokens this replica had no room to attribute.
+func (c *Catalog) Dropped() int64 { return c.dropped.Load() }
+
+func randomWriteID() string {
+	b := make([]byte, 8)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
 }
 
 // catalogRecord is a credential's catalog in the store.
@@ -96,10 +142,10 @@ type catalogEntry struct {
 	Count     uint64    `json:"count"`
 }
 
-// RecordConsumers merges uses into the consumer catalog, one check-and-set
+// Record merges uses into the consumer catalog, one check-and-set
 // write per credential. Uses of a credential that no longer exists are
 // dropped, and so are uses of identities past MaxConsumersPerCredential
-// (logged, and counted in Stats). It returns the uses it could not store
+// (logged, and counted in Dropped). It returns the uses it could not store
 // (store unavailable, or losing the check-and-set race catalogAttempts
 // times), for the caller to retry later, with the errors why; the others
 // are stored exactly once. A write whose answer was lost (a replay meeting
@@ -108,14 +154,14 @@ type catalogEntry struct {
 // store did not take them, or could not even be read back. Malformed uses
 // are dropped and reported as an *InvalidArgumentError in the error, not
 // returned. Errors:
-// *InvalidArgumentError, *UnavailableError, ErrConflict. Safe for
+// *InvalidArgumentError, *UnavailableError, brokererr.ErrConflict. Safe for
 // concurrent use, also by replicas sharing the store.
-func (b *Broker) RecordConsumers(ctx context.Context, uses []ConsumerUse) ([]ConsumerUse, error) {
+func (c *Catalog) Record(ctx context.Context, uses []Use) ([]Use, error) {
 	var (
-		unrecorded []ConsumerUse
+		unrecorded []Use
 		errs       []error
 	)
-	byCred := make(map[string][]ConsumerUse)
+	byCred := make(map[string][]Use)
 	for _, u := range uses {
 		if err := validateUse(u); err != nil {
 			errs = append(errs, err)
@@ -129,7 +175,7 @@ func (b *Broker) RecordConsumers(ctx context.Context, uses []ConsumerUse) ([]Con
 	}
 	sort.Strings(ids)
 	for _, id := range ids {
-		if err := b.recordCredentialConsumers(ctx, id, byCred[id]); err != nil {
+		if err := c.recordCredentialConsumers(ctx, id, byCred[id]); err != nil {
 			unrecorded = append(unrecorded, byCred[id]...)
 			errs = append(errs, err)
 		}
@@ -137,60 +183,60 @@ func (b *Broker) RecordConsumers(ctx context.Context, uses []ConsumerUse) ([]Con
 	return unrecorded, errors.Join(errs...)
 }
 
-func validateUse(u ConsumerUse) error {
+func validateUse(u Use) error {
 	switch {
 	case credid.Validate(u.CredentialID) != nil:
-		return invalid("credential_id", "consumer use of %q: not a credential id", u.CredentialID)
-	case u.Identity == "" || !printable(u.Identity):
-		return invalid("identity", "consumer use of %s: identity empty or not printable", u.CredentialID)
+		return brokererr.Invalid("credential_id", "consumer use of %q: not a credential id", u.CredentialID)
+	case u.Identity == "" || !textcheck.Printable(u.Identity):
+		return brokererr.Invalid("identity", "consumer use of %s: identity empty or not printable", u.CredentialID)
 	case u.Count == 0 || u.FirstSeen.IsZero() || u.LastSeen.Before(u.FirstSeen):
-		return invalid("count", "consumer use of %s by %s: needs a count, and first seen at or before last seen", u.CredentialID, u.Identity)
+		return brokererr.Invalid("count", "consumer use of %s by %s: needs a count, and first seen at or before last seen", u.CredentialID, u.Identity)
 	}
 	return nil
 }
 
-func (b *Broker) recordCredentialConsumers(ctx context.Context, id string, uses []ConsumerUse) error {
-	writeID := randomHex(8)
-	var dropped []ConsumerUse // by the write that may have landed
+func (c *Catalog) recordCredentialConsumers(ctx context.Context, id string, uses []Use) error {
+	writeID := randomWriteID()
+	var dropped []Use // by the write that may have landed
 	for range catalogAttempts {
-		cred, _, err := b.readCredential(ctx, id)
-		if errors.Is(err, ErrNotFound) {
-			b.log.DebugContext(ctx, "consumer uses of a deleted credential dropped", "credential", id, "identities", len(uses))
+		incarnation, err := c.creds.Incarnation(ctx, id)
+		if errors.Is(err, brokererr.ErrNotFound) {
+			c.log.DebugContext(ctx, "consumer uses of a deleted credential dropped", "credential", id, "identities", len(uses))
 			return nil
 		}
 		if err != nil {
 			return err
 		}
-		rec, version, err := b.readCatalog(ctx, id)
+		rec, version, err := c.readCatalog(ctx, id)
 		if err != nil {
 			return err
 		}
 		if slices.Contains(rec.Writes, writeID) {
-			b.reportDropped(ctx, id, dropped) // our write landed; its answer was lost
+			c.reportDropped(ctx, id, dropped) // our write landed; its answer was lost
 			return nil
 		}
-		if rec.Incarnation != cred.Incarnation {
+		if rec.Incarnation != incarnation {
 			// Left by a deleted credential of the same id (a flush that
 			// raced the delete): not this credential's consumers.
-			rec = &catalogRecord{Incarnation: cred.Incarnation}
+			rec = &catalogRecord{Incarnation: incarnation}
 		}
-		rec.Format = recordFormat
+		rec.Format = jsonrec.Format
 		if dropped, err = mergeConsumers(rec, uses); err != nil {
 			return err
 		}
 		rec.Writes = append(rec.Writes, writeID)
 		rec.Writes = rec.Writes[max(0, len(rec.Writes)-catalogWrites):]
-		raw, err := encodeRecord(rec)
+		raw, err := jsonrec.Encode(rec)
 		if err != nil {
 			return err
 		}
-		_, err = b.store.Put(ctx, consumersKey(id), raw, version)
+		_, err = c.store.Put(ctx, Key(id), raw, version)
 		if err != nil && !errors.Is(err, store.ErrConflict) {
 			// The write may have landed with its answer lost (a timeout after
 			// the store applied it): returning the uses would merge them a
 			// second time at the next flush, under another write id.
-			if !b.catalogWriteLanded(ctx, id, writeID) {
-				return storeUnavailable(err)
+			if !c.catalogWriteLanded(ctx, id, writeID) {
+				return brokererr.StoreUnavailable(err)
 			}
 			err = nil
 		}
@@ -198,21 +244,21 @@ func (b *Broker) recordCredentialConsumers(ctx context.Context, id string, uses 
 			continue // another replica flushed: merge into what it wrote
 		}
 		if version == 0 {
-			b.dropOrphanCatalog(ctx, id)
+			c.dropOrphanCatalog(ctx, id)
 		}
-		b.reportDropped(ctx, id, dropped)
+		c.reportDropped(ctx, id, dropped)
 		return nil
 	}
-	return fmt.Errorf("broker: consumer catalog of %s: %w (%d attempts)", id, ErrConflict, catalogAttempts)
+	return fmt.Errorf("broker: consumer catalog of %s: %w (%d attempts)", id, brokererr.ErrConflict, catalogAttempts)
 }
 
 // catalogWriteLanded reads the catalog back after a failed write and
 // reports whether the write of writeID is in it. The read runs on a context
 // of its own, bounded: the write may have failed because ctx ran out.
-func (b *Broker) catalogWriteLanded(ctx context.Context, id, writeID string) bool {
+func (c *Catalog) catalogWriteLanded(ctx context.Context, id, writeID string) bool {
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), catalogReadBackTimeout)
 	defer cancel()
-	rec, _, err := b.readCatalog(rctx, id)
+	rec, _, err := c.readCatalog(rctx, id)
 	return err == nil && slices.Contains(rec.Writes, writeID)
 }
 
@@ -223,16 +269,16 @@ const catalogReadBackTimeout = 5 * time.Second
 // has been deleted meanwhile. DeleteCredential removes the catalog after
 // the credential, so a flush that read the credential before the delete and
 // created the catalog after it is the only way to leave one behind.
-func (b *Broker) dropOrphanCatalog(ctx context.Context, id string) {
-	if _, _, err := b.readCredential(ctx, id); !errors.Is(err, ErrNotFound) {
+func (c *Catalog) dropOrphanCatalog(ctx context.Context, id string) {
+	if _, err := c.creds.Incarnation(ctx, id); !errors.Is(err, brokererr.ErrNotFound) {
 		return
 	}
-	if err := b.store.Delete(ctx, consumersKey(id)); err != nil {
-		b.log.WarnContext(ctx, "consumer catalog of a deleted credential not removed; it is ignored and replaced if the id is created again", "credential", id, "err", err)
+	if err := c.store.Delete(ctx, Key(id)); err != nil {
+		c.log.WarnContext(ctx, "consumer catalog of a deleted credential not removed; it is ignored and replaced if the id is created again", "credential", id, "err", err)
 	}
 }
 
-func (b *Broker) reportDropped(ctx context.Context, id string, dropped []ConsumerUse) {
+func (c *Catalog) reportDropped(ctx context.Context, id string, dropped []Use) {
 	if len(dropped) == 0 {
 		return
 	}
@@ -244,24 +290,24 @@ func (b *Broker) reportDropped(ctx context.Context, id string, dropped []Consume
 			names = append(names, u.Identity)
 		}
 	}
-	b.metrics.consumerTokensDropped.Add(int64(tokens))
-	b.log.WarnContext(ctx, "consumer catalog full: identities not recorded",
+	c.dropped.Add(int64(tokens))
+	c.log.WarnContext(ctx, "consumer catalog full: identities not recorded",
 		"credential", id, "max_identities", MaxConsumersPerCredential, "identities", len(dropped), "tokens", tokens,
 		"first_identities", strings.Join(names, " "))
 }
 
 // readCatalog returns a credential's catalog and its version; a missing one
 // is empty with version 0.
-func (b *Broker) readCatalog(ctx context.Context, id string) (*catalogRecord, uint64, error) {
-	r, err := b.store.Get(ctx, consumersKey(id))
+func (c *Catalog) readCatalog(ctx context.Context, id string) (*catalogRecord, uint64, error) {
+	r, err := c.store.Get(ctx, Key(id))
 	if errors.Is(err, store.ErrNotFound) {
 		return &catalogRecord{}, 0, nil
 	}
 	if err != nil {
-		return nil, 0, storeUnavailable(err)
+		return nil, 0, brokererr.StoreUnavailable(err)
 	}
 	var rec catalogRecord
-	if err := decodeRecord(r.Value, &rec, &rec.Format); err != nil {
+	if err := jsonrec.Decode(r.Value, &rec, &rec.Format); err != nil {
 		return nil, 0, err
 	}
 	return &rec, r.Version, nil
@@ -271,7 +317,7 @@ func (b *Broker) readCatalog(ctx context.Context, id string) (*catalogRecord, ui
 // first seen is the earliest, last seen the latest. Identities new to rec
 // are admitted in identity order while the catalog has room; it returns
 // the uses of those that were not.
-func mergeConsumers(rec *catalogRecord, uses []ConsumerUse) ([]ConsumerUse, error) {
+func mergeConsumers(rec *catalogRecord, uses []Use) ([]Use, error) {
 	index := make(map[string]int, len(rec.Consumers))
 	for i, c := range rec.Consumers {
 		index[c.Identity] = i
@@ -290,7 +336,7 @@ func mergeConsumers(rec *catalogRecord, uses []ConsumerUse) ([]ConsumerUse, erro
 	if len(fresh) == 0 {
 		return nil, nil
 	}
-	raw, err := encodeRecord(rec)
+	raw, err := jsonrec.Encode(rec)
 	if err != nil {
 		return nil, err
 	}
@@ -300,7 +346,7 @@ func mergeConsumers(rec *catalogRecord, uses []ConsumerUse) ([]ConsumerUse, erro
 		names = append(names, name)
 	}
 	sort.Strings(names)
-	var dropped []ConsumerUse
+	var dropped []Use
 	for _, name := range names {
 		e := fresh[name]
 		entry, err := json.Marshal(e)
@@ -308,7 +354,7 @@ func mergeConsumers(rec *catalogRecord, uses []ConsumerUse) ([]ConsumerUse, erro
 			return nil, fmt.Errorf("broker: encode catalog entry: %w", err)
 		}
 		if len(rec.Consumers) >= MaxConsumersPerCredential || size+len(entry)+1 > maxCatalogBytes {
-			dropped = append(dropped, ConsumerUse{Identity: e.Identity, FirstSeen: e.FirstSeen, LastSeen: e.LastSeen, Count: e.Count})
+			dropped = append(dropped, Use{Identity: e.Identity, FirstSeen: e.FirstSeen, LastSeen: e.LastSeen, Count: e.Count})
 			continue
 		}
 		rec.Consumers = append(rec.Consumers, *e)
@@ -318,7 +364,7 @@ func mergeConsumers(rec *catalogRecord, uses []ConsumerUse) ([]ConsumerUse, erro
 	return dropped, nil
 }
 
-func mergeEntry(e *catalogEntry, u ConsumerUse) {
+func mergeEntry(e *catalogEntry, u Use) {
 	e.Count += u.Count
 	if u.FirstSeen.Before(e.FirstSeen) {
 		e.FirstSeen = u.FirstSeen
@@ -328,38 +374,38 @@ func mergeEntry(e *catalogEntry, u ConsumerUse) {
 	}
 }
 
-// ListConsumers lists up to limit catalog entries after the cursor,
+// List lists up to limit catalog entries after the cursor,
 // ordered by credential and then identity, and reports whether more follow.
 // With credentialID set, only that credential's. The newest uses show once
 // the replicas that served them have flushed. Errors:
-// *InvalidArgumentError, ErrNotFound (credentialID names no credential),
+// *InvalidArgumentError, brokererr.ErrNotFound (credentialID names no credential),
 // *UnavailableError.
-func (b *Broker) ListConsumers(ctx context.Context, credentialID string, after ConsumerCursor, limit int) ([]Consumer, bool, error) {
+func (c *Catalog) List(ctx context.Context, credentialID string, after Cursor, limit int) ([]Consumer, bool, error) {
 	if credentialID != "" {
-		if err := b.validateID(credentialID); err != nil {
-			return nil, false, err
+		if err := credid.Validate(credentialID); err != nil {
+			return nil, false, &brokererr.InvalidArgumentError{Field: "credential_id", Reason: err.Error()}
 		}
 	}
 	if limit < 1 {
-		return nil, false, invalid("page_size", "must be positive")
+		return nil, false, brokererr.Invalid("page_size", "must be positive")
 	}
 	if after.CredentialID != "" {
 		if credid.Validate(after.CredentialID) != nil || (credentialID != "" && after.CredentialID != credentialID) {
-			return nil, false, invalid("page_token", "not a page of this listing")
+			return nil, false, brokererr.Invalid("page_token", "not a page of this listing")
 		}
 	} else if after.Identity != "" {
-		return nil, false, invalid("page_token", "not a page of this listing")
+		return nil, false, brokererr.Invalid("page_token", "not a page of this listing")
 	}
 	var ids []string
 	if credentialID != "" {
 		ids = []string{credentialID}
 	} else {
-		keys, err := b.store.List(ctx, consumersPrefix)
+		keys, err := c.store.List(ctx, KeyPrefix)
 		if err != nil {
-			return nil, false, storeUnavailable(err)
+			return nil, false, brokererr.StoreUnavailable(err)
 		}
 		for _, k := range keys {
-			if id := strings.TrimPrefix(k, consumersPrefix); id >= after.CredentialID {
+			if id := strings.TrimPrefix(k, KeyPrefix); id >= after.CredentialID {
 				ids = append(ids, id)
 			}
 		}
@@ -367,8 +413,8 @@ func (b *Broker) ListConsumers(ctx context.Context, credentialID string, after C
 	}
 	var out []Consumer
 	for _, id := range ids {
-		entries, err := b.catalogOf(ctx, id)
-		if errors.Is(err, ErrNotFound) && credentialID == "" {
+		entries, err := c.catalogOf(ctx, id)
+		if errors.Is(err, brokererr.ErrNotFound) && credentialID == "" {
 			continue // deleted meanwhile
 		}
 		if err != nil {
@@ -389,17 +435,17 @@ func (b *Broker) ListConsumers(ctx context.Context, credentialID string, after C
 
 // catalogOf returns the catalog of an existing credential (empty if none
 // is stored, or if the stored one belongs to an earlier credential of the
-// same id). ErrNotFound if the credential does not exist.
-func (b *Broker) catalogOf(ctx context.Context, id string) ([]catalogEntry, error) {
-	cred, _, err := b.readCredential(ctx, id)
+// same id). brokererr.ErrNotFound if the credential does not exist.
+func (c *Catalog) catalogOf(ctx context.Context, id string) ([]catalogEntry, error) {
+	incarnation, err := c.creds.Incarnation(ctx, id)
 	if err != nil {
 		return nil, err
 	}
-	rec, _, err := b.readCatalog(ctx, id)
+	rec, _, err := c.readCatalog(ctx, id)
 	if err != nil {
 		return nil, err
 	}
-	if rec.Incarnation != cred.Incarnation {
+	if rec.Incarnation != incarnation {
 		return nil, nil
 	}
 	return rec.Consumers, nil
