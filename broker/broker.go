@@ -20,6 +20,7 @@ import (
 	"github.com/rotavault/rotavault/audit"
 	"github.com/rotavault/rotavault/broker/brokererr"
 	"github.com/rotavault/rotavault/broker/catalog"
+	"github.com/rotavault/rotavault/broker/detect"
 	"github.com/rotavault/rotavault/broker/internal/authflow"
 	"github.com/rotavault/rotavault/broker/notice"
 	"github.com/rotavault/rotavault/internal/credid"
@@ -65,30 +66,25 @@ type options struct {
 	schedulerInterval time.Duration
 	rejectionInterval time.Duration
 
-	// introspectionInterval and introspectionConcurrency drive early
-	// detection (detect.go); an interval of 0 turns it off.
-	introspectionInterval    time.Duration
-	introspectionConcurrency int
-	// detectTick overrides the detection loop's tick, for tests.
-	detectTick time.Duration
 	// discoveryInterval is how often issuers' metadata is fetched again
 	// (discovery.go); 0 turns the refetch off.
 	discoveryInterval time.Duration
 
-	noticeRetention   int
 	retryBase         time.Duration
 	notProcessedTries int
-	subscriberBuffer  int
 	closeGrace        time.Duration
 	replicaID         string
 	claimTTL          time.Duration
 	claimMargin       time.Duration
 	claimPoll         time.Duration
-	noticePoll        time.Duration
 	// exclusiveStore: no other process uses the store (WithExclusiveStore).
 	exclusiveStore bool
-	// flow tunes the authorization flows (package authflow).
-	flow authflow.Options
+
+	// The parts' options, one struct per part; New fills in what the
+	// broker shares with them (clock, logger, goroutines).
+	notice notice.Options
+	detect detect.Config // an Interval of 0 turns periodic detection off
+	flow   authflow.Options
 }
 
 func defaultOptions() options {
@@ -100,21 +96,19 @@ func defaultOptions() options {
 		schedulerInterval: 5 * time.Second,
 		rejectionInterval: 30 * time.Second,
 
-		introspectionInterval:    DefaultIntrospectionInterval,
-		introspectionConcurrency: DefaultIntrospectionConcurrency,
-		discoveryInterval:        DefaultDiscoveryInterval,
+		discoveryInterval: DefaultDiscoveryInterval,
 
-		noticeRetention:   10000,
 		retryBase:         200 * time.Millisecond,
 		notProcessedTries: 4,
-		subscriberBuffer:  256,
 		closeGrace:        30 * time.Second,
 		replicaID:         newReplicaID(),
 		claimTTL:          45 * time.Second,
 		claimMargin:       15 * time.Second,
 		claimPoll:         50 * time.Millisecond,
-		noticePoll:        500 * time.Millisecond,
-		flow:              authflow.Options{Lifetime: 10 * time.Minute, MaxFlows: MaxPendingFlows},
+
+		notice: notice.Options{Retention: 10000, Buffer: 256, Poll: 500 * time.Millisecond},
+		detect: detect.Config{Interval: DefaultIntrospectionInterval, Concurrency: DefaultIntrospectionConcurrency},
+		flow:   authflow.Options{Lifetime: 10 * time.Minute, MaxFlows: MaxPendingFlows},
 	}
 }
 
@@ -172,7 +166,7 @@ func WithIntrospectionInterval(d time.Duration) Option {
 		if d != 0 && (d < 10*time.Millisecond || d > 24*time.Hour) {
 			return fmt.Errorf("broker: introspection interval %s out of range: 0 (off) or [10ms, 24h]", d)
 		}
-		o.introspectionInterval = d
+		o.detect.Interval = d
 		return nil
 	}
 }
@@ -186,7 +180,7 @@ func WithIntrospectionConcurrency(n int) Option {
 		if n < 1 || n > 1024 {
 			return fmt.Errorf("broker: introspection concurrency %d out of range [1, 1024]", n)
 		}
-		o.introspectionConcurrency = n
+		o.detect.Concurrency = n
 		return nil
 	}
 }
@@ -247,7 +241,7 @@ func WithExclusiveStore() Option {
 // late their notices reach this replica's watchers, at one store read per
 // interval whatever the number of credentials.
 func WithNoticePollInterval(d time.Duration) Option {
-	return durationOption("notice poll interval", d, 10*time.Millisecond, time.Minute, func(o *options) { o.noticePoll = d })
+	return durationOption("notice poll interval", d, 10*time.Millisecond, time.Minute, func(o *options) { o.notice.Poll = d })
 }
 
 // WithMaxFlows sets how many authorization flows the store may hold at once
@@ -269,7 +263,7 @@ func WithNoticeRetention(n int) Option {
 		if n < 1 || n > 1_000_000 {
 			return fmt.Errorf("broker: notice retention %d out of range [1, 1000000]", n)
 		}
-		o.noticeRetention = n
+		o.notice.Retention = n
 		return nil
 	}
 }
@@ -466,7 +460,7 @@ func New(ctx context.Context, cfg Config, opts ...Option) (*Broker, error) {
 		cancel:   cancel,
 		entries:  make(map[string]*entry),
 	}
-	b.notices = notice.New(b.store, o.noticeRetention, o.subscriberBuffer, o.now, b.log)
+	b.notices = notice.New(b.store, o.notice, o.now, b.log)
 	b.catalog = catalog.New(b.store, catalogCredentials{b}, b.log)
 	flowOpts := o.flow
 	flowOpts.RetryBase = o.retryBase
@@ -492,7 +486,7 @@ func New(ctx context.Context, cfg Config, opts ...Option) (*Broker, error) {
 	}()
 	go func() {
 		defer b.wg.Done()
-		b.notices.Follow(schedCtx, o.noticePoll, b.applyRemoteNotice)
+		b.notices.Follow(schedCtx, b.applyRemoteNotice)
 	}()
 	return b, nil
 }
@@ -749,7 +743,7 @@ func (b *Broker) Ready() error {
 	if b.closed.Load() {
 		return fmt.Errorf("%w: shutting down", ErrNotReady)
 	}
-	window := max(3*b.opts.noticePoll, 5*time.Second)
+	window := max(3*b.opts.notice.Poll, 5*time.Second)
 	last := b.notices.LastRead()
 	if since := time.Since(last); since > window {
 		return fmt.Errorf("%w: last read %s ago (more than %s)", ErrNotReady, since.Round(time.Second), window)

@@ -24,13 +24,12 @@ const (
 
 // startDetector runs the periodic check until ctx ends, when enabled.
 func (b *Broker) startDetector(ctx context.Context) {
-	if b.opts.introspectionInterval <= 0 {
+	cfg := b.opts.detect
+	if cfg.Interval <= 0 {
 		return
 	}
-	d := detect.New[*entry](detectCore{b}, detect.Config{
-		Interval: b.opts.introspectionInterval, Concurrency: b.opts.introspectionConcurrency,
-		Tick: b.opts.detectTick, Now: b.opts.now, Go: b.goTracked,
-	})
+	cfg.Now, cfg.Go = b.opts.now, b.goTracked
+	d := detect.New[*entry](detectCore{b}, cfg)
 	b.wg.Add(1)
 	go func() {
 		defer b.wg.Done()
@@ -215,6 +214,6 @@ const (
 // earlyDetection describes the periodic check's view of v at now: its state
 // and a sentence saying what it means.
 func (b *Broker) earlyDetection(v *view, now time.Time) (EarlyDetectionState, string) {
-	return detect.Describe(b.opts.introspectionInterval, v.cred.Spec.endpoint().IntrospectionURL != "",
+	return detect.Describe(b.opts.detect.Interval, v.cred.Spec.endpoint().IntrospectionURL != "",
 		v.fam.Status == StatusActive, b.corroborable(v, now))
 }

@@ -82,7 +82,7 @@ func (p *detectProvider) Refresh(ctx context.Context, ep provider.Endpoint, cc p
 
 // withDetectTick makes the detection loop look for due checks every d.
 func withDetectTick(d time.Duration) Option {
-	return func(o *options) error { o.detectTick = d; return nil }
+	return func(o *options) error { o.detect.Tick = d; return nil }
 }
 
 type detectEnv struct {

@@ -49,7 +49,7 @@ func newReplica(t *testing.T, st store.Store, opts ...replicaOption) *replica {
 	for _, opt := range opts {
 		opt(&o)
 	}
-	l := New(st, o.retention, o.buffer, time.Now, slog.New(slog.DiscardHandler))
+	l := New(st, Options{Retention: o.retention, Buffer: o.buffer, Poll: o.poll}, time.Now, slog.New(slog.DiscardHandler))
 	if err := l.Init(context.Background()); err != nil {
 		t.Fatal(err)
 	}
@@ -57,7 +57,7 @@ func newReplica(t *testing.T, st store.Store, opts ...replicaOption) *replica {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		l.Follow(ctx, o.poll, func(context.Context, Notice) {})
+		l.Follow(ctx, func(context.Context, Notice) {})
 	}()
 	r := &replica{notices: l, opts: o}
 	r.stop = sync.OnceFunc(func() {

@@ -93,6 +93,7 @@ type Log struct {
 	store     store.Store
 	retention int
 	buffer    int
+	poll      time.Duration
 	now       func() time.Time
 	log       *slog.Logger
 	// kick asks the follower to read the log now: a local append found a
@@ -142,9 +143,22 @@ type pendingNotice struct {
 	skip   bool
 }
 
-func New(s store.Store, retention, buffer int, now func() time.Time, log *slog.Logger) *Log {
+// Options tune a notice log.
+type Options struct {
+	// Retention is how many notices the log keeps for resuming watchers.
+	Retention int
+	// Buffer is how many notices a subscriber may fall behind before it is
+	// cut off (ErrSubscriberTooSlow).
+	Buffer int
+	// Poll is how often Follow reads the log's head for other replicas'
+	// notices.
+	Poll time.Duration
+}
+
+// New returns the notice log kept in s; Init it before use.
+func New(s store.Store, o Options, now func() time.Time, log *slog.Logger) *Log {
 	return &Log{
-		store: s, retention: retention, buffer: buffer, now: now, log: log,
+		store: s, retention: o.Retention, buffer: o.Buffer, poll: o.Poll, now: now, log: log,
 		kick:    make(chan struct{}, 1),
 		pending: make(map[uint64]pendingNotice),
 		subs:    make(map[*Subscription]struct{}),
@@ -409,12 +423,12 @@ func (l *Log) drainLocked() {
 	}
 }
 
-// follow polls the log's head and delivers what other replicas appended,
-// until ctx ends. onRemote is called for each notice another replica
-// appended, before it is delivered: a watcher acting on a notice then finds
-// this replica's state already changed.
-func (l *Log) Follow(ctx context.Context, poll time.Duration, onRemote func(context.Context, Notice)) {
-	t := time.NewTicker(poll)
+// Follow polls the log's head every Options.Poll and delivers what other
+// replicas appended, until ctx ends. onRemote is called for each notice
+// another replica appended, before it is delivered: a watcher acting on a
+// notice then finds this replica's state already changed.
+func (l *Log) Follow(ctx context.Context, onRemote func(context.Context, Notice)) {
+	t := time.NewTicker(l.poll)
 	defer t.Stop()
 	failing := false
 	for {
