@@ -9,18 +9,22 @@ import (
 	"net/http"
 	"net/url"
 	"slices"
+	"strconv"
 	"sync"
 	"time"
 )
 
-// faultProxy stands between Rotavault and ory/fosite's endpoints and fails
-// the way a provider's edge does: latency, 5xx answers for requests fosite
-// never saw, and lost answers — fosite processes the refresh (the family
-// rotates) and the connection is closed before the answer. The simulator
-// has these faults built in (providersim.InjectFailure, SetLatency);
-// fosite's server only loses answers, so the fault test puts both behind
-// the same knobs. It also keeps every token that crossed it, for the leak
-// check: fosite has no list of what it issued.
+// faultProxy stands between Rotavault and a provider's endpoints (ory/fosite
+// or the simulator: every provider of the run sits behind one, so that
+// their faults behave alike) and fails the way a provider's edge does:
+// 5xx answers for requests the provider never saw; latency on the way back,
+// after the provider processed the request (its family rotated), so that
+// a replica killed or paused while it waits never gets an answer the
+// provider committed to; and lost answers — the provider processes the
+// refresh and the connection is closed before the answer. It records every
+// refresh answer (the fault test decides from them which rotations a
+// killed or paused replica never stored) and keeps every token that
+// crossed it, for the leak check: fosite has no list of what it issued.
 //
 // Safe for concurrent use; Close stops it.
 type faultProxy struct {
@@ -35,6 +39,22 @@ type faultProxy struct {
 	loseNext int // the next requests processed by fosite, then dropped
 	lost     int // answers dropped so far
 	secrets  []string
+	answers  []refreshAnswer
+}
+
+// refreshAnswer is the provider's answer to one refresh_token grant, as
+// the proxy passed it on (or did not).
+type refreshAnswer struct {
+	Seq  int       // 1, 2, … in the order the provider answered
+	Port int       // the caller's source port: which replica asked
+	At   time.Time // when the provider answered (before any latency)
+	// Rotated: the provider issued a new refresh token. Refused: it
+	// answered invalid_grant (a superseded or revoked token presented).
+	Rotated, Refused bool
+	// CallerGone: the caller's connection had closed by the time the
+	// answer was to be written: the rotation reached no one. Dropped: a
+	// lost-answer fault closed it (counted by Lost).
+	CallerGone, Dropped bool
 }
 
 func startFaultProxy(upstream string) (*faultProxy, error) {
@@ -100,6 +120,20 @@ func (p *faultProxy) Lost() int {
 	return p.lost
 }
 
+// Answers are the refresh answers after seq, in order.
+func (p *faultProxy) Answers(after int) []refreshAnswer {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return slices.Clone(p.answers[min(after, len(p.answers)):])
+}
+
+func (p *faultProxy) recordAnswer(a refreshAnswer) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	a.Seq = len(p.answers) + 1
+	p.answers = append(p.answers, a)
+}
+
 // Secrets are the tokens and client credentials seen in requests and
 // answers.
 func (p *faultProxy) Secrets() []string {
@@ -135,31 +169,23 @@ func (p *faultProxy) remember(values ...string) {
 }
 
 func (p *faultProxy) serve(w http.ResponseWriter, r *http.Request) {
+	// Reading the whole body first also makes net/http watch the
+	// connection: r.Context() ends when the caller goes away.
 	body, err := io.ReadAll(io.LimitReader(r.Body, 1<<20))
 	if err != nil {
 		http.Error(w, "bad request", http.StatusBadRequest)
 		return
 	}
-	if form, err := url.ParseQuery(string(body)); err == nil {
-		p.remember(form.Get("refresh_token"), form.Get("token"), form.Get("client_secret"), form.Get("code"), form.Get("code_verifier"))
-	}
+	form, _ := url.ParseQuery(string(body))
+	p.remember(form.Get("refresh_token"), form.Get("token"), form.Get("client_secret"), form.Get("code"), form.Get("code_verifier"))
 	latency, fail, lose := p.take()
-	if latency > 0 {
-		t := time.NewTimer(latency)
-		select {
-		case <-t.C:
-		case <-r.Context().Done(): // the caller gave up: never forwarded
-			t.Stop()
-			return
-		}
-	}
 	if fail {
 		w.WriteHeader(http.StatusServiceUnavailable)
 		return
 	}
 	target := *p.upstream
 	target.Path, target.RawQuery = r.URL.Path, r.URL.RawQuery
-	// Not the caller's context: a lost answer is one fosite processed
+	// Not the caller's context: the provider processes what reached it,
 	// whatever the caller does meanwhile.
 	req, err := http.NewRequestWithContext(context.WithoutCancel(r.Context()), r.Method, target.String(), bytes.NewReader(body))
 	if err != nil {
@@ -178,12 +204,28 @@ func (p *faultProxy) serve(w http.ResponseWriter, r *http.Request) {
 		w.WriteHeader(http.StatusBadGateway)
 		return
 	}
+	answeredAt := time.Now()
 	var tokens struct {
 		AccessToken  string `json:"access_token"`
 		RefreshToken string `json:"refresh_token"`
+		Error        string `json:"error"`
 	}
 	if json.Unmarshal(answer, &tokens) == nil {
 		p.remember(tokens.AccessToken, tokens.RefreshToken)
+	}
+	if latency > 0 {
+		t := time.NewTimer(latency)
+		select {
+		case <-t.C:
+		case <-r.Context().Done(): // the caller is gone: the answer reaches no one
+			t.Stop()
+		}
+	}
+	if form.Get("grant_type") == "refresh_token" {
+		p.recordAnswer(refreshAnswer{Port: sourcePort(r.RemoteAddr), At: answeredAt,
+			Rotated:    resp.StatusCode == http.StatusOK && tokens.RefreshToken != "",
+			Refused:    tokens.Error == "invalid_grant",
+			CallerGone: !lose && r.Context().Err() != nil, Dropped: lose})
 	}
 	if lose {
 		dropConnectionOf(w)
@@ -194,6 +236,16 @@ func (p *faultProxy) serve(w http.ResponseWriter, r *http.Request) {
 	}
 	w.WriteHeader(resp.StatusCode)
 	_, _ = w.Write(answer)
+}
+
+// sourcePort is the port of a "host:port" address, 0 if it has none.
+func sourcePort(addr string) int {
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return 0
+	}
+	n, _ := strconv.Atoi(port)
+	return n
 }
 
 // dropConnectionOf closes the caller's connection without an answer.

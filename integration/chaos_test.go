@@ -178,57 +178,29 @@ type faultProvider struct {
 	grace bool
 	sim   *providersim.Server // the simulator, or
 	fos   *fositeserver.Server
-	proxy *faultProxy // in front of fosite
+	proxy *faultProxy // in front of either
 	logs  *syncbuf.Buffer
+	// resolved is the last refresh answer the schedule has accounted for;
+	// lostInFaults counts the rotations a killed or paused replica never
+	// stored, which cost the family where there is no grace.
+	resolved, lostInFaults int
 	// imported are the refresh tokens imported into the credential.
 	imported []string
 }
 
-func (p *faultProvider) setLatency(d time.Duration) {
-	if p.sim != nil {
-		p.sim.SetLatency(d)
-	} else {
-		p.proxy.SetLatency(d)
-	}
-}
+func (p *faultProvider) setLatency(d time.Duration) { p.proxy.SetLatency(d) }
 
-func (p *faultProvider) fail(n int) {
-	if p.sim != nil {
-		p.sim.InjectFailure(providersim.FailUnavailable, n)
-	} else {
-		p.proxy.Fail(n)
-	}
-}
+// fail makes the next n token requests answer 503 without reaching p.
+func (p *faultProvider) fail(n int) { p.proxy.Fail(n) }
 
 // failuresLeft is how many injected 5xx answers are still to come.
-func (p *faultProvider) failuresLeft(injectedBefore int) int {
-	if p.sim != nil {
-		return max(0, injectedBefore-p.sim.Stats().InjectedFailures)
-	}
-	return p.proxy.failLeft()
-}
+func (p *faultProvider) failuresLeft() int { return p.proxy.failLeft() }
 
-func (p *faultProvider) injected() int {
-	if p.sim != nil {
-		return p.sim.Stats().InjectedFailures
-	}
-	return 0
-}
+func (p *faultProvider) loseNext() { p.proxy.LoseNext(1) }
 
-func (p *faultProvider) loseNext() {
-	if p.sim != nil {
-		p.sim.InjectFailure(providersim.FailLoseResponse, 1)
-	} else {
-		p.proxy.LoseNext(1)
-	}
-}
-
-func (p *faultProvider) lostAnswers() int {
-	if p.sim != nil {
-		return p.sim.Stats().LostResponses
-	}
-	return p.proxy.Lost()
-}
+// lostAnswers: answers dropped by a lost-answer fault, and rotations found
+// to have reached no replica (lostInFaults).
+func (p *faultProvider) lostAnswers() int { return p.proxy.Lost() + p.lostInFaults }
 
 func (p *faultProvider) rotations() int {
 	if p.sim != nil {
@@ -255,7 +227,7 @@ func (p *faultProvider) newRefreshToken(ctx context.Context) (string, error) {
 func (p *faultProvider) spec() *rotavaultv1.CredentialSpec {
 	if p.sim != nil {
 		s := &rotavaultv1.CredentialSpec{
-			ProviderKind: rotavaultv1.ProviderKind_PROVIDER_KIND_SALESFORCE, BaseUrl: p.sim.URL(),
+			ProviderKind: rotavaultv1.ProviderKind_PROVIDER_KIND_SALESFORCE, BaseUrl: p.proxy.URL(),
 			ClientId: simClientID, ClientSecret: simClientSecret, Scopes: []string{"api", "refresh_token"},
 			AccessTokenLifetime: durationpb.New(faultTokenLife),
 		}
@@ -405,12 +377,7 @@ func (r *faultRun) setup() {
 			}
 			t.Cleanup(func() { _ = fos.Close() })
 			fos.AddClient(fositeClientID, fositeClientSecret, []string{callbackURI})
-			proxy, err := startFaultProxy(fos.URL())
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { _ = proxy.Close() })
-			p.fos, p.proxy = fos, proxy
+			p.fos = fos
 		} else {
 			cfg := providersim.Config{SessionTimeout: faultTokenLife, Logger: logger}
 			if p.grace {
@@ -424,6 +391,18 @@ func (r *faultRun) setup() {
 			sim.AddClient(providersim.Client{ID: simClientID, Secret: simClientSecret, RedirectURIs: []string{callbackURI}})
 			p.sim = sim
 		}
+		var upstream string
+		if p.fos != nil {
+			upstream = p.fos.URL()
+		} else {
+			upstream = p.sim.URL()
+		}
+		proxy, err := startFaultProxy(upstream)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = proxy.Close() })
+		p.proxy = proxy
 		r.provs = append(r.provs, p)
 		r.hist.Providers = append(r.hist.Providers, providerRecord{Name: p.name, Grace: p.grace, Creds: []string{p.cred}})
 	}
@@ -649,11 +628,13 @@ func (r *faultRun) between(lo, hi time.Duration) time.Duration {
 func (r *faultRun) inject(kind string) faultRecord {
 	t := r.t
 	f := faultRecord{Kind: kind, Target: faultTarget{Replica: -1}, Begin: time.Now()}
+	var ports map[int]bool // a killed or paused replica's, just before
 	switch kind {
 	case "replica-kill":
 		rep := r.replicas[r.rng.IntN(len(r.replicas))]
 		down := r.between(500*time.Millisecond, 3*time.Second)
 		f.Target.Replica, f.Detail = rep.idx, fmt.Sprintf("replica %d down %s", rep.idx, down)
+		ports = r.portsOf(rep)
 		rep.current().kill()
 		time.Sleep(down)
 		rep.start(t)
@@ -662,6 +643,7 @@ func (r *faultRun) inject(kind string) faultRecord {
 		pause := faultClaimTTL + r.between(time.Second, 3*time.Second)
 		f.Target.Replica, f.Detail = rep.idx, fmt.Sprintf("replica %d stopped %s (beyond its claim)", rep.idx, pause)
 		p := rep.current()
+		ports = r.portsOf(rep)
 		_ = p.cmd.Process.Signal(syscall.SIGSTOP)
 		time.Sleep(pause)
 		_ = p.cmd.Process.Signal(syscall.SIGCONT)
@@ -690,9 +672,8 @@ func (r *faultRun) inject(kind string) faultRecord {
 		p := r.provs[r.rng.IntN(len(r.provs))]
 		n := 1 + r.rng.IntN(5)
 		f.Target.Provider, f.Detail = p.name, fmt.Sprintf("%s answers 503 to the next %d token requests", p.name, n)
-		before := p.injected() + n
 		p.fail(n)
-		r.awaitStep(f.Detail, func() bool { return p.failuresLeft(before) == 0 })
+		r.awaitStep(f.Detail, func() bool { return p.failuresLeft() == 0 })
 	case "lost-answer":
 		p := r.provs[r.rng.IntN(len(r.provs))]
 		f.Target.Provider, f.Lost, f.LostCred = p.name, true, p.cred
@@ -708,21 +689,105 @@ func (r *faultRun) inject(kind string) faultRecord {
 		if p.grace {
 			break
 		}
-		// Without grace the family is lost: it is announced, and an
-		// operator imports a new one.
-		r.awaitStep("LOST_ROTATION notice for "+p.cred, func() bool {
-			r.mu.Lock()
-			defer r.mu.Unlock()
-			return r.revoked[p.cred] > revokedBefore
-		})
-		if err := r.reimport(p); err != nil {
-			r.record(func(h *faultHistory) {
-				h.Incomplete = append(h.Incomplete, "re-import after a lost answer: "+err.Error())
-			})
-		}
+		r.familyLost(p, revokedBefore)
 	}
 	f.End = time.Now()
+	if kind != "lost-answer" {
+		r.accountForUnstoredRotations(f, ports)
+	}
 	return f
+}
+
+// familyLost waits for the LOST_ROTATION notice of p's family and imports
+// a new one, as an operator would: without grace a lost answer costs the
+// family.
+func (r *faultRun) familyLost(p *faultProvider, revokedBefore int) {
+	r.awaitStep("LOST_ROTATION notice for "+p.cred, func() bool {
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		return r.revoked[p.cred] > revokedBefore
+	})
+	if err := r.reimport(p); err != nil {
+		r.record(func(h *faultHistory) {
+			h.Incomplete = append(h.Incomplete, "re-import after a lost answer: "+err.Error())
+		})
+	}
+}
+
+// lostNoticesBefore counts the LOST_ROTATION notices of cred received
+// before t.
+func (r *faultRun) lostNoticesBefore(cred string, t time.Time) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	n := 0
+	for _, rec := range r.hist.Notices {
+		if rec.Cred == cred && rec.Reason == "LOST_ROTATION" && rec.At.Before(t) {
+			n++
+		}
+	}
+	return n
+}
+
+// portsOf is the replica's open TCP ports, taken just before a fault stops
+// it; an error leaves the history incomplete.
+func (r *faultRun) portsOf(rep *faultReplica) map[int]bool {
+	ports, err := tcpPortsOf(rep.current().cmd.Process.Pid)
+	if err != nil {
+		r.record(func(h *faultHistory) {
+			h.Incomplete = append(h.Incomplete, fmt.Sprintf("ports of replica %d: %v", rep.idx, err))
+		})
+	}
+	return ports
+}
+
+// accountForUnstoredRotations finds the rotations a provider committed to
+// while the replica of fault f (owning ports just before it) was killed or
+// paused: answers on their way to it from a second before the fault to its
+// end, and answers whose caller was gone. Such a rotation may never be
+// stored — the replica is dead, or it resumes after another one took its
+// claim over and presented the old refresh token — which at a provider
+// without grace loses the family: no broker can avoid it, and the run must
+// count it as a lost answer rather than as a reuse Rotavault caused.
+// Whether it was lost shows at the provider's next refresh answer: a
+// rotation (the new token was stored and used) or invalid_grant (the old
+// one was presented: the family is gone, announced, and imported again).
+func (r *faultRun) accountForUnstoredRotations(f faultRecord, ports map[int]bool) {
+	for _, p := range r.provs {
+		var suspect *refreshAnswer
+		for _, a := range p.proxy.Answers(p.resolved) {
+			p.resolved = a.Seq
+			inWindow := ports[a.Port] && !a.At.Before(f.Begin.Add(-time.Second)) && !a.At.After(f.End)
+			if a.Rotated && !a.Dropped && (inWindow || a.CallerGone) {
+				suspect = &a
+			}
+		}
+		if suspect == nil || p.grace {
+			continue // within grace the old token still works: nothing lost
+		}
+		revokedBefore := r.lostNoticesBefore(p.cred, suspect.At)
+		var next refreshAnswer
+		r.awaitStep(fmt.Sprintf("a refresh of %s after an answer replica %d may not have stored", p.cred, f.Target.Replica), func() bool {
+			for _, a := range p.proxy.Answers(suspect.Seq) {
+				if a.Rotated || a.Refused {
+					next = a
+					return true
+				}
+			}
+			return false
+		})
+		p.resolved = max(p.resolved, next.Seq)
+		if !next.Refused {
+			continue // stored after all: the family lives on
+		}
+		p.lostInFaults++
+		lost := faultRecord{Kind: "unstored-rotation", Target: faultTarget{Replica: -1, Provider: p.name}, Begin: suspect.At,
+			Detail: fmt.Sprintf("%s rotated %s for replica %d, which never stored it (grace false)", p.name, p.cred, f.Target.Replica),
+			Lost:   true, LostCred: p.cred}
+		r.familyLost(p, revokedBefore)
+		lost.End = time.Now()
+		r.t.Logf("fault %s %s: %s", lost.Kind, lost.Detail, lost.End.Sub(lost.Begin).Round(time.Millisecond))
+		r.record(func(h *faultHistory) { h.Faults = append(h.Faults, lost) })
+	}
 }
 
 // awaitStep polls cond until it holds or faultStepBound passes; a step that
@@ -794,10 +859,9 @@ func (r *faultRun) secrets() []string {
 	out := []string{simClientSecret, fositeClientSecret, r.vault.RootToken, r.vault.Token, r.vault.TransitToken}
 	for _, p := range r.provs {
 		out = append(out, p.imported...)
+		out = append(out, p.proxy.Secrets()...)
 		if p.sim != nil {
 			out = append(out, p.sim.Secrets()...)
-		} else {
-			out = append(out, p.proxy.Secrets()...)
 		}
 	}
 	for tok := range r.handed {
