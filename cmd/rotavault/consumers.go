@@ -3,7 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
-	"text/tabwriter"
+	"io"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -51,33 +51,26 @@ Examples:
   rotavault consumers --json | jq -r 'select(.credentialId == "acme") | .identity'`,
 		Args: args(cobra.NoArgs),
 		RunE: runE(func(cmd *cobra.Command, _ []string) error {
-			all, err := listAll(func(pageToken string) ([]*rotavaultv1.Consumer, string, error) {
+			out := &pagePrinter[*rotavaultv1.Consumer]{w: a.stdout, json: client.json,
+				header: "CREDENTIAL\tIDENTITY\tTOKENS\tFIRST SEEN\tLAST SEEN",
+				row: func(tw io.Writer, c *rotavaultv1.Consumer) {
+					fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\n", c.GetCredentialId(), c.GetIdentity(), c.GetTokenCount(),
+						a.when(c.GetFirstSeenTime()), a.when(c.GetLastSeenTime()))
+				}}
+			err := eachPage(func(pageToken string) ([]*rotavaultv1.Consumer, string, error) {
 				resp, err := adminCall(cmd.Context(), &client, credential, func(ctx context.Context, c rotavaultv1.CredentialAdminServiceClient) (*rotavaultv1.ListConsumersResponse, error) {
 					return c.ListConsumers(ctx, &rotavaultv1.ListConsumersRequest{CredentialId: credential, PageSize: listPageSize, PageToken: pageToken})
 				})
 				return resp.GetConsumers(), resp.GetNextPageToken(), err
-			})
+			}, out.page)
 			if err != nil {
 				return err
 			}
-			if client.json {
-				return printJSONLines(a.stdout, all)
+			what := "no consumers recorded yet"
+			if credential != "" {
+				what = "no consumers of " + credential + " recorded yet"
 			}
-			if len(all) == 0 {
-				what := "no consumers recorded yet"
-				if credential != "" {
-					what = "no consumers of " + credential + " recorded yet"
-				}
-				_, err := fmt.Fprintf(a.stdout, "%s; servers flush what they served every --issuance-flush-interval (default 1m) and when they stop\n", what)
-				return err
-			}
-			tw := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "CREDENTIAL\tIDENTITY\tTOKENS\tFIRST SEEN\tLAST SEEN")
-			for _, c := range all {
-				fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\n", c.GetCredentialId(), c.GetIdentity(), c.GetTokenCount(),
-					a.when(c.GetFirstSeenTime()), a.when(c.GetLastSeenTime()))
-			}
-			return tw.Flush()
+			return out.done(what + "; servers flush what they served every --issuance-flush-interval (default 1m) and when they stop")
 		}),
 	}
 	client.register(cmd)

@@ -7,7 +7,6 @@ import (
 	"io"
 	"strconv"
 	"strings"
-	"text/tabwriter"
 
 	"github.com/spf13/cobra"
 	"google.golang.org/grpc"
@@ -184,29 +183,21 @@ Examples:
   rotavault credentials list --json | jq -r 'select(.status == "CREDENTIAL_STATUS_REVOKED") | .credentialId'`,
 		Args: args(cobra.NoArgs),
 		RunE: runE(func(cmd *cobra.Command, _ []string) error {
-			all, err := listCredentials(cmd.Context(), client)
-			if err != nil {
+			out := &pagePrinter[*rotavaultv1.Credential]{w: a.stdout, json: client.json,
+				header: "ID\tSTATUS\tGENERATION\tTOKEN ISSUED\tTOKEN EXPIRES\tNEXT REFRESH\tLAST ERROR",
+				row: func(tw io.Writer, c *rotavaultv1.Credential) {
+					lastErr := c.GetLastError()
+					if lastErr == "" {
+						lastErr = "-"
+					}
+					fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\t%s\n", c.GetCredentialId(), statusText(c), c.GetGeneration(),
+						a.relativeOrDash(c.GetAccessTokenIssueTime()), a.relativeOrDash(c.GetAccessTokenExpireTime()),
+						a.nextRefreshText(c.GetNextRefreshTime(), false), truncate(lastErr, maxErrorCell))
+				}}
+			if err := eachPage(credentialPages(cmd.Context(), client), out.page); err != nil {
 				return err
 			}
-			if client.json {
-				return printJSONLines(a.stdout, all)
-			}
-			if len(all) == 0 {
-				_, err := fmt.Fprintln(a.stdout, "no credentials; create one with `rotavault credentials put`")
-				return err
-			}
-			tw := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "ID\tSTATUS\tGENERATION\tTOKEN ISSUED\tTOKEN EXPIRES\tNEXT REFRESH\tLAST ERROR")
-			for _, c := range all {
-				lastErr := c.GetLastError()
-				if lastErr == "" {
-					lastErr = "-"
-				}
-				fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\t%s\n", c.GetCredentialId(), statusText(c), c.GetGeneration(),
-					a.relativeOrDash(c.GetAccessTokenIssueTime()), a.relativeOrDash(c.GetAccessTokenExpireTime()),
-					a.nextRefreshText(c.GetNextRefreshTime(), false), truncate(lastErr, maxErrorCell))
-			}
-			return tw.Flush()
+			return out.done("no credentials; create one with `rotavault credentials put`")
 		}),
 	}
 	return cmd
@@ -214,12 +205,17 @@ Examples:
 
 // listCredentials returns every credential, in id order.
 func listCredentials(ctx context.Context, client *clientOptions) ([]*rotavaultv1.Credential, error) {
-	return listAll(func(pageToken string) ([]*rotavaultv1.Credential, string, error) {
+	return listAll(credentialPages(ctx, client))
+}
+
+// credentialPages fetches one page of credentials.
+func credentialPages(ctx context.Context, client *clientOptions) func(pageToken string) ([]*rotavaultv1.Credential, string, error) {
+	return func(pageToken string) ([]*rotavaultv1.Credential, string, error) {
 		resp, err := adminCall(ctx, client, "", func(ctx context.Context, c rotavaultv1.CredentialAdminServiceClient) (*rotavaultv1.ListCredentialsResponse, error) {
 			return c.ListCredentials(ctx, &rotavaultv1.ListCredentialsRequest{PageSize: listPageSize, PageToken: pageToken})
 		})
 		return resp.GetCredentials(), resp.GetNextPageToken(), err
-	})
+	}
 }
 
 func truncate(s string, n int) string {

@@ -256,24 +256,81 @@ func (o *clientOptions) explain(err error, credentialID string) error {
 	return err
 }
 
-// listAll follows a listing's page tokens to the end; fetch returns one
-// page. A server that repeats a page token ends the listing rather than
-// looping.
+// listAll follows a listing's page tokens to the end and returns every
+// item; fetch returns one page.
 func listAll[T any](fetch func(pageToken string) (items []T, next string, err error)) ([]T, error) {
 	var all []T
+	err := eachPage(fetch, func(items []T) error {
+		all = append(all, items...)
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return all, nil
+}
+
+// eachPage follows a listing's page tokens to the end, handing each page
+// to each as it arrives, so that a long listing prints its first lines
+// before the server is asked for the next page. A server that repeats a
+// page token ends the listing rather than looping.
+func eachPage[T any](fetch func(pageToken string) (items []T, next string, err error), each func(items []T) error) error {
 	pageToken := ""
 	for range maxListPages {
 		items, next, err := fetch(pageToken)
 		if err != nil {
-			return nil, err
+			return err
 		}
-		all = append(all, items...)
+		if err := each(items); err != nil {
+			return err
+		}
 		if next == "" || next == pageToken {
 			break
 		}
 		pageToken = next
 	}
-	return all, nil
+	return nil
+}
+
+// pagePrinter prints a listing page by page: the header before the first
+// row, columns aligned within each page (a page is flushed as soon as it is
+// printed), JSON lines with --json, and the empty message if no page held
+// anything.
+type pagePrinter[T proto.Message] struct {
+	w      io.Writer
+	json   bool
+	header string
+	row    func(tw io.Writer, item T)
+	rows   int
+}
+
+func (p *pagePrinter[T]) page(items []T) error {
+	if p.json {
+		p.rows += len(items)
+		return printJSONLines(p.w, items)
+	}
+	if len(items) == 0 {
+		return nil
+	}
+	tw := tabwriter.NewWriter(p.w, 0, 4, 2, ' ', 0)
+	if p.rows == 0 {
+		fmt.Fprintln(tw, p.header)
+	}
+	for _, it := range items {
+		p.row(tw, it)
+	}
+	p.rows += len(items)
+	return tw.Flush()
+}
+
+// done prints empty when no row was printed (not with --json: no lines is
+// the empty listing there).
+func (p *pagePrinter[T]) done(empty string) error {
+	if p.rows > 0 || p.json {
+		return nil
+	}
+	_, err := fmt.Fprintln(p.w, empty)
+	return err
 }
 
 // printJSONLines prints one JSON object per line, for scripts.
