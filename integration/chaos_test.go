@@ -748,9 +748,9 @@ func (r *faultRun) portsOf(rep *faultReplica) map[int]bool {
 // claim over and presented the old refresh token — which at a provider
 // without grace loses the family: no broker can avoid it, and the run must
 // count it as a lost answer rather than as a reuse Rotavault caused.
-// Whether it was lost shows at the provider's next refresh answer: a
-// rotation (the new token was stored and used) or invalid_grant (the old
-// one was presented: the family is gone, announced, and imported again).
+// Whether it was lost shows at the provider: a reuse no lost answer
+// explains (the old token was presented: the family is gone, announced,
+// and imported again) or a later rotation (the new token was stored).
 func (r *faultRun) accountForUnstoredRotations(f faultRecord, ports map[int]bool) {
 	for _, p := range r.provs {
 		var suspect *refreshAnswer
@@ -765,18 +765,24 @@ func (r *faultRun) accountForUnstoredRotations(f faultRecord, ports map[int]bool
 			continue // within grace the old token still works: nothing lost
 		}
 		revokedBefore := r.lostNoticesBefore(p.cred, suspect.At)
-		var next refreshAnswer
+		// Lost: the provider saw a reuse no lost answer explains. Stored: a
+		// later refresh rotated. An invalid_grant that is not a reuse (a
+		// token of an earlier, revoked family) decides nothing.
+		var lostIt bool
 		r.awaitStep(fmt.Sprintf("a refresh of %s after an answer replica %d may not have stored", p.cred, f.Target.Replica), func() bool {
+			if p.reuses() > p.lostAnswers() {
+				lostIt = true
+				return true
+			}
 			for _, a := range p.proxy.Answers(suspect.Seq) {
-				if a.Rotated || a.Refused {
-					next = a
+				if a.Rotated {
+					p.resolved = max(p.resolved, a.Seq)
 					return true
 				}
 			}
 			return false
 		})
-		p.resolved = max(p.resolved, next.Seq)
-		if !next.Refused {
+		if !lostIt {
 			continue // stored after all: the family lives on
 		}
 		p.lostInFaults++
