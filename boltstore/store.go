@@ -42,11 +42,13 @@ const (
 // Store is a store.Store in one bbolt file. It is safe for concurrent use by
 // many goroutines; the file is locked, so only one Store (in one process)
 // has it open at a time. Writes are durable when they return: every commit
-// is fsynced. After Close, every method returns ErrClosed.
+// is fsynced, and concurrent Puts and Deletes share commits (groupCommit).
+// After Close, every method returns ErrClosed.
 type Store struct {
-	db   *bolt.DB
-	path string
-	log  *slog.Logger
+	db      *bolt.DB
+	path    string
+	log     *slog.Logger
+	commits *groupCommit
 
 	keys atomic.Pointer[keyring]
 	// rotateMu is held shared by Put and exclusively by RotateKey. Put
@@ -91,7 +93,7 @@ func Open(path string, key Key, opts Options) (*Store, error) {
 	if err != nil {
 		return nil, openError(path, timeout, err)
 	}
-	s := &Store{db: db, path: path, log: log}
+	s := &Store{db: db, path: path, log: log, commits: &groupCommit{db: db}}
 	s.keys.Store(kr)
 	if err := db.Update(s.initFile); err != nil {
 		db.Close()
@@ -262,6 +264,7 @@ func (s *Store) Get(ctx context.Context, key string) (store.Record, error) {
 
 // Put seals and writes value if the key's version equals expectedVersion (0:
 // the key must be absent) and returns the new version once it is on disk.
+// Concurrent writes share a commit; a conflict fails this Put alone.
 // Errors: store.ErrInvalidKey, store.ErrConflict, ErrCorrupt (the current
 // record does not decode), or ctx.Err() wrapped; on error nothing changes.
 func (s *Store) Put(ctx context.Context, key string, value []byte, expectedVersion uint64) (uint64, error) {
@@ -274,8 +277,8 @@ func (s *Store) Put(ctx context.Context, key string, value []byte, expectedVersi
 	s.rotateMu.RLock()
 	defer s.rotateMu.RUnlock()
 	var version uint64
-	err := s.db.Update(func(tx *bolt.Tx) error {
-		// The wait for the writer lock may have outlived the caller.
+	err := s.commits.write(func(tx *bolt.Tx) error {
+		// The wait for the commit may have outlived the caller.
 		if err := ctx.Err(); err != nil {
 			return err
 		}
@@ -314,7 +317,7 @@ func (s *Store) Delete(ctx context.Context, key string) error {
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("boltstore: delete %q: %w", key, err)
 	}
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	err := s.commits.write(func(tx *bolt.Tx) error {
 		if err := ctx.Err(); err != nil {
 			return err
 		}

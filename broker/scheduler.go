@@ -86,12 +86,13 @@ func (b *Broker) runScheduler(ctx context.Context) {
 	t := time.NewTicker(b.opts.schedulerInterval)
 	defer t.Stop()
 	slots := &refreshSlots{perEndpoint: make(map[string]int)}
+	sched := newSchedule()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			b.refreshDue(ctx, slots)
+			b.refreshDue(ctx, slots, sched)
 		}
 	}
 }
@@ -137,42 +138,131 @@ func endpointOf(v *view) string {
 	return u.Scheme + "://" + u.Host
 }
 
-func (b *Broker) refreshDue(schedCtx context.Context, slots *refreshSlots) {
+// refreshDue starts the refreshes that are due. It looks at the
+// credentials whose time in the schedule has come, those it meant to look
+// at again on this tick, and a sweep of at most sweepPerTick others — not
+// at every credential, so that a tick with nothing due costs the same at
+// 100,000 credentials as at 1,000.
+func (b *Broker) refreshDue(schedCtx context.Context, slots *refreshSlots, sched *schedule) {
 	now := b.opts.now()
-	for _, e := range b.snapshotEntries() {
-		if schedCtx.Err() != nil {
-			return
-		}
-		v := e.view.Load()
-		held := e.rescue.Load() != nil
-		e.mu.Lock()
-		wait := now.Before(e.retryAt)
-		busy := e.flight != nil
-		e.mu.Unlock()
-		if busy || wait || (!held && !b.due(e, v, now)) {
-			continue
-		}
-		endpoint := endpointOf(v)
-		if !slots.take(endpoint) {
-			continue
-		}
-		started := b.goTracked(func() {
-			defer slots.give(endpoint)
-			need := func(v *view) bool {
-				return e.rescue.Load() != nil || b.due(e, v, b.opts.now())
-			}
-			ctx, cancel := context.WithTimeout(b.ctx, b.opts.refreshTimeout)
-			defer cancel()
-			if _, err := b.refresh(ctx, e, need); err != nil {
-				e.mu.Lock()
-				e.retryAt = b.opts.now().Add(scheduledFailureWait)
-				e.mu.Unlock()
-				b.log.WarnContext(ctx, "scheduled refresh failed", "credential", e.id, "err", err)
-			}
-		})
-		if !started {
-			slots.give(endpoint)
+	sched.tick++
+	// Taken first: what this tick defers goes to the next one.
+	soon := sched.soon
+	sched.soon = nil
+	for len(sched.timers) > 0 && !sched.timers[0].at.After(now) {
+		it := sched.timers[0]
+		sched.setTime(it, time.Time{})
+		if !b.check(schedCtx, slots, sched, it.e, now, false) {
 			return
 		}
 	}
+	for _, e := range soon {
+		if !b.check(schedCtx, slots, sched, e, now, false) {
+			return
+		}
+	}
+	fresh := sched.next >= len(sched.ring)
+	if fresh {
+		sched.ring, sched.next = b.snapshotEntries(), 0
+	}
+	end := min(sched.next+sched.sweep, len(sched.ring))
+	for _, e := range sched.ring[sched.next:end] {
+		if !b.check(schedCtx, slots, sched, e, now, fresh) {
+			return
+		}
+	}
+	sched.next = end
+}
+
+// check starts e's refresh if it is due and places e in the schedule
+// again; listed says e was taken from the broker's entries on this tick,
+// so it need not be looked up again. It reports false when the scheduler
+// is to stop.
+func (b *Broker) check(schedCtx context.Context, slots *refreshSlots, sched *schedule, e *entry, now time.Time, listed bool) bool {
+	if schedCtx.Err() != nil {
+		return false
+	}
+	it := sched.item(e)
+	if it.seen == sched.tick {
+		return true
+	}
+	it.seen = sched.tick
+	if !listed && !b.holds(e) {
+		sched.forget(it)
+		return true
+	}
+	v := e.view.Load()
+	held := e.rescue.Load() != nil
+	e.mu.Lock()
+	retryAt := e.retryAt
+	busy := e.flight != nil
+	e.mu.Unlock()
+	switch {
+	case busy:
+		sched.soon = append(sched.soon, e)
+		return true
+	case now.Before(retryAt):
+		sched.setTime(it, retryAt)
+		return true
+	case !held && !b.due(e, v, now):
+		if at, soon := b.nextCheck(e, v, now); soon {
+			sched.soon = append(sched.soon, e)
+		} else {
+			sched.setTime(it, at)
+		}
+		return true
+	}
+	// Due: look again on the next tick, when the refresh is in flight or
+	// done, or a slot may be free.
+	sched.soon = append(sched.soon, e)
+	endpoint := endpointOf(v)
+	if !slots.take(endpoint) {
+		return true
+	}
+	started := b.goTracked(func() {
+		defer slots.give(endpoint)
+		need := func(v *view) bool {
+			return e.rescue.Load() != nil || b.due(e, v, b.opts.now())
+		}
+		ctx, cancel := context.WithTimeout(b.ctx, b.opts.refreshTimeout)
+		defer cancel()
+		if _, err := b.refresh(ctx, e, need); err != nil {
+			e.mu.Lock()
+			e.retryAt = b.opts.now().Add(scheduledFailureWait)
+			e.mu.Unlock()
+			b.log.WarnContext(ctx, "scheduled refresh failed", "credential", e.id, "err", err)
+		}
+	})
+	if !started {
+		slots.give(endpoint)
+		return false
+	}
+	return true
+}
+
+// nextCheck says when a credential that is not due now may become due by
+// the passing of time alone: at its access refresh time or half-way
+// through the idle timeout, whichever is first (zero: never). soon asks
+// for a look on every tick instead: its token is in the refresh-ahead
+// window, unused, and a first use makes it due at once.
+func (b *Broker) nextCheck(e *entry, v *view, now time.Time) (at time.Time, soon bool) {
+	if v.fam.Status != StatusActive || v.fam.Access == nil {
+		return time.Time{}, false
+	}
+	if access := b.accessDue(v); now.Before(access) {
+		at = access
+	} else if now.Before(v.fam.Access.ExpiresAt) && !e.used.Load() {
+		return time.Time{}, true
+	}
+	if idle := b.idleDue(v); !idle.IsZero() && (at.IsZero() || idle.Before(at)) {
+		at = idle
+	}
+	return at, false
+}
+
+// holds reports whether e is still the broker's entry for its credential.
+func (b *Broker) holds(e *entry) bool {
+	b.entriesMu.RLock()
+	defer b.entriesMu.RUnlock()
+	return b.entries[e.id] == e
 }

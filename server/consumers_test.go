@@ -68,6 +68,13 @@ type catalogEnv struct {
 
 func newCatalogEnv(t *testing.T) *catalogEnv {
 	t.Helper()
+	return newCatalogEnvWith(t, func(*Config) {})
+}
+
+// newCatalogEnvWith is newCatalogEnv with the server's Config adjusted by
+// configure before the server starts.
+func newCatalogEnvWith(t *testing.T, configure func(*Config)) *catalogEnv {
+	t.Helper()
 	dir := t.TempDir()
 	key, err := boltstore.GenerateKeyFile(filepath.Join(dir, "store.key"))
 	if err != nil {
@@ -92,8 +99,10 @@ func newCatalogEnv(t *testing.T) *catalogEnv {
 	}
 	e.broker = b
 	// An hour: only FlushIssuance (and Shutdown) flush in these tests.
-	e.srv = New(Config{Broker: b, Auditor: e.auditor, ConsumerCatalog: true, IssuanceFlushInterval: time.Hour,
-		RateLimit: RateLimit{Disabled: true}})
+	cfg := Config{Broker: b, Auditor: e.auditor, ConsumerCatalog: true, IssuanceFlushInterval: time.Hour,
+		RateLimit: RateLimit{Disabled: true}}
+	configure(&cfg)
+	e.srv = New(cfg)
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -132,13 +141,21 @@ func (e *catalogEnv) install(id string) {
 		ClientID: simClient, ClientSecret: simSecret, Scopes: []string{"api", "refresh_token"}, AccessTokenLife: time.Hour}); err != nil {
 		e.t.Fatal(err)
 	}
+	e.importToken(id)
+}
+
+// importToken gives id a refresh token through the broker (no RPC) and
+// returns it.
+func (e *catalogEnv) importToken(id string) string {
+	e.t.Helper()
 	rt, err := e.sim.IssueRefreshToken(simClient, nil)
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	if _, err := e.broker.ImportRefreshToken(ctx, id, rt); err != nil {
+	if _, err := e.broker.ImportRefreshToken(testCtx(e.t), id, rt); err != nil {
 		e.t.Fatal(err)
 	}
+	return rt
 }
 
 func (e *catalogEnv) getTokens(conn *grpc.ClientConn, id string, n int) {

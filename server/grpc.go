@@ -94,6 +94,11 @@ type Config struct {
 	// Operations serves the admin service's BackupStore, VerifyAuditTrail
 	// and GetServerStatus RPCs.
 	Operations Operations
+	// LogSlowCall is the duration from which a successful routine read
+	// (GetAccessToken, GetCredential, the lists, status and health checks)
+	// is logged at INFO; faster ones are logged at DEBUG and only counted.
+	// Zero means DefaultLogSlowCall.
+	LogSlowCall time.Duration
 }
 
 // adminConfig wires the admin service; a nil broker counts nothing.
@@ -149,15 +154,11 @@ func New(cfg Config) *Server {
 		return status.Error(codes.Internal, "internal error")
 	})
 	draining, drain := context.WithCancel(context.Background())
-	accessLog := logging.LoggerFunc(func(ctx context.Context, lvl logging.Level, msg string, fields ...any) {
-		if wasRefused(ctx) {
-			return // logged, sampled, where it was refused
-		}
-		log.Log(ctx, slog.Level(lvl), msg, fields...)
-	})
+	accessLog := accessLogger(log, cmp.Or(cfg.LogSlowCall, DefaultLogSlowCall))
 	logOpts := []logging.Option{
 		logging.WithLogOnEvents(logging.FinishCall),
 		logging.WithFieldsFromContext(callerLogFields),
+		logging.WithDurationField(durationField),
 	}
 	var unary []grpc.UnaryServerInterceptor
 	var stream []grpc.StreamServerInterceptor

@@ -307,7 +307,7 @@ or with your own redirect URI, completing by hand:
   curl -sL "AUTHORIZE_URL"    # the code lands in %s
   %s reauth complete demo --state STATE --code-file %s
 
-Logs follow on stderr: warnings and errors only (--log-level info shows every call).
+Logs follow on stderr: warnings and errors only (--log-level info shows every change, error and slow call; debug, every call).
 `, rv, rv, rv, frontURL, devCallbackPath, codeFile, rv, codeFile)
 	_, err := io.WriteString(a.stdout, b.String())
 	return err

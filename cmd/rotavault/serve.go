@@ -64,6 +64,9 @@ type serverConfig struct {
 	// summarised into the audit trail and merged into the consumer catalog
 	// (zero: server.DefaultIssuanceFlushInterval).
 	IssuanceFlushInterval time.Duration
+	// LogSlowCall is server.Config's: routine reads that succeed faster
+	// are logged at DEBUG only.
+	LogSlowCall time.Duration
 	// MaxConnectionAge and MaxConnectionAgeGrace are server.Config's.
 	MaxConnectionAge, MaxConnectionAgeGrace time.Duration
 	// AuditAnchorInterval is audit.Config.AnchorInterval: zero means the
@@ -274,7 +277,7 @@ func runServer(ctx context.Context, cfg serverConfig) (err error) {
 		n.ServeHTTP("HTTP endpoints", server.NewHTTPMux(server.HTTPConfig{Callback: b, Logger: log, Ready: b.Ready, Metrics: mx.Handler(), TrustedProxies: proxies}), httpLis)
 		log.Info("HTTP endpoints serving", "addr", httpAddr.String(), "public_url", cfg.PublicURL)
 	}
-	n.ServeGRPC(server.Config{Broker: b, Logger: log, Reflection: cfg.Reflection, Auth: auth, ExtraOptions: extra, RateLimit: cfg.RateLimit, Auditor: al, ConsumerCatalog: true, IssuanceFlushInterval: cfg.IssuanceFlushInterval, MaxConnectionAge: cfg.MaxConnectionAge, MaxConnectionAgeGrace: cfg.MaxConnectionAgeGrace,
+	n.ServeGRPC(server.Config{Broker: b, Logger: log, Reflection: cfg.Reflection, Auth: auth, ExtraOptions: extra, RateLimit: cfg.RateLimit, Auditor: al, ConsumerCatalog: true, IssuanceFlushInterval: cfg.IssuanceFlushInterval, LogSlowCall: cfg.LogSlowCall, MaxConnectionAge: cfg.MaxConnectionAge, MaxConnectionAgeGrace: cfg.MaxConnectionAgeGrace,
 		Limits: cfg.Limits, Registerer: mx.Registry(), Operations: ops}, lis)
 	// Closed first: long-polling reauth checks answer now, not at their
 	// end, so the graceful stop does not wait for them.
@@ -437,6 +440,7 @@ func newServeCmd(a *app) *cobra.Command {
 		rateBurst                        int
 		httpListen, publicURL            string
 		issuanceFlush                    time.Duration
+		logSlowCall                      time.Duration
 		limits                           limitFlags
 	)
 	cmd := &cobra.Command{
@@ -540,6 +544,10 @@ keys are the flag names with _ for -), then the defaults.`,
 				return usageErrorf("--%s must be at least %s", issuanceFlushFlag, minIssuanceFlush)
 			}
 			scfg.IssuanceFlushInterval = issuanceFlush
+			if logSlowCall <= 0 {
+				return usageErrorf("--log-slow-call must be positive")
+			}
+			scfg.LogSlowCall = logSlowCall
 			scfg.Limits, scfg.CallbackTrustedProxies = limits.limits(), limits.callbackTrustedProxies
 			// Last before runServer, which shuts it down: it may start an
 			// exporter.
@@ -585,6 +593,7 @@ keys are the flag names with _ for -), then the defaults.`,
 	fs.BoolVar(&insecure, oldInsecureListenFlag, false, "old name of --"+insecureListenFlag)
 	_ = fs.MarkDeprecated(oldInsecureListenFlag, "use --"+insecureListenFlag)
 	logs.register(fs, "info")
+	fs.DurationVar(&logSlowCall, "log-slow-call", server.DefaultLogSlowCall, "a routine read (GetAccessToken, GetCredential, the lists, server status, health checks) that succeeds faster than this is logged at debug only, and counted in the metrics; slower ones, errors and every call that changes state are logged at info")
 	limits.register(fs)
 	fs.String(configFlag, "", "YAML file of serve's settings (keys: the flag names with _ for -; see deploy/rotavault.yaml); flags and ROTAVAULT_SERVER_* variables override it")
 	// Every other flag of serve, including those added later, is read from

@@ -28,13 +28,14 @@ func TestServeRefusesAnUnsupportedTraceExporter(t *testing.T) {
 }
 
 // serve given an OTLP endpoint exports the span of each call to it (the
-// last ones flushed at shutdown), and the call's log line names the trace.
+// last ones flushed at shutdown), and the call's log line names the trace
+// (at debug: a quick successful list is logged there only).
 func TestServeExportsSpansToTheOTLPEndpoint(t *testing.T) {
 	rec := otlptest.Start(t, "http/protobuf")
 	keyFile, _ := newKeyFile(t, t.TempDir(), "store.key")
 	c := newCLI(t, nil)
 	srv := c.start(map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": rec.Endpoint},
-		"serve", "--addr", "127.0.0.1:0", "--data-dir", t.TempDir(), "--store-key-file", keyFile)
+		"serve", "--addr", "127.0.0.1:0", "--data-dir", t.TempDir(), "--store-key-file", keyFile, "--log-level", "debug")
 	addr := servingAddr(t, srv.stderr.WaitFor(t, `"rotavault serving"`, awaitDeadline))
 	c.run("", "credentials", "list", "--server", addr).expect(t, exitOK)
 	if code := srv.stop(t); code != exitOK {

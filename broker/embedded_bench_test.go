@@ -1,0 +1,97 @@
+package broker
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/rotavault/rotavault/boltstore"
+	"github.com/rotavault/rotavault/provider"
+	"github.com/rotavault/rotavault/providersim"
+)
+
+// BenchmarkEmbeddedRotationsVsRawWrites is BenchmarkVaultRotationsVsRawWrites
+// on the embedded store (bbolt, on the test's temporary directory): full
+// rotations (claim, provider call to the simulator, result) against raw
+// check-and-set Puts of the same size on the same store, benchWorkers
+// concurrent writers in both phases, so both get the same group commit.
+// Each commit is an fsync; the ceiling is raw writes/s ÷ writes per
+// rotation.
+func BenchmarkEmbeddedRotationsVsRawWrites(b *testing.B) {
+	ctx := context.Background()
+	dir := b.TempDir()
+	key, err := boltstore.GenerateKeyFile(filepath.Join(dir, "store.key"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	bs, err := boltstore.Open(filepath.Join(dir, "rotavault.db"), key, boltstore.Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = bs.Close() })
+	sim, err := providersim.Start(providersim.Config{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = sim.Close() })
+	sim.AddClient(providersim.Client{ID: "bench", Secret: "bench-secret"})
+	count := &faultStore{Store: bs}
+	br, err := New(ctx, Config{Store: count, Provider: provider.New(nil), Auditor: &recordingAuditor{}}, WithSchedulerInterval(time.Hour))
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = br.Close() })
+	ids := make([]string, benchWorkers)
+	for i := range ids {
+		ids[i] = fmt.Sprintf("bench-%d", i)
+		spec := Spec{ProviderKind: ProviderSalesforce, BaseURL: sim.URL(), ClientID: "bench", ClientSecret: "bench-secret", Scopes: []string{"api", "refresh_token"}}
+		if _, err := br.CreateCredential(ctx, ids[i], spec); err != nil {
+			b.Fatal(err)
+		}
+		rt, err := sim.IssueRefreshToken("bench", nil)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if _, err := br.ImportRefreshToken(ctx, ids[i], rt); err != nil {
+			b.Fatal(err)
+		}
+	}
+	always := func(*view) bool { return true }
+	rotate := func(w int) error {
+		e, err := br.entry(ctx, ids[w])
+		if err != nil {
+			return err
+		}
+		_, err = br.refresh(ctx, e, always)
+		return err
+	}
+	parallel(b, 200, rotate) // warm up, and measure the record size
+	value := make([]byte, count.bytes.Load()/count.writes.Load())
+	versions := make([]uint64, benchWorkers)
+	rawOp := func(w int) error {
+		v, err := bs.Put(ctx, fmt.Sprintf("bench/raw-%d", w), value, versions[w])
+		versions[w] = v
+		return err
+	}
+	parallel(b, 200, rawOp) // warm up
+	b.ResetTimer()
+	// Alternate the two, three rounds each, so drift hits both alike.
+	const rounds = 3
+	var raw, rot float64
+	var writes int64
+	for range rounds {
+		raw += parallel(b, b.N, rawOp) / rounds
+		w0 := count.writes.Load()
+		rot += parallel(b, b.N, rotate) / rounds
+		writes += count.writes.Load() - w0
+	}
+	b.StopTimer()
+	writesPer := float64(writes) / float64(rounds*max(b.N/benchWorkers, 1)*benchWorkers)
+	b.ReportMetric(raw, "raw-cas-writes/s")
+	b.ReportMetric(rot, "rotations/s")
+	b.ReportMetric(writesPer, "writes/rotation")
+	b.ReportMetric(float64(len(value)), "bytes/write")
+	b.ReportMetric(rot/(raw/writesPer), "rotations/ceiling")
+}
