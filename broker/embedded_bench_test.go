@@ -5,11 +5,8 @@ import (
 	"fmt"
 	"path/filepath"
 	"testing"
-	"time"
 
 	"github.com/rotavault/rotavault/boltstore"
-	"github.com/rotavault/rotavault/provider"
-	"github.com/rotavault/rotavault/providersim"
 )
 
 // BenchmarkEmbeddedRotationsVsRawWrites is BenchmarkVaultRotationsVsRawWrites
@@ -31,33 +28,7 @@ func BenchmarkEmbeddedRotationsVsRawWrites(b *testing.B) {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { _ = bs.Close() })
-	sim, err := providersim.Start(providersim.Config{})
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { _ = sim.Close() })
-	sim.AddClient(providersim.Client{ID: "bench", Secret: "bench-secret"})
-	count := &faultStore{Store: bs}
-	br, err := New(ctx, Config{Store: count, Provider: provider.New(nil), Auditor: &recordingAuditor{}}, WithSchedulerInterval(time.Hour))
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { _ = br.Close() })
-	ids := make([]string, benchWorkers)
-	for i := range ids {
-		ids[i] = fmt.Sprintf("bench-%d", i)
-		spec := Spec{ProviderKind: ProviderSalesforce, BaseURL: sim.URL(), ClientID: "bench", ClientSecret: "bench-secret", Scopes: []string{"api", "refresh_token"}}
-		if _, err := br.CreateCredential(ctx, ids[i], spec); err != nil {
-			b.Fatal(err)
-		}
-		rt, err := sim.IssueRefreshToken("bench", nil)
-		if err != nil {
-			b.Fatal(err)
-		}
-		if _, err := br.ImportRefreshToken(ctx, ids[i], rt); err != nil {
-			b.Fatal(err)
-		}
-	}
+	br, count, ids := benchBrokerOver(b, bs)
 	always := func(*view) bool { return true }
 	rotate := func(w int) error {
 		e, err := br.entry(ctx, ids[w])

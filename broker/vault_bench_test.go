@@ -10,6 +10,7 @@ import (
 	"github.com/rotavault/rotavault/internal/vaulttest"
 	"github.com/rotavault/rotavault/provider"
 	"github.com/rotavault/rotavault/providersim"
+	"github.com/rotavault/rotavault/store"
 	"github.com/rotavault/rotavault/vaultstore"
 )
 
@@ -31,36 +32,43 @@ func setupVaultBench(b *testing.B) *vaultBench {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { _ = vs.Close() })
+	br, count, ids := benchBrokerOver(b, vs)
+	return &vaultBench{srv: srv, vs: vs, count: count, b: br, ids: ids}
+}
+
+// benchBrokerOver is a broker over st (counted through a faultStore) with
+// benchWorkers Salesforce credentials at the simulator, each with an
+// imported family; the benchmarks of every store start from it.
+func benchBrokerOver(b *testing.B, st store.Store) (*Broker, *faultStore, []string) {
+	ctx := context.Background()
 	sim, err := providersim.Start(providersim.Config{})
 	if err != nil {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { _ = sim.Close() })
 	sim.AddClient(providersim.Client{ID: "bench", Secret: "bench-secret"})
-	count := &faultStore{Store: vs}
-	br, err := New(context.Background(), Config{Store: count, Provider: provider.New(nil), Auditor: &recordingAuditor{}}, WithSchedulerInterval(time.Hour))
+	count := &faultStore{Store: st}
+	br, err := New(ctx, Config{Store: count, Provider: provider.New(nil), Auditor: &recordingAuditor{}}, WithSchedulerInterval(time.Hour))
 	if err != nil {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { _ = br.Close() })
-	vb := &vaultBench{srv: srv, vs: vs, count: count, b: br}
-	ctx := context.Background()
-	for i := range benchWorkers {
-		id := fmt.Sprintf("bench-%d", i)
+	ids := make([]string, benchWorkers)
+	for i := range ids {
+		ids[i] = fmt.Sprintf("bench-%d", i)
 		spec := Spec{ProviderKind: ProviderSalesforce, BaseURL: sim.URL(), ClientID: "bench", ClientSecret: "bench-secret", Scopes: []string{"api", "refresh_token"}}
-		if _, err := br.CreateCredential(ctx, id, spec); err != nil {
+		if _, err := br.CreateCredential(ctx, ids[i], spec); err != nil {
 			b.Fatal(err)
 		}
 		rt, err := sim.IssueRefreshToken("bench", nil)
 		if err != nil {
 			b.Fatal(err)
 		}
-		if _, err := br.ImportRefreshToken(ctx, id, rt); err != nil {
+		if _, err := br.ImportRefreshToken(ctx, ids[i], rt); err != nil {
 			b.Fatal(err)
 		}
-		vb.ids = append(vb.ids, id)
 	}
-	return vb
+	return br, count, ids
 }
 
 // parallel runs n operations split over benchWorkers goroutines (worker w
