@@ -94,12 +94,26 @@ type FileLog struct {
 	key     *macKey
 	log     *slog.Logger
 
-	// mu guards the file and the chain position.
-	mu   sync.Mutex
-	file *os.File
-	size int64
-	seq  uint64
-	mac  MAC
+	// mu guards the file and the chain position: seq and mac are the last
+	// durable record (what is anchored and verified), tailSeq and tailMAC
+	// the last one chained, perhaps still in a batch being written.
+	mu      sync.Mutex
+	file    *os.File
+	size    int64
+	seq     uint64
+	mac     MAC
+	tailSeq uint64
+	tailMAC MAC
+	// The batches (see Record): open is the one new records join, writing
+	// whether one is being written, waiting those queued for their turn,
+	// oldest first; idle is signalled when none is being written. closing
+	// refuses new records while Close waits for the last batch.
+	open        *syncBatch
+	writing     bool
+	waiting     []*syncBatch
+	idle        *sync.Cond
+	closing     bool
+	beforeWrite func() error // tests only: runs before each batch's write; an error fails it
 	// broken is set when a failed write may have left a partial line:
 	// appending after it would corrupt the chain, so nothing more is
 	// written.
@@ -188,6 +202,7 @@ func Open(ctx context.Context, cfg Config) (*FileLog, error) {
 	}
 	l := &FileLog{st: cfg.Store, path: cfg.Path, headKey: cfg.headKey(), key: key, log: log, file: f, headVersion: version, witness: cfg.Witness,
 		interval: interval, dirty: make(chan struct{}, 1), stop: make(chan struct{}), stopped: make(chan struct{})}
+	l.idle = sync.NewCond(&l.mu)
 	if anchor != nil {
 		l.anchoredSeq = anchor.Seq
 	}
@@ -283,6 +298,7 @@ func (l *FileLog) resume(ctx context.Context, anchor *Head) error {
 	if anchor != nil {
 		if last, ok := l.readLast(anchor); ok {
 			l.seq, l.mac = last.body.Seq, last.mac
+			l.tailSeq, l.tailMAC = l.seq, l.mac
 			return nil
 		}
 	}
@@ -291,6 +307,7 @@ func (l *FileLog) resume(ctx context.Context, anchor *Head) error {
 		return err
 	}
 	l.seq, l.mac = rep.Last.Seq, rep.lastMAC
+	l.tailSeq, l.tailMAC = l.seq, l.mac
 	return nil
 }
 
@@ -321,9 +338,15 @@ func (l *FileLog) readLast(anchor *Head) (parsedRecord, bool) {
 // Record returned nil. The new head is anchored in the store in the
 // background (Config.AnchorInterval); a failed anchor write is logged and
 // retried with the next record or at Close.
+//
+// Records made concurrently share one write and one fsync (a batch): the
+// chain orders them as they arrive, the first of a batch writes it once the
+// previous batch is synced, and each returns when its batch is durable.
+// With one fsync per record, every rotation and onboarding on a node waited
+// in a single queue for the disk.
 func (l *FileLog) Record(ctx context.Context, e Event) error {
 	l.mu.Lock()
-	if l.file == nil {
+	if l.file == nil || l.closing {
 		l.mu.Unlock()
 		return errors.New("audit: closed")
 	}
@@ -331,18 +354,25 @@ func (l *FileLog) Record(ctx context.Context, e Event) error {
 		l.mu.Unlock()
 		return fmt.Errorf("audit: an earlier write failed, the trail needs attention: %w", l.broken)
 	}
-	seq := l.seq + 1
-	line, mac, err := encodeRecord(l.key, seq, l.mac, e)
+	seq := l.tailSeq + 1
+	line, mac, err := encodeRecord(l.key, seq, l.tailMAC, e)
 	if err != nil {
 		l.mu.Unlock()
 		return err
 	}
-	if err := l.append(line); err != nil {
-		l.mu.Unlock()
-		return err
-	}
-	l.seq, l.mac = seq, mac
+	b, lead := l.batchFor(len(line))
+	b.lines = append(b.lines, line...)
+	b.last, b.lastMAC = seq, mac
+	l.tailSeq, l.tailMAC = seq, mac
 	l.mu.Unlock()
+	if lead {
+		<-b.turn
+		l.writeBatch(b)
+	}
+	<-b.done
+	if b.err != nil {
+		return b.err
+	}
 	if l.interval < 0 {
 		// A failure is logged by anchor; the record itself is durable.
 		_ = l.anchor(ctx, seq)
@@ -355,12 +385,91 @@ func (l *FileLog) Record(ctx context.Context, e Event) error {
 	return nil
 }
 
-// append writes and syncs one line. A failure cuts the file back to its
-// previous size; if even that fails the log is marked broken.
-func (l *FileLog) append(line []byte) error {
-	_, err := l.file.Write(line)
+// maxBatchBytes bounds one batch's write.
+const maxBatchBytes = 1 << 20
+
+// syncBatch is records written and synced together (see Record).
+type syncBatch struct {
+	lines   []byte
+	last    uint64
+	lastMAC MAC
+	// turn is closed when the batch may write: the previous one is synced.
+	turn chan struct{}
+	// done is closed when the batch is durable, or failed (err).
+	done chan struct{}
+	err  error
+}
+
+// batchFor returns the open batch a record of n bytes joins, opening one
+// (led by this record) when there is none or it is full; mu held.
+func (l *FileLog) batchFor(n int) (b *syncBatch, lead bool) {
+	if b = l.open; b != nil && len(b.lines)+n <= maxBatchBytes {
+		return b, false
+	}
+	b = &syncBatch{turn: make(chan struct{}), done: make(chan struct{})}
+	if l.writing {
+		l.waiting = append(l.waiting, b)
+	} else {
+		l.writing = true
+		close(b.turn)
+	}
+	l.open = b
+	return b, true
+}
+
+// writeBatch writes and syncs b, then hands the file to the next batch. A
+// failure cuts the file back to its last durable record and fails every
+// batch queued behind b too: their records chain on b's.
+func (l *FileLog) writeBatch(b *syncBatch) {
+	l.mu.Lock()
+	if l.open == b {
+		l.open = nil // sealed: later records open the next batch
+	}
+	f, size, failed := l.file, l.size, b.err
+	l.mu.Unlock()
+	if failed == nil {
+		if f == nil {
+			failed = errors.New("audit: closed")
+		} else {
+			failed = l.writeSynced(f, size, b.lines)
+		}
+	}
+	l.mu.Lock()
+	if failed == nil {
+		l.size += int64(len(b.lines))
+		l.seq, l.mac = b.last, b.lastMAC
+	} else {
+		b.err = failed
+		for _, w := range l.waiting {
+			w.err = failed
+		}
+		l.open = nil
+		l.tailSeq, l.tailMAC = l.seq, l.mac
+	}
+	if len(l.waiting) > 0 {
+		close(l.waiting[0].turn)
+		l.waiting = l.waiting[1:]
+	} else {
+		l.writing = false
+		l.idle.Broadcast()
+	}
+	l.mu.Unlock()
+	close(b.done)
+}
+
+// writeSynced writes and syncs lines at the end of f, which holds size
+// durable bytes. A failure cuts the file back to size; if even that fails
+// the log is marked broken.
+func (l *FileLog) writeSynced(f *os.File, size int64, lines []byte) error {
+	var err error
+	if l.beforeWrite != nil {
+		err = l.beforeWrite()
+	}
 	if err == nil {
-		err = l.file.Sync()
+		_, err = f.Write(lines)
+	}
+	if err == nil {
+		err = f.Sync()
 		if err != nil {
 			err = fmt.Errorf("audit: sync: %w", err)
 		}
@@ -368,12 +477,14 @@ func (l *FileLog) append(line []byte) error {
 		err = fmt.Errorf("audit: write: %w", err)
 	}
 	if err == nil {
-		l.size += int64(len(line))
 		return nil
 	}
-	if terr := l.file.Truncate(l.size); terr != nil {
-		l.broken = errors.Join(err, fmt.Errorf("audit: truncate after failed write: %w", terr))
-		return l.broken
+	if terr := f.Truncate(size); terr != nil {
+		broken := errors.Join(err, fmt.Errorf("audit: truncate after failed write: %w", terr))
+		l.mu.Lock()
+		l.broken = broken
+		l.mu.Unlock()
+		return broken
 	}
 	return err
 }
@@ -437,6 +548,11 @@ func (l *FileLog) Head() (last Head, anchoredSeq uint64) {
 func (l *FileLog) Close() error {
 	l.mu.Lock()
 	open := l.file != nil
+	// Records already batched are written; new ones are refused.
+	l.closing = true
+	for l.writing {
+		l.idle.Wait()
+	}
 	l.mu.Unlock()
 	if !open {
 		return nil
