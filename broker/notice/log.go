@@ -129,6 +129,14 @@ type Log struct {
 	closed       bool // by Close: no new subscriptions
 	// readAt is when the head was last read successfully (unix nanos).
 	readAt atomic.Int64
+
+	// amu guards the append groups: open is the group new notices join,
+	// writing whether a group is writing the head, waiting the sealed or
+	// open groups queued for their turn, oldest first.
+	amu     sync.Mutex
+	open    *appendGroup
+	writing bool
+	waiting []*appendGroup
 }
 
 func (l *Log) LastRead() time.Time {
@@ -264,71 +272,180 @@ func (l *Log) readMeta(ctx context.Context) (noticeLogMeta, uint64, error) {
 // errNoticeNotLogged: the notice could not be added to the log at all.
 var errNoticeNotLogged = errors.New("broker: notice not logged")
 
-// append adds n to the log, then delivers it to subscribers once every
+// Append adds n to the log, then delivers it to subscribers once every
 // notice before it has been. The notice is in the log once the head's
 // check-and-set write succeeds; the record of its own only serves resuming
 // from far back, so failing to write it is logged, not returned.
+//
+// Notices appended concurrently on this replica share one head write (a
+// group, at most recentNotices): the head is the one record every append
+// writes, and without grouping concurrent appends — an onboarding wave,
+// a reuse storm — spend most of their writes on conflicts over it. A group's
+// first notice leads: it writes the head for the whole group once the
+// previous group's head write is done, then hands over to the next group;
+// every member then writes its own record and index. The writes run on a
+// context detached from the callers' (bounded by appendTimeout): the state
+// a notice reports is already stored, so it is logged even if its caller
+// has gone.
 func (l *Log) Append(ctx context.Context, n Notice) error {
-	var seq uint64
-	var pruneFrom, pruneTo, pagedFrom uint64
-	for {
-		meta, version, err := l.readMeta(ctx)
-		if err != nil {
-			return fmt.Errorf("%w: %w", errNoticeNotLogged, err)
-		}
-		seq = meta.NextSeq
-		next := meta
-		next.NextSeq++
-		if next.PagedFrom == 0 {
-			// An earlier version wrote the head last: notices before this
-			// one may have no page.
-			next.PagedFrom = seq
-		}
-		if keep := uint64(l.retention); next.NextSeq-next.OldestSeq > keep {
-			next.OldestSeq = next.NextSeq - keep
-		}
-		next.Recent = append(append(make([]loggedNotice, 0, recentNotices), lastNotices(meta.Recent, recentNotices-1)...), loggedNotice{Seq: seq, Notice: n})
-		rawMeta, err := jsonrec.Encode(next)
-		if err != nil {
-			return fmt.Errorf("%w: %w", errNoticeNotLogged, err)
-		}
-		if _, err := l.store.Put(ctx, metaKey, rawMeta, version); err != nil {
-			if errors.Is(err, store.ErrConflict) {
-				continue
-			}
-			return fmt.Errorf("%w: reserve notice: %w", errNoticeNotLogged, err)
-		}
-		pruneFrom, pruneTo = meta.OldestSeq, next.OldestSeq
-		pagedFrom = next.PagedFrom
-		break
+	g, i, lead := l.joinGroup(n)
+	if lead {
+		<-g.turn
+		l.writeHead(ctx, g)
 	}
+	// Not given up when ctx ends: the wait is bounded by two head writes
+	// (appendTimeout each), and only its outcome says whether Publish must
+	// deliver the notice live instead.
+	<-g.done
+	if g.err != nil {
+		return g.err
+	}
+	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), appendTimeout)
+	defer cancel()
+	seq := g.first + uint64(i)
 	n.seq = seq
-	l.mu.Lock()
-	l.oldest = max(l.oldest, pruneTo)
-	l.notePagedFrom(pagedFrom, 0)
-	gap := l.addLocked(seq, pendingNotice{notice: n})
-	l.mu.Unlock()
-	if gap {
-		l.wake()
-	}
 	raw, err := jsonrec.Encode(n)
 	if err == nil {
-		_, err = l.store.Put(ctx, noticeKey(seq), raw, 0)
+		_, err = l.store.Put(wctx, noticeKey(seq), raw, 0)
 	}
 	if err != nil {
 		l.log.WarnContext(ctx, "notice kept only in the log head; watchers resuming from far back may miss it", "seq", seq, "err", err)
 	}
 	if n.Kind.ForWatchers() {
-		// Pages and indexes serve watchers' replays only.
-		l.writePaged(ctx, seq, pruneTo, n)
-	}
-	for old := pruneFrom; old < pruneTo; old++ {
-		if err := l.store.Delete(ctx, noticeKey(old)); err != nil {
-			l.log.WarnContext(ctx, "could not prune notice", "seq", old, "err", err)
+		// Indexes serve filtered replays only.
+		if err := l.addToIndex(wctx, n.CredentialID, seq, g.pruneTo); err != nil {
+			l.log.WarnContext(ctx, "notice not added to its credential's index; filtered replays from far back will miss it", "seq", seq, "err", err)
 		}
 	}
-	l.prunePages(ctx, pruneFrom, pruneTo)
+	if lead {
+		// Pages (one write per page the group touches) and pruning, once
+		// per group.
+		l.writePages(wctx, g)
+		for old := g.pruneFrom; old < g.pruneTo; old++ {
+			if err := l.store.Delete(wctx, noticeKey(old)); err != nil {
+				l.log.WarnContext(ctx, "could not prune notice", "seq", old, "err", err)
+			}
+		}
+		l.prunePages(wctx, g.pruneFrom, g.pruneTo)
+	}
 	return nil
+}
+
+// appendTimeout bounds the store writes of one append.
+const appendTimeout = 10 * time.Second
+
+// appendGroup is notices appended concurrently on this replica that share
+// one head write (see Append).
+type appendGroup struct {
+	notices []Notice
+	// turn is closed when the group may write the head: the previous
+	// group's head write is done.
+	turn chan struct{}
+	// done is closed when the head is written (or failed: err); first,
+	// pruneFrom, pruneTo are set by then.
+	done                      chan struct{}
+	err                       error
+	first, pruneFrom, pruneTo uint64
+}
+
+// joinGroup adds n to the open group (opening one when there is none or it
+// is full) and returns it, n's index in it and whether n leads it.
+func (l *Log) joinGroup(n Notice) (g *appendGroup, i int, lead bool) {
+	l.amu.Lock()
+	defer l.amu.Unlock()
+	g = l.open
+	if g == nil || len(g.notices) == recentNotices {
+		g = &appendGroup{turn: make(chan struct{}), done: make(chan struct{})}
+		lead = true
+		if !l.writing {
+			l.writing = true
+			close(g.turn)
+		} else {
+			l.waiting = append(l.waiting, g)
+		}
+		l.open = g
+	}
+	g.notices = append(g.notices, n)
+	return g, len(g.notices) - 1, lead
+}
+
+// writeHead reserves sequence numbers for g's notices in one check-and-set
+// write of the head, delivers them locally, and hands the head over to the
+// next group.
+func (l *Log) writeHead(ctx context.Context, g *appendGroup) {
+	l.amu.Lock()
+	if l.open == g {
+		l.open = nil // sealed: later notices join the next group
+	}
+	notices := g.notices
+	l.amu.Unlock()
+
+	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), appendTimeout)
+	defer cancel()
+	var pagedFrom uint64
+	g.err = func() error {
+		for {
+			meta, version, err := l.readMeta(wctx)
+			if err != nil {
+				return fmt.Errorf("%w: %w", errNoticeNotLogged, err)
+			}
+			next := meta
+			next.NextSeq += uint64(len(notices))
+			if next.PagedFrom == 0 {
+				// An earlier version wrote the head last: notices before
+				// these may have no page.
+				next.PagedFrom = meta.NextSeq
+			}
+			if keep := uint64(l.retention); next.NextSeq-next.OldestSeq > keep {
+				next.OldestSeq = next.NextSeq - keep
+			}
+			recent := make([]loggedNotice, 0, recentNotices)
+			recent = append(recent, lastNotices(meta.Recent, recentNotices-len(notices))...)
+			for i, n := range notices {
+				recent = append(recent, loggedNotice{Seq: meta.NextSeq + uint64(i), Notice: n})
+			}
+			next.Recent = recent
+			rawMeta, err := jsonrec.Encode(next)
+			if err != nil {
+				return fmt.Errorf("%w: %w", errNoticeNotLogged, err)
+			}
+			if _, err := l.store.Put(wctx, metaKey, rawMeta, version); err != nil {
+				if errors.Is(err, store.ErrConflict) {
+					continue
+				}
+				return fmt.Errorf("%w: reserve notice: %w", errNoticeNotLogged, err)
+			}
+			g.first, g.pruneFrom, g.pruneTo = meta.NextSeq, meta.OldestSeq, next.OldestSeq
+			pagedFrom = next.PagedFrom
+			return nil
+		}
+	}()
+
+	// The next group may write the head now; this one's other writes go
+	// on beside it.
+	l.amu.Lock()
+	if len(l.waiting) > 0 {
+		close(l.waiting[0].turn)
+		l.waiting = l.waiting[1:]
+	} else {
+		l.writing = false
+	}
+	l.amu.Unlock()
+
+	if g.err == nil {
+		gap := false
+		l.mu.Lock()
+		l.oldest = max(l.oldest, g.pruneTo)
+		l.notePagedFrom(pagedFrom, 0)
+		for i, n := range notices {
+			gap = l.addLocked(g.first+uint64(i), pendingNotice{notice: n})
+		}
+		l.mu.Unlock()
+		if gap {
+			l.wake()
+		}
+	}
+	close(g.done)
 }
 
 // notePagedFrom records where pages begin as a head read says (pagedFrom),

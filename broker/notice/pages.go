@@ -97,21 +97,28 @@ func (l *Log) updateRecord(ctx context.Context, key string, mutate func(raw []by
 	return fmt.Errorf("broker: %s kept changing", key)
 }
 
-// addToPage adds notice seq to its page.
-func (l *Log) addToPage(ctx context.Context, seq uint64, n Notice) error {
-	return l.updateRecord(ctx, noticePageKey(seq/noticePageSize), func(raw []byte) ([]byte, error) {
+// addToPage adds notices (ascending, all of page p) to their page.
+func (l *Log) addToPage(ctx context.Context, p uint64, notices []loggedNotice) error {
+	return l.updateRecord(ctx, noticePageKey(p), func(raw []byte) ([]byte, error) {
 		page := noticePage{Format: jsonrec.Format}
 		if raw != nil {
 			if err := jsonrec.Decode(raw, &page, &page.Format); err != nil {
 				return nil, err
 			}
 		}
-		i, found := slices.BinarySearchFunc(page.Notices, seq, func(e loggedNotice, s uint64) int { return cmpUint(e.Seq, s) })
-		if found {
-			return nil, nil // an earlier attempt landed
+		added := false
+		for _, ln := range notices {
+			i, found := slices.BinarySearchFunc(page.Notices, ln.Seq, func(e loggedNotice, s uint64) int { return cmpUint(e.Seq, s) })
+			if found {
+				continue // an earlier attempt landed
+			}
+			page.Notices = slices.Insert(page.Notices, i, ln)
+			added = true
+		}
+		if !added {
+			return nil, nil
 		}
 		page.Format = jsonrec.Format
-		page.Notices = slices.Insert(page.Notices, i, loggedNotice{Seq: seq, Notice: n})
 		return jsonrec.Encode(page)
 	})
 }
@@ -148,16 +155,28 @@ func cmpUint(a, b uint64) int {
 	return 0
 }
 
-// writePaged records notice seq in its page and its credential's index
-// after the head reserved it. Failures are logged: the notice is in the
-// log (the head), and a replay finds it in the head while it is among the
-// newest 32.
-func (l *Log) writePaged(ctx context.Context, seq, oldest uint64, n Notice) {
-	if err := l.addToPage(ctx, seq, n); err != nil {
-		l.log.WarnContext(ctx, "notice not added to its page; replays from far back will miss it", "seq", seq, "err", err)
+// writePages records g's notices meant for watchers in their pages, one
+// check-and-set write per page, after the head reserved them. Failures are
+// logged: the notices are in the log (the head), and a replay finds them in
+// the head while they are among the newest 32.
+func (l *Log) writePages(ctx context.Context, g *appendGroup) {
+	byPage := make(map[uint64][]loggedNotice)
+	var pages []uint64
+	for i, n := range g.notices {
+		if !n.Kind.ForWatchers() {
+			continue
+		}
+		seq := g.first + uint64(i)
+		p := seq / noticePageSize
+		if _, ok := byPage[p]; !ok {
+			pages = append(pages, p)
+		}
+		byPage[p] = append(byPage[p], loggedNotice{Seq: seq, Notice: n})
 	}
-	if err := l.addToIndex(ctx, n.CredentialID, seq, oldest); err != nil {
-		l.log.WarnContext(ctx, "notice not added to its credential's index; filtered replays from far back will miss it", "seq", seq, "err", err)
+	for _, p := range pages {
+		if err := l.addToPage(ctx, p, byPage[p]); err != nil {
+			l.log.WarnContext(ctx, "notices not added to their page; replays from far back will miss them", "page", p, "err", err)
+		}
 	}
 }
 

@@ -1,0 +1,178 @@
+package integration
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	rotavaultv1 "github.com/rotavault/rotavault/gen/rotavault/v1"
+	"github.com/rotavault/rotavault/internal/vaulttest"
+	"github.com/rotavault/rotavault/store"
+)
+
+// writeCountingStore counts the writes (check-and-set puts and deletes) a
+// broker makes, for stating what one operation costs the store.
+type writeCountingStore struct {
+	store.Store
+	puts, deletes atomic.Int64
+
+	mu     sync.Mutex
+	byKind map[string]int64 // "put credentials/", "delete notices/"…
+}
+
+func (c *writeCountingStore) tally(op, key string) {
+	kind := key
+	if i := strings.IndexByte(key, '/'); i >= 0 {
+		kind = key[:i+1]
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.byKind == nil {
+		c.byKind = map[string]int64{}
+	}
+	c.byKind[op+" "+kind]++
+}
+
+func (c *writeCountingStore) Put(ctx context.Context, key string, value []byte, expected uint64) (uint64, error) {
+	c.puts.Add(1)
+	v, err := c.Store.Put(ctx, key, value, expected)
+	if errors.Is(err, store.ErrConflict) {
+		c.tally("conflicting put", key)
+	} else {
+		c.tally("put", key)
+	}
+	return v, err
+}
+
+func (c *writeCountingStore) Delete(ctx context.Context, key string) error {
+	c.deletes.Add(1)
+	c.tally("delete", key)
+	return c.Store.Delete(ctx, key)
+}
+
+func (c *writeCountingStore) writes() int64 { return c.puts.Load() + c.deletes.Load() }
+
+// BenchmarkOnboarding measures onboarding through the public API as a
+// platform team does it for each new integration: CreateCredential, then
+// Reauthenticate importing a refresh token (which proves it with one refresh
+// at the simulator), from benchClients concurrent callers. Beside it, in the
+// same run against the same store and with the same concurrency, raw
+// check-and-set writes of a record-sized value: the ceiling for onboarding
+// is raw writes/s ÷ writes per onboarding. Reported: onboardings/s, store
+// writes per onboarding, the raw write rate and onboardings/ceiling.
+//
+//	go test ./integration -run XXX -bench Onboarding -benchtime 2000x -count 3
+func BenchmarkOnboarding(b *testing.B) {
+	b.Run("embedded", func(b *testing.B) { benchmarkOnboarding(b, envOptions{}) })
+	b.Run("vault", func(b *testing.B) { benchmarkOnboarding(b, envOptions{vault: vaulttest.StartDev(b)}) })
+}
+
+func benchmarkOnboarding(b *testing.B, opts envOptions) {
+	var counted *writeCountingStore
+	opts.wrapStore = func(s store.Store) store.Store {
+		counted = &writeCountingStore{Store: s}
+		return counted
+	}
+	e := newEnv(b, opts)
+	ctx := context.Background()
+	spec := e.salesforceSpec()
+	scopes := []string{"api", "refresh_token"}
+
+	// The refresh tokens a user would bring, issued before timing: the
+	// simulator's own cost is not Rotavault's.
+	n := callsOf(b.N)
+	tokens := make([]string, n)
+	for i := range tokens {
+		rt, err := e.sim.IssueRefreshToken(simClientID, scopes)
+		if err != nil {
+			b.Fatal(err)
+		}
+		tokens[i] = rt
+	}
+	var next atomic.Int64
+	onboard := func() error {
+		i := next.Add(1) - 1
+		id := fmt.Sprintf("org-%07d", i)
+		if _, err := e.admin.CreateCredential(ctx, &rotavaultv1.CreateCredentialRequest{CredentialId: id, Spec: spec}); err != nil {
+			return fmt.Errorf("create %s: %w", id, err)
+		}
+		_, err := e.vault.Reauthenticate(ctx, &rotavaultv1.ReauthenticateRequest{
+			CredentialId: id,
+			Flow:         &rotavaultv1.ReauthenticateRequest_RefreshTokenImport{RefreshTokenImport: &rotavaultv1.RefreshTokenImport{RefreshToken: tokens[i]}},
+		})
+		if err != nil {
+			return fmt.Errorf("import into %s: %w", id, err)
+		}
+		return nil
+	}
+
+	// Raw writes: one key per caller, each write a check-and-set on the
+	// version the caller last wrote, values as large as a family record.
+	value := make([]byte, 2048)
+	versions := make([]atomic.Uint64, benchClients)
+	// One goroutine per key keeps the raw writes free of conflicts.
+	rawRun := func(calls int) time.Duration {
+		return runPerWorker(b, calls, func(w int) error {
+			v, err := e.store.Put(ctx, fmt.Sprintf("bench/raw-%d", w), value, versions[w].Load())
+			if err != nil {
+				return err
+			}
+			versions[w].Store(v)
+			return nil
+		})
+	}
+	rawRun(callsOf(200)) // warm up the store and the connection pool
+	before := counted.writes()
+	b.ResetTimer()
+	onboardDur := run(b, b.N, onboard)
+	b.StopTimer()
+	writes := float64(counted.writes()-before) / float64(n)
+	rawDur := rawRun(n)
+	counted.mu.Lock()
+	b.Logf("store writes during %d onboardings, by kind: %v", n, counted.byKind)
+	counted.mu.Unlock()
+
+	onboardRate := float64(n) / onboardDur.Seconds()
+	rawRate := float64(callsOf(n)) / rawDur.Seconds()
+	b.ReportMetric(onboardRate, "onboardings/s")
+	b.ReportMetric(writes, "writes/onboarding")
+	b.ReportMetric(rawRate, "raw-cas-writes/s")
+	b.ReportMetric(onboardRate/(rawRate/writes), "onboardings/ceiling")
+
+	// Every onboarded credential serves a token without another refresh.
+	refreshes := e.sim.Stats().RefreshRequests
+	for _, id := range []string{"org-0000000", fmt.Sprintf("org-%07d", n-1)} {
+		e.token(id)
+	}
+	if got := e.sim.Stats().RefreshRequests; got != refreshes {
+		b.Fatalf("an onboarded credential refreshed again on its first call: %d refreshes, want %d", got, refreshes)
+	}
+}
+
+// runPerWorker makes n calls from benchClients goroutines, each passing its
+// own worker number, and returns the wall time.
+func runPerWorker(b *testing.B, n int, call func(worker int) error) time.Duration {
+	done := make(chan struct{})
+	per := (n + benchClients - 1) / benchClients
+	start := time.Now()
+	for w := range benchClients {
+		go func() {
+			defer func() { done <- struct{}{} }()
+			for range per {
+				if err := call(w); err != nil {
+					b.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	for range benchClients {
+		<-done
+	}
+	return time.Since(start)
+}
