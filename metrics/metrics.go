@@ -61,9 +61,17 @@ func (m *Metrics) Handler() http.Handler {
 // Registry is where further collectors go.
 func (m *Metrics) Registry() *prometheus.Registry { return m.reg }
 
+// BrokerStats is what the metrics read of the rotation logic at each
+// scrape; *broker.Broker is one.
+type BrokerStats interface {
+	Stats() broker.Stats
+	SubscriberCount() int
+	CountCredentials(ctx context.Context) (map[broker.Status]int, error)
+}
+
 // WatchBroker registers the broker's counters, read from b.Stats at each
 // scrape.
-func (m *Metrics) WatchBroker(b *broker.Broker) {
+func (m *Metrics) WatchBroker(b BrokerStats) {
 	m.reg.MustRegister(&brokerCollector{b: b})
 }
 
@@ -109,7 +117,7 @@ var (
 		"When this replica last read the shared notice log successfully (0: never); the store's health as this replica sees it.", nil, nil)
 )
 
-type brokerCollector struct{ b *broker.Broker }
+type brokerCollector struct{ b BrokerStats }
 
 func (c *brokerCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{refreshesDesc, refreshFailuresDesc, revocationsDesc, cacheHitsDesc, cacheMissesDesc, rotationsHeldBackDesc, cutoffWaitsDesc, offScheduleDesc, discoveriesDesc, discoveryFailuresDesc, claimWaitsDesc, subscribersDesc, droppedDesc, noticeLogDesc, credentialsDesc} {
