@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/rotavault/rotavault/broker/brokererr"
 	"github.com/rotavault/rotavault/provider"
 )
 
@@ -63,10 +64,10 @@ func (b *Broker) GetAccessToken(ctx context.Context, req TokenRequest) (AccessTo
 		return AccessToken{}, err
 	}
 	if req.MinRemaining < 0 {
-		return AccessToken{}, invalid("min_remaining_lifetime", "must not be negative")
+		return AccessToken{}, brokererr.Invalid("min_remaining_lifetime", "must not be negative")
 	}
 	if r := req.Rejected; r != nil && r.Fingerprint != "" && !isFingerprint(r.Fingerprint) {
-		return AccessToken{}, invalid("rejected_token.fingerprint", "must be 16 lowercase hex digits")
+		return AccessToken{}, brokererr.Invalid("rejected_token.fingerprint", "must be 16 lowercase hex digits")
 	}
 	e, err := b.entry(ctx, req.CredentialID)
 	if err != nil {
@@ -214,7 +215,7 @@ func (b *Broker) checkMinRemaining(v *view, minRemaining time.Duration) error {
 		lifetime = a.ExpiresAt.Sub(a.IssuedAt)
 	}
 	if limit := lifetime * 3 / 4; minRemaining > limit {
-		return &InvalidArgumentError{
+		return &brokererr.InvalidArgumentError{
 			Field:  "min_remaining_lifetime",
 			Reason: fmt.Sprintf("%s is more than this credential's tokens can offer (at most %s: 3/4 of their %s lifetime)", minRemaining, limit.Round(time.Second), lifetime.Round(time.Second)),
 			Code:   "MIN_LIFETIME_UNATTAINABLE",
@@ -244,7 +245,7 @@ func (b *Broker) handleRejection(ctx context.Context, e *entry, v *view, req Tok
 	wait := max(e.lastRejection.Add(b.opts.rejectionInterval).Sub(now), e.lastProbe.Add(min(rejectionProbeInterval, b.opts.rejectionInterval)).Sub(now))
 	if wait > 0 && e.flight == nil {
 		e.mu.Unlock()
-		return nil, false, &RateLimitedError{RetryAfter: wait}
+		return nil, false, &brokererr.RateLimitedError{RetryAfter: wait}
 	}
 	e.lastProbe = now
 	e.mu.Unlock()
@@ -400,7 +401,7 @@ func (b *Broker) joinOrStart(caller context.Context, e *entry, need func(*view) 
 		close(f.done)
 	})
 	if !started {
-		return nil, false, ErrClosed
+		return nil, false, brokererr.ErrClosed
 	}
 	e.flight = f
 	return f, true, nil
@@ -409,8 +410,8 @@ func (b *Broker) joinOrStart(caller context.Context, e *entry, need func(*view) 
 func reauthRequired(id string, fam *familyRecord) error {
 	switch fam.Status {
 	case StatusRevoked:
-		return fmt.Errorf("%w: the token family of %s was revoked (%s); reauthenticate", ErrReauthRequired, id, fam.RevokedReason)
+		return fmt.Errorf("%w: the token family of %s was revoked (%s); reauthenticate", brokererr.ErrReauthRequired, id, fam.RevokedReason)
 	default:
-		return fmt.Errorf("%w: %s has no token family yet; reauthenticate", ErrReauthRequired, id)
+		return fmt.Errorf("%w: %s has no token family yet; reauthenticate", brokererr.ErrReauthRequired, id)
 	}
 }

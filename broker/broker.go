@@ -414,15 +414,15 @@ func (b *Broker) countRefresh(err error) {
 		return
 	}
 	kind := failOther
-	var ue *UnavailableError
+	var ue *brokererr.UnavailableError
 	switch {
-	case errors.As(err, &ue) && ue.Component == ComponentProvider:
+	case errors.As(err, &ue) && ue.Component == brokererr.ComponentProvider:
 		kind = failProviderUnavailable
 	case errors.As(err, &ue):
 		kind = failStoreUnavailable
-	case errors.Is(err, ErrReauthRequired):
+	case errors.Is(err, brokererr.ErrReauthRequired):
 		kind = failReauthRequired
-	case errors.Is(err, ErrClientRejected):
+	case errors.Is(err, brokererr.ErrClientRejected):
 		kind = failClientRejected
 	}
 	b.metrics.refreshFailures[kind].Add(1)
@@ -590,7 +590,7 @@ type flight struct {
 
 func (b *Broker) validateID(id string) error {
 	if err := credid.Validate(id); err != nil {
-		return &InvalidArgumentError{Field: "credential_id", Reason: err.Error()}
+		return &brokererr.InvalidArgumentError{Field: "credential_id", Reason: err.Error()}
 	}
 	return nil
 }
@@ -661,7 +661,7 @@ func (b *Broker) readCredential(ctx context.Context, id string) (*credentialReco
 	credRec, err := b.store.Get(ctx, credentialKey(id))
 	if err != nil {
 		if errors.Is(err, store.ErrNotFound) {
-			return nil, 0, fmt.Errorf("%w: %s", ErrNotFound, id)
+			return nil, 0, fmt.Errorf("%w: %s", brokererr.ErrNotFound, id)
 		}
 		return nil, 0, storeUnavailable(err)
 	}

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rotavault/rotavault/broker/brokererr"
 	"github.com/rotavault/rotavault/internal/syncbuf"
 	"github.com/rotavault/rotavault/store"
 	"github.com/rotavault/rotavault/store/memstore"
@@ -223,7 +224,7 @@ func TestConsumerCatalogGoesWithItsCredential(t *testing.T) {
 			t.Fatal(err)
 		}
 		catalogGone(t, st)
-		if _, _, err := b.ListConsumers(ctx, "acme", ConsumerCursor{}, 10); !errors.Is(err, ErrNotFound) {
+		if _, _, err := b.ListConsumers(ctx, "acme", ConsumerCursor{}, 10); !errors.Is(err, brokererr.ErrNotFound) {
 			t.Fatalf("ListConsumers of a deleted credential: %v; want ErrNotFound", err)
 		}
 		if got := listAll(ctx, t, b, ""); len(got) != 0 {
@@ -344,13 +345,13 @@ func TestListConsumersPagingAndValidation(t *testing.T) {
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			_, _, err := b.ListConsumers(ctx, tt.filter, tt.after, tt.limit)
-			var inv *InvalidArgumentError
+			var inv *brokererr.InvalidArgumentError
 			if !errors.As(err, &inv) || inv.Field != tt.field {
 				t.Fatalf("ListConsumers = %v; want an invalid %s", err, tt.field)
 			}
 		})
 	}
-	if _, _, err := b.ListConsumers(ctx, "missing", ConsumerCursor{}, 10); !errors.Is(err, ErrNotFound) {
+	if _, _, err := b.ListConsumers(ctx, "missing", ConsumerCursor{}, 10); !errors.Is(err, brokererr.ErrNotFound) {
 		t.Fatalf("ListConsumers of a missing credential: %v; want ErrNotFound", err)
 	}
 	if got, more, err := b.ListConsumers(ctx, "beta", ConsumerCursor{}, 10); err != nil || more || len(got) != 0 {
@@ -375,7 +376,7 @@ func TestRecordConsumersRefusesMalformedUses(t *testing.T) {
 		use("acme", "zero", now, now, 0),
 		use("acme", "backwards", now, now.Add(-time.Second), 1),
 	})
-	var inv *InvalidArgumentError
+	var inv *brokererr.InvalidArgumentError
 	if !errors.As(err, &inv) {
 		t.Fatalf("RecordConsumers error %v; want InvalidArgumentError", err)
 	}

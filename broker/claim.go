@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/rotavault/rotavault/broker/brokererr"
 	"github.com/rotavault/rotavault/store"
 )
 
@@ -167,7 +168,7 @@ func (l *claimLease) markInDoubt(ctx context.Context) error {
 	defer cancel()
 	err := l.update(ctx, (*familyRecord).markedInDoubt)
 	if errors.Is(err, errFenceMoved) {
-		return fmt.Errorf("%w: the token family of %s changed during a refresh: %w", ErrConflict, l.e.id, err)
+		return fmt.Errorf("%w: the token family of %s changed during a refresh: %w", brokererr.ErrConflict, l.e.id, err)
 	}
 	return err
 }

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rotavault/rotavault/broker/brokererr"
 	"github.com/rotavault/rotavault/internal/fakeclock"
 	"github.com/rotavault/rotavault/internal/poll"
 	"github.com/rotavault/rotavault/provider"
@@ -66,9 +67,9 @@ func TestSlowClaimWriteBlamesTheStoreNotTheProvider(t *testing.T) {
 				}
 			}})
 			_, err := b.ImportRefreshToken(ctx, "x", rt)
-			var ue *UnavailableError
+			var ue *brokererr.UnavailableError
 			switch {
-			case tt.wantErr && (!errors.As(err, &ue) || ue.Component != ComponentStore):
+			case tt.wantErr && (!errors.As(err, &ue) || ue.Component != brokererr.ComponentStore):
 				t.Fatalf("every claim write slow: %v, want the store unavailable", err)
 			case tt.wantErr && sim.Stats().RefreshRequests != 0:
 				t.Fatalf("the provider was called with no time left: %+v", sim.Stats())

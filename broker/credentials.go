@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/rotavault/rotavault/audit"
+	"github.com/rotavault/rotavault/broker/brokererr"
 	"github.com/rotavault/rotavault/store"
 )
 
@@ -62,7 +63,7 @@ func (b *Broker) CreateCredential(ctx context.Context, id string, spec Spec) (Cr
 	}
 	version, err := b.store.Put(ctx, credentialKey(id), raw, 0)
 	if errors.Is(err, store.ErrConflict) {
-		return Credential{}, fmt.Errorf("%w: %s", ErrAlreadyExists, id)
+		return Credential{}, fmt.Errorf("%w: %s", brokererr.ErrAlreadyExists, id)
 	}
 	if err != nil {
 		return Credential{}, storeUnavailable(err)
@@ -142,9 +143,9 @@ func applyField(dst *Spec, src Spec, f SpecField) error {
 	case FieldPreviousAccessToken:
 		dst.PreviousAccessToken = src.PreviousAccessToken
 	case "provider_kind":
-		return invalid("update_mask", "provider_kind cannot change; create a new credential")
+		return brokererr.Invalid("update_mask", "provider_kind cannot change; create a new credential")
 	default:
-		return invalid("update_mask", "unknown field %q", string(f))
+		return brokererr.Invalid("update_mask", "unknown field %q", string(f))
 	}
 	return nil
 }
@@ -157,7 +158,7 @@ func (b *Broker) UpdateCredential(ctx context.Context, id string, fields []SpecF
 		return Credential{}, err
 	}
 	if len(fields) == 0 {
-		return Credential{}, invalid("update_mask", "name at least one field to change")
+		return Credential{}, brokererr.Invalid("update_mask", "name at least one field to change")
 	}
 	e, err := b.entry(ctx, id)
 	if err != nil {
@@ -248,7 +249,7 @@ func (b *Broker) ListCredentials(ctx context.Context, after string, limit int) (
 	out := make([]Credential, 0, len(ids))
 	for _, id := range ids {
 		e, err := b.entry(ctx, id)
-		if errors.Is(err, ErrNotFound) {
+		if errors.Is(err, brokererr.ErrNotFound) {
 			continue // deleted meanwhile
 		}
 		if err != nil {

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rotavault/rotavault/broker/brokererr"
 	"github.com/rotavault/rotavault/internal/fakeclock"
 	"github.com/rotavault/rotavault/internal/fositeserver"
 	"github.com/rotavault/rotavault/internal/poll"
@@ -194,7 +195,7 @@ func TestCutoffAllowanceAndState(t *testing.T) {
 	if !allowed(stateCutOff, evClaim, stateClaimed) {
 		t.Error("the table does not let a cut-off family be claimed")
 	}
-	var ie *InvalidArgumentError
+	var ie *brokererr.InvalidArgumentError
 	if err := (Spec{ProviderKind: ProviderOAuth2, TokenURL: "https://p.example/t", ClientID: "c", PreviousAccessToken: "sometimes"}).validate(); !errors.As(err, &ie) {
 		t.Errorf("previous_access_token %q accepted: %v", "sometimes", err)
 	}

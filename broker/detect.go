@@ -5,6 +5,7 @@ import (
 	"errors"
 	"time"
 
+	"github.com/rotavault/rotavault/broker/brokererr"
 	"github.com/rotavault/rotavault/broker/detect"
 	"github.com/rotavault/rotavault/provider"
 )
@@ -135,7 +136,7 @@ func (b *Broker) confirmRevokedAtProvider(ctx context.Context, e *entry, seen *v
 		b.log.InfoContext(ctx, "refresh token inactive at the provider, but the family moved on; not revoking",
 			"credential", e.id, "family", seen.fam.FamilyID, "generation", seen.fam.Generation, "via", how)
 		return false, nil
-	case errors.Is(err, ErrConflict):
+	case errors.Is(err, brokererr.ErrConflict):
 		b.log.InfoContext(ctx, "refresh token inactive at the provider, but the family keeps changing; leaving it to the refresh path",
 			"credential", e.id, "family", seen.fam.FamilyID)
 		return false, nil

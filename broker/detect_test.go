@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/rotavault/rotavault/audit"
+	"github.com/rotavault/rotavault/broker/brokererr"
 	"github.com/rotavault/rotavault/internal/fakeclock"
 	"github.com/rotavault/rotavault/internal/poll"
 	"github.com/rotavault/rotavault/provider"
@@ -246,7 +247,7 @@ func TestPeriodicIntrospectionDetectsFamilyRevokedAtProvider(t *testing.T) {
 		t.Errorf("the detection presented the refresh token %d times; want 0", got)
 	}
 	_, err = b.GetAccessToken(ctx, TokenRequest{CredentialID: "x"})
-	if !errors.Is(err, ErrReauthRequired) {
+	if !errors.Is(err, brokererr.ErrReauthRequired) {
 		t.Fatalf("GetAccessToken after detection: %v, want ErrReauthRequired", err)
 	}
 	if f := familyOf(ctx, t, env.st, "x"); f.Status != StatusRevoked || f.RevokedReason != ReasonRevokedAtProvider || f.RefreshToken != "" || f.Access != nil {
@@ -323,7 +324,7 @@ func TestRejectedTokenReportDetectsFamilyRevokedAtProvider(t *testing.T) {
 		refreshes, introspections := env.sim.Stats().RefreshRequests, env.sim.Stats().Introspections
 
 		_, err = b.GetAccessToken(ctx, TokenRequest{CredentialID: "x", Rejected: &RejectedToken{Generation: tok.Generation}})
-		if !errors.Is(err, ErrReauthRequired) {
+		if !errors.Is(err, brokererr.ErrReauthRequired) {
 			t.Fatalf("report: %v, want ErrReauthRequired", err)
 		}
 		if f := familyOf(ctx, t, env.st, "x"); f.Status != StatusRevoked || f.RevokedReason != ReasonRevokedAtProvider {

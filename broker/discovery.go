@@ -8,6 +8,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/rotavault/rotavault/broker/brokererr"
 	"github.com/rotavault/rotavault/provider"
 	"github.com/rotavault/rotavault/store"
 )
@@ -106,7 +107,7 @@ func (b *Broker) discoverInto(ctx context.Context, spec *Spec) error {
 	}
 	md, err := b.discover(ctx, spec.Issuer)
 	if err != nil {
-		return invalid("spec.issuer", "%v; check the issuer, or set the endpoint URLs instead", err)
+		return brokererr.Invalid("spec.issuer", "%v; check the issuer, or set the endpoint URLs instead", err)
 	}
 	spec.Discovered = md
 	return nil

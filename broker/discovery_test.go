@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rotavault/rotavault/broker/brokererr"
 	"github.com/rotavault/rotavault/internal/fositeserver"
 	"github.com/rotavault/rotavault/internal/syncbuf"
 	"github.com/rotavault/rotavault/providersim"
@@ -76,7 +77,7 @@ func TestClientRejectedNamesTheAuthMethod(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, err := b.ImportRefreshToken(ctx, "g", rt)
-	if !errors.Is(err, ErrClientRejected) || !strings.Contains(err.Error(), "client_secret_post") {
+	if !errors.Is(err, brokererr.ErrClientRejected) || !strings.Contains(err.Error(), "client_secret_post") {
 		t.Fatalf("import: %v, want ErrClientRejected naming client_secret_post", err)
 	}
 	line := logs.WaitFor(t, "provider refused the client", 5*time.Second)
@@ -121,7 +122,7 @@ func TestIssuerDiscoveryFailureRefusesCreation(t *testing.T) {
 	sim.SetMetadataOverride(map[string]any{"issuer": "http://127.0.0.1:1"})
 	b := newTestBroker(t, memstore.New(), WithSchedulerInterval(time.Hour))
 	_, err := b.CreateCredential(ctx, "s", Spec{ProviderKind: ProviderOAuth2, Issuer: sim.URL(), ClientID: "sim"})
-	var ie *InvalidArgumentError
+	var ie *brokererr.InvalidArgumentError
 	if !errors.As(err, &ie) || !strings.Contains(err.Error(), strconv.Quote("http://127.0.0.1:1")) {
 		t.Fatalf("create: %v, want an invalid argument naming the other issuer", err)
 	}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/rotavault/rotavault/broker/brokererr"
 	"github.com/rotavault/rotavault/internal/ctxwait"
 	"github.com/rotavault/rotavault/store"
 )
@@ -501,7 +502,7 @@ func (b *Broker) updateFamily(ctx context.Context, e *entry, base *view, mutate 
 		e.setView(v)
 		return v, nil
 	}
-	return nil, fmt.Errorf("%w: the token family of %s kept changing", ErrConflict, e.id)
+	return nil, fmt.Errorf("%w: the token family of %s kept changing", brokererr.ErrConflict, e.id)
 }
 
 // readEntry reads the entry's credential and family from the store and

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/rotavault/rotavault/audit"
+	"github.com/rotavault/rotavault/broker/brokererr"
 	"github.com/rotavault/rotavault/internal/fakeclock"
 	"github.com/rotavault/rotavault/provider"
 	"github.com/rotavault/rotavault/store/memstore"
@@ -210,10 +211,10 @@ type rowCase struct {
 
 func noErr(err error) bool { return err == nil }
 func isUnavailable(err error) bool {
-	var ue *UnavailableError
+	var ue *brokererr.UnavailableError
 	return errors.As(err, &ue)
 }
-func isReauth(err error) bool { return errors.Is(err, ErrReauthRequired) }
+func isReauth(err error) bool { return errors.Is(err, brokererr.ErrReauthRequired) }
 
 // install installs a family as a code or device flow does, with the
 // grant's tokens.
@@ -577,7 +578,7 @@ func TestDecideRefresh(t *testing.T) {
 	if d := decideRefresh(refreshAttempt{state: stateClaimed, notProcessedTries: 4}, tempRefusal); d.backoffAtLeast != 3*time.Second {
 		t.Errorf("backoff at least %s, want the provider's 3s", d.backoffAtLeast)
 	}
-	var ue *UnavailableError
+	var ue *brokererr.UnavailableError
 	if d := decideRefresh(refreshAttempt{state: stateClaimed, n: 3, notProcessedTries: 4}, tempRefusal); !errors.As(d.err, &ue) || ue.RetryAfter != 3*time.Second {
 		t.Errorf("last try's error %v, want retry after 3s", d.err)
 	}
@@ -593,4 +594,4 @@ func TestDecideRefresh(t *testing.T) {
 	}
 }
 
-func isClientRejected(err error) bool { return errors.Is(err, ErrClientRejected) }
+func isClientRejected(err error) bool { return errors.Is(err, brokererr.ErrClientRejected) }

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/rotavault/rotavault/audit"
+	"github.com/rotavault/rotavault/broker/brokererr"
 	"github.com/rotavault/rotavault/broker/internal/authflow"
 	"github.com/rotavault/rotavault/providersim"
 )
@@ -99,7 +100,7 @@ func TestFlowDoesNotCompleteIntoARecreatedCredential(t *testing.T) {
 		recreateElsewhere(ctx, t, b, "x", env.spec)
 		code := authorizeAtSim(t, p.AuthorizeURL)
 
-		if _, err := a.CompleteAuthorization(ctx, "x", p.State, code); !errors.Is(err, ErrNotFound) {
+		if _, err := a.CompleteAuthorization(ctx, "x", p.State, code); !errors.Is(err, brokererr.ErrNotFound) {
 			t.Fatalf("completing a flow of the deleted credential: %v, want ErrNotFound", err)
 		}
 		wantAwaitingReauth(ctx, t, b, "x")
@@ -219,7 +220,7 @@ func TestCodeExchangedButNotStoredEndsTheFlow(t *testing.T) {
 	up := st.inject(&fault{op: "put", prefix: "families/", fail: errStoreDown})
 	_, err := b.CompleteAuthorization(ctx, "x", p.State, code)
 	var ae *AuthorizationError
-	var ue *UnavailableError
+	var ue *brokererr.UnavailableError
 	if !errors.As(err, &ae) || errors.As(err, &ue) {
 		t.Fatalf("exchanged but not stored: %v, want an *AuthorizationError (start again), not a retryable unavailability", err)
 	}

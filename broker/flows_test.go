@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/rotavault/rotavault/audit"
+	"github.com/rotavault/rotavault/broker/brokererr"
 	"github.com/rotavault/rotavault/broker/internal/authflow"
 	"github.com/rotavault/rotavault/internal/fakeclock"
 	"github.com/rotavault/rotavault/internal/poll"
@@ -302,7 +303,7 @@ func TestDeviceFlowScopeRefusal(t *testing.T) {
 }
 
 func isInvalidField(err error, field string) bool {
-	var inv *InvalidArgumentError
+	var inv *brokererr.InvalidArgumentError
 	return errors.As(err, &inv) && inv.Field == field
 }
 

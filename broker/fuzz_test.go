@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/rotavault/rotavault/broker/brokererr"
 	"github.com/rotavault/rotavault/broker/internal/authflow"
 	"github.com/rotavault/rotavault/internal/credid"
 	"github.com/rotavault/rotavault/store"
@@ -62,7 +63,7 @@ func FuzzRequestValidation(f *testing.F) {
 		}
 		spec := Spec{ProviderKind: ProviderSalesforce, BaseURL: "https://login.salesforce.com", ClientID: "x", Scopes: []string{scope}}
 		if err := spec.validate(); err != nil {
-			var inv *InvalidArgumentError
+			var inv *brokererr.InvalidArgumentError
 			if !errors.As(err, &inv) {
 				t.Fatalf("validation error of the wrong kind: %v", err)
 			}

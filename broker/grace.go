@@ -2,6 +2,7 @@ package broker
 
 import (
 	"fmt"
+	"github.com/rotavault/rotavault/broker/brokererr"
 	"time"
 )
 
@@ -49,7 +50,7 @@ func (o *options) claimTTLFor(spec Spec) time.Duration {
 func (o *options) checkReuseGrace(spec Spec) error {
 	g := spec.ReuseGrace
 	if least := MinReuseGrace(o.claimMargin); g > 0 && g < least {
-		return &InvalidArgumentError{
+		return &brokererr.InvalidArgumentError{
 			Field: "spec.reuse_grace_period",
 			Reason: fmt.Sprintf("%s is too short: a refresh claim must fit inside it (at least %s: the %s claim margin + %s for the provider call + %s for a takeover); use 0 if the provider has none",
 				g, least, o.claimMargin, minProviderWindow, takeoverSlack),

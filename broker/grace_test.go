@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rotavault/rotavault/broker/brokererr"
 	"github.com/rotavault/rotavault/internal/fakeclock"
 	"github.com/rotavault/rotavault/internal/poll"
 	"github.com/rotavault/rotavault/provider"
@@ -24,7 +25,7 @@ func TestReuseGraceTooShortIsRefused(t *testing.T) {
 	b := newBroker(t, Config{Store: st, Provider: &scriptedProvider{}, Auditor: &recordingAuditor{}}, WithSchedulerInterval(time.Hour), WithIntrospectionInterval(0))
 	spec := Spec{ProviderKind: ProviderOAuth2, TokenURL: "https://idp.example/token", ClientID: "c"}
 	tooShort := func(err error) bool {
-		var inv *InvalidArgumentError
+		var inv *brokererr.InvalidArgumentError
 		return errors.As(err, &inv) && inv.Code == ReuseGraceTooShort && inv.Field == "spec.reuse_grace_period"
 	}
 	if got := MinReuseGrace(15 * time.Second); got != 20*time.Second {
@@ -122,7 +123,7 @@ func TestLostRotationNoticeNamesTheGracePeriod(t *testing.T) {
 	_, b, st, clk, deadline := graceCrash(t)
 	clk.Add(deadline.Sub(clk.Now()) + time.Minute) // B was down too: past the grace
 	_, err := b.GetAccessToken(ctx, TokenRequest{CredentialID: "x"})
-	if !errors.Is(err, ErrReauthRequired) {
+	if !errors.Is(err, brokererr.ErrReauthRequired) {
 		t.Fatalf("takeover after the grace period: %v, want a lost family", err)
 	}
 	var details []string

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 
+	"github.com/rotavault/rotavault/broker/brokererr"
 	"github.com/rotavault/rotavault/broker/notice"
 	"github.com/rotavault/rotavault/internal/credid"
 )
@@ -41,12 +42,12 @@ var (
 // *UnavailableError, ErrClosed.
 func (b *Broker) Subscribe(ctx context.Context, credentialIDs []string, cursor string) (*Subscription, error) {
 	if len(credentialIDs) > 1000 {
-		return nil, invalid("credential_ids", "at most 1000")
+		return nil, brokererr.Invalid("credential_ids", "at most 1000")
 	}
 	var filter map[string]bool
 	for _, id := range credentialIDs {
 		if err := credid.Validate(id); err != nil {
-			return nil, &InvalidArgumentError{Field: "credential_ids", Reason: err.Error()}
+			return nil, &brokererr.InvalidArgumentError{Field: "credential_ids", Reason: err.Error()}
 		}
 		if filter == nil {
 			filter = make(map[string]bool)
@@ -54,7 +55,7 @@ func (b *Broker) Subscribe(ctx context.Context, credentialIDs []string, cursor s
 		filter[id] = true
 	}
 	if b.closed.Load() {
-		return nil, ErrClosed
+		return nil, brokererr.ErrClosed
 	}
 	return b.notices.Subscribe(ctx, filter, cursor)
 }
@@ -80,7 +81,7 @@ func (b *Broker) applyRemoteNotice(ctx context.Context, n Notice) {
 	}
 	v, err := b.readView(ctx, n.CredentialID)
 	switch {
-	case errors.Is(err, ErrNotFound):
+	case errors.Is(err, brokererr.ErrNotFound):
 		b.dropEntry(n.CredentialID)
 	case err != nil:
 		// Stop handing out a token the notice may have killed; the next

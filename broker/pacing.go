@@ -3,6 +3,7 @@ package broker
 import (
 	"errors"
 	"fmt"
+	"github.com/rotavault/rotavault/broker/brokererr"
 	"time"
 )
 
@@ -106,7 +107,7 @@ func (b *Broker) serveHeldBack(e *entry, v *view, floor *rotationFloorError) (Ac
 	e.mu.Unlock()
 	now := b.opts.now()
 	if !now.Before(v.fam.Access.ExpiresAt) {
-		return AccessToken{}, &UnavailableError{Component: ComponentProvider, RetryAfter: floor.until.Sub(now), Err: floor}
+		return AccessToken{}, &brokererr.UnavailableError{Component: brokererr.ComponentProvider, RetryAfter: floor.until.Sub(now), Err: floor}
 	}
 	e.markUsed()
 	return b.toAccessToken(v), nil

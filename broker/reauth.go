@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/rotavault/rotavault/audit"
+	"github.com/rotavault/rotavault/broker/brokererr"
 	"github.com/rotavault/rotavault/broker/internal/authflow"
 	"github.com/rotavault/rotavault/provider"
 )
@@ -23,7 +24,7 @@ func flowScopes(spec Spec, scopes []string) ([]string, error) {
 		scopes = spec.Scopes
 	}
 	if spec.ProviderKind == ProviderSalesforce && !grantsRefreshToken(scopes) {
-		return nil, invalid("scopes", "Salesforce issues a refresh token only with the refresh_token (or offline_access) scope; add it")
+		return nil, brokererr.Invalid("scopes", "Salesforce issues a refresh token only with the refresh_token (or offline_access) scope; add it")
 	}
 	if len(scopes) > 0 {
 		check := spec
@@ -51,7 +52,7 @@ func (b *Broker) ImportRefreshToken(ctx context.Context, id, refreshToken string
 		return Activation{}, err
 	}
 	if refreshToken == "" || len(refreshToken) > maxRefreshTokenLen || !printable(refreshToken) {
-		return Activation{}, invalid("refresh_token", "required, printable, at most %d bytes", maxRefreshTokenLen)
+		return Activation{}, brokererr.Invalid("refresh_token", "required, printable, at most %d bytes", maxRefreshTokenLen)
 	}
 	e, err := b.entry(ctx, id)
 	if err != nil {
@@ -68,8 +69,8 @@ func (b *Broker) ImportRefreshToken(ctx context.Context, id, refreshToken string
 	// installed and says so.
 	stale := act.Generation
 	v, err := b.refresh(ctx, e, func(v *view) bool { return v.fam.FamilyID == act.FamilyID && v.fam.Generation == stale })
-	var ue *UnavailableError
-	if errors.As(err, &ue) && ue.Component == ComponentProvider {
+	var ue *brokererr.UnavailableError
+	if errors.As(err, &ue) && ue.Component == brokererr.ComponentProvider {
 		b.log.WarnContext(ctx, "imported refresh token stored, not yet proven: the provider could not be reached; retrying", "credential", id, "family", act.FamilyID, "err", err)
 		act.Unproven = true
 		return act, nil

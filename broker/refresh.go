@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/rotavault/rotavault/audit"
+	"github.com/rotavault/rotavault/broker/brokererr"
 	"github.com/rotavault/rotavault/internal/ctxwait"
 	"github.com/rotavault/rotavault/provider"
 )
@@ -171,7 +172,7 @@ func decideRefresh(a refreshAttempt, answer error) refreshDecision {
 	outcome, pe := classifyOutcome(answer)
 	d := refreshDecision{outcome: outcome}
 	unavailable := func(retryAfter time.Duration) error {
-		return &UnavailableError{Component: ComponentProvider, RetryAfter: retryAfter, Err: answer}
+		return &brokererr.UnavailableError{Component: brokererr.ComponentProvider, RetryAfter: retryAfter, Err: answer}
 	}
 	switch outcome {
 	case outcomeOK:
@@ -264,7 +265,7 @@ func (b *Broker) refreshFamily(ctx context.Context, l *claimLease) (*view, error
 			}
 		case actionRetry:
 			if err := ctxwait.Sleep(pctx, b.backoff(a.n, d.backoffAtLeast)); err != nil {
-				d.err = &UnavailableError{Component: ComponentProvider, RetryAfter: time.Second, Err: answer}
+				d.err = &brokererr.UnavailableError{Component: brokererr.ComponentProvider, RetryAfter: time.Second, Err: answer}
 				break
 			}
 			continue
@@ -306,7 +307,7 @@ func clientRejectedError(pe *provider.Error) error {
 		how = "(no credentials sent)"
 	}
 	return fmt.Errorf("%w (%s): the client authenticated %s; check the client id and secret, that the provider's client allows this method (--client-auth-method, or --issuer to take it from the provider's metadata; the provider's own description is in the server log), and the user and org at the provider",
-		ErrClientRejected, pe.Code, how)
+		brokererr.ErrClientRejected, pe.Code, how)
 }
 
 // providerDetail is the provider error for the family record and the audit
@@ -467,14 +468,14 @@ func (b *Broker) resultConflict(ctx context.Context, e *entry, cur *view, fam, n
 		}
 		b.log.ErrorContext(ctx, "refresh result lost a check-and-set race within the same family (our claim was taken over); keeping the stored state",
 			"credential", e.id, "family", fam.FamilyID, "generation", fam.Generation)
-		return false, fmt.Errorf("%w: another replica took over the refresh of %s: %w", ErrConflict, e.id, errFenceMoved)
+		return false, fmt.Errorf("%w: another replica took over the refresh of %s: %w", brokererr.ErrConflict, e.id, errFenceMoved)
 	}
 	// Another family replaced ours while the refresh ran (a reauthentication
 	// or a deletion won): the new refresh token belongs to a family nobody
 	// uses; revoke it at the provider rather than leave it alive.
 	b.log.WarnContext(ctx, "the family changed while refreshing; discarding the refreshed tokens",
 		"credential", e.id, "family", fam.FamilyID, "generation", fam.Generation)
-	return true, fmt.Errorf("%w: the token family of %s changed during a refresh", ErrConflict, e.id)
+	return true, fmt.Errorf("%w: the token family of %s changed during a refresh", brokererr.ErrConflict, e.id)
 }
 
 // revokeDiscarded revokes, best effort, a refresh token a refresh obtained

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/rotavault/rotavault/audit"
+	"github.com/rotavault/rotavault/broker/brokererr"
 	"github.com/rotavault/rotavault/broker/notice"
 	"github.com/rotavault/rotavault/provider"
 )
@@ -55,7 +56,7 @@ func (b *Broker) RevokeCredential(ctx context.Context, id, reason string) (Revoc
 		return Revocation{}, err
 	}
 	if reason == "" || len(reason) > MaxRevocationReasonLen || !printable(reason) {
-		return Revocation{}, invalid("reason", "required, printable, at most %d bytes", MaxRevocationReasonLen)
+		return Revocation{}, brokererr.Invalid("reason", "required, printable, at most %d bytes", MaxRevocationReasonLen)
 	}
 	e, err := b.entry(ctx, id)
 	if err != nil {
@@ -166,7 +167,7 @@ func (l *claimLease) revoke(ctx context.Context, reason RevocationReason, detail
 			return nil
 		}
 		if cur.fam.Status == StatusActive {
-			return fmt.Errorf("%w: a new token family of %s is active", ErrConflict, e.id)
+			return fmt.Errorf("%w: a new token family of %s is active", brokererr.ErrConflict, e.id)
 		}
 		return reauthRequired(e.id, cur.fam)
 	})

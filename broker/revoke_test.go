@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/rotavault/rotavault/audit"
+	"github.com/rotavault/rotavault/broker/brokererr"
 	"github.com/rotavault/rotavault/internal/fakeclock"
 	"github.com/rotavault/rotavault/provider"
 	"github.com/rotavault/rotavault/providersim"
@@ -135,10 +136,10 @@ func TestRevokeCredential(t *testing.T) {
 	// The revoking replica drops its cache at once; the other one, whose
 	// cache is fresh, finds out on its next store read. A rejected-token
 	// report (the provider killed the access token too) makes that read.
-	if _, err := env.a.GetAccessToken(ctx, TokenRequest{CredentialID: "x"}); !errors.Is(err, ErrReauthRequired) {
+	if _, err := env.a.GetAccessToken(ctx, TokenRequest{CredentialID: "x"}); !errors.Is(err, brokererr.ErrReauthRequired) {
 		t.Fatalf("GetAccessToken on the revoking replica: %v, want ErrReauthRequired", err)
 	}
-	if _, err := env.b.GetAccessToken(ctx, TokenRequest{CredentialID: "x", Rejected: &RejectedToken{Generation: before.Generation}}); !errors.Is(err, ErrReauthRequired) {
+	if _, err := env.b.GetAccessToken(ctx, TokenRequest{CredentialID: "x", Rejected: &RejectedToken{Generation: before.Generation}}); !errors.Is(err, brokererr.ErrReauthRequired) {
 		t.Fatalf("GetAccessToken on the other replica: %v, want ErrReauthRequired", err)
 	}
 
@@ -195,7 +196,7 @@ func TestRevokeCredentialProviderUnreachable(t *testing.T) {
 		t.Fatalf("notice = %+v", n)
 	}
 	for _, b := range []*Broker{env.a, env.b} {
-		if _, err := b.GetAccessToken(ctx, TokenRequest{CredentialID: "x"}); !errors.Is(err, ErrReauthRequired) {
+		if _, err := b.GetAccessToken(ctx, TokenRequest{CredentialID: "x"}); !errors.Is(err, brokererr.ErrReauthRequired) {
 			t.Fatalf("GetAccessToken: %v, want ErrReauthRequired", err)
 		}
 	}
@@ -234,16 +235,16 @@ func TestRevokeCredentialErrors(t *testing.T) {
 	if _, err := env.a.CreateCredential(ctx, "x", env.spec); err != nil {
 		t.Fatal(err)
 	}
-	var inv *InvalidArgumentError
+	var inv *brokererr.InvalidArgumentError
 	for _, reason := range []string{"", strings.Repeat("a", MaxRevocationReasonLen+1), "line\nbreak"} {
 		if _, err := env.a.RevokeCredential(ctx, "x", reason); !errors.As(err, &inv) || inv.Field != "reason" {
 			t.Errorf("reason %q: %v, want an invalid reason", reason, err)
 		}
 	}
-	if _, err := env.a.RevokeCredential(ctx, "nope", "r"); !errors.Is(err, ErrNotFound) {
+	if _, err := env.a.RevokeCredential(ctx, "nope", "r"); !errors.Is(err, brokererr.ErrNotFound) {
 		t.Errorf("unknown credential: %v", err)
 	}
-	if _, err := env.a.RevokeCredential(ctx, "x", "r"); !errors.Is(err, ErrReauthRequired) {
+	if _, err := env.a.RevokeCredential(ctx, "x", "r"); !errors.Is(err, brokererr.ErrReauthRequired) {
 		t.Errorf("no family: %v, want ErrReauthRequired", err)
 	}
 	if env.prov.revokes.Load() != 0 {
@@ -283,7 +284,7 @@ func TestRevokeCredentialWhileAnotherReplicaHoldsTheClaim(t *testing.T) {
 	if claimed.hits.Load() == 0 {
 		t.Fatal("A never claimed a refresh")
 	}
-	if !errors.Is(err, ErrReauthRequired) {
+	if !errors.Is(err, brokererr.ErrReauthRequired) {
 		t.Fatalf("A's refresh: %v, want ErrReauthRequired", err)
 	}
 	f := storedFamily(ctx, t, hs.Store)
@@ -315,14 +316,14 @@ func TestRevokeCredentialDuringARefreshThatSucceeded(t *testing.T) {
 	if env.prov.afterRefresh.Load() != nil {
 		t.Fatal("A never refreshed at the provider")
 	}
-	if !errors.Is(err, ErrReauthRequired) {
+	if !errors.Is(err, brokererr.ErrReauthRequired) {
 		t.Fatalf("A's refresh: %v, want ErrReauthRequired", err)
 	}
 	f := storedFamily(ctx, t, st)
 	if f.Status != StatusRevoked || f.RefreshToken != "" || f.Access != nil {
 		t.Fatalf("the family was resurrected: status %s", f.Status)
 	}
-	if _, err := env.a.GetAccessToken(ctx, TokenRequest{CredentialID: "x"}); !errors.Is(err, ErrReauthRequired) {
+	if _, err := env.a.GetAccessToken(ctx, TokenRequest{CredentialID: "x"}); !errors.Is(err, brokererr.ErrReauthRequired) {
 		t.Fatalf("GetAccessToken after: %v", err)
 	}
 }

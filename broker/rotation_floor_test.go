@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rotavault/rotavault/broker/brokererr"
 	"github.com/rotavault/rotavault/internal/fakeclock"
 	"github.com/rotavault/rotavault/store/memstore"
 )
@@ -196,7 +197,7 @@ func TestRotationFloorServesTheCurrentTokenAndSaysSo(t *testing.T) {
 		clk.Add(3 * time.Second) // expired, 2 s before the 5 s floor lifts
 		before := refreshes.Load()
 		_, err := b.GetAccessToken(ctx, TokenRequest{CredentialID: "x"})
-		var ue *UnavailableError
+		var ue *brokererr.UnavailableError
 		if !errors.As(err, &ue) || ue.RetryAfter != 2*time.Second || !errors.Is(err, errRotationFloor) {
 			t.Fatalf("err = %v, want UNAVAILABLE for 2s naming the rotation floor", err)
 		}

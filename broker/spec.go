@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/rotavault/rotavault/broker/brokererr"
 	"github.com/rotavault/rotavault/broker/internal/textcheck"
 	"github.com/rotavault/rotavault/provider"
 )
@@ -124,33 +125,33 @@ func (s Spec) validate() error {
 	switch s.ProviderKind {
 	case ProviderSalesforce:
 		if s.BaseURL == "" && s.TokenURL == "" {
-			return invalid("spec.base_url", "required for Salesforce (the My Domain URL, or https://login.salesforce.com / https://test.salesforce.com)")
+			return brokererr.Invalid("spec.base_url", "required for Salesforce (the My Domain URL, or https://login.salesforce.com / https://test.salesforce.com)")
 		}
 		if s.Issuer != "" {
-			return invalid("spec.issuer", "only for generic OAuth 2.0 providers; Salesforce's endpoints follow from base_url")
+			return brokererr.Invalid("spec.issuer", "only for generic OAuth 2.0 providers; Salesforce's endpoints follow from base_url")
 		}
 		if s.DeviceAuthorizationURL != "" {
-			return invalid("spec.device_authorization_url", "only for generic OAuth 2.0 providers; Salesforce's device flow starts at its token endpoint")
+			return brokererr.Invalid("spec.device_authorization_url", "only for generic OAuth 2.0 providers; Salesforce's device flow starts at its token endpoint")
 		}
 		// Refused here, not first at the reauthentication that cannot
 		// yield a refresh token.
 		if !grantsRefreshToken(s.Scopes) {
-			return invalid("spec.scopes", "Salesforce issues a refresh token only with the refresh_token (or offline_access) scope; add it, e.g. api refresh_token")
+			return brokererr.Invalid("spec.scopes", "Salesforce issues a refresh token only with the refresh_token (or offline_access) scope; add it, e.g. api refresh_token")
 		}
 	case ProviderOAuth2:
 		if s.TokenURL == "" && s.Issuer == "" {
-			return invalid("spec.token_url", "required for a generic OAuth 2.0 provider (or set spec.issuer to discover it)")
+			return brokererr.Invalid("spec.token_url", "required for a generic OAuth 2.0 provider (or set spec.issuer to discover it)")
 		}
 		if s.Issuer != "" {
 			if _, err := provider.MetadataURLs(s.Issuer); err != nil {
-				return invalid("spec.issuer", "%v", err)
+				return brokererr.Invalid("spec.issuer", "%v", err)
 			}
 		}
 		if s.BaseURL != "" {
-			return invalid("spec.base_url", "only for Salesforce; set token_url and the other endpoint URLs")
+			return brokererr.Invalid("spec.base_url", "only for Salesforce; set token_url and the other endpoint URLs")
 		}
 	default:
-		return invalid("spec.provider_kind", "must be salesforce or oauth2")
+		return brokererr.Invalid("spec.provider_kind", "must be salesforce or oauth2")
 	}
 	for field, u := range map[string]string{
 		"spec.base_url": s.BaseURL, "spec.token_url": s.TokenURL, "spec.authorize_url": s.AuthorizeURL,
@@ -161,41 +162,41 @@ func (s Spec) validate() error {
 			continue
 		}
 		if err := ValidateEndpointURL(u); err != nil {
-			return invalid(field, "%v", err)
+			return brokererr.Invalid(field, "%v", err)
 		}
 	}
 	if s.ClientID == "" || len(s.ClientID) > maxClientIDLen || !printable(s.ClientID) {
-		return invalid("spec.client_id", "required, printable, at most %d bytes", maxClientIDLen)
+		return brokererr.Invalid("spec.client_id", "required, printable, at most %d bytes", maxClientIDLen)
 	}
 	if len(s.ClientSecret) > maxClientSecretLen || !printable(s.ClientSecret) {
-		return invalid("spec.client_secret", "printable, at most %d bytes", maxClientSecretLen)
+		return brokererr.Invalid("spec.client_secret", "printable, at most %d bytes", maxClientSecretLen)
 	}
 	if s.InstanceURLDomain != "" && !domainName(s.InstanceURLDomain) {
-		return invalid("spec.instance_url_domain", "a lowercase domain name with at least two labels, e.g. salesforce.mil")
+		return brokererr.Invalid("spec.instance_url_domain", "a lowercase domain name with at least two labels, e.g. salesforce.mil")
 	}
 	switch s.ClientAuth {
 	case ClientAuthDefault, ClientAuthSecretPost:
 	case ClientAuthSecretBasic:
 		if s.ProviderKind != ProviderOAuth2 {
-			return invalid("spec.client_auth_method", "client_secret_basic is for generic OAuth 2.0 providers; Salesforce takes the secret as a form field")
+			return brokererr.Invalid("spec.client_auth_method", "client_secret_basic is for generic OAuth 2.0 providers; Salesforce takes the secret as a form field")
 		}
 		if s.ClientSecret == "" {
-			return invalid("spec.client_auth_method", "client_secret_basic needs a client secret")
+			return brokererr.Invalid("spec.client_auth_method", "client_secret_basic needs a client secret")
 		}
 	default:
-		return invalid("spec.client_auth_method", "unknown method")
+		return brokererr.Invalid("spec.client_auth_method", "unknown method")
 	}
 	switch s.PreviousAccessToken {
 	case PreviousAccessDefault, PreviousAccessRevoked, PreviousAccessKept:
 	default:
-		return invalid("spec.previous_access_token", "revoked, kept or unset")
+		return brokererr.Invalid("spec.previous_access_token", "revoked, kept or unset")
 	}
 	if len(s.Scopes) > maxScopes {
-		return invalid("spec.scopes", "at most %d scopes", maxScopes)
+		return brokererr.Invalid("spec.scopes", "at most %d scopes", maxScopes)
 	}
 	for _, sc := range s.Scopes {
 		if sc == "" || len(sc) > maxScopeLen || strings.ContainsAny(sc, " \"\\") || !printable(sc) {
-			return invalid("spec.scopes", "each scope is 1-%d printable characters without spaces, quotes or backslashes", maxScopeLen)
+			return brokererr.Invalid("spec.scopes", "each scope is 1-%d printable characters without spaces, quotes or backslashes", maxScopeLen)
 		}
 	}
 	for field, d := range map[string]time.Duration{
@@ -203,14 +204,14 @@ func (s Spec) validate() error {
 		"spec.refresh_token_max_lifetime": s.RefreshMaxLife, "spec.reuse_grace_period": s.ReuseGrace,
 	} {
 		if d < 0 || d > maxDuration {
-			return invalid(field, "must be between 0 and %s", maxDuration)
+			return brokererr.Invalid(field, "must be between 0 and %s", maxDuration)
 		}
 	}
 	if s.AccessTokenLife != 0 && s.AccessTokenLife < 10*time.Second {
-		return invalid("spec.access_token_lifetime", "at least 10s")
+		return brokererr.Invalid("spec.access_token_lifetime", "at least 10s")
 	}
 	if s.RefreshIdle != 0 && s.RefreshIdle < time.Minute {
-		return invalid("spec.refresh_token_idle_timeout", "at least 1m")
+		return brokererr.Invalid("spec.refresh_token_idle_timeout", "at least 1m")
 	}
 	return nil
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 
+	"github.com/rotavault/rotavault/broker/brokererr"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/trace"
@@ -72,15 +73,15 @@ func endClaimSpan(span trace.Span, lease *claimLease, adopted *view, err error) 
 // errorOutcome names an error's class for a span: its text may quote a
 // provider's answer.
 func errorOutcome(err error) string {
-	var unavailable *UnavailableError
+	var unavailable *brokererr.UnavailableError
 	switch {
-	case errors.Is(err, ErrReauthRequired):
+	case errors.Is(err, brokererr.ErrReauthRequired):
 		return "reauth_required"
 	case errors.As(err, &unavailable):
 		return "unavailable"
 	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
 		return "cancelled"
-	case errors.Is(err, ErrClosed):
+	case errors.Is(err, brokererr.ErrClosed):
 		return "closed"
 	default:
 		return "error"

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rotavault/rotavault/broker/brokererr"
 	"github.com/rotavault/rotavault/internal/fakeclock"
 	"github.com/rotavault/rotavault/providersim"
 	"github.com/rotavault/rotavault/store"
@@ -80,7 +81,7 @@ func TestLostResultAnswerIsNotMistakenForALostRace(t *testing.T) {
 	clk.Add(3 * time.Hour)
 	_, err = bs[1].GetAccessToken(ctx, TokenRequest{CredentialID: "x"})
 	t.Logf("next refresh on replica B: %v", err)
-	if errors.Is(err, ErrReauthRequired) {
+	if errors.Is(err, brokererr.ErrReauthRequired) {
 		t.Fatalf("family lost after a successful, stored rotation: %v", err)
 	}
 }
@@ -213,7 +214,7 @@ func TestStressTwoReplicas(t *testing.T) {
 					if err == nil && g%5 == 0 {
 						_, err = b.GetAccessToken(ctx, TokenRequest{CredentialID: "x", Rejected: &RejectedToken{Fingerprint: tok.Fingerprint}})
 					}
-					if err != nil && errors.Is(err, ErrReauthRequired) {
+					if err != nil && errors.Is(err, brokererr.ErrReauthRequired) {
 						t.Errorf("reauth: %v", err)
 						return
 					}

@@ -13,6 +13,7 @@ import (
 	"google.golang.org/protobuf/types/known/fieldmaskpb"
 
 	"github.com/rotavault/rotavault/broker"
+	"github.com/rotavault/rotavault/broker/brokererr"
 	rotavaultv1 "github.com/rotavault/rotavault/gen/rotavault/v1"
 	"github.com/rotavault/rotavault/provider"
 	"github.com/rotavault/rotavault/providersim"
@@ -60,8 +61,8 @@ func TestStoreOutageAfterRotationLosesNothing(t *testing.T) {
 	fs.broken.Store(true)
 	e.expire()
 	_, err = b.GetAccessToken(ctxT(t), broker.TokenRequest{CredentialID: "acme"})
-	var unavailable *broker.UnavailableError
-	if !errors.As(err, &unavailable) || unavailable.Component != broker.ComponentStore {
+	var unavailable *brokererr.UnavailableError
+	if !errors.As(err, &unavailable) || unavailable.Component != brokererr.ComponentStore {
 		t.Fatalf("during the outage: %v, want the store unavailable", err)
 	}
 	rotations := e.sim.Stats().Rotations

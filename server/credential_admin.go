@@ -10,6 +10,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/rotavault/rotavault/broker"
+	"github.com/rotavault/rotavault/broker/brokererr"
 	rotavaultv1 "github.com/rotavault/rotavault/gen/rotavault/v1"
 )
 
@@ -97,7 +98,7 @@ func (s *CredentialAdminService) ListCredentials(ctx context.Context, req *rotav
 	if tok := req.GetPageToken(); tok != "" {
 		raw, err := base64.RawURLEncoding.DecodeString(tok)
 		if err != nil || len(raw) > 200 {
-			return nil, toStatus(ctx, s.log, &broker.InvalidArgumentError{Field: "page_token", Reason: "malformed"})
+			return nil, toStatus(ctx, s.log, &brokererr.InvalidArgumentError{Field: "page_token", Reason: "malformed"})
 		}
 		after = string(raw)
 	}
@@ -159,7 +160,7 @@ func (s *CredentialAdminService) ListConsumers(ctx context.Context, req *rotavau
 func pageSize(n int32) (int, error) {
 	switch {
 	case n < 0 || n > maxPageSize:
-		return 0, &broker.InvalidArgumentError{Field: "page_size", Reason: "between 0 and 1000"}
+		return 0, &brokererr.InvalidArgumentError{Field: "page_size", Reason: "between 0 and 1000"}
 	case n == 0:
 		return defaultPageSize, nil
 	}
@@ -188,7 +189,7 @@ func decodeConsumerPageToken(tok string) (broker.ConsumerCursor, error) {
 	if tok == "" {
 		return broker.ConsumerCursor{}, nil
 	}
-	malformed := &broker.InvalidArgumentError{Field: "page_token", Reason: "malformed; pass the next_page_token of the previous page unchanged"}
+	malformed := &brokererr.InvalidArgumentError{Field: "page_token", Reason: "malformed; pass the next_page_token of the previous page unchanged"}
 	if len(tok) > maxConsumerPageToken {
 		return broker.ConsumerCursor{}, malformed
 	}

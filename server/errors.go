@@ -13,6 +13,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/rotavault/rotavault/broker"
+	"github.com/rotavault/rotavault/broker/brokererr"
 )
 
 // ErrorDomain is the google.rpc.ErrorInfo domain of Rotavault's errors.
@@ -55,9 +56,9 @@ func toStatus(ctx context.Context, log *slog.Logger, err error) error {
 		return nil
 	}
 	var (
-		inv   *broker.InvalidArgumentError
-		unav  *broker.UnavailableError
-		limit *broker.RateLimitedError
+		inv   *brokererr.InvalidArgumentError
+		unav  *brokererr.UnavailableError
+		limit *brokererr.RateLimitedError
 		authz *broker.AuthorizationError
 	)
 	switch {
@@ -68,14 +69,14 @@ func toStatus(ctx context.Context, log *slog.Logger, err error) error {
 			details = append(details, &errdetails.ErrorInfo{Reason: inv.Code, Domain: ErrorDomain})
 		}
 		return withDetails(st, details...)
-	case errors.Is(err, broker.ErrNotFound):
+	case errors.Is(err, brokererr.ErrNotFound):
 		return status.Error(codes.NotFound, err.Error())
-	case errors.Is(err, broker.ErrAlreadyExists):
+	case errors.Is(err, brokererr.ErrAlreadyExists):
 		return status.Error(codes.AlreadyExists, err.Error())
-	case errors.Is(err, broker.ErrReauthRequired):
+	case errors.Is(err, brokererr.ErrReauthRequired):
 		return withDetails(status.New(codes.FailedPrecondition, err.Error()),
 			&errdetails.ErrorInfo{Reason: ReasonReauthenticationRequired, Domain: ErrorDomain})
-	case errors.Is(err, broker.ErrClientRejected):
+	case errors.Is(err, brokererr.ErrClientRejected):
 		return withDetails(status.New(codes.FailedPrecondition, err.Error()),
 			&errdetails.ErrorInfo{Reason: ReasonProviderRejectedClient, Domain: ErrorDomain})
 	case errors.Is(err, broker.ErrCursorExpired):
@@ -90,12 +91,12 @@ func toStatus(ctx context.Context, log *slog.Logger, err error) error {
 	case errors.Is(err, broker.ErrCallbackNotConfigured):
 		return withDetails(status.New(codes.FailedPrecondition, err.Error()),
 			&errdetails.ErrorInfo{Reason: ReasonCallbackNotConfigured, Domain: ErrorDomain})
-	case errors.Is(err, broker.ErrConflict):
+	case errors.Is(err, brokererr.ErrConflict):
 		return status.Error(codes.Aborted, err.Error())
 	case errors.As(err, &unav):
 		log.WarnContext(ctx, "request failed: dependency unavailable", "component", unav.Component, "err", unav.Err)
 		reason, msg := ReasonProviderUnavailable, "the OAuth provider is unavailable; retry later"
-		if unav.Component == broker.ComponentStore {
+		if unav.Component == brokererr.ComponentStore {
 			reason, msg = ReasonStoreUnavailable, "the credential store is unavailable; retry later"
 		}
 		return withDetails(status.New(codes.Unavailable, msg),
@@ -113,7 +114,7 @@ func toStatus(ctx context.Context, log *slog.Logger, err error) error {
 		return withDetails(status.New(codes.ResourceExhausted, "too many watch replays from far back at once for this identity; retry shortly"),
 			&errdetails.ErrorInfo{Reason: ReasonTooManyReplays, Domain: ErrorDomain},
 			&errdetails.RetryInfo{RetryDelay: durationpb.New(replayRetry)})
-	case errors.Is(err, broker.ErrClosed):
+	case errors.Is(err, brokererr.ErrClosed):
 		return status.Error(codes.Unavailable, "the server is shutting down")
 	case errors.Is(err, context.Canceled):
 		return status.Error(codes.Canceled, "canceled")

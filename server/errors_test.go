@@ -14,6 +14,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/rotavault/rotavault/broker"
+	"github.com/rotavault/rotavault/broker/brokererr"
 )
 
 func TestToStatus(t *testing.T) {
@@ -25,20 +26,20 @@ func TestToStatus(t *testing.T) {
 		reason string
 		retry  time.Duration
 	}{
-		{"not found", fmt.Errorf("%w: x", broker.ErrNotFound), codes.NotFound, "", 0},
-		{"exists", fmt.Errorf("%w: x", broker.ErrAlreadyExists), codes.AlreadyExists, "", 0},
-		{"invalid", &broker.InvalidArgumentError{Field: "credential_id", Reason: "bad"}, codes.InvalidArgument, "", 0},
-		{"reuse grace too short", &broker.InvalidArgumentError{Field: "spec.reuse_grace_period", Reason: "too short", Code: broker.ReuseGraceTooShort}, codes.InvalidArgument, ReasonReuseGraceTooShort, 0},
-		{"invalid with code", &broker.InvalidArgumentError{Field: "min_remaining_lifetime", Reason: "too long", Code: "MIN_LIFETIME_UNATTAINABLE"}, codes.InvalidArgument, "MIN_LIFETIME_UNATTAINABLE", 0},
-		{"reauth", fmt.Errorf("%w: revoked", broker.ErrReauthRequired), codes.FailedPrecondition, ReasonReauthenticationRequired, 0},
-		{"provider down", &broker.UnavailableError{Component: broker.ComponentProvider, RetryAfter: 2 * time.Second, Err: secretish}, codes.Unavailable, ReasonProviderUnavailable, 2 * time.Second},
-		{"store down", &broker.UnavailableError{Component: broker.ComponentStore, RetryAfter: time.Second, Err: secretish}, codes.Unavailable, ReasonStoreUnavailable, time.Second},
-		{"rate limited", &broker.RateLimitedError{RetryAfter: 3 * time.Second}, codes.ResourceExhausted, ReasonRejectionRateLimited, 3 * time.Second},
-		{"client rejected", fmt.Errorf("%w (invalid_client)", broker.ErrClientRejected), codes.FailedPrecondition, ReasonProviderRejectedClient, 0},
+		{"not found", fmt.Errorf("%w: x", brokererr.ErrNotFound), codes.NotFound, "", 0},
+		{"exists", fmt.Errorf("%w: x", brokererr.ErrAlreadyExists), codes.AlreadyExists, "", 0},
+		{"invalid", &brokererr.InvalidArgumentError{Field: "credential_id", Reason: "bad"}, codes.InvalidArgument, "", 0},
+		{"reuse grace too short", &brokererr.InvalidArgumentError{Field: "spec.reuse_grace_period", Reason: "too short", Code: broker.ReuseGraceTooShort}, codes.InvalidArgument, ReasonReuseGraceTooShort, 0},
+		{"invalid with code", &brokererr.InvalidArgumentError{Field: "min_remaining_lifetime", Reason: "too long", Code: "MIN_LIFETIME_UNATTAINABLE"}, codes.InvalidArgument, "MIN_LIFETIME_UNATTAINABLE", 0},
+		{"reauth", fmt.Errorf("%w: revoked", brokererr.ErrReauthRequired), codes.FailedPrecondition, ReasonReauthenticationRequired, 0},
+		{"provider down", &brokererr.UnavailableError{Component: brokererr.ComponentProvider, RetryAfter: 2 * time.Second, Err: secretish}, codes.Unavailable, ReasonProviderUnavailable, 2 * time.Second},
+		{"store down", &brokererr.UnavailableError{Component: brokererr.ComponentStore, RetryAfter: time.Second, Err: secretish}, codes.Unavailable, ReasonStoreUnavailable, time.Second},
+		{"rate limited", &brokererr.RateLimitedError{RetryAfter: 3 * time.Second}, codes.ResourceExhausted, ReasonRejectionRateLimited, 3 * time.Second},
+		{"client rejected", fmt.Errorf("%w (invalid_client)", brokererr.ErrClientRejected), codes.FailedPrecondition, ReasonProviderRejectedClient, 0},
 		{"cursor expired", fmt.Errorf("%w: x", broker.ErrCursorExpired), codes.OutOfRange, ReasonCursorExpired, 0},
 		{"too slow", broker.ErrSubscriberTooSlow, codes.Aborted, ReasonSubscriberTooSlow, 0},
-		{"conflict", fmt.Errorf("%w: x", broker.ErrConflict), codes.Aborted, "", 0},
-		{"closed", broker.ErrClosed, codes.Unavailable, "", 0},
+		{"conflict", fmt.Errorf("%w: x", brokererr.ErrConflict), codes.Aborted, "", 0},
+		{"closed", brokererr.ErrClosed, codes.Unavailable, "", 0},
 		{"flow denied", &broker.AuthorizationError{Reason: broker.FlowDenied, Detail: "no"}, codes.FailedPrecondition, ReasonAuthorizationDenied, 0},
 		{"flow expired", &broker.AuthorizationError{Reason: broker.FlowExpired, Detail: "late"}, codes.FailedPrecondition, ReasonAuthorizationExpired, 0},
 		{"flow refused", &broker.AuthorizationError{Reason: broker.FlowRefused, Detail: "no refresh token"}, codes.FailedPrecondition, ReasonAuthorizationFailed, 0},

@@ -14,6 +14,7 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/rotavault/rotavault/broker"
+	"github.com/rotavault/rotavault/broker/brokererr"
 )
 
 // CallbackPath is the server's own OAuth redirect endpoint: a provider
@@ -290,9 +291,9 @@ func (h *callbackHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 func (h *callbackHandler) pageFor(ctx context.Context, err error) page {
 	var (
-		inv   *broker.InvalidArgumentError
+		inv   *brokererr.InvalidArgumentError
 		authz *broker.AuthorizationError
-		unav  *broker.UnavailableError
+		unav  *brokererr.UnavailableError
 	)
 	switch {
 	case err == nil:
@@ -301,11 +302,11 @@ func (h *callbackHandler) pageFor(ctx context.Context, err error) page {
 		return pageUnknown
 	case errors.As(err, &authz) && authz.Reason == broker.FlowDenied:
 		return pageDenied
-	case errors.As(err, &inv), errors.As(err, &authz), errors.Is(err, broker.ErrNotFound):
+	case errors.As(err, &inv), errors.As(err, &authz), errors.Is(err, brokererr.ErrNotFound):
 		return pageRefused
 	case errors.As(err, &unav):
 		h.log.WarnContext(ctx, "oauth callback: dependency unavailable", "component", unav.Component, "err", unav.Err)
-		if unav.Component == broker.ComponentStore {
+		if unav.Component == brokererr.ComponentStore {
 			return pageStoreDown
 		}
 		return pageProviderDown

@@ -11,6 +11,7 @@ import (
 
 	"github.com/rotavault/rotavault/audit"
 	"github.com/rotavault/rotavault/broker"
+	"github.com/rotavault/rotavault/broker/brokererr"
 	rotavaultv1 "github.com/rotavault/rotavault/gen/rotavault/v1"
 )
 
@@ -51,7 +52,7 @@ func NewTokenVaultService(cfg TokenVaultConfig) *TokenVaultService {
 // GetAccessToken implements rotavault.v1.TokenVaultService.
 func (s *TokenVaultService) GetAccessToken(ctx context.Context, req *rotavaultv1.GetAccessTokenRequest) (*rotavaultv1.GetAccessTokenResponse, error) {
 	if d := req.GetMinRemainingLifetime(); d != nil && !d.IsValid() {
-		return nil, toStatus(ctx, s.log, &broker.InvalidArgumentError{Field: "min_remaining_lifetime", Reason: "not a valid duration"})
+		return nil, toStatus(ctx, s.log, &brokererr.InvalidArgumentError{Field: "min_remaining_lifetime", Reason: "not a valid duration"})
 	}
 	breq := broker.TokenRequest{
 		CredentialID: req.GetCredentialId(),
@@ -64,7 +65,7 @@ func (s *TokenVaultService) GetAccessToken(ctx context.Context, req *rotavaultv1
 		case *rotavaultv1.RejectedToken_Fingerprint:
 			breq.Rejected = &broker.RejectedToken{Fingerprint: t.Fingerprint}
 		default:
-			return nil, toStatus(ctx, s.log, &broker.InvalidArgumentError{Field: "rejected_token", Reason: "set generation or fingerprint"})
+			return nil, toStatus(ctx, s.log, &brokererr.InvalidArgumentError{Field: "rejected_token", Reason: "set generation or fingerprint"})
 		}
 	}
 	tok, err := s.broker.GetAccessToken(ctx, breq)
@@ -120,7 +121,7 @@ func (s *TokenVaultService) Reauthenticate(ctx context.Context, req *rotavaultv1
 	case *rotavaultv1.ReauthenticateRequest_AuthorizationCheck:
 		w := flow.AuthorizationCheck.GetWait()
 		if w != nil && !w.IsValid() {
-			return nil, toStatus(ctx, s.log, &broker.InvalidArgumentError{Field: "authorization_check.wait", Reason: "not a valid duration"})
+			return nil, toStatus(ctx, s.log, &brokererr.InvalidArgumentError{Field: "authorization_check.wait", Reason: "not a valid duration"})
 		}
 		p, err := s.broker.CheckAuthorization(ctx, id, flow.AuthorizationCheck.GetState(), w.AsDuration())
 		if err != nil {
@@ -134,7 +135,7 @@ func (s *TokenVaultService) Reauthenticate(ctx context.Context, req *rotavaultv1
 		}
 		act = *p.Activation
 	default:
-		err = &broker.InvalidArgumentError{Field: "flow", Reason: "choose a flow: authorization_code_start, authorization_code_complete, refresh_token_import, device_authorization_start or authorization_check"}
+		err = &brokererr.InvalidArgumentError{Field: "flow", Reason: "choose a flow: authorization_code_start, authorization_code_complete, refresh_token_import, device_authorization_start or authorization_check"}
 	}
 	if err != nil {
 		return nil, toStatus(ctx, s.log, err)

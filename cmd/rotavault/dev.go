@@ -23,6 +23,7 @@ import (
 
 	"github.com/rotavault/rotavault/boltstore"
 	"github.com/rotavault/rotavault/broker"
+	"github.com/rotavault/rotavault/broker/brokererr"
 	"github.com/rotavault/rotavault/internal/node"
 	"github.com/rotavault/rotavault/providersim"
 	"github.com/rotavault/rotavault/server"
@@ -225,7 +226,7 @@ func installDemo(ctx context.Context, b *broker.Broker, sim *providersim.Server,
 		AccessTokenLife: devTokenLifetime,
 	}
 	_, err := b.CreateCredential(ctx, devCredential, spec)
-	if errors.Is(err, broker.ErrAlreadyExists) {
+	if errors.Is(err, brokererr.ErrAlreadyExists) {
 		// Kept from an earlier run, whose simulator is gone.
 		_, err = b.UpdateCredential(ctx, devCredential, []broker.SpecField{
 			broker.FieldBaseURL, broker.FieldTokenURL, broker.FieldAuthorizeURL, broker.FieldRevocationURL,
@@ -359,11 +360,11 @@ func (d *devFront) theft(w http.ResponseWriter, r *http.Request) {
 	}
 	tok, err := b.GetAccessToken(r.Context(), broker.TokenRequest{CredentialID: id})
 	switch {
-	case errors.Is(err, broker.ErrReauthRequired):
+	case errors.Is(err, brokererr.ErrReauthRequired):
 		rep.Error = "the credential has no live token family (already revoked?)"
 		writeJSON(w, http.StatusConflict, rep)
 		return
-	case errors.Is(err, broker.ErrNotFound):
+	case errors.Is(err, brokererr.ErrNotFound):
 		rep.Error = "no such credential"
 		writeJSON(w, http.StatusNotFound, rep)
 		return
