@@ -581,6 +581,14 @@ type view struct {
 	nextRefreshAt time.Time
 }
 
+// generation is v's family generation for a span, -1 without one.
+func (v *view) generation() int64 {
+	if v == nil || v.fam == nil {
+		return -1
+	}
+	return int64(v.fam.Generation)
+}
+
 // flight is one refresh that any number of callers wait for.
 type flight struct {
 	done chan struct{}

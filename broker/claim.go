@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/rotavault/rotavault/broker/brokererr"
+	"github.com/rotavault/rotavault/broker/spans"
 	"github.com/rotavault/rotavault/store"
 )
 
@@ -55,8 +56,16 @@ var errClaimedElsewhere = errors.New("broker: another replica is refreshing")
 // replica's refresh produced a view that passes need. It returns the lease
 // to refresh with, or the adopted view (lease nil).
 func (b *Broker) acquire(ctx context.Context, e *entry, need func(*view) bool) (lease *claimLease, adopted *view, err error) {
-	ctx, span := startSpan(ctx, ctx, SpanClaim, e.id)
-	defer func() { endClaimSpan(span, lease, adopted, err) }()
+	ctx, span := spans.Start(ctx, ctx, spans.Claim, e.id)
+	defer func() {
+		// "claimed": this replica refreshes; "adopted": another replica's
+		// result serves.
+		if lease != nil {
+			spans.End(span, lease.v.generation(), "claimed", err)
+		} else {
+			spans.End(span, adopted.generation(), "adopted", err)
+		}
+	}()
 	// The first attempt trusts the family state this replica last saw and
 	// claims with check-and-set on its version: if another replica changed
 	// the family since, the claim conflicts and updateFamily reads it.

@@ -9,6 +9,7 @@ import (
 
 	"github.com/rotavault/rotavault/audit"
 	"github.com/rotavault/rotavault/broker/brokererr"
+	"github.com/rotavault/rotavault/broker/spans"
 	"github.com/rotavault/rotavault/internal/ctxwait"
 	"github.com/rotavault/rotavault/provider"
 )
@@ -32,8 +33,8 @@ func persistContext(ctx context.Context) (context.Context, context.CancelFunc) {
 func (b *Broker) runRefresh(caller context.Context, e *entry, need func(*view) bool) (v *view, err error) {
 	ctx, cancel := context.WithTimeout(b.ctx, b.opts.refreshTimeout)
 	defer cancel()
-	ctx, span := startSpan(ctx, caller, SpanRefresh, e.id)
-	defer func() { endSpan(span, v, "ok", err) }()
+	ctx, span := spans.Start(ctx, caller, spans.Refresh, e.id)
+	defer func() { spans.End(span, v.generation(), "ok", err) }()
 
 	// A rotated family that could not be stored is the truth: store it
 	// before anything else, and never present the older token it replaced.
