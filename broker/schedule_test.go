@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rotavault/rotavault/broker/internal/schedule"
 	"github.com/rotavault/rotavault/internal/fakeclock"
 	"github.com/rotavault/rotavault/internal/poll"
 	"github.com/rotavault/rotavault/provider"
@@ -44,17 +45,17 @@ func TestSchedulerRefreshesWhenTheirTimeComesWithoutScanning(t *testing.T) {
 	installUsed(t, b, ts, n)
 	before := ts.served.Load()
 
-	sched := newSchedule()
-	slots := &refreshSlots{perEndpoint: make(map[string]int)}
+	sched := schedule.New[*entry]()
+	slots := schedule.NewSlots(maxScheduledRefreshes, maxScheduledPerEndpoint)
 	ctx := t.Context()
 	b.refreshDue(ctx, slots, sched)
 	if got := ts.served.Load() - before; got != 0 {
 		t.Fatalf("%d refreshes before any token was due", got)
 	}
-	if len(sched.timers) != n {
-		t.Fatalf("the sweep placed %d credentials in the timer heap, want %d", len(sched.timers), n)
+	if sched.Timed() != n {
+		t.Fatalf("the sweep placed %d credentials in the timer heap, want %d", sched.Timed(), n)
 	}
-	sched.sweep = 0
+	sched.Sweep = 0
 	clk.Add(time.Hour)
 	// Four slots per token endpoint: the others follow on later ticks.
 	poll.Until(t, 10*time.Second, fmt.Sprintf("%d scheduled refreshes", n), func() bool {
@@ -96,21 +97,21 @@ func BenchmarkSchedulerTick(b *testing.B) {
 		}
 		defer br.Close()
 		seedIdleEntries(br, n)
-		sched := newSchedule()
-		slots := &refreshSlots{perEndpoint: make(map[string]int)}
+		sched := schedule.New[*entry]()
+		slots := schedule.NewSlots(maxScheduledRefreshes, maxScheduledPerEndpoint)
 		ctx := context.Background()
-		for range n/sched.sweep + 1 { // every credential placed once
+		for range n/sched.Sweep + 1 { // every credential placed once
 			br.refreshDue(ctx, slots, sched)
 		}
-		if len(sched.timers) != n {
-			b.Fatalf("%d of %d credentials in the timer heap", len(sched.timers), n)
+		if sched.Timed() != n {
+			b.Fatalf("%d of %d credentials in the timer heap", sched.Timed(), n)
 		}
 		start := time.Now()
 		for range b.N {
 			br.refreshDue(ctx, slots, sched)
 		}
-		if slots.total != 0 {
-			b.Fatalf("%d refreshes started; none was due", slots.total)
+		if n := slots.InFlight(); n != 0 {
+			b.Fatalf("%d refreshes started; none was due", n)
 		}
 		return float64(time.Since(start).Nanoseconds()) / float64(b.N)
 	}
