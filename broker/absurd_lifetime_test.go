@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rotavault/rotavault/broker/credspec"
 	"github.com/rotavault/rotavault/internal/fakeclock"
 	"github.com/rotavault/rotavault/store/memstore"
 )
@@ -34,7 +35,7 @@ func TestAbsurdTokenLifetimeIsTakenAsTheConfiguredOne(t *testing.T) {
 	clk := fakeclock.New(time.Now())
 	b := newTestBroker(t, memstore.New(), WithClock(clk.Now), WithSchedulerInterval(time.Hour))
 	const configured = 2 * time.Hour
-	spec := Spec{ProviderKind: ProviderOAuth2, TokenURL: srv.URL, ClientID: "c", ClientSecret: "s", AccessTokenLife: configured}
+	spec := credspec.Spec{ProviderKind: credspec.ProviderOAuth2, TokenURL: srv.URL, ClientID: "c", ClientSecret: "s", AccessTokenLife: configured}
 	if _, err := b.CreateCredential(ctx, "x", spec); err != nil {
 		t.Fatal(err)
 	}

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/rotavault/rotavault/broker/brokererr"
+	"github.com/rotavault/rotavault/broker/credspec"
 	"github.com/rotavault/rotavault/provider"
 )
 
@@ -210,7 +211,7 @@ func (b *Broker) checkMinRemaining(v *view, minRemaining time.Duration) error {
 	if minRemaining == 0 {
 		return nil
 	}
-	lifetime := v.cred.Spec.accessTokenLifetime()
+	lifetime := v.cred.Spec.AccessTokenLifetime()
 	if a := v.fam.Access; a != nil && v.cred.Spec.AccessTokenLife == 0 {
 		lifetime = a.ExpiresAt.Sub(a.IssuedAt)
 	}
@@ -256,12 +257,12 @@ func (b *Broker) handleRejection(ctx context.Context, e *entry, v *view, req Tok
 		return v, false, nil
 	}
 
-	ep := v.cred.Spec.endpoint()
+	ep := v.cred.Spec.Endpoint()
 	if ep.IntrospectionURL == "" {
 		return refreshing(v)
 	}
 	ictx, cancel := context.WithTimeout(ctx, introspectTimeout)
-	in, err := b.provider.IntrospectToken(ictx, ep, v.cred.Spec.clientCredentials(), cur.Token, provider.HintAccessToken)
+	in, err := b.provider.IntrospectToken(ictx, ep, v.cred.Spec.ClientCredentials(), cur.Token, provider.HintAccessToken)
 	cancel()
 	switch {
 	case err == nil && in.Active:
@@ -281,7 +282,7 @@ func (b *Broker) handleRejection(ctx context.Context, e *entry, v *view, req Tok
 	switch {
 	case err != nil:
 		b.log.WarnContext(ctx, "refresh token introspection failed; refreshing", "credential", e.id, "err", err)
-	case !active && v.cred.Spec.ProviderKind != ProviderSalesforce:
+	case !active && v.cred.Spec.ProviderKind != credspec.ProviderSalesforce:
 		// A generic provider's "inactive" may only mean its endpoint does
 		// not introspect refresh tokens, and the dead access token is what
 		// was reported, not a corroboration (a logout revokes it alone).

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/rotavault/rotavault/broker/credspec"
 	"github.com/rotavault/rotavault/broker/internal/authflow"
 )
 
@@ -99,7 +100,7 @@ func WithFlowTiming(sweep, lease time.Duration) Option {
 // registered with each provider app.
 func WithCallbackURL(u string) Option {
 	return func(o *options) error {
-		if err := ValidateEndpointURL(u); err != nil {
+		if err := credspec.ValidateEndpointURL(u); err != nil {
 			return fmt.Errorf("broker: callback URL: %w", err)
 		}
 		o.flow.CallbackURL = u

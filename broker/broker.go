@@ -22,6 +22,7 @@ import (
 	"github.com/rotavault/rotavault/broker/catalog"
 	"github.com/rotavault/rotavault/broker/detect"
 	"github.com/rotavault/rotavault/broker/internal/authflow"
+	"github.com/rotavault/rotavault/broker/internal/textcheck"
 	"github.com/rotavault/rotavault/broker/notice"
 	"github.com/rotavault/rotavault/internal/credid"
 	"github.com/rotavault/rotavault/provider"
@@ -200,7 +201,7 @@ func WithRefreshTimeout(d time.Duration) Option {
 // process). Two live replicas must never share one.
 func WithReplicaID(id string) Option {
 	return func(o *options) error {
-		if id == "" || len(id) > 64 || !printable(id) {
+		if id == "" || len(id) > 64 || !textcheck.Printable(id) {
 			return errors.New("broker: replica id must be 1-64 printable characters")
 		}
 		o.replicaID = id

@@ -11,14 +11,15 @@ import (
 	"time"
 
 	"github.com/rotavault/rotavault/broker/brokererr"
+	"github.com/rotavault/rotavault/broker/credspec"
 	"github.com/rotavault/rotavault/internal/syncbuf"
 	"github.com/rotavault/rotavault/store"
 	"github.com/rotavault/rotavault/store/memstore"
 )
 
 // catalogSpec is a credential the catalog tests never refresh.
-func catalogSpec() Spec {
-	return Spec{ProviderKind: ProviderSalesforce, BaseURL: "http://127.0.0.1:1", ClientID: "c", ClientSecret: "s", Scopes: []string{"api", "refresh_token"}}
+func catalogSpec() credspec.Spec {
+	return credspec.Spec{ProviderKind: credspec.ProviderSalesforce, BaseURL: "http://127.0.0.1:1", ClientID: "c", ClientSecret: "s", Scopes: []string{"api", "refresh_token"}}
 }
 
 func use(cred, identity string, first, last time.Time, n uint64) ConsumerUse {

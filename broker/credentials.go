@@ -11,13 +11,14 @@ import (
 
 	"github.com/rotavault/rotavault/audit"
 	"github.com/rotavault/rotavault/broker/brokererr"
+	"github.com/rotavault/rotavault/broker/credspec"
 	"github.com/rotavault/rotavault/store"
 )
 
 // Credential describes a credential; it never holds a secret.
 type Credential struct {
 	ID              string
-	Spec            Spec // ClientSecret always empty
+	Spec            credspec.Spec // ClientSecret always empty
 	HasClientSecret bool
 	Status          Status
 	FamilyID        string
@@ -41,12 +42,12 @@ type Credential struct {
 
 // CreateCredential registers a credential without a token family. Errors:
 // *InvalidArgumentError, ErrAlreadyExists, *UnavailableError.
-func (b *Broker) CreateCredential(ctx context.Context, id string, spec Spec) (Credential, error) {
+func (b *Broker) CreateCredential(ctx context.Context, id string, spec credspec.Spec) (Credential, error) {
 	if err := b.validateID(id); err != nil {
 		return Credential{}, err
 	}
 	spec.Discovered = nil // output only
-	if err := spec.validate(); err != nil {
+	if err := spec.Validate(); err != nil {
 		return Credential{}, err
 	}
 	if err := b.discoverInto(ctx, &spec); err != nil {
@@ -79,81 +80,10 @@ func (b *Broker) CreateCredential(ctx context.Context, id string, spec Spec) (Cr
 	return b.describe(e, v), nil
 }
 
-// SpecField names a field of Spec an update may change.
-type SpecField string
-
-// Fields of Spec, by their API names.
-const (
-	FieldBaseURL          SpecField = "base_url"
-	FieldTokenURL         SpecField = "token_url"
-	FieldAuthorizeURL     SpecField = "authorize_url"
-	FieldRevocationURL    SpecField = "revocation_url"
-	FieldIntrospectionURL SpecField = "introspection_url"
-	FieldClientID         SpecField = "client_id"
-	FieldClientSecret     SpecField = "client_secret"
-	FieldScopes           SpecField = "scopes"
-	FieldAccessTokenLife  SpecField = "access_token_lifetime"
-	FieldRefreshIdle      SpecField = "refresh_token_idle_timeout"
-	FieldRefreshMaxLife   SpecField = "refresh_token_max_lifetime"
-	FieldReuseGrace       SpecField = "reuse_grace_period"
-
-	// FieldDeviceAuthorizationURL is RFC 8628's endpoint (generic providers).
-	FieldDeviceAuthorizationURL SpecField = "device_authorization_url"
-	// FieldClientAuthMethod is how the client authenticates.
-	FieldClientAuthMethod SpecField = "client_auth_method"
-	// FieldPreviousAccessToken says whether a rotation kills the previous
-	// access token.
-	FieldPreviousAccessToken SpecField = "previous_access_token"
-	// FieldIssuer is the provider's issuer, whose metadata is discovered.
-	FieldIssuer SpecField = "issuer"
-)
-
-func applyField(dst *Spec, src Spec, f SpecField) error {
-	switch f {
-	case FieldBaseURL:
-		dst.BaseURL = src.BaseURL
-	case FieldTokenURL:
-		dst.TokenURL = src.TokenURL
-	case FieldAuthorizeURL:
-		dst.AuthorizeURL = src.AuthorizeURL
-	case FieldRevocationURL:
-		dst.RevocationURL = src.RevocationURL
-	case FieldIntrospectionURL:
-		dst.IntrospectionURL = src.IntrospectionURL
-	case FieldDeviceAuthorizationURL:
-		dst.DeviceAuthorizationURL = src.DeviceAuthorizationURL
-	case FieldClientAuthMethod:
-		dst.ClientAuth = src.ClientAuth
-	case FieldIssuer:
-		dst.Issuer = src.Issuer
-	case FieldClientID:
-		dst.ClientID = src.ClientID
-	case FieldClientSecret:
-		dst.ClientSecret = src.ClientSecret
-	case FieldScopes:
-		dst.Scopes = append([]string(nil), src.Scopes...)
-	case FieldAccessTokenLife:
-		dst.AccessTokenLife = src.AccessTokenLife
-	case FieldRefreshIdle:
-		dst.RefreshIdle = src.RefreshIdle
-	case FieldRefreshMaxLife:
-		dst.RefreshMaxLife = src.RefreshMaxLife
-	case FieldReuseGrace:
-		dst.ReuseGrace = src.ReuseGrace
-	case FieldPreviousAccessToken:
-		dst.PreviousAccessToken = src.PreviousAccessToken
-	case "provider_kind":
-		return brokererr.Invalid("update_mask", "provider_kind cannot change; create a new credential")
-	default:
-		return brokererr.Invalid("update_mask", "unknown field %q", string(f))
-	}
-	return nil
-}
-
 // UpdateCredential changes the named fields of a credential's spec, keeping
 // its token family. Errors: *InvalidArgumentError, ErrNotFound,
 // *UnavailableError.
-func (b *Broker) UpdateCredential(ctx context.Context, id string, fields []SpecField, spec Spec) (Credential, error) {
+func (b *Broker) UpdateCredential(ctx context.Context, id string, fields []credspec.Field, spec credspec.Spec) (Credential, error) {
 	if err := b.validateID(id); err != nil {
 		return Credential{}, err
 	}
@@ -173,11 +103,11 @@ func (b *Broker) UpdateCredential(ctx context.Context, id string, fields []SpecF
 		next.Spec = v.cred.Spec
 		next.Spec.Scopes = append([]string(nil), v.cred.Spec.Scopes...)
 		for _, f := range fields {
-			if err := applyField(&next.Spec, spec, f); err != nil {
+			if err := credspec.Apply(&next.Spec, spec, f); err != nil {
 				return Credential{}, err
 			}
 		}
-		if err := next.Spec.validate(); err != nil {
+		if err := next.Spec.Validate(); err != nil {
 			return Credential{}, err
 		}
 		if next.Spec.Issuer != v.cred.Spec.Issuer {
@@ -274,7 +204,7 @@ func (b *Broker) DeleteCredential(ctx context.Context, id string) error {
 	}
 	if live := liveToken(v.fam); live != "" {
 		rctx, cancel := context.WithTimeout(ctx, revokeTimeout)
-		err := b.provider.Revoke(rctx, v.cred.Spec.endpoint(), v.cred.Spec.clientCredentials(), live)
+		err := b.provider.Revoke(rctx, v.cred.Spec.Endpoint(), v.cred.Spec.ClientCredentials(), live)
 		cancel()
 		if err != nil {
 			b.log.WarnContext(ctx, "could not revoke the family at the provider while deleting", "credential", id, "err", err)

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/rotavault/rotavault/broker/credspec"
 	"github.com/rotavault/rotavault/internal/ctxwait"
 	"github.com/rotavault/rotavault/provider"
 )
@@ -39,21 +40,6 @@ import (
 // (Salesforce, JWT issuers) none of this applies: the token is handed out
 // until expiry − expiryMargin, as before.
 
-// PreviousAccess says whether a credential's provider kills the previous
-// access token when it rotates the refresh token.
-type PreviousAccess string
-
-const (
-	// PreviousAccessDefault decides by provider kind: Salesforce keeps the
-	// previous access token; a generic provider is treated as killing it.
-	PreviousAccessDefault PreviousAccess = ""
-	// PreviousAccessRevoked: a rotation kills the previous access token
-	// (ory/fosite, Ory Hydra).
-	PreviousAccessRevoked PreviousAccess = "revoked"
-	// PreviousAccessKept: the previous access token lives until it expires.
-	PreviousAccessKept PreviousAccess = "kept"
-)
-
 // maxCutoffAllowance bounds how long before the scheduled rotation replicas
 // stop handing out a token: room for clock skew between replicas and for a
 // rotation's notice to travel. Shorter tokens get a fortieth of their
@@ -70,12 +56,12 @@ func cutoffAllowance(life time.Duration) time.Duration {
 // introspection after a rotation found otherwise (detectPreviousAccess).
 func killsPrevious(v *view) bool {
 	switch v.cred.Spec.PreviousAccessToken {
-	case PreviousAccessRevoked:
+	case credspec.PreviousAccessRevoked:
 		return true
-	case PreviousAccessKept:
+	case credspec.PreviousAccessKept:
 		return false
 	}
-	return v.cred.Spec.ProviderKind != ProviderSalesforce && v.fam.PreviousAccess != PreviousAccessKept
+	return v.cred.Spec.ProviderKind != credspec.ProviderSalesforce && v.fam.PreviousAccess != credspec.PreviousAccessKept
 }
 
 // detectPreviousAccess finds out, for a generic provider with an
@@ -87,21 +73,21 @@ func killsPrevious(v *view) bool {
 func (b *Broker) detectPreviousAccess(e *entry, prev, next *view) {
 	spec := prev.cred.Spec
 	a := prev.fam.Access
-	if spec.PreviousAccessToken != PreviousAccessDefault || spec.ProviderKind == ProviderSalesforce || spec.IntrospectionURL == "" ||
-		prev.fam.PreviousAccess != PreviousAccessDefault || a == nil || !b.opts.now().Add(introspectTimeout).Before(a.ExpiresAt) {
+	if spec.PreviousAccessToken != credspec.PreviousAccessDefault || spec.ProviderKind == credspec.ProviderSalesforce || spec.IntrospectionURL == "" ||
+		prev.fam.PreviousAccess != credspec.PreviousAccessDefault || a == nil || !b.opts.now().Add(introspectTimeout).Before(a.ExpiresAt) {
 		return
 	}
 	b.goTracked(func() {
 		ctx, cancel := context.WithTimeout(b.ctx, introspectTimeout)
 		defer cancel()
-		in, err := b.provider.IntrospectToken(ctx, spec.endpoint(), spec.clientCredentials(), a.Token, provider.HintAccessToken)
+		in, err := b.provider.IntrospectToken(ctx, spec.Endpoint(), spec.ClientCredentials(), a.Token, provider.HintAccessToken)
 		if err != nil {
 			b.log.DebugContext(ctx, "could not introspect the previous access token; its fate stays unknown", "credential", e.id, "err", err)
 			return
 		}
-		found := PreviousAccessRevoked
+		found := credspec.PreviousAccessRevoked
 		if in.Active {
-			found = PreviousAccessKept
+			found = credspec.PreviousAccessKept
 		}
 		if err := b.notePreviousAccess(ctx, e, next.fam.FamilyID, found); err != nil {
 			b.log.WarnContext(ctx, "could not record what the provider does with previous access tokens", "credential", e.id, "err", err)
@@ -114,7 +100,7 @@ func (b *Broker) detectPreviousAccess(e *entry, prev, next *view) {
 // notePreviousAccess records found in family familyID while it is idle and
 // before its token's cutoff (a family past it is left to the next
 // rotation: recording "kept" would end a cutoff replicas already acted on).
-func (b *Broker) notePreviousAccess(ctx context.Context, e *entry, familyID string, found PreviousAccess) error {
+func (b *Broker) notePreviousAccess(ctx context.Context, e *entry, familyID string, found credspec.PreviousAccess) error {
 	_, err := b.updateFamily(ctx, e, nil, func(cur *view) (*familyRecord, error) {
 		if cur.fam.FamilyID != familyID || cur.fam.PreviousAccess == found || !cur.fam.idle() || b.pastCutoff(cur, b.opts.now()) {
 			return nil, nil

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/rotavault/rotavault/broker/brokererr"
+	"github.com/rotavault/rotavault/broker/credspec"
 	"github.com/rotavault/rotavault/internal/fakeclock"
 	"github.com/rotavault/rotavault/internal/fositeserver"
 	"github.com/rotavault/rotavault/internal/poll"
@@ -17,7 +18,7 @@ import (
 // setupCutoffReplicas starts two replicas sharing one store and one fake
 // clock, with credential "x" at a generic provider whose access tokens live
 // 20 s, imported on the first replica (one refresh).
-func setupCutoffReplicas(t *testing.T, prev PreviousAccess) (a, b *Broker, clk *fakeclock.Clock) {
+func setupCutoffReplicas(t *testing.T, prev credspec.PreviousAccess) (a, b *Broker, clk *fakeclock.Clock) {
 	t.Helper()
 	url, _ := shortLivedProvider(t, 20*time.Second)
 	clk = fakeclock.New(time.Now())
@@ -25,7 +26,7 @@ func setupCutoffReplicas(t *testing.T, prev PreviousAccess) (a, b *Broker, clk *
 	opts := replicaOpts(clk, WithNoticePollInterval(10*time.Millisecond))
 	a, b = newTestBroker(t, st, opts...), newTestBroker(t, st, opts...)
 	ctx := context.Background()
-	spec := Spec{ProviderKind: ProviderOAuth2, TokenURL: url, ClientID: "c", ClientSecret: "s", PreviousAccessToken: prev}
+	spec := credspec.Spec{ProviderKind: credspec.ProviderOAuth2, TokenURL: url, ClientID: "c", ClientSecret: "s", PreviousAccessToken: prev}
 	if _, err := a.CreateCredential(ctx, "x", spec); err != nil {
 		t.Fatal(err)
 	}
@@ -68,7 +69,7 @@ func mustToken(t *testing.T, b *Broker, req TokenRequest) AccessToken {
 // access token a replica serving its cache until expiry − margin handed out
 // dead tokens for 2 s per rotation.
 func TestCutoffStopsEveryReplicaBeforeTheScheduledRotation(t *testing.T) {
-	a, b, clk := setupCutoffReplicas(t, PreviousAccessDefault)
+	a, b, clk := setupCutoffReplicas(t, credspec.PreviousAccessDefault)
 	first := mustToken(t, b, TokenRequest{}) // b caches it
 	wantCutoff := first.IssuedAt.Add(13*time.Second - 500*time.Millisecond)
 	if !first.UseUntil.Equal(wantCutoff) {
@@ -98,7 +99,7 @@ func TestCutoffStopsEveryReplicaBeforeTheScheduledRotation(t *testing.T) {
 // A provider that keeps the previous access token alive has no cutoff: the
 // token serves until expiry − margin and says so.
 func TestNoCutoffWhenTheProviderKeepsThePreviousAccessToken(t *testing.T) {
-	_, b, clk := setupCutoffReplicas(t, PreviousAccessKept)
+	_, b, clk := setupCutoffReplicas(t, credspec.PreviousAccessKept)
 	first := mustToken(t, b, TokenRequest{})
 	if want := first.ExpiresAt.Add(-5 * time.Second); !first.UseUntil.Equal(want) {
 		t.Fatalf("use_until %s before expiry, want 5s (the margin)", first.ExpiresAt.Sub(first.UseUntil))
@@ -113,7 +114,7 @@ func TestNoCutoffWhenTheProviderKeepsThePreviousAccessToken(t *testing.T) {
 // window) is announced to the other replicas, which stop handing out the
 // old token within a notice poll; watchers never see the announcement.
 func TestOffScheduleRotationReachesTheOtherReplica(t *testing.T) {
-	a, b, clk := setupCutoffReplicas(t, PreviousAccessDefault)
+	a, b, clk := setupCutoffReplicas(t, credspec.PreviousAccessDefault)
 	ctx := context.Background()
 	first := mustToken(t, b, TokenRequest{})
 	sub, err := b.Subscribe(ctx, nil, "")
@@ -151,7 +152,7 @@ func TestOffScheduleRotationReachesTheOtherReplica(t *testing.T) {
 // While this replica presents the refresh token, its callers do not get
 // the access token the rotation may kill: they wait for the result.
 func TestCallersWaitWhileTheirReplicaRotates(t *testing.T) {
-	a, _, clk := setupCutoffReplicas(t, PreviousAccessDefault)
+	a, _, clk := setupCutoffReplicas(t, credspec.PreviousAccessDefault)
 	first := mustToken(t, a, TokenRequest{})
 	e, err := a.entry(context.Background(), "x")
 	if err != nil {
@@ -196,7 +197,7 @@ func TestCutoffAllowanceAndState(t *testing.T) {
 		t.Error("the table does not let a cut-off family be claimed")
 	}
 	var ie *brokererr.InvalidArgumentError
-	if err := (Spec{ProviderKind: ProviderOAuth2, TokenURL: "https://p.example/t", ClientID: "c", PreviousAccessToken: "sometimes"}).validate(); !errors.As(err, &ie) {
+	if err := (credspec.Spec{ProviderKind: credspec.ProviderOAuth2, TokenURL: "https://p.example/t", ClientID: "c", PreviousAccessToken: "sometimes"}).Validate(); !errors.As(err, &ie) {
 		t.Errorf("previous_access_token %q accepted: %v", "sometimes", err)
 	}
 }
@@ -237,15 +238,15 @@ func TestPreviousAccessTokenDetectedAfterARotation(t *testing.T) {
 	simRT, _ := sim.IssueRefreshToken("c", nil)
 	for _, c := range []struct {
 		name        string
-		spec        Spec
+		spec        credspec.Spec
 		rt          string
-		want        PreviousAccess
+		want        credspec.PreviousAccess
 		wantCutoffs bool
 	}{
-		{"fosite", Spec{ProviderKind: ProviderOAuth2, TokenURL: fs.TokenURL(), IntrospectionURL: fs.IntrospectionURL(), ClientID: "c", ClientSecret: "s", Scopes: []string{"offline", "api"}},
-			fositeRT, PreviousAccessRevoked, true},
-		{"simulator", Spec{ProviderKind: ProviderOAuth2, TokenURL: sim.URL() + "/services/oauth2/token", IntrospectionURL: sim.URL() + "/services/oauth2/introspect", ClientID: "c", ClientSecret: "s", Scopes: []string{"api", "refresh_token"}},
-			simRT, PreviousAccessKept, false},
+		{"fosite", credspec.Spec{ProviderKind: credspec.ProviderOAuth2, TokenURL: fs.TokenURL(), IntrospectionURL: fs.IntrospectionURL(), ClientID: "c", ClientSecret: "s", Scopes: []string{"offline", "api"}},
+			fositeRT, credspec.PreviousAccessRevoked, true},
+		{"simulator", credspec.Spec{ProviderKind: credspec.ProviderOAuth2, TokenURL: sim.URL() + "/services/oauth2/token", IntrospectionURL: sim.URL() + "/services/oauth2/introspect", ClientID: "c", ClientSecret: "s", Scopes: []string{"api", "refresh_token"}},
+			simRT, credspec.PreviousAccessKept, false},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			b := newTestBroker(t, memstore.New(), WithSchedulerInterval(time.Hour), WithIntrospectionInterval(0))

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/rotavault/rotavault/broker/brokererr"
+	"github.com/rotavault/rotavault/broker/credspec"
 	"github.com/rotavault/rotavault/broker/detect"
 	"github.com/rotavault/rotavault/provider"
 )
@@ -70,7 +71,7 @@ func (b *Broker) detectable(e *entry, v *view, now time.Time) bool {
 	e.mu.Lock()
 	busy := e.flight != nil
 	e.mu.Unlock()
-	return !busy && v.cred.Spec.endpoint().IntrospectionURL != ""
+	return !busy && v.cred.Spec.Endpoint().IntrospectionURL != ""
 }
 
 // checkFamily introspects v's refresh token and, when the provider says it
@@ -96,7 +97,7 @@ func (b *Broker) introspectRefresh(ctx context.Context, v *view) (bool, error) {
 	spec := v.cred.Spec
 	ctx, cancel := context.WithTimeout(ctx, introspectTimeout)
 	defer cancel()
-	in, err := b.provider.IntrospectToken(ctx, spec.endpoint(), spec.clientCredentials(), v.fam.RefreshToken, provider.HintRefreshToken)
+	in, err := b.provider.IntrospectToken(ctx, spec.Endpoint(), spec.ClientCredentials(), v.fam.RefreshToken, provider.HintRefreshToken)
 	if err != nil {
 		return false, err
 	}
@@ -157,7 +158,7 @@ var errMovedOn = errors.New("broker: the family moved on")
 // access token, not about to expire, is inactive too.
 func (b *Broker) revocationCorroborated(ctx context.Context, v *view) bool {
 	spec := v.cred.Spec
-	if spec.ProviderKind != ProviderOAuth2 {
+	if spec.ProviderKind != credspec.ProviderOAuth2 {
 		return true
 	}
 	if !b.corroborable(v, b.opts.now()) {
@@ -165,7 +166,7 @@ func (b *Broker) revocationCorroborated(ctx context.Context, v *view) bool {
 	}
 	ctx, cancel := context.WithTimeout(ctx, introspectTimeout)
 	defer cancel()
-	in, err := b.provider.IntrospectToken(ctx, spec.endpoint(), spec.clientCredentials(), v.fam.Access.Token, provider.HintAccessToken)
+	in, err := b.provider.IntrospectToken(ctx, spec.Endpoint(), spec.ClientCredentials(), v.fam.Access.Token, provider.HintAccessToken)
 	// Answered before the token could have expired at the provider: its
 	// inactivity was a revocation, not the end of its life.
 	return err == nil && !in.Active && b.opts.now().Before(aliveAtProviderUntil(v.fam.Access))
@@ -176,9 +177,9 @@ func (b *Broker) revocationCorroborated(ctx context.Context, v *view) bool {
 func (b *Broker) corroborable(v *view, now time.Time) bool {
 	a := v.fam.Access
 	if a == nil {
-		return detect.Corroborable(v.cred.Spec.ProviderKind == ProviderOAuth2, "", time.Time{}, now)
+		return detect.Corroborable(v.cred.Spec.ProviderKind == credspec.ProviderOAuth2, "", time.Time{}, now)
 	}
-	return detect.Corroborable(v.cred.Spec.ProviderKind == ProviderOAuth2, a.Token, aliveAtProviderUntil(a), now)
+	return detect.Corroborable(v.cred.Spec.ProviderKind == credspec.ProviderOAuth2, a.Token, aliveAtProviderUntil(a), now)
 }
 
 // aliveAtProviderUntil is when a may first be expired at the provider.
@@ -215,6 +216,6 @@ const (
 // earlyDetection describes the periodic check's view of v at now: its state
 // and a sentence saying what it means.
 func (b *Broker) earlyDetection(v *view, now time.Time) (EarlyDetectionState, string) {
-	return detect.Describe(b.opts.detect.Interval, v.cred.Spec.endpoint().IntrospectionURL != "",
+	return detect.Describe(b.opts.detect.Interval, v.cred.Spec.Endpoint().IntrospectionURL != "",
 		v.fam.Status == StatusActive, b.corroborable(v, now))
 }

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rotavault/rotavault/broker/credspec"
 	"github.com/rotavault/rotavault/internal/fakeclock"
 	"github.com/rotavault/rotavault/internal/fositeserver"
 	"github.com/rotavault/rotavault/providersim"
@@ -86,8 +87,8 @@ func blindEnvWith(ctx context.Context, t *testing.T, fcfg fositeserver.Config, o
 	// The real clock: fosite's tokens expire by it.
 	b = newBroker(t, Config{Store: memstore.New(), Provider: prov, Auditor: &recordingAuditor{}},
 		append([]Option{WithSchedulerInterval(time.Hour), WithIntrospectionInterval(20 * time.Millisecond), withDetectTick(time.Millisecond)}, opts...)...)
-	spec := Spec{
-		ProviderKind: ProviderOAuth2, TokenURL: fs.TokenURL(), IntrospectionURL: blind.URL,
+	spec := credspec.Spec{
+		ProviderKind: credspec.ProviderOAuth2, TokenURL: fs.TokenURL(), IntrospectionURL: blind.URL,
 		ClientID: blindClientID, ClientSecret: blindClientSecret, Scopes: []string{"offline", "api"},
 	}
 	if _, err := b.CreateCredential(ctx, "g", spec); err != nil {

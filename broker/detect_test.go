@@ -14,6 +14,7 @@ import (
 
 	"github.com/rotavault/rotavault/audit"
 	"github.com/rotavault/rotavault/broker/brokererr"
+	"github.com/rotavault/rotavault/broker/credspec"
 	"github.com/rotavault/rotavault/internal/fakeclock"
 	"github.com/rotavault/rotavault/internal/poll"
 	"github.com/rotavault/rotavault/provider"
@@ -92,7 +93,7 @@ type detectEnv struct {
 	sim  *providersim.Server
 	prov *detectProvider
 	aud  *recordingAuditor
-	spec Spec
+	spec credspec.Spec
 }
 
 func newDetectEnv(t *testing.T, simCfg providersim.Config) *detectEnv {
@@ -111,7 +112,7 @@ func (env *detectEnv) broker(t *testing.T, extra ...Option) *Broker {
 // install creates credential id with spec and a fresh family, refreshed once,
 // and returns the imported refresh token: superseded now, the "old token" a
 // thief or a legacy client could hold.
-func (env *detectEnv) install(ctx context.Context, t *testing.T, b *Broker, id string, spec Spec) string {
+func (env *detectEnv) install(ctx context.Context, t *testing.T, b *Broker, id string, spec credspec.Spec) string {
 	t.Helper()
 	if _, err := b.CreateCredential(ctx, id, spec); err != nil {
 		t.Fatal(err)
@@ -271,7 +272,7 @@ func TestPeriodicIntrospectionLeavesLiveFamiliesAlone(t *testing.T) {
 	env.install(ctx, t, b, "sf", env.spec)
 	// A generic OAuth 2.0 provider without an introspection endpoint (the
 	// simulator's token endpoint speaks close enough to RFC 6749).
-	generic := Spec{ProviderKind: ProviderOAuth2, TokenURL: env.sim.URL() + "/services/oauth2/token", ClientID: "c", ClientSecret: "s"}
+	generic := credspec.Spec{ProviderKind: credspec.ProviderOAuth2, TokenURL: env.sim.URL() + "/services/oauth2/token", ClientID: "c", ClientSecret: "s"}
 	env.install(ctx, t, b, "generic", generic)
 	before := familyOf(ctx, t, env.st, "sf")
 	refreshes := env.sim.Stats().RefreshRequests

@@ -4,12 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"reflect"
-	"slices"
 	"time"
 
 	"github.com/rotavault/rotavault/broker/brokererr"
-	"github.com/rotavault/rotavault/provider"
+	"github.com/rotavault/rotavault/broker/credspec"
 	"github.com/rotavault/rotavault/store"
 )
 
@@ -28,62 +26,9 @@ import (
 // DefaultDiscoveryInterval is how often issuers' metadata is fetched again.
 const DefaultDiscoveryInterval = time.Hour
 
-// Discoverer fetches an issuer's metadata. *provider.Client implements it;
-// New uses Config.Provider when it does.
-type Discoverer interface {
-	Discover(ctx context.Context, issuer string) (provider.Metadata, error)
-}
-
-// DiscoveredMetadata is what an issuer's metadata document said, as stored
-// with the credential.
-type DiscoveredMetadata struct {
-	Issuer                 string `json:"issuer"`
-	URL                    string `json:"url"`
-	TokenURL               string `json:"token_url,omitempty"`
-	AuthorizeURL           string `json:"authorize_url,omitempty"`
-	RevocationURL          string `json:"revocation_url,omitempty"`
-	IntrospectionURL       string `json:"introspection_url,omitempty"`
-	DeviceAuthorizationURL string `json:"device_authorization_url,omitempty"`
-	// TokenEndpointAuthMethods as published; nil when absent (RFC 8414:
-	// client_secret_basic).
-	TokenEndpointAuthMethods []string `json:"token_endpoint_auth_methods,omitempty"`
-	// ClientAuth is the method chosen from them (Basic when listed).
-	ClientAuth ClientAuthMethod `json:"client_auth_method,omitempty"`
-	// FetchedAt is when this document was fetched; an unchanged document
-	// fetched again is not written, so it is when it last changed.
-	FetchedAt time.Time `json:"fetched_at"`
-}
-
-func (d DiscoveredMetadata) clone() DiscoveredMetadata {
-	d.TokenEndpointAuthMethods = slices.Clone(d.TokenEndpointAuthMethods)
-	return d
-}
-
-// sameDocument reports whether a and b say the same, whenever fetched.
-func sameDocument(a, b *DiscoveredMetadata) bool {
-	if a == nil || b == nil {
-		return a == b
-	}
-	x, y := *a, *b
-	x.FetchedAt, y.FetchedAt = time.Time{}, time.Time{}
-	return reflect.DeepEqual(x, y)
-}
-
-func discovered(m provider.Metadata, now time.Time) *DiscoveredMetadata {
-	return &DiscoveredMetadata{
-		Issuer: m.Issuer, URL: m.URL,
-		TokenURL: m.TokenEndpoint, AuthorizeURL: m.AuthorizationEndpoint,
-		RevocationURL: m.RevocationEndpoint, IntrospectionURL: m.IntrospectionEndpoint,
-		DeviceAuthorizationURL:   m.DeviceAuthorizationEndpoint,
-		TokenEndpointAuthMethods: slices.Clone(m.TokenEndpointAuthMethods),
-		ClientAuth:               ClientAuthMethod(m.AuthMethod()),
-		FetchedAt:                now.UTC(),
-	}
-}
-
 // discover fetches issuer's metadata, counting the fetch.
-func (b *Broker) discover(ctx context.Context, issuer string) (*DiscoveredMetadata, error) {
-	d, ok := b.provider.(Discoverer)
+func (b *Broker) discover(ctx context.Context, issuer string) (*credspec.DiscoveredMetadata, error) {
+	d, ok := b.provider.(credspec.Discoverer)
 	if !ok {
 		return nil, errors.New("broker: this server's provider client cannot discover metadata")
 	}
@@ -93,14 +38,14 @@ func (b *Broker) discover(ctx context.Context, issuer string) (*DiscoveredMetada
 		b.metrics.discoveryFailures.Add(1)
 		return nil, err
 	}
-	return discovered(m, b.opts.now()), nil
+	return credspec.FromMetadata(m, b.opts.now()), nil
 }
 
 // discoverInto sets spec.Discovered from spec.Issuer (clears it without
 // one) and checks that a token endpoint results. A failed discovery is an
 // *InvalidArgumentError naming what failed: the issuer is wrong, its
 // provider publishes no (acceptable) metadata, or it is unreachable now.
-func (b *Broker) discoverInto(ctx context.Context, spec *Spec) error {
+func (b *Broker) discoverInto(ctx context.Context, spec *credspec.Spec) error {
 	spec.Discovered = nil
 	if spec.Issuer == "" {
 		return nil
@@ -138,7 +83,7 @@ func (b *Broker) startRediscovery(ctx context.Context) {
 // rediscover fetches each issuer in use once and stores changed documents.
 func (b *Broker) rediscover(ctx context.Context) {
 	type result struct {
-		md  *DiscoveredMetadata
+		md  *credspec.DiscoveredMetadata
 		err error
 	}
 	fetched := make(map[string]result)
@@ -159,7 +104,7 @@ func (b *Broker) rediscover(ctx context.Context) {
 				b.log.WarnContext(ctx, "could not fetch the provider's metadata again; keeping the stored endpoints", "issuer", issuer, "err", r.err)
 			}
 		}
-		if r.err != nil || sameDocument(v.cred.Spec.Discovered, r.md) {
+		if r.err != nil || credspec.SameDocument(v.cred.Spec.Discovered, r.md) {
 			continue
 		}
 		if err := b.storeDiscovered(ctx, e, issuer, r.md); err != nil {
@@ -170,13 +115,13 @@ func (b *Broker) rediscover(ctx context.Context) {
 
 // storeDiscovered writes md into e's credential record, if the credential
 // still names issuer and its stored document differs.
-func (b *Broker) storeDiscovered(ctx context.Context, e *entry, issuer string, md *DiscoveredMetadata) error {
+func (b *Broker) storeDiscovered(ctx context.Context, e *entry, issuer string, md *credspec.DiscoveredMetadata) error {
 	for {
 		v, err := b.readView(ctx, e.id)
 		if err != nil {
 			return err
 		}
-		if v.cred.Spec.Issuer != issuer || sameDocument(v.cred.Spec.Discovered, md) {
+		if v.cred.Spec.Issuer != issuer || credspec.SameDocument(v.cred.Spec.Discovered, md) {
 			return nil
 		}
 		next := *v.cred

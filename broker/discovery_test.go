@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/rotavault/rotavault/broker/brokererr"
+	"github.com/rotavault/rotavault/broker/credspec"
 	"github.com/rotavault/rotavault/internal/fositeserver"
 	"github.com/rotavault/rotavault/internal/syncbuf"
 	"github.com/rotavault/rotavault/providersim"
@@ -41,7 +42,7 @@ func TestIssuerDiscoveryFillsEndpointsAndBasicAuth(t *testing.T) {
 	ctx := context.Background()
 	fs, rt := basicOnlyFosite(ctx, t)
 	b := newTestBroker(t, memstore.New(), WithSchedulerInterval(time.Hour))
-	spec := Spec{ProviderKind: ProviderOAuth2, Issuer: fs.URL(), ClientID: blindClientID, ClientSecret: blindClientSecret, Scopes: []string{"offline", "api"}}
+	spec := credspec.Spec{ProviderKind: credspec.ProviderOAuth2, Issuer: fs.URL(), ClientID: blindClientID, ClientSecret: blindClientSecret, Scopes: []string{"offline", "api"}}
 	if _, err := b.CreateCredential(ctx, "g", spec); err != nil {
 		t.Fatalf("create with only an issuer: %v", err)
 	}
@@ -53,7 +54,7 @@ func TestIssuerDiscoveryFillsEndpointsAndBasicAuth(t *testing.T) {
 		t.Fatal(err)
 	}
 	d := c.Spec.Discovered
-	if d == nil || d.TokenURL != fs.TokenURL() || d.IntrospectionURL != fs.IntrospectionURL() || d.ClientAuth != ClientAuthSecretBasic || d.URL != fs.MetadataURL() {
+	if d == nil || d.TokenURL != fs.TokenURL() || d.IntrospectionURL != fs.IntrospectionURL() || d.ClientAuth != credspec.ClientAuthSecretBasic || d.URL != fs.MetadataURL() {
 		t.Fatalf("discovered %+v, want fosite's endpoints and client_secret_basic from %s", d, fs.MetadataURL())
 	}
 	if c.Status != StatusActive || c.EarlyDetection != EarlyDetectionActive {
@@ -72,7 +73,7 @@ func TestClientRejectedNamesTheAuthMethod(t *testing.T) {
 	fs, rt := basicOnlyFosite(ctx, t)
 	var logs syncbuf.Buffer
 	b := newTestBroker(t, memstore.New(), WithSchedulerInterval(time.Hour), WithLogger(slog.New(slog.NewTextHandler(&logs, nil))))
-	spec := Spec{ProviderKind: ProviderOAuth2, TokenURL: fs.TokenURL(), ClientID: blindClientID, ClientSecret: blindClientSecret, Scopes: []string{"offline", "api"}}
+	spec := credspec.Spec{ProviderKind: credspec.ProviderOAuth2, TokenURL: fs.TokenURL(), ClientID: blindClientID, ClientSecret: blindClientSecret, Scopes: []string{"offline", "api"}}
 	if _, err := b.CreateCredential(ctx, "g", spec); err != nil {
 		t.Fatal(err)
 	}
@@ -96,7 +97,7 @@ func TestIssuerMetadataRefetched(t *testing.T) {
 	ctx := context.Background()
 	sim := startMetadataSim(t)
 	b := newTestBroker(t, memstore.New(), WithSchedulerInterval(time.Hour), WithDiscoveryInterval(20*time.Millisecond))
-	spec := Spec{ProviderKind: ProviderOAuth2, Issuer: sim.URL(), ClientID: "sim", ClientSecret: "sim-secret"}
+	spec := credspec.Spec{ProviderKind: credspec.ProviderOAuth2, Issuer: sim.URL(), ClientID: "sim", ClientSecret: "sim-secret"}
 	if _, err := b.CreateCredential(ctx, "s", spec); err != nil {
 		t.Fatal(err)
 	}
@@ -121,7 +122,7 @@ func TestIssuerDiscoveryFailureRefusesCreation(t *testing.T) {
 	sim := startMetadataSim(t)
 	sim.SetMetadataOverride(map[string]any{"issuer": "http://127.0.0.1:1"})
 	b := newTestBroker(t, memstore.New(), WithSchedulerInterval(time.Hour))
-	_, err := b.CreateCredential(ctx, "s", Spec{ProviderKind: ProviderOAuth2, Issuer: sim.URL(), ClientID: "sim"})
+	_, err := b.CreateCredential(ctx, "s", credspec.Spec{ProviderKind: credspec.ProviderOAuth2, Issuer: sim.URL(), ClientID: "sim"})
 	var ie *brokererr.InvalidArgumentError
 	if !errors.As(err, &ie) || !strings.Contains(err.Error(), strconv.Quote("http://127.0.0.1:1")) {
 		t.Fatalf("create: %v, want an invalid argument naming the other issuer", err)
@@ -146,18 +147,18 @@ func TestUpdateIssuerRediscovers(t *testing.T) {
 	ctx := context.Background()
 	sim := startMetadataSim(t)
 	b := newTestBroker(t, memstore.New(), WithSchedulerInterval(time.Hour))
-	spec := Spec{ProviderKind: ProviderOAuth2, TokenURL: sim.URL() + "/services/oauth2/token", ClientID: "sim"}
+	spec := credspec.Spec{ProviderKind: credspec.ProviderOAuth2, TokenURL: sim.URL() + "/services/oauth2/token", ClientID: "sim"}
 	if _, err := b.CreateCredential(ctx, "s", spec); err != nil {
 		t.Fatal(err)
 	}
-	c, err := b.UpdateCredential(ctx, "s", []SpecField{FieldIssuer}, Spec{Issuer: sim.URL()})
+	c, err := b.UpdateCredential(ctx, "s", []credspec.Field{credspec.FieldIssuer}, credspec.Spec{Issuer: sim.URL()})
 	if err != nil || c.Spec.Discovered == nil || c.Spec.Discovered.IntrospectionURL != sim.URL()+"/services/oauth2/introspect" {
 		t.Fatalf("after setting the issuer: %+v, %v; want the simulator's metadata", c.Spec.Discovered, err)
 	}
 	if c.EarlyDetection == EarlyDetectionNoEndpoint {
 		t.Fatalf("early detection %s with a discovered introspection endpoint", c.EarlyDetection)
 	}
-	c, err = b.UpdateCredential(ctx, "s", []SpecField{FieldIssuer}, Spec{})
+	c, err = b.UpdateCredential(ctx, "s", []credspec.Field{credspec.FieldIssuer}, credspec.Spec{})
 	if err != nil || c.Spec.Discovered != nil || c.EarlyDetection != EarlyDetectionNoEndpoint {
 		t.Fatalf("after clearing the issuer: %+v, %s, %v; want no metadata, no introspection endpoint", c.Spec.Discovered, c.EarlyDetection, err)
 	}

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/rotavault/rotavault/boltstore"
+	"github.com/rotavault/rotavault/broker/credspec"
 	"github.com/rotavault/rotavault/provider"
 	"github.com/rotavault/rotavault/providersim"
 )
@@ -46,7 +47,7 @@ func BenchmarkEmbeddedRotationsVsRawWrites(b *testing.B) {
 	ids := make([]string, benchWorkers)
 	for i := range ids {
 		ids[i] = fmt.Sprintf("bench-%d", i)
-		spec := Spec{ProviderKind: ProviderSalesforce, BaseURL: sim.URL(), ClientID: "bench", ClientSecret: "bench-secret", Scopes: []string{"api", "refresh_token"}}
+		spec := credspec.Spec{ProviderKind: credspec.ProviderSalesforce, BaseURL: sim.URL(), ClientID: "bench", ClientSecret: "bench-secret", Scopes: []string{"api", "refresh_token"}}
 		if _, err := br.CreateCredential(ctx, ids[i], spec); err != nil {
 			b.Fatal(err)
 		}

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/rotavault/rotavault/broker/brokererr"
+	"github.com/rotavault/rotavault/broker/credspec"
 	"github.com/rotavault/rotavault/internal/ctxwait"
 	"github.com/rotavault/rotavault/store"
 )
@@ -439,7 +440,7 @@ func (f *familyRecord) providerConfirmed() (*familyRecord, error) {
 
 // notedPreviousAccess returns f recording what the provider does with the
 // previous access token at a rotation.
-func (f *familyRecord) notedPreviousAccess(p PreviousAccess) (*familyRecord, error) {
+func (f *familyRecord) notedPreviousAccess(p credspec.PreviousAccess) (*familyRecord, error) {
 	next := f.clone()
 	next.PreviousAccess = p
 	return f.to(evNotePreviousAccess, next)

@@ -11,6 +11,7 @@ import (
 
 	"github.com/rotavault/rotavault/audit"
 	"github.com/rotavault/rotavault/broker/brokererr"
+	"github.com/rotavault/rotavault/broker/credspec"
 	"github.com/rotavault/rotavault/internal/fakeclock"
 	"github.com/rotavault/rotavault/provider"
 	"github.com/rotavault/rotavault/store/memstore"
@@ -52,8 +53,8 @@ func newFamHarness(t *testing.T) *famHarness {
 	h.b = newBroker(t, Config{Store: h.st, Provider: h.prov, Auditor: h.aud}, replicaOpts(h.clk, WithReplicaID(me))...)
 	// A provider killing the previous access token, so families have a
 	// cutoff (cut_off).
-	spec := Spec{ProviderKind: ProviderSalesforce, BaseURL: "http://127.0.0.1:1", ClientID: "c", ClientSecret: "s", Scopes: []string{"api", "refresh_token"},
-		PreviousAccessToken: PreviousAccessRevoked}
+	spec := credspec.Spec{ProviderKind: credspec.ProviderSalesforce, BaseURL: "http://127.0.0.1:1", ClientID: "c", ClientSecret: "s", Scopes: []string{"api", "refresh_token"},
+		PreviousAccessToken: credspec.PreviousAccessRevoked}
 	if _, err := h.b.CreateCredential(h.ctx, "x", spec); err != nil {
 		t.Fatal(err)
 	}
@@ -360,10 +361,10 @@ func TestEveryTransitionThroughTheBroker(t *testing.T) {
 		}, err: noErr},
 		{From: stateCutOff, Event: evClaim, To: stateClaimed}: claimed,
 		{From: stateActive, Event: evNotePreviousAccess, To: stateActive}: {drive: func(h *famHarness) error {
-			if err := h.b.notePreviousAccess(h.ctx, h.e, "fam-1", PreviousAccessKept); err != nil {
+			if err := h.b.notePreviousAccess(h.ctx, h.e, "fam-1", credspec.PreviousAccessKept); err != nil {
 				return err
 			}
-			if f := h.stored(); f.PreviousAccess != PreviousAccessKept {
+			if f := h.stored(); f.PreviousAccess != credspec.PreviousAccessKept {
 				return fmt.Errorf("recorded %q, want kept", f.PreviousAccess)
 			}
 			return nil

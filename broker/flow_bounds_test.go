@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/rotavault/rotavault/audit"
+	"github.com/rotavault/rotavault/broker/credspec"
 	"github.com/rotavault/rotavault/broker/internal/authflow"
 	"github.com/rotavault/rotavault/store"
 )
@@ -45,7 +46,7 @@ func startConcurrently(t *testing.T, replicas []*Broker, n int, credOf, actorOf 
 	return started, int(tooMany.Load())
 }
 
-func createCredentials(ctx context.Context, t *testing.T, b *Broker, spec Spec, n int) {
+func createCredentials(ctx context.Context, t *testing.T, b *Broker, spec credspec.Spec, n int) {
 	t.Helper()
 	for i := range n {
 		if _, err := b.CreateCredential(ctx, fmt.Sprintf("c%d", i), spec); err != nil {

@@ -10,6 +10,7 @@ import (
 
 	"github.com/rotavault/rotavault/audit"
 	"github.com/rotavault/rotavault/broker/brokererr"
+	"github.com/rotavault/rotavault/broker/credspec"
 	"github.com/rotavault/rotavault/broker/internal/authflow"
 	"github.com/rotavault/rotavault/providersim"
 )
@@ -54,7 +55,7 @@ func authorizeX(ctx context.Context, t *testing.T, b *Broker) (PendingAuthorizat
 // recreateElsewhere deletes credential id and creates it again on replica
 // other: a new incarnation that replicas caching the old one do not hear
 // about (a credential without an active family is deleted without notice).
-func recreateElsewhere(ctx context.Context, t *testing.T, other *Broker, id string, spec Spec) {
+func recreateElsewhere(ctx context.Context, t *testing.T, other *Broker, id string, spec credspec.Spec) {
 	t.Helper()
 	if err := other.DeleteCredential(ctx, id); err != nil {
 		t.Fatal(err)

@@ -9,6 +9,7 @@ import (
 
 	"github.com/rotavault/rotavault/audit"
 	"github.com/rotavault/rotavault/broker/brokererr"
+	"github.com/rotavault/rotavault/broker/credspec"
 	"github.com/rotavault/rotavault/broker/internal/authflow"
 	"github.com/rotavault/rotavault/internal/fakeclock"
 	"github.com/rotavault/rotavault/internal/poll"
@@ -28,7 +29,7 @@ type flowEnv struct {
 	st   store.Store
 	clk  *fakeclock.Clock
 	sim  *providersim.Server
-	spec Spec
+	spec credspec.Spec
 	aud  *recordingAuditor
 }
 

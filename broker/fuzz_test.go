@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/rotavault/rotavault/broker/brokererr"
+	"github.com/rotavault/rotavault/broker/credspec"
 	"github.com/rotavault/rotavault/broker/internal/authflow"
 	"github.com/rotavault/rotavault/internal/credid"
 	"github.com/rotavault/rotavault/store"
@@ -49,7 +50,7 @@ func FuzzRequestValidation(f *testing.F) {
 				t.Fatalf("accepted state %q makes the key %q", id, key)
 			}
 		}
-		if ValidateEndpointURL(rawURL) == nil {
+		if credspec.ValidateEndpointURL(rawURL) == nil {
 			u, err := url.Parse(rawURL)
 			if err != nil {
 				t.Fatalf("accepted an unparsable URL %q", rawURL)
@@ -61,8 +62,8 @@ func FuzzRequestValidation(f *testing.F) {
 				t.Fatalf("accepted %q (scheme %q, host %q)", rawURL, u.Scheme, host)
 			}
 		}
-		spec := Spec{ProviderKind: ProviderSalesforce, BaseURL: "https://login.salesforce.com", ClientID: "x", Scopes: []string{scope}}
-		if err := spec.validate(); err != nil {
+		spec := credspec.Spec{ProviderKind: credspec.ProviderSalesforce, BaseURL: "https://login.salesforce.com", ClientID: "x", Scopes: []string{scope}}
+		if err := spec.Validate(); err != nil {
 			var inv *brokererr.InvalidArgumentError
 			if !errors.As(err, &inv) {
 				t.Fatalf("validation error of the wrong kind: %v", err)

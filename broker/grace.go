@@ -3,6 +3,7 @@ package broker
 import (
 	"fmt"
 	"github.com/rotavault/rotavault/broker/brokererr"
+	"github.com/rotavault/rotavault/broker/credspec"
 	"time"
 )
 
@@ -39,7 +40,7 @@ func MinReuseGrace(claimMargin time.Duration) time.Duration {
 
 // claimTTLFor is how long a claim on spec's family lasts: the configured
 // time, shortened to fit the provider's reuse grace period.
-func (o *options) claimTTLFor(spec Spec) time.Duration {
+func (o *options) claimTTLFor(spec credspec.Spec) time.Duration {
 	if g := spec.ReuseGrace; g > 0 {
 		return min(o.claimTTL, g-takeoverSlack)
 	}
@@ -47,7 +48,7 @@ func (o *options) claimTTLFor(spec Spec) time.Duration {
 }
 
 // checkReuseGrace refuses a reuse grace period that a claim cannot fit in.
-func (o *options) checkReuseGrace(spec Spec) error {
+func (o *options) checkReuseGrace(spec credspec.Spec) error {
 	g := spec.ReuseGrace
 	if least := MinReuseGrace(o.claimMargin); g > 0 && g < least {
 		return &brokererr.InvalidArgumentError{

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/rotavault/rotavault/broker/brokererr"
+	"github.com/rotavault/rotavault/broker/credspec"
 	"github.com/rotavault/rotavault/internal/fakeclock"
 	"github.com/rotavault/rotavault/internal/poll"
 	"github.com/rotavault/rotavault/provider"
@@ -23,7 +24,7 @@ func TestReuseGraceTooShortIsRefused(t *testing.T) {
 	ctx := context.Background()
 	st := memstore.New()
 	b := newBroker(t, Config{Store: st, Provider: &scriptedProvider{}, Auditor: &recordingAuditor{}}, WithSchedulerInterval(time.Hour), WithIntrospectionInterval(0))
-	spec := Spec{ProviderKind: ProviderOAuth2, TokenURL: "https://idp.example/token", ClientID: "c"}
+	spec := credspec.Spec{ProviderKind: credspec.ProviderOAuth2, TokenURL: "https://idp.example/token", ClientID: "c"}
 	tooShort := func(err error) bool {
 		var inv *brokererr.InvalidArgumentError
 		return errors.As(err, &inv) && inv.Code == ReuseGraceTooShort && inv.Field == "spec.reuse_grace_period"
@@ -42,7 +43,7 @@ func TestReuseGraceTooShortIsRefused(t *testing.T) {
 			t.Errorf("create with grace %s: %v, want refused %v", tt.grace, err, tt.refused)
 		}
 	}
-	if _, err := b.UpdateCredential(ctx, "g20", []SpecField{FieldReuseGrace}, Spec{ReuseGrace: 10 * time.Second}); !tooShort(err) {
+	if _, err := b.UpdateCredential(ctx, "g20", []credspec.Field{credspec.FieldReuseGrace}, credspec.Spec{ReuseGrace: 10 * time.Second}); !tooShort(err) {
 		t.Errorf("update to a 10s grace: %v, want REUSE_GRACE_TOO_SHORT", err)
 	}
 	// A replica with a longer claim margin cannot fit the stored 20 s.

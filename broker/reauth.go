@@ -9,7 +9,9 @@ import (
 
 	"github.com/rotavault/rotavault/audit"
 	"github.com/rotavault/rotavault/broker/brokererr"
+	"github.com/rotavault/rotavault/broker/credspec"
 	"github.com/rotavault/rotavault/broker/internal/authflow"
+	"github.com/rotavault/rotavault/broker/internal/textcheck"
 	"github.com/rotavault/rotavault/provider"
 )
 
@@ -19,17 +21,17 @@ const maxRefreshTokenLen = 4096
 // and refuses, for Salesforce, scopes that cannot yield a refresh token:
 // rotation only applies to flows that issue one, and the user should not go
 // through a flow that is bound to fail.
-func flowScopes(spec Spec, scopes []string) ([]string, error) {
+func flowScopes(spec credspec.Spec, scopes []string) ([]string, error) {
 	if len(scopes) == 0 {
 		scopes = spec.Scopes
 	}
-	if spec.ProviderKind == ProviderSalesforce && !grantsRefreshToken(scopes) {
+	if spec.ProviderKind == credspec.ProviderSalesforce && !credspec.GrantsRefreshToken(scopes) {
 		return nil, brokererr.Invalid("scopes", "Salesforce issues a refresh token only with the refresh_token (or offline_access) scope; add it")
 	}
 	if len(scopes) > 0 {
 		check := spec
 		check.Scopes = scopes
-		if err := check.validate(); err != nil {
+		if err := check.Validate(); err != nil {
 			return nil, err
 		}
 	}
@@ -51,7 +53,7 @@ func (b *Broker) ImportRefreshToken(ctx context.Context, id, refreshToken string
 	if err := b.validateID(id); err != nil {
 		return Activation{}, err
 	}
-	if refreshToken == "" || len(refreshToken) > maxRefreshTokenLen || !printable(refreshToken) {
+	if refreshToken == "" || len(refreshToken) > maxRefreshTokenLen || !textcheck.Printable(refreshToken) {
 		return Activation{}, brokererr.Invalid("refresh_token", "required, printable, at most %d bytes", maxRefreshTokenLen)
 	}
 	e, err := b.entry(ctx, id)
@@ -123,7 +125,7 @@ func (b *Broker) installFamily(ctx context.Context, e *entry, incarnation, refre
 	e.lastErr, e.retryAt = nil, time.Time{}
 	e.mu.Unlock()
 	if live := liveToken(old.fam); revokeOld && live != "" {
-		if err := b.provider.Revoke(ctx, old.cred.Spec.endpoint(), old.cred.Spec.clientCredentials(), live); err != nil {
+		if err := b.provider.Revoke(ctx, old.cred.Spec.Endpoint(), old.cred.Spec.ClientCredentials(), live); err != nil {
 			b.log.WarnContext(ctx, "could not revoke the replaced family at the provider", "credential", e.id, "family", old.fam.FamilyID, "err", err)
 		}
 	}
@@ -147,7 +149,7 @@ var _ authflow.Core = flowCore{}
 
 func (c flowCore) ValidateID(id string) error { return c.b.validateID(id) }
 
-func (c flowCore) ValidateEndpointURL(raw string) error { return ValidateEndpointURL(raw) }
+func (c flowCore) ValidateEndpointURL(raw string) error { return credspec.ValidateEndpointURL(raw) }
 
 func (c flowCore) Credential(ctx context.Context, id string, stored bool) (authflow.Credential, error) {
 	e, err := c.b.entry(ctx, id)
@@ -162,8 +164,8 @@ func (c flowCore) Credential(ctx context.Context, id string, stored bool) (authf
 	}
 	spec := cred.Spec
 	return authflow.Credential{
-		ID: cred.ID, Incarnation: cred.Incarnation, Generic: spec.ProviderKind == ProviderOAuth2,
-		Scopes: spec.Scopes, Endpoint: spec.endpoint(), Client: spec.clientCredentials(),
+		ID: cred.ID, Incarnation: cred.Incarnation, Generic: spec.ProviderKind == credspec.ProviderOAuth2,
+		Scopes: spec.Scopes, Endpoint: spec.Endpoint(), Client: spec.ClientCredentials(),
 		ResolveScopes: func(requested []string) ([]string, error) { return flowScopes(spec, requested) },
 	}, nil
 }

@@ -3,6 +3,7 @@ package broker
 import (
 	"time"
 
+	"github.com/rotavault/rotavault/broker/credspec"
 	"github.com/rotavault/rotavault/broker/internal/jsonrec"
 	"github.com/rotavault/rotavault/broker/notice"
 )
@@ -68,10 +69,10 @@ type credentialRecord struct {
 	Format int    `json:"format"`
 	ID     string `json:"id"`
 	// Incarnation is random per creation of the id (see familyKey).
-	Incarnation string    `json:"incarnation,omitempty"`
-	Spec        Spec      `json:"spec"`
-	CreatedAt   time.Time `json:"created_at"`
-	UpdatedAt   time.Time `json:"updated_at"`
+	Incarnation string        `json:"incarnation,omitempty"`
+	Spec        credspec.Spec `json:"spec"`
+	CreatedAt   time.Time     `json:"created_at"`
+	UpdatedAt   time.Time     `json:"updated_at"`
 }
 
 // accessToken is an access token with what the API returns about it.
@@ -130,7 +131,7 @@ type familyRecord struct {
 	// PreviousAccess is what introspection right after a rotation found
 	// the provider does with the previous access token (cutoff.go); empty
 	// until known. Kept in the family, where every replica reads it.
-	PreviousAccess PreviousAccess `json:"previous_access,omitempty"`
+	PreviousAccess credspec.PreviousAccess `json:"previous_access,omitempty"`
 }
 
 func (f *familyRecord) clone() *familyRecord {

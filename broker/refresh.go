@@ -9,6 +9,7 @@ import (
 
 	"github.com/rotavault/rotavault/audit"
 	"github.com/rotavault/rotavault/broker/brokererr"
+	"github.com/rotavault/rotavault/broker/credspec"
 	"github.com/rotavault/rotavault/broker/spans"
 	"github.com/rotavault/rotavault/internal/ctxwait"
 	"github.com/rotavault/rotavault/provider"
@@ -235,7 +236,7 @@ func (b *Broker) refreshFamily(ctx context.Context, l *claimLease) (*view, error
 	for ; ; a.n++ {
 		spec := l.v.cred.Spec
 		sent := b.opts.now()
-		tok, answer := b.provider.Refresh(pctx, spec.endpoint(), spec.clientCredentials(), l.v.fam.RefreshToken)
+		tok, answer := b.provider.Refresh(pctx, spec.Endpoint(), spec.ClientCredentials(), l.v.fam.RefreshToken)
 		restamp(tok, sent)
 		a.state, a.grace, a.now = l.v.fam.state(), spec.ReuseGrace, b.opts.now()
 		d := decideRefresh(a, answer)
@@ -396,18 +397,18 @@ func (l *claimLease) storeResult(ctx context.Context, tok *provider.Token) (*vie
 
 // lifetimeNote says, for last_error, that the provider's lifetime of tok
 // was not believed; "" when it was.
-func lifetimeNote(spec Spec, tok *provider.Token) string {
+func lifetimeNote(spec credspec.Spec, tok *provider.Token) string {
 	if tok.IgnoredExpiresIn <= 0 {
 		return ""
 	}
 	return fmt.Sprintf("the provider said the access token lives %s, beyond the believable %s: it is refreshed as if it lived the credential's access token lifetime, %s",
-		tok.IgnoredExpiresIn, provider.MaxExpiresIn, spec.accessTokenLifetime())
+		tok.IgnoredExpiresIn, provider.MaxExpiresIn, spec.AccessTokenLifetime())
 }
 
-func (b *Broker) newAccessToken(spec Spec, prev *accessToken, tok *provider.Token, now time.Time) *accessToken {
+func (b *Broker) newAccessToken(spec credspec.Spec, prev *accessToken, tok *provider.Token, now time.Time) *accessToken {
 	lifetime := tok.ExpiresIn
 	if lifetime <= 0 {
-		lifetime = spec.accessTokenLifetime()
+		lifetime = spec.AccessTokenLifetime()
 	}
 	a := &accessToken{
 		Token:       tok.AccessToken,
@@ -485,7 +486,7 @@ func (b *Broker) revokeDiscarded(ctx context.Context, e *entry, cred *credential
 	if !rotated {
 		return
 	}
-	if err := b.provider.Revoke(ctx, cred.Spec.endpoint(), cred.Spec.clientCredentials(), tok.RefreshToken); err != nil {
+	if err := b.provider.Revoke(ctx, cred.Spec.Endpoint(), cred.Spec.ClientCredentials(), tok.RefreshToken); err != nil {
 		b.log.WarnContext(ctx, "could not revoke the discarded refresh token", "credential", e.id, "err", err)
 	}
 }

@@ -9,6 +9,7 @@ import (
 
 	"github.com/rotavault/rotavault/audit"
 	"github.com/rotavault/rotavault/broker/brokererr"
+	"github.com/rotavault/rotavault/broker/credspec"
 	"github.com/rotavault/rotavault/internal/poll"
 	"github.com/rotavault/rotavault/provider"
 )
@@ -43,7 +44,7 @@ func TestRefreshLoopActsOnEachAnswer(t *testing.T) {
 			fam := h.record(tt.from)
 			h.put(fam)
 			if tt.grace > 0 {
-				if _, err := h.b.UpdateCredential(h.ctx, "x", []SpecField{FieldReuseGrace}, Spec{ReuseGrace: tt.grace}); err != nil {
+				if _, err := h.b.UpdateCredential(h.ctx, "x", []credspec.Field{credspec.FieldReuseGrace}, credspec.Spec{ReuseGrace: tt.grace}); err != nil {
 					t.Fatal(err)
 				}
 			}
@@ -77,7 +78,7 @@ func TestRefreshRetriesWithACredentialFixedElsewhere(t *testing.T) {
 	h := newFamHarness(t)
 	h.put(h.record(stateClaimed))
 	l := h.lease()
-	if _, err := h.b.UpdateCredential(h.ctx, "x", []SpecField{FieldClientSecret}, Spec{ClientSecret: "fixed"}); err != nil {
+	if _, err := h.b.UpdateCredential(h.ctx, "x", []credspec.Field{credspec.FieldClientSecret}, credspec.Spec{ClientSecret: "fixed"}); err != nil {
 		t.Fatal(err)
 	}
 	h.prov.then(answerBadClient, nil)
@@ -288,7 +289,7 @@ func TestClientRefusedAfterTheRecheckKeepsTheFamily(t *testing.T) {
 	h := newFamHarness(t)
 	h.put(h.record(stateClaimed))
 	l := h.lease()
-	if _, err := h.b.UpdateCredential(h.ctx, "x", []SpecField{FieldClientSecret}, Spec{ClientSecret: "still-wrong"}); err != nil {
+	if _, err := h.b.UpdateCredential(h.ctx, "x", []credspec.Field{credspec.FieldClientSecret}, credspec.Spec{ClientSecret: "still-wrong"}); err != nil {
 		t.Fatal(err)
 	}
 	h.prov.then(answerBadClient, answerBadClient)

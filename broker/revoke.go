@@ -8,6 +8,7 @@ import (
 
 	"github.com/rotavault/rotavault/audit"
 	"github.com/rotavault/rotavault/broker/brokererr"
+	"github.com/rotavault/rotavault/broker/internal/textcheck"
 	"github.com/rotavault/rotavault/broker/notice"
 	"github.com/rotavault/rotavault/provider"
 )
@@ -55,7 +56,7 @@ func (b *Broker) RevokeCredential(ctx context.Context, id, reason string) (Revoc
 	if err := b.validateID(id); err != nil {
 		return Revocation{}, err
 	}
-	if reason == "" || len(reason) > MaxRevocationReasonLen || !printable(reason) {
+	if reason == "" || len(reason) > MaxRevocationReasonLen || !textcheck.Printable(reason) {
 		return Revocation{}, brokererr.Invalid("reason", "required, printable, at most %d bytes", MaxRevocationReasonLen)
 	}
 	e, err := b.entry(ctx, id)
@@ -209,7 +210,7 @@ func (b *Broker) revokedAlready(ctx context.Context, e *entry, v *view, reason s
 func (b *Broker) revokeAtProvider(ctx context.Context, e *entry, v *view) ProviderRevocation {
 	token := v.fam.PendingRevocation
 	rctx, cancel := context.WithTimeout(ctx, revokeTimeout)
-	err := b.provider.Revoke(rctx, v.cred.Spec.endpoint(), v.cred.Spec.clientCredentials(), token)
+	err := b.provider.Revoke(rctx, v.cred.Spec.Endpoint(), v.cred.Spec.ClientCredentials(), token)
 	cancel()
 	var pe *provider.Error
 	// Salesforce answers 400 invalid_token for a token that is already dead

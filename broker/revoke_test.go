@@ -11,6 +11,7 @@ import (
 
 	"github.com/rotavault/rotavault/audit"
 	"github.com/rotavault/rotavault/broker/brokererr"
+	"github.com/rotavault/rotavault/broker/credspec"
 	"github.com/rotavault/rotavault/internal/fakeclock"
 	"github.com/rotavault/rotavault/provider"
 	"github.com/rotavault/rotavault/providersim"
@@ -50,7 +51,7 @@ type revokeEnv struct {
 	prov *revokeProvider
 	aud  *recordingAuditor
 	a, b *Broker // two replicas on one store
-	spec Spec
+	spec credspec.Spec
 }
 
 func newRevokeEnv(t *testing.T, st store.Store) *revokeEnv {

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/rotavault/rotavault/broker/brokererr"
+	"github.com/rotavault/rotavault/broker/credspec"
 	"github.com/rotavault/rotavault/internal/fakeclock"
 	"github.com/rotavault/rotavault/store/memstore"
 )
@@ -45,7 +46,7 @@ func setupShortLived(t *testing.T, expiresIn, configured time.Duration) (*Broker
 	clk := fakeclock.New(time.Now())
 	b := newTestBroker(t, memstore.New(), WithClock(clk.Now), WithSchedulerInterval(time.Hour))
 	ctx := context.Background()
-	spec := Spec{ProviderKind: ProviderOAuth2, TokenURL: url, ClientID: "c", ClientSecret: "s", AccessTokenLife: configured}
+	spec := credspec.Spec{ProviderKind: credspec.ProviderOAuth2, TokenURL: url, ClientID: "c", ClientSecret: "s", AccessTokenLife: configured}
 	if _, err := b.CreateCredential(ctx, "x", spec); err != nil {
 		t.Fatal(err)
 	}

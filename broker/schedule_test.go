@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rotavault/rotavault/broker/credspec"
 	"github.com/rotavault/rotavault/broker/internal/schedule"
 	"github.com/rotavault/rotavault/internal/fakeclock"
 	"github.com/rotavault/rotavault/internal/poll"
@@ -20,7 +21,7 @@ func installUsed(t *testing.T, b *Broker, ts *tokenServer, n int) {
 	ctx := context.Background()
 	for i := range n {
 		id := fmt.Sprintf("cred-%d", i)
-		if _, err := b.CreateCredential(ctx, id, Spec{ProviderKind: ProviderOAuth2, TokenURL: ts.URL, ClientID: "c"}); err != nil {
+		if _, err := b.CreateCredential(ctx, id, credspec.Spec{ProviderKind: credspec.ProviderOAuth2, TokenURL: ts.URL, ClientID: "c"}); err != nil {
 			t.Fatal(err)
 		}
 		if _, err := b.ImportRefreshToken(ctx, id, "rt-0"); err != nil {
@@ -74,7 +75,7 @@ func seedIdleEntries(b *Broker, n int) {
 	defer b.entriesMu.Unlock()
 	for i := range n {
 		id := fmt.Sprintf("cred-%d", i)
-		cred := &credentialRecord{Format: recordFormat, ID: id, Spec: Spec{ProviderKind: ProviderOAuth2, TokenURL: "https://provider.test/token", ClientID: "c"}}
+		cred := &credentialRecord{Format: recordFormat, ID: id, Spec: credspec.Spec{ProviderKind: credspec.ProviderOAuth2, TokenURL: "https://provider.test/token", ClientID: "c"}}
 		fam := &familyRecord{Format: recordFormat, Status: StatusActive, Generation: 1, StartedAt: now, LastRefreshAt: now,
 			Access: &accessToken{Token: "at", Type: "Bearer", IssuedAt: now, ExpiresAt: now.Add(time.Hour)}}
 		e := &entry{id: id}

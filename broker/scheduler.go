@@ -101,7 +101,7 @@ func (b *Broker) runScheduler(ctx context.Context) {
 // endpointOf names a credential's token endpoint by scheme and host (with
 // port): the unit a hanging provider takes down.
 func endpointOf(v *view) string {
-	u, err := url.Parse(v.cred.Spec.endpoint().TokenURL)
+	u, err := url.Parse(v.cred.Spec.Endpoint().TokenURL)
 	if err != nil {
 		return ""
 	}

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rotavault/rotavault/broker/credspec"
 	"github.com/rotavault/rotavault/internal/fakeclock"
 	"github.com/rotavault/rotavault/internal/poll"
 	"github.com/rotavault/rotavault/store/memstore"
@@ -61,7 +62,7 @@ func TestHangingProviderDoesNotDelayOthers(t *testing.T) {
 	healthy := startTokenServer(t, 2*time.Hour)
 	install := func(id string, srv *tokenServer) {
 		t.Helper()
-		if _, err := b.CreateCredential(ctx, id, Spec{ProviderKind: ProviderOAuth2, TokenURL: srv.URL, ClientID: "c"}); err != nil {
+		if _, err := b.CreateCredential(ctx, id, credspec.Spec{ProviderKind: credspec.ProviderOAuth2, TokenURL: srv.URL, ClientID: "c"}); err != nil {
 			t.Fatal(err)
 		}
 		if _, err := b.ImportRefreshToken(ctx, id, "rt-0"); err != nil {

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rotavault/rotavault/broker/credspec"
 	"github.com/rotavault/rotavault/internal/fakeclock"
 	"github.com/rotavault/rotavault/internal/poll"
 	"github.com/rotavault/rotavault/providersim"
@@ -49,7 +50,7 @@ func TestImportWithTheProviderUnreachableIsStoredUnproven(t *testing.T) {
 	}
 	// The provider is reachable again (here: the right URL); nobody imports
 	// or calls: the scheduler proves the token.
-	if _, err := b.UpdateCredential(ctx, "x", []SpecField{FieldBaseURL}, Spec{BaseURL: sim.URL()}); err != nil {
+	if _, err := b.UpdateCredential(ctx, "x", []credspec.Field{credspec.FieldBaseURL}, credspec.Spec{BaseURL: sim.URL()}); err != nil {
 		t.Fatal(err)
 	}
 	// A scheduled attempt still running against the old URL when the clock

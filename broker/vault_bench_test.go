@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rotavault/rotavault/broker/credspec"
 	"github.com/rotavault/rotavault/internal/vaulttest"
 	"github.com/rotavault/rotavault/provider"
 	"github.com/rotavault/rotavault/providersim"
@@ -47,7 +48,7 @@ func setupVaultBench(b *testing.B) *vaultBench {
 	ctx := context.Background()
 	for i := range benchWorkers {
 		id := fmt.Sprintf("bench-%d", i)
-		spec := Spec{ProviderKind: ProviderSalesforce, BaseURL: sim.URL(), ClientID: "bench", ClientSecret: "bench-secret", Scopes: []string{"api", "refresh_token"}}
+		spec := credspec.Spec{ProviderKind: credspec.ProviderSalesforce, BaseURL: sim.URL(), ClientID: "bench", ClientSecret: "bench-secret", Scopes: []string{"api", "refresh_token"}}
 		if _, err := br.CreateCredential(ctx, id, spec); err != nil {
 			b.Fatal(err)
 		}

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/rotavault/rotavault/broker/brokererr"
+	"github.com/rotavault/rotavault/broker/credspec"
 	"github.com/rotavault/rotavault/internal/fakeclock"
 	"github.com/rotavault/rotavault/providersim"
 	"github.com/rotavault/rotavault/store"
@@ -27,8 +28,8 @@ func startSim(t *testing.T, cfg providersim.Config) *providersim.Server {
 }
 
 // simSpec is a Salesforce credential of the simulator's client.
-func simSpec(sim *providersim.Server) Spec {
-	return Spec{ProviderKind: ProviderSalesforce, BaseURL: sim.URL(), ClientID: "c", ClientSecret: "s", Scopes: []string{"api", "refresh_token"}}
+func simSpec(sim *providersim.Server) credspec.Spec {
+	return credspec.Spec{ProviderKind: credspec.ProviderSalesforce, BaseURL: sim.URL(), ClientID: "c", ClientSecret: "s", Scopes: []string{"api", "refresh_token"}}
 }
 
 // replicaOpts run a replica on clk with the scheduler and periodic
@@ -38,7 +39,7 @@ func replicaOpts(clk *fakeclock.Clock, extra ...Option) []Option {
 	return append([]Option{WithClock(clk.Now), WithSchedulerInterval(time.Hour), WithRetryBase(time.Millisecond), WithIntrospectionInterval(0)}, extra...)
 }
 
-func setup(t *testing.T, st store.Store, clk *fakeclock.Clock) (*providersim.Server, []*Broker, Spec) {
+func setup(t *testing.T, st store.Store, clk *fakeclock.Clock) (*providersim.Server, []*Broker, credspec.Spec) {
 	sim := startSim(t, providersim.Config{Now: clk.Now})
 	var bs []*Broker
 	for i := 0; i < 2; i++ {

@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/rotavault/rotavault/broker"
+	"github.com/rotavault/rotavault/broker/credspec"
 	"github.com/rotavault/rotavault/internal/version"
 	"github.com/rotavault/rotavault/provider"
 	"github.com/rotavault/rotavault/store"
@@ -281,7 +282,7 @@ func (t *timedProvider) PollDeviceToken(ctx context.Context, ep provider.Endpoin
 // Discover fetches an issuer's metadata when the wrapped provider can (see
 // broker.Discoverer).
 func (t *timedProvider) Discover(ctx context.Context, issuer string) (m provider.Metadata, err error) {
-	d, ok := t.p.(broker.Discoverer)
+	d, ok := t.p.(credspec.Discoverer)
 	if !ok {
 		return provider.Metadata{}, errors.New("metrics: the wrapped provider client cannot discover metadata")
 	}

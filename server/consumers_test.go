@@ -21,6 +21,7 @@ import (
 
 	"github.com/rotavault/rotavault/boltstore"
 	"github.com/rotavault/rotavault/broker"
+	"github.com/rotavault/rotavault/broker/credspec"
 	rotavaultv1 "github.com/rotavault/rotavault/gen/rotavault/v1"
 	"github.com/rotavault/rotavault/provider"
 	"github.com/rotavault/rotavault/providersim"
@@ -137,7 +138,7 @@ func (e *catalogEnv) dial() *grpc.ClientConn {
 func (e *catalogEnv) install(id string) {
 	e.t.Helper()
 	ctx := testCtx(e.t)
-	if _, err := e.broker.CreateCredential(ctx, id, broker.Spec{ProviderKind: broker.ProviderSalesforce, BaseURL: e.sim.URL(),
+	if _, err := e.broker.CreateCredential(ctx, id, credspec.Spec{ProviderKind: credspec.ProviderSalesforce, BaseURL: e.sim.URL(),
 		ClientID: simClient, ClientSecret: simSecret, Scopes: []string{"api", "refresh_token"}, AccessTokenLife: time.Hour}); err != nil {
 		e.t.Fatal(err)
 	}

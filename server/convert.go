@@ -7,6 +7,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/rotavault/rotavault/broker"
+	"github.com/rotavault/rotavault/broker/credspec"
 	rotavaultv1 "github.com/rotavault/rotavault/gen/rotavault/v1"
 )
 
@@ -54,11 +55,11 @@ func rejectedOutcomeToProto(o broker.RejectedOutcome) rotavaultv1.RejectedTokenO
 	}
 }
 
-func specFromProto(p *rotavaultv1.CredentialSpec) broker.Spec {
+func specFromProto(p *rotavaultv1.CredentialSpec) credspec.Spec {
 	if p == nil {
-		return broker.Spec{}
+		return credspec.Spec{}
 	}
-	return broker.Spec{
+	return credspec.Spec{
 		ProviderKind:     providerKindFromProto(p.GetProviderKind()),
 		BaseURL:          p.GetBaseUrl(),
 		TokenURL:         p.GetTokenUrl(),
@@ -80,70 +81,70 @@ func specFromProto(p *rotavaultv1.CredentialSpec) broker.Spec {
 	}
 }
 
-func previousAccessFromProto(m rotavaultv1.PreviousAccessToken) broker.PreviousAccess {
+func previousAccessFromProto(m rotavaultv1.PreviousAccessToken) credspec.PreviousAccess {
 	switch m {
 	case rotavaultv1.PreviousAccessToken_PREVIOUS_ACCESS_TOKEN_REVOKED:
-		return broker.PreviousAccessRevoked
+		return credspec.PreviousAccessRevoked
 	case rotavaultv1.PreviousAccessToken_PREVIOUS_ACCESS_TOKEN_KEPT:
-		return broker.PreviousAccessKept
+		return credspec.PreviousAccessKept
 	case rotavaultv1.PreviousAccessToken_PREVIOUS_ACCESS_TOKEN_UNSPECIFIED:
-		return broker.PreviousAccessDefault
+		return credspec.PreviousAccessDefault
 	default:
 		return "unknown" // refused by the broker's validation
 	}
 }
 
-func previousAccessToProto(m broker.PreviousAccess) rotavaultv1.PreviousAccessToken {
+func previousAccessToProto(m credspec.PreviousAccess) rotavaultv1.PreviousAccessToken {
 	switch m {
-	case broker.PreviousAccessRevoked:
+	case credspec.PreviousAccessRevoked:
 		return rotavaultv1.PreviousAccessToken_PREVIOUS_ACCESS_TOKEN_REVOKED
-	case broker.PreviousAccessKept:
+	case credspec.PreviousAccessKept:
 		return rotavaultv1.PreviousAccessToken_PREVIOUS_ACCESS_TOKEN_KEPT
 	default:
 		return rotavaultv1.PreviousAccessToken_PREVIOUS_ACCESS_TOKEN_UNSPECIFIED
 	}
 }
 
-func clientAuthFromProto(m rotavaultv1.ClientAuthMethod) broker.ClientAuthMethod {
+func clientAuthFromProto(m rotavaultv1.ClientAuthMethod) credspec.ClientAuthMethod {
 	switch m {
 	case rotavaultv1.ClientAuthMethod_CLIENT_AUTH_METHOD_CLIENT_SECRET_POST:
-		return broker.ClientAuthSecretPost
+		return credspec.ClientAuthSecretPost
 	case rotavaultv1.ClientAuthMethod_CLIENT_AUTH_METHOD_CLIENT_SECRET_BASIC:
-		return broker.ClientAuthSecretBasic
+		return credspec.ClientAuthSecretBasic
 	case rotavaultv1.ClientAuthMethod_CLIENT_AUTH_METHOD_UNSPECIFIED:
-		return broker.ClientAuthDefault
+		return credspec.ClientAuthDefault
 	default:
 		return -1 // refused by the broker's validation
 	}
 }
 
-func clientAuthToProto(m broker.ClientAuthMethod) rotavaultv1.ClientAuthMethod {
+func clientAuthToProto(m credspec.ClientAuthMethod) rotavaultv1.ClientAuthMethod {
 	switch m {
-	case broker.ClientAuthSecretPost:
+	case credspec.ClientAuthSecretPost:
 		return rotavaultv1.ClientAuthMethod_CLIENT_AUTH_METHOD_CLIENT_SECRET_POST
-	case broker.ClientAuthSecretBasic:
+	case credspec.ClientAuthSecretBasic:
 		return rotavaultv1.ClientAuthMethod_CLIENT_AUTH_METHOD_CLIENT_SECRET_BASIC
 	default:
 		return rotavaultv1.ClientAuthMethod_CLIENT_AUTH_METHOD_UNSPECIFIED
 	}
 }
 
-func providerKindFromProto(k rotavaultv1.ProviderKind) broker.ProviderKind {
+func providerKindFromProto(k rotavaultv1.ProviderKind) credspec.ProviderKind {
 	switch k {
 	case rotavaultv1.ProviderKind_PROVIDER_KIND_SALESFORCE:
-		return broker.ProviderSalesforce
+		return credspec.ProviderSalesforce
 	case rotavaultv1.ProviderKind_PROVIDER_KIND_OAUTH2:
-		return broker.ProviderOAuth2
+		return credspec.ProviderOAuth2
 	default:
-		return broker.ProviderUnspecified
+		return credspec.ProviderUnspecified
 	}
 }
 
-func providerKindToProto(k broker.ProviderKind) rotavaultv1.ProviderKind {
+func providerKindToProto(k credspec.ProviderKind) rotavaultv1.ProviderKind {
 	switch k {
-	case broker.ProviderSalesforce:
+	case credspec.ProviderSalesforce:
 		return rotavaultv1.ProviderKind_PROVIDER_KIND_SALESFORCE
-	case broker.ProviderOAuth2:
+	case credspec.ProviderOAuth2:
 		return rotavaultv1.ProviderKind_PROVIDER_KIND_OAUTH2
 	default:
 		return rotavaultv1.ProviderKind_PROVIDER_KIND_UNSPECIFIED
@@ -151,7 +152,7 @@ func providerKindToProto(k broker.ProviderKind) rotavaultv1.ProviderKind {
 }
 
 // specToProto never sets client_secret.
-func specToProto(s broker.Spec) *rotavaultv1.CredentialSpec {
+func specToProto(s credspec.Spec) *rotavaultv1.CredentialSpec {
 	return &rotavaultv1.CredentialSpec{
 		ProviderKind:            providerKindToProto(s.ProviderKind),
 		BaseUrl:                 s.BaseURL,
@@ -172,7 +173,7 @@ func specToProto(s broker.Spec) *rotavaultv1.CredentialSpec {
 	}
 }
 
-func discoveredToProto(d *broker.DiscoveredMetadata) *rotavaultv1.DiscoveredMetadata {
+func discoveredToProto(d *credspec.DiscoveredMetadata) *rotavaultv1.DiscoveredMetadata {
 	if d == nil {
 		return nil
 	}

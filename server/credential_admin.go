@@ -11,13 +11,14 @@ import (
 
 	"github.com/rotavault/rotavault/broker"
 	"github.com/rotavault/rotavault/broker/brokererr"
+	"github.com/rotavault/rotavault/broker/credspec"
 	rotavaultv1 "github.com/rotavault/rotavault/gen/rotavault/v1"
 )
 
 // CredentialBroker is what the admin service needs of the rotation logic.
 type CredentialBroker interface {
-	CreateCredential(ctx context.Context, id string, spec broker.Spec) (broker.Credential, error)
-	UpdateCredential(ctx context.Context, id string, fields []broker.SpecField, spec broker.Spec) (broker.Credential, error)
+	CreateCredential(ctx context.Context, id string, spec credspec.Spec) (broker.Credential, error)
+	UpdateCredential(ctx context.Context, id string, fields []credspec.Field, spec credspec.Spec) (broker.Credential, error)
 	GetCredential(ctx context.Context, id string) (broker.Credential, error)
 	ListCredentials(ctx context.Context, after string, limit int) ([]broker.Credential, bool, error)
 	DeleteCredential(ctx context.Context, id string) error
@@ -67,9 +68,9 @@ func (s *CredentialAdminService) CreateCredential(ctx context.Context, req *rota
 // UpdateCredential implements rotavault.v1.CredentialAdminService.
 func (s *CredentialAdminService) UpdateCredential(ctx context.Context, req *rotavaultv1.UpdateCredentialRequest) (*rotavaultv1.UpdateCredentialResponse, error) {
 	paths := req.GetUpdateMask().GetPaths()
-	fields := make([]broker.SpecField, len(paths))
+	fields := make([]credspec.Field, len(paths))
 	for i, p := range paths {
-		fields[i] = broker.SpecField(p)
+		fields[i] = credspec.Field(p)
 	}
 	spec := specFromProto(req.GetSpec())
 	c, err := s.broker.UpdateCredential(ctx, req.GetCredentialId(), fields, spec)

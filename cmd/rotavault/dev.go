@@ -24,6 +24,7 @@ import (
 	"github.com/rotavault/rotavault/boltstore"
 	"github.com/rotavault/rotavault/broker"
 	"github.com/rotavault/rotavault/broker/brokererr"
+	"github.com/rotavault/rotavault/broker/credspec"
 	"github.com/rotavault/rotavault/internal/node"
 	"github.com/rotavault/rotavault/providersim"
 	"github.com/rotavault/rotavault/server"
@@ -217,8 +218,8 @@ func devKey(path string) (boltstore.Key, error) {
 // imports a refresh token a user "authorized elsewhere", through the same
 // path `reauth import` takes.
 func installDemo(ctx context.Context, b *broker.Broker, sim *providersim.Server, baseURL, secret string) (broker.Activation, error) {
-	spec := broker.Spec{
-		ProviderKind:    broker.ProviderSalesforce,
+	spec := credspec.Spec{
+		ProviderKind:    credspec.ProviderSalesforce,
 		BaseURL:         baseURL,
 		ClientID:        devClientID,
 		ClientSecret:    secret,
@@ -228,10 +229,10 @@ func installDemo(ctx context.Context, b *broker.Broker, sim *providersim.Server,
 	_, err := b.CreateCredential(ctx, devCredential, spec)
 	if errors.Is(err, brokererr.ErrAlreadyExists) {
 		// Kept from an earlier run, whose simulator is gone.
-		_, err = b.UpdateCredential(ctx, devCredential, []broker.SpecField{
-			broker.FieldBaseURL, broker.FieldTokenURL, broker.FieldAuthorizeURL, broker.FieldRevocationURL,
-			broker.FieldIntrospectionURL, broker.FieldClientID, broker.FieldClientSecret, broker.FieldScopes,
-			broker.FieldAccessTokenLife, broker.FieldReuseGrace,
+		_, err = b.UpdateCredential(ctx, devCredential, []credspec.Field{
+			credspec.FieldBaseURL, credspec.FieldTokenURL, credspec.FieldAuthorizeURL, credspec.FieldRevocationURL,
+			credspec.FieldIntrospectionURL, credspec.FieldClientID, credspec.FieldClientSecret, credspec.FieldScopes,
+			credspec.FieldAccessTokenLife, credspec.FieldReuseGrace,
 		}, spec)
 		if err != nil {
 			err = fmt.Errorf("%w (delete it with `rotavault credentials delete %s --yes`, or use another --data-dir)", err, devCredential)

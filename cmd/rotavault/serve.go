@@ -21,6 +21,7 @@ import (
 	"github.com/rotavault/rotavault/audit"
 	"github.com/rotavault/rotavault/boltstore"
 	"github.com/rotavault/rotavault/broker"
+	"github.com/rotavault/rotavault/broker/credspec"
 	"github.com/rotavault/rotavault/internal/node"
 	"github.com/rotavault/rotavault/metrics"
 	"github.com/rotavault/rotavault/server"
@@ -143,7 +144,7 @@ func (cfg *serverConfig) callbackOption() (broker.Option, error) {
 	if cfg.PublicURL == "" {
 		return nil, nil
 	}
-	if err := broker.ValidateEndpointURL(cfg.PublicURL); err != nil {
+	if err := credspec.ValidateEndpointURL(cfg.PublicURL); err != nil {
 		return nil, usageErrorf("--public-url %q: %v", cfg.PublicURL, err)
 	}
 	return broker.WithCallbackURL(strings.TrimRight(cfg.PublicURL, "/") + server.CallbackPath), nil

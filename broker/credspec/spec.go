@@ -1,4 +1,9 @@
-package broker
+// Package credspec is a credential's configuration (Spec): its fields,
+// their validation, the updates that may change them, the provider
+// endpoints and client they resolve to, and the issuer metadata discovered
+// for them. It holds no state; the rotation core stores specs in credential
+// records.
+package credspec
 
 import (
 	"fmt"
@@ -28,9 +33,10 @@ const (
 )
 
 // String returns the RFC 8414 name of the method or "default".
-func (m ClientAuthMethod) String() string { return m.provider().String() }
+func (m ClientAuthMethod) String() string { return m.Provider().String() }
 
-func (m ClientAuthMethod) provider() provider.AuthMethod { return provider.AuthMethod(m) }
+// Provider is the method as the provider client names it.
+func (m ClientAuthMethod) Provider() provider.AuthMethod { return provider.AuthMethod(m) }
 
 // ProviderKind says which dialect of OAuth a credential's provider speaks.
 type ProviderKind int
@@ -96,7 +102,7 @@ type Spec struct {
 	// (e.g. salesforce.mil); empty for none. Not in the API yet.
 	InstanceURLDomain string `json:"instance_url_domain,omitempty"`
 	// PreviousAccessToken says whether the provider kills the previous
-	// access token when it rotates (see cutoff.go); empty decides by
+	// access token when it rotates (see broker/cutoff.go); empty decides by
 	// provider kind.
 	PreviousAccessToken PreviousAccess `json:"previous_access_token,omitempty"`
 	// Issuer is a generic provider's issuer identifier, whose metadata
@@ -114,14 +120,15 @@ func (s Spec) Redacted() Spec {
 	s.ClientSecret = ""
 	s.Scopes = append([]string(nil), s.Scopes...)
 	if s.Discovered != nil {
-		d := s.Discovered.clone()
+		d := s.Discovered.Clone()
 		s.Discovered = &d
 	}
 	return s
 }
 
-// validate checks a spec as a whole; field names follow the API.
-func (s Spec) validate() error {
+// Validate checks a spec as a whole; field names follow the API. Errors:
+// *brokererr.InvalidArgumentError.
+func (s Spec) Validate() error {
 	switch s.ProviderKind {
 	case ProviderSalesforce:
 		if s.BaseURL == "" && s.TokenURL == "" {
@@ -135,7 +142,7 @@ func (s Spec) validate() error {
 		}
 		// Refused here, not first at the reauthentication that cannot
 		// yield a refresh token.
-		if !grantsRefreshToken(s.Scopes) {
+		if !GrantsRefreshToken(s.Scopes) {
 			return brokererr.Invalid("spec.scopes", "Salesforce issues a refresh token only with the refresh_token (or offline_access) scope; add it, e.g. api refresh_token")
 		}
 	case ProviderOAuth2:
@@ -268,8 +275,8 @@ func isLoopback(host string) bool {
 	return ip != nil && ip.IsLoopback()
 }
 
-// endpoint resolves the provider endpoints of a spec.
-func (s Spec) endpoint() provider.Endpoint {
+// Endpoint resolves the provider endpoints of a spec.
+func (s Spec) Endpoint() provider.Endpoint {
 	var ep provider.Endpoint
 	if s.ProviderKind == ProviderSalesforce {
 		ep = provider.SalesforceEndpoint(strings.TrimSuffix(s.BaseURL, "/"))
@@ -296,19 +303,19 @@ func (s Spec) endpoint() provider.Endpoint {
 	return ep
 }
 
-// clientCredentials are the spec's client; without a configured method, the
+// ClientCredentials are the spec's client; without a configured method, the
 // one the provider's metadata suggests.
-func (s Spec) clientCredentials() provider.ClientCredentials {
-	cc := provider.ClientCredentials{ClientID: s.ClientID, ClientSecret: s.ClientSecret, AuthMethod: s.ClientAuth.provider()}
+func (s Spec) ClientCredentials() provider.ClientCredentials {
+	cc := provider.ClientCredentials{ClientID: s.ClientID, ClientSecret: s.ClientSecret, AuthMethod: s.ClientAuth.Provider()}
 	if s.ClientAuth == ClientAuthDefault && s.Discovered != nil {
-		cc.AuthMethod = s.Discovered.ClientAuth.provider()
+		cc.AuthMethod = s.Discovered.ClientAuth.Provider()
 	}
 	return cc
 }
 
-// accessTokenLifetime is how long a token lives when the provider says
+// AccessTokenLifetime is how long a token lives when the provider says
 // nothing.
-func (s Spec) accessTokenLifetime() time.Duration {
+func (s Spec) AccessTokenLifetime() time.Duration {
 	if s.AccessTokenLife > 0 {
 		return s.AccessTokenLife
 	}
@@ -318,9 +325,9 @@ func (s Spec) accessTokenLifetime() time.Duration {
 	return DefaultAccessTokenLifetime
 }
 
-// grantsRefreshToken reports whether Salesforce issues a refresh token for
+// GrantsRefreshToken reports whether Salesforce issues a refresh token for
 // these scopes: only refresh_token (alias offline_access) or full do.
-func grantsRefreshToken(scopes []string) bool {
+func GrantsRefreshToken(scopes []string) bool {
 	for _, s := range scopes {
 		switch s {
 		case "refresh_token", "offline_access", "full":
@@ -329,3 +336,19 @@ func grantsRefreshToken(scopes []string) bool {
 	}
 	return false
 }
+
+// PreviousAccess says whether a credential's provider kills the previous
+// access token when it rotates the refresh token (see the serving cutoff,
+// broker/cutoff.go).
+type PreviousAccess string
+
+const (
+	// PreviousAccessDefault decides by provider kind: Salesforce keeps the
+	// previous access token; a generic provider is treated as killing it.
+	PreviousAccessDefault PreviousAccess = ""
+	// PreviousAccessRevoked: a rotation kills the previous access token
+	// (ory/fosite, Ory Hydra).
+	PreviousAccessRevoked PreviousAccess = "revoked"
+	// PreviousAccessKept: the previous access token lives until it expires.
+	PreviousAccessKept PreviousAccess = "kept"
+)
