@@ -18,10 +18,10 @@ import (
 	"time"
 
 	"github.com/rotavault/rotavault/audit"
+	"github.com/rotavault/rotavault/broker/authflow"
 	"github.com/rotavault/rotavault/broker/brokererr"
 	"github.com/rotavault/rotavault/broker/catalog"
 	"github.com/rotavault/rotavault/broker/detect"
-	"github.com/rotavault/rotavault/broker/internal/authflow"
 	"github.com/rotavault/rotavault/broker/internal/textcheck"
 	"github.com/rotavault/rotavault/broker/notice"
 	"github.com/rotavault/rotavault/internal/credid"
@@ -109,7 +109,7 @@ func defaultOptions() options {
 
 		notice: notice.Options{Retention: 10000, Buffer: 256, Poll: 500 * time.Millisecond},
 		detect: detect.Config{Interval: DefaultIntrospectionInterval, Concurrency: DefaultIntrospectionConcurrency},
-		flow:   authflow.Options{Lifetime: 10 * time.Minute, MaxFlows: MaxPendingFlows},
+		flow:   authflow.Options{Lifetime: 10 * time.Minute, MaxFlows: authflow.MaxPendingFlows},
 	}
 }
 

@@ -11,7 +11,9 @@ import (
 
 	"github.com/rotavault/rotavault/audit"
 	"github.com/rotavault/rotavault/broker/brokererr"
+	"github.com/rotavault/rotavault/broker/catalog"
 	"github.com/rotavault/rotavault/broker/credspec"
+	"github.com/rotavault/rotavault/broker/notice"
 	"github.com/rotavault/rotavault/store"
 )
 
@@ -211,7 +213,7 @@ func (b *Broker) DeleteCredential(ctx context.Context, id string) error {
 		}
 	}
 	// The consumer catalog goes after the credential: see dropOrphanCatalog.
-	for _, key := range []string{familyKey(v.cred), credentialKey(id), consumersKey(id)} {
+	for _, key := range []string{familyKey(v.cred), credentialKey(id), catalog.Key(id)} {
 		if err := b.store.Delete(ctx, key); err != nil {
 			return storeUnavailable(err)
 		}
@@ -219,9 +221,9 @@ func (b *Broker) DeleteCredential(ctx context.Context, id string) error {
 	b.dropEntry(id)
 	// Watchers of a live family hear that it ended; the audit record is
 	// the deletion's.
-	var n *Notice
+	var n *notice.Notice
 	if v.fam.Status == StatusActive {
-		n = &Notice{Kind: NoticeFamilyRevoked, Reason: ReasonCredentialDeleted, Detail: revocationDetail(ReasonCredentialDeleted), DetectedAt: b.opts.now()}
+		n = &notice.Notice{Kind: notice.FamilyRevoked, Reason: ReasonCredentialDeleted, Detail: revocationDetail(ReasonCredentialDeleted), DetectedAt: b.opts.now()}
 	}
 	b.announce(ctx, id, v.fam, audit.Event{Action: audit.ActionCredentialDeleted}, n)
 	return nil

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/rotavault/rotavault/broker/credspec"
+	"github.com/rotavault/rotavault/broker/notice"
 	"github.com/rotavault/rotavault/internal/ctxwait"
 	"github.com/rotavault/rotavault/provider"
 )
@@ -189,7 +190,7 @@ func (b *Broker) announceOffSchedule(e *entry, prev, next *view) {
 		return // on schedule: every replica stopped serving it at the cutoff
 	}
 	b.metrics.offScheduleRotations.Add(1)
-	n := &Notice{Kind: NoticeAccessRotated, CredentialID: e.id, FamilyID: next.fam.FamilyID, Generation: next.fam.Generation, DetectedAt: now}
+	n := &notice.Notice{Kind: notice.AccessRotated, CredentialID: e.id, FamilyID: next.fam.FamilyID, Generation: next.fam.Generation, DetectedAt: now}
 	b.goTracked(func() {
 		ctx, cancel := persistContext(b.ctx)
 		defer cancel()

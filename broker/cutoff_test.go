@@ -8,6 +8,7 @@ import (
 
 	"github.com/rotavault/rotavault/broker/brokererr"
 	"github.com/rotavault/rotavault/broker/credspec"
+	"github.com/rotavault/rotavault/broker/notice"
 	"github.com/rotavault/rotavault/internal/fakeclock"
 	"github.com/rotavault/rotavault/internal/fositeserver"
 	"github.com/rotavault/rotavault/internal/poll"
@@ -144,8 +145,8 @@ func TestOffScheduleRotationReachesTheOtherReplica(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if n.Kind != NoticeFamilyRevoked {
-		t.Fatalf("watcher got notice kind %d, want the revocation (%d)", n.Kind, NoticeFamilyRevoked)
+	if n.Kind != notice.FamilyRevoked {
+		t.Fatalf("watcher got notice kind %d, want the revocation (%d)", n.Kind, notice.FamilyRevoked)
 	}
 }
 

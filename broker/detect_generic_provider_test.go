@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/rotavault/rotavault/broker/credspec"
+	"github.com/rotavault/rotavault/broker/notice"
 	"github.com/rotavault/rotavault/internal/fakeclock"
 	"github.com/rotavault/rotavault/internal/fositeserver"
 	"github.com/rotavault/rotavault/providersim"
@@ -194,7 +195,7 @@ func replayAndAwaitRevocation(ctx context.Context, t *testing.T, b *Broker, fs *
 	}
 	defer sub.Close()
 	replayAtFosite(t, fs, old)
-	if n := nextNotice(t, sub); n.Kind != NoticeFamilyRevoked || n.Reason != ReasonRevokedAtProvider {
+	if n := nextNotice(t, sub); n.Kind != notice.FamilyRevoked || n.Reason != ReasonRevokedAtProvider {
 		t.Fatalf("notice %+v, want FAMILY_REVOKED (revoked at provider)", n)
 	}
 }

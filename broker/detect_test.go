@@ -15,6 +15,7 @@ import (
 	"github.com/rotavault/rotavault/audit"
 	"github.com/rotavault/rotavault/broker/brokererr"
 	"github.com/rotavault/rotavault/broker/credspec"
+	"github.com/rotavault/rotavault/broker/notice"
 	"github.com/rotavault/rotavault/internal/fakeclock"
 	"github.com/rotavault/rotavault/internal/poll"
 	"github.com/rotavault/rotavault/provider"
@@ -173,7 +174,7 @@ func await(t *testing.T, what string, cond func() bool) {
 	poll.Until(t, detectDeadline, what, cond)
 }
 
-func nextNotice(t *testing.T, s *Subscription) Notice {
+func nextNotice(t *testing.T, s *notice.Subscription) notice.Notice {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), detectDeadline)
 	defer cancel()
@@ -186,23 +187,23 @@ func nextNotice(t *testing.T, s *Subscription) Notice {
 
 // revocationNotices returns the FAMILY_REVOKED notices in the store's notice
 // log.
-func revocationNotices(ctx context.Context, t *testing.T, st store.Store) []Notice {
+func revocationNotices(ctx context.Context, t *testing.T, st store.Store) []notice.Notice {
 	t.Helper()
 	keys, err := st.List(ctx, noticesPrefix)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var out []Notice
+	var out []notice.Notice
 	for _, k := range keys {
 		rec, err := st.Get(ctx, k)
 		if err != nil {
 			t.Fatal(err)
 		}
-		var n Notice
+		var n notice.Notice
 		if err := json.Unmarshal(rec.Value, &n); err != nil {
 			t.Fatal(err)
 		}
-		if n.Kind == NoticeFamilyRevoked {
+		if n.Kind == notice.FamilyRevoked {
 			out = append(out, n)
 		}
 	}
@@ -239,7 +240,7 @@ func TestPeriodicIntrospectionDetectsFamilyRevokedAtProvider(t *testing.T) {
 	driveClock(t, env.clk, interval/20)
 
 	n := nextNotice(t, sub)
-	if n.Kind != NoticeFamilyRevoked || n.Reason != ReasonRevokedAtProvider || n.FamilyID != before.FamilyID || n.Generation != before.Generation {
+	if n.Kind != notice.FamilyRevoked || n.Reason != ReasonRevokedAtProvider || n.FamilyID != before.FamilyID || n.Generation != before.Generation {
 		t.Fatalf("notice = %+v, want FAMILY_REVOKED (revoked_at_provider) of %s gen %d", n, before.FamilyID, before.Generation)
 	}
 	t.Logf("detected %s of simulated time after the revocation; interval %s (the clock moves %s per step)",

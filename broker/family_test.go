@@ -12,6 +12,7 @@ import (
 	"github.com/rotavault/rotavault/audit"
 	"github.com/rotavault/rotavault/broker/brokererr"
 	"github.com/rotavault/rotavault/broker/credspec"
+	"github.com/rotavault/rotavault/broker/notice"
 	"github.com/rotavault/rotavault/internal/fakeclock"
 	"github.com/rotavault/rotavault/provider"
 	"github.com/rotavault/rotavault/store/memstore"
@@ -182,14 +183,14 @@ func (h *famHarness) notices() []string {
 		if err != nil {
 			h.t.Fatal(err)
 		}
-		var n Notice
+		var n notice.Notice
 		if err := json.Unmarshal(rec.Value, &n); err != nil {
 			h.t.Fatal(err)
 		}
 		switch n.Kind {
-		case NoticeFamilyRevoked:
+		case notice.FamilyRevoked:
 			out = append(out, "revoked:"+string(n.Reason))
-		case NoticeFamilyActivated:
+		case notice.FamilyActivated:
 			out = append(out, "activated")
 		}
 	}

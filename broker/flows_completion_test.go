@@ -9,9 +9,9 @@ import (
 	"time"
 
 	"github.com/rotavault/rotavault/audit"
+	"github.com/rotavault/rotavault/broker/authflow"
 	"github.com/rotavault/rotavault/broker/brokererr"
 	"github.com/rotavault/rotavault/broker/credspec"
-	"github.com/rotavault/rotavault/broker/internal/authflow"
 	"github.com/rotavault/rotavault/providersim"
 )
 
@@ -43,7 +43,7 @@ func authorizeAtSim(t *testing.T, authorizeURL string) string {
 
 // authorizeX starts an authorization-code flow for credential x with
 // flowRedirect and approves it at the simulator: the flow and its code.
-func authorizeX(ctx context.Context, t *testing.T, b *Broker) (PendingAuthorization, string) {
+func authorizeX(ctx context.Context, t *testing.T, b *Broker) (authflow.PendingAuthorization, string) {
 	t.Helper()
 	p, err := b.StartAuthorization(ctx, "x", flowRedirect, nil)
 	if err != nil {
@@ -130,7 +130,7 @@ func TestFlowDoesNotCompleteIntoARecreatedCredential(t *testing.T) {
 			t.Fatal(err)
 		}
 		f := awaitFlow(t, env.st, p.State, "finished", func(f *authflow.Record) bool { return !f.Pending() })
-		if f.Status != authflow.StatusFailed || f.Failure != FlowRefused {
+		if f.Status != authflow.StatusFailed || f.Failure != authflow.FlowRefused {
 			t.Fatalf("device flow of the deleted credential ended %s/%s, want failed/refused", f.Status, f.Failure)
 		}
 		wantAwaitingReauth(ctx, t, b, "x")
@@ -197,7 +197,7 @@ func TestExplicitServerCallbackURLIsTheServerCallback(t *testing.T) {
 		t.Fatal(err)
 	}
 	code := authorizeAtSim(t, p.AuthorizeURL)
-	act, err := b.CompleteCallback(ctx, Callback{State: p.State, Code: code})
+	act, err := b.CompleteCallback(ctx, authflow.Callback{State: p.State, Code: code})
 	if err != nil {
 		t.Fatalf("the callback refused a flow started for it: %v", err)
 	}
@@ -220,7 +220,7 @@ func TestCodeExchangedButNotStoredEndsTheFlow(t *testing.T) {
 	before := env.sim.Stats()
 	up := st.inject(&fault{op: "put", prefix: "families/", fail: errStoreDown})
 	_, err := b.CompleteAuthorization(ctx, "x", p.State, code)
-	var ae *AuthorizationError
+	var ae *authflow.AuthorizationError
 	var ue *brokererr.UnavailableError
 	if !errors.As(err, &ae) || errors.As(err, &ue) {
 		t.Fatalf("exchanged but not stored: %v, want an *AuthorizationError (start again), not a retryable unavailability", err)
@@ -234,7 +234,7 @@ func TestCodeExchangedButNotStoredEndsTheFlow(t *testing.T) {
 	if _, err := b.CompleteAuthorization(ctx, "x", p.State, code); !isInvalidField(err, "state") {
 		t.Fatalf("the same code again: %v, want invalid state (the flow ended)", err)
 	}
-	if _, err := b.CheckAuthorization(ctx, "x", p.State, 0); !errors.As(err, &ae) || ae.Reason != FlowRefused {
+	if _, err := b.CheckAuthorization(ctx, "x", p.State, 0); !errors.As(err, &ae) || ae.Reason != authflow.FlowRefused {
 		t.Fatalf("check: %v, want the flow failed", err)
 	}
 }

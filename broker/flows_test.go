@@ -8,9 +8,9 @@ import (
 	"time"
 
 	"github.com/rotavault/rotavault/audit"
+	"github.com/rotavault/rotavault/broker/authflow"
 	"github.com/rotavault/rotavault/broker/brokererr"
 	"github.com/rotavault/rotavault/broker/credspec"
-	"github.com/rotavault/rotavault/broker/internal/authflow"
 	"github.com/rotavault/rotavault/internal/fakeclock"
 	"github.com/rotavault/rotavault/internal/poll"
 	"github.com/rotavault/rotavault/providersim"
@@ -76,7 +76,7 @@ func readFlowRecord(t *testing.T, st store.Store, state string) *authflow.Record
 
 // awaitActivation waits, through AuthorizationCheck, for the flow to
 // install a family.
-func awaitActivation(t *testing.T, b *Broker, id, state string) Activation {
+func awaitActivation(t *testing.T, b *Broker, id, state string) authflow.Activation {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), flowDeadline)
 	defer cancel()
@@ -90,7 +90,7 @@ func awaitActivation(t *testing.T, b *Broker, id, state string) Activation {
 		}
 	}
 	t.Fatalf("no activation within %s", flowDeadline)
-	return Activation{}
+	return authflow.Activation{}
 }
 
 // awaitFlow re-reads the flow record until cond holds.
@@ -211,12 +211,12 @@ func TestFlowExpiryAndPruning(t *testing.T) {
 		t.Fatalf("check of a fresh flow: %+v %v, want it pending with its authorize URL", got, err)
 	}
 	env.clk.Add(11 * time.Minute)
-	var ae *AuthorizationError
-	if _, err := b.CheckAuthorization(ctx, "x", p.State, 0); !errors.As(err, &ae) || ae.Reason != FlowExpired {
+	var ae *authflow.AuthorizationError
+	if _, err := b.CheckAuthorization(ctx, "x", p.State, 0); !errors.As(err, &ae) || ae.Reason != authflow.FlowExpired {
 		t.Fatalf("check after 11m: %v, want expired", err)
 	}
 	b.flows.Sweep(ctx)
-	if f := readFlowRecord(t, env.st, p.State); f.Status != authflow.StatusFailed || f.Failure != FlowExpired || f.Verifier != "" {
+	if f := readFlowRecord(t, env.st, p.State); f.Status != authflow.StatusFailed || f.Failure != authflow.FlowExpired || f.Verifier != "" {
 		t.Fatalf("swept flow %+v: want failed/expired without its verifier", f)
 	}
 	if _, err := b.CompleteAuthorization(ctx, "x", p.State, "some-code"); !isInvalidField(err, "state") {
@@ -252,23 +252,23 @@ func TestCheckAuthorizationBounds(t *testing.T) {
 	if _, err := b.CompleteAuthorization(ctx, "y", p.State, "code"); !isInvalidField(err, "state") {
 		t.Fatalf("completing under another credential: %v, want invalid state", err)
 	}
-	if _, err := b.CheckAuthorization(ctx, "x", p.State, MaxCheckWait+time.Second); !isInvalidField(err, "authorization_check.wait") {
+	if _, err := b.CheckAuthorization(ctx, "x", p.State, authflow.MaxCheckWait+time.Second); !isInvalidField(err, "authorization_check.wait") {
 		t.Fatalf("wait over the maximum: %v, want invalid wait", err)
 	}
 	short, cancel := context.WithTimeout(ctx, 1500*time.Millisecond)
 	defer cancel()
-	got, err := b.CheckAuthorization(short, "x", p.State, MaxCheckWait)
+	got, err := b.CheckAuthorization(short, "x", p.State, authflow.MaxCheckWait)
 	if err != nil || got.Authorization == nil || short.Err() != nil {
 		t.Fatalf("a wait longer than the deadline: %+v %v (ctx %v), want pending before the deadline", got, err, short.Err())
 	}
-	if _, err := b.StartAuthorization(ctx, "x", "", nil); !errors.Is(err, ErrCallbackNotConfigured) {
+	if _, err := b.StartAuthorization(ctx, "x", "", nil); !errors.Is(err, authflow.ErrCallbackNotConfigured) {
 		t.Fatalf("server callback without a URL: %v, want ErrCallbackNotConfigured", err)
 	}
 
 	// A shutdown beginning answers waiting checks now, not a minute later.
 	answered := make(chan error, 1)
 	go func() {
-		p, err := b.CheckAuthorization(ctx, "x", p.State, MaxCheckWait)
+		p, err := b.CheckAuthorization(ctx, "x", p.State, authflow.MaxCheckWait)
 		if err == nil && p.Authorization == nil {
 			err = errors.New("not pending")
 		}
@@ -321,10 +321,10 @@ func TestFlowStartsAreBounded(t *testing.T) {
 		}
 	}
 	starts := env.sim.Stats().DeviceAuthorizations
-	if _, err := b.StartAuthorization(ctx, "x", "http://127.0.0.1:1/cb", nil); !errors.Is(err, ErrTooManyFlows) {
+	if _, err := b.StartAuthorization(ctx, "x", "http://127.0.0.1:1/cb", nil); !errors.Is(err, authflow.ErrTooManyFlows) {
 		t.Fatalf("third code flow: %v, want ErrTooManyFlows", err)
 	}
-	if _, err := b.StartDeviceAuthorization(ctx, "x", nil); !errors.Is(err, ErrTooManyFlows) {
+	if _, err := b.StartDeviceAuthorization(ctx, "x", nil); !errors.Is(err, authflow.ErrTooManyFlows) {
 		t.Fatalf("device flow: %v, want ErrTooManyFlows", err)
 	}
 	if keys, _ := env.st.List(ctx, authflow.RecordPrefix); len(keys) != 2 || env.sim.Stats().DeviceAuthorizations != starts {

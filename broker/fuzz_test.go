@@ -7,9 +7,9 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/rotavault/rotavault/broker/authflow"
 	"github.com/rotavault/rotavault/broker/brokererr"
 	"github.com/rotavault/rotavault/broker/credspec"
-	"github.com/rotavault/rotavault/broker/internal/authflow"
 	"github.com/rotavault/rotavault/internal/credid"
 	"github.com/rotavault/rotavault/store"
 )
@@ -45,7 +45,7 @@ func FuzzRequestValidation(f *testing.F) {
 		}
 		// The state in a browser's callback names a store key: an accepted
 		// one must stay a single segment under flows/.
-		if IsFlowState(id) {
+		if authflow.IsFlowState(id) {
 			if key := authflow.RecordKey(id); store.ValidateKey(key) != nil || strings.Count(key, "/") != 1 {
 				t.Fatalf("accepted state %q makes the key %q", id, key)
 			}

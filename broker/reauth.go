@@ -8,10 +8,11 @@ import (
 	"time"
 
 	"github.com/rotavault/rotavault/audit"
+	"github.com/rotavault/rotavault/broker/authflow"
 	"github.com/rotavault/rotavault/broker/brokererr"
 	"github.com/rotavault/rotavault/broker/credspec"
-	"github.com/rotavault/rotavault/broker/internal/authflow"
 	"github.com/rotavault/rotavault/broker/internal/textcheck"
+	"github.com/rotavault/rotavault/broker/notice"
 	"github.com/rotavault/rotavault/provider"
 )
 
@@ -49,23 +50,23 @@ func errIncarnationGone(id string) error { return authflow.IncarnationGone(id) }
 // nothing. Errors: *InvalidArgumentError, ErrNotFound, ErrReauthRequired
 // (the provider refused it), ErrClientRejected, *UnavailableError (the
 // store; or the provider before anything was stored).
-func (b *Broker) ImportRefreshToken(ctx context.Context, id, refreshToken string) (Activation, error) {
+func (b *Broker) ImportRefreshToken(ctx context.Context, id, refreshToken string) (authflow.Activation, error) {
 	if err := b.validateID(id); err != nil {
-		return Activation{}, err
+		return authflow.Activation{}, err
 	}
 	if refreshToken == "" || len(refreshToken) > maxRefreshTokenLen || !textcheck.Printable(refreshToken) {
-		return Activation{}, brokererr.Invalid("refresh_token", "required, printable, at most %d bytes", maxRefreshTokenLen)
+		return authflow.Activation{}, brokererr.Invalid("refresh_token", "required, printable, at most %d bytes", maxRefreshTokenLen)
 	}
 	e, err := b.entry(ctx, id)
 	if err != nil {
-		return Activation{}, err
+		return authflow.Activation{}, err
 	}
 	// The replaced family is not revoked at the provider: an imported token
 	// may belong to that very family (a re-import), and revoking it would
 	// kill the token just installed.
 	act, err := b.installFamily(ctx, e, "", refreshToken, nil, false)
 	if err != nil {
-		return Activation{}, err
+		return authflow.Activation{}, err
 	}
 	// Stored first; now prove it. A refused token revokes the family just
 	// installed and says so.
@@ -78,7 +79,7 @@ func (b *Broker) ImportRefreshToken(ctx context.Context, id, refreshToken string
 		return act, nil
 	}
 	if err != nil {
-		return Activation{}, err
+		return authflow.Activation{}, err
 	}
 	act.Generation = v.fam.Generation
 	return act, nil
@@ -90,7 +91,7 @@ func (b *Broker) ImportRefreshToken(ctx context.Context, id, refreshToken string
 // incarnation must be the stored credential's: a flow's grant never goes
 // into a credential deleted and created again since the flow started
 // (ErrNotFound).
-func (b *Broker) installFamily(ctx context.Context, e *entry, incarnation, refreshToken string, tok *provider.Token, revokeOld bool) (Activation, error) {
+func (b *Broker) installFamily(ctx context.Context, e *entry, incarnation, refreshToken string, tok *provider.Token, revokeOld bool) (authflow.Activation, error) {
 	now := b.opts.now()
 	fam := &familyRecord{
 		Format:       recordFormat,
@@ -118,7 +119,7 @@ func (b *Broker) installFamily(ctx context.Context, e *entry, incarnation, refre
 		old = cur
 		return cur.fam.replacedBy(fam)
 	}); err != nil {
-		return Activation{}, err
+		return authflow.Activation{}, err
 	}
 	e.mu.Lock()
 	e.rescue.Store(nil)
@@ -130,8 +131,8 @@ func (b *Broker) installFamily(ctx context.Context, e *entry, incarnation, refre
 		}
 	}
 	b.log.InfoContext(ctx, "new token family installed", "credential", e.id, "family", fam.FamilyID)
-	b.announce(ctx, e.id, fam, audit.Event{Action: audit.ActionReauthenticated}, &Notice{Kind: NoticeFamilyActivated, DetectedAt: now})
-	return Activation{FamilyID: fam.FamilyID, Generation: fam.Generation, ActivatedAt: now}, nil
+	b.announce(ctx, e.id, fam, audit.Event{Action: audit.ActionReauthenticated}, &notice.Notice{Kind: notice.FamilyActivated, DetectedAt: now})
+	return authflow.Activation{FamilyID: fam.FamilyID, Generation: fam.Generation, ActivatedAt: now}, nil
 }
 
 func randomHex(n int) string {

@@ -141,14 +141,14 @@ func (b *Broker) revokeFamily(ctx context.Context, e *entry, base *view, r revoc
 	}
 	b.announce(ctx, e.id, v.fam,
 		audit.Event{Action: audit.ActionFamilyRevoked, Reason: string(r.reason), Detail: auditDetail},
-		&Notice{Kind: NoticeFamilyRevoked, Reason: r.reason, Detail: noticeDetail, ProviderRevocation: res, DetectedAt: now})
+		&notice.Notice{Kind: notice.FamilyRevoked, Reason: r.reason, Detail: noticeDetail, ProviderRevocation: res, DetectedAt: now})
 	return v, res, nil
 }
 
 // announce is the one place that writes the audit record and the notice of
 // a change of family: both name fam's credential, family and generation.
 // A nil notice writes the audit record only.
-func (b *Broker) announce(ctx context.Context, id string, fam *familyRecord, ev audit.Event, n *Notice) {
+func (b *Broker) announce(ctx context.Context, id string, fam *familyRecord, ev audit.Event, n *notice.Notice) {
 	ev.Credential, ev.Family, ev.Generation = id, fam.FamilyID, fam.Generation
 	b.audit(ctx, ev)
 	if n != nil {

@@ -12,6 +12,7 @@ import (
 	"github.com/rotavault/rotavault/audit"
 	"github.com/rotavault/rotavault/broker/brokererr"
 	"github.com/rotavault/rotavault/broker/credspec"
+	"github.com/rotavault/rotavault/broker/notice"
 	"github.com/rotavault/rotavault/internal/fakeclock"
 	"github.com/rotavault/rotavault/provider"
 	"github.com/rotavault/rotavault/providersim"
@@ -127,7 +128,7 @@ func TestRevokeCredential(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if n.Kind != NoticeFamilyRevoked || n.Reason != ReasonAdminRevoked || n.ProviderRevocation != ProviderRevocationConfirmed || n.FamilyID != before.FamilyID {
+	if n.Kind != notice.FamilyRevoked || n.Reason != ReasonAdminRevoked || n.ProviderRevocation != ProviderRevocationConfirmed || n.FamilyID != before.FamilyID {
 		t.Fatalf("notice = %+v", n)
 	}
 	ev, ok := env.aud.last(audit.ActionFamilyRevoked)

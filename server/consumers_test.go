@@ -21,6 +21,7 @@ import (
 
 	"github.com/rotavault/rotavault/boltstore"
 	"github.com/rotavault/rotavault/broker"
+	"github.com/rotavault/rotavault/broker/catalog"
 	"github.com/rotavault/rotavault/broker/credspec"
 	rotavaultv1 "github.com/rotavault/rotavault/gen/rotavault/v1"
 	"github.com/rotavault/rotavault/provider"
@@ -309,12 +310,12 @@ func TestFlushIssuanceConcurrentCalls(t *testing.T) {
 func TestListConsumersPaging(t *testing.T) {
 	e := newCatalogEnv(t)
 	now := time.Now()
-	var uses []broker.ConsumerUse
+	var uses []catalog.Use
 	var want []string
 	for _, cred := range []string{"cred-a", "cred-b", "cred-c"} {
 		e.install(cred)
 		for _, id := range []string{"spiffe://rotavault.test/ns/b/sa/x", "a.rotavault.test", "spiffe://rotavault.test/ns/a/sa/y"} {
-			uses = append(uses, broker.ConsumerUse{CredentialID: cred, Identity: id, FirstSeen: now, LastSeen: now, Count: 1})
+			uses = append(uses, catalog.Use{CredentialID: cred, Identity: id, FirstSeen: now, LastSeen: now, Count: 1})
 		}
 		want = append(want, cred+" a.rotavault.test", cred+" spiffe://rotavault.test/ns/a/sa/y", cred+" spiffe://rotavault.test/ns/b/sa/x")
 	}

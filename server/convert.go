@@ -7,7 +7,9 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/rotavault/rotavault/broker"
+	"github.com/rotavault/rotavault/broker/authflow"
 	"github.com/rotavault/rotavault/broker/credspec"
+	"github.com/rotavault/rotavault/broker/notice"
 	rotavaultv1 "github.com/rotavault/rotavault/gen/rotavault/v1"
 )
 
@@ -262,9 +264,9 @@ func credentialToProto(c broker.Credential) *rotavaultv1.Credential {
 	}
 }
 
-func noticeToProto(n broker.Notice) *rotavaultv1.Notice {
+func noticeToProto(n notice.Notice) *rotavaultv1.Notice {
 	kind := rotavaultv1.NoticeKind_NOTICE_KIND_FAMILY_REVOKED
-	if n.Kind == broker.NoticeFamilyActivated {
+	if n.Kind == notice.FamilyActivated {
 		kind = rotavaultv1.NoticeKind_NOTICE_KIND_FAMILY_ACTIVATED
 	}
 	return &rotavaultv1.Notice{
@@ -292,7 +294,7 @@ func providerRevocationToProto(p broker.ProviderRevocation) rotavaultv1.Provider
 	}
 }
 
-func authorizationPendingToProto(p *broker.PendingAuthorization) *rotavaultv1.ReauthenticateResponse {
+func authorizationPendingToProto(p *authflow.PendingAuthorization) *rotavaultv1.ReauthenticateResponse {
 	return &rotavaultv1.ReauthenticateResponse{Result: &rotavaultv1.ReauthenticateResponse_AuthorizationPending{
 		AuthorizationPending: &rotavaultv1.AuthorizationPending{
 			AuthorizeUrl: p.AuthorizeURL, State: p.State, ExpireTime: timestamppb.New(p.ExpiresAt), RedirectUri: p.RedirectURI,
@@ -302,7 +304,7 @@ func authorizationPendingToProto(p *broker.PendingAuthorization) *rotavaultv1.Re
 
 // devicePendingToProto carries the user code, for the operator; the device
 // code never leaves the store.
-func devicePendingToProto(p *broker.DevicePending) *rotavaultv1.ReauthenticateResponse {
+func devicePendingToProto(p *authflow.DevicePending) *rotavaultv1.ReauthenticateResponse {
 	return &rotavaultv1.ReauthenticateResponse{Result: &rotavaultv1.ReauthenticateResponse_DeviceAuthorizationPending{
 		DeviceAuthorizationPending: &rotavaultv1.DeviceAuthorizationPending{
 			State: p.State, UserCode: p.UserCode,

@@ -11,6 +11,7 @@ import (
 
 	"github.com/rotavault/rotavault/broker"
 	"github.com/rotavault/rotavault/broker/brokererr"
+	"github.com/rotavault/rotavault/broker/catalog"
 	"github.com/rotavault/rotavault/broker/credspec"
 	rotavaultv1 "github.com/rotavault/rotavault/gen/rotavault/v1"
 )
@@ -22,7 +23,7 @@ type CredentialBroker interface {
 	GetCredential(ctx context.Context, id string) (broker.Credential, error)
 	ListCredentials(ctx context.Context, after string, limit int) ([]broker.Credential, bool, error)
 	DeleteCredential(ctx context.Context, id string) error
-	ListConsumers(ctx context.Context, credentialID string, after broker.ConsumerCursor, limit int) ([]broker.Consumer, bool, error)
+	ListConsumers(ctx context.Context, credentialID string, after catalog.Cursor, limit int) ([]catalog.Consumer, bool, error)
 }
 
 // CredentialAdminConfig holds the admin service's dependencies.
@@ -151,7 +152,7 @@ func (s *CredentialAdminService) ListConsumers(ctx context.Context, req *rotavau
 	}
 	if more && len(consumers) > 0 {
 		last := consumers[len(consumers)-1]
-		resp.NextPageToken = encodeConsumerPageToken(broker.ConsumerCursor{CredentialID: last.CredentialID, Identity: last.Identity})
+		resp.NextPageToken = encodeConsumerPageToken(catalog.Cursor{CredentialID: last.CredentialID, Identity: last.Identity})
 	}
 	return resp, nil
 }
@@ -181,26 +182,26 @@ type consumerPageToken struct {
 // MaxRecvMsgSize.
 const maxConsumerPageToken = 32 << 10
 
-func encodeConsumerPageToken(c broker.ConsumerCursor) string {
+func encodeConsumerPageToken(c catalog.Cursor) string {
 	raw, _ := json.Marshal(consumerPageToken{CredentialID: c.CredentialID, Identity: c.Identity}) // strings only: cannot fail
 	return base64.RawURLEncoding.EncodeToString(raw)
 }
 
-func decodeConsumerPageToken(tok string) (broker.ConsumerCursor, error) {
+func decodeConsumerPageToken(tok string) (catalog.Cursor, error) {
 	if tok == "" {
-		return broker.ConsumerCursor{}, nil
+		return catalog.Cursor{}, nil
 	}
 	malformed := &brokererr.InvalidArgumentError{Field: "page_token", Reason: "malformed; pass the next_page_token of the previous page unchanged"}
 	if len(tok) > maxConsumerPageToken {
-		return broker.ConsumerCursor{}, malformed
+		return catalog.Cursor{}, malformed
 	}
 	raw, err := base64.RawURLEncoding.DecodeString(tok)
 	if err != nil {
-		return broker.ConsumerCursor{}, malformed
+		return catalog.Cursor{}, malformed
 	}
 	var p consumerPageToken
 	if err := json.Unmarshal(raw, &p); err != nil || p.CredentialID == "" || p.Identity == "" {
-		return broker.ConsumerCursor{}, malformed
+		return catalog.Cursor{}, malformed
 	}
-	return broker.ConsumerCursor{CredentialID: p.CredentialID, Identity: p.Identity}, nil
+	return catalog.Cursor{CredentialID: p.CredentialID, Identity: p.Identity}, nil
 }

@@ -13,7 +13,9 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/rotavault/rotavault/broker"
+	"github.com/rotavault/rotavault/broker/authflow"
 	"github.com/rotavault/rotavault/broker/brokererr"
+	"github.com/rotavault/rotavault/broker/notice"
 )
 
 // ErrorDomain is the google.rpc.ErrorInfo domain of Rotavault's errors.
@@ -59,7 +61,7 @@ func toStatus(ctx context.Context, log *slog.Logger, err error) error {
 		inv   *brokererr.InvalidArgumentError
 		unav  *brokererr.UnavailableError
 		limit *brokererr.RateLimitedError
-		authz *broker.AuthorizationError
+		authz *authflow.AuthorizationError
 	)
 	switch {
 	case errors.As(err, &inv):
@@ -79,16 +81,16 @@ func toStatus(ctx context.Context, log *slog.Logger, err error) error {
 	case errors.Is(err, brokererr.ErrClientRejected):
 		return withDetails(status.New(codes.FailedPrecondition, err.Error()),
 			&errdetails.ErrorInfo{Reason: ReasonProviderRejectedClient, Domain: ErrorDomain})
-	case errors.Is(err, broker.ErrCursorExpired):
+	case errors.Is(err, notice.ErrCursorExpired):
 		return withDetails(status.New(codes.OutOfRange, err.Error()),
 			&errdetails.ErrorInfo{Reason: ReasonCursorExpired, Domain: ErrorDomain})
-	case errors.Is(err, broker.ErrSubscriberTooSlow):
+	case errors.Is(err, notice.ErrSubscriberTooSlow):
 		return withDetails(status.New(codes.Aborted, err.Error()),
 			&errdetails.ErrorInfo{Reason: ReasonSubscriberTooSlow, Domain: ErrorDomain})
 	case errors.As(err, &authz):
 		return withDetails(status.New(codes.FailedPrecondition, authz.Error()),
 			&errdetails.ErrorInfo{Reason: authorizationReason(authz.Reason), Domain: ErrorDomain})
-	case errors.Is(err, broker.ErrCallbackNotConfigured):
+	case errors.Is(err, authflow.ErrCallbackNotConfigured):
 		return withDetails(status.New(codes.FailedPrecondition, err.Error()),
 			&errdetails.ErrorInfo{Reason: ReasonCallbackNotConfigured, Domain: ErrorDomain})
 	case errors.Is(err, brokererr.ErrConflict):
@@ -106,11 +108,11 @@ func toStatus(ctx context.Context, log *slog.Logger, err error) error {
 		return withDetails(status.New(codes.ResourceExhausted, limit.Error()),
 			&errdetails.ErrorInfo{Reason: ReasonRejectionRateLimited, Domain: ErrorDomain},
 			&errdetails.RetryInfo{RetryDelay: durationpb.New(limit.RetryAfter)})
-	case errors.Is(err, broker.ErrTooManyFlows):
+	case errors.Is(err, authflow.ErrTooManyFlows):
 		return withDetails(status.New(codes.ResourceExhausted, "too many authorization flows in progress; finish or wait out pending ones (finished flows are forgotten after 10 minutes)"),
 			&errdetails.ErrorInfo{Reason: ReasonTooManyFlows, Domain: ErrorDomain},
 			&errdetails.RetryInfo{RetryDelay: durationpb.New(time.Minute)})
-	case errors.Is(err, broker.ErrTooManyReplays):
+	case errors.Is(err, notice.ErrTooManyReplays):
 		return withDetails(status.New(codes.ResourceExhausted, "too many watch replays from far back at once for this identity; retry shortly"),
 			&errdetails.ErrorInfo{Reason: ReasonTooManyReplays, Domain: ErrorDomain},
 			&errdetails.RetryInfo{RetryDelay: durationpb.New(replayRetry)})
@@ -134,11 +136,11 @@ func withDetails(st *status.Status, details ...protoadapt.MessageV1) error {
 	return withD.Err()
 }
 
-func authorizationReason(f broker.FlowFailure) string {
+func authorizationReason(f authflow.FlowFailure) string {
 	switch f {
-	case broker.FlowDenied:
+	case authflow.FlowDenied:
 		return ReasonAuthorizationDenied
-	case broker.FlowExpired:
+	case authflow.FlowExpired:
 		return ReasonAuthorizationExpired
 	default:
 		return ReasonAuthorizationFailed

@@ -14,7 +14,9 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/rotavault/rotavault/broker"
+	"github.com/rotavault/rotavault/broker/authflow"
 	"github.com/rotavault/rotavault/broker/brokererr"
+	"github.com/rotavault/rotavault/broker/notice"
 )
 
 func TestToStatus(t *testing.T) {
@@ -36,16 +38,16 @@ func TestToStatus(t *testing.T) {
 		{"store down", &brokererr.UnavailableError{Component: brokererr.ComponentStore, RetryAfter: time.Second, Err: secretish}, codes.Unavailable, ReasonStoreUnavailable, time.Second},
 		{"rate limited", &brokererr.RateLimitedError{RetryAfter: 3 * time.Second}, codes.ResourceExhausted, ReasonRejectionRateLimited, 3 * time.Second},
 		{"client rejected", fmt.Errorf("%w (invalid_client)", brokererr.ErrClientRejected), codes.FailedPrecondition, ReasonProviderRejectedClient, 0},
-		{"cursor expired", fmt.Errorf("%w: x", broker.ErrCursorExpired), codes.OutOfRange, ReasonCursorExpired, 0},
-		{"too slow", broker.ErrSubscriberTooSlow, codes.Aborted, ReasonSubscriberTooSlow, 0},
+		{"cursor expired", fmt.Errorf("%w: x", notice.ErrCursorExpired), codes.OutOfRange, ReasonCursorExpired, 0},
+		{"too slow", notice.ErrSubscriberTooSlow, codes.Aborted, ReasonSubscriberTooSlow, 0},
 		{"conflict", fmt.Errorf("%w: x", brokererr.ErrConflict), codes.Aborted, "", 0},
 		{"closed", brokererr.ErrClosed, codes.Unavailable, "", 0},
-		{"flow denied", &broker.AuthorizationError{Reason: broker.FlowDenied, Detail: "no"}, codes.FailedPrecondition, ReasonAuthorizationDenied, 0},
-		{"flow expired", &broker.AuthorizationError{Reason: broker.FlowExpired, Detail: "late"}, codes.FailedPrecondition, ReasonAuthorizationExpired, 0},
-		{"flow refused", &broker.AuthorizationError{Reason: broker.FlowRefused, Detail: "no refresh token"}, codes.FailedPrecondition, ReasonAuthorizationFailed, 0},
-		{"no callback", broker.ErrCallbackNotConfigured, codes.FailedPrecondition, ReasonCallbackNotConfigured, 0},
-		{"too many flows", fmt.Errorf("%w: 1000", broker.ErrTooManyFlows), codes.ResourceExhausted, ReasonTooManyFlows, time.Minute},
-		{"too many replays", fmt.Errorf("%w (2 at once)", broker.ErrTooManyReplays), codes.ResourceExhausted, ReasonTooManyReplays, replayRetry},
+		{"flow denied", &authflow.AuthorizationError{Reason: authflow.FlowDenied, Detail: "no"}, codes.FailedPrecondition, ReasonAuthorizationDenied, 0},
+		{"flow expired", &authflow.AuthorizationError{Reason: authflow.FlowExpired, Detail: "late"}, codes.FailedPrecondition, ReasonAuthorizationExpired, 0},
+		{"flow refused", &authflow.AuthorizationError{Reason: authflow.FlowRefused, Detail: "no refresh token"}, codes.FailedPrecondition, ReasonAuthorizationFailed, 0},
+		{"no callback", authflow.ErrCallbackNotConfigured, codes.FailedPrecondition, ReasonCallbackNotConfigured, 0},
+		{"too many flows", fmt.Errorf("%w: 1000", authflow.ErrTooManyFlows), codes.ResourceExhausted, ReasonTooManyFlows, time.Minute},
+		{"too many replays", fmt.Errorf("%w (2 at once)", notice.ErrTooManyReplays), codes.ResourceExhausted, ReasonTooManyReplays, replayRetry},
 		{"canceled", fmt.Errorf("wait: %w", context.Canceled), codes.Canceled, "", 0},
 		{"unknown", secretish, codes.Internal, "", 0},
 	}

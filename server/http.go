@@ -13,7 +13,7 @@ import (
 
 	"golang.org/x/time/rate"
 
-	"github.com/rotavault/rotavault/broker"
+	"github.com/rotavault/rotavault/broker/authflow"
 	"github.com/rotavault/rotavault/broker/brokererr"
 )
 
@@ -27,7 +27,7 @@ const callbackTimeout = 60 * time.Second
 
 // CallbackBroker is what the callback endpoint needs of the rotation logic.
 type CallbackBroker interface {
-	CompleteCallback(ctx context.Context, cb broker.Callback) (broker.Activation, error)
+	CompleteCallback(ctx context.Context, cb authflow.Callback) (authflow.Activation, error)
 }
 
 // HTTPConfig holds the HTTP endpoints' dependencies.
@@ -269,8 +269,8 @@ func (h *callbackHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	q := r.URL.Query()
-	cb := broker.Callback{State: q.Get("state"), Code: q.Get("code"), Error: q.Get("error")}
-	if !broker.IsFlowState(cb.State) {
+	cb := authflow.Callback{State: q.Get("state"), Code: q.Get("code"), Error: q.Get("error")}
+	if !authflow.IsFlowState(cb.State) {
 		// No store read, no limiter token: garbage costs nobody else a
 		// reauthentication.
 		h.render(w, pageUnknown)
@@ -292,7 +292,7 @@ func (h *callbackHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 func (h *callbackHandler) pageFor(ctx context.Context, err error) page {
 	var (
 		inv   *brokererr.InvalidArgumentError
-		authz *broker.AuthorizationError
+		authz *authflow.AuthorizationError
 		unav  *brokererr.UnavailableError
 	)
 	switch {
@@ -300,7 +300,7 @@ func (h *callbackHandler) pageFor(ctx context.Context, err error) page {
 		return pageDone
 	case errors.As(err, &inv) && inv.Field == "state":
 		return pageUnknown
-	case errors.As(err, &authz) && authz.Reason == broker.FlowDenied:
+	case errors.As(err, &authz) && authz.Reason == authflow.FlowDenied:
 		return pageDenied
 	case errors.As(err, &inv), errors.As(err, &authz), errors.Is(err, brokererr.ErrNotFound):
 		return pageRefused

@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/rotavault/rotavault/broker"
+	"github.com/rotavault/rotavault/broker/authflow"
 )
 
 // TestEveryErrorReasonIsDocumentedInTheAPI: a client in another language
@@ -30,7 +31,7 @@ func TestEveryErrorReasonIsDocumentedInTheAPI(t *testing.T) {
 		}
 		api.Write(raw)
 	}
-	reasons := []string{broker.ScopeNotAllowed, broker.ReuseGraceTooShort, "MIN_LIFETIME_UNATTAINABLE"}
+	reasons := []string{authflow.ScopeNotAllowed, broker.ReuseGraceTooShort, "MIN_LIFETIME_UNATTAINABLE"}
 	files, err := filepath.Glob("*.go")
 	if err != nil {
 		t.Fatal(err)

@@ -11,19 +11,21 @@ import (
 
 	"github.com/rotavault/rotavault/audit"
 	"github.com/rotavault/rotavault/broker"
+	"github.com/rotavault/rotavault/broker/authflow"
 	"github.com/rotavault/rotavault/broker/brokererr"
+	"github.com/rotavault/rotavault/broker/notice"
 	rotavaultv1 "github.com/rotavault/rotavault/gen/rotavault/v1"
 )
 
 // TokenBroker is what the token service needs of the rotation logic.
 type TokenBroker interface {
 	GetAccessToken(ctx context.Context, req broker.TokenRequest) (broker.AccessToken, error)
-	StartAuthorization(ctx context.Context, id, redirectURI string, scopes []string) (broker.PendingAuthorization, error)
-	CompleteAuthorization(ctx context.Context, id, state, code string) (broker.Activation, error)
-	ImportRefreshToken(ctx context.Context, id, refreshToken string) (broker.Activation, error)
-	StartDeviceAuthorization(ctx context.Context, id string, scopes []string) (broker.DevicePending, error)
-	CheckAuthorization(ctx context.Context, id, state string, wait time.Duration) (broker.FlowProgress, error)
-	Subscribe(ctx context.Context, credentialIDs []string, cursor string) (*broker.Subscription, error)
+	StartAuthorization(ctx context.Context, id, redirectURI string, scopes []string) (authflow.PendingAuthorization, error)
+	CompleteAuthorization(ctx context.Context, id, state, code string) (authflow.Activation, error)
+	ImportRefreshToken(ctx context.Context, id, refreshToken string) (authflow.Activation, error)
+	StartDeviceAuthorization(ctx context.Context, id string, scopes []string) (authflow.DevicePending, error)
+	CheckAuthorization(ctx context.Context, id, state string, wait time.Duration) (authflow.FlowProgress, error)
+	Subscribe(ctx context.Context, credentialIDs []string, cursor string) (*notice.Subscription, error)
 	RevokeCredential(ctx context.Context, id, reason string) (broker.Revocation, error)
 }
 
@@ -98,7 +100,7 @@ func (s *TokenVaultService) RevokeCredential(ctx context.Context, req *rotavault
 func (s *TokenVaultService) Reauthenticate(ctx context.Context, req *rotavaultv1.ReauthenticateRequest) (*rotavaultv1.ReauthenticateResponse, error) {
 	id := req.GetCredentialId()
 	var (
-		act broker.Activation
+		act authflow.Activation
 		err error
 	)
 	switch flow := req.GetFlow().(type) {

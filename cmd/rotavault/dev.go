@@ -23,6 +23,7 @@ import (
 
 	"github.com/rotavault/rotavault/boltstore"
 	"github.com/rotavault/rotavault/broker"
+	"github.com/rotavault/rotavault/broker/authflow"
 	"github.com/rotavault/rotavault/broker/brokererr"
 	"github.com/rotavault/rotavault/broker/credspec"
 	"github.com/rotavault/rotavault/internal/node"
@@ -217,7 +218,7 @@ func devKey(path string) (boltstore.Key, error) {
 // installDemo points the demo credential at this run's simulator and
 // imports a refresh token a user "authorized elsewhere", through the same
 // path `reauth import` takes.
-func installDemo(ctx context.Context, b *broker.Broker, sim *providersim.Server, baseURL, secret string) (broker.Activation, error) {
+func installDemo(ctx context.Context, b *broker.Broker, sim *providersim.Server, baseURL, secret string) (authflow.Activation, error) {
 	spec := credspec.Spec{
 		ProviderKind:    credspec.ProviderSalesforce,
 		BaseURL:         baseURL,
@@ -239,11 +240,11 @@ func installDemo(ctx context.Context, b *broker.Broker, sim *providersim.Server,
 		}
 	}
 	if err != nil {
-		return broker.Activation{}, err
+		return authflow.Activation{}, err
 	}
 	rt, err := sim.IssueRefreshToken(devClientID, spec.Scopes)
 	if err != nil {
-		return broker.Activation{}, err
+		return authflow.Activation{}, err
 	}
 	return b.ImportRefreshToken(ctx, devCredential, rt)
 }
@@ -257,7 +258,7 @@ func devCommand() string {
 	return "rotavault"
 }
 
-func (a *app) printDevIntro(boundAddr, dataDirFlag, absDir, frontURL, callbackURL string, act broker.Activation) error {
+func (a *app) printDevIntro(boundAddr, dataDirFlag, absDir, frontURL, callbackURL string, act authflow.Activation) error {
 	rv := devCommand()
 	var b strings.Builder
 	fmt.Fprintf(&b, "Rotavault dev is running; Ctrl-C stops it.\n\n")
