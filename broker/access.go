@@ -89,7 +89,7 @@ func (b *Broker) GetAccessToken(ctx context.Context, req TokenRequest) (AccessTo
 	b.metrics.cacheMisses.Add(1)
 	need := b.needsRefresh(e, req.MinRemaining)
 	if req.Rejected == nil {
-		if floor, held := b.holdsBack(v, b.opts.now()); held && !e.beingRotated(v) {
+		if floor, held := b.holdsBack(v, b.opts.Now()); held && !e.beingRotated(v) {
 			return b.serveHeldBack(e, v, floor)
 		}
 		if b.cutOff(e, v, req.MinRemaining) {
@@ -130,7 +130,7 @@ func (b *Broker) GetAccessToken(ctx context.Context, req TokenRequest) (AccessTo
 		// Another caller's refresh (or another replica's) just ran: this
 		// one may not spend a rotation of its own. (A rejection that named
 		// the current token refreshed it, so its answer is fresh.)
-		if floor, held := b.holdsBack(v, b.opts.now()); held {
+		if floor, held := b.holdsBack(v, b.opts.Now()); held {
 			tok, err := b.serveHeldBack(e, v, floor)
 			tok.Rejected = rejectionOutcome(req.Rejected, reported, v)
 			return tok, err
@@ -150,7 +150,7 @@ const inactiveRecheck = time.Second
 // installed: another replica may have installed a new one (Reauthenticate
 // there), and nothing else tells this one.
 func (b *Broker) recheckInactive(ctx context.Context, e *entry, v *view) *view {
-	now := b.opts.now()
+	now := b.opts.Now()
 	last := e.inactiveReadAt.Load()
 	if now.Sub(time.Unix(0, last)) < inactiveRecheck || !e.inactiveReadAt.CompareAndSwap(last, now.UnixNano()) {
 		return v
@@ -166,7 +166,7 @@ func (b *Broker) recheckInactive(ctx context.Context, e *entry, v *view) *view {
 // fresh reports whether v's access token can serve a caller wanting
 // minRemaining: unexpired by the margin, and not past its cutoff.
 func (b *Broker) fresh(v *view, minRemaining time.Duration) bool {
-	now := b.opts.now()
+	now := b.opts.Now()
 	return b.unexpired(v, minRemaining, now) && !b.pastCutoff(v, now)
 }
 
@@ -177,7 +177,7 @@ func (b *Broker) unexpired(v *view, minRemaining time.Duration, now time.Time) b
 		return false
 	}
 	a := v.fam.Access
-	return !now.Add(max(minRemaining, expiryMargin(b.opts.expiryDelta, tokenLife(v.fam)))).After(a.ExpiresAt)
+	return !now.Add(max(minRemaining, expiryMargin(b.opts.Refresh.ExpiryDelta, tokenLife(v.fam)))).After(a.ExpiresAt)
 }
 
 // needsRefresh returns the test a view fails when its token cannot serve a
@@ -191,7 +191,7 @@ func (b *Broker) needsRefresh(e *entry, minRemaining time.Duration) func(*view) 
 		if b.fresh(v, minRemaining) {
 			return false
 		}
-		_, held := b.holdsBack(v, b.opts.now())
+		_, held := b.holdsBack(v, b.opts.Now())
 		return !held
 	}
 }
@@ -242,8 +242,8 @@ func (b *Broker) handleRejection(ctx context.Context, e *entry, v *view, req Tok
 	// provider disproves only closes a short probe interval, so a false
 	// alarm does not block the report of a real revocation seconds later.
 	e.mu.Lock()
-	now := b.opts.now()
-	wait := max(e.lastRejection.Add(b.opts.rejectionInterval).Sub(now), e.lastProbe.Add(min(rejectionProbeInterval, b.opts.rejectionInterval)).Sub(now))
+	now := b.opts.Now()
+	wait := max(e.lastRejection.Add(b.opts.Refresh.RejectionInterval).Sub(now), e.lastProbe.Add(min(rejectionProbeInterval, b.opts.Refresh.RejectionInterval)).Sub(now))
 	if wait > 0 && e.flight == nil {
 		e.mu.Unlock()
 		return nil, false, &brokererr.RateLimitedError{RetryAfter: wait}
@@ -252,7 +252,7 @@ func (b *Broker) handleRejection(ctx context.Context, e *entry, v *view, req Tok
 	e.mu.Unlock()
 	refreshing := func(v *view) (*view, bool, error) {
 		e.mu.Lock()
-		e.lastRejection = b.opts.now()
+		e.lastRejection = b.opts.Now()
 		e.mu.Unlock()
 		return v, false, nil
 	}
@@ -323,7 +323,7 @@ func isFingerprint(s string) bool {
 func (b *Broker) toAccessToken(v *view) AccessToken {
 	a := v.fam.Access
 	return AccessToken{
-		UseUntil:    b.useUntil(v, b.opts.now()),
+		UseUntil:    b.useUntil(v, b.opts.Now()),
 		Token:       a.Token,
 		Type:        a.Type,
 		InstanceURL: a.InstanceURL,

@@ -2,48 +2,14 @@ package broker
 
 import (
 	"context"
-	"fmt"
 	"time"
 
 	"github.com/rotavault/rotavault/broker/authflow"
-	"github.com/rotavault/rotavault/broker/credspec"
 )
 
 // The authorization flows (code, device, callback) are package authflow;
 // the broker starts them, installs the families they bring (flowCore,
 // reauth.go) and answers for them to the transport.
-
-// WithFlowTiming sets how often a replica sweeps the pending flows (taking
-// over device flows whose poller's lease ran out, expiring and deleting old
-// ones; default 10s, one store List per sweep plus one read per flow) and
-// the lease a device flow's poller holds (default 30s, at least three
-// polling intervals). A dead poller is replaced within lease + sweep.
-func WithFlowTiming(sweep, lease time.Duration) Option {
-	return func(o *options) error {
-		if sweep < 10*time.Millisecond || sweep > time.Hour {
-			return fmt.Errorf("broker: flow sweep interval %s out of range [10ms, 1h]", sweep)
-		}
-		if lease < 300*time.Millisecond || lease > 10*time.Minute {
-			return fmt.Errorf("broker: device lease %s out of range [300ms, 10m]", lease)
-		}
-		o.flow.SweepInterval, o.flow.Lease = sweep, lease
-		return nil
-	}
-}
-
-// WithCallbackURL sets the server's own OAuth callback URL
-// (<public URL>/oauth/callback), used by authorization-code flows started
-// without a redirect URI. It must be https, or http on loopback, and be
-// registered with each provider app.
-func WithCallbackURL(u string) Option {
-	return func(o *options) error {
-		if err := credspec.ValidateEndpointURL(u); err != nil {
-			return fmt.Errorf("broker: callback URL: %w", err)
-		}
-		o.flow.CallbackURL = u
-		return nil
-	}
-}
 
 // StartAuthorization begins an authorization-code flow with PKCE and
 // returns where to send the user; see authflow.Flows.StartAuthorization.

@@ -13,6 +13,7 @@ import (
 	"github.com/rotavault/rotavault/broker/brokererr"
 	"github.com/rotavault/rotavault/broker/catalog"
 	"github.com/rotavault/rotavault/broker/credspec"
+	"github.com/rotavault/rotavault/broker/option"
 	"github.com/rotavault/rotavault/internal/syncbuf"
 	"github.com/rotavault/rotavault/store"
 	"github.com/rotavault/rotavault/store/memstore"
@@ -168,7 +169,7 @@ func TestConsumerCatalogConcurrentFlushesAddUp(t *testing.T) {
 func TestConsumerCatalogIsBounded(t *testing.T) {
 	ctx := context.Background()
 	logs := &syncbuf.Buffer{}
-	b := newTestBroker(t, memstore.New(), WithLogger(slog.New(slog.NewJSONHandler(logs, nil))))
+	b := newTestBroker(t, memstore.New(), option.WithLogger(slog.New(slog.NewJSONHandler(logs, nil))))
 	if _, err := b.CreateCredential(ctx, "acme", catalogSpec()); err != nil {
 		t.Fatal(err)
 	}

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/rotavault/rotavault/broker/brokererr"
+	"github.com/rotavault/rotavault/broker/option"
 	"github.com/rotavault/rotavault/internal/fakeclock"
 	"github.com/rotavault/rotavault/internal/poll"
 	"github.com/rotavault/rotavault/provider"
@@ -28,7 +29,7 @@ func slowClaimSetup(t *testing.T) (*faultStore, *providersim.Server, *Broker, st
 	t.Helper()
 	fs := &faultStore{Store: memstore.New()}
 	sim := startSim(t, providersim.Config{})
-	b := newTestBroker(t, fs, WithSchedulerInterval(time.Hour), WithIntrospectionInterval(0), WithRetryBase(time.Millisecond), WithClaimTiming(4*time.Second, time.Second))
+	b := newTestBroker(t, fs, option.WithSchedulerInterval(time.Hour), option.WithIntrospectionInterval(0), option.WithRetryBase(time.Millisecond), option.WithClaimTiming(4*time.Second, time.Second))
 	if _, err := b.CreateCredential(context.Background(), "x", simSpec(sim)); err != nil {
 		t.Fatal(err)
 	}

@@ -55,10 +55,10 @@ func (b *Broker) CreateCredential(ctx context.Context, id string, spec credspec.
 	if err := b.discoverInto(ctx, &spec); err != nil {
 		return Credential{}, err
 	}
-	if err := b.opts.checkReuseGrace(spec); err != nil {
+	if err := b.opts.CheckReuseGrace(spec); err != nil {
 		return Credential{}, err
 	}
-	now := b.opts.now().UTC()
+	now := b.opts.Now().UTC()
 	rec := &credentialRecord{Format: recordFormat, ID: id, Incarnation: randomHex(8), Spec: spec, CreatedAt: now, UpdatedAt: now}
 	raw, err := encodeRecord(rec)
 	if err != nil {
@@ -117,13 +117,13 @@ func (b *Broker) UpdateCredential(ctx context.Context, id string, fields []creds
 				return Credential{}, err
 			}
 		}
-		if err := b.opts.checkReuseGrace(next.Spec); err != nil {
+		if err := b.opts.CheckReuseGrace(next.Spec); err != nil {
 			return Credential{}, err
 		}
 		if reflect.DeepEqual(next.Spec, v.cred.Spec) {
 			return b.describe(e, v), nil // nothing to change, nothing to write
 		}
-		next.UpdatedAt = b.opts.now().UTC()
+		next.UpdatedAt = b.opts.Now().UTC()
 		next.Format = recordFormat
 		raw, err := encodeRecord(&next)
 		if err != nil {
@@ -223,7 +223,7 @@ func (b *Broker) DeleteCredential(ctx context.Context, id string) error {
 	// the deletion's.
 	var n *notice.Notice
 	if v.fam.Status == StatusActive {
-		n = &notice.Notice{Kind: notice.FamilyRevoked, Reason: ReasonCredentialDeleted, Detail: revocationDetail(ReasonCredentialDeleted), DetectedAt: b.opts.now()}
+		n = &notice.Notice{Kind: notice.FamilyRevoked, Reason: ReasonCredentialDeleted, Detail: revocationDetail(ReasonCredentialDeleted), DetectedAt: b.opts.Now()}
 	}
 	b.announce(ctx, id, v.fam, audit.Event{Action: audit.ActionCredentialDeleted}, n)
 	return nil
@@ -250,7 +250,7 @@ func (b *Broker) describe(e *entry, v *view) Credential {
 	if v.fam.Unproven && v.fam.Status == StatusActive {
 		c.Status = StatusUnproven
 	}
-	c.EarlyDetection, c.EarlyDetectionDetail = b.earlyDetection(v, b.opts.now())
+	c.EarlyDetection, c.EarlyDetectionDetail = b.earlyDetection(v, b.opts.Now())
 	if v.fam.Access != nil {
 		c.AccessExpiresAt = v.fam.Access.ExpiresAt
 		c.AccessIssuedAt = v.fam.Access.IssuedAt

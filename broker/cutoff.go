@@ -75,7 +75,7 @@ func (b *Broker) detectPreviousAccess(e *entry, prev, next *view) {
 	spec := prev.cred.Spec
 	a := prev.fam.Access
 	if spec.PreviousAccessToken != credspec.PreviousAccessDefault || spec.ProviderKind == credspec.ProviderSalesforce || spec.IntrospectionURL == "" ||
-		prev.fam.PreviousAccess != credspec.PreviousAccessDefault || a == nil || !b.opts.now().Add(introspectTimeout).Before(a.ExpiresAt) {
+		prev.fam.PreviousAccess != credspec.PreviousAccessDefault || a == nil || !b.opts.Now().Add(introspectTimeout).Before(a.ExpiresAt) {
 		return
 	}
 	b.goTracked(func() {
@@ -103,7 +103,7 @@ func (b *Broker) detectPreviousAccess(e *entry, prev, next *view) {
 // rotation: recording "kept" would end a cutoff replicas already acted on).
 func (b *Broker) notePreviousAccess(ctx context.Context, e *entry, familyID string, found credspec.PreviousAccess) error {
 	_, err := b.updateFamily(ctx, e, nil, func(cur *view) (*familyRecord, error) {
-		if cur.fam.FamilyID != familyID || cur.fam.PreviousAccess == found || !cur.fam.idle() || b.pastCutoff(cur, b.opts.now()) {
+		if cur.fam.FamilyID != familyID || cur.fam.PreviousAccess == found || !cur.fam.idle() || b.pastCutoff(cur, b.opts.Now()) {
 			return nil, nil
 		}
 		return cur.fam.notedPreviousAccess(found)
@@ -140,7 +140,7 @@ func (b *Broker) useUntil(v *view, now time.Time) time.Time {
 		}
 		return c
 	}
-	if end := a.ExpiresAt.Add(-expiryMargin(b.opts.expiryDelta, tokenLife(v.fam))); end.After(now) {
+	if end := a.ExpiresAt.Add(-expiryMargin(b.opts.Refresh.ExpiryDelta, tokenLife(v.fam))); end.After(now) {
 		return end
 	}
 	return a.ExpiresAt
@@ -185,7 +185,7 @@ func (b *Broker) announceOffSchedule(e *entry, prev, next *view) {
 		return
 	}
 	c := b.cutoff(prev)
-	now := b.opts.now()
+	now := b.opts.Now()
 	if !c.IsZero() && !now.Before(c) {
 		return // on schedule: every replica stopped serving it at the cutoff
 	}
@@ -205,7 +205,7 @@ func (b *Broker) announceOffSchedule(e *entry, prev, next *view) {
 // minRemaining but for the cutoff (or this replica's rotation in flight):
 // such a caller waits for the rotation.
 func (b *Broker) cutOff(e *entry, v *view, minRemaining time.Duration) bool {
-	now := b.opts.now()
+	now := b.opts.Now()
 	return b.unexpired(v, minRemaining, now) && (b.pastCutoff(v, now) || e.beingRotated(v))
 }
 
@@ -215,7 +215,7 @@ func (b *Broker) stateOf(v *view, held bool) familyState {
 	if s := familyStateOf(v.fam, held); s != stateActive {
 		return s
 	}
-	return v.fam.stateAt(b.cutoff(v), b.opts.now())
+	return v.fam.stateAt(b.cutoff(v), b.opts.Now())
 }
 
 // awaitScheduledRotation waits, for a caller past v's cutoff, until the
@@ -227,7 +227,7 @@ func (b *Broker) awaitScheduledRotation(ctx context.Context, e *entry, v *view) 
 	if e.beingRotated(v) {
 		return nil
 	}
-	wait := b.accessDue(v).Sub(b.opts.now())
+	wait := b.accessDue(v).Sub(b.opts.Now())
 	if wait <= 0 {
 		return nil
 	}

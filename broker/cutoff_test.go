@@ -9,6 +9,7 @@ import (
 	"github.com/rotavault/rotavault/broker/brokererr"
 	"github.com/rotavault/rotavault/broker/credspec"
 	"github.com/rotavault/rotavault/broker/notice"
+	"github.com/rotavault/rotavault/broker/option"
 	"github.com/rotavault/rotavault/internal/fakeclock"
 	"github.com/rotavault/rotavault/internal/fositeserver"
 	"github.com/rotavault/rotavault/internal/poll"
@@ -24,7 +25,7 @@ func setupCutoffReplicas(t *testing.T, prev credspec.PreviousAccess) (a, b *Brok
 	url, _ := shortLivedProvider(t, 20*time.Second)
 	clk = fakeclock.New(time.Now())
 	st := memstore.New()
-	opts := replicaOpts(clk, WithNoticePollInterval(10*time.Millisecond))
+	opts := replicaOpts(clk, option.WithNoticePollInterval(10*time.Millisecond))
 	a, b = newTestBroker(t, st, opts...), newTestBroker(t, st, opts...)
 	ctx := context.Background()
 	spec := credspec.Spec{ProviderKind: credspec.ProviderOAuth2, TokenURL: url, ClientID: "c", ClientSecret: "s", PreviousAccessToken: prev}
@@ -250,7 +251,7 @@ func TestPreviousAccessTokenDetectedAfterARotation(t *testing.T) {
 			simRT, credspec.PreviousAccessKept, false},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			b := newTestBroker(t, memstore.New(), WithSchedulerInterval(time.Hour), WithIntrospectionInterval(0))
+			b := newTestBroker(t, memstore.New(), option.WithSchedulerInterval(time.Hour), option.WithIntrospectionInterval(0))
 			if _, err := b.CreateCredential(ctx, "g", c.spec); err != nil {
 				t.Fatal(err)
 			}

@@ -17,20 +17,15 @@ import (
 // and revoking it when the answer is corroborated and the family has not
 // moved on. The rejected-token path (access.go) uses the same two steps.
 
-// Defaults of the periodic check; see package detect.
-const (
-	DefaultIntrospectionInterval    = detect.DefaultIntrospectionInterval
-	DefaultIntrospectionConcurrency = detect.DefaultIntrospectionConcurrency
-	introspectTimeout               = detect.IntrospectTimeout
-)
+const introspectTimeout = detect.IntrospectTimeout
 
 // startDetector runs the periodic check until ctx ends, when enabled.
 func (b *Broker) startDetector(ctx context.Context) {
-	cfg := b.opts.detect
+	cfg := b.opts.Detect
 	if cfg.Interval <= 0 {
 		return
 	}
-	cfg.Now, cfg.Go = b.opts.now, b.goTracked
+	cfg.Now, cfg.Go = b.opts.Now, b.goTracked
 	d := detect.New[*entry](detectCore{b}, cfg)
 	b.wg.Add(1)
 	go func() {
@@ -161,7 +156,7 @@ func (b *Broker) revocationCorroborated(ctx context.Context, v *view) bool {
 	if spec.ProviderKind != credspec.ProviderOAuth2 {
 		return true
 	}
-	if !b.corroborable(v, b.opts.now()) {
+	if !b.corroborable(v, b.opts.Now()) {
 		return false
 	}
 	ctx, cancel := context.WithTimeout(ctx, introspectTimeout)
@@ -169,7 +164,7 @@ func (b *Broker) revocationCorroborated(ctx context.Context, v *view) bool {
 	in, err := b.provider.IntrospectToken(ctx, spec.Endpoint(), spec.ClientCredentials(), v.fam.Access.Token, provider.HintAccessToken)
 	// Answered before the token could have expired at the provider: its
 	// inactivity was a revocation, not the end of its life.
-	return err == nil && !in.Active && b.opts.now().Before(aliveAtProviderUntil(v.fam.Access))
+	return err == nil && !in.Active && b.opts.Now().Before(aliveAtProviderUntil(v.fam.Access))
 }
 
 // corroborable reports whether an inactive answer about v's refresh token
@@ -216,6 +211,6 @@ const (
 // earlyDetection describes the periodic check's view of v at now: its state
 // and a sentence saying what it means.
 func (b *Broker) earlyDetection(v *view, now time.Time) (EarlyDetectionState, string) {
-	return detect.Describe(b.opts.detect.Interval, v.cred.Spec.Endpoint().IntrospectionURL != "",
+	return detect.Describe(b.opts.Detect.Interval, v.cred.Spec.Endpoint().IntrospectionURL != "",
 		v.fam.Status == StatusActive, b.corroborable(v, now))
 }

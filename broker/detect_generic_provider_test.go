@@ -13,6 +13,7 @@ import (
 
 	"github.com/rotavault/rotavault/broker/credspec"
 	"github.com/rotavault/rotavault/broker/notice"
+	"github.com/rotavault/rotavault/broker/option"
 	"github.com/rotavault/rotavault/internal/fakeclock"
 	"github.com/rotavault/rotavault/internal/fositeserver"
 	"github.com/rotavault/rotavault/providersim"
@@ -74,7 +75,7 @@ func blindEnv(ctx context.Context, t *testing.T) (b *Broker, prov *detectProvide
 
 // blindEnvWith is blindEnv, also returning the switch that makes the
 // endpoint call access tokens inactive.
-func blindEnvWith(ctx context.Context, t *testing.T, fcfg fositeserver.Config, opts ...Option) (b *Broker, prov *detectProvider, fs *fositeserver.Server, old string, accessDead *atomic.Bool) {
+func blindEnvWith(ctx context.Context, t *testing.T, fcfg fositeserver.Config, opts ...option.Option) (b *Broker, prov *detectProvider, fs *fositeserver.Server, old string, accessDead *atomic.Bool) {
 	t.Helper()
 	fs, err := fositeserver.Start(fcfg)
 	if err != nil {
@@ -87,7 +88,7 @@ func blindEnvWith(ctx context.Context, t *testing.T, fcfg fositeserver.Config, o
 	prov = newDetectProvider()
 	// The real clock: fosite's tokens expire by it.
 	b = newBroker(t, Config{Store: memstore.New(), Provider: prov, Auditor: &recordingAuditor{}},
-		append([]Option{WithSchedulerInterval(time.Hour), WithIntrospectionInterval(20 * time.Millisecond), withDetectTick(time.Millisecond)}, opts...)...)
+		append([]option.Option{option.WithSchedulerInterval(time.Hour), option.WithIntrospectionInterval(20 * time.Millisecond), withDetectTick(time.Millisecond)}, opts...)...)
 	spec := credspec.Spec{
 		ProviderKind: credspec.ProviderOAuth2, TokenURL: fs.TokenURL(), IntrospectionURL: blind.URL,
 		ClientID: blindClientID, ClientSecret: blindClientSecret, Scopes: []string{"offline", "api"},
@@ -170,7 +171,7 @@ func TestPeriodicIntrospectionDetectsRevocationWithShortLivedAccessTokens(t *tes
 func TestEarlyDetectionStateSaysWhyInactive(t *testing.T) {
 	ctx := context.Background()
 	clk := fakeclock.New(time.Now())
-	b, _, _, _, _ := blindEnvWith(ctx, t, fositeserver.Config{}, WithClock(clk.Now))
+	b, _, _, _, _ := blindEnvWith(ctx, t, fositeserver.Config{}, option.WithClock(clk.Now))
 	clk.Add(2 * time.Hour) // the 1 h access token is gone
 	c, err := b.GetCredential(ctx, "g")
 	if err != nil {
@@ -179,7 +180,7 @@ func TestEarlyDetectionStateSaysWhyInactive(t *testing.T) {
 	if c.EarlyDetection != EarlyDetectionWaiting {
 		t.Fatalf("early detection %s (%s) with the access token expired, want waiting_for_access_token", c.EarlyDetection, c.EarlyDetectionDetail)
 	}
-	off, _, _, _, _ := blindEnvWith(ctx, t, fositeserver.Config{}, WithIntrospectionInterval(0))
+	off, _, _, _, _ := blindEnvWith(ctx, t, fositeserver.Config{}, option.WithIntrospectionInterval(0))
 	if c, err = off.GetCredential(ctx, "g"); err != nil || c.EarlyDetection != EarlyDetectionDisabled {
 		t.Fatalf("with the check off: %s, %v; want disabled", c.EarlyDetection, err)
 	}
@@ -247,7 +248,7 @@ func TestRejectedReportAtRefreshBlindEndpointRefreshesInsteadOfRevoking(t *testi
 	// The report's own handling is under test: with the periodic check on,
 	// its next pass could see both tokens inactive first and revoke (the
 	// corroboration rule cannot tell a logout from a revocation there).
-	b, _, fs, _, accessDead := blindEnvWith(ctx, t, fositeserver.Config{}, WithIntrospectionInterval(0))
+	b, _, fs, _, accessDead := blindEnvWith(ctx, t, fositeserver.Config{}, option.WithIntrospectionInterval(0))
 	tok, err := b.GetAccessToken(ctx, TokenRequest{CredentialID: "g"})
 	if err != nil {
 		t.Fatal(err)

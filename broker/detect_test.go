@@ -16,6 +16,7 @@ import (
 	"github.com/rotavault/rotavault/broker/brokererr"
 	"github.com/rotavault/rotavault/broker/credspec"
 	"github.com/rotavault/rotavault/broker/notice"
+	"github.com/rotavault/rotavault/broker/option"
 	"github.com/rotavault/rotavault/internal/fakeclock"
 	"github.com/rotavault/rotavault/internal/poll"
 	"github.com/rotavault/rotavault/provider"
@@ -84,8 +85,8 @@ func (p *detectProvider) Refresh(ctx context.Context, ep provider.Endpoint, cc p
 }
 
 // withDetectTick makes the detection loop look for due checks every d.
-func withDetectTick(d time.Duration) Option {
-	return func(o *options) error { o.detect.Tick = d; return nil }
+func withDetectTick(d time.Duration) option.Option {
+	return func(o *option.Options) error { o.Detect.Tick = d; return nil }
 }
 
 type detectEnv struct {
@@ -105,7 +106,7 @@ func newDetectEnv(t *testing.T, simCfg providersim.Config) *detectEnv {
 	return &detectEnv{st: memstore.New(), clk: clk, sim: sim, prov: newDetectProvider(), aud: &recordingAuditor{}, spec: simSpec(sim)}
 }
 
-func (env *detectEnv) broker(t *testing.T, extra ...Option) *Broker {
+func (env *detectEnv) broker(t *testing.T, extra ...option.Option) *Broker {
 	t.Helper()
 	return newBroker(t, Config{Store: env.st, Provider: env.prov, Auditor: env.aud}, replicaOpts(env.clk, extra...)...)
 }
@@ -225,7 +226,7 @@ func TestPeriodicIntrospectionDetectsFamilyRevokedAtProvider(t *testing.T) {
 	ctx := context.Background()
 	env := newDetectEnv(t, providersim.Config{})
 	const interval = time.Minute
-	b := env.broker(t, WithIntrospectionInterval(interval), withDetectTick(time.Millisecond))
+	b := env.broker(t, option.WithIntrospectionInterval(interval), withDetectTick(time.Millisecond))
 	old := env.install(ctx, t, b, "x", env.spec)
 	before := familyOf(ctx, t, env.st, "x")
 	sub, err := b.Subscribe(ctx, []string{"x"}, "")
@@ -269,7 +270,7 @@ func TestPeriodicIntrospectionLeavesLiveFamiliesAlone(t *testing.T) {
 	ctx := context.Background()
 	env := newDetectEnv(t, providersim.Config{})
 	const interval = time.Minute
-	b := env.broker(t, WithIntrospectionInterval(interval), withDetectTick(time.Millisecond))
+	b := env.broker(t, option.WithIntrospectionInterval(interval), withDetectTick(time.Millisecond))
 	env.install(ctx, t, b, "sf", env.spec)
 	// A generic OAuth 2.0 provider without an introspection endpoint (the
 	// simulator's token endpoint speaks close enough to RFC 6749).
@@ -471,7 +472,7 @@ func TestIntrospectionOutageRevokesNothing(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			env := newDetectEnv(t, providersim.Config{})
 			const interval = time.Minute
-			b := env.broker(t, WithIntrospectionInterval(interval), withDetectTick(time.Millisecond))
+			b := env.broker(t, option.WithIntrospectionInterval(interval), withDetectTick(time.Millisecond))
 			spec := env.spec
 			spec.IntrospectionURL = tt.endpoint(t)
 			old := env.install(ctx, t, b, "x", spec)
@@ -508,7 +509,7 @@ func TestPeriodicIntrospectionConcurrencyIsBounded(t *testing.T) {
 		credentials = 6
 		releases    = 20
 	)
-	b := env.broker(t, WithIntrospectionInterval(interval), WithIntrospectionConcurrency(limit), withDetectTick(time.Millisecond))
+	b := env.broker(t, option.WithIntrospectionInterval(interval), option.WithIntrospectionConcurrency(limit), withDetectTick(time.Millisecond))
 	for i := range credentials {
 		env.install(ctx, t, b, string(rune('a'+i)), env.spec)
 	}
@@ -530,20 +531,20 @@ func TestPeriodicIntrospectionConcurrencyIsBounded(t *testing.T) {
 
 func TestIntrospectionOptionsValidate(t *testing.T) {
 	for _, tt := range []struct {
-		opt Option
+		opt option.Option
 		ok  bool
 	}{
-		{WithIntrospectionInterval(0), true},
-		{WithIntrospectionInterval(10 * time.Millisecond), true},
-		{WithIntrospectionInterval(24 * time.Hour), true},
-		{WithIntrospectionInterval(time.Millisecond), false},
-		{WithIntrospectionInterval(-time.Second), false},
-		{WithIntrospectionInterval(25 * time.Hour), false},
-		{WithIntrospectionConcurrency(1), true},
-		{WithIntrospectionConcurrency(0), false},
-		{WithIntrospectionConcurrency(1025), false},
+		{option.WithIntrospectionInterval(0), true},
+		{option.WithIntrospectionInterval(10 * time.Millisecond), true},
+		{option.WithIntrospectionInterval(24 * time.Hour), true},
+		{option.WithIntrospectionInterval(time.Millisecond), false},
+		{option.WithIntrospectionInterval(-time.Second), false},
+		{option.WithIntrospectionInterval(25 * time.Hour), false},
+		{option.WithIntrospectionConcurrency(1), true},
+		{option.WithIntrospectionConcurrency(0), false},
+		{option.WithIntrospectionConcurrency(1025), false},
 	} {
-		o := defaultOptions()
+		o := option.Defaults()
 		if err := tt.opt(&o); (err == nil) != tt.ok {
 			t.Errorf("option %+v: err %v, want ok=%v", o, err, tt.ok)
 		}

@@ -23,9 +23,6 @@ import (
 // metadata: endpoints rarely move, and a provider's metadata outage must not
 // stop refreshes.
 
-// DefaultDiscoveryInterval is how often issuers' metadata is fetched again.
-const DefaultDiscoveryInterval = time.Hour
-
 // discover fetches issuer's metadata, counting the fetch.
 func (b *Broker) discover(ctx context.Context, issuer string) (*credspec.DiscoveredMetadata, error) {
 	d, ok := b.provider.(credspec.Discoverer)
@@ -38,7 +35,7 @@ func (b *Broker) discover(ctx context.Context, issuer string) (*credspec.Discove
 		b.metrics.discoveryFailures.Add(1)
 		return nil, err
 	}
-	return credspec.FromMetadata(m, b.opts.now()), nil
+	return credspec.FromMetadata(m, b.opts.Now()), nil
 }
 
 // discoverInto sets spec.Discovered from spec.Issuer (clears it without
@@ -61,13 +58,13 @@ func (b *Broker) discoverInto(ctx context.Context, spec *credspec.Spec) error {
 // startRediscovery refetches issuers' metadata every discoveryInterval
 // until ctx ends, when enabled.
 func (b *Broker) startRediscovery(ctx context.Context) {
-	if b.opts.discoveryInterval <= 0 {
+	if b.opts.DiscoveryInterval <= 0 {
 		return
 	}
 	b.wg.Add(1)
 	go func() {
 		defer b.wg.Done()
-		t := time.NewTicker(b.opts.discoveryInterval)
+		t := time.NewTicker(b.opts.DiscoveryInterval)
 		defer t.Stop()
 		for {
 			select {

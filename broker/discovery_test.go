@@ -11,6 +11,7 @@ import (
 
 	"github.com/rotavault/rotavault/broker/brokererr"
 	"github.com/rotavault/rotavault/broker/credspec"
+	"github.com/rotavault/rotavault/broker/option"
 	"github.com/rotavault/rotavault/internal/fositeserver"
 	"github.com/rotavault/rotavault/internal/syncbuf"
 	"github.com/rotavault/rotavault/providersim"
@@ -41,7 +42,7 @@ func basicOnlyFosite(ctx context.Context, t *testing.T) (fs *fositeserver.Server
 func TestIssuerDiscoveryFillsEndpointsAndBasicAuth(t *testing.T) {
 	ctx := context.Background()
 	fs, rt := basicOnlyFosite(ctx, t)
-	b := newTestBroker(t, memstore.New(), WithSchedulerInterval(time.Hour))
+	b := newTestBroker(t, memstore.New(), option.WithSchedulerInterval(time.Hour))
 	spec := credspec.Spec{ProviderKind: credspec.ProviderOAuth2, Issuer: fs.URL(), ClientID: blindClientID, ClientSecret: blindClientSecret, Scopes: []string{"offline", "api"}}
 	if _, err := b.CreateCredential(ctx, "g", spec); err != nil {
 		t.Fatalf("create with only an issuer: %v", err)
@@ -72,7 +73,7 @@ func TestClientRejectedNamesTheAuthMethod(t *testing.T) {
 	ctx := context.Background()
 	fs, rt := basicOnlyFosite(ctx, t)
 	var logs syncbuf.Buffer
-	b := newTestBroker(t, memstore.New(), WithSchedulerInterval(time.Hour), WithLogger(slog.New(slog.NewTextHandler(&logs, nil))))
+	b := newTestBroker(t, memstore.New(), option.WithSchedulerInterval(time.Hour), option.WithLogger(slog.New(slog.NewTextHandler(&logs, nil))))
 	spec := credspec.Spec{ProviderKind: credspec.ProviderOAuth2, TokenURL: fs.TokenURL(), ClientID: blindClientID, ClientSecret: blindClientSecret, Scopes: []string{"offline", "api"}}
 	if _, err := b.CreateCredential(ctx, "g", spec); err != nil {
 		t.Fatal(err)
@@ -96,7 +97,7 @@ func TestClientRejectedNamesTheAuthMethod(t *testing.T) {
 func TestIssuerMetadataRefetched(t *testing.T) {
 	ctx := context.Background()
 	sim := startMetadataSim(t)
-	b := newTestBroker(t, memstore.New(), WithSchedulerInterval(time.Hour), WithDiscoveryInterval(20*time.Millisecond))
+	b := newTestBroker(t, memstore.New(), option.WithSchedulerInterval(time.Hour), option.WithDiscoveryInterval(20*time.Millisecond))
 	spec := credspec.Spec{ProviderKind: credspec.ProviderOAuth2, Issuer: sim.URL(), ClientID: "sim", ClientSecret: "sim-secret"}
 	if _, err := b.CreateCredential(ctx, "s", spec); err != nil {
 		t.Fatal(err)
@@ -121,7 +122,7 @@ func TestIssuerDiscoveryFailureRefusesCreation(t *testing.T) {
 	ctx := context.Background()
 	sim := startMetadataSim(t)
 	sim.SetMetadataOverride(map[string]any{"issuer": "http://127.0.0.1:1"})
-	b := newTestBroker(t, memstore.New(), WithSchedulerInterval(time.Hour))
+	b := newTestBroker(t, memstore.New(), option.WithSchedulerInterval(time.Hour))
 	_, err := b.CreateCredential(ctx, "s", credspec.Spec{ProviderKind: credspec.ProviderOAuth2, Issuer: sim.URL(), ClientID: "sim"})
 	var ie *brokererr.InvalidArgumentError
 	if !errors.As(err, &ie) || !strings.Contains(err.Error(), strconv.Quote("http://127.0.0.1:1")) {
@@ -146,7 +147,7 @@ func startMetadataSim(t *testing.T) *providersim.Server {
 func TestUpdateIssuerRediscovers(t *testing.T) {
 	ctx := context.Background()
 	sim := startMetadataSim(t)
-	b := newTestBroker(t, memstore.New(), WithSchedulerInterval(time.Hour))
+	b := newTestBroker(t, memstore.New(), option.WithSchedulerInterval(time.Hour))
 	spec := credspec.Spec{ProviderKind: credspec.ProviderOAuth2, TokenURL: sim.URL() + "/services/oauth2/token", ClientID: "sim"}
 	if _, err := b.CreateCredential(ctx, "s", spec); err != nil {
 		t.Fatal(err)

@@ -9,6 +9,7 @@ import (
 
 	"github.com/rotavault/rotavault/boltstore"
 	"github.com/rotavault/rotavault/broker/credspec"
+	"github.com/rotavault/rotavault/broker/option"
 	"github.com/rotavault/rotavault/provider"
 	"github.com/rotavault/rotavault/providersim"
 )
@@ -39,7 +40,7 @@ func BenchmarkEmbeddedRotationsVsRawWrites(b *testing.B) {
 	b.Cleanup(func() { _ = sim.Close() })
 	sim.AddClient(providersim.Client{ID: "bench", Secret: "bench-secret"})
 	count := &faultStore{Store: bs}
-	br, err := New(ctx, Config{Store: count, Provider: provider.New(nil), Auditor: &recordingAuditor{}}, WithSchedulerInterval(time.Hour))
+	br, err := New(ctx, Config{Store: count, Provider: provider.New(nil), Auditor: &recordingAuditor{}}, option.WithSchedulerInterval(time.Hour))
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -509,7 +509,7 @@ func (b *Broker) updateFamily(ctx context.Context, e *entry, base *view, mutate 
 // readEntry reads the entry's credential and family from the store and
 // caches them.
 func (b *Broker) readEntry(ctx context.Context, e *entry) (*view, error) {
-	now := b.opts.now()
+	now := b.opts.Now()
 	v, err := b.readView(ctx, e.id)
 	if err != nil {
 		return nil, err

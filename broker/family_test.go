@@ -13,6 +13,7 @@ import (
 	"github.com/rotavault/rotavault/broker/brokererr"
 	"github.com/rotavault/rotavault/broker/credspec"
 	"github.com/rotavault/rotavault/broker/notice"
+	"github.com/rotavault/rotavault/broker/option"
 	"github.com/rotavault/rotavault/internal/fakeclock"
 	"github.com/rotavault/rotavault/provider"
 	"github.com/rotavault/rotavault/store/memstore"
@@ -51,7 +52,7 @@ func newFamHarness(t *testing.T) *famHarness {
 		prov: &scriptedProvider{},
 		aud:  &recordingAuditor{},
 	}
-	h.b = newBroker(t, Config{Store: h.st, Provider: h.prov, Auditor: h.aud}, replicaOpts(h.clk, WithReplicaID(me))...)
+	h.b = newBroker(t, Config{Store: h.st, Provider: h.prov, Auditor: h.aud}, replicaOpts(h.clk, option.WithReplicaID(me))...)
 	// A provider killing the previous access token, so families have a
 	// cutoff (cut_off).
 	spec := credspec.Spec{ProviderKind: credspec.ProviderSalesforce, BaseURL: "http://127.0.0.1:1", ClientID: "c", ClientSecret: "s", Scopes: []string{"api", "refresh_token"},
@@ -257,7 +258,7 @@ func takenOverFromDead(s familyState) func(h *famHarness) error {
 		fam := h.record(s)
 		fam.Claim = &claim{Holder: other, Deadline: h.clk.Now().Add(time.Minute)}
 		h.put(fam)
-		h.b.opts.exclusiveStore = true
+		h.b.opts.ExclusiveStore = true
 		return acquireLease(h)
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"github.com/rotavault/rotavault/audit"
 	"github.com/rotavault/rotavault/broker/authflow"
 	"github.com/rotavault/rotavault/broker/credspec"
+	"github.com/rotavault/rotavault/broker/option"
 	"github.com/rotavault/rotavault/store"
 )
 
@@ -73,8 +74,8 @@ func TestFlowBoundIsExactAcrossReplicas(t *testing.T) {
 	ctx := context.Background()
 	env := newFlowEnv(t)
 	env.st = latencyStore{Store: env.st, delay: time.Millisecond}
-	a := env.primary(ctx, t, WithMaxFlows(40))
-	b := env.replica(t, "replica-b", time.Hour, WithMaxFlows(40))
+	a := env.primary(ctx, t, option.WithMaxFlows(40))
+	b := env.replica(t, "replica-b", time.Hour, option.WithMaxFlows(40))
 	createCredentials(ctx, t, a, env.spec, 10)
 
 	started, refused := startConcurrently(t, []*Broker{a, b}, 80,
@@ -135,7 +136,7 @@ func TestFlowSharesPerCredentialAndOperator(t *testing.T) {
 func TestReservationWithoutAFlowIsReleased(t *testing.T) {
 	ctx := context.Background()
 	env := newFlowEnv(t)
-	b := env.primary(ctx, t, WithMaxFlows(1))
+	b := env.primary(ctx, t, option.WithMaxFlows(1))
 	if _, err := b.flows.Reserve(ctx, "x"); err != nil { // a start that went no further
 		t.Fatal(err)
 	}
@@ -161,8 +162,8 @@ func TestReservationWithoutAFlowIsReleased(t *testing.T) {
 func TestReservationOfADeadReplicaIsReleased(t *testing.T) {
 	ctx := context.Background()
 	env := newFlowEnv(t)
-	dead := env.primary(ctx, t, WithMaxFlows(1))
-	survivor := env.replica(t, "replica-b", time.Hour, WithMaxFlows(1))
+	dead := env.primary(ctx, t, option.WithMaxFlows(1))
+	survivor := env.replica(t, "replica-b", time.Hour, option.WithMaxFlows(1))
 	survivor.flows.Sweep(ctx) // its first sweep: nothing to release yet
 
 	if _, err := dead.flows.Reserve(ctx, "x"); err != nil {

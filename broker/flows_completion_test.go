@@ -12,6 +12,7 @@ import (
 	"github.com/rotavault/rotavault/broker/authflow"
 	"github.com/rotavault/rotavault/broker/brokererr"
 	"github.com/rotavault/rotavault/broker/credspec"
+	"github.com/rotavault/rotavault/broker/option"
 	"github.com/rotavault/rotavault/providersim"
 )
 
@@ -191,7 +192,7 @@ func TestExplicitServerCallbackURLIsTheServerCallback(t *testing.T) {
 	env := newFlowEnv(t)
 	const callback = "http://127.0.0.1:1/oauth/callback"
 	env.withRedirects(callback)
-	b := env.primary(ctx, t, WithCallbackURL(callback))
+	b := env.primary(ctx, t, option.WithCallbackURL(callback))
 	p, err := b.StartAuthorization(ctx, "x", callback, nil)
 	if err != nil {
 		t.Fatal(err)

@@ -11,6 +11,7 @@ import (
 	"github.com/rotavault/rotavault/broker/authflow"
 	"github.com/rotavault/rotavault/broker/brokererr"
 	"github.com/rotavault/rotavault/broker/credspec"
+	"github.com/rotavault/rotavault/broker/option"
 	"github.com/rotavault/rotavault/internal/fakeclock"
 	"github.com/rotavault/rotavault/internal/poll"
 	"github.com/rotavault/rotavault/providersim"
@@ -47,15 +48,15 @@ func newFlowEnv(t *testing.T) *flowEnv {
 
 // replica starts a broker on the shared store; its own sweeps are slow
 // unless sweep says otherwise, so tests drive them with sweepFlows.
-func (env *flowEnv) replica(t *testing.T, id string, sweep time.Duration, extra ...Option) *Broker {
+func (env *flowEnv) replica(t *testing.T, id string, sweep time.Duration, extra ...option.Option) *Broker {
 	t.Helper()
-	opts := append([]Option{WithReplicaID(id), WithFlowTiming(sweep, time.Second)}, extra...)
+	opts := append([]option.Option{option.WithReplicaID(id), option.WithFlowTiming(sweep, time.Second)}, extra...)
 	return newBroker(t, Config{Store: env.st, Provider: newDetectProvider(), Auditor: env.aud}, replicaOpts(env.clk, opts...)...)
 }
 
 // primary starts replica "replica-a" (sweeps left to the test) and creates
 // credential "x" through it.
-func (env *flowEnv) primary(ctx context.Context, t *testing.T, extra ...Option) *Broker {
+func (env *flowEnv) primary(ctx context.Context, t *testing.T, extra ...option.Option) *Broker {
 	t.Helper()
 	b := env.replica(t, "replica-a", time.Hour, extra...)
 	if _, err := b.CreateCredential(ctx, "x", env.spec); err != nil {
@@ -314,7 +315,7 @@ func isInvalidField(err error, field string) bool {
 func TestFlowStartsAreBounded(t *testing.T) {
 	ctx := context.Background()
 	env := newFlowEnv(t)
-	b := env.primary(ctx, t, WithMaxFlows(2))
+	b := env.primary(ctx, t, option.WithMaxFlows(2))
 	for range 2 {
 		if _, err := b.StartAuthorization(ctx, "x", "http://127.0.0.1:1/cb", nil); err != nil {
 			t.Fatal(err)

@@ -10,6 +10,7 @@ import (
 
 	"github.com/rotavault/rotavault/broker/brokererr"
 	"github.com/rotavault/rotavault/broker/credspec"
+	"github.com/rotavault/rotavault/broker/option"
 	"github.com/rotavault/rotavault/internal/fakeclock"
 	"github.com/rotavault/rotavault/internal/poll"
 	"github.com/rotavault/rotavault/provider"
@@ -23,13 +24,13 @@ import (
 func TestReuseGraceTooShortIsRefused(t *testing.T) {
 	ctx := context.Background()
 	st := memstore.New()
-	b := newBroker(t, Config{Store: st, Provider: &scriptedProvider{}, Auditor: &recordingAuditor{}}, WithSchedulerInterval(time.Hour), WithIntrospectionInterval(0))
+	b := newBroker(t, Config{Store: st, Provider: &scriptedProvider{}, Auditor: &recordingAuditor{}}, option.WithSchedulerInterval(time.Hour), option.WithIntrospectionInterval(0))
 	spec := credspec.Spec{ProviderKind: credspec.ProviderOAuth2, TokenURL: "https://idp.example/token", ClientID: "c"}
 	tooShort := func(err error) bool {
 		var inv *brokererr.InvalidArgumentError
-		return errors.As(err, &inv) && inv.Code == ReuseGraceTooShort && inv.Field == "spec.reuse_grace_period"
+		return errors.As(err, &inv) && inv.Code == option.ReuseGraceTooShort && inv.Field == "spec.reuse_grace_period"
 	}
-	if got := MinReuseGrace(15 * time.Second); got != 20*time.Second {
+	if got := option.MinReuseGrace(15 * time.Second); got != 20*time.Second {
 		t.Fatalf("smallest grace with the default margin: %s, want 20s", got)
 	}
 	for _, tt := range []struct {
@@ -47,7 +48,7 @@ func TestReuseGraceTooShortIsRefused(t *testing.T) {
 		t.Errorf("update to a 10s grace: %v, want REUSE_GRACE_TOO_SHORT", err)
 	}
 	// A replica with a longer claim margin cannot fit the stored 20 s.
-	_, err := New(ctx, Config{Store: st, Provider: &scriptedProvider{}, Auditor: &recordingAuditor{}}, WithClaimTiming(90*time.Second, 30*time.Second))
+	_, err := New(ctx, Config{Store: st, Provider: &scriptedProvider{}, Auditor: &recordingAuditor{}}, option.WithClaimTiming(90*time.Second, 30*time.Second))
 	if !tooShort(err) || !strings.Contains(err.Error(), "g20") {
 		t.Fatalf("start with a 30s claim margin and a stored 20s grace: %v, want refused naming g20", err)
 	}
@@ -160,7 +161,7 @@ func TestExclusiveStoreTakesAPreviousProcessClaimOverAtOnce(t *testing.T) {
 	st := memstore.New()
 	sim := startSim(t, providersim.Config{Now: clk.Now})
 	dead := &blockingProvider{Provider: provider.New(nil), release: make(chan struct{})}
-	a := newBroker(t, Config{Store: st, Provider: dead, Auditor: &recordingAuditor{}}, replicaOpts(clk, WithExclusiveStore())...)
+	a := newBroker(t, Config{Store: st, Provider: dead, Auditor: &recordingAuditor{}}, replicaOpts(clk, option.WithExclusiveStore())...)
 	var once sync.Once
 	t.Cleanup(func() { once.Do(func() { close(dead.release) }) })
 	if _, err := a.CreateCredential(ctx, "x", simSpec(sim)); err != nil {
@@ -178,7 +179,7 @@ func TestExclusiveStoreTakesAPreviousProcessClaimOverAtOnce(t *testing.T) {
 		return storedFamily(ctx, t, st).Claim != nil
 	})
 	// The restarted process, on the same store, the clock not moved.
-	restarted := newTestBroker(t, st, replicaOpts(clk, WithExclusiveStore())...)
+	restarted := newTestBroker(t, st, replicaOpts(clk, option.WithExclusiveStore())...)
 	cctx, cancel := context.WithTimeout(ctx, 10*time.Second) // a guard: the fake clock never reaches the claim's deadline
 	defer cancel()
 	tok, err := restarted.GetAccessToken(cctx, TokenRequest{CredentialID: "x"})

@@ -105,7 +105,7 @@ func (b *Broker) serveHeldBack(e *entry, v *view, floor *rotationFloorError) (Ac
 		e.lastErr = floor
 	}
 	e.mu.Unlock()
-	now := b.opts.now()
+	now := b.opts.Now()
 	if !now.Before(v.fam.Access.ExpiresAt) {
 		return AccessToken{}, &brokererr.UnavailableError{Component: brokererr.ComponentProvider, RetryAfter: floor.until.Sub(now), Err: floor}
 	}

@@ -92,7 +92,7 @@ func (b *Broker) ImportRefreshToken(ctx context.Context, id, refreshToken string
 // into a credential deleted and created again since the flow started
 // (ErrNotFound).
 func (b *Broker) installFamily(ctx context.Context, e *entry, incarnation, refreshToken string, tok *provider.Token, revokeOld bool) (authflow.Activation, error) {
-	now := b.opts.now()
+	now := b.opts.Now()
 	fam := &familyRecord{
 		Format:       recordFormat,
 		Status:       StatusActive,

@@ -32,7 +32,7 @@ func persistContext(ctx context.Context) (context.Context, context.CancelFunc) {
 // credential's refresh token to the provider. It runs under the broker's
 // context; caller lends only its span, the rotavault.refresh span's parent.
 func (b *Broker) runRefresh(caller context.Context, e *entry, need func(*view) bool) (v *view, err error) {
-	ctx, cancel := context.WithTimeout(b.ctx, b.opts.refreshTimeout)
+	ctx, cancel := context.WithTimeout(b.ctx, b.opts.Refresh.Timeout)
 	defer cancel()
 	ctx, span := spans.Start(ctx, caller, spans.Refresh, e.id)
 	defer func() { spans.End(span, v.generation(), "ok", err) }()
@@ -229,16 +229,16 @@ func (b *Broker) refreshFamily(ctx context.Context, l *claimLease) (*view, error
 	// Provider calls end well before this replica's claim does.
 	pctx, cancel := b.providerContext(ctx, l.v.fam)
 	defer cancel()
-	a := refreshAttempt{notProcessedTries: b.opts.notProcessedTries}
+	a := refreshAttempt{notProcessedTries: b.opts.Refresh.NotProcessedTries}
 	// From the first presentation on, this replica's callers stop getting
 	// the access token the rotation may kill.
 	defer l.e.presentingAt(l.v)()
 	for ; ; a.n++ {
 		spec := l.v.cred.Spec
-		sent := b.opts.now()
+		sent := b.opts.Now()
 		tok, answer := b.provider.Refresh(pctx, spec.Endpoint(), spec.ClientCredentials(), l.v.fam.RefreshToken)
 		restamp(tok, sent)
-		a.state, a.grace, a.now = l.v.fam.state(), spec.ReuseGrace, b.opts.now()
+		a.state, a.grace, a.now = l.v.fam.state(), spec.ReuseGrace, b.opts.Now()
 		d := decideRefresh(a, answer)
 		if d.outcome == outcomeUnknown {
 			if a.unknownSince.IsZero() {
@@ -324,7 +324,7 @@ func providerDetail(err error) string {
 }
 
 func (b *Broker) backoff(attempt int, atLeast time.Duration) time.Duration {
-	d := b.opts.retryBase << min(attempt, 8)
+	d := b.opts.Refresh.RetryBase << min(attempt, 8)
 	return max(d, atLeast)
 }
 
@@ -336,7 +336,7 @@ const signatureMismatchDetail = "the provider's response signature did not match
 // check-and-set on the lease's fence: persist first, answer later.
 func (l *claimLease) storeResult(ctx context.Context, tok *provider.Token) (*view, error) {
 	b, e, claimed := l.b, l.e, l.v
-	now := b.opts.now()
+	now := b.opts.Now()
 	res := refreshResult{now: now, refreshToken: tok.RefreshToken, access: b.newAccessToken(claimed.cred.Spec, claimed.fam.Access, tok, now)}
 	mismatch := tok.SignatureStatus == provider.SignatureMismatch
 	if note := lifetimeNote(claimed.cred.Spec, tok); note != "" {

@@ -116,7 +116,7 @@ type revocation struct {
 func (b *Broker) revokeFamily(ctx context.Context, e *entry, base *view, r revocation, still func(cur *view) error) (*view, ProviderRevocation, error) {
 	ctx, cancel := persistContext(ctx)
 	defer cancel()
-	now := b.opts.now()
+	now := b.opts.Now()
 	v, err := b.updateFamily(ctx, e, base, func(cur *view) (*familyRecord, error) {
 		if err := still(cur); err != nil {
 			return nil, err
@@ -272,4 +272,14 @@ func revocationDetail(r RevocationReason) string {
 	default:
 		return ""
 	}
+}
+
+// lostRotationDetail explains a lost rotation by the grace period
+// configured: without one the retry is a reuse; with one, the retry came
+// too late.
+func lostRotationDetail(grace time.Duration) string {
+	if grace <= 0 {
+		return revocationDetail(ReasonLostRotation)
+	}
+	return fmt.Sprintf("a refresh answer was lost after the provider rotated; with a reuse grace period of %s the retry came too late or the provider refused it, and the family is gone (not theft)", grace)
 }

@@ -15,6 +15,7 @@ import (
 
 	"github.com/rotavault/rotavault/broker/brokererr"
 	"github.com/rotavault/rotavault/broker/credspec"
+	"github.com/rotavault/rotavault/broker/option"
 	"github.com/rotavault/rotavault/internal/fakeclock"
 	"github.com/rotavault/rotavault/store/memstore"
 )
@@ -44,7 +45,7 @@ func setupShortLived(t *testing.T, expiresIn, configured time.Duration) (*Broker
 	t.Helper()
 	url, refreshes := shortLivedProvider(t, expiresIn)
 	clk := fakeclock.New(time.Now())
-	b := newTestBroker(t, memstore.New(), WithClock(clk.Now), WithSchedulerInterval(time.Hour))
+	b := newTestBroker(t, memstore.New(), option.WithClock(clk.Now), option.WithSchedulerInterval(time.Hour))
 	ctx := context.Background()
 	spec := credspec.Spec{ProviderKind: credspec.ProviderOAuth2, TokenURL: url, ClientID: "c", ClientSecret: "s", AccessTokenLife: configured}
 	if _, err := b.CreateCredential(ctx, "x", spec); err != nil {

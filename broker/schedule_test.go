@@ -8,6 +8,7 @@ import (
 
 	"github.com/rotavault/rotavault/broker/credspec"
 	"github.com/rotavault/rotavault/broker/internal/schedule"
+	"github.com/rotavault/rotavault/broker/option"
 	"github.com/rotavault/rotavault/internal/fakeclock"
 	"github.com/rotavault/rotavault/internal/poll"
 	"github.com/rotavault/rotavault/provider"
@@ -41,7 +42,7 @@ func TestSchedulerRefreshesWhenTheirTimeComesWithoutScanning(t *testing.T) {
 	const n = 10
 	clk := fakeclock.New(time.Now())
 	// The background scheduler stays out of the way: the test ticks.
-	b := newTestBroker(t, memstore.New(), WithClock(clk.Now), WithSchedulerInterval(time.Hour))
+	b := newTestBroker(t, memstore.New(), option.WithClock(clk.Now), option.WithSchedulerInterval(time.Hour))
 	ts := startTokenServer(t, time.Hour)
 	installUsed(t, b, ts, n)
 	before := ts.served.Load()
@@ -70,7 +71,7 @@ func TestSchedulerRefreshesWhenTheirTimeComesWithoutScanning(t *testing.T) {
 // families whose tokens have an hour left, every other one in use. None is
 // due.
 func seedIdleEntries(b *Broker, n int) {
-	now := b.opts.now()
+	now := b.opts.Now()
 	b.entriesMu.Lock()
 	defer b.entriesMu.Unlock()
 	for i := range n {
@@ -92,7 +93,7 @@ func seedIdleEntries(b *Broker, n int) {
 func BenchmarkSchedulerTick(b *testing.B) {
 	perTick := func(n int) float64 {
 		br, err := New(context.Background(), Config{Store: memstore.New(), Provider: provider.New(nil), Auditor: &recordingAuditor{}},
-			WithSchedulerInterval(time.Hour))
+			option.WithSchedulerInterval(time.Hour))
 		if err != nil {
 			b.Fatal(err)
 		}

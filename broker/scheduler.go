@@ -48,7 +48,7 @@ func (b *Broker) accessDue(v *view) time.Time {
 		return v.fam.LastRefreshAt // an imported token whose first refresh failed: now
 	}
 	life := tokenLife(v.fam)
-	due := a.ExpiresAt.Add(-refreshAhead(a.ExpiresAt.Sub(a.IssuedAt)) - expiryMargin(b.opts.expiryDelta, life))
+	due := a.ExpiresAt.Add(-refreshAhead(a.ExpiresAt.Sub(a.IssuedAt)) - expiryMargin(b.opts.Refresh.ExpiryDelta, life))
 	// Never sooner than the rotation floor allows (see rotationInterval).
 	if floor := v.fam.LastRefreshAt.Add(rotationInterval(life)); !v.fam.LastRefreshAt.IsZero() && floor.After(due) {
 		due = floor
@@ -84,7 +84,7 @@ func (b *Broker) due(e *entry, v *view, now time.Time) bool {
 }
 
 func (b *Broker) runScheduler(ctx context.Context) {
-	t := time.NewTicker(b.opts.schedulerInterval)
+	t := time.NewTicker(b.opts.Schedule.Interval)
 	defer t.Stop()
 	slots := schedule.NewSlots(maxScheduledRefreshes, maxScheduledPerEndpoint)
 	sched := schedule.New[*entry]()
@@ -110,7 +110,7 @@ func endpointOf(v *view) string {
 
 // refreshDue starts the refreshes that are due (see schedule.Tick).
 func (b *Broker) refreshDue(schedCtx context.Context, slots *schedule.Slots, sched *schedule.Schedule[*entry]) {
-	now := b.opts.now()
+	now := b.opts.Now()
 	sched.Tick(now, b.snapshotEntries, func(e *entry, listed bool) bool {
 		return b.check(schedCtx, slots, sched, e, now, listed)
 	})
@@ -162,13 +162,13 @@ func (b *Broker) check(schedCtx context.Context, slots *schedule.Slots, sched *s
 	started := b.goTracked(func() {
 		defer slots.Give(endpoint)
 		need := func(v *view) bool {
-			return e.rescue.Load() != nil || b.due(e, v, b.opts.now())
+			return e.rescue.Load() != nil || b.due(e, v, b.opts.Now())
 		}
-		ctx, cancel := context.WithTimeout(b.ctx, b.opts.refreshTimeout)
+		ctx, cancel := context.WithTimeout(b.ctx, b.opts.Refresh.Timeout)
 		defer cancel()
 		if _, err := b.refresh(ctx, e, need); err != nil {
 			e.mu.Lock()
-			e.retryAt = b.opts.now().Add(scheduledFailureWait)
+			e.retryAt = b.opts.Now().Add(scheduledFailureWait)
 			e.mu.Unlock()
 			b.log.WarnContext(ctx, "scheduled refresh failed", "credential", e.id, "err", err)
 		}

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/rotavault/rotavault/broker/credspec"
+	"github.com/rotavault/rotavault/broker/option"
 	"github.com/rotavault/rotavault/internal/fakeclock"
 	"github.com/rotavault/rotavault/internal/poll"
 	"github.com/rotavault/rotavault/store/memstore"
@@ -57,7 +58,7 @@ func TestHangingProviderDoesNotDelayOthers(t *testing.T) {
 	const tick = 5 * time.Second // the default scheduler interval
 	ctx := context.Background()
 	clk := fakeclock.New(time.Now())
-	b := newTestBroker(t, memstore.New(), WithClock(clk.Now), WithSchedulerInterval(tick))
+	b := newTestBroker(t, memstore.New(), option.WithClock(clk.Now), option.WithSchedulerInterval(tick))
 	hanging := startTokenServer(t, time.Hour)
 	healthy := startTokenServer(t, 2*time.Hour)
 	install := func(id string, srv *tokenServer) {

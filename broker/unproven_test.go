@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/rotavault/rotavault/broker/credspec"
+	"github.com/rotavault/rotavault/broker/option"
 	"github.com/rotavault/rotavault/internal/fakeclock"
 	"github.com/rotavault/rotavault/internal/poll"
 	"github.com/rotavault/rotavault/providersim"
@@ -34,7 +35,7 @@ func TestImportWithTheProviderUnreachableIsStoredUnproven(t *testing.T) {
 	ctx := context.Background()
 	clk := fakeclock.New(time.Now())
 	sim := startSim(t, providersim.Config{Now: clk.Now})
-	b := newTestBroker(t, memstore.New(), replicaOpts(clk, WithSchedulerInterval(10*time.Millisecond))...)
+	b := newTestBroker(t, memstore.New(), replicaOpts(clk, option.WithSchedulerInterval(10*time.Millisecond))...)
 	spec := simSpec(sim)
 	spec.BaseURL = closedURL(t)
 	if _, err := b.CreateCredential(ctx, "x", spec); err != nil {

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/rotavault/rotavault/broker/credspec"
+	"github.com/rotavault/rotavault/broker/option"
 	"github.com/rotavault/rotavault/internal/vaulttest"
 	"github.com/rotavault/rotavault/provider"
 	"github.com/rotavault/rotavault/providersim"
@@ -39,7 +40,7 @@ func setupVaultBench(b *testing.B) *vaultBench {
 	b.Cleanup(func() { _ = sim.Close() })
 	sim.AddClient(providersim.Client{ID: "bench", Secret: "bench-secret"})
 	count := &faultStore{Store: vs}
-	br, err := New(context.Background(), Config{Store: count, Provider: provider.New(nil), Auditor: &recordingAuditor{}}, WithSchedulerInterval(time.Hour))
+	br, err := New(context.Background(), Config{Store: count, Provider: provider.New(nil), Auditor: &recordingAuditor{}}, option.WithSchedulerInterval(time.Hour))
 	if err != nil {
 		b.Fatal(err)
 	}

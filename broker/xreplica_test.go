@@ -9,6 +9,7 @@ import (
 
 	"github.com/rotavault/rotavault/broker/brokererr"
 	"github.com/rotavault/rotavault/broker/credspec"
+	"github.com/rotavault/rotavault/broker/option"
 	"github.com/rotavault/rotavault/internal/fakeclock"
 	"github.com/rotavault/rotavault/providersim"
 	"github.com/rotavault/rotavault/store"
@@ -35,8 +36,8 @@ func simSpec(sim *providersim.Server) credspec.Spec {
 // replicaOpts run a replica on clk with the scheduler and periodic
 // introspection out of the way and fast retries; extra options come last and
 // win.
-func replicaOpts(clk *fakeclock.Clock, extra ...Option) []Option {
-	return append([]Option{WithClock(clk.Now), WithSchedulerInterval(time.Hour), WithRetryBase(time.Millisecond), WithIntrospectionInterval(0)}, extra...)
+func replicaOpts(clk *fakeclock.Clock, extra ...option.Option) []option.Option {
+	return append([]option.Option{option.WithClock(clk.Now), option.WithSchedulerInterval(time.Hour), option.WithRetryBase(time.Millisecond), option.WithIntrospectionInterval(0)}, extra...)
 }
 
 func setup(t *testing.T, st store.Store, clk *fakeclock.Clock) (*providersim.Server, []*Broker, credspec.Spec) {
@@ -185,8 +186,8 @@ func TestStressTwoReplicas(t *testing.T) {
 		// shorter than the claim margin, and a clock jumping past a claim's
 		// deadline while its holder's refresh is in flight would test a
 		// takeover, not concurrent callers.
-		bs = append(bs, newTestBroker(t, st, replicaOpts(clk, WithSchedulerInterval(10*time.Millisecond), WithRejectionInterval(0),
-			WithClaimTiming(10*time.Minute, 4*time.Minute))...))
+		bs = append(bs, newTestBroker(t, st, replicaOpts(clk, option.WithSchedulerInterval(10*time.Millisecond), option.WithRejectionInterval(0),
+			option.WithClaimTiming(10*time.Minute, 4*time.Minute))...))
 	}
 	spec := simSpec(sim)
 	spec.AccessTokenLife = 30 * time.Second // a rotation every few steps

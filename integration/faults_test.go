@@ -14,6 +14,7 @@ import (
 
 	"github.com/rotavault/rotavault/broker"
 	"github.com/rotavault/rotavault/broker/brokererr"
+	"github.com/rotavault/rotavault/broker/option"
 	rotavaultv1 "github.com/rotavault/rotavault/gen/rotavault/v1"
 	"github.com/rotavault/rotavault/provider"
 	"github.com/rotavault/rotavault/providersim"
@@ -49,7 +50,7 @@ func TestStoreOutageAfterRotationLosesNothing(t *testing.T) {
 	e.start()
 	fs := &failingStore{Store: e.store}
 	b, err := broker.New(context.Background(), broker.Config{Store: fs, Provider: provider.New(nil), Auditor: e.audit},
-		broker.WithClock(e.clock.now), broker.WithRetryBase(time.Millisecond), broker.WithSchedulerInterval(time.Hour))
+		option.WithClock(e.clock.now), option.WithRetryBase(time.Millisecond), option.WithSchedulerInterval(time.Hour))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -152,7 +153,7 @@ func TestProviderOutageIsRetriedAndNeverRevokes(t *testing.T) {
 }
 
 func TestIdleFamilyIsRefreshedBeforeIdleTimeout(t *testing.T) {
-	e := newEnv(t, envOptions{brokerOpts: []broker.Option{broker.WithSchedulerInterval(20 * time.Millisecond)}})
+	e := newEnv(t, envOptions{brokerOpts: []option.Option{option.WithSchedulerInterval(20 * time.Millisecond)}})
 	e.installSalesforce("idle", func(s *rotavaultv1.CredentialSpec) { s.RefreshTokenIdleTimeout = durationpb.New(time.Hour) })
 	before := e.sim.Stats().RefreshRequests
 	// Nobody asks for a token; half the idle timeout passes.
@@ -214,7 +215,7 @@ func TestClientSecretRotationKeepsFamily(t *testing.T) {
 }
 
 func TestUsedTokenIsRefreshedAheadOfExpiry(t *testing.T) {
-	e := newEnv(t, envOptions{brokerOpts: []broker.Option{broker.WithSchedulerInterval(20 * time.Millisecond)}})
+	e := newEnv(t, envOptions{brokerOpts: []option.Option{option.WithSchedulerInterval(20 * time.Millisecond)}})
 	e.installSalesforce("busy")
 	first := e.token("busy") // in use
 	target := e.sim.Stats().TokenRequests + 1

@@ -23,6 +23,7 @@ import (
 	"github.com/rotavault/rotavault/broker"
 	"github.com/rotavault/rotavault/broker/catalog"
 	"github.com/rotavault/rotavault/broker/credspec"
+	"github.com/rotavault/rotavault/broker/option"
 	rotavaultv1 "github.com/rotavault/rotavault/gen/rotavault/v1"
 	"github.com/rotavault/rotavault/provider"
 	"github.com/rotavault/rotavault/providersim"
@@ -95,7 +96,7 @@ func newCatalogEnvWith(t *testing.T, configure func(*Config)) *catalogEnv {
 	sim.AddClient(providersim.Client{ID: simClient, Secret: simSecret})
 	e.sim = sim
 	b, err := broker.New(context.Background(), broker.Config{Store: e.store, Provider: provider.New(nil), Auditor: e.auditor},
-		broker.WithSchedulerInterval(time.Hour))
+		option.WithSchedulerInterval(time.Hour))
 	if err != nil {
 		t.Fatal(err)
 	}

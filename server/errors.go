@@ -12,10 +12,10 @@ import (
 	"google.golang.org/protobuf/protoadapt"
 	"google.golang.org/protobuf/types/known/durationpb"
 
-	"github.com/rotavault/rotavault/broker"
 	"github.com/rotavault/rotavault/broker/authflow"
 	"github.com/rotavault/rotavault/broker/brokererr"
 	"github.com/rotavault/rotavault/broker/notice"
+	"github.com/rotavault/rotavault/broker/option"
 )
 
 // ErrorDomain is the google.rpc.ErrorInfo domain of Rotavault's errors.
@@ -43,7 +43,7 @@ const (
 	ReasonTooManyReplays = "TOO_MANY_REPLAYS"
 	// A credential's reuse grace period is too short for a refresh claim
 	// to fit inside it (broker.ReuseGraceTooShort, INVALID_ARGUMENT).
-	ReasonReuseGraceTooShort = broker.ReuseGraceTooShort
+	ReasonReuseGraceTooShort = option.ReuseGraceTooShort
 )
 
 // replayRetry is when a watch refused for too many replays may try again:

@@ -13,10 +13,10 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	"github.com/rotavault/rotavault/broker"
 	"github.com/rotavault/rotavault/broker/authflow"
 	"github.com/rotavault/rotavault/broker/brokererr"
 	"github.com/rotavault/rotavault/broker/notice"
+	"github.com/rotavault/rotavault/broker/option"
 )
 
 func TestToStatus(t *testing.T) {
@@ -31,7 +31,7 @@ func TestToStatus(t *testing.T) {
 		{"not found", fmt.Errorf("%w: x", brokererr.ErrNotFound), codes.NotFound, "", 0},
 		{"exists", fmt.Errorf("%w: x", brokererr.ErrAlreadyExists), codes.AlreadyExists, "", 0},
 		{"invalid", &brokererr.InvalidArgumentError{Field: "credential_id", Reason: "bad"}, codes.InvalidArgument, "", 0},
-		{"reuse grace too short", &brokererr.InvalidArgumentError{Field: "spec.reuse_grace_period", Reason: "too short", Code: broker.ReuseGraceTooShort}, codes.InvalidArgument, ReasonReuseGraceTooShort, 0},
+		{"reuse grace too short", &brokererr.InvalidArgumentError{Field: "spec.reuse_grace_period", Reason: "too short", Code: option.ReuseGraceTooShort}, codes.InvalidArgument, ReasonReuseGraceTooShort, 0},
 		{"invalid with code", &brokererr.InvalidArgumentError{Field: "min_remaining_lifetime", Reason: "too long", Code: "MIN_LIFETIME_UNATTAINABLE"}, codes.InvalidArgument, "MIN_LIFETIME_UNATTAINABLE", 0},
 		{"reauth", fmt.Errorf("%w: revoked", brokererr.ErrReauthRequired), codes.FailedPrecondition, ReasonReauthenticationRequired, 0},
 		{"provider down", &brokererr.UnavailableError{Component: brokererr.ComponentProvider, RetryAfter: 2 * time.Second, Err: secretish}, codes.Unavailable, ReasonProviderUnavailable, 2 * time.Second},
