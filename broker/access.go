@@ -83,10 +83,10 @@ func (b *Broker) GetAccessToken(ctx context.Context, req TokenRequest) (AccessTo
 	}
 	if req.Rejected == nil && b.fresh(v, req.MinRemaining) && !e.beingRotated(v) {
 		e.markUsed()
-		b.metrics.cacheHits.Add(1)
+		b.metrics.CacheHits.Add(1)
 		return b.toAccessToken(v), nil // the hot path: no allocation, no store
 	}
-	b.metrics.cacheMisses.Add(1)
+	b.metrics.CacheMisses.Add(1)
 	need := b.needsRefresh(e, req.MinRemaining)
 	if req.Rejected == nil {
 		if floor, held := b.holdsBack(v, b.opts.Now()); held && !e.beingRotated(v) {
@@ -96,7 +96,7 @@ func (b *Broker) GetAccessToken(ctx context.Context, req TokenRequest) (AccessTo
 			// The token is unexpired, but a replica may rotate it from its
 			// scheduled time on: wait for the rotation rather than hand out
 			// a token it may kill.
-			b.metrics.cutoffWaits.Add(1)
+			b.metrics.CutoffWaits.Add(1)
 			if err := b.awaitScheduledRotation(ctx, e, v); err != nil {
 				return AccessToken{}, err
 			}

@@ -23,6 +23,7 @@ import (
 	"github.com/rotavault/rotavault/broker/catalog"
 	"github.com/rotavault/rotavault/broker/notice"
 	"github.com/rotavault/rotavault/broker/option"
+	"github.com/rotavault/rotavault/broker/stats"
 	"github.com/rotavault/rotavault/internal/credid"
 	"github.com/rotavault/rotavault/provider"
 	"github.com/rotavault/rotavault/store"
@@ -85,133 +86,12 @@ type Broker struct {
 	flows *authflow.Flows
 	// catalog is the consumer catalog (package catalog).
 	catalog *catalog.Catalog
-	metrics counters
-}
-
-type counters struct {
-	claimWaits             atomic.Int64
-	cacheHits, cacheMisses atomic.Int64
-	// rotationsHeldBack counts calls the rotation floor kept from a refresh
-	// (see rotationInterval).
-	rotationsHeldBack atomic.Int64
-	// cutoffWaits counts calls that waited for a rotation because the
-	// token was past its cutoff; offScheduleRotations the rotations this
-	// replica announced to the others (cutoff.go).
-	cutoffWaits, offScheduleRotations atomic.Int64
-	refreshes                         atomic.Int64
-	refreshFailures                   [numRefreshFailures]atomic.Int64
-	// discoveries and discoveryFailures count metadata fetches.
-	discoveries, discoveryFailures atomic.Int64
-	// revocations is guarded by revocationsMu: reasons are few, revocations
-	// rare.
-	revocationsMu sync.Mutex
-	revocations   map[RevocationReason]int64
-}
-
-// Stats are counters a test or an operator may read. They count what this
-// replica did since it started.
-type Stats struct {
-	// ClaimWaits counts waits for another replica's refresh.
-	ClaimWaits int64
-	// ConsumerTokensDropped counts access tokens this replica handed to
-	// identities it could not add to a full consumer catalog.
-	ConsumerTokensDropped int64
-	// CacheHits counts GetAccessToken calls answered from the cached token;
-	// CacheMisses those that needed a refresh, a wait for one, or the store.
-	CacheHits, CacheMisses int64
-	// RotationsHeldBack counts GetAccessToken calls that wanted a refresh
-	// the rotation floor did not allow yet (the credential was refreshed
-	// less than max(half its tokens' lifetime, 5 s) ago): they got the
-	// current token, or UNAVAILABLE when it had expired.
-	RotationsHeldBack int64
-	// CutoffWaits counts GetAccessToken calls that found the token
-	// unexpired but past its serving cutoff (a replica may have rotated it
-	// at a provider that kills the previous access token) and waited for
-	// the rotation instead.
-	CutoffWaits int64
-	// OffScheduleRotations counts rotations this replica made before the
-	// previous access token's cutoff and announced to the other replicas.
-	OffScheduleRotations int64
-	// Refreshes counts rotations this replica completed and stored.
-	Refreshes int64
-	// RefreshFailures counts refreshes this replica gave up on, by reason:
-	// provider_unavailable, store_unavailable, reauthentication_required
-	// (the family was revoked), client_rejected, other.
-	RefreshFailures map[string]int64
-	// Revocations counts families this replica marked revoked, by reason.
-	Revocations map[RevocationReason]int64
-	// Discoveries counts provider metadata documents this replica fetched
-	// (for --issuer); DiscoveryFailures the fetches that failed or were
-	// refused (too large, another issuer, an insecure endpoint).
-	Discoveries, DiscoveryFailures int64
-	// NoticeLogReadAt is when this replica last read the shared notice log
-	// successfully: how current its view of the store is.
-	NoticeLogReadAt time.Time
+	metrics stats.Counters
 }
 
 // Stats returns the broker's counters.
-func (b *Broker) Stats() Stats {
-	m := &b.metrics
-	s := Stats{
-		ClaimWaits: m.claimWaits.Load(), ConsumerTokensDropped: b.catalog.Dropped(),
-		CacheHits: m.cacheHits.Load(), CacheMisses: m.cacheMisses.Load(), Refreshes: m.refreshes.Load(),
-		RotationsHeldBack: m.rotationsHeldBack.Load(),
-		CutoffWaits:       m.cutoffWaits.Load(), OffScheduleRotations: m.offScheduleRotations.Load(),
-		Discoveries: m.discoveries.Load(), DiscoveryFailures: m.discoveryFailures.Load(),
-		RefreshFailures: make(map[string]int64, numRefreshFailures),
-		Revocations:     make(map[RevocationReason]int64),
-		NoticeLogReadAt: b.notices.LastRead(),
-	}
-	for i := range m.refreshFailures {
-		s.RefreshFailures[refreshFailureNames[i]] = m.refreshFailures[i].Load()
-	}
-	m.revocationsMu.Lock()
-	for r, n := range m.revocations {
-		s.Revocations[r] = n
-	}
-	m.revocationsMu.Unlock()
-	return s
-}
-
-const (
-	failProviderUnavailable = iota
-	failStoreUnavailable
-	failReauthRequired
-	failClientRejected
-	failOther
-	numRefreshFailures
-)
-
-var refreshFailureNames = [numRefreshFailures]string{"provider_unavailable", "store_unavailable", "reauthentication_required", "client_rejected", "other"}
-
-// countRefresh records how a refresh this replica ran ended.
-func (b *Broker) countRefresh(err error) {
-	if err == nil {
-		b.metrics.refreshes.Add(1)
-		return
-	}
-	kind := failOther
-	var ue *brokererr.UnavailableError
-	switch {
-	case errors.As(err, &ue) && ue.Component == brokererr.ComponentProvider:
-		kind = failProviderUnavailable
-	case errors.As(err, &ue):
-		kind = failStoreUnavailable
-	case errors.Is(err, brokererr.ErrReauthRequired):
-		kind = failReauthRequired
-	case errors.Is(err, brokererr.ErrClientRejected):
-		kind = failClientRejected
-	}
-	b.metrics.refreshFailures[kind].Add(1)
-}
-
-func (b *Broker) countRevocation(r RevocationReason) {
-	b.metrics.revocationsMu.Lock()
-	defer b.metrics.revocationsMu.Unlock()
-	if b.metrics.revocations == nil {
-		b.metrics.revocations = make(map[RevocationReason]int64)
-	}
-	b.metrics.revocations[r]++
+func (b *Broker) Stats() stats.Stats {
+	return b.metrics.Snapshot(b.catalog.Dropped(), b.notices.LastRead())
 }
 
 // New returns a broker and starts its scheduler. It loads the credentials

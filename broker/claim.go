@@ -123,7 +123,7 @@ func (b *Broker) acquire(ctx context.Context, e *entry, need func(*view) bool) (
 // awaitChange polls the family record until its version moves past version
 // or the claim deadline passes.
 func (b *Broker) awaitChange(ctx context.Context, key string, version uint64, deadline time.Time) error {
-	b.metrics.claimWaits.Add(1)
+	b.metrics.ClaimWaits.Add(1)
 	t := time.NewTicker(b.opts.Claim.Poll)
 	defer t.Stop()
 	for {

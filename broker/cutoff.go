@@ -189,7 +189,7 @@ func (b *Broker) announceOffSchedule(e *entry, prev, next *view) {
 	if !c.IsZero() && !now.Before(c) {
 		return // on schedule: every replica stopped serving it at the cutoff
 	}
-	b.metrics.offScheduleRotations.Add(1)
+	b.metrics.OffScheduleRotations.Add(1)
 	n := &notice.Notice{Kind: notice.AccessRotated, CredentialID: e.id, FamilyID: next.fam.FamilyID, Generation: next.fam.Generation, DetectedAt: now}
 	b.goTracked(func() {
 		ctx, cancel := persistContext(b.ctx)

@@ -29,10 +29,10 @@ func (b *Broker) discover(ctx context.Context, issuer string) (*credspec.Discove
 	if !ok {
 		return nil, errors.New("broker: this server's provider client cannot discover metadata")
 	}
-	b.metrics.discoveries.Add(1)
+	b.metrics.Discoveries.Add(1)
 	m, err := d.Discover(ctx, issuer)
 	if err != nil {
-		b.metrics.discoveryFailures.Add(1)
+		b.metrics.DiscoveryFailures.Add(1)
 		return nil, err
 	}
 	return credspec.FromMetadata(m, b.opts.Now()), nil

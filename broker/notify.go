@@ -39,7 +39,7 @@ func (b *Broker) Subscribe(ctx context.Context, credentialIDs []string, cursor s
 // notify records a notice and delivers it (see notice.Log.Publish).
 func (b *Broker) notify(ctx context.Context, n notice.Notice) {
 	if n.Kind == notice.FamilyRevoked {
-		b.countRevocation(n.Reason)
+		b.metrics.CountRevocation(n.Reason)
 	}
 	b.notices.Publish(ctx, n)
 }

@@ -99,7 +99,7 @@ func heldBack(v *view, now time.Time) (*rotationFloorError, bool) {
 // whose tokens live under 5 s) cannot be handed out, and the caller is
 // told when to come back.
 func (b *Broker) serveHeldBack(e *entry, v *view, floor *rotationFloorError) (AccessToken, error) {
-	b.metrics.rotationsHeldBack.Add(1)
+	b.metrics.RotationsHeldBack.Add(1)
 	e.mu.Lock()
 	if !errors.Is(e.lastErr, errRotationFloor) {
 		e.lastErr = floor

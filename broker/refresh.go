@@ -62,7 +62,7 @@ func (b *Broker) runRefresh(caller context.Context, e *entry, need func(*view) b
 		}
 		b.log.WarnContext(ctx, "another replica took this replica's refresh claim over; reading what it stored", "credential", e.id)
 	}
-	b.countRefresh(err)
+	b.metrics.CountRefresh(err)
 	e.mu.Lock()
 	e.lastErr = err
 	e.mu.Unlock()

@@ -18,6 +18,7 @@ import (
 
 	"github.com/rotavault/rotavault/broker"
 	"github.com/rotavault/rotavault/broker/credspec"
+	"github.com/rotavault/rotavault/broker/stats"
 	"github.com/rotavault/rotavault/internal/version"
 	"github.com/rotavault/rotavault/provider"
 	"github.com/rotavault/rotavault/store"
@@ -65,7 +66,7 @@ func (m *Metrics) Registry() *prometheus.Registry { return m.reg }
 // BrokerStats is what the metrics read of the rotation logic at each
 // scrape; *broker.Broker is one.
 type BrokerStats interface {
-	Stats() broker.Stats
+	Stats() stats.Stats
 	SubscriberCount() int
 	CountCredentials(ctx context.Context) (map[broker.Status]int, error)
 }
