@@ -13,6 +13,7 @@ import (
 	"github.com/rotavault/rotavault/broker/brokererr"
 	"github.com/rotavault/rotavault/broker/catalog"
 	"github.com/rotavault/rotavault/broker/credspec"
+	"github.com/rotavault/rotavault/broker/detect"
 	"github.com/rotavault/rotavault/broker/notice"
 	"github.com/rotavault/rotavault/store"
 )
@@ -38,7 +39,7 @@ type Credential struct {
 	UpdatedAt          time.Time
 	// EarlyDetection is whether the periodic introspection watches the
 	// family now; EarlyDetectionDetail says why (not).
-	EarlyDetection       EarlyDetectionState
+	EarlyDetection       detect.State
 	EarlyDetectionDetail string
 }
 

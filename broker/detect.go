@@ -194,23 +194,9 @@ func stillSameLiveToken(seen, cur *view) bool {
 		cur.fam.RefreshToken == seen.fam.RefreshToken
 }
 
-// EarlyDetectionState says whether the periodic check watches a
-// credential's family now, and if not, why; see detect.State.
-type EarlyDetectionState = detect.State
-
-// Early detection states.
-const (
-	EarlyDetectionUnspecified = detect.StateUnspecified
-	EarlyDetectionActive      = detect.StateActive
-	EarlyDetectionDisabled    = detect.StateDisabled
-	EarlyDetectionNoEndpoint  = detect.StateNoEndpoint
-	EarlyDetectionNoFamily    = detect.StateNoFamily
-	EarlyDetectionWaiting     = detect.StateWaiting
-)
-
 // earlyDetection describes the periodic check's view of v at now: its state
 // and a sentence saying what it means.
-func (b *Broker) earlyDetection(v *view, now time.Time) (EarlyDetectionState, string) {
+func (b *Broker) earlyDetection(v *view, now time.Time) (detect.State, string) {
 	return detect.Describe(b.opts.Detect.Interval, v.cred.Spec.Endpoint().IntrospectionURL != "",
 		v.fam.Status == StatusActive, b.corroborable(v, now))
 }

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/rotavault/rotavault/broker/credspec"
+	"github.com/rotavault/rotavault/broker/detect"
 	"github.com/rotavault/rotavault/broker/notice"
 	"github.com/rotavault/rotavault/broker/option"
 	"github.com/rotavault/rotavault/internal/fakeclock"
@@ -159,7 +160,7 @@ func TestPeriodicIntrospectionDetectsRevocationWithShortLivedAccessTokens(t *tes
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.EarlyDetection != EarlyDetectionActive {
+	if c.EarlyDetection != detect.StateActive {
 		t.Fatalf("early detection %s (%s) with a 20 s access token just issued, want active", c.EarlyDetection, c.EarlyDetectionDetail)
 	}
 	replayAndAwaitRevocation(ctx, t, b, fs, old)
@@ -177,11 +178,11 @@ func TestEarlyDetectionStateSaysWhyInactive(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.EarlyDetection != EarlyDetectionWaiting {
+	if c.EarlyDetection != detect.StateWaiting {
 		t.Fatalf("early detection %s (%s) with the access token expired, want waiting_for_access_token", c.EarlyDetection, c.EarlyDetectionDetail)
 	}
 	off, _, _, _, _ := blindEnvWith(ctx, t, fositeserver.Config{}, option.WithIntrospectionInterval(0))
-	if c, err = off.GetCredential(ctx, "g"); err != nil || c.EarlyDetection != EarlyDetectionDisabled {
+	if c, err = off.GetCredential(ctx, "g"); err != nil || c.EarlyDetection != detect.StateDisabled {
 		t.Fatalf("with the check off: %s, %v; want disabled", c.EarlyDetection, err)
 	}
 }

@@ -11,6 +11,7 @@ import (
 
 	"github.com/rotavault/rotavault/broker/brokererr"
 	"github.com/rotavault/rotavault/broker/credspec"
+	"github.com/rotavault/rotavault/broker/detect"
 	"github.com/rotavault/rotavault/broker/option"
 	"github.com/rotavault/rotavault/internal/fositeserver"
 	"github.com/rotavault/rotavault/internal/syncbuf"
@@ -58,7 +59,7 @@ func TestIssuerDiscoveryFillsEndpointsAndBasicAuth(t *testing.T) {
 	if d == nil || d.TokenURL != fs.TokenURL() || d.IntrospectionURL != fs.IntrospectionURL() || d.ClientAuth != credspec.ClientAuthSecretBasic || d.URL != fs.MetadataURL() {
 		t.Fatalf("discovered %+v, want fosite's endpoints and client_secret_basic from %s", d, fs.MetadataURL())
 	}
-	if c.Status != StatusActive || c.EarlyDetection != EarlyDetectionActive {
+	if c.Status != StatusActive || c.EarlyDetection != detect.StateActive {
 		t.Fatalf("status %s, early detection %s (%s); want active, active", c.Status, c.EarlyDetection, c.EarlyDetectionDetail)
 	}
 	if s := b.Stats(); s.Discoveries != 1 || s.DiscoveryFailures != 0 {
@@ -156,11 +157,11 @@ func TestUpdateIssuerRediscovers(t *testing.T) {
 	if err != nil || c.Spec.Discovered == nil || c.Spec.Discovered.IntrospectionURL != sim.URL()+"/services/oauth2/introspect" {
 		t.Fatalf("after setting the issuer: %+v, %v; want the simulator's metadata", c.Spec.Discovered, err)
 	}
-	if c.EarlyDetection == EarlyDetectionNoEndpoint {
+	if c.EarlyDetection == detect.StateNoEndpoint {
 		t.Fatalf("early detection %s with a discovered introspection endpoint", c.EarlyDetection)
 	}
 	c, err = b.UpdateCredential(ctx, "s", []credspec.Field{credspec.FieldIssuer}, credspec.Spec{})
-	if err != nil || c.Spec.Discovered != nil || c.EarlyDetection != EarlyDetectionNoEndpoint {
+	if err != nil || c.Spec.Discovered != nil || c.EarlyDetection != detect.StateNoEndpoint {
 		t.Fatalf("after clearing the issuer: %+v, %s, %v; want no metadata, no introspection endpoint", c.Spec.Discovered, c.EarlyDetection, err)
 	}
 }

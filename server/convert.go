@@ -9,6 +9,7 @@ import (
 	"github.com/rotavault/rotavault/broker"
 	"github.com/rotavault/rotavault/broker/authflow"
 	"github.com/rotavault/rotavault/broker/credspec"
+	"github.com/rotavault/rotavault/broker/detect"
 	"github.com/rotavault/rotavault/broker/notice"
 	rotavaultv1 "github.com/rotavault/rotavault/gen/rotavault/v1"
 )
@@ -189,18 +190,18 @@ func discoveredToProto(d *credspec.DiscoveredMetadata) *rotavaultv1.DiscoveredMe
 	}
 }
 
-func earlyDetectionToProto(s broker.EarlyDetectionState, detail string) *rotavaultv1.EarlyDetection {
+func earlyDetectionToProto(s detect.State, detail string) *rotavaultv1.EarlyDetection {
 	var st rotavaultv1.EarlyDetectionState
 	switch s {
-	case broker.EarlyDetectionActive:
+	case detect.StateActive:
 		st = rotavaultv1.EarlyDetectionState_EARLY_DETECTION_STATE_ACTIVE
-	case broker.EarlyDetectionDisabled:
+	case detect.StateDisabled:
 		st = rotavaultv1.EarlyDetectionState_EARLY_DETECTION_STATE_DISABLED
-	case broker.EarlyDetectionNoEndpoint:
+	case detect.StateNoEndpoint:
 		st = rotavaultv1.EarlyDetectionState_EARLY_DETECTION_STATE_NO_INTROSPECTION_ENDPOINT
-	case broker.EarlyDetectionNoFamily:
+	case detect.StateNoFamily:
 		st = rotavaultv1.EarlyDetectionState_EARLY_DETECTION_STATE_NO_FAMILY
-	case broker.EarlyDetectionWaiting:
+	case detect.StateWaiting:
 		st = rotavaultv1.EarlyDetectionState_EARLY_DETECTION_STATE_WAITING_FOR_ACCESS_TOKEN
 	}
 	return &rotavaultv1.EarlyDetection{State: st, Detail: detail}
