@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rotavault/rotavault/broker/access"
 	"github.com/rotavault/rotavault/broker/credspec"
 	"github.com/rotavault/rotavault/broker/option"
 	"github.com/rotavault/rotavault/internal/fakeclock"
@@ -58,7 +59,7 @@ func TestAbsurdTokenLifetimeIsTakenAsTheConfiguredOne(t *testing.T) {
 	}
 	// Past the configured lifetime the token is refreshed, not served.
 	clk.Add(configured)
-	tok, err := b.GetAccessToken(ctx, TokenRequest{CredentialID: "x"})
+	tok, err := b.GetAccessToken(ctx, access.Request{CredentialID: "x"})
 	if err != nil {
 		t.Fatal(err)
 	}

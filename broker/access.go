@@ -2,84 +2,39 @@ package broker
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"fmt"
 	"time"
 
+	"github.com/rotavault/rotavault/broker/access"
 	"github.com/rotavault/rotavault/broker/brokererr"
 	"github.com/rotavault/rotavault/broker/credspec"
 	"github.com/rotavault/rotavault/provider"
 )
 
-// TokenRequest asks for an access token.
-type TokenRequest struct {
-	CredentialID string
-	// MinRemaining is the least lifetime the token must have left; 0 means
-	// any token not within the expiry delta of its end.
-	MinRemaining time.Duration
-	// Rejected, when set, names a token a resource server refused.
-	Rejected *RejectedToken
-}
-
-// RejectedToken names a refused access token by generation (within the
-// current family) or by fingerprint. Exactly one is set.
-type RejectedToken struct {
-	Generation  uint64
-	Fingerprint string
-}
-
-// AccessToken is what consumers receive. It never holds a refresh token.
-type AccessToken struct {
-	Token       string
-	Type        string
-	InstanceURL string
-	Scopes      []string
-	IssuedAt    time.Time
-	ExpiresAt   time.Time
-	// UseUntil is when this token must stop being used: after it a replica
-	// may have rotated it at a provider that kills the previous access token.
-	UseUntil    time.Time
-	FamilyID    string
-	Generation  uint64
-	Fingerprint string
-
-	// Rejected says what the request's rejected-token report caused; zero
-	// when the request reported none.
-	Rejected RejectedOutcome
-}
-
-// Fingerprint identifies an access token without revealing it: lowercase hex
-// of the first 8 bytes of its SHA-256.
-func Fingerprint(accessToken string) string {
-	sum := sha256.Sum256([]byte(accessToken))
-	return hex.EncodeToString(sum[:8])
-}
-
 // GetAccessToken returns an access token with at least req.MinRemaining
 // left. Concurrent callers share one refresh. Errors: *InvalidArgumentError,
 // ErrNotFound, ErrReauthRequired, *UnavailableError, *RateLimitedError,
 // ErrClosed.
-func (b *Broker) GetAccessToken(ctx context.Context, req TokenRequest) (AccessToken, error) {
+func (b *Broker) GetAccessToken(ctx context.Context, req access.Request) (access.Token, error) {
 	if err := b.validateID(req.CredentialID); err != nil {
-		return AccessToken{}, err
+		return access.Token{}, err
 	}
 	if req.MinRemaining < 0 {
-		return AccessToken{}, brokererr.Invalid("min_remaining_lifetime", "must not be negative")
+		return access.Token{}, brokererr.Invalid("min_remaining_lifetime", "must not be negative")
 	}
-	if r := req.Rejected; r != nil && r.Fingerprint != "" && !isFingerprint(r.Fingerprint) {
-		return AccessToken{}, brokererr.Invalid("rejected_token.fingerprint", "must be 16 lowercase hex digits")
+	if r := req.Rejected; r != nil && r.Fingerprint != "" && !access.IsFingerprint(r.Fingerprint) {
+		return access.Token{}, brokererr.Invalid("rejected_token.fingerprint", "must be 16 lowercase hex digits")
 	}
 	e, err := b.entry(ctx, req.CredentialID)
 	if err != nil {
-		return AccessToken{}, err
+		return access.Token{}, err
 	}
 	v := e.view.Load()
 	if v.fam.Status != StatusActive {
 		v = b.recheckInactive(ctx, e, v)
 	}
 	if err := b.checkMinRemaining(v, req.MinRemaining); err != nil {
-		return AccessToken{}, err
+		return access.Token{}, err
 	}
 	if req.Rejected == nil && b.fresh(v, req.MinRemaining) && !e.beingRotated(v) {
 		e.markUsed()
@@ -98,7 +53,7 @@ func (b *Broker) GetAccessToken(ctx context.Context, req TokenRequest) (AccessTo
 			// a token it may kill.
 			b.metrics.CutoffWaits.Add(1)
 			if err := b.awaitScheduledRotation(ctx, e, v); err != nil {
-				return AccessToken{}, err
+				return access.Token{}, err
 			}
 		}
 	}
@@ -107,7 +62,7 @@ func (b *Broker) GetAccessToken(ctx context.Context, req TokenRequest) (AccessTo
 	if req.Rejected != nil {
 		if v, done, err := b.handleRejection(ctx, e, v, req); done || err != nil {
 			if err != nil {
-				return AccessToken{}, err
+				return access.Token{}, err
 			}
 			e.markUsed()
 			tok := b.toAccessToken(v)
@@ -124,7 +79,7 @@ func (b *Broker) GetAccessToken(ctx context.Context, req TokenRequest) (AccessTo
 
 	v, err = b.refresh(ctx, e, need)
 	if err != nil {
-		return AccessToken{}, err
+		return access.Token{}, err
 	}
 	if !b.fresh(v, req.MinRemaining) {
 		// Another caller's refresh (or another replica's) just ran: this
@@ -227,12 +182,12 @@ func (b *Broker) checkMinRemaining(v *view, minRemaining time.Duration) error {
 
 // handleRejection decides what a rejected-token report leads to. done means
 // the returned view answers the caller without a refresh.
-func (b *Broker) handleRejection(ctx context.Context, e *entry, v *view, req TokenRequest) (*view, bool, error) {
+func (b *Broker) handleRejection(ctx context.Context, e *entry, v *view, req access.Request) (*view, bool, error) {
 	if v.fam.Status != StatusActive || v.fam.Access == nil {
 		return v, false, nil
 	}
 	cur := v.fam.Access
-	if !req.Rejected.names(v) {
+	if !names(req.Rejected, v) {
 		// An older token was rejected; the current one is another token. Hand
 		// it out if it suits, else refresh as usual.
 		return v, b.fresh(v, req.MinRemaining), nil
@@ -308,21 +263,9 @@ func (b *Broker) handleRejection(ctx context.Context, e *entry, v *view, req Tok
 // longer than the rejection interval itself).
 const rejectionProbeInterval = time.Second
 
-func isFingerprint(s string) bool {
-	if len(s) != 16 {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		if !(s[i] >= '0' && s[i] <= '9' || s[i] >= 'a' && s[i] <= 'f') {
-			return false
-		}
-	}
-	return true
-}
-
-func (b *Broker) toAccessToken(v *view) AccessToken {
+func (b *Broker) toAccessToken(v *view) access.Token {
 	a := v.fam.Access
-	return AccessToken{
+	return access.Token{
 		UseUntil:    b.useUntil(v, b.opts.Now()),
 		Token:       a.Token,
 		Type:        a.Type,

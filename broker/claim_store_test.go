@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rotavault/rotavault/broker/access"
 	"github.com/rotavault/rotavault/broker/brokererr"
 	"github.com/rotavault/rotavault/broker/option"
 	"github.com/rotavault/rotavault/internal/fakeclock"
@@ -120,20 +121,20 @@ func TestCallersOfAReplicaPausedPastItsClaimGetTheTakeoversToken(t *testing.T) {
 	}
 	clk.Add(3 * time.Hour)
 	type answer struct {
-		tok AccessToken
+		tok access.Token
 		err error
 	}
 	answers := make(chan answer, 3)
 	for range 3 {
 		go func() {
-			tok, err := a.GetAccessToken(ctx, TokenRequest{CredentialID: "x"})
+			tok, err := a.GetAccessToken(ctx, access.Request{CredentialID: "x"})
 			answers <- answer{tok, err}
 		}()
 	}
 	<-paused.entered // A holds the claim, paused in its provider call
 	poll.Until(t, 10*time.Second, "A's callers queued", func() bool { return a.Stats().CacheMisses == 3 })
 	clk.Add(time.Minute) // past A's claim
-	taken, err := b.GetAccessToken(ctx, TokenRequest{CredentialID: "x"})
+	taken, err := b.GetAccessToken(ctx, access.Request{CredentialID: "x"})
 	if err != nil {
 		t.Fatalf("B's takeover: %v", err)
 	}
@@ -161,7 +162,7 @@ func TestSlowClaimWriteAdoptsAnotherReplicasRefresh(t *testing.T) {
 		f := storedFamily(ctx, t, fs.Store)
 		rec := famRecord(ctx, t, fs.Store, "x")
 		f.Claim, f.Unproven, f.Generation, f.RefreshToken = nil, false, f.Generation+1, "rt-other"
-		f.Access = &accessToken{Token: "at-other", Type: "Bearer", IssuedAt: time.Now(), ExpiresAt: time.Now().Add(time.Hour), Fingerprint: Fingerprint("at-other")}
+		f.Access = &accessToken{Token: "at-other", Type: "Bearer", IssuedAt: time.Now(), ExpiresAt: time.Now().Add(time.Hour), Fingerprint: access.Fingerprint("at-other")}
 		raw, err := encodeRecord(&f)
 		if err != nil {
 			t.Error(err)

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rotavault/rotavault/broker/access"
 	"github.com/rotavault/rotavault/broker/brokererr"
 	"github.com/rotavault/rotavault/broker/credspec"
 	"github.com/rotavault/rotavault/broker/notice"
@@ -52,7 +53,7 @@ func awaitFollowed(t *testing.T, b *Broker) {
 	})
 }
 
-func mustToken(t *testing.T, b *Broker, req TokenRequest) AccessToken {
+func mustToken(t *testing.T, b *Broker, req access.Request) access.Token {
 	t.Helper()
 	if req.CredentialID == "" {
 		req.CredentialID = "x"
@@ -72,21 +73,21 @@ func mustToken(t *testing.T, b *Broker, req TokenRequest) AccessToken {
 // dead tokens for 2 s per rotation.
 func TestCutoffStopsEveryReplicaBeforeTheScheduledRotation(t *testing.T) {
 	a, b, clk := setupCutoffReplicas(t, credspec.PreviousAccessDefault)
-	first := mustToken(t, b, TokenRequest{}) // b caches it
+	first := mustToken(t, b, access.Request{}) // b caches it
 	wantCutoff := first.IssuedAt.Add(13*time.Second - 500*time.Millisecond)
 	if !first.UseUntil.Equal(wantCutoff) {
 		t.Fatalf("use_until %s after issue, want the cutoff %s", first.UseUntil.Sub(first.IssuedAt), wantCutoff.Sub(first.IssuedAt))
 	}
 	clk.Add(wantCutoff.Add(-time.Millisecond).Sub(clk.Now()))
-	if tok := mustToken(t, b, TokenRequest{}); tok.Token != first.Token {
+	if tok := mustToken(t, b, access.Request{}); tok.Token != first.Token {
 		t.Fatal("the token was replaced before its cutoff")
 	}
 	clk.Add(wantCutoff.Sub(clk.Now()))
-	rotated := mustToken(t, a, TokenRequest{}) // a's caller past the cutoff rotates
+	rotated := mustToken(t, a, access.Request{}) // a's caller past the cutoff rotates
 	if rotated.Token == first.Token || rotated.Generation != first.Generation+1 {
 		t.Fatalf("a past the cutoff: generation %d, want a rotation to %d", rotated.Generation, first.Generation+1)
 	}
-	got := mustToken(t, b, TokenRequest{}) // b's cache still holds the old one
+	got := mustToken(t, b, access.Request{}) // b's cache still holds the old one
 	if got.Token != rotated.Token {
 		t.Fatalf("b handed out generation %d past the cutoff, want %d (the rotation's result)", got.Generation, rotated.Generation)
 	}
@@ -102,12 +103,12 @@ func TestCutoffStopsEveryReplicaBeforeTheScheduledRotation(t *testing.T) {
 // token serves until expiry − margin and says so.
 func TestNoCutoffWhenTheProviderKeepsThePreviousAccessToken(t *testing.T) {
 	_, b, clk := setupCutoffReplicas(t, credspec.PreviousAccessKept)
-	first := mustToken(t, b, TokenRequest{})
+	first := mustToken(t, b, access.Request{})
 	if want := first.ExpiresAt.Add(-5 * time.Second); !first.UseUntil.Equal(want) {
 		t.Fatalf("use_until %s before expiry, want 5s (the margin)", first.ExpiresAt.Sub(first.UseUntil))
 	}
 	clk.Add(first.ExpiresAt.Add(-5 * time.Second).Sub(clk.Now()))
-	if tok := mustToken(t, b, TokenRequest{}); tok.Token != first.Token || b.Stats().CutoffWaits != 0 {
+	if tok := mustToken(t, b, access.Request{}); tok.Token != first.Token || b.Stats().CutoffWaits != 0 {
 		t.Fatal("a token of a provider keeping previous access tokens was cut off")
 	}
 }
@@ -118,14 +119,14 @@ func TestNoCutoffWhenTheProviderKeepsThePreviousAccessToken(t *testing.T) {
 func TestOffScheduleRotationReachesTheOtherReplica(t *testing.T) {
 	a, b, clk := setupCutoffReplicas(t, credspec.PreviousAccessDefault)
 	ctx := context.Background()
-	first := mustToken(t, b, TokenRequest{})
+	first := mustToken(t, b, access.Request{})
 	sub, err := b.Subscribe(ctx, nil, "")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer sub.Close()
 	clk.Add(11 * time.Second) // past the 10 s rotation floor, before the 12.5 s cutoff
-	rotated := mustToken(t, a, TokenRequest{MinRemaining: 12 * time.Second})
+	rotated := mustToken(t, a, access.Request{MinRemaining: 12 * time.Second})
 	if rotated.Generation != first.Generation+1 {
 		t.Fatalf("min_remaining did not rotate: generation %d", rotated.Generation)
 	}
@@ -133,7 +134,7 @@ func TestOffScheduleRotationReachesTheOtherReplica(t *testing.T) {
 		t.Fatalf("OffScheduleRotations = %d, want 1", n)
 	}
 	poll.UntilSeen(t, 10*time.Second, "b to stop handing out the rotated-away token", func() (bool, string) {
-		tok := mustToken(t, b, TokenRequest{})
+		tok := mustToken(t, b, access.Request{})
 		return tok.Token == rotated.Token, tok.Fingerprint
 	})
 	// The next notice a watcher sees is the revocation, not the rotation.
@@ -155,7 +156,7 @@ func TestOffScheduleRotationReachesTheOtherReplica(t *testing.T) {
 // the access token the rotation may kill: they wait for the result.
 func TestCallersWaitWhileTheirReplicaRotates(t *testing.T) {
 	a, _, clk := setupCutoffReplicas(t, credspec.PreviousAccessDefault)
-	first := mustToken(t, a, TokenRequest{})
+	first := mustToken(t, a, access.Request{})
 	e, err := a.entry(context.Background(), "x")
 	if err != nil {
 		t.Fatal(err)
@@ -166,7 +167,7 @@ func TestCallersWaitWhileTheirReplicaRotates(t *testing.T) {
 	}
 	defer done()
 	clk.Add(time.Second)
-	if tok := mustToken(t, a, TokenRequest{}); tok.Generation != first.Generation+1 {
+	if tok := mustToken(t, a, access.Request{}); tok.Generation != first.Generation+1 {
 		t.Fatalf("handed out generation %d while it was being rotated, want the rotation's result %d", tok.Generation, first.Generation+1)
 	}
 	if n := a.Stats().CutoffWaits; n != 1 {
@@ -258,7 +259,7 @@ func TestPreviousAccessTokenDetectedAfterARotation(t *testing.T) {
 			if _, err := b.ImportRefreshToken(ctx, "g", c.rt); err != nil {
 				t.Fatal(err)
 			}
-			first := mustToken(t, b, TokenRequest{CredentialID: "g"})
+			first := mustToken(t, b, access.Request{CredentialID: "g"})
 			e, err := b.entry(ctx, "g")
 			if err != nil {
 				t.Fatal(err)

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rotavault/rotavault/broker/access"
 	"github.com/rotavault/rotavault/broker/credspec"
 	"github.com/rotavault/rotavault/broker/detect"
 	"github.com/rotavault/rotavault/broker/notice"
@@ -114,7 +115,7 @@ func blindEnvWith(ctx context.Context, t *testing.T, fcfg fositeserver.Config, o
 func TestPeriodicIntrospectionTrustsNoRefreshBlindEndpoint(t *testing.T) {
 	ctx := context.Background()
 	b, prov, fs, _ := blindEnv(ctx, t)
-	before, err := b.GetAccessToken(ctx, TokenRequest{CredentialID: "g"})
+	before, err := b.GetAccessToken(ctx, access.Request{CredentialID: "g"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -250,12 +251,12 @@ func TestRejectedReportAtRefreshBlindEndpointRefreshesInsteadOfRevoking(t *testi
 	// its next pass could see both tokens inactive first and revoke (the
 	// corroboration rule cannot tell a logout from a revocation there).
 	b, _, fs, _, accessDead := blindEnvWith(ctx, t, fositeserver.Config{}, option.WithIntrospectionInterval(0))
-	tok, err := b.GetAccessToken(ctx, TokenRequest{CredentialID: "g"})
+	tok, err := b.GetAccessToken(ctx, access.Request{CredentialID: "g"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	accessDead.Store(true)
-	got, err := b.GetAccessToken(ctx, TokenRequest{CredentialID: "g", Rejected: &RejectedToken{Generation: tok.Generation}})
+	got, err := b.GetAccessToken(ctx, access.Request{CredentialID: "g", Rejected: &access.RejectedToken{Generation: tok.Generation}})
 	if err != nil {
 		t.Fatalf("report of a token revoked alone: %v, want a fresh token", err)
 	}

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/rotavault/rotavault/audit"
+	"github.com/rotavault/rotavault/broker/access"
 	"github.com/rotavault/rotavault/broker/brokererr"
 	"github.com/rotavault/rotavault/broker/credspec"
 	"github.com/rotavault/rotavault/broker/notice"
@@ -249,7 +250,7 @@ func TestPeriodicIntrospectionDetectsFamilyRevokedAtProvider(t *testing.T) {
 	if got := env.sim.Stats().RefreshRequests - refreshes; got != 0 {
 		t.Errorf("the detection presented the refresh token %d times; want 0", got)
 	}
-	_, err = b.GetAccessToken(ctx, TokenRequest{CredentialID: "x"})
+	_, err = b.GetAccessToken(ctx, access.Request{CredentialID: "x"})
 	if !errors.Is(err, brokererr.ErrReauthRequired) {
 		t.Fatalf("GetAccessToken after detection: %v, want ErrReauthRequired", err)
 	}
@@ -314,7 +315,7 @@ func TestRejectedTokenReportDetectsFamilyRevokedAtProvider(t *testing.T) {
 		env := newDetectEnv(t, providersim.Config{})
 		b := env.broker(t)
 		old := env.install(ctx, t, b, "x", env.spec)
-		tok, err := b.GetAccessToken(ctx, TokenRequest{CredentialID: "x"})
+		tok, err := b.GetAccessToken(ctx, access.Request{CredentialID: "x"})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -326,7 +327,7 @@ func TestRejectedTokenReportDetectsFamilyRevokedAtProvider(t *testing.T) {
 		replayAtProvider(t, env.sim, old)
 		refreshes, introspections := env.sim.Stats().RefreshRequests, env.sim.Stats().Introspections
 
-		_, err = b.GetAccessToken(ctx, TokenRequest{CredentialID: "x", Rejected: &RejectedToken{Generation: tok.Generation}})
+		_, err = b.GetAccessToken(ctx, access.Request{CredentialID: "x", Rejected: &access.RejectedToken{Generation: tok.Generation}})
 		if !errors.Is(err, brokererr.ErrReauthRequired) {
 			t.Fatalf("report: %v, want ErrReauthRequired", err)
 		}
@@ -348,7 +349,7 @@ func TestRejectedTokenReportDetectsFamilyRevokedAtProvider(t *testing.T) {
 		env := newDetectEnv(t, providersim.Config{})
 		b := env.broker(t)
 		env.install(ctx, t, b, "x", env.spec)
-		tok, err := b.GetAccessToken(ctx, TokenRequest{CredentialID: "x"})
+		tok, err := b.GetAccessToken(ctx, access.Request{CredentialID: "x"})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -358,7 +359,7 @@ func TestRejectedTokenReportDetectsFamilyRevokedAtProvider(t *testing.T) {
 		}
 		resp.Body.Close()
 		refreshes := env.sim.Stats().RefreshRequests
-		got, err := b.GetAccessToken(ctx, TokenRequest{CredentialID: "x", Rejected: &RejectedToken{Fingerprint: tok.Fingerprint}})
+		got, err := b.GetAccessToken(ctx, access.Request{CredentialID: "x", Rejected: &access.RejectedToken{Fingerprint: tok.Fingerprint}})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -407,7 +408,7 @@ func TestIntrospectionRacingARotationDoesNotRevoke(t *testing.T) {
 		if n := revocationNotices(ctx, t, env.st); len(n) != 0 || env.sim.Stats().FamiliesRevoked != 0 {
 			t.Fatalf("revocations: %+v, at the provider %d", n, env.sim.Stats().FamiliesRevoked)
 		}
-		if got, err := a.GetAccessToken(ctx, TokenRequest{CredentialID: "x"}); err != nil || got.Generation != f.Generation {
+		if got, err := a.GetAccessToken(ctx, access.Request{CredentialID: "x"}); err != nil || got.Generation != f.Generation {
 			t.Fatalf("a afterwards: %+v %v", got, err)
 		}
 	})

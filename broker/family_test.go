@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/rotavault/rotavault/audit"
+	"github.com/rotavault/rotavault/broker/access"
 	"github.com/rotavault/rotavault/broker/brokererr"
 	"github.com/rotavault/rotavault/broker/credspec"
 	"github.com/rotavault/rotavault/broker/notice"
@@ -74,7 +75,7 @@ func (h *famHarness) record(s familyState) *familyRecord {
 	now := h.clk.Now()
 	active := &familyRecord{
 		Status: StatusActive, FamilyID: "fam-1", Generation: 3, RefreshToken: "rt-3", StartedAt: now.Add(-24 * time.Hour),
-		Access: &accessToken{Token: "at-3", Type: "Bearer", IssuedAt: now, ExpiresAt: now.Add(time.Hour), Fingerprint: Fingerprint("at-3")},
+		Access: &accessToken{Token: "at-3", Type: "Bearer", IssuedAt: now, ExpiresAt: now.Add(time.Hour), Fingerprint: access.Fingerprint("at-3")},
 	}
 	mine := &claim{Holder: me, Deadline: now.Add(45 * time.Second)}
 	switch s {

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/rotavault/rotavault/audit"
+	"github.com/rotavault/rotavault/broker/access"
 	"github.com/rotavault/rotavault/broker/authflow"
 	"github.com/rotavault/rotavault/broker/brokererr"
 	"github.com/rotavault/rotavault/broker/credspec"
@@ -178,7 +179,7 @@ func TestCodeExchangeOutlivesItsCaller(t *testing.T) {
 	if n := env.sim.Stats().CodeExchanges; n != 1 {
 		t.Errorf("code exchanges at the provider: %d, want 1", n)
 	}
-	tok, err := b.GetAccessToken(ctx, TokenRequest{CredentialID: "x"})
+	tok, err := b.GetAccessToken(ctx, access.Request{CredentialID: "x"})
 	if err != nil || tok.FamilyID != act.FamilyID {
 		t.Fatalf("token after the exchange: %+v %v, want family %s", tok, err, act.FamilyID)
 	}

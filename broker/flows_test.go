@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/rotavault/rotavault/audit"
+	"github.com/rotavault/rotavault/broker/access"
 	"github.com/rotavault/rotavault/broker/authflow"
 	"github.com/rotavault/rotavault/broker/brokererr"
 	"github.com/rotavault/rotavault/broker/credspec"
@@ -146,7 +147,7 @@ func TestDeviceFlowTakeoverFromDeadPoller(t *testing.T) {
 	if st := env.sim.Stats(); st.DeviceTokenExchanges != 1 {
 		t.Errorf("provider exchanges %d, want 1", st.DeviceTokenExchanges)
 	}
-	tok, err := b.GetAccessToken(ctx, TokenRequest{CredentialID: "x"})
+	tok, err := b.GetAccessToken(ctx, access.Request{CredentialID: "x"})
 	if err != nil || tok.FamilyID != act.FamilyID {
 		t.Fatalf("token after the device flow: %+v %v, want family %s", tok, err, act.FamilyID)
 	}

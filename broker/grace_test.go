@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rotavault/rotavault/broker/access"
 	"github.com/rotavault/rotavault/broker/brokererr"
 	"github.com/rotavault/rotavault/broker/credspec"
 	"github.com/rotavault/rotavault/broker/option"
@@ -93,7 +94,7 @@ func graceCrash(t *testing.T) (sim *providersim.Server, b *Broker, st store.Stor
 	}
 	before := sim.Stats().Rotations
 	clk.Add(3 * time.Hour)
-	go func() { _, _ = a.GetAccessToken(context.Background(), TokenRequest{CredentialID: "x"}) }()
+	go func() { _, _ = a.GetAccessToken(context.Background(), access.Request{CredentialID: "x"}) }()
 	poll.Until(t, 10*time.Second, "A's refresh rotated at the provider", func() bool { return sim.Stats().Rotations > before })
 	f := storedFamily(ctx, t, st)
 	if f.Claim == nil {
@@ -110,7 +111,7 @@ func TestTakeoverWithinTheReuseGraceKeepsTheFamily(t *testing.T) {
 	ctx := context.Background()
 	sim, b, _, clk, deadline := graceCrash(t)
 	clk.Add(deadline.Sub(clk.Now())) // the earliest takeover the claim allows
-	tok, err := b.GetAccessToken(ctx, TokenRequest{CredentialID: "x"})
+	tok, err := b.GetAccessToken(ctx, access.Request{CredentialID: "x"})
 	s := sim.Stats()
 	t.Logf("takeover at the claim's deadline: %v; provider %+v", err, s)
 	if err != nil || s.GraceReuses != 1 || s.FamiliesRevoked != 0 || !sim.AccessTokenActive(tok.Token) {
@@ -124,7 +125,7 @@ func TestLostRotationNoticeNamesTheGracePeriod(t *testing.T) {
 	ctx := context.Background()
 	_, b, st, clk, deadline := graceCrash(t)
 	clk.Add(deadline.Sub(clk.Now()) + time.Minute) // B was down too: past the grace
-	_, err := b.GetAccessToken(ctx, TokenRequest{CredentialID: "x"})
+	_, err := b.GetAccessToken(ctx, access.Request{CredentialID: "x"})
 	if !errors.Is(err, brokererr.ErrReauthRequired) {
 		t.Fatalf("takeover after the grace period: %v, want a lost family", err)
 	}
@@ -182,7 +183,7 @@ func TestExclusiveStoreTakesAPreviousProcessClaimOverAtOnce(t *testing.T) {
 	restarted := newTestBroker(t, st, replicaOpts(clk, option.WithExclusiveStore())...)
 	cctx, cancel := context.WithTimeout(ctx, 10*time.Second) // a guard: the fake clock never reaches the claim's deadline
 	defer cancel()
-	tok, err := restarted.GetAccessToken(cctx, TokenRequest{CredentialID: "x"})
+	tok, err := restarted.GetAccessToken(cctx, access.Request{CredentialID: "x"})
 	if err != nil || !sim.AccessTokenActive(tok.Token) {
 		t.Fatalf("after a restart on the embedded store: %v, want a token without waiting out the claim", err)
 	}

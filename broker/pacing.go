@@ -3,6 +3,7 @@ package broker
 import (
 	"errors"
 	"fmt"
+	"github.com/rotavault/rotavault/broker/access"
 	"github.com/rotavault/rotavault/broker/brokererr"
 	"time"
 )
@@ -98,7 +99,7 @@ func heldBack(v *view, now time.Time) (*rotationFloorError, bool) {
 // saying so; a token that expired before the floor lifts (a provider
 // whose tokens live under 5 s) cannot be handed out, and the caller is
 // told when to come back.
-func (b *Broker) serveHeldBack(e *entry, v *view, floor *rotationFloorError) (AccessToken, error) {
+func (b *Broker) serveHeldBack(e *entry, v *view, floor *rotationFloorError) (access.Token, error) {
 	b.metrics.RotationsHeldBack.Add(1)
 	e.mu.Lock()
 	if !errors.Is(e.lastErr, errRotationFloor) {
@@ -107,7 +108,7 @@ func (b *Broker) serveHeldBack(e *entry, v *view, floor *rotationFloorError) (Ac
 	e.mu.Unlock()
 	now := b.opts.Now()
 	if !now.Before(v.fam.Access.ExpiresAt) {
-		return AccessToken{}, &brokererr.UnavailableError{Component: brokererr.ComponentProvider, RetryAfter: floor.until.Sub(now), Err: floor}
+		return access.Token{}, &brokererr.UnavailableError{Component: brokererr.ComponentProvider, RetryAfter: floor.until.Sub(now), Err: floor}
 	}
 	e.markUsed()
 	return b.toAccessToken(v), nil

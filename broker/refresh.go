@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/rotavault/rotavault/audit"
+	"github.com/rotavault/rotavault/broker/access"
 	"github.com/rotavault/rotavault/broker/brokererr"
 	"github.com/rotavault/rotavault/broker/credspec"
 	"github.com/rotavault/rotavault/broker/spans"
@@ -419,7 +420,7 @@ func (b *Broker) newAccessToken(spec credspec.Spec, prev *accessToken, tok *prov
 		// Expiry counts from our clock when the answer arrived, not the
 		// provider's issued_at: skew must not make us hand out dead tokens.
 		ExpiresAt:   now.Add(lifetime),
-		Fingerprint: Fingerprint(tok.AccessToken),
+		Fingerprint: access.Fingerprint(tok.AccessToken),
 	}
 	if !tok.RequestedAt.IsZero() && !tok.RequestedAt.After(now) {
 		a.AliveUntil = tok.RequestedAt.Add(lifetime)

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/rotavault/rotavault/audit"
+	"github.com/rotavault/rotavault/broker/access"
 	"github.com/rotavault/rotavault/broker/brokererr"
 	"github.com/rotavault/rotavault/broker/credspec"
 	"github.com/rotavault/rotavault/broker/notice"
@@ -98,7 +99,7 @@ func TestRevokeCredential(t *testing.T) {
 	rt := env.install(ctx, t, st)
 	// Both replicas cache an access token.
 	for _, b := range []*Broker{env.a, env.b} {
-		if _, err := b.GetAccessToken(ctx, TokenRequest{CredentialID: "x"}); err != nil {
+		if _, err := b.GetAccessToken(ctx, access.Request{CredentialID: "x"}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -138,10 +139,10 @@ func TestRevokeCredential(t *testing.T) {
 	// The revoking replica drops its cache at once; the other one, whose
 	// cache is fresh, finds out on its next store read. A rejected-token
 	// report (the provider killed the access token too) makes that read.
-	if _, err := env.a.GetAccessToken(ctx, TokenRequest{CredentialID: "x"}); !errors.Is(err, brokererr.ErrReauthRequired) {
+	if _, err := env.a.GetAccessToken(ctx, access.Request{CredentialID: "x"}); !errors.Is(err, brokererr.ErrReauthRequired) {
 		t.Fatalf("GetAccessToken on the revoking replica: %v, want ErrReauthRequired", err)
 	}
-	if _, err := env.b.GetAccessToken(ctx, TokenRequest{CredentialID: "x", Rejected: &RejectedToken{Generation: before.Generation}}); !errors.Is(err, brokererr.ErrReauthRequired) {
+	if _, err := env.b.GetAccessToken(ctx, access.Request{CredentialID: "x", Rejected: &access.RejectedToken{Generation: before.Generation}}); !errors.Is(err, brokererr.ErrReauthRequired) {
 		t.Fatalf("GetAccessToken on the other replica: %v, want ErrReauthRequired", err)
 	}
 
@@ -166,7 +167,7 @@ func TestRevokeCredential(t *testing.T) {
 	}
 	// Replica A learns of the new family on its next (rate-limited) re-read.
 	env.clk.Add(2 * inactiveRecheck)
-	tok, err := env.a.GetAccessToken(ctx, TokenRequest{CredentialID: "x"})
+	tok, err := env.a.GetAccessToken(ctx, access.Request{CredentialID: "x"})
 	if err != nil || tok.FamilyID != act.FamilyID {
 		t.Fatalf("after reauthentication: %+v %v", tok, err)
 	}
@@ -198,7 +199,7 @@ func TestRevokeCredentialProviderUnreachable(t *testing.T) {
 		t.Fatalf("notice = %+v", n)
 	}
 	for _, b := range []*Broker{env.a, env.b} {
-		if _, err := b.GetAccessToken(ctx, TokenRequest{CredentialID: "x"}); !errors.Is(err, brokererr.ErrReauthRequired) {
+		if _, err := b.GetAccessToken(ctx, access.Request{CredentialID: "x"}); !errors.Is(err, brokererr.ErrReauthRequired) {
 			t.Fatalf("GetAccessToken: %v, want ErrReauthRequired", err)
 		}
 	}
@@ -279,7 +280,7 @@ func TestRevokeCredentialWhileAnotherReplicaHoldsTheClaim(t *testing.T) {
 		}}
 	hs.inject(claimed)
 	env.clk.Add(3 * time.Hour)
-	_, err = env.a.GetAccessToken(ctx, TokenRequest{CredentialID: "x"})
+	_, err = env.a.GetAccessToken(ctx, access.Request{CredentialID: "x"})
 	if revokeErr != nil {
 		t.Fatal(revokeErr)
 	}
@@ -311,7 +312,7 @@ func TestRevokeCredentialDuringARefreshThatSucceeded(t *testing.T) {
 	hook := func() { _, revokeErr = env.b.RevokeCredential(ctx, "x", "revoked mid-refresh") }
 	env.prov.afterRefresh.Store(&hook)
 	env.clk.Add(3 * time.Hour)
-	_, err := env.a.GetAccessToken(ctx, TokenRequest{CredentialID: "x"})
+	_, err := env.a.GetAccessToken(ctx, access.Request{CredentialID: "x"})
 	if revokeErr != nil {
 		t.Fatal(revokeErr)
 	}
@@ -325,7 +326,7 @@ func TestRevokeCredentialDuringARefreshThatSucceeded(t *testing.T) {
 	if f.Status != StatusRevoked || f.RefreshToken != "" || f.Access != nil {
 		t.Fatalf("the family was resurrected: status %s", f.Status)
 	}
-	if _, err := env.a.GetAccessToken(ctx, TokenRequest{CredentialID: "x"}); !errors.Is(err, brokererr.ErrReauthRequired) {
+	if _, err := env.a.GetAccessToken(ctx, access.Request{CredentialID: "x"}); !errors.Is(err, brokererr.ErrReauthRequired) {
 		t.Fatalf("GetAccessToken after: %v", err)
 	}
 }

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rotavault/rotavault/broker/access"
 	"github.com/rotavault/rotavault/broker/brokererr"
 	"github.com/rotavault/rotavault/broker/credspec"
 	"github.com/rotavault/rotavault/broker/option"
@@ -84,7 +85,7 @@ func TestShortLivedTokensCostAtMostTwoRotationsPer200Calls(t *testing.T) {
 			// when the imported token expires.
 			for range calls {
 				clk.Add(life / calls)
-				if _, err := b.GetAccessToken(ctx, TokenRequest{CredentialID: "x"}); err != nil {
+				if _, err := b.GetAccessToken(ctx, access.Request{CredentialID: "x"}); err != nil {
 					t.Fatal(err)
 				}
 			}
@@ -103,7 +104,7 @@ func TestShortLivedTokensCostAtMostTwoRotationsPer200Calls(t *testing.T) {
 			errs := make(chan error, calls)
 			for range calls {
 				wg.Go(func() {
-					if _, err := b.GetAccessToken(ctx, TokenRequest{CredentialID: "x"}); err != nil {
+					if _, err := b.GetAccessToken(ctx, access.Request{CredentialID: "x"}); err != nil {
 						errs <- err
 					}
 				})
@@ -129,13 +130,13 @@ func TestRotationFloorServesTheCurrentTokenAndSaysSo(t *testing.T) {
 	ctx := context.Background()
 	t.Run("current token", func(t *testing.T) {
 		b, clk, refreshes := setupShortLived(t, 5*time.Second, 0)
-		first, err := b.GetAccessToken(ctx, TokenRequest{CredentialID: "x"})
+		first, err := b.GetAccessToken(ctx, access.Request{CredentialID: "x"})
 		if err != nil {
 			t.Fatal(err)
 		}
 		clk.Add(4 * time.Second) // past the 1.25 s margin, before the 5 s floor
 		before := refreshes.Load()
-		tok, err := b.GetAccessToken(ctx, TokenRequest{CredentialID: "x"})
+		tok, err := b.GetAccessToken(ctx, access.Request{CredentialID: "x"})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -154,7 +155,7 @@ func TestRotationFloorServesTheCurrentTokenAndSaysSo(t *testing.T) {
 		}
 		// Once the floor lifts the token is refreshed, and last_error clears.
 		clk.Add(time.Second)
-		tok, err = b.GetAccessToken(ctx, TokenRequest{CredentialID: "x"})
+		tok, err = b.GetAccessToken(ctx, access.Request{CredentialID: "x"})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -167,7 +168,7 @@ func TestRotationFloorServesTheCurrentTokenAndSaysSo(t *testing.T) {
 	})
 	t.Run("min_remaining between half and three quarters", func(t *testing.T) {
 		b, clk, refreshes := setupShortLived(t, time.Hour, 0)
-		req := TokenRequest{CredentialID: "x", MinRemaining: 40 * time.Minute}
+		req := access.Request{CredentialID: "x", MinRemaining: 40 * time.Minute}
 		first, err := b.GetAccessToken(ctx, req)
 		if err != nil {
 			t.Fatal(err)
@@ -198,7 +199,7 @@ func TestRotationFloorServesTheCurrentTokenAndSaysSo(t *testing.T) {
 		b, clk, refreshes := setupShortLived(t, 2*time.Second, 0)
 		clk.Add(3 * time.Second) // expired, 2 s before the 5 s floor lifts
 		before := refreshes.Load()
-		_, err := b.GetAccessToken(ctx, TokenRequest{CredentialID: "x"})
+		_, err := b.GetAccessToken(ctx, access.Request{CredentialID: "x"})
 		var ue *brokererr.UnavailableError
 		if !errors.As(err, &ue) || ue.RetryAfter != 2*time.Second || !errors.Is(err, errRotationFloor) {
 			t.Fatalf("err = %v, want UNAVAILABLE for 2s naming the rotation floor", err)

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rotavault/rotavault/broker/access"
 	"github.com/rotavault/rotavault/broker/credspec"
 	"github.com/rotavault/rotavault/broker/internal/schedule"
 	"github.com/rotavault/rotavault/broker/option"
@@ -28,7 +29,7 @@ func installUsed(t *testing.T, b *Broker, ts *tokenServer, n int) {
 		if _, err := b.ImportRefreshToken(ctx, id, "rt-0"); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := b.GetAccessToken(ctx, TokenRequest{CredentialID: id}); err != nil {
+		if _, err := b.GetAccessToken(ctx, access.Request{CredentialID: id}); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rotavault/rotavault/broker/access"
 	"github.com/rotavault/rotavault/broker/credspec"
 	"github.com/rotavault/rotavault/broker/option"
 	"github.com/rotavault/rotavault/internal/fakeclock"
@@ -69,7 +70,7 @@ func TestHangingProviderDoesNotDelayOthers(t *testing.T) {
 		if _, err := b.ImportRefreshToken(ctx, id, "rt-0"); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := b.GetAccessToken(ctx, TokenRequest{CredentialID: id}); err != nil { // in use: refreshed ahead
+		if _, err := b.GetAccessToken(ctx, access.Request{CredentialID: id}); err != nil { // in use: refreshed ahead
 			t.Fatal(err)
 		}
 	}

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rotavault/rotavault/broker/access"
 	"github.com/rotavault/rotavault/broker/credspec"
 	"github.com/rotavault/rotavault/broker/option"
 	"github.com/rotavault/rotavault/internal/vaulttest"
@@ -168,7 +169,7 @@ func BenchmarkVaultCachedVsReadEveryCall(b *testing.B) {
 	vb := setupVaultBench(b)
 	ctx := context.Background()
 	cached := func(w int) error {
-		_, err := vb.b.GetAccessToken(ctx, TokenRequest{CredentialID: vb.ids[w]})
+		_, err := vb.b.GetAccessToken(ctx, access.Request{CredentialID: vb.ids[w]})
 		return err
 	}
 	readEvery := func(w int) error {

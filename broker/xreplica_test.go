@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rotavault/rotavault/broker/access"
 	"github.com/rotavault/rotavault/broker/brokererr"
 	"github.com/rotavault/rotavault/broker/credspec"
 	"github.com/rotavault/rotavault/broker/option"
@@ -73,7 +74,7 @@ func TestLostResultAnswerIsNotMistakenForALostRace(t *testing.T) {
 	}}
 	hs.inject(replayed)
 	clk.Add(3 * time.Hour)
-	_, err := a.GetAccessToken(ctx, TokenRequest{CredentialID: "x"})
+	_, err := a.GetAccessToken(ctx, access.Request{CredentialID: "x"})
 	t.Logf("first refresh: %v", err)
 	if replayed.hits.Load() != 1 {
 		t.Fatal("the result write was never replayed")
@@ -81,7 +82,7 @@ func TestLostResultAnswerIsNotMistakenForALostRace(t *testing.T) {
 	f := storedFamily(ctx, t, hs.Store)
 	t.Logf("stored: gen %d status %s; provider: %+v", f.Generation, f.Status, sim.Stats())
 	clk.Add(3 * time.Hour)
-	_, err = bs[1].GetAccessToken(ctx, TokenRequest{CredentialID: "x"})
+	_, err = bs[1].GetAccessToken(ctx, access.Request{CredentialID: "x"})
 	t.Logf("next refresh on replica B: %v", err)
 	if errors.Is(err, brokererr.ErrReauthRequired) {
 		t.Fatalf("family lost after a successful, stored rotation: %v", err)
@@ -117,7 +118,7 @@ func TestRecreatedCredentialIsNotOverwrittenByAStaleReplica(t *testing.T) {
 		t.Fatal(err)
 	}
 	clk.Add(3 * time.Hour)
-	_, err = a.GetAccessToken(ctx, TokenRequest{CredentialID: "x"})
+	_, err = a.GetAccessToken(ctx, access.Request{CredentialID: "x"})
 	t.Logf("A (stale cache) refresh: %v", err)
 	f := storedFamily(ctx, t, st)
 	t.Logf("stored family %s (new one was %s) status %s reason %s", f.FamilyID, act.FamilyID, f.Status, f.RevokedReason)
@@ -150,7 +151,7 @@ func TestHeldRotationIsDroppedAfterATakeover(t *testing.T) {
 	}
 	up := fs.inject(&fault{op: "put", prefix: "families/", match: familyWrites(false), fail: errStoreDown})
 	clk.Add(3 * time.Hour)
-	_, err := a.GetAccessToken(ctx, TokenRequest{CredentialID: "x"})
+	_, err := a.GetAccessToken(ctx, access.Request{CredentialID: "x"})
 	ea, eerr := a.entry(ctx, "x")
 	if eerr != nil {
 		t.Fatal(eerr)
@@ -162,11 +163,11 @@ func TestHeldRotationIsDroppedAfterATakeover(t *testing.T) {
 	}
 	up()
 	clk.Add(time.Minute) // past A's claim deadline
-	tb, err := b.GetAccessToken(ctx, TokenRequest{CredentialID: "x"})
+	tb, err := b.GetAccessToken(ctx, access.Request{CredentialID: "x"})
 	t.Logf("B takeover: gen %d err %v; sim %+v", tb.Generation, err, sim.Stats())
 	for i := 0; i < 3; i++ {
 		clk.Add(3 * time.Hour)
-		_, err = a.GetAccessToken(ctx, TokenRequest{CredentialID: "x"})
+		_, err = a.GetAccessToken(ctx, access.Request{CredentialID: "x"})
 		t.Logf("A later: %v", err)
 	}
 	if err != nil {
@@ -212,9 +213,9 @@ func TestStressTwoReplicas(t *testing.T) {
 						return
 					default:
 					}
-					tok, err := b.GetAccessToken(ctx, TokenRequest{CredentialID: "x"})
+					tok, err := b.GetAccessToken(ctx, access.Request{CredentialID: "x"})
 					if err == nil && g%5 == 0 {
-						_, err = b.GetAccessToken(ctx, TokenRequest{CredentialID: "x", Rejected: &RejectedToken{Fingerprint: tok.Fingerprint}})
+						_, err = b.GetAccessToken(ctx, access.Request{CredentialID: "x", Rejected: &access.RejectedToken{Fingerprint: tok.Fingerprint}})
 					}
 					if err != nil && errors.Is(err, brokererr.ErrReauthRequired) {
 						t.Errorf("reauth: %v", err)

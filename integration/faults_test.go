@@ -13,6 +13,7 @@ import (
 	"google.golang.org/protobuf/types/known/fieldmaskpb"
 
 	"github.com/rotavault/rotavault/broker"
+	"github.com/rotavault/rotavault/broker/access"
 	"github.com/rotavault/rotavault/broker/brokererr"
 	"github.com/rotavault/rotavault/broker/option"
 	rotavaultv1 "github.com/rotavault/rotavault/gen/rotavault/v1"
@@ -61,7 +62,7 @@ func TestStoreOutageAfterRotationLosesNothing(t *testing.T) {
 	fs.passes.Store(1)
 	fs.broken.Store(true)
 	e.expire()
-	_, err = b.GetAccessToken(ctxT(t), broker.TokenRequest{CredentialID: "acme"})
+	_, err = b.GetAccessToken(ctxT(t), access.Request{CredentialID: "acme"})
 	var unavailable *brokererr.UnavailableError
 	if !errors.As(err, &unavailable) || unavailable.Component != brokererr.ComponentStore {
 		t.Fatalf("during the outage: %v, want the store unavailable", err)
@@ -74,12 +75,12 @@ func TestStoreOutageAfterRotationLosesNothing(t *testing.T) {
 
 	// Still down: callers keep getting UNAVAILABLE, and the older refresh
 	// token is never presented again.
-	_, err = b.GetAccessToken(ctxT(t), broker.TokenRequest{CredentialID: "acme"})
+	_, err = b.GetAccessToken(ctxT(t), access.Request{CredentialID: "acme"})
 	if !errors.As(err, &unavailable) {
 		t.Fatalf("second call during the outage: %v", err)
 	}
 	fs.broken.Store(false)
-	tok, err := b.GetAccessToken(ctxT(t), broker.TokenRequest{CredentialID: "acme"})
+	tok, err := b.GetAccessToken(ctxT(t), access.Request{CredentialID: "acme"})
 	if err != nil {
 		t.Fatal(err)
 	}

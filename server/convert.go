@@ -7,6 +7,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/rotavault/rotavault/broker"
+	"github.com/rotavault/rotavault/broker/access"
 	"github.com/rotavault/rotavault/broker/authflow"
 	"github.com/rotavault/rotavault/broker/credspec"
 	"github.com/rotavault/rotavault/broker/detect"
@@ -29,7 +30,7 @@ func durationOrNil(d time.Duration) *durationpb.Duration {
 }
 
 // accessTokenToProto is the answer to GetAccessToken.
-func accessTokenToProto(tok *broker.AccessToken) *rotavaultv1.GetAccessTokenResponse {
+func accessTokenToProto(tok *access.Token) *rotavaultv1.GetAccessTokenResponse {
 	return &rotavaultv1.GetAccessTokenResponse{
 		AccessToken:          tok.Token,
 		TokenType:            tok.Type,
@@ -45,13 +46,13 @@ func accessTokenToProto(tok *broker.AccessToken) *rotavaultv1.GetAccessTokenResp
 	}
 }
 
-func rejectedOutcomeToProto(o broker.RejectedOutcome) rotavaultv1.RejectedTokenOutcome {
+func rejectedOutcomeToProto(o access.RejectedOutcome) rotavaultv1.RejectedTokenOutcome {
 	switch o {
-	case broker.RejectedStale:
+	case access.RejectedStale:
 		return rotavaultv1.RejectedTokenOutcome_REJECTED_TOKEN_OUTCOME_STALE_REPORT
-	case broker.RejectedNoChange:
+	case access.RejectedNoChange:
 		return rotavaultv1.RejectedTokenOutcome_REJECTED_TOKEN_OUTCOME_NO_CHANGE
-	case broker.RejectedReplaced:
+	case access.RejectedReplaced:
 		return rotavaultv1.RejectedTokenOutcome_REJECTED_TOKEN_OUTCOME_TOKEN_REPLACED
 	default:
 		return rotavaultv1.RejectedTokenOutcome_REJECTED_TOKEN_OUTCOME_UNSPECIFIED

@@ -11,6 +11,7 @@ import (
 
 	"github.com/rotavault/rotavault/audit"
 	"github.com/rotavault/rotavault/broker"
+	"github.com/rotavault/rotavault/broker/access"
 	"github.com/rotavault/rotavault/broker/authflow"
 	"github.com/rotavault/rotavault/broker/brokererr"
 	"github.com/rotavault/rotavault/broker/notice"
@@ -19,7 +20,7 @@ import (
 
 // TokenBroker is what the token service needs of the rotation logic.
 type TokenBroker interface {
-	GetAccessToken(ctx context.Context, req broker.TokenRequest) (broker.AccessToken, error)
+	GetAccessToken(ctx context.Context, req access.Request) (access.Token, error)
 	StartAuthorization(ctx context.Context, id, redirectURI string, scopes []string) (authflow.PendingAuthorization, error)
 	CompleteAuthorization(ctx context.Context, id, state, code string) (authflow.Activation, error)
 	ImportRefreshToken(ctx context.Context, id, refreshToken string) (authflow.Activation, error)
@@ -56,16 +57,16 @@ func (s *TokenVaultService) GetAccessToken(ctx context.Context, req *rotavaultv1
 	if d := req.GetMinRemainingLifetime(); d != nil && !d.IsValid() {
 		return nil, toStatus(ctx, s.log, &brokererr.InvalidArgumentError{Field: "min_remaining_lifetime", Reason: "not a valid duration"})
 	}
-	breq := broker.TokenRequest{
+	breq := access.Request{
 		CredentialID: req.GetCredentialId(),
 		MinRemaining: req.GetMinRemainingLifetime().AsDuration(),
 	}
 	if r := req.GetRejectedToken(); r != nil {
 		switch t := r.GetToken().(type) {
 		case *rotavaultv1.RejectedToken_Generation:
-			breq.Rejected = &broker.RejectedToken{Generation: t.Generation}
+			breq.Rejected = &access.RejectedToken{Generation: t.Generation}
 		case *rotavaultv1.RejectedToken_Fingerprint:
-			breq.Rejected = &broker.RejectedToken{Fingerprint: t.Fingerprint}
+			breq.Rejected = &access.RejectedToken{Fingerprint: t.Fingerprint}
 		default:
 			return nil, toStatus(ctx, s.log, &brokererr.InvalidArgumentError{Field: "rejected_token", Reason: "set generation or fingerprint"})
 		}

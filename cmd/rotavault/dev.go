@@ -23,6 +23,7 @@ import (
 
 	"github.com/rotavault/rotavault/boltstore"
 	"github.com/rotavault/rotavault/broker"
+	"github.com/rotavault/rotavault/broker/access"
 	"github.com/rotavault/rotavault/broker/authflow"
 	"github.com/rotavault/rotavault/broker/brokererr"
 	"github.com/rotavault/rotavault/broker/credspec"
@@ -360,7 +361,7 @@ func (d *devFront) theft(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusServiceUnavailable, rep)
 		return
 	}
-	tok, err := b.GetAccessToken(r.Context(), broker.TokenRequest{CredentialID: id})
+	tok, err := b.GetAccessToken(r.Context(), access.Request{CredentialID: id})
 	switch {
 	case errors.Is(err, brokererr.ErrReauthRequired):
 		rep.Error = "the credential has no live token family (already revoked?)"
