@@ -8,6 +8,7 @@ import (
 	"github.com/rotavault/rotavault/broker/access"
 	"github.com/rotavault/rotavault/broker/brokererr"
 	"github.com/rotavault/rotavault/broker/credspec"
+	"github.com/rotavault/rotavault/broker/pacing"
 	"github.com/rotavault/rotavault/provider"
 )
 
@@ -132,7 +133,7 @@ func (b *Broker) unexpired(v *view, minRemaining time.Duration, now time.Time) b
 		return false
 	}
 	a := v.fam.Access
-	return !now.Add(max(minRemaining, expiryMargin(b.opts.Refresh.ExpiryDelta, tokenLife(v.fam)))).After(a.ExpiresAt)
+	return !now.Add(max(minRemaining, pacing.ExpiryMargin(b.opts.Refresh.ExpiryDelta, tokenLife(v.fam)))).After(a.ExpiresAt)
 }
 
 // needsRefresh returns the test a view fails when its token cannot serve a

@@ -7,6 +7,7 @@ import (
 
 	"github.com/rotavault/rotavault/broker/credspec"
 	"github.com/rotavault/rotavault/broker/notice"
+	"github.com/rotavault/rotavault/broker/pacing"
 	"github.com/rotavault/rotavault/internal/ctxwait"
 	"github.com/rotavault/rotavault/provider"
 )
@@ -21,7 +22,7 @@ import (
 //     schedule (accessDue: expiry − refreshAhead − expiryMargin, never before
 //     the rotation floor) is a function of the shared stored record alone,
 //     so every replica computes the same R. Every replica stops handing out
-//     the token at the cutoff C = R − cutoffAllowance(life) (at most 500 ms):
+//     the token at the cutoff C = R − pacing.CutoffAllowance(life) (at most 500 ms):
 //     callers arriving after C wait until R, then trigger or join the
 //     refresh (on another replica: wait for the claim holder's result
 //     through the store) instead of getting the old token. No replica
@@ -40,16 +41,6 @@ import (
 // For providers that keep the previous access token alive until it expires
 // (Salesforce, JWT issuers) none of this applies: the token is handed out
 // until expiry − expiryMargin, as before.
-
-// maxCutoffAllowance bounds how long before the scheduled rotation replicas
-// stop handing out a token: room for clock skew between replicas and for a
-// rotation's notice to travel. Shorter tokens get a fortieth of their
-// lifetime, so a 5 s token is cut off 125 ms early, not half a second.
-const maxCutoffAllowance = 500 * time.Millisecond
-
-func cutoffAllowance(life time.Duration) time.Duration {
-	return max(min(maxCutoffAllowance, life/40), 0)
-}
 
 // killsPrevious reports whether v's provider kills the previous access
 // token at a rotation: as configured, else by provider kind: Salesforce
@@ -119,7 +110,7 @@ func (b *Broker) cutoff(v *view) time.Time {
 	if v.fam.Status != StatusActive || v.fam.Access == nil || !killsPrevious(v) {
 		return time.Time{}
 	}
-	return b.accessDue(v).Add(-cutoffAllowance(tokenLife(v.fam)))
+	return b.accessDue(v).Add(-pacing.CutoffAllowance(tokenLife(v.fam)))
 }
 
 // pastCutoff reports whether now is at or past v's cutoff.
@@ -140,7 +131,7 @@ func (b *Broker) useUntil(v *view, now time.Time) time.Time {
 		}
 		return c
 	}
-	if end := a.ExpiresAt.Add(-expiryMargin(b.opts.Refresh.ExpiryDelta, tokenLife(v.fam))); end.After(now) {
+	if end := a.ExpiresAt.Add(-pacing.ExpiryMargin(b.opts.Refresh.ExpiryDelta, tokenLife(v.fam))); end.After(now) {
 		return end
 	}
 	return a.ExpiresAt
@@ -148,7 +139,7 @@ func (b *Broker) useUntil(v *view, now time.Time) time.Time {
 
 // holdsBack is heldBack, except that the floor lifts at the cutoff: past
 // it no replica hands the token out, so the refresh may not wait.
-func (b *Broker) holdsBack(v *view, now time.Time) (*rotationFloorError, bool) {
+func (b *Broker) holdsBack(v *view, now time.Time) (*pacing.FloorError, bool) {
 	floor, held := heldBack(v, now)
 	if held && b.pastCutoff(v, now) {
 		return nil, false
@@ -231,7 +222,7 @@ func (b *Broker) awaitScheduledRotation(ctx context.Context, e *entry, v *view) 
 	if wait <= 0 {
 		return nil
 	}
-	if err := ctxwait.Sleep(ctx, min(wait, maxCutoffAllowance)); err != nil {
+	if err := ctxwait.Sleep(ctx, min(wait, pacing.MaxCutoffAllowance)); err != nil {
 		return fmt.Errorf("broker: waiting for the scheduled rotation: %w", err)
 	}
 	return nil

@@ -11,6 +11,7 @@ import (
 	"github.com/rotavault/rotavault/broker/credspec"
 	"github.com/rotavault/rotavault/broker/notice"
 	"github.com/rotavault/rotavault/broker/option"
+	"github.com/rotavault/rotavault/broker/pacing"
 	"github.com/rotavault/rotavault/internal/fakeclock"
 	"github.com/rotavault/rotavault/internal/fositeserver"
 	"github.com/rotavault/rotavault/internal/poll"
@@ -181,8 +182,8 @@ func TestCutoffAllowanceAndState(t *testing.T) {
 		{20 * time.Second, 500 * time.Millisecond},
 		{time.Hour, 500 * time.Millisecond},
 	} {
-		if got := cutoffAllowance(c.life); got != c.want {
-			t.Errorf("cutoffAllowance(%s) = %s, want %s", c.life, got, c.want)
+		if got := pacing.CutoffAllowance(c.life); got != c.want {
+			t.Errorf("pacing.CutoffAllowance(%s) = %s, want %s", c.life, got, c.want)
 		}
 	}
 	now := time.Now()

@@ -17,6 +17,7 @@ import (
 	"github.com/rotavault/rotavault/broker/brokererr"
 	"github.com/rotavault/rotavault/broker/credspec"
 	"github.com/rotavault/rotavault/broker/option"
+	"github.com/rotavault/rotavault/broker/pacing"
 	"github.com/rotavault/rotavault/internal/fakeclock"
 	"github.com/rotavault/rotavault/store/memstore"
 )
@@ -201,7 +202,7 @@ func TestRotationFloorServesTheCurrentTokenAndSaysSo(t *testing.T) {
 		before := refreshes.Load()
 		_, err := b.GetAccessToken(ctx, access.Request{CredentialID: "x"})
 		var ue *brokererr.UnavailableError
-		if !errors.As(err, &ue) || ue.RetryAfter != 2*time.Second || !errors.Is(err, errRotationFloor) {
+		if !errors.As(err, &ue) || ue.RetryAfter != 2*time.Second || !errors.Is(err, pacing.ErrRotationFloor) {
 			t.Fatalf("err = %v, want UNAVAILABLE for 2s naming the rotation floor", err)
 		}
 		if refreshes.Load() != before {
@@ -221,11 +222,11 @@ func TestExpiryMarginAndRotationInterval(t *testing.T) {
 		{40 * time.Second, 10 * time.Second, 20 * time.Second},
 		{time.Hour, 10 * time.Second, 30 * time.Minute},
 	} {
-		if m := expiryMargin(10*time.Second, c.life); m != c.margin {
-			t.Errorf("expiryMargin(10s, %s) = %s, want %s", c.life, m, c.margin)
+		if m := pacing.ExpiryMargin(10*time.Second, c.life); m != c.margin {
+			t.Errorf("pacing.ExpiryMargin(10s, %s) = %s, want %s", c.life, m, c.margin)
 		}
-		if i := rotationInterval(c.life); i != c.interval {
-			t.Errorf("rotationInterval(%s) = %s, want %s", c.life, i, c.interval)
+		if i := pacing.RotationInterval(c.life); i != c.interval {
+			t.Errorf("pacing.RotationInterval(%s) = %s, want %s", c.life, i, c.interval)
 		}
 	}
 }

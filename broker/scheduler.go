@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/rotavault/rotavault/broker/internal/schedule"
+	"github.com/rotavault/rotavault/broker/pacing"
 )
 
 // Proactive refresh: a token someone uses is refreshed shortly before it
@@ -22,12 +23,6 @@ const (
 	maxScheduledPerEndpoint = 4
 	scheduledFailureWait    = 30 * time.Second
 )
-
-// refreshAhead is how long before expiry a used token is refreshed: a tenth
-// of its life, between 1s and 5m.
-func refreshAhead(life time.Duration) time.Duration {
-	return min(max(life/10, time.Second), 5*time.Minute)
-}
 
 // nextRefresh says when the scheduler refreshes a view's family, assuming its
 // token is in use; zero when it never will.
@@ -48,9 +43,9 @@ func (b *Broker) accessDue(v *view) time.Time {
 		return v.fam.LastRefreshAt // an imported token whose first refresh failed: now
 	}
 	life := tokenLife(v.fam)
-	due := a.ExpiresAt.Add(-refreshAhead(a.ExpiresAt.Sub(a.IssuedAt)) - expiryMargin(b.opts.Refresh.ExpiryDelta, life))
+	due := a.ExpiresAt.Add(-pacing.RefreshAhead(a.ExpiresAt.Sub(a.IssuedAt)) - pacing.ExpiryMargin(b.opts.Refresh.ExpiryDelta, life))
 	// Never sooner than the rotation floor allows (see rotationInterval).
-	if floor := v.fam.LastRefreshAt.Add(rotationInterval(life)); !v.fam.LastRefreshAt.IsZero() && floor.After(due) {
+	if floor := v.fam.LastRefreshAt.Add(pacing.RotationInterval(life)); !v.fam.LastRefreshAt.IsZero() && floor.After(due) {
 		due = floor
 	}
 	return due

@@ -82,4 +82,3 @@ const (
 	// replaced it.
 	RejectedReplaced
 )
-
