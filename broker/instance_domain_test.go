@@ -1,8 +1,9 @@
 package broker
 
 import (
-	"github.com/rotavault/rotavault/broker/credspec"
 	"testing"
+
+	"github.com/rotavault/rotavault/broker/credspec"
 )
 
 // A configured instance URL domain widens where tokens may send consumers:
