@@ -21,6 +21,7 @@ import (
 	"github.com/rotavault/rotavault/broker/authflow"
 	"github.com/rotavault/rotavault/broker/brokererr"
 	"github.com/rotavault/rotavault/broker/catalog"
+	"github.com/rotavault/rotavault/broker/discovery"
 	"github.com/rotavault/rotavault/broker/notice"
 	"github.com/rotavault/rotavault/broker/option"
 	"github.com/rotavault/rotavault/broker/stats"
@@ -86,7 +87,9 @@ type Broker struct {
 	flows *authflow.Flows
 	// catalog is the consumer catalog (package catalog).
 	catalog *catalog.Catalog
-	metrics stats.Counters
+	// discovery fetches issuers' metadata (package discovery).
+	discovery *discovery.Discovery
+	metrics   stats.Counters
 }
 
 // Stats returns the broker's counters.
@@ -118,6 +121,7 @@ func New(ctx context.Context, cfg Config, opts ...option.Option) (*Broker, error
 		entries:  make(map[string]*entry),
 	}
 	b.notices = notice.New(b.store, o.Notice, o.Now, b.log)
+	b.discovery = discovery.New(b.provider, o.Now, &b.metrics, b.log)
 	b.catalog = catalog.New(b.store, catalogCredentials{b}, b.log)
 	flowOpts := o.Flow
 	flowOpts.RetryBase = o.Refresh.RetryBase

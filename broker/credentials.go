@@ -53,7 +53,7 @@ func (b *Broker) CreateCredential(ctx context.Context, id string, spec credspec.
 	if err := spec.Validate(); err != nil {
 		return Credential{}, err
 	}
-	if err := b.discoverInto(ctx, &spec); err != nil {
+	if err := b.discovery.Into(ctx, &spec); err != nil {
 		return Credential{}, err
 	}
 	if err := b.opts.CheckReuseGrace(spec); err != nil {
@@ -114,7 +114,7 @@ func (b *Broker) UpdateCredential(ctx context.Context, id string, fields []creds
 			return Credential{}, err
 		}
 		if next.Spec.Issuer != v.cred.Spec.Issuer {
-			if err := b.discoverInto(ctx, &next.Spec); err != nil {
+			if err := b.discovery.Into(ctx, &next.Spec); err != nil {
 				return Credential{}, err
 			}
 		}
