@@ -8,6 +8,7 @@ import (
 	"github.com/rotavault/rotavault/broker/access"
 	"github.com/rotavault/rotavault/broker/brokererr"
 	"github.com/rotavault/rotavault/broker/credspec"
+	"github.com/rotavault/rotavault/broker/notice"
 	"github.com/rotavault/rotavault/broker/pacing"
 	"github.com/rotavault/rotavault/provider"
 )
@@ -250,7 +251,7 @@ func (b *Broker) handleRejection(ctx context.Context, e *entry, v *view, req acc
 			return nil, false, err
 		}
 		if revoked {
-			return nil, false, reauthRequired(e.id, &familyRecord{Status: StatusRevoked, RevokedReason: ReasonRevokedAtProvider})
+			return nil, false, reauthRequired(e.id, &familyRecord{Status: StatusRevoked, RevokedReason: notice.ReasonRevokedAtProvider})
 		}
 		// The family moved on (another refresh rotated the token): the
 		// refresh below adopts or continues it.

@@ -26,7 +26,7 @@ type Credential struct {
 	Status          Status
 	FamilyID        string
 	Generation      uint64
-	RevokedReason   RevocationReason
+	RevokedReason   notice.RevocationReason
 	LastRotationAt  time.Time
 	NextRefreshAt   time.Time
 	AccessExpiresAt time.Time
@@ -224,7 +224,7 @@ func (b *Broker) DeleteCredential(ctx context.Context, id string) error {
 	// the deletion's.
 	var n *notice.Notice
 	if v.fam.Status == StatusActive {
-		n = &notice.Notice{Kind: notice.FamilyRevoked, Reason: ReasonCredentialDeleted, Detail: revocationDetail(ReasonCredentialDeleted), DetectedAt: b.opts.Now()}
+		n = &notice.Notice{Kind: notice.FamilyRevoked, Reason: notice.ReasonCredentialDeleted, Detail: revocationDetail(notice.ReasonCredentialDeleted), DetectedAt: b.opts.Now()}
 	}
 	b.announce(ctx, id, v.fam, audit.Event{Action: audit.ActionCredentialDeleted}, n)
 	return nil

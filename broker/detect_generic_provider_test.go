@@ -198,7 +198,7 @@ func replayAndAwaitRevocation(ctx context.Context, t *testing.T, b *Broker, fs *
 	}
 	defer sub.Close()
 	replayAtFosite(t, fs, old)
-	if n := nextNotice(t, sub); n.Kind != notice.FamilyRevoked || n.Reason != ReasonRevokedAtProvider {
+	if n := nextNotice(t, sub); n.Kind != notice.FamilyRevoked || n.Reason != notice.ReasonRevokedAtProvider {
 		t.Fatalf("notice %+v, want FAMILY_REVOKED (revoked at provider)", n)
 	}
 }

@@ -242,7 +242,7 @@ func TestPeriodicIntrospectionDetectsFamilyRevokedAtProvider(t *testing.T) {
 	driveClock(t, env.clk, interval/20)
 
 	n := nextNotice(t, sub)
-	if n.Kind != notice.FamilyRevoked || n.Reason != ReasonRevokedAtProvider || n.FamilyID != before.FamilyID || n.Generation != before.Generation {
+	if n.Kind != notice.FamilyRevoked || n.Reason != notice.ReasonRevokedAtProvider || n.FamilyID != before.FamilyID || n.Generation != before.Generation {
 		t.Fatalf("notice = %+v, want FAMILY_REVOKED (revoked_at_provider) of %s gen %d", n, before.FamilyID, before.Generation)
 	}
 	t.Logf("detected %s of simulated time after the revocation; interval %s (the clock moves %s per step)",
@@ -254,10 +254,10 @@ func TestPeriodicIntrospectionDetectsFamilyRevokedAtProvider(t *testing.T) {
 	if !errors.Is(err, brokererr.ErrReauthRequired) {
 		t.Fatalf("GetAccessToken after detection: %v, want ErrReauthRequired", err)
 	}
-	if f := familyOf(ctx, t, env.st, "x"); f.Status != StatusRevoked || f.RevokedReason != ReasonRevokedAtProvider || f.RefreshToken != "" || f.Access != nil {
+	if f := familyOf(ctx, t, env.st, "x"); f.Status != StatusRevoked || f.RevokedReason != notice.ReasonRevokedAtProvider || f.RefreshToken != "" || f.Access != nil {
 		t.Errorf("stored family = %+v, want revoked at provider, without tokens", f)
 	}
-	if ev, ok := env.aud.last(audit.ActionFamilyRevoked); !ok || ev.Reason != string(ReasonRevokedAtProvider) || ev.Family != before.FamilyID {
+	if ev, ok := env.aud.last(audit.ActionFamilyRevoked); !ok || ev.Reason != string(notice.ReasonRevokedAtProvider) || ev.Family != before.FamilyID {
 		t.Errorf("audit = %+v %v, want family_revoked revoked_at_provider", ev, ok)
 	}
 	if got := env.sim.Stats().RefreshRequests - refreshes; got != 0 {
@@ -331,10 +331,10 @@ func TestRejectedTokenReportDetectsFamilyRevokedAtProvider(t *testing.T) {
 		if !errors.Is(err, brokererr.ErrReauthRequired) {
 			t.Fatalf("report: %v, want ErrReauthRequired", err)
 		}
-		if f := familyOf(ctx, t, env.st, "x"); f.Status != StatusRevoked || f.RevokedReason != ReasonRevokedAtProvider {
+		if f := familyOf(ctx, t, env.st, "x"); f.Status != StatusRevoked || f.RevokedReason != notice.ReasonRevokedAtProvider {
 			t.Fatalf("stored family %+v, want revoked at provider", f)
 		}
-		if n := nextNotice(t, sub); n.Reason != ReasonRevokedAtProvider || n.FamilyID != tok.FamilyID || n.Generation != tok.Generation {
+		if n := nextNotice(t, sub); n.Reason != notice.ReasonRevokedAtProvider || n.FamilyID != tok.FamilyID || n.Generation != tok.Generation {
 			t.Fatalf("notice = %+v", n)
 		}
 		s := env.sim.Stats()

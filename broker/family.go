@@ -9,6 +9,7 @@ import (
 
 	"github.com/rotavault/rotavault/broker/brokererr"
 	"github.com/rotavault/rotavault/broker/credspec"
+	"github.com/rotavault/rotavault/broker/notice"
 	"github.com/rotavault/rotavault/internal/ctxwait"
 	"github.com/rotavault/rotavault/store"
 )
@@ -414,10 +415,10 @@ func (f *familyRecord) rotated(r refreshResult) (*familyRecord, error) {
 // holding one then fails its result's check-and-set). A deliberate
 // revocation (ReasonAdminRevoked) keeps the refresh token as
 // PendingRevocation until the provider confirms.
-func (f *familyRecord) revoked(reason RevocationReason, detail string, now time.Time) (*familyRecord, error) {
+func (f *familyRecord) revoked(reason notice.RevocationReason, detail string, now time.Time) (*familyRecord, error) {
 	ev := evRevoke
 	next := f.clone()
-	if reason == ReasonAdminRevoked {
+	if reason == notice.ReasonAdminRevoked {
 		ev, next.PendingRevocation = evRevokeDeliberately, f.RefreshToken
 	}
 	next.Status = StatusRevoked

@@ -95,9 +95,9 @@ func (h *famHarness) record(s familyState) *familyRecord {
 	case stateUnproven:
 		active.Unproven, active.Generation, active.Access = true, 0, nil
 	case stateRevoked:
-		return &familyRecord{Status: StatusRevoked, FamilyID: "fam-1", Generation: 3, RevokedReason: ReasonRefreshTokenRejected, RevokedAt: now}
+		return &familyRecord{Status: StatusRevoked, FamilyID: "fam-1", Generation: 3, RevokedReason: notice.ReasonRefreshTokenRejected, RevokedAt: now}
 	case stateRevokedPendingProvider:
-		return &familyRecord{Status: StatusRevoked, FamilyID: "fam-1", Generation: 3, RevokedReason: ReasonAdminRevoked, RevokedAt: now, PendingRevocation: "rt-3"}
+		return &familyRecord{Status: StatusRevoked, FamilyID: "fam-1", Generation: 3, RevokedReason: notice.ReasonAdminRevoked, RevokedAt: now, PendingRevocation: "rt-3"}
 	default:
 		h.t.Fatalf("no record for state %s", s)
 	}
@@ -289,7 +289,7 @@ func storeHeldAfter(fam func(h *famHarness) *familyRecord) func(h *famHarness) e
 func revokeDeliberately(h *famHarness) error {
 	h.prov.revokeErr = answerNotProcessed
 	res, err := h.b.RevokeCredential(h.ctx, "x", "rotate after a leak")
-	if err == nil && res.ProviderRevocation != ProviderRevocationUnconfirmed {
+	if err == nil && res.ProviderRevocation != notice.ProviderRevocationUnconfirmed {
 		return fmt.Errorf("provider revocation %v, want unconfirmed", res.ProviderRevocation)
 	}
 	return err
@@ -314,7 +314,7 @@ func TestEveryTransitionThroughTheBroker(t *testing.T) {
 		return err
 	}, audit: []string{audit.ActionRescuedToken}, err: isUnavailable}
 	deliberate := rowCase{drive: revokeDeliberately, audit: []string{audit.ActionFamilyRevoked}, notices: []string{"revoked:admin_revoked"}, err: noErr}
-	rejected := func(reason RevocationReason) rowCase {
+	rejected := func(reason notice.RevocationReason) rowCase {
 		return rowCase{drive: refreshAnswered(answerInvalidGrant), audit: []string{audit.ActionFamilyRevoked}, notices: []string{"revoked:" + string(reason)}, err: isReauth}
 	}
 	newer := func(s familyState) func(h *famHarness) *familyRecord {
@@ -373,8 +373,8 @@ func TestEveryTransitionThroughTheBroker(t *testing.T) {
 			return nil
 		}, err: noErr},
 		{From: stateCutOff, Event: evRevokeDeliberately, To: stateRevokedPendingProvider}:          deliberate,
-		{From: stateClaimed, Event: evRevoke, To: stateRevoked}:                                    rejected(ReasonRefreshTokenRejected),
-		{From: stateInDoubt, Event: evRevoke, To: stateRevoked}:                                    rejected(ReasonLostRotation),
+		{From: stateClaimed, Event: evRevoke, To: stateRevoked}:                                    rejected(notice.ReasonRefreshTokenRejected),
+		{From: stateInDoubt, Event: evRevoke, To: stateRevoked}:                                    rejected(notice.ReasonLostRotation),
 		{From: stateInDoubtReleased, Event: evRevoke, To: stateRevoked}:                            {drive: revokeAfterTakeoverAndRelease, audit: []string{audit.ActionFamilyRevoked}, notices: []string{"revoked:refresh_token_rejected"}, err: isReauth},
 		{From: stateActive, Event: evRevokeDeliberately, To: stateRevokedPendingProvider}:          deliberate,
 		{From: stateClaimed, Event: evRevokeDeliberately, To: stateRevokedPendingProvider}:         deliberate,
@@ -382,7 +382,7 @@ func TestEveryTransitionThroughTheBroker(t *testing.T) {
 		{From: stateInDoubtReleased, Event: evRevokeDeliberately, To: stateRevokedPendingProvider}: deliberate,
 		{From: stateRevokedPendingProvider, Event: evConfirmProviderRevocation, To: stateRevoked}: {drive: func(h *famHarness) error {
 			res, err := h.b.RevokeCredential(h.ctx, "x", "retry at the provider")
-			if err == nil && (!res.AlreadyRevoked || res.ProviderRevocation != ProviderRevocationConfirmed) {
+			if err == nil && (!res.AlreadyRevoked || res.ProviderRevocation != notice.ProviderRevocationConfirmed) {
 				return fmt.Errorf("revocation %+v, want already revoked, confirmed", res)
 			}
 			return err
@@ -473,8 +473,10 @@ func TestTransitionMethodsRefuseWhatTheTableDoesNotAllow(t *testing.T) {
 			return f.rotated(refreshResult{now: now, refreshToken: "rt-4", access: &accessToken{Token: "at-4"}})
 		}},
 		{evRelease, func(f *familyRecord) (*familyRecord, error) { return f.released(me) }},
-		{evRevoke, func(f *familyRecord) (*familyRecord, error) { return f.revoked(ReasonRefreshTokenRejected, "d", now) }},
-		{evRevokeDeliberately, func(f *familyRecord) (*familyRecord, error) { return f.revoked(ReasonAdminRevoked, "d", now) }},
+		{evRevoke, func(f *familyRecord) (*familyRecord, error) {
+			return f.revoked(notice.ReasonRefreshTokenRejected, "d", now)
+		}},
+		{evRevokeDeliberately, func(f *familyRecord) (*familyRecord, error) { return f.revoked(notice.ReasonAdminRevoked, "d", now) }},
 		{evConfirmProviderRevocation, (*familyRecord).providerConfirmed},
 		{evInstall, func(f *familyRecord) (*familyRecord, error) {
 			return f.replacedBy(&familyRecord{Status: StatusActive, FamilyID: "fam-2", RefreshToken: "rt-new"})
@@ -542,15 +544,15 @@ func TestDecideRefresh(t *testing.T) {
 		answer  error
 		want    refreshAction
 		inDoubt bool
-		reason  RevocationReason
+		reason  notice.RevocationReason
 		err     func(error) bool
 	}{
 		{"ok", refreshAttempt{state: stateClaimed}, nil, actionStore, false, "", nil},
 		{"ok in doubt", refreshAttempt{state: stateInDoubt, n: 1}, nil, actionStore, false, "", nil},
 		{"unclassified failure", refreshAttempt{state: stateClaimed}, errors.New("boom"), actionGiveUp, false, "", isUnavailable},
-		{"invalid_grant", refreshAttempt{state: stateClaimed}, answerInvalidGrant, actionRevoke, false, ReasonRefreshTokenRejected, nil},
-		{"invalid_grant wrapped", refreshAttempt{state: stateClaimed}, wrapped, actionRevoke, false, ReasonRefreshTokenRejected, nil},
-		{"invalid_grant in doubt", refreshAttempt{state: stateInDoubt}, answerInvalidGrant, actionRevoke, false, ReasonLostRotation, nil},
+		{"invalid_grant", refreshAttempt{state: stateClaimed}, answerInvalidGrant, actionRevoke, false, notice.ReasonRefreshTokenRejected, nil},
+		{"invalid_grant wrapped", refreshAttempt{state: stateClaimed}, wrapped, actionRevoke, false, notice.ReasonRefreshTokenRejected, nil},
+		{"invalid_grant in doubt", refreshAttempt{state: stateInDoubt}, answerInvalidGrant, actionRevoke, false, notice.ReasonLostRotation, nil},
 		{"client refused", refreshAttempt{state: stateClaimed}, answerBadClient, actionRecheckClient, false, "", isClientRejected},
 		{"client refused again", refreshAttempt{state: stateClaimed, clientRechecked: true}, answerBadClient, actionGiveUp, false, "", isClientRejected},
 		{"unknown, first attempt", refreshAttempt{state: stateClaimed}, answerUnknown, actionRetry, true, "", nil},

@@ -11,6 +11,7 @@ import (
 	"github.com/rotavault/rotavault/broker/access"
 	"github.com/rotavault/rotavault/broker/brokererr"
 	"github.com/rotavault/rotavault/broker/credspec"
+	"github.com/rotavault/rotavault/broker/notice"
 	"github.com/rotavault/rotavault/broker/option"
 	"github.com/rotavault/rotavault/internal/fakeclock"
 	"github.com/rotavault/rotavault/internal/poll"
@@ -131,7 +132,7 @@ func TestLostRotationNoticeNamesTheGracePeriod(t *testing.T) {
 	}
 	var details []string
 	for _, n := range revocationNotices(ctx, t, st) {
-		if n.Reason == ReasonLostRotation {
+		if n.Reason == notice.ReasonLostRotation {
 			details = append(details, n.Detail)
 		}
 	}

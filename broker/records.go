@@ -47,24 +47,6 @@ const (
 	StatusUnproven Status = "unproven"
 )
 
-// RevocationReason says why a family was revoked; see notice.RevocationReason.
-type RevocationReason = notice.RevocationReason
-
-// Revocation reasons; see package notice.
-const (
-	ReasonRefreshTokenRejected = notice.ReasonRefreshTokenRejected
-	ReasonLostRotation         = notice.ReasonLostRotation
-	ReasonAdminRevoked         = notice.ReasonAdminRevoked
-	ReasonRevokedAtProvider    = notice.ReasonRevokedAtProvider
-	ReasonCredentialDeleted    = notice.ReasonCredentialDeleted
-	// Deprecated: ReasonAdmin is ReasonCredentialDeleted.
-	ReasonAdmin = notice.ReasonCredentialDeleted
-	// Deprecated: ReasonClientRejected is never produced.
-	ReasonClientRejected = notice.ReasonClientRejected
-	// Deprecated: ReasonSuperseded is never produced.
-	ReasonSuperseded = notice.ReasonSuperseded
-)
-
 type credentialRecord struct {
 	Format int    `json:"format"`
 	ID     string `json:"id"`
@@ -118,8 +100,8 @@ type familyRecord struct {
 	// it (see stateUnproven).
 	Unproven bool `json:"unproven,omitempty"`
 	// Claim is set while a replica refreshes the family (see claim.go).
-	Claim         *claim           `json:"claim,omitempty"`
-	RevokedReason RevocationReason `json:"revoked_reason,omitempty"`
+	Claim         *claim                  `json:"claim,omitempty"`
+	RevokedReason notice.RevocationReason `json:"revoked_reason,omitempty"`
 	// PendingRevocation is the refresh token of a deliberately revoked
 	// family whose revocation the provider has not confirmed. It is kept
 	// only so RevokeCredential can retry at the revocation endpoint; it is

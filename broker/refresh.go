@@ -11,6 +11,7 @@ import (
 	"github.com/rotavault/rotavault/broker/access"
 	"github.com/rotavault/rotavault/broker/brokererr"
 	"github.com/rotavault/rotavault/broker/credspec"
+	"github.com/rotavault/rotavault/broker/notice"
 	"github.com/rotavault/rotavault/broker/spans"
 	"github.com/rotavault/rotavault/internal/ctxwait"
 	"github.com/rotavault/rotavault/provider"
@@ -161,7 +162,7 @@ type refreshDecision struct {
 	// a crash could forget it).
 	markInDoubt bool
 	// reason, for actionRevoke.
-	reason RevocationReason
+	reason notice.RevocationReason
 	// backoffAtLeast, for actionRetry: the provider's Retry-After.
 	backoffAtLeast time.Duration
 	// err is the caller's error for actionGiveUp (and for
@@ -192,11 +193,11 @@ func decideRefresh(a refreshAttempt, answer error) refreshDecision {
 		}
 		d.err = clientRejectedError(pe)
 	case outcomeTokenRejected:
-		d.action, d.reason = actionRevoke, ReasonRefreshTokenRejected
+		d.action, d.reason = actionRevoke, notice.ReasonRefreshTokenRejected
 		if a.state == stateInDoubt {
 			// Our own earlier refresh probably rotated the token and its
 			// answer never arrived: a lost rotation, not theft.
-			d.reason = ReasonLostRotation
+			d.reason = notice.ReasonLostRotation
 		}
 	case outcomeUnknown:
 		// Remember before retrying: if we crash, the next refresh must still

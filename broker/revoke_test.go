@@ -114,14 +114,14 @@ func TestRevokeCredential(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if res.FamilyID != before.FamilyID || res.Generation != before.Generation || res.ProviderRevocation != ProviderRevocationConfirmed || res.AlreadyRevoked {
+	if res.FamilyID != before.FamilyID || res.Generation != before.Generation || res.ProviderRevocation != notice.ProviderRevocationConfirmed || res.AlreadyRevoked {
 		t.Fatalf("revocation = %+v, family %s gen %d", res, before.FamilyID, before.Generation)
 	}
 	if env.sim.RevokeFamilyOf(rt) {
 		t.Fatal("the refresh token was still live at the provider")
 	}
 	after := storedFamily(ctx, t, st)
-	if after.Status != StatusRevoked || after.RevokedReason != ReasonAdminRevoked || after.RefreshToken != "" || after.PendingRevocation != "" || after.Access != nil {
+	if after.Status != StatusRevoked || after.RevokedReason != notice.ReasonAdminRevoked || after.RefreshToken != "" || after.PendingRevocation != "" || after.Access != nil {
 		t.Fatalf("stored family after revocation: status %s reason %s token kept %v pending %v access %v",
 			after.Status, after.RevokedReason, after.RefreshToken != "", after.PendingRevocation != "", after.Access != nil)
 	}
@@ -129,11 +129,11 @@ func TestRevokeCredential(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if n.Kind != notice.FamilyRevoked || n.Reason != ReasonAdminRevoked || n.ProviderRevocation != ProviderRevocationConfirmed || n.FamilyID != before.FamilyID {
+	if n.Kind != notice.FamilyRevoked || n.Reason != notice.ReasonAdminRevoked || n.ProviderRevocation != notice.ProviderRevocationConfirmed || n.FamilyID != before.FamilyID {
 		t.Fatalf("notice = %+v", n)
 	}
 	ev, ok := env.aud.last(audit.ActionFamilyRevoked)
-	if !ok || ev.Actor != "ops@example" || ev.Reason != string(ReasonAdminRevoked) || !strings.Contains(ev.Detail, "laptop stolen") {
+	if !ok || ev.Actor != "ops@example" || ev.Reason != string(notice.ReasonAdminRevoked) || !strings.Contains(ev.Detail, "laptop stolen") {
 		t.Fatalf("audit record = %+v", ev)
 	}
 	// The revoking replica drops its cache at once; the other one, whose
@@ -152,7 +152,7 @@ func TestRevokeCredential(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !again.AlreadyRevoked || again.FamilyID != before.FamilyID || again.ProviderRevocation != ProviderRevocationConfirmed {
+	if !again.AlreadyRevoked || again.FamilyID != before.FamilyID || again.ProviderRevocation != notice.ProviderRevocationConfirmed {
 		t.Fatalf("second revocation = %+v", again)
 	}
 	if env.prov.revokes.Load() != revokes {
@@ -188,14 +188,14 @@ func TestRevokeCredentialProviderUnreachable(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if res.ProviderRevocation != ProviderRevocationUnconfirmed {
+	if res.ProviderRevocation != notice.ProviderRevocationUnconfirmed {
 		t.Fatalf("revocation = %+v, want unconfirmed", res)
 	}
 	n, err := sub.Next(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if n.Reason != ReasonAdminRevoked || n.ProviderRevocation != ProviderRevocationUnconfirmed || !strings.Contains(n.Detail, "not confirmed") {
+	if n.Reason != notice.ReasonAdminRevoked || n.ProviderRevocation != notice.ProviderRevocationUnconfirmed || !strings.Contains(n.Detail, "not confirmed") {
 		t.Fatalf("notice = %+v", n)
 	}
 	for _, b := range []*Broker{env.a, env.b} {
@@ -221,7 +221,7 @@ func TestRevokeCredentialProviderUnreachable(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !again.AlreadyRevoked || again.ProviderRevocation != ProviderRevocationConfirmed {
+	if !again.AlreadyRevoked || again.ProviderRevocation != notice.ProviderRevocationConfirmed {
 		t.Fatalf("retry = %+v", again)
 	}
 	if env.sim.RevokeFamilyOf(rt) {
@@ -291,11 +291,11 @@ func TestRevokeCredentialWhileAnotherReplicaHoldsTheClaim(t *testing.T) {
 		t.Fatalf("A's refresh: %v, want ErrReauthRequired", err)
 	}
 	f := storedFamily(ctx, t, hs.Store)
-	if f.Status != StatusRevoked || f.RevokedReason != ReasonAdminRevoked || f.RefreshToken != "" {
+	if f.Status != StatusRevoked || f.RevokedReason != notice.ReasonAdminRevoked || f.RefreshToken != "" {
 		t.Fatalf("stored family: status %s reason %s", f.Status, f.RevokedReason)
 	}
 	n, err := sub.Next(ctx)
-	if err != nil || n.Reason != ReasonAdminRevoked {
+	if err != nil || n.Reason != notice.ReasonAdminRevoked {
 		t.Fatalf("first notice: %+v %v", n, err)
 	}
 }

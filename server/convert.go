@@ -223,21 +223,21 @@ func statusToProto(s broker.Status) rotavaultv1.CredentialStatus {
 	}
 }
 
-func reasonToProto(r broker.RevocationReason) rotavaultv1.RevocationReason {
+func reasonToProto(r notice.RevocationReason) rotavaultv1.RevocationReason {
 	switch r {
-	case broker.ReasonRefreshTokenRejected:
+	case notice.ReasonRefreshTokenRejected:
 		return rotavaultv1.RevocationReason_REVOCATION_REASON_REFRESH_TOKEN_REJECTED
-	case broker.ReasonLostRotation:
+	case notice.ReasonLostRotation:
 		return rotavaultv1.RevocationReason_REVOCATION_REASON_LOST_ROTATION
-	case broker.ReasonClientRejected:
+	case notice.ReasonClientRejected:
 		return rotavaultv1.RevocationReason_REVOCATION_REASON_CLIENT_REJECTED
-	case broker.ReasonAdmin:
+	case notice.ReasonAdmin:
 		return rotavaultv1.RevocationReason_REVOCATION_REASON_ADMIN
-	case broker.ReasonSuperseded:
+	case notice.ReasonSuperseded:
 		return rotavaultv1.RevocationReason_REVOCATION_REASON_SUPERSEDED
-	case broker.ReasonAdminRevoked:
+	case notice.ReasonAdminRevoked:
 		return rotavaultv1.RevocationReason_REVOCATION_REASON_ADMIN_REVOKED
-	case broker.ReasonRevokedAtProvider:
+	case notice.ReasonRevokedAtProvider:
 		return rotavaultv1.RevocationReason_REVOCATION_REASON_REVOKED_AT_PROVIDER
 	default:
 		return rotavaultv1.RevocationReason_REVOCATION_REASON_UNSPECIFIED
@@ -285,11 +285,11 @@ func noticeToProto(n notice.Notice) *rotavaultv1.Notice {
 	}
 }
 
-func providerRevocationToProto(p broker.ProviderRevocation) rotavaultv1.ProviderRevocation {
+func providerRevocationToProto(p notice.ProviderRevocation) rotavaultv1.ProviderRevocation {
 	switch p {
-	case broker.ProviderRevocationConfirmed:
+	case notice.ProviderRevocationConfirmed:
 		return rotavaultv1.ProviderRevocation_PROVIDER_REVOCATION_CONFIRMED
-	case broker.ProviderRevocationUnconfirmed:
+	case notice.ProviderRevocationUnconfirmed:
 		return rotavaultv1.ProviderRevocation_PROVIDER_REVOCATION_UNCONFIRMED
 	default:
 		return rotavaultv1.ProviderRevocation_PROVIDER_REVOCATION_UNSPECIFIED
