@@ -191,7 +191,7 @@ func nextNotice(t *testing.T, s *notice.Subscription) notice.Notice {
 // log.
 func revocationNotices(ctx context.Context, t *testing.T, st store.Store) []notice.Notice {
 	t.Helper()
-	keys, err := st.List(ctx, noticesPrefix)
+	keys, err := st.List(ctx, notice.RecordPrefix)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -175,7 +175,7 @@ func (h *famHarness) state() familyState {
 // "revoked:reason".
 func (h *famHarness) notices() []string {
 	h.t.Helper()
-	keys, err := h.st.Store.List(h.ctx, noticesPrefix)
+	keys, err := h.st.Store.List(h.ctx, notice.RecordPrefix)
 	if err != nil {
 		h.t.Fatal(err)
 	}

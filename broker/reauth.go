@@ -18,27 +18,6 @@ import (
 
 const maxRefreshTokenLen = 4096
 
-// flowScopes resolves a flow's scopes (the credential's unless overridden)
-// and refuses, for Salesforce, scopes that cannot yield a refresh token:
-// rotation only applies to flows that issue one, and the user should not go
-// through a flow that is bound to fail.
-func flowScopes(spec credspec.Spec, scopes []string) ([]string, error) {
-	if len(scopes) == 0 {
-		scopes = spec.Scopes
-	}
-	if spec.ProviderKind == credspec.ProviderSalesforce && !credspec.GrantsRefreshToken(scopes) {
-		return nil, brokererr.Invalid("scopes", "Salesforce issues a refresh token only with the refresh_token (or offline_access) scope; add it")
-	}
-	if len(scopes) > 0 {
-		check := spec
-		check.Scopes = scopes
-		if err := check.Validate(); err != nil {
-			return nil, err
-		}
-	}
-	return append([]string(nil), scopes...), nil
-}
-
 // errIncarnationGone is ErrNotFound for a flow's credential that was
 // deleted and created again since the flow started.
 func errIncarnationGone(id string) error { return authflow.IncarnationGone(id) }
@@ -167,7 +146,7 @@ func (c flowCore) Credential(ctx context.Context, id string, stored bool) (authf
 	return authflow.Credential{
 		ID: cred.ID, Incarnation: cred.Incarnation, Generic: spec.ProviderKind == credspec.ProviderOAuth2,
 		Scopes: spec.Scopes, Endpoint: spec.Endpoint(), Client: spec.ClientCredentials(),
-		ResolveScopes: func(requested []string) ([]string, error) { return flowScopes(spec, requested) },
+		ResolveScopes: func(requested []string) ([]string, error) { return spec.FlowScopes(requested) },
 	}, nil
 }
 

@@ -27,12 +27,8 @@ func familyKey(cred *credentialRecord) string {
 	}
 	return "families/" + cred.ID + "/" + cred.Incarnation
 }
-func flowKey(state string) string { return "flows/" + state }
 
-const (
-	credentialsPrefix = "credentials/"
-	noticesPrefix     = notice.RecordPrefix
-)
+const credentialsPrefix = "credentials/"
 
 // Status is a credential's token-family status.
 type Status string

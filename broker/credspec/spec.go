@@ -352,3 +352,25 @@ const (
 	// PreviousAccessKept: the previous access token lives until it expires.
 	PreviousAccessKept PreviousAccess = "kept"
 )
+
+// FlowScopes resolves a flow's scopes (the spec's unless overridden)
+// and refuses, for Salesforce, scopes that cannot yield a refresh token:
+// rotation only applies to flows that issue one, and the user should not go
+// through a flow that is bound to fail. Errors:
+// *brokererr.InvalidArgumentError.
+func (spec Spec) FlowScopes(scopes []string) ([]string, error) {
+	if len(scopes) == 0 {
+		scopes = spec.Scopes
+	}
+	if spec.ProviderKind == ProviderSalesforce && !GrantsRefreshToken(scopes) {
+		return nil, brokererr.Invalid("scopes", "Salesforce issues a refresh token only with the refresh_token (or offline_access) scope; add it")
+	}
+	if len(scopes) > 0 {
+		check := spec
+		check.Scopes = scopes
+		if err := check.Validate(); err != nil {
+			return nil, err
+		}
+	}
+	return append([]string(nil), scopes...), nil
+}
