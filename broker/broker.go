@@ -5,7 +5,12 @@
 // provider's verdicts into family revocations and notices.
 //
 // It knows nothing of gRPC. It depends on small interfaces: a versioned store
-// (store.Store), an OAuth provider client and an audit sink.
+// (store.Store), an OAuth provider client and an audit sink. This package
+// is the rotation core (the family's state machine, the claim, the
+// refresh, revocation, reauthentication, serving access tokens); its parts
+// are packages of their own that reach it through small interfaces:
+// notice, authflow, catalog, detect, discovery, internal/schedule, and the
+// pure credspec, pacing, option, stats, access, spans and brokererr.
 package broker
 
 import (

@@ -59,7 +59,7 @@ type Claim struct {
 // (broker/refresh.go, broker/access.go).
 type Refresh struct {
 	// ExpiryDelta: how long before its expiry a token stops being handed
-	// out (see expiryMargin).
+	// out (see pacing.ExpiryMargin).
 	ExpiryDelta time.Duration
 	// Timeout bounds one refresh, retries included.
 	Timeout time.Duration
@@ -129,7 +129,7 @@ func WithClock(now func() time.Time) Option {
 
 // WithExpiryDelta sets how long before its expiry an access token stops being
 // handed out (default 10s, but never more than a quarter of the token's
-// lifetime, see expiryMargin): a consumer needs time to use it.
+// lifetime, see pacing.ExpiryMargin): a consumer needs time to use it.
 func WithExpiryDelta(d time.Duration) Option {
 	return durationOption("expiry delta", d, 0, time.Hour, func(o *Options) { o.Refresh.ExpiryDelta = d })
 }

@@ -24,16 +24,16 @@ const MinRotationInterval = 5 * time.Second
 // being handed out: the configured expiry delta (10 s by default), but at
 // most a quarter of the lifetime. A fixed 10 s margin made a token living
 // 10 s or less never fresh, so every call refreshed it. A quarter keeps a
-// token in service for its first three quarters — the same share
-// the broker's checkMinRemaining grants a caller's min_remaining — and still gives a
-// consumer a quarter of the lifetime to use it.
+// token in service for its first three quarters — the same share the
+// broker's checkMinRemaining grants a caller's min_remaining — and still
+// gives a consumer a quarter of the lifetime to use it.
 func ExpiryMargin(delta, life time.Duration) time.Duration {
 	return max(min(delta, life/4), 0)
 }
 
 // RotationInterval is the least time between two refreshes of a credential
 // that only staleness asks for: half the token's lifetime, at least
-// MinRotationInterval. Half, because expiryMargin already keeps a token in
+// MinRotationInterval. Half, because ExpiryMargin already keeps a token in
 // service for three quarters of its life: the floor binds only when
 // something wants tokens sooner than that (a min_remaining between half and
 // three quarters of the lifetime) or when tokens live under 10 s, where

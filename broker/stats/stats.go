@@ -18,7 +18,7 @@ type Counters struct {
 	ClaimWaits             atomic.Int64
 	CacheHits, CacheMisses atomic.Int64
 	// RotationsHeldBack counts calls the rotation floor kept from a refresh
-	// (see rotationInterval).
+	// (see pacing.RotationInterval).
 	RotationsHeldBack atomic.Int64
 	// CutoffWaits counts calls that waited for a rotation because the
 	// token was past its cutoff; OffScheduleRotations the rotations this
