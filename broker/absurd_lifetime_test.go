@@ -11,6 +11,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rotavault/rotavault/broker/access"
+	"github.com/rotavault/rotavault/broker/credspec"
+	"github.com/rotavault/rotavault/broker/option"
 	"github.com/rotavault/rotavault/internal/fakeclock"
 	"github.com/rotavault/rotavault/store/memstore"
 )
@@ -32,9 +35,9 @@ func TestAbsurdTokenLifetimeIsTakenAsTheConfiguredOne(t *testing.T) {
 	t.Cleanup(srv.Close)
 	ctx := context.Background()
 	clk := fakeclock.New(time.Now())
-	b := newTestBroker(t, memstore.New(), WithClock(clk.Now), WithSchedulerInterval(time.Hour))
+	b := newTestBroker(t, memstore.New(), option.WithClock(clk.Now), option.WithSchedulerInterval(time.Hour))
 	const configured = 2 * time.Hour
-	spec := Spec{ProviderKind: ProviderOAuth2, TokenURL: srv.URL, ClientID: "c", ClientSecret: "s", AccessTokenLife: configured}
+	spec := credspec.Spec{ProviderKind: credspec.ProviderOAuth2, TokenURL: srv.URL, ClientID: "c", ClientSecret: "s", AccessTokenLife: configured}
 	if _, err := b.CreateCredential(ctx, "x", spec); err != nil {
 		t.Fatal(err)
 	}
@@ -56,7 +59,7 @@ func TestAbsurdTokenLifetimeIsTakenAsTheConfiguredOne(t *testing.T) {
 	}
 	// Past the configured lifetime the token is refreshed, not served.
 	clk.Add(configured)
-	tok, err := b.GetAccessToken(ctx, TokenRequest{CredentialID: "x"})
+	tok, err := b.GetAccessToken(ctx, access.Request{CredentialID: "x"})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -2,101 +2,60 @@ package broker
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"fmt"
 	"time"
 
+	"github.com/rotavault/rotavault/broker/access"
+	"github.com/rotavault/rotavault/broker/brokererr"
+	"github.com/rotavault/rotavault/broker/credspec"
+	"github.com/rotavault/rotavault/broker/notice"
+	"github.com/rotavault/rotavault/broker/pacing"
 	"github.com/rotavault/rotavault/provider"
 )
-
-// TokenRequest asks for an access token.
-type TokenRequest struct {
-	CredentialID string
-	// MinRemaining is the least lifetime the token must have left; 0 means
-	// any token not within the expiry delta of its end.
-	MinRemaining time.Duration
-	// Rejected, when set, names a token a resource server refused.
-	Rejected *RejectedToken
-}
-
-// RejectedToken names a refused access token by generation (within the
-// current family) or by fingerprint. Exactly one is set.
-type RejectedToken struct {
-	Generation  uint64
-	Fingerprint string
-}
-
-// AccessToken is what consumers receive. It never holds a refresh token.
-type AccessToken struct {
-	Token       string
-	Type        string
-	InstanceURL string
-	Scopes      []string
-	IssuedAt    time.Time
-	ExpiresAt   time.Time
-	// UseUntil is when this token must stop being used: after it a replica
-	// may have rotated it at a provider that kills the previous access token.
-	UseUntil    time.Time
-	FamilyID    string
-	Generation  uint64
-	Fingerprint string
-
-	// Rejected says what the request's rejected-token report caused; zero
-	// when the request reported none.
-	Rejected RejectedOutcome
-}
-
-// Fingerprint identifies an access token without revealing it: lowercase hex
-// of the first 8 bytes of its SHA-256.
-func Fingerprint(accessToken string) string {
-	sum := sha256.Sum256([]byte(accessToken))
-	return hex.EncodeToString(sum[:8])
-}
 
 // GetAccessToken returns an access token with at least req.MinRemaining
 // left. Concurrent callers share one refresh. Errors: *InvalidArgumentError,
 // ErrNotFound, ErrReauthRequired, *UnavailableError, *RateLimitedError,
 // ErrClosed.
-func (b *Broker) GetAccessToken(ctx context.Context, req TokenRequest) (AccessToken, error) {
+func (b *Broker) GetAccessToken(ctx context.Context, req access.Request) (access.Token, error) {
 	if err := b.validateID(req.CredentialID); err != nil {
-		return AccessToken{}, err
+		return access.Token{}, err
 	}
 	if req.MinRemaining < 0 {
-		return AccessToken{}, invalid("min_remaining_lifetime", "must not be negative")
+		return access.Token{}, brokererr.Invalid("min_remaining_lifetime", "must not be negative")
 	}
-	if r := req.Rejected; r != nil && r.Fingerprint != "" && !isFingerprint(r.Fingerprint) {
-		return AccessToken{}, invalid("rejected_token.fingerprint", "must be 16 lowercase hex digits")
+	if r := req.Rejected; r != nil && r.Fingerprint != "" && !access.IsFingerprint(r.Fingerprint) {
+		return access.Token{}, brokererr.Invalid("rejected_token.fingerprint", "must be 16 lowercase hex digits")
 	}
 	e, err := b.entry(ctx, req.CredentialID)
 	if err != nil {
-		return AccessToken{}, err
+		return access.Token{}, err
 	}
 	v := e.view.Load()
 	if v.fam.Status != StatusActive {
 		v = b.recheckInactive(ctx, e, v)
 	}
 	if err := b.checkMinRemaining(v, req.MinRemaining); err != nil {
-		return AccessToken{}, err
+		return access.Token{}, err
 	}
 	if req.Rejected == nil && b.fresh(v, req.MinRemaining) && !e.beingRotated(v) {
 		e.markUsed()
-		b.metrics.cacheHits.Add(1)
+		b.metrics.CacheHits.Add(1)
 		return b.toAccessToken(v), nil // the hot path: no allocation, no store
 	}
-	b.metrics.cacheMisses.Add(1)
+	b.metrics.CacheMisses.Add(1)
 	need := b.needsRefresh(e, req.MinRemaining)
 	if req.Rejected == nil {
-		if floor, held := b.holdsBack(v, b.opts.now()); held && !e.beingRotated(v) {
+		if floor, held := b.holdsBack(v, b.opts.Now()); held && !e.beingRotated(v) {
 			return b.serveHeldBack(e, v, floor)
 		}
 		if b.cutOff(e, v, req.MinRemaining) {
 			// The token is unexpired, but a replica may rotate it from its
 			// scheduled time on: wait for the rotation rather than hand out
 			// a token it may kill.
-			b.metrics.cutoffWaits.Add(1)
+			b.metrics.CutoffWaits.Add(1)
 			if err := b.awaitScheduledRotation(ctx, e, v); err != nil {
-				return AccessToken{}, err
+				return access.Token{}, err
 			}
 		}
 	}
@@ -105,7 +64,7 @@ func (b *Broker) GetAccessToken(ctx context.Context, req TokenRequest) (AccessTo
 	if req.Rejected != nil {
 		if v, done, err := b.handleRejection(ctx, e, v, req); done || err != nil {
 			if err != nil {
-				return AccessToken{}, err
+				return access.Token{}, err
 			}
 			e.markUsed()
 			tok := b.toAccessToken(v)
@@ -122,13 +81,13 @@ func (b *Broker) GetAccessToken(ctx context.Context, req TokenRequest) (AccessTo
 
 	v, err = b.refresh(ctx, e, need)
 	if err != nil {
-		return AccessToken{}, err
+		return access.Token{}, err
 	}
 	if !b.fresh(v, req.MinRemaining) {
 		// Another caller's refresh (or another replica's) just ran: this
 		// one may not spend a rotation of its own. (A rejection that named
 		// the current token refreshed it, so its answer is fresh.)
-		if floor, held := b.holdsBack(v, b.opts.now()); held {
+		if floor, held := b.holdsBack(v, b.opts.Now()); held {
 			tok, err := b.serveHeldBack(e, v, floor)
 			tok.Rejected = rejectionOutcome(req.Rejected, reported, v)
 			return tok, err
@@ -148,7 +107,7 @@ const inactiveRecheck = time.Second
 // installed: another replica may have installed a new one (Reauthenticate
 // there), and nothing else tells this one.
 func (b *Broker) recheckInactive(ctx context.Context, e *entry, v *view) *view {
-	now := b.opts.now()
+	now := b.opts.Now()
 	last := e.inactiveReadAt.Load()
 	if now.Sub(time.Unix(0, last)) < inactiveRecheck || !e.inactiveReadAt.CompareAndSwap(last, now.UnixNano()) {
 		return v
@@ -164,7 +123,7 @@ func (b *Broker) recheckInactive(ctx context.Context, e *entry, v *view) *view {
 // fresh reports whether v's access token can serve a caller wanting
 // minRemaining: unexpired by the margin, and not past its cutoff.
 func (b *Broker) fresh(v *view, minRemaining time.Duration) bool {
-	now := b.opts.now()
+	now := b.opts.Now()
 	return b.unexpired(v, minRemaining, now) && !b.pastCutoff(v, now)
 }
 
@@ -175,7 +134,7 @@ func (b *Broker) unexpired(v *view, minRemaining time.Duration, now time.Time) b
 		return false
 	}
 	a := v.fam.Access
-	return !now.Add(max(minRemaining, expiryMargin(b.opts.expiryDelta, tokenLife(v.fam)))).After(a.ExpiresAt)
+	return !now.Add(max(minRemaining, pacing.ExpiryMargin(b.opts.Refresh.ExpiryDelta, tokenLife(v.fam)))).After(a.ExpiresAt)
 }
 
 // needsRefresh returns the test a view fails when its token cannot serve a
@@ -189,7 +148,7 @@ func (b *Broker) needsRefresh(e *entry, minRemaining time.Duration) func(*view) 
 		if b.fresh(v, minRemaining) {
 			return false
 		}
-		_, held := b.holdsBack(v, b.opts.now())
+		_, held := b.holdsBack(v, b.opts.Now())
 		return !held
 	}
 }
@@ -209,12 +168,12 @@ func (b *Broker) checkMinRemaining(v *view, minRemaining time.Duration) error {
 	if minRemaining == 0 {
 		return nil
 	}
-	lifetime := v.cred.Spec.accessTokenLifetime()
+	lifetime := v.cred.Spec.AccessTokenLifetime()
 	if a := v.fam.Access; a != nil && v.cred.Spec.AccessTokenLife == 0 {
 		lifetime = a.ExpiresAt.Sub(a.IssuedAt)
 	}
 	if limit := lifetime * 3 / 4; minRemaining > limit {
-		return &InvalidArgumentError{
+		return &brokererr.InvalidArgumentError{
 			Field:  "min_remaining_lifetime",
 			Reason: fmt.Sprintf("%s is more than this credential's tokens can offer (at most %s: 3/4 of their %s lifetime)", minRemaining, limit.Round(time.Second), lifetime.Round(time.Second)),
 			Code:   "MIN_LIFETIME_UNATTAINABLE",
@@ -225,12 +184,12 @@ func (b *Broker) checkMinRemaining(v *view, minRemaining time.Duration) error {
 
 // handleRejection decides what a rejected-token report leads to. done means
 // the returned view answers the caller without a refresh.
-func (b *Broker) handleRejection(ctx context.Context, e *entry, v *view, req TokenRequest) (*view, bool, error) {
+func (b *Broker) handleRejection(ctx context.Context, e *entry, v *view, req access.Request) (*view, bool, error) {
 	if v.fam.Status != StatusActive || v.fam.Access == nil {
 		return v, false, nil
 	}
 	cur := v.fam.Access
-	if !req.Rejected.names(v) {
+	if !names(req.Rejected, v) {
 		// An older token was rejected; the current one is another token. Hand
 		// it out if it suits, else refresh as usual.
 		return v, b.fresh(v, req.MinRemaining), nil
@@ -240,27 +199,27 @@ func (b *Broker) handleRejection(ctx context.Context, e *entry, v *view, req Tok
 	// provider disproves only closes a short probe interval, so a false
 	// alarm does not block the report of a real revocation seconds later.
 	e.mu.Lock()
-	now := b.opts.now()
-	wait := max(e.lastRejection.Add(b.opts.rejectionInterval).Sub(now), e.lastProbe.Add(min(rejectionProbeInterval, b.opts.rejectionInterval)).Sub(now))
+	now := b.opts.Now()
+	wait := max(e.lastRejection.Add(b.opts.Refresh.RejectionInterval).Sub(now), e.lastProbe.Add(min(rejectionProbeInterval, b.opts.Refresh.RejectionInterval)).Sub(now))
 	if wait > 0 && e.flight == nil {
 		e.mu.Unlock()
-		return nil, false, &RateLimitedError{RetryAfter: wait}
+		return nil, false, &brokererr.RateLimitedError{RetryAfter: wait}
 	}
 	e.lastProbe = now
 	e.mu.Unlock()
 	refreshing := func(v *view) (*view, bool, error) {
 		e.mu.Lock()
-		e.lastRejection = b.opts.now()
+		e.lastRejection = b.opts.Now()
 		e.mu.Unlock()
 		return v, false, nil
 	}
 
-	ep := v.cred.Spec.endpoint()
+	ep := v.cred.Spec.Endpoint()
 	if ep.IntrospectionURL == "" {
 		return refreshing(v)
 	}
 	ictx, cancel := context.WithTimeout(ctx, introspectTimeout)
-	in, err := b.provider.IntrospectToken(ictx, ep, v.cred.Spec.clientCredentials(), cur.Token, provider.HintAccessToken)
+	in, err := b.provider.IntrospectToken(ictx, ep, v.cred.Spec.ClientCredentials(), cur.Token, provider.HintAccessToken)
 	cancel()
 	switch {
 	case err == nil && in.Active:
@@ -280,7 +239,7 @@ func (b *Broker) handleRejection(ctx context.Context, e *entry, v *view, req Tok
 	switch {
 	case err != nil:
 		b.log.WarnContext(ctx, "refresh token introspection failed; refreshing", "credential", e.id, "err", err)
-	case !active && v.cred.Spec.ProviderKind != ProviderSalesforce:
+	case !active && v.cred.Spec.ProviderKind != credspec.ProviderSalesforce:
 		// A generic provider's "inactive" may only mean its endpoint does
 		// not introspect refresh tokens, and the dead access token is what
 		// was reported, not a corroboration (a logout revokes it alone).
@@ -292,7 +251,7 @@ func (b *Broker) handleRejection(ctx context.Context, e *entry, v *view, req Tok
 			return nil, false, err
 		}
 		if revoked {
-			return nil, false, reauthRequired(e.id, &familyRecord{Status: StatusRevoked, RevokedReason: ReasonRevokedAtProvider})
+			return nil, false, reauthRequired(e.id, &familyRecord{Status: StatusRevoked, RevokedReason: notice.ReasonRevokedAtProvider})
 		}
 		// The family moved on (another refresh rotated the token): the
 		// refresh below adopts or continues it.
@@ -306,22 +265,10 @@ func (b *Broker) handleRejection(ctx context.Context, e *entry, v *view, req Tok
 // longer than the rejection interval itself).
 const rejectionProbeInterval = time.Second
 
-func isFingerprint(s string) bool {
-	if len(s) != 16 {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		if !(s[i] >= '0' && s[i] <= '9' || s[i] >= 'a' && s[i] <= 'f') {
-			return false
-		}
-	}
-	return true
-}
-
-func (b *Broker) toAccessToken(v *view) AccessToken {
+func (b *Broker) toAccessToken(v *view) access.Token {
 	a := v.fam.Access
-	return AccessToken{
-		UseUntil:    b.useUntil(v, b.opts.now()),
+	return access.Token{
+		UseUntil:    b.useUntil(v, b.opts.Now()),
 		Token:       a.Token,
 		Type:        a.Type,
 		InstanceURL: a.InstanceURL,
@@ -400,7 +347,7 @@ func (b *Broker) joinOrStart(caller context.Context, e *entry, need func(*view) 
 		close(f.done)
 	})
 	if !started {
-		return nil, false, ErrClosed
+		return nil, false, brokererr.ErrClosed
 	}
 	e.flight = f
 	return f, true, nil
@@ -409,8 +356,8 @@ func (b *Broker) joinOrStart(caller context.Context, e *entry, need func(*view) 
 func reauthRequired(id string, fam *familyRecord) error {
 	switch fam.Status {
 	case StatusRevoked:
-		return fmt.Errorf("%w: the token family of %s was revoked (%s); reauthenticate", ErrReauthRequired, id, fam.RevokedReason)
+		return fmt.Errorf("%w: the token family of %s was revoked (%s); reauthenticate", brokererr.ErrReauthRequired, id, fam.RevokedReason)
 	default:
-		return fmt.Errorf("%w: %s has no token family yet; reauthenticate", ErrReauthRequired, id)
+		return fmt.Errorf("%w: %s has no token family yet; reauthenticate", brokererr.ErrReauthRequired, id)
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rotavault/rotavault/broker/catalog"
 	"github.com/rotavault/rotavault/store/memstore"
 )
 
@@ -19,10 +20,10 @@ func TestConsumerCatalogFailedWriteThatLandedIsNotMergedTwice(t *testing.T) {
 		t.Fatal(err)
 	}
 	now := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
-	record(ctx, t, b, []ConsumerUse{use("acme", "svc", now, now, 2)})
-	lost := &fault{op: "put", prefix: consumersPrefix, once: true, lose: errors.New("faultstore: answer lost after the write was applied")}
+	record(ctx, t, b, []catalog.Use{use("acme", "svc", now, now, 2)})
+	lost := &fault{op: "put", prefix: catalog.KeyPrefix, once: true, lose: errors.New("faultstore: answer lost after the write was applied")}
 	st.inject(lost)
-	record(ctx, t, b, []ConsumerUse{use("acme", "svc", now, now, 3)})
+	record(ctx, t, b, []catalog.Use{use("acme", "svc", now, now, 3)})
 	if lost.hits.Load() == 0 {
 		t.Fatal("no catalog write was reported failed")
 	}

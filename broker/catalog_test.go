@@ -10,23 +10,27 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rotavault/rotavault/broker/brokererr"
+	"github.com/rotavault/rotavault/broker/catalog"
+	"github.com/rotavault/rotavault/broker/credspec"
+	"github.com/rotavault/rotavault/broker/option"
 	"github.com/rotavault/rotavault/internal/syncbuf"
 	"github.com/rotavault/rotavault/store"
 	"github.com/rotavault/rotavault/store/memstore"
 )
 
 // catalogSpec is a credential the catalog tests never refresh.
-func catalogSpec() Spec {
-	return Spec{ProviderKind: ProviderSalesforce, BaseURL: "http://127.0.0.1:1", ClientID: "c", ClientSecret: "s", Scopes: []string{"api", "refresh_token"}}
+func catalogSpec() credspec.Spec {
+	return credspec.Spec{ProviderKind: credspec.ProviderSalesforce, BaseURL: "http://127.0.0.1:1", ClientID: "c", ClientSecret: "s", Scopes: []string{"api", "refresh_token"}}
 }
 
-func use(cred, identity string, first, last time.Time, n uint64) ConsumerUse {
-	return ConsumerUse{CredentialID: cred, Identity: identity, FirstSeen: first, LastSeen: last, Count: n}
+func use(cred, identity string, first, last time.Time, n uint64) catalog.Use {
+	return catalog.Use{CredentialID: cred, Identity: identity, FirstSeen: first, LastSeen: last, Count: n}
 }
 
 // record stores uses the way the server's flush does: what comes back
 // unrecorded is offered again, a bounded number of times.
-func record(ctx context.Context, t *testing.T, b *Broker, uses []ConsumerUse) {
+func record(ctx context.Context, t *testing.T, b *Broker, uses []catalog.Use) {
 	t.Helper()
 	for range 100 {
 		left, err := b.RecordConsumers(ctx, uses)
@@ -41,13 +45,13 @@ func record(ctx context.Context, t *testing.T, b *Broker, uses []ConsumerUse) {
 	t.Fatalf("uses still unrecorded after 100 flushes: %v", uses)
 }
 
-func listAll(ctx context.Context, t *testing.T, b *Broker, credentialID string) map[string]Consumer {
+func listAll(ctx context.Context, t *testing.T, b *Broker, credentialID string) map[string]catalog.Consumer {
 	t.Helper()
-	got, more, err := b.ListConsumers(ctx, credentialID, ConsumerCursor{}, 1000)
+	got, more, err := b.ListConsumers(ctx, credentialID, catalog.Cursor{}, 1000)
 	if err != nil || more {
 		t.Fatalf("ListConsumers(%q) = more %v, %v", credentialID, more, err)
 	}
-	m := make(map[string]Consumer, len(got))
+	m := make(map[string]catalog.Consumer, len(got))
 	for _, c := range got {
 		m[c.CredentialID+" "+c.Identity] = c
 	}
@@ -60,7 +64,7 @@ func listAll(ctx context.Context, t *testing.T, b *Broker, credentialID string) 
 // seen), not overwrite B's.
 func TestConsumerCatalogMergesFlushesOfTwoReplicas(t *testing.T) {
 	ctx := context.Background()
-	st := &faultStore{Store: memstore.New(), conflictPrefix: consumersPrefix}
+	st := &faultStore{Store: memstore.New(), conflictPrefix: catalog.KeyPrefix}
 	a, b := newTestBroker(t, st), newTestBroker(t, st)
 	if _, err := a.CreateCredential(ctx, "acme", catalogSpec()); err != nil {
 		t.Fatal(err)
@@ -69,14 +73,14 @@ func TestConsumerCatalogMergesFlushesOfTwoReplicas(t *testing.T) {
 	at := func(s int) time.Time { return t0.Add(time.Duration(s) * time.Second) }
 	const billing, reports, exporter = "spiffe://example.test/ns/billing/sa/invoicer", "reports.example.test", "exporter"
 
-	st.inject(&fault{op: "put", prefix: consumersPrefix, once: true, before: func() {
-		record(ctx, t, b, []ConsumerUse{use("acme", billing, at(5), at(12), 5), use("acme", exporter, at(30), at(31), 2)})
+	st.inject(&fault{op: "put", prefix: catalog.KeyPrefix, once: true, before: func() {
+		record(ctx, t, b, []catalog.Use{use("acme", billing, at(5), at(12), 5), use("acme", exporter, at(30), at(31), 2)})
 	}})
-	record(ctx, t, a, []ConsumerUse{use("acme", billing, at(10), at(20), 3), use("acme", reports, at(15), at(15), 1)})
+	record(ctx, t, a, []catalog.Use{use("acme", billing, at(10), at(20), 3), use("acme", reports, at(15), at(15), 1)})
 	if st.conflicts.Load() == 0 {
 		t.Fatal("replica A's write met no conflict: the test did not interleave the flushes")
 	}
-	want := map[string]Consumer{
+	want := map[string]catalog.Consumer{
 		"acme " + billing:  {CredentialID: "acme", Identity: billing, FirstSeen: at(5), LastSeen: at(20), Count: 8},
 		"acme " + reports:  {CredentialID: "acme", Identity: reports, FirstSeen: at(15), LastSeen: at(15), Count: 1},
 		"acme " + exporter: {CredentialID: "acme", Identity: exporter, FirstSeen: at(30), LastSeen: at(31), Count: 2},
@@ -99,16 +103,16 @@ func TestConsumerCatalogMergesFlushesOfTwoReplicas(t *testing.T) {
 // conflict by the Vault client) is not merged a second time.
 func TestConsumerCatalogLostWriteAnswerIsNotMergedTwice(t *testing.T) {
 	ctx := context.Background()
-	st := &faultStore{Store: memstore.New(), conflictPrefix: consumersPrefix}
+	st := &faultStore{Store: memstore.New(), conflictPrefix: catalog.KeyPrefix}
 	b := newTestBroker(t, st)
 	if _, err := b.CreateCredential(ctx, "acme", catalogSpec()); err != nil {
 		t.Fatal(err)
 	}
 	now := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
-	record(ctx, t, b, []ConsumerUse{use("acme", "svc", now, now, 2)})
-	replayed := &fault{op: "put", prefix: consumersPrefix, once: true, replay: true}
+	record(ctx, t, b, []catalog.Use{use("acme", "svc", now, now, 2)})
+	replayed := &fault{op: "put", prefix: catalog.KeyPrefix, once: true, replay: true}
 	st.inject(replayed)
-	record(ctx, t, b, []ConsumerUse{use("acme", "svc", now, now, 3)})
+	record(ctx, t, b, []catalog.Use{use("acme", "svc", now, now, 3)})
 	if replayed.hits.Load() == 0 || st.conflicts.Load() == 0 {
 		t.Fatal("the write was not replayed into a conflict")
 	}
@@ -121,7 +125,7 @@ func TestConsumerCatalogLostWriteAnswerIsNotMergedTwice(t *testing.T) {
 // count nothing twice.
 func TestConsumerCatalogConcurrentFlushesAddUp(t *testing.T) {
 	ctx := context.Background()
-	st := &faultStore{Store: memstore.New(), conflictPrefix: consumersPrefix}
+	st := &faultStore{Store: memstore.New(), conflictPrefix: catalog.KeyPrefix}
 	replicas := []*Broker{newTestBroker(t, st), newTestBroker(t, st)}
 	if _, err := replicas[0].CreateCredential(ctx, "acme", catalogSpec()); err != nil {
 		t.Fatal(err)
@@ -135,7 +139,7 @@ func TestConsumerCatalogConcurrentFlushesAddUp(t *testing.T) {
 			defer wg.Done()
 			for i := range flushes {
 				seen := t0.Add(time.Duration(r*flushes+i) * time.Second)
-				uses := []ConsumerUse{use("acme", "shared", seen, seen, 1), use("acme", fmt.Sprintf("replica-%d", r), seen, seen, 2)}
+				uses := []catalog.Use{use("acme", "shared", seen, seen, 1), use("acme", fmt.Sprintf("replica-%d", r), seen, seen, 2)}
 				for range 100 {
 					left, _ := b.RecordConsumers(ctx, uses)
 					if len(left) == 0 {
@@ -165,21 +169,21 @@ func TestConsumerCatalogConcurrentFlushesAddUp(t *testing.T) {
 func TestConsumerCatalogIsBounded(t *testing.T) {
 	ctx := context.Background()
 	logs := &syncbuf.Buffer{}
-	b := newTestBroker(t, memstore.New(), WithLogger(slog.New(slog.NewJSONHandler(logs, nil))))
+	b := newTestBroker(t, memstore.New(), option.WithLogger(slog.New(slog.NewJSONHandler(logs, nil))))
 	if _, err := b.CreateCredential(ctx, "acme", catalogSpec()); err != nil {
 		t.Fatal(err)
 	}
 	now := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
-	var uses []ConsumerUse
-	for i := range MaxConsumersPerCredential + 3 {
+	var uses []catalog.Use
+	for i := range catalog.MaxConsumersPerCredential + 3 {
 		uses = append(uses, use("acme", fmt.Sprintf("svc-%04d", i), now, now, 7))
 	}
 	record(ctx, t, b, uses)
 	got := listAll(ctx, t, b, "acme")
-	if len(got) != MaxConsumersPerCredential {
-		t.Fatalf("%d identities kept, want the cap %d", len(got), MaxConsumersPerCredential)
+	if len(got) != catalog.MaxConsumersPerCredential {
+		t.Fatalf("%d identities kept, want the cap %d", len(got), catalog.MaxConsumersPerCredential)
 	}
-	if _, ok := got[fmt.Sprintf("acme svc-%04d", MaxConsumersPerCredential)]; ok {
+	if _, ok := got[fmt.Sprintf("acme svc-%04d", catalog.MaxConsumersPerCredential)]; ok {
 		t.Error("an identity past the cap is listed")
 	}
 	if d := b.Stats().ConsumerTokensDropped; d != 3*7 {
@@ -189,7 +193,7 @@ func TestConsumerCatalogIsBounded(t *testing.T) {
 		t.Errorf("no log line says the catalog is full:\n%s", logs.String())
 	}
 	// A full catalog still counts the identities it lists.
-	record(ctx, t, b, []ConsumerUse{use("acme", "svc-0000", now.Add(time.Minute), now.Add(time.Minute), 1), use("acme", "latecomer", now, now, 1)})
+	record(ctx, t, b, []catalog.Use{use("acme", "svc-0000", now.Add(time.Minute), now.Add(time.Minute), 1), use("acme", "latecomer", now, now, 1)})
 	got = listAll(ctx, t, b, "acme")
 	if c := got["acme svc-0000"]; c.Count != 8 || !c.LastSeen.Equal(now.Add(time.Minute)) {
 		t.Errorf("listed identity in a full catalog: %+v; want count 8, last seen a minute later", c)
@@ -207,30 +211,30 @@ func TestConsumerCatalogGoesWithItsCredential(t *testing.T) {
 	now := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
 	catalogGone := func(t *testing.T, st store.Store) {
 		t.Helper()
-		if _, err := st.Get(ctx, consumersKey("acme")); !errors.Is(err, store.ErrNotFound) {
+		if _, err := st.Get(ctx, catalog.Key("acme")); !errors.Is(err, store.ErrNotFound) {
 			t.Fatalf("catalog after the delete: %v; want not found", err)
 		}
 	}
 
 	t.Run("delete", func(t *testing.T) {
-		st := &faultStore{Store: memstore.New(), conflictPrefix: consumersPrefix}
+		st := &faultStore{Store: memstore.New(), conflictPrefix: catalog.KeyPrefix}
 		b := newTestBroker(t, st)
 		if _, err := b.CreateCredential(ctx, "acme", catalogSpec()); err != nil {
 			t.Fatal(err)
 		}
-		record(ctx, t, b, []ConsumerUse{use("acme", "svc", now, now, 1)})
+		record(ctx, t, b, []catalog.Use{use("acme", "svc", now, now, 1)})
 		if err := b.DeleteCredential(ctx, "acme"); err != nil {
 			t.Fatal(err)
 		}
 		catalogGone(t, st)
-		if _, _, err := b.ListConsumers(ctx, "acme", ConsumerCursor{}, 10); !errors.Is(err, ErrNotFound) {
+		if _, _, err := b.ListConsumers(ctx, "acme", catalog.Cursor{}, 10); !errors.Is(err, brokererr.ErrNotFound) {
 			t.Fatalf("ListConsumers of a deleted credential: %v; want ErrNotFound", err)
 		}
 		if got := listAll(ctx, t, b, ""); len(got) != 0 {
 			t.Fatalf("catalog of a deleted credential listed: %v", got)
 		}
 		// Later uses of the deleted credential are dropped, not retried.
-		left, err := b.RecordConsumers(ctx, []ConsumerUse{use("acme", "svc", now, now, 1)})
+		left, err := b.RecordConsumers(ctx, []catalog.Use{use("acme", "svc", now, now, 1)})
 		if len(left) != 0 || err != nil {
 			t.Fatalf("RecordConsumers for a deleted credential = %v, %v; want dropped", left, err)
 		}
@@ -238,19 +242,19 @@ func TestConsumerCatalogGoesWithItsCredential(t *testing.T) {
 	})
 
 	t.Run("flush racing the delete", func(t *testing.T) {
-		st := &faultStore{Store: memstore.New(), conflictPrefix: consumersPrefix}
+		st := &faultStore{Store: memstore.New(), conflictPrefix: catalog.KeyPrefix}
 		a, b := newTestBroker(t, st), newTestBroker(t, st)
 		if _, err := a.CreateCredential(ctx, "acme", catalogSpec()); err != nil {
 			t.Fatal(err)
 		}
 		// B read the credential and is about to create the catalog when A
 		// deletes the credential (and the catalog, which is not there yet).
-		st.inject(&fault{op: "put", prefix: consumersPrefix, once: true, before: func() {
+		st.inject(&fault{op: "put", prefix: catalog.KeyPrefix, once: true, before: func() {
 			if err := a.DeleteCredential(ctx, "acme"); err != nil {
 				t.Error(err)
 			}
 		}})
-		left, err := b.RecordConsumers(ctx, []ConsumerUse{use("acme", "svc", now, now, 1)})
+		left, err := b.RecordConsumers(ctx, []catalog.Use{use("acme", "svc", now, now, 1)})
 		if len(left) != 0 || err != nil {
 			t.Fatalf("RecordConsumers = %v, %v", left, err)
 		}
@@ -258,14 +262,14 @@ func TestConsumerCatalogGoesWithItsCredential(t *testing.T) {
 	})
 
 	t.Run("catalog of an earlier incarnation", func(t *testing.T) {
-		st := &faultStore{Store: memstore.New(), conflictPrefix: consumersPrefix}
+		st := &faultStore{Store: memstore.New(), conflictPrefix: catalog.KeyPrefix}
 		b := newTestBroker(t, st)
 		if _, err := b.CreateCredential(ctx, "acme", catalogSpec()); err != nil {
 			t.Fatal(err)
 		}
-		record(ctx, t, b, []ConsumerUse{use("acme", "old-consumer", now, now, 4)})
+		record(ctx, t, b, []catalog.Use{use("acme", "old-consumer", now, now, 4)})
 		// The catalog survives a delete whose last step failed.
-		up := st.inject(&fault{op: "delete", prefix: consumersPrefix, fail: errStoreDown})
+		up := st.inject(&fault{op: "delete", prefix: catalog.KeyPrefix, fail: errStoreDown})
 		if err := b.DeleteCredential(ctx, "acme"); err == nil {
 			t.Fatal("DeleteCredential succeeded with the catalog delete failing")
 		}
@@ -276,7 +280,7 @@ func TestConsumerCatalogGoesWithItsCredential(t *testing.T) {
 		if got := listAll(ctx, t, b, "acme"); len(got) != 0 {
 			t.Fatalf("the recreated credential lists its predecessor's consumers: %v", got)
 		}
-		record(ctx, t, b, []ConsumerUse{use("acme", "new-consumer", now, now, 1)})
+		record(ctx, t, b, []catalog.Use{use("acme", "new-consumer", now, now, 1)})
 		got := listAll(ctx, t, b, "acme")
 		if len(got) != 1 || got["acme new-consumer"].Count != 1 {
 			t.Fatalf("catalog of the recreated credential: %v; want only new-consumer", got)
@@ -288,7 +292,7 @@ func TestListConsumersPagingAndValidation(t *testing.T) {
 	ctx := context.Background()
 	b := newTestBroker(t, memstore.New())
 	now := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
-	var uses []ConsumerUse
+	var uses []catalog.Use
 	var want []string
 	for _, cred := range []string{"alpha", "beta", "gamma"} {
 		if _, err := b.CreateCredential(ctx, cred, catalogSpec()); err != nil {
@@ -306,7 +310,7 @@ func TestListConsumersPagingAndValidation(t *testing.T) {
 
 	for _, limit := range []int{1, 2, 5, 6, 100} {
 		var got []string
-		var after ConsumerCursor
+		var after catalog.Cursor
 		for range 20 {
 			page, more, err := b.ListConsumers(ctx, "", after, limit)
 			if err != nil {
@@ -322,7 +326,7 @@ func TestListConsumersPagingAndValidation(t *testing.T) {
 				break
 			}
 			last := page[len(page)-1]
-			after = ConsumerCursor{CredentialID: last.CredentialID, Identity: last.Identity}
+			after = catalog.Cursor{CredentialID: last.CredentialID, Identity: last.Identity}
 		}
 		if strings.Join(got, "\n") != strings.Join(want, "\n") {
 			t.Errorf("limit %d: listed\n%s\nwant\n%s", limit, strings.Join(got, "\n"), strings.Join(want, "\n"))
@@ -332,28 +336,28 @@ func TestListConsumersPagingAndValidation(t *testing.T) {
 	for _, tt := range []struct {
 		name   string
 		filter string
-		after  ConsumerCursor
+		after  catalog.Cursor
 		limit  int
 		field  string
 	}{
-		{"bad filter", "Not An ID", ConsumerCursor{}, 10, "credential_id"},
-		{"zero limit", "", ConsumerCursor{}, 0, "page_size"},
-		{"cursor of another credential", "alpha", ConsumerCursor{CredentialID: "gamma", Identity: "a.example"}, 10, "page_token"},
-		{"cursor with a bad credential id", "", ConsumerCursor{CredentialID: "../x", Identity: "a"}, 10, "page_token"},
-		{"cursor with an identity only", "", ConsumerCursor{Identity: "a"}, 10, "page_token"},
+		{"bad filter", "Not An ID", catalog.Cursor{}, 10, "credential_id"},
+		{"zero limit", "", catalog.Cursor{}, 0, "page_size"},
+		{"cursor of another credential", "alpha", catalog.Cursor{CredentialID: "gamma", Identity: "a.example"}, 10, "page_token"},
+		{"cursor with a bad credential id", "", catalog.Cursor{CredentialID: "../x", Identity: "a"}, 10, "page_token"},
+		{"cursor with an identity only", "", catalog.Cursor{Identity: "a"}, 10, "page_token"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			_, _, err := b.ListConsumers(ctx, tt.filter, tt.after, tt.limit)
-			var inv *InvalidArgumentError
+			var inv *brokererr.InvalidArgumentError
 			if !errors.As(err, &inv) || inv.Field != tt.field {
 				t.Fatalf("ListConsumers = %v; want an invalid %s", err, tt.field)
 			}
 		})
 	}
-	if _, _, err := b.ListConsumers(ctx, "missing", ConsumerCursor{}, 10); !errors.Is(err, ErrNotFound) {
+	if _, _, err := b.ListConsumers(ctx, "missing", catalog.Cursor{}, 10); !errors.Is(err, brokererr.ErrNotFound) {
 		t.Fatalf("ListConsumers of a missing credential: %v; want ErrNotFound", err)
 	}
-	if got, more, err := b.ListConsumers(ctx, "beta", ConsumerCursor{}, 10); err != nil || more || len(got) != 0 {
+	if got, more, err := b.ListConsumers(ctx, "beta", catalog.Cursor{}, 10); err != nil || more || len(got) != 0 {
 		t.Fatalf("ListConsumers of a credential without consumers = %v, %v, %v; want none", got, more, err)
 	}
 }
@@ -367,7 +371,7 @@ func TestRecordConsumersRefusesMalformedUses(t *testing.T) {
 		t.Fatal(err)
 	}
 	now := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
-	left, err := b.RecordConsumers(ctx, []ConsumerUse{
+	left, err := b.RecordConsumers(ctx, []catalog.Use{
 		use("acme", "good", now, now, 2),
 		use("Bad ID", "svc", now, now, 1),
 		use("acme", "", now, now, 1),
@@ -375,7 +379,7 @@ func TestRecordConsumersRefusesMalformedUses(t *testing.T) {
 		use("acme", "zero", now, now, 0),
 		use("acme", "backwards", now, now.Add(-time.Second), 1),
 	})
-	var inv *InvalidArgumentError
+	var inv *brokererr.InvalidArgumentError
 	if !errors.As(err, &inv) {
 		t.Fatalf("RecordConsumers error %v; want InvalidArgumentError", err)
 	}

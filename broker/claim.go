@@ -2,12 +2,12 @@ package broker
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"time"
 
+	"github.com/rotavault/rotavault/broker/brokererr"
+	"github.com/rotavault/rotavault/broker/spans"
 	"github.com/rotavault/rotavault/store"
 )
 
@@ -29,12 +29,6 @@ type claim struct {
 	Deadline time.Time `json:"deadline"`
 }
 
-func newReplicaID() string {
-	b := make([]byte, 6)
-	_, _ = rand.Read(b)
-	return hex.EncodeToString(b)
-}
-
 // claimLease is this replica's claim on a family, as etcd's Mutex carries
 // its own revision: v is the family as the claim's last write left it, and
 // v.famVersion is the fence every later write of the holder is a
@@ -54,8 +48,16 @@ var errClaimedElsewhere = errors.New("broker: another replica is refreshing")
 // replica's refresh produced a view that passes need. It returns the lease
 // to refresh with, or the adopted view (lease nil).
 func (b *Broker) acquire(ctx context.Context, e *entry, need func(*view) bool) (lease *claimLease, adopted *view, err error) {
-	ctx, span := startSpan(ctx, ctx, SpanClaim, e.id)
-	defer func() { endClaimSpan(span, lease, adopted, err) }()
+	ctx, span := spans.Start(ctx, ctx, spans.Claim, e.id)
+	defer func() {
+		// "claimed": this replica refreshes; "adopted": another replica's
+		// result serves.
+		if lease != nil {
+			spans.End(span, lease.v.generation(), "claimed", err)
+		} else {
+			spans.End(span, adopted.generation(), "adopted", err)
+		}
+	}()
 	// The first attempt trusts the family state this replica last saw and
 	// claims with check-and-set on its version: if another replica changed
 	// the family since, the claim conflicts and updateFamily reads it.
@@ -77,14 +79,14 @@ func (b *Broker) acquire(ctx context.Context, e *entry, need func(*view) bool) (
 			if cur.fam.Status != StatusActive {
 				return nil, reauthRequired(e.id, cur.fam)
 			}
-			now := b.opts.now()
-			deadline := now.Add(b.opts.claimTTLFor(cur.cred.Spec))
+			now := b.opts.Now()
+			deadline := now.Add(b.opts.ClaimTTLFor(cur.cred.Spec))
 			c := cur.fam.Claim
-			if c != nil && c.Holder != b.opts.replicaID {
-				if now.Before(c.Deadline) && b.opts.exclusiveStore {
+			if c != nil && c.Holder != b.opts.ReplicaID {
+				if now.Before(c.Deadline) && b.opts.ExclusiveStore {
 					b.log.WarnContext(ctx, "taking over a refresh claim of a previous process (the store is this process's alone)", "credential", e.id, "holder", c.Holder, "deadline", c.Deadline)
 					claimed = true
-					return cur.fam.takenOverFromDead(b.opts.replicaID, deadline)
+					return cur.fam.takenOverFromDead(b.opts.ReplicaID, deadline)
 				}
 				if now.Before(c.Deadline) {
 					return nil, errClaimedElsewhere
@@ -92,7 +94,7 @@ func (b *Broker) acquire(ctx context.Context, e *entry, need func(*view) bool) (
 				b.log.WarnContext(ctx, "taking over an expired refresh claim", "credential", e.id, "holder", c.Holder, "deadline", c.Deadline)
 			}
 			claimed = true
-			return cur.fam.claimedBy(b.opts.replicaID, deadline, now)
+			return cur.fam.claimedBy(b.opts.ReplicaID, deadline, now)
 		})
 		switch {
 		case errors.Is(err, errClaimedElsewhere):
@@ -121,15 +123,15 @@ func (b *Broker) acquire(ctx context.Context, e *entry, need func(*view) bool) (
 // awaitChange polls the family record until its version moves past version
 // or the claim deadline passes.
 func (b *Broker) awaitChange(ctx context.Context, key string, version uint64, deadline time.Time) error {
-	b.metrics.claimWaits.Add(1)
-	t := time.NewTicker(b.opts.claimPoll)
+	b.metrics.ClaimWaits.Add(1)
+	t := time.NewTicker(b.opts.Claim.Poll)
 	defer t.Stop()
 	for {
 		rec, err := b.store.Get(ctx, key)
 		if err != nil && !errors.Is(err, store.ErrNotFound) {
 			return storeUnavailable(err)
 		}
-		if err != nil || rec.Version != version || !b.opts.now().Before(deadline) {
+		if err != nil || rec.Version != version || !b.opts.Now().Before(deadline) {
 			return nil
 		}
 		select {
@@ -167,7 +169,7 @@ func (l *claimLease) markInDoubt(ctx context.Context) error {
 	defer cancel()
 	err := l.update(ctx, (*familyRecord).markedInDoubt)
 	if errors.Is(err, errFenceMoved) {
-		return fmt.Errorf("%w: the token family of %s changed during a refresh: %w", ErrConflict, l.e.id, err)
+		return fmt.Errorf("%w: the token family of %s changed during a refresh: %w", brokererr.ErrConflict, l.e.id, err)
 	}
 	return err
 }
@@ -185,10 +187,10 @@ var errSlowClaim = errors.New("broker: the store wrote the refresh claim too slo
 // the trouble (STORE_UNAVAILABLE, the claim released).
 func (l *claimLease) ensureWindow(ctx context.Context) error {
 	b := l.b
-	ttl := b.opts.claimTTLFor(l.v.cred.Spec)
-	want := (ttl - b.opts.claimMargin) / 2
+	ttl := b.opts.ClaimTTLFor(l.v.cred.Spec)
+	want := (ttl - b.opts.Claim.Margin) / 2
 	for renewed := false; ; renewed = true {
-		left := l.v.fam.Claim.Deadline.Sub(b.opts.now()) - b.opts.claimMargin
+		left := l.v.fam.Claim.Deadline.Sub(b.opts.Now()) - b.opts.Claim.Margin
 		if left >= want {
 			return nil
 		}
@@ -198,8 +200,8 @@ func (l *claimLease) ensureWindow(ctx context.Context) error {
 		}
 		b.log.WarnContext(ctx, "the store took long to write a refresh claim; claiming again so the provider call gets its time", "credential", l.e.id, "left", left)
 		err := l.update(ctx, func(f *familyRecord) (*familyRecord, error) {
-			now := b.opts.now()
-			return f.claimedBy(b.opts.replicaID, now.Add(ttl), now)
+			now := b.opts.Now()
+			return f.claimedBy(b.opts.ReplicaID, now.Add(ttl), now)
 		})
 		if err != nil {
 			return err
@@ -211,7 +213,7 @@ func (l *claimLease) ensureWindow(ctx context.Context) error {
 // provider (or may have: the family stays in doubt then), so others need
 // not wait for the deadline.
 func (l *claimLease) release(ctx context.Context) {
-	holder := l.b.opts.replicaID
+	holder := l.b.opts.ReplicaID
 	if c := l.v.fam.Claim; c == nil || c.Holder != holder {
 		return
 	}
@@ -228,16 +230,16 @@ func (b *Broker) providerContext(ctx context.Context, fam *familyRecord) (contex
 	if fam.Claim == nil {
 		return context.WithCancel(ctx)
 	}
-	return context.WithDeadline(ctx, fam.Claim.Deadline.Add(-b.opts.claimMargin))
+	return context.WithDeadline(ctx, fam.Claim.Deadline.Add(-b.opts.Claim.Margin))
 }
 
 // claimBase returns the view to decide a claim on: the cached family with a
 // fresh credential record (optimistic), or both read from the store.
 func (b *Broker) claimBase(ctx context.Context, e *entry, optimistic bool) (*view, error) {
-	now := b.opts.now()
+	now := b.opts.Now()
 	cached := e.view.Load()
 	if !optimistic || cached == nil || cached.famVersion == 0 || cached.fam.Status != StatusActive ||
-		(cached.fam.Claim != nil && cached.fam.Claim.Holder != b.opts.replicaID) {
+		(cached.fam.Claim != nil && cached.fam.Claim.Holder != b.opts.ReplicaID) {
 		return b.readEntry(ctx, e)
 	}
 	// Credentials change rarely: one read per credCacheTTL keeps other

@@ -7,6 +7,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rotavault/rotavault/broker/access"
+	"github.com/rotavault/rotavault/broker/brokererr"
+	"github.com/rotavault/rotavault/broker/option"
 	"github.com/rotavault/rotavault/internal/fakeclock"
 	"github.com/rotavault/rotavault/internal/poll"
 	"github.com/rotavault/rotavault/provider"
@@ -27,7 +30,7 @@ func slowClaimSetup(t *testing.T) (*faultStore, *providersim.Server, *Broker, st
 	t.Helper()
 	fs := &faultStore{Store: memstore.New()}
 	sim := startSim(t, providersim.Config{})
-	b := newTestBroker(t, fs, WithSchedulerInterval(time.Hour), WithIntrospectionInterval(0), WithRetryBase(time.Millisecond), WithClaimTiming(4*time.Second, time.Second))
+	b := newTestBroker(t, fs, option.WithSchedulerInterval(time.Hour), option.WithIntrospectionInterval(0), option.WithRetryBase(time.Millisecond), option.WithClaimTiming(4*time.Second, time.Second))
 	if _, err := b.CreateCredential(context.Background(), "x", simSpec(sim)); err != nil {
 		t.Fatal(err)
 	}
@@ -66,9 +69,9 @@ func TestSlowClaimWriteBlamesTheStoreNotTheProvider(t *testing.T) {
 				}
 			}})
 			_, err := b.ImportRefreshToken(ctx, "x", rt)
-			var ue *UnavailableError
+			var ue *brokererr.UnavailableError
 			switch {
-			case tt.wantErr && (!errors.As(err, &ue) || ue.Component != ComponentStore):
+			case tt.wantErr && (!errors.As(err, &ue) || ue.Component != brokererr.ComponentStore):
 				t.Fatalf("every claim write slow: %v, want the store unavailable", err)
 			case tt.wantErr && sim.Stats().RefreshRequests != 0:
 				t.Fatalf("the provider was called with no time left: %+v", sim.Stats())
@@ -118,20 +121,20 @@ func TestCallersOfAReplicaPausedPastItsClaimGetTheTakeoversToken(t *testing.T) {
 	}
 	clk.Add(3 * time.Hour)
 	type answer struct {
-		tok AccessToken
+		tok access.Token
 		err error
 	}
 	answers := make(chan answer, 3)
 	for range 3 {
 		go func() {
-			tok, err := a.GetAccessToken(ctx, TokenRequest{CredentialID: "x"})
+			tok, err := a.GetAccessToken(ctx, access.Request{CredentialID: "x"})
 			answers <- answer{tok, err}
 		}()
 	}
 	<-paused.entered // A holds the claim, paused in its provider call
 	poll.Until(t, 10*time.Second, "A's callers queued", func() bool { return a.Stats().CacheMisses == 3 })
 	clk.Add(time.Minute) // past A's claim
-	taken, err := b.GetAccessToken(ctx, TokenRequest{CredentialID: "x"})
+	taken, err := b.GetAccessToken(ctx, access.Request{CredentialID: "x"})
 	if err != nil {
 		t.Fatalf("B's takeover: %v", err)
 	}
@@ -159,7 +162,7 @@ func TestSlowClaimWriteAdoptsAnotherReplicasRefresh(t *testing.T) {
 		f := storedFamily(ctx, t, fs.Store)
 		rec := famRecord(ctx, t, fs.Store, "x")
 		f.Claim, f.Unproven, f.Generation, f.RefreshToken = nil, false, f.Generation+1, "rt-other"
-		f.Access = &accessToken{Token: "at-other", Type: "Bearer", IssuedAt: time.Now(), ExpiresAt: time.Now().Add(time.Hour), Fingerprint: Fingerprint("at-other")}
+		f.Access = &accessToken{Token: "at-other", Type: "Bearer", IssuedAt: time.Now(), ExpiresAt: time.Now().Add(time.Hour), Fingerprint: access.Fingerprint("at-other")}
 		raw, err := encodeRecord(&f)
 		if err != nil {
 			t.Error(err)

@@ -7,36 +7,17 @@ import (
 )
 
 // The consumer catalog is package catalog; the broker answers its question
-// (does a credential exist, in which incarnation) and keeps the names its
-// callers use.
-
-type (
-	// ConsumerUse is the access tokens one caller identity obtained for
-	// one credential during an interval; see catalog.Use.
-	ConsumerUse = catalog.Use
-	// Consumer is a catalog entry; see catalog.Consumer.
-	Consumer = catalog.Consumer
-	// ConsumerCursor says where a listing resumes; see catalog.Cursor.
-	ConsumerCursor = catalog.Cursor
-)
-
-// MaxConsumersPerCredential is how many identities a credential's catalog
-// keeps; see package catalog.
-const MaxConsumersPerCredential = catalog.MaxConsumersPerCredential
-
-const consumersPrefix = catalog.KeyPrefix
-
-func consumersKey(id string) string { return catalog.Key(id) }
+// (does a credential exist, in which incarnation).
 
 // RecordConsumers merges uses into the consumer catalog and returns those
 // it could not store, for the caller to retry; see catalog.Catalog.Record.
-func (b *Broker) RecordConsumers(ctx context.Context, uses []ConsumerUse) ([]ConsumerUse, error) {
+func (b *Broker) RecordConsumers(ctx context.Context, uses []catalog.Use) ([]catalog.Use, error) {
 	return b.catalog.Record(ctx, uses)
 }
 
 // ListConsumers lists up to limit catalog entries after the cursor and
 // reports whether more follow; see catalog.Catalog.List.
-func (b *Broker) ListConsumers(ctx context.Context, credentialID string, after ConsumerCursor, limit int) ([]Consumer, bool, error) {
+func (b *Broker) ListConsumers(ctx context.Context, credentialID string, after catalog.Cursor, limit int) ([]catalog.Consumer, bool, error) {
 	return b.catalog.List(ctx, credentialID, after, limit)
 }
 

@@ -10,18 +10,23 @@ import (
 	"time"
 
 	"github.com/rotavault/rotavault/audit"
+	"github.com/rotavault/rotavault/broker/brokererr"
+	"github.com/rotavault/rotavault/broker/catalog"
+	"github.com/rotavault/rotavault/broker/credspec"
+	"github.com/rotavault/rotavault/broker/detect"
+	"github.com/rotavault/rotavault/broker/notice"
 	"github.com/rotavault/rotavault/store"
 )
 
 // Credential describes a credential; it never holds a secret.
 type Credential struct {
 	ID              string
-	Spec            Spec // ClientSecret always empty
+	Spec            credspec.Spec // ClientSecret always empty
 	HasClientSecret bool
 	Status          Status
 	FamilyID        string
 	Generation      uint64
-	RevokedReason   RevocationReason
+	RevokedReason   notice.RevocationReason
 	LastRotationAt  time.Time
 	NextRefreshAt   time.Time
 	AccessExpiresAt time.Time
@@ -34,27 +39,27 @@ type Credential struct {
 	UpdatedAt          time.Time
 	// EarlyDetection is whether the periodic introspection watches the
 	// family now; EarlyDetectionDetail says why (not).
-	EarlyDetection       EarlyDetectionState
+	EarlyDetection       detect.State
 	EarlyDetectionDetail string
 }
 
 // CreateCredential registers a credential without a token family. Errors:
 // *InvalidArgumentError, ErrAlreadyExists, *UnavailableError.
-func (b *Broker) CreateCredential(ctx context.Context, id string, spec Spec) (Credential, error) {
+func (b *Broker) CreateCredential(ctx context.Context, id string, spec credspec.Spec) (Credential, error) {
 	if err := b.validateID(id); err != nil {
 		return Credential{}, err
 	}
 	spec.Discovered = nil // output only
-	if err := spec.validate(); err != nil {
+	if err := spec.Validate(); err != nil {
 		return Credential{}, err
 	}
-	if err := b.discoverInto(ctx, &spec); err != nil {
+	if err := b.discovery.Into(ctx, &spec); err != nil {
 		return Credential{}, err
 	}
-	if err := b.opts.checkReuseGrace(spec); err != nil {
+	if err := b.opts.CheckReuseGrace(spec); err != nil {
 		return Credential{}, err
 	}
-	now := b.opts.now().UTC()
+	now := b.opts.Now().UTC()
 	rec := &credentialRecord{Format: recordFormat, ID: id, Incarnation: randomHex(8), Spec: spec, CreatedAt: now, UpdatedAt: now}
 	raw, err := encodeRecord(rec)
 	if err != nil {
@@ -62,7 +67,7 @@ func (b *Broker) CreateCredential(ctx context.Context, id string, spec Spec) (Cr
 	}
 	version, err := b.store.Put(ctx, credentialKey(id), raw, 0)
 	if errors.Is(err, store.ErrConflict) {
-		return Credential{}, fmt.Errorf("%w: %s", ErrAlreadyExists, id)
+		return Credential{}, fmt.Errorf("%w: %s", brokererr.ErrAlreadyExists, id)
 	}
 	if err != nil {
 		return Credential{}, storeUnavailable(err)
@@ -78,86 +83,15 @@ func (b *Broker) CreateCredential(ctx context.Context, id string, spec Spec) (Cr
 	return b.describe(e, v), nil
 }
 
-// SpecField names a field of Spec an update may change.
-type SpecField string
-
-// Fields of Spec, by their API names.
-const (
-	FieldBaseURL          SpecField = "base_url"
-	FieldTokenURL         SpecField = "token_url"
-	FieldAuthorizeURL     SpecField = "authorize_url"
-	FieldRevocationURL    SpecField = "revocation_url"
-	FieldIntrospectionURL SpecField = "introspection_url"
-	FieldClientID         SpecField = "client_id"
-	FieldClientSecret     SpecField = "client_secret"
-	FieldScopes           SpecField = "scopes"
-	FieldAccessTokenLife  SpecField = "access_token_lifetime"
-	FieldRefreshIdle      SpecField = "refresh_token_idle_timeout"
-	FieldRefreshMaxLife   SpecField = "refresh_token_max_lifetime"
-	FieldReuseGrace       SpecField = "reuse_grace_period"
-
-	// FieldDeviceAuthorizationURL is RFC 8628's endpoint (generic providers).
-	FieldDeviceAuthorizationURL SpecField = "device_authorization_url"
-	// FieldClientAuthMethod is how the client authenticates.
-	FieldClientAuthMethod SpecField = "client_auth_method"
-	// FieldPreviousAccessToken says whether a rotation kills the previous
-	// access token.
-	FieldPreviousAccessToken SpecField = "previous_access_token"
-	// FieldIssuer is the provider's issuer, whose metadata is discovered.
-	FieldIssuer SpecField = "issuer"
-)
-
-func applyField(dst *Spec, src Spec, f SpecField) error {
-	switch f {
-	case FieldBaseURL:
-		dst.BaseURL = src.BaseURL
-	case FieldTokenURL:
-		dst.TokenURL = src.TokenURL
-	case FieldAuthorizeURL:
-		dst.AuthorizeURL = src.AuthorizeURL
-	case FieldRevocationURL:
-		dst.RevocationURL = src.RevocationURL
-	case FieldIntrospectionURL:
-		dst.IntrospectionURL = src.IntrospectionURL
-	case FieldDeviceAuthorizationURL:
-		dst.DeviceAuthorizationURL = src.DeviceAuthorizationURL
-	case FieldClientAuthMethod:
-		dst.ClientAuth = src.ClientAuth
-	case FieldIssuer:
-		dst.Issuer = src.Issuer
-	case FieldClientID:
-		dst.ClientID = src.ClientID
-	case FieldClientSecret:
-		dst.ClientSecret = src.ClientSecret
-	case FieldScopes:
-		dst.Scopes = append([]string(nil), src.Scopes...)
-	case FieldAccessTokenLife:
-		dst.AccessTokenLife = src.AccessTokenLife
-	case FieldRefreshIdle:
-		dst.RefreshIdle = src.RefreshIdle
-	case FieldRefreshMaxLife:
-		dst.RefreshMaxLife = src.RefreshMaxLife
-	case FieldReuseGrace:
-		dst.ReuseGrace = src.ReuseGrace
-	case FieldPreviousAccessToken:
-		dst.PreviousAccessToken = src.PreviousAccessToken
-	case "provider_kind":
-		return invalid("update_mask", "provider_kind cannot change; create a new credential")
-	default:
-		return invalid("update_mask", "unknown field %q", string(f))
-	}
-	return nil
-}
-
 // UpdateCredential changes the named fields of a credential's spec, keeping
 // its token family. Errors: *InvalidArgumentError, ErrNotFound,
 // *UnavailableError.
-func (b *Broker) UpdateCredential(ctx context.Context, id string, fields []SpecField, spec Spec) (Credential, error) {
+func (b *Broker) UpdateCredential(ctx context.Context, id string, fields []credspec.Field, spec credspec.Spec) (Credential, error) {
 	if err := b.validateID(id); err != nil {
 		return Credential{}, err
 	}
 	if len(fields) == 0 {
-		return Credential{}, invalid("update_mask", "name at least one field to change")
+		return Credential{}, brokererr.Invalid("update_mask", "name at least one field to change")
 	}
 	e, err := b.entry(ctx, id)
 	if err != nil {
@@ -172,25 +106,25 @@ func (b *Broker) UpdateCredential(ctx context.Context, id string, fields []SpecF
 		next.Spec = v.cred.Spec
 		next.Spec.Scopes = append([]string(nil), v.cred.Spec.Scopes...)
 		for _, f := range fields {
-			if err := applyField(&next.Spec, spec, f); err != nil {
+			if err := credspec.Apply(&next.Spec, spec, f); err != nil {
 				return Credential{}, err
 			}
 		}
-		if err := next.Spec.validate(); err != nil {
+		if err := next.Spec.Validate(); err != nil {
 			return Credential{}, err
 		}
 		if next.Spec.Issuer != v.cred.Spec.Issuer {
-			if err := b.discoverInto(ctx, &next.Spec); err != nil {
+			if err := b.discovery.Into(ctx, &next.Spec); err != nil {
 				return Credential{}, err
 			}
 		}
-		if err := b.opts.checkReuseGrace(next.Spec); err != nil {
+		if err := b.opts.CheckReuseGrace(next.Spec); err != nil {
 			return Credential{}, err
 		}
 		if reflect.DeepEqual(next.Spec, v.cred.Spec) {
 			return b.describe(e, v), nil // nothing to change, nothing to write
 		}
-		next.UpdatedAt = b.opts.now().UTC()
+		next.UpdatedAt = b.opts.Now().UTC()
 		next.Format = recordFormat
 		raw, err := encodeRecord(&next)
 		if err != nil {
@@ -248,7 +182,7 @@ func (b *Broker) ListCredentials(ctx context.Context, after string, limit int) (
 	out := make([]Credential, 0, len(ids))
 	for _, id := range ids {
 		e, err := b.entry(ctx, id)
-		if errors.Is(err, ErrNotFound) {
+		if errors.Is(err, brokererr.ErrNotFound) {
 			continue // deleted meanwhile
 		}
 		if err != nil {
@@ -273,14 +207,14 @@ func (b *Broker) DeleteCredential(ctx context.Context, id string) error {
 	}
 	if live := liveToken(v.fam); live != "" {
 		rctx, cancel := context.WithTimeout(ctx, revokeTimeout)
-		err := b.provider.Revoke(rctx, v.cred.Spec.endpoint(), v.cred.Spec.clientCredentials(), live)
+		err := b.provider.Revoke(rctx, v.cred.Spec.Endpoint(), v.cred.Spec.ClientCredentials(), live)
 		cancel()
 		if err != nil {
 			b.log.WarnContext(ctx, "could not revoke the family at the provider while deleting", "credential", id, "err", err)
 		}
 	}
 	// The consumer catalog goes after the credential: see dropOrphanCatalog.
-	for _, key := range []string{familyKey(v.cred), credentialKey(id), consumersKey(id)} {
+	for _, key := range []string{familyKey(v.cred), credentialKey(id), catalog.Key(id)} {
 		if err := b.store.Delete(ctx, key); err != nil {
 			return storeUnavailable(err)
 		}
@@ -288,9 +222,9 @@ func (b *Broker) DeleteCredential(ctx context.Context, id string) error {
 	b.dropEntry(id)
 	// Watchers of a live family hear that it ended; the audit record is
 	// the deletion's.
-	var n *Notice
+	var n *notice.Notice
 	if v.fam.Status == StatusActive {
-		n = &Notice{Kind: NoticeFamilyRevoked, Reason: ReasonCredentialDeleted, Detail: revocationDetail(ReasonCredentialDeleted), DetectedAt: b.opts.now()}
+		n = &notice.Notice{Kind: notice.FamilyRevoked, Reason: notice.ReasonCredentialDeleted, Detail: revocationDetail(notice.ReasonCredentialDeleted), DetectedAt: b.opts.Now()}
 	}
 	b.announce(ctx, id, v.fam, audit.Event{Action: audit.ActionCredentialDeleted}, n)
 	return nil
@@ -317,7 +251,7 @@ func (b *Broker) describe(e *entry, v *view) Credential {
 	if v.fam.Unproven && v.fam.Status == StatusActive {
 		c.Status = StatusUnproven
 	}
-	c.EarlyDetection, c.EarlyDetectionDetail = b.earlyDetection(v, b.opts.now())
+	c.EarlyDetection, c.EarlyDetectionDetail = b.earlyDetection(v, b.opts.Now())
 	if v.fam.Access != nil {
 		c.AccessExpiresAt = v.fam.Access.ExpiresAt
 		c.AccessIssuedAt = v.fam.Access.IssuedAt

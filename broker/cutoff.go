@@ -5,6 +5,9 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/rotavault/rotavault/broker/credspec"
+	"github.com/rotavault/rotavault/broker/notice"
+	"github.com/rotavault/rotavault/broker/pacing"
 	"github.com/rotavault/rotavault/internal/ctxwait"
 	"github.com/rotavault/rotavault/provider"
 )
@@ -19,7 +22,7 @@ import (
 //     schedule (accessDue: expiry − refreshAhead − expiryMargin, never before
 //     the rotation floor) is a function of the shared stored record alone,
 //     so every replica computes the same R. Every replica stops handing out
-//     the token at the cutoff C = R − cutoffAllowance(life) (at most 500 ms):
+//     the token at the cutoff C = R − pacing.CutoffAllowance(life) (at most 500 ms):
 //     callers arriving after C wait until R, then trigger or join the
 //     refresh (on another replica: wait for the claim holder's result
 //     through the store) instead of getting the old token. No replica
@@ -39,43 +42,18 @@ import (
 // (Salesforce, JWT issuers) none of this applies: the token is handed out
 // until expiry − expiryMargin, as before.
 
-// PreviousAccess says whether a credential's provider kills the previous
-// access token when it rotates the refresh token.
-type PreviousAccess string
-
-const (
-	// PreviousAccessDefault decides by provider kind: Salesforce keeps the
-	// previous access token; a generic provider is treated as killing it.
-	PreviousAccessDefault PreviousAccess = ""
-	// PreviousAccessRevoked: a rotation kills the previous access token
-	// (ory/fosite, Ory Hydra).
-	PreviousAccessRevoked PreviousAccess = "revoked"
-	// PreviousAccessKept: the previous access token lives until it expires.
-	PreviousAccessKept PreviousAccess = "kept"
-)
-
-// maxCutoffAllowance bounds how long before the scheduled rotation replicas
-// stop handing out a token: room for clock skew between replicas and for a
-// rotation's notice to travel. Shorter tokens get a fortieth of their
-// lifetime, so a 5 s token is cut off 125 ms early, not half a second.
-const maxCutoffAllowance = 500 * time.Millisecond
-
-func cutoffAllowance(life time.Duration) time.Duration {
-	return max(min(maxCutoffAllowance, life/40), 0)
-}
-
 // killsPrevious reports whether v's provider kills the previous access
 // token at a rotation: as configured, else by provider kind: Salesforce
 // keeps it; a generic provider is assumed to kill it (the safe side) until
 // introspection after a rotation found otherwise (detectPreviousAccess).
 func killsPrevious(v *view) bool {
 	switch v.cred.Spec.PreviousAccessToken {
-	case PreviousAccessRevoked:
+	case credspec.PreviousAccessRevoked:
 		return true
-	case PreviousAccessKept:
+	case credspec.PreviousAccessKept:
 		return false
 	}
-	return v.cred.Spec.ProviderKind != ProviderSalesforce && v.fam.PreviousAccess != PreviousAccessKept
+	return v.cred.Spec.ProviderKind != credspec.ProviderSalesforce && v.fam.PreviousAccess != credspec.PreviousAccessKept
 }
 
 // detectPreviousAccess finds out, for a generic provider with an
@@ -87,21 +65,21 @@ func killsPrevious(v *view) bool {
 func (b *Broker) detectPreviousAccess(e *entry, prev, next *view) {
 	spec := prev.cred.Spec
 	a := prev.fam.Access
-	if spec.PreviousAccessToken != PreviousAccessDefault || spec.ProviderKind == ProviderSalesforce || spec.IntrospectionURL == "" ||
-		prev.fam.PreviousAccess != PreviousAccessDefault || a == nil || !b.opts.now().Add(introspectTimeout).Before(a.ExpiresAt) {
+	if spec.PreviousAccessToken != credspec.PreviousAccessDefault || spec.ProviderKind == credspec.ProviderSalesforce || spec.IntrospectionURL == "" ||
+		prev.fam.PreviousAccess != credspec.PreviousAccessDefault || a == nil || !b.opts.Now().Add(introspectTimeout).Before(a.ExpiresAt) {
 		return
 	}
 	b.goTracked(func() {
 		ctx, cancel := context.WithTimeout(b.ctx, introspectTimeout)
 		defer cancel()
-		in, err := b.provider.IntrospectToken(ctx, spec.endpoint(), spec.clientCredentials(), a.Token, provider.HintAccessToken)
+		in, err := b.provider.IntrospectToken(ctx, spec.Endpoint(), spec.ClientCredentials(), a.Token, provider.HintAccessToken)
 		if err != nil {
 			b.log.DebugContext(ctx, "could not introspect the previous access token; its fate stays unknown", "credential", e.id, "err", err)
 			return
 		}
-		found := PreviousAccessRevoked
+		found := credspec.PreviousAccessRevoked
 		if in.Active {
-			found = PreviousAccessKept
+			found = credspec.PreviousAccessKept
 		}
 		if err := b.notePreviousAccess(ctx, e, next.fam.FamilyID, found); err != nil {
 			b.log.WarnContext(ctx, "could not record what the provider does with previous access tokens", "credential", e.id, "err", err)
@@ -114,9 +92,9 @@ func (b *Broker) detectPreviousAccess(e *entry, prev, next *view) {
 // notePreviousAccess records found in family familyID while it is idle and
 // before its token's cutoff (a family past it is left to the next
 // rotation: recording "kept" would end a cutoff replicas already acted on).
-func (b *Broker) notePreviousAccess(ctx context.Context, e *entry, familyID string, found PreviousAccess) error {
+func (b *Broker) notePreviousAccess(ctx context.Context, e *entry, familyID string, found credspec.PreviousAccess) error {
 	_, err := b.updateFamily(ctx, e, nil, func(cur *view) (*familyRecord, error) {
-		if cur.fam.FamilyID != familyID || cur.fam.PreviousAccess == found || !cur.fam.idle() || b.pastCutoff(cur, b.opts.now()) {
+		if cur.fam.FamilyID != familyID || cur.fam.PreviousAccess == found || !cur.fam.idle() || b.pastCutoff(cur, b.opts.Now()) {
 			return nil, nil
 		}
 		return cur.fam.notedPreviousAccess(found)
@@ -132,7 +110,7 @@ func (b *Broker) cutoff(v *view) time.Time {
 	if v.fam.Status != StatusActive || v.fam.Access == nil || !killsPrevious(v) {
 		return time.Time{}
 	}
-	return b.accessDue(v).Add(-cutoffAllowance(tokenLife(v.fam)))
+	return b.accessDue(v).Add(-pacing.CutoffAllowance(tokenLife(v.fam)))
 }
 
 // pastCutoff reports whether now is at or past v's cutoff.
@@ -153,7 +131,7 @@ func (b *Broker) useUntil(v *view, now time.Time) time.Time {
 		}
 		return c
 	}
-	if end := a.ExpiresAt.Add(-expiryMargin(b.opts.expiryDelta, tokenLife(v.fam))); end.After(now) {
+	if end := a.ExpiresAt.Add(-pacing.ExpiryMargin(b.opts.Refresh.ExpiryDelta, tokenLife(v.fam))); end.After(now) {
 		return end
 	}
 	return a.ExpiresAt
@@ -161,7 +139,7 @@ func (b *Broker) useUntil(v *view, now time.Time) time.Time {
 
 // holdsBack is heldBack, except that the floor lifts at the cutoff: past
 // it no replica hands the token out, so the refresh may not wait.
-func (b *Broker) holdsBack(v *view, now time.Time) (*rotationFloorError, bool) {
+func (b *Broker) holdsBack(v *view, now time.Time) (*pacing.FloorError, bool) {
 	floor, held := heldBack(v, now)
 	if held && b.pastCutoff(v, now) {
 		return nil, false
@@ -198,12 +176,12 @@ func (b *Broker) announceOffSchedule(e *entry, prev, next *view) {
 		return
 	}
 	c := b.cutoff(prev)
-	now := b.opts.now()
+	now := b.opts.Now()
 	if !c.IsZero() && !now.Before(c) {
 		return // on schedule: every replica stopped serving it at the cutoff
 	}
-	b.metrics.offScheduleRotations.Add(1)
-	n := &Notice{Kind: NoticeAccessRotated, CredentialID: e.id, FamilyID: next.fam.FamilyID, Generation: next.fam.Generation, DetectedAt: now}
+	b.metrics.OffScheduleRotations.Add(1)
+	n := &notice.Notice{Kind: notice.AccessRotated, CredentialID: e.id, FamilyID: next.fam.FamilyID, Generation: next.fam.Generation, DetectedAt: now}
 	b.goTracked(func() {
 		ctx, cancel := persistContext(b.ctx)
 		defer cancel()
@@ -218,7 +196,7 @@ func (b *Broker) announceOffSchedule(e *entry, prev, next *view) {
 // minRemaining but for the cutoff (or this replica's rotation in flight):
 // such a caller waits for the rotation.
 func (b *Broker) cutOff(e *entry, v *view, minRemaining time.Duration) bool {
-	now := b.opts.now()
+	now := b.opts.Now()
 	return b.unexpired(v, minRemaining, now) && (b.pastCutoff(v, now) || e.beingRotated(v))
 }
 
@@ -228,7 +206,7 @@ func (b *Broker) stateOf(v *view, held bool) familyState {
 	if s := familyStateOf(v.fam, held); s != stateActive {
 		return s
 	}
-	return v.fam.stateAt(b.cutoff(v), b.opts.now())
+	return v.fam.stateAt(b.cutoff(v), b.opts.Now())
 }
 
 // awaitScheduledRotation waits, for a caller past v's cutoff, until the
@@ -240,11 +218,11 @@ func (b *Broker) awaitScheduledRotation(ctx context.Context, e *entry, v *view) 
 	if e.beingRotated(v) {
 		return nil
 	}
-	wait := b.accessDue(v).Sub(b.opts.now())
+	wait := b.accessDue(v).Sub(b.opts.Now())
 	if wait <= 0 {
 		return nil
 	}
-	if err := ctxwait.Sleep(ctx, min(wait, maxCutoffAllowance)); err != nil {
+	if err := ctxwait.Sleep(ctx, min(wait, pacing.MaxCutoffAllowance)); err != nil {
 		return fmt.Errorf("broker: waiting for the scheduled rotation: %w", err)
 	}
 	return nil

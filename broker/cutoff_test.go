@@ -6,6 +6,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rotavault/rotavault/broker/access"
+	"github.com/rotavault/rotavault/broker/brokererr"
+	"github.com/rotavault/rotavault/broker/credspec"
+	"github.com/rotavault/rotavault/broker/notice"
+	"github.com/rotavault/rotavault/broker/option"
+	"github.com/rotavault/rotavault/broker/pacing"
 	"github.com/rotavault/rotavault/internal/fakeclock"
 	"github.com/rotavault/rotavault/internal/fositeserver"
 	"github.com/rotavault/rotavault/internal/poll"
@@ -16,15 +22,15 @@ import (
 // setupCutoffReplicas starts two replicas sharing one store and one fake
 // clock, with credential "x" at a generic provider whose access tokens live
 // 20 s, imported on the first replica (one refresh).
-func setupCutoffReplicas(t *testing.T, prev PreviousAccess) (a, b *Broker, clk *fakeclock.Clock) {
+func setupCutoffReplicas(t *testing.T, prev credspec.PreviousAccess) (a, b *Broker, clk *fakeclock.Clock) {
 	t.Helper()
 	url, _ := shortLivedProvider(t, 20*time.Second)
 	clk = fakeclock.New(time.Now())
 	st := memstore.New()
-	opts := replicaOpts(clk, WithNoticePollInterval(10*time.Millisecond))
+	opts := replicaOpts(clk, option.WithNoticePollInterval(10*time.Millisecond))
 	a, b = newTestBroker(t, st, opts...), newTestBroker(t, st, opts...)
 	ctx := context.Background()
-	spec := Spec{ProviderKind: ProviderOAuth2, TokenURL: url, ClientID: "c", ClientSecret: "s", PreviousAccessToken: prev}
+	spec := credspec.Spec{ProviderKind: credspec.ProviderOAuth2, TokenURL: url, ClientID: "c", ClientSecret: "s", PreviousAccessToken: prev}
 	if _, err := a.CreateCredential(ctx, "x", spec); err != nil {
 		t.Fatal(err)
 	}
@@ -48,7 +54,7 @@ func awaitFollowed(t *testing.T, b *Broker) {
 	})
 }
 
-func mustToken(t *testing.T, b *Broker, req TokenRequest) AccessToken {
+func mustToken(t *testing.T, b *Broker, req access.Request) access.Token {
 	t.Helper()
 	if req.CredentialID == "" {
 		req.CredentialID = "x"
@@ -67,22 +73,22 @@ func mustToken(t *testing.T, b *Broker, req TokenRequest) AccessToken {
 // access token a replica serving its cache until expiry − margin handed out
 // dead tokens for 2 s per rotation.
 func TestCutoffStopsEveryReplicaBeforeTheScheduledRotation(t *testing.T) {
-	a, b, clk := setupCutoffReplicas(t, PreviousAccessDefault)
-	first := mustToken(t, b, TokenRequest{}) // b caches it
+	a, b, clk := setupCutoffReplicas(t, credspec.PreviousAccessDefault)
+	first := mustToken(t, b, access.Request{}) // b caches it
 	wantCutoff := first.IssuedAt.Add(13*time.Second - 500*time.Millisecond)
 	if !first.UseUntil.Equal(wantCutoff) {
 		t.Fatalf("use_until %s after issue, want the cutoff %s", first.UseUntil.Sub(first.IssuedAt), wantCutoff.Sub(first.IssuedAt))
 	}
 	clk.Add(wantCutoff.Add(-time.Millisecond).Sub(clk.Now()))
-	if tok := mustToken(t, b, TokenRequest{}); tok.Token != first.Token {
+	if tok := mustToken(t, b, access.Request{}); tok.Token != first.Token {
 		t.Fatal("the token was replaced before its cutoff")
 	}
 	clk.Add(wantCutoff.Sub(clk.Now()))
-	rotated := mustToken(t, a, TokenRequest{}) // a's caller past the cutoff rotates
+	rotated := mustToken(t, a, access.Request{}) // a's caller past the cutoff rotates
 	if rotated.Token == first.Token || rotated.Generation != first.Generation+1 {
 		t.Fatalf("a past the cutoff: generation %d, want a rotation to %d", rotated.Generation, first.Generation+1)
 	}
-	got := mustToken(t, b, TokenRequest{}) // b's cache still holds the old one
+	got := mustToken(t, b, access.Request{}) // b's cache still holds the old one
 	if got.Token != rotated.Token {
 		t.Fatalf("b handed out generation %d past the cutoff, want %d (the rotation's result)", got.Generation, rotated.Generation)
 	}
@@ -97,13 +103,13 @@ func TestCutoffStopsEveryReplicaBeforeTheScheduledRotation(t *testing.T) {
 // A provider that keeps the previous access token alive has no cutoff: the
 // token serves until expiry − margin and says so.
 func TestNoCutoffWhenTheProviderKeepsThePreviousAccessToken(t *testing.T) {
-	_, b, clk := setupCutoffReplicas(t, PreviousAccessKept)
-	first := mustToken(t, b, TokenRequest{})
+	_, b, clk := setupCutoffReplicas(t, credspec.PreviousAccessKept)
+	first := mustToken(t, b, access.Request{})
 	if want := first.ExpiresAt.Add(-5 * time.Second); !first.UseUntil.Equal(want) {
 		t.Fatalf("use_until %s before expiry, want 5s (the margin)", first.ExpiresAt.Sub(first.UseUntil))
 	}
 	clk.Add(first.ExpiresAt.Add(-5 * time.Second).Sub(clk.Now()))
-	if tok := mustToken(t, b, TokenRequest{}); tok.Token != first.Token || b.Stats().CutoffWaits != 0 {
+	if tok := mustToken(t, b, access.Request{}); tok.Token != first.Token || b.Stats().CutoffWaits != 0 {
 		t.Fatal("a token of a provider keeping previous access tokens was cut off")
 	}
 }
@@ -112,16 +118,16 @@ func TestNoCutoffWhenTheProviderKeepsThePreviousAccessToken(t *testing.T) {
 // window) is announced to the other replicas, which stop handing out the
 // old token within a notice poll; watchers never see the announcement.
 func TestOffScheduleRotationReachesTheOtherReplica(t *testing.T) {
-	a, b, clk := setupCutoffReplicas(t, PreviousAccessDefault)
+	a, b, clk := setupCutoffReplicas(t, credspec.PreviousAccessDefault)
 	ctx := context.Background()
-	first := mustToken(t, b, TokenRequest{})
+	first := mustToken(t, b, access.Request{})
 	sub, err := b.Subscribe(ctx, nil, "")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer sub.Close()
 	clk.Add(11 * time.Second) // past the 10 s rotation floor, before the 12.5 s cutoff
-	rotated := mustToken(t, a, TokenRequest{MinRemaining: 12 * time.Second})
+	rotated := mustToken(t, a, access.Request{MinRemaining: 12 * time.Second})
 	if rotated.Generation != first.Generation+1 {
 		t.Fatalf("min_remaining did not rotate: generation %d", rotated.Generation)
 	}
@@ -129,7 +135,7 @@ func TestOffScheduleRotationReachesTheOtherReplica(t *testing.T) {
 		t.Fatalf("OffScheduleRotations = %d, want 1", n)
 	}
 	poll.UntilSeen(t, 10*time.Second, "b to stop handing out the rotated-away token", func() (bool, string) {
-		tok := mustToken(t, b, TokenRequest{})
+		tok := mustToken(t, b, access.Request{})
 		return tok.Token == rotated.Token, tok.Fingerprint
 	})
 	// The next notice a watcher sees is the revocation, not the rotation.
@@ -142,16 +148,16 @@ func TestOffScheduleRotationReachesTheOtherReplica(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if n.Kind != NoticeFamilyRevoked {
-		t.Fatalf("watcher got notice kind %d, want the revocation (%d)", n.Kind, NoticeFamilyRevoked)
+	if n.Kind != notice.FamilyRevoked {
+		t.Fatalf("watcher got notice kind %d, want the revocation (%d)", n.Kind, notice.FamilyRevoked)
 	}
 }
 
 // While this replica presents the refresh token, its callers do not get
 // the access token the rotation may kill: they wait for the result.
 func TestCallersWaitWhileTheirReplicaRotates(t *testing.T) {
-	a, _, clk := setupCutoffReplicas(t, PreviousAccessDefault)
-	first := mustToken(t, a, TokenRequest{})
+	a, _, clk := setupCutoffReplicas(t, credspec.PreviousAccessDefault)
+	first := mustToken(t, a, access.Request{})
 	e, err := a.entry(context.Background(), "x")
 	if err != nil {
 		t.Fatal(err)
@@ -162,7 +168,7 @@ func TestCallersWaitWhileTheirReplicaRotates(t *testing.T) {
 	}
 	defer done()
 	clk.Add(time.Second)
-	if tok := mustToken(t, a, TokenRequest{}); tok.Generation != first.Generation+1 {
+	if tok := mustToken(t, a, access.Request{}); tok.Generation != first.Generation+1 {
 		t.Fatalf("handed out generation %d while it was being rotated, want the rotation's result %d", tok.Generation, first.Generation+1)
 	}
 	if n := a.Stats().CutoffWaits; n != 1 {
@@ -176,8 +182,8 @@ func TestCutoffAllowanceAndState(t *testing.T) {
 		{20 * time.Second, 500 * time.Millisecond},
 		{time.Hour, 500 * time.Millisecond},
 	} {
-		if got := cutoffAllowance(c.life); got != c.want {
-			t.Errorf("cutoffAllowance(%s) = %s, want %s", c.life, got, c.want)
+		if got := pacing.CutoffAllowance(c.life); got != c.want {
+			t.Errorf("pacing.CutoffAllowance(%s) = %s, want %s", c.life, got, c.want)
 		}
 	}
 	now := time.Now()
@@ -194,8 +200,8 @@ func TestCutoffAllowanceAndState(t *testing.T) {
 	if !allowed(stateCutOff, evClaim, stateClaimed) {
 		t.Error("the table does not let a cut-off family be claimed")
 	}
-	var ie *InvalidArgumentError
-	if err := (Spec{ProviderKind: ProviderOAuth2, TokenURL: "https://p.example/t", ClientID: "c", PreviousAccessToken: "sometimes"}).validate(); !errors.As(err, &ie) {
+	var ie *brokererr.InvalidArgumentError
+	if err := (credspec.Spec{ProviderKind: credspec.ProviderOAuth2, TokenURL: "https://p.example/t", ClientID: "c", PreviousAccessToken: "sometimes"}).Validate(); !errors.As(err, &ie) {
 		t.Errorf("previous_access_token %q accepted: %v", "sometimes", err)
 	}
 }
@@ -236,25 +242,25 @@ func TestPreviousAccessTokenDetectedAfterARotation(t *testing.T) {
 	simRT, _ := sim.IssueRefreshToken("c", nil)
 	for _, c := range []struct {
 		name        string
-		spec        Spec
+		spec        credspec.Spec
 		rt          string
-		want        PreviousAccess
+		want        credspec.PreviousAccess
 		wantCutoffs bool
 	}{
-		{"fosite", Spec{ProviderKind: ProviderOAuth2, TokenURL: fs.TokenURL(), IntrospectionURL: fs.IntrospectionURL(), ClientID: "c", ClientSecret: "s", Scopes: []string{"offline", "api"}},
-			fositeRT, PreviousAccessRevoked, true},
-		{"simulator", Spec{ProviderKind: ProviderOAuth2, TokenURL: sim.URL() + "/services/oauth2/token", IntrospectionURL: sim.URL() + "/services/oauth2/introspect", ClientID: "c", ClientSecret: "s", Scopes: []string{"api", "refresh_token"}},
-			simRT, PreviousAccessKept, false},
+		{"fosite", credspec.Spec{ProviderKind: credspec.ProviderOAuth2, TokenURL: fs.TokenURL(), IntrospectionURL: fs.IntrospectionURL(), ClientID: "c", ClientSecret: "s", Scopes: []string{"offline", "api"}},
+			fositeRT, credspec.PreviousAccessRevoked, true},
+		{"simulator", credspec.Spec{ProviderKind: credspec.ProviderOAuth2, TokenURL: sim.URL() + "/services/oauth2/token", IntrospectionURL: sim.URL() + "/services/oauth2/introspect", ClientID: "c", ClientSecret: "s", Scopes: []string{"api", "refresh_token"}},
+			simRT, credspec.PreviousAccessKept, false},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			b := newTestBroker(t, memstore.New(), WithSchedulerInterval(time.Hour), WithIntrospectionInterval(0))
+			b := newTestBroker(t, memstore.New(), option.WithSchedulerInterval(time.Hour), option.WithIntrospectionInterval(0))
 			if _, err := b.CreateCredential(ctx, "g", c.spec); err != nil {
 				t.Fatal(err)
 			}
 			if _, err := b.ImportRefreshToken(ctx, "g", c.rt); err != nil {
 				t.Fatal(err)
 			}
-			first := mustToken(t, b, TokenRequest{CredentialID: "g"})
+			first := mustToken(t, b, access.Request{CredentialID: "g"})
 			e, err := b.entry(ctx, "g")
 			if err != nil {
 				t.Fatal(err)

@@ -5,7 +5,10 @@ import (
 	"errors"
 	"time"
 
+	"github.com/rotavault/rotavault/broker/brokererr"
+	"github.com/rotavault/rotavault/broker/credspec"
 	"github.com/rotavault/rotavault/broker/detect"
+	"github.com/rotavault/rotavault/broker/notice"
 	"github.com/rotavault/rotavault/provider"
 )
 
@@ -15,20 +18,15 @@ import (
 // and revoking it when the answer is corroborated and the family has not
 // moved on. The rejected-token path (access.go) uses the same two steps.
 
-// Defaults of the periodic check; see package detect.
-const (
-	DefaultIntrospectionInterval    = detect.DefaultIntrospectionInterval
-	DefaultIntrospectionConcurrency = detect.DefaultIntrospectionConcurrency
-	introspectTimeout               = detect.IntrospectTimeout
-)
+const introspectTimeout = detect.IntrospectTimeout
 
 // startDetector runs the periodic check until ctx ends, when enabled.
 func (b *Broker) startDetector(ctx context.Context) {
-	cfg := b.opts.detect
+	cfg := b.opts.Detect
 	if cfg.Interval <= 0 {
 		return
 	}
-	cfg.Now, cfg.Go = b.opts.now, b.goTracked
+	cfg.Now, cfg.Go = b.opts.Now, b.goTracked
 	d := detect.New[*entry](detectCore{b}, cfg)
 	b.wg.Add(1)
 	go func() {
@@ -69,7 +67,7 @@ func (b *Broker) detectable(e *entry, v *view, now time.Time) bool {
 	e.mu.Lock()
 	busy := e.flight != nil
 	e.mu.Unlock()
-	return !busy && v.cred.Spec.endpoint().IntrospectionURL != ""
+	return !busy && v.cred.Spec.Endpoint().IntrospectionURL != ""
 }
 
 // checkFamily introspects v's refresh token and, when the provider says it
@@ -95,7 +93,7 @@ func (b *Broker) introspectRefresh(ctx context.Context, v *view) (bool, error) {
 	spec := v.cred.Spec
 	ctx, cancel := context.WithTimeout(ctx, introspectTimeout)
 	defer cancel()
-	in, err := b.provider.IntrospectToken(ctx, spec.endpoint(), spec.clientCredentials(), v.fam.RefreshToken, provider.HintRefreshToken)
+	in, err := b.provider.IntrospectToken(ctx, spec.Endpoint(), spec.ClientCredentials(), v.fam.RefreshToken, provider.HintRefreshToken)
 	if err != nil {
 		return false, err
 	}
@@ -123,7 +121,7 @@ func (b *Broker) confirmRevokedAtProvider(ctx context.Context, e *entry, seen *v
 			"credential", e.id, "family", seen.fam.FamilyID, "generation", seen.fam.Generation, "via", how)
 		return false, nil
 	}
-	r := revocation{reason: ReasonRevokedAtProvider, detail: revocationDetail(ReasonRevokedAtProvider), auditDetail: "detected by " + how}
+	r := revocation{reason: notice.ReasonRevokedAtProvider, detail: revocationDetail(notice.ReasonRevokedAtProvider), auditDetail: "detected by " + how}
 	_, _, err = b.revokeFamily(ctx, e, nil, r, func(cur *view) error {
 		if !stillSameLiveToken(seen, cur) || e.rescue.Load() != nil {
 			return errMovedOn
@@ -135,7 +133,7 @@ func (b *Broker) confirmRevokedAtProvider(ctx context.Context, e *entry, seen *v
 		b.log.InfoContext(ctx, "refresh token inactive at the provider, but the family moved on; not revoking",
 			"credential", e.id, "family", seen.fam.FamilyID, "generation", seen.fam.Generation, "via", how)
 		return false, nil
-	case errors.Is(err, ErrConflict):
+	case errors.Is(err, brokererr.ErrConflict):
 		b.log.InfoContext(ctx, "refresh token inactive at the provider, but the family keeps changing; leaving it to the refresh path",
 			"credential", e.id, "family", seen.fam.FamilyID)
 		return false, nil
@@ -156,18 +154,18 @@ var errMovedOn = errors.New("broker: the family moved on")
 // access token, not about to expire, is inactive too.
 func (b *Broker) revocationCorroborated(ctx context.Context, v *view) bool {
 	spec := v.cred.Spec
-	if spec.ProviderKind != ProviderOAuth2 {
+	if spec.ProviderKind != credspec.ProviderOAuth2 {
 		return true
 	}
-	if !b.corroborable(v, b.opts.now()) {
+	if !b.corroborable(v, b.opts.Now()) {
 		return false
 	}
 	ctx, cancel := context.WithTimeout(ctx, introspectTimeout)
 	defer cancel()
-	in, err := b.provider.IntrospectToken(ctx, spec.endpoint(), spec.clientCredentials(), v.fam.Access.Token, provider.HintAccessToken)
+	in, err := b.provider.IntrospectToken(ctx, spec.Endpoint(), spec.ClientCredentials(), v.fam.Access.Token, provider.HintAccessToken)
 	// Answered before the token could have expired at the provider: its
 	// inactivity was a revocation, not the end of its life.
-	return err == nil && !in.Active && b.opts.now().Before(aliveAtProviderUntil(v.fam.Access))
+	return err == nil && !in.Active && b.opts.Now().Before(aliveAtProviderUntil(v.fam.Access))
 }
 
 // corroborable reports whether an inactive answer about v's refresh token
@@ -175,9 +173,9 @@ func (b *Broker) revocationCorroborated(ctx context.Context, v *view) bool {
 func (b *Broker) corroborable(v *view, now time.Time) bool {
 	a := v.fam.Access
 	if a == nil {
-		return detect.Corroborable(v.cred.Spec.ProviderKind == ProviderOAuth2, "", time.Time{}, now)
+		return detect.Corroborable(v.cred.Spec.ProviderKind == credspec.ProviderOAuth2, "", time.Time{}, now)
 	}
-	return detect.Corroborable(v.cred.Spec.ProviderKind == ProviderOAuth2, a.Token, aliveAtProviderUntil(a), now)
+	return detect.Corroborable(v.cred.Spec.ProviderKind == credspec.ProviderOAuth2, a.Token, aliveAtProviderUntil(a), now)
 }
 
 // aliveAtProviderUntil is when a may first be expired at the provider.
@@ -197,23 +195,9 @@ func stillSameLiveToken(seen, cur *view) bool {
 		cur.fam.RefreshToken == seen.fam.RefreshToken
 }
 
-// EarlyDetectionState says whether the periodic check watches a
-// credential's family now, and if not, why; see detect.State.
-type EarlyDetectionState = detect.State
-
-// Early detection states.
-const (
-	EarlyDetectionUnspecified = detect.StateUnspecified
-	EarlyDetectionActive      = detect.StateActive
-	EarlyDetectionDisabled    = detect.StateDisabled
-	EarlyDetectionNoEndpoint  = detect.StateNoEndpoint
-	EarlyDetectionNoFamily    = detect.StateNoFamily
-	EarlyDetectionWaiting     = detect.StateWaiting
-)
-
 // earlyDetection describes the periodic check's view of v at now: its state
 // and a sentence saying what it means.
-func (b *Broker) earlyDetection(v *view, now time.Time) (EarlyDetectionState, string) {
-	return detect.Describe(b.opts.detect.Interval, v.cred.Spec.endpoint().IntrospectionURL != "",
+func (b *Broker) earlyDetection(v *view, now time.Time) (detect.State, string) {
+	return detect.Describe(b.opts.Detect.Interval, v.cred.Spec.Endpoint().IntrospectionURL != "",
 		v.fam.Status == StatusActive, b.corroborable(v, now))
 }

@@ -11,6 +11,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rotavault/rotavault/broker/access"
+	"github.com/rotavault/rotavault/broker/credspec"
+	"github.com/rotavault/rotavault/broker/detect"
+	"github.com/rotavault/rotavault/broker/notice"
+	"github.com/rotavault/rotavault/broker/option"
 	"github.com/rotavault/rotavault/internal/fakeclock"
 	"github.com/rotavault/rotavault/internal/fositeserver"
 	"github.com/rotavault/rotavault/providersim"
@@ -72,7 +77,7 @@ func blindEnv(ctx context.Context, t *testing.T) (b *Broker, prov *detectProvide
 
 // blindEnvWith is blindEnv, also returning the switch that makes the
 // endpoint call access tokens inactive.
-func blindEnvWith(ctx context.Context, t *testing.T, fcfg fositeserver.Config, opts ...Option) (b *Broker, prov *detectProvider, fs *fositeserver.Server, old string, accessDead *atomic.Bool) {
+func blindEnvWith(ctx context.Context, t *testing.T, fcfg fositeserver.Config, opts ...option.Option) (b *Broker, prov *detectProvider, fs *fositeserver.Server, old string, accessDead *atomic.Bool) {
 	t.Helper()
 	fs, err := fositeserver.Start(fcfg)
 	if err != nil {
@@ -85,9 +90,9 @@ func blindEnvWith(ctx context.Context, t *testing.T, fcfg fositeserver.Config, o
 	prov = newDetectProvider()
 	// The real clock: fosite's tokens expire by it.
 	b = newBroker(t, Config{Store: memstore.New(), Provider: prov, Auditor: &recordingAuditor{}},
-		append([]Option{WithSchedulerInterval(time.Hour), WithIntrospectionInterval(20 * time.Millisecond), withDetectTick(time.Millisecond)}, opts...)...)
-	spec := Spec{
-		ProviderKind: ProviderOAuth2, TokenURL: fs.TokenURL(), IntrospectionURL: blind.URL,
+		append([]option.Option{option.WithSchedulerInterval(time.Hour), option.WithIntrospectionInterval(20 * time.Millisecond), withDetectTick(time.Millisecond)}, opts...)...)
+	spec := credspec.Spec{
+		ProviderKind: credspec.ProviderOAuth2, TokenURL: fs.TokenURL(), IntrospectionURL: blind.URL,
 		ClientID: blindClientID, ClientSecret: blindClientSecret, Scopes: []string{"offline", "api"},
 	}
 	if _, err := b.CreateCredential(ctx, "g", spec); err != nil {
@@ -110,7 +115,7 @@ func blindEnvWith(ctx context.Context, t *testing.T, fcfg fositeserver.Config, o
 func TestPeriodicIntrospectionTrustsNoRefreshBlindEndpoint(t *testing.T) {
 	ctx := context.Background()
 	b, prov, fs, _ := blindEnv(ctx, t)
-	before, err := b.GetAccessToken(ctx, TokenRequest{CredentialID: "g"})
+	before, err := b.GetAccessToken(ctx, access.Request{CredentialID: "g"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -156,7 +161,7 @@ func TestPeriodicIntrospectionDetectsRevocationWithShortLivedAccessTokens(t *tes
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.EarlyDetection != EarlyDetectionActive {
+	if c.EarlyDetection != detect.StateActive {
 		t.Fatalf("early detection %s (%s) with a 20 s access token just issued, want active", c.EarlyDetection, c.EarlyDetectionDetail)
 	}
 	replayAndAwaitRevocation(ctx, t, b, fs, old)
@@ -168,17 +173,17 @@ func TestPeriodicIntrospectionDetectsRevocationWithShortLivedAccessTokens(t *tes
 func TestEarlyDetectionStateSaysWhyInactive(t *testing.T) {
 	ctx := context.Background()
 	clk := fakeclock.New(time.Now())
-	b, _, _, _, _ := blindEnvWith(ctx, t, fositeserver.Config{}, WithClock(clk.Now))
+	b, _, _, _, _ := blindEnvWith(ctx, t, fositeserver.Config{}, option.WithClock(clk.Now))
 	clk.Add(2 * time.Hour) // the 1 h access token is gone
 	c, err := b.GetCredential(ctx, "g")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.EarlyDetection != EarlyDetectionWaiting {
+	if c.EarlyDetection != detect.StateWaiting {
 		t.Fatalf("early detection %s (%s) with the access token expired, want waiting_for_access_token", c.EarlyDetection, c.EarlyDetectionDetail)
 	}
-	off, _, _, _, _ := blindEnvWith(ctx, t, fositeserver.Config{}, WithIntrospectionInterval(0))
-	if c, err = off.GetCredential(ctx, "g"); err != nil || c.EarlyDetection != EarlyDetectionDisabled {
+	off, _, _, _, _ := blindEnvWith(ctx, t, fositeserver.Config{}, option.WithIntrospectionInterval(0))
+	if c, err = off.GetCredential(ctx, "g"); err != nil || c.EarlyDetection != detect.StateDisabled {
 		t.Fatalf("with the check off: %s, %v; want disabled", c.EarlyDetection, err)
 	}
 }
@@ -193,7 +198,7 @@ func replayAndAwaitRevocation(ctx context.Context, t *testing.T, b *Broker, fs *
 	}
 	defer sub.Close()
 	replayAtFosite(t, fs, old)
-	if n := nextNotice(t, sub); n.Kind != NoticeFamilyRevoked || n.Reason != ReasonRevokedAtProvider {
+	if n := nextNotice(t, sub); n.Kind != notice.FamilyRevoked || n.Reason != notice.ReasonRevokedAtProvider {
 		t.Fatalf("notice %+v, want FAMILY_REVOKED (revoked at provider)", n)
 	}
 }
@@ -245,13 +250,13 @@ func TestRejectedReportAtRefreshBlindEndpointRefreshesInsteadOfRevoking(t *testi
 	// The report's own handling is under test: with the periodic check on,
 	// its next pass could see both tokens inactive first and revoke (the
 	// corroboration rule cannot tell a logout from a revocation there).
-	b, _, fs, _, accessDead := blindEnvWith(ctx, t, fositeserver.Config{}, WithIntrospectionInterval(0))
-	tok, err := b.GetAccessToken(ctx, TokenRequest{CredentialID: "g"})
+	b, _, fs, _, accessDead := blindEnvWith(ctx, t, fositeserver.Config{}, option.WithIntrospectionInterval(0))
+	tok, err := b.GetAccessToken(ctx, access.Request{CredentialID: "g"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	accessDead.Store(true)
-	got, err := b.GetAccessToken(ctx, TokenRequest{CredentialID: "g", Rejected: &RejectedToken{Generation: tok.Generation}})
+	got, err := b.GetAccessToken(ctx, access.Request{CredentialID: "g", Rejected: &access.RejectedToken{Generation: tok.Generation}})
 	if err != nil {
 		t.Fatalf("report of a token revoked alone: %v, want a fresh token", err)
 	}

@@ -13,6 +13,11 @@ import (
 	"time"
 
 	"github.com/rotavault/rotavault/audit"
+	"github.com/rotavault/rotavault/broker/access"
+	"github.com/rotavault/rotavault/broker/brokererr"
+	"github.com/rotavault/rotavault/broker/credspec"
+	"github.com/rotavault/rotavault/broker/notice"
+	"github.com/rotavault/rotavault/broker/option"
 	"github.com/rotavault/rotavault/internal/fakeclock"
 	"github.com/rotavault/rotavault/internal/poll"
 	"github.com/rotavault/rotavault/provider"
@@ -81,8 +86,8 @@ func (p *detectProvider) Refresh(ctx context.Context, ep provider.Endpoint, cc p
 }
 
 // withDetectTick makes the detection loop look for due checks every d.
-func withDetectTick(d time.Duration) Option {
-	return func(o *options) error { o.detect.Tick = d; return nil }
+func withDetectTick(d time.Duration) option.Option {
+	return func(o *option.Options) error { o.Detect.Tick = d; return nil }
 }
 
 type detectEnv struct {
@@ -91,7 +96,7 @@ type detectEnv struct {
 	sim  *providersim.Server
 	prov *detectProvider
 	aud  *recordingAuditor
-	spec Spec
+	spec credspec.Spec
 }
 
 func newDetectEnv(t *testing.T, simCfg providersim.Config) *detectEnv {
@@ -102,7 +107,7 @@ func newDetectEnv(t *testing.T, simCfg providersim.Config) *detectEnv {
 	return &detectEnv{st: memstore.New(), clk: clk, sim: sim, prov: newDetectProvider(), aud: &recordingAuditor{}, spec: simSpec(sim)}
 }
 
-func (env *detectEnv) broker(t *testing.T, extra ...Option) *Broker {
+func (env *detectEnv) broker(t *testing.T, extra ...option.Option) *Broker {
 	t.Helper()
 	return newBroker(t, Config{Store: env.st, Provider: env.prov, Auditor: env.aud}, replicaOpts(env.clk, extra...)...)
 }
@@ -110,7 +115,7 @@ func (env *detectEnv) broker(t *testing.T, extra ...Option) *Broker {
 // install creates credential id with spec and a fresh family, refreshed once,
 // and returns the imported refresh token: superseded now, the "old token" a
 // thief or a legacy client could hold.
-func (env *detectEnv) install(ctx context.Context, t *testing.T, b *Broker, id string, spec Spec) string {
+func (env *detectEnv) install(ctx context.Context, t *testing.T, b *Broker, id string, spec credspec.Spec) string {
 	t.Helper()
 	if _, err := b.CreateCredential(ctx, id, spec); err != nil {
 		t.Fatal(err)
@@ -171,7 +176,7 @@ func await(t *testing.T, what string, cond func() bool) {
 	poll.Until(t, detectDeadline, what, cond)
 }
 
-func nextNotice(t *testing.T, s *Subscription) Notice {
+func nextNotice(t *testing.T, s *notice.Subscription) notice.Notice {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), detectDeadline)
 	defer cancel()
@@ -184,23 +189,23 @@ func nextNotice(t *testing.T, s *Subscription) Notice {
 
 // revocationNotices returns the FAMILY_REVOKED notices in the store's notice
 // log.
-func revocationNotices(ctx context.Context, t *testing.T, st store.Store) []Notice {
+func revocationNotices(ctx context.Context, t *testing.T, st store.Store) []notice.Notice {
 	t.Helper()
-	keys, err := st.List(ctx, noticesPrefix)
+	keys, err := st.List(ctx, notice.RecordPrefix)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var out []Notice
+	var out []notice.Notice
 	for _, k := range keys {
 		rec, err := st.Get(ctx, k)
 		if err != nil {
 			t.Fatal(err)
 		}
-		var n Notice
+		var n notice.Notice
 		if err := json.Unmarshal(rec.Value, &n); err != nil {
 			t.Fatal(err)
 		}
-		if n.Kind == NoticeFamilyRevoked {
+		if n.Kind == notice.FamilyRevoked {
 			out = append(out, n)
 		}
 	}
@@ -222,7 +227,7 @@ func TestPeriodicIntrospectionDetectsFamilyRevokedAtProvider(t *testing.T) {
 	ctx := context.Background()
 	env := newDetectEnv(t, providersim.Config{})
 	const interval = time.Minute
-	b := env.broker(t, WithIntrospectionInterval(interval), withDetectTick(time.Millisecond))
+	b := env.broker(t, option.WithIntrospectionInterval(interval), withDetectTick(time.Millisecond))
 	old := env.install(ctx, t, b, "x", env.spec)
 	before := familyOf(ctx, t, env.st, "x")
 	sub, err := b.Subscribe(ctx, []string{"x"}, "")
@@ -237,7 +242,7 @@ func TestPeriodicIntrospectionDetectsFamilyRevokedAtProvider(t *testing.T) {
 	driveClock(t, env.clk, interval/20)
 
 	n := nextNotice(t, sub)
-	if n.Kind != NoticeFamilyRevoked || n.Reason != ReasonRevokedAtProvider || n.FamilyID != before.FamilyID || n.Generation != before.Generation {
+	if n.Kind != notice.FamilyRevoked || n.Reason != notice.ReasonRevokedAtProvider || n.FamilyID != before.FamilyID || n.Generation != before.Generation {
 		t.Fatalf("notice = %+v, want FAMILY_REVOKED (revoked_at_provider) of %s gen %d", n, before.FamilyID, before.Generation)
 	}
 	t.Logf("detected %s of simulated time after the revocation; interval %s (the clock moves %s per step)",
@@ -245,14 +250,14 @@ func TestPeriodicIntrospectionDetectsFamilyRevokedAtProvider(t *testing.T) {
 	if got := env.sim.Stats().RefreshRequests - refreshes; got != 0 {
 		t.Errorf("the detection presented the refresh token %d times; want 0", got)
 	}
-	_, err = b.GetAccessToken(ctx, TokenRequest{CredentialID: "x"})
-	if !errors.Is(err, ErrReauthRequired) {
+	_, err = b.GetAccessToken(ctx, access.Request{CredentialID: "x"})
+	if !errors.Is(err, brokererr.ErrReauthRequired) {
 		t.Fatalf("GetAccessToken after detection: %v, want ErrReauthRequired", err)
 	}
-	if f := familyOf(ctx, t, env.st, "x"); f.Status != StatusRevoked || f.RevokedReason != ReasonRevokedAtProvider || f.RefreshToken != "" || f.Access != nil {
+	if f := familyOf(ctx, t, env.st, "x"); f.Status != StatusRevoked || f.RevokedReason != notice.ReasonRevokedAtProvider || f.RefreshToken != "" || f.Access != nil {
 		t.Errorf("stored family = %+v, want revoked at provider, without tokens", f)
 	}
-	if ev, ok := env.aud.last(audit.ActionFamilyRevoked); !ok || ev.Reason != string(ReasonRevokedAtProvider) || ev.Family != before.FamilyID {
+	if ev, ok := env.aud.last(audit.ActionFamilyRevoked); !ok || ev.Reason != string(notice.ReasonRevokedAtProvider) || ev.Family != before.FamilyID {
 		t.Errorf("audit = %+v %v, want family_revoked revoked_at_provider", ev, ok)
 	}
 	if got := env.sim.Stats().RefreshRequests - refreshes; got != 0 {
@@ -266,11 +271,11 @@ func TestPeriodicIntrospectionLeavesLiveFamiliesAlone(t *testing.T) {
 	ctx := context.Background()
 	env := newDetectEnv(t, providersim.Config{})
 	const interval = time.Minute
-	b := env.broker(t, WithIntrospectionInterval(interval), withDetectTick(time.Millisecond))
+	b := env.broker(t, option.WithIntrospectionInterval(interval), withDetectTick(time.Millisecond))
 	env.install(ctx, t, b, "sf", env.spec)
 	// A generic OAuth 2.0 provider without an introspection endpoint (the
 	// simulator's token endpoint speaks close enough to RFC 6749).
-	generic := Spec{ProviderKind: ProviderOAuth2, TokenURL: env.sim.URL() + "/services/oauth2/token", ClientID: "c", ClientSecret: "s"}
+	generic := credspec.Spec{ProviderKind: credspec.ProviderOAuth2, TokenURL: env.sim.URL() + "/services/oauth2/token", ClientID: "c", ClientSecret: "s"}
 	env.install(ctx, t, b, "generic", generic)
 	before := familyOf(ctx, t, env.st, "sf")
 	refreshes := env.sim.Stats().RefreshRequests
@@ -310,7 +315,7 @@ func TestRejectedTokenReportDetectsFamilyRevokedAtProvider(t *testing.T) {
 		env := newDetectEnv(t, providersim.Config{})
 		b := env.broker(t)
 		old := env.install(ctx, t, b, "x", env.spec)
-		tok, err := b.GetAccessToken(ctx, TokenRequest{CredentialID: "x"})
+		tok, err := b.GetAccessToken(ctx, access.Request{CredentialID: "x"})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -322,14 +327,14 @@ func TestRejectedTokenReportDetectsFamilyRevokedAtProvider(t *testing.T) {
 		replayAtProvider(t, env.sim, old)
 		refreshes, introspections := env.sim.Stats().RefreshRequests, env.sim.Stats().Introspections
 
-		_, err = b.GetAccessToken(ctx, TokenRequest{CredentialID: "x", Rejected: &RejectedToken{Generation: tok.Generation}})
-		if !errors.Is(err, ErrReauthRequired) {
+		_, err = b.GetAccessToken(ctx, access.Request{CredentialID: "x", Rejected: &access.RejectedToken{Generation: tok.Generation}})
+		if !errors.Is(err, brokererr.ErrReauthRequired) {
 			t.Fatalf("report: %v, want ErrReauthRequired", err)
 		}
-		if f := familyOf(ctx, t, env.st, "x"); f.Status != StatusRevoked || f.RevokedReason != ReasonRevokedAtProvider {
+		if f := familyOf(ctx, t, env.st, "x"); f.Status != StatusRevoked || f.RevokedReason != notice.ReasonRevokedAtProvider {
 			t.Fatalf("stored family %+v, want revoked at provider", f)
 		}
-		if n := nextNotice(t, sub); n.Reason != ReasonRevokedAtProvider || n.FamilyID != tok.FamilyID || n.Generation != tok.Generation {
+		if n := nextNotice(t, sub); n.Reason != notice.ReasonRevokedAtProvider || n.FamilyID != tok.FamilyID || n.Generation != tok.Generation {
 			t.Fatalf("notice = %+v", n)
 		}
 		s := env.sim.Stats()
@@ -344,7 +349,7 @@ func TestRejectedTokenReportDetectsFamilyRevokedAtProvider(t *testing.T) {
 		env := newDetectEnv(t, providersim.Config{})
 		b := env.broker(t)
 		env.install(ctx, t, b, "x", env.spec)
-		tok, err := b.GetAccessToken(ctx, TokenRequest{CredentialID: "x"})
+		tok, err := b.GetAccessToken(ctx, access.Request{CredentialID: "x"})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -354,7 +359,7 @@ func TestRejectedTokenReportDetectsFamilyRevokedAtProvider(t *testing.T) {
 		}
 		resp.Body.Close()
 		refreshes := env.sim.Stats().RefreshRequests
-		got, err := b.GetAccessToken(ctx, TokenRequest{CredentialID: "x", Rejected: &RejectedToken{Fingerprint: tok.Fingerprint}})
+		got, err := b.GetAccessToken(ctx, access.Request{CredentialID: "x", Rejected: &access.RejectedToken{Fingerprint: tok.Fingerprint}})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -403,7 +408,7 @@ func TestIntrospectionRacingARotationDoesNotRevoke(t *testing.T) {
 		if n := revocationNotices(ctx, t, env.st); len(n) != 0 || env.sim.Stats().FamiliesRevoked != 0 {
 			t.Fatalf("revocations: %+v, at the provider %d", n, env.sim.Stats().FamiliesRevoked)
 		}
-		if got, err := a.GetAccessToken(ctx, TokenRequest{CredentialID: "x"}); err != nil || got.Generation != f.Generation {
+		if got, err := a.GetAccessToken(ctx, access.Request{CredentialID: "x"}); err != nil || got.Generation != f.Generation {
 			t.Fatalf("a afterwards: %+v %v", got, err)
 		}
 	})
@@ -468,7 +473,7 @@ func TestIntrospectionOutageRevokesNothing(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			env := newDetectEnv(t, providersim.Config{})
 			const interval = time.Minute
-			b := env.broker(t, WithIntrospectionInterval(interval), withDetectTick(time.Millisecond))
+			b := env.broker(t, option.WithIntrospectionInterval(interval), withDetectTick(time.Millisecond))
 			spec := env.spec
 			spec.IntrospectionURL = tt.endpoint(t)
 			old := env.install(ctx, t, b, "x", spec)
@@ -505,7 +510,7 @@ func TestPeriodicIntrospectionConcurrencyIsBounded(t *testing.T) {
 		credentials = 6
 		releases    = 20
 	)
-	b := env.broker(t, WithIntrospectionInterval(interval), WithIntrospectionConcurrency(limit), withDetectTick(time.Millisecond))
+	b := env.broker(t, option.WithIntrospectionInterval(interval), option.WithIntrospectionConcurrency(limit), withDetectTick(time.Millisecond))
 	for i := range credentials {
 		env.install(ctx, t, b, string(rune('a'+i)), env.spec)
 	}
@@ -527,20 +532,20 @@ func TestPeriodicIntrospectionConcurrencyIsBounded(t *testing.T) {
 
 func TestIntrospectionOptionsValidate(t *testing.T) {
 	for _, tt := range []struct {
-		opt Option
+		opt option.Option
 		ok  bool
 	}{
-		{WithIntrospectionInterval(0), true},
-		{WithIntrospectionInterval(10 * time.Millisecond), true},
-		{WithIntrospectionInterval(24 * time.Hour), true},
-		{WithIntrospectionInterval(time.Millisecond), false},
-		{WithIntrospectionInterval(-time.Second), false},
-		{WithIntrospectionInterval(25 * time.Hour), false},
-		{WithIntrospectionConcurrency(1), true},
-		{WithIntrospectionConcurrency(0), false},
-		{WithIntrospectionConcurrency(1025), false},
+		{option.WithIntrospectionInterval(0), true},
+		{option.WithIntrospectionInterval(10 * time.Millisecond), true},
+		{option.WithIntrospectionInterval(24 * time.Hour), true},
+		{option.WithIntrospectionInterval(time.Millisecond), false},
+		{option.WithIntrospectionInterval(-time.Second), false},
+		{option.WithIntrospectionInterval(25 * time.Hour), false},
+		{option.WithIntrospectionConcurrency(1), true},
+		{option.WithIntrospectionConcurrency(0), false},
+		{option.WithIntrospectionConcurrency(1025), false},
 	} {
-		o := defaultOptions()
+		o := option.Defaults()
 		if err := tt.opt(&o); (err == nil) != tt.ok {
 			t.Errorf("option %+v: err %v, want ok=%v", o, err, tt.ok)
 		}

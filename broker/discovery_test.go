@@ -9,6 +9,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rotavault/rotavault/broker/brokererr"
+	"github.com/rotavault/rotavault/broker/credspec"
+	"github.com/rotavault/rotavault/broker/detect"
+	"github.com/rotavault/rotavault/broker/option"
 	"github.com/rotavault/rotavault/internal/fositeserver"
 	"github.com/rotavault/rotavault/internal/syncbuf"
 	"github.com/rotavault/rotavault/providersim"
@@ -39,8 +43,8 @@ func basicOnlyFosite(ctx context.Context, t *testing.T) (fs *fositeserver.Server
 func TestIssuerDiscoveryFillsEndpointsAndBasicAuth(t *testing.T) {
 	ctx := context.Background()
 	fs, rt := basicOnlyFosite(ctx, t)
-	b := newTestBroker(t, memstore.New(), WithSchedulerInterval(time.Hour))
-	spec := Spec{ProviderKind: ProviderOAuth2, Issuer: fs.URL(), ClientID: blindClientID, ClientSecret: blindClientSecret, Scopes: []string{"offline", "api"}}
+	b := newTestBroker(t, memstore.New(), option.WithSchedulerInterval(time.Hour))
+	spec := credspec.Spec{ProviderKind: credspec.ProviderOAuth2, Issuer: fs.URL(), ClientID: blindClientID, ClientSecret: blindClientSecret, Scopes: []string{"offline", "api"}}
 	if _, err := b.CreateCredential(ctx, "g", spec); err != nil {
 		t.Fatalf("create with only an issuer: %v", err)
 	}
@@ -52,10 +56,10 @@ func TestIssuerDiscoveryFillsEndpointsAndBasicAuth(t *testing.T) {
 		t.Fatal(err)
 	}
 	d := c.Spec.Discovered
-	if d == nil || d.TokenURL != fs.TokenURL() || d.IntrospectionURL != fs.IntrospectionURL() || d.ClientAuth != ClientAuthSecretBasic || d.URL != fs.MetadataURL() {
+	if d == nil || d.TokenURL != fs.TokenURL() || d.IntrospectionURL != fs.IntrospectionURL() || d.ClientAuth != credspec.ClientAuthSecretBasic || d.URL != fs.MetadataURL() {
 		t.Fatalf("discovered %+v, want fosite's endpoints and client_secret_basic from %s", d, fs.MetadataURL())
 	}
-	if c.Status != StatusActive || c.EarlyDetection != EarlyDetectionActive {
+	if c.Status != StatusActive || c.EarlyDetection != detect.StateActive {
 		t.Fatalf("status %s, early detection %s (%s); want active, active", c.Status, c.EarlyDetection, c.EarlyDetectionDetail)
 	}
 	if s := b.Stats(); s.Discoveries != 1 || s.DiscoveryFailures != 0 {
@@ -70,13 +74,13 @@ func TestClientRejectedNamesTheAuthMethod(t *testing.T) {
 	ctx := context.Background()
 	fs, rt := basicOnlyFosite(ctx, t)
 	var logs syncbuf.Buffer
-	b := newTestBroker(t, memstore.New(), WithSchedulerInterval(time.Hour), WithLogger(slog.New(slog.NewTextHandler(&logs, nil))))
-	spec := Spec{ProviderKind: ProviderOAuth2, TokenURL: fs.TokenURL(), ClientID: blindClientID, ClientSecret: blindClientSecret, Scopes: []string{"offline", "api"}}
+	b := newTestBroker(t, memstore.New(), option.WithSchedulerInterval(time.Hour), option.WithLogger(slog.New(slog.NewTextHandler(&logs, nil))))
+	spec := credspec.Spec{ProviderKind: credspec.ProviderOAuth2, TokenURL: fs.TokenURL(), ClientID: blindClientID, ClientSecret: blindClientSecret, Scopes: []string{"offline", "api"}}
 	if _, err := b.CreateCredential(ctx, "g", spec); err != nil {
 		t.Fatal(err)
 	}
 	_, err := b.ImportRefreshToken(ctx, "g", rt)
-	if !errors.Is(err, ErrClientRejected) || !strings.Contains(err.Error(), "client_secret_post") {
+	if !errors.Is(err, brokererr.ErrClientRejected) || !strings.Contains(err.Error(), "client_secret_post") {
 		t.Fatalf("import: %v, want ErrClientRejected naming client_secret_post", err)
 	}
 	line := logs.WaitFor(t, "provider refused the client", 5*time.Second)
@@ -94,8 +98,8 @@ func TestClientRejectedNamesTheAuthMethod(t *testing.T) {
 func TestIssuerMetadataRefetched(t *testing.T) {
 	ctx := context.Background()
 	sim := startMetadataSim(t)
-	b := newTestBroker(t, memstore.New(), WithSchedulerInterval(time.Hour), WithDiscoveryInterval(20*time.Millisecond))
-	spec := Spec{ProviderKind: ProviderOAuth2, Issuer: sim.URL(), ClientID: "sim", ClientSecret: "sim-secret"}
+	b := newTestBroker(t, memstore.New(), option.WithSchedulerInterval(time.Hour), option.WithDiscoveryInterval(20*time.Millisecond))
+	spec := credspec.Spec{ProviderKind: credspec.ProviderOAuth2, Issuer: sim.URL(), ClientID: "sim", ClientSecret: "sim-secret"}
 	if _, err := b.CreateCredential(ctx, "s", spec); err != nil {
 		t.Fatal(err)
 	}
@@ -119,9 +123,9 @@ func TestIssuerDiscoveryFailureRefusesCreation(t *testing.T) {
 	ctx := context.Background()
 	sim := startMetadataSim(t)
 	sim.SetMetadataOverride(map[string]any{"issuer": "http://127.0.0.1:1"})
-	b := newTestBroker(t, memstore.New(), WithSchedulerInterval(time.Hour))
-	_, err := b.CreateCredential(ctx, "s", Spec{ProviderKind: ProviderOAuth2, Issuer: sim.URL(), ClientID: "sim"})
-	var ie *InvalidArgumentError
+	b := newTestBroker(t, memstore.New(), option.WithSchedulerInterval(time.Hour))
+	_, err := b.CreateCredential(ctx, "s", credspec.Spec{ProviderKind: credspec.ProviderOAuth2, Issuer: sim.URL(), ClientID: "sim"})
+	var ie *brokererr.InvalidArgumentError
 	if !errors.As(err, &ie) || !strings.Contains(err.Error(), strconv.Quote("http://127.0.0.1:1")) {
 		t.Fatalf("create: %v, want an invalid argument naming the other issuer", err)
 	}
@@ -144,20 +148,20 @@ func startMetadataSim(t *testing.T) *providersim.Server {
 func TestUpdateIssuerRediscovers(t *testing.T) {
 	ctx := context.Background()
 	sim := startMetadataSim(t)
-	b := newTestBroker(t, memstore.New(), WithSchedulerInterval(time.Hour))
-	spec := Spec{ProviderKind: ProviderOAuth2, TokenURL: sim.URL() + "/services/oauth2/token", ClientID: "sim"}
+	b := newTestBroker(t, memstore.New(), option.WithSchedulerInterval(time.Hour))
+	spec := credspec.Spec{ProviderKind: credspec.ProviderOAuth2, TokenURL: sim.URL() + "/services/oauth2/token", ClientID: "sim"}
 	if _, err := b.CreateCredential(ctx, "s", spec); err != nil {
 		t.Fatal(err)
 	}
-	c, err := b.UpdateCredential(ctx, "s", []SpecField{FieldIssuer}, Spec{Issuer: sim.URL()})
+	c, err := b.UpdateCredential(ctx, "s", []credspec.Field{credspec.FieldIssuer}, credspec.Spec{Issuer: sim.URL()})
 	if err != nil || c.Spec.Discovered == nil || c.Spec.Discovered.IntrospectionURL != sim.URL()+"/services/oauth2/introspect" {
 		t.Fatalf("after setting the issuer: %+v, %v; want the simulator's metadata", c.Spec.Discovered, err)
 	}
-	if c.EarlyDetection == EarlyDetectionNoEndpoint {
+	if c.EarlyDetection == detect.StateNoEndpoint {
 		t.Fatalf("early detection %s with a discovered introspection endpoint", c.EarlyDetection)
 	}
-	c, err = b.UpdateCredential(ctx, "s", []SpecField{FieldIssuer}, Spec{})
-	if err != nil || c.Spec.Discovered != nil || c.EarlyDetection != EarlyDetectionNoEndpoint {
+	c, err = b.UpdateCredential(ctx, "s", []credspec.Field{credspec.FieldIssuer}, credspec.Spec{})
+	if err != nil || c.Spec.Discovered != nil || c.EarlyDetection != detect.StateNoEndpoint {
 		t.Fatalf("after clearing the issuer: %+v, %s, %v; want no metadata, no introspection endpoint", c.Spec.Discovered, c.EarlyDetection, err)
 	}
 }

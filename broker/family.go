@@ -7,6 +7,9 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/rotavault/rotavault/broker/brokererr"
+	"github.com/rotavault/rotavault/broker/credspec"
+	"github.com/rotavault/rotavault/broker/notice"
 	"github.com/rotavault/rotavault/internal/ctxwait"
 	"github.com/rotavault/rotavault/store"
 )
@@ -412,10 +415,10 @@ func (f *familyRecord) rotated(r refreshResult) (*familyRecord, error) {
 // holding one then fails its result's check-and-set). A deliberate
 // revocation (ReasonAdminRevoked) keeps the refresh token as
 // PendingRevocation until the provider confirms.
-func (f *familyRecord) revoked(reason RevocationReason, detail string, now time.Time) (*familyRecord, error) {
+func (f *familyRecord) revoked(reason notice.RevocationReason, detail string, now time.Time) (*familyRecord, error) {
 	ev := evRevoke
 	next := f.clone()
-	if reason == ReasonAdminRevoked {
+	if reason == notice.ReasonAdminRevoked {
 		ev, next.PendingRevocation = evRevokeDeliberately, f.RefreshToken
 	}
 	next.Status = StatusRevoked
@@ -438,7 +441,7 @@ func (f *familyRecord) providerConfirmed() (*familyRecord, error) {
 
 // notedPreviousAccess returns f recording what the provider does with the
 // previous access token at a rotation.
-func (f *familyRecord) notedPreviousAccess(p PreviousAccess) (*familyRecord, error) {
+func (f *familyRecord) notedPreviousAccess(p credspec.PreviousAccess) (*familyRecord, error) {
 	next := f.clone()
 	next.PreviousAccess = p
 	return f.to(evNotePreviousAccess, next)
@@ -501,13 +504,13 @@ func (b *Broker) updateFamily(ctx context.Context, e *entry, base *view, mutate 
 		e.setView(v)
 		return v, nil
 	}
-	return nil, fmt.Errorf("%w: the token family of %s kept changing", ErrConflict, e.id)
+	return nil, fmt.Errorf("%w: the token family of %s kept changing", brokererr.ErrConflict, e.id)
 }
 
 // readEntry reads the entry's credential and family from the store and
 // caches them.
 func (b *Broker) readEntry(ctx context.Context, e *entry) (*view, error) {
-	now := b.opts.now()
+	now := b.opts.Now()
 	v, err := b.readView(ctx, e.id)
 	if err != nil {
 		return nil, err

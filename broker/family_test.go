@@ -10,6 +10,11 @@ import (
 	"time"
 
 	"github.com/rotavault/rotavault/audit"
+	"github.com/rotavault/rotavault/broker/access"
+	"github.com/rotavault/rotavault/broker/brokererr"
+	"github.com/rotavault/rotavault/broker/credspec"
+	"github.com/rotavault/rotavault/broker/notice"
+	"github.com/rotavault/rotavault/broker/option"
 	"github.com/rotavault/rotavault/internal/fakeclock"
 	"github.com/rotavault/rotavault/provider"
 	"github.com/rotavault/rotavault/store/memstore"
@@ -48,11 +53,11 @@ func newFamHarness(t *testing.T) *famHarness {
 		prov: &scriptedProvider{},
 		aud:  &recordingAuditor{},
 	}
-	h.b = newBroker(t, Config{Store: h.st, Provider: h.prov, Auditor: h.aud}, replicaOpts(h.clk, WithReplicaID(me))...)
+	h.b = newBroker(t, Config{Store: h.st, Provider: h.prov, Auditor: h.aud}, replicaOpts(h.clk, option.WithReplicaID(me))...)
 	// A provider killing the previous access token, so families have a
 	// cutoff (cut_off).
-	spec := Spec{ProviderKind: ProviderSalesforce, BaseURL: "http://127.0.0.1:1", ClientID: "c", ClientSecret: "s", Scopes: []string{"api", "refresh_token"},
-		PreviousAccessToken: PreviousAccessRevoked}
+	spec := credspec.Spec{ProviderKind: credspec.ProviderSalesforce, BaseURL: "http://127.0.0.1:1", ClientID: "c", ClientSecret: "s", Scopes: []string{"api", "refresh_token"},
+		PreviousAccessToken: credspec.PreviousAccessRevoked}
 	if _, err := h.b.CreateCredential(h.ctx, "x", spec); err != nil {
 		t.Fatal(err)
 	}
@@ -70,7 +75,7 @@ func (h *famHarness) record(s familyState) *familyRecord {
 	now := h.clk.Now()
 	active := &familyRecord{
 		Status: StatusActive, FamilyID: "fam-1", Generation: 3, RefreshToken: "rt-3", StartedAt: now.Add(-24 * time.Hour),
-		Access: &accessToken{Token: "at-3", Type: "Bearer", IssuedAt: now, ExpiresAt: now.Add(time.Hour), Fingerprint: Fingerprint("at-3")},
+		Access: &accessToken{Token: "at-3", Type: "Bearer", IssuedAt: now, ExpiresAt: now.Add(time.Hour), Fingerprint: access.Fingerprint("at-3")},
 	}
 	mine := &claim{Holder: me, Deadline: now.Add(45 * time.Second)}
 	switch s {
@@ -90,9 +95,9 @@ func (h *famHarness) record(s familyState) *familyRecord {
 	case stateUnproven:
 		active.Unproven, active.Generation, active.Access = true, 0, nil
 	case stateRevoked:
-		return &familyRecord{Status: StatusRevoked, FamilyID: "fam-1", Generation: 3, RevokedReason: ReasonRefreshTokenRejected, RevokedAt: now}
+		return &familyRecord{Status: StatusRevoked, FamilyID: "fam-1", Generation: 3, RevokedReason: notice.ReasonRefreshTokenRejected, RevokedAt: now}
 	case stateRevokedPendingProvider:
-		return &familyRecord{Status: StatusRevoked, FamilyID: "fam-1", Generation: 3, RevokedReason: ReasonAdminRevoked, RevokedAt: now, PendingRevocation: "rt-3"}
+		return &familyRecord{Status: StatusRevoked, FamilyID: "fam-1", Generation: 3, RevokedReason: notice.ReasonAdminRevoked, RevokedAt: now, PendingRevocation: "rt-3"}
 	default:
 		h.t.Fatalf("no record for state %s", s)
 	}
@@ -170,7 +175,7 @@ func (h *famHarness) state() familyState {
 // "revoked:reason".
 func (h *famHarness) notices() []string {
 	h.t.Helper()
-	keys, err := h.st.Store.List(h.ctx, noticesPrefix)
+	keys, err := h.st.Store.List(h.ctx, notice.RecordPrefix)
 	if err != nil {
 		h.t.Fatal(err)
 	}
@@ -180,14 +185,14 @@ func (h *famHarness) notices() []string {
 		if err != nil {
 			h.t.Fatal(err)
 		}
-		var n Notice
+		var n notice.Notice
 		if err := json.Unmarshal(rec.Value, &n); err != nil {
 			h.t.Fatal(err)
 		}
 		switch n.Kind {
-		case NoticeFamilyRevoked:
+		case notice.FamilyRevoked:
 			out = append(out, "revoked:"+string(n.Reason))
-		case NoticeFamilyActivated:
+		case notice.FamilyActivated:
 			out = append(out, "activated")
 		}
 	}
@@ -210,10 +215,10 @@ type rowCase struct {
 
 func noErr(err error) bool { return err == nil }
 func isUnavailable(err error) bool {
-	var ue *UnavailableError
+	var ue *brokererr.UnavailableError
 	return errors.As(err, &ue)
 }
-func isReauth(err error) bool { return errors.Is(err, ErrReauthRequired) }
+func isReauth(err error) bool { return errors.Is(err, brokererr.ErrReauthRequired) }
 
 // install installs a family as a code or device flow does, with the
 // grant's tokens.
@@ -254,7 +259,7 @@ func takenOverFromDead(s familyState) func(h *famHarness) error {
 		fam := h.record(s)
 		fam.Claim = &claim{Holder: other, Deadline: h.clk.Now().Add(time.Minute)}
 		h.put(fam)
-		h.b.opts.exclusiveStore = true
+		h.b.opts.ExclusiveStore = true
 		return acquireLease(h)
 	}
 }
@@ -284,7 +289,7 @@ func storeHeldAfter(fam func(h *famHarness) *familyRecord) func(h *famHarness) e
 func revokeDeliberately(h *famHarness) error {
 	h.prov.revokeErr = answerNotProcessed
 	res, err := h.b.RevokeCredential(h.ctx, "x", "rotate after a leak")
-	if err == nil && res.ProviderRevocation != ProviderRevocationUnconfirmed {
+	if err == nil && res.ProviderRevocation != notice.ProviderRevocationUnconfirmed {
 		return fmt.Errorf("provider revocation %v, want unconfirmed", res.ProviderRevocation)
 	}
 	return err
@@ -309,7 +314,7 @@ func TestEveryTransitionThroughTheBroker(t *testing.T) {
 		return err
 	}, audit: []string{audit.ActionRescuedToken}, err: isUnavailable}
 	deliberate := rowCase{drive: revokeDeliberately, audit: []string{audit.ActionFamilyRevoked}, notices: []string{"revoked:admin_revoked"}, err: noErr}
-	rejected := func(reason RevocationReason) rowCase {
+	rejected := func(reason notice.RevocationReason) rowCase {
 		return rowCase{drive: refreshAnswered(answerInvalidGrant), audit: []string{audit.ActionFamilyRevoked}, notices: []string{"revoked:" + string(reason)}, err: isReauth}
 	}
 	newer := func(s familyState) func(h *famHarness) *familyRecord {
@@ -359,17 +364,17 @@ func TestEveryTransitionThroughTheBroker(t *testing.T) {
 		}, err: noErr},
 		{From: stateCutOff, Event: evClaim, To: stateClaimed}: claimed,
 		{From: stateActive, Event: evNotePreviousAccess, To: stateActive}: {drive: func(h *famHarness) error {
-			if err := h.b.notePreviousAccess(h.ctx, h.e, "fam-1", PreviousAccessKept); err != nil {
+			if err := h.b.notePreviousAccess(h.ctx, h.e, "fam-1", credspec.PreviousAccessKept); err != nil {
 				return err
 			}
-			if f := h.stored(); f.PreviousAccess != PreviousAccessKept {
+			if f := h.stored(); f.PreviousAccess != credspec.PreviousAccessKept {
 				return fmt.Errorf("recorded %q, want kept", f.PreviousAccess)
 			}
 			return nil
 		}, err: noErr},
 		{From: stateCutOff, Event: evRevokeDeliberately, To: stateRevokedPendingProvider}:          deliberate,
-		{From: stateClaimed, Event: evRevoke, To: stateRevoked}:                                    rejected(ReasonRefreshTokenRejected),
-		{From: stateInDoubt, Event: evRevoke, To: stateRevoked}:                                    rejected(ReasonLostRotation),
+		{From: stateClaimed, Event: evRevoke, To: stateRevoked}:                                    rejected(notice.ReasonRefreshTokenRejected),
+		{From: stateInDoubt, Event: evRevoke, To: stateRevoked}:                                    rejected(notice.ReasonLostRotation),
 		{From: stateInDoubtReleased, Event: evRevoke, To: stateRevoked}:                            {drive: revokeAfterTakeoverAndRelease, audit: []string{audit.ActionFamilyRevoked}, notices: []string{"revoked:refresh_token_rejected"}, err: isReauth},
 		{From: stateActive, Event: evRevokeDeliberately, To: stateRevokedPendingProvider}:          deliberate,
 		{From: stateClaimed, Event: evRevokeDeliberately, To: stateRevokedPendingProvider}:         deliberate,
@@ -377,7 +382,7 @@ func TestEveryTransitionThroughTheBroker(t *testing.T) {
 		{From: stateInDoubtReleased, Event: evRevokeDeliberately, To: stateRevokedPendingProvider}: deliberate,
 		{From: stateRevokedPendingProvider, Event: evConfirmProviderRevocation, To: stateRevoked}: {drive: func(h *famHarness) error {
 			res, err := h.b.RevokeCredential(h.ctx, "x", "retry at the provider")
-			if err == nil && (!res.AlreadyRevoked || res.ProviderRevocation != ProviderRevocationConfirmed) {
+			if err == nil && (!res.AlreadyRevoked || res.ProviderRevocation != notice.ProviderRevocationConfirmed) {
 				return fmt.Errorf("revocation %+v, want already revoked, confirmed", res)
 			}
 			return err
@@ -468,8 +473,10 @@ func TestTransitionMethodsRefuseWhatTheTableDoesNotAllow(t *testing.T) {
 			return f.rotated(refreshResult{now: now, refreshToken: "rt-4", access: &accessToken{Token: "at-4"}})
 		}},
 		{evRelease, func(f *familyRecord) (*familyRecord, error) { return f.released(me) }},
-		{evRevoke, func(f *familyRecord) (*familyRecord, error) { return f.revoked(ReasonRefreshTokenRejected, "d", now) }},
-		{evRevokeDeliberately, func(f *familyRecord) (*familyRecord, error) { return f.revoked(ReasonAdminRevoked, "d", now) }},
+		{evRevoke, func(f *familyRecord) (*familyRecord, error) {
+			return f.revoked(notice.ReasonRefreshTokenRejected, "d", now)
+		}},
+		{evRevokeDeliberately, func(f *familyRecord) (*familyRecord, error) { return f.revoked(notice.ReasonAdminRevoked, "d", now) }},
 		{evConfirmProviderRevocation, (*familyRecord).providerConfirmed},
 		{evInstall, func(f *familyRecord) (*familyRecord, error) {
 			return f.replacedBy(&familyRecord{Status: StatusActive, FamilyID: "fam-2", RefreshToken: "rt-new"})
@@ -537,15 +544,15 @@ func TestDecideRefresh(t *testing.T) {
 		answer  error
 		want    refreshAction
 		inDoubt bool
-		reason  RevocationReason
+		reason  notice.RevocationReason
 		err     func(error) bool
 	}{
 		{"ok", refreshAttempt{state: stateClaimed}, nil, actionStore, false, "", nil},
 		{"ok in doubt", refreshAttempt{state: stateInDoubt, n: 1}, nil, actionStore, false, "", nil},
 		{"unclassified failure", refreshAttempt{state: stateClaimed}, errors.New("boom"), actionGiveUp, false, "", isUnavailable},
-		{"invalid_grant", refreshAttempt{state: stateClaimed}, answerInvalidGrant, actionRevoke, false, ReasonRefreshTokenRejected, nil},
-		{"invalid_grant wrapped", refreshAttempt{state: stateClaimed}, wrapped, actionRevoke, false, ReasonRefreshTokenRejected, nil},
-		{"invalid_grant in doubt", refreshAttempt{state: stateInDoubt}, answerInvalidGrant, actionRevoke, false, ReasonLostRotation, nil},
+		{"invalid_grant", refreshAttempt{state: stateClaimed}, answerInvalidGrant, actionRevoke, false, notice.ReasonRefreshTokenRejected, nil},
+		{"invalid_grant wrapped", refreshAttempt{state: stateClaimed}, wrapped, actionRevoke, false, notice.ReasonRefreshTokenRejected, nil},
+		{"invalid_grant in doubt", refreshAttempt{state: stateInDoubt}, answerInvalidGrant, actionRevoke, false, notice.ReasonLostRotation, nil},
 		{"client refused", refreshAttempt{state: stateClaimed}, answerBadClient, actionRecheckClient, false, "", isClientRejected},
 		{"client refused again", refreshAttempt{state: stateClaimed, clientRechecked: true}, answerBadClient, actionGiveUp, false, "", isClientRejected},
 		{"unknown, first attempt", refreshAttempt{state: stateClaimed}, answerUnknown, actionRetry, true, "", nil},
@@ -577,7 +584,7 @@ func TestDecideRefresh(t *testing.T) {
 	if d := decideRefresh(refreshAttempt{state: stateClaimed, notProcessedTries: 4}, tempRefusal); d.backoffAtLeast != 3*time.Second {
 		t.Errorf("backoff at least %s, want the provider's 3s", d.backoffAtLeast)
 	}
-	var ue *UnavailableError
+	var ue *brokererr.UnavailableError
 	if d := decideRefresh(refreshAttempt{state: stateClaimed, n: 3, notProcessedTries: 4}, tempRefusal); !errors.As(d.err, &ue) || ue.RetryAfter != 3*time.Second {
 		t.Errorf("last try's error %v, want retry after 3s", d.err)
 	}
@@ -593,4 +600,4 @@ func TestDecideRefresh(t *testing.T) {
 	}
 }
 
-func isClientRejected(err error) bool { return errors.Is(err, ErrClientRejected) }
+func isClientRejected(err error) bool { return errors.Is(err, brokererr.ErrClientRejected) }

@@ -10,7 +10,9 @@ import (
 	"time"
 
 	"github.com/rotavault/rotavault/audit"
-	"github.com/rotavault/rotavault/broker/internal/authflow"
+	"github.com/rotavault/rotavault/broker/authflow"
+	"github.com/rotavault/rotavault/broker/credspec"
+	"github.com/rotavault/rotavault/broker/option"
 	"github.com/rotavault/rotavault/store"
 )
 
@@ -30,7 +32,7 @@ func startConcurrently(t *testing.T, replicas []*Broker, n int, credOf, actorOf 
 			ctx := audit.WithActor(context.Background(), actorOf(i))
 			p, err := replicas[i%len(replicas)].StartAuthorization(ctx, credOf(i), "http://127.0.0.1:1/cb", nil)
 			switch {
-			case errors.Is(err, ErrTooManyFlows):
+			case errors.Is(err, authflow.ErrTooManyFlows):
 				tooMany.Add(1)
 			case err != nil:
 				t.Errorf("start %d: %v", i, err)
@@ -45,7 +47,7 @@ func startConcurrently(t *testing.T, replicas []*Broker, n int, credOf, actorOf 
 	return started, int(tooMany.Load())
 }
 
-func createCredentials(ctx context.Context, t *testing.T, b *Broker, spec Spec, n int) {
+func createCredentials(ctx context.Context, t *testing.T, b *Broker, spec credspec.Spec, n int) {
 	t.Helper()
 	for i := range n {
 		if _, err := b.CreateCredential(ctx, fmt.Sprintf("c%d", i), spec); err != nil {
@@ -72,8 +74,8 @@ func TestFlowBoundIsExactAcrossReplicas(t *testing.T) {
 	ctx := context.Background()
 	env := newFlowEnv(t)
 	env.st = latencyStore{Store: env.st, delay: time.Millisecond}
-	a := env.primary(ctx, t, WithMaxFlows(40))
-	b := env.replica(t, "replica-b", time.Hour, WithMaxFlows(40))
+	a := env.primary(ctx, t, option.WithMaxFlows(40))
+	b := env.replica(t, "replica-b", time.Hour, option.WithMaxFlows(40))
 	createCredentials(ctx, t, a, env.spec, 10)
 
 	started, refused := startConcurrently(t, []*Broker{a, b}, 80,
@@ -101,8 +103,8 @@ func TestFlowSharesPerCredentialAndOperator(t *testing.T) {
 	started, refused := startConcurrently(t, []*Broker{a, b}, 25,
 		func(int) string { return "x" },
 		func(i int) string { return fmt.Sprintf("operator-%d", i) })
-	if len(started) != MaxPendingFlowsPerCredential || refused != 25-MaxPendingFlowsPerCredential {
-		t.Fatalf("25 concurrent starts on one credential: %d started, %d refused; want %d started", len(started), refused, MaxPendingFlowsPerCredential)
+	if len(started) != authflow.MaxPendingFlowsPerCredential || refused != 25-authflow.MaxPendingFlowsPerCredential {
+		t.Fatalf("25 concurrent starts on one credential: %d started, %d refused; want %d started", len(started), refused, authflow.MaxPendingFlowsPerCredential)
 	}
 	f := readFlowRecord(t, env.st, started[0])
 	if got := f.ExpiresAt.Sub(f.StartedAt); got != 10*time.Minute {
@@ -112,16 +114,16 @@ func TestFlowSharesPerCredentialAndOperator(t *testing.T) {
 	byOne, refused := startConcurrently(t, []*Broker{a, b}, 120,
 		func(i int) string { return fmt.Sprintf("c%d", i%12) },
 		func(int) string { return "one-operator" })
-	if len(byOne) != MaxPendingFlowsPerActor || refused != 120-MaxPendingFlowsPerActor {
-		t.Fatalf("120 concurrent starts by one operator: %d started, %d refused; want %d started", len(byOne), refused, MaxPendingFlowsPerActor)
+	if len(byOne) != authflow.MaxPendingFlowsPerActor || refused != 120-authflow.MaxPendingFlowsPerActor {
+		t.Fatalf("120 concurrent starts by one operator: %d started, %d refused; want %d started", len(byOne), refused, authflow.MaxPendingFlowsPerActor)
 	}
 
 	// One of x's flows ends: after the next sweep x has a place again.
 	newcomer := audit.WithActor(ctx, "newcomer")
-	if _, err := a.StartAuthorization(newcomer, "x", "http://127.0.0.1:1/cb", nil); !errors.Is(err, ErrTooManyFlows) {
+	if _, err := a.StartAuthorization(newcomer, "x", "http://127.0.0.1:1/cb", nil); !errors.Is(err, authflow.ErrTooManyFlows) {
 		t.Fatalf("an 11th flow for x: %v, want ErrTooManyFlows", err)
 	}
-	a.flows.Fail(ctx, started[0], FlowDenied, authflow.DeniedDetail)
+	a.flows.Fail(ctx, started[0], authflow.FlowDenied, authflow.DeniedDetail)
 	a.flows.Sweep(ctx)
 	if _, err := a.StartAuthorization(newcomer, "x", "http://127.0.0.1:1/cb", nil); err != nil {
 		t.Fatalf("a flow for x after one of its flows ended: %v", err)
@@ -134,15 +136,15 @@ func TestFlowSharesPerCredentialAndOperator(t *testing.T) {
 func TestReservationWithoutAFlowIsReleased(t *testing.T) {
 	ctx := context.Background()
 	env := newFlowEnv(t)
-	b := env.primary(ctx, t, WithMaxFlows(1))
+	b := env.primary(ctx, t, option.WithMaxFlows(1))
 	if _, err := b.flows.Reserve(ctx, "x"); err != nil { // a start that went no further
 		t.Fatal(err)
 	}
-	if _, err := b.StartAuthorization(ctx, "x", "http://127.0.0.1:1/cb", nil); !errors.Is(err, ErrTooManyFlows) {
+	if _, err := b.StartAuthorization(ctx, "x", "http://127.0.0.1:1/cb", nil); !errors.Is(err, authflow.ErrTooManyFlows) {
 		t.Fatalf("with the only place reserved: %v, want ErrTooManyFlows", err)
 	}
 	b.flows.Sweep(ctx)
-	if _, err := b.StartAuthorization(ctx, "x", "http://127.0.0.1:1/cb", nil); !errors.Is(err, ErrTooManyFlows) {
+	if _, err := b.StartAuthorization(ctx, "x", "http://127.0.0.1:1/cb", nil); !errors.Is(err, authflow.ErrTooManyFlows) {
 		t.Fatalf("within the grace a start may still write its record: %v, want ErrTooManyFlows", err)
 	}
 	env.clk.Add(authflow.ReserveGrace)
@@ -160,15 +162,15 @@ func TestReservationWithoutAFlowIsReleased(t *testing.T) {
 func TestReservationOfADeadReplicaIsReleased(t *testing.T) {
 	ctx := context.Background()
 	env := newFlowEnv(t)
-	dead := env.primary(ctx, t, WithMaxFlows(1))
-	survivor := env.replica(t, "replica-b", time.Hour, WithMaxFlows(1))
+	dead := env.primary(ctx, t, option.WithMaxFlows(1))
+	survivor := env.replica(t, "replica-b", time.Hour, option.WithMaxFlows(1))
 	survivor.flows.Sweep(ctx) // its first sweep: nothing to release yet
 
 	if _, err := dead.flows.Reserve(ctx, "x"); err != nil {
 		t.Fatal(err)
 	}
 	// The start that reserved never writes its record: the replica is gone.
-	if _, err := survivor.StartAuthorization(ctx, "x", "http://127.0.0.1:1/cb", nil); !errors.Is(err, ErrTooManyFlows) {
+	if _, err := survivor.StartAuthorization(ctx, "x", "http://127.0.0.1:1/cb", nil); !errors.Is(err, authflow.ErrTooManyFlows) {
 		t.Fatalf("with the only place reserved: %v, want ErrTooManyFlows", err)
 	}
 	env.clk.Add(2 * authflow.ReserveGrace)

@@ -9,7 +9,11 @@ import (
 	"time"
 
 	"github.com/rotavault/rotavault/audit"
-	"github.com/rotavault/rotavault/broker/internal/authflow"
+	"github.com/rotavault/rotavault/broker/access"
+	"github.com/rotavault/rotavault/broker/authflow"
+	"github.com/rotavault/rotavault/broker/brokererr"
+	"github.com/rotavault/rotavault/broker/credspec"
+	"github.com/rotavault/rotavault/broker/option"
 	"github.com/rotavault/rotavault/providersim"
 )
 
@@ -41,7 +45,7 @@ func authorizeAtSim(t *testing.T, authorizeURL string) string {
 
 // authorizeX starts an authorization-code flow for credential x with
 // flowRedirect and approves it at the simulator: the flow and its code.
-func authorizeX(ctx context.Context, t *testing.T, b *Broker) (PendingAuthorization, string) {
+func authorizeX(ctx context.Context, t *testing.T, b *Broker) (authflow.PendingAuthorization, string) {
 	t.Helper()
 	p, err := b.StartAuthorization(ctx, "x", flowRedirect, nil)
 	if err != nil {
@@ -53,7 +57,7 @@ func authorizeX(ctx context.Context, t *testing.T, b *Broker) (PendingAuthorizat
 // recreateElsewhere deletes credential id and creates it again on replica
 // other: a new incarnation that replicas caching the old one do not hear
 // about (a credential without an active family is deleted without notice).
-func recreateElsewhere(ctx context.Context, t *testing.T, other *Broker, id string, spec Spec) {
+func recreateElsewhere(ctx context.Context, t *testing.T, other *Broker, id string, spec credspec.Spec) {
 	t.Helper()
 	if err := other.DeleteCredential(ctx, id); err != nil {
 		t.Fatal(err)
@@ -99,7 +103,7 @@ func TestFlowDoesNotCompleteIntoARecreatedCredential(t *testing.T) {
 		recreateElsewhere(ctx, t, b, "x", env.spec)
 		code := authorizeAtSim(t, p.AuthorizeURL)
 
-		if _, err := a.CompleteAuthorization(ctx, "x", p.State, code); !errors.Is(err, ErrNotFound) {
+		if _, err := a.CompleteAuthorization(ctx, "x", p.State, code); !errors.Is(err, brokererr.ErrNotFound) {
 			t.Fatalf("completing a flow of the deleted credential: %v, want ErrNotFound", err)
 		}
 		wantAwaitingReauth(ctx, t, b, "x")
@@ -128,7 +132,7 @@ func TestFlowDoesNotCompleteIntoARecreatedCredential(t *testing.T) {
 			t.Fatal(err)
 		}
 		f := awaitFlow(t, env.st, p.State, "finished", func(f *authflow.Record) bool { return !f.Pending() })
-		if f.Status != authflow.StatusFailed || f.Failure != FlowRefused {
+		if f.Status != authflow.StatusFailed || f.Failure != authflow.FlowRefused {
 			t.Fatalf("device flow of the deleted credential ended %s/%s, want failed/refused", f.Status, f.Failure)
 		}
 		wantAwaitingReauth(ctx, t, b, "x")
@@ -175,7 +179,7 @@ func TestCodeExchangeOutlivesItsCaller(t *testing.T) {
 	if n := env.sim.Stats().CodeExchanges; n != 1 {
 		t.Errorf("code exchanges at the provider: %d, want 1", n)
 	}
-	tok, err := b.GetAccessToken(ctx, TokenRequest{CredentialID: "x"})
+	tok, err := b.GetAccessToken(ctx, access.Request{CredentialID: "x"})
 	if err != nil || tok.FamilyID != act.FamilyID {
 		t.Fatalf("token after the exchange: %+v %v, want family %s", tok, err, act.FamilyID)
 	}
@@ -189,13 +193,13 @@ func TestExplicitServerCallbackURLIsTheServerCallback(t *testing.T) {
 	env := newFlowEnv(t)
 	const callback = "http://127.0.0.1:1/oauth/callback"
 	env.withRedirects(callback)
-	b := env.primary(ctx, t, WithCallbackURL(callback))
+	b := env.primary(ctx, t, option.WithCallbackURL(callback))
 	p, err := b.StartAuthorization(ctx, "x", callback, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	code := authorizeAtSim(t, p.AuthorizeURL)
-	act, err := b.CompleteCallback(ctx, Callback{State: p.State, Code: code})
+	act, err := b.CompleteCallback(ctx, authflow.Callback{State: p.State, Code: code})
 	if err != nil {
 		t.Fatalf("the callback refused a flow started for it: %v", err)
 	}
@@ -218,8 +222,8 @@ func TestCodeExchangedButNotStoredEndsTheFlow(t *testing.T) {
 	before := env.sim.Stats()
 	up := st.inject(&fault{op: "put", prefix: "families/", fail: errStoreDown})
 	_, err := b.CompleteAuthorization(ctx, "x", p.State, code)
-	var ae *AuthorizationError
-	var ue *UnavailableError
+	var ae *authflow.AuthorizationError
+	var ue *brokererr.UnavailableError
 	if !errors.As(err, &ae) || errors.As(err, &ue) {
 		t.Fatalf("exchanged but not stored: %v, want an *AuthorizationError (start again), not a retryable unavailability", err)
 	}
@@ -232,7 +236,7 @@ func TestCodeExchangedButNotStoredEndsTheFlow(t *testing.T) {
 	if _, err := b.CompleteAuthorization(ctx, "x", p.State, code); !isInvalidField(err, "state") {
 		t.Fatalf("the same code again: %v, want invalid state (the flow ended)", err)
 	}
-	if _, err := b.CheckAuthorization(ctx, "x", p.State, 0); !errors.As(err, &ae) || ae.Reason != FlowRefused {
+	if _, err := b.CheckAuthorization(ctx, "x", p.State, 0); !errors.As(err, &ae) || ae.Reason != authflow.FlowRefused {
 		t.Fatalf("check: %v, want the flow failed", err)
 	}
 }

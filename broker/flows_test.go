@@ -8,7 +8,11 @@ import (
 	"time"
 
 	"github.com/rotavault/rotavault/audit"
-	"github.com/rotavault/rotavault/broker/internal/authflow"
+	"github.com/rotavault/rotavault/broker/access"
+	"github.com/rotavault/rotavault/broker/authflow"
+	"github.com/rotavault/rotavault/broker/brokererr"
+	"github.com/rotavault/rotavault/broker/credspec"
+	"github.com/rotavault/rotavault/broker/option"
 	"github.com/rotavault/rotavault/internal/fakeclock"
 	"github.com/rotavault/rotavault/internal/poll"
 	"github.com/rotavault/rotavault/providersim"
@@ -27,7 +31,7 @@ type flowEnv struct {
 	st   store.Store
 	clk  *fakeclock.Clock
 	sim  *providersim.Server
-	spec Spec
+	spec credspec.Spec
 	aud  *recordingAuditor
 }
 
@@ -45,15 +49,15 @@ func newFlowEnv(t *testing.T) *flowEnv {
 
 // replica starts a broker on the shared store; its own sweeps are slow
 // unless sweep says otherwise, so tests drive them with sweepFlows.
-func (env *flowEnv) replica(t *testing.T, id string, sweep time.Duration, extra ...Option) *Broker {
+func (env *flowEnv) replica(t *testing.T, id string, sweep time.Duration, extra ...option.Option) *Broker {
 	t.Helper()
-	opts := append([]Option{WithReplicaID(id), WithFlowTiming(sweep, time.Second)}, extra...)
+	opts := append([]option.Option{option.WithReplicaID(id), option.WithFlowTiming(sweep, time.Second)}, extra...)
 	return newBroker(t, Config{Store: env.st, Provider: newDetectProvider(), Auditor: env.aud}, replicaOpts(env.clk, opts...)...)
 }
 
 // primary starts replica "replica-a" (sweeps left to the test) and creates
 // credential "x" through it.
-func (env *flowEnv) primary(ctx context.Context, t *testing.T, extra ...Option) *Broker {
+func (env *flowEnv) primary(ctx context.Context, t *testing.T, extra ...option.Option) *Broker {
 	t.Helper()
 	b := env.replica(t, "replica-a", time.Hour, extra...)
 	if _, err := b.CreateCredential(ctx, "x", env.spec); err != nil {
@@ -74,7 +78,7 @@ func readFlowRecord(t *testing.T, st store.Store, state string) *authflow.Record
 
 // awaitActivation waits, through AuthorizationCheck, for the flow to
 // install a family.
-func awaitActivation(t *testing.T, b *Broker, id, state string) Activation {
+func awaitActivation(t *testing.T, b *Broker, id, state string) authflow.Activation {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), flowDeadline)
 	defer cancel()
@@ -88,7 +92,7 @@ func awaitActivation(t *testing.T, b *Broker, id, state string) Activation {
 		}
 	}
 	t.Fatalf("no activation within %s", flowDeadline)
-	return Activation{}
+	return authflow.Activation{}
 }
 
 // awaitFlow re-reads the flow record until cond holds.
@@ -143,7 +147,7 @@ func TestDeviceFlowTakeoverFromDeadPoller(t *testing.T) {
 	if st := env.sim.Stats(); st.DeviceTokenExchanges != 1 {
 		t.Errorf("provider exchanges %d, want 1", st.DeviceTokenExchanges)
 	}
-	tok, err := b.GetAccessToken(ctx, TokenRequest{CredentialID: "x"})
+	tok, err := b.GetAccessToken(ctx, access.Request{CredentialID: "x"})
 	if err != nil || tok.FamilyID != act.FamilyID {
 		t.Fatalf("token after the device flow: %+v %v, want family %s", tok, err, act.FamilyID)
 	}
@@ -209,12 +213,12 @@ func TestFlowExpiryAndPruning(t *testing.T) {
 		t.Fatalf("check of a fresh flow: %+v %v, want it pending with its authorize URL", got, err)
 	}
 	env.clk.Add(11 * time.Minute)
-	var ae *AuthorizationError
-	if _, err := b.CheckAuthorization(ctx, "x", p.State, 0); !errors.As(err, &ae) || ae.Reason != FlowExpired {
+	var ae *authflow.AuthorizationError
+	if _, err := b.CheckAuthorization(ctx, "x", p.State, 0); !errors.As(err, &ae) || ae.Reason != authflow.FlowExpired {
 		t.Fatalf("check after 11m: %v, want expired", err)
 	}
 	b.flows.Sweep(ctx)
-	if f := readFlowRecord(t, env.st, p.State); f.Status != authflow.StatusFailed || f.Failure != FlowExpired || f.Verifier != "" {
+	if f := readFlowRecord(t, env.st, p.State); f.Status != authflow.StatusFailed || f.Failure != authflow.FlowExpired || f.Verifier != "" {
 		t.Fatalf("swept flow %+v: want failed/expired without its verifier", f)
 	}
 	if _, err := b.CompleteAuthorization(ctx, "x", p.State, "some-code"); !isInvalidField(err, "state") {
@@ -250,23 +254,23 @@ func TestCheckAuthorizationBounds(t *testing.T) {
 	if _, err := b.CompleteAuthorization(ctx, "y", p.State, "code"); !isInvalidField(err, "state") {
 		t.Fatalf("completing under another credential: %v, want invalid state", err)
 	}
-	if _, err := b.CheckAuthorization(ctx, "x", p.State, MaxCheckWait+time.Second); !isInvalidField(err, "authorization_check.wait") {
+	if _, err := b.CheckAuthorization(ctx, "x", p.State, authflow.MaxCheckWait+time.Second); !isInvalidField(err, "authorization_check.wait") {
 		t.Fatalf("wait over the maximum: %v, want invalid wait", err)
 	}
 	short, cancel := context.WithTimeout(ctx, 1500*time.Millisecond)
 	defer cancel()
-	got, err := b.CheckAuthorization(short, "x", p.State, MaxCheckWait)
+	got, err := b.CheckAuthorization(short, "x", p.State, authflow.MaxCheckWait)
 	if err != nil || got.Authorization == nil || short.Err() != nil {
 		t.Fatalf("a wait longer than the deadline: %+v %v (ctx %v), want pending before the deadline", got, err, short.Err())
 	}
-	if _, err := b.StartAuthorization(ctx, "x", "", nil); !errors.Is(err, ErrCallbackNotConfigured) {
+	if _, err := b.StartAuthorization(ctx, "x", "", nil); !errors.Is(err, authflow.ErrCallbackNotConfigured) {
 		t.Fatalf("server callback without a URL: %v, want ErrCallbackNotConfigured", err)
 	}
 
 	// A shutdown beginning answers waiting checks now, not a minute later.
 	answered := make(chan error, 1)
 	go func() {
-		p, err := b.CheckAuthorization(ctx, "x", p.State, MaxCheckWait)
+		p, err := b.CheckAuthorization(ctx, "x", p.State, authflow.MaxCheckWait)
 		if err == nil && p.Authorization == nil {
 			err = errors.New("not pending")
 		}
@@ -302,7 +306,7 @@ func TestDeviceFlowScopeRefusal(t *testing.T) {
 }
 
 func isInvalidField(err error, field string) bool {
-	var inv *InvalidArgumentError
+	var inv *brokererr.InvalidArgumentError
 	return errors.As(err, &inv) && inv.Field == field
 }
 
@@ -312,17 +316,17 @@ func isInvalidField(err error, field string) bool {
 func TestFlowStartsAreBounded(t *testing.T) {
 	ctx := context.Background()
 	env := newFlowEnv(t)
-	b := env.primary(ctx, t, WithMaxFlows(2))
+	b := env.primary(ctx, t, option.WithMaxFlows(2))
 	for range 2 {
 		if _, err := b.StartAuthorization(ctx, "x", "http://127.0.0.1:1/cb", nil); err != nil {
 			t.Fatal(err)
 		}
 	}
 	starts := env.sim.Stats().DeviceAuthorizations
-	if _, err := b.StartAuthorization(ctx, "x", "http://127.0.0.1:1/cb", nil); !errors.Is(err, ErrTooManyFlows) {
+	if _, err := b.StartAuthorization(ctx, "x", "http://127.0.0.1:1/cb", nil); !errors.Is(err, authflow.ErrTooManyFlows) {
 		t.Fatalf("third code flow: %v, want ErrTooManyFlows", err)
 	}
-	if _, err := b.StartDeviceAuthorization(ctx, "x", nil); !errors.Is(err, ErrTooManyFlows) {
+	if _, err := b.StartDeviceAuthorization(ctx, "x", nil); !errors.Is(err, authflow.ErrTooManyFlows) {
 		t.Fatalf("device flow: %v, want ErrTooManyFlows", err)
 	}
 	if keys, _ := env.st.List(ctx, authflow.RecordPrefix); len(keys) != 2 || env.sim.Stats().DeviceAuthorizations != starts {

@@ -7,7 +7,9 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/rotavault/rotavault/broker/internal/authflow"
+	"github.com/rotavault/rotavault/broker/authflow"
+	"github.com/rotavault/rotavault/broker/brokererr"
+	"github.com/rotavault/rotavault/broker/credspec"
 	"github.com/rotavault/rotavault/internal/credid"
 	"github.com/rotavault/rotavault/store"
 )
@@ -43,12 +45,12 @@ func FuzzRequestValidation(f *testing.F) {
 		}
 		// The state in a browser's callback names a store key: an accepted
 		// one must stay a single segment under flows/.
-		if IsFlowState(id) {
+		if authflow.IsFlowState(id) {
 			if key := authflow.RecordKey(id); store.ValidateKey(key) != nil || strings.Count(key, "/") != 1 {
 				t.Fatalf("accepted state %q makes the key %q", id, key)
 			}
 		}
-		if ValidateEndpointURL(rawURL) == nil {
+		if credspec.ValidateEndpointURL(rawURL) == nil {
 			u, err := url.Parse(rawURL)
 			if err != nil {
 				t.Fatalf("accepted an unparsable URL %q", rawURL)
@@ -60,9 +62,9 @@ func FuzzRequestValidation(f *testing.F) {
 				t.Fatalf("accepted %q (scheme %q, host %q)", rawURL, u.Scheme, host)
 			}
 		}
-		spec := Spec{ProviderKind: ProviderSalesforce, BaseURL: "https://login.salesforce.com", ClientID: "x", Scopes: []string{scope}}
-		if err := spec.validate(); err != nil {
-			var inv *InvalidArgumentError
+		spec := credspec.Spec{ProviderKind: credspec.ProviderSalesforce, BaseURL: "https://login.salesforce.com", ClientID: "x", Scopes: []string{scope}}
+		if err := spec.Validate(); err != nil {
+			var inv *brokererr.InvalidArgumentError
 			if !errors.As(err, &inv) {
 				t.Fatalf("validation error of the wrong kind: %v", err)
 			}

@@ -8,6 +8,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rotavault/rotavault/broker/access"
+	"github.com/rotavault/rotavault/broker/brokererr"
+	"github.com/rotavault/rotavault/broker/credspec"
+	"github.com/rotavault/rotavault/broker/notice"
+	"github.com/rotavault/rotavault/broker/option"
 	"github.com/rotavault/rotavault/internal/fakeclock"
 	"github.com/rotavault/rotavault/internal/poll"
 	"github.com/rotavault/rotavault/provider"
@@ -21,13 +26,13 @@ import (
 func TestReuseGraceTooShortIsRefused(t *testing.T) {
 	ctx := context.Background()
 	st := memstore.New()
-	b := newBroker(t, Config{Store: st, Provider: &scriptedProvider{}, Auditor: &recordingAuditor{}}, WithSchedulerInterval(time.Hour), WithIntrospectionInterval(0))
-	spec := Spec{ProviderKind: ProviderOAuth2, TokenURL: "https://idp.example/token", ClientID: "c"}
+	b := newBroker(t, Config{Store: st, Provider: &scriptedProvider{}, Auditor: &recordingAuditor{}}, option.WithSchedulerInterval(time.Hour), option.WithIntrospectionInterval(0))
+	spec := credspec.Spec{ProviderKind: credspec.ProviderOAuth2, TokenURL: "https://idp.example/token", ClientID: "c"}
 	tooShort := func(err error) bool {
-		var inv *InvalidArgumentError
-		return errors.As(err, &inv) && inv.Code == ReuseGraceTooShort && inv.Field == "spec.reuse_grace_period"
+		var inv *brokererr.InvalidArgumentError
+		return errors.As(err, &inv) && inv.Code == option.ReuseGraceTooShort && inv.Field == "spec.reuse_grace_period"
 	}
-	if got := MinReuseGrace(15 * time.Second); got != 20*time.Second {
+	if got := option.MinReuseGrace(15 * time.Second); got != 20*time.Second {
 		t.Fatalf("smallest grace with the default margin: %s, want 20s", got)
 	}
 	for _, tt := range []struct {
@@ -41,11 +46,11 @@ func TestReuseGraceTooShortIsRefused(t *testing.T) {
 			t.Errorf("create with grace %s: %v, want refused %v", tt.grace, err, tt.refused)
 		}
 	}
-	if _, err := b.UpdateCredential(ctx, "g20", []SpecField{FieldReuseGrace}, Spec{ReuseGrace: 10 * time.Second}); !tooShort(err) {
+	if _, err := b.UpdateCredential(ctx, "g20", []credspec.Field{credspec.FieldReuseGrace}, credspec.Spec{ReuseGrace: 10 * time.Second}); !tooShort(err) {
 		t.Errorf("update to a 10s grace: %v, want REUSE_GRACE_TOO_SHORT", err)
 	}
 	// A replica with a longer claim margin cannot fit the stored 20 s.
-	_, err := New(ctx, Config{Store: st, Provider: &scriptedProvider{}, Auditor: &recordingAuditor{}}, WithClaimTiming(90*time.Second, 30*time.Second))
+	_, err := New(ctx, Config{Store: st, Provider: &scriptedProvider{}, Auditor: &recordingAuditor{}}, option.WithClaimTiming(90*time.Second, 30*time.Second))
 	if !tooShort(err) || !strings.Contains(err.Error(), "g20") {
 		t.Fatalf("start with a 30s claim margin and a stored 20s grace: %v, want refused naming g20", err)
 	}
@@ -90,7 +95,7 @@ func graceCrash(t *testing.T) (sim *providersim.Server, b *Broker, st store.Stor
 	}
 	before := sim.Stats().Rotations
 	clk.Add(3 * time.Hour)
-	go func() { _, _ = a.GetAccessToken(context.Background(), TokenRequest{CredentialID: "x"}) }()
+	go func() { _, _ = a.GetAccessToken(context.Background(), access.Request{CredentialID: "x"}) }()
 	poll.Until(t, 10*time.Second, "A's refresh rotated at the provider", func() bool { return sim.Stats().Rotations > before })
 	f := storedFamily(ctx, t, st)
 	if f.Claim == nil {
@@ -107,7 +112,7 @@ func TestTakeoverWithinTheReuseGraceKeepsTheFamily(t *testing.T) {
 	ctx := context.Background()
 	sim, b, _, clk, deadline := graceCrash(t)
 	clk.Add(deadline.Sub(clk.Now())) // the earliest takeover the claim allows
-	tok, err := b.GetAccessToken(ctx, TokenRequest{CredentialID: "x"})
+	tok, err := b.GetAccessToken(ctx, access.Request{CredentialID: "x"})
 	s := sim.Stats()
 	t.Logf("takeover at the claim's deadline: %v; provider %+v", err, s)
 	if err != nil || s.GraceReuses != 1 || s.FamiliesRevoked != 0 || !sim.AccessTokenActive(tok.Token) {
@@ -121,13 +126,13 @@ func TestLostRotationNoticeNamesTheGracePeriod(t *testing.T) {
 	ctx := context.Background()
 	_, b, st, clk, deadline := graceCrash(t)
 	clk.Add(deadline.Sub(clk.Now()) + time.Minute) // B was down too: past the grace
-	_, err := b.GetAccessToken(ctx, TokenRequest{CredentialID: "x"})
-	if !errors.Is(err, ErrReauthRequired) {
+	_, err := b.GetAccessToken(ctx, access.Request{CredentialID: "x"})
+	if !errors.Is(err, brokererr.ErrReauthRequired) {
 		t.Fatalf("takeover after the grace period: %v, want a lost family", err)
 	}
 	var details []string
 	for _, n := range revocationNotices(ctx, t, st) {
-		if n.Reason == ReasonLostRotation {
+		if n.Reason == notice.ReasonLostRotation {
 			details = append(details, n.Detail)
 		}
 	}
@@ -158,7 +163,7 @@ func TestExclusiveStoreTakesAPreviousProcessClaimOverAtOnce(t *testing.T) {
 	st := memstore.New()
 	sim := startSim(t, providersim.Config{Now: clk.Now})
 	dead := &blockingProvider{Provider: provider.New(nil), release: make(chan struct{})}
-	a := newBroker(t, Config{Store: st, Provider: dead, Auditor: &recordingAuditor{}}, replicaOpts(clk, WithExclusiveStore())...)
+	a := newBroker(t, Config{Store: st, Provider: dead, Auditor: &recordingAuditor{}}, replicaOpts(clk, option.WithExclusiveStore())...)
 	var once sync.Once
 	t.Cleanup(func() { once.Do(func() { close(dead.release) }) })
 	if _, err := a.CreateCredential(ctx, "x", simSpec(sim)); err != nil {
@@ -176,10 +181,10 @@ func TestExclusiveStoreTakesAPreviousProcessClaimOverAtOnce(t *testing.T) {
 		return storedFamily(ctx, t, st).Claim != nil
 	})
 	// The restarted process, on the same store, the clock not moved.
-	restarted := newTestBroker(t, st, replicaOpts(clk, WithExclusiveStore())...)
+	restarted := newTestBroker(t, st, replicaOpts(clk, option.WithExclusiveStore())...)
 	cctx, cancel := context.WithTimeout(ctx, 10*time.Second) // a guard: the fake clock never reaches the claim's deadline
 	defer cancel()
-	tok, err := restarted.GetAccessToken(cctx, TokenRequest{CredentialID: "x"})
+	tok, err := restarted.GetAccessToken(cctx, access.Request{CredentialID: "x"})
 	if err != nil || !sim.AccessTokenActive(tok.Token) {
 		t.Fatalf("after a restart on the embedded store: %v, want a token without waiting out the claim", err)
 	}

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/rotavault/rotavault/audit"
+	"github.com/rotavault/rotavault/broker/option"
 	"github.com/rotavault/rotavault/provider"
 	"github.com/rotavault/rotavault/store"
 )
@@ -300,7 +301,7 @@ var (
 )
 
 // newBroker starts a broker, closed when the test ends.
-func newBroker(t *testing.T, cfg Config, opts ...Option) *Broker {
+func newBroker(t *testing.T, cfg Config, opts ...option.Option) *Broker {
 	t.Helper()
 	b, err := New(context.Background(), cfg, opts...)
 	if err != nil {
@@ -312,7 +313,7 @@ func newBroker(t *testing.T, cfg Config, opts ...Option) *Broker {
 
 // newTestBroker returns a broker on st with the real provider client and a
 // recording auditor, closed when the test ends.
-func newTestBroker(t *testing.T, st store.Store, opts ...Option) *Broker {
+func newTestBroker(t *testing.T, st store.Store, opts ...option.Option) *Broker {
 	t.Helper()
 	return newBroker(t, Config{Store: st, Provider: provider.New(nil), Auditor: &recordingAuditor{}}, opts...)
 }

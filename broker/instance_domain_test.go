@@ -1,6 +1,10 @@
 package broker
 
-import "testing"
+import (
+	"testing"
+
+	"github.com/rotavault/rotavault/broker/credspec"
+)
 
 // A configured instance URL domain widens where tokens may send consumers:
 // it must be a real domain, never a bare top-level one.
@@ -18,12 +22,12 @@ func TestInstanceURLDomainIsValidatedAndReachesTheProvider(t *testing.T) {
 		"a.mil/x":          false,
 		"*.salesforce.mil": false,
 	} {
-		spec := Spec{ProviderKind: ProviderSalesforce, BaseURL: "https://login.salesforce.com", ClientID: "c", Scopes: []string{"api", "refresh_token"}, InstanceURLDomain: domain}
-		err := spec.validate()
+		spec := credspec.Spec{ProviderKind: credspec.ProviderSalesforce, BaseURL: "https://login.salesforce.com", ClientID: "c", Scopes: []string{"api", "refresh_token"}, InstanceURLDomain: domain}
+		err := spec.Validate()
 		if (err == nil) != ok {
 			t.Errorf("instance URL domain %q: validate() = %v, want accepted %v", domain, err, ok)
 		}
-		if ok && spec.endpoint().InstanceURLDomain != domain {
+		if ok && spec.Endpoint().InstanceURLDomain != domain {
 			t.Errorf("instance URL domain %q does not reach the provider's endpoint", domain)
 		}
 	}

@@ -4,49 +4,26 @@ import (
 	"context"
 	"errors"
 
+	"github.com/rotavault/rotavault/broker/brokererr"
 	"github.com/rotavault/rotavault/broker/notice"
 	"github.com/rotavault/rotavault/internal/credid"
 )
 
 // The notice log and its cursors are package notice; the rotation core
-// publishes to it and follows what other replicas publish. The names
-// callers know stay here.
-
-// Notice reports a change of a credential's token family.
-type Notice = notice.Notice
-
-// NoticeKind says what happened to a family; see notice.Kind.
-type NoticeKind = notice.Kind
-
-// Kinds of notices.
-const (
-	NoticeFamilyRevoked   = notice.FamilyRevoked
-	NoticeFamilyActivated = notice.FamilyActivated
-	NoticeAccessRotated   = notice.AccessRotated
-)
-
-// Subscription is a stream of notices; see notice.Subscription.
-type Subscription = notice.Subscription
-
-// Errors of Subscribe and Subscription.Next; see package notice.
-var (
-	ErrCursorExpired     = notice.ErrCursorExpired
-	ErrSubscriberTooSlow = notice.ErrSubscriberTooSlow
-	ErrTooManyReplays    = notice.ErrTooManyReplays
-)
+// publishes to it and follows what other replicas publish.
 
 // Subscribe starts a subscription for the given credentials (all when
 // empty), resuming after cursor when it is set. Errors:
 // *InvalidArgumentError, ErrCursorExpired, ErrTooManyReplays,
 // *UnavailableError, ErrClosed.
-func (b *Broker) Subscribe(ctx context.Context, credentialIDs []string, cursor string) (*Subscription, error) {
+func (b *Broker) Subscribe(ctx context.Context, credentialIDs []string, cursor string) (*notice.Subscription, error) {
 	if len(credentialIDs) > 1000 {
-		return nil, invalid("credential_ids", "at most 1000")
+		return nil, brokererr.Invalid("credential_ids", "at most 1000")
 	}
 	var filter map[string]bool
 	for _, id := range credentialIDs {
 		if err := credid.Validate(id); err != nil {
-			return nil, &InvalidArgumentError{Field: "credential_ids", Reason: err.Error()}
+			return nil, &brokererr.InvalidArgumentError{Field: "credential_ids", Reason: err.Error()}
 		}
 		if filter == nil {
 			filter = make(map[string]bool)
@@ -54,15 +31,15 @@ func (b *Broker) Subscribe(ctx context.Context, credentialIDs []string, cursor s
 		filter[id] = true
 	}
 	if b.closed.Load() {
-		return nil, ErrClosed
+		return nil, brokererr.ErrClosed
 	}
 	return b.notices.Subscribe(ctx, filter, cursor)
 }
 
 // notify records a notice and delivers it (see notice.Log.Publish).
-func (b *Broker) notify(ctx context.Context, n Notice) {
-	if n.Kind == NoticeFamilyRevoked {
-		b.countRevocation(n.Reason)
+func (b *Broker) notify(ctx context.Context, n notice.Notice) {
+	if n.Kind == notice.FamilyRevoked {
+		b.metrics.CountRevocation(n.Reason)
 	}
 	b.notices.Publish(ctx, n)
 }
@@ -71,7 +48,7 @@ func (b *Broker) notify(ctx context.Context, n Notice) {
 // date after another replica changed its family: without it, this replica
 // would keep handing out a cached access token of a family revoked
 // elsewhere until the token expired.
-func (b *Broker) applyRemoteNotice(ctx context.Context, n Notice) {
+func (b *Broker) applyRemoteNotice(ctx context.Context, n notice.Notice) {
 	b.entriesMu.RLock()
 	e, ok := b.entries[n.CredentialID]
 	b.entriesMu.RUnlock()
@@ -80,12 +57,12 @@ func (b *Broker) applyRemoteNotice(ctx context.Context, n Notice) {
 	}
 	v, err := b.readView(ctx, n.CredentialID)
 	switch {
-	case errors.Is(err, ErrNotFound):
+	case errors.Is(err, brokererr.ErrNotFound):
 		b.dropEntry(n.CredentialID)
 	case err != nil:
 		// Stop handing out a token the notice may have killed; the next
 		// caller refreshes from the store's state.
-		if n.Kind == NoticeFamilyRevoked || n.Kind == NoticeAccessRotated {
+		if n.Kind == notice.FamilyRevoked || n.Kind == notice.AccessRotated {
 			e.dropAccess()
 		}
 		b.log.WarnContext(ctx, "could not re-read a credential another replica changed", "credential", n.CredentialID, "err", err)

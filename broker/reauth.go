@@ -8,32 +8,15 @@ import (
 	"time"
 
 	"github.com/rotavault/rotavault/audit"
-	"github.com/rotavault/rotavault/broker/internal/authflow"
+	"github.com/rotavault/rotavault/broker/authflow"
+	"github.com/rotavault/rotavault/broker/brokererr"
+	"github.com/rotavault/rotavault/broker/credspec"
+	"github.com/rotavault/rotavault/broker/internal/textcheck"
+	"github.com/rotavault/rotavault/broker/notice"
 	"github.com/rotavault/rotavault/provider"
 )
 
 const maxRefreshTokenLen = 4096
-
-// flowScopes resolves a flow's scopes (the credential's unless overridden)
-// and refuses, for Salesforce, scopes that cannot yield a refresh token:
-// rotation only applies to flows that issue one, and the user should not go
-// through a flow that is bound to fail.
-func flowScopes(spec Spec, scopes []string) ([]string, error) {
-	if len(scopes) == 0 {
-		scopes = spec.Scopes
-	}
-	if spec.ProviderKind == ProviderSalesforce && !grantsRefreshToken(scopes) {
-		return nil, invalid("scopes", "Salesforce issues a refresh token only with the refresh_token (or offline_access) scope; add it")
-	}
-	if len(scopes) > 0 {
-		check := spec
-		check.Scopes = scopes
-		if err := check.validate(); err != nil {
-			return nil, err
-		}
-	}
-	return append([]string(nil), scopes...), nil
-}
 
 // errIncarnationGone is ErrNotFound for a flow's credential that was
 // deleted and created again since the flow started.
@@ -46,36 +29,36 @@ func errIncarnationGone(id string) error { return authflow.IncarnationGone(id) }
 // nothing. Errors: *InvalidArgumentError, ErrNotFound, ErrReauthRequired
 // (the provider refused it), ErrClientRejected, *UnavailableError (the
 // store; or the provider before anything was stored).
-func (b *Broker) ImportRefreshToken(ctx context.Context, id, refreshToken string) (Activation, error) {
+func (b *Broker) ImportRefreshToken(ctx context.Context, id, refreshToken string) (authflow.Activation, error) {
 	if err := b.validateID(id); err != nil {
-		return Activation{}, err
+		return authflow.Activation{}, err
 	}
-	if refreshToken == "" || len(refreshToken) > maxRefreshTokenLen || !printable(refreshToken) {
-		return Activation{}, invalid("refresh_token", "required, printable, at most %d bytes", maxRefreshTokenLen)
+	if refreshToken == "" || len(refreshToken) > maxRefreshTokenLen || !textcheck.Printable(refreshToken) {
+		return authflow.Activation{}, brokererr.Invalid("refresh_token", "required, printable, at most %d bytes", maxRefreshTokenLen)
 	}
 	e, err := b.entry(ctx, id)
 	if err != nil {
-		return Activation{}, err
+		return authflow.Activation{}, err
 	}
 	// The replaced family is not revoked at the provider: an imported token
 	// may belong to that very family (a re-import), and revoking it would
 	// kill the token just installed.
 	act, err := b.installFamily(ctx, e, "", refreshToken, nil, false)
 	if err != nil {
-		return Activation{}, err
+		return authflow.Activation{}, err
 	}
 	// Stored first; now prove it. A refused token revokes the family just
 	// installed and says so.
 	stale := act.Generation
 	v, err := b.refresh(ctx, e, func(v *view) bool { return v.fam.FamilyID == act.FamilyID && v.fam.Generation == stale })
-	var ue *UnavailableError
-	if errors.As(err, &ue) && ue.Component == ComponentProvider {
+	var ue *brokererr.UnavailableError
+	if errors.As(err, &ue) && ue.Component == brokererr.ComponentProvider {
 		b.log.WarnContext(ctx, "imported refresh token stored, not yet proven: the provider could not be reached; retrying", "credential", id, "family", act.FamilyID, "err", err)
 		act.Unproven = true
 		return act, nil
 	}
 	if err != nil {
-		return Activation{}, err
+		return authflow.Activation{}, err
 	}
 	act.Generation = v.fam.Generation
 	return act, nil
@@ -87,8 +70,8 @@ func (b *Broker) ImportRefreshToken(ctx context.Context, id, refreshToken string
 // incarnation must be the stored credential's: a flow's grant never goes
 // into a credential deleted and created again since the flow started
 // (ErrNotFound).
-func (b *Broker) installFamily(ctx context.Context, e *entry, incarnation, refreshToken string, tok *provider.Token, revokeOld bool) (Activation, error) {
-	now := b.opts.now()
+func (b *Broker) installFamily(ctx context.Context, e *entry, incarnation, refreshToken string, tok *provider.Token, revokeOld bool) (authflow.Activation, error) {
+	now := b.opts.Now()
 	fam := &familyRecord{
 		Format:       recordFormat,
 		Status:       StatusActive,
@@ -115,20 +98,20 @@ func (b *Broker) installFamily(ctx context.Context, e *entry, incarnation, refre
 		old = cur
 		return cur.fam.replacedBy(fam)
 	}); err != nil {
-		return Activation{}, err
+		return authflow.Activation{}, err
 	}
 	e.mu.Lock()
 	e.rescue.Store(nil)
 	e.lastErr, e.retryAt = nil, time.Time{}
 	e.mu.Unlock()
 	if live := liveToken(old.fam); revokeOld && live != "" {
-		if err := b.provider.Revoke(ctx, old.cred.Spec.endpoint(), old.cred.Spec.clientCredentials(), live); err != nil {
+		if err := b.provider.Revoke(ctx, old.cred.Spec.Endpoint(), old.cred.Spec.ClientCredentials(), live); err != nil {
 			b.log.WarnContext(ctx, "could not revoke the replaced family at the provider", "credential", e.id, "family", old.fam.FamilyID, "err", err)
 		}
 	}
 	b.log.InfoContext(ctx, "new token family installed", "credential", e.id, "family", fam.FamilyID)
-	b.announce(ctx, e.id, fam, audit.Event{Action: audit.ActionReauthenticated}, &Notice{Kind: NoticeFamilyActivated, DetectedAt: now})
-	return Activation{FamilyID: fam.FamilyID, Generation: fam.Generation, ActivatedAt: now}, nil
+	b.announce(ctx, e.id, fam, audit.Event{Action: audit.ActionReauthenticated}, &notice.Notice{Kind: notice.FamilyActivated, DetectedAt: now})
+	return authflow.Activation{FamilyID: fam.FamilyID, Generation: fam.Generation, ActivatedAt: now}, nil
 }
 
 func randomHex(n int) string {
@@ -146,7 +129,7 @@ var _ authflow.Core = flowCore{}
 
 func (c flowCore) ValidateID(id string) error { return c.b.validateID(id) }
 
-func (c flowCore) ValidateEndpointURL(raw string) error { return ValidateEndpointURL(raw) }
+func (c flowCore) ValidateEndpointURL(raw string) error { return credspec.ValidateEndpointURL(raw) }
 
 func (c flowCore) Credential(ctx context.Context, id string, stored bool) (authflow.Credential, error) {
 	e, err := c.b.entry(ctx, id)
@@ -161,9 +144,9 @@ func (c flowCore) Credential(ctx context.Context, id string, stored bool) (authf
 	}
 	spec := cred.Spec
 	return authflow.Credential{
-		ID: cred.ID, Incarnation: cred.Incarnation, Generic: spec.ProviderKind == ProviderOAuth2,
-		Scopes: spec.Scopes, Endpoint: spec.endpoint(), Client: spec.clientCredentials(),
-		ResolveScopes: func(requested []string) ([]string, error) { return flowScopes(spec, requested) },
+		ID: cred.ID, Incarnation: cred.Incarnation, Generic: spec.ProviderKind == credspec.ProviderOAuth2,
+		Scopes: spec.Scopes, Endpoint: spec.Endpoint(), Client: spec.ClientCredentials(),
+		ResolveScopes: func(requested []string) ([]string, error) { return spec.FlowScopes(requested) },
 	}, nil
 }
 

@@ -3,6 +3,7 @@ package broker
 import (
 	"time"
 
+	"github.com/rotavault/rotavault/broker/credspec"
 	"github.com/rotavault/rotavault/broker/internal/jsonrec"
 	"github.com/rotavault/rotavault/broker/notice"
 )
@@ -26,12 +27,8 @@ func familyKey(cred *credentialRecord) string {
 	}
 	return "families/" + cred.ID + "/" + cred.Incarnation
 }
-func flowKey(state string) string { return "flows/" + state }
 
-const (
-	credentialsPrefix = "credentials/"
-	noticesPrefix     = notice.RecordPrefix
-)
+const credentialsPrefix = "credentials/"
 
 // Status is a credential's token-family status.
 type Status string
@@ -46,32 +43,14 @@ const (
 	StatusUnproven Status = "unproven"
 )
 
-// RevocationReason says why a family was revoked; see notice.RevocationReason.
-type RevocationReason = notice.RevocationReason
-
-// Revocation reasons; see package notice.
-const (
-	ReasonRefreshTokenRejected = notice.ReasonRefreshTokenRejected
-	ReasonLostRotation         = notice.ReasonLostRotation
-	ReasonAdminRevoked         = notice.ReasonAdminRevoked
-	ReasonRevokedAtProvider    = notice.ReasonRevokedAtProvider
-	ReasonCredentialDeleted    = notice.ReasonCredentialDeleted
-	// Deprecated: ReasonAdmin is ReasonCredentialDeleted.
-	ReasonAdmin = notice.ReasonCredentialDeleted
-	// Deprecated: ReasonClientRejected is never produced.
-	ReasonClientRejected = notice.ReasonClientRejected
-	// Deprecated: ReasonSuperseded is never produced.
-	ReasonSuperseded = notice.ReasonSuperseded
-)
-
 type credentialRecord struct {
 	Format int    `json:"format"`
 	ID     string `json:"id"`
 	// Incarnation is random per creation of the id (see familyKey).
-	Incarnation string    `json:"incarnation,omitempty"`
-	Spec        Spec      `json:"spec"`
-	CreatedAt   time.Time `json:"created_at"`
-	UpdatedAt   time.Time `json:"updated_at"`
+	Incarnation string        `json:"incarnation,omitempty"`
+	Spec        credspec.Spec `json:"spec"`
+	CreatedAt   time.Time     `json:"created_at"`
+	UpdatedAt   time.Time     `json:"updated_at"`
 }
 
 // accessToken is an access token with what the API returns about it.
@@ -117,8 +96,8 @@ type familyRecord struct {
 	// it (see stateUnproven).
 	Unproven bool `json:"unproven,omitempty"`
 	// Claim is set while a replica refreshes the family (see claim.go).
-	Claim         *claim           `json:"claim,omitempty"`
-	RevokedReason RevocationReason `json:"revoked_reason,omitempty"`
+	Claim         *claim                  `json:"claim,omitempty"`
+	RevokedReason notice.RevocationReason `json:"revoked_reason,omitempty"`
 	// PendingRevocation is the refresh token of a deliberately revoked
 	// family whose revocation the provider has not confirmed. It is kept
 	// only so RevokeCredential can retry at the revocation endpoint; it is
@@ -130,7 +109,7 @@ type familyRecord struct {
 	// PreviousAccess is what introspection right after a rotation found
 	// the provider does with the previous access token (cutoff.go); empty
 	// until known. Kept in the family, where every replica reads it.
-	PreviousAccess PreviousAccess `json:"previous_access,omitempty"`
+	PreviousAccess credspec.PreviousAccess `json:"previous_access,omitempty"`
 }
 
 func (f *familyRecord) clone() *familyRecord {

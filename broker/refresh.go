@@ -8,6 +8,11 @@ import (
 	"time"
 
 	"github.com/rotavault/rotavault/audit"
+	"github.com/rotavault/rotavault/broker/access"
+	"github.com/rotavault/rotavault/broker/brokererr"
+	"github.com/rotavault/rotavault/broker/credspec"
+	"github.com/rotavault/rotavault/broker/notice"
+	"github.com/rotavault/rotavault/broker/spans"
 	"github.com/rotavault/rotavault/internal/ctxwait"
 	"github.com/rotavault/rotavault/provider"
 )
@@ -29,10 +34,10 @@ func persistContext(ctx context.Context) (context.Context, context.CancelFunc) {
 // credential's refresh token to the provider. It runs under the broker's
 // context; caller lends only its span, the rotavault.refresh span's parent.
 func (b *Broker) runRefresh(caller context.Context, e *entry, need func(*view) bool) (v *view, err error) {
-	ctx, cancel := context.WithTimeout(b.ctx, b.opts.refreshTimeout)
+	ctx, cancel := context.WithTimeout(b.ctx, b.opts.Refresh.Timeout)
 	defer cancel()
-	ctx, span := startSpan(ctx, caller, SpanRefresh, e.id)
-	defer func() { endSpan(span, v, "ok", err) }()
+	ctx, span := spans.Start(ctx, caller, spans.Refresh, e.id)
+	defer func() { spans.End(span, v.generation(), "ok", err) }()
 
 	// A rotated family that could not be stored is the truth: store it
 	// before anything else, and never present the older token it replaced.
@@ -59,7 +64,7 @@ func (b *Broker) runRefresh(caller context.Context, e *entry, need func(*view) b
 		}
 		b.log.WarnContext(ctx, "another replica took this replica's refresh claim over; reading what it stored", "credential", e.id)
 	}
-	b.countRefresh(err)
+	b.metrics.CountRefresh(err)
 	e.mu.Lock()
 	e.lastErr = err
 	e.mu.Unlock()
@@ -157,7 +162,7 @@ type refreshDecision struct {
 	// a crash could forget it).
 	markInDoubt bool
 	// reason, for actionRevoke.
-	reason RevocationReason
+	reason notice.RevocationReason
 	// backoffAtLeast, for actionRetry: the provider's Retry-After.
 	backoffAtLeast time.Duration
 	// err is the caller's error for actionGiveUp (and for
@@ -171,7 +176,7 @@ func decideRefresh(a refreshAttempt, answer error) refreshDecision {
 	outcome, pe := classifyOutcome(answer)
 	d := refreshDecision{outcome: outcome}
 	unavailable := func(retryAfter time.Duration) error {
-		return &UnavailableError{Component: ComponentProvider, RetryAfter: retryAfter, Err: answer}
+		return &brokererr.UnavailableError{Component: brokererr.ComponentProvider, RetryAfter: retryAfter, Err: answer}
 	}
 	switch outcome {
 	case outcomeOK:
@@ -188,11 +193,11 @@ func decideRefresh(a refreshAttempt, answer error) refreshDecision {
 		}
 		d.err = clientRejectedError(pe)
 	case outcomeTokenRejected:
-		d.action, d.reason = actionRevoke, ReasonRefreshTokenRejected
+		d.action, d.reason = actionRevoke, notice.ReasonRefreshTokenRejected
 		if a.state == stateInDoubt {
 			// Our own earlier refresh probably rotated the token and its
 			// answer never arrived: a lost rotation, not theft.
-			d.reason = ReasonLostRotation
+			d.reason = notice.ReasonLostRotation
 		}
 	case outcomeUnknown:
 		// Remember before retrying: if we crash, the next refresh must still
@@ -226,16 +231,16 @@ func (b *Broker) refreshFamily(ctx context.Context, l *claimLease) (*view, error
 	// Provider calls end well before this replica's claim does.
 	pctx, cancel := b.providerContext(ctx, l.v.fam)
 	defer cancel()
-	a := refreshAttempt{notProcessedTries: b.opts.notProcessedTries}
+	a := refreshAttempt{notProcessedTries: b.opts.Refresh.NotProcessedTries}
 	// From the first presentation on, this replica's callers stop getting
 	// the access token the rotation may kill.
 	defer l.e.presentingAt(l.v)()
 	for ; ; a.n++ {
 		spec := l.v.cred.Spec
-		sent := b.opts.now()
-		tok, answer := b.provider.Refresh(pctx, spec.endpoint(), spec.clientCredentials(), l.v.fam.RefreshToken)
+		sent := b.opts.Now()
+		tok, answer := b.provider.Refresh(pctx, spec.Endpoint(), spec.ClientCredentials(), l.v.fam.RefreshToken)
 		restamp(tok, sent)
-		a.state, a.grace, a.now = l.v.fam.state(), spec.ReuseGrace, b.opts.now()
+		a.state, a.grace, a.now = l.v.fam.state(), spec.ReuseGrace, b.opts.Now()
 		d := decideRefresh(a, answer)
 		if d.outcome == outcomeUnknown {
 			if a.unknownSince.IsZero() {
@@ -264,7 +269,7 @@ func (b *Broker) refreshFamily(ctx context.Context, l *claimLease) (*view, error
 			}
 		case actionRetry:
 			if err := ctxwait.Sleep(pctx, b.backoff(a.n, d.backoffAtLeast)); err != nil {
-				d.err = &UnavailableError{Component: ComponentProvider, RetryAfter: time.Second, Err: answer}
+				d.err = &brokererr.UnavailableError{Component: brokererr.ComponentProvider, RetryAfter: time.Second, Err: answer}
 				break
 			}
 			continue
@@ -306,7 +311,7 @@ func clientRejectedError(pe *provider.Error) error {
 		how = "(no credentials sent)"
 	}
 	return fmt.Errorf("%w (%s): the client authenticated %s; check the client id and secret, that the provider's client allows this method (--client-auth-method, or --issuer to take it from the provider's metadata; the provider's own description is in the server log), and the user and org at the provider",
-		ErrClientRejected, pe.Code, how)
+		brokererr.ErrClientRejected, pe.Code, how)
 }
 
 // providerDetail is the provider error for the family record and the audit
@@ -321,7 +326,7 @@ func providerDetail(err error) string {
 }
 
 func (b *Broker) backoff(attempt int, atLeast time.Duration) time.Duration {
-	d := b.opts.retryBase << min(attempt, 8)
+	d := b.opts.Refresh.RetryBase << min(attempt, 8)
 	return max(d, atLeast)
 }
 
@@ -333,7 +338,7 @@ const signatureMismatchDetail = "the provider's response signature did not match
 // check-and-set on the lease's fence: persist first, answer later.
 func (l *claimLease) storeResult(ctx context.Context, tok *provider.Token) (*view, error) {
 	b, e, claimed := l.b, l.e, l.v
-	now := b.opts.now()
+	now := b.opts.Now()
 	res := refreshResult{now: now, refreshToken: tok.RefreshToken, access: b.newAccessToken(claimed.cred.Spec, claimed.fam.Access, tok, now)}
 	mismatch := tok.SignatureStatus == provider.SignatureMismatch
 	if note := lifetimeNote(claimed.cred.Spec, tok); note != "" {
@@ -394,18 +399,18 @@ func (l *claimLease) storeResult(ctx context.Context, tok *provider.Token) (*vie
 
 // lifetimeNote says, for last_error, that the provider's lifetime of tok
 // was not believed; "" when it was.
-func lifetimeNote(spec Spec, tok *provider.Token) string {
+func lifetimeNote(spec credspec.Spec, tok *provider.Token) string {
 	if tok.IgnoredExpiresIn <= 0 {
 		return ""
 	}
 	return fmt.Sprintf("the provider said the access token lives %s, beyond the believable %s: it is refreshed as if it lived the credential's access token lifetime, %s",
-		tok.IgnoredExpiresIn, provider.MaxExpiresIn, spec.accessTokenLifetime())
+		tok.IgnoredExpiresIn, provider.MaxExpiresIn, spec.AccessTokenLifetime())
 }
 
-func (b *Broker) newAccessToken(spec Spec, prev *accessToken, tok *provider.Token, now time.Time) *accessToken {
+func (b *Broker) newAccessToken(spec credspec.Spec, prev *accessToken, tok *provider.Token, now time.Time) *accessToken {
 	lifetime := tok.ExpiresIn
 	if lifetime <= 0 {
-		lifetime = spec.accessTokenLifetime()
+		lifetime = spec.AccessTokenLifetime()
 	}
 	a := &accessToken{
 		Token:       tok.AccessToken,
@@ -416,7 +421,7 @@ func (b *Broker) newAccessToken(spec Spec, prev *accessToken, tok *provider.Toke
 		// Expiry counts from our clock when the answer arrived, not the
 		// provider's issued_at: skew must not make us hand out dead tokens.
 		ExpiresAt:   now.Add(lifetime),
-		Fingerprint: Fingerprint(tok.AccessToken),
+		Fingerprint: access.Fingerprint(tok.AccessToken),
 	}
 	if !tok.RequestedAt.IsZero() && !tok.RequestedAt.After(now) {
 		a.AliveUntil = tok.RequestedAt.Add(lifetime)
@@ -467,14 +472,14 @@ func (b *Broker) resultConflict(ctx context.Context, e *entry, cur *view, fam, n
 		}
 		b.log.ErrorContext(ctx, "refresh result lost a check-and-set race within the same family (our claim was taken over); keeping the stored state",
 			"credential", e.id, "family", fam.FamilyID, "generation", fam.Generation)
-		return false, fmt.Errorf("%w: another replica took over the refresh of %s: %w", ErrConflict, e.id, errFenceMoved)
+		return false, fmt.Errorf("%w: another replica took over the refresh of %s: %w", brokererr.ErrConflict, e.id, errFenceMoved)
 	}
 	// Another family replaced ours while the refresh ran (a reauthentication
 	// or a deletion won): the new refresh token belongs to a family nobody
 	// uses; revoke it at the provider rather than leave it alive.
 	b.log.WarnContext(ctx, "the family changed while refreshing; discarding the refreshed tokens",
 		"credential", e.id, "family", fam.FamilyID, "generation", fam.Generation)
-	return true, fmt.Errorf("%w: the token family of %s changed during a refresh", ErrConflict, e.id)
+	return true, fmt.Errorf("%w: the token family of %s changed during a refresh", brokererr.ErrConflict, e.id)
 }
 
 // revokeDiscarded revokes, best effort, a refresh token a refresh obtained
@@ -483,7 +488,7 @@ func (b *Broker) revokeDiscarded(ctx context.Context, e *entry, cred *credential
 	if !rotated {
 		return
 	}
-	if err := b.provider.Revoke(ctx, cred.Spec.endpoint(), cred.Spec.clientCredentials(), tok.RefreshToken); err != nil {
+	if err := b.provider.Revoke(ctx, cred.Spec.Endpoint(), cred.Spec.ClientCredentials(), tok.RefreshToken); err != nil {
 		b.log.WarnContext(ctx, "could not revoke the discarded refresh token", "credential", e.id, "err", err)
 	}
 }

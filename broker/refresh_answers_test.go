@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/rotavault/rotavault/audit"
+	"github.com/rotavault/rotavault/broker/brokererr"
+	"github.com/rotavault/rotavault/broker/credspec"
 	"github.com/rotavault/rotavault/internal/poll"
 	"github.com/rotavault/rotavault/provider"
 )
@@ -42,7 +44,7 @@ func TestRefreshLoopActsOnEachAnswer(t *testing.T) {
 			fam := h.record(tt.from)
 			h.put(fam)
 			if tt.grace > 0 {
-				if _, err := h.b.UpdateCredential(h.ctx, "x", []SpecField{FieldReuseGrace}, Spec{ReuseGrace: tt.grace}); err != nil {
+				if _, err := h.b.UpdateCredential(h.ctx, "x", []credspec.Field{credspec.FieldReuseGrace}, credspec.Spec{ReuseGrace: tt.grace}); err != nil {
 					t.Fatal(err)
 				}
 			}
@@ -76,7 +78,7 @@ func TestRefreshRetriesWithACredentialFixedElsewhere(t *testing.T) {
 	h := newFamHarness(t)
 	h.put(h.record(stateClaimed))
 	l := h.lease()
-	if _, err := h.b.UpdateCredential(h.ctx, "x", []SpecField{FieldClientSecret}, Spec{ClientSecret: "fixed"}); err != nil {
+	if _, err := h.b.UpdateCredential(h.ctx, "x", []credspec.Field{credspec.FieldClientSecret}, credspec.Spec{ClientSecret: "fixed"}); err != nil {
 		t.Fatal(err)
 	}
 	h.prov.then(answerBadClient, nil)
@@ -110,7 +112,7 @@ func TestDoubtIsStoredBeforeTheRetry(t *testing.T) {
 	l := h.lease()
 	h.put(takenBy(h.record(stateInDoubt), other, h.clk.Now().Add(time.Minute)))
 	h.prov.then(answerUnknown)
-	if _, err := h.b.refreshFamily(h.ctx, l); !errors.Is(err, ErrConflict) {
+	if _, err := h.b.refreshFamily(h.ctx, l); !errors.Is(err, brokererr.ErrConflict) {
 		t.Fatalf("marking doubt on a lost claim: %v, want ErrConflict", err)
 	}
 	if h.prov.refreshes != 1 {
@@ -139,10 +141,10 @@ func TestResultWriteConflictRevokesNothingOfALiveFamily(t *testing.T) {
 			f := h.record(stateActive)
 			f.Generation, f.RefreshToken = 4, "rt-theirs"
 			return f
-		}, func(err error) bool { return errors.Is(err, ErrConflict) }, nil, stateActive},
+		}, func(err error) bool { return errors.Is(err, brokererr.ErrConflict) }, nil, stateActive},
 		{"taken over, their refresh still running", func(h *famHarness) *familyRecord {
 			return takenBy(h.record(stateInDoubt), other, h.clk.Now().Add(time.Minute))
-		}, func(err error) bool { return errors.Is(err, ErrConflict) }, nil, stateInDoubt},
+		}, func(err error) bool { return errors.Is(err, brokererr.ErrConflict) }, nil, stateInDoubt},
 		{"our write had landed", func(h *famHarness) *familyRecord {
 			f := h.record(stateActive)
 			f.Generation, f.RefreshToken = 4, "rt-ours"
@@ -153,7 +155,7 @@ func TestResultWriteConflictRevokesNothingOfALiveFamily(t *testing.T) {
 			f := h.record(stateActive)
 			f.FamilyID, f.Generation, f.RefreshToken = "fam-2", 0, "rt-new-family"
 			return f
-		}, func(err error) bool { return errors.Is(err, ErrConflict) }, []string{"rt-ours"}, stateActive},
+		}, func(err error) bool { return errors.Is(err, brokererr.ErrConflict) }, []string{"rt-ours"}, stateActive},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -239,7 +241,7 @@ func TestUpdateFamilyIsBounded(t *testing.T) {
 		h.put(moved)
 		return cur.fam.clone(), nil
 	})
-	if !errors.Is(err, ErrConflict) || calls != familyWriteTries {
+	if !errors.Is(err, brokererr.ErrConflict) || calls != familyWriteTries {
 		t.Fatalf("updateFamily: %v after %d rounds, want ErrConflict after %d", err, calls, familyWriteTries)
 	}
 }
@@ -273,7 +275,7 @@ func TestInvalidGrantOfAReplacedFamilyRevokesNothing(t *testing.T) {
 	replaced.FamilyID, replaced.RefreshToken = "fam-2", "rt-fam-2"
 	h.put(replaced)
 	h.prov.then(answerInvalidGrant)
-	if _, err := h.b.refreshFamily(h.ctx, l); !errors.Is(err, ErrConflict) {
+	if _, err := h.b.refreshFamily(h.ctx, l); !errors.Is(err, brokererr.ErrConflict) {
 		t.Fatalf("refresh: %v, want ErrConflict", err)
 	}
 	if f := h.stored(); f.Status != StatusActive || f.FamilyID != "fam-2" || len(h.notices()) != 0 {
@@ -287,7 +289,7 @@ func TestClientRefusedAfterTheRecheckKeepsTheFamily(t *testing.T) {
 	h := newFamHarness(t)
 	h.put(h.record(stateClaimed))
 	l := h.lease()
-	if _, err := h.b.UpdateCredential(h.ctx, "x", []SpecField{FieldClientSecret}, Spec{ClientSecret: "still-wrong"}); err != nil {
+	if _, err := h.b.UpdateCredential(h.ctx, "x", []credspec.Field{credspec.FieldClientSecret}, credspec.Spec{ClientSecret: "still-wrong"}); err != nil {
 		t.Fatal(err)
 	}
 	h.prov.then(answerBadClient, answerBadClient)

@@ -1,38 +1,23 @@
 package broker
 
-// RejectedOutcome is what a rejected-token report caused.
-type RejectedOutcome int
-
-const (
-	// RejectedNone: the request reported no rejected token.
-	RejectedNone RejectedOutcome = iota
-	// RejectedStale: the report named a token that is not the current one;
-	// it was ignored.
-	RejectedStale
-	// RejectedNoChange: the report named the current token, and the token
-	// handed out is that same token (the provider vouched for it).
-	RejectedNoChange
-	// RejectedReplaced: the report named the current token, and a new one
-	// replaced it.
-	RejectedReplaced
-)
+import "github.com/rotavault/rotavault/broker/access"
 
 // rejectionOutcome judges a report against the view it was made on
 // (before) and the view answering it (after).
-func rejectionOutcome(r *RejectedToken, before, after *view) RejectedOutcome {
+func rejectionOutcome(r *access.RejectedToken, before, after *view) access.RejectedOutcome {
 	switch {
 	case r == nil:
-		return RejectedNone
-	case before.fam.Status != StatusActive || before.fam.Access == nil || !r.names(before):
-		return RejectedStale
+		return access.RejectedNone
+	case before.fam.Status != StatusActive || before.fam.Access == nil || !names(r, before):
+		return access.RejectedStale
 	case after.fam.FamilyID == before.fam.FamilyID && after.fam.Generation == before.fam.Generation:
-		return RejectedNoChange
+		return access.RejectedNoChange
 	}
-	return RejectedReplaced
+	return access.RejectedReplaced
 }
 
 // names reports whether r names v's current token.
-func (r *RejectedToken) names(v *view) bool {
+func names(r *access.RejectedToken, v *view) bool {
 	if r.Fingerprint != "" {
 		return r.Fingerprint == v.fam.Access.Fingerprint
 	}

@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/rotavault/rotavault/audit"
+	"github.com/rotavault/rotavault/broker/brokererr"
+	"github.com/rotavault/rotavault/broker/internal/textcheck"
 	"github.com/rotavault/rotavault/broker/notice"
 	"github.com/rotavault/rotavault/provider"
 )
@@ -21,22 +23,11 @@ const MaxRevocationReasonLen = 512
 // only delays the answer, and the outcome is reported as unconfirmed.
 const revokeTimeout = 10 * time.Second
 
-// ProviderRevocation says whether the provider confirmed a revocation; see
-// notice.ProviderRevocation.
-type ProviderRevocation = notice.ProviderRevocation
-
-// Outcomes of a revocation at the provider.
-const (
-	ProviderRevocationNone        = notice.ProviderRevocationNone
-	ProviderRevocationConfirmed   = notice.ProviderRevocationConfirmed
-	ProviderRevocationUnconfirmed = notice.ProviderRevocationUnconfirmed
-)
-
 // Revocation reports the outcome of RevokeCredential.
 type Revocation struct {
 	FamilyID           string
 	Generation         uint64
-	ProviderRevocation ProviderRevocation
+	ProviderRevocation notice.ProviderRevocation
 	AlreadyRevoked     bool
 }
 
@@ -54,8 +45,8 @@ func (b *Broker) RevokeCredential(ctx context.Context, id, reason string) (Revoc
 	if err := b.validateID(id); err != nil {
 		return Revocation{}, err
 	}
-	if reason == "" || len(reason) > MaxRevocationReasonLen || !printable(reason) {
-		return Revocation{}, invalid("reason", "required, printable, at most %d bytes", MaxRevocationReasonLen)
+	if reason == "" || len(reason) > MaxRevocationReasonLen || !textcheck.Printable(reason) {
+		return Revocation{}, brokererr.Invalid("reason", "required, printable, at most %d bytes", MaxRevocationReasonLen)
 	}
 	e, err := b.entry(ctx, id)
 	if err != nil {
@@ -65,7 +56,7 @@ func (b *Broker) RevokeCredential(ctx context.Context, id, reason string) (Revoc
 	// decide on the store's state (no base). Dropping another replica's
 	// claim is the point: its result write then fails the check-and-set and
 	// finds the family revoked.
-	r := revocation{reason: ReasonAdminRevoked, detail: "revoked deliberately: " + reason, auditDetail: reason}
+	r := revocation{reason: notice.ReasonAdminRevoked, detail: "revoked deliberately: " + reason, auditDetail: reason}
 	v, res, err := b.revokeFamily(ctx, e, nil, r, func(cur *view) error {
 		switch cur.fam.Status {
 		case StatusActive:
@@ -84,7 +75,7 @@ func (b *Broker) RevokeCredential(ctx context.Context, id, reason string) (Revoc
 		return Revocation{}, err
 	}
 	b.log.InfoContext(ctx, "token family revoked deliberately", "credential", id, "family", v.fam.FamilyID, "generation", v.fam.Generation,
-		"provider_confirmed", res == ProviderRevocationConfirmed)
+		"provider_confirmed", res == notice.ProviderRevocationConfirmed)
 	return Revocation{FamilyID: v.fam.FamilyID, Generation: v.fam.Generation, ProviderRevocation: res}, nil
 }
 
@@ -94,7 +85,7 @@ var errAlreadyRevoked = errors.New("broker: family already revoked")
 // revocation is one family revocation, whatever its cause: reuse
 // (invalid_grant), a deliberate RevokeCredential, or early detection.
 type revocation struct {
-	reason RevocationReason
+	reason notice.RevocationReason
 	// detail is the record's last error.
 	detail string
 	// auditDetail is the audit record's detail (the provider's error, the
@@ -111,10 +102,10 @@ type revocation struct {
 // runs on a context of its own: once the store says revoked, the rest must
 // happen even if the caller goes away. Errors: still's, and
 // updateFamily's (a write error wraps errFamilyNotWritten).
-func (b *Broker) revokeFamily(ctx context.Context, e *entry, base *view, r revocation, still func(cur *view) error) (*view, ProviderRevocation, error) {
+func (b *Broker) revokeFamily(ctx context.Context, e *entry, base *view, r revocation, still func(cur *view) error) (*view, notice.ProviderRevocation, error) {
 	ctx, cancel := persistContext(ctx)
 	defer cancel()
-	now := b.opts.now()
+	now := b.opts.Now()
 	v, err := b.updateFamily(ctx, e, base, func(cur *view) (*familyRecord, error) {
 		if err := still(cur); err != nil {
 			return nil, err
@@ -122,31 +113,31 @@ func (b *Broker) revokeFamily(ctx context.Context, e *entry, base *view, r revoc
 		return cur.fam.revoked(r.reason, r.detail, now)
 	})
 	if err != nil {
-		return v, ProviderRevocationNone, err
+		return v, notice.ProviderRevocationNone, err
 	}
-	res := ProviderRevocationNone
+	res := notice.ProviderRevocationNone
 	noticeDetail, auditDetail := revocationDetail(r.reason), r.auditDetail
-	if r.reason == ReasonLostRotation {
+	if r.reason == notice.ReasonLostRotation {
 		noticeDetail = lostRotationDetail(v.cred.Spec.ReuseGrace)
 		auditDetail += "; " + noticeDetail
 	}
 	if v.fam.PendingRevocation != "" {
 		res = b.revokeAtProvider(ctx, e, v)
-		if res == ProviderRevocationUnconfirmed {
+		if res == notice.ProviderRevocationUnconfirmed {
 			noticeDetail += "; the provider has not confirmed revoking the refresh token"
 			auditDetail += " (provider revocation unconfirmed)"
 		}
 	}
 	b.announce(ctx, e.id, v.fam,
 		audit.Event{Action: audit.ActionFamilyRevoked, Reason: string(r.reason), Detail: auditDetail},
-		&Notice{Kind: NoticeFamilyRevoked, Reason: r.reason, Detail: noticeDetail, ProviderRevocation: res, DetectedAt: now})
+		&notice.Notice{Kind: notice.FamilyRevoked, Reason: r.reason, Detail: noticeDetail, ProviderRevocation: res, DetectedAt: now})
 	return v, res, nil
 }
 
 // announce is the one place that writes the audit record and the notice of
 // a change of family: both name fam's credential, family and generation.
 // A nil notice writes the audit record only.
-func (b *Broker) announce(ctx context.Context, id string, fam *familyRecord, ev audit.Event, n *Notice) {
+func (b *Broker) announce(ctx context.Context, id string, fam *familyRecord, ev audit.Event, n *notice.Notice) {
 	ev.Credential, ev.Family, ev.Generation = id, fam.FamilyID, fam.Generation
 	b.audit(ctx, ev)
 	if n != nil {
@@ -159,14 +150,14 @@ func (b *Broker) announce(ctx context.Context, id string, fam *familyRecord, ev 
 // token, unless a re-read after a conflict finds another generation or
 // family (then that state decides the caller's error). It returns the error
 // callers receive.
-func (l *claimLease) revoke(ctx context.Context, reason RevocationReason, detail string) error {
+func (l *claimLease) revoke(ctx context.Context, reason notice.RevocationReason, detail string) error {
 	e, fam := l.e, l.v.fam
 	v, _, err := l.b.revokeFamily(ctx, e, l.v, revocation{reason: reason, detail: detail, auditDetail: detail}, func(cur *view) error {
 		if cur.fam.FamilyID == fam.FamilyID && cur.fam.Status == StatusActive && cur.fam.Generation == fam.Generation {
 			return nil
 		}
 		if cur.fam.Status == StatusActive {
-			return fmt.Errorf("%w: a new token family of %s is active", ErrConflict, e.id)
+			return fmt.Errorf("%w: a new token family of %s is active", brokererr.ErrConflict, e.id)
 		}
 		return reauthRequired(e.id, cur.fam)
 	})
@@ -188,27 +179,27 @@ func (l *claimLease) revoke(ctx context.Context, reason RevocationReason, detail
 func (b *Broker) revokedAlready(ctx context.Context, e *entry, v *view, reason string) (Revocation, error) {
 	res := Revocation{FamilyID: v.fam.FamilyID, Generation: v.fam.Generation, AlreadyRevoked: true}
 	if v.fam.PendingRevocation == "" {
-		if v.fam.RevokedReason == ReasonAdminRevoked {
-			res.ProviderRevocation = ProviderRevocationConfirmed
+		if v.fam.RevokedReason == notice.ReasonAdminRevoked {
+			res.ProviderRevocation = notice.ProviderRevocationConfirmed
 		}
 		return res, nil
 	}
 	res.ProviderRevocation = b.revokeAtProvider(ctx, e, v)
 	outcome := "confirmed"
-	if res.ProviderRevocation == ProviderRevocationUnconfirmed {
+	if res.ProviderRevocation == notice.ProviderRevocationUnconfirmed {
 		outcome = "still unconfirmed"
 	}
 	b.announce(ctx, e.id, v.fam, audit.Event{Action: audit.ActionFamilyRevoked,
-		Reason: string(ReasonAdminRevoked), Detail: reason + " (retried the provider revocation: " + outcome + ")"}, nil)
+		Reason: string(notice.ReasonAdminRevoked), Detail: reason + " (retried the provider revocation: " + outcome + ")"}, nil)
 	return res, nil
 }
 
 // revokeAtProvider presents the revoked family's pending token to the
 // revocation endpoint and, once the provider confirms, forgets it.
-func (b *Broker) revokeAtProvider(ctx context.Context, e *entry, v *view) ProviderRevocation {
+func (b *Broker) revokeAtProvider(ctx context.Context, e *entry, v *view) notice.ProviderRevocation {
 	token := v.fam.PendingRevocation
 	rctx, cancel := context.WithTimeout(ctx, revokeTimeout)
-	err := b.provider.Revoke(rctx, v.cred.Spec.endpoint(), v.cred.Spec.clientCredentials(), token)
+	err := b.provider.Revoke(rctx, v.cred.Spec.Endpoint(), v.cred.Spec.ClientCredentials(), token)
 	cancel()
 	var pe *provider.Error
 	// Salesforce answers 400 invalid_token for a token that is already dead
@@ -216,10 +207,10 @@ func (b *Broker) revokeAtProvider(ctx context.Context, e *entry, v *view) Provid
 	if err != nil && !(errors.As(err, &pe) && pe.Outcome == provider.OutcomeRejected && pe.Code == "invalid_token") {
 		b.log.WarnContext(ctx, "could not revoke the family at the provider; it is revoked in Rotavault, retry RevokeCredential",
 			"credential", e.id, "family", v.fam.FamilyID, "err", err)
-		return ProviderRevocationUnconfirmed
+		return notice.ProviderRevocationUnconfirmed
 	}
 	b.forgetPending(ctx, e, v)
-	return ProviderRevocationConfirmed
+	return notice.ProviderRevocationConfirmed
 }
 
 // forgetPending removes a confirmed-revoked token from the family record.
@@ -251,23 +242,33 @@ func liveToken(fam *familyRecord) string {
 }
 
 // revocationDetail explains a reason in notices and records.
-func revocationDetail(r RevocationReason) string {
+func revocationDetail(r notice.RevocationReason) string {
 	switch r {
-	case ReasonRefreshTokenRejected:
+	case notice.ReasonRefreshTokenRejected:
 		return "the provider refused the refresh token: an old token of this family was reused elsewhere (theft or a legacy client), or it expired or was revoked at the provider"
-	case ReasonLostRotation:
+	case notice.ReasonLostRotation:
 		return "a refresh answer was lost after the provider rotated; with no reuse grace period the family is gone (not theft)"
-	case ReasonClientRejected:
+	case notice.ReasonClientRejected:
 		return "the provider refused the client (secret, user or org no longer valid)"
-	case ReasonCredentialDeleted:
+	case notice.ReasonCredentialDeleted:
 		return "the credential was deleted"
-	case ReasonAdminRevoked:
+	case notice.ReasonAdminRevoked:
 		return "revoked deliberately by an operator or administrator (RevokeCredential)"
-	case ReasonSuperseded:
+	case notice.ReasonSuperseded:
 		return "replaced by a new family"
-	case ReasonRevokedAtProvider:
+	case notice.ReasonRevokedAtProvider:
 		return "the provider reports the refresh token inactive: the family was revoked there (an old token of it reused elsewhere, by theft or a legacy client, or revoked by an admin or user); detected by introspection, without presenting it"
 	default:
 		return ""
 	}
+}
+
+// lostRotationDetail explains a lost rotation by the grace period
+// configured: without one the retry is a reuse; with one, the retry came
+// too late.
+func lostRotationDetail(grace time.Duration) string {
+	if grace <= 0 {
+		return revocationDetail(notice.ReasonLostRotation)
+	}
+	return fmt.Sprintf("a refresh answer was lost after the provider rotated; with a reuse grace period of %s the retry came too late or the provider refused it, and the family is gone (not theft)", grace)
 }

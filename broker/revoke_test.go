@@ -10,6 +10,10 @@ import (
 	"time"
 
 	"github.com/rotavault/rotavault/audit"
+	"github.com/rotavault/rotavault/broker/access"
+	"github.com/rotavault/rotavault/broker/brokererr"
+	"github.com/rotavault/rotavault/broker/credspec"
+	"github.com/rotavault/rotavault/broker/notice"
 	"github.com/rotavault/rotavault/internal/fakeclock"
 	"github.com/rotavault/rotavault/provider"
 	"github.com/rotavault/rotavault/providersim"
@@ -49,7 +53,7 @@ type revokeEnv struct {
 	prov *revokeProvider
 	aud  *recordingAuditor
 	a, b *Broker // two replicas on one store
-	spec Spec
+	spec credspec.Spec
 }
 
 func newRevokeEnv(t *testing.T, st store.Store) *revokeEnv {
@@ -95,7 +99,7 @@ func TestRevokeCredential(t *testing.T) {
 	rt := env.install(ctx, t, st)
 	// Both replicas cache an access token.
 	for _, b := range []*Broker{env.a, env.b} {
-		if _, err := b.GetAccessToken(ctx, TokenRequest{CredentialID: "x"}); err != nil {
+		if _, err := b.GetAccessToken(ctx, access.Request{CredentialID: "x"}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -110,14 +114,14 @@ func TestRevokeCredential(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if res.FamilyID != before.FamilyID || res.Generation != before.Generation || res.ProviderRevocation != ProviderRevocationConfirmed || res.AlreadyRevoked {
+	if res.FamilyID != before.FamilyID || res.Generation != before.Generation || res.ProviderRevocation != notice.ProviderRevocationConfirmed || res.AlreadyRevoked {
 		t.Fatalf("revocation = %+v, family %s gen %d", res, before.FamilyID, before.Generation)
 	}
 	if env.sim.RevokeFamilyOf(rt) {
 		t.Fatal("the refresh token was still live at the provider")
 	}
 	after := storedFamily(ctx, t, st)
-	if after.Status != StatusRevoked || after.RevokedReason != ReasonAdminRevoked || after.RefreshToken != "" || after.PendingRevocation != "" || after.Access != nil {
+	if after.Status != StatusRevoked || after.RevokedReason != notice.ReasonAdminRevoked || after.RefreshToken != "" || after.PendingRevocation != "" || after.Access != nil {
 		t.Fatalf("stored family after revocation: status %s reason %s token kept %v pending %v access %v",
 			after.Status, after.RevokedReason, after.RefreshToken != "", after.PendingRevocation != "", after.Access != nil)
 	}
@@ -125,20 +129,20 @@ func TestRevokeCredential(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if n.Kind != NoticeFamilyRevoked || n.Reason != ReasonAdminRevoked || n.ProviderRevocation != ProviderRevocationConfirmed || n.FamilyID != before.FamilyID {
+	if n.Kind != notice.FamilyRevoked || n.Reason != notice.ReasonAdminRevoked || n.ProviderRevocation != notice.ProviderRevocationConfirmed || n.FamilyID != before.FamilyID {
 		t.Fatalf("notice = %+v", n)
 	}
 	ev, ok := env.aud.last(audit.ActionFamilyRevoked)
-	if !ok || ev.Actor != "ops@example" || ev.Reason != string(ReasonAdminRevoked) || !strings.Contains(ev.Detail, "laptop stolen") {
+	if !ok || ev.Actor != "ops@example" || ev.Reason != string(notice.ReasonAdminRevoked) || !strings.Contains(ev.Detail, "laptop stolen") {
 		t.Fatalf("audit record = %+v", ev)
 	}
 	// The revoking replica drops its cache at once; the other one, whose
 	// cache is fresh, finds out on its next store read. A rejected-token
 	// report (the provider killed the access token too) makes that read.
-	if _, err := env.a.GetAccessToken(ctx, TokenRequest{CredentialID: "x"}); !errors.Is(err, ErrReauthRequired) {
+	if _, err := env.a.GetAccessToken(ctx, access.Request{CredentialID: "x"}); !errors.Is(err, brokererr.ErrReauthRequired) {
 		t.Fatalf("GetAccessToken on the revoking replica: %v, want ErrReauthRequired", err)
 	}
-	if _, err := env.b.GetAccessToken(ctx, TokenRequest{CredentialID: "x", Rejected: &RejectedToken{Generation: before.Generation}}); !errors.Is(err, ErrReauthRequired) {
+	if _, err := env.b.GetAccessToken(ctx, access.Request{CredentialID: "x", Rejected: &access.RejectedToken{Generation: before.Generation}}); !errors.Is(err, brokererr.ErrReauthRequired) {
 		t.Fatalf("GetAccessToken on the other replica: %v, want ErrReauthRequired", err)
 	}
 
@@ -148,7 +152,7 @@ func TestRevokeCredential(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !again.AlreadyRevoked || again.FamilyID != before.FamilyID || again.ProviderRevocation != ProviderRevocationConfirmed {
+	if !again.AlreadyRevoked || again.FamilyID != before.FamilyID || again.ProviderRevocation != notice.ProviderRevocationConfirmed {
 		t.Fatalf("second revocation = %+v", again)
 	}
 	if env.prov.revokes.Load() != revokes {
@@ -163,7 +167,7 @@ func TestRevokeCredential(t *testing.T) {
 	}
 	// Replica A learns of the new family on its next (rate-limited) re-read.
 	env.clk.Add(2 * inactiveRecheck)
-	tok, err := env.a.GetAccessToken(ctx, TokenRequest{CredentialID: "x"})
+	tok, err := env.a.GetAccessToken(ctx, access.Request{CredentialID: "x"})
 	if err != nil || tok.FamilyID != act.FamilyID {
 		t.Fatalf("after reauthentication: %+v %v", tok, err)
 	}
@@ -184,18 +188,18 @@ func TestRevokeCredentialProviderUnreachable(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if res.ProviderRevocation != ProviderRevocationUnconfirmed {
+	if res.ProviderRevocation != notice.ProviderRevocationUnconfirmed {
 		t.Fatalf("revocation = %+v, want unconfirmed", res)
 	}
 	n, err := sub.Next(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if n.Reason != ReasonAdminRevoked || n.ProviderRevocation != ProviderRevocationUnconfirmed || !strings.Contains(n.Detail, "not confirmed") {
+	if n.Reason != notice.ReasonAdminRevoked || n.ProviderRevocation != notice.ProviderRevocationUnconfirmed || !strings.Contains(n.Detail, "not confirmed") {
 		t.Fatalf("notice = %+v", n)
 	}
 	for _, b := range []*Broker{env.a, env.b} {
-		if _, err := b.GetAccessToken(ctx, TokenRequest{CredentialID: "x"}); !errors.Is(err, ErrReauthRequired) {
+		if _, err := b.GetAccessToken(ctx, access.Request{CredentialID: "x"}); !errors.Is(err, brokererr.ErrReauthRequired) {
 			t.Fatalf("GetAccessToken: %v, want ErrReauthRequired", err)
 		}
 	}
@@ -217,7 +221,7 @@ func TestRevokeCredentialProviderUnreachable(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !again.AlreadyRevoked || again.ProviderRevocation != ProviderRevocationConfirmed {
+	if !again.AlreadyRevoked || again.ProviderRevocation != notice.ProviderRevocationConfirmed {
 		t.Fatalf("retry = %+v", again)
 	}
 	if env.sim.RevokeFamilyOf(rt) {
@@ -234,16 +238,16 @@ func TestRevokeCredentialErrors(t *testing.T) {
 	if _, err := env.a.CreateCredential(ctx, "x", env.spec); err != nil {
 		t.Fatal(err)
 	}
-	var inv *InvalidArgumentError
+	var inv *brokererr.InvalidArgumentError
 	for _, reason := range []string{"", strings.Repeat("a", MaxRevocationReasonLen+1), "line\nbreak"} {
 		if _, err := env.a.RevokeCredential(ctx, "x", reason); !errors.As(err, &inv) || inv.Field != "reason" {
 			t.Errorf("reason %q: %v, want an invalid reason", reason, err)
 		}
 	}
-	if _, err := env.a.RevokeCredential(ctx, "nope", "r"); !errors.Is(err, ErrNotFound) {
+	if _, err := env.a.RevokeCredential(ctx, "nope", "r"); !errors.Is(err, brokererr.ErrNotFound) {
 		t.Errorf("unknown credential: %v", err)
 	}
-	if _, err := env.a.RevokeCredential(ctx, "x", "r"); !errors.Is(err, ErrReauthRequired) {
+	if _, err := env.a.RevokeCredential(ctx, "x", "r"); !errors.Is(err, brokererr.ErrReauthRequired) {
 		t.Errorf("no family: %v, want ErrReauthRequired", err)
 	}
 	if env.prov.revokes.Load() != 0 {
@@ -276,22 +280,22 @@ func TestRevokeCredentialWhileAnotherReplicaHoldsTheClaim(t *testing.T) {
 		}}
 	hs.inject(claimed)
 	env.clk.Add(3 * time.Hour)
-	_, err = env.a.GetAccessToken(ctx, TokenRequest{CredentialID: "x"})
+	_, err = env.a.GetAccessToken(ctx, access.Request{CredentialID: "x"})
 	if revokeErr != nil {
 		t.Fatal(revokeErr)
 	}
 	if claimed.hits.Load() == 0 {
 		t.Fatal("A never claimed a refresh")
 	}
-	if !errors.Is(err, ErrReauthRequired) {
+	if !errors.Is(err, brokererr.ErrReauthRequired) {
 		t.Fatalf("A's refresh: %v, want ErrReauthRequired", err)
 	}
 	f := storedFamily(ctx, t, hs.Store)
-	if f.Status != StatusRevoked || f.RevokedReason != ReasonAdminRevoked || f.RefreshToken != "" {
+	if f.Status != StatusRevoked || f.RevokedReason != notice.ReasonAdminRevoked || f.RefreshToken != "" {
 		t.Fatalf("stored family: status %s reason %s", f.Status, f.RevokedReason)
 	}
 	n, err := sub.Next(ctx)
-	if err != nil || n.Reason != ReasonAdminRevoked {
+	if err != nil || n.Reason != notice.ReasonAdminRevoked {
 		t.Fatalf("first notice: %+v %v", n, err)
 	}
 }
@@ -308,21 +312,21 @@ func TestRevokeCredentialDuringARefreshThatSucceeded(t *testing.T) {
 	hook := func() { _, revokeErr = env.b.RevokeCredential(ctx, "x", "revoked mid-refresh") }
 	env.prov.afterRefresh.Store(&hook)
 	env.clk.Add(3 * time.Hour)
-	_, err := env.a.GetAccessToken(ctx, TokenRequest{CredentialID: "x"})
+	_, err := env.a.GetAccessToken(ctx, access.Request{CredentialID: "x"})
 	if revokeErr != nil {
 		t.Fatal(revokeErr)
 	}
 	if env.prov.afterRefresh.Load() != nil {
 		t.Fatal("A never refreshed at the provider")
 	}
-	if !errors.Is(err, ErrReauthRequired) {
+	if !errors.Is(err, brokererr.ErrReauthRequired) {
 		t.Fatalf("A's refresh: %v, want ErrReauthRequired", err)
 	}
 	f := storedFamily(ctx, t, st)
 	if f.Status != StatusRevoked || f.RefreshToken != "" || f.Access != nil {
 		t.Fatalf("the family was resurrected: status %s", f.Status)
 	}
-	if _, err := env.a.GetAccessToken(ctx, TokenRequest{CredentialID: "x"}); !errors.Is(err, ErrReauthRequired) {
+	if _, err := env.a.GetAccessToken(ctx, access.Request{CredentialID: "x"}); !errors.Is(err, brokererr.ErrReauthRequired) {
 		t.Fatalf("GetAccessToken after: %v", err)
 	}
 }

@@ -13,6 +13,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rotavault/rotavault/broker/access"
+	"github.com/rotavault/rotavault/broker/brokererr"
+	"github.com/rotavault/rotavault/broker/credspec"
+	"github.com/rotavault/rotavault/broker/option"
+	"github.com/rotavault/rotavault/broker/pacing"
 	"github.com/rotavault/rotavault/internal/fakeclock"
 	"github.com/rotavault/rotavault/store/memstore"
 )
@@ -42,9 +47,9 @@ func setupShortLived(t *testing.T, expiresIn, configured time.Duration) (*Broker
 	t.Helper()
 	url, refreshes := shortLivedProvider(t, expiresIn)
 	clk := fakeclock.New(time.Now())
-	b := newTestBroker(t, memstore.New(), WithClock(clk.Now), WithSchedulerInterval(time.Hour))
+	b := newTestBroker(t, memstore.New(), option.WithClock(clk.Now), option.WithSchedulerInterval(time.Hour))
 	ctx := context.Background()
-	spec := Spec{ProviderKind: ProviderOAuth2, TokenURL: url, ClientID: "c", ClientSecret: "s", AccessTokenLife: configured}
+	spec := credspec.Spec{ProviderKind: credspec.ProviderOAuth2, TokenURL: url, ClientID: "c", ClientSecret: "s", AccessTokenLife: configured}
 	if _, err := b.CreateCredential(ctx, "x", spec); err != nil {
 		t.Fatal(err)
 	}
@@ -81,7 +86,7 @@ func TestShortLivedTokensCostAtMostTwoRotationsPer200Calls(t *testing.T) {
 			// when the imported token expires.
 			for range calls {
 				clk.Add(life / calls)
-				if _, err := b.GetAccessToken(ctx, TokenRequest{CredentialID: "x"}); err != nil {
+				if _, err := b.GetAccessToken(ctx, access.Request{CredentialID: "x"}); err != nil {
 					t.Fatal(err)
 				}
 			}
@@ -100,7 +105,7 @@ func TestShortLivedTokensCostAtMostTwoRotationsPer200Calls(t *testing.T) {
 			errs := make(chan error, calls)
 			for range calls {
 				wg.Go(func() {
-					if _, err := b.GetAccessToken(ctx, TokenRequest{CredentialID: "x"}); err != nil {
+					if _, err := b.GetAccessToken(ctx, access.Request{CredentialID: "x"}); err != nil {
 						errs <- err
 					}
 				})
@@ -126,13 +131,13 @@ func TestRotationFloorServesTheCurrentTokenAndSaysSo(t *testing.T) {
 	ctx := context.Background()
 	t.Run("current token", func(t *testing.T) {
 		b, clk, refreshes := setupShortLived(t, 5*time.Second, 0)
-		first, err := b.GetAccessToken(ctx, TokenRequest{CredentialID: "x"})
+		first, err := b.GetAccessToken(ctx, access.Request{CredentialID: "x"})
 		if err != nil {
 			t.Fatal(err)
 		}
 		clk.Add(4 * time.Second) // past the 1.25 s margin, before the 5 s floor
 		before := refreshes.Load()
-		tok, err := b.GetAccessToken(ctx, TokenRequest{CredentialID: "x"})
+		tok, err := b.GetAccessToken(ctx, access.Request{CredentialID: "x"})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -151,7 +156,7 @@ func TestRotationFloorServesTheCurrentTokenAndSaysSo(t *testing.T) {
 		}
 		// Once the floor lifts the token is refreshed, and last_error clears.
 		clk.Add(time.Second)
-		tok, err = b.GetAccessToken(ctx, TokenRequest{CredentialID: "x"})
+		tok, err = b.GetAccessToken(ctx, access.Request{CredentialID: "x"})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -164,7 +169,7 @@ func TestRotationFloorServesTheCurrentTokenAndSaysSo(t *testing.T) {
 	})
 	t.Run("min_remaining between half and three quarters", func(t *testing.T) {
 		b, clk, refreshes := setupShortLived(t, time.Hour, 0)
-		req := TokenRequest{CredentialID: "x", MinRemaining: 40 * time.Minute}
+		req := access.Request{CredentialID: "x", MinRemaining: 40 * time.Minute}
 		first, err := b.GetAccessToken(ctx, req)
 		if err != nil {
 			t.Fatal(err)
@@ -195,9 +200,9 @@ func TestRotationFloorServesTheCurrentTokenAndSaysSo(t *testing.T) {
 		b, clk, refreshes := setupShortLived(t, 2*time.Second, 0)
 		clk.Add(3 * time.Second) // expired, 2 s before the 5 s floor lifts
 		before := refreshes.Load()
-		_, err := b.GetAccessToken(ctx, TokenRequest{CredentialID: "x"})
-		var ue *UnavailableError
-		if !errors.As(err, &ue) || ue.RetryAfter != 2*time.Second || !errors.Is(err, errRotationFloor) {
+		_, err := b.GetAccessToken(ctx, access.Request{CredentialID: "x"})
+		var ue *brokererr.UnavailableError
+		if !errors.As(err, &ue) || ue.RetryAfter != 2*time.Second || !errors.Is(err, pacing.ErrRotationFloor) {
 			t.Fatalf("err = %v, want UNAVAILABLE for 2s naming the rotation floor", err)
 		}
 		if refreshes.Load() != before {
@@ -217,11 +222,11 @@ func TestExpiryMarginAndRotationInterval(t *testing.T) {
 		{40 * time.Second, 10 * time.Second, 20 * time.Second},
 		{time.Hour, 10 * time.Second, 30 * time.Minute},
 	} {
-		if m := expiryMargin(10*time.Second, c.life); m != c.margin {
-			t.Errorf("expiryMargin(10s, %s) = %s, want %s", c.life, m, c.margin)
+		if m := pacing.ExpiryMargin(10*time.Second, c.life); m != c.margin {
+			t.Errorf("pacing.ExpiryMargin(10s, %s) = %s, want %s", c.life, m, c.margin)
 		}
-		if i := rotationInterval(c.life); i != c.interval {
-			t.Errorf("rotationInterval(%s) = %s, want %s", c.life, i, c.interval)
+		if i := pacing.RotationInterval(c.life); i != c.interval {
+			t.Errorf("pacing.RotationInterval(%s) = %s, want %s", c.life, i, c.interval)
 		}
 	}
 }

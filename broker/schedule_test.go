@@ -6,6 +6,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rotavault/rotavault/broker/access"
+	"github.com/rotavault/rotavault/broker/credspec"
+	"github.com/rotavault/rotavault/broker/internal/schedule"
+	"github.com/rotavault/rotavault/broker/option"
 	"github.com/rotavault/rotavault/internal/fakeclock"
 	"github.com/rotavault/rotavault/internal/poll"
 	"github.com/rotavault/rotavault/provider"
@@ -19,13 +23,13 @@ func installUsed(t *testing.T, b *Broker, ts *tokenServer, n int) {
 	ctx := context.Background()
 	for i := range n {
 		id := fmt.Sprintf("cred-%d", i)
-		if _, err := b.CreateCredential(ctx, id, Spec{ProviderKind: ProviderOAuth2, TokenURL: ts.URL, ClientID: "c"}); err != nil {
+		if _, err := b.CreateCredential(ctx, id, credspec.Spec{ProviderKind: credspec.ProviderOAuth2, TokenURL: ts.URL, ClientID: "c"}); err != nil {
 			t.Fatal(err)
 		}
 		if _, err := b.ImportRefreshToken(ctx, id, "rt-0"); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := b.GetAccessToken(ctx, TokenRequest{CredentialID: id}); err != nil {
+		if _, err := b.GetAccessToken(ctx, access.Request{CredentialID: id}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -39,22 +43,22 @@ func TestSchedulerRefreshesWhenTheirTimeComesWithoutScanning(t *testing.T) {
 	const n = 10
 	clk := fakeclock.New(time.Now())
 	// The background scheduler stays out of the way: the test ticks.
-	b := newTestBroker(t, memstore.New(), WithClock(clk.Now), WithSchedulerInterval(time.Hour))
+	b := newTestBroker(t, memstore.New(), option.WithClock(clk.Now), option.WithSchedulerInterval(time.Hour))
 	ts := startTokenServer(t, time.Hour)
 	installUsed(t, b, ts, n)
 	before := ts.served.Load()
 
-	sched := newSchedule()
-	slots := &refreshSlots{perEndpoint: make(map[string]int)}
+	sched := schedule.New[*entry]()
+	slots := schedule.NewSlots(maxScheduledRefreshes, maxScheduledPerEndpoint)
 	ctx := t.Context()
 	b.refreshDue(ctx, slots, sched)
 	if got := ts.served.Load() - before; got != 0 {
 		t.Fatalf("%d refreshes before any token was due", got)
 	}
-	if len(sched.timers) != n {
-		t.Fatalf("the sweep placed %d credentials in the timer heap, want %d", len(sched.timers), n)
+	if sched.Timed() != n {
+		t.Fatalf("the sweep placed %d credentials in the timer heap, want %d", sched.Timed(), n)
 	}
-	sched.sweep = 0
+	sched.Sweep = 0
 	clk.Add(time.Hour)
 	// Four slots per token endpoint: the others follow on later ticks.
 	poll.Until(t, 10*time.Second, fmt.Sprintf("%d scheduled refreshes", n), func() bool {
@@ -68,12 +72,12 @@ func TestSchedulerRefreshesWhenTheirTimeComesWithoutScanning(t *testing.T) {
 // families whose tokens have an hour left, every other one in use. None is
 // due.
 func seedIdleEntries(b *Broker, n int) {
-	now := b.opts.now()
+	now := b.opts.Now()
 	b.entriesMu.Lock()
 	defer b.entriesMu.Unlock()
 	for i := range n {
 		id := fmt.Sprintf("cred-%d", i)
-		cred := &credentialRecord{Format: recordFormat, ID: id, Spec: Spec{ProviderKind: ProviderOAuth2, TokenURL: "https://provider.test/token", ClientID: "c"}}
+		cred := &credentialRecord{Format: recordFormat, ID: id, Spec: credspec.Spec{ProviderKind: credspec.ProviderOAuth2, TokenURL: "https://provider.test/token", ClientID: "c"}}
 		fam := &familyRecord{Format: recordFormat, Status: StatusActive, Generation: 1, StartedAt: now, LastRefreshAt: now,
 			Access: &accessToken{Token: "at", Type: "Bearer", IssuedAt: now, ExpiresAt: now.Add(time.Hour)}}
 		e := &entry{id: id}
@@ -90,27 +94,27 @@ func seedIdleEntries(b *Broker, n int) {
 func BenchmarkSchedulerTick(b *testing.B) {
 	perTick := func(n int) float64 {
 		br, err := New(context.Background(), Config{Store: memstore.New(), Provider: provider.New(nil), Auditor: &recordingAuditor{}},
-			WithSchedulerInterval(time.Hour))
+			option.WithSchedulerInterval(time.Hour))
 		if err != nil {
 			b.Fatal(err)
 		}
 		defer br.Close()
 		seedIdleEntries(br, n)
-		sched := newSchedule()
-		slots := &refreshSlots{perEndpoint: make(map[string]int)}
+		sched := schedule.New[*entry]()
+		slots := schedule.NewSlots(maxScheduledRefreshes, maxScheduledPerEndpoint)
 		ctx := context.Background()
-		for range n/sched.sweep + 1 { // every credential placed once
+		for range n/sched.Sweep + 1 { // every credential placed once
 			br.refreshDue(ctx, slots, sched)
 		}
-		if len(sched.timers) != n {
-			b.Fatalf("%d of %d credentials in the timer heap", len(sched.timers), n)
+		if sched.Timed() != n {
+			b.Fatalf("%d of %d credentials in the timer heap", sched.Timed(), n)
 		}
 		start := time.Now()
 		for range b.N {
 			br.refreshDue(ctx, slots, sched)
 		}
-		if slots.total != 0 {
-			b.Fatalf("%d refreshes started; none was due", slots.total)
+		if n := slots.InFlight(); n != 0 {
+			b.Fatalf("%d refreshes started; none was due", n)
 		}
 		return float64(time.Since(start).Nanoseconds()) / float64(b.N)
 	}

@@ -3,8 +3,10 @@ package broker
 import (
 	"context"
 	"net/url"
-	"sync"
 	"time"
+
+	"github.com/rotavault/rotavault/broker/internal/schedule"
+	"github.com/rotavault/rotavault/broker/pacing"
 )
 
 // Proactive refresh: a token someone uses is refreshed shortly before it
@@ -21,12 +23,6 @@ const (
 	maxScheduledPerEndpoint = 4
 	scheduledFailureWait    = 30 * time.Second
 )
-
-// refreshAhead is how long before expiry a used token is refreshed: a tenth
-// of its life, between 1s and 5m.
-func refreshAhead(life time.Duration) time.Duration {
-	return min(max(life/10, time.Second), 5*time.Minute)
-}
 
 // nextRefresh says when the scheduler refreshes a view's family, assuming its
 // token is in use; zero when it never will.
@@ -47,9 +43,9 @@ func (b *Broker) accessDue(v *view) time.Time {
 		return v.fam.LastRefreshAt // an imported token whose first refresh failed: now
 	}
 	life := tokenLife(v.fam)
-	due := a.ExpiresAt.Add(-refreshAhead(a.ExpiresAt.Sub(a.IssuedAt)) - expiryMargin(b.opts.expiryDelta, life))
+	due := a.ExpiresAt.Add(-pacing.RefreshAhead(a.ExpiresAt.Sub(a.IssuedAt)) - pacing.ExpiryMargin(b.opts.Refresh.ExpiryDelta, life))
 	// Never sooner than the rotation floor allows (see rotationInterval).
-	if floor := v.fam.LastRefreshAt.Add(rotationInterval(life)); !v.fam.LastRefreshAt.IsZero() && floor.After(due) {
+	if floor := v.fam.LastRefreshAt.Add(pacing.RotationInterval(life)); !v.fam.LastRefreshAt.IsZero() && floor.After(due) {
 		due = floor
 	}
 	return due
@@ -83,10 +79,10 @@ func (b *Broker) due(e *entry, v *view, now time.Time) bool {
 }
 
 func (b *Broker) runScheduler(ctx context.Context) {
-	t := time.NewTicker(b.opts.schedulerInterval)
+	t := time.NewTicker(b.opts.Schedule.Interval)
 	defer t.Stop()
-	slots := &refreshSlots{perEndpoint: make(map[string]int)}
-	sched := newSchedule()
+	slots := schedule.NewSlots(maxScheduledRefreshes, maxScheduledPerEndpoint)
+	sched := schedule.New[*entry]()
 	for {
 		select {
 		case <-ctx.Done():
@@ -97,98 +93,37 @@ func (b *Broker) runScheduler(ctx context.Context) {
 	}
 }
 
-// refreshSlots counts scheduled refreshes in flight, in all and per token
-// endpoint. The scheduler takes slots; the refreshes give them back.
-type refreshSlots struct {
-	mu          sync.Mutex
-	total       int
-	perEndpoint map[string]int
-}
-
-// take reserves a slot at endpoint, or reports that none is free: then
-// the credential waits for a later tick, and the pass goes on to the
-// others instead of blocking behind a provider that does not answer.
-func (s *refreshSlots) take(endpoint string) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.total >= maxScheduledRefreshes || s.perEndpoint[endpoint] >= maxScheduledPerEndpoint {
-		return false
-	}
-	s.total++
-	s.perEndpoint[endpoint]++
-	return true
-}
-
-func (s *refreshSlots) give(endpoint string) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.total--
-	if s.perEndpoint[endpoint]--; s.perEndpoint[endpoint] <= 0 {
-		delete(s.perEndpoint, endpoint)
-	}
-}
-
 // endpointOf names a credential's token endpoint by scheme and host (with
 // port): the unit a hanging provider takes down.
 func endpointOf(v *view) string {
-	u, err := url.Parse(v.cred.Spec.endpoint().TokenURL)
+	u, err := url.Parse(v.cred.Spec.Endpoint().TokenURL)
 	if err != nil {
 		return ""
 	}
 	return u.Scheme + "://" + u.Host
 }
 
-// refreshDue starts the refreshes that are due. It looks at the
-// credentials whose time in the schedule has come, those it meant to look
-// at again on this tick, and a sweep of at most sweepPerTick others — not
-// at every credential, so that a tick with nothing due costs the same at
-// 100,000 credentials as at 1,000.
-func (b *Broker) refreshDue(schedCtx context.Context, slots *refreshSlots, sched *schedule) {
-	now := b.opts.now()
-	sched.tick++
-	// Taken first: what this tick defers goes to the next one.
-	soon := sched.soon
-	sched.soon = nil
-	for len(sched.timers) > 0 && !sched.timers[0].at.After(now) {
-		it := sched.timers[0]
-		sched.setTime(it, time.Time{})
-		if !b.check(schedCtx, slots, sched, it.e, now, false) {
-			return
-		}
-	}
-	for _, e := range soon {
-		if !b.check(schedCtx, slots, sched, e, now, false) {
-			return
-		}
-	}
-	fresh := sched.next >= len(sched.ring)
-	if fresh {
-		sched.ring, sched.next = b.snapshotEntries(), 0
-	}
-	end := min(sched.next+sched.sweep, len(sched.ring))
-	for _, e := range sched.ring[sched.next:end] {
-		if !b.check(schedCtx, slots, sched, e, now, fresh) {
-			return
-		}
-	}
-	sched.next = end
+// refreshDue starts the refreshes that are due (see schedule.Tick).
+func (b *Broker) refreshDue(schedCtx context.Context, slots *schedule.Slots, sched *schedule.Schedule[*entry]) {
+	now := b.opts.Now()
+	sched.Tick(now, b.snapshotEntries, func(e *entry, listed bool) bool {
+		return b.check(schedCtx, slots, sched, e, now, listed)
+	})
 }
 
 // check starts e's refresh if it is due and places e in the schedule
 // again; listed says e was taken from the broker's entries on this tick,
 // so it need not be looked up again. It reports false when the scheduler
 // is to stop.
-func (b *Broker) check(schedCtx context.Context, slots *refreshSlots, sched *schedule, e *entry, now time.Time, listed bool) bool {
+func (b *Broker) check(schedCtx context.Context, slots *schedule.Slots, sched *schedule.Schedule[*entry], e *entry, now time.Time, listed bool) bool {
 	if schedCtx.Err() != nil {
 		return false
 	}
-	it := sched.item(e)
-	if it.seen == sched.tick {
+	if !sched.FirstLook(e) {
 		return true
 	}
-	it.seen = sched.tick
 	if !listed && !b.holds(e) {
-		sched.forget(it)
+		sched.Forget(e)
 		return true
 	}
 	v := e.view.Load()
@@ -199,42 +134,42 @@ func (b *Broker) check(schedCtx context.Context, slots *refreshSlots, sched *sch
 	e.mu.Unlock()
 	switch {
 	case busy:
-		sched.soon = append(sched.soon, e)
+		sched.Soon(e)
 		return true
 	case now.Before(retryAt):
-		sched.setTime(it, retryAt)
+		sched.At(e, retryAt)
 		return true
 	case !held && !b.due(e, v, now):
 		if at, soon := b.nextCheck(e, v, now); soon {
-			sched.soon = append(sched.soon, e)
+			sched.Soon(e)
 		} else {
-			sched.setTime(it, at)
+			sched.At(e, at)
 		}
 		return true
 	}
 	// Due: look again on the next tick, when the refresh is in flight or
 	// done, or a slot may be free.
-	sched.soon = append(sched.soon, e)
+	sched.Soon(e)
 	endpoint := endpointOf(v)
-	if !slots.take(endpoint) {
+	if !slots.Take(endpoint) {
 		return true
 	}
 	started := b.goTracked(func() {
-		defer slots.give(endpoint)
+		defer slots.Give(endpoint)
 		need := func(v *view) bool {
-			return e.rescue.Load() != nil || b.due(e, v, b.opts.now())
+			return e.rescue.Load() != nil || b.due(e, v, b.opts.Now())
 		}
-		ctx, cancel := context.WithTimeout(b.ctx, b.opts.refreshTimeout)
+		ctx, cancel := context.WithTimeout(b.ctx, b.opts.Refresh.Timeout)
 		defer cancel()
 		if _, err := b.refresh(ctx, e, need); err != nil {
 			e.mu.Lock()
-			e.retryAt = b.opts.now().Add(scheduledFailureWait)
+			e.retryAt = b.opts.Now().Add(scheduledFailureWait)
 			e.mu.Unlock()
 			b.log.WarnContext(ctx, "scheduled refresh failed", "credential", e.id, "err", err)
 		}
 	})
 	if !started {
-		slots.give(endpoint)
+		slots.Give(endpoint)
 		return false
 	}
 	return true

@@ -10,6 +10,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rotavault/rotavault/broker/access"
+	"github.com/rotavault/rotavault/broker/credspec"
+	"github.com/rotavault/rotavault/broker/option"
 	"github.com/rotavault/rotavault/internal/fakeclock"
 	"github.com/rotavault/rotavault/internal/poll"
 	"github.com/rotavault/rotavault/store/memstore"
@@ -56,18 +59,18 @@ func TestHangingProviderDoesNotDelayOthers(t *testing.T) {
 	const tick = 5 * time.Second // the default scheduler interval
 	ctx := context.Background()
 	clk := fakeclock.New(time.Now())
-	b := newTestBroker(t, memstore.New(), WithClock(clk.Now), WithSchedulerInterval(tick))
+	b := newTestBroker(t, memstore.New(), option.WithClock(clk.Now), option.WithSchedulerInterval(tick))
 	hanging := startTokenServer(t, time.Hour)
 	healthy := startTokenServer(t, 2*time.Hour)
 	install := func(id string, srv *tokenServer) {
 		t.Helper()
-		if _, err := b.CreateCredential(ctx, id, Spec{ProviderKind: ProviderOAuth2, TokenURL: srv.URL, ClientID: "c"}); err != nil {
+		if _, err := b.CreateCredential(ctx, id, credspec.Spec{ProviderKind: credspec.ProviderOAuth2, TokenURL: srv.URL, ClientID: "c"}); err != nil {
 			t.Fatal(err)
 		}
 		if _, err := b.ImportRefreshToken(ctx, id, "rt-0"); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := b.GetAccessToken(ctx, TokenRequest{CredentialID: id}); err != nil { // in use: refreshed ahead
+		if _, err := b.GetAccessToken(ctx, access.Request{CredentialID: id}); err != nil { // in use: refreshed ahead
 			t.Fatal(err)
 		}
 	}

@@ -6,6 +6,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rotavault/rotavault/broker/credspec"
+	"github.com/rotavault/rotavault/broker/option"
 	"github.com/rotavault/rotavault/internal/fakeclock"
 	"github.com/rotavault/rotavault/internal/poll"
 	"github.com/rotavault/rotavault/providersim"
@@ -33,7 +35,7 @@ func TestImportWithTheProviderUnreachableIsStoredUnproven(t *testing.T) {
 	ctx := context.Background()
 	clk := fakeclock.New(time.Now())
 	sim := startSim(t, providersim.Config{Now: clk.Now})
-	b := newTestBroker(t, memstore.New(), replicaOpts(clk, WithSchedulerInterval(10*time.Millisecond))...)
+	b := newTestBroker(t, memstore.New(), replicaOpts(clk, option.WithSchedulerInterval(10*time.Millisecond))...)
 	spec := simSpec(sim)
 	spec.BaseURL = closedURL(t)
 	if _, err := b.CreateCredential(ctx, "x", spec); err != nil {
@@ -49,7 +51,7 @@ func TestImportWithTheProviderUnreachableIsStoredUnproven(t *testing.T) {
 	}
 	// The provider is reachable again (here: the right URL); nobody imports
 	// or calls: the scheduler proves the token.
-	if _, err := b.UpdateCredential(ctx, "x", []SpecField{FieldBaseURL}, Spec{BaseURL: sim.URL()}); err != nil {
+	if _, err := b.UpdateCredential(ctx, "x", []credspec.Field{credspec.FieldBaseURL}, credspec.Spec{BaseURL: sim.URL()}); err != nil {
 		t.Fatal(err)
 	}
 	// A scheduled attempt still running against the old URL when the clock

@@ -7,6 +7,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rotavault/rotavault/broker/access"
+	"github.com/rotavault/rotavault/broker/credspec"
+	"github.com/rotavault/rotavault/broker/option"
 	"github.com/rotavault/rotavault/internal/vaulttest"
 	"github.com/rotavault/rotavault/provider"
 	"github.com/rotavault/rotavault/providersim"
@@ -48,7 +51,7 @@ func benchBrokerOver(b *testing.B, st store.Store) (*Broker, *faultStore, []stri
 	b.Cleanup(func() { _ = sim.Close() })
 	sim.AddClient(providersim.Client{ID: "bench", Secret: "bench-secret"})
 	count := &faultStore{Store: st}
-	br, err := New(ctx, Config{Store: count, Provider: provider.New(nil), Auditor: &recordingAuditor{}}, WithSchedulerInterval(time.Hour))
+	br, err := New(ctx, Config{Store: count, Provider: provider.New(nil), Auditor: &recordingAuditor{}}, option.WithSchedulerInterval(time.Hour))
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -56,7 +59,7 @@ func benchBrokerOver(b *testing.B, st store.Store) (*Broker, *faultStore, []stri
 	ids := make([]string, benchWorkers)
 	for i := range ids {
 		ids[i] = fmt.Sprintf("bench-%d", i)
-		spec := Spec{ProviderKind: ProviderSalesforce, BaseURL: sim.URL(), ClientID: "bench", ClientSecret: "bench-secret", Scopes: []string{"api", "refresh_token"}}
+		spec := credspec.Spec{ProviderKind: credspec.ProviderSalesforce, BaseURL: sim.URL(), ClientID: "bench", ClientSecret: "bench-secret", Scopes: []string{"api", "refresh_token"}}
 		if _, err := br.CreateCredential(ctx, ids[i], spec); err != nil {
 			b.Fatal(err)
 		}
@@ -174,7 +177,7 @@ func BenchmarkVaultCachedVsReadEveryCall(b *testing.B) {
 	vb := setupVaultBench(b)
 	ctx := context.Background()
 	cached := func(w int) error {
-		_, err := vb.b.GetAccessToken(ctx, TokenRequest{CredentialID: vb.ids[w]})
+		_, err := vb.b.GetAccessToken(ctx, access.Request{CredentialID: vb.ids[w]})
 		return err
 	}
 	readEvery := func(w int) error {

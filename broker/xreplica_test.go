@@ -7,6 +7,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rotavault/rotavault/broker/access"
+	"github.com/rotavault/rotavault/broker/brokererr"
+	"github.com/rotavault/rotavault/broker/credspec"
+	"github.com/rotavault/rotavault/broker/option"
 	"github.com/rotavault/rotavault/internal/fakeclock"
 	"github.com/rotavault/rotavault/providersim"
 	"github.com/rotavault/rotavault/store"
@@ -26,18 +30,18 @@ func startSim(t *testing.T, cfg providersim.Config) *providersim.Server {
 }
 
 // simSpec is a Salesforce credential of the simulator's client.
-func simSpec(sim *providersim.Server) Spec {
-	return Spec{ProviderKind: ProviderSalesforce, BaseURL: sim.URL(), ClientID: "c", ClientSecret: "s", Scopes: []string{"api", "refresh_token"}}
+func simSpec(sim *providersim.Server) credspec.Spec {
+	return credspec.Spec{ProviderKind: credspec.ProviderSalesforce, BaseURL: sim.URL(), ClientID: "c", ClientSecret: "s", Scopes: []string{"api", "refresh_token"}}
 }
 
 // replicaOpts run a replica on clk with the scheduler and periodic
 // introspection out of the way and fast retries; extra options come last and
 // win.
-func replicaOpts(clk *fakeclock.Clock, extra ...Option) []Option {
-	return append([]Option{WithClock(clk.Now), WithSchedulerInterval(time.Hour), WithRetryBase(time.Millisecond), WithIntrospectionInterval(0)}, extra...)
+func replicaOpts(clk *fakeclock.Clock, extra ...option.Option) []option.Option {
+	return append([]option.Option{option.WithClock(clk.Now), option.WithSchedulerInterval(time.Hour), option.WithRetryBase(time.Millisecond), option.WithIntrospectionInterval(0)}, extra...)
 }
 
-func setup(t *testing.T, st store.Store, clk *fakeclock.Clock) (*providersim.Server, []*Broker, Spec) {
+func setup(t *testing.T, st store.Store, clk *fakeclock.Clock) (*providersim.Server, []*Broker, credspec.Spec) {
 	sim := startSim(t, providersim.Config{Now: clk.Now})
 	var bs []*Broker
 	for i := 0; i < 2; i++ {
@@ -70,7 +74,7 @@ func TestLostResultAnswerIsNotMistakenForALostRace(t *testing.T) {
 	}}
 	hs.inject(replayed)
 	clk.Add(3 * time.Hour)
-	_, err := a.GetAccessToken(ctx, TokenRequest{CredentialID: "x"})
+	_, err := a.GetAccessToken(ctx, access.Request{CredentialID: "x"})
 	t.Logf("first refresh: %v", err)
 	if replayed.hits.Load() != 1 {
 		t.Fatal("the result write was never replayed")
@@ -78,9 +82,9 @@ func TestLostResultAnswerIsNotMistakenForALostRace(t *testing.T) {
 	f := storedFamily(ctx, t, hs.Store)
 	t.Logf("stored: gen %d status %s; provider: %+v", f.Generation, f.Status, sim.Stats())
 	clk.Add(3 * time.Hour)
-	_, err = bs[1].GetAccessToken(ctx, TokenRequest{CredentialID: "x"})
+	_, err = bs[1].GetAccessToken(ctx, access.Request{CredentialID: "x"})
 	t.Logf("next refresh on replica B: %v", err)
-	if errors.Is(err, ErrReauthRequired) {
+	if errors.Is(err, brokererr.ErrReauthRequired) {
 		t.Fatalf("family lost after a successful, stored rotation: %v", err)
 	}
 }
@@ -114,7 +118,7 @@ func TestRecreatedCredentialIsNotOverwrittenByAStaleReplica(t *testing.T) {
 		t.Fatal(err)
 	}
 	clk.Add(3 * time.Hour)
-	_, err = a.GetAccessToken(ctx, TokenRequest{CredentialID: "x"})
+	_, err = a.GetAccessToken(ctx, access.Request{CredentialID: "x"})
 	t.Logf("A (stale cache) refresh: %v", err)
 	f := storedFamily(ctx, t, st)
 	t.Logf("stored family %s (new one was %s) status %s reason %s", f.FamilyID, act.FamilyID, f.Status, f.RevokedReason)
@@ -147,7 +151,7 @@ func TestHeldRotationIsDroppedAfterATakeover(t *testing.T) {
 	}
 	up := fs.inject(&fault{op: "put", prefix: "families/", match: familyWrites(false), fail: errStoreDown})
 	clk.Add(3 * time.Hour)
-	_, err := a.GetAccessToken(ctx, TokenRequest{CredentialID: "x"})
+	_, err := a.GetAccessToken(ctx, access.Request{CredentialID: "x"})
 	ea, eerr := a.entry(ctx, "x")
 	if eerr != nil {
 		t.Fatal(eerr)
@@ -159,11 +163,11 @@ func TestHeldRotationIsDroppedAfterATakeover(t *testing.T) {
 	}
 	up()
 	clk.Add(time.Minute) // past A's claim deadline
-	tb, err := b.GetAccessToken(ctx, TokenRequest{CredentialID: "x"})
+	tb, err := b.GetAccessToken(ctx, access.Request{CredentialID: "x"})
 	t.Logf("B takeover: gen %d err %v; sim %+v", tb.Generation, err, sim.Stats())
 	for i := 0; i < 3; i++ {
 		clk.Add(3 * time.Hour)
-		_, err = a.GetAccessToken(ctx, TokenRequest{CredentialID: "x"})
+		_, err = a.GetAccessToken(ctx, access.Request{CredentialID: "x"})
 		t.Logf("A later: %v", err)
 	}
 	if err != nil {
@@ -183,8 +187,8 @@ func TestStressTwoReplicas(t *testing.T) {
 		// shorter than the claim margin, and a clock jumping past a claim's
 		// deadline while its holder's refresh is in flight would test a
 		// takeover, not concurrent callers.
-		bs = append(bs, newTestBroker(t, st, replicaOpts(clk, WithSchedulerInterval(10*time.Millisecond), WithRejectionInterval(0),
-			WithClaimTiming(10*time.Minute, 4*time.Minute))...))
+		bs = append(bs, newTestBroker(t, st, replicaOpts(clk, option.WithSchedulerInterval(10*time.Millisecond), option.WithRejectionInterval(0),
+			option.WithClaimTiming(10*time.Minute, 4*time.Minute))...))
 	}
 	spec := simSpec(sim)
 	spec.AccessTokenLife = 30 * time.Second // a rotation every few steps
@@ -209,11 +213,11 @@ func TestStressTwoReplicas(t *testing.T) {
 						return
 					default:
 					}
-					tok, err := b.GetAccessToken(ctx, TokenRequest{CredentialID: "x"})
+					tok, err := b.GetAccessToken(ctx, access.Request{CredentialID: "x"})
 					if err == nil && g%5 == 0 {
-						_, err = b.GetAccessToken(ctx, TokenRequest{CredentialID: "x", Rejected: &RejectedToken{Fingerprint: tok.Fingerprint}})
+						_, err = b.GetAccessToken(ctx, access.Request{CredentialID: "x", Rejected: &access.RejectedToken{Fingerprint: tok.Fingerprint}})
 					}
-					if err != nil && errors.Is(err, ErrReauthRequired) {
+					if err != nil && errors.Is(err, brokererr.ErrReauthRequired) {
 						t.Errorf("reauth: %v", err)
 						return
 					}

@@ -14,7 +14,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	"github.com/rotavault/rotavault/broker"
+	"github.com/rotavault/rotavault/broker/option"
 	"github.com/rotavault/rotavault/client"
 	rotavaultv1 "github.com/rotavault/rotavault/gen/rotavault/v1"
 	"github.com/rotavault/rotavault/providersim"
@@ -126,7 +126,7 @@ func TestCachedTokenStopsAtUseUntil(t *testing.T) {
 	// The broker's use_until is 2m30s before expiry (its expiry delta,
 	// capped at a quarter of the 10-minute tokens); the Client's own
 	// margin is 1s, so only use_until can stop the cache in between.
-	e := newEnv(t, broker.WithExpiryDelta(5*time.Minute))
+	e := newEnv(t, option.WithExpiryDelta(5*time.Minute))
 	if err := e.install(ctxT(t), "acme"); err != nil {
 		t.Fatal(err)
 	}

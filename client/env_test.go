@@ -18,6 +18,7 @@ import (
 
 	"github.com/rotavault/rotavault/audit"
 	"github.com/rotavault/rotavault/broker"
+	"github.com/rotavault/rotavault/broker/option"
 	"github.com/rotavault/rotavault/client"
 	rotavaultv1 "github.com/rotavault/rotavault/gen/rotavault/v1"
 	"github.com/rotavault/rotavault/internal/node"
@@ -52,7 +53,7 @@ type env struct {
 	store *memstore.Store
 	dir   string
 	addr  string
-	opts  []broker.Option
+	opts  []option.Option
 	// limits are the server's (zero: its defaults).
 	limits server.Limits
 
@@ -72,12 +73,12 @@ type env struct {
 
 // startEnv starts a node; Close stops it. Examples use it directly, tests
 // through newEnv.
-func startEnv(brokerOpts ...broker.Option) (*env, error) {
+func startEnv(brokerOpts ...option.Option) (*env, error) {
 	return startEnvWith(server.Limits{}, brokerOpts...)
 }
 
 // startEnvWith is startEnv with the server's limits set.
-func startEnvWith(limits server.Limits, brokerOpts ...broker.Option) (*env, error) {
+func startEnvWith(limits server.Limits, brokerOpts ...option.Option) (*env, error) {
 	dir, err := os.MkdirTemp("", "rotavault-client-")
 	if err != nil {
 		return nil, err
@@ -117,7 +118,7 @@ func startEnvWith(limits server.Limits, brokerOpts ...broker.Option) (*env, erro
 }
 
 // newEnv is startEnv for a test, stopped at its end.
-func newEnv(t testing.TB, brokerOpts ...broker.Option) *env {
+func newEnv(t testing.TB, brokerOpts ...option.Option) *env {
 	t.Helper()
 	e, err := startEnv(brokerOpts...)
 	if err != nil {
@@ -142,8 +143,8 @@ func (e *env) startNode(prepare func(*broker.Broker) error) (err error) {
 	if err != nil {
 		return err
 	}
-	opts := append([]broker.Option{
-		broker.WithClock(e.clock.now), broker.WithRetryBase(5 * time.Millisecond), broker.WithSchedulerInterval(time.Hour),
+	opts := append([]option.Option{
+		option.WithClock(e.clock.now), option.WithRetryBase(5 * time.Millisecond), option.WithSchedulerInterval(time.Hour),
 	}, e.opts...)
 	b, err := n.NewBroker(ctx, broker.Config{Store: e.store, Provider: n.NewProvider(), Auditor: al}, opts...)
 	if err != nil {

@@ -10,6 +10,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/rotavault/rotavault/broker"
+	"github.com/rotavault/rotavault/broker/option"
 	"github.com/rotavault/rotavault/client"
 	rotavaultv1 "github.com/rotavault/rotavault/gen/rotavault/v1"
 )
@@ -145,7 +146,7 @@ func TestWatchResumesAfterRestart(t *testing.T) {
 		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			e := newEnv(t, broker.WithNoticeRetention(tc.retention))
+			e := newEnv(t, option.WithNoticeRetention(tc.retention))
 			if err := e.install(ctxT(t), "acme"); err != nil {
 				t.Fatal(err)
 			}
@@ -200,7 +201,7 @@ func TestWithoutRevocationWatch(t *testing.T) {
 // only when resuming cannot help — here, a cursor the notice log no longer
 // holds.
 func TestWatchFollowsAndEndsOnExpiredCursor(t *testing.T) {
-	e := newEnv(t, broker.WithNoticeRetention(1))
+	e := newEnv(t, option.WithNoticeRetention(1))
 	if err := e.install(ctxT(t), "acme"); err != nil {
 		t.Fatal(err)
 	}

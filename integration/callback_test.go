@@ -13,7 +13,7 @@ import (
 
 	"google.golang.org/grpc/codes"
 
-	"github.com/rotavault/rotavault/broker"
+	"github.com/rotavault/rotavault/broker/option"
 	rotavaultv1 "github.com/rotavault/rotavault/gen/rotavault/v1"
 	"github.com/rotavault/rotavault/internal/vaulttest"
 	"github.com/rotavault/rotavault/providersim"
@@ -33,7 +33,7 @@ func callbackListener(t *testing.T) (net.Listener, string) {
 
 // withCallback configures brokers with the server's own callback URL.
 func withCallback(o envOptions, callbackURL string) envOptions {
-	o.brokerOpts = append(o.brokerOpts, broker.WithCallbackURL(callbackURL))
+	o.brokerOpts = append(o.brokerOpts, option.WithCallbackURL(callbackURL))
 	return o
 }
 

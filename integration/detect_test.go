@@ -8,7 +8,7 @@ import (
 
 	"google.golang.org/grpc/codes"
 
-	"github.com/rotavault/rotavault/broker"
+	"github.com/rotavault/rotavault/broker/option"
 	rotavaultv1 "github.com/rotavault/rotavault/gen/rotavault/v1"
 	"github.com/rotavault/rotavault/internal/fositeserver"
 	"github.com/rotavault/rotavault/internal/poll"
@@ -27,7 +27,7 @@ const detectInterval = 200 * time.Millisecond
 // REAUTHENTICATION_REQUIRED.
 func TestEarlyDetection(t *testing.T) {
 	t.Run("periodic introspection, Salesforce simulator", func(t *testing.T) {
-		e := newEnv(t, envOptions{brokerOpts: []broker.Option{broker.WithIntrospectionInterval(detectInterval)}})
+		e := newEnv(t, envOptions{brokerOpts: []option.Option{option.WithIntrospectionInterval(detectInterval)}})
 		old := e.installSalesforce("acme")
 		stream, _ := e.watch(ctxT(t), "", "acme")
 		first := e.token("acme")
@@ -65,7 +65,7 @@ func TestEarlyDetection(t *testing.T) {
 	})
 
 	t.Run("periodic introspection, ory/fosite", func(t *testing.T) {
-		e := newEnv(t, envOptions{brokerOpts: []broker.Option{broker.WithIntrospectionInterval(detectInterval)}})
+		e := newEnv(t, envOptions{brokerOpts: []option.Option{option.WithIntrospectionInterval(detectInterval)}})
 		fs, old := withFositeIntrospection(t, e, "hydra", fositeserver.Config{AccessTokenLifespan: accessLifetime})
 		stream, _ := e.watch(ctxT(t), "", "hydra")
 		first := e.token("hydra")
@@ -95,7 +95,7 @@ func TestEarlyDetection(t *testing.T) {
 	})
 
 	t.Run("periodic introspection leaves a live fosite family alone", func(t *testing.T) {
-		e := newEnv(t, envOptions{brokerOpts: []broker.Option{broker.WithIntrospectionInterval(detectInterval)}})
+		e := newEnv(t, envOptions{brokerOpts: []option.Option{option.WithIntrospectionInterval(detectInterval)}})
 		fs, _ := withFositeIntrospection(t, e, "hydra", fositeserver.Config{AccessTokenLifespan: accessLifetime})
 		first := e.token("hydra")
 		refreshes := fs.Stats().RefreshRequests
@@ -118,7 +118,7 @@ func TestEarlyDetection(t *testing.T) {
 // 1.1 × interval plus one tick of interval/60 plus round trips), and the
 // share of it spent delivering the notice after detection.
 func BenchmarkDetectionDelay(b *testing.B) {
-	e := newEnv(b, envOptions{brokerOpts: []broker.Option{broker.WithIntrospectionInterval(detectInterval)}})
+	e := newEnv(b, envOptions{brokerOpts: []option.Option{option.WithIntrospectionInterval(detectInterval)}})
 	e.installSalesforce("acme")
 	stream, _ := e.watch(ctxT(b), "", "acme")
 	var total, delivery time.Duration

@@ -16,7 +16,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/fieldmaskpb"
 
-	"github.com/rotavault/rotavault/broker"
+	"github.com/rotavault/rotavault/broker/option"
 	rotavaultv1 "github.com/rotavault/rotavault/gen/rotavault/v1"
 	"github.com/rotavault/rotavault/internal/vaulttest"
 	"github.com/rotavault/rotavault/providersim"
@@ -31,7 +31,7 @@ const deviceInterval = time.Second
 // replicas take a dead or stopped poller's flows over quickly.
 func deviceOptions(o envOptions) envOptions {
 	o.sim.DeviceInterval = deviceInterval
-	o.brokerOpts = append(o.brokerOpts, broker.WithFlowTiming(100*time.Millisecond, time.Second))
+	o.brokerOpts = append(o.brokerOpts, option.WithFlowTiming(100*time.Millisecond, time.Second))
 	return o
 }
 

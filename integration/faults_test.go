@@ -13,6 +13,9 @@ import (
 	"google.golang.org/protobuf/types/known/fieldmaskpb"
 
 	"github.com/rotavault/rotavault/broker"
+	"github.com/rotavault/rotavault/broker/access"
+	"github.com/rotavault/rotavault/broker/brokererr"
+	"github.com/rotavault/rotavault/broker/option"
 	rotavaultv1 "github.com/rotavault/rotavault/gen/rotavault/v1"
 	"github.com/rotavault/rotavault/provider"
 	"github.com/rotavault/rotavault/providersim"
@@ -48,7 +51,7 @@ func TestStoreOutageAfterRotationLosesNothing(t *testing.T) {
 	e.start()
 	fs := &failingStore{Store: e.store}
 	b, err := broker.New(context.Background(), broker.Config{Store: fs, Provider: provider.New(nil), Auditor: e.audit},
-		broker.WithClock(e.clock.now), broker.WithRetryBase(time.Millisecond), broker.WithSchedulerInterval(time.Hour))
+		option.WithClock(e.clock.now), option.WithRetryBase(time.Millisecond), option.WithSchedulerInterval(time.Hour))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -59,9 +62,9 @@ func TestStoreOutageAfterRotationLosesNothing(t *testing.T) {
 	fs.passes.Store(1)
 	fs.broken.Store(true)
 	e.expire()
-	_, err = b.GetAccessToken(ctxT(t), broker.TokenRequest{CredentialID: "acme"})
-	var unavailable *broker.UnavailableError
-	if !errors.As(err, &unavailable) || unavailable.Component != broker.ComponentStore {
+	_, err = b.GetAccessToken(ctxT(t), access.Request{CredentialID: "acme"})
+	var unavailable *brokererr.UnavailableError
+	if !errors.As(err, &unavailable) || unavailable.Component != brokererr.ComponentStore {
 		t.Fatalf("during the outage: %v, want the store unavailable", err)
 	}
 	rotations := e.sim.Stats().Rotations
@@ -72,12 +75,12 @@ func TestStoreOutageAfterRotationLosesNothing(t *testing.T) {
 
 	// Still down: callers keep getting UNAVAILABLE, and the older refresh
 	// token is never presented again.
-	_, err = b.GetAccessToken(ctxT(t), broker.TokenRequest{CredentialID: "acme"})
+	_, err = b.GetAccessToken(ctxT(t), access.Request{CredentialID: "acme"})
 	if !errors.As(err, &unavailable) {
 		t.Fatalf("second call during the outage: %v", err)
 	}
 	fs.broken.Store(false)
-	tok, err := b.GetAccessToken(ctxT(t), broker.TokenRequest{CredentialID: "acme"})
+	tok, err := b.GetAccessToken(ctxT(t), access.Request{CredentialID: "acme"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -151,7 +154,7 @@ func TestProviderOutageIsRetriedAndNeverRevokes(t *testing.T) {
 }
 
 func TestIdleFamilyIsRefreshedBeforeIdleTimeout(t *testing.T) {
-	e := newEnv(t, envOptions{brokerOpts: []broker.Option{broker.WithSchedulerInterval(20 * time.Millisecond)}})
+	e := newEnv(t, envOptions{brokerOpts: []option.Option{option.WithSchedulerInterval(20 * time.Millisecond)}})
 	e.installSalesforce("idle", func(s *rotavaultv1.CredentialSpec) { s.RefreshTokenIdleTimeout = durationpb.New(time.Hour) })
 	before := e.sim.Stats().RefreshRequests
 	// Nobody asks for a token; half the idle timeout passes.
@@ -213,7 +216,7 @@ func TestClientSecretRotationKeepsFamily(t *testing.T) {
 }
 
 func TestUsedTokenIsRefreshedAheadOfExpiry(t *testing.T) {
-	e := newEnv(t, envOptions{brokerOpts: []broker.Option{broker.WithSchedulerInterval(20 * time.Millisecond)}})
+	e := newEnv(t, envOptions{brokerOpts: []option.Option{option.WithSchedulerInterval(20 * time.Millisecond)}})
 	e.installSalesforce("busy")
 	first := e.token("busy") // in use
 	target := e.sim.Stats().TokenRequests + 1

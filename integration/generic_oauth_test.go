@@ -10,7 +10,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/fieldmaskpb"
 
-	"github.com/rotavault/rotavault/broker"
+	"github.com/rotavault/rotavault/broker/option"
 	rotavaultv1 "github.com/rotavault/rotavault/gen/rotavault/v1"
 	"github.com/rotavault/rotavault/internal/fositeserver"
 	"github.com/rotavault/rotavault/providersim"
@@ -69,7 +69,7 @@ func TestFositeExpiresInDrivesExpiryAndProactiveRefresh(t *testing.T) {
 		fositeLife     = 7 * time.Minute
 		configuredLife = time.Hour // what a provider without expires_in would get
 	)
-	e := newEnv(t, envOptions{brokerOpts: []broker.Option{broker.WithSchedulerInterval(10 * time.Millisecond)}})
+	e := newEnv(t, envOptions{brokerOpts: []option.Option{option.WithSchedulerInterval(10 * time.Millisecond)}})
 	fs, _ := withFositeCredential(t, e, "okta", fositeserver.Config{AccessTokenLifespan: fositeLife},
 		func(_ *fositeserver.Server, s *rotavaultv1.CredentialSpec) {
 			s.AccessTokenLifetime = durationpb.New(configuredLife)

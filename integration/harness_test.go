@@ -22,6 +22,7 @@ import (
 	"github.com/rotavault/rotavault/audit"
 	"github.com/rotavault/rotavault/boltstore"
 	"github.com/rotavault/rotavault/broker"
+	"github.com/rotavault/rotavault/broker/option"
 	rotavaultv1 "github.com/rotavault/rotavault/gen/rotavault/v1"
 	"github.com/rotavault/rotavault/internal/node"
 	"github.com/rotavault/rotavault/internal/syncbuf"
@@ -53,7 +54,7 @@ func (c *testClock) advance(d time.Duration) { c.offset.Add(int64(d)) }
 
 type envOptions struct {
 	sim        providersim.Config
-	brokerOpts []broker.Option
+	brokerOpts []option.Option
 	// vault, when set, keeps the node's records in this Vault server (KV v2
 	// with check-and-set) instead of the embedded store, with a token that
 	// has only the policy in deploy/.
@@ -142,12 +143,12 @@ func (e *env) start() {
 	if err != nil {
 		t.Fatal(err)
 	}
-	opts := append([]broker.Option{
-		broker.WithClock(e.clock.now), broker.WithLogger(logger),
-		broker.WithRetryBase(5 * time.Millisecond), broker.WithSchedulerInterval(time.Hour),
+	opts := append([]option.Option{
+		option.WithClock(e.clock.now), option.WithLogger(logger),
+		option.WithRetryBase(5 * time.Millisecond), option.WithSchedulerInterval(time.Hour),
 		// Periodic introspection would race tests that jump the clock past a
 		// revocation; detect_test.go turns it on.
-		broker.WithIntrospectionInterval(0),
+		option.WithIntrospectionInterval(0),
 	}, e.opts.brokerOpts...)
 	brokerStore := st
 	if e.opts.wrapStore != nil {

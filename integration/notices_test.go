@@ -6,7 +6,7 @@ import (
 
 	"google.golang.org/grpc/codes"
 
-	"github.com/rotavault/rotavault/broker"
+	"github.com/rotavault/rotavault/broker/option"
 	rotavaultv1 "github.com/rotavault/rotavault/gen/rotavault/v1"
 	"github.com/rotavault/rotavault/server"
 )
@@ -76,7 +76,7 @@ func TestExpiredCursorIsOutOfRange(t *testing.T) {
 	_, start := e.watch(ctxT(t), "")
 	e.stop()
 	// Restart with a log that keeps a single notice, then push two more.
-	e.opts.brokerOpts = append(e.opts.brokerOpts, broker.WithNoticeRetention(1))
+	e.opts.brokerOpts = append(e.opts.brokerOpts, option.WithNoticeRetention(1))
 	e.start()
 	e.revokeByTheft("alpha")
 	rt, err := e.sim.IssueRefreshToken(simClientID, nil)

@@ -42,7 +42,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/rotavault/rotavault/broker"
+	"github.com/rotavault/rotavault/broker/option"
 	rotavaultv1 "github.com/rotavault/rotavault/gen/rotavault/v1"
 	"github.com/rotavault/rotavault/internal/syncbuf"
 	"github.com/rotavault/rotavault/providersim"
@@ -200,7 +200,7 @@ func runPolyglotClient(t *testing.T, root string, c polyglotClient, prepared str
 	// capped at a quarter of the 10-minute tokens): earlier than the
 	// clients' own margin (1 minute), so only use_until can set when their
 	// caches let the token go.
-	e := newEnv(t, envOptions{brokerOpts: []broker.Option{broker.WithExpiryDelta(5 * time.Minute)}})
+	e := newEnv(t, envOptions{brokerOpts: []option.Option{option.WithExpiryDelta(5 * time.Minute)}})
 	id := "polyglot-" + c.name
 	scopes := []string{"api", "refresh_token"}
 	cfg := map[string]any{"server": e.conn.Target(), "credential_id": id,

@@ -18,7 +18,7 @@ import (
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"go.opentelemetry.io/otel/trace"
 
-	"github.com/rotavault/rotavault/broker"
+	brokerspans "github.com/rotavault/rotavault/broker/spans"
 	"github.com/rotavault/rotavault/internal/poll"
 	"github.com/rotavault/rotavault/server"
 	"github.com/rotavault/rotavault/tracing"
@@ -70,8 +70,8 @@ func TestTracingSpanTreeOfOneRotation(t *testing.T) {
 	if rpc.SpanKind != trace.SpanKindServer || rpc.Parent.IsValid() {
 		t.Fatalf("gRPC span: kind %v, parent %v; want a root server span", rpc.SpanKind, rpc.Parent)
 	}
-	refresh := one(broker.SpanRefresh)
-	claim := one(broker.SpanClaim)
+	refresh := one(brokerspans.Refresh)
+	claim := one(brokerspans.Claim)
 	childOf := func(what string, s, parent tracetest.SpanStub) {
 		t.Helper()
 		if s.Parent.SpanID() != parent.SpanContext.SpanID() || s.SpanContext.TraceID() != rpc.SpanContext.TraceID() {
@@ -80,8 +80,8 @@ func TestTracingSpanTreeOfOneRotation(t *testing.T) {
 	}
 	childOf("refresh", refresh, rpc)
 	childOf("claim", claim, refresh)
-	wantAttrs(t, refresh, map[string]string{broker.AttrCredentialID: "acme", broker.AttrOutcome: "ok", broker.AttrGeneration: fmt.Sprint(resp.GetGeneration())})
-	wantAttrs(t, claim, map[string]string{broker.AttrCredentialID: "acme", broker.AttrOutcome: "claimed"})
+	wantAttrs(t, refresh, map[string]string{brokerspans.AttrCredentialID: "acme", brokerspans.AttrOutcome: "ok", brokerspans.AttrGeneration: fmt.Sprint(resp.GetGeneration())})
+	wantAttrs(t, claim, map[string]string{brokerspans.AttrCredentialID: "acme", brokerspans.AttrOutcome: "claimed"})
 
 	var providerCalls, claimWrites, resultWrites int
 	for _, s := range spans {

@@ -17,6 +17,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/rotavault/rotavault/broker"
+	"github.com/rotavault/rotavault/broker/credspec"
+	"github.com/rotavault/rotavault/broker/stats"
 	"github.com/rotavault/rotavault/internal/version"
 	"github.com/rotavault/rotavault/provider"
 	"github.com/rotavault/rotavault/store"
@@ -61,9 +63,17 @@ func (m *Metrics) Handler() http.Handler {
 // Registry is where further collectors go.
 func (m *Metrics) Registry() *prometheus.Registry { return m.reg }
 
+// BrokerStats is what the metrics read of the rotation logic at each
+// scrape; *broker.Broker is one.
+type BrokerStats interface {
+	Stats() stats.Stats
+	SubscriberCount() int
+	CountCredentials(ctx context.Context) (map[broker.Status]int, error)
+}
+
 // WatchBroker registers the broker's counters, read from b.Stats at each
 // scrape.
-func (m *Metrics) WatchBroker(b *broker.Broker) {
+func (m *Metrics) WatchBroker(b BrokerStats) {
 	m.reg.MustRegister(&brokerCollector{b: b})
 }
 
@@ -109,7 +119,7 @@ var (
 		"When this replica last read the shared notice log successfully (0: never); the store's health as this replica sees it.", nil, nil)
 )
 
-type brokerCollector struct{ b *broker.Broker }
+type brokerCollector struct{ b BrokerStats }
 
 func (c *brokerCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{refreshesDesc, refreshFailuresDesc, revocationsDesc, cacheHitsDesc, cacheMissesDesc, rotationsHeldBackDesc, cutoffWaitsDesc, offScheduleDesc, discoveriesDesc, discoveryFailuresDesc, claimWaitsDesc, subscribersDesc, droppedDesc, noticeLogDesc, credentialsDesc} {
@@ -273,7 +283,7 @@ func (t *timedProvider) PollDeviceToken(ctx context.Context, ep provider.Endpoin
 // Discover fetches an issuer's metadata when the wrapped provider can (see
 // broker.Discoverer).
 func (t *timedProvider) Discover(ctx context.Context, issuer string) (m provider.Metadata, err error) {
-	d, ok := t.p.(broker.Discoverer)
+	d, ok := t.p.(credspec.Discoverer)
 	if !ok {
 		return provider.Metadata{}, errors.New("metrics: the wrapped provider client cannot discover metadata")
 	}

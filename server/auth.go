@@ -19,7 +19,7 @@ import (
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
-	"github.com/rotavault/rotavault/broker"
+	"github.com/rotavault/rotavault/broker/authflow"
 	rotavaultv1 "github.com/rotavault/rotavault/gen/rotavault/v1"
 )
 
@@ -307,7 +307,7 @@ func (a *Auth) authorizeUnary(ctx context.Context, req any, info *grpc.UnaryServ
 	if info.FullMethod == rotavaultv1.TokenVaultService_Reauthenticate_FullMethodName && a.isAdmin(ctx) {
 		// Only an admin, who could configure a credential's scopes
 		// anyway, may start a flow asking for others.
-		ctx = broker.WithScopeWidening(ctx)
+		ctx = authflow.WithScopeWidening(ctx)
 	}
 	return handler(ctx, req)
 }

@@ -35,6 +35,7 @@ import (
 
 	"github.com/rotavault/rotavault/audit"
 	"github.com/rotavault/rotavault/broker"
+	"github.com/rotavault/rotavault/broker/option"
 	rotavaultv1 "github.com/rotavault/rotavault/gen/rotavault/v1"
 	"github.com/rotavault/rotavault/provider"
 	"github.com/rotavault/rotavault/providersim"
@@ -201,7 +202,7 @@ func newAuthEnv(t testing.TB, opts authEnvOptions) *authEnv {
 		t.Fatal(err)
 	}
 	b, err := broker.New(context.Background(), broker.Config{Store: memstore.New(), Provider: provider.New(nil), Auditor: e.auditor},
-		broker.WithLogger(log), broker.WithSchedulerInterval(time.Hour))
+		option.WithLogger(log), option.WithSchedulerInterval(time.Hour))
 	if err != nil {
 		t.Fatal(err)
 	}

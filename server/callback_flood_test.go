@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/rotavault/rotavault/broker"
+	"github.com/rotavault/rotavault/broker/option"
 	"github.com/rotavault/rotavault/provider"
 	"github.com/rotavault/rotavault/store"
 	"github.com/rotavault/rotavault/store/memstore"
@@ -34,7 +35,7 @@ func (s *flowReadCountingStore) Get(ctx context.Context, key string) (store.Reco
 func TestCallbackFloodIsBoundedBeforeTheStore(t *testing.T) {
 	st := &flowReadCountingStore{Store: memstore.New()}
 	b, err := broker.New(context.Background(), broker.Config{Store: st, Provider: provider.New(nil), Auditor: &recordingAuditor{}},
-		broker.WithSchedulerInterval(time.Hour), broker.WithIntrospectionInterval(0))
+		option.WithSchedulerInterval(time.Hour), option.WithIntrospectionInterval(0))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/rotavault/rotavault/broker"
+	"github.com/rotavault/rotavault/broker/option"
 	"github.com/rotavault/rotavault/provider"
 	"github.com/rotavault/rotavault/store/memstore"
 )
@@ -20,7 +21,7 @@ import (
 func callbackServer(t *testing.T, proxies ...netip.Prefix) *httptest.Server {
 	t.Helper()
 	b, err := broker.New(context.Background(), broker.Config{Store: memstore.New(), Provider: provider.New(nil), Auditor: &recordingAuditor{}},
-		broker.WithSchedulerInterval(time.Hour), broker.WithIntrospectionInterval(0))
+		option.WithSchedulerInterval(time.Hour), option.WithIntrospectionInterval(0))
 	if err != nil {
 		t.Fatal(err)
 	}

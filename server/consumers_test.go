@@ -21,6 +21,9 @@ import (
 
 	"github.com/rotavault/rotavault/boltstore"
 	"github.com/rotavault/rotavault/broker"
+	"github.com/rotavault/rotavault/broker/catalog"
+	"github.com/rotavault/rotavault/broker/credspec"
+	"github.com/rotavault/rotavault/broker/option"
 	rotavaultv1 "github.com/rotavault/rotavault/gen/rotavault/v1"
 	"github.com/rotavault/rotavault/provider"
 	"github.com/rotavault/rotavault/providersim"
@@ -93,7 +96,7 @@ func newCatalogEnvWith(t *testing.T, configure func(*Config)) *catalogEnv {
 	sim.AddClient(providersim.Client{ID: simClient, Secret: simSecret})
 	e.sim = sim
 	b, err := broker.New(context.Background(), broker.Config{Store: e.store, Provider: provider.New(nil), Auditor: e.auditor},
-		broker.WithSchedulerInterval(time.Hour))
+		option.WithSchedulerInterval(time.Hour))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -137,7 +140,7 @@ func (e *catalogEnv) dial() *grpc.ClientConn {
 func (e *catalogEnv) install(id string) {
 	e.t.Helper()
 	ctx := testCtx(e.t)
-	if _, err := e.broker.CreateCredential(ctx, id, broker.Spec{ProviderKind: broker.ProviderSalesforce, BaseURL: e.sim.URL(),
+	if _, err := e.broker.CreateCredential(ctx, id, credspec.Spec{ProviderKind: credspec.ProviderSalesforce, BaseURL: e.sim.URL(),
 		ClientID: simClient, ClientSecret: simSecret, Scopes: []string{"api", "refresh_token"}, AccessTokenLife: time.Hour}); err != nil {
 		e.t.Fatal(err)
 	}
@@ -308,12 +311,12 @@ func TestFlushIssuanceConcurrentCalls(t *testing.T) {
 func TestListConsumersPaging(t *testing.T) {
 	e := newCatalogEnv(t)
 	now := time.Now()
-	var uses []broker.ConsumerUse
+	var uses []catalog.Use
 	var want []string
 	for _, cred := range []string{"cred-a", "cred-b", "cred-c"} {
 		e.install(cred)
 		for _, id := range []string{"spiffe://rotavault.test/ns/b/sa/x", "a.rotavault.test", "spiffe://rotavault.test/ns/a/sa/y"} {
-			uses = append(uses, broker.ConsumerUse{CredentialID: cred, Identity: id, FirstSeen: now, LastSeen: now, Count: 1})
+			uses = append(uses, catalog.Use{CredentialID: cred, Identity: id, FirstSeen: now, LastSeen: now, Count: 1})
 		}
 		want = append(want, cred+" a.rotavault.test", cred+" spiffe://rotavault.test/ns/a/sa/y", cred+" spiffe://rotavault.test/ns/b/sa/x")
 	}

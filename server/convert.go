@@ -7,6 +7,11 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/rotavault/rotavault/broker"
+	"github.com/rotavault/rotavault/broker/access"
+	"github.com/rotavault/rotavault/broker/authflow"
+	"github.com/rotavault/rotavault/broker/credspec"
+	"github.com/rotavault/rotavault/broker/detect"
+	"github.com/rotavault/rotavault/broker/notice"
 	rotavaultv1 "github.com/rotavault/rotavault/gen/rotavault/v1"
 )
 
@@ -25,7 +30,7 @@ func durationOrNil(d time.Duration) *durationpb.Duration {
 }
 
 // accessTokenToProto is the answer to GetAccessToken.
-func accessTokenToProto(tok *broker.AccessToken) *rotavaultv1.GetAccessTokenResponse {
+func accessTokenToProto(tok *access.Token) *rotavaultv1.GetAccessTokenResponse {
 	return &rotavaultv1.GetAccessTokenResponse{
 		AccessToken:          tok.Token,
 		TokenType:            tok.Type,
@@ -41,24 +46,24 @@ func accessTokenToProto(tok *broker.AccessToken) *rotavaultv1.GetAccessTokenResp
 	}
 }
 
-func rejectedOutcomeToProto(o broker.RejectedOutcome) rotavaultv1.RejectedTokenOutcome {
+func rejectedOutcomeToProto(o access.RejectedOutcome) rotavaultv1.RejectedTokenOutcome {
 	switch o {
-	case broker.RejectedStale:
+	case access.RejectedStale:
 		return rotavaultv1.RejectedTokenOutcome_REJECTED_TOKEN_OUTCOME_STALE_REPORT
-	case broker.RejectedNoChange:
+	case access.RejectedNoChange:
 		return rotavaultv1.RejectedTokenOutcome_REJECTED_TOKEN_OUTCOME_NO_CHANGE
-	case broker.RejectedReplaced:
+	case access.RejectedReplaced:
 		return rotavaultv1.RejectedTokenOutcome_REJECTED_TOKEN_OUTCOME_TOKEN_REPLACED
 	default:
 		return rotavaultv1.RejectedTokenOutcome_REJECTED_TOKEN_OUTCOME_UNSPECIFIED
 	}
 }
 
-func specFromProto(p *rotavaultv1.CredentialSpec) broker.Spec {
+func specFromProto(p *rotavaultv1.CredentialSpec) credspec.Spec {
 	if p == nil {
-		return broker.Spec{}
+		return credspec.Spec{}
 	}
-	return broker.Spec{
+	return credspec.Spec{
 		ProviderKind:     providerKindFromProto(p.GetProviderKind()),
 		BaseURL:          p.GetBaseUrl(),
 		TokenURL:         p.GetTokenUrl(),
@@ -80,70 +85,70 @@ func specFromProto(p *rotavaultv1.CredentialSpec) broker.Spec {
 	}
 }
 
-func previousAccessFromProto(m rotavaultv1.PreviousAccessToken) broker.PreviousAccess {
+func previousAccessFromProto(m rotavaultv1.PreviousAccessToken) credspec.PreviousAccess {
 	switch m {
 	case rotavaultv1.PreviousAccessToken_PREVIOUS_ACCESS_TOKEN_REVOKED:
-		return broker.PreviousAccessRevoked
+		return credspec.PreviousAccessRevoked
 	case rotavaultv1.PreviousAccessToken_PREVIOUS_ACCESS_TOKEN_KEPT:
-		return broker.PreviousAccessKept
+		return credspec.PreviousAccessKept
 	case rotavaultv1.PreviousAccessToken_PREVIOUS_ACCESS_TOKEN_UNSPECIFIED:
-		return broker.PreviousAccessDefault
+		return credspec.PreviousAccessDefault
 	default:
 		return "unknown" // refused by the broker's validation
 	}
 }
 
-func previousAccessToProto(m broker.PreviousAccess) rotavaultv1.PreviousAccessToken {
+func previousAccessToProto(m credspec.PreviousAccess) rotavaultv1.PreviousAccessToken {
 	switch m {
-	case broker.PreviousAccessRevoked:
+	case credspec.PreviousAccessRevoked:
 		return rotavaultv1.PreviousAccessToken_PREVIOUS_ACCESS_TOKEN_REVOKED
-	case broker.PreviousAccessKept:
+	case credspec.PreviousAccessKept:
 		return rotavaultv1.PreviousAccessToken_PREVIOUS_ACCESS_TOKEN_KEPT
 	default:
 		return rotavaultv1.PreviousAccessToken_PREVIOUS_ACCESS_TOKEN_UNSPECIFIED
 	}
 }
 
-func clientAuthFromProto(m rotavaultv1.ClientAuthMethod) broker.ClientAuthMethod {
+func clientAuthFromProto(m rotavaultv1.ClientAuthMethod) credspec.ClientAuthMethod {
 	switch m {
 	case rotavaultv1.ClientAuthMethod_CLIENT_AUTH_METHOD_CLIENT_SECRET_POST:
-		return broker.ClientAuthSecretPost
+		return credspec.ClientAuthSecretPost
 	case rotavaultv1.ClientAuthMethod_CLIENT_AUTH_METHOD_CLIENT_SECRET_BASIC:
-		return broker.ClientAuthSecretBasic
+		return credspec.ClientAuthSecretBasic
 	case rotavaultv1.ClientAuthMethod_CLIENT_AUTH_METHOD_UNSPECIFIED:
-		return broker.ClientAuthDefault
+		return credspec.ClientAuthDefault
 	default:
 		return -1 // refused by the broker's validation
 	}
 }
 
-func clientAuthToProto(m broker.ClientAuthMethod) rotavaultv1.ClientAuthMethod {
+func clientAuthToProto(m credspec.ClientAuthMethod) rotavaultv1.ClientAuthMethod {
 	switch m {
-	case broker.ClientAuthSecretPost:
+	case credspec.ClientAuthSecretPost:
 		return rotavaultv1.ClientAuthMethod_CLIENT_AUTH_METHOD_CLIENT_SECRET_POST
-	case broker.ClientAuthSecretBasic:
+	case credspec.ClientAuthSecretBasic:
 		return rotavaultv1.ClientAuthMethod_CLIENT_AUTH_METHOD_CLIENT_SECRET_BASIC
 	default:
 		return rotavaultv1.ClientAuthMethod_CLIENT_AUTH_METHOD_UNSPECIFIED
 	}
 }
 
-func providerKindFromProto(k rotavaultv1.ProviderKind) broker.ProviderKind {
+func providerKindFromProto(k rotavaultv1.ProviderKind) credspec.ProviderKind {
 	switch k {
 	case rotavaultv1.ProviderKind_PROVIDER_KIND_SALESFORCE:
-		return broker.ProviderSalesforce
+		return credspec.ProviderSalesforce
 	case rotavaultv1.ProviderKind_PROVIDER_KIND_OAUTH2:
-		return broker.ProviderOAuth2
+		return credspec.ProviderOAuth2
 	default:
-		return broker.ProviderUnspecified
+		return credspec.ProviderUnspecified
 	}
 }
 
-func providerKindToProto(k broker.ProviderKind) rotavaultv1.ProviderKind {
+func providerKindToProto(k credspec.ProviderKind) rotavaultv1.ProviderKind {
 	switch k {
-	case broker.ProviderSalesforce:
+	case credspec.ProviderSalesforce:
 		return rotavaultv1.ProviderKind_PROVIDER_KIND_SALESFORCE
-	case broker.ProviderOAuth2:
+	case credspec.ProviderOAuth2:
 		return rotavaultv1.ProviderKind_PROVIDER_KIND_OAUTH2
 	default:
 		return rotavaultv1.ProviderKind_PROVIDER_KIND_UNSPECIFIED
@@ -151,7 +156,7 @@ func providerKindToProto(k broker.ProviderKind) rotavaultv1.ProviderKind {
 }
 
 // specToProto never sets client_secret.
-func specToProto(s broker.Spec) *rotavaultv1.CredentialSpec {
+func specToProto(s credspec.Spec) *rotavaultv1.CredentialSpec {
 	return &rotavaultv1.CredentialSpec{
 		ProviderKind:            providerKindToProto(s.ProviderKind),
 		BaseUrl:                 s.BaseURL,
@@ -172,7 +177,7 @@ func specToProto(s broker.Spec) *rotavaultv1.CredentialSpec {
 	}
 }
 
-func discoveredToProto(d *broker.DiscoveredMetadata) *rotavaultv1.DiscoveredMetadata {
+func discoveredToProto(d *credspec.DiscoveredMetadata) *rotavaultv1.DiscoveredMetadata {
 	if d == nil {
 		return nil
 	}
@@ -186,18 +191,18 @@ func discoveredToProto(d *broker.DiscoveredMetadata) *rotavaultv1.DiscoveredMeta
 	}
 }
 
-func earlyDetectionToProto(s broker.EarlyDetectionState, detail string) *rotavaultv1.EarlyDetection {
+func earlyDetectionToProto(s detect.State, detail string) *rotavaultv1.EarlyDetection {
 	var st rotavaultv1.EarlyDetectionState
 	switch s {
-	case broker.EarlyDetectionActive:
+	case detect.StateActive:
 		st = rotavaultv1.EarlyDetectionState_EARLY_DETECTION_STATE_ACTIVE
-	case broker.EarlyDetectionDisabled:
+	case detect.StateDisabled:
 		st = rotavaultv1.EarlyDetectionState_EARLY_DETECTION_STATE_DISABLED
-	case broker.EarlyDetectionNoEndpoint:
+	case detect.StateNoEndpoint:
 		st = rotavaultv1.EarlyDetectionState_EARLY_DETECTION_STATE_NO_INTROSPECTION_ENDPOINT
-	case broker.EarlyDetectionNoFamily:
+	case detect.StateNoFamily:
 		st = rotavaultv1.EarlyDetectionState_EARLY_DETECTION_STATE_NO_FAMILY
-	case broker.EarlyDetectionWaiting:
+	case detect.StateWaiting:
 		st = rotavaultv1.EarlyDetectionState_EARLY_DETECTION_STATE_WAITING_FOR_ACCESS_TOKEN
 	}
 	return &rotavaultv1.EarlyDetection{State: st, Detail: detail}
@@ -218,21 +223,21 @@ func statusToProto(s broker.Status) rotavaultv1.CredentialStatus {
 	}
 }
 
-func reasonToProto(r broker.RevocationReason) rotavaultv1.RevocationReason {
+func reasonToProto(r notice.RevocationReason) rotavaultv1.RevocationReason {
 	switch r {
-	case broker.ReasonRefreshTokenRejected:
+	case notice.ReasonRefreshTokenRejected:
 		return rotavaultv1.RevocationReason_REVOCATION_REASON_REFRESH_TOKEN_REJECTED
-	case broker.ReasonLostRotation:
+	case notice.ReasonLostRotation:
 		return rotavaultv1.RevocationReason_REVOCATION_REASON_LOST_ROTATION
-	case broker.ReasonClientRejected:
+	case notice.ReasonClientRejected:
 		return rotavaultv1.RevocationReason_REVOCATION_REASON_CLIENT_REJECTED
-	case broker.ReasonAdmin:
+	case notice.ReasonAdmin:
 		return rotavaultv1.RevocationReason_REVOCATION_REASON_ADMIN
-	case broker.ReasonSuperseded:
+	case notice.ReasonSuperseded:
 		return rotavaultv1.RevocationReason_REVOCATION_REASON_SUPERSEDED
-	case broker.ReasonAdminRevoked:
+	case notice.ReasonAdminRevoked:
 		return rotavaultv1.RevocationReason_REVOCATION_REASON_ADMIN_REVOKED
-	case broker.ReasonRevokedAtProvider:
+	case notice.ReasonRevokedAtProvider:
 		return rotavaultv1.RevocationReason_REVOCATION_REASON_REVOKED_AT_PROVIDER
 	default:
 		return rotavaultv1.RevocationReason_REVOCATION_REASON_UNSPECIFIED
@@ -261,9 +266,9 @@ func credentialToProto(c broker.Credential) *rotavaultv1.Credential {
 	}
 }
 
-func noticeToProto(n broker.Notice) *rotavaultv1.Notice {
+func noticeToProto(n notice.Notice) *rotavaultv1.Notice {
 	kind := rotavaultv1.NoticeKind_NOTICE_KIND_FAMILY_REVOKED
-	if n.Kind == broker.NoticeFamilyActivated {
+	if n.Kind == notice.FamilyActivated {
 		kind = rotavaultv1.NoticeKind_NOTICE_KIND_FAMILY_ACTIVATED
 	}
 	return &rotavaultv1.Notice{
@@ -280,18 +285,18 @@ func noticeToProto(n broker.Notice) *rotavaultv1.Notice {
 	}
 }
 
-func providerRevocationToProto(p broker.ProviderRevocation) rotavaultv1.ProviderRevocation {
+func providerRevocationToProto(p notice.ProviderRevocation) rotavaultv1.ProviderRevocation {
 	switch p {
-	case broker.ProviderRevocationConfirmed:
+	case notice.ProviderRevocationConfirmed:
 		return rotavaultv1.ProviderRevocation_PROVIDER_REVOCATION_CONFIRMED
-	case broker.ProviderRevocationUnconfirmed:
+	case notice.ProviderRevocationUnconfirmed:
 		return rotavaultv1.ProviderRevocation_PROVIDER_REVOCATION_UNCONFIRMED
 	default:
 		return rotavaultv1.ProviderRevocation_PROVIDER_REVOCATION_UNSPECIFIED
 	}
 }
 
-func authorizationPendingToProto(p *broker.PendingAuthorization) *rotavaultv1.ReauthenticateResponse {
+func authorizationPendingToProto(p *authflow.PendingAuthorization) *rotavaultv1.ReauthenticateResponse {
 	return &rotavaultv1.ReauthenticateResponse{Result: &rotavaultv1.ReauthenticateResponse_AuthorizationPending{
 		AuthorizationPending: &rotavaultv1.AuthorizationPending{
 			AuthorizeUrl: p.AuthorizeURL, State: p.State, ExpireTime: timestamppb.New(p.ExpiresAt), RedirectUri: p.RedirectURI,
@@ -301,7 +306,7 @@ func authorizationPendingToProto(p *broker.PendingAuthorization) *rotavaultv1.Re
 
 // devicePendingToProto carries the user code, for the operator; the device
 // code never leaves the store.
-func devicePendingToProto(p *broker.DevicePending) *rotavaultv1.ReauthenticateResponse {
+func devicePendingToProto(p *authflow.DevicePending) *rotavaultv1.ReauthenticateResponse {
 	return &rotavaultv1.ReauthenticateResponse{Result: &rotavaultv1.ReauthenticateResponse_DeviceAuthorizationPending{
 		DeviceAuthorizationPending: &rotavaultv1.DeviceAuthorizationPending{
 			State: p.State, UserCode: p.UserCode,

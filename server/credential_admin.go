@@ -10,17 +10,20 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/rotavault/rotavault/broker"
+	"github.com/rotavault/rotavault/broker/brokererr"
+	"github.com/rotavault/rotavault/broker/catalog"
+	"github.com/rotavault/rotavault/broker/credspec"
 	rotavaultv1 "github.com/rotavault/rotavault/gen/rotavault/v1"
 )
 
 // CredentialBroker is what the admin service needs of the rotation logic.
 type CredentialBroker interface {
-	CreateCredential(ctx context.Context, id string, spec broker.Spec) (broker.Credential, error)
-	UpdateCredential(ctx context.Context, id string, fields []broker.SpecField, spec broker.Spec) (broker.Credential, error)
+	CreateCredential(ctx context.Context, id string, spec credspec.Spec) (broker.Credential, error)
+	UpdateCredential(ctx context.Context, id string, fields []credspec.Field, spec credspec.Spec) (broker.Credential, error)
 	GetCredential(ctx context.Context, id string) (broker.Credential, error)
 	ListCredentials(ctx context.Context, after string, limit int) ([]broker.Credential, bool, error)
 	DeleteCredential(ctx context.Context, id string) error
-	ListConsumers(ctx context.Context, credentialID string, after broker.ConsumerCursor, limit int) ([]broker.Consumer, bool, error)
+	ListConsumers(ctx context.Context, credentialID string, after catalog.Cursor, limit int) ([]catalog.Consumer, bool, error)
 }
 
 // CredentialAdminConfig holds the admin service's dependencies.
@@ -66,9 +69,9 @@ func (s *CredentialAdminService) CreateCredential(ctx context.Context, req *rota
 // UpdateCredential implements rotavault.v1.CredentialAdminService.
 func (s *CredentialAdminService) UpdateCredential(ctx context.Context, req *rotavaultv1.UpdateCredentialRequest) (*rotavaultv1.UpdateCredentialResponse, error) {
 	paths := req.GetUpdateMask().GetPaths()
-	fields := make([]broker.SpecField, len(paths))
+	fields := make([]credspec.Field, len(paths))
 	for i, p := range paths {
-		fields[i] = broker.SpecField(p)
+		fields[i] = credspec.Field(p)
 	}
 	spec := specFromProto(req.GetSpec())
 	c, err := s.broker.UpdateCredential(ctx, req.GetCredentialId(), fields, spec)
@@ -97,7 +100,7 @@ func (s *CredentialAdminService) ListCredentials(ctx context.Context, req *rotav
 	if tok := req.GetPageToken(); tok != "" {
 		raw, err := base64.RawURLEncoding.DecodeString(tok)
 		if err != nil || len(raw) > 200 {
-			return nil, toStatus(ctx, s.log, &broker.InvalidArgumentError{Field: "page_token", Reason: "malformed"})
+			return nil, toStatus(ctx, s.log, &brokererr.InvalidArgumentError{Field: "page_token", Reason: "malformed"})
 		}
 		after = string(raw)
 	}
@@ -149,7 +152,7 @@ func (s *CredentialAdminService) ListConsumers(ctx context.Context, req *rotavau
 	}
 	if more && len(consumers) > 0 {
 		last := consumers[len(consumers)-1]
-		resp.NextPageToken = encodeConsumerPageToken(broker.ConsumerCursor{CredentialID: last.CredentialID, Identity: last.Identity})
+		resp.NextPageToken = encodeConsumerPageToken(catalog.Cursor{CredentialID: last.CredentialID, Identity: last.Identity})
 	}
 	return resp, nil
 }
@@ -159,7 +162,7 @@ func (s *CredentialAdminService) ListConsumers(ctx context.Context, req *rotavau
 func pageSize(n int32) (int, error) {
 	switch {
 	case n < 0 || n > maxPageSize:
-		return 0, &broker.InvalidArgumentError{Field: "page_size", Reason: "between 0 and 1000"}
+		return 0, &brokererr.InvalidArgumentError{Field: "page_size", Reason: "between 0 and 1000"}
 	case n == 0:
 		return defaultPageSize, nil
 	}
@@ -179,26 +182,26 @@ type consumerPageToken struct {
 // MaxRecvMsgSize.
 const maxConsumerPageToken = 32 << 10
 
-func encodeConsumerPageToken(c broker.ConsumerCursor) string {
+func encodeConsumerPageToken(c catalog.Cursor) string {
 	raw, _ := json.Marshal(consumerPageToken{CredentialID: c.CredentialID, Identity: c.Identity}) // strings only: cannot fail
 	return base64.RawURLEncoding.EncodeToString(raw)
 }
 
-func decodeConsumerPageToken(tok string) (broker.ConsumerCursor, error) {
+func decodeConsumerPageToken(tok string) (catalog.Cursor, error) {
 	if tok == "" {
-		return broker.ConsumerCursor{}, nil
+		return catalog.Cursor{}, nil
 	}
-	malformed := &broker.InvalidArgumentError{Field: "page_token", Reason: "malformed; pass the next_page_token of the previous page unchanged"}
+	malformed := &brokererr.InvalidArgumentError{Field: "page_token", Reason: "malformed; pass the next_page_token of the previous page unchanged"}
 	if len(tok) > maxConsumerPageToken {
-		return broker.ConsumerCursor{}, malformed
+		return catalog.Cursor{}, malformed
 	}
 	raw, err := base64.RawURLEncoding.DecodeString(tok)
 	if err != nil {
-		return broker.ConsumerCursor{}, malformed
+		return catalog.Cursor{}, malformed
 	}
 	var p consumerPageToken
 	if err := json.Unmarshal(raw, &p); err != nil || p.CredentialID == "" || p.Identity == "" {
-		return broker.ConsumerCursor{}, malformed
+		return catalog.Cursor{}, malformed
 	}
-	return broker.ConsumerCursor{CredentialID: p.CredentialID, Identity: p.Identity}, nil
+	return catalog.Cursor{CredentialID: p.CredentialID, Identity: p.Identity}, nil
 }

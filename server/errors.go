@@ -12,7 +12,10 @@ import (
 	"google.golang.org/protobuf/protoadapt"
 	"google.golang.org/protobuf/types/known/durationpb"
 
-	"github.com/rotavault/rotavault/broker"
+	"github.com/rotavault/rotavault/broker/authflow"
+	"github.com/rotavault/rotavault/broker/brokererr"
+	"github.com/rotavault/rotavault/broker/notice"
+	"github.com/rotavault/rotavault/broker/option"
 )
 
 // ErrorDomain is the google.rpc.ErrorInfo domain of Rotavault's errors.
@@ -40,7 +43,7 @@ const (
 	ReasonTooManyReplays = "TOO_MANY_REPLAYS"
 	// A credential's reuse grace period is too short for a refresh claim
 	// to fit inside it (broker.ReuseGraceTooShort, INVALID_ARGUMENT).
-	ReasonReuseGraceTooShort = broker.ReuseGraceTooShort
+	ReasonReuseGraceTooShort = option.ReuseGraceTooShort
 )
 
 // replayRetry is when a watch refused for too many replays may try again:
@@ -55,10 +58,10 @@ func toStatus(ctx context.Context, log *slog.Logger, err error) error {
 		return nil
 	}
 	var (
-		inv   *broker.InvalidArgumentError
-		unav  *broker.UnavailableError
-		limit *broker.RateLimitedError
-		authz *broker.AuthorizationError
+		inv   *brokererr.InvalidArgumentError
+		unav  *brokererr.UnavailableError
+		limit *brokererr.RateLimitedError
+		authz *authflow.AuthorizationError
 	)
 	switch {
 	case errors.As(err, &inv):
@@ -68,34 +71,34 @@ func toStatus(ctx context.Context, log *slog.Logger, err error) error {
 			details = append(details, &errdetails.ErrorInfo{Reason: inv.Code, Domain: ErrorDomain})
 		}
 		return withDetails(st, details...)
-	case errors.Is(err, broker.ErrNotFound):
+	case errors.Is(err, brokererr.ErrNotFound):
 		return status.Error(codes.NotFound, err.Error())
-	case errors.Is(err, broker.ErrAlreadyExists):
+	case errors.Is(err, brokererr.ErrAlreadyExists):
 		return status.Error(codes.AlreadyExists, err.Error())
-	case errors.Is(err, broker.ErrReauthRequired):
+	case errors.Is(err, brokererr.ErrReauthRequired):
 		return withDetails(status.New(codes.FailedPrecondition, err.Error()),
 			&errdetails.ErrorInfo{Reason: ReasonReauthenticationRequired, Domain: ErrorDomain})
-	case errors.Is(err, broker.ErrClientRejected):
+	case errors.Is(err, brokererr.ErrClientRejected):
 		return withDetails(status.New(codes.FailedPrecondition, err.Error()),
 			&errdetails.ErrorInfo{Reason: ReasonProviderRejectedClient, Domain: ErrorDomain})
-	case errors.Is(err, broker.ErrCursorExpired):
+	case errors.Is(err, notice.ErrCursorExpired):
 		return withDetails(status.New(codes.OutOfRange, err.Error()),
 			&errdetails.ErrorInfo{Reason: ReasonCursorExpired, Domain: ErrorDomain})
-	case errors.Is(err, broker.ErrSubscriberTooSlow):
+	case errors.Is(err, notice.ErrSubscriberTooSlow):
 		return withDetails(status.New(codes.Aborted, err.Error()),
 			&errdetails.ErrorInfo{Reason: ReasonSubscriberTooSlow, Domain: ErrorDomain})
 	case errors.As(err, &authz):
 		return withDetails(status.New(codes.FailedPrecondition, authz.Error()),
 			&errdetails.ErrorInfo{Reason: authorizationReason(authz.Reason), Domain: ErrorDomain})
-	case errors.Is(err, broker.ErrCallbackNotConfigured):
+	case errors.Is(err, authflow.ErrCallbackNotConfigured):
 		return withDetails(status.New(codes.FailedPrecondition, err.Error()),
 			&errdetails.ErrorInfo{Reason: ReasonCallbackNotConfigured, Domain: ErrorDomain})
-	case errors.Is(err, broker.ErrConflict):
+	case errors.Is(err, brokererr.ErrConflict):
 		return status.Error(codes.Aborted, err.Error())
 	case errors.As(err, &unav):
 		log.WarnContext(ctx, "request failed: dependency unavailable", "component", unav.Component, "err", unav.Err)
 		reason, msg := ReasonProviderUnavailable, "the OAuth provider is unavailable; retry later"
-		if unav.Component == broker.ComponentStore {
+		if unav.Component == brokererr.ComponentStore {
 			reason, msg = ReasonStoreUnavailable, "the credential store is unavailable; retry later"
 		}
 		return withDetails(status.New(codes.Unavailable, msg),
@@ -105,15 +108,15 @@ func toStatus(ctx context.Context, log *slog.Logger, err error) error {
 		return withDetails(status.New(codes.ResourceExhausted, limit.Error()),
 			&errdetails.ErrorInfo{Reason: ReasonRejectionRateLimited, Domain: ErrorDomain},
 			&errdetails.RetryInfo{RetryDelay: durationpb.New(limit.RetryAfter)})
-	case errors.Is(err, broker.ErrTooManyFlows):
+	case errors.Is(err, authflow.ErrTooManyFlows):
 		return withDetails(status.New(codes.ResourceExhausted, "too many authorization flows in progress; finish or wait out pending ones (finished flows are forgotten after 10 minutes)"),
 			&errdetails.ErrorInfo{Reason: ReasonTooManyFlows, Domain: ErrorDomain},
 			&errdetails.RetryInfo{RetryDelay: durationpb.New(time.Minute)})
-	case errors.Is(err, broker.ErrTooManyReplays):
+	case errors.Is(err, notice.ErrTooManyReplays):
 		return withDetails(status.New(codes.ResourceExhausted, "too many watch replays from far back at once for this identity; retry shortly"),
 			&errdetails.ErrorInfo{Reason: ReasonTooManyReplays, Domain: ErrorDomain},
 			&errdetails.RetryInfo{RetryDelay: durationpb.New(replayRetry)})
-	case errors.Is(err, broker.ErrClosed):
+	case errors.Is(err, brokererr.ErrClosed):
 		return status.Error(codes.Unavailable, "the server is shutting down")
 	case errors.Is(err, context.Canceled):
 		return status.Error(codes.Canceled, "canceled")
@@ -133,11 +136,11 @@ func withDetails(st *status.Status, details ...protoadapt.MessageV1) error {
 	return withD.Err()
 }
 
-func authorizationReason(f broker.FlowFailure) string {
+func authorizationReason(f authflow.FlowFailure) string {
 	switch f {
-	case broker.FlowDenied:
+	case authflow.FlowDenied:
 		return ReasonAuthorizationDenied
-	case broker.FlowExpired:
+	case authflow.FlowExpired:
 		return ReasonAuthorizationExpired
 	default:
 		return ReasonAuthorizationFailed

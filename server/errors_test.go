@@ -13,7 +13,10 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	"github.com/rotavault/rotavault/broker"
+	"github.com/rotavault/rotavault/broker/authflow"
+	"github.com/rotavault/rotavault/broker/brokererr"
+	"github.com/rotavault/rotavault/broker/notice"
+	"github.com/rotavault/rotavault/broker/option"
 )
 
 func TestToStatus(t *testing.T) {
@@ -25,26 +28,26 @@ func TestToStatus(t *testing.T) {
 		reason string
 		retry  time.Duration
 	}{
-		{"not found", fmt.Errorf("%w: x", broker.ErrNotFound), codes.NotFound, "", 0},
-		{"exists", fmt.Errorf("%w: x", broker.ErrAlreadyExists), codes.AlreadyExists, "", 0},
-		{"invalid", &broker.InvalidArgumentError{Field: "credential_id", Reason: "bad"}, codes.InvalidArgument, "", 0},
-		{"reuse grace too short", &broker.InvalidArgumentError{Field: "spec.reuse_grace_period", Reason: "too short", Code: broker.ReuseGraceTooShort}, codes.InvalidArgument, ReasonReuseGraceTooShort, 0},
-		{"invalid with code", &broker.InvalidArgumentError{Field: "min_remaining_lifetime", Reason: "too long", Code: "MIN_LIFETIME_UNATTAINABLE"}, codes.InvalidArgument, "MIN_LIFETIME_UNATTAINABLE", 0},
-		{"reauth", fmt.Errorf("%w: revoked", broker.ErrReauthRequired), codes.FailedPrecondition, ReasonReauthenticationRequired, 0},
-		{"provider down", &broker.UnavailableError{Component: broker.ComponentProvider, RetryAfter: 2 * time.Second, Err: secretish}, codes.Unavailable, ReasonProviderUnavailable, 2 * time.Second},
-		{"store down", &broker.UnavailableError{Component: broker.ComponentStore, RetryAfter: time.Second, Err: secretish}, codes.Unavailable, ReasonStoreUnavailable, time.Second},
-		{"rate limited", &broker.RateLimitedError{RetryAfter: 3 * time.Second}, codes.ResourceExhausted, ReasonRejectionRateLimited, 3 * time.Second},
-		{"client rejected", fmt.Errorf("%w (invalid_client)", broker.ErrClientRejected), codes.FailedPrecondition, ReasonProviderRejectedClient, 0},
-		{"cursor expired", fmt.Errorf("%w: x", broker.ErrCursorExpired), codes.OutOfRange, ReasonCursorExpired, 0},
-		{"too slow", broker.ErrSubscriberTooSlow, codes.Aborted, ReasonSubscriberTooSlow, 0},
-		{"conflict", fmt.Errorf("%w: x", broker.ErrConflict), codes.Aborted, "", 0},
-		{"closed", broker.ErrClosed, codes.Unavailable, "", 0},
-		{"flow denied", &broker.AuthorizationError{Reason: broker.FlowDenied, Detail: "no"}, codes.FailedPrecondition, ReasonAuthorizationDenied, 0},
-		{"flow expired", &broker.AuthorizationError{Reason: broker.FlowExpired, Detail: "late"}, codes.FailedPrecondition, ReasonAuthorizationExpired, 0},
-		{"flow refused", &broker.AuthorizationError{Reason: broker.FlowRefused, Detail: "no refresh token"}, codes.FailedPrecondition, ReasonAuthorizationFailed, 0},
-		{"no callback", broker.ErrCallbackNotConfigured, codes.FailedPrecondition, ReasonCallbackNotConfigured, 0},
-		{"too many flows", fmt.Errorf("%w: 1000", broker.ErrTooManyFlows), codes.ResourceExhausted, ReasonTooManyFlows, time.Minute},
-		{"too many replays", fmt.Errorf("%w (2 at once)", broker.ErrTooManyReplays), codes.ResourceExhausted, ReasonTooManyReplays, replayRetry},
+		{"not found", fmt.Errorf("%w: x", brokererr.ErrNotFound), codes.NotFound, "", 0},
+		{"exists", fmt.Errorf("%w: x", brokererr.ErrAlreadyExists), codes.AlreadyExists, "", 0},
+		{"invalid", &brokererr.InvalidArgumentError{Field: "credential_id", Reason: "bad"}, codes.InvalidArgument, "", 0},
+		{"reuse grace too short", &brokererr.InvalidArgumentError{Field: "spec.reuse_grace_period", Reason: "too short", Code: option.ReuseGraceTooShort}, codes.InvalidArgument, ReasonReuseGraceTooShort, 0},
+		{"invalid with code", &brokererr.InvalidArgumentError{Field: "min_remaining_lifetime", Reason: "too long", Code: "MIN_LIFETIME_UNATTAINABLE"}, codes.InvalidArgument, "MIN_LIFETIME_UNATTAINABLE", 0},
+		{"reauth", fmt.Errorf("%w: revoked", brokererr.ErrReauthRequired), codes.FailedPrecondition, ReasonReauthenticationRequired, 0},
+		{"provider down", &brokererr.UnavailableError{Component: brokererr.ComponentProvider, RetryAfter: 2 * time.Second, Err: secretish}, codes.Unavailable, ReasonProviderUnavailable, 2 * time.Second},
+		{"store down", &brokererr.UnavailableError{Component: brokererr.ComponentStore, RetryAfter: time.Second, Err: secretish}, codes.Unavailable, ReasonStoreUnavailable, time.Second},
+		{"rate limited", &brokererr.RateLimitedError{RetryAfter: 3 * time.Second}, codes.ResourceExhausted, ReasonRejectionRateLimited, 3 * time.Second},
+		{"client rejected", fmt.Errorf("%w (invalid_client)", brokererr.ErrClientRejected), codes.FailedPrecondition, ReasonProviderRejectedClient, 0},
+		{"cursor expired", fmt.Errorf("%w: x", notice.ErrCursorExpired), codes.OutOfRange, ReasonCursorExpired, 0},
+		{"too slow", notice.ErrSubscriberTooSlow, codes.Aborted, ReasonSubscriberTooSlow, 0},
+		{"conflict", fmt.Errorf("%w: x", brokererr.ErrConflict), codes.Aborted, "", 0},
+		{"closed", brokererr.ErrClosed, codes.Unavailable, "", 0},
+		{"flow denied", &authflow.AuthorizationError{Reason: authflow.FlowDenied, Detail: "no"}, codes.FailedPrecondition, ReasonAuthorizationDenied, 0},
+		{"flow expired", &authflow.AuthorizationError{Reason: authflow.FlowExpired, Detail: "late"}, codes.FailedPrecondition, ReasonAuthorizationExpired, 0},
+		{"flow refused", &authflow.AuthorizationError{Reason: authflow.FlowRefused, Detail: "no refresh token"}, codes.FailedPrecondition, ReasonAuthorizationFailed, 0},
+		{"no callback", authflow.ErrCallbackNotConfigured, codes.FailedPrecondition, ReasonCallbackNotConfigured, 0},
+		{"too many flows", fmt.Errorf("%w: 1000", authflow.ErrTooManyFlows), codes.ResourceExhausted, ReasonTooManyFlows, time.Minute},
+		{"too many replays", fmt.Errorf("%w (2 at once)", notice.ErrTooManyReplays), codes.ResourceExhausted, ReasonTooManyReplays, replayRetry},
 		{"canceled", fmt.Errorf("wait: %w", context.Canceled), codes.Canceled, "", 0},
 		{"unknown", secretish, codes.Internal, "", 0},
 	}

@@ -8,7 +8,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	"github.com/rotavault/rotavault/broker"
+	"github.com/rotavault/rotavault/broker/authflow"
 	rotavaultv1 "github.com/rotavault/rotavault/gen/rotavault/v1"
 )
 
@@ -28,8 +28,8 @@ func TestOnlyAdminsWidenAFlowsScopes(t *testing.T) {
 
 	for _, scopes := range [][]string{{"full", "refresh_token"}, {"api refresh_token admin:org"}} {
 		err := start(ops, scopes...)
-		if status.Code(err) != codes.InvalidArgument || errorReason(err) != broker.ScopeNotAllowed {
-			t.Errorf("an operator asking for %q: %v; want INVALID_ARGUMENT, %s", scopes, err, broker.ScopeNotAllowed)
+		if status.Code(err) != codes.InvalidArgument || errorReason(err) != authflow.ScopeNotAllowed {
+			t.Errorf("an operator asking for %q: %v; want INVALID_ARGUMENT, %s", scopes, err, authflow.ScopeNotAllowed)
 		}
 	}
 	if err := start(ops, "refresh_token", "api"); err != nil {

@@ -13,7 +13,8 @@ import (
 
 	"golang.org/x/time/rate"
 
-	"github.com/rotavault/rotavault/broker"
+	"github.com/rotavault/rotavault/broker/authflow"
+	"github.com/rotavault/rotavault/broker/brokererr"
 )
 
 // CallbackPath is the server's own OAuth redirect endpoint: a provider
@@ -26,7 +27,7 @@ const callbackTimeout = 60 * time.Second
 
 // CallbackBroker is what the callback endpoint needs of the rotation logic.
 type CallbackBroker interface {
-	CompleteCallback(ctx context.Context, cb broker.Callback) (broker.Activation, error)
+	CompleteCallback(ctx context.Context, cb authflow.Callback) (authflow.Activation, error)
 }
 
 // HTTPConfig holds the HTTP endpoints' dependencies.
@@ -268,8 +269,8 @@ func (h *callbackHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	q := r.URL.Query()
-	cb := broker.Callback{State: q.Get("state"), Code: q.Get("code"), Error: q.Get("error")}
-	if !broker.IsFlowState(cb.State) {
+	cb := authflow.Callback{State: q.Get("state"), Code: q.Get("code"), Error: q.Get("error")}
+	if !authflow.IsFlowState(cb.State) {
 		// No store read, no limiter token: garbage costs nobody else a
 		// reauthentication.
 		h.render(w, pageUnknown)
@@ -290,22 +291,22 @@ func (h *callbackHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 func (h *callbackHandler) pageFor(ctx context.Context, err error) page {
 	var (
-		inv   *broker.InvalidArgumentError
-		authz *broker.AuthorizationError
-		unav  *broker.UnavailableError
+		inv   *brokererr.InvalidArgumentError
+		authz *authflow.AuthorizationError
+		unav  *brokererr.UnavailableError
 	)
 	switch {
 	case err == nil:
 		return pageDone
 	case errors.As(err, &inv) && inv.Field == "state":
 		return pageUnknown
-	case errors.As(err, &authz) && authz.Reason == broker.FlowDenied:
+	case errors.As(err, &authz) && authz.Reason == authflow.FlowDenied:
 		return pageDenied
-	case errors.As(err, &inv), errors.As(err, &authz), errors.Is(err, broker.ErrNotFound):
+	case errors.As(err, &inv), errors.As(err, &authz), errors.Is(err, brokererr.ErrNotFound):
 		return pageRefused
 	case errors.As(err, &unav):
 		h.log.WarnContext(ctx, "oauth callback: dependency unavailable", "component", unav.Component, "err", unav.Err)
-		if unav.Component == broker.ComponentStore {
+		if unav.Component == brokererr.ComponentStore {
 			return pageStoreDown
 		}
 		return pageProviderDown

@@ -12,7 +12,7 @@ import (
 	"time"
 
 	"github.com/rotavault/rotavault/audit"
-	"github.com/rotavault/rotavault/broker"
+	"github.com/rotavault/rotavault/broker/catalog"
 )
 
 // DefaultIssuanceFlushInterval is how often token issuance is summarised
@@ -35,7 +35,7 @@ type Auditor interface {
 // ConsumerCatalog keeps the consumer catalog; *broker.Broker is one. See
 // broker.RecordConsumers for the contract.
 type ConsumerCatalog interface {
-	RecordConsumers(ctx context.Context, uses []broker.ConsumerUse) ([]broker.ConsumerUse, error)
+	RecordConsumers(ctx context.Context, uses []catalog.Use) ([]catalog.Use, error)
 }
 
 type issuanceKey struct{ caller, credential string }
@@ -190,10 +190,10 @@ func (c *issuanceCounter) flushCatalog(ctx context.Context) error {
 	if len(c.catalogBacklog) == 0 {
 		return nil
 	}
-	uses := make([]broker.ConsumerUse, 0, len(c.catalogBacklog))
+	uses := make([]catalog.Use, 0, len(c.catalogBacklog))
 	for _, k := range sortedKeys(c.catalogBacklog) {
 		n := c.catalogBacklog[k]
-		uses = append(uses, broker.ConsumerUse{CredentialID: k.credential, Identity: k.caller, FirstSeen: n.first, LastSeen: n.last, Count: n.count})
+		uses = append(uses, catalog.Use{CredentialID: k.credential, Identity: k.caller, FirstSeen: n.first, LastSeen: n.last, Count: n.count})
 	}
 	unrecorded, err := c.catalog.RecordConsumers(ctx, uses)
 	clear(c.catalogBacklog)

@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/rotavault/rotavault/broker"
+	"github.com/rotavault/rotavault/broker/option"
 	rotavaultv1 "github.com/rotavault/rotavault/gen/rotavault/v1"
 	"github.com/rotavault/rotavault/provider"
 	"github.com/rotavault/rotavault/store"
@@ -44,7 +45,7 @@ func (s *panickingStore) Get(ctx context.Context, key string) (store.Record, err
 func TestPanicBecomesInternalWithoutLeakingState(t *testing.T) {
 	st := &panickingStore{Store: memstore.New()}
 	b, err := broker.New(context.Background(), broker.Config{Store: st, Provider: provider.New(nil), Auditor: &recordingAuditor{}},
-		broker.WithSchedulerInterval(time.Hour))
+		option.WithSchedulerInterval(time.Hour))
 	if err != nil {
 		t.Fatal(err)
 	}

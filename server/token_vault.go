@@ -11,18 +11,22 @@ import (
 
 	"github.com/rotavault/rotavault/audit"
 	"github.com/rotavault/rotavault/broker"
+	"github.com/rotavault/rotavault/broker/access"
+	"github.com/rotavault/rotavault/broker/authflow"
+	"github.com/rotavault/rotavault/broker/brokererr"
+	"github.com/rotavault/rotavault/broker/notice"
 	rotavaultv1 "github.com/rotavault/rotavault/gen/rotavault/v1"
 )
 
 // TokenBroker is what the token service needs of the rotation logic.
 type TokenBroker interface {
-	GetAccessToken(ctx context.Context, req broker.TokenRequest) (broker.AccessToken, error)
-	StartAuthorization(ctx context.Context, id, redirectURI string, scopes []string) (broker.PendingAuthorization, error)
-	CompleteAuthorization(ctx context.Context, id, state, code string) (broker.Activation, error)
-	ImportRefreshToken(ctx context.Context, id, refreshToken string) (broker.Activation, error)
-	StartDeviceAuthorization(ctx context.Context, id string, scopes []string) (broker.DevicePending, error)
-	CheckAuthorization(ctx context.Context, id, state string, wait time.Duration) (broker.FlowProgress, error)
-	Subscribe(ctx context.Context, credentialIDs []string, cursor string) (*broker.Subscription, error)
+	GetAccessToken(ctx context.Context, req access.Request) (access.Token, error)
+	StartAuthorization(ctx context.Context, id, redirectURI string, scopes []string) (authflow.PendingAuthorization, error)
+	CompleteAuthorization(ctx context.Context, id, state, code string) (authflow.Activation, error)
+	ImportRefreshToken(ctx context.Context, id, refreshToken string) (authflow.Activation, error)
+	StartDeviceAuthorization(ctx context.Context, id string, scopes []string) (authflow.DevicePending, error)
+	CheckAuthorization(ctx context.Context, id, state string, wait time.Duration) (authflow.FlowProgress, error)
+	Subscribe(ctx context.Context, credentialIDs []string, cursor string) (*notice.Subscription, error)
 	RevokeCredential(ctx context.Context, id, reason string) (broker.Revocation, error)
 }
 
@@ -51,20 +55,20 @@ func NewTokenVaultService(cfg TokenVaultConfig) *TokenVaultService {
 // GetAccessToken implements rotavault.v1.TokenVaultService.
 func (s *TokenVaultService) GetAccessToken(ctx context.Context, req *rotavaultv1.GetAccessTokenRequest) (*rotavaultv1.GetAccessTokenResponse, error) {
 	if d := req.GetMinRemainingLifetime(); d != nil && !d.IsValid() {
-		return nil, toStatus(ctx, s.log, &broker.InvalidArgumentError{Field: "min_remaining_lifetime", Reason: "not a valid duration"})
+		return nil, toStatus(ctx, s.log, &brokererr.InvalidArgumentError{Field: "min_remaining_lifetime", Reason: "not a valid duration"})
 	}
-	breq := broker.TokenRequest{
+	breq := access.Request{
 		CredentialID: req.GetCredentialId(),
 		MinRemaining: req.GetMinRemainingLifetime().AsDuration(),
 	}
 	if r := req.GetRejectedToken(); r != nil {
 		switch t := r.GetToken().(type) {
 		case *rotavaultv1.RejectedToken_Generation:
-			breq.Rejected = &broker.RejectedToken{Generation: t.Generation}
+			breq.Rejected = &access.RejectedToken{Generation: t.Generation}
 		case *rotavaultv1.RejectedToken_Fingerprint:
-			breq.Rejected = &broker.RejectedToken{Fingerprint: t.Fingerprint}
+			breq.Rejected = &access.RejectedToken{Fingerprint: t.Fingerprint}
 		default:
-			return nil, toStatus(ctx, s.log, &broker.InvalidArgumentError{Field: "rejected_token", Reason: "set generation or fingerprint"})
+			return nil, toStatus(ctx, s.log, &brokererr.InvalidArgumentError{Field: "rejected_token", Reason: "set generation or fingerprint"})
 		}
 	}
 	tok, err := s.broker.GetAccessToken(ctx, breq)
@@ -97,7 +101,7 @@ func (s *TokenVaultService) RevokeCredential(ctx context.Context, req *rotavault
 func (s *TokenVaultService) Reauthenticate(ctx context.Context, req *rotavaultv1.ReauthenticateRequest) (*rotavaultv1.ReauthenticateResponse, error) {
 	id := req.GetCredentialId()
 	var (
-		act broker.Activation
+		act authflow.Activation
 		err error
 	)
 	switch flow := req.GetFlow().(type) {
@@ -120,7 +124,7 @@ func (s *TokenVaultService) Reauthenticate(ctx context.Context, req *rotavaultv1
 	case *rotavaultv1.ReauthenticateRequest_AuthorizationCheck:
 		w := flow.AuthorizationCheck.GetWait()
 		if w != nil && !w.IsValid() {
-			return nil, toStatus(ctx, s.log, &broker.InvalidArgumentError{Field: "authorization_check.wait", Reason: "not a valid duration"})
+			return nil, toStatus(ctx, s.log, &brokererr.InvalidArgumentError{Field: "authorization_check.wait", Reason: "not a valid duration"})
 		}
 		p, err := s.broker.CheckAuthorization(ctx, id, flow.AuthorizationCheck.GetState(), w.AsDuration())
 		if err != nil {
@@ -134,7 +138,7 @@ func (s *TokenVaultService) Reauthenticate(ctx context.Context, req *rotavaultv1
 		}
 		act = *p.Activation
 	default:
-		err = &broker.InvalidArgumentError{Field: "flow", Reason: "choose a flow: authorization_code_start, authorization_code_complete, refresh_token_import, device_authorization_start or authorization_check"}
+		err = &brokererr.InvalidArgumentError{Field: "flow", Reason: "choose a flow: authorization_code_start, authorization_code_complete, refresh_token_import, device_authorization_start or authorization_check"}
 	}
 	if err != nil {
 		return nil, toStatus(ctx, s.log, err)

@@ -1,8 +1,7 @@
 // Package brokererr is the rotation logic's error vocabulary, shared by the
 // rotation core and its parts (the notice log, ...): sentinel errors checked
-// with errors.Is and small typed errors checked with errors.As. Package
-// broker re-exports every name; the transport maps each to one status
-// (server/errors.go). Messages keep the "broker:" prefix callers know.
+// with errors.Is and small typed errors checked with errors.As. The
+// transport maps each to one status (server/errors.go). Messages keep the "broker:" prefix callers know.
 package brokererr
 
 import (

@@ -23,6 +23,10 @@ import (
 
 	"github.com/rotavault/rotavault/boltstore"
 	"github.com/rotavault/rotavault/broker"
+	"github.com/rotavault/rotavault/broker/access"
+	"github.com/rotavault/rotavault/broker/authflow"
+	"github.com/rotavault/rotavault/broker/brokererr"
+	"github.com/rotavault/rotavault/broker/credspec"
 	"github.com/rotavault/rotavault/internal/node"
 	"github.com/rotavault/rotavault/providersim"
 	"github.com/rotavault/rotavault/server"
@@ -215,9 +219,9 @@ func devKey(path string) (boltstore.Key, error) {
 // installDemo points the demo credential at this run's simulator and
 // imports a refresh token a user "authorized elsewhere", through the same
 // path `reauth import` takes.
-func installDemo(ctx context.Context, b *broker.Broker, sim *providersim.Server, baseURL, secret string) (broker.Activation, error) {
-	spec := broker.Spec{
-		ProviderKind:    broker.ProviderSalesforce,
+func installDemo(ctx context.Context, b *broker.Broker, sim *providersim.Server, baseURL, secret string) (authflow.Activation, error) {
+	spec := credspec.Spec{
+		ProviderKind:    credspec.ProviderSalesforce,
 		BaseURL:         baseURL,
 		ClientID:        devClientID,
 		ClientSecret:    secret,
@@ -225,23 +229,23 @@ func installDemo(ctx context.Context, b *broker.Broker, sim *providersim.Server,
 		AccessTokenLife: devTokenLifetime,
 	}
 	_, err := b.CreateCredential(ctx, devCredential, spec)
-	if errors.Is(err, broker.ErrAlreadyExists) {
+	if errors.Is(err, brokererr.ErrAlreadyExists) {
 		// Kept from an earlier run, whose simulator is gone.
-		_, err = b.UpdateCredential(ctx, devCredential, []broker.SpecField{
-			broker.FieldBaseURL, broker.FieldTokenURL, broker.FieldAuthorizeURL, broker.FieldRevocationURL,
-			broker.FieldIntrospectionURL, broker.FieldClientID, broker.FieldClientSecret, broker.FieldScopes,
-			broker.FieldAccessTokenLife, broker.FieldReuseGrace,
+		_, err = b.UpdateCredential(ctx, devCredential, []credspec.Field{
+			credspec.FieldBaseURL, credspec.FieldTokenURL, credspec.FieldAuthorizeURL, credspec.FieldRevocationURL,
+			credspec.FieldIntrospectionURL, credspec.FieldClientID, credspec.FieldClientSecret, credspec.FieldScopes,
+			credspec.FieldAccessTokenLife, credspec.FieldReuseGrace,
 		}, spec)
 		if err != nil {
 			err = fmt.Errorf("%w (delete it with `rotavault credentials delete %s --yes`, or use another --data-dir)", err, devCredential)
 		}
 	}
 	if err != nil {
-		return broker.Activation{}, err
+		return authflow.Activation{}, err
 	}
 	rt, err := sim.IssueRefreshToken(devClientID, spec.Scopes)
 	if err != nil {
-		return broker.Activation{}, err
+		return authflow.Activation{}, err
 	}
 	return b.ImportRefreshToken(ctx, devCredential, rt)
 }
@@ -255,7 +259,7 @@ func devCommand() string {
 	return "rotavault"
 }
 
-func (a *app) printDevIntro(boundAddr, dataDirFlag, absDir, frontURL, callbackURL string, act broker.Activation) error {
+func (a *app) printDevIntro(boundAddr, dataDirFlag, absDir, frontURL, callbackURL string, act authflow.Activation) error {
 	rv := devCommand()
 	var b strings.Builder
 	fmt.Fprintf(&b, "Rotavault dev is running; Ctrl-C stops it.\n\n")
@@ -357,13 +361,13 @@ func (d *devFront) theft(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusServiceUnavailable, rep)
 		return
 	}
-	tok, err := b.GetAccessToken(r.Context(), broker.TokenRequest{CredentialID: id})
+	tok, err := b.GetAccessToken(r.Context(), access.Request{CredentialID: id})
 	switch {
-	case errors.Is(err, broker.ErrReauthRequired):
+	case errors.Is(err, brokererr.ErrReauthRequired):
 		rep.Error = "the credential has no live token family (already revoked?)"
 		writeJSON(w, http.StatusConflict, rep)
 		return
-	case errors.Is(err, broker.ErrNotFound):
+	case errors.Is(err, brokererr.ErrNotFound):
 		rep.Error = "no such credential"
 		writeJSON(w, http.StatusNotFound, rep)
 		return

@@ -16,7 +16,7 @@ import (
 	"time"
 
 	"github.com/rotavault/rotavault/boltstore"
-	"github.com/rotavault/rotavault/broker"
+	"github.com/rotavault/rotavault/broker/option"
 	"github.com/rotavault/rotavault/internal/poll"
 	"github.com/rotavault/rotavault/internal/syncbuf"
 	"github.com/rotavault/rotavault/providersim"
@@ -159,7 +159,7 @@ func setupGuideTest(t *testing.T) *guideTest {
 		PublicURL: publicURL, ShutdownTimeout: 5 * time.Second,
 		// A consumer's rejected-token report in step 4 must not hold back
 		// the one that finds the theft in step 7, 30 s later in real life.
-		BrokerOptions: []broker.Option{broker.WithRejectionInterval(0)},
+		BrokerOptions: []option.Option{option.WithRejectionInterval(0)},
 	}}
 	g.node.start(httpLis)
 	t.Cleanup(g.node.stop)

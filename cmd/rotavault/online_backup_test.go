@@ -17,7 +17,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
-	"github.com/rotavault/rotavault/broker"
+	"github.com/rotavault/rotavault/broker/option"
 	rotavaultv1 "github.com/rotavault/rotavault/gen/rotavault/v1"
 	"github.com/rotavault/rotavault/providersim"
 )
@@ -82,7 +82,7 @@ func TestOnlineBackupDuringRotationsRestores(t *testing.T) {
 	// Rejected-token reports may refresh back to back: rotations as fast
 	// as the provider answers.
 	node := startNode(t, dir, keyFile, c.trans, func(cfg *serverConfig) {
-		cfg.BrokerOptions = append(cfg.BrokerOptions, broker.WithRejectionInterval(0))
+		cfg.BrokerOptions = append(cfg.BrokerOptions, option.WithRejectionInterval(0))
 	})
 	c.env = map[string]string{"ROTAVAULT_ADDR": node.addr}
 	t.Cleanup(func() { c.trans.assertNoSecrets(t, append(sim.Secrets(), simClientSecret)...) })

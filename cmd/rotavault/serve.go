@@ -21,6 +21,9 @@ import (
 	"github.com/rotavault/rotavault/audit"
 	"github.com/rotavault/rotavault/boltstore"
 	"github.com/rotavault/rotavault/broker"
+	"github.com/rotavault/rotavault/broker/credspec"
+	"github.com/rotavault/rotavault/broker/detect"
+	"github.com/rotavault/rotavault/broker/option"
 	"github.com/rotavault/rotavault/internal/node"
 	"github.com/rotavault/rotavault/metrics"
 	"github.com/rotavault/rotavault/server"
@@ -100,7 +103,7 @@ type serverConfig struct {
 	// ShutdownTimeout bounds the graceful stop (default 30s); then
 	// remaining calls are cut off.
 	ShutdownTimeout time.Duration
-	BrokerOptions   []broker.Option
+	BrokerOptions   []option.Option
 	// Ready, if set, is called once the server accepts connections. An
 	// error stops the server, and runServer returns it.
 	Ready func(ctx context.Context, s *runningServer) error
@@ -139,14 +142,14 @@ type runningServer struct {
 }
 
 // callbackOption turns the public URL into the broker's callback URL.
-func (cfg *serverConfig) callbackOption() (broker.Option, error) {
+func (cfg *serverConfig) callbackOption() (option.Option, error) {
 	if cfg.PublicURL == "" {
 		return nil, nil
 	}
-	if err := broker.ValidateEndpointURL(cfg.PublicURL); err != nil {
+	if err := credspec.ValidateEndpointURL(cfg.PublicURL); err != nil {
 		return nil, usageErrorf("--public-url %q: %v", cfg.PublicURL, err)
 	}
-	return broker.WithCallbackURL(strings.TrimRight(cfg.PublicURL, "/") + server.CallbackPath), nil
+	return option.WithCallbackURL(strings.TrimRight(cfg.PublicURL, "/") + server.CallbackPath), nil
 }
 
 // runServer opens the store and the audit trail, builds the broker and the
@@ -208,11 +211,11 @@ func runServer(ctx context.Context, cfg serverConfig) (err error) {
 		return explainAuditOpen(err, acfg.Path)
 	}
 	ops.VerifyAudit, ops.AuditWitness = onlineAuditCheck(al, cfg.AuditWitness), cfg.AuditWitness != ""
-	brokerOpts := append([]broker.Option{broker.WithLogger(log)}, cfg.BrokerOptions...)
+	brokerOpts := append([]option.Option{option.WithLogger(log)}, cfg.BrokerOptions...)
 	if cfg.Backend != backendVault {
 		// The embedded store's file lock proves a claim left in it was a
 		// previous process's: take it over at once after a restart.
-		brokerOpts = append(brokerOpts, broker.WithExclusiveStore())
+		brokerOpts = append(brokerOpts, option.WithExclusiveStore())
 	}
 	if callback != nil {
 		brokerOpts = append(brokerOpts, callback)
@@ -537,7 +540,7 @@ keys are the flag names with _ for -), then the defaults.`,
 			scfg.DataDir, scfg.Key, scfg.PreviousKeys, scfg.Reflection, scfg.Logger = dataDir, key, previous, reflection, log
 			scfg.Backend, scfg.VaultMount, scfg.VaultPrefix, scfg.VaultLogin = backend, vaultMount, vaultPrefix, vaultLogin
 			scfg.VaultTransitKey, scfg.VaultTransitMount, scfg.VaultAddrs = transitKey, transitMount, vaultAddrs
-			scfg.BrokerOptions = []broker.Option{broker.WithClaimTiming(claimTTL, claimMargin), broker.WithNoticePollInterval(noticePoll), broker.WithIntrospectionInterval(introspection), broker.WithRejectionInterval(rejectedInterval)}
+			scfg.BrokerOptions = []option.Option{option.WithClaimTiming(claimTTL, claimMargin), option.WithNoticePollInterval(noticePoll), option.WithIntrospectionInterval(introspection), option.WithRejectionInterval(rejectedInterval)}
 			scfg.MaxConnectionAge = maxConnAge
 			scfg.HTTPListen, scfg.PublicURL = httpListen, publicURL
 			if issuanceFlush < minIssuanceFlush {
@@ -576,7 +579,7 @@ keys are the flag names with _ for -), then the defaults.`,
 	fs.StringVar(&httpListen, "http-listen", "", "address of the HTTP endpoints — the OAuth callback /oauth/callback, Prometheus /metrics, liveness /healthz, readiness /readyz (the store is reachable) — host:port; off when empty. Plaintext: off loopback, put a TLS-terminating proxy in front")
 	fs.StringVar(&publicURL, "public-url", "", "how browsers reach the HTTP endpoints (https, or http on loopback): <public-url>/oauth/callback is the redirect URI of 'reauth start' without --redirect-uri; register it with each provider app")
 	fs.BoolVar(&reflection, "reflection", false, "serve gRPC reflection (for grpcurl)")
-	fs.DurationVar(&introspection, "introspection-interval", broker.DefaultIntrospectionInterval, "how often each active family's refresh token is introspected at its provider (where the credential has an introspection URL) to detect a revocation there without spending a rotation; each replica asks replicas × credentials / interval times; 0 turns it off. At generic providers a verdict needs the family's access token, known alive at the provider, to be inactive too, so a family nobody fetched a token for lately is not checked: 'credentials show' says per credential whether early detection is active and why not")
+	fs.DurationVar(&introspection, "introspection-interval", detect.DefaultIntrospectionInterval, "how often each active family's refresh token is introspected at its provider (where the credential has an introspection URL) to detect a revocation there without spending a rotation; each replica asks replicas × credentials / interval times; 0 turns it off. At generic providers a verdict needs the family's access token, known alive at the provider, to be inactive too, so a family nobody fetched a token for lately is not checked: 'credentials show' says per credential whether early detection is active and why not")
 	fs.DurationVar(&rejectedInterval, "rejected-token-interval", 30*time.Second, "least time between two refreshes caused by consumers reporting a rejected access token, per credential (reports the provider disproves wait 1s only)")
 	fs.DurationVar(&noticePoll, "notice-poll-interval", 500*time.Millisecond, "how often this replica reads the shared notice log for revocations and activations other replicas announced: the bound on how late they reach this replica's watchers (one store read each, whatever the number of credentials)")
 	fs.DurationVar(&maxConnAge, "max-connection-age", server.DefaultMaxConnectionAge, "end each client connection after this long (watch streams end with UNAVAILABLE and resume with their cursor, possibly on another replica); -1s never")

@@ -26,6 +26,7 @@ import (
 	"github.com/rotavault/rotavault/audit"
 	"github.com/rotavault/rotavault/boltstore"
 	"github.com/rotavault/rotavault/broker"
+	"github.com/rotavault/rotavault/broker/option"
 	"github.com/rotavault/rotavault/provider"
 	"github.com/rotavault/rotavault/server"
 	"github.com/rotavault/rotavault/tracing"
@@ -178,7 +179,7 @@ func (n *Node) NewProvider(opts ...provider.Option) *provider.Client {
 
 // NewBroker starts the rotation logic over cfg's store (its calls traced),
 // provider and auditor.
-func (n *Node) NewBroker(ctx context.Context, cfg broker.Config, opts ...broker.Option) (*broker.Broker, error) {
+func (n *Node) NewBroker(ctx context.Context, cfg broker.Config, opts ...option.Option) (*broker.Broker, error) {
 	cfg.Store = n.tracing.Store(cfg.Store)
 	b, err := broker.New(ctx, cfg, opts...)
 	if err != nil {

@@ -26,6 +26,7 @@ import (
 	"github.com/rotavault/rotavault/audit"
 	"github.com/rotavault/rotavault/boltstore"
 	"github.com/rotavault/rotavault/broker"
+	"github.com/rotavault/rotavault/broker/credspec"
 	"github.com/rotavault/rotavault/metrics"
 	"github.com/rotavault/rotavault/provider"
 	"github.com/rotavault/rotavault/providersim"
@@ -87,7 +88,7 @@ func start(t *testing.T) *rotavault {
 func (r *rotavault) activate(t *testing.T, id string) {
 	t.Helper()
 	ctx := context.Background()
-	spec := broker.Spec{ProviderKind: broker.ProviderSalesforce, BaseURL: r.sim.URL(), ClientID: "rotavault-app", ClientSecret: "app-secret",
+	spec := credspec.Spec{ProviderKind: credspec.ProviderSalesforce, BaseURL: r.sim.URL(), ClientID: "rotavault-app", ClientSecret: "app-secret",
 		Scopes: []string{"api", "refresh_token"}}
 	if _, err := r.b.CreateCredential(ctx, id, spec); err != nil {
 		t.Fatal(err)

@@ -1,4 +1,6 @@
-package broker
+// Package spans holds the rotation logic's spans: their names, their
+// attributes and how they start and end.
+package spans
 
 import (
 	"context"
@@ -7,6 +9,8 @@ import (
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/trace"
+
+	"github.com/rotavault/rotavault/broker/brokererr"
 )
 
 // The broker's spans: rotavault.refresh around a flight (one rotation,
@@ -20,8 +24,8 @@ import (
 // Attributes name the credential, the generation and the outcome: never a
 // token, a secret or an error's text.
 const (
-	SpanRefresh = "rotavault.refresh"
-	SpanClaim   = "rotavault.claim"
+	Refresh = "rotavault.refresh"
+	Claim   = "rotavault.claim"
 
 	AttrCredentialID = "rotavault.credential_id"
 	AttrGeneration   = "rotavault.generation"
@@ -30,10 +34,10 @@ const (
 
 const tracerName = "github.com/rotavault/rotavault/broker"
 
-// startSpan starts name in ctx as a child of parent's span (parent may be
+// Start starts name in ctx as a child of parent's span (parent may be
 // ctx itself; the flight runs under the broker's context, not the
 // caller's).
-func startSpan(ctx, parent context.Context, name, credentialID string) (context.Context, trace.Span) {
+func Start(ctx, parent context.Context, name, credentialID string) (context.Context, trace.Span) {
 	ps := trace.SpanFromContext(parent)
 	if !ps.IsRecording() {
 		return ctx, ps // non-recording: End and SetAttributes are no-ops
@@ -42,14 +46,14 @@ func startSpan(ctx, parent context.Context, name, credentialID string) (context.
 		trace.WithAttributes(attribute.String(AttrCredentialID, credentialID)))
 }
 
-// endSpan records the family generation reached (v may be nil) and the
+// End records the family generation reached (generation < 0: none) and the
 // outcome, then ends span.
-func endSpan(span trace.Span, v *view, outcome string, err error) {
+func End(span trace.Span, generation int64, outcome string, err error) {
 	if !span.IsRecording() {
 		return
 	}
-	if v != nil && v.fam != nil {
-		span.SetAttributes(attribute.Int64(AttrGeneration, int64(v.fam.Generation)))
+	if generation >= 0 {
+		span.SetAttributes(attribute.Int64(AttrGeneration, generation))
 	}
 	if err != nil {
 		outcome = errorOutcome(err)
@@ -59,28 +63,18 @@ func endSpan(span trace.Span, v *view, outcome string, err error) {
 	span.End()
 }
 
-// endClaimSpan ends a rotavault.claim span: "claimed" (this replica
-// refreshes) or "adopted" (another replica's result serves).
-func endClaimSpan(span trace.Span, lease *claimLease, adopted *view, err error) {
-	if lease != nil {
-		endSpan(span, lease.v, "claimed", err)
-		return
-	}
-	endSpan(span, adopted, "adopted", err)
-}
-
 // errorOutcome names an error's class for a span: its text may quote a
 // provider's answer.
 func errorOutcome(err error) string {
-	var unavailable *UnavailableError
+	var unavailable *brokererr.UnavailableError
 	switch {
-	case errors.Is(err, ErrReauthRequired):
+	case errors.Is(err, brokererr.ErrReauthRequired):
 		return "reauth_required"
 	case errors.As(err, &unavailable):
 		return "unavailable"
 	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
 		return "cancelled"
-	case errors.Is(err, ErrClosed):
+	case errors.Is(err, brokererr.ErrClosed):
 		return "closed"
 	default:
 		return "error"

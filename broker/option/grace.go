@@ -1,8 +1,11 @@
-package broker
+package option
 
 import (
 	"fmt"
 	"time"
+
+	"github.com/rotavault/rotavault/broker/brokererr"
+	"github.com/rotavault/rotavault/broker/credspec"
 )
 
 // A provider's reuse grace period (Okta, Auth0, Hydra) accepts the
@@ -36,35 +39,26 @@ func MinReuseGrace(claimMargin time.Duration) time.Duration {
 	return claimMargin + minProviderWindow + takeoverSlack
 }
 
-// claimTTLFor is how long a claim on spec's family lasts: the configured
+// ClaimTTLFor is how long a claim on spec's family lasts: the configured
 // time, shortened to fit the provider's reuse grace period.
-func (o *options) claimTTLFor(spec Spec) time.Duration {
+func (o *Options) ClaimTTLFor(spec credspec.Spec) time.Duration {
 	if g := spec.ReuseGrace; g > 0 {
-		return min(o.claimTTL, g-takeoverSlack)
+		return min(o.Claim.TTL, g-takeoverSlack)
 	}
-	return o.claimTTL
+	return o.Claim.TTL
 }
 
-// checkReuseGrace refuses a reuse grace period that a claim cannot fit in.
-func (o *options) checkReuseGrace(spec Spec) error {
+// CheckReuseGrace refuses a reuse grace period that a claim cannot fit in.
+// Errors: *brokererr.InvalidArgumentError with Code ReuseGraceTooShort.
+func (o *Options) CheckReuseGrace(spec credspec.Spec) error {
 	g := spec.ReuseGrace
-	if least := MinReuseGrace(o.claimMargin); g > 0 && g < least {
-		return &InvalidArgumentError{
+	if least := MinReuseGrace(o.Claim.Margin); g > 0 && g < least {
+		return &brokererr.InvalidArgumentError{
 			Field: "spec.reuse_grace_period",
 			Reason: fmt.Sprintf("%s is too short: a refresh claim must fit inside it (at least %s: the %s claim margin + %s for the provider call + %s for a takeover); use 0 if the provider has none",
-				g, least, o.claimMargin, minProviderWindow, takeoverSlack),
+				g, least, o.Claim.Margin, minProviderWindow, takeoverSlack),
 			Code: ReuseGraceTooShort,
 		}
 	}
 	return nil
-}
-
-// lostRotationDetail explains a lost rotation by the grace period
-// configured: without one the retry is a reuse; with one, the retry came
-// too late.
-func lostRotationDetail(grace time.Duration) string {
-	if grace <= 0 {
-		return revocationDetail(ReasonLostRotation)
-	}
-	return fmt.Sprintf("a refresh answer was lost after the provider rotated; with a reuse grace period of %s the retry came too late or the provider refused it, and the family is gone (not theft)", grace)
 }

@@ -40,7 +40,7 @@ type flowStart struct {
 	// cred is the credential as this replica last saw it.
 	cred Credential
 	ep   provider.Endpoint
-	// scopes are the flow's, resolved by flowScopes.
+	// scopes are the flow's, resolved by credspec.Spec.FlowScopes.
 	scopes []string
 	// state names the flow, its place reserved by reserveFlow.
 	state string

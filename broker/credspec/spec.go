@@ -1,4 +1,9 @@
-package broker
+// Package credspec is a credential's configuration (Spec): its fields,
+// their validation, the updates that may change them, the provider
+// endpoints and client they resolve to, and the issuer metadata discovered
+// for them. It holds no state; the rotation core stores specs in credential
+// records.
+package credspec
 
 import (
 	"fmt"
@@ -7,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/rotavault/rotavault/broker/brokererr"
 	"github.com/rotavault/rotavault/broker/internal/textcheck"
 	"github.com/rotavault/rotavault/provider"
 )
@@ -27,9 +33,10 @@ const (
 )
 
 // String returns the RFC 8414 name of the method or "default".
-func (m ClientAuthMethod) String() string { return m.provider().String() }
+func (m ClientAuthMethod) String() string { return m.Provider().String() }
 
-func (m ClientAuthMethod) provider() provider.AuthMethod { return provider.AuthMethod(m) }
+// Provider is the method as the provider client names it.
+func (m ClientAuthMethod) Provider() provider.AuthMethod { return provider.AuthMethod(m) }
 
 // ProviderKind says which dialect of OAuth a credential's provider speaks.
 type ProviderKind int
@@ -95,7 +102,7 @@ type Spec struct {
 	// (e.g. salesforce.mil); empty for none. Not in the API yet.
 	InstanceURLDomain string `json:"instance_url_domain,omitempty"`
 	// PreviousAccessToken says whether the provider kills the previous
-	// access token when it rotates (see cutoff.go); empty decides by
+	// access token when it rotates (see broker/cutoff.go); empty decides by
 	// provider kind.
 	PreviousAccessToken PreviousAccess `json:"previous_access_token,omitempty"`
 	// Issuer is a generic provider's issuer identifier, whose metadata
@@ -113,44 +120,45 @@ func (s Spec) Redacted() Spec {
 	s.ClientSecret = ""
 	s.Scopes = append([]string(nil), s.Scopes...)
 	if s.Discovered != nil {
-		d := s.Discovered.clone()
+		d := s.Discovered.Clone()
 		s.Discovered = &d
 	}
 	return s
 }
 
-// validate checks a spec as a whole; field names follow the API.
-func (s Spec) validate() error {
+// Validate checks a spec as a whole; field names follow the API. Errors:
+// *brokererr.InvalidArgumentError.
+func (s Spec) Validate() error {
 	switch s.ProviderKind {
 	case ProviderSalesforce:
 		if s.BaseURL == "" && s.TokenURL == "" {
-			return invalid("spec.base_url", "required for Salesforce (the My Domain URL, or https://login.salesforce.com / https://test.salesforce.com)")
+			return brokererr.Invalid("spec.base_url", "required for Salesforce (the My Domain URL, or https://login.salesforce.com / https://test.salesforce.com)")
 		}
 		if s.Issuer != "" {
-			return invalid("spec.issuer", "only for generic OAuth 2.0 providers; Salesforce's endpoints follow from base_url")
+			return brokererr.Invalid("spec.issuer", "only for generic OAuth 2.0 providers; Salesforce's endpoints follow from base_url")
 		}
 		if s.DeviceAuthorizationURL != "" {
-			return invalid("spec.device_authorization_url", "only for generic OAuth 2.0 providers; Salesforce's device flow starts at its token endpoint")
+			return brokererr.Invalid("spec.device_authorization_url", "only for generic OAuth 2.0 providers; Salesforce's device flow starts at its token endpoint")
 		}
 		// Refused here, not first at the reauthentication that cannot
 		// yield a refresh token.
-		if !grantsRefreshToken(s.Scopes) {
-			return invalid("spec.scopes", "Salesforce issues a refresh token only with the refresh_token (or offline_access) scope; add it, e.g. api refresh_token")
+		if !GrantsRefreshToken(s.Scopes) {
+			return brokererr.Invalid("spec.scopes", "Salesforce issues a refresh token only with the refresh_token (or offline_access) scope; add it, e.g. api refresh_token")
 		}
 	case ProviderOAuth2:
 		if s.TokenURL == "" && s.Issuer == "" {
-			return invalid("spec.token_url", "required for a generic OAuth 2.0 provider (or set spec.issuer to discover it)")
+			return brokererr.Invalid("spec.token_url", "required for a generic OAuth 2.0 provider (or set spec.issuer to discover it)")
 		}
 		if s.Issuer != "" {
 			if _, err := provider.MetadataURLs(s.Issuer); err != nil {
-				return invalid("spec.issuer", "%v", err)
+				return brokererr.Invalid("spec.issuer", "%v", err)
 			}
 		}
 		if s.BaseURL != "" {
-			return invalid("spec.base_url", "only for Salesforce; set token_url and the other endpoint URLs")
+			return brokererr.Invalid("spec.base_url", "only for Salesforce; set token_url and the other endpoint URLs")
 		}
 	default:
-		return invalid("spec.provider_kind", "must be salesforce or oauth2")
+		return brokererr.Invalid("spec.provider_kind", "must be salesforce or oauth2")
 	}
 	for field, u := range map[string]string{
 		"spec.base_url": s.BaseURL, "spec.token_url": s.TokenURL, "spec.authorize_url": s.AuthorizeURL,
@@ -161,41 +169,41 @@ func (s Spec) validate() error {
 			continue
 		}
 		if err := ValidateEndpointURL(u); err != nil {
-			return invalid(field, "%v", err)
+			return brokererr.Invalid(field, "%v", err)
 		}
 	}
 	if s.ClientID == "" || len(s.ClientID) > maxClientIDLen || !printable(s.ClientID) {
-		return invalid("spec.client_id", "required, printable, at most %d bytes", maxClientIDLen)
+		return brokererr.Invalid("spec.client_id", "required, printable, at most %d bytes", maxClientIDLen)
 	}
 	if len(s.ClientSecret) > maxClientSecretLen || !printable(s.ClientSecret) {
-		return invalid("spec.client_secret", "printable, at most %d bytes", maxClientSecretLen)
+		return brokererr.Invalid("spec.client_secret", "printable, at most %d bytes", maxClientSecretLen)
 	}
 	if s.InstanceURLDomain != "" && !domainName(s.InstanceURLDomain) {
-		return invalid("spec.instance_url_domain", "a lowercase domain name with at least two labels, e.g. salesforce.mil")
+		return brokererr.Invalid("spec.instance_url_domain", "a lowercase domain name with at least two labels, e.g. salesforce.mil")
 	}
 	switch s.ClientAuth {
 	case ClientAuthDefault, ClientAuthSecretPost:
 	case ClientAuthSecretBasic:
 		if s.ProviderKind != ProviderOAuth2 {
-			return invalid("spec.client_auth_method", "client_secret_basic is for generic OAuth 2.0 providers; Salesforce takes the secret as a form field")
+			return brokererr.Invalid("spec.client_auth_method", "client_secret_basic is for generic OAuth 2.0 providers; Salesforce takes the secret as a form field")
 		}
 		if s.ClientSecret == "" {
-			return invalid("spec.client_auth_method", "client_secret_basic needs a client secret")
+			return brokererr.Invalid("spec.client_auth_method", "client_secret_basic needs a client secret")
 		}
 	default:
-		return invalid("spec.client_auth_method", "unknown method")
+		return brokererr.Invalid("spec.client_auth_method", "unknown method")
 	}
 	switch s.PreviousAccessToken {
 	case PreviousAccessDefault, PreviousAccessRevoked, PreviousAccessKept:
 	default:
-		return invalid("spec.previous_access_token", "revoked, kept or unset")
+		return brokererr.Invalid("spec.previous_access_token", "revoked, kept or unset")
 	}
 	if len(s.Scopes) > maxScopes {
-		return invalid("spec.scopes", "at most %d scopes", maxScopes)
+		return brokererr.Invalid("spec.scopes", "at most %d scopes", maxScopes)
 	}
 	for _, sc := range s.Scopes {
 		if sc == "" || len(sc) > maxScopeLen || strings.ContainsAny(sc, " \"\\") || !printable(sc) {
-			return invalid("spec.scopes", "each scope is 1-%d printable characters without spaces, quotes or backslashes", maxScopeLen)
+			return brokererr.Invalid("spec.scopes", "each scope is 1-%d printable characters without spaces, quotes or backslashes", maxScopeLen)
 		}
 	}
 	for field, d := range map[string]time.Duration{
@@ -203,14 +211,14 @@ func (s Spec) validate() error {
 		"spec.refresh_token_max_lifetime": s.RefreshMaxLife, "spec.reuse_grace_period": s.ReuseGrace,
 	} {
 		if d < 0 || d > maxDuration {
-			return invalid(field, "must be between 0 and %s", maxDuration)
+			return brokererr.Invalid(field, "must be between 0 and %s", maxDuration)
 		}
 	}
 	if s.AccessTokenLife != 0 && s.AccessTokenLife < 10*time.Second {
-		return invalid("spec.access_token_lifetime", "at least 10s")
+		return brokererr.Invalid("spec.access_token_lifetime", "at least 10s")
 	}
 	if s.RefreshIdle != 0 && s.RefreshIdle < time.Minute {
-		return invalid("spec.refresh_token_idle_timeout", "at least 1m")
+		return brokererr.Invalid("spec.refresh_token_idle_timeout", "at least 1m")
 	}
 	return nil
 }
@@ -267,8 +275,8 @@ func isLoopback(host string) bool {
 	return ip != nil && ip.IsLoopback()
 }
 
-// endpoint resolves the provider endpoints of a spec.
-func (s Spec) endpoint() provider.Endpoint {
+// Endpoint resolves the provider endpoints of a spec.
+func (s Spec) Endpoint() provider.Endpoint {
 	var ep provider.Endpoint
 	if s.ProviderKind == ProviderSalesforce {
 		ep = provider.SalesforceEndpoint(strings.TrimSuffix(s.BaseURL, "/"))
@@ -295,19 +303,19 @@ func (s Spec) endpoint() provider.Endpoint {
 	return ep
 }
 
-// clientCredentials are the spec's client; without a configured method, the
+// ClientCredentials are the spec's client; without a configured method, the
 // one the provider's metadata suggests.
-func (s Spec) clientCredentials() provider.ClientCredentials {
-	cc := provider.ClientCredentials{ClientID: s.ClientID, ClientSecret: s.ClientSecret, AuthMethod: s.ClientAuth.provider()}
+func (s Spec) ClientCredentials() provider.ClientCredentials {
+	cc := provider.ClientCredentials{ClientID: s.ClientID, ClientSecret: s.ClientSecret, AuthMethod: s.ClientAuth.Provider()}
 	if s.ClientAuth == ClientAuthDefault && s.Discovered != nil {
-		cc.AuthMethod = s.Discovered.ClientAuth.provider()
+		cc.AuthMethod = s.Discovered.ClientAuth.Provider()
 	}
 	return cc
 }
 
-// accessTokenLifetime is how long a token lives when the provider says
+// AccessTokenLifetime is how long a token lives when the provider says
 // nothing.
-func (s Spec) accessTokenLifetime() time.Duration {
+func (s Spec) AccessTokenLifetime() time.Duration {
 	if s.AccessTokenLife > 0 {
 		return s.AccessTokenLife
 	}
@@ -317,9 +325,9 @@ func (s Spec) accessTokenLifetime() time.Duration {
 	return DefaultAccessTokenLifetime
 }
 
-// grantsRefreshToken reports whether Salesforce issues a refresh token for
+// GrantsRefreshToken reports whether Salesforce issues a refresh token for
 // these scopes: only refresh_token (alias offline_access) or full do.
-func grantsRefreshToken(scopes []string) bool {
+func GrantsRefreshToken(scopes []string) bool {
 	for _, s := range scopes {
 		switch s {
 		case "refresh_token", "offline_access", "full":
@@ -327,4 +335,42 @@ func grantsRefreshToken(scopes []string) bool {
 		}
 	}
 	return false
+}
+
+// PreviousAccess says whether a credential's provider kills the previous
+// access token when it rotates the refresh token (see the serving cutoff,
+// broker/cutoff.go).
+type PreviousAccess string
+
+const (
+	// PreviousAccessDefault decides by provider kind: Salesforce keeps the
+	// previous access token; a generic provider is treated as killing it.
+	PreviousAccessDefault PreviousAccess = ""
+	// PreviousAccessRevoked: a rotation kills the previous access token
+	// (ory/fosite, Ory Hydra).
+	PreviousAccessRevoked PreviousAccess = "revoked"
+	// PreviousAccessKept: the previous access token lives until it expires.
+	PreviousAccessKept PreviousAccess = "kept"
+)
+
+// FlowScopes resolves a flow's scopes (the spec's unless overridden)
+// and refuses, for Salesforce, scopes that cannot yield a refresh token:
+// rotation only applies to flows that issue one, and the user should not go
+// through a flow that is bound to fail. Errors:
+// *brokererr.InvalidArgumentError.
+func (spec Spec) FlowScopes(scopes []string) ([]string, error) {
+	if len(scopes) == 0 {
+		scopes = spec.Scopes
+	}
+	if spec.ProviderKind == ProviderSalesforce && !GrantsRefreshToken(scopes) {
+		return nil, brokererr.Invalid("scopes", "Salesforce issues a refresh token only with the refresh_token (or offline_access) scope; add it")
+	}
+	if len(scopes) > 0 {
+		check := spec
+		check.Scopes = scopes
+		if err := check.Validate(); err != nil {
+			return nil, err
+		}
+	}
+	return append([]string(nil), scopes...), nil
 }
