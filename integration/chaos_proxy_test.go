@@ -36,7 +36,7 @@ type faultProxy struct {
 	mu       sync.Mutex
 	latency  time.Duration
 	fail5xx  int // the next requests answered 503 without reaching fosite
-	loseNext int // the next requests processed by fosite, then dropped
+	loseNext int // the next rotations processed by the provider, then dropped
 	lost     int // answers dropped so far
 	secrets  []string
 	answers  []refreshAnswer
@@ -98,8 +98,10 @@ func (p *faultProxy) Fail(n int) {
 	p.fail5xx = n
 }
 
-// LoseNext makes the next n requests be processed by fosite and their
-// answers dropped.
+// LoseNext makes the next n rotations be processed by the provider and
+// their answers dropped. Only rotations: a dropped answer to another
+// request (discovery, introspection, a refused refresh) loses nothing, and
+// the run would wait for a LOST_ROTATION that cannot come.
 func (p *faultProxy) LoseNext(n int) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -143,19 +145,26 @@ func (p *faultProxy) Secrets() []string {
 }
 
 // take decides the fate of one arriving request.
-func (p *faultProxy) take() (latency time.Duration, fail, lose bool) {
+func (p *faultProxy) take() (latency time.Duration, fail bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.fail5xx > 0 {
 		p.fail5xx--
-		return p.latency, true, false
+		return p.latency, true
 	}
+	return p.latency, false
+}
+
+// loseRotation decides whether the answer to a rotation is dropped.
+func (p *faultProxy) loseRotation() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
 	if p.loseNext > 0 {
 		p.loseNext--
 		p.lost++
-		return p.latency, false, true
+		return true
 	}
-	return p.latency, false, false
+	return false
 }
 
 func (p *faultProxy) remember(values ...string) {
@@ -178,7 +187,8 @@ func (p *faultProxy) serve(w http.ResponseWriter, r *http.Request) {
 	}
 	form, _ := url.ParseQuery(string(body))
 	p.remember(form.Get("refresh_token"), form.Get("token"), form.Get("client_secret"), form.Get("code"), form.Get("code_verifier"))
-	latency, fail, lose := p.take()
+	refresh := form.Get("grant_type") == "refresh_token"
+	latency, fail := p.take()
 	if fail {
 		w.WriteHeader(http.StatusServiceUnavailable)
 		return
@@ -213,6 +223,8 @@ func (p *faultProxy) serve(w http.ResponseWriter, r *http.Request) {
 	if json.Unmarshal(answer, &tokens) == nil {
 		p.remember(tokens.AccessToken, tokens.RefreshToken)
 	}
+	rotated := refresh && resp.StatusCode == http.StatusOK && tokens.RefreshToken != ""
+	lose := rotated && p.loseRotation()
 	if latency > 0 {
 		t := time.NewTimer(latency)
 		select {
@@ -221,9 +233,9 @@ func (p *faultProxy) serve(w http.ResponseWriter, r *http.Request) {
 			t.Stop()
 		}
 	}
-	if form.Get("grant_type") == "refresh_token" {
+	if refresh {
 		p.recordAnswer(refreshAnswer{Port: sourcePort(r.RemoteAddr), At: answeredAt,
-			Rotated:    resp.StatusCode == http.StatusOK && tokens.RefreshToken != "",
+			Rotated:    rotated,
 			Refused:    tokens.Error == "invalid_grant",
 			CallerGone: !lose && r.Context().Err() != nil, Dropped: lose})
 	}

@@ -677,7 +677,7 @@ func (r *faultRun) inject(kind string) faultRecord {
 	case "lost-answer":
 		p := r.provs[r.rng.IntN(len(r.provs))]
 		f.Target.Provider, f.Lost, f.LostCred = p.name, true, p.cred
-		f.Detail = fmt.Sprintf("%s loses the answer to the next refresh of %s (grace %v)", p.name, p.cred, p.grace)
+		f.Detail = fmt.Sprintf("%s loses the answer to the next rotation of %s (grace %v)", p.name, p.cred, p.grace)
 		lostBefore := p.lostAnswers()
 		r.mu.Lock()
 		revokedBefore := r.revoked[p.cred]
