@@ -79,6 +79,8 @@ type options struct {
 	claimPoll         time.Duration
 	// exclusiveStore: no other process uses the store (WithExclusiveStore).
 	exclusiveStore bool
+	// dutyLeasePeriod: duties.go; 0 turns sharing off.
+	dutyLeasePeriod time.Duration
 
 	// The parts' options, one struct per part; New fills in what the
 	// broker shares with them (clock, logger, goroutines).
@@ -105,6 +107,7 @@ func defaultOptions() options {
 		claimTTL:          45 * time.Second,
 		claimMargin:       15 * time.Second,
 		claimPoll:         50 * time.Millisecond,
+		dutyLeasePeriod:   DefaultDutyLeasePeriod,
 
 		notice: notice.Options{Retention: 10000, Buffer: 256, Poll: 500 * time.Millisecond},
 		detect: detect.Config{Interval: DefaultIntrospectionInterval, Concurrency: DefaultIntrospectionConcurrency},
@@ -308,6 +311,8 @@ type Broker struct {
 	flows *authflow.Flows
 	// catalog is the consumer catalog (package catalog).
 	catalog *catalog.Catalog
+	// duties says which shared duties this replica does (duties.go).
+	duties  dutyShards
 	metrics counters
 }
 
@@ -370,6 +375,8 @@ type Stats struct {
 	// NoticeLogReadAt is when this replica last read the shared notice log
 	// successfully: how current its view of the store is.
 	NoticeLogReadAt time.Time
+	// Duties are this replica's share of the duties (duties.go).
+	Duties DutyStats
 }
 
 // Stats returns the broker's counters.
@@ -384,6 +391,7 @@ func (b *Broker) Stats() Stats {
 		RefreshFailures: make(map[string]int64, numRefreshFailures),
 		Revocations:     make(map[RevocationReason]int64),
 		NoticeLogReadAt: b.notices.LastRead(),
+		Duties:          b.duties.Stats(),
 	}
 	for i := range m.refreshFailures {
 		s.RefreshFailures[refreshFailureNames[i]] = m.refreshFailures[i].Load()
@@ -465,7 +473,7 @@ func New(ctx context.Context, cfg Config, opts ...Option) (*Broker, error) {
 	flowOpts := o.flow
 	flowOpts.RetryBase = o.retryBase
 	b.flows = authflow.New(authflow.Config{Store: b.store, Provider: b.provider, Core: flowCore{b}, Now: o.now, Logger: b.log,
-		ReplicaID: o.replicaID, Go: b.goTracked, Options: flowOpts})
+		ReplicaID: o.replicaID, Go: b.goTracked, Sweeps: func() bool { return b.owns(flowSweepDuty) }, Options: flowOpts})
 	if err := b.notices.Init(ctx); err != nil {
 		cancel()
 		return nil, err
@@ -476,6 +484,7 @@ func New(ctx context.Context, cfg Config, opts ...Option) (*Broker, error) {
 	}
 	schedCtx, stopScheduler := context.WithCancel(bctx)
 	b.stopScheduler = stopScheduler
+	b.joinDuties(ctx, schedCtx)
 	b.startDetector(schedCtx)
 	b.startRediscovery(schedCtx)
 	b.flows.Start(schedCtx)

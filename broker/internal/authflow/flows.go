@@ -206,7 +206,11 @@ type Config struct {
 	ReplicaID string
 	// Go runs f in a goroutine its owner waits for at shutdown, and
 	// reports false, running nothing, once the owner is closed.
-	Go      func(f func()) bool
+	Go func(f func()) bool
+	// Sweeps reports whether this replica sweeps now: one replica of
+	// those sharing the store does (the holder of the sweep's duty lease).
+	// Nil: always.
+	Sweeps  func() bool
 	Options Options
 }
 
@@ -220,6 +224,7 @@ type Flows struct {
 	log       *slog.Logger
 	replicaID string
 	goTracked func(f func()) bool
+	sweeps    func() bool
 	opts      Options
 	runner    flowRunner
 }
@@ -231,7 +236,7 @@ func New(cfg Config) *Flows {
 		o.MaxFlows = MaxPendingFlows
 	}
 	return &Flows{store: cfg.Store, provider: cfg.Provider, core: cfg.Core, now: cfg.Now, log: cfg.Logger,
-		replicaID: cfg.ReplicaID, goTracked: cfg.Go, opts: o}
+		replicaID: cfg.ReplicaID, goTracked: cfg.Go, sweeps: cfg.Sweeps, opts: o}
 }
 
 // Record is a reauthentication flow. The verifier and the device code
@@ -825,7 +830,9 @@ func (fl *Flows) runFlowSweeper(ctx context.Context) {
 	t := time.NewTicker(fl.opts.sweep())
 	defer t.Stop()
 	for {
-		fl.Sweep(ctx)
+		if fl.sweeps == nil || fl.sweeps() {
+			fl.Sweep(ctx)
+		}
 		select {
 		case <-ctx.Done():
 			return

@@ -1,0 +1,85 @@
+package broker
+
+import (
+	"context"
+	"time"
+
+	"github.com/rotavault/rotavault/broker/internal/lease"
+)
+
+// Duties shared among replicas: early detection's introspection, the
+// scheduler's idle-timeout refreshes and the flow sweep are done for each
+// credential (each flow sweep) by the one replica holding its shard's lease
+// (package lease), not by every replica. What a caller asks for, and the
+// refresh ahead of expiry of a token this replica hands out, stay with the
+// replica asked; the refresh claims keep rotations single as before.
+
+// DefaultDutyLeasePeriod is the default lease period: a replica that dies
+// has its duties taken over within it.
+const DefaultDutyLeasePeriod = lease.DefaultPeriod
+
+// DutyStats are this replica's duty-lease counters (lease.Stats).
+type DutyStats = lease.Stats
+
+// dutyShards says whether this replica does the duties of a key (a
+// credential id; flowSweepDuty).
+type dutyShards interface {
+	Owns(key string) bool
+	Stats() lease.Stats
+}
+
+// flowSweepDuty is the flow sweep's key: one replica sweeps.
+const flowSweepDuty = "duty/flow-sweep"
+
+// allDuties: this replica does every duty (it is alone on its store, or
+// sharing is off).
+type allDuties struct{}
+
+func (allDuties) Owns(string) bool   { return true }
+func (allDuties) Stats() lease.Stats { return lease.Stats{Owned: lease.Shards, Members: 1} }
+
+// WithDutyLeasePeriod sets the duty lease period (default 30s): the
+// longest a dead replica's duties wait for another replica. Each replica
+// writes the shared lease record ten times a period, at most twice that
+// (lease.MaxWritesPerSecond). 0 turns sharing off: every replica does
+// every duty, as a replica alone on its store (WithExclusiveStore) does.
+func WithDutyLeasePeriod(d time.Duration) Option {
+	return func(o *options) error {
+		if d != 0 {
+			if err := lease.ValidatePeriod(d); err != nil {
+				return err
+			}
+		}
+		o.dutyLeasePeriod = d
+		return nil
+	}
+}
+
+// joinDuties takes this replica's share of the duties before they start
+// (alone: all of them) and renews it until schedCtx ends.
+func (b *Broker) joinDuties(ctx, schedCtx context.Context) {
+	if b.opts.exclusiveStore || b.opts.dutyLeasePeriod == 0 {
+		b.duties = allDuties{}
+		return
+	}
+	// Leases measure the real time between replicas' writes, as the
+	// ticker does: not b.opts.now, which a test may make jump.
+	m, err := lease.New(lease.Config{Store: b.store, ReplicaID: b.opts.replicaID, Period: b.opts.dutyLeasePeriod, Now: time.Now, Logger: b.log})
+	if err != nil {
+		b.log.ErrorContext(ctx, "duty leases off: every duty is done here", "err", err)
+		b.duties = allDuties{}
+		return
+	}
+	if err := m.Join(ctx); err != nil {
+		b.log.WarnContext(ctx, "could not take a share of the duties yet; trying again every tick", "err", err)
+	}
+	b.duties = m
+	b.wg.Add(1)
+	go func() {
+		defer b.wg.Done()
+		m.Run(schedCtx)
+	}()
+}
+
+// owns reports whether this replica does key's duties now.
+func (b *Broker) owns(key string) bool { return b.duties.Owns(key) }
