@@ -75,11 +75,13 @@ func WithScopeWidening(ctx context.Context) context.Context {
 	return authflow.WithScopeWidening(ctx)
 }
 
-// WithFlowTiming sets how often a replica sweeps the pending flows (taking
+// WithFlowTiming sets how often the sweeping replica sweeps the pending flows (taking
 // over device flows whose poller's lease ran out, expiring and deleting old
 // ones; default 10s, one store List per sweep plus one read per flow) and
 // the lease a device flow's poller holds (default 30s, at least three
-// polling intervals). A dead poller is replaced within lease + sweep.
+// polling intervals). A dead poller is replaced within lease + sweep
+// (plus up to a duty lease period when the replica that died was the one
+// sweeping: duties.go).
 func WithFlowTiming(sweep, lease time.Duration) Option {
 	return func(o *options) error {
 		if sweep < 10*time.Millisecond || sweep > time.Hour {

@@ -160,10 +160,11 @@ func WithRejectionInterval(d time.Duration) Option {
 // token is introspected at the provider to detect a revocation there (a
 // reused old token, an admin) before the next refresh would meet it (default
 // 5m; 0 turns periodic detection off). Only credentials whose provider has
-// an introspection endpoint are checked. Each replica checks every family
-// once per interval, ±10% jitter, spread over the interval: the provider
-// sees replicas × credentials / interval introspection calls, and the store
-// is read only when the provider reports a token inactive. See detect.go.
+// an introspection endpoint are checked. Each family is checked once per
+// interval, ±10% jitter, spread over the interval, by the replica holding
+// its duty lease (duties.go): the provider sees credentials / interval
+// introspection calls however many replicas run, and the store is read only
+// when the provider reports a token inactive. See detect.go.
 func WithIntrospectionInterval(d time.Duration) Option {
 	return func(o *options) error {
 		if d != 0 && (d < 10*time.Millisecond || d > 24*time.Hour) {
@@ -467,6 +468,7 @@ func New(ctx context.Context, cfg Config, opts ...Option) (*Broker, error) {
 		ctx:      bctx,
 		cancel:   cancel,
 		entries:  make(map[string]*entry),
+		duties:   allDuties{}, // until joinDuties
 	}
 	b.notices = notice.New(b.store, o.notice, o.now, b.log)
 	b.catalog = catalog.New(b.store, catalogCredentials{b}, b.log)

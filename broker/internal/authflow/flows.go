@@ -45,7 +45,9 @@ import (
 // process pause plus clock skew exceeds that margin, and even then the
 // provider redeems an approved device code once, so at most one family is
 // installed. A replica that stops releases its leases; one that dies leaves
-// them to expire, and the next sweep of another replica takes the poll over.
+// them to expire, and the next sweep takes the poll over: one replica of
+// those sharing the store sweeps (Config.Sweeps), and when it is the one
+// that died, another takes the sweep over within a duty lease period.
 
 // FlowKind says how a pending flow reaches the user.
 type FlowKind string
@@ -336,7 +338,7 @@ var ErrCallbackNotConfigured = errors.New("broker: no callback URL configured (s
 // minutes), MaxPendingFlowsPerCredential or MaxPendingFlowsPerActor.
 var ErrTooManyFlows = errors.New("broker: too many authorization flows in progress")
 
-// Flow bounds. Each flow is a store record every replica's sweep reads,
+// Flow bounds. Each flow is a store record the sweep reads,
 // and a device flow also a poller: the store holds at most MaxPendingFlows
 // (WithMaxFlows), and within that, shares keep one credential or one
 // operator from taking every place for the flow lifetime.
@@ -437,7 +439,7 @@ func (fl *Flows) reserveFlow(ctx context.Context, credentialID string) (string, 
 }
 
 // ledgerWriteTries bounds the ledger's read-modify-write loop. The ledger is
-// one record every replica's starts and sweeps write: a replica reserving
+// one record every replica's starts and the sweep write: a replica reserving
 // places back to back can win every race against another one retrying at
 // once (seen under CPU load), so a loser backs off, with jitter, before it
 // reads again (ledgerBackoff), and gets more tries than a flow record's.

@@ -13,7 +13,7 @@ import (
 	"github.com/rotavault/rotavault/store/memstore"
 )
 
-const testPeriod = 300 * time.Millisecond
+const testPeriod = time.Second
 
 // cuttable is a store a replica loses at once and for good, as when its
 // process is killed: every call fails from cut on, nothing says goodbye.
@@ -171,8 +171,8 @@ func TestLeaseWritesStayUnderTheBound(t *testing.T) {
 		r.st.writes.Store(0)
 		r.st.raced.Store(true)
 	}
-	poll.Until(t, 10*time.Second, "30 conflicts at each replica", func() bool {
-		return rs[0].m.Stats().Conflicts >= 30 && rs[1].m.Stats().Conflicts >= 30
+	poll.Until(t, 10*time.Second, "20 conflicts at each replica", func() bool {
+		return rs[0].m.Stats().Conflicts >= 20 && rs[1].m.Stats().Conflicts >= 20
 	})
 	elapsed := time.Since(start)
 	bound := MaxWritesPerSecond(testPeriod)*elapsed.Seconds() + MaxWritesPerTick + 1
