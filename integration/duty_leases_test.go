@@ -2,6 +2,7 @@ package integration
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"sync"
@@ -14,6 +15,7 @@ import (
 	"github.com/rotavault/rotavault/internal/fositeserver"
 	"github.com/rotavault/rotavault/internal/vaulttest"
 	"github.com/rotavault/rotavault/store"
+	"github.com/rotavault/rotavault/vaultstore"
 )
 
 // Duties done once, not once per replica: replicas sharing a Vault store
@@ -266,5 +268,84 @@ func TestIntrospectionCallsDoNotGrowWithReplicas(t *testing.T) {
 	}
 	if s := fs.Stats(); s.InvalidGrants != 0 {
 		t.Errorf("fosite refused a grant: %+v", s)
+	}
+}
+
+// leaseTable is the lease record as rotavault writes it (lease.table):
+// read straight from Vault to watch replica processes.
+type leaseTable struct {
+	Members map[string]uint64 `json:"members"`
+	Shards  []struct {
+		Holder string `json:"h"`
+	} `json:"shards"`
+}
+
+// readLeaseTable reads the lease record under prefix; nil when absent or
+// unreadable (the caller awaits a condition on it).
+func readLeaseTable(ctx context.Context, st store.Store) *leaseTable {
+	rec, err := st.Get(ctx, dutyLeaseKey)
+	if err != nil {
+		return nil
+	}
+	var lt leaseTable
+	if json.Unmarshal(rec.Value, &lt) != nil {
+		return nil
+	}
+	return &lt
+}
+
+// heldByMembers reports whether lt has n members and every shard is held
+// by one of them.
+func (lt *leaseTable) heldByMembers(n int) bool {
+	if lt == nil || len(lt.Members) != n || len(lt.Shards) != dutyShards {
+		return false
+	}
+	for _, s := range lt.Shards {
+		if _, ok := lt.Members[s.Holder]; !ok {
+			return false
+		}
+	}
+	return true
+}
+
+// A replica process killed with SIGKILL (no goodbye) has its shards taken
+// over by the other processes within one lease period, as the lease record
+// in Vault shows.
+func TestKilledReplicaProcessDutiesTakenOverWithinOneLeasePeriod(t *testing.T) {
+	v := vaulttest.StartDev(t)
+	const prefix = "rotavault/duties"
+	args := []string{"--refresh-claim-ttl", killClaimTTL, "--refresh-claim-margin", killClaimMargin, "--vault-prefix", prefix,
+		"--duty-lease-period", dutyLeasePeriod.String()}
+	env := []string{"VAULT_ADDR=" + v.Addr, "VAULT_TOKEN=" + v.Token}
+	var procs []*replicaProcess
+	for range 3 {
+		procs = append(procs, startVaultReplicaClaims(t, env, args))
+	}
+	st, err := vaultstore.New(context.Background(), vaultstore.Config{Client: v.Client(t), Prefix: prefix})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := ctxT(t)
+	var before *leaseTable
+	awaitCondition(t, "three processes hold every shard", func() bool {
+		before = readLeaseTable(ctx, st)
+		return before.heldByMembers(3)
+	})
+	procs[0].kill()
+	killed := time.Now()
+	var after *leaseTable
+	awaitCondition(t, "two processes hold every shard", func() bool {
+		after = readLeaseTable(ctx, st)
+		return after.heldByMembers(2)
+	})
+	took := time.Since(killed)
+	t.Logf("a SIGKILLed replica's duties were taken over in %s (lease period %s)", took.Round(time.Millisecond), dutyLeasePeriod)
+	if took > dutyLeasePeriod {
+		t.Errorf("the killed process's shards were taken over after %s, more than the lease period %s", took, dutyLeasePeriod)
+	}
+	for id := range after.Members {
+		if _, ok := before.Members[id]; !ok {
+			t.Errorf("member %s appeared from nowhere", id)
+		}
 	}
 }
