@@ -12,7 +12,10 @@ import (
 // credential (each flow sweep) by the one replica holding its shard's lease
 // (package lease), not by every replica. What a caller asks for, and the
 // refresh ahead of expiry of a token this replica hands out, stay with the
-// replica asked; the refresh claims keep rotations single as before.
+// replica asked; the refresh claims keep rotations single as before. A
+// replica that gains a shard finds its credentials' idle refreshes with
+// the scheduler's sweep (scheduler.go), not at once: they are due at half
+// the idle timeout, so the other half is the margin.
 
 // DefaultDutyLeasePeriod is the default lease period: a replica that dies
 // has its duties taken over within it.

@@ -187,3 +187,21 @@ func TestLeaseWritesStayUnderTheBound(t *testing.T) {
 		}
 	}
 }
+
+// While the store cannot be reached a replica's leases lapse and its
+// duties pause (within half a period: no other replica can have taken them
+// over before); when the store answers again they resume.
+func TestDutiesPauseWhileTheStoreIsDown(t *testing.T) {
+	r := startReplica(t, memstore.New(), "a")
+	r.st.cut.Store(true)
+	down := time.Now()
+	poll.Until(t, 10*time.Second, "the duties pause", func() bool { return r.m.Stats().Owned == 0 })
+	if took := time.Since(down); took > testPeriod/2 {
+		t.Errorf("the duties went on %s into the outage, past half the period %s", took, testPeriod/2)
+	}
+	if r.m.Owns("credential-1") {
+		t.Error("Owns says yes with the lease lapsed")
+	}
+	r.st.cut.Store(false)
+	poll.Until(t, 10*time.Second, "the duties resume", func() bool { return r.m.Stats().Owned == Shards })
+}
