@@ -2,14 +2,16 @@ package broker
 
 import (
 	"context"
+	"fmt"
 	"time"
 
 	"github.com/rotavault/rotavault/broker/internal/lease"
 )
 
 // Duties shared among replicas: early detection's introspection, the
-// scheduler's idle-timeout refreshes and the flow sweep are done for each
-// credential (each flow sweep) by the one replica holding its shard's lease
+// scheduler's idle-timeout refreshes and the flow sweep are done, for each
+// credential and for the sweep as a whole, by the one replica holding the
+// shard's lease
 // (package lease), not by every replica. What a caller asks for, and the
 // refresh ahead of expiry of a token this replica hands out, stay with the
 // replica asked; the refresh claims keep rotations single as before. A
@@ -50,7 +52,7 @@ func WithDutyLeasePeriod(d time.Duration) Option {
 	return func(o *options) error {
 		if d != 0 {
 			if err := lease.ValidatePeriod(d); err != nil {
-				return err
+				return fmt.Errorf("broker: %w", err)
 			}
 		}
 		o.dutyLeasePeriod = d
