@@ -94,12 +94,16 @@ type Broker struct {
 	catalog *catalog.Catalog
 	// discovery fetches issuers' metadata (package discovery).
 	discovery *discovery.Discovery
-	metrics   stats.Counters
+	// duties says which shared duties this replica does (duties.go).
+	duties  dutyShards
+	metrics stats.Counters
 }
 
 // Stats returns the broker's counters.
 func (b *Broker) Stats() stats.Stats {
-	return b.metrics.Snapshot(b.catalog.Dropped(), b.notices.LastRead())
+	s := b.metrics.Snapshot(b.catalog.Dropped(), b.notices.LastRead())
+	s.Duties = b.duties.Stats()
+	return s
 }
 
 // New returns a broker and starts its scheduler. It loads the credentials
@@ -124,6 +128,7 @@ func New(ctx context.Context, cfg Config, opts ...option.Option) (*Broker, error
 		ctx:      bctx,
 		cancel:   cancel,
 		entries:  make(map[string]*entry),
+		duties:   allDuties{}, // until joinDuties
 	}
 	b.notices = notice.New(b.store, o.Notice, o.Now, b.log)
 	b.discovery = discovery.New(b.provider, o.Now, &b.metrics, b.log)
@@ -131,7 +136,7 @@ func New(ctx context.Context, cfg Config, opts ...option.Option) (*Broker, error
 	flowOpts := o.Flow
 	flowOpts.RetryBase = o.Refresh.RetryBase
 	b.flows = authflow.New(authflow.Config{Store: b.store, Provider: b.provider, Core: flowCore{b}, Now: o.Now, Logger: b.log,
-		ReplicaID: o.ReplicaID, Go: b.goTracked, Options: flowOpts})
+		ReplicaID: o.ReplicaID, Go: b.goTracked, Sweeps: func() bool { return b.owns(flowSweepDuty) }, Options: flowOpts})
 	if err := b.notices.Init(ctx); err != nil {
 		cancel()
 		return nil, err
@@ -142,6 +147,7 @@ func New(ctx context.Context, cfg Config, opts ...option.Option) (*Broker, error
 	}
 	schedCtx, stopScheduler := context.WithCancel(bctx)
 	b.stopScheduler = stopScheduler
+	b.joinDuties(ctx, schedCtx)
 	b.startDetector(schedCtx)
 	b.startRediscovery(schedCtx)
 	b.flows.Start(schedCtx)

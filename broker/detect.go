@@ -39,7 +39,17 @@ func (b *Broker) startDetector(ctx context.Context) {
 // replica's entries, each checked as its view is when due.
 type detectCore struct{ b *Broker }
 
-func (c detectCore) Credentials() []*entry { return c.b.snapshotEntries() }
+// Credentials are those whose duties this replica holds (duties.go).
+func (c detectCore) Credentials() []*entry {
+	all := c.b.snapshotEntries()
+	mine := all[:0]
+	for _, e := range all {
+		if c.b.owns(e.id) {
+			mine = append(mine, e)
+		}
+	}
+	return mine
+}
 
 func (c detectCore) Check(e *entry, now time.Time) (func(context.Context), bool) {
 	v := e.view.Load()

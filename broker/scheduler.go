@@ -75,7 +75,7 @@ func (b *Broker) due(e *entry, v *view, now time.Time) bool {
 		return true
 	}
 	idle := b.idleDue(v)
-	return !idle.IsZero() && !now.Before(idle)
+	return !idle.IsZero() && !now.Before(idle) && b.owns(e.id) // a shared duty: duties.go
 }
 
 func (b *Broker) runScheduler(ctx context.Context) {
@@ -189,7 +189,9 @@ func (b *Broker) nextCheck(e *entry, v *view, now time.Time) (at time.Time, soon
 	} else if now.Before(v.fam.Access.ExpiresAt) && !e.used.Load() {
 		return time.Time{}, true
 	}
-	if idle := b.idleDue(v); !idle.IsZero() && (at.IsZero() || idle.Before(at)) {
+	// Another replica's idle refresh: the sweep looks again (the duty may
+	// come here), not every tick.
+	if idle := b.idleDue(v); !idle.IsZero() && (at.IsZero() || idle.Before(at)) && (now.Before(idle) || b.owns(e.id)) {
 		at = idle
 	}
 	return at, false

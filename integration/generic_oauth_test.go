@@ -33,12 +33,27 @@ import (
 // imported (now superseded) refresh token.
 func withFositeCredential(t *testing.T, e *env, id string, cfg fositeserver.Config, mutate ...func(*fositeserver.Server, *rotavaultv1.CredentialSpec)) (*fositeserver.Server, string) {
 	t.Helper()
+	fs := startFosite(t, cfg)
+	return fs, addFositeCredential(t, e, fs, id, mutate...)
+}
+
+// startFosite starts fosite with the test client.
+func startFosite(t *testing.T, cfg fositeserver.Config) *fositeserver.Server {
+	t.Helper()
 	fs, err := fositeserver.Start(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = fs.Close() })
 	fs.AddClient(fositeClientID, fositeClientSecret, []string{callbackURI})
+	return fs
+}
+
+// addFositeCredential registers fs as generic OAuth 2.0 credential id and
+// imports a fresh family, returning the imported (now superseded) refresh
+// token.
+func addFositeCredential(t *testing.T, e *env, fs *fositeserver.Server, id string, mutate ...func(*fositeserver.Server, *rotavaultv1.CredentialSpec)) string {
+	t.Helper()
 	spec := &rotavaultv1.CredentialSpec{
 		ProviderKind:  rotavaultv1.ProviderKind_PROVIDER_KIND_OAUTH2,
 		TokenUrl:      fs.TokenURL(),
@@ -59,7 +74,7 @@ func withFositeCredential(t *testing.T, e *env, id string, cfg fositeserver.Conf
 		t.Fatal(err)
 	}
 	e.importToken(id, rt)
-	return fs, rt
+	return rt
 }
 
 // The access token's lifetime is fosite's expires_in, not the credential's

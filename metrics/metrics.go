@@ -117,12 +117,21 @@ var (
 		"Credentials by status (active, revoked, awaiting_reauthentication, unproven), read from the store at each scrape; every status is present from the start, so an alert on revoked > 0 fires on the first revocation after a restart. Absent from a scrape whose store listing failed.", []string{"status"}, nil)
 	noticeLogDesc = prometheus.NewDesc(namespace+"_notice_log_last_read_timestamp_seconds",
 		"When this replica last read the shared notice log successfully (0: never); the store's health as this replica sees it.", nil, nil)
+	dutyShardsDesc = prometheus.NewDesc(namespace+"_duty_shards_owned",
+		"Shards (of 64) whose duties this replica does now: introspection, refreshes before an idle timeout, the flow sweep. All 64 alone on a store; 0 while its lease lapsed (the store is unreachable).", nil, nil)
+	dutyReplicasDesc = prometheus.NewDesc(namespace+"_duty_replicas",
+		"Live replicas sharing the duties, as this replica's last lease write counted them.", nil, nil)
+	dutyLeaseWritesDesc = prometheus.NewDesc(namespace+"_duty_lease_writes_total",
+		"Writes of the shared duty lease record by this replica, by result: ok, conflict (another replica wrote first), error, held_back (the write bound held it back for a tick).", []string{"result"}, nil)
+	dutyHandoversDesc = prometheus.NewDesc(namespace+"_duty_shard_handovers_total",
+		"Shards this replica took over from another replica: one that died (after its lease lapsed), stopped, or gave them back when a replica joined.", nil, nil)
 )
 
 type brokerCollector struct{ b BrokerStats }
 
 func (c *brokerCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{refreshesDesc, refreshFailuresDesc, revocationsDesc, cacheHitsDesc, cacheMissesDesc, rotationsHeldBackDesc, cutoffWaitsDesc, offScheduleDesc, discoveriesDesc, discoveryFailuresDesc, claimWaitsDesc, subscribersDesc, droppedDesc, noticeLogDesc, credentialsDesc} {
+	for _, d := range []*prometheus.Desc{refreshesDesc, refreshFailuresDesc, revocationsDesc, cacheHitsDesc, cacheMissesDesc, rotationsHeldBackDesc, cutoffWaitsDesc, offScheduleDesc, discoveriesDesc, discoveryFailuresDesc, claimWaitsDesc, subscribersDesc, droppedDesc, noticeLogDesc, credentialsDesc,
+		dutyShardsDesc, dutyReplicasDesc, dutyLeaseWritesDesc, dutyHandoversDesc} {
 		ch <- d
 	}
 }
@@ -148,6 +157,13 @@ func (c *brokerCollector) Collect(ch chan<- prometheus.Metric) {
 	counter(discoveryFailuresDesc, s.DiscoveryFailures)
 	counter(claimWaitsDesc, s.ClaimWaits)
 	counter(droppedDesc, s.ConsumerTokensDropped)
+	d := s.Duties
+	ch <- prometheus.MustNewConstMetric(dutyShardsDesc, prometheus.GaugeValue, float64(d.Owned))
+	ch <- prometheus.MustNewConstMetric(dutyReplicasDesc, prometheus.GaugeValue, float64(d.Members))
+	for result, n := range map[string]int64{"ok": d.Writes, "conflict": d.Conflicts, "error": d.Failures, "held_back": d.Throttled} {
+		counter(dutyLeaseWritesDesc, n, result)
+	}
+	counter(dutyHandoversDesc, d.Handovers)
 	ch <- prometheus.MustNewConstMetric(subscribersDesc, prometheus.GaugeValue, float64(c.b.SubscriberCount()))
 	var last float64
 	if !s.NoticeLogReadAt.IsZero() {

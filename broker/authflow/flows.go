@@ -45,7 +45,9 @@ import (
 // process pause plus clock skew exceeds that margin, and even then the
 // provider redeems an approved device code once, so at most one family is
 // installed. A replica that stops releases its leases; one that dies leaves
-// them to expire, and the next sweep of another replica takes the poll over.
+// them to expire, and the next sweep takes the poll over: one replica of
+// those sharing the store sweeps (Config.Sweeps), and when it is the one
+// that died, another takes the sweep over within a duty lease period.
 
 // FlowKind says how a pending flow reaches the user.
 type FlowKind string
@@ -206,7 +208,11 @@ type Config struct {
 	ReplicaID string
 	// Go runs f in a goroutine its owner waits for at shutdown, and
 	// reports false, running nothing, once the owner is closed.
-	Go      func(f func()) bool
+	Go func(f func()) bool
+	// Sweeps reports whether this replica sweeps now: one replica of
+	// those sharing the store does (the holder of the sweep's duty lease).
+	// Nil: always.
+	Sweeps  func() bool
 	Options Options
 }
 
@@ -220,6 +226,7 @@ type Flows struct {
 	log       *slog.Logger
 	replicaID string
 	goTracked func(f func()) bool
+	sweeps    func() bool
 	opts      Options
 	runner    flowRunner
 }
@@ -231,7 +238,7 @@ func New(cfg Config) *Flows {
 		o.MaxFlows = MaxPendingFlows
 	}
 	return &Flows{store: cfg.Store, provider: cfg.Provider, core: cfg.Core, now: cfg.Now, log: cfg.Logger,
-		replicaID: cfg.ReplicaID, goTracked: cfg.Go, opts: o}
+		replicaID: cfg.ReplicaID, goTracked: cfg.Go, sweeps: cfg.Sweeps, opts: o}
 }
 
 // Record is a reauthentication flow. The verifier and the device code
@@ -331,7 +338,7 @@ var ErrCallbackNotConfigured = errors.New("broker: no callback URL configured (s
 // minutes), MaxPendingFlowsPerCredential or MaxPendingFlowsPerActor.
 var ErrTooManyFlows = errors.New("broker: too many authorization flows in progress")
 
-// Flow bounds. Each flow is a store record every replica's sweep reads,
+// Flow bounds. Each flow is a store record the sweep reads,
 // and a device flow also a poller: the store holds at most MaxPendingFlows
 // (WithMaxFlows), and within that, shares keep one credential or one
 // operator from taking every place for the flow lifetime.
@@ -432,7 +439,7 @@ func (fl *Flows) reserveFlow(ctx context.Context, credentialID string) (string, 
 }
 
 // ledgerWriteTries bounds the ledger's read-modify-write loop. The ledger is
-// one record every replica's starts and sweeps write: a replica reserving
+// one record every replica's starts and the sweep write: a replica reserving
 // places back to back can win every race against another one retrying at
 // once (seen under CPU load), so a loser backs off, with jitter, before it
 // reads again (ledgerBackoff), and gets more tries than a flow record's.
@@ -825,7 +832,9 @@ func (fl *Flows) runFlowSweeper(ctx context.Context) {
 	t := time.NewTicker(fl.opts.sweep())
 	defer t.Stop()
 	for {
-		fl.Sweep(ctx)
+		if fl.sweeps == nil || fl.sweeps() {
+			fl.Sweep(ctx)
+		}
 		select {
 		case <-ctx.Done():
 			return

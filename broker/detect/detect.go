@@ -47,21 +47,21 @@
 // An inactive verdict costs one more introspection there, and no store read
 // when the access token is active.
 //
-// Cost and delay of the periodic check, per replica: every family once per
-// interval (±10% jitter, the first check at a random point of the first
-// interval, so a restart does not make a burst), at most
-// introspectionConcurrency calls in flight. No store reads or writes unless
-// the provider says inactive (and, at a generic provider, the access token
-// agrees). Replicas do not coordinate: the provider sees
-// replicas × credentials / interval calls (10 replicas, 100,000
-// credentials, 5 minutes: 3,333 calls/s; one replica: 333/s; at generic
-// providers only credentials with a live access token count). Coordinating
-// would cost a store write (or read) per check, the load this design
-// avoids. A family revoked at the provider is detected by a replica within
-// 1.1 × interval + one tick (interval/60, at most 5s) + the introspection
-// and store round trips, and its watchers are notified after that within
-// the notice fan-out delay; with R replicas checking independently, the
-// expected delay falls to about interval / (R + 1).
+// Cost and delay of the periodic check: every family the core lists once
+// per interval (±10% jitter, the first check at a random point of the first
+// interval, so a restart or a family changing hands does not make a burst),
+// at most introspectionConcurrency calls in flight. No store reads or
+// writes unless the provider says inactive (and, at a generic provider, the
+// access token agrees). Replicas sharing a store list only the families of
+// the shards they hold (duty leases, broker/internal/lease), so the provider
+// sees credentials / interval calls however many replicas run (100,000
+// credentials, 5 minutes: 333 calls/s; at generic providers only
+// credentials with a live access token count); the leases cost a store read
+// and write per replica per tick, not per check. A family revoked at the
+// provider is detected by the replica holding it within 1.1 × interval +
+// one tick (interval/60, at most 5s) + the introspection and store round
+// trips, plus up to one lease period when its replica died, and its
+// watchers are notified after that within the notice fan-out delay.
 package detect
 
 import (

@@ -14,6 +14,7 @@ import (
 	"github.com/rotavault/rotavault/broker/authflow"
 	"github.com/rotavault/rotavault/broker/credspec"
 	"github.com/rotavault/rotavault/broker/detect"
+	"github.com/rotavault/rotavault/broker/internal/lease"
 	"github.com/rotavault/rotavault/broker/internal/textcheck"
 	"github.com/rotavault/rotavault/broker/notice"
 )
@@ -30,6 +31,8 @@ type Options struct {
 	ReplicaID string
 	// ExclusiveStore: no other process uses the store (WithExclusiveStore).
 	ExclusiveStore bool
+	// DutyLeasePeriod: broker/duties.go; 0 turns sharing off.
+	DutyLeasePeriod time.Duration
 	// CloseGrace bounds how long Close waits for refreshes in flight.
 	CloseGrace time.Duration
 
@@ -92,6 +95,7 @@ func Defaults() Options {
 			NotProcessedTries: 4, RejectionInterval: 30 * time.Second},
 		Schedule:          Schedule{Interval: 5 * time.Second},
 		DiscoveryInterval: DefaultDiscoveryInterval,
+		DutyLeasePeriod:   DefaultDutyLeasePeriod,
 
 		Notice: notice.Options{Retention: 10000, Buffer: 256, Poll: 500 * time.Millisecond},
 		Detect: detect.Config{Interval: detect.DefaultIntrospectionInterval, Concurrency: detect.DefaultIntrospectionConcurrency},
@@ -150,11 +154,11 @@ func WithRejectionInterval(d time.Duration) Option {
 // token is introspected at the provider to detect a revocation there (a
 // reused old token, an admin) before the next refresh would meet it (default
 // 5m; 0 turns periodic detection off). Only credentials whose provider has
-// an introspection endpoint are checked. Each replica checks every family
-// once per interval, ±10% jitter, spread over the interval: the provider
-// sees replicas × credentials / interval introspection calls, and the store
-// is read only when the provider reports a token inactive. See package
-// detect.
+// an introspection endpoint are checked. Each family is checked once per
+// interval, ±10% jitter, spread over the interval, by the replica holding
+// its duty lease (broker/duties.go): the provider sees credentials /
+// interval introspection calls however many replicas run, and the store is
+// read only when the provider reports a token inactive. See package detect.
 func WithIntrospectionInterval(d time.Duration) Option {
 	return func(o *Options) error {
 		if d != 0 && (d < 10*time.Millisecond || d > 24*time.Hour) {
@@ -263,11 +267,13 @@ func WithNoticeRetention(n int) Option {
 	}
 }
 
-// WithFlowTiming sets how often a replica sweeps the pending flows (taking
-// over device flows whose poller's lease ran out, expiring and deleting old
-// ones; default 10s, one store List per sweep plus one read per flow) and
-// the lease a device flow's poller holds (default 30s, at least three
-// polling intervals). A dead poller is replaced within lease + sweep.
+// WithFlowTiming sets how often the sweeping replica sweeps the pending
+// flows (taking over device flows whose poller's lease ran out, expiring
+// and deleting old ones; default 10s, one store List per sweep plus one
+// read per flow) and the lease a device flow's poller holds (default 30s,
+// at least three polling intervals). A dead poller is replaced within
+// lease + sweep (plus up to a duty lease period when the replica that died
+// was the one sweeping: broker/duties.go).
 func WithFlowTiming(sweep, lease time.Duration) Option {
 	return func(o *Options) error {
 		if sweep < 10*time.Millisecond || sweep > time.Hour {
@@ -315,6 +321,27 @@ func durationOption(name string, d, lo, hi time.Duration, set func(*Options)) Op
 			return fmt.Errorf("broker: %s %s out of range [%s, %s]", name, d, lo, hi)
 		}
 		set(o)
+		return nil
+	}
+}
+
+// DefaultDutyLeasePeriod is the default duty lease period: a replica that
+// dies has its duties taken over within it.
+const DefaultDutyLeasePeriod = lease.DefaultPeriod
+
+// WithDutyLeasePeriod sets the duty lease period (default 30s): the
+// longest a dead replica's duties wait for another replica. Each replica
+// writes the shared lease record ten times a period, at most twice that
+// (lease.MaxWritesPerSecond). 0 turns sharing off: every replica does
+// every duty, as a replica alone on its store (WithExclusiveStore) does.
+func WithDutyLeasePeriod(d time.Duration) Option {
+	return func(o *Options) error {
+		if d != 0 {
+			if err := lease.ValidatePeriod(d); err != nil {
+				return fmt.Errorf("broker: %w", err)
+			}
+		}
+		o.DutyLeasePeriod = d
 		return nil
 	}
 }

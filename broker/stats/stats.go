@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/rotavault/rotavault/broker/brokererr"
+	"github.com/rotavault/rotavault/broker/internal/lease"
 	"github.com/rotavault/rotavault/broker/notice"
 )
 
@@ -73,6 +74,9 @@ type Stats struct {
 	// NoticeLogReadAt is when this replica last read the shared notice log
 	// successfully: how current its view of the store is.
 	NoticeLogReadAt time.Time
+	// Duties are this replica's share of the duties shared among replicas
+	// (broker/duties.go).
+	Duties lease.Stats
 }
 
 // Snapshot returns the counters, with the consumer catalog's dropped tokens

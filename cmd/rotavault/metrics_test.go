@@ -109,6 +109,8 @@ func TestMetricsFollowWhatTheServerDoes(t *testing.T) {
 		"rotavault_access_token_cache_hits_total": 3,
 		"rotavault_refreshes_total":               1,
 		"rotavault_watch_subscribers":             1,
+		// Alone on its embedded store: every duty is this replica's.
+		"rotavault_duty_shards_owned": 64,
 		`rotavault_provider_request_duration_seconds_count{operation="refresh",outcome="ok"}`: 1,
 	} {
 		if got := scrape(t, base, sample); got != want {

@@ -445,6 +445,7 @@ func newServeCmd(a *app) *cobra.Command {
 		issuanceFlush                    time.Duration
 		logSlowCall                      time.Duration
 		limits                           limitFlags
+		duties                           dutyFlags
 	)
 	cmd := &cobra.Command{
 		Use:   "serve",
@@ -541,6 +542,11 @@ keys are the flag names with _ for -), then the defaults.`,
 			scfg.Backend, scfg.VaultMount, scfg.VaultPrefix, scfg.VaultLogin = backend, vaultMount, vaultPrefix, vaultLogin
 			scfg.VaultTransitKey, scfg.VaultTransitMount, scfg.VaultAddrs = transitKey, transitMount, vaultAddrs
 			scfg.BrokerOptions = []option.Option{option.WithClaimTiming(claimTTL, claimMargin), option.WithNoticePollInterval(noticePoll), option.WithIntrospectionInterval(introspection), option.WithRejectionInterval(rejectedInterval)}
+			dutyOpts, err := duties.options()
+			if err != nil {
+				return err
+			}
+			scfg.BrokerOptions = append(scfg.BrokerOptions, dutyOpts...)
 			scfg.MaxConnectionAge = maxConnAge
 			scfg.HTTPListen, scfg.PublicURL = httpListen, publicURL
 			if issuanceFlush < minIssuanceFlush {
@@ -579,7 +585,7 @@ keys are the flag names with _ for -), then the defaults.`,
 	fs.StringVar(&httpListen, "http-listen", "", "address of the HTTP endpoints — the OAuth callback /oauth/callback, Prometheus /metrics, liveness /healthz, readiness /readyz (the store is reachable) — host:port; off when empty. Plaintext: off loopback, put a TLS-terminating proxy in front")
 	fs.StringVar(&publicURL, "public-url", "", "how browsers reach the HTTP endpoints (https, or http on loopback): <public-url>/oauth/callback is the redirect URI of 'reauth start' without --redirect-uri; register it with each provider app")
 	fs.BoolVar(&reflection, "reflection", false, "serve gRPC reflection (for grpcurl)")
-	fs.DurationVar(&introspection, "introspection-interval", detect.DefaultIntrospectionInterval, "how often each active family's refresh token is introspected at its provider (where the credential has an introspection URL) to detect a revocation there without spending a rotation; each replica asks replicas × credentials / interval times; 0 turns it off. At generic providers a verdict needs the family's access token, known alive at the provider, to be inactive too, so a family nobody fetched a token for lately is not checked: 'credentials show' says per credential whether early detection is active and why not")
+	fs.DurationVar(&introspection, "introspection-interval", detect.DefaultIntrospectionInterval, "how often each active family's refresh token is introspected at its provider (where the credential has an introspection URL) to detect a revocation there without spending a rotation; replicas sharing a store split the families (--duty-lease-period), so the provider sees credentials / interval calls however many replicas run; 0 turns it off. At generic providers a verdict needs the family's access token, known alive at the provider, to be inactive too, so a family nobody fetched a token for lately is not checked: 'credentials show' says per credential whether early detection is active and why not")
 	fs.DurationVar(&rejectedInterval, "rejected-token-interval", 30*time.Second, "least time between two refreshes caused by consumers reporting a rejected access token, per credential (reports the provider disproves wait 1s only)")
 	fs.DurationVar(&noticePoll, "notice-poll-interval", 500*time.Millisecond, "how often this replica reads the shared notice log for revocations and activations other replicas announced: the bound on how late they reach this replica's watchers (one store read each, whatever the number of credentials)")
 	fs.DurationVar(&maxConnAge, "max-connection-age", server.DefaultMaxConnectionAge, "end each client connection after this long (watch streams end with UNAVAILABLE and resume with their cursor, possibly on another replica); -1s never")
@@ -598,6 +604,7 @@ keys are the flag names with _ for -), then the defaults.`,
 	logs.register(fs, "info")
 	fs.DurationVar(&logSlowCall, "log-slow-call", server.DefaultLogSlowCall, "a routine read (GetAccessToken, GetCredential, the lists, server status, health checks) that succeeds faster than this is logged at debug only, and counted in the metrics; slower ones, errors and every call that changes state are logged at info")
 	limits.register(fs)
+	duties.register(fs)
 	fs.String(configFlag, "", "YAML file of serve's settings (keys: the flag names with _ for -; see deploy/rotavault.yaml); flags and ROTAVAULT_SERVER_* variables override it")
 	// Every other flag of serve, including those added later, is read from
 	// ROTAVAULT_SERVER_<FLAG>. Listening in plaintext off loopback must be
