@@ -5,13 +5,13 @@ import (
 	"fmt"
 	"path/filepath"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/rotavault/rotavault/boltstore"
 	"github.com/rotavault/rotavault/store"
+	"github.com/rotavault/rotavault/store/storetest"
 )
 
 // storeWork counts a store's calls and the keys its listings returned: the
@@ -85,40 +85,21 @@ const listingIdentity = "spiffe://example.org/billing"
 
 // seedListing writes n credentials (no family: awaiting reauthentication)
 // and a consumer catalog of one identity for each straight through st,
-// from 32 writers (so the embedded store's group commit shares fsyncs):
-// the API would take minutes for 100,000.
+// (storetest.Seed): the API would take minutes for 100,000.
 func seedListing(tb testing.TB, st store.Store, n int) {
 	tb.Helper()
 	ctx := context.Background()
 	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	spec := Spec{ProviderKind: ProviderSalesforce, BaseURL: "https://login.example.com", ClientID: "client", Scopes: []string{"api", "refresh_token"}}
-	var next atomic.Int64
-	var wg sync.WaitGroup
-	errs := make(chan error, 32)
-	for range 32 {
-		wg.Go(func() {
-			for i := int(next.Add(1)) - 1; i < n; i = int(next.Add(1)) - 1 {
-				id := listingID(i)
-				inc := fmt.Sprintf("inc%d", i)
-				cred, err := encodeRecord(&credentialRecord{Format: recordFormat, ID: id, Incarnation: inc, Spec: spec, CreatedAt: now, UpdatedAt: now})
-				if err != nil {
-					errs <- err
-					return
-				}
-				// The catalog's record, as package catalog writes it.
-				cat := fmt.Sprintf(`{"format":1,"incarnation":%q,"consumers":[{"identity":%q,"first_seen":"2026-01-01T00:00:00Z","last_seen":"2026-01-01T00:00:00Z","count":1}]}`, inc, listingIdentity)
-				for key, value := range map[string][]byte{credentialKey(id): cred, consumersKey(id): []byte(cat)} {
-					if _, err := st.Put(ctx, key, value, 0); err != nil {
-						errs <- err
-						return
-					}
-				}
-			}
-		})
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
+	err := storetest.Seed(ctx, st, n, func(i int) ([]store.Record, error) {
+		id := listingID(i)
+		inc := fmt.Sprintf("inc%d", i)
+		cred, err := encodeRecord(&credentialRecord{Format: recordFormat, ID: id, Incarnation: inc, Spec: spec, CreatedAt: now, UpdatedAt: now})
+		// The catalog's record, as package catalog writes it.
+		cat := fmt.Sprintf(`{"format":1,"incarnation":%q,"consumers":[{"identity":%q,"first_seen":"2026-01-01T00:00:00Z","last_seen":"2026-01-01T00:00:00Z","count":1}]}`, inc, listingIdentity)
+		return []store.Record{{Key: credentialKey(id), Value: cred}, {Key: consumersKey(id), Value: []byte(cat)}}, err
+	})
+	if err != nil {
 		tb.Fatal(err)
 	}
 }

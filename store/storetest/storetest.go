@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 
 	"github.com/rotavault/rotavault/store"
@@ -548,4 +549,37 @@ func testConcurrentIncrements(t *testing.T, s store.Store) {
 	}
 	total := workers * increments
 	wantRecord(t, s, key, strconv.Itoa(total), uint64(total)+1)
+}
+
+// Seed writes the records records(i) returns for i in [0, n) into s, each
+// created (expected version 0), from 32 writers at once so that a store
+// with group commit shares its fsyncs among them: fixtures of 100,000
+// records in seconds. It returns the first error.
+func Seed(ctx context.Context, s store.Store, n int, records func(i int) ([]store.Record, error)) error {
+	const writers = 32
+	var (
+		next atomic.Int64
+		wg   sync.WaitGroup
+		errs = make(chan error, writers)
+	)
+	for range writers {
+		wg.Go(func() {
+			for i := int(next.Add(1)) - 1; i < n; i = int(next.Add(1)) - 1 {
+				recs, err := records(i)
+				for _, r := range recs {
+					if err != nil {
+						break
+					}
+					_, err = s.Put(ctx, r.Key, r.Value, 0)
+				}
+				if err != nil {
+					errs <- fmt.Errorf("storetest: seed record %d: %w", i, err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	return <-errs
 }
