@@ -14,8 +14,10 @@ import (
 	"github.com/rotavault/rotavault/store/storetest"
 )
 
-// storeWork counts a store's calls and the keys its listings returned: the
-// work a listing page asks of the store.
+// storeWork counts a store's calls on credentials, families and consumer
+// catalogs, and the keys its listings of them returned: the work a listing
+// page asks of the store. The notice log's polls, which run meanwhile, are
+// not counted.
 type storeWork struct {
 	store.Store
 	calls, keys atomic.Int64
@@ -23,32 +25,40 @@ type storeWork struct {
 
 var _ store.Store = (*storeWork)(nil)
 
+func (s *storeWork) count(key string, keys int) {
+	for _, p := range []string{credentialsPrefix, "families/", consumersPrefix} {
+		if strings.HasPrefix(key, p) {
+			s.calls.Add(1)
+			s.keys.Add(int64(keys))
+			return
+		}
+	}
+}
+
 func (s *storeWork) Get(ctx context.Context, key string) (store.Record, error) {
-	s.calls.Add(1)
+	s.count(key, 0)
 	return s.Store.Get(ctx, key)
 }
 
 func (s *storeWork) Put(ctx context.Context, key string, value []byte, expected uint64) (uint64, error) {
-	s.calls.Add(1)
+	s.count(key, 0)
 	return s.Store.Put(ctx, key, value, expected)
 }
 
 func (s *storeWork) Delete(ctx context.Context, key string) error {
-	s.calls.Add(1)
+	s.count(key, 0)
 	return s.Store.Delete(ctx, key)
 }
 
 func (s *storeWork) List(ctx context.Context, prefix string) ([]string, error) {
 	keys, err := s.Store.List(ctx, prefix)
-	s.calls.Add(1)
-	s.keys.Add(int64(len(keys)))
+	s.count(prefix, len(keys))
 	return keys, err
 }
 
 func (s *storeWork) ListPage(ctx context.Context, prefix, after string, limit int) ([]string, bool, error) {
 	keys, more, err := s.Store.ListPage(ctx, prefix, after, limit)
-	s.calls.Add(1)
-	s.keys.Add(int64(len(keys)))
+	s.count(prefix, len(keys))
 	return keys, more, err
 }
 

@@ -76,22 +76,22 @@ func (ls *listings) page(ctx context.Context, prefix, after string, limit int) (
 			l = &listing{}
 			ls.byPrefix[prefix] = l
 		}
+		if waited && l.err != nil {
+			err := l.err
+			ls.mu.Unlock()
+			return nil, false, err
+		}
 		age := ls.now().Sub(l.listedAt)
 		// A page that waited for a LIST takes its answer even when the LIST
-		// took longer than the refresh period: it began after the page was
-		// asked for.
+		// took longer than the refresh period: it saw every change made
+		// before it began, and this page waited for it.
 		if !l.listedAt.IsZero() && (age < ls.refresh || waited) {
 			keys, more := store.PageOf(l.keys, after, limit)
-			if age >= ls.refresh/2 && l.running == nil {
+			if age >= ls.refresh/2 && l.running == nil && !waited {
 				ls.start(prefix, l) // in the background; a failure is retried by a later page
 			}
 			ls.mu.Unlock()
 			return keys, more, nil
-		}
-		if waited {
-			err := l.err
-			ls.mu.Unlock()
-			return nil, false, err
 		}
 		running := l.running
 		if running == nil {
