@@ -26,9 +26,13 @@ const DefaultListRefresh = 5 * time.Second
 // search and a copy of limit keys.
 //
 // A LIST starts when a page finds the folder's listing missing or older
-// than ListRefresh (the page waits for it), or, in the background, when a
-// page finds it older than half of ListRefresh: a listing read page after
+// than its refresh period (the page waits for it), or, in the background,
+// when a page finds it older than half of that: a listing read page after
 // page never waits again, and a folder nobody pages costs Vault nothing.
+// The refresh period is ListRefresh, or listLoadFactor times the folder's
+// last LIST when that is longer: a LIST of 100,000 keys takes seconds, and
+// back-to-back LISTs would keep Vault busy for as long as anyone pages.
+const listLoadFactor = 10
 
 // errClosed: ListPage after Close.
 var errClosed = errors.New("vaultstore: store closed")
@@ -59,6 +63,13 @@ type listing struct {
 	pending []change
 	// err is the last LIST's failure, for the pages that waited for it.
 	err error
+	// took is how long the last successful LIST took.
+	took time.Duration
+}
+
+// period is how long l serves before Vault is listed again.
+func (l *listing) period(refresh time.Duration) time.Duration {
+	return max(refresh, listLoadFactor*l.took)
 }
 
 type change struct {
@@ -81,13 +92,13 @@ func (ls *listings) page(ctx context.Context, prefix, after string, limit int) (
 			ls.mu.Unlock()
 			return nil, false, err
 		}
-		age := ls.now().Sub(l.listedAt)
+		age, period := ls.now().Sub(l.listedAt), l.period(ls.refresh)
 		// A page that waited for a LIST takes its answer even when the LIST
 		// took longer than the refresh period: it saw every change made
 		// before it began, and this page waited for it.
-		if !l.listedAt.IsZero() && (age < ls.refresh || waited) {
+		if !l.listedAt.IsZero() && (age < period || waited) {
 			keys, more := store.PageOf(l.keys, after, limit)
-			if age >= ls.refresh/2 && l.running == nil && !waited {
+			if age >= period/2 && l.running == nil && !waited {
 				ls.start(prefix, l) // in the background; a failure is retried by a later page
 			}
 			ls.mu.Unlock()
@@ -122,7 +133,7 @@ func (ls *listings) start(prefix string, l *listing) chan struct{} {
 			for _, c := range l.pending {
 				keys = applyChange(keys, c)
 			}
-			l.keys, l.listedAt = keys, began
+			l.keys, l.listedAt, l.took = keys, began, ls.now().Sub(began)
 		}
 		l.err, l.pending, l.running = err, nil, nil
 		close(running)
@@ -169,8 +180,8 @@ func applyChange(keys []string, c change) []string {
 
 // ListPage implements store.Store from the folder's listing kept in memory
 // (see listings): this store's own writes show at once, other processes'
-// creations and deletions within Config.ListRefresh (or once a LIST that
-// began after them ends). Errors: store.ErrInvalidKey,
+// creations and deletions within the refresh period (Config.ListRefresh)
+// or once a LIST that began after them ends. Errors: store.ErrInvalidKey,
 // store.ErrInvalidLimit, ctx.Err() wrapped, or the LIST's failure.
 func (s *Store) ListPage(ctx context.Context, prefix, after string, limit int) ([]string, bool, error) {
 	if err := store.ValidatePage(prefix, limit); err != nil {

@@ -72,9 +72,11 @@ type Config struct {
 	TransitMount string
 	Logger       *slog.Logger
 	// ListRefresh is how long a folder's listing kept for ListPage serves
-	// before Vault is listed again (default DefaultListRefresh): the bound
-	// on how late another replica's creations and deletions show in pages.
-	// This store's own writes show at once.
+	// before Vault is listed again (default DefaultListRefresh), or ten
+	// times the folder's last LIST when that is longer (a LIST of 100,000
+	// keys takes seconds): the bound on how late another replica's
+	// creations and deletions show in pages. This store's own writes show
+	// at once.
 	ListRefresh time.Duration
 	// Now is the clock of ListRefresh (default time.Now), for tests.
 	Now func() time.Time
