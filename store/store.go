@@ -113,13 +113,6 @@ func ValidatePage(prefix string, limit int) error {
 	return nil
 }
 
-// Direct reports whether key lies directly under prefix (no deeper level),
-// the rule of List and ListPage.
-func Direct(prefix, key string) bool {
-	rest, ok := strings.CutPrefix(key, prefix)
-	return ok && rest != "" && !strings.Contains(rest, "/")
-}
-
 // PageOf answers ListPage from keys, the sorted keys directly under one
 // prefix: those after `after`, at most limit, and whether more follow. The
 // page is a copy; keys stay the caller's.
