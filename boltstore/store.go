@@ -364,6 +364,50 @@ func (s *Store) List(ctx context.Context, prefix string) ([]string, error) {
 	return keys, nil
 }
 
+// ListPage returns at most limit keys directly under prefix after `after`,
+// and whether more follow: a cursor seek and limit+1 steps in one read
+// transaction, whatever the number of keys. Errors: store.ErrInvalidKey,
+// store.ErrInvalidLimit or ctx.Err() wrapped.
+func (s *Store) ListPage(ctx context.Context, prefix, after string, limit int) ([]string, bool, error) {
+	if err := store.ValidatePage(prefix, limit); err != nil {
+		return nil, false, fmt.Errorf("boltstore: list page: %w", err)
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, false, fmt.Errorf("boltstore: list page %q: %w", prefix, err)
+	}
+	keys := make([]string, 0, min(limit, 1024))
+	more := false
+	err := s.db.View(func(tx *bolt.Tx) error {
+		p := []byte(prefix)
+		start := p
+		if after > prefix {
+			start = []byte(after)
+		}
+		c := tx.Bucket([]byte(recordsBucket)).Cursor()
+		for k, _ := c.Seek(start); k != nil && bytes.HasPrefix(k, p); {
+			rest := k[len(p):]
+			if i := bytes.IndexByte(rest, '/'); i >= 0 {
+				// Deeper down: jump past the subtree, as List does.
+				k, _ = c.Seek(append(bytes.Clone(k[:len(p)+i]), '/'+1))
+				continue
+			}
+			if string(k) > after {
+				if len(keys) == limit {
+					more = true
+					return nil
+				}
+				keys = append(keys, string(k))
+			}
+			k, _ = c.Next()
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, false, fmt.Errorf("boltstore: list page %q: %w", prefix, closedErr(err))
+	}
+	return keys, more, nil
+}
+
 // closedErr names bbolt's "database not open" in this package's terms, so
 // callers need not import bbolt to recognise a closed store.
 func closedErr(err error) error {

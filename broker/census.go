@@ -10,8 +10,8 @@ const censusPage = 1000
 
 // CountCredentials counts the credentials by status, every Status present
 // (0 where none has it), for the status RPC and the credentials gauge.
-// It reads what ListCredentials reads: one store listing and each
-// credential's cached view. Errors: ListCredentials's (the store
+// It reads what ListCredentials reads: the store's keys a page at a time
+// and each credential's cached view. Errors: ListCredentials's (the store
 // unreachable).
 func (b *Broker) CountCredentials(ctx context.Context) (map[Status]int, error) {
 	counts := map[Status]int{StatusActive: 0, StatusRevoked: 0, StatusAwaitingReauth: 0, StatusUnproven: 0}

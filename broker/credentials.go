@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"reflect"
-	"sort"
 	"strings"
 	"time"
 
@@ -162,25 +161,20 @@ func (b *Broker) GetCredential(ctx context.Context, id string) (Credential, erro
 }
 
 // ListCredentials lists up to limit credentials with ids after `after`, in
-// id order, and whether more follow.
+// id order, and whether more follow. A page costs the store one ListPage
+// (limit keys, whatever the number of credentials) and, for credentials
+// this replica has not loaded, their reads.
 func (b *Broker) ListCredentials(ctx context.Context, after string, limit int) ([]Credential, bool, error) {
-	keys, err := b.store.List(ctx, credentialsPrefix)
+	if limit < 1 {
+		return nil, false, brokererr.Invalid("page_size", "must be positive")
+	}
+	keys, more, err := b.store.ListPage(ctx, credentialsPrefix, credentialsPrefix+after, limit)
 	if err != nil {
 		return nil, false, storeUnavailable(err)
 	}
-	ids := make([]string, 0, len(keys))
+	out := make([]Credential, 0, len(keys))
 	for _, k := range keys {
-		if id := strings.TrimPrefix(k, credentialsPrefix); id > after {
-			ids = append(ids, id)
-		}
-	}
-	sort.Strings(ids)
-	more := len(ids) > limit
-	if more {
-		ids = ids[:limit]
-	}
-	out := make([]Credential, 0, len(ids))
-	for _, id := range ids {
+		id := strings.TrimPrefix(k, credentialsPrefix)
 		e, err := b.entry(ctx, id)
 		if errors.Is(err, brokererr.ErrNotFound) {
 			continue // deleted meanwhile

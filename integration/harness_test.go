@@ -75,6 +75,8 @@ type envOptions struct {
 	// tracing, when set, traces the node as OTEL_* variables make
 	// rotavault serve trace it.
 	tracing *tracing.Tracing
+	// logLevel is the node's log level (nil: debug, every line).
+	logLevel slog.Leveler
 }
 
 // env is one Rotavault node wired to a simulator, with clients.
@@ -133,7 +135,11 @@ func newEnv(t testing.TB, opts envOptions) *env {
 func (e *env) start() {
 	t := e.t
 	t.Helper()
-	logger := e.opts.tracing.Logger(slog.New(slog.NewJSONHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug})))
+	level := e.opts.logLevel
+	if level == nil {
+		level = slog.LevelDebug
+	}
+	logger := e.opts.tracing.Logger(slog.New(slog.NewJSONHandler(e.logs, &slog.HandlerOptions{Level: level})))
 	n := node.New(node.Config{Logger: logger, Tracing: e.opts.tracing})
 	e.node = n
 	st := e.openStore(n)

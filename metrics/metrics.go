@@ -220,6 +220,12 @@ func (t *timedStore) List(ctx context.Context, prefix string) (keys []string, er
 	return t.s.List(ctx, prefix)
 }
 
+func (t *timedStore) ListPage(ctx context.Context, prefix, after string, limit int) (keys []string, more bool, err error) {
+	start := time.Now()
+	defer func() { t.observe("list_page", start, err) }()
+	return t.s.ListPage(ctx, prefix, after, limit)
+}
+
 // Provider wraps p so that every provider call's latency and outcome are
 // recorded.
 func (m *Metrics) Provider(p broker.Provider) broker.Provider {

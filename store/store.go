@@ -10,6 +10,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 )
 
@@ -24,6 +25,8 @@ var (
 	ErrConflict = errors.New("store: version conflict")
 	// ErrInvalidKey: the key does not follow the key grammar (see ValidateKey).
 	ErrInvalidKey = errors.New("store: invalid key")
+	// ErrInvalidLimit: a ListPage limit below 1.
+	ErrInvalidLimit = errors.New("store: invalid page limit")
 )
 
 // Record is one stored value and its version.
@@ -53,6 +56,17 @@ type Store interface {
 	// List returns, in ascending byte order, the keys of the records directly
 	// under prefix, which must end in "/" (no deeper levels).
 	List(ctx context.Context, prefix string) ([]string, error)
+	// ListPage returns, in ascending byte order, at most limit keys of the
+	// records directly under prefix (as List) that sort after `after` (a
+	// full key, present or not, or "" to start at the beginning), and
+	// whether more follow. Its cost grows with limit, not with the number
+	// of keys under prefix. This process's own writes show at once; on a
+	// backend several processes share, another process's creations and
+	// deletions may show late, by at most the backend's stated listing lag
+	// (none for the embedded store; vaultstore.Config.ListRefresh for
+	// Vault, whose LIST cannot page). Errors: ErrInvalidKey (prefix),
+	// ErrInvalidLimit (limit < 1), or ctx.Err() wrapped.
+	ListPage(ctx context.Context, prefix, after string, limit int) (keys []string, more bool, err error)
 }
 
 // MaxValueLen is the largest value every backend must store. Rotavault's
@@ -86,6 +100,29 @@ func ValidatePrefix(prefix string) error {
 		return fmt.Errorf("%w: prefix %q must end in /", ErrInvalidKey, prefix)
 	}
 	return ValidateKey(trimmed)
+}
+
+// ValidatePage checks ListPage's prefix and limit.
+func ValidatePage(prefix string, limit int) error {
+	if err := ValidatePrefix(prefix); err != nil {
+		return err
+	}
+	if limit < 1 {
+		return fmt.Errorf("%w: %d", ErrInvalidLimit, limit)
+	}
+	return nil
+}
+
+// PageOf answers ListPage from keys, the sorted keys directly under one
+// prefix: those after `after`, at most limit, and whether more follow. The
+// page is a copy; keys stay the caller's.
+func PageOf(keys []string, after string, limit int) ([]string, bool) {
+	i, found := slices.BinarySearch(keys, after)
+	if found {
+		i++
+	}
+	end := i + min(limit, len(keys)-i)
+	return slices.Clone(keys[i:end]), end < len(keys)
 }
 
 func validateSegment(seg string) error {

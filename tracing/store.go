@@ -80,3 +80,9 @@ func (t *tracedStore) List(ctx context.Context, prefix string) (keys []string, e
 	defer func() { end(span, err) }()
 	return t.s.List(ctx, prefix)
 }
+
+func (t *tracedStore) ListPage(ctx context.Context, prefix, after string, limit int) (keys []string, more bool, err error) {
+	ctx, span := t.start(ctx, "list_page", prefix)
+	defer func() { end(span, err) }()
+	return t.s.ListPage(ctx, prefix, after, limit)
+}

@@ -7,6 +7,7 @@
 package vaultstore
 
 import (
+	"cmp"
 	"context"
 	"encoding/base64"
 	"errors"
@@ -17,6 +18,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	vault "github.com/hashicorp/vault/api"
 
@@ -69,6 +71,15 @@ type Config struct {
 	TransitKey   string
 	TransitMount string
 	Logger       *slog.Logger
+	// ListRefresh is how long a folder's listing kept for ListPage serves
+	// before Vault is listed again (default DefaultListRefresh), or ten
+	// times the folder's last LIST when that is longer (a LIST of 100,000
+	// keys takes seconds): the bound on how late another replica's
+	// creations and deletions show in pages. This store's own writes show
+	// at once.
+	ListRefresh time.Duration
+	// Now is the clock of ListRefresh (default time.Now), for tests.
+	Now func() time.Time
 }
 
 // Store is a store.Store backed by Vault KV v2. Safe for concurrent use,
@@ -89,6 +100,14 @@ type Store struct {
 	authGen   uint64
 	logins    atomic.Int64
 	newSecret chan *vault.Secret
+
+	// lists are the folders' listings ListPage serves (listpage.go).
+	lists *listings
+	// life ends at Close; listMu guards listClosed, which keeps LISTs from
+	// starting once Close waits for wg.
+	life       context.Context
+	listMu     sync.Mutex
+	listClosed bool
 
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
@@ -154,6 +173,14 @@ func New(ctx context.Context, cfg Config) (*Store, error) {
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
+	if cfg.ListRefresh < 0 {
+		return nil, fmt.Errorf("vaultstore: negative list refresh %s", cfg.ListRefresh)
+	}
+	s.lists = &listings{refresh: cmp.Or(cfg.ListRefresh, DefaultListRefresh), now: cfg.Now,
+		run: s.runList, byPrefix: make(map[string]*listing)}
+	if s.lists.now == nil {
+		s.lists.now = time.Now
+	}
 	switch {
 	case len(cfg.Addresses) == 1:
 		c, err := s.client.CloneWithHeaders()
@@ -216,7 +243,7 @@ func New(ctx context.Context, cfg Config) (*Store, error) {
 		s.envelope = env
 	}
 	kctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	s.cancel = cancel
+	s.cancel, s.life = cancel, kctx
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
@@ -225,8 +252,11 @@ func New(ctx context.Context, cfg Config) (*Store, error) {
 	return s, nil
 }
 
-// Close stops renewing the Vault token. The store must not be used after.
+// Close stops renewing the Vault token and listing folders. The store must not be used after.
 func (s *Store) Close() error {
+	s.listMu.Lock()
+	s.listClosed = true
+	s.listMu.Unlock()
 	s.cancel()
 	s.wg.Wait()
 	return nil
@@ -421,10 +451,14 @@ func (s *Store) Put(ctx context.Context, key string, value []byte, expectedVersi
 	})
 	if err != nil {
 		if isCASMismatch(err) {
+			if expectedVersion == 0 {
+				s.lists.note(key, true) // it exists: another writer created it
+			}
 			return 0, fmt.Errorf("vaultstore: put %s at version %d: %w", key, expectedVersion, store.ErrConflict)
 		}
 		return 0, s.wrap(ctx, "put", key, err)
 	}
+	s.lists.note(key, true)
 	if secret == nil || secret.VersionMetadata == nil {
 		return 0, fmt.Errorf("vaultstore: put %s: vault returned no version", key)
 	}
@@ -461,6 +495,7 @@ func (s *Store) Delete(ctx context.Context, key string) error {
 	if err := s.do(ctx, func() error { return s.kv.DeleteMetadata(ctx, p) }); err != nil && !isNotFound(err) {
 		return s.wrap(ctx, "delete", key, err)
 	}
+	s.lists.note(key, false)
 	return nil
 }
 

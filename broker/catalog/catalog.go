@@ -396,29 +396,16 @@ func (c *Catalog) List(ctx context.Context, credentialID string, after Cursor, l
 	} else if after.Identity != "" {
 		return nil, false, brokererr.Invalid("page_token", "not a page of this listing")
 	}
-	var ids []string
-	if credentialID != "" {
-		ids = []string{credentialID}
-	} else {
-		keys, err := c.store.List(ctx, KeyPrefix)
-		if err != nil {
-			return nil, false, brokererr.StoreUnavailable(err)
-		}
-		for _, k := range keys {
-			if id := strings.TrimPrefix(k, KeyPrefix); id >= after.CredentialID {
-				ids = append(ids, id)
-			}
-		}
-		sort.Strings(ids)
-	}
 	var out []Consumer
-	for _, id := range ids {
+	// add appends id's consumers after the cursor and reports whether the
+	// page is full (one more than limit, to know that more follow).
+	add := func(id string) (bool, error) {
 		entries, err := c.catalogOf(ctx, id)
 		if errors.Is(err, brokererr.ErrNotFound) && credentialID == "" {
-			continue // deleted meanwhile
+			return false, nil // deleted meanwhile
 		}
 		if err != nil {
-			return nil, false, err
+			return false, err
 		}
 		for _, e := range entries {
 			if id == after.CredentialID && e.Identity <= after.Identity {
@@ -426,9 +413,50 @@ func (c *Catalog) List(ctx context.Context, credentialID string, after Cursor, l
 			}
 			out = append(out, Consumer{CredentialID: id, Identity: e.Identity, FirstSeen: e.FirstSeen, LastSeen: e.LastSeen, Count: e.Count})
 			if len(out) > limit {
-				return out[:limit], true, nil
+				return true, nil
 			}
 		}
+		return false, nil
+	}
+	if credentialID != "" {
+		full, err := add(credentialID)
+		return pageOf(out, limit, full, err)
+	}
+	// The cursor's credential may have identities left; the catalogs after
+	// it come page by page from the store, never all of them: a page reads
+	// at most limit+1 catalogs that hold a consumer, so its cost does not
+	// grow with the number of credentials.
+	next := ""
+	if after.CredentialID != "" {
+		if full, err := add(after.CredentialID); full || err != nil {
+			return pageOf(out, limit, full, err)
+		}
+		next = Key(after.CredentialID)
+	}
+	for {
+		keys, more, err := c.store.ListPage(ctx, KeyPrefix, next, limit+1)
+		if err != nil {
+			return nil, false, brokererr.StoreUnavailable(err)
+		}
+		for _, k := range keys {
+			if full, err := add(strings.TrimPrefix(k, KeyPrefix)); full || err != nil {
+				return pageOf(out, limit, full, err)
+			}
+		}
+		if !more || len(keys) == 0 {
+			return out, false, nil
+		}
+		next = keys[len(keys)-1]
+	}
+}
+
+// pageOf is List's answer once add said whether the page is full.
+func pageOf(out []Consumer, limit int, full bool, err error) ([]Consumer, bool, error) {
+	if err != nil {
+		return nil, false, err
+	}
+	if full {
+		return out[:limit], true, nil
 	}
 	return out, false, nil
 }

@@ -87,6 +87,13 @@ func (s *downStore) List(ctx context.Context, prefix string) ([]string, error) {
 	return s.Store.List(ctx, prefix)
 }
 
+func (s *downStore) ListPage(ctx context.Context, prefix, after string, limit int) ([]string, bool, error) {
+	if s.down.Load() {
+		return nil, false, errDiskGone
+	}
+	return s.Store.ListPage(ctx, prefix, after, limit)
+}
+
 // A server on the embedded store that cannot read it is not ready: status
 // says why and exits 5 (worth a retry), with --json too; once the store
 // answers again, status exits 0.

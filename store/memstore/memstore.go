@@ -113,3 +113,18 @@ func (s *Store) List(ctx context.Context, prefix string) ([]string, error) {
 	sort.Strings(keys)
 	return keys, nil
 }
+
+// ListPage answers from a full listing: the fake favours being obviously
+// right over being fast. Errors: store.ErrInvalidKey, store.ErrInvalidLimit
+// or ctx.Err() wrapped.
+func (s *Store) ListPage(ctx context.Context, prefix, after string, limit int) ([]string, bool, error) {
+	if err := store.ValidatePage(prefix, limit); err != nil {
+		return nil, false, fmt.Errorf("memstore: list page: %w", err)
+	}
+	keys, err := s.List(ctx, prefix)
+	if err != nil {
+		return nil, false, err
+	}
+	page, more := store.PageOf(keys, after, limit)
+	return page, more, nil
+}

@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 
 	"github.com/rotavault/rotavault/store"
@@ -36,6 +37,9 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"DeleteMissing", testDeleteMissing},
 		{"List", testList},
 		{"ListInvalidPrefix", testListInvalidPrefix},
+		{"ListPage", testListPage},
+		{"ListPageInvalid", testListPageInvalid},
+		{"ListPageSeesOwnWrites", testListPageSeesOwnWrites},
 		{"InvalidKeys", testInvalidKeys},
 		{"MaxKeyLen", testMaxKeyLen},
 		{"ValuesAreCopied", testValuesAreCopied},
@@ -213,6 +217,123 @@ func testList(t *testing.T, s store.Store) {
 	}
 }
 
+// testListPage pages through the keys of testList's layout with every
+// limit and checks that the pages, joined, are List's answer; and that
+// `after` is exclusive and need not be a key.
+func testListPage(t *testing.T, s store.Store) {
+	for _, k := range []string{
+		"a/b0", "a/b/c", "a/b", "a/b.x", "a/Z", "a/_u", "a/-dash", "a/1",
+		"a/b/c/d", "ab/x", "a-x/y", "a", "b/1", "a/b/e",
+	} {
+		mustPut(t, s, k, "v:"+k, 0)
+	}
+	ctx := t.Context()
+	for _, prefix := range []string{"a/", "a/b/", "a/b/c/", "ab/", "nothing/", "a/1/"} {
+		want, err := s.List(ctx, prefix)
+		if err != nil {
+			t.Fatalf("List(%q): %v", prefix, err)
+		}
+		for limit := 1; limit <= len(want)+1; limit++ {
+			var got []string
+			after := ""
+			for range len(want) + 2 {
+				page, more, err := s.ListPage(ctx, prefix, after, limit)
+				if err != nil {
+					t.Fatalf("ListPage(%q, %q, %d): %v", prefix, after, limit, err)
+				}
+				if len(page) > limit || (more && len(page) != limit) {
+					t.Fatalf("ListPage(%q, %q, %d) = %q, more %v: too long, or short with more", prefix, after, limit, page, more)
+				}
+				got = append(got, page...)
+				if !more {
+					break
+				}
+				after = page[len(page)-1]
+			}
+			if !slices.Equal(got, want) {
+				t.Fatalf("pages of %d under %q = %q, want List's %q", limit, prefix, got, want)
+			}
+		}
+	}
+	tests := []struct {
+		after string
+		limit int
+		want  []string
+		more  bool
+	}{
+		{"", 2, []string{"a/-dash", "a/1"}, true},
+		{"a/", 2, []string{"a/-dash", "a/1"}, true},
+		{"a", 1, []string{"a/-dash"}, true},
+		{"a/1", 2, []string{"a/Z", "a/_u"}, true},
+		{"a/10", 2, []string{"a/Z", "a/_u"}, true}, // not a key
+		{"a/b/c", 10, []string{"a/b0"}, false},     // '.' < '/' < '0'
+		{"a/b/", 10, []string{"a/b0"}, false},
+		{"a/b", 10, []string{"a/b.x", "a/b0"}, false},
+		{"a/b.x", 1, []string{"a/b0"}, false},
+		{"a/b0", 5, nil, false},
+		{"a/zzz", 5, nil, false},
+		{"b", 5, nil, false},
+	}
+	for _, tt := range tests {
+		page, more, err := s.ListPage(ctx, "a/", tt.after, tt.limit)
+		if err != nil {
+			t.Fatalf("ListPage(a/, %q, %d): %v", tt.after, tt.limit, err)
+		}
+		if !slices.Equal(page, tt.want) || more != tt.more {
+			t.Errorf("ListPage(a/, %q, %d) = %q, more %v; want %q, more %v", tt.after, tt.limit, page, more, tt.want, tt.more)
+		}
+	}
+}
+
+func testListPageInvalid(t *testing.T, s store.Store) {
+	mustPut(t, s, "a/b", "v", 0)
+	for _, prefix := range []string{"", "a", "a//", "../", "a b/"} {
+		if keys, _, err := s.ListPage(t.Context(), prefix, "", 10); !errors.Is(err, store.ErrInvalidKey) {
+			t.Errorf("ListPage(%q) = (%q, %v), want ErrInvalidKey", prefix, keys, err)
+		}
+	}
+	for _, limit := range []int{0, -1} {
+		if keys, _, err := s.ListPage(t.Context(), "a/", "", limit); !errors.Is(err, store.ErrInvalidLimit) {
+			t.Errorf("ListPage(a/, limit %d) = (%q, %v), want ErrInvalidLimit", limit, keys, err)
+		}
+	}
+}
+
+// testListPageSeesOwnWrites: a page shows the keys this store created and
+// not those it deleted, also once a listing has been read (a backend that
+// keeps a listing must keep it current with its own writes).
+func testListPageSeesOwnWrites(t *testing.T, s store.Store) {
+	ctx := t.Context()
+	page := func() []string {
+		t.Helper()
+		keys, _, err := s.ListPage(ctx, "d/", "", 100)
+		if err != nil {
+			t.Fatalf("ListPage: %v", err)
+		}
+		return keys
+	}
+	if got := page(); len(got) != 0 {
+		t.Fatalf("empty store: page %q", got)
+	}
+	mustPut(t, s, "d/k2", "v", 0)
+	mustPut(t, s, "d/k1", "v", 0)
+	mustPut(t, s, "d/k3", "v", 0)
+	if got := page(); !slices.Equal(got, []string{"d/k1", "d/k2", "d/k3"}) {
+		t.Fatalf("after three creations: page %q", got)
+	}
+	if err := s.Delete(ctx, "d/k2"); err != nil {
+		t.Fatal(err)
+	}
+	mustPut(t, s, "d/k1", "v2", 1) // an update is no new key
+	if got := page(); !slices.Equal(got, []string{"d/k1", "d/k3"}) {
+		t.Fatalf("after deleting d/k2: page %q", got)
+	}
+	mustPut(t, s, "d/k2", "again", 0)
+	if got := page(); !slices.Equal(got, []string{"d/k1", "d/k2", "d/k3"}) {
+		t.Fatalf("after creating d/k2 again: page %q", got)
+	}
+}
+
 func testListInvalidPrefix(t *testing.T, s store.Store) {
 	mustPut(t, s, "a/b", "v", 0)
 	for _, prefix := range []string{
@@ -365,6 +486,9 @@ func testCancelledContext(t *testing.T, s store.Store) {
 	if _, err := s.List(ctx, "dir/"); !errors.Is(err, context.Canceled) {
 		t.Errorf("List with cancelled ctx: err = %v, want context.Canceled", err)
 	}
+	if _, _, err := s.ListPage(ctx, "dir/", "", 10); !errors.Is(err, context.Canceled) {
+		t.Errorf("ListPage with cancelled ctx: err = %v, want context.Canceled", err)
+	}
 	// Nothing was written.
 	wantNotFound(t, s, "dir/new")
 	wantRecord(t, s, "dir/kept", "v1", 1)
@@ -425,4 +549,37 @@ func testConcurrentIncrements(t *testing.T, s store.Store) {
 	}
 	total := workers * increments
 	wantRecord(t, s, key, strconv.Itoa(total), uint64(total)+1)
+}
+
+// Seed writes the records records(i) returns for i in [0, n) into s, each
+// created (expected version 0), from 32 writers at once so that a store
+// with group commit shares its fsyncs among them: fixtures of 100,000
+// records in seconds. It returns the first error.
+func Seed(ctx context.Context, s store.Store, n int, records func(i int) ([]store.Record, error)) error {
+	const writers = 32
+	var (
+		next atomic.Int64
+		wg   sync.WaitGroup
+		errs = make(chan error, writers)
+	)
+	for range writers {
+		wg.Go(func() {
+			for i := int(next.Add(1)) - 1; i < n; i = int(next.Add(1)) - 1 {
+				recs, err := records(i)
+				for _, r := range recs {
+					if err != nil {
+						break
+					}
+					_, err = s.Put(ctx, r.Key, r.Value, 0)
+				}
+				if err != nil {
+					errs <- fmt.Errorf("storetest: seed record %d: %w", i, err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	return <-errs
 }
