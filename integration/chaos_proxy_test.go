@@ -48,6 +48,9 @@ type refreshAnswer struct {
 	Seq  int       // 1, 2, … in the order the provider answered
 	Port int       // the caller's source port: which replica asked
 	At   time.Time // when the provider answered (before any latency)
+	// Delivered is when the answer was written to the caller (or dropped):
+	// after the injected latency.
+	Delivered time.Time
 	// Rotated: the provider issued a new refresh token. Refused: it
 	// answered invalid_grant (a superseded or revoked token presented).
 	Rotated, Refused bool
@@ -234,7 +237,7 @@ func (p *faultProxy) serve(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	if refresh {
-		p.recordAnswer(refreshAnswer{Port: sourcePort(r.RemoteAddr), At: answeredAt,
+		p.recordAnswer(refreshAnswer{Port: sourcePort(r.RemoteAddr), At: answeredAt, Delivered: time.Now(),
 			Rotated:    rotated,
 			Refused:    tokens.Error == "invalid_grant",
 			CallerGone: !lose && r.Context().Err() != nil, Dropped: lose})

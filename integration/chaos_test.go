@@ -756,7 +756,10 @@ func (r *faultRun) accountForUnstoredRotations(f faultRecord, ports map[int]bool
 		var suspect *refreshAnswer
 		for _, a := range p.proxy.Answers(p.resolved) {
 			p.resolved = a.Seq
-			inWindow := ports[a.Port] && !a.At.Before(f.Begin.Add(-time.Second)) && !a.At.After(f.End)
+			// On its way from the provider's answer to its delivery (held
+			// by injected latency meanwhile) at any time from a second
+			// before the fault to its end.
+			inWindow := ports[a.Port] && !a.Delivered.Before(f.Begin.Add(-time.Second)) && !a.At.After(f.End)
 			if a.Rotated && !a.Dropped && (inWindow || a.CallerGone) {
 				suspect = &a
 			}
