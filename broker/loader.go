@@ -8,7 +8,7 @@ import "github.com/rotavault/rotavault/broker/internal/bgload"
 // start; now that credential alone is refused (RefuseShortGrace).
 func (b *Broker) newLoader() *bgload.Loader[*entry] {
 	return bgload.New(bgload.Config[*entry]{Store: b.store, Prefix: credentialsPrefix, Workers: 32, RetryBase: b.opts.Refresh.RetryBase, Logger: b.log,
-		Items: b.entries, ItemsMu: &b.entriesMu, Load: b.load,
+		Context: b.ctx, Items: b.entries, ItemsMu: &b.entriesMu, Load: b.load,
 		Check: func(e *entry) error { return b.opts.RefuseShortGrace(e.view.Load().cred.Spec) },
 	})
 }

@@ -181,7 +181,9 @@ func TestDocumentedVariablesAreRead(t *testing.T) {
 	harness := map[string]bool{"ROTAVAULT_VAULT_BIN": true, "ROTAVAULT_CACHE": true, "ROTAVAULT_UPDATE_DOCS": true, "ROTAVAULT_FUZZTIME": true, "ROTAVAULT_CUTOFF_LOAD": true,
 		// The fault test's (integration/chaos_test.go).
 		"ROTAVAULT_FAULT_SEED": true, "ROTAVAULT_FAULT_DURATION": true, "ROTAVAULT_FAULT_STRICT": true,
-		"ROTAVAULT_FAULT_BEYOND_CLAIM": true, "ROTAVAULT_FAULT_LOGS": true}
+		"ROTAVAULT_FAULT_BEYOND_CLAIM": true, "ROTAVAULT_FAULT_LOGS": true,
+		// The restart benchmark's (broker/restart_bench_test.go).
+		"ROTAVAULT_BENCH_CREDENTIALS": true}
 	retired := map[string]bool{"ROTAVAULT_SERVER": true, "ROTAVAULT_TLS_CERT": true, "ROTAVAULT_SCOPE": true}
 	// What agent --exec sets for its command; the stem of the agent's
 	// ROTAVAULT_AGENT_<FLAG>.

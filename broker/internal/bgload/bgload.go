@@ -30,6 +30,8 @@ type Config[T any] struct {
 	// it.
 	Store  store.Store
 	Prefix string
+	// Context ends every load when it ends: the owner's lifetime.
+	Context context.Context
 	// Items holds the items in memory, guarded by ItemsMu: Load adds to
 	// it, the Loader only reads it.
 	Items   map[string]T
@@ -155,7 +157,9 @@ func (l *Loader[T]) Get(ctx context.Context, id string) (T, error) {
 		}
 	}()
 	lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), loadTimeout)
+	stop := context.AfterFunc(l.cfg.Context, cancel) // the owner's shutdown still ends it
 	c.v, c.err = l.cfg.Load(lctx, id)
+	stop()
 	cancel()
 	if c.err == nil {
 		if err := l.cfg.Check(c.v); err != nil {
