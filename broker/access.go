@@ -32,6 +32,9 @@ func (b *Broker) GetAccessToken(ctx context.Context, req access.Request) (access
 		return access.Token{}, err
 	}
 	v := e.view.Load()
+	if err := b.opts.RefuseShortGrace(v.cred.Spec); err != nil {
+		return access.Token{}, err
+	}
 	if v.fam.Status != StatusActive {
 		v = b.recheckInactive(ctx, e, v)
 	}

@@ -27,6 +27,7 @@ import (
 	"github.com/rotavault/rotavault/broker/brokererr"
 	"github.com/rotavault/rotavault/broker/catalog"
 	"github.com/rotavault/rotavault/broker/discovery"
+	"github.com/rotavault/rotavault/broker/internal/bgload"
 	"github.com/rotavault/rotavault/broker/notice"
 	"github.com/rotavault/rotavault/broker/option"
 	"github.com/rotavault/rotavault/broker/stats"
@@ -85,6 +86,8 @@ type Broker struct {
 	// entriesMu guards the map only; the hot path takes it for reading.
 	entriesMu sync.RWMutex
 	entries   map[string]*entry
+	// loader loads the stored credentials in the background (loader.go).
+	loader *bgload.Loader[*entry]
 
 	notices *notice.Log
 	// flows runs the authorization flows: device-flow pollers and the flow
@@ -103,11 +106,12 @@ type Broker struct {
 func (b *Broker) Stats() stats.Stats {
 	s := b.metrics.Snapshot(b.catalog.Dropped(), b.notices.LastRead())
 	s.Duties = b.duties.Stats()
+	s.Loading = b.loader.Stats()
 	return s
 }
 
-// New returns a broker and starts its scheduler. It loads the credentials
-// from the store, so store trouble fails here, not at the first call.
+// New returns a broker and starts its scheduler. It reads the notice log,
+// so store trouble fails here; credentials load in the background.
 func New(ctx context.Context, cfg Config, opts ...option.Option) (*Broker, error) {
 	if cfg.Store == nil || cfg.Provider == nil || cfg.Auditor == nil {
 		return nil, errors.New("broker: Config needs Store, Provider and Auditor")
@@ -141,12 +145,10 @@ func New(ctx context.Context, cfg Config, opts ...option.Option) (*Broker, error
 		cancel()
 		return nil, err
 	}
-	if err := b.loadAll(ctx); err != nil {
-		cancel()
-		return nil, err
-	}
 	schedCtx, stopScheduler := context.WithCancel(bctx)
 	b.stopScheduler = stopScheduler
+	b.loader = b.newLoader() // serve at once, load in the background
+	b.goTracked(func() { b.loader.Run(schedCtx) })
 	b.joinDuties(ctx, schedCtx)
 	b.startDetector(schedCtx)
 	b.startRediscovery(schedCtx)
@@ -275,28 +277,6 @@ func (b *Broker) validateID(id string) error {
 	return nil
 }
 
-// loadAll reads every credential into memory.
-func (b *Broker) loadAll(ctx context.Context) error {
-	keys, err := b.store.List(ctx, credentialsPrefix)
-	if err != nil {
-		return fmt.Errorf("broker: load credentials: %w", err)
-	}
-	for _, k := range keys {
-		id := k[len(credentialsPrefix):]
-		e, err := b.load(ctx, id)
-		if err != nil {
-			return fmt.Errorf("broker: load credential %s: %w", id, err)
-		}
-		// A claim that cannot fit in the grace period would lose families
-		// the grace period is there to save: refuse to start rather than
-		// find out at the first crash.
-		if err := b.opts.CheckReuseGrace(e.view.Load().cred.Spec); err != nil {
-			return fmt.Errorf("broker: credential %s: %w (with a shorter claim margin, update the credential)", id, err)
-		}
-	}
-	return nil
-}
-
 // load reads a credential from the store and installs it as an entry.
 func (b *Broker) load(ctx context.Context, id string) (*entry, error) {
 	v, err := b.readView(ctx, id)
@@ -358,15 +338,9 @@ func (b *Broker) newView(cred *credentialRecord, credVersion uint64, fam *family
 	return v
 }
 
-// entry returns the in-memory entry for id, loading it on first use.
+// entry returns the in-memory entry for id, loading it once on first use.
 func (b *Broker) entry(ctx context.Context, id string) (*entry, error) {
-	b.entriesMu.RLock()
-	e, ok := b.entries[id]
-	b.entriesMu.RUnlock()
-	if ok {
-		return e, nil
-	}
-	return b.load(ctx, id)
+	return b.loader.Get(ctx, id)
 }
 
 func (b *Broker) dropEntry(id string) {

@@ -378,6 +378,10 @@ func TestIntrospectionRacingARotationDoesNotRevoke(t *testing.T) {
 		t.Helper()
 		env = newDetectEnv(t, providersim.Config{})
 		a, b = env.broker(t), env.broker(t)
+		// b has loaded what was stored before x: it reads x when asked.
+		if err := b.loader.Await(ctx); err != nil {
+			t.Fatal(err)
+		}
 		env.install(ctx, t, a, "x", env.spec)
 		ea, err := a.entry(ctx, "x")
 		if err != nil {

@@ -18,16 +18,7 @@ import (
 // rotation.
 func BenchmarkEmbeddedRotationsVsRawWrites(b *testing.B) {
 	ctx := context.Background()
-	dir := b.TempDir()
-	key, err := boltstore.GenerateKeyFile(filepath.Join(dir, "store.key"))
-	if err != nil {
-		b.Fatal(err)
-	}
-	bs, err := boltstore.Open(filepath.Join(dir, "rotavault.db"), key, boltstore.Options{})
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { _ = bs.Close() })
+	bs := openBenchBolt(b)
 	br, count, ids := benchBrokerOver(b, bs)
 	always := func(*view) bool { return true }
 	rotate := func(w int) error {
@@ -65,4 +56,20 @@ func BenchmarkEmbeddedRotationsVsRawWrites(b *testing.B) {
 	b.ReportMetric(writesPer, "writes/rotation")
 	b.ReportMetric(float64(len(value)), "bytes/write")
 	b.ReportMetric(rot/(raw/writesPer), "rotations/ceiling")
+}
+
+// openBenchBolt opens an embedded store in the benchmark's temporary
+// directory, closed when it ends.
+func openBenchBolt(b *testing.B) *boltstore.Store {
+	dir := b.TempDir()
+	key, err := boltstore.GenerateKeyFile(filepath.Join(dir, "store.key"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	bs, err := boltstore.Open(filepath.Join(dir, "rotavault.db"), key, boltstore.Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = bs.Close() })
+	return bs
 }

@@ -3,6 +3,7 @@ package broker
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"strings"
 	"sync"
 	"testing"
@@ -15,14 +16,16 @@ import (
 	"github.com/rotavault/rotavault/broker/option"
 	"github.com/rotavault/rotavault/internal/fakeclock"
 	"github.com/rotavault/rotavault/internal/poll"
+	"github.com/rotavault/rotavault/internal/syncbuf"
 	"github.com/rotavault/rotavault/provider"
 	"github.com/rotavault/rotavault/providersim"
 	"github.com/rotavault/rotavault/store"
 	"github.com/rotavault/rotavault/store/memstore"
 )
 
-// A reuse grace period a claim cannot fit in is refused where it is set
-// and where a server starts with it, with a reason a client can act on.
+// A reuse grace period a claim cannot fit in is refused where it is set,
+// and on the calls for a stored one a server's claim outgrew, with a
+// reason a client can act on.
 func TestReuseGraceTooShortIsRefused(t *testing.T) {
 	ctx := context.Background()
 	st := memstore.New()
@@ -49,10 +52,23 @@ func TestReuseGraceTooShortIsRefused(t *testing.T) {
 	if _, err := b.UpdateCredential(ctx, "g20", []credspec.Field{credspec.FieldReuseGrace}, credspec.Spec{ReuseGrace: 10 * time.Second}); !tooShort(err) {
 		t.Errorf("update to a 10s grace: %v, want REUSE_GRACE_TOO_SHORT", err)
 	}
-	// A replica with a longer claim margin cannot fit the stored 20 s.
-	_, err := New(ctx, Config{Store: st, Provider: &scriptedProvider{}, Auditor: &recordingAuditor{}}, option.WithClaimTiming(90*time.Second, 30*time.Second))
-	if !tooShort(err) || !strings.Contains(err.Error(), "g20") {
-		t.Fatalf("start with a 30s claim margin and a stored 20s grace: %v, want refused naming g20", err)
+	// A replica with a longer claim margin cannot fit the stored 20 s: it
+	// starts (the other credentials are served), loads g20, says so at
+	// ERROR, and refuses its calls instead of rotating it.
+	var logs syncbuf.Buffer
+	b2 := newBroker(t, Config{Store: st, Provider: &scriptedProvider{}, Auditor: &recordingAuditor{}}, option.WithClaimTiming(90*time.Second, 30*time.Second),
+		option.WithLogger(slog.New(slog.NewTextHandler(&logs, nil))), option.WithSchedulerInterval(time.Hour), option.WithIntrospectionInterval(0))
+	if err := b2.loader.Await(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if line := logs.WaitFor(t, "g20", 5*time.Second); !strings.Contains(line, "level=ERROR") {
+		t.Errorf("the refused credential's log line is not an ERROR: %s", line)
+	}
+	if _, err := b2.GetAccessToken(ctx, access.Request{CredentialID: "g20"}); !errors.Is(err, brokererr.ErrReuseGraceTooShort) {
+		t.Errorf("a call for g20 on a replica with a 30s claim margin: %v, want ErrReuseGraceTooShort", err)
+	}
+	if _, err := b2.GetAccessToken(ctx, access.Request{CredentialID: "g0"}); !errors.Is(err, brokererr.ErrReauthRequired) {
+		t.Errorf("a call for g0 (no grace) on that replica: %v, want served (reauthentication required: it has no family)", err)
 	}
 }
 

@@ -46,6 +46,9 @@ func (b *Broker) runRefresh(caller context.Context, e *entry, need func(*view) b
 	} else if v != nil && !need(v) {
 		return v, nil
 	}
+	if err := b.opts.RefuseShortGrace(e.view.Load().cred.Spec); err != nil {
+		return nil, err
+	}
 
 	// Claim the refresh across replicas, or adopt another replica's result.
 	// A claim lost to a takeover (this replica paused past its deadline) is

@@ -65,7 +65,7 @@ func (b *Broker) idleDue(v *view) time.Time {
 }
 
 func (b *Broker) due(e *entry, v *view, now time.Time) bool {
-	if v.fam.Status != StatusActive {
+	if v.fam.Status != StatusActive || b.opts.RefuseShortGrace(v.cred.Spec) != nil {
 		return false
 	}
 	if v.fam.Access == nil {

@@ -117,6 +117,12 @@ var (
 		"Credentials by status (active, revoked, awaiting_reauthentication, unproven), read from the store at each scrape; every status is present from the start, so an alert on revoked > 0 fires on the first revocation after a restart. Absent from a scrape whose store listing failed.", []string{"status"}, nil)
 	noticeLogDesc = prometheus.NewDesc(namespace+"_notice_log_last_read_timestamp_seconds",
 		"When this replica last read the shared notice log successfully (0: never); the store's health as this replica sees it.", nil, nil)
+	credentialsToLoadDesc = prometheus.NewDesc(namespace+"_credentials_to_load",
+		"Credentials the store held when this replica started, which it loads in the background while it serves (absent until they are listed).", nil, nil)
+	credentialsLoadedDesc = prometheus.NewDesc(namespace+"_credentials_loaded",
+		"Credentials of rotavault_credentials_to_load this replica has loaded; equal when the background load is done.", nil, nil)
+	credentialLoadFailuresDesc = prometheus.NewDesc(namespace+"_credential_load_failures_total",
+		"Background loads of a credential (or of the list of credentials) that failed, the store being unreachable; each is retried with backoff until it succeeds.", nil, nil)
 	dutyShardsDesc = prometheus.NewDesc(namespace+"_duty_shards_owned",
 		"Shards (of 64) whose duties this replica does now: introspection, refreshes before an idle timeout, the flow sweep. All 64 alone on a store; 0 while its lease lapsed (the store is unreachable).", nil, nil)
 	dutyReplicasDesc = prometheus.NewDesc(namespace+"_duty_replicas",
@@ -131,7 +137,7 @@ type brokerCollector struct{ b BrokerStats }
 
 func (c *brokerCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{refreshesDesc, refreshFailuresDesc, revocationsDesc, cacheHitsDesc, cacheMissesDesc, rotationsHeldBackDesc, cutoffWaitsDesc, offScheduleDesc, discoveriesDesc, discoveryFailuresDesc, claimWaitsDesc, subscribersDesc, droppedDesc, noticeLogDesc, credentialsDesc,
-		dutyShardsDesc, dutyReplicasDesc, dutyLeaseWritesDesc, dutyHandoversDesc} {
+		dutyShardsDesc, dutyReplicasDesc, dutyLeaseWritesDesc, dutyHandoversDesc, credentialsToLoadDesc, credentialsLoadedDesc, credentialLoadFailuresDesc} {
 		ch <- d
 	}
 }
@@ -164,6 +170,11 @@ func (c *brokerCollector) Collect(ch chan<- prometheus.Metric) {
 		counter(dutyLeaseWritesDesc, n, result)
 	}
 	counter(dutyHandoversDesc, d.Handovers)
+	if l := s.Loading; l.Listed {
+		ch <- prometheus.MustNewConstMetric(credentialsToLoadDesc, prometheus.GaugeValue, float64(l.ToLoad))
+	}
+	ch <- prometheus.MustNewConstMetric(credentialsLoadedDesc, prometheus.GaugeValue, float64(s.Loading.Loaded))
+	counter(credentialLoadFailuresDesc, s.Loading.Failures)
 	ch <- prometheus.MustNewConstMetric(subscribersDesc, prometheus.GaugeValue, float64(c.b.SubscriberCount()))
 	var last float64
 	if !s.NoticeLogReadAt.IsZero() {

@@ -42,7 +42,9 @@ const (
 	// may; retry shortly.
 	ReasonTooManyReplays = "TOO_MANY_REPLAYS"
 	// A credential's reuse grace period is too short for a refresh claim
-	// to fit inside it (broker.ReuseGraceTooShort, INVALID_ARGUMENT).
+	// to fit inside it (broker.ReuseGraceTooShort, INVALID_ARGUMENT where
+	// it is set; FAILED_PRECONDITION on calls for a stored credential whose
+	// grace this server's claim margin outgrew).
 	ReasonReuseGraceTooShort = option.ReuseGraceTooShort
 )
 
@@ -78,6 +80,9 @@ func toStatus(ctx context.Context, log *slog.Logger, err error) error {
 	case errors.Is(err, brokererr.ErrReauthRequired):
 		return withDetails(status.New(codes.FailedPrecondition, err.Error()),
 			&errdetails.ErrorInfo{Reason: ReasonReauthenticationRequired, Domain: ErrorDomain})
+	case errors.Is(err, brokererr.ErrReuseGraceTooShort):
+		return withDetails(status.New(codes.FailedPrecondition, err.Error()),
+			&errdetails.ErrorInfo{Reason: ReasonReuseGraceTooShort, Domain: ErrorDomain})
 	case errors.Is(err, brokererr.ErrClientRejected):
 		return withDetails(status.New(codes.FailedPrecondition, err.Error()),
 			&errdetails.ErrorInfo{Reason: ReasonProviderRejectedClient, Domain: ErrorDomain})

@@ -15,6 +15,7 @@ import (
 
 	"github.com/rotavault/rotavault/broker/authflow"
 	"github.com/rotavault/rotavault/broker/brokererr"
+	"github.com/rotavault/rotavault/broker/credspec"
 	"github.com/rotavault/rotavault/broker/notice"
 	"github.com/rotavault/rotavault/broker/option"
 )
@@ -32,6 +33,7 @@ func TestToStatus(t *testing.T) {
 		{"exists", fmt.Errorf("%w: x", brokererr.ErrAlreadyExists), codes.AlreadyExists, "", 0},
 		{"invalid", &brokererr.InvalidArgumentError{Field: "credential_id", Reason: "bad"}, codes.InvalidArgument, "", 0},
 		{"reuse grace too short", &brokererr.InvalidArgumentError{Field: "spec.reuse_grace_period", Reason: "too short", Code: option.ReuseGraceTooShort}, codes.InvalidArgument, ReasonReuseGraceTooShort, 0},
+		{"stored reuse grace outgrown", (&option.Options{Claim: option.Claim{Margin: 30 * time.Second}}).RefuseShortGrace(credspec.Spec{ReuseGrace: 20 * time.Second}), codes.FailedPrecondition, ReasonReuseGraceTooShort, 0},
 		{"invalid with code", &brokererr.InvalidArgumentError{Field: "min_remaining_lifetime", Reason: "too long", Code: "MIN_LIFETIME_UNATTAINABLE"}, codes.InvalidArgument, "MIN_LIFETIME_UNATTAINABLE", 0},
 		{"reauth", fmt.Errorf("%w: revoked", brokererr.ErrReauthRequired), codes.FailedPrecondition, ReasonReauthenticationRequired, 0},
 		{"provider down", &brokererr.UnavailableError{Component: brokererr.ComponentProvider, RetryAfter: 2 * time.Second, Err: secretish}, codes.Unavailable, ReasonProviderUnavailable, 2 * time.Second},

@@ -29,6 +29,11 @@ var (
 	ErrClientRejected = errors.New("broker: the provider refused the client")
 	// ErrClosed: the broker is shutting down.
 	ErrClosed = errors.New("broker: closed")
+	// ErrReuseGraceTooShort: a stored credential's reuse grace period is
+	// too short for this server's refresh claim (a longer claim margin
+	// than when it was set); it is not refreshed nor served until an admin
+	// updates it.
+	ErrReuseGraceTooShort = errors.New("broker: the credential's reuse grace period is too short for this server's refresh claim")
 )
 
 // InvalidArgumentError reports a request field that fails validation. Nothing

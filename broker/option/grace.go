@@ -62,3 +62,16 @@ func (o *Options) CheckReuseGrace(spec credspec.Spec) error {
 	}
 	return nil
 }
+
+// RefuseShortGrace is CheckReuseGrace for a credential already stored,
+// whose grace period this server's claim margin outgrew: the credential is
+// neither refreshed nor served, since a rotation under a claim that cannot
+// fit in the grace period could lose the family the grace period is there
+// to save. Errors: brokererr.ErrReuseGraceTooShort (not an invalid
+// argument: the call is fine, the stored credential is not).
+func (o *Options) RefuseShortGrace(spec credspec.Spec) error {
+	if err := o.CheckReuseGrace(spec); err != nil {
+		return fmt.Errorf("%w: %v", brokererr.ErrReuseGraceTooShort, err)
+	}
+	return nil
+}

@@ -77,6 +77,22 @@ type Stats struct {
 	// Duties are this replica's share of the duties shared among replicas
 	// (broker/duties.go).
 	Duties lease.Stats
+	// Loading is the background load of the stored credentials since
+	// start (broker/loader.go).
+	Loading Loading
+}
+
+// Loading is the progress of a replica's background load of the stored
+// credentials.
+type Loading struct {
+	// Listed says the credentials were listed: ToLoad is known.
+	Listed bool
+	// ToLoad counts the credentials the store held at start; Loaded those
+	// the loader has loaded (or found deleted) so far.
+	ToLoad, Loaded int64
+	// Failures counts loads (and listings) that failed and were retried;
+	// Shared the loads a call waited for instead of reading again.
+	Failures, Shared int64
 }
 
 // Snapshot returns the counters, with the consumer catalog's dropped tokens

@@ -183,7 +183,9 @@ func TestDocumentedVariablesAreRead(t *testing.T) {
 		"ROTAVAULT_FAULT_SEED": true, "ROTAVAULT_FAULT_DURATION": true, "ROTAVAULT_FAULT_STRICT": true,
 		"ROTAVAULT_FAULT_BEYOND_CLAIM": true, "ROTAVAULT_FAULT_LOGS": true,
 		// BenchmarkListPageVault's size (broker/listing_bench_test.go).
-		"ROTAVAULT_BENCH_LIST_VAULT_N": true}
+		"ROTAVAULT_BENCH_LIST_VAULT_N": true,
+		// The restart benchmark's (broker/restart_bench_test.go).
+		"ROTAVAULT_BENCH_CREDENTIALS": true}
 	retired := map[string]bool{"ROTAVAULT_SERVER": true, "ROTAVAULT_TLS_CERT": true, "ROTAVAULT_SCOPE": true}
 	// What agent --exec sets for its command; the stem of the agent's
 	// ROTAVAULT_AGENT_<FLAG>.
