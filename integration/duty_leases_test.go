@@ -224,8 +224,9 @@ func TestLeaseWritesStayUnderTheBoundOnVault(t *testing.T) {
 
 // The introspection calls the provider sees per credential per interval
 // do not grow with the replicas: with 5 they are at most 1.2 × those with
-// 1. Measured at fosite, as the time the provider takes to see a fixed
-// number of introspections with 1 replica, then with 5.
+// 1 (or than the schedule, when one replica cannot keep it). Measured at
+// fosite, as the time the provider takes to see a fixed number of
+// introspections with 1 replica, then with 5.
 func TestIntrospectionCallsDoNotGrowWithReplicas(t *testing.T) {
 	const (
 		credentials = 16
@@ -261,8 +262,13 @@ func TestIntrospectionCallsDoNotGrowWithReplicas(t *testing.T) {
 	c.grow(4)
 	awaitCondition(t, "five replicas share the duties", func() bool { return c.settled(c.all()...) })
 	five := rate("5 replicas")
-	ratio := five / one
-	t.Logf("introspection calls per credential per interval, 5 replicas ÷ 1 replica: %.2f (goal ≤ %.1f)", ratio, maxRatio)
+	// One replica on a loaded machine may not keep its schedule (its
+	// introspection concurrency is a fifth of five replicas'): the schedule
+	// itself, one call per credential per interval, is then the baseline.
+	// Five replicas each checking every family would be about 5.
+	baseline := max(one, 1.0)
+	ratio := five / baseline
+	t.Logf("introspection calls per credential per interval, 5 replicas ÷ max(1 replica, the schedule): %.2f (goal ≤ %.1f)", ratio, maxRatio)
 	if ratio > maxRatio {
 		t.Errorf("5 replicas cost the provider %.2f × the introspections of 1; want ≤ %.1f", ratio, maxRatio)
 	}
