@@ -2,7 +2,6 @@ package integration
 
 import (
 	"context"
-	"sync"
 	"testing"
 	"time"
 
@@ -78,21 +77,5 @@ func callsOf(n int) int { return benchClients * ((n + benchClients - 1) / benchC
 
 // run makes n calls from benchClients goroutines and returns the wall time.
 func run(b *testing.B, n int, call func() error) time.Duration {
-	var wg sync.WaitGroup
-	per := (n + benchClients - 1) / benchClients
-	start := time.Now()
-	for range benchClients {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for range per {
-				if err := call(); err != nil {
-					b.Error(err)
-					return
-				}
-			}
-		}()
-	}
-	wg.Wait()
-	return time.Since(start)
+	return runPerWorker(b, n, func(int) error { return call() })
 }
