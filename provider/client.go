@@ -26,11 +26,17 @@ const (
 	defaultUserAgent = "rotavault-provider/1"
 	// idleConnTimeout bounds how long an idle provider connection is kept.
 	idleConnTimeout = 30 * time.Second
+	// maxIdleConnsPerHost is how many idle connections to one provider host
+	// are kept (Go's default is 2): as many as the broker's own concurrency
+	// towards a provider (32 scheduled refreshes, 32 introspections by
+	// default), so that refreshes and checks in flight together find a
+	// connection again next time instead of each opening a new one.
+	maxIdleConnsPerHost = 32
 )
 
 // New returns a Client sending requests with httpClient, or, when it is nil,
-// with a client that has a 30 s overall timeout and keeps idle connections
-// for idleConnTimeout. Reusing connections saves a TCP and TLS handshake per
+// with a client that has a 30 s overall timeout and keeps up to
+// maxIdleConnsPerHost idle connections per host for idleConnTimeout. Reusing connections saves a TCP and TLS handshake per
 // refresh, which matters when thousands of credentials rotate against one
 // provider host. Its risk is bounded: a server that closes an idle connection
 // just as a refresh is written leaves that refresh's outcome unknown, which
@@ -49,6 +55,7 @@ func New(httpClient *http.Client, opts ...Option) *Client {
 	} else {
 		tr := http.DefaultTransport.(*http.Transport).Clone()
 		tr.IdleConnTimeout = idleConnTimeout
+		tr.MaxIdleConnsPerHost = maxIdleConnsPerHost
 		hc = http.Client{Transport: tr, Timeout: defaultTimeout}
 	}
 	hc.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }

@@ -76,15 +76,7 @@ func formEqual(a, b url.Values) bool {
 // handshake each; a server closing an idle one mid-request is an unknown
 // outcome (TestRefreshTransportClassification), which the broker retries.
 func TestRefreshesReuseConnections(t *testing.T) {
-	var conns atomic.Int32
-	srv := httptest.NewUnstartedServer(jsonAnswer(200, map[string]string{"access_token": "a1"}))
-	srv.Config.ConnState = func(_ net.Conn, s http.ConnState) {
-		if s == http.StateNew {
-			conns.Add(1)
-		}
-	}
-	srv.Start()
-	t.Cleanup(srv.Close)
+	srv, conns := connCountingServer(t, jsonAnswer(200, map[string]string{"access_token": "a1"}))
 	c := provider.New(nil)
 	for range 3 {
 		if _, err := c.Refresh(context.Background(), oauth2Endpoint(srv.URL), testCreds, testRefreshToken); err != nil {
@@ -94,6 +86,60 @@ func TestRefreshesReuseConnections(t *testing.T) {
 	if n := conns.Load(); n != 1 {
 		t.Errorf("3 sequential refreshes used %d connections, want 1", n)
 	}
+}
+
+// TestConcurrentRefreshesReuseConnections: rounds of refreshes in flight at
+// once against one provider host keep their connections between rounds
+// (Go's default keeps only two idle per host, so every round after the
+// first would open fourteen new ones: a TCP and TLS handshake each).
+func TestConcurrentRefreshesReuseConnections(t *testing.T) {
+	const inFlight, rounds = 16, 4
+	arrived := make(chan struct{}, inFlight)
+	release := make(chan struct{})
+	answer := jsonAnswer(200, map[string]string{"access_token": "a1"})
+	srv, conns := connCountingServer(t, func(w http.ResponseWriter, r *http.Request) {
+		arrived <- struct{}{}
+		<-release
+		answer(w, r)
+	})
+	c := provider.New(nil)
+	for range rounds {
+		var wg sync.WaitGroup
+		for range inFlight {
+			wg.Go(func() {
+				if _, err := c.Refresh(context.Background(), oauth2Endpoint(srv.URL), testCreds, testRefreshToken); err != nil {
+					t.Errorf("Refresh: %v", err)
+				}
+			})
+		}
+		// All of the round in flight at once, so none can reuse another's
+		// connection within the round.
+		for range inFlight {
+			<-arrived
+		}
+		for range inFlight {
+			release <- struct{}{}
+		}
+		wg.Wait()
+	}
+	if n := conns.Load(); n != inFlight {
+		t.Errorf("%d rounds of %d concurrent refreshes opened %d connections, want %d", rounds, inFlight, n, inFlight)
+	}
+}
+
+// connCountingServer serves h and counts the connections opened to it.
+func connCountingServer(t *testing.T, h http.HandlerFunc) (*httptest.Server, *atomic.Int32) {
+	t.Helper()
+	conns := new(atomic.Int32)
+	srv := httptest.NewUnstartedServer(h)
+	srv.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+		if s == http.StateNew {
+			conns.Add(1)
+		}
+	}
+	srv.Start()
+	t.Cleanup(srv.Close)
+	return srv, conns
 }
 
 func TestConcurrentRefreshes(t *testing.T) {
