@@ -4,9 +4,14 @@ import (
 	"context"
 	"fmt"
 	"path/filepath"
+	"strconv"
+	"strings"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/rotavault/rotavault/boltstore"
+	"github.com/rotavault/rotavault/provider"
 )
 
 // BenchmarkEmbeddedRotationsVsRawWrites is BenchmarkVaultRotationsVsRawWrites
@@ -16,10 +21,24 @@ import (
 // concurrent writers in both phases, so both get the same group commit.
 // Each commit is an fsync; the ceiling is raw writes/s ÷ writes per
 // rotation.
+//
+// Two cases tell the broker's share from the provider's: "simulator" calls
+// the Salesforce simulator over loopback HTTP, in this process, on the
+// same cores; "instant-provider" answers each refresh in process at once,
+// so what remains is the broker and the store alone.
 func BenchmarkEmbeddedRotationsVsRawWrites(b *testing.B) {
+	b.Run("simulator", func(b *testing.B) {
+		embeddedRotationsVsRawWrites(b, func(p Provider) Provider { return p })
+	})
+	b.Run("instant-provider", func(b *testing.B) {
+		embeddedRotationsVsRawWrites(b, func(p Provider) Provider { return &instantRotations{Provider: p} })
+	})
+}
+
+func embeddedRotationsVsRawWrites(b *testing.B, wrap func(Provider) Provider) {
 	ctx := context.Background()
 	bs := openBenchBolt(b)
-	br, count, ids := benchBrokerOver(b, bs)
+	br, count, ids := benchBrokerWith(b, bs, wrap)
 	always := func(*view) bool { return true }
 	rotate := func(w int) error {
 		e, err := br.entry(ctx, ids[w])
@@ -72,4 +91,21 @@ func openBenchBolt(b *testing.B) *boltstore.Store {
 	}
 	b.Cleanup(func() { _ = bs.Close() })
 	return bs
+}
+
+// instantRotations answers every refresh at once with a rotation, tokens
+// as long as the simulator's.
+type instantRotations struct {
+	Provider
+	serial atomic.Uint64
+}
+
+func (p *instantRotations) Refresh(context.Context, provider.Endpoint, provider.ClientCredentials, string) (*provider.Token, error) {
+	n := strconv.FormatUint(p.serial.Add(1), 36)
+	return &provider.Token{
+		AccessToken:  strings.Repeat("a", 112-len(n)) + n,
+		RefreshToken: strings.Repeat("r", 87-len(n)) + n,
+		TokenType:    "Bearer",
+		ExpiresIn:    time.Hour,
+	}, nil
 }

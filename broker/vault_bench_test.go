@@ -43,6 +43,12 @@ func setupVaultBench(b *testing.B) *vaultBench {
 // benchWorkers Salesforce credentials at the simulator, each with an
 // imported family; the benchmarks of every store start from it.
 func benchBrokerOver(b *testing.B, st store.Store) (*Broker, *faultStore, []string) {
+	return benchBrokerWith(b, st, func(p Provider) Provider { return p })
+}
+
+// benchBrokerWith is benchBrokerOver with the provider client wrapped by
+// wrap once the families are imported.
+func benchBrokerWith(b *testing.B, st store.Store, wrap func(Provider) Provider) (*Broker, *faultStore, []string) {
 	ctx := context.Background()
 	sim, err := providersim.Start(providersim.Config{})
 	if err != nil {
@@ -51,7 +57,8 @@ func benchBrokerOver(b *testing.B, st store.Store) (*Broker, *faultStore, []stri
 	b.Cleanup(func() { _ = sim.Close() })
 	sim.AddClient(providersim.Client{ID: "bench", Secret: "bench-secret"})
 	count := &faultStore{Store: st}
-	br, err := New(ctx, Config{Store: count, Provider: provider.New(nil), Auditor: &recordingAuditor{}}, option.WithSchedulerInterval(time.Hour))
+	prov := &swappableProvider{Provider: provider.New(nil)}
+	br, err := New(ctx, Config{Store: count, Provider: prov, Auditor: &recordingAuditor{}}, option.WithSchedulerInterval(time.Hour))
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -71,8 +78,13 @@ func benchBrokerOver(b *testing.B, st store.Store) (*Broker, *faultStore, []stri
 			b.Fatal(err)
 		}
 	}
+	prov.Provider = wrap(prov.Provider)
 	return br, count, ids
 }
+
+// swappableProvider lets a benchmark change the provider client after its
+// setup, before any concurrent use.
+type swappableProvider struct{ Provider }
 
 // parallel runs n operations split over benchWorkers goroutines (worker w
 // works on credential w) and returns operations per second.
