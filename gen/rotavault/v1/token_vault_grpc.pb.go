@@ -46,6 +46,12 @@ const (
 //     until an admin fixes the credential.
 //   - REJECTION_RATE_LIMITED (RESOURCE_EXHAUSTED, with RetryInfo): too many
 //     rejected-token reports for this credential.
+//   - REUSE_GRACE_TOO_SHORT (FAILED_PRECONDITION): the stored credential's
+//     reuse grace period is shorter than this server's refresh claim needs
+//     (the server was started with a larger claim margin since the
+//     credential was saved); the credential is neither refreshed nor served
+//     until an admin lengthens its grace period (UpdateCredential) or the
+//     server's claim margin is lowered.
 //   - MIN_LIFETIME_UNATTAINABLE (INVALID_ARGUMENT): the requested minimum
 //     remaining lifetime is longer than this credential's tokens live.
 //   - AUTHORIZATION_DENIED (FAILED_PRECONDITION): the user refused a pending
@@ -225,6 +231,12 @@ func (c *tokenVaultServiceClient) RevokeCredential(ctx context.Context, in *Revo
 //     until an admin fixes the credential.
 //   - REJECTION_RATE_LIMITED (RESOURCE_EXHAUSTED, with RetryInfo): too many
 //     rejected-token reports for this credential.
+//   - REUSE_GRACE_TOO_SHORT (FAILED_PRECONDITION): the stored credential's
+//     reuse grace period is shorter than this server's refresh claim needs
+//     (the server was started with a larger claim margin since the
+//     credential was saved); the credential is neither refreshed nor served
+//     until an admin lengthens its grace period (UpdateCredential) or the
+//     server's claim margin is lowered.
 //   - MIN_LIFETIME_UNATTAINABLE (INVALID_ARGUMENT): the requested minimum
 //     remaining lifetime is longer than this credential's tokens live.
 //   - AUTHORIZATION_DENIED (FAILED_PRECONDITION): the user refused a pending
