@@ -41,6 +41,12 @@ const (
 // ErrDiscovery matches every error of Discover.
 var ErrDiscovery = errors.New("provider: discovery failed")
 
+// ErrDiscoveryUnavailable matches (besides ErrDiscovery) the errors of
+// Discover that say nothing about the issuer: it could not be reached, did
+// not answer in time, or answered "try later" (HTTP 429 or 5xx). Asking
+// again later may succeed; the other errors need a different issuer.
+var ErrDiscoveryUnavailable = fmt.Errorf("%w: issuer unavailable", ErrDiscovery)
+
 // Metadata is what an authorization server's metadata document says about
 // the endpoints and client authentication Rotavault uses. URLs are empty
 // where the document names none. Its zero value means nothing was found.
@@ -128,7 +134,9 @@ func secureOrLoopback(u *url.URL) bool {
 // our client secret to its endpoints.
 //
 // Errors match ErrDiscovery and name the URL and what was wrong, never a
-// document's content beyond a bounded, cleaned field.
+// document's content beyond a bounded, cleaned field; those that say
+// nothing about the issuer (unreachable, too slow, HTTP 429 or 5xx) also
+// match ErrDiscoveryUnavailable.
 func (c *Client) Discover(ctx context.Context, issuer string) (Metadata, error) {
 	urls, err := MetadataURLs(issuer)
 	if err != nil {
@@ -164,16 +172,19 @@ func (c *Client) fetchMetadata(ctx context.Context, metadataURL string) (m Metad
 	req.Header.Set("User-Agent", c.userAgent)
 	resp, err := c.hc.Do(req)
 	if err != nil {
-		return Metadata{}, false, fmt.Errorf("%w: %s: %w", ErrDiscovery, metadataURL, unwrapURLError(err))
+		return Metadata{}, false, fmt.Errorf("%w: %s: %w", ErrDiscoveryUnavailable, metadataURL, unwrapURLError(err))
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
 		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, maxMetadataBytes))
+		if resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode >= 500 {
+			return Metadata{}, false, fmt.Errorf("%w: %s: HTTP %d", ErrDiscoveryUnavailable, metadataURL, resp.StatusCode)
+		}
 		return Metadata{}, resp.StatusCode == http.StatusNotFound || resp.StatusCode == http.StatusGone, fail("HTTP %d", resp.StatusCode)
 	}
 	body, err := io.ReadAll(io.LimitReader(resp.Body, maxMetadataBytes+1))
 	if err != nil {
-		return Metadata{}, false, fmt.Errorf("%w: %s: reading: %w", ErrDiscovery, metadataURL, unwrapURLError(err))
+		return Metadata{}, false, fmt.Errorf("%w: %s: reading: %w", ErrDiscoveryUnavailable, metadataURL, unwrapURLError(err))
 	}
 	if len(body) > maxMetadataBytes {
 		return Metadata{}, false, fail("document larger than %d bytes", maxMetadataBytes)

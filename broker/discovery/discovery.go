@@ -21,7 +21,12 @@ import (
 	"github.com/rotavault/rotavault/broker/brokererr"
 	"github.com/rotavault/rotavault/broker/credspec"
 	"github.com/rotavault/rotavault/broker/stats"
+	"github.com/rotavault/rotavault/provider"
 )
+
+// unavailableRetry is the RetryAfter of a discovery that could not reach
+// the issuer: long enough for a restarting provider, short for a person.
+const unavailableRetry = 5 * time.Second
 
 // Credential is what a pass needs of one credential.
 type Credential struct {
@@ -70,15 +75,19 @@ func (dy *Discovery) Discover(ctx context.Context, issuer string) (*credspec.Dis
 
 // Into sets spec.Discovered from spec.Issuer (clears it without one) and
 // checks that a token endpoint results. A failed discovery is an
-// *brokererr.InvalidArgumentError naming what failed: the issuer is wrong,
-// its provider publishes no (acceptable) metadata, or it is unreachable
-// now.
+// *brokererr.UnavailableError (ComponentProvider) when the issuer could not
+// be reached or answered "try later" — the same call may succeed later —
+// and otherwise an *brokererr.InvalidArgumentError naming what failed: the
+// issuer is wrong or its provider publishes no (acceptable) metadata.
 func (dy *Discovery) Into(ctx context.Context, spec *credspec.Spec) error {
 	spec.Discovered = nil
 	if spec.Issuer == "" {
 		return nil
 	}
 	md, err := dy.Discover(ctx, spec.Issuer)
+	if errors.Is(err, provider.ErrDiscoveryUnavailable) {
+		return &brokererr.UnavailableError{Component: brokererr.ComponentProvider, RetryAfter: unavailableRetry, Err: err}
+	}
 	if err != nil {
 		return brokererr.Invalid("spec.issuer", "%v; check the issuer, or set the endpoint URLs instead", err)
 	}

@@ -417,7 +417,11 @@ type CredentialSpec struct {
 	// from it every endpoint URL not set above and, when client_auth_method is
 	// unspecified, the client authentication (client_secret_basic when the
 	// provider lists it, per RFC 6749 §2.3.1). The document must name exactly
-	// this issuer (RFC 8414 §3.3). See Credential.discovered_metadata.
+	// this issuer (RFC 8414 §3.3). See Credential.discovered_metadata. When
+	// the issuer cannot be reached, is too slow or answers HTTP 429 or 5xx,
+	// CreateCredential and UpdateCredential fail with UNAVAILABLE and reason
+	// PROVIDER_UNAVAILABLE (retry later); a document that is missing or
+	// refused is INVALID_ARGUMENT (fix the issuer).
 	Issuer        string `protobuf:"bytes,17,opt,name=issuer,proto3" json:"issuer,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
