@@ -301,20 +301,9 @@ func restamp(tok *provider.Token, sent time.Time) {
 }
 
 // clientRejectedError is the caller's error for a client the provider
-// refused. It names the authentication method the request used: a server
-// whose client allows only the other method answers invalid_client as for a
-// wrong secret, and says which only in its error_description (logged, not
-// passed on: provider text stays out of answers).
+// refused while refreshing.
 func clientRejectedError(pe *provider.Error) error {
-	how := "as form fields (client_secret_post)"
-	switch pe.ClientAuth {
-	case provider.AuthSecretBasic:
-		how = "with HTTP Basic (client_secret_basic)"
-	case provider.AuthDefault:
-		how = "(no credentials sent)"
-	}
-	return fmt.Errorf("%w (%s): the client authenticated %s; check the client id and secret, that the provider's client allows this method (--client-auth-method, or --issuer to take it from the provider's metadata; the provider's own description is in the server log), and the user and org at the provider",
-		brokererr.ErrClientRejected, pe.Code, how)
+	return brokererr.ClientRejected(pe, "when refreshing")
 }
 
 // providerDetail is the provider error for the family record and the audit

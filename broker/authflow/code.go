@@ -289,6 +289,12 @@ func (fl *Flows) redeemCode(ctx context.Context, state string, f *Record, versio
 		var pe *provider.Error
 		if errors.As(err, &pe) && pe.Outcome == provider.OutcomeRejected {
 			detail := fmt.Sprintf("the provider refused the authorization code (%s); start the flow again", pe.Code)
+			if errors.Is(err, provider.ErrInvalidClient) {
+				// The credential is wrong, not the code the caller brought.
+				const doing = "when exchanging the authorization code"
+				fl.failFlow(ctx, state, FlowRefused, fmt.Sprintf("the provider refused the client (%s): %s; then start the flow again", pe.Code, brokererr.ClientRejectedDetail(pe, doing)))
+				return Activation{}, brokererr.ClientRejected(pe, doing)
+			}
 			fl.failFlow(ctx, state, FlowRefused, detail)
 			return Activation{}, brokererr.Invalid("code", "%s", detail)
 		}

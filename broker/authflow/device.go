@@ -58,7 +58,7 @@ func (fl *Flows) StartDeviceAuthorization(ctx context.Context, id string, scopes
 		var pe *provider.Error
 		switch {
 		case errors.As(err, &pe) && pe.Outcome == provider.OutcomeRejected && errors.Is(err, provider.ErrInvalidClient):
-			return DevicePending{}, fmt.Errorf("%w: the provider refused the client when starting a device flow (%s)", brokererr.ErrClientRejected, pe.Code)
+			return DevicePending{}, brokererr.ClientRejected(pe, "when starting a device flow")
 		case errors.As(err, &pe) && pe.Outcome == provider.OutcomeRejected:
 			return DevicePending{}, brokererr.Invalid("device_authorization_start", "the provider refused to start a device flow (%s); is the device flow enabled for the app?", pe.Code)
 		}
@@ -228,6 +228,10 @@ func (fl *Flows) pollOnce(ctx context.Context, state string, f *Record, version 
 	case errors.Is(err, provider.ErrExpiredToken), errors.Is(err, provider.ErrInvalidGrant):
 		fl.log.InfoContext(ctx, "device flow expired at the provider", "credential", f.CredentialID)
 		fl.failFlow(ctx, state, FlowExpired, "the provider no longer accepts the device code (expired or already used); start a new flow")
+		return nil, 0, true
+	case errors.As(err, &pe) && pe.Outcome == provider.OutcomeRejected && errors.Is(err, provider.ErrInvalidClient):
+		fl.log.WarnContext(ctx, "device flow: the provider refused the client", "credential", f.CredentialID, "err", err)
+		fl.failFlow(ctx, state, FlowRefused, fmt.Sprintf("the provider refused the client (%s): %s", pe.Code, brokererr.ClientRejectedDetail(pe, "when polling the device flow")))
 		return nil, 0, true
 	case errors.As(err, &pe) && pe.Outcome == provider.OutcomeRejected:
 		fl.log.WarnContext(ctx, "device flow refused by the provider", "credential", f.CredentialID, "err", err)

@@ -8,6 +8,8 @@ import (
 	"errors"
 	"fmt"
 	"time"
+
+	"github.com/rotavault/rotavault/provider"
 )
 
 // Sentinel errors of the rotation logic. They are wrapped with %w; check
@@ -88,4 +90,27 @@ type RateLimitedError struct {
 
 func (e *RateLimitedError) Error() string {
 	return fmt.Sprintf("broker: rejected-token reports rate-limited; retry after %s", e.RetryAfter.Round(time.Millisecond))
+}
+
+// ClientRejected is the caller's error for a client the provider refused
+// (invalid_client) at what it was doing (doing: "when refreshing", …). It
+// names the authentication method the request used: a server whose client
+// allows only the other method answers invalid_client as for a wrong
+// secret, and says which only in its error_description (logged, never
+// passed on: provider text stays out of answers).
+func ClientRejected(pe *provider.Error, doing string) error {
+	return fmt.Errorf("%w (%s): %s", ErrClientRejected, pe.Code, ClientRejectedDetail(pe, doing))
+}
+
+// ClientRejectedDetail is ClientRejected's advice without the sentinel, for
+// a flow's stored outcome.
+func ClientRejectedDetail(pe *provider.Error, doing string) string {
+	how := "as form fields (client_secret_post)"
+	switch pe.ClientAuth {
+	case provider.AuthSecretBasic:
+		how = "with HTTP Basic (client_secret_basic)"
+	case provider.AuthDefault:
+		how = "(no credentials sent)"
+	}
+	return fmt.Sprintf("the client authenticated %s %s; check the client id and secret, that the provider's client allows this method (--client-auth-method, or --issuer to take it from the provider's metadata; the provider's own description is in the server log), and the user and org at the provider", how, doing)
 }
