@@ -7,6 +7,7 @@
 package vaultstore
 
 import (
+	"bytes"
 	"cmp"
 	"context"
 	"encoding/base64"
@@ -46,7 +47,10 @@ type Config struct {
 	// Client is an authenticated Vault client. Nil: one is built from the
 	// standard environment (VAULT_ADDR, VAULT_TOKEN, VAULT_CACERT,
 	// VAULT_CAPATH, VAULT_CLIENT_CERT, VAULT_CLIENT_KEY, VAULT_NAMESPACE…),
-	// as the vault CLI does.
+	// as the vault CLI does. New wraps the client's retry policy
+	// (SetCheckRetry), keeping what it decides, to learn when vault/api
+	// resent a write: a resent check-and-set write can be refused by its
+	// own first copy, which is then no conflict.
 	Client *vault.Client
 	// Addresses, when it holds more than one address, are the nodes of a
 	// Vault cluster (http(s)://host:port each): every request goes to one
@@ -152,6 +156,7 @@ func New(ctx context.Context, cfg Config) (*Store, error) {
 		}
 		cfg.Client = c
 	}
+	markResends(cfg.Client)
 	s := &Store{
 		client:      cfg.Client,
 		mount:       strings.Trim(cfg.Mount, "/"),
@@ -445,12 +450,17 @@ func (s *Store) Put(ctx context.Context, key string, value []byte, expectedVersi
 		}
 	}
 	var secret *vault.KVSecret
+	sendCtx, resent := withResendMark(ctx)
 	err = s.do(ctx, func() (err error) {
-		secret, err = s.kv.Put(ctx, p, s.encode(p, value), vault.WithCheckAndSet(int(expectedVersion)))
+		secret, err = s.kv.Put(sendCtx, p, s.encode(p, value), vault.WithCheckAndSet(int(expectedVersion)))
 		return err
 	})
 	if err != nil {
 		if isCASMismatch(err) {
+			if v, ok := s.wroteItself(ctx, key, value, expectedVersion, resent.Load()); ok {
+				s.lists.note(key, true)
+				return v, nil
+			}
 			if expectedVersion == 0 {
 				s.lists.note(key, true) // it exists: another writer created it
 			}
@@ -463,6 +473,55 @@ func (s *Store) Put(ctx context.Context, key string, value []byte, expectedVersi
 		return 0, fmt.Errorf("vaultstore: put %s: vault returned no version", key)
 	}
 	return uint64(secret.VersionMetadata.Version), nil
+}
+
+// wroteItself reports whether a write refused as a check-and-set mismatch
+// was in fact this very write, applied once already: vault/api resends a
+// request whose answer was lost (a connection reset after Vault applied
+// it; VAULT_MAX_RETRIES, 2 by default), and the resent copy then finds the
+// version its first copy made. Only a resent write (resent) can be refused
+// by itself; it was when the record right after expectedVersion holds
+// exactly value (Delete removes a key's metadata, so a creation is version
+// 1). Were another writer to have written the very same bytes at that
+// version while the answer was lost, the store holds what this write meant
+// to write either way; Rotavault's records name their writer's claim or
+// generation, so that does not happen to them.
+func (s *Store) wroteItself(ctx context.Context, key string, value []byte, expectedVersion uint64, resent bool) (uint64, bool) {
+	if !resent {
+		return 0, false
+	}
+	rec, err := s.Get(ctx, key)
+	if err != nil || rec.Version != expectedVersion+1 || !bytes.Equal(rec.Value, value) {
+		return 0, false
+	}
+	return rec.Version, true
+}
+
+// resendMark is the context key of a request's resend flag (see
+// withResendMark).
+type resendMark struct{}
+
+// withResendMark returns ctx carrying a flag that the retry policy the
+// store installs (markResends) sets when vault/api sends the request again.
+func withResendMark(ctx context.Context) (context.Context, *atomic.Bool) {
+	var resent atomic.Bool
+	return context.WithValue(ctx, resendMark{}, &resent), &resent
+}
+
+// markResends wraps c's retry policy so that a request carrying a resend
+// flag (withResendMark) learns that it was sent more than once.
+func markResends(c *vault.Client) {
+	policy := c.CheckRetry()
+	if policy == nil {
+		policy = vault.DefaultRetryPolicy
+	}
+	c.SetCheckRetry(func(ctx context.Context, resp *http.Response, err error) (bool, error) {
+		retry, perr := policy(ctx, resp, err)
+		if resent, ok := ctx.Value(resendMark{}).(*atomic.Bool); ok && retry && perr == nil {
+			resent.Store(true)
+		}
+		return retry, perr
+	})
 }
 
 func (s *Store) encode(path string, value []byte) map[string]any {
