@@ -73,8 +73,10 @@ type Config struct {
 	Auditor               Auditor
 	IssuanceFlushInterval time.Duration
 	// ConsumerCatalog, when set, also merges those per-caller aggregates
-	// into the broker's consumer catalog (ListConsumers) at the same
-	// interval and at Shutdown; nothing is written per call.
+	// into the broker's consumer catalog (ListConsumers): a credential with
+	// a consumer new to this replica at the same interval, the others every
+	// ten intervals (see catalogPeriods), and all at Shutdown; nothing is
+	// written per call.
 	ConsumerCatalog bool
 	// MaxConnectionAge closes a client connection after this long (zero:
 	// DefaultMaxConnectionAge; negative: never), after a grace of

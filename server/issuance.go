@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"log/slog"
 	"net"
 	"sort"
@@ -64,10 +65,14 @@ type issuanceCounter struct {
 	mu     sync.Mutex
 	counts map[issuanceKey]*issuanceCount
 
-	// flushMu makes flushes one at a time and guards the backlogs.
+	// flushMu makes flushes one at a time and guards the backlogs and
+	// catalogMerged.
 	flushMu        sync.Mutex
 	auditBacklog   map[issuanceKey]*issuanceCount
 	catalogBacklog map[issuanceKey]*issuanceCount
+	// catalogMerged is, per credential this replica merged into the
+	// catalog lately, when it did and which identities it merged.
+	catalogMerged map[string]*catalogMerge
 
 	stop    chan struct{}
 	stopped chan struct{}
@@ -82,7 +87,8 @@ func newIssuanceCounter(auditor Auditor, catalog ConsumerCatalog, interval time.
 		auditor: auditor, catalog: catalog, log: log, interval: interval, now: time.Now,
 		counts:       make(map[issuanceKey]*issuanceCount),
 		auditBacklog: make(map[issuanceKey]*issuanceCount), catalogBacklog: make(map[issuanceKey]*issuanceCount),
-		stop: make(chan struct{}), stopped: make(chan struct{}),
+		catalogMerged: make(map[string]*catalogMerge),
+		stop:          make(chan struct{}), stopped: make(chan struct{}),
 	}
 	go c.run()
 	return c
@@ -136,9 +142,15 @@ func merge(m map[issuanceKey]*issuanceCount, k issuanceKey, n issuanceCount) {
 }
 
 // flush hands what was counted since the last flush, and what a sink
-// failed to take then, to the sinks. Counts a sink cannot take are kept
-// for its next flush; the error says why.
-func (c *issuanceCounter) flush(ctx context.Context) error {
+// failed to take then, to the sinks (the catalog only what is due: see
+// flushCatalog). Counts a sink cannot take are kept for its next flush; the
+// error says why.
+func (c *issuanceCounter) flush(ctx context.Context) error { return c.flushSome(ctx, false) }
+
+// flushAll is flush with every credential's catalog merge due.
+func (c *issuanceCounter) flushAll(ctx context.Context) error { return c.flushSome(ctx, true) }
+
+func (c *issuanceCounter) flushSome(ctx context.Context, all bool) error {
 	c.flushMu.Lock()
 	defer c.flushMu.Unlock()
 	c.mu.Lock()
@@ -156,7 +168,7 @@ func (c *issuanceCounter) flush(ctx context.Context) error {
 		for k, n := range counts {
 			merge(c.catalogBacklog, issuanceKey{catalogIdentity(k.caller), k.credential}, *n)
 		}
-		errs = append(errs, c.flushCatalog(ctx))
+		errs = append(errs, c.flushCatalog(ctx, all))
 	}
 	return errors.Join(errs...)
 }
@@ -184,21 +196,92 @@ func (c *issuanceCounter) flushAudit(ctx context.Context) error {
 	return nil
 }
 
-// flushCatalog merges the backlog into the consumer catalog; what the
-// catalog could not store stays in the backlog.
-func (c *issuanceCounter) flushCatalog(ctx context.Context) error {
+// catalogPeriods is how many flush intervals pass between two merges of
+// a credential whose consumers this replica has all merged before (10
+// minutes by default); a consumer it has not merged yet goes at the next
+// flush. A merge is a read and a check-and-set write of the credential's
+// catalog record, per replica: with one per interval, 100,000 credentials
+// in use cost a replica 1,700 store writes a second, about what a Vault
+// server does in all. Counts and last-seen times of known consumers lag
+// by up to this many intervals; FlushIssuance merges everything at once.
+const catalogPeriods = 10
+
+// catalogMerge is what this replica last merged for one credential.
+type catalogMerge struct {
+	at         time.Time
+	identities map[string]struct{}
+}
+
+// catalogDue says whether credential's uses in the backlog are merged at
+// this flush: when one of its identities is new to this replica, or when
+// its last merge is older than its period. The period is shortened by up to
+// half, by a fraction fixed per credential, so that credentials first
+// merged together spread over the period instead of coming due together.
+func (c *issuanceCounter) catalogDue(credential string, identities []string, now time.Time) bool {
+	m := c.catalogMerged[credential]
+	if m == nil {
+		return true
+	}
+	for _, id := range identities {
+		if _, ok := m.identities[id]; !ok {
+			return true
+		}
+	}
+	period := catalogPeriods * c.interval
+	h := fnv.New32a()
+	_, _ = h.Write([]byte(credential))
+	spread := time.Duration(uint64(period/2) * uint64(h.Sum32()) >> 32)
+	return now.Sub(m.at) >= period-spread
+}
+
+// flushCatalog merges the backlog's due credentials (all of them with all)
+// into the consumer catalog; what is not due, or what the catalog could not
+// store, stays in the backlog.
+func (c *issuanceCounter) flushCatalog(ctx context.Context, all bool) error {
+	now := c.now()
+	c.forgetOldCatalogMerges(now)
 	if len(c.catalogBacklog) == 0 {
 		return nil
 	}
-	uses := make([]catalog.Use, 0, len(c.catalogBacklog))
+	identities := make(map[string][]string)
+	for k := range c.catalogBacklog {
+		identities[k.credential] = append(identities[k.credential], k.caller)
+	}
+	due := make(map[string]bool, len(identities))
+	for cred, ids := range identities {
+		due[cred] = all || c.catalogDue(cred, ids, now)
+	}
+	var uses []catalog.Use
 	for _, k := range sortedKeys(c.catalogBacklog) {
+		if !due[k.credential] {
+			continue
+		}
 		n := c.catalogBacklog[k]
 		uses = append(uses, catalog.Use{CredentialID: k.credential, Identity: k.caller, FirstSeen: n.first, LastSeen: n.last, Count: n.count})
+		delete(c.catalogBacklog, k)
+	}
+	if len(uses) == 0 {
+		return nil
 	}
 	unrecorded, err := c.catalog.RecordConsumers(ctx, uses)
-	clear(c.catalogBacklog)
+	failed := make(map[string]bool)
 	for _, u := range unrecorded {
+		failed[u.CredentialID] = true
 		merge(c.catalogBacklog, issuanceKey{u.Identity, u.CredentialID}, issuanceCount{count: u.Count, first: u.FirstSeen, last: u.LastSeen})
+	}
+	for cred, ok := range due {
+		if !ok || failed[cred] {
+			continue
+		}
+		m := c.catalogMerged[cred]
+		if m == nil {
+			m = &catalogMerge{identities: make(map[string]struct{})}
+			c.catalogMerged[cred] = m
+		}
+		m.at = now
+		for _, id := range identities[cred] {
+			m.identities[id] = struct{}{}
+		}
 	}
 	if err != nil {
 		c.log.ErrorContext(ctx, "consumer catalog not fully updated; the rest is kept for the next flush",
@@ -206,6 +289,17 @@ func (c *issuanceCounter) flushCatalog(ctx context.Context) error {
 		return fmt.Errorf("server: consumer catalog: %w", err)
 	}
 	return nil
+}
+
+// forgetOldCatalogMerges drops what this replica remembers of credentials
+// nobody asked it for during three periods, so that the memory held
+// follows the credentials in use, not every credential ever used.
+func (c *issuanceCounter) forgetOldCatalogMerges(now time.Time) {
+	for cred, m := range c.catalogMerged {
+		if now.Sub(m.at) > 3*catalogPeriods*c.interval {
+			delete(c.catalogMerged, cred)
+		}
+	}
 }
 
 func sortedKeys(m map[issuanceKey]*issuanceCount) []issuanceKey {
@@ -242,12 +336,13 @@ func (c *issuanceCounter) close(ctx context.Context) {
 		<-c.stopped
 		ctx, cancel := context.WithTimeout(ctx, flushTimeout)
 		defer cancel()
-		_ = c.flush(ctx) // failures are logged
+		_ = c.flushAll(ctx) // failures are logged
 	})
 }
 
 // FlushIssuance hands the token issuance counted so far to the audit trail
-// and the consumer catalog now, as the periodic flush does, and returns
+// and the consumer catalog now — every credential's merge, also those the
+// periodic flush puts off (see catalogPeriods) — and returns
 // once they have it. What a sink cannot take is kept for the next flush,
 // and the error says so. Without either sink it does nothing. Safe for
 // concurrent use; operators and tests use it to see the newest uses in
@@ -256,5 +351,5 @@ func (s *Server) FlushIssuance(ctx context.Context) error {
 	if s.issuance == nil {
 		return nil
 	}
-	return s.issuance.flush(ctx)
+	return s.issuance.flushAll(ctx)
 }

@@ -58,8 +58,10 @@ type CredentialAdminServiceClient interface {
 	DeleteCredential(ctx context.Context, in *DeleteCredentialRequest, opts ...grpc.CallOption) (*DeleteCredentialResponse, error)
 	// ListConsumers is the consumer catalog: which caller identity obtained
 	// access tokens for which credential, when first and last, and how many.
-	// Replicas aggregate in memory and flush to the store periodically, so the
-	// newest minute of use may not show yet. Ordered by credential, then
+	// Replicas aggregate in memory: a new consumer shows within the flush
+	// interval (1 minute by default), the counts and last-seen times of a
+	// listed one are updated every ten intervals, so the newest use may not
+	// show yet. Ordered by credential, then
 	// identity.
 	// A credential's catalog keeps at most 500 identities: tokens handed to
 	// further identities are not listed (each replica logs them and counts
@@ -227,8 +229,10 @@ type CredentialAdminServiceServer interface {
 	DeleteCredential(context.Context, *DeleteCredentialRequest) (*DeleteCredentialResponse, error)
 	// ListConsumers is the consumer catalog: which caller identity obtained
 	// access tokens for which credential, when first and last, and how many.
-	// Replicas aggregate in memory and flush to the store periodically, so the
-	// newest minute of use may not show yet. Ordered by credential, then
+	// Replicas aggregate in memory: a new consumer shows within the flush
+	// interval (1 minute by default), the counts and last-seen times of a
+	// listed one are updated every ten intervals, so the newest use may not
+	// show yet. Ordered by credential, then
 	// identity.
 	// A credential's catalog keeps at most 500 identities: tokens handed to
 	// further identities are not listed (each replica logs them and counts
