@@ -8,6 +8,7 @@ import (
 	"github.com/rotavault/rotavault/broker/access"
 	"github.com/rotavault/rotavault/broker/brokererr"
 	"github.com/rotavault/rotavault/broker/credspec"
+	"github.com/rotavault/rotavault/broker/family"
 	"github.com/rotavault/rotavault/broker/notice"
 	"github.com/rotavault/rotavault/broker/pacing"
 	"github.com/rotavault/rotavault/provider"
@@ -35,7 +36,7 @@ func (b *Broker) GetAccessToken(ctx context.Context, req access.Request) (access
 	if err := b.opts.RefuseShortGrace(v.cred.Spec); err != nil {
 		return access.Token{}, err
 	}
-	if v.fam.Status != StatusActive {
+	if v.fam.Status != family.StatusActive {
 		v = b.recheckInactive(ctx, e, v)
 	}
 	if err := b.checkMinRemaining(v, req.MinRemaining); err != nil {
@@ -133,7 +134,7 @@ func (b *Broker) fresh(v *view, minRemaining time.Duration) bool {
 // unexpired reports whether v's access token has minRemaining and the
 // expiry margin left at now.
 func (b *Broker) unexpired(v *view, minRemaining time.Duration, now time.Time) bool {
-	if v.fam.Status != StatusActive || v.fam.Access == nil {
+	if v.fam.Status != family.StatusActive || v.fam.Access == nil {
 		return false
 	}
 	a := v.fam.Access
@@ -188,7 +189,7 @@ func (b *Broker) checkMinRemaining(v *view, minRemaining time.Duration) error {
 // handleRejection decides what a rejected-token report leads to. done means
 // the returned view answers the caller without a refresh.
 func (b *Broker) handleRejection(ctx context.Context, e *entry, v *view, req access.Request) (*view, bool, error) {
-	if v.fam.Status != StatusActive || v.fam.Access == nil {
+	if v.fam.Status != family.StatusActive || v.fam.Access == nil {
 		return v, false, nil
 	}
 	cur := v.fam.Access
@@ -254,7 +255,7 @@ func (b *Broker) handleRejection(ctx context.Context, e *entry, v *view, req acc
 			return nil, false, err
 		}
 		if revoked {
-			return nil, false, reauthRequired(e.id, &familyRecord{Status: StatusRevoked, RevokedReason: notice.ReasonRevokedAtProvider})
+			return nil, false, reauthRequired(e.id, &family.Record{Status: family.StatusRevoked, RevokedReason: notice.ReasonRevokedAtProvider})
 		}
 		// The family moved on (another refresh rotated the token): the
 		// refresh below adopts or continues it.
@@ -306,7 +307,7 @@ func (b *Broker) refresh(ctx context.Context, e *entry, need func(*view) bool) (
 		if f.err != nil {
 			return nil, f.err
 		}
-		if f.v.fam.Status != StatusActive {
+		if f.v.fam.Status != family.StatusActive {
 			// A flight started for another need (the scheduler's) may end on
 			// a family revoked meanwhile: no token to hand out.
 			return nil, reauthRequired(e.id, f.v.fam)
@@ -316,7 +317,7 @@ func (b *Broker) refresh(ctx context.Context, e *entry, need func(*view) bool) (
 		// with a flight of its own. The result of its own flight is final,
 		// met or not, so a need no fresh token meets costs one rotation, not
 		// a rotation per loop.
-		if !own && need(f.v) && f.v.fam.Status == StatusActive {
+		if !own && need(f.v) && f.v.fam.Status == family.StatusActive {
 			continue
 		}
 		return f.v, nil
@@ -334,7 +335,7 @@ func (b *Broker) joinOrStart(caller context.Context, e *entry, need func(*view) 
 	if !need(v) {
 		return nil, false, nil
 	}
-	if v.fam.Status != StatusActive && e.rescue.Load() == nil {
+	if v.fam.Status != family.StatusActive && e.rescue.Load() == nil {
 		return nil, false, reauthRequired(e.id, v.fam)
 	}
 	if e.flight != nil {
@@ -356,9 +357,9 @@ func (b *Broker) joinOrStart(caller context.Context, e *entry, need func(*view) 
 	return f, true, nil
 }
 
-func reauthRequired(id string, fam *familyRecord) error {
+func reauthRequired(id string, fam *family.Record) error {
 	switch fam.Status {
-	case StatusRevoked:
+	case family.StatusRevoked:
 		return fmt.Errorf("%w: the token family of %s was revoked (%s); reauthenticate", brokererr.ErrReauthRequired, id, fam.RevokedReason)
 	default:
 		return fmt.Errorf("%w: %s has no token family yet; reauthenticate", brokererr.ErrReauthRequired, id)

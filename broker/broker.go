@@ -27,6 +27,7 @@ import (
 	"github.com/rotavault/rotavault/broker/brokererr"
 	"github.com/rotavault/rotavault/broker/catalog"
 	"github.com/rotavault/rotavault/broker/discovery"
+	"github.com/rotavault/rotavault/broker/family"
 	"github.com/rotavault/rotavault/broker/internal/bgload"
 	"github.com/rotavault/rotavault/broker/notice"
 	"github.com/rotavault/rotavault/broker/option"
@@ -248,8 +249,8 @@ type entry struct {
 
 // view is an immutable snapshot of a credential. Never modify one in place.
 type view struct {
-	cred          *credentialRecord
-	fam           *familyRecord
+	cred          *family.Credential
+	fam           *family.Record
 	famVersion    uint64
 	credVersion   uint64
 	nextRefreshAt time.Time
@@ -301,7 +302,7 @@ func (b *Broker) readView(ctx context.Context, id string) (*view, error) {
 	if err != nil {
 		return nil, err
 	}
-	fam := &familyRecord{Format: recordFormat, Status: StatusAwaitingReauth}
+	fam := &family.Record{Format: recordFormat, Status: family.StatusAwaitingReauth}
 	var famVersion uint64
 	famRec, err := b.store.Get(ctx, familyKey(cred))
 	switch {
@@ -317,7 +318,7 @@ func (b *Broker) readView(ctx context.Context, id string) (*view, error) {
 	return b.newView(cred, credVersion, fam, famVersion), nil
 }
 
-func (b *Broker) readCredential(ctx context.Context, id string) (*credentialRecord, uint64, error) {
+func (b *Broker) readCredential(ctx context.Context, id string) (*family.Credential, uint64, error) {
 	credRec, err := b.store.Get(ctx, credentialKey(id))
 	if err != nil {
 		if errors.Is(err, store.ErrNotFound) {
@@ -325,14 +326,14 @@ func (b *Broker) readCredential(ctx context.Context, id string) (*credentialReco
 		}
 		return nil, 0, storeUnavailable(err)
 	}
-	var cred credentialRecord
+	var cred family.Credential
 	if err := decodeRecord(credRec.Value, &cred, &cred.Format); err != nil {
 		return nil, 0, err
 	}
 	return &cred, credRec.Version, nil
 }
 
-func (b *Broker) newView(cred *credentialRecord, credVersion uint64, fam *familyRecord, famVersion uint64) *view {
+func (b *Broker) newView(cred *family.Credential, credVersion uint64, fam *family.Record, famVersion uint64) *view {
 	v := &view{cred: cred, credVersion: credVersion, fam: fam, famVersion: famVersion}
 	v.nextRefreshAt = b.nextRefresh(v)
 	return v

@@ -3,6 +3,8 @@ package broker
 import (
 	"context"
 	"fmt"
+
+	"github.com/rotavault/rotavault/broker/family"
 )
 
 // censusPage is how many credentials CountCredentials reads per page.
@@ -13,8 +15,8 @@ const censusPage = 1000
 // It reads what ListCredentials reads: the store's keys a page at a time
 // and each credential's cached view. Errors: ListCredentials's (the store
 // unreachable).
-func (b *Broker) CountCredentials(ctx context.Context) (map[Status]int, error) {
-	counts := map[Status]int{StatusActive: 0, StatusRevoked: 0, StatusAwaitingReauth: 0, StatusUnproven: 0}
+func (b *Broker) CountCredentials(ctx context.Context) (map[family.Status]int, error) {
+	counts := map[family.Status]int{family.StatusActive: 0, family.StatusRevoked: 0, family.StatusAwaitingReauth: 0, family.StatusUnproven: 0}
 	after := ""
 	for {
 		page, more, err := b.ListCredentials(ctx, after, censusPage)

@@ -9,6 +9,7 @@ import (
 
 	"github.com/rotavault/rotavault/broker/access"
 	"github.com/rotavault/rotavault/broker/brokererr"
+	"github.com/rotavault/rotavault/broker/family"
 	"github.com/rotavault/rotavault/broker/option"
 	"github.com/rotavault/rotavault/internal/fakeclock"
 	"github.com/rotavault/rotavault/internal/poll"
@@ -19,7 +20,7 @@ import (
 
 // claimWrites matches family writes that carry a claim.
 func claimWrites(_ string, value []byte) bool {
-	var f familyRecord
+	var f family.Record
 	return decodeRecord(value, &f, &f.Format) == nil && f.Claim != nil
 }
 
@@ -162,7 +163,7 @@ func TestSlowClaimWriteAdoptsAnotherReplicasRefresh(t *testing.T) {
 		f := storedFamily(ctx, t, fs.Store)
 		rec := famRecord(ctx, t, fs.Store, "x")
 		f.Claim, f.Unproven, f.Generation, f.RefreshToken = nil, false, f.Generation+1, "rt-other"
-		f.Access = &accessToken{Token: "at-other", Type: "Bearer", IssuedAt: time.Now(), ExpiresAt: time.Now().Add(time.Hour), Fingerprint: access.Fingerprint("at-other")}
+		f.Access = &family.AccessToken{Token: "at-other", Type: "Bearer", IssuedAt: time.Now(), ExpiresAt: time.Now().Add(time.Hour), Fingerprint: access.Fingerprint("at-other")}
 		raw, err := encodeRecord(&f)
 		if err != nil {
 			t.Error(err)

@@ -13,6 +13,7 @@ import (
 	"github.com/rotavault/rotavault/broker/catalog"
 	"github.com/rotavault/rotavault/broker/credspec"
 	"github.com/rotavault/rotavault/broker/detect"
+	"github.com/rotavault/rotavault/broker/family"
 	"github.com/rotavault/rotavault/broker/notice"
 	"github.com/rotavault/rotavault/store"
 )
@@ -22,7 +23,7 @@ type Credential struct {
 	ID              string
 	Spec            credspec.Spec // ClientSecret always empty
 	HasClientSecret bool
-	Status          Status
+	Status          family.Status
 	FamilyID        string
 	Generation      uint64
 	RevokedReason   notice.RevocationReason
@@ -59,7 +60,7 @@ func (b *Broker) CreateCredential(ctx context.Context, id string, spec credspec.
 		return Credential{}, err
 	}
 	now := b.opts.Now().UTC()
-	rec := &credentialRecord{Format: recordFormat, ID: id, Incarnation: randomHex(8), Spec: spec, CreatedAt: now, UpdatedAt: now}
+	rec := &family.Credential{Format: recordFormat, ID: id, Incarnation: randomHex(8), Spec: spec, CreatedAt: now, UpdatedAt: now}
 	raw, err := encodeRecord(rec)
 	if err != nil {
 		return Credential{}, err
@@ -71,7 +72,7 @@ func (b *Broker) CreateCredential(ctx context.Context, id string, spec credspec.
 	if err != nil {
 		return Credential{}, storeUnavailable(err)
 	}
-	fam := &familyRecord{Format: recordFormat, Status: StatusAwaitingReauth}
+	fam := &family.Record{Format: recordFormat, Status: family.StatusAwaitingReauth}
 	v := b.newView(rec, version, fam, 0)
 	e := &entry{id: id}
 	e.view.Store(v)
@@ -217,7 +218,7 @@ func (b *Broker) DeleteCredential(ctx context.Context, id string) error {
 	// Watchers of a live family hear that it ended; the audit record is
 	// the deletion's.
 	var n *notice.Notice
-	if v.fam.Status == StatusActive {
+	if v.fam.Status == family.StatusActive {
 		n = &notice.Notice{Kind: notice.FamilyRevoked, Reason: notice.ReasonCredentialDeleted, Detail: revocationDetail(notice.ReasonCredentialDeleted), DetectedAt: b.opts.Now()}
 	}
 	b.announce(ctx, id, v.fam, audit.Event{Action: audit.ActionCredentialDeleted}, n)
@@ -239,11 +240,11 @@ func (b *Broker) describe(e *entry, v *view) Credential {
 		CreatedAt:          v.cred.CreatedAt,
 		UpdatedAt:          v.cred.UpdatedAt,
 	}
-	if v.fam.Status == StatusActive {
+	if v.fam.Status == family.StatusActive {
 		c.NextRefreshAt = v.nextRefreshAt
 	}
-	if v.fam.Unproven && v.fam.Status == StatusActive {
-		c.Status = StatusUnproven
+	if v.fam.Unproven && v.fam.Status == family.StatusActive {
+		c.Status = family.StatusUnproven
 	}
 	c.EarlyDetection, c.EarlyDetectionDetail = b.earlyDetection(v, b.opts.Now())
 	if v.fam.Access != nil {

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/rotavault/rotavault/broker/credspec"
+	"github.com/rotavault/rotavault/broker/family"
 	"github.com/rotavault/rotavault/broker/notice"
 	"github.com/rotavault/rotavault/broker/pacing"
 	"github.com/rotavault/rotavault/internal/ctxwait"
@@ -93,11 +94,11 @@ func (b *Broker) detectPreviousAccess(e *entry, prev, next *view) {
 // before its token's cutoff (a family past it is left to the next
 // rotation: recording "kept" would end a cutoff replicas already acted on).
 func (b *Broker) notePreviousAccess(ctx context.Context, e *entry, familyID string, found credspec.PreviousAccess) error {
-	_, err := b.updateFamily(ctx, e, nil, func(cur *view) (*familyRecord, error) {
-		if cur.fam.FamilyID != familyID || cur.fam.PreviousAccess == found || !cur.fam.idle() || b.pastCutoff(cur, b.opts.Now()) {
+	_, err := b.updateFamily(ctx, e, nil, func(cur *view) (*family.Record, error) {
+		if cur.fam.FamilyID != familyID || cur.fam.PreviousAccess == found || !cur.fam.Idle() || b.pastCutoff(cur, b.opts.Now()) {
 			return nil, nil
 		}
-		return cur.fam.notedPreviousAccess(found)
+		return cur.fam.NotedPreviousAccess(found)
 	})
 	return err
 }
@@ -107,7 +108,7 @@ func (b *Broker) notePreviousAccess(ctx context.Context, e *entry, familyID stri
 // or a provider that keeps the previous access token). A pure function of
 // the stored record and the credential, so every replica agrees on it.
 func (b *Broker) cutoff(v *view) time.Time {
-	if v.fam.Status != StatusActive || v.fam.Access == nil || !killsPrevious(v) {
+	if v.fam.Status != family.StatusActive || v.fam.Access == nil || !killsPrevious(v) {
 		return time.Time{}
 	}
 	return b.accessDue(v).Add(-pacing.CutoffAllowance(tokenLife(v.fam)))
@@ -202,11 +203,11 @@ func (b *Broker) cutOff(e *entry, v *view, minRemaining time.Duration) bool {
 
 // stateOf is v's family state at this replica's clock: held when a rotation
 // waits in memory, cut_off when an idle family's token passed its cutoff.
-func (b *Broker) stateOf(v *view, held bool) familyState {
-	if s := familyStateOf(v.fam, held); s != stateActive {
+func (b *Broker) stateOf(v *view, held bool) family.State {
+	if s := family.StateOf(v.fam, held); s != family.StateActive {
 		return s
 	}
-	return v.fam.stateAt(b.cutoff(v), b.opts.Now())
+	return v.fam.StateAt(b.cutoff(v), b.opts.Now())
 }
 
 // awaitScheduledRotation waits, for a caller past v's cutoff, until the

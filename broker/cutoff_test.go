@@ -9,6 +9,7 @@ import (
 	"github.com/rotavault/rotavault/broker/access"
 	"github.com/rotavault/rotavault/broker/brokererr"
 	"github.com/rotavault/rotavault/broker/credspec"
+	"github.com/rotavault/rotavault/broker/family"
 	"github.com/rotavault/rotavault/broker/notice"
 	"github.com/rotavault/rotavault/broker/option"
 	"github.com/rotavault/rotavault/broker/pacing"
@@ -187,17 +188,17 @@ func TestCutoffAllowanceAndState(t *testing.T) {
 		}
 	}
 	now := time.Now()
-	f := &familyRecord{Status: StatusActive}
-	if s := f.stateAt(now, now); s != stateCutOff {
+	f := &family.Record{Status: family.StatusActive}
+	if s := f.StateAt(now, now); s != family.StateCutOff {
 		t.Errorf("idle family at its cutoff: %s, want cut_off", s)
 	}
-	if s := f.stateAt(now.Add(time.Second), now); s != stateActive {
+	if s := f.StateAt(now.Add(time.Second), now); s != family.StateActive {
 		t.Errorf("idle family before its cutoff: %s, want active", s)
 	}
-	if s := f.stateAt(time.Time{}, now); s != stateActive {
+	if s := f.StateAt(time.Time{}, now); s != family.StateActive {
 		t.Errorf("no cutoff: %s, want active", s)
 	}
-	if !allowed(stateCutOff, evClaim, stateClaimed) {
+	if !family.Allowed(family.StateCutOff, family.EvClaim, family.StateClaimed) {
 		t.Error("the table does not let a cut-off family be claimed")
 	}
 	var ie *brokererr.InvalidArgumentError
@@ -209,13 +210,13 @@ func TestCutoffAllowanceAndState(t *testing.T) {
 // A family past its cutoff is an active record: the table lets it through
 // exactly the stored events it lets an active family through.
 func TestCutOffAllowsWhatActiveAllows(t *testing.T) {
-	for ev := range numFamilyEvents {
-		if ev == evReachCutoff || ev == evNotePreviousAccess {
+	for ev := range family.NumEvents {
+		if ev == family.EvReachCutoff || ev == family.EvNotePreviousAccess {
 			continue // the event into cut_off, and one never recorded past a cutoff
 		}
-		for to := range numFamilyStates {
-			if allowed(stateActive, ev, to) != allowed(stateCutOff, ev, to) {
-				t.Errorf("%s --%s--> %s: active %v, cut_off %v", "x", ev, to, allowed(stateActive, ev, to), allowed(stateCutOff, ev, to))
+		for to := range family.NumStates {
+			if family.Allowed(family.StateActive, ev, to) != family.Allowed(family.StateCutOff, ev, to) {
+				t.Errorf("%s --%s--> %s: active %v, cut_off %v", "x", ev, to, family.Allowed(family.StateActive, ev, to), family.Allowed(family.StateCutOff, ev, to))
 			}
 		}
 	}

@@ -8,6 +8,7 @@ import (
 	"github.com/rotavault/rotavault/broker/brokererr"
 	"github.com/rotavault/rotavault/broker/credspec"
 	"github.com/rotavault/rotavault/broker/detect"
+	"github.com/rotavault/rotavault/broker/family"
 	"github.com/rotavault/rotavault/broker/notice"
 	"github.com/rotavault/rotavault/provider"
 )
@@ -65,7 +66,7 @@ func (c detectCore) Check(e *entry, now time.Time) (func(context.Context), bool)
 // calls: the cached view may be stale (another replica refreshed), and the
 // re-read after an inactive answer decides.
 func (b *Broker) detectable(e *entry, v *view, now time.Time) bool {
-	if v == nil || !v.fam.idle() || v.fam.RefreshToken == "" {
+	if v == nil || !v.fam.Idle() || v.fam.RefreshToken == "" {
 		return false // a refresh is running, or may have rotated the token
 	}
 	if e.rescue.Load() != nil {
@@ -189,7 +190,7 @@ func (b *Broker) corroborable(v *view, now time.Time) bool {
 }
 
 // aliveAtProviderUntil is when a may first be expired at the provider.
-func aliveAtProviderUntil(a *accessToken) time.Time {
+func aliveAtProviderUntil(a *family.AccessToken) time.Time {
 	return detect.AliveAtProviderUntil(a.AliveUntil, a.ExpiresAt)
 }
 
@@ -198,7 +199,7 @@ func aliveAtProviderUntil(a *accessToken) time.Time {
 // have rotated the token at the provider already) and no doubt (a refresh
 // whose answer was lost may have).
 func stillSameLiveToken(seen, cur *view) bool {
-	return cur.fam.idle() &&
+	return cur.fam.Idle() &&
 		cur.cred.Incarnation == seen.cred.Incarnation &&
 		cur.fam.FamilyID == seen.fam.FamilyID &&
 		cur.fam.Generation == seen.fam.Generation &&
@@ -209,5 +210,5 @@ func stillSameLiveToken(seen, cur *view) bool {
 // and a sentence saying what it means.
 func (b *Broker) earlyDetection(v *view, now time.Time) (detect.State, string) {
 	return detect.Describe(b.opts.Detect.Interval, v.cred.Spec.Endpoint().IntrospectionURL != "",
-		v.fam.Status == StatusActive, b.corroborable(v, now))
+		v.fam.Status == family.StatusActive, b.corroborable(v, now))
 }

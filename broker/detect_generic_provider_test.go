@@ -14,6 +14,7 @@ import (
 	"github.com/rotavault/rotavault/broker/access"
 	"github.com/rotavault/rotavault/broker/credspec"
 	"github.com/rotavault/rotavault/broker/detect"
+	"github.com/rotavault/rotavault/broker/family"
 	"github.com/rotavault/rotavault/broker/notice"
 	"github.com/rotavault/rotavault/broker/option"
 	"github.com/rotavault/rotavault/internal/fakeclock"
@@ -124,13 +125,13 @@ func TestPeriodicIntrospectionTrustsNoRefreshBlindEndpoint(t *testing.T) {
 		t.Fatal(err)
 	}
 	await(t, "three periodic checks, or a revocation", func() bool {
-		return prov.refreshIntrospections.Load() >= 3 || e.view.Load().fam.Status != StatusActive
+		return prov.refreshIntrospections.Load() >= 3 || e.view.Load().fam.Status != family.StatusActive
 	})
 	c, err := b.GetCredential(ctx, "g")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.Status != StatusActive || c.FamilyID != before.FamilyID {
+	if c.Status != family.StatusActive || c.FamilyID != before.FamilyID {
 		t.Fatalf("after checks answered by a refresh-blind endpoint: status %s (%s), family %s; want the healthy family %s kept",
 			c.Status, c.RevokedReason, c.FamilyID, before.FamilyID)
 	}
@@ -272,11 +273,11 @@ func TestRejectedReportAtRefreshBlindEndpointRefreshesInsteadOfRevoking(t *testi
 // before the expiry counted from the answer.
 func TestAliveAtProviderUntilForOldRecords(t *testing.T) {
 	exp := time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC)
-	if got := aliveAtProviderUntil(&accessToken{ExpiresAt: exp}); !got.Equal(exp.Add(-time.Minute)) {
+	if got := aliveAtProviderUntil(&family.AccessToken{ExpiresAt: exp}); !got.Equal(exp.Add(-time.Minute)) {
 		t.Fatalf("old record: %v, want a minute before %v", got, exp)
 	}
 	alive := exp.Add(-3 * time.Second)
-	if got := aliveAtProviderUntil(&accessToken{ExpiresAt: exp, AliveUntil: alive}); !got.Equal(alive) {
+	if got := aliveAtProviderUntil(&family.AccessToken{ExpiresAt: exp, AliveUntil: alive}); !got.Equal(alive) {
 		t.Fatalf("new record: %v, want %v", got, alive)
 	}
 }

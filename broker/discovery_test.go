@@ -12,6 +12,7 @@ import (
 	"github.com/rotavault/rotavault/broker/brokererr"
 	"github.com/rotavault/rotavault/broker/credspec"
 	"github.com/rotavault/rotavault/broker/detect"
+	"github.com/rotavault/rotavault/broker/family"
 	"github.com/rotavault/rotavault/broker/option"
 	"github.com/rotavault/rotavault/internal/fositeserver"
 	"github.com/rotavault/rotavault/internal/syncbuf"
@@ -59,7 +60,7 @@ func TestIssuerDiscoveryFillsEndpointsAndBasicAuth(t *testing.T) {
 	if d == nil || d.TokenURL != fs.TokenURL() || d.IntrospectionURL != fs.IntrospectionURL() || d.ClientAuth != credspec.ClientAuthSecretBasic || d.URL != fs.MetadataURL() {
 		t.Fatalf("discovered %+v, want fosite's endpoints and client_secret_basic from %s", d, fs.MetadataURL())
 	}
-	if c.Status != StatusActive || c.EarlyDetection != detect.StateActive {
+	if c.Status != family.StatusActive || c.EarlyDetection != detect.StateActive {
 		t.Fatalf("status %s, early detection %s (%s); want active, active", c.Status, c.EarlyDetection, c.EarlyDetectionDetail)
 	}
 	if s := b.Stats(); s.Discoveries != 1 || s.DiscoveryFailures != 0 {

@@ -13,6 +13,7 @@ import (
 	"github.com/rotavault/rotavault/broker/authflow"
 	"github.com/rotavault/rotavault/broker/brokererr"
 	"github.com/rotavault/rotavault/broker/credspec"
+	"github.com/rotavault/rotavault/broker/family"
 	"github.com/rotavault/rotavault/broker/option"
 	"github.com/rotavault/rotavault/providersim"
 )
@@ -75,7 +76,7 @@ func wantAwaitingReauth(ctx context.Context, t *testing.T, b *Broker, id string)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.Status != StatusAwaitingReauth || c.FamilyID != "" {
+	if c.Status != family.StatusAwaitingReauth || c.FamilyID != "" {
 		t.Fatalf("recreated credential: status %s family %q; a flow started for the deleted one must not install into it", c.Status, c.FamilyID)
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"github.com/rotavault/rotavault/broker/access"
 	"github.com/rotavault/rotavault/broker/brokererr"
 	"github.com/rotavault/rotavault/broker/credspec"
+	"github.com/rotavault/rotavault/broker/family"
 	"github.com/rotavault/rotavault/broker/notice"
 	"github.com/rotavault/rotavault/broker/option"
 	"github.com/rotavault/rotavault/internal/fakeclock"
@@ -204,7 +205,7 @@ func TestExclusiveStoreTakesAPreviousProcessClaimOverAtOnce(t *testing.T) {
 	if err != nil || !sim.AccessTokenActive(tok.Token) {
 		t.Fatalf("after a restart on the embedded store: %v, want a token without waiting out the claim", err)
 	}
-	if f := storedFamily(ctx, t, st); f.Claim != nil || f.Status != StatusActive {
+	if f := storedFamily(ctx, t, st); f.Claim != nil || f.Status != family.StatusActive {
 		t.Fatalf("stored family after the takeover: %+v", f)
 	}
 }
@@ -212,10 +213,10 @@ func TestExclusiveStoreTakesAPreviousProcessClaimOverAtOnce(t *testing.T) {
 // The pure method refuses a takeover of no other holder's claim.
 func TestTakenOverFromDeadNeedsAnotherHoldersClaim(t *testing.T) {
 	now := time.Now()
-	var te *transitionError
-	for _, c := range []*claim{nil, {Holder: me, Deadline: now.Add(time.Minute)}} {
-		f := &familyRecord{Status: StatusActive, FamilyID: "f", RefreshToken: "rt", Claim: c}
-		if _, err := f.takenOverFromDead(me, now.Add(time.Minute)); !errors.As(err, &te) || te.Event != evTakeOverDead {
+	var te *family.TransitionError
+	for _, c := range []*family.Claim{nil, {Holder: me, Deadline: now.Add(time.Minute)}} {
+		f := &family.Record{Status: family.StatusActive, FamilyID: "f", RefreshToken: "rt", Claim: c}
+		if _, err := f.TakenOverFromDead(me, now.Add(time.Minute)); !errors.As(err, &te) || te.Event != family.EvTakeOverDead {
 			t.Errorf("claim %+v: %v, want a refused take_over_dead", c, err)
 		}
 	}

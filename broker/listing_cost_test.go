@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"github.com/rotavault/rotavault/broker/catalog"
 	"github.com/rotavault/rotavault/broker/credspec"
+	"github.com/rotavault/rotavault/broker/family"
 	"github.com/rotavault/rotavault/broker/option"
 	"path/filepath"
 	"strings"
@@ -107,7 +108,7 @@ func seedListing(tb testing.TB, st store.Store, n int, withConsumers bool) {
 	err := storetest.Seed(ctx, st, n, func(i int) ([]store.Record, error) {
 		id := listingID(i)
 		inc := fmt.Sprintf("inc%d", i)
-		cred, err := encodeRecord(&credentialRecord{Format: recordFormat, ID: id, Incarnation: inc, Spec: spec, CreatedAt: now, UpdatedAt: now})
+		cred, err := encodeRecord(&family.Credential{Format: recordFormat, ID: id, Incarnation: inc, Spec: spec, CreatedAt: now, UpdatedAt: now})
 		// The catalog's record, as package catalog writes it.
 		cat := fmt.Sprintf(`{"format":1,"incarnation":%q,"consumers":[{"identity":%q,"first_seen":"2026-01-01T00:00:00Z","last_seen":"2026-01-01T00:00:00Z","count":1}]}`, inc, listingIdentity)
 		recs := []store.Record{{Key: credentialKey(id), Value: cred}}

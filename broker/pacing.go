@@ -6,6 +6,7 @@ import (
 
 	"github.com/rotavault/rotavault/broker/access"
 	"github.com/rotavault/rotavault/broker/brokererr"
+	"github.com/rotavault/rotavault/broker/family"
 	"github.com/rotavault/rotavault/broker/pacing"
 )
 
@@ -17,7 +18,7 @@ import (
 // recorded IssuedAt may be the provider's issued_at, which its clock or the
 // session's age can put long before; it counts only for a token no refresh
 // brought (an installed family).
-func tokenLife(f *familyRecord) time.Duration {
+func tokenLife(f *family.Record) time.Duration {
 	a := f.Access
 	from := a.IssuedAt
 	if f.LastRefreshAt.After(from) && f.LastRefreshAt.Before(a.ExpiresAt) {
@@ -31,7 +32,7 @@ func tokenLife(f *familyRecord) time.Duration {
 // without an access token, or never refreshed, is not held back.
 func heldBack(v *view, now time.Time) (*pacing.FloorError, bool) {
 	a := v.fam.Access
-	if v.fam.Status != StatusActive || a == nil || v.fam.LastRefreshAt.IsZero() {
+	if v.fam.Status != family.StatusActive || a == nil || v.fam.LastRefreshAt.IsZero() {
 		return nil, false
 	}
 	life := tokenLife(v.fam)

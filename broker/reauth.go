@@ -11,6 +11,7 @@ import (
 	"github.com/rotavault/rotavault/broker/authflow"
 	"github.com/rotavault/rotavault/broker/brokererr"
 	"github.com/rotavault/rotavault/broker/credspec"
+	"github.com/rotavault/rotavault/broker/family"
 	"github.com/rotavault/rotavault/broker/internal/textcheck"
 	"github.com/rotavault/rotavault/broker/notice"
 	"github.com/rotavault/rotavault/provider"
@@ -72,9 +73,9 @@ func (b *Broker) ImportRefreshToken(ctx context.Context, id, refreshToken string
 // (ErrNotFound).
 func (b *Broker) installFamily(ctx context.Context, e *entry, incarnation, refreshToken string, tok *provider.Token, revokeOld bool) (authflow.Activation, error) {
 	now := b.opts.Now()
-	fam := &familyRecord{
+	fam := &family.Record{
 		Format:       recordFormat,
-		Status:       StatusActive,
+		Status:       family.StatusActive,
 		FamilyID:     randomHex(12),
 		RefreshToken: refreshToken,
 		StartedAt:    now,
@@ -83,7 +84,7 @@ func (b *Broker) installFamily(ctx context.Context, e *entry, incarnation, refre
 		Unproven: tok == nil,
 	}
 	var old *view
-	if _, err := b.updateFamily(ctx, e, nil, func(cur *view) (*familyRecord, error) {
+	if _, err := b.updateFamily(ctx, e, nil, func(cur *view) (*family.Record, error) {
 		if incarnation != "" && cur.cred.Incarnation != incarnation {
 			return nil, errIncarnationGone(e.id)
 		}
@@ -96,7 +97,7 @@ func (b *Broker) installFamily(ctx context.Context, e *entry, incarnation, refre
 			}
 		}
 		old = cur
-		return cur.fam.replacedBy(fam)
+		return cur.fam.ReplacedBy(fam)
 	}); err != nil {
 		return authflow.Activation{}, err
 	}

@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rotavault/rotavault/broker/family"
 	"github.com/rotavault/rotavault/internal/fakeclock"
 	"github.com/rotavault/rotavault/store/memstore"
 )
@@ -41,7 +42,7 @@ func TestUnmeetableNeedCostsOneRotation(t *testing.T) {
 	if got := sim.Stats().RefreshRequests - before; got != 1 {
 		t.Fatalf("provider saw %d refreshes for one unmeetable request, want 1", got)
 	}
-	if v.fam.Access == nil || v.fam.Status != StatusActive {
+	if v.fam.Access == nil || v.fam.Status != family.StatusActive {
 		t.Fatalf("got %+v, want the freshly rotated active family", v.fam)
 	}
 }

@@ -1,6 +1,9 @@
 package broker
 
-import "github.com/rotavault/rotavault/broker/access"
+import (
+	"github.com/rotavault/rotavault/broker/access"
+	"github.com/rotavault/rotavault/broker/family"
+)
 
 // rejectionOutcome judges a report against the view it was made on
 // (before) and the view answering it (after).
@@ -8,7 +11,7 @@ func rejectionOutcome(r *access.RejectedToken, before, after *view) access.Rejec
 	switch {
 	case r == nil:
 		return access.RejectedNone
-	case before.fam.Status != StatusActive || before.fam.Access == nil || !names(r, before):
+	case before.fam.Status != family.StatusActive || before.fam.Access == nil || !names(r, before):
 		return access.RejectedStale
 	case after.fam.FamilyID == before.fam.FamilyID && after.fam.Generation == before.fam.Generation:
 		return access.RejectedNoChange

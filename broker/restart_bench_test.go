@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/rotavault/rotavault/broker/access"
+	"github.com/rotavault/rotavault/broker/family"
 	"github.com/rotavault/rotavault/broker/option"
 	"github.com/rotavault/rotavault/internal/vaulttest"
 	"github.com/rotavault/rotavault/provider"
@@ -70,7 +71,7 @@ func benchRestart(b *testing.B, st store.Store) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		var cred credentialRecord
+		var cred family.Credential
 		if err := decodeRecord(rec.Value, &cred, &cred.Format); err != nil {
 			b.Fatal(err)
 		}
@@ -147,7 +148,7 @@ func seedCredentials(b *testing.B, st store.Store, n int) []string {
 	if err != nil {
 		b.Fatal(err)
 	}
-	var cred credentialRecord
+	var cred family.Credential
 	if err := decodeRecord(credRec.Value, &cred, &cred.Format); err != nil {
 		b.Fatal(err)
 	}

@@ -8,6 +8,7 @@ import (
 
 	"github.com/rotavault/rotavault/audit"
 	"github.com/rotavault/rotavault/broker/brokererr"
+	"github.com/rotavault/rotavault/broker/family"
 	"github.com/rotavault/rotavault/broker/internal/textcheck"
 	"github.com/rotavault/rotavault/broker/notice"
 	"github.com/rotavault/rotavault/provider"
@@ -59,9 +60,9 @@ func (b *Broker) RevokeCredential(ctx context.Context, id, reason string) (Revoc
 	r := revocation{reason: notice.ReasonAdminRevoked, detail: "revoked deliberately: " + reason, auditDetail: reason}
 	v, res, err := b.revokeFamily(ctx, e, nil, r, func(cur *view) error {
 		switch cur.fam.Status {
-		case StatusActive:
+		case family.StatusActive:
 			return nil
-		case StatusRevoked:
+		case family.StatusRevoked:
 			return errAlreadyRevoked
 		}
 		return reauthRequired(id, cur.fam)
@@ -106,11 +107,11 @@ func (b *Broker) revokeFamily(ctx context.Context, e *entry, base *view, r revoc
 	ctx, cancel := persistContext(ctx)
 	defer cancel()
 	now := b.opts.Now()
-	v, err := b.updateFamily(ctx, e, base, func(cur *view) (*familyRecord, error) {
+	v, err := b.updateFamily(ctx, e, base, func(cur *view) (*family.Record, error) {
 		if err := still(cur); err != nil {
 			return nil, err
 		}
-		return cur.fam.revoked(r.reason, r.detail, now)
+		return cur.fam.Revoked(r.reason, r.detail, now)
 	})
 	if err != nil {
 		return v, notice.ProviderRevocationNone, err
@@ -137,7 +138,7 @@ func (b *Broker) revokeFamily(ctx context.Context, e *entry, base *view, r revoc
 // announce is the one place that writes the audit record and the notice of
 // a change of family: both name fam's credential, family and generation.
 // A nil notice writes the audit record only.
-func (b *Broker) announce(ctx context.Context, id string, fam *familyRecord, ev audit.Event, n *notice.Notice) {
+func (b *Broker) announce(ctx context.Context, id string, fam *family.Record, ev audit.Event, n *notice.Notice) {
 	ev.Credential, ev.Family, ev.Generation = id, fam.FamilyID, fam.Generation
 	b.audit(ctx, ev)
 	if n != nil {
@@ -153,10 +154,10 @@ func (b *Broker) announce(ctx context.Context, id string, fam *familyRecord, ev 
 func (l *claimLease) revoke(ctx context.Context, reason notice.RevocationReason, detail string) error {
 	e, fam := l.e, l.v.fam
 	v, _, err := l.b.revokeFamily(ctx, e, l.v, revocation{reason: reason, detail: detail, auditDetail: detail}, func(cur *view) error {
-		if cur.fam.FamilyID == fam.FamilyID && cur.fam.Status == StatusActive && cur.fam.Generation == fam.Generation {
+		if cur.fam.FamilyID == fam.FamilyID && cur.fam.Status == family.StatusActive && cur.fam.Generation == fam.Generation {
 			return nil
 		}
-		if cur.fam.Status == StatusActive {
+		if cur.fam.Status == family.StatusActive {
 			return fmt.Errorf("%w: a new token family of %s is active", brokererr.ErrConflict, e.id)
 		}
 		return reauthRequired(e.id, cur.fam)
@@ -218,11 +219,11 @@ func (b *Broker) revokeAtProvider(ctx context.Context, e *entry, v *view) notice
 // re-read only when another write came in between.
 func (b *Broker) forgetPending(ctx context.Context, e *entry, v *view) {
 	familyID, token := v.fam.FamilyID, v.fam.PendingRevocation
-	_, err := b.updateFamily(ctx, e, v, func(cur *view) (*familyRecord, error) {
+	_, err := b.updateFamily(ctx, e, v, func(cur *view) (*family.Record, error) {
 		if cur.fam.FamilyID != familyID || cur.fam.PendingRevocation != token {
 			return nil, nil // replaced or cleared meanwhile
 		}
-		return cur.fam.providerConfirmed()
+		return cur.fam.ProviderConfirmed()
 	})
 	if err != nil {
 		b.log.WarnContext(ctx, "could not clear a revoked token from the store", "credential", e.id, "err", err)
@@ -231,11 +232,11 @@ func (b *Broker) forgetPending(ctx context.Context, e *entry, v *view) {
 
 // liveToken is the refresh token of fam that may still be live at the
 // provider: an active family's, or a revoked one's pending revocation.
-func liveToken(fam *familyRecord) string {
+func liveToken(fam *family.Record) string {
 	switch fam.Status {
-	case StatusActive:
+	case family.StatusActive:
 		return fam.RefreshToken
-	case StatusRevoked:
+	case family.StatusRevoked:
 		return fam.PendingRevocation
 	}
 	return ""

@@ -5,6 +5,7 @@ import (
 	"net/url"
 	"time"
 
+	"github.com/rotavault/rotavault/broker/family"
 	"github.com/rotavault/rotavault/broker/internal/schedule"
 	"github.com/rotavault/rotavault/broker/pacing"
 )
@@ -27,7 +28,7 @@ const (
 // nextRefresh says when the scheduler refreshes a view's family, assuming its
 // token is in use; zero when it never will.
 func (b *Broker) nextRefresh(v *view) time.Time {
-	if v.fam.Status != StatusActive {
+	if v.fam.Status != family.StatusActive {
 		return time.Time{}
 	}
 	due := b.accessDue(v)
@@ -65,7 +66,7 @@ func (b *Broker) idleDue(v *view) time.Time {
 }
 
 func (b *Broker) due(e *entry, v *view, now time.Time) bool {
-	if v.fam.Status != StatusActive || b.opts.RefuseShortGrace(v.cred.Spec) != nil {
+	if v.fam.Status != family.StatusActive || b.opts.RefuseShortGrace(v.cred.Spec) != nil {
 		return false
 	}
 	if v.fam.Access == nil {
@@ -181,7 +182,7 @@ func (b *Broker) check(schedCtx context.Context, slots *schedule.Slots, sched *s
 // for a look on every tick instead: its token is in the refresh-ahead
 // window, unused, and a first use makes it due at once.
 func (b *Broker) nextCheck(e *entry, v *view, now time.Time) (at time.Time, soon bool) {
-	if v.fam.Status != StatusActive || v.fam.Access == nil {
+	if v.fam.Status != family.StatusActive || v.fam.Access == nil {
 		return time.Time{}, false
 	}
 	if access := b.accessDue(v); now.Before(access) {

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/rotavault/rotavault/broker/credspec"
+	"github.com/rotavault/rotavault/broker/family"
 	"github.com/rotavault/rotavault/broker/option"
 	"github.com/rotavault/rotavault/internal/fakeclock"
 	"github.com/rotavault/rotavault/internal/poll"
@@ -46,7 +47,7 @@ func TestImportWithTheProviderUnreachableIsStoredUnproven(t *testing.T) {
 	if err != nil || !act.Unproven || act.Generation != 0 {
 		t.Fatalf("import with the provider unreachable: %+v %v, want stored, unproven", act, err)
 	}
-	if c, err := b.GetCredential(ctx, "x"); err != nil || c.Status != StatusUnproven {
+	if c, err := b.GetCredential(ctx, "x"); err != nil || c.Status != family.StatusUnproven {
 		t.Fatalf("credential after the import: %s %v, want unproven", c.Status, err)
 	}
 	// The provider is reachable again (here: the right URL); nobody imports
@@ -58,7 +59,7 @@ func TestImportWithTheProviderUnreachableIsStoredUnproven(t *testing.T) {
 	// moves sets its retry a full wait later: move the clock on each look.
 	poll.UntilSeen(t, 10*time.Second, "the scheduler proved the imported token", func() (bool, string) {
 		c, err := b.GetCredential(ctx, "x")
-		if err == nil && c.Status == StatusActive && c.Generation == 1 {
+		if err == nil && c.Status == family.StatusActive && c.Generation == 1 {
 			return true, ""
 		}
 		clk.Add(scheduledFailureWait + time.Second)

@@ -10,6 +10,7 @@ import (
 	"github.com/rotavault/rotavault/broker/access"
 	"github.com/rotavault/rotavault/broker/brokererr"
 	"github.com/rotavault/rotavault/broker/credspec"
+	"github.com/rotavault/rotavault/broker/family"
 	"github.com/rotavault/rotavault/broker/option"
 	"github.com/rotavault/rotavault/internal/fakeclock"
 	"github.com/rotavault/rotavault/providersim"
@@ -69,7 +70,7 @@ func TestLostResultAnswerIsNotMistakenForALostRace(t *testing.T) {
 	}
 	// the client's replay of the result write
 	replayed := &fault{op: "put", prefix: "families/", once: true, replay: true, match: func(_ string, value []byte) bool {
-		var f familyRecord
+		var f family.Record
 		return decodeRecord(value, &f, &f.Format) == nil && f.Claim == nil && f.Generation >= 2
 	}}
 	hs.inject(replayed)
@@ -122,7 +123,7 @@ func TestRecreatedCredentialIsNotOverwrittenByAStaleReplica(t *testing.T) {
 	t.Logf("A (stale cache) refresh: %v", err)
 	f := storedFamily(ctx, t, st)
 	t.Logf("stored family %s (new one was %s) status %s reason %s", f.FamilyID, act.FamilyID, f.Status, f.RevokedReason)
-	if f.FamilyID != act.FamilyID || f.Status != StatusActive {
+	if f.FamilyID != act.FamilyID || f.Status != family.StatusActive {
 		t.Fatal("the recreated credential's family was overwritten by a replica's stale cache")
 	}
 }

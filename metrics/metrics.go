@@ -18,6 +18,7 @@ import (
 
 	"github.com/rotavault/rotavault/broker"
 	"github.com/rotavault/rotavault/broker/credspec"
+	"github.com/rotavault/rotavault/broker/family"
 	"github.com/rotavault/rotavault/broker/stats"
 	"github.com/rotavault/rotavault/internal/version"
 	"github.com/rotavault/rotavault/provider"
@@ -68,7 +69,7 @@ func (m *Metrics) Registry() *prometheus.Registry { return m.reg }
 type BrokerStats interface {
 	Stats() stats.Stats
 	SubscriberCount() int
-	CountCredentials(ctx context.Context) (map[broker.Status]int, error)
+	CountCredentials(ctx context.Context) (map[family.Status]int, error)
 }
 
 // WatchBroker registers the broker's counters, read from b.Stats at each

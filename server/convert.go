@@ -11,6 +11,7 @@ import (
 	"github.com/rotavault/rotavault/broker/authflow"
 	"github.com/rotavault/rotavault/broker/credspec"
 	"github.com/rotavault/rotavault/broker/detect"
+	"github.com/rotavault/rotavault/broker/family"
 	"github.com/rotavault/rotavault/broker/notice"
 	rotavaultv1 "github.com/rotavault/rotavault/gen/rotavault/v1"
 )
@@ -208,15 +209,15 @@ func earlyDetectionToProto(s detect.State, detail string) *rotavaultv1.EarlyDete
 	return &rotavaultv1.EarlyDetection{State: st, Detail: detail}
 }
 
-func statusToProto(s broker.Status) rotavaultv1.CredentialStatus {
+func statusToProto(s family.Status) rotavaultv1.CredentialStatus {
 	switch s {
-	case broker.StatusActive:
+	case family.StatusActive:
 		return rotavaultv1.CredentialStatus_CREDENTIAL_STATUS_ACTIVE
-	case broker.StatusRevoked:
+	case family.StatusRevoked:
 		return rotavaultv1.CredentialStatus_CREDENTIAL_STATUS_REVOKED
-	case broker.StatusAwaitingReauth:
+	case family.StatusAwaitingReauth:
 		return rotavaultv1.CredentialStatus_CREDENTIAL_STATUS_AWAITING_REAUTHENTICATION
-	case broker.StatusUnproven:
+	case family.StatusUnproven:
 		return rotavaultv1.CredentialStatus_CREDENTIAL_STATUS_UNPROVEN
 	default:
 		return rotavaultv1.CredentialStatus_CREDENTIAL_STATUS_UNSPECIFIED

@@ -16,7 +16,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/rotavault/rotavault/audit"
-	"github.com/rotavault/rotavault/broker"
+	"github.com/rotavault/rotavault/broker/family"
 	rotavaultv1 "github.com/rotavault/rotavault/gen/rotavault/v1"
 	"github.com/rotavault/rotavault/internal/version"
 )
@@ -71,7 +71,7 @@ type operations struct {
 
 // CredentialCensus is what GetServerStatus needs of the rotation logic.
 type CredentialCensus interface {
-	CountCredentials(ctx context.Context) (map[broker.Status]int, error)
+	CountCredentials(ctx context.Context) (map[family.Status]int, error)
 	Ready() error
 }
 
@@ -205,7 +205,7 @@ func (s *CredentialAdminService) GetServerStatus(ctx context.Context, _ *rotavau
 		}
 		return resp, nil
 	}
-	for _, st := range []broker.Status{broker.StatusActive, broker.StatusRevoked, broker.StatusAwaitingReauth, broker.StatusUnproven} {
+	for _, st := range []family.Status{family.StatusActive, family.StatusRevoked, family.StatusAwaitingReauth, family.StatusUnproven} {
 		resp.CredentialCounts = append(resp.CredentialCounts, &rotavaultv1.CredentialStatusCount{Status: statusToProto(st), Count: uint64(counts[st])})
 	}
 	return resp, nil
