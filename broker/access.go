@@ -50,7 +50,7 @@ func (b *Broker) GetAccessToken(ctx context.Context, req access.Request) (access
 	b.metrics.CacheMisses.Add(1)
 	need := b.needsRefresh(e, req.MinRemaining)
 	if req.Rejected == nil {
-		if floor, held := b.holdsBack(v, b.opts.Now()); held && !e.beingRotated(v) {
+		if floor, held := b.timing(v).HoldsBack(b.opts.Now()); held && !e.beingRotated(v) {
 			return b.serveHeldBack(e, v, floor)
 		}
 		if b.cutOff(e, v, req.MinRemaining) {
@@ -91,7 +91,7 @@ func (b *Broker) GetAccessToken(ctx context.Context, req access.Request) (access
 		// Another caller's refresh (or another replica's) just ran: this
 		// one may not spend a rotation of its own. (A rejection that named
 		// the current token refreshed it, so its answer is fresh.)
-		if floor, held := b.holdsBack(v, b.opts.Now()); held {
+		if floor, held := b.timing(v).HoldsBack(b.opts.Now()); held {
 			tok, err := b.serveHeldBack(e, v, floor)
 			tok.Rejected = rejectionOutcome(req.Rejected, reported, v)
 			return tok, err
@@ -128,7 +128,7 @@ func (b *Broker) recheckInactive(ctx context.Context, e *entry, v *view) *view {
 // minRemaining: unexpired by the margin, and not past its cutoff.
 func (b *Broker) fresh(v *view, minRemaining time.Duration) bool {
 	now := b.opts.Now()
-	return b.unexpired(v, minRemaining, now) && !b.pastCutoff(v, now)
+	return b.unexpired(v, minRemaining, now) && !b.timing(v).PastCutoff(now)
 }
 
 // unexpired reports whether v's access token has minRemaining and the
@@ -138,7 +138,7 @@ func (b *Broker) unexpired(v *view, minRemaining time.Duration, now time.Time) b
 		return false
 	}
 	a := v.fam.Access
-	return !now.Add(max(minRemaining, pacing.ExpiryMargin(b.opts.Refresh.ExpiryDelta, tokenLife(v.fam)))).After(a.ExpiresAt)
+	return !now.Add(max(minRemaining, pacing.ExpiryMargin(b.opts.Refresh.ExpiryDelta, v.fam.TokenLife()))).After(a.ExpiresAt)
 }
 
 // needsRefresh returns the test a view fails when its token cannot serve a
@@ -152,7 +152,7 @@ func (b *Broker) needsRefresh(e *entry, minRemaining time.Duration) func(*view) 
 		if b.fresh(v, minRemaining) {
 			return false
 		}
-		_, held := b.holdsBack(v, b.opts.Now())
+		_, held := b.timing(v).HoldsBack(b.opts.Now())
 		return !held
 	}
 }
@@ -272,7 +272,7 @@ const rejectionProbeInterval = time.Second
 func (b *Broker) toAccessToken(v *view) access.Token {
 	a := v.fam.Access
 	return access.Token{
-		UseUntil:    b.useUntil(v, b.opts.Now()),
+		UseUntil:    b.timing(v).UseUntil(b.opts.Now()),
 		Token:       a.Token,
 		Type:        a.Type,
 		InstanceURL: a.InstanceURL,

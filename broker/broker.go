@@ -335,7 +335,7 @@ func (b *Broker) readCredential(ctx context.Context, id string) (*family.Credent
 
 func (b *Broker) newView(cred *family.Credential, credVersion uint64, fam *family.Record, famVersion uint64) *view {
 	v := &view{cred: cred, credVersion: credVersion, fam: fam, famVersion: famVersion}
-	v.nextRefreshAt = b.nextRefresh(v)
+	v.nextRefreshAt = b.timing(v).NextRefresh()
 	return v
 }
 

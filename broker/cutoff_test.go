@@ -279,7 +279,7 @@ func TestPreviousAccessTokenDetectedAfterARotation(t *testing.T) {
 				e.setView(v)
 				return v.fam.PreviousAccess == c.want, string(v.fam.PreviousAccess)
 			})
-			if got := !b.cutoff(e.view.Load()).IsZero(); got != c.wantCutoffs {
+			if got := !b.timing(e.view.Load()).Cutoff().IsZero(); got != c.wantCutoffs {
 				t.Errorf("cutoff after detection: %v, want %v", got, c.wantCutoffs)
 			}
 		})
