@@ -200,7 +200,7 @@ func (b *Broker) DeleteCredential(ctx context.Context, id string) error {
 	if err != nil {
 		return err
 	}
-	if live := liveToken(v.fam); live != "" {
+	if live := v.fam.LiveToken(); live != "" {
 		rctx, cancel := context.WithTimeout(ctx, revokeTimeout)
 		err := b.provider.Revoke(rctx, v.cred.Spec.Endpoint(), v.cred.Spec.ClientCredentials(), live)
 		cancel()
@@ -219,7 +219,7 @@ func (b *Broker) DeleteCredential(ctx context.Context, id string) error {
 	// the deletion's.
 	var n *notice.Notice
 	if v.fam.Status == family.StatusActive {
-		n = &notice.Notice{Kind: notice.FamilyRevoked, Reason: notice.ReasonCredentialDeleted, Detail: revocationDetail(notice.ReasonCredentialDeleted), DetectedAt: b.opts.Now()}
+		n = &notice.Notice{Kind: notice.FamilyRevoked, Reason: notice.ReasonCredentialDeleted, Detail: family.RevocationDetail(notice.ReasonCredentialDeleted), DetectedAt: b.opts.Now()}
 	}
 	b.announce(ctx, id, v.fam, audit.Event{Action: audit.ActionCredentialDeleted}, n)
 	return nil

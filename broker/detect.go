@@ -132,7 +132,7 @@ func (b *Broker) confirmRevokedAtProvider(ctx context.Context, e *entry, seen *v
 			"credential", e.id, "family", seen.fam.FamilyID, "generation", seen.fam.Generation, "via", how)
 		return false, nil
 	}
-	r := revocation{reason: notice.ReasonRevokedAtProvider, detail: revocationDetail(notice.ReasonRevokedAtProvider), auditDetail: "detected by " + how}
+	r := revocation{reason: notice.ReasonRevokedAtProvider, detail: family.RevocationDetail(notice.ReasonRevokedAtProvider), auditDetail: "detected by " + how}
 	_, _, err = b.revokeFamily(ctx, e, nil, r, func(cur *view) error {
 		if !stillSameLiveToken(seen, cur) || e.rescue.Load() != nil {
 			return errMovedOn

@@ -117,9 +117,9 @@ func (b *Broker) revokeFamily(ctx context.Context, e *entry, base *view, r revoc
 		return v, notice.ProviderRevocationNone, err
 	}
 	res := notice.ProviderRevocationNone
-	noticeDetail, auditDetail := revocationDetail(r.reason), r.auditDetail
+	noticeDetail, auditDetail := family.RevocationDetail(r.reason), r.auditDetail
 	if r.reason == notice.ReasonLostRotation {
-		noticeDetail = lostRotationDetail(v.cred.Spec.ReuseGrace)
+		noticeDetail = family.LostRotationDetail(v.cred.Spec.ReuseGrace)
 		auditDetail += "; " + noticeDetail
 	}
 	if v.fam.PendingRevocation != "" {
@@ -228,48 +228,4 @@ func (b *Broker) forgetPending(ctx context.Context, e *entry, v *view) {
 	if err != nil {
 		b.log.WarnContext(ctx, "could not clear a revoked token from the store", "credential", e.id, "err", err)
 	}
-}
-
-// liveToken is the refresh token of fam that may still be live at the
-// provider: an active family's, or a revoked one's pending revocation.
-func liveToken(fam *family.Record) string {
-	switch fam.Status {
-	case family.StatusActive:
-		return fam.RefreshToken
-	case family.StatusRevoked:
-		return fam.PendingRevocation
-	}
-	return ""
-}
-
-// revocationDetail explains a reason in notices and records.
-func revocationDetail(r notice.RevocationReason) string {
-	switch r {
-	case notice.ReasonRefreshTokenRejected:
-		return "the provider refused the refresh token: an old token of this family was reused elsewhere (theft or a legacy client), or it expired or was revoked at the provider"
-	case notice.ReasonLostRotation:
-		return "a refresh answer was lost after the provider rotated; with no reuse grace period the family is gone (not theft)"
-	case notice.ReasonClientRejected:
-		return "the provider refused the client (secret, user or org no longer valid)"
-	case notice.ReasonCredentialDeleted:
-		return "the credential was deleted"
-	case notice.ReasonAdminRevoked:
-		return "revoked deliberately by an operator or administrator (RevokeCredential)"
-	case notice.ReasonSuperseded:
-		return "replaced by a new family"
-	case notice.ReasonRevokedAtProvider:
-		return "the provider reports the refresh token inactive: the family was revoked there (an old token of it reused elsewhere, by theft or a legacy client, or revoked by an admin or user); detected by introspection, without presenting it"
-	default:
-		return ""
-	}
-}
-
-// lostRotationDetail explains a lost rotation by the grace period
-// configured: without one the retry is a reuse; with one, the retry came
-// too late.
-func lostRotationDetail(grace time.Duration) string {
-	if grace <= 0 {
-		return revocationDetail(notice.ReasonLostRotation)
-	}
-	return fmt.Sprintf("a refresh answer was lost after the provider rotated; with a reuse grace period of %s the retry came too late or the provider refused it, and the family is gone (not theft)", grace)
 }
