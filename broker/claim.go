@@ -72,7 +72,7 @@ func (b *Broker) acquire(ctx context.Context, e *entry, need func(*view) bool) (
 				return nil, nil // another replica's refresh serves us
 			}
 			if cur.fam.Status != family.StatusActive {
-				return nil, reauthRequired(e.id, cur.fam)
+				return nil, family.ReauthRequired(e.id, cur.fam)
 			}
 			now := b.opts.Now()
 			deadline := now.Add(b.opts.ClaimTTLFor(cur.cred.Spec))

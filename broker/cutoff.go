@@ -119,7 +119,7 @@ func (b *Broker) announceOffSchedule(e *entry, prev, next *view) {
 // such a caller waits for the rotation.
 func (b *Broker) cutOff(e *entry, v *view, minRemaining time.Duration) bool {
 	now := b.opts.Now()
-	return b.unexpired(v, minRemaining, now) && (b.timing(v).PastCutoff(now) || e.beingRotated(v))
+	return b.timing(v).Unexpired(minRemaining, now) && (b.timing(v).PastCutoff(now) || e.beingRotated(v))
 }
 
 // stateOf is v's family state at this replica's clock: held when a rotation

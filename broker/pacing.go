@@ -28,5 +28,5 @@ func (b *Broker) serveHeldBack(e *entry, v *view, floor *pacing.FloorError) (acc
 		return access.Token{}, &brokererr.UnavailableError{Component: brokererr.ComponentProvider, RetryAfter: floor.Until.Sub(now), Err: floor}
 	}
 	e.markUsed()
-	return b.toAccessToken(v), nil
+	return b.timing(v).Token(b.opts.Now()), nil
 }

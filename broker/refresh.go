@@ -289,7 +289,7 @@ func (b *Broker) resultConflict(ctx context.Context, e *entry, cur *view, fam, n
 			// must not outlive it at a provider that revokes single tokens.
 			b.log.WarnContext(ctx, "the family was revoked during a refresh; discarding the refreshed tokens",
 				"credential", e.id, "family", fam.FamilyID, "generation", fam.Generation)
-			return true, reauthRequired(e.id, cur.fam)
+			return true, family.ReauthRequired(e.id, cur.fam)
 		}
 		b.log.ErrorContext(ctx, "refresh result lost a check-and-set race within the same family (our claim was taken over); keeping the stored state",
 			"credential", e.id, "family", fam.FamilyID, "generation", fam.Generation)

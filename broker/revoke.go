@@ -65,7 +65,7 @@ func (b *Broker) RevokeCredential(ctx context.Context, id, reason string) (Revoc
 		case family.StatusRevoked:
 			return errAlreadyRevoked
 		}
-		return reauthRequired(id, cur.fam)
+		return family.ReauthRequired(id, cur.fam)
 	})
 	if errors.Is(err, errAlreadyRevoked) {
 		ctx, cancel := persistContext(ctx)
@@ -160,7 +160,7 @@ func (l *claimLease) revoke(ctx context.Context, reason notice.RevocationReason,
 		if cur.fam.Status == family.StatusActive {
 			return fmt.Errorf("%w: a new token family of %s is active", brokererr.ErrConflict, e.id)
 		}
-		return reauthRequired(e.id, cur.fam)
+		return family.ReauthRequired(e.id, cur.fam)
 	})
 	if errors.Is(err, errFamilyNotWritten) {
 		// The provider has revoked the family whether or not we can say
@@ -171,7 +171,7 @@ func (l *claimLease) revoke(ctx context.Context, reason notice.RevocationReason,
 	if err != nil {
 		return err
 	}
-	return reauthRequired(e.id, v.fam)
+	return family.ReauthRequired(e.id, v.fam)
 }
 
 // revokedAlready answers a revocation of a revoked family: nothing changes,

@@ -183,7 +183,7 @@ func BenchmarkVaultCachedVsReadEveryCall(b *testing.B) {
 	readEvery := func(w int) error {
 		v, err := vb.b.readView(ctx, vb.ids[w])
 		if err == nil {
-			_ = vb.b.toAccessToken(v)
+			_ = vb.b.timing(v).Token(vb.b.opts.Now())
 		}
 		return err
 	}
