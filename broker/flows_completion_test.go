@@ -48,7 +48,7 @@ func authorizeAtSim(t *testing.T, authorizeURL string) string {
 // flowRedirect and approves it at the simulator: the flow and its code.
 func authorizeX(ctx context.Context, t *testing.T, b *Broker) (authflow.PendingAuthorization, string) {
 	t.Helper()
-	p, err := b.StartAuthorization(ctx, "x", flowRedirect, nil)
+	p, err := b.Flows().StartAuthorization(ctx, "x", flowRedirect, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -97,14 +97,14 @@ func TestFlowDoesNotCompleteIntoARecreatedCredential(t *testing.T) {
 		if _, err := a.CreateCredential(ctx, "x", env.spec); err != nil {
 			t.Fatal(err)
 		}
-		p, err := a.StartAuthorization(ctx, "x", flowRedirect, nil)
+		p, err := a.Flows().StartAuthorization(ctx, "x", flowRedirect, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
 		recreateElsewhere(ctx, t, b, "x", env.spec)
 		code := authorizeAtSim(t, p.AuthorizeURL)
 
-		if _, err := a.CompleteAuthorization(ctx, "x", p.State, code); !errors.Is(err, brokererr.ErrNotFound) {
+		if _, err := a.Flows().CompleteAuthorization(ctx, "x", p.State, code); !errors.Is(err, brokererr.ErrNotFound) {
 			t.Fatalf("completing a flow of the deleted credential: %v, want ErrNotFound", err)
 		}
 		wantAwaitingReauth(ctx, t, b, "x")
@@ -124,7 +124,7 @@ func TestFlowDoesNotCompleteIntoARecreatedCredential(t *testing.T) {
 		if _, err := a.CreateCredential(ctx, "x", env.spec); err != nil {
 			t.Fatal(err)
 		}
-		p, err := a.StartDeviceAuthorization(ctx, "x", nil)
+		p, err := a.Flows().StartDeviceAuthorization(ctx, "x", nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -160,7 +160,7 @@ func TestCodeExchangeOutlivesItsCaller(t *testing.T) {
 	callCtx, cancel := context.WithCancel(ctx)
 	done := make(chan error, 1)
 	go func() {
-		_, err := b.CompleteAuthorization(callCtx, "x", p.State, code)
+		_, err := b.Flows().CompleteAuthorization(callCtx, "x", p.State, code)
 		done <- err
 	}()
 	wctx, wcancel := context.WithTimeout(ctx, flowDeadline)
@@ -195,12 +195,12 @@ func TestExplicitServerCallbackURLIsTheServerCallback(t *testing.T) {
 	const callback = "http://127.0.0.1:1/oauth/callback"
 	env.withRedirects(callback)
 	b := env.primary(ctx, t, option.WithCallbackURL(callback))
-	p, err := b.StartAuthorization(ctx, "x", callback, nil)
+	p, err := b.Flows().StartAuthorization(ctx, "x", callback, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	code := authorizeAtSim(t, p.AuthorizeURL)
-	act, err := b.CompleteCallback(ctx, authflow.Callback{State: p.State, Code: code})
+	act, err := b.Flows().CompleteCallback(ctx, authflow.Callback{State: p.State, Code: code})
 	if err != nil {
 		t.Fatalf("the callback refused a flow started for it: %v", err)
 	}
@@ -222,7 +222,7 @@ func TestCodeExchangedButNotStoredEndsTheFlow(t *testing.T) {
 	p, code := authorizeX(ctx, t, b)
 	before := env.sim.Stats()
 	up := st.inject(&fault{op: "put", prefix: "families/", fail: errStoreDown})
-	_, err := b.CompleteAuthorization(ctx, "x", p.State, code)
+	_, err := b.Flows().CompleteAuthorization(ctx, "x", p.State, code)
 	var ae *authflow.AuthorizationError
 	var ue *brokererr.UnavailableError
 	if !errors.As(err, &ae) || errors.As(err, &ue) {
@@ -234,10 +234,10 @@ func TestCodeExchangedButNotStoredEndsTheFlow(t *testing.T) {
 			s.Revocations-before.Revocations, s.FamiliesRevoked-before.FamiliesRevoked)
 	}
 	up()
-	if _, err := b.CompleteAuthorization(ctx, "x", p.State, code); !isInvalidField(err, "state") {
+	if _, err := b.Flows().CompleteAuthorization(ctx, "x", p.State, code); !isInvalidField(err, "state") {
 		t.Fatalf("the same code again: %v, want invalid state (the flow ended)", err)
 	}
-	if _, err := b.CheckAuthorization(ctx, "x", p.State, 0); !errors.As(err, &ae) || ae.Reason != authflow.FlowRefused {
+	if _, err := b.Flows().CheckAuthorization(ctx, "x", p.State, 0); !errors.As(err, &ae) || ae.Reason != authflow.FlowRefused {
 		t.Fatalf("check: %v, want the flow failed", err)
 	}
 }

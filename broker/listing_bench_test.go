@@ -85,7 +85,7 @@ func (lb *listingBench) consumersPage(b *testing.B, i int) time.Duration {
 		cursor = catalog.Cursor{CredentialID: after, Identity: listingIdentity}
 	}
 	start := time.Now()
-	cons, _, err := lb.b.ListConsumers(context.Background(), "", cursor, benchPageSize)
+	cons, _, err := lb.b.Catalog().List(context.Background(), "", cursor, benchPageSize)
 	took := time.Since(start)
 	if err != nil || len(cons) == 0 {
 		b.Fatalf("consumers after %+v: %d, %v", cursor, len(cons), err)

@@ -162,7 +162,7 @@ func TestListingPageStoreWorkDoesNotGrowWithCredentials(t *testing.T) {
 				if after != "" {
 					cursor = catalog.Cursor{CredentialID: after, Identity: listingIdentity}
 				}
-				if cons, _, err = b.ListConsumers(ctx, "", cursor, pageSize); err != nil {
+				if cons, _, err = b.Catalog().List(ctx, "", cursor, pageSize); err != nil {
 					t.Fatal(err)
 				}
 			}))

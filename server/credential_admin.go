@@ -23,13 +23,14 @@ type CredentialBroker interface {
 	GetCredential(ctx context.Context, id string) (broker.Credential, error)
 	ListCredentials(ctx context.Context, after string, limit int) ([]broker.Credential, bool, error)
 	DeleteCredential(ctx context.Context, id string) error
-	ListConsumers(ctx context.Context, credentialID string, after catalog.Cursor, limit int) ([]catalog.Consumer, bool, error)
 }
 
 // CredentialAdminConfig holds the admin service's dependencies.
 type CredentialAdminConfig struct {
 	Broker CredentialBroker
-	Logger *slog.Logger // nil: discard
+	// Catalog serves ListConsumers.
+	Catalog ConsumerCatalog
+	Logger  *slog.Logger // nil: discard
 	// Operations serves BackupStore, VerifyAuditTrail and
 	// GetServerStatus; the zero value turns the first two off.
 	Operations Operations
@@ -41,14 +42,15 @@ type CredentialAdminConfig struct {
 // Safe for concurrent use.
 type CredentialAdminService struct {
 	rotavaultv1.UnimplementedCredentialAdminServiceServer
-	broker CredentialBroker
-	log    *slog.Logger
-	ops    *operations
+	broker  CredentialBroker
+	catalog ConsumerCatalog
+	log     *slog.Logger
+	ops     *operations
 }
 
 // NewCredentialAdminService returns the admin service.
 func NewCredentialAdminService(cfg CredentialAdminConfig) *CredentialAdminService {
-	return &CredentialAdminService{broker: cfg.Broker, log: loggerOrDiscard(cfg.Logger),
+	return &CredentialAdminService{broker: cfg.Broker, catalog: cfg.Catalog, log: loggerOrDiscard(cfg.Logger),
 		ops: &operations{cfg: cfg.Operations, broker: cfg.Census, started: time.Now()}}
 }
 
@@ -136,7 +138,7 @@ func (s *CredentialAdminService) ListConsumers(ctx context.Context, req *rotavau
 	if err != nil {
 		return nil, toStatus(ctx, s.log, err)
 	}
-	consumers, more, err := s.broker.ListConsumers(ctx, req.GetCredentialId(), after, size)
+	consumers, more, err := s.catalog.List(ctx, req.GetCredentialId(), after, size)
 	if err != nil {
 		return nil, toStatus(ctx, s.log, err)
 	}

@@ -32,10 +32,11 @@ type Auditor interface {
 	Record(ctx context.Context, e audit.Event) error
 }
 
-// ConsumerCatalog keeps the consumer catalog; *broker.Broker is one. See
-// broker.RecordConsumers for the contract.
+// ConsumerCatalog keeps the consumer catalog; *catalog.Catalog is one (see
+// its Record and List for the contract).
 type ConsumerCatalog interface {
-	RecordConsumers(ctx context.Context, uses []catalog.Use) ([]catalog.Use, error)
+	Record(ctx context.Context, uses []catalog.Use) ([]catalog.Use, error)
+	List(ctx context.Context, credentialID string, after catalog.Cursor, limit int) ([]catalog.Consumer, bool, error)
 }
 
 type issuanceKey struct{ caller, credential string }
@@ -195,7 +196,7 @@ func (c *issuanceCounter) flushCatalog(ctx context.Context) error {
 		n := c.catalogBacklog[k]
 		uses = append(uses, catalog.Use{CredentialID: k.credential, Identity: k.caller, FirstSeen: n.first, LastSeen: n.last, Count: n.count})
 	}
-	unrecorded, err := c.catalog.RecordConsumers(ctx, uses)
+	unrecorded, err := c.catalog.Record(ctx, uses)
 	clear(c.catalogBacklog)
 	for _, u := range unrecorded {
 		merge(c.catalogBacklog, issuanceKey{u.Identity, u.CredentialID}, issuanceCount{count: u.Count, first: u.FirstSeen, last: u.LastSeen})
