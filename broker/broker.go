@@ -31,6 +31,7 @@ import (
 	"github.com/rotavault/rotavault/broker/internal/bgload"
 	"github.com/rotavault/rotavault/broker/notice"
 	"github.com/rotavault/rotavault/broker/option"
+	"github.com/rotavault/rotavault/broker/registry"
 	"github.com/rotavault/rotavault/broker/stats"
 	"github.com/rotavault/rotavault/internal/credid"
 	"github.com/rotavault/rotavault/provider"
@@ -96,6 +97,8 @@ type Broker struct {
 	flows *authflow.Flows
 	// catalog is the consumer catalog (package catalog).
 	catalog *catalog.Catalog
+	// creds administers the credentials (package registry).
+	creds *registry.Credentials
 	// discovery fetches issuers' metadata (package discovery).
 	discovery *discovery.Discovery
 	// duties says which shared duties this replica does (duties.go).
@@ -138,6 +141,7 @@ func New(ctx context.Context, cfg Config, opts ...option.Option) (*Broker, error
 	b.notices = notice.New(b.store, o.Notice, o.Now, b.log)
 	b.discovery = discovery.New(b.provider, o.Now, &b.metrics, b.log)
 	b.catalog = catalog.New(b.store, catalogCredentials{b}, b.log)
+	b.creds = b.newRegistry()
 	flowOpts := o.Flow
 	flowOpts.RetryBase = o.Refresh.RetryBase
 	b.flows = authflow.New(authflow.Config{Store: b.store, Provider: b.provider, Core: flowCore{b}, Now: o.Now, Logger: b.log,
@@ -304,7 +308,7 @@ func (b *Broker) readView(ctx context.Context, id string) (*view, error) {
 	}
 	fam := &family.Record{Format: recordFormat, Status: family.StatusAwaitingReauth}
 	var famVersion uint64
-	famRec, err := b.store.Get(ctx, familyKey(cred))
+	famRec, err := b.store.Get(ctx, cred.FamilyKey())
 	switch {
 	case err == nil:
 		if err := decodeRecord(famRec.Value, fam, &fam.Format); err != nil {
@@ -319,7 +323,7 @@ func (b *Broker) readView(ctx context.Context, id string) (*view, error) {
 }
 
 func (b *Broker) readCredential(ctx context.Context, id string) (*family.Credential, uint64, error) {
-	credRec, err := b.store.Get(ctx, credentialKey(id))
+	credRec, err := b.store.Get(ctx, family.CredentialKey(id))
 	if err != nil {
 		if errors.Is(err, store.ErrNotFound) {
 			return nil, 0, fmt.Errorf("%w: %s", brokererr.ErrNotFound, id)

@@ -66,7 +66,7 @@ func TestConsumerCatalogMergesFlushesOfTwoReplicas(t *testing.T) {
 	ctx := context.Background()
 	st := &faultStore{Store: memstore.New(), conflictPrefix: catalog.KeyPrefix}
 	a, b := newTestBroker(t, st), newTestBroker(t, st)
-	if _, err := a.CreateCredential(ctx, "acme", catalogSpec()); err != nil {
+	if _, err := a.Credentials().Create(ctx, "acme", catalogSpec()); err != nil {
 		t.Fatal(err)
 	}
 	t0 := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
@@ -105,7 +105,7 @@ func TestConsumerCatalogLostWriteAnswerIsNotMergedTwice(t *testing.T) {
 	ctx := context.Background()
 	st := &faultStore{Store: memstore.New(), conflictPrefix: catalog.KeyPrefix}
 	b := newTestBroker(t, st)
-	if _, err := b.CreateCredential(ctx, "acme", catalogSpec()); err != nil {
+	if _, err := b.Credentials().Create(ctx, "acme", catalogSpec()); err != nil {
 		t.Fatal(err)
 	}
 	now := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
@@ -127,7 +127,7 @@ func TestConsumerCatalogConcurrentFlushesAddUp(t *testing.T) {
 	ctx := context.Background()
 	st := &faultStore{Store: memstore.New(), conflictPrefix: catalog.KeyPrefix}
 	replicas := []*Broker{newTestBroker(t, st), newTestBroker(t, st)}
-	if _, err := replicas[0].CreateCredential(ctx, "acme", catalogSpec()); err != nil {
+	if _, err := replicas[0].Credentials().Create(ctx, "acme", catalogSpec()); err != nil {
 		t.Fatal(err)
 	}
 	const flushes = 40
@@ -170,7 +170,7 @@ func TestConsumerCatalogIsBounded(t *testing.T) {
 	ctx := context.Background()
 	logs := &syncbuf.Buffer{}
 	b := newTestBroker(t, memstore.New(), option.WithLogger(slog.New(slog.NewJSONHandler(logs, nil))))
-	if _, err := b.CreateCredential(ctx, "acme", catalogSpec()); err != nil {
+	if _, err := b.Credentials().Create(ctx, "acme", catalogSpec()); err != nil {
 		t.Fatal(err)
 	}
 	now := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
@@ -219,11 +219,11 @@ func TestConsumerCatalogGoesWithItsCredential(t *testing.T) {
 	t.Run("delete", func(t *testing.T) {
 		st := &faultStore{Store: memstore.New(), conflictPrefix: catalog.KeyPrefix}
 		b := newTestBroker(t, st)
-		if _, err := b.CreateCredential(ctx, "acme", catalogSpec()); err != nil {
+		if _, err := b.Credentials().Create(ctx, "acme", catalogSpec()); err != nil {
 			t.Fatal(err)
 		}
 		record(ctx, t, b, []catalog.Use{use("acme", "svc", now, now, 1)})
-		if err := b.DeleteCredential(ctx, "acme"); err != nil {
+		if err := b.Credentials().Delete(ctx, "acme"); err != nil {
 			t.Fatal(err)
 		}
 		catalogGone(t, st)
@@ -244,13 +244,13 @@ func TestConsumerCatalogGoesWithItsCredential(t *testing.T) {
 	t.Run("flush racing the delete", func(t *testing.T) {
 		st := &faultStore{Store: memstore.New(), conflictPrefix: catalog.KeyPrefix}
 		a, b := newTestBroker(t, st), newTestBroker(t, st)
-		if _, err := a.CreateCredential(ctx, "acme", catalogSpec()); err != nil {
+		if _, err := a.Credentials().Create(ctx, "acme", catalogSpec()); err != nil {
 			t.Fatal(err)
 		}
 		// B read the credential and is about to create the catalog when A
 		// deletes the credential (and the catalog, which is not there yet).
 		st.inject(&fault{op: "put", prefix: catalog.KeyPrefix, once: true, before: func() {
-			if err := a.DeleteCredential(ctx, "acme"); err != nil {
+			if err := a.Credentials().Delete(ctx, "acme"); err != nil {
 				t.Error(err)
 			}
 		}})
@@ -264,17 +264,17 @@ func TestConsumerCatalogGoesWithItsCredential(t *testing.T) {
 	t.Run("catalog of an earlier incarnation", func(t *testing.T) {
 		st := &faultStore{Store: memstore.New(), conflictPrefix: catalog.KeyPrefix}
 		b := newTestBroker(t, st)
-		if _, err := b.CreateCredential(ctx, "acme", catalogSpec()); err != nil {
+		if _, err := b.Credentials().Create(ctx, "acme", catalogSpec()); err != nil {
 			t.Fatal(err)
 		}
 		record(ctx, t, b, []catalog.Use{use("acme", "old-consumer", now, now, 4)})
 		// The catalog survives a delete whose last step failed.
 		up := st.inject(&fault{op: "delete", prefix: catalog.KeyPrefix, fail: errStoreDown})
-		if err := b.DeleteCredential(ctx, "acme"); err == nil {
+		if err := b.Credentials().Delete(ctx, "acme"); err == nil {
 			t.Fatal("DeleteCredential succeeded with the catalog delete failing")
 		}
 		up()
-		if _, err := b.CreateCredential(ctx, "acme", catalogSpec()); err != nil {
+		if _, err := b.Credentials().Create(ctx, "acme", catalogSpec()); err != nil {
 			t.Fatal(err)
 		}
 		if got := listAll(ctx, t, b, "acme"); len(got) != 0 {
@@ -295,7 +295,7 @@ func TestListConsumersPagingAndValidation(t *testing.T) {
 	var uses []catalog.Use
 	var want []string
 	for _, cred := range []string{"alpha", "beta", "gamma"} {
-		if _, err := b.CreateCredential(ctx, cred, catalogSpec()); err != nil {
+		if _, err := b.Credentials().Create(ctx, cred, catalogSpec()); err != nil {
 			t.Fatal(err)
 		}
 		if cred == "beta" {
@@ -367,7 +367,7 @@ func TestListConsumersPagingAndValidation(t *testing.T) {
 func TestRecordConsumersRefusesMalformedUses(t *testing.T) {
 	ctx := context.Background()
 	b := newTestBroker(t, memstore.New())
-	if _, err := b.CreateCredential(ctx, "acme", catalogSpec()); err != nil {
+	if _, err := b.Credentials().Create(ctx, "acme", catalogSpec()); err != nil {
 		t.Fatal(err)
 	}
 	now := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)

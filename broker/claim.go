@@ -95,7 +95,7 @@ func (b *Broker) acquire(ctx context.Context, e *entry, need func(*view) bool) (
 		case errors.Is(err, errClaimedElsewhere):
 			// Another replica is refreshing: wait for its result rather than
 			// present the same token a second time.
-			if err := b.awaitChange(ctx, familyKey(v.cred), v.famVersion, v.fam.Claim.Deadline); err != nil {
+			if err := b.awaitChange(ctx, v.cred.FamilyKey(), v.famVersion, v.fam.Claim.Deadline); err != nil {
 				return nil, nil, err
 			}
 			continue

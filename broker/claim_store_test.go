@@ -32,7 +32,7 @@ func slowClaimSetup(t *testing.T) (*faultStore, *providersim.Server, *Broker, st
 	fs := &faultStore{Store: memstore.New()}
 	sim := startSim(t, providersim.Config{})
 	b := newTestBroker(t, fs, option.WithSchedulerInterval(time.Hour), option.WithIntrospectionInterval(0), option.WithRetryBase(time.Millisecond), option.WithClaimTiming(4*time.Second, time.Second))
-	if _, err := b.CreateCredential(context.Background(), "x", simSpec(sim)); err != nil {
+	if _, err := b.Credentials().Create(context.Background(), "x", simSpec(sim)); err != nil {
 		t.Fatal(err)
 	}
 	rt, _ := sim.IssueRefreshToken("c", nil)
@@ -113,7 +113,7 @@ func TestCallersOfAReplicaPausedPastItsClaimGetTheTakeoversToken(t *testing.T) {
 	paused := &pausedProvider{Provider: provider.New(nil), entered: make(chan struct{}), resume: make(chan struct{})}
 	a := newBroker(t, Config{Store: st, Provider: paused, Auditor: &recordingAuditor{}}, replicaOpts(clk)...)
 	b := newTestBroker(t, st, replicaOpts(clk)...)
-	if _, err := b.CreateCredential(ctx, "x", simSpec(sim)); err != nil {
+	if _, err := b.Credentials().Create(ctx, "x", simSpec(sim)); err != nil {
 		t.Fatal(err)
 	}
 	rt, _ := sim.IssueRefreshToken("c", nil)

@@ -32,7 +32,7 @@ func setupCutoffReplicas(t *testing.T, prev credspec.PreviousAccess) (a, b *Brok
 	a, b = newTestBroker(t, st, opts...), newTestBroker(t, st, opts...)
 	ctx := context.Background()
 	spec := credspec.Spec{ProviderKind: credspec.ProviderOAuth2, TokenURL: url, ClientID: "c", ClientSecret: "s", PreviousAccessToken: prev}
-	if _, err := a.CreateCredential(ctx, "x", spec); err != nil {
+	if _, err := a.Credentials().Create(ctx, "x", spec); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := a.ImportRefreshToken(ctx, "x", "rt-0"); err != nil {
@@ -255,7 +255,7 @@ func TestPreviousAccessTokenDetectedAfterARotation(t *testing.T) {
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			b := newTestBroker(t, memstore.New(), option.WithSchedulerInterval(time.Hour), option.WithIntrospectionInterval(0))
-			if _, err := b.CreateCredential(ctx, "g", c.spec); err != nil {
+			if _, err := b.Credentials().Create(ctx, "g", c.spec); err != nil {
 				t.Fatal(err)
 			}
 			if _, err := b.ImportRefreshToken(ctx, "g", c.rt); err != nil {

@@ -96,7 +96,7 @@ func blindEnvWith(ctx context.Context, t *testing.T, fcfg fositeserver.Config, o
 		ProviderKind: credspec.ProviderOAuth2, TokenURL: fs.TokenURL(), IntrospectionURL: blind.URL,
 		ClientID: blindClientID, ClientSecret: blindClientSecret, Scopes: []string{"offline", "api"},
 	}
-	if _, err := b.CreateCredential(ctx, "g", spec); err != nil {
+	if _, err := b.Credentials().Create(ctx, "g", spec); err != nil {
 		t.Fatal(err)
 	}
 	old, err = fs.IssueRefreshToken(ctx, blindClientID, blindClientSecret, blindRedirect, []string{"offline", "api"})
@@ -127,7 +127,7 @@ func TestPeriodicIntrospectionTrustsNoRefreshBlindEndpoint(t *testing.T) {
 	await(t, "three periodic checks, or a revocation", func() bool {
 		return prov.refreshIntrospections.Load() >= 3 || e.view.Load().fam.Status != family.StatusActive
 	})
-	c, err := b.GetCredential(ctx, "g")
+	c, err := b.Credentials().Get(ctx, "g")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -158,7 +158,7 @@ func TestPeriodicIntrospectionDetectsRevocationAtRefreshBlindEndpoint(t *testing
 func TestPeriodicIntrospectionDetectsRevocationWithShortLivedAccessTokens(t *testing.T) {
 	ctx := context.Background()
 	b, _, fs, old, _ := blindEnvWith(ctx, t, fositeserver.Config{AccessTokenLifespan: 20 * time.Second})
-	c, err := b.GetCredential(ctx, "g")
+	c, err := b.Credentials().Get(ctx, "g")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -176,7 +176,7 @@ func TestEarlyDetectionStateSaysWhyInactive(t *testing.T) {
 	clk := fakeclock.New(time.Now())
 	b, _, _, _, _ := blindEnvWith(ctx, t, fositeserver.Config{}, option.WithClock(clk.Now))
 	clk.Add(2 * time.Hour) // the 1 h access token is gone
-	c, err := b.GetCredential(ctx, "g")
+	c, err := b.Credentials().Get(ctx, "g")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -184,7 +184,7 @@ func TestEarlyDetectionStateSaysWhyInactive(t *testing.T) {
 		t.Fatalf("early detection %s (%s) with the access token expired, want waiting_for_access_token", c.EarlyDetection, c.EarlyDetectionDetail)
 	}
 	off, _, _, _, _ := blindEnvWith(ctx, t, fositeserver.Config{}, option.WithIntrospectionInterval(0))
-	if c, err = off.GetCredential(ctx, "g"); err != nil || c.EarlyDetection != detect.StateDisabled {
+	if c, err = off.Credentials().Get(ctx, "g"); err != nil || c.EarlyDetection != detect.StateDisabled {
 		t.Fatalf("with the check off: %s, %v; want disabled", c.EarlyDetection, err)
 	}
 }

@@ -118,7 +118,7 @@ func (env *detectEnv) broker(t *testing.T, extra ...option.Option) *Broker {
 // thief or a legacy client could hold.
 func (env *detectEnv) install(ctx context.Context, t *testing.T, b *Broker, id string, spec credspec.Spec) string {
 	t.Helper()
-	if _, err := b.CreateCredential(ctx, id, spec); err != nil {
+	if _, err := b.Credentials().Create(ctx, id, spec); err != nil {
 		t.Fatal(err)
 	}
 	old, err := env.sim.IssueRefreshToken("c", nil)

@@ -53,7 +53,7 @@ func (b *Broker) updateFamily(ctx context.Context, e *entry, base *view, mutate 
 		if next == nil {
 			return cur, nil
 		}
-		version, err := b.putFamily(ctx, familyKey(cur.cred), next, cur.famVersion)
+		version, err := b.putFamily(ctx, cur.cred.FamilyKey(), next, cur.famVersion)
 		if errors.Is(err, store.ErrConflict) {
 			cur = nil
 			continue
@@ -113,24 +113,6 @@ func (b *Broker) putFamily(ctx context.Context, key string, fam *family.Record, 
 // recordFormat versions the JSON records the broker keeps in the store (see
 // package record).
 const recordFormat = jsonrec.Format
-
-// Store keys. Credential ids fit the store's key grammar by construction
-// (credid is a subset of it).
-func credentialKey(id string) string { return "credentials/" + id }
-
-// familyKey is where a credential's family lives. It includes the
-// credential's incarnation, so a credential deleted and created again gets a
-// fresh key: store versions restart after a delete, and a replica holding a
-// stale view of the old incarnation must meet a conflict, not a coincidental
-// version match.
-func familyKey(cred *family.Credential) string {
-	if cred.Incarnation == "" {
-		return "families/" + cred.ID
-	}
-	return "families/" + cred.ID + "/" + cred.Incarnation
-}
-
-const credentialsPrefix = "credentials/"
 
 func encodeRecord(v any) ([]byte, error) { return jsonrec.Encode(v) }
 

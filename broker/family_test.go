@@ -59,7 +59,7 @@ func newFamHarness(t *testing.T) *famHarness {
 	// cutoff (cut_off).
 	spec := credspec.Spec{ProviderKind: credspec.ProviderSalesforce, BaseURL: "http://127.0.0.1:1", ClientID: "c", ClientSecret: "s", Scopes: []string{"api", "refresh_token"},
 		PreviousAccessToken: credspec.PreviousAccessRevoked}
-	if _, err := h.b.CreateCredential(h.ctx, "x", spec); err != nil {
+	if _, err := h.b.Credentials().Create(h.ctx, "x", spec); err != nil {
 		t.Fatal(err)
 	}
 	e, err := h.b.entry(h.ctx, "x")
@@ -109,7 +109,7 @@ func (h *famHarness) record(s family.State) *family.Record {
 // the entry read it.
 func (h *famHarness) put(fam *family.Record) {
 	h.t.Helper()
-	key := familyKey(h.e.view.Load().cred)
+	key := h.e.view.Load().cred.FamilyKey()
 	var version uint64
 	if rec, err := h.st.Store.Get(h.ctx, key); err == nil {
 		version = rec.Version
@@ -156,7 +156,7 @@ func (h *famHarness) lease() *claimLease {
 func (h *famHarness) stored() *family.Record {
 	h.t.Helper()
 	fam := &family.Record{Status: family.StatusAwaitingReauth}
-	rec, err := h.st.Store.Get(h.ctx, familyKey(h.e.view.Load().cred))
+	rec, err := h.st.Store.Get(h.ctx, h.e.view.Load().cred.FamilyKey())
 	if err != nil {
 		return fam
 	}

@@ -50,7 +50,7 @@ func startConcurrently(t *testing.T, replicas []*Broker, n int, credOf, actorOf 
 func createCredentials(ctx context.Context, t *testing.T, b *Broker, spec credspec.Spec, n int) {
 	t.Helper()
 	for i := range n {
-		if _, err := b.CreateCredential(ctx, fmt.Sprintf("c%d", i), spec); err != nil {
+		if _, err := b.Credentials().Create(ctx, fmt.Sprintf("c%d", i), spec); err != nil {
 			t.Fatal(err)
 		}
 	}

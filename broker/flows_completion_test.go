@@ -60,10 +60,10 @@ func authorizeX(ctx context.Context, t *testing.T, b *Broker) (authflow.PendingA
 // about (a credential without an active family is deleted without notice).
 func recreateElsewhere(ctx context.Context, t *testing.T, other *Broker, id string, spec credspec.Spec) {
 	t.Helper()
-	if err := other.DeleteCredential(ctx, id); err != nil {
+	if err := other.Credentials().Delete(ctx, id); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := other.CreateCredential(ctx, id, spec); err != nil {
+	if _, err := other.Credentials().Create(ctx, id, spec); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -72,7 +72,7 @@ func recreateElsewhere(ctx context.Context, t *testing.T, other *Broker, id stri
 // the recreated credential got no family.
 func wantAwaitingReauth(ctx context.Context, t *testing.T, b *Broker, id string) {
 	t.Helper()
-	c, err := b.GetCredential(ctx, id)
+	c, err := b.Credentials().Get(ctx, id)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -94,7 +94,7 @@ func TestFlowDoesNotCompleteIntoARecreatedCredential(t *testing.T) {
 		env.withRedirects(flowRedirect)
 		a := env.replica(t, "replica-a", time.Hour)
 		b := env.replica(t, "replica-b", time.Hour)
-		if _, err := a.CreateCredential(ctx, "x", env.spec); err != nil {
+		if _, err := a.Credentials().Create(ctx, "x", env.spec); err != nil {
 			t.Fatal(err)
 		}
 		p, err := a.Flows().StartAuthorization(ctx, "x", flowRedirect, nil)
@@ -121,7 +121,7 @@ func TestFlowDoesNotCompleteIntoARecreatedCredential(t *testing.T) {
 		env := newFlowEnv(t)
 		a := env.replica(t, "replica-a", time.Hour)
 		b := env.replica(t, "replica-b", time.Hour)
-		if _, err := a.CreateCredential(ctx, "x", env.spec); err != nil {
+		if _, err := a.Credentials().Create(ctx, "x", env.spec); err != nil {
 			t.Fatal(err)
 		}
 		p, err := a.Flows().StartDeviceAuthorization(ctx, "x", nil)

@@ -60,7 +60,7 @@ func (env *flowEnv) replica(t *testing.T, id string, sweep time.Duration, extra 
 func (env *flowEnv) primary(ctx context.Context, t *testing.T, extra ...option.Option) *Broker {
 	t.Helper()
 	b := env.replica(t, "replica-a", time.Hour, extra...)
-	if _, err := b.CreateCredential(ctx, "x", env.spec); err != nil {
+	if _, err := b.Credentials().Create(ctx, "x", env.spec); err != nil {
 		t.Fatal(err)
 	}
 	return b
@@ -240,7 +240,7 @@ func TestCheckAuthorizationBounds(t *testing.T) {
 	env := newFlowEnv(t)
 	b := env.replica(t, "replica-a", time.Hour)
 	for _, id := range []string{"x", "y"} {
-		if _, err := b.CreateCredential(ctx, id, env.spec); err != nil {
+		if _, err := b.Credentials().Create(ctx, id, env.spec); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -45,12 +45,12 @@ func TestReuseGraceTooShortIsRefused(t *testing.T) {
 	}{{0, false}, {time.Second, true}, {19 * time.Second, true}, {20 * time.Second, false}, {time.Minute, false}} {
 		s := spec
 		s.ReuseGrace = tt.grace
-		_, err := b.CreateCredential(ctx, "g"+strings.ReplaceAll(tt.grace.String(), "s", ""), s)
+		_, err := b.Credentials().Create(ctx, "g"+strings.ReplaceAll(tt.grace.String(), "s", ""), s)
 		if tooShort(err) != tt.refused || (!tt.refused && err != nil) {
 			t.Errorf("create with grace %s: %v, want refused %v", tt.grace, err, tt.refused)
 		}
 	}
-	if _, err := b.UpdateCredential(ctx, "g20", []credspec.Field{credspec.FieldReuseGrace}, credspec.Spec{ReuseGrace: 10 * time.Second}); !tooShort(err) {
+	if _, err := b.Credentials().Update(ctx, "g20", []credspec.Field{credspec.FieldReuseGrace}, credspec.Spec{ReuseGrace: 10 * time.Second}); !tooShort(err) {
 		t.Errorf("update to a 10s grace: %v, want REUSE_GRACE_TOO_SHORT", err)
 	}
 	// A replica with a longer claim margin cannot fit the stored 20 s: it
@@ -103,7 +103,7 @@ func graceCrash(t *testing.T) (sim *providersim.Server, b *Broker, st store.Stor
 	b = newTestBroker(t, st, replicaOpts(clk)...)
 	spec := simSpec(sim)
 	spec.ReuseGrace = grace
-	if _, err := b.CreateCredential(ctx, "x", spec); err != nil {
+	if _, err := b.Credentials().Create(ctx, "x", spec); err != nil {
 		t.Fatal(err)
 	}
 	rt, _ := sim.IssueRefreshToken("c", nil)
@@ -183,7 +183,7 @@ func TestExclusiveStoreTakesAPreviousProcessClaimOverAtOnce(t *testing.T) {
 	a := newBroker(t, Config{Store: st, Provider: dead, Auditor: &recordingAuditor{}}, replicaOpts(clk, option.WithExclusiveStore())...)
 	var once sync.Once
 	t.Cleanup(func() { once.Do(func() { close(dead.release) }) })
-	if _, err := a.CreateCredential(ctx, "x", simSpec(sim)); err != nil {
+	if _, err := a.Credentials().Create(ctx, "x", simSpec(sim)); err != nil {
 		t.Fatal(err)
 	}
 	rt, _ := sim.IssueRefreshToken("c", nil)

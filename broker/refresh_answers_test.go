@@ -45,7 +45,7 @@ func TestRefreshLoopActsOnEachAnswer(t *testing.T) {
 			fam := h.record(tt.from)
 			h.put(fam)
 			if tt.grace > 0 {
-				if _, err := h.b.UpdateCredential(h.ctx, "x", []credspec.Field{credspec.FieldReuseGrace}, credspec.Spec{ReuseGrace: tt.grace}); err != nil {
+				if _, err := h.b.Credentials().Update(h.ctx, "x", []credspec.Field{credspec.FieldReuseGrace}, credspec.Spec{ReuseGrace: tt.grace}); err != nil {
 					t.Fatal(err)
 				}
 			}
@@ -79,7 +79,7 @@ func TestRefreshRetriesWithACredentialFixedElsewhere(t *testing.T) {
 	h := newFamHarness(t)
 	h.put(h.record(family.StateClaimed))
 	l := h.lease()
-	if _, err := h.b.UpdateCredential(h.ctx, "x", []credspec.Field{credspec.FieldClientSecret}, credspec.Spec{ClientSecret: "fixed"}); err != nil {
+	if _, err := h.b.Credentials().Update(h.ctx, "x", []credspec.Field{credspec.FieldClientSecret}, credspec.Spec{ClientSecret: "fixed"}); err != nil {
 		t.Fatal(err)
 	}
 	h.prov.then(answerBadClient, nil)
@@ -290,7 +290,7 @@ func TestClientRefusedAfterTheRecheckKeepsTheFamily(t *testing.T) {
 	h := newFamHarness(t)
 	h.put(h.record(family.StateClaimed))
 	l := h.lease()
-	if _, err := h.b.UpdateCredential(h.ctx, "x", []credspec.Field{credspec.FieldClientSecret}, credspec.Spec{ClientSecret: "still-wrong"}); err != nil {
+	if _, err := h.b.Credentials().Update(h.ctx, "x", []credspec.Field{credspec.FieldClientSecret}, credspec.Spec{ClientSecret: "still-wrong"}); err != nil {
 		t.Fatal(err)
 	}
 	h.prov.then(answerBadClient, answerBadClient)

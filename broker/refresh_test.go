@@ -19,7 +19,7 @@ func TestUnmeetableNeedCostsOneRotation(t *testing.T) {
 	clk := fakeclock.New(time.Now())
 	sim, bs, spec := setup(t, memstore.New(), clk)
 	b := bs[0]
-	if _, err := b.CreateCredential(ctx, "x", spec); err != nil {
+	if _, err := b.Credentials().Create(ctx, "x", spec); err != nil {
 		t.Fatal(err)
 	}
 	rt, err := sim.IssueRefreshToken("c", nil)

@@ -71,7 +71,7 @@ func newRevokeEnv(t *testing.T, st store.Store) *revokeEnv {
 // token Rotavault holds now.
 func (env *revokeEnv) install(ctx context.Context, t *testing.T, st store.Store) string {
 	t.Helper()
-	if _, err := env.a.CreateCredential(ctx, "x", env.spec); err != nil {
+	if _, err := env.a.Credentials().Create(ctx, "x", env.spec); err != nil {
 		t.Fatal(err)
 	}
 	rt, err := env.sim.IssueRefreshToken("c", nil)
@@ -205,7 +205,7 @@ func TestRevokeCredentialProviderUnreachable(t *testing.T) {
 		}
 	}
 	tokenRequests := env.sim.Stats().TokenRequests
-	c, err := env.b.GetCredential(ctx, "x")
+	c, err := env.b.Credentials().Get(ctx, "x")
 	if err != nil || c.Status != family.StatusRevoked || !strings.Contains(c.LastError, "not confirmed") {
 		t.Fatalf("credential = %+v, %v", c, err)
 	}
@@ -236,7 +236,7 @@ func TestRevokeCredentialProviderUnreachable(t *testing.T) {
 func TestRevokeCredentialErrors(t *testing.T) {
 	ctx := context.Background()
 	env := newRevokeEnv(t, memstore.New())
-	if _, err := env.a.CreateCredential(ctx, "x", env.spec); err != nil {
+	if _, err := env.a.Credentials().Create(ctx, "x", env.spec); err != nil {
 		t.Fatal(err)
 	}
 	var inv *brokererr.InvalidArgumentError

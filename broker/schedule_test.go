@@ -24,7 +24,7 @@ func installUsed(t *testing.T, b *Broker, ts *tokenServer, n int) {
 	ctx := context.Background()
 	for i := range n {
 		id := fmt.Sprintf("cred-%d", i)
-		if _, err := b.CreateCredential(ctx, id, credspec.Spec{ProviderKind: credspec.ProviderOAuth2, TokenURL: ts.URL, ClientID: "c"}); err != nil {
+		if _, err := b.Credentials().Create(ctx, id, credspec.Spec{ProviderKind: credspec.ProviderOAuth2, TokenURL: ts.URL, ClientID: "c"}); err != nil {
 			t.Fatal(err)
 		}
 		if _, err := b.ImportRefreshToken(ctx, id, "rt-0"); err != nil {

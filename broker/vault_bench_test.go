@@ -60,7 +60,7 @@ func benchBrokerOver(b *testing.B, st store.Store) (*Broker, *faultStore, []stri
 	for i := range ids {
 		ids[i] = fmt.Sprintf("bench-%d", i)
 		spec := credspec.Spec{ProviderKind: credspec.ProviderSalesforce, BaseURL: sim.URL(), ClientID: "bench", ClientSecret: "bench-secret", Scopes: []string{"api", "refresh_token"}}
-		if _, err := br.CreateCredential(ctx, ids[i], spec); err != nil {
+		if _, err := br.Credentials().Create(ctx, ids[i], spec); err != nil {
 			b.Fatal(err)
 		}
 		rt, err := sim.IssueRefreshToken("bench", nil)

@@ -61,7 +61,7 @@ func TestLostResultAnswerIsNotMistakenForALostRace(t *testing.T) {
 	hs := &faultStore{Store: memstore.New()}
 	sim, bs, spec := setup(t, hs, clk)
 	a := bs[0]
-	if _, err := a.CreateCredential(ctx, "x", spec); err != nil {
+	if _, err := a.Credentials().Create(ctx, "x", spec); err != nil {
 		t.Fatal(err)
 	}
 	rt, _ := sim.IssueRefreshToken("c", nil)
@@ -99,7 +99,7 @@ func TestRecreatedCredentialIsNotOverwrittenByAStaleReplica(t *testing.T) {
 	st := memstore.New()
 	sim, bs, spec := setup(t, st, clk)
 	a, b := bs[0], bs[1]
-	if _, err := a.CreateCredential(ctx, "x", spec); err != nil {
+	if _, err := a.Credentials().Create(ctx, "x", spec); err != nil {
 		t.Fatal(err)
 	}
 	rt, _ := sim.IssueRefreshToken("c", nil)
@@ -107,10 +107,10 @@ func TestRecreatedCredentialIsNotOverwrittenByAStaleReplica(t *testing.T) {
 		t.Fatal(err)
 	}
 	// B deletes and recreates x with a new family.
-	if err := b.DeleteCredential(ctx, "x"); err != nil {
+	if err := b.Credentials().Delete(ctx, "x"); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := b.CreateCredential(ctx, "x", spec); err != nil {
+	if _, err := b.Credentials().Create(ctx, "x", spec); err != nil {
 		t.Fatal(err)
 	}
 	rt2, _ := sim.IssueRefreshToken("c", nil)
@@ -143,7 +143,7 @@ func TestHeldRotationIsDroppedAfterATakeover(t *testing.T) {
 	b := newTestBroker(t, mem, replicaOpts(clk)...)
 	spec := simSpec(sim)
 	spec.ReuseGrace = 10 * time.Minute
-	if _, err := a.CreateCredential(ctx, "x", spec); err != nil {
+	if _, err := a.Credentials().Create(ctx, "x", spec); err != nil {
 		t.Fatal(err)
 	}
 	rt, _ := sim.IssueRefreshToken("c", nil)
@@ -193,7 +193,7 @@ func TestStressTwoReplicas(t *testing.T) {
 	}
 	spec := simSpec(sim)
 	spec.AccessTokenLife = 30 * time.Second // a rotation every few steps
-	if _, err := bs[0].CreateCredential(ctx, "x", spec); err != nil {
+	if _, err := bs[0].Credentials().Create(ctx, "x", spec); err != nil {
 		t.Fatal(err)
 	}
 	rt, _ := sim.IssueRefreshToken("c", nil)

@@ -6,13 +6,13 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
-	"github.com/rotavault/rotavault/broker"
 	"github.com/rotavault/rotavault/broker/access"
 	"github.com/rotavault/rotavault/broker/authflow"
 	"github.com/rotavault/rotavault/broker/credspec"
 	"github.com/rotavault/rotavault/broker/detect"
 	"github.com/rotavault/rotavault/broker/family"
 	"github.com/rotavault/rotavault/broker/notice"
+	"github.com/rotavault/rotavault/broker/registry"
 	rotavaultv1 "github.com/rotavault/rotavault/gen/rotavault/v1"
 )
 
@@ -245,7 +245,7 @@ func reasonToProto(r notice.RevocationReason) rotavaultv1.RevocationReason {
 	}
 }
 
-func credentialToProto(c broker.Credential) *rotavaultv1.Credential {
+func credentialToProto(c registry.Credential) *rotavaultv1.Credential {
 	return &rotavaultv1.Credential{
 		CredentialId:          c.ID,
 		Spec:                  specToProto(c.Spec),

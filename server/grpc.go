@@ -39,8 +39,7 @@ const MaxRecvMsgSize = 64 << 10
 // service's part and readiness. *broker.Broker is one.
 type Broker interface {
 	TokenBroker
-	CredentialBroker
-	CredentialCensus
+	Readiness
 }
 
 // Readiness reports whether the rotation logic can serve (nil) or why not.
@@ -53,6 +52,10 @@ type Config struct {
 	// Broker is the rotation logic behind both services; nil only in
 	// tests of the transport alone (readiness is then not followed).
 	Broker Broker
+	// Credentials administers the credentials (the admin service's
+	// Create/Update/Get/List/DeleteCredential); the broker's
+	// (*registry.Credentials, broker.Broker.Credentials) is one.
+	Credentials Credentials
 	// Flows runs the authorization flows Reauthenticate starts and checks;
 	// the broker's (*authflow.Flows, broker.Broker.Flows) is one.
 	Flows AuthFlows
@@ -108,9 +111,9 @@ type Config struct {
 
 // adminConfig wires the admin service; a nil broker counts nothing.
 func adminConfig(cfg Config, log *slog.Logger) CredentialAdminConfig {
-	ac := CredentialAdminConfig{Broker: cfg.Broker, Catalog: cfg.Catalog, Logger: log, Operations: cfg.Operations}
+	ac := CredentialAdminConfig{Credentials: cfg.Credentials, Catalog: cfg.Catalog, Logger: log, Operations: cfg.Operations}
 	if cfg.Broker != nil {
-		ac.Census = cfg.Broker
+		ac.Ready = cfg.Broker
 	}
 	return ac
 }

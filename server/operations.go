@@ -59,7 +59,8 @@ type Operations struct {
 // operations serves the operations RPCs. Safe for concurrent use.
 type operations struct {
 	cfg     Operations
-	broker  CredentialCensus
+	ready   Readiness
+	creds   Credentials
 	started time.Time
 	// backingUp bounds BackupStore to one stream at a time: each spools a
 	// full copy of the store beside it before streaming it.
@@ -67,12 +68,6 @@ type operations struct {
 	// verifying bounds VerifyAuditTrail to one at a time: each reads the
 	// whole trail, and holds back anchoring while it reads the witness.
 	verifying atomic.Bool
-}
-
-// CredentialCensus is what GetServerStatus needs of the rotation logic.
-type CredentialCensus interface {
-	CountCredentials(ctx context.Context) (map[family.Status]int, error)
-	Ready() error
 }
 
 // BackupStore implements rotavault.v1.CredentialAdminService.
@@ -188,13 +183,13 @@ func (s *CredentialAdminService) GetServerStatus(ctx context.Context, _ *rotavau
 	// rotavault_build_info: an ldflags-stamped release version wins.
 	bi := version.Get()
 	resp.Version, resp.VcsRevision, resp.VcsModified, resp.GoVersion = bi.Version, bi.Revision, bi.Modified, bi.GoVersion
-	if s.ops.broker == nil {
+	if s.ops.ready == nil {
 		return resp, nil
 	}
-	if err := s.ops.broker.Ready(); err != nil {
+	if err := s.ops.ready.Ready(); err != nil {
 		resp.Ready, resp.NotReadyReason = false, err.Error()
 	}
-	counts, err := s.ops.broker.CountCredentials(ctx)
+	counts, err := s.ops.creds.Count(ctx)
 	if err != nil {
 		// The status answers even when the store does not: that is when
 		// an operator asks.

@@ -113,3 +113,22 @@ type Claim struct {
 	Holder   string    `json:"holder"`
 	Deadline time.Time `json:"deadline"`
 }
+
+// CredentialKey is where credential id lives. Credential ids fit the
+// store's key grammar by construction (credid is a subset of it).
+func CredentialKey(id string) string { return CredentialsPrefix + id }
+
+// FamilyKey is where c's family lives. It includes the
+// credential's incarnation, so a credential deleted and created again gets a
+// fresh key: store versions restart after a delete, and a replica holding a
+// stale view of the old incarnation must meet a conflict, not a coincidental
+// version match.
+func (c *Credential) FamilyKey() string {
+	if c.Incarnation == "" {
+		return "families/" + c.ID
+	}
+	return "families/" + c.ID + "/" + c.Incarnation
+}
+
+// CredentialsPrefix starts every credential record's key.
+const CredentialsPrefix = "credentials/"

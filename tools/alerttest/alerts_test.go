@@ -73,7 +73,7 @@ func start(t *testing.T) *rotavault {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = b.Close() })
-	mx.WatchBroker(b)
+	mx.WatchBroker(b, b.Credentials())
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
