@@ -73,29 +73,14 @@ func (b *Broker) ImportRefreshToken(ctx context.Context, id, refreshToken string
 // (ErrNotFound).
 func (b *Broker) installFamily(ctx context.Context, e *entry, incarnation, refreshToken string, tok *provider.Token, revokeOld bool) (authflow.Activation, error) {
 	now := b.opts.Now()
-	fam := &family.Record{
-		Format:       recordFormat,
-		Status:       family.StatusActive,
-		FamilyID:     randomHex(12),
-		RefreshToken: refreshToken,
-		StartedAt:    now,
-		// Without the grant's tokens (an import), nothing has shown the
-		// provider accepts this refresh token yet.
-		Unproven: tok == nil,
-	}
+	familyID := randomHex(12)
 	var old *view
+	var fam *family.Record
 	if _, err := b.updateFamily(ctx, e, nil, func(cur *view) (*family.Record, error) {
 		if incarnation != "" && cur.cred.Incarnation != incarnation {
 			return nil, errIncarnationGone(e.id)
 		}
-		if tok != nil {
-			fam.Generation = 1
-			fam.LastRefreshAt = now
-			fam.Access = b.newAccessToken(cur.cred.Spec, nil, tok, now)
-			if note := lifetimeNote(cur.cred.Spec, tok); note != "" {
-				fam.LastError, fam.LastErrorAt = note, now
-			}
-		}
+		fam = family.New(familyID, refreshToken, cur.cred.Spec, tok, now)
 		old = cur
 		return cur.fam.ReplacedBy(fam)
 	}); err != nil {

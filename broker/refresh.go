@@ -8,9 +8,7 @@ import (
 	"time"
 
 	"github.com/rotavault/rotavault/audit"
-	"github.com/rotavault/rotavault/broker/access"
 	"github.com/rotavault/rotavault/broker/brokererr"
-	"github.com/rotavault/rotavault/broker/credspec"
 	"github.com/rotavault/rotavault/broker/family"
 	"github.com/rotavault/rotavault/broker/spans"
 	"github.com/rotavault/rotavault/internal/ctxwait"
@@ -151,24 +149,13 @@ func (b *Broker) backoff(attempt int, atLeast time.Duration) time.Duration {
 	return max(d, atLeast)
 }
 
-// signatureMismatchDetail flags a credential whose provider's response
-// signature did not match.
-const signatureMismatchDetail = "the provider's response signature did not match (is the client secret current?)"
-
 // storeResult stores the outcome of a successful refresh with
 // check-and-set on the lease's fence: persist first, answer later.
 func (l *claimLease) storeResult(ctx context.Context, tok *provider.Token) (*view, error) {
 	b, e, claimed := l.b, l.e, l.v
 	now := b.opts.Now()
-	res := family.RefreshResult{Now: now, RefreshToken: tok.RefreshToken, Access: b.newAccessToken(claimed.cred.Spec, claimed.fam.Access, tok, now)}
 	mismatch := tok.SignatureStatus == provider.SignatureMismatch
-	if note := lifetimeNote(claimed.cred.Spec, tok); note != "" {
-		res.LastError = note
-	}
-	if mismatch {
-		res.LastError = signatureMismatchDetail
-	}
-	next, err := claimed.fam.Rotated(res)
+	next, err := claimed.fam.Rotated(family.ResultOf(claimed.cred.Spec, claimed.fam.Access, tok, now))
 	if err != nil {
 		return nil, err
 	}
@@ -217,58 +204,6 @@ func (l *claimLease) storeResult(ctx context.Context, tok *provider.Token) (*vie
 	}
 	return v, nil
 }
-
-// lifetimeNote says, for last_error, that the provider's lifetime of tok
-// was not believed; "" when it was.
-func lifetimeNote(spec credspec.Spec, tok *provider.Token) string {
-	if tok.IgnoredExpiresIn <= 0 {
-		return ""
-	}
-	return fmt.Sprintf("the provider said the access token lives %s, beyond the believable %s: it is refreshed as if it lived the credential's access token lifetime, %s",
-		tok.IgnoredExpiresIn, provider.MaxExpiresIn, spec.AccessTokenLifetime())
-}
-
-func (b *Broker) newAccessToken(spec credspec.Spec, prev *family.AccessToken, tok *provider.Token, now time.Time) *family.AccessToken {
-	lifetime := tok.ExpiresIn
-	if lifetime <= 0 {
-		lifetime = spec.AccessTokenLifetime()
-	}
-	a := &family.AccessToken{
-		Token:       tok.AccessToken,
-		Type:        tok.TokenType,
-		InstanceURL: tok.InstanceURL,
-		Scopes:      append([]string(nil), tok.Scopes...),
-		IssuedAt:    now,
-		// Expiry counts from our clock when the answer arrived, not the
-		// provider's issued_at: skew must not make us hand out dead tokens.
-		ExpiresAt:   now.Add(lifetime),
-		Fingerprint: access.Fingerprint(tok.AccessToken),
-	}
-	if !tok.RequestedAt.IsZero() && !tok.RequestedAt.After(now) {
-		a.AliveUntil = tok.RequestedAt.Add(lifetime)
-	}
-	if !tok.IssuedAt.IsZero() && tok.IssuedAt.Before(now) {
-		a.IssuedAt = tok.IssuedAt
-	}
-	if a.Type == "" {
-		a.Type = "Bearer"
-	}
-	if prev != nil {
-		if a.InstanceURL == "" {
-			a.InstanceURL = prev.InstanceURL
-		}
-		if len(a.Scopes) == 0 {
-			a.Scopes = append([]string(nil), prev.Scopes...)
-		}
-	}
-	return a
-}
-
-// resultConflict handles a result write that met another version. Three
-// cases: our write landed and only its answer was lost (a client-side retry
-// replayed it) — success; the same family moved on without us (our claim was
-// taken over) — never revoke anything of a live family, since at Salesforce
-// revoking any of its refresh tokens kills it; another family replaced ours —
 
 // resultConflict decides on a result write that met another version, from
 // the state the store holds now (cur). Three cases: our write landed and
