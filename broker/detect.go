@@ -72,7 +72,7 @@ func (b *Broker) detectable(e *entry, v *view, now time.Time) bool {
 	if e.rescue.Load() != nil {
 		return false // the stored token is already rotated away; a write is pending
 	}
-	if !b.corroborable(v, now) {
+	if !b.timing(v).Corroborable(now) {
 		return false // an inactive answer could conclude nothing
 	}
 	e.mu.Lock()
@@ -168,7 +168,7 @@ func (b *Broker) revocationCorroborated(ctx context.Context, v *view) bool {
 	if spec.ProviderKind != credspec.ProviderOAuth2 {
 		return true
 	}
-	if !b.corroborable(v, b.opts.Now()) {
+	if !b.timing(v).Corroborable(b.opts.Now()) {
 		return false
 	}
 	ctx, cancel := context.WithTimeout(ctx, introspectTimeout)
@@ -176,22 +176,7 @@ func (b *Broker) revocationCorroborated(ctx context.Context, v *view) bool {
 	in, err := b.provider.IntrospectToken(ctx, spec.Endpoint(), spec.ClientCredentials(), v.fam.Access.Token, provider.HintAccessToken)
 	// Answered before the token could have expired at the provider: its
 	// inactivity was a revocation, not the end of its life.
-	return err == nil && !in.Active && b.opts.Now().Before(aliveAtProviderUntil(v.fam.Access))
-}
-
-// corroborable reports whether an inactive answer about v's refresh token
-// could be taken for a revocation (see detect.Corroborable).
-func (b *Broker) corroborable(v *view, now time.Time) bool {
-	a := v.fam.Access
-	if a == nil {
-		return detect.Corroborable(v.cred.Spec.ProviderKind == credspec.ProviderOAuth2, "", time.Time{}, now)
-	}
-	return detect.Corroborable(v.cred.Spec.ProviderKind == credspec.ProviderOAuth2, a.Token, aliveAtProviderUntil(a), now)
-}
-
-// aliveAtProviderUntil is when a may first be expired at the provider.
-func aliveAtProviderUntil(a *family.AccessToken) time.Time {
-	return detect.AliveAtProviderUntil(a.AliveUntil, a.ExpiresAt)
+	return err == nil && !in.Active && b.opts.Now().Before(v.fam.Access.AliveAtProviderUntil())
 }
 
 // stillSameLiveToken reports whether cur is the family seen was, at the same
@@ -210,5 +195,5 @@ func stillSameLiveToken(seen, cur *view) bool {
 // and a sentence saying what it means.
 func (b *Broker) earlyDetection(v *view, now time.Time) (detect.State, string) {
 	return detect.Describe(b.opts.Detect.Interval, v.cred.Spec.Endpoint().IntrospectionURL != "",
-		v.fam.Status == family.StatusActive, b.corroborable(v, now))
+		v.fam.Status == family.StatusActive, b.timing(v).Corroborable(now))
 }

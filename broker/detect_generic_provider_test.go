@@ -273,11 +273,11 @@ func TestRejectedReportAtRefreshBlindEndpointRefreshesInsteadOfRevoking(t *testi
 // before the expiry counted from the answer.
 func TestAliveAtProviderUntilForOldRecords(t *testing.T) {
 	exp := time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC)
-	if got := aliveAtProviderUntil(&family.AccessToken{ExpiresAt: exp}); !got.Equal(exp.Add(-time.Minute)) {
+	if got := (&family.AccessToken{ExpiresAt: exp}).AliveAtProviderUntil(); !got.Equal(exp.Add(-time.Minute)) {
 		t.Fatalf("old record: %v, want a minute before %v", got, exp)
 	}
 	alive := exp.Add(-3 * time.Second)
-	if got := aliveAtProviderUntil(&family.AccessToken{ExpiresAt: exp, AliveUntil: alive}); !got.Equal(alive) {
+	if got := (&family.AccessToken{ExpiresAt: exp, AliveUntil: alive}).AliveAtProviderUntil(); !got.Equal(alive) {
 		t.Fatalf("new record: %v, want %v", got, alive)
 	}
 }
