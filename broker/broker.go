@@ -6,11 +6,11 @@
 //
 // It knows nothing of gRPC. It depends on small interfaces: a versioned store
 // (store.Store), an OAuth provider client and an audit sink. This package
-// is the rotation core (the family's state machine, the claim, the
-// refresh, revocation, reauthentication, serving access tokens); its parts
-// are packages of their own that reach it through small interfaces:
-// notice, authflow, catalog, detect, discovery, internal/schedule, and the
-// pure credspec, pacing, option, stats, access, spans and brokererr.
+// is the rotation core (updateFamily, the claim, the refresh, revocation,
+// reauthentication, serving access tokens); its parts reach it through
+// small interfaces: registry, notice, authflow, catalog, detect, discovery,
+// internal/schedule, and the pure family (records, states, transitions,
+// decisions), credspec, pacing, option, stats, access, spans, brokererr.
 package broker
 
 import (

@@ -21,37 +21,74 @@ import (
 	"github.com/rotavault/rotavault/broker/brokererr"
 	"github.com/rotavault/rotavault/broker/catalog"
 	"github.com/rotavault/rotavault/broker/credspec"
-	"github.com/rotavault/rotavault/broker/detect"
 	"github.com/rotavault/rotavault/broker/family"
 	"github.com/rotavault/rotavault/broker/internal/jsonrec"
-	"github.com/rotavault/rotavault/broker/notice"
 	"github.com/rotavault/rotavault/internal/credid"
 	"github.com/rotavault/rotavault/store"
 )
 
-// Credential describes a credential; it never holds a secret.
-type Credential struct {
-	ID              string
-	Spec            credspec.Spec // ClientSecret always empty
-	HasClientSecret bool
-	Status          family.Status
-	FamilyID        string
-	Generation      uint64
-	RevokedReason   notice.RevocationReason
-	LastRotationAt  time.Time
-	NextRefreshAt   time.Time
-	AccessExpiresAt time.Time
-	AccessIssuedAt  time.Time
-	// LastRefreshRotated: whether the last refresh rotated the refresh
-	// token; nil before the first refresh.
-	LastRefreshRotated *bool
-	LastError          string
-	CreatedAt          time.Time
-	UpdatedAt          time.Time
-	// EarlyDetection is whether the periodic introspection watches the
-	// family now; EarlyDetectionDetail says why (not).
-	EarlyDetection       detect.State
-	EarlyDetectionDetail string
+// Records are a credential's records as read from the store, with their
+// versions (0: no family record yet).
+type Records struct {
+	ID          string
+	Cred        *family.Credential
+	CredVersion uint64
+	Fam         *family.Record
+	FamVersion  uint64
+}
+
+// Core is the rotation core as the registry sees it.
+type Core interface {
+	// Read reads id's records from the store, past any cache. Errors:
+	// brokererr.ErrNotFound, *brokererr.UnavailableError.
+	Read(ctx context.Context, id string) (Records, error)
+	// Describe describes id as this replica holds it, loading it on first
+	// use. Errors: Read's.
+	Describe(ctx context.Context, id string) (Credential, error)
+	// Created makes a credential just stored, without a family, this
+	// replica's, and describes it.
+	Created(cred *family.Credential, version uint64) Credential
+	// Updated makes cred, stored at version over r (as read), this
+	// replica's view of the credential and describes it; with version 0
+	// nothing was stored and r is described as it is. Errors: Read's.
+	Updated(ctx context.Context, r Records, cred *family.Credential, version uint64) (Credential, error)
+	// RevokeAtProvider revokes r's family's live token at the provider,
+	// best effort (deletion must not wait for a provider that is down).
+	RevokeAtProvider(ctx context.Context, r Records)
+	// Deleted forgets a deleted credential and announces the end of fam.
+	Deleted(ctx context.Context, id string, fam *family.Record)
+	// Audit records e (time and actor filled in).
+	Audit(ctx context.Context, e audit.Event)
+}
+
+// Config holds the registry's dependencies.
+type Config struct {
+	Store store.Store
+	Core  Core
+	// Discover fills a spec's provider metadata from its issuer, when it
+	// names one (discovery.Discovery.Into).
+	Discover func(ctx context.Context, spec *credspec.Spec) error
+	// Check refuses a spec the server's options cannot serve
+	// (option.Options.CheckReuseGrace).
+	Check func(spec credspec.Spec) error
+	Now   func() time.Time
+	// Incarnation returns a fresh random incarnation for a created id.
+	Incarnation func() string
+	// Logger is required.
+	Logger *slog.Logger
+}
+
+// Credentials administers the credentials. Create it with New.
+type Credentials struct {
+	cfg   Config
+	store store.Store
+	core  Core
+	log   *slog.Logger
+}
+
+// New returns the registry.
+func New(cfg Config) *Credentials {
+	return &Credentials{cfg: cfg, store: cfg.Store, core: cfg.Core, log: cfg.Logger}
 }
 
 // Create registers a credential without a token family. Errors:
@@ -208,125 +245,6 @@ func (c *Credentials) Delete(ctx context.Context, id string) error {
 	}
 	c.core.Deleted(ctx, id, r.Fam)
 	return nil
-}
-
-// Runtime is what a replica knows of a credential besides its records.
-type Runtime struct {
-	// NextRefreshAt is when the scheduler refreshes the family (zero:
-	// never).
-	NextRefreshAt time.Time
-	// EarlyDetection and its detail: whether the periodic introspection
-	// watches the family, and why (not).
-	EarlyDetection       detect.State
-	EarlyDetectionDetail string
-	// LastErr is the replica's last refresh failure (nil: none).
-	LastErr error
-	// Held: a rotated refresh token waits in the replica's memory for the
-	// store to accept it.
-	Held bool
-}
-
-// Describe describes credential id from its records and what a replica
-// knows of it. It never copies a secret.
-func Describe(id string, cred *family.Credential, fam *family.Record, rt Runtime) Credential {
-	c := Credential{
-		ID:                 id,
-		Spec:               cred.Spec.Redacted(),
-		HasClientSecret:    cred.Spec.ClientSecret != "",
-		Status:             fam.Status,
-		FamilyID:           fam.FamilyID,
-		Generation:         fam.Generation,
-		RevokedReason:      fam.RevokedReason,
-		LastRotationAt:     fam.LastRotationAt,
-		LastRefreshRotated: fam.LastRefreshRotated,
-		LastError:          fam.LastError,
-		CreatedAt:          cred.CreatedAt,
-		UpdatedAt:          cred.UpdatedAt,
-	}
-	if fam.Status == family.StatusActive {
-		c.NextRefreshAt = rt.NextRefreshAt
-	}
-	if fam.Unproven && fam.Status == family.StatusActive {
-		c.Status = family.StatusUnproven
-	}
-	c.EarlyDetection, c.EarlyDetectionDetail = rt.EarlyDetection, rt.EarlyDetectionDetail
-	if fam.Access != nil {
-		c.AccessExpiresAt = fam.Access.ExpiresAt
-		c.AccessIssuedAt = fam.Access.IssuedAt
-	}
-	if rt.LastErr != nil && c.LastError == "" {
-		c.LastError = rt.LastErr.Error()
-	}
-	if fam.PendingRevocation != "" {
-		c.LastError = "revoked in Rotavault, but the provider has not confirmed revoking the refresh token; run RevokeCredential again or revoke it at the provider"
-	}
-	if rt.Held {
-		c.LastError = "a rotated refresh token is held in memory until the store accepts it"
-	}
-	return c
-}
-
-// Records are a credential's records as read from the store, with their
-// versions (0: no family record yet).
-type Records struct {
-	ID          string
-	Cred        *family.Credential
-	CredVersion uint64
-	Fam         *family.Record
-	FamVersion  uint64
-}
-
-// Core is the rotation core as the registry sees it.
-type Core interface {
-	// Read reads id's records from the store, past any cache. Errors:
-	// brokererr.ErrNotFound, *brokererr.UnavailableError.
-	Read(ctx context.Context, id string) (Records, error)
-	// Describe describes id as this replica holds it, loading it on first
-	// use. Errors: Read's.
-	Describe(ctx context.Context, id string) (Credential, error)
-	// Created makes a credential just stored, without a family, this
-	// replica's, and describes it.
-	Created(cred *family.Credential, version uint64) Credential
-	// Updated makes cred, stored at version over r (as read), this
-	// replica's view of the credential and describes it; with version 0
-	// nothing was stored and r is described as it is. Errors: Read's.
-	Updated(ctx context.Context, r Records, cred *family.Credential, version uint64) (Credential, error)
-	// RevokeAtProvider revokes r's family's live token at the provider,
-	// best effort (deletion must not wait for a provider that is down).
-	RevokeAtProvider(ctx context.Context, r Records)
-	// Deleted forgets a deleted credential and announces the end of fam.
-	Deleted(ctx context.Context, id string, fam *family.Record)
-	// Audit records e (time and actor filled in).
-	Audit(ctx context.Context, e audit.Event)
-}
-
-// Config holds the registry's dependencies.
-type Config struct {
-	Store store.Store
-	Core  Core
-	// Discover fills a spec's provider metadata from its issuer, when it
-	// names one (discovery.Discovery.Into).
-	Discover func(ctx context.Context, spec *credspec.Spec) error
-	// Check refuses a spec the server's options cannot serve
-	// (option.Options.CheckReuseGrace).
-	Check func(spec credspec.Spec) error
-	Now   func() time.Time
-	// Incarnation returns a fresh random incarnation for a created id.
-	Incarnation func() string
-	Logger      *slog.Logger
-}
-
-// Credentials administers the credentials. Create it with New.
-type Credentials struct {
-	cfg   Config
-	store store.Store
-	core  Core
-	log   *slog.Logger
-}
-
-// New returns the registry.
-func New(cfg Config) *Credentials {
-	return &Credentials{cfg: cfg, store: cfg.Store, core: cfg.Core, log: cfg.Logger}
 }
 
 func validateID(id string) error {
