@@ -29,6 +29,7 @@ import (
 	"github.com/rotavault/rotavault/broker/discovery"
 	"github.com/rotavault/rotavault/broker/family"
 	"github.com/rotavault/rotavault/broker/internal/bgload"
+	"github.com/rotavault/rotavault/broker/internal/lease"
 	"github.com/rotavault/rotavault/broker/notice"
 	"github.com/rotavault/rotavault/broker/option"
 	"github.com/rotavault/rotavault/broker/registry"
@@ -136,7 +137,7 @@ func New(ctx context.Context, cfg Config, opts ...option.Option) (*Broker, error
 		ctx:      bctx,
 		cancel:   cancel,
 		entries:  make(map[string]*entry),
-		duties:   allDuties{}, // until joinDuties
+		duties:   lease.All{}, // until joinDuties
 	}
 	b.notices = notice.New(b.store, o.Notice, o.Now, b.log)
 	b.discovery = discovery.New(b.provider, o.Now, &b.metrics, b.log)
