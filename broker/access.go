@@ -18,7 +18,7 @@ import (
 // ErrNotFound, ErrReauthRequired, *UnavailableError, *RateLimitedError,
 // ErrClosed.
 func (b *Broker) GetAccessToken(ctx context.Context, req access.Request) (access.Token, error) {
-	if err := b.validateID(req.CredentialID); err != nil {
+	if err := credspec.ValidateID(req.CredentialID); err != nil {
 		return access.Token{}, err
 	}
 	if req.MinRemaining < 0 {

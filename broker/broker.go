@@ -34,7 +34,6 @@ import (
 	"github.com/rotavault/rotavault/broker/option"
 	"github.com/rotavault/rotavault/broker/registry"
 	"github.com/rotavault/rotavault/broker/stats"
-	"github.com/rotavault/rotavault/internal/credid"
 	"github.com/rotavault/rotavault/provider"
 	"github.com/rotavault/rotavault/store"
 )
@@ -274,13 +273,6 @@ type flight struct {
 	done chan struct{}
 	v    *view
 	err  error
-}
-
-func (b *Broker) validateID(id string) error {
-	if err := credid.Validate(id); err != nil {
-		return &brokererr.InvalidArgumentError{Field: "credential_id", Reason: err.Error()}
-	}
-	return nil
 }
 
 // load reads a credential from the store and installs it as an entry.

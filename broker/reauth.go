@@ -31,7 +31,7 @@ func errIncarnationGone(id string) error { return authflow.IncarnationGone(id) }
 // (the provider refused it), ErrClientRejected, *UnavailableError (the
 // store; or the provider before anything was stored).
 func (b *Broker) ImportRefreshToken(ctx context.Context, id, refreshToken string) (authflow.Activation, error) {
-	if err := b.validateID(id); err != nil {
+	if err := credspec.ValidateID(id); err != nil {
 		return authflow.Activation{}, err
 	}
 	if refreshToken == "" || len(refreshToken) > maxRefreshTokenLen || !textcheck.Printable(refreshToken) {
@@ -113,7 +113,7 @@ type flowCore struct{ b *Broker }
 
 var _ authflow.Core = flowCore{}
 
-func (c flowCore) ValidateID(id string) error { return c.b.validateID(id) }
+func (c flowCore) ValidateID(id string) error { return credspec.ValidateID(id) }
 
 func (c flowCore) ValidateEndpointURL(raw string) error { return credspec.ValidateEndpointURL(raw) }
 

@@ -8,6 +8,7 @@ import (
 
 	"github.com/rotavault/rotavault/audit"
 	"github.com/rotavault/rotavault/broker/brokererr"
+	"github.com/rotavault/rotavault/broker/credspec"
 	"github.com/rotavault/rotavault/broker/family"
 	"github.com/rotavault/rotavault/broker/internal/textcheck"
 	"github.com/rotavault/rotavault/broker/notice"
@@ -43,7 +44,7 @@ type Revocation struct {
 // (no family was ever installed), *UnavailableError (the store; nothing
 // changed), ErrConflict (the family kept changing).
 func (b *Broker) RevokeCredential(ctx context.Context, id, reason string) (Revocation, error) {
-	if err := b.validateID(id); err != nil {
+	if err := credspec.ValidateID(id); err != nil {
 		return Revocation{}, err
 	}
 	if reason == "" || len(reason) > MaxRevocationReasonLen || !textcheck.Printable(reason) {

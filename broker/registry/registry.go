@@ -23,7 +23,6 @@ import (
 	"github.com/rotavault/rotavault/broker/credspec"
 	"github.com/rotavault/rotavault/broker/family"
 	"github.com/rotavault/rotavault/broker/internal/jsonrec"
-	"github.com/rotavault/rotavault/internal/credid"
 	"github.com/rotavault/rotavault/store"
 )
 
@@ -94,7 +93,7 @@ func New(cfg Config) *Credentials {
 // Create registers a credential without a token family. Errors:
 // *InvalidArgumentError, ErrAlreadyExists, *UnavailableError.
 func (c *Credentials) Create(ctx context.Context, id string, spec credspec.Spec) (Credential, error) {
-	if err := validateID(id); err != nil {
+	if err := credspec.ValidateID(id); err != nil {
 		return Credential{}, err
 	}
 	spec.Discovered = nil // output only
@@ -129,7 +128,7 @@ func (c *Credentials) Create(ctx context.Context, id string, spec credspec.Spec)
 // its token family. Errors: *InvalidArgumentError, ErrNotFound,
 // *UnavailableError.
 func (c *Credentials) Update(ctx context.Context, id string, fields []credspec.Field, spec credspec.Spec) (Credential, error) {
-	if err := validateID(id); err != nil {
+	if err := credspec.ValidateID(id); err != nil {
 		return Credential{}, err
 	}
 	if len(fields) == 0 {
@@ -191,7 +190,7 @@ func (c *Credentials) Update(ctx context.Context, id string, fields []credspec.F
 // Get describes a credential. Errors: *InvalidArgumentError,
 // ErrNotFound, *UnavailableError.
 func (c *Credentials) Get(ctx context.Context, id string) (Credential, error) {
-	if err := validateID(id); err != nil {
+	if err := credspec.ValidateID(id); err != nil {
 		return Credential{}, err
 	}
 	return c.core.Describe(ctx, id)
@@ -229,7 +228,7 @@ func (c *Credentials) List(ctx context.Context, after string, limit int) ([]Cred
 // destroys the credential's records. Errors: *InvalidArgumentError,
 // ErrNotFound, *UnavailableError.
 func (c *Credentials) Delete(ctx context.Context, id string) error {
-	if err := validateID(id); err != nil {
+	if err := credspec.ValidateID(id); err != nil {
 		return err
 	}
 	r, err := c.core.Read(ctx, id)
@@ -244,13 +243,6 @@ func (c *Credentials) Delete(ctx context.Context, id string) error {
 		}
 	}
 	c.core.Deleted(ctx, id, r.Fam)
-	return nil
-}
-
-func validateID(id string) error {
-	if err := credid.Validate(id); err != nil {
-		return &brokererr.InvalidArgumentError{Field: "credential_id", Reason: err.Error()}
-	}
 	return nil
 }
 
