@@ -17,7 +17,7 @@ import (
 // discovery, stats, spans, access, notice, authflow, catalog, detect,
 // internal/schedule. Issue 12's target is 2,500; the budget only ever
 // goes down, towards it.
-const coreLineBudget = 2709
+const coreLineBudget = 2686
 
 // TestRotationCoreStaysSmall fails when the rotation core grows past its
 // budget: a new part belongs in a package of its own behind a small
