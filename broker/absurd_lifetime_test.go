@@ -38,13 +38,13 @@ func TestAbsurdTokenLifetimeIsTakenAsTheConfiguredOne(t *testing.T) {
 	b := newTestBroker(t, memstore.New(), option.WithClock(clk.Now), option.WithSchedulerInterval(time.Hour))
 	const configured = 2 * time.Hour
 	spec := credspec.Spec{ProviderKind: credspec.ProviderOAuth2, TokenURL: srv.URL, ClientID: "c", ClientSecret: "s", AccessTokenLife: configured}
-	if _, err := b.CreateCredential(ctx, "x", spec); err != nil {
+	if _, err := b.Credentials().Create(ctx, "x", spec); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := b.ImportRefreshToken(ctx, "x", "rt-0"); err != nil {
 		t.Fatal(err)
 	}
-	c, err := b.GetCredential(ctx, "x")
+	c, err := b.Credentials().Get(ctx, "x")
 	if err != nil {
 		t.Fatal(err)
 	}

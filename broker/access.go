@@ -8,8 +8,8 @@ import (
 	"github.com/rotavault/rotavault/broker/access"
 	"github.com/rotavault/rotavault/broker/brokererr"
 	"github.com/rotavault/rotavault/broker/credspec"
+	"github.com/rotavault/rotavault/broker/family"
 	"github.com/rotavault/rotavault/broker/notice"
-	"github.com/rotavault/rotavault/broker/pacing"
 	"github.com/rotavault/rotavault/provider"
 )
 
@@ -18,7 +18,7 @@ import (
 // ErrNotFound, ErrReauthRequired, *UnavailableError, *RateLimitedError,
 // ErrClosed.
 func (b *Broker) GetAccessToken(ctx context.Context, req access.Request) (access.Token, error) {
-	if err := b.validateID(req.CredentialID); err != nil {
+	if err := credspec.ValidateID(req.CredentialID); err != nil {
 		return access.Token{}, err
 	}
 	if req.MinRemaining < 0 {
@@ -35,21 +35,21 @@ func (b *Broker) GetAccessToken(ctx context.Context, req access.Request) (access
 	if err := b.opts.RefuseShortGrace(v.cred.Spec); err != nil {
 		return access.Token{}, err
 	}
-	if v.fam.Status != StatusActive {
+	if v.fam.Status != family.StatusActive {
 		v = b.recheckInactive(ctx, e, v)
 	}
-	if err := b.checkMinRemaining(v, req.MinRemaining); err != nil {
+	if err := b.timing(v).CheckMinRemaining(req.MinRemaining); err != nil {
 		return access.Token{}, err
 	}
-	if req.Rejected == nil && b.fresh(v, req.MinRemaining) && !e.beingRotated(v) {
+	if req.Rejected == nil && b.timing(v).Fresh(req.MinRemaining, b.opts.Now()) && !e.beingRotated(v) {
 		e.markUsed()
 		b.metrics.CacheHits.Add(1)
-		return b.toAccessToken(v), nil // the hot path: no allocation, no store
+		return b.timing(v).Token(b.opts.Now()), nil // the hot path: no allocation, no store
 	}
 	b.metrics.CacheMisses.Add(1)
 	need := b.needsRefresh(e, req.MinRemaining)
 	if req.Rejected == nil {
-		if floor, held := b.holdsBack(v, b.opts.Now()); held && !e.beingRotated(v) {
+		if floor, held := b.timing(v).HoldsBack(b.opts.Now()); held && !e.beingRotated(v) {
 			return b.serveHeldBack(e, v, floor)
 		}
 		if b.cutOff(e, v, req.MinRemaining) {
@@ -70,15 +70,15 @@ func (b *Broker) GetAccessToken(ctx context.Context, req access.Request) (access
 				return access.Token{}, err
 			}
 			e.markUsed()
-			tok := b.toAccessToken(v)
-			tok.Rejected = rejectionOutcome(req.Rejected, reported, v)
+			tok := b.timing(v).Token(b.opts.Now())
+			tok.Rejected = family.RejectionOutcome(req.Rejected, reported.fam, v.fam)
 			return tok, nil
 		}
 		// The named token is current and dead at the provider: refresh even
 		// though it looks unexpired.
 		stale := v.fam.Generation
 		need = func(v *view) bool {
-			return v.fam.Generation == stale || !b.fresh(v, req.MinRemaining) || e.beingRotated(v)
+			return v.fam.Generation == stale || !b.timing(v).Fresh(req.MinRemaining, b.opts.Now()) || e.beingRotated(v)
 		}
 	}
 
@@ -86,19 +86,19 @@ func (b *Broker) GetAccessToken(ctx context.Context, req access.Request) (access
 	if err != nil {
 		return access.Token{}, err
 	}
-	if !b.fresh(v, req.MinRemaining) {
+	if !b.timing(v).Fresh(req.MinRemaining, b.opts.Now()) {
 		// Another caller's refresh (or another replica's) just ran: this
 		// one may not spend a rotation of its own. (A rejection that named
 		// the current token refreshed it, so its answer is fresh.)
-		if floor, held := b.holdsBack(v, b.opts.Now()); held {
+		if floor, held := b.timing(v).HoldsBack(b.opts.Now()); held {
 			tok, err := b.serveHeldBack(e, v, floor)
-			tok.Rejected = rejectionOutcome(req.Rejected, reported, v)
+			tok.Rejected = family.RejectionOutcome(req.Rejected, reported.fam, v.fam)
 			return tok, err
 		}
 	}
 	e.markUsed()
-	tok := b.toAccessToken(v)
-	tok.Rejected = rejectionOutcome(req.Rejected, reported, v)
+	tok := b.timing(v).Token(b.opts.Now())
+	tok.Rejected = family.RejectionOutcome(req.Rejected, reported.fam, v.fam)
 	return tok, nil
 }
 
@@ -123,23 +123,6 @@ func (b *Broker) recheckInactive(ctx context.Context, e *entry, v *view) *view {
 	return e.view.Load()
 }
 
-// fresh reports whether v's access token can serve a caller wanting
-// minRemaining: unexpired by the margin, and not past its cutoff.
-func (b *Broker) fresh(v *view, minRemaining time.Duration) bool {
-	now := b.opts.Now()
-	return b.unexpired(v, minRemaining, now) && !b.pastCutoff(v, now)
-}
-
-// unexpired reports whether v's access token has minRemaining and the
-// expiry margin left at now.
-func (b *Broker) unexpired(v *view, minRemaining time.Duration, now time.Time) bool {
-	if v.fam.Status != StatusActive || v.fam.Access == nil {
-		return false
-	}
-	a := v.fam.Access
-	return !now.Add(max(minRemaining, pacing.ExpiryMargin(b.opts.Refresh.ExpiryDelta, tokenLife(v.fam)))).After(a.ExpiresAt)
-}
-
 // needsRefresh returns the test a view fails when its token cannot serve a
 // caller wanting minRemaining and the rotation floor lets it be refreshed
 // (see rotationInterval), or when this replica is rotating it.
@@ -148,10 +131,10 @@ func (b *Broker) needsRefresh(e *entry, minRemaining time.Duration) func(*view) 
 		if e.beingRotated(v) {
 			return true
 		}
-		if b.fresh(v, minRemaining) {
+		if b.timing(v).Fresh(minRemaining, b.opts.Now()) {
 			return false
 		}
-		_, held := b.holdsBack(v, b.opts.Now())
+		_, held := b.timing(v).HoldsBack(b.opts.Now())
 		return !held
 	}
 }
@@ -164,38 +147,17 @@ func (e *entry) markUsed() {
 	}
 }
 
-// checkMinRemaining refuses a minimum lifetime that fresh tokens of this
-// credential cannot meet with room to spare: granting it would mean a
-// refresh on (nearly) every call, burning rotations.
-func (b *Broker) checkMinRemaining(v *view, minRemaining time.Duration) error {
-	if minRemaining == 0 {
-		return nil
-	}
-	lifetime := v.cred.Spec.AccessTokenLifetime()
-	if a := v.fam.Access; a != nil && v.cred.Spec.AccessTokenLife == 0 {
-		lifetime = a.ExpiresAt.Sub(a.IssuedAt)
-	}
-	if limit := lifetime * 3 / 4; minRemaining > limit {
-		return &brokererr.InvalidArgumentError{
-			Field:  "min_remaining_lifetime",
-			Reason: fmt.Sprintf("%s is more than this credential's tokens can offer (at most %s: 3/4 of their %s lifetime)", minRemaining, limit.Round(time.Second), lifetime.Round(time.Second)),
-			Code:   "MIN_LIFETIME_UNATTAINABLE",
-		}
-	}
-	return nil
-}
-
 // handleRejection decides what a rejected-token report leads to. done means
 // the returned view answers the caller without a refresh.
 func (b *Broker) handleRejection(ctx context.Context, e *entry, v *view, req access.Request) (*view, bool, error) {
-	if v.fam.Status != StatusActive || v.fam.Access == nil {
+	if v.fam.Status != family.StatusActive || v.fam.Access == nil {
 		return v, false, nil
 	}
 	cur := v.fam.Access
-	if !names(req.Rejected, v) {
+	if !v.fam.Names(req.Rejected) {
 		// An older token was rejected; the current one is another token. Hand
 		// it out if it suits, else refresh as usual.
-		return v, b.fresh(v, req.MinRemaining), nil
+		return v, b.timing(v).Fresh(req.MinRemaining, b.opts.Now()), nil
 	}
 	// Two windows: a report that leads to a refresh closes the rejection
 	// interval (30 s), so consumers cannot burn rotations at will; one the
@@ -254,7 +216,7 @@ func (b *Broker) handleRejection(ctx context.Context, e *entry, v *view, req acc
 			return nil, false, err
 		}
 		if revoked {
-			return nil, false, reauthRequired(e.id, &familyRecord{Status: StatusRevoked, RevokedReason: notice.ReasonRevokedAtProvider})
+			return nil, false, family.ReauthRequired(e.id, &family.Record{Status: family.StatusRevoked, RevokedReason: notice.ReasonRevokedAtProvider})
 		}
 		// The family moved on (another refresh rotated the token): the
 		// refresh below adopts or continues it.
@@ -267,22 +229,6 @@ func (b *Broker) handleRejection(ctx context.Context, e *entry, v *view, req acc
 // cause per credential when the provider keeps vouching for the token (never
 // longer than the rejection interval itself).
 const rejectionProbeInterval = time.Second
-
-func (b *Broker) toAccessToken(v *view) access.Token {
-	a := v.fam.Access
-	return access.Token{
-		UseUntil:    b.useUntil(v, b.opts.Now()),
-		Token:       a.Token,
-		Type:        a.Type,
-		InstanceURL: a.InstanceURL,
-		Scopes:      a.Scopes,
-		IssuedAt:    a.IssuedAt,
-		ExpiresAt:   a.ExpiresAt,
-		FamilyID:    v.fam.FamilyID,
-		Generation:  v.fam.Generation,
-		Fingerprint: a.Fingerprint,
-	}
-}
 
 // refresh makes sure a view passing need exists, running at most one refresh
 // per credential at a time and sharing its result with every waiter. The
@@ -306,17 +252,17 @@ func (b *Broker) refresh(ctx context.Context, e *entry, need func(*view) bool) (
 		if f.err != nil {
 			return nil, f.err
 		}
-		if f.v.fam.Status != StatusActive {
+		if f.v.fam.Status != family.StatusActive {
 			// A flight started for another need (the scheduler's) may end on
 			// a family revoked meanwhile: no token to hand out.
-			return nil, reauthRequired(e.id, f.v.fam)
+			return nil, family.ReauthRequired(e.id, f.v.fam)
 		}
 		// A joined flight served another caller's need (it may have adopted
 		// a token with less life left than this caller wants): go again, now
 		// with a flight of its own. The result of its own flight is final,
 		// met or not, so a need no fresh token meets costs one rotation, not
 		// a rotation per loop.
-		if !own && need(f.v) && f.v.fam.Status == StatusActive {
+		if !own && need(f.v) && f.v.fam.Status == family.StatusActive {
 			continue
 		}
 		return f.v, nil
@@ -334,8 +280,8 @@ func (b *Broker) joinOrStart(caller context.Context, e *entry, need func(*view) 
 	if !need(v) {
 		return nil, false, nil
 	}
-	if v.fam.Status != StatusActive && e.rescue.Load() == nil {
-		return nil, false, reauthRequired(e.id, v.fam)
+	if v.fam.Status != family.StatusActive && e.rescue.Load() == nil {
+		return nil, false, family.ReauthRequired(e.id, v.fam)
 	}
 	if e.flight != nil {
 		return e.flight, false, nil
@@ -354,13 +300,4 @@ func (b *Broker) joinOrStart(caller context.Context, e *entry, need func(*view) 
 	}
 	e.flight = f
 	return f, true, nil
-}
-
-func reauthRequired(id string, fam *familyRecord) error {
-	switch fam.Status {
-	case StatusRevoked:
-		return fmt.Errorf("%w: the token family of %s was revoked (%s); reauthenticate", brokererr.ErrReauthRequired, id, fam.RevokedReason)
-	default:
-		return fmt.Errorf("%w: %s has no token family yet; reauthenticate", brokererr.ErrReauthRequired, id)
-	}
 }

@@ -6,11 +6,11 @@
 //
 // It knows nothing of gRPC. It depends on small interfaces: a versioned store
 // (store.Store), an OAuth provider client and an audit sink. This package
-// is the rotation core (the family's state machine, the claim, the
-// refresh, revocation, reauthentication, serving access tokens); its parts
-// are packages of their own that reach it through small interfaces:
-// notice, authflow, catalog, detect, discovery, internal/schedule, and the
-// pure credspec, pacing, option, stats, access, spans and brokererr.
+// is the rotation core (updateFamily, the claim, the refresh, revocation,
+// reauthentication, serving access tokens); its parts reach it through
+// small interfaces: registry, notice, authflow, catalog, detect, discovery,
+// internal/schedule, and the pure family (records, states, transitions,
+// decisions), credspec, pacing, option, stats, access, spans, brokererr.
 package broker
 
 import (
@@ -27,11 +27,13 @@ import (
 	"github.com/rotavault/rotavault/broker/brokererr"
 	"github.com/rotavault/rotavault/broker/catalog"
 	"github.com/rotavault/rotavault/broker/discovery"
+	"github.com/rotavault/rotavault/broker/family"
 	"github.com/rotavault/rotavault/broker/internal/bgload"
+	"github.com/rotavault/rotavault/broker/internal/lease"
 	"github.com/rotavault/rotavault/broker/notice"
 	"github.com/rotavault/rotavault/broker/option"
+	"github.com/rotavault/rotavault/broker/registry"
 	"github.com/rotavault/rotavault/broker/stats"
-	"github.com/rotavault/rotavault/internal/credid"
 	"github.com/rotavault/rotavault/provider"
 	"github.com/rotavault/rotavault/store"
 )
@@ -95,6 +97,8 @@ type Broker struct {
 	flows *authflow.Flows
 	// catalog is the consumer catalog (package catalog).
 	catalog *catalog.Catalog
+	// creds administers the credentials (package registry).
+	creds *registry.Credentials
 	// discovery fetches issuers' metadata (package discovery).
 	discovery *discovery.Discovery
 	// duties says which shared duties this replica does (duties.go).
@@ -132,11 +136,12 @@ func New(ctx context.Context, cfg Config, opts ...option.Option) (*Broker, error
 		ctx:      bctx,
 		cancel:   cancel,
 		entries:  make(map[string]*entry),
-		duties:   allDuties{}, // until joinDuties
+		duties:   lease.All{}, // until joinDuties
 	}
 	b.notices = notice.New(b.store, o.Notice, o.Now, b.log)
 	b.discovery = discovery.New(b.provider, o.Now, &b.metrics, b.log)
 	b.catalog = catalog.New(b.store, catalogCredentials{b}, b.log)
+	b.creds = b.newRegistry()
 	flowOpts := o.Flow
 	flowOpts.RetryBase = o.Refresh.RetryBase
 	b.flows = authflow.New(authflow.Config{Store: b.store, Provider: b.provider, Core: flowCore{b}, Now: o.Now, Logger: b.log,
@@ -248,8 +253,8 @@ type entry struct {
 
 // view is an immutable snapshot of a credential. Never modify one in place.
 type view struct {
-	cred          *credentialRecord
-	fam           *familyRecord
+	cred          *family.Credential
+	fam           *family.Record
 	famVersion    uint64
 	credVersion   uint64
 	nextRefreshAt time.Time
@@ -268,13 +273,6 @@ type flight struct {
 	done chan struct{}
 	v    *view
 	err  error
-}
-
-func (b *Broker) validateID(id string) error {
-	if err := credid.Validate(id); err != nil {
-		return &brokererr.InvalidArgumentError{Field: "credential_id", Reason: err.Error()}
-	}
-	return nil
 }
 
 // load reads a credential from the store and installs it as an entry.
@@ -301,9 +299,9 @@ func (b *Broker) readView(ctx context.Context, id string) (*view, error) {
 	if err != nil {
 		return nil, err
 	}
-	fam := &familyRecord{Format: recordFormat, Status: StatusAwaitingReauth}
+	fam := &family.Record{Format: recordFormat, Status: family.StatusAwaitingReauth}
 	var famVersion uint64
-	famRec, err := b.store.Get(ctx, familyKey(cred))
+	famRec, err := b.store.Get(ctx, cred.FamilyKey())
 	switch {
 	case err == nil:
 		if err := decodeRecord(famRec.Value, fam, &fam.Format); err != nil {
@@ -317,24 +315,24 @@ func (b *Broker) readView(ctx context.Context, id string) (*view, error) {
 	return b.newView(cred, credVersion, fam, famVersion), nil
 }
 
-func (b *Broker) readCredential(ctx context.Context, id string) (*credentialRecord, uint64, error) {
-	credRec, err := b.store.Get(ctx, credentialKey(id))
+func (b *Broker) readCredential(ctx context.Context, id string) (*family.Credential, uint64, error) {
+	credRec, err := b.store.Get(ctx, family.CredentialKey(id))
 	if err != nil {
 		if errors.Is(err, store.ErrNotFound) {
 			return nil, 0, fmt.Errorf("%w: %s", brokererr.ErrNotFound, id)
 		}
 		return nil, 0, storeUnavailable(err)
 	}
-	var cred credentialRecord
+	var cred family.Credential
 	if err := decodeRecord(credRec.Value, &cred, &cred.Format); err != nil {
 		return nil, 0, err
 	}
 	return &cred, credRec.Version, nil
 }
 
-func (b *Broker) newView(cred *credentialRecord, credVersion uint64, fam *familyRecord, famVersion uint64) *view {
+func (b *Broker) newView(cred *family.Credential, credVersion uint64, fam *family.Record, famVersion uint64) *view {
 	v := &view{cred: cred, credVersion: credVersion, fam: fam, famVersion: famVersion}
-	v.nextRefreshAt = b.nextRefresh(v)
+	v.nextRefreshAt = b.timing(v).NextRefresh()
 	return v
 }
 

@@ -16,7 +16,7 @@ func TestConsumerCatalogFailedWriteThatLandedIsNotMergedTwice(t *testing.T) {
 	ctx := context.Background()
 	st := &faultStore{Store: memstore.New()}
 	b := newTestBroker(t, st)
-	if _, err := b.CreateCredential(ctx, "acme", catalogSpec()); err != nil {
+	if _, err := b.Credentials().Create(ctx, "acme", catalogSpec()); err != nil {
 		t.Fatal(err)
 	}
 	now := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)

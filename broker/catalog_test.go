@@ -33,7 +33,7 @@ func use(cred, identity string, first, last time.Time, n uint64) catalog.Use {
 func record(ctx context.Context, t *testing.T, b *Broker, uses []catalog.Use) {
 	t.Helper()
 	for range 100 {
-		left, err := b.RecordConsumers(ctx, uses)
+		left, err := b.Catalog().Record(ctx, uses)
 		if len(left) == 0 {
 			if err != nil {
 				t.Fatalf("RecordConsumers: %v", err)
@@ -47,7 +47,7 @@ func record(ctx context.Context, t *testing.T, b *Broker, uses []catalog.Use) {
 
 func listAll(ctx context.Context, t *testing.T, b *Broker, credentialID string) map[string]catalog.Consumer {
 	t.Helper()
-	got, more, err := b.ListConsumers(ctx, credentialID, catalog.Cursor{}, 1000)
+	got, more, err := b.Catalog().List(ctx, credentialID, catalog.Cursor{}, 1000)
 	if err != nil || more {
 		t.Fatalf("ListConsumers(%q) = more %v, %v", credentialID, more, err)
 	}
@@ -66,7 +66,7 @@ func TestConsumerCatalogMergesFlushesOfTwoReplicas(t *testing.T) {
 	ctx := context.Background()
 	st := &faultStore{Store: memstore.New(), conflictPrefix: catalog.KeyPrefix}
 	a, b := newTestBroker(t, st), newTestBroker(t, st)
-	if _, err := a.CreateCredential(ctx, "acme", catalogSpec()); err != nil {
+	if _, err := a.Credentials().Create(ctx, "acme", catalogSpec()); err != nil {
 		t.Fatal(err)
 	}
 	t0 := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
@@ -105,7 +105,7 @@ func TestConsumerCatalogLostWriteAnswerIsNotMergedTwice(t *testing.T) {
 	ctx := context.Background()
 	st := &faultStore{Store: memstore.New(), conflictPrefix: catalog.KeyPrefix}
 	b := newTestBroker(t, st)
-	if _, err := b.CreateCredential(ctx, "acme", catalogSpec()); err != nil {
+	if _, err := b.Credentials().Create(ctx, "acme", catalogSpec()); err != nil {
 		t.Fatal(err)
 	}
 	now := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
@@ -127,7 +127,7 @@ func TestConsumerCatalogConcurrentFlushesAddUp(t *testing.T) {
 	ctx := context.Background()
 	st := &faultStore{Store: memstore.New(), conflictPrefix: catalog.KeyPrefix}
 	replicas := []*Broker{newTestBroker(t, st), newTestBroker(t, st)}
-	if _, err := replicas[0].CreateCredential(ctx, "acme", catalogSpec()); err != nil {
+	if _, err := replicas[0].Credentials().Create(ctx, "acme", catalogSpec()); err != nil {
 		t.Fatal(err)
 	}
 	const flushes = 40
@@ -141,7 +141,7 @@ func TestConsumerCatalogConcurrentFlushesAddUp(t *testing.T) {
 				seen := t0.Add(time.Duration(r*flushes+i) * time.Second)
 				uses := []catalog.Use{use("acme", "shared", seen, seen, 1), use("acme", fmt.Sprintf("replica-%d", r), seen, seen, 2)}
 				for range 100 {
-					left, _ := b.RecordConsumers(ctx, uses)
+					left, _ := b.Catalog().Record(ctx, uses)
 					if len(left) == 0 {
 						break
 					}
@@ -170,7 +170,7 @@ func TestConsumerCatalogIsBounded(t *testing.T) {
 	ctx := context.Background()
 	logs := &syncbuf.Buffer{}
 	b := newTestBroker(t, memstore.New(), option.WithLogger(slog.New(slog.NewJSONHandler(logs, nil))))
-	if _, err := b.CreateCredential(ctx, "acme", catalogSpec()); err != nil {
+	if _, err := b.Credentials().Create(ctx, "acme", catalogSpec()); err != nil {
 		t.Fatal(err)
 	}
 	now := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
@@ -219,22 +219,22 @@ func TestConsumerCatalogGoesWithItsCredential(t *testing.T) {
 	t.Run("delete", func(t *testing.T) {
 		st := &faultStore{Store: memstore.New(), conflictPrefix: catalog.KeyPrefix}
 		b := newTestBroker(t, st)
-		if _, err := b.CreateCredential(ctx, "acme", catalogSpec()); err != nil {
+		if _, err := b.Credentials().Create(ctx, "acme", catalogSpec()); err != nil {
 			t.Fatal(err)
 		}
 		record(ctx, t, b, []catalog.Use{use("acme", "svc", now, now, 1)})
-		if err := b.DeleteCredential(ctx, "acme"); err != nil {
+		if err := b.Credentials().Delete(ctx, "acme"); err != nil {
 			t.Fatal(err)
 		}
 		catalogGone(t, st)
-		if _, _, err := b.ListConsumers(ctx, "acme", catalog.Cursor{}, 10); !errors.Is(err, brokererr.ErrNotFound) {
+		if _, _, err := b.Catalog().List(ctx, "acme", catalog.Cursor{}, 10); !errors.Is(err, brokererr.ErrNotFound) {
 			t.Fatalf("ListConsumers of a deleted credential: %v; want ErrNotFound", err)
 		}
 		if got := listAll(ctx, t, b, ""); len(got) != 0 {
 			t.Fatalf("catalog of a deleted credential listed: %v", got)
 		}
 		// Later uses of the deleted credential are dropped, not retried.
-		left, err := b.RecordConsumers(ctx, []catalog.Use{use("acme", "svc", now, now, 1)})
+		left, err := b.Catalog().Record(ctx, []catalog.Use{use("acme", "svc", now, now, 1)})
 		if len(left) != 0 || err != nil {
 			t.Fatalf("RecordConsumers for a deleted credential = %v, %v; want dropped", left, err)
 		}
@@ -244,17 +244,17 @@ func TestConsumerCatalogGoesWithItsCredential(t *testing.T) {
 	t.Run("flush racing the delete", func(t *testing.T) {
 		st := &faultStore{Store: memstore.New(), conflictPrefix: catalog.KeyPrefix}
 		a, b := newTestBroker(t, st), newTestBroker(t, st)
-		if _, err := a.CreateCredential(ctx, "acme", catalogSpec()); err != nil {
+		if _, err := a.Credentials().Create(ctx, "acme", catalogSpec()); err != nil {
 			t.Fatal(err)
 		}
 		// B read the credential and is about to create the catalog when A
 		// deletes the credential (and the catalog, which is not there yet).
 		st.inject(&fault{op: "put", prefix: catalog.KeyPrefix, once: true, before: func() {
-			if err := a.DeleteCredential(ctx, "acme"); err != nil {
+			if err := a.Credentials().Delete(ctx, "acme"); err != nil {
 				t.Error(err)
 			}
 		}})
-		left, err := b.RecordConsumers(ctx, []catalog.Use{use("acme", "svc", now, now, 1)})
+		left, err := b.Catalog().Record(ctx, []catalog.Use{use("acme", "svc", now, now, 1)})
 		if len(left) != 0 || err != nil {
 			t.Fatalf("RecordConsumers = %v, %v", left, err)
 		}
@@ -264,17 +264,17 @@ func TestConsumerCatalogGoesWithItsCredential(t *testing.T) {
 	t.Run("catalog of an earlier incarnation", func(t *testing.T) {
 		st := &faultStore{Store: memstore.New(), conflictPrefix: catalog.KeyPrefix}
 		b := newTestBroker(t, st)
-		if _, err := b.CreateCredential(ctx, "acme", catalogSpec()); err != nil {
+		if _, err := b.Credentials().Create(ctx, "acme", catalogSpec()); err != nil {
 			t.Fatal(err)
 		}
 		record(ctx, t, b, []catalog.Use{use("acme", "old-consumer", now, now, 4)})
 		// The catalog survives a delete whose last step failed.
 		up := st.inject(&fault{op: "delete", prefix: catalog.KeyPrefix, fail: errStoreDown})
-		if err := b.DeleteCredential(ctx, "acme"); err == nil {
+		if err := b.Credentials().Delete(ctx, "acme"); err == nil {
 			t.Fatal("DeleteCredential succeeded with the catalog delete failing")
 		}
 		up()
-		if _, err := b.CreateCredential(ctx, "acme", catalogSpec()); err != nil {
+		if _, err := b.Credentials().Create(ctx, "acme", catalogSpec()); err != nil {
 			t.Fatal(err)
 		}
 		if got := listAll(ctx, t, b, "acme"); len(got) != 0 {
@@ -295,7 +295,7 @@ func TestListConsumersPagingAndValidation(t *testing.T) {
 	var uses []catalog.Use
 	var want []string
 	for _, cred := range []string{"alpha", "beta", "gamma"} {
-		if _, err := b.CreateCredential(ctx, cred, catalogSpec()); err != nil {
+		if _, err := b.Credentials().Create(ctx, cred, catalogSpec()); err != nil {
 			t.Fatal(err)
 		}
 		if cred == "beta" {
@@ -312,7 +312,7 @@ func TestListConsumersPagingAndValidation(t *testing.T) {
 		var got []string
 		var after catalog.Cursor
 		for range 20 {
-			page, more, err := b.ListConsumers(ctx, "", after, limit)
+			page, more, err := b.Catalog().List(ctx, "", after, limit)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -347,17 +347,17 @@ func TestListConsumersPagingAndValidation(t *testing.T) {
 		{"cursor with an identity only", "", catalog.Cursor{Identity: "a"}, 10, "page_token"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			_, _, err := b.ListConsumers(ctx, tt.filter, tt.after, tt.limit)
+			_, _, err := b.Catalog().List(ctx, tt.filter, tt.after, tt.limit)
 			var inv *brokererr.InvalidArgumentError
 			if !errors.As(err, &inv) || inv.Field != tt.field {
 				t.Fatalf("ListConsumers = %v; want an invalid %s", err, tt.field)
 			}
 		})
 	}
-	if _, _, err := b.ListConsumers(ctx, "missing", catalog.Cursor{}, 10); !errors.Is(err, brokererr.ErrNotFound) {
+	if _, _, err := b.Catalog().List(ctx, "missing", catalog.Cursor{}, 10); !errors.Is(err, brokererr.ErrNotFound) {
 		t.Fatalf("ListConsumers of a missing credential: %v; want ErrNotFound", err)
 	}
-	if got, more, err := b.ListConsumers(ctx, "beta", catalog.Cursor{}, 10); err != nil || more || len(got) != 0 {
+	if got, more, err := b.Catalog().List(ctx, "beta", catalog.Cursor{}, 10); err != nil || more || len(got) != 0 {
 		t.Fatalf("ListConsumers of a credential without consumers = %v, %v, %v; want none", got, more, err)
 	}
 }
@@ -367,11 +367,11 @@ func TestListConsumersPagingAndValidation(t *testing.T) {
 func TestRecordConsumersRefusesMalformedUses(t *testing.T) {
 	ctx := context.Background()
 	b := newTestBroker(t, memstore.New())
-	if _, err := b.CreateCredential(ctx, "acme", catalogSpec()); err != nil {
+	if _, err := b.Credentials().Create(ctx, "acme", catalogSpec()); err != nil {
 		t.Fatal(err)
 	}
 	now := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
-	left, err := b.RecordConsumers(ctx, []catalog.Use{
+	left, err := b.Catalog().Record(ctx, []catalog.Use{
 		use("acme", "good", now, now, 2),
 		use("Bad ID", "svc", now, now, 1),
 		use("acme", "", now, now, 1),

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/rotavault/rotavault/broker/brokererr"
+	"github.com/rotavault/rotavault/broker/family"
 	"github.com/rotavault/rotavault/broker/spans"
 	"github.com/rotavault/rotavault/store"
 )
@@ -22,12 +23,6 @@ import (
 // deadline, and nobody takes a claim over before that deadline. The protocol
 // is safe while process pauses plus clock skew between replicas stay below
 // claimMargin. See docs/rotation-protocol.md.
-
-// claim marks a refresh in progress.
-type claim struct {
-	Holder   string    `json:"holder"`
-	Deadline time.Time `json:"deadline"`
-}
 
 // claimLease is this replica's claim on a family, as etcd's Mutex carries
 // its own revision: v is the family as the claim's last write left it, and
@@ -71,13 +66,13 @@ func (b *Broker) acquire(ctx context.Context, e *entry, need func(*view) bool) (
 		}
 		e.setView(base)
 		claimed := false
-		v, err := b.updateFamily(ctx, e, base, func(cur *view) (*familyRecord, error) {
+		v, err := b.updateFamily(ctx, e, base, func(cur *view) (*family.Record, error) {
 			claimed = false
 			if !need(cur) {
 				return nil, nil // another replica's refresh serves us
 			}
-			if cur.fam.Status != StatusActive {
-				return nil, reauthRequired(e.id, cur.fam)
+			if cur.fam.Status != family.StatusActive {
+				return nil, family.ReauthRequired(e.id, cur.fam)
 			}
 			now := b.opts.Now()
 			deadline := now.Add(b.opts.ClaimTTLFor(cur.cred.Spec))
@@ -86,7 +81,7 @@ func (b *Broker) acquire(ctx context.Context, e *entry, need func(*view) bool) (
 				if now.Before(c.Deadline) && b.opts.ExclusiveStore {
 					b.log.WarnContext(ctx, "taking over a refresh claim of a previous process (the store is this process's alone)", "credential", e.id, "holder", c.Holder, "deadline", c.Deadline)
 					claimed = true
-					return cur.fam.takenOverFromDead(b.opts.ReplicaID, deadline)
+					return cur.fam.TakenOverFromDead(b.opts.ReplicaID, deadline)
 				}
 				if now.Before(c.Deadline) {
 					return nil, errClaimedElsewhere
@@ -94,13 +89,13 @@ func (b *Broker) acquire(ctx context.Context, e *entry, need func(*view) bool) (
 				b.log.WarnContext(ctx, "taking over an expired refresh claim", "credential", e.id, "holder", c.Holder, "deadline", c.Deadline)
 			}
 			claimed = true
-			return cur.fam.claimedBy(b.opts.ReplicaID, deadline, now)
+			return cur.fam.ClaimedBy(b.opts.ReplicaID, deadline, now)
 		})
 		switch {
 		case errors.Is(err, errClaimedElsewhere):
 			// Another replica is refreshing: wait for its result rather than
 			// present the same token a second time.
-			if err := b.awaitChange(ctx, familyKey(v.cred), v.famVersion, v.fam.Claim.Deadline); err != nil {
+			if err := b.awaitChange(ctx, v.cred.FamilyKey(), v.famVersion, v.fam.Claim.Deadline); err != nil {
 				return nil, nil, err
 			}
 			continue
@@ -148,8 +143,8 @@ var errFenceMoved = errors.New("broker: the family changed since the claim")
 // update writes the family with check-and-set on the lease's fence; the
 // lease then holds the new version. A conflict means the claim is lost:
 // errFenceMoved, with what replaced it cached.
-func (l *claimLease) update(ctx context.Context, mutate func(fam *familyRecord) (*familyRecord, error)) error {
-	v, err := l.b.updateFamily(ctx, l.e, l.v, func(cur *view) (*familyRecord, error) {
+func (l *claimLease) update(ctx context.Context, mutate func(fam *family.Record) (*family.Record, error)) error {
+	v, err := l.b.updateFamily(ctx, l.e, l.v, func(cur *view) (*family.Record, error) {
 		if cur != l.v {
 			return nil, errFenceMoved
 		}
@@ -167,7 +162,7 @@ func (l *claimLease) update(ctx context.Context, mutate func(fam *familyRecord) 
 func (l *claimLease) markInDoubt(ctx context.Context) error {
 	ctx, cancel := persistContext(ctx)
 	defer cancel()
-	err := l.update(ctx, (*familyRecord).markedInDoubt)
+	err := l.update(ctx, (*family.Record).MarkedInDoubt)
 	if errors.Is(err, errFenceMoved) {
 		return fmt.Errorf("%w: the token family of %s changed during a refresh: %w", brokererr.ErrConflict, l.e.id, err)
 	}
@@ -199,9 +194,9 @@ func (l *claimLease) ensureWindow(ctx context.Context) error {
 			return storeUnavailable(fmt.Errorf("%w: %s left of the claim for the provider call", errSlowClaim, left.Round(time.Millisecond)))
 		}
 		b.log.WarnContext(ctx, "the store took long to write a refresh claim; claiming again so the provider call gets its time", "credential", l.e.id, "left", left)
-		err := l.update(ctx, func(f *familyRecord) (*familyRecord, error) {
+		err := l.update(ctx, func(f *family.Record) (*family.Record, error) {
 			now := b.opts.Now()
-			return f.claimedBy(b.opts.ReplicaID, now.Add(ttl), now)
+			return f.ClaimedBy(b.opts.ReplicaID, now.Add(ttl), now)
 		})
 		if err != nil {
 			return err
@@ -219,14 +214,14 @@ func (l *claimLease) release(ctx context.Context) {
 	}
 	ctx, cancel := persistContext(ctx)
 	defer cancel()
-	if err := l.update(ctx, func(f *familyRecord) (*familyRecord, error) { return f.released(holder) }); err != nil {
+	if err := l.update(ctx, func(f *family.Record) (*family.Record, error) { return f.Released(holder) }); err != nil {
 		l.b.log.WarnContext(ctx, "could not release a refresh claim; others wait for its deadline", "credential", l.e.id, "err", err)
 	}
 }
 
 // providerContext bounds provider calls to end claimMargin before the claim
 // runs out.
-func (b *Broker) providerContext(ctx context.Context, fam *familyRecord) (context.Context, context.CancelFunc) {
+func (b *Broker) providerContext(ctx context.Context, fam *family.Record) (context.Context, context.CancelFunc) {
 	if fam.Claim == nil {
 		return context.WithCancel(ctx)
 	}
@@ -238,7 +233,7 @@ func (b *Broker) providerContext(ctx context.Context, fam *familyRecord) (contex
 func (b *Broker) claimBase(ctx context.Context, e *entry, optimistic bool) (*view, error) {
 	now := b.opts.Now()
 	cached := e.view.Load()
-	if !optimistic || cached == nil || cached.famVersion == 0 || cached.fam.Status != StatusActive ||
+	if !optimistic || cached == nil || cached.famVersion == 0 || cached.fam.Status != family.StatusActive ||
 		(cached.fam.Claim != nil && cached.fam.Claim.Holder != b.opts.ReplicaID) {
 		return b.readEntry(ctx, e)
 	}

@@ -9,6 +9,7 @@ import (
 
 	"github.com/rotavault/rotavault/broker/access"
 	"github.com/rotavault/rotavault/broker/brokererr"
+	"github.com/rotavault/rotavault/broker/family"
 	"github.com/rotavault/rotavault/broker/option"
 	"github.com/rotavault/rotavault/internal/fakeclock"
 	"github.com/rotavault/rotavault/internal/poll"
@@ -19,7 +20,7 @@ import (
 
 // claimWrites matches family writes that carry a claim.
 func claimWrites(_ string, value []byte) bool {
-	var f familyRecord
+	var f family.Record
 	return decodeRecord(value, &f, &f.Format) == nil && f.Claim != nil
 }
 
@@ -31,7 +32,7 @@ func slowClaimSetup(t *testing.T) (*faultStore, *providersim.Server, *Broker, st
 	fs := &faultStore{Store: memstore.New()}
 	sim := startSim(t, providersim.Config{})
 	b := newTestBroker(t, fs, option.WithSchedulerInterval(time.Hour), option.WithIntrospectionInterval(0), option.WithRetryBase(time.Millisecond), option.WithClaimTiming(4*time.Second, time.Second))
-	if _, err := b.CreateCredential(context.Background(), "x", simSpec(sim)); err != nil {
+	if _, err := b.Credentials().Create(context.Background(), "x", simSpec(sim)); err != nil {
 		t.Fatal(err)
 	}
 	rt, _ := sim.IssueRefreshToken("c", nil)
@@ -112,7 +113,7 @@ func TestCallersOfAReplicaPausedPastItsClaimGetTheTakeoversToken(t *testing.T) {
 	paused := &pausedProvider{Provider: provider.New(nil), entered: make(chan struct{}), resume: make(chan struct{})}
 	a := newBroker(t, Config{Store: st, Provider: paused, Auditor: &recordingAuditor{}}, replicaOpts(clk)...)
 	b := newTestBroker(t, st, replicaOpts(clk)...)
-	if _, err := b.CreateCredential(ctx, "x", simSpec(sim)); err != nil {
+	if _, err := b.Credentials().Create(ctx, "x", simSpec(sim)); err != nil {
 		t.Fatal(err)
 	}
 	rt, _ := sim.IssueRefreshToken("c", nil)
@@ -162,7 +163,7 @@ func TestSlowClaimWriteAdoptsAnotherReplicasRefresh(t *testing.T) {
 		f := storedFamily(ctx, t, fs.Store)
 		rec := famRecord(ctx, t, fs.Store, "x")
 		f.Claim, f.Unproven, f.Generation, f.RefreshToken = nil, false, f.Generation+1, "rt-other"
-		f.Access = &accessToken{Token: "at-other", Type: "Bearer", IssuedAt: time.Now(), ExpiresAt: time.Now().Add(time.Hour), Fingerprint: access.Fingerprint("at-other")}
+		f.Access = &family.AccessToken{Token: "at-other", Type: "Bearer", IssuedAt: time.Now(), ExpiresAt: time.Now().Add(time.Hour), Fingerprint: access.Fingerprint("at-other")}
 		raw, err := encodeRecord(&f)
 		if err != nil {
 			t.Error(err)

@@ -25,18 +25,18 @@ func TestCodeExchangeWithRejectedClientNamesTheAuthMethod(t *testing.T) {
 	b := newTestBroker(t, memstore.New(), option.WithSchedulerInterval(time.Hour))
 	spec := credspec.Spec{ProviderKind: credspec.ProviderOAuth2, TokenURL: fs.TokenURL(), AuthorizeURL: fs.AuthorizeURL(),
 		ClientID: blindClientID, ClientSecret: blindClientSecret, Scopes: []string{"offline", "api"}}
-	if _, err := b.CreateCredential(ctx, "g", spec); err != nil {
+	if _, err := b.Credentials().Create(ctx, "g", spec); err != nil {
 		t.Fatal(err)
 	}
-	pending, err := b.StartAuthorization(ctx, "g", blindRedirect, nil)
+	pending, err := b.Flows().StartAuthorization(ctx, "g", blindRedirect, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, err = b.CompleteAuthorization(ctx, "g", pending.State, "code-the-provider-never-checks")
+	_, err = b.Flows().CompleteAuthorization(ctx, "g", pending.State, "code-the-provider-never-checks")
 	if !errors.Is(err, brokererr.ErrClientRejected) || !strings.Contains(err.Error(), "client_secret_post") {
 		t.Fatalf("complete: %v, want ErrClientRejected naming client_secret_post", err)
 	}
-	_, err = b.CheckAuthorization(ctx, "g", pending.State, 0)
+	_, err = b.Flows().CheckAuthorization(ctx, "g", pending.State, 0)
 	if err == nil || !strings.Contains(err.Error(), "client_secret_post") {
 		t.Fatalf("check: %v, want the flow's outcome naming client_secret_post", err)
 	}
@@ -50,10 +50,10 @@ func TestDeviceStartWithRejectedClientNamesTheAuthMethod(t *testing.T) {
 	sim.AddClient(providersim.Client{ID: "dev", Secret: "right-secret"})
 	b := newTestBroker(t, memstore.New(), option.WithSchedulerInterval(time.Hour))
 	spec := credspec.Spec{ProviderKind: credspec.ProviderSalesforce, BaseURL: sim.URL(), ClientID: "dev", ClientSecret: "wrong-secret", Scopes: []string{"api", "refresh_token"}}
-	if _, err := b.CreateCredential(ctx, "d", spec); err != nil {
+	if _, err := b.Credentials().Create(ctx, "d", spec); err != nil {
 		t.Fatal(err)
 	}
-	_, err := b.StartDeviceAuthorization(ctx, "d", nil)
+	_, err := b.Flows().StartDeviceAuthorization(ctx, "d", nil)
 	if !errors.Is(err, brokererr.ErrClientRejected) || !strings.Contains(err.Error(), "client_secret_post") {
 		t.Fatalf("device start: %v, want ErrClientRejected naming client_secret_post", err)
 	}

@@ -7,19 +7,11 @@ import (
 )
 
 // The consumer catalog is package catalog; the broker answers its question
-// (does a credential exist, in which incarnation).
+// (does a credential exist, in which incarnation). The transport records
+// and lists consumers there directly (server.ConsumerCatalog).
 
-// RecordConsumers merges uses into the consumer catalog and returns those
-// it could not store, for the caller to retry; see catalog.Catalog.Record.
-func (b *Broker) RecordConsumers(ctx context.Context, uses []catalog.Use) ([]catalog.Use, error) {
-	return b.catalog.Record(ctx, uses)
-}
-
-// ListConsumers lists up to limit catalog entries after the cursor and
-// reports whether more follow; see catalog.Catalog.List.
-func (b *Broker) ListConsumers(ctx context.Context, credentialID string, after catalog.Cursor, limit int) ([]catalog.Consumer, bool, error) {
-	return b.catalog.List(ctx, credentialID, after, limit)
-}
+// Catalog returns the broker's consumer catalog.
+func (b *Broker) Catalog() *catalog.Catalog { return b.catalog }
 
 // catalogCredentials answers the catalog's question about credentials.
 type catalogCredentials struct{ b *Broker }

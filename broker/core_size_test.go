@@ -8,14 +8,16 @@ import (
 	"testing"
 )
 
-// coreLineBudget bounds the rotation core's non-test lines: the family's
-// state machine, the claim, the refresh, revocation, reauthentication and
-// the serving of access tokens, with what ties them together. Everything
-// else is a part with a package of its own (credspec, option, pacing,
+// coreLineBudget bounds the rotation core's non-test lines: the loops that
+// read and write a family (updateFamily, the claim, the refresh,
+// revocation, reauthentication, serving access tokens) and what ties
+// them together. Everything else is a part with a package of its own: the
+// family's records, states, transitions and pure decisions (family), the
+// credential registry (registry), and credspec, option, pacing,
 // discovery, stats, spans, access, notice, authflow, catalog, detect,
-// internal/schedule). Issue 12's target is 2,500; the budget only ever
+// internal/schedule. Issue 12's target is 2,500; the budget only ever
 // goes down, towards it.
-const coreLineBudget = 4098
+const coreLineBudget = 2686
 
 // TestRotationCoreStaysSmall fails when the rotation core grows past its
 // budget: a new part belongs in a package of its own behind a small

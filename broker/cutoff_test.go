@@ -9,6 +9,7 @@ import (
 	"github.com/rotavault/rotavault/broker/access"
 	"github.com/rotavault/rotavault/broker/brokererr"
 	"github.com/rotavault/rotavault/broker/credspec"
+	"github.com/rotavault/rotavault/broker/family"
 	"github.com/rotavault/rotavault/broker/notice"
 	"github.com/rotavault/rotavault/broker/option"
 	"github.com/rotavault/rotavault/broker/pacing"
@@ -31,7 +32,7 @@ func setupCutoffReplicas(t *testing.T, prev credspec.PreviousAccess) (a, b *Brok
 	a, b = newTestBroker(t, st, opts...), newTestBroker(t, st, opts...)
 	ctx := context.Background()
 	spec := credspec.Spec{ProviderKind: credspec.ProviderOAuth2, TokenURL: url, ClientID: "c", ClientSecret: "s", PreviousAccessToken: prev}
-	if _, err := a.CreateCredential(ctx, "x", spec); err != nil {
+	if _, err := a.Credentials().Create(ctx, "x", spec); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := a.ImportRefreshToken(ctx, "x", "rt-0"); err != nil {
@@ -187,17 +188,17 @@ func TestCutoffAllowanceAndState(t *testing.T) {
 		}
 	}
 	now := time.Now()
-	f := &familyRecord{Status: StatusActive}
-	if s := f.stateAt(now, now); s != stateCutOff {
+	f := &family.Record{Status: family.StatusActive}
+	if s := f.StateAt(now, now); s != family.StateCutOff {
 		t.Errorf("idle family at its cutoff: %s, want cut_off", s)
 	}
-	if s := f.stateAt(now.Add(time.Second), now); s != stateActive {
+	if s := f.StateAt(now.Add(time.Second), now); s != family.StateActive {
 		t.Errorf("idle family before its cutoff: %s, want active", s)
 	}
-	if s := f.stateAt(time.Time{}, now); s != stateActive {
+	if s := f.StateAt(time.Time{}, now); s != family.StateActive {
 		t.Errorf("no cutoff: %s, want active", s)
 	}
-	if !allowed(stateCutOff, evClaim, stateClaimed) {
+	if !family.Allowed(family.StateCutOff, family.EvClaim, family.StateClaimed) {
 		t.Error("the table does not let a cut-off family be claimed")
 	}
 	var ie *brokererr.InvalidArgumentError
@@ -209,13 +210,13 @@ func TestCutoffAllowanceAndState(t *testing.T) {
 // A family past its cutoff is an active record: the table lets it through
 // exactly the stored events it lets an active family through.
 func TestCutOffAllowsWhatActiveAllows(t *testing.T) {
-	for ev := range numFamilyEvents {
-		if ev == evReachCutoff || ev == evNotePreviousAccess {
+	for ev := range family.NumEvents {
+		if ev == family.EvReachCutoff || ev == family.EvNotePreviousAccess {
 			continue // the event into cut_off, and one never recorded past a cutoff
 		}
-		for to := range numFamilyStates {
-			if allowed(stateActive, ev, to) != allowed(stateCutOff, ev, to) {
-				t.Errorf("%s --%s--> %s: active %v, cut_off %v", "x", ev, to, allowed(stateActive, ev, to), allowed(stateCutOff, ev, to))
+		for to := range family.NumStates {
+			if family.Allowed(family.StateActive, ev, to) != family.Allowed(family.StateCutOff, ev, to) {
+				t.Errorf("%s --%s--> %s: active %v, cut_off %v", "x", ev, to, family.Allowed(family.StateActive, ev, to), family.Allowed(family.StateCutOff, ev, to))
 			}
 		}
 	}
@@ -254,7 +255,7 @@ func TestPreviousAccessTokenDetectedAfterARotation(t *testing.T) {
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			b := newTestBroker(t, memstore.New(), option.WithSchedulerInterval(time.Hour), option.WithIntrospectionInterval(0))
-			if _, err := b.CreateCredential(ctx, "g", c.spec); err != nil {
+			if _, err := b.Credentials().Create(ctx, "g", c.spec); err != nil {
 				t.Fatal(err)
 			}
 			if _, err := b.ImportRefreshToken(ctx, "g", c.rt); err != nil {
@@ -278,7 +279,7 @@ func TestPreviousAccessTokenDetectedAfterARotation(t *testing.T) {
 				e.setView(v)
 				return v.fam.PreviousAccess == c.want, string(v.fam.PreviousAccess)
 			})
-			if got := !b.cutoff(e.view.Load()).IsZero(); got != c.wantCutoffs {
+			if got := !b.timing(e.view.Load()).Cutoff().IsZero(); got != c.wantCutoffs {
 				t.Errorf("cutoff after detection: %v, want %v", got, c.wantCutoffs)
 			}
 		})

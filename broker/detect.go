@@ -8,6 +8,7 @@ import (
 	"github.com/rotavault/rotavault/broker/brokererr"
 	"github.com/rotavault/rotavault/broker/credspec"
 	"github.com/rotavault/rotavault/broker/detect"
+	"github.com/rotavault/rotavault/broker/family"
 	"github.com/rotavault/rotavault/broker/notice"
 	"github.com/rotavault/rotavault/provider"
 )
@@ -65,13 +66,13 @@ func (c detectCore) Check(e *entry, now time.Time) (func(context.Context), bool)
 // calls: the cached view may be stale (another replica refreshed), and the
 // re-read after an inactive answer decides.
 func (b *Broker) detectable(e *entry, v *view, now time.Time) bool {
-	if v == nil || !v.fam.idle() || v.fam.RefreshToken == "" {
+	if v == nil || !v.fam.Idle() || v.fam.RefreshToken == "" {
 		return false // a refresh is running, or may have rotated the token
 	}
 	if e.rescue.Load() != nil {
 		return false // the stored token is already rotated away; a write is pending
 	}
-	if !b.corroborable(v, now) {
+	if !b.timing(v).Corroborable(now) {
 		return false // an inactive answer could conclude nothing
 	}
 	e.mu.Lock()
@@ -131,7 +132,7 @@ func (b *Broker) confirmRevokedAtProvider(ctx context.Context, e *entry, seen *v
 			"credential", e.id, "family", seen.fam.FamilyID, "generation", seen.fam.Generation, "via", how)
 		return false, nil
 	}
-	r := revocation{reason: notice.ReasonRevokedAtProvider, detail: revocationDetail(notice.ReasonRevokedAtProvider), auditDetail: "detected by " + how}
+	r := revocation{reason: notice.ReasonRevokedAtProvider, detail: family.RevocationDetail(notice.ReasonRevokedAtProvider), auditDetail: "detected by " + how}
 	_, _, err = b.revokeFamily(ctx, e, nil, r, func(cur *view) error {
 		if !stillSameLiveToken(seen, cur) || e.rescue.Load() != nil {
 			return errMovedOn
@@ -167,7 +168,7 @@ func (b *Broker) revocationCorroborated(ctx context.Context, v *view) bool {
 	if spec.ProviderKind != credspec.ProviderOAuth2 {
 		return true
 	}
-	if !b.corroborable(v, b.opts.Now()) {
+	if !b.timing(v).Corroborable(b.opts.Now()) {
 		return false
 	}
 	ctx, cancel := context.WithTimeout(ctx, introspectTimeout)
@@ -175,22 +176,7 @@ func (b *Broker) revocationCorroborated(ctx context.Context, v *view) bool {
 	in, err := b.provider.IntrospectToken(ctx, spec.Endpoint(), spec.ClientCredentials(), v.fam.Access.Token, provider.HintAccessToken)
 	// Answered before the token could have expired at the provider: its
 	// inactivity was a revocation, not the end of its life.
-	return err == nil && !in.Active && b.opts.Now().Before(aliveAtProviderUntil(v.fam.Access))
-}
-
-// corroborable reports whether an inactive answer about v's refresh token
-// could be taken for a revocation (see detect.Corroborable).
-func (b *Broker) corroborable(v *view, now time.Time) bool {
-	a := v.fam.Access
-	if a == nil {
-		return detect.Corroborable(v.cred.Spec.ProviderKind == credspec.ProviderOAuth2, "", time.Time{}, now)
-	}
-	return detect.Corroborable(v.cred.Spec.ProviderKind == credspec.ProviderOAuth2, a.Token, aliveAtProviderUntil(a), now)
-}
-
-// aliveAtProviderUntil is when a may first be expired at the provider.
-func aliveAtProviderUntil(a *accessToken) time.Time {
-	return detect.AliveAtProviderUntil(a.AliveUntil, a.ExpiresAt)
+	return err == nil && !in.Active && b.opts.Now().Before(v.fam.Access.AliveAtProviderUntil())
 }
 
 // stillSameLiveToken reports whether cur is the family seen was, at the same
@@ -198,7 +184,7 @@ func aliveAtProviderUntil(a *accessToken) time.Time {
 // have rotated the token at the provider already) and no doubt (a refresh
 // whose answer was lost may have).
 func stillSameLiveToken(seen, cur *view) bool {
-	return cur.fam.idle() &&
+	return cur.fam.Idle() &&
 		cur.cred.Incarnation == seen.cred.Incarnation &&
 		cur.fam.FamilyID == seen.fam.FamilyID &&
 		cur.fam.Generation == seen.fam.Generation &&
@@ -209,5 +195,5 @@ func stillSameLiveToken(seen, cur *view) bool {
 // and a sentence saying what it means.
 func (b *Broker) earlyDetection(v *view, now time.Time) (detect.State, string) {
 	return detect.Describe(b.opts.Detect.Interval, v.cred.Spec.Endpoint().IntrospectionURL != "",
-		v.fam.Status == StatusActive, b.corroborable(v, now))
+		v.fam.Status == family.StatusActive, b.timing(v).Corroborable(now))
 }

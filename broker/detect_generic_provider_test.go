@@ -14,6 +14,7 @@ import (
 	"github.com/rotavault/rotavault/broker/access"
 	"github.com/rotavault/rotavault/broker/credspec"
 	"github.com/rotavault/rotavault/broker/detect"
+	"github.com/rotavault/rotavault/broker/family"
 	"github.com/rotavault/rotavault/broker/notice"
 	"github.com/rotavault/rotavault/broker/option"
 	"github.com/rotavault/rotavault/internal/fakeclock"
@@ -95,7 +96,7 @@ func blindEnvWith(ctx context.Context, t *testing.T, fcfg fositeserver.Config, o
 		ProviderKind: credspec.ProviderOAuth2, TokenURL: fs.TokenURL(), IntrospectionURL: blind.URL,
 		ClientID: blindClientID, ClientSecret: blindClientSecret, Scopes: []string{"offline", "api"},
 	}
-	if _, err := b.CreateCredential(ctx, "g", spec); err != nil {
+	if _, err := b.Credentials().Create(ctx, "g", spec); err != nil {
 		t.Fatal(err)
 	}
 	old, err = fs.IssueRefreshToken(ctx, blindClientID, blindClientSecret, blindRedirect, []string{"offline", "api"})
@@ -124,13 +125,13 @@ func TestPeriodicIntrospectionTrustsNoRefreshBlindEndpoint(t *testing.T) {
 		t.Fatal(err)
 	}
 	await(t, "three periodic checks, or a revocation", func() bool {
-		return prov.refreshIntrospections.Load() >= 3 || e.view.Load().fam.Status != StatusActive
+		return prov.refreshIntrospections.Load() >= 3 || e.view.Load().fam.Status != family.StatusActive
 	})
-	c, err := b.GetCredential(ctx, "g")
+	c, err := b.Credentials().Get(ctx, "g")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.Status != StatusActive || c.FamilyID != before.FamilyID {
+	if c.Status != family.StatusActive || c.FamilyID != before.FamilyID {
 		t.Fatalf("after checks answered by a refresh-blind endpoint: status %s (%s), family %s; want the healthy family %s kept",
 			c.Status, c.RevokedReason, c.FamilyID, before.FamilyID)
 	}
@@ -157,7 +158,7 @@ func TestPeriodicIntrospectionDetectsRevocationAtRefreshBlindEndpoint(t *testing
 func TestPeriodicIntrospectionDetectsRevocationWithShortLivedAccessTokens(t *testing.T) {
 	ctx := context.Background()
 	b, _, fs, old, _ := blindEnvWith(ctx, t, fositeserver.Config{AccessTokenLifespan: 20 * time.Second})
-	c, err := b.GetCredential(ctx, "g")
+	c, err := b.Credentials().Get(ctx, "g")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -175,7 +176,7 @@ func TestEarlyDetectionStateSaysWhyInactive(t *testing.T) {
 	clk := fakeclock.New(time.Now())
 	b, _, _, _, _ := blindEnvWith(ctx, t, fositeserver.Config{}, option.WithClock(clk.Now))
 	clk.Add(2 * time.Hour) // the 1 h access token is gone
-	c, err := b.GetCredential(ctx, "g")
+	c, err := b.Credentials().Get(ctx, "g")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -183,7 +184,7 @@ func TestEarlyDetectionStateSaysWhyInactive(t *testing.T) {
 		t.Fatalf("early detection %s (%s) with the access token expired, want waiting_for_access_token", c.EarlyDetection, c.EarlyDetectionDetail)
 	}
 	off, _, _, _, _ := blindEnvWith(ctx, t, fositeserver.Config{}, option.WithIntrospectionInterval(0))
-	if c, err = off.GetCredential(ctx, "g"); err != nil || c.EarlyDetection != detect.StateDisabled {
+	if c, err = off.Credentials().Get(ctx, "g"); err != nil || c.EarlyDetection != detect.StateDisabled {
 		t.Fatalf("with the check off: %s, %v; want disabled", c.EarlyDetection, err)
 	}
 }
@@ -272,11 +273,11 @@ func TestRejectedReportAtRefreshBlindEndpointRefreshesInsteadOfRevoking(t *testi
 // before the expiry counted from the answer.
 func TestAliveAtProviderUntilForOldRecords(t *testing.T) {
 	exp := time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC)
-	if got := aliveAtProviderUntil(&accessToken{ExpiresAt: exp}); !got.Equal(exp.Add(-time.Minute)) {
+	if got := (&family.AccessToken{ExpiresAt: exp}).AliveAtProviderUntil(); !got.Equal(exp.Add(-time.Minute)) {
 		t.Fatalf("old record: %v, want a minute before %v", got, exp)
 	}
 	alive := exp.Add(-3 * time.Second)
-	if got := aliveAtProviderUntil(&accessToken{ExpiresAt: exp, AliveUntil: alive}); !got.Equal(alive) {
+	if got := (&family.AccessToken{ExpiresAt: exp, AliveUntil: alive}).AliveAtProviderUntil(); !got.Equal(alive) {
 		t.Fatalf("new record: %v, want %v", got, alive)
 	}
 }

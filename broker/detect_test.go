@@ -16,6 +16,7 @@ import (
 	"github.com/rotavault/rotavault/broker/access"
 	"github.com/rotavault/rotavault/broker/brokererr"
 	"github.com/rotavault/rotavault/broker/credspec"
+	"github.com/rotavault/rotavault/broker/family"
 	"github.com/rotavault/rotavault/broker/notice"
 	"github.com/rotavault/rotavault/broker/option"
 	"github.com/rotavault/rotavault/internal/fakeclock"
@@ -117,7 +118,7 @@ func (env *detectEnv) broker(t *testing.T, extra ...option.Option) *Broker {
 // thief or a legacy client could hold.
 func (env *detectEnv) install(ctx context.Context, t *testing.T, b *Broker, id string, spec credspec.Spec) string {
 	t.Helper()
-	if _, err := b.CreateCredential(ctx, id, spec); err != nil {
+	if _, err := b.Credentials().Create(ctx, id, spec); err != nil {
 		t.Fatal(err)
 	}
 	old, err := env.sim.IssueRefreshToken("c", nil)
@@ -212,9 +213,9 @@ func revocationNotices(ctx context.Context, t *testing.T, st store.Store) []noti
 	return out
 }
 
-func familyOf(ctx context.Context, t *testing.T, st store.Store, id string) familyRecord {
+func familyOf(ctx context.Context, t *testing.T, st store.Store, id string) family.Record {
 	t.Helper()
-	var f familyRecord
+	var f family.Record
 	if err := json.Unmarshal(famRecord(ctx, t, st, id).Value, &f); err != nil {
 		t.Fatal(err)
 	}
@@ -254,7 +255,7 @@ func TestPeriodicIntrospectionDetectsFamilyRevokedAtProvider(t *testing.T) {
 	if !errors.Is(err, brokererr.ErrReauthRequired) {
 		t.Fatalf("GetAccessToken after detection: %v, want ErrReauthRequired", err)
 	}
-	if f := familyOf(ctx, t, env.st, "x"); f.Status != StatusRevoked || f.RevokedReason != notice.ReasonRevokedAtProvider || f.RefreshToken != "" || f.Access != nil {
+	if f := familyOf(ctx, t, env.st, "x"); f.Status != family.StatusRevoked || f.RevokedReason != notice.ReasonRevokedAtProvider || f.RefreshToken != "" || f.Access != nil {
 		t.Errorf("stored family = %+v, want revoked at provider, without tokens", f)
 	}
 	if ev, ok := env.aud.last(audit.ActionFamilyRevoked); !ok || ev.Reason != string(notice.ReasonRevokedAtProvider) || ev.Family != before.FamilyID {
@@ -291,10 +292,10 @@ func TestPeriodicIntrospectionLeavesLiveFamiliesAlone(t *testing.T) {
 	if got := env.sim.Stats().Introspections; got != int(env.prov.refreshIntrospections.Load()) {
 		t.Errorf("simulator saw %d introspections, the broker made %d", got, env.prov.refreshIntrospections.Load())
 	}
-	if f := familyOf(ctx, t, env.st, "sf"); f.Status != StatusActive || f.Generation != before.Generation || f.RefreshToken != before.RefreshToken {
+	if f := familyOf(ctx, t, env.st, "sf"); f.Status != family.StatusActive || f.Generation != before.Generation || f.RefreshToken != before.RefreshToken {
 		t.Errorf("live family changed by periodic checks: %+v", f)
 	}
-	if f := familyOf(ctx, t, env.st, "generic"); f.Status != StatusActive {
+	if f := familyOf(ctx, t, env.st, "generic"); f.Status != family.StatusActive {
 		t.Errorf("generic family: %+v", f)
 	}
 	if got := env.sim.Stats().RefreshRequests - refreshes; got != 0 {
@@ -331,7 +332,7 @@ func TestRejectedTokenReportDetectsFamilyRevokedAtProvider(t *testing.T) {
 		if !errors.Is(err, brokererr.ErrReauthRequired) {
 			t.Fatalf("report: %v, want ErrReauthRequired", err)
 		}
-		if f := familyOf(ctx, t, env.st, "x"); f.Status != StatusRevoked || f.RevokedReason != notice.ReasonRevokedAtProvider {
+		if f := familyOf(ctx, t, env.st, "x"); f.Status != family.StatusRevoked || f.RevokedReason != notice.ReasonRevokedAtProvider {
 			t.Fatalf("stored family %+v, want revoked at provider", f)
 		}
 		if n := nextNotice(t, sub); n.Reason != notice.ReasonRevokedAtProvider || n.FamilyID != tok.FamilyID || n.Generation != tok.Generation {
@@ -406,7 +407,7 @@ func TestIntrospectionRacingARotationDoesNotRevoke(t *testing.T) {
 		a.checkFamily(ctx, ea, seen)
 
 		f := familyOf(ctx, t, env.st, "x")
-		if f.Status != StatusActive || f.FamilyID != seen.fam.FamilyID || f.Generation != seen.fam.Generation+1 {
+		if f.Status != family.StatusActive || f.FamilyID != seen.fam.FamilyID || f.Generation != seen.fam.Generation+1 {
 			t.Fatalf("stored family %+v, want b's rotation (generation %d), active", f, seen.fam.Generation+1)
 		}
 		if n := revocationNotices(ctx, t, env.st); len(n) != 0 || env.sim.Stats().FamiliesRevoked != 0 {
@@ -429,7 +430,7 @@ func TestIntrospectionRacingARotationDoesNotRevoke(t *testing.T) {
 			t.Fatalf("%d introspections; the check did not run during b's refresh", env.prov.refreshIntrospections.Load())
 		}
 		f := familyOf(ctx, t, env.st, "x")
-		if f.Status != StatusActive || f.Generation != seen.fam.Generation+1 {
+		if f.Status != family.StatusActive || f.Generation != seen.fam.Generation+1 {
 			t.Fatalf("stored family %+v, want b's rotation stored, active", f)
 		}
 		if n := revocationNotices(ctx, t, env.st); len(n) != 0 {
@@ -490,7 +491,7 @@ func TestIntrospectionOutageRevokesNothing(t *testing.T) {
 			if err := b.Close(); err != nil { // waits for checks in flight
 				t.Fatal(err)
 			}
-			if f := familyOf(ctx, t, env.st, "x"); f.Status != StatusActive || f.Generation != before.Generation {
+			if f := familyOf(ctx, t, env.st, "x"); f.Status != family.StatusActive || f.Generation != before.Generation {
 				t.Errorf("family after failed checks: %+v, want unchanged", f)
 			}
 			if n := revocationNotices(ctx, t, env.st); len(n) != 0 {

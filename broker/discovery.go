@@ -2,12 +2,9 @@ package broker
 
 import (
 	"context"
-	"errors"
-	"fmt"
 
 	"github.com/rotavault/rotavault/broker/credspec"
 	"github.com/rotavault/rotavault/broker/discovery"
-	"github.com/rotavault/rotavault/store"
 )
 
 // Provider metadata discovery is package discovery; the core lists its
@@ -42,40 +39,5 @@ func (c discoveryCore) Credentials() []discovery.Credential {
 }
 
 func (c discoveryCore) Store(ctx context.Context, id, issuer string, md *credspec.DiscoveredMetadata) error {
-	e, err := c.b.entry(ctx, id)
-	if err != nil {
-		return err
-	}
-	return c.b.storeDiscovered(ctx, e, issuer, md)
-}
-
-// storeDiscovered writes md into e's credential record, if the credential
-// still names issuer and its stored document differs.
-func (b *Broker) storeDiscovered(ctx context.Context, e *entry, issuer string, md *credspec.DiscoveredMetadata) error {
-	for {
-		v, err := b.readView(ctx, e.id)
-		if err != nil {
-			return err
-		}
-		if v.cred.Spec.Issuer != issuer || credspec.SameDocument(v.cred.Spec.Discovered, md) {
-			return nil
-		}
-		next := *v.cred
-		next.Spec.Discovered = md
-		next.Format = recordFormat
-		raw, err := encodeRecord(&next)
-		if err != nil {
-			return err
-		}
-		version, err := b.store.Put(ctx, credentialKey(e.id), raw, v.credVersion)
-		if errors.Is(err, store.ErrConflict) {
-			continue
-		}
-		if err != nil {
-			return fmt.Errorf("broker: storing discovered metadata: %w", storeUnavailable(err))
-		}
-		e.setView(b.newView(&next, version, v.fam, v.famVersion))
-		b.log.InfoContext(ctx, "provider metadata changed; stored", "credential", e.id, "issuer", issuer, "url", md.URL)
-		return nil
-	}
+	return c.b.creds.StoreDiscovered(ctx, id, issuer, md)
 }

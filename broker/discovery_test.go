@@ -12,6 +12,7 @@ import (
 	"github.com/rotavault/rotavault/broker/brokererr"
 	"github.com/rotavault/rotavault/broker/credspec"
 	"github.com/rotavault/rotavault/broker/detect"
+	"github.com/rotavault/rotavault/broker/family"
 	"github.com/rotavault/rotavault/broker/option"
 	"github.com/rotavault/rotavault/internal/fositeserver"
 	"github.com/rotavault/rotavault/internal/syncbuf"
@@ -45,13 +46,13 @@ func TestIssuerDiscoveryFillsEndpointsAndBasicAuth(t *testing.T) {
 	fs, rt := basicOnlyFosite(ctx, t)
 	b := newTestBroker(t, memstore.New(), option.WithSchedulerInterval(time.Hour))
 	spec := credspec.Spec{ProviderKind: credspec.ProviderOAuth2, Issuer: fs.URL(), ClientID: blindClientID, ClientSecret: blindClientSecret, Scopes: []string{"offline", "api"}}
-	if _, err := b.CreateCredential(ctx, "g", spec); err != nil {
+	if _, err := b.Credentials().Create(ctx, "g", spec); err != nil {
 		t.Fatalf("create with only an issuer: %v", err)
 	}
 	if _, err := b.ImportRefreshToken(ctx, "g", rt); err != nil {
 		t.Fatalf("import at a Basic-only client: %v", err)
 	}
-	c, err := b.GetCredential(ctx, "g")
+	c, err := b.Credentials().Get(ctx, "g")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -59,7 +60,7 @@ func TestIssuerDiscoveryFillsEndpointsAndBasicAuth(t *testing.T) {
 	if d == nil || d.TokenURL != fs.TokenURL() || d.IntrospectionURL != fs.IntrospectionURL() || d.ClientAuth != credspec.ClientAuthSecretBasic || d.URL != fs.MetadataURL() {
 		t.Fatalf("discovered %+v, want fosite's endpoints and client_secret_basic from %s", d, fs.MetadataURL())
 	}
-	if c.Status != StatusActive || c.EarlyDetection != detect.StateActive {
+	if c.Status != family.StatusActive || c.EarlyDetection != detect.StateActive {
 		t.Fatalf("status %s, early detection %s (%s); want active, active", c.Status, c.EarlyDetection, c.EarlyDetectionDetail)
 	}
 	if s := b.Stats(); s.Discoveries != 1 || s.DiscoveryFailures != 0 {
@@ -76,7 +77,7 @@ func TestClientRejectedNamesTheAuthMethod(t *testing.T) {
 	var logs syncbuf.Buffer
 	b := newTestBroker(t, memstore.New(), option.WithSchedulerInterval(time.Hour), option.WithLogger(slog.New(slog.NewTextHandler(&logs, nil))))
 	spec := credspec.Spec{ProviderKind: credspec.ProviderOAuth2, TokenURL: fs.TokenURL(), ClientID: blindClientID, ClientSecret: blindClientSecret, Scopes: []string{"offline", "api"}}
-	if _, err := b.CreateCredential(ctx, "g", spec); err != nil {
+	if _, err := b.Credentials().Create(ctx, "g", spec); err != nil {
 		t.Fatal(err)
 	}
 	_, err := b.ImportRefreshToken(ctx, "g", rt)
@@ -100,19 +101,19 @@ func TestIssuerMetadataRefetched(t *testing.T) {
 	sim := startMetadataSim(t)
 	b := newTestBroker(t, memstore.New(), option.WithSchedulerInterval(time.Hour), option.WithDiscoveryInterval(20*time.Millisecond))
 	spec := credspec.Spec{ProviderKind: credspec.ProviderOAuth2, Issuer: sim.URL(), ClientID: "sim", ClientSecret: "sim-secret"}
-	if _, err := b.CreateCredential(ctx, "s", spec); err != nil {
+	if _, err := b.Credentials().Create(ctx, "s", spec); err != nil {
 		t.Fatal(err)
 	}
 	moved := "http://127.0.0.1:1/introspect-moved"
 	sim.SetMetadataOverride(map[string]any{"introspection_endpoint": moved})
 	await(t, "the moved introspection endpoint stored", func() bool {
-		c, err := b.GetCredential(ctx, "s")
+		c, err := b.Credentials().Get(ctx, "s")
 		return err == nil && c.Spec.Discovered != nil && c.Spec.Discovered.IntrospectionURL == moved
 	})
 	sim.SetMetadataOverride(map[string]any{"issuer": "http://127.0.0.1:1", "introspection_endpoint": "http://127.0.0.1:2/x"})
 	failed := b.Stats().DiscoveryFailures
 	await(t, "two refused refetches", func() bool { return b.Stats().DiscoveryFailures >= failed+2 })
-	c, err := b.GetCredential(ctx, "s")
+	c, err := b.Credentials().Get(ctx, "s")
 	if err != nil || c.Spec.Discovered.IntrospectionURL != moved {
 		t.Fatalf("after a document for another issuer: %+v, %v; want the stored one kept", c.Spec.Discovered, err)
 	}
@@ -124,7 +125,7 @@ func TestIssuerDiscoveryFailureRefusesCreation(t *testing.T) {
 	sim := startMetadataSim(t)
 	sim.SetMetadataOverride(map[string]any{"issuer": "http://127.0.0.1:1"})
 	b := newTestBroker(t, memstore.New(), option.WithSchedulerInterval(time.Hour))
-	_, err := b.CreateCredential(ctx, "s", credspec.Spec{ProviderKind: credspec.ProviderOAuth2, Issuer: sim.URL(), ClientID: "sim"})
+	_, err := b.Credentials().Create(ctx, "s", credspec.Spec{ProviderKind: credspec.ProviderOAuth2, Issuer: sim.URL(), ClientID: "sim"})
 	var ie *brokererr.InvalidArgumentError
 	if !errors.As(err, &ie) || !strings.Contains(err.Error(), strconv.Quote("http://127.0.0.1:1")) {
 		t.Fatalf("create: %v, want an invalid argument naming the other issuer", err)
@@ -150,17 +151,17 @@ func TestUpdateIssuerRediscovers(t *testing.T) {
 	sim := startMetadataSim(t)
 	b := newTestBroker(t, memstore.New(), option.WithSchedulerInterval(time.Hour))
 	spec := credspec.Spec{ProviderKind: credspec.ProviderOAuth2, TokenURL: sim.URL() + "/services/oauth2/token", ClientID: "sim"}
-	if _, err := b.CreateCredential(ctx, "s", spec); err != nil {
+	if _, err := b.Credentials().Create(ctx, "s", spec); err != nil {
 		t.Fatal(err)
 	}
-	c, err := b.UpdateCredential(ctx, "s", []credspec.Field{credspec.FieldIssuer}, credspec.Spec{Issuer: sim.URL()})
+	c, err := b.Credentials().Update(ctx, "s", []credspec.Field{credspec.FieldIssuer}, credspec.Spec{Issuer: sim.URL()})
 	if err != nil || c.Spec.Discovered == nil || c.Spec.Discovered.IntrospectionURL != sim.URL()+"/services/oauth2/introspect" {
 		t.Fatalf("after setting the issuer: %+v, %v; want the simulator's metadata", c.Spec.Discovered, err)
 	}
 	if c.EarlyDetection == detect.StateNoEndpoint {
 		t.Fatalf("early detection %s with a discovered introspection endpoint", c.EarlyDetection)
 	}
-	c, err = b.UpdateCredential(ctx, "s", []credspec.Field{credspec.FieldIssuer}, credspec.Spec{})
+	c, err = b.Credentials().Update(ctx, "s", []credspec.Field{credspec.FieldIssuer}, credspec.Spec{})
 	if err != nil || c.Spec.Discovered != nil || c.EarlyDetection != detect.StateNoEndpoint {
 		t.Fatalf("after clearing the issuer: %+v, %s, %v; want no metadata, no introspection endpoint", c.Spec.Discovered, c.EarlyDetection, err)
 	}

@@ -31,18 +31,11 @@ type dutyShards interface {
 // flowSweepDuty is the flow sweep's key: one replica sweeps.
 const flowSweepDuty = "duty/flow-sweep"
 
-// allDuties: this replica does every duty (it is alone on its store, or
-// sharing is off).
-type allDuties struct{}
-
-func (allDuties) Owns(string) bool   { return true }
-func (allDuties) Stats() lease.Stats { return lease.Stats{Owned: lease.Shards, Members: 1} }
-
 // joinDuties takes this replica's share of the duties before they start
 // (alone: all of them) and renews it until schedCtx ends.
 func (b *Broker) joinDuties(ctx, schedCtx context.Context) {
 	if b.opts.ExclusiveStore || b.opts.DutyLeasePeriod == 0 {
-		b.duties = allDuties{}
+		b.duties = lease.All{}
 		return
 	}
 	// Leases measure the real time between replicas' writes, as the
@@ -50,7 +43,7 @@ func (b *Broker) joinDuties(ctx, schedCtx context.Context) {
 	m, err := lease.New(lease.Config{Store: b.store, ReplicaID: b.opts.ReplicaID, Period: b.opts.DutyLeasePeriod, Now: time.Now, Logger: b.log})
 	if err != nil {
 		b.log.ErrorContext(ctx, "duty leases off: every duty is done here", "err", err)
-		b.duties = allDuties{}
+		b.duties = lease.All{}
 		return
 	}
 	if err := m.Join(ctx); err != nil {

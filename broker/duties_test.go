@@ -53,7 +53,7 @@ func TestIdleRefreshesAreDoneByTheShardHolder(t *testing.T) {
 	for i := range n {
 		id := fmt.Sprintf("idle-%d", i)
 		// Nobody uses the tokens: only the idle timeout makes them due.
-		if _, err := a.CreateCredential(ctx, id, credspec.Spec{ProviderKind: credspec.ProviderOAuth2, TokenURL: ts.URL, ClientID: "c", RefreshIdle: 2 * time.Hour}); err != nil {
+		if _, err := a.Credentials().Create(ctx, id, credspec.Spec{ProviderKind: credspec.ProviderOAuth2, TokenURL: ts.URL, ClientID: "c", RefreshIdle: 2 * time.Hour}); err != nil {
 			t.Fatal(err)
 		}
 		if _, err := a.ImportRefreshToken(ctx, id, "rt-0"); err != nil {

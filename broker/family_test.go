@@ -13,6 +13,7 @@ import (
 	"github.com/rotavault/rotavault/broker/access"
 	"github.com/rotavault/rotavault/broker/brokererr"
 	"github.com/rotavault/rotavault/broker/credspec"
+	"github.com/rotavault/rotavault/broker/family"
 	"github.com/rotavault/rotavault/broker/notice"
 	"github.com/rotavault/rotavault/broker/option"
 	"github.com/rotavault/rotavault/internal/fakeclock"
@@ -58,7 +59,7 @@ func newFamHarness(t *testing.T) *famHarness {
 	// cutoff (cut_off).
 	spec := credspec.Spec{ProviderKind: credspec.ProviderSalesforce, BaseURL: "http://127.0.0.1:1", ClientID: "c", ClientSecret: "s", Scopes: []string{"api", "refresh_token"},
 		PreviousAccessToken: credspec.PreviousAccessRevoked}
-	if _, err := h.b.CreateCredential(h.ctx, "x", spec); err != nil {
+	if _, err := h.b.Credentials().Create(h.ctx, "x", spec); err != nil {
 		t.Fatal(err)
 	}
 	e, err := h.b.entry(h.ctx, "x")
@@ -71,33 +72,33 @@ func newFamHarness(t *testing.T) *famHarness {
 
 // record returns a record of family fam-1 at generation 3 in state s; a
 // claim is this replica's.
-func (h *famHarness) record(s familyState) *familyRecord {
+func (h *famHarness) record(s family.State) *family.Record {
 	now := h.clk.Now()
-	active := &familyRecord{
-		Status: StatusActive, FamilyID: "fam-1", Generation: 3, RefreshToken: "rt-3", StartedAt: now.Add(-24 * time.Hour),
-		Access: &accessToken{Token: "at-3", Type: "Bearer", IssuedAt: now, ExpiresAt: now.Add(time.Hour), Fingerprint: access.Fingerprint("at-3")},
+	active := &family.Record{
+		Status: family.StatusActive, FamilyID: "fam-1", Generation: 3, RefreshToken: "rt-3", StartedAt: now.Add(-24 * time.Hour),
+		Access: &family.AccessToken{Token: "at-3", Type: "Bearer", IssuedAt: now, ExpiresAt: now.Add(time.Hour), Fingerprint: access.Fingerprint("at-3")},
 	}
-	mine := &claim{Holder: me, Deadline: now.Add(45 * time.Second)}
+	mine := &family.Claim{Holder: me, Deadline: now.Add(45 * time.Second)}
 	switch s {
-	case stateAwaitingReauth:
-		return &familyRecord{Status: StatusAwaitingReauth}
-	case stateActive:
-	case stateCutOff:
+	case family.StateAwaitingReauth:
+		return &family.Record{Status: family.StatusAwaitingReauth}
+	case family.StateActive:
+	case family.StateCutOff:
 		// Four minutes left of an hour: past the scheduled rotation (5 min
 		// 10 s before expiry) and its cutoff.
 		active.Access.IssuedAt, active.Access.ExpiresAt = now.Add(-56*time.Minute), now.Add(4*time.Minute)
-	case stateClaimed, stateHeld:
+	case family.StateClaimed, family.StateHeld:
 		active.Claim = mine
-	case stateInDoubt:
+	case family.StateInDoubt:
 		active.Claim, active.InDoubt = mine, true
-	case stateInDoubtReleased:
+	case family.StateInDoubtReleased:
 		active.InDoubt = true
-	case stateUnproven:
+	case family.StateUnproven:
 		active.Unproven, active.Generation, active.Access = true, 0, nil
-	case stateRevoked:
-		return &familyRecord{Status: StatusRevoked, FamilyID: "fam-1", Generation: 3, RevokedReason: notice.ReasonRefreshTokenRejected, RevokedAt: now}
-	case stateRevokedPendingProvider:
-		return &familyRecord{Status: StatusRevoked, FamilyID: "fam-1", Generation: 3, RevokedReason: notice.ReasonAdminRevoked, RevokedAt: now, PendingRevocation: "rt-3"}
+	case family.StateRevoked:
+		return &family.Record{Status: family.StatusRevoked, FamilyID: "fam-1", Generation: 3, RevokedReason: notice.ReasonRefreshTokenRejected, RevokedAt: now}
+	case family.StateRevokedPendingProvider:
+		return &family.Record{Status: family.StatusRevoked, FamilyID: "fam-1", Generation: 3, RevokedReason: notice.ReasonAdminRevoked, RevokedAt: now, PendingRevocation: "rt-3"}
 	default:
 		h.t.Fatalf("no record for state %s", s)
 	}
@@ -106,9 +107,9 @@ func (h *famHarness) record(s familyState) *familyRecord {
 
 // put stores fam as the family record, as another replica would, and lets
 // the entry read it.
-func (h *famHarness) put(fam *familyRecord) {
+func (h *famHarness) put(fam *family.Record) {
 	h.t.Helper()
-	key := familyKey(h.e.view.Load().cred)
+	key := h.e.view.Load().cred.FamilyKey()
 	var version uint64
 	if rec, err := h.st.Store.Get(h.ctx, key); err == nil {
 		version = rec.Version
@@ -128,20 +129,20 @@ func (h *famHarness) put(fam *familyRecord) {
 
 // in brings the family to state s; held goes through a result write that
 // fails.
-func (h *famHarness) in(s familyState) {
+func (h *famHarness) in(s family.State) {
 	h.t.Helper()
-	if s == stateAwaitingReauth {
+	if s == family.StateAwaitingReauth {
 		return
 	}
 	h.put(h.record(s))
-	if s == stateHeld {
+	if s == family.StateHeld {
 		up := h.st.inject(&fault{op: "put", prefix: "families/", fail: errStoreDown})
 		defer up()
 		if _, err := h.lease().storeResult(h.ctx, rotation("rt-4")); err == nil {
 			h.t.Fatal("the result write succeeded with the store down")
 		}
 	}
-	if got := h.state(); got != s {
+	if got := h.State(); got != s {
 		h.t.Fatalf("set up %s, got %s", s, got)
 	}
 }
@@ -152,10 +153,10 @@ func (h *famHarness) lease() *claimLease {
 }
 
 // stored is the family record in the store.
-func (h *famHarness) stored() *familyRecord {
+func (h *famHarness) stored() *family.Record {
 	h.t.Helper()
-	fam := &familyRecord{Status: StatusAwaitingReauth}
-	rec, err := h.st.Store.Get(h.ctx, familyKey(h.e.view.Load().cred))
+	fam := &family.Record{Status: family.StatusAwaitingReauth}
+	rec, err := h.st.Store.Get(h.ctx, h.e.view.Load().cred.FamilyKey())
 	if err != nil {
 		return fam
 	}
@@ -166,7 +167,7 @@ func (h *famHarness) stored() *familyRecord {
 }
 
 // state is the family's: the stored record's, or held.
-func (h *famHarness) state() familyState {
+func (h *famHarness) State() family.State {
 	v := h.e.view.Load()
 	return h.b.stateOf(h.b.newView(v.cred, v.credVersion, h.stored(), v.famVersion), h.e.rescue.Load() != nil)
 }
@@ -243,10 +244,10 @@ func acquireLease(h *famHarness) error {
 }
 
 // takenOver puts s with another replica's expired claim, then claims.
-func takenOver(s familyState) func(h *famHarness) error {
+func takenOver(s family.State) func(h *famHarness) error {
 	return func(h *famHarness) error {
 		fam := h.record(s)
-		fam.Claim = &claim{Holder: other, Deadline: h.clk.Now().Add(-time.Second)}
+		fam.Claim = &family.Claim{Holder: other, Deadline: h.clk.Now().Add(-time.Second)}
 		h.put(fam)
 		return acquireLease(h)
 	}
@@ -254,10 +255,10 @@ func takenOver(s familyState) func(h *famHarness) error {
 
 // takenOverFromDead puts s with another replica's live claim, then claims
 // on a store this broker has to itself.
-func takenOverFromDead(s familyState) func(h *famHarness) error {
+func takenOverFromDead(s family.State) func(h *famHarness) error {
 	return func(h *famHarness) error {
 		fam := h.record(s)
-		fam.Claim = &claim{Holder: other, Deadline: h.clk.Now().Add(time.Minute)}
+		fam.Claim = &family.Claim{Holder: other, Deadline: h.clk.Now().Add(time.Minute)}
 		h.put(fam)
 		h.b.opts.ExclusiveStore = true
 		return acquireLease(h)
@@ -276,7 +277,7 @@ func refreshAnswered(answer error) func(h *famHarness) error {
 
 // storeHeldAfter puts fam (another writer's) into the store, then writes the
 // held rotation.
-func storeHeldAfter(fam func(h *famHarness) *familyRecord) func(h *famHarness) error {
+func storeHeldAfter(fam func(h *famHarness) *family.Record) func(h *famHarness) error {
 	return func(h *famHarness) error {
 		if fam != nil {
 			h.put(fam(h))
@@ -302,7 +303,7 @@ func revokeDeliberately(h *famHarness) error {
 func TestEveryTransitionThroughTheBroker(t *testing.T) {
 	installed := rowCase{drive: install, audit: []string{audit.ActionReauthenticated}, notices: []string{"activated"}, err: noErr}
 	claimed := rowCase{drive: acquireLease, err: noErr}
-	takeover := func(s familyState) rowCase { return rowCase{drive: takenOver(s), err: noErr} }
+	takeover := func(s family.State) rowCase { return rowCase{drive: takenOver(s), err: noErr} }
 	stored := rowCase{drive: func(h *famHarness) error {
 		_, err := h.lease().storeResult(h.ctx, rotation("rt-4"))
 		return err
@@ -317,8 +318,8 @@ func TestEveryTransitionThroughTheBroker(t *testing.T) {
 	rejected := func(reason notice.RevocationReason) rowCase {
 		return rowCase{drive: refreshAnswered(answerInvalidGrant), audit: []string{audit.ActionFamilyRevoked}, notices: []string{"revoked:" + string(reason)}, err: isReauth}
 	}
-	newer := func(s familyState) func(h *famHarness) *familyRecord {
-		return func(h *famHarness) *familyRecord {
+	newer := func(s family.State) func(h *famHarness) *family.Record {
+		return func(h *famHarness) *family.Record {
 			fam := h.record(s)
 			fam.Generation, fam.RefreshToken = 4, "rt-takeover"
 			return fam
@@ -328,42 +329,42 @@ func TestEveryTransitionThroughTheBroker(t *testing.T) {
 	revokedAtProvider := rowCase{drive: func(h *famHarness) error {
 		return confirmed(h.b.confirmRevokedAtProvider(h.ctx, h.e, h.e.view.Load(), "the test"))
 	}, audit: []string{audit.ActionFamilyRevoked}, notices: []string{"revoked:revoked_at_provider"}, err: noErr}
-	theirs := func(s familyState) func(h *famHarness) *familyRecord {
-		return func(h *famHarness) *familyRecord {
+	theirs := func(s family.State) func(h *famHarness) *family.Record {
+		return func(h *famHarness) *family.Record {
 			return takenBy(newer(s)(h), other, h.clk.Now().Add(time.Minute))
 		}
 	}
 
-	cases := map[transition]rowCase{
-		{From: stateActive, Event: evClaim, To: stateClaimed}:            claimed,
-		{From: stateClaimed, Event: evClaim, To: stateClaimed}:           claimed,
-		{From: stateInDoubt, Event: evClaim, To: stateInDoubt}:           claimed,
-		{From: stateInDoubtReleased, Event: evClaim, To: stateInDoubt}:   claimed,
-		{From: stateClaimed, Event: evTakeOver, To: stateInDoubt}:        takeover(stateClaimed),
-		{From: stateInDoubt, Event: evTakeOver, To: stateInDoubt}:        takeover(stateInDoubt),
-		{From: stateClaimed, Event: evMarkInDoubt, To: stateInDoubt}:     {drive: func(h *famHarness) error { return h.lease().markInDoubt(h.ctx) }, err: noErr},
-		{From: stateClaimed, Event: evStoreResult, To: stateActive}:      stored,
-		{From: stateInDoubt, Event: evStoreResult, To: stateActive}:      stored,
-		{From: stateClaimed, Event: evRelease, To: stateActive}:          released,
-		{From: stateInDoubt, Event: evRelease, To: stateInDoubtReleased}: released,
+	cases := map[family.Transition]rowCase{
+		{From: family.StateActive, Event: family.EvClaim, To: family.StateClaimed}:            claimed,
+		{From: family.StateClaimed, Event: family.EvClaim, To: family.StateClaimed}:           claimed,
+		{From: family.StateInDoubt, Event: family.EvClaim, To: family.StateInDoubt}:           claimed,
+		{From: family.StateInDoubtReleased, Event: family.EvClaim, To: family.StateInDoubt}:   claimed,
+		{From: family.StateClaimed, Event: family.EvTakeOver, To: family.StateInDoubt}:        takeover(family.StateClaimed),
+		{From: family.StateInDoubt, Event: family.EvTakeOver, To: family.StateInDoubt}:        takeover(family.StateInDoubt),
+		{From: family.StateClaimed, Event: family.EvMarkInDoubt, To: family.StateInDoubt}:     {drive: func(h *famHarness) error { return h.lease().markInDoubt(h.ctx) }, err: noErr},
+		{From: family.StateClaimed, Event: family.EvStoreResult, To: family.StateActive}:      stored,
+		{From: family.StateInDoubt, Event: family.EvStoreResult, To: family.StateActive}:      stored,
+		{From: family.StateClaimed, Event: family.EvRelease, To: family.StateActive}:          released,
+		{From: family.StateInDoubt, Event: family.EvRelease, To: family.StateInDoubtReleased}: released,
 
-		{From: stateClaimed, Event: evHold, To: stateHeld}:                    held,
-		{From: stateInDoubt, Event: evHold, To: stateHeld}:                    held,
-		{From: stateHeld, Event: evStoreHeld, To: stateActive}:                {drive: storeHeldAfter(nil), err: noErr},
-		{From: stateHeld, Event: evDropHeld, To: stateActive}:                 {drive: storeHeldAfter(newer(stateActive)), err: noErr},
-		{From: stateHeld, Event: evDropHeld, To: stateClaimed}:                {drive: storeHeldAfter(theirs(stateClaimed)), err: noErr},
-		{From: stateHeld, Event: evDropHeld, To: stateInDoubt}:                {drive: storeHeldAfter(theirs(stateInDoubt)), err: noErr},
-		{From: stateHeld, Event: evDropHeld, To: stateInDoubtReleased}:        {drive: storeHeldAfter(newer(stateInDoubtReleased)), err: noErr},
-		{From: stateHeld, Event: evDropHeld, To: stateRevoked}:                {drive: storeHeldAfter(func(h *famHarness) *familyRecord { return h.record(stateRevoked) }), err: noErr},
-		{From: stateHeld, Event: evDropHeld, To: stateRevokedPendingProvider}: {drive: storeHeldAfter(func(h *famHarness) *familyRecord { return h.record(stateRevokedPendingProvider) }), err: noErr},
-		{From: stateActive, Event: evRevoke, To: stateRevoked}:                revokedAtProvider,
-		{From: stateCutOff, Event: evRevoke, To: stateRevoked}:                revokedAtProvider,
-		{From: stateActive, Event: evReachCutoff, To: stateCutOff}: {drive: func(h *famHarness) error {
+		{From: family.StateClaimed, Event: family.EvHold, To: family.StateHeld}:                    held,
+		{From: family.StateInDoubt, Event: family.EvHold, To: family.StateHeld}:                    held,
+		{From: family.StateHeld, Event: family.EvStoreHeld, To: family.StateActive}:                {drive: storeHeldAfter(nil), err: noErr},
+		{From: family.StateHeld, Event: family.EvDropHeld, To: family.StateActive}:                 {drive: storeHeldAfter(newer(family.StateActive)), err: noErr},
+		{From: family.StateHeld, Event: family.EvDropHeld, To: family.StateClaimed}:                {drive: storeHeldAfter(theirs(family.StateClaimed)), err: noErr},
+		{From: family.StateHeld, Event: family.EvDropHeld, To: family.StateInDoubt}:                {drive: storeHeldAfter(theirs(family.StateInDoubt)), err: noErr},
+		{From: family.StateHeld, Event: family.EvDropHeld, To: family.StateInDoubtReleased}:        {drive: storeHeldAfter(newer(family.StateInDoubtReleased)), err: noErr},
+		{From: family.StateHeld, Event: family.EvDropHeld, To: family.StateRevoked}:                {drive: storeHeldAfter(func(h *famHarness) *family.Record { return h.record(family.StateRevoked) }), err: noErr},
+		{From: family.StateHeld, Event: family.EvDropHeld, To: family.StateRevokedPendingProvider}: {drive: storeHeldAfter(func(h *famHarness) *family.Record { return h.record(family.StateRevokedPendingProvider) }), err: noErr},
+		{From: family.StateActive, Event: family.EvRevoke, To: family.StateRevoked}:                revokedAtProvider,
+		{From: family.StateCutOff, Event: family.EvRevoke, To: family.StateRevoked}:                revokedAtProvider,
+		{From: family.StateActive, Event: family.EvReachCutoff, To: family.StateCutOff}: {drive: func(h *famHarness) error {
 			h.clk.Add(time.Hour - 5*time.Minute)
 			return nil
 		}, err: noErr},
-		{From: stateCutOff, Event: evClaim, To: stateClaimed}: claimed,
-		{From: stateActive, Event: evNotePreviousAccess, To: stateActive}: {drive: func(h *famHarness) error {
+		{From: family.StateCutOff, Event: family.EvClaim, To: family.StateClaimed}: claimed,
+		{From: family.StateActive, Event: family.EvNotePreviousAccess, To: family.StateActive}: {drive: func(h *famHarness) error {
 			if err := h.b.notePreviousAccess(h.ctx, h.e, "fam-1", credspec.PreviousAccessKept); err != nil {
 				return err
 			}
@@ -372,15 +373,15 @@ func TestEveryTransitionThroughTheBroker(t *testing.T) {
 			}
 			return nil
 		}, err: noErr},
-		{From: stateCutOff, Event: evRevokeDeliberately, To: stateRevokedPendingProvider}:          deliberate,
-		{From: stateClaimed, Event: evRevoke, To: stateRevoked}:                                    rejected(notice.ReasonRefreshTokenRejected),
-		{From: stateInDoubt, Event: evRevoke, To: stateRevoked}:                                    rejected(notice.ReasonLostRotation),
-		{From: stateInDoubtReleased, Event: evRevoke, To: stateRevoked}:                            {drive: revokeAfterTakeoverAndRelease, audit: []string{audit.ActionFamilyRevoked}, notices: []string{"revoked:refresh_token_rejected"}, err: isReauth},
-		{From: stateActive, Event: evRevokeDeliberately, To: stateRevokedPendingProvider}:          deliberate,
-		{From: stateClaimed, Event: evRevokeDeliberately, To: stateRevokedPendingProvider}:         deliberate,
-		{From: stateInDoubt, Event: evRevokeDeliberately, To: stateRevokedPendingProvider}:         deliberate,
-		{From: stateInDoubtReleased, Event: evRevokeDeliberately, To: stateRevokedPendingProvider}: deliberate,
-		{From: stateRevokedPendingProvider, Event: evConfirmProviderRevocation, To: stateRevoked}: {drive: func(h *famHarness) error {
+		{From: family.StateCutOff, Event: family.EvRevokeDeliberately, To: family.StateRevokedPendingProvider}:          deliberate,
+		{From: family.StateClaimed, Event: family.EvRevoke, To: family.StateRevoked}:                                    rejected(notice.ReasonRefreshTokenRejected),
+		{From: family.StateInDoubt, Event: family.EvRevoke, To: family.StateRevoked}:                                    rejected(notice.ReasonLostRotation),
+		{From: family.StateInDoubtReleased, Event: family.EvRevoke, To: family.StateRevoked}:                            {drive: revokeAfterTakeoverAndRelease, audit: []string{audit.ActionFamilyRevoked}, notices: []string{"revoked:refresh_token_rejected"}, err: isReauth},
+		{From: family.StateActive, Event: family.EvRevokeDeliberately, To: family.StateRevokedPendingProvider}:          deliberate,
+		{From: family.StateClaimed, Event: family.EvRevokeDeliberately, To: family.StateRevokedPendingProvider}:         deliberate,
+		{From: family.StateInDoubt, Event: family.EvRevokeDeliberately, To: family.StateRevokedPendingProvider}:         deliberate,
+		{From: family.StateInDoubtReleased, Event: family.EvRevokeDeliberately, To: family.StateRevokedPendingProvider}: deliberate,
+		{From: family.StateRevokedPendingProvider, Event: family.EvConfirmProviderRevocation, To: family.StateRevoked}: {drive: func(h *famHarness) error {
 			res, err := h.b.RevokeCredential(h.ctx, "x", "retry at the provider")
 			if err == nil && (!res.AlreadyRevoked || res.ProviderRevocation != notice.ProviderRevocationConfirmed) {
 				return fmt.Errorf("revocation %+v, want already revoked, confirmed", res)
@@ -389,32 +390,32 @@ func TestEveryTransitionThroughTheBroker(t *testing.T) {
 		}, audit: []string{audit.ActionFamilyRevoked}, err: noErr},
 	}
 	// take_over_dead: another holder's live claim, on an exclusive store.
-	for _, from := range []familyState{stateClaimed, stateInDoubt} {
-		cases[transition{From: from, Event: evTakeOverDead, To: stateInDoubt}] = rowCase{drive: takenOverFromDead(from), err: noErr}
+	for _, from := range []family.State{family.StateClaimed, family.StateInDoubt} {
+		cases[family.Transition{From: from, Event: family.EvTakeOverDead, To: family.StateInDoubt}] = rowCase{drive: takenOverFromDead(from), err: noErr}
 	}
 	// unproven: an imported token until a refresh proves it.
-	cases[transition{From: stateUnproven, Event: evClaim, To: stateClaimed}] = claimed
-	cases[transition{From: stateClaimed, Event: evRelease, To: stateUnproven}] = rowCase{drive: func(h *famHarness) error {
-		fam := h.record(stateClaimed)
+	cases[family.Transition{From: family.StateUnproven, Event: family.EvClaim, To: family.StateClaimed}] = claimed
+	cases[family.Transition{From: family.StateClaimed, Event: family.EvRelease, To: family.StateUnproven}] = rowCase{drive: func(h *famHarness) error {
+		fam := h.record(family.StateClaimed)
 		fam.Unproven = true
 		h.put(fam)
 		h.lease().release(h.ctx)
 		return nil
 	}, err: noErr}
-	cases[transition{From: stateUnproven, Event: evRevokeDeliberately, To: stateRevokedPendingProvider}] = deliberate
+	cases[family.Transition{From: family.StateUnproven, Event: family.EvRevokeDeliberately, To: family.StateRevokedPendingProvider}] = deliberate
 	// Reauthenticate installs a family the same way from every state: an
 	// import unproven, the other flows active.
 	imported := rowCase{drive: importUnproven, audit: []string{audit.ActionReauthenticated}, notices: []string{"activated"}, err: noErr}
-	for _, row := range familyTransitions {
+	for _, row := range family.Transitions() {
 		switch {
-		case row.Event == evInstall && row.To == stateUnproven:
-			cases[transition{From: row.From, Event: row.Event, To: row.To}] = imported
-		case row.Event == evInstall:
-			cases[transition{From: row.From, Event: row.Event, To: row.To}] = installed
+		case row.Event == family.EvInstall && row.To == family.StateUnproven:
+			cases[family.Transition{From: row.From, Event: row.Event, To: row.To}] = imported
+		case row.Event == family.EvInstall:
+			cases[family.Transition{From: row.From, Event: row.Event, To: row.To}] = installed
 		}
 	}
-	for _, row := range familyTransitions {
-		key := transition{From: row.From, Event: row.Event, To: row.To}
+	for _, row := range family.Transitions() {
+		key := family.Transition{From: row.From, Event: row.Event, To: row.To}
 		t.Run(fmt.Sprintf("%s/%s/%s", row.From, row.Event, row.To), func(t *testing.T) {
 			c, ok := cases[key]
 			if !ok {
@@ -427,7 +428,7 @@ func TestEveryTransitionThroughTheBroker(t *testing.T) {
 			if !c.err(err) {
 				t.Errorf("caller's error: %v", err)
 			}
-			if got := h.state(); got != row.To {
+			if got := h.State(); got != row.To {
 				t.Errorf("state after %s: %s, want %s", row.Event, got, row.To)
 			}
 			if got := h.aud.actionsSince(audits); !slices.Equal(got, c.audit) {
@@ -452,7 +453,7 @@ func confirmed(revoked bool, err error) error {
 // the same generation: the revocation decides again on that state.
 func revokeAfterTakeoverAndRelease(h *famHarness) error {
 	l := h.lease()
-	h.put(h.record(stateInDoubtReleased))
+	h.put(h.record(family.StateInDoubtReleased))
 	h.prov.then(answerInvalidGrant)
 	_, err := h.b.refreshFamily(h.ctx, l)
 	return err
@@ -463,30 +464,30 @@ func TestTransitionMethodsRefuseWhatTheTableDoesNotAllow(t *testing.T) {
 	h := newFamHarness(t)
 	now := h.clk.Now()
 	type method struct {
-		event familyEvent
-		apply func(f *familyRecord) (*familyRecord, error)
+		event family.Event
+		apply func(f *family.Record) (*family.Record, error)
 	}
 	methods := []method{
-		{evClaim, func(f *familyRecord) (*familyRecord, error) { return f.claimedBy(me, now.Add(time.Minute), now) }},
-		{evMarkInDoubt, (*familyRecord).markedInDoubt},
-		{evStoreResult, func(f *familyRecord) (*familyRecord, error) {
-			return f.rotated(refreshResult{now: now, refreshToken: "rt-4", access: &accessToken{Token: "at-4"}})
+		{family.EvClaim, func(f *family.Record) (*family.Record, error) { return f.ClaimedBy(me, now.Add(time.Minute), now) }},
+		{family.EvMarkInDoubt, (*family.Record).MarkedInDoubt},
+		{family.EvStoreResult, func(f *family.Record) (*family.Record, error) {
+			return f.Rotated(family.RefreshResult{Now: now, RefreshToken: "rt-4", Access: &family.AccessToken{Token: "at-4"}})
 		}},
-		{evRelease, func(f *familyRecord) (*familyRecord, error) { return f.released(me) }},
-		{evRevoke, func(f *familyRecord) (*familyRecord, error) {
-			return f.revoked(notice.ReasonRefreshTokenRejected, "d", now)
+		{family.EvRelease, func(f *family.Record) (*family.Record, error) { return f.Released(me) }},
+		{family.EvRevoke, func(f *family.Record) (*family.Record, error) {
+			return f.Revoked(notice.ReasonRefreshTokenRejected, "d", now)
 		}},
-		{evRevokeDeliberately, func(f *familyRecord) (*familyRecord, error) { return f.revoked(notice.ReasonAdminRevoked, "d", now) }},
-		{evConfirmProviderRevocation, (*familyRecord).providerConfirmed},
-		{evInstall, func(f *familyRecord) (*familyRecord, error) {
-			return f.replacedBy(&familyRecord{Status: StatusActive, FamilyID: "fam-2", RefreshToken: "rt-new"})
+		{family.EvRevokeDeliberately, func(f *family.Record) (*family.Record, error) { return f.Revoked(notice.ReasonAdminRevoked, "d", now) }},
+		{family.EvConfirmProviderRevocation, (*family.Record).ProviderConfirmed},
+		{family.EvInstall, func(f *family.Record) (*family.Record, error) {
+			return f.ReplacedBy(&family.Record{Status: family.StatusActive, FamilyID: "fam-2", RefreshToken: "rt-new"})
 		}},
 	}
-	hasRow := func(from familyState, ev familyEvent) bool {
-		return slices.ContainsFunc(familyTransitions, func(t transition) bool { return t.From == from && t.Event == ev })
+	hasRow := func(from family.State, ev family.Event) bool {
+		return slices.ContainsFunc(family.Transitions(), func(t family.Transition) bool { return t.From == from && t.Event == ev })
 	}
-	for s := range numFamilyStates {
-		if s == stateHeld || s == stateCutOff {
+	for s := range family.NumStates {
+		if s == family.StateHeld || s == family.StateCutOff {
 			// held is in memory, cut_off an active record past a time: no
 			// record is in either (TestCutOffAllowsWhatActiveAllows).
 			continue
@@ -495,14 +496,14 @@ func TestTransitionMethodsRefuseWhatTheTableDoesNotAllow(t *testing.T) {
 			f := h.record(s)
 			before := *f
 			next, err := m.apply(f)
-			var te *transitionError
+			var te *family.TransitionError
 			switch {
 			case hasRow(s, m.event) && err != nil:
 				t.Errorf("%s on %s: %v, want allowed", m.event, s, err)
-			case hasRow(s, m.event) && !allowed(s, m.event, next.state()):
-				t.Errorf("%s on %s led to %s, which the table does not list", m.event, s, next.state())
+			case hasRow(s, m.event) && !family.Allowed(s, m.event, next.State()):
+				t.Errorf("%s on %s led to %s, which the table does not list", m.event, s, next.State())
 			case !hasRow(s, m.event) && !errors.As(err, &te):
-				t.Errorf("%s on %s: %v, want a *transitionError", m.event, s, err)
+				t.Errorf("%s on %s: %v, want a *family.TransitionError", m.event, s, err)
 			}
 			if f.Claim != before.Claim || f.Status != before.Status || f.InDoubt != before.InDoubt || f.Generation != before.Generation {
 				t.Errorf("%s changed the record it was called on", m.event)
@@ -511,23 +512,23 @@ func TestTransitionMethodsRefuseWhatTheTableDoesNotAllow(t *testing.T) {
 	}
 
 	// Claims of another replica: taken over once expired, never before.
-	fam := h.record(stateClaimed)
-	fam.Claim = &claim{Holder: other, Deadline: now.Add(time.Second)}
-	var te *transitionError
-	if _, err := fam.claimedBy(me, now.Add(time.Minute), now); !errors.As(err, &te) || te.Event != evTakeOver || te.Why == "" {
+	fam := h.record(family.StateClaimed)
+	fam.Claim = &family.Claim{Holder: other, Deadline: now.Add(time.Second)}
+	var te *family.TransitionError
+	if _, err := fam.ClaimedBy(me, now.Add(time.Minute), now); !errors.As(err, &te) || te.Event != family.EvTakeOver || te.Why == "" {
 		t.Errorf("claiming over a live claim: %v, want a refused take_over", err)
 	}
-	next, err := fam.claimedBy(me, now.Add(time.Minute), now.Add(time.Second))
-	if err != nil || next.state() != stateInDoubt || next.Claim.Holder != me {
+	next, err := fam.ClaimedBy(me, now.Add(time.Minute), now.Add(time.Second))
+	if err != nil || next.State() != family.StateInDoubt || next.Claim.Holder != me {
 		t.Errorf("taking over an expired claim: %+v %v, want in doubt, ours", next, err)
 	}
-	if _, err := fam.released(me); !errors.As(err, &te) || te.Error() == "" {
+	if _, err := fam.Released(me); !errors.As(err, &te) || te.Error() == "" {
 		t.Errorf("releasing another replica's claim: %v, want refused", err)
 	}
-	if s := familyState(99).String(); s != "familyState(99)" {
+	if s := family.State(99).String(); s != "family.State(99)" {
 		t.Errorf("unknown state prints %q", s)
 	}
-	if s := familyEvent(99).String(); s != "familyEvent(99)" {
+	if s := family.Event(99).String(); s != "family.Event(99)" {
 		t.Errorf("unknown event prints %q", s)
 	}
 }
@@ -540,60 +541,60 @@ func TestDecideRefresh(t *testing.T) {
 	tempRefusal := &provider.Error{Op: "refresh", Outcome: provider.OutcomeRejected, StatusCode: 429, Code: "rate_limit_exceeded", RetryAfter: 3 * time.Second}
 	tests := []struct {
 		name    string
-		a       refreshAttempt
+		a       family.Attempt
 		answer  error
-		want    refreshAction
+		want    family.Action
 		inDoubt bool
 		reason  notice.RevocationReason
 		err     func(error) bool
 	}{
-		{"ok", refreshAttempt{state: stateClaimed}, nil, actionStore, false, "", nil},
-		{"ok in doubt", refreshAttempt{state: stateInDoubt, n: 1}, nil, actionStore, false, "", nil},
-		{"unclassified failure", refreshAttempt{state: stateClaimed}, errors.New("boom"), actionGiveUp, false, "", isUnavailable},
-		{"invalid_grant", refreshAttempt{state: stateClaimed}, answerInvalidGrant, actionRevoke, false, notice.ReasonRefreshTokenRejected, nil},
-		{"invalid_grant wrapped", refreshAttempt{state: stateClaimed}, wrapped, actionRevoke, false, notice.ReasonRefreshTokenRejected, nil},
-		{"invalid_grant in doubt", refreshAttempt{state: stateInDoubt}, answerInvalidGrant, actionRevoke, false, notice.ReasonLostRotation, nil},
-		{"client refused", refreshAttempt{state: stateClaimed}, answerBadClient, actionRecheckClient, false, "", isClientRejected},
-		{"client refused again", refreshAttempt{state: stateClaimed, clientRechecked: true}, answerBadClient, actionGiveUp, false, "", isClientRejected},
-		{"unknown, first attempt", refreshAttempt{state: stateClaimed}, answerUnknown, actionRetry, true, "", nil},
-		{"unknown, already in doubt", refreshAttempt{state: stateInDoubt}, answerUnknown, actionRetry, false, "", nil},
-		{"unknown again, no grace", refreshAttempt{state: stateInDoubt, n: 1, now: now, unknownSince: now}, answerUnknown, actionGiveUp, false, "", isUnavailable},
-		{"unknown again, within grace", refreshAttempt{state: stateInDoubt, n: 3, now: now.Add(10 * time.Second), unknownSince: now, grace: 30 * time.Second}, answerUnknown, actionRetry, false, "", nil},
-		{"unknown again, grace half gone", refreshAttempt{state: stateInDoubt, n: 3, now: now.Add(15 * time.Second), unknownSince: now, grace: 30 * time.Second}, answerUnknown, actionGiveUp, false, "", isUnavailable},
-		{"not processed", refreshAttempt{state: stateClaimed, notProcessedTries: 4}, answerNotProcessed, actionRetry, false, "", nil},
-		{"temporary refusal", refreshAttempt{state: stateClaimed, n: 2, notProcessedTries: 4}, tempRefusal, actionRetry, false, "", nil},
-		{"not processed, last try", refreshAttempt{state: stateClaimed, n: 3, notProcessedTries: 4}, answerNotProcessed, actionGiveUp, false, "", isUnavailable},
-		{"not processed in doubt", refreshAttempt{state: stateInDoubt, n: 1, notProcessedTries: 4}, answerNotProcessed, actionRetry, false, "", nil},
+		{"ok", family.Attempt{State: family.StateClaimed}, nil, family.ActionStore, false, "", nil},
+		{"ok in doubt", family.Attempt{State: family.StateInDoubt, N: 1}, nil, family.ActionStore, false, "", nil},
+		{"unclassified failure", family.Attempt{State: family.StateClaimed}, errors.New("boom"), family.ActionGiveUp, false, "", isUnavailable},
+		{"invalid_grant", family.Attempt{State: family.StateClaimed}, answerInvalidGrant, family.ActionRevoke, false, notice.ReasonRefreshTokenRejected, nil},
+		{"invalid_grant wrapped", family.Attempt{State: family.StateClaimed}, wrapped, family.ActionRevoke, false, notice.ReasonRefreshTokenRejected, nil},
+		{"invalid_grant in doubt", family.Attempt{State: family.StateInDoubt}, answerInvalidGrant, family.ActionRevoke, false, notice.ReasonLostRotation, nil},
+		{"client refused", family.Attempt{State: family.StateClaimed}, answerBadClient, family.ActionRecheckClient, false, "", isClientRejected},
+		{"client refused again", family.Attempt{State: family.StateClaimed, ClientRechecked: true}, answerBadClient, family.ActionGiveUp, false, "", isClientRejected},
+		{"unknown, first attempt", family.Attempt{State: family.StateClaimed}, answerUnknown, family.ActionRetry, true, "", nil},
+		{"unknown, already in doubt", family.Attempt{State: family.StateInDoubt}, answerUnknown, family.ActionRetry, false, "", nil},
+		{"unknown again, no grace", family.Attempt{State: family.StateInDoubt, N: 1, Now: now, UnknownSince: now}, answerUnknown, family.ActionGiveUp, false, "", isUnavailable},
+		{"unknown again, within grace", family.Attempt{State: family.StateInDoubt, N: 3, Now: now.Add(10 * time.Second), UnknownSince: now, Grace: 30 * time.Second}, answerUnknown, family.ActionRetry, false, "", nil},
+		{"unknown again, grace half gone", family.Attempt{State: family.StateInDoubt, N: 3, Now: now.Add(15 * time.Second), UnknownSince: now, Grace: 30 * time.Second}, answerUnknown, family.ActionGiveUp, false, "", isUnavailable},
+		{"not processed", family.Attempt{State: family.StateClaimed, NotProcessedTries: 4}, answerNotProcessed, family.ActionRetry, false, "", nil},
+		{"temporary refusal", family.Attempt{State: family.StateClaimed, N: 2, NotProcessedTries: 4}, tempRefusal, family.ActionRetry, false, "", nil},
+		{"not processed, last try", family.Attempt{State: family.StateClaimed, N: 3, NotProcessedTries: 4}, answerNotProcessed, family.ActionGiveUp, false, "", isUnavailable},
+		{"not processed in doubt", family.Attempt{State: family.StateInDoubt, N: 1, NotProcessedTries: 4}, answerNotProcessed, family.ActionRetry, false, "", nil},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			d := decideRefresh(tt.a, tt.answer)
-			if d.action != tt.want || d.markInDoubt != tt.inDoubt || d.reason != tt.reason {
-				t.Fatalf("decision %s (in doubt %v, reason %q), want %s (%v, %q)", d.action, d.markInDoubt, d.reason, tt.want, tt.inDoubt, tt.reason)
+			d := family.Decide(tt.a, tt.answer)
+			if d.Action != tt.want || d.MarkInDoubt != tt.inDoubt || d.Reason != tt.reason {
+				t.Fatalf("decision %s (in doubt %v, reason %q), want %s (%v, %q)", d.Action, d.MarkInDoubt, d.Reason, tt.want, tt.inDoubt, tt.reason)
 			}
-			if tt.err == nil && d.err != nil && d.action != actionRecheckClient {
-				t.Errorf("error %v, want none", d.err)
+			if tt.err == nil && d.Err != nil && d.Action != family.ActionRecheckClient {
+				t.Errorf("error %v, want none", d.Err)
 			}
-			if tt.err != nil && !tt.err(d.err) {
-				t.Errorf("error %v", d.err)
+			if tt.err != nil && !tt.err(d.Err) {
+				t.Errorf("error %v", d.Err)
 			}
 		})
 	}
 	// A temporary refusal's Retry-After is the least wait, also in the error
 	// of the last try.
-	if d := decideRefresh(refreshAttempt{state: stateClaimed, notProcessedTries: 4}, tempRefusal); d.backoffAtLeast != 3*time.Second {
-		t.Errorf("backoff at least %s, want the provider's 3s", d.backoffAtLeast)
+	if d := family.Decide(family.Attempt{State: family.StateClaimed, NotProcessedTries: 4}, tempRefusal); d.BackoffAtLeast != 3*time.Second {
+		t.Errorf("backoff at least %s, want the provider's 3s", d.BackoffAtLeast)
 	}
 	var ue *brokererr.UnavailableError
-	if d := decideRefresh(refreshAttempt{state: stateClaimed, n: 3, notProcessedTries: 4}, tempRefusal); !errors.As(d.err, &ue) || ue.RetryAfter != 3*time.Second {
-		t.Errorf("last try's error %v, want retry after 3s", d.err)
+	if d := family.Decide(family.Attempt{State: family.StateClaimed, N: 3, NotProcessedTries: 4}, tempRefusal); !errors.As(d.Err, &ue) || ue.RetryAfter != 3*time.Second {
+		t.Errorf("last try's error %v, want retry after 3s", d.Err)
 	}
-	for o := outcomeOK; o <= outcomeNotProcessed; o++ {
+	for o := family.OutcomeOK; o <= family.OutcomeNotProcessed; o++ {
 		if o.String() == "" {
 			t.Errorf("outcome %d has no name", o)
 		}
 	}
-	for a := actionStore; a <= actionGiveUp; a++ {
+	for a := family.ActionStore; a <= family.ActionGiveUp; a++ {
 		if a.String() == "" {
 			t.Errorf("action %d has no name", a)
 		}

@@ -30,7 +30,7 @@ func startConcurrently(t *testing.T, replicas []*Broker, n int, credOf, actorOf 
 	for i := range n {
 		wg.Go(func() {
 			ctx := audit.WithActor(context.Background(), actorOf(i))
-			p, err := replicas[i%len(replicas)].StartAuthorization(ctx, credOf(i), "http://127.0.0.1:1/cb", nil)
+			p, err := replicas[i%len(replicas)].Flows().StartAuthorization(ctx, credOf(i), "http://127.0.0.1:1/cb", nil)
 			switch {
 			case errors.Is(err, authflow.ErrTooManyFlows):
 				tooMany.Add(1)
@@ -50,7 +50,7 @@ func startConcurrently(t *testing.T, replicas []*Broker, n int, credOf, actorOf 
 func createCredentials(ctx context.Context, t *testing.T, b *Broker, spec credspec.Spec, n int) {
 	t.Helper()
 	for i := range n {
-		if _, err := b.CreateCredential(ctx, fmt.Sprintf("c%d", i), spec); err != nil {
+		if _, err := b.Credentials().Create(ctx, fmt.Sprintf("c%d", i), spec); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -120,12 +120,12 @@ func TestFlowSharesPerCredentialAndOperator(t *testing.T) {
 
 	// One of x's flows ends: after the next sweep x has a place again.
 	newcomer := audit.WithActor(ctx, "newcomer")
-	if _, err := a.StartAuthorization(newcomer, "x", "http://127.0.0.1:1/cb", nil); !errors.Is(err, authflow.ErrTooManyFlows) {
+	if _, err := a.Flows().StartAuthorization(newcomer, "x", "http://127.0.0.1:1/cb", nil); !errors.Is(err, authflow.ErrTooManyFlows) {
 		t.Fatalf("an 11th flow for x: %v, want ErrTooManyFlows", err)
 	}
 	a.flows.Fail(ctx, started[0], authflow.FlowDenied, authflow.DeniedDetail)
 	a.flows.Sweep(ctx)
-	if _, err := a.StartAuthorization(newcomer, "x", "http://127.0.0.1:1/cb", nil); err != nil {
+	if _, err := a.Flows().StartAuthorization(newcomer, "x", "http://127.0.0.1:1/cb", nil); err != nil {
 		t.Fatalf("a flow for x after one of its flows ended: %v", err)
 	}
 }
@@ -140,16 +140,16 @@ func TestReservationWithoutAFlowIsReleased(t *testing.T) {
 	if _, err := b.flows.Reserve(ctx, "x"); err != nil { // a start that went no further
 		t.Fatal(err)
 	}
-	if _, err := b.StartAuthorization(ctx, "x", "http://127.0.0.1:1/cb", nil); !errors.Is(err, authflow.ErrTooManyFlows) {
+	if _, err := b.Flows().StartAuthorization(ctx, "x", "http://127.0.0.1:1/cb", nil); !errors.Is(err, authflow.ErrTooManyFlows) {
 		t.Fatalf("with the only place reserved: %v, want ErrTooManyFlows", err)
 	}
 	b.flows.Sweep(ctx)
-	if _, err := b.StartAuthorization(ctx, "x", "http://127.0.0.1:1/cb", nil); !errors.Is(err, authflow.ErrTooManyFlows) {
+	if _, err := b.Flows().StartAuthorization(ctx, "x", "http://127.0.0.1:1/cb", nil); !errors.Is(err, authflow.ErrTooManyFlows) {
 		t.Fatalf("within the grace a start may still write its record: %v, want ErrTooManyFlows", err)
 	}
 	env.clk.Add(authflow.ReserveGrace)
 	b.flows.Sweep(ctx)
-	if _, err := b.StartAuthorization(ctx, "x", "http://127.0.0.1:1/cb", nil); err != nil {
+	if _, err := b.Flows().StartAuthorization(ctx, "x", "http://127.0.0.1:1/cb", nil); err != nil {
 		t.Fatalf("after the sweep dropped the orphan reservation: %v", err)
 	}
 }
@@ -170,12 +170,12 @@ func TestReservationOfADeadReplicaIsReleased(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The start that reserved never writes its record: the replica is gone.
-	if _, err := survivor.StartAuthorization(ctx, "x", "http://127.0.0.1:1/cb", nil); !errors.Is(err, authflow.ErrTooManyFlows) {
+	if _, err := survivor.Flows().StartAuthorization(ctx, "x", "http://127.0.0.1:1/cb", nil); !errors.Is(err, authflow.ErrTooManyFlows) {
 		t.Fatalf("with the only place reserved: %v, want ErrTooManyFlows", err)
 	}
 	env.clk.Add(2 * authflow.ReserveGrace)
 	survivor.flows.Sweep(ctx)
-	if _, err := survivor.StartAuthorization(ctx, "x", "http://127.0.0.1:1/cb", nil); err != nil {
+	if _, err := survivor.Flows().StartAuthorization(ctx, "x", "http://127.0.0.1:1/cb", nil); err != nil {
 		t.Fatalf("after the dead replica's reservation expired: %v, want the flow started", err)
 	}
 }

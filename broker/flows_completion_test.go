@@ -13,6 +13,7 @@ import (
 	"github.com/rotavault/rotavault/broker/authflow"
 	"github.com/rotavault/rotavault/broker/brokererr"
 	"github.com/rotavault/rotavault/broker/credspec"
+	"github.com/rotavault/rotavault/broker/family"
 	"github.com/rotavault/rotavault/broker/option"
 	"github.com/rotavault/rotavault/providersim"
 )
@@ -47,7 +48,7 @@ func authorizeAtSim(t *testing.T, authorizeURL string) string {
 // flowRedirect and approves it at the simulator: the flow and its code.
 func authorizeX(ctx context.Context, t *testing.T, b *Broker) (authflow.PendingAuthorization, string) {
 	t.Helper()
-	p, err := b.StartAuthorization(ctx, "x", flowRedirect, nil)
+	p, err := b.Flows().StartAuthorization(ctx, "x", flowRedirect, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -59,10 +60,10 @@ func authorizeX(ctx context.Context, t *testing.T, b *Broker) (authflow.PendingA
 // about (a credential without an active family is deleted without notice).
 func recreateElsewhere(ctx context.Context, t *testing.T, other *Broker, id string, spec credspec.Spec) {
 	t.Helper()
-	if err := other.DeleteCredential(ctx, id); err != nil {
+	if err := other.Credentials().Delete(ctx, id); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := other.CreateCredential(ctx, id, spec); err != nil {
+	if _, err := other.Credentials().Create(ctx, id, spec); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -71,11 +72,11 @@ func recreateElsewhere(ctx context.Context, t *testing.T, other *Broker, id stri
 // the recreated credential got no family.
 func wantAwaitingReauth(ctx context.Context, t *testing.T, b *Broker, id string) {
 	t.Helper()
-	c, err := b.GetCredential(ctx, id)
+	c, err := b.Credentials().Get(ctx, id)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.Status != StatusAwaitingReauth || c.FamilyID != "" {
+	if c.Status != family.StatusAwaitingReauth || c.FamilyID != "" {
 		t.Fatalf("recreated credential: status %s family %q; a flow started for the deleted one must not install into it", c.Status, c.FamilyID)
 	}
 }
@@ -93,17 +94,17 @@ func TestFlowDoesNotCompleteIntoARecreatedCredential(t *testing.T) {
 		env.withRedirects(flowRedirect)
 		a := env.replica(t, "replica-a", time.Hour)
 		b := env.replica(t, "replica-b", time.Hour)
-		if _, err := a.CreateCredential(ctx, "x", env.spec); err != nil {
+		if _, err := a.Credentials().Create(ctx, "x", env.spec); err != nil {
 			t.Fatal(err)
 		}
-		p, err := a.StartAuthorization(ctx, "x", flowRedirect, nil)
+		p, err := a.Flows().StartAuthorization(ctx, "x", flowRedirect, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
 		recreateElsewhere(ctx, t, b, "x", env.spec)
 		code := authorizeAtSim(t, p.AuthorizeURL)
 
-		if _, err := a.CompleteAuthorization(ctx, "x", p.State, code); !errors.Is(err, brokererr.ErrNotFound) {
+		if _, err := a.Flows().CompleteAuthorization(ctx, "x", p.State, code); !errors.Is(err, brokererr.ErrNotFound) {
 			t.Fatalf("completing a flow of the deleted credential: %v, want ErrNotFound", err)
 		}
 		wantAwaitingReauth(ctx, t, b, "x")
@@ -120,10 +121,10 @@ func TestFlowDoesNotCompleteIntoARecreatedCredential(t *testing.T) {
 		env := newFlowEnv(t)
 		a := env.replica(t, "replica-a", time.Hour)
 		b := env.replica(t, "replica-b", time.Hour)
-		if _, err := a.CreateCredential(ctx, "x", env.spec); err != nil {
+		if _, err := a.Credentials().Create(ctx, "x", env.spec); err != nil {
 			t.Fatal(err)
 		}
-		p, err := a.StartDeviceAuthorization(ctx, "x", nil)
+		p, err := a.Flows().StartDeviceAuthorization(ctx, "x", nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -159,7 +160,7 @@ func TestCodeExchangeOutlivesItsCaller(t *testing.T) {
 	callCtx, cancel := context.WithCancel(ctx)
 	done := make(chan error, 1)
 	go func() {
-		_, err := b.CompleteAuthorization(callCtx, "x", p.State, code)
+		_, err := b.Flows().CompleteAuthorization(callCtx, "x", p.State, code)
 		done <- err
 	}()
 	wctx, wcancel := context.WithTimeout(ctx, flowDeadline)
@@ -194,12 +195,12 @@ func TestExplicitServerCallbackURLIsTheServerCallback(t *testing.T) {
 	const callback = "http://127.0.0.1:1/oauth/callback"
 	env.withRedirects(callback)
 	b := env.primary(ctx, t, option.WithCallbackURL(callback))
-	p, err := b.StartAuthorization(ctx, "x", callback, nil)
+	p, err := b.Flows().StartAuthorization(ctx, "x", callback, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	code := authorizeAtSim(t, p.AuthorizeURL)
-	act, err := b.CompleteCallback(ctx, authflow.Callback{State: p.State, Code: code})
+	act, err := b.Flows().CompleteCallback(ctx, authflow.Callback{State: p.State, Code: code})
 	if err != nil {
 		t.Fatalf("the callback refused a flow started for it: %v", err)
 	}
@@ -221,7 +222,7 @@ func TestCodeExchangedButNotStoredEndsTheFlow(t *testing.T) {
 	p, code := authorizeX(ctx, t, b)
 	before := env.sim.Stats()
 	up := st.inject(&fault{op: "put", prefix: "families/", fail: errStoreDown})
-	_, err := b.CompleteAuthorization(ctx, "x", p.State, code)
+	_, err := b.Flows().CompleteAuthorization(ctx, "x", p.State, code)
 	var ae *authflow.AuthorizationError
 	var ue *brokererr.UnavailableError
 	if !errors.As(err, &ae) || errors.As(err, &ue) {
@@ -233,10 +234,10 @@ func TestCodeExchangedButNotStoredEndsTheFlow(t *testing.T) {
 			s.Revocations-before.Revocations, s.FamiliesRevoked-before.FamiliesRevoked)
 	}
 	up()
-	if _, err := b.CompleteAuthorization(ctx, "x", p.State, code); !isInvalidField(err, "state") {
+	if _, err := b.Flows().CompleteAuthorization(ctx, "x", p.State, code); !isInvalidField(err, "state") {
 		t.Fatalf("the same code again: %v, want invalid state (the flow ended)", err)
 	}
-	if _, err := b.CheckAuthorization(ctx, "x", p.State, 0); !errors.As(err, &ae) || ae.Reason != authflow.FlowRefused {
+	if _, err := b.Flows().CheckAuthorization(ctx, "x", p.State, 0); !errors.As(err, &ae) || ae.Reason != authflow.FlowRefused {
 		t.Fatalf("check: %v, want the flow failed", err)
 	}
 }

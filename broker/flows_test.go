@@ -60,7 +60,7 @@ func (env *flowEnv) replica(t *testing.T, id string, sweep time.Duration, extra 
 func (env *flowEnv) primary(ctx context.Context, t *testing.T, extra ...option.Option) *Broker {
 	t.Helper()
 	b := env.replica(t, "replica-a", time.Hour, extra...)
-	if _, err := b.CreateCredential(ctx, "x", env.spec); err != nil {
+	if _, err := b.Credentials().Create(ctx, "x", env.spec); err != nil {
 		t.Fatal(err)
 	}
 	return b
@@ -83,7 +83,7 @@ func awaitActivation(t *testing.T, b *Broker, id, state string) authflow.Activat
 	ctx, cancel := context.WithTimeout(context.Background(), flowDeadline)
 	defer cancel()
 	for ctx.Err() == nil {
-		p, err := b.CheckAuthorization(ctx, id, state, 5*time.Second)
+		p, err := b.Flows().CheckAuthorization(ctx, id, state, 5*time.Second)
 		if err != nil {
 			t.Fatalf("check: %v", err)
 		}
@@ -113,7 +113,7 @@ func TestDeviceFlowTakeoverFromDeadPoller(t *testing.T) {
 	ctx := context.Background()
 	env := newFlowEnv(t)
 	a := env.primary(ctx, t)
-	p, err := a.StartDeviceAuthorization(ctx, "x", nil)
+	p, err := a.Flows().StartDeviceAuthorization(ctx, "x", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -162,7 +162,7 @@ func TestDeviceFlowHandoverOnShutdown(t *testing.T) {
 	ctx := context.Background()
 	env := newFlowEnv(t)
 	a := env.primary(ctx, t)
-	p, err := a.StartDeviceAuthorization(ctx, "x", nil)
+	p, err := a.Flows().StartDeviceAuthorization(ctx, "x", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -188,12 +188,12 @@ func TestDeviceFlowSlowDown(t *testing.T) {
 	env := newFlowEnv(t)
 	a := env.primary(ctx, t)
 	env.sim.SlowDownDevicePolls(1)
-	p, err := a.StartDeviceAuthorization(ctx, "x", nil)
+	p, err := a.Flows().StartDeviceAuthorization(ctx, "x", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	awaitFlow(t, env.st, p.State, "slowed down", func(f *authflow.Record) bool { return f.Interval == 6*time.Second })
-	got, err := a.CheckAuthorization(ctx, "x", p.State, 0)
+	got, err := a.Flows().CheckAuthorization(ctx, "x", p.State, 0)
 	if err != nil || got.Device == nil || got.Device.Interval != 6*time.Second {
 		t.Fatalf("check: %+v %v, want pending with a 6s interval", got.Device, err)
 	}
@@ -205,23 +205,23 @@ func TestFlowExpiryAndPruning(t *testing.T) {
 	ctx := context.Background()
 	env := newFlowEnv(t)
 	b := env.primary(ctx, t)
-	p, err := b.StartAuthorization(ctx, "x", "http://127.0.0.1:1/cb", nil)
+	p, err := b.Flows().StartAuthorization(ctx, "x", "http://127.0.0.1:1/cb", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got, err := b.CheckAuthorization(ctx, "x", p.State, 0); err != nil || got.Authorization == nil || got.Authorization.AuthorizeURL != p.AuthorizeURL {
+	if got, err := b.Flows().CheckAuthorization(ctx, "x", p.State, 0); err != nil || got.Authorization == nil || got.Authorization.AuthorizeURL != p.AuthorizeURL {
 		t.Fatalf("check of a fresh flow: %+v %v, want it pending with its authorize URL", got, err)
 	}
 	env.clk.Add(11 * time.Minute)
 	var ae *authflow.AuthorizationError
-	if _, err := b.CheckAuthorization(ctx, "x", p.State, 0); !errors.As(err, &ae) || ae.Reason != authflow.FlowExpired {
+	if _, err := b.Flows().CheckAuthorization(ctx, "x", p.State, 0); !errors.As(err, &ae) || ae.Reason != authflow.FlowExpired {
 		t.Fatalf("check after 11m: %v, want expired", err)
 	}
 	b.flows.Sweep(ctx)
 	if f := readFlowRecord(t, env.st, p.State); f.Status != authflow.StatusFailed || f.Failure != authflow.FlowExpired || f.Verifier != "" {
 		t.Fatalf("swept flow %+v: want failed/expired without its verifier", f)
 	}
-	if _, err := b.CompleteAuthorization(ctx, "x", p.State, "some-code"); !isInvalidField(err, "state") {
+	if _, err := b.Flows().CompleteAuthorization(ctx, "x", p.State, "some-code"); !isInvalidField(err, "state") {
 		t.Fatalf("completing an expired flow: %v, want invalid state", err)
 	}
 	env.clk.Add(authflow.Retention)
@@ -229,7 +229,7 @@ func TestFlowExpiryAndPruning(t *testing.T) {
 	if _, err := env.st.Get(ctx, authflow.RecordKey(p.State)); !errors.Is(err, store.ErrNotFound) {
 		t.Fatalf("finished flow still stored after its retention: %v", err)
 	}
-	if _, err := b.CheckAuthorization(ctx, "x", p.State, 0); !isInvalidField(err, "state") {
+	if _, err := b.Flows().CheckAuthorization(ctx, "x", p.State, 0); !isInvalidField(err, "state") {
 		t.Fatalf("check of a forgotten flow: %v, want invalid state", err)
 	}
 }
@@ -240,43 +240,43 @@ func TestCheckAuthorizationBounds(t *testing.T) {
 	env := newFlowEnv(t)
 	b := env.replica(t, "replica-a", time.Hour)
 	for _, id := range []string{"x", "y"} {
-		if _, err := b.CreateCredential(ctx, id, env.spec); err != nil {
+		if _, err := b.Credentials().Create(ctx, id, env.spec); err != nil {
 			t.Fatal(err)
 		}
 	}
-	p, err := b.StartAuthorization(ctx, "x", "http://127.0.0.1:1/cb", nil)
+	p, err := b.Flows().StartAuthorization(ctx, "x", "http://127.0.0.1:1/cb", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := b.CheckAuthorization(ctx, "y", p.State, 0); !isInvalidField(err, "state") {
+	if _, err := b.Flows().CheckAuthorization(ctx, "y", p.State, 0); !isInvalidField(err, "state") {
 		t.Fatalf("check under another credential: %v, want invalid state", err)
 	}
-	if _, err := b.CompleteAuthorization(ctx, "y", p.State, "code"); !isInvalidField(err, "state") {
+	if _, err := b.Flows().CompleteAuthorization(ctx, "y", p.State, "code"); !isInvalidField(err, "state") {
 		t.Fatalf("completing under another credential: %v, want invalid state", err)
 	}
-	if _, err := b.CheckAuthorization(ctx, "x", p.State, authflow.MaxCheckWait+time.Second); !isInvalidField(err, "authorization_check.wait") {
+	if _, err := b.Flows().CheckAuthorization(ctx, "x", p.State, authflow.MaxCheckWait+time.Second); !isInvalidField(err, "authorization_check.wait") {
 		t.Fatalf("wait over the maximum: %v, want invalid wait", err)
 	}
 	short, cancel := context.WithTimeout(ctx, 1500*time.Millisecond)
 	defer cancel()
-	got, err := b.CheckAuthorization(short, "x", p.State, authflow.MaxCheckWait)
+	got, err := b.Flows().CheckAuthorization(short, "x", p.State, authflow.MaxCheckWait)
 	if err != nil || got.Authorization == nil || short.Err() != nil {
 		t.Fatalf("a wait longer than the deadline: %+v %v (ctx %v), want pending before the deadline", got, err, short.Err())
 	}
-	if _, err := b.StartAuthorization(ctx, "x", "", nil); !errors.Is(err, authflow.ErrCallbackNotConfigured) {
+	if _, err := b.Flows().StartAuthorization(ctx, "x", "", nil); !errors.Is(err, authflow.ErrCallbackNotConfigured) {
 		t.Fatalf("server callback without a URL: %v, want ErrCallbackNotConfigured", err)
 	}
 
 	// A shutdown beginning answers waiting checks now, not a minute later.
 	answered := make(chan error, 1)
 	go func() {
-		p, err := b.CheckAuthorization(ctx, "x", p.State, authflow.MaxCheckWait)
+		p, err := b.Flows().CheckAuthorization(ctx, "x", p.State, authflow.MaxCheckWait)
 		if err == nil && p.Authorization == nil {
 			err = errors.New("not pending")
 		}
 		answered <- err
 	}()
-	b.StopWaiting()
+	b.Flows().StopWaiting()
 	select {
 	case err := <-answered:
 		if err != nil {
@@ -294,7 +294,7 @@ func TestDeviceFlowScopeRefusal(t *testing.T) {
 	ctx := context.Background()
 	env := newFlowEnv(t)
 	b := env.primary(ctx, t)
-	if _, err := b.StartDeviceAuthorization(ctx, "x", []string{"api"}); !isInvalidField(err, "scopes") {
+	if _, err := b.Flows().StartDeviceAuthorization(ctx, "x", []string{"api"}); !isInvalidField(err, "scopes") {
 		t.Fatalf("device flow with scope api: %v, want invalid scopes", err)
 	}
 	if n := env.sim.Stats().DeviceAuthorizations; n != 0 {
@@ -318,15 +318,15 @@ func TestFlowStartsAreBounded(t *testing.T) {
 	env := newFlowEnv(t)
 	b := env.primary(ctx, t, option.WithMaxFlows(2))
 	for range 2 {
-		if _, err := b.StartAuthorization(ctx, "x", "http://127.0.0.1:1/cb", nil); err != nil {
+		if _, err := b.Flows().StartAuthorization(ctx, "x", "http://127.0.0.1:1/cb", nil); err != nil {
 			t.Fatal(err)
 		}
 	}
 	starts := env.sim.Stats().DeviceAuthorizations
-	if _, err := b.StartAuthorization(ctx, "x", "http://127.0.0.1:1/cb", nil); !errors.Is(err, authflow.ErrTooManyFlows) {
+	if _, err := b.Flows().StartAuthorization(ctx, "x", "http://127.0.0.1:1/cb", nil); !errors.Is(err, authflow.ErrTooManyFlows) {
 		t.Fatalf("third code flow: %v, want ErrTooManyFlows", err)
 	}
-	if _, err := b.StartDeviceAuthorization(ctx, "x", nil); !errors.Is(err, authflow.ErrTooManyFlows) {
+	if _, err := b.Flows().StartDeviceAuthorization(ctx, "x", nil); !errors.Is(err, authflow.ErrTooManyFlows) {
 		t.Fatalf("device flow: %v, want ErrTooManyFlows", err)
 	}
 	if keys, _ := env.st.List(ctx, authflow.RecordPrefix); len(keys) != 2 || env.sim.Stats().DeviceAuthorizations != starts {
@@ -337,7 +337,7 @@ func TestFlowStartsAreBounded(t *testing.T) {
 	b.flows.Sweep(ctx)
 	env.clk.Add(11 * time.Minute)
 	b.flows.Sweep(ctx)
-	if _, err := b.StartAuthorization(ctx, "x", "http://127.0.0.1:1/cb", nil); err != nil {
+	if _, err := b.Flows().StartAuthorization(ctx, "x", "http://127.0.0.1:1/cb", nil); err != nil {
 		t.Fatalf("after the old flows were forgotten: %v", err)
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"github.com/rotavault/rotavault/broker/authflow"
 	"github.com/rotavault/rotavault/broker/brokererr"
 	"github.com/rotavault/rotavault/broker/credspec"
+	"github.com/rotavault/rotavault/broker/family"
 	"github.com/rotavault/rotavault/internal/credid"
 	"github.com/rotavault/rotavault/store"
 )
@@ -33,8 +34,8 @@ func FuzzRequestValidation(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, id, rawURL, scope string) {
 		if credid.Validate(id) == nil {
-			cred := &credentialRecord{ID: id, Incarnation: randomHex(8)}
-			for key, parts := range map[string]int{credentialKey(id): 2, familyKey(cred): 3} {
+			cred := &family.Credential{ID: id, Incarnation: randomHex(8)}
+			for key, parts := range map[string]int{family.CredentialKey(id): 2, cred.FamilyKey(): 3} {
 				if err := store.ValidateKey(key); err != nil {
 					t.Fatalf("accepted id %q makes an invalid store key: %v", id, err)
 				}

@@ -12,6 +12,7 @@ import (
 	"github.com/rotavault/rotavault/broker/access"
 	"github.com/rotavault/rotavault/broker/brokererr"
 	"github.com/rotavault/rotavault/broker/credspec"
+	"github.com/rotavault/rotavault/broker/family"
 	"github.com/rotavault/rotavault/broker/notice"
 	"github.com/rotavault/rotavault/broker/option"
 	"github.com/rotavault/rotavault/internal/fakeclock"
@@ -44,12 +45,12 @@ func TestReuseGraceTooShortIsRefused(t *testing.T) {
 	}{{0, false}, {time.Second, true}, {19 * time.Second, true}, {20 * time.Second, false}, {time.Minute, false}} {
 		s := spec
 		s.ReuseGrace = tt.grace
-		_, err := b.CreateCredential(ctx, "g"+strings.ReplaceAll(tt.grace.String(), "s", ""), s)
+		_, err := b.Credentials().Create(ctx, "g"+strings.ReplaceAll(tt.grace.String(), "s", ""), s)
 		if tooShort(err) != tt.refused || (!tt.refused && err != nil) {
 			t.Errorf("create with grace %s: %v, want refused %v", tt.grace, err, tt.refused)
 		}
 	}
-	if _, err := b.UpdateCredential(ctx, "g20", []credspec.Field{credspec.FieldReuseGrace}, credspec.Spec{ReuseGrace: 10 * time.Second}); !tooShort(err) {
+	if _, err := b.Credentials().Update(ctx, "g20", []credspec.Field{credspec.FieldReuseGrace}, credspec.Spec{ReuseGrace: 10 * time.Second}); !tooShort(err) {
 		t.Errorf("update to a 10s grace: %v, want REUSE_GRACE_TOO_SHORT", err)
 	}
 	// A replica with a longer claim margin cannot fit the stored 20 s: it
@@ -102,7 +103,7 @@ func graceCrash(t *testing.T) (sim *providersim.Server, b *Broker, st store.Stor
 	b = newTestBroker(t, st, replicaOpts(clk)...)
 	spec := simSpec(sim)
 	spec.ReuseGrace = grace
-	if _, err := b.CreateCredential(ctx, "x", spec); err != nil {
+	if _, err := b.Credentials().Create(ctx, "x", spec); err != nil {
 		t.Fatal(err)
 	}
 	rt, _ := sim.IssueRefreshToken("c", nil)
@@ -182,7 +183,7 @@ func TestExclusiveStoreTakesAPreviousProcessClaimOverAtOnce(t *testing.T) {
 	a := newBroker(t, Config{Store: st, Provider: dead, Auditor: &recordingAuditor{}}, replicaOpts(clk, option.WithExclusiveStore())...)
 	var once sync.Once
 	t.Cleanup(func() { once.Do(func() { close(dead.release) }) })
-	if _, err := a.CreateCredential(ctx, "x", simSpec(sim)); err != nil {
+	if _, err := a.Credentials().Create(ctx, "x", simSpec(sim)); err != nil {
 		t.Fatal(err)
 	}
 	rt, _ := sim.IssueRefreshToken("c", nil)
@@ -204,7 +205,7 @@ func TestExclusiveStoreTakesAPreviousProcessClaimOverAtOnce(t *testing.T) {
 	if err != nil || !sim.AccessTokenActive(tok.Token) {
 		t.Fatalf("after a restart on the embedded store: %v, want a token without waiting out the claim", err)
 	}
-	if f := storedFamily(ctx, t, st); f.Claim != nil || f.Status != StatusActive {
+	if f := storedFamily(ctx, t, st); f.Claim != nil || f.Status != family.StatusActive {
 		t.Fatalf("stored family after the takeover: %+v", f)
 	}
 }
@@ -212,10 +213,10 @@ func TestExclusiveStoreTakesAPreviousProcessClaimOverAtOnce(t *testing.T) {
 // The pure method refuses a takeover of no other holder's claim.
 func TestTakenOverFromDeadNeedsAnotherHoldersClaim(t *testing.T) {
 	now := time.Now()
-	var te *transitionError
-	for _, c := range []*claim{nil, {Holder: me, Deadline: now.Add(time.Minute)}} {
-		f := &familyRecord{Status: StatusActive, FamilyID: "f", RefreshToken: "rt", Claim: c}
-		if _, err := f.takenOverFromDead(me, now.Add(time.Minute)); !errors.As(err, &te) || te.Event != evTakeOverDead {
+	var te *family.TransitionError
+	for _, c := range []*family.Claim{nil, {Holder: me, Deadline: now.Add(time.Minute)}} {
+		f := &family.Record{Status: family.StatusActive, FamilyID: "f", RefreshToken: "rt", Claim: c}
+		if _, err := f.TakenOverFromDead(me, now.Add(time.Minute)); !errors.As(err, &te) || te.Event != family.EvTakeOverDead {
 			t.Errorf("claim %+v: %v, want a refused take_over_dead", c, err)
 		}
 	}

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/rotavault/rotavault/audit"
+	"github.com/rotavault/rotavault/broker/family"
 	"github.com/rotavault/rotavault/broker/option"
 	"github.com/rotavault/rotavault/provider"
 	"github.com/rotavault/rotavault/store"
@@ -159,7 +160,7 @@ var errStoreDown = errors.New("faultstore: store unavailable (test)")
 // writes.
 func familyWrites(claims bool) func(string, []byte) bool {
 	return func(_ string, value []byte) bool {
-		var f familyRecord
+		var f family.Record
 		if err := decodeRecord(value, &f, &f.Format); err != nil {
 			return false
 		}

@@ -3,6 +3,7 @@ package broker
 import (
 	"context"
 	"github.com/rotavault/rotavault/broker/catalog"
+	"github.com/rotavault/rotavault/broker/family"
 	"github.com/rotavault/rotavault/broker/option"
 	"os"
 	"strconv"
@@ -45,7 +46,7 @@ func newListingBench(b *testing.B, st store.Store, n int, withConsumers bool) *l
 	seedListing(b, sw, n, withConsumers)
 	lb := &listingBench{n: n, b: br, sw: sw, consumers: withConsumers}
 	start := time.Now()
-	if _, _, err := st.ListPage(context.Background(), credentialsPrefix, "", benchPageSize); err != nil {
+	if _, _, err := st.ListPage(context.Background(), family.CredentialsPrefix, "", benchPageSize); err != nil {
 		b.Fatal(err)
 	}
 	lb.cold = time.Since(start)
@@ -70,7 +71,7 @@ func (lb *listingBench) after(i int) string {
 // how long it took.
 func (lb *listingBench) credentialsPage(b *testing.B, i int) time.Duration {
 	start := time.Now()
-	page, _, err := lb.b.ListCredentials(context.Background(), lb.after(i), benchPageSize)
+	page, _, err := lb.b.Credentials().List(context.Background(), lb.after(i), benchPageSize)
 	took := time.Since(start)
 	if err != nil || len(page) == 0 {
 		b.Fatalf("page after %q: %d credentials, %v", lb.after(i), len(page), err)
@@ -85,7 +86,7 @@ func (lb *listingBench) consumersPage(b *testing.B, i int) time.Duration {
 		cursor = catalog.Cursor{CredentialID: after, Identity: listingIdentity}
 	}
 	start := time.Now()
-	cons, _, err := lb.b.ListConsumers(context.Background(), "", cursor, benchPageSize)
+	cons, _, err := lb.b.Catalog().List(context.Background(), "", cursor, benchPageSize)
 	took := time.Since(start)
 	if err != nil || len(cons) == 0 {
 		b.Fatalf("consumers after %+v: %d, %v", cursor, len(cons), err)

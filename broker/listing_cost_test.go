@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"github.com/rotavault/rotavault/broker/catalog"
 	"github.com/rotavault/rotavault/broker/credspec"
+	"github.com/rotavault/rotavault/broker/family"
 	"github.com/rotavault/rotavault/broker/option"
 	"path/filepath"
 	"strings"
@@ -13,6 +14,7 @@ import (
 	"time"
 
 	"github.com/rotavault/rotavault/boltstore"
+	"github.com/rotavault/rotavault/broker/registry"
 	"github.com/rotavault/rotavault/store"
 	"github.com/rotavault/rotavault/store/storetest"
 )
@@ -29,7 +31,7 @@ type storeWork struct {
 var _ store.Store = (*storeWork)(nil)
 
 func (s *storeWork) count(key string, keys int) {
-	for _, p := range []string{credentialsPrefix, "families/", catalog.KeyPrefix} {
+	for _, p := range []string{family.CredentialsPrefix, "families/", catalog.KeyPrefix} {
 		if strings.HasPrefix(key, p) {
 			s.calls.Add(1)
 			s.keys.Add(int64(keys))
@@ -107,10 +109,10 @@ func seedListing(tb testing.TB, st store.Store, n int, withConsumers bool) {
 	err := storetest.Seed(ctx, st, n, func(i int) ([]store.Record, error) {
 		id := listingID(i)
 		inc := fmt.Sprintf("inc%d", i)
-		cred, err := encodeRecord(&credentialRecord{Format: recordFormat, ID: id, Incarnation: inc, Spec: spec, CreatedAt: now, UpdatedAt: now})
+		cred, err := encodeRecord(&family.Credential{Format: recordFormat, ID: id, Incarnation: inc, Spec: spec, CreatedAt: now, UpdatedAt: now})
 		// The catalog's record, as package catalog writes it.
 		cat := fmt.Sprintf(`{"format":1,"incarnation":%q,"consumers":[{"identity":%q,"first_seen":"2026-01-01T00:00:00Z","last_seen":"2026-01-01T00:00:00Z","count":1}]}`, inc, listingIdentity)
-		recs := []store.Record{{Key: credentialKey(id), Value: cred}}
+		recs := []store.Record{{Key: family.CredentialKey(id), Value: cred}}
 		if withConsumers {
 			recs = append(recs, store.Record{Key: catalog.Key(id), Value: []byte(cat)})
 		}
@@ -139,11 +141,11 @@ func TestListingPageStoreWorkDoesNotGrowWithCredentials(t *testing.T) {
 		seedListing(t, sw, n, true)
 		ctx := t.Context()
 		for _, after := range listingPages(n) {
-			var page []Credential
+			var page []registry.Credential
 			var more bool
 			creds = append(creds, sw.measure(func() {
 				var err error
-				if page, more, err = b.ListCredentials(ctx, after, pageSize); err != nil {
+				if page, more, err = b.Credentials().List(ctx, after, pageSize); err != nil {
 					t.Fatal(err)
 				}
 			}))
@@ -161,7 +163,7 @@ func TestListingPageStoreWorkDoesNotGrowWithCredentials(t *testing.T) {
 				if after != "" {
 					cursor = catalog.Cursor{CredentialID: after, Identity: listingIdentity}
 				}
-				if cons, _, err = b.ListConsumers(ctx, "", cursor, pageSize); err != nil {
+				if cons, _, err = b.Catalog().List(ctx, "", cursor, pageSize); err != nil {
 					t.Fatal(err)
 				}
 			}))

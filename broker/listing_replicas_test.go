@@ -36,7 +36,7 @@ func TestListCredentialsShowsAnotherReplicasChangesWithinListRefresh(t *testing.
 	ctx := t.Context()
 	ids := func(br *Broker) []string {
 		t.Helper()
-		page, _, err := br.ListCredentials(ctx, "", 10)
+		page, _, err := br.Credentials().List(ctx, "", 10)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -52,14 +52,14 @@ func TestListCredentialsShowsAnotherReplicasChangesWithinListRefresh(t *testing.
 			t.Fatalf("%s: %q, want %q", what, got, expect)
 		}
 	}
-	if _, err := a.CreateCredential(ctx, "one", simSpec(sim)); err != nil {
+	if _, err := a.Credentials().Create(ctx, "one", simSpec(sim)); err != nil {
 		t.Fatal(err)
 	}
 	want("b's first listing", b, "one")
-	if _, err := a.CreateCredential(ctx, "two", simSpec(sim)); err != nil {
+	if _, err := a.Credentials().Create(ctx, "two", simSpec(sim)); err != nil {
 		t.Fatal(err)
 	}
-	if err := a.DeleteCredential(ctx, "one"); err != nil {
+	if err := a.Credentials().Delete(ctx, "one"); err != nil {
 		t.Fatal(err)
 	}
 	want("a's own changes, at once", a, "two")

@@ -6,7 +6,6 @@ import (
 
 	"github.com/rotavault/rotavault/broker/brokererr"
 	"github.com/rotavault/rotavault/broker/notice"
-	"github.com/rotavault/rotavault/internal/credid"
 )
 
 // The notice log and its cursors are package notice; the rotation core
@@ -17,18 +16,9 @@ import (
 // *InvalidArgumentError, ErrCursorExpired, ErrTooManyReplays,
 // *UnavailableError, ErrClosed.
 func (b *Broker) Subscribe(ctx context.Context, credentialIDs []string, cursor string) (*notice.Subscription, error) {
-	if len(credentialIDs) > 1000 {
-		return nil, brokererr.Invalid("credential_ids", "at most 1000")
-	}
-	var filter map[string]bool
-	for _, id := range credentialIDs {
-		if err := credid.Validate(id); err != nil {
-			return nil, &brokererr.InvalidArgumentError{Field: "credential_ids", Reason: err.Error()}
-		}
-		if filter == nil {
-			filter = make(map[string]bool)
-		}
-		filter[id] = true
+	filter, err := notice.Filter(credentialIDs)
+	if err != nil {
+		return nil, err
 	}
 	if b.closed.Load() {
 		return nil, brokererr.ErrClosed

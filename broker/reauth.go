@@ -11,6 +11,7 @@ import (
 	"github.com/rotavault/rotavault/broker/authflow"
 	"github.com/rotavault/rotavault/broker/brokererr"
 	"github.com/rotavault/rotavault/broker/credspec"
+	"github.com/rotavault/rotavault/broker/family"
 	"github.com/rotavault/rotavault/broker/internal/textcheck"
 	"github.com/rotavault/rotavault/broker/notice"
 	"github.com/rotavault/rotavault/provider"
@@ -30,7 +31,7 @@ func errIncarnationGone(id string) error { return authflow.IncarnationGone(id) }
 // (the provider refused it), ErrClientRejected, *UnavailableError (the
 // store; or the provider before anything was stored).
 func (b *Broker) ImportRefreshToken(ctx context.Context, id, refreshToken string) (authflow.Activation, error) {
-	if err := b.validateID(id); err != nil {
+	if err := credspec.ValidateID(id); err != nil {
 		return authflow.Activation{}, err
 	}
 	if refreshToken == "" || len(refreshToken) > maxRefreshTokenLen || !textcheck.Printable(refreshToken) {
@@ -72,31 +73,16 @@ func (b *Broker) ImportRefreshToken(ctx context.Context, id, refreshToken string
 // (ErrNotFound).
 func (b *Broker) installFamily(ctx context.Context, e *entry, incarnation, refreshToken string, tok *provider.Token, revokeOld bool) (authflow.Activation, error) {
 	now := b.opts.Now()
-	fam := &familyRecord{
-		Format:       recordFormat,
-		Status:       StatusActive,
-		FamilyID:     randomHex(12),
-		RefreshToken: refreshToken,
-		StartedAt:    now,
-		// Without the grant's tokens (an import), nothing has shown the
-		// provider accepts this refresh token yet.
-		Unproven: tok == nil,
-	}
+	familyID := randomHex(12)
 	var old *view
-	if _, err := b.updateFamily(ctx, e, nil, func(cur *view) (*familyRecord, error) {
+	var fam *family.Record
+	if _, err := b.updateFamily(ctx, e, nil, func(cur *view) (*family.Record, error) {
 		if incarnation != "" && cur.cred.Incarnation != incarnation {
 			return nil, errIncarnationGone(e.id)
 		}
-		if tok != nil {
-			fam.Generation = 1
-			fam.LastRefreshAt = now
-			fam.Access = b.newAccessToken(cur.cred.Spec, nil, tok, now)
-			if note := lifetimeNote(cur.cred.Spec, tok); note != "" {
-				fam.LastError, fam.LastErrorAt = note, now
-			}
-		}
+		fam = family.New(familyID, refreshToken, cur.cred.Spec, tok, now)
 		old = cur
-		return cur.fam.replacedBy(fam)
+		return cur.fam.ReplacedBy(fam)
 	}); err != nil {
 		return authflow.Activation{}, err
 	}
@@ -104,7 +90,7 @@ func (b *Broker) installFamily(ctx context.Context, e *entry, incarnation, refre
 	e.rescue.Store(nil)
 	e.lastErr, e.retryAt = nil, time.Time{}
 	e.mu.Unlock()
-	if live := liveToken(old.fam); revokeOld && live != "" {
+	if live := old.fam.LiveToken(); revokeOld && live != "" {
 		if err := b.provider.Revoke(ctx, old.cred.Spec.Endpoint(), old.cred.Spec.ClientCredentials(), live); err != nil {
 			b.log.WarnContext(ctx, "could not revoke the replaced family at the provider", "credential", e.id, "family", old.fam.FamilyID, "err", err)
 		}
@@ -127,7 +113,7 @@ type flowCore struct{ b *Broker }
 
 var _ authflow.Core = flowCore{}
 
-func (c flowCore) ValidateID(id string) error { return c.b.validateID(id) }
+func (c flowCore) ValidateID(id string) error { return credspec.ValidateID(id) }
 
 func (c flowCore) ValidateEndpointURL(raw string) error { return credspec.ValidateEndpointURL(raw) }
 

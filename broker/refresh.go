@@ -8,10 +8,8 @@ import (
 	"time"
 
 	"github.com/rotavault/rotavault/audit"
-	"github.com/rotavault/rotavault/broker/access"
 	"github.com/rotavault/rotavault/broker/brokererr"
-	"github.com/rotavault/rotavault/broker/credspec"
-	"github.com/rotavault/rotavault/broker/notice"
+	"github.com/rotavault/rotavault/broker/family"
 	"github.com/rotavault/rotavault/broker/spans"
 	"github.com/rotavault/rotavault/internal/ctxwait"
 	"github.com/rotavault/rotavault/provider"
@@ -74,219 +72,65 @@ func (b *Broker) runRefresh(caller context.Context, e *entry, need func(*view) b
 	return v, err
 }
 
-// refreshOutcome is what the provider's answer to a refresh means.
-type refreshOutcome int
-
-const (
-	outcomeOK refreshOutcome = iota
-	// outcomeFailed: no classified provider answer (a bug or a local
-	// failure before sending).
-	outcomeFailed
-	// outcomeClientRejected: the provider refused the client (invalid_client,
-	// inactive_user, inactive_org), not the token.
-	outcomeClientRejected
-	// outcomeTokenRejected: invalid_grant.
-	outcomeTokenRejected
-	// outcomeUnknown: the provider may have rotated (timeout, reset after
-	// sending, 5xx).
-	outcomeUnknown
-	// outcomeNotProcessed: surely not processed, or refused for now (429,
-	// 503 without a body, connection refused): safe to retry.
-	outcomeNotProcessed
-)
-
-var refreshOutcomeNames = [...]string{"ok", "failed", "client_rejected", "token_rejected", "unknown", "not_processed"}
-
-func (o refreshOutcome) String() string { return refreshOutcomeNames[o] }
-
-// classifyOutcome says what a provider answer to a refresh means.
-func classifyOutcome(err error) (refreshOutcome, *provider.Error) {
-	if err == nil {
-		return outcomeOK, nil
-	}
-	var pe *provider.Error
-	switch {
-	case !errors.As(err, &pe):
-		return outcomeFailed, nil
-	case pe.Outcome == provider.OutcomeRejected && pe.Permanent() && errors.Is(err, provider.ErrInvalidGrant):
-		return outcomeTokenRejected, pe
-	case pe.Outcome == provider.OutcomeRejected && pe.Permanent():
-		return outcomeClientRejected, pe
-	case pe.Outcome == provider.OutcomeUnknown:
-		return outcomeUnknown, pe
-	}
-	return outcomeNotProcessed, pe
-}
-
-// refreshAction is what the refresh loop does with an answer.
-type refreshAction int
-
-const (
-	// actionStore stores the new tokens (persist first, answer later).
-	actionStore refreshAction = iota
-	// actionRevoke revokes the family for the decision's reason.
-	actionRevoke
-	// actionRecheckClient re-reads the credential once (another replica may
-	// have fixed the client secret) and retries if it changed.
-	actionRecheckClient
-	// actionRetry waits (backoff) and presents the token again.
-	actionRetry
-	// actionGiveUp releases the claim and returns the decision's error.
-	actionGiveUp
-)
-
-var refreshActionNames = [...]string{"store", "revoke", "recheck_client", "retry", "give_up"}
-
-func (a refreshAction) String() string { return refreshActionNames[a] }
-
-// refreshAttempt is what the decision about one answer depends on, besides
-// the answer.
-type refreshAttempt struct {
-	// state is the family's: stateClaimed, or stateInDoubt.
-	state familyState
-	// n counts the attempts before this one.
-	n int
-	// now, and unknownSince: when this refresh first met an unknown outcome
-	// (zero before).
-	now, unknownSince time.Time
-	// clientRechecked: the credential was re-read after a client refusal.
-	clientRechecked bool
-	// grace is the provider's reuse grace period (0: none).
-	grace time.Duration
-	// notProcessedTries bounds the attempts answered "not processed".
-	notProcessedTries int
-}
-
-// refreshDecision is what to do about one answer.
-type refreshDecision struct {
-	outcome refreshOutcome
-	action  refreshAction
-	// markInDoubt: record the doubt in the store before acting (and before
-	// a crash could forget it).
-	markInDoubt bool
-	// reason, for actionRevoke.
-	reason notice.RevocationReason
-	// backoffAtLeast, for actionRetry: the provider's Retry-After.
-	backoffAtLeast time.Duration
-	// err is the caller's error for actionGiveUp (and for
-	// actionRecheckClient when the credential did not change).
-	err error
-}
-
-// decideRefresh is the refresh policy: a pure function of the attempt and
-// the provider's answer (TestDecideRefresh is its table).
-func decideRefresh(a refreshAttempt, answer error) refreshDecision {
-	outcome, pe := classifyOutcome(answer)
-	d := refreshDecision{outcome: outcome}
-	unavailable := func(retryAfter time.Duration) error {
-		return &brokererr.UnavailableError{Component: brokererr.ComponentProvider, RetryAfter: retryAfter, Err: answer}
-	}
-	switch outcome {
-	case outcomeOK:
-		d.action = actionStore
-	case outcomeFailed:
-		d.action, d.err = actionGiveUp, unavailable(time.Second)
-	case outcomeClientRejected:
-		// The provider refused the client (wrong secret, inactive user or
-		// org), not the token: the refresh token may work again once an
-		// admin fixes it. Keep it; never destroy a working token.
-		d.action = actionGiveUp
-		if !a.clientRechecked {
-			d.action = actionRecheckClient
-		}
-		d.err = clientRejectedError(pe)
-	case outcomeTokenRejected:
-		d.action, d.reason = actionRevoke, notice.ReasonRefreshTokenRejected
-		if a.state == stateInDoubt {
-			// Our own earlier refresh probably rotated the token and its
-			// answer never arrived: a lost rotation, not theft.
-			d.reason = notice.ReasonLostRotation
-		}
-	case outcomeUnknown:
-		// Remember before retrying: if we crash, the next refresh must still
-		// know an invalid_grant is probably our own lost rotation.
-		d.markInDoubt = a.state != stateInDoubt
-		// With no grace period a retry is a reuse if the provider did
-		// rotate: allow exactly one, to learn the truth. Within a grace
-		// period the previous token is still accepted: retry inside it.
-		since := time.Duration(0)
-		if !a.unknownSince.IsZero() {
-			since = a.now.Sub(a.unknownSince)
-		}
-		d.action, d.err = actionGiveUp, unavailable(time.Second)
-		if a.n == 0 || (a.grace > 0 && since < a.grace/2) {
-			d.action, d.err = actionRetry, nil
-		}
-	case outcomeNotProcessed:
-		// Not processed or a temporary refusal: safe to retry, never a
-		// revocation.
-		d.action, d.backoffAtLeast = actionRetry, pe.RetryAfter
-		if a.n+1 >= a.notProcessedTries {
-			d.action, d.backoffAtLeast, d.err = actionGiveUp, 0, unavailable(max(pe.RetryAfter, time.Second))
-		}
-	}
-	return d
-}
-
 // refreshFamily presents the family's refresh token under the lease and
-// acts on each answer as decideRefresh says.
+// acts on each answer as family.Decide says.
 func (b *Broker) refreshFamily(ctx context.Context, l *claimLease) (*view, error) {
 	// Provider calls end well before this replica's claim does.
 	pctx, cancel := b.providerContext(ctx, l.v.fam)
 	defer cancel()
-	a := refreshAttempt{notProcessedTries: b.opts.Refresh.NotProcessedTries}
+	a := family.Attempt{NotProcessedTries: b.opts.Refresh.NotProcessedTries}
 	// From the first presentation on, this replica's callers stop getting
 	// the access token the rotation may kill.
 	defer l.e.presentingAt(l.v)()
-	for ; ; a.n++ {
+	for ; ; a.N++ {
 		spec := l.v.cred.Spec
 		sent := b.opts.Now()
 		tok, answer := b.provider.Refresh(pctx, spec.Endpoint(), spec.ClientCredentials(), l.v.fam.RefreshToken)
 		restamp(tok, sent)
-		a.state, a.grace, a.now = l.v.fam.state(), spec.ReuseGrace, b.opts.Now()
-		d := decideRefresh(a, answer)
-		if d.outcome == outcomeUnknown {
-			if a.unknownSince.IsZero() {
-				a.unknownSince = a.now
+		a.State, a.Grace, a.Now = l.v.fam.State(), spec.ReuseGrace, b.opts.Now()
+		d := family.Decide(a, answer)
+		if d.Outcome == family.OutcomeUnknown {
+			if a.UnknownSince.IsZero() {
+				a.UnknownSince = a.Now
 			}
 			b.log.WarnContext(ctx, "refresh outcome unknown; the provider may have rotated",
-				"credential", l.e.id, "family", l.v.fam.FamilyID, "generation", l.v.fam.Generation, "retrying", d.action == actionRetry, "err", answer)
+				"credential", l.e.id, "family", l.v.fam.FamilyID, "generation", l.v.fam.Generation, "retrying", d.Action == family.ActionRetry, "err", answer)
 		}
-		if d.markInDoubt {
+		if d.MarkInDoubt {
 			if err := l.markInDoubt(ctx); err != nil {
 				return nil, err
 			}
 		}
-		switch d.action {
-		case actionStore:
+		switch d.Action {
+		case family.ActionStore:
 			return l.storeResult(ctx, tok)
-		case actionRevoke:
+		case family.ActionRevoke:
 			b.log.WarnContext(ctx, "provider refused the refresh token; revoking the family",
-				"credential", l.e.id, "family", l.v.fam.FamilyID, "generation", l.v.fam.Generation, "reason", d.reason, "provider_error", answer)
-			return nil, l.revoke(ctx, d.reason, providerDetail(answer))
-		case actionRecheckClient:
-			a.clientRechecked = true
+				"credential", l.e.id, "family", l.v.fam.FamilyID, "generation", l.v.fam.Generation, "reason", d.Reason, "provider_error", answer)
+			return nil, l.revoke(ctx, d.Reason, family.ProviderDetail(answer))
+		case family.ActionRecheckClient:
+			a.ClientRechecked = true
 			if cred, version, err := b.readCredential(ctx, l.e.id); err == nil && version != l.v.credVersion {
 				l.v = b.newView(cred, version, l.v.fam, l.v.famVersion)
 				continue
 			}
-		case actionRetry:
-			if err := ctxwait.Sleep(pctx, b.backoff(a.n, d.backoffAtLeast)); err != nil {
-				d.err = &brokererr.UnavailableError{Component: brokererr.ComponentProvider, RetryAfter: time.Second, Err: answer}
+		case family.ActionRetry:
+			if err := ctxwait.Sleep(pctx, b.backoff(a.N, d.BackoffAtLeast)); err != nil {
+				d.Err = &brokererr.UnavailableError{Component: brokererr.ComponentProvider, RetryAfter: time.Second, Err: answer}
 				break
 			}
 			continue
 		}
 		// Giving up with nothing to store: release the claim so other
 		// replicas need not wait for its deadline.
-		if d.outcome == outcomeClientRejected {
+		if d.Outcome == family.OutcomeClientRejected {
 			var pe *provider.Error
 			errors.As(answer, &pe)
 			b.log.WarnContext(ctx, "provider refused the client; keeping the family", "credential", l.e.id, "provider_error", pe.Summary(),
 				"client_auth_method", pe.ClientAuth.String(), "provider_description", strconv.Quote(pe.Description))
 		}
 		l.release(ctx)
-		return nil, d.err
+		return nil, d.Err
 	}
 }
 
@@ -300,46 +144,18 @@ func restamp(tok *provider.Token, sent time.Time) {
 	}
 }
 
-// clientRejectedError is the caller's error for a client the provider
-// refused while refreshing.
-func clientRejectedError(pe *provider.Error) error {
-	return brokererr.ClientRejected(pe, "when refreshing")
-}
-
-// providerDetail is the provider error for the family record and the audit
-// trail, which cannot be edited: the OAuth code only, no provider text, even
-// redacted (the log line carries the redacted description).
-func providerDetail(err error) string {
-	var pe *provider.Error
-	if errors.As(err, &pe) {
-		return pe.Summary()
-	}
-	return err.Error()
-}
-
 func (b *Broker) backoff(attempt int, atLeast time.Duration) time.Duration {
 	d := b.opts.Refresh.RetryBase << min(attempt, 8)
 	return max(d, atLeast)
 }
-
-// signatureMismatchDetail flags a credential whose provider's response
-// signature did not match.
-const signatureMismatchDetail = "the provider's response signature did not match (is the client secret current?)"
 
 // storeResult stores the outcome of a successful refresh with
 // check-and-set on the lease's fence: persist first, answer later.
 func (l *claimLease) storeResult(ctx context.Context, tok *provider.Token) (*view, error) {
 	b, e, claimed := l.b, l.e, l.v
 	now := b.opts.Now()
-	res := refreshResult{now: now, refreshToken: tok.RefreshToken, access: b.newAccessToken(claimed.cred.Spec, claimed.fam.Access, tok, now)}
 	mismatch := tok.SignatureStatus == provider.SignatureMismatch
-	if note := lifetimeNote(claimed.cred.Spec, tok); note != "" {
-		res.lastError = note
-	}
-	if mismatch {
-		res.lastError = signatureMismatchDetail
-	}
-	next, err := claimed.fam.rotated(res)
+	next, err := claimed.fam.Rotated(family.ResultOf(claimed.cred.Spec, claimed.fam.Access, tok, now))
 	if err != nil {
 		return nil, err
 	}
@@ -348,7 +164,7 @@ func (l *claimLease) storeResult(ctx context.Context, tok *provider.Token) (*vie
 	ctx, cancel := persistContext(ctx)
 	defer cancel()
 	discard := false
-	v, err := b.updateFamily(ctx, e, claimed, func(cur *view) (*familyRecord, error) {
+	v, err := b.updateFamily(ctx, e, claimed, func(cur *view) (*family.Record, error) {
 		if cur == claimed {
 			return next, nil
 		}
@@ -389,58 +205,6 @@ func (l *claimLease) storeResult(ctx context.Context, tok *provider.Token) (*vie
 	return v, nil
 }
 
-// lifetimeNote says, for last_error, that the provider's lifetime of tok
-// was not believed; "" when it was.
-func lifetimeNote(spec credspec.Spec, tok *provider.Token) string {
-	if tok.IgnoredExpiresIn <= 0 {
-		return ""
-	}
-	return fmt.Sprintf("the provider said the access token lives %s, beyond the believable %s: it is refreshed as if it lived the credential's access token lifetime, %s",
-		tok.IgnoredExpiresIn, provider.MaxExpiresIn, spec.AccessTokenLifetime())
-}
-
-func (b *Broker) newAccessToken(spec credspec.Spec, prev *accessToken, tok *provider.Token, now time.Time) *accessToken {
-	lifetime := tok.ExpiresIn
-	if lifetime <= 0 {
-		lifetime = spec.AccessTokenLifetime()
-	}
-	a := &accessToken{
-		Token:       tok.AccessToken,
-		Type:        tok.TokenType,
-		InstanceURL: tok.InstanceURL,
-		Scopes:      append([]string(nil), tok.Scopes...),
-		IssuedAt:    now,
-		// Expiry counts from our clock when the answer arrived, not the
-		// provider's issued_at: skew must not make us hand out dead tokens.
-		ExpiresAt:   now.Add(lifetime),
-		Fingerprint: access.Fingerprint(tok.AccessToken),
-	}
-	if !tok.RequestedAt.IsZero() && !tok.RequestedAt.After(now) {
-		a.AliveUntil = tok.RequestedAt.Add(lifetime)
-	}
-	if !tok.IssuedAt.IsZero() && tok.IssuedAt.Before(now) {
-		a.IssuedAt = tok.IssuedAt
-	}
-	if a.Type == "" {
-		a.Type = "Bearer"
-	}
-	if prev != nil {
-		if a.InstanceURL == "" {
-			a.InstanceURL = prev.InstanceURL
-		}
-		if len(a.Scopes) == 0 {
-			a.Scopes = append([]string(nil), prev.Scopes...)
-		}
-	}
-	return a
-}
-
-// resultConflict handles a result write that met another version. Three
-// cases: our write landed and only its answer was lost (a client-side retry
-// replayed it) — success; the same family moved on without us (our claim was
-// taken over) — never revoke anything of a live family, since at Salesforce
-// revoking any of its refresh tokens kills it; another family replaced ours —
-
 // resultConflict decides on a result write that met another version, from
 // the state the store holds now (cur). Three cases: our write landed and
 // only its answer was lost (a client-side retry replayed it) — adopt it;
@@ -449,18 +213,18 @@ func (b *Broker) newAccessToken(spec credspec.Spec, prev *accessToken, tok *prov
 // refresh tokens kills it; the family was revoked, or another family
 // replaced ours — our new token is an orphan: discard reports that it must
 // be revoked at the provider.
-func (b *Broker) resultConflict(ctx context.Context, e *entry, cur *view, fam, next *familyRecord) (discard bool, err error) {
+func (b *Broker) resultConflict(ctx context.Context, e *entry, cur *view, fam, next *family.Record) (discard bool, err error) {
 	if cur.fam.FamilyID == next.FamilyID {
-		if cur.fam.Status == StatusActive && cur.fam.RefreshToken == next.RefreshToken && cur.fam.Generation >= next.Generation {
+		if cur.fam.Status == family.StatusActive && cur.fam.RefreshToken == next.RefreshToken && cur.fam.Generation >= next.Generation {
 			return false, nil
 		}
-		if cur.fam.Status == StatusRevoked {
+		if cur.fam.Status == family.StatusRevoked {
 			// The family was revoked (deliberately, on any replica) while we
 			// held the claim: the revocation wins. The token we just obtained
 			// must not outlive it at a provider that revokes single tokens.
 			b.log.WarnContext(ctx, "the family was revoked during a refresh; discarding the refreshed tokens",
 				"credential", e.id, "family", fam.FamilyID, "generation", fam.Generation)
-			return true, reauthRequired(e.id, cur.fam)
+			return true, family.ReauthRequired(e.id, cur.fam)
 		}
 		b.log.ErrorContext(ctx, "refresh result lost a check-and-set race within the same family (our claim was taken over); keeping the stored state",
 			"credential", e.id, "family", fam.FamilyID, "generation", fam.Generation)
@@ -476,7 +240,7 @@ func (b *Broker) resultConflict(ctx context.Context, e *entry, cur *view, fam, n
 
 // revokeDiscarded revokes, best effort, a refresh token a refresh obtained
 // (rotated) but could not store.
-func (b *Broker) revokeDiscarded(ctx context.Context, e *entry, cred *credentialRecord, tok *provider.Token, rotated bool) {
+func (b *Broker) revokeDiscarded(ctx context.Context, e *entry, cred *family.Credential, tok *provider.Token, rotated bool) {
 	if !rotated {
 		return
 	}
@@ -485,11 +249,11 @@ func (b *Broker) revokeDiscarded(ctx context.Context, e *entry, cred *credential
 	}
 }
 
-// rescued is a rotated family the store has not accepted yet (stateHeld):
+// rescued is a rotated family the store has not accepted yet (family.StateHeld):
 // fam, to be written with check-and-set on base, the claim it came from.
 type rescued struct {
 	base *view
-	fam  *familyRecord
+	fam  *family.Record
 }
 
 // storeRescue writes a held rotated family, if any. It returns the view the
@@ -500,7 +264,7 @@ func (b *Broker) storeRescue(ctx context.Context, e *entry) (*view, error) {
 	if r == nil {
 		return nil, nil
 	}
-	v, err := b.updateFamily(ctx, e, r.base, func(cur *view) (*familyRecord, error) {
+	v, err := b.updateFamily(ctx, e, r.base, func(cur *view) (*family.Record, error) {
 		if cur == r.base {
 			return r.fam, nil
 		}
@@ -574,7 +338,7 @@ func (e *entry) dropAccess() {
 			return
 		}
 		v := *cur
-		v.fam = cur.fam.clone()
+		v.fam = cur.fam.Clone()
 		v.fam.Access = nil
 		if e.view.CompareAndSwap(cur, &v) {
 			return

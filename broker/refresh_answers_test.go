@@ -10,6 +10,7 @@ import (
 	"github.com/rotavault/rotavault/audit"
 	"github.com/rotavault/rotavault/broker/brokererr"
 	"github.com/rotavault/rotavault/broker/credspec"
+	"github.com/rotavault/rotavault/broker/family"
 	"github.com/rotavault/rotavault/internal/poll"
 	"github.com/rotavault/rotavault/provider"
 )
@@ -19,24 +20,24 @@ import (
 func TestRefreshLoopActsOnEachAnswer(t *testing.T) {
 	tests := []struct {
 		name    string
-		from    familyState
+		from    family.State
 		grace   time.Duration
 		answers []error
 		// refreshes the provider must see; the state left; the caller's
 		// error.
 		refreshes int
-		state     familyState
+		state     family.State
 		err       func(error) bool
 		notices   []string
 	}{
-		{"unknown, then the one retry rotates", stateClaimed, 0, []error{answerUnknown, nil}, 2, stateActive, noErr, nil},
-		{"unknown twice without grace: gives up in doubt", stateClaimed, 0, []error{answerUnknown, answerUnknown}, 2, stateInDoubtReleased, isUnavailable, nil},
-		{"unknown, then invalid_grant: lost rotation", stateClaimed, 0, []error{answerUnknown, answerInvalidGrant}, 2, stateRevoked, isReauth, []string{"revoked:lost_rotation"}},
-		{"unknown within a grace period: retried until it rotates", stateClaimed, time.Minute, []error{answerUnknown, answerUnknown, answerUnknown, nil}, 4, stateActive, noErr, nil},
-		{"not processed until the tries run out", stateClaimed, 0, []error{answerNotProcessed, answerNotProcessed, answerNotProcessed, answerNotProcessed}, 4, stateActive, isUnavailable, nil},
-		{"not processed, then rotated", stateInDoubt, 0, []error{answerNotProcessed, nil}, 2, stateActive, noErr, nil},
-		{"client refused: family kept", stateClaimed, 0, []error{answerBadClient}, 1, stateActive, isClientRejected, nil},
-		{"unclassified failure: claim released", stateClaimed, 0, []error{errors.New("scriptedprovider: boom")}, 1, stateActive, isUnavailable, nil},
+		{"unknown, then the one retry rotates", family.StateClaimed, 0, []error{answerUnknown, nil}, 2, family.StateActive, noErr, nil},
+		{"unknown twice without grace: gives up in doubt", family.StateClaimed, 0, []error{answerUnknown, answerUnknown}, 2, family.StateInDoubtReleased, isUnavailable, nil},
+		{"unknown, then invalid_grant: lost rotation", family.StateClaimed, 0, []error{answerUnknown, answerInvalidGrant}, 2, family.StateRevoked, isReauth, []string{"revoked:lost_rotation"}},
+		{"unknown within a grace period: retried until it rotates", family.StateClaimed, time.Minute, []error{answerUnknown, answerUnknown, answerUnknown, nil}, 4, family.StateActive, noErr, nil},
+		{"not processed until the tries run out", family.StateClaimed, 0, []error{answerNotProcessed, answerNotProcessed, answerNotProcessed, answerNotProcessed}, 4, family.StateActive, isUnavailable, nil},
+		{"not processed, then rotated", family.StateInDoubt, 0, []error{answerNotProcessed, nil}, 2, family.StateActive, noErr, nil},
+		{"client refused: family kept", family.StateClaimed, 0, []error{answerBadClient}, 1, family.StateActive, isClientRejected, nil},
+		{"unclassified failure: claim released", family.StateClaimed, 0, []error{errors.New("scriptedprovider: boom")}, 1, family.StateActive, isUnavailable, nil},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -44,7 +45,7 @@ func TestRefreshLoopActsOnEachAnswer(t *testing.T) {
 			fam := h.record(tt.from)
 			h.put(fam)
 			if tt.grace > 0 {
-				if _, err := h.b.UpdateCredential(h.ctx, "x", []credspec.Field{credspec.FieldReuseGrace}, credspec.Spec{ReuseGrace: tt.grace}); err != nil {
+				if _, err := h.b.Credentials().Update(h.ctx, "x", []credspec.Field{credspec.FieldReuseGrace}, credspec.Spec{ReuseGrace: tt.grace}); err != nil {
 					t.Fatal(err)
 				}
 			}
@@ -62,7 +63,7 @@ func TestRefreshLoopActsOnEachAnswer(t *testing.T) {
 					t.Errorf("presented %q, want only the stored %q", rt, fam.RefreshToken)
 				}
 			}
-			if got := h.state(); got != tt.state {
+			if got := h.State(); got != tt.state {
 				t.Errorf("state %s, want %s", got, tt.state)
 			}
 			if got := h.notices()[notices:]; !slices.Equal(got, tt.notices) {
@@ -76,9 +77,9 @@ func TestRefreshLoopActsOnEachAnswer(t *testing.T) {
 // replica is used at once, without waiting for the credential cache.
 func TestRefreshRetriesWithACredentialFixedElsewhere(t *testing.T) {
 	h := newFamHarness(t)
-	h.put(h.record(stateClaimed))
+	h.put(h.record(family.StateClaimed))
 	l := h.lease()
-	if _, err := h.b.UpdateCredential(h.ctx, "x", []credspec.Field{credspec.FieldClientSecret}, credspec.Spec{ClientSecret: "fixed"}); err != nil {
+	if _, err := h.b.Credentials().Update(h.ctx, "x", []credspec.Field{credspec.FieldClientSecret}, credspec.Spec{ClientSecret: "fixed"}); err != nil {
 		t.Fatal(err)
 	}
 	h.prov.then(answerBadClient, nil)
@@ -92,14 +93,14 @@ func TestRefreshRetriesWithACredentialFixedElsewhere(t *testing.T) {
 // claim.
 func TestRefreshGivesUpWhenItsTimeRunsOut(t *testing.T) {
 	h := newFamHarness(t)
-	h.put(h.record(stateClaimed))
+	h.put(h.record(family.StateClaimed))
 	ctx, cancel := context.WithCancel(h.ctx)
 	cancel()
 	h.prov.then(answerNotProcessed)
 	if _, err := h.b.refreshFamily(ctx, h.lease()); !isUnavailable(err) {
 		t.Fatalf("cancelled refresh: %v, want unavailable", err)
 	}
-	if got := h.state(); got != stateActive {
+	if got := h.State(); got != family.StateActive {
 		t.Fatalf("state %s, want the claim released", got)
 	}
 }
@@ -108,9 +109,9 @@ func TestRefreshGivesUpWhenItsTimeRunsOut(t *testing.T) {
 // refresh with nothing presented again.
 func TestDoubtIsStoredBeforeTheRetry(t *testing.T) {
 	h := newFamHarness(t)
-	h.put(h.record(stateClaimed))
+	h.put(h.record(family.StateClaimed))
 	l := h.lease()
-	h.put(takenBy(h.record(stateInDoubt), other, h.clk.Now().Add(time.Minute)))
+	h.put(takenBy(h.record(family.StateInDoubt), other, h.clk.Now().Add(time.Minute)))
 	h.prov.then(answerUnknown)
 	if _, err := h.b.refreshFamily(h.ctx, l); !errors.Is(err, brokererr.ErrConflict) {
 		t.Fatalf("marking doubt on a lost claim: %v, want ErrConflict", err)
@@ -120,8 +121,8 @@ func TestDoubtIsStoredBeforeTheRetry(t *testing.T) {
 	}
 }
 
-func takenBy(f *familyRecord, holder string, deadline time.Time) *familyRecord {
-	f.Claim = &claim{Holder: holder, Deadline: deadline}
+func takenBy(f *family.Record, holder string, deadline time.Time) *family.Record {
+	f.Claim = &family.Claim{Holder: holder, Deadline: deadline}
 	return f
 }
 
@@ -132,35 +133,35 @@ func takenBy(f *familyRecord, holder string, deadline time.Time) *familyRecord {
 func TestResultWriteConflictRevokesNothingOfALiveFamily(t *testing.T) {
 	tests := []struct {
 		name    string
-		stored  func(h *famHarness) *familyRecord
+		stored  func(h *famHarness) *family.Record
 		err     func(error) bool
 		revoked []string
-		state   familyState
+		state   family.State
 	}{
-		{"taken over and rotated by another replica", func(h *famHarness) *familyRecord {
-			f := h.record(stateActive)
+		{"taken over and rotated by another replica", func(h *famHarness) *family.Record {
+			f := h.record(family.StateActive)
 			f.Generation, f.RefreshToken = 4, "rt-theirs"
 			return f
-		}, func(err error) bool { return errors.Is(err, brokererr.ErrConflict) }, nil, stateActive},
-		{"taken over, their refresh still running", func(h *famHarness) *familyRecord {
-			return takenBy(h.record(stateInDoubt), other, h.clk.Now().Add(time.Minute))
-		}, func(err error) bool { return errors.Is(err, brokererr.ErrConflict) }, nil, stateInDoubt},
-		{"our write had landed", func(h *famHarness) *familyRecord {
-			f := h.record(stateActive)
+		}, func(err error) bool { return errors.Is(err, brokererr.ErrConflict) }, nil, family.StateActive},
+		{"taken over, their refresh still running", func(h *famHarness) *family.Record {
+			return takenBy(h.record(family.StateInDoubt), other, h.clk.Now().Add(time.Minute))
+		}, func(err error) bool { return errors.Is(err, brokererr.ErrConflict) }, nil, family.StateInDoubt},
+		{"our write had landed", func(h *famHarness) *family.Record {
+			f := h.record(family.StateActive)
 			f.Generation, f.RefreshToken = 4, "rt-ours"
 			return f
-		}, noErr, nil, stateActive},
-		{"revoked meanwhile", func(h *famHarness) *familyRecord { return h.record(stateRevokedPendingProvider) }, isReauth, []string{"rt-ours"}, stateRevokedPendingProvider},
-		{"replaced by another family", func(h *famHarness) *familyRecord {
-			f := h.record(stateActive)
+		}, noErr, nil, family.StateActive},
+		{"revoked meanwhile", func(h *famHarness) *family.Record { return h.record(family.StateRevokedPendingProvider) }, isReauth, []string{"rt-ours"}, family.StateRevokedPendingProvider},
+		{"replaced by another family", func(h *famHarness) *family.Record {
+			f := h.record(family.StateActive)
 			f.FamilyID, f.Generation, f.RefreshToken = "fam-2", 0, "rt-new-family"
 			return f
-		}, func(err error) bool { return errors.Is(err, brokererr.ErrConflict) }, []string{"rt-ours"}, stateActive},
+		}, func(err error) bool { return errors.Is(err, brokererr.ErrConflict) }, []string{"rt-ours"}, family.StateActive},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			h := newFamHarness(t)
-			h.put(h.record(stateClaimed))
+			h.put(h.record(family.StateClaimed))
 			l := h.lease()
 			h.put(tt.stored(h))
 			_, err := l.storeResult(h.ctx, rotation("rt-ours"))
@@ -170,7 +171,7 @@ func TestResultWriteConflictRevokesNothingOfALiveFamily(t *testing.T) {
 			if !slices.Equal(h.prov.revoked, tt.revoked) {
 				t.Errorf("revoked at the provider: %v, want %v", h.prov.revoked, tt.revoked)
 			}
-			if got := h.state(); got != tt.state {
+			if got := h.State(); got != tt.state {
 				t.Errorf("state %s, want %s (the stored one)", got, tt.state)
 			}
 		})
@@ -181,7 +182,7 @@ func TestResultWriteConflictRevokesNothingOfALiveFamily(t *testing.T) {
 // token, and takes the claim over, in doubt, once its deadline passed.
 func TestClaimWaitsForTheHolderThenTakesOver(t *testing.T) {
 	h := newFamHarness(t)
-	h.put(takenBy(h.record(stateActive), other, h.clk.Now().Add(45*time.Second)))
+	h.put(takenBy(h.record(family.StateActive), other, h.clk.Now().Add(45*time.Second)))
 	type result struct {
 		l   *claimLease
 		err error
@@ -197,7 +198,7 @@ func TestClaimWaitsForTheHolderThenTakesOver(t *testing.T) {
 	if r.err != nil || r.l == nil {
 		t.Fatalf("acquire: %+v", r)
 	}
-	if got := h.state(); got != stateInDoubt || r.l.v.fam.Claim.Holder != me {
+	if got := h.State(); got != family.StateInDoubt || r.l.v.fam.Claim.Holder != me {
 		t.Fatalf("state %s, holder %s; want in doubt, ours", got, r.l.v.fam.Claim.Holder)
 	}
 }
@@ -207,10 +208,10 @@ func TestClaimWaitsForTheHolderThenTakesOver(t *testing.T) {
 // replica wrote the family meanwhile.
 func TestOptimisticClaimFollowsOtherWriters(t *testing.T) {
 	h := newFamHarness(t)
-	h.put(h.record(stateActive))
+	h.put(h.record(family.StateActive))
 	// Another replica rotates: the store moves past the cached version.
 	stale := h.e.view.Load()
-	newer := h.record(stateActive)
+	newer := h.record(family.StateActive)
 	newer.Generation, newer.RefreshToken = 4, "rt-4"
 	h.put(newer)
 	h.e.view.Store(stale)
@@ -231,15 +232,15 @@ func TestOptimisticClaimFollowsOtherWriters(t *testing.T) {
 // updateFamily gives up with ErrConflict when the family keeps changing.
 func TestUpdateFamilyIsBounded(t *testing.T) {
 	h := newFamHarness(t)
-	h.put(h.record(stateActive))
+	h.put(h.record(family.StateActive))
 	calls := 0
-	_, err := h.b.updateFamily(h.ctx, h.e, nil, func(cur *view) (*familyRecord, error) {
+	_, err := h.b.updateFamily(h.ctx, h.e, nil, func(cur *view) (*family.Record, error) {
 		calls++
 		// another writer moves the record before each of our writes
-		moved := cur.fam.clone()
+		moved := cur.fam.Clone()
 		moved.Generation++
 		h.put(moved)
-		return cur.fam.clone(), nil
+		return cur.fam.Clone(), nil
 	})
 	if !errors.Is(err, brokererr.ErrConflict) || calls != familyWriteTries {
 		t.Fatalf("updateFamily: %v after %d rounds, want ErrConflict after %d", err, calls, familyWriteTries)
@@ -251,7 +252,7 @@ func TestUpdateFamilyIsBounded(t *testing.T) {
 // handed out (the provider killed it with the family).
 func TestRevocationThatCannotBeStoredStopsServingTheToken(t *testing.T) {
 	h := newFamHarness(t)
-	h.put(h.record(stateClaimed))
+	h.put(h.record(family.StateClaimed))
 	defer h.st.inject(&fault{op: "put", prefix: "families/", fail: errStoreDown})()
 	h.prov.then(answerInvalidGrant)
 	if _, err := h.b.refreshFamily(h.ctx, h.lease()); !isUnavailable(err) {
@@ -260,7 +261,7 @@ func TestRevocationThatCannotBeStoredStopsServingTheToken(t *testing.T) {
 	if h.e.view.Load().fam.Access != nil {
 		t.Fatal("the access token of a family the provider revoked is still served")
 	}
-	if got := h.state(); got != stateClaimed {
+	if got := h.State(); got != family.StateClaimed {
 		t.Fatalf("stored state %s, want the claim left (nothing written)", got)
 	}
 }
@@ -269,16 +270,16 @@ func TestRevocationThatCannotBeStoredStopsServingTheToken(t *testing.T) {
 // revokes nothing and says a new family is active.
 func TestInvalidGrantOfAReplacedFamilyRevokesNothing(t *testing.T) {
 	h := newFamHarness(t)
-	h.put(h.record(stateClaimed))
+	h.put(h.record(family.StateClaimed))
 	l := h.lease()
-	replaced := h.record(stateActive)
+	replaced := h.record(family.StateActive)
 	replaced.FamilyID, replaced.RefreshToken = "fam-2", "rt-fam-2"
 	h.put(replaced)
 	h.prov.then(answerInvalidGrant)
 	if _, err := h.b.refreshFamily(h.ctx, l); !errors.Is(err, brokererr.ErrConflict) {
 		t.Fatalf("refresh: %v, want ErrConflict", err)
 	}
-	if f := h.stored(); f.Status != StatusActive || f.FamilyID != "fam-2" || len(h.notices()) != 0 {
+	if f := h.stored(); f.Status != family.StatusActive || f.FamilyID != "fam-2" || len(h.notices()) != 0 {
 		t.Fatalf("stored %+v, notices %v; want fam-2 active, no notice", f, h.notices())
 	}
 }
@@ -287,16 +288,16 @@ func TestInvalidGrantOfAReplacedFamilyRevokesNothing(t *testing.T) {
 // keeps the family and says the client is refused.
 func TestClientRefusedAfterTheRecheckKeepsTheFamily(t *testing.T) {
 	h := newFamHarness(t)
-	h.put(h.record(stateClaimed))
+	h.put(h.record(family.StateClaimed))
 	l := h.lease()
-	if _, err := h.b.UpdateCredential(h.ctx, "x", []credspec.Field{credspec.FieldClientSecret}, credspec.Spec{ClientSecret: "still-wrong"}); err != nil {
+	if _, err := h.b.Credentials().Update(h.ctx, "x", []credspec.Field{credspec.FieldClientSecret}, credspec.Spec{ClientSecret: "still-wrong"}); err != nil {
 		t.Fatal(err)
 	}
 	h.prov.then(answerBadClient, answerBadClient)
 	if _, err := h.b.refreshFamily(h.ctx, l); !isClientRejected(err) || h.prov.refreshes != 2 {
 		t.Fatalf("refresh: %v after %d refreshes, want ErrClientRejected after 2", err, h.prov.refreshes)
 	}
-	if got := h.state(); got != stateActive {
+	if got := h.State(); got != family.StateActive {
 		t.Fatalf("state %s, want active (kept, released)", got)
 	}
 }
@@ -305,7 +306,7 @@ func TestClientRefusedAfterTheRecheckKeepsTheFamily(t *testing.T) {
 // credential is flagged and audited.
 func TestSignatureMismatchIsStoredThenFlagged(t *testing.T) {
 	h := newFamHarness(t)
-	h.put(h.record(stateClaimed))
+	h.put(h.record(family.StateClaimed))
 	tok := rotation("rt-4")
 	tok.SignatureStatus, tok.TokenType = provider.SignatureMismatch, ""
 	v, err := h.lease().storeResult(h.ctx, tok)
@@ -325,7 +326,7 @@ func TestSignatureMismatchIsStoredThenFlagged(t *testing.T) {
 // serves without a refresh.
 func TestHeldRotationIsStoredBeforeAnyRefresh(t *testing.T) {
 	h := newFamHarness(t)
-	h.in(stateHeld)
+	h.in(family.StateHeld)
 	up := h.st.inject(&fault{op: "put", prefix: "families/", fail: errStoreDown})
 	stale := func(v *view) bool { return v.fam.Generation == 3 }
 	if _, err := h.b.refresh(h.ctx, h.e, stale); !isUnavailable(err) {
@@ -336,7 +337,7 @@ func TestHeldRotationIsStoredBeforeAnyRefresh(t *testing.T) {
 	if err != nil || v.fam.RefreshToken != "rt-4" || h.prov.refreshes != 0 {
 		t.Fatalf("after the store came back: %v, token %q, %d refreshes; want the held rotation, none", err, v.fam.RefreshToken, h.prov.refreshes)
 	}
-	if got := h.state(); got != stateActive {
+	if got := h.State(); got != family.StateActive {
 		t.Fatalf("state %s, want active", got)
 	}
 }
@@ -346,18 +347,18 @@ func TestHeldRotationIsStoredBeforeAnyRefresh(t *testing.T) {
 func TestHeldRotationMeetingAnotherStateIsDropped(t *testing.T) {
 	for _, tt := range []struct {
 		name   string
-		stored func(h *famHarness, held *familyRecord) *familyRecord
+		stored func(h *famHarness, held *family.Record) *family.Record
 	}{
-		{"its write had landed", func(_ *famHarness, held *familyRecord) *familyRecord { return held.clone() }},
-		{"another family", func(h *famHarness, _ *familyRecord) *familyRecord {
-			f := h.record(stateActive)
+		{"its write had landed", func(_ *famHarness, held *family.Record) *family.Record { return held.Clone() }},
+		{"another family", func(h *famHarness, _ *family.Record) *family.Record {
+			f := h.record(family.StateActive)
 			f.FamilyID = "fam-2"
 			return f
 		}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			h := newFamHarness(t)
-			h.in(stateHeld)
+			h.in(family.StateHeld)
 			want := tt.stored(h, h.e.rescue.Load().fam)
 			h.put(want)
 			v, err := h.b.storeRescue(h.ctx, h.e)
@@ -373,7 +374,7 @@ func TestHeldRotationMeetingAnotherStateIsDropped(t *testing.T) {
 // restart) the newer incarnation.
 func TestCachedViewKeepsTheNewestOfEach(t *testing.T) {
 	h := newFamHarness(t)
-	h.put(h.record(stateActive))
+	h.put(h.record(family.StateActive))
 	cur := h.e.view.Load()
 	olderFam := *cur
 	olderFam.famVersion--
@@ -389,13 +390,13 @@ func TestCachedViewKeepsTheNewestOfEach(t *testing.T) {
 		t.Fatal("an older view replaced a newer one")
 	}
 	gone := *cur
-	gone.cred = &credentialRecord{ID: "x", Incarnation: "older", CreatedAt: cur.cred.CreatedAt.Add(-time.Hour)}
+	gone.cred = &family.Credential{ID: "x", Incarnation: "older", CreatedAt: cur.cred.CreatedAt.Add(-time.Hour)}
 	h.e.setView(&gone)
 	if h.e.view.Load().cred.Incarnation == "older" {
 		t.Fatal("a deleted incarnation's view replaced the current one")
 	}
 	recreated := gone
-	recreated.cred = &credentialRecord{ID: "x", Incarnation: "newer", CreatedAt: cur.cred.CreatedAt.Add(time.Hour)}
+	recreated.cred = &family.Credential{ID: "x", Incarnation: "newer", CreatedAt: cur.cred.CreatedAt.Add(time.Hour)}
 	recreated.famVersion = 1
 	h.e.setView(&recreated)
 	if h.e.view.Load().cred.Incarnation != "newer" {
@@ -407,15 +408,15 @@ func TestCachedViewKeepsTheNewestOfEach(t *testing.T) {
 // new holder.
 func TestReleaseTouchesOnlyItsOwnClaim(t *testing.T) {
 	h := newFamHarness(t)
-	h.put(takenBy(h.record(stateActive), other, h.clk.Now().Add(time.Minute)))
+	h.put(takenBy(h.record(family.StateActive), other, h.clk.Now().Add(time.Minute)))
 	writes := h.st.writes.Load()
 	h.lease().release(h.ctx)
 	if h.st.writes.Load() != writes {
 		t.Fatal("released another replica's claim")
 	}
-	h.put(h.record(stateClaimed))
+	h.put(h.record(family.StateClaimed))
 	l := h.lease()
-	h.put(takenBy(h.record(stateInDoubt), other, h.clk.Now().Add(time.Minute)))
+	h.put(takenBy(h.record(family.StateInDoubt), other, h.clk.Now().Add(time.Minute)))
 	l.release(h.ctx)
 	if f := h.stored(); f.Claim == nil || f.Claim.Holder != other {
 		t.Fatalf("claim after a stale release: %+v, want the other replica's", f.Claim)
@@ -428,16 +429,16 @@ func TestReleaseTouchesOnlyItsOwnClaim(t *testing.T) {
 func TestClaimFailures(t *testing.T) {
 	t.Run("revoked", func(t *testing.T) {
 		h := newFamHarness(t)
-		h.put(h.record(stateRevoked))
+		h.put(h.record(family.StateRevoked))
 		if _, _, err := h.b.acquire(h.ctx, h.e, always); !isReauth(err) {
 			t.Fatalf("acquire: %v", err)
 		}
 	})
 	t.Run("store unreadable", func(t *testing.T) {
 		h := newFamHarness(t)
-		h.put(h.record(stateActive))
+		h.put(h.record(family.StateActive))
 		cached := h.e.view.Load()
-		h.put(h.record(stateActive)) // moves the store past the cache
+		h.put(h.record(family.StateActive)) // moves the store past the cache
 		h.e.view.Store(cached)
 		defer h.st.inject(&fault{op: "get", fail: errStoreDown})()
 		_, _, err := h.b.acquire(h.ctx, h.e, always)
@@ -447,7 +448,7 @@ func TestClaimFailures(t *testing.T) {
 	})
 	t.Run("wait cut short", func(t *testing.T) {
 		h := newFamHarness(t)
-		h.put(takenBy(h.record(stateActive), other, h.clk.Now().Add(time.Minute)))
+		h.put(takenBy(h.record(family.StateActive), other, h.clk.Now().Add(time.Minute)))
 		ctx, cancel := context.WithTimeout(h.ctx, 20*time.Millisecond)
 		defer cancel()
 		if _, _, err := h.b.acquire(ctx, h.e, always); !errors.Is(err, context.DeadlineExceeded) {
@@ -456,7 +457,7 @@ func TestClaimFailures(t *testing.T) {
 	})
 	t.Run("store fails during the wait", func(t *testing.T) {
 		h := newFamHarness(t)
-		h.put(takenBy(h.record(stateActive), other, h.clk.Now().Add(time.Minute)))
+		h.put(takenBy(h.record(family.StateActive), other, h.clk.Now().Add(time.Minute)))
 		defer h.st.inject(&fault{op: "get", prefix: "families/", fail: errStoreDown})()
 		if _, _, err := h.b.acquire(h.ctx, h.e, always); !isUnavailable(err) {
 			t.Fatalf("acquire: %v", err)
@@ -464,7 +465,7 @@ func TestClaimFailures(t *testing.T) {
 	})
 	t.Run("transient write error", func(t *testing.T) {
 		h := newFamHarness(t)
-		h.put(h.record(stateActive))
+		h.put(h.record(family.StateActive))
 		h.st.inject(&fault{op: "put", prefix: "families/", once: true, fail: errStoreDown})
 		if l, _, err := h.b.acquire(h.ctx, h.e, always); err != nil || l == nil {
 			t.Fatalf("acquire after one failed write: %v", err)
@@ -478,11 +479,11 @@ func TestClaimFailures(t *testing.T) {
 // without a token for a caller sharing the flight.
 func TestFlightEndingOnARevokedFamilyAnswersReauth(t *testing.T) {
 	h := newFamHarness(t)
-	h.put(h.record(stateActive))
+	h.put(h.record(family.StateActive))
 	cached := h.e.view.Load()
-	h.put(h.record(stateRevoked)) // another replica revoked it
+	h.put(h.record(family.StateRevoked)) // another replica revoked it
 	h.e.view.Store(cached)
-	due := func(v *view) bool { return v.fam.Status == StatusActive }
+	due := func(v *view) bool { return v.fam.Status == family.StatusActive }
 	if v, err := h.b.refresh(h.ctx, h.e, due); !isReauth(err) {
 		t.Fatalf("refresh: %+v, %v; want ErrReauthRequired", v, err)
 	}
@@ -497,15 +498,15 @@ func TestFlightEndingOnARevokedFamilyAnswersReauth(t *testing.T) {
 // periodic check and for the confirmation of a revocation alike.
 func TestExpiredClaimIsNotIdle(t *testing.T) {
 	h := newFamHarness(t)
-	h.put(h.record(stateActive))
+	h.put(h.record(family.StateActive))
 	seen := h.e.view.Load()
 	if !h.b.detectable(h.e, seen, h.clk.Now()) || !stillSameLiveToken(seen, seen) {
 		t.Fatal("an idle family is not checked")
 	}
-	for _, s := range []familyState{stateClaimed, stateInDoubt, stateInDoubtReleased} {
+	for _, s := range []family.State{family.StateClaimed, family.StateInDoubt, family.StateInDoubtReleased} {
 		fam := h.record(s)
 		if fam.Claim != nil {
-			fam.Claim = &claim{Holder: other, Deadline: h.clk.Now().Add(-time.Minute)}
+			fam.Claim = &family.Claim{Holder: other, Deadline: h.clk.Now().Add(-time.Minute)}
 		}
 		h.put(fam)
 		cur := h.e.view.Load()

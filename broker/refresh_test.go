@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rotavault/rotavault/broker/family"
 	"github.com/rotavault/rotavault/internal/fakeclock"
 	"github.com/rotavault/rotavault/store/memstore"
 )
@@ -18,7 +19,7 @@ func TestUnmeetableNeedCostsOneRotation(t *testing.T) {
 	clk := fakeclock.New(time.Now())
 	sim, bs, spec := setup(t, memstore.New(), clk)
 	b := bs[0]
-	if _, err := b.CreateCredential(ctx, "x", spec); err != nil {
+	if _, err := b.Credentials().Create(ctx, "x", spec); err != nil {
 		t.Fatal(err)
 	}
 	rt, err := sim.IssueRefreshToken("c", nil)
@@ -41,7 +42,7 @@ func TestUnmeetableNeedCostsOneRotation(t *testing.T) {
 	if got := sim.Stats().RefreshRequests - before; got != 1 {
 		t.Fatalf("provider saw %d refreshes for one unmeetable request, want 1", got)
 	}
-	if v.fam.Access == nil || v.fam.Status != StatusActive {
+	if v.fam.Access == nil || v.fam.Status != family.StatusActive {
 		t.Fatalf("got %+v, want the freshly rotated active family", v.fam)
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/rotavault/rotavault/broker/access"
+	"github.com/rotavault/rotavault/broker/family"
 	"github.com/rotavault/rotavault/broker/option"
 	"github.com/rotavault/rotavault/internal/vaulttest"
 	"github.com/rotavault/rotavault/provider"
@@ -66,15 +67,15 @@ func benchRestart(b *testing.B, st store.Store) {
 	ids := seedCredentials(b, st, n)
 	keys := make([]string, 0, 2*n)
 	for _, id := range ids {
-		rec, err := st.Get(ctx, credentialKey(id))
+		rec, err := st.Get(ctx, family.CredentialKey(id))
 		if err != nil {
 			b.Fatal(err)
 		}
-		var cred credentialRecord
+		var cred family.Credential
 		if err := decodeRecord(rec.Value, &cred, &cred.Format); err != nil {
 			b.Fatal(err)
 		}
-		keys = append(keys, credentialKey(id), familyKey(&cred))
+		keys = append(keys, family.CredentialKey(id), cred.FamilyKey())
 	}
 	b.ResetTimer()
 	var first, all, raw, reads float64
@@ -143,15 +144,15 @@ func seedCredentials(b *testing.B, st store.Store, n int) []string {
 		b.Fatal(err)
 	}
 	_ = br.Close()
-	credRec, err := st.Get(ctx, credentialKey(made[0]))
+	credRec, err := st.Get(ctx, family.CredentialKey(made[0]))
 	if err != nil {
 		b.Fatal(err)
 	}
-	var cred credentialRecord
+	var cred family.Credential
 	if err := decodeRecord(credRec.Value, &cred, &cred.Format); err != nil {
 		b.Fatal(err)
 	}
-	famRec, err := st.Get(ctx, familyKey(&cred))
+	famRec, err := st.Get(ctx, cred.FamilyKey())
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -167,10 +168,10 @@ func seedCredentials(b *testing.B, st store.Store, n int) []string {
 		if err != nil {
 			return err
 		}
-		if _, err := st.Put(ctx, credentialKey(id), raw, 0); err != nil {
+		if _, err := st.Put(ctx, family.CredentialKey(id), raw, 0); err != nil {
 			return err
 		}
-		_, err = st.Put(ctx, familyKey(&c), famRec.Value, 0)
+		_, err = st.Put(ctx, c.FamilyKey(), famRec.Value, 0)
 		return err
 	})
 	b.Logf("seeded %d credentials (%d records) in %s", n, 2*n, time.Since(start).Round(time.Millisecond))

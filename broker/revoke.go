@@ -8,6 +8,8 @@ import (
 
 	"github.com/rotavault/rotavault/audit"
 	"github.com/rotavault/rotavault/broker/brokererr"
+	"github.com/rotavault/rotavault/broker/credspec"
+	"github.com/rotavault/rotavault/broker/family"
 	"github.com/rotavault/rotavault/broker/internal/textcheck"
 	"github.com/rotavault/rotavault/broker/notice"
 	"github.com/rotavault/rotavault/provider"
@@ -42,7 +44,7 @@ type Revocation struct {
 // (no family was ever installed), *UnavailableError (the store; nothing
 // changed), ErrConflict (the family kept changing).
 func (b *Broker) RevokeCredential(ctx context.Context, id, reason string) (Revocation, error) {
-	if err := b.validateID(id); err != nil {
+	if err := credspec.ValidateID(id); err != nil {
 		return Revocation{}, err
 	}
 	if reason == "" || len(reason) > MaxRevocationReasonLen || !textcheck.Printable(reason) {
@@ -59,12 +61,12 @@ func (b *Broker) RevokeCredential(ctx context.Context, id, reason string) (Revoc
 	r := revocation{reason: notice.ReasonAdminRevoked, detail: "revoked deliberately: " + reason, auditDetail: reason}
 	v, res, err := b.revokeFamily(ctx, e, nil, r, func(cur *view) error {
 		switch cur.fam.Status {
-		case StatusActive:
+		case family.StatusActive:
 			return nil
-		case StatusRevoked:
+		case family.StatusRevoked:
 			return errAlreadyRevoked
 		}
-		return reauthRequired(id, cur.fam)
+		return family.ReauthRequired(id, cur.fam)
 	})
 	if errors.Is(err, errAlreadyRevoked) {
 		ctx, cancel := persistContext(ctx)
@@ -106,19 +108,19 @@ func (b *Broker) revokeFamily(ctx context.Context, e *entry, base *view, r revoc
 	ctx, cancel := persistContext(ctx)
 	defer cancel()
 	now := b.opts.Now()
-	v, err := b.updateFamily(ctx, e, base, func(cur *view) (*familyRecord, error) {
+	v, err := b.updateFamily(ctx, e, base, func(cur *view) (*family.Record, error) {
 		if err := still(cur); err != nil {
 			return nil, err
 		}
-		return cur.fam.revoked(r.reason, r.detail, now)
+		return cur.fam.Revoked(r.reason, r.detail, now)
 	})
 	if err != nil {
 		return v, notice.ProviderRevocationNone, err
 	}
 	res := notice.ProviderRevocationNone
-	noticeDetail, auditDetail := revocationDetail(r.reason), r.auditDetail
+	noticeDetail, auditDetail := family.RevocationDetail(r.reason), r.auditDetail
 	if r.reason == notice.ReasonLostRotation {
-		noticeDetail = lostRotationDetail(v.cred.Spec.ReuseGrace)
+		noticeDetail = family.LostRotationDetail(v.cred.Spec.ReuseGrace)
 		auditDetail += "; " + noticeDetail
 	}
 	if v.fam.PendingRevocation != "" {
@@ -137,7 +139,7 @@ func (b *Broker) revokeFamily(ctx context.Context, e *entry, base *view, r revoc
 // announce is the one place that writes the audit record and the notice of
 // a change of family: both name fam's credential, family and generation.
 // A nil notice writes the audit record only.
-func (b *Broker) announce(ctx context.Context, id string, fam *familyRecord, ev audit.Event, n *notice.Notice) {
+func (b *Broker) announce(ctx context.Context, id string, fam *family.Record, ev audit.Event, n *notice.Notice) {
 	ev.Credential, ev.Family, ev.Generation = id, fam.FamilyID, fam.Generation
 	b.audit(ctx, ev)
 	if n != nil {
@@ -153,13 +155,13 @@ func (b *Broker) announce(ctx context.Context, id string, fam *familyRecord, ev 
 func (l *claimLease) revoke(ctx context.Context, reason notice.RevocationReason, detail string) error {
 	e, fam := l.e, l.v.fam
 	v, _, err := l.b.revokeFamily(ctx, e, l.v, revocation{reason: reason, detail: detail, auditDetail: detail}, func(cur *view) error {
-		if cur.fam.FamilyID == fam.FamilyID && cur.fam.Status == StatusActive && cur.fam.Generation == fam.Generation {
+		if cur.fam.FamilyID == fam.FamilyID && cur.fam.Status == family.StatusActive && cur.fam.Generation == fam.Generation {
 			return nil
 		}
-		if cur.fam.Status == StatusActive {
+		if cur.fam.Status == family.StatusActive {
 			return fmt.Errorf("%w: a new token family of %s is active", brokererr.ErrConflict, e.id)
 		}
-		return reauthRequired(e.id, cur.fam)
+		return family.ReauthRequired(e.id, cur.fam)
 	})
 	if errors.Is(err, errFamilyNotWritten) {
 		// The provider has revoked the family whether or not we can say
@@ -170,7 +172,7 @@ func (l *claimLease) revoke(ctx context.Context, reason notice.RevocationReason,
 	if err != nil {
 		return err
 	}
-	return reauthRequired(e.id, v.fam)
+	return family.ReauthRequired(e.id, v.fam)
 }
 
 // revokedAlready answers a revocation of a revoked family: nothing changes,
@@ -218,57 +220,13 @@ func (b *Broker) revokeAtProvider(ctx context.Context, e *entry, v *view) notice
 // re-read only when another write came in between.
 func (b *Broker) forgetPending(ctx context.Context, e *entry, v *view) {
 	familyID, token := v.fam.FamilyID, v.fam.PendingRevocation
-	_, err := b.updateFamily(ctx, e, v, func(cur *view) (*familyRecord, error) {
+	_, err := b.updateFamily(ctx, e, v, func(cur *view) (*family.Record, error) {
 		if cur.fam.FamilyID != familyID || cur.fam.PendingRevocation != token {
 			return nil, nil // replaced or cleared meanwhile
 		}
-		return cur.fam.providerConfirmed()
+		return cur.fam.ProviderConfirmed()
 	})
 	if err != nil {
 		b.log.WarnContext(ctx, "could not clear a revoked token from the store", "credential", e.id, "err", err)
 	}
-}
-
-// liveToken is the refresh token of fam that may still be live at the
-// provider: an active family's, or a revoked one's pending revocation.
-func liveToken(fam *familyRecord) string {
-	switch fam.Status {
-	case StatusActive:
-		return fam.RefreshToken
-	case StatusRevoked:
-		return fam.PendingRevocation
-	}
-	return ""
-}
-
-// revocationDetail explains a reason in notices and records.
-func revocationDetail(r notice.RevocationReason) string {
-	switch r {
-	case notice.ReasonRefreshTokenRejected:
-		return "the provider refused the refresh token: an old token of this family was reused elsewhere (theft or a legacy client), or it expired or was revoked at the provider"
-	case notice.ReasonLostRotation:
-		return "a refresh answer was lost after the provider rotated; with no reuse grace period the family is gone (not theft)"
-	case notice.ReasonClientRejected:
-		return "the provider refused the client (secret, user or org no longer valid)"
-	case notice.ReasonCredentialDeleted:
-		return "the credential was deleted"
-	case notice.ReasonAdminRevoked:
-		return "revoked deliberately by an operator or administrator (RevokeCredential)"
-	case notice.ReasonSuperseded:
-		return "replaced by a new family"
-	case notice.ReasonRevokedAtProvider:
-		return "the provider reports the refresh token inactive: the family was revoked there (an old token of it reused elsewhere, by theft or a legacy client, or revoked by an admin or user); detected by introspection, without presenting it"
-	default:
-		return ""
-	}
-}
-
-// lostRotationDetail explains a lost rotation by the grace period
-// configured: without one the retry is a reuse; with one, the retry came
-// too late.
-func lostRotationDetail(grace time.Duration) string {
-	if grace <= 0 {
-		return revocationDetail(notice.ReasonLostRotation)
-	}
-	return fmt.Sprintf("a refresh answer was lost after the provider rotated; with a reuse grace period of %s the retry came too late or the provider refused it, and the family is gone (not theft)", grace)
 }

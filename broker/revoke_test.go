@@ -13,6 +13,7 @@ import (
 	"github.com/rotavault/rotavault/broker/access"
 	"github.com/rotavault/rotavault/broker/brokererr"
 	"github.com/rotavault/rotavault/broker/credspec"
+	"github.com/rotavault/rotavault/broker/family"
 	"github.com/rotavault/rotavault/broker/notice"
 	"github.com/rotavault/rotavault/internal/fakeclock"
 	"github.com/rotavault/rotavault/provider"
@@ -70,7 +71,7 @@ func newRevokeEnv(t *testing.T, st store.Store) *revokeEnv {
 // token Rotavault holds now.
 func (env *revokeEnv) install(ctx context.Context, t *testing.T, st store.Store) string {
 	t.Helper()
-	if _, err := env.a.CreateCredential(ctx, "x", env.spec); err != nil {
+	if _, err := env.a.Credentials().Create(ctx, "x", env.spec); err != nil {
 		t.Fatal(err)
 	}
 	rt, err := env.sim.IssueRefreshToken("c", nil)
@@ -83,9 +84,9 @@ func (env *revokeEnv) install(ctx context.Context, t *testing.T, st store.Store)
 	return storedFamily(ctx, t, st).RefreshToken
 }
 
-func storedFamily(ctx context.Context, t *testing.T, st store.Store) familyRecord {
+func storedFamily(ctx context.Context, t *testing.T, st store.Store) family.Record {
 	t.Helper()
-	var f familyRecord
+	var f family.Record
 	if err := json.Unmarshal(famRecord(ctx, t, st, "x").Value, &f); err != nil {
 		t.Fatal(err)
 	}
@@ -121,7 +122,7 @@ func TestRevokeCredential(t *testing.T) {
 		t.Fatal("the refresh token was still live at the provider")
 	}
 	after := storedFamily(ctx, t, st)
-	if after.Status != StatusRevoked || after.RevokedReason != notice.ReasonAdminRevoked || after.RefreshToken != "" || after.PendingRevocation != "" || after.Access != nil {
+	if after.Status != family.StatusRevoked || after.RevokedReason != notice.ReasonAdminRevoked || after.RefreshToken != "" || after.PendingRevocation != "" || after.Access != nil {
 		t.Fatalf("stored family after revocation: status %s reason %s token kept %v pending %v access %v",
 			after.Status, after.RevokedReason, after.RefreshToken != "", after.PendingRevocation != "", after.Access != nil)
 	}
@@ -204,8 +205,8 @@ func TestRevokeCredentialProviderUnreachable(t *testing.T) {
 		}
 	}
 	tokenRequests := env.sim.Stats().TokenRequests
-	c, err := env.b.GetCredential(ctx, "x")
-	if err != nil || c.Status != StatusRevoked || !strings.Contains(c.LastError, "not confirmed") {
+	c, err := env.b.Credentials().Get(ctx, "x")
+	if err != nil || c.Status != family.StatusRevoked || !strings.Contains(c.LastError, "not confirmed") {
 		t.Fatalf("credential = %+v, %v", c, err)
 	}
 	if strings.Contains(c.LastError, rt) {
@@ -227,7 +228,7 @@ func TestRevokeCredentialProviderUnreachable(t *testing.T) {
 	if env.sim.RevokeFamilyOf(rt) {
 		t.Fatal("the refresh token was still live at the provider after the retry")
 	}
-	if f := storedFamily(ctx, t, st); f.PendingRevocation != "" || f.Status != StatusRevoked {
+	if f := storedFamily(ctx, t, st); f.PendingRevocation != "" || f.Status != family.StatusRevoked {
 		t.Fatalf("the confirmed token is still stored (status %s)", f.Status)
 	}
 }
@@ -235,7 +236,7 @@ func TestRevokeCredentialProviderUnreachable(t *testing.T) {
 func TestRevokeCredentialErrors(t *testing.T) {
 	ctx := context.Background()
 	env := newRevokeEnv(t, memstore.New())
-	if _, err := env.a.CreateCredential(ctx, "x", env.spec); err != nil {
+	if _, err := env.a.Credentials().Create(ctx, "x", env.spec); err != nil {
 		t.Fatal(err)
 	}
 	var inv *brokererr.InvalidArgumentError
@@ -291,7 +292,7 @@ func TestRevokeCredentialWhileAnotherReplicaHoldsTheClaim(t *testing.T) {
 		t.Fatalf("A's refresh: %v, want ErrReauthRequired", err)
 	}
 	f := storedFamily(ctx, t, hs.Store)
-	if f.Status != StatusRevoked || f.RevokedReason != notice.ReasonAdminRevoked || f.RefreshToken != "" {
+	if f.Status != family.StatusRevoked || f.RevokedReason != notice.ReasonAdminRevoked || f.RefreshToken != "" {
 		t.Fatalf("stored family: status %s reason %s", f.Status, f.RevokedReason)
 	}
 	n, err := sub.Next(ctx)
@@ -323,7 +324,7 @@ func TestRevokeCredentialDuringARefreshThatSucceeded(t *testing.T) {
 		t.Fatalf("A's refresh: %v, want ErrReauthRequired", err)
 	}
 	f := storedFamily(ctx, t, st)
-	if f.Status != StatusRevoked || f.RefreshToken != "" || f.Access != nil {
+	if f.Status != family.StatusRevoked || f.RefreshToken != "" || f.Access != nil {
 		t.Fatalf("the family was resurrected: status %s", f.Status)
 	}
 	if _, err := env.a.GetAccessToken(ctx, access.Request{CredentialID: "x"}); !errors.Is(err, brokererr.ErrReauthRequired) {

@@ -50,7 +50,7 @@ func setupShortLived(t *testing.T, expiresIn, configured time.Duration) (*Broker
 	b := newTestBroker(t, memstore.New(), option.WithClock(clk.Now), option.WithSchedulerInterval(time.Hour))
 	ctx := context.Background()
 	spec := credspec.Spec{ProviderKind: credspec.ProviderOAuth2, TokenURL: url, ClientID: "c", ClientSecret: "s", AccessTokenLife: configured}
-	if _, err := b.CreateCredential(ctx, "x", spec); err != nil {
+	if _, err := b.Credentials().Create(ctx, "x", spec); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := b.ImportRefreshToken(ctx, "x", "rt-0"); err != nil {
@@ -147,7 +147,7 @@ func TestRotationFloorServesTheCurrentTokenAndSaysSo(t *testing.T) {
 		if n := b.Stats().RotationsHeldBack; n != 1 {
 			t.Errorf("RotationsHeldBack = %d, want 1", n)
 		}
-		c, err := b.GetCredential(ctx, "x")
+		c, err := b.Credentials().Get(ctx, "x")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -163,7 +163,7 @@ func TestRotationFloorServesTheCurrentTokenAndSaysSo(t *testing.T) {
 		if tok.Token == first.Token || refreshes.Load() != before+1 {
 			t.Errorf("after the floor: got %q after %d refreshes, want a new token from one refresh", tok.Token, refreshes.Load()-before)
 		}
-		if c, _ := b.GetCredential(ctx, "x"); c.LastError != "" {
+		if c, _ := b.Credentials().Get(ctx, "x"); c.LastError != "" {
 			t.Errorf("last_error %q after a refresh, want none", c.LastError)
 		}
 	})
@@ -188,7 +188,7 @@ func TestRotationFloorServesTheCurrentTokenAndSaysSo(t *testing.T) {
 		// A used 5 s token would be due 2.75 s after its refresh (a tenth of
 		// its life plus the margin before expiry): the floor puts it at 5 s.
 		b, clk, _ := setupShortLived(t, 5*time.Second, 0)
-		c, err := b.GetCredential(ctx, "x")
+		c, err := b.Credentials().Get(ctx, "x")
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -8,6 +8,7 @@ import (
 
 	"github.com/rotavault/rotavault/broker/access"
 	"github.com/rotavault/rotavault/broker/credspec"
+	"github.com/rotavault/rotavault/broker/family"
 	"github.com/rotavault/rotavault/broker/internal/schedule"
 	"github.com/rotavault/rotavault/broker/option"
 	"github.com/rotavault/rotavault/internal/fakeclock"
@@ -23,7 +24,7 @@ func installUsed(t *testing.T, b *Broker, ts *tokenServer, n int) {
 	ctx := context.Background()
 	for i := range n {
 		id := fmt.Sprintf("cred-%d", i)
-		if _, err := b.CreateCredential(ctx, id, credspec.Spec{ProviderKind: credspec.ProviderOAuth2, TokenURL: ts.URL, ClientID: "c"}); err != nil {
+		if _, err := b.Credentials().Create(ctx, id, credspec.Spec{ProviderKind: credspec.ProviderOAuth2, TokenURL: ts.URL, ClientID: "c"}); err != nil {
 			t.Fatal(err)
 		}
 		if _, err := b.ImportRefreshToken(ctx, id, "rt-0"); err != nil {
@@ -77,9 +78,9 @@ func seedIdleEntries(b *Broker, n int) {
 	defer b.entriesMu.Unlock()
 	for i := range n {
 		id := fmt.Sprintf("cred-%d", i)
-		cred := &credentialRecord{Format: recordFormat, ID: id, Spec: credspec.Spec{ProviderKind: credspec.ProviderOAuth2, TokenURL: "https://provider.test/token", ClientID: "c"}}
-		fam := &familyRecord{Format: recordFormat, Status: StatusActive, Generation: 1, StartedAt: now, LastRefreshAt: now,
-			Access: &accessToken{Token: "at", Type: "Bearer", IssuedAt: now, ExpiresAt: now.Add(time.Hour)}}
+		cred := &family.Credential{Format: recordFormat, ID: id, Spec: credspec.Spec{ProviderKind: credspec.ProviderOAuth2, TokenURL: "https://provider.test/token", ClientID: "c"}}
+		fam := &family.Record{Format: recordFormat, Status: family.StatusActive, Generation: 1, StartedAt: now, LastRefreshAt: now,
+			Access: &family.AccessToken{Token: "at", Type: "Bearer", IssuedAt: now, ExpiresAt: now.Add(time.Hour)}}
 		e := &entry{id: id}
 		e.view.Store(b.newView(cred, 1, fam, 1))
 		e.used.Store(i%2 == 0)

@@ -5,8 +5,8 @@ import (
 	"net/url"
 	"time"
 
+	"github.com/rotavault/rotavault/broker/family"
 	"github.com/rotavault/rotavault/broker/internal/schedule"
-	"github.com/rotavault/rotavault/broker/pacing"
 )
 
 // Proactive refresh: a token someone uses is refreshed shortly before it
@@ -24,57 +24,17 @@ const (
 	scheduledFailureWait    = 30 * time.Second
 )
 
-// nextRefresh says when the scheduler refreshes a view's family, assuming its
-// token is in use; zero when it never will.
-func (b *Broker) nextRefresh(v *view) time.Time {
-	if v.fam.Status != StatusActive {
-		return time.Time{}
-	}
-	due := b.accessDue(v)
-	if idle := b.idleDue(v); !idle.IsZero() && idle.Before(due) {
-		due = idle
-	}
-	return due
-}
-
-func (b *Broker) accessDue(v *view) time.Time {
-	a := v.fam.Access
-	if a == nil {
-		return v.fam.LastRefreshAt // an imported token whose first refresh failed: now
-	}
-	life := tokenLife(v.fam)
-	due := a.ExpiresAt.Add(-pacing.RefreshAhead(a.ExpiresAt.Sub(a.IssuedAt)) - pacing.ExpiryMargin(b.opts.Refresh.ExpiryDelta, life))
-	// Never sooner than the rotation floor allows (see rotationInterval).
-	if floor := v.fam.LastRefreshAt.Add(pacing.RotationInterval(life)); !v.fam.LastRefreshAt.IsZero() && floor.After(due) {
-		due = floor
-	}
-	return due
-}
-
-// idleDue is half-way through the provider's refresh-token idle timeout.
-func (b *Broker) idleDue(v *view) time.Time {
-	idle := v.cred.Spec.RefreshIdle
-	if idle <= 0 {
-		return time.Time{}
-	}
-	since := v.fam.LastRefreshAt
-	if since.IsZero() {
-		since = v.fam.StartedAt
-	}
-	return since.Add(idle / 2)
-}
-
 func (b *Broker) due(e *entry, v *view, now time.Time) bool {
-	if v.fam.Status != StatusActive || b.opts.RefuseShortGrace(v.cred.Spec) != nil {
+	if v.fam.Status != family.StatusActive || b.opts.RefuseShortGrace(v.cred.Spec) != nil {
 		return false
 	}
 	if v.fam.Access == nil {
 		return true
 	}
-	if e.used.Load() && !now.Before(b.accessDue(v)) {
+	if e.used.Load() && !now.Before(b.timing(v).AccessDue()) {
 		return true
 	}
-	idle := b.idleDue(v)
+	idle := b.timing(v).IdleDue()
 	return !idle.IsZero() && !now.Before(idle) && b.owns(e.id) // a shared duty: duties.go
 }
 
@@ -181,17 +141,17 @@ func (b *Broker) check(schedCtx context.Context, slots *schedule.Slots, sched *s
 // for a look on every tick instead: its token is in the refresh-ahead
 // window, unused, and a first use makes it due at once.
 func (b *Broker) nextCheck(e *entry, v *view, now time.Time) (at time.Time, soon bool) {
-	if v.fam.Status != StatusActive || v.fam.Access == nil {
+	if v.fam.Status != family.StatusActive || v.fam.Access == nil {
 		return time.Time{}, false
 	}
-	if access := b.accessDue(v); now.Before(access) {
+	if access := b.timing(v).AccessDue(); now.Before(access) {
 		at = access
 	} else if now.Before(v.fam.Access.ExpiresAt) && !e.used.Load() {
 		return time.Time{}, true
 	}
 	// Another replica's idle refresh: the sweep looks again (the duty may
 	// come here), not every tick.
-	if idle := b.idleDue(v); !idle.IsZero() && (at.IsZero() || idle.Before(at)) && (now.Before(idle) || b.owns(e.id)) {
+	if idle := b.timing(v).IdleDue(); !idle.IsZero() && (at.IsZero() || idle.Before(at)) && (now.Before(idle) || b.owns(e.id)) {
 		at = idle
 	}
 	return at, false

@@ -64,7 +64,7 @@ func TestHangingProviderDoesNotDelayOthers(t *testing.T) {
 	healthy := startTokenServer(t, 2*time.Hour)
 	install := func(id string, srv *tokenServer) {
 		t.Helper()
-		if _, err := b.CreateCredential(ctx, id, credspec.Spec{ProviderKind: credspec.ProviderOAuth2, TokenURL: srv.URL, ClientID: "c"}); err != nil {
+		if _, err := b.Credentials().Create(ctx, id, credspec.Spec{ProviderKind: credspec.ProviderOAuth2, TokenURL: srv.URL, ClientID: "c"}); err != nil {
 			t.Fatal(err)
 		}
 		if _, err := b.ImportRefreshToken(ctx, id, "rt-0"); err != nil {

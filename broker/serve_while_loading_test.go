@@ -10,6 +10,7 @@ import (
 
 	"github.com/rotavault/rotavault/broker/access"
 	"github.com/rotavault/rotavault/broker/credspec"
+	"github.com/rotavault/rotavault/broker/family"
 	"github.com/rotavault/rotavault/broker/option"
 	"github.com/rotavault/rotavault/internal/fakeclock"
 	"github.com/rotavault/rotavault/internal/poll"
@@ -31,7 +32,7 @@ func storedCredentials(t *testing.T, st store.Store, ts *tokenServer, spec creds
 	defer b.Close()
 	spec.ProviderKind, spec.TokenURL, spec.ClientID = credspec.ProviderOAuth2, ts.URL, "c"
 	for _, id := range ids {
-		if _, err := b.CreateCredential(ctx, id, spec); err != nil {
+		if _, err := b.Credentials().Create(ctx, id, spec); err != nil {
 			t.Fatal(err)
 		}
 		if _, err := b.ImportRefreshToken(ctx, id, "rt-0"); err != nil {
@@ -53,7 +54,7 @@ type gate struct {
 
 func holdReads(t *testing.T, fs *faultStore, prefix string) *gate {
 	g := &gate{open: make(chan struct{})}
-	fs.inject(&fault{op: "get", prefix: credentialKey(prefix), before: func() {
+	fs.inject(&fault{op: "get", prefix: family.CredentialKey(prefix), before: func() {
 		g.waiting.Add(1)
 		<-g.open
 	}})
@@ -159,7 +160,7 @@ func TestLoadFailingWhileTheStoreIsDownIsRetried(t *testing.T) {
 	storedCredentials(t, st, ts, credspec.Spec{}, "a", "b")
 
 	fs := &faultStore{Store: st}
-	down := fs.inject(&fault{op: "get", prefix: credentialsPrefix, fail: errStoreDown})
+	down := fs.inject(&fault{op: "get", prefix: family.CredentialsPrefix, fail: errStoreDown})
 	b := newBroker(t, Config{Store: fs, Provider: provider.New(nil), Auditor: &recordingAuditor{}},
 		option.WithSchedulerInterval(time.Hour), option.WithIntrospectionInterval(0), option.WithRetryBase(time.Millisecond))
 	poll.Until(t, 10*time.Second, "loads failing and retried", func() bool { return b.Stats().Loading.Failures >= 6 })

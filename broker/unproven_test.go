@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/rotavault/rotavault/broker/credspec"
+	"github.com/rotavault/rotavault/broker/family"
 	"github.com/rotavault/rotavault/broker/option"
 	"github.com/rotavault/rotavault/internal/fakeclock"
 	"github.com/rotavault/rotavault/internal/poll"
@@ -38,7 +39,7 @@ func TestImportWithTheProviderUnreachableIsStoredUnproven(t *testing.T) {
 	b := newTestBroker(t, memstore.New(), replicaOpts(clk, option.WithSchedulerInterval(10*time.Millisecond))...)
 	spec := simSpec(sim)
 	spec.BaseURL = closedURL(t)
-	if _, err := b.CreateCredential(ctx, "x", spec); err != nil {
+	if _, err := b.Credentials().Create(ctx, "x", spec); err != nil {
 		t.Fatal(err)
 	}
 	rt, _ := sim.IssueRefreshToken("c", nil)
@@ -46,19 +47,19 @@ func TestImportWithTheProviderUnreachableIsStoredUnproven(t *testing.T) {
 	if err != nil || !act.Unproven || act.Generation != 0 {
 		t.Fatalf("import with the provider unreachable: %+v %v, want stored, unproven", act, err)
 	}
-	if c, err := b.GetCredential(ctx, "x"); err != nil || c.Status != StatusUnproven {
+	if c, err := b.Credentials().Get(ctx, "x"); err != nil || c.Status != family.StatusUnproven {
 		t.Fatalf("credential after the import: %s %v, want unproven", c.Status, err)
 	}
 	// The provider is reachable again (here: the right URL); nobody imports
 	// or calls: the scheduler proves the token.
-	if _, err := b.UpdateCredential(ctx, "x", []credspec.Field{credspec.FieldBaseURL}, credspec.Spec{BaseURL: sim.URL()}); err != nil {
+	if _, err := b.Credentials().Update(ctx, "x", []credspec.Field{credspec.FieldBaseURL}, credspec.Spec{BaseURL: sim.URL()}); err != nil {
 		t.Fatal(err)
 	}
 	// A scheduled attempt still running against the old URL when the clock
 	// moves sets its retry a full wait later: move the clock on each look.
 	poll.UntilSeen(t, 10*time.Second, "the scheduler proved the imported token", func() (bool, string) {
-		c, err := b.GetCredential(ctx, "x")
-		if err == nil && c.Status == StatusActive && c.Generation == 1 {
+		c, err := b.Credentials().Get(ctx, "x")
+		if err == nil && c.Status == family.StatusActive && c.Generation == 1 {
 			return true, ""
 		}
 		clk.Add(scheduledFailureWait + time.Second)

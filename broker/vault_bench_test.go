@@ -67,7 +67,7 @@ func benchBrokerWith(b *testing.B, st store.Store, wrap func(Provider) Provider)
 	for i := range ids {
 		ids[i] = fmt.Sprintf("bench-%d", i)
 		spec := credspec.Spec{ProviderKind: credspec.ProviderSalesforce, BaseURL: sim.URL(), ClientID: "bench", ClientSecret: "bench-secret", Scopes: []string{"api", "refresh_token"}}
-		if _, err := br.CreateCredential(ctx, ids[i], spec); err != nil {
+		if _, err := br.Credentials().Create(ctx, ids[i], spec); err != nil {
 			b.Fatal(err)
 		}
 		rt, err := sim.IssueRefreshToken("bench", nil)
@@ -195,7 +195,7 @@ func BenchmarkVaultCachedVsReadEveryCall(b *testing.B) {
 	readEvery := func(w int) error {
 		v, err := vb.b.readView(ctx, vb.ids[w])
 		if err == nil {
-			_ = vb.b.toAccessToken(v)
+			_ = vb.b.timing(v).Token(vb.b.opts.Now())
 		}
 		return err
 	}

@@ -10,6 +10,7 @@ import (
 	"github.com/rotavault/rotavault/broker/access"
 	"github.com/rotavault/rotavault/broker/brokererr"
 	"github.com/rotavault/rotavault/broker/credspec"
+	"github.com/rotavault/rotavault/broker/family"
 	"github.com/rotavault/rotavault/broker/option"
 	"github.com/rotavault/rotavault/internal/fakeclock"
 	"github.com/rotavault/rotavault/providersim"
@@ -60,7 +61,7 @@ func TestLostResultAnswerIsNotMistakenForALostRace(t *testing.T) {
 	hs := &faultStore{Store: memstore.New()}
 	sim, bs, spec := setup(t, hs, clk)
 	a := bs[0]
-	if _, err := a.CreateCredential(ctx, "x", spec); err != nil {
+	if _, err := a.Credentials().Create(ctx, "x", spec); err != nil {
 		t.Fatal(err)
 	}
 	rt, _ := sim.IssueRefreshToken("c", nil)
@@ -69,7 +70,7 @@ func TestLostResultAnswerIsNotMistakenForALostRace(t *testing.T) {
 	}
 	// the client's replay of the result write
 	replayed := &fault{op: "put", prefix: "families/", once: true, replay: true, match: func(_ string, value []byte) bool {
-		var f familyRecord
+		var f family.Record
 		return decodeRecord(value, &f, &f.Format) == nil && f.Claim == nil && f.Generation >= 2
 	}}
 	hs.inject(replayed)
@@ -98,7 +99,7 @@ func TestRecreatedCredentialIsNotOverwrittenByAStaleReplica(t *testing.T) {
 	st := memstore.New()
 	sim, bs, spec := setup(t, st, clk)
 	a, b := bs[0], bs[1]
-	if _, err := a.CreateCredential(ctx, "x", spec); err != nil {
+	if _, err := a.Credentials().Create(ctx, "x", spec); err != nil {
 		t.Fatal(err)
 	}
 	rt, _ := sim.IssueRefreshToken("c", nil)
@@ -106,10 +107,10 @@ func TestRecreatedCredentialIsNotOverwrittenByAStaleReplica(t *testing.T) {
 		t.Fatal(err)
 	}
 	// B deletes and recreates x with a new family.
-	if err := b.DeleteCredential(ctx, "x"); err != nil {
+	if err := b.Credentials().Delete(ctx, "x"); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := b.CreateCredential(ctx, "x", spec); err != nil {
+	if _, err := b.Credentials().Create(ctx, "x", spec); err != nil {
 		t.Fatal(err)
 	}
 	rt2, _ := sim.IssueRefreshToken("c", nil)
@@ -122,7 +123,7 @@ func TestRecreatedCredentialIsNotOverwrittenByAStaleReplica(t *testing.T) {
 	t.Logf("A (stale cache) refresh: %v", err)
 	f := storedFamily(ctx, t, st)
 	t.Logf("stored family %s (new one was %s) status %s reason %s", f.FamilyID, act.FamilyID, f.Status, f.RevokedReason)
-	if f.FamilyID != act.FamilyID || f.Status != StatusActive {
+	if f.FamilyID != act.FamilyID || f.Status != family.StatusActive {
 		t.Fatal("the recreated credential's family was overwritten by a replica's stale cache")
 	}
 }
@@ -142,7 +143,7 @@ func TestHeldRotationIsDroppedAfterATakeover(t *testing.T) {
 	b := newTestBroker(t, mem, replicaOpts(clk)...)
 	spec := simSpec(sim)
 	spec.ReuseGrace = 10 * time.Minute
-	if _, err := a.CreateCredential(ctx, "x", spec); err != nil {
+	if _, err := a.Credentials().Create(ctx, "x", spec); err != nil {
 		t.Fatal(err)
 	}
 	rt, _ := sim.IssueRefreshToken("c", nil)
@@ -192,7 +193,7 @@ func TestStressTwoReplicas(t *testing.T) {
 	}
 	spec := simSpec(sim)
 	spec.AccessTokenLife = 30 * time.Second // a rotation every few steps
-	if _, err := bs[0].CreateCredential(ctx, "x", spec); err != nil {
+	if _, err := bs[0].Credentials().Create(ctx, "x", spec); err != nil {
 		t.Fatal(err)
 	}
 	rt, _ := sim.IssueRefreshToken("c", nil)

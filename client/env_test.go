@@ -159,7 +159,7 @@ func (e *env) startNode(prepare func(*broker.Broker) error) (err error) {
 	if err != nil {
 		return err
 	}
-	n.ServeGRPC(server.Config{Broker: b, Auditor: al, Limits: e.limits}, lis)
+	n.ServeGRPC(server.Config{Broker: b, Credentials: b.Credentials(), Flows: b.Flows(), Catalog: b.Catalog(), Auditor: al, Limits: e.limits}, lis)
 	e.mu.Lock()
 	e.addr, e.broker, e.node = lis.Addr().String(), b, n
 	e.mu.Unlock()

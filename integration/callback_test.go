@@ -41,7 +41,7 @@ func withCallback(o envOptions, callbackURL string) envOptions {
 // ends; its log lines join the scenario's, for the leak check.
 func (e *env) serveCallback(lis net.Listener) {
 	logger := slog.New(slog.NewJSONHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	hs := server.NewHTTPServer(server.NewHTTPMux(server.HTTPConfig{Callback: e.broker, Logger: logger}), logger)
+	hs := server.NewHTTPServer(server.NewHTTPMux(server.HTTPConfig{Callback: e.broker.Flows(), Logger: logger}), logger)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)

@@ -68,7 +68,7 @@ func TestStoreOutageAfterRotationLosesNothing(t *testing.T) {
 		t.Fatalf("during the outage: %v, want the store unavailable", err)
 	}
 	rotations := e.sim.Stats().Rotations
-	desc, err := b.GetCredential(ctxT(t), "acme")
+	desc, err := b.Credentials().Get(ctxT(t), "acme")
 	if err != nil || !strings.Contains(desc.LastError, "held in memory") {
 		t.Fatalf("describe during the outage: %+v %v", desc, err)
 	}

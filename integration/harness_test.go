@@ -165,7 +165,7 @@ func (e *env) start() {
 		t.Fatal(err)
 	}
 	// The consumer catalog is on, as in rotavault serve.
-	cfg := server.Config{Broker: b, Logger: logger, Reflection: true, RateLimit: e.opts.rateLimit, Auditor: al, ConsumerCatalog: true}
+	cfg := server.Config{Broker: b, Credentials: b.Credentials(), Flows: b.Flows(), Catalog: b.Catalog(), Logger: logger, Reflection: true, RateLimit: e.opts.rateLimit, Auditor: al, ConsumerCatalog: true}
 	if e.opts.serverConfig != nil {
 		e.opts.serverConfig(&cfg)
 	}

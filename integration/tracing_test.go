@@ -274,7 +274,7 @@ func (e *env) serveHTTPEndpoints(t *testing.T) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e.node.ServeHTTP("HTTP endpoints", server.NewHTTPMux(server.HTTPConfig{Callback: e.broker}), lis)
+	e.node.ServeHTTP("HTTP endpoints", server.NewHTTPMux(server.HTTPConfig{Callback: e.broker.Flows()}), lis)
 	return lis.Addr().String()
 }
 

@@ -18,6 +18,7 @@ import (
 
 	"github.com/rotavault/rotavault/broker"
 	"github.com/rotavault/rotavault/broker/credspec"
+	"github.com/rotavault/rotavault/broker/family"
 	"github.com/rotavault/rotavault/broker/stats"
 	"github.com/rotavault/rotavault/internal/version"
 	"github.com/rotavault/rotavault/provider"
@@ -68,13 +69,18 @@ func (m *Metrics) Registry() *prometheus.Registry { return m.reg }
 type BrokerStats interface {
 	Stats() stats.Stats
 	SubscriberCount() int
-	CountCredentials(ctx context.Context) (map[broker.Status]int, error)
+}
+
+// Census counts the credentials by status; *registry.Credentials
+// (broker.Broker.Credentials) is one.
+type Census interface {
+	Count(ctx context.Context) (map[family.Status]int, error)
 }
 
 // WatchBroker registers the broker's counters, read from b.Stats at each
-// scrape.
-func (m *Metrics) WatchBroker(b BrokerStats) {
-	m.reg.MustRegister(&brokerCollector{b: b})
+// scrape, and the credentials gauge, counted by census.
+func (m *Metrics) WatchBroker(b BrokerStats, census Census) {
+	m.reg.MustRegister(&brokerCollector{b: b, census: census})
 }
 
 // WatchVaultNodes registers rotavault_vault_node_changes_total, read from
@@ -133,7 +139,10 @@ var (
 		"Shards this replica took over from another replica: one that died (after its lease lapsed), stopped, or gave them back when a replica joined.", nil, nil)
 )
 
-type brokerCollector struct{ b BrokerStats }
+type brokerCollector struct {
+	b      BrokerStats
+	census Census
+}
 
 func (c *brokerCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{refreshesDesc, refreshFailuresDesc, revocationsDesc, cacheHitsDesc, cacheMissesDesc, rotationsHeldBackDesc, cutoffWaitsDesc, offScheduleDesc, discoveriesDesc, discoveryFailuresDesc, claimWaitsDesc, subscribersDesc, droppedDesc, noticeLogDesc, credentialsDesc,
@@ -184,7 +193,7 @@ func (c *brokerCollector) Collect(ch chan<- prometheus.Metric) {
 	// Bounded: a scrape must not hang on an unreachable store.
 	ctx, cancel := context.WithTimeout(context.Background(), censusTimeout)
 	defer cancel()
-	if counts, err := c.b.CountCredentials(ctx); err == nil {
+	if counts, err := c.census.Count(ctx); err == nil {
 		for st, n := range counts {
 			ch <- prometheus.MustNewConstMetric(credentialsDesc, prometheus.GaugeValue, float64(n), string(st))
 		}

@@ -206,7 +206,7 @@ func newAuthEnv(t testing.TB, opts authEnvOptions) *authEnv {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := New(Config{Broker: b, Logger: log, Reflection: true, Auth: auth, RateLimit: opts.rateLimit,
+	srv := New(Config{Broker: b, Credentials: b.Credentials(), Flows: b.Flows(), Catalog: b.Catalog(), Logger: log, Reflection: true, Auth: auth, RateLimit: opts.rateLimit,
 		Auditor: issuanceAuditor(opts.issuanceFlush, e.auditor), IssuanceFlushInterval: opts.issuanceFlush,
 		ExtraOptions: []grpc.ServerOption{grpc.Creds(credentials.NewTLS(r.ServerTLSConfig()))}})
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
@@ -766,7 +766,7 @@ func TestOpenServerPlaintext(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer b.Close()
-	srv := New(Config{Broker: b})
+	srv := New(Config{Broker: b, Credentials: b.Credentials(), Flows: b.Flows(), Catalog: b.Catalog()})
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

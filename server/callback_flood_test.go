@@ -40,7 +40,7 @@ func TestCallbackFloodIsBoundedBeforeTheStore(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = b.Close() })
-	srv := httptest.NewServer(NewHTTPMux(HTTPConfig{Callback: b}))
+	srv := httptest.NewServer(NewHTTPMux(HTTPConfig{Callback: b.Flows()}))
 	t.Cleanup(srv.Close)
 
 	const requests = 200

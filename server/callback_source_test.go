@@ -26,7 +26,7 @@ func callbackServer(t *testing.T, proxies ...netip.Prefix) *httptest.Server {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = b.Close() })
-	srv := httptest.NewServer(NewHTTPMux(HTTPConfig{Callback: b, TrustedProxies: proxies}))
+	srv := httptest.NewServer(NewHTTPMux(HTTPConfig{Callback: b.Flows(), TrustedProxies: proxies}))
 	t.Cleanup(srv.Close)
 	return srv
 }

@@ -19,7 +19,7 @@ func TestCatalogMergesKnownConsumersOncePerPeriod(t *testing.T) {
 	e.install("cred-a")
 	e.install("cred-b")
 	const interval = time.Minute
-	c := newIssuanceCounter(nil, e.broker, interval, slog.New(slog.DiscardHandler))
+	c := newIssuanceCounter(nil, e.broker.Catalog(), interval, slog.New(slog.DiscardHandler))
 	t.Cleanup(func() { c.close(testCtx(t)) })
 	clock := time.Now()
 	c.now = func() time.Time { return clock }

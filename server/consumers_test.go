@@ -102,7 +102,7 @@ func newCatalogEnvWith(t *testing.T, configure func(*Config)) *catalogEnv {
 	}
 	e.broker = b
 	// An hour: only FlushIssuance (and Shutdown) flush in these tests.
-	cfg := Config{Broker: b, Auditor: e.auditor, ConsumerCatalog: true, IssuanceFlushInterval: time.Hour,
+	cfg := Config{Broker: b, Credentials: b.Credentials(), Flows: b.Flows(), Catalog: b.Catalog(), Auditor: e.auditor, ConsumerCatalog: true, IssuanceFlushInterval: time.Hour,
 		RateLimit: RateLimit{Disabled: true}}
 	configure(&cfg)
 	e.srv = New(cfg)
@@ -140,7 +140,7 @@ func (e *catalogEnv) dial() *grpc.ClientConn {
 func (e *catalogEnv) install(id string) {
 	e.t.Helper()
 	ctx := testCtx(e.t)
-	if _, err := e.broker.CreateCredential(ctx, id, credspec.Spec{ProviderKind: credspec.ProviderSalesforce, BaseURL: e.sim.URL(),
+	if _, err := e.broker.Credentials().Create(ctx, id, credspec.Spec{ProviderKind: credspec.ProviderSalesforce, BaseURL: e.sim.URL(),
 		ClientID: simClient, ClientSecret: simSecret, Scopes: []string{"api", "refresh_token"}, AccessTokenLife: time.Hour}); err != nil {
 		e.t.Fatal(err)
 	}
@@ -320,7 +320,7 @@ func TestListConsumersPaging(t *testing.T) {
 		}
 		want = append(want, cred+" a.rotavault.test", cred+" spiffe://rotavault.test/ns/a/sa/y", cred+" spiffe://rotavault.test/ns/b/sa/x")
 	}
-	if left, err := e.broker.RecordConsumers(testCtx(t), uses); err != nil || len(left) != 0 {
+	if left, err := e.broker.Catalog().Record(testCtx(t), uses); err != nil || len(left) != 0 {
 		t.Fatalf("RecordConsumers: %v (%d left)", err, len(left))
 	}
 	pages := func(req *rotavaultv1.ListConsumersRequest) ([]string, int) {

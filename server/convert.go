@@ -6,12 +6,13 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
-	"github.com/rotavault/rotavault/broker"
 	"github.com/rotavault/rotavault/broker/access"
 	"github.com/rotavault/rotavault/broker/authflow"
 	"github.com/rotavault/rotavault/broker/credspec"
 	"github.com/rotavault/rotavault/broker/detect"
+	"github.com/rotavault/rotavault/broker/family"
 	"github.com/rotavault/rotavault/broker/notice"
+	"github.com/rotavault/rotavault/broker/registry"
 	rotavaultv1 "github.com/rotavault/rotavault/gen/rotavault/v1"
 )
 
@@ -208,15 +209,15 @@ func earlyDetectionToProto(s detect.State, detail string) *rotavaultv1.EarlyDete
 	return &rotavaultv1.EarlyDetection{State: st, Detail: detail}
 }
 
-func statusToProto(s broker.Status) rotavaultv1.CredentialStatus {
+func statusToProto(s family.Status) rotavaultv1.CredentialStatus {
 	switch s {
-	case broker.StatusActive:
+	case family.StatusActive:
 		return rotavaultv1.CredentialStatus_CREDENTIAL_STATUS_ACTIVE
-	case broker.StatusRevoked:
+	case family.StatusRevoked:
 		return rotavaultv1.CredentialStatus_CREDENTIAL_STATUS_REVOKED
-	case broker.StatusAwaitingReauth:
+	case family.StatusAwaitingReauth:
 		return rotavaultv1.CredentialStatus_CREDENTIAL_STATUS_AWAITING_REAUTHENTICATION
-	case broker.StatusUnproven:
+	case family.StatusUnproven:
 		return rotavaultv1.CredentialStatus_CREDENTIAL_STATUS_UNPROVEN
 	default:
 		return rotavaultv1.CredentialStatus_CREDENTIAL_STATUS_UNSPECIFIED
@@ -244,7 +245,7 @@ func reasonToProto(r notice.RevocationReason) rotavaultv1.RevocationReason {
 	}
 }
 
-func credentialToProto(c broker.Credential) *rotavaultv1.Credential {
+func credentialToProto(c registry.Credential) *rotavaultv1.Credential {
 	return &rotavaultv1.Credential{
 		CredentialId:          c.ID,
 		Spec:                  specToProto(c.Spec),

@@ -9,47 +9,53 @@ import (
 
 	"google.golang.org/protobuf/types/known/timestamppb"
 
-	"github.com/rotavault/rotavault/broker"
 	"github.com/rotavault/rotavault/broker/brokererr"
 	"github.com/rotavault/rotavault/broker/catalog"
 	"github.com/rotavault/rotavault/broker/credspec"
+	"github.com/rotavault/rotavault/broker/family"
+	"github.com/rotavault/rotavault/broker/registry"
 	rotavaultv1 "github.com/rotavault/rotavault/gen/rotavault/v1"
 )
 
-// CredentialBroker is what the admin service needs of the rotation logic.
-type CredentialBroker interface {
-	CreateCredential(ctx context.Context, id string, spec credspec.Spec) (broker.Credential, error)
-	UpdateCredential(ctx context.Context, id string, fields []credspec.Field, spec credspec.Spec) (broker.Credential, error)
-	GetCredential(ctx context.Context, id string) (broker.Credential, error)
-	ListCredentials(ctx context.Context, after string, limit int) ([]broker.Credential, bool, error)
-	DeleteCredential(ctx context.Context, id string) error
-	ListConsumers(ctx context.Context, credentialID string, after catalog.Cursor, limit int) ([]catalog.Consumer, bool, error)
+// Credentials is what the admin service needs of the credential registry;
+// *registry.Credentials (broker.Broker.Credentials) is one.
+type Credentials interface {
+	Create(ctx context.Context, id string, spec credspec.Spec) (registry.Credential, error)
+	Update(ctx context.Context, id string, fields []credspec.Field, spec credspec.Spec) (registry.Credential, error)
+	Get(ctx context.Context, id string) (registry.Credential, error)
+	List(ctx context.Context, after string, limit int) ([]registry.Credential, bool, error)
+	Delete(ctx context.Context, id string) error
+	Count(ctx context.Context) (map[family.Status]int, error)
 }
 
 // CredentialAdminConfig holds the admin service's dependencies.
 type CredentialAdminConfig struct {
-	Broker CredentialBroker
-	Logger *slog.Logger // nil: discard
+	Credentials Credentials
+	// Catalog serves ListConsumers.
+	Catalog ConsumerCatalog
+	Logger  *slog.Logger // nil: discard
 	// Operations serves BackupStore, VerifyAuditTrail and
 	// GetServerStatus; the zero value turns the first two off.
 	Operations Operations
-	// Census counts credentials for GetServerStatus (nil: not counted).
-	Census CredentialCensus
+	// Ready says whether the rotation logic can serve, for
+	// GetServerStatus (nil: neither readiness nor counts are reported).
+	Ready Readiness
 }
 
 // CredentialAdminService implements rotavault.v1.CredentialAdminService.
 // Safe for concurrent use.
 type CredentialAdminService struct {
 	rotavaultv1.UnimplementedCredentialAdminServiceServer
-	broker CredentialBroker
-	log    *slog.Logger
-	ops    *operations
+	creds   Credentials
+	catalog ConsumerCatalog
+	log     *slog.Logger
+	ops     *operations
 }
 
 // NewCredentialAdminService returns the admin service.
 func NewCredentialAdminService(cfg CredentialAdminConfig) *CredentialAdminService {
-	return &CredentialAdminService{broker: cfg.Broker, log: loggerOrDiscard(cfg.Logger),
-		ops: &operations{cfg: cfg.Operations, broker: cfg.Census, started: time.Now()}}
+	return &CredentialAdminService{creds: cfg.Credentials, catalog: cfg.Catalog, log: loggerOrDiscard(cfg.Logger),
+		ops: &operations{cfg: cfg.Operations, ready: cfg.Ready, creds: cfg.Credentials, started: time.Now()}}
 }
 
 const (
@@ -59,7 +65,7 @@ const (
 
 // CreateCredential implements rotavault.v1.CredentialAdminService.
 func (s *CredentialAdminService) CreateCredential(ctx context.Context, req *rotavaultv1.CreateCredentialRequest) (*rotavaultv1.CreateCredentialResponse, error) {
-	c, err := s.broker.CreateCredential(ctx, req.GetCredentialId(), specFromProto(req.GetSpec()))
+	c, err := s.creds.Create(ctx, req.GetCredentialId(), specFromProto(req.GetSpec()))
 	if err != nil {
 		return nil, toStatus(ctx, s.log, err)
 	}
@@ -74,7 +80,7 @@ func (s *CredentialAdminService) UpdateCredential(ctx context.Context, req *rota
 		fields[i] = credspec.Field(p)
 	}
 	spec := specFromProto(req.GetSpec())
-	c, err := s.broker.UpdateCredential(ctx, req.GetCredentialId(), fields, spec)
+	c, err := s.creds.Update(ctx, req.GetCredentialId(), fields, spec)
 	if err != nil {
 		return nil, toStatus(ctx, s.log, err)
 	}
@@ -83,7 +89,7 @@ func (s *CredentialAdminService) UpdateCredential(ctx context.Context, req *rota
 
 // GetCredential implements rotavault.v1.CredentialAdminService.
 func (s *CredentialAdminService) GetCredential(ctx context.Context, req *rotavaultv1.GetCredentialRequest) (*rotavaultv1.GetCredentialResponse, error) {
-	c, err := s.broker.GetCredential(ctx, req.GetCredentialId())
+	c, err := s.creds.Get(ctx, req.GetCredentialId())
 	if err != nil {
 		return nil, toStatus(ctx, s.log, err)
 	}
@@ -104,7 +110,7 @@ func (s *CredentialAdminService) ListCredentials(ctx context.Context, req *rotav
 		}
 		after = string(raw)
 	}
-	creds, more, err := s.broker.ListCredentials(ctx, after, size)
+	creds, more, err := s.creds.List(ctx, after, size)
 	if err != nil {
 		return nil, toStatus(ctx, s.log, err)
 	}
@@ -120,7 +126,7 @@ func (s *CredentialAdminService) ListCredentials(ctx context.Context, req *rotav
 
 // DeleteCredential implements rotavault.v1.CredentialAdminService.
 func (s *CredentialAdminService) DeleteCredential(ctx context.Context, req *rotavaultv1.DeleteCredentialRequest) (*rotavaultv1.DeleteCredentialResponse, error) {
-	if err := s.broker.DeleteCredential(ctx, req.GetCredentialId()); err != nil {
+	if err := s.creds.Delete(ctx, req.GetCredentialId()); err != nil {
 		return nil, toStatus(ctx, s.log, err)
 	}
 	return &rotavaultv1.DeleteCredentialResponse{}, nil
@@ -136,7 +142,7 @@ func (s *CredentialAdminService) ListConsumers(ctx context.Context, req *rotavau
 	if err != nil {
 		return nil, toStatus(ctx, s.log, err)
 	}
-	consumers, more, err := s.broker.ListConsumers(ctx, req.GetCredentialId(), after, size)
+	consumers, more, err := s.catalog.List(ctx, req.GetCredentialId(), after, size)
 	if err != nil {
 		return nil, toStatus(ctx, s.log, err)
 	}

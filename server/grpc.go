@@ -36,12 +36,10 @@ import (
 const MaxRecvMsgSize = 64 << 10
 
 // Broker is what the assembled server needs of the rotation logic: each
-// service's part, the consumer catalog and readiness. *broker.Broker is one.
+// service's part and readiness. *broker.Broker is one.
 type Broker interface {
 	TokenBroker
-	CredentialBroker
-	CredentialCensus
-	ConsumerCatalog
+	Readiness
 }
 
 // Readiness reports whether the rotation logic can serve (nil) or why not.
@@ -54,7 +52,17 @@ type Config struct {
 	// Broker is the rotation logic behind both services; nil only in
 	// tests of the transport alone (readiness is then not followed).
 	Broker Broker
-	Logger *slog.Logger // nil: discard
+	// Credentials administers the credentials (the admin service's
+	// Create/Update/Get/List/DeleteCredential); the broker's
+	// (*registry.Credentials, broker.Broker.Credentials) is one.
+	Credentials Credentials
+	// Flows runs the authorization flows Reauthenticate starts and checks;
+	// the broker's (*authflow.Flows, broker.Broker.Flows) is one.
+	Flows AuthFlows
+	// Catalog keeps the consumer catalog ListConsumers reads; the broker's
+	// (*catalog.Catalog, broker.Broker.Catalog) is one.
+	Catalog ConsumerCatalog
+	Logger  *slog.Logger // nil: discard
 	// Reflection serves the gRPC reflection service (grpcurl, dev tools).
 	Reflection bool
 	// ExtraOptions are appended to the server's options (e.g. credentials).
@@ -73,10 +81,10 @@ type Config struct {
 	Auditor               Auditor
 	IssuanceFlushInterval time.Duration
 	// ConsumerCatalog, when set, also merges those per-caller aggregates
-	// into the broker's consumer catalog (ListConsumers): a credential with
-	// a consumer new to this replica at the same interval, the others every
-	// ten intervals (see catalogPeriods), and all at Shutdown; nothing is
-	// written per call.
+	// into Catalog (ListConsumers): a credential with a consumer new to
+	// this replica at the same interval, the others every ten intervals
+	// (see catalogPeriods), and all at Shutdown; nothing is written per
+	// call.
 	ConsumerCatalog bool
 	// MaxConnectionAge closes a client connection after this long (zero:
 	// DefaultMaxConnectionAge; negative: never), after a grace of
@@ -105,9 +113,9 @@ type Config struct {
 
 // adminConfig wires the admin service; a nil broker counts nothing.
 func adminConfig(cfg Config, log *slog.Logger) CredentialAdminConfig {
-	ac := CredentialAdminConfig{Broker: cfg.Broker, Logger: log, Operations: cfg.Operations}
+	ac := CredentialAdminConfig{Credentials: cfg.Credentials, Catalog: cfg.Catalog, Logger: log, Operations: cfg.Operations}
 	if cfg.Broker != nil {
-		ac.Census = cfg.Broker
+		ac.Ready = cfg.Broker
 	}
 	return ac
 }
@@ -217,11 +225,11 @@ func New(cfg Config) *Server {
 	if cfg.Auditor != nil || cfg.ConsumerCatalog {
 		var catalog ConsumerCatalog
 		if cfg.ConsumerCatalog {
-			catalog = cfg.Broker
+			catalog = cfg.Catalog
 		}
 		issuance = newIssuanceCounter(cfg.Auditor, catalog, cfg.IssuanceFlushInterval, log)
 	}
-	rotavaultv1.RegisterTokenVaultServiceServer(gs, NewTokenVaultService(TokenVaultConfig{Broker: cfg.Broker, Logger: log, issuance: issuance}))
+	rotavaultv1.RegisterTokenVaultServiceServer(gs, NewTokenVaultService(TokenVaultConfig{Broker: cfg.Broker, Flows: cfg.Flows, Logger: log, issuance: issuance}))
 	rotavaultv1.RegisterCredentialAdminServiceServer(gs, NewCredentialAdminService(adminConfig(cfg, log)))
 	hs := health.NewServer()
 	healthpb.RegisterHealthServer(gs, hs)

@@ -25,7 +25,8 @@ const CallbackPath = "/oauth/callback"
 // provider client's own timeout is 30 s) and the store writes around it.
 const callbackTimeout = 60 * time.Second
 
-// CallbackBroker is what the callback endpoint needs of the rotation logic.
+// CallbackBroker is what the callback endpoint needs of the authorization
+// flows; *authflow.Flows (broker.Broker.Flows) is one.
 type CallbackBroker interface {
 	CompleteCallback(ctx context.Context, cb authflow.Callback) (authflow.Activation, error)
 }

@@ -33,10 +33,11 @@ type Auditor interface {
 	Record(ctx context.Context, e audit.Event) error
 }
 
-// ConsumerCatalog keeps the consumer catalog; *broker.Broker is one. See
-// broker.RecordConsumers for the contract.
+// ConsumerCatalog keeps the consumer catalog; *catalog.Catalog is one (see
+// its Record and List for the contract).
 type ConsumerCatalog interface {
-	RecordConsumers(ctx context.Context, uses []catalog.Use) ([]catalog.Use, error)
+	Record(ctx context.Context, uses []catalog.Use) ([]catalog.Use, error)
+	List(ctx context.Context, credentialID string, after catalog.Cursor, limit int) ([]catalog.Consumer, bool, error)
 }
 
 type issuanceKey struct{ caller, credential string }
@@ -263,7 +264,7 @@ func (c *issuanceCounter) flushCatalog(ctx context.Context, all bool) error {
 	if len(uses) == 0 {
 		return nil
 	}
-	unrecorded, err := c.catalog.RecordConsumers(ctx, uses)
+	unrecorded, err := c.catalog.Record(ctx, uses)
 	failed := make(map[string]bool)
 	for _, u := range unrecorded {
 		failed[u.CredentialID] = true

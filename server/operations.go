@@ -16,7 +16,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/rotavault/rotavault/audit"
-	"github.com/rotavault/rotavault/broker"
+	"github.com/rotavault/rotavault/broker/family"
 	rotavaultv1 "github.com/rotavault/rotavault/gen/rotavault/v1"
 	"github.com/rotavault/rotavault/internal/version"
 )
@@ -59,7 +59,8 @@ type Operations struct {
 // operations serves the operations RPCs. Safe for concurrent use.
 type operations struct {
 	cfg     Operations
-	broker  CredentialCensus
+	ready   Readiness
+	creds   Credentials
 	started time.Time
 	// backingUp bounds BackupStore to one stream at a time: each spools a
 	// full copy of the store beside it before streaming it.
@@ -67,12 +68,6 @@ type operations struct {
 	// verifying bounds VerifyAuditTrail to one at a time: each reads the
 	// whole trail, and holds back anchoring while it reads the witness.
 	verifying atomic.Bool
-}
-
-// CredentialCensus is what GetServerStatus needs of the rotation logic.
-type CredentialCensus interface {
-	CountCredentials(ctx context.Context) (map[broker.Status]int, error)
-	Ready() error
 }
 
 // BackupStore implements rotavault.v1.CredentialAdminService.
@@ -188,13 +183,13 @@ func (s *CredentialAdminService) GetServerStatus(ctx context.Context, _ *rotavau
 	// rotavault_build_info: an ldflags-stamped release version wins.
 	bi := version.Get()
 	resp.Version, resp.VcsRevision, resp.VcsModified, resp.GoVersion = bi.Version, bi.Revision, bi.Modified, bi.GoVersion
-	if s.ops.broker == nil {
+	if s.ops.ready == nil {
 		return resp, nil
 	}
-	if err := s.ops.broker.Ready(); err != nil {
+	if err := s.ops.ready.Ready(); err != nil {
 		resp.Ready, resp.NotReadyReason = false, err.Error()
 	}
-	counts, err := s.ops.broker.CountCredentials(ctx)
+	counts, err := s.ops.creds.Count(ctx)
 	if err != nil {
 		// The status answers even when the store does not: that is when
 		// an operator asks.
@@ -205,7 +200,7 @@ func (s *CredentialAdminService) GetServerStatus(ctx context.Context, _ *rotavau
 		}
 		return resp, nil
 	}
-	for _, st := range []broker.Status{broker.StatusActive, broker.StatusRevoked, broker.StatusAwaitingReauth, broker.StatusUnproven} {
+	for _, st := range []family.Status{family.StatusActive, family.StatusRevoked, family.StatusAwaitingReauth, family.StatusUnproven} {
 		resp.CredentialCounts = append(resp.CredentialCounts, &rotavaultv1.CredentialStatusCount{Status: statusToProto(st), Count: uint64(counts[st])})
 	}
 	return resp, nil

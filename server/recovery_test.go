@@ -51,7 +51,7 @@ func TestPanicBecomesInternalWithoutLeakingState(t *testing.T) {
 	}
 	t.Cleanup(func() { _ = b.Close() })
 	logs := &lockedBuffer{}
-	srv := New(Config{Broker: b, Logger: slog.New(slog.NewJSONHandler(logs, nil))})
+	srv := New(Config{Broker: b, Credentials: b.Credentials(), Flows: b.Flows(), Catalog: b.Catalog(), Logger: slog.New(slog.NewJSONHandler(logs, nil))})
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

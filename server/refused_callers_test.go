@@ -52,7 +52,7 @@ func newBoundsEnv(t *testing.T, limits Limits, auth *Auth) *boundsEnv {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = b.Close() })
-	srv := New(Config{Broker: b, Logger: log, Auth: auth, Limits: limits, Registerer: e.reg})
+	srv := New(Config{Broker: b, Credentials: b.Credentials(), Flows: b.Flows(), Catalog: b.Catalog(), Logger: log, Auth: auth, Limits: limits, Registerer: e.reg})
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

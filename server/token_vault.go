@@ -21,18 +21,25 @@ import (
 // TokenBroker is what the token service needs of the rotation logic.
 type TokenBroker interface {
 	GetAccessToken(ctx context.Context, req access.Request) (access.Token, error)
-	StartAuthorization(ctx context.Context, id, redirectURI string, scopes []string) (authflow.PendingAuthorization, error)
-	CompleteAuthorization(ctx context.Context, id, state, code string) (authflow.Activation, error)
 	ImportRefreshToken(ctx context.Context, id, refreshToken string) (authflow.Activation, error)
-	StartDeviceAuthorization(ctx context.Context, id string, scopes []string) (authflow.DevicePending, error)
-	CheckAuthorization(ctx context.Context, id, state string, wait time.Duration) (authflow.FlowProgress, error)
 	Subscribe(ctx context.Context, credentialIDs []string, cursor string) (*notice.Subscription, error)
 	RevokeCredential(ctx context.Context, id, reason string) (broker.Revocation, error)
+}
+
+// AuthFlows is what the token service needs of the authorization flows;
+// *authflow.Flows is one.
+type AuthFlows interface {
+	StartAuthorization(ctx context.Context, id, redirectURI string, scopes []string) (authflow.PendingAuthorization, error)
+	CompleteAuthorization(ctx context.Context, id, state, code string) (authflow.Activation, error)
+	StartDeviceAuthorization(ctx context.Context, id string, scopes []string) (authflow.DevicePending, error)
+	CheckAuthorization(ctx context.Context, id, state string, wait time.Duration) (authflow.FlowProgress, error)
 }
 
 // TokenVaultConfig holds the token service's dependencies.
 type TokenVaultConfig struct {
 	Broker TokenBroker
+	// Flows runs the code and device flows of Reauthenticate.
+	Flows  AuthFlows
 	Logger *slog.Logger // nil: discard
 	// issuance, when set, counts the tokens handed to each caller.
 	issuance *issuanceCounter
@@ -43,13 +50,14 @@ type TokenVaultConfig struct {
 type TokenVaultService struct {
 	rotavaultv1.UnimplementedTokenVaultServiceServer
 	broker   TokenBroker
+	flows    AuthFlows
 	log      *slog.Logger
 	issuance *issuanceCounter
 }
 
 // NewTokenVaultService returns the token service.
 func NewTokenVaultService(cfg TokenVaultConfig) *TokenVaultService {
-	return &TokenVaultService{broker: cfg.Broker, log: loggerOrDiscard(cfg.Logger), issuance: cfg.issuance}
+	return &TokenVaultService{broker: cfg.Broker, flows: cfg.Flows, log: loggerOrDiscard(cfg.Logger), issuance: cfg.issuance}
 }
 
 // GetAccessToken implements rotavault.v1.TokenVaultService.
@@ -106,17 +114,17 @@ func (s *TokenVaultService) Reauthenticate(ctx context.Context, req *rotavaultv1
 	)
 	switch flow := req.GetFlow().(type) {
 	case *rotavaultv1.ReauthenticateRequest_AuthorizationCodeStart:
-		p, err := s.broker.StartAuthorization(ctx, id, flow.AuthorizationCodeStart.GetRedirectUri(), flow.AuthorizationCodeStart.GetScopes())
+		p, err := s.flows.StartAuthorization(ctx, id, flow.AuthorizationCodeStart.GetRedirectUri(), flow.AuthorizationCodeStart.GetScopes())
 		if err != nil {
 			return nil, toStatus(ctx, s.log, err)
 		}
 		return authorizationPendingToProto(&p), nil
 	case *rotavaultv1.ReauthenticateRequest_AuthorizationCodeComplete:
-		act, err = s.broker.CompleteAuthorization(ctx, id, flow.AuthorizationCodeComplete.GetState(), flow.AuthorizationCodeComplete.GetCode())
+		act, err = s.flows.CompleteAuthorization(ctx, id, flow.AuthorizationCodeComplete.GetState(), flow.AuthorizationCodeComplete.GetCode())
 	case *rotavaultv1.ReauthenticateRequest_RefreshTokenImport:
 		act, err = s.broker.ImportRefreshToken(ctx, id, flow.RefreshTokenImport.GetRefreshToken())
 	case *rotavaultv1.ReauthenticateRequest_DeviceAuthorizationStart:
-		p, err := s.broker.StartDeviceAuthorization(ctx, id, flow.DeviceAuthorizationStart.GetScopes())
+		p, err := s.flows.StartDeviceAuthorization(ctx, id, flow.DeviceAuthorizationStart.GetScopes())
 		if err != nil {
 			return nil, toStatus(ctx, s.log, err)
 		}
@@ -126,7 +134,7 @@ func (s *TokenVaultService) Reauthenticate(ctx context.Context, req *rotavaultv1
 		if w != nil && !w.IsValid() {
 			return nil, toStatus(ctx, s.log, &brokererr.InvalidArgumentError{Field: "authorization_check.wait", Reason: "not a valid duration"})
 		}
-		p, err := s.broker.CheckAuthorization(ctx, id, flow.AuthorizationCheck.GetState(), w.AsDuration())
+		p, err := s.flows.CheckAuthorization(ctx, id, flow.AuthorizationCheck.GetState(), w.AsDuration())
 		if err != nil {
 			return nil, toStatus(ctx, s.log, err)
 		}

@@ -14,6 +14,7 @@ import (
 
 	"github.com/rotavault/rotavault/broker/brokererr"
 	"github.com/rotavault/rotavault/broker/internal/textcheck"
+	"github.com/rotavault/rotavault/internal/credid"
 	"github.com/rotavault/rotavault/provider"
 )
 
@@ -113,6 +114,15 @@ type Spec struct {
 	// endpoints and client authentication apply where the fields above
 	// leave them unset.
 	Discovered *DiscoveredMetadata `json:"discovered_metadata,omitempty"`
+}
+
+// ValidateID checks a credential id (see package credid). Errors:
+// *brokererr.InvalidArgumentError for the field credential_id.
+func ValidateID(id string) error {
+	if err := credid.Validate(id); err != nil {
+		return &brokererr.InvalidArgumentError{Field: "credential_id", Reason: err.Error()}
+	}
+	return nil
 }
 
 // Redacted returns a copy without the client secret, for describing.

@@ -14,7 +14,7 @@
 //
 // Two triggers: a consumer reporting its access token rejected
 // (broker/access.go, handleRejection), and a periodic check of every idle
-// family (familyRecord.idle in broker/family.go: no claim, live or expired,
+// family (family.Record.Idle in broker/family: no claim, live or expired,
 // and no doubt) whose provider has an
 // introspection endpoint.
 //

@@ -20,6 +20,7 @@ import (
 
 	"github.com/rotavault/rotavault/broker/brokererr"
 	"github.com/rotavault/rotavault/broker/internal/jsonrec"
+	"github.com/rotavault/rotavault/internal/credid"
 	"github.com/rotavault/rotavault/store"
 )
 
@@ -741,6 +742,26 @@ type Subscription struct {
 	ch      chan Notice
 	mu      sync.Mutex
 	err     error // why ch was closed
+}
+
+// Filter is the filter of a subscription to credentialIDs (nil, every
+// credential, when empty): at most 1000 valid ids. Errors:
+// *brokererr.InvalidArgumentError.
+func Filter(credentialIDs []string) (map[string]bool, error) {
+	if len(credentialIDs) > 1000 {
+		return nil, brokererr.Invalid("credential_ids", "at most 1000")
+	}
+	var filter map[string]bool
+	for _, id := range credentialIDs {
+		if err := credid.Validate(id); err != nil {
+			return nil, &brokererr.InvalidArgumentError{Field: "credential_ids", Reason: err.Error()}
+		}
+		if filter == nil {
+			filter = make(map[string]bool)
+		}
+		filter[id] = true
+	}
+	return filter, nil
 }
 
 // Subscribe starts a subscription for the credentials in filter (all when

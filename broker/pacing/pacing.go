@@ -25,7 +25,7 @@ const MinRotationInterval = 5 * time.Second
 // most a quarter of the lifetime. A fixed 10 s margin made a token living
 // 10 s or less never fresh, so every call refreshed it. A quarter keeps a
 // token in service for its first three quarters — the same share the
-// broker's checkMinRemaining grants a caller's min_remaining — and still
+// family.Timing.CheckMinRemaining grants a caller's min_remaining — and still
 // gives a consumer a quarter of the lifetime to use it.
 func ExpiryMargin(delta, life time.Duration) time.Duration {
 	return max(min(delta, life/4), 0)

@@ -228,10 +228,10 @@ func installDemo(ctx context.Context, b *broker.Broker, sim *providersim.Server,
 		Scopes:          devScopes(),
 		AccessTokenLife: devTokenLifetime,
 	}
-	_, err := b.CreateCredential(ctx, devCredential, spec)
+	_, err := b.Credentials().Create(ctx, devCredential, spec)
 	if errors.Is(err, brokererr.ErrAlreadyExists) {
 		// Kept from an earlier run, whose simulator is gone.
-		_, err = b.UpdateCredential(ctx, devCredential, []credspec.Field{
+		_, err = b.Credentials().Update(ctx, devCredential, []credspec.Field{
 			credspec.FieldBaseURL, credspec.FieldTokenURL, credspec.FieldAuthorizeURL, credspec.FieldRevocationURL,
 			credspec.FieldIntrospectionURL, credspec.FieldClientID, credspec.FieldClientSecret, credspec.FieldScopes,
 			credspec.FieldAccessTokenLife, credspec.FieldReuseGrace,

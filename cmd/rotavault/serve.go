@@ -235,7 +235,7 @@ func runServer(ctx context.Context, cfg serverConfig) (err error) {
 	if err != nil {
 		return err
 	}
-	mx.WatchBroker(b)
+	mx.WatchBroker(b, b.Credentials())
 
 	var extra []grpc.ServerOption
 	if tc := reloader.ServerTLSConfig(); tc != nil {
@@ -278,14 +278,14 @@ func runServer(ctx context.Context, cfg serverConfig) (err error) {
 			// code seen on this hop useless without the stored verifier.
 			log.Warn("HTTP endpoints listen in plaintext off loopback: put them behind a TLS-terminating proxy (--public-url https://...)", "addr", httpAddr.String())
 		}
-		n.ServeHTTP("HTTP endpoints", server.NewHTTPMux(server.HTTPConfig{Callback: b, Logger: log, Ready: b.Ready, Metrics: mx.Handler(), TrustedProxies: proxies}), httpLis)
+		n.ServeHTTP("HTTP endpoints", server.NewHTTPMux(server.HTTPConfig{Callback: b.Flows(), Logger: log, Ready: b.Ready, Metrics: mx.Handler(), TrustedProxies: proxies}), httpLis)
 		log.Info("HTTP endpoints serving", "addr", httpAddr.String(), "public_url", cfg.PublicURL)
 	}
-	n.ServeGRPC(server.Config{Broker: b, Logger: log, Reflection: cfg.Reflection, Auth: auth, ExtraOptions: extra, RateLimit: cfg.RateLimit, Auditor: al, ConsumerCatalog: true, IssuanceFlushInterval: cfg.IssuanceFlushInterval, LogSlowCall: cfg.LogSlowCall, MaxConnectionAge: cfg.MaxConnectionAge, MaxConnectionAgeGrace: cfg.MaxConnectionAgeGrace,
+	n.ServeGRPC(server.Config{Broker: b, Credentials: b.Credentials(), Flows: b.Flows(), Catalog: b.Catalog(), Logger: log, Reflection: cfg.Reflection, Auth: auth, ExtraOptions: extra, RateLimit: cfg.RateLimit, Auditor: al, ConsumerCatalog: true, IssuanceFlushInterval: cfg.IssuanceFlushInterval, LogSlowCall: cfg.LogSlowCall, MaxConnectionAge: cfg.MaxConnectionAge, MaxConnectionAgeGrace: cfg.MaxConnectionAgeGrace,
 		Limits: cfg.Limits, Registerer: mx.Registry(), Operations: ops}, lis)
 	// Closed first: long-polling reauth checks answer now, not at their
 	// end, so the graceful stop does not wait for them.
-	n.OnClose("broker waits", func(context.Context) error { b.StopWaiting(); return nil })
+	n.OnClose("broker waits", func(context.Context) error { b.Flows().StopWaiting(); return nil })
 	log.Info("rotavault serving", "addr", lis.Addr().String(), "data_dir", cfg.DataDir, "store_key_id", cfg.Key.ID())
 
 	if cfg.Ready != nil {

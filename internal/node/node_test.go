@@ -92,7 +92,7 @@ func TestWaitReportsAServerThatStoppedServing(t *testing.T) {
 		t.Fatal(err)
 	}
 	_ = lis.Close() // Serve fails at once
-	n.ServeGRPC(server.Config{Broker: b}, lis)
+	n.ServeGRPC(server.Config{Broker: b, Credentials: b.Credentials(), Flows: b.Flows(), Catalog: b.Catalog()}, lis)
 	if err := n.Wait(ctx); err == nil {
 		t.Fatal("Wait = nil for a server whose listener is closed")
 	}

@@ -73,7 +73,7 @@ func start(t *testing.T) *rotavault {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = b.Close() })
-	mx.WatchBroker(b)
+	mx.WatchBroker(b, b.Credentials())
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -90,7 +90,7 @@ func (r *rotavault) activate(t *testing.T, id string) {
 	ctx := context.Background()
 	spec := credspec.Spec{ProviderKind: credspec.ProviderSalesforce, BaseURL: r.sim.URL(), ClientID: "rotavault-app", ClientSecret: "app-secret",
 		Scopes: []string{"api", "refresh_token"}}
-	if _, err := r.b.CreateCredential(ctx, id, spec); err != nil {
+	if _, err := r.b.Credentials().Create(ctx, id, spec); err != nil {
 		t.Fatal(err)
 	}
 	rt, err := r.sim.IssueRefreshToken("rotavault-app", spec.Scopes)

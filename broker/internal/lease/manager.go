@@ -56,6 +56,16 @@ type Config struct {
 	Logger *slog.Logger
 }
 
+// All does every duty: the duties of a replica alone on its store, or
+// with sharing off. Its Stats say it owns every shard.
+type All struct{}
+
+// Owns reports true for every key.
+func (All) Owns(string) bool { return true }
+
+// Stats are those of the only member owning every shard.
+func (All) Stats() Stats { return Stats{Owned: Shards, Members: 1} }
+
 // Stats are a Manager's counters.
 type Stats struct {
 	// Owned is how many shards this replica holds now; Members how many

@@ -1,4 +1,4 @@
-package broker
+package family
 
 import (
 	"fmt"
@@ -8,12 +8,12 @@ import (
 )
 
 // The protocol document's state list and diagram are generated from the
-// transition table: a state or a transition the code has and the document
+// Transition table: a state or a Transition the code has and the document
 // lacks (or the reverse) fails this test.
 
 const (
-	protocolDoc      = "../docs/rotation-protocol.md"
-	docGeneratedFrom = "<!-- generated from broker/family.go: ROTAVAULT_UPDATE_DOCS=1 go test ./broker -run TestProtocolDocMatchesTransitionTable -->"
+	protocolDoc      = "../../docs/rotation-protocol.md"
+	docGeneratedFrom = "<!-- generated from broker/family/state.go: ROTAVAULT_UPDATE_DOCS=1 go test ./broker/family -run TestProtocolDocMatchesTransitionTable -->"
 	docGeneratedEnd  = "<!-- end of generated section -->"
 )
 
@@ -23,17 +23,17 @@ func familyTableMarkdown() string {
 	var b strings.Builder
 	b.WriteString(docGeneratedFrom + "\n\n")
 	b.WriteString("| state | what it means |\n|---|---|\n")
-	for s := range numFamilyStates {
-		fmt.Fprintf(&b, "| `%s` | %s |\n", s, familyStates[s].meaning)
+	for s := range NumStates {
+		fmt.Fprintf(&b, "| `%s` | %s |\n", s, states[s].meaning)
 	}
 	b.WriteString("\n```mermaid\nstateDiagram-v2\n")
-	fmt.Fprintf(&b, "    [*] --> %s\n", stateAwaitingReauth)
-	for _, t := range familyTransitions {
+	fmt.Fprintf(&b, "    [*] --> %s\n", StateAwaitingReauth)
+	for _, t := range transitions {
 		fmt.Fprintf(&b, "    %s --> %s: %s\n", t.From, t.To, t.Event)
 	}
 	b.WriteString("```\n\n")
 	b.WriteString("| from | event | to | when |\n|---|---|---|---|\n")
-	for _, t := range familyTransitions {
+	for _, t := range transitions {
 		fmt.Fprintf(&b, "| `%s` | %s | `%s` | %s |\n", t.From, t.Event, t.To, t.Why)
 	}
 	b.WriteString("\n" + docGeneratedEnd)
@@ -73,38 +73,38 @@ func TestProtocolDocMatchesTransitionTable(t *testing.T) {
 			t.Errorf("the document has, the table not: %s", line)
 		}
 	}
-	t.Fatalf("%s is not the transition table's; ROTAVAULT_UPDATE_DOCS=1 go test ./broker -run TestProtocolDocMatchesTransitionTable rewrites it", protocolDoc)
+	t.Fatalf("%s is not the Transition table's; ROTAVAULT_UPDATE_DOCS=1 go test ./broker -run TestProtocolDocMatchesTransitionTable rewrites it", protocolDoc)
 }
 
 // Every state is reachable and every event used: a state added to the type
 // without transitions, or an event nothing raises, is a hole in the table.
 func TestTransitionTableCoversEveryStateAndEvent(t *testing.T) {
-	reached := map[familyState]bool{stateAwaitingReauth: true}
-	left := map[familyState]bool{}
-	used := map[familyEvent]bool{}
-	seen := map[transition]bool{}
-	for _, tr := range familyTransitions {
-		key := transition{From: tr.From, Event: tr.Event, To: tr.To}
+	reached := map[State]bool{StateAwaitingReauth: true}
+	left := map[State]bool{}
+	used := map[Event]bool{}
+	seen := map[Transition]bool{}
+	for _, tr := range transitions {
+		key := Transition{From: tr.From, Event: tr.Event, To: tr.To}
 		if seen[key] {
-			t.Errorf("transition %s --%s--> %s listed twice", tr.From, tr.Event, tr.To)
+			t.Errorf("Transition %s --%s--> %s listed twice", tr.From, tr.Event, tr.To)
 		}
 		seen[key] = true
 		reached[tr.To], left[tr.From], used[tr.Event] = true, true, true
 		if tr.Why == "" {
-			t.Errorf("transition %s --%s--> %s does not say when it happens", tr.From, tr.Event, tr.To)
+			t.Errorf("Transition %s --%s--> %s does not say when it happens", tr.From, tr.Event, tr.To)
 		}
 	}
-	for s := range numFamilyStates {
-		if familyStates[s].name == "" || familyStates[s].meaning == "" {
+	for s := range NumStates {
+		if states[s].name == "" || states[s].meaning == "" {
 			t.Errorf("state %d has no name or meaning", s)
 		}
 		if !reached[s] || !left[s] {
 			t.Errorf("state %s: reached %v, left %v; every state is both", s, reached[s], left[s])
 		}
 	}
-	for ev := range numFamilyEvents {
+	for ev := range NumEvents {
 		if !used[ev] {
-			t.Errorf("event %s appears in no transition", ev)
+			t.Errorf("event %s appears in no Transition", ev)
 		}
 	}
 }

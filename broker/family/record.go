@@ -1,34 +1,18 @@
-package broker
+// Package family is a token family's life as data: the records the broker
+// keeps in the store (their JSON is the stored format), the states a
+// family can be in, the table of allowed transitions, the pure transition
+// methods that compute the next record, and the pure decisions over
+// records (what a provider's answer to a refresh means and what to do
+// about it). It does no I/O: the broker's updateFamily writes what these
+// methods return.
+package family
 
 import (
 	"time"
 
 	"github.com/rotavault/rotavault/broker/credspec"
-	"github.com/rotavault/rotavault/broker/internal/jsonrec"
 	"github.com/rotavault/rotavault/broker/notice"
 )
-
-// recordFormat versions the JSON records the broker keeps in the store (see
-// package record).
-const recordFormat = jsonrec.Format
-
-// Store keys. Credential ids fit the store's key grammar by construction
-// (credid is a subset of it).
-func credentialKey(id string) string { return "credentials/" + id }
-
-// familyKey is where a credential's family lives. It includes the
-// credential's incarnation, so a credential deleted and created again gets a
-// fresh key: store versions restart after a delete, and a replica holding a
-// stale view of the old incarnation must meet a conflict, not a coincidental
-// version match.
-func familyKey(cred *credentialRecord) string {
-	if cred.Incarnation == "" {
-		return "families/" + cred.ID
-	}
-	return "families/" + cred.ID + "/" + cred.Incarnation
-}
-
-const credentialsPrefix = "credentials/"
 
 // Status is a credential's token-family status.
 type Status string
@@ -43,7 +27,8 @@ const (
 	StatusUnproven Status = "unproven"
 )
 
-type credentialRecord struct {
+// Credential is a credential as stored: its id, incarnation and spec.
+type Credential struct {
 	Format int    `json:"format"`
 	ID     string `json:"id"`
 	// Incarnation is random per creation of the id (see familyKey).
@@ -53,8 +38,8 @@ type credentialRecord struct {
 	UpdatedAt   time.Time     `json:"updated_at"`
 }
 
-// accessToken is an access token with what the API returns about it.
-type accessToken struct {
+// AccessToken is an access token with what the API returns about it.
+type AccessToken struct {
 	Token       string    `json:"token"`
 	Type        string    `json:"type"`
 	InstanceURL string    `json:"instance_url,omitempty"`
@@ -70,16 +55,16 @@ type accessToken struct {
 	AliveUntil time.Time `json:"alive_at_provider_until,omitzero"`
 }
 
-// familyRecord is the state of a credential's token family. The refresh
+// Record is the state of a credential's token family. The refresh
 // token lives only here (and, briefly, in the memory of the refresh that
 // obtained it).
-type familyRecord struct {
+type Record struct {
 	Format       int          `json:"format"`
 	Status       Status       `json:"status"`
 	FamilyID     string       `json:"family_id,omitempty"`
 	Generation   uint64       `json:"generation"`
 	RefreshToken string       `json:"refresh_token,omitempty"`
-	Access       *accessToken `json:"access,omitempty"`
+	Access       *AccessToken `json:"access,omitempty"`
 	StartedAt    time.Time    `json:"started_at,omitzero"`
 	// LastRefreshAt is when the refresh token was last presented with
 	// success: the provider's idle timer restarts then.
@@ -93,10 +78,10 @@ type familyRecord struct {
 	// invalid_grant that follows is a lost rotation, not theft.
 	InDoubt bool `json:"in_doubt,omitempty"`
 	// Unproven is set on an imported refresh token until a refresh proves
-	// it (see stateUnproven).
+	// it (see StateUnproven).
 	Unproven bool `json:"unproven,omitempty"`
-	// Claim is set while a replica refreshes the family (see claim.go).
-	Claim         *claim                  `json:"claim,omitempty"`
+	// Claim is set while a replica refreshes the family (see the broker's claim.go).
+	Claim         *Claim                  `json:"claim,omitempty"`
 	RevokedReason notice.RevocationReason `json:"revoked_reason,omitempty"`
 	// PendingRevocation is the refresh token of a deliberately revoked
 	// family whose revocation the provider has not confirmed. It is kept
@@ -107,12 +92,13 @@ type familyRecord struct {
 	LastError         string    `json:"last_error,omitempty"`
 	LastErrorAt       time.Time `json:"last_error_at,omitzero"`
 	// PreviousAccess is what introspection right after a rotation found
-	// the provider does with the previous access token (cutoff.go); empty
+	// the provider does with the previous access token (the broker's cutoff.go); empty
 	// until known. Kept in the family, where every replica reads it.
 	PreviousAccess credspec.PreviousAccess `json:"previous_access,omitempty"`
 }
 
-func (f *familyRecord) clone() *familyRecord {
+// Clone returns a deep copy of f: records are never modified in place.
+func (f *Record) Clone() *Record {
 	c := *f
 	if f.Access != nil {
 		a := *f.Access
@@ -122,6 +108,27 @@ func (f *familyRecord) clone() *familyRecord {
 	return &c
 }
 
-func encodeRecord(v any) ([]byte, error) { return jsonrec.Encode(v) }
+// Claim marks a refresh in progress.
+type Claim struct {
+	Holder   string    `json:"holder"`
+	Deadline time.Time `json:"deadline"`
+}
 
-func decodeRecord(raw []byte, v any, format *int) error { return jsonrec.Decode(raw, v, format) }
+// CredentialKey is where credential id lives. Credential ids fit the
+// store's key grammar by construction (credid is a subset of it).
+func CredentialKey(id string) string { return CredentialsPrefix + id }
+
+// FamilyKey is where c's family lives. It includes the
+// credential's incarnation, so a credential deleted and created again gets a
+// fresh key: store versions restart after a delete, and a replica holding a
+// stale view of the old incarnation must meet a conflict, not a coincidental
+// version match.
+func (c *Credential) FamilyKey() string {
+	if c.Incarnation == "" {
+		return "families/" + c.ID
+	}
+	return "families/" + c.ID + "/" + c.Incarnation
+}
+
+// CredentialsPrefix starts every credential record's key.
+const CredentialsPrefix = "credentials/"
