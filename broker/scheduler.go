@@ -2,7 +2,6 @@ package broker
 
 import (
 	"context"
-	"net/url"
 	"time"
 
 	"github.com/rotavault/rotavault/broker/internal/schedule"
@@ -93,20 +92,10 @@ func (b *Broker) runScheduler(ctx context.Context) {
 	}
 }
 
-// endpointOf names a credential's token endpoint by scheme and host (with
-// port): the unit a hanging provider takes down.
-func endpointOf(v *view) string {
-	u, err := url.Parse(v.cred.Spec.Endpoint().TokenURL)
-	if err != nil {
-		return ""
-	}
-	return u.Scheme + "://" + u.Host
-}
-
 // refreshDue starts the refreshes that are due (see schedule.Tick).
 func (b *Broker) refreshDue(schedCtx context.Context, slots *schedule.Slots, sched *schedule.Schedule[*entry]) {
 	now := b.opts.Now()
-	sched.Tick(now, b.snapshotEntries, func(e *entry, listed bool) bool {
+	sched.Tick(now, nil, b.snapshotEntries, func(e *entry, listed bool) bool {
 		return b.check(schedCtx, slots, sched, e, now, listed)
 	})
 }
@@ -150,7 +139,7 @@ func (b *Broker) check(schedCtx context.Context, slots *schedule.Slots, sched *s
 	// Due: look again on the next tick, when the refresh is in flight or
 	// done, or a slot may be free.
 	sched.Soon(e)
-	endpoint := endpointOf(v)
+	endpoint := schedule.Endpoint(v.cred.Spec.Endpoint().TokenURL)
 	if !slots.Take(endpoint) {
 		return true
 	}
