@@ -73,7 +73,7 @@ func (b *Broker) CreateCredential(ctx context.Context, id string, spec credspec.
 	}
 	fam := &familyRecord{Format: recordFormat, Status: StatusAwaitingReauth}
 	v := b.newView(rec, version, fam, 0)
-	e := &entry{id: id}
+	e := &entry{id: id, wakes: &b.wakes}
 	e.view.Store(v)
 	b.entriesMu.Lock()
 	b.entries[id] = e
