@@ -15,10 +15,6 @@ import (
 	"time"
 )
 
-// SweepPerTick is the sweep New sets, until every change wakes its
-// credential.
-const SweepPerTick = 1000
-
 // Schedule is the scheduler's own state, keyed by credential (K).
 type Schedule[K comparable] struct {
 	tick uint64
@@ -46,7 +42,7 @@ type Schedule[K comparable] struct {
 
 // New returns an empty schedule.
 func New[K comparable]() *Schedule[K] {
-	return &Schedule[K]{Sweep: SweepPerTick, items: make(map[K]*item[K])}
+	return &Schedule[K]{items: make(map[K]*item[K])}
 }
 
 // item is one credential's place in the schedule.
