@@ -200,7 +200,7 @@ var familyTransitions = []transition{
 
 	{stateClaimed, evHold, stateHeld, "the result write failed after the provider rotated: held in memory, UNAVAILABLE"},
 	{stateInDoubt, evHold, stateHeld, "the result write failed after the provider rotated"},
-	{stateHeld, evStoreHeld, stateActive, "the held rotation is written (before any other refresh, on scheduler ticks: every tick up to 1,000 credentials, within ⌈n/1,000⌉ ticks beyond; at shutdown)"},
+	{stateHeld, evStoreHeld, stateActive, "the held rotation is written (before any other refresh, on every scheduler tick from the next one on, at shutdown)"},
 	{stateHeld, evDropHeld, stateActive, "the store moved on (a takeover's rotation after the claim ran out, or the write landed with its answer lost): the store's state wins"},
 	{stateHeld, evDropHeld, stateClaimed, "the store moved on and another replica refreshes again: the store's state wins"},
 	{stateHeld, evDropHeld, stateInDoubt, "another replica took the claim over and is still refreshing: the store's state wins"},

@@ -214,7 +214,7 @@ func (s *Schedule[K]) setTime(it *item[K], at time.Time) {
 			heap.Remove(&s.timers, it.index)
 		}
 	case it.index >= 0 && it.at.Equal(at):
-		// In place already: the sweep mostly finds nothing new.
+		// In place already: most looks find nothing new.
 	case it.index >= 0:
 		it.at = at
 		heap.Fix(&s.timers, it.index)
