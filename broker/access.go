@@ -142,8 +142,8 @@ func (b *Broker) needsRefresh(e *entry, minRemaining time.Duration) func(*view) 
 // markUsed records that the entry's token is in use; it reads first, so
 // concurrent callers do not all write the same cache line.
 func (e *entry) markUsed() {
-	if !e.used.Load() {
-		e.used.Store(true)
+	if !e.used.Load() && !e.used.Swap(true) {
+		e.wake() // a first use may make it due: the hot path only reads
 	}
 }
 

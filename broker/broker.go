@@ -30,6 +30,7 @@ import (
 	"github.com/rotavault/rotavault/broker/family"
 	"github.com/rotavault/rotavault/broker/internal/bgload"
 	"github.com/rotavault/rotavault/broker/internal/lease"
+	"github.com/rotavault/rotavault/broker/internal/schedule"
 	"github.com/rotavault/rotavault/broker/notice"
 	"github.com/rotavault/rotavault/broker/option"
 	"github.com/rotavault/rotavault/broker/registry"
@@ -88,6 +89,7 @@ type Broker struct {
 	// entriesMu guards the map only; the hot path takes it for reading.
 	entriesMu sync.RWMutex
 	entries   map[string]*entry
+	wakes     schedule.Wakes[*entry] // every entry's (entry.wake)
 	// loader loads the stored credentials in the background (loader.go).
 	loader *bgload.Loader[*entry]
 
@@ -249,6 +251,7 @@ type entry struct {
 	// presenting at a provider that kills the previous access token; 0
 	// when none (see cutoff.go).
 	presenting atomic.Uint64
+	wakes      *schedule.Wakes[*entry] // the broker's (scheduler.go)
 }
 
 // view is an immutable snapshot of a credential. Never modify one in place.
@@ -285,11 +288,12 @@ func (b *Broker) load(ctx context.Context, id string) (*entry, error) {
 	defer b.entriesMu.Unlock()
 	e, ok := b.entries[id]
 	if !ok {
-		e = &entry{id: id}
+		e = &entry{id: id, wakes: &b.wakes}
 		b.entries[id] = e
 	}
 	if cur := e.view.Load(); cur == nil || cur.famVersion < v.famVersion || cur.credVersion < v.credVersion {
 		e.view.Store(v)
+		e.wake()
 	}
 	return e, nil
 }

@@ -45,7 +45,7 @@ func (c registryCore) Describe(ctx context.Context, id string) (registry.Credent
 func (c registryCore) Created(cred *family.Credential, version uint64) registry.Credential {
 	fam := &family.Record{Format: recordFormat, Status: family.StatusAwaitingReauth}
 	v := c.b.newView(cred, version, fam, 0)
-	e := &entry{id: cred.ID}
+	e := &entry{id: cred.ID, wakes: &c.b.wakes}
 	e.view.Store(v)
 	c.b.entriesMu.Lock()
 	c.b.entries[cred.ID] = e

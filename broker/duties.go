@@ -14,9 +14,8 @@ import (
 // (package lease), not by every replica. What a caller asks for, and the
 // refresh ahead of expiry of a token this replica hands out, stay with the
 // replica asked; the refresh claims keep rotations single as before. A
-// replica that gains a shard finds its credentials' idle refreshes with
-// the scheduler's sweep (scheduler.go), not at once: they are due at half
-// the idle timeout, so the other half is the margin.
+// replica that gains a shard wakes its credentials in the scheduler
+// (wakeShards): their idle refreshes are looked at on the next tick.
 
 // DutyStats are this replica's duty-lease counters (lease.Stats).
 type DutyStats = lease.Stats
@@ -40,7 +39,8 @@ func (b *Broker) joinDuties(ctx, schedCtx context.Context) {
 	}
 	// Leases measure the real time between replicas' writes, as the
 	// ticker does: not b.opts.now, which a test may make jump.
-	m, err := lease.New(lease.Config{Store: b.store, ReplicaID: b.opts.ReplicaID, Period: b.opts.DutyLeasePeriod, Now: time.Now, Logger: b.log})
+	m, err := lease.New(lease.Config{Store: b.store, ReplicaID: b.opts.ReplicaID, Period: b.opts.DutyLeasePeriod, Now: time.Now, Logger: b.log,
+		Gained: b.wakeShards})
 	if err != nil {
 		b.log.ErrorContext(ctx, "duty leases off: every duty is done here", "err", err)
 		b.duties = lease.All{}

@@ -90,6 +90,7 @@ func (b *Broker) installFamily(ctx context.Context, e *entry, incarnation, refre
 	e.rescue.Store(nil)
 	e.lastErr, e.retryAt = nil, time.Time{}
 	e.mu.Unlock()
+	e.wake() // the proving refresh waits for no earlier failure's retry
 	if live := old.fam.LiveToken(); revokeOld && live != "" {
 		if err := b.provider.Revoke(ctx, old.cred.Spec.Endpoint(), old.cred.Spec.ClientCredentials(), live); err != nil {
 			b.log.WarnContext(ctx, "could not revoke the replaced family at the provider", "credential", e.id, "family", old.fam.FamilyID, "err", err)

@@ -177,6 +177,7 @@ func (l *claimLease) storeResult(ctx context.Context, tok *provider.Token) (*vie
 	}
 	if errors.Is(err, errFamilyNotWritten) {
 		e.rescue.Store(&rescued{base: claimed, fam: next})
+		e.wake()
 		b.log.ErrorContext(ctx, "rotated refresh token NOT stored yet: holding it in memory and retrying; do not restart this server until the store recovers",
 			"credential", e.id, "family", next.FamilyID, "generation", next.Generation, "err", err)
 		b.audit(ctx, audit.Event{Action: audit.ActionRescuedToken, Credential: e.id, Family: next.FamilyID, Generation: next.Generation, Detail: "store write failed; retrying"})
@@ -325,6 +326,7 @@ func (e *entry) setView(v *view) {
 			next = &merged
 		}
 		if e.view.CompareAndSwap(cur, next) {
+			e.wake()
 			return
 		}
 	}

@@ -2,10 +2,10 @@ package broker
 
 import (
 	"context"
-	"net/url"
+	"github.com/rotavault/rotavault/broker/family"
 	"time"
 
-	"github.com/rotavault/rotavault/broker/family"
+	"github.com/rotavault/rotavault/broker/internal/lease"
 	"github.com/rotavault/rotavault/broker/internal/schedule"
 )
 
@@ -53,28 +53,17 @@ func (b *Broker) runScheduler(ctx context.Context) {
 	}
 }
 
-// endpointOf names a credential's token endpoint by scheme and host (with
-// port): the unit a hanging provider takes down.
-func endpointOf(v *view) string {
-	u, err := url.Parse(v.cred.Spec.Endpoint().TokenURL)
-	if err != nil {
-		return ""
-	}
-	return u.Scheme + "://" + u.Host
-}
-
 // refreshDue starts the refreshes that are due (see schedule.Tick).
 func (b *Broker) refreshDue(schedCtx context.Context, slots *schedule.Slots, sched *schedule.Schedule[*entry]) {
 	now := b.opts.Now()
-	sched.Tick(now, b.snapshotEntries, func(e *entry, listed bool) bool {
+	sched.Tick(now, &b.wakes, b.snapshotEntries, func(e *entry, listed bool) bool {
 		return b.check(schedCtx, slots, sched, e, now, listed)
 	})
 }
 
 // check starts e's refresh if it is due and places e in the schedule
-// again; listed says e was taken from the broker's entries on this tick,
-// so it need not be looked up again. It reports false when the scheduler
-// is to stop.
+// again (listed: e is known to be the broker's). It reports false when
+// the scheduler is to stop.
 func (b *Broker) check(schedCtx context.Context, slots *schedule.Slots, sched *schedule.Schedule[*entry], e *entry, now time.Time, listed bool) bool {
 	if schedCtx.Err() != nil {
 		return false
@@ -100,17 +89,13 @@ func (b *Broker) check(schedCtx context.Context, slots *schedule.Slots, sched *s
 		sched.At(e, retryAt)
 		return true
 	case !held && !b.due(e, v, now):
-		if at, soon := b.nextCheck(e, v, now); soon {
-			sched.Soon(e)
-		} else {
-			sched.At(e, at)
-		}
+		sched.At(e, b.nextCheck(e, v, now))
 		return true
 	}
 	// Due: look again on the next tick, when the refresh is in flight or
 	// done, or a slot may be free.
 	sched.Soon(e)
-	endpoint := endpointOf(v)
+	endpoint := schedule.Endpoint(v.cred.Spec.Endpoint().TokenURL)
 	if !slots.Take(endpoint) {
 		return true
 	}
@@ -135,26 +120,34 @@ func (b *Broker) check(schedCtx context.Context, slots *schedule.Slots, sched *s
 	return true
 }
 
-// nextCheck says when a credential that is not due now may become due by
-// the passing of time alone: at its access refresh time or half-way
-// through the idle timeout, whichever is first (zero: never). soon asks
-// for a look on every tick instead: its token is in the refresh-ahead
-// window, unused, and a first use makes it due at once.
-func (b *Broker) nextCheck(e *entry, v *view, now time.Time) (at time.Time, soon bool) {
+// nextCheck says when e, not due now, may become due by time alone: at its
+// access refresh time or half-way through the idle timeout, whichever is
+// first (zero: never). Other changes wake it (entry.wake).
+func (b *Broker) nextCheck(e *entry, v *view, now time.Time) (at time.Time) {
 	if v.fam.Status != family.StatusActive || v.fam.Access == nil {
-		return time.Time{}, false
+		return time.Time{}
 	}
 	if access := b.timing(v).AccessDue(); now.Before(access) {
 		at = access
-	} else if now.Before(v.fam.Access.ExpiresAt) && !e.used.Load() {
-		return time.Time{}, true
 	}
-	// Another replica's idle refresh: the sweep looks again (the duty may
-	// come here), not every tick.
 	if idle := b.timing(v).IdleDue(); !idle.IsZero() && (at.IsZero() || idle.Before(at)) && (now.Before(idle) || b.owns(e.id)) {
 		at = idle
 	}
-	return at, false
+	return at
+}
+
+// wake makes the next tick look at e; a tick sees nothing else but its
+// timers: every change that can make e due sooner wakes it once visible —
+// a view installed (load, setView: any write, here or elsewhere), a first
+// use (markUsed), a held rotation, a retry wait lifted, a shard gained.
+func (e *entry) wake() { e.wakes.Wake(e) }
+
+func (b *Broker) wakeShards(shards uint64) {
+	for _, e := range b.snapshotEntries() {
+		if shards&(1<<lease.ShardOf(e.id)) != 0 {
+			e.wake()
+		}
+	}
 }
 
 // holds reports whether e is still the broker's entry for its credential.

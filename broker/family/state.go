@@ -204,7 +204,7 @@ var transitions = []Transition{
 
 	{StateClaimed, EvHold, StateHeld, "the result write failed after the provider rotated: held in memory, UNAVAILABLE"},
 	{StateInDoubt, EvHold, StateHeld, "the result write failed after the provider rotated"},
-	{StateHeld, EvStoreHeld, StateActive, "the held rotation is written (before any other refresh, on scheduler ticks: every tick up to 1,000 credentials, within ⌈n/1,000⌉ ticks beyond; at shutdown)"},
+	{StateHeld, EvStoreHeld, StateActive, "the held rotation is written (before any other refresh, on every scheduler tick from the next one on, at shutdown)"},
 	{StateHeld, EvDropHeld, StateActive, "the store moved on (a takeover's rotation after the claim ran out, or the write landed with its answer lost): the store's state wins"},
 	{StateHeld, EvDropHeld, StateClaimed, "the store moved on and another replica refreshes again: the store's state wins"},
 	{StateHeld, EvDropHeld, StateInDoubt, "another replica took the claim over and is still refreshing: the store's state wins"},

@@ -54,6 +54,13 @@ type Config struct {
 	// that jumps would end or stretch every lease).
 	Now    func() time.Time
 	Logger *slog.Logger
+	// Gained, when set, is called with the shards (bit ShardOf(key) set
+	// for each) whose duties this replica does from now on and did not
+	// just before: taken over, or held again after its lease lapsed. The
+	// duties of those shards' keys may be due already; nothing else says
+	// so. Called from Join and Run, with the table's lock held: it must
+	// not block.
+	Gained func(shards uint64)
 }
 
 // All does every duty: the duties of a replica alone on its store, or
@@ -238,7 +245,14 @@ func (m *Manager) renew(ctx context.Context) error {
 		m.handovers.Add(int64(c.handovers))
 		// No other replica can have seen this write before it started:
 		// none judges this one dead before start + ttl on its own clock.
+		var had uint64 // what Owns said until now
+		if h := m.held.Load(); h != nil && m.cfg.Now().Before(h.until) {
+			had = h.mine
+		}
 		m.held.Store(&holding{mine: c.mine, until: start.Add(m.ttl - m.margin), members: len(c.next.Members)})
+		if gained := c.mine &^ had; gained != 0 && m.cfg.Gained != nil {
+			m.cfg.Gained(gained)
+		}
 		return nil
 	}
 }

@@ -57,10 +57,14 @@ type replica struct {
 	done chan struct{}
 }
 
-func startReplica(t *testing.T, shared store.Store, id string) *replica {
+func startReplica(t *testing.T, shared store.Store, id string, gained ...func(uint64)) *replica {
 	t.Helper()
 	st := &cuttable{Store: shared}
-	m, err := New(Config{Store: st, ReplicaID: id, Period: testPeriod, Now: time.Now})
+	cfg := Config{Store: st, ReplicaID: id, Period: testPeriod, Now: time.Now}
+	for _, g := range gained {
+		cfg.Gained = g
+	}
+	m, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,44 +1,39 @@
 // Package schedule is the proactive-refresh scheduler's bookkeeping: which
 // credentials to look at on a tick (those whose time has come, those put
-// off to the next tick, and a bounded sweep of the others) and how many
-// scheduled refreshes are in flight. The rotation core decides whether a
-// credential is due and runs its refresh; this package only orders the
-// looks. A Schedule belongs to the scheduler's goroutine: not safe for
-// concurrent use. Slots are.
+// off to the next tick, and those the rest of the broker woke because
+// something changed when they are due) and how many scheduled refreshes
+// are in flight. The rotation core decides whether a credential is due
+// and runs its refresh; this package only orders the looks. A Schedule
+// belongs to the scheduler's goroutine: not safe for concurrent use.
+// Wakes and Slots are.
 package schedule
 
 import (
 	"container/heap"
+	"net/url"
 	"sync"
 	"time"
 )
 
-// SweepPerTick bounds the credentials the scheduler looks at on one tick
-// besides those whose time has come: a tick costs the same with 100,000
-// credentials as with 1,000 (BenchmarkSchedulerTick).
-//
-// The sweep finds what the timer heap cannot see coming, because it
-// happens in another part of the broker without telling the scheduler: a
-// new credential, a view replaced by a caller's refresh or a remote
-// notice, a token first used after it went stale, a rotated family held
-// in memory (rescue). Up to SweepPerTick credentials the sweep covers all
-// of them on every tick, as the full scan did; beyond, each credential
-// once every ⌈n/SweepPerTick⌉ ticks.
-const SweepPerTick = 1000
-
 // Schedule is the scheduler's own state, keyed by credential (K).
 type Schedule[K comparable] struct {
 	tick uint64
-	// Sweep is how many credentials a tick sweeps: SweepPerTick.
+	// Sweep, when positive, makes each tick also look at that many
+	// credentials taken in turn from all of them: a safety net for a
+	// change that does not wake its credential. Zero (New's default):
+	// every change that can make a credential due sooner wakes it
+	// (Wakes), and a tick with nothing due or woken costs a heap peek
+	// whatever the number of credentials.
 	Sweep int
 	items map[K]*item[K]
 	// timers holds the items with a time to look at them again, earliest
 	// first.
 	timers timerHeap[K]
 	// soon are looked at on the next tick: refreshes in flight or just
-	// started, tokens in their refresh-ahead window that nobody used yet
-	// (a first use makes them due), credentials that found no free slot.
+	// started, credentials that found no free slot.
 	soon []K
+	// looks is the buffer a tick gathers what it looks at into.
+	looks []K
 	// ring is a snapshot of every credential, swept Sweep at a time
 	// from next; taken again when the sweep reaches its end.
 	ring []K
@@ -47,7 +42,7 @@ type Schedule[K comparable] struct {
 
 // New returns an empty schedule.
 func New[K comparable]() *Schedule[K] {
-	return &Schedule[K]{Sweep: SweepPerTick, items: make(map[K]*item[K])}
+	return &Schedule[K]{items: make(map[K]*item[K])}
 }
 
 // item is one credential's place in the schedule.
@@ -70,28 +65,37 @@ func (s *Schedule[K]) item(k K) *item[K] {
 	return it
 }
 
-// Tick looks, through check, at the credentials whose time in the
-// schedule has come at now, those it meant to look at again on this tick,
-// and a sweep of at most Sweep others taken from all() — not at every
-// credential, so that a tick with nothing due costs the same at 100,000
-// credentials as at 1,000. listed tells check that the credential came
-// from all() on this tick. A check returning false ends the tick.
-func (s *Schedule[K]) Tick(now time.Time, all func() []K, check func(k K, listed bool) bool) {
+// Tick looks, through check, at the credentials woken since the last tick
+// (wakes may be nil), those whose time in the schedule has come at now,
+// those it meant to look at again on this tick, and, when Sweep is
+// positive, a sweep of Sweep others taken from all(). listed tells check
+// that the credential came from all() on this tick. A check returning
+// false ends the tick.
+func (s *Schedule[K]) Tick(now time.Time, wakes *Wakes[K], all func() []K, check func(k K, listed bool) bool) {
 	s.tick++
-	// Taken first: what this tick defers goes to the next one.
-	soon := s.soon
-	s.soon = nil
+	// Everything this tick looks at is taken before it looks at any: what
+	// a look defers (Soon, At now or earlier) goes to the next tick, a
+	// change made while this tick looks wakes its credential for the
+	// next, and a credential taken twice is looked at once (FirstLook),
+	// after every change that woke it.
+	looks := wakes.take(s.looks)
 	for len(s.timers) > 0 && !s.timers[0].at.After(now) {
 		it := s.timers[0]
 		s.setTime(it, time.Time{})
-		if !check(it.k, false) {
-			return
-		}
+		looks = append(looks, it.k)
 	}
-	for _, k := range soon {
+	looks = append(looks, s.soon...)
+	clear(s.soon)
+	s.soon = s.soon[:0]
+	s.looks = looks
+	defer clear(looks) // no credential kept alive by the buffer
+	for _, k := range looks {
 		if !check(k, false) {
 			return
 		}
+	}
+	if s.Sweep <= 0 {
+		return
 	}
 	fresh := s.next >= len(s.ring)
 	if fresh {
@@ -106,6 +110,66 @@ func (s *Schedule[K]) Tick(now time.Time, all func() []K, check func(k K, listed
 	s.next = end
 }
 
+// Wakes collects the credentials whose due time may have moved since the
+// scheduler last looked: the events that move it happen in other parts
+// of the broker and wake the credential here, and the next Tick looks at
+// each woken credential once. A credential woken many times between two
+// ticks is held once: Wakes holds at most one key per credential. Safe
+// for concurrent use; a nil *Wakes wakes nothing. The zero value is ready
+// to use.
+type Wakes[K comparable] struct {
+	mu   sync.Mutex
+	set  map[K]struct{}
+	list []K
+}
+
+// Wake makes the next tick look at k. Called after the change it reports
+// is visible, so that the look sees it: the tick takes the wakes before
+// it looks, and a change made after that wakes k for the tick after.
+func (w *Wakes[K]) Wake(k K) {
+	if w == nil {
+		return
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if _, ok := w.set[k]; ok {
+		return
+	}
+	if w.set == nil {
+		w.set = make(map[K]struct{})
+	}
+	w.set[k] = struct{}{}
+	w.list = append(w.list, k)
+}
+
+// Pending is how many credentials are woken and not yet taken by a tick.
+func (w *Wakes[K]) Pending() int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return len(w.list)
+}
+
+// take moves the woken credentials into buf (reused) and empties w.
+func (w *Wakes[K]) take(buf []K) []K {
+	buf = buf[:0]
+	if w == nil {
+		return buf
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if len(w.list) == 0 {
+		return buf
+	}
+	buf = append(buf, w.list...)
+	clear(w.list)
+	w.list = w.list[:0]
+	// A new set rather than clear: clearing a map costs its capacity,
+	// which a burst of wakes (a replica loading every credential) leaves
+	// large, and the next empty tick would pay for it.
+	w.set = nil
+	return buf
+}
+
 // FirstLook reports whether this tick has not looked at k yet, and marks
 // it looked at.
 func (s *Schedule[K]) FirstLook(k K) bool {
@@ -117,8 +181,16 @@ func (s *Schedule[K]) FirstLook(k K) bool {
 	return true
 }
 
-// At makes the schedule look at k again at at; zero takes k off the timers.
-func (s *Schedule[K]) At(k K, at time.Time) { s.setTime(s.item(k), at) }
+// At makes the schedule look at k again at at. Zero: only when woken (or
+// swept); the schedule then keeps nothing of k, so that a credential
+// dropped without a time to look at it leaves nothing behind.
+func (s *Schedule[K]) At(k K, at time.Time) {
+	if at.IsZero() {
+		s.Forget(k)
+		return
+	}
+	s.setTime(s.item(k), at)
+}
 
 // Soon makes the schedule look at k again on the next tick.
 func (s *Schedule[K]) Soon(k K) { s.soon = append(s.soon, k) }
@@ -142,7 +214,7 @@ func (s *Schedule[K]) setTime(it *item[K], at time.Time) {
 			heap.Remove(&s.timers, it.index)
 		}
 	case it.index >= 0 && it.at.Equal(at):
-		// In place already: the sweep mostly finds nothing new.
+		// In place already: most looks find nothing new.
 	case it.index >= 0:
 		it.at = at
 		heap.Fix(&s.timers, it.index)
@@ -175,6 +247,16 @@ func (h *timerHeap[K]) Pop() any {
 	it.index = -1
 	*h = old[:len(old)-1]
 	return it
+}
+
+// Endpoint names a token endpoint by scheme and host (with port): the unit
+// a hanging provider takes down, which Slots bound.
+func Endpoint(tokenURL string) string {
+	u, err := url.Parse(tokenURL)
+	if err != nil {
+		return ""
+	}
+	return u.Scheme + "://" + u.Host
 }
 
 // Slots counts scheduled refreshes in flight, in all and per token
