@@ -2,9 +2,9 @@ package broker
 
 import (
 	"context"
-	"github.com/rotavault/rotavault/broker/family"
 	"time"
 
+	"github.com/rotavault/rotavault/broker/family"
 	"github.com/rotavault/rotavault/broker/internal/lease"
 	"github.com/rotavault/rotavault/broker/internal/schedule"
 )
