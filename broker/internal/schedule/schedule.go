@@ -10,6 +10,7 @@ package schedule
 import (
 	"container/heap"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -43,11 +44,21 @@ type Schedule[K comparable] struct {
 	// from next; taken again when the sweep reaches its end.
 	ring []K
 	next int
+	// tracked, when set, receives Tracked after each tick.
+	tracked *atomic.Int64
 }
 
 // New returns an empty schedule.
 func New[K comparable]() *Schedule[K] {
 	return &Schedule[K]{Sweep: SweepPerTick, items: make(map[K]*item[K])}
+}
+
+// NewTracked is New publishing to tracked, after each tick, how many
+// credentials the schedule holds a place for (Tracked).
+func NewTracked[K comparable](tracked *atomic.Int64) *Schedule[K] {
+	s := New[K]()
+	s.tracked = tracked
+	return s
 }
 
 // item is one credential's place in the schedule.
@@ -78,6 +89,9 @@ func (s *Schedule[K]) item(k K) *item[K] {
 // from all() on this tick. A check returning false ends the tick.
 func (s *Schedule[K]) Tick(now time.Time, all func() []K, check func(k K, listed bool) bool) {
 	s.tick++
+	if s.tracked != nil {
+		defer func() { s.tracked.Store(int64(s.Tracked())) }()
+	}
 	// Taken first: what this tick defers goes to the next one.
 	soon := s.soon
 	s.soon = nil
@@ -130,6 +144,9 @@ func (s *Schedule[K]) Forget(k K) {
 		delete(s.items, k)
 	}
 }
+
+// Tracked is how many credentials the schedule holds a place for.
+func (s *Schedule[K]) Tracked() int { return len(s.items) }
 
 // Timed is how many credentials have a time to be looked at again.
 func (s *Schedule[K]) Timed() int { return len(s.timers) }
