@@ -90,6 +90,9 @@ func BenchmarkRSSPerIdleCredential(b *testing.B) {
 // freed pages given back.
 type memSample struct {
 	rss, anon, file, heap int64
+	// runtime is the Go runtime's own memory besides the heap's spans:
+	// stacks, span structures, GC metadata and the rest it holds.
+	runtime int64
 }
 
 func sampleMemory(b *testing.B) memSample {
@@ -127,12 +130,13 @@ func sampleMemory(b *testing.B) memSample {
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
 	s.heap = int64(ms.HeapInuse)
+	s.runtime = int64(ms.Sys - ms.HeapSys + ms.StackInuse - ms.StackSys)
 	return s
 }
 
 func (s memSample) String() string {
-	return fmt.Sprintf("RSS %.1f MiB (anon %.1f, file %.1f), heap in use %.1f MiB",
-		float64(s.rss)/(1<<20), float64(s.anon)/(1<<20), float64(s.file)/(1<<20), float64(s.heap)/(1<<20))
+	return fmt.Sprintf("RSS %.1f MiB (anon %.1f, file %.1f), heap in use %.1f MiB, runtime %.1f MiB",
+		float64(s.rss)/(1<<20), float64(s.anon)/(1<<20), float64(s.file)/(1<<20), float64(s.heap)/(1<<20), float64(s.runtime)/(1<<20))
 }
 
 // writeHeapProfile writes a heap profile to
