@@ -90,12 +90,15 @@ func BenchmarkRSSPerIdleCredential(b *testing.B) {
 // freed pages given back.
 type memSample struct {
 	rss, anon, file, heap int64
+	// live is the heap's live objects (HeapAlloc right after the
+	// collection).
+	live int64
 	// runtime is the Go runtime's own memory besides the heap's spans:
 	// stacks, span structures, GC metadata and the rest it holds.
 	runtime int64
 }
 
-func sampleMemory(b *testing.B) memSample {
+func sampleMemory(b testing.TB) memSample {
 	runtime.GC()
 	debug.FreeOSMemory()
 	f, err := os.Open("/proc/self/status")
@@ -129,7 +132,7 @@ func sampleMemory(b *testing.B) memSample {
 	}
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
-	s.heap = int64(ms.HeapInuse)
+	s.heap, s.live = int64(ms.HeapInuse), int64(ms.HeapAlloc)
 	s.runtime = int64(ms.Sys - ms.HeapSys + ms.StackInuse - ms.StackSys)
 	return s
 }
@@ -142,7 +145,7 @@ func (s memSample) String() string {
 // writeHeapProfile writes a heap profile to
 // $ROTAVAULT_BENCH_MEM_PROFILE-<what>.pprof when that variable is set, for
 // `go tool pprof -sample_index=inuse_space -top`.
-func writeHeapProfile(b *testing.B, what string) {
+func writeHeapProfile(b testing.TB, what string) {
 	prefix := os.Getenv("ROTAVAULT_BENCH_MEM_PROFILE")
 	if prefix == "" {
 		return
@@ -193,12 +196,14 @@ func benchRSSPerCredential(b *testing.B, accessLen int) {
 type memoryScenario struct {
 	empty, loaded, agedFirst, agedLast memSample
 	emptyUnreleased, loadedUnreleased  memSample
+	// fileSize is the store file's size once seeded.
+	fileSize int64
 }
 
 // runMemoryScenario runs one node over an empty store, onboards a template
 // credential at ory/fosite on it, seeds n copies, runs a second node over
 // them and rotates agingN of them memAgingRounds times.
-func runMemoryScenario(b *testing.B, n, agingN, accessLen int) memoryScenario {
+func runMemoryScenario(b testing.TB, n, agingN, accessLen int) memoryScenario {
 	ctx := context.Background()
 	var out memoryScenario
 	dir := b.TempDir()
@@ -219,6 +224,11 @@ func runMemoryScenario(b *testing.B, n, agingN, accessLen int) memoryScenario {
 	defer srv.Close()
 	ids := seedMemoryCopies(b, filepath.Join(dir, storeFileName), key, tmpl, srv.URL+"/token", accessLen, n)
 
+	fi, err := os.Stat(filepath.Join(dir, storeFileName))
+	if err != nil {
+		b.Fatal(err)
+	}
+	out.fileSize = fi.Size()
 	node = startMemoryNode(b, dir, key, clock)
 	defer node.stop(b)
 	// Idle, steady: loaded, and each looked at once by the scheduler's
@@ -264,7 +274,7 @@ type memoryNode struct {
 	done   chan error
 }
 
-func startMemoryNode(b *testing.B, dir string, key boltstore.Key, clock *fakeclock.Clock) *memoryNode {
+func startMemoryNode(b testing.TB, dir string, key boltstore.Key, clock *fakeclock.Clock) *memoryNode {
 	b.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	n := &memoryNode{cancel: cancel, done: make(chan error, 1)}
@@ -296,7 +306,7 @@ func startMemoryNode(b *testing.B, dir string, key boltstore.Key, clock *fakeclo
 // sample is the node's memory once its store has released the pages of
 // its file it mapped, as it does every minute (boltstore's
 // ReleaseMappedPages), and unreleased, what it was before.
-func (n *memoryNode) sample(b *testing.B) (released, unreleased memSample) {
+func (n *memoryNode) sample(b testing.TB) (released, unreleased memSample) {
 	unreleased = sampleMemory(b)
 	if err := n.store.ReleaseMappedPages(); err != nil {
 		b.Fatal(err)
@@ -304,7 +314,7 @@ func (n *memoryNode) sample(b *testing.B) (released, unreleased memSample) {
 	return sampleMemory(b), unreleased
 }
 
-func (n *memoryNode) stop(b *testing.B) {
+func (n *memoryNode) stop(b testing.TB) {
 	if n.done == nil {
 		return
 	}
@@ -329,7 +339,7 @@ type template struct {
 // onboardAtFosite creates a credential for ory/fosite and imports a
 // refresh token it issued, proven by one refresh: its family holds
 // fosite's tokens.
-func onboardAtFosite(b *testing.B, br *broker.Broker) template {
+func onboardAtFosite(b testing.TB, br *broker.Broker) template {
 	ctx := context.Background()
 	fs, err := fositeserver.Start(fositeserver.Config{AccessTokenLifespan: 2 * time.Hour})
 	if err != nil {
@@ -361,7 +371,7 @@ func onboardAtFosite(b *testing.B, br *broker.Broker) template {
 }
 
 // readTemplate reads the template's two records from the store.
-func (t *template) read(b *testing.B, st store.Store) (cred, fam map[string]any) {
+func (t *template) read(b testing.TB, st store.Store) (cred, fam map[string]any) {
 	ctx := context.Background()
 	rec, err := st.Get(ctx, "credentials/"+t.id)
 	if err != nil {
@@ -387,7 +397,7 @@ func (t *template) read(b *testing.B, st store.Store) (cred, fam map[string]any)
 // straight into the embedded store at path, each with an id, incarnation,
 // family id and tokens of its own (the template's lengths, or accessLen
 // for the access token), its token URL tokenURL.
-func seedMemoryCopies(b *testing.B, path string, key boltstore.Key, t template, tokenURL string, accessLen, n int) []string {
+func seedMemoryCopies(b testing.TB, path string, key boltstore.Key, t template, tokenURL string, accessLen, n int) []string {
 	st, err := boltstore.Open(path, key, boltstore.Options{})
 	if err != nil {
 		b.Fatal(err)
@@ -468,7 +478,7 @@ func (f *fastTokenEndpoint) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 // rotateAll asks for a token on every credential with 32 callers; each
 // must come back at generation want.
-func rotateAll(b *testing.B, ctx context.Context, br *broker.Broker, ids []string, want uint64) {
+func rotateAll(b testing.TB, ctx context.Context, br *broker.Broker, ids []string, want uint64) {
 	work := make(chan string)
 	var wg sync.WaitGroup
 	var failed atomic.Pointer[error]
