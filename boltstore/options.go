@@ -22,4 +22,10 @@ type Options struct {
 	// OpenTimeout is how long Open waits for another holder of the file
 	// lock to let go before failing with ErrLocked. Zero or less means 2s.
 	OpenTimeout time.Duration
+	// ReleaseMappedEvery is how often the store hands back the pages of
+	// its file that reads have mapped (ReleaseMappedPages): they would
+	// otherwise stay in the process's resident memory, a whole file's
+	// worth after the server's start has read every record. Zero means
+	// every minute; less than zero never.
+	ReleaseMappedEvery time.Duration
 }

@@ -57,6 +57,11 @@ type Store struct {
 	// while a rotation may still fail and be rolled back, which would leave
 	// a record under a key the file does not know.
 	rotateMu sync.RWMutex
+
+	// stopRelease stops the periodic release of mapped pages; Close waits
+	// for releaseDone. Both nil when it does not run.
+	stopRelease chan struct{}
+	releaseDone chan struct{}
 }
 
 // Open opens the store at path, creating the file (mode 0600) if it does
@@ -110,6 +115,13 @@ func Open(path string, key Key, opts Options) (*Store, error) {
 	if fi, err := os.Stat(path); err == nil && fi.Mode().Perm()&0o077 != 0 {
 		log.Warn("boltstore: store file is accessible to group or others; values are encrypted, but chmod 600 it",
 			"path", path, "mode", fmt.Sprintf("%04o", fi.Mode().Perm()))
+	}
+	if every := opts.ReleaseMappedEvery; every >= 0 {
+		if every == 0 {
+			every = defaultReleaseMappedEvery
+		}
+		s.stopRelease, s.releaseDone = make(chan struct{}), make(chan struct{})
+		go s.releaseMappedLoop(every, s.stopRelease, s.releaseDone)
 	}
 	log.Info("boltstore: opened", "path", path, "key_id", key.ID(), "previous_keys", len(opts.PreviousKeys))
 	return s, nil
@@ -420,6 +432,11 @@ func closedErr(err error) error {
 // Close releases the file and its lock, waiting for running transactions.
 // The Store is unusable afterwards.
 func (s *Store) Close() error {
+	if s.stopRelease != nil {
+		close(s.stopRelease)
+		<-s.releaseDone
+		s.stopRelease = nil
+	}
 	if err := s.db.Close(); err != nil {
 		return fmt.Errorf("boltstore: close %s: %w", s.path, err)
 	}

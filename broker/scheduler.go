@@ -42,7 +42,7 @@ func (b *Broker) runScheduler(ctx context.Context) {
 	t := time.NewTicker(b.opts.Schedule.Interval)
 	defer t.Stop()
 	slots := schedule.NewSlots(maxScheduledRefreshes, maxScheduledPerEndpoint)
-	sched := schedule.New[*entry]()
+	sched := schedule.NewTracked[*entry](&b.metrics.Scheduled)
 	for {
 		select {
 		case <-ctx.Done():

@@ -29,6 +29,9 @@ type Counters struct {
 	refreshFailures                   [numRefreshFailures]atomic.Int64
 	// Discoveries and DiscoveryFailures count metadata fetches.
 	Discoveries, DiscoveryFailures atomic.Int64
+	// Scheduled is how many credentials the scheduler keeps track of,
+	// as of its last tick.
+	Scheduled atomic.Int64
 	// revocations is guarded by revocationsMu: reasons are few, revocations
 	// rare.
 	revocationsMu sync.Mutex
@@ -71,6 +74,10 @@ type Stats struct {
 	// (for --issuer); DiscoveryFailures the fetches that failed or were
 	// refused (too large, another issuer, an insecure endpoint).
 	Discoveries, DiscoveryFailures int64
+	// Scheduled counts the credentials the scheduler keeps track of, as of
+	// its last tick: each has its place once a sweep has looked at it
+	// (every credential within stored credentials ÷ 1,000 ticks).
+	Scheduled int64
 	// NoticeLogReadAt is when this replica last read the shared notice log
 	// successfully: how current its view of the store is.
 	NoticeLogReadAt time.Time
@@ -104,6 +111,7 @@ func (m *Counters) Snapshot(dropped int64, noticeLogReadAt time.Time) Stats {
 		RotationsHeldBack: m.RotationsHeldBack.Load(),
 		CutoffWaits:       m.CutoffWaits.Load(), OffScheduleRotations: m.OffScheduleRotations.Load(),
 		Discoveries: m.Discoveries.Load(), DiscoveryFailures: m.DiscoveryFailures.Load(),
+		Scheduled:       m.Scheduled.Load(),
 		RefreshFailures: make(map[string]int64, numRefreshFailures),
 		Revocations:     make(map[notice.RevocationReason]int64),
 		NoticeLogReadAt: noticeLogReadAt,

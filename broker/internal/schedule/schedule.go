@@ -12,6 +12,7 @@ import (
 	"container/heap"
 	"net/url"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -38,11 +39,21 @@ type Schedule[K comparable] struct {
 	// from next; taken again when the sweep reaches its end.
 	ring []K
 	next int
+	// tracked, when set, receives Tracked after each tick.
+	tracked *atomic.Int64
 }
 
 // New returns an empty schedule.
 func New[K comparable]() *Schedule[K] {
 	return &Schedule[K]{items: make(map[K]*item[K])}
+}
+
+// NewTracked is New publishing to tracked, after each tick, how many
+// credentials the schedule holds a place for (Tracked).
+func NewTracked[K comparable](tracked *atomic.Int64) *Schedule[K] {
+	s := New[K]()
+	s.tracked = tracked
+	return s
 }
 
 // item is one credential's place in the schedule.
@@ -73,6 +84,9 @@ func (s *Schedule[K]) item(k K) *item[K] {
 // false ends the tick.
 func (s *Schedule[K]) Tick(now time.Time, wakes *Wakes[K], all func() []K, check func(k K, listed bool) bool) {
 	s.tick++
+	if s.tracked != nil {
+		defer func() { s.tracked.Store(int64(s.Tracked())) }()
+	}
 	// Everything this tick looks at is taken before it looks at any: what
 	// a look defers (Soon, At now or earlier) goes to the next tick, a
 	// change made while this tick looks wakes its credential for the
@@ -202,6 +216,9 @@ func (s *Schedule[K]) Forget(k K) {
 		delete(s.items, k)
 	}
 }
+
+// Tracked is how many credentials the schedule holds a place for.
+func (s *Schedule[K]) Tracked() int { return len(s.items) }
 
 // Timed is how many credentials have a time to be looked at again.
 func (s *Schedule[K]) Timed() int { return len(s.timers) }
