@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/rotavault/rotavault/broker/credspec"
+	"github.com/rotavault/rotavault/broker/detect"
 	"github.com/rotavault/rotavault/broker/family"
 	"github.com/rotavault/rotavault/broker/notice"
 	"github.com/rotavault/rotavault/broker/pacing"
@@ -33,19 +34,19 @@ func (b *Broker) detectPreviousAccess(e *entry, prev, next *view) {
 	spec := prev.cred.Spec
 	a := prev.fam.Access
 	if spec.PreviousAccessToken != credspec.PreviousAccessDefault || spec.ProviderKind == credspec.ProviderSalesforce || spec.IntrospectionURL == "" ||
-		prev.fam.PreviousAccess != credspec.PreviousAccessDefault || a == nil || !b.opts.Now().Add(introspectTimeout).Before(a.ExpiresAt) {
+		prev.fam.PreviousAccess != credspec.PreviousAccessDefault || a == nil || !b.opts.Now().Add(detect.IntrospectTimeout).Before(a.ExpiresAt) {
 		return
 	}
 	b.goTracked(func() {
-		ctx, cancel := context.WithTimeout(b.ctx, introspectTimeout)
+		ctx, cancel := context.WithTimeout(b.ctx, detect.IntrospectTimeout)
 		defer cancel()
-		in, err := b.provider.IntrospectToken(ctx, spec.Endpoint(), spec.ClientCredentials(), a.Token, provider.HintAccessToken)
+		active, err := b.asker().Active(ctx, detectFamily(e, prev), a.Token, provider.HintAccessToken)
 		if err != nil {
 			b.log.DebugContext(ctx, "could not introspect the previous access token; its fate stays unknown", "credential", e.id, "err", err)
 			return
 		}
 		found := credspec.PreviousAccessRevoked
-		if in.Active {
+		if active {
 			found = credspec.PreviousAccessKept
 		}
 		if err := b.notePreviousAccess(ctx, e, next.fam.FamilyID, found); err != nil {

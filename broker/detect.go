@@ -6,20 +6,17 @@ import (
 	"time"
 
 	"github.com/rotavault/rotavault/broker/brokererr"
-	"github.com/rotavault/rotavault/broker/credspec"
 	"github.com/rotavault/rotavault/broker/detect"
 	"github.com/rotavault/rotavault/broker/family"
 	"github.com/rotavault/rotavault/broker/notice"
-	"github.com/rotavault/rotavault/provider"
 )
 
-// Early detection: the periodic check and its policy are package detect
-// (its doc says what an inactive answer proves and what the check costs);
-// here is the rotation core's side: asking the provider about a family,
-// and revoking it when the answer is corroborated and the family has not
+// Early detection: the periodic check, its policy and the questions to the
+// provider are package detect (its doc says what an inactive answer proves
+// and what the check costs); here is the rotation core's side: which
+// families are worth a check, and revoking one, through the one
+// revocation path, when the answer is corroborated and the family has not
 // moved on. The rejected-token path (access.go) uses the same two steps.
-
-const introspectTimeout = detect.IntrospectTimeout
 
 // startDetector runs the periodic check until ctx ends, when enabled.
 func (b *Broker) startDetector(ctx context.Context) {
@@ -84,31 +81,23 @@ func (b *Broker) detectable(e *entry, v *view, now time.Time) bool {
 // checkFamily introspects v's refresh token and, when the provider says it
 // is inactive, confirms and records the revocation.
 func (b *Broker) checkFamily(ctx context.Context, e *entry, v *view) {
-	active, err := b.introspectRefresh(ctx, v)
-	if err != nil {
-		b.log.DebugContext(ctx, "periodic introspection failed; nothing concluded", "credential", e.id, "err", err)
-		return
-	}
-	if active {
-		return
-	}
-	if _, err := b.confirmRevokedAtProvider(ctx, e, v, "periodic introspection"); err != nil {
-		b.log.WarnContext(ctx, "could not record a family revoked at the provider; the next check or refresh will", "credential", e.id, "err", err)
-	}
+	b.asker().Check(ctx, detectFamily(e, v), func(ctx context.Context) (bool, error) {
+		return b.confirmRevokedAtProvider(ctx, e, v, "periodic introspection")
+	})
 }
 
-// introspectRefresh asks the provider whether v's refresh token is active.
-// Any failure, including an answer without "active", is an error: never a
-// verdict.
-func (b *Broker) introspectRefresh(ctx context.Context, v *view) (bool, error) {
-	spec := v.cred.Spec
-	ctx, cancel := context.WithTimeout(ctx, introspectTimeout)
-	defer cancel()
-	in, err := b.provider.IntrospectToken(ctx, spec.Endpoint(), spec.ClientCredentials(), v.fam.RefreshToken, provider.HintRefreshToken)
-	if err != nil {
-		return false, err
+// asker asks this broker's provider about families' tokens.
+func (b *Broker) asker() detect.Asker {
+	return detect.Asker{Provider: b.provider, Now: b.opts.Now, Log: b.log}
+}
+
+// detectFamily is v's family as early detection asks about it.
+func detectFamily(e *entry, v *view) detect.Family {
+	f := detect.Family{Credential: e.id, Generation: v.fam.Generation, Spec: &v.cred.Spec, RefreshToken: v.fam.RefreshToken}
+	if a := v.fam.Access; a != nil {
+		f.Access, f.AliveUntil = a.Token, a.AliveAtProviderUntil()
 	}
-	return in.Active, nil
+	return f
 }
 
 // confirmRevokedAtProvider is called after the provider called seen's
@@ -127,7 +116,7 @@ func (b *Broker) confirmRevokedAtProvider(ctx context.Context, e *entry, seen *v
 	// Asked about seen, not the record re-read below: that one is revoked
 	// only if it is seen's generation, whose access token seen holds. A
 	// contradicted verdict costs no store read.
-	if !b.revocationCorroborated(ctx, seen) {
+	if !b.asker().Corroborated(ctx, detectFamily(e, seen)) {
 		b.log.DebugContext(ctx, "refresh token inactive at the provider, but its introspection endpoint may not know refresh tokens and the access token does not confirm a revocation; not revoking",
 			"credential", e.id, "family", seen.fam.FamilyID, "generation", seen.fam.Generation, "via", how)
 		return false, nil
@@ -158,26 +147,6 @@ func (b *Broker) confirmRevokedAtProvider(ctx context.Context, e *entry, seen *v
 
 // errMovedOn: the family is no longer the one found inactive.
 var errMovedOn = errors.New("broker: the family moved on")
-
-// revocationCorroborated reports whether an inactive answer about v's
-// refresh token may be taken for a revoked family (see the top of this
-// file): always at Salesforce; at a generic OAuth 2.0 provider only when v's
-// access token, not about to expire, is inactive too.
-func (b *Broker) revocationCorroborated(ctx context.Context, v *view) bool {
-	spec := v.cred.Spec
-	if spec.ProviderKind != credspec.ProviderOAuth2 {
-		return true
-	}
-	if !b.timing(v).Corroborable(b.opts.Now()) {
-		return false
-	}
-	ctx, cancel := context.WithTimeout(ctx, introspectTimeout)
-	defer cancel()
-	in, err := b.provider.IntrospectToken(ctx, spec.Endpoint(), spec.ClientCredentials(), v.fam.Access.Token, provider.HintAccessToken)
-	// Answered before the token could have expired at the provider: its
-	// inactivity was a revocation, not the end of its life.
-	return err == nil && !in.Active && b.opts.Now().Before(v.fam.Access.AliveAtProviderUntil())
-}
 
 // stillSameLiveToken reports whether cur is the family seen was, at the same
 // generation and token, active and idle: no claim (a refresh in progress may
