@@ -26,11 +26,7 @@ func (b *Broker) startDetector(ctx context.Context) {
 	}
 	cfg.Now, cfg.Go = b.opts.Now, b.goTracked
 	d := detect.New[*entry](detectCore{b}, cfg)
-	b.wg.Add(1)
-	go func() {
-		defer b.wg.Done()
-		d.Run(ctx)
-	}()
+	b.goTracked(func() { d.Run(ctx) })
 }
 
 // detectCore is the rotation core as the periodic check sees it: this
