@@ -59,19 +59,16 @@ func (c detectCore) Check(e *entry, now time.Time) (func(context.Context), bool)
 // calls: the cached view may be stale (another replica refreshed), and the
 // re-read after an inactive answer decides.
 func (b *Broker) detectable(e *entry, v *view, now time.Time) bool {
-	if v == nil || !v.fam.Idle() || v.fam.RefreshToken == "" {
+	if v == nil || !v.fam.Idle() {
 		return false // a refresh is running, or may have rotated the token
 	}
 	if e.rescue.Load() != nil {
 		return false // the stored token is already rotated away; a write is pending
 	}
-	if !b.timing(v).Corroborable(now) {
-		return false // an inactive answer could conclude nothing
-	}
 	e.mu.Lock()
 	busy := e.flight != nil
 	e.mu.Unlock()
-	return !busy && v.cred.Spec.Endpoint().IntrospectionURL != ""
+	return !busy && detectFamily(e, v).Checkable(now)
 }
 
 // checkFamily introspects v's refresh token and, when the provider says it
@@ -99,7 +96,7 @@ func detectFamily(e *entry, v *view) detect.Family {
 // confirmRevokedAtProvider is called after the provider called seen's
 // refresh token inactive. It re-reads the family and revokes it (reason
 // ReasonRevokedAtProvider: check-and-set write, audit record, notice) only
-// if revocationCorroborated agrees and the store still holds exactly that
+// if the provider corroborates it (detect.Asker.Corroborated) and the store still holds exactly that
 // token in an active family that no refresh is working on; otherwise the
 // answer proves nothing, or the token is inactive because the family moved
 // on, and nothing happens. revoked reports whether this call revoked it.
@@ -154,11 +151,4 @@ func stillSameLiveToken(seen, cur *view) bool {
 		cur.fam.FamilyID == seen.fam.FamilyID &&
 		cur.fam.Generation == seen.fam.Generation &&
 		cur.fam.RefreshToken == seen.fam.RefreshToken
-}
-
-// earlyDetection describes the periodic check's view of v at now: its state
-// and a sentence saying what it means.
-func (b *Broker) earlyDetection(v *view, now time.Time) (detect.State, string) {
-	return detect.Describe(b.opts.Detect.Interval, v.cred.Spec.Endpoint().IntrospectionURL != "",
-		v.fam.Status == family.StatusActive, b.timing(v).Corroborable(now))
 }

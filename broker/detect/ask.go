@@ -28,6 +28,24 @@ type Family struct {
 	AliveUntil           time.Time
 }
 
+// Checkable reports whether f is worth a periodic check at now: it has a
+// refresh token, its provider an introspection endpoint, and an inactive
+// answer could conclude something (Corroborable).
+func (f Family) Checkable(now time.Time) bool {
+	return f.RefreshToken != "" && f.Spec.Endpoint().IntrospectionURL != "" && f.corroborable(now)
+}
+
+// corroborable is Corroborable for f at now.
+func (f Family) corroborable(now time.Time) bool {
+	return Corroborable(f.Spec.ProviderKind == credspec.ProviderOAuth2, f.Access, f.AliveUntil, now)
+}
+
+// Describe says what the periodic check (every interval; off when 0 or
+// less) makes of f, active or not, at now (the package's Describe).
+func (f Family) Describe(interval time.Duration, active bool, now time.Time) (State, string) {
+	return Describe(interval, f.Spec.Endpoint().IntrospectionURL != "", active, f.corroborable(now))
+}
+
 // Asker asks providers about families' tokens, each question bounded by
 // IntrospectTimeout. It only asks and says what an answer proves: the
 // rotation core re-reads and revokes. A value; safe for concurrent use.
@@ -72,17 +90,42 @@ func (a Asker) Check(ctx context.Context, f Family, confirm func(context.Context
 // at Salesforce; at a generic OAuth 2.0 provider only when f's access
 // token, not about to expire, is inactive too.
 func (a Asker) Corroborated(ctx context.Context, f Family) bool {
-	generic := f.Spec.ProviderKind == credspec.ProviderOAuth2
-	if !generic {
+	if f.Spec.ProviderKind != credspec.ProviderOAuth2 {
 		return true
 	}
-	if !Corroborable(generic, f.Access, f.AliveUntil, a.Now()) {
+	if !f.corroborable(a.Now()) {
 		return false
 	}
 	active, err := a.Active(ctx, f, f.Access, provider.HintAccessToken)
 	// Answered before the token could have expired at the provider: its
 	// inactivity was a revocation, not the end of its life.
 	return err == nil && !active && a.Now().Before(f.AliveUntil)
+}
+
+// AsksPreviousAccess reports whether a rotation that replaced f's access
+// token (expiring at expiresAt) is worth a PreviousAccess question at
+// now: at a generic provider with an introspection endpoint, when neither
+// the credential's spec nor f's family (known) says what the provider
+// does with previous access tokens, and while the token is not about to
+// expire anyway (then its death tells nothing).
+func (f Family) AsksPreviousAccess(known credspec.PreviousAccess, expiresAt, now time.Time) bool {
+	s := f.Spec
+	return s.PreviousAccessToken == credspec.PreviousAccessDefault && s.ProviderKind != credspec.ProviderSalesforce && s.IntrospectionURL != "" &&
+		known == credspec.PreviousAccessDefault && now.Add(IntrospectTimeout).Before(expiresAt)
+}
+
+// PreviousAccess asks, right after a rotation replaced f's access token,
+// whether that token is still active: what the provider does with
+// previous access tokens.
+func (a Asker) PreviousAccess(ctx context.Context, f Family) (credspec.PreviousAccess, error) {
+	active, err := a.Active(ctx, f, f.Access, provider.HintAccessToken)
+	switch {
+	case err != nil:
+		return credspec.PreviousAccessDefault, err
+	case active:
+		return credspec.PreviousAccessKept, nil
+	}
+	return credspec.PreviousAccessRevoked, nil
 }
 
 // Rejection is what asking the provider about a consumer's rejected

@@ -218,16 +218,6 @@ func (f *Record) HeldBack(now time.Time) (*pacing.FloorError, bool) {
 	return &pacing.FloorError{Life: life, Interval: interval, Until: until}, true
 }
 
-// Corroborable reports whether an inactive answer about the refresh token
-// could be taken for a revocation (see detect.Corroborable).
-func (t Timing) Corroborable(now time.Time) bool {
-	a := t.Fam.Access
-	if a == nil {
-		return detect.Corroborable(t.Cred.Spec.ProviderKind == credspec.ProviderOAuth2, "", time.Time{}, now)
-	}
-	return detect.Corroborable(t.Cred.Spec.ProviderKind == credspec.ProviderOAuth2, a.Token, a.AliveAtProviderUntil(), now)
-}
-
 // AliveAtProviderUntil is when a may first be expired at the provider.
 func (a *AccessToken) AliveAtProviderUntil() time.Time {
 	return detect.AliveAtProviderUntil(a.AliveUntil, a.ExpiresAt)
