@@ -158,22 +158,18 @@ func (b *Broker) handleRejection(ctx context.Context, e *entry, v *view, req acc
 		// it out if it suits, else refresh as usual.
 		return v, b.timing(v).Fresh(req.MinRemaining, b.opts.Now()), nil
 	}
-	// Two windows: a report that leads to a refresh closes the rejection
-	// interval (30 s), so consumers cannot burn rotations at will; one the
-	// provider disproves only closes a short probe interval, so a false
-	// alarm does not block the report of a real revocation seconds later.
+	// Paced (pacing.Rejections), unless a refresh runs already.
 	e.mu.Lock()
 	now := b.opts.Now()
-	wait := max(e.lastRejection.Add(b.opts.Refresh.RejectionInterval).Sub(now), e.lastProbe.Add(min(rejectionProbeInterval, b.opts.Refresh.RejectionInterval)).Sub(now))
-	if wait > 0 && e.flight == nil {
+	if wait := e.rejections.Wait(now, b.opts.Refresh.RejectionInterval); wait > 0 && e.flight == nil {
 		e.mu.Unlock()
 		return nil, false, &brokererr.RateLimitedError{RetryAfter: wait}
 	}
-	e.lastProbe = now
+	e.rejections.Probed(now)
 	e.mu.Unlock()
 	refreshing := func(v *view) (*view, bool, error) {
 		e.mu.Lock()
-		e.lastRejection = b.opts.Now()
+		e.rejections.Refreshed(b.opts.Now())
 		e.mu.Unlock()
 		return v, false, nil
 	}
@@ -197,11 +193,6 @@ func (b *Broker) handleRejection(ctx context.Context, e *entry, v *view, req acc
 	}
 	return refreshing(v)
 }
-
-// rejectionProbeInterval bounds the introspections rejected-token reports
-// cause per credential when the provider keeps vouching for the token (never
-// longer than the rejection interval itself).
-const rejectionProbeInterval = time.Second
 
 // refresh makes sure a view passing need exists, running at most one refresh
 // per credential at a time and sharing its result with every waiter. The

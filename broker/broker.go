@@ -9,8 +9,9 @@
 // is the rotation core (updateFamily, the claim, the refresh, revocation,
 // reauthentication, serving access tokens); its parts reach it through
 // small interfaces: registry, notice, authflow, catalog, detect, discovery,
-// internal/schedule, and the pure family (records, states, transitions,
-// decisions), credspec, pacing, option, stats, access, spans, brokererr.
+// internal/schedule, internal/life, and the pure family (records, states,
+// transitions, decisions), credspec, pacing, option, stats, access, spans,
+// brokererr.
 package broker
 
 import (
@@ -34,6 +35,7 @@ import (
 	"github.com/rotavault/rotavault/broker/internal/schedule"
 	"github.com/rotavault/rotavault/broker/notice"
 	"github.com/rotavault/rotavault/broker/option"
+	"github.com/rotavault/rotavault/broker/pacing"
 	"github.com/rotavault/rotavault/broker/registry"
 	"github.com/rotavault/rotavault/broker/stats"
 	"github.com/rotavault/rotavault/provider"
@@ -204,9 +206,8 @@ type entry struct {
 
 	mu     sync.Mutex
 	flight *flight
-	// lastRejection is when a rejected-token report last caused a refresh;
-	// lastProbe when one last made the broker ask the provider.
-	lastRejection, lastProbe time.Time
+	// rejections paces rejected-token reports (access.go).
+	rejections pacing.Rejections
 	// rescue holds a rotated family whose write to the store failed: the
 	// newest refresh token exists only here until a write succeeds.
 	rescue atomic.Pointer[rescued]
@@ -350,19 +351,16 @@ func (b *Broker) goTracked(f func()) bool { return b.life.Go(f) }
 // ErrNotReady: this replica has not reached its store lately.
 var ErrNotReady = errors.New("broker: store not reached lately")
 
-// Ready reports whether this replica reaches its store: the notice log's
-// follower reads it every poll interval, so a replica that has not read it
-// for several intervals cannot rotate, record or announce anything. A
-// provider outage does not make a replica unready: cached tokens are still
-// served, and every replica would be taken out of its load balancer alike.
+// Ready reports whether this replica reaches its store, as the notice
+// log's follower finds (notice.Log.Unread). A provider outage does not
+// make a replica unready: cached tokens are still served, and every
+// replica would be taken out of its load balancer alike.
 func (b *Broker) Ready() error {
 	if b.life.Closed() {
 		return fmt.Errorf("%w: shutting down", ErrNotReady)
 	}
-	window := max(3*b.opts.Notice.Poll, 5*time.Second)
-	last := b.notices.LastRead()
-	if since := time.Since(last); since > window {
-		return fmt.Errorf("%w: last read %s ago (more than %s)", ErrNotReady, since.Round(time.Second), window)
+	if err := b.notices.Unread(); err != nil {
+		return fmt.Errorf("%w: %w", ErrNotReady, err)
 	}
 	return nil
 }
