@@ -8,9 +8,9 @@ import (
 	"github.com/rotavault/rotavault/broker/access"
 	"github.com/rotavault/rotavault/broker/brokererr"
 	"github.com/rotavault/rotavault/broker/credspec"
+	"github.com/rotavault/rotavault/broker/detect"
 	"github.com/rotavault/rotavault/broker/family"
 	"github.com/rotavault/rotavault/broker/notice"
-	"github.com/rotavault/rotavault/provider"
 )
 
 // GetAccessToken returns an access token with at least req.MinRemaining
@@ -153,64 +153,33 @@ func (b *Broker) handleRejection(ctx context.Context, e *entry, v *view, req acc
 	if v.fam.Status != family.StatusActive || v.fam.Access == nil {
 		return v, false, nil
 	}
-	cur := v.fam.Access
 	if !v.fam.Names(req.Rejected) {
 		// An older token was rejected; the current one is another token. Hand
 		// it out if it suits, else refresh as usual.
 		return v, b.timing(v).Fresh(req.MinRemaining, b.opts.Now()), nil
 	}
-	// Two windows: a report that leads to a refresh closes the rejection
-	// interval (30 s), so consumers cannot burn rotations at will; one the
-	// provider disproves only closes a short probe interval, so a false
-	// alarm does not block the report of a real revocation seconds later.
+	// Paced (pacing.Rejections), unless a refresh runs already.
 	e.mu.Lock()
 	now := b.opts.Now()
-	wait := max(e.lastRejection.Add(b.opts.Refresh.RejectionInterval).Sub(now), e.lastProbe.Add(min(rejectionProbeInterval, b.opts.Refresh.RejectionInterval)).Sub(now))
-	if wait > 0 && e.flight == nil {
+	if wait := e.rejections.Wait(now, b.opts.Refresh.RejectionInterval); wait > 0 && e.flight == nil {
 		e.mu.Unlock()
 		return nil, false, &brokererr.RateLimitedError{RetryAfter: wait}
 	}
-	e.lastProbe = now
+	e.rejections.Probed(now)
 	e.mu.Unlock()
 	refreshing := func(v *view) (*view, bool, error) {
 		e.mu.Lock()
-		e.lastRejection = b.opts.Now()
+		e.rejections.Refreshed(b.opts.Now())
 		e.mu.Unlock()
 		return v, false, nil
 	}
 
-	ep := v.cred.Spec.Endpoint()
-	if ep.IntrospectionURL == "" {
-		return refreshing(v)
-	}
-	ictx, cancel := context.WithTimeout(ctx, introspectTimeout)
-	in, err := b.provider.IntrospectToken(ictx, ep, v.cred.Spec.ClientCredentials(), cur.Token, provider.HintAccessToken)
-	cancel()
-	switch {
-	case err == nil && in.Active:
-		// The provider still accepts it: the resource server's problem,
-		// not worth a rotation.
-		b.log.InfoContext(ctx, "rejected token is active at the provider; not refreshing",
-			"credential", e.id, "generation", v.fam.Generation)
+	// Before spending a rotation, ask the provider (package detect): the
+	// token may still be active, or the whole family revoked there.
+	switch b.asker().Rejected(ctx, detectFamily(e, v)) {
+	case detect.RejectionActive:
 		return v, true, nil
-	case err != nil:
-		b.log.WarnContext(ctx, "introspection failed; refreshing", "credential", e.id, "err", err)
-		return refreshing(v)
-	}
-	// The access token is dead. Before spending a rotation on it, ask about
-	// the refresh token: if the provider revoked the whole family, a refresh
-	// would only meet invalid_grant (see detect.go).
-	active, err := b.introspectRefresh(ctx, v)
-	switch {
-	case err != nil:
-		b.log.WarnContext(ctx, "refresh token introspection failed; refreshing", "credential", e.id, "err", err)
-	case !active && v.cred.Spec.ProviderKind != credspec.ProviderSalesforce:
-		// A generic provider's "inactive" may only mean its endpoint does
-		// not introspect refresh tokens, and the dead access token is what
-		// was reported, not a corroboration (a logout revokes it alone).
-		// Refresh: a family really revoked meets invalid_grant there.
-		b.log.InfoContext(ctx, "refresh token reported inactive by a generic provider; refreshing to find out", "credential", e.id)
-	case !active:
+	case detect.RejectionRevoked:
 		revoked, err := b.confirmRevokedAtProvider(ctx, e, v, "a rejected-token report")
 		if err != nil {
 			return nil, false, err
@@ -224,11 +193,6 @@ func (b *Broker) handleRejection(ctx context.Context, e *entry, v *view, req acc
 	}
 	return refreshing(v)
 }
-
-// rejectionProbeInterval bounds the introspections rejected-token reports
-// cause per credential when the provider keeps vouching for the token (never
-// longer than the rejection interval itself).
-const rejectionProbeInterval = time.Second
 
 // refresh makes sure a view passing need exists, running at most one refresh
 // per credential at a time and sharing its result with every waiter. The

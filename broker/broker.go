@@ -9,8 +9,9 @@
 // is the rotation core (updateFamily, the claim, the refresh, revocation,
 // reauthentication, serving access tokens); its parts reach it through
 // small interfaces: registry, notice, authflow, catalog, detect, discovery,
-// internal/schedule, and the pure family (records, states, transitions,
-// decisions), credspec, pacing, option, stats, access, spans, brokererr.
+// internal/schedule, internal/life, and the pure family (records, states,
+// transitions, decisions), credspec, pacing, option, stats, access, spans,
+// brokererr.
 package broker
 
 import (
@@ -30,9 +31,11 @@ import (
 	"github.com/rotavault/rotavault/broker/family"
 	"github.com/rotavault/rotavault/broker/internal/bgload"
 	"github.com/rotavault/rotavault/broker/internal/lease"
+	"github.com/rotavault/rotavault/broker/internal/life"
 	"github.com/rotavault/rotavault/broker/internal/schedule"
 	"github.com/rotavault/rotavault/broker/notice"
 	"github.com/rotavault/rotavault/broker/option"
+	"github.com/rotavault/rotavault/broker/pacing"
 	"github.com/rotavault/rotavault/broker/registry"
 	"github.com/rotavault/rotavault/broker/stats"
 	"github.com/rotavault/rotavault/provider"
@@ -75,16 +78,10 @@ type Broker struct {
 	opts     option.Options
 	log      *slog.Logger
 
-	// ctx bounds the work the broker owns (refreshes, the scheduler); Close
-	// cancels it and waits for wg.
-	ctx           context.Context
-	cancel        context.CancelFunc
-	stopScheduler context.CancelFunc
-	wg            sync.WaitGroup
-	// lifeMu orders "start tracked work" against Close, so no goroutine is
-	// added to wg once Close waits on it.
-	lifeMu sync.Mutex
-	closed atomic.Bool
+	// life owns the broker's goroutines (package life); ctx is its
+	// Context, which bounds the work the broker owns (refreshes).
+	life *life.Group
+	ctx  context.Context
 
 	// entriesMu guards the map only; the hot path takes it for reading.
 	entriesMu sync.RWMutex
@@ -128,15 +125,15 @@ func New(ctx context.Context, cfg Config, opts ...option.Option) (*Broker, error
 			return nil, err
 		}
 	}
-	bctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	lg := life.New(ctx)
 	b := &Broker{
 		store:    cfg.Store,
 		provider: cfg.Provider,
 		auditor:  cfg.Auditor,
 		opts:     o,
 		log:      o.Logger,
-		ctx:      bctx,
-		cancel:   cancel,
+		life:     lg,
+		ctx:      lg.Context(),
 		entries:  make(map[string]*entry),
 		duties:   lease.All{}, // until joinDuties
 	}
@@ -149,26 +146,18 @@ func New(ctx context.Context, cfg Config, opts ...option.Option) (*Broker, error
 	b.flows = authflow.New(authflow.Config{Store: b.store, Provider: b.provider, Core: flowCore{b}, Now: o.Now, Logger: b.log,
 		ReplicaID: o.ReplicaID, Go: b.goTracked, Sweeps: func() bool { return b.owns(flowSweepDuty) }, Options: flowOpts})
 	if err := b.notices.Init(ctx); err != nil {
-		cancel()
+		lg.Close(0, func() {})
 		return nil, err
 	}
-	schedCtx, stopScheduler := context.WithCancel(bctx)
-	b.stopScheduler = stopScheduler
+	loops := lg.Loops()
 	b.loader = b.newLoader() // serve at once, load in the background
-	b.goTracked(func() { b.loader.Run(schedCtx) })
-	b.joinDuties(ctx, schedCtx)
-	b.startDetector(schedCtx)
-	b.startRediscovery(schedCtx)
-	b.flows.Start(schedCtx)
-	b.wg.Add(2)
-	go func() {
-		defer b.wg.Done()
-		b.runScheduler(schedCtx)
-	}()
-	go func() {
-		defer b.wg.Done()
-		b.notices.Follow(schedCtx, b.applyRemoteNotice)
-	}()
+	b.goTracked(func() { b.loader.Run(loops) })
+	b.joinDuties(ctx, loops)
+	b.startDetector(loops)
+	b.startRediscovery(loops)
+	b.flows.Start(loops)
+	b.goTracked(func() { b.runScheduler(loops) })
+	b.goTracked(func() { b.notices.Follow(loops, b.applyRemoteNotice) })
 	return b, nil
 }
 
@@ -176,29 +165,14 @@ func New(ctx context.Context, cfg Config, opts ...option.Option) (*Broker, error
 // Rotated tokens are always stored before a refresh reports success, so a
 // cancelled refresh loses nothing that was acknowledged.
 func (b *Broker) Close() error {
-	b.lifeMu.Lock()
-	already := b.closed.Swap(true)
-	b.lifeMu.Unlock()
-	if already {
-		return nil
-	}
 	// No new work starts now. Let refreshes in flight finish — a rotation
 	// cut off between the provider's answer and the store write is a lost
 	// family — but bound the wait.
-	b.stopScheduler()
-	done := make(chan struct{})
-	go func() {
-		b.wg.Wait()
-		close(done)
-	}()
-	select {
-	case <-done:
-	case <-time.After(b.opts.CloseGrace):
+	if !b.life.Close(b.opts.CloseGrace, func() {
 		b.log.Warn("refreshes still running at shutdown; cancelling them", "waited", b.opts.CloseGrace)
-		b.cancel()
-		<-done
+	}) {
+		return nil
 	}
-	b.cancel()
 	b.storeHeldRotations()
 	b.notices.Close()
 	return nil
@@ -232,9 +206,8 @@ type entry struct {
 
 	mu     sync.Mutex
 	flight *flight
-	// lastRejection is when a rejected-token report last caused a refresh;
-	// lastProbe when one last made the broker ask the provider.
-	lastRejection, lastProbe time.Time
+	// rejections paces rejected-token reports (access.go).
+	rejections pacing.Rejections
 	// rescue holds a rotated family whose write to the store failed: the
 	// newest refresh token exists only here until a write succeeds.
 	rescue atomic.Pointer[rescued]
@@ -373,36 +346,21 @@ func (b *Broker) audit(ctx context.Context, e audit.Event) {
 
 // goTracked runs f in a goroutine the broker waits for on Close. It reports
 // false, running nothing, once the broker is closed.
-func (b *Broker) goTracked(f func()) bool {
-	b.lifeMu.Lock()
-	defer b.lifeMu.Unlock()
-	if b.closed.Load() {
-		return false
-	}
-	b.wg.Add(1)
-	go func() {
-		defer b.wg.Done()
-		f()
-	}()
-	return true
-}
+func (b *Broker) goTracked(f func()) bool { return b.life.Go(f) }
 
 // ErrNotReady: this replica has not reached its store lately.
 var ErrNotReady = errors.New("broker: store not reached lately")
 
-// Ready reports whether this replica reaches its store: the notice log's
-// follower reads it every poll interval, so a replica that has not read it
-// for several intervals cannot rotate, record or announce anything. A
-// provider outage does not make a replica unready: cached tokens are still
-// served, and every replica would be taken out of its load balancer alike.
+// Ready reports whether this replica reaches its store, as the notice
+// log's follower finds (notice.Log.Unread). A provider outage does not
+// make a replica unready: cached tokens are still served, and every
+// replica would be taken out of its load balancer alike.
 func (b *Broker) Ready() error {
-	if b.closed.Load() {
+	if b.life.Closed() {
 		return fmt.Errorf("%w: shutting down", ErrNotReady)
 	}
-	window := max(3*b.opts.Notice.Poll, 5*time.Second)
-	last := b.notices.LastRead()
-	if since := time.Since(last); since > window {
-		return fmt.Errorf("%w: last read %s ago (more than %s)", ErrNotReady, since.Round(time.Second), window)
+	if err := b.notices.Unread(); err != nil {
+		return fmt.Errorf("%w: %w", ErrNotReady, err)
 	}
 	return nil
 }

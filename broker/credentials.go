@@ -93,7 +93,7 @@ func (c registryCore) Audit(ctx context.Context, e audit.Event) { c.b.audit(ctx,
 // describe describes v as this replica holds it.
 func (b *Broker) describe(e *entry, v *view) registry.Credential {
 	rt := registry.Runtime{NextRefreshAt: v.nextRefreshAt, Held: e.rescue.Load() != nil}
-	rt.EarlyDetection, rt.EarlyDetectionDetail = b.earlyDetection(v, b.opts.Now())
+	rt.EarlyDetection, rt.EarlyDetectionDetail = detectFamily(e, v).Describe(b.opts.Detect.Interval, v.fam.Status == family.StatusActive, b.opts.Now())
 	e.mu.Lock()
 	rt.LastErr = e.lastErr
 	e.mu.Unlock()

@@ -6,11 +6,11 @@ import (
 	"time"
 
 	"github.com/rotavault/rotavault/broker/credspec"
+	"github.com/rotavault/rotavault/broker/detect"
 	"github.com/rotavault/rotavault/broker/family"
 	"github.com/rotavault/rotavault/broker/notice"
 	"github.com/rotavault/rotavault/broker/pacing"
 	"github.com/rotavault/rotavault/internal/ctxwait"
-	"github.com/rotavault/rotavault/provider"
 )
 
 // The serving cutoff (family.Timing computes it and explains why): this
@@ -30,23 +30,17 @@ func (b *Broker) timing(v *view) family.Timing {
 // write recording the answer, once per family. A token that was about to
 // expire anyway tells nothing and is not asked about.
 func (b *Broker) detectPreviousAccess(e *entry, prev, next *view) {
-	spec := prev.cred.Spec
-	a := prev.fam.Access
-	if spec.PreviousAccessToken != credspec.PreviousAccessDefault || spec.ProviderKind == credspec.ProviderSalesforce || spec.IntrospectionURL == "" ||
-		prev.fam.PreviousAccess != credspec.PreviousAccessDefault || a == nil || !b.opts.Now().Add(introspectTimeout).Before(a.ExpiresAt) {
+	f, a := detectFamily(e, prev), prev.fam.Access
+	if a == nil || !f.AsksPreviousAccess(prev.fam.PreviousAccess, a.ExpiresAt, b.opts.Now()) {
 		return
 	}
 	b.goTracked(func() {
-		ctx, cancel := context.WithTimeout(b.ctx, introspectTimeout)
+		ctx, cancel := context.WithTimeout(b.ctx, detect.IntrospectTimeout)
 		defer cancel()
-		in, err := b.provider.IntrospectToken(ctx, spec.Endpoint(), spec.ClientCredentials(), a.Token, provider.HintAccessToken)
+		found, err := b.asker().PreviousAccess(ctx, f)
 		if err != nil {
 			b.log.DebugContext(ctx, "could not introspect the previous access token; its fate stays unknown", "credential", e.id, "err", err)
 			return
-		}
-		found := credspec.PreviousAccessRevoked
-		if in.Active {
-			found = credspec.PreviousAccessKept
 		}
 		if err := b.notePreviousAccess(ctx, e, next.fam.FamilyID, found); err != nil {
 			b.log.WarnContext(ctx, "could not record what the provider does with previous access tokens", "credential", e.id, "err", err)

@@ -6,20 +6,17 @@ import (
 	"time"
 
 	"github.com/rotavault/rotavault/broker/brokererr"
-	"github.com/rotavault/rotavault/broker/credspec"
 	"github.com/rotavault/rotavault/broker/detect"
 	"github.com/rotavault/rotavault/broker/family"
 	"github.com/rotavault/rotavault/broker/notice"
-	"github.com/rotavault/rotavault/provider"
 )
 
-// Early detection: the periodic check and its policy are package detect
-// (its doc says what an inactive answer proves and what the check costs);
-// here is the rotation core's side: asking the provider about a family,
-// and revoking it when the answer is corroborated and the family has not
+// Early detection: the periodic check, its policy and the questions to the
+// provider are package detect (its doc says what an inactive answer proves
+// and what the check costs); here is the rotation core's side: which
+// families are worth a check, and revoking one, through the one
+// revocation path, when the answer is corroborated and the family has not
 // moved on. The rejected-token path (access.go) uses the same two steps.
-
-const introspectTimeout = detect.IntrospectTimeout
 
 // startDetector runs the periodic check until ctx ends, when enabled.
 func (b *Broker) startDetector(ctx context.Context) {
@@ -29,11 +26,7 @@ func (b *Broker) startDetector(ctx context.Context) {
 	}
 	cfg.Now, cfg.Go = b.opts.Now, b.goTracked
 	d := detect.New[*entry](detectCore{b}, cfg)
-	b.wg.Add(1)
-	go func() {
-		defer b.wg.Done()
-		d.Run(ctx)
-	}()
+	b.goTracked(func() { d.Run(ctx) })
 }
 
 // detectCore is the rotation core as the periodic check sees it: this
@@ -66,55 +59,44 @@ func (c detectCore) Check(e *entry, now time.Time) (func(context.Context), bool)
 // calls: the cached view may be stale (another replica refreshed), and the
 // re-read after an inactive answer decides.
 func (b *Broker) detectable(e *entry, v *view, now time.Time) bool {
-	if v == nil || !v.fam.Idle() || v.fam.RefreshToken == "" {
+	if v == nil || !v.fam.Idle() {
 		return false // a refresh is running, or may have rotated the token
 	}
 	if e.rescue.Load() != nil {
 		return false // the stored token is already rotated away; a write is pending
 	}
-	if !b.timing(v).Corroborable(now) {
-		return false // an inactive answer could conclude nothing
-	}
 	e.mu.Lock()
 	busy := e.flight != nil
 	e.mu.Unlock()
-	return !busy && v.cred.Spec.Endpoint().IntrospectionURL != ""
+	return !busy && detectFamily(e, v).Checkable(now)
 }
 
 // checkFamily introspects v's refresh token and, when the provider says it
 // is inactive, confirms and records the revocation.
 func (b *Broker) checkFamily(ctx context.Context, e *entry, v *view) {
-	active, err := b.introspectRefresh(ctx, v)
-	if err != nil {
-		b.log.DebugContext(ctx, "periodic introspection failed; nothing concluded", "credential", e.id, "err", err)
-		return
-	}
-	if active {
-		return
-	}
-	if _, err := b.confirmRevokedAtProvider(ctx, e, v, "periodic introspection"); err != nil {
-		b.log.WarnContext(ctx, "could not record a family revoked at the provider; the next check or refresh will", "credential", e.id, "err", err)
-	}
+	b.asker().Check(ctx, detectFamily(e, v), func(ctx context.Context) (bool, error) {
+		return b.confirmRevokedAtProvider(ctx, e, v, "periodic introspection")
+	})
 }
 
-// introspectRefresh asks the provider whether v's refresh token is active.
-// Any failure, including an answer without "active", is an error: never a
-// verdict.
-func (b *Broker) introspectRefresh(ctx context.Context, v *view) (bool, error) {
-	spec := v.cred.Spec
-	ctx, cancel := context.WithTimeout(ctx, introspectTimeout)
-	defer cancel()
-	in, err := b.provider.IntrospectToken(ctx, spec.Endpoint(), spec.ClientCredentials(), v.fam.RefreshToken, provider.HintRefreshToken)
-	if err != nil {
-		return false, err
+// asker asks this broker's provider about families' tokens.
+func (b *Broker) asker() detect.Asker {
+	return detect.Asker{Provider: b.provider, Now: b.opts.Now, Log: b.log}
+}
+
+// detectFamily is v's family as early detection asks about it.
+func detectFamily(e *entry, v *view) detect.Family {
+	f := detect.Family{Credential: e.id, Generation: v.fam.Generation, Spec: &v.cred.Spec, RefreshToken: v.fam.RefreshToken}
+	if a := v.fam.Access; a != nil {
+		f.Access, f.AliveUntil = a.Token, a.AliveAtProviderUntil()
 	}
-	return in.Active, nil
+	return f
 }
 
 // confirmRevokedAtProvider is called after the provider called seen's
 // refresh token inactive. It re-reads the family and revokes it (reason
 // ReasonRevokedAtProvider: check-and-set write, audit record, notice) only
-// if revocationCorroborated agrees and the store still holds exactly that
+// if the provider corroborates it (detect.Asker.Corroborated) and the store still holds exactly that
 // token in an active family that no refresh is working on; otherwise the
 // answer proves nothing, or the token is inactive because the family moved
 // on, and nothing happens. revoked reports whether this call revoked it.
@@ -127,7 +109,7 @@ func (b *Broker) confirmRevokedAtProvider(ctx context.Context, e *entry, seen *v
 	// Asked about seen, not the record re-read below: that one is revoked
 	// only if it is seen's generation, whose access token seen holds. A
 	// contradicted verdict costs no store read.
-	if !b.revocationCorroborated(ctx, seen) {
+	if !b.asker().Corroborated(ctx, detectFamily(e, seen)) {
 		b.log.DebugContext(ctx, "refresh token inactive at the provider, but its introspection endpoint may not know refresh tokens and the access token does not confirm a revocation; not revoking",
 			"credential", e.id, "family", seen.fam.FamilyID, "generation", seen.fam.Generation, "via", how)
 		return false, nil
@@ -159,26 +141,6 @@ func (b *Broker) confirmRevokedAtProvider(ctx context.Context, e *entry, seen *v
 // errMovedOn: the family is no longer the one found inactive.
 var errMovedOn = errors.New("broker: the family moved on")
 
-// revocationCorroborated reports whether an inactive answer about v's
-// refresh token may be taken for a revoked family (see the top of this
-// file): always at Salesforce; at a generic OAuth 2.0 provider only when v's
-// access token, not about to expire, is inactive too.
-func (b *Broker) revocationCorroborated(ctx context.Context, v *view) bool {
-	spec := v.cred.Spec
-	if spec.ProviderKind != credspec.ProviderOAuth2 {
-		return true
-	}
-	if !b.timing(v).Corroborable(b.opts.Now()) {
-		return false
-	}
-	ctx, cancel := context.WithTimeout(ctx, introspectTimeout)
-	defer cancel()
-	in, err := b.provider.IntrospectToken(ctx, spec.Endpoint(), spec.ClientCredentials(), v.fam.Access.Token, provider.HintAccessToken)
-	// Answered before the token could have expired at the provider: its
-	// inactivity was a revocation, not the end of its life.
-	return err == nil && !in.Active && b.opts.Now().Before(v.fam.Access.AliveAtProviderUntil())
-}
-
 // stillSameLiveToken reports whether cur is the family seen was, at the same
 // generation and token, active and idle: no claim (a refresh in progress may
 // have rotated the token at the provider already) and no doubt (a refresh
@@ -189,11 +151,4 @@ func stillSameLiveToken(seen, cur *view) bool {
 		cur.fam.FamilyID == seen.fam.FamilyID &&
 		cur.fam.Generation == seen.fam.Generation &&
 		cur.fam.RefreshToken == seen.fam.RefreshToken
-}
-
-// earlyDetection describes the periodic check's view of v at now: its state
-// and a sentence saying what it means.
-func (b *Broker) earlyDetection(v *view, now time.Time) (detect.State, string) {
-	return detect.Describe(b.opts.Detect.Interval, v.cred.Spec.Endpoint().IntrospectionURL != "",
-		v.fam.Status == family.StatusActive, b.timing(v).Corroborable(now))
 }

@@ -16,11 +16,7 @@ func (b *Broker) startRediscovery(ctx context.Context) {
 	if b.opts.DiscoveryInterval <= 0 {
 		return
 	}
-	b.wg.Add(1)
-	go func() {
-		defer b.wg.Done()
-		b.discovery.Run(ctx, b.opts.DiscoveryInterval, discoveryCore{b})
-	}()
+	b.goTracked(func() { b.discovery.Run(ctx, b.opts.DiscoveryInterval, discoveryCore{b}) })
 }
 
 // discoveryCore answers discovery's questions about credentials.

@@ -50,11 +50,7 @@ func (b *Broker) joinDuties(ctx, schedCtx context.Context) {
 		b.log.WarnContext(ctx, "could not take a share of the duties yet; trying again every tick", "err", err)
 	}
 	b.duties = m
-	b.wg.Add(1)
-	go func() {
-		defer b.wg.Done()
-		m.Run(schedCtx)
-	}()
+	b.goTracked(func() { m.Run(schedCtx) })
 }
 
 // owns reports whether this replica does key's duties now.

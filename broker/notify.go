@@ -20,7 +20,7 @@ func (b *Broker) Subscribe(ctx context.Context, credentialIDs []string, cursor s
 	if err != nil {
 		return nil, err
 	}
-	if b.closed.Load() {
+	if b.life.Closed() {
 		return nil, brokererr.ErrClosed
 	}
 	return b.notices.Subscribe(ctx, filter, cursor)

@@ -4,7 +4,6 @@ import (
 	"context"
 	"time"
 
-	"github.com/rotavault/rotavault/broker/family"
 	"github.com/rotavault/rotavault/broker/internal/lease"
 	"github.com/rotavault/rotavault/broker/internal/schedule"
 )
@@ -24,116 +23,75 @@ const (
 	scheduledFailureWait    = 30 * time.Second
 )
 
+// due reports whether the scheduler refreshes e now (family.Timing's
+// ScheduledDue; idle refreshes are a shared duty: duties.go).
 func (b *Broker) due(e *entry, v *view, now time.Time) bool {
-	if v.fam.Status != family.StatusActive || b.opts.RefuseShortGrace(v.cred.Spec) != nil {
-		return false
-	}
-	if v.fam.Access == nil {
-		return true
-	}
-	if e.used.Load() && !now.Before(b.timing(v).AccessDue()) {
-		return true
-	}
-	idle := b.timing(v).IdleDue()
-	return !idle.IsZero() && !now.Before(idle) && b.owns(e.id) // a shared duty: duties.go
+	return b.opts.RefuseShortGrace(v.cred.Spec) == nil && b.timing(v).ScheduledDue(e.used.Load(), b.owns(e.id), now)
 }
 
 func (b *Broker) runScheduler(ctx context.Context) {
-	t := time.NewTicker(b.opts.Schedule.Interval)
-	defer t.Stop()
-	slots := schedule.NewSlots(maxScheduledRefreshes, maxScheduledPerEndpoint)
-	sched := schedule.NewTracked[*entry](&b.metrics.Scheduled)
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			b.refreshDue(ctx, slots, sched)
-		}
-	}
+	b.scheduler().Run(ctx, b.opts.Schedule.Interval, schedule.NewTracked[*entry](&b.metrics.Scheduled), schedule.NewSlots(maxScheduledRefreshes, maxScheduledPerEndpoint))
 }
 
-// refreshDue starts the refreshes that are due (see schedule.Tick).
-func (b *Broker) refreshDue(schedCtx context.Context, slots *schedule.Slots, sched *schedule.Schedule[*entry]) {
-	now := b.opts.Now()
-	sched.Tick(now, &b.wakes, b.snapshotEntries, func(e *entry, listed bool) bool {
-		return b.check(schedCtx, slots, sched, e, now, listed)
-	})
+// refreshDue starts the refreshes that are due (see schedule.Runner).
+func (b *Broker) refreshDue(ctx context.Context, slots *schedule.Slots, sched *schedule.Schedule[*entry]) {
+	b.scheduler().Tick(ctx, sched, slots)
 }
 
-// check starts e's refresh if it is due and places e in the schedule
-// again (listed: e is known to be the broker's). It reports false when
-// the scheduler is to stop.
-func (b *Broker) check(schedCtx context.Context, slots *schedule.Slots, sched *schedule.Schedule[*entry], e *entry, now time.Time, listed bool) bool {
-	if schedCtx.Err() != nil {
-		return false
-	}
-	if !sched.FirstLook(e) {
-		return true
-	}
-	if !listed && !b.holds(e) {
-		sched.Forget(e)
-		return true
-	}
+// scheduler is the proactive-refresh scheduler (package schedule runs it)
+// over this broker.
+func (b *Broker) scheduler() schedule.Runner[*entry] {
+	return schedule.Runner[*entry]{Core: schedCore{b}, Wakes: &b.wakes, Now: b.opts.Now, Go: b.goTracked, FailureWait: scheduledFailureWait}
+}
+
+// schedCore is the rotation core as the scheduler sees it: its entries,
+// each due as due says, or when a rotation is held in memory; other
+// changes wake it (entry.wake).
+type schedCore struct{ b *Broker }
+
+var _ schedule.Core[*entry] = schedCore{}
+
+func (c schedCore) Credentials() []*entry { return c.b.snapshotEntries() }
+
+// Holds reports whether e is still the broker's entry for its credential.
+func (c schedCore) Holds(e *entry) bool {
+	c.b.entriesMu.RLock()
+	defer c.b.entriesMu.RUnlock()
+	return c.b.entries[e.id] == e
+}
+
+func (c schedCore) Look(e *entry, now time.Time) schedule.Look {
 	v := e.view.Load()
 	held := e.rescue.Load() != nil
 	e.mu.Lock()
-	retryAt := e.retryAt
-	busy := e.flight != nil
+	l := schedule.Look{Busy: e.flight != nil, RetryAt: e.retryAt}
 	e.mu.Unlock()
 	switch {
-	case busy:
-		sched.Soon(e)
-		return true
-	case now.Before(retryAt):
-		sched.At(e, retryAt)
-		return true
-	case !held && !b.due(e, v, now):
-		sched.At(e, b.nextCheck(e, v, now))
-		return true
+	case l.Busy || now.Before(l.RetryAt):
+	case held || c.b.due(e, v, now):
+		l.Due, l.Endpoint = true, schedule.Endpoint(v.cred.Spec.Endpoint().TokenURL)
+	default:
+		l.Next = c.b.timing(v).NextCheck(c.b.owns(e.id), now)
 	}
-	// Due: look again on the next tick, when the refresh is in flight or
-	// done, or a slot may be free.
-	sched.Soon(e)
-	endpoint := schedule.Endpoint(v.cred.Spec.Endpoint().TokenURL)
-	if !slots.Take(endpoint) {
-		return true
-	}
-	started := b.goTracked(func() {
-		defer slots.Give(endpoint)
-		need := func(v *view) bool {
-			return e.rescue.Load() != nil || b.due(e, v, b.opts.Now())
-		}
-		ctx, cancel := context.WithTimeout(b.ctx, b.opts.Refresh.Timeout)
-		defer cancel()
-		if _, err := b.refresh(ctx, e, need); err != nil {
-			e.mu.Lock()
-			e.retryAt = b.opts.Now().Add(scheduledFailureWait)
-			e.mu.Unlock()
-			b.log.WarnContext(ctx, "scheduled refresh failed", "credential", e.id, "err", err)
-		}
-	})
-	if !started {
-		slots.Give(endpoint)
-		return false
-	}
-	return true
+	return l
 }
 
-// nextCheck says when e, not due now, may become due by time alone: at its
-// access refresh time or half-way through the idle timeout, whichever is
-// first (zero: never). Other changes wake it (entry.wake).
-func (b *Broker) nextCheck(e *entry, v *view, now time.Time) (at time.Time) {
-	if v.fam.Status != family.StatusActive || v.fam.Access == nil {
-		return time.Time{}
+func (c schedCore) Refresh(e *entry) error {
+	b := c.b
+	need := func(v *view) bool {
+		return e.rescue.Load() != nil || b.due(e, v, b.opts.Now())
 	}
-	if access := b.timing(v).AccessDue(); now.Before(access) {
-		at = access
-	}
-	if idle := b.timing(v).IdleDue(); !idle.IsZero() && (at.IsZero() || idle.Before(at)) && (now.Before(idle) || b.owns(e.id)) {
-		at = idle
-	}
-	return at
+	ctx, cancel := context.WithTimeout(b.ctx, b.opts.Refresh.Timeout)
+	defer cancel()
+	_, err := b.refresh(ctx, e, need)
+	return err
+}
+
+func (c schedCore) HoldBack(e *entry, until time.Time, err error) {
+	e.mu.Lock()
+	e.retryAt = until
+	e.mu.Unlock()
+	c.b.log.WarnContext(c.b.ctx, "scheduled refresh failed", "credential", e.id, "err", err)
 }
 
 // wake makes the next tick look at e; a tick sees nothing else but its
@@ -148,11 +106,4 @@ func (b *Broker) wakeShards(shards uint64) {
 			e.wake()
 		}
 	}
-}
-
-// holds reports whether e is still the broker's entry for its credential.
-func (b *Broker) holds(e *entry) bool {
-	b.entriesMu.RLock()
-	defer b.entriesMu.RUnlock()
-	return b.entries[e.id] == e
 }

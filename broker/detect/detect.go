@@ -1,8 +1,9 @@
 // Package detect is early detection: the periodic check that asks the
 // provider about every idle family's refresh token, and the policy that
-// says when an inactive answer may be taken for a revocation. The rotation
-// core does the asking and the revoking (broker/detect.go); this package
-// decides when, how many at once, and what an answer can prove.
+// says when an inactive answer may be taken for a revocation. This package
+// decides when, how many at once, asks the provider (Asker) and says what
+// an answer can prove; the rotation core re-reads the family and revokes
+// it through its one revocation path (broker/detect.go).
 //
 // A family the provider revoked (a legacy client or a
 // thief presented an old refresh token of it, an admin revoked the app's

@@ -139,6 +139,41 @@ func (t Timing) AccessDue() time.Time {
 	return due
 }
 
+// ScheduledDue reports whether the scheduler refreshes an active family
+// at now: one without an access token (an imported token whose first
+// refresh failed) at once, a used token (used) from AccessDue, and, on
+// the replica whose duty it is (owns), any from IdleDue.
+func (t Timing) ScheduledDue(used, owns bool, now time.Time) bool {
+	if t.Fam.Status != StatusActive {
+		return false
+	}
+	if t.Fam.Access == nil {
+		return true
+	}
+	if used && !now.Before(t.AccessDue()) {
+		return true
+	}
+	idle := t.IdleDue()
+	return !idle.IsZero() && !now.Before(idle) && owns
+}
+
+// NextCheck says when a family not due at now may become due by time
+// alone: at its access refresh time or half-way through the idle timeout
+// (past already: only on the replica whose duty it is, owns), whichever
+// is first; zero: never.
+func (t Timing) NextCheck(owns bool, now time.Time) (at time.Time) {
+	if t.Fam.Status != StatusActive || t.Fam.Access == nil {
+		return time.Time{}
+	}
+	if access := t.AccessDue(); now.Before(access) {
+		at = access
+	}
+	if idle := t.IdleDue(); !idle.IsZero() && (at.IsZero() || idle.Before(at)) && (now.Before(idle) || owns) {
+		at = idle
+	}
+	return at
+}
+
 // IdleDue is half-way through the provider's refresh-token idle timeout.
 func (t Timing) IdleDue() time.Time {
 	idle := t.Cred.Spec.RefreshIdle
@@ -181,16 +216,6 @@ func (f *Record) HeldBack(now time.Time) (*pacing.FloorError, bool) {
 		return nil, false
 	}
 	return &pacing.FloorError{Life: life, Interval: interval, Until: until}, true
-}
-
-// Corroborable reports whether an inactive answer about the refresh token
-// could be taken for a revocation (see detect.Corroborable).
-func (t Timing) Corroborable(now time.Time) bool {
-	a := t.Fam.Access
-	if a == nil {
-		return detect.Corroborable(t.Cred.Spec.ProviderKind == credspec.ProviderOAuth2, "", time.Time{}, now)
-	}
-	return detect.Corroborable(t.Cred.Spec.ProviderKind == credspec.ProviderOAuth2, a.Token, a.AliveAtProviderUntil(), now)
 }
 
 // AliveAtProviderUntil is when a may first be expired at the provider.

@@ -140,6 +140,19 @@ type Log struct {
 	waiting []*appendGroup
 }
 
+// Unread reports, as an error saying since when, that the log's head has
+// not been read for several poll intervals (three, and at least 5 s):
+// Follow reads it every interval, so a replica that has not for that long
+// does not reach its store, and cannot rotate, record or announce
+// anything (the broker's Ready).
+func (l *Log) Unread() error {
+	window := max(3*l.poll, 5*time.Second)
+	if since := time.Since(l.LastRead()); since > window {
+		return fmt.Errorf("last read %s ago (more than %s)", since.Round(time.Second), window)
+	}
+	return nil
+}
+
 func (l *Log) LastRead() time.Time {
 	if n := l.readAt.Load(); n != 0 {
 		return time.Unix(0, n)

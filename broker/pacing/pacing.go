@@ -1,6 +1,7 @@
 // Package pacing is how often a credential's tokens are refreshed and how
 // long before its end a token stops being handed out: pure functions of a
-// token's lifetime.
+// token's lifetime; and how often consumers' rejected-token reports may
+// make the broker ask the provider or refresh (Rejections).
 package pacing
 
 import (
@@ -82,3 +83,33 @@ const MaxCutoffAllowance = 500 * time.Millisecond
 func CutoffAllowance(life time.Duration) time.Duration {
 	return max(min(MaxCutoffAllowance, life/40), 0)
 }
+
+// RejectionProbeInterval bounds the introspections rejected-token reports
+// cause per credential when the provider keeps vouching for the token
+// (never longer than the rejection interval itself).
+const RejectionProbeInterval = time.Second
+
+// Rejections paces one credential's rejected-token reports with two
+// windows: a report that leads to a refresh closes the rejection interval
+// (30 s by default), so consumers cannot burn rotations at will; one the
+// provider disproves only closes the short probe interval, so a false
+// alarm does not block the report of a real revocation seconds later. The
+// zero value has seen no report; not safe for concurrent use (the
+// caller's lock guards it).
+type Rejections struct {
+	// refreshed is when a report last caused a refresh; probed when one
+	// last made the broker ask the provider.
+	refreshed, probed time.Time
+}
+
+// Wait is how long a report at now must wait under interval, the
+// rejection interval (zero or less: not at all).
+func (r *Rejections) Wait(now time.Time, interval time.Duration) time.Duration {
+	return max(r.refreshed.Add(interval).Sub(now), r.probed.Add(min(RejectionProbeInterval, interval)).Sub(now))
+}
+
+// Probed records that a report at now made the broker ask the provider.
+func (r *Rejections) Probed(now time.Time) { r.probed = now }
+
+// Refreshed records that a report at now caused a refresh.
+func (r *Rejections) Refreshed(now time.Time) { r.refreshed = now }
