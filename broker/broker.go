@@ -139,7 +139,7 @@ func New(ctx context.Context, cfg Config, opts ...option.Option) (*Broker, error
 	}
 	b.notices = notice.New(b.store, o.Notice, o.Now, b.log)
 	b.discovery = discovery.New(b.provider, o.Now, &b.metrics, b.log)
-	b.catalog = catalog.New(b.store, catalogCredentials{b}, b.log)
+	b.catalog = catalog.New(b.store, registry.Incarnations{Store: b.store}, b.log)
 	b.creds = b.newRegistry()
 	flowOpts := o.Flow
 	flowOpts.RetryBase = o.Refresh.RetryBase
@@ -293,18 +293,7 @@ func (b *Broker) readView(ctx context.Context, id string) (*view, error) {
 }
 
 func (b *Broker) readCredential(ctx context.Context, id string) (*family.Credential, uint64, error) {
-	credRec, err := b.store.Get(ctx, family.CredentialKey(id))
-	if err != nil {
-		if errors.Is(err, store.ErrNotFound) {
-			return nil, 0, fmt.Errorf("%w: %s", brokererr.ErrNotFound, id)
-		}
-		return nil, 0, storeUnavailable(err)
-	}
-	var cred family.Credential
-	if err := decodeRecord(credRec.Value, &cred, &cred.Format); err != nil {
-		return nil, 0, err
-	}
-	return &cred, credRec.Version, nil
+	return registry.ReadCredential(ctx, b.store, id)
 }
 
 func (b *Broker) newView(cred *family.Credential, credVersion uint64, fam *family.Record, famVersion uint64) *view {
