@@ -17,7 +17,7 @@ import (
 // discovery, stats, spans, access, notice, authflow, catalog, detect,
 // internal/schedule, internal/life. Issue 12's target of at most 2,500
 // is reached; the budget only ever goes down.
-const coreLineBudget = 2500
+const coreLineBudget = 2490
 
 // TestRotationCoreStaysSmall fails when the rotation core grows past its
 // budget: a new part belongs in a package of its own behind a small

@@ -2,8 +2,10 @@ package broker
 
 import (
 	"context"
+	"errors"
 
 	"github.com/rotavault/rotavault/audit"
+	"github.com/rotavault/rotavault/broker/brokererr"
 	"github.com/rotavault/rotavault/broker/family"
 	"github.com/rotavault/rotavault/broker/notice"
 	"github.com/rotavault/rotavault/broker/registry"
@@ -34,7 +36,22 @@ func (c registryCore) Read(ctx context.Context, id string) (registry.Records, er
 	return registry.Records{ID: id, Cred: v.cred, CredVersion: v.credVersion, Fam: v.fam, FamVersion: v.famVersion}, nil
 }
 
-func (c registryCore) Describe(ctx context.Context, id string) (registry.Credential, error) {
+// Describe with fromStore reads the store first: a family that is not
+// active announces no notice when another replica deletes or changes its
+// credential, so this replica's view alone could describe what is gone.
+func (c registryCore) Describe(ctx context.Context, id string, fromStore bool) (registry.Credential, error) {
+	if fromStore {
+		v, err := c.b.readView(ctx, id)
+		if errors.Is(err, brokererr.ErrNotFound) {
+			c.b.dropEntry(id)
+		}
+		if err != nil {
+			return registry.Credential{}, err
+		}
+		if e, err := c.b.entry(ctx, id); err == nil && (e.view.Load().credVersion != v.credVersion || e.view.Load().famVersion < v.famVersion) {
+			e.setView(v)
+		}
+	}
 	e, err := c.b.entry(ctx, id)
 	if err != nil {
 		return registry.Credential{}, err

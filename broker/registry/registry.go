@@ -42,8 +42,10 @@ type Core interface {
 	// brokererr.ErrNotFound, *brokererr.UnavailableError.
 	Read(ctx context.Context, id string) (Records, error)
 	// Describe describes id as this replica holds it, loading it on first
-	// use. Errors: Read's.
-	Describe(ctx context.Context, id string) (Credential, error)
+	// use; with fromStore as the store holds it now (a credential deleted
+	// or changed by another replica is forgotten or updated here). Errors:
+	// Read's.
+	Describe(ctx context.Context, id string, fromStore bool) (Credential, error)
 	// Created makes a credential just stored, without a family, this
 	// replica's, and describes it.
 	Created(cred *family.Credential, version uint64) Credential
@@ -187,13 +189,14 @@ func (c *Credentials) Update(ctx context.Context, id string, fields []credspec.F
 	}
 }
 
-// Get describes a credential. Errors: *InvalidArgumentError,
+// Get describes a credential as the store holds it now (two store reads),
+// whichever replica changed it last. Errors: *InvalidArgumentError,
 // ErrNotFound, *UnavailableError.
 func (c *Credentials) Get(ctx context.Context, id string) (Credential, error) {
 	if err := credspec.ValidateID(id); err != nil {
 		return Credential{}, err
 	}
-	return c.core.Describe(ctx, id)
+	return c.core.Describe(ctx, id, true)
 }
 
 // List lists up to limit credentials with ids after `after`, in
@@ -211,7 +214,7 @@ func (c *Credentials) List(ctx context.Context, after string, limit int) ([]Cred
 	out := make([]Credential, 0, len(keys))
 	for _, k := range keys {
 		id := strings.TrimPrefix(k, family.CredentialsPrefix)
-		desc, err := c.core.Describe(ctx, id)
+		desc, err := c.core.Describe(ctx, id, false)
 		if errors.Is(err, brokererr.ErrNotFound) {
 			continue // deleted meanwhile
 		}
