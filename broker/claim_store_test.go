@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -88,18 +89,21 @@ func TestSlowClaimWriteBlamesTheStoreNotTheProvider(t *testing.T) {
 // presented nothing.
 type pausedProvider struct {
 	Provider
-	entered chan struct{}
+	entered chan struct{} // closed when the first refresh pauses
 	resume  chan struct{}
+	paused  atomic.Bool
 }
 
+// Refresh pauses the first refresh, however late the test gets to wait for
+// it (a send on an unbuffered channel paused only a refresh that found the
+// test already waiting, and under load let it through to the provider).
 func (p *pausedProvider) Refresh(ctx context.Context, ep provider.Endpoint, cc provider.ClientCredentials, rt string) (*provider.Token, error) {
-	select {
-	case p.entered <- struct{}{}:
-		<-p.resume
-		return nil, &provider.Error{Op: "refresh", Outcome: provider.OutcomeUnknown, Description: "timeout (test)"}
-	default:
+	if !p.paused.CompareAndSwap(false, true) {
 		return p.Provider.Refresh(ctx, ep, cc, rt)
 	}
+	close(p.entered)
+	<-p.resume
+	return nil, &provider.Error{Op: "refresh", Outcome: provider.OutcomeUnknown, Description: "timeout (test)"}
 }
 
 // Callers queued on a replica paused past its claim got ABORTED when it
