@@ -7,6 +7,7 @@ import (
 	"github.com/rotavault/rotavault/broker/credspec"
 	"github.com/rotavault/rotavault/broker/family"
 	"github.com/rotavault/rotavault/broker/option"
+	"github.com/rotavault/rotavault/internal/poll"
 	"path/filepath"
 	"strings"
 	"sync/atomic"
@@ -138,6 +139,14 @@ func TestListingPageStoreWorkDoesNotGrowWithCredentials(t *testing.T) {
 	measure := func(n int) (creds, consumers []work) {
 		sw := &storeWork{Store: openBolt(t)}
 		b := newTestBroker(t, sw, option.WithSchedulerInterval(time.Hour), option.WithIntrospectionInterval(0), option.WithDiscoveryInterval(0))
+		// The background load lists the store once at start: let it find
+		// the store empty, so that no credential is loaded at either size
+		// (one that was costs its page no reads, and a race with the
+		// seeding made the pages of one size cheaper than the other's).
+		poll.Until(t, 10*time.Second, "the background load of the empty store", func() bool {
+			l := b.Stats().Loading
+			return l.Listed && l.Loaded == l.ToLoad
+		})
 		seedListing(t, sw, n, true)
 		ctx := t.Context()
 		for _, after := range listingPages(n) {
