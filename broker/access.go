@@ -38,18 +38,19 @@ func (b *Broker) GetAccessToken(ctx context.Context, req access.Request) (access
 	if v.fam.Status != family.StatusActive {
 		v = b.recheckInactive(ctx, e, v)
 	}
-	if err := b.timing(v).CheckMinRemaining(req.MinRemaining); err != nil {
+	t, now := b.timing(v), b.opts.Now()
+	if err := t.CheckMinRemaining(req.MinRemaining); err != nil {
 		return access.Token{}, err
 	}
-	if req.Rejected == nil && b.timing(v).Fresh(req.MinRemaining, b.opts.Now()) && !e.beingRotated(v) {
+	if req.Rejected == nil && t.Fresh(req.MinRemaining, now) && !e.beingRotated(v) {
 		e.markUsed()
 		b.metrics.CacheHits.Add(1)
-		return b.timing(v).Token(b.opts.Now()), nil // the hot path: no allocation, no store
+		return t.Token(now), nil // the hot path: no allocation, no store
 	}
 	b.metrics.CacheMisses.Add(1)
 	need := b.needsRefresh(e, req.MinRemaining)
 	if req.Rejected == nil {
-		if floor, held := b.timing(v).HoldsBack(b.opts.Now()); held && !e.beingRotated(v) {
+		if floor, held := t.HoldsBack(now); held && !e.beingRotated(v) {
 			return b.serveHeldBack(e, v, floor)
 		}
 		if b.cutOff(e, v, req.MinRemaining) {
@@ -125,16 +126,17 @@ func (b *Broker) recheckInactive(ctx context.Context, e *entry, v *view) *view {
 
 // needsRefresh returns the test a view fails when its token cannot serve a
 // caller wanting minRemaining and the rotation floor lets it be refreshed
-// (see rotationInterval), or when this replica is rotating it.
+// (see pacing.RotationInterval), or when this replica is rotating it.
 func (b *Broker) needsRefresh(e *entry, minRemaining time.Duration) func(*view) bool {
 	return func(v *view) bool {
 		if e.beingRotated(v) {
 			return true
 		}
-		if b.timing(v).Fresh(minRemaining, b.opts.Now()) {
+		t, now := b.timing(v), b.opts.Now()
+		if t.Fresh(minRemaining, now) {
 			return false
 		}
-		_, held := b.timing(v).HoldsBack(b.opts.Now())
+		_, held := t.HoldsBack(now)
 		return !held
 	}
 }

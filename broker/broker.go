@@ -272,7 +272,7 @@ func (b *Broker) load(ctx context.Context, id string) (*entry, error) {
 }
 
 func (b *Broker) readView(ctx context.Context, id string) (*view, error) {
-	cred, credVersion, err := b.readCredential(ctx, id)
+	cred, credVersion, err := registry.ReadCredential(ctx, b.store, id)
 	if err != nil {
 		return nil, err
 	}
@@ -292,10 +292,6 @@ func (b *Broker) readView(ctx context.Context, id string) (*view, error) {
 	return b.newView(cred, credVersion, fam, famVersion), nil
 }
 
-func (b *Broker) readCredential(ctx context.Context, id string) (*family.Credential, uint64, error) {
-	return registry.ReadCredential(ctx, b.store, id)
-}
-
 func (b *Broker) newView(cred *family.Credential, credVersion uint64, fam *family.Record, famVersion uint64) *view {
 	v := &view{cred: cred, credVersion: credVersion, fam: fam, famVersion: famVersion}
 	v.nextRefreshAt = b.timing(v).NextRefresh()
@@ -309,8 +305,12 @@ func (b *Broker) entry(ctx context.Context, id string) (*entry, error) {
 
 func (b *Broker) dropEntry(id string) {
 	b.entriesMu.Lock()
+	e := b.entries[id]
 	delete(b.entries, id)
 	b.entriesMu.Unlock()
+	if e != nil {
+		e.wake() // the next tick forgets it instead of keeping it until its timer
+	}
 }
 
 func (b *Broker) snapshotEntries() []*entry {

@@ -8,6 +8,7 @@ import (
 
 	"github.com/rotavault/rotavault/broker/brokererr"
 	"github.com/rotavault/rotavault/broker/family"
+	"github.com/rotavault/rotavault/broker/registry"
 	"github.com/rotavault/rotavault/broker/spans"
 	"github.com/rotavault/rotavault/store"
 )
@@ -242,7 +243,7 @@ func (b *Broker) claimBase(ctx context.Context, e *entry, optimistic bool) (*vie
 	if now.Sub(time.Unix(0, e.credReadAt.Load())) < credCacheTTL {
 		return cached, nil
 	}
-	cred, credVersion, err := b.readCredential(ctx, e.id)
+	cred, credVersion, err := registry.ReadCredential(ctx, b.store, e.id)
 	if err != nil {
 		return nil, err
 	}

@@ -46,10 +46,9 @@ func TestCodeExchangeWithRejectedClientNamesTheAuthMethod(t *testing.T) {
 // the client rejected, naming the method the request used.
 func TestDeviceStartWithRejectedClientNamesTheAuthMethod(t *testing.T) {
 	ctx := context.Background()
-	sim := startMetadataSim(t)
-	sim.AddClient(providersim.Client{ID: "dev", Secret: "right-secret"})
+	sim := startSim(t, providersim.Config{})
 	b := newTestBroker(t, memstore.New(), option.WithSchedulerInterval(time.Hour))
-	spec := credspec.Spec{ProviderKind: credspec.ProviderSalesforce, BaseURL: sim.URL(), ClientID: "dev", ClientSecret: "wrong-secret", Scopes: []string{"api", "refresh_token"}}
+	spec := credspec.Spec{ProviderKind: credspec.ProviderSalesforce, BaseURL: sim.URL(), ClientID: "c", ClientSecret: "wrong-secret", Scopes: []string{"api", "refresh_token"}}
 	if _, err := b.Credentials().Create(ctx, "d", spec); err != nil {
 		t.Fatal(err)
 	}

@@ -40,7 +40,10 @@ func (c registryCore) Read(ctx context.Context, id string) (registry.Records, er
 // active announces no notice when another replica deletes or changes its
 // credential, so this replica's view alone could describe what is gone.
 func (c registryCore) Describe(ctx context.Context, id string, fromStore bool) (registry.Credential, error) {
-	if fromStore {
+	c.b.entriesMu.RLock()
+	e, loaded := c.b.entries[id]
+	c.b.entriesMu.RUnlock()
+	if fromStore && loaded { // one not loaded yet is read from the store below
 		v, err := c.b.readView(ctx, id)
 		if errors.Is(err, brokererr.ErrNotFound) {
 			c.b.dropEntry(id)
@@ -48,9 +51,7 @@ func (c registryCore) Describe(ctx context.Context, id string, fromStore bool) (
 		if err != nil {
 			return registry.Credential{}, err
 		}
-		if e, err := c.b.entry(ctx, id); err == nil && (e.view.Load().credVersion != v.credVersion || e.view.Load().famVersion < v.famVersion) {
-			e.setView(v)
-		}
+		e.setView(v) // keeps what is newer
 	}
 	e, err := c.b.entry(ctx, id)
 	if err != nil {

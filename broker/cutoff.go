@@ -88,10 +88,11 @@ func (e *entry) presentingAt(v *view) (done func()) {
 // with that token), so they stop handing it out at their next notice poll.
 // It runs in the background: the caller has its token already.
 func (b *Broker) announceOffSchedule(e *entry, prev, next *view) {
-	if prev.fam.Access == nil || !b.timing(prev).KillsPrevious() {
+	t := b.timing(prev)
+	if prev.fam.Access == nil || !t.KillsPrevious() {
 		return
 	}
-	c := b.timing(prev).Cutoff()
+	c := t.Cutoff()
 	now := b.opts.Now()
 	if !c.IsZero() && !now.Before(c) {
 		return // on schedule: every replica stopped serving it at the cutoff
@@ -112,8 +113,8 @@ func (b *Broker) announceOffSchedule(e *entry, prev, next *view) {
 // minRemaining but for the cutoff (or this replica's rotation in flight):
 // such a caller waits for the rotation.
 func (b *Broker) cutOff(e *entry, v *view, minRemaining time.Duration) bool {
-	now := b.opts.Now()
-	return b.timing(v).Unexpired(minRemaining, now) && (b.timing(v).PastCutoff(now) || e.beingRotated(v))
+	t, now := b.timing(v), b.opts.Now()
+	return t.Unexpired(minRemaining, now) && (t.PastCutoff(now) || e.beingRotated(v))
 }
 
 // stateOf is v's family state at this replica's clock: held when a rotation
@@ -126,7 +127,7 @@ func (b *Broker) stateOf(v *view, held bool) family.State {
 }
 
 // awaitScheduledRotation waits, for a caller past v's cutoff, until the
-// scheduled rotation time (at most cutoffAllowance): tokens handed out
+// scheduled rotation time (at most pacing.CutoffAllowance): tokens handed out
 // just before the cutoff stay alive for that long, on every replica and
 // despite clock skew below it. A caller cut off by this replica's own
 // rotation in flight does not wait here: it joins the rotation.

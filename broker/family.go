@@ -86,7 +86,7 @@ func (b *Broker) readEntry(ctx context.Context, e *entry) (*view, error) {
 // updateFamily calls it.
 func (b *Broker) putFamily(ctx context.Context, key string, fam *family.Record, expected uint64) (uint64, error) {
 	fam.Format = recordFormat
-	raw, err := encodeRecord(fam)
+	raw, err := jsonrec.Encode(fam)
 	if err != nil {
 		return 0, err
 	}
@@ -111,9 +111,7 @@ func (b *Broker) putFamily(ctx context.Context, key string, fam *family.Record, 
 }
 
 // recordFormat versions the JSON records the broker keeps in the store (see
-// package record).
+// package jsonrec).
 const recordFormat = jsonrec.Format
-
-func encodeRecord(v any) ([]byte, error) { return jsonrec.Encode(v) }
 
 func decodeRecord(raw []byte, v any, format *int) error { return jsonrec.Decode(raw, v, format) }

@@ -3,6 +3,7 @@ package broker
 import (
 	"context"
 	"errors"
+	"github.com/rotavault/rotavault/broker/internal/jsonrec"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -318,3 +319,6 @@ func newTestBroker(t *testing.T, st store.Store, opts ...option.Option) *Broker 
 	t.Helper()
 	return newBroker(t, Config{Store: st, Provider: provider.New(nil), Auditor: &recordingAuditor{}}, opts...)
 }
+
+// encodeRecord encodes a record as the broker stores it.
+func encodeRecord(v any) ([]byte, error) { return jsonrec.Encode(v) }

@@ -12,7 +12,7 @@ import (
 // BenchmarkCachedGetAccessToken measures the cached GetAccessToken path (an
 // entry lookup, a view load, the freshness checks, markUsed, the answer)
 // on 1,000 credentials whose tokens are in use, against copying the
-// cached answer alone (toAccessToken) in the same run, in alternating
+// cached answer alone (family.Timing.Token) in the same run, in alternating
 // batches so that load from elsewhere falls on both alike. markUsed wakes
 // the scheduler on a first use: the ratio says whether that costs the
 // hot path anything (compare it with the same benchmark before).

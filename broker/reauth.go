@@ -14,6 +14,7 @@ import (
 	"github.com/rotavault/rotavault/broker/family"
 	"github.com/rotavault/rotavault/broker/internal/textcheck"
 	"github.com/rotavault/rotavault/broker/notice"
+	"github.com/rotavault/rotavault/broker/registry"
 	"github.com/rotavault/rotavault/provider"
 )
 
@@ -125,7 +126,7 @@ func (c flowCore) Credential(ctx context.Context, id string, stored bool) (authf
 	}
 	cred := e.view.Load().cred
 	if stored {
-		if cred, _, err = c.b.readCredential(ctx, id); err != nil {
+		if cred, _, err = registry.ReadCredential(ctx, c.b.store, id); err != nil {
 			return authflow.Credential{}, err
 		}
 	}

@@ -10,6 +10,7 @@ import (
 	"github.com/rotavault/rotavault/audit"
 	"github.com/rotavault/rotavault/broker/brokererr"
 	"github.com/rotavault/rotavault/broker/family"
+	"github.com/rotavault/rotavault/broker/registry"
 	"github.com/rotavault/rotavault/broker/spans"
 	"github.com/rotavault/rotavault/internal/ctxwait"
 	"github.com/rotavault/rotavault/provider"
@@ -110,7 +111,7 @@ func (b *Broker) refreshFamily(ctx context.Context, l *claimLease) (*view, error
 			return nil, l.revoke(ctx, d.Reason, family.ProviderDetail(answer))
 		case family.ActionRecheckClient:
 			a.ClientRechecked = true
-			if cred, version, err := b.readCredential(ctx, l.e.id); err == nil && version != l.v.credVersion {
+			if cred, version, err := registry.ReadCredential(ctx, b.store, l.e.id); err == nil && version != l.v.credVersion {
 				l.v = b.newView(cred, version, l.v.fam, l.v.famVersion)
 				continue
 			}

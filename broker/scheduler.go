@@ -33,11 +33,6 @@ func (b *Broker) runScheduler(ctx context.Context) {
 	b.scheduler().Run(ctx, b.opts.Schedule.Interval, schedule.NewTracked[*entry](&b.metrics.Scheduled), schedule.NewSlots(maxScheduledRefreshes, maxScheduledPerEndpoint))
 }
 
-// refreshDue starts the refreshes that are due (see schedule.Runner).
-func (b *Broker) refreshDue(ctx context.Context, slots *schedule.Slots, sched *schedule.Schedule[*entry]) {
-	b.scheduler().Tick(ctx, sched, slots)
-}
-
 // scheduler is the proactive-refresh scheduler (package schedule runs it)
 // over this broker.
 func (b *Broker) scheduler() schedule.Runner[*entry] {
@@ -50,8 +45,6 @@ func (b *Broker) scheduler() schedule.Runner[*entry] {
 type schedCore struct{ b *Broker }
 
 var _ schedule.Core[*entry] = schedCore{}
-
-func (c schedCore) Credentials() []*entry { return c.b.snapshotEntries() }
 
 // Holds reports whether e is still the broker's entry for its credential.
 func (c schedCore) Holds(e *entry) bool {

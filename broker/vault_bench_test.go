@@ -47,7 +47,7 @@ func benchBrokerOver(b *testing.B, st store.Store) (*Broker, *faultStore, []stri
 }
 
 // benchBrokerWith is benchBrokerOver with the provider client wrapped by
-// wrap once the families are imported.
+// wrap (the imports' proving refreshes included).
 func benchBrokerWith(b *testing.B, st store.Store, wrap func(Provider) Provider) (*Broker, *faultStore, []string) {
 	ctx := context.Background()
 	sim, err := providersim.Start(providersim.Config{})
@@ -57,8 +57,7 @@ func benchBrokerWith(b *testing.B, st store.Store, wrap func(Provider) Provider)
 	b.Cleanup(func() { _ = sim.Close() })
 	sim.AddClient(providersim.Client{ID: "bench", Secret: "bench-secret"})
 	count := &faultStore{Store: st}
-	prov := &swappableProvider{Provider: provider.New(nil)}
-	br, err := New(ctx, Config{Store: count, Provider: prov, Auditor: &recordingAuditor{}}, option.WithSchedulerInterval(time.Hour))
+	br, err := New(ctx, Config{Store: count, Provider: wrap(provider.New(nil)), Auditor: &recordingAuditor{}}, option.WithSchedulerInterval(time.Hour))
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -78,13 +77,8 @@ func benchBrokerWith(b *testing.B, st store.Store, wrap func(Provider) Provider)
 			b.Fatal(err)
 		}
 	}
-	prov.Provider = wrap(prov.Provider)
 	return br, count, ids
 }
-
-// swappableProvider lets a benchmark change the provider client after its
-// setup, before any concurrent use.
-type swappableProvider struct{ Provider }
 
 // parallel runs n operations split over benchWorkers goroutines (worker w
 // works on credential w) and returns operations per second.

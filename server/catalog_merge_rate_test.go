@@ -1,6 +1,7 @@
 package server
 
 import (
+	"context"
 	"log/slog"
 	"testing"
 	"time"
@@ -20,7 +21,7 @@ func TestCatalogMergesKnownConsumersOncePerPeriod(t *testing.T) {
 	e.install("cred-b")
 	const interval = time.Minute
 	c := newIssuanceCounter(nil, e.broker.Catalog(), interval, slog.New(slog.DiscardHandler))
-	t.Cleanup(func() { c.close(testCtx(t)) })
+	t.Cleanup(func() { c.close(context.Background()) })
 	clock := time.Now()
 	c.now = func() time.Time { return clock }
 	flush := func() int64 {

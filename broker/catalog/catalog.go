@@ -120,7 +120,7 @@ func randomWriteID() string {
 // catalogRecord is a credential's catalog in the store.
 type catalogRecord struct {
 	Format int `json:"format"`
-	// Incarnation is the credential's (see familyKey): a catalog left by an
+	// Incarnation is the credential's (see family.Credential.FamilyKey): a catalog left by an
 	// earlier credential of the same id is not this one's.
 	Incarnation string `json:"incarnation,omitempty"`
 	// Consumers are sorted by identity, each identity once.

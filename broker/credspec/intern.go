@@ -5,7 +5,7 @@ import (
 	"unique"
 )
 
-// Intern returns a copy of s that shares its bytes with the other strings
+// intern returns a copy of s that shares its bytes with the other strings
 // of the same text interned since the last garbage collection that found
 // none of them held by a unique.Handle (the canonical copy is kept only
 // while a handle is). Strings many credentials hold alike — one connected
@@ -13,22 +13,22 @@ import (
 // types and statuses — are then held once per burst of loading instead of
 // once per credential: 100,000 credentials loaded at start share a few
 // copies.
-func Intern(s string) string {
+func intern(s string) string {
 	if s == "" {
 		return s
 	}
 	return unique.Make(s).Value()
 }
 
-// InternAll interns every string of ss in place.
-func InternAll(ss []string) {
+// internAll interns every string of ss in place.
+func internAll(ss []string) {
 	for i, s := range ss {
-		ss[i] = Intern(s)
+		ss[i] = intern(s)
 	}
 }
 
 // UnmarshalJSON decodes a stored spec, interning the strings credentials
-// of one provider and one app hold alike (see Intern). The client secret
+// of one provider and one app hold alike (see intern). The client secret
 // is left as decoded: a secret is not handed to a process-wide table, even
 // a weak one.
 func (s *Spec) UnmarshalJSON(raw []byte) error {
@@ -38,9 +38,9 @@ func (s *Spec) UnmarshalJSON(raw []byte) error {
 	}
 	for _, p := range []*string{&s.BaseURL, &s.TokenURL, &s.AuthorizeURL, &s.RevocationURL, &s.IntrospectionURL, &s.ClientID,
 		&s.DeviceAuthorizationURL, &s.InstanceURLDomain, &s.Issuer} {
-		*p = Intern(*p)
+		*p = intern(*p)
 	}
-	InternAll(s.Scopes)
+	internAll(s.Scopes)
 	return nil
 }
 
@@ -52,8 +52,8 @@ func (d *DiscoveredMetadata) UnmarshalJSON(raw []byte) error {
 		return err
 	}
 	for _, p := range []*string{&d.Issuer, &d.URL, &d.TokenURL, &d.AuthorizeURL, &d.RevocationURL, &d.IntrospectionURL, &d.DeviceAuthorizationURL} {
-		*p = Intern(*p)
+		*p = intern(*p)
 	}
-	InternAll(d.TokenEndpointAuthMethods)
+	internAll(d.TokenEndpointAuthMethods)
 	return nil
 }

@@ -31,7 +31,7 @@ const (
 type Credential struct {
 	Format int    `json:"format"`
 	ID     string `json:"id"`
-	// Incarnation is random per creation of the id (see familyKey).
+	// Incarnation is random per creation of the id (see Credential.FamilyKey).
 	Incarnation string        `json:"incarnation,omitempty"`
 	Spec        credspec.Spec `json:"spec"`
 	CreatedAt   time.Time     `json:"created_at"`

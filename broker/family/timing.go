@@ -28,7 +28,7 @@ import (
 //   - Rotations off the schedule (a min_remaining beyond the fresh window, a
 //     confirmed rejected-token report, an idle-timeout refresh, a takeover):
 //     the replica that stored one appends a replicas-only notice
-//     (NoticeAccessRotated) to the notice log; every other replica re-reads
+//     (notice.AccessRotated) to the notice log; every other replica re-reads
 //     the family at its next poll (500 ms) and stops handing out the old
 //     token. On the refreshing replica itself, callers stop getting the old
 //     token the moment the refresh token is presented (the broker's entry.presenting). A
@@ -132,7 +132,7 @@ func (t Timing) AccessDue() time.Time {
 	}
 	life := t.Fam.TokenLife()
 	due := a.ExpiresAt.Add(-pacing.RefreshAhead(a.ExpiresAt.Sub(a.IssuedAt)) - pacing.ExpiryMargin(t.ExpiryDelta, life))
-	// Never sooner than the rotation floor allows (see rotationInterval).
+	// Never sooner than the rotation floor allows (see pacing.RotationInterval).
 	if floor := t.Fam.LastRefreshAt.Add(pacing.RotationInterval(life)); !t.Fam.LastRefreshAt.IsZero() && floor.After(due) {
 		due = floor
 	}

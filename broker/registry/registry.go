@@ -119,7 +119,7 @@ func (c *Credentials) Create(ctx context.Context, id string, spec credspec.Spec)
 		return Credential{}, fmt.Errorf("%w: %s", brokererr.ErrAlreadyExists, id)
 	}
 	if err != nil {
-		return Credential{}, storeUnavailable(err)
+		return Credential{}, brokererr.StoreUnavailable(err)
 	}
 	desc := c.core.Created(rec, version)
 	c.core.Audit(ctx, audit.Event{Action: audit.ActionCredentialCreated, Credential: id, Detail: "provider " + spec.ProviderKind.String()})
@@ -174,7 +174,7 @@ func (c *Credentials) Update(ctx context.Context, id string, fields []credspec.F
 			continue
 		}
 		if err != nil {
-			return Credential{}, storeUnavailable(err)
+			return Credential{}, brokererr.StoreUnavailable(err)
 		}
 		desc, err := c.core.Updated(ctx, r, &next, version)
 		if err != nil {
@@ -209,7 +209,7 @@ func (c *Credentials) List(ctx context.Context, after string, limit int) ([]Cred
 	}
 	keys, more, err := c.store.ListPage(ctx, family.CredentialsPrefix, family.CredentialsPrefix+after, limit)
 	if err != nil {
-		return nil, false, storeUnavailable(err)
+		return nil, false, brokererr.StoreUnavailable(err)
 	}
 	out := make([]Credential, 0, len(keys))
 	for _, k := range keys {
@@ -242,14 +242,12 @@ func (c *Credentials) Delete(ctx context.Context, id string) error {
 	// The consumer catalog goes after the credential: see dropOrphanCatalog.
 	for _, key := range []string{r.Cred.FamilyKey(), family.CredentialKey(id), catalog.Key(id)} {
 		if err := c.store.Delete(ctx, key); err != nil {
-			return storeUnavailable(err)
+			return brokererr.StoreUnavailable(err)
 		}
 	}
 	c.core.Deleted(ctx, id, r.Fam)
 	return nil
 }
-
-func storeUnavailable(err error) error { return brokererr.StoreUnavailable(err) }
 
 // StoreDiscovered writes md into id's credential record, if the credential
 // still names issuer and its stored document differs.
@@ -274,7 +272,7 @@ func (c *Credentials) StoreDiscovered(ctx context.Context, id, issuer string, md
 			continue
 		}
 		if err != nil {
-			return fmt.Errorf("broker: storing discovered metadata: %w", storeUnavailable(err))
+			return fmt.Errorf("broker: storing discovered metadata: %w", brokererr.StoreUnavailable(err))
 		}
 		if _, err := c.core.Updated(ctx, r, &next, version); err != nil {
 			return err

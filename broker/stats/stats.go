@@ -74,9 +74,11 @@ type Stats struct {
 	// (for --issuer); DiscoveryFailures the fetches that failed or were
 	// refused (too large, another issuer, an insecure endpoint).
 	Discoveries, DiscoveryFailures int64
-	// Scheduled counts the credentials the scheduler keeps track of, as of
-	// its last tick: each has its place once a sweep has looked at it
-	// (every credential within stored credentials ÷ 1,000 ticks).
+	// Scheduled counts the credentials the scheduler keeps a place for, as
+	// of its last tick: those with a time to look at them again (or a
+	// refresh in flight). A credential gets its place at the first tick
+	// after it was loaded (loading wakes it); one never due by time alone
+	// (no access token, not active) has none.
 	Scheduled int64
 	// NoticeLogReadAt is when this replica last read the shared notice log
 	// successfully: how current its view of the store is.

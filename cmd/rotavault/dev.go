@@ -103,7 +103,7 @@ Examples:
 	cmd.Flags().StringVar(&addr, "addr", defaultServer, "address of the server (loopback only)")
 	cmd.Flags().StringVar(&httpListen, "http-listen", "127.0.0.1:0", "address of the HTTP endpoints, whose /oauth/callback finishes 'reauth start' flows (loopback only; port 0 picks one, printed at start)")
 	cmd.PersistentFlags().StringVar(&dataDir, "data-dir", defaultDevDataDir, "directory of the dev store, its key and the audit trail")
-	cmd.Flags().DurationVar(&issuanceFlush, issuanceFlushFlag, devIssuanceFlush, "how often the tokens handed out are summarised into the audit trail and the consumer catalog (rotavault consumers)")
+	cmd.Flags().DurationVar(&issuanceFlush, issuanceFlushFlag, devIssuanceFlush, "how often the tokens handed out are summarised into the audit trail and new consumers added to the consumer catalog (rotavault consumers; known consumers' counts every ten intervals)")
 	// Quiet by default: the banner with what to try next stays on screen
 	// instead of scrolling away under a line per call.
 	logs.human = true

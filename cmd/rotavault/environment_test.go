@@ -187,7 +187,8 @@ func TestDocumentedVariablesAreRead(t *testing.T) {
 		// The restart benchmark's (broker/restart_bench_test.go).
 		"ROTAVAULT_BENCH_CREDENTIALS": true,
 		// The memory benchmark's (cmd/rotavault/memory_bench_test.go).
-		"ROTAVAULT_BENCH_MEM_CREDENTIALS": true, "ROTAVAULT_BENCH_MEM_AGING_CREDENTIALS": true}
+		"ROTAVAULT_BENCH_MEM_CREDENTIALS": true, "ROTAVAULT_BENCH_MEM_AGING_CREDENTIALS": true,
+		"ROTAVAULT_BENCH_MEM_PROFILE": true}
 	retired := map[string]bool{"ROTAVAULT_SERVER": true, "ROTAVAULT_TLS_CERT": true, "ROTAVAULT_SCOPE": true}
 	// What agent --exec sets for its command; the stem of the agent's
 	// ROTAVAULT_AGENT_<FLAG>.

@@ -232,7 +232,7 @@ func (n *testNode) stop(t *testing.T) {
 // stopServer cancels a runServer started with cancel and reporting on
 // *done, waits for it and checks that it stopped cleanly; *done is nil
 // afterwards, and a nil *done means nothing runs.
-func stopServer(t *testing.T, cancel func(), done *chan error) {
+func stopServer(t testing.TB, cancel func(), done *chan error) {
 	t.Helper()
 	if *done == nil {
 		return

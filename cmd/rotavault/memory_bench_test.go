@@ -232,8 +232,8 @@ func runMemoryScenario(b testing.TB, n, agingN, accessLen int) memoryScenario {
 	out.fileSize = fi.Size()
 	node = startMemoryNode(b, dir, key, clock)
 	defer node.stop(b)
-	// Idle, steady: loaded, and each looked at once by the scheduler's
-	// sweep, which keeps a place for every credential.
+	// Idle, steady: loaded, and each placed by a scheduler tick (loading
+	// wakes it; the seeded tokens all have a refresh time ahead).
 	poll.Until(b, 10*time.Minute, "every credential loaded and scheduled", func() bool {
 		s := node.broker.Stats()
 		return s.Loading.Listed && s.Loading.Loaded == s.Loading.ToLoad && s.Scheduled >= s.Loading.ToLoad
@@ -283,7 +283,7 @@ func startMemoryNode(b testing.TB, dir string, key boltstore.Key, clock *fakeclo
 	cfg := serverConfig{
 		Addr: "127.0.0.1:0", DataDir: dir, Key: key,
 		Logger: slog.New(slog.DiscardHandler),
-		// A sweep every 20 ms instead of 5 s: the steady state sooner.
+		// A tick every 20 ms instead of 5 s: the steady state sooner.
 		BrokerOptions: []option.Option{option.WithClock(clock.Now), option.WithSchedulerInterval(20 * time.Millisecond)},
 		wrapStore: func(st store.Store) store.Store {
 			n.store, _ = st.(*boltstore.Store)
@@ -300,6 +300,13 @@ func startMemoryNode(b testing.TB, dir string, key boltstore.Key, clock *fakeclo
 	case err := <-n.done:
 		cancel()
 		b.Fatalf("server did not start: %v", err)
+	case <-time.After(awaitDeadline):
+		cancel()
+		b.Fatal("server did not become ready")
+	}
+	if n.store == nil {
+		n.stop(b)
+		b.Fatal("the node's store is not the embedded store")
 	}
 	return n
 }
@@ -315,16 +322,7 @@ func (n *memoryNode) sample(b testing.TB) (released, unreleased memSample) {
 	return sampleMemory(b), unreleased
 }
 
-func (n *memoryNode) stop(b testing.TB) {
-	if n.done == nil {
-		return
-	}
-	n.cancel()
-	if err := <-n.done; err != nil {
-		b.Errorf("server stopped with %v", err)
-	}
-	n.done = nil
-}
+func (n *memoryNode) stop(b testing.TB) { stopServer(b, n.cancel, &n.done) }
 
 // template is the onboarded credential the copies are made of.
 type template struct {

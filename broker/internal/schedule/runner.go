@@ -24,8 +24,6 @@ type Look struct {
 // named by keys of type K. Its methods are called from the scheduler's
 // goroutine, except Refresh and HoldBack.
 type Core[K comparable] interface {
-	// Credentials lists every credential now (a sweep's ring).
-	Credentials() []K
 	// Holds reports whether k is still one of the core's credentials.
 	Holds(k K) bool
 	// Look says what k needs at now. When Busy, or now is before
@@ -40,7 +38,7 @@ type Core[K comparable] interface {
 }
 
 // Runner runs the scheduler over a Core: each tick looks at the
-// credentials a Schedule says to (woken, timed, soon, swept), places
+// credentials a Schedule says to (woken, timed, soon), places
 // each in the schedule again, and starts the refreshes that are due,
 // each in a slot of a Slots. A Runner is a value; Run and Tick belong to
 // the scheduler's goroutine.
@@ -56,7 +54,8 @@ type Runner[K comparable] struct {
 	FailureWait time.Duration
 }
 
-// Run ticks every interval until ctx ends or the owner closes.
+// Run ticks every interval until ctx ends (a tick ends early once the
+// owner is closed).
 func (r Runner[K]) Run(ctx context.Context, interval time.Duration, s *Schedule[K], slots *Slots) {
 	t := time.NewTicker(interval)
 	defer t.Stop()
@@ -73,22 +72,19 @@ func (r Runner[K]) Run(ctx context.Context, interval time.Duration, s *Schedule[
 // Tick starts the refreshes that are due (see Schedule.Tick).
 func (r Runner[K]) Tick(ctx context.Context, s *Schedule[K], slots *Slots) {
 	now := r.Now()
-	s.Tick(now, r.Wakes, r.Core.Credentials, func(k K, listed bool) bool {
-		return r.check(ctx, s, slots, k, now, listed)
-	})
+	s.Tick(now, r.Wakes, func(k K) bool { return r.check(ctx, s, slots, k, now) })
 }
 
 // check starts k's refresh if it is due and places k in the schedule
-// again (listed: k is known to be the core's). It reports false when the
-// scheduler is to stop.
-func (r Runner[K]) check(ctx context.Context, s *Schedule[K], slots *Slots, k K, now time.Time, listed bool) bool {
+// again. It reports false when the scheduler is to stop.
+func (r Runner[K]) check(ctx context.Context, s *Schedule[K], slots *Slots, k K, now time.Time) bool {
 	if ctx.Err() != nil {
 		return false
 	}
 	if !s.FirstLook(k) {
 		return true
 	}
-	if !listed && !r.Core.Holds(k) {
+	if !r.Core.Holds(k) {
 		s.Forget(k)
 		return true
 	}

@@ -19,13 +19,9 @@ import (
 // Schedule is the scheduler's own state, keyed by credential (K).
 type Schedule[K comparable] struct {
 	tick uint64
-	// Sweep, when positive, makes each tick also look at that many
-	// credentials taken in turn from all of them: a safety net for a
-	// change that does not wake its credential. Zero (New's default):
-	// every change that can make a credential due sooner wakes it
-	// (Wakes), and a tick with nothing due or woken costs a heap peek
-	// whatever the number of credentials.
-	Sweep int
+	// items are the credentials with a place: every change that can make
+	// one due sooner wakes it (Wakes), so a tick with nothing due or woken
+	// costs a heap peek whatever the number of credentials.
 	items map[K]*item[K]
 	// timers holds the items with a time to look at them again, earliest
 	// first.
@@ -35,10 +31,6 @@ type Schedule[K comparable] struct {
 	soon []K
 	// looks is the buffer a tick gathers what it looks at into.
 	looks []K
-	// ring is a snapshot of every credential, swept Sweep at a time
-	// from next; taken again when the sweep reaches its end.
-	ring []K
-	next int
 	// tracked, when set, receives Tracked after each tick.
 	tracked *atomic.Int64
 }
@@ -78,11 +70,9 @@ func (s *Schedule[K]) item(k K) *item[K] {
 
 // Tick looks, through check, at the credentials woken since the last tick
 // (wakes may be nil), those whose time in the schedule has come at now,
-// those it meant to look at again on this tick, and, when Sweep is
-// positive, a sweep of Sweep others taken from all(). listed tells check
-// that the credential came from all() on this tick. A check returning
+// and those it meant to look at again on this tick. A check returning
 // false ends the tick.
-func (s *Schedule[K]) Tick(now time.Time, wakes *Wakes[K], all func() []K, check func(k K, listed bool) bool) {
+func (s *Schedule[K]) Tick(now time.Time, wakes *Wakes[K], check func(k K) bool) {
 	s.tick++
 	if s.tracked != nil {
 		defer func() { s.tracked.Store(int64(s.Tracked())) }()
@@ -90,8 +80,8 @@ func (s *Schedule[K]) Tick(now time.Time, wakes *Wakes[K], all func() []K, check
 	// Everything this tick looks at is taken before it looks at any: what
 	// a look defers (Soon, At now or earlier) goes to the next tick, a
 	// change made while this tick looks wakes its credential for the
-	// next, and a credential taken twice is looked at once (FirstLook),
-	// after every change that woke it.
+	// next, and a credential taken twice is looked at once (FirstLook)
+	// unless its first look forgot it (At with no time).
 	looks := wakes.take(s.looks)
 	for len(s.timers) > 0 && !s.timers[0].at.After(now) {
 		it := s.timers[0]
@@ -104,24 +94,10 @@ func (s *Schedule[K]) Tick(now time.Time, wakes *Wakes[K], all func() []K, check
 	s.looks = looks
 	defer clear(looks) // no credential kept alive by the buffer
 	for _, k := range looks {
-		if !check(k, false) {
+		if !check(k) {
 			return
 		}
 	}
-	if s.Sweep <= 0 {
-		return
-	}
-	fresh := s.next >= len(s.ring)
-	if fresh {
-		s.ring, s.next = all(), 0
-	}
-	end := min(s.next+s.Sweep, len(s.ring))
-	for _, k := range s.ring[s.next:end] {
-		if !check(k, fresh) {
-			return
-		}
-	}
-	s.next = end
 }
 
 // Wakes collects the credentials whose due time may have moved since the
@@ -195,8 +171,8 @@ func (s *Schedule[K]) FirstLook(k K) bool {
 	return true
 }
 
-// At makes the schedule look at k again at at. Zero: only when woken (or
-// swept); the schedule then keeps nothing of k, so that a credential
+// At makes the schedule look at k again at at. Zero: only when woken; the
+// schedule then keeps nothing of k, so that a credential
 // dropped without a time to look at it leaves nothing behind.
 func (s *Schedule[K]) At(k K, at time.Time) {
 	if at.IsZero() {

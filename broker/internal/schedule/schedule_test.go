@@ -15,7 +15,7 @@ func TestTickLooksOnceAndKeepsWhatALookPutsOff(t *testing.T) {
 	var w Wakes[string]
 	now := time.Now()
 	var looked []string
-	look := func(k string, _ bool) bool {
+	look := func(k string) bool {
 		if s.FirstLook(k) {
 			looked = append(looked, k)
 			s.At(k, now) // due again at once
@@ -30,7 +30,7 @@ func TestTickLooksOnceAndKeepsWhatALookPutsOff(t *testing.T) {
 	}
 	for tick := range 3 {
 		looked = nil
-		s.Tick(now, &w, nil, look)
+		s.Tick(now, &w, look)
 		slices.Sort(looked)
 		if !slices.Equal(looked, []string{"a", "b"}) {
 			t.Fatalf("tick %d looked at %v, want a and b once each", tick, looked)
@@ -39,7 +39,7 @@ func TestTickLooksOnceAndKeepsWhatALookPutsOff(t *testing.T) {
 	s.At("a", time.Time{})
 	s.At("b", time.Time{})
 	looked = nil
-	s.Tick(now, &w, nil, look)
+	s.Tick(now, &w, look)
 	if len(looked) != 0 || s.Timed() != 0 || len(s.items) != 0 {
 		t.Fatalf("looked at %v, %d timed, %d kept after both were taken off", looked, s.Timed(), len(s.items))
 	}
