@@ -6,11 +6,13 @@ package server
 import (
 	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"runtime/debug"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	grpcprom "github.com/grpc-ecosystem/go-grpc-middleware/providers/prometheus"
@@ -94,6 +96,12 @@ type Config struct {
 	// is what spreads long-lived streams over replicas added later.
 	MaxConnectionAge      time.Duration
 	MaxConnectionAgeGrace time.Duration
+	// ShutdownDelay is how long Shutdown goes on serving after it reports
+	// NOT_SERVING (health Check and Watch; Ready), before it stops taking
+	// calls: time for load balancers and Kubernetes endpoints, which learn
+	// of a replica going away from those probes only periodically, to send
+	// new calls elsewhere. Zero stops at once.
+	ShutdownDelay time.Duration
 	// Limits bounds what any caller, allowed anything or not, can make
 	// the server hold; the zero value means every default.
 	Limits Limits
@@ -142,9 +150,19 @@ type Server struct {
 	// drain ends every streaming call at shutdown.
 	drain    context.CancelFunc
 	issuance *issuanceCounter
-	// readinessDone is closed when the readiness follower has stopped.
+	// readinessDone is closed when the readiness follower has stopped;
+	// stopReadiness stops it.
 	readinessDone chan struct{}
+	stopReadiness context.CancelFunc
+	// shuttingDown is set once Shutdown has begun: Ready fails from then.
+	shuttingDown  atomic.Bool
+	broker        Readiness
+	shutdownDelay time.Duration
+	log           *slog.Logger
 }
+
+// ErrShuttingDown is what Ready reports once Shutdown has begun.
+var ErrShuttingDown = errors.New("shutting down")
 
 // New builds a gRPC server with the token and admin services, the standard
 // health service, optional reflection, and the interceptor chain: recovery
@@ -245,10 +263,13 @@ func New(cfg Config) *Server {
 	if rpcMetrics != nil {
 		rpcMetrics.InitializeMetrics(gs)
 	}
-	s := &Server{GRPC: gs, Health: hs, drain: drain, issuance: issuance, readinessDone: make(chan struct{}),
-		conns: limits.Connections, connMetrics: newConnMetrics(cfg.Registerer), refusals: refusals}
+	readinessCtx, stopReadiness := context.WithCancel(context.Background())
+	s := &Server{GRPC: gs, Health: hs, drain: drain, issuance: issuance, readinessDone: make(chan struct{}), stopReadiness: stopReadiness,
+		conns: limits.Connections, connMetrics: newConnMetrics(cfg.Registerer), refusals: refusals,
+		shutdownDelay: max(cfg.ShutdownDelay, 0), log: log}
 	if cfg.Broker != nil {
-		go s.followReadiness(draining, cfg.Broker, setHealth, log)
+		s.broker = cfg.Broker
+		go s.followReadiness(readinessCtx, cfg.Broker, setHealth, log)
 	} else {
 		close(s.readinessDone)
 	}
@@ -313,12 +334,38 @@ func (s *Server) Serve(lis net.Listener) error {
 	return s.GRPC.Serve(newLimitListener(lis, s.conns, s.connMetrics, s.refusals))
 }
 
-// Shutdown marks the server NOT_SERVING (so load balancers drain it), then
-// stops gracefully, waiting at most for ctx.
+// Ready reports whether this replica should be sent calls: not once
+// Shutdown has begun (ErrShuttingDown), nor while the broker cannot reach
+// its store. It is what the HTTP /readyz endpoint answers with.
+func (s *Server) Ready() error {
+	if s.shuttingDown.Load() {
+		return ErrShuttingDown
+	}
+	if s.broker == nil {
+		return nil
+	}
+	return s.broker.Ready()
+}
+
+// Shutdown marks the server NOT_SERVING (health Check and Watch, Ready), goes
+// on serving for the ShutdownDelay so that load balancers take the replica
+// out first, then ends the watch streams (UNAVAILABLE: resume elsewhere with
+// the cursor) and stops gracefully, waiting at most for ctx.
 func (s *Server) Shutdown(ctx context.Context) {
-	s.drain()
+	s.stopReadiness()
 	<-s.readinessDone // so that it cannot mark the server SERVING again
+	s.shuttingDown.Store(true)
 	s.Health.Shutdown()
+	if s.shutdownDelay > 0 {
+		s.log.InfoContext(ctx, "reporting NOT_SERVING; still serving until the shutdown delay ends", "delay", s.shutdownDelay)
+		t := time.NewTimer(s.shutdownDelay)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+		}
+	}
+	s.drain()
 	done := make(chan struct{})
 	go func() {
 		s.GRPC.GracefulStop()

@@ -10,6 +10,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -104,7 +105,11 @@ type serverConfig struct {
 	// ShutdownTimeout bounds the graceful stop (default 30s); then
 	// remaining calls are cut off.
 	ShutdownTimeout time.Duration
-	BrokerOptions   []option.Option
+	// ShutdownDelay is server.Config's: how long a stopping server goes
+	// on serving while it reports NOT_SERVING; it comes before, not out
+	// of, ShutdownTimeout.
+	ShutdownDelay time.Duration
+	BrokerOptions []option.Option
 	// Ready, if set, is called once the server accepts connections. An
 	// error stops the server, and runServer returns it.
 	Ready func(ctx context.Context, s *runningServer) error
@@ -168,9 +173,9 @@ func runServer(ctx context.Context, cfg serverConfig) (err error) {
 		n = node.New(node.Config{Logger: log, Tracing: cfg.Tracing})
 	}
 	// Every way out closes what was opened, newest first; the graceful
-	// stops share ShutdownTimeout.
+	// stops share ShutdownTimeout, after the ShutdownDelay.
 	defer func() {
-		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), shutdownTimeout(cfg.ShutdownTimeout))
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), max(cfg.ShutdownDelay, 0)+shutdownTimeout(cfg.ShutdownTimeout))
 		defer cancel()
 		_ = n.Close(sctx)
 	}()
@@ -271,6 +276,7 @@ func runServer(ctx context.Context, cfg serverConfig) (err error) {
 		}
 	}
 	var httpAddr net.Addr
+	var grpcServer atomic.Pointer[server.Server]
 	if httpLis != nil {
 		httpAddr = httpLis.Addr()
 		if !isLoopbackAddr(httpAddr) {
@@ -278,11 +284,20 @@ func runServer(ctx context.Context, cfg serverConfig) (err error) {
 			// code seen on this hop useless without the stored verifier.
 			log.Warn("HTTP endpoints listen in plaintext off loopback: put them behind a TLS-terminating proxy (--public-url https://...)", "addr", httpAddr.String())
 		}
-		n.ServeHTTP("HTTP endpoints", server.NewHTTPMux(server.HTTPConfig{Callback: b.Flows(), Logger: log, Ready: b.Ready, Metrics: mx.Handler(), TrustedProxies: proxies}), httpLis)
+		// /readyz answers as the gRPC server does (not ready once it is
+		// shutting down); the HTTP endpoints stop after it, so they are
+		// there to say so during its shutdown delay.
+		ready := func() error {
+			if s := grpcServer.Load(); s != nil {
+				return s.Ready()
+			}
+			return b.Ready()
+		}
+		n.ServeHTTP("HTTP endpoints", server.NewHTTPMux(server.HTTPConfig{Callback: b.Flows(), Logger: log, Ready: ready, Metrics: mx.Handler(), TrustedProxies: proxies}), httpLis)
 		log.Info("HTTP endpoints serving", "addr", httpAddr.String(), "public_url", cfg.PublicURL)
 	}
-	n.ServeGRPC(server.Config{Broker: b, Credentials: b.Credentials(), Flows: b.Flows(), Catalog: b.Catalog(), Logger: log, Reflection: cfg.Reflection, Auth: auth, ExtraOptions: extra, RateLimit: cfg.RateLimit, Auditor: al, ConsumerCatalog: true, IssuanceFlushInterval: cfg.IssuanceFlushInterval, LogSlowCall: cfg.LogSlowCall, MaxConnectionAge: cfg.MaxConnectionAge, MaxConnectionAgeGrace: cfg.MaxConnectionAgeGrace,
-		Limits: cfg.Limits, Registerer: mx.Registry(), Operations: ops}, lis)
+	grpcServer.Store(n.ServeGRPC(server.Config{Broker: b, Credentials: b.Credentials(), Flows: b.Flows(), Catalog: b.Catalog(), Logger: log, Reflection: cfg.Reflection, Auth: auth, ExtraOptions: extra, RateLimit: cfg.RateLimit, Auditor: al, ConsumerCatalog: true, IssuanceFlushInterval: cfg.IssuanceFlushInterval, LogSlowCall: cfg.LogSlowCall, MaxConnectionAge: cfg.MaxConnectionAge, MaxConnectionAgeGrace: cfg.MaxConnectionAgeGrace,
+		Limits: cfg.Limits, Registerer: mx.Registry(), Operations: ops, ShutdownDelay: cfg.ShutdownDelay}, lis))
 	// Closed first: long-polling reauth checks answer now, not at their
 	// end, so the graceful stop does not wait for them.
 	n.OnClose("broker waits", func(context.Context) error { b.Flows().StopWaiting(); return nil })
@@ -433,6 +448,7 @@ func newServeCmd(a *app) *cobra.Command {
 		vaultAuth                        vaultAuthFlags
 		claimTTL, claimMargin            time.Duration
 		noticePoll, maxConnAge           time.Duration
+		shutdownDelay                    time.Duration
 		introspection, rejectedInterval  time.Duration
 		transitKey, transitMount         string
 		tlsCert, tlsKey, tlsClientCA     string
@@ -549,6 +565,10 @@ keys are the flag names with _ for -), then the defaults.`,
 			}
 			scfg.BrokerOptions = append(scfg.BrokerOptions, dutyOpts...)
 			scfg.MaxConnectionAge = maxConnAge
+			if shutdownDelay < 0 {
+				return usageErrorf("--shutdown-delay must not be negative")
+			}
+			scfg.ShutdownDelay = shutdownDelay
 			scfg.HTTPListen, scfg.PublicURL = httpListen, publicURL
 			if issuanceFlush < minIssuanceFlush {
 				return usageErrorf("--%s must be at least %s", issuanceFlushFlag, minIssuanceFlush)
@@ -589,6 +609,7 @@ keys are the flag names with _ for -), then the defaults.`,
 	fs.DurationVar(&introspection, "introspection-interval", detect.DefaultIntrospectionInterval, "how often each active family's refresh token is introspected at its provider (where the credential has an introspection URL) to detect a revocation there without spending a rotation; replicas sharing a store split the families (--duty-lease-period), so the provider sees credentials / interval calls however many replicas run; 0 turns it off. At generic providers a verdict needs the family's access token, known alive at the provider, to be inactive too, so a family nobody fetched a token for lately is not checked: 'credentials show' says per credential whether early detection is active and why not")
 	fs.DurationVar(&rejectedInterval, "rejected-token-interval", 30*time.Second, "least time between two refreshes caused by consumers reporting a rejected access token, per credential (reports the provider disproves wait 1s only)")
 	fs.DurationVar(&noticePoll, "notice-poll-interval", 500*time.Millisecond, "how often this replica reads the shared notice log for revocations and activations other replicas announced: the bound on how late they reach this replica's watchers (one store read each, whatever the number of credentials)")
+	fs.DurationVar(&shutdownDelay, "shutdown-delay", 0, "on SIGTERM/SIGINT, report NOT_SERVING (gRPC health Check and Watch, HTTP /readyz) and go on serving for this long before ending watch streams and refusing new calls, so that load balancers and Kubernetes endpoints take the replica out first: set it to their health-check period or more (the Helm chart uses 5s). The graceful stop's 30s come after it")
 	fs.DurationVar(&maxConnAge, "max-connection-age", server.DefaultMaxConnectionAge, "end each client connection after this long (watch streams end with UNAVAILABLE and resume with their cursor, possibly on another replica); -1s never")
 	fs.DurationVar(&claimTTL, "refresh-claim-ttl", 45*time.Second, "how long a replica's claim on a refresh lasts before another may take it over (see docs/rotation-protocol.md); a credential with a reuse grace period is claimed for at most its grace period minus 2s, so a takeover re-presents the token inside it")
 	fs.DurationVar(&claimMargin, "refresh-claim-margin", 15*time.Second, "how long before its claim ends a replica's provider calls must finish: the bound on process pauses plus clock skew between replicas; every credential's reuse grace period must be 0 or at least this + 5s (a stored credential with a shorter one is logged at ERROR and neither refreshed nor served)")
