@@ -247,7 +247,7 @@ func New(cfg Config) *Server {
 		}
 		issuance = newIssuanceCounter(cfg.Auditor, catalog, cfg.IssuanceFlushInterval, log)
 	}
-	rotavaultv1.RegisterTokenVaultServiceServer(gs, NewTokenVaultService(TokenVaultConfig{Broker: cfg.Broker, Flows: cfg.Flows, Logger: log, issuance: issuance}))
+	rotavaultv1.RegisterTokenVaultServiceServer(gs, NewTokenVaultService(TokenVaultConfig{Broker: cfg.Broker, Flows: cfg.Flows, Logger: log, issuance: issuance, refused: newRefusedTokens(cfg.Registerer)}))
 	rotavaultv1.RegisterCredentialAdminServiceServer(gs, NewCredentialAdminService(adminConfig(cfg, log)))
 	hs := health.NewServer()
 	healthpb.RegisterHealthServer(gs, hs)

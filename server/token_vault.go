@@ -41,8 +41,10 @@ type TokenVaultConfig struct {
 	// Flows runs the code and device flows of Reauthenticate.
 	Flows  AuthFlows
 	Logger *slog.Logger // nil: discard
-	// issuance, when set, counts the tokens handed to each caller.
+	// issuance, when set, counts the tokens handed to each caller;
+	// refused the calls refused.
 	issuance *issuanceCounter
+	refused  refusedTokens
 }
 
 // TokenVaultService implements rotavault.v1.TokenVaultService. Safe for
@@ -53,15 +55,24 @@ type TokenVaultService struct {
 	flows    AuthFlows
 	log      *slog.Logger
 	issuance *issuanceCounter
+	refused  refusedTokens
 }
 
 // NewTokenVaultService returns the token service.
 func NewTokenVaultService(cfg TokenVaultConfig) *TokenVaultService {
-	return &TokenVaultService{broker: cfg.Broker, flows: cfg.Flows, log: loggerOrDiscard(cfg.Logger), issuance: cfg.issuance}
+	return &TokenVaultService{broker: cfg.Broker, flows: cfg.Flows, log: loggerOrDiscard(cfg.Logger), issuance: cfg.issuance, refused: cfg.refused}
 }
 
 // GetAccessToken implements rotavault.v1.TokenVaultService.
 func (s *TokenVaultService) GetAccessToken(ctx context.Context, req *rotavaultv1.GetAccessTokenRequest) (*rotavaultv1.GetAccessTokenResponse, error) {
+	res, err := s.getAccessToken(ctx, req)
+	if err != nil {
+		s.refused.count(err)
+	}
+	return res, err
+}
+
+func (s *TokenVaultService) getAccessToken(ctx context.Context, req *rotavaultv1.GetAccessTokenRequest) (*rotavaultv1.GetAccessTokenResponse, error) {
 	if d := req.GetMinRemainingLifetime(); d != nil && !d.IsValid() {
 		return nil, toStatus(ctx, s.log, &brokererr.InvalidArgumentError{Field: "min_remaining_lifetime", Reason: "not a valid duration"})
 	}

@@ -161,5 +161,25 @@ func TestMetricsFollowWhatTheServerDoes(t *testing.T) {
 	if got := scrape(t, base, `rotavault_revocations_total{reason="admin_revoked"}`); got != 1 {
 		t.Errorf("admin revocations = %v, want 1", got)
 	}
+	// Consumers refused for want of reauthentication are counted though
+	// no refresh runs for them (the refresh failure counters stay put).
+	reauthRefused := `rotavault_access_tokens_refused_total{code="FailedPrecondition",reason="REAUTHENTICATION_REQUIRED"}`
+	if got := scrape(t, base, reauthRefused); got != 0 {
+		t.Errorf("refusals for want of reauthentication before any = %v, want 0 (present from the start)", got)
+	}
+	for range 2 {
+		if _, err := vault.GetAccessToken(ctx, &rotavaultv1.GetAccessTokenRequest{CredentialId: "acme"}); status.Code(err) != codes.FailedPrecondition {
+			t.Fatalf("GetAccessToken on a revoked family: %v, want FAILED_PRECONDITION", err)
+		}
+	}
+	if got := scrape(t, base, reauthRefused); got != 2 {
+		t.Errorf("refusals for want of reauthentication = %v, want 2", got)
+	}
+	if got := scrape(t, base, `rotavault_access_tokens_refused_total{code="Unavailable",reason="PROVIDER_UNAVAILABLE"}`); got != 1 {
+		t.Errorf("refusals while the provider was down = %v, want 1", got)
+	}
+	if got := scrape(t, base, `rotavault_refresh_failures_total{reason="reauthentication_required"}`); got != 0 {
+		t.Errorf("refresh failures for want of reauthentication = %v, want 0: no refresh ran", got)
+	}
 	get(t, base+"/readyz", http.StatusOK) // a provider outage never makes a replica unready
 }

@@ -23,13 +23,20 @@ import (
 	"github.com/prometheus/prometheus/promql/parser"
 	"github.com/prometheus/prometheus/util/teststorage"
 
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+
 	"github.com/rotavault/rotavault/audit"
 	"github.com/rotavault/rotavault/boltstore"
 	"github.com/rotavault/rotavault/broker"
 	"github.com/rotavault/rotavault/broker/credspec"
+	rotavaultv1 "github.com/rotavault/rotavault/gen/rotavault/v1"
 	"github.com/rotavault/rotavault/metrics"
 	"github.com/rotavault/rotavault/provider"
 	"github.com/rotavault/rotavault/providersim"
+	"github.com/rotavault/rotavault/server"
 )
 
 const rulesFile = "../../deploy/prometheus-rules.yaml"
@@ -41,6 +48,9 @@ type rotavault struct {
 	b          *broker.Broker
 	sim        *providersim.Server
 	metricsURL string
+	// vault is the token service of a gRPC server over b, its metrics on
+	// the same registry, as serve has it.
+	vault rotavaultv1.TokenVaultServiceClient
 }
 
 func start(t *testing.T) *rotavault {
@@ -81,7 +91,19 @@ func start(t *testing.T) *rotavault {
 	hs := &http.Server{Handler: mx.Handler(), ReadHeaderTimeout: 5 * time.Second}
 	go func() { _ = hs.Serve(lis) }()
 	t.Cleanup(func() { _ = hs.Close() })
-	return &rotavault{b: b, sim: sim, metricsURL: "http://" + lis.Addr().String() + "/metrics"}
+	grpcLis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := server.New(server.Config{Broker: b, Credentials: b.Credentials(), Flows: b.Flows(), Catalog: b.Catalog(), Registerer: mx.Registry()})
+	go func() { _ = srv.Serve(grpcLis) }()
+	t.Cleanup(func() { srv.Shutdown(context.Background()) })
+	conn, err := grpc.NewClient(grpcLis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = conn.Close() })
+	return &rotavault{b: b, sim: sim, metricsURL: "http://" + lis.Addr().String() + "/metrics", vault: rotavaultv1.NewTokenVaultServiceClient(conn)}
 }
 
 // activate registers a credential and installs a token family.
@@ -122,17 +144,22 @@ func (r *rotavault) scrape(t *testing.T) map[string]*dtoFamily {
 	return families
 }
 
-// firing loads the same scrape as taken every 15 s for the past hour
-// (counters and gauges as they are now, up = 1), then evaluates every
-// alerting rule at now the way the rule manager does with `for`: the
-// expression must hold at every evaluation over the last `for`.
-func firing(t *testing.T, families map[string]*dtoFamily) []string {
+// firing loads a scrape taken every 15 s for the past hour (up = 1):
+// before until `since` ago, then after (counters and gauges as each was),
+// and evaluates every alerting rule at now the way the rule manager does
+// with `for`: the expression must hold at every evaluation over the last
+// `for`.
+func firing(t *testing.T, before, after map[string]*dtoFamily, since time.Duration) []string {
 	t.Helper()
 	st := teststorage.New(t)
 	now := time.Now()
 	const interval = 15 * time.Second
 	app := st.Appender(context.Background())
 	for ts := now.Add(-time.Hour); !ts.After(now); ts = ts.Add(interval) {
+		families := before
+		if !ts.Before(now.Add(-since)) {
+			families = after
+		}
 		for _, s := range samples(families) {
 			if _, err := app.Append(0, s.labels, ts.UnixMilli(), s.value); err != nil {
 				t.Fatal(err)
@@ -191,7 +218,7 @@ func TestAlertRulesOnARealScrape(t *testing.T) {
 	r.activate(t, "globex")
 
 	healthy := r.scrape(t)
-	if got := firing(t, healthy); len(got) != 0 {
+	if got := firing(t, healthy, healthy, 0); len(got) != 0 {
 		t.Errorf("alerts firing on a healthy server: %v", got)
 	}
 
@@ -200,8 +227,23 @@ func TestAlertRulesOnARealScrape(t *testing.T) {
 		t.Fatal(err)
 	}
 	revoked := r.scrape(t)
-	if got := firing(t, revoked); !slices.Equal(got, []string{"RotavaultCredentialRevoked"}) {
+	if got := firing(t, healthy, revoked, 2*time.Minute); !slices.Equal(got, []string{"RotavaultCredentialRevoked"}) {
 		t.Errorf("alerts firing after the first revocation: %v, want [RotavaultCredentialRevoked]", got)
+	}
+
+	// A consumer keeps asking for the revoked credential: refused, no
+	// refresh runs, and the rule on the refusals' increase fires.
+	if _, err := r.vault.GetAccessToken(context.Background(), &rotavaultv1.GetAccessTokenRequest{CredentialId: "acme"}); status.Code(err) != codes.FailedPrecondition {
+		t.Fatalf("GetAccessToken on the revoked family: %v, want FAILED_PRECONDITION", err)
+	}
+	refused := r.scrape(t)
+	want := []string{"RotavaultCredentialRevoked", "RotavaultReauthenticationRequired"}
+	if got := firing(t, revoked, refused, 2*time.Minute); !slices.Equal(got, want) {
+		t.Errorf("alerts firing after a consumer was refused: %v, want %v", got, want)
+	}
+	// Ten minutes later without another refusal, the increase is gone.
+	if got := firing(t, revoked, refused, 15*time.Minute); !slices.Equal(got, []string{"RotavaultCredentialRevoked"}) {
+		t.Errorf("alerts firing 15 minutes after the last refusal: %v, want [RotavaultCredentialRevoked]", got)
 	}
 }
 
