@@ -42,7 +42,7 @@ func (t Timing) CheckMinRemaining(minRemaining time.Duration) error {
 	if limit := lifetime * 3 / 4; minRemaining > limit {
 		return &brokererr.InvalidArgumentError{
 			Field:  "min_remaining_lifetime",
-			Reason: fmt.Sprintf("%s is more than this credential's tokens can offer (at most %s: 3/4 of their %s lifetime)", minRemaining, limit.Round(time.Second), lifetime.Round(time.Second)),
+			Reason: fmt.Sprintf("%s is more than this credential's tokens can offer (at most %s: 3/4 of their %s lifetime)", minRemaining, limit.Truncate(time.Millisecond), lifetime.Round(time.Second)),
 			Code:   "MIN_LIFETIME_UNATTAINABLE",
 		}
 	}

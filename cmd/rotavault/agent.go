@@ -337,7 +337,7 @@ func (f *tokenFollower) run(ctx context.Context) error {
 					wait = backoffWait(1)
 					break
 				}
-				f.logf("%s: reauthentication required: removed the token from %s; waiting for `rotavault reauth %s`", f.id, f.describe, f.id)
+				f.logf("%s: reauthentication required: removed the token from %s; waiting for `rotavault reauth start|device|import %s`", f.id, f.describe, f.id)
 				cur, published = nil, true
 			}
 			wait = agentRecheck

@@ -70,6 +70,10 @@ func TestServeWithMTLSAndPolicy(t *testing.T) {
 		t.Fatalf("bearer-line printed %q", line)
 	}
 	c.run("", "bearer-line", "token-admin").expect(t, exitUsage)
+	// Names the server would refuse in a tokens file are refused here too.
+	for _, id := range []string{"cn:admin", "dns:ops.example.org"} {
+		c.run(adminToken+"\n", "bearer-line", id).expect(t, exitUsage)
+	}
 	tokensFile := filepath.Join(dir, "tokens")
 	writeTestFile(t, tokensFile, []byte(line))
 	policyFile := filepath.Join(dir, "policy.json")

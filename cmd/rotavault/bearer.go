@@ -34,6 +34,10 @@ Example:
 			if identity == "" || strings.ContainsAny(identity, " \t\r\n") {
 				return usageErrorf("IDENTITY must be non-empty and contain no whitespace")
 			}
+			// The server would refuse the tokens file holding the line.
+			if err := server.CheckBearerIdentity(identity); err != nil {
+				return usageErrorf("IDENTITY %s: %v", identity, err)
+			}
 			sc := bufio.NewScanner(a.stdin)
 			sc.Buffer(make([]byte, 0, 4096), 64<<10)
 			if !sc.Scan() {

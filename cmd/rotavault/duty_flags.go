@@ -23,7 +23,7 @@ type dutyFlags struct {
 }
 
 func (f *dutyFlags) register(fs *pflag.FlagSet) {
-	fs.DurationVar(&f.leasePeriod, dutyLeasePeriodFlag, option.DefaultDutyLeasePeriod, "replicas sharing a Vault store split early detection's introspection, the refreshes before an idle timeout and the flow sweep by leases on 64 shards, so the provider and Vault see one replica's load: a replica that dies has its share taken over within this period, one that stops or joins within a tenth of it. Each replica writes the lease record ten times a period, at most twice that under contention; 0 turns sharing off (every replica does every duty). Unused with the embedded store, whose one process does every duty")
+	fs.DurationVar(&f.leasePeriod, dutyLeasePeriodFlag, option.DefaultDutyLeasePeriod, "replicas sharing a Vault store split early detection's introspection, the refreshes before an idle timeout and the flow sweep by leases on 64 shards, so the provider and Vault see one replica's load: a replica that dies has its share taken over within this period, one that stops within a tenth of it, and one that joins takes its share within a fifth (two of its ticks). Each replica writes the lease record ten times a period, at most twice that under contention; 0 turns sharing off (every replica does every duty). Unused with the embedded store, whose one process does every duty")
 }
 
 // options are the broker options the flags say, or a usage error.

@@ -130,7 +130,7 @@ type clientOptions struct {
 func (o *clientOptions) register(cmd *cobra.Command) {
 	fs := cmd.PersistentFlags()
 	fs.StringVar(&o.server, "server", defaultServer, "address of the Rotavault server: host:port, or https://host[:port] for TLS (system roots unless --tls-ca)")
-	fs.DurationVar(&o.timeout, "timeout", 10*time.Second, "how long to wait for the server's answer")
+	fs.DurationVar(&o.timeout, "timeout", 10*time.Second, "how long to wait for the server's answer (store backup --online: 10m unless set)")
 	fs.BoolVar(&o.json, "json", false, "print protobuf JSON, one object per line, for scripts")
 	fs.StringVar(&o.tlsCA, "tls-ca", "", "CA bundle (PEM) verifying the server's certificate; connects over TLS (system roots if only --tls-cert is given)")
 	fs.StringVar(&o.tlsCert, "tls-cert", "", "client certificate (PEM) for mTLS; connects over TLS")
