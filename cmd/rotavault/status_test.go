@@ -5,10 +5,12 @@ import (
 	"encoding/json"
 	"errors"
 	"net"
+	"net/http"
 	"strings"
 	"sync/atomic"
 	"testing"
 
+	"github.com/rotavault/rotavault/internal/poll"
 	"github.com/rotavault/rotavault/store"
 )
 
@@ -95,14 +97,29 @@ func (s *downStore) ListPage(ctx context.Context, prefix, after string, limit in
 }
 
 // A server on the embedded store that cannot read it is not ready: status
-// says why and exits 5 (worth a retry), with --json too; once the store
-// answers again, status exits 0.
+// says why and exits 5 (worth a retry), with --json too, and /readyz
+// answers 503 (what the Helm chart's readiness probe asks); once the store
+// answers again, status exits 0 and /readyz 200.
 func TestStatusOfANotReadyServerExitsUnavailable(t *testing.T) {
 	keyFile, _ := newKeyFile(t, t.TempDir(), "store.key")
 	c := newCLI(t, nil)
 	ds := &downStore{}
+	httpLis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	readyz := "http://" + httpLis.Addr().String() + "/readyz"
+	readyzStatus := func() int {
+		resp, err := http.Get(readyz)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = resp.Body.Close()
+		return resp.StatusCode
+	}
 	node := startNode(t, t.TempDir(), keyFile, c.trans, func(cfg *serverConfig) {
 		cfg.wrapStore = func(st store.Store) store.Store { ds.Store = st; return ds }
+		cfg.HTTPListener = httpLis
 	})
 	c.env = map[string]string{"ROTAVAULT_ADDR": node.addr}
 	c.run("", "status").expect(t, exitOK)
@@ -128,7 +145,11 @@ func TestStatusOfANotReadyServerExitsUnavailable(t *testing.T) {
 	if !strings.HasPrefix(strings.TrimSpace(r.stderr), "{") {
 		t.Errorf("status --json of a not-ready server: stderr %q, want a JSON error", r.stderr)
 	}
+	// Readiness follows the notice log's last read: unready once it is
+	// more than 5 s old.
+	poll.Until(t, awaitDeadline, "/readyz answering 503 while the store is down", func() bool { return readyzStatus() == http.StatusServiceUnavailable })
 
 	ds.down.Store(false)
+	poll.Until(t, awaitDeadline, "/readyz answering 200 once the store is back", func() bool { return readyzStatus() == http.StatusOK })
 	c.run("", "status").expect(t, exitOK)
 }
