@@ -24,6 +24,7 @@ type DutyStats = lease.Stats
 // credential id; flowSweepDuty).
 type dutyShards interface {
 	Owns(key string) bool
+	OwnsShard(i int) bool
 	Stats() lease.Stats
 }
 
