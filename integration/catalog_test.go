@@ -78,9 +78,10 @@ func (c *catalogCallers) dial(t *testing.T, node *env, identity string) *grpc.Cl
 }
 
 // Two identities take tokens from two replicas sharing Vault. Nothing is
-// listed until the replicas flush; their flushes, run at once, merge into
-// one catalog with check-and-set, which both replicas, the API and the CLI
-// then show: per identity, the calls of both replicas added up, first seen
+// listed until the replicas flush; their flushes (FlushIssuance), run at
+// once, write their inboxes and both merge every shard's into one catalog
+// with check-and-set, each batch once, which both replicas, the API and the
+// CLI then show: per identity, the calls of both replicas added up, first seen
 // the earliest and last seen the latest.
 func TestConsumerCatalogAcrossReplicas(t *testing.T) {
 	const (
@@ -169,7 +170,7 @@ func TestConsumerCatalogAcrossReplicas(t *testing.T) {
 		t.Fatalf("consumers listed before any flush: %v", got)
 	}
 
-	// Both replicas flush at once: their writes of acme's catalog race.
+	// Both replicas flush at once: their merges of acme's inboxes race.
 	var wg sync.WaitGroup
 	for _, node := range []*env{a, b} {
 		wg.Add(1)
