@@ -388,17 +388,20 @@ func (c *Catalog) mergeShard(ctx context.Context, shard int, interval time.Durat
 		if *budget <= 0 {
 			break
 		}
-		if !all && !in.mergeDue(cred, byCred[cred], interval, now) {
+		due, learn := in.mergeDue(cred, byCred[cred], interval, now)
+		if !all && !due {
 			continue
 		}
 		*budget--
-		identities, err := c.mergeBatches(ctx, cred, byCred[cred])
+		identities, wrote, err := c.mergeBatches(ctx, cred, byCred[cred], learn && !all)
 		if err != nil {
 			errs = append(errs, err)
 			continue
 		}
-		for _, pb := range byCred[cred] {
-			pb.done[cred] = true
+		if wrote {
+			for _, pb := range byCred[cred] {
+				pb.done[cred] = true
+			}
 		}
 		in.seen[cred] = &merged{at: now, identities: identities}
 	}
@@ -468,39 +471,44 @@ func sortedBatchCredentials(m map[string][]*pendingBatch) []string {
 }
 
 // mergeDue says whether cred's pending uses are merged now: when one of
-// their identities is not in its catalog as this replica last saw it (or
-// it has not merged cred lately), or when cred's merge point has passed
-// since its last merge.
-func (in *inbox) mergeDue(cred string, batches []*pendingBatch, interval time.Duration, now time.Time) bool {
+// their identities is not in its catalog as this replica last saw it, or
+// when cred's merge point has passed since its last merge. With learn, only
+// because this replica has not seen cred's catalog lately (it just took
+// the shard over, or restarted): a read tells whether an identity is new,
+// and the write waits for the merge point if none is, so that a handover
+// costs a read per credential, not a write.
+func (in *inbox) mergeDue(cred string, batches []*pendingBatch, interval time.Duration, now time.Time) (due, learn bool) {
 	m := in.seen[cred]
 	if m == nil {
-		return true
+		return true, true
 	}
 	for _, pb := range batches {
 		for _, u := range pb.uses {
 			if u.CredentialID == cred && !m.identities[u.Identity] {
-				return true
+				return true, false
 			}
 		}
 	}
-	return m.at.Before(MergePoint(cred, interval, now))
+	return m.at.Before(MergePoint(cred, interval, now)), false
 }
 
 // mergeBatches merges cred's uses in batches into its catalog record,
 // skipping the batches the record has applied already, and returns the
-// identities the record holds. A deleted credential's uses are dropped.
-func (c *Catalog) mergeBatches(ctx context.Context, cred string, batches []*pendingBatch) (map[string]bool, error) {
+// identities the record holds and whether the batches are merged. With
+// onlyNew, it writes only if an identity is new to the record. A deleted
+// credential's uses are dropped (merged).
+func (c *Catalog) mergeBatches(ctx context.Context, cred string, batches []*pendingBatch, onlyNew bool) (map[string]bool, bool, error) {
 	for range catalogAttempts {
 		incarnation, err := c.creds.Incarnation(ctx, cred)
 		if errors.Is(err, brokererr.ErrNotFound) {
-			return nil, nil
+			return nil, true, nil
 		}
 		if err != nil {
-			return nil, err
+			return nil, false, err
 		}
 		rec, version, err := c.readCatalog(ctx, cred)
 		if err != nil {
-			return nil, err
+			return nil, false, err
 		}
 		if rec.Incarnation != incarnation {
 			rec = &catalogRecord{Incarnation: incarnation}
@@ -521,33 +529,50 @@ func (c *Catalog) mergeBatches(ctx context.Context, cred string, batches []*pend
 			}
 		}
 		if len(ids) == 0 {
-			return identitiesOf(rec, batches, cred), nil
+			return identitiesOf(rec, batches, cred), true, nil
+		}
+		if onlyNew && !hasNewIdentity(rec, uses) {
+			return identitiesOf(rec, batches, cred), false, nil
 		}
 		rec.Format = jsonrec.Format
 		dropped, err := mergeConsumers(rec, uses)
 		if err != nil {
-			return nil, err
+			return nil, false, err
 		}
 		rec.Applied = append(rec.Applied, ids...)
 		rec.Applied = rec.Applied[max(0, len(rec.Applied)-appliedMarks):]
 		raw, err := jsonrec.Encode(rec)
 		if err != nil {
-			return nil, err
+			return nil, false, err
 		}
 		if _, err := c.store.Put(ctx, Key(cred), raw, version); errors.Is(err, store.ErrConflict) {
 			continue // merged into meanwhile (a direct Record, another holder): again on what it wrote
 		} else if err != nil {
 			// It may have landed: the next round finds the marks.
-			return nil, brokererr.StoreUnavailable(err)
+			return nil, false, brokererr.StoreUnavailable(err)
 		}
 		c.inbox.merges.Add(1)
 		if version == 0 {
 			c.dropOrphanCatalog(ctx, cred)
 		}
 		c.reportDropped(ctx, cred, dropped)
-		return identitiesOf(rec, batches, cred), nil
+		return identitiesOf(rec, batches, cred), true, nil
 	}
-	return nil, fmt.Errorf("broker: consumer catalog of %s: %w (%d attempts)", cred, brokererr.ErrConflict, catalogAttempts)
+	return nil, false, fmt.Errorf("broker: consumer catalog of %s: %w (%d attempts)", cred, brokererr.ErrConflict, catalogAttempts)
+}
+
+// hasNewIdentity reports whether one of uses' identities is not in rec.
+func hasNewIdentity(rec *catalogRecord, uses []Use) bool {
+	in := make(map[string]bool, len(rec.Consumers))
+	for _, e := range rec.Consumers {
+		in[e.Identity] = true
+	}
+	for _, u := range uses {
+		if !in[u.Identity] {
+			return true
+		}
+	}
+	return false
 }
 
 // identitiesOf is the identities rec holds and those of cred's uses in
