@@ -199,6 +199,12 @@ func (c *issuanceCounter) flushAudit(ctx context.Context) error {
 	return nil
 }
 
+// catalogDue says whether credential's uses in the backlog go to the
+// catalog at this flush: when one of its identities is new to this
+// replica, or when its slot (catalog.Slot: a period long, at a phase fixed
+// per credential so that credentials spread over the period) has changed
+// since its last hand-over.
+//
 // A credential whose consumers this replica has all handed to the catalog
 // before goes again once per period of catalog.Periods flush intervals (10
 // minutes by default), in the slot every replica agrees on (catalog.Slot);
@@ -210,18 +216,6 @@ func (c *issuanceCounter) flushAudit(ctx context.Context) error {
 // batches, and the shard's holder merges the slot's uses of all replicas
 // with one write. Counts and last-seen times of known consumers lag by up
 // to a period and two intervals; FlushIssuance merges everything at once.
-
-// catalogMerge is what this replica last merged for one credential.
-type catalogMerge struct {
-	at         time.Time
-	identities map[string]struct{}
-}
-
-// catalogDue says whether credential's uses in the backlog go to the
-// catalog at this flush: when one of its identities is new to this
-// replica, or when its slot (catalog.Slot: a period long, at a phase fixed
-// per credential so that credentials spread over the period) has changed
-// since its last hand-over.
 func (c *issuanceCounter) catalogDue(credential string, identities []string, now time.Time) bool {
 	m := c.catalogMerged[credential]
 	if m == nil {
@@ -235,8 +229,15 @@ func (c *issuanceCounter) catalogDue(credential string, identities []string, now
 	return catalog.Slot(credential, c.interval, now) != catalog.Slot(credential, c.interval, m.at)
 }
 
-// flushCatalog merges the backlog's due credentials (all of them with all)
-// into the consumer catalog; what is not due, or what the catalog could not
+// catalogMerge is what this replica last handed to the catalog for one
+// credential.
+type catalogMerge struct {
+	at         time.Time
+	identities map[string]struct{}
+}
+
+// flushCatalog hands the backlog's due credentials (all of them with all)
+// to the consumer catalog; what is not due, or what the catalog could not
 // store, stays in the backlog.
 func (c *issuanceCounter) flushCatalog(ctx context.Context, all bool) error {
 	now := c.now()
