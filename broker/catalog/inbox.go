@@ -9,6 +9,7 @@ import (
 	"hash/fnv"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -107,6 +108,9 @@ type inbox struct {
 	// seen is, per credential this replica merged lately, the identities
 	// its catalog holds and when it merged.
 	seen map[string]*merged
+	// start is the shard the next round begins with: rounds that run out
+	// of their budget leave different shards for later.
+	start int
 
 	inboxWrites, inboxFull, merges, mergedBatches atomic.Int64
 }
@@ -333,13 +337,23 @@ func (c *Catalog) MergeInboxes(ctx context.Context, interval time.Duration, all 
 	defer in.mergeMu.Unlock()
 	now := c.now()
 	budget := maxMergesPerRound
-	var errs []error
-	for shard := range lease.Shards {
-		if !all && !in.owns(shard) {
+	var (
+		errs []error
+		held [lease.Shards]bool
+	)
+	for i := range lease.Shards {
+		shard := (in.start + i) % lease.Shards
+		if held[shard] = all || in.owns(shard); !held[shard] {
 			continue
 		}
 		if err := c.mergeShard(ctx, shard, interval, now, all, &budget); err != nil {
 			errs = append(errs, err)
+		}
+	}
+	in.start = (in.start + 1) % lease.Shards
+	for k := range in.batches { // another replica holds their shard now
+		if shard := shardOfBatch(k); shard < 0 || !held[shard] {
+			delete(in.batches, k)
 		}
 	}
 	for cred, m := range in.seen { // follow the credentials in use, not every one ever used
@@ -348,6 +362,19 @@ func (c *Catalog) MergeInboxes(ctx context.Context, interval time.Duration, all 
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// shardOfBatch is the shard of a batch key, -1 if it is none.
+func shardOfBatch(key string) int {
+	rest, ok := strings.CutPrefix(key, InboxPrefix)
+	if !ok || len(rest) < 3 || rest[2] != '/' {
+		return -1
+	}
+	n, err := strconv.Atoi(rest[:2])
+	if err != nil {
+		return -1
+	}
+	return n
 }
 
 // mergeShard is MergeInboxes for one shard. Called with mergeMu held.
