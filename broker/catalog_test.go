@@ -476,3 +476,37 @@ func TestConsumerInboxIsBounded(t *testing.T) {
 		t.Fatalf("catalog: %d identities, svc %d tokens; want %d and %d", len(got), got["acme svc"].Count, long+1, want)
 	}
 }
+
+// A merge round writes at most catalog.MaxMergesPerRound catalog records;
+// the rest wait for the next round, and nothing is lost.
+func TestConsumerInboxMergeRoundIsBounded(t *testing.T) {
+	ctx := context.Background()
+	b := newTestBroker(t, memstore.New()) // shares its store: uses go to inboxes
+	const extra = 5
+	now := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+	var uses []catalog.Use
+	for i := range catalog.MaxMergesPerRound + extra {
+		id := fmt.Sprintf("c-%05d", i)
+		if _, err := b.Credentials().Create(ctx, id, catalogSpec()); err != nil {
+			t.Fatal(err)
+		}
+		uses = append(uses, use(id, "svc", now, now, 1))
+	}
+	if left, err := b.Catalog().Record(ctx, uses); len(left) != 0 || err != nil {
+		t.Fatalf("Record: %d left, %v", len(left), err)
+	}
+	if err := b.Catalog().MergeInboxes(ctx, time.Minute, true); err != nil {
+		t.Fatal(err)
+	}
+	if n := b.Stats().Catalog.Merges; n != catalog.MaxMergesPerRound {
+		t.Fatalf("one round wrote %d catalog records, want the bound %d", n, catalog.MaxMergesPerRound)
+	}
+	mergeAll(ctx, t, b)
+	if n := b.Stats().Catalog.Merges; n != catalog.MaxMergesPerRound+extra {
+		t.Fatalf("two rounds wrote %d catalog records, want %d", n, catalog.MaxMergesPerRound+extra)
+	}
+	got, _, err := b.Catalog().List(ctx, "", catalog.Cursor{}, 2*catalog.MaxMergesPerRound)
+	if err != nil || len(got) != catalog.MaxMergesPerRound+extra {
+		t.Fatalf("%d consumers listed, want %d (%v)", len(got), catalog.MaxMergesPerRound+extra, err)
+	}
+}

@@ -63,9 +63,9 @@ const (
 	// 64 KiB = 1 MiB. With no holder merging them (every lease lapsed),
 	// further uses wait in the replica's memory, as when the store is down.
 	MaxInboxBatches = 16
-	// maxMergesPerRound bounds the catalog records one MergeInboxes call
+	// MaxMergesPerRound bounds the catalog records one MergeInboxes call
 	// writes; the rest wait for the next round.
-	maxMergesPerRound = 10000
+	MaxMergesPerRound = 10000
 	// appliedMarks is how many batch ids a catalog record remembers. A
 	// batch lives until every credential in it has been merged: at most a
 	// period and two flush intervals, in which a credential can be in
@@ -323,7 +323,7 @@ func (c *Catalog) listInbox(ctx context.Context, shard int) ([]string, error) {
 // MergeInboxes merges the inboxes of the shards this replica holds (every
 // shard with all) into the catalog records: credentials with a consumer
 // new to their catalog at once, the others at their merge point
-// (MergePoint; at once with all), at most maxMergesPerRound records. It
+// (MergePoint; at once with all), at most MaxMergesPerRound records. It
 // deletes the batches it merged in full. interval is the transport's
 // flush interval. Without Config.Shared it does nothing. Errors:
 // *UnavailableError, brokererr.ErrConflict; what failed is merged by a
@@ -336,7 +336,7 @@ func (c *Catalog) MergeInboxes(ctx context.Context, interval time.Duration, all 
 	in.mergeMu.Lock()
 	defer in.mergeMu.Unlock()
 	now := c.now()
-	budget := maxMergesPerRound
+	budget := MaxMergesPerRound
 	var (
 		errs []error
 		held [lease.Shards]bool
