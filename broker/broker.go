@@ -139,7 +139,7 @@ func New(ctx context.Context, cfg Config, opts ...option.Option) (*Broker, error
 	}
 	b.notices = notice.New(b.store, o.Notice, o.Now, b.log)
 	b.discovery = discovery.New(b.provider, o.Now, &b.metrics, b.log)
-	b.catalog = catalog.New(catalog.Config{Store: b.store, Credentials: registry.Incarnations{Store: b.store}, Logger: b.log, Now: o.Now,
+	b.catalog = catalog.New(catalog.Config{Store: b.store, Credentials: registry.Incarnations{Store: b.store}, Logger: b.log,
 		Shared: !o.ExclusiveStore && o.DutyLeasePeriod != 0, OwnsShard: func(i int) bool { return b.duties.OwnsShard(i) }})
 	b.creds = b.newRegistry()
 	flowOpts := o.Flow

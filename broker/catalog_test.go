@@ -55,7 +55,7 @@ func mergeAll(ctx context.Context, t *testing.T, b *Broker) {
 	t.Helper()
 	var err error
 	for range 100 {
-		if err = b.Catalog().MergeInboxes(ctx, time.Minute, true); err == nil {
+		if err = b.Catalog().MergeInboxes(ctx, time.Minute, time.Now(), true); err == nil {
 			return
 		}
 	}
@@ -172,7 +172,7 @@ func testConcurrentFlushesAddUp(t *testing.T, merge bool, opts ...option.Option)
 					uses = left
 				}
 				if merge {
-					_ = b.Catalog().MergeInboxes(ctx, time.Minute, true) // what fails, the last one merges
+					_ = b.Catalog().MergeInboxes(ctx, time.Minute, time.Now(), true) // what fails, the last one merges
 				}
 			}
 		}()
@@ -495,7 +495,7 @@ func TestConsumerInboxMergeRoundIsBounded(t *testing.T) {
 	if left, err := b.Catalog().Record(ctx, uses); len(left) != 0 || err != nil {
 		t.Fatalf("Record: %d left, %v", len(left), err)
 	}
-	if err := b.Catalog().MergeInboxes(ctx, time.Minute, true); err != nil {
+	if err := b.Catalog().MergeInboxes(ctx, time.Minute, time.Now(), true); err != nil {
 		t.Fatal(err)
 	}
 	if n := b.Stats().Catalog.Merges; n != catalog.MaxMergesPerRound {

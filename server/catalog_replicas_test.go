@@ -142,7 +142,7 @@ func (c *catalogCluster) replica(opts ...option.Option) *catalogReplica {
 	t.Cleanup(func() { _ = vs.Close() })
 	r := &catalogReplica{counts: &catalogWriteCounts{Store: vs}}
 	r.broker, err = broker.New(ctx, broker.Config{Store: r.counts, Provider: provider.New(nil), Auditor: &recordingAuditor{}},
-		append([]option.Option{option.WithClock(c.clock.now), option.WithSchedulerInterval(time.Hour), option.WithIntrospectionInterval(0),
+		append([]option.Option{option.WithSchedulerInterval(time.Hour), option.WithIntrospectionInterval(0),
 			option.WithDutyLeasePeriod(time.Second)}, opts...)...)
 	if err != nil {
 		t.Fatal(err)

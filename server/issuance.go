@@ -36,7 +36,7 @@ type Auditor interface {
 // its Record, MergeInboxes and List for the contract).
 type ConsumerCatalog interface {
 	Record(ctx context.Context, uses []catalog.Use) ([]catalog.Use, error)
-	MergeInboxes(ctx context.Context, interval time.Duration, all bool) error
+	MergeInboxes(ctx context.Context, interval time.Duration, now time.Time, all bool) error
 	List(ctx context.Context, credentialID string, after catalog.Cursor, limit int) ([]catalog.Consumer, bool, error)
 }
 
@@ -168,7 +168,7 @@ func (c *issuanceCounter) flushSome(ctx context.Context, all, mergeAll bool) err
 			merge(c.catalogBacklog, issuanceKey{catalogIdentity(k.caller), k.credential}, *n)
 		}
 		errs = append(errs, c.flushCatalog(ctx, all))
-		if err := c.catalog.MergeInboxes(ctx, c.interval, mergeAll); err != nil {
+		if err := c.catalog.MergeInboxes(ctx, c.interval, c.now(), mergeAll); err != nil {
 			c.log.WarnContext(ctx, "consumer inboxes not fully merged; the rest at the next flush", "err", err)
 			errs = append(errs, fmt.Errorf("server: consumer inboxes: %w", err))
 		}

@@ -104,8 +104,6 @@ type Config struct {
 	Store       store.Store
 	Credentials Credentials
 	Logger      *slog.Logger
-	// Now is the clock of the inboxes' merge schedule (time.Now when nil).
-	Now func() time.Time
 	// Shared says replicas share the store and its duty shards: Record
 	// leaves the uses in this replica's inboxes and MergeInboxes merges
 	// those of the shards OwnsShard says this replica holds (inbox.go).
@@ -124,7 +122,6 @@ type Catalog struct {
 	store store.Store
 	creds Credentials
 	log   *slog.Logger
-	now   func() time.Time
 	// inbox is nil unless Config.Shared (inbox.go).
 	inbox *inbox
 	// dropped counts tokens the catalog had no room to attribute (see
@@ -134,12 +131,9 @@ type Catalog struct {
 
 // New returns the catalog kept in cfg.Store for cfg.Credentials.
 func New(cfg Config) *Catalog {
-	c := &Catalog{store: cfg.Store, creds: cfg.Credentials, log: cfg.Logger, now: cfg.Now}
+	c := &Catalog{store: cfg.Store, creds: cfg.Credentials, log: cfg.Logger}
 	if c.log == nil {
 		c.log = slog.New(slog.DiscardHandler)
-	}
-	if c.now == nil {
-		c.now = time.Now
 	}
 	if cfg.Shared {
 		c.inbox = newInbox(cfg.OwnsShard)

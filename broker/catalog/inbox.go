@@ -324,18 +324,19 @@ func (c *Catalog) listInbox(ctx context.Context, shard int) ([]string, error) {
 // shard with all) into the catalog records: credentials with a consumer
 // new to their catalog at once, the others at their merge point
 // (MergePoint; at once with all), at most MaxMergesPerRound records. It
-// deletes the batches it merged in full. interval is the transport's
-// flush interval. Without Config.Shared it does nothing. Errors:
+// deletes the batches it merged in full. interval and now are the
+// transport's flush interval and clock, whose slots (Slot) decide when
+// replicas send uses: the merge points must follow the same clock. Without
+// Config.Shared it does nothing. Errors:
 // *UnavailableError, brokererr.ErrConflict; what failed is merged by a
 // later round. Safe for concurrent use; rounds run one at a time.
-func (c *Catalog) MergeInboxes(ctx context.Context, interval time.Duration, all bool) error {
+func (c *Catalog) MergeInboxes(ctx context.Context, interval time.Duration, now time.Time, all bool) error {
 	in := c.inbox
 	if in == nil {
 		return nil
 	}
 	in.mergeMu.Lock()
 	defer in.mergeMu.Unlock()
-	now := c.now()
 	budget := MaxMergesPerRound
 	var (
 		errs []error
