@@ -107,7 +107,7 @@ type Broker struct {
 
 // Stats returns the broker's counters.
 func (b *Broker) Stats() stats.Stats {
-	s := b.metrics.Snapshot(b.catalog.Dropped(), b.notices.LastRead())
+	s := b.metrics.Snapshot(b.catalog.Stats(), b.notices.LastRead())
 	s.Duties = b.duties.Stats()
 	s.Loading = b.loader.Stats()
 	return s
@@ -139,7 +139,8 @@ func New(ctx context.Context, cfg Config, opts ...option.Option) (*Broker, error
 	}
 	b.notices = notice.New(b.store, o.Notice, o.Now, b.log)
 	b.discovery = discovery.New(b.provider, o.Now, &b.metrics, b.log)
-	b.catalog = catalog.New(b.store, registry.Incarnations{Store: b.store}, b.log)
+	b.catalog = catalog.New(catalog.Config{Store: b.store, Credentials: registry.Incarnations{Store: b.store}, Logger: b.log,
+		Shared: !o.ExclusiveStore && o.DutyLeasePeriod != 0, OwnsShard: func(i int) bool { return b.duties.OwnsShard(i) }})
 	b.creds = b.newRegistry()
 	flowOpts := o.Flow
 	flowOpts.RetryBase = o.Refresh.RetryBase

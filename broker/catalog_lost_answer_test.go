@@ -31,3 +31,24 @@ func TestConsumerCatalogFailedWriteThatLandedIsNotMergedTwice(t *testing.T) {
 		t.Fatalf("count %d after a write whose answer was lost, want 5", c.Count)
 	}
 }
+
+// An inbox batch whose creation landed but reported an error is found by
+// its fresh name, not handed back for the next flush to write again.
+func TestConsumerInboxBatchWhoseAnswerWasLostIsNotWrittenTwice(t *testing.T) {
+	ctx := context.Background()
+	st := &faultStore{Store: memstore.New()}
+	b := newTestBroker(t, st) // shares its store: uses go to inboxes
+	if _, err := b.Credentials().Create(ctx, "acme", catalogSpec()); err != nil {
+		t.Fatal(err)
+	}
+	now := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+	lost := &fault{op: "put", prefix: catalog.InboxPrefix, once: true, lose: errors.New("faultstore: answer lost after the write was applied")}
+	st.inject(lost)
+	record(ctx, t, b, []catalog.Use{use("acme", "svc", now, now, 3)})
+	if lost.hits.Load() == 0 {
+		t.Fatal("no inbox write was reported failed")
+	}
+	if c := listAll(ctx, t, b, "acme")["acme svc"]; c.Count != 3 {
+		t.Fatalf("count %d after an inbox write whose answer was lost, want 3", c.Count)
+	}
+}

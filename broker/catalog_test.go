@@ -13,6 +13,7 @@ import (
 	"github.com/rotavault/rotavault/broker/brokererr"
 	"github.com/rotavault/rotavault/broker/catalog"
 	"github.com/rotavault/rotavault/broker/credspec"
+	"github.com/rotavault/rotavault/broker/internal/lease"
 	"github.com/rotavault/rotavault/broker/option"
 	"github.com/rotavault/rotavault/internal/syncbuf"
 	"github.com/rotavault/rotavault/store"
@@ -29,7 +30,9 @@ func use(cred, identity string, first, last time.Time, n uint64) catalog.Use {
 }
 
 // record stores uses the way the server's flush does: what comes back
-// unrecorded is offered again, a bounded number of times.
+// unrecorded is offered again, a bounded number of times; then the inboxes
+// of every shard are merged (these replicas share their store), as
+// FlushIssuance does.
 func record(ctx context.Context, t *testing.T, b *Broker, uses []catalog.Use) {
 	t.Helper()
 	for range 100 {
@@ -38,11 +41,25 @@ func record(ctx context.Context, t *testing.T, b *Broker, uses []catalog.Use) {
 			if err != nil {
 				t.Fatalf("RecordConsumers: %v", err)
 			}
+			mergeAll(ctx, t, b)
 			return
 		}
 		uses = left
 	}
 	t.Fatalf("uses still unrecorded after 100 flushes: %v", uses)
+}
+
+// mergeAll merges the inboxes of every shard into the catalog, retrying
+// what failed a bounded number of times.
+func mergeAll(ctx context.Context, t *testing.T, b *Broker) {
+	t.Helper()
+	var err error
+	for range 100 {
+		if err = b.Catalog().MergeInboxes(ctx, time.Minute, time.Now(), true); err == nil {
+			return
+		}
+	}
+	t.Fatalf("MergeInboxes: %v", err)
 }
 
 func listAll(ctx context.Context, t *testing.T, b *Broker, credentialID string) map[string]catalog.Consumer {
@@ -122,11 +139,18 @@ func TestConsumerCatalogLostWriteAnswerIsNotMergedTwice(t *testing.T) {
 }
 
 // Many flushes of two replicas racing on one catalog lose no count and
-// count nothing twice.
+// count nothing twice: with duty sharing off, both merging straight into
+// the record; sharing, both writing inboxes and both merging every shard's
+// (as FlushIssuance does) at once.
 func TestConsumerCatalogConcurrentFlushesAddUp(t *testing.T) {
+	t.Run("direct", func(t *testing.T) { testConcurrentFlushesAddUp(t, false, option.WithDutyLeasePeriod(0)) })
+	t.Run("inboxes", func(t *testing.T) { testConcurrentFlushesAddUp(t, true) })
+}
+
+func testConcurrentFlushesAddUp(t *testing.T, merge bool, opts ...option.Option) {
 	ctx := context.Background()
 	st := &faultStore{Store: memstore.New(), conflictPrefix: catalog.KeyPrefix}
-	replicas := []*Broker{newTestBroker(t, st), newTestBroker(t, st)}
+	replicas := []*Broker{newTestBroker(t, st, opts...), newTestBroker(t, st, opts...)}
 	if _, err := replicas[0].Credentials().Create(ctx, "acme", catalogSpec()); err != nil {
 		t.Fatal(err)
 	}
@@ -147,10 +171,16 @@ func TestConsumerCatalogConcurrentFlushesAddUp(t *testing.T) {
 					}
 					uses = left
 				}
+				if merge {
+					_ = b.Catalog().MergeInboxes(ctx, time.Minute, time.Now(), true) // what fails, the last one merges
+				}
 			}
 		}()
 	}
 	wg.Wait()
+	if merge {
+		mergeAll(ctx, t, replicas[0])
+	}
 	got := listAll(ctx, t, replicas[1], "acme")
 	if c := got["acme shared"]; c.Count != 2*flushes || !c.FirstSeen.Equal(t0) || !c.LastSeen.Equal(t0.Add((2*flushes-1)*time.Second)) {
 		t.Errorf("shared consumer: %+v; want count %d from %s to %s", c, 2*flushes, t0, t0.Add((2*flushes-1)*time.Second))
@@ -386,8 +416,97 @@ func TestRecordConsumersRefusesMalformedUses(t *testing.T) {
 	if len(left) != 0 {
 		t.Fatalf("malformed uses returned for a retry: %v", left)
 	}
+	mergeAll(ctx, t, b)
 	got := listAll(ctx, t, b, "acme")
 	if len(got) != 1 || got["acme good"].Count != 2 {
 		t.Fatalf("catalog %v; want only the well-formed use", got)
+	}
+}
+
+// A replica's inbox of a shard holds at most catalog.MaxInboxBatches of its
+// unmerged batches, each at most catalog.MaxBatchBytes: with no holder
+// merging them, further uses come back to be kept in memory (counted in
+// Stats), and go once the holder has merged.
+func TestConsumerInboxIsBounded(t *testing.T) {
+	ctx := context.Background()
+	st := memstore.New()
+	b := newTestBroker(t, st) // shares its store: uses go to inboxes
+	if _, err := b.Credentials().Create(ctx, "acme", catalogSpec()); err != nil {
+		t.Fatal(err)
+	}
+	now := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+	// One flush of 400 long identities: more than one batch's worth.
+	const long = 400
+	var uses []catalog.Use
+	for i := range long {
+		uses = append(uses, use("acme", fmt.Sprintf("spiffe://example.org/%0200d", i), now, now, 1))
+	}
+	if left, err := b.Catalog().Record(ctx, uses); len(left) != 0 || err != nil {
+		t.Fatalf("Record: %d left, %v", len(left), err)
+	}
+	keys, err := st.List(ctx, fmt.Sprintf("%s%02d/", catalog.InboxPrefix, lease.ShardOf("acme")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	parts := len(keys)
+	if parts < 2 {
+		t.Fatalf("%d batches for %d uses of 200-byte identities; want them split", parts, long)
+	}
+	for _, k := range keys {
+		if rec, err := st.Get(ctx, k); err != nil || len(rec.Value) > catalog.MaxBatchBytes {
+			t.Fatalf("batch %s: %d bytes (bound %d), %v", k, len(rec.Value), catalog.MaxBatchBytes, err)
+		}
+	}
+	for n := parts; n < catalog.MaxInboxBatches; n++ {
+		if left, err := b.Catalog().Record(ctx, []catalog.Use{use("acme", "svc", now, now, 1)}); len(left) != 0 || err != nil {
+			t.Fatalf("Record with %d batches waiting: %d left, %v", n, len(left), err)
+		}
+	}
+	left, err := b.Catalog().Record(ctx, []catalog.Use{use("acme", "svc", now, now, 1)})
+	if len(left) != 1 || err == nil {
+		t.Fatalf("Record into a full inbox: %d left, %v; want the use back and an error", len(left), err)
+	}
+	if n := b.Stats().Catalog.InboxFullUses; n != 1 {
+		t.Fatalf("InboxFullUses = %d, want 1", n)
+	}
+	mergeAll(ctx, t, b) // the holder merges: room again
+	record(ctx, t, b, left)
+	got := listAll(ctx, t, b, "acme")
+	if want := uint64(catalog.MaxInboxBatches - parts + 1); len(got) != long+1 || got["acme svc"].Count != want {
+		t.Fatalf("catalog: %d identities, svc %d tokens; want %d and %d", len(got), got["acme svc"].Count, long+1, want)
+	}
+}
+
+// A merge round writes at most catalog.MaxMergesPerRound catalog records;
+// the rest wait for the next round, and nothing is lost.
+func TestConsumerInboxMergeRoundIsBounded(t *testing.T) {
+	ctx := context.Background()
+	b := newTestBroker(t, memstore.New()) // shares its store: uses go to inboxes
+	const extra = 5
+	now := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+	var uses []catalog.Use
+	for i := range catalog.MaxMergesPerRound + extra {
+		id := fmt.Sprintf("c-%05d", i)
+		if _, err := b.Credentials().Create(ctx, id, catalogSpec()); err != nil {
+			t.Fatal(err)
+		}
+		uses = append(uses, use(id, "svc", now, now, 1))
+	}
+	if left, err := b.Catalog().Record(ctx, uses); len(left) != 0 || err != nil {
+		t.Fatalf("Record: %d left, %v", len(left), err)
+	}
+	if err := b.Catalog().MergeInboxes(ctx, time.Minute, time.Now(), true); err != nil {
+		t.Fatal(err)
+	}
+	if n := b.Stats().Catalog.Merges; n != catalog.MaxMergesPerRound {
+		t.Fatalf("one round wrote %d catalog records, want the bound %d", n, catalog.MaxMergesPerRound)
+	}
+	mergeAll(ctx, t, b)
+	if n := b.Stats().Catalog.Merges; n != catalog.MaxMergesPerRound+extra {
+		t.Fatalf("two rounds wrote %d catalog records, want %d", n, catalog.MaxMergesPerRound+extra)
+	}
+	got, _, err := b.Catalog().List(ctx, "", catalog.Cursor{}, 2*catalog.MaxMergesPerRound)
+	if err != nil || len(got) != catalog.MaxMergesPerRound+extra {
+		t.Fatalf("%d consumers listed, want %d (%v)", len(got), catalog.MaxMergesPerRound+extra, err)
 	}
 }

@@ -8,9 +8,9 @@ import (
 )
 
 // Duties shared among replicas: early detection's introspection, the
-// scheduler's idle-timeout refreshes and the flow sweep are done, for each
-// credential and for the sweep as a whole, by the one replica holding the
-// shard's lease
+// scheduler's idle-timeout refreshes, the consumer catalog's merges (package
+// catalog asks OwnsShard) and the flow sweep are done, for each credential
+// and for the sweep as a whole, by the one replica holding the shard's lease
 // (package lease), not by every replica. What a caller asks for, and the
 // refresh ahead of expiry of a token this replica hands out, stay with the
 // replica asked; the refresh claims keep rotations single as before. A
@@ -24,6 +24,7 @@ type DutyStats = lease.Stats
 // credential id; flowSweepDuty).
 type dutyShards interface {
 	Owns(key string) bool
+	OwnsShard(i int) bool
 	Stats() lease.Stats
 }
 

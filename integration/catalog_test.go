@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/encoding/protojson"
 
+	"github.com/rotavault/rotavault/broker/option"
 	rotavaultv1 "github.com/rotavault/rotavault/gen/rotavault/v1"
 	"github.com/rotavault/rotavault/internal/vaulttest"
 	"github.com/rotavault/rotavault/server"
@@ -78,9 +79,10 @@ func (c *catalogCallers) dial(t *testing.T, node *env, identity string) *grpc.Cl
 }
 
 // Two identities take tokens from two replicas sharing Vault. Nothing is
-// listed until the replicas flush; their flushes, run at once, merge into
-// one catalog with check-and-set, which both replicas, the API and the CLI
-// then show: per identity, the calls of both replicas added up, first seen
+// listed until the replicas flush; their flushes (FlushIssuance), run at
+// once, write their inboxes and both merge every shard's into one catalog
+// with check-and-set, each batch once, which both replicas, the API and the
+// CLI then show: per identity, the calls of both replicas added up, first seen
 // the earliest and last seen the latest.
 func TestConsumerCatalogAcrossReplicas(t *testing.T) {
 	const (
@@ -169,7 +171,7 @@ func TestConsumerCatalogAcrossReplicas(t *testing.T) {
 		t.Fatalf("consumers listed before any flush: %v", got)
 	}
 
-	// Both replicas flush at once: their writes of acme's catalog race.
+	// Both replicas flush at once: their merges of acme's inboxes race.
 	var wg sync.WaitGroup
 	for _, node := range []*env{a, b} {
 		wg.Add(1)
@@ -181,6 +183,10 @@ func TestConsumerCatalogAcrossReplicas(t *testing.T) {
 		}()
 	}
 	wg.Wait()
+	// One replica created acme's catalog record; the other's listing of
+	// the catalog folder shows another replica's creation within
+	// ListRefresh ("Listing on Vault").
+	awaitCondition(t, "both replicas list acme's catalog", func() bool { return len(list(a)) == 2 && len(list(b)) == 2 })
 	wants := map[string]want{
 		billing: {count: 10, first: [2]time.Time{t0, t1}, last: [2]time.Time{t1, t2}},
 		reports: {count: 5, first: [2]time.Time{t1, t2}, last: [2]time.Time{t1, t2}},
@@ -238,4 +244,74 @@ func TestConsumerCatalogAcrossReplicas(t *testing.T) {
 			}
 		}
 	})
+}
+
+// With replicas on Vault the catalog fills itself, flush after flush, with
+// no FlushIssuance: each replica's transport writes what it served to its
+// inboxes every interval, and the replica holding acme's duty shard merges
+// all of them. The counts add up exactly across the three replicas, for a
+// new consumer and for the later uses of a known one (merged once per
+// period of ten intervals).
+func TestConsumerCatalogMergedByTheShardHolder(t *testing.T) {
+	const (
+		admin    = "catalog-admin"
+		billing  = "spiffe://rotavault.test/ns/billing/sa/invoicer"
+		interval = 200 * time.Millisecond
+	)
+	callers := newCatalogCallers(t, `{"rules": [
+		{"identity": "catalog-admin", "role": "admin"},
+		{"identity": "spiffe://rotavault.test/ns/billing/sa/invoicer", "role": "consumer", "credentials": ["acme"]}
+	]}`, admin, billing)
+	a := newEnv(t, envOptions{vault: vaulttest.StartDev(t), brokerOpts: []option.Option{option.WithDutyLeasePeriod(time.Second)},
+		serverConfig: func(c *server.Config) { c.Auth = callers.auth; c.IssuanceFlushInterval = interval }})
+	nodes := []*env{a, a.replica(), a.replica()}
+	adminA := callers.dial(t, a, admin)
+	if _, err := rotavaultv1.NewCredentialAdminServiceClient(adminA).CreateCredential(ctxT(t), &rotavaultv1.CreateCredentialRequest{CredentialId: "acme", Spec: a.salesforceSpec()}); err != nil {
+		t.Fatal(err)
+	}
+	rt, err := a.sim.IssueRefreshToken(simClientID, []string{"api", "refresh_token"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := rotavaultv1.NewTokenVaultServiceClient(adminA).Reauthenticate(ctxT(t), &rotavaultv1.ReauthenticateRequest{CredentialId: "acme",
+		Flow: &rotavaultv1.ReauthenticateRequest_RefreshTokenImport{RefreshTokenImport: &rotavaultv1.RefreshTokenImport{RefreshToken: rt}}}); err != nil {
+		t.Fatal(err)
+	}
+	taken := uint64(0)
+	take := func(rounds int) {
+		t.Helper()
+		for _, node := range nodes {
+			c := rotavaultv1.NewTokenVaultServiceClient(callers.dial(t, node, billing))
+			for range rounds {
+				if _, err := c.GetAccessToken(ctxT(t), &rotavaultv1.GetAccessTokenRequest{CredentialId: "acme"}); err != nil {
+					t.Fatal(err)
+				}
+				taken++
+			}
+		}
+	}
+	listed := func() uint64 {
+		resp, err := rotavaultv1.NewCredentialAdminServiceClient(adminA).ListConsumers(ctxT(t), &rotavaultv1.ListConsumersRequest{CredentialId: "acme"})
+		if err != nil || len(resp.GetConsumers()) != 1 {
+			return 0
+		}
+		return resp.GetConsumers()[0].GetTokenCount()
+	}
+	take(3)
+	awaitCondition(t, "the new consumer listed with every replica's tokens", func() bool { return listed() == taken })
+	take(4) // a known consumer now: merged at the credential's merge point
+	// Exact equality: a batch merged twice would overshoot and never match.
+	awaitCondition(t, "the known consumer's later tokens listed", func() bool { return listed() == taken })
+	var inbox, merges int64
+	for i, node := range nodes {
+		s := node.broker.Stats().Catalog
+		t.Logf("replica %d: %d inbox batches written, %d catalog records merged", i, s.InboxWrites, s.Merges)
+		if s.InboxWrites == 0 {
+			t.Errorf("replica %d wrote no inbox batch", i)
+		}
+		inbox, merges = inbox+s.InboxWrites, merges+s.Merges
+	}
+	if merges == 0 || merges > inbox {
+		t.Errorf("%d catalog records merged from %d batches", merges, inbox)
+	}
 }

@@ -119,6 +119,14 @@ var (
 		"Revocation watch streams connected to this replica.", nil, nil)
 	droppedDesc = prometheus.NewDesc(namespace+"_consumer_catalog_dropped_tokens_total",
 		"Access tokens handed to identities a full consumer catalog could not record.", nil, nil)
+	inboxWritesDesc = prometheus.NewDesc(namespace+"_consumer_inbox_batches_written_total",
+		"Batches of consumer uses this replica wrote to the catalog inboxes of its store (replicas sharing a store): at most one per duty shard per flush, more only past 64 KiB.", nil, nil)
+	inboxFullDesc = prometheus.NewDesc(namespace+"_consumer_inbox_full_uses_total",
+		"Consumer uses this replica kept in memory because its inbox of their shard held 16 unmerged batches: the shard's holder is not merging.", nil, nil)
+	catalogMergesDesc = prometheus.NewDesc(namespace+"_consumer_catalog_merges_total",
+		"Consumer catalog records this replica wrote from inboxes, as the holder of their duty shard.", nil, nil)
+	inboxMergedDesc = prometheus.NewDesc(namespace+"_consumer_inbox_batches_merged_total",
+		"Inbox batches this replica merged in full into the consumer catalog and deleted.", nil, nil)
 	credentialsDesc = prometheus.NewDesc(namespace+"_credentials",
 		"Credentials by status (active, revoked, awaiting_reauthentication, unproven), read from the store at each scrape; every status is present from the start, so an alert on revoked > 0 fires on the first revocation after a restart. Absent from a scrape whose store listing failed.", []string{"status"}, nil)
 	noticeLogDesc = prometheus.NewDesc(namespace+"_notice_log_last_read_timestamp_seconds",
@@ -146,6 +154,7 @@ type brokerCollector struct {
 
 func (c *brokerCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{refreshesDesc, refreshFailuresDesc, revocationsDesc, cacheHitsDesc, cacheMissesDesc, rotationsHeldBackDesc, cutoffWaitsDesc, offScheduleDesc, discoveriesDesc, discoveryFailuresDesc, claimWaitsDesc, subscribersDesc, droppedDesc, noticeLogDesc, credentialsDesc,
+		inboxWritesDesc, inboxFullDesc, catalogMergesDesc, inboxMergedDesc,
 		dutyShardsDesc, dutyReplicasDesc, dutyLeaseWritesDesc, dutyHandoversDesc, credentialsToLoadDesc, credentialsLoadedDesc, credentialLoadFailuresDesc} {
 		ch <- d
 	}
@@ -172,6 +181,10 @@ func (c *brokerCollector) Collect(ch chan<- prometheus.Metric) {
 	counter(discoveryFailuresDesc, s.DiscoveryFailures)
 	counter(claimWaitsDesc, s.ClaimWaits)
 	counter(droppedDesc, s.ConsumerTokensDropped)
+	counter(inboxWritesDesc, s.Catalog.InboxWrites)
+	counter(inboxFullDesc, s.Catalog.InboxFullUses)
+	counter(catalogMergesDesc, s.Catalog.Merges)
+	counter(inboxMergedDesc, s.Catalog.MergedBatches)
 	d := s.Duties
 	ch <- prometheus.MustNewConstMetric(dutyShardsDesc, prometheus.GaugeValue, float64(d.Owned))
 	ch <- prometheus.MustNewConstMetric(dutyReplicasDesc, prometheus.GaugeValue, float64(d.Members))

@@ -96,7 +96,7 @@ func newCatalogEnvWith(t *testing.T, configure func(*Config)) *catalogEnv {
 	sim.AddClient(providersim.Client{ID: simClient, Secret: simSecret})
 	e.sim = sim
 	b, err := broker.New(context.Background(), broker.Config{Store: e.store, Provider: provider.New(nil), Auditor: e.auditor},
-		option.WithSchedulerInterval(time.Hour))
+		option.WithSchedulerInterval(time.Hour), option.WithExclusiveStore()) // the embedded store, as serve runs it
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -82,11 +82,12 @@ type Config struct {
 	// (DefaultIssuanceFlushInterval if zero) and at Shutdown.
 	Auditor               Auditor
 	IssuanceFlushInterval time.Duration
-	// ConsumerCatalog, when set, also merges those per-caller aggregates
-	// into Catalog (ListConsumers): a credential with a consumer new to
-	// this replica at the same interval, the others every ten intervals
-	// (see catalogPeriods), and all at Shutdown; nothing is written per
-	// call.
+	// ConsumerCatalog, when set, also hands those per-caller aggregates
+	// to Catalog (ListConsumers): a credential with a consumer new to
+	// this replica at the same interval, the others once per ten intervals
+	// (see catalogDue), and all at Shutdown; nothing is written per call.
+	// Every interval it also merges the catalog's inboxes of the shards
+	// this replica holds (catalog.Catalog.MergeInboxes).
 	ConsumerCatalog bool
 	// MaxConnectionAge closes a client connection after this long (zero:
 	// DefaultMaxConnectionAge; negative: never), after a grace of

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"hash/fnv"
 	"log/slog"
 	"net"
 	"sort"
@@ -34,9 +33,10 @@ type Auditor interface {
 }
 
 // ConsumerCatalog keeps the consumer catalog; *catalog.Catalog is one (see
-// its Record and List for the contract).
+// its Record, MergeInboxes and List for the contract).
 type ConsumerCatalog interface {
 	Record(ctx context.Context, uses []catalog.Use) ([]catalog.Use, error)
+	MergeInboxes(ctx context.Context, interval time.Duration, now time.Time, all bool) error
 	List(ctx context.Context, credentialID string, after catalog.Cursor, limit int) ([]catalog.Consumer, bool, error)
 }
 
@@ -49,9 +49,11 @@ type issuanceCount struct {
 
 // issuanceCounter aggregates GetAccessToken answers per caller and
 // credential in memory and, every interval, hands the aggregates to its
-// sinks: one audit record per pair, and one merge into the consumer
-// catalog per credential. A store or audit write per call would put them
-// on the hot path that serves cached tokens.
+// sinks: one audit record per pair, and the uses of each credential to the
+// consumer catalog (which, on a store shared by replicas, writes them to
+// this replica's inboxes and merges the inboxes of the shards it holds:
+// catalog.Catalog.MergeInboxes, called every flush). A store or audit write
+// per call would put them on the hot path that serves cached tokens.
 //
 // Each sink keeps what it failed to write in a backlog of its own, merged
 // into the next flush, so a failing sink neither loses counts nor makes the
@@ -120,7 +122,7 @@ func (c *issuanceCounter) run() {
 			return
 		case <-t.C:
 			ctx, cancel := context.WithTimeout(context.Background(), flushTimeout)
-			_ = c.flush(ctx) // failures are logged and kept
+			_ = c.flushSome(ctx, false, false) // failures are logged and kept
 			cancel()
 		}
 	}
@@ -142,16 +144,12 @@ func merge(m map[issuanceKey]*issuanceCount, k issuanceKey, n issuanceCount) {
 	}
 }
 
-// flush hands what was counted since the last flush, and what a sink
-// failed to take then, to the sinks (the catalog only what is due: see
-// flushCatalog). Counts a sink cannot take are kept for its next flush; the
-// error says why.
-func (c *issuanceCounter) flush(ctx context.Context) error { return c.flushSome(ctx, false) }
-
-// flushAll is flush with every credential's catalog merge due.
-func (c *issuanceCounter) flushAll(ctx context.Context) error { return c.flushSome(ctx, true) }
-
-func (c *issuanceCounter) flushSome(ctx context.Context, all bool) error {
+// flushSome hands what was counted since the last flush, and what a sink
+// failed to take then, to the sinks (the catalog only what is due, or all
+// with all: see flushCatalog), and merges the catalog's inboxes of the
+// shards this replica holds (of every shard with mergeAll). Counts a sink
+// cannot take are kept for its next flush; the error says why.
+func (c *issuanceCounter) flushSome(ctx context.Context, all, mergeAll bool) error {
 	c.flushMu.Lock()
 	defer c.flushMu.Unlock()
 	c.mu.Lock()
@@ -170,6 +168,10 @@ func (c *issuanceCounter) flushSome(ctx context.Context, all bool) error {
 			merge(c.catalogBacklog, issuanceKey{catalogIdentity(k.caller), k.credential}, *n)
 		}
 		errs = append(errs, c.flushCatalog(ctx, all))
+		if err := c.catalog.MergeInboxes(ctx, c.interval, c.now(), mergeAll); err != nil {
+			c.log.WarnContext(ctx, "consumer inboxes not fully merged; the rest at the next flush", "err", err)
+			errs = append(errs, fmt.Errorf("server: consumer inboxes: %w", err))
+		}
 	}
 	return errors.Join(errs...)
 }
@@ -197,27 +199,23 @@ func (c *issuanceCounter) flushAudit(ctx context.Context) error {
 	return nil
 }
 
-// catalogPeriods is how many flush intervals pass between two merges of
-// a credential whose consumers this replica has all merged before (10
-// minutes by default); a consumer it has not merged yet goes at the next
-// flush. A merge is a read and a check-and-set write of the credential's
-// catalog record, per replica: with one per interval, 100,000 credentials
-// in use cost a replica 1,700 store writes a second, about what a Vault
-// server does in all. Counts and last-seen times of known consumers lag
-// by up to this many intervals; FlushIssuance merges everything at once.
-const catalogPeriods = 10
-
-// catalogMerge is what this replica last merged for one credential.
-type catalogMerge struct {
-	at         time.Time
-	identities map[string]struct{}
-}
-
-// catalogDue says whether credential's uses in the backlog are merged at
-// this flush: when one of its identities is new to this replica, or when
-// its last merge is older than its period. The period is shortened by up to
-// half, by a fraction fixed per credential, so that credentials first
-// merged together spread over the period instead of coming due together.
+// catalogDue says whether credential's uses in the backlog go to the
+// catalog at this flush: when one of its identities is new to this
+// replica, or when its slot (catalog.Slot: a period long, at a phase fixed
+// per credential so that credentials spread over the period) has changed
+// since its last hand-over.
+//
+// A credential whose consumers this replica has all handed to the catalog
+// before goes again once per period of catalog.Periods flush intervals (10
+// minutes by default), in the slot every replica agrees on (catalog.Slot);
+// a consumer it has not handed over yet goes at the next flush. Alone on
+// its store, each hand-over is a read and a check-and-set write of the
+// credential's catalog record: with one per interval, 100,000 credentials
+// in use would cost 1,700 store writes a second, about what a Vault server
+// does in all. Shared, it is a line in one of the replica's 64 inbox
+// batches, and the shard's holder merges the slot's uses of all replicas
+// with one write. Counts and last-seen times of known consumers lag by up
+// to a period and two intervals; FlushIssuance merges everything at once.
 func (c *issuanceCounter) catalogDue(credential string, identities []string, now time.Time) bool {
 	m := c.catalogMerged[credential]
 	if m == nil {
@@ -228,15 +226,18 @@ func (c *issuanceCounter) catalogDue(credential string, identities []string, now
 			return true
 		}
 	}
-	period := catalogPeriods * c.interval
-	h := fnv.New32a()
-	_, _ = h.Write([]byte(credential))
-	spread := time.Duration(uint64(period/2) * uint64(h.Sum32()) >> 32)
-	return now.Sub(m.at) >= period-spread
+	return catalog.Slot(credential, c.interval, now) != catalog.Slot(credential, c.interval, m.at)
 }
 
-// flushCatalog merges the backlog's due credentials (all of them with all)
-// into the consumer catalog; what is not due, or what the catalog could not
+// catalogMerge is what this replica last handed to the catalog for one
+// credential.
+type catalogMerge struct {
+	at         time.Time
+	identities map[string]struct{}
+}
+
+// flushCatalog hands the backlog's due credentials (all of them with all)
+// to the consumer catalog; what is not due, or what the catalog could not
 // store, stays in the backlog.
 func (c *issuanceCounter) flushCatalog(ctx context.Context, all bool) error {
 	now := c.now()
@@ -297,7 +298,7 @@ func (c *issuanceCounter) flushCatalog(ctx context.Context, all bool) error {
 // follows the credentials in use, not every credential ever used.
 func (c *issuanceCounter) forgetOldCatalogMerges(now time.Time) {
 	for cred, m := range c.catalogMerged {
-		if now.Sub(m.at) > 3*catalogPeriods*c.interval {
+		if now.Sub(m.at) > 3*catalog.Periods*c.interval {
 			delete(c.catalogMerged, cred)
 		}
 	}
@@ -337,14 +338,15 @@ func (c *issuanceCounter) close(ctx context.Context) {
 		<-c.stopped
 		ctx, cancel := context.WithTimeout(ctx, flushTimeout)
 		defer cancel()
-		_ = c.flushAll(ctx) // failures are logged
+		_ = c.flushSome(ctx, true, false) // failures are logged; the holders merge the inboxes
 	})
 }
 
 // FlushIssuance hands the token issuance counted so far to the audit trail
-// and the consumer catalog now — every credential's merge, also those the
-// periodic flush puts off (see catalogPeriods) — and returns
-// once they have it. What a sink cannot take is kept for the next flush,
+// and the consumer catalog now — every credential's uses, also those the
+// periodic flush puts off (see catalogDue) — merges the catalog's inboxes
+// of every shard (also those other replicas hold, whose uses would show
+// at their holder's next flush), and returns once they have it. What a sink cannot take is kept for the next flush,
 // and the error says so. Without either sink it does nothing. Safe for
 // concurrent use; operators and tests use it to see the newest uses in
 // ListConsumers without waiting for the interval.
@@ -352,5 +354,5 @@ func (s *Server) FlushIssuance(ctx context.Context) error {
 	if s.issuance == nil {
 		return nil
 	}
-	return s.issuance.flushAll(ctx)
+	return s.issuance.flushSome(ctx, true, true)
 }

@@ -1,7 +1,10 @@
 // Package catalog is the consumer catalog: which caller identity obtained
 // access tokens for which credential, first seen, last seen and how many,
-// merged by every replica into one store record per credential. It asks
-// the rotation core only whether a credential exists (Credentials).
+// in one store record per credential. Alone on its store a replica merges
+// the uses it served into those records itself; replicas sharing a store
+// leave them in inboxes that the holder of each duty shard merges once for
+// all of them (inbox.go). It asks the rotation core only whether a
+// credential exists (Credentials) and which shards this replica holds.
 // Package broker re-exports its types.
 package catalog
 
@@ -33,14 +36,18 @@ import (
 //
 // Layout: one record per credential, under Key(id), holding every
 // identity of that credential. Identities contain ':' and '/', which the
-// store's key grammar forbids, so they live inside the value. Replicas merge
-// into the record with check-and-set: counts are added, first seen is the
+// store's key grammar forbids, so they live inside the value. Merges into
+// the record are check-and-set writes: counts are added, first seen is the
 // earliest and last seen the latest of the merged values.
 
 // MaxConsumersPerCredential is how many identities a credential's catalog
 // keeps. Tokens handed to further identities are not listed: each replica
 // logs them and counts them in Stats.ConsumerTokensDropped.
 const MaxConsumersPerCredential = 500
+
+// MaxIdentityLen bounds an identity the catalog records (a SPIFFE ID is
+// at most 2,048 bytes), so that a use always fits a batch (MaxBatchBytes).
+const MaxIdentityLen = 4096
 
 const (
 	// KeyPrefix is the store prefix of the catalog's records.
@@ -92,24 +99,47 @@ type Credentials interface {
 	Incarnation(ctx context.Context, id string) (string, error)
 }
 
+// Config holds a Catalog's dependencies.
+type Config struct {
+	Store       store.Store
+	Credentials Credentials
+	Logger      *slog.Logger
+	// Shared says replicas share the store and its duty shards: Record
+	// leaves the uses in this replica's inboxes and MergeInboxes merges
+	// those of the shards OwnsShard says this replica holds (inbox.go).
+	// Otherwise (a replica alone on its store, or duty sharing off) Record
+	// merges straight into the catalog records, as the only writer or as
+	// one of several racing with check-and-set.
+	Shared bool
+	// OwnsShard reports whether this replica holds the duty lease of shard
+	// i (lease.ShardOf of a credential id); used only when Shared.
+	OwnsShard func(i int) bool
+}
+
 // Catalog is the consumer catalog. Safe for concurrent use, also by
-// replicas sharing the store.
+// replicas sharing the store. Create it with New.
 type Catalog struct {
 	store store.Store
 	creds Credentials
 	log   *slog.Logger
+	// inbox is nil unless Config.Shared (inbox.go).
+	inbox *inbox
 	// dropped counts tokens the catalog had no room to attribute (see
 	// MaxConsumersPerCredential).
 	dropped atomic.Int64
 }
 
-// New returns the catalog kept in st for the credentials of creds.
-func New(st store.Store, creds Credentials, log *slog.Logger) *Catalog {
-	return &Catalog{store: st, creds: creds, log: log}
+// New returns the catalog kept in cfg.Store for cfg.Credentials.
+func New(cfg Config) *Catalog {
+	c := &Catalog{store: cfg.Store, creds: cfg.Credentials, log: cfg.Logger}
+	if c.log == nil {
+		c.log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Shared {
+		c.inbox = newInbox(cfg.OwnsShard)
+	}
+	return c
 }
-
-// Dropped is how many tokens this replica had no room to attribute.
-func (c *Catalog) Dropped() int64 { return c.dropped.Load() }
 
 func randomWriteID() string {
 	b := make([]byte, 8)
@@ -130,6 +160,12 @@ type catalogRecord struct {
 	// request whose answer was lost, and the replay meets our own new
 	// version) finds its id here and does not merge twice.
 	Writes []string `json:"writes,omitempty"`
+	// Applied are the ids of the latest inbox batches merged into this
+	// record, newest last (appliedMarks of them): whoever merges a batch
+	// again — after a holder died between this write and the batch's
+	// deletion, after a lost answer, on a lease handover — finds its id
+	// here and skips it (inbox.go).
+	Applied []string `json:"applied,omitempty"`
 }
 
 // catalogWrites is how many write ids a catalog remembers.
@@ -142,8 +178,13 @@ type catalogEntry struct {
 	Count     uint64    `json:"count"`
 }
 
-// Record merges uses into the consumer catalog, one check-and-set
-// write per credential. Uses of a credential that no longer exists are
+// Record hands uses to the consumer catalog. Shared (Config.Shared), it
+// writes them to this replica's inboxes, one record per shard with uses
+// (more when they are large), to be merged by the shards' holders
+// (MergeInboxes); an inbox that holds MaxInboxBatches of this replica's
+// batches takes no more until its holder has merged them, and those uses
+// are returned. Otherwise it merges them into the catalog records, one
+// check-and-set write per credential. Uses of a credential that no longer exists are
 // dropped, and so are uses of identities past MaxConsumersPerCredential
 // (logged, and counted in Dropped). It returns the uses it could not store
 // (store unavailable, or losing the check-and-set race catalogAttempts
@@ -169,12 +210,11 @@ func (c *Catalog) Record(ctx context.Context, uses []Use) ([]Use, error) {
 		}
 		byCred[u.CredentialID] = append(byCred[u.CredentialID], u)
 	}
-	ids := make([]string, 0, len(byCred))
-	for id := range byCred {
-		ids = append(ids, id)
+	if c.inbox != nil {
+		unrecorded, err := c.recordInbox(ctx, byCred)
+		return unrecorded, errors.Join(append(errs, err)...)
 	}
-	sort.Strings(ids)
-	for _, id := range ids {
+	for _, id := range sortedCredentials(byCred) {
 		if err := c.recordCredentialConsumers(ctx, id, byCred[id]); err != nil {
 			unrecorded = append(unrecorded, byCred[id]...)
 			errs = append(errs, err)
@@ -183,12 +223,22 @@ func (c *Catalog) Record(ctx context.Context, uses []Use) ([]Use, error) {
 	return unrecorded, errors.Join(errs...)
 }
 
+// sortedCredentials is the keys of byCred in order.
+func sortedCredentials(byCred map[string][]Use) []string {
+	ids := make([]string, 0, len(byCred))
+	for id := range byCred {
+		ids = append(ids, id)
+	}
+	sort.Strings(ids)
+	return ids
+}
+
 func validateUse(u Use) error {
 	switch {
 	case credid.Validate(u.CredentialID) != nil:
 		return brokererr.Invalid("credential_id", "consumer use of %q: not a credential id", u.CredentialID)
-	case u.Identity == "" || !textcheck.Printable(u.Identity):
-		return brokererr.Invalid("identity", "consumer use of %s: identity empty or not printable", u.CredentialID)
+	case u.Identity == "" || len(u.Identity) > MaxIdentityLen || !textcheck.Printable(u.Identity):
+		return brokererr.Invalid("identity", "consumer use of %s: identity empty, longer than %d bytes or not printable", u.CredentialID, MaxIdentityLen)
 	case u.Count == 0 || u.FirstSeen.IsZero() || u.LastSeen.Before(u.FirstSeen):
 		return brokererr.Invalid("count", "consumer use of %s by %s: needs a count, and first seen at or before last seen", u.CredentialID, u.Identity)
 	}
@@ -377,7 +427,8 @@ func mergeEntry(e *catalogEntry, u Use) {
 // List lists up to limit catalog entries after the cursor,
 // ordered by credential and then identity, and reports whether more follow.
 // With credentialID set, only that credential's. The newest uses show once
-// the replicas that served them have flushed. Errors:
+// the replicas that served them have flushed and, on a shared store, the
+// holder of the credential's shard has merged its inbox. Errors:
 // *InvalidArgumentError, brokererr.ErrNotFound (credentialID names no credential),
 // *UnavailableError.
 func (c *Catalog) List(ctx context.Context, credentialID string, after Cursor, limit int) ([]Consumer, bool, error) {

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/rotavault/rotavault/broker/brokererr"
+	"github.com/rotavault/rotavault/broker/catalog"
 	"github.com/rotavault/rotavault/broker/internal/lease"
 	"github.com/rotavault/rotavault/broker/notice"
 )
@@ -83,6 +84,9 @@ type Stats struct {
 	// NoticeLogReadAt is when this replica last read the shared notice log
 	// successfully: how current its view of the store is.
 	NoticeLogReadAt time.Time
+	// Catalog is the consumer catalog's work: inbox batches written,
+	// records merged (package catalog).
+	Catalog catalog.Stats
 	// Duties are this replica's share of the duties shared among replicas
 	// (broker/duties.go).
 	Duties lease.Stats
@@ -104,11 +108,11 @@ type Loading struct {
 	Failures, Shared int64
 }
 
-// Snapshot returns the counters, with the consumer catalog's dropped tokens
-// and the notice log's last read, which their parts count.
-func (m *Counters) Snapshot(dropped int64, noticeLogReadAt time.Time) Stats {
+// Snapshot returns the counters, with the consumer catalog's and the
+// notice log's last read, which their parts count.
+func (m *Counters) Snapshot(cat catalog.Stats, noticeLogReadAt time.Time) Stats {
 	s := Stats{
-		ClaimWaits: m.ClaimWaits.Load(), ConsumerTokensDropped: dropped,
+		ClaimWaits: m.ClaimWaits.Load(), ConsumerTokensDropped: cat.DroppedTokens, Catalog: cat,
 		CacheHits: m.CacheHits.Load(), CacheMisses: m.CacheMisses.Load(), Refreshes: m.Refreshes.Load(),
 		RotationsHeldBack: m.RotationsHeldBack.Load(),
 		CutoffWaits:       m.CutoffWaits.Load(), OffScheduleRotations: m.OffScheduleRotations.Load(),

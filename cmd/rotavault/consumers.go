@@ -37,9 +37,10 @@ token rotation on: any consumer missing here still holds refresh tokens of
 its own.
 
 Replicas count in memory and add a new consumer within a minute (serve
---issuance-flush-interval); counts and last-seen times of listed consumers
-are updated every ten intervals and when the replica stops, so the newest
-uses may not show yet. A credential's catalog keeps at most 500 identities; servers log
+--issuance-flush-interval), within two with replicas on Vault (the replica
+holding the credential's duty shard merges the others' uses at its own
+flush); counts and last-seen times of listed consumers are updated every ten
+intervals and when the replica stops, so the newest uses may not show yet. A credential's catalog keeps at most 500 identities; servers log
 tokens handed to further ones. Identities are what the server authenticated:
 a SPIFFE ID, DNS name or certificate CN, or a bearer token's identity
 (dev-admin/peer:HOST on a server without a policy). Needs the admin role.
@@ -71,7 +72,7 @@ Examples:
 			if credential != "" {
 				what = "no consumers of " + credential + " recorded yet"
 			}
-			return out.done(what + "; servers add new consumers every --issuance-flush-interval (default 1m) and when they stop")
+			return out.done(what + "; servers add new consumers every --issuance-flush-interval (default 1m; on Vault within two) and when they stop")
 		}),
 	}
 	client.register(cmd)

@@ -65,9 +65,10 @@ type serverConfig struct {
 	// RateLimit bounds each caller identity's request rate.
 	RateLimit server.RateLimit
 	// IssuanceFlushInterval is how often the access tokens handed out are
-	// summarised into the audit trail and new consumers merged into the
-	// consumer catalog; known ones every ten intervals (zero:
-	// server.DefaultIssuanceFlushInterval).
+	// summarised into the audit trail and new consumers handed to the
+	// consumer catalog (on a shared store: written to this replica's
+	// inboxes, and the inboxes of the shards it holds merged); known ones
+	// every ten intervals (zero: server.DefaultIssuanceFlushInterval).
 	IssuanceFlushInterval time.Duration
 	// LogSlowCall is server.Config's: routine reads that succeed faster
 	// are logged at DEBUG only.
@@ -601,7 +602,7 @@ keys are the flag names with _ for -), then the defaults.`,
 	fs.StringVar(&auditWitness, "audit-witness", "", "file to append every anchored audit head to, as a signed line: keep it where whoever can write the data directory cannot rewrite it (another host's mount, a log shipper's input); rotavault audit verify --witness then detects a store rolled back to a backup")
 	fs.BoolVar(&acceptMissingAnchor, acceptMissingAnchorFlag, false, "start although the store's audit head record is missing (deleted): the trail's chain must still hold; the acceptance is recorded in the trail. Use once, after checking the trail")
 	fs.IntVar(&rateBurst, "rate-burst", server.DefaultRateBurst, "requests a caller identity may send at once before --rate-limit applies")
-	fs.DurationVar(&issuanceFlush, issuanceFlushFlag, server.DefaultIssuanceFlushInterval, "how often the access tokens handed out, counted in memory per caller and credential, are summarised into the audit trail and new consumers merged into the consumer catalog (rotavault consumers; known consumers' counts every ten intervals); also at shutdown. Nothing is written per call")
+	fs.DurationVar(&issuanceFlush, issuanceFlushFlag, server.DefaultIssuanceFlushInterval, "how often the access tokens handed out, counted in memory per caller and credential, are summarised into the audit trail and new consumers merged into the consumer catalog (rotavault consumers; known consumers' counts every ten intervals; on Vault written to this replica's inboxes and merged by the replica holding each credential's duty shard at its own flush, so within two intervals); also at shutdown. Nothing is written per call")
 	keys.register(fs)
 	fs.StringVar(&httpListen, "http-listen", "", "address of the HTTP endpoints — the OAuth callback /oauth/callback, Prometheus /metrics, liveness /healthz, readiness /readyz (the store is reachable) — host:port; off when empty. Plaintext: off loopback, put a TLS-terminating proxy in front")
 	fs.StringVar(&publicURL, "public-url", "", "how browsers reach the HTTP endpoints (https, or http on loopback): <public-url>/oauth/callback is the redirect URI of 'reauth start' without --redirect-uri; register it with each provider app")

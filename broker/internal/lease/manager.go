@@ -70,6 +70,9 @@ type All struct{}
 // Owns reports true for every key.
 func (All) Owns(string) bool { return true }
 
+// OwnsShard reports true for every shard.
+func (All) OwnsShard(int) bool { return true }
+
 // Stats are those of the only member owning every shard.
 func (All) Stats() Stats { return Stats{Owned: Shards, Members: 1} }
 
@@ -164,9 +167,13 @@ func MaxWritesPerSecond(period time.Duration) float64 {
 // Owns reports whether this replica does key's duties now: it holds key's
 // shard, and its last renewal is recent enough that no other replica can
 // have taken the shard over.
-func (m *Manager) Owns(key string) bool {
+func (m *Manager) Owns(key string) bool { return m.OwnsShard(ShardOf(key)) }
+
+// OwnsShard is Owns for every key of shard i (ShardOf): for duties that
+// walk a shard's records rather than look up one key.
+func (m *Manager) OwnsShard(i int) bool {
 	h := m.held.Load()
-	return h != nil && h.mine&(1<<ShardOf(key)) != 0 && m.cfg.Now().Before(h.until)
+	return i >= 0 && i < Shards && h != nil && h.mine&(1<<i) != 0 && m.cfg.Now().Before(h.until)
 }
 
 // Stats returns the counters.
