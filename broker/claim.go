@@ -42,8 +42,9 @@ var errClaimedElsewhere = errors.New("broker: another replica is refreshing")
 
 // acquire runs until this replica holds the claim on the family, or another
 // replica's refresh produced a view that passes need. It returns the lease
-// to refresh with, or the adopted view (lease nil).
-func (b *Broker) acquire(ctx context.Context, e *entry, need func(*view) bool) (lease *claimLease, adopted *view, err error) {
+// to refresh with, or the adopted view (lease nil). A claim held already
+// (held: an import's install) serves while the family is as it left it.
+func (b *Broker) acquire(ctx context.Context, e *entry, need func(*view) bool, held *claimLease) (lease *claimLease, adopted *view, err error) {
 	ctx, span := spans.Start(ctx, ctx, spans.Claim, e.id)
 	defer func() {
 		// "claimed": this replica refreshes; "adopted": another replica's
@@ -58,6 +59,14 @@ func (b *Broker) acquire(ctx context.Context, e *entry, need func(*view) bool) (
 	// claims with check-and-set on its version: if another replica changed
 	// the family since, the claim conflicts and updateFamily reads it.
 	// That saves a Vault read per rotation on the common path.
+	if held != nil && e.view.Load() == held.v {
+		switch err := held.ensureWindow(ctx); {
+		case err == nil:
+			return held, nil, nil
+		case !errors.Is(err, errFenceMoved):
+			return nil, nil, err
+		}
+	}
 	optimistic := true
 	for {
 		base, err := b.claimBase(ctx, e, optimistic)

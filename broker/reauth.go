@@ -2,8 +2,6 @@ package broker
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"time"
 
@@ -19,10 +17,6 @@ import (
 )
 
 const maxRefreshTokenLen = 4096
-
-// errIncarnationGone is ErrNotFound for a flow's credential that was
-// deleted and created again since the flow started.
-func errIncarnationGone(id string) error { return authflow.IncarnationGone(id) }
 
 // ImportRefreshToken installs a refresh token obtained elsewhere, then
 // refreshes at once to prove it works. When the provider cannot be reached
@@ -45,14 +39,15 @@ func (b *Broker) ImportRefreshToken(ctx context.Context, id, refreshToken string
 	// The replaced family is not revoked at the provider: an imported token
 	// may belong to that very family (a re-import), and revoking it would
 	// kill the token just installed.
-	act, err := b.installFamily(ctx, e, "", refreshToken, nil, false)
+	act, l, err := b.installFamily(ctx, e, "", refreshToken, nil, false)
 	if err != nil {
 		return authflow.Activation{}, err
 	}
-	// Stored first; now prove it. A refused token revokes the family just
-	// installed and says so.
+	// Stored first, with the claim for the refresh that proves it; now
+	// prove it. A refused token revokes the family just installed and says
+	// so.
 	stale := act.Generation
-	v, err := b.refresh(ctx, e, func(v *view) bool { return v.fam.FamilyID == act.FamilyID && v.fam.Generation == stale })
+	v, err := b.refresh(ctx, e, l, func(v *view) bool { return v.fam.FamilyID == act.FamilyID && v.fam.Generation == stale })
 	var ue *brokererr.UnavailableError
 	if errors.As(err, &ue) && ue.Component == brokererr.ComponentProvider {
 		b.log.WarnContext(ctx, "imported refresh token stored, not yet proven: the provider could not be reached; retrying", "credential", id, "family", act.FamilyID, "err", err)
@@ -71,21 +66,26 @@ func (b *Broker) ImportRefreshToken(ctx context.Context, id, refreshToken string
 // provider (best effort), leaving no second live family behind. A non-empty
 // incarnation must be the stored credential's: a flow's grant never goes
 // into a credential deleted and created again since the flow started
-// (ErrNotFound).
-func (b *Broker) installFamily(ctx context.Context, e *entry, incarnation, refreshToken string, tok *provider.Token, revokeOld bool) (authflow.Activation, error) {
+// (ErrNotFound). An imported token (tok nil) is stored claimed by this
+// replica: the returned lease is the claim its proving refresh runs under.
+func (b *Broker) installFamily(ctx context.Context, e *entry, incarnation, refreshToken string, tok *provider.Token, revokeOld bool) (authflow.Activation, *claimLease, error) {
 	now := b.opts.Now()
-	familyID := randomHex(12)
+	familyID := family.RandomID(12)
 	var old *view
 	var fam *family.Record
-	if _, err := b.updateFamily(ctx, e, nil, func(cur *view) (*family.Record, error) {
+	v, err := b.updateFamily(ctx, e, nil, func(cur *view) (*family.Record, error) {
 		if incarnation != "" && cur.cred.Incarnation != incarnation {
-			return nil, errIncarnationGone(e.id)
+			return nil, authflow.IncarnationGone(e.id)
 		}
 		fam = family.New(familyID, refreshToken, cur.cred.Spec, tok, now)
 		old = cur
+		if tok == nil {
+			return cur.fam.ReplacedClaimedBy(fam, b.opts.ReplicaID, now.Add(b.opts.ClaimTTLFor(cur.cred.Spec)))
+		}
 		return cur.fam.ReplacedBy(fam)
-	}); err != nil {
-		return authflow.Activation{}, err
+	})
+	if err != nil {
+		return authflow.Activation{}, nil, err
 	}
 	e.mu.Lock()
 	e.rescue.Store(nil)
@@ -99,13 +99,11 @@ func (b *Broker) installFamily(ctx context.Context, e *entry, incarnation, refre
 	}
 	b.log.InfoContext(ctx, "new token family installed", "credential", e.id, "family", fam.FamilyID)
 	b.announce(ctx, e.id, fam, audit.Event{Action: audit.ActionReauthenticated}, &notice.Notice{Kind: notice.FamilyActivated, DetectedAt: now})
-	return authflow.Activation{FamilyID: fam.FamilyID, Generation: fam.Generation, ActivatedAt: now}, nil
-}
-
-func randomHex(n int) string {
-	b := make([]byte, n)
-	_, _ = rand.Read(b)
-	return hex.EncodeToString(b)
+	act := authflow.Activation{FamilyID: fam.FamilyID, Generation: fam.Generation, ActivatedAt: now}
+	if tok != nil {
+		return act, nil, nil
+	}
+	return act, &claimLease{b: b, e: e, v: v}, nil
 }
 
 // flowCore is the rotation core as the authorization flows see it
@@ -143,5 +141,6 @@ func (c flowCore) Install(ctx context.Context, id, incarnation string, tok *prov
 	if err != nil {
 		return authflow.Activation{}, err
 	}
-	return c.b.installFamily(ctx, e, incarnation, tok.RefreshToken, tok, true)
+	act, _, err := c.b.installFamily(ctx, e, incarnation, tok.RefreshToken, tok, true)
+	return act, err
 }
