@@ -224,18 +224,25 @@ func isReauth(err error) bool { return errors.Is(err, brokererr.ErrReauthRequire
 // install installs a family as a code or device flow does, with the
 // grant's tokens.
 func install(h *famHarness) error {
-	_, _, err := h.b.installFamily(h.ctx, h.e, "", "rt-installed", rotation("rt-installed"), true)
+	_, in, err := h.b.installFamily(h.ctx, h.e, "", "rt-installed", rotation("rt-installed"), true)
+	if err == nil {
+		in.logged()
+	}
 	return err
 }
 
 // importClaimed installs a refresh token as reauth import does, claimed for
 // its proving refresh, before that refresh.
 func importClaimed(h *famHarness) error {
-	_, l, err := h.b.installFamily(h.ctx, h.e, "", "rt-imported", nil, false)
-	if err == nil && (l == nil || l.v.fam.Claim == nil || l.v.fam.Claim.Holder != me || !l.v.fam.Unproven) {
+	_, in, err := h.b.installFamily(h.ctx, h.e, "", "rt-imported", nil, false)
+	if err != nil {
+		return err
+	}
+	in.logged()
+	if l := in.lease; l == nil || l.v.fam.Claim == nil || l.v.fam.Claim.Holder != me || !l.v.fam.Unproven {
 		return fmt.Errorf("import left lease %+v, want this replica's claim on an unproven family", l)
 	}
-	return err
+	return nil
 }
 
 func acquireLease(h *famHarness) error {

@@ -80,9 +80,11 @@ func TestInstallClaimOfADeadImporterIsTakenOverAtItsDeadline(t *testing.T) {
 	}
 	// A's import up to its install write; A dies before its proving
 	// refresh.
-	if _, _, err := a.installFamily(ctx, ea, "", rt, nil, false); err != nil {
+	_, in, err := a.installFamily(ctx, ea, "", rt, nil, false)
+	if err != nil {
 		t.Fatal(err)
 	}
+	in.logged()
 	fam := storedFamily(ctx, t, mem)
 	if fam.Claim == nil || fam.Claim.Holder != a.opts.ReplicaID || !fam.Unproven {
 		t.Fatalf("stored after the install: claim %+v, unproven %v; want A's claim on an unproven family", fam.Claim, fam.Unproven)

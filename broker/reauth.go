@@ -39,15 +39,18 @@ func (b *Broker) ImportRefreshToken(ctx context.Context, id, refreshToken string
 	// The replaced family is not revoked at the provider: an imported token
 	// may belong to that very family (a re-import), and revoking it would
 	// kill the token just installed.
-	act, l, err := b.installFamily(ctx, e, "", refreshToken, nil, false)
+	act, in, err := b.installFamily(ctx, e, "", refreshToken, nil, false)
 	if err != nil {
 		return authflow.Activation{}, err
 	}
+	// The activation notice is written beside the proving refresh; the
+	// answer waits for both.
+	defer in.logged()
 	// Stored first, with the claim for the refresh that proves it; now
 	// prove it. A refused token revokes the family just installed and says
 	// so.
 	stale := act.Generation
-	v, err := b.refresh(ctx, e, l, func(v *view) bool { return v.fam.FamilyID == act.FamilyID && v.fam.Generation == stale })
+	v, err := b.refresh(ctx, e, in.lease, func(v *view) bool { return v.fam.FamilyID == act.FamilyID && v.fam.Generation == stale })
 	var ue *brokererr.UnavailableError
 	if errors.As(err, &ue) && ue.Component == brokererr.ComponentProvider {
 		b.log.WarnContext(ctx, "imported refresh token stored, not yet proven: the provider could not be reached; retrying", "credential", id, "family", act.FamilyID, "err", err)
@@ -67,8 +70,8 @@ func (b *Broker) ImportRefreshToken(ctx context.Context, id, refreshToken string
 // incarnation must be the stored credential's: a flow's grant never goes
 // into a credential deleted and created again since the flow started
 // (ErrNotFound). An imported token (tok nil) is stored claimed by this
-// replica: the returned lease is the claim its proving refresh runs under.
-func (b *Broker) installFamily(ctx context.Context, e *entry, incarnation, refreshToken string, tok *provider.Token, revokeOld bool) (authflow.Activation, *claimLease, error) {
+// replica for its proving refresh.
+func (b *Broker) installFamily(ctx context.Context, e *entry, incarnation, refreshToken string, tok *provider.Token, revokeOld bool) (authflow.Activation, installed, error) {
 	now := b.opts.Now()
 	familyID := family.RandomID(12)
 	var old *view
@@ -85,7 +88,7 @@ func (b *Broker) installFamily(ctx context.Context, e *entry, incarnation, refre
 		return cur.fam.ReplacedBy(fam)
 	})
 	if err != nil {
-		return authflow.Activation{}, nil, err
+		return authflow.Activation{}, installed{}, err
 	}
 	e.mu.Lock()
 	e.rescue.Store(nil)
@@ -98,12 +101,19 @@ func (b *Broker) installFamily(ctx context.Context, e *entry, incarnation, refre
 		}
 	}
 	b.log.InfoContext(ctx, "new token family installed", "credential", e.id, "family", fam.FamilyID)
-	b.announce(ctx, e.id, fam, audit.Event{Action: audit.ActionReauthenticated}, &notice.Notice{Kind: notice.FamilyActivated, DetectedAt: now})
-	act := authflow.Activation{FamilyID: fam.FamilyID, Generation: fam.Generation, ActivatedAt: now}
-	if tok != nil {
-		return act, nil, nil
+	in := installed{logged: b.announcing(ctx, e.id, fam, audit.Event{Action: audit.ActionReauthenticated}, &notice.Notice{Kind: notice.FamilyActivated, DetectedAt: now})}
+	if tok == nil {
+		in.lease = &claimLease{b: b, e: e, v: v}
 	}
-	return act, &claimLease{b: b, e: e, v: v}, nil
+	return authflow.Activation{FamilyID: fam.FamilyID, Generation: fam.Generation, ActivatedAt: now}, in, nil
+}
+
+// installed is what installFamily leaves running: an import's claim for its
+// proving refresh, and the wait for the activation notice's writes, which
+// the caller must call.
+type installed struct {
+	lease  *claimLease
+	logged func()
 }
 
 // flowCore is the rotation core as the authorization flows see it
@@ -141,6 +151,9 @@ func (c flowCore) Install(ctx context.Context, id, incarnation string, tok *prov
 	if err != nil {
 		return authflow.Activation{}, err
 	}
-	act, _, err := c.b.installFamily(ctx, e, incarnation, tok.RefreshToken, tok, true)
+	act, in, err := c.b.installFamily(ctx, e, incarnation, tok.RefreshToken, tok, true)
+	if err == nil {
+		in.logged()
+	}
 	return act, err
 }

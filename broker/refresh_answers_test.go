@@ -500,7 +500,7 @@ func TestExpiredClaimIsNotIdle(t *testing.T) {
 	h := newFamHarness(t)
 	h.put(h.record(family.StateActive))
 	seen := h.e.view.Load()
-	if !h.b.detectable(h.e, seen, h.clk.Now()) || !stillSameLiveToken(seen, seen) {
+	if !h.b.detectable(h.e, seen, h.clk.Now()) || !family.StillSameLiveToken(seen.cred, seen.fam, seen.cred, seen.fam) {
 		t.Fatal("an idle family is not checked")
 	}
 	for _, s := range []family.State{family.StateClaimed, family.StateInDoubt, family.StateInDoubtReleased} {
@@ -510,9 +510,9 @@ func TestExpiredClaimIsNotIdle(t *testing.T) {
 		}
 		h.put(fam)
 		cur := h.e.view.Load()
-		if h.b.detectable(h.e, cur, h.clk.Now()) || stillSameLiveToken(seen, cur) {
+		if h.b.detectable(h.e, cur, h.clk.Now()) || family.StillSameLiveToken(seen.cred, seen.fam, cur.cred, cur.fam) {
 			t.Errorf("%s with an expired claim: detectable %v, same live token %v; want neither",
-				s, h.b.detectable(h.e, cur, h.clk.Now()), stillSameLiveToken(seen, cur))
+				s, h.b.detectable(h.e, cur, h.clk.Now()), family.StillSameLiveToken(seen.cred, seen.fam, cur.cred, cur.fam))
 		}
 	}
 }
