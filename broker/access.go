@@ -248,9 +248,6 @@ func (b *Broker) joinOrStart(caller context.Context, e *entry, l *claimLease, ne
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	v := e.view.Load()
-	if l != nil && l.v != v {
-		l = nil // the family moved since the claim: claim again
-	}
 	if !need(v) {
 		return nil, false, nil
 	}

@@ -8,9 +8,9 @@ import (
 
 	"github.com/rotavault/rotavault/broker/brokererr"
 	"github.com/rotavault/rotavault/broker/family"
+	"github.com/rotavault/rotavault/broker/internal/versionwait"
 	"github.com/rotavault/rotavault/broker/registry"
 	"github.com/rotavault/rotavault/broker/spans"
-	"github.com/rotavault/rotavault/store"
 )
 
 // Cross-replica rotation. Replicas share nothing but the store, so the
@@ -129,22 +129,14 @@ func (b *Broker) acquire(ctx context.Context, e *entry, need func(*view) bool, h
 // or the claim deadline passes.
 func (b *Broker) awaitChange(ctx context.Context, key string, version uint64, deadline time.Time) error {
 	b.metrics.ClaimWaits.Add(1)
-	t := time.NewTicker(b.opts.Claim.Poll)
-	defer t.Stop()
-	for {
-		rec, err := b.store.Get(ctx, key)
-		if err != nil && !errors.Is(err, store.ErrNotFound) {
-			return storeUnavailable(err)
-		}
-		if err != nil || rec.Version != version || !b.opts.Now().Before(deadline) {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("broker: waiting for another replica's refresh: %w", ctx.Err())
-		case <-t.C:
-		}
+	err := versionwait.Until(ctx, b.store, key, version, deadline, b.opts.Claim.Poll, b.opts.Now)
+	if err != nil && ctx.Err() != nil {
+		return fmt.Errorf("broker: waiting for another replica's refresh: %w", err)
 	}
+	if err != nil {
+		return storeUnavailable(err)
+	}
+	return nil
 }
 
 // errFenceMoved: the family changed since the lease's last write.
@@ -247,9 +239,9 @@ func (b *Broker) claimBase(ctx context.Context, e *entry, optimistic bool) (*vie
 		(cached.fam.Claim != nil && cached.fam.Claim.Holder != b.opts.ReplicaID) {
 		return b.readEntry(ctx, e)
 	}
-	// Credentials change rarely: one read per credCacheTTL keeps other
+	// Credentials change rarely: one read per CredentialCacheTTL keeps other
 	// replicas' updates arriving within it, without a read per rotation.
-	if now.Sub(time.Unix(0, e.credReadAt.Load())) < credCacheTTL {
+	if now.Sub(time.Unix(0, e.credReadAt.Load())) < family.CredentialCacheTTL {
 		return cached, nil
 	}
 	cred, credVersion, err := registry.ReadCredential(ctx, b.store, e.id)
@@ -264,9 +256,3 @@ func (b *Broker) claimBase(ctx context.Context, e *entry, optimistic bool) (*vie
 	}
 	return b.newView(cred, credVersion, cached.fam, cached.famVersion), nil
 }
-
-// credCacheTTL bounds how long a replica refreshes with a credential record
-// it has not re-read: another replica's update (a rotated client secret, a
-// new endpoint) reaches it within this time, or at once when the provider
-// refuses the client.
-const credCacheTTL = 30 * time.Second

@@ -215,7 +215,7 @@ func TestOptimisticClaimFollowsOtherWriters(t *testing.T) {
 	newer.Generation, newer.RefreshToken = 4, "rt-4"
 	h.put(newer)
 	h.e.view.Store(stale)
-	h.clk.Add(2 * credCacheTTL)
+	h.clk.Add(2 * family.CredentialCacheTTL)
 	reads := h.st.reads.Load()
 	l, _, err := h.b.acquire(h.ctx, h.e, always, nil)
 	if err != nil || l == nil {

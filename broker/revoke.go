@@ -128,19 +128,19 @@ func (b *Broker) announce(ctx context.Context, id string, fam *family.Record, ev
 	b.announcing(ctx, id, fam, ev, n)()
 }
 
-// announcing is announce with the notice's writes left running: the notice
-// takes its place in the log's order at once and is written beside the
-// audit record's fsync and whatever the caller does next, until the
-// caller calls logged (it must).
+// announcing is announce with the writes left running: the notice and the
+// audit record take their places in the log and the trail at once, and
+// are written side by side and beside whatever the caller does next,
+// until the caller calls logged (it must).
 func (b *Broker) announcing(ctx context.Context, id string, fam *family.Record, ev audit.Event, n *notice.Notice) (logged func()) {
 	ev.Credential, ev.Family, ev.Generation = id, fam.FamilyID, fam.Generation
-	logged = func() {}
+	noticed := func() {}
 	if n != nil {
 		n.CredentialID, n.FamilyID, n.Generation = id, fam.FamilyID, fam.Generation
-		logged = b.notify(ctx, *n)
+		noticed = b.notify(ctx, *n)
 	}
-	b.audit(ctx, ev)
-	return logged
+	audited := b.auditing(ctx, ev)
+	return func() { noticed(); audited() }
 }
 
 // revoke revokes the lease's family after the provider refused its refresh
