@@ -103,9 +103,11 @@ func (b *Broker) acquire(ctx context.Context, e *entry, need func(*view) bool, h
 		})
 		switch {
 		case errors.Is(err, errClaimedElsewhere):
-			// Another replica is refreshing: wait for its result rather than
-			// present the same token a second time.
-			if err := b.awaitChange(ctx, v.cred.FamilyKey(), v.famVersion, v.fam.Claim.Deadline); err != nil {
+			// Another replica is refreshing: wait for its result (the family
+			// record's version moving) rather than present the same token a
+			// second time, or for its claim's deadline.
+			b.metrics.ClaimWaits.Add(1)
+			if err := versionwait.Until(ctx, b.store, v.cred.FamilyKey(), v.famVersion, v.fam.Claim.Deadline, b.opts.Claim.Poll, b.opts.Now); err != nil {
 				return nil, nil, err
 			}
 			continue
@@ -123,20 +125,6 @@ func (b *Broker) acquire(ctx context.Context, e *entry, need func(*view) bool, h
 		}
 		return l, nil, nil
 	}
-}
-
-// awaitChange polls the family record until its version moves past version
-// or the claim deadline passes.
-func (b *Broker) awaitChange(ctx context.Context, key string, version uint64, deadline time.Time) error {
-	b.metrics.ClaimWaits.Add(1)
-	err := versionwait.Until(ctx, b.store, key, version, deadline, b.opts.Claim.Poll, b.opts.Now)
-	if err != nil && ctx.Err() != nil {
-		return fmt.Errorf("broker: waiting for another replica's refresh: %w", err)
-	}
-	if err != nil {
-		return storeUnavailable(err)
-	}
-	return nil
 }
 
 // errFenceMoved: the family changed since the lease's last write.
@@ -244,11 +232,19 @@ func (b *Broker) claimBase(ctx context.Context, e *entry, optimistic bool) (*vie
 	if now.Sub(time.Unix(0, e.credReadAt.Load())) < family.CredentialCacheTTL {
 		return cached, nil
 	}
+	return b.withFreshCredential(ctx, e, cached)
+}
+
+// withFreshCredential is cached's family with the credential record read
+// now: the same incarnation proves the family's key current, and a write
+// on the family's version proves the rest. A credential deleted and
+// created again reads both records.
+func (b *Broker) withFreshCredential(ctx context.Context, e *entry, cached *view) (*view, error) {
 	cred, credVersion, err := registry.ReadCredential(ctx, b.store, e.id)
 	if err != nil {
 		return nil, err
 	}
-	e.credReadAt.Store(now.UnixNano())
+	e.credReadAt.Store(b.opts.Now().UnixNano())
 	if cred.Incarnation != cached.cred.Incarnation {
 		// Deleted and created again: the cached family is another
 		// incarnation's; read the current one.

@@ -19,12 +19,21 @@ import (
 // An import stores its token together with the claim for the refresh that
 // proves it: install and claim are one family write, the result the
 // second. (Before: install, claim and result, three writes, each waiting
-// for a store commit.)
+// for a store commit.) It reads no family record: the install's
+// check-and-set on the cached version says whether one changed.
 
-// familyPutCounter counts family record writes (conflicting ones too).
+// familyPutCounter counts family record writes (conflicting ones too) and
+// reads.
 type familyPutCounter struct {
 	store.Store
-	puts atomic.Int64
+	puts, gets atomic.Int64
+}
+
+func (c *familyPutCounter) Get(ctx context.Context, key string) (store.Record, error) {
+	if strings.HasPrefix(key, "families/") {
+		c.gets.Add(1)
+	}
+	return c.Store.Get(ctx, key)
 }
 
 func (c *familyPutCounter) Put(ctx context.Context, key string, value []byte, expected uint64) (uint64, error) {
@@ -34,7 +43,7 @@ func (c *familyPutCounter) Put(ctx context.Context, key string, value []byte, ex
 	return c.Store.Put(ctx, key, value, expected)
 }
 
-func TestImportWritesItsFamilyTwice(t *testing.T) {
+func TestImportWritesItsFamilyTwiceAndReadsItNever(t *testing.T) {
 	ctx := context.Background()
 	clk := fakeclock.New(time.Now())
 	sim := startSim(t, providersim.Config{Now: clk.Now})
@@ -50,6 +59,9 @@ func TestImportWritesItsFamilyTwice(t *testing.T) {
 	}
 	if n := st.puts.Load(); n != 2 {
 		t.Errorf("family writes per import: %d, want 2 (install with the claim, result)", n)
+	}
+	if n := st.gets.Load(); n != 0 {
+		t.Errorf("family reads per import: %d, want none", n)
 	}
 	if n := sim.Stats().RefreshRequests; n != 1 {
 		t.Errorf("refreshes at the provider: %d, want the one proving refresh", n)

@@ -76,7 +76,12 @@ func (b *Broker) installFamily(ctx context.Context, e *entry, incarnation, refre
 	familyID := family.RandomID(12)
 	var old *view
 	var fam *family.Record
-	v, err := b.updateFamily(ctx, e, nil, func(cur *view) (*family.Record, error) {
+	// No family read: its check-and-set decides whether it changed.
+	base, err := b.withFreshCredential(ctx, e, e.view.Load())
+	if err != nil {
+		return authflow.Activation{}, installed{}, err
+	}
+	v, err := b.updateFamily(ctx, e, base, func(cur *view) (*family.Record, error) {
 		if incarnation != "" && cur.cred.Incarnation != incarnation {
 			return nil, authflow.IncarnationGone(e.id)
 		}

@@ -6,28 +6,31 @@ package versionwait
 import (
 	"context"
 	"errors"
+	"fmt"
 	"time"
 
+	"github.com/rotavault/rotavault/broker/brokererr"
 	"github.com/rotavault/rotavault/store"
 )
 
 // Until reads key from st every poll until its version is no longer
 // version (or the record is gone), or now() is no longer before deadline.
-// Errors: the store's (ErrNotFound excepted), as they are; ctx's.
+// Errors: *brokererr.UnavailableError (the store's, ErrNotFound
+// excepted); ctx's, wrapped.
 func Until(ctx context.Context, st store.Store, key string, version uint64, deadline time.Time, poll time.Duration, now func() time.Time) error {
 	t := time.NewTicker(poll)
 	defer t.Stop()
 	for {
 		rec, err := st.Get(ctx, key)
 		if err != nil && !errors.Is(err, store.ErrNotFound) {
-			return err
+			return brokererr.StoreUnavailable(err)
 		}
 		if err != nil || rec.Version != version || !now().Before(deadline) {
 			return nil
 		}
 		select {
 		case <-ctx.Done():
-			return ctx.Err()
+			return fmt.Errorf("broker: waiting for another replica's refresh: %w", ctx.Err())
 		case <-t.C:
 		}
 	}
