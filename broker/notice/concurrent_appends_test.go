@@ -101,3 +101,57 @@ func TestConcurrentAppendsShareHeadWrites(t *testing.T) {
 		t.Fatalf("%d notice records stored, want %d", len(keys), appends)
 	}
 }
+
+// headReadCounter counts reads of the log's head.
+type headReadCounter struct {
+	store.Store
+	headReads atomic.Int64
+}
+
+func (s *headReadCounter) Get(ctx context.Context, key string) (store.Record, error) {
+	if key == metaKey {
+		s.headReads.Add(1)
+	}
+	return s.Store.Get(ctx, key)
+}
+
+// Every append writes the head with check-and-set. On Vault a head read
+// before each write is a round trip on the one record all appends wait
+// for in turn: a replica writes on the head as its last write left it, and
+// reads it only after a conflict with another replica's append.
+func TestAppendsReadTheHeadOnlyAfterAnotherReplicaWroteIt(t *testing.T) {
+	ctx := context.Background()
+	mem := memstore.New()
+	here := newReplica(t, mem, withPoll(time.Hour))
+	there := newReplica(t, mem, withPoll(time.Hour))
+	counted := &headReadCounter{Store: mem}
+	here.notices.store = counted
+	for i := range 5 {
+		if err := here.notices.Append(ctx, numberedNotice(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The first append reads the head (nothing written by this replica
+	// yet); the four after it write on what the one before left.
+	if got := counted.headReads.Load(); got != 1 {
+		t.Fatalf("5 appends read the head %d times, want 1", got)
+	}
+	if err := there.notices.Append(ctx, numberedNotice(5)); err != nil {
+		t.Fatal(err)
+	}
+	if err := here.notices.Append(ctx, numberedNotice(6)); err != nil {
+		t.Fatal(err)
+	}
+	// The conflict made it read the head (and the gap below its notice
+	// makes the follower read it too, in the background).
+	if got := counted.headReads.Load(); got < 2 {
+		t.Fatalf("after another replica's append, head reads %d, want the one after the conflict", got)
+	}
+	meta, _, err := here.notices.readMeta(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if meta.NextSeq-1 != 7 || len(meta.Recent) != 7 {
+		t.Fatalf("head after 7 appends: next seq %d, %d recent notices; want 8, 7", meta.NextSeq, len(meta.Recent))
+	}
+}
