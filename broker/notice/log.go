@@ -128,8 +128,7 @@ type Log struct {
 	missingSince time.Time
 	subs         map[*Subscription]struct{}
 	closed       bool // by Close: no new subscriptions
-	// readAt is when the head was last read (or written) successfully
-	// (unix nanos).
+	// readAt is when the head was last read successfully (unix nanos).
 	readAt atomic.Int64
 
 	// amu guards the append groups: open is the group new notices join,
@@ -139,13 +138,6 @@ type Log struct {
 	open    *appendGroup
 	writing bool
 	waiting []*appendGroup
-	// head and headVersion are the head as this replica's last head write
-	// left it (headVersion 0: not known). The next group writes with
-	// check-and-set on it without reading it first; a conflict (another
-	// replica appended meanwhile) reads it. Used only by the group whose
-	// turn it is to write the head, one at a time.
-	head        noticeLogMeta
-	headVersion uint64
 }
 
 // Unread reports, as an error saying since when, that the log's head has
@@ -421,12 +413,9 @@ func (l *Log) writeHead(ctx context.Context, g *appendGroup) {
 	var pagedFrom uint64
 	g.err = func() error {
 		for {
-			meta, version := l.head, l.headVersion
-			if version == 0 {
-				var err error
-				if meta, version, err = l.readMeta(wctx); err != nil {
-					return fmt.Errorf("%w: %w", errNoticeNotLogged, err)
-				}
+			meta, version, err := l.readMeta(wctx)
+			if err != nil {
+				return fmt.Errorf("%w: %w", errNoticeNotLogged, err)
 			}
 			next := meta
 			next.NextSeq += uint64(len(notices))
@@ -448,16 +437,12 @@ func (l *Log) writeHead(ctx context.Context, g *appendGroup) {
 			if err != nil {
 				return fmt.Errorf("%w: %w", errNoticeNotLogged, err)
 			}
-			written, err := l.store.Put(wctx, metaKey, rawMeta, version)
-			if err != nil {
-				l.headVersion = 0 // read it before the next write
+			if _, err := l.store.Put(wctx, metaKey, rawMeta, version); err != nil {
 				if errors.Is(err, store.ErrConflict) {
 					continue
 				}
 				return fmt.Errorf("%w: reserve notice: %w", errNoticeNotLogged, err)
 			}
-			l.head, l.headVersion = next, written
-			l.readAt.Store(time.Now().UnixNano()) // the store answered
 			g.first, g.pruneFrom, g.pruneTo = meta.NextSeq, meta.OldestSeq, next.OldestSeq
 			pagedFrom = next.PagedFrom
 			return nil
