@@ -55,10 +55,6 @@ func (b *Broker) acquire(ctx context.Context, e *entry, need func(*view) bool, h
 			spans.End(span, adopted.generation(), "adopted", err)
 		}
 	}()
-	// The first attempt trusts the family state this replica last saw and
-	// claims with check-and-set on its version: if another replica changed
-	// the family since, the claim conflicts and updateFamily reads it.
-	// That saves a Vault read per rotation on the common path.
 	if held != nil && e.view.Load() == held.v {
 		switch err := held.ensureWindow(ctx); {
 		case err == nil:
@@ -67,6 +63,10 @@ func (b *Broker) acquire(ctx context.Context, e *entry, need func(*view) bool, h
 			return nil, nil, err
 		}
 	}
+	// The first attempt trusts the family state this replica last saw and
+	// claims with check-and-set on its version: if another replica changed
+	// the family since, the claim conflicts and updateFamily reads it.
+	// That saves a Vault read per rotation on the common path.
 	optimistic := true
 	for {
 		base, err := b.claimBase(ctx, e, optimistic)

@@ -114,8 +114,8 @@ func (b *Broker) installFamily(ctx context.Context, e *entry, incarnation, refre
 }
 
 // installed is what installFamily leaves running: an import's claim for its
-// proving refresh, and the wait for the activation notice's writes, which
-// the caller must call.
+// proving refresh, and the wait for the activation's notice and audit
+// record to be written, which the caller must call.
 type installed struct {
 	lease  *claimLease
 	logged func()
