@@ -1,8 +1,10 @@
 package audit
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"os"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -106,5 +108,51 @@ func TestFailedWriteFailsItsBatchAndThoseChainedOnIt(t *testing.T) {
 	}
 	if rep.Records != 2 {
 		t.Fatalf("the trail holds %d records, want the 2 reported durable", rep.Records)
+	}
+}
+
+// An import's install is audited while its proving refresh runs: Start
+// must place the record in the chain at once (before the refresh's own
+// record) and return without waiting for the disk; wait then reports the
+// record durable.
+func TestStartedRecordKeepsItsPlaceWithoutWaitingForTheDisk(t *testing.T) {
+	cfg := newConfig(t)
+	l := openLog(t, cfg)
+	release, _ := holdFirstWrite(l, nil)
+	started := make(chan func() error, 1)
+	go func() { started <- l.Start(context.Background(), testEvent(1)) }()
+	var wait func() error
+	select {
+	case wait = <-started:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Start waited for the held write")
+	}
+	later := make(chan error, 1)
+	go func() { later <- l.Record(context.Background(), testEvent(2)) }()
+	poll.Until(t, 10*time.Second, "the later record chained", func() bool {
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		return l.tailSeq == 2
+	})
+	release()
+	if err := wait(); err != nil {
+		t.Fatalf("started record: %v", err)
+	}
+	if err := <-later; err != nil {
+		t.Fatalf("later record: %v", err)
+	}
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	raw, err := os.ReadFile(cfg.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	first, second := bytes.Index(raw, []byte(`"cred-1"`)), bytes.Index(raw, []byte(`"cred-2"`))
+	if first < 0 || second < first {
+		t.Fatalf("trail order: started record at %d, later one at %d; want the started one first", first, second)
+	}
+	if _, err := Verify(context.Background(), cfg); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -345,30 +345,63 @@ func (l *FileLog) readLast(anchor *Head) (parsedRecord, bool) {
 // With one fsync per record, every rotation and onboarding on a node waited
 // in a single queue for the disk.
 func (l *FileLog) Record(ctx context.Context, e Event) error {
-	l.mu.Lock()
-	if l.file == nil || l.closing {
-		l.mu.Unlock()
-		return errors.New("audit: closed")
-	}
-	if l.broken != nil {
-		l.mu.Unlock()
-		return fmt.Errorf("audit: an earlier write failed, the trail needs attention: %w", l.broken)
-	}
-	seq := l.tailSeq + 1
-	line, mac, err := encodeRecord(l.key, seq, l.tailMAC, e)
+	b, seq, lead, err := l.enqueue(e)
 	if err != nil {
-		l.mu.Unlock()
 		return err
 	}
-	b, lead := l.batchFor(len(line))
-	b.lines = append(b.lines, line...)
-	b.last, b.lastMAC = seq, mac
-	l.tailSeq, l.tailMAC = seq, mac
-	l.mu.Unlock()
 	if lead {
 		<-b.turn
 		l.writeBatch(b)
 	}
+	return l.finish(ctx, b, seq)
+}
+
+// Start is Record beside the caller's work: e takes its place in the
+// chain at once, after every record started or recorded before it, and is
+// written with its batch while the caller goes on; wait returns what
+// Record would have, once the record is durable. The caller must call
+// wait. A record leading its batch writes it in a goroutine of its own,
+// so later batches never wait for the caller; Close waits for it.
+func (l *FileLog) Start(ctx context.Context, e Event) (wait func() error) {
+	b, seq, lead, err := l.enqueue(e)
+	if err != nil {
+		return func() error { return err }
+	}
+	if lead {
+		go func() {
+			<-b.turn
+			l.writeBatch(b)
+		}()
+	}
+	return func() error { return l.finish(ctx, b, seq) }
+}
+
+// enqueue chains e after the last record and adds it to the open batch
+// (lead: e opened it, and its caller writes it).
+func (l *FileLog) enqueue(e Event) (b *syncBatch, seq uint64, lead bool, err error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.file == nil || l.closing {
+		return nil, 0, false, errors.New("audit: closed")
+	}
+	if l.broken != nil {
+		return nil, 0, false, fmt.Errorf("audit: an earlier write failed, the trail needs attention: %w", l.broken)
+	}
+	seq = l.tailSeq + 1
+	line, mac, err := encodeRecord(l.key, seq, l.tailMAC, e)
+	if err != nil {
+		return nil, 0, false, err
+	}
+	b, lead = l.batchFor(len(line))
+	b.lines = append(b.lines, line...)
+	b.last, b.lastMAC = seq, mac
+	l.tailSeq, l.tailMAC = seq, mac
+	return b, seq, lead, nil
+}
+
+// finish waits for b, holding record seq, to be durable, then has the
+// head anchored.
+func (l *FileLog) finish(ctx context.Context, b *syncBatch, seq uint64) error {
 	<-b.done
 	if b.err != nil {
 		return b.err

@@ -83,7 +83,7 @@ func (b *Broker) GetAccessToken(ctx context.Context, req access.Request) (access
 		}
 	}
 
-	v, err = b.refresh(ctx, e, need)
+	v, err = b.refresh(ctx, e, nil, need)
 	if err != nil {
 		return access.Token{}, err
 	}
@@ -201,9 +201,11 @@ func (b *Broker) handleRejection(ctx context.Context, e *entry, v *view, req acc
 // refresh runs under the broker's context, not the caller's: a caller that
 // gives up must not abandon a rotation half-way. need is called with e.mu
 // held: it must not take it.
-func (b *Broker) refresh(ctx context.Context, e *entry, need func(*view) bool) (*view, error) {
+// A caller holding the claim already (l: an import's install) refreshes
+// under it in a flight of its own while the family is as l left it.
+func (b *Broker) refresh(ctx context.Context, e *entry, l *claimLease, need func(*view) bool) (*view, error) {
 	for {
-		f, own, err := b.joinOrStart(ctx, e, need)
+		f, own, err := b.joinOrStart(ctx, e, l, need)
 		if err != nil {
 			return nil, err
 		}
@@ -214,6 +216,9 @@ func (b *Broker) refresh(ctx context.Context, e *entry, need func(*view) bool) (
 		case <-f.done:
 		case <-ctx.Done():
 			return nil, fmt.Errorf("broker: waiting for refresh: %w", ctx.Err())
+		}
+		if f.err != nil && !own && l != nil {
+			continue // another's flight failed before one could run under l
 		}
 		if f.err != nil {
 			return nil, f.err
@@ -239,7 +244,7 @@ func (b *Broker) refresh(ctx context.Context, e *entry, need func(*view) bool) (
 // none runs (own reports that). A nil flight means there is nothing to wait
 // for: the current view passes need when err is nil. Of caller, a flight
 // started uses only the span (its rotavault.refresh span's parent).
-func (b *Broker) joinOrStart(caller context.Context, e *entry, need func(*view) bool) (f *flight, own bool, err error) {
+func (b *Broker) joinOrStart(caller context.Context, e *entry, l *claimLease, need func(*view) bool) (f *flight, own bool, err error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	v := e.view.Load()
@@ -254,7 +259,7 @@ func (b *Broker) joinOrStart(caller context.Context, e *entry, need func(*view) 
 	}
 	f = &flight{done: make(chan struct{})}
 	started := b.goTracked(func() {
-		v, err := b.runRefresh(caller, e, need)
+		v, err := b.runRefresh(caller, e, l, need)
 		e.mu.Lock()
 		f.v, f.err = v, err
 		e.flight = nil

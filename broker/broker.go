@@ -326,11 +326,27 @@ func (b *Broker) snapshotEntries() []*entry {
 
 func storeUnavailable(err error) error { return brokererr.StoreUnavailable(err) }
 
-func (b *Broker) audit(ctx context.Context, e audit.Event) {
+func (b *Broker) audit(ctx context.Context, e audit.Event) { b.auditing(ctx, e)() }
+
+// auditing places e in the audit trail now and returns the wait for it to
+// be durable; an auditor that can (Start, as *audit.FileLog) writes it
+// beside the caller's work meanwhile.
+func (b *Broker) auditing(ctx context.Context, e audit.Event) (wait func()) {
 	e.Time = b.opts.Now().UTC()
 	e.Actor = audit.Actor(ctx)
-	if err := b.auditor.Record(ctx, e); err != nil {
-		b.log.ErrorContext(ctx, "audit record not written", "action", e.Action, "credential", e.Credential, "err", err)
+	var wrote func() error
+	if s, ok := b.auditor.(interface {
+		Start(context.Context, audit.Event) func() error
+	}); ok {
+		wrote = s.Start(ctx, e)
+	} else {
+		err := b.auditor.Record(ctx, e)
+		wrote = func() error { return err }
+	}
+	return func() {
+		if err := wrote(); err != nil {
+			b.log.ErrorContext(ctx, "audit record not written", "action", e.Action, "credential", e.Credential, "err", err)
+		}
 	}
 }
 

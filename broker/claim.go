@@ -8,9 +8,9 @@ import (
 
 	"github.com/rotavault/rotavault/broker/brokererr"
 	"github.com/rotavault/rotavault/broker/family"
+	"github.com/rotavault/rotavault/broker/internal/versionwait"
 	"github.com/rotavault/rotavault/broker/registry"
 	"github.com/rotavault/rotavault/broker/spans"
-	"github.com/rotavault/rotavault/store"
 )
 
 // Cross-replica rotation. Replicas share nothing but the store, so the
@@ -42,8 +42,9 @@ var errClaimedElsewhere = errors.New("broker: another replica is refreshing")
 
 // acquire runs until this replica holds the claim on the family, or another
 // replica's refresh produced a view that passes need. It returns the lease
-// to refresh with, or the adopted view (lease nil).
-func (b *Broker) acquire(ctx context.Context, e *entry, need func(*view) bool) (lease *claimLease, adopted *view, err error) {
+// to refresh with, or the adopted view (lease nil). A claim held already
+// (held: an import's install) serves while the family is as it left it.
+func (b *Broker) acquire(ctx context.Context, e *entry, need func(*view) bool, held *claimLease) (lease *claimLease, adopted *view, err error) {
 	ctx, span := spans.Start(ctx, ctx, spans.Claim, e.id)
 	defer func() {
 		// "claimed": this replica refreshes; "adopted": another replica's
@@ -54,6 +55,14 @@ func (b *Broker) acquire(ctx context.Context, e *entry, need func(*view) bool) (
 			spans.End(span, adopted.generation(), "adopted", err)
 		}
 	}()
+	if held != nil && e.view.Load() == held.v {
+		switch err := held.ensureWindow(ctx); {
+		case err == nil:
+			return held, nil, nil
+		case !errors.Is(err, errFenceMoved):
+			return nil, nil, err
+		}
+	}
 	// The first attempt trusts the family state this replica last saw and
 	// claims with check-and-set on its version: if another replica changed
 	// the family since, the claim conflicts and updateFamily reads it.
@@ -94,9 +103,11 @@ func (b *Broker) acquire(ctx context.Context, e *entry, need func(*view) bool) (
 		})
 		switch {
 		case errors.Is(err, errClaimedElsewhere):
-			// Another replica is refreshing: wait for its result rather than
-			// present the same token a second time.
-			if err := b.awaitChange(ctx, v.cred.FamilyKey(), v.famVersion, v.fam.Claim.Deadline); err != nil {
+			// Another replica is refreshing: wait for its result (the family
+			// record's version moving) rather than present the same token a
+			// second time, or for its claim's deadline.
+			b.metrics.ClaimWaits.Add(1)
+			if err := versionwait.Until(ctx, b.store, v.cred.FamilyKey(), v.famVersion, v.fam.Claim.Deadline, b.opts.Claim.Poll, b.opts.Now); err != nil {
 				return nil, nil, err
 			}
 			continue
@@ -113,28 +124,6 @@ func (b *Broker) acquire(ctx context.Context, e *entry, need func(*view) bool) (
 			return nil, nil, err
 		}
 		return l, nil, nil
-	}
-}
-
-// awaitChange polls the family record until its version moves past version
-// or the claim deadline passes.
-func (b *Broker) awaitChange(ctx context.Context, key string, version uint64, deadline time.Time) error {
-	b.metrics.ClaimWaits.Add(1)
-	t := time.NewTicker(b.opts.Claim.Poll)
-	defer t.Stop()
-	for {
-		rec, err := b.store.Get(ctx, key)
-		if err != nil && !errors.Is(err, store.ErrNotFound) {
-			return storeUnavailable(err)
-		}
-		if err != nil || rec.Version != version || !b.opts.Now().Before(deadline) {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("broker: waiting for another replica's refresh: %w", ctx.Err())
-		case <-t.C:
-		}
 	}
 }
 
@@ -238,16 +227,24 @@ func (b *Broker) claimBase(ctx context.Context, e *entry, optimistic bool) (*vie
 		(cached.fam.Claim != nil && cached.fam.Claim.Holder != b.opts.ReplicaID) {
 		return b.readEntry(ctx, e)
 	}
-	// Credentials change rarely: one read per credCacheTTL keeps other
+	// Credentials change rarely: one read per CredentialCacheTTL keeps other
 	// replicas' updates arriving within it, without a read per rotation.
-	if now.Sub(time.Unix(0, e.credReadAt.Load())) < credCacheTTL {
+	if now.Sub(time.Unix(0, e.credReadAt.Load())) < family.CredentialCacheTTL {
 		return cached, nil
 	}
+	return b.withFreshCredential(ctx, e, cached)
+}
+
+// withFreshCredential is cached's family with the credential record read
+// now: the same incarnation proves the family's key current, and a write
+// on the family's version proves the rest. A credential deleted and
+// created again reads both records.
+func (b *Broker) withFreshCredential(ctx context.Context, e *entry, cached *view) (*view, error) {
 	cred, credVersion, err := registry.ReadCredential(ctx, b.store, e.id)
 	if err != nil {
 		return nil, err
 	}
-	e.credReadAt.Store(now.UnixNano())
+	e.credReadAt.Store(b.opts.Now().UnixNano())
 	if cred.Incarnation != cached.cred.Incarnation {
 		// Deleted and created again: the cached family is another
 		// incarnation's; read the current one.
@@ -255,9 +252,3 @@ func (b *Broker) claimBase(ctx context.Context, e *entry, optimistic bool) (*vie
 	}
 	return b.newView(cred, credVersion, cached.fam, cached.famVersion), nil
 }
-
-// credCacheTTL bounds how long a replica refreshes with a credential record
-// it has not re-read: another replica's update (a rotated client secret, a
-// new endpoint) reaches it within this time, or at once when the provider
-// refuses the client.
-const credCacheTTL = 30 * time.Second

@@ -268,7 +268,7 @@ func TestPreviousAccessTokenDetectedAfterARotation(t *testing.T) {
 			}
 			// A rotation while the first token is alive (as a min_remaining
 			// beyond the fresh window would make one).
-			if _, err := b.refresh(ctx, e, func(v *view) bool { return v.fam.Generation == first.Generation }); err != nil {
+			if _, err := b.refresh(ctx, e, nil, func(v *view) bool { return v.fam.Generation == first.Generation }); err != nil {
 				t.Fatal(err)
 			}
 			poll.UntilSeen(t, 10*time.Second, "the previous access token's fate recorded", func() (bool, string) {

@@ -114,9 +114,9 @@ func (b *Broker) confirmRevokedAtProvider(ctx context.Context, e *entry, seen *v
 			"credential", e.id, "family", seen.fam.FamilyID, "generation", seen.fam.Generation, "via", how)
 		return false, nil
 	}
-	r := revocation{reason: notice.ReasonRevokedAtProvider, detail: family.RevocationDetail(notice.ReasonRevokedAtProvider), auditDetail: "detected by " + how}
+	r := family.Revocation{Reason: notice.ReasonRevokedAtProvider, Detail: family.RevocationDetail(notice.ReasonRevokedAtProvider), AuditDetail: "detected by " + how}
 	_, _, err = b.revokeFamily(ctx, e, nil, r, func(cur *view) error {
-		if !stillSameLiveToken(seen, cur) || e.rescue.Load() != nil {
+		if !family.StillSameLiveToken(seen.cred, seen.fam, cur.cred, cur.fam) || e.rescue.Load() != nil {
 			return errMovedOn
 		}
 		return nil
@@ -140,15 +140,3 @@ func (b *Broker) confirmRevokedAtProvider(ctx context.Context, e *entry, seen *v
 
 // errMovedOn: the family is no longer the one found inactive.
 var errMovedOn = errors.New("broker: the family moved on")
-
-// stillSameLiveToken reports whether cur is the family seen was, at the same
-// generation and token, active and idle: no claim (a refresh in progress may
-// have rotated the token at the provider already) and no doubt (a refresh
-// whose answer was lost may have).
-func stillSameLiveToken(seen, cur *view) bool {
-	return cur.fam.Idle() &&
-		cur.cred.Incarnation == seen.cred.Incarnation &&
-		cur.fam.FamilyID == seen.fam.FamilyID &&
-		cur.fam.Generation == seen.fam.Generation &&
-		cur.fam.RefreshToken == seen.fam.RefreshToken
-}

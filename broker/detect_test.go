@@ -399,7 +399,7 @@ func TestIntrospectionRacingARotationDoesNotRevoke(t *testing.T) {
 		// Replica b rotates after a picked the token to introspect: the
 		// provider then calls a's token inactive (no grace period).
 		rotate := func() {
-			if _, err := b.refresh(ctx, eb, func(*view) bool { return true }); err != nil {
+			if _, err := b.refresh(ctx, eb, nil, func(*view) bool { return true }); err != nil {
 				t.Error(err)
 			}
 		}
@@ -423,7 +423,7 @@ func TestIntrospectionRacingARotationDoesNotRevoke(t *testing.T) {
 		// stored the result yet when a introspects and re-reads.
 		check := func() { a.checkFamily(ctx, ea, seen) }
 		env.prov.afterRefresh.Store(&check)
-		if _, err := b.refresh(ctx, eb, func(*view) bool { return true }); err != nil {
+		if _, err := b.refresh(ctx, eb, nil, func(*view) bool { return true }); err != nil {
 			t.Fatalf("b's refresh: %v", err)
 		}
 		if env.prov.refreshIntrospections.Load() != 1 {

@@ -45,7 +45,7 @@ func embeddedRotationsVsRawWrites(b *testing.B, wrap func(Provider) Provider) {
 		if err != nil {
 			return err
 		}
-		_, err = br.refresh(ctx, e, always)
+		_, err = br.refresh(ctx, e, nil, always)
 		return err
 	}
 	parallel(b, 200, rotate) // warm up, and measure the record size

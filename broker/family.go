@@ -104,7 +104,7 @@ func (b *Broker) putFamily(ctx context.Context, key string, fam *family.Record, 
 			return version, err
 		}
 		b.log.WarnContext(ctx, "store write failed; retrying", "key", key, "attempt", attempt+1, "err", err)
-		if err := ctxwait.Sleep(ctx, b.backoff(attempt, 0)); err != nil {
+		if err := ctxwait.Sleep(ctx, b.opts.Refresh.Backoff(attempt, 0)); err != nil {
 			return 0, err
 		}
 	}

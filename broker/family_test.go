@@ -224,19 +224,29 @@ func isReauth(err error) bool { return errors.Is(err, brokererr.ErrReauthRequire
 // install installs a family as a code or device flow does, with the
 // grant's tokens.
 func install(h *famHarness) error {
-	_, err := h.b.installFamily(h.ctx, h.e, "", "rt-installed", rotation("rt-installed"), true)
+	_, in, err := h.b.installFamily(h.ctx, h.e, "", "rt-installed", rotation("rt-installed"), true)
+	if err == nil {
+		in.logged()
+	}
 	return err
 }
 
-// importUnproven installs a refresh token as reauth import does, before its
-// proving refresh.
-func importUnproven(h *famHarness) error {
-	_, err := h.b.installFamily(h.ctx, h.e, "", "rt-imported", nil, false)
-	return err
+// importClaimed installs a refresh token as reauth import does, claimed for
+// its proving refresh, before that refresh.
+func importClaimed(h *famHarness) error {
+	_, in, err := h.b.installFamily(h.ctx, h.e, "", "rt-imported", nil, false)
+	if err != nil {
+		return err
+	}
+	in.logged()
+	if l := in.lease; l == nil || l.v.fam.Claim == nil || l.v.fam.Claim.Holder != me || !l.v.fam.Unproven {
+		return fmt.Errorf("import left lease %+v, want this replica's claim on an unproven family", l)
+	}
+	return nil
 }
 
 func acquireLease(h *famHarness) error {
-	l, _, err := h.b.acquire(h.ctx, h.e, always)
+	l, _, err := h.b.acquire(h.ctx, h.e, always, nil)
 	if err == nil && l == nil {
 		return errors.New("acquire adopted a view instead of claiming")
 	}
@@ -404,11 +414,12 @@ func TestEveryTransitionThroughTheBroker(t *testing.T) {
 	}, err: noErr}
 	cases[family.Transition{From: family.StateUnproven, Event: family.EvRevokeDeliberately, To: family.StateRevokedPendingProvider}] = deliberate
 	// Reauthenticate installs a family the same way from every state: an
-	// import unproven, the other flows active.
-	imported := rowCase{drive: importUnproven, audit: []string{audit.ActionReauthenticated}, notices: []string{"activated"}, err: noErr}
+	// import unproven and claimed for its proving refresh, the other flows
+	// active.
+	imported := rowCase{drive: importClaimed, audit: []string{audit.ActionReauthenticated}, notices: []string{"activated"}, err: noErr}
 	for _, row := range family.Transitions() {
 		switch {
-		case row.Event == family.EvInstall && row.To == family.StateUnproven:
+		case row.Event == family.EvInstall && row.To == family.StateClaimed:
 			cases[family.Transition{From: row.From, Event: row.Event, To: row.To}] = imported
 		case row.Event == family.EvInstall:
 			cases[family.Transition{From: row.From, Event: row.Event, To: row.To}] = installed

@@ -34,7 +34,7 @@ func FuzzRequestValidation(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, id, rawURL, scope string) {
 		if credid.Validate(id) == nil {
-			cred := &family.Credential{ID: id, Incarnation: randomHex(8)}
+			cred := &family.Credential{ID: id, Incarnation: family.RandomID(8)}
 			for key, parts := range map[string]int{family.CredentialKey(id): 2, cred.FamilyKey(): 3} {
 				if err := store.ValidateKey(key); err != nil {
 					t.Fatalf("accepted id %q makes an invalid store key: %v", id, err)

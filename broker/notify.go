@@ -26,12 +26,13 @@ func (b *Broker) Subscribe(ctx context.Context, credentialIDs []string, cursor s
 	return b.notices.Subscribe(ctx, filter, cursor)
 }
 
-// notify records a notice and delivers it (see notice.Log.Publish).
-func (b *Broker) notify(ctx context.Context, n notice.Notice) {
+// notify starts recording a notice and delivering it (see
+// notice.Log.Start); the caller must call wait.
+func (b *Broker) notify(ctx context.Context, n notice.Notice) (wait func()) {
 	if n.Kind == notice.FamilyRevoked {
 		b.metrics.CountRevocation(n.Reason)
 	}
-	b.notices.Publish(ctx, n)
+	return b.notices.Start(ctx, n)
 }
 
 // applyRemoteNotice brings this replica's cached state of a credential up to

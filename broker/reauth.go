@@ -2,8 +2,6 @@ package broker
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"time"
 
@@ -19,10 +17,6 @@ import (
 )
 
 const maxRefreshTokenLen = 4096
-
-// errIncarnationGone is ErrNotFound for a flow's credential that was
-// deleted and created again since the flow started.
-func errIncarnationGone(id string) error { return authflow.IncarnationGone(id) }
 
 // ImportRefreshToken installs a refresh token obtained elsewhere, then
 // refreshes at once to prove it works. When the provider cannot be reached
@@ -45,14 +39,18 @@ func (b *Broker) ImportRefreshToken(ctx context.Context, id, refreshToken string
 	// The replaced family is not revoked at the provider: an imported token
 	// may belong to that very family (a re-import), and revoking it would
 	// kill the token just installed.
-	act, err := b.installFamily(ctx, e, "", refreshToken, nil, false)
+	act, in, err := b.installFamily(ctx, e, "", refreshToken, nil, false)
 	if err != nil {
 		return authflow.Activation{}, err
 	}
-	// Stored first; now prove it. A refused token revokes the family just
-	// installed and says so.
+	// The activation notice is written beside the proving refresh; the
+	// answer waits for both.
+	defer in.logged()
+	// Stored first, with the claim for the refresh that proves it; now
+	// prove it. A refused token revokes the family just installed and says
+	// so.
 	stale := act.Generation
-	v, err := b.refresh(ctx, e, func(v *view) bool { return v.fam.FamilyID == act.FamilyID && v.fam.Generation == stale })
+	v, err := b.refresh(ctx, e, in.lease, func(v *view) bool { return v.fam.FamilyID == act.FamilyID && v.fam.Generation == stale })
 	var ue *brokererr.UnavailableError
 	if errors.As(err, &ue) && ue.Component == brokererr.ComponentProvider {
 		b.log.WarnContext(ctx, "imported refresh token stored, not yet proven: the provider could not be reached; retrying", "credential", id, "family", act.FamilyID, "err", err)
@@ -71,21 +69,31 @@ func (b *Broker) ImportRefreshToken(ctx context.Context, id, refreshToken string
 // provider (best effort), leaving no second live family behind. A non-empty
 // incarnation must be the stored credential's: a flow's grant never goes
 // into a credential deleted and created again since the flow started
-// (ErrNotFound).
-func (b *Broker) installFamily(ctx context.Context, e *entry, incarnation, refreshToken string, tok *provider.Token, revokeOld bool) (authflow.Activation, error) {
+// (ErrNotFound). An imported token (tok nil) is stored claimed by this
+// replica for its proving refresh.
+func (b *Broker) installFamily(ctx context.Context, e *entry, incarnation, refreshToken string, tok *provider.Token, revokeOld bool) (authflow.Activation, installed, error) {
 	now := b.opts.Now()
-	familyID := randomHex(12)
+	familyID := family.RandomID(12)
 	var old *view
 	var fam *family.Record
-	if _, err := b.updateFamily(ctx, e, nil, func(cur *view) (*family.Record, error) {
+	// No family read: its check-and-set decides whether it changed.
+	base, err := b.withFreshCredential(ctx, e, e.view.Load())
+	if err != nil {
+		return authflow.Activation{}, installed{}, err
+	}
+	v, err := b.updateFamily(ctx, e, base, func(cur *view) (*family.Record, error) {
 		if incarnation != "" && cur.cred.Incarnation != incarnation {
-			return nil, errIncarnationGone(e.id)
+			return nil, authflow.IncarnationGone(e.id)
 		}
 		fam = family.New(familyID, refreshToken, cur.cred.Spec, tok, now)
 		old = cur
+		if tok == nil {
+			return cur.fam.ReplacedClaimedBy(fam, b.opts.ReplicaID, now.Add(b.opts.ClaimTTLFor(cur.cred.Spec)))
+		}
 		return cur.fam.ReplacedBy(fam)
-	}); err != nil {
-		return authflow.Activation{}, err
+	})
+	if err != nil {
+		return authflow.Activation{}, installed{}, err
 	}
 	e.mu.Lock()
 	e.rescue.Store(nil)
@@ -98,14 +106,19 @@ func (b *Broker) installFamily(ctx context.Context, e *entry, incarnation, refre
 		}
 	}
 	b.log.InfoContext(ctx, "new token family installed", "credential", e.id, "family", fam.FamilyID)
-	b.announce(ctx, e.id, fam, audit.Event{Action: audit.ActionReauthenticated}, &notice.Notice{Kind: notice.FamilyActivated, DetectedAt: now})
-	return authflow.Activation{FamilyID: fam.FamilyID, Generation: fam.Generation, ActivatedAt: now}, nil
+	in := installed{logged: b.announcing(ctx, e.id, fam, audit.Event{Action: audit.ActionReauthenticated}, &notice.Notice{Kind: notice.FamilyActivated, DetectedAt: now})}
+	if tok == nil {
+		in.lease = &claimLease{b: b, e: e, v: v}
+	}
+	return authflow.Activation{FamilyID: fam.FamilyID, Generation: fam.Generation, ActivatedAt: now}, in, nil
 }
 
-func randomHex(n int) string {
-	b := make([]byte, n)
-	_, _ = rand.Read(b)
-	return hex.EncodeToString(b)
+// installed is what installFamily leaves running: an import's claim for its
+// proving refresh, and the wait for the activation's notice and audit
+// record to be written, which the caller must call.
+type installed struct {
+	lease  *claimLease
+	logged func()
 }
 
 // flowCore is the rotation core as the authorization flows see it
@@ -143,5 +156,9 @@ func (c flowCore) Install(ctx context.Context, id, incarnation string, tok *prov
 	if err != nil {
 		return authflow.Activation{}, err
 	}
-	return c.b.installFamily(ctx, e, incarnation, tok.RefreshToken, tok, true)
+	act, in, err := c.b.installFamily(ctx, e, incarnation, tok.RefreshToken, tok, true)
+	if err == nil {
+		in.logged()
+	}
+	return act, err
 }

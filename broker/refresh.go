@@ -32,7 +32,8 @@ func persistContext(ctx context.Context) (context.Context, context.CancelFunc) {
 // runRefresh is the body of a flight: the only place that presents a
 // credential's refresh token to the provider. It runs under the broker's
 // context; caller lends only its span, the rotavault.refresh span's parent.
-func (b *Broker) runRefresh(caller context.Context, e *entry, need func(*view) bool) (v *view, err error) {
+// A claim held already (l, non-nil) serves the first try.
+func (b *Broker) runRefresh(caller context.Context, e *entry, l *claimLease, need func(*view) bool) (v *view, err error) {
 	ctx, cancel := context.WithTimeout(b.ctx, b.opts.Refresh.Timeout)
 	defer cancel()
 	ctx, span := spans.Start(ctx, caller, spans.Refresh, e.id)
@@ -40,12 +41,13 @@ func (b *Broker) runRefresh(caller context.Context, e *entry, need func(*view) b
 
 	// A rotated family that could not be stored is the truth: store it
 	// before anything else, and never present the older token it replaced.
-	if v, err := b.storeRescue(ctx, e); err != nil {
-		return nil, err
-	} else if v != nil && !need(v) {
-		return v, nil
+	if v, err := b.storeRescue(ctx, e); err != nil || (v != nil && !need(v)) {
+		return v, err
 	}
 	if err := b.opts.RefuseShortGrace(e.view.Load().cred.Spec); err != nil {
+		if l != nil {
+			l.release(ctx)
+		}
 		return nil, err
 	}
 
@@ -56,12 +58,11 @@ func (b *Broker) runRefresh(caller context.Context, e *entry, need func(*view) b
 	// (adopt it, wait for the other's refresh, or claim anew) rather than
 	// answer ABORTED.
 	for try := 0; try < 2; try++ {
-		var l *claimLease
-		if l, v, err = b.acquire(ctx, e, need); err != nil || l == nil {
+		if l, v, err = b.acquire(ctx, e, need, l); err != nil || l == nil {
 			return v, err
 		}
 		v, err = b.refreshFamily(ctx, l)
-		if !errors.Is(err, errFenceMoved) {
+		if l = nil; !errors.Is(err, errFenceMoved) {
 			break
 		}
 		b.log.WarnContext(ctx, "another replica took this replica's refresh claim over; reading what it stored", "credential", e.id)
@@ -87,7 +88,7 @@ func (b *Broker) refreshFamily(ctx context.Context, l *claimLease) (*view, error
 		spec := l.v.cred.Spec
 		sent := b.opts.Now()
 		tok, answer := b.provider.Refresh(pctx, spec.Endpoint(), spec.ClientCredentials(), l.v.fam.RefreshToken)
-		restamp(tok, sent)
+		family.Restamp(tok, sent)
 		a.State, a.Grace, a.Now = l.v.fam.State(), spec.ReuseGrace, b.opts.Now()
 		d := family.Decide(a, answer)
 		if d.Outcome == family.OutcomeUnknown {
@@ -116,7 +117,7 @@ func (b *Broker) refreshFamily(ctx context.Context, l *claimLease) (*view, error
 				continue
 			}
 		case family.ActionRetry:
-			if err := ctxwait.Sleep(pctx, b.backoff(a.N, d.BackoffAtLeast)); err != nil {
+			if err := ctxwait.Sleep(pctx, b.opts.Refresh.Backoff(a.N, d.BackoffAtLeast)); err != nil {
 				d.Err = &brokererr.UnavailableError{Component: brokererr.ComponentProvider, RetryAfter: time.Second, Err: answer}
 				break
 			}
@@ -133,21 +134,6 @@ func (b *Broker) refreshFamily(ctx context.Context, l *claimLease) (*view, error
 		l.release(ctx)
 		return nil, d.Err
 	}
-}
-
-// restamp sets tok's RequestedAt to sent, when the broker's clock says the
-// request went out: the provider client's clock may be another (tests inject
-// the broker's), and the access token's AliveUntil is compared with the
-// broker's.
-func restamp(tok *provider.Token, sent time.Time) {
-	if tok != nil {
-		tok.RequestedAt = sent
-	}
-}
-
-func (b *Broker) backoff(attempt int, atLeast time.Duration) time.Duration {
-	d := b.opts.Refresh.RetryBase << min(attempt, 8)
-	return max(d, atLeast)
 }
 
 // storeResult stores the outcome of a successful refresh with

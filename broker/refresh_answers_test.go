@@ -189,7 +189,7 @@ func TestClaimWaitsForTheHolderThenTakesOver(t *testing.T) {
 	}
 	done := make(chan result, 1)
 	go func() {
-		l, _, err := h.b.acquire(h.ctx, h.e, always)
+		l, _, err := h.b.acquire(h.ctx, h.e, always, nil)
 		done <- result{l, err}
 	}()
 	poll.Until(t, 10*time.Second, "a claim wait", func() bool { return h.b.Stats().ClaimWaits > 0 })
@@ -215,9 +215,9 @@ func TestOptimisticClaimFollowsOtherWriters(t *testing.T) {
 	newer.Generation, newer.RefreshToken = 4, "rt-4"
 	h.put(newer)
 	h.e.view.Store(stale)
-	h.clk.Add(2 * credCacheTTL)
+	h.clk.Add(2 * family.CredentialCacheTTL)
 	reads := h.st.reads.Load()
-	l, _, err := h.b.acquire(h.ctx, h.e, always)
+	l, _, err := h.b.acquire(h.ctx, h.e, always, nil)
 	if err != nil || l == nil {
 		t.Fatalf("acquire: %v", err)
 	}
@@ -329,11 +329,11 @@ func TestHeldRotationIsStoredBeforeAnyRefresh(t *testing.T) {
 	h.in(family.StateHeld)
 	up := h.st.inject(&fault{op: "put", prefix: "families/", fail: errStoreDown})
 	stale := func(v *view) bool { return v.fam.Generation == 3 }
-	if _, err := h.b.refresh(h.ctx, h.e, stale); !isUnavailable(err) {
+	if _, err := h.b.refresh(h.ctx, h.e, nil, stale); !isUnavailable(err) {
 		t.Fatalf("refresh with the store down: %v, want unavailable", err)
 	}
 	up()
-	v, err := h.b.refresh(h.ctx, h.e, stale)
+	v, err := h.b.refresh(h.ctx, h.e, nil, stale)
 	if err != nil || v.fam.RefreshToken != "rt-4" || h.prov.refreshes != 0 {
 		t.Fatalf("after the store came back: %v, token %q, %d refreshes; want the held rotation, none", err, v.fam.RefreshToken, h.prov.refreshes)
 	}
@@ -430,7 +430,7 @@ func TestClaimFailures(t *testing.T) {
 	t.Run("revoked", func(t *testing.T) {
 		h := newFamHarness(t)
 		h.put(h.record(family.StateRevoked))
-		if _, _, err := h.b.acquire(h.ctx, h.e, always); !isReauth(err) {
+		if _, _, err := h.b.acquire(h.ctx, h.e, always, nil); !isReauth(err) {
 			t.Fatalf("acquire: %v", err)
 		}
 	})
@@ -441,7 +441,7 @@ func TestClaimFailures(t *testing.T) {
 		h.put(h.record(family.StateActive)) // moves the store past the cache
 		h.e.view.Store(cached)
 		defer h.st.inject(&fault{op: "get", fail: errStoreDown})()
-		_, _, err := h.b.acquire(h.ctx, h.e, always)
+		_, _, err := h.b.acquire(h.ctx, h.e, always, nil)
 		if !isUnavailable(err) {
 			t.Fatalf("acquire: %v", err)
 		}
@@ -451,7 +451,7 @@ func TestClaimFailures(t *testing.T) {
 		h.put(takenBy(h.record(family.StateActive), other, h.clk.Now().Add(time.Minute)))
 		ctx, cancel := context.WithTimeout(h.ctx, 20*time.Millisecond)
 		defer cancel()
-		if _, _, err := h.b.acquire(ctx, h.e, always); !errors.Is(err, context.DeadlineExceeded) {
+		if _, _, err := h.b.acquire(ctx, h.e, always, nil); !errors.Is(err, context.DeadlineExceeded) {
 			t.Fatalf("acquire: %v", err)
 		}
 	})
@@ -459,7 +459,7 @@ func TestClaimFailures(t *testing.T) {
 		h := newFamHarness(t)
 		h.put(takenBy(h.record(family.StateActive), other, h.clk.Now().Add(time.Minute)))
 		defer h.st.inject(&fault{op: "get", prefix: "families/", fail: errStoreDown})()
-		if _, _, err := h.b.acquire(h.ctx, h.e, always); !isUnavailable(err) {
+		if _, _, err := h.b.acquire(h.ctx, h.e, always, nil); !isUnavailable(err) {
 			t.Fatalf("acquire: %v", err)
 		}
 	})
@@ -467,7 +467,7 @@ func TestClaimFailures(t *testing.T) {
 		h := newFamHarness(t)
 		h.put(h.record(family.StateActive))
 		h.st.inject(&fault{op: "put", prefix: "families/", once: true, fail: errStoreDown})
-		if l, _, err := h.b.acquire(h.ctx, h.e, always); err != nil || l == nil {
+		if l, _, err := h.b.acquire(h.ctx, h.e, always, nil); err != nil || l == nil {
 			t.Fatalf("acquire after one failed write: %v", err)
 		}
 	})
@@ -484,7 +484,7 @@ func TestFlightEndingOnARevokedFamilyAnswersReauth(t *testing.T) {
 	h.put(h.record(family.StateRevoked)) // another replica revoked it
 	h.e.view.Store(cached)
 	due := func(v *view) bool { return v.fam.Status == family.StatusActive }
-	if v, err := h.b.refresh(h.ctx, h.e, due); !isReauth(err) {
+	if v, err := h.b.refresh(h.ctx, h.e, nil, due); !isReauth(err) {
 		t.Fatalf("refresh: %+v, %v; want ErrReauthRequired", v, err)
 	}
 	if h.prov.refreshes != 0 {
@@ -500,7 +500,7 @@ func TestExpiredClaimIsNotIdle(t *testing.T) {
 	h := newFamHarness(t)
 	h.put(h.record(family.StateActive))
 	seen := h.e.view.Load()
-	if !h.b.detectable(h.e, seen, h.clk.Now()) || !stillSameLiveToken(seen, seen) {
+	if !h.b.detectable(h.e, seen, h.clk.Now()) || !family.StillSameLiveToken(seen.cred, seen.fam, seen.cred, seen.fam) {
 		t.Fatal("an idle family is not checked")
 	}
 	for _, s := range []family.State{family.StateClaimed, family.StateInDoubt, family.StateInDoubtReleased} {
@@ -510,9 +510,9 @@ func TestExpiredClaimIsNotIdle(t *testing.T) {
 		}
 		h.put(fam)
 		cur := h.e.view.Load()
-		if h.b.detectable(h.e, cur, h.clk.Now()) || stillSameLiveToken(seen, cur) {
+		if h.b.detectable(h.e, cur, h.clk.Now()) || family.StillSameLiveToken(seen.cred, seen.fam, cur.cred, cur.fam) {
 			t.Errorf("%s with an expired claim: detectable %v, same live token %v; want neither",
-				s, h.b.detectable(h.e, cur, h.clk.Now()), stillSameLiveToken(seen, cur))
+				s, h.b.detectable(h.e, cur, h.clk.Now()), family.StillSameLiveToken(seen.cred, seen.fam, cur.cred, cur.fam))
 		}
 	}
 }

@@ -35,7 +35,7 @@ func TestUnmeetableNeedCostsOneRotation(t *testing.T) {
 		t.Fatal(err)
 	}
 	never := func(*view) bool { return true }
-	v, err := b.refresh(ctx, e, never)
+	v, err := b.refresh(ctx, e, nil, never)
 	if err != nil {
 		t.Fatal(err)
 	}

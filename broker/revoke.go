@@ -58,7 +58,7 @@ func (b *Broker) RevokeCredential(ctx context.Context, id, reason string) (Revoc
 	// decide on the store's state (no base). Dropping another replica's
 	// claim is the point: its result write then fails the check-and-set and
 	// finds the family revoked.
-	r := revocation{reason: notice.ReasonAdminRevoked, detail: "revoked deliberately: " + reason, auditDetail: reason}
+	r := family.Revocation{Reason: notice.ReasonAdminRevoked, Detail: "revoked deliberately: " + reason, AuditDetail: reason}
 	v, res, err := b.revokeFamily(ctx, e, nil, r, func(cur *view) error {
 		switch cur.fam.Status {
 		case family.StatusActive:
@@ -84,17 +84,6 @@ func (b *Broker) RevokeCredential(ctx context.Context, id, reason string) (Revoc
 // errAlreadyRevoked: RevokeCredential found the family revoked.
 var errAlreadyRevoked = errors.New("broker: family already revoked")
 
-// revocation is one family revocation, whatever its cause: reuse
-// (invalid_grant), a deliberate RevokeCredential, or early detection.
-type revocation struct {
-	reason notice.RevocationReason
-	// detail is the record's last error.
-	detail string
-	// auditDetail is the audit record's detail (the provider's error, the
-	// operator's reason, how it was detected).
-	auditDetail string
-}
-
 // revokeFamily is the one revocation path: it marks the family revoked in
 // the store through updateFamily (deciding on base first, or on a fresh
 // read when base is nil; still says whether a state read after a conflict
@@ -104,7 +93,7 @@ type revocation struct {
 // runs on a context of its own: once the store says revoked, the rest must
 // happen even if the caller goes away. Errors: still's, and
 // updateFamily's (a write error wraps errFamilyNotWritten).
-func (b *Broker) revokeFamily(ctx context.Context, e *entry, base *view, r revocation, still func(cur *view) error) (*view, notice.ProviderRevocation, error) {
+func (b *Broker) revokeFamily(ctx context.Context, e *entry, base *view, r family.Revocation, still func(cur *view) error) (*view, notice.ProviderRevocation, error) {
 	ctx, cancel := persistContext(ctx)
 	defer cancel()
 	now := b.opts.Now()
@@ -112,17 +101,13 @@ func (b *Broker) revokeFamily(ctx context.Context, e *entry, base *view, r revoc
 		if err := still(cur); err != nil {
 			return nil, err
 		}
-		return cur.fam.Revoked(r.reason, r.detail, now)
+		return cur.fam.Revoked(r.Reason, r.Detail, now)
 	})
 	if err != nil {
 		return v, notice.ProviderRevocationNone, err
 	}
 	res := notice.ProviderRevocationNone
-	noticeDetail, auditDetail := family.RevocationDetail(r.reason), r.auditDetail
-	if r.reason == notice.ReasonLostRotation {
-		noticeDetail = family.LostRotationDetail(v.cred.Spec.ReuseGrace)
-		auditDetail += "; " + noticeDetail
-	}
+	noticeDetail, auditDetail := r.Details(v.cred.Spec.ReuseGrace)
 	if v.fam.PendingRevocation != "" {
 		res = b.revokeAtProvider(ctx, e, v)
 		if res == notice.ProviderRevocationUnconfirmed {
@@ -131,8 +116,8 @@ func (b *Broker) revokeFamily(ctx context.Context, e *entry, base *view, r revoc
 		}
 	}
 	b.announce(ctx, e.id, v.fam,
-		audit.Event{Action: audit.ActionFamilyRevoked, Reason: string(r.reason), Detail: auditDetail},
-		&notice.Notice{Kind: notice.FamilyRevoked, Reason: r.reason, Detail: noticeDetail, ProviderRevocation: res, DetectedAt: now})
+		audit.Event{Action: audit.ActionFamilyRevoked, Reason: string(r.Reason), Detail: auditDetail},
+		&notice.Notice{Kind: notice.FamilyRevoked, Reason: r.Reason, Detail: noticeDetail, ProviderRevocation: res, DetectedAt: now})
 	return v, res, nil
 }
 
@@ -140,12 +125,22 @@ func (b *Broker) revokeFamily(ctx context.Context, e *entry, base *view, r revoc
 // a change of family: both name fam's credential, family and generation.
 // A nil notice writes the audit record only.
 func (b *Broker) announce(ctx context.Context, id string, fam *family.Record, ev audit.Event, n *notice.Notice) {
+	b.announcing(ctx, id, fam, ev, n)()
+}
+
+// announcing is announce with the writes left running: the notice and the
+// audit record take their places in the log and the trail at once, and
+// are written side by side and beside whatever the caller does next,
+// until the caller calls logged (it must).
+func (b *Broker) announcing(ctx context.Context, id string, fam *family.Record, ev audit.Event, n *notice.Notice) (logged func()) {
 	ev.Credential, ev.Family, ev.Generation = id, fam.FamilyID, fam.Generation
-	b.audit(ctx, ev)
+	noticed := func() {}
 	if n != nil {
 		n.CredentialID, n.FamilyID, n.Generation = id, fam.FamilyID, fam.Generation
-		b.notify(ctx, *n)
+		noticed = b.notify(ctx, *n)
 	}
+	audited := b.auditing(ctx, ev)
+	return func() { noticed(); audited() }
 }
 
 // revoke revokes the lease's family after the provider refused its refresh
@@ -154,7 +149,7 @@ func (b *Broker) announce(ctx context.Context, id string, fam *family.Record, ev
 // callers receive.
 func (l *claimLease) revoke(ctx context.Context, reason notice.RevocationReason, detail string) error {
 	e, fam := l.e, l.v.fam
-	v, _, err := l.b.revokeFamily(ctx, e, l.v, revocation{reason: reason, detail: detail, auditDetail: detail}, func(cur *view) error {
+	v, _, err := l.b.revokeFamily(ctx, e, l.v, family.Revocation{Reason: reason, Detail: detail, AuditDetail: detail}, func(cur *view) error {
 		if cur.fam.FamilyID == fam.FamilyID && cur.fam.Status == family.StatusActive && cur.fam.Generation == fam.Generation {
 			return nil
 		}

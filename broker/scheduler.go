@@ -76,7 +76,7 @@ func (c schedCore) Refresh(e *entry) error {
 	}
 	ctx, cancel := context.WithTimeout(b.ctx, b.opts.Refresh.Timeout)
 	defer cancel()
-	_, err := b.refresh(ctx, e, need)
+	_, err := b.refresh(ctx, e, nil, need)
 	return err
 }
 

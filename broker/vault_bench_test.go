@@ -114,7 +114,7 @@ func BenchmarkVaultRotationsVsRawWrites(b *testing.B) {
 		if err != nil {
 			return err
 		}
-		_, err = vb.b.refresh(ctx, e, always)
+		_, err = vb.b.refresh(ctx, e, nil, always)
 		return err
 	}
 	// The raw writes carry values as large as the records a rotation

@@ -16,8 +16,8 @@ import (
 )
 
 // writeCountingStore counts the writes (check-and-set puts, conflicting
-// or not, and deletes) a broker makes, by kind of key, for stating what one
-// operation costs the store.
+// or not, and deletes) and the reads (found or missing) a broker makes, by
+// kind of key, for stating what one operation costs the store.
 type writeCountingStore struct {
 	store.Store
 	mu     sync.Mutex
@@ -47,21 +47,36 @@ func (c *writeCountingStore) Put(ctx context.Context, key string, value []byte, 
 	return v, err
 }
 
+func (c *writeCountingStore) Get(ctx context.Context, key string) (store.Record, error) {
+	rec, err := c.Store.Get(ctx, key)
+	if errors.Is(err, store.ErrNotFound) {
+		c.tally("missing get", key)
+	} else {
+		c.tally("get", key)
+	}
+	return rec, err
+}
+
+// count is the number of writes (or reads) so far, of every kind.
+func (c *writeCountingStore) count(writes bool) int64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var n int64
+	for k, v := range c.byKind {
+		if strings.Contains(k, "get ") != writes {
+			n += v
+		}
+	}
+	return n
+}
+
 func (c *writeCountingStore) Delete(ctx context.Context, key string) error {
 	c.tally("delete", key)
 	return c.Store.Delete(ctx, key)
 }
 
-// writes is the number of writes so far, of every kind.
-func (c *writeCountingStore) writes() int64 {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	var n int64
-	for _, k := range c.byKind {
-		n += k
-	}
-	return n
-}
+func (c *writeCountingStore) writes() int64 { return c.count(true) }
+func (c *writeCountingStore) reads() int64  { return c.count(false) }
 
 // BenchmarkOnboarding measures onboarding through the public API as a
 // platform team does it for each new integration: CreateCredential, then
@@ -133,20 +148,22 @@ func benchmarkOnboarding(b *testing.B, opts envOptions) {
 		})
 	}
 	rawRun(callsOf(200)) // warm up the store and the connection pool
-	before := counted.writes()
+	before, readsBefore := counted.writes(), counted.reads()
 	b.ResetTimer()
 	onboardDur := run(b, b.N, onboard)
 	b.StopTimer()
 	writes := float64(counted.writes()-before) / float64(n)
+	reads := float64(counted.reads()-readsBefore) / float64(n)
 	rawDur := rawRun(n)
 	counted.mu.Lock()
-	b.Logf("store writes during %d onboardings, by kind: %v", n, counted.byKind)
+	b.Logf("store writes and reads during %d onboardings (and the setup before), by kind: %v", n, counted.byKind)
 	counted.mu.Unlock()
 
 	onboardRate := float64(n) / onboardDur.Seconds()
 	rawRate := float64(callsOf(n)) / rawDur.Seconds()
 	b.ReportMetric(onboardRate, "onboardings/s")
 	b.ReportMetric(writes, "writes/onboarding")
+	b.ReportMetric(reads, "reads/onboarding")
 	b.ReportMetric(rawRate, "raw-cas-writes/s")
 	b.ReportMetric(onboardRate/(rawRate/writes), "onboardings/ceiling")
 

@@ -27,6 +27,12 @@ const (
 	StatusUnproven Status = "unproven"
 )
 
+// CredentialCacheTTL bounds how long a replica refreshes with a credential
+// record it has not re-read: another replica's update (a rotated client
+// secret, a new endpoint) reaches it within this time, or at once when the
+// provider refuses the client.
+const CredentialCacheTTL = 30 * time.Second
+
 // Credential is a credential as stored: its id, incarnation and spec.
 type Credential struct {
 	Format int    `json:"format"`

@@ -19,6 +19,28 @@ func (f *Record) LiveToken() string {
 	return ""
 }
 
+// Revocation is one family revocation, whatever its cause: reuse
+// (invalid_grant), a deliberate RevokeCredential, or early detection.
+type Revocation struct {
+	Reason notice.RevocationReason
+	// Detail is the record's last error.
+	Detail string
+	// AuditDetail is the audit record's detail (the provider's error, the
+	// operator's reason, how it was detected).
+	AuditDetail string
+}
+
+// Details are the notice's and the audit record's detail of r, for a
+// credential whose reuse grace period is grace.
+func (r Revocation) Details(grace time.Duration) (noticeDetail, auditDetail string) {
+	noticeDetail, auditDetail = RevocationDetail(r.Reason), r.AuditDetail
+	if r.Reason == notice.ReasonLostRotation {
+		noticeDetail = LostRotationDetail(grace)
+		auditDetail += "; " + noticeDetail
+	}
+	return noticeDetail, auditDetail
+}
+
 // RevocationDetail explains a reason in notices and records.
 func RevocationDetail(r notice.RevocationReason) string {
 	switch r {

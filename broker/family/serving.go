@@ -12,6 +12,19 @@ import (
 // Serving: whether a family's access token can serve a caller, the token
 // as handed out, and what a rejected-token report meant.
 
+// StillSameLiveToken reports whether cur (of credential record curCred) is
+// the family seen was (of seenCred), at the same incarnation, generation
+// and token, active and idle: no claim (a refresh in progress may have
+// rotated the token at the provider already) and no doubt (a refresh whose
+// answer was lost may have).
+func StillSameLiveToken(seenCred *Credential, seen *Record, curCred *Credential, cur *Record) bool {
+	return cur.Idle() &&
+		curCred.Incarnation == seenCred.Incarnation &&
+		cur.FamilyID == seen.FamilyID &&
+		cur.Generation == seen.Generation &&
+		cur.RefreshToken == seen.RefreshToken
+}
+
 // Fresh reports whether the access token can serve a caller wanting
 // minRemaining: unexpired by the margin, and not past its cutoff.
 func (t Timing) Fresh(minRemaining time.Duration, now time.Time) bool {

@@ -71,7 +71,7 @@ type stateInfo struct {
 var states = [NumStates]stateInfo{
 	StateAwaitingReauth:         {"awaiting_reauthentication", "no family installed yet (`status` awaiting_reauthentication)"},
 	StateActive:                 {"active", "idle: `status` active, no `claim`, not `in_doubt`"},
-	StateClaimed:                {"claimed", "a replica refreshes: `claim` = {holder, deadline}"},
+	StateClaimed:                {"claimed", "a replica refreshes: `claim` = {holder, deadline}; with `unproven` too while an import's proving refresh runs (or its holder died: the claim is taken over at its deadline like any other)"},
 	StateInDoubt:                {"in_doubt", "`claim` and `in_doubt`: a refresh of this generation may have rotated the token without its answer arriving (an unknown outcome, or a takeover from a holder that died); an invalid_grant now is a lost rotation"},
 	StateInDoubtReleased:        {"in_doubt_released", "`in_doubt` without a claim: the holder gave up after an unknown outcome; the next claim stays in doubt"},
 	StateRevoked:                {"revoked", "`status` revoked with `revoked_reason`; no tokens kept"},
@@ -225,23 +225,23 @@ var transitions = []Transition{
 	{StateClaimed, EvTakeOverDead, StateInDoubt, "embedded store: the file lock proves the holder (a previous process) dead, so its claim is taken over at once after a restart"},
 	{StateInDoubt, EvTakeOverDead, StateInDoubt, "embedded store: the holder was a previous process"},
 
-	{StateAwaitingReauth, EvInstall, StateUnproven, "reauth import: the token is stored, then a refresh proves it"},
-	{StateActive, EvInstall, StateUnproven, "reauth import"},
-	{StateClaimed, EvInstall, StateUnproven, "reauth import during a refresh"},
-	{StateInDoubt, EvInstall, StateUnproven, "reauth import"},
-	{StateInDoubtReleased, EvInstall, StateUnproven, "reauth import"},
-	{StateRevoked, EvInstall, StateUnproven, "reauth import"},
-	{StateRevokedPendingProvider, EvInstall, StateUnproven, "reauth import"},
-	{StateHeld, EvInstall, StateUnproven, "reauth import: the held rotation is dropped"},
-	{StateUnproven, EvInstall, StateUnproven, "reauth import again"},
+	{StateAwaitingReauth, EvInstall, StateClaimed, "reauth import: the token is stored `unproven` and claimed by the importing replica in one write, then its proving refresh runs under that claim (the install is write 1)"},
+	{StateActive, EvInstall, StateClaimed, "reauth import"},
+	{StateClaimed, EvInstall, StateClaimed, "reauth import during a refresh: the holder's result write then conflicts"},
+	{StateInDoubt, EvInstall, StateClaimed, "reauth import"},
+	{StateInDoubtReleased, EvInstall, StateClaimed, "reauth import"},
+	{StateRevoked, EvInstall, StateClaimed, "reauth import"},
+	{StateRevokedPendingProvider, EvInstall, StateClaimed, "reauth import"},
+	{StateHeld, EvInstall, StateClaimed, "reauth import: the held rotation is dropped"},
+	{StateUnproven, EvInstall, StateClaimed, "reauth import again"},
 	{StateUnproven, EvInstall, StateActive, "Reauthenticate with a code or device flow"},
-	{StateUnproven, EvClaim, StateClaimed, "the proving refresh (import, a caller, the scheduler's retry)"},
+	{StateUnproven, EvClaim, StateClaimed, "the proving refresh retried (a caller, the scheduler)"},
 	{StateClaimed, EvRelease, StateUnproven, "the proving refresh could not reach the provider: stored, not yet proven; retried"},
 	{StateUnproven, EvRevokeDeliberately, StateRevokedPendingProvider, "RevokeCredential"},
 	{StateActive, EvReachCutoff, StateCutOff, "the clock passes the cutoff every replica computes from the record alike (no write); a provider that keeps the previous access token has none"},
 	{StateCutOff, EvClaim, StateClaimed, "a caller past the cutoff, or the scheduler, claims the rotation; callers on every replica wait for its result"},
 	{StateCutOff, EvInstall, StateActive, "Reauthenticate with a code or device flow"},
-	{StateCutOff, EvInstall, StateUnproven, "reauth import"},
+	{StateCutOff, EvInstall, StateClaimed, "reauth import"},
 	{StateCutOff, EvRevoke, StateRevoked, "introspection: the refresh token is inactive at the provider (REVOKED_AT_PROVIDER)"},
 	{StateCutOff, EvRevokeDeliberately, StateRevokedPendingProvider, "RevokeCredential"},
 	{StateActive, EvNotePreviousAccess, StateActive, "generic provider with an introspection endpoint, previous_access_token unset: the access token a rotation replaced was introspected; whether it died is recorded (not once the new token is past its cutoff), and replicas apply or drop the cutoff alike"},
@@ -456,5 +456,15 @@ func (f *Record) NotedPreviousAccess(p credspec.PreviousAccess) (*Record, error)
 
 // ReplacedBy returns the new family that replaces f.
 func (f *Record) ReplacedBy(next *Record) (*Record, error) {
+	return f.to(EvInstall, next)
+}
+
+// ReplacedClaimedBy returns next, the new family that replaces f, claimed
+// by holder until deadline: an imported token is stored together with the
+// claim for the refresh that proves it, so that refresh writes only its
+// result. A holder that dies after the install leaves an ordinary claim,
+// taken over at its deadline. next is modified.
+func (f *Record) ReplacedClaimedBy(next *Record, holder string, deadline time.Time) (*Record, error) {
+	next.Claim = &Claim{Holder: holder, Deadline: deadline}
 	return f.to(EvInstall, next)
 }

@@ -303,6 +303,11 @@ var errNoticeNotLogged = errors.New("broker: notice not logged")
 // has gone.
 func (l *Log) Append(ctx context.Context, n Notice) error {
 	g, i, lead := l.joinGroup(n)
+	return l.appendJoined(ctx, n, g, i, lead)
+}
+
+// appendJoined is Append after n joined group g at index i.
+func (l *Log) appendJoined(ctx context.Context, n Notice, g *appendGroup, i int, lead bool) error {
 	if lead {
 		<-g.turn
 		l.writeHead(ctx, g)
@@ -318,6 +323,31 @@ func (l *Log) Append(ctx context.Context, n Notice) error {
 	defer cancel()
 	seq := g.first + uint64(i)
 	n.seq = seq
+	// The record, the index and the group's pages are separate keys, each
+	// its own store commit: written side by side, an append waits for one
+	// commit after the head's instead of three.
+	var wg sync.WaitGroup
+	if n.Kind.ForWatchers() {
+		// Indexes serve filtered replays only.
+		wg.Go(func() {
+			if err := l.addToIndex(wctx, n.CredentialID, seq, g.pruneTo); err != nil {
+				l.log.WarnContext(ctx, "notice not added to its credential's index; filtered replays from far back will miss it", "seq", seq, "err", err)
+			}
+		})
+	}
+	if lead {
+		// Pages (one write per page the group touches) and pruning, once
+		// per group.
+		wg.Go(func() {
+			l.writePages(wctx, g)
+			for old := g.pruneFrom; old < g.pruneTo; old++ {
+				if err := l.store.Delete(wctx, noticeKey(old)); err != nil {
+					l.log.WarnContext(ctx, "could not prune notice", "seq", old, "err", err)
+				}
+			}
+			l.prunePages(wctx, g.pruneFrom, g.pruneTo)
+		})
+	}
 	raw, err := jsonrec.Encode(n)
 	if err == nil {
 		_, err = l.store.Put(wctx, noticeKey(seq), raw, 0)
@@ -325,23 +355,7 @@ func (l *Log) Append(ctx context.Context, n Notice) error {
 	if err != nil {
 		l.log.WarnContext(ctx, "notice kept only in the log head; watchers resuming from far back may miss it", "seq", seq, "err", err)
 	}
-	if n.Kind.ForWatchers() {
-		// Indexes serve filtered replays only.
-		if err := l.addToIndex(wctx, n.CredentialID, seq, g.pruneTo); err != nil {
-			l.log.WarnContext(ctx, "notice not added to its credential's index; filtered replays from far back will miss it", "seq", seq, "err", err)
-		}
-	}
-	if lead {
-		// Pages (one write per page the group touches) and pruning, once
-		// per group.
-		l.writePages(wctx, g)
-		for old := g.pruneFrom; old < g.pruneTo; old++ {
-			if err := l.store.Delete(wctx, noticeKey(old)); err != nil {
-				l.log.WarnContext(ctx, "could not prune notice", "seq", old, "err", err)
-			}
-		}
-		l.prunePages(wctx, g.pruneFrom, g.pruneTo)
-	}
+	wg.Wait()
 	return nil
 }
 
@@ -951,7 +965,29 @@ func (l *Log) Close() {
 // is still delivered live on this replica: the family's state is stored,
 // and a watcher learns of it now rather than never.
 func (l *Log) Publish(ctx context.Context, n Notice) {
-	err := l.Append(ctx, n)
+	l.deliverUnlogged(ctx, n, l.Append(ctx, n))
+}
+
+// Start is Publish beside the caller's work: n takes its place in the log
+// at once, after every notice started (or published) before it on this
+// replica, and its writes run in a goroutine of their own. The caller owns
+// that goroutine: it must call wait, which returns once the notice is
+// logged (or delivered live). A notice that joins a group leads it or
+// waits for its leader; either way the head's turn never waits for the
+// caller.
+func (l *Log) Start(ctx context.Context, n Notice) (wait func()) {
+	g, i, lead := l.joinGroup(n)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		l.deliverUnlogged(ctx, n, l.appendJoined(ctx, n, g, i, lead))
+	}()
+	return func() { <-done }
+}
+
+// deliverUnlogged delivers n live on this replica when appending it failed
+// (err).
+func (l *Log) deliverUnlogged(ctx context.Context, n Notice, err error) {
 	if err == nil {
 		return
 	}

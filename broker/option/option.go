@@ -75,6 +75,12 @@ type Refresh struct {
 	RejectionInterval time.Duration
 }
 
+// Backoff is the wait before retry attempt+1 of a refresh or a store
+// write: RetryBase doubled per attempt (at most 2⁸ times), at least atLeast.
+func (r Refresh) Backoff(attempt int, atLeast time.Duration) time.Duration {
+	return max(r.RetryBase<<min(attempt, 8), atLeast)
+}
+
 // Schedule tunes the proactive-refresh scheduler (broker/scheduler.go).
 type Schedule struct {
 	Interval time.Duration
