@@ -101,7 +101,9 @@ func (b *Broker) installFamily(ctx context.Context, e *entry, incarnation, refre
 	e.mu.Unlock()
 	e.wake() // the proving refresh waits for no earlier failure's retry
 	if live := old.fam.LiveToken(); revokeOld && live != "" {
-		if err := b.provider.Revoke(ctx, old.cred.Spec.Endpoint(), old.cred.Spec.ClientCredentials(), live); err != nil {
+		rctx, cancel := context.WithTimeout(ctx, revokeTimeout) // a hung provider must not hold the install's answer
+		err := b.provider.Revoke(rctx, old.cred.Spec.Endpoint(), old.cred.Spec.ClientCredentials(), live)
+		if cancel(); err != nil {
 			b.log.WarnContext(ctx, "could not revoke the replaced family at the provider", "credential", e.id, "family", old.fam.FamilyID, "err", err)
 		}
 	}
