@@ -12,6 +12,8 @@ import (
 	"github.com/rotavault/rotavault/internal/poll"
 	"github.com/rotavault/rotavault/internal/vaulttest"
 	"github.com/rotavault/rotavault/providersim"
+	"github.com/rotavault/rotavault/store"
+	"github.com/rotavault/rotavault/store/memstore"
 	"github.com/rotavault/rotavault/vaultstore"
 )
 
@@ -101,5 +103,28 @@ func wantListed(t *testing.T, what string, br *Broker, expect ...string) {
 	t.Helper()
 	if got := listed(t, br); !slices.Equal(got, expect) {
 		t.Fatalf("%s: %q, want %q", what, got, expect)
+	}
+}
+
+// On a store whose pages read the keys themselves (the embedded store,
+// memstore) nothing is announced: a creation and a deletion append no
+// notice, and onboarding pays no write for hints no store takes.
+func TestCredentialChangesAnnounceNothingOnAStoreWithoutListingHints(t *testing.T) {
+	for name, st := range map[string]store.Store{"memstore": memstore.New(), "embedded": openBolt(t)} {
+		t.Run(name, func(t *testing.T) {
+			clk := fakeclock.New(time.Now())
+			sim := startSim(t, providersim.Config{Now: clk.Now})
+			br := newTestBroker(t, st, replicaOpts(clk)...)
+			ctx := t.Context()
+			if _, err := br.Credentials().Create(ctx, "one", simSpec(sim)); err != nil {
+				t.Fatal(err)
+			}
+			if err := br.Credentials().Delete(ctx, "one"); err != nil {
+				t.Fatal(err)
+			}
+			if head, err := br.notices.Head(ctx); err != nil || head != 0 {
+				t.Fatalf("notice log head %d, %v; want no notice", head, err)
+			}
+		})
 	}
 }
