@@ -420,6 +420,10 @@ func (s *Store) ListPage(ctx context.Context, prefix, after string, limit int) (
 	return keys, more, nil
 }
 
+// ListingHints takes no hints (nil): one process owns the file, and a page reads
+// the keys themselves.
+func (s *Store) ListingHints(prefix string) func(string, bool) { return store.NoHints(prefix) }
+
 // closedErr names bbolt's "database not open" in this package's terms, so
 // callers need not import bbolt to recognise a closed store.
 func closedErr(err error) error {

@@ -20,7 +20,7 @@ func (b *Broker) Credentials() *registry.Credentials { return b.creds }
 
 func (b *Broker) newRegistry() *registry.Credentials {
 	return registry.New(registry.Config{Store: b.store, Core: registryCore{b}, Discover: b.discovery.Into, Check: b.opts.CheckReuseGrace,
-		Now: b.opts.Now, Incarnation: func() string { return family.RandomID(8) }, Logger: b.log})
+		Now: b.opts.Now, Incarnation: func() string { return family.RandomID(8) }, Announce: func(ctx context.Context, n notice.Notice) { b.notify(ctx, n)() }, Logger: b.log})
 }
 
 // registryCore is the rotation core as the registry sees it.

@@ -40,6 +40,7 @@ func (b *Broker) notify(ctx context.Context, n notice.Notice) (wait func()) {
 // would keep handing out a cached access token of a family revoked
 // elsewhere until the token expired.
 func (b *Broker) applyRemoteNotice(ctx context.Context, n notice.Notice) {
+	b.creds.Remote(ctx, n) // a creation or deletion: the store's listing
 	b.entriesMu.RLock()
 	e, ok := b.entries[n.CredentialID]
 	b.entriesMu.RUnlock()

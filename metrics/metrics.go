@@ -259,6 +259,11 @@ func (t *timedStore) ListPage(ctx context.Context, prefix, after string, limit i
 	return t.s.ListPage(ctx, prefix, after, limit)
 }
 
+// ListingHints is passed on: hints are not store calls, so not timed.
+func (t *timedStore) ListingHints(prefix string) func(string, bool) {
+	return t.s.ListingHints(prefix)
+}
+
 // Provider wraps p so that every provider call's latency and outcome are
 // recorded.
 func (m *Metrics) Provider(p broker.Provider) broker.Provider {

@@ -63,11 +63,26 @@ type Store interface {
 	// of keys under prefix. This process's own writes show at once; on a
 	// backend several processes share, another process's creations and
 	// deletions may show late, by at most the backend's stated listing lag
-	// (none for the embedded store; vaultstore.Config.ListRefresh for
-	// Vault, whose LIST cannot page). Errors: ErrInvalidKey (prefix),
+	// (none for the embedded store; for Vault, whose LIST cannot page,
+	// until hinted in a folder given hints (ListingHints), else
+	// vaultstore.Config.ListRefresh). Errors: ErrInvalidKey (prefix),
 	// ErrInvalidLimit (limit < 1), or ctx.Err() wrapped.
 	ListPage(ctx context.Context, prefix, after string, limit int) (keys []string, more bool, err error)
+	// ListingHints declares that the caller will tell the store, through
+	// the function returned, of every creation (present) and deletion of a
+	// key directly under prefix that another process makes, once it is
+	// made, as it learns of them by means other than the store (the
+	// broker's notice log). A backend that keeps a folder's listing in
+	// memory for ListPage (Vault's) then keeps it current from the hints
+	// instead of listing the backend again before a page; a hint may come
+	// late or twice, and a deletion hinted must be one the caller saw done
+	// (the key absent), for the store believes it. A backend whose pages
+	// read the keys themselves returns nil: hints need not be gathered.
+	ListingHints(prefix string) (hint func(key string, present bool))
 }
+
+// NoHints is ListingHints of a backend whose pages need no hints.
+func NoHints(string) func(string, bool) { return nil }
 
 // MaxValueLen is the largest value every backend must store. Rotavault's
 // records are a few KiB; Vault refuses entries much over 512 KiB (after

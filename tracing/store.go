@@ -86,3 +86,8 @@ func (t *tracedStore) ListPage(ctx context.Context, prefix, after string, limit 
 	defer func() { end(span, err) }()
 	return t.s.ListPage(ctx, prefix, after, limit)
 }
+
+// ListingHints is passed on: hints are not store calls, so not traced.
+func (t *tracedStore) ListingHints(prefix string) func(string, bool) {
+	return t.s.ListingHints(prefix)
+}

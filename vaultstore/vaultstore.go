@@ -79,10 +79,15 @@ type Config struct {
 	// before Vault is listed again (default DefaultListRefresh), or ten
 	// times the folder's last LIST when that is longer (a LIST of 100,000
 	// keys takes seconds): the bound on how late another replica's
-	// creations and deletions show in pages. This store's own writes show
-	// at once.
+	// creations and deletions show in pages of a folder without hints
+	// (ListingHints). This store's own writes show at once.
 	ListRefresh time.Duration
-	// Now is the clock of ListRefresh (default time.Now), for tests.
+	// HintedListRefresh is how often, while it is paged, a hinted folder
+	// (ListingHints) is listed again in the background (default
+	// DefaultHintedListRefresh, or ten times its last LIST): the safety
+	// net for changes whose hint was lost. Its pages never wait for it.
+	HintedListRefresh time.Duration
+	// Now is the clock of the refresh periods (default time.Now), for tests.
 	Now func() time.Time
 }
 
@@ -181,8 +186,11 @@ func New(ctx context.Context, cfg Config) (*Store, error) {
 	if cfg.ListRefresh < 0 {
 		return nil, fmt.Errorf("vaultstore: negative list refresh %s", cfg.ListRefresh)
 	}
-	s.lists = &listings{refresh: cmp.Or(cfg.ListRefresh, DefaultListRefresh), now: cfg.Now,
-		run: s.runList, byPrefix: make(map[string]*listing)}
+	if cfg.HintedListRefresh < 0 {
+		return nil, fmt.Errorf("vaultstore: negative hinted list refresh %s", cfg.HintedListRefresh)
+	}
+	s.lists = &listings{refresh: cmp.Or(cfg.ListRefresh, DefaultListRefresh), hinted: cmp.Or(cfg.HintedListRefresh, DefaultHintedListRefresh),
+		now: cfg.Now, run: s.runList, byPrefix: make(map[string]*listing), hintedFolders: make(map[string]bool)}
 	if s.lists.now == nil {
 		s.lists.now = time.Now
 	}
@@ -558,11 +566,20 @@ func (s *Store) Delete(ctx context.Context, key string) error {
 	return nil
 }
 
-// List implements store.Store.
+// List implements store.Store. The first List of a hinted folder
+// (ListingHints) also builds the folder's listing for ListPage.
 func (s *Store) List(ctx context.Context, prefix string) ([]string, error) {
 	if err := store.ValidatePrefix(prefix); err != nil {
 		return nil, err
 	}
+	if keys, ok, err := s.lists.first(ctx, prefix); ok {
+		return keys, err
+	}
+	return s.list(ctx, prefix)
+}
+
+// list sends one LIST of prefix to Vault.
+func (s *Store) list(ctx context.Context, prefix string) ([]string, error) {
 	var secret *vault.Secret
 	err := s.do(ctx, func() (err error) {
 		secret, err = s.client.Logical().ListWithContext(ctx, s.mount+"/metadata/"+s.prefix+"/"+prefix)

@@ -15,10 +15,16 @@ const (
 	// family was rotated before its access token's cutoff, at a provider
 	// that kills the previous access token (broker/cutoff.go).
 	AccessRotated
+	// CredentialCreated and CredentialDeleted are for replicas only: a
+	// credential was created or deleted (whatever its family's state), so
+	// that every replica's store keeps its listing of credentials current
+	// without listing the whole folder again (store.Store.ListingHints).
+	CredentialCreated
+	CredentialDeleted
 )
 
 // ForWatchers reports whether watchers receive notices of kind k.
-func (k Kind) ForWatchers() bool { return k != AccessRotated }
+func (k Kind) ForWatchers() bool { return k == FamilyRevoked || k == FamilyActivated }
 
 // RevocationReason says why a family was revoked. The values are stored
 // (family records, the notice log) and are metric labels: they never

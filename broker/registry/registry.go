@@ -23,6 +23,7 @@ import (
 	"github.com/rotavault/rotavault/broker/credspec"
 	"github.com/rotavault/rotavault/broker/family"
 	"github.com/rotavault/rotavault/broker/internal/jsonrec"
+	"github.com/rotavault/rotavault/broker/notice"
 	"github.com/rotavault/rotavault/store"
 )
 
@@ -75,6 +76,13 @@ type Config struct {
 	Now   func() time.Time
 	// Incarnation returns a fresh random incarnation for a created id.
 	Incarnation func() string
+	// Announce, when set, logs a notice for the other replicas (the
+	// broker's notify): on a store that takes listing hints
+	// (store.Store.ListingHints), every creation and deletion of a
+	// credential is announced, and the store is told of those other
+	// replicas announce (Remote), so that its listing of credentials stays
+	// current without listing them all again.
+	Announce func(ctx context.Context, n notice.Notice)
 	// Logger is required.
 	Logger *slog.Logger
 }
@@ -85,11 +93,53 @@ type Credentials struct {
 	store store.Store
 	core  Core
 	log   *slog.Logger
+	// hint tells the store of another replica's creation or deletion of a
+	// credential record; nil without Config.Announce or when the store
+	// takes no hints (nothing is announced then).
+	hint func(key string, present bool)
 }
 
-// New returns the registry.
+// New returns the registry. With Config.Announce it declares the
+// credentials' folder hinted (store.Store.ListingHints) before anything
+// lists it.
 func New(cfg Config) *Credentials {
-	return &Credentials{cfg: cfg, store: cfg.Store, core: cfg.Core, log: cfg.Logger}
+	c := &Credentials{cfg: cfg, store: cfg.Store, core: cfg.Core, log: cfg.Logger}
+	if cfg.Announce != nil {
+		c.hint = cfg.Store.ListingHints(family.CredentialsPrefix)
+	}
+	return c
+}
+
+// announce tells the other replicas that id was created or deleted (kind).
+func (c *Credentials) announce(ctx context.Context, id string, kind notice.Kind) {
+	if c.hint != nil {
+		c.cfg.Announce(ctx, notice.Notice{CredentialID: id, Kind: kind, DetectedAt: c.cfg.Now()})
+	}
+}
+
+// Remote passes another replica's notice of a created or deleted
+// credential on to the store as a hint. A deletion is hinted only once the
+// record is seen gone: a credential deleted on one replica and created
+// again on another may have its two notices logged in either order, and a
+// listing missing a credential that exists would hide it until the store's
+// next LIST. A creation hinted after a later deletion only leaves a key
+// whose record is gone, which List skips.
+func (c *Credentials) Remote(ctx context.Context, n notice.Notice) {
+	if c.hint == nil {
+		return
+	}
+	key := family.CredentialKey(n.CredentialID)
+	switch n.Kind {
+	case notice.CredentialCreated:
+		c.hint(key, true)
+	case notice.CredentialDeleted:
+		_, err := c.store.Get(ctx, key)
+		if errors.Is(err, store.ErrNotFound) {
+			c.hint(key, false)
+		} else if err != nil {
+			c.log.WarnContext(ctx, "could not check a credential another replica deleted; other replicas' listings may show it until the store lists them again", "credential", n.CredentialID, "err", err)
+		}
+	}
 }
 
 // Create registers a credential without a token family. Errors:
@@ -122,6 +172,7 @@ func (c *Credentials) Create(ctx context.Context, id string, spec credspec.Spec)
 		return Credential{}, brokererr.StoreUnavailable(err)
 	}
 	desc := c.core.Created(rec, version)
+	c.announce(ctx, id, notice.CredentialCreated)
 	c.core.Audit(ctx, audit.Event{Action: audit.ActionCredentialCreated, Credential: id, Detail: "provider " + spec.ProviderKind.String()})
 	return desc, nil
 }
@@ -245,6 +296,7 @@ func (c *Credentials) Delete(ctx context.Context, id string) error {
 			return brokererr.StoreUnavailable(err)
 		}
 	}
+	c.announce(ctx, id, notice.CredentialDeleted)
 	c.core.Deleted(ctx, id, r.Fam)
 	return nil
 }

@@ -128,3 +128,6 @@ func (s *Store) ListPage(ctx context.Context, prefix, after string, limit int) (
 	page, more := store.PageOf(keys, after, limit)
 	return page, more, nil
 }
+
+// ListingHints takes no hints (nil): a page lists every key.
+func (s *Store) ListingHints(prefix string) func(string, bool) { return store.NoHints(prefix) }
