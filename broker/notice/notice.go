@@ -4,6 +4,8 @@
 // metric labels, so they never change. Package broker re-exports every name.
 package notice
 
+import "encoding/json"
+
 // Kind says what happened to a family.
 type Kind int
 
@@ -69,3 +71,54 @@ const (
 	ProviderRevocationConfirmed
 	ProviderRevocationUnconfirmed
 )
+
+// Credential changes, the kinds earlier versions do not know, are written
+// under AccessRotated's number with the change beside it (Notice's JSON).
+const (
+	changeCreated = "created"
+	changeDeleted = "deleted"
+)
+
+// storedNotice is a Notice as the log stores it. Replicas of earlier
+// versions deliver every kind to watchers but AccessRotated, and they follow
+// the same log during a rolling upgrade: a CredentialCreated stored as
+// kind 4 would reach their watchers as a family revoked. Stored as
+// AccessRotated, it makes them re-read the credential instead (nothing for
+// a creation, forgetting it for a deletion), which is harmless.
+type storedNotice struct {
+	noticeFields
+	CredentialChange string `json:"credential_change,omitempty"`
+}
+
+// noticeFields is Notice without its JSON methods.
+type noticeFields Notice
+
+// MarshalJSON writes n as the log stores it (storedNotice).
+func (n Notice) MarshalJSON() ([]byte, error) {
+	s := storedNotice{noticeFields: noticeFields(n)}
+	switch n.Kind {
+	case CredentialCreated:
+		s.Kind, s.CredentialChange = AccessRotated, changeCreated
+	case CredentialDeleted:
+		s.Kind, s.CredentialChange = AccessRotated, changeDeleted
+	}
+	return json.Marshal(s)
+}
+
+// UnmarshalJSON reads a notice as the log stores it (storedNotice).
+func (n *Notice) UnmarshalJSON(raw []byte) error {
+	var s storedNotice
+	if err := json.Unmarshal(raw, &s); err != nil {
+		return err
+	}
+	*n = Notice(s.noticeFields)
+	if n.Kind == AccessRotated {
+		switch s.CredentialChange {
+		case changeCreated:
+			n.Kind = CredentialCreated
+		case changeDeleted:
+			n.Kind = CredentialDeleted
+		}
+	}
+	return nil
+}
