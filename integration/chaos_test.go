@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
+	"maps"
 	"math/rand/v2"
 	"net"
 	"net/http"
@@ -645,6 +646,13 @@ func (r *faultRun) inject(kind string) faultRecord {
 		p := rep.current()
 		ports = r.portsOf(rep)
 		_ = p.cmd.Process.Signal(syscall.SIGSTOP)
+		// And once stopped: a connection the replica opened between the
+		// first look and the signal (a refresh sent just then, its answer
+		// arriving while it is stopped) has a port only this one sees.
+		stopped := make(map[int]bool)
+		maps.Copy(stopped, ports)
+		maps.Copy(stopped, r.portsOf(rep))
+		ports = stopped
 		time.Sleep(pause)
 		_ = p.cmd.Process.Signal(syscall.SIGCONT)
 	case "vault-kill":
