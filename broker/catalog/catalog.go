@@ -181,9 +181,9 @@ type catalogEntry struct {
 // Record hands uses to the consumer catalog. Shared (Config.Shared), it
 // writes them to this replica's inboxes, one record per shard with uses
 // (more when they are large), to be merged by the shards' holders
-// (MergeInboxes); an inbox that holds MaxInboxBatches of this replica's
-// batches takes no more until its holder has merged them, and those uses
-// are returned. Otherwise it merges them into the catalog records, one
+// (MergeInboxes); an inbox takes at most MaxInboxBatches of this
+// replica's unmerged batches, and the uses of the batches past its room
+// are returned (the rest of the shard's are written). Otherwise it merges them into the catalog records, one
 // check-and-set write per credential. Uses of a credential that no longer exists are
 // dropped, and so are uses of identities past MaxConsumersPerCredential
 // (logged, and counted in Dropped). It returns the uses it could not store

@@ -214,14 +214,22 @@ func (c *Catalog) recordInbox(ctx context.Context, byCred map[string][]Use) ([]U
 			return append(unrecorded, uses...), errors.Join(append(errs, err)...)
 		}
 		room, err := c.inboxRoom(ctx, shard, len(parts))
-		if err != nil || !room {
-			if err == nil {
-				c.inbox.inboxFull.Add(int64(len(uses)))
-				err = fmt.Errorf("broker: consumer inbox of shard %d: %d unmerged batches, the bound: %w", shard, MaxInboxBatches, brokererr.ErrConflict)
-				c.log.WarnContext(ctx, "consumer inbox full: its shard's holder has not merged it; uses kept in memory", "shard", shard, "uses", len(uses))
-			}
+		if err != nil {
 			unrecorded, errs = append(unrecorded, uses...), append(errs, err)
 			continue
+		}
+		// Write what fits and keep the rest: refused whole, a flush past the
+		// bound (a fresh replica's first: every consumer new) would come
+		// back larger at every flush and never go.
+		if room < len(parts) {
+			kept := 0
+			for _, p := range parts[room:] {
+				unrecorded, kept = append(unrecorded, p.uses...), kept+len(p.uses)
+			}
+			c.inbox.inboxFull.Add(int64(kept))
+			errs = append(errs, fmt.Errorf("broker: consumer inbox of shard %d: %d unmerged batches, the bound: %w", shard, MaxInboxBatches, brokererr.ErrConflict))
+			c.log.WarnContext(ctx, "consumer inbox full: its shard's holder has not merged it; uses kept in memory", "shard", shard, "uses", kept)
+			parts = parts[:room]
 		}
 		for _, p := range parts {
 			if err := c.putBatch(ctx, shard, p); err != nil {
@@ -238,40 +246,51 @@ type part struct {
 	raw  []byte
 }
 
-// splitBatches encodes uses as batches of at most MaxBatchBytes.
+// splitBatches encodes uses as batches of at most MaxBatchBytes (a use
+// alone larger than that is a batch of its own). A batch's encoding is its
+// uses' encodings joined by commas in a fixed envelope, so each use is
+// sized once: the cost is linear in the uses, however many batches.
 func splitBatches(uses []Use) ([]part, error) {
+	empty, err := jsonrec.Encode(&batchRecord{Format: jsonrec.Format, Uses: []Use{}})
+	if err != nil {
+		return nil, err
+	}
 	var parts []part
 	for len(uses) > 0 {
-		n := len(uses)
-		for {
-			raw, err := jsonrec.Encode(&batchRecord{Format: jsonrec.Format, Uses: uses[:n]})
+		n, size := 0, len(empty)
+		for ; n < len(uses); n++ {
+			raw, err := jsonrec.Encode(&uses[n])
 			if err != nil {
 				return nil, err
 			}
-			if len(raw) <= MaxBatchBytes || n == 1 {
-				parts = append(parts, part{uses: uses[:n], raw: raw})
+			if n > 0 && size+len(raw)+1 > MaxBatchBytes {
 				break
 			}
-			n = max(1, n*MaxBatchBytes/len(raw)*9/10)
+			size += len(raw) + min(n, 1)
 		}
+		raw, err := jsonrec.Encode(&batchRecord{Format: jsonrec.Format, Uses: uses[:n]})
+		if err != nil {
+			return nil, err
+		}
+		parts = append(parts, part{uses: uses[:n], raw: raw})
 		uses = uses[n:]
 	}
 	return parts, nil
 }
 
-// inboxRoom reports whether shard's inbox has room for n more batches of
-// this writer; at the bound it recounts them from a listing (the holder
-// deletes what it merged).
-func (c *Catalog) inboxRoom(ctx context.Context, shard, n int) (bool, error) {
+// inboxRoom returns how many of n more batches shard's inbox has room for
+// (this writer's, MaxInboxBatches in all); short of n it recounts them
+// from a listing (the holder deletes what it merged).
+func (c *Catalog) inboxRoom(ctx context.Context, shard, n int) (int, error) {
 	in := c.inbox
 	in.mu.Lock()
 	defer in.mu.Unlock()
 	if in.mine[shard]+n <= MaxInboxBatches {
-		return true, nil
+		return n, nil
 	}
 	keys, err := c.listInbox(ctx, shard)
 	if err != nil {
-		return false, err
+		return 0, err
 	}
 	mine := 0
 	for _, k := range keys {
@@ -280,7 +299,7 @@ func (c *Catalog) inboxRoom(ctx context.Context, shard, n int) (bool, error) {
 		}
 	}
 	in.mine[shard] = mine
-	return mine+n <= MaxInboxBatches, nil
+	return max(0, min(n, MaxInboxBatches-mine)), nil
 }
 
 // putBatch creates one batch. A write whose answer was lost counts as
