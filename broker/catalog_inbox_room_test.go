@@ -68,3 +68,36 @@ func TestConsumerInboxTakesWhatFitsOfAFlushPastItsBound(t *testing.T) {
 		}
 	}
 }
+
+// A use the inbox cannot encode (a time past year 9999, which JSON cannot
+// write) comes back with an error, and the uses of the shards after its
+// own are still written: none is lost.
+func TestConsumerInboxUnencodableUseLosesNoOtherShard(t *testing.T) {
+	ctx := context.Background()
+	b := newTestBroker(t, memstore.New()) // shares its store: uses go to inboxes
+	first, later := "", ""
+	for i := 0; later == ""; i++ {
+		id := fmt.Sprintf("c-%d", i)
+		switch {
+		case first == "":
+			first = id
+		case lease.ShardOf(id) > lease.ShardOf(first):
+			later = id
+		}
+	}
+	for _, id := range []string{first, later} {
+		if _, err := b.Credentials().Create(ctx, id, catalogSpec()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	now := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+	far := time.Date(10000, 1, 1, 0, 0, 0, 0, time.UTC)
+	left, err := b.Catalog().Record(ctx, []catalog.Use{use(first, "svc", far, far, 1), use(later, "svc", now, now, 1)})
+	if err == nil || len(left) != 1 || left[0].CredentialID != first {
+		t.Fatalf("Record: %v back, %v; want %s's use back and an error", left, err, first)
+	}
+	mergeAll(ctx, t, b)
+	if got := listAll(ctx, t, b, later); got[later+" svc"].Count != 1 {
+		t.Fatalf("%s's use in a later shard: %v, want 1 token listed", later, got)
+	}
+}

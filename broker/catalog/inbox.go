@@ -211,7 +211,8 @@ func (c *Catalog) recordInbox(ctx context.Context, byCred map[string][]Use) ([]U
 		}
 		parts, err := splitBatches(uses)
 		if err != nil {
-			return append(unrecorded, uses...), errors.Join(append(errs, err)...)
+			unrecorded, errs = append(unrecorded, uses...), append(errs, err)
+			continue
 		}
 		room, err := c.inboxRoom(ctx, shard, len(parts))
 		if err != nil {
