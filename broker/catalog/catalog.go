@@ -161,7 +161,8 @@ type catalogRecord struct {
 	// version) finds its id here and does not merge twice.
 	Writes []string `json:"writes,omitempty"`
 	// Applied are the ids of the latest inbox batches merged into this
-	// record, newest last (appliedMarks of them): whoever merges a batch
+	// record, newest last (appliedMarks of them, and older ones while their
+	// batch is in the inbox: trimMarks): whoever merges a batch
 	// again — after a holder died between this write and the batch's
 	// deletion, after a lost answer, on a lease handover — finds its id
 	// here and skips it (inbox.go).

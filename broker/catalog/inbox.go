@@ -66,12 +66,13 @@ const (
 	// MaxMergesPerRound bounds the catalog records one MergeInboxes call
 	// writes; the rest wait for the next round.
 	MaxMergesPerRound = 10000
-	// appliedMarks is how many batch ids a catalog record remembers. A
-	// batch lives until every credential in it has been merged: at most a
-	// period and two flush intervals, in which a credential can be in
-	// about a dozen batches per replica. 128 marks cover ten replicas at
-	// that worst case; a batch whose mark rolled off before its deletion
-	// could be merged twice only if its holder died in between.
+	// appliedMarks is how many of the newest batch ids a catalog record
+	// remembers, whatever became of their batches: a batch recreated by a
+	// replayed creation after its deletion finds its mark. Older marks stay
+	// while their batch is still in the inbox (trimMarks): a batch lives
+	// until every credential in it has been merged, and a credential with
+	// new consumers at every flush is merged from more batches meanwhile
+	// than any fixed number of marks covers.
 	appliedMarks = 128
 	// listPage is the page size of the inbox listings.
 	listPage = 256
@@ -407,8 +408,10 @@ func (c *Catalog) mergeShard(ctx context.Context, shard int, interval time.Durat
 	}
 	folder := inboxFolder(shard)
 	listed := make(map[string]bool, len(keys))
+	live := make(map[string]bool, len(keys)) // batch ids
 	for _, k := range keys {
 		listed[k] = true
+		live[k[strings.LastIndexByte(k, '.')+1:]] = true
 	}
 	for k := range in.batches {
 		if strings.HasPrefix(k, folder) && !listed[k] {
@@ -441,7 +444,7 @@ func (c *Catalog) mergeShard(ctx context.Context, shard int, interval time.Durat
 			continue
 		}
 		*budget--
-		identities, wrote, err := c.mergeBatches(ctx, cred, byCred[cred], learn && !all)
+		identities, wrote, err := c.mergeBatches(ctx, cred, byCred[cred], live, learn && !all)
 		if err != nil {
 			errs = append(errs, err)
 			continue
@@ -543,9 +546,10 @@ func (in *inbox) mergeDue(cred string, batches []*pendingBatch, interval time.Du
 // mergeBatches merges cred's uses in batches into its catalog record,
 // skipping the batches the record has applied already, and returns the
 // identities the record holds and whether the batches are merged. With
-// onlyNew, it writes only if an identity is new to the record. A deleted
+// onlyNew, it writes only if an identity is new to the record. live are the
+// ids of the batches in the shard's inbox (trimMarks). A deleted
 // credential's uses are dropped (merged).
-func (c *Catalog) mergeBatches(ctx context.Context, cred string, batches []*pendingBatch, onlyNew bool) (map[string]bool, bool, error) {
+func (c *Catalog) mergeBatches(ctx context.Context, cred string, batches []*pendingBatch, live map[string]bool, onlyNew bool) (map[string]bool, bool, error) {
 	for range catalogAttempts {
 		incarnation, err := c.creds.Incarnation(ctx, cred)
 		if errors.Is(err, brokererr.ErrNotFound) {
@@ -587,8 +591,7 @@ func (c *Catalog) mergeBatches(ctx context.Context, cred string, batches []*pend
 		if err != nil {
 			return nil, false, err
 		}
-		rec.Applied = append(rec.Applied, ids...)
-		rec.Applied = rec.Applied[max(0, len(rec.Applied)-appliedMarks):]
+		rec.Applied = trimMarks(append(rec.Applied, ids...), live)
 		raw, err := jsonrec.Encode(rec)
 		if err != nil {
 			return nil, false, err
@@ -607,6 +610,22 @@ func (c *Catalog) mergeBatches(ctx context.Context, cred string, batches []*pend
 		return identitiesOf(rec, batches, cred), true, nil
 	}
 	return nil, false, fmt.Errorf("broker: consumer catalog of %s: %w (%d attempts)", cred, brokererr.ErrConflict, catalogAttempts)
+}
+
+// trimMarks keeps the newest appliedMarks of marks and, of the older ones,
+// those of batches still in the inbox (live): whoever reads such a batch
+// afresh (a new holder, a FlushIssuance elsewhere, this holder after its
+// lease lapsed) must find its mark. So a record keeps at most appliedMarks
+// plus its shard's unmerged batches.
+func trimMarks(marks []string, live map[string]bool) []string {
+	old := marks[:max(0, len(marks)-appliedMarks)]
+	kept := make([]string, 0, len(marks)-len(old))
+	for _, m := range old {
+		if live[m] {
+			kept = append(kept, m)
+		}
+	}
+	return append(kept, marks[len(old):]...)
 }
 
 // hasNewIdentity reports whether one of uses' identities is not in rec.
