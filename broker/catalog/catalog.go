@@ -161,7 +161,8 @@ type catalogRecord struct {
 	// version) finds its id here and does not merge twice.
 	Writes []string `json:"writes,omitempty"`
 	// Applied are the ids of the latest inbox batches merged into this
-	// record, newest last (appliedMarks of them): whoever merges a batch
+	// record, newest last (appliedMarks of them, and older ones while their
+	// batch is in the inbox: trimMarks): whoever merges a batch
 	// again — after a holder died between this write and the batch's
 	// deletion, after a lost answer, on a lease handover — finds its id
 	// here and skips it (inbox.go).
@@ -181,9 +182,9 @@ type catalogEntry struct {
 // Record hands uses to the consumer catalog. Shared (Config.Shared), it
 // writes them to this replica's inboxes, one record per shard with uses
 // (more when they are large), to be merged by the shards' holders
-// (MergeInboxes); an inbox that holds MaxInboxBatches of this replica's
-// batches takes no more until its holder has merged them, and those uses
-// are returned. Otherwise it merges them into the catalog records, one
+// (MergeInboxes); an inbox takes at most MaxInboxBatches of this
+// replica's unmerged batches, and the uses of the batches past its room
+// are returned (the rest of the shard's are written). Otherwise it merges them into the catalog records, one
 // check-and-set write per credential. Uses of a credential that no longer exists are
 // dropped, and so are uses of identities past MaxConsumersPerCredential
 // (logged, and counted in Dropped). It returns the uses it could not store

@@ -66,12 +66,13 @@ const (
 	// MaxMergesPerRound bounds the catalog records one MergeInboxes call
 	// writes; the rest wait for the next round.
 	MaxMergesPerRound = 10000
-	// appliedMarks is how many batch ids a catalog record remembers. A
-	// batch lives until every credential in it has been merged: at most a
-	// period and two flush intervals, in which a credential can be in
-	// about a dozen batches per replica. 128 marks cover ten replicas at
-	// that worst case; a batch whose mark rolled off before its deletion
-	// could be merged twice only if its holder died in between.
+	// appliedMarks is how many of the newest batch ids a catalog record
+	// remembers, whatever became of their batches: a batch recreated by a
+	// replayed creation after its deletion finds its mark. Older marks stay
+	// while their batch is still in the inbox (trimMarks): a batch lives
+	// until every credential in it has been merged, and a credential with
+	// new consumers at every flush is merged from more batches meanwhile
+	// than any fixed number of marks covers.
 	appliedMarks = 128
 	// listPage is the page size of the inbox listings.
 	listPage = 256
@@ -211,17 +212,26 @@ func (c *Catalog) recordInbox(ctx context.Context, byCred map[string][]Use) ([]U
 		}
 		parts, err := splitBatches(uses)
 		if err != nil {
-			return append(unrecorded, uses...), errors.Join(append(errs, err)...)
-		}
-		room, err := c.inboxRoom(ctx, shard, len(parts))
-		if err != nil || !room {
-			if err == nil {
-				c.inbox.inboxFull.Add(int64(len(uses)))
-				err = fmt.Errorf("broker: consumer inbox of shard %d: %d unmerged batches, the bound: %w", shard, MaxInboxBatches, brokererr.ErrConflict)
-				c.log.WarnContext(ctx, "consumer inbox full: its shard's holder has not merged it; uses kept in memory", "shard", shard, "uses", len(uses))
-			}
 			unrecorded, errs = append(unrecorded, uses...), append(errs, err)
 			continue
+		}
+		room, err := c.inboxRoom(ctx, shard, len(parts))
+		if err != nil {
+			unrecorded, errs = append(unrecorded, uses...), append(errs, err)
+			continue
+		}
+		// Write what fits and keep the rest: refused whole, a flush past the
+		// bound (a fresh replica's first: every consumer new) would come
+		// back larger at every flush and never go.
+		if room < len(parts) {
+			kept := 0
+			for _, p := range parts[room:] {
+				unrecorded, kept = append(unrecorded, p.uses...), kept+len(p.uses)
+			}
+			c.inbox.inboxFull.Add(int64(kept))
+			errs = append(errs, fmt.Errorf("broker: consumer inbox of shard %d: %d unmerged batches, the bound: %w", shard, MaxInboxBatches, brokererr.ErrConflict))
+			c.log.WarnContext(ctx, "consumer inbox full: its shard's holder has not merged it; uses kept in memory", "shard", shard, "uses", kept)
+			parts = parts[:room]
 		}
 		for _, p := range parts {
 			if err := c.putBatch(ctx, shard, p); err != nil {
@@ -238,40 +248,51 @@ type part struct {
 	raw  []byte
 }
 
-// splitBatches encodes uses as batches of at most MaxBatchBytes.
+// splitBatches encodes uses as batches of at most MaxBatchBytes (a use
+// alone larger than that is a batch of its own). A batch's encoding is its
+// uses' encodings joined by commas in a fixed envelope, so each use is
+// sized once: the cost is linear in the uses, however many batches.
 func splitBatches(uses []Use) ([]part, error) {
+	empty, err := jsonrec.Encode(&batchRecord{Format: jsonrec.Format, Uses: []Use{}})
+	if err != nil {
+		return nil, err
+	}
 	var parts []part
 	for len(uses) > 0 {
-		n := len(uses)
-		for {
-			raw, err := jsonrec.Encode(&batchRecord{Format: jsonrec.Format, Uses: uses[:n]})
+		n, size := 0, len(empty)
+		for ; n < len(uses); n++ {
+			raw, err := jsonrec.Encode(&uses[n])
 			if err != nil {
 				return nil, err
 			}
-			if len(raw) <= MaxBatchBytes || n == 1 {
-				parts = append(parts, part{uses: uses[:n], raw: raw})
+			if n > 0 && size+len(raw)+1 > MaxBatchBytes {
 				break
 			}
-			n = max(1, n*MaxBatchBytes/len(raw)*9/10)
+			size += len(raw) + min(n, 1)
 		}
+		raw, err := jsonrec.Encode(&batchRecord{Format: jsonrec.Format, Uses: uses[:n]})
+		if err != nil {
+			return nil, err
+		}
+		parts = append(parts, part{uses: uses[:n], raw: raw})
 		uses = uses[n:]
 	}
 	return parts, nil
 }
 
-// inboxRoom reports whether shard's inbox has room for n more batches of
-// this writer; at the bound it recounts them from a listing (the holder
-// deletes what it merged).
-func (c *Catalog) inboxRoom(ctx context.Context, shard, n int) (bool, error) {
+// inboxRoom returns how many of n more batches shard's inbox has room for
+// (this writer's, MaxInboxBatches in all); short of n it recounts them
+// from a listing (the holder deletes what it merged).
+func (c *Catalog) inboxRoom(ctx context.Context, shard, n int) (int, error) {
 	in := c.inbox
 	in.mu.Lock()
 	defer in.mu.Unlock()
 	if in.mine[shard]+n <= MaxInboxBatches {
-		return true, nil
+		return n, nil
 	}
 	keys, err := c.listInbox(ctx, shard)
 	if err != nil {
-		return false, err
+		return 0, err
 	}
 	mine := 0
 	for _, k := range keys {
@@ -280,7 +301,7 @@ func (c *Catalog) inboxRoom(ctx context.Context, shard, n int) (bool, error) {
 		}
 	}
 	in.mine[shard] = mine
-	return mine+n <= MaxInboxBatches, nil
+	return max(0, min(n, MaxInboxBatches-mine)), nil
 }
 
 // putBatch creates one batch. A write whose answer was lost counts as
@@ -387,8 +408,10 @@ func (c *Catalog) mergeShard(ctx context.Context, shard int, interval time.Durat
 	}
 	folder := inboxFolder(shard)
 	listed := make(map[string]bool, len(keys))
+	live := make(map[string]bool, len(keys)) // batch ids
 	for _, k := range keys {
 		listed[k] = true
+		live[k[strings.LastIndexByte(k, '.')+1:]] = true
 	}
 	for k := range in.batches {
 		if strings.HasPrefix(k, folder) && !listed[k] {
@@ -421,7 +444,7 @@ func (c *Catalog) mergeShard(ctx context.Context, shard int, interval time.Durat
 			continue
 		}
 		*budget--
-		identities, wrote, err := c.mergeBatches(ctx, cred, byCred[cred], learn && !all)
+		identities, wrote, err := c.mergeBatches(ctx, cred, byCred[cred], live, learn && !all)
 		if err != nil {
 			errs = append(errs, err)
 			continue
@@ -523,9 +546,10 @@ func (in *inbox) mergeDue(cred string, batches []*pendingBatch, interval time.Du
 // mergeBatches merges cred's uses in batches into its catalog record,
 // skipping the batches the record has applied already, and returns the
 // identities the record holds and whether the batches are merged. With
-// onlyNew, it writes only if an identity is new to the record. A deleted
+// onlyNew, it writes only if an identity is new to the record. live are the
+// ids of the batches in the shard's inbox (trimMarks). A deleted
 // credential's uses are dropped (merged).
-func (c *Catalog) mergeBatches(ctx context.Context, cred string, batches []*pendingBatch, onlyNew bool) (map[string]bool, bool, error) {
+func (c *Catalog) mergeBatches(ctx context.Context, cred string, batches []*pendingBatch, live map[string]bool, onlyNew bool) (map[string]bool, bool, error) {
 	for range catalogAttempts {
 		incarnation, err := c.creds.Incarnation(ctx, cred)
 		if errors.Is(err, brokererr.ErrNotFound) {
@@ -567,8 +591,7 @@ func (c *Catalog) mergeBatches(ctx context.Context, cred string, batches []*pend
 		if err != nil {
 			return nil, false, err
 		}
-		rec.Applied = append(rec.Applied, ids...)
-		rec.Applied = rec.Applied[max(0, len(rec.Applied)-appliedMarks):]
+		rec.Applied = trimMarks(append(rec.Applied, ids...), live)
 		raw, err := jsonrec.Encode(rec)
 		if err != nil {
 			return nil, false, err
@@ -587,6 +610,22 @@ func (c *Catalog) mergeBatches(ctx context.Context, cred string, batches []*pend
 		return identitiesOf(rec, batches, cred), true, nil
 	}
 	return nil, false, fmt.Errorf("broker: consumer catalog of %s: %w (%d attempts)", cred, brokererr.ErrConflict, catalogAttempts)
+}
+
+// trimMarks keeps the newest appliedMarks of marks and, of the older ones,
+// those of batches still in the inbox (live): whoever reads such a batch
+// afresh (a new holder, a FlushIssuance elsewhere, this holder after its
+// lease lapsed) must find its mark. So a record keeps at most appliedMarks
+// plus its shard's unmerged batches.
+func trimMarks(marks []string, live map[string]bool) []string {
+	old := marks[:max(0, len(marks)-appliedMarks)]
+	kept := make([]string, 0, len(marks)-len(old))
+	for _, m := range old {
+		if live[m] {
+			kept = append(kept, m)
+		}
+	}
+	return append(kept, marks[len(old):]...)
 }
 
 // hasNewIdentity reports whether one of uses' identities is not in rec.
