@@ -217,8 +217,8 @@ func (b *Broker) refresh(ctx context.Context, e *entry, l *claimLease, need func
 		case <-ctx.Done():
 			return nil, fmt.Errorf("broker: waiting for refresh: %w", ctx.Err())
 		}
-		if f.err != nil && !own && l != nil {
-			continue // another's flight failed before one could run under l
+		if !own && l != nil && (f.err != nil || need(e.view.Load())) {
+			continue // a flight begun before l's install: it may answer for the old family
 		}
 		if f.err != nil {
 			return nil, f.err

@@ -133,3 +133,68 @@ func TestInstallClaimOfADeadImporterIsTakenOverAtItsDeadline(t *testing.T) {
 		t.Errorf("stored after the takeover: %s, unproven %v, in doubt %v; want active and proven", fam.State(), fam.Unproven, fam.InDoubt)
 	}
 }
+
+// An import that joins a refresh of the family it replaced (a flight that
+// stored its rotation just before the install's write, and is still
+// finishing) is not served by that flight's answer: it names the old
+// family, and nothing presented the imported token yet. The import runs
+// its own proving refresh under the install's claim instead of answering
+// "proven" with the old family's generation and leaving the claim held.
+func TestImportJoiningARefreshOfTheReplacedFamilyStillProvesItsToken(t *testing.T) {
+	ctx := context.Background()
+	clk := fakeclock.New(time.Now())
+	sim := startSim(t, providersim.Config{Now: clk.Now})
+	st := memstore.New()
+	b := newTestBroker(t, st, replicaOpts(clk)...)
+	if _, err := b.Credentials().Create(ctx, "x", simSpec(sim)); err != nil {
+		t.Fatal(err)
+	}
+	first, _ := sim.IssueRefreshToken("c", nil)
+	if _, err := b.ImportRefreshToken(ctx, "x", first); err != nil {
+		t.Fatal(err)
+	}
+	e, err := b.entry(ctx, "x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := e.view.Load()
+	refreshes := sim.Stats().RefreshRequests
+
+	// The old family's flight, past its result write.
+	f := &flight{done: make(chan struct{})}
+	e.mu.Lock()
+	e.flight = f
+	e.mu.Unlock()
+
+	second, _ := sim.IssueRefreshToken("c", nil)
+	type answer struct {
+		famID string
+		gen   uint64
+		err   error
+	}
+	got := make(chan answer, 1)
+	go func() {
+		act, err := b.ImportRefreshToken(ctx, "x", second)
+		got <- answer{act.FamilyID, act.Generation, err}
+	}()
+	poll.Until(t, 10*time.Second, "the import's install is stored", func() bool {
+		return storedFamily(ctx, t, st).FamilyID != old.fam.FamilyID
+	})
+	e.mu.Lock()
+	f.v, e.flight = old, nil
+	e.mu.Unlock()
+	close(f.done)
+
+	ans := <-got
+	if ans.err != nil {
+		t.Fatalf("import: %v", ans.err)
+	}
+	fam := storedFamily(ctx, t, st)
+	if fam.FamilyID != ans.famID || fam.Unproven || fam.Claim != nil || ans.gen != 1 {
+		t.Errorf("after the import: stored family %s unproven %v claim %+v, answered generation %d; want the import's family proven, unclaimed, generation 1",
+			fam.FamilyID, fam.Unproven, fam.Claim, ans.gen)
+	}
+	if n := sim.Stats().RefreshRequests - refreshes; n != 1 {
+		t.Errorf("refreshes at the provider for the import: %d, want its one proving refresh", n)
+	}
+}
