@@ -52,3 +52,33 @@ func TestConsumerInboxBatchWhoseAnswerWasLostIsNotWrittenTwice(t *testing.T) {
 		t.Fatalf("count %d after an inbox write whose answer was lost, want 3", c.Count)
 	}
 }
+
+// An inbox batch whose creation landed but reported an error, and which a
+// holder merged and deleted before the writer read it back, is recognised
+// by its mark in the catalog record, not sent again and counted twice.
+func TestConsumerInboxBatchMergedBeforeItsReadBackIsNotWrittenTwice(t *testing.T) {
+	ctx := context.Background()
+	st := &faultStore{Store: memstore.New()}
+	b := newTestBroker(t, st)      // the writer
+	holder := newTestBroker(t, st) // another replica, merging the inboxes
+	if _, err := b.Credentials().Create(ctx, "acme", catalogSpec()); err != nil {
+		t.Fatal(err)
+	}
+	now := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+	lost := &fault{op: "put", prefix: catalog.InboxPrefix, once: true,
+		after: func(_ string, _ []byte, _, version uint64, err error) (uint64, error) {
+			if err != nil {
+				return version, err
+			}
+			mergeAll(ctx, t, holder) // merged and deleted before the writer reads it back
+			return 0, errors.New("faultstore: answer lost after the write was applied")
+		}}
+	st.inject(lost)
+	record(ctx, t, b, []catalog.Use{use("acme", "svc", now, now, 3)})
+	if lost.hits.Load() == 0 {
+		t.Fatal("no inbox write was reported failed")
+	}
+	if c := listAll(ctx, t, b, "acme")["acme svc"]; c.Count != 3 {
+		t.Fatalf("count %d after an inbox write whose answer was lost and whose batch was merged at once, want 3", c.Count)
+	}
+}

@@ -307,13 +307,14 @@ func (c *Catalog) inboxRoom(ctx context.Context, shard, n int) (int, error) {
 // putBatch creates one batch. A write whose answer was lost counts as
 // written when the batch is found (nobody else writes its fresh name).
 func (c *Catalog) putBatch(ctx context.Context, shard int, p part) error {
-	key := inboxFolder(shard) + c.inbox.writer + "." + randomWriteID()
+	id := randomWriteID()
+	key := inboxFolder(shard) + c.inbox.writer + "." + id
 	_, err := c.store.Put(ctx, key, p.raw, 0)
 	if err != nil && !errors.Is(err, store.ErrConflict) { // a conflict: our replayed creation met itself
 		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), catalogReadBackTimeout)
+		defer cancel()
 		_, gerr := c.store.Get(rctx, key)
-		cancel()
-		if gerr != nil {
+		if gerr != nil && !(errors.Is(gerr, store.ErrNotFound) && c.batchMerged(rctx, id, p.uses)) {
 			return brokererr.StoreUnavailable(err)
 		}
 	}
@@ -322,6 +323,19 @@ func (c *Catalog) putBatch(ctx context.Context, shard int, p part) error {
 	c.inbox.mu.Unlock()
 	c.inbox.inboxWrites.Add(1)
 	return nil
+}
+
+// batchMerged reports whether batch id, written though its answer was
+// lost and gone by the time it was read back, was merged: a holder deletes
+// a batch only once every credential in it carries its mark, so the first
+// credential's record tells. Without this, its uses would be sent again
+// and counted twice.
+func (c *Catalog) batchMerged(ctx context.Context, id string, uses []Use) bool {
+	if len(uses) == 0 {
+		return false
+	}
+	rec, _, err := c.readCatalog(ctx, uses[0].CredentialID)
+	return err == nil && slices.Contains(rec.Applied, id)
 }
 
 // listInbox lists shard's batches.
