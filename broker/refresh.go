@@ -88,7 +88,7 @@ func (b *Broker) refreshFamily(ctx context.Context, l *claimLease) (*view, error
 		spec := l.v.cred.Spec
 		sent := b.opts.Now()
 		tok, answer := b.provider.Refresh(pctx, spec.Endpoint(), spec.ClientCredentials(), l.v.fam.RefreshToken)
-		family.Restamp(tok, sent)
+		tok.Restamp(sent)
 		a.State, a.Grace, a.Now = l.v.fam.State(), spec.ReuseGrace, b.opts.Now()
 		d := family.Decide(a, answer)
 		if d.Outcome == family.OutcomeUnknown {

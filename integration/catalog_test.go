@@ -99,18 +99,7 @@ func TestConsumerCatalogAcrossReplicas(t *testing.T) {
 	b := a.replica()
 
 	adminA := callers.dial(t, a, admin)
-	adminClient := rotavaultv1.NewCredentialAdminServiceClient(adminA)
-	if _, err := adminClient.CreateCredential(ctxT(t), &rotavaultv1.CreateCredentialRequest{CredentialId: "acme", Spec: a.salesforceSpec()}); err != nil {
-		t.Fatal(err)
-	}
-	rt, err := a.sim.IssueRefreshToken(simClientID, []string{"api", "refresh_token"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := rotavaultv1.NewTokenVaultServiceClient(adminA).Reauthenticate(ctxT(t), &rotavaultv1.ReauthenticateRequest{CredentialId: "acme",
-		Flow: &rotavaultv1.ReauthenticateRequest_RefreshTokenImport{RefreshTokenImport: &rotavaultv1.RefreshTokenImport{RefreshToken: rt}}}); err != nil {
-		t.Fatal(err)
-	}
+	installThrough(t, a, adminA, "acme")
 
 	take := func(node *env, identity string, n int) {
 		t.Helper()
@@ -266,17 +255,7 @@ func TestConsumerCatalogMergedByTheShardHolder(t *testing.T) {
 		serverConfig: func(c *server.Config) { c.Auth = callers.auth; c.IssuanceFlushInterval = interval }})
 	nodes := []*env{a, a.replica(), a.replica()}
 	adminA := callers.dial(t, a, admin)
-	if _, err := rotavaultv1.NewCredentialAdminServiceClient(adminA).CreateCredential(ctxT(t), &rotavaultv1.CreateCredentialRequest{CredentialId: "acme", Spec: a.salesforceSpec()}); err != nil {
-		t.Fatal(err)
-	}
-	rt, err := a.sim.IssueRefreshToken(simClientID, []string{"api", "refresh_token"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := rotavaultv1.NewTokenVaultServiceClient(adminA).Reauthenticate(ctxT(t), &rotavaultv1.ReauthenticateRequest{CredentialId: "acme",
-		Flow: &rotavaultv1.ReauthenticateRequest_RefreshTokenImport{RefreshTokenImport: &rotavaultv1.RefreshTokenImport{RefreshToken: rt}}}); err != nil {
-		t.Fatal(err)
-	}
+	installThrough(t, a, adminA, "acme")
 	taken := uint64(0)
 	take := func(rounds int) {
 		t.Helper()
@@ -313,5 +292,23 @@ func TestConsumerCatalogMergedByTheShardHolder(t *testing.T) {
 	}
 	if merges == 0 || merges > inbox {
 		t.Errorf("%d catalog records merged from %d batches", merges, inbox)
+	}
+}
+
+// installThrough creates credential id at e's simulator and imports a
+// refresh token into it, through conn (an admin's connection where the
+// server has a policy).
+func installThrough(t *testing.T, e *env, conn grpc.ClientConnInterface, id string) {
+	t.Helper()
+	if _, err := rotavaultv1.NewCredentialAdminServiceClient(conn).CreateCredential(ctxT(t), &rotavaultv1.CreateCredentialRequest{CredentialId: id, Spec: e.salesforceSpec()}); err != nil {
+		t.Fatal(err)
+	}
+	rt, err := e.sim.IssueRefreshToken(simClientID, []string{"api", "refresh_token"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := rotavaultv1.NewTokenVaultServiceClient(conn).Reauthenticate(ctxT(t), &rotavaultv1.ReauthenticateRequest{CredentialId: id,
+		Flow: &rotavaultv1.ReauthenticateRequest_RefreshTokenImport{RefreshTokenImport: &rotavaultv1.RefreshTokenImport{RefreshToken: rt}}}); err != nil {
+		t.Fatal(err)
 	}
 }

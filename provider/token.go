@@ -97,6 +97,15 @@ type Token struct {
 	issuedAtRaw string
 }
 
+// Restamp sets RequestedAt to sent, when the caller's clock says the request
+// went out: the Client's clock may be another (tests inject the broker's),
+// and the broker compares the token's life with its own. Nil does nothing.
+func (t *Token) Restamp(sent time.Time) {
+	if t != nil {
+		t.RequestedAt = sent
+	}
+}
+
 // String describes the token without its secrets.
 func (t Token) String() string {
 	return fmt.Sprintf("Token{TokenType: %q, AccessToken: %s, RefreshToken: %s, InstanceURL: %q, IDURL: %q, Scopes: %q, IssuedAt: %s, ExpiresIn: %s, SignatureStatus: %s}",

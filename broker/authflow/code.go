@@ -284,7 +284,7 @@ func (fl *Flows) redeemCode(ctx context.Context, state string, f *Record, versio
 	sent := fl.now()
 	tok, err := fl.provider.ExchangeCode(xctx, cred.Endpoint, cred.Client, code, f.RedirectURI, f.Verifier)
 	xcancel()
-	restamp(tok, sent)
+	tok.Restamp(sent)
 	if err != nil {
 		var pe *provider.Error
 		if errors.As(err, &pe) && pe.Outcome == provider.OutcomeRejected {

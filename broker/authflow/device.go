@@ -202,7 +202,7 @@ func (fl *Flows) pollOnce(ctx context.Context, state string, f *Record, version 
 	sent := fl.now()
 	tok, err := fl.provider.PollDeviceToken(pctx, cred.Endpoint, cred.Client, f.DeviceCode)
 	cancel()
-	restamp(tok, sent)
+	tok.Restamp(sent)
 	var pe *provider.Error
 	switch {
 	case err == nil:

@@ -979,14 +979,6 @@ func persistContext(ctx context.Context) (context.Context, context.CancelFunc) {
 // family.
 const installTries = 5
 
-// restamp sets tok's RequestedAt to sent, when the flows' clock says the
-// request went out (the provider client stamps the wall clock).
-func restamp(tok *provider.Token, sent time.Time) {
-	if tok != nil {
-		tok.RequestedAt = sent
-	}
-}
-
 // Polling reports whether this replica polls the device flow of state.
 func (fl *Flows) Polling(state string) bool { return fl.runner.isPolling(state) }
 

@@ -27,16 +27,6 @@ func New(familyID, refreshToken string, spec credspec.Spec, tok *provider.Token,
 	return fam
 }
 
-// Restamp sets tok's RequestedAt to sent, when the broker's clock says the
-// request went out: the provider client's clock may be another (tests inject
-// the broker's), and the access token's AliveUntil is compared with the
-// broker's.
-func Restamp(tok *provider.Token, sent time.Time) {
-	if tok != nil {
-		tok.RequestedAt = sent
-	}
-}
-
 // RandomID is n random bytes in hex: a family's id, a credential's
 // incarnation.
 func RandomID(n int) string {
