@@ -72,6 +72,9 @@ type envOptions struct {
 	serverConfig func(*server.Config)
 	// wrapStore, when set, wraps the store the broker uses (to count calls).
 	wrapStore func(store.Store) store.Store
+	// vaultRequests, when set with vault, counts the HTTP requests the
+	// store sends Vault.
+	vaultRequests **vaulttest.Requests
 	// tracing, when set, traces the node as OTEL_* variables make
 	// rotavault serve trace it.
 	tracing *tracing.Tracing
@@ -190,6 +193,9 @@ func (e *env) openStore(n *node.Node) store.Store {
 		cfg := vaultstore.Config{Client: e.opts.vault.Client(t), Prefix: vaultstore.DefaultPrefix + "/" + e.key.ID(), Login: e.opts.vaultLogin}
 		if e.opts.vaultTransit {
 			cfg.Client, cfg.TransitKey = e.opts.vault.TransitClient(t), vaulttest.TransitKey
+		}
+		if e.opts.vaultRequests != nil {
+			cfg.Client, *e.opts.vaultRequests = e.opts.vault.CountingClient(t)
 		}
 		if e.opts.vaultLogin != nil {
 			cfg.Client.ClearToken()

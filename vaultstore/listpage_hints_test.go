@@ -18,7 +18,7 @@ import (
 // the safety net for a change no hint told of.
 func TestListPageOfAHintedFolderShowsHintsAtOnceAndNeverWaitsForALIST(t *testing.T) {
 	srv := vaulttest.StartDev(t)
-	client, counter := countingClient(t, srv)
+	client, counter := srv.CountingClient(t)
 	const hintedRefresh = 10 * time.Minute
 	clock := fakeclock.New(time.Now())
 	other := newStore(t, vaultstore.Config{Client: srv.Client(t), Prefix: "rotavault/hinted"})
@@ -33,7 +33,7 @@ func TestListPageOfAHintedFolderShowsHintsAtOnceAndNeverWaitsForALIST(t *testing
 	}
 	lists := func(what string, want int64) {
 		t.Helper()
-		if got := counter.lists.Load(); got != want {
+		if got := counter.Count("LIST metadata"); got != want {
 			t.Fatalf("%s: %d LIST requests in all, want %d", what, got, want)
 		}
 	}

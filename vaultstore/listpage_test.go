@@ -2,13 +2,9 @@ package vaultstore_test
 
 import (
 	"fmt"
-	"net/http"
 	"slices"
-	"sync/atomic"
 	"testing"
 	"time"
-
-	vault "github.com/hashicorp/vault/api"
 
 	"github.com/rotavault/rotavault/internal/fakeclock"
 	"github.com/rotavault/rotavault/internal/poll"
@@ -17,36 +13,6 @@ import (
 	"github.com/rotavault/rotavault/store/storetest"
 	"github.com/rotavault/rotavault/vaultstore"
 )
-
-// listCounter counts the LIST requests a Vault client sends.
-type listCounter struct {
-	next  http.RoundTripper
-	lists atomic.Int64
-}
-
-func (c *listCounter) RoundTrip(r *http.Request) (*http.Response, error) {
-	if r.Method == "LIST" || r.URL.Query().Get("list") == "true" {
-		c.lists.Add(1)
-	}
-	return c.next.RoundTrip(r)
-}
-
-// countingClient is srv's store client with its LIST requests counted.
-func countingClient(t *testing.T, srv *vaulttest.Server) (*vault.Client, *listCounter) {
-	t.Helper()
-	base := srv.Client(t)
-	cfg := base.CloneConfig()
-	hc := *cfg.HttpClient
-	counter := &listCounter{next: hc.Transport}
-	hc.Transport = counter
-	cfg.HttpClient = &hc
-	c, err := vault.NewClient(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c.SetToken(base.Token())
-	return c, counter
-}
 
 func pageAll(t *testing.T, s store.Store, prefix string, limit int) []string {
 	t.Helper()
@@ -69,7 +35,7 @@ func pageAll(t *testing.T, s store.Store, prefix string, limit int) []string {
 // Vault once, not once per page.
 func TestListPageListsVaultOncePerRefresh(t *testing.T) {
 	srv := vaulttest.StartDev(t)
-	client, counter := countingClient(t, srv)
+	client, counter := srv.CountingClient(t)
 	clock := fakeclock.New(time.Now())
 	s := newStore(t, vaultstore.Config{Client: client, Prefix: "rotavault/paging", Now: clock.Now})
 	const n = 1000
@@ -83,9 +49,9 @@ func TestListPageListsVaultOncePerRefresh(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	before := counter.lists.Load()
+	before := counter.Count("LIST metadata")
 	got := pageAll(t, s, "f/", 10)
-	if lists := counter.lists.Load() - before; lists != 1 {
+	if lists := counter.Count("LIST metadata") - before; lists != 1 {
 		t.Errorf("%d LIST requests for %d pages, want 1", lists, n/10)
 	}
 	if !slices.Equal(got, want) {
@@ -93,11 +59,11 @@ func TestListPageListsVaultOncePerRefresh(t *testing.T) {
 	}
 	// Past the refresh period the next page lists the folder again, once.
 	clock.Add(vaultstore.DefaultListRefresh)
-	before = counter.lists.Load()
+	before = counter.Count("LIST metadata")
 	if got := pageAll(t, s, "f/", 100); !slices.Equal(got, want) {
 		t.Fatalf("after the refresh period: %d keys", len(got))
 	}
-	if lists := counter.lists.Load() - before; lists != 1 {
+	if lists := counter.Count("LIST metadata") - before; lists != 1 {
 		t.Errorf("after the refresh period: %d LIST requests, want 1", lists)
 	}
 }

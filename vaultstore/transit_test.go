@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 
+	vault "github.com/hashicorp/vault/api"
+
 	"github.com/rotavault/rotavault/internal/vaulttest"
 	"github.com/rotavault/rotavault/vaultstore"
 )
@@ -34,7 +36,7 @@ func TestTransitHidesValuesFromKVReaders(t *testing.T) {
 		t.Fatalf("the KV record reveals the value: %s", dump)
 	}
 	// A sealed value copied to another record does not open there.
-	if _, err := root.KVv2("secret").Put(ctx, "rotavault/families/other", raw.Data); err != nil {
+	if _, err := root.KVv2("secret").Put(ctx, "rotavault/families/other", raw.Data, vault.WithCheckAndSet(0)); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := s.Get(ctx, "families/other"); !errors.Is(err, vaultstore.ErrUndecryptable) {

@@ -112,6 +112,9 @@ type Store struct {
 
 	// lists are the folders' listings ListPage serves (listpage.go).
 	lists *listings
+	// mountCfg says whether new records need metadata of their own
+	// (mountconfig.go).
+	mountCfg mountConfig
 	// life ends at Close; listMu guards listClosed, which keeps LISTs from
 	// starting once Close waits for wg.
 	life       context.Context
@@ -246,6 +249,9 @@ func New(ctx context.Context, cfg Config) (*Store, error) {
 		}
 	}
 	if err := s.checkCapabilities(ctx, s.requiredCapabilities(secret, transit)); err != nil {
+		return nil, err
+	}
+	if err := s.checkMountConfig(ctx); err != nil {
 		return nil, err
 	}
 	if transit != nil {
@@ -447,10 +453,10 @@ func (s *Store) Put(ctx context.Context, key string, value []byte, expectedVersi
 	if err := ctx.Err(); err != nil {
 		return 0, fmt.Errorf("vaultstore: put %s: %w", key, err)
 	}
-	if expectedVersion == 0 {
-		// A new record: make Vault refuse any write without check-and-set
-		// to it, and bound its history. Idempotent, so a lost creation race
-		// does no harm.
+	if expectedVersion == 0 && !s.mountCoversNewRecords(ctx) {
+		// A new record on a mount that does not do it for every key: make
+		// Vault refuse any write without check-and-set to it, and bound its
+		// history. Idempotent, so a lost creation race does no harm.
 		if err := s.do(ctx, func() error {
 			return s.kv.PutMetadata(ctx, p, vault.KVMetadataPutInput{CASRequired: true, MaxVersions: s.maxVersions})
 		}); err != nil {

@@ -50,6 +50,12 @@ func (s *Server) provision(t testing.TB) {
 			t.Fatalf("vaulttest: write policy %s: %v", name, err)
 		}
 	}
+	// The mount as README's "HashiCorp Vault backend" recommends: every key
+	// check-and-set only (and Vault's default 10 versions), so the store
+	// writes no metadata per record (tests of the other case set it back).
+	if _, err := root.Logical().Write("secret/config", map[string]any{"cas_required": true}); err != nil {
+		t.Fatalf("vaulttest: configure secret/: %v", err)
+	}
 	if err := root.Sys().Mount(TransitMount, &vault.MountInput{Type: "transit"}); err != nil {
 		t.Fatalf("vaulttest: enable transit: %v", err)
 	}

@@ -70,7 +70,8 @@ func repoRoot() string {
 // Server is a running Vault server, provisioned as an operator would for
 // Rotavault: the policies of deploy/vault-policy.hcl and
 // deploy/vault-policy-transit.hcl written as PolicyName and
-// TransitPolicyName, the Transit engine at transit/ with the key TransitKey,
+// TransitPolicyName, secret/ configured to require check-and-set on every
+// key, the Transit engine at transit/ with the key TransitKey,
 // and a token for each variant that carries only its policies (not even
 // Vault's "default" policy). Client and TransitClient use those tokens, so
 // every Vault-backed test proves that the policy files are enough.
