@@ -330,7 +330,7 @@ func (l *Log) appendJoined(ctx context.Context, n Notice, g *appendGroup, i int,
 	if n.Kind.ForWatchers() {
 		// Indexes serve filtered replays only.
 		wg.Go(func() {
-			if err := l.addToIndex(wctx, n.CredentialID, seq, g.pruneTo); err != nil {
+			if err := l.addToIndex(wctx, n, seq, g.pruneTo); err != nil {
 				l.log.WarnContext(ctx, "notice not added to its credential's index; filtered replays from far back will miss it", "seq", seq, "err", err)
 			}
 		})

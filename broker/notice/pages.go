@@ -73,12 +73,16 @@ type noticeIndex struct {
 
 // updateRecord is a bounded check-and-set loop on one key: mutate sees the
 // stored value (nil when missing) and returns the value to write, or nil to
-// write nothing.
-func (l *Log) updateRecord(ctx context.Context, key string, mutate func(raw []byte) ([]byte, error)) error {
-	for range noticeWriteTries {
+// write nothing. likelyNew: the first try writes as if the key were missing,
+// without reading it (a conflict then reads it as usual).
+func (l *Log) updateRecord(ctx context.Context, key string, likelyNew bool, mutate func(raw []byte) ([]byte, error)) error {
+	for try := range noticeWriteTries {
 		var raw []byte
 		var version uint64
-		rec, err := l.store.Get(ctx, key)
+		rec, err := store.Record{}, store.ErrNotFound
+		if try > 0 || !likelyNew {
+			rec, err = l.store.Get(ctx, key)
+		}
 		switch {
 		case err == nil:
 			raw, version = rec.Value, rec.Version
@@ -99,7 +103,7 @@ func (l *Log) updateRecord(ctx context.Context, key string, mutate func(raw []by
 
 // addToPage adds notices (ascending, all of page p) to their page.
 func (l *Log) addToPage(ctx context.Context, p uint64, notices []loggedNotice) error {
-	return l.updateRecord(ctx, noticePageKey(p), func(raw []byte) ([]byte, error) {
+	return l.updateRecord(ctx, noticePageKey(p), false, func(raw []byte) ([]byte, error) {
 		page := noticePage{Format: jsonrec.Format}
 		if raw != nil {
 			if err := jsonrec.Decode(raw, &page, &page.Format); err != nil {
@@ -124,9 +128,10 @@ func (l *Log) addToPage(ctx context.Context, p uint64, notices []loggedNotice) e
 }
 
 // addToIndex adds seq to its credential's index and drops what was pruned
-// (below oldest).
-func (l *Log) addToIndex(ctx context.Context, credentialID string, seq, oldest uint64) error {
-	return l.updateRecord(ctx, noticeIndexKey(credentialID), func(raw []byte) ([]byte, error) {
+// (below oldest). A family activated is most often a new credential's first
+// (onboarding): its index is written without a read first.
+func (l *Log) addToIndex(ctx context.Context, n Notice, seq, oldest uint64) error {
+	return l.updateRecord(ctx, noticeIndexKey(n.CredentialID), n.Kind == FamilyActivated, func(raw []byte) ([]byte, error) {
 		idx := noticeIndex{Format: jsonrec.Format}
 		if raw != nil {
 			if err := jsonrec.Decode(raw, &idx, &idx.Format); err != nil {
