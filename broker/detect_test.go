@@ -192,20 +192,12 @@ func nextNotice(t *testing.T, s *notice.Subscription) notice.Notice {
 // log.
 func revocationNotices(ctx context.Context, t *testing.T, st store.Store) []notice.Notice {
 	t.Helper()
-	keys, err := st.List(ctx, notice.RecordPrefix)
+	kept, err := notice.Kept(ctx, st)
 	if err != nil {
 		t.Fatal(err)
 	}
 	var out []notice.Notice
-	for _, k := range keys {
-		rec, err := st.Get(ctx, k)
-		if err != nil {
-			t.Fatal(err)
-		}
-		var n notice.Notice
-		if err := json.Unmarshal(rec.Value, &n); err != nil {
-			t.Fatal(err)
-		}
+	for _, n := range kept {
 		if n.Kind == notice.FamilyRevoked {
 			out = append(out, n)
 		}

@@ -176,20 +176,12 @@ func (h *famHarness) State() family.State {
 // "revoked:reason".
 func (h *famHarness) notices() []string {
 	h.t.Helper()
-	keys, err := h.st.Store.List(h.ctx, notice.RecordPrefix)
+	kept, err := notice.Kept(h.ctx, h.st.Store)
 	if err != nil {
 		h.t.Fatal(err)
 	}
 	var out []string
-	for _, k := range keys {
-		rec, err := h.st.Store.Get(h.ctx, k)
-		if err != nil {
-			h.t.Fatal(err)
-		}
-		var n notice.Notice
-		if err := json.Unmarshal(rec.Value, &n); err != nil {
-			h.t.Fatal(err)
-		}
+	for _, n := range kept {
 		switch n.Kind {
 		case notice.FamilyRevoked:
 			out = append(out, "revoked:"+string(n.Reason))

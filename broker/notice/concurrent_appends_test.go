@@ -97,7 +97,7 @@ func TestConcurrentAppendsShareHeadWrites(t *testing.T) {
 			last = n.seq
 		}
 	}
-	if keys, _ := mem.List(ctx, RecordPrefix); len(keys) != appends {
-		t.Fatalf("%d notice records stored, want %d", len(keys), appends)
+	if n := len(pagedNotices(t, mem)); n != appends {
+		t.Fatalf("%d notices in pages, want %d", n, appends)
 	}
 }

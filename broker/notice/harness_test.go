@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rotavault/rotavault/broker/internal/jsonrec"
 	"github.com/rotavault/rotavault/store"
 )
 
@@ -29,6 +30,7 @@ type replica struct {
 type replicaOptions struct {
 	retention, buffer int
 	poll              time.Duration
+	records           bool
 }
 
 type replicaOption func(*replicaOptions)
@@ -36,6 +38,10 @@ type replicaOption func(*replicaOptions)
 // withRetention sets how many notices the log keeps (the broker's
 // WithNoticeRetention).
 func withRetention(n int) replicaOption { return func(o *replicaOptions) { o.retention = n } }
+
+// withRecords writes every notice's own record too (the broker's
+// WithNoticeRecords).
+func withRecords() replicaOption { return func(o *replicaOptions) { o.records = true } }
 
 // withPoll sets how often the replica reads the log's head (the broker's
 // WithNoticePollInterval).
@@ -49,7 +55,7 @@ func newReplica(t *testing.T, st store.Store, opts ...replicaOption) *replica {
 	for _, opt := range opts {
 		opt(&o)
 	}
-	l := New(st, Options{Retention: o.retention, Buffer: o.buffer, Poll: o.poll}, time.Now, slog.New(slog.DiscardHandler))
+	l := New(st, Options{Retention: o.retention, Buffer: o.buffer, Poll: o.poll, Records: o.records}, time.Now, slog.New(slog.DiscardHandler))
 	if err := l.Init(context.Background()); err != nil {
 		t.Fatal(err)
 	}
@@ -92,6 +98,56 @@ func (r *replica) Close() error {
 }
 
 var errStoreDown = errors.New("faultstore: store unavailable (test)")
+
+// pagedNotices is every notice in the log's pages, by sequence number.
+func pagedNotices(t *testing.T, st store.Store) map[uint64]Notice {
+	t.Helper()
+	ctx := context.Background()
+	keys, err := st.List(ctx, noticePagesPrefix)
+	if err != nil {
+		t.Fatal(err)
+	}
+	all := make(map[uint64]Notice)
+	for _, k := range keys {
+		rec, err := st.Get(ctx, k)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var page noticePage
+		if err := jsonrec.Decode(rec.Value, &page, &page.Format); err != nil {
+			t.Fatal(err)
+		}
+		for _, ln := range page.Notices {
+			all[ln.Seq] = ln.Notice
+		}
+	}
+	return all
+}
+
+// rewriteHeadAsEarlierVersion rewrites the log's head in st as a replica of
+// a version before pages would: change edits it, and the fields that
+// version does not know (PagedFrom, RecordsThrough) are dropped.
+func rewriteHeadAsEarlierVersion(t *testing.T, st store.Store, change func(*noticeLogMeta)) {
+	t.Helper()
+	ctx := context.Background()
+	rec, err := st.Get(ctx, metaKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var meta noticeLogMeta
+	if err := jsonrec.Decode(rec.Value, &meta, &meta.Format); err != nil {
+		t.Fatal(err)
+	}
+	change(&meta)
+	meta.PagedFrom, meta.RecordsThrough = 0, nil
+	raw, err := jsonrec.Encode(meta)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.Put(ctx, metaKey, raw, rec.Version); err != nil {
+		t.Fatal(err)
+	}
+}
 
 // faultStore counts a store's reads; a fault fails the reads it matches.
 type faultStore struct {

@@ -51,13 +51,13 @@ var (
 )
 
 // noticeLogMeta is the head of the persisted notice log: notices are stored
-// under notices/<seq>, oldest first; the epoch tells cursors of one log from
-// another's.
+// in pages of 100 (pages.go; and under notices/<seq> where RecordsThrough
+// says), oldest first; the epoch tells cursors of one log from another's.
 //
 // Recent repeats the newest notices in the head itself. Every replica
 // follows the log by polling this one record, so a notice appended anywhere
 // reaches every replica's subscribers with one read per replica per poll,
-// however many credentials there are; the per-notice records serve only
+// however many credentials there are; the pages serve only followers and
 // watchers resuming from further back.
 type noticeLogMeta struct {
 	Format    int            `json:"format"`
@@ -71,6 +71,13 @@ type noticeLogMeta struct {
 	// also in its page and its credential's index (pages.go); 0 when
 	// unknown (a log an earlier version wrote last).
 	PagedFrom uint64 `json:"paged_from,omitempty"`
+	// RecordsThrough is the newest sequence number that may have a record
+	// of its own (notices/<seq>): written by a replica with
+	// Options.Records, or by an earlier version, which always wrote them
+	// and, rewriting the head, dropped this field (nil: the next append
+	// here sets it to the head's newest notice). Pruning deletes records
+	// only up to it.
+	RecordsThrough *uint64 `json:"records_through,omitempty"`
 }
 
 type loggedNotice struct {
@@ -79,7 +86,7 @@ type loggedNotice struct {
 }
 
 // recentNotices is how many notices the log's head repeats. A follower that
-// misses more than this between two polls reads the rest one by one.
+// misses more than this between two polls reads the rest from their pages.
 const recentNotices = 32
 
 // missingNoticeWait bounds how long a follower waits for a reserved notice
@@ -92,6 +99,7 @@ const missingNoticeWait = 5 * time.Second
 // subscribers in log order.
 type Log struct {
 	store     store.Store
+	records   bool // Options.Records
 	retention int
 	buffer    int
 	poll      time.Duration
@@ -175,12 +183,20 @@ type Options struct {
 	// Poll is how often Follow reads the log's head for other replicas'
 	// notices.
 	Poll time.Duration
+	// Records keeps the log as versions before 2026-12-06 read it, for a
+	// rolling upgrade from them: every notice also gets a record of its
+	// own (notices/<seq>), which their followers read, and pages hold
+	// only the notices meant for watchers, which their replays deliver
+	// without looking at the kind. Off, a notice's record is its page: two
+	// store writes less per notice (the record, and its deletion once out
+	// of retention).
+	Records bool
 }
 
 // New returns the notice log kept in s; Init it before use.
 func New(s store.Store, o Options, now func() time.Time, log *slog.Logger) *Log {
 	return &Log{
-		store: s, retention: o.Retention, buffer: o.Buffer, poll: o.Poll, now: now, log: log,
+		store: s, records: o.Records, retention: o.Retention, buffer: o.Buffer, poll: o.Poll, now: now, log: log,
 		kick:    make(chan struct{}, 1),
 		pending: make(map[uint64]pendingNotice),
 		subs:    make(map[*Subscription]struct{}),
@@ -189,13 +205,14 @@ func New(s store.Store, o Options, now func() time.Time, log *slog.Logger) *Log 
 }
 
 // Store keys of the log: its head, and a record per notice under
-// RecordPrefix (pages and indexes: pages.go).
+// recordPrefix where Options.Records (or an earlier version) writes them
+// (pages and indexes: pages.go).
 const (
 	metaKey      = "meta/notice-log"
-	RecordPrefix = "notices/"
+	recordPrefix = "notices/"
 )
 
-func noticeKey(seq uint64) string { return fmt.Sprintf("%s%020d", RecordPrefix, seq) }
+func noticeKey(seq uint64) string { return fmt.Sprintf("%s%020d", recordPrefix, seq) }
 
 func (l *Log) Init(ctx context.Context) error {
 	for {
@@ -233,7 +250,7 @@ func (l *Log) Init(ctx context.Context) error {
 		}
 		var epoch [8]byte
 		_, _ = rand.Read(epoch[:])
-		fresh := noticeLogMeta{Format: jsonrec.Format, Epoch: hex.EncodeToString(epoch[:]), NextSeq: 1, OldestSeq: 1, CursorKey: newCursorKey(), PagedFrom: 1}
+		fresh := noticeLogMeta{Format: jsonrec.Format, Epoch: hex.EncodeToString(epoch[:]), NextSeq: 1, OldestSeq: 1, CursorKey: newCursorKey(), PagedFrom: 1, RecordsThrough: new(uint64(0))}
 		raw, err := jsonrec.Encode(fresh)
 		if err != nil {
 			return err
@@ -288,8 +305,9 @@ var errNoticeNotLogged = errors.New("broker: notice not logged")
 
 // Append adds n to the log, then delivers it to subscribers once every
 // notice before it has been. The notice is in the log once the head's
-// check-and-set write succeeds; the record of its own only serves resuming
-// from far back, so failing to write it is logged, not returned.
+// check-and-set write succeeds; its page (and with Options.Records its own
+// record) only serves followers and watchers resuming from far back, so
+// failing to write it is logged, not returned.
 //
 // Notices appended concurrently on this replica share one head write (a
 // group, at most recentNotices): the head is the one record every append
@@ -323,9 +341,9 @@ func (l *Log) appendJoined(ctx context.Context, n Notice, g *appendGroup, i int,
 	defer cancel()
 	seq := g.first + uint64(i)
 	n.seq = seq
-	// The record, the index and the group's pages are separate keys, each
-	// its own store commit: written side by side, an append waits for one
-	// commit after the head's instead of three.
+	// The index, the group's pages (and the record) are separate keys,
+	// each its own store commit: written side by side, an append waits for
+	// one commit after the head's instead of three.
 	var wg sync.WaitGroup
 	if n.Kind.ForWatchers() {
 		// Indexes serve filtered replays only.
@@ -340,7 +358,7 @@ func (l *Log) appendJoined(ctx context.Context, n Notice, g *appendGroup, i int,
 		// per group.
 		wg.Go(func() {
 			l.writePages(wctx, g)
-			for old := g.pruneFrom; old < g.pruneTo; old++ {
+			for old := g.pruneFrom; old < g.pruneTo && old <= g.recordsThrough; old++ {
 				if err := l.store.Delete(wctx, noticeKey(old)); err != nil {
 					l.log.WarnContext(ctx, "could not prune notice", "seq", old, "err", err)
 				}
@@ -348,12 +366,14 @@ func (l *Log) appendJoined(ctx context.Context, n Notice, g *appendGroup, i int,
 			l.prunePages(wctx, g.pruneFrom, g.pruneTo)
 		})
 	}
-	raw, err := jsonrec.Encode(n)
-	if err == nil {
-		_, err = l.store.Put(wctx, noticeKey(seq), raw, 0)
-	}
-	if err != nil {
-		l.log.WarnContext(ctx, "notice kept only in the log head; watchers resuming from far back may miss it", "seq", seq, "err", err)
+	if l.records {
+		raw, err := jsonrec.Encode(n)
+		if err == nil {
+			_, err = l.store.Put(wctx, noticeKey(seq), raw, 0)
+		}
+		if err != nil {
+			l.log.WarnContext(ctx, "notice kept only in the log head; watchers resuming from far back may miss it", "seq", seq, "err", err)
+		}
 	}
 	wg.Wait()
 	return nil
@@ -374,6 +394,9 @@ type appendGroup struct {
 	done                      chan struct{}
 	err                       error
 	first, pruneFrom, pruneTo uint64
+	// recordsThrough is the head's RecordsThrough: the newest notice that
+	// may have a record to prune.
+	recordsThrough uint64
 }
 
 // joinGroup adds n to the open group (opening one when there is none or it
@@ -424,6 +447,13 @@ func (l *Log) writeHead(ctx context.Context, g *appendGroup) {
 				// these may have no page.
 				next.PagedFrom = meta.NextSeq
 			}
+			switch {
+			case l.records:
+				next.RecordsThrough = new(next.NextSeq - 1)
+			case meta.RecordsThrough == nil:
+				// An earlier version wrote the head last, and records.
+				next.RecordsThrough = new(meta.NextSeq - 1)
+			}
 			if keep := uint64(l.retention); next.NextSeq-next.OldestSeq > keep {
 				next.OldestSeq = next.NextSeq - keep
 			}
@@ -444,6 +474,7 @@ func (l *Log) writeHead(ctx context.Context, g *appendGroup) {
 				return fmt.Errorf("%w: reserve notice: %w", errNoticeNotLogged, err)
 			}
 			g.first, g.pruneFrom, g.pruneTo = meta.NextSeq, meta.OldestSeq, next.OldestSeq
+			g.recordsThrough = *next.RecordsThrough
 			pagedFrom = next.PagedFrom
 			return nil
 		}
@@ -629,6 +660,7 @@ func (l *Log) catchUp(ctx context.Context, onRemote func(context.Context, Notice
 	for _, r := range meta.Recent {
 		recent[r.Seq] = r.Notice
 	}
+	pages := make(map[uint64]map[uint64]Notice)
 	for seq := from; seq <= head; seq++ {
 		l.mu.Lock()
 		_, known := l.pending[seq]
@@ -641,7 +673,7 @@ func (l *Log) catchUp(ctx context.Context, onRemote func(context.Context, Notice
 		if n, ok := recent[seq]; ok {
 			p.notice = n
 		} else {
-			n, found, err := l.readNotice(ctx, seq)
+			n, found, err := l.followedNotice(ctx, seq, pages)
 			if err != nil {
 				return err
 			}
@@ -675,6 +707,44 @@ func (l *Log) giveUpOn(seq uint64) bool {
 	}
 	l.log.Warn("skipping a notice that was reserved but never written", "seq", seq)
 	return true
+}
+
+// followedNotice reads a notice the head no longer repeats for a follower
+// that fell behind: from its page (read once per catch-up: pages holds
+// what was read, by page), or from its own record where the page lacks it
+// (a notice of an earlier version or of a replica with Options.Records, or
+// whose page write has not landed yet).
+func (l *Log) followedNotice(ctx context.Context, seq uint64, pages map[uint64]map[uint64]Notice) (Notice, bool, error) {
+	l.mu.Lock()
+	paged := seq >= l.pagedFrom
+	l.mu.Unlock()
+	if paged {
+		p := seq / noticePageSize
+		inPage, read := pages[p]
+		if !read {
+			inPage = make(map[uint64]Notice)
+			rec, err := l.store.Get(ctx, noticePageKey(p))
+			switch {
+			case err == nil:
+				var page noticePage
+				if err := jsonrec.Decode(rec.Value, &page, &page.Format); err != nil {
+					return Notice{}, false, err
+				}
+				for _, ln := range page.Notices {
+					n := ln.Notice
+					n.seq = ln.Seq
+					inPage[ln.Seq] = n
+				}
+			case !errors.Is(err, store.ErrNotFound):
+				return Notice{}, false, fmt.Errorf("broker: read notice page: %w", err)
+			}
+			pages[p] = inPage
+		}
+		if n, ok := inPage[seq]; ok {
+			return n, true, nil
+		}
+	}
+	return l.readNotice(ctx, seq)
 }
 
 func (l *Log) readNotice(ctx context.Context, seq uint64) (Notice, bool, error) {

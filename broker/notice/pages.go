@@ -4,7 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
+	"strconv"
+	"strings"
 
 	"github.com/rotavault/rotavault/audit"
 	"github.com/rotavault/rotavault/broker/brokererr"
@@ -160,15 +163,18 @@ func cmpUint(a, b uint64) int {
 	return 0
 }
 
-// writePages records g's notices meant for watchers in their pages, one
-// check-and-set write per page, after the head reserved them. Failures are
-// logged: the notices are in the log (the head), and a replay finds them in
-// the head while they are among the newest 32.
+// writePages records g's notices in their pages, one check-and-set write
+// per page, after the head reserved them: every notice, which followers
+// more than 32 behind read there (replays skip those not meant for
+// watchers), or with Options.Records only those meant for watchers, as
+// earlier versions' replays expect. Failures are logged: the notices are in
+// the log (the head), and a replay finds them in the head while they are
+// among the newest 32.
 func (l *Log) writePages(ctx context.Context, g *appendGroup) {
 	byPage := make(map[uint64][]loggedNotice)
 	var pages []uint64
 	for i, n := range g.notices {
-		if !n.Kind.ForWatchers() {
+		if l.records && !n.Kind.ForWatchers() {
 			continue
 		}
 		seq := g.first + uint64(i)
@@ -388,4 +394,60 @@ func (r *storeReplay) releaseIfDone(wants func(n loggedNotice, lo, hi uint64) bo
 		}
 	}
 	r.release()
+}
+
+// Kept is every notice the log in s keeps — in pages, and in records of
+// their own where no page holds them (notices an earlier version or
+// Options.Records wrote) — in sequence order: what a resuming watcher could
+// be replayed, and what tests look at.
+func Kept(ctx context.Context, s store.Store) ([]Notice, error) {
+	bySeq := make(map[uint64]Notice)
+	pages, err := s.List(ctx, noticePagesPrefix)
+	if err != nil {
+		return nil, err
+	}
+	for _, k := range pages {
+		rec, err := s.Get(ctx, k)
+		if err != nil {
+			return nil, err
+		}
+		var page noticePage
+		if err := jsonrec.Decode(rec.Value, &page, &page.Format); err != nil {
+			return nil, err
+		}
+		for _, ln := range page.Notices {
+			ln.Notice.seq = ln.Seq
+			bySeq[ln.Seq] = ln.Notice
+		}
+	}
+	records, err := s.List(ctx, recordPrefix)
+	if err != nil {
+		return nil, err
+	}
+	for _, k := range records {
+		seq, err := strconv.ParseUint(strings.TrimPrefix(k, recordPrefix), 10, 64)
+		if err != nil {
+			continue // not a record of the log's
+		}
+		if _, paged := bySeq[seq]; paged {
+			continue
+		}
+		rec, err := s.Get(ctx, k)
+		if err != nil {
+			return nil, err
+		}
+		var n Notice
+		var format int
+		if err := jsonrec.Decode(rec.Value, &n, &format); err != nil {
+			return nil, err
+		}
+		n.seq = seq
+		bySeq[seq] = n
+	}
+	seqs := slices.Sorted(maps.Keys(bySeq))
+	out := make([]Notice, len(seqs))
+	for i, seq := range seqs {
+		out[i] = bySeq[seq]
+	}
+	return out, nil
 }

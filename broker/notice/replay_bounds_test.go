@@ -279,26 +279,15 @@ func TestNoticeAppendedByAnEarlierVersionIsNeverLookedForInAPage(t *testing.T) {
 
 	// The earlier version's append: its own record and the head, whose
 	// decoding and re-encoding loses the field it does not know.
-	rec, err := st.Get(ctx, metaKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var meta noticeLogMeta
-	if err := jsonrec.Decode(rec.Value, &meta, &meta.Format); err != nil {
-		t.Fatal(err)
-	}
 	old := Notice{CredentialID: "c", FamilyID: "from-the-earlier-version", Kind: FamilyActivated}
 	raw, _ := jsonrec.Encode(old)
-	if _, err := st.Put(ctx, noticeKey(meta.NextSeq), raw, 0); err != nil {
-		t.Fatal(err)
-	}
-	meta.Recent = append(lastNotices(meta.Recent, recentNotices-1), loggedNotice{Seq: meta.NextSeq, Notice: old})
-	meta.NextSeq++
-	meta.PagedFrom = 0
-	raw, _ = jsonrec.Encode(meta)
-	if _, err := st.Put(ctx, metaKey, raw, rec.Version); err != nil {
-		t.Fatal(err)
-	}
+	rewriteHeadAsEarlierVersion(t, st, func(meta *noticeLogMeta) {
+		if _, err := st.Put(ctx, noticeKey(meta.NextSeq), raw, 0); err != nil {
+			t.Fatal(err)
+		}
+		meta.Recent = append(lastNotices(meta.Recent, recentNotices-1), loggedNotice{Seq: meta.NextSeq, Notice: old})
+		meta.NextSeq++
+	})
 	poll.Until(t, 10*time.Second, "the follower to deliver the earlier version's notice", func() bool {
 		b.notices.mu.Lock()
 		defer b.notices.mu.Unlock()

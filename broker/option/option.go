@@ -248,6 +248,18 @@ func WithNoticePollInterval(d time.Duration) Option {
 	return durationOption("notice poll interval", d, 10*time.Millisecond, time.Minute, func(o *Options) { o.Notice.Poll = d })
 }
 
+// WithNoticeRecords writes each notice's own record as well as its page,
+// as replicas of versions before 2026-12-06 read the notice log: for a
+// rolling upgrade from such a version, until every replica runs this one.
+// Off (the default), a notice's page is its only copy beyond the log's
+// head: two store writes less per notice.
+func WithNoticeRecords(on bool) Option {
+	return func(o *Options) error {
+		o.Notice.Records = on
+		return nil
+	}
+}
+
 // WithMaxFlows sets how many authorization flows the store may hold at once
 // (default authflow.MaxPendingFlows); further starts fail with
 // authflow.ErrTooManyFlows.

@@ -450,6 +450,7 @@ func newServeCmd(a *app) *cobra.Command {
 		claimTTL, claimMargin            time.Duration
 		noticePoll, maxConnAge           time.Duration
 		shutdownDelay                    time.Duration
+		noticeRecords                    bool
 		introspection, rejectedInterval  time.Duration
 		transitKey, transitMount         string
 		tlsCert, tlsKey, tlsClientCA     string
@@ -559,7 +560,7 @@ keys are the flag names with _ for -), then the defaults.`,
 			scfg.DataDir, scfg.Key, scfg.PreviousKeys, scfg.Reflection, scfg.Logger = dataDir, key, previous, reflection, log
 			scfg.Backend, scfg.VaultMount, scfg.VaultPrefix, scfg.VaultLogin = backend, vaultMount, vaultPrefix, vaultLogin
 			scfg.VaultTransitKey, scfg.VaultTransitMount, scfg.VaultAddrs = transitKey, transitMount, vaultAddrs
-			scfg.BrokerOptions = []option.Option{option.WithClaimTiming(claimTTL, claimMargin), option.WithNoticePollInterval(noticePoll), option.WithIntrospectionInterval(introspection), option.WithRejectionInterval(rejectedInterval)}
+			scfg.BrokerOptions = []option.Option{option.WithClaimTiming(claimTTL, claimMargin), option.WithNoticePollInterval(noticePoll), option.WithNoticeRecords(noticeRecords), option.WithIntrospectionInterval(introspection), option.WithRejectionInterval(rejectedInterval)}
 			dutyOpts, err := duties.options()
 			if err != nil {
 				return err
@@ -609,6 +610,7 @@ keys are the flag names with _ for -), then the defaults.`,
 	fs.BoolVar(&reflection, "reflection", false, "serve gRPC reflection (for grpcurl)")
 	fs.DurationVar(&introspection, "introspection-interval", detect.DefaultIntrospectionInterval, "how often each active family's refresh token is introspected at its provider (where the credential has an introspection URL) to detect a revocation there without spending a rotation; replicas sharing a store split the families (--duty-lease-period), so the provider sees credentials / interval calls however many replicas run; 0 turns it off. At generic providers a verdict needs the family's access token, known alive at the provider, to be inactive too, so a family nobody fetched a token for lately is not checked: 'credentials show' says per credential whether early detection is active and why not")
 	fs.DurationVar(&rejectedInterval, "rejected-token-interval", 30*time.Second, "least time between two refreshes caused by consumers reporting a rejected access token, per credential (reports the provider disproves wait 1s only)")
+	fs.BoolVar(&noticeRecords, "notice-records", false, "also write each notice of the shared notice log as a record of its own, as replicas of versions before 2026-12-06 read it: set it on the new replicas of a rolling upgrade from such a version until no old replica runs (two store writes more per notice; see docs/operations.md)")
 	fs.DurationVar(&noticePoll, "notice-poll-interval", 500*time.Millisecond, "how often this replica reads the shared notice log for revocations and activations other replicas announced: the bound on how late they reach this replica's watchers (one store read each, whatever the number of credentials)")
 	fs.DurationVar(&shutdownDelay, "shutdown-delay", 0, "on SIGTERM/SIGINT, report NOT_SERVING (gRPC health Check and Watch, HTTP /readyz) and go on serving for this long before ending watch streams and refusing new calls, so that load balancers and Kubernetes endpoints take the replica out first: set it to their health-check period or more (the Helm chart uses 5s). The graceful stop's 30s come after it")
 	fs.DurationVar(&maxConnAge, "max-connection-age", server.DefaultMaxConnectionAge, "end each client connection after this long (watch streams end with UNAVAILABLE and resume with their cursor, possibly on another replica); -1s never")
