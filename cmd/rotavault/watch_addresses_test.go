@@ -3,6 +3,7 @@ package main
 import (
 	"net"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	"google.golang.org/grpc/resolver"
@@ -23,9 +24,9 @@ func init() { resolver.Register(replicaNames) }
 // The README says of `rotavault watch` that when a replica goes away "a
 // DNS name with several addresses is tried address by address". Here the
 // name has two: the first replica's, then another's. Watch follows the
-// first; it goes away and the store is served at the second address.
-// Watch resumes through the second address, though the first, tried
-// first, is dead, and prints the notice made meanwhile once.
+// first; it goes away (its address closes every connection) and the store
+// is served at the second address. Watch tries the first address, then
+// resumes through the second, and prints the notice made meanwhile once.
 func TestWatchTriesEveryAddressOfTheName(t *testing.T) {
 	sim := startSim(t)
 	dir := t.TempDir()
@@ -43,7 +44,8 @@ func TestWatchTriesEveryAddressOfTheName(t *testing.T) {
 	w := c.start(map[string]string{"ROTAVAULT_ADDR": "rvtest-replicas:1"}, "watch", "acme")
 	w.stdout.WaitFor(t, "started at cursor ", awaitDeadline)
 
-	node.stop(t) // the first address is dead from here on
+	node.stop(t)
+	tries := deadReplica(t, first) // the first address is dead from here on
 	node = startNode(t, dir, keyFile, c.trans, func(cfg *serverConfig) { cfg.Addr = second })
 	c.env["ROTAVAULT_ADDR"] = node.addr
 	c.run("", "credentials", "revoke", "acme", "--reason", "while watch was away", "--yes").expect(t, exitOK)
@@ -56,6 +58,37 @@ func TestWatchTriesEveryAddressOfTheName(t *testing.T) {
 	if out := w.stdout.String(); strings.Count(out, "FAMILY_REVOKED") != 1 {
 		t.Errorf("watch printed the revocation other than once:\n%s", out)
 	}
+	if tries.Load() == 0 {
+		t.Error("watch resumed without trying the first address")
+	}
+}
+
+// deadReplica listens at addr and closes every connection at once, as a
+// replica going away does, counting them.
+func deadReplica(t *testing.T, addr string) *atomic.Int64 {
+	t.Helper()
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var tries atomic.Int64
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			conn, err := l.Accept()
+			if err != nil {
+				return // closed
+			}
+			tries.Add(1)
+			_ = conn.Close()
+		}
+	}()
+	t.Cleanup(func() {
+		_ = l.Close()
+		<-done
+	})
+	return &tries
 }
 
 // freeLoopbackAddr is a loopback address nothing listens on: connecting
