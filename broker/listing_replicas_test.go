@@ -2,8 +2,8 @@ package broker
 
 import (
 	"context"
-	"fmt"
 	"slices"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -18,26 +18,24 @@ import (
 )
 
 // Two replicas on one Vault path: a credential created or deleted on one
-// shows in the other's ListCredentials once that replica has followed the
-// notice log (a poll, 500 ms by default) — its listing of the folder never
-// ages past a refresh period here, so no LIST of Vault shows it — and at
-// once in its own. The deletion of a family that is not active tells it
-// too, though no watcher hears of it.
+// shows in the other's ListCredentials within one notice poll (500 ms by
+// default) once the call that made it returned, as the README says — its
+// listing of the folder never ages past a refresh period here, so no LIST
+// of Vault shows it — and at once in its own. The deletion of a family
+// that is not active tells it too, though no watcher hears of it. The
+// bound is counted in polls, not measured in time: b's polls are stepped
+// one at a time.
 func TestListCredentialsShowsAnotherReplicasChangesOnceItsNoticeIsFollowed(t *testing.T) {
-	a, b, sim := listingReplicas(t)
+	a, b, bPolls, sim := listingReplicas(t)
 	ctx := t.Context()
+	wantListed(t, "b before any change", b) // b's listing is built: only hints change it
+	bPolls.start(t)
 	if _, err := a.Credentials().Create(ctx, "one", simSpec(sim)); err != nil {
 		t.Fatal(err)
 	}
 	wantListed(t, "a's own creation, at once", a, "one")
-	eventually := func(what string, expect ...string) {
-		t.Helper()
-		poll.UntilSeen(t, 10*time.Second, what, func() (bool, string) {
-			got := listed(t, b)
-			return slices.Equal(got, expect), fmt.Sprint(got)
-		})
-	}
-	eventually("b lists a's creation", "one")
+	bPolls.one(t)
+	wantListed(t, "b, one poll after a's creation returned", b, "one")
 	if _, err := a.Credentials().Create(ctx, "two", simSpec(sim)); err != nil {
 		t.Fatal(err)
 	}
@@ -45,7 +43,74 @@ func TestListCredentialsShowsAnotherReplicasChangesOnceItsNoticeIsFollowed(t *te
 		t.Fatal(err)
 	}
 	wantListed(t, "a's own changes, at once", a, "two")
-	eventually("b lists a's creation and deletion", "two")
+	bPolls.one(t)
+	wantListed(t, "b, one poll after a's creation and deletion returned", b, "two")
+}
+
+// noticeHeadKey is the notice log's head record, which a replica reads
+// once per poll.
+const noticeHeadKey = "meta/notice-log"
+
+// pollGate steps a replica's notice polls: once started, each read of the
+// notice log's head — the start of a poll — waits at the gate until the
+// test lets one through.
+type pollGate struct {
+	store.Store
+	on      atomic.Bool
+	arrived chan struct{}
+	proceed chan struct{}
+}
+
+func newPollGate(st store.Store) *pollGate {
+	return &pollGate{Store: st, arrived: make(chan struct{}), proceed: make(chan struct{})}
+}
+
+func (g *pollGate) Get(ctx context.Context, key string) (store.Record, error) {
+	if key == noticeHeadKey && g.on.Load() {
+		for _, ch := range []chan struct{}{g.arrived, g.proceed} {
+			select {
+			case ch <- struct{}{}:
+			case <-ctx.Done():
+				return store.Record{}, ctx.Err()
+			}
+		}
+	}
+	return g.Store.Get(ctx, key)
+}
+
+// start holds the next poll at the gate, and lets the polls go on freely
+// when the test ends.
+func (g *pollGate) start(t *testing.T) {
+	t.Helper()
+	g.on.Store(true)
+	g.await(t)
+	t.Cleanup(func() {
+		g.on.Store(false)
+		g.release(t)
+	})
+}
+
+// one lets the held poll read the head and holds the next one: the poll
+// in between, begun after every call the test made before, is complete.
+func (g *pollGate) one(t *testing.T) {
+	t.Helper()
+	g.release(t)
+	g.await(t)
+}
+
+// release lets the held poll read the head.
+func (g *pollGate) release(t *testing.T) { t.Helper(); receive(t, g.proceed, "the held poll to go on") }
+
+// await waits for the next poll to reach the gate.
+func (g *pollGate) await(t *testing.T) { t.Helper(); receive(t, g.arrived, "a notice poll to begin") }
+
+func receive(t *testing.T, ch <-chan struct{}, what string) {
+	t.Helper()
+	select {
+	case <-ch:
+	case <-time.After(10 * time.Second):
+		t.Fatalf("waited 10 s for %s", what)
+	}
 }
 
 // A deletion's notice may be logged after the notice of the same id's
@@ -53,7 +118,7 @@ func TestListCredentialsShowsAnotherReplicasChangesOnceItsNoticeIsFollowed(t *te
 // store then would hide a credential that exists until the store's next
 // LIST. The deletion is hinted only once the record is seen gone.
 func TestListCredentialsKeepsACredentialWhoseDeletionNoticeCameAfterItsCreation(t *testing.T) {
-	a, b, sim := listingReplicas(t)
+	a, b, _, sim := listingReplicas(t)
 	ctx := t.Context()
 	if _, err := a.Credentials().Create(ctx, "one", simSpec(sim)); err != nil {
 		t.Fatal(err)
@@ -67,8 +132,9 @@ func TestListCredentialsKeepsACredentialWhoseDeletionNoticeCameAfterItsCreation(
 
 // listingReplicas are two replicas on one Vault dev server whose stores'
 // listings never age (their clock stands still): what the second lists of
-// the first's changes comes from hints, not from a LIST.
-func listingReplicas(t *testing.T) (a, b *Broker, sim *providersim.Server) {
+// the first's changes comes from hints, not from a LIST. bPolls steps the
+// second's notice polls once started.
+func listingReplicas(t *testing.T) (a, b *Broker, bPolls *pollGate, sim *providersim.Server) {
 	t.Helper()
 	srv := vaulttest.StartDev(t)
 	listClock := fakeclock.New(time.Now())
@@ -82,7 +148,8 @@ func listingReplicas(t *testing.T) (a, b *Broker, sim *providersim.Server) {
 	}
 	clk := fakeclock.New(time.Now())
 	sim = startSim(t, providersim.Config{Now: clk.Now})
-	return newTestBroker(t, open(), replicaOpts(clk)...), newTestBroker(t, open(), replicaOpts(clk)...), sim
+	bPolls = newPollGate(open())
+	return newTestBroker(t, open(), replicaOpts(clk)...), newTestBroker(t, bPolls, replicaOpts(clk)...), bPolls, sim
 }
 
 // listed is the first page of br's credentials' ids.
