@@ -43,6 +43,16 @@ func TestContract(t *testing.T) {
 	runContract(t, "contract", vaultstore.Config{Client: srv.Client(t)})
 }
 
+// The contract holds as well where each record carries its own
+// check-and-set requirement (a mount that does not require it).
+func TestContractOnAMountWithoutCheckAndSet(t *testing.T) {
+	srv := vaulttest.StartDev(t)
+	if _, err := srv.RootClient(t).Logical().Write("secret/config", map[string]any{"cas_required": false}); err != nil {
+		t.Fatal(err)
+	}
+	runContract(t, "contract", vaultstore.Config{Client: srv.Client(t)})
+}
+
 func TestStartupChecks(t *testing.T) {
 	srv := vaulttest.StartDev(t)
 	root := srv.RootClient(t)
