@@ -183,7 +183,7 @@ func New(cfg Config) *Server {
 		return status.Error(codes.Internal, "internal error")
 	})
 	draining, drain := context.WithCancel(context.Background())
-	accessLog := accessLogger(log, cmp.Or(cfg.LogSlowCall, DefaultLogSlowCall))
+	accessLog := accessLogger(log, cmp.Or(cfg.LogSlowCall, DefaultLogSlowCall), refusals)
 	logOpts := []logging.Option{
 		logging.WithLogOnEvents(logging.FinishCall),
 		logging.WithFieldsFromContext(callerLogFields),
