@@ -227,7 +227,15 @@ func New(cfg Config) *Server {
 	unary = append(unary, authz.unaryAuthorizer())
 	stream = append(stream, authz.streamAuthorizer(),
 		watchStreamCap(func(ctx context.Context) int { return authz.maxWatchStreams(ctx, limits.MaxWatchStreamsPerIdentity) }, refusals))
+	unauthenticated := prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: "rotavault", Subsystem: "grpc", Name: "unauthenticated_calls_total",
+		Help: "Calls refused as unauthenticated as soon as their headers arrived, before their request was read (not in grpc_server_handled_total).",
+	})
+	if cfg.Registerer != nil {
+		cfg.Registerer.MustRegister(unauthenticated)
+	}
 	opts := []grpc.ServerOption{
+		grpc.InTapHandle(authz.tapAuthenticate(unauthenticated)),
 		grpc.MaxRecvMsgSize(MaxRecvMsgSize),
 		grpc.ChainUnaryInterceptor(append(unary, actorUnary)...),
 		grpc.ChainStreamInterceptor(append(stream, actorStream, drainStreams(draining))...),
