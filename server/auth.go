@@ -139,8 +139,15 @@ type tappedIdentity struct{}
 // UNAUTHENTICATED, logged sampled and counted by refused; the interceptor
 // takes the identity found here instead of checking twice. Health checks
 // need no credentials and pass.
-func (a *Auth) tapAuthenticate(refused prometheus.Counter) tap.ServerInHandle {
+//
+// An identified caller may have at most its watch-stream limit plus
+// callsInFlightRoom calls in flight (no bound if watchLimit is negative):
+// beyond, RESOURCE_EXHAUSTED + TOO_MANY_CALLS_IN_FLIGHT before its request
+// is read, for the same reason, counted by overLimit. A call's place is
+// given back when its stream ends (its context is done).
+func (a *Auth) tapAuthenticate(refused, overLimit prometheus.Counter, watchLimit int) tap.ServerInHandle {
 	health := "/" + healthpb.Health_ServiceDesc.ServiceName + "/"
+	inFlight := newStreamSlots()
 	return func(ctx context.Context, info *tap.Info) (context.Context, error) {
 		if a.open || strings.HasPrefix(info.FullMethodName, health) {
 			return ctx, nil
@@ -152,9 +159,24 @@ func (a *Auth) tapAuthenticate(refused prometheus.Counter) tap.ServerInHandle {
 			a.refusals.refuse(ctx, refusedUnauthenticated, "call unauthenticated", "reason", why, "method", info.FullMethodName, "peer.address", peerAddr(p))
 			return nil, errUnauthenticated
 		}
+		limit := -1
+		if watchLimit >= 0 {
+			limit = callsInFlightRoom + a.maxWatchStreams(context.WithValue(ctx, identityKey{}, id), watchLimit)
+		}
+		if !inFlight.take(id, limit) {
+			overLimit.Inc()
+			a.refusals.refuse(ctx, refusedCallsInFlight, "call refused: too many in flight", "caller", id, "limit", limit)
+			return nil, refusal(ReasonTooManyCallsInFlight, "this identity has too many calls in flight; retry later", time.Second)
+		}
+		context.AfterFunc(ctx, func() { inFlight.give(id) })
 		return context.WithValue(ctx, tappedIdentity{}, id), nil
 	}
 }
+
+// callsInFlightRoom is how many calls an identity may have in flight
+// besides its watch streams: a service starting a thousand workers at once
+// fits; each such call can hold a request buffer of up to 64 KiB.
+const callsInFlightRoom = 1000
 
 // identify returns the caller's identity, or "" and why not. A verified
 // client certificate wins over a bearer token.

@@ -76,6 +76,10 @@ const (
 	// ReasonTooManyHealthWatches: the server has as many health Watch
 	// streams open as it allows.
 	ReasonTooManyHealthWatches = "TOO_MANY_HEALTH_WATCHES"
+	// ReasonTooManyCallsInFlight: the caller's identity has as many calls
+	// in flight as it may (its watch-stream limit plus 1,000); RetryInfo
+	// says when to try again.
+	ReasonTooManyCallsInFlight = "TOO_MANY_CALLS_IN_FLIGHT"
 )
 
 // watchRetryDelay is the RetryInfo of a refused watch: long enough that a
@@ -126,6 +130,7 @@ const (
 	refusedRateLimited       = "rate_limited"
 	refusedHealthWatches     = "health_watch_limit"
 	refusedWatchStreams      = "watch_stream_limit"
+	refusedCallsInFlight     = "calls_in_flight_limit"
 	refusedConnections       = "connection_limit"
 	refusedConnectionsByHost = "connection_limit_per_host"
 	refusedCallbackMalformed = "callback_malformed_state"

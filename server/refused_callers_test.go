@@ -13,6 +13,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
+	"golang.org/x/net/http2/hpack"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -393,6 +394,48 @@ func TestUnauthenticatedCallIsRefusedBeforeItsRequestIsRead(t *testing.T) {
 	if got := e.metric(t, "rotavault_grpc_unauthenticated_calls_total", nil); got != 1 {
 		t.Errorf("rotavault_grpc_unauthenticated_calls_total = %v, want 1", got)
 	}
+}
+
+// An identified caller cannot hold unbounded request buffers either: at
+// most its watch-stream limit plus 1,000 calls in flight (against `serve`,
+// a consumer's 10 connections of 1,000 unfinished streams took its RSS
+// from 107 to 830 MB). Beyond, RESOURCE_EXHAUSTED before the request is
+// read; a call's place is given back when its stream ends.
+func TestCallsInFlightPerIdentityAreBounded(t *testing.T) {
+	e := newBoundsEnv(t, Limits{MaxWatchStreamsPerIdentity: 2}, svcAdminAuth(t, "svc-token"))
+	auth := hpack.HeaderField{Name: "authorization", Value: "Bearer svc-token"}
+	const limit = callsInFlightRoom + 2
+	conns := []*h2raw.Conn{e.raw(t, nil), e.raw(t, nil)}
+	for i := range limit {
+		c, id := conns[i/900], uint32(2*(i%900)+1)
+		if err := c.CallUnfinished(id, rotavaultv1.TokenVaultService_GetAccessToken_FullMethodName, 1000, 10, auth); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The server reads the connections concurrently: call again until the
+	// calls above are all counted and one beyond them is refused.
+	over, id := e.raw(t, nil), uint32(1)
+	poll.Until(t, 10*time.Second, "a call beyond the identity's limit refused", func() bool {
+		if err := over.CallUnfinished(id, rotavaultv1.TokenVaultService_GetAccessToken_FullMethodName, 1000, 10, auth); err != nil {
+			t.Fatal(err)
+		}
+		id += 2
+		ev, err := over.Next(time.Now().Add(200 * time.Millisecond))
+		return err == nil && ev.StreamID != 0
+	})
+	if id > 2*50+1 {
+		t.Errorf("%d calls accepted beyond the %d before one was refused", (id-1)/2-1, limit)
+	}
+	if got := e.metric(t, "rotavault_grpc_calls_in_flight_refused_total", nil); got != 1 {
+		t.Errorf("rotavault_grpc_calls_in_flight_refused_total = %v, want 1", got)
+	}
+	// The first connection's 900 calls end with it: the identity may call again.
+	_ = conns[0].Close()
+	vault := rotavaultv1.NewTokenVaultServiceClient(e.dial(t, nil, grpc.WithPerRPCCredentials(loopbackToken("svc-token"))))
+	poll.Until(t, 5*time.Second, "a call once others ended", func() bool {
+		_, err := vault.GetAccessToken(testCtx(t), &rotavaultv1.GetAccessTokenRequest{CredentialId: "c"})
+		return status.Code(err) == codes.NotFound
+	})
 }
 
 // The sampler: one line per reason per second, the next one saying how
