@@ -10,11 +10,13 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"golang.org/x/time/rate"
 
 	"github.com/rotavault/rotavault/broker"
 	"github.com/rotavault/rotavault/broker/credspec"
@@ -80,7 +82,7 @@ type Census interface {
 // WatchBroker registers the broker's counters, read from b.Stats at each
 // scrape, and the credentials gauge, counted by census.
 func (m *Metrics) WatchBroker(b BrokerStats, census Census) {
-	m.reg.MustRegister(&brokerCollector{b: b, census: census})
+	m.reg.MustRegister(&brokerCollector{b: b, census: census, censusRate: rate.NewLimiter(censusRate, censusBurst), now: time.Now})
 }
 
 // WatchVaultNodes registers rotavault_vault_node_changes_total, read from
@@ -128,7 +130,7 @@ var (
 	inboxMergedDesc = prometheus.NewDesc(namespace+"_consumer_inbox_batches_merged_total",
 		"Inbox batches this replica merged in full into the consumer catalog and deleted.", nil, nil)
 	credentialsDesc = prometheus.NewDesc(namespace+"_credentials",
-		"Credentials by status (active, revoked, awaiting_reauthentication, unproven), read from the store at each scrape; every status is present from the start, so an alert on revoked > 0 fires on the first revocation after a restart. Absent from a scrape whose store listing failed.", []string{"status"}, nil)
+		"Credentials by status (active, revoked, awaiting_reauthentication, unproven), read from the store at a scrape (concurrent scrapes share one count; beyond 20 in a row, at most one a second, the others serve the last); every status is present from the start, so an alert on revoked > 0 fires on the first revocation after a restart. Absent while the last store listing failed.", []string{"status"}, nil)
 	noticeLogDesc = prometheus.NewDesc(namespace+"_notice_log_last_read_timestamp_seconds",
 		"When this replica last read the shared notice log successfully (0: never); the store's health as this replica sees it.", nil, nil)
 	credentialsToLoadDesc = prometheus.NewDesc(namespace+"_credentials_to_load",
@@ -150,7 +152,27 @@ var (
 type brokerCollector struct {
 	b      BrokerStats
 	census Census
+
+	// A census lists every credential in the store, and /metrics needs no
+	// credentials: scrapes as fast as anyone can send them would keep the
+	// cores and the store busy (2,000 scrapes at 20,000 credentials cost
+	// 88 CPU seconds and 42,000 store listings). So scrapes take their
+	// turn (censusMu), a scrape that waited for another's census takes its
+	// counts, and beyond censusRate the last counts are served.
+	censusMu   sync.Mutex
+	censusRate *rate.Limiter
+	now        func() time.Time
+	counts     map[family.Status]int // the last census's; nil if it failed
+	countedAt  time.Time             // when the last census ended
 }
+
+// Censuses are at most one a second once a burst of them is spent:
+// Prometheus scrapes every 15 s or so, and a person comparing scrapes
+// rarely sends twenty in a row.
+const (
+	censusRate  = 1
+	censusBurst = 20
+)
 
 func (c *brokerCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{refreshesDesc, refreshFailuresDesc, revocationsDesc, cacheHitsDesc, cacheMissesDesc, rotationsHeldBackDesc, cutoffWaitsDesc, offScheduleDesc, discoveriesDesc, discoveryFailuresDesc, claimWaitsDesc, subscribersDesc, droppedDesc, noticeLogDesc, credentialsDesc,
@@ -203,14 +225,29 @@ func (c *brokerCollector) Collect(ch chan<- prometheus.Metric) {
 		last = float64(s.NoticeLogReadAt.UnixNano()) / 1e9
 	}
 	ch <- prometheus.MustNewConstMetric(noticeLogDesc, prometheus.GaugeValue, last)
+	for st, n := range c.credentialCounts() {
+		ch <- prometheus.MustNewConstMetric(credentialsDesc, prometheus.GaugeValue, float64(n), string(st))
+	}
+}
+
+// credentialCounts runs a census, or hands out the last one when it ended
+// while this scrape waited for it or when censuses are over their rate.
+func (c *brokerCollector) credentialCounts() map[family.Status]int {
+	arrived := c.now()
+	c.censusMu.Lock()
+	defer c.censusMu.Unlock()
+	if !c.countedAt.IsZero() && (c.countedAt.After(arrived) || !c.censusRate.Allow()) {
+		return c.counts
+	}
 	// Bounded: a scrape must not hang on an unreachable store.
 	ctx, cancel := context.WithTimeout(context.Background(), censusTimeout)
 	defer cancel()
-	if counts, err := c.census.Count(ctx); err == nil {
-		for st, n := range counts {
-			ch <- prometheus.MustNewConstMetric(credentialsDesc, prometheus.GaugeValue, float64(n), string(st))
-		}
+	counts, err := c.census.Count(ctx)
+	if err != nil {
+		counts = nil
 	}
+	c.counts, c.countedAt = counts, c.now()
+	return counts
 }
 
 // censusTimeout bounds the store listing behind rotavault_credentials, well

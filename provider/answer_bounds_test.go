@@ -28,6 +28,12 @@ func TestRefreshRefusesHarmfulAnswers(t *testing.T) {
 		{"access token with an escape sequence", map[string]any{"access_token": "at\x1b[2J"}, "access_token"},
 		{"access token with a space", map[string]any{"access_token": "at more"}, "access_token"},
 		{"access token with non-ASCII", map[string]any{"access_token": "até"}, "access_token"},
+		{"refresh token of 8 KiB", map[string]any{"refresh_token": strings.Repeat("r", 8<<10)}, ""},
+		{"refresh token with a space (RFC 6749 VSCHAR)", map[string]any{"refresh_token": "rt more"}, ""},
+		{"refresh token over 8 KiB", map[string]any{"refresh_token": strings.Repeat("r", 900_000)}, "refresh_token"},
+		{"refresh token with NUL and LF", map[string]any{"refresh_token": "rt\x00\nX"}, "refresh_token"},
+		{"refresh token with an escape sequence", map[string]any{"refresh_token": "rt\x1b[31m"}, "refresh_token"},
+		{"refresh token with non-ASCII", map[string]any{"refresh_token": "rté"}, "refresh_token"},
 		{"token_type of 64 characters", map[string]any{"token_type": strings.Repeat("B", 64)}, ""},
 		{"token_type over 64 characters", map[string]any{"token_type": strings.Repeat("B", 65)}, "token_type"},
 		{"token_type with CR LF", map[string]any{"token_type": "Bearer\r\nX: y"}, "token_type"},
@@ -115,5 +121,40 @@ func TestAbsurdExpiresInIsIgnored(t *testing.T) {
 		if tok.ExpiresIn != tt.want || tok.IgnoredExpiresIn != tt.ignored {
 			t.Errorf("expires_in %v: ExpiresIn %s, IgnoredExpiresIn %s; want %s, %s", tt.expiresIn, tok.ExpiresIn, tok.IgnoredExpiresIn, tt.want, tt.ignored)
 		}
+	}
+}
+
+// A device code is a secret of every poll that follows, stored with the
+// flow and searched for in each poll's error text ("authorization_pending"
+// is one): a 900 KB one would make every poll of the flow allocate hundreds
+// of MB to redact it. Like a refresh token, it must be 1-8192 characters
+// of RFC 8628's VSCHAR.
+func TestDeviceAuthorizationRefusesAHarmfulDeviceCode(t *testing.T) {
+	for name, code := range map[string]string{
+		"over 8 KiB":         strings.Repeat("d", 900_000),
+		"with NUL and LF":    "dc\x00\nX",
+		"with an escape":     "dc\x1b[2J",
+		"with non-ASCII":     "dcé",
+		"of 8 KiB (allowed)": strings.Repeat("d", 8<<10),
+	} {
+		t.Run(name, func(t *testing.T) {
+			_, srv := startFake(t, jsonAnswer(http.StatusOK, map[string]any{
+				"device_code": code, "user_code": "BCDF-GHJK", "verification_uri": "https://as.example/device", "interval": 5, "expires_in": 600,
+			}))
+			ep := provider.Endpoint{Kind: provider.KindOAuth2, TokenURL: srv.URL + "/token", DeviceAuthorizationURL: srv.URL + "/device"}
+			d, err := provider.New(nil).StartDeviceAuthorization(context.Background(), ep, testCreds, nil)
+			if strings.HasSuffix(name, "(allowed)") {
+				if err != nil || d == nil || d.DeviceCode != code {
+					t.Fatalf("StartDeviceAuthorization: %v, want the device code accepted", err)
+				}
+				return
+			}
+			if d != nil {
+				t.Fatalf("got a device authorization, want none for a device code %s", name)
+			}
+			if pe := asProviderError(t, err); pe.Outcome != provider.OutcomeUnknown || !strings.Contains(pe.Description, "device_code") {
+				t.Errorf("got %v (outcome %v), want an unknown outcome naming device_code", err, pe.Outcome)
+			}
+		})
 	}
 }

@@ -106,6 +106,9 @@ func (d DeviceAuthorization) LogValue() slog.Value {
 // time.Durations.
 const maxDeviceSeconds = 24 * 3600
 
+// maxDeviceCodeLen bounds the device code as a refresh token is bounded.
+const maxDeviceCodeLen = maxRefreshTokenLen
+
 // maxUserCodeLen bounds the user code: a person types it (RFC 8628 §6.1
 // suggests 8 characters).
 const maxUserCodeLen = 64
@@ -157,8 +160,11 @@ func (c *Client) StartDeviceAuthorization(ctx context.Context, ep Endpoint, cc C
 		d.Interval = time.Duration(min(n, maxDeviceSeconds)) * time.Second
 	}
 	switch {
-	case d.DeviceCode == "":
-		return nil, res.malformed("no device_code")
+	case d.DeviceCode == "" || len(d.DeviceCode) > maxDeviceCodeLen || !vschar(d.DeviceCode):
+		// A secret of every poll that follows, stored with the flow and
+		// searched for in each poll's error text: bounded like a refresh
+		// token.
+		return nil, res.malformed(fmt.Sprintf("device_code is not 1-%d printable ASCII characters", maxDeviceCodeLen))
 	case d.UserCode == "" || len(d.UserCode) > maxUserCodeLen || !printableText(d.UserCode):
 		return nil, res.malformed("no printable user_code")
 	case !httpURL(d.VerificationURI):

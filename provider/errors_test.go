@@ -293,8 +293,13 @@ func TestRedirectRefused(t *testing.T) {
 	_ = target
 	for _, status := range []int{301, 302, 303, 307, 308} {
 		t.Run(fmt.Sprint(status), func(t *testing.T) {
+			// The body of a redirect is not an OAuth answer, whatever it
+			// says: an invalid_grant in it must not end the family.
 			_, srv := startFake(t, func(w http.ResponseWriter, r *http.Request) {
-				http.Redirect(w, r, targetSrv.URL+"/token?x=secret-ish", status)
+				w.Header().Set("Location", targetSrv.URL+"/token?x=secret-ish")
+				w.Header().Set("Content-Type", "application/json")
+				w.WriteHeader(status)
+				_, _ = w.Write([]byte(`{"error":"invalid_grant","error_description":"moved"}`))
 			})
 			// A caller's client that would follow redirects must not.
 			callerClient := &http.Client{}
@@ -302,6 +307,9 @@ func TestRedirectRefused(t *testing.T) {
 			pe := asProviderError(t, err)
 			if !errors.Is(err, provider.ErrRedirect) {
 				t.Errorf("errors.Is(err, ErrRedirect) = false for %v", err)
+			}
+			if errors.Is(err, provider.ErrInvalidGrant) {
+				t.Errorf("errors.Is(err, ErrInvalidGrant) = true for a redirect: %v", err)
 			}
 			if pe.StatusCode != status || pe.Outcome != provider.OutcomeRejected || pe.Permanent() {
 				t.Errorf("got status %d outcome %v permanent %v, want %d rejected not permanent", pe.StatusCode, pe.Outcome, pe.Permanent(), status)

@@ -210,6 +210,11 @@ const (
 	// maxAccessTokenLen bounds an access token. Salesforce's are about 112
 	// characters, JWTs of rich IdPs a few KiB.
 	maxAccessTokenLen = 8 << 10
+	// maxRefreshTokenLen bounds a rotated refresh token as the access
+	// token is bounded: it is stored, held in memory, and searched for in
+	// every later error text (a 900 KB one made one refused refresh
+	// allocate 630 MB to redact it).
+	maxRefreshTokenLen = 8 << 10
 	// maxTokenTypeLen bounds token_type ("Bearer", "N_A", a URI at most).
 	maxTokenTypeLen = 64
 	// maxScopeLen bounds the granted scope text, maxGrantedScopes its
@@ -226,7 +231,8 @@ const (
 // treated as absent. What it refuses is a value that would be harmful to
 // hand on — an access token that is not 1-8192 characters of printable
 // ASCII without space (RFC 6750's b64token is narrower; Salesforce's "!"
-// is in it), an oversized or unprintable token_type or scope — and then
+// is in it), a refresh token over 8192 characters or outside RFC 6749's
+// VSCHAR, an oversized or unprintable token_type or scope — and then
 // returns nil and the reason, which names the field, never its value.
 func parseToken(obj jsonObject, sentAt time.Time) (*Token, string) {
 	access, _ := obj.str("access_token")
@@ -249,6 +255,9 @@ func parseToken(obj jsonObject, sentAt time.Time) (*Token, string) {
 		t.TokenType = tt
 	}
 	t.RefreshToken, _ = obj.str("refresh_token")
+	if rt := t.RefreshToken; len(rt) > maxRefreshTokenLen || !vschar(rt) {
+		return nil, fmt.Sprintf("refresh_token is not 1-%d printable ASCII characters", maxRefreshTokenLen)
+	}
 	t.InstanceURL, _ = obj.str("instance_url")
 	t.IDURL, _ = obj.str("id")
 	t.Signature, _ = obj.str("signature")
@@ -291,6 +300,18 @@ func visibleASCII(s string) bool {
 	}
 	for i := range len(s) {
 		if s[i] < 0x21 || s[i] > 0x7e {
+			return false
+		}
+	}
+	return true
+}
+
+// vschar reports whether s is RFC 6749's VSCHAR text (%x20-7E), the
+// alphabet of a refresh token; "" passes: no refresh token is a valid
+// answer.
+func vschar(s string) bool {
+	for i := range len(s) {
+		if s[i] < 0x20 || s[i] > 0x7e {
 			return false
 		}
 	}

@@ -175,7 +175,9 @@ func (c *Client) classify(op string, status int, header http.Header, body []byte
 	if readErr != nil {
 		e.Err = red.clean(unwrapURLError(readErr))
 	}
-	if obj, ok := decodeObject(body); ok {
+	// A redirect's body is not the token endpoint's answer (a proxy or a
+	// moved endpoint wrote it): its OAuth code must not count.
+	if obj, ok := decodeObject(body); ok && (status < 300 || status >= 400) {
 		code, _ := obj.str("error")
 		e.Code = sanitize(code, maxCodeRunes, red)
 		desc, _ := obj.str("error_description")

@@ -56,8 +56,17 @@ func accessLevel(lvl slog.Level, fields []any, slow time.Duration) slog.Level {
 	if lvl != slog.LevelInfo {
 		return lvl
 	}
-	var service, method, code string
-	var took callDuration
+	method, code, took := callOf(fields)
+	if code != "OK" || !isRoutineRead(method) || took >= slow {
+		return lvl
+	}
+	return slog.LevelDebug
+}
+
+// callOf reads the access log's fields back: the full method, the code's
+// name and the duration.
+func callOf(fields []any) (fullMethod, code string, took time.Duration) {
+	var service, method string
 	for i := 0; i+1 < len(fields); i += 2 {
 		switch fields[i] {
 		case logging.ServiceFieldKey:
@@ -67,18 +76,21 @@ func accessLevel(lvl slog.Level, fields []any, slow time.Duration) slog.Level {
 		case "grpc.code":
 			code, _ = fields[i+1].(string)
 		case "grpc.time_ms":
-			took, _ = fields[i+1].(callDuration)
+			d, _ := fields[i+1].(callDuration)
+			took = time.Duration(d)
 		}
 	}
-	if code != "OK" || !isRoutineRead("/"+service+"/"+method) || time.Duration(took) >= slow {
-		return lvl
-	}
-	return slog.LevelDebug
+	return "/" + service + "/" + method, code, took
 }
 
 // accessLogger is the access log's sink: refused calls were logged
-// (sampled) where they were refused; routine successes go to DEBUG.
-func accessLogger(log *slog.Logger, slow time.Duration) logging.LoggerFunc {
+// (sampled) where they were refused; routine successes go to DEBUG. Routine
+// reads that fail are sampled too, one line per method and code a second
+// (with the number left out) unless the level is DEBUG: consumers of a
+// revoked credential, or a caller asking for ids that do not exist, fail
+// as fast as they call (20,000 such calls wrote 11 MB), and the per-RPC
+// metrics count every one.
+func accessLogger(log *slog.Logger, slow time.Duration, samples *refusalLog) logging.LoggerFunc {
 	return func(ctx context.Context, lvl logging.Level, msg string, fields ...any) {
 		if wasRefused(ctx) {
 			return // logged, sampled, where it was refused
@@ -86,6 +98,13 @@ func accessLogger(log *slog.Logger, slow time.Duration) logging.LoggerFunc {
 		level := accessLevel(slog.Level(lvl), fields, slow)
 		if !log.Enabled(ctx, level) {
 			return
+		}
+		if method, code, _ := callOf(fields); code != "OK" && isRoutineRead(method) && !log.Enabled(ctx, slog.LevelDebug) {
+			now, suppressed := samples.sample("failed " + method + " " + code)
+			if !now {
+				return
+			}
+			fields = append(fields, "suppressed", suppressed)
 		}
 		log.Log(ctx, level, msg, fields...)
 	}

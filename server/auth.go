@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -12,12 +13,14 @@ import (
 	grpcauth "github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/auth"
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/logging"
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/selector"
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
+	"google.golang.org/grpc/tap"
 
 	"github.com/rotavault/rotavault/broker/authflow"
 	rotavaultv1 "github.com/rotavault/rotavault/gen/rotavault/v1"
@@ -108,6 +111,8 @@ func (a *Auth) authenticate(ctx context.Context) (context.Context, error) {
 			// callers apart.
 			id += "/peer:" + p.Addr.String()
 		}
+	} else if tapped, ok := ctx.Value(tappedIdentity{}).(string); ok {
+		id = tapped // identified by tapAuthenticate a moment ago
 	} else {
 		var why string
 		id, why = a.identify(ctx, p)
@@ -121,6 +126,57 @@ func (a *Auth) authenticate(ctx context.Context) (context.Context, error) {
 	}
 	return context.WithValue(ctx, identityKey{}, id), nil
 }
+
+// tappedIdentity is the context key of the identity tapAuthenticate found.
+type tappedIdentity struct{}
+
+// tapAuthenticate identifies a call's caller from its peer and headers as
+// soon as its headers arrive: gRPC reads a unary call's whole request
+// (up to MaxRecvMsgSize) before any interceptor runs, so someone allowed
+// nothing could otherwise hold a 64 KiB buffer and a goroutine per stream
+// by never finishing the message — 1,000 streams a connection (10
+// connections made `serve` hold 730 MB). Refused streams end at once with
+// UNAUTHENTICATED, logged sampled and counted by refused; the interceptor
+// takes the identity found here instead of checking twice. Health checks
+// need no credentials and pass.
+//
+// An identified caller may have at most its watch-stream limit plus
+// callsInFlightRoom calls in flight (no bound if watchLimit is negative):
+// beyond, RESOURCE_EXHAUSTED + TOO_MANY_CALLS_IN_FLIGHT before its request
+// is read, for the same reason, counted by overLimit. A call's place is
+// given back when its stream ends (its context is done).
+func (a *Auth) tapAuthenticate(refused, overLimit prometheus.Counter, watchLimit int) tap.ServerInHandle {
+	health := "/" + healthpb.Health_ServiceDesc.ServiceName + "/"
+	inFlight := newStreamSlots()
+	return func(ctx context.Context, info *tap.Info) (context.Context, error) {
+		if a.open || strings.HasPrefix(info.FullMethodName, health) {
+			return ctx, nil
+		}
+		p, _ := peer.FromContext(ctx)
+		id, why := a.identify(ctx, p)
+		if id == "" {
+			refused.Inc()
+			a.refusals.refuse(ctx, refusedUnauthenticated, "call unauthenticated", "reason", why, "method", info.FullMethodName, "peer.address", peerAddr(p))
+			return nil, errUnauthenticated
+		}
+		limit := -1
+		if watchLimit >= 0 {
+			limit = callsInFlightRoom + a.maxWatchStreams(context.WithValue(ctx, identityKey{}, id), watchLimit)
+		}
+		if !inFlight.take(id, limit) {
+			overLimit.Inc()
+			a.refusals.refuse(ctx, refusedCallsInFlight, "call refused: too many in flight", "caller", id, "limit", limit)
+			return nil, refusal(ReasonTooManyCallsInFlight, "this identity has too many calls in flight; retry later", time.Second)
+		}
+		context.AfterFunc(ctx, func() { inFlight.give(id) })
+		return context.WithValue(ctx, tappedIdentity{}, id), nil
+	}
+}
+
+// callsInFlightRoom is how many calls an identity may have in flight
+// besides its watch streams: a service starting a thousand workers at once
+// fits; each such call can hold a request buffer of up to 64 KiB.
+const callsInFlightRoom = 1000
 
 // identify returns the caller's identity, or "" and why not. A verified
 // client certificate wins over a bearer token.

@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"log/slog"
 	"net"
 	"net/netip"
 	"sync"
@@ -27,6 +28,24 @@ const (
 	DefaultMaxConnections        = 10_000
 	DefaultMaxConnectionsPerHost = 2_000
 )
+
+// Bounds of the HTTP endpoints' connections (the OAuth callback, /metrics,
+// /healthz, /readyz): browsers finishing a login, a few scrapers and
+// probes need tens. Without a bound, anyone who reaches the port could hold
+// every file descriptor of the process with idle keep-alive connections,
+// and the gRPC listener could then accept no one.
+const (
+	MaxHTTPConnections        = 1_000
+	MaxHTTPConnectionsPerHost = 250
+)
+
+// LimitHTTPListener bounds the connections lis hands to the HTTP endpoints'
+// server: beyond MaxHTTPConnections open, or MaxHTTPConnectionsPerHost from
+// one source, a new one is closed as soon as accepted (logged sampled).
+func LimitHTTPListener(lis net.Listener, log *slog.Logger) net.Listener {
+	return newLimitListener(lis, ConnLimits{Total: MaxHTTPConnections, PerHost: MaxHTTPConnectionsPerHost},
+		newConnMetrics(nil), newRefusalLog(loggerOrDiscard(log).With("listener", "http")))
+}
 
 func (l ConnLimits) withDefaults() ConnLimits {
 	if l.Total == 0 {

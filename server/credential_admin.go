@@ -104,8 +104,9 @@ func (s *CredentialAdminService) ListCredentials(ctx context.Context, req *rotav
 	}
 	after := ""
 	if tok := req.GetPageToken(); tok != "" {
+		// A token is the last id of a page: anything else was not ours.
 		raw, err := base64.RawURLEncoding.DecodeString(tok)
-		if err != nil || len(raw) > 200 {
+		if err != nil || credspec.ValidateID(string(raw)) != nil {
 			return nil, toStatus(ctx, s.log, &brokererr.InvalidArgumentError{Field: "page_token", Reason: "malformed"})
 		}
 		after = string(raw)

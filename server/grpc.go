@@ -183,7 +183,7 @@ func New(cfg Config) *Server {
 		return status.Error(codes.Internal, "internal error")
 	})
 	draining, drain := context.WithCancel(context.Background())
-	accessLog := accessLogger(log, cmp.Or(cfg.LogSlowCall, DefaultLogSlowCall))
+	accessLog := accessLogger(log, cmp.Or(cfg.LogSlowCall, DefaultLogSlowCall), refusals)
 	logOpts := []logging.Option{
 		logging.WithLogOnEvents(logging.FinishCall),
 		logging.WithFieldsFromContext(callerLogFields),
@@ -227,7 +227,19 @@ func New(cfg Config) *Server {
 	unary = append(unary, authz.unaryAuthorizer())
 	stream = append(stream, authz.streamAuthorizer(),
 		watchStreamCap(func(ctx context.Context) int { return authz.maxWatchStreams(ctx, limits.MaxWatchStreamsPerIdentity) }, refusals))
+	unauthenticated := prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: "rotavault", Subsystem: "grpc", Name: "unauthenticated_calls_total",
+		Help: "Calls refused as unauthenticated as soon as their headers arrived, before their request was read (not in grpc_server_handled_total).",
+	})
+	overLimit := prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: "rotavault", Subsystem: "grpc", Name: "calls_in_flight_refused_total",
+		Help: "Calls refused with TOO_MANY_CALLS_IN_FLIGHT as soon as their headers arrived, their identity having as many in flight as it may (not in grpc_server_handled_total).",
+	})
+	if cfg.Registerer != nil {
+		cfg.Registerer.MustRegister(unauthenticated, overLimit)
+	}
 	opts := []grpc.ServerOption{
+		grpc.InTapHandle(authz.tapAuthenticate(unauthenticated, overLimit, limits.MaxWatchStreamsPerIdentity)),
 		grpc.MaxRecvMsgSize(MaxRecvMsgSize),
 		grpc.ChainUnaryInterceptor(append(unary, actorUnary)...),
 		grpc.ChainStreamInterceptor(append(stream, actorStream, drainStreams(draining))...),

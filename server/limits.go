@@ -76,6 +76,10 @@ const (
 	// ReasonTooManyHealthWatches: the server has as many health Watch
 	// streams open as it allows.
 	ReasonTooManyHealthWatches = "TOO_MANY_HEALTH_WATCHES"
+	// ReasonTooManyCallsInFlight: the caller's identity has as many calls
+	// in flight as it may (its watch-stream limit plus 1,000); RetryInfo
+	// says when to try again.
+	ReasonTooManyCallsInFlight = "TOO_MANY_CALLS_IN_FLIGHT"
 )
 
 // watchRetryDelay is the RetryInfo of a refused watch: long enough that a
@@ -126,6 +130,7 @@ const (
 	refusedRateLimited       = "rate_limited"
 	refusedHealthWatches     = "health_watch_limit"
 	refusedWatchStreams      = "watch_stream_limit"
+	refusedCallsInFlight     = "calls_in_flight_limit"
 	refusedConnections       = "connection_limit"
 	refusedConnectionsByHost = "connection_limit_per_host"
 	refusedCallbackMalformed = "callback_malformed_state"
@@ -162,22 +167,30 @@ func newRefusalLog(log *slog.Logger) *refusalLog {
 // logs msg with attrs unless this reason was logged within the interval.
 func (r *refusalLog) refuse(ctx context.Context, reason, msg string, attrs ...any) {
 	markRefused(ctx)
-	now := r.now()
+	if now, suppressed := r.sample(reason); now {
+		r.log.InfoContext(ctx, msg, append(attrs, "refusal", reason, "suppressed", suppressed)...)
+	}
+}
+
+// sample reports whether a line of reason is due (none within the
+// interval), and how many were left out since the last one. reason must
+// come from a fixed set: the sampler keeps one state per reason.
+func (r *refusalLog) sample(reason string) (now bool, suppressed int) {
+	t := r.now()
 	r.mu.Lock()
+	defer r.mu.Unlock()
 	st := r.reasons[reason]
 	if st == nil {
 		st = &refusalState{}
 		r.reasons[reason] = st
 	}
-	if !st.last.IsZero() && now.Sub(st.last) < refusalLogInterval {
+	if !st.last.IsZero() && t.Sub(st.last) < refusalLogInterval {
 		st.suppressed++
-		r.mu.Unlock()
-		return
+		return false, 0
 	}
-	suppressed := st.suppressed
-	st.last, st.suppressed = now, 0
-	r.mu.Unlock()
-	r.log.InfoContext(ctx, msg, append(attrs, "refusal", reason, "suppressed", suppressed)...)
+	suppressed = st.suppressed
+	st.last, st.suppressed = t, 0
+	return true, suppressed
 }
 
 // markRefused tells the access log that the call was refused and logged

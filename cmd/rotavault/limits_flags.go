@@ -28,7 +28,7 @@ func (f *limitFlags) register(fs *pflag.FlagSet) {
 	fs.DurationVar(&f.handshakeTimeout, "handshake-timeout", server.DefaultHandshakeTimeout, "time a new connection has for its TLS handshake and HTTP/2 preface")
 	fs.DurationVar(&f.idleTimeout, "max-connection-idle", server.DefaultMaxConnectionIdle, "close a connection that has had no call in flight for this long (clients reconnect when they next call); -1s never")
 	fs.IntVar(&f.healthWatches, "max-health-watches", server.DefaultMaxHealthWatches, "grpc.health.v1.Health/Watch streams open at once, from anyone (they need no credentials), a tenth of them at most from one source address (IPv6: /64); more get RESOURCE_EXHAUSTED; -1 no limit")
-	fs.IntVar(&f.watchesPerIdentity, "max-watch-streams-per-identity", server.DefaultMaxWatchStreamsPerIdentity, "WatchRevocations streams one caller identity may have open at once, unless a policy rule sets max_watch_streams; more get RESOURCE_EXHAUSTED + TOO_MANY_WATCH_STREAMS; -1 no limit")
+	fs.IntVar(&f.watchesPerIdentity, "max-watch-streams-per-identity", server.DefaultMaxWatchStreamsPerIdentity, "WatchRevocations streams one caller identity may have open at once, unless a policy rule sets max_watch_streams; more get RESOURCE_EXHAUSTED + TOO_MANY_WATCH_STREAMS; an identity's calls in flight are bounded by it plus 1,000 (TOO_MANY_CALLS_IN_FLIGHT); -1 lifts both")
 	fs.StringSliceVar(&f.callbackTrustedProxies, "callback-trusted-proxy", nil, "address or CIDR of a reverse proxy in front of --http-listen whose X-Forwarded-For the OAuth callback's per-source rate limit believes (repeatable); other peers are limited by their own address")
 }
 

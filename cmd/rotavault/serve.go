@@ -627,7 +627,7 @@ keys are the flag names with _ for -), then the defaults.`,
 	fs.BoolVar(&insecure, oldInsecureListenFlag, false, "old name of --"+insecureListenFlag)
 	_ = fs.MarkDeprecated(oldInsecureListenFlag, "use --"+insecureListenFlag)
 	logs.register(fs, "info")
-	fs.DurationVar(&logSlowCall, "log-slow-call", server.DefaultLogSlowCall, "a routine read (GetAccessToken, GetCredential, the lists, server status, health checks) that succeeds faster than this is logged at debug only, and counted in the metrics; slower ones, errors and every call that changes state are logged at info")
+	fs.DurationVar(&logSlowCall, "log-slow-call", server.DefaultLogSlowCall, "a routine read (GetAccessToken, GetCredential, the lists, server status, health checks) that succeeds faster than this is logged at debug only, and counted in the metrics; slower ones, errors (those of routine reads at most once a second per method and code) and every call that changes state are logged at info")
 	limits.register(fs)
 	duties.register(fs)
 	fs.String(configFlag, "", "YAML file of serve's settings (keys: the flag names with _ for -; see deploy/rotavault.yaml); flags and ROTAVAULT_SERVER_* variables override it")

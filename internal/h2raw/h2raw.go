@@ -85,6 +85,21 @@ func (c *Conn) Call(id uint32, path string, msg []byte) error {
 	})
 }
 
+// CallUnfinished opens stream id as a gRPC call to path whose request
+// message says it is declared bytes long, and sends only the first part of
+// it (at most one frame), with extra header fields: a server that reads the message before anything
+// else waits, holding a buffer for it, for as long as the stream lives.
+func (c *Conn) CallUnfinished(id uint32, path string, declared, part int, extra ...hpack.HeaderField) error {
+	frame := make([]byte, 5+min(part, frameSize-5))
+	frame[1], frame[2], frame[3], frame[4] = byte(declared>>24), byte(declared>>16), byte(declared>>8), byte(declared)
+	return c.write(func(fr *http2.Framer) error {
+		if err := fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: grpcHeaders(path, extra...), EndHeaders: true}); err != nil {
+			return err
+		}
+		return fr.WriteData(id, false, frame)
+	})
+}
+
 // frameSize is the largest frame payload a peer must accept without
 // having raised SETTINGS_MAX_FRAME_SIZE.
 const frameSize = 16 << 10

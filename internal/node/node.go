@@ -211,15 +211,17 @@ func (n *Node) ServeGRPC(cfg server.Config, lis net.Listener) *server.Server {
 	return srv
 }
 
-// ServeHTTP serves h on lis with server.NewHTTPServer's timeouts until
-// Close, which shuts it down gracefully within Close's ctx, then cuts off
-// what remains, and waits for it. A failure to serve is logged under what:
+// ServeHTTP serves h on lis with server.NewHTTPServer's timeouts and
+// server.LimitHTTPListener's connection bounds until Close, which shuts it
+// down gracefully within Close's ctx, then cuts off what remains, and
+// waits for it. A failure to serve is logged under what:
 // HTTP endpoints are not worth stopping the gRPC service for.
 //
 // Requests are traced, except the probes and scrapes infrastructure sends
 // every few seconds, which would bury the OAuth callbacks.
 func (n *Node) ServeHTTP(what string, h http.Handler, lis net.Listener) {
 	hs := server.NewHTTPServer(n.tracing.HTTPHandler(h, what, notProbe), n.log)
+	lis = server.LimitHTTPListener(lis, n.log)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)

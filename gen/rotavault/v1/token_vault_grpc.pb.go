@@ -75,6 +75,9 @@ const (
 //     more requests than its rate limit allows.
 //   - TOO_MANY_WATCH_STREAMS (RESOURCE_EXHAUSTED, with RetryInfo): the
 //     caller's identity has as many WatchRevocations streams open as it may.
+//   - TOO_MANY_CALLS_IN_FLIGHT (RESOURCE_EXHAUSTED, with RetryInfo): the
+//     caller's identity has as many calls in flight as it may (its watch
+//     stream limit plus 1,000), on any service.
 //   - TOO_MANY_REPLAYS (RESOURCE_EXHAUSTED, with RetryInfo): the caller's
 //     identity already replays as many watches from the store as it may
 //     (resuming from a cursor older than the newest notices).
@@ -260,6 +263,9 @@ func (c *tokenVaultServiceClient) RevokeCredential(ctx context.Context, in *Revo
 //     more requests than its rate limit allows.
 //   - TOO_MANY_WATCH_STREAMS (RESOURCE_EXHAUSTED, with RetryInfo): the
 //     caller's identity has as many WatchRevocations streams open as it may.
+//   - TOO_MANY_CALLS_IN_FLIGHT (RESOURCE_EXHAUSTED, with RetryInfo): the
+//     caller's identity has as many calls in flight as it may (its watch
+//     stream limit plus 1,000), on any service.
 //   - TOO_MANY_REPLAYS (RESOURCE_EXHAUSTED, with RetryInfo): the caller's
 //     identity already replays as many watches from the store as it may
 //     (resuming from a cursor older than the newest notices).
