@@ -131,7 +131,7 @@ func (s *Store) noteMountConfig(ctx context.Context, c kvMountConfig, err error)
 		s.log.InfoContext(ctx, "the KV mount's configuration is not readable: every new record gets metadata of its own (one Vault write more); grant read on MOUNT/config to skip it where the mount requires check-and-set",
 			"mount", s.mount, "err", err)
 	case !first:
-		s.log.WarnContext(ctx, "the KV mount no longer requires check-and-set: new records get metadata of their own again",
+		s.log.WarnContext(ctx, "the KV mount no longer requires check-and-set: new records get metadata of their own again, but records created while it did have none and now accept writes without check-and-set; require it again (`vault write MOUNT/config cas_required=true`) or give each its own (`vault kv metadata put -cas-required=true`)",
 			"mount", s.mount, "cas_required", c.casRequired, "max_versions", c.maxVersions)
 	default:
 		s.log.InfoContext(ctx, "every new record gets metadata of its own (one Vault write more): `vault write MOUNT/config cas_required=true` makes it unnecessary",
@@ -141,12 +141,18 @@ func (s *Store) noteMountConfig(ctx context.Context, c kvMountConfig, err error)
 
 // mountCoversNewRecords reports whether a new record may go without its
 // own metadata, reading the mount's configuration again when the last
-// reading is older than mountConfigRecheck.
+// reading is older than mountConfigRecheck (a reading the caller's end
+// cut short counts for nothing).
 func (s *Store) mountCoversNewRecords(ctx context.Context) bool {
 	s.mountCfg.mu.Lock()
 	defer s.mountCfg.mu.Unlock()
 	if s.now().Sub(s.mountCfg.read) >= mountConfigRecheck {
 		c, err := s.readMountConfig(ctx)
+		if err != nil && ctx.Err() != nil {
+			// The caller gave up: that says nothing of the mount. Keep
+			// what was known; the next creation reads it again.
+			return s.mountCfg.covers
+		}
 		s.noteMountConfig(ctx, c, err)
 	}
 	return s.mountCfg.covers
