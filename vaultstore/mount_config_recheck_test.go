@@ -74,12 +74,8 @@ func TestCallerGivingUpDuringTheMountRecheckChangesNothing(t *testing.T) {
 // of their own: loosening the mount later leaves them accepting writes
 // without check-and-set. The store says so when it sees the change.
 func TestLooseningTheMountIsLoggedWithTheRecordsItExposes(t *testing.T) {
-	srv := vaulttest.StartDev(t)
-	root := srv.RootClient(t)
-	client, counter := srv.CountingClient(t)
-	clock := fakeclock.New(time.Now())
-	var logs syncbuf.Buffer
-	s := newStore(t, vaultstore.Config{Client: client, Now: clock.Now, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	m := startMountRecheck(t)
+	s, root, counter, clock := m.store, m.root, m.counter, m.clock
 	if writes, _ := createCost(t, s, counter, root, "families/early"); writes != 1 {
 		t.Fatalf("creation on a mount requiring check-and-set: %d writes, want 1", writes)
 	}
@@ -91,7 +87,41 @@ func TestLooseningTheMountIsLoggedWithTheRecordsItExposes(t *testing.T) {
 	if _, err := root.KVv2("secret").Put(t.Context(), "rotavault/families/early", map[string]any{"value": "eA=="}); err != nil {
 		t.Fatalf("a record created under the stricter mount refused a write without check-and-set (%v): README says it no longer does", err)
 	}
-	if !strings.Contains(logs.String(), "records created while it did") {
-		t.Fatalf("the loosening was logged without the records it exposes:\n%s", logs.String())
+	if !strings.Contains(m.logs.String(), "records created while it did") {
+		t.Fatalf("the loosening was logged without the records it exposes:\n%s", m.logs.String())
 	}
+}
+
+// Start-up refuses a mount that deletes versions after a time; one set so
+// later is reported at the next reading of the mount's configuration.
+func TestMountDeletingVersionsLaterIsReported(t *testing.T) {
+	m := startMountRecheck(t)
+	s, root, counter, clock := m.store, m.root, m.counter, m.clock
+	if _, err := root.Logical().Write("secret/config", map[string]any{"delete_version_after": "720h"}); err != nil {
+		t.Fatal(err)
+	}
+	clock.Add(time.Minute)
+	createCost(t, s, counter, root, "families/one")
+	if !strings.Contains(m.logs.String(), "now deletes versions after a time") {
+		t.Fatalf("delete_version_after set after start-up was not reported:\n%s", m.logs.String())
+	}
+}
+
+// mountRecheck is a store on a dev server whose mount requires
+// check-and-set, on a clock of the test's, with its logs and Vault requests.
+type mountRecheck struct {
+	store   *vaultstore.Store
+	root    *vault.Client
+	counter *vaulttest.Requests
+	clock   *fakeclock.Clock
+	logs    *syncbuf.Buffer
+}
+
+func startMountRecheck(t *testing.T) mountRecheck {
+	t.Helper()
+	srv := vaulttest.StartDev(t)
+	client, counter := srv.CountingClient(t)
+	m := mountRecheck{root: srv.RootClient(t), counter: counter, clock: fakeclock.New(time.Now()), logs: &syncbuf.Buffer{}}
+	m.store = newStore(t, vaultstore.Config{Client: client, Now: m.clock.Now, Logger: slog.New(slog.NewTextHandler(m.logs, nil))})
+	return m
 }
