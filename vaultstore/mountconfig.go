@@ -45,6 +45,8 @@ type mountConfig struct {
 	// unreadable: the last reading was refused or failed (logged once per
 	// change).
 	unreadable bool
+	// deletesAfter is the mount's delete_version_after as last read.
+	deletesAfter time.Duration
 }
 
 // kvMountConfig is the part of MOUNT/config the store reads.
@@ -113,8 +115,17 @@ func (s *Store) noteMountConfig(ctx context.Context, c kvMountConfig, err error)
 	// default 10 when both are 0: a key's own setting can only lower the
 	// bound on a mount without one.
 	covers := err == nil && c.casRequired && (c.maxVersions != 0 || s.maxVersions >= DefaultMaxVersions)
-	first := s.mountCfg.read.IsZero()
-	changed := first || covers != s.mountCfg.covers || (err != nil) != s.mountCfg.unreadable
+	first, wasCovering := s.mountCfg.read.IsZero(), s.mountCfg.covers
+	if err == nil && c.deleteVersionAfter != s.mountCfg.deletesAfter {
+		s.mountCfg.deletesAfter = c.deleteVersionAfter
+		if c.deleteVersionAfter > 0 {
+			// Refused at start-up (checkMountConfig); set since, it is
+			// only reported.
+			s.log.ErrorContext(ctx, "the KV mount now deletes versions after a time: a credential not rotated for that long will lose its record; set it to 0",
+				"mount", s.mount, "delete_version_after", c.deleteVersionAfter)
+		}
+	}
+	changed := first || covers != wasCovering || (err != nil) != s.mountCfg.unreadable
 	s.mountCfg.read, s.mountCfg.covers, s.mountCfg.unreadable = s.now(), covers, err != nil
 	if !changed {
 		return
@@ -130,8 +141,8 @@ func (s *Store) noteMountConfig(ctx context.Context, c kvMountConfig, err error)
 	case err != nil:
 		s.log.InfoContext(ctx, "the KV mount's configuration is not readable: every new record gets metadata of its own (one Vault write more); grant read on MOUNT/config to skip it where the mount requires check-and-set",
 			"mount", s.mount, "err", err)
-	case !first:
-		s.log.WarnContext(ctx, "the KV mount no longer requires check-and-set: new records get metadata of their own again",
+	case wasCovering:
+		s.log.WarnContext(ctx, "the KV mount no longer requires check-and-set: new records get metadata of their own again, but records created while it did have none and now accept writes without check-and-set; require it again (`vault write MOUNT/config cas_required=true`) or give each its own (`vault kv metadata put -cas-required=true`)",
 			"mount", s.mount, "cas_required", c.casRequired, "max_versions", c.maxVersions)
 	default:
 		s.log.InfoContext(ctx, "every new record gets metadata of its own (one Vault write more): `vault write MOUNT/config cas_required=true` makes it unnecessary",
@@ -141,12 +152,18 @@ func (s *Store) noteMountConfig(ctx context.Context, c kvMountConfig, err error)
 
 // mountCoversNewRecords reports whether a new record may go without its
 // own metadata, reading the mount's configuration again when the last
-// reading is older than mountConfigRecheck.
+// reading is older than mountConfigRecheck (a reading the caller's end
+// cut short counts for nothing).
 func (s *Store) mountCoversNewRecords(ctx context.Context) bool {
 	s.mountCfg.mu.Lock()
 	defer s.mountCfg.mu.Unlock()
 	if s.now().Sub(s.mountCfg.read) >= mountConfigRecheck {
 		c, err := s.readMountConfig(ctx)
+		if err != nil && ctx.Err() != nil {
+			// The caller gave up: that says nothing of the mount. Keep
+			// what was known; the next creation reads it again.
+			return s.mountCfg.covers
+		}
 		s.noteMountConfig(ctx, c, err)
 	}
 	return s.mountCfg.covers

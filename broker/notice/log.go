@@ -131,11 +131,13 @@ type Log struct {
 	// pagedFrom: notices from it on are in pages (see noticeLogMeta).
 	pagedFrom uint64
 	// replays counts store-reading replays per identity.
-	replays      map[string]int
-	missingSeq   uint64
-	missingSince time.Time
-	subs         map[*Subscription]struct{}
-	closed       bool // by Close: no new subscriptions
+	replays map[string]int
+	// Every notice from missingSeq to missingThrough has been reserved in
+	// the head since missingSince, and is missing (giveUpOn).
+	missingSeq, missingThrough uint64
+	missingSince               time.Time
+	subs                       map[*Subscription]struct{}
+	closed                     bool // by Close: no new subscriptions
 	// readAt is when the head was last read successfully (unix nanos).
 	readAt atomic.Int64
 
@@ -677,7 +679,7 @@ func (l *Log) catchUp(ctx context.Context, onRemote func(context.Context, Notice
 			if err != nil {
 				return err
 			}
-			if !found && !l.giveUpOn(seq) {
+			if !found && !l.giveUpOn(seq, head) {
 				return nil // retried at the next poll
 			}
 			p.notice, p.skip = n, !found
@@ -693,13 +695,16 @@ func (l *Log) catchUp(ctx context.Context, onRemote func(context.Context, Notice
 }
 
 // giveUpOn reports whether a missing notice has been missing long enough to
-// skip it.
-func (l *Log) giveUpOn(seq uint64) bool {
+// skip it. The wait counts from when a head read (up to head) first showed
+// it reserved, so notices that went missing together — a group whose page
+// write failed, or whose writer died — are skipped after one wait, not one
+// each in turn.
+func (l *Log) giveUpOn(seq, head uint64) bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	now := l.now()
-	if l.missingSeq != seq {
-		l.missingSeq, l.missingSince = seq, now
+	if seq < l.missingSeq || seq > l.missingThrough {
+		l.missingSeq, l.missingThrough, l.missingSince = seq, head, now
 		return false
 	}
 	if now.Sub(l.missingSince) < missingNoticeWait {

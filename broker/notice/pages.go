@@ -186,7 +186,7 @@ func (l *Log) writePages(ctx context.Context, g *appendGroup) {
 	}
 	for _, p := range pages {
 		if err := l.addToPage(ctx, p, byPage[p]); err != nil {
-			l.log.WarnContext(ctx, "notices not added to their page; replays from far back will miss them", "page", p, "err", err)
+			l.log.WarnContext(ctx, "notices not added to their page; replicas more than 32 behind skip them after 5 s, and replays from far back miss them", "page", p, "err", err)
 		}
 	}
 }
