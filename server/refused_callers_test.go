@@ -426,8 +426,10 @@ func TestCallsInFlightPerIdentityAreBounded(t *testing.T) {
 	if id > 2*50+1 {
 		t.Errorf("%d calls accepted beyond the %d before one was refused", (id-1)/2-1, limit)
 	}
-	if got := e.metric(t, "rotavault_grpc_calls_in_flight_refused_total", nil); got != 1 {
-		t.Errorf("rotavault_grpc_calls_in_flight_refused_total = %v, want 1", got)
+	// Each call the loop made waited 200 ms for its refusal; on a loaded
+	// machine an earlier one may be refused after its wait: count them all.
+	if got, sent := e.metric(t, "rotavault_grpc_calls_in_flight_refused_total", nil), float64((id-1)/2); got < 1 || got > sent {
+		t.Errorf("rotavault_grpc_calls_in_flight_refused_total = %v, want between 1 and the %v calls made beyond the limit", got, sent)
 	}
 	// The first connection's 900 calls end with it: the identity may call again.
 	_ = conns[0].Close()
