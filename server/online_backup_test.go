@@ -24,7 +24,14 @@ import (
 // client (no policy: every caller is the admin).
 func serveOperations(t *testing.T, ops Operations) rotavaultv1.CredentialAdminServiceClient {
 	t.Helper()
-	srv := New(Config{Operations: ops})
+	return rotavaultv1.NewCredentialAdminServiceClient(serveLoopback(t, Config{Operations: ops}))
+}
+
+// serveLoopback serves New(cfg) on a loopback port until the test ends and
+// returns a client connection to it.
+func serveLoopback(t *testing.T, cfg Config) *grpc.ClientConn {
+	t.Helper()
+	srv := New(cfg)
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -45,7 +52,7 @@ func serveOperations(t *testing.T, ops Operations) rotavaultv1.CredentialAdminSe
 		srv.Shutdown(ctx)
 		<-served
 	})
-	return rotavaultv1.NewCredentialAdminServiceClient(conn)
+	return conn
 }
 
 // receiveBackup reads a whole backup stream.

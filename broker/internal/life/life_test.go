@@ -2,8 +2,13 @@ package life
 
 import (
 	"context"
+	"runtime"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/rotavault/rotavault/internal/poll"
 )
 
 // Close ends the loops first, lets work finish within the grace period,
@@ -59,4 +64,34 @@ func TestCloseCancelsWorkPastTheGracePeriod(t *testing.T) {
 	if !slow {
 		t.Fatal("slow was not called for work past the grace period")
 	}
+}
+
+// A function started once another has ended runs on the goroutine that
+// ran it, whose stack has grown already, instead of on a new one; an idle
+// goroutine ends with Close.
+func TestWorkReusesAnIdleGoroutine(t *testing.T) {
+	g := New(context.Background())
+	ids := make(chan uint64, 1)
+	ran := func() { ids <- goroutineID() }
+	g.Go(ran)
+	first := <-ids
+	poll.Until(t, 5*time.Second, "a later function to run on the first one's goroutine", func() bool {
+		g.Go(ran)
+		return <-ids == first
+	})
+	before := runtime.NumGoroutine()
+	g.Close(time.Hour, nil)
+	if after := runtime.NumGoroutine(); after >= before {
+		t.Fatalf("%d goroutines after Close, %d before: the idle one did not end", after, before)
+	}
+}
+
+// goroutineID is the calling goroutine's number, from its stack trace's
+// first line ("goroutine 42 [running]:").
+func goroutineID() uint64 {
+	buf := make([]byte, 64)
+	buf = buf[:runtime.Stack(buf, false)]
+	f := strings.Fields(string(buf))
+	id, _ := strconv.ParseUint(f[1], 10, 64)
+	return id
 }
