@@ -841,9 +841,17 @@ type Subscription struct {
 	// release gives back the store replay's slot; set before the
 	// subscription is returned, so Close may call it from any goroutine.
 	release func()
-	ch      chan Notice
-	mu      sync.Mutex
-	err     error // why ch was closed
+	// live holds the notices delivered and not yet taken by Next, at most
+	// the log's buffer of them. A slice that grows with what is pending,
+	// not a channel of the buffer's size: a channel allocates every slot
+	// up front (about 40 KB for 256 notices), which 10,000 idle watchers
+	// would hold for nothing. wake (capacity 1) tells Next there is more.
+	wake chan struct{}
+	mu   sync.Mutex // guards live, ended, err
+	live []Notice
+	// ended: no notice will be delivered any more; err says why.
+	ended bool
+	err   error
 }
 
 // Filter is the filter of a subscription to credentialIDs (nil, every
@@ -880,7 +888,7 @@ func (l *Log) Subscribe(ctx context.Context, filter map[string]bool, cursor stri
 		}
 		from = seq
 	}
-	s := &Subscription{log: l, filter: filter, ch: make(chan Notice, l.buffer)}
+	s := &Subscription{log: l, filter: filter, wake: make(chan struct{}, 1)}
 	l.mu.Lock()
 	if l.closed {
 		l.mu.Unlock()
@@ -965,17 +973,29 @@ func (s *Subscription) Next(ctx context.Context) (Notice, error) {
 		s.store = nil
 	}
 	for {
-		select {
-		case n, ok := <-s.ch:
-			if !ok {
-				s.mu.Lock()
-				defer s.mu.Unlock()
-				return Notice{}, s.err
+		s.mu.Lock()
+		if len(s.live) > 0 {
+			n := s.live[0]
+			s.live[0] = Notice{}
+			s.live = s.live[1:]
+			if len(s.live) == 0 {
+				s.live = nil // give the array back once drained
 			}
+			s.mu.Unlock()
 			// A live notice already replayed from the store is not sent twice.
 			if n.seq > s.replayLast && s.wants(n) {
 				return n, nil
 			}
+			continue
+		}
+		if s.ended {
+			err := s.err
+			s.mu.Unlock()
+			return Notice{}, err
+		}
+		s.mu.Unlock()
+		select {
+		case <-s.wake:
 		case <-ctx.Done():
 			return Notice{}, ctx.Err()
 		}
@@ -991,10 +1011,24 @@ func (s *Subscription) deliver(n Notice) {
 	if !s.wants(n) {
 		return
 	}
-	select {
-	case s.ch <- n:
-	default:
+	s.mu.Lock()
+	full := len(s.live) >= s.log.buffer
+	if !full {
+		s.live = append(s.live, n)
+	}
+	s.mu.Unlock()
+	if full {
 		s.closeWith(ErrSubscriberTooSlow)
+		return
+	}
+	s.signal()
+}
+
+// signal wakes a Next waiting for a notice or for the end.
+func (s *Subscription) signal() {
+	select {
+	case s.wake <- struct{}{}:
+	default: // a wake-up is pending already
 	}
 }
 
@@ -1005,9 +1039,9 @@ func (s *Subscription) closeWith(err error) {
 	}
 	delete(s.log.subs, s)
 	s.mu.Lock()
-	s.err = err
+	s.ended, s.err = true, err
 	s.mu.Unlock()
-	close(s.ch)
+	s.signal()
 }
 
 // Close ends the subscription.
