@@ -112,8 +112,10 @@ func (l *limitListener) Accept() (net.Conn, error) {
 		}
 		host := hostOf(c.RemoteAddr())
 		if reason := l.admit(host); reason != "" {
-			_ = c.Close()
+			// Counted before the close: whoever sees the connection closed
+			// finds it counted.
 			l.metrics.refused.WithLabelValues(reason).Inc()
+			_ = c.Close()
 			l.refusals.refuse(context.Background(), reason, "connection refused: limit reached", "peer.address", host,
 				"limit_total", l.limits.Total, "limit_per_host", l.limits.PerHost)
 			continue
