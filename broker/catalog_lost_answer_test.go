@@ -10,6 +10,21 @@ import (
 	"github.com/rotavault/rotavault/store/memstore"
 )
 
+// errLostAnswer is a write's answer lost after the store applied it.
+var errLostAnswer = errors.New("faultstore: answer lost after the write was applied")
+
+// countAfterLostAnswer records u with lost injected into st, checks that
+// the fault was met, and returns the count b then lists for u's pair.
+func countAfterLostAnswer(ctx context.Context, t *testing.T, st *faultStore, b *Broker, lost *fault, u catalog.Use) uint64 {
+	t.Helper()
+	st.inject(lost)
+	record(ctx, t, b, []catalog.Use{u})
+	if lost.hits.Load() == 0 {
+		t.Fatalf("no write under %s was reported failed", lost.prefix)
+	}
+	return listAll(ctx, t, b, u.CredentialID)[u.CredentialID+" "+u.Identity].Count
+}
+
 // A catalog write that landed but reported an error is recognised, not
 // handed back for the next flush to merge a second time.
 func TestConsumerCatalogFailedWriteThatLandedIsNotMergedTwice(t *testing.T) {
@@ -21,14 +36,9 @@ func TestConsumerCatalogFailedWriteThatLandedIsNotMergedTwice(t *testing.T) {
 	}
 	now := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
 	record(ctx, t, b, []catalog.Use{use("acme", "svc", now, now, 2)})
-	lost := &fault{op: "put", prefix: catalog.KeyPrefix, once: true, lose: errors.New("faultstore: answer lost after the write was applied")}
-	st.inject(lost)
-	record(ctx, t, b, []catalog.Use{use("acme", "svc", now, now, 3)})
-	if lost.hits.Load() == 0 {
-		t.Fatal("no catalog write was reported failed")
-	}
-	if c := listAll(ctx, t, b, "acme")["acme svc"]; c.Count != 5 {
-		t.Fatalf("count %d after a write whose answer was lost, want 5", c.Count)
+	lost := &fault{op: "put", prefix: catalog.KeyPrefix, once: true, lose: errLostAnswer}
+	if c := countAfterLostAnswer(ctx, t, st, b, lost, use("acme", "svc", now, now, 3)); c != 5 {
+		t.Fatalf("count %d after a write whose answer was lost, want 5", c)
 	}
 }
 
@@ -42,14 +52,9 @@ func TestConsumerInboxBatchWhoseAnswerWasLostIsNotWrittenTwice(t *testing.T) {
 		t.Fatal(err)
 	}
 	now := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
-	lost := &fault{op: "put", prefix: catalog.InboxPrefix, once: true, lose: errors.New("faultstore: answer lost after the write was applied")}
-	st.inject(lost)
-	record(ctx, t, b, []catalog.Use{use("acme", "svc", now, now, 3)})
-	if lost.hits.Load() == 0 {
-		t.Fatal("no inbox write was reported failed")
-	}
-	if c := listAll(ctx, t, b, "acme")["acme svc"]; c.Count != 3 {
-		t.Fatalf("count %d after an inbox write whose answer was lost, want 3", c.Count)
+	lost := &fault{op: "put", prefix: catalog.InboxPrefix, once: true, lose: errLostAnswer}
+	if c := countAfterLostAnswer(ctx, t, st, b, lost, use("acme", "svc", now, now, 3)); c != 3 {
+		t.Fatalf("count %d after an inbox write whose answer was lost, want 3", c)
 	}
 }
 
@@ -71,14 +76,9 @@ func TestConsumerInboxBatchMergedBeforeItsReadBackIsNotWrittenTwice(t *testing.T
 				return version, err
 			}
 			mergeAll(ctx, t, holder) // merged and deleted before the writer reads it back
-			return 0, errors.New("faultstore: answer lost after the write was applied")
+			return 0, errLostAnswer
 		}}
-	st.inject(lost)
-	record(ctx, t, b, []catalog.Use{use("acme", "svc", now, now, 3)})
-	if lost.hits.Load() == 0 {
-		t.Fatal("no inbox write was reported failed")
-	}
-	if c := listAll(ctx, t, b, "acme")["acme svc"]; c.Count != 3 {
-		t.Fatalf("count %d after an inbox write whose answer was lost and whose batch was merged at once, want 3", c.Count)
+	if c := countAfterLostAnswer(ctx, t, st, b, lost, use("acme", "svc", now, now, 3)); c != 3 {
+		t.Fatalf("count %d after an inbox write whose answer was lost and whose batch was merged at once, want 3", c)
 	}
 }

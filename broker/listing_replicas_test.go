@@ -47,10 +47,6 @@ func TestListCredentialsShowsAnotherReplicasChangesOnceItsNoticeIsFollowed(t *te
 	wantListed(t, "b, one poll after a's creation and deletion returned", b, "two")
 }
 
-// noticeHeadKey is the notice log's head record, which a replica reads
-// once per poll.
-const noticeHeadKey = "meta/notice-log"
-
 // pollGate steps a replica's notice polls: once started, each read of the
 // notice log's head — the start of a poll — waits at the gate until the
 // test lets one through.
@@ -66,7 +62,7 @@ func newPollGate(st store.Store) *pollGate {
 }
 
 func (g *pollGate) Get(ctx context.Context, key string) (store.Record, error) {
-	if key == noticeHeadKey && g.on.Load() {
+	if key == notice.HeadKey && g.on.Load() {
 		for _, ch := range []chan struct{}{g.arrived, g.proceed} {
 			select {
 			case ch <- struct{}{}:

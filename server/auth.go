@@ -161,7 +161,7 @@ func (a *Auth) tapAuthenticate(refused, overLimit prometheus.Counter, watchLimit
 		}
 		limit := -1
 		if watchLimit >= 0 {
-			limit = callsInFlightRoom + a.maxWatchStreams(context.WithValue(ctx, identityKey{}, id), watchLimit)
+			limit = callsInFlightRoom + a.maxWatchStreamsOf(id, watchLimit)
 		}
 		if !inFlight.take(id, limit) {
 			overLimit.Inc()
@@ -301,10 +301,15 @@ func (a *Auth) mayReceive(ctx context.Context, credentialID string) bool {
 // maxWatchStreams is how many WatchRevocations streams the caller may have
 // open at once: what its policy rules say (max_watch_streams), else def.
 func (a *Auth) maxWatchStreams(ctx context.Context, def int) int {
+	id, _ := IdentityFromContext(ctx)
+	return a.maxWatchStreamsOf(id, def)
+}
+
+// maxWatchStreamsOf is maxWatchStreams for the caller identified as id.
+func (a *Auth) maxWatchStreamsOf(id string, def int) int {
 	if a.open {
 		return def
 	}
-	id, _ := IdentityFromContext(ctx)
 	if n, ok := a.policy.Policy().MaxWatchStreams(id); ok {
 		return n
 	}

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"strconv"
 	"sync"
 	"time"
 )
@@ -67,8 +66,14 @@ func (s *Store) readMountConfig(ctx context.Context) (kvMountConfig, error) {
 	}
 	var c kvMountConfig
 	c.casRequired, _ = secret.Data["cas_required"].(bool)
-	if c.maxVersions, err = intField(secret.Data["max_versions"]); err != nil {
-		return kvMountConfig{}, fmt.Errorf("max_versions: %w", err)
+	// vault/api decodes numbers as json.Number (as auth.go reads a ttl);
+	// absent is 0, Vault's "unset".
+	if n, ok := secret.Data["max_versions"].(json.Number); ok {
+		v, err := n.Int64()
+		if err != nil {
+			return kvMountConfig{}, fmt.Errorf("max_versions %q: %w", n, err)
+		}
+		c.maxVersions = int(v)
 	}
 	if after, _ := secret.Data["delete_version_after"].(string); after != "" {
 		if c.deleteVersionAfter, err = time.ParseDuration(after); err != nil {
@@ -76,21 +81,6 @@ func (s *Store) readMountConfig(ctx context.Context) (kvMountConfig, error) {
 		}
 	}
 	return c, nil
-}
-
-func intField(v any) (int, error) {
-	switch v := v.(type) {
-	case nil:
-		return 0, nil
-	case json.Number:
-		n, err := v.Int64()
-		return int(n), err
-	case float64:
-		return int(v), nil
-	case string:
-		return strconv.Atoi(v)
-	}
-	return 0, fmt.Errorf("unexpected %T", v)
 }
 
 // checkMountConfig is New's look at the mount's configuration: it refuses a

@@ -22,7 +22,7 @@ type gatedHeadStore struct {
 }
 
 func (s *gatedHeadStore) Put(ctx context.Context, key string, value []byte, expected uint64) (uint64, error) {
-	if key == metaKey {
+	if key == HeadKey {
 		if s.gated.CompareAndSwap(false, true) {
 			<-s.gate
 		}

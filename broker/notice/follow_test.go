@@ -107,7 +107,7 @@ func TestCursorsAreSealedAndSharedByReplicas(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := st.Put(ctx, metaKey, raw, 0); err != nil {
+	if _, err := st.Put(ctx, HeadKey, raw, 0); err != nil {
 		t.Fatal(err)
 	}
 	a := newReplica(t, st, withPoll(10*time.Millisecond))

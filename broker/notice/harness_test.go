@@ -109,16 +109,12 @@ func pagedNotices(t *testing.T, st store.Store) map[uint64]Notice {
 	}
 	all := make(map[uint64]Notice)
 	for _, k := range keys {
-		rec, err := st.Get(ctx, k)
+		notices, err := readPage(ctx, st, k)
 		if err != nil {
 			t.Fatal(err)
 		}
-		var page noticePage
-		if err := jsonrec.Decode(rec.Value, &page, &page.Format); err != nil {
-			t.Fatal(err)
-		}
-		for _, ln := range page.Notices {
-			all[ln.Seq] = ln.Notice
+		for _, n := range notices {
+			all[n.seq] = n
 		}
 	}
 	return all
@@ -130,7 +126,7 @@ func pagedNotices(t *testing.T, st store.Store) map[uint64]Notice {
 func rewriteHeadAsEarlierVersion(t *testing.T, st store.Store, change func(*noticeLogMeta)) {
 	t.Helper()
 	ctx := context.Background()
-	rec, err := st.Get(ctx, metaKey)
+	rec, err := st.Get(ctx, HeadKey)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -144,7 +140,7 @@ func rewriteHeadAsEarlierVersion(t *testing.T, st store.Store, change func(*noti
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := st.Put(ctx, metaKey, raw, rec.Version); err != nil {
+	if _, err := st.Put(ctx, HeadKey, raw, rec.Version); err != nil {
 		t.Fatal(err)
 	}
 }

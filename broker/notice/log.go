@@ -206,11 +206,11 @@ func New(s store.Store, o Options, now func() time.Time, log *slog.Logger) *Log 
 	}
 }
 
-// Store keys of the log: its head, and a record per notice under
-// recordPrefix where Options.Records (or an earlier version) writes them
-// (pages and indexes: pages.go).
+// Store keys of the log: its head (HeadKey: every replica reads it each
+// poll), and a record per notice under recordPrefix where Options.Records
+// (or an earlier version) writes them (pages and indexes: pages.go).
 const (
-	metaKey      = "meta/notice-log"
+	HeadKey      = "meta/notice-log"
 	recordPrefix = "notices/"
 )
 
@@ -232,7 +232,7 @@ func (l *Log) Init(ctx context.Context) error {
 			if err != nil {
 				return err
 			}
-			if _, err := l.store.Put(ctx, metaKey, raw, version); err != nil && !errors.Is(err, store.ErrConflict) {
+			if _, err := l.store.Put(ctx, HeadKey, raw, version); err != nil && !errors.Is(err, store.ErrConflict) {
 				return fmt.Errorf("broker: upgrade the notice log: %w", err)
 			}
 			continue
@@ -257,7 +257,7 @@ func (l *Log) Init(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		if _, err := l.store.Put(ctx, metaKey, raw, 0); err != nil && !errors.Is(err, store.ErrConflict) {
+		if _, err := l.store.Put(ctx, HeadKey, raw, 0); err != nil && !errors.Is(err, store.ErrConflict) {
 			return fmt.Errorf("broker: create notice log: %w", err)
 		}
 	}
@@ -287,7 +287,7 @@ func (l *Log) readHead(ctx context.Context) (uint64, error) {
 const headReadTimeout = 10 * time.Second
 
 func (l *Log) readMeta(ctx context.Context) (noticeLogMeta, uint64, error) {
-	rec, err := l.store.Get(ctx, metaKey)
+	rec, err := l.store.Get(ctx, HeadKey)
 	if err != nil {
 		if errors.Is(err, store.ErrNotFound) {
 			return noticeLogMeta{}, 0, err
@@ -469,7 +469,7 @@ func (l *Log) writeHead(ctx context.Context, g *appendGroup) {
 			if err != nil {
 				return fmt.Errorf("%w: %w", errNoticeNotLogged, err)
 			}
-			if _, err := l.store.Put(wctx, metaKey, rawMeta, version); err != nil {
+			if _, err := l.store.Put(wctx, HeadKey, rawMeta, version); err != nil {
 				if errors.Is(err, store.ErrConflict) {
 					continue
 				}
@@ -728,20 +728,12 @@ func (l *Log) followedNotice(ctx context.Context, seq uint64, pages map[uint64]m
 		inPage, read := pages[p]
 		if !read {
 			inPage = make(map[uint64]Notice)
-			rec, err := l.store.Get(ctx, noticePageKey(p))
-			switch {
-			case err == nil:
-				var page noticePage
-				if err := jsonrec.Decode(rec.Value, &page, &page.Format); err != nil {
-					return Notice{}, false, err
-				}
-				for _, ln := range page.Notices {
-					n := ln.Notice
-					n.seq = ln.Seq
-					inPage[ln.Seq] = n
-				}
-			case !errors.Is(err, store.ErrNotFound):
-				return Notice{}, false, fmt.Errorf("broker: read notice page: %w", err)
+			notices, err := readPage(ctx, l.store, noticePageKey(p))
+			if err != nil && !errors.Is(err, store.ErrNotFound) {
+				return Notice{}, false, err
+			}
+			for _, n := range notices {
+				inPage[n.seq] = n
 			}
 			pages[p] = inPage
 		}
@@ -749,11 +741,13 @@ func (l *Log) followedNotice(ctx context.Context, seq uint64, pages map[uint64]m
 			return n, true, nil
 		}
 	}
-	return l.readNotice(ctx, seq)
+	return readRecord(ctx, l.store, seq)
 }
 
-func (l *Log) readNotice(ctx context.Context, seq uint64) (Notice, bool, error) {
-	rec, err := l.store.Get(ctx, noticeKey(seq))
+// readRecord reads the record of its own a notice may have (found false
+// when it has none).
+func readRecord(ctx context.Context, s store.Store, seq uint64) (Notice, bool, error) {
+	rec, err := s.Get(ctx, noticeKey(seq))
 	if errors.Is(err, store.ErrNotFound) {
 		return Notice{}, false, nil
 	}

@@ -359,11 +359,11 @@ func (r *storeReplay) next(ctx context.Context, l *Log, filter map[string]bool) 
 			return loggedNotice{}, false, brokererr.StoreUnavailable(err)
 		}
 		r.pages = r.pages[1:]
-		var page noticePage
-		if err := jsonrec.Decode(rec.Value, &page, &page.Format); err != nil {
+		page, err := decodePage(rec.Value)
+		if err != nil {
 			return loggedNotice{}, false, err
 		}
-		for _, n := range page.Notices {
+		for _, n := range page {
 			if wants(n, r.from+1, r.recentFrom-1) {
 				r.queue = append(r.queue, n)
 			}
@@ -396,6 +396,34 @@ func (r *storeReplay) releaseIfDone(wants func(n loggedNotice, lo, hi uint64) bo
 	r.release()
 }
 
+// readPage reads the page under key: its notices, each with its sequence
+// number. A missing page is the store's ErrNotFound, wrapped.
+func readPage(ctx context.Context, s store.Store, key string) ([]Notice, error) {
+	rec, err := s.Get(ctx, key)
+	if err != nil {
+		return nil, fmt.Errorf("broker: read notice page: %w", err)
+	}
+	page, err := decodePage(rec.Value)
+	if err != nil {
+		return nil, err
+	}
+	notices := make([]Notice, len(page))
+	for i, ln := range page {
+		notices[i] = ln.Notice
+		notices[i].seq = ln.Seq
+	}
+	return notices, nil
+}
+
+// decodePage is a stored page's notices, in sequence order.
+func decodePage(raw []byte) ([]loggedNotice, error) {
+	var page noticePage
+	if err := jsonrec.Decode(raw, &page, &page.Format); err != nil {
+		return nil, err
+	}
+	return page.Notices, nil
+}
+
 // Kept is every notice the log in s keeps — in pages, and in records of
 // their own where no page holds them (notices an earlier version or
 // Options.Records wrote) — in sequence order: what a resuming watcher could
@@ -407,17 +435,12 @@ func Kept(ctx context.Context, s store.Store) ([]Notice, error) {
 		return nil, err
 	}
 	for _, k := range pages {
-		rec, err := s.Get(ctx, k)
+		notices, err := readPage(ctx, s, k)
 		if err != nil {
 			return nil, err
 		}
-		var page noticePage
-		if err := jsonrec.Decode(rec.Value, &page, &page.Format); err != nil {
-			return nil, err
-		}
-		for _, ln := range page.Notices {
-			ln.Notice.seq = ln.Seq
-			bySeq[ln.Seq] = ln.Notice
+		for _, n := range notices {
+			bySeq[n.seq] = n
 		}
 	}
 	records, err := s.List(ctx, recordPrefix)
@@ -432,17 +455,13 @@ func Kept(ctx context.Context, s store.Store) ([]Notice, error) {
 		if _, paged := bySeq[seq]; paged {
 			continue
 		}
-		rec, err := s.Get(ctx, k)
+		n, found, err := readRecord(ctx, s, seq)
 		if err != nil {
 			return nil, err
 		}
-		var n Notice
-		var format int
-		if err := jsonrec.Decode(rec.Value, &n, &format); err != nil {
-			return nil, err
+		if found {
+			bySeq[seq] = n
 		}
-		n.seq = seq
-		bySeq[seq] = n
 	}
 	seqs := slices.Sorted(maps.Keys(bySeq))
 	out := make([]Notice, len(seqs))

@@ -210,7 +210,7 @@ func TestReplayOfALogWrittenBeforePagesIsServedOrOutOfRange(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := st.Put(ctx, metaKey, raw, 0); err != nil {
+	if _, err := st.Put(ctx, HeadKey, raw, 0); err != nil {
 		t.Fatal(err)
 	}
 	b := newReplica(t, st)

@@ -76,19 +76,11 @@ func (c *Requests) Count(kinds ...string) int64 {
 // KVWrites is the number of requests that write (PUT, POST, DELETE) a
 // KV record's data or metadata.
 func (c *Requests) KVWrites() int64 {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	var n int64
-	for k, v := range c.byKind {
-		method, part, _ := strings.Cut(k, " ")
-		switch method {
-		case http.MethodPut, http.MethodPost, http.MethodDelete:
-			if part == "data" || part == "metadata" {
-				n += v
-			}
-		}
+	var kinds []string
+	for _, method := range []string{http.MethodPut, http.MethodPost, http.MethodDelete} {
+		kinds = append(kinds, method+" data", method+" metadata")
 	}
-	return n
+	return c.Count(kinds...)
 }
 
 // KVReads is the number of reads (GET) of a KV record's data or metadata.
